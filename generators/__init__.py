@@ -1,0 +1,1 @@
+"""Generative retrieval models, importable as ``semid.generators``."""

@@ -1,0 +1,202 @@
+"""The quantizer protocol: spec strings, the base class, the family registry, save and load.
+
+A quantizer maps vectors (N, D) to semantic IDs (N, L) and back. Concrete families live in
+`semid.quantizers` and register themselves here by name, so the engine never imports a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from semid.atomic import atomic_dir
+from semid.errors import SemidError
+
+_SPEC_RE = re.compile(r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$")
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """A compact, round-tripping description such as ``rqkmeans:3x256`` or ``hrq:3x256,c=1.0``."""
+
+    family: str
+    levels: int
+    codebook_size: int
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> QuantizerSpec:
+        """Parse ``family:LxK[,key=value...]``; raise SemidError naming the expected form."""
+        m = _SPEC_RE.match(text.strip())
+        if m is None:
+            raise SemidError(
+                f"bad quantizer spec {text!r}; expected FAMILY:LEVELSxCODES[,key=value], e.g. rqkmeans:3x256"
+            )
+        levels, size = int(m["levels"]), int(m["size"])
+        if levels < 1 or size < 2:
+            raise SemidError(f"bad quantizer spec {text!r}: need at least 1 level and 2 codes per level")
+        opts = dict(kv.split("=", 1) for kv in m["opts"].split(",") if kv)
+        return cls(m["family"], levels, size, opts)
+
+    def __str__(self) -> str:
+        opts = "".join(f",{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.family}:{self.levels}x{self.codebook_size}{opts}"
+
+    def option(self, key: str, default: Any, cast: type = str) -> Any:
+        """Typed access to an option, e.g. ``spec.option("c", 1.0, float)``."""
+        if key not in self.options:
+            return default
+        try:
+            return cast(self.options[key])
+        except ValueError:
+            raise SemidError(f"option {key}={self.options[key]!r} in {self} is not a valid {cast.__name__}") from None
+
+
+class Quantizer(nn.Module, ABC):
+    """Base class of every quantizer family. State lives in parameters and buffers, so
+    ``state_dict`` is the whole fitted model."""
+
+    family: ClassVar[str]
+
+    def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.dim: int | None = None
+        self.register_buffer("initted", torch.tensor(False))
+        if dim is not None:
+            self.build(dim)
+
+    def build(self, dim: int) -> None:
+        """Create the parameters and buffers for inputs of dimension `dim` (once)."""
+        if self.dim is not None:
+            if dim != self.dim:
+                raise SemidError(f"embeddings have dimension {dim} but the quantizer expects {self.dim}")
+            return
+        self.dim = dim
+        self._build(dim)
+
+    @abstractmethod
+    def _build(self, dim: int) -> None:
+        """Family hook: allocate parameters and buffers for input dimension `dim`."""
+
+    @property
+    def levels(self) -> int:
+        """Number of code levels L."""
+        return self.spec.levels
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Codes per level."""
+        return [self.spec.codebook_size] * self.spec.levels
+
+    @abstractmethod
+    def fit(self, x: Tensor, **kwargs: Any) -> Quantizer:
+        """Learn codebooks from x (N, D); returns self."""
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes (N, L) int64 for vectors x (N, D)."""
+
+    @abstractmethod
+    def decode(self, codes: Tensor) -> Tensor:
+        """Reconstructions (N, D) of codes (N, L)."""
+
+    @abstractmethod
+    def last_level_distances(self, x: Tensor) -> Tensor:
+        """Distances (N, K_last) from each item's last-level residual to every last-level code.
+
+        Used by the ``reassign`` collision strategy to move an item to its nearest free code."""
+
+    def extra_config(self) -> dict[str, Any]:
+        """Family-specific constructor arguments beyond spec and dim, saved in config.json."""
+        return {}
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Validate x as (N, dim) finite floats; returns it as float32 (fit builds the model first)."""
+        if not isinstance(x, Tensor):
+            x = torch.as_tensor(x)
+        if x.ndim != 2:
+            raise SemidError(f"expected embeddings of shape (N, D), got {tuple(x.shape)}")
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise SemidError(f"embeddings have dimension {x.shape[1]} but the quantizer expects {self.dim}")
+        if x.shape[0] == 0:
+            raise SemidError("no embeddings given (N = 0)")
+        x = x.float()
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).any(1).sum())
+            raise SemidError(f"{bad} embedding rows contain NaN or infinity; clean or drop them first")
+        return x
+
+    def check_fitted(self) -> None:
+        """Raise a clear error if the quantizer has not been fitted or loaded."""
+        if not bool(self.initted):
+            raise SemidError(f"{self.spec} is not fitted; call fit(x) or load a fitted one")
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors into the folder `path`, atomically."""
+        config = {"spec": str(self.spec), "dim": self.dim, **self.extra_config()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_dir(path) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            save_file(state, str(tmp / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Quantizer:
+        """Load a quantizer of any registered family from a folder written by save_pretrained."""
+        path = Path(path)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise SemidError(f"{path} is not a saved quantizer (needs config.json and model.safetensors)")
+        config = json.loads((path / "config.json").read_text())
+        spec = QuantizerSpec.parse(config.pop("spec"))
+        dim = config.pop("dim")
+        q = quantizer_class(spec.family)(spec, dim, **config)
+        q.load_state_dict(load_file(str(path / "model.safetensors")))
+        return q
+
+
+_REGISTRY: dict[str, type[Quantizer]] = {}
+
+
+def register_quantizer(name: str):
+    """Class decorator: make a Quantizer subclass buildable by its family name."""
+
+    def wrap(cls: type[Quantizer]) -> type[Quantizer]:
+        cls.family = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def quantizer_class(family: str) -> type[Quantizer]:
+    """The registered class for `family`; loads the built-in families on first use."""
+    if family not in _REGISTRY:
+        import semid.quantizers  # noqa: F401  (registers the built-in families)
+    if family not in _REGISTRY:
+        raise SemidError(f"unknown quantizer family {family!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[family]
+
+
+def available_quantizers() -> list[str]:
+    """Names of every registered quantizer family."""
+    import semid.quantizers  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def build_quantizer(spec: str | QuantizerSpec, dim: int | None = None, **kwargs: Any) -> Quantizer:
+    """Build an unfitted quantizer from a spec string, e.g. ``build_quantizer("rqkmeans:3x256")``.
+
+    `dim` may be left out: ``fit`` then sizes the model from its input."""
+    if isinstance(spec, str):
+        spec = QuantizerSpec.parse(spec)
+    return quantizer_class(spec.family)(spec, dim, **kwargs)
