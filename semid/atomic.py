@@ -14,12 +14,15 @@ from typing import Any
 from semid.errors import SemidError
 
 
-def _check_parent_writable(path: Path) -> None:
-    parent = path.parent
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise SemidError unless `path` can be created or replaced (creating its parent folders)."""
+    parent = Path(path).parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SemidError(f"cannot create output folder {parent}: {e.strerror}; choose a writable --out") from None
+        raise SemidError(
+            f"cannot create output folder {parent}: {e.strerror}; choose a writable --out"
+        ) from None
     if not os.access(parent, os.W_OK):
         raise SemidError(f"output folder {parent} is not writable; choose a writable --out")
 
@@ -28,7 +31,7 @@ def _check_parent_writable(path: Path) -> None:
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
     path = Path(path)
-    _check_parent_writable(path)
+    check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
@@ -56,7 +59,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     and it is removed on failure).
     """
     path = Path(path)
-    _check_parent_writable(path)
+    check_writable(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

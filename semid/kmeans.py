@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 
 
-def kmeans(x: Tensor, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256) -> Tensor:
-    """Centroids (k, D) of x (N, D) by Lloyd's algorithm with k-means++-free random init (faiss).
+def kmeans(
+    x: Tensor, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256
+) -> Tensor:
+    """Centroids (k, D) of x (N, D) by Lloyd's algorithm from a seeded random init (faiss).
 
     Deterministic for a given seed on one machine. If N < k, the missing centroids repeat points
     (and are left for dead-code handling by the caller)."""
@@ -18,7 +20,15 @@ def kmeans(x: Tensor, k: int, *, niter: int = 20, seed: int = 0, max_points_per_
     if n < k:
         reps = np.resize(np.arange(n), k)
         return torch.from_numpy(xn[reps].copy())
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid, verbose=False)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        seed=seed,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,  # small catalogues are normal here; faiss would warn on stderr
+        verbose=False,
+    )
     km.train(xn)
     return torch.from_numpy(km.centroids.copy())
 

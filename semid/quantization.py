@@ -21,7 +21,9 @@ from torch import Tensor, nn
 from semid.atomic import atomic_dir
 from semid.errors import SemidError
 
-_SPEC_RE = re.compile(r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$")
+_SPEC_RE = re.compile(
+    r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$"
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class QuantizerSpec:
             )
         levels, size = int(m["levels"]), int(m["size"])
         if levels < 1 or size < 2:
-            raise SemidError(f"bad quantizer spec {text!r}: need at least 1 level and 2 codes per level")
+            raise SemidError(
+                f"bad quantizer spec {text!r}: need at least 1 level and 2 codes per level"
+            )
         opts = dict(kv.split("=", 1) for kv in m["opts"].split(",") if kv)
         return cls(m["family"], levels, size, opts)
 
@@ -58,7 +62,9 @@ class QuantizerSpec:
         try:
             return cast(self.options[key])
         except ValueError:
-            raise SemidError(f"option {key}={self.options[key]!r} in {self} is not a valid {cast.__name__}") from None
+            raise SemidError(
+                f"option {key}={self.options[key]!r} in {self} is not a valid {cast.__name__}"
+            ) from None
 
 
 class Quantizer(nn.Module, ABC):
@@ -79,7 +85,9 @@ class Quantizer(nn.Module, ABC):
         """Create the parameters and buffers for inputs of dimension `dim` (once)."""
         if self.dim is not None:
             if dim != self.dim:
-                raise SemidError(f"embeddings have dimension {dim} but the quantizer expects {self.dim}")
+                raise SemidError(
+                    f"embeddings have dimension {dim} but the quantizer expects {self.dim}"
+                )
             return
         self.dim = dim
         self._build(dim)
@@ -127,13 +135,17 @@ class Quantizer(nn.Module, ABC):
         if x.ndim != 2:
             raise SemidError(f"expected embeddings of shape (N, D), got {tuple(x.shape)}")
         if self.dim is not None and x.shape[1] != self.dim:
-            raise SemidError(f"embeddings have dimension {x.shape[1]} but the quantizer expects {self.dim}")
+            raise SemidError(
+                f"embeddings have dimension {x.shape[1]} but the quantizer expects {self.dim}"
+            )
         if x.shape[0] == 0:
             raise SemidError("no embeddings given (N = 0)")
         x = x.float()
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).any(1).sum())
-            raise SemidError(f"{bad} embedding rows contain NaN or infinity; clean or drop them first")
+            raise SemidError(
+                f"{bad} embedding rows contain NaN or infinity; clean or drop them first"
+            )
         return x
 
     def check_fitted(self) -> None:
@@ -154,7 +166,9 @@ class Quantizer(nn.Module, ABC):
         """Load a quantizer of any registered family from a folder written by save_pretrained."""
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-            raise SemidError(f"{path} is not a saved quantizer (needs config.json and model.safetensors)")
+            raise SemidError(
+                f"{path} is not a saved quantizer (needs config.json and model.safetensors)"
+            )
         config = json.loads((path / "config.json").read_text())
         spec = QuantizerSpec.parse(config.pop("spec"))
         dim = config.pop("dim")
@@ -182,7 +196,9 @@ def quantizer_class(family: str) -> type[Quantizer]:
     if family not in _REGISTRY:
         import semid.quantizers  # noqa: F401  (registers the built-in families)
     if family not in _REGISTRY:
-        raise SemidError(f"unknown quantizer family {family!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise SemidError(
+            f"unknown quantizer family {family!r}; known: {', '.join(sorted(_REGISTRY))}"
+        )
     return _REGISTRY[family]
 
 

@@ -1,0 +1,1 @@
+"""The `semid` command line."""

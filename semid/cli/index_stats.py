@@ -1,0 +1,56 @@
+"""`semid index stats`: the health report of a semantic-ID index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from semid.cli.table import format_table
+from semid.ids import SemanticIDs
+
+DESCRIPTION = "Print the health stats of an ID index: per-level usage and perplexity, collisions."
+EXAMPLE = "semid index stats runs/ml-1m/index --json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `semid index stats`."""
+    p.add_argument("index", help="index folder written by `semid index build`")
+    p.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
+
+
+def format_stats(stats: dict) -> str:
+    """Human-readable report of SemanticIDs.stats()."""
+    head = [
+        ("items", stats["items"]),
+        ("quantizer", stats["quantizer"] or "-"),
+        ("levels x codes", " x ".join(map(str, stats["codebook_sizes"]))),
+        ("collision strategy", stats["collision_strategy"] or "-"),
+        ("collision rate before", f"{stats['collision_rate_before']:.4f}"),
+        ("collision rate after", f"{stats['collision_rate_after']:.4f}"),
+        ("max items per ID before", stats["max_items_per_id_before"]),
+        ("items moved", stats["items_moved"]),
+    ]
+    width = max(len(k) for k, _ in head)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in head]
+    rows = [
+        [
+            lv["level"],
+            lv["codebook_size"],
+            lv["used"],
+            lv["usage"],
+            lv["perplexity"],
+            lv["perplexity"] / lv["codebook_size"],
+        ]
+        for lv in stats["per_level"]
+    ]
+    table = format_table(
+        ["level", "codes", "used", "usage", "perplexity", "perplexity/codes"], rows
+    )
+    return "\n".join(lines) + "\n\n" + table
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the index and print its stats."""
+    stats = SemanticIDs.load(args.index).stats()
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0

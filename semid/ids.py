@@ -1,0 +1,256 @@
+"""SemanticIDs: the ID index. Item keys <-> unique code tuples, health stats, save and load."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+import semid
+from semid.atomic import atomic_dir
+from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
+from semid.errors import SemidError
+from semid.quantization import Quantizer
+
+FORMAT_VERSION = 1
+QUANTIZER_DIR = "quantizer"
+
+
+def level_perplexity(codes: Tensor, size: int) -> float:
+    """exp(entropy) of the code distribution of one level (N,): size if uniform, 1 if collapsed."""
+    p = torch.bincount(codes, minlength=size).double() / max(len(codes), 1)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@dataclass
+class SemanticIDs:
+    """Unique semantic IDs for a catalogue: keys (N) and codes (N, L) with per-level sizes."""
+
+    keys: list[str]
+    codes: Tensor  # (N, L) int64, unique rows
+    codebook_sizes: list[int]
+    raw_codes: Tensor | None = None  # (N, L_raw) quantizer output before collision resolution
+    collision: CollisionReport | None = None
+    quantizer_spec: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.codes = torch.as_tensor(self.codes, dtype=torch.long)
+        if self.codes.ndim != 2 or len(self.codes) != len(self.keys):
+            raise SemidError(
+                f"codes must be (N, L) with N = {len(self.keys)} keys, got {tuple(self.codes.shape)}"
+            )
+        if len(self.codebook_sizes) != self.codes.shape[1]:
+            raise SemidError(
+                f"{len(self.codebook_sizes)} codebook sizes for {self.codes.shape[1]} levels"
+            )
+        if len(set(self.keys)) != len(self.keys):
+            raise SemidError("item keys are not unique; deduplicate them first")
+        if len(self.codes) and (
+            (self.codes < 0).any() or (self.codes >= torch.tensor(self.codebook_sizes)).any()
+        ):
+            raise SemidError("codes out of range of their codebook sizes")
+        if collision_rate(self.codes) > 0:
+            raise SemidError(
+                "semantic IDs are not unique; build them with SemanticIDs.from_codes(..., strategy=...)"
+            )
+        self._row_of_key = {k: i for i, k in enumerate(self.keys)}
+        self._row_of_code = {tuple(c): i for i, c in enumerate(self.codes.tolist())}
+
+    @classmethod
+    def from_codes(
+        cls,
+        keys: Sequence[str],
+        raw_codes: Tensor,
+        codebook_sizes: Sequence[int],
+        strategy: str = "extra-level",
+        *,
+        distances: Tensor | None = None,
+        popularity: Tensor | None = None,
+        quantizer_spec: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> SemanticIDs:
+        """Resolve collisions in raw quantizer codes (N, L) with the named strategy and index them."""
+        raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
+        codes, sizes, report = resolve_collisions(
+            raw_codes, list(codebook_sizes), strategy, distances=distances, popularity=popularity
+        )
+        return cls(
+            list(keys), codes, sizes, raw_codes, report, quantizer_spec, dict(metadata or {})
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def levels(self) -> int:
+        """Number of code levels L (including an extra disambiguation level, if any)."""
+        return self.codes.shape[1]
+
+    def code_of(self, key: str) -> tuple[int, ...]:
+        """The code tuple of an item key."""
+        if key not in self._row_of_key:
+            raise SemidError(f"unknown item key {key!r}")
+        return tuple(self.codes[self._row_of_key[key]].tolist())
+
+    def key_of(self, code: Sequence[int] | Tensor) -> str | None:
+        """The item key of a code tuple, or None if no item has it."""
+        row = self._row_of_code.get(tuple(int(c) for c in code))
+        return None if row is None else self.keys[row]
+
+    def rows_of_codes(self, codes: Tensor) -> Tensor:
+        """Item row (…,) of each code tuple in codes (…, L); -1 where no item has that ID."""
+        flat = codes.reshape(-1, codes.shape[-1]).tolist()
+        rows = [self._row_of_code.get(tuple(c), -1) for c in flat]
+        return torch.tensor(rows, dtype=torch.long).reshape(codes.shape[:-1])
+
+    def rows_of_keys(self, keys: Sequence[str]) -> Tensor:
+        """Item rows (M,) of keys; unknown keys raise SemidError."""
+        missing = [k for k in keys if k not in self._row_of_key]
+        if missing:
+            raise SemidError(f"{len(missing)} unknown item keys, e.g. {missing[0]!r}")
+        return torch.tensor([self._row_of_key[k] for k in keys], dtype=torch.long)
+
+    def trie(self):
+        """A PrefixTrie over all IDs (for constrained decoding)."""
+        from semid.trie import PrefixTrie
+
+        return PrefixTrie.from_codes(self.codes, self.codebook_sizes)
+
+    def add(self, keys: Sequence[str], raw_codes: Tensor) -> Tensor:
+        """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
+        token (or must already be unique when there is no extra level). Returns their codes (M, L)."""
+        keys = list(keys)
+        raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
+        if len(keys) != len(raw_codes):
+            raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
+        clash = [k for k in keys if k in self._row_of_key]
+        if clash:
+            raise SemidError(f"{len(clash)} keys are already indexed, e.g. {clash[0]!r}")
+        has_extra = self.collision is not None and self.collision.extra_level
+        new_codes = []
+        for raw in raw_codes.tolist():
+            code = list(raw)
+            if has_extra:
+                token = 0
+                while tuple([*code, token]) in self._row_of_code:
+                    token += 1
+                code.append(token)
+            if tuple(code) in self._row_of_code:
+                raise SemidError(
+                    f"new item's ID {tuple(code)} is taken and this index has no extra level to disambiguate"
+                )
+            self._row_of_code[tuple(code)] = len(self.keys) + len(new_codes)
+            new_codes.append(code)
+        added = torch.tensor(new_codes, dtype=torch.long).reshape(len(keys), self.levels)
+        if has_extra and len(added):
+            self.codebook_sizes[-1] = max(self.codebook_sizes[-1], int(added[:, -1].max()) + 1)
+        for k in keys:
+            self._row_of_key[k] = len(self.keys)
+            self.keys.append(k)
+        self.codes = torch.cat([self.codes, added])
+        if self.raw_codes is not None:
+            self.raw_codes = torch.cat([self.raw_codes, raw_codes])
+        return added
+
+    def stats(self) -> dict[str, Any]:
+        """Health stats: per-level usage and perplexity, collision rates, items per ID."""
+        levels = []
+        for level, size in enumerate(self.codebook_sizes):
+            col = self.codes[:, level]
+            used = int(torch.unique(col).numel())
+            levels.append(
+                {
+                    "level": level,
+                    "codebook_size": size,
+                    "used": used,
+                    "usage": used / size,
+                    "perplexity": level_perplexity(col, size),
+                }
+            )
+        raw = self.raw_codes if self.raw_codes is not None else self.codes
+        _, counts = group_ids(raw)
+        return {
+            "items": len(self),
+            "levels": self.levels,
+            "codebook_sizes": list(self.codebook_sizes),
+            "quantizer": self.quantizer_spec,
+            "collision_strategy": self.collision.strategy if self.collision else None,
+            "collision_rate_before": collision_rate(raw),
+            "collision_rate_after": collision_rate(self.codes),
+            "max_items_per_id_before": int(counts.max()) if len(counts) else 0,
+            "items_moved": self.collision.items_moved if self.collision else 0,
+            "id_space_bits": sum(math.log2(s) for s in self.codebook_sizes),
+            "per_level": levels,
+        }
+
+    def save(self, path: str | os.PathLike, quantizer: Quantizer | None = None) -> None:
+        """Write the index folder atomically: config.json, codes.safetensors, keys.json, stats.json, and the
+        quantizer that made the codes (in quantizer/) so new items can be encoded later."""
+        config = {
+            "format_version": FORMAT_VERSION,
+            "semid_version": semid.__version__,
+            "num_items": len(self),
+            "codebook_sizes": self.codebook_sizes,
+            "quantizer_spec": self.quantizer_spec,
+            "collision": self.collision.to_dict() if self.collision else None,
+            "metadata": self.metadata,
+        }
+        tensors = {"codes": self.codes.contiguous()}
+        if self.raw_codes is not None:
+            tensors["raw_codes"] = self.raw_codes.contiguous()
+        with atomic_dir(path) as tmp:
+            self._write(tmp, config, tensors)
+            if quantizer is not None:
+                quantizer.save_pretrained(tmp / QUANTIZER_DIR)
+
+    def _write(self, folder: Path, config: dict, tensors: dict[str, Tensor]) -> None:
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (folder / "keys.json").write_text(json.dumps(self.keys, ensure_ascii=False) + "\n")
+        save_file(tensors, str(folder / "codes.safetensors"))
+        (folder / "stats.json").write_text(json.dumps(self.stats(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SemanticIDs:
+        """Read an index folder written by save()."""
+        path = Path(path)
+        needed = ["config.json", "keys.json", "codes.safetensors"]
+        if not path.is_dir() or any(not (path / n).is_file() for n in needed):
+            raise SemidError(
+                f"{path} is not a semantic-ID index (needs {', '.join(needed)}); build one with `semid index build`"
+            )
+        config = json.loads((path / "config.json").read_text())
+        if config.get("format_version", 0) > FORMAT_VERSION:
+            raise SemidError(
+                f"{path} was written by a newer semid (format {config['format_version']}); upgrade semid"
+            )
+        tensors = load_file(str(path / "codes.safetensors"))
+        collision = CollisionReport(**config["collision"]) if config.get("collision") else None
+        return cls(
+            keys=json.loads((path / "keys.json").read_text()),
+            codes=tensors["codes"],
+            codebook_sizes=list(config["codebook_sizes"]),
+            raw_codes=tensors.get("raw_codes"),
+            collision=collision,
+            quantizer_spec=config.get("quantizer_spec"),
+            metadata=config.get("metadata", {}),
+        )
+
+
+def load_quantizer(index_path: str | os.PathLike) -> Quantizer:
+    """The quantizer saved with an index folder."""
+    path = Path(index_path) / QUANTIZER_DIR
+    if not path.is_dir():
+        raise SemidError(
+            f"{index_path} has no saved quantizer; rebuild it with `semid index build`"
+        )
+    return Quantizer.from_pretrained(path)

@@ -1,0 +1,125 @@
+"""Ranking metrics as pure functions on tensors.
+
+Every metric takes a relevance matrix ``rel`` (B, K) bool — rel[b, j] says whether the j-th
+result for query b is relevant — and returns one value per query (B,) float. Use
+``relevance(ranked, targets)`` to build it from ranked item ids and ``compute_metrics`` for the
+usual table of means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def relevance(ranked: Tensor, targets: Tensor) -> Tensor:
+    """rel (B, K) bool from ranked ids (B, K) and targets (B,) or (B, T) padded with -1.
+
+    Ranked ids of -1 (padding, or an invalid ID) are never relevant."""
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    rel = (ranked[:, :, None] == targets[:, None, :]) & (targets[:, None, :] >= 0)
+    return rel.any(-1) & (ranked >= 0)
+
+
+def _check_k(rel: Tensor, k: int) -> None:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if rel.ndim != 2:
+        raise ValueError(f"rel must be (B, K), got shape {tuple(rel.shape)}")
+
+
+def _num_relevant(rel: Tensor, num_relevant: Tensor | None) -> Tensor:
+    if num_relevant is None:
+        return torch.ones(rel.shape[0], dtype=torch.float64)
+    return num_relevant.double().clamp(min=1)
+
+
+def hit_rate_at_k(rel: Tensor, k: int) -> Tensor:
+    """1 if any of the top-k is relevant, else 0; (B,)."""
+    _check_k(rel, k)
+    return rel[:, :k].any(1).double()
+
+
+def precision_at_k(rel: Tensor, k: int) -> Tensor:
+    """Share of the top-k that is relevant; (B,). Missing results count as not relevant."""
+    _check_k(rel, k)
+    return rel[:, :k].sum(1).double() / k
+
+
+def recall_at_k(rel: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
+    """Share of the relevant items found in the top-k; (B,). num_relevant (B,) defaults to 1."""
+    _check_k(rel, k)
+    found = rel[:, :k].sum(1).double()
+    return torch.minimum(found / _num_relevant(rel, num_relevant), torch.ones(()))
+
+
+def ndcg_at_k(rel: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
+    """Normalised discounted cumulative gain with binary gains; (B,)."""
+    _check_k(rel, k)
+    top = rel[:, :k].double()
+    discounts = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))
+    dcg = (top * discounts).sum(1)
+    ideal_hits = _num_relevant(rel, num_relevant).clamp(max=k).long()
+    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64)), 0)[
+        ideal_hits - 1
+    ]
+    return dcg / ideal
+
+
+def mrr_at_k(rel: Tensor, k: int) -> Tensor:
+    """Reciprocal rank of the first relevant result within the top-k (0 if none); (B,)."""
+    _check_k(rel, k)
+    top = rel[:, :k]
+    first = top.double().argmax(1)
+    return torch.where(top.any(1), 1.0 / (first + 1).double(), torch.zeros((), dtype=torch.float64))
+
+
+def average_precision_at_k(rel: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
+    """Average precision over the top-k, normalised by min(num_relevant, k); (B,)."""
+    _check_k(rel, k)
+    top = rel[:, :k].double()
+    precision = torch.cumsum(top, 1) / torch.arange(1, top.shape[1] + 1, dtype=torch.float64)
+    denom = _num_relevant(rel, num_relevant).clamp(max=k)
+    return (precision * top).sum(1) / denom
+
+
+def invalid_id_rate(valid: Tensor) -> Tensor:
+    """Share of returned IDs that are not in the index, per query; valid (B, K) bool -> (B,)."""
+    return 1.0 - valid.double().mean(1)
+
+
+_BY_NAME = {
+    "recall": recall_at_k,
+    "ndcg": ndcg_at_k,
+    "mrr": mrr_at_k,
+    "hit": hit_rate_at_k,
+    "precision": precision_at_k,
+    "map": average_precision_at_k,
+}
+_TAKES_NUM_RELEVANT = {"recall", "ndcg", "map"}
+
+
+def compute_metrics(
+    ranked: Tensor,
+    targets: Tensor,
+    ks: Sequence[int] = (5, 10),
+    names: Sequence[str] = ("recall", "ndcg"),
+    num_relevant: Tensor | None = None,
+) -> dict[str, float]:
+    """Mean of each metric at each k, keyed like ``recall@10``; also ``invalid_id_rate``
+    (share of -1 entries in ranked, i.e. padding or IDs outside the index)."""
+    unknown = set(names) - set(_BY_NAME)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {sorted(_BY_NAME)}")
+    rel = relevance(ranked, targets)
+    out: dict[str, float] = {}
+    for name in names:
+        for k in ks:
+            fn = _BY_NAME[name]
+            values = fn(rel, k, num_relevant) if name in _TAKES_NUM_RELEVANT else fn(rel, k)
+            out[f"{name}@{k}"] = float(values.mean())
+    out["invalid_id_rate"] = float(invalid_id_rate(ranked >= 0).mean())
+    return out

@@ -1,0 +1,373 @@
+"""The training loop shared by every generator: `model(batch) -> (loss, logits)` on `accelerate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from tqdm import tqdm
+
+from semid.atomic import atomic_file, write_json
+from semid.errors import SemidError
+from semid.training.checkpoints import (
+    checkpoint_dir,
+    collective_atomic_dir,
+    complete_checkpoints,
+    load_progress,
+    prune_checkpoints,
+    save_progress,
+)
+from semid.training.config import DATA_ORDER_FIELDS, TrainConfig, TrainProgress, TrainResult
+from semid.training.schedule import lr_factor
+
+Evaluate = Callable[[nn.Module], dict[str, float]]
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh permutation of range(n) per epoch, a pure function of (seed, epoch).
+
+    Unlike `RandomSampler` it draws nothing from the global RNG, so the order of epoch e does not
+    depend on what ran before it: a run resumed in the middle of epoch e sees the same order.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Trainer:
+    """Train a `model(batch) -> (loss, logits)` module with checkpoints, exact resume and early stopping.
+
+    `out_dir` receives `checkpoints/step-XXXXXXXX/` (the last `keep_checkpoints`), `best/model.safetensors`,
+    `metrics.jsonl` and `train_config.json`. Launched with `accelerate launch`, the same code runs
+    data-parallel on several processes; `batch_size` is then per process. `evaluate(model)` runs on
+    the main process only, with the unwrapped model in eval mode under `torch.no_grad()`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Dataset,
+        config: TrainConfig,
+        out_dir: str | Path,
+        evaluate: Evaluate | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        optimizer_factory: OptimizerFactory | None = None,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if isinstance(train_dataset, IterableDataset):
+            raise SemidError(
+                "Trainer needs a map-style dataset (with __len__ and __getitem__) to resume mid-epoch; materialise the iterable one, e.g. list(dataset)"
+            )
+        if len(train_dataset) == 0:
+            raise SemidError("the training set is empty; check the data split before training")
+        self.config, self.out_dir, self.evaluate = config, Path(out_dir), evaluate
+        self.accelerator = Accelerator(
+            mixed_precision=_resolve_precision(config.mixed_precision),
+            gradient_accumulation_steps=config.grad_accum_steps,
+            # the loop steps the schedule once per optimizer step; accelerate would step it once per process
+            step_scheduler_with_optimizer=False,
+        )
+        self.sampler = EpochShuffleSampler(len(train_dataset), config.seed)
+        # a private generator, so creating a DataLoader iterator does not consume the global RNG
+        self._loader_generator = torch.Generator().manual_seed(config.seed)
+        loader = DataLoader(
+            train_dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_fn,
+            num_workers=config.num_workers,
+            generator=self._loader_generator,
+        )
+        optimizer = (optimizer_factory or self._default_optimizer)(model)
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
+        self.batches_per_epoch = len(self.loader)  # per process, after sharding
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
+        self.total_steps = config.max_epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        factor = partial(
+            lr_factor,
+            warmup_steps=config.warmup_steps,
+            total_steps=self.total_steps,
+            schedule=config.schedule,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, factor)
+        self.scheduler = self.accelerator.prepare(schedule)
+
+    @property
+    def checkpoints_root(self) -> Path:
+        """Folder holding the `step-XXXXXXXX` checkpoints."""
+        return self.out_dir / "checkpoints"
+
+    @property
+    def best_path(self) -> Path:
+        """Weights of the best evaluation so far (the last weights when there is no `evaluate`).
+
+        Tied tensors are stored once: read them back with `safetensors.torch.load_model(model, path)`.
+        """
+        return self.out_dir / "best" / "model.safetensors"
+
+    def fit(self, resume: bool = True) -> TrainResult:
+        """Train until max_epochs, max_steps or early stopping; resume from the last checkpoint if any."""
+        progress = self._start(resume)
+        started = time.monotonic() - progress.elapsed_s
+        show_bar = self.accelerator.is_main_process and sys.stderr.isatty()
+        with tqdm(
+            total=self.total_steps, initial=progress.step, desc="train", disable=not show_bar
+        ) as bar:
+            while not self._finished(progress):
+                if self._train_epoch(progress, started, bar):
+                    self._end_epoch(progress, started)
+        # max_steps or eval_every_epochs can leave the last weights unevaluated; they may be the best
+        unevaluated = progress.last_eval_step != progress.step and not progress.stopped_early
+        if self.evaluate is not None and unevaluated:
+            self._run_evaluation(progress, started)
+        if self._saved_at != _snapshot(progress):
+            self._checkpoint(progress, started)
+        if self.evaluate is None:
+            self._save_best()
+            progress.best_step = progress.step
+        self.accelerator.wait_for_everyone()
+        return TrainResult(
+            best_metrics=dict(progress.best_metrics),
+            best_step=progress.best_step,
+            steps=progress.step,
+            epochs=progress.epoch,
+            stopped_early=progress.stopped_early,
+            best_path=self.best_path,
+            last_checkpoint=self._last_checkpoint(),
+        )
+
+    def _start(self, resume: bool) -> TrainProgress:
+        """Seed everything, then restore the last checkpoint (resume) or clear earlier outputs."""
+        acc = self.accelerator
+        set_seed(self.config.seed)
+        resume_from = self._last_checkpoint() if resume else None
+        self._saved_at = None
+        if resume_from is None:
+            if acc.is_main_process:
+                shutil.rmtree(self.checkpoints_root, ignore_errors=True)
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+                write_json(self.out_dir / "train_config.json", self.config.to_dict())
+            acc.wait_for_everyone()
+            return TrainProgress(num_processes=acc.num_processes)
+        self._check_resumable(resume_from)
+        # weights, optimizer, schedule, grad scaler, RNG states of this process, accumulation counter
+        acc.load_state(str(resume_from))
+        progress = load_progress(resume_from)
+        self._saved_at = _snapshot(progress)
+        if acc.is_main_process:
+            self._truncate_metrics(progress.step)
+            write_json(self.out_dir / "train_config.json", self.config.to_dict())
+        acc.wait_for_everyone()
+        return progress
+
+    def _check_resumable(self, folder: Path) -> None:
+        saved = load_progress(folder)
+        if saved.num_processes != self.accelerator.num_processes:
+            raise SemidError(
+                f"checkpoint {folder} was written by {saved.num_processes} process(es) but this run has "
+                f"{self.accelerator.num_processes}; launch with the same number or call fit(resume=False)"
+            )
+        config_file = self.out_dir / "train_config.json"
+        if config_file.is_file():
+            before = json.loads(config_file.read_text())
+            changed = [f for f in DATA_ORDER_FIELDS if before.get(f) != getattr(self.config, f)]
+            if changed:
+                raise SemidError(
+                    f"cannot resume {self.out_dir}: {', '.join(changed)} changed since the checkpoint "
+                    "(they fix the data order); restore them or call fit(resume=False)"
+                )
+
+    def _train_epoch(self, progress: TrainProgress, started: float, bar: tqdm) -> bool:
+        """Run the rest of the current epoch; False when max_steps stopped it before the end."""
+        acc, cfg = self.accelerator, self.config
+        self.sampler.epoch = progress.epoch
+        # worker seeds come from this generator: reset it so a resumed epoch seeds its workers the same way
+        self._loader_generator.manual_seed(cfg.seed * 1_000_003 + progress.epoch)
+        loader = self.loader
+        if progress.batch_in_epoch:
+            loader = acc.skip_first_batches(self.loader, progress.batch_in_epoch)
+        self.model.train()
+        loss_sum, loss_count = torch.zeros((), device=acc.device), 0
+        for batch in loader:
+            with acc.accumulate(self.model):
+                loss = _loss_of(self.model(batch))
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    step_lr = self.scheduler.get_last_lr()[0]  # logged: the rate this update uses
+                    if cfg.max_grad_norm is not None:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                self.optimizer.zero_grad()
+            progress.batch_in_epoch += 1
+            loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
+            if not acc.sync_gradients:
+                continue
+            progress.step += 1
+            bar.update(1)
+            end_of_epoch = progress.batch_in_epoch == self.batches_per_epoch
+            if progress.step % cfg.log_every == 0 or end_of_epoch:
+                mean_loss = acc.reduce(loss_sum / loss_count, reduction="mean").item()
+                loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                self._log(progress, started, loss=mean_loss, lr=step_lr)
+            if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+                return end_of_epoch
+            # the end-of-epoch checkpoint follows right away, after the evaluation
+            if progress.step % cfg.checkpoint_every == 0 and not end_of_epoch:
+                self._checkpoint(progress, started)
+        return True
+
+    def _end_epoch(self, progress: TrainProgress, started: float) -> None:
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        if self.evaluate is not None and progress.epoch % self.config.eval_every_epochs == 0:
+            self._run_evaluation(progress, started)
+        self._checkpoint(progress, started)
+
+    def _run_evaluation(self, progress: TrainProgress, started: float) -> None:
+        """Evaluate on the main process, share the result, keep the best weights, maybe stop early."""
+        acc, cfg = self.accelerator, self.config
+        metrics: list[dict[str, float] | None] = [None]
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            model.eval()
+            with torch.no_grad(), acc.autocast():
+                metrics[0] = {k: float(v) for k, v in self.evaluate(model).items()}
+            model.train()
+        metrics = broadcast_object_list(metrics)[0]
+        if cfg.metric not in metrics:
+            raise SemidError(
+                f"evaluate() returned {sorted(metrics)} but TrainConfig.metric is {cfg.metric!r}; set metric to one of those"
+            )
+        self._log(progress, started, **{f"eval/{k}": v for k, v in metrics.items()})
+        progress.last_eval_step = progress.step
+        if progress.improves(metrics[cfg.metric], cfg.metric_mode):
+            progress.best_value, progress.best_step, progress.best_metrics = (
+                metrics[cfg.metric],
+                progress.step,
+                metrics,
+            )
+            progress.evals_without_improvement = 0
+            self._save_best()
+        else:
+            progress.evals_without_improvement += 1
+            patience = cfg.early_stopping_patience
+            progress.stopped_early = (
+                patience is not None and progress.evals_without_improvement >= patience
+            )
+
+    def _checkpoint(self, progress: TrainProgress, started: float) -> None:
+        """Save model, optimizer, schedule, RNG states and counters; keep the newest few."""
+        acc = self.accelerator
+        progress.elapsed_s = time.monotonic() - started
+        with collective_atomic_dir(
+            acc, checkpoint_dir(self.checkpoints_root, progress.step)
+        ) as tmp:
+            acc.save_state(str(tmp))
+            if acc.is_main_process:
+                save_progress(tmp, progress)
+        if acc.is_main_process:
+            prune_checkpoints(self.checkpoints_root, self.config.keep_checkpoints)
+        self._saved_at = _snapshot(progress)
+        acc.wait_for_everyone()
+
+    def _save_best(self) -> None:
+        with collective_atomic_dir(self.accelerator, self.best_path.parent) as tmp:
+            self.accelerator.save_model(self.model, tmp, safe_serialization=True)
+
+    def _finished(self, progress: TrainProgress) -> bool:
+        cfg = self.config
+        out_of_steps = cfg.max_steps is not None and progress.step >= cfg.max_steps
+        return progress.stopped_early or out_of_steps or progress.epoch >= cfg.max_epochs
+
+    def _last_checkpoint(self) -> Path | None:
+        found = complete_checkpoints(self.checkpoints_root)
+        return found[-1] if found else None
+
+    def _log(self, progress: TrainProgress, started: float, **values: float) -> None:
+        if self.accelerator.is_main_process:
+            line = {
+                "step": progress.step,
+                "epoch": progress.epoch,
+                **values,
+                "time": round(time.monotonic() - started, 3),
+            }
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint we resume from; they will be logged again."""
+        path = self.out_dir / "metrics.jsonl"
+        if path.is_file():
+            kept = [
+                line
+                for line in path.read_text().splitlines(keepends=True)
+                if _logged_before(line, step)
+            ]
+            with atomic_file(path) as f:
+                f.writelines(kept)
+
+    def _default_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW; biases and norm weights (1-d parameters) get no weight decay, as usual for Transformers."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {
+                "params": [p for p in params if p.ndim >= 2],
+                "weight_decay": self.config.weight_decay,
+            },
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.config.lr)
+
+
+def _snapshot(progress: TrainProgress) -> TrainProgress:
+    """What a checkpoint of `progress` would hold, wall time aside: equal snapshots need no new save."""
+    return dataclasses.replace(progress, best_metrics=dict(progress.best_metrics), elapsed_s=0.0)
+
+
+def _logged_before(line: str, step: int) -> bool:
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False  # a line cut short by the interruption
+
+
+def _loss_of(output: Any) -> torch.Tensor:
+    if not (isinstance(output, tuple) and len(output) == 2 and torch.is_tensor(output[0])):
+        raise SemidError(
+            f"model(batch) must return a (loss, logits) tuple, got {type(output).__name__}; see the generator contract in DESIGN.md"
+        )
+    return output[0]
+
+
+def _resolve_precision(name: str) -> str:
+    """'auto' becomes bf16 on a CUDA GPU that supports it, else no mixed precision."""
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

@@ -1,0 +1,82 @@
+"""A tiny classifier trained by `Trainer`; run directly or under `accelerate launch` by test_training.py.
+
+Usage: python tests/_two_process_train.py OUT --batch-size 16
+       accelerate launch --cpu --num_processes 2 tests/_two_process_train.py OUT --batch-size 8
+Each process writes its final weights to OUT/rank{process_index}.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from semid.training import TrainConfig, Trainer
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by TinyClassifier to stand for a killed job."""
+
+
+class TinyClassifier(nn.Module):
+    """Linear-ReLU-dropout-linear classifier following the generator contract `model(batch) -> (loss, logits)`."""
+
+    def __init__(self, dim: int = 6, classes: int = 3, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, classes)
+        )
+        self.crash_at_call: int | None = None  # simulate an interruption at the n-th forward call
+        self.calls = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch["x"]: (B, dim) float, batch["y"]: (B,) int64 -> (scalar loss, (B, classes) logits)."""
+        self.calls += 1
+        if self.crash_at_call is not None and self.calls == self.crash_at_call:
+            raise SimulatedCrash(f"simulated interruption at forward call {self.calls}")
+        logits = self.net(batch["x"])
+        return F.cross_entropy(logits, batch["y"]), logits
+
+
+def make_dataset(
+    n: int, dim: int = 6, classes: int = 3, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """n synthetic examples (x drawn with `seed`) labelled by the argmax of one fixed linear map of x."""
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    true_map = torch.randn(dim, classes, generator=torch.Generator().manual_seed(12345))
+    return [{"x": x[i], "y": y} for i, y in enumerate((x @ true_map).argmax(dim=1))]
+
+
+def make_model(seed: int = 0, dropout: float = 0.0) -> TinyClassifier:
+    """A TinyClassifier whose initial weights depend only on `seed`."""
+    torch.manual_seed(seed)
+    return TinyClassifier(dropout=dropout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--batch-size", type=int, required=True, help="per process")
+    args = parser.parse_args()
+    config = TrainConfig(
+        max_epochs=2, batch_size=args.batch_size, lr=0.05, checkpoint_every=3, mixed_precision="no"
+    )
+    trainer = Trainer(make_model(), make_dataset(64), config, args.out / "run")
+    result = trainer.fit()
+    rank = trainer.accelerator.process_index
+    weights = {
+        k: v.contiguous()
+        for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+    }
+    save_file(weights, str(args.out / f"rank{rank}.safetensors"))
+    print(f"rank {rank}: {result.steps} steps, {trainer.accelerator.num_processes} process(es)")
+
+
+if __name__ == "__main__":
+    main()

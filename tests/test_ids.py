@@ -1,0 +1,88 @@
+import json
+import math
+
+import pytest
+import torch
+
+from semid.errors import SemidError
+from semid.ids import SemanticIDs, level_perplexity
+
+
+def make_ids(strategy="extra-level"):
+    raw = torch.tensor([[0, 1], [0, 1], [2, 0], [1, 1]])
+    return SemanticIDs.from_codes(
+        ["a", "b", "c", "d"], raw, [3, 2], strategy, quantizer_spec="rqkmeans:2x3"
+    )
+
+
+def test_two_way_lookup():
+    ids = make_ids()
+    for key in ids.keys:
+        assert ids.key_of(ids.code_of(key)) == key
+    assert ids.key_of((2, 2, 2)) is None
+    rows = ids.rows_of_codes(torch.tensor([[[0, 1, 1], [9, 9, 9]]]))
+    assert rows.tolist() == [[1, -1]]
+    assert ids.rows_of_keys(["d", "a"]).tolist() == [3, 0]
+    with pytest.raises(SemidError, match="unknown item key"):
+        ids.code_of("zzz")
+
+
+def test_save_load_round_trip(tmp_path):
+    ids = make_ids()
+    ids.save(tmp_path / "idx")
+    loaded = SemanticIDs.load(tmp_path / "idx")
+    assert loaded.keys == ids.keys
+    assert torch.equal(loaded.codes, ids.codes) and torch.equal(loaded.raw_codes, ids.raw_codes)
+    assert loaded.codebook_sizes == ids.codebook_sizes and loaded.collision == ids.collision
+    assert json.loads((tmp_path / "idx" / "stats.json").read_text())["items"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left behind
+
+
+def test_failed_save_keeps_the_previous_index(tmp_path, monkeypatch):
+    make_ids().save(tmp_path / "idx")
+    before = (tmp_path / "idx" / "codes.safetensors").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("semid.ids.save_file", boom)
+    with pytest.raises(RuntimeError):
+        make_ids().save(tmp_path / "idx")
+    assert (tmp_path / "idx" / "codes.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_stats():
+    stats = make_ids().stats()
+    assert stats["collision_rate_before"] == pytest.approx(0.25)
+    assert stats["collision_rate_after"] == 0
+    assert stats["max_items_per_id_before"] == 2
+    assert [lv["used"] for lv in stats["per_level"]] == [3, 2, 2]
+
+
+def test_level_perplexity_bounds():
+    assert level_perplexity(torch.arange(8), 8) == pytest.approx(8)
+    assert level_perplexity(torch.zeros(8, dtype=torch.long), 8) == pytest.approx(1)
+    assert 1 < level_perplexity(torch.tensor([0, 0, 0, 1]), 2) < 2
+    assert math.isfinite(level_perplexity(torch.tensor([], dtype=torch.long), 4))
+
+
+def test_add_new_items_gets_unique_ids():
+    ids = make_ids()
+    added = ids.add(["e", "f"], torch.tensor([[0, 1], [2, 1]]))
+    assert added.tolist() == [[0, 1, 2], [2, 1, 0]]
+    assert ids.key_of((0, 1, 2)) == "e" and len(ids) == 6
+    assert ids.codebook_sizes[-1] == 3
+    with pytest.raises(SemidError, match="already indexed"):
+        ids.add(["a"], torch.tensor([[0, 0]]))
+
+
+def test_rejects_bad_construction(tmp_path):
+    with pytest.raises(SemidError, match="not unique"):
+        SemanticIDs(["a", "b"], torch.tensor([[0], [0]]), [2])
+    with pytest.raises(SemidError, match="keys are not unique"):
+        SemanticIDs(["a", "a"], torch.tensor([[0], [1]]), [2])
+    with pytest.raises(SemidError, match="out of range"):
+        SemanticIDs(["a"], torch.tensor([[5]]), [2])
+    with pytest.raises(SemidError, match="not a semantic-ID index"):
+        SemanticIDs.load(tmp_path)

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from semid.metrics import (
+    average_precision_at_k,
+    compute_metrics,
+    mrr_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    recall_at_k,
+    relevance,
+)
+
+
+def test_hand_made_single_target_case():
+    ranked = torch.tensor([[7, 3, 5], [1, 2, 3], [4, -1, -1]])
+    targets = torch.tensor([3, 9, 4])
+    rel = relevance(ranked, targets)
+    assert rel.tolist() == [[False, True, False], [False, False, False], [True, False, False]]
+    assert recall_at_k(rel, 1).tolist() == [0, 0, 1]
+    assert recall_at_k(rel, 3).tolist() == [1, 0, 1]
+    assert ndcg_at_k(rel, 3).tolist() == pytest.approx([1 / math.log2(3), 0, 1])
+    assert mrr_at_k(rel, 3).tolist() == pytest.approx([0.5, 0, 1])
+    m = compute_metrics(ranked, targets, ks=(1, 3), names=("recall", "ndcg", "mrr"))
+    assert m["recall@3"] == pytest.approx(2 / 3)
+    assert m["mrr@3"] == pytest.approx(0.5)
+    assert m["invalid_id_rate"] == pytest.approx(2 / 9)
+
+
+def test_several_relevant_items():
+    ranked = torch.tensor([[1, 2, 3, 4]])
+    targets = torch.tensor([[2, 4, 8]])
+    rel = relevance(ranked, targets)
+    n = torch.tensor([3])
+    assert precision_at_k(rel, 4).item() == pytest.approx(0.5)
+    assert recall_at_k(rel, 4, n).item() == pytest.approx(2 / 3)
+    assert average_precision_at_k(rel, 4, n).item() == pytest.approx((1 / 2 + 2 / 4) / 3)
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(rel, 4, n).item() == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(5)) / ideal
+    )
+
+
+def test_padding_targets_never_match_padding_results():
+    rel = relevance(torch.tensor([[-1, 2]]), torch.tensor([[-1, 2]]))
+    assert rel.tolist() == [[False, True]]
+
+
+def test_k_validation():
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(torch.zeros(1, 2, dtype=torch.bool), 0)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        compute_metrics(
+            torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), names=("auc",)
+        )

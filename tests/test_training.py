@@ -1,0 +1,357 @@
+"""Tests of the shared training loop: config checks, determinism, exact resume, early stopping, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _two_process_train import SimulatedCrash, make_dataset, make_model
+from safetensors.torch import load_file
+
+from semid.errors import SemidError
+from semid.training import TrainConfig, TrainConfigError, Trainer
+from semid.training.checkpoints import complete_checkpoints, load_progress
+from semid.training.schedule import lr_factor
+
+HELPER = Path(__file__).with_name("_two_process_train.py")
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """60 examples in batches of 8: 8 micro-batches per epoch, the last one short."""
+    values = dict(
+        max_epochs=3,
+        batch_size=8,
+        lr=0.05,
+        checkpoint_every=3,
+        log_every=1,
+        mixed_precision="no",
+        early_stopping_patience=None,
+        metric="acc",
+    )
+    return TrainConfig(**(values | overrides))
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+    }
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs by {(a[k] - b[k]).abs().max().item()}"
+
+
+def metric_lines(path: Path) -> list[dict]:
+    """metrics.jsonl without the wall times, which differ between runs."""
+    lines = path.read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+def accuracy_eval(data):
+    """An evaluate() callback: accuracy of the model on `data`, under two names."""
+
+    def evaluate(model):
+        device = next(model.parameters()).device
+        x = torch.stack([d["x"] for d in data]).to(device)
+        y = torch.stack([d["y"] for d in data]).to(device)
+        acc = (model.net(x).argmax(1) == y).float().mean().item()
+        return {"acc": acc, "err": 1.0 - acc}
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_epochs", 0),
+        ("batch_size", 2.5),
+        ("batch_size", True),
+        ("grad_accum_steps", 0),
+        ("lr", 0.0),
+        ("lr", float("nan")),
+        ("weight_decay", -1.0),
+        ("max_grad_norm", 0.0),
+        ("max_steps", 0),
+        ("warmup_steps", -1),
+        ("mixed_precision", "fp8"),
+        ("schedule", "step"),
+        ("metric_mode", "maximize"),
+        ("metric", ""),
+        ("early_stopping_patience", 0),
+    ],
+)
+def test_config_rejects_bad_field_and_names_it(field, value):
+    with pytest.raises(TrainConfigError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_config_round_trips_and_rejects_unknown_keys():
+    config = TrainConfig(lr=3e-4, max_steps=7, schedule="cosine")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(TrainConfigError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    assert issubclass(TrainConfigError, ValueError) and issubclass(TrainConfigError, SemidError)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_factor_warms_up_then_decays(schedule):
+    factors = [
+        lr_factor(step, warmup_steps=4, total_steps=14, schedule=schedule) for step in range(15)
+    ]
+    assert factors[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    middle, end = {"constant": (1.0, 1.0), "linear": (0.5, 0.0), "cosine": (0.5, 0.0)}[schedule]
+    assert (factors[9], factors[14]) == pytest.approx((middle, end), abs=1e-12)
+    assert all(a >= b for a, b in zip(factors[4:-1], factors[5:], strict=True))
+
+
+def test_fit_learns_and_writes_artifacts(tmp_path):
+    data, held_out = make_dataset(60), make_dataset(40, seed=1)
+    trainer = Trainer(
+        make_model(),
+        data,
+        tiny_config(warmup_steps=2, schedule="linear"),
+        tmp_path,
+        evaluate=accuracy_eval(held_out),
+        collate_fn=None,
+    )
+    before = accuracy_eval(held_out)(trainer.model)["acc"]
+    result = trainer.fit()
+
+    assert (result.steps, result.epochs, result.stopped_early) == (24, 3, False)
+    assert result.best_metrics["acc"] > before + 0.2
+    assert load_file(result.best_path).keys() == weights(trainer).keys()
+    assert [p.name for p in complete_checkpoints(tmp_path / "checkpoints")] == [
+        "step-00000021",
+        "step-00000024",
+    ]
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temp folders left
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [line for line in lines if "loss" in line]
+    evals = [line for line in lines if "eval/acc" in line]
+    assert [line["step"] for line in losses] == list(range(1, 25))
+    assert [line["step"] for line in evals] == [8, 16, 24]
+    assert {"epoch", "time", "lr"} <= losses[0].keys()
+    # 2 warm-up steps, then linear decay over the remaining 22 steps
+    assert [line["lr"] for line in losses[:3]] == pytest.approx([0.025, 0.05, 0.05])
+    assert losses[-1]["lr"] == pytest.approx(0.05 / 22)
+    assert sum(line["loss"] for line in losses[-8:]) < sum(line["loss"] for line in losses[:8])
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    def run(seed, name):
+        trainer = Trainer(
+            make_model(dropout=0.3),
+            make_dataset(60),
+            tiny_config(max_epochs=2, seed=seed),
+            tmp_path / name,
+        )
+        trainer.fit()
+        return weights(trainer)
+
+    first = run(0, "a")
+    assert_same_weights(first, run(0, "b"))
+    assert not torch.equal(first["net.0.weight"], run(1, "c")["net.0.weight"])
+
+
+# 4 optimizer steps per epoch (8 micro-batches, 2 per step), a checkpoint every 3 steps: a crash at
+# forward call 12 resumes from the end of epoch 0, 13 from step 6 (4 batches into epoch 1), 20 from
+# step 9 (2 batches into epoch 2)
+@pytest.mark.parametrize(("crash_at_call", "resumed_batch"), [(12, 0), (13, 4), (20, 2)])
+def test_resume_after_interruption_gives_identical_weights(tmp_path, crash_at_call, resumed_batch):
+    # dropout, accumulation over a short last batch, warm-up and cosine decay all depend on restored state
+    config = tiny_config(grad_accum_steps=2, warmup_steps=3, schedule="cosine", weight_decay=0.01)
+    data, held_out = make_dataset(60), make_dataset(30, seed=1)
+
+    reference = Trainer(
+        make_model(dropout=0.3), data, config, tmp_path / "ref", evaluate=accuracy_eval(held_out)
+    )
+    expected = reference.fit()
+
+    crashing = make_model(dropout=0.3)
+    crashing.crash_at_call = crash_at_call
+    with pytest.raises(SimulatedCrash):
+        Trainer(crashing, data, config, tmp_path / "run", evaluate=accuracy_eval(held_out)).fit()
+    last = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert load_progress(last).batch_in_epoch == resumed_batch
+
+    # a differently initialised model: everything must come from the checkpoint
+    resumed = Trainer(
+        make_model(seed=123, dropout=0.3),
+        data,
+        config,
+        tmp_path / "run",
+        evaluate=accuracy_eval(held_out),
+    )
+    result = resumed.fit(resume=True)
+
+    assert_same_weights(weights(reference), weights(resumed))
+    assert (result.steps, result.epochs, result.best_step, result.best_metrics) == (
+        expected.steps,
+        expected.epochs,
+        expected.best_step,
+        expected.best_metrics,
+    )
+    assert_same_weights(load_file(expected.best_path), load_file(result.best_path))
+
+    # lines logged after the checkpoint were dropped on resume, then logged once more
+    assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
+        tmp_path / "ref" / "metrics.jsonl"
+    )
+
+
+def test_resume_false_starts_over_and_finished_run_is_not_extended(tmp_path):
+    config = tiny_config(max_epochs=1)
+    first = Trainer(make_model(), make_dataset(60), config, tmp_path)
+    done = first.fit()
+    again = Trainer(make_model(seed=5), make_dataset(60), config, tmp_path)
+    assert again.fit(resume=True).steps == done.steps
+    assert_same_weights(weights(first), weights(again))  # loaded, not retrained
+    fresh = Trainer(make_model(), make_dataset(60), config, tmp_path)
+    assert fresh.fit(resume=False).steps == done.steps
+    assert_same_weights(weights(first), weights(fresh))
+
+
+def test_max_steps_stops_mid_epoch_evaluates_and_refuses_changed_batch_size(tmp_path):
+    evaluate = accuracy_eval(make_dataset(20, seed=1))
+    config = tiny_config(max_steps=5)
+    result = Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
+    assert (result.steps, result.epochs, result.best_step) == (5, 0, 5)  # last weights evaluated
+    assert load_progress(result.last_checkpoint).batch_in_epoch == 5
+    assert load_progress(result.last_checkpoint).last_eval_step == 5
+    assert result.best_path.is_file()
+    with pytest.raises(SemidError, match="batch_size"):
+        Trainer(
+            make_model(), make_dataset(60), tiny_config(max_steps=5, batch_size=4), tmp_path
+        ).fit()
+
+
+def test_early_stopping_keeps_best_weights(tmp_path):
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.1, 0.9])
+    snapshots = []
+
+    def evaluate(model):
+        snapshots.append({k: v.cpu().clone() for k, v in model.state_dict().items()})
+        return {"ndcg@10": next(scores)}
+
+    config = tiny_config(max_epochs=6, early_stopping_patience=2, metric="ndcg@10")
+    result = Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
+    assert result.stopped_early and result.epochs == 4
+    assert result.best_metrics == {"ndcg@10": 0.7} and result.best_step == 16
+    assert_same_weights(load_file(result.best_path), snapshots[1])
+
+
+def test_metric_mode_min(tmp_path):
+    scores = iter([0.5, 0.3, 0.4])
+    config = tiny_config(max_epochs=3, metric="loss", metric_mode="min")
+    result = Trainer(
+        make_model(), make_dataset(60), config, tmp_path, evaluate=lambda m: {"loss": next(scores)}
+    ).fit()
+    assert result.best_metrics == {"loss": 0.3} and result.best_step == 16
+
+
+def test_clear_errors_for_missing_metric_and_bad_model_output(tmp_path):
+    trainer = Trainer(
+        make_model(),
+        make_dataset(60),
+        tiny_config(max_epochs=1),
+        tmp_path / "a",
+        evaluate=lambda m: {"recall@10": 0.1},
+    )
+    with pytest.raises(SemidError, match=r"recall@10.*acc"):
+        trainer.fit()
+
+    class DictModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 3)
+
+        def forward(self, batch):
+            return {"loss": self.lin(batch["x"]).sum()}
+
+    with pytest.raises(SemidError, match=r"\(loss, logits\)"):
+        Trainer(DictModel(), make_dataset(8), tiny_config(), tmp_path / "b").fit()
+    with pytest.raises(SemidError, match="empty"):
+        Trainer(make_model(), [], tiny_config(), tmp_path / "c")
+
+
+def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(max_epochs=2, checkpoint_every=100)
+    reference = Trainer(make_model(), make_dataset(60), config, tmp_path / "ref")
+    reference.fit()
+
+    trainer = Trainer(make_model(), make_dataset(60), config, tmp_path / "run")
+    real_save, calls = trainer.accelerator.save_state, []
+
+    def save_then_die(folder):
+        real_save(folder)
+        calls.append(folder)
+        if len(calls) == 2:  # the epoch-1 checkpoint is complete; die inside the epoch-2 one
+            raise SimulatedCrash("killed while writing a checkpoint")
+
+    monkeypatch.setattr(trainer.accelerator, "save_state", save_then_die)
+    with pytest.raises(SimulatedCrash):
+        trainer.fit()
+    assert [p.name for p in complete_checkpoints(tmp_path / "run" / "checkpoints")] == [
+        "step-00000008"
+    ]
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # a line cut short by the crash
+
+    resumed = Trainer(make_model(), make_dataset(60), config, tmp_path / "run")
+    resumed.fit()
+    assert_same_weights(weights(reference), weights(resumed))
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))
+    assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
+        tmp_path / "ref" / "metrics.jsonl"
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
+    # `accelerate launch --cpu --num_processes 2` starts a single process unless MPI is set up
+    # (accelerate 1.15 simple launcher); the torchrun-based launcher with ACCELERATE_USE_CPU runs gloo.
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+    ]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    subprocess.run(
+        [*launch, str(HELPER), str(tmp_path / "two"), "--batch-size", "8"],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    subprocess.run(
+        [sys.executable, str(HELPER), str(tmp_path / "one"), "--batch-size", "16"],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+
+    rank0, rank1 = (
+        load_file(tmp_path / "two" / "rank0.safetensors"),
+        load_file(tmp_path / "two" / "rank1.safetensors"),
+    )
+    single = load_file(tmp_path / "one" / "rank0.safetensors")
+    assert_same_weights(rank0, rank1)
+    # same global batch (2 x 8 = 16) and same sample order: equal up to the all-reduce's float rounding
+    for k in single:
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(rank0["net.0.weight"], make_model().net[0].weight)
+    last = complete_checkpoints(tmp_path / "two" / "run" / "checkpoints")[-1]
+    assert load_progress(last).num_processes == 2 and (last / "random_states_1.pkl").is_file()
