@@ -1,0 +1,95 @@
+"""Trie-constrained beam search, batched over queries and beams, generic over a step model.
+
+The model encodes the batch of B queries once and scores the first level on B rows; only then
+are the rows expanded to B * beams with ``select``, so encoder outputs and cross-attention keys
+and values are never recomputed per beam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from semid.errors import SemidError
+from semid.trie import PrefixTrie
+
+
+class StepModel(Protocol):
+    """What a generator exposes to the search: encode once, then score one code level per step."""
+
+    def start(self, inputs: Any) -> tuple[Tensor, Any]:
+        """Encode B queries once; return first-level logits (B, V_0) and a state with B rows."""
+        ...
+
+    def step(self, state: Any, codes: Tensor, level: int) -> tuple[Tensor, Any]:
+        """Feed codes (R,) chosen at ``level - 1``; return logits (R, V_level) and the new state."""
+        ...
+
+    def select(self, state: Any, rows: Tensor) -> Any:
+        """Reorder or expand state rows: new row i is old row ``rows[i]`` (R_new,)."""
+        ...
+
+
+@dataclass
+class BeamSearchOutput:
+    """Top-k IDs per query; padding (fewer valid IDs than k) is code -1 with log-prob -inf."""
+
+    codes: Tensor  # (B, k, L) int64
+    log_probs: Tensor  # (B, k) float32, sorted descending
+
+
+def _masked_log_probs(logits: Tensor, trie: PrefixTrie, states: Tensor, level: int) -> Tensor:
+    """log_softmax over the model's logits (R, V), disallowed codes set to -inf."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return log_probs.masked_fill(~trie.allowed_mask(states, level), float("-inf"))
+
+
+def constrained_beam_search(
+    model: StepModel, inputs: Any, trie: PrefixTrie, num_beams: int, top_k: int | None = None
+) -> BeamSearchOutput:
+    """Top-``top_k`` (default ``num_beams``) IDs in ``trie`` per query, scored by summed log-probs."""
+    top_k = num_beams if top_k is None else top_k
+    if num_beams < 1 or not 1 <= top_k <= num_beams:
+        raise SemidError(f"need num_beams >= top_k >= 1, got num_beams={num_beams}, top_k={top_k}")
+    logits, state = model.start(inputs)
+    if logits.ndim != 2 or logits.shape[1] != trie.codebook_sizes[0]:
+        raise SemidError(
+            f"model.start returned logits of shape {tuple(logits.shape)}, expected (B, {trie.codebook_sizes[0]}); "
+            "does the model's vocabulary match the trie?"
+        )
+    device = logits.device
+    if trie.device != device:
+        raise SemidError(
+            f"trie is on {trie.device} but the model's logits are on {device}; pass trie.to({str(device)!r})"
+        )
+    batch = logits.shape[0]
+    trie_states = torch.zeros(batch, dtype=torch.int64, device=device)  # root, one row per query
+    scores = torch.zeros(batch, 1, device=device)  # (B, W): W = 1 before the first expansion
+    prefixes = torch.zeros(batch, 1, 0, dtype=torch.int64, device=device)  # (B, W, level)
+    for level in range(trie.levels):
+        if level > 0:
+            logits, state = model.step(state, prefixes[:, :, -1].reshape(-1), level)
+        v = trie.codebook_sizes[level]
+        log_probs = _masked_log_probs(logits, trie, trie_states, level)  # (B * W, V)
+        width = scores.shape[1]
+        total = (scores[:, :, None] + log_probs.view(batch, width, v)).view(batch, width * v)
+        scores, flat = total.topk(min(num_beams, width * v), dim=1)  # (B, W'), sorted
+        parent, codes = flat // v, flat % v
+        rows = (parent + torch.arange(batch, device=device)[:, None] * width).view(-1)  # (B * W',)
+        prefixes = torch.cat([prefixes.view(batch * width, -1)[rows], codes.view(-1, 1)], dim=1)
+        prefixes = prefixes.view(batch, -1, level + 1)
+        trie_states = trie.advance(trie_states[rows], level, codes.view(-1))
+        if level + 1 < trie.levels:
+            state = model.select(state, rows)
+    found = torch.isfinite(scores)
+    codes = prefixes.masked_fill(~found[:, :, None], -1)
+    k = min(top_k, scores.shape[1])
+    codes, scores = codes[:, :k].contiguous(), scores[:, :k].contiguous()
+    if k < top_k:  # fewer candidates than k (tiny codebooks): pad to the promised shape
+        pad = top_k - k
+        codes = torch.cat([codes, codes.new_full((batch, pad, trie.levels), -1)], dim=1)
+        scores = torch.cat([scores, scores.new_full((batch, pad), float("-inf"))], dim=1)
+    return BeamSearchOutput(codes=codes, log_probs=scores)

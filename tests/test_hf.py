@@ -1,0 +1,111 @@
+"""HF adapters: our search through Seq2SeqStepModel agrees with HF generate under TrieLogitsProcessor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from semid.beam_search import constrained_beam_search
+from semid.errors import SemidError
+from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor
+from semid.trie import PrefixTrie
+from semid.vocab import CodeVocabulary
+
+SIZES = [8, 8, 8]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    vocab = CodeVocabulary(SIZES, num_special=2)  # 0 = pad / decoder start, 1 = eos
+    config = T5Config(
+        vocab_size=vocab.size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = T5ForConditionalGeneration(config).eval()
+    codes = torch.unique(torch.randint(0, 8, (150, 3)), dim=0)
+    trie = PrefixTrie.from_codes(codes, SIZES)
+    inputs = {
+        "input_ids": torch.randint(2, vocab.size, (3, 7)),
+        "attention_mask": torch.ones(3, 7, dtype=torch.long),
+    }
+    inputs["attention_mask"][1, 4:] = 0  # a padded query
+    return vocab, model, trie, inputs
+
+
+def hf_beam_search(model, inputs, trie, vocab, k):
+    """HF generate under the trie -> codes (B, k, L), scores (B, k); k = 1 is HF's greedy search."""
+    beam_args = {"num_beams": k, "num_return_sequences": k, "length_penalty": 0.0} if k > 1 else {}
+    out = model.generate(
+        **inputs, **beam_args, max_new_tokens=trie.levels, do_sample=False,
+        logits_processor=[TrieLogitsProcessor(trie, vocab)], return_dict_in_generate=True, output_scores=True,
+    )  # fmt: skip
+    batch = inputs["input_ids"].shape[0]
+    codes = vocab.tokens_to_codes(out.sequences[:, 1:].reshape(batch, k, trie.levels))
+    if k > 1:
+        return codes, out.sequences_scores.view(batch, k)
+    # greedy: the processed scores are level log-probs (level_normalize), so their sum is the ID's score
+    steps = torch.stack(out.scores, 1).gather(2, out.sequences[:, 1:, None]).squeeze(2)
+    return codes, steps.sum(1).view(batch, 1)
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_native_search_matches_hf_generate(setup, k):
+    vocab, model, trie, inputs = setup
+    hf_codes, hf_scores = hf_beam_search(model, inputs, trie, vocab, k)
+    ours = constrained_beam_search(Seq2SeqStepModel(model, vocab), inputs, trie, num_beams=k)
+    assert torch.equal(ours.codes, hf_codes)
+    torch.testing.assert_close(ours.log_probs, hf_scores, rtol=0, atol=1e-4)
+    assert trie.contains(ours.codes.view(-1, 3)).all()
+
+
+def test_encoder_runs_once_per_batch(setup):
+    vocab, model, trie, inputs = setup
+    calls = []
+    handle = model.get_encoder().register_forward_hook(lambda mod, args, out: calls.append(1))
+    try:
+        constrained_beam_search(Seq2SeqStepModel(model, vocab), inputs, trie, num_beams=4)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_processor_masks_everything_outside_the_trie(setup):
+    vocab, _, trie, _ = setup
+    proc = TrieLogitsProcessor(trie, vocab, level_normalize=False)
+    ids = trie.all_codes()[:4]
+    tokens = vocab.codes_to_tokens(ids)
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    scores = proc(torch.cat([prompt, tokens[:, :2]], 1), torch.zeros(4, vocab.size))
+    for row, (c0, c1, _) in enumerate(ids.tolist()):
+        allowed = {c[2] for c in trie.all_codes().tolist() if c[:2] == [c0, c1]}
+        kept = torch.isfinite(scores[row]).nonzero().view(-1) - vocab.level_slice(2).start
+        assert set(kept.tolist()) == allowed
+    with pytest.raises(SemidError, match="max_new_tokens"):
+        proc(torch.cat([prompt, tokens], 1), torch.zeros(4, vocab.size))
+    eos = TrieLogitsProcessor(trie, vocab, eos_token_id=1)(
+        torch.cat([prompt, tokens], 1), torch.zeros(4, vocab.size)
+    )
+    assert (torch.isfinite(eos).nonzero()[:, 1] == 1).all()
+
+
+def test_vocabulary_checks(setup):
+    vocab, model, trie, _ = setup
+    with pytest.raises(SemidError, match="codebook sizes"):
+        TrieLogitsProcessor(trie, CodeVocabulary([8, 8, 4]))
+    with pytest.raises(SemidError, match="vocab_size"):
+        Seq2SeqStepModel(model, CodeVocabulary([8, 8, 8, 8], num_special=2))
+
+
+def test_code_vocabulary_round_trip():
+    vocab = CodeVocabulary([4, 3, 5], num_special=2)
+    assert vocab.size == 14 and vocab.level_slice(1) == slice(6, 9)
+    codes = torch.tensor([[3, 0, 4], [0, 2, 1]])
+    tokens = vocab.codes_to_tokens(codes)
+    assert tokens.tolist() == [[5, 6, 13], [2, 8, 10]]
+    assert torch.equal(vocab.tokens_to_codes(tokens), codes)
+    with pytest.raises(SemidError, match="out of range"):
+        vocab.codes_to_tokens(torch.tensor([[4, 0, 0]]))
+    with pytest.raises(SemidError, match="level"):
+        vocab.tokens_to_codes(torch.tensor([[6, 6, 13]]))
