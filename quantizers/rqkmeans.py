@@ -1,0 +1,194 @@
+"""Residual k-means (``rqkmeans``): one faiss k-means codebook per level, fitted on the residuals
+left by the levels before it, then refined by least squares for fixed codes; encoding is greedy
+or a beam search over levels. Residual quantization: Juang & Gray 1982; refining the codebooks
+for fixed codes and re-encoding, as in stacked quantizers (Martinez et al. 2014).
+
+Spec options, e.g. ``rqkmeans:3x256,beam=8,refine=4,kmeans=pd``:
+- ``kmeans``: ``pd`` (faiss progressive-dimension k-means: cluster in the top PCA dimensions first,
+  then add dimensions; far better optima than random-init Lloyd when there are few points per
+  code, as with a few thousand items and 256 codes) or ``lloyd`` (plain faiss k-means);
+- ``beam``: encode-time beam width over levels (1 = greedy nearest code per level);
+- ``refine``: rounds of codebook refinement after the greedy fit (one least-squares sweep over
+  the levels for fixed codes, then re-encoding; 0 = plain residual k-means).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import faiss
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from semid.errors import SemidError
+from semid.kmeans import kmeans
+from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
+
+# Encode-time work is chunked so that a (rows, beam, K) score tensor stays about this many floats.
+_CHUNK_FLOATS = 1 << 24
+
+
+@register_quantizer("rqkmeans")
+class ResidualKMeans(Quantizer):
+    """Residual k-means: codebooks (L, K, D) fitted level by level with faiss k-means."""
+
+    # Option defaults; the measurements behind them are in benchmarks/results/quantizers.md.
+    OPTIONS = {"kmeans": "pd", "beam": 1, "refine": 5}
+
+    def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
+        unknown = sorted(set(spec.options) - set(self.OPTIONS))
+        if unknown:
+            raise SemidError(
+                f"unknown option(s) {', '.join(unknown)} in {spec}; rqkmeans accepts {', '.join(self.OPTIONS)}"
+            )
+        self.beam = spec.option("beam", self.OPTIONS["beam"], int)
+        self.refine = spec.option("refine", self.OPTIONS["refine"], int)
+        self.clustering = spec.option("kmeans", self.OPTIONS["kmeans"])
+        if self.beam < 1 or self.refine < 0 or self.clustering not in _KMEANS:
+            raise SemidError(
+                f"bad options in {spec}: need beam >= 1, refine >= 0, kmeans in {', '.join(_KMEANS)}"
+            )
+        super().__init__(spec, dim)
+
+    def _build(self, dim: int) -> None:
+        self.register_buffer("codebooks", torch.zeros(self.levels, self.spec.codebook_size, dim))
+
+    @torch.no_grad()
+    def fit(
+        self,
+        x: Tensor,
+        *,
+        seed: int = 0,
+        niter: int = 10,
+        progress: bool | None = None,
+    ) -> ResidualKMeans:
+        """Fit codebooks on x (N, D): greedy residual k-means, then `refine` refinement rounds."""
+        x = self.check_input(x)
+        self.build(x.shape[1])
+        x = x.to(self.codebooks.device)
+        k = self.spec.codebook_size
+        if progress is None:  # a bar only when the fit takes a while and someone is watching
+            progress = x.shape[0] * k * x.shape[1] >= 1 << 32 and sys.stderr.isatty()
+        bar = tqdm(total=self.levels + self.refine, desc=f"fit {self.spec}", disable=not progress)
+        residual = x
+        for level in range(self.levels):
+            book = self.codebooks[level]
+            book.copy_(_KMEANS[self.clustering](residual, k, niter=niter, seed=seed + level))
+            residual = residual - book[_squared_distances(residual, book).argmin(1)]
+            bar.update()
+        self.initted.fill_(True)
+        codes = self.encode(x)  # with beam > 1 these differ from the greedy codes above
+        best = (_mse(x, self.decode(codes)), self.codebooks.clone())
+        for _ in range(self.refine):
+            self._refine_codebooks_(x, codes)
+            codes = self.encode(x)
+            best = min(
+                best, (_mse(x, self.decode(codes)), self.codebooks.clone()), key=lambda b: b[0]
+            )
+            bar.update()
+        bar.close()
+        self.codebooks.copy_(best[1])  # re-encoding after a refinement may (rarely) not improve
+        return self
+
+    @torch.no_grad()
+    def _refine_codebooks_(self, x: Tensor, codes: Tensor) -> None:
+        """One block-coordinate sweep for fixed codes (N, L), in place: each level's codes become
+        the mean of what the other levels leave unexplained (least squares for that level)."""
+        recon = self.decode(codes)
+        for level, book in enumerate(self.codebooks):
+            idx = codes[:, level]
+            target = x - recon + book[idx]  # (N, D) residual without this level's contribution
+            sums = torch.zeros_like(book).index_add_(0, idx, target)
+            counts = torch.bincount(idx, minlength=book.shape[0])[:, None]
+            new = torch.where(counts > 0, sums / counts.clamp_min(1), book)  # unused codes stay
+            recon += new[idx] - book[idx]
+            book.copy_(new)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes (N, L) int64 of x (N, D), by beam search over levels (greedy when beam=1)."""
+        self.check_fitted()
+        x = self.check_input(x).to(self.codebooks.device)
+        rows = max(1, _CHUNK_FLOATS // (self.beam * self.spec.codebook_size))
+        return torch.cat([self._beam_encode(chunk) for chunk in x.split(rows)])
+
+    def _beam_encode(self, x: Tensor) -> Tensor:
+        """Beam search for one chunk x (n, D): keep the `beam` best partial codes per row."""
+        n, k = x.shape[0], self.spec.codebook_size
+        residual = x[:, None, :]  # (n, B, D), B grows from 1 to the beam width
+        error = torch.zeros(n, 1, dtype=x.dtype, device=x.device)  # (n, B), see below
+        codes = torch.zeros(n, 1, 0, dtype=torch.long, device=x.device)  # (n, B, levels so far)
+        for level, book in enumerate(self.codebooks):
+            # error holds ||r||^2 - ||x||^2; adding ||c||^2 - 2 r.c gives ||r - c||^2 - ||x||^2,
+            # so beams are ranked by their true error without ever computing ||r||^2.
+            scores = error[:, :, None] + (book * book).sum(1) - 2 * residual @ book.T  # (n, B, K)
+            width = 1 if level == self.levels - 1 else min(self.beam, scores[0].numel())
+            error, flat = rearrange(scores, "n b k -> n (b k)").topk(width, dim=1, largest=False)
+            parent, code = flat // k, flat % k  # (n, B')
+            keep = parent[:, :, None]
+            codes = torch.cat([codes.gather(1, keep.expand(-1, -1, level)), code[:, :, None]], 2)
+            residual = residual.gather(1, keep.expand(-1, -1, x.shape[1])) - book[code]
+        return codes[:, 0]
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Reconstructions (N, D): the sum over levels of each code's codebook vector."""
+        self.check_fitted()
+        codes = self._check_codes(codes)
+        levels = torch.arange(self.levels, device=codes.device)
+        return self.codebooks[levels, codes].sum(1)
+
+    @torch.no_grad()
+    def last_level_distances(self, x: Tensor) -> Tensor:
+        """Squared distances (N, K) from each row's residual after L-1 levels to the last codebook."""
+        codes = self.encode(x)
+        x = self.check_input(x).to(self.codebooks.device)
+        levels = torch.arange(self.levels - 1, device=codes.device)
+        prefix = self.codebooks[levels, codes[:, :-1]].sum(1)
+        return _squared_distances(x - prefix, self.codebooks[-1])
+
+    def _check_codes(self, codes: Tensor) -> Tensor:
+        codes = torch.as_tensor(codes, device=self.codebooks.device)
+        if codes.ndim != 2 or codes.shape[1] != self.levels:
+            raise SemidError(
+                f"expected codes of shape (N, {self.levels}), got {tuple(codes.shape)}"
+            )
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise SemidError(f"codes must be integers, got {codes.dtype}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.spec.codebook_size):
+            raise SemidError(
+                f"codes must lie in [0, {self.spec.codebook_size}); got {int(codes.min())}..{int(codes.max())}"
+            )
+        return codes.long()
+
+
+def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> Tensor:
+    """Centroids (k, D) of x (N, D) by faiss progressive-dimension k-means (PCA first), seeded."""
+    if x.shape[0] <= k:  # nothing to cluster; kmeans() repeats points to fill k
+        return kmeans(x, k, niter=niter, seed=seed)
+    xn = np.ascontiguousarray(x.detach().cpu().float().numpy())
+    params = faiss.ProgressiveDimClusteringParameters()
+    params.niter, params.seed = niter, seed
+    clus = faiss.ProgressiveDimClustering(xn.shape[1], k, params)
+    clus.train(xn.shape[0], faiss.swig_ptr(xn), faiss.ProgressiveDimIndexFactory())
+    return torch.from_numpy(faiss.vector_to_array(clus.centroids).reshape(k, -1))
+
+
+_KMEANS = {"pd": progressive_kmeans, "lloyd": kmeans}
+
+
+def _squared_distances(x: Tensor, centroids: Tensor) -> Tensor:
+    """Exact squared L2 distances (N, K) between rows of x (N, D) and centroids (K, D)."""
+    d = (x * x).sum(1, keepdim=True) - 2 * x @ centroids.T + (centroids * centroids).sum(1)
+    return d.clamp_min_(0)
+
+
+def _mse(x: Tensor, x_hat: Tensor) -> float:
+    """Mean squared reconstruction error per coordinate."""
+    return float(((x - x_hat) ** 2).mean())
+
+
+__all__ = ["ResidualKMeans", "progressive_kmeans"]

@@ -1,0 +1,212 @@
+"""The quantizer protocol in semid.quantization: spec strings, the registry, the base class."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+import semid.quantization as quantization
+from semid.errors import SemidError
+from semid.quantization import (
+    Quantizer,
+    QuantizerSpec,
+    available_quantizers,
+    build_quantizer,
+    quantizer_class,
+    register_quantizer,
+)
+
+# --- spec strings ---
+
+
+@pytest.mark.parametrize(
+    "text", ["rqkmeans:3x256", "hrq:3x256,c=1.0", "rqvae:4x1024,beta=0.25,latent=32", "a_1:1x2"]
+)
+def test_spec_round_trips(text):
+    assert str(QuantizerSpec.parse(text)) == text
+
+
+@given(
+    family=st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True),
+    levels=st.integers(1, 64),
+    size=st.integers(2, 1 << 20),
+    options=st.dictionaries(
+        st.from_regex(r"[a-z][a-z_]{0,6}", fullmatch=True),
+        st.from_regex(r"[a-z0-9.\-]{1,6}", fullmatch=True),
+        max_size=3,
+    ),
+)
+def test_any_spec_round_trips(family, levels, size, options):
+    spec = QuantizerSpec(family, levels, size, options)
+    assert QuantizerSpec.parse(str(spec)) == spec
+
+
+def test_spec_fields_and_sorted_options():
+    spec = QuantizerSpec.parse("  rqvae:4x512,z=1,beta=0.5 ")
+    assert (spec.family, spec.levels, spec.codebook_size) == ("rqvae", 4, 512)
+    assert spec.options == {"z": "1", "beta": "0.5"}
+    assert str(spec) == "rqvae:4x512,beta=0.5,z=1"  # canonical: options sorted
+    assert QuantizerSpec.parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rqkmeans",
+        "rqkmeans:3",
+        "rqkmeans:3x",
+        "RQ:3x256",
+        "rqkmeans:3x256,",
+        "rqkmeans:3x256,beam",
+        "rqkmeans:0x256",
+        "rqkmeans:3x1",
+        "rqkmeans:-3x256",
+        "rqkmeans:3x256,a=1=2",
+    ],
+)
+def test_bad_specs_name_the_expected_form(text):
+    with pytest.raises(SemidError, match="spec"):
+        QuantizerSpec.parse(text)
+
+
+def test_typed_options():
+    spec = QuantizerSpec.parse("hrq:3x8,c=0.5,n=4")
+    assert spec.option("c", 1.0, float) == 0.5
+    assert spec.option("n", 1, int) == 4
+    assert spec.option("missing", 7, int) == 7
+    with pytest.raises(SemidError, match="not a valid int"):
+        spec.option("c", 1, int)
+
+
+# --- registry ---
+
+
+class MeanQuantizer(Quantizer):
+    """A toy family: every level codes each row by the sign of its first coordinate."""
+
+    def _build(self, dim: int) -> None:
+        self.register_buffer("centers", torch.zeros(2, dim))
+
+    def fit(self, x: Tensor, **kwargs) -> MeanQuantizer:
+        x = self.check_input(x)
+        self.build(x.shape[1])
+        side = (x[:, 0] > 0).long()
+        self.centers.copy_(torch.stack([x[side == s].mean(0) for s in (0, 1)]))
+        self.initted.fill_(True)
+        return self
+
+    def encode(self, x: Tensor) -> Tensor:
+        self.check_fitted()
+        side = (self.check_input(x)[:, 0] > 0).long()
+        return side[:, None].expand(-1, self.levels).clone()
+
+    def decode(self, codes: Tensor) -> Tensor:
+        self.check_fitted()
+        return self.centers[codes[:, 0]]
+
+    def last_level_distances(self, x: Tensor) -> Tensor:
+        return torch.cdist(self.check_input(x), self.centers).pow(2)
+
+
+@pytest.fixture
+def toy_family(monkeypatch):
+    """Register MeanQuantizer as "toy" for one test only."""
+    monkeypatch.setitem(quantization._REGISTRY, "toy", MeanQuantizer)
+    register_quantizer("toy")(MeanQuantizer)
+    return "toy"
+
+
+def test_builtin_families_are_registered():
+    assert "rqkmeans" in available_quantizers()
+    assert quantizer_class("rqkmeans").family == "rqkmeans"
+
+
+def test_unknown_family_lists_the_known_ones():
+    with pytest.raises(SemidError, match="rqkmeans"):
+        build_quantizer("nosuchfamily:3x256")
+
+
+def test_build_from_string_or_spec(toy_family):
+    a = build_quantizer("toy:2x2")
+    b = build_quantizer(QuantizerSpec("toy", 2, 2), dim=3)
+    assert isinstance(a, MeanQuantizer) and a.dim is None
+    assert b.dim == 3 and b.centers.shape == (2, 3)
+    assert a.levels == 2 and a.codebook_sizes == [2, 2]
+
+
+# --- base class behaviour ---
+
+
+def test_check_input_accepts_numpy_and_returns_float32(toy_family):
+    q = build_quantizer("toy:1x2")
+    out = q.check_input(np.ones((3, 4), dtype=np.float64))
+    assert isinstance(out, Tensor) and out.dtype == torch.float32 and out.shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.zeros(4), "shape"),
+        (torch.zeros(2, 3, 4), "shape"),
+        (torch.zeros(0, 3), "N = 0"),
+        (
+            torch.tensor([[0.0, float("inf"), 0.0], [1.0, 1.0, float("nan")], [0.0, 0.0, 0.0]]),
+            "2 embedding rows",
+        ),
+        (torch.zeros(2, 5), "dimension 5"),
+    ],
+)
+def test_check_input_rejects(toy_family, x, message):
+    q = build_quantizer("toy:1x2", dim=3)
+    with pytest.raises(SemidError, match=message):
+        q.check_input(x)
+
+
+def test_build_is_idempotent_and_refuses_a_new_dimension(toy_family):
+    q = build_quantizer("toy:1x2", dim=3)
+    centers = q.centers
+    q.build(3)
+    assert q.centers is centers
+    with pytest.raises(SemidError, match="expects 3"):
+        q.build(4)
+
+
+def test_unfitted_quantizer_says_so(toy_family):
+    q = build_quantizer("toy:1x2", dim=3)
+    assert not bool(q.initted)
+    with pytest.raises(SemidError, match="not fitted"):
+        q.check_fitted()
+
+
+def test_save_pretrained_round_trip(toy_family, tmp_path):
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, 4.0]])
+    q = build_quantizer("toy:2x2").fit(x)
+    q.save_pretrained(tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert config == {"spec": "toy:2x2", "dim": 2}
+    q2 = Quantizer.from_pretrained(tmp_path / "q")
+    assert isinstance(q2, MeanQuantizer) and bool(q2.initted)
+    torch.testing.assert_close(q2.centers, q.centers)
+    assert torch.equal(q2.encode(x), q.encode(x))
+
+
+def test_save_replaces_an_earlier_save_whole(toy_family, tmp_path):
+    q = build_quantizer("toy:1x2").fit(torch.tensor([[1.0], [-1.0]]))
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "stale.txt").write_text("old")
+    q.save_pretrained(tmp_path / "q")
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+
+
+def test_from_pretrained_on_a_wrong_folder(tmp_path):
+    with pytest.raises(SemidError, match="not a saved quantizer"):
+        Quantizer.from_pretrained(tmp_path)

@@ -1,0 +1,138 @@
+"""The quantizer contract, checked for EVERY registered family (see DESIGN.md, "Quantizer contract").
+
+A new family passes these tests with no edit here, unless it needs keyword arguments to fit
+quickly (add them to FAST_FIT_KWARGS) or spec options to work on the tiny data (FAST_SPEC_OPTIONS).
+The data is fixed: N rows of dimension D, so family kwargs may depend on these constants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from semid.errors import SemidError
+from semid.quantization import Quantizer, available_quantizers, build_quantizer
+
+N, D, LEVELS, CODES = 64, 16, 2, 8
+
+# Per-family fit keywords that keep each fit to about a second on 2 CPU cores.
+FAST_FIT_KWARGS: dict[str, dict[str, Any]] = {
+    "rqkmeans": {"niter": 5},
+    "rqvae": {"epochs": 3, "progress": False},
+    "hrq": {"epochs": 3, "progress": False},
+    "voken": {"epochs": 3, "progress": False},
+}
+# Per-family spec options appended to FAMILY:2x8 (e.g. smaller hidden layers).
+FAST_SPEC_OPTIONS: dict[str, str] = {}
+
+FAMILIES = available_quantizers()
+
+
+def spec_of(family: str) -> str:
+    """The tiny spec used for `family`: ``FAMILY:2x8`` plus its FAST_SPEC_OPTIONS."""
+    return f"{family}:{LEVELS}x{CODES}{FAST_SPEC_OPTIONS.get(family, '')}"
+
+
+def data(seed: int = 0) -> torch.Tensor:
+    """(N, D) float32: a few Gaussian clusters, so that codes carry structure."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(6, D, generator=g) * 2
+    return centers[torch.randint(0, 6, (N,), generator=g)] + 0.3 * torch.randn(N, D, generator=g)
+
+
+def fitted(family: str, seed: int = 0) -> Quantizer:
+    """A quantizer of `family` fitted on data() with the given seed."""
+    q = build_quantizer(spec_of(family))
+    out = q.fit(data(), seed=seed, **FAST_FIT_KWARGS.get(family, {}))
+    assert out is q, "fit must return self"
+    return q
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_and_model(request) -> tuple[str, Quantizer]:
+    return request.param, fitted(request.param)
+
+
+def test_registry_has_the_first_family():
+    assert "rqkmeans" in FAMILIES
+
+
+def test_spec_round_trips(family_and_model):
+    family, q = family_and_model
+    assert str(q.spec) == spec_of(family)
+    assert q.levels == LEVELS and q.codebook_sizes == [CODES] * LEVELS
+    assert type(build_quantizer(str(q.spec))) is type(q)
+
+
+def test_encode_decode_shapes(family_and_model):
+    _, q = family_and_model
+    codes = q.encode(data())
+    assert codes.shape == (N, LEVELS) and codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < CODES
+    x_hat = q.decode(codes)
+    assert x_hat.shape == (N, D) and torch.isfinite(x_hat).all()
+    assert q.encode(data()[:1]).shape == (1, LEVELS)
+
+
+def test_encode_accepts_numpy(family_and_model):
+    _, q = family_and_model
+    assert torch.equal(q.encode(data().numpy()), q.encode(data()))
+
+
+def test_last_level_distances(family_and_model):
+    _, q = family_and_model
+    x = data()
+    dist = q.last_level_distances(x)
+    assert dist.shape == (N, q.codebook_sizes[-1]) and (dist >= 0).all()
+    # An item's own last code is its nearest one: the `reassign` strategy relies on it.
+    own = dist.gather(1, q.encode(x)[:, -1:])
+    torch.testing.assert_close(own[:, 0], dist.min(1).values)
+
+
+def test_save_and_load_give_identical_codes(family_and_model, tmp_path):
+    _, q = family_and_model
+    q.save_pretrained(tmp_path / "q")
+    assert {p.name for p in (tmp_path / "q").iterdir()} >= {"config.json", "model.safetensors"}
+    q2 = Quantizer.from_pretrained(tmp_path / "q")
+    assert type(q2) is type(q) and str(q2.spec) == str(q.spec)
+    codes = q.encode(data())
+    assert torch.equal(q2.encode(data()), codes)
+    torch.testing.assert_close(q2.decode(codes), q.decode(codes))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fit_is_deterministic_given_a_seed(family):
+    a, b = fitted(family, seed=3), fitted(family, seed=3)
+    assert torch.equal(a.encode(data()), b.encode(data()))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unfitted_quantizer_refuses_to_encode(family):
+    q = build_quantizer(spec_of(family), dim=D)
+    with pytest.raises(SemidError, match="not fitted"):
+        q.encode(data())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [torch.zeros(D), torch.zeros(0, D), torch.full((N, D), float("nan"))],
+    ids=["1-D", "empty", "nan"],
+)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fit_rejects_bad_input(family, bad):
+    with pytest.raises(SemidError):
+        build_quantizer(spec_of(family)).fit(bad, **FAST_FIT_KWARGS.get(family, {}))
+
+
+def test_encode_and_decode_reject_bad_input(family_and_model):
+    _, q = family_and_model
+    with pytest.raises(SemidError, match="dimension"):
+        q.encode(torch.zeros(3, D + 1))
+    with pytest.raises(SemidError):
+        q.decode(torch.zeros(3, LEVELS + 1, dtype=torch.long))
+    with pytest.raises(SemidError):
+        q.decode(torch.full((3, LEVELS), CODES, dtype=torch.long))
+    with pytest.raises(SemidError):
+        q.decode(torch.full((3, LEVELS), -1, dtype=torch.long))
