@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from semid.data import InteractionLog
 from semid.errors import SemidError
 from semid.quantization import Quantizer, available_quantizers, build_quantizer
 
@@ -21,6 +22,11 @@ N, D, LEVELS, CODES = 64, 16, 2, 8
 FAST_FIT_KWARGS: dict[str, dict[str, Any]] = {
     "rqkmeans": {"niter": 5},
     "rqvae": {"epochs": 3, "progress": False},
+    "graph_rqvae": {
+        "epochs": 3,
+        "progress": False,
+        "interactions": InteractionLog(torch.arange(2 * N) % 10, torch.arange(2 * N) % N, torch.arange(2 * N), 10, N),
+    },
     "hrq": {"epochs": 3, "progress": False},
     "voken": {"epochs": 3, "progress": False},
 }

@@ -1,0 +1,171 @@
+"""``graph_rqvae``: the Graph RQ-VAE of MMGRec (Liu et al. 2024): content plus collaborative signal.
+
+Each item is represented by its content embedding(s), one tensor per modality, next to the same
+features propagated over the user-item graph of the TRAINING interactions (LightGCN-style, see
+`semid.graph`; spec option ``hops``, default 2). Both halves are centred and scaled per modality
+to unit mean squared norm, concatenated, and quantized by the RQ-VAE of `semid.quantizers.rqvae`
+(whose spec options apply too). LightGCN propagation has no weights and is linear, so it is done
+once before training: a learned first layer applied after it equals one applied before it.
+
+After ``fit`` the propagated features of the fitted items are kept in a buffer, so ``encode`` on
+the same items (in any order, found by a fingerprint of their content) gives the same codes after
+``save_pretrained``/``from_pretrained``. A NEW item, or one with no training interaction, is
+encoded from content only: its collaborative half is its own content, exactly as the
+propagation treats items without edges.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from semid.quantizers.rqvae import RQVAE
+from torch import Tensor
+
+from semid.errors import SemidError
+from semid.graph import propagate_item_features
+from semid.kmeans import nearest
+from semid.quantization import QuantizerSpec, register_quantizer
+
+_FINGERPRINT_DIM = 16
+
+
+class Interactions(Protocol):
+    """What fit needs from an interaction log (e.g. ``leave_one_out(log).train``)."""
+
+    users: Tensor  # (E,) int64
+    items: Tensor  # (E,) int64
+    num_users: int
+    num_items: int
+
+
+@register_quantizer("graph_rqvae")
+class GraphRQVAE(RQVAE):
+    """RQ-VAE over [content, graph-propagated content]; ``fit(x_or_list, interactions=train_log)``."""
+
+    needs_interactions: ClassVar[bool] = True
+    OPTIONS = (*RQVAE.OPTIONS, "hops")
+
+    def __init__(
+        self,
+        spec: QuantizerSpec,
+        dim: int | None = None,
+        modality_dims: list[int] | None = None,
+        num_items: int = 0,
+    ) -> None:
+        self.hops = spec.option("hops", 2, int)
+        if self.hops < 0:
+            raise SemidError(f"option hops={self.hops} in {spec} must be >= 0")
+        if modality_dims is not None and dim is not None and sum(modality_dims) != dim:
+            raise SemidError(f"modality_dims {modality_dims} do not add up to dim {dim}")
+        self.modality_dims = list(modality_dims) if modality_dims else ([dim] if dim else [])
+        self.num_items = num_items
+        super().__init__(spec, dim)
+
+    def extra_config(self) -> dict[str, Any]:
+        """Modality widths and the number of fitted items (sizes of the saved buffers)."""
+        return {"modality_dims": self.modality_dims, "num_items": self.num_items}
+
+    def _model_dim(self, dim: int) -> int:
+        return 2 * dim  # content, then its graph-propagated copy
+
+    def _build(self, dim: int) -> None:
+        super()._build(dim)
+        proj = torch.randn(dim, _FINGERPRINT_DIM, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("fingerprint_proj", proj)
+        self._alloc_items(self.num_items)
+
+    def _alloc_items(self, n: int) -> None:
+        self.num_items = n
+        # (N_fit, D) propagated features of the fitted items, before centring and scaling
+        self.register_buffer("graph_features", torch.zeros(n, self.dim))
+        # (N_fit, F) random projections of their content, to recognise them at encode time
+        self.register_buffer("fingerprints", torch.zeros(n, _FINGERPRINT_DIM))
+
+    # --- inputs: one tensor, or one per modality ---
+
+    def check_input(self, x: Tensor | list[Tensor]) -> Tensor:
+        """Validate x (N, D) or a list of (N, D_m) modalities; returns them concatenated (N, sum D_m)."""
+        xs = list(x) if isinstance(x, list | tuple) else [x]
+        xs = [torch.as_tensor(m) for m in xs]
+        if any(m.ndim != 2 for m in xs):
+            raise SemidError(
+                f"expected embeddings of shape (N, D) per modality, got {[tuple(m.shape) for m in xs]}"
+            )
+        if len({m.shape[0] for m in xs}) != 1:
+            raise SemidError(
+                f"modalities have different item counts {[m.shape[0] for m in xs]}; give one row per item in each"
+            )
+        widths = [m.shape[1] for m in xs]
+        if self.dim is None:
+            self.modality_dims = widths
+        elif widths != self.modality_dims and not (len(xs) == 1 and widths[0] == self.dim):
+            raise SemidError(
+                f"embeddings have dimensions {widths} but the quantizer expects {self.modality_dims} (one tensor per modality, in fit order)"
+            )
+        return super().check_input(torch.cat([m.float() for m in xs], 1))
+
+    def fit(
+        self, x: Tensor | list[Tensor], interactions: Interactions | None = None, **kwargs: Any
+    ) -> GraphRQVAE:
+        """Train on content x (N, D) or a list of modalities, with the TRAINING interactions over the same N items."""
+        if interactions is None:
+            raise SemidError(
+                "graph_rqvae needs the training interactions: fit(x, interactions=leave_one_out(log).train), "
+                "or --dataset / --interactions on the command line"
+            )
+        return super().fit(x, interactions=interactions, **kwargs)
+
+    def _fit_inputs(
+        self, x: Tensor, interactions: Interactions | None = None, **kwargs: Any
+    ) -> Tensor:
+        if kwargs:
+            raise SemidError(f"unexpected argument(s) to fit: {', '.join(sorted(kwargs))}")
+        if interactions.num_items != x.shape[0]:
+            raise SemidError(
+                f"the interactions cover {interactions.num_items} items but {x.shape[0]} embeddings were given; "
+                "give one embedding row per item id"
+            )
+        blocks = x.split(self.modality_dims, 1)
+        graph = torch.cat(
+            [
+                propagate_item_features(
+                    b, interactions.users, interactions.items, interactions.num_users, self.hops
+                )
+                for b in blocks
+            ],
+            1,
+        )
+        self._alloc_items(x.shape[0])
+        self.graph_features.copy_(graph)
+        self.fingerprints.copy_(x @ self.fingerprint_proj)
+        both = torch.cat([x, graph], 1)
+        self.mean.copy_(both.mean(0))
+        # One scale per modality and half, so each block has unit mean squared norm and weighs the same.
+        start = 0
+        for width in [*self.modality_dims, *self.modality_dims]:
+            block = both[:, start : start + width] - self.mean[start : start + width]
+            self.scale[start : start + width] = block.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)
+            start += width
+        return (both - self.mean) / self.scale
+
+    def item_index(self, x: Tensor) -> Tensor:
+        """(N,) index of each content row x (N, D) among the fitted items, -1 for an unknown item."""
+        fp = x @ self.fingerprint_proj
+        if self.num_items == 0:
+            return torch.full((x.shape[0],), -1, dtype=torch.long)
+        tol = 1e-6 * float(self.fingerprints.pow(2).sum(-1).mean()) + 1e-12
+        same_rows = x.shape[0] == self.num_items
+        if same_rows and bool(((fp - self.fingerprints).pow(2).sum(-1) <= tol).all()):
+            # The fitted items in fit order: positional, so items with equal content stay apart.
+            return torch.arange(x.shape[0])
+        dist, idx = nearest(fp, self.fingerprints)
+        return torch.where(dist <= tol, idx, torch.full_like(idx, -1))
+
+    def _model_inputs(self, x: Tensor) -> Tensor:
+        idx = self.item_index(x)
+        graph = torch.where((idx >= 0)[:, None], self.graph_features[idx.clamp_min(0)], x)
+        return (torch.cat([x, graph], 1) - self.mean) / self.scale
+
+    def _outputs(self, y: Tensor) -> Tensor:
+        return (y * self.scale + self.mean)[:, : self.dim]  # the content half

@@ -1,0 +1,133 @@
+"""graph_rqvae: content plus graph-propagated features, round trips, new items, multiple modalities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from semid.quantizers.graph_rqvae import GraphRQVAE
+
+from semid.data import InteractionLog, leave_one_out
+from semid.errors import SemidError
+from semid.graph import propagate_item_features
+from semid.quantization import Quantizer, build_quantizer
+
+NUM_USERS, NUM_ITEMS, D = 30, 40, 8
+SPEC = "graph_rqvae:2x8,hidden=16,hops=2,latent=4"
+FAST = {"epochs": 4, "progress": False}
+COLD = 39  # an item nobody interacts with
+
+
+def content(seed: int = 0, dim: int = D) -> torch.Tensor:
+    """(NUM_ITEMS, dim) item content embeddings."""
+    return torch.randn(NUM_ITEMS, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def log() -> InteractionLog:
+    """Each user rates 8 random items (never the cold one) at increasing times."""
+    g = torch.Generator().manual_seed(0)
+    items = torch.cat([torch.randperm(COLD, generator=g)[:8] for _ in range(NUM_USERS)])
+    users = torch.arange(NUM_USERS).repeat_interleave(8)
+    return InteractionLog(users, items, torch.arange(len(users)), NUM_USERS, NUM_ITEMS)
+
+
+@pytest.fixture(scope="module")
+def train() -> InteractionLog:
+    return leave_one_out(log()).train
+
+
+@pytest.fixture(scope="module")
+def fitted(train) -> GraphRQVAE:
+    return build_quantizer(SPEC).fit(content(), interactions=train, **FAST)
+
+
+def test_declares_that_it_needs_interactions():
+    assert GraphRQVAE.needs_interactions is True
+
+
+def test_round_trip_shapes(fitted):
+    codes = fitted.encode(content())
+    assert codes.shape == (NUM_ITEMS, 2) and codes.dtype == torch.int64
+    assert fitted.decode(codes).shape == (NUM_ITEMS, D)
+    assert fitted.last_level_distances(content()).shape == (NUM_ITEMS, 8)
+
+
+def test_graph_features_come_from_the_given_training_log_only(fitted, train):
+    expected = propagate_item_features(content(), train.users, train.items, NUM_USERS, hops=2)
+    torch.testing.assert_close(fitted.graph_features, expected)
+    full = propagate_item_features(content(), log().users, log().items, NUM_USERS, hops=2)
+    assert not torch.allclose(fitted.graph_features, full)
+
+
+def test_save_load_gives_identical_codes(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "q")
+    q2 = Quantizer.from_pretrained(tmp_path / "q")
+    assert isinstance(q2, GraphRQVAE) and str(q2.spec) == SPEC
+    codes = fitted.encode(content())
+    assert torch.equal(q2.encode(content()), codes)
+    torch.testing.assert_close(q2.decode(codes), fitted.decode(codes))
+
+
+def test_fitted_items_are_found_in_any_order(fitted):
+    perm = torch.randperm(NUM_ITEMS, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fitted.item_index(content()[perm]), perm)
+    assert torch.equal(fitted.encode(content()[perm]), fitted.encode(content())[perm])
+
+
+def test_new_item_is_encoded_from_content_only(fitted):
+    new = torch.randn(3, D, generator=torch.Generator().manual_seed(9))
+    assert (fitted.item_index(new) == -1).all()
+    inputs = fitted._model_inputs(new)
+    expected = (torch.cat([new, new], 1) - fitted.mean) / fitted.scale
+    torch.testing.assert_close(inputs, expected)
+    # A fitted item with no training interaction is treated the same way.
+    torch.testing.assert_close(fitted.graph_features[COLD], content()[COLD])
+
+
+def test_known_items_carry_a_graph_half_unlike_their_content(fitted):
+    x = fitted._model_inputs(content())  # (N, 2D): content half, then graph half
+    assert not torch.allclose(x[:-1, :D], x[:-1, D:], atol=1e-2)
+
+
+def test_same_seed_same_codes(train):
+    a = build_quantizer(SPEC).fit(content(), interactions=train, seed=2, **FAST)
+    b = build_quantizer(SPEC).fit(content(), interactions=train, seed=2, **FAST)
+    assert torch.equal(a.encode(content()), b.encode(content()))
+
+
+def test_several_modalities(train, tmp_path):
+    text, image = content(0, 6), content(1, 4)
+    q = build_quantizer(SPEC).fit([text, image], interactions=train, **FAST)
+    assert q.modality_dims == [6, 4] and q.dim == 10
+    codes = q.encode([text, image])
+    assert codes.shape == (NUM_ITEMS, 2)
+    assert q.decode(codes).shape == (NUM_ITEMS, 10)
+    q.save_pretrained(tmp_path / "q")
+    assert torch.equal(Quantizer.from_pretrained(tmp_path / "q").encode([text, image]), codes)
+    with pytest.raises(SemidError, match="dimensions"):
+        q.encode([image, text])
+
+
+def test_missing_or_mismatched_interactions_are_rejected(train):
+    with pytest.raises(SemidError, match="interactions"):
+        build_quantizer(SPEC).fit(content(), **FAST)
+    with pytest.raises(SemidError, match="items"):
+        build_quantizer(SPEC).fit(content()[:-1], interactions=train, **FAST)
+    with pytest.raises(SemidError, match="hops"):
+        build_quantizer(SPEC + ",hops=-1")
+
+
+@pytest.mark.slow
+def test_ml100k_titles_with_training_graph():
+    from semid.collisions import collision_rate
+    from semid.data import load_dataset
+    from semid.encoders import TextEncoder
+    from semid.ids import level_perplexity
+
+    ds = load_dataset("ml-100k")
+    x = TextEncoder().encode(ds.item_texts, show_progress=False)
+    q = build_quantizer("graph_rqvae:3x64").fit(
+        x, interactions=leave_one_out(ds.interactions).train, progress=False
+    )
+    codes = q.encode(x)
+    assert collision_rate(codes) < 0.05
+    assert all(level_perplexity(codes[:, level], 64) >= 32 for level in range(3))
