@@ -148,7 +148,9 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, mess
 
 def test_bad_input_from_the_real_command_line(tmp_path):
     (tmp_path / "flat.npy").write_bytes(b"")
-    result = run_cli("index", "build", "--embeddings", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "o"))
+    result = run_cli(
+        "index", "build", "--embeddings", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "o")
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -177,3 +179,64 @@ def test_build_on_real_ml100k_items(tmp_path):
     # A healthy index on real text embeddings uses most of the first level.
     assert stats["per_level"][0]["used"] >= 48
     assert "perplexity" in result.stdout
+
+
+def test_stats_plot_writes_a_png(tmp_path, embeddings):
+    x_path, keys_path = embeddings
+    out = tmp_path / "idx"
+    main(
+        [
+            "index",
+            "build",
+            "--embeddings",
+            str(x_path),
+            "--keys",
+            str(keys_path),
+            "--quantizer",
+            "rqkmeans:2x8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert main(["index", "stats", str(out), "--plot", str(tmp_path / "usage.png")]) == 0
+    assert (tmp_path / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_interactions(path, rows):
+    path.write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_graph_quantizer_from_embeddings_and_interactions(tmp_path, embeddings):
+    x_path, keys_path = embeddings
+    rows = [(f"u{u}", f"item-{(u * 7 + j) % 300}", j) for u in range(40) for j in range(12)]
+    log = _write_interactions(tmp_path / "log.csv", rows)
+    out = tmp_path / "idx"
+    code = main(
+        ["index", "build", "--embeddings", str(x_path), "--keys", str(keys_path), "--quantizer", "graph_rqvae:2x8",
+         "--interactions", str(log), "--collisions", "reassign", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    assert SemanticIDs.load(out).stats()["collision_rate_after"] == 0
+
+
+def test_interactions_errors_are_one_line(tmp_path, embeddings, capsys):
+    x_path, keys_path = embeddings
+    log = _write_interactions(tmp_path / "log.csv", [("u1", "no-such-item", 1)])
+    base = [
+        "index",
+        "build",
+        "--embeddings",
+        str(x_path),
+        "--keys",
+        str(keys_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*base, "--quantizer", "graph_rqvae:2x8", "--interactions", str(log)]) == 2
+    assert "without an embedding" in capsys.readouterr().err
+    assert main([*base, "--quantizer", "graph_rqvae:2x8"]) == 2
+    assert "needs user-item interactions" in capsys.readouterr().err
+    assert main([*base, "--quantizer", "rqkmeans:2x8", "--interactions", str(log)]) == 2
+    assert "only used by graph quantizers" in capsys.readouterr().err

@@ -51,6 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="output index folder (replaced atomically)"
     )
+    p.add_argument(
+        "--interactions",
+        type=Path,
+        help="user-item log (CSV/TSV: user,item[,timestamp]) for graph quantizers; with --embeddings",
+    )
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="also draw the codebook usage, one histogram per level"
+    )
 
 
 def _load_items(args: argparse.Namespace) -> tuple[list[str], torch.Tensor, dict, object | None]:
@@ -88,6 +96,25 @@ def _popularity(dataset: object | None, strategy: str, n: int) -> torch.Tensor |
     return torch.bincount(log.items, minlength=n)
 
 
+def _training_interactions(
+    args: argparse.Namespace, dataset: object | None, keys: list[str], spec: str
+):
+    """The training part of the leave-one-out split: valid/test targets must not leak into the IDs."""
+    from semid.data.splits import leave_one_out
+
+    if args.interactions is not None:
+        from semid.data.interactions import read_interactions
+
+        log = read_interactions(args.interactions, keys)
+    elif dataset is not None:
+        log = dataset.interactions
+    else:
+        raise SemidError(
+            f"{spec} needs user-item interactions: use --dataset, or --interactions FILE"
+        )
+    return leave_one_out(log).train
+
+
 def run(args: argparse.Namespace) -> int:
     """Build, save and report the index."""
     if args.out.exists() and not args.out.is_dir():
@@ -98,12 +125,11 @@ def run(args: argparse.Namespace) -> int:
     keys, x, source, dataset = _load_items(args)
     fit_kwargs = {"seed": args.seed}
     if getattr(quantizer, "needs_interactions", False):
-        if dataset is None:
-            raise SemidError(f"{quantizer.spec} needs user-item interactions: use --dataset")
-        from semid.data.splits import leave_one_out
-
-        # Only training interactions: valid/test targets must not leak into the IDs.
-        fit_kwargs["interactions"] = leave_one_out(dataset.interactions).train
+        fit_kwargs["interactions"] = _training_interactions(
+            args, dataset, keys, str(quantizer.spec)
+        )
+    elif args.interactions is not None:
+        raise SemidError(f"--interactions is only used by graph quantizers, not {quantizer.spec}")
     print(f"fitting {quantizer.spec} on {len(keys):,} x {x.shape[1]} embeddings ...", flush=True)
     start = time.perf_counter()
     quantizer.fit(quantizer.check_input(x), **fit_kwargs)
@@ -122,5 +148,10 @@ def run(args: argparse.Namespace) -> int:
     )
     ids.save(args.out, quantizer=quantizer)
     print(format_stats(ids.stats()))
+    if args.plot:
+        from semid.plots import plot_code_usage
+
+        plot_code_usage(ids, args.plot)
+        print(f"codebook usage plot: {args.plot}")
     print(f"\nwrote {args.out} ({len(ids):,} items, fit {fit_seconds:.1f} s)")
     return 0

@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid index stats`."""
     p.add_argument("index", help="index folder written by `semid index build`")
     p.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="also draw the codebook usage, one histogram per level"
+    )
 
 
 def format_stats(stats: dict) -> str:
@@ -51,6 +54,11 @@ def format_stats(stats: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the index and print its stats."""
-    stats = SemanticIDs.load(args.index).stats()
+    ids = SemanticIDs.load(args.index)
+    stats = ids.stats()
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    if args.plot:
+        from semid.plots import plot_code_usage
+
+        plot_code_usage(ids, args.plot)
     return 0

@@ -1,0 +1,41 @@
+"""Codebook-usage plots (needs the `plot` extra: matplotlib)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from semid.atomic import atomic_file
+from semid.errors import SemidError
+from semid.ids import SemanticIDs
+
+
+def plot_code_usage(ids: SemanticIDs, path: str | os.PathLike) -> None:
+    """One bar chart per level: items per code, codes sorted by use; dead codes show as zeros."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SemidError("plotting needs matplotlib: pip install 'semid[plot]'") from None
+    if not str(path).lower().endswith(".png"):
+        raise SemidError(f"--plot {path}: give a .png file name")
+    stats = ids.stats()["per_level"]
+    fig, axes = plt.subplots(1, ids.levels, figsize=(4 * ids.levels, 3), squeeze=False)
+    for level, ax in enumerate(axes[0]):
+        counts = torch.bincount(ids.codes[:, level], minlength=ids.codebook_sizes[level])
+        ax.bar(range(len(counts)), counts.sort(descending=True).values.numpy(), width=1.0)
+        s = stats[level]
+        ax.set_title(
+            f"level {level}: {s['used']}/{s['codebook_size']} used, ppl {s['perplexity']:.0f}",
+            fontsize=9,
+        )
+        ax.set_xlabel("code (sorted by use)")
+        ax.set_ylabel("items")
+    fig.suptitle(f"{ids.quantizer_spec or 'semantic IDs'}: {len(ids):,} items", fontsize=10)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
