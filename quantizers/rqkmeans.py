@@ -167,7 +167,9 @@ class ResidualKMeans(Quantizer):
 
 def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> Tensor:
     """Centroids (k, D) of x (N, D) by faiss progressive-dimension k-means (PCA first), seeded."""
-    if x.shape[0] <= k:  # nothing to cluster; kmeans() repeats points to fill k
+    # Too few points to cluster (kmeans() repeats points to fill k), or fewer points than
+    # dimensions, where faiss' PCA step fails: plain k-means then.
+    if x.shape[0] <= k or x.shape[0] < x.shape[1]:
         return kmeans(x, k, niter=niter, seed=seed)
     xn = np.ascontiguousarray(x.detach().cpu().float().numpy())
     params = faiss.ProgressiveDimClusteringParameters()

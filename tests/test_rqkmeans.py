@@ -147,3 +147,9 @@ def test_parity_with_faiss_residual_quantizer(levels, nbits):
         faiss_mse.append(float(np.mean((xn - rq.decode(rq.compute_codes(xn))) ** 2)))
     ours = mse(build_quantizer(f"rqkmeans:{levels}x{2**nbits}").fit(x), x)
     assert ours <= 1.05 * min(faiss_mse), (ours, faiss_mse)
+
+
+def test_fewer_items_than_dimensions_falls_back_to_plain_kmeans():
+    x = torch.randn(120, 200, generator=torch.Generator().manual_seed(0))
+    q = build_quantizer("rqkmeans:2x16").fit(x, seed=0)
+    assert q.encode(x).shape == (120, 2)

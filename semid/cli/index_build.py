@@ -18,7 +18,9 @@ from semid.quantization import build_quantizer
 DESCRIPTION = "Build a semantic-ID index: embed items (or read embeddings), fit a quantizer, resolve collisions."
 EXAMPLE = (
     "semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index\n"
-    "  semid index build --embeddings items.npy --keys items.txt --quantizer rqkmeans:3x256 --out idx"
+    "  semid index build --embeddings items.npy --keys items.txt --quantizer rqkmeans:3x256 --out idx\n"
+    "  semid index build --dataset ml-1m --quantizer graph_rqvae:3x256 --collisions popularity --out g\n"
+    "  semid index build --dataset fashion-mnist --quantizer voken:3x256 --out runs/fmnist/index"
 )
 
 
@@ -115,11 +117,44 @@ def _training_interactions(
     return leave_one_out(log).train
 
 
+def _is_image_dataset(name: str) -> bool:
+    from semid.data.images import IMAGE_DATASETS
+
+    return name in IMAGE_DATASETS
+
+
+def _build_image_index(args: argparse.Namespace) -> int:
+    """Images: train the CNN feature extractor, then quantize (voken aligns IDs with class texts)."""
+    from semid.text2image import build_index
+
+    if args.embeddings is not None or args.interactions is not None:
+        raise SemidError(
+            "an image dataset brings its own features; drop --embeddings/--interactions"
+        )
+    ids = build_index(
+        args.dataset,
+        args.quantizer,
+        args.out,
+        collisions=args.collisions,
+        seed=args.seed,
+        text_encoder=args.encoder,
+    )
+    print(format_stats(ids.stats()))
+    if args.plot:
+        from semid.plots import plot_code_usage
+
+        plot_code_usage(ids, args.plot)
+    print(f"\nwrote {args.out} ({len(ids):,} images)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Build, save and report the index."""
     if args.out.exists() and not args.out.is_dir():
         raise SemidError(f"--out {args.out} exists and is not a folder; choose another path")
     check_writable(args.out)
+    if args.dataset is not None and _is_image_dataset(args.dataset):
+        return _build_image_index(args)
     torch.manual_seed(args.seed)
     quantizer = build_quantizer(args.quantizer)
     keys, x, source, dataset = _load_items(args)

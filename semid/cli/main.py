@@ -8,17 +8,27 @@ from collections.abc import Sequence
 
 from semid import __version__
 from semid.cli import eval as eval_cmd
-from semid.cli import index_add, index_build, index_stats, train_recommender
+from semid.cli import index_add, index_build, index_stats, train_recommender, train_retriever
 from semid.errors import SemidError
 
-# (group, name, module): each module has `add_arguments(parser)`, `run(args) -> int`, DESCRIPTION, EXAMPLE.
+# (group, name, module): each module has `add_arguments(parser)`, `run(args) -> int`, DESCRIPTION,
+# EXAMPLE. A name of None makes the group itself the command (`semid eval RUN`).
 COMMANDS = [
     ("index", "build", index_build),
     ("index", "stats", index_stats),
     ("index", "add", index_add),
     ("train", "recommender", train_recommender),
-    ("eval", "run", eval_cmd),  # lead: make this `semid eval RUN` (see the report)
+    ("train", "retriever", train_retriever),
+    ("eval", None, eval_cmd),  # a command of its own: `semid eval RUN`
 ]
+
+
+def _command_text(module) -> dict:
+    return {
+        "description": module.DESCRIPTION,
+        "epilog": f"example:\n  {module.EXAMPLE}",
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,18 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     sub_by_group: dict[str, argparse._SubParsersAction] = {}
     for group, name, module in COMMANDS:
-        if group not in sub_by_group:
-            gp = groups.add_parser(group, help=f"{group} commands")
-            sub_by_group[group] = gp.add_subparsers(
-                dest="command", metavar="SUBCOMMAND", required=True
+        if name is None:
+            p = groups.add_parser(group, help=module.DESCRIPTION, **_command_text(module))
+        else:
+            if group not in sub_by_group:
+                gp = groups.add_parser(group, help=f"{group} commands")
+                sub_by_group[group] = gp.add_subparsers(
+                    dest="command", metavar="SUBCOMMAND", required=True
+                )
+            p = sub_by_group[group].add_parser(
+                name, help=module.DESCRIPTION, **_command_text(module)
             )
-        p = sub_by_group[group].add_parser(
-            name,
-            help=module.DESCRIPTION,
-            description=module.DESCRIPTION,
-            epilog=f"example:\n  {module.EXAMPLE}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser

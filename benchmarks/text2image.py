@@ -1,0 +1,305 @@
+"""Text-to-image retrieval on Fashion-MNIST: AVG (voken IDs, generative) vs a dual encoder.
+
+Protocol (issue 7): the 60k training images train everything; the 10k test images are indexed;
+test queries use wordings never seen in training; relevance = same class. Same image features
+for every method (a small CNN autoencoder trained here, no labels). Methods:
+
+(a) dual encoder: frozen MiniLM + text MLP, CNN features + image MLP, contrastive, faiss search;
+(b) AVG without the discriminative loss (generative loss only);
+(c) full AVG (generative + discriminative loss).
+
+The shared steps (CNN, features, voken index) run once; (a)-(c) are trained ``--repeats`` times
+with different seeds and the table reports medians (and min-max).
+
+    python -m benchmarks.text2image            # full protocol (~12 min, one thread of a busy 2-core CPU)
+    python -m benchmarks.text2image --quick    # tiny smoke run, results not written
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from semid.atomic import atomic_file, write_json
+from semid.data.images import class_queries, describe_class, load_fashion_mnist
+from semid.text2image import (
+    DualEncoderConfig,
+    QueryImagePairs,
+    QueryTargetPairs,
+    build_voken_index,
+    class_metrics,
+    dense_search,
+    embed_texts,
+    generative_search,
+    train_dual_encoder,
+    train_generator,
+    train_image_encoder,
+)
+from semid.training import TrainConfig
+
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("precision@10", "precision@100", "recall@100", "map@100")
+
+
+def timed(timings: dict[str, float], name: str, fn, *args, **kwargs):
+    """Run fn, record its wall time under `name`, return its result."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark; returns the results dict."""
+    torch.manual_seed(0)
+    timings: dict[str, float] = {}
+    splits = timed(timings, "load data", load_fashion_mnist)
+    train, test = splits.train, splits.test
+    if args.max_train:  # --quick: a stratified-enough random subset
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[
+            : args.max_train
+        ]
+        train_images, train_labels = train.images[pick], train.labels[pick]
+    else:
+        train_images, train_labels = train.images, train.labels
+    enc_images = train_images[: args.encoder_images] if args.encoder_images else train_images
+    cnn = timed(
+        timings,
+        "image encoder (CNN autoencoder)",
+        train_image_encoder,
+        enc_images,
+        args.encoder_epochs,
+        0,
+        False,
+    )
+    train_x = timed(timings, "image features", cnn.encode, train_images)
+    test_x = timed(timings, "image features", cnn.encode, test.images)
+
+    train_texts, train_q_labels = class_queries("train")
+    test_texts, test_q_labels = class_queries("test")
+    class_texts = [describe_class(c) for c in train.class_names]
+    all_texts = train_texts + test_texts + class_texts
+    emb = timed(timings, "MiniLM text embeddings", embed_texts, all_texts)
+    train_q = emb[: len(train_texts)]
+    test_q = emb[len(train_texts) : len(train_texts) + len(test_texts)]
+    class_emb = emb[len(train_texts) + len(test_texts) :]
+
+    indexes, index_stats = {}, {}
+    for spec in args.quantizer:
+        indexes[spec] = timed(
+            timings,
+            f"voken index {spec}",
+            build_voken_index,
+            spec,
+            train_x,
+            class_emb[train_labels],
+            test_x,
+            test.keys,
+            args.collisions,
+            0,
+            False,
+            epochs=args.voken_epochs,
+            batch_size=512,
+            patience=3,
+        )
+        stats = indexes[spec].ids.stats()
+        index_stats[spec] = {
+            "codebook_sizes": indexes[spec].ids.codebook_sizes,
+            "collision_rate_before": round(stats["collision_rate_before"], 4),
+            "first_level_class_purity": round(
+                purity(indexes[spec].ids.codes[:, 0], test.labels), 4
+            ),
+        }
+        print(f"index {spec}: {index_stats[spec]}", flush=True)
+
+    k = 100
+    methods: dict[str, list[dict[str, float]]] = {"dual": []}
+    for rep in range(args.repeats):
+        seed = rep
+        cfg = TrainConfig(
+            max_epochs=args.epochs,
+            batch_size=256,
+            lr=2e-3,
+            seed=seed,
+            early_stopping_patience=None,
+            log_every=50,
+        )
+        dual_pairs = QueryImagePairs(train_q, train_q_labels, train_x, train_labels)
+        dual = timed(
+            timings,
+            "train dual encoder",
+            train_dual_encoder,
+            DualEncoderConfig(query_dim=emb.shape[1], image_dim=train_x.shape[1]),
+            dual_pairs,
+            cfg,
+        )
+        ranked = timed(
+            timings, "search dual encoder (faiss)", dense_search, dual, test_q, test_x, k
+        )
+        methods["dual"].append(class_metrics(ranked, test.labels, test_q_labels, (10, 100)))
+        for spec, index in indexes.items():
+            pairs = QueryTargetPairs(train_q, train_q_labels, index.train_codes, train_labels)
+            for variant, weight in (("avg-gen", 0.0), ("avg", 1.0)):
+                name = f"{variant} {spec}"
+                config = {
+                    "codebook_sizes": index.ids.codebook_sizes,
+                    "query_dim": emb.shape[1],
+                    "disc_weight": weight,
+                }
+                torch.manual_seed(seed)
+                model = timed(
+                    timings, f"train {variant}", train_generator, "avg", config, pairs, cfg
+                )
+                ranked = timed(
+                    timings,
+                    f"search {variant} (beam {k})",
+                    generative_search,
+                    model,
+                    index.ids,
+                    test_q,
+                    k,
+                )
+                metrics = class_metrics(ranked, test.labels, test_q_labels, (10, 100))
+                methods.setdefault(name, []).append(metrics)
+        print({m: {x: round(v[-1][x], 4) for x in METRICS} for m, v in methods.items()}, flush=True)
+    return {
+        "protocol": {
+            "train_images": len(train_images),
+            "index_images": len(test),
+            "train_queries": len(train_texts),
+            "test_queries": len(test_texts),
+            "relevance": "same class",
+            "image_features": f"CNN autoencoder, {args.encoder_epochs} epoch(s) on {len(enc_images)} images, dim {train_x.shape[1]}",
+            "collisions": args.collisions,
+            "voken_epochs": args.voken_epochs,
+            "epochs": args.epochs,
+            "repeats": args.repeats,
+            "beams": k,
+        },
+        "indexes": index_stats,
+        "runs": methods,
+        "median": {
+            m: {x: statistics.median(r[x] for r in runs) for x in runs[0]}
+            for m, runs in methods.items()
+        },
+        "timings_s": {name: round(v, 1) for name, v in timings.items()},
+    }
+
+
+def purity(first_codes: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of indexed images whose first voken's majority class is their own class."""
+    hits = sum(int(torch.bincount(labels[first_codes == c]).max()) for c in first_codes.unique())
+    return hits / len(labels)
+
+
+def markdown(result: dict, command: str) -> str:
+    """The results table with its command, versions, machine and date."""
+    names = {"dual": "(a) dual encoder (MiniLM + CNN, contrastive, faiss)"}
+    for m in result["runs"]:
+        variant, _, spec = m.partition(" ")
+        if variant == "avg-gen":
+            names[m] = f"(b) AVG, generative loss only, `{spec}`"
+        elif variant == "avg":
+            names[m] = f"(c) AVG, generative + discriminative loss, `{spec}`"
+    lines = [
+        "# Text-to-image retrieval on Fashion-MNIST",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, shared CPU; python {platform.python_version()}, torch {torch.__version__}",
+        "",
+        "Protocol: " + ", ".join(f"{k}: {v}" for k, v in result["protocol"].items()),
+        "",
+        "Voken indexes of the 10k test images: "
+        + "; ".join(f"`{spec}` {stats}" for spec, stats in result["indexes"].items()),
+        "",
+        f"Median over {result['protocol']['repeats']} seeds (min-max in brackets); "
+        "recall@100 is over all ~1,000 relevant images of a class, so it is at most 0.1.",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for m, label in names.items():
+        runs = result["runs"][m]
+        cells = [
+            f"{result['median'][m][x]:.4f} [{min(r[x] for r in runs):.3f}-{max(r[x] for r in runs):.3f}]"
+            for x in METRICS
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    base = result["median"]["dual"]["precision@10"]
+    if base > 0:
+        lines += ["", "Ratios of precision@10 to the dual encoder: " + ", ".join(
+            f"{m} {result['median'][m]['precision@10'] / base:.3f}" for m in names if m != "dual"
+        )]  # fmt: skip
+    lines += ["", "Wall time per step (s, summed over repeats): " + ", ".join(
+        f"{k} {v}" for k, v in result["timings_s"].items()
+    ), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quantizer",
+        action="append",
+        help="voken spec; repeat to compare several (default: voken:3x256,hidden=256-128,latent=32)",
+    )
+    p.add_argument("--collisions", default="extra-level")
+    p.add_argument("--encoder-epochs", type=int, default=1)
+    p.add_argument(
+        "--encoder-images", type=int, default=0, help="train the CNN on the first N images (0: all)"
+    )
+    p.add_argument("--voken-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=3, help="epochs of (a), (b), (c)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--max-train", type=int, default=0, help="use N random training images (0: all 60k)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on a shared, overloaded CPU)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny smoke run; writes nothing")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.quantizer = args.quantizer or ["voken:3x256,hidden=256-128,latent=32"]
+    if args.quick:
+        args.max_train, args.encoder_epochs, args.voken_epochs, args.epochs, args.repeats = (
+            3000,
+            1,
+            2,
+            1,
+            1,
+        )
+    start = time.perf_counter()
+    result = run(args)
+    result["total_s"] = round(time.perf_counter() - start, 1)
+    command = " ".join(
+        ["python -m benchmarks.text2image", *(argv if argv is not None else sys.argv[1:])]
+    )
+    result["command"] = command
+    text = markdown(result, command)
+    print(text)
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        write_json(RESULTS / "text2image.json", result)
+        with atomic_file(RESULTS / "text2image.md") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""Image datasets: idx files (MNIST format, gzipped or not), ``.npy`` arrays, folders of images.
+
+Every loader returns an `ImageDataset`: images (N, H, W) or (N, C, H, W) uint8, optional integer
+labels with class names, optional captions. ``fashion-mnist`` is registered as a named dataset
+with text queries per class (several wordings and attribute phrases; the test wordings are
+never seen in training), since Fashion-MNIST has class labels, not captions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from semid.data.registry import register_dataset
+from semid.errors import SemidError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
+# idx type byte -> numpy dtype (big-endian, as the format specifies)
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# Registered datasets that load as `ImageSplits` (the CLI routes them to semid.text2image).
+IMAGE_DATASETS = ("fashion-mnist",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".npy")
+
+
+@dataclass
+class ImageDataset:
+    """N images with optional labels (and their class names) and optional captions."""
+
+    images: Tensor  # (N, H, W) or (N, C, H, W) uint8
+    keys: list[str]
+    labels: Tensor | None = None  # (N,) int64 in [0, len(class_names))
+    class_names: list[str] | None = None
+    captions: list[str] | None = None
+    name: str = "images"
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim not in (3, 4):
+            raise SemidError(
+                f"{self.name}: images must be (N, H, W) or (N, C, H, W), got {tuple(self.images.shape)}"
+            )
+        if len(self.keys) != n or len(set(self.keys)) != n:
+            raise SemidError(f"{self.name}: need {n} unique image keys, got {len(set(self.keys))}")
+        if self.labels is not None:
+            self.labels = torch.as_tensor(self.labels, dtype=torch.long)
+            if self.labels.shape != (n,):
+                raise SemidError(
+                    f"{self.name}: {len(self.labels)} labels for {n} images; give one label per image"
+                )
+            if n and int(self.labels.min()) < 0:
+                raise SemidError(f"{self.name}: labels must be >= 0")
+            if self.class_names is None:
+                top = int(self.labels.max()) + 1 if n else 0
+                self.class_names = [str(c) for c in range(top)]
+            elif n and int(self.labels.max()) >= len(self.class_names):
+                raise SemidError(
+                    f"{self.name}: label {int(self.labels.max())} has no class name "
+                    f"({len(self.class_names)} names given)"
+                )
+        if self.captions is not None and len(self.captions) != n:
+            raise SemidError(f"{self.name}: {len(self.captions)} captions for {n} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def texts(self) -> list[str]:
+        """One text per image: its caption, else a description of its class."""
+        if self.captions is not None:
+            return list(self.captions)
+        if self.labels is None:
+            raise SemidError(f"{self.name} has neither captions nor labels: no text per image")
+        names = [describe_class(c) for c in self.class_names or []]
+        return [names[i] for i in self.labels.tolist()]
+
+
+@dataclass
+class ImageSplits:
+    """A train and a test `ImageDataset` sharing class names (e.g. Fashion-MNIST 60k / 10k)."""
+
+    train: ImageDataset
+    test: ImageDataset
+    name: str
+
+
+def describe_class(name: str) -> str:
+    """The class text used for alignment: ``a photo of a t-shirt/top``."""
+    return f"a photo of a {name.lower()}"
+
+
+# --- idx files -------------------------------------------------------------------------------
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (gzipped or plain, detected from its bytes) into an array of its shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemidError(f"idx file {path} not found; check the path")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise SemidError(
+                f"{path} is a corrupt gzip file ({e}); download or reinstall it"
+            ) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise SemidError(
+            f"{path} is not an idx file (bad magic number {raw[:4].hex()}); expected MNIST-style idx"
+        )
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise SemidError(
+            f"{path} is a corrupt idx file: truncated header; reinstall or re-download it"
+        )
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise SemidError(
+            f"{path} is a corrupt idx file: header promises {shape} ({expected} bytes) but it holds "
+            f"{len(raw) - header} bytes; reinstall or re-download it"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def load_idx(
+    images_path: str | Path,
+    labels_path: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str = "images",
+    key_prefix: str = "",
+) -> ImageDataset:
+    """An `ImageDataset` from an idx image file (N, H, W) and optionally an idx label file (N,)."""
+    images = read_idx(images_path)
+    if images.ndim not in (3, 4):
+        raise SemidError(f"{images_path} holds shape {images.shape}, not images (N, H, W)")
+    labels = None
+    if labels_path is not None:
+        labels = read_idx(labels_path)
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise SemidError(
+                f"{labels_path} holds {labels.shape} labels for {len(images)} images in {images_path}"
+            )
+        labels = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(
+        images=torch.from_numpy(_as_uint8(images, str(images_path))),
+        keys=[f"{key_prefix}{i}" for i in range(len(images))],
+        labels=labels,
+        class_names=list(class_names) if class_names is not None else None,
+        name=name,
+    )
+
+
+def _as_uint8(x: np.ndarray, where: str) -> np.ndarray:
+    """uint8 pixels; floats in [0, 1] are scaled to [0, 255]."""
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise SemidError(f"{where} contains NaN or infinite pixels")
+        scale = 255.0 if x.max() <= 1.0 else 1.0
+        x = x * scale
+    if x.min() < 0 or x.max() > 255:
+        raise SemidError(f"{where}: pixel values must lie in [0, 255] (or [0, 1] for floats)")
+    return np.ascontiguousarray(np.rint(x).astype(np.uint8))
+
+
+# --- arrays and folders ----------------------------------------------------------------------
+
+
+def load_image_arrays(
+    images_path: str | Path,
+    labels_path: str | Path | None = None,
+    captions_path: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str = "images",
+) -> ImageDataset:
+    """Images from a ``.npy`` (N, H, W[, C]) plus optional labels (``.npy`` or text, one per line)
+    and captions (text, one per line)."""
+    images = _load_npy(images_path)
+    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = np.moveaxis(images, -1, 1)  # (N, H, W, C) -> (N, C, H, W)
+    labels = None
+    if labels_path is not None:
+        labels_path = Path(labels_path)
+        raw = _load_npy(labels_path) if labels_path.suffix == ".npy" else _read_lines(labels_path)
+        labels = _labels_from(raw, class_names, str(labels_path))
+        if class_names is None and not _is_integer_like(raw):
+            class_names = sorted(set(raw))
+    captions = _read_lines(captions_path) if captions_path is not None else None
+    return ImageDataset(
+        images=torch.from_numpy(_as_uint8(images, str(images_path))),
+        keys=[str(i) for i in range(len(images))],
+        labels=labels,
+        class_names=list(class_names) if class_names is not None else None,
+        captions=captions,
+        name=name,
+    )
+
+
+def load_image_folder(folder: str | Path, name: str | None = None) -> ImageDataset:
+    """Images from ``folder/<class name>/<image>``; the subfolder names are the classes.
+
+    ``.npy`` and ``.pgm`` files are read natively; PNG, JPEG, BMP and GIF need Pillow. All images
+    must share one size. An optional ``folder/captions.tsv`` (``relative/path<TAB>caption``) adds
+    captions."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SemidError(f"image folder {folder} not found")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = [
+        (c, p)
+        for c in classes
+        for p in sorted((folder / c).iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise SemidError(
+            f"no images in {folder}; expected {folder}/<class>/<image> with suffix {', '.join(IMAGE_SUFFIXES)}"
+        )
+    arrays = [_read_image(p) for _, p in files]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise SemidError(
+            f"images in {folder} differ in size ({sorted(shapes)[:3]}); resize them first"
+        )
+    keys = [str(p.relative_to(folder)) for _, p in files]
+    captions = None
+    if (folder / "captions.tsv").is_file():
+        table = dict(
+            line.split("\t", 1) for line in _read_lines(folder / "captions.tsv") if "\t" in line
+        )
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise SemidError(f"captions.tsv in {folder} has no caption for {missing[0]!r}")
+        captions = [table[k] for k in keys]
+    return ImageDataset(
+        images=torch.from_numpy(np.stack(arrays)),
+        keys=keys,
+        labels=torch.tensor([classes.index(c) for c, _ in files]),
+        class_names=classes,
+        captions=captions,
+        name=name or folder.name,
+    )
+
+
+def _read_image(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _as_uint8(_load_npy(path), str(path))
+    if suffix == ".pgm":
+        return _read_pgm(path)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise SemidError(
+            f"reading {suffix} images needs Pillow: pip install pillow (or convert them to .npy)"
+        ) from None
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L" if img.mode in ("L", "1", "P") else "RGB"))
+    except OSError as e:
+        raise SemidError(f"cannot read image {path}: {e}") from None
+
+
+def _read_pgm(path: Path) -> np.ndarray:
+    """A binary (P5) 8-bit PGM image (H, W)."""
+    raw = path.read_bytes()
+    fields, pos = [], 0
+    while len(fields) < 4:  # magic, width, height, maxval; '#' starts a comment
+        while pos < len(raw) and raw[pos : pos + 1].isspace():
+            pos += 1
+        if raw[pos : pos + 1] == b"#":
+            pos = raw.find(b"\n", pos) + 1 or len(raw)
+            continue
+        end = pos
+        while end < len(raw) and not raw[end : end + 1].isspace():
+            end += 1
+        if end == pos:
+            break
+        fields.append(raw[pos:end])
+        pos = end
+    if len(fields) < 4 or fields[0] != b"P5" or int(fields[3]) > 255:
+        raise SemidError(f"{path} is not a binary 8-bit PGM (P5) image")
+    w, h = int(fields[1]), int(fields[2])
+    data = raw[pos + 1 : pos + 1 + w * h]
+    if len(data) != w * h:
+        raise SemidError(f"{path} is a truncated PGM image")
+    return np.frombuffer(data, np.uint8).reshape(h, w).copy()
+
+
+def _load_npy(path: str | Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SemidError(f"{path} not found; check the path") from None
+    except (OSError, ValueError) as e:
+        raise SemidError(f"cannot read {path} as .npy: {e}; check or regenerate the file") from None
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise SemidError(f"{path} not found; check the path")
+    return [line.rstrip("\r") for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _is_integer_like(raw: np.ndarray | list[str]) -> bool:
+    if isinstance(raw, np.ndarray):
+        return np.issubdtype(raw.dtype, np.integer)
+    return all(s.strip().lstrip("-").isdigit() for s in raw)
+
+
+def _labels_from(raw, class_names: Sequence[str] | None, where: str) -> Tensor:
+    """Integer labels (N,) from integers, or from class-name strings."""
+    if _is_integer_like(raw):
+        return torch.as_tensor(np.asarray(raw, dtype=np.int64))
+    names = list(class_names) if class_names is not None else sorted(set(raw))
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise SemidError(f"{where}: labels {unknown[:3]} are not among the class names")
+    return torch.tensor([names.index(s) for s in raw])
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------------
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+# Per class: synonyms (the last one is held out for test) and attribute phrases (ditto).
+_FASHION_WORDS: dict[str, tuple[list[str], list[str]]] = {
+    "T-shirt/top": (["t-shirt", "tee", "short-sleeved top", "casual top"],
+                    ["with short sleeves", "made of cotton jersey", "with a round neckline", "for everyday wear"]),
+    "Trouser": (["pair of trousers", "pair of pants", "pair of slacks", "pair of jeans"],
+                ["with long straight legs", "with a waistband", "in full length", "with a tailored fit"]),
+    "Pullover": (["pullover", "sweater", "jumper", "knitted sweater"],
+                 ["with long sleeves", "made of warm wool", "for cold days", "with a ribbed hem"]),
+    "Dress": (["dress", "gown", "frock", "sundress"],
+              ["in one piece", "with a flared skirt", "of knee length", "for a party"]),
+    "Coat": (["coat", "jacket", "overcoat", "parka"],
+             ["with buttons down the front", "for winter", "with a zipper", "as heavy outerwear"]),
+    "Sandal": (["sandal", "flip-flop", "open-toe shoe", "strappy sandal"],
+               ["with thin straps", "for summer", "open at the toes", "with a flat sole"]),
+    "Shirt": (["shirt", "blouse", "button-up shirt", "dress shirt"],
+              ["with a collar", "with buttons", "with long sleeves and cuffs", "for the office"]),
+    "Sneaker": (["sneaker", "trainer", "running shoe", "athletic shoe"],
+                ["with laces", "with a rubber sole", "for sport", "with a low top"]),
+    "Bag": (["bag", "handbag", "purse", "tote"],
+            ["with a handle", "to carry things in", "made of leather", "with a shoulder strap"]),
+    "Ankle boot": (["ankle boot", "boot", "bootie", "chelsea boot"],
+                   ["covering the ankle", "with a low heel", "with a side zip", "for autumn"]),
+}  # fmt: skip
+_TRAIN_TEMPLATES = [
+    "a photo of a {noun}",
+    "a {noun} {attr}",
+    "a picture of a {noun} {attr}",
+    "{noun}",
+]
+_TEST_TEMPLATES = [
+    "show me a {noun} {attr}",
+    "i am looking for a {noun}",
+    "find an image of a {noun} {attr}",
+]
+
+
+def class_queries(
+    split: str, class_names: Sequence[str] = FASHION_CLASSES
+) -> tuple[list[str], Tensor]:
+    """Text queries and their class labels (Q,) for ``split`` "train" or "test".
+
+    Test queries use templates, a synonym and an attribute phrase never seen in training, so a
+    retriever must generalise over wording, not memorise strings."""
+    if split not in ("train", "test"):
+        raise SemidError(f"split must be 'train' or 'test', got {split!r}")
+    texts, labels = [], []
+    for label, cls in enumerate(class_names):
+        nouns, attrs = _FASHION_WORDS.get(cls, ([cls.lower()], ["of this kind"]))
+        if split == "train":
+            templates, nouns, attrs = _TRAIN_TEMPLATES, nouns[:-1] or nouns, attrs[:-1] or attrs
+        else:
+            templates, attrs = _TEST_TEMPLATES, attrs[-1:]
+        seen: set[str] = set()
+        for template in templates:
+            for noun in nouns:
+                for attr in attrs if "{attr}" in template else [""]:
+                    text = template.format(noun=noun, attr=attr)
+                    if text not in seen:
+                        seen.add(text)
+                        texts.append(text)
+                        labels.append(label)
+    return texts, torch.tensor(labels)
+
+
+def fashion_mnist_files(root: str | Path | None = None) -> dict[str, Path]:
+    """Paths of the four Fashion-MNIST idx files (gzipped or not) under ``root``."""
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    if not root.is_dir():
+        raise SemidError(
+            f"Fashion-MNIST not found in {root}; run: {FASHION_MNIST_INSTALL} (or pass the folder with the idx files)"
+        )
+    files = {}
+    for part in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        found = [
+            root / f"{part}-ubyte{ext}"
+            for ext in (".gz", "")
+            if (root / f"{part}-ubyte{ext}").is_file()
+        ]
+        if not found:
+            raise SemidError(f"{root} lacks {part}-ubyte[.gz]; run: {FASHION_MNIST_INSTALL}")
+        files[part] = found[0]
+    return files
+
+
+def load_fashion_mnist(root: str | Path | None = None) -> ImageSplits:
+    """Fashion-MNIST: 60k train and 10k test 28x28 images, 10 named classes; keys ``train/i``, ``test/i``."""
+    f = fashion_mnist_files(root)
+    train = load_idx(
+        f["train-images-idx3"],
+        f["train-labels-idx1"],
+        FASHION_CLASSES,
+        "fashion-mnist/train",
+        "train/",
+    )
+    test = load_idx(
+        f["t10k-images-idx3"], f["t10k-labels-idx1"], FASHION_CLASSES, "fashion-mnist/test", "test/"
+    )
+    return ImageSplits(train, test, "fashion-mnist")
+
+
+register_dataset(
+    "fashion-mnist",
+    load_fashion_mnist,
+    f"Fashion-MNIST: 70,000 28x28 images (60k train, 10k test), 10 named classes ({FASHION_MNIST_INSTALL})",
+)

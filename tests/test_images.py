@@ -1,0 +1,195 @@
+"""Image loaders: idx (gzipped or not) with clear errors on corrupt files, .npy arrays, folders,
+the Fashion-MNIST registration and its query wordings; the small CNN image encoder."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from semid.data.images import (
+    FASHION_CLASSES,
+    ImageDataset,
+    class_queries,
+    fashion_mnist_files,
+    load_fashion_mnist,
+    load_idx,
+    load_image_arrays,
+    load_image_folder,
+    read_idx,
+)
+from semid.errors import SemidError
+from semid.image_encoder import ImageEncoder, ImageEncoderConfig, load_image_features
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An idx file of a uint8 array, as the format specifies (magic 0 0 0x08 ndim, big-endian dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_idx_round_trip(tmp_path, images, gz):
+    raw = idx_bytes(images)
+    path = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    assert np.array_equal(read_idx(path), images)
+
+
+def test_idx_with_labels(tmp_path, images):
+    (tmp_path / "x").write_bytes(idx_bytes(images))
+    (tmp_path / "y").write_bytes(gzip.compress(idx_bytes(np.array([0, 1, 2, 1, 0]))))
+    ds = load_idx(tmp_path / "x", tmp_path / "y", ["a", "b", "c"], key_prefix="train/")
+    assert ds.images.shape == (5, 4, 3) and ds.labels.tolist() == [0, 1, 2, 1, 0]
+    assert ds.keys[0] == "train/0" and ds.texts()[2] == "a photo of a c"
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda raw: raw[:-3], "corrupt idx file"),  # truncated data
+        (lambda raw: b"\x08\x03" + raw[2:], "not an idx file"),  # bad magic
+        (lambda raw: raw[:6], "truncated header"),
+        (lambda raw: gzip.compress(raw)[:-10], "corrupt gzip"),  # truncated gzip stream
+    ],
+    ids=["short-data", "bad-magic", "short-header", "bad-gzip"],
+)
+def test_corrupt_idx_files_raise_clear_errors(tmp_path, images, corrupt, message):
+    path = tmp_path / "bad"
+    path.write_bytes(corrupt(idx_bytes(images)))
+    with pytest.raises(SemidError, match=message):
+        read_idx(path)
+
+
+def test_idx_label_count_must_match(tmp_path, images):
+    (tmp_path / "x").write_bytes(idx_bytes(images))
+    (tmp_path / "y").write_bytes(idx_bytes(np.array([0, 1])))
+    with pytest.raises(SemidError, match="2,"):
+        load_idx(tmp_path / "x", tmp_path / "y")
+
+
+def test_npy_images_with_label_names_and_captions(tmp_path, images):
+    np.save(tmp_path / "x.npy", images.astype(np.float32) / 255)  # floats in [0, 1] are scaled
+    (tmp_path / "y.txt").write_text("cat\ndog\ncat\nbird\ndog\n")
+    (tmp_path / "c.txt").write_text("\n".join(f"caption {i}" for i in range(5)) + "\n")
+    ds = load_image_arrays(tmp_path / "x.npy", tmp_path / "y.txt", tmp_path / "c.txt")
+    assert torch.equal(ds.images, torch.from_numpy(images))
+    assert ds.class_names == ["bird", "cat", "dog"] and ds.labels.tolist() == [1, 2, 1, 0, 2]
+    assert ds.texts()[3] == "caption 3"
+
+
+def test_npy_errors(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(SemidError, match="cannot read"):
+        load_image_arrays(tmp_path / "bad.npy")
+    np.save(tmp_path / "x.npy", np.zeros((3, 2, 2), np.uint8))
+    np.save(tmp_path / "y.npy", np.zeros(4, np.int64))
+    with pytest.raises(SemidError, match="4 labels for 3 images"):
+        load_image_arrays(tmp_path / "x.npy", tmp_path / "y.npy")
+
+
+def test_image_folder_with_pgm_and_npy(tmp_path):
+    for cls, value in (("boot", 10), ("shirt", 200)):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "a.pgm").write_bytes(b"P5\n# comment\n3 2\n255\n" + bytes([value] * 6))
+        np.save(tmp_path / cls / "b.npy", np.full((2, 3), value, np.uint8))
+    (tmp_path / "captions.tsv").write_text(
+        "boot/a.pgm\ta boot\nboot/b.npy\tanother boot\nshirt/a.pgm\ta shirt\nshirt/b.npy\tx\n"
+    )
+    ds = load_image_folder(tmp_path)
+    assert ds.images.shape == (4, 2, 3) and ds.class_names == ["boot", "shirt"]
+    assert ds.labels.tolist() == [0, 0, 1, 1] and int(ds.images[2, 0, 0]) == 200
+    assert ds.captions[1] == "another boot"
+
+
+def test_image_folder_rejects_mixed_sizes(tmp_path):
+    (tmp_path / "a").mkdir()
+    np.save(tmp_path / "a" / "1.npy", np.zeros((2, 2), np.uint8))
+    np.save(tmp_path / "a" / "2.npy", np.zeros((3, 2), np.uint8))
+    with pytest.raises(SemidError, match="differ in size"):
+        load_image_folder(tmp_path)
+
+
+def test_dataset_validates_labels():
+    with pytest.raises(SemidError, match="no class name"):
+        ImageDataset(
+            torch.zeros(2, 2, 2, dtype=torch.uint8), ["a", "b"], torch.tensor([0, 3]), ["x"]
+        )
+
+
+def test_query_wordings_are_held_out():
+    train, train_labels = class_queries("train")
+    test, test_labels = class_queries("test")
+    assert not set(train) & set(test)
+    for c in range(len(FASHION_CLASSES)):  # every class has several wordings in both splits
+        assert (train_labels == c).sum() >= 5 and (test_labels == c).sum() >= 5
+    with pytest.raises(SemidError, match="split"):
+        class_queries("valid")
+
+
+def test_missing_fashion_mnist_folder_names_the_install_command(tmp_path):
+    with pytest.raises(SemidError, match="apt-get install -y dataset-fashion-mnist"):
+        fashion_mnist_files(tmp_path / "nowhere")
+
+
+def test_cnn_encoder_shapes_and_save_load(tmp_path):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 12, 12), dtype=torch.uint8)
+    enc = ImageEncoder(ImageEncoderConfig(image_size=12, channels=(4, 8), dim=6))
+    before = enc.encode(images)
+    enc.fit(images, epochs=2, batch_size=16, progress=False)
+    feats = enc.encode(images)
+    assert feats.shape == (64, 6) and not torch.allclose(before, feats)
+    enc.save_pretrained(tmp_path / "enc")
+    assert torch.allclose(ImageEncoder.from_pretrained(tmp_path / "enc").encode(images), feats)
+    with pytest.raises(SemidError, match="shape"):
+        enc.encode(torch.zeros(2, 10, 10, dtype=torch.uint8))
+
+
+def test_cnn_autoencoder_learns_to_reconstruct():
+    torch.manual_seed(0)
+    # two kinds of images (bright top half / bright bottom half): a working autoencoder gets them
+    images = torch.zeros(128, 8, 8, dtype=torch.uint8)
+    images[::2, :4], images[1::2, 4:] = 255, 255
+    enc = ImageEncoder(ImageEncoderConfig(image_size=8, channels=(4,), dim=4))
+
+    def error() -> float:
+        x = images[:, None].float() / 255
+        return float((enc.reconstruct(enc(x)).sigmoid() - x).abs().mean())
+
+    with torch.no_grad():
+        start = error()
+    enc.fit(images, epochs=15, batch_size=32, lr=1e-2, progress=False)
+    with torch.no_grad():
+        assert error() < 0.5 * start
+
+
+def test_precomputed_features(tmp_path):
+    np.save(tmp_path / "f.npy", np.ones((3, 5), np.float64))
+    x = load_image_features(tmp_path / "f.npy", 3)
+    assert x.dtype == torch.float32 and x.shape == (3, 5)
+    with pytest.raises(SemidError, match="3 feature rows for 4 images"):
+        load_image_features(tmp_path / "f.npy", 4)
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist():
+    try:
+        splits = load_fashion_mnist()
+    except SemidError as e:
+        pytest.skip(str(e))
+    assert splits.train.images.shape == (60000, 28, 28) and splits.test.images.shape == (
+        10000,
+        28,
+        28,
+    )
+    assert splits.train.class_names == FASHION_CLASSES
+    assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
