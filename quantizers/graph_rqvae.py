@@ -19,13 +19,13 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol
 
 import torch
-from semid.quantizers.rqvae import RQVAE
 from torch import Tensor
 
 from semid.errors import SemidError
 from semid.graph import propagate_item_features
 from semid.kmeans import nearest
 from semid.quantization import QuantizerSpec, register_quantizer
+from semid.quantizers.rqvae import RQVAE
 
 _FINGERPRINT_DIM = 16
 

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from semid.atomic import atomic_file
 from semid.errors import SemidError
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
+from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""MMGRec (Liu et al., 2024): relation-aware self-attention over the history, then a decoder that writes
+the next item's Rec-ID (semantic ID, ideally from ``graph_rqvae`` with the popularity collision
+strategy) one code per step under the trie.
+
+Encoder: each history item is the sum of its code embeddings. There is no absolute position
+encoding; instead every attention score between items i and j gets learned per-head biases for
+their pairwise relations (``relations``, any subset of):
+
+- ``time``: log-scale bucket of the time gap |t_i - t_j| (seconds; 0 s, < 2 s, < 4 s, ... doubling);
+- ``distance``: how many interactions apart the two items are (clipped at ``max_distance``);
+- ``prefix``: the length of the ID prefix the two items share (0..L), a semantic relation that is
+  free to compute from the codes, standing in for MMGRec's co-occurrence relations.
+
+Causal attention lets one forward train on every position of a history window (``train_format =
+"sequence"``). Decoder: a small causal Transformer over [h_t, code_0, ..., code_{L-2}] whose output
+at step l is scored against the level-l code embeddings (tied with the encoder's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from semid.baselines import SelfAttentionBlock, causal_bias
+from semid.errors import SemidError
+from semid.generator import Generator, register_generator
+from semid.vocab import CodeVocabulary
+
+RELATIONS = ("time", "distance", "prefix")
+
+
+@dataclass
+class MMGRecConfig:
+    """MMGRec hyper-parameters."""
+
+    codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
+    relations: list[str] = field(default_factory=lambda: ["time", "distance", "prefix"])
+    dim: int = 64
+    heads: int = 2
+    layers: int = 2
+    decoder_layers: int = 1
+    dropout: float = 0.2
+    ff_mult: int = 4
+    time_buckets: int = 32  # log2 buckets of the gap in seconds: 2**31 s is ~68 years
+    max_distance: int = 50
+    trie_softmax: bool = (
+        True  # softmax over the codes the index allows after each prefix (see Generator.use_trie)
+    )
+
+
+@register_generator("mmgrec")
+class MMGRec(Generator):
+    """Relation-aware causal encoder + autoregressive Rec-ID decoder; trains on whole history windows."""
+
+    config_class = MMGRecConfig
+    train_format = "sequence"
+
+    def __init__(self, config: MMGRecConfig) -> None:
+        super().__init__(config)
+        unknown = set(config.relations) - set(RELATIONS)
+        if unknown:
+            raise SemidError(f"unknown MMGRec relations {sorted(unknown)}; choose from {RELATIONS}")
+        c = config
+        self.vocab = CodeVocabulary(c.codebook_sizes)
+        self.code_emb = nn.Embedding(self.vocab.size, c.dim)
+        nn.init.normal_(self.code_emb.weight, std=0.02)
+        sizes = {
+            "time": c.time_buckets,
+            "distance": c.max_distance + 1,
+            "prefix": self.vocab.levels + 1,
+        }
+        self.relation_emb = nn.ModuleDict({r: nn.Embedding(sizes[r], c.heads) for r in c.relations})
+        for emb in self.relation_emb.values():
+            nn.init.zeros_(emb.weight)
+        self.encoder = nn.ModuleList(
+            SelfAttentionBlock(c.dim, c.heads, c.dropout, c.ff_mult) for _ in range(c.layers)
+        )
+        self.decoder = nn.ModuleList(
+            SelfAttentionBlock(c.dim, c.heads, c.dropout, c.ff_mult)
+            for _ in range(c.decoder_layers)
+        )
+        self.level_emb = nn.Embedding(self.vocab.levels, c.dim)
+        self.ln_enc, self.ln_dec, self.drop = (
+            nn.LayerNorm(c.dim),
+            nn.LayerNorm(c.dim),
+            nn.Dropout(c.dropout),
+        )
+
+    def embed_items(self, codes: Tensor) -> Tensor:
+        """Item vectors (..., D) as the sum of code embeddings of codes (..., L); zero for PAD (-1) rows."""
+        real = codes[..., :1] >= 0
+        return self.code_emb(self.vocab.codes_to_tokens(codes.clamp(min=0))).sum(-2) * real
+
+    def relation_bias(self, codes: Tensor, times: Tensor) -> Tensor:
+        """Additive attention bias (B, H, T, T): learned relation biases plus the causal/padding mask."""
+        t = codes.shape[1]
+        bias = causal_bias(codes[..., 0]).expand(-1, self.config.heads, -1, -1)
+        if "time" in self.relation_emb:
+            gap = (times[:, :, None] - times[:, None, :]).abs().clamp(min=0).float()
+            bucket = torch.log2(gap + 1).ceil().long().clamp(max=self.config.time_buckets - 1)
+            bias = bias + rearrange(self.relation_emb["time"](bucket), "b i j h -> b h i j")
+        if "distance" in self.relation_emb:
+            pos = torch.arange(t, device=codes.device)
+            dist = (pos[:, None] - pos[None, :]).abs().clamp(max=self.config.max_distance)
+            bias = bias + rearrange(self.relation_emb["distance"](dist), "i j h -> 1 h i j")
+        if "prefix" in self.relation_emb:
+            same = (
+                (codes[:, :, None, :] == codes[:, None, :, :]).long().cumprod(-1).sum(-1)
+            )  # (B, T, T)
+            bias = bias + rearrange(self.relation_emb["prefix"](same), "b i j h -> b h i j")
+        return bias
+
+    def encode(self, codes: Tensor, times: Tensor) -> Tensor:
+        """Hidden states (B, T, D) of histories given as codes (B, T, L) and times (B, T)."""
+        x = self.drop(self.embed_items(codes) * self.config.dim**0.5)
+        bias = self.relation_bias(codes, times)
+        for block in self.encoder:
+            x = block(x, bias)
+        return self.ln_enc(x)
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Decoder outputs (R, S, D) for token vectors (R, S, D): [h, code_0, ..., code_{S-2}]."""
+        x = tokens + self.level_emb.weight[: tokens.shape[1]]
+        bias = causal_bias(torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device))
+        for block in self.decoder:
+            x = block(x, bias)
+        return self.ln_dec(x)
+
+    def level_logits(self, out: Tensor, level: int) -> Tensor:
+        """Logits (..., V_level) of decoder outputs (..., D), tied with the level's code embeddings."""
+        return out @ self.code_emb.weight[self.vocab.level_slice(level)].T
+
+    def prefix_tokens(self, hidden: Tensor, codes: Tensor) -> Tensor:
+        """Decoder input (R, 1 + l, D): the history state (R, D), then embeddings of codes (R, l)."""
+        levels = codes.shape[1]
+        if levels == 0:
+            return hidden[:, None]
+        tokens = codes + torch.tensor(self.vocab.offsets[:levels], device=codes.device)
+        return torch.cat([hidden[:, None], self.code_emb(tokens)], dim=1)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Teacher-forced code cross-entropy at every position that has a next item -> (loss, logits of level 0)."""
+        hidden = self.encode(batch["history_codes"], batch["times"])  # (B, T, D)
+        target = batch["next_codes"]  # (B, T, L)
+        real = target[..., 0] >= 0
+        hidden, target = hidden[real], target[real]  # (R, D), (R, L)
+        out = self.decode(self.prefix_tokens(hidden, target[:, :-1]))  # (R, L, D)
+        logits = [self.level_logits(out[:, level], level) for level in range(self.vocab.levels)]
+        return self.level_loss(logits, target), logits[0]
+
+    def step_model(self) -> _MMGRecSteps:
+        """Beam-search adapter: encode once per query, then re-run the short decoder on each prefix."""
+        return _MMGRecSteps(self)
+
+
+@dataclass
+class _State:
+    hidden: Tensor  # (R, D) last history state of each row's query
+    codes: Tensor  # (R, l) codes chosen so far
+
+
+class _MMGRecSteps:
+    """StepModel for MMGRec. The decoder sequence is at most L tokens, so no KV cache is kept."""
+
+    def __init__(self, model: MMGRec) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def start(self, inputs: dict[str, Tensor]) -> tuple[Tensor, _State]:
+        """Encode B histories once -> level-0 logits (B, V_0) and a B-row state."""
+        hidden = self.model.encode(inputs["history_codes"], inputs["times"])[:, -1]
+        state = _State(hidden, hidden.new_zeros(hidden.shape[0], 0, dtype=torch.long))
+        return self._logits(state), state
+
+    @torch.no_grad()
+    def step(self, state: _State, codes: Tensor, level: int) -> tuple[Tensor, _State]:
+        """Append codes (R,) of level-1 -> logits (R, V_level)."""
+        state = _State(state.hidden, torch.cat([state.codes, codes[:, None].long()], dim=1))
+        return self._logits(state), state
+
+    def select(self, state: _State, rows: Tensor) -> _State:
+        """Rows of the new state are old rows ``rows`` (R_new,)."""
+        return _State(state.hidden[rows], state.codes[rows])
+
+    def _logits(self, state: _State) -> Tensor:
+        level = state.codes.shape[1]
+        out = self.model.decode(self.model.prefix_tokens(state.hidden, state.codes))
+        return self.model.level_logits(out[:, -1], level)

@@ -1,0 +1,265 @@
+"""The generator protocol: a model that writes semantic IDs, its registry, and save/load.
+
+A generator is an ``nn.Module`` with a typed dataclass config that holds at least
+``codebook_sizes`` (one entry per code level). Training calls ``forward(batch) -> (loss, logits)``;
+inference calls ``generate(inputs, trie, num_beams, top_k)``, which runs the engine's
+:func:`~semid.beam_search.constrained_beam_search` over the model's :meth:`Generator.step_model`.
+Concrete models live in ``semid.generators`` and register themselves by name, so the engine never
+imports one.
+
+Trie softmax: with ``config.trie_softmax`` (and a trie given by ``use_trie`` for training), every
+level's softmax runs over the codes the index allows after the prefix, in the loss and in the
+search, so an ID's score is a log-probability over indexed items only. Without it a model wastes
+probability on codes no item has, which distorts how the search compares prefixes (on ml-100k
+MMGRec's valid Recall@10 after 6-7 epochs rose from 0.039 to 0.065 with it, text-only IDs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import semid
+from semid.atomic import atomic_dir
+from semid.beam_search import StepModel, constrained_beam_search
+from semid.errors import SemidError
+from semid.trie import PrefixTrie
+
+FORMAT_VERSION = 1
+_REGISTRY: dict[str, type[Generator]] = {}
+
+
+class Generator(nn.Module, ABC):
+    """Base class of every generator: ``forward(batch) -> (loss, logits)`` plus constrained generation."""
+
+    name: ClassVar[str]  # set by @register_generator
+    config_class: ClassVar[type]  # a dataclass with a ``codebook_sizes`` field
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not dataclasses.is_dataclass(config) or not hasattr(config, "codebook_sizes"):
+            raise TypeError(
+                f"{type(self).__name__} needs a dataclass config with codebook_sizes, got {type(config).__name__}"
+            )
+        self.config = config
+        # set with use_trie(); not saved: it is rebuilt from the index, which may have grown
+        self.trie: PrefixTrie | None = None
+
+    def use_trie(self, trie: PrefixTrie | None) -> None:
+        """Normalize each level's softmax over the codes ``trie`` allows (training loss and scores)."""
+        if trie is not None:
+            self.check_trie(trie)
+        self.trie = trie
+
+    def level_loss(self, logits: list[Tensor], target: Tensor) -> Tensor:
+        """Mean over levels of the cross-entropy of target codes (R, L) under per-level logits [(R, V_l)].
+
+        With a trie set (and ``config.trie_softmax``), each softmax runs over the codes the trie allows
+        after the target's prefix, the same normalization the beam search then uses."""
+        states = torch.zeros(len(target), dtype=torch.long, device=target.device)
+        if self._trie_softmax() and self.trie.device != target.device:
+            self.trie = self.trie.to(target.device)  # once: later calls find it there
+        losses = []
+        for level, lg in enumerate(logits):
+            if self._trie_softmax():
+                lg = lg.masked_fill(~self.trie.allowed_mask(states, level), float("-inf"))
+                states = self.trie.advance(states, level, target[:, level])
+            losses.append(F.cross_entropy(lg, target[:, level]))
+        return torch.stack(losses).mean()
+
+    def _trie_softmax(self) -> bool:
+        return self.trie is not None and getattr(self.config, "trie_softmax", False)
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Codes per level the model can emit (its trie must use exactly these sizes)."""
+        return list(self.config.codebook_sizes)
+
+    @abstractmethod
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Training loss () and logits for a batch of (inputs, target IDs)."""
+
+    @abstractmethod
+    def step_model(self) -> StepModel:
+        """The adapter the beam search drives: start (encode once), step (one level), select (rows)."""
+
+    def check_trie(self, trie: PrefixTrie) -> None:
+        """Raise SemidError if the trie's levels or codebook sizes differ from the model's."""
+        if trie.codebook_sizes != self.codebook_sizes:
+            raise SemidError(
+                f"trie codebook sizes {trie.codebook_sizes} differ from the model's {self.codebook_sizes}; "
+                "build the trie with PrefixTrie.from_codes(codes, model.codebook_sizes)"
+            )
+
+    @torch.no_grad()
+    def generate(
+        self, inputs: Any, trie: PrefixTrie, num_beams: int, top_k: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Top-k IDs in ``trie`` per query: codes (B, k, L) int64 (-1 padding) and log-probs (B, k)."""
+        self.check_trie(trie)
+        was_training = self.training
+        self.eval()  # dropout would make beam scores random
+        steps = self.step_model()
+        if getattr(self.config, "trie_softmax", False):
+            steps = TrieNormalizedSteps(steps, trie)
+        try:
+            out = constrained_beam_search(steps, inputs, trie, num_beams, top_k)
+        finally:
+            self.train(was_training)
+        return out.codes, out.log_probs
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json (name, config, versions) and model.safetensors into ``path``, atomically."""
+        save_model_folder(self, path, self.name, self.config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Generator:
+        """Load a generator folder written by :meth:`save_pretrained` (any registered family)."""
+        meta = read_model_config(path)
+        model = build_generator(meta["generator"], meta["config"])
+        if cls is not Generator and not isinstance(model, cls):
+            raise SemidError(
+                f"{path} holds a {meta['generator']!r} generator, not a {cls.__name__}"
+            )
+        load_weights(model, Path(path) / "model.safetensors")
+        return model
+
+
+class TrieNormalizedSteps:
+    """Wraps a StepModel so each level's logits are -inf outside the trie: the search's log-softmax then
+    normalizes over valid codes only, making the ID score a proper distribution over indexed items."""
+
+    def __init__(self, inner: StepModel, trie: PrefixTrie) -> None:
+        self.inner, self.trie = inner, trie
+
+    def start(self, inputs: Any) -> tuple[Tensor, tuple[Any, Tensor]]:
+        """Inner start, masked at level 0."""
+        logits, state = self.inner.start(inputs)
+        states = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return self._mask(logits, states, 0), (state, states)
+
+    def step(
+        self, state: tuple[Any, Tensor], codes: Tensor, level: int
+    ) -> tuple[Tensor, tuple[Any, Tensor]]:
+        """Inner step, with the trie state advanced by codes (R,) and the logits masked."""
+        inner, states = state
+        states = self.trie.advance(states, level - 1, codes)
+        logits, inner = self.inner.step(inner, codes, level)
+        return self._mask(logits, states, level), (inner, states)
+
+    def select(self, state: tuple[Any, Tensor], rows: Tensor) -> tuple[Any, Tensor]:
+        """Reorder inner state and trie states."""
+        return self.inner.select(state[0], rows), state[1][rows]
+
+    def _mask(self, logits: Tensor, states: Tensor, level: int) -> Tensor:
+        return logits.masked_fill(~self.trie.allowed_mask(states, level), float("-inf"))
+
+
+def save_model_folder(module: nn.Module, path: str | os.PathLike, name: str, config: Any) -> None:
+    """Write ``config.json`` ({generator: name, config, versions}) and ``model.safetensors``, atomically."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "generator": name,
+        "semid_version": semid.__version__,
+        "torch_version": torch.__version__,
+        "config": dataclasses.asdict(config),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(_untie(state), str(tmp / "model.safetensors"))
+
+
+def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The config.json of a model folder written by :func:`save_model_folder`, checked."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise SemidError(
+            f"{path} is not a model folder (needs config.json and model.safetensors); train one first"
+        )
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise SemidError(
+            f"{path} was written by a newer semid (format {meta['format_version']}); upgrade semid"
+        )
+    return meta
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
+    """Load a model.safetensors (e.g. the trainer's best weights) into ``module``, strictly."""
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    # tied weights are saved once; anything else missing or extra means another architecture
+    missing = [k for k in missing if k not in _tied_names(module)]
+    if missing or unexpected:
+        raise SemidError(
+            f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "it was trained with another config"
+        )
+
+
+def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """safetensors refuses shared storage: drop later names that alias an earlier tensor."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            continue
+        seen[key] = k
+        out[k] = v
+    return out
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Names of state entries that alias an earlier entry (dropped by _untie)."""
+    state = model.state_dict()
+    return set(state) - set(_untie(state))
+
+
+def register_generator(name: str) -> Callable[[type[Generator]], type[Generator]]:
+    """Class decorator: make ``build_generator(name, config)`` construct this family."""
+
+    def wrap(cls: type[Generator]) -> type[Generator]:
+        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+            raise TypeError(f"{cls.__name__}.config_class must be a dataclass")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_generators() -> list[str]:
+    """Registered generator names (importing ``semid.generators`` registers the built-in ones)."""
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_generator(name: str, config: dict[str, Any] | Any) -> Generator:
+    """A new generator of family ``name`` from its config dataclass or a dict of its fields."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        raise SemidError(f"unknown generator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    if isinstance(config, dict):
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise SemidError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
+        config = cls.config_class(**config)
+    return cls(config)
+
+
+def _import_builtin() -> None:
+    import semid.generators  # noqa: F401  (registers the built-in families)

@@ -1,0 +1,252 @@
+"""Sequential recommendation on a leave-one-out split: datasets, batches, and full-ranking evaluation.
+
+Every item is referred to by its row in the semantic-ID index (``SemanticIDs``), so new items added
+with ``semid index add`` are new rows. A batch is a dict of tensors:
+
+- ``users`` (B,), ``items`` (B, T) history rows left-padded with PAD (-1), ``times`` (B, T) seconds
+  (0 on padding), ``history_codes`` (B, T, L) (-1 on padding);
+- one-target examples add ``targets`` (B,) and ``target_codes`` (B, L);
+- whole-sequence examples (causal models such as SASRec train on every position at once) add
+  ``next_items`` (B, T), the item after each position (PAD where none), and ``next_codes`` (B, T, L).
+
+Evaluation follows BENCHMARKS.md: full ranking over all indexed items, no item excluded, Recall@k
+and NDCG@k, top-k of generators from trie-constrained beam search with beams >= k, and the share of
+returned IDs that are not in the index (the invalid-ID rate; 0 under the trie).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from semid.data.splits import PAD, LeaveOneOutSplit, chronological_order, leave_one_out, train_mask
+from semid.errors import SemidError
+from semid.ids import SemanticIDs
+from semid.metrics import compute_metrics
+from semid.trie import PrefixTrie
+
+
+@dataclass
+class RecData:
+    """A leave-one-out split whose items are index rows, plus the timestamp of every event."""
+
+    split: LeaveOneOutSplit  # sequence_items hold index rows, not dataset item ids
+    times: Tensor  # (E,) int64 timestamps in the split's sequence order
+    num_users: int
+    num_items: int  # rows in the index
+
+    def positions(self, which: str) -> Tensor:
+        """Sequence positions (U,) of the valid or test targets, or of every train target ('train')."""
+        s = self.split
+        if which == "train":
+            return s.train_positions()
+        if which not in ("valid", "test"):
+            raise SemidError(f"unknown split {which!r}; choose train, valid or test")
+        return s.ptr[s.test_users + 1] - (2 if which == "valid" else 1)
+
+    def popularity(self) -> Tensor:
+        """Train interactions per index row (num_items,) float."""
+        return torch.bincount(self.train_items(), minlength=self.num_items).double()
+
+    def train_items(self) -> Tensor:
+        """Index rows of every train event (E_train,)."""
+        s = self.split
+        return s.sequence_items[train_mask(s.sequence_users, s.ptr)]
+
+
+def prepare_data(dataset: Any, ids: SemanticIDs, max_history: int = 50) -> RecData:
+    """Split a RecDataset by leave-one-out and map its items to the rows of ``ids``."""
+    log = dataset.interactions
+    missing = [k for k in dataset.item_keys if k not in ids._row_of_key]
+    if missing:
+        raise SemidError(
+            f"{len(missing)} items of {dataset.name} are not in the index (e.g. {missing[0]!r}); "
+            "build the index from the same dataset (semid index build --dataset ...)"
+        )
+    row_of_item = ids.rows_of_keys(dataset.item_keys)
+    split = leave_one_out(log, max_history=max_history)
+    split = dataclasses.replace(split, sequence_items=row_of_item[split.sequence_items])
+    times = log.timestamps[chronological_order(log)]
+    return RecData(split, times, log.num_users, len(ids))
+
+
+def gather_history(data: RecData, positions: Tensor, max_len: int) -> dict[str, Tensor]:
+    """Histories of up to ``max_len`` events before each position (B,): users, items, times (B, T)."""
+    s = data.split
+    users = s.sequence_users[positions]
+    lengths = torch.clamp(positions - s.ptr[users], max=max_len)
+    cols = torch.arange(-max_len, 0)
+    source = (positions[:, None] + cols).clamp(min=0)  # (B, T)
+    real = cols >= -lengths[:, None]
+    items = torch.where(real, s.sequence_items[source], PAD)
+    times = torch.where(real, data.times[source], 0)
+    return {"users": users, "items": items, "times": times}
+
+
+class TargetDataset(Dataset):
+    """One example per target position: the history before it and the target row."""
+
+    def __init__(self, data: RecData, positions: Tensor, max_len: int) -> None:
+        self.data, self.positions, self.max_len = data, positions, max_len
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.positions[i])
+
+    def collate(self, positions: list[int]) -> dict[str, Tensor]:
+        """Batch of B positions -> history (B, T) and targets (B,)."""
+        pos = torch.tensor(positions, dtype=torch.long)
+        batch = gather_history(self.data, pos, self.max_len)
+        batch["targets"] = self.data.split.sequence_items[pos]
+        return batch
+
+
+class SequenceDataset(Dataset):
+    """Each user's train events cut into windows of ``max_len`` targets, newest window first.
+
+    Window j of a user holds inputs e[a-1 .. b-2] and next items e[a .. b-1], so every train event
+    but each user's first is a target exactly once per epoch."""
+
+    def __init__(self, data: RecData, max_len: int) -> None:
+        s = data.split
+        counts = s.ptr[1:] - s.ptr[:-1]
+        n_train = torch.where(counts < 3, counts, counts - 2)
+        ends, lengths = [], []
+        for u in range(len(counts)):
+            start, end = (
+                int(s.ptr[u]) + 1,
+                int(s.ptr[u] + n_train[u]),
+            )  # targets lie in [start, end)
+            while end > start:
+                ends.append(end)
+                lengths.append(min(max_len, end - start))
+                end -= max_len
+        self.data, self.max_len = data, max_len
+        self.ends, self.lengths = (
+            torch.tensor(ends, dtype=torch.long),
+            torch.tensor(lengths, dtype=torch.long),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, rows: list[int]) -> dict[str, Tensor]:
+        """Batch of B windows -> items, times, next_items (B, T)."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        ends, lengths = self.ends[idx], self.lengths[idx]
+        batch = gather_history(
+            self.data, ends - 1, self.max_len
+        )  # the inputs end one before the last target
+        cols = torch.arange(-self.max_len, 0)
+        real = cols >= -lengths[:, None]
+        batch["items"] = batch["items"].masked_fill(~real, PAD)
+        batch["times"] = batch["times"].masked_fill(~real, 0)
+        nxt = (ends[:, None] + cols).clamp(min=0)
+        batch["next_items"] = torch.where(real, self.data.split.sequence_items[nxt], PAD)
+        return batch
+
+
+class CodeCollator:
+    """Wraps a dataset's collate and adds the semantic-ID codes of every item column."""
+
+    def __init__(self, collate: Any, codes: Tensor | None) -> None:
+        self.collate, self.codes = collate, codes
+
+    def __call__(self, examples: list[Any]) -> dict[str, Tensor]:
+        batch = self.collate(examples)
+        if self.codes is not None:
+            for key, name in (
+                ("items", "history_codes"),
+                ("targets", "target_codes"),
+                ("next_items", "next_codes"),
+            ):
+                if key in batch:
+                    batch[name] = codes_of_rows(self.codes, batch[key])
+        return batch
+
+
+def codes_of_rows(codes: Tensor, rows: Tensor) -> Tensor:
+    """Codes (..., L) of index rows (...); -1 codes where the row is PAD."""
+    out = codes[rows.clamp(min=0)]
+    return out.masked_fill((rows < 0)[..., None], -1)
+
+
+class Recommender(Protocol):
+    """Anything that ranks index rows for a batch of histories."""
+
+    def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
+        """Top-k index rows (B, k) int64, best first; -1 where the model returned no valid item."""
+        ...
+
+
+class GeneratorRecommender:
+    """A generator plus the index: top-k rows from trie-constrained beam search (beams >= k)."""
+
+    def __init__(
+        self, model: Any, ids: SemanticIDs, num_beams: int = 20, trie: PrefixTrie | None = None
+    ) -> None:
+        self.model, self.ids, self.num_beams = model, ids, num_beams
+        self.trie = (
+            trie if trie is not None else PrefixTrie.from_codes(ids.codes, model.codebook_sizes)
+        )
+
+    def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
+        """Top-k rows (B, k) via beam search with max(num_beams, k) beams."""
+        codes, _ = self.model.generate(batch, self.trie, num_beams=max(self.num_beams, k), top_k=k)
+        return self.ids.rows_of_codes(codes)  # -1 for padding and for any ID outside the index
+
+
+def evaluate(
+    recommender: Recommender,
+    data: RecData,
+    which: str = "valid",
+    ks: Sequence[int] = (5, 10),
+    codes: Tensor | None = None,
+    max_len: int = 50,
+    batch_size: int = 256,
+    max_users: int | None = None,
+    targets_in: Tensor | None = None,
+) -> dict[str, float]:
+    """Recall@k, NDCG@k, invalid-ID rate and queries/s over the valid or test targets.
+
+    ``codes`` (num_items, L) adds semantic-ID columns to the batches (generators need them);
+    ``max_users`` evaluates a fixed, evenly spaced subset (cheap validation during training);
+    ``targets_in`` (num_items,) bool keeps only the queries whose target row is marked (e.g. new items)."""
+    positions = data.positions(which)
+    if targets_in is not None:
+        positions = positions[targets_in[data.split.sequence_items[positions]]]
+    if max_users is not None and max_users < len(positions):
+        positions = positions[torch.linspace(0, len(positions) - 1, max_users).long()]
+    if len(positions) == 0:
+        raise SemidError(
+            f"no {which} queries to evaluate (check the data slice or the target filter)"
+        )
+    dataset = TargetDataset(data, positions, max_len)
+    collate = CodeCollator(dataset.collate, codes)
+    k = max(ks)
+    ranked, targets = [], []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(dataset), batch_size):
+            batch = collate(positions[lo : lo + batch_size].tolist())
+            ranked.append(recommender.recommend(batch, k))
+            targets.append(batch["targets"])
+    seconds = time.perf_counter() - started
+    metrics = compute_metrics(
+        torch.cat(ranked), torch.cat(targets), ks=ks, names=("recall", "ndcg")
+    )
+    metrics["queries_per_s"] = len(positions) / max(seconds, 1e-9)
+    metrics["num_queries"] = float(len(positions))
+    return metrics

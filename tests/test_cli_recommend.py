@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import semid.quantizers  # noqa: F401  (registers rqkmeans)
+from semid.cli.index_add import add_items
+from semid.cli.main import main
+from semid.errors import SemidError
+from semid.generator import build_generator
+from semid.ids import SemanticIDs, load_quantizer
+from semid.quantization import build_quantizer
+from semid.runs import load_run, write_config
+from semid.trie import PrefixTrie
+
+TINY_MMGREC = {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1}
+
+
+def tiny_run(path, extra_codes=8, n=30):
+    """A run directory with a fitted rqkmeans:2x4 index over n random items and an untrained mmgrec."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    q = build_quantizer("rqkmeans:2x4").fit(x, seed=0)
+    ids = SemanticIDs.from_codes(
+        [f"i{j}" for j in range(n)], q.encode(x), q.codebook_sizes, "extra-level"
+    )
+    ids.save(path / "index", quantizer=q)
+    sizes = list(ids.codebook_sizes)
+    sizes[-1] += extra_codes
+    torch.manual_seed(0)
+    model = build_generator("mmgrec", {**TINY_MMGREC, "codebook_sizes": sizes})
+    model.save_pretrained(path / "model")
+    write_config(
+        path, {"task": "recommend", "model": "mmgrec", "dataset": "none", "max_history": 50}
+    )
+    return ids, model
+
+
+def test_index_add_makes_a_new_item_reachable_at_once(tmp_path):
+    ids, model = tiny_run(tmp_path)
+    x_new = torch.randn(1, 8, generator=torch.Generator().manual_seed(9))
+    code = add_items(tmp_path / "index", ["new"], x_new, model)
+    run = load_run(tmp_path)  # the grown index still fits the model
+    assert run.ids.code_of("new") == tuple(code[0].tolist()) and len(run.ids) == len(ids) + 1
+    trie = PrefixTrie.from_codes(run.ids.codes, model.codebook_sizes)
+    batch = {
+        "history_codes": run.ids.codes[:3][None],
+        "times": torch.zeros(1, 3, dtype=torch.long),
+        "users": torch.zeros(1, dtype=torch.long),
+    }
+    got, _ = model.generate(batch, trie, num_beams=len(run.ids))
+    assert (got[0] == code).all(1).any()  # beam search over the whole index finds the new item
+    with pytest.raises(SemidError, match="already indexed"):
+        add_items(tmp_path / "index", ["new"], x_new, model)
+
+
+def test_index_add_refuses_ids_the_model_cannot_write(tmp_path):
+    ids, model = tiny_run(tmp_path, extra_codes=0)
+    # items identical to an existing one need a new disambiguation token beyond the model's vocabulary
+    q = load_quantizer(tmp_path / "index")
+    group = ids.raw_codes[0]
+    twins = int((ids.raw_codes == group).all(1).sum())
+    x = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))[:1].repeat(
+        ids.codebook_sizes[-1] - twins + 1, 1
+    )
+    assert (q.encode(x) == group).all()
+    with pytest.raises(SemidError, match="only knows"):
+        add_items(tmp_path / "index", [f"t{j}" for j in range(len(x))], x, model)
+    assert len(SemanticIDs.load(tmp_path / "index")) == len(ids)  # nothing written
+
+
+def test_run_mismatch_errors(tmp_path):
+    tiny_run(tmp_path)
+    other = build_generator("mmgrec", {**TINY_MMGREC, "codebook_sizes": [4, 4, 4, 4]})
+    other.save_pretrained(tmp_path / "model")
+    with pytest.raises(SemidError, match="4-level IDs but its index has 3 levels"):
+        load_run(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["versions"]["semid"] = "99.0.0"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SemidError, match="newer than this"):
+        load_run(tmp_path)
+    with pytest.raises(SemidError, match="not a run directory"):
+        load_run(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
+    from semid.data import load_dataset
+
+    keys = load_dataset("ml-100k").item_keys
+    x = np.random.default_rng(0).standard_normal((len(keys), 8)).astype(np.float32)
+    np.save(tmp_path / "e.npy", x)
+    (tmp_path / "e.txt").write_text("\n".join(keys) + "\n")
+    idx, run = tmp_path / "idx", tmp_path / "run"
+    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys", str(tmp_path / "e.txt"),
+                 "--quantizer", "rqkmeans:2x32", "--out", str(idx)]) == 0  # fmt: skip
+    tiger = {"max_items": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1}
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "tiger",
+                 "--users", "6", "--epochs", "1", "--batch-size", "64", "--num-beams", "10",
+                 "--model-config", json.dumps(tiger), "--out", str(run)]) == 0  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert (
+        config["model"] == "tiger"
+        and config["train"]["seed"] == 0
+        and "torch" in config["versions"]
+    )
+
+    assert main(["eval", str(run), "--k", "5", "10", "--split", "test"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert metrics["num_queries"] == 6 and metrics["invalid_id_rate"] == 0.0
+    assert 0.0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1.0
+
+    np.save(tmp_path / "new.npy", x[:2] + 0.01)
+    (tmp_path / "new.txt").write_text("new-a\nnew-b\n")
+    assert (
+        main(
+            [
+                "index",
+                "add",
+                str(run),
+                "--items",
+                str(tmp_path / "new.npy"),
+                "--keys",
+                str(tmp_path / "new.txt"),
+            ]
+        )
+        == 0
+    )
+    ids = load_run(run).ids
+    assert ids.key_of(ids.code_of("new-b")) == "new-b" and len(ids) == len(keys) + 2
+    assert "added 2 items" in capsys.readouterr().out

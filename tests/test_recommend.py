@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from semid.data.movielens import InteractionLog, RecDataset
+from semid.errors import SemidError
+from semid.ids import SemanticIDs
+from semid.recommend import CodeCollator, SequenceDataset, TargetDataset, evaluate, prepare_data
+
+
+def tiny_dataset():
+    """3 users; user 0: items 0,1,2,3,4 at times 10..50; user 1: 4,3,2 ; user 2: 1,0,2,3 (file order shuffled)."""
+    events = [
+        (0, 0, 10),
+        (1, 4, 5),
+        (0, 1, 20),
+        (2, 1, 1),
+        (0, 2, 30),
+        (1, 3, 6),
+        (0, 3, 40),
+        (2, 0, 2),
+    ]
+    events += [(1, 2, 7), (0, 4, 50), (2, 2, 3), (2, 3, 4)]
+    u, i, t = (torch.tensor(c) for c in zip(*events, strict=True))
+    log = InteractionLog(u, i, t, num_users=3, num_items=5)
+    keys = [f"m{j}" for j in range(5)]
+    return RecDataset("tiny", ["u0", "u1", "u2"], keys, [f"movie {j}" for j in range(5)], log)
+
+
+def tiny_ids(order=(4, 3, 2, 1, 0)):
+    """Index rows in another order than the dataset's items, to check the mapping."""
+    keys = [f"m{j}" for j in order]
+    codes = torch.tensor([[r // 2, r % 2] for r in range(5)])
+    return SemanticIDs(keys, codes, [3, 2])
+
+
+def test_prepare_maps_items_to_index_rows():
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=3)
+    row = {f"m{j}": r for r, j in enumerate((4, 3, 2, 1, 0))}
+    batch = TargetDataset(data, data.positions("test"), 3).collate(list(data.positions("test")))
+    assert batch["users"].tolist() == [0, 1, 2]
+    assert batch["targets"].tolist() == [row["m4"], row["m2"], row["m3"]]
+    assert batch["items"][0].tolist() == [
+        row["m1"],
+        row["m2"],
+        row["m3"],
+    ]  # the last 3 items before the target
+    assert batch["items"][1].tolist() == [-1, row["m4"], row["m3"]]
+    assert batch["times"][1].tolist() == [0, 5, 6]
+    valid = TargetDataset(data, data.positions("valid"), 3).collate(list(data.positions("valid")))
+    assert valid["targets"].tolist() == [row["m3"], row["m3"], row["m2"]]
+
+
+def test_missing_items_are_reported():
+    ids = SemanticIDs(["m0", "m1"], torch.tensor([[0, 0], [0, 1]]), [3, 2])
+    with pytest.raises(SemidError, match="not in the index"):
+        prepare_data(tiny_dataset(), ids)
+
+
+def test_sequence_windows_cover_every_train_target_once():
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=2)
+    ds = SequenceDataset(data, max_len=2)
+    batch = ds.collate(list(range(len(ds))))
+    nxt = batch["next_items"]
+    # train targets: user 0 has items 0,1,2 in train -> targets 1,2; user 1: 4 -> none; user 2: 1,0 -> 0
+    assert int((nxt >= 0).sum()) == 3
+    # every next item is the item that follows the input in time
+    s = data.split
+    for user, items, nexts in zip(
+        batch["users"].tolist(), batch["items"].tolist(), nxt.tolist(), strict=True
+    ):
+        seq = s.sequence_items[s.ptr[user] : s.ptr[user + 1]].tolist()
+        for a, b in zip(items, nexts, strict=True):
+            if b >= 0:
+                assert seq[seq.index(a) + 1] == b
+
+
+class FixedRanking:
+    def __init__(self, ranked):
+        self.ranked = ranked
+
+    def recommend(self, batch, k):
+        return self.ranked[: len(batch["targets"]), :k]
+
+
+def test_evaluate_on_a_hand_made_case():
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=3)
+    targets = TargetDataset(data, data.positions("test"), 3).collate(list(data.positions("test")))[
+        "targets"
+    ]
+    t = targets.tolist()
+    other = [r for r in range(5) if r not in t]
+    ranked = torch.tensor(
+        [
+            [t[0], -1, -1],  # hit at rank 1
+            [other[0], -1, t[1]],  # hit at rank 3; two invalid IDs returned
+            [other[0], other[1], -1],  # miss
+        ]
+    )
+    m = evaluate(FixedRanking(ranked), data, "test", ks=(1, 3), max_len=3)
+    assert m["recall@1"] == pytest.approx(1 / 3)
+    assert m["recall@3"] == pytest.approx(2 / 3)
+    assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+    assert m["invalid_id_rate"] == pytest.approx(4 / 9)
+    assert m["num_queries"] == 3
+
+
+def test_collator_adds_codes_with_padding():
+    ids = tiny_ids()
+    data = prepare_data(tiny_dataset(), ids, max_history=3)
+    ds = TargetDataset(data, data.positions("test"), 3)
+    batch = CodeCollator(ds.collate, ids.codes)([int(p) for p in data.positions("test")])
+    assert batch["history_codes"].shape == (3, 3, 2)
+    assert (batch["history_codes"][1, 0] == -1).all()
+    assert torch.equal(batch["target_codes"], ids.codes[batch["targets"]])
