@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .make/installed
 
-.PHONY: install demo test test-quick lint bench
+.PHONY: install demo demo-index test test-quick lint
 
 $(STAMP): pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -12,9 +12,16 @@ $(STAMP): pyproject.toml scripts/install.sh
 
 install: $(STAMP)
 
-## The main job on the embedded default dataset: semantic IDs for MovieLens-1M items.
+## The main job on the embedded default dataset (MovieLens-100k): semantic IDs from item texts and
+## the training interactions, a generative recommender (MMGRec) trained on them, and its test metrics.
 demo: $(STAMP)
-	semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index
+	semid index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out runs/ml-100k/index
+	semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec
+	semid eval runs/ml-100k/mmgrec --k 5 10 --split test
+
+## Semantic IDs for MovieLens-1M's 3,706 movies, with the codebook health report.
+demo-index: $(STAMP)
+	semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index --plot runs/ml-1m/usage.png
 	semid index stats runs/ml-1m/index
 
 ## The whole test suite (about 10 minutes on 2 cores).
