@@ -1,0 +1,63 @@
+"""`semid index build / train retriever / eval` for text-to-image (AVG), on a tiny registered image set."""
+
+import json
+
+import pytest
+import torch
+
+from semid.cli.main import main
+
+
+@pytest.fixture
+def tiny_images(monkeypatch):
+    from semid.data import register_dataset
+    from semid.data.images import ImageDataset, ImageSplits
+
+    def split(n: int, prefix: str) -> ImageDataset:
+        g = torch.Generator().manual_seed(len(prefix))
+        labels = torch.arange(n) % 2
+        images = torch.randint(0, 60, (n, 8, 8), dtype=torch.uint8, generator=g)
+        images[labels == 0, :4] += 180
+        images[labels == 1, 4:] += 180
+        return ImageDataset(images, [f"{prefix}{i}" for i in range(n)], labels, ["Sneaker", "Bag"])
+
+    register_dataset(
+        "tiny-cli-images",
+        lambda: ImageSplits(split(96, "train/"), split(24, "test/"), "tiny"),
+        "test only",
+    )
+    monkeypatch.setattr("semid.data.images.IMAGE_DATASETS", ("fashion-mnist", "tiny-cli-images"))
+    return "tiny-cli-images"
+
+
+@pytest.mark.slow
+def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys):
+    index, run = tmp_path / "idx", tmp_path / "run"
+    spec = "voken:2x4,hidden=16,latent=4"
+    assert (
+        main(["index", "build", "--dataset", tiny_images, "--quantizer", spec, "--out", str(index)])
+        == 0
+    )
+    assert main(["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--index", str(index),
+                 "--epochs", "2", "--batch-size", "32", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "5", "10", "--split", "test"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    flat = json.dumps(metrics)
+    assert "precision@10" in flat and "invalid_id_rate" in flat
+
+
+def test_avg_needs_an_image_dataset(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "retriever",
+            "--dataset",
+            "ml-100k",
+            "--model",
+            "avg",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2 and "retrieves images" in capsys.readouterr().err
