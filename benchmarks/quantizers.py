@@ -183,7 +183,9 @@ def target_lines(report: dict) -> list[str]:
         if name.startswith("rqkmeans:"):
             t, m = r["fit_s"] / ref["fit_s"], r["mse"] / ref["mse"]
             met = "met" if t <= 1.2 and m <= 1.0 else "MISSED"
-            lines.append(f"Target for `{name}` (fit <= 1.2x faiss RQ at MSE <= 1x): {met}, fit {t:.2f}x, MSE {m:.3f}x.  ")
+            lines.append(
+                f"Target for `{name}` (fit <= 1.2x faiss RQ at MSE <= 1x): {met}, fit {t:.2f}x, MSE {m:.3f}x.  "
+            )
             continue
         if not kmeans_rows:
             continue

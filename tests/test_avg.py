@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from semid.generators.avg import discriminative_loss
 
 from semid.errors import SemidError
 from semid.generator import Generator, build_generator
+from semid.generators.avg import discriminative_loss
 from semid.ids import SemanticIDs
 from semid.text2image import (
     DualEncoder,

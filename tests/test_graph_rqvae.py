@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from semid.quantizers.graph_rqvae import GraphRQVAE
 
 from semid.data import InteractionLog, leave_one_out
 from semid.errors import SemidError
 from semid.graph import propagate_item_features
 from semid.quantization import Quantizer, build_quantizer
+from semid.quantizers.graph_rqvae import GraphRQVAE
 
 NUM_USERS, NUM_ITEMS, D = 30, 40, 8
 SPEC = "graph_rqvae:2x8,hidden=16,hops=2,latent=4"

@@ -25,7 +25,9 @@ FAST_FIT_KWARGS: dict[str, dict[str, Any]] = {
     "graph_rqvae": {
         "epochs": 3,
         "progress": False,
-        "interactions": InteractionLog(torch.arange(2 * N) % 10, torch.arange(2 * N) % N, torch.arange(2 * N), 10, N),
+        "interactions": InteractionLog(
+            torch.arange(2 * N) % 10, torch.arange(2 * N) % N, torch.arange(2 * N), 10, N
+        ),
     },
     "hrq": {"epochs": 3, "progress": False},
     "voken": {"epochs": 3, "progress": False},

@@ -7,12 +7,12 @@ import itertools
 import faiss
 import numpy as np
 import pytest
-import semid.quantizers.rqkmeans as rqk
 import torch
-from semid.quantizers.rqkmeans import ResidualKMeans, progressive_kmeans
 
+import semid.quantizers.rqkmeans as rqk
 from semid.errors import SemidError
 from semid.quantization import build_quantizer
+from semid.quantizers.rqkmeans import ResidualKMeans, progressive_kmeans
 
 
 def blobs(n: int = 300, d: int = 8, centers: int = 12, seed: int = 0) -> torch.Tensor:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from semid.errors import SemidError
+from semid.quantization import Quantizer, build_quantizer
 from semid.quantizers.residual import (
     ResidualCodebooks,
     code_usage,
@@ -11,9 +14,6 @@ from semid.quantizers.residual import (
     straight_through,
 )
 from semid.quantizers.rqvae import RQVAE
-
-from semid.errors import SemidError
-from semid.quantization import Quantizer, build_quantizer
 
 N, D = 96, 8
 SPEC = "rqvae:2x8,hidden=16,latent=4"
