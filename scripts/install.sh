@@ -24,7 +24,7 @@ if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq -o Acquire::Languages=en
   fi
   if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 else
   echo "install.sh: no apt-get; install wordnet-base, dataset-fashion-mnist and lz4 yourself for those datasets" >&2

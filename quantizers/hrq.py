@@ -1,0 +1,346 @@
+"""``hrq``: hyperbolic residual quantization (Piękos, Kayal & Karatzoglou 2025).
+
+An MLP maps inputs into the Poincaré ball (exp map at the origin, tangent norm clipped); each
+level assigns the nearest code by hyperbolic distance and passes on the Möbius residual
+(-code) ⊕ x; the codes recompose by Möbius addition, e_1 ⊕ (e_2 ⊕ ...). Codebooks are
+``geoopt.ManifoldParameter``s trained with ``RiemannianAdam``. With ``decoder=1`` (default, the
+VAE-style variant) an MLP maps the quantized point back to input space and the reconstruction
+loss trains the embedding; ``fit(x, pairs=...)`` adds the ranking loss of Nickel & Kiela (2017)
+on (descendant, ancestor) pairs, which is how a known hierarchy is imposed.
+
+Spec options: ``c`` (curvature, 1.0; c=0 is the Euclidean limit of the same code, the fair
+baseline), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
+``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0).
+Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import geoopt
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from semid.errors import SemidError
+from semid.hierarchy import is_pair, pair_keys, ranking_loss
+from semid.kmeans import kmeans
+from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
+from semid.quantizers import hyperbolic as hb
+from semid.quantizers.residual import code_usage
+from semid.quantizers.rqvae import mlp
+
+OPTIONS = {"c": 1.0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0, "decoder": 1}
+
+
+def _parse_widths(spec: QuantizerSpec) -> list[int]:
+    """Hidden widths from the ``hidden`` option, e.g. ``hidden=512-256``."""
+    text = spec.option("hidden", OPTIONS["hidden"])
+    try:
+        widths = [int(w) for w in text.split("-") if w]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise SemidError(
+            f"option hidden={text!r} in {spec} must be widths joined by '-', e.g. hidden=512-256"
+        )
+    return widths
+
+
+@dataclass
+class HRQTrainConfig:
+    """How ``hrq`` is fitted; every field can be overridden as a keyword of ``fit``."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3  # encoder, decoder and codebooks (Riemannian Adam)
+    hierarchy_weight: float = 1.0  # weight of the pair ranking loss (only with pairs)
+    pair_batch: int = 256  # (descendant, ancestor) pairs per step
+    negatives: int = 256  # random items shared by the step's pairs as negatives
+    reset_dead_until: float = 0.8  # re-seed unused codes each epoch until this fraction of epochs
+    init_batch: int = 8192  # items whose first embeddings initialise the codebooks by k-means
+    seed: int = 0
+
+    def with_overrides(self, overrides: dict[str, Any]) -> HRQTrainConfig:
+        """A copy with `overrides` applied; unknown names raise SemidError."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise SemidError(
+                f"unknown hrq fit option(s) {', '.join(unknown)}; known: pairs, progress, {', '.join(sorted(known))}"
+            )
+        return HRQTrainConfig(**{**asdict(self), **overrides})
+
+
+@register_quantizer("hrq")
+class HyperbolicRQ(Quantizer):
+    """x (N, D) -> ball point (N, latent) -> L Möbius-residual codes -> [decoder] -> (N, D)."""
+
+    def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
+        unknown = sorted(set(spec.options) - set(OPTIONS))
+        if unknown:
+            raise SemidError(
+                f"unknown option(s) {', '.join(unknown)} in {spec}; hrq accepts {', '.join(OPTIONS)}"
+            )
+        self.c = spec.option("c", OPTIONS["c"], float)
+        self.latent_dim = spec.option("latent", OPTIONS["latent"], int)
+        self.beta = spec.option("beta", OPTIONS["beta"], float)
+        self.clip = spec.option("clip", OPTIONS["clip"], float)
+        self.has_decoder = bool(spec.option("decoder", OPTIONS["decoder"], int))
+        if self.c < 0 or self.latent_dim < 1 or self.beta < 0 or self.clip <= 0:
+            raise SemidError(
+                f"bad options in {spec}: need c >= 0, latent >= 1, beta >= 0, clip > 0"
+            )
+        self.hidden = _parse_widths(spec)
+        super().__init__(spec, None)
+        self.ball = hb.poincare_ball(self.c)
+        if dim is not None:
+            self.build(dim)
+
+    def _build(self, dim: int) -> None:
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(()))
+        self.encoder = mlp([dim, *self.hidden, self.latent_dim])
+        self.decoder = (
+            mlp([self.latent_dim, *reversed(self.hidden), dim]) if self.has_decoder else None
+        )
+        # Small random codes near the origin; fit replaces them by k-means centroids.
+        init = torch.randn(self.levels, self.spec.codebook_size, self.latent_dim) * 1e-3
+        self.codebooks = geoopt.ManifoldParameter(init, manifold=self.ball)  # (L, K, latent)
+
+    # --- the geometry of one pass ---
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Ball points (N, latent) of raw inputs x (N, D) (no gradient, eval mode)."""
+        self.check_fitted()
+        x = self.check_input(x).to(self.mean.device)
+        self.eval()
+        with torch.no_grad():
+            return torch.cat(
+                [self._embed((chunk - self.mean) / self.scale) for chunk in x.split(8192)]
+            )
+
+    def _embed(self, inputs: Tensor) -> Tensor:
+        return hb.to_ball(self.ball, self.encoder(inputs), self.clip)
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Codes (N, L), quantized points (N, latent), codebook and commitment losses of z (N, latent)."""
+        residual, codes, chosen = z, [], []
+        codebook_loss = commitment_loss = z.new_zeros(())
+        for book in self.codebooks:
+            idx = hb.nearest_code(self.ball, residual.detach(), book.detach())
+            e = book[idx]
+            codebook_loss = (
+                codebook_loss + hb.distance(self.ball, e, residual.detach()).pow(2).mean()
+            )
+            commitment_loss = (
+                commitment_loss + hb.distance(self.ball, residual, e.detach()).pow(2).mean()
+            )
+            codes.append(idx)
+            chosen.append(e.detach())
+            residual = hb.mobius_residual(self.ball, residual, e.detach())
+        z_q = hb.mobius_chain(self.ball, torch.stack(chosen, -2))
+        return torch.stack(codes, -1), z_q, codebook_loss, commitment_loss
+
+    def _residuals(self, z: Tensor) -> Tensor:
+        """Inputs (N, L, latent) of each level for ball points z (N, latent)."""
+        out, residual = [], z
+        for book in self.codebooks:
+            out.append(residual)
+            residual = hb.mobius_residual(
+                self.ball, residual, book[hb.nearest_code(self.ball, residual, book)]
+            )
+        return torch.stack(out, 1)
+
+    # --- the protocol ---
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes (N, L) int64 of x (N, D), greedy by hyperbolic distance level by level."""
+        return self.encode_latent(self.embed(x))
+
+    @torch.no_grad()
+    def encode_latent(self, z: Tensor) -> Tensor:
+        """Codes (N, L) int64 of ball points z (N, latent), bypassing the encoder."""
+        z = hb.project(
+            self.ball, torch.as_tensor(z, dtype=torch.float32, device=self.codebooks.device)
+        )
+        return torch.cat([self._quantize(chunk)[0] for chunk in z.split(8192)])
+
+    @torch.no_grad()
+    def decode_latent(self, codes: Tensor) -> Tensor:
+        """Ball points (N, latent) e_1 ⊕ (e_2 ⊕ ...) of codes (N, L)."""
+        self.check_fitted()
+        codes = self._check_codes(codes)
+        levels = torch.arange(self.levels, device=codes.device)
+        return hb.mobius_chain(self.ball, self.codebooks.detach()[levels, codes])
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Reconstructions (N, D) of codes (N, L) through the decoder (needs ``decoder=1``)."""
+        if self.decoder is None:
+            raise SemidError(
+                f"{self.spec} has no decoder back to input space; use decode_latent, or decoder=1"
+            )
+        self.eval()
+        return (
+            self.decoder(hb.to_tangent(self.ball, self.decode_latent(codes))) * self.scale
+            + self.mean
+        )
+
+    @torch.no_grad()
+    def last_level_distances(self, x: Tensor) -> Tensor:
+        """Hyperbolic distances (N, K) from each item's last-level residual to every last-level code."""
+        residual = self._residuals(self.embed(x))[:, -1]
+        return hb.pairwise_distance(self.ball, residual, self.codebooks.detach()[-1])
+
+    def extra_config(self) -> dict[str, Any]:
+        """Nothing beyond the spec: every option is in it."""
+        return {}
+
+    def _check_codes(self, codes: Tensor) -> Tensor:
+        codes = torch.as_tensor(codes, device=self.codebooks.device)
+        if codes.ndim != 2 or codes.shape[1] != self.levels or codes.dtype.is_floating_point:
+            raise SemidError(
+                f"expected integer codes of shape (N, {self.levels}), got {codes.dtype} {tuple(codes.shape)}"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.spec.codebook_size):
+            raise SemidError(
+                f"codes must lie in [0, {self.spec.codebook_size}); got values outside"
+            )
+        return codes.long()
+
+    # --- training ---
+
+    def fit(
+        self, x: Tensor, *, pairs: Tensor | None = None, progress: bool = True, **overrides: Any
+    ) -> HyperbolicRQ:
+        """Train on x (N, D); `pairs` (P, 2) are (descendant, ancestor) rows of x for the hierarchy loss.
+
+        Keywords override `HRQTrainConfig` fields (e.g. ``epochs=5``)."""
+        cfg = HRQTrainConfig().with_overrides(overrides)
+        x = self.check_input(x)
+        self.build(x.shape[1])
+        if pairs is not None:
+            pairs = torch.as_tensor(pairs, dtype=torch.long)
+            if (
+                pairs.ndim != 2
+                or pairs.shape[1] != 2
+                or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= len(x)))
+            ):
+                raise SemidError(f"pairs must be (P, 2) row indices into x's {len(x)} rows")
+        elif self.decoder is None:
+            raise SemidError(
+                f"{self.spec} has no decoder, so it learns only from pairs; pass pairs=... or use decoder=1"
+            )
+        self.mean.copy_(x.mean(0))
+        self.scale.copy_((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
+        inputs = (x - self.mean) / self.scale
+        self._train(inputs, pairs, cfg, progress)
+        self.initted.fill_(True)
+        return self
+
+    def _losses(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Quantization (+ reconstruction) loss, the reconstruction alone, and codes (B, L) of a batch."""
+        z = self._embed(inputs)
+        codes, z_q, codebook_loss, commitment_loss = self._quantize(z)
+        loss = codebook_loss + self.beta * commitment_loss
+        recon = z.new_zeros(())
+        if self.decoder is not None:
+            z_st = z + (z_q - z).detach()  # straight-through; the value is a ball point
+            recon = (self.decoder(hb.to_tangent(self.ball, z_st)) - inputs).pow(2).sum(-1).mean()
+            loss = loss + recon
+        return loss, recon, codes
+
+    def _hierarchy_loss(
+        self, inputs: Tensor, pairs: Tensor, keys: Tensor, cfg: HRQTrainConfig, gen
+    ) -> Tensor:
+        """Ranking loss: each descendant's ancestor against `negatives` shared random non-ancestors."""
+        n = inputs.shape[0]
+        batch = pairs[torch.randint(len(pairs), (cfg.pair_batch,), generator=gen)]
+        negs = torch.randint(n, (cfg.negatives,), generator=gen)
+        # One encoder pass for descendants, ancestors and negatives.
+        z = self._embed(inputs[torch.cat([batch[:, 0], batch[:, 1], negs])])
+        z_u, z_v, z_n = z.split([len(batch), len(batch), len(negs)])
+        pos = hb.distance(self.ball, z_u, z_v)  # (B,)
+        neg = hb.pairwise_distance(self.ball, z_u, z_n)  # (B, M)
+        # A "negative" that is the item itself or one of its ancestors is not a negative.
+        u = batch[:, :1]
+        invalid = is_pair(keys, u, negs[None, :], n) | (u == negs[None, :])
+        return ranking_loss(pos, neg, invalid)
+
+    @torch.no_grad()
+    def _init_codebooks(self, inputs: Tensor, seed: int) -> None:
+        """k-means per level on the tangent vectors at the origin of the first residuals."""
+        residual = self._embed(inputs)
+        for level in range(self.levels):
+            centroids = kmeans(
+                hb.to_tangent(self.ball, residual), self.spec.codebook_size, seed=seed + level
+            )
+            self.codebooks.data[level] = hb.to_ball(self.ball, centroids.to(residual), self.clip)
+            book = self.codebooks.data[level]
+            residual = hb.mobius_residual(
+                self.ball, residual, book[hb.nearest_code(self.ball, residual, book)]
+            )
+
+    @torch.no_grad()
+    def _reset_dead_codes(self, inputs: Tensor, usage: Tensor, gen: torch.Generator) -> int:
+        """Re-seed codes unused this epoch (usage (L, K) == 0) at residuals far from their code."""
+        dead_levels = [lvl for lvl in range(self.levels) if (usage[lvl] == 0).any()]
+        if not dead_levels:
+            return 0
+        self.eval()
+        residuals = self._residuals(torch.cat([self._embed(chunk) for chunk in inputs.split(8192)]))
+        revived = 0
+        for level in dead_levels:
+            dead = (usage[level] == 0).nonzero().squeeze(-1)
+            r = residuals[:, level]
+            err = hb.pairwise_distance(self.ball, r, self.codebooks.data[level]).min(-1).values
+            weights = err.clamp_min(1e-12) if float(err.sum()) > 0 else torch.ones_like(err)
+            pick = torch.multinomial(
+                weights, dead.numel(), replacement=dead.numel() > len(r), generator=gen
+            )
+            self.codebooks.data[level, dead] = r[pick]
+            revived += dead.numel()
+        return revived
+
+    def _train(
+        self, inputs: Tensor, pairs: Tensor | None, cfg: HRQTrainConfig, progress: bool
+    ) -> None:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
+        n = inputs.shape[0]
+        self._init_codebooks(inputs[torch.randperm(n, generator=gen)[: cfg.init_batch]], cfg.seed)
+        keys = None if pairs is None else pair_keys(pairs, n)
+        opt = geoopt.optim.RiemannianAdam(self.parameters(), lr=cfg.lr)
+        bar = tqdm(range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch")
+        for epoch in bar:
+            self.train()
+            usage = torch.zeros(self.levels, self.spec.codebook_size, dtype=torch.long)
+            for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+                loss, recon, codes = self._losses(inputs[idx])
+                recon = recon.detach()
+                hier = loss.new_zeros(())
+                if pairs is not None and len(pairs):
+                    hier = self._hierarchy_loss(inputs, pairs, keys, cfg, gen)
+                    loss = loss + cfg.hierarchy_weight * hier
+                    hier = hier.detach()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                usage += code_usage(codes, self.spec.codebook_size)
+            revived = 0
+            if epoch < cfg.reset_dead_until * cfg.epochs:
+                revived = self._reset_dead_codes(inputs, usage, gen)
+            bar.set_postfix(recon=f"{recon.item():.4f}", hier=f"{hier.item():.3f}", revived=revived)
+        bar.close()
+        self.eval()
+
+
+__all__ = ["HRQTrainConfig", "HyperbolicRQ"]

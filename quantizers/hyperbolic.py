@@ -1,0 +1,94 @@
+"""Poincaré-ball helpers on top of ``geoopt`` for the hyperbolic quantizer (``hrq``).
+
+Points live in the ball of curvature -c, ||x|| < 1/sqrt(c). Curvature c = 0 is the Euclidean limit
+of the same formulas (geoopt's stereographic model): Möbius addition becomes +, the distance
+2 ||x - y||, so ``hrq`` with c=0 is a Euclidean residual quantizer with the very same code path.
+Every function keeps float32 finite near the boundary: points are projected, norms clamped.
+"""
+
+from __future__ import annotations
+
+import geoopt
+import torch
+from torch import Tensor
+
+_EPS = 1e-6  # floor for norms and for 1 - c||x||^2 in float32
+
+
+def poincare_ball(c: float) -> geoopt.PoincareBall:
+    """The Poincaré ball of curvature -c (c >= 0; c = 0 is flat space)."""
+    if c < 0:
+        raise ValueError(f"curvature c must be >= 0, got {c}")
+    return geoopt.PoincareBall(c=c)
+
+
+def project(ball: geoopt.PoincareBall, x: Tensor) -> Tensor:
+    """x (..., d) pulled just inside the ball (geoopt keeps a float32 margin of 4e-3)."""
+    return ball.projx(x)
+
+
+def to_ball(ball: geoopt.PoincareBall, v: Tensor, max_norm: float | None = None) -> Tensor:
+    """exp_0 of tangent vectors v (..., d), their norm first clipped to `max_norm`.
+
+    Clipping in the tangent space (Guo et al. 2022, "Clipped hyperbolic classifiers") bounds the
+    distance from the origin by 2 * max_norm, which keeps points off the boundary and gradients
+    alive; with c = 0 it is the same bound on a Euclidean radius."""
+    if max_norm is not None:
+        norm = v.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        v = v * (max_norm / norm).clamp(max=1.0)
+    return project(ball, ball.expmap0(v))
+
+
+def to_tangent(ball: geoopt.PoincareBall, x: Tensor) -> Tensor:
+    """log_0 of ball points x (..., d): tangent vectors at the origin."""
+    return ball.logmap0(project(ball, x))
+
+
+def mobius_add(ball: geoopt.PoincareBall, x: Tensor, y: Tensor) -> Tensor:
+    """x ⊕ y (..., d), projected into the ball."""
+    return project(ball, ball.mobius_add(x, y))
+
+
+def mobius_residual(ball: geoopt.PoincareBall, x: Tensor, code: Tensor) -> Tensor:
+    """What a code leaves of x: (-code) ⊕ x (..., d), so that code ⊕ residual = x."""
+    return project(ball, ball.mobius_add(-code, x))
+
+
+def mobius_chain(ball: geoopt.PoincareBall, codes: Tensor) -> Tensor:
+    """e_1 ⊕ (e_2 ⊕ (... ⊕ e_L)) of codes (..., L, d): the point whose residual chain gives them."""
+    out = codes[..., -1, :]
+    for level in range(codes.shape[-2] - 2, -1, -1):
+        out = mobius_add(ball, codes[..., level, :], out)
+    return out
+
+
+def distance(ball: geoopt.PoincareBall, x: Tensor, y: Tensor) -> Tensor:
+    """Geodesic distance (...) between broadcastable points x and y (..., d)."""
+    return ball.dist(x, y)
+
+
+def pairwise_distance(ball: geoopt.PoincareBall, x: Tensor, y: Tensor) -> Tensor:
+    """Distances (N, K) between rows of x (N, d) and y (K, d), in O(N K) memory.
+
+    Uses d = arcosh(1 + 2c ||x - y||^2 / ((1 - c||x||^2)(1 - c||y||^2))) / sqrt(c), which needs only
+    the Gram matrix; with c = 0 it is 2 ||x - y||, matching ``distance``. Accurate enough to rank
+    codes; use ``distance`` where the loss needs exact small distances."""
+    c = float(ball.c)
+    xx, yy = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1)
+    sq = (xx - 2 * x @ y.T + yy).clamp_min(0)  # (N, K)
+    if c == 0:
+        return 2 * sq.clamp_min(_EPS**2).sqrt()
+    denom = (1 - c * xx).clamp_min(_EPS) * (1 - c * yy).clamp_min(_EPS)
+    arg = 1 + 2 * c * sq / denom
+    return torch.acosh(arg.clamp_min(1 + _EPS)) / c**0.5
+
+
+def nearest_code(ball: geoopt.PoincareBall, x: Tensor, codebook: Tensor) -> Tensor:
+    """Index (N,) int64 of the code in codebook (K, d) nearest to each row of x (N, d)."""
+    c = float(ball.c)
+    xx, yy = x.pow(2).sum(-1, keepdim=True), codebook.pow(2).sum(-1)
+    sq = (xx - 2 * x @ codebook.T + yy).clamp_min(0)
+    if c == 0:
+        return sq.argmin(-1)
+    # arcosh is increasing, so ranking by the ratio avoids it (and its float32 flatness near 1).
+    return (sq / ((1 - c * yy).clamp_min(_EPS))).argmin(-1)

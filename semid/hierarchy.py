@@ -1,0 +1,166 @@
+"""Hierarchies and semantic IDs: the pair ranking loss, held-out hypernym edges, prefix agreement.
+
+Used by ``hrq`` (the loss) and by ``benchmarks/hierarchy.py`` (the parent-prediction task and the
+check of how well shared ID prefixes follow the tree). Items are rows 0..N-1; a hierarchy is a
+(E, 2) int64 tensor of (child, parent) rows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from semid.errors import SemidError
+
+
+def ranking_loss(pos: Tensor, neg: Tensor, invalid: Tensor | None = None) -> Tensor:
+    """Nickel & Kiela (2017) loss: -log softmax of -d(u, ancestor) against -d(u, negatives).
+
+    pos (B,) distances to an ancestor; neg (B, M) distances to negatives; invalid (B, M) bool
+    marks negatives that are not (the item itself, or one of its ancestors)."""
+    neg_logits = -neg if invalid is None else (-neg).masked_fill(invalid, float("-inf"))
+    logits = torch.cat([-pos[:, None], neg_logits], 1)
+    return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+
+
+def pair_keys(pairs: Tensor, n: int) -> Tensor:
+    """Sorted unique int64 keys u * n + v (P',) of pairs (P, 2), for fast membership tests."""
+    return torch.unique(pairs[:, 0] * n + pairs[:, 1])
+
+
+def is_pair(keys: Tensor, u: Tensor, v: Tensor, n: int) -> Tensor:
+    """Whether each (u, v) (broadcast) is among the pairs whose `pair_keys` are `keys`."""
+    query = u * n + v
+    if len(keys) == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    # Binary search in the sorted keys: much cheaper than isin for many queries per step.
+    pos = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
+    return keys[pos] == query
+
+
+def transitive_closure(edges: Tensor, n: int) -> Tensor:
+    """Every (descendant, ancestor) pair (P, 2) int64 of a DAG given as (child, parent) rows."""
+    parents: list[list[int]] = [[] for _ in range(n)]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for child, parent in edges.tolist():
+        parents[child].append(parent)
+        children[parent].append(child)
+    pending = [len(p) for p in parents]
+    queue = deque(i for i in range(n) if pending[i] == 0)
+    ancestors: list[set[int]] = [set() for _ in range(n)]
+    done = 0
+    while queue:
+        node = queue.popleft()
+        done += 1
+        for p in parents[node]:
+            ancestors[node].add(p)
+            ancestors[node] |= ancestors[p]
+        for c in children[node]:
+            pending[c] -= 1
+            if pending[c] == 0:
+                queue.append(c)
+    if done < n:
+        raise SemidError("the hierarchy has a cycle; pass (child, parent) edges of a DAG")
+    pairs = [(i, a) for i in range(n) for a in sorted(ancestors[i])]
+    return torch.tensor(pairs, dtype=torch.long).view(-1, 2)
+
+
+@dataclass
+class EdgeSplit:
+    """Hypernym edges split by child: all parents of a test child are held out together."""
+
+    train: Tensor  # (E_train, 2) (child, parent) rows
+    test_children: Tensor  # (T,) item rows
+    test_parents: Tensor  # (T, P_max) parent rows, padded with -1
+
+
+def split_edges(edges: Tensor, n: int, test_fraction: float = 0.1, seed: int = 0) -> EdgeSplit:
+    """Hold out `test_fraction` of the items that have parents, with all their parent edges."""
+    if not 0 < test_fraction < 1:
+        raise SemidError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    children = torch.unique(edges[:, 0])
+    g = torch.Generator().manual_seed(seed)
+    test = children[
+        torch.randperm(len(children), generator=g)[: max(1, round(test_fraction * len(children)))]
+    ]
+    test = test.sort().values
+    held = torch.isin(edges[:, 0], test)
+    return EdgeSplit(
+        train=edges[~held], test_children=test, test_parents=_padded_parents(edges[held], test)
+    )
+
+
+def _padded_parents(edges: Tensor, children: Tensor) -> Tensor:
+    lists: dict[int, list[int]] = {int(c): [] for c in children}
+    for child, parent in edges.tolist():
+        lists[child].append(parent)
+    width = max(len(v) for v in lists.values())
+    return torch.tensor(
+        [lists[int(c)] + [-1] * (width - len(lists[int(c)])) for c in children], dtype=torch.long
+    )
+
+
+def ancestors_within(edges: Tensor, n: int, hops: int) -> list[set[int]]:
+    """For each item, itself and its ancestors at most `hops` edges up (N sets)."""
+    parents: list[list[int]] = [[] for _ in range(n)]
+    for child, parent in edges.tolist():
+        parents[child].append(parent)
+    out = []
+    for i in range(n):
+        seen, frontier = {i}, [i]
+        for _ in range(hops):
+            frontier = [p for f in frontier for p in parents[f] if p not in seen]
+            seen.update(frontier)
+        out.append(seen)
+    return out
+
+
+def _related(near: list[set[int]], pairs: Tensor) -> Tensor:
+    return torch.tensor(
+        [not near[a].isdisjoint(near[b]) for a, b in pairs.tolist()], dtype=torch.bool
+    )
+
+
+def prefix_agreement(
+    codes: Tensor,
+    edges: Tensor,
+    prefix: int = 1,
+    hops: int = 3,
+    samples: int = 20000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How often two items sharing their first `prefix` codes have a common ancestor within `hops`.
+
+    codes (N, L); edges (E, 2) (child, parent). Returns the rate among random pairs that share the
+    prefix (``shared``), among random pairs (``chance``) and their ratio (``lift``)."""
+    n = codes.shape[0]
+    near = ancestors_within(edges, n, hops)
+    g = torch.Generator().manual_seed(seed)
+    random_pairs = torch.randint(n, (samples, 2), generator=g)
+    random_pairs = random_pairs[random_pairs[:, 0] != random_pairs[:, 1]]
+    # Pairs sharing a prefix: pick an item, then another item of its prefix group.
+    key = torch.unique(codes[:, :prefix], dim=0, return_inverse=True)[1]
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key)
+    starts = torch.cumsum(counts, 0) - counts
+    first = torch.randint(n, (samples,), generator=g)
+    group = key[first]
+    first, group = first[counts[group] > 1], group[counts[group] > 1]
+    other = order[
+        starts[group]
+        + (torch.rand(len(group), generator=g) * counts[group]).long().clamp_max(counts[group] - 1)
+    ]
+    shared_pairs = torch.stack([first, other], 1)[first != other]
+    shared = (
+        float(_related(near, shared_pairs).float().mean()) if len(shared_pairs) else float("nan")
+    )
+    chance = float(_related(near, random_pairs).float().mean())
+    return {
+        "shared": shared,
+        "chance": chance,
+        "lift": shared / chance if chance > 0 else float("nan"),
+    }
