@@ -15,3 +15,15 @@ import pytest
 def data_dir() -> Path:
     """tests/data: tiny hand-written fixture files (see tests/data/README.md)."""
     return Path(__file__).parent / "data"
+
+
+def train_on_batch(model, batch: dict, steps: int = 80, lr: float = 3e-3) -> None:
+    """Overfit a generator on one batch with Adam (for 'it learns' tests)."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()

@@ -26,23 +26,15 @@ def embeddings(tmp_path):
     return tmp_path / "items.npy", tmp_path / "items.txt"
 
 
+def build_args(x_path, keys_path, out, quantizer="rqkmeans:2x8", *extra: str) -> list[str]:
+    """`semid index build` arguments for an embeddings file."""
+    return ["index", "build", "--embeddings", str(x_path), "--keys", str(keys_path), "--quantizer", quantizer, "--out", str(out), *extra]  # fmt: skip
+
+
 def test_build_from_embeddings_then_stats(tmp_path, embeddings, capsys):
     x_path, keys_path = embeddings
     out = tmp_path / "idx"
-    code = main(
-        [
-            "index",
-            "build",
-            "--embeddings",
-            str(x_path),
-            "--keys",
-            str(keys_path),
-            "--quantizer",
-            "rqkmeans:2x8",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(build_args(x_path, keys_path, out))
     assert code == 0
     ids = SemanticIDs.load(out)
     assert len(ids) == 300 and ids.keys[0] == "item-0"
@@ -61,22 +53,7 @@ def test_build_from_embeddings_then_stats(tmp_path, embeddings, capsys):
 def test_same_seed_same_ids(tmp_path, embeddings):
     x_path, keys_path = embeddings
     for name in ("a", "b"):
-        main(
-            [
-                "index",
-                "build",
-                "--embeddings",
-                str(x_path),
-                "--keys",
-                str(keys_path),
-                "--quantizer",
-                "rqkmeans:2x8",
-                "--seed",
-                "3",
-                "--out",
-                str(tmp_path / name),
-            ]
-        )
+        main(build_args(x_path, keys_path, tmp_path / name, "rqkmeans:2x8", "--seed", "3"))
     assert SemanticIDs.load(tmp_path / "a").codes.equal(SemanticIDs.load(tmp_path / "b").codes)
 
 
@@ -103,18 +80,7 @@ def _bad_npy(tmp_path, name, array):
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, message, capsys):
     x_path, keys_path = embeddings
     out = str(tmp_path / "out")
-    args = [
-        "index",
-        "build",
-        "--embeddings",
-        str(x_path),
-        "--keys",
-        str(keys_path),
-        "--quantizer",
-        "rqkmeans:2x8",
-        "--out",
-        out,
-    ]
+    args = build_args(x_path, keys_path, out)
     if case == "nan":
         x = np.load(x_path)
         x[5, 3] = np.nan
@@ -184,20 +150,7 @@ def test_build_on_real_ml100k_items(tmp_path):
 def test_stats_plot_writes_a_png(tmp_path, embeddings):
     x_path, keys_path = embeddings
     out = tmp_path / "idx"
-    main(
-        [
-            "index",
-            "build",
-            "--embeddings",
-            str(x_path),
-            "--keys",
-            str(keys_path),
-            "--quantizer",
-            "rqkmeans:2x8",
-            "--out",
-            str(out),
-        ]
-    )
+    main(build_args(x_path, keys_path, out))
     assert main(["index", "stats", str(out), "--plot", str(tmp_path / "usage.png")]) == 0
     assert (tmp_path / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -213,10 +166,8 @@ def test_graph_quantizer_from_embeddings_and_interactions(tmp_path, embeddings):
     rows = [(f"u{u}", f"item-{(u * 7 + j) % 300}", j) for u in range(40) for j in range(12)]
     log = _write_interactions(tmp_path / "log.csv", rows)
     out = tmp_path / "idx"
-    code = main(
-        ["index", "build", "--embeddings", str(x_path), "--keys", str(keys_path), "--quantizer", "graph_rqvae:2x8",
-         "--interactions", str(log), "--collisions", "reassign", "--out", str(out)]
-    )  # fmt: skip
+    extra = ["--interactions", str(log), "--collisions", "reassign"]
+    code = main(build_args(x_path, keys_path, out, "graph_rqvae:2x8", *extra))
     assert code == 0
     assert SemanticIDs.load(out).stats()["collision_rate_after"] == 0
 
@@ -224,19 +175,12 @@ def test_graph_quantizer_from_embeddings_and_interactions(tmp_path, embeddings):
 def test_interactions_errors_are_one_line(tmp_path, embeddings, capsys):
     x_path, keys_path = embeddings
     log = _write_interactions(tmp_path / "log.csv", [("u1", "no-such-item", 1)])
-    base = [
-        "index",
-        "build",
-        "--embeddings",
-        str(x_path),
-        "--keys",
-        str(keys_path),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    assert main([*base, "--quantizer", "graph_rqvae:2x8", "--interactions", str(log)]) == 2
+    out = tmp_path / "o"
+    assert (
+        main(build_args(x_path, keys_path, out, "graph_rqvae:2x8", "--interactions", str(log))) == 2
+    )
     assert "without an embedding" in capsys.readouterr().err
-    assert main([*base, "--quantizer", "graph_rqvae:2x8"]) == 2
+    assert main(build_args(x_path, keys_path, out, "graph_rqvae:2x8")) == 2
     assert "needs user-item interactions" in capsys.readouterr().err
-    assert main([*base, "--quantizer", "rqkmeans:2x8", "--interactions", str(log)]) == 2
+    assert main(build_args(x_path, keys_path, out, "rqkmeans:2x8", "--interactions", str(log))) == 2
     assert "only used by graph quantizers" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import train_on_batch
 
 from semid.errors import SemidError
 from semid.generator import build_generator
@@ -63,11 +64,6 @@ def test_mmgrec_learns_the_next_id():
         "next_codes": codes[(rows + 1) % 8],
     }
     model = make()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(80):
-        loss, _ = model(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_on_batch(model, batch)
     got, _ = model.generate(batch, PrefixTrie.from_codes(codes, SIZES), num_beams=3, top_k=1)
     assert (got[:, 0] == codes[(rows[:, -1] + 1) % 8]).all(1).float().mean() >= 0.75

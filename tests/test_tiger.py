@@ -1,4 +1,5 @@
 import torch
+from conftest import train_on_batch
 
 from semid.generator import build_generator
 from semid.generators.tiger import NUM_FIXED_SPECIAL, PAD_TOKEN
@@ -63,11 +64,6 @@ def test_tiger_learns_the_next_id():
         "target_codes": codes[succ[rows[:, -1]]],
     }
     model = make(dropout=0.0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(80):
-        loss, _ = model(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_on_batch(model, batch)
     got, _ = model.generate(batch, PrefixTrie.from_codes(codes, SIZES), num_beams=3, top_k=1)
     assert (got[:, 0] == batch["target_codes"]).all(1).float().mean() >= 0.75
