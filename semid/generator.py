@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import semid
+from semid.artifacts import read_checked_config
 from semid.atomic import atomic_dir
 from semid.beam_search import StepModel, constrained_beam_search
 from semid.errors import SemidError
@@ -182,17 +183,8 @@ def save_model_folder(module: nn.Module, path: str | os.PathLike, name: str, con
 
 def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     """The config.json of a model folder written by :func:`save_model_folder`, checked."""
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise SemidError(
-            f"{path} is not a model folder (needs config.json and model.safetensors); train one first"
-        )
-    meta = json.loads((path / "config.json").read_text())
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise SemidError(
-            f"{path} was written by a newer semid (format {meta['format_version']}); upgrade semid"
-        )
-    return meta
+    needed = ["config.json", "model.safetensors"]
+    return read_checked_config(path, needed, "model folder", "train one first", FORMAT_VERSION)
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike) -> None:

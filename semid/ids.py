@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
+from semid.artifacts import read_checked_config
 from semid.atomic import atomic_dir
 from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
 from semid.errors import SemidError
@@ -224,15 +225,9 @@ class SemanticIDs:
         """Read an index folder written by save()."""
         path = Path(path)
         needed = ["config.json", "keys.json", "codes.safetensors"]
-        if not path.is_dir() or any(not (path / n).is_file() for n in needed):
-            raise SemidError(
-                f"{path} is not a semantic-ID index (needs {', '.join(needed)}); build one with `semid index build`"
-            )
-        config = json.loads((path / "config.json").read_text())
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise SemidError(
-                f"{path} was written by a newer semid (format {config['format_version']}); upgrade semid"
-            )
+        config = read_checked_config(
+            path, needed, "semantic-ID index", "build one with `semid index build`", FORMAT_VERSION
+        )
         tensors = load_file(str(path / "codes.safetensors"))
         collision = CollisionReport(**config["collision"]) if config.get("collision") else None
         return cls(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from semid.artifacts import parse_json_object
 from semid.atomic import check_writable
 from semid.cli.table import format_table
 from semid.errors import SemidError
@@ -244,12 +244,7 @@ def _fit(
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
-    try:
-        model_config = json.loads(args.model_config)
-    except json.JSONDecodeError as e:
-        raise SemidError(
-            f"--model-config is not valid JSON ({e.msg}); pass e.g. '{{\"d_model\": 64}}'"
-        ) from None
+    model_config = parse_json_object(args.model_config, "--model-config", '{"d_model": 64}')
     if args.model not in BASELINES:
         from semid.generator import available_generators
 

@@ -9,9 +9,9 @@ without retraining.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from semid.artifacts import parse_json_object
 from semid.atomic import check_writable
 from semid.cli.table import format_table
 from semid.errors import SemidError
@@ -126,14 +126,7 @@ def run(args: argparse.Namespace) -> int:
     args.batch_size = args.batch_size or 32
     from semid.retrieve import RetrieverSpec, import_generators, load_collection, train_run
 
-    try:
-        model_config = json.loads(args.model_config)
-    except json.JSONDecodeError as e:
-        raise SemidError(
-            f"--model-config is not valid JSON ({e.msg}); e.g. '{{\"prompt_layer\": 5}}'"
-        ) from None
-    if not isinstance(model_config, dict):
-        raise SemidError("--model-config must be a JSON object of promptdsi fields")
+    model_config = parse_json_object(args.model_config, "--model-config", '{"prompt_layer": 5}')
     check_writable(args.out / "config.json")
     import_generators()
     spec = RetrieverSpec(
