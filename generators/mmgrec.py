@@ -11,6 +11,10 @@ their pairwise relations (``relations``, any subset of):
 - ``prefix``: the length of the ID prefix the two items share (0..L), a semantic relation that is
   free to compute from the codes, standing in for MMGRec's co-occurrence relations.
 
+With ``item_embeddings`` (``--model-config '{"item_embeddings": true}'``, which sets ``num_items`` to
+the index size) each history item also gets its own learned vector, as dense sequential models have;
+items added later with ``semid index add`` have none and enter through their codes alone.
+
 Causal attention lets one forward train on every position of a history window (``train_format =
 "sequence"``). Decoder: a small causal Transformer over [h_t, code_0, ..., code_{L-2}] whose output
 at step l is scored against the level-l code embeddings (tied with the encoder's).
@@ -49,6 +53,9 @@ class MMGRecConfig:
     trie_softmax: bool = (
         True  # softmax over the codes the index allows after each prefix (see Generator.use_trie)
     )
+    # > 0: also learn one embedding per index row (items 0..num_items-1), added to the code sum;
+    # rows added later (cold-start items) have none and are represented by their codes alone
+    num_items: int = 0
 
 
 @register_generator("mmgrec")
@@ -67,6 +74,9 @@ class MMGRec(Generator):
         self.vocab = CodeVocabulary(c.codebook_sizes)
         self.code_emb = nn.Embedding(self.vocab.size, c.dim)
         nn.init.normal_(self.code_emb.weight, std=0.02)
+        self.item_emb = nn.Embedding(c.num_items, c.dim) if c.num_items > 0 else None
+        if self.item_emb is not None:
+            nn.init.normal_(self.item_emb.weight, std=0.02)
         sizes = {
             "time": c.time_buckets,
             "distance": c.max_distance + 1,
@@ -89,10 +99,15 @@ class MMGRec(Generator):
             nn.Dropout(c.dropout),
         )
 
-    def embed_items(self, codes: Tensor) -> Tensor:
-        """Item vectors (..., D) as the sum of code embeddings of codes (..., L); zero for PAD (-1) rows."""
+    def embed_items(self, codes: Tensor, items: Tensor | None = None) -> Tensor:
+        """Item vectors (..., D): the sum of code embeddings of codes (..., L), plus each index row's
+        own embedding (rows ``items`` (...)) when ``num_items`` > 0; zero for PAD (-1) rows."""
         real = codes[..., :1] >= 0
-        return self.code_emb(self.vocab.codes_to_tokens(codes.clamp(min=0))).sum(-2) * real
+        x = self.code_emb(self.vocab.codes_to_tokens(codes.clamp(min=0))).sum(-2)
+        if self.item_emb is not None and items is not None:
+            known = (items >= 0) & (items < self.config.num_items)
+            x = x + self.item_emb(items.clamp(0, self.config.num_items - 1)) * known[..., None]
+        return x * real
 
     def relation_bias(self, codes: Tensor, times: Tensor) -> Tensor:
         """Additive attention bias (B, H, T, T): learned relation biases plus the causal/padding mask."""
@@ -113,9 +128,9 @@ class MMGRec(Generator):
             bias = bias + rearrange(self.relation_emb["prefix"](same), "b i j h -> b h i j")
         return bias
 
-    def encode(self, codes: Tensor, times: Tensor) -> Tensor:
-        """Hidden states (B, T, D) of histories given as codes (B, T, L) and times (B, T)."""
-        x = self.drop(self.embed_items(codes) * self.config.dim**0.5)
+    def encode(self, codes: Tensor, times: Tensor, items: Tensor | None = None) -> Tensor:
+        """Hidden states (B, T, D) of histories given as codes (B, T, L), times (B, T) and index rows (B, T)."""
+        x = self.drop(self.embed_items(codes, items) * self.config.dim**0.5)
         bias = self.relation_bias(codes, times)
         for block in self.encoder:
             x = block(x, bias)
@@ -143,7 +158,9 @@ class MMGRec(Generator):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Teacher-forced code cross-entropy at every position that has a next item -> (loss, logits of level 0)."""
-        hidden = self.encode(batch["history_codes"], batch["times"])  # (B, T, D)
+        hidden = self.encode(
+            batch["history_codes"], batch["times"], batch.get("items")
+        )  # (B, T, D)
         target = batch["next_codes"]  # (B, T, L)
         real = target[..., 0] >= 0
         hidden, target = hidden[real], target[real]  # (R, D), (R, L)
@@ -171,7 +188,8 @@ class _MMGRecSteps:
     @torch.no_grad()
     def start(self, inputs: dict[str, Tensor]) -> tuple[Tensor, _State]:
         """Encode B histories once -> level-0 logits (B, V_0) and a B-row state."""
-        hidden = self.model.encode(inputs["history_codes"], inputs["times"])[:, -1]
+        hidden = self.model.encode(inputs["history_codes"], inputs["times"], inputs.get("items"))
+        hidden = hidden[:, -1]
         state = _State(hidden, hidden.new_zeros(hidden.shape[0], 0, dtype=torch.long))
         return self._logits(state), state
 

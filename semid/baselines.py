@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.generator import load_weights, read_model_config, save_model_folder
+from semid.recommend import mask_seen
 
 
 class MostPopular:
@@ -25,9 +26,10 @@ class MostPopular:
         self.popularity = popularity.double()  # (N,) train interactions per index row
 
     def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
-        """The same top-k rows (B, k) for every query; stable ties (lower row first)."""
-        order = torch.sort(-self.popularity, stable=True).indices[:k]
-        return order.expand(batch["items"].shape[0], -1).clone()
+        """The k most popular rows (B, k) not in ``batch["seen"]``; stable ties (lower row first)."""
+        scores = self.popularity.expand(batch["items"].shape[0], -1)
+        scores = mask_seen(scores, batch.get("seen"))
+        return torch.sort(-scores, dim=1, stable=True).indices[:, :k]
 
 
 class SelfAttentionBlock(nn.Module):
@@ -122,8 +124,9 @@ class SASRec(nn.Module):
 
     @torch.no_grad()
     def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
-        """Top-k rows (B, k) from the last position's scores over all items the model knows."""
-        logits = self.scores(self.encode(batch["items"])[:, -1])
+        """Top-k rows (B, k) from the last position's scores over all items the model knows,
+        except the rows in ``batch["seen"]``."""
+        logits = mask_seen(self.scores(self.encode(batch["items"])[:, -1]), batch.get("seen"))
         return logits.topk(min(k, logits.shape[1]), dim=1).indices
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

@@ -47,13 +47,43 @@ def _masked_log_probs(logits: Tensor, trie: PrefixTrie, states: Tensor, level: i
     return log_probs.masked_fill(~trie.allowed_mask(states, level), float("-inf"))
 
 
+def _unique_sorted(exclude: Tensor) -> Tensor:
+    """Each row of leaf states (B, M) sorted ascending with repeats replaced by the -1 padding."""
+    s = exclude.sort(dim=1).values
+    repeat = torch.zeros_like(s, dtype=torch.bool)
+    repeat[:, 1:] = s[:, 1:] == s[:, :-1]
+    return s.masked_fill(repeat, -1).sort(dim=1).values
+
+
+def _fully_excluded(trie: PrefixTrie, states: Tensor, level: int, exclude: Tensor) -> Tensor:
+    """Whether every ID under each state (B, C), reached at ``level``, is excluded -> bool (B, C).
+
+    ``exclude`` (B, M) is sorted and unique per row; a prefix's leaves form one range [lo, hi), so
+    two binary searches count its excluded IDs."""
+    lo, hi = (t.view(states.shape) for t in trie.leaf_range(states.view(-1), level))
+    count = torch.searchsorted(exclude, hi) - torch.searchsorted(exclude, lo)
+    return (count >= hi - lo) & (states >= 0)
+
+
 def constrained_beam_search(
-    model: StepModel, inputs: Any, trie: PrefixTrie, num_beams: int, top_k: int | None = None
+    model: StepModel,
+    inputs: Any,
+    trie: PrefixTrie,
+    num_beams: int,
+    top_k: int | None = None,
+    exclude: Tensor | None = None,
 ) -> BeamSearchOutput:
-    """Top-``top_k`` (default ``num_beams``) IDs in ``trie`` per query, scored by summed log-probs."""
+    """Top-``top_k`` (default ``num_beams``) IDs in ``trie`` per query, scored by summed log-probs.
+
+    ``exclude`` (B, M) int64: per query, leaf states (``trie.leaf_states``) of IDs that must not be
+    returned (e.g. items the user has already seen), padded with -1. At every level a prefix whose
+    IDs are all excluded is dropped; each level keeps ``num_beams + M`` candidates before dropping,
+    so ``num_beams`` beams survive whenever the trie still has that many allowed IDs."""
     top_k = num_beams if top_k is None else top_k
     if num_beams < 1 or not 1 <= top_k <= num_beams:
         raise SemidError(f"need num_beams >= top_k >= 1, got num_beams={num_beams}, top_k={top_k}")
+    if exclude is not None:
+        exclude = _unique_sorted(exclude.to(torch.int64))
     logits, state = model.start(inputs)
     if logits.ndim != 2 or logits.shape[1] != trie.codebook_sizes[0]:
         raise SemidError(
@@ -76,12 +106,20 @@ def constrained_beam_search(
         log_probs = _masked_log_probs(logits, trie, trie_states, level)  # (B * W, V)
         width = scores.shape[1]
         total = (scores[:, :, None] + log_probs.view(batch, width, v)).view(batch, width * v)
-        scores, flat = total.topk(min(num_beams, width * v), dim=1)  # (B, W'), sorted
+        fetch = num_beams + (exclude.shape[1] if exclude is not None else 0)
+        scores, flat = total.topk(min(fetch, width * v), dim=1)  # (B, W'), sorted
         parent, codes = flat // v, flat % v
+        flat_parent = (parent + torch.arange(batch, device=device)[:, None] * width).view(-1)
+        next_states = trie.advance(trie_states[flat_parent], level, codes.view(-1)).view(batch, -1)
+        if fetch > num_beams:  # drop fully excluded prefixes, keep the best num_beams of the rest
+            dropped = _fully_excluded(trie, next_states, level, exclude)
+            scores = scores.masked_fill(dropped, float("-inf"))
+            scores, keep = scores.topk(min(num_beams, scores.shape[1]), dim=1)
+            parent, codes, next_states = (t.gather(1, keep) for t in (parent, codes, next_states))
         rows = (parent + torch.arange(batch, device=device)[:, None] * width).view(-1)  # (B * W',)
         prefixes = torch.cat([prefixes.view(batch * width, -1)[rows], codes.view(-1, 1)], dim=1)
         prefixes = prefixes.view(batch, -1, level + 1)
-        trie_states = trie.advance(trie_states[rows], level, codes.view(-1))
+        trie_states = next_states.view(-1)
         if level + 1 < trie.levels:
             state = model.select(state, rows)
     found = torch.isfinite(scores)

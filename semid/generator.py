@@ -104,9 +104,16 @@ class Generator(nn.Module, ABC):
 
     @torch.no_grad()
     def generate(
-        self, inputs: Any, trie: PrefixTrie, num_beams: int, top_k: int | None = None
+        self,
+        inputs: Any,
+        trie: PrefixTrie,
+        num_beams: int,
+        top_k: int | None = None,
+        exclude: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Top-k IDs in ``trie`` per query: codes (B, k, L) int64 (-1 padding) and log-probs (B, k)."""
+        """Top-k IDs in ``trie`` per query: codes (B, k, L) int64 (-1 padding) and log-probs (B, k).
+
+        ``exclude`` (B, M): sorted leaf states of IDs not to return (see ``constrained_beam_search``)."""
         self.check_trie(trie)
         was_training = self.training
         self.eval()  # dropout would make beam scores random
@@ -114,7 +121,7 @@ class Generator(nn.Module, ABC):
         if getattr(self.config, "trie_softmax", False):
             steps = TrieNormalizedSteps(steps, trie)
         try:
-            out = constrained_beam_search(steps, inputs, trie, num_beams, top_k)
+            out = constrained_beam_search(steps, inputs, trie, num_beams, top_k, exclude)
         finally:
             self.train(was_training)
         return out.codes, out.log_probs

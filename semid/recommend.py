@@ -5,13 +5,17 @@ with ``semid index add`` are new rows. A batch is a dict of tensors:
 
 - ``users`` (B,), ``items`` (B, T) history rows left-padded with PAD (-1), ``times`` (B, T) seconds
   (0 on padding), ``history_codes`` (B, T, L) (-1 on padding);
-- one-target examples add ``targets`` (B,) and ``target_codes`` (B, L);
+- one-target examples add ``targets`` (B,) and ``target_codes`` (B, L), and, for evaluation,
+  ``seen`` (B, M): every row the user interacted with before the target (not only the last T),
+  sorted, left-padded with PAD;
 - whole-sequence examples (causal models such as SASRec train on every position at once) add
   ``next_items`` (B, T), the item after each position (PAD where none), and ``next_codes`` (B, T, L).
 
-Evaluation follows BENCHMARKS.md: full ranking over all indexed items, no item excluded, Recall@k
-and NDCG@k, top-k of generators from trie-constrained beam search with beams >= k, and the share of
-returned IDs that are not in the index (the invalid-ID rate; 0 under the trie).
+Evaluation follows BENCHMARKS.md: full ranking over all indexed items except those the user has
+already interacted with (RecBole's full-sort convention; on MovieLens a target is never a repeat, so
+this removes only wrong answers; ``exclude_seen=False`` ranks everything), Recall@k and NDCG@k, top-k
+of generators from trie-constrained beam search with beams >= k, and the share of returned IDs that
+are not in the index (the invalid-ID rate; 0 under the trie).
 """
 
 from __future__ import annotations
@@ -50,6 +54,22 @@ class RecData:
         if which not in ("valid", "test"):
             raise SemidError(f"unknown split {which!r}; choose train, valid or test")
         return s.ptr[s.test_users + 1] - (2 if which == "valid" else 1)
+
+    def seen_before(self, positions: Tensor) -> Tensor:
+        """Every row each user interacted with before each position (B,) -> (B, M) sorted, PAD-padded."""
+        s = self.split
+        users = s.sequence_users[positions]
+        starts = s.ptr[users]
+        lengths = positions - starts
+        width = int(lengths.max()) if len(positions) else 0
+        cols = torch.arange(width)
+        real = cols < lengths[:, None]
+        rows = torch.where(
+            real,
+            s.sequence_items[(starts[:, None] + cols).clamp(max=len(s.sequence_items) - 1)],
+            PAD,
+        )
+        return rows.sort(dim=1).values
 
     def popularity(self) -> Tensor:
         """Train interactions per index row (num_items,) float."""
@@ -91,10 +111,15 @@ def gather_history(data: RecData, positions: Tensor, max_len: int) -> dict[str, 
 
 
 class TargetDataset(Dataset):
-    """One example per target position: the history before it and the target row."""
+    """One example per target position: the history before it and the target row.
 
-    def __init__(self, data: RecData, positions: Tensor, max_len: int) -> None:
+    ``with_seen`` adds ``seen`` (every earlier row of the user) for evaluation that excludes them."""
+
+    def __init__(
+        self, data: RecData, positions: Tensor, max_len: int, with_seen: bool = False
+    ) -> None:
         self.data, self.positions, self.max_len = data, positions, max_len
+        self.with_seen = with_seen
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -107,6 +132,8 @@ class TargetDataset(Dataset):
         pos = torch.tensor(positions, dtype=torch.long)
         batch = gather_history(self.data, pos, self.max_len)
         batch["targets"] = self.data.split.sequence_items[pos]
+        if self.with_seen:
+            batch["seen"] = self.data.seen_before(pos)
         return batch
 
 
@@ -183,11 +210,22 @@ def codes_of_rows(codes: Tensor, rows: Tensor) -> Tensor:
     return out.masked_fill((rows < 0)[..., None], -1)
 
 
+def mask_seen(scores: Tensor, seen: Tensor | None) -> Tensor:
+    """Scores (B, N) with the rows in ``seen`` (B, M, PAD-padded) set to -inf; unchanged if None."""
+    if seen is None or seen.shape[1] == 0:
+        return scores
+    padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
+    index = torch.where(seen >= 0, seen, scores.shape[1])  # PAD lands in the spare column
+    return padded.scatter(1, index, float("-inf"))[:, :-1]
+
+
 class Recommender(Protocol):
     """Anything that ranks index rows for a batch of histories."""
 
     def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
-        """Top-k index rows (B, k) int64, best first; -1 where the model returned no valid item."""
+        """Top-k index rows (B, k) int64, best first; -1 where the model returned no valid item.
+
+        When the batch holds ``seen`` (B, M), those rows must not be returned."""
         ...
 
 
@@ -201,10 +239,19 @@ class GeneratorRecommender:
         self.trie = (
             trie if trie is not None else PrefixTrie.from_codes(ids.codes, model.codebook_sizes)
         )
+        self.leaf_of_row = self.trie.leaf_states(ids.codes)  # (N,) -1 for rows outside the trie
 
     def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
-        """Top-k rows (B, k) via beam search with max(num_beams, k) beams."""
-        codes, _ = self.model.generate(batch, self.trie, num_beams=max(self.num_beams, k), top_k=k)
+        """Top-k rows (B, k) via beam search with max(num_beams, k) beams, ``seen`` rows excluded."""
+        exclude = None
+        if "seen" in batch:
+            seen = batch["seen"]
+            exclude = (
+                torch.where(seen >= 0, self.leaf_of_row[seen.clamp(min=0)], -1).sort(dim=1).values
+            )
+        codes, _ = self.model.generate(
+            batch, self.trie, num_beams=max(self.num_beams, k), top_k=k, exclude=exclude
+        )
         return self.ids.rows_of_codes(codes)  # -1 for padding and for any ID outside the index
 
 
@@ -218,12 +265,14 @@ def evaluate(
     batch_size: int = 256,
     max_users: int | None = None,
     targets_in: Tensor | None = None,
+    exclude_seen: bool = True,
 ) -> dict[str, float]:
     """Recall@k, NDCG@k, invalid-ID rate and queries/s over the valid or test targets.
 
     ``codes`` (num_items, L) adds semantic-ID columns to the batches (generators need them);
     ``max_users`` evaluates a fixed, evenly spaced subset (cheap validation during training);
-    ``targets_in`` (num_items,) bool keeps only the queries whose target row is marked (e.g. new items)."""
+    ``targets_in`` (num_items,) bool keeps only the queries whose target row is marked (e.g. new items);
+    ``exclude_seen`` removes the items each user interacted with before the target from the ranking."""
     positions = data.positions(which)
     if targets_in is not None:
         positions = positions[targets_in[data.split.sequence_items[positions]]]
@@ -233,7 +282,7 @@ def evaluate(
         raise SemidError(
             f"no {which} queries to evaluate (check the data slice or the target filter)"
         )
-    dataset = TargetDataset(data, positions, max_len)
+    dataset = TargetDataset(data, positions, max_len, with_seen=exclude_seen)
     collate = CodeCollator(dataset.collate, codes)
     k = max(ks)
     ranked, targets = [], []

@@ -98,6 +98,7 @@ class PrefixTrie:
         counts = [rp[1:].long() - rp[:-1].long() for rp in row_ptr]
         self.max_branching: list[int] = [int(c.max()) if c.numel() else 0 for c in counts]
         self._windows = [torch.arange(b, device=row_ptr[0].device) for b in self.max_branching]
+        self._leaf_bounds: list[Tensor] | None = None  # built on first use by leaf_range
 
     @classmethod
     def from_codes(
@@ -238,6 +239,13 @@ class PrefixTrie:
 
     def contains(self, codes: Tensor) -> Tensor:
         """Whether each ID (N, L) is in the trie -> bool (N,); out-of-range codes are simply absent."""
+        return self.leaf_states(codes) >= 0
+
+    def leaf_states(self, codes: Tensor) -> Tensor:
+        """The state each ID (N, L) reaches after its last code -> int64 (N,), -1 if the ID is absent.
+
+        A leaf state is the ID's rank in lexicographic order, the same number beam search reaches
+        after the last level, so it names a complete ID (see ``constrained_beam_search(exclude=)``)."""
         if not isinstance(codes, Tensor):
             codes = torch.as_tensor(codes)
         if codes.ndim != 2 or codes.shape[1] != self.levels:
@@ -245,7 +253,7 @@ class PrefixTrie:
         states = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
         for level in range(self.levels):
             states = self.advance(states, level, codes[:, level])
-        return states >= 0
+        return states
 
     def all_codes(self) -> Tensor:
         """Every ID in the trie (N, L) int64, sorted lexicographically."""
@@ -259,6 +267,25 @@ class PrefixTrie:
             )
             idx = parent_of_child[idx]
         return out
+
+    def leaf_range(self, states: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """Leaf states [lo, hi) under each state (R,) reached by taking a code at ``level``.
+
+        Leaves are numbered in lexicographic order, so every prefix covers one contiguous range;
+        invalid states (-1) get the empty range [0, 0)."""
+        self._check_level(level)
+        if self._leaf_bounds is None:
+            bounds = [torch.arange(self.num_ids + 1, device=self.device)]
+            for lvl in range(self.levels - 2, -1, -1):  # a state's first leaf is its first child's
+                bounds.insert(0, bounds[0][self.row_ptr[lvl + 1].long()])
+            self._leaf_bounds = bounds
+        bound = self._leaf_bounds[level]
+        states = states.long()
+        valid = states >= 0
+        s = states.clamp(min=0, max=max(bound.numel() - 2, 0))
+        lo = torch.where(valid, bound[s], 0)
+        hi = torch.where(valid, bound[(s + 1).clamp(max=bound.numel() - 1)], 0)
+        return lo, hi
 
     # ------------------------------------------------------------------ updates
     def insert_(self, codes: Tensor) -> PrefixTrie:

@@ -138,3 +138,51 @@ def test_vocabulary_mismatch_is_reported():
     trie = PrefixTrie.from_codes(torch.tensor([[0, 1]]), [3, 2])
     with pytest.raises(SemidError, match="vocabulary"):
         constrained_beam_search(TableModel([2, 2], 1), torch.arange(1), trie, num_beams=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_excluded_ids_are_skipped_and_the_rest_ranked_exactly(seed):
+    sizes = [6, 5, 7]
+    ids = catalog(60, sizes, seed)
+    trie = PrefixTrie.from_codes(ids, sizes)
+    model = TableModel(sizes, num_queries=3, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    # query 0: nothing excluded; query 1: a random third; query 2: every ID under the best first code
+    best_first = int(model.exhaustive(2, ids).argmax())
+    banned = [
+        torch.empty(0, dtype=torch.long),
+        torch.randperm(len(ids), generator=g)[:20],
+        (ids[:, 0] == ids[best_first, 0]).nonzero().squeeze(1),
+    ]
+    leaves = trie.leaf_states(ids)
+    width = max(len(b) for b in banned)
+    exclude = torch.full((3, width + 2), -1)  # ragged rows, padded with -1, plus a repeat
+    for q, rows in enumerate(banned):
+        exclude[q, : len(rows)] = leaves[rows]
+    exclude[1, -1] = exclude[1, 0]
+    k = 10
+    out = constrained_beam_search(model, torch.arange(3), trie, num_beams=k, exclude=exclude)
+    for q, rows in enumerate(banned):
+        # narrow beams may miss the exact top-k, but never return a banned ID or lose a beam
+        returned = {tuple(c) for c in out.codes[q].tolist()}
+        assert not returned & {tuple(c) for c in ids[rows].tolist()}
+        assert torch.isfinite(out.log_probs[q]).all() and len(returned) == k
+    wide = constrained_beam_search(
+        model, torch.arange(3), trie, num_beams=len(ids), top_k=k, exclude=exclude
+    )
+    for q, rows in enumerate(banned):
+        scores = model.exhaustive(q, ids)
+        scores[rows] = float("-inf")
+        best = scores.topk(k)
+        assert wide.codes[q].tolist() == ids[best.indices].tolist()
+
+
+def test_excluding_every_id_returns_padding():
+    sizes = [3, 3]
+    ids = catalog(6, sizes, seed=0)
+    trie = PrefixTrie.from_codes(ids, sizes)
+    exclude = trie.leaf_states(ids)[None]
+    out = constrained_beam_search(
+        TableModel(sizes, 1), torch.arange(1), trie, num_beams=4, exclude=exclude
+    )
+    assert (out.codes == -1).all() and torch.isinf(out.log_probs).all()

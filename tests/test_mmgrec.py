@@ -67,3 +67,16 @@ def test_mmgrec_learns_the_next_id():
     train_on_batch(model, batch)
     got, _ = model.generate(batch, PrefixTrie.from_codes(codes, SIZES), num_beams=3, top_k=1)
     assert (got[:, 0] == codes[(rows[:, -1] + 1) % 8]).all(1).float().mean() >= 0.75
+
+
+def test_item_embeddings_add_a_per_row_vector_and_skip_rows_added_later():
+    model = make(num_items=3).eval()
+    codes = torch.tensor(
+        [[[1, 2, 0], [1, 2, 0], [1, 2, 0], [-1, -1, -1]]]
+    )  # the same ID for rows 0, 1, 5; then PAD
+    items = torch.tensor([[0, 1, 5, -1]])
+    x = model.embed_items(codes, items)[0]
+    assert not torch.allclose(x[0], x[1])  # rows 0 and 1 differ by their own vectors
+    # row 5 was added after training (>= num_items): codes alone, as without items
+    torch.testing.assert_close(x[2], model.embed_items(codes)[0, 2])
+    assert (x[3] == 0).all()

@@ -114,3 +114,59 @@ def test_collator_adds_codes_with_padding():
     assert batch["history_codes"].shape == (3, 3, 2)
     assert (batch["history_codes"][1, 0] == -1).all()
     assert torch.equal(batch["target_codes"], ids.codes[batch["targets"]])
+
+
+def test_seen_holds_every_earlier_item_of_the_user():
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=2)
+    row = {f"m{j}": r for r, j in enumerate((4, 3, 2, 1, 0))}
+    ds = TargetDataset(data, data.positions("test"), 2, with_seen=True)
+    seen = ds.collate(list(data.positions("test")))["seen"]
+    # user 0 saw m0..m3 before its test target (more than max_history=2), user 1 m4 and m3
+    assert sorted(r for r in seen[0].tolist() if r >= 0) == sorted(row[f"m{j}"] for j in range(4))
+    assert sorted(r for r in seen[1].tolist() if r >= 0) == sorted([row["m4"], row["m3"]])
+    assert (seen[1] == -1).sum() == 2 and seen[1].tolist() == sorted(seen[1].tolist())
+
+
+def test_popularity_and_sasrec_never_return_seen_items():
+    from semid.baselines import MostPopular, SASRec, SASRecConfig
+    from semid.recommend import mask_seen
+
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=3)
+    batch = TargetDataset(data, data.positions("test"), 3, with_seen=True).collate(
+        list(data.positions("test"))
+    )
+    torch.manual_seed(0)
+    for rec in (
+        MostPopular(data.popularity()),
+        SASRec(SASRecConfig(num_items=5, max_len=3)).eval(),
+    ):
+        top = rec.recommend(batch, 1)
+        for user in range(3):
+            assert int(top[user, 0]) not in batch["seen"][user].tolist()
+    # user 0 has seen 4 of 5 items: the only one left is its test target
+    m = evaluate(MostPopular(data.popularity()), data, "test", ks=(1,), max_len=3)
+    kept = evaluate(
+        MostPopular(data.popularity()), data, "test", ks=(1,), max_len=3, exclude_seen=False
+    )
+    assert m["recall@1"] >= 1 / 3 and m["recall@1"] > kept["recall@1"]
+    masked = mask_seen(torch.zeros(2, 4), torch.tensor([[-1, 2], [0, 3]]))
+    assert torch.isinf(masked).tolist() == [[False, False, True, False], [True, False, False, True]]
+
+
+def test_generator_beam_search_skips_seen_items_without_losing_slots():
+    from semid.generator import build_generator
+    from semid.recommend import GeneratorRecommender
+
+    ids = tiny_ids()
+    data = prepare_data(tiny_dataset(), ids, max_history=3)
+    ds = TargetDataset(data, data.positions("test"), 3, with_seen=True)
+    batch = CodeCollator(ds.collate, ids.codes)(list(data.positions("test")))
+    torch.manual_seed(0)
+    model = build_generator("mmgrec", {"codebook_sizes": [3, 2], "dim": 8, "heads": 2})
+    rec = GeneratorRecommender(model, ids, num_beams=2)
+    unseen = [5 - int((s >= 0).sum()) for s in batch["seen"]]  # user 0: 1 item left; others: 3, 1
+    top = rec.recommend(batch, 2)
+    for user in range(3):
+        returned = [r for r in top[user].tolist() if r >= 0]
+        assert len(returned) == min(2, unseen[user])  # every unseen item fits: no slot lost
+        assert not set(returned) & set(batch["seen"][user].tolist())

@@ -169,3 +169,22 @@ def test_huge_code_space_uses_the_stable_sort_path():
     trie = PrefixTrie.from_codes(codes, sizes)
     assert trie.all_codes().tolist() == sorted(codes.tolist())
     assert trie.contains(codes).all() and trie.edge_codes[0].dtype == torch.int32
+
+
+@pytest.mark.parametrize("dense_bytes", [0, 1 << 20])
+def test_leaf_ranges_cover_exactly_the_ids_under_each_prefix(dense_bytes):
+    sizes = [5, 4, 6]
+    codes = random_ids(70, sizes, seed=4)
+    trie = PrefixTrie.from_codes(codes, sizes, dense_bytes=dense_bytes)
+    ordered = trie.all_codes()
+    assert torch.equal(trie.leaf_states(ordered), torch.arange(len(ordered)))
+    for level in range(3):
+        prefixes = torch.unique(ordered[:, : level + 1], dim=0)
+        states = torch.zeros(len(prefixes), dtype=torch.long)
+        for lvl in range(level + 1):
+            states = trie.advance(states, lvl, prefixes[:, lvl])
+        lo, hi = trie.leaf_range(torch.cat([states, torch.tensor([-1])]), level)
+        for i, prefix in enumerate(prefixes.tolist()):
+            under = (ordered[:, : level + 1] == torch.tensor(prefix)).all(1).nonzero().squeeze(1)
+            assert (int(lo[i]), int(hi[i])) == (int(under.min()), int(under.max()) + 1)
+        assert (int(lo[-1]), int(hi[-1])) == (0, 0)  # an invalid state covers nothing

@@ -44,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=256, help="queries per batch (default: %(default)s)"
     )
+    p.add_argument(
+        "--keep-seen",
+        action="store_true",
+        help="recommendation: also rank items the user already interacted with "
+        "(default: exclude them, as RecBole's full-sort evaluation does)",
+    )
 
 
 def evaluate_recommendation(run: Run, args: argparse.Namespace) -> dict[str, float]:
@@ -65,6 +71,7 @@ def evaluate_recommendation(run: Run, args: argparse.Namespace) -> dict[str, flo
         codes=codes,
         max_len=cfg["max_history"],
         batch_size=args.batch_size,
+        exclude_seen=not getattr(args, "keep_seen", False),
     )
 
 

@@ -153,7 +153,10 @@ def build_model(spec: TrainSpec, ids: SemanticIDs) -> Any:
     sizes = list(ids.codebook_sizes)
     if ids.collision is not None and ids.collision.extra_level:
         sizes[-1] += spec.extra_codes  # room for new items' disambiguation tokens
-    return build_generator(spec.model, {**spec.model_config, "codebook_sizes": sizes})
+    config = {**spec.model_config, "codebook_sizes": sizes}
+    if config.pop("item_embeddings", False):  # one learned vector per index row (mmgrec)
+        config["num_items"] = len(ids)
+    return build_generator(spec.model, config)
 
 
 def train_run(
