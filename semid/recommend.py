@@ -230,29 +230,88 @@ class Recommender(Protocol):
 
 
 class GeneratorRecommender:
-    """A generator plus the index: top-k rows from trie-constrained beam search (beams >= k)."""
+    """A generator plus the index: top-k rows from trie-constrained beam search (beams >= k).
+
+    Cold start (TIGER, Rajput et al. 2023, section 4.3): items added after training (rows >=
+    ``trained_items``) were never a training target, so the decoder rarely writes their last code.
+    With ``cold_share`` > 0, up to ``floor(cold_share * k)`` of the k slots go to new items whose ID
+    shares its first ``cold_prefix`` codes with a generated ID, each placed right after that ID; the
+    lowest ranked generated IDs make room."""
 
     def __init__(
-        self, model: Any, ids: SemanticIDs, num_beams: int = 20, trie: PrefixTrie | None = None
+        self,
+        model: Any,
+        ids: SemanticIDs,
+        num_beams: int = 20,
+        trie: PrefixTrie | None = None,
+        trained_items: int | None = None,
+        cold_share: float = 0.0,
+        cold_prefix: int = 1,
     ) -> None:
-        self.model, self.ids, self.num_beams = model, ids, num_beams
+        if not 0.0 <= cold_share <= 1.0:
+            raise SemidError(f"cold_share must be in [0, 1], got {cold_share}")
+        if not 1 <= cold_prefix < len(model.codebook_sizes):
+            raise SemidError(
+                f"cold_prefix must be in [1, {len(model.codebook_sizes) - 1}], got {cold_prefix}"
+            )
+        self.cold_prefix = cold_prefix
+        self.model, self.ids, self.num_beams, self.cold_share = model, ids, num_beams, cold_share
         self.trie = (
             trie if trie is not None else PrefixTrie.from_codes(ids.codes, model.codebook_sizes)
         )
         self.leaf_of_row = self.trie.leaf_states(ids.codes)  # (N,) -1 for rows outside the trie
+        first_new = len(ids) if trained_items is None else trained_items
+        self.cold_rows = torch.arange(first_new, len(ids))  # (C,) rows added after training
+        self.cold_keys, order = self._prefix_keys(ids.codes[self.cold_rows]).sort()
+        self.cold_rows = self.cold_rows[order]
+
+    def _prefix_keys(self, codes: Tensor) -> Tensor:
+        """One int64 per ID (..., L) for its first ``cold_prefix`` codes (mixed radix); -1 for padding."""
+        key = torch.zeros(codes.shape[:-1], dtype=torch.int64)
+        for level, size in enumerate(self.model.codebook_sizes[: self.cold_prefix]):
+            key = key * size + codes[..., level].clamp(min=0)
+        return torch.where(codes[..., 0] >= 0, key, -1)
 
     def recommend(self, batch: dict[str, Tensor], k: int) -> Tensor:
         """Top-k rows (B, k) via beam search with max(num_beams, k) beams, ``seen`` rows excluded."""
         exclude = None
         if "seen" in batch:
             seen = batch["seen"]
-            exclude = (
-                torch.where(seen >= 0, self.leaf_of_row[seen.clamp(min=0)], -1).sort(dim=1).values
-            )
+            exclude = torch.where(seen >= 0, self.leaf_of_row[seen.clamp(min=0)], -1)
         codes, _ = self.model.generate(
             batch, self.trie, num_beams=max(self.num_beams, k), top_k=k, exclude=exclude
         )
-        return self.ids.rows_of_codes(codes)  # -1 for padding and for any ID outside the index
+        rows = self.ids.rows_of_codes(codes)  # -1 for padding and for any ID outside the index
+        slots = int(self.cold_share * k)
+        if slots == 0 or len(self.cold_rows) == 0:
+            return rows
+        return self._mix_cold(rows, self._prefix_keys(codes), batch.get("seen"), slots)
+
+    def _mix_cold(self, rows: Tensor, keys: Tensor, seen: Tensor | None, slots: int) -> Tensor:
+        """Rows (B, k) with up to ``slots`` new items sharing a generated ID's prefix moved in."""
+        b, k = rows.shape
+        lo = torch.searchsorted(self.cold_keys, keys)  # (B, k) first new item under each prefix
+        take = lo[..., None] + torch.arange(slots)  # (B, k, slots): at most `slots` per prefix
+        hit = take < len(self.cold_keys)
+        take = take.clamp(max=len(self.cold_keys) - 1)
+        hit &= (self.cold_keys[take] == keys[..., None]) & (keys[..., None] >= 0)
+        cold = torch.where(hit, self.cold_rows[take], -1).view(b, k * slots)
+        duplicate = (cold[:, :, None] == rows[:, None, :]).any(-1)  # already generated
+        if seen is not None:
+            is_seen = torch.zeros(b, len(self.ids) + 1, dtype=torch.bool)
+            is_seen.scatter_(1, torch.where(seen >= 0, seen, len(self.ids)), True)
+            duplicate |= is_seen.gather(1, cold.clamp(min=0))
+        cold = cold.masked_fill(duplicate, -1)
+        after = (torch.arange(k)[:, None] + 0.5).expand(k, slots).reshape(-1).expand(b, -1)
+        # the first `slots` valid candidates of each row, in beam order
+        rank = torch.where(cold >= 0, (cold >= 0).cumsum(1), slots + 1)
+        keep = rank <= slots
+        used = keep.sum(1, keepdim=True)  # (B, 1) new items moved in
+        warm_pos = torch.arange(k, dtype=torch.float).expand(b, -1)
+        warm_pos = torch.where(torch.arange(k) < k - used, warm_pos, float("inf"))
+        cold_pos = torch.where(keep, after, float("inf"))
+        order = torch.cat([warm_pos, cold_pos], 1).argsort(dim=1, stable=True)[:, :k]
+        return torch.cat([rows, cold], 1).gather(1, order)
 
 
 def evaluate(

@@ -148,9 +148,20 @@ def load_run(run: str | os.PathLike) -> Run:
 
 
 def make_recommender(
-    name: str, model: Any, ids: SemanticIDs, data: Any, num_beams: int = 20
+    name: str,
+    model: Any,
+    ids: SemanticIDs,
+    data: Any,
+    num_beams: int = 20,
+    trained_items: int | None = None,
+    cold_share: float = 0.0,
+    cold_prefix: int = 1,
 ) -> Any:
-    """The object whose ``recommend(batch, k)`` ranks index rows: pop, sasrec, or beam search over a generator."""
+    """The object whose ``recommend(batch, k)`` ranks index rows: pop, sasrec, or beam search over a generator.
+
+    Generators only: rows from ``trained_items`` on were added after training, and up to
+    ``cold_share`` of the top-k may go to them when their first ``cold_prefix`` codes match a
+    generated ID (see ``GeneratorRecommender``)."""
     from semid.baselines import MostPopular
     from semid.recommend import GeneratorRecommender
 
@@ -158,7 +169,7 @@ def make_recommender(
         return MostPopular(data.popularity())
     if name == "sasrec":
         return model
-    return GeneratorRecommender(model, ids, num_beams)
+    return GeneratorRecommender(model, ids, num_beams, None, trained_items, cold_share, cold_prefix)
 
 
 def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]) -> dict[str, Any]:

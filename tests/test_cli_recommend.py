@@ -131,3 +131,9 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     ids = load_run(run).ids
     assert ids.key_of(ids.code_of("new-b")) == "new-b" and len(ids) == len(keys) + 2
     assert "added 2 items" in capsys.readouterr().out
+    # the new items may now take a reserved share of the top-k; a bad share is one line and exit 2
+    assert config["trained_items"] == len(keys)
+    assert main(["eval", str(run), "--k", "10", "--cold-share", "0.2"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["test"]["invalid_id_rate"] == 0.0
+    assert main(["eval", str(run), "--cold-share", "2"]) == 2
+    assert "cold_share must be in [0, 1]" in capsys.readouterr().err

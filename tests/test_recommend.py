@@ -170,3 +170,40 @@ def test_generator_beam_search_skips_seen_items_without_losing_slots():
         returned = [r for r in top[user].tolist() if r >= 0]
         assert len(returned) == min(2, unseen[user])  # every unseen item fits: no slot lost
         assert not set(returned) & set(batch["seen"][user].tolist())
+
+
+class FixedGenerator:
+    """Fake generator: always returns the same IDs, best first."""
+
+    codebook_sizes = [3, 3]
+
+    def __init__(self, codes):
+        self.codes = torch.tensor(codes)
+
+    def generate(self, batch, trie, num_beams, top_k, exclude=None):
+        b = batch["items"].shape[0]
+        return self.codes[None, :top_k].expand(b, -1, -1), None
+
+
+def test_cold_items_under_a_generated_prefix_take_the_reserved_slots():
+    from semid.recommend import GeneratorRecommender
+
+    # rows 0-3 trained; rows 4 and 5 added later: 4 shares its first code with row 1, 5 with row 0
+    codes = torch.tensor([[0, 0], [1, 0], [2, 0], [2, 1], [1, 2], [0, 1]])
+    ids = SemanticIDs([f"m{j}" for j in range(6)], codes, [3, 3])
+    model = FixedGenerator([[0, 0], [1, 0], [2, 0]])  # generates rows 0, 1, 2
+    batch = {"items": torch.full((2, 1), -1), "seen": torch.tensor([[-1], [5]])}
+
+    def top(share, trained=4):
+        return GeneratorRecommender(model, ids, 3, None, trained, share).recommend(batch, 3)
+
+    assert top(0.0).tolist() == [[0, 1, 2]] * 2
+    # one slot: the new item under the best generated prefix, placed right after it (user 1 saw 5)
+    assert top(0.34).tolist() == [[0, 5, 1], [0, 1, 4]]
+    # two slots: both new items move in and push out the lowest generated IDs
+    assert top(0.67).tolist() == [[0, 5, 4], [0, 1, 4]]
+    assert top(0.34, trained=6).tolist() == [[0, 1, 2]] * 2  # nothing was added after training
+    with pytest.raises(SemidError, match="cold_share"):
+        top(1.5)
+    with pytest.raises(SemidError, match="cold_prefix"):
+        GeneratorRecommender(model, ids, 3, None, 4, 0.5, cold_prefix=2)

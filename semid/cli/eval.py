@@ -45,6 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=256, help="queries per batch (default: %(default)s)"
     )
     p.add_argument(
+        "--cold-share",
+        type=float,
+        default=0.0,
+        help="recommendation with a generator: share of the top-k that may go to items added "
+        "after training (`semid index add`) whose ID extends a generated prefix, as in TIGER "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--cold-prefix",
+        type=int,
+        default=1,
+        help="with --cold-share: leading codes a new item must share with a generated ID "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--keep-seen",
         action="store_true",
         help="recommendation: also rank items the user already interacted with "
@@ -61,7 +76,16 @@ def evaluate_recommendation(run: Run, args: argparse.Namespace) -> dict[str, flo
     cfg = run.config
     data = load_data(cfg["dataset"], run.ids, cfg["max_history"], cfg.get("users"))
     beams = max(args.num_beams or cfg.get("num_beams", 20), max(args.k))
-    rec = make_recommender(cfg["model"], run.model, run.ids, data, beams)
+    rec = make_recommender(
+        cfg["model"],
+        run.model,
+        run.ids,
+        data,
+        beams,
+        cfg.get("trained_items"),
+        args.cold_share,
+        args.cold_prefix,
+    )
     codes = None if cfg["model"] == "sasrec" else run.ids.codes
     return evaluate(
         rec,
@@ -71,7 +95,7 @@ def evaluate_recommendation(run: Run, args: argparse.Namespace) -> dict[str, flo
         codes=codes,
         max_len=cfg["max_history"],
         batch_size=args.batch_size,
-        exclude_seen=not getattr(args, "keep_seen", False),
+        exclude_seen=not args.keep_seen,
     )
 
 

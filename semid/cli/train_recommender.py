@@ -199,6 +199,7 @@ def train_run(
         {
             "task": "recommend",
             **spec.__dict__,
+            "trained_items": len(ids),  # rows added later by `semid index add` are cold-start items
             "train": config.to_dict(),
             "command": command_line(),
             "result": summary,
