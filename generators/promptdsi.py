@@ -5,9 +5,23 @@ The encoder (the packaged MiniLM by default, loaded with ``transformers``) never
 enter before encoder layer ``prompt_layer``: the layers below do not see them, so their output is
 computed once per text and can be cached (``lower_states``); with ``prompt_layer=0`` the prompts
 are prepended to the embedding output, i.e. to the encoder's input. Each input picks ``top_n``
-prompts by cosine between its mean-pooled lower states (already computed: no extra encoder pass)
-and fixed topic keys (k-means centroids of the documents, so keys cannot collapse). Incremental
+prompts by cosine between its mean-pooled lower states (already computed: no extra encoder pass),
+centred on the initial corpus's mean (``key_center``: uncentred, every text points along one shared
+direction and selection hardly depends on the topic), and fixed topic keys (k-means centroids of the
+documents' centred vectors, so keys cannot collapse). Incremental
 indexing adds a new prompt session with keys from the new documents and trains only its prompts.
+
+Centroid logits (``centroid_levels > 0``): when the IDs come from residual k-means over the same
+encoder's sentence embeddings, the first ``centroid_levels`` levels also score each code by the
+negative squared distance between the query's residual and the level's centroid: the query vector is
+the mean-pooled prompted top layer (the encoder's own sentence embedding when prompts change
+nothing), and each chosen code's centroid is subtracted before the next level; a learned scale per
+level sets the temperature. The decoder's learned logits serve the levels after them (the collision
+level), normalised over the codes the trie allows there; with ``decoder_on_centroid_levels`` they
+also add to the centroid logits (zero-initialised head). Retrieval so starts from nearest-centroid
+search instead of from chance, and the centroids are fixed buffers, so documents added later find
+their IDs through them without retraining. On debian-docs the learned logits at centroid levels
+overfit the training queries (R@1 on held-out queries fell from 0.71 to 0.54 in 4 epochs).
 
 The frozen encoder is not part of ``state_dict``: it is loaded from ``encoder_path`` (or rebuilt
 from ``encoder_config`` and ``encoder_seed``), so saved models hold only what was trained.
@@ -15,6 +29,7 @@ from ``encoder_config`` and ``encoder_seed``), so saved models hold only what wa
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +40,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from semid.errors import SemidError
-from semid.generator import Generator, register_generator
+from semid.generator import Generator, TrieNormalizedSteps, register_generator
+from semid.trie import PrefixTrie
 from semid.vocab import CodeVocabulary
 
 BOS_TOKEN = 0
@@ -51,6 +67,13 @@ class PromptDSIConfig:
     num_layers: int = 2
     d_ff: int = 1024
     dropout: float = 0.1
+    centroid_levels: int = 0  # leading levels also scored by quantizer centroids (set_centroids_)
+    centroid_scale: float = 5.0  # initial inverse temperature of the centroid logits
+    # True: the decoder's learned logits add to the centroid logits (measured worse: it overfits)
+    decoder_on_centroid_levels: bool = False
+    # levels after the centroid levels (the collision level) normalise over the codes the trie allows
+    # (loss with a trie from use_trie, and search), so unique IDs pay nothing there
+    trie_softmax_after_centroids: bool = True
 
 
 def _heads(x: Tensor, h: int) -> Tensor:
@@ -152,6 +175,7 @@ class PromptDSI(Generator):
         self.register_buffer(
             "topic_keys", F.normalize(torch.randn(sum(config.pool_sizes), width), dim=-1)
         )
+        self.register_buffer("key_center", torch.zeros(width))  # subtracted before matching
         self.vocab = CodeVocabulary(config.codebook_sizes, num_special=1)
         d = config.d_model
         self.memory_proj = nn.Sequential(nn.Linear(width, d), nn.LayerNorm(d))
@@ -165,6 +189,27 @@ class PromptDSI(Generator):
         )
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.vocab.size)
+        self._init_centroid_head(config, width)
+
+    def _init_centroid_head(self, config: PromptDSIConfig, width: int) -> None:
+        levels = config.centroid_levels
+        if not 0 <= levels <= len(config.codebook_sizes):
+            raise SemidError(
+                f"centroid_levels={levels} must be between 0 and the {len(config.codebook_sizes)} code levels"
+            )
+        if levels == 0:
+            return
+        k = config.codebook_sizes[0]
+        if any(s != k for s in config.codebook_sizes[:levels]):
+            raise SemidError(
+                f"centroid levels need equal codebook sizes, got {config.codebook_sizes[:levels]}"
+            )
+        self.register_buffer("centroids", torch.zeros(levels, k, width))
+        self.centroid_log_scale = nn.Parameter(
+            torch.full((levels,), math.log(config.centroid_scale))
+        )
+        nn.init.zeros_(self.head.weight)  # learned logits start at 0: centroids decide at first
+        nn.init.zeros_(self.head.bias)
 
     # ------------------------------------------------------------ frozen encoder
     @property
@@ -231,8 +276,22 @@ class PromptDSI(Generator):
 
     # ------------------------------------------------------------ prompt pool
     def query_keys(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        """Matching vectors (B, H): mean-pooled lower states, L2-normalised (no extra encoder pass)."""
-        return F.normalize(masked_mean(hidden.float(), attention_mask), dim=-1)
+        """Matching vectors (B, H): mean-pooled lower states, L2-normalised, minus ``key_center``
+        (the corpus mean, see ``set_key_center_``), normalised again (no extra encoder pass)."""
+        pooled = F.normalize(masked_mean(hidden.float(), attention_mask), dim=-1)
+        return F.normalize(pooled - self.key_center, dim=-1)
+
+    def set_key_center_(self, hidden: list[Tensor], attention_mask: list[Tensor]) -> None:
+        """Centre prompt matching on the mean of the initial corpus's pooled lower states: without it
+        every text shares one dominant direction and prompt selection barely depends on the topic.
+        Takes batches of lower states (B, T, H) and their masks; set it before the session-0 keys."""
+        if not hidden:
+            raise SemidError("set_key_center_ needs at least one batch of lower states")
+        pooled = [
+            F.normalize(masked_mean(h.float(), m), dim=-1)
+            for h, m in zip(hidden, attention_mask, strict=True)
+        ]
+        self.key_center.copy_(torch.cat(pooled).mean(0).to(self.key_center))
 
     def select_prompts(self, query: Tensor) -> Tensor:
         """Indices (B, top_n) of the prompts whose topic keys best match query (B, H), best first."""
@@ -261,6 +320,16 @@ class PromptDSI(Generator):
         self.config.pool_sizes.append(len(keys))
         return len(self.prompts) - 1
 
+    def set_centroids_(self, codebooks: Tensor) -> None:
+        """Copy residual k-means codebooks (centroid_levels, K, H) into the centroid head."""
+        if self.config.centroid_levels == 0:
+            raise SemidError("this model has centroid_levels=0; build it with centroid_levels set")
+        if codebooks.shape != self.centroids.shape:
+            raise SemidError(
+                f"centroids need shape {tuple(self.centroids.shape)}, got {tuple(codebooks.shape)}"
+            )
+        self.centroids.copy_(codebooks.to(self.centroids))
+
     def train_only_session_(self, session: int) -> None:
         """Freeze every parameter except the prompts of ``session`` (incremental indexing)."""
         self.requires_grad_(False)
@@ -269,6 +338,11 @@ class PromptDSI(Generator):
     # ------------------------------------------------------------ encoder with prompts, decoder
     def encode(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Memory (B, S, d) and its mask (B, S) bool: prompts + upper encoder layers, projected."""
+        memory, mask, _ = self.encode_with_query(inputs)
+        return memory, mask
+
+    def encode_with_query(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``encode`` plus the centroid query vector (B, H) (None without centroid levels)."""
         mask = inputs["attention_mask"]
         hidden = inputs.get("hidden")
         if hidden is None:
@@ -279,7 +353,31 @@ class PromptDSI(Generator):
         mask = torch.cat([mask.new_ones(prompts.shape[:2]), mask], dim=1)
         layers = self.encoder.encoder.layer[self.config.prompt_layer :]
         out = self._run_layers(torch.cat([prompts, hidden], dim=1), mask, layers)
-        return self.memory_proj(out), mask.bool()
+        query = None
+        if self.config.centroid_levels:
+            n = prompts.shape[1]
+            query = F.normalize(masked_mean(out[:, n:], mask[:, n:]).float(), dim=-1)
+        return self.memory_proj(out), mask.bool(), query
+
+    def centroid_logits(self, query: Tensor, prefix: Tensor, level: int) -> Tensor:
+        """Level ``level`` logits (R, K) from centroids: -scale * |residual - centroid|^2 + const,
+        where the residual is query (R, H) minus the centroids of the prefix codes (R, level)."""
+        residual = query
+        for lv in range(level):
+            residual = residual - self.centroids[lv][prefix[:, lv]]
+        books = self.centroids[level]
+        scale = self.centroid_log_scale[level].exp()
+        return scale * (2 * residual @ books.T - (books * books).sum(-1))
+
+    def add_centroid_logits(self, logits: Tensor, query: Tensor, codes: Tensor) -> Tensor:
+        """Teacher-forced logits (B, L, V) plus centroid logits at every centroid level."""
+        extra = torch.zeros_like(logits)
+        for lv in range(self.config.centroid_levels):
+            extra[:, lv, self.vocab.level_slice(lv)] = self.centroid_logits(query, codes, lv)
+        if not self.config.decoder_on_centroid_levels:
+            logits = logits.clone()
+            logits[:, : self.config.centroid_levels] = 0.0
+        return logits + extra
 
     def decode(
         self, tokens: Tensor, kvs: list[tuple[Tensor, Tensor]], memory_mask: Tensor
@@ -297,15 +395,51 @@ class PromptDSI(Generator):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Teacher-forced loss, mean cross-entropy per level within its block -> (loss, logits (B, L, V))."""
         target = batch["target_codes"]
-        memory, mask = self.encode(batch)
+        memory, mask, query = self.encode_with_query(batch)
         tokens = self.vocab.codes_to_tokens(target)
         bos = torch.full_like(tokens[:, :1], BOS_TOKEN)
         logits = self.decode(torch.cat([bos, tokens[:, :-1]], dim=1), self.memory_kv(memory), mask)
+        if query is not None:
+            logits = self.add_centroid_logits(logits, query, target)
+        logits = self.mask_after_centroids(logits, target)
         losses = [
             F.cross_entropy(logits[:, lv, self.vocab.level_slice(lv)].float(), target[:, lv])
             for lv in range(self.vocab.levels)
         ]
         return torch.stack(losses).mean(), logits
+
+    def trie_masked_levels(self) -> range:
+        """Levels whose softmax runs over the trie's allowed codes (those after the centroid levels)."""
+        if not (self.config.centroid_levels and self.config.trie_softmax_after_centroids):
+            return range(0)
+        return range(self.config.centroid_levels, len(self.config.codebook_sizes))
+
+    def mask_after_centroids(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Teacher-forced logits (B, L, V) with codes the trie (``use_trie``) disallows after the
+        target's prefix set to -inf at ``trie_masked_levels``; unchanged without a trie."""
+        levels = self.trie_masked_levels()
+        if self.trie is None or not levels:
+            return logits
+        logits = logits.clone()
+        states = torch.zeros(len(target), dtype=torch.long, device=target.device)
+        for lv in range(len(self.config.codebook_sizes)):
+            if lv in levels:
+                block = logits[:, lv, self.vocab.level_slice(lv)]
+                # a target outside the trie (state -1) keeps the full softmax instead of NaN
+                allowed = self.trie.allowed_mask(states, lv) | (states < 0)[:, None]
+                logits[:, lv, self.vocab.level_slice(lv)] = block.masked_fill(
+                    ~allowed, float("-inf")
+                )
+            states = self.trie.advance(states, lv, target[:, lv])
+        return logits
+
+    def search_steps(self, trie: PrefixTrie) -> Any:
+        """Beam-search steps in which the levels after the centroid levels normalise over the
+        codes the trie allows (see ``trie_softmax_after_centroids``)."""
+        levels = self.trie_masked_levels()
+        if not levels:
+            return super().search_steps(trie)
+        return _LevelTrieSteps(self.step_model(), trie, levels)
 
     def step_model(self) -> _PromptDSISteps:
         """Beam-search adapter: encode and cross-attention K/V once per query, prefixes per beam."""
@@ -318,6 +452,8 @@ class _State:
     memory_mask: Tensor  # (R, S)
     tokens: Tensor  # (R, t) BOS + codes so far
     query: Tensor  # (R,) query of each row
+    codes: Tensor  # (R, t - 1) codes so far
+    vectors: Tensor | None  # (B, H) centroid query vector per query (None without centroids)
 
 
 class _PromptDSISteps:
@@ -329,11 +465,16 @@ class _PromptDSISteps:
     @torch.no_grad()
     def start(self, inputs: dict[str, Tensor]) -> tuple[Tensor, _State]:
         """Encode B queries -> first-level logits (B, V_0), state."""
-        memory, mask = self.model.encode(inputs)
+        memory, mask, vectors = self.model.encode_with_query(inputs)
         b = memory.shape[0]
         tokens = torch.full((b, 1), BOS_TOKEN, dtype=torch.long, device=memory.device)
         state = _State(
-            self.model.memory_kv(memory), mask, tokens, torch.arange(b, device=memory.device)
+            self.model.memory_kv(memory),
+            mask,
+            tokens,
+            torch.arange(b, device=memory.device),
+            tokens[:, :0],
+            vectors,
         )
         return self._logits(state, 0), state
 
@@ -342,11 +483,18 @@ class _PromptDSISteps:
         """Append codes (R,) of level - 1 -> logits (R, V_level)."""
         token = codes.long() + self.model.vocab.level_slice(level - 1).start
         state.tokens = torch.cat([state.tokens, token[:, None]], dim=1)
+        state.codes = torch.cat([state.codes, codes.long()[:, None]], dim=1)
         return self._logits(state, level), state
 
     def _logits(self, state: _State, level: int) -> Tensor:
         out = self.model.decode(state.tokens, state.kvs, state.memory_mask)
-        return out[:, -1, self.model.vocab.level_slice(level)].float()
+        logits = out[:, -1, self.model.vocab.level_slice(level)].float()
+        if state.vectors is not None and level < self.model.config.centroid_levels:
+            query = state.vectors[state.query]
+            if not self.model.config.decoder_on_centroid_levels:
+                logits = torch.zeros_like(logits)
+            logits = logits + self.model.centroid_logits(query, state.codes, level)
+        return logits
 
     def select(self, state: _State, rows: Tensor) -> _State:
         """New row i = old row rows[i]; K/V are copied only when the rows' queries change."""
@@ -354,8 +502,19 @@ class _PromptDSISteps:
         if not torch.equal(query, state.query):
             state.kvs = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in state.kvs]
             state.memory_mask = state.memory_mask.index_select(0, rows)
-        state.tokens, state.query = state.tokens[rows], query
+        state.tokens, state.codes, state.query = state.tokens[rows], state.codes[rows], query
         return state
+
+
+class _LevelTrieSteps(TrieNormalizedSteps):
+    """TrieNormalizedSteps that masks only the given levels (the others keep a full softmax)."""
+
+    def __init__(self, inner: _PromptDSISteps, trie: PrefixTrie, levels: range) -> None:
+        super().__init__(inner, trie)
+        self.levels = levels
+
+    def _mask(self, logits: Tensor, states: Tensor, level: int) -> Tensor:
+        return super()._mask(logits, states, level) if level in self.levels else logits
 
 
 def count_parameters(module: nn.Module) -> int:

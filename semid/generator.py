@@ -117,14 +117,22 @@ class Generator(nn.Module, ABC):
         self.check_trie(trie)
         was_training = self.training
         self.eval()  # dropout would make beam scores random
-        steps = self.step_model()
-        if getattr(self.config, "trie_softmax", False):
-            steps = TrieNormalizedSteps(steps, trie)
         try:
-            out = constrained_beam_search(steps, inputs, trie, num_beams, top_k, exclude)
+            out = constrained_beam_search(
+                self.search_steps(trie), inputs, trie, num_beams, top_k, exclude
+            )
         finally:
             self.train(was_training)
         return out.codes, out.log_probs
+
+    def search_steps(self, trie: PrefixTrie) -> StepModel:
+        """The step model that ``generate`` searches with: ``step_model()``, normalised over the
+        codes the trie allows when the config asks for ``trie_softmax``. Override to change how
+        levels are normalised."""
+        steps = self.step_model()
+        if getattr(self.config, "trie_softmax", False):
+            steps = TrieNormalizedSteps(steps, trie)
+        return steps
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json (name, config, versions) and model.safetensors into ``path``, atomically."""

@@ -206,12 +206,33 @@ def build_ids(
     return ids, quantizer
 
 
+def centroid_codebooks(quantizer: Any, width: int) -> Tensor | None:
+    """Residual k-means codebooks (L, K, width) that PromptDSI's centroid head can use, else None.
+
+    Only residual k-means qualifies: its level-l code is the nearest level-l centroid to the residual
+    of the same sentence embedding the frozen encoder produces (width = the encoder's hidden size)."""
+    books = getattr(quantizer, "codebooks", None)
+    if getattr(quantizer.spec, "family", None) != "rqkmeans" or books is None:
+        return None
+    return books.detach().float().cpu() if books.shape[-1] == width else None
+
+
 def model_codebook_sizes(ids: SemanticIDs, extra_codes: int) -> list[int]:
     """The index's sizes with room for ``extra_codes`` more disambiguation tokens (added documents)."""
     sizes = list(ids.codebook_sizes)
     if ids.collision is not None and ids.collision.extra_level:
         sizes[-1] += extra_codes
     return sizes
+
+
+def set_key_center(model: Any, docs: EncodedTexts) -> None:
+    """Centre the model's prompt matching on these documents' mean pooled lower states."""
+    hidden, masks = [], []
+    for lo in range(0, len(docs.states), 256):
+        batch = pad_states(docs.states[lo : lo + 256])
+        hidden.append(batch["hidden"])
+        masks.append(batch["attention_mask"])
+    model.set_key_center_(hidden, masks)
 
 
 def topic_keys(model: Any, docs: EncodedTexts, m: int, seed: int = 0) -> Tensor:
@@ -381,6 +402,7 @@ def add_documents(
     m = topics or max(1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1)))
     session = model.add_prompt_session_(topic_keys(model, docs, min(m, len(collection)), seed))
     model.train_only_session_(session)
+    model.use_trie(PrefixTrie.from_codes(ids.codes, model.codebook_sizes))
     before = {
         k: v.clone()
         for k, v in model.state_dict().items()
@@ -484,12 +506,22 @@ def train_run(
     )
     ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, spec.seed)
     ids.save(out / "index", quantizer=quantizer)
+    books = centroid_codebooks(quantizer, probe.encoder.config.hidden_size)
+    model_config = {"centroid_levels": 0 if books is None else len(books), **spec.model_config}
+    if model_config["centroid_levels"] and books is None:
+        raise SemidError(
+            f"centroid_levels needs an rqkmeans quantizer over the encoder's embeddings, not {spec.quantizer}"
+        )
     torch.manual_seed(spec.seed)
     config = PromptDSIConfig(
-        codebook_sizes=model_codebook_sizes(ids, spec.extra_codes), **spec.model_config
+        codebook_sizes=model_codebook_sizes(ids, spec.extra_codes), **model_config
     )
     model = PromptDSI(config)
+    if config.centroid_levels:
+        model.set_centroids_(books[: config.centroid_levels])
+    set_key_center(model, docs)
     model.set_topic_keys_(topic_keys(model, docs, config.pool_sizes[0], spec.seed))
+    model.use_trie(PrefixTrie.from_codes(ids.codes, config.codebook_sizes))
     position = {int(r): i for i, r in enumerate(split.d0)}  # collection row -> index row
     examples = dsi_examples(
         docs,

@@ -105,6 +105,10 @@ def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
 
     run = load_run(run_dir)
     assert len(run.ids) == 40 and run.model.config.pool_sizes[0] == 4
+    # rqkmeans IDs over the encoder's own embeddings: the centroid head is on, with the saved codebooks
+    assert run.model.config.centroid_levels == 2
+    torch.testing.assert_close(run.model.centroids, after["centroids"])
+    assert run.model.centroids.abs().sum() > 0
     trie = PrefixTrie.from_codes(run.ids.codes, run.model.codebook_sizes)
     batch = run.model.tokenize(["kernel tool"])
     codes, _ = run.model.generate(batch, trie, num_beams=len(run.ids), top_k=len(run.ids))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from semid.errors import SemidError
 from semid.generator import Generator
 from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
 from semid.ids import SemanticIDs
@@ -22,7 +23,7 @@ TINY_BERT = {
 }
 
 
-def tiny(sizes=(4, 4, 3), pool=(3,), prompt_layer=1, top_n=1) -> PromptDSI:
+def tiny(sizes=(4, 4, 3), pool=(3,), prompt_layer=1, top_n=1, **extra) -> PromptDSI:
     torch.manual_seed(0)
     cfg = PromptDSIConfig(
         codebook_sizes=list(sizes),
@@ -35,6 +36,7 @@ def tiny(sizes=(4, 4, 3), pool=(3,), prompt_layer=1, top_n=1) -> PromptDSI:
         num_heads=2,
         num_layers=1,
         d_ff=32,
+        **extra,
     )
     return PromptDSI(cfg)
 
@@ -130,8 +132,11 @@ def test_training_memorizes_and_generate_returns_indexed_ids(tmp_path):
     torch.testing.assert_close(loaded.generate(inputs, trie, 4, 2)[1], log_probs)
 
 
-def test_incremental_session_trains_only_new_prompts_and_new_ids_are_reachable():
-    model = tiny(sizes=(4, 4, 6), pool=(3,))
+@pytest.mark.parametrize("centroid_levels", [0, 2])
+def test_incremental_session_trains_only_new_prompts_and_new_ids_are_reachable(centroid_levels):
+    model = tiny(sizes=(4, 4, 6), pool=(3,), centroid_levels=centroid_levels)
+    if centroid_levels:
+        model.set_centroids_(torch.randn(2, 4, 16))
     model.set_topic_keys_(torch.eye(3, 16))
     ids = SemanticIDs.from_codes(
         [f"d{i}" for i in range(4)], torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0]]), [4, 4]
@@ -139,6 +144,7 @@ def test_incremental_session_trains_only_new_prompts_and_new_ids_are_reachable()
     old = {**token_batch(4, seed=1), "target_codes": ids.codes}
     fit(model, old, steps=100, lr=1e-2)
     new_codes = ids.add(["n0", "n1"], torch.tensor([[0, 1], [2, 2]]))  # (0, 1) collides: next token
+    model.use_trie(PrefixTrie.from_codes(ids.codes, model.codebook_sizes))
     assert new_codes.tolist() == [[0, 1, 1], [2, 2, 0]]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
@@ -193,3 +199,153 @@ def test_real_minilm_layer_split_gives_the_sentence_transformers_vectors(tmp_pat
     ours = model.text_embedding(model.lower_states(**batch), batch["attention_mask"])
     reference = TextEncoder(cache_dir=tmp_path).encode(texts, show_progress=False)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+
+
+def centroid_model(sizes=(4, 4, 3), levels=2, scale=5.0, decoder=True) -> PromptDSI:
+    torch.manual_seed(0)
+    cfg = PromptDSIConfig(
+        codebook_sizes=list(sizes),
+        encoder_config=dict(TINY_BERT),
+        prompt_layer=1,
+        prompt_length=2,
+        pool_sizes=[3],
+        top_n=1,
+        d_model=16,
+        num_heads=2,
+        num_layers=1,
+        d_ff=32,
+        centroid_levels=levels,
+        centroid_scale=scale,
+        decoder_on_centroid_levels=decoder,
+    )
+    return PromptDSI(cfg)
+
+
+def greedy_rq_codes(x: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
+    codes, residual = [], x
+    for book in books:
+        c = torch.cdist(residual, book).argmin(1)
+        codes.append(c)
+        residual = residual - book[c]
+    return torch.stack(codes, 1)
+
+
+def test_centroid_logits_rank_codes_by_residual_distance():
+    model = centroid_model()
+    books = torch.randn(2, 4, 16)
+    model.set_centroids_(books)
+    query = torch.randn(5, 16)
+    prefix = torch.tensor([[1], [0], [3], [2], [1]])
+    logits = model.centroid_logits(query, prefix, 1)
+    distances = torch.cdist(query - books[0][prefix[:, 0]], books[1])
+    assert torch.equal(logits.argsort(1, descending=True), distances.argsort(1))
+    # logit gaps are -scale * squared-distance gaps
+    gap = logits[:, 0] - logits[:, 1]
+    torch.testing.assert_close(gap, -5.0 * (distances[:, 0] ** 2 - distances[:, 1] ** 2))
+
+
+def test_untrained_centroid_model_retrieves_the_residual_code_of_its_query_vector():
+    model = centroid_model(scale=200.0)
+    torch.manual_seed(1)
+    model.set_centroids_(torch.nn.functional.normalize(torch.randn(2, 4, 16), dim=-1) * 0.7)
+    batch = token_batch(4, seed=3)
+    model.eval()
+    _, _, query = model.encode_with_query(batch)
+    expected = greedy_rq_codes(query, model.centroids)
+    every = torch.cartesian_prod(torch.arange(4), torch.arange(4), torch.arange(3))
+    trie = PrefixTrie.from_codes(every, model.codebook_sizes)
+    codes, _ = model.generate(batch, trie, num_beams=4, top_k=1)
+    assert torch.equal(codes[:, 0, :2], expected)
+
+
+def test_decoder_logits_can_be_kept_off_the_centroid_levels():
+    batch = {**token_batch(3), "target_codes": torch.tensor([[1, 2, 0], [0, 0, 1], [3, 1, 2]])}
+    logits = {}
+    for decoder in (True, False):
+        model = centroid_model(decoder=decoder)
+        model.set_centroids_(torch.randn(2, 4, 16))
+        torch.nn.init.normal_(model.head.weight)  # a trained head
+        model.eval()
+        logits[decoder] = model(batch)[1]
+    plain = centroid_model(levels=0)
+    assert not torch.equal(logits[True][:, :2], logits[False][:, :2])
+    # without decoder logits, the centroid levels carry the centroid term only (head is irrelevant)
+    model = centroid_model(decoder=False)
+    model.set_centroids_(torch.randn(2, 4, 16))
+    model.eval()
+    before = model(batch)[1][:, :2, :8]
+    torch.nn.init.normal_(model.head.weight)
+    torch.testing.assert_close(model(batch)[1][:, :2, :8], before)
+    assert plain.config.centroid_levels == 0 and not hasattr(plain, "centroids")
+
+
+def test_collision_level_normalises_over_the_trie_so_unique_ids_pay_nothing():
+    model = centroid_model(sizes=(4, 4, 3))
+    model.set_centroids_(torch.randn(2, 4, 16))
+    torch.nn.init.normal_(model.head.weight)
+    codes = torch.tensor([[0, 1, 0], [0, 1, 1], [2, 3, 0]])  # (0, 1) is shared, (2, 3) is unique
+    trie = PrefixTrie.from_codes(codes, model.codebook_sizes)
+    model.use_trie(trie)
+    model.eval()
+    _, logits = model({**token_batch(3), "target_codes": codes})
+    last = logits[:, 2, model.vocab.level_slice(2)]
+    assert torch.isinf(last[0, 2]) and torch.isfinite(last[0, :2]).all()
+    assert torch.isfinite(last[2]).sum() == 1
+    outside = torch.tensor([[3, 3, 2]])  # not indexed: full softmax, a finite loss
+    loss, _ = model({**token_batch(1), "target_codes": outside})
+    assert torch.isfinite(loss)
+    out, log_probs = model.generate(token_batch(1, seed=4), trie, num_beams=3, top_k=3)
+    found = {tuple(c) for c in out[0].tolist()}
+    assert found == {tuple(c) for c in codes.tolist()}
+    # the unique ID's score is its two centroid-level log-probs only
+    inputs = token_batch(1, seed=4)
+    first, state = model.step_model().start(inputs)
+    second, _ = model.step_model().step(state, torch.tensor([2]), 1)
+    row = [tuple(c) for c in out[0].tolist()].index((2, 3, 0))
+    expected = first.log_softmax(-1)[0, 2] + second.log_softmax(-1)[0, 3]
+    torch.testing.assert_close(log_probs[0, row], expected)
+
+
+def test_centred_keys_separate_topics_that_share_a_dominant_direction():
+    model = tiny(pool=(2,), top_n=1)
+    common = torch.zeros(16)
+    common[0] = 10.0
+    a, b = common.clone(), common.clone()
+    a[1], b[2] = 1.0, 1.0
+    hidden = torch.stack([a, b])[:, None, :].repeat(1, 2, 1)
+    mask = torch.ones(2, 2, dtype=torch.long)
+    raw = model.query_keys(hidden, mask)
+    assert raw[0] @ raw[1] > 0.99  # both point along the shared direction
+    model.set_key_center_([hidden], [mask])
+    centred = model.query_keys(hidden, mask)
+    assert centred[0] @ centred[1] < -0.99  # only the topic part is left
+    model.set_topic_keys_(centred)
+    assert model.select_prompts(centred)[:, 0].tolist() == [0, 1]
+    with pytest.raises(SemidError, match="at least one batch"):
+        model.set_key_center_([], [])
+
+
+def test_centroid_config_is_checked():
+    with pytest.raises(SemidError, match="centroid_levels"):
+        centroid_model(levels=4)
+    with pytest.raises(SemidError, match="equal codebook sizes"):
+        centroid_model(sizes=(4, 3, 3), levels=2)
+    model = centroid_model()
+    with pytest.raises(SemidError, match="shape"):
+        model.set_centroids_(torch.zeros(2, 3, 16))
+    with pytest.raises(SemidError, match="centroid_levels=0"):
+        tiny().set_centroids_(torch.zeros(2, 4, 16))
+
+
+def test_centroid_codebooks_only_for_rqkmeans_of_the_encoder_width():
+    from semid.quantization import build_quantizer
+    from semid.retrieve import centroid_codebooks
+
+    x = torch.randn(64, 16)
+    rq = build_quantizer("rqkmeans:2x4,kmeans=lloyd").fit(x, seed=0)
+    books = centroid_codebooks(rq, 16)
+    assert books.shape == (2, 4, 16) and torch.equal(books, rq.codebooks)
+    assert centroid_codebooks(rq, 32) is None
+    other = build_quantizer("rqvae:2x4")
+    other.codebooks = rq.codebooks  # codebooks of another family do not describe residual paths
+    assert centroid_codebooks(other, 16) is None
