@@ -316,8 +316,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Notes: one seed per model (training is the cost on this CPU); with 943 test users one standard error of "
-        "R@10 is about 0.01 on ml-100k (943 users) and 0.005 on ml-1m (6,040), so smaller differences are noise. "
+        "Notes: one seed per model (training is the cost on this CPU); one standard error of R@10 is about 0.01 "
+        "on ml-100k (943 test users) and 0.005 on ml-1m (6,040), so smaller differences are noise. "
         "Like RecBole's full-sort evaluation, every model ranks all items except those the user interacted with "
         "before the target (generators: beam search drops every prefix whose IDs are all seen), so the RecBole "
         "column compares like with like. TIGER trains on one target per encoder pass, so its step budget covers "
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--datasets", nargs="+", default=["ml-100k"])
-    p.add_argument("--models", nargs="+", default=["pop", "sasrec", "mmgrec", "tiger"])
+    p.add_argument("--models", nargs="*", default=["pop", "sasrec", "mmgrec", "tiger"])
     p.add_argument(
         "--cold-start",
         nargs="*",
