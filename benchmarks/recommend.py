@@ -39,6 +39,8 @@ RECBOLE_SASREC_R10 = {
     "ml-1m": 0.1856,
 }  # BENCHMARKS.md, RecBole 1.2.1 on this machine
 QUANTIZER = "rqkmeans:3x256"
+# MMGRec's index: Graph RQ-VAE, or (results before it landed) rqkmeans over graph-smoothed features
+GRAPH_QUANTIZERS = ("graph_rqvae:3x256", "smoothed-rqkmeans:3x256")
 COLD_SHARES = (0.0, 0.1, 0.2)  # top-10 slots open to new items under a generated prefix (TIGER)
 INDEX_OF = {
     "mmgrec": "graph",
@@ -85,12 +87,18 @@ def graph_features(x: torch.Tensor, train: Any) -> torch.Tensor:
 
 
 def build_index(
-    dataset: Any, out: Path, seed: int = 0, graph: bool = False, x: torch.Tensor | None = None
+    dataset: Any,
+    out: Path,
+    seed: int = 0,
+    graph: bool = False,
+    x: torch.Tensor | None = None,
+    graph_quantizer: str = GRAPH_QUANTIZERS[0],
 ) -> float:
-    """Embed item texts (cached), fit rqkmeans, make IDs unique, save; returns seconds.
+    """Embed item texts (cached), fit the quantizer, make IDs unique, save; returns seconds.
 
-    ``graph``: MMGRec's recipe, features smoothed over the train graph and popularity collisions;
-    otherwise TIGER's, text embeddings and an extra disambiguation level numbering collisions."""
+    ``graph``: MMGRec's recipe, ``graph_quantizer`` over the train user-item graph and popularity
+    collisions; otherwise TIGER's, rqkmeans on text embeddings and an extra disambiguation level
+    numbering collisions."""
     import semid.quantizers  # noqa: F401
     from semid.data.splits import leave_one_out
     from semid.encoders import TextEncoder
@@ -101,9 +109,14 @@ def build_index(
     if x is None:  # (N, D) text embeddings of dataset.item_texts
         x = TextEncoder().encode(dataset.item_texts, show_progress=False)
     train = leave_one_out(dataset.interactions).train  # valid/test targets must not shape the IDs
-    if graph:
-        x = graph_features(x, train)
-    q = build_quantizer(QUANTIZER).fit(x, seed=seed)
+    spec = graph_quantizer if graph else QUANTIZER
+    if spec == GRAPH_QUANTIZERS[0]:
+        q = build_quantizer(spec).fit(x, interactions=train, seed=seed)
+    else:
+        if graph:
+            x = graph_features(x, train)
+        spec = QUANTIZER
+        q = build_quantizer(spec).fit(x, seed=seed)
     popularity = torch.bincount(train.items, minlength=len(dataset.item_keys))
     strategy = "popularity" if graph else "extra-level"
     ids = SemanticIDs.from_codes(
@@ -112,7 +125,7 @@ def build_index(
         q.codebook_sizes,
         strategy,
         popularity=popularity,
-        quantizer_spec=QUANTIZER,
+        quantizer_spec=spec,
     )
     ids.save(out, quantizer=q)
     return time.perf_counter() - started
@@ -165,7 +178,9 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
     x_full = TextEncoder().encode(full.item_texts, show_progress=False)  # cached
     keep = torch.ones(len(x_full), dtype=torch.bool)
     keep[new] = False
-    build_index(old, work / "old-index", job["seed"], graph=job["graph"], x=x_full[keep])
+    build_index(
+        old, work / "old-index", job["seed"], job["graph"], x_full[keep], job["graph_quantizer"]
+    )
     name = job["model"]
     spec = TrainSpec(
         dataset="(held-out)",
@@ -272,9 +287,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"Date: {env['date_utc']}; machine: {env['machine']}; semid {env['semid']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, Python {env['python']}; {env['torch_threads_per_job']} torch thread per job, "
         f"{result['jobs']} jobs side by side.  ",
-        f"Indexes: {QUANTIZER} on MiniLM text embeddings with extra-level collisions (tiger; TIGER's recipe) and on "
-        "the same embeddings smoothed over the train user-item graph with popularity collisions (mmgrec; MMGRec's "
-        f"recipe, a stand-in for graph_rqvae); seed {result['seed']}; generators: 20 beams, trie-constrained, trie softmax. "
+        f"Indexes: {QUANTIZER} on MiniLM text embeddings with extra-level collisions (tiger; TIGER's recipe) and "
+        + (
+            "graph_rqvae:3x256 over the same embeddings and the train user-item graph"
+            if result.get("graph_quantizer", GRAPH_QUANTIZERS[1]) == GRAPH_QUANTIZERS[0]
+            else f"{QUANTIZER} on the same embeddings smoothed over the train user-item graph (a stand-in for graph_rqvae)"
+        )
+        + f" with popularity collisions (mmgrec; MMGRec's recipe); seed {result['seed']}; generators: 20 beams, "
+        "trie-constrained, trie softmax. "
         "Budgets: "
         + "; ".join(
             f"{m}: {b['train']}" for m, b in result.get("budgets", BUDGETS).items() if b["train"]
@@ -430,6 +450,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="model fields, e.g. mmgrec='{\"dim\": 128}' (repeatable)",
     )
     p.add_argument(
+        "--graph-quantizer",
+        choices=GRAPH_QUANTIZERS,
+        default=GRAPH_QUANTIZERS[0],
+        help="MMGRec's index (the second: the stand-in of results before graph_rqvae landed)",
+    )
+    p.add_argument(
         "--max-epochs",
         type=int,
         default=BUDGETS["sasrec"]["train"]["max_epochs"],
@@ -479,7 +505,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dataset = load_dataset(ds)
         for kind in ("text", "graph"):
             index = args.work / ds / f"index-{kind}"
-            seconds = build_index(dataset, index, args.seed, graph=kind == "graph")
+            seconds = build_index(
+                dataset, index, args.seed, kind == "graph", graph_quantizer=args.graph_quantizer
+            )
             index_seconds[f"{ds}/{kind}"] = round(seconds, 1)
         for m in args.models:
             index = args.work / ds / f"index-{INDEX_OF[m]}"
@@ -504,6 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "run": str(args.work / ds / f"cold-{m}"),
                     "seed": args.seed,
                     "cold_frac": args.cold_frac,
+                    "graph_quantizer": args.graph_quantizer,
                 }
             )
     results = _run_jobs(jobs, args.jobs)
@@ -517,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     errors = [r for r in results if "error" in r]
     result = {"environment": env, "jobs": args.jobs, "seed": args.seed, "index_seconds": index_seconds, "budgets": BUDGETS,
+              "graph_quantizer": args.graph_quantizer,
               "rows": rows, "comparisons": comparisons(rows), "cold_start": cold, "errors": errors}  # fmt: skip
     write_json(args.out.with_suffix(".json"), result)
     with atomic_file(args.out.with_suffix(".md")) as f:
