@@ -40,8 +40,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from semid.errors import SemidError
-from semid.generator import Generator, TrieNormalizedSteps, register_generator
-from semid.trie import PrefixTrie
+from semid.generator import Generator, mean_level_cross_entropy, register_generator
 from semid.vocab import CodeVocabulary
 
 BOS_TOKEN = 0
@@ -401,45 +400,20 @@ class PromptDSI(Generator):
         logits = self.decode(torch.cat([bos, tokens[:, :-1]], dim=1), self.memory_kv(memory), mask)
         if query is not None:
             logits = self.add_centroid_logits(logits, query, target)
-        logits = self.mask_after_centroids(logits, target)
-        losses = [
-            F.cross_entropy(logits[:, lv, self.vocab.level_slice(lv)].float(), target[:, lv])
-            for lv in range(self.vocab.levels)
-        ]
-        return torch.stack(losses).mean(), logits
+        unmasked = [logits[:, lv, self.vocab.level_slice(lv)] for lv in range(self.vocab.levels)]
+        blocks = self.mask_to_trie(unmasked, target)
+        if blocks is not unmasked:
+            logits = logits.clone()  # return the masked logits, as the loss sees them
+            for lv, block in enumerate(blocks):
+                logits[:, lv, self.vocab.level_slice(lv)] = block
+        return mean_level_cross_entropy(blocks, target), logits
 
-    def trie_masked_levels(self) -> range:
-        """Levels whose softmax runs over the trie's allowed codes (those after the centroid levels)."""
+    def trie_softmax_levels(self) -> range:
+        """Levels whose softmax runs over the trie's allowed codes: those after the centroid levels
+        (``trie_softmax_after_centroids``), so a unique ID pays nothing at its collision level."""
         if not (self.config.centroid_levels and self.config.trie_softmax_after_centroids):
             return range(0)
         return range(self.config.centroid_levels, len(self.config.codebook_sizes))
-
-    def mask_after_centroids(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Teacher-forced logits (B, L, V) with codes the trie (``use_trie``) disallows after the
-        target's prefix set to -inf at ``trie_masked_levels``; unchanged without a trie."""
-        levels = self.trie_masked_levels()
-        if self.trie is None or not levels:
-            return logits
-        logits = logits.clone()
-        states = torch.zeros(len(target), dtype=torch.long, device=target.device)
-        for lv in range(len(self.config.codebook_sizes)):
-            if lv in levels:
-                block = logits[:, lv, self.vocab.level_slice(lv)]
-                # a target outside the trie (state -1) keeps the full softmax instead of NaN
-                allowed = self.trie.allowed_mask(states, lv) | (states < 0)[:, None]
-                logits[:, lv, self.vocab.level_slice(lv)] = block.masked_fill(
-                    ~allowed, float("-inf")
-                )
-            states = self.trie.advance(states, lv, target[:, lv])
-        return logits
-
-    def search_steps(self, trie: PrefixTrie) -> Any:
-        """Beam-search steps in which the levels after the centroid levels normalise over the
-        codes the trie allows (see ``trie_softmax_after_centroids``)."""
-        levels = self.trie_masked_levels()
-        if not levels:
-            return super().search_steps(trie)
-        return _LevelTrieSteps(self.step_model(), trie, levels)
 
     def step_model(self) -> _PromptDSISteps:
         """Beam-search adapter: encode and cross-attention K/V once per query, prefixes per beam."""
@@ -504,17 +478,6 @@ class _PromptDSISteps:
             state.memory_mask = state.memory_mask.index_select(0, rows)
         state.tokens, state.codes, state.query = state.tokens[rows], state.codes[rows], query
         return state
-
-
-class _LevelTrieSteps(TrieNormalizedSteps):
-    """TrieNormalizedSteps that masks only the given levels (the others keep a full softmax)."""
-
-    def __init__(self, inner: _PromptDSISteps, trie: PrefixTrie, levels: range) -> None:
-        super().__init__(inner, trie)
-        self.levels = levels
-
-    def _mask(self, logits: Tensor, states: Tensor, level: int) -> Tensor:
-        return super()._mask(logits, states, level) if level in self.levels else logits
 
 
 def count_parameters(module: nn.Module) -> int:

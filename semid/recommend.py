@@ -210,13 +210,18 @@ def codes_of_rows(codes: Tensor, rows: Tensor) -> Tensor:
     return out.masked_fill((rows < 0)[..., None], -1)
 
 
+def seen_mask(seen: Tensor, num_items: int) -> Tensor:
+    """bool (B, num_items): True at the rows listed in ``seen`` (B, M, PAD-padded)."""
+    mask = torch.zeros(seen.shape[0], num_items + 1, dtype=torch.bool, device=seen.device)
+    mask.scatter_(1, torch.where(seen >= 0, seen, num_items), True)  # PAD: the spare column
+    return mask[:, :num_items]
+
+
 def mask_seen(scores: Tensor, seen: Tensor | None) -> Tensor:
     """Scores (B, N) with the rows in ``seen`` (B, M, PAD-padded) set to -inf; unchanged if None."""
     if seen is None or seen.shape[1] == 0:
         return scores
-    padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
-    index = torch.where(seen >= 0, seen, scores.shape[1])  # PAD lands in the spare column
-    return padded.scatter(1, index, float("-inf"))[:, :-1]
+    return scores.masked_fill(seen_mask(seen, scores.shape[1]), float("-inf"))
 
 
 class Recommender(Protocol):
@@ -298,9 +303,7 @@ class GeneratorRecommender:
         cold = torch.where(hit, self.cold_rows[take], -1).view(b, k * slots)
         duplicate = (cold[:, :, None] == rows[:, None, :]).any(-1)  # already generated
         if seen is not None:
-            is_seen = torch.zeros(b, len(self.ids) + 1, dtype=torch.bool)
-            is_seen.scatter_(1, torch.where(seen >= 0, seen, len(self.ids)), True)
-            duplicate |= is_seen.gather(1, cold.clamp(min=0))
+            duplicate |= seen_mask(seen, len(self.ids)).gather(1, cold.clamp(min=0))
         cold = cold.masked_fill(duplicate, -1)
         after = (torch.arange(k)[:, None] + 0.5).expand(k, slots).reshape(-1).expand(b, -1)
         # the first `slots` valid candidates of each row, in beam order

@@ -169,7 +169,14 @@ def make_recommender(
         return MostPopular(data.popularity())
     if name == "sasrec":
         return model
-    return GeneratorRecommender(model, ids, num_beams, None, trained_items, cold_share, cold_prefix)
+    return GeneratorRecommender(
+        model,
+        ids,
+        num_beams,
+        trained_items=trained_items,
+        cold_share=cold_share,
+        cold_prefix=cold_prefix,
+    )
 
 
 def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]) -> dict[str, Any]:

@@ -284,7 +284,7 @@ class PrefixTrie:
         valid = states >= 0
         s = states.clamp(min=0, max=max(bound.numel() - 2, 0))
         lo = torch.where(valid, bound[s], 0)
-        hi = torch.where(valid, bound[(s + 1).clamp(max=bound.numel() - 1)], 0)
+        hi = torch.where(valid, bound[s + 1], 0)
         return lo, hi
 
     # ------------------------------------------------------------------ updates
