@@ -1,10 +1,15 @@
-"""Generative retrieval models, importable as ``semid.generators``. Importing registers them."""
+"""Models, importable as ``semid.generators``: generators of semantic IDs and the baselines they are
+compared with. Importing the package registers every one of them in :mod:`semid.models`."""
 
-from semid.generator import Generator, available_generators, build_generator, register_generator
+from semid.generator import Generator
 from semid.generators import (  # noqa: F401  (registers them)
-    avg,  # noqa: F401  (registers avg)
+    avg,
     mmgrec,
+    popular,
+    promptdsi,
+    sasrec,
     tiger,
 )
+from semid.models import available_models, build_model, register_model
 
-__all__ = ["Generator", "available_generators", "build_generator", "register_generator"]
+__all__ = ["Generator", "available_models", "build_model", "register_model"]

@@ -22,15 +22,15 @@ at step l is scored against the level-l code embeddings (tied with the encoder's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from semid.baselines import SelfAttentionBlock, causal_bias
 from semid.errors import SemidError
 from semid.generator import Generator, register_generator
+from semid.layers import SelfAttentionBlock, causal_bias
 from semid.vocab import CodeVocabulary
 
 RELATIONS = ("time", "distance", "prefix")
@@ -53,9 +53,10 @@ class MMGRecConfig:
     trie_softmax: bool = (
         True  # softmax over the codes the index allows after each prefix (see Generator.use_trie)
     )
-    # > 0: also learn one embedding per index row (items 0..num_items-1), added to the code sum;
-    # rows added later (cold-start items) have none and are represented by their codes alone
-    num_items: int = 0
+    # True: also learn one embedding per index row, added to the code sum; rows added later
+    # (cold-start items) have none and are represented by their codes alone
+    item_embeddings: bool = False
+    num_items: int = 0  # rows with an embedding; set from the index when item_embeddings is on
 
 
 @register_generator("mmgrec")
@@ -98,6 +99,12 @@ class MMGRec(Generator):
             nn.LayerNorm(c.dim),
             nn.Dropout(c.dropout),
         )
+
+    @classmethod
+    def sized_for(cls, config: MMGRecConfig, ids, extra_codes: int = 0, **context) -> MMGRecConfig:
+        """Codebook sizes from the index, and one item embedding per row if ``item_embeddings``."""
+        config = super().sized_for(config, ids, extra_codes)
+        return replace(config, num_items=len(ids) if config.item_embeddings else 0)
 
     def embed_items(self, codes: Tensor, items: Tensor | None = None) -> Tensor:
         """Item vectors (..., D): the sum of code embeddings of codes (..., L), plus each index row's

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -66,7 +66,9 @@ class PromptDSIConfig:
     num_layers: int = 2
     d_ff: int = 1024
     dropout: float = 0.1
-    centroid_levels: int = 0  # leading levels also scored by quantizer centroids (set_centroids_)
+    # leading levels also scored by quantizer centroids (set_centroids_); None: the task picks
+    # every level its quantizer's centroids allow (a model built directly treats None as 0)
+    centroid_levels: int | None = None
     centroid_scale: float = 5.0  # initial inverse temperature of the centroid logits
     # True: the decoder's learned logits add to the centroid logits (measured worse: it overfits)
     decoder_on_centroid_levels: bool = False
@@ -151,6 +153,7 @@ class PromptDSI(Generator):
     config_class = PromptDSIConfig
 
     def __init__(self, config: PromptDSIConfig) -> None:
+        config = replace(config, centroid_levels=config.centroid_levels or 0)
         super().__init__(config)
         encoder = _load_encoder(config).eval().requires_grad_(False)
         self._frozen = [encoder]  # a list hides it from state_dict and parameters(); see _apply

@@ -4,8 +4,8 @@ A generator is an ``nn.Module`` with a typed dataclass config that holds at leas
 ``codebook_sizes`` (one entry per code level). Training calls ``forward(batch) -> (loss, logits)``;
 inference calls ``generate(inputs, trie, num_beams, top_k)``, which runs the engine's
 :func:`~semid.beam_search.constrained_beam_search` over the model's :meth:`Generator.step_model`.
-Concrete models live in ``semid.generators`` and register themselves by name, so the engine never
-imports one.
+Concrete models live in ``semid.generators`` and register in :mod:`semid.models` by name, so the
+engine never imports one.
 
 Trie softmax: with ``config.trie_softmax`` (and a trie given by ``use_trie`` for training), every
 level's softmax runs over the codes the index allows after the prefix, in the loss and in the
@@ -18,27 +18,26 @@ MMGRec's valid Recall@10 after 6-7 epochs rose from 0.039 to 0.065 with it, text
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-import semid
-from semid.artifacts import read_checked_config
-from semid.atomic import atomic_dir
 from semid.beam_search import StepModel, constrained_beam_search
 from semid.errors import SemidError
+from semid.models import (
+    available_models,
+    build_model,
+    load_model,
+    model_class,
+    register_model,
+    save_model,
+)
 from semid.trie import PrefixTrie
-
-FORMAT_VERSION = 1
-_REGISTRY: dict[str, type[Generator]] = {}
 
 
 class Generator(nn.Module, ABC):
@@ -56,6 +55,15 @@ class Generator(nn.Module, ABC):
         self.config = config
         # set with use_trie(); not saved: it is rebuilt from the index, which may have grown
         self.trie: PrefixTrie | None = None
+
+    @classmethod
+    def sized_for(cls, config: Any, ids: Any, extra_codes: int = 0, **context: Any) -> Any:
+        """``config`` with the index's codebook sizes, plus ``extra_codes`` spare tokens at the
+        disambiguation level (so IDs of items added later still fit the model's vocabulary)."""
+        sizes = list(ids.codebook_sizes)
+        if ids.collision is not None and ids.collision.extra_level:
+            sizes[-1] += extra_codes
+        return dataclasses.replace(config, codebook_sizes=sizes)
 
     def use_trie(self, trie: PrefixTrie | None) -> None:
         """Normalize each level's softmax over the codes ``trie`` allows (training loss and scores)."""
@@ -148,18 +156,14 @@ class Generator(nn.Module, ABC):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json (name, config, versions) and model.safetensors into ``path``, atomically."""
-        save_model_folder(self, path, self.name, self.config)
+        save_model(self, path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Generator:
         """Load a generator folder written by :meth:`save_pretrained` (any registered family)."""
-        meta = read_model_config(path)
-        model = build_generator(meta["generator"], meta["config"])
-        if cls is not Generator and not isinstance(model, cls):
-            raise SemidError(
-                f"{path} holds a {meta['generator']!r} generator, not a {cls.__name__}"
-            )
-        load_weights(model, Path(path) / "model.safetensors")
+        model = load_model(path)
+        if not isinstance(model, cls):
+            raise SemidError(f"{path} holds a {model.name!r} model, not a {cls.__name__}")
         return model
 
 
@@ -204,92 +208,20 @@ class TrieNormalizedSteps:
         return logits.masked_fill(~self.trie.allowed_mask(states, level), float("-inf"))
 
 
-def save_model_folder(module: nn.Module, path: str | os.PathLike, name: str, config: Any) -> None:
-    """Write ``config.json`` ({generator: name, config, versions}) and ``model.safetensors``, atomically."""
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "generator": name,
-        "semid_version": semid.__version__,
-        "torch_version": torch.__version__,
-        "config": dataclasses.asdict(config),
-    }
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    with atomic_dir(path) as tmp:
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_file(_untie(state), str(tmp / "model.safetensors"))
-
-
-def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The config.json of a model folder written by :func:`save_model_folder`, checked."""
-    needed = ["config.json", "model.safetensors"]
-    return read_checked_config(path, needed, "model folder", "train one first", FORMAT_VERSION)
-
-
-def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
-    """Load a model.safetensors (e.g. the trainer's best weights) into ``module``, strictly."""
-    state = load_file(str(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    # tied weights are saved once; anything else missing or extra means another architecture
-    missing = [k for k in missing if k not in _tied_names(module)]
-    if missing or unexpected:
-        raise SemidError(
-            f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "it was trained with another config"
-        )
-
-
-def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """safetensors refuses shared storage: drop later names that alias an earlier tensor."""
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    out = {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if key in seen:
-            continue
-        seen[key] = k
-        out[k] = v
-    return out
-
-
-def _tied_names(model: nn.Module) -> set[str]:
-    """Names of state entries that alias an earlier entry (dropped by _untie)."""
-    state = model.state_dict()
-    return set(state) - set(_untie(state))
-
-
 def register_generator(name: str) -> Callable[[type[Generator]], type[Generator]]:
-    """Class decorator: make ``build_generator(name, config)`` construct this family."""
+    """Class decorator: register a Generator subclass in the model registry under ``name``."""
 
     def wrap(cls: type[Generator]) -> type[Generator]:
-        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
-            raise TypeError(f"{cls.__name__}.config_class must be a dataclass")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        if not issubclass(cls, Generator):
+            raise TypeError(f"{cls.__name__} is not a Generator")
+        return register_model(name)(cls)
 
     return wrap
 
 
 def available_generators() -> list[str]:
-    """Registered generator names (importing ``semid.generators`` registers the built-in ones)."""
-    _import_builtin()
-    return sorted(_REGISTRY)
+    """Registered models that write semantic IDs."""
+    return [n for n in available_models() if issubclass(model_class(n), Generator)]
 
 
-def build_generator(name: str, config: dict[str, Any] | Any) -> Generator:
-    """A new generator of family ``name`` from its config dataclass or a dict of its fields."""
-    _import_builtin()
-    if name not in _REGISTRY:
-        raise SemidError(f"unknown generator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
-    if isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise SemidError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
-        config = cls.config_class(**config)
-    return cls(config)
-
-
-def _import_builtin() -> None:
-    import semid.generators  # noqa: F401  (registers the built-in families)
+build_generator = build_model  # a generator is built like any registered model

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
-from semid.artifacts import read_checked_config
 from semid.atomic import atomic_dir
 from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
 from semid.errors import SemidError
 from semid.quantization import Quantizer
+from semid.saving import read_json
+from semid.trie import PrefixTrie
 
 FORMAT_VERSION = 1
 QUANTIZER_DIR = "quantizer"
@@ -121,11 +123,10 @@ class SemanticIDs:
             raise SemidError(f"{len(missing)} unknown item keys, e.g. {missing[0]!r}")
         return torch.tensor([self._row_of_key[k] for k in keys], dtype=torch.long)
 
-    def trie(self):
-        """A PrefixTrie over all IDs (for constrained decoding)."""
-        from semid.trie import PrefixTrie
-
-        return PrefixTrie.from_codes(self.codes, self.codebook_sizes)
+    def trie(self, codebook_sizes: Sequence[int] | None = None) -> PrefixTrie:
+        """A PrefixTrie over all IDs (for constrained decoding), with the index's codebook sizes or
+        a model's (which may hold spare tokens for items added later)."""
+        return PrefixTrie.from_codes(self.codes, list(codebook_sizes or self.codebook_sizes))
 
     def add(self, keys: Sequence[str], raw_codes: Tensor) -> Tensor:
         """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
@@ -222,23 +223,34 @@ class SemanticIDs:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SemanticIDs:
-        """Read an index folder written by save()."""
+        """Read an index folder written by save(); one SemidError line if it is not one or is damaged."""
         path = Path(path)
+        fix = "build one with `semid index build`"
         needed = ["config.json", "keys.json", "codes.safetensors"]
-        config = read_checked_config(
-            path, needed, "semantic-ID index", "build one with `semid index build`", FORMAT_VERSION
-        )
-        tensors = load_file(str(path / "codes.safetensors"))
-        collision = CollisionReport(**config["collision"]) if config.get("collision") else None
-        return cls(
-            keys=json.loads((path / "keys.json").read_text()),
-            codes=tensors["codes"],
-            codebook_sizes=list(config["codebook_sizes"]),
-            raw_codes=tensors.get("raw_codes"),
-            collision=collision,
-            quantizer_spec=config.get("quantizer_spec"),
-            metadata=config.get("metadata", {}),
-        )
+        if not path.is_dir() or any(not (path / name).is_file() for name in needed):
+            raise SemidError(f"{path} is not a semantic-ID index (needs {', '.join(needed)}); {fix}")
+        config = read_json(path / "config.json", fix)
+        version = config.get("format_version") if isinstance(config, dict) else None
+        if not isinstance(version, int):
+            raise SemidError(f"{path}/config.json is not a semid index config; {fix}")
+        if version > FORMAT_VERSION:
+            raise SemidError(f"{path} was written by a newer semid (format {version}); upgrade semid")
+        keys = read_json(path / "keys.json", fix)
+        try:
+            tensors = load_file(str(path / "codes.safetensors"))
+            collision = CollisionReport(**config["collision"]) if config.get("collision") else None
+            ids = cls(
+                keys=keys,
+                codes=tensors["codes"],
+                codebook_sizes=list(config["codebook_sizes"]),
+                raw_codes=tensors.get("raw_codes"),
+                collision=collision,
+                quantizer_spec=config.get("quantizer_spec"),
+                metadata=config.get("metadata", {}),
+            )
+        except (SafetensorError, KeyError, TypeError, ValueError) as e:
+            raise SemidError(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+        return ids
 
 
 def load_quantizer(index_path: str | os.PathLike) -> Quantizer:

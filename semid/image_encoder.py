@@ -9,20 +9,20 @@ with better features (e.g. CLIP) passes them as ``.npy`` instead: see `load_imag
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from semid.atomic import atomic_dir
+from semid.configs import config_from_dict
 from semid.errors import SemidError
+from semid.saving import load_state, read_module, write_module
+
+KIND = "image_encoder"
 
 
 @dataclass
@@ -130,25 +130,15 @@ class ImageEncoder(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json and model.safetensors into the folder ``path``, atomically."""
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        with atomic_dir(path) as tmp:
-            (tmp / "config.json").write_text(
-                json.dumps(dataclasses.asdict(self.config), indent=2) + "\n"
-            )
-            save_file(state, str(tmp / "model.safetensors"))
+        write_module(path, KIND, "cnn", dataclasses.asdict(self.config), self)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> ImageEncoder:
         """Load an encoder folder written by `save_pretrained`."""
-        path = Path(path)
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-            raise SemidError(
-                f"{path} is not a saved image encoder (needs config.json and model.safetensors)"
-            )
-        raw = json.loads((path / "config.json").read_text())
-        config = ImageEncoderConfig(**{**raw, "channels": tuple(raw["channels"])})
-        model = cls(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        _, raw = read_module(path, KIND, "rebuild the index with `semid index build`")
+        config = config_from_dict(ImageEncoderConfig, raw, f"{path}/config.json")
+        model = cls(dataclasses.replace(config, channels=tuple(config.channels)))
+        load_state(model, path)
         return model.eval()
 
 

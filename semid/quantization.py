@@ -6,20 +6,17 @@ A quantizer maps vectors (N, D) to semantic IDs (N, L) and back. Concrete famili
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from semid.atomic import atomic_dir
 from semid.errors import SemidError
+from semid.saving import load_state, read_module, write_module
 
 _SPEC_RE = re.compile(
     r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$"
@@ -156,24 +153,19 @@ class Quantizer(nn.Module, ABC):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json and model.safetensors into the folder `path`, atomically."""
         config = {"spec": str(self.spec), "dim": self.dim, **self.extra_config()}
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_dir(path) as tmp:
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            save_file(state, str(tmp / "model.safetensors"))
+        write_module(path, "quantizer", self.spec.family, config, self)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Quantizer:
         """Load a quantizer of any registered family from a folder written by save_pretrained."""
-        path = Path(path)
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-            raise SemidError(
-                f"{path} is not a saved quantizer (needs config.json and model.safetensors)"
-            )
-        config = json.loads((path / "config.json").read_text())
-        spec = QuantizerSpec.parse(config.pop("spec"))
-        dim = config.pop("dim")
+        _, config = read_module(path, "quantizer", "rebuild the index with `semid index build`")
+        config = dict(config)
+        spec = QuantizerSpec.parse(str(config.pop("spec", "")))
+        dim = config.pop("dim", None)
+        if not isinstance(dim, int) or dim < 1:
+            raise SemidError(f"{path}/config.json has no valid input dimension; rebuild the index")
         q = quantizer_class(spec.family)(spec, dim, **config)
-        q.load_state_dict(load_file(str(path / "model.safetensors")))
+        load_state(q, path)
         return q
 
 

@@ -1,129 +1,153 @@
-"""Run directories: ``index/`` (SemanticIDs + quantizer), ``model/``, ``config.json``, ``metrics.json``.
+"""Run directories: what a trained run holds, and loading it back with every part checked.
 
-``config.json`` holds everything needed to reproduce the run: task, model family and its config,
-dataset, training config (with the seed), evaluation settings, and library versions. Loading a run
-checks the versions and that the model's vocabulary covers the index, and says what is wrong.
-Model families: ``pop`` and ``sasrec`` (semid.baselines) or any registered generator.
+A run folder::
+
+    manifest.json   {"format_version": 1, "task": "recommend", "parts": {"index": "index", "model": "model"}}
+    config.json     {"spec": {...the task's typed spec...}, "state": {...}, "versions": {...}, "command": ...}
+    index/          the SemanticIDs and the quantizer that made them
+    model/          the trained model (any registered model, one save format)
+    metrics.json    evaluation results by split
+    train/          checkpoints and metrics.jsonl of the training loop
+
+The manifest says which task wrote the run and which parts it has, so a run is checked before
+anything heavy is loaded; ``config.json`` holds everything needed to reproduce and evaluate it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import semid
 from semid.atomic import atomic_dir, write_json
+from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
+from semid.models import is_generator, load_model
+from semid.saving import read_json, versions
 
 RUN_FORMAT = 1
-BASELINES = ("pop", "sasrec")
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape results."""
-    import transformers
-
-    return {
-        "semid": semid.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
+MANIFEST = "manifest.json"
+RUN_CONFIG = "config.json"
+PARTS = {"index": "index", "model": "model"}
 
 
 @dataclass
 class Run:
-    """A loaded run directory: its config, index and model (None for ``pop``)."""
+    """A loaded run directory: its task, config, index and model."""
 
     path: Path
-    config: dict[str, Any]
+    task: str
+    config: dict[str, Any]  # config.json: spec, state, versions, command
     ids: SemanticIDs
     model: Any
 
     @property
     def index_path(self) -> Path:
         """The run's index folder."""
-        return self.path / "index"
+        return self.path / PARTS["index"]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The task spec the run was trained with (a dict; the task turns it into its dataclass)."""
+        return self.config["spec"]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What training recorded beside the spec (e.g. ``trained_items``)."""
+        return self.config.get("state", {})
 
 
 def copy_index(index: str | os.PathLike, run: str | os.PathLike) -> None:
     """Copy an index folder (with its quantizer) into ``run/index``, atomically."""
     SemanticIDs.load(index)  # fail early, with the index's own message, if it is not one
-    with atomic_dir(Path(run) / "index") as tmp:
+    if Path(index).resolve() == (Path(run) / PARTS["index"]).resolve():
+        return
+    with atomic_dir(Path(run) / PARTS["index"]) as tmp:
         shutil.copytree(index, tmp, dirs_exist_ok=True)
 
 
-def write_config(run: str | os.PathLike, config: dict[str, Any]) -> None:
-    """Write ``run/config.json`` with the run format and versions added."""
-    write_json(
-        Path(run) / "config.json", {"run_format": RUN_FORMAT, "versions": versions(), **config}
-    )
+def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any]) -> None:
+    """Write the manifest and ``config.json`` of a run whose index and model are already in place."""
+    run = Path(run)
+    config = {
+        "spec": config_to_dict(spec),
+        "state": state,
+        "versions": versions(),
+        "command": command_line(),
+    }
+    write_json(run / RUN_CONFIG, config)
+    manifest = {
+        "format_version": RUN_FORMAT,
+        "task": task,
+        "parts": PARTS,
+        "semid_version": semid.__version__,
+    }
+    write_json(run / MANIFEST, manifest)
 
 
-def read_config(run: str | os.PathLike) -> dict[str, Any]:
-    """``run/config.json``, checked for format and semid version."""
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise SemidError(
-            f"{run} is not a run directory (no config.json); create one with `semid train recommender`"
-        )
-    config = json.loads(path.read_text())
-    if config.get("run_format", 0) > RUN_FORMAT:
-        raise SemidError(
-            f"{run} was written by a newer semid (run format {config['run_format']}); upgrade semid"
-        )
-    saved = config.get("versions", {}).get("semid", "0")
+def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
+    """The run's manifest, checked: present, readable, of a format and semid version this semid reads."""
+    run = Path(run)
+    fix = "train a run with `semid train ...`"
+    if not run.is_dir():
+        raise SemidError(f"{run} is not a folder; {fix}")
+    if not (run / MANIFEST).is_file():
+        raise SemidError(f"{run} is not a run directory (no {MANIFEST}); {fix}")
+    manifest = read_json(run / MANIFEST, fix)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("task"), str):
+        raise SemidError(f"{run / MANIFEST} is not a semid run manifest; {fix}")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or version > RUN_FORMAT:
+        raise SemidError(f"{run} was written by a newer semid (run format {version}); upgrade semid")
+    saved = str(manifest.get("semid_version", "0"))
     if _major_minor(saved) > _major_minor(semid.__version__):
         raise SemidError(
             f"{run} was written by semid {saved}, newer than this {semid.__version__}; upgrade semid"
         )
+    for part, folder in manifest.get("parts", {}).items():
+        if not (run / folder).is_dir():
+            raise SemidError(f"{run} has no {part} folder ({folder}/); the run is incomplete: retrain it")
+    return manifest
+
+
+def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
+    """The run's ``config.json`` (spec, state, versions), checked to hold a spec."""
+    path = Path(run) / RUN_CONFIG
+    config = read_json(path, "retrain the run")
+    if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
+        raise SemidError(f"{path} has no task spec; retrain the run")
     return config
 
 
-def _major_minor(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-
-
-def load_model(run: str | os.PathLike, config: dict[str, Any]) -> Any:
-    """The run's trained model (eval mode), or None for ``pop``."""
-    name = config["model"]
-    if name == "pop":
-        return None
-    folder = Path(run) / "model"
-    if name == "sasrec":
-        from semid.baselines import SASRec
-
-        model = SASRec.from_pretrained(folder)
-    else:
-        from semid.generator import Generator
-
-        model = Generator.from_pretrained(folder)
-    return model.eval()
+def load_run(run: str | os.PathLike, task: str | None = None) -> Run:
+    """Load manifest, config, index and model of a run directory and check that they fit together;
+    with ``task``, also that the run belongs to that task."""
+    path = Path(run)
+    manifest = read_manifest(path)
+    if task is not None and manifest["task"] != task:
+        raise SemidError(f"{path} is a {manifest['task']} run, not a {task} run")
+    config = read_run_config(path)
+    ids = SemanticIDs.load(path / PARTS["index"])
+    model = load_model(path / PARTS["model"])
+    check_vocabulary(model, ids, str(path))
+    return Run(path, manifest["task"], config, ids, model)
 
 
 def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> None:
-    """Raise SemidError unless the model can emit (or score) every ID of the index."""
-    if model is None:
-        return
-    if hasattr(model, "codebook_sizes"):
+    """Raise SemidError unless the model can emit (generators) or score (scorers) the index."""
+    if is_generator(model):
         sizes = model.codebook_sizes
         if len(sizes) != ids.levels:
             raise SemidError(
                 f"the model of {where} writes {len(sizes)}-level IDs but its index has {ids.levels} levels; "
                 "train the model on this index"
             )
-        over = [
-            lv for lv, (m, i) in enumerate(zip(sizes, ids.codebook_sizes, strict=True)) if i > m
-        ]
+        over = [lv for lv, (m, i) in enumerate(zip(sizes, ids.codebook_sizes, strict=True)) if i > m]
         if over:
             lv = over[0]
             raise SemidError(
@@ -137,52 +161,10 @@ def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> No
         )
 
 
-def load_run(run: str | os.PathLike) -> Run:
-    """Load config, index and model of a run directory and check that they fit together."""
-    path = Path(run)
-    config = read_config(path)
-    ids = SemanticIDs.load(path / "index")
-    model = load_model(path, config)
-    check_vocabulary(model, ids, str(path))
-    return Run(path, config, ids, model)
-
-
-def make_recommender(
-    name: str,
-    model: Any,
-    ids: SemanticIDs,
-    data: Any,
-    num_beams: int = 20,
-    trained_items: int | None = None,
-    cold_share: float = 0.0,
-    cold_prefix: int = 1,
-) -> Any:
-    """The object whose ``recommend(batch, k)`` ranks index rows: pop, sasrec, or beam search over a generator.
-
-    Generators only: rows from ``trained_items`` on were added after training, and up to
-    ``cold_share`` of the top-k may go to them when their first ``cold_prefix`` codes match a
-    generated ID (see ``GeneratorRecommender``)."""
-    from semid.baselines import MostPopular
-    from semid.recommend import GeneratorRecommender
-
-    if name == "pop":
-        return MostPopular(data.popularity())
-    if name == "sasrec":
-        return model
-    return GeneratorRecommender(
-        model,
-        ids,
-        num_beams,
-        trained_items=trained_items,
-        cold_share=cold_share,
-        cold_prefix=cold_prefix,
-    )
-
-
 def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]) -> dict[str, Any]:
     """Merge ``metrics`` under ``split`` into ``run/metrics.json`` (atomically); returns the whole file."""
     path = Path(run) / "metrics.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
+    current = read_json(path, "delete it and evaluate again") if path.is_file() else {}
     current[split] = metrics
     write_json(path, current)
     return current
@@ -191,3 +173,7 @@ def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]
 def command_line() -> str:
     """The command that started this process, for provenance."""
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 
 from semid import __version__
 from semid.cli import eval as eval_cmd
-from semid.cli import index_add, index_build, index_stats, train_recommender, train_retriever
+from semid.cli import (
+    index_add,
+    index_build,
+    index_stats,
+    predict,
+    train_recommender,
+    train_retriever,
+)
 from semid.errors import SemidError
 
 # (group, name, module): each module has `add_arguments(parser)`, `run(args) -> int`, DESCRIPTION,
@@ -20,6 +27,7 @@ COMMANDS = [
     ("train", "recommender", train_recommender),
     ("train", "retriever", train_retriever),
     ("eval", None, eval_cmd),  # a command of its own: `semid eval RUN`
+    ("predict", None, predict),
 ]
 
 

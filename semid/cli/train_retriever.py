@@ -1,20 +1,24 @@
 """`semid train retriever`: train PromptDSI on documents, or AVG on images, into a run directory.
 
-The collection is split (seeded) into an initial corpus D0 and a held-out later corpus D1
-(``--hold-out``, written to ``RUN/later.jsonl``); 20% of D0's queries are held out as test queries.
-Then `semid eval RUN --k 1 10` scores them and `semid index add RUN --docs RUN/later.jsonl` adds D1
-without retraining.
+Documents: the collection is split (seeded) into an initial corpus D0 and a held-out later corpus
+D1 (``--hold-out``, written to ``RUN/later.jsonl``); 20% of D0's queries are held out as test
+queries. Then `semid eval RUN --k 1 10` scores them and `semid index add RUN --docs RUN/later.jsonl`
+adds D1 without retraining.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from semid.artifacts import parse_json_object
-from semid.atomic import check_writable
+from semid.cli.common import add_training_arguments, training_config
 from semid.cli.table import format_table
+from semid.configs import parse_json_object
 from semid.errors import SemidError
+from semid.tasks import get_task
+from semid.tasks.retrieve import RetrieveSpec
+from semid.tasks.text2image import Text2ImageSpec
 
 DESCRIPTION = (
     "Train a generative retriever: PromptDSI on debian-docs or a JSONL of documents, "
@@ -25,126 +29,64 @@ EXAMPLE = (
     "  semid train retriever --dataset my_docs.jsonl --model promptdsi --out runs/mine   # {id, text, queries?} per line\n"
     "  semid train retriever --dataset fashion-mnist --model avg --out runs/fmnist"
 )
+DOCS, IMAGES = RetrieveSpec(dataset="-"), Text2ImageSpec(dataset="-")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train retriever`."""
-    p.add_argument(
-        "--dataset", required=True, help="debian-docs or a JSONL file of {id, text, queries?}"
-    )
-    p.add_argument(
-        "--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s"
-    )
-    p.add_argument(
-        "--index",
-        type=Path,
-        help="avg: a voken index from `semid index build` (default: build one)",
-    )
+    p.add_argument("--dataset", required=True, help="debian-docs or a JSONL file of {id, text, queries?}; or fashion-mnist")
+    p.add_argument("--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s")
+    p.add_argument("--index", type=Path, help="avg: a voken index from `semid index build` (default: build one)")
     p.add_argument("--out", type=Path, required=True, help="run directory to create (or resume)")
-    p.add_argument("--max-docs", type=int, help="train on a seeded subset of this many documents")
-    p.add_argument(
-        "--hold-out",
-        type=float,
-        default=0.1,
-        help="share kept for `index add` (default: %(default)s)",
-    )
-    p.add_argument(
-        "--quantizer",
-        default="rqkmeans:3x256",
-        help="semantic-ID quantizer spec (default: %(default)s)",
-    )
-    p.add_argument(
-        "--extra-codes", type=int, default=64, help="spare last-level tokens for added documents"
-    )
-    p.add_argument(
-        "--model-config",
-        default="{}",
-        help="JSON of promptdsi fields, e.g. '{\"prompt_layer\": 5}'",
-    )
-    p.add_argument(
-        "--epochs", type=int, help="training epochs (default: 10 for promptdsi, 4 for avg)"
-    )
-    p.add_argument(
-        "--add-epochs", type=int, default=5, help="epochs of prompt training per `index add`"
-    )
-    p.add_argument("--lr", type=float, default=2e-3, help="default: %(default)s")
-    p.add_argument(
-        "--prompt-lr",
-        type=float,
-        default=1e-2,
-        help="learning rate for `index add` (default: %(default)s)",
-    )
-    p.add_argument("--batch-size", type=int, help="default: 32 for promptdsi, 256 for avg")
-    p.add_argument(
-        "--num-beams", type=int, default=10, help="beams at retrieval, >= k (default: %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--model-config", default="{}", help="JSON of model fields, e.g. '{\"prompt_layer\": 5}'")
+    p.add_argument("--quantizer", help=f"semantic-ID quantizer spec (default: {DOCS.quantizer} for documents, "
+                                       f"{IMAGES.quantizer} for images)")
+    add_training_arguments(p, DOCS.train)
+    p.set_defaults(epochs=None, batch_size=None, lr=None)  # each model has its own; see --help below
+    p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
+    p.add_argument("--hold-out", type=float, default=DOCS.hold_out, help="documents: share kept for `index add` (default: %(default)s)")
+    p.add_argument("--extra-codes", type=int, default=DOCS.extra_codes, help="documents: spare last-level tokens for added documents (default: %(default)s)")
+    p.add_argument("--add-epochs", type=int, default=DOCS.add_train.max_epochs, help="documents: epochs of prompt training per `index add` (default: %(default)s)")
+    p.add_argument("--prompt-lr", type=float, default=DOCS.add_train.lr, help="documents: learning rate for `index add` (default: %(default)s)")
+    p.add_argument("--num-beams", type=int, help=f"beams at retrieval, stored in the run (default: {DOCS.num_beams} "
+                                                 f"for documents, {IMAGES.num_beams} for images; always >= k)")  # fmt: skip
 
 
-def _train_config(epochs: int, lr: float, args: argparse.Namespace) -> dict:
-    # no validation split here: train for a fixed number of epochs; checkpoints make it resumable
-    return {
-        "max_epochs": epochs,
-        "lr": lr,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "warmup_steps": 20,
-        "early_stopping_patience": None,
-        "checkpoint_every": 200,
-    }
-
-
-def _run_avg(args: argparse.Namespace) -> int:
-    from semid.data.images import IMAGE_DATASETS
-    from semid.text2image import train_retriever
-    from semid.training import TrainConfig
-
-    if args.dataset not in IMAGE_DATASETS:
-        raise SemidError(
-            f"--model avg retrieves images: use --dataset {' or '.join(IMAGE_DATASETS)}"
-        )
-    check_writable(args.out / "config.json")
-    config = TrainConfig(
-        max_epochs=args.epochs or 4,
-        lr=args.lr,
-        batch_size=args.batch_size or 256,
-        seed=args.seed,
-        early_stopping_patience=None,
-    )
-    run_dir = train_retriever(args.dataset, args.index, args.out, model="avg", train_config=config)
-    print(f"saved to {run_dir}; next: semid eval {run_dir} --k 10 100")
-    return 0
+def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
+    """The command line's budget with the model's own defaults where a flag was not given."""
+    filled = argparse.Namespace(**vars(args))
+    for flag, field in (("epochs", "max_epochs"), ("batch_size", "batch_size"), ("lr", "lr")):
+        if getattr(filled, flag) is None:
+            setattr(filled, flag, getattr(defaults, field))
+    return filled
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the documents (or images), train, save the run, print a summary."""
+    model_config = parse_json_object(args.model_config, "--model-config")
     if args.model == "avg":
-        return _run_avg(args)
+        spec = Text2ImageSpec(
+            dataset=args.dataset, model="avg", model_config=model_config, seed=args.seed,
+            train=training_config(_budget(args, IMAGES.train), IMAGES.train),
+            quantizer=args.quantizer or IMAGES.quantizer, num_beams=args.num_beams or IMAGES.num_beams,
+        )  # fmt: skip
+        get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume)
+        print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")
+        return 0
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")
-    args.epochs = args.epochs or 10
-    args.batch_size = args.batch_size or 32
-    from semid.retrieve import RetrieverSpec, import_generators, load_collection, train_run
-
-    model_config = parse_json_object(args.model_config, "--model-config", '{"prompt_layer": 5}')
-    check_writable(args.out / "config.json")
-    import_generators()
-    spec = RetrieverSpec(
-        dataset=args.dataset,
-        model_config=model_config,
-        train=_train_config(args.epochs, args.lr, args),
-        add_train=_train_config(args.add_epochs, args.prompt_lr, args),
-        quantizer=args.quantizer,
-        extra_codes=args.extra_codes,
-        max_docs=args.max_docs,
-        hold_out=args.hold_out,
-        seed=args.seed,
-        num_beams=args.num_beams,
-    )
-    summary = train_run(args.out, load_collection(args.dataset), spec)
+    budget = _budget(args, DOCS.train)
+    spec = RetrieveSpec(
+        dataset=args.dataset, model_config=model_config, seed=args.seed,
+        train=training_config(budget, DOCS.train),
+        add_train=dataclasses.replace(training_config(budget, DOCS.add_train), max_epochs=args.add_epochs, max_steps=None,
+                                      lr=args.prompt_lr),
+        quantizer=args.quantizer or DOCS.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
+        hold_out=args.hold_out, num_beams=args.num_beams or DOCS.num_beams,
+    )  # fmt: skip
+    summary = get_task("retrieve").train(spec, args.out, resume=not args.no_resume)
     print(format_table(["", "value"], [[k, v] for k, v in summary.items()]))
-    later = args.out / "later.jsonl"
     print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 1 10")
-    if later.is_file():
-        print(f"add the held-out documents: semid index add {args.out} --docs {later}")
+    if (args.out / "later.jsonl").is_file():
+        print(f"add the held-out documents: semid index add {args.out} --docs {args.out / 'later.jsonl'}")
     return 0

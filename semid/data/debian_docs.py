@@ -155,4 +155,5 @@ register_dataset(
     NAME,
     load_debian_docs,
     "Debian package descriptions (~58k documents, synopsis as query), pinned JSONL built from apt lists",
+    kind="documents",
 )

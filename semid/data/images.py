@@ -440,4 +440,5 @@ register_dataset(
     "fashion-mnist",
     load_fashion_mnist,
     f"Fashion-MNIST: 70,000 28x28 images (60k train, 10k test), 10 named classes ({FASHION_MNIST_INSTALL})",
+    kind="images",
 )

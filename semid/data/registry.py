@@ -20,11 +20,13 @@ from semid.errors import SemidError
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset: its loader (no arguments) and a one-line description."""
+    """A registered dataset: its loader (no arguments), a one-line description, and its kind
+    (``interactions``, ``documents``, ``images`` or ``hierarchy``: which task can use it)."""
 
     name: str
     loader: Callable[[], Any]
     description: str
+    kind: str = "interactions"
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
@@ -46,9 +48,23 @@ def _import_dataset_modules() -> None:
     _imported = True
 
 
-def register_dataset(name: str, loader_fn: Callable[[], Any], description: str) -> None:
+def register_dataset(
+    name: str, loader_fn: Callable[[], Any], description: str, kind: str = "interactions"
+) -> None:
     """Make `load_dataset(name)` call `loader_fn()`; re-registering a name replaces it."""
-    _REGISTRY[name] = DatasetEntry(name, loader_fn, description)
+    _REGISTRY[name] = DatasetEntry(name, loader_fn, description, kind)
+
+
+def dataset_kind(name: str) -> str:
+    """What a dataset name or path holds: ``interactions``, ``documents``, ``images`` or
+    ``hierarchy`` (registered names by their entry; paths by their form)."""
+    _import_dataset_modules()
+    if name in _REGISTRY:
+        return _REGISTRY[name].kind
+    path = Path(name)
+    if path.suffix == ".jsonl" or name.endswith(".jsonl.gz"):
+        return "documents"
+    return "interactions"
 
 
 def available_datasets() -> list[str]:

@@ -210,6 +210,7 @@ register_dataset(
     "wordnet-nouns",
     load_wordnet,
     "WordNet 3.0 noun hierarchy: 82,115 synsets, 84,427 hypernym edges (from the wordnet-base apt package)",
+    kind="hierarchy",
 )
 register_dataset(
     "wordnet-mammals",

@@ -8,6 +8,7 @@ Several processes or GPUs: `accelerate launch --num_processes N script.py`, no c
 """
 
 from semid.training.config import TrainConfig, TrainConfigError, TrainResult
+from semid.training.fit import train_model
 from semid.training.trainer import Trainer
 
-__all__ = ["TrainConfig", "TrainConfigError", "TrainResult", "Trainer"]
+__all__ = ["TrainConfig", "TrainConfigError", "TrainResult", "Trainer", "train_model"]

@@ -1,0 +1,52 @@
+"""Most-popular: the baseline every recommender must beat; recommends the most interacted items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from semid.models import register_model
+
+
+@dataclass
+class MostPopularConfig:
+    """Only the catalogue size; the counts are fitted from the training interactions."""
+
+    num_items: int = 0
+
+
+@register_model("pop")
+class MostPopular(nn.Module):
+    """Scores every index row by its number of training interactions (ties: lower row first)."""
+
+    config_class = MostPopularConfig
+    trainable = False  # fitted by counting (`fit_counts_`), not by gradient steps
+
+    def __init__(self, config: MostPopularConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("popularity", torch.zeros(config.num_items, dtype=torch.float64))
+
+    @classmethod
+    def sized_for(cls, config: MostPopularConfig, ids, **context) -> MostPopularConfig:
+        """The config for an index of ``len(ids)`` rows."""
+        return MostPopularConfig(num_items=len(ids))
+
+    def fit_counts_(self, train_rows: Tensor) -> None:
+        """Count the training interactions (E,) per index row."""
+        counts = torch.bincount(train_rows, minlength=self.config.num_items)
+        self.popularity.copy_(counts[: self.config.num_items].double())
+
+    def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
+        """Scores (B, N): every query gets the same popularity ranking; stable ties favour lower
+        rows (a tiny decreasing offset keeps topk's order deterministic)."""
+        n = self.config.num_items
+        tie_break = torch.arange(n, dtype=torch.float64) / max(n, 1) * 1e-3
+        scores = self.popularity - tie_break
+        return scores.expand(_batch_size(batch), -1)
+
+
+def _batch_size(batch: dict[str, Tensor]) -> int:
+    return next(iter(batch.values())).shape[0]

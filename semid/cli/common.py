@@ -1,0 +1,32 @@
+"""Arguments several subcommands share (training budget, search device), parsed in one place."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from semid.training import TrainConfig
+
+
+def add_training_arguments(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """--epochs, --max-steps, --batch-size, --lr, --seed with the task's defaults."""
+    p.add_argument("--epochs", type=int, default=defaults.max_epochs, help="max epochs (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip
+
+
+def training_config(args: argparse.Namespace, defaults: TrainConfig, **more: object) -> TrainConfig:
+    """The task's training defaults with the command line's budget applied (checked by TrainConfig)."""
+    return dataclasses.replace(
+        defaults, max_epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, **more,
+    )  # fmt: skip
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """--device cpu|cuda|cuda:N|auto."""
+    p.add_argument("--device", default=default,
+                   help="cpu, cuda, cuda:N or auto (a GPU when there is one; default: %(default)s)")  # fmt: skip

@@ -1,0 +1,112 @@
+"""`semid predict`: top-k answers from a trained run, for users, histories or queries.
+
+Output is JSON Lines with ``--out`` (one line per input: ``{"input", "keys", "scores", "ids"}``,
+best first) and a readable table otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from semid.atomic import atomic_file, check_writable
+from semid.cli.common import add_device_argument
+from semid.cli.table import format_table
+from semid.errors import SemidError
+from semid.tasks import load_predictor
+
+DESCRIPTION = "Predict the top-k items (for users or histories) or documents/images (for queries) with a run."
+EXAMPLE = (
+    "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
+    "  semid predict runs/ml-100k/mmgrec --history '50,181,1' --k 5   # a user the run has never seen\n"
+    "  semid predict runs/ml-100k/mmgrec --users all --out preds.jsonl\n"
+    "  semid predict runs/docs --query 'fast image viewer' --k 10\n"
+    "  semid predict runs/docs --queries questions.txt --out answers.jsonl"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `semid predict`."""
+    p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory from `semid train ...`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--user", help="recommenders: a user id of the run's data")
+    src.add_argument("--users", help="recommenders: a file of user ids (one a line), or 'all'")
+    src.add_argument("--history", help="recommenders: comma-separated item keys, oldest first (a new user)")
+    src.add_argument("--query", help="retrievers: one query text")
+    src.add_argument("--queries", type=Path, help="retrievers: a file of queries, one a line, or JSON Lines with 'query'")
+    p.add_argument("--k", type=int, default=10, help="answers per input (default: %(default)s)")
+    p.add_argument("--num-beams", type=int, help="beams for generators (default: the run's; always >= k)")
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per search (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="write JSON Lines here instead of printing a table")
+    add_device_argument(p)  # fmt: skip
+
+
+def read_inputs(args: argparse.Namespace, predictor: Any) -> list[dict[str, Any]]:
+    """The inputs the command line names, as the predictor's input dicts."""
+    if args.user is not None:
+        return [{"user": args.user}]
+    if args.history is not None:
+        return [{"history": [h.strip() for h in args.history.split(",") if h.strip()]}]
+    if args.query is not None:
+        return [{"query": args.query}]
+    if args.users is not None:
+        if args.users == "all":
+            if not hasattr(predictor, "user_keys"):
+                raise SemidError("--users all is for recommendation runs")
+            return [{"user": u} for u in predictor.user_keys]
+        return [{"user": line} for line in _lines(Path(args.users), "--users")]
+    return [_query_line(line, args.queries, i) for i, line in enumerate(_lines(args.queries, "--queries"))]
+
+
+def _lines(path: Path, flag: str) -> list[str]:
+    if not path.is_file():
+        raise SemidError(f"{flag} {path} not found; pass a file with one entry a line")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise SemidError(f"{flag} {path} is not UTF-8 text; save it as UTF-8") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise SemidError(f"{flag} {path} is empty; write one entry a line")
+    return lines
+
+
+def _query_line(line: str, path: Path, number: int) -> dict[str, Any]:
+    if not line.startswith("{"):
+        return {"query": line}
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SemidError(f"{path} line {number + 1} is not valid JSON ({e.msg})") from None
+    if not isinstance(item, dict) or "query" not in item:
+        raise SemidError(f'{path} line {number + 1} has no "query" field')
+    return {"query": item["query"]}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the run once, answer every input in batches, print or write the answers."""
+    if args.batch_size < 1:
+        raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out is not None:
+        check_writable(args.out)
+    predictor = load_predictor(args.run_dir, args.device)
+    inputs = read_inputs(args, predictor)
+    predictor.check_k(args.k, args.num_beams)
+    answers = []
+    for lo in tqdm(range(0, len(inputs), args.batch_size), desc="predict",
+                   disable=len(inputs) <= args.batch_size):  # fmt: skip
+        answers += predictor.predict(inputs[lo : lo + args.batch_size], args.k, args.num_beams)
+    if args.out is not None:
+        with atomic_file(args.out, "w") as f:
+            f.writelines(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
+        print(f"wrote {len(answers):,} answers to {args.out}")
+        return 0
+    for answer in answers:
+        print(json.dumps(answer["input"], ensure_ascii=False))
+        rows = [[i + 1, key, score, "-".join(map(str, code))]
+                for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
+        print(format_table(["rank", "key", "score", "semantic ID"], rows))
+    return 0

@@ -1,0 +1,101 @@
+"""Typed configs: build a config dataclass from a dict (a ``config.json`` or ``--model-config``)
+with every field checked, so a wrong name or type is one line naming the field, not a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+from semid.errors import SemidError
+
+T = TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """``cls(**data)`` after checking that every key is a field of ``cls`` and every value has the
+    field's type; ``where`` names the source in errors (e.g. ``--model-config`` or a file)."""
+    if not isinstance(data, dict):
+        raise SemidError(f"{where} must be a JSON object of {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise SemidError(
+            f"{where}: unknown field {unknown[0]!r} for {cls.__name__}; known: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for name, value in data.items():
+        values[name] = _checked(value, hints[name], f"{where}: field {name!r}")
+    try:
+        return cls(**values)
+    except TypeError as e:  # a required field is missing
+        raise SemidError(f"{where}: {e}") from None
+
+
+def parse_json_object(text: str, flag: str) -> dict[str, Any]:
+    """A command-line JSON object such as ``--model-config '{"dim": 64}'``, or a one-line error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SemidError(f"{flag} is not valid JSON ({e.msg}); pass e.g. '{{\"dim\": 64}}'") from None
+    if not isinstance(value, dict):
+        raise SemidError(f"{flag} must be a JSON object, e.g. '{{\"dim\": 64}}'")
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The JSON-ready fields of a config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it fits the annotation ``hint`` (ints are accepted for floats), else SemidError."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _checked(value, option, where)
+            except SemidError as e:
+                errors.append(str(e))
+        raise SemidError(errors[0] if errors else f"{where} must not be null")
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise SemidError(f"{where} must be a list, got {type(value).__name__}")
+        inner = args[0] if args else Any
+        items = [_checked(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return list(items) if origin is list else tuple(items)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise SemidError(f"{where} must be a JSON object, got {type(value).__name__}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SemidError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SemidError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SemidError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SemidError(f"{where} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, where)
+    return value

@@ -1,0 +1,139 @@
+"""One save format for every trained module: models, quantizers, the image encoder.
+
+A module folder holds ``config.json`` and ``model.safetensors``::
+
+    {"format_version": 2, "kind": "model", "name": "mmgrec", "config": {...}, "versions": {...}}
+
+``kind`` says which registry ``name`` belongs to (``model`` or ``quantizer``, or a single class such
+as ``image_encoder``); ``config`` is what the family needs to rebuild the module before its weights
+are loaded. :func:`write_module` and :func:`read_module` are the only writer and reader, and
+:func:`load_state` loads weights strictly, so every family saves and loads the same way
+(cf. Hugging Face ``PyTorchModelHubMixin``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import semid
+from semid.atomic import atomic_dir
+from semid.errors import SemidError
+
+MODULE_FORMAT = 2
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape results."""
+    import transformers
+
+    return {
+        "semid": semid.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_module(
+    path: str | os.PathLike, kind: str, name: str, config: dict[str, Any], module: nn.Module
+) -> None:
+    """Write ``config.json`` and ``model.safetensors`` of ``module`` into the folder ``path``, atomically."""
+    meta = {
+        "format_version": MODULE_FORMAT,
+        "kind": kind,
+        "name": name,
+        "config": config,
+        "versions": versions(),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(_untie(state), str(tmp / WEIGHTS_FILE))
+
+
+def read_module(path: str | os.PathLike, kind: str, fix: str) -> tuple[str, dict[str, Any]]:
+    """(name, config) of a module folder of ``kind``, after checking its files and format version;
+    otherwise one SemidError line ending in ``fix``."""
+    path = Path(path)
+    config_file = path / CONFIG_FILE
+    if not path.is_dir() or not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise SemidError(f"{path} is not a saved {kind} (needs {CONFIG_FILE}, {WEIGHTS_FILE}); {fix}")
+    meta = read_json(config_file, fix)
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(version, int) or not isinstance(meta.get("config"), dict):
+        raise SemidError(f"{config_file} is not a semid {kind} config; {fix}")
+    if version > MODULE_FORMAT:
+        raise SemidError(f"{path} was written by a newer semid (format {version}); upgrade semid")
+    if version < MODULE_FORMAT:
+        raise SemidError(f"{path} was written by an older semid (format {version}); {fix}")
+    if meta.get("kind") != kind:
+        raise SemidError(f"{path} holds a {meta.get('kind')}, not a {kind}; {fix}")
+    if not isinstance(meta.get("name"), str):
+        raise SemidError(f"{config_file} has no {kind} name; {fix}")
+    return meta["name"], meta["config"]
+
+
+def load_state(module: nn.Module, path: str | os.PathLike) -> None:
+    """Load a ``model.safetensors`` file (or the one in a module folder) into ``module``, strictly."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise SemidError(f"{path} is damaged or unreadable ({e}); retrain or restore it") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    # tied weights are saved once; anything else missing or extra means another architecture
+    missing = [k for k in missing if k not in _tied_names(module)]
+    if missing or unexpected:
+        raise SemidError(
+            f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "it was trained with another config"
+        )
+    shapes = {k: v.shape for k, v in module.state_dict().items()}
+    wrong = [k for k, v in state.items() if k in shapes and shapes[k] != v.shape]
+    if wrong:
+        raise SemidError(f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model")
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """A JSON file's content, or one SemidError line if it is missing, not UTF-8 or not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SemidError(f"{path} is missing; {fix}") from None
+    except UnicodeDecodeError:
+        raise SemidError(f"{path} is not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise SemidError(f"{path} is damaged (invalid JSON at line {e.lineno}); {fix}") from None
+
+
+def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """safetensors refuses shared storage: drop later names that alias an earlier tensor."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    out = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def _tied_names(module: nn.Module) -> set[str]:
+    """Names of state entries that alias an earlier entry (dropped by _untie)."""
+    state = module.state_dict()
+    return set(state) - set(_untie(state))

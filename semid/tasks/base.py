@@ -1,0 +1,207 @@
+"""The task interface: every task builds an index, trains, evaluates, adds, and predicts.
+
+A task owns its data kind and its protocol and nothing else: it composes the engine's one
+indexing path (:mod:`semid.indexing`), one training path (:func:`semid.training.train_model`), one
+search path (:mod:`semid.ranking`), one save format (:mod:`semid.saving`, :mod:`semid.runs`) and
+registered models (:mod:`semid.models`). The CLI and the benchmarks call tasks; a new task is one
+new module that subclasses :class:`Task` and registers itself here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from semid.configs import config_from_dict
+from semid.errors import SemidError
+from semid.ranking import Ranking
+from semid.runs import Run, load_run
+
+_TASKS: dict[str, Task] = {}
+
+
+@dataclass
+class IndexSource:
+    """Where the items of an index come from: a dataset, or embeddings with their keys."""
+
+    dataset: str | None = None
+    embeddings: Path | None = None
+    keys: Path | None = None
+    interactions: Path | None = None  # user-item log for graph quantizers (with embeddings)
+    encoder: str | None = None  # sentence-transformers folder for item texts (default: MiniLM)
+
+
+@dataclass
+class EvalOptions:
+    """Search-time settings of `Task.evaluate` (nothing here changes what was built)."""
+
+    split: str = "test"
+    ks: Sequence[int] = (5, 10)
+    num_beams: int | None = None  # None: the run's
+    batch_size: int = 256
+    device: str = "cpu"
+    cold_share: float = 0.0  # recommend: share of the top-k for items added after training
+    cold_prefix: int = 1
+    keep_seen: bool = False  # recommend: also rank items the user already interacted with
+
+
+class Task(ABC):
+    """One kind of retrieval: its data, protocol, and the five operations the CLI exposes."""
+
+    name: ClassVar[str]
+    spec_class: ClassVar[type]  # the typed spec saved in a run's config.json
+
+    @abstractmethod
+    def build_index(
+        self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int
+    ) -> tuple[Any, list[str]]:
+        """Build and save an ID index at ``out``; returns it and lines worth telling the user."""
+
+    @abstractmethod
+    def train(self, spec: Any, out: Path, index: Path | None = None, resume: bool = True) -> dict:
+        """Train a run into ``out`` (resumable); returns a summary (steps, seconds, valid metrics)."""
+
+    @abstractmethod
+    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+        """Metrics of a loaded run on a split."""
+
+    @abstractmethod
+    def add(self, run_path: Path, source: Path, **options: Any) -> dict:
+        """Add items (documents, images) to a run without retraining; returns a summary."""
+
+    @abstractmethod
+    def predictor(self, run: Run, device: str = "cpu") -> Predictor:
+        """A predictor over a loaded run (see :class:`Predictor`)."""
+
+    def spec_of(self, run: Run) -> Any:
+        """The run's spec as this task's typed dataclass."""
+        return config_from_dict(self.spec_class, run.spec, f"{run.path}/config.json")
+
+
+class Predictor(ABC):
+    """Answers queries with a loaded run: top-k keys, scores and semantic IDs per input."""
+
+    task: ClassVar[str]
+
+    def __init__(self, run: Run, device: str = "cpu") -> None:
+        self.run, self.device = run, device
+        self.run.model.to(device)
+
+    @abstractmethod
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One input, validated and normalised; SemidError (one line) if it cannot be answered."""
+
+    @abstractmethod
+    def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
+        """The ranking of a batch of checked inputs."""
+
+    def predict(
+        self, inputs: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``."""
+        self.check_k(k, num_beams)
+        checked = [self.check_input(item) for item in inputs]
+        if not checked:
+            return []
+        ranking = self.rank(checked, k, num_beams)
+        return [
+            answer_of(item, self.run.ids.keys, ranking, i) for i, item in enumerate(inputs)
+        ]
+
+    def check_k(self, k: int, num_beams: int | None) -> None:
+        """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""
+        if not 1 <= k <= self.max_k():
+            raise SemidError(f"k must be in [1, {self.max_k()}] (the catalogue size), got {k}")
+        if num_beams is not None and num_beams < k:
+            raise SemidError(f"num_beams must be >= k ({k}), got {num_beams}")
+
+    def max_k(self) -> int:
+        """The catalogue size: the largest k a query can ask for."""
+        return len(self.run.ids)
+
+    def info(self) -> dict[str, Any]:
+        """What is being served: task, model, index size, search defaults, versions."""
+        return {
+            "task": self.task,
+            "run": str(self.run.path),
+            "model": self.run.model.name,
+            "index_size": len(self.run.ids),
+            "levels": self.run.ids.levels,
+            "num_beams": self.run.spec.get("num_beams"),
+            "device": str(self.device),
+            "versions": self.run.config.get("versions", {}),
+        }
+
+
+def answer_of(item: Any, keys: list[str], ranking: Ranking, i: int) -> dict[str, Any]:
+    """The JSON answer for row ``i`` of a ranking: keys, scores and IDs of its valid entries."""
+    real = ranking.rows[i] >= 0
+    rows = ranking.rows[i][real].tolist()
+    return {
+        "input": item,
+        "keys": [keys[r] for r in rows],
+        "scores": [round(float(s), 6) for s in ranking.scores[i][real]],
+        "ids": ranking.codes[i][real].tolist(),
+    }
+
+
+def register_task(task: Task) -> Task:
+    """Make ``task`` available by its name to the CLI, `load_predictor` and the benchmarks."""
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``."""
+    if name not in _TASKS:
+        raise SemidError(f"unknown task {name!r}; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def task_of_run(run_path: str | Path) -> Task:
+    """The task that wrote a run directory (from its manifest)."""
+    from semid.runs import read_manifest
+
+    return get_task(read_manifest(run_path)["task"])
+
+
+def load_predictor(run_path: str | Path, device: str = "cpu") -> Predictor:
+    """Load a run once and return its task's predictor on ``device``."""
+    device = resolve_device(device)
+    run = load_run(run_path)
+    return get_task(run.task).predictor(run, device)
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available) -> a torch device string."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise SemidError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise SemidError(
+                f"--device {device}: only {torch.cuda.device_count()} GPU(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+        return device
+    raise SemidError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+
+
+def move(batch: Any, device: str) -> Any:
+    """A batch (tensor or dict of tensors) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: move(v, device) for k, v in batch.items()}
+    return batch
+
+
+Factory = Callable[[], Task]

@@ -1,0 +1,121 @@
+"""The item side of recommendation: item vectors for an index, new items, and models sized to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semid.data.embeddings import load_embeddings
+from semid.data.movielens import RecDataset
+from semid.data.registry import load_dataset
+from semid.data.splits import leave_one_out
+from semid.encoders import TextEncoder
+from semid.errors import SemidError
+from semid.ids import SemanticIDs
+from semid.indexing import build_ids
+from semid.models import model_class
+from semid.quantization import build_quantizer
+from semid.tasks.base import IndexSource
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def recommendation_dataset(name: str) -> RecDataset:
+    """A registered interaction dataset (e.g. ml-100k) or a data folder, checked to be one."""
+    dataset = load_dataset(name)
+    if not isinstance(dataset, RecDataset):
+        raise SemidError(f"{name} is not an interaction dataset; a recommender needs users and items")
+    return dataset
+
+
+def build_item_index(
+    source: IndexSource, spec: str, out: Path, collisions: str, seed: int
+) -> tuple[SemanticIDs, list[str]]:
+    """Fit ``spec`` on the items of ``source`` and save the index (with its quantizer) at ``out``;
+    returns the index and what to tell the user."""
+    probe = build_quantizer(spec)  # a bad spec fails before any embedding work
+    notes: list[str] = []
+    dataset = None
+    if source.embeddings is not None:
+        keys, x = load_embeddings(source.embeddings, source.keys)
+        metadata: dict[str, Any] = {"embeddings": str(source.embeddings)}
+    else:
+        if source.keys is not None:
+            raise SemidError("--keys goes with --embeddings; a --dataset brings its own item keys")
+        dataset = recommendation_dataset(source.dataset)
+        notes.append(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
+        keys = list(dataset.item_keys)
+        x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
+        metadata = {"dataset": dataset.name, "encoder": source.encoder or DEFAULT_ENCODER}
+    fit_kwargs: dict[str, Any] = {}
+    if getattr(probe, "needs_interactions", False):
+        fit_kwargs["interactions"] = training_interactions(source, dataset, keys, spec)
+    elif source.interactions is not None:
+        raise SemidError(f"--interactions is only used by graph quantizers, not {spec}")
+    popularity = None
+    if collisions == "popularity":
+        if dataset is None:
+            raise SemidError(
+                "--collisions popularity needs interaction counts: use --dataset, or another strategy"
+            )
+        popularity = torch.bincount(dataset.interactions.items, minlength=len(keys))
+    torch.manual_seed(seed)  # learned quantizers draw their initial weights from it
+    ids, fitted = build_ids(
+        keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
+    )
+    ids.save(out, quantizer=fitted)
+    return ids, notes
+
+
+def training_interactions(
+    source: IndexSource, dataset: RecDataset | None, keys: list[str], spec: str
+) -> Any:
+    """The train part of the leave-one-out split: valid/test targets must not leak into the IDs."""
+    if source.interactions is not None:
+        from semid.data.interactions import read_interactions
+
+        log = read_interactions(source.interactions, keys)
+    elif dataset is not None:
+        log = dataset.interactions
+    else:
+        raise SemidError(f"{spec} needs user-item interactions: use --dataset, or --interactions FILE")
+    return leave_one_out(log).train
+
+
+def read_new_items(
+    path: Path, keys: Path | None, encoder: str | None, index_encoder: str | None = None
+) -> tuple[list[str], Tensor]:
+    """Keys and vectors (M, D) of new items: a ``.tsv`` of ``key<TAB>text`` lines (embedded with the
+    index's text encoder unless ``encoder``) or an embeddings file (``.npy`` + ``keys``, ...)."""
+    if path.suffix.lower() != ".tsv":
+        return load_embeddings(path, keys)
+    if keys is not None:
+        raise SemidError("--keys goes with embeddings; a .tsv brings its own keys (key<TAB>text)")
+    if not path.is_file():
+        raise SemidError(f"{path} not found; pass a .tsv of key<TAB>text lines")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise SemidError(f"{path} line {line} is not UTF-8 text; save the file as UTF-8") from None
+    pairs = [line.split("\t", 1) for line in lines if line.strip()]
+    bad = [i for i, p in enumerate(pairs) if len(p) != 2 or not p[0] or not p[1].strip()]
+    if bad or not pairs:
+        raise SemidError(
+            f"{path} line {bad[0] + 1 if bad else 1} is not key<TAB>text; write one item per line"
+        )
+    if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
+        encoder = index_encoder
+    return [k for k, _ in pairs], TextEncoder(model=encoder).encode([t for _, t in pairs])
+
+
+def new_model(spec: Any, ids: SemanticIDs) -> Any:
+    """A fresh model of the spec's family sized for the index (codebook sizes, catalogue size)."""
+    cls = model_class(spec.model)
+    config = cls.sized_for(
+        spec.model_config, ids, extra_codes=spec.extra_codes, max_history=spec.max_history
+    )
+    return cls(config)

@@ -1,0 +1,324 @@
+"""Sequential recommendation: the next item a user interacts with, on a leave-one-out split.
+
+Protocol (docs/protocols.md): each user's events ordered by time; the last is the test target, the
+second to last the valid target, the rest train; histories truncated to ``max_history`` items; full
+ranking over every indexed item except those the user interacted with before the target
+(RecBole's full-sort convention; ``keep_seen`` ranks everything); Recall@k and NDCG@k, and the
+share of returned IDs outside the index (the invalid-ID rate; 0 under the trie). Generators take
+their top-k from trie-constrained beam search, scorers (pop, SASRec) from full scoring: both through
+:func:`semid.ranking.ranker_for`. Semantic IDs only ever see training interactions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semid.atomic import check_writable
+from semid.data.sequences import (
+    CodeCollator,
+    RecData,
+    SequenceDataset,
+    TargetDataset,
+    gather_history,
+    prepare_data,
+    slice_users,
+)
+from semid.data.splits import PAD
+from semid.errors import SemidError
+from semid.ids import SemanticIDs
+from semid.indexing import add_items
+from semid.metrics import compute_metrics
+from semid.models import is_generator, model_config, save_model
+from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
+from semid.runs import Run, copy_index, load_run, write_run
+from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
+from semid.tasks.items import build_item_index, new_model, read_new_items, recommendation_dataset
+from semid.training import TrainConfig, train_model
+
+SPLITS = ("valid", "test")
+
+
+def default_train() -> TrainConfig:
+    """The CLI's training defaults for recommenders (early-stopped on valid NDCG@10)."""
+    return TrainConfig(
+        max_epochs=30, batch_size=64, lr=1e-3, early_stopping_patience=5,
+        checkpoint_every=1000, keep_checkpoints=1,
+    )  # fmt: skip
+
+
+@dataclass
+class RecommendSpec:
+    """Everything a recommendation run is trained from; saved in its config.json."""
+
+    dataset: str  # a registered dataset or a data path
+    model: str = "mmgrec"
+    model_config: Any = None  # the model's config dataclass (a dict in config.json)
+    train: TrainConfig = field(default_factory=default_train)
+    max_history: int = 50
+    num_beams: int = DEFAULT_NUM_BEAMS
+    eval_users: int | None = None  # validate during training on this many users only
+    users: int | None = None  # keep only the first N users (a small slice, for smoke tests)
+    extra_codes: int = 8  # spare last-level tokens so added items still fit the vocabulary
+
+    def __post_init__(self) -> None:
+        self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
+        for name in ("max_history", "num_beams", "eval_users", "users"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SemidError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.extra_codes < 0:
+            raise SemidError(f"--extra-codes must be >= 0, got {self.extra_codes}")
+
+
+class RecommendTask(Task):
+    """Recommenders: index items, train on a leave-one-out split, rank unseen items per user."""
+
+    name = "recommend"
+    spec_class = RecommendSpec
+
+    def build_index(
+        self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int
+    ) -> tuple[SemanticIDs, list[str]]:
+        """Semantic IDs of a dataset's items (texts embedded with MiniLM) or of given embeddings."""
+        return build_item_index(source, quantizer, out, collisions, seed)
+
+    def load_data(self, spec: RecommendSpec, ids: SemanticIDs) -> RecData:
+        """The spec's dataset split, items mapped to index rows (optionally only the first users)."""
+        dataset = recommendation_dataset(spec.dataset)
+        if spec.users is not None:
+            dataset = slice_users(dataset, spec.users)
+        return prepare_data(dataset, ids, spec.max_history)
+
+    def train(
+        self, spec: RecommendSpec, out: Path, index: Path | None = None, resume: bool = True
+    ) -> dict:
+        """Copy the index into ``out``, train, save ``out/model`` and the run files; returns a summary."""
+        check_writable(out / "config.json")
+        if index is None:
+            raise SemidError("a recommender needs --index (build one with `semid index build`)")
+        copy_index(index, out)
+        ids = SemanticIDs.load(out / "index")
+        data = self.load_data(spec, ids)
+        torch.manual_seed(spec.train.seed)
+        model = new_model(spec, ids)
+        started = time.perf_counter()
+        summary: dict[str, Any] = {"steps": 0, "epochs": 0, "best_step": 0}
+        if getattr(model, "trainable", True):
+            result = self._fit(model, spec, ids, data, out, resume)
+            summary = {"steps": result.steps, "epochs": result.epochs,
+                       "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
+        else:
+            model.fit_counts_(data.train_items())
+        summary["train_seconds"] = round(time.perf_counter() - started, 2)
+        save_model(model, out / "model")
+        # rows added later by `semid index add` are cold-start items
+        write_run(out, self.name, spec, {"trained_items": len(ids), "result": summary})
+        return summary
+
+    def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
+             resume: bool):  # fmt: skip
+        if getattr(model, "train_format", "target") == "sequence":
+            dataset = SequenceDataset(data, spec.max_history)
+        else:
+            dataset = TargetDataset(data, data.positions("train"), spec.max_history)
+        codes = ids.codes if is_generator(model) else None
+        if is_generator(model):
+            model.use_trie(ids.trie(model.codebook_sizes))
+
+        def validate(m: Any) -> dict[str, float]:
+            ranker = ranker_for(m, ids, spec.num_beams)
+            return evaluate_ranker(ranker, data, "valid", codes=codes, max_len=spec.max_history,
+                                   max_users=spec.eval_users)  # fmt: skip
+
+        collate = CodeCollator(dataset.collate, codes)
+        return train_model(model, dataset, spec.train, out / "train", validate, collate, resume)
+
+    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+        """Full-ranking Recall/NDCG@k of a run on its valid or test split."""
+        spec = self.spec_of(run)
+        data = self.load_data(spec, run.ids)
+        ranker = self.ranker(run, spec, options)
+        codes = run.ids.codes if is_generator(run.model) else None
+        return evaluate_ranker(
+            ranker, data, options.split, options.ks, codes, spec.max_history,
+            options.batch_size, exclude_seen=not options.keep_seen, device=options.device,
+        )  # fmt: skip
+
+    def ranker(self, run: Run, spec: RecommendSpec, options: EvalOptions) -> Ranker:
+        """The run's ranker with the options' search-time settings, on the options' device."""
+        run.model.to(options.device)
+        cold = {}
+        if is_generator(run.model):
+            cold = {"trained_items": run.state.get("trained_items"),
+                    "cold_share": options.cold_share, "cold_prefix": options.cold_prefix}  # fmt: skip
+        elif options.cold_share:
+            raise SemidError("--cold-share needs a generator; this run's model scores items directly")
+        ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **cold)
+        return ranker.to(options.device) if hasattr(ranker, "to") else ranker
+
+    def add(self, run_path: Path, source: Path, keys: Path | None = None,
+            encoder: str | None = None, **options: Any) -> dict:  # fmt: skip
+        """New items (key<TAB>text, or embeddings + keys) get IDs from the saved quantizer; the model
+        can recommend them at once (no retraining)."""
+        run = load_run(run_path, self.name)
+        new_keys, x = read_new_items(source, keys, encoder, run.ids.metadata.get("encoder"))
+        ids, codes = add_items(run.index_path, new_keys, x, run.model)
+        return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
+
+    def predictor(self, run: Run, device: str = "cpu") -> RecommendPredictor:
+        """Top-k items for known users or for given histories."""
+        return RecommendPredictor(run, device)
+
+
+class RecommendPredictor(Predictor):
+    """Answers ``{"user": ID}`` (history from the run's data; ``"split": "valid"|"test"`` stops it
+    before that target, as `evaluate` sees it) or ``{"history": [item keys]}`` (a new user)."""
+
+    task = "recommend"
+
+    def __init__(self, run: Run, device: str = "cpu") -> None:
+        super().__init__(run, device)
+        self.spec = get_task().spec_of(run)
+        self.data = get_task().load_data(self.spec, run.ids)
+        self.user_keys = recommendation_dataset(self.spec.dataset).user_keys
+        if self.spec.users is not None:
+            self.user_keys = self.user_keys[: self.spec.users]
+        self.user_of_key = {k: i for i, k in enumerate(self.user_keys)}
+        self.codes = run.ids.codes if is_generator(run.model) else None
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A known user (optionally up to a split's target) or a non-empty history of known items."""
+        if not isinstance(item, dict) or ("user" in item) == ("history" in item):
+            raise SemidError('each input needs exactly one of "user" or "history"')
+        if "history" in item:
+            history = item["history"]
+            if not isinstance(history, list) or not history or not all(isinstance(h, str) for h in history):
+                raise SemidError('"history" must be a non-empty list of item keys')
+            unknown = [h for h in history if h not in self.run.ids._row_of_key]
+            if unknown:
+                raise SemidError(f"unknown item {unknown[0]!r} in the history; use keys of the run's index")
+            return {"history": history}
+        user = str(item["user"])
+        if user not in self.user_of_key:
+            raise SemidError(f"unknown user {user!r}; pass a user of the run's data, or a history")
+        split = item.get("split")
+        if split is not None and split not in SPLITS:
+            raise SemidError(f'"split" must be valid or test, got {split!r}')
+        return {"user": user, "split": split}
+
+    def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
+        """One beam search (or scoring pass) over the batch of inputs."""
+        batch, seen = self._batch(inputs)
+        options = EvalOptions(num_beams=num_beams, device=self.device)
+        ranker = get_task().ranker(self.run, self.spec, options)
+        if self.codes is not None:
+            batch = CodeCollator(lambda b: b, self.codes)(batch)
+        return ranker.rank(move(batch, self.device), k, seen)
+
+    def _batch(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor]:
+        known = [i for i, x in enumerate(inputs) if "user" in x]
+        t = self.spec.max_history
+        items = torch.full((len(inputs), t), PAD, dtype=torch.long)
+        times = torch.zeros(len(inputs), t, dtype=torch.long)
+        users = torch.full((len(inputs),), -1, dtype=torch.long)  # -1: a user the run has not seen
+        seen_rows: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(inputs)
+        if known:
+            users_known = torch.tensor([self.user_of_key[inputs[i]["user"]] for i in known])
+            positions = self._positions([inputs[i] for i in known])
+            history = gather_history(self.data, positions, t, users_known)
+            seen = self.data.seen_before(positions, users_known)
+            for j, i in enumerate(known):
+                items[i], times[i], users[i] = history["items"][j], history["times"][j], history["users"][j]
+                seen_rows[i] = seen[j][seen[j] >= 0]
+        for i, x in enumerate(inputs):
+            if "history" in x:
+                rows = self.run.ids.rows_of_keys(x["history"])[-t:]
+                items[i, t - len(rows):] = rows
+                seen_rows[i] = rows.unique()
+        width = max(len(s) for s in seen_rows)
+        seen = torch.full((len(inputs), width), PAD, dtype=torch.long)
+        for i, s in enumerate(seen_rows):
+            seen[i, width - len(s):] = s.sort().values
+        return {"users": users, "items": items, "times": times}, seen
+
+    def _positions(self, inputs: list[dict[str, Any]]) -> Tensor:
+        """Sequence positions to predict at: after the whole history, or at a split's target."""
+        s = self.data.split
+        users = torch.tensor([self.user_of_key[x["user"]] for x in inputs])
+        end = s.ptr[users + 1]
+        offset = torch.tensor([{"valid": 2, "test": 1}.get(x["split"], 0) for x in inputs])
+        has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
+        return torch.where(has_targets | (offset == 0), end - offset, end)
+
+
+def evaluate_ranker(
+    ranker: Ranker,
+    data: RecData,
+    which: str = "valid",
+    ks: Any = (5, 10),
+    codes: Tensor | None = None,
+    max_len: int = 50,
+    batch_size: int = 256,
+    max_users: int | None = None,
+    exclude_seen: bool = True,
+    device: str = "cpu",
+    targets_in: Tensor | None = None,
+) -> dict[str, float]:
+    """Recall@k, NDCG@k, invalid-ID rate and queries/s over the valid or test targets
+    (``targets_in`` (num_items,) bool: only the queries whose target row is marked, e.g. new items)."""
+    users, ranking, targets, seconds = rank_split(
+        ranker, data, which, max(ks), codes, max_len, batch_size, max_users, exclude_seen, device,
+        targets_in,
+    )
+    metrics = compute_metrics(ranking.rows, targets, ks=ks, names=("recall", "ndcg"))
+    metrics["queries_per_s"] = len(targets) / max(seconds, 1e-9)
+    metrics["num_queries"] = float(len(targets))
+    return metrics
+
+
+def rank_split(
+    ranker: Ranker, data: RecData, which: str, k: int, codes: Tensor | None = None,
+    max_len: int = 50, batch_size: int = 256, max_users: int | None = None,
+    exclude_seen: bool = True, device: str = "cpu", targets_in: Tensor | None = None,
+) -> tuple[Tensor, Ranking, Tensor, float]:  # fmt: skip
+    """The ranking of every valid or test query: (users (Q,), Ranking, targets (Q,), seconds).
+
+    ``max_users`` keeps a fixed, evenly spaced subset of users (cheap validation during training);
+    ``targets_in`` (num_items,) bool keeps only the queries whose target row is marked."""
+    if batch_size < 1:
+        raise SemidError(f"--batch-size must be >= 1, got {batch_size}")
+    positions = data.positions(which)
+    if targets_in is not None:
+        positions = positions[targets_in[data.split.sequence_items[positions]]]
+    if max_users is not None and max_users < len(positions):
+        positions = positions[torch.linspace(0, len(positions) - 1, max_users).long()]
+    if len(positions) == 0:
+        raise SemidError(f"no {which} queries to evaluate (check the data slice)")
+    dataset = TargetDataset(data, positions, max_len, with_seen=exclude_seen)
+    collate = CodeCollator(dataset.collate, codes)
+    parts, targets = [], []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(dataset), batch_size):
+            batch = collate(positions[lo : lo + batch_size].tolist())
+            seen = batch.pop("seen", None)
+            targets.append(batch.pop("targets"))
+            batch.pop("target_codes", None)
+            parts.append(ranker.rank(move(batch, device), k, seen))
+    seconds = time.perf_counter() - started
+    users = data.split.sequence_users[positions]
+    return users, Ranking.concat(parts), torch.cat(targets), seconds
+
+
+def get_task() -> RecommendTask:
+    """The registered recommendation task."""
+    return TASK
+
+
+TASK = register_task(RecommendTask())

@@ -1,0 +1,308 @@
+"""Generative document retrieval (PromptDSI): query text -> the semantic ID of the relevant document.
+
+Protocol (docs/protocols.md): documents are split (seeded) into an initial corpus D0 (90%) and a
+later corpus D1 (10%); in each part the queries of 80% of the documents are training queries, the
+other 20% are test queries whose documents are indexed (trained on as text -> ID) but whose queries
+never are. Training mixes indexing examples (document -> ID) and retrieval examples (query -> ID),
+as in DSI. Adding D1 (``add``) gives its documents IDs from the saved quantizer, inserts them in the
+trie, and trains only a new prompt session on D1, never revisiting D0. Metrics: R@k and MRR@k.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from semid.atomic import check_writable, write_json
+from semid.data.corpus import split_corpus, subset_rows
+from semid.data.documents import DocumentCollection, read_documents, write_documents
+from semid.data.registry import load_dataset
+from semid.errors import SemidError
+from semid.generators.promptdsi import PromptDSI
+from semid.generators.promptdsi_states import (
+    EncodedTexts,
+    centroid_codebooks,
+    encode_texts,
+    pad_states,
+    set_key_center,
+    topic_keys,
+)
+from semid.ids import SemanticIDs
+from semid.indexing import add_items, build_ids
+from semid.metrics import compute_metrics
+from semid.models import model_config
+from semid.ranking import DEFAULT_NUM_BEAMS, Ranking, ranker_for
+from semid.runs import Run, check_vocabulary, load_run, write_run
+from semid.saving import read_json
+from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
+from semid.training import TrainConfig, train_model
+
+EVAL_QUERIES = "eval_queries.json"
+LATER = "later.jsonl"
+
+
+def _train_config(epochs: int = 10, lr: float = 2e-3) -> TrainConfig:
+    # no validation split here: train for a fixed number of epochs; checkpoints make it resumable
+    return TrainConfig(max_epochs=epochs, lr=lr, batch_size=32, warmup_steps=20,
+                       early_stopping_patience=None, checkpoint_every=200)  # fmt: skip
+
+
+@dataclass
+class RetrieveSpec:
+    """Everything a document-retrieval run is trained from; saved in its config.json."""
+
+    dataset: str  # debian-docs, or a documents file
+    model: str = "promptdsi"
+    model_config: Any = None  # PromptDSIConfig (codebook sizes come from the index)
+    train: TrainConfig = field(default_factory=_train_config)
+    add_train: TrainConfig = field(default_factory=lambda: _train_config(5, 1e-2))
+    quantizer: str = "rqkmeans:3x256"
+    extra_codes: int = 64  # spare disambiguation tokens for documents added later
+    max_docs: int | None = None
+    hold_out: float = 0.1  # share of documents held out as the later corpus (later.jsonl)
+    test_fraction: float = 0.2
+    seed: int = 0
+    num_beams: int = DEFAULT_NUM_BEAMS
+
+    def __post_init__(self) -> None:
+        if self.model != "promptdsi":
+            raise SemidError(f"document retrieval trains promptdsi, not {self.model!r}")
+        self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
+        if self.max_docs is not None and self.max_docs < 2:
+            raise SemidError(f"--max-docs must be >= 2, got {self.max_docs}")
+        if self.num_beams < 1:
+            raise SemidError(f"--num-beams must be >= 1, got {self.num_beams}")
+
+
+class ExampleDataset(Dataset):
+    """(text states -> target row) pairs; ``collate`` pads into a PromptDSI batch."""
+
+    def __init__(self, states: list[Tensor], targets: Tensor, codes: Tensor) -> None:
+        if len(states) != len(targets):
+            raise SemidError(f"{len(states)} texts for {len(targets)} targets")
+        self.states, self.targets, self.codes = states, targets.long(), codes
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, rows: list[int]) -> dict[str, Tensor]:
+        """hidden (B, T, H), attention_mask (B, T), targets (B,), target_codes (B, L)."""
+        batch = pad_states([self.states[i] for i in rows])
+        batch["targets"] = self.targets[rows]
+        batch["target_codes"] = self.codes[batch["targets"]]
+        return batch
+
+
+def dsi_examples(docs: EncodedTexts, doc_rows: Tensor, queries: EncodedTexts, query_rows: Tensor,
+                 codes: Tensor) -> ExampleDataset:  # fmt: skip
+    """Indexing examples (each document -> its row) mixed with retrieval examples (query -> row)."""
+    return ExampleDataset(docs.states + queries.states, torch.cat([doc_rows, query_rows]), codes)
+
+
+def load_collection(name: str) -> DocumentCollection:
+    """A registered document dataset by name (e.g. debian-docs) or a documents file."""
+    if name.endswith(".jsonl") or Path(name).is_file():
+        return read_documents(name)
+    data = load_dataset(name)
+    if not isinstance(data, DocumentCollection):
+        raise SemidError(f"{name} is not a document collection; pass debian-docs or a JSONL file")
+    return data
+
+
+def query_pairs(collection: DocumentCollection, rows: Tensor) -> list[list[str]]:
+    """[query, document id] for the first query of each document at ``rows`` that has one."""
+    docs = [collection.documents[int(r)] for r in rows]
+    return [[d.queries[0], d.id] for d in docs if d.queries]
+
+
+def record_eval_queries(run: Path, name: str, pairs: list[list[str]]) -> None:
+    """Record a part's held-out test queries in ``run/eval_queries.json`` (read by `evaluate`)."""
+    path = run / EVAL_QUERIES
+    current = read_json(path, "retrain the run") if path.is_file() else {}
+    current[name] = pairs
+    write_json(path, current)
+
+
+class RetrieveTask(Task):
+    """PromptDSI over a document collection: D0 indexed and trained, D1 added without rehearsal."""
+
+    name = "retrieve"
+    spec_class = RetrieveSpec
+
+    def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,
+                    seed: int) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
+        """The index of D0 (the seeded initial corpus) of a document collection."""
+        spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
+        ids, *_ = self._index_d0(spec, out)
+        return ids, [f"indexed D0: {len(ids):,} documents (D1 is held out for `semid index add`)"]
+
+    def _index_d0(self, spec: RetrieveSpec, out: Path) -> tuple[Any, ...]:
+        collection = load_collection(spec.dataset)
+        coll = collection.subset(subset_rows(len(collection), spec.max_docs, spec.seed), collection.name)
+        split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
+        torch.manual_seed(spec.seed)
+        probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
+        d0_docs = coll.subset(split.d0)
+        docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
+        ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, spec.seed,
+                                   metadata={"dataset": spec.dataset})  # fmt: skip
+        ids.save(out, quantizer=quantizer)
+        return ids, quantizer, coll, split, probe, docs
+
+    def train(self, spec: RetrieveSpec, out: Path, index: Path | None = None,
+              resume: bool = True) -> dict:  # fmt: skip
+        """Split, encode, build IDs (quantizer fitted on D0), train PromptDSI on D0, save the run.
+
+        The held-out later corpus goes to ``out/later.jsonl`` for ``semid index add``; D0's test
+        queries to ``eval_queries.json``. Training resumes from ``out/train`` if present."""
+        check_writable(out / "config.json")
+        if index is not None:
+            raise SemidError("--index is for images; promptdsi builds its document index itself")
+        ids, quantizer, coll, split, probe, docs = self._index_d0(spec, out / "index")
+        train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
+        queries = encode_texts(probe, [coll.documents[r].queries[0] for r in train_rows],
+                               desc="encode queries")  # fmt: skip
+        books = centroid_codebooks(quantizer, probe.encoder.config.hidden_size)
+        config = spec.model_config
+        if config.centroid_levels and books is None:
+            raise SemidError(f"centroid_levels needs an rqkmeans quantizer over the encoder's "
+                             f"embeddings, not {spec.quantizer}")  # fmt: skip
+        if config.centroid_levels is None:  # every level the quantizer's centroids allow
+            config = replace(config, centroid_levels=0 if books is None else len(books))
+        torch.manual_seed(spec.seed)
+        model = PromptDSI(PromptDSI.sized_for(config, ids, extra_codes=spec.extra_codes))
+        if model.config.centroid_levels:
+            model.set_centroids_(books[: model.config.centroid_levels])
+        set_key_center(model, docs)
+        model.set_topic_keys_(topic_keys(model, docs, model.config.pool_sizes[0], spec.seed))
+        model.use_trie(ids.trie(model.codebook_sizes))
+        position = {int(r): i for i, r in enumerate(split.d0)}  # collection row -> index row
+        examples = dsi_examples(docs, torch.arange(len(docs.states)), queries,
+                                torch.tensor([position[r] for r in train_rows]), ids.codes)  # fmt: skip
+        started = time.perf_counter()
+        result = train_model(model, examples, spec.train, out / "train", collate_fn=examples.collate,
+                             resume=resume)  # fmt: skip
+        seconds = time.perf_counter() - started
+        model.save_pretrained(out / "model")
+        record_eval_queries(out, "d0-test", query_pairs(coll, split.d0_test))
+        if len(split.d1):
+            write_documents(out / LATER, coll.subset(split.d1).documents)
+        state = {"corpus_sha256": coll.sha256, "train_seconds": seconds, "train_steps": result.steps,
+                 "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
+                               "d0_test_queries": len(split.d0_test)}}  # fmt: skip
+        write_run(out, self.name, spec, state)
+        return {"documents": len(split.d0), "train_examples": len(examples), "steps": result.steps,
+                "train_seconds": round(seconds, 2)}  # fmt: skip
+
+    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+        """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added)."""
+        path = run.path / EVAL_QUERIES
+        if not path.is_file():
+            raise SemidError(f"{run.path} has no {EVAL_QUERIES}; train it with `semid train retriever`")
+        parts = read_json(path, "retrain the run")
+        predictor = self.predictor(run, options.device)
+        metrics: dict[str, float] = {}
+        for name, pairs in parts.items():
+            if not pairs:
+                continue
+            started = time.perf_counter()
+            ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks),
+                                           options.num_beams, desc=f"encode {name}")  # fmt: skip
+            seconds = time.perf_counter() - started
+            targets = run.ids.rows_of_keys([d for _, d in pairs])
+            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr"))
+            part |= {"num_queries": float(len(targets)), "queries_per_s": len(targets) / max(seconds, 1e-9)}
+            metrics |= {f"{name}/{k}": v for k, v in part.items()}
+        return metrics
+
+    def add(self, run_path: Path, source: Path, topics: int | None = None, **options: Any) -> dict:
+        """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
+        grows, and only a new prompt session (keys: k-means of the new documents) is trained on the
+        new documents and the training share of their queries; the rest become test queries."""
+        run = load_run(run_path, self.name)
+        spec = self.spec_of(run)
+        collection = read_documents(source)
+        model, ids = run.model, run.ids
+        clash = [d for d in collection.ids if d in ids._row_of_key]
+        if clash:
+            raise SemidError(f"{len(clash)} documents are already indexed (e.g. {clash[0]!r}); give new ids")
+        docs = encode_texts(model, collection.texts, desc="encode new documents")
+        start = len(ids)
+        ids, _ = add_items(run.index_path, collection.ids, docs.embeddings, model)
+        rows = torch.arange(start, len(ids))
+        g = torch.Generator().manual_seed(spec.seed + len(model.prompts))  # seeded like the split
+        perm = torch.randperm(len(collection), generator=g)
+        n_test = round(len(collection) * spec.test_fraction)
+        train_local, test_local = perm[n_test:].sort().values, perm[:n_test].sort().values
+        with_query = [i for i in train_local.tolist() if collection.documents[i].queries]
+        queries = encode_texts(model, [collection.documents[i].queries[0] for i in with_query],
+                               desc="encode new queries")  # fmt: skip
+        m = topics or max(1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1)))
+        session = model.add_prompt_session_(topic_keys(model, docs, min(m, len(collection)), spec.seed))
+        model.train_only_session_(session)
+        model.use_trie(ids.trie(model.codebook_sizes))
+        frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(f"prompts.{session}")}
+        examples = dsi_examples(docs, rows, queries, rows[with_query], ids.codes)
+        started = time.perf_counter()
+        train_model(model, examples, spec.add_train, run_path / f"train-session-{session}",
+                    collate_fn=examples.collate)  # fmt: skip
+        seconds = time.perf_counter() - started
+        changed = [k for k, v in model.state_dict().items() if k in frozen and not torch.equal(v, frozen[k])]
+        if changed:  # the promise of incremental indexing: nothing else moved
+            raise SemidError(f"internal error: incremental training changed {changed[:3]}")
+        model.requires_grad_(True)
+        model.save_pretrained(run_path / "model")
+        record_eval_queries(run_path, f"d{session}-test", query_pairs(collection, test_local))
+        state = dict(run.state)
+        state.setdefault("sessions", []).append(
+            {"documents": len(collection), "topics": m, "train_seconds": seconds})
+        write_run(run_path, self.name, spec, state)
+        return {"session": session, "documents": len(collection), "test_queries": n_test,
+                "topics": m, "train_seconds": seconds}  # fmt: skip
+
+    def predictor(self, run: Run, device: str = "cpu") -> RetrievePredictor:
+        """Top-k documents for query texts."""
+        return RetrievePredictor(run, device)
+
+
+class RetrievePredictor(Predictor):
+    """Answers ``{"query": TEXT}`` with the top-k document ids."""
+
+    task = "retrieve"
+
+    def __init__(self, run: Run, device: str = "cpu") -> None:
+        super().__init__(run, device)
+        self.num_beams = run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A non-empty query text."""
+        query = item.get("query") if isinstance(item, dict) else None
+        if not isinstance(query, str) or not query.strip():
+            raise SemidError('each input needs a non-empty "query" text')
+        return {"query": query}
+
+    def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
+        """Encode the queries (cached) and search them in batches."""
+        return self.rank_texts([x["query"] for x in inputs], k, num_beams)
+
+    def rank_texts(self, texts: list[str], k: int, num_beams: int | None, batch_size: int = 64,
+                   desc: str = "encode queries") -> Ranking:  # fmt: skip
+        """Top-k document rows (Q, k) for query texts."""
+        check_vocabulary(self.run.model, self.run.ids, str(self.run.path))
+        ranker = ranker_for(self.run.model, self.run.ids, num_beams or self.num_beams).to(self.device)
+        queries = encode_texts(self.run.model, texts, desc=desc, cache=len(texts) > 1)
+        parts = [ranker.rank(move(pad_states(queries.states[lo : lo + batch_size]), self.device), k)
+                 for lo in range(0, len(texts), batch_size)]  # fmt: skip
+        return Ranking.concat(parts)
+
+
+TASK = register_task(RetrieveTask())

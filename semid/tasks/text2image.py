@@ -1,0 +1,252 @@
+"""Text-to-image retrieval (AVG): a text query -> the vokens (semantic ID) of matching images.
+
+Protocol (docs/protocols.md): the training images train the CNN feature extractor, the voken
+quantizer (aligned to the MiniLM embedding of each image's class text or caption) and the
+generator; the test images are indexed; test queries use wordings never seen in training;
+relevance = same class; Precision@k, Recall@k, mAP@k. The index folder also holds the CNN
+(``image_encoder/``) and the training images' target IDs (``train_targets.safetensors``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+from torch import Tensor
+
+from semid.atomic import atomic_file, check_writable
+from semid.collisions import group_ids, rank_within_groups
+from semid.data import load_dataset
+from semid.data.images import ImageSplits, class_queries
+from semid.encoders import TextEncoder
+from semid.errors import SemidError
+from semid.ids import SemanticIDs
+from semid.image_encoder import ImageEncoder, ImageEncoderConfig, load_image_features
+from semid.indexing import build_ids
+from semid.metrics import compute_metrics
+from semid.models import model_class, model_config
+from semid.ranking import Ranking, ranker_for
+from semid.runs import Run, copy_index, write_run
+from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
+from semid.training import TrainConfig, train_model
+
+DEFAULT_SPEC = "voken:3x256,hidden=256-128,latent=32"
+IMAGE_ENCODER_DIR = "image_encoder"
+TRAIN_TARGETS = "train_targets.safetensors"
+METRIC_NAMES = ("precision", "recall", "map")
+IMAGE_NUM_BEAMS = 100  # class-level relevance rewards wide beams; clamped to >= k as everywhere
+
+
+def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tensor,
+                  ks: Any = (10, 100)) -> dict[str, float]:  # fmt: skip
+    """Precision/Recall/mAP@k with relevance = same class: ranked index rows (Q, K), -1 = none.
+
+    Recall@k divides by all relevant images of the class (so it is at most k / class size)."""
+    ranked_labels = torch.where(ranked_rows >= 0, image_labels[ranked_rows.clamp(min=0)], -1)
+    num_relevant = torch.bincount(image_labels, minlength=int(query_labels.max()) + 1)[query_labels]
+    return compute_metrics(ranked_labels, query_labels, ks, METRIC_NAMES, num_relevant=num_relevant)
+
+
+def embed_texts(texts: list[str], encoder: str | os.PathLike | None = None) -> Tensor:
+    """MiniLM (or the given sentence-transformers folder) embeddings (N, 384), cached on disk."""
+    return TextEncoder(model=encoder).encode(list(texts), show_progress=False)
+
+
+def load_image_splits(dataset: str) -> ImageSplits:
+    """The registered image dataset ``dataset`` (train and test images)."""
+    splits = load_dataset(dataset)
+    if not isinstance(splits, ImageSplits):
+        raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist")
+    return splits
+
+
+def train_image_encoder(images: Tensor, epochs: int = 1, seed: int = 0, progress: bool = True) -> ImageEncoder:
+    """A fresh `ImageEncoder` fitted as an autoencoder on images (N, [C,] H, W) uint8."""
+    images = torch.as_tensor(images)
+    channels = 1 if images.ndim == 3 else images.shape[1]
+    config = ImageEncoderConfig(in_channels=channels, image_size=images.shape[-1])
+    return ImageEncoder(config).fit(images, epochs=epochs, seed=seed, progress=progress)
+
+
+def training_targets(raw_codes: Tensor, ids: SemanticIDs) -> Tensor:
+    """Generator targets (N, L_ids) for training images from their raw codes (N, L).
+
+    When the index has an extra disambiguation level, training images get their rank among the
+    training images sharing their raw ID (capped to the index's extra level), as index items do."""
+    if ids.levels == raw_codes.shape[1]:
+        return raw_codes
+    rank = rank_within_groups(group_ids(raw_codes)[0]).clamp(max=ids.codebook_sizes[-1] - 1)
+    return torch.cat([raw_codes, rank[:, None]], dim=1)
+
+
+def build_voken_index(spec: str, train_features: Tensor, train_texts: Tensor | None,
+                      index_features: Tensor, index_keys: list[str], collisions: str = "extra-level",
+                      seed: int = 0, progress: bool = True, **fit_kwargs: Any) -> tuple[SemanticIDs, Any, Tensor]:  # fmt: skip
+    """Fit ``spec`` on train features (N, D) aligned to their text embeddings (N, T) and give each
+    index image (M, D) a unique ID -> (index, quantizer, training targets (N, L))."""
+    if train_texts is not None:
+        if not spec.startswith("voken"):
+            raise SemidError(f"{spec} does not align to text; use a voken:... quantizer or drop the texts")
+        fit_kwargs["text_embeddings"] = train_texts
+    ids, quantizer = build_ids(list(index_keys), train_features, spec, collisions, seed,
+                               encode_x=index_features, progress=progress, **fit_kwargs)  # fmt: skip
+    return ids, quantizer, training_targets(quantizer.encode(train_features), ids)
+
+
+class QueryTargetPairs(torch.utils.data.Dataset):
+    """Training pairs: image i with a fixed wording of its class (so resumed runs see the same data)."""
+
+    def __init__(self, query_embeddings: Tensor, query_labels: Tensor, targets: Tensor, labels: Tensor,
+                 target_key: str = "target_codes") -> None:  # fmt: skip
+        self.queries, self.targets, self.labels = query_embeddings.float(), targets, labels.long()
+        self.target_key = target_key
+        by_class = [torch.nonzero(query_labels == c).squeeze(1) for c in range(int(labels.max()) + 1)]
+        missing = [c for c, rows in enumerate(by_class) if len(rows) == 0 and (labels == c).any()]
+        if missing:
+            raise SemidError(f"no training query for class {missing[0]}; every class needs one")
+        # a multiplicative hash spreads the wordings of a class evenly over its images
+        self.query_of = torch.stack([by_class[c][(i * 2654435761) % max(len(by_class[c]), 1)]
+                                     for i, c in enumerate(labels.tolist())])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"query": self.queries[self.query_of[i]], self.target_key: self.targets[i],
+                "labels": self.labels[i]}  # fmt: skip
+
+
+@dataclass
+class Text2ImageSpec:
+    """Everything a text-to-image run is trained from; saved in its config.json."""
+
+    dataset: str
+    model: str = "avg"
+    model_config: Any = None  # the generator's config dataclass
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_epochs=4, lr=2e-3, batch_size=256, early_stopping_patience=None))  # fmt: skip
+    quantizer: str = DEFAULT_SPEC  # used when no --index is given
+    num_beams: int = IMAGE_NUM_BEAMS
+    text_encoder: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
+        if self.num_beams < 1:
+            raise SemidError(f"--num-beams must be >= 1, got {self.num_beams}")
+
+
+class Text2ImageTask(Task):
+    """AVG over an image collection: vokens aligned to text, a generator from query to vokens."""
+
+    name = "text2image"
+    spec_class = Text2ImageSpec
+
+    def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
+                    features: tuple[str, str] | None = None, progress: bool = True,
+                    **fit_kwargs: Any) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
+        """Index the test images: CNN features (trained here, or ``.npy`` files), a voken quantizer
+        fitted on the training images; saves the CNN and the training targets beside the index."""
+        if source.embeddings is not None or source.interactions is not None:
+            raise SemidError("an image dataset brings its own features; drop --embeddings/--interactions")
+        splits = load_image_splits(source.dataset)
+        torch.manual_seed(seed)
+        if features is not None:
+            train_x = load_image_features(features[0], len(splits.train))
+            test_x, cnn = load_image_features(features[1], len(splits.test)), None
+        else:
+            cnn = train_image_encoder(splits.train.images, seed=seed, progress=progress)
+            train_x, test_x = cnn.encode(splits.train.images), cnn.encode(splits.test.images)
+        texts = embed_texts(splits.train.texts(), source.encoder) if quantizer.startswith("voken") else None
+        ids, fitted, targets = build_voken_index(quantizer, train_x, texts, test_x, splits.test.keys,
+                                                 collisions, seed, progress, **fit_kwargs)  # fmt: skip
+        ids.metadata.update({"task": self.name, "dataset": source.dataset,
+                             "image_features": "cnn" if cnn else list(features)})  # fmt: skip
+        ids.save(out, quantizer=fitted)
+        if cnn is not None:
+            cnn.save_pretrained(out / IMAGE_ENCODER_DIR)
+        with atomic_file(out / TRAIN_TARGETS, "wb") as f:
+            f.write(save({"codes": targets.contiguous(), "labels": splits.train.labels.contiguous()}))
+        return ids, []
+
+    def train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
+              resume: bool = True) -> dict:  # fmt: skip
+        """Train the generator on (query wording, training image ID) pairs; without ``index`` a
+        ``spec.quantizer`` index is built into ``out/index`` first."""
+        check_writable(out / "config.json")
+        splits = load_image_splits(spec.dataset)
+        if index is None:
+            index = out / "index"
+            self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder),
+                             spec.quantizer, index, "extra-level", spec.seed)  # fmt: skip
+        ids = SemanticIDs.load(index)
+        if not (Path(index) / TRAIN_TARGETS).is_file():
+            raise SemidError(f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`")
+        targets = load_file(str(Path(index) / TRAIN_TARGETS))
+        texts, labels = class_queries("train", splits.train.class_names)
+        pairs = QueryTargetPairs(embed_texts(texts, spec.text_encoder), labels, targets["codes"].long(),
+                                 targets["labels"])  # fmt: skip
+        cls = model_class(spec.model)
+        model = cls(cls.sized_for(spec.model_config, ids))
+        result = train_model(model, pairs, spec.train, out / "train", resume=resume)
+        copy_index(index, out)
+        model.save_pretrained(out / "model")
+        write_run(out, self.name, spec, {"train_steps": result.steps})
+        return {"steps": result.steps, "epochs": result.epochs}
+
+    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+        """Test queries (held-out wordings) against the indexed images."""
+        splits = load_image_splits(run.spec["dataset"])
+        label_of = dict(zip(splits.test.keys, splits.test.labels.tolist(), strict=True))
+        unknown = [k for k in run.ids.keys if k not in label_of]
+        if unknown:
+            raise SemidError(f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split")
+        image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
+        # images have no validation split: both --split values use the held-out test wordings
+        texts, query_labels = class_queries("test", splits.test.class_names)
+        predictor = self.predictor(run, options.device)
+        ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams)
+        return class_metrics(ranking.rows, image_labels, query_labels, options.ks)
+
+    def add(self, run_path: Path, source: Path, **options: Any) -> dict:
+        """Not yet: images are indexed when the index is built."""
+        raise SemidError("adding images to a text-to-image run is not supported yet; rebuild the index")
+
+    def predictor(self, run: Run, device: str = "cpu") -> Text2ImagePredictor:
+        """Top-k images for query texts."""
+        return Text2ImagePredictor(run, device)
+
+
+class Text2ImagePredictor(Predictor):
+    """Answers ``{"query": TEXT}`` with the top-k image keys."""
+
+    task = "text2image"
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A non-empty query text."""
+        query = item.get("query") if isinstance(item, dict) else None
+        if not isinstance(query, str) or not query.strip():
+            raise SemidError('each input needs a non-empty "query" text')
+        return {"query": query}
+
+    def embed(self, texts: list[str]) -> Tensor:
+        """Query embeddings (Q, T) with the run's text encoder."""
+        return embed_texts(texts, self.run.spec.get("text_encoder"))
+
+    def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
+        """Embed the queries and search them."""
+        return self.rank_embeddings(self.embed([x["query"] for x in inputs]), k, num_beams)
+
+    def rank_embeddings(self, queries: Tensor, k: int, num_beams: int | None,
+                        batch_size: int = 64) -> Ranking:  # fmt: skip
+        """Top-k image rows for query embeddings (Q, T), in batches."""
+        beams = num_beams or self.run.spec.get("num_beams", IMAGE_NUM_BEAMS)
+        ranker = ranker_for(self.run.model, self.run.ids, beams).to(self.device)
+        return Ranking.concat([ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)])
+
+
+TASK = register_task(Text2ImageTask())
