@@ -157,7 +157,7 @@ def _table_documents(path: Path) -> list[Document]:
     id_col = find_column(table, "id", ("id", "doc_id", "docid"), path, what)
     text_col = find_column(table, "text", ("text",), path, what)
     query_col = find_column(table, "queries", ("queries", "query"), path, what, required=False)
-    ids = key_strings(table[id_col], path, "document")
+    ids = key_strings(table[id_col], path, "document id")
     if not (
         pa.types.is_string(table[text_col].type) or pa.types.is_large_string(table[text_col].type)
     ):

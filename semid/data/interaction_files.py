@@ -81,8 +81,8 @@ def load_interaction_files(
     time_col = find_column(
         table, "timestamp", TIME_COLUMNS, path, what, columns.get("timestamp"), required=False
     )
-    users = key_strings(table[user_col], path, "user")
-    item_of = key_strings(table[item_col], path, "item")
+    users = key_strings(table[user_col], path, "user id")
+    item_of = key_strings(table[item_col], path, "item id")
     if time_col is None:
         times = np.arange(len(users), dtype=np.int64)
     else:
@@ -198,7 +198,7 @@ def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[s
     if explicit is not None and explicit not in map(column_name, table.column_names):
         explicit = None  # the mapping named the interactions file's column
     key_col = find_column(table, "item", (*ITEM_COLUMNS, "id"), path, what, explicit)
-    keys = key_strings(table[key_col], path, "item")
+    keys = key_strings(table[key_col], path, "item id")
     dup = pd.Index(keys).duplicated()
     if dup.any():
         row = int(np.flatnonzero(dup)[0])

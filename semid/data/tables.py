@@ -213,18 +213,18 @@ def row_label(path: Path, row: int) -> str:
 
 
 def key_strings(column: pa.ChunkedArray, path: Path, role: str) -> np.ndarray:
-    """(N,) object array of id strings; an empty or null id raises, naming its row."""
+    """(N,) object array of strings (ids, paths, labels); an empty or null cell raises, naming its row."""
     try:
         strings = pc.cast(column, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise SemidError(
-            f"{path}: the {role} column holds {column.type} values; ids must be strings or integers"
+            f"{path}: the {role} column holds {column.type} values; use strings or integers"
         ) from None
     values = np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
     bad = np.flatnonzero(pd.isna(values) | (values == ""))
     if bad.size:
         raise SemidError(
-            f"{path} {row_label(path, int(bad[0]))}: empty {role} id ({bad.size:,} rows); give every row one"
+            f"{path} {row_label(path, int(bad[0]))}: empty {role} ({bad.size:,} rows); give every row one"
         )
     return values
 
