@@ -168,6 +168,13 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
         )
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        empty = np.flatnonzero(
+            pc.equal(pc.utf8_trim_whitespace(column), "").to_numpy(zero_copy_only=False)
+        )
+        if empty.size:
+            raise SemidError(
+                f"{path} {row_label(path, int(empty[0]))}: empty timestamp; give every row one or drop the column"
+            )
         for target in (pa.int64(), pa.float64(), pa.timestamp("ns"), pa.timestamp("ns", "UTC")):
             try:
                 return _timestamps(pc.cast(column, target), path)
