@@ -122,7 +122,8 @@ def test_table_document_errors(tmp_path, name, content, words):
 @pytest.mark.parametrize("name", ["d.jsonl", "d.csv"])
 def test_non_utf8_documents_name_the_line(tmp_path, name):
     head = b'{"id": "a", "text": "ok"}\n' if name.endswith("jsonl") else b"id,text\n"
-    bad = b'{"id": "b", "text": "caf\xe9"}\n' if name.endswith("jsonl") else b"b,caf\xe9\n"  # line 2
+    # the bad byte is on line 2 in both formats
+    bad = b'{"id": "b", "text": "caf\xe9"}\n' if name.endswith("jsonl") else b"b,caf\xe9\n"
     (tmp_path / name).write_bytes(head + bad)
     with pytest.raises(SemidError, match=r"line 2 is not UTF-8"):
         read_documents(tmp_path / name)
