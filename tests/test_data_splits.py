@@ -42,13 +42,17 @@ def test_hand_made_log_with_ties() -> None:
     assert (split.train.num_users, split.train.num_items) == (3, 40)
 
 
-def test_ties_follow_file_order_not_item_id() -> None:
-    # Reversing the file order of the tied rows swaps valid and test.
+def test_ties_follow_item_key_not_file_order() -> None:
+    # Tied rows in either file order give the same split: by item id without keys, by key with.
     rows = [(0, 1, 0), (0, 3, 9), (0, 2, 9)]
-    split = leave_one_out(make_log(rows, 1, 4))
-    assert (split.valid_items.item(), split.test_items.item()) == (3, 2)
-    split = leave_one_out(make_log(rows[:1] + rows[:0:-1], 1, 4))
-    assert (split.valid_items.item(), split.test_items.item()) == (2, 3)
+    for order in (rows, rows[:1] + rows[:0:-1]):
+        split = leave_one_out(make_log(order, 1, 4))
+        assert (split.valid_items.item(), split.test_items.item()) == (2, 3)
+        keyed = make_log(order, 1, 4)
+        keyed.item_keys = ["a", "b", "z", "10"]  # as strings, "10" < "z": item 3 comes first
+        split = leave_one_out(keyed)
+        assert (split.valid_items.item(), split.test_items.item()) == (3, 2)
+        assert split.train.item_keys is keyed.item_keys
 
 
 def test_histories_are_left_padded_and_truncated() -> None:
@@ -91,7 +95,7 @@ def loop_oracle(log: InteractionLog, max_history: int) -> dict[int, tuple[list[i
         events.setdefault(u, []).append((t, i))
     out = {}
     for u, ev in events.items():
-        seq = [i for _, i in sorted(ev, key=lambda e: e[0])]  # sorted() is stable
+        seq = [i for _, i in sorted(ev, key=lambda e: (e[0], log.item_keys[e[1]]))]
         if len(seq) >= 3:
             out[u] = (seq[:-1][-max_history:], seq[-2], seq[-1])
     return out
@@ -107,6 +111,7 @@ def test_matches_loop_oracle_on_random_logs(seed: int) -> None:
         torch.randint(8, (n,), generator=g),  # few distinct timestamps: many ties
         num_users,
         num_items,
+        item_keys=[f"k{(7 * i) % num_items}" for i in range(num_items)],  # not in id order
     )
     split = leave_one_out(log, max_history=5)
     oracle = loop_oracle(log, max_history=5)
@@ -128,8 +133,9 @@ def test_ml1m_split_matches_lexsort() -> None:
     split = leave_one_out(log)
     assert len(split.test_users) == 6_040
     assert len(split.train) == 1_000_209 - 2 * 6_040
-    # numpy's lexsort is stable: an independent route to the same per-user time order.
-    order = np.lexsort((log.timestamps.numpy(), log.users.numpy()))
+    # numpy's lexsort: an independent route to the same per-user time order, ties by item key.
+    key_rank = np.argsort(np.argsort(np.array(log.item_keys, dtype=object), kind="stable"))
+    order = np.lexsort((key_rank[log.items.numpy()], log.timestamps.numpy(), log.users.numpy()))
     last = np.flatnonzero(np.diff(log.users.numpy()[order], append=-1) != 0)
     assert np.array_equal(split.test_items.numpy(), log.items.numpy()[order][last])
     assert np.array_equal(split.valid_items.numpy(), log.items.numpy()[order][last - 1])

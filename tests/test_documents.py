@@ -1,12 +1,18 @@
-"""JSONL document loader: round trip, optional queries, and errors that name the line."""
+"""Document loader: JSONL round trip, optional queries, gzip, CSV and Parquet tables, and errors
+that name the line."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from semid.data.documents import Document, DocumentCollection, read_documents, write_documents
+from semid.data.tables import content_sha256
 from semid.errors import SemidError
 
 
@@ -67,3 +73,57 @@ def test_collection_subset_and_unique_ids():
     assert coll.subset([3, 1]).ids == ["3", "1"]
     with pytest.raises(SemidError, match="unique"):
         DocumentCollection("c", [Document("a", "x"), Document("a", "y")])
+
+
+# --- tables and gzip -------------------------------------------------------------------------
+
+
+def test_gzipped_jsonl_and_hash_of_file_bytes(tmp_path):
+    lines = [
+        json.dumps({"id": "a", "text": "x", "queries": ["q"]}),
+        json.dumps({"id": 2, "text": "y"}),
+    ]
+    plain = _write(tmp_path / "d.jsonl", lines)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    a, b = read_documents(plain), read_documents(tmp_path / "d.jsonl.gz")
+    assert a.documents == b.documents and b.name == "d"
+    assert a.sha256 == hashlib.sha256(plain.read_bytes()).hexdigest() == content_sha256(plain)
+    assert b.sha256 == content_sha256(tmp_path / "d.jsonl.gz")
+
+
+def test_csv_and_parquet_documents(tmp_path):
+    (tmp_path / "d.csv").write_text('id,text,queries\n007,"first, text",what is it\n8,second,\n')
+    docs = read_documents(tmp_path / "d.csv").documents
+    assert docs == [Document("007", "first, text", ("what is it",)), Document("8", "second")]
+    table = pa.table({"id": [1, 2], "text": ["x", "y"], "queries": [["q1", "q2"], None]})
+    pq.write_table(table, tmp_path / "d.parquet")
+    coll = read_documents(tmp_path / "d.parquet")
+    assert coll.documents == [Document("1", "x", ("q1", "q2")), Document("2", "y")]
+    assert coll.sha256 == content_sha256(tmp_path / "d.parquet")
+
+
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("d.csv", "doc,text\n1,x\n", "lacks a id column (accepted names: id, doc_id, docid"),
+        ("d.csv", "id,body\n1,x\n", "lacks a text column"),
+        ("d.csv", "id,text\n1,x\n2,y\n1,z\n", "line 4 repeats id '1' (first at line 2)"),
+        ("d.csv", "id,text\n1,x\n2, \n", "line 3: document '2' has an empty text"),
+        ("d.csv", "id,text\n1,x\n,y\n", "line 3: empty document id"),
+    ],
+)
+def test_table_document_errors(tmp_path, name, content, words):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(SemidError) as e:
+        read_documents(tmp_path / name)
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.csv"])
+def test_non_utf8_documents_name_the_line(tmp_path, name):
+    head = b'{"id": "a", "text": "ok"}\n' if name.endswith("jsonl") else b"id,text\n"
+    # the bad byte is on line 2 in both formats
+    bad = b'{"id": "b", "text": "caf\xe9"}\n' if name.endswith("jsonl") else b"b,caf\xe9\n"
+    (tmp_path / name).write_bytes(head + bad)
+    with pytest.raises(SemidError, match=r"line 2 is not UTF-8"):
+        read_documents(tmp_path / name)

@@ -9,11 +9,15 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from semid.data.image_files import load_image_collection
+from semid.data.image_io import resize_square, stack_images
 from semid.data.images import (
     FASHION_CLASSES,
     ImageDataset,
     class_queries,
+    class_texts,
     fashion_mnist_files,
     load_fashion_mnist,
     load_idx,
@@ -193,3 +197,113 @@ def test_real_fashion_mnist():
     )
     assert splits.train.class_names == FASHION_CLASSES
     assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
+
+
+# --- a user's own collection -----------------------------------------------------------------
+
+
+def write_png(path, shape, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def test_collection_folder_resizes_names_and_stratifies(tmp_path):
+    for i in range(5):
+        write_png(tmp_path / "golden_retriever" / f"{i}.png", (8 + i, 10), 40)  # gray, sizes vary
+        write_png(tmp_path / "tabby-cat" / f"{i}.png", (12, 12, 3), 200)  # RGB
+    (tmp_path / "no_images").mkdir()
+    splits = load_image_collection(tmp_path, seed=0, test_fraction=0.4)
+    assert splits.train.class_names == splits.test.class_names == ["golden retriever", "tabby cat"]
+    assert splits.train.images.shape == (6, 3, 11, 11)  # median shorter side; gray -> 3 channels
+    assert splits.test.labels.tolist() == [0, 0, 1, 1]  # 2 of 5 per class, in file order
+    assert int(splits.test.images[-1].min()) == 200
+    assert set(splits.train.keys).isdisjoint(splits.test.keys)
+    assert splits.train.texts()[0] == "a photo of a golden retriever"
+    again = load_image_collection(tmp_path, seed=0, test_fraction=0.4)
+    assert again.test.keys == splits.test.keys
+    others = {
+        tuple(load_image_collection(tmp_path, seed=s, test_fraction=0.4).test.keys)
+        for s in range(1, 5)
+    }
+    assert others != {tuple(splits.test.keys)}
+
+
+def test_collection_table_of_paths_and_captions(tmp_path):
+    write_png(tmp_path / "imgs" / "a.png", (6, 6), 1)
+    write_png(tmp_path / "imgs" / "b.png", (6, 6), 2)
+    write_png(tmp_path / "c.png", (6, 6), 3)
+    np.save(tmp_path / "imgs" / "d.npy", np.full((6, 6), 4, np.uint8))
+    (tmp_path / "list.csv").write_text(
+        f'path,caption,label\nimgs/a.png,"a dog, running",dog\nimgs/b.png,a dog,dog\n'
+        f"{tmp_path / 'c.png'},a cat,cat\nimgs/d.npy,another cat,cat\n"
+    )
+    splits = load_image_collection(tmp_path / "list.csv", test_fraction=0.5)
+    assert splits.name == "list" and splits.train.class_names == ["cat", "dog"]
+    assert len(splits.train) == len(splits.test) == 2 and splits.train.images.shape[1:] == (6, 6)
+    both = dict(
+        zip(
+            splits.train.keys + splits.test.keys,
+            splits.train.captions + splits.test.captions,
+            strict=True,
+        )
+    )
+    assert both["imgs/a.png"] == "a dog, running" and both["imgs/d.npy"] == "another cat"
+    (tmp_path / "captions.jsonl").write_text(
+        '{"image": "imgs/a.png", "text": "x"}\n{"image": "imgs/b.png", "text": "y"}\n'
+    )
+    plain = load_image_collection(tmp_path / "captions.jsonl", test_fraction=0.5)
+    assert plain.train.labels is None and len(plain.test) == 1
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("path,caption\nmissing.png,x\n", "line 2: image"),
+        ("path,note\nimgs/a.png,x\n", "needs a caption column"),
+        (
+            "file,caption\nimgs/a.png,x\nimgs/a.png,y\n",
+            "line 3 repeats 'imgs/a.png' (first at line 2)",
+        ),
+        ("path,label\nimgs/a.png,\n", "line 2: empty label"),
+        ("path,label\nimgs/a.png,dog\n", "too few images to split"),
+    ],
+)
+def test_collection_table_errors(tmp_path, content, words):
+    write_png(tmp_path / "imgs" / "a.png", (4, 4), 1)
+    (tmp_path / "list.csv").write_text(content)
+    with pytest.raises(SemidError) as e:
+        load_image_collection(tmp_path / "list.csv")
+    assert words in str(e.value)
+
+
+def test_collection_path_and_fraction_errors(tmp_path):
+    with pytest.raises(SemidError, match="not found"):
+        load_image_collection(tmp_path / "nowhere")
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(SemidError, match="neither a folder"):
+        load_image_collection(tmp_path / "x.txt")
+    with pytest.raises(SemidError, match="strictly between 0 and 1"):
+        load_image_collection(tmp_path, test_fraction=1.0)
+    for name in ("a_b", "a-b"):
+        write_png(tmp_path / name / "1.png", (4, 4), 1)
+    with pytest.raises(SemidError, match="both read as class 'a b'"):
+        load_image_collection(tmp_path)
+
+
+def test_resize_square_crops_the_centre():
+    image = np.zeros((10, 20), np.uint8)
+    image[:, 5:15] = 255  # the centre half is white
+    out = resize_square(image, 8)
+    assert out.shape == (8, 8) and out.min() > 200  # shorter side 10 -> 8, then the centre 8x8
+    assert stack_images([image, image[:, :10]], "x", size=4).shape == (2, 4, 4)
+
+
+def test_generic_class_texts_are_held_out_and_replace_fashion_words():
+    train, train_labels = class_texts(["apple", "Red car"], "train")
+    test, test_labels = class_texts(["apple", "Red car"], "test")
+    assert "a photo of an apple" in train and "a photo of a red car" in train
+    assert not set(train) & set(test)
+    assert (train_labels == 1).sum() >= 3 and (test_labels == 1).sum() >= 3
+    assert class_queries("test", ["apple", "Red car"])[0] == test  # any non-Fashion class list
+    assert "show me a tee with short sleeves" not in class_queries("test")[0]  # fashion unchanged
+    assert "i am looking for a tee" in class_queries("test")[0]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from semid.data.image_io import IMAGE_SUFFIXES, as_uint8, load_npy, read_image, stack_images
 from semid.data.registry import register_dataset
 from semid.errors import SemidError
 
@@ -27,7 +28,6 @@ FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # Registered datasets that load as `ImageSplits` (the CLI routes them to semid.text2image).
 IMAGE_DATASETS = ("fashion-mnist",)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".npy")
 
 
 @dataclass
@@ -151,26 +151,12 @@ def load_idx(
             )
         labels = torch.from_numpy(labels.astype(np.int64))
     return ImageDataset(
-        images=torch.from_numpy(_as_uint8(images, str(images_path))),
+        images=torch.from_numpy(as_uint8(images, str(images_path))),
         keys=[f"{key_prefix}{i}" for i in range(len(images))],
         labels=labels,
         class_names=list(class_names) if class_names is not None else None,
         name=name,
     )
-
-
-def _as_uint8(x: np.ndarray, where: str) -> np.ndarray:
-    """uint8 pixels; floats in [0, 1] are scaled to [0, 255]."""
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
-    if np.issubdtype(x.dtype, np.floating):
-        if not np.isfinite(x).all():
-            raise SemidError(f"{where} contains NaN or infinite pixels")
-        scale = 255.0 if x.max() <= 1.0 else 1.0
-        x = x * scale
-    if x.min() < 0 or x.max() > 255:
-        raise SemidError(f"{where}: pixel values must lie in [0, 255] (or [0, 1] for floats)")
-    return np.ascontiguousarray(np.rint(x).astype(np.uint8))
 
 
 # --- arrays and folders ----------------------------------------------------------------------
@@ -185,19 +171,19 @@ def load_image_arrays(
 ) -> ImageDataset:
     """Images from a ``.npy`` (N, H, W[, C]) plus optional labels (``.npy`` or text, one per line)
     and captions (text, one per line)."""
-    images = _load_npy(images_path)
+    images = load_npy(images_path)
     if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = np.moveaxis(images, -1, 1)  # (N, H, W, C) -> (N, C, H, W)
     labels = None
     if labels_path is not None:
         labels_path = Path(labels_path)
-        raw = _load_npy(labels_path) if labels_path.suffix == ".npy" else _read_lines(labels_path)
+        raw = load_npy(labels_path) if labels_path.suffix == ".npy" else _read_lines(labels_path)
         labels = _labels_from(raw, class_names, str(labels_path))
         if class_names is None and not _is_integer_like(raw):
             class_names = sorted(set(raw))
     captions = _read_lines(captions_path) if captions_path is not None else None
     return ImageDataset(
-        images=torch.from_numpy(_as_uint8(images, str(images_path))),
+        images=torch.from_numpy(as_uint8(images, str(images_path))),
         keys=[str(i) for i in range(len(images))],
         labels=labels,
         class_names=list(class_names) if class_names is not None else None,
@@ -206,32 +192,30 @@ def load_image_arrays(
     )
 
 
-def load_image_folder(folder: str | Path, name: str | None = None) -> ImageDataset:
+def load_image_folder(
+    folder: str | Path, name: str | None = None, image_size: int | str | None = None
+) -> ImageDataset:
     """Images from ``folder/<class name>/<image>``; the subfolder names are the classes.
 
-    ``.npy`` and ``.pgm`` files are read natively; PNG, JPEG, BMP and GIF need Pillow. All images
-    must share one size. An optional ``folder/captions.tsv`` (``relative/path<TAB>caption``) adds
-    captions."""
+    ``.npy`` and ``.pgm`` files are read natively, other formats through Pillow. With
+    `image_size` None all images must share one size; an int or "auto" resizes them
+    (`semid.data.image_io.stack_images`). An optional ``folder/captions.tsv``
+    (``relative/path<TAB>caption``) adds captions."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SemidError(f"image folder {folder} not found")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files = [
-        (c, p)
-        for c in classes
-        for p in sorted((folder / c).iterdir())
+        (c.name, p)
+        for c in sorted(p for p in folder.iterdir() if p.is_dir())
+        for p in sorted(c.iterdir())
         if p.suffix.lower() in IMAGE_SUFFIXES
     ]
+    classes = sorted({c for c, _ in files})  # subfolders without images are no classes
     if not files:
         raise SemidError(
             f"no images in {folder}; expected {folder}/<class>/<image> with suffix {', '.join(IMAGE_SUFFIXES)}"
         )
-    arrays = [_read_image(p) for _, p in files]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise SemidError(
-            f"images in {folder} differ in size ({sorted(shapes)[:3]}); resize them first"
-        )
+    images = stack_images([read_image(p) for _, p in files], str(folder), image_size)
     keys = [str(p.relative_to(folder)) for _, p in files]
     captions = None
     if (folder / "captions.tsv").is_file():
@@ -243,67 +227,13 @@ def load_image_folder(folder: str | Path, name: str | None = None) -> ImageDatas
             raise SemidError(f"captions.tsv in {folder} has no caption for {missing[0]!r}")
         captions = [table[k] for k in keys]
     return ImageDataset(
-        images=torch.from_numpy(np.stack(arrays)),
+        images=torch.from_numpy(images),
         keys=keys,
         labels=torch.tensor([classes.index(c) for c, _ in files]),
         class_names=classes,
         captions=captions,
         name=name or folder.name,
     )
-
-
-def _read_image(path: Path) -> np.ndarray:
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _as_uint8(_load_npy(path), str(path))
-    if suffix == ".pgm":
-        return _read_pgm(path)
-    try:
-        from PIL import Image
-    except ImportError:
-        raise SemidError(
-            f"reading {suffix} images needs Pillow: pip install pillow (or convert them to .npy)"
-        ) from None
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L" if img.mode in ("L", "1", "P") else "RGB"))
-    except OSError as e:
-        raise SemidError(f"cannot read image {path}: {e}") from None
-
-
-def _read_pgm(path: Path) -> np.ndarray:
-    """A binary (P5) 8-bit PGM image (H, W)."""
-    raw = path.read_bytes()
-    fields, pos = [], 0
-    while len(fields) < 4:  # magic, width, height, maxval; '#' starts a comment
-        while pos < len(raw) and raw[pos : pos + 1].isspace():
-            pos += 1
-        if raw[pos : pos + 1] == b"#":
-            pos = raw.find(b"\n", pos) + 1 or len(raw)
-            continue
-        end = pos
-        while end < len(raw) and not raw[end : end + 1].isspace():
-            end += 1
-        if end == pos:
-            break
-        fields.append(raw[pos:end])
-        pos = end
-    if len(fields) < 4 or fields[0] != b"P5" or int(fields[3]) > 255:
-        raise SemidError(f"{path} is not a binary 8-bit PGM (P5) image")
-    w, h = int(fields[1]), int(fields[2])
-    data = raw[pos + 1 : pos + 1 + w * h]
-    if len(data) != w * h:
-        raise SemidError(f"{path} is a truncated PGM image")
-    return np.frombuffer(data, np.uint8).reshape(h, w).copy()
-
-
-def _load_npy(path: str | Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SemidError(f"{path} not found; check the path") from None
-    except (OSError, ValueError) as e:
-        raise SemidError(f"cannot read {path} as .npy: {e}; check or regenerate the file") from None
 
 
 def _read_lines(path: str | Path) -> list[str]:
@@ -377,13 +307,16 @@ def class_queries(
 ) -> tuple[list[str], Tensor]:
     """Text queries and their class labels (Q,) for ``split`` "train" or "test".
 
-    Test queries use templates, a synonym and an attribute phrase never seen in training, so a
-    retriever must generalise over wording, not memorise strings."""
+    Fashion-MNIST's classes get their own word lists: test queries use templates, a synonym and an
+    attribute phrase never seen in training, so a retriever must generalise over wording, not
+    memorise strings. Any other class list gets the generic wordings of `class_texts`."""
     if split not in ("train", "test"):
         raise SemidError(f"split must be 'train' or 'test', got {split!r}")
+    if not all(cls in _FASHION_WORDS for cls in class_names):
+        return class_texts(class_names, split)
     texts, labels = [], []
     for label, cls in enumerate(class_names):
-        nouns, attrs = _FASHION_WORDS.get(cls, ([cls.lower()], ["of this kind"]))
+        nouns, attrs = _FASHION_WORDS[cls]
         if split == "train":
             templates, nouns, attrs = _TRAIN_TEMPLATES, nouns[:-1] or nouns, attrs[:-1] or attrs
         else:
@@ -398,6 +331,38 @@ def class_queries(
                         texts.append(text)
                         labels.append(label)
     return texts, torch.tensor(labels)
+
+
+# Generic wordings for any class name; no test wording is a training wording.
+GENERIC_TRAIN_TEMPLATES = [
+    "a photo of {a} {name}",
+    "{name}",
+    "an image of {a} {name}",
+    "a picture of {a} {name}",
+]
+GENERIC_TEST_TEMPLATES = [
+    "show me {a} {name}",
+    "i am looking for {a} {name}",
+    "find a photo showing {a} {name}",
+]
+
+
+def class_texts(class_names: Sequence[str], split: str = "train") -> tuple[list[str], Tensor]:
+    """Generic text queries for class names and their labels (Q,), for "train" or "test".
+
+    No dataset-specific words: each name (lower-cased) fills GENERIC_TRAIN_TEMPLATES or
+    GENERIC_TEST_TEMPLATES, e.g. "a photo of an apple" for training, "show me an apple" for test."""
+    if split not in ("train", "test"):
+        raise SemidError(f"split must be 'train' or 'test', got {split!r}")
+    templates = GENERIC_TRAIN_TEMPLATES if split == "train" else GENERIC_TEST_TEMPLATES
+    texts, labels = [], []
+    for label, cls in enumerate(class_names):
+        name = " ".join(cls.lower().split())
+        article = "an" if name[:1] in tuple("aeiou") else "a"
+        for template in templates:
+            texts.append(template.format(a=article, name=name))
+            labels.append(label)
+    return texts, torch.tensor(labels, dtype=torch.long)
 
 
 def fashion_mnist_files(root: str | Path | None = None) -> dict[str, Path]:

@@ -15,7 +15,8 @@ from semid.errors import SemidError
 def read_interactions(path: str | Path, item_keys: Sequence[str]) -> InteractionLog:
     """Read a user-item log whose `item` column holds keys of `item_keys`; items keep that order.
 
-    The separator is guessed (comma or tab); rows keep file order, which breaks timestamp ties."""
+    The separator is guessed (comma or tab); without a timestamp column, file order is time order.
+    Timestamp ties are broken by item key (semid.data.splits)."""
     path = Path(path)
     if not path.is_file():
         raise SemidError(f"interactions file {path} not found")
@@ -54,4 +55,5 @@ def read_interactions(path: str | Path, item_keys: Sequence[str]) -> Interaction
         timestamps=stamps,
         num_users=len(user_keys),
         num_items=len(item_keys),
+        item_keys=list(item_keys),
     )

@@ -9,7 +9,7 @@ of them rated). Every rating counts as one implicit interaction; the rating valu
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class InteractionLog:
     timestamps: Tensor  # (E,) int64, seconds
     num_users: int
     num_items: int
+    # Original key per item id, when known: it breaks timestamp ties (semid.data.splits).
+    item_keys: list[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.users.numel())
@@ -48,13 +50,19 @@ class InteractionLog:
 
 @dataclass
 class RecDataset:
-    """A recommendation dataset: the interaction log plus the original keys and a text per item."""
+    """A recommendation dataset: the interaction log plus the original keys and a text per item.
+
+    ``item_texts`` is None when the data came without item texts (an interactions file alone):
+    such a dataset needs item embeddings from elsewhere (``--embeddings`` + ``--keys``), so callers
+    check ``item_texts is None`` before embedding. ``notes`` says what loading dropped, one line
+    each, for the CLI to print."""
 
     name: str
     user_keys: list[str]  # original user ids; index = integer user id
     item_keys: list[str]  # original item ids (ml-1m via RecBole: title strings); index = item id
-    item_texts: list[str]  # "Title (year). Genres: a, b", the text to embed per item
+    item_texts: list[str] | None  # "Title (year). Genres: a, b", the text to embed per item
     interactions: InteractionLog
+    notes: list[str] = field(default_factory=list)
 
 
 def item_text(title: str, year: str | None, genres: list[str]) -> str:
@@ -259,5 +267,6 @@ def _build(name: str, log: pd.DataFrame, items: pd.DataFrame | None, source: Pat
         timestamps=torch.from_numpy(timestamps),
         num_users=len(user_keys),
         num_items=len(item_keys),
+        item_keys=item_keys,
     )
     return RecDataset(name, list(map(str, user_keys)), item_keys, texts, interactions)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from semid.data.interaction_files import load_interaction_files
 from semid.data.movielens import load_movielens
+from semid.data.tables import ACCEPTED, table_format
 from semid.errors import SemidError
 
 
@@ -79,14 +81,22 @@ def dataset_descriptions() -> dict[str, str]:
 
 
 def load_dataset(name: str) -> Any:
-    """Load a registered dataset by name (MovieLens ones give a RecDataset), or a MovieLens folder path."""
+    """Load a registered dataset by name, a MovieLens folder, or an interactions table file.
+
+    A file path with a table extension (semid.data.tables) loads with `load_interaction_files`
+    and no items file: a RecDataset whose ``item_texts`` is None."""
     _import_dataset_modules()
     if name in _REGISTRY:
         return _REGISTRY[name].loader()
     if Path(name).is_dir():
         return load_movielens(name)
+    if table_format(name) is not None:
+        return load_interaction_files(name)
     known = ", ".join(available_datasets())
-    raise SemidError(f"unknown dataset '{name}'; known: {known} (or pass a folder path)")
+    raise SemidError(
+        f"unknown dataset '{name}'; known: {known} (or pass a folder path, or an interactions "
+        f"file: {ACCEPTED})"
+    )
 
 
 def package_dir(package: str, subdir: str, pip_command: str) -> Path:

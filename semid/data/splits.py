@@ -1,9 +1,14 @@
 """Leave-one-out split by time, and the fixed-length histories a sequential recommender reads.
 
-Protocol (BENCHMARKS.md, "Recommendation"): each user's interactions are ordered by a STABLE sort
-on timestamp, so exact ties keep file order; the last one is the test target, the second to last
-the validation target, the rest is train. Users with fewer than 3 interactions keep all of them in
-train and are neither validated nor tested (MovieLens has none: every user rated 20+ movies).
+Protocol (BENCHMARKS.md, "Recommendation"): each user's interactions are ordered by timestamp;
+the last one is the test target, the second to last the validation target, the rest is train.
+Users with fewer than 3 interactions keep all of them in train and are neither validated nor
+tested (MovieLens has none: every user rated 20+ movies).
+
+Ties: events of one user with the same timestamp are ordered by item key as a string (Python's
+code-point order: "10" < "9"), or by item id when the log carries no keys. The order depends only
+on the data, never on row order, so the same log with its rows shuffled gives the same split.
+`chronological_order` is the one place this rule lives.
 """
 
 from __future__ import annotations
@@ -85,10 +90,23 @@ def train_mask(sequence_users: Tensor, ptr: Tensor) -> Tensor:
 
 
 def chronological_order(log: InteractionLog) -> Tensor:
-    """(E,) permutation grouping events by user, each user's in time order; ties keep file order."""
-    by_time = torch.sort(log.timestamps, stable=True).indices
-    # A stable sort by user keeps the time order (and, within a tie, the file order) in each group.
+    """(E,) permutation grouping events by user, each user's in time order, ties by item key."""
+    by_item = torch.sort(item_ranks(log)[log.items], stable=True).indices
+    # Stable sorts by time, then by user, keep the previous order within each tie.
+    by_time = by_item[torch.sort(log.timestamps[by_item], stable=True).indices]
     return by_time[torch.sort(log.users[by_time], stable=True).indices]
+
+
+def item_ranks(log: InteractionLog) -> Tensor:
+    """(num_items,) int64: each item's rank among the item keys in string order (ids if no keys)."""
+    if log.item_keys is None:
+        return torch.arange(log.num_items)
+    if len(log.item_keys) != log.num_items:
+        raise ValueError(f"{len(log.item_keys)} item keys for {log.num_items} items")
+    order = sorted(range(log.num_items), key=lambda i: str(log.item_keys[i]))
+    ranks = torch.empty(log.num_items, dtype=torch.int64)
+    ranks[torch.tensor(order, dtype=torch.int64)] = torch.arange(log.num_items)
+    return ranks
 
 
 def leave_one_out(log: InteractionLog, max_history: int = 50) -> LeaveOneOutSplit:
@@ -105,7 +123,12 @@ def leave_one_out(log: InteractionLog, max_history: int = 50) -> LeaveOneOutSpli
     last = ptr[evaluated + 1]  # one past each evaluated user's final event
     return LeaveOneOutSplit(
         train=InteractionLog(
-            users[train], items[train], timestamps[train], log.num_users, log.num_items
+            users[train],
+            items[train],
+            timestamps[train],
+            log.num_users,
+            log.num_items,
+            log.item_keys,
         ),
         valid_users=evaluated,
         valid_items=items[last - 2],

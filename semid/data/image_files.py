@@ -1,0 +1,150 @@
+"""A user's own image collection, split into train and test: a class-per-folder tree or a table.
+
+Two layouts:
+- a folder with one subfolder per class (the ImageFolder layout, `load_image_folder`); class
+  names are the folder names with ``_`` and ``-`` read as spaces (``golden_retriever`` ->
+  ``golden retriever``);
+- a table file (CSV, TSV, JSON Lines, Parquet; semid.data.tables) with a ``path`` column (paths
+  relative to the table's folder, or absolute) and a ``caption`` and/or a ``label`` column
+  (names in PATH_COLUMNS, CAPTION_COLUMNS, LABEL_COLUMNS). Keys are the paths as written.
+
+Images of different sizes are resized to one square size (semid.data.image_io). The split is
+seeded and stratified by class (every class with 2+ images has images on both sides); without
+labels it is a plain seeded shuffle. Each side keeps file order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semid.data.image_io import read_image, stack_images
+from semid.data.images import ImageDataset, ImageSplits, load_image_folder
+from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
+from semid.errors import SemidError
+
+PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
+CAPTION_COLUMNS = ("caption", "text")
+LABEL_COLUMNS = ("label", "class")
+
+
+def load_image_collection(
+    path: str | os.PathLike,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    image_size: int | str = "auto",
+    name: str | None = None,
+) -> ImageSplits:
+    """Train and test `ImageDataset`s from an image folder tree or a table of image paths.
+
+    `image_size`: "auto" keeps a common size and otherwise resizes to the median shorter side;
+    an int resizes every image to that square size."""
+    if not 0 < test_fraction < 1:
+        raise SemidError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
+    path = Path(path)
+    if path.is_dir():
+        data = load_image_folder(path, name, image_size)
+        data.class_names = class_names_from_folders(data.class_names or [], path)
+    elif table_format(path) is not None:
+        data = _load_image_table(path, image_size, name)
+    elif path.exists():
+        raise SemidError(
+            f"{path} is neither a folder of class subfolders nor a table of image paths "
+            "(.csv, .tsv, .jsonl, .parquet)"
+        )
+    else:
+        raise SemidError(f"image collection {path} not found; pass a folder or a CSV of paths")
+    train, test = split_indices(data.labels, len(data), seed, test_fraction, str(path))
+    label = data.name
+    return ImageSplits(
+        _subset(data, train, f"{label}/train"), _subset(data, test, f"{label}/test"), label
+    )
+
+
+def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> list[str]:
+    """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide."""
+    names = [" ".join(f.replace("_", " ").replace("-", " ").split()) for f in folders]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise SemidError(
+                f"class folders {folders[names.index(n)]!r} and {folders[i]!r} in {where} both "
+                f"read as class {n!r}; rename one"
+            )
+    return names
+
+
+def split_indices(
+    labels: torch.Tensor | None, n: int, seed: int, test_fraction: float, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and test row indices: per class (or over all rows without labels), a seeded
+    shuffle puts round(count * test_fraction) rows in test, at least one and never all."""
+    rng = np.random.default_rng(seed)
+    values = labels.numpy() if labels is not None else np.zeros(n, dtype=np.int64)
+    train, test = [], []
+    for c in np.unique(values):
+        rows = rng.permutation(np.flatnonzero(values == c))
+        k = min(max(round(len(rows) * test_fraction), 1), len(rows) - 1) if len(rows) > 1 else 0
+        test.append(rows[:k])
+        train.append(rows[k:])
+    test_rows, train_rows = np.sort(np.concatenate(test)), np.sort(np.concatenate(train))
+    if len(test_rows) == 0:
+        raise SemidError(f"{where} holds too few images to split ({n}); give at least 2 per class")
+    return train_rows, test_rows
+
+
+def _subset(data: ImageDataset, rows: np.ndarray, name: str) -> ImageDataset:
+    index = torch.from_numpy(rows)
+    return ImageDataset(
+        images=data.images[index],
+        keys=[data.keys[i] for i in rows],
+        labels=data.labels[index] if data.labels is not None else None,
+        class_names=data.class_names,
+        captions=[data.captions[i] for i in rows] if data.captions is not None else None,
+        name=name,
+    )
+
+
+def _load_image_table(path: Path, image_size: int | str, name: str | None) -> ImageDataset:
+    what = "image list"
+    table = read_table(path, what)
+    path_col = find_column(table, "path", PATH_COLUMNS, path, what)
+    caption_col = find_column(table, "caption", CAPTION_COLUMNS, path, what, required=False)
+    label_col = find_column(table, "label", LABEL_COLUMNS, path, what, required=False)
+    if caption_col is None and label_col is None:
+        raise SemidError(
+            f"{what} {path} needs a caption column ({', '.join(CAPTION_COLUMNS)}) or a label "
+            f"column ({', '.join(LABEL_COLUMNS)}) besides {path_col}"
+        )
+    keys = key_strings(table[path_col], path, "image path")
+    seen: dict[str, int] = {}
+    files = []
+    for row, key in enumerate(keys):
+        if key in seen:
+            raise SemidError(
+                f"{path} {row_label(path, row)} repeats {key!r} (first at {row_label(path, seen[key])}); list each image once"
+            )
+        seen[key] = row
+        file = path.parent / key
+        if not file.is_file():
+            raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
+        files.append(file)
+    captions = labels = class_names = None
+    if caption_col is not None:
+        captions = list(key_strings(table[caption_col], path, "caption"))
+    if label_col is not None:
+        names = key_strings(table[label_col], path, "label")
+        class_names = sorted(set(names))
+        index = {c: i for i, c in enumerate(class_names)}
+        labels = torch.tensor([index[c] for c in names], dtype=torch.long)
+    images = stack_images([read_image(f) for f in files], str(path), image_size)
+    return ImageDataset(
+        images=torch.from_numpy(images),
+        keys=list(keys),
+        labels=labels,
+        class_names=class_names,
+        captions=captions,
+        name=name or Path(path.name[:-3] if path.name.endswith(".gz") else path.name).stem,
+    )

@@ -1,0 +1,243 @@
+"""A user's own interaction log (and optional item texts) from plain table files, as a RecDataset.
+
+Interactions file: one row per event with a user, an item and optionally a timestamp column (names
+in USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS, or given with ``columns``). Ids are kept as strings.
+Timestamps may be integers, decimals (floored to whole seconds), or ISO 8601 datetimes; without a
+timestamp column, file order is time order.
+
+Items file (optional): the item column (same names, plus ``id``) and a ``text`` column. Without a
+``text`` column every other column makes the text, in file order, as ``"column: value"`` pairs
+joined by ``"; "`` (empty values skipped; list values joined by ``", "``), e.g.
+``"title: Heat; year: 1995; genres: Action|Crime"``. Without an items file there are no texts:
+``RecDataset.item_texts`` is None and embeddings must come from elsewhere.
+
+Loading, in order: events whose item has no text (absent from the items file, or empty) raise, or
+are dropped with ``missing_text="drop"``; users with fewer than ``min_interactions`` events are
+dropped (once, as RecBole's ``user_inter_num_interval`` does); items of the items file left
+without events are dropped. Each drop adds a line to ``RecDataset.notes``.
+
+Integer ids, independent of row order: events are sorted by (timestamp, user key, item key);
+users are numbered by first appearance in that order; items follow the items file's order when
+one is given, else first appearance in that order. The log is stored in that order too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.tables import (
+    column_name,
+    find_column,
+    key_strings,
+    parse_columns,
+    read_table,
+    row_label,
+)
+from semid.errors import SemidError
+
+USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
+ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
+TIME_COLUMNS = ("timestamp", "ts", "time", "Timestamp")
+ROLES = ("user", "item", "timestamp", "text")
+MISSING_TEXT = ("error", "drop")
+
+
+def load_interaction_files(
+    interactions: str | os.PathLike,
+    items: str | os.PathLike | None = None,
+    columns: dict[str, str] | str | None = None,
+    missing_text: str = "error",
+    min_interactions: int = 3,
+    name: str | None = None,
+) -> RecDataset:
+    """A RecDataset from an interactions file and an optional items file (see the module docstring).
+
+    `columns` maps roles (user, item, timestamp, text) to column names, as a dict or as
+    ``"user=a,item=b"``; roles left out are found by their usual names."""
+    if isinstance(columns, str) or columns is None:
+        columns = parse_columns(columns)
+    unknown = sorted(set(columns) - set(ROLES))
+    if unknown:
+        raise SemidError(
+            f"--columns names unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}"
+        )
+    if missing_text not in MISSING_TEXT:
+        raise SemidError(f"missing_text must be 'error' or 'drop', got {missing_text!r}")
+    if min_interactions < 1:
+        raise SemidError(f"min_interactions must be >= 1, got {min_interactions}")
+    path = Path(interactions)
+    what = "interactions file"
+    table = read_table(path, what)
+    user_col = find_column(table, "user", USER_COLUMNS, path, what, columns.get("user"))
+    item_col = find_column(table, "item", ITEM_COLUMNS, path, what, columns.get("item"))
+    time_col = find_column(
+        table, "timestamp", TIME_COLUMNS, path, what, columns.get("timestamp"), required=False
+    )
+    users = key_strings(table[user_col], path, "user id")
+    item_of = key_strings(table[item_col], path, "item id")
+    if time_col is None:
+        times = np.arange(len(users), dtype=np.int64)
+    else:
+        times = _timestamps(table[time_col], path)
+    notes: list[str] = []
+
+    catalog = texts = None
+    if items is not None:
+        catalog, texts = _read_items(Path(items), columns)
+        has_text = pd.Index(catalog[[bool(t.strip()) for t in texts]])
+        missing = ~pd.Index(item_of).isin(has_text)
+        if missing.any():
+            n, k = int(missing.sum()), len(pd.unique(item_of[missing]))
+            first = item_of[missing][0]
+            if missing_text == "error":
+                raise SemidError(
+                    f"{path}: {n:,} interactions name {k:,} items without text in {items} "
+                    f"(first: {first!r}); add them to the items file or drop them "
+                    f"(missing_text='drop', CLI --missing-text drop)"
+                )
+            users, item_of, times = users[~missing], item_of[~missing], times[~missing]
+            notes.append(
+                f"dropped {n:,} interactions with {k:,} items that have no text in {items}"
+            )
+
+    user_counts = pd.Series(users).value_counts()
+    few = user_counts.index[user_counts < min_interactions]
+    if len(few):
+        keep = ~pd.Index(users).isin(few)
+        notes.append(
+            f"dropped {len(few):,} users with fewer than {min_interactions} interactions "
+            f"({int((~keep).sum()):,} interactions)"
+        )
+        users, item_of, times = users[keep], item_of[keep], times[keep]
+    if len(users) == 0:
+        raise SemidError(
+            f"{path}: no interactions left after the drops above ({'; '.join(notes)}); "
+            f"lower min_interactions or fix the files"
+        )
+
+    # Content order: by time, then user key, then item key (ranks from sorted factorization).
+    user_rank = pd.factorize(users, sort=True)[0]
+    item_rank = pd.factorize(item_of, sort=True)[0]
+    order = np.lexsort((item_rank, user_rank, times))
+    users, item_of, times = users[order], item_of[order], times[order]
+    user_ids, user_keys = pd.factorize(users, sort=False)
+    if catalog is None:
+        item_ids, item_keys = pd.factorize(item_of, sort=False)
+        item_keys, item_texts = [str(k) for k in item_keys], None
+    else:
+        used = pd.Index(catalog).isin(pd.unique(item_of))
+        if not used.all():
+            notes.append(
+                f"dropped {int((~used).sum()):,} items of {items} that no kept interaction names"
+            )
+        item_keys = [str(k) for k in catalog[used]]
+        item_texts = [t for t, u in zip(texts, used, strict=True) if u]
+        item_ids = pd.Index(item_keys).get_indexer(item_of)
+    log = InteractionLog(
+        users=torch.from_numpy(user_ids.astype(np.int64)),
+        items=torch.from_numpy(np.asarray(item_ids, dtype=np.int64)),
+        timestamps=torch.from_numpy(times),
+        num_users=len(user_keys),
+        num_items=len(item_keys),
+        item_keys=item_keys,
+    )
+    label = name or _stem(path)
+    return RecDataset(label, [str(u) for u in user_keys], item_keys, item_texts, log, notes)
+
+
+def _stem(path: Path) -> str:
+    """The file name without its table extensions: my_log.csv.gz -> my_log."""
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    return Path(name).stem
+
+
+def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """Whole seconds (int64) from integers, decimals (floored) or ISO 8601 datetimes."""
+    if column.null_count:
+        row = int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
+        raise SemidError(
+            f"{path} {row_label(path, row)}: empty timestamp; give every row one or drop the column"
+        )
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        empty = np.flatnonzero(
+            pc.equal(pc.utf8_trim_whitespace(column), "").to_numpy(zero_copy_only=False)
+        )
+        if empty.size:
+            raise SemidError(
+                f"{path} {row_label(path, int(empty[0]))}: empty timestamp; give every row one or drop the column"
+            )
+        for target in (pa.int64(), pa.float64(), pa.timestamp("ns"), pa.timestamp("ns", "UTC")):
+            try:
+                return _timestamps(pc.cast(column, target), path)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        raise SemidError(
+            f"{path}: timestamps must be integer seconds, decimals or ISO 8601 datetimes "
+            f"(first value: {column[0].as_py()!r}); fix the timestamp column"
+        )
+    if pa.types.is_integer(kind):
+        return column.to_numpy().astype(np.int64)
+    if pa.types.is_floating(kind):
+        values = column.to_numpy()
+        if not np.isfinite(values).all():
+            raise SemidError(f"{path}: timestamps must be finite numbers; fix the timestamp column")
+        return np.floor(values).astype(np.int64)
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        nanos = pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64()).to_numpy()
+        return np.floor_divide(nanos, 10**9).astype(np.int64)
+    raise SemidError(f"{path}: cannot read timestamps of type {kind}; use integer seconds")
+
+
+def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[str]]:
+    """Item keys (object array, file order) and one text per item; duplicate keys raise."""
+    what = "items file"
+    table = read_table(path, what)
+    explicit = columns.get("item")
+    if explicit is not None and explicit not in map(column_name, table.column_names):
+        explicit = None  # the mapping named the interactions file's column
+    key_col = find_column(table, "item", (*ITEM_COLUMNS, "id"), path, what, explicit)
+    keys = key_strings(table[key_col], path, "item id")
+    dup = pd.Index(keys).duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        first = int(np.flatnonzero(keys == keys[row])[0])
+        raise SemidError(
+            f"{path} {row_label(path, row)} repeats item {keys[row]!r} (first at "
+            f"{row_label(path, first)}); give each item one row"
+        )
+    text_col = find_column(table, "text", ("text",), path, what, columns.get("text"), False)
+    if text_col is not None:
+        values = table[text_col].to_pylist()
+        return keys, [_as_text(v) for v in values]
+    others = [c for c in table.column_names if c != key_col]
+    if not others:
+        raise SemidError(
+            f"{path} has only the item column; add a text column (or title, genres, ...)"
+        )
+    cells = {c: table[c].to_pylist() for c in others}
+    texts = [
+        "; ".join(
+            f"{column_name(c)}: {_as_text(cells[c][row])}"
+            for c in others
+            if _as_text(cells[c][row])
+        )
+        for row in range(table.num_rows)
+    ]
+    return keys, texts
+
+
+def _as_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_as_text(v) for v in value if _as_text(v))
+    return str(value).strip()

@@ -1,0 +1,260 @@
+"""Plain table files (CSV, TSV, Parquet, JSON Lines; each optionally gzipped) read with pyarrow.
+
+The format follows the extension (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, with ``.gz`` after
+any of them; RecBole's ``.inter`` and ``.item`` are TSV). CSV and TSV cells are read as text, never
+type-guessed, so ids such as ``007`` stay as written; TSV has no quoting (RecBole files hold bare
+quotes in titles). JSON Lines and Parquet keep their own types. Every failure is one SemidError line
+naming the file and, where it can be known, the line.
+
+Columns are found by role (``user``, ``item``, ...) through a list of accepted names, or by an
+explicit mapping parsed from ``user=a,item=b`` (`parse_columns`). RecBole's typed headers
+(``user_id:token``) match by their name part.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from semid.errors import SemidError
+
+# Extension (after removing a trailing .gz) -> format.
+TABLE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".inter": "tsv",
+    ".item": "tsv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+ACCEPTED = ", ".join([*TABLE_FORMATS, "each optionally followed by .gz"])
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def table_format(path: str | os.PathLike) -> str | None:
+    """'csv', 'tsv', 'parquet' or 'jsonl' from the file name (a trailing .gz is allowed), else None."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return TABLE_FORMATS.get(Path(name).suffix)
+
+
+def read_table(path: str | os.PathLike, what: str) -> pa.Table:
+    """Read a table file (format by extension); `what` names it in errors ("interactions file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemidError(f"{what} {path} not found; check the path")
+    fmt = table_format(path)
+    if fmt is None:
+        raise SemidError(f"{what} {path}: unknown extension; use one of {ACCEPTED}")
+    try:
+        if fmt == "parquet":
+            table = _read_parquet(path)
+        elif fmt == "jsonl":
+            table = pajson.read_json(path)
+            table.validate(full=True)  # the JSON reader does not check UTF-8 in strings
+        else:
+            table = _read_delimited(path, fmt)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        raise _explain(path, fmt, what, e) from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip or Parquet containers that do not decode
+        raise SemidError(f"cannot read {what} {path}: {e}; check or regenerate the file") from None
+    if table.num_rows == 0:
+        raise SemidError(f"{what} {path} has no rows; it holds only a header or nothing")
+    return table
+
+
+def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
+    parse = pacsv.ParseOptions(
+        delimiter="\t" if fmt == "tsv" else ",", quote_char=False if fmt == "tsv" else '"'
+    )
+    read = pacsv.ReadOptions(use_threads=use_threads)
+    # The header names every column; a first streaming pass reads just it, to type all as text.
+    with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
+        names = reader.schema.names
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
+    return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    if path.name.lower().endswith(".gz"):  # Parquet needs random access: decompress to memory
+        return pq.read_table(pa.BufferReader(gzip.decompress(path.read_bytes())))
+    return pq.read_table(path)
+
+
+def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
+    """One line for a pyarrow failure, with the line number where it can be found."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "Empty CSV file" in message or "Empty JSON file" in message:
+        return SemidError(f"{what} {path} is empty; it needs at least one row")
+    if fmt == "parquet":
+        return SemidError(f"{what} {path} is not a readable Parquet file ({message})")
+    data = _raw_text(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return SemidError(f"{what} {path} line {line} is not UTF-8 text; save the file as UTF-8")
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    return SemidError(
+                        f"{what} {path} line {number} is not valid JSON ({e.msg}); write one object per line"
+                    )
+                if not isinstance(obj, dict):
+                    return SemidError(
+                        f"{what} {path} line {number} is a JSON {type(obj).__name__}, not an object"
+                    )
+        return SemidError(f"cannot read {what} {path}: {message}")
+    if "CSV parse error" in message:
+        # Threaded reads do not know row numbers; a single-threaded read reports 'Row #N'.
+        try:
+            _read_delimited(path, fmt, use_threads=False)
+        except pa.ArrowInvalid as e:
+            message = str(e).splitlines()[0]
+        where = message.split("Row #", 1)[1].split(":", 1)[0] if "Row #" in message else None
+        detail = message.split(":", 2)[-1].strip()[:80] if where else message
+        at = f" line {where}" if where else ""
+        sep = "tab" if fmt == "tsv" else "comma"
+        return SemidError(
+            f"{what} {path}{at} is malformed ({detail}); every row needs the header's {sep}-separated fields"
+        )
+    return SemidError(f"cannot read {what} {path}: {message}")
+
+
+def _raw_text(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.lower().endswith(".gz") else data
+
+
+# --- columns ----------------------------------------------------------------------------------
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``"user=uid,item=movie"`` -> ``{"user": "uid", "item": "movie"}`` (None or "" -> {})."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        role, sep, name = (s.strip() for s in part.partition("="))
+        if not sep or not role or not name:
+            raise SemidError(
+                f"--columns {text!r}: {part.strip()!r} is not ROLE=COLUMN; write e.g. user=uid,item=movie"
+            )
+        if role in out:
+            raise SemidError(f"--columns {text!r} names {role!r} twice; give each role once")
+        out[role] = name
+    return out
+
+
+def column_name(header: str) -> str:
+    """A header's name part: RecBole's ``user_id:token`` -> ``user_id``; others unchanged."""
+    name, sep, kind = header.rpartition(":")
+    return name.strip() if sep and kind.strip() in RECBOLE_TYPES else header.strip()
+
+
+def find_column(
+    table: pa.Table,
+    role: str,
+    aliases: Sequence[str],
+    path: str | os.PathLike,
+    what: str,
+    explicit: str | None = None,
+    required: bool = True,
+) -> str | None:
+    """The header of the column playing `role`: `explicit` if given, else the one accepted alias.
+
+    Aliases match case-sensitively on the name part of the header (see `column_name`). Raises if a
+    required column is missing or if several columns match."""
+    headers = table.column_names
+    if explicit is not None:
+        found = [h for h in headers if h == explicit or column_name(h) == explicit]
+        if not found:
+            raise SemidError(
+                f"{what} {path} has no column {explicit!r} (given for {role}); columns: {', '.join(headers)}"
+            )
+        return found[0]
+    found = [h for h in headers if column_name(h) in aliases]
+    if len(found) > 1:
+        raise SemidError(
+            f"{what} {path}: columns {', '.join(found)} could all be the {role}; "
+            f"pick one with --columns {role}=NAME"
+        )
+    if not found:
+        if not required:
+            return None
+        raise SemidError(
+            f"{what} {path} lacks a {role} column (accepted names: {', '.join(aliases)}; found: "
+            f"{', '.join(headers)}); rename it or pass --columns {role}=NAME"
+        )
+    return found[0]
+
+
+def row_label(path: Path, row: int) -> str:
+    """Row `row` (0-based) as the user finds it: a line in CSV/TSV (after the header), a row otherwise."""
+    return f"line {row + 2}" if table_format(path) in ("csv", "tsv") else f"row {row + 1}"
+
+
+def key_strings(column: pa.ChunkedArray, path: Path, role: str) -> np.ndarray:
+    """(N,) object array of strings (ids, paths, labels); an empty or null cell raises, naming its row."""
+    try:
+        strings = pc.cast(column, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise SemidError(
+            f"{path}: the {role} column holds {column.type} values; use strings or integers"
+        ) from None
+    values = np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
+    bad = np.flatnonzero(pd.isna(values) | (values == ""))
+    if bad.size:
+        raise SemidError(
+            f"{path} {row_label(path, int(bad[0]))}: empty {role} ({bad.size:,} rows); give every row one"
+        )
+    return values
+
+
+def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
+    """The sha256 of the data's bytes: for one file, of its bytes (``sha256sum``'s digest).
+
+    Several paths or a folder hash one ``<digest>  <name>`` line per file (folders: every file
+    below, sorted, by relative path), so renaming a class folder changes the hash but moving the
+    data elsewhere does not."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files: list[tuple[str, Path]] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += [
+                (p.relative_to(item).as_posix(), p) for p in sorted(item.rglob("*")) if p.is_file()
+            ]
+        elif item.is_file():
+            files.append((item.name, item))
+        else:
+            raise SemidError(f"{item} not found; cannot hash the data")
+    if len(files) == 1 and not Path(items[0]).is_dir():
+        return _file_sha256(files[0][1])
+    lines = "".join(f"{_file_sha256(p)}  {name}\n" for name, p in files)
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,272 @@
+"""Plain data files: the table reader (formats and errors), interaction files to a RecDataset, and
+the acceptance check that ml-100k exported as shuffled CSVs splits exactly as the embedded copy."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from semid.data import leave_one_out, load_dataset
+from semid.data.interaction_files import load_interaction_files
+from semid.data.tables import content_sha256, find_column, parse_columns, read_table
+from semid.errors import SemidError
+
+ROWS = [
+    {"user": "007", "item": "a", "timestamp": "5"},
+    {"user": "8", "item": "b", "timestamp": "6"},
+]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Write dict rows in the format the file name asks for (csv, tsv, jsonl, parquet; .gz)."""
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return path
+    if name.endswith(".jsonl"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        text = (
+            sep.join(rows[0]) + "\n" + "".join(sep.join(map(str, r.values())) + "\n" for r in rows)
+        )
+    data = text.encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+# --- read_table ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl", ".parquet", ".csv.gz", ".jsonl.gz"])
+def test_every_format_reads_the_same_rows(tmp_path: Path, ext: str) -> None:
+    table = read_table(write_rows(tmp_path / f"log{ext}", ROWS), "interactions file")
+    assert table.column_names == ["user", "item", "timestamp"]
+    assert table.to_pylist() == ROWS  # CSV cells stay text: '007' keeps its zeros
+
+
+def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "p.parquet")
+    (tmp_path / "p.parquet.gz").write_bytes(gzip.compress((tmp_path / "p.parquet").read_bytes()))
+    assert read_table(tmp_path / "p.parquet.gz", "f").num_rows == 2
+    (tmp_path / "x.inter").write_text('user_id:token\titem_id:token\n1\t"Heat" (1995)\n')
+    assert read_table(tmp_path / "x.inter", "f").to_pylist()[0]["item_id:token"] == '"Heat" (1995)'
+
+
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("log.txt", b"user,item\n1,2\n", "unknown extension; use one of .csv, .tsv"),
+        ("log.csv", b"", "is empty"),
+        ("log.jsonl", b"", "is empty"),
+        ("log.csv", b"user,item\n", "has no rows"),
+        ("log.csv", b"user,item\n1,2\n3,\xff\n", "line 3 is not UTF-8"),
+        ("log.jsonl", b'{"user": "1"}\n{"user": "\xff"}\n', "line 2 is not UTF-8"),
+        ("log.csv", b"user,item\n1,2\n3,4,5\n", "line 3 is malformed (Expected 2 columns, got 3"),
+        ("log.tsv", b"user\titem\n1\n", "line 2 is malformed"),
+        ("log.jsonl", b'{"user": 1}\n\n{"user": 2,\n', "line 3 is not valid JSON"),
+        ("log.jsonl", b'{"user": 1}\n[1, 2]\n', "line 2 is a JSON list"),
+        ("log.parquet", b"not parquet", "not a readable Parquet file"),
+        ("log.csv.gz", b"not gzip", "cannot read interactions file"),
+    ],
+)
+def test_read_table_errors_are_one_line(tmp_path: Path, name: str, content: bytes, words: str):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SemidError) as e:
+        read_table(tmp_path / name, "interactions file")
+    assert words in str(e.value) and name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_row_far_down_is_located(tmp_path: Path) -> None:
+    lines = ["user,item"] + [f"{i},{i}" for i in range(50_000)]
+    lines[40_000] = "x,y,z"
+    (tmp_path / "big.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SemidError, match="line 40001 is malformed"):
+        read_table(tmp_path / "big.csv", "f")
+    with pytest.raises(SemidError, match="not found"):
+        read_table(tmp_path / "nope.csv", "f")
+
+
+def test_parse_columns_and_find_column(tmp_path: Path) -> None:
+    assert parse_columns("user=uid, item = movie") == {"user": "uid", "item": "movie"}
+    assert parse_columns(None) == parse_columns("") == {}
+    with pytest.raises(SemidError, match="not ROLE=COLUMN"):
+        parse_columns("user:uid")
+    with pytest.raises(SemidError, match="twice"):
+        parse_columns("user=a,user=b")
+    table = pa.table({"user_id:token": ["1"], "uid": ["2"], "x": ["3"]})
+    with pytest.raises(SemidError, match="could all be the user"):
+        find_column(table, "user", ("user_id", "uid"), "f.csv", "file")
+    assert find_column(table, "user", ("user_id",), "f.csv", "file") == "user_id:token"
+    assert find_column(table, "user", ("user",), "f.csv", "file", explicit="x") == "x"
+
+
+def test_content_sha256(tmp_path: Path) -> None:
+    data = tmp_path / "d" / "log.csv"
+    data.parent.mkdir()
+    data.write_bytes(b"user,item\n1,2\n")
+    assert content_sha256(data) == hashlib.sha256(data.read_bytes()).hexdigest()
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "d" / "sub" / "x.bin").write_bytes(b"x")
+    folder_hash = content_sha256(tmp_path / "d")
+    shutil.copytree(tmp_path / "d", tmp_path / "moved")
+    assert content_sha256(tmp_path / "moved") == folder_hash  # location does not matter
+    (tmp_path / "moved" / "sub" / "x.bin").write_bytes(b"y")
+    assert content_sha256(tmp_path / "moved") != folder_hash
+    assert content_sha256([data, tmp_path / "d" / "sub" / "x.bin"]) != content_sha256(data)
+
+
+# --- load_interaction_files ------------------------------------------------------------------
+
+LOG = "user,item,timestamp\nu1,i2,10\nu1,i1,10\nu1,i3,5\nu2,i1,1\nu2,i3,2\nu2,i2,3\nu3,i1,4\n"
+ITEMS = "item,text\ni3,third\ni1,first\ni2,second\ni9,never rated\n"
+
+
+def files(tmp_path: Path, log: str = LOG, items: str | None = ITEMS) -> tuple[Path, Path | None]:
+    (tmp_path / "log.csv").write_text(log)
+    if items is None:
+        return tmp_path / "log.csv", None
+    (tmp_path / "items.csv").write_text(items)
+    return tmp_path / "log.csv", tmp_path / "items.csv"
+
+
+def test_interactions_with_items(tmp_path: Path) -> None:
+    d = load_interaction_files(*files(tmp_path))
+    assert d.name == "log"
+    assert d.item_keys == ["i3", "i1", "i2"]  # items-file order; i9 has no interactions
+    assert d.item_texts == ["third", "first", "second"]
+    assert d.user_keys == ["u2", "u1"]  # first appearance by time; u3 has 1 < 3 interactions
+    assert d.notes == [
+        "dropped 1 users with fewer than 3 interactions (1 interactions)",
+        f"dropped 1 items of {tmp_path / 'items.csv'} that no kept interaction names",
+    ]
+    log = d.interactions
+    assert (log.num_users, log.num_items, len(log)) == (2, 3, 6)
+    assert log.item_keys == d.item_keys
+    split = leave_one_out(log)
+    keys = [[d.item_keys[i] for i in split.test_items.tolist()]]
+    assert keys == [["i2", "i2"]]  # u1's tie at t=10: 'i1' < 'i2' by key, so i2 is last
+
+
+def test_row_order_does_not_matter(tmp_path: Path) -> None:
+    header, *rows = LOG.splitlines()
+    a = load_interaction_files(*files(tmp_path), min_interactions=1)
+    random.Random(0).shuffle(rows)
+    b = load_interaction_files(
+        *files(tmp_path, "\n".join([header, *rows]) + "\n"), min_interactions=1
+    )
+    assert (a.user_keys, a.item_keys) == (b.user_keys, b.item_keys)
+    for field in ("users", "items", "timestamps"):
+        assert getattr(a.interactions, field).tolist() == getattr(b.interactions, field).tolist()
+
+
+def test_without_items_file_there_are_no_texts(tmp_path: Path) -> None:
+    d = load_interaction_files(*files(tmp_path, items=None), min_interactions=1)
+    assert d.item_texts is None
+    assert d.item_keys == ["i1", "i3", "i2"]  # first appearance after sorting by (time, user, item)
+    assert d.user_keys == ["u2", "u3", "u1"]
+    assert load_dataset(str(tmp_path / "log.csv")).item_texts is None  # a table path loads too
+
+
+def test_aliases_typed_headers_and_explicit_columns(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("userId,movieId,ts\n007,1,3\n007,2,4\n007,3,5\n")
+    d = load_interaction_files(tmp_path / "a.csv")
+    assert d.user_keys == ["007"] and d.item_keys == ["1", "2", "3"]
+    (tmp_path / "b.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3.7\n")
+    d = load_interaction_files(tmp_path / "b.inter", min_interactions=1)
+    assert d.interactions.timestamps.tolist() == [3]  # decimals are floored to seconds
+    (tmp_path / "c.csv").write_text("who,what,when\nx,y,2021-01-01T00:00:01\n")
+    d = load_interaction_files(
+        tmp_path / "c.csv", columns="user=who,item=what,timestamp=when", min_interactions=1
+    )
+    assert d.interactions.timestamps.tolist() == [1_609_459_201]
+
+
+def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
+    items = "movieId,title,year,genres\ni1,Heat,1995,Action|Crime\ni2,Up,,Animation\ni3,X,2000,\n"
+    d = load_interaction_files(*files(tmp_path, items=items), min_interactions=1)
+    assert d.item_texts[:2] == [
+        "title: Heat; year: 1995; genres: Action|Crime",
+        "title: Up; genres: Animation",
+    ]
+
+
+@pytest.mark.parametrize(
+    "log, items, kwargs, words",
+    [
+        ("u,item\n1,2\n", None, {}, "lacks a user column (accepted names: user, user_id, userId"),
+        ("user,item_id,iid\n1,2,3\n", None, {}, "columns item_id, iid could all be the item"),
+        (LOG, "item,text\ni1,a\ni2,b\ni1,c\n", {}, "line 4 repeats item 'i1' (first at line 2)"),
+        (LOG, "item,text\ni1,a\n", {}, "4 interactions name 2 items without text"),
+        (LOG, "item,text\ni1,a\ni2,\ni3,c\n", {}, "2 interactions name 1 items without text"),
+        ("user,item,timestamp\n1,2,\n", None, {}, "line 2: empty timestamp"),
+        ("user,item,timestamp\n1,2,soon\n", None, {}, "timestamps must be integer seconds"),
+        ("user,item\n1,\n", None, {}, "line 2: empty item id"),
+        (LOG, None, {"columns": "user=x"}, "no column 'x' (given for user)"),
+        (LOG, None, {"columns": "usr=user"}, "unknown role(s) usr"),
+        (LOG, None, {"missing_text": "skip"}, "missing_text must be"),
+        (LOG, None, {"min_interactions": 9}, "no interactions left"),
+    ],
+)
+def test_interaction_errors(tmp_path: Path, log: str, items: str | None, kwargs: dict, words: str):
+    with pytest.raises(SemidError) as e:
+        load_interaction_files(*files(tmp_path, log, items), **kwargs)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_text_can_be_dropped(tmp_path: Path) -> None:
+    d = load_interaction_files(
+        *files(tmp_path, items="item,text\ni1,a\ni2,b\n"), missing_text="drop", min_interactions=2
+    )
+    assert d.item_keys == ["i1", "i2"] and len(d.interactions) == 4
+    assert (
+        d.notes[0]
+        == f"dropped 2 interactions with 1 items that have no text in {tmp_path / 'items.csv'}"
+    )
+    assert d.notes[1] == "dropped 1 users with fewer than 2 interactions (1 interactions)"
+
+
+# --- acceptance: ml-100k as plain files ------------------------------------------------------
+
+
+def split_by_keys(d) -> dict[str, tuple[list[str], str, str]]:
+    """Per evaluated user key: (train item keys in order, valid item key, test item key)."""
+    s = leave_one_out(d.interactions)
+    out = {}
+    for row, u in enumerate(s.test_users.tolist()):
+        seq = [d.item_keys[i] for i in s.sequence_items[s.ptr[u] : s.ptr[u + 1]].tolist()]
+        valid, test = d.item_keys[s.valid_items[row]], d.item_keys[s.test_items[row]]
+        assert seq[-2:] == [valid, test]
+        out[d.user_keys[u]] = (seq[:-2], valid, test)
+    return out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("recbole") is None, reason="recbole missing")
+def test_ml100k_as_shuffled_files_splits_like_the_embedded_copy(tmp_path: Path) -> None:
+    ref = load_dataset("ml-100k")
+    log = ref.interactions
+    rows = list(zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(), strict=True))
+    order = np.random.default_rng(0).permutation(len(rows))
+    lines = [f"{ref.user_keys[rows[r][0]]},{ref.item_keys[rows[r][1]]},{rows[r][2]}" for r in order]
+    (tmp_path / "inter.csv").write_text("user,item,timestamp\n" + "\n".join(lines) + "\n")
+    items = pa.table({"item": ref.item_keys[::-1], "text": ref.item_texts[::-1]})
+    pacsv.write_csv(items, tmp_path / "items.csv")
+    mine = load_interaction_files(tmp_path / "inter.csv", tmp_path / "items.csv")
+    assert mine.notes == [] and len(mine.interactions) == len(log) == 100_000
+    assert dict(zip(mine.item_keys, mine.item_texts, strict=True)) == dict(
+        zip(ref.item_keys, ref.item_texts, strict=True)
+    )
+    expected = split_by_keys(ref)
+    assert len(expected) == 943
+    assert split_by_keys(mine) == expected
