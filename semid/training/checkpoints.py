@@ -28,6 +28,7 @@ from semid.atomic import (
     fsync_tree,
     is_disk_full,
     recover,
+    remove_stale,
     swap_into_place,
     write_json,
 )
@@ -67,7 +68,7 @@ def load_torch_file(path: Path) -> Any:
                 f"{path} holds pickled objects that could run code, which semid never writes; "
                 "refusing to load it (delete it if you did not put it there)"
             ) from None
-        raise DamagedCheckpointError(f"{path} cannot be unpickled") from None
+        raise DamagedCheckpointError(f"{path.name}: not a readable torch file") from None
     except _DAMAGED as e:
         reason = str(e).split(". ")[0].strip() or type(e).__name__
         raise DamagedCheckpointError(f"{path.name}: {reason}") from None
@@ -107,6 +108,7 @@ def collective_atomic_dir(accelerator: Accelerator, final: Path) -> Iterator[Pat
     main = accelerator.is_main_process
     if main:
         recover(final)
+        remove_stale(final)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
