@@ -113,13 +113,13 @@ def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
         if any(word in str(seen).lower() for word in _DISK_FULL_WORDS):
             return True
         seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    if not isinstance(exc, (OSError, RuntimeError)):
+    if not isinstance(exc, (OSError, RuntimeError)) or not hasattr(os, "statvfs"):
         return False
     try:  # torch.save and np.save report a short write without any errno: ask the filesystem
         stats = os.statvfs(folder)
     except OSError:
         return False
-    free_blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    free_blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail  # root may use reserved
     return free_blocks * stats.f_frsize < _LOW_SPACE_BYTES
 
 

@@ -64,6 +64,8 @@ class Trainer:
     `metrics.jsonl` and `train_config.json`. Launched with `accelerate launch`, the same code runs
     data-parallel on several processes; `batch_size` is then per process. `evaluate(model)` runs on
     the main process only, with the unwrapped model in eval mode under `torch.no_grad()`.
+    Resume takes the newest checkpoint that reads back; what it did ("resuming from step N (PATH)",
+    a damaged checkpoint skipped) is printed to stderr with the progress bar and kept in `notes`.
     """
 
     def __init__(
