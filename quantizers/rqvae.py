@@ -31,6 +31,7 @@ from semid.atomic import atomic_file
 from semid.errors import SemidError
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
+from semid.training.checkpoints import DamagedCheckpointError, load_torch_file
 
 
 @dataclass
@@ -320,7 +321,14 @@ class RQVAE(Quantizer):
         path = None if ckpt_dir is None else ckpt_dir / self.checkpoint_name
         if path is None or not path.is_file():
             return False
-        payload = torch.load(path, weights_only=False)
+        try:
+            payload = load_torch_file(
+                path
+            )  # weights_only: a fit checkpoint is tensors and plain data
+        except DamagedCheckpointError as e:
+            raise SemidError(
+                f"checkpoint {path} is damaged ({e}); delete it to restart the fit from scratch"
+            ) from None
         if payload["fingerprint"] != self._fingerprint(inputs, cfg):
             raise SemidError(
                 f"checkpoint {path} was written for other data or settings; remove it or use another checkpoint_dir"

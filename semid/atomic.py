@@ -1,17 +1,126 @@
-"""Atomic writes: every artifact goes to a temporary name first and is renamed into place."""
+"""Atomic writes: every artifact goes to a temporary name first and is swapped into place.
+
+Names next to an artifact `NAME` (all hidden, all in the same folder):
+
+    .NAME.<pid>.<random>.tmp   a write in progress (file or folder) by process <pid>
+    .NAME.old-<pid>            the previous version, only between the two renames of the fallback swap
+
+On Linux a folder is swapped with `renameat2(RENAME_EXCHANGE)`: old and new trade names in one step,
+so some complete version is at `NAME` at every moment. Where the exchange is unavailable the swap
+renames the old folder aside and then the new one in; a writer killed between the two renames
+leaves `NAME` missing, and `recover(NAME)` (run before every write, and callable by readers) puts
+the previous version back. Leftovers of dead writers are removed on the next write of `NAME`.
+
+`fault_point(name)` lets crash tests kill the process (exit code 97) between any two steps.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from semid.errors import SemidError
+
+FAULT_EXIT_CODE = 97
+# a temp whose writer is still running is left alone unless untouched this long: pids are reused
+# after a restart, but a live write may well take longer than a few minutes
+STALE_AFTER_S = 24 * 3600.0
+# no swap takes this long between its two renames, so an older backup belongs to a dead writer
+BACKUP_GRACE_S = 60.0
+# a temp named without its writer's pid (written before names carried one) is judged by age alone
+UNKNOWN_WRITER_STALE_S = 600.0
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# libraries that write through C code (torch, safetensors, numpy) often lose the errno
+_DISK_FULL_WORDS = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded")
+_LOW_SPACE_BYTES = 1 << 20
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_fault_hits: dict[str, int] = {}
+
+
+class DiskFullError(SemidError):
+    """The device ran out of space (or quota) while an artifact was written; nothing was replaced."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(
+            f"no space left on device while writing {path}; free space and rerun, "
+            "the previous version is intact"
+        )
+
+
+def fault_point(name: str) -> None:
+    """Exit at once with code 97 on the n-th call with `name`, as SEMID_FAULT_POINT/SEMID_FAULT_AFTER say.
+
+    Used by crash tests only; without SEMID_FAULT_POINT set it does nothing.
+    """
+    if os.environ.get("SEMID_FAULT_POINT") != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(os.environ.get("SEMID_FAULT_AFTER", "1")):
+        os._exit(FAULT_EXIT_CODE)
+
+
+def _load_renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap the names of two existing paths in one atomic step; False where the system cannot."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False  # old kernel or a filesystem without exchange (some network/FUSE ones)
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether `exc` (or what caused it) means the device under `folder` is out of space or quota."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(word in str(seen).lower() for word in _DISK_FULL_WORDS):
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    if not isinstance(exc, (OSError, RuntimeError)) or not hasattr(os, "statvfs"):
+        return False
+    try:  # torch.save and np.save report a short write without any errno: ask the filesystem
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    free_blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail  # root may use reserved
+    return free_blocks * stats.f_frsize < _LOW_SPACE_BYTES
 
 
 def _umask() -> int:
@@ -33,21 +142,143 @@ def check_writable(path: str | os.PathLike) -> None:
         raise SemidError(f"output folder {parent} is not writable; choose a writable --out")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return (
+            time.time() - path.lstat().st_ctime
+        )  # ctime: renames refresh it, so it dates the swap
+    except FileNotFoundError:
+        return 0.0
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder; already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # a rename is durable only once its folder is flushed
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _backups(path: Path) -> list[tuple[int, Path]]:
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.old-(\d+)$")
+    if not path.parent.is_dir():
+        return []
+    return [(int(m.group(1)), p) for p in path.parent.iterdir() if (m := pattern.match(p.name))]
+
+
+def recover(path: str | os.PathLike) -> bool:
+    """Put back the previous version of `path` when a writer died between the two renames of a swap.
+
+    Returns True when something was restored. Safe to call at any time, by readers too: a backup
+    whose writer is still mid-swap (alive and recent) is left alone.
+    """
+    path = Path(path)
+    if os.path.lexists(path):
+        return False
+    dead = [
+        p
+        for pid, p in _backups(path)
+        if pid != os.getpid() and (not _pid_alive(pid) or _age_s(p) > BACKUP_GRACE_S)
+    ]
+    if not dead:
+        return False
+    newest = max(dead, key=lambda p: p.lstat().st_mtime)
+    try:
+        os.rename(newest, path)
+    except FileExistsError:
+        return False  # another process recovered it first
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+        return False
+    _fsync_dir(path.parent)
+    return True
+
+
+def remove_stale(path: str | os.PathLike) -> list[Path]:
+    """Delete temps and backups of `path` left by writers that died (or stalled for a day); returns them."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    name = re.escape(path.name)
+    temp = re.compile(rf"^\.{name}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp$")
+    removed = []
+    for entry in path.parent.iterdir():
+        if not (m := temp.match(entry.name)):
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid is None:
+            stale = _age_s(entry) > UNKNOWN_WRITER_STALE_S
+        else:
+            stale = pid != os.getpid() and not _pid_alive(pid) or _age_s(entry) > STALE_AFTER_S
+        if stale:
+            _remove(entry)
+            removed.append(entry)
+    if os.path.lexists(path):  # otherwise a backup may still be needed by recover()
+        for pid, entry in _backups(path):
+            if pid != os.getpid() and not _pid_alive(pid) or _age_s(entry) > BACKUP_GRACE_S:
+                _remove(entry)
+                removed.append(entry)
+    return removed
+
+
+def prepare_write(path: str | os.PathLike) -> None:
+    """Before writing `path`: check it is writable, recover an interrupted swap, drop dead leftovers."""
+    check_writable(path)
+    recover(path)
+    remove_stale(path)
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    A full disk raises DiskFullError (one line) after removing the temporary file.
+    """
     path = Path(path)
-    check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prepare_write(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts get the usual mode
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point("atomic_file.written")
         os.replace(tmp, path)
-    except BaseException:
+        fault_point("atomic_file.replaced")
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        full = not isinstance(e, SemidError) and is_disk_full(e, path.parent)
         Path(tmp).unlink(missing_ok=True)
+        if full or isinstance(e, DiskFullError):
+            raise DiskFullError(path) from None
         raise
 
 
@@ -58,26 +289,72 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file and folder under `folder` to disk (a rename alone survives no power cut)."""
+    folder = Path(folder)
+    for entry in folder.rglob("*"):
+        if entry.is_file() and not entry.is_symlink():
+            with open(entry, "rb") as f:
+                os.fsync(f.fileno())
+        elif entry.is_dir():
+            _fsync_dir(entry)
+    _fsync_dir(folder)
+
+
+def swap_into_place(
+    tmp: str | os.PathLike, path: str | os.PathLike, label: str = "atomic_dir"
+) -> None:
+    """Make the finished `tmp` appear at `path` in one step and delete what was there before.
+
+    `label` names the fault points: `<label>.old_moved` (fallback only), `<label>.swapped`.
+    """
+    tmp, path = Path(tmp), Path(path)
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        fault_point(f"{label}.swapped")
+        _fsync_dir(path.parent)
+        return
+    if exchange(tmp, path):
+        fault_point(f"{label}.swapped")
+        _fsync_dir(path.parent)
+        _remove(tmp)  # now the previous version
+        return
+    backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+    _remove(backup)
+    os.rename(path, backup)
+    fault_point(f"{label}.old_moved")
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(backup, path)
+        raise
+    fault_point(f"{label}.swapped")
+    _fsync_dir(path.parent)
+    _remove(backup)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` as a whole.
 
-    An interrupted write leaves any earlier `path` untouched (only a `.tmp` sibling is left behind,
-    and it is removed on failure).
+    At every moment `path` holds either its previous or its new complete version. A failure inside
+    removes the temporary folder; a full disk raises DiskFullError (one line).
     """
     path = Path(path)
-    check_writable(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    prepare_write(path)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    )
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fsync_tree(tmp)
+        fault_point("atomic_dir.written")
+        swap_into_place(tmp, path)
+    except BaseException as e:
+        full = not isinstance(e, SemidError) and is_disk_full(e, path.parent)
+        if os.path.lexists(tmp):
+            _remove(tmp)
+        if full or isinstance(e, DiskFullError):
+            raise DiskFullError(path) from None
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

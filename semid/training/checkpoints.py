@@ -1,28 +1,97 @@
-"""Checkpoint folders written by all processes at once, made visible by one atomic rename."""
+"""Checkpoint folders written by all processes at once, swapped into place in one atomic step.
+
+Resume checks a checkpoint before loading it: every tensor file must parse (safetensors headers,
+torch archives loaded with `weights_only=True`), so a damaged newest checkpoint is skipped for the
+previous one, and a file that would run pickled code is refused.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError, safe_open
 
-from semid.atomic import write_json
+from semid.atomic import (
+    DiskFullError,
+    fault_point,
+    fsync_tree,
+    is_disk_full,
+    recover,
+    remove_stale,
+    swap_into_place,
+    write_json,
+)
+from semid.errors import SemidError
 from semid.training.config import TrainProgress
 
 PROGRESS_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_BACKUP = re.compile(r"^\.(step-\d+)\.old-\d+$")
+_TORCH_SUFFIXES = {".bin", ".pkl", ".pt", ".pth"}
+# what torch's weights-only unpickler says when a file asks for a global it will not import
+_UNSAFE_PICKLE = re.compile(r"unsupported global|global \S+ whose module|unsupported class", re.I)
+# what a truncated or scrambled torch file raises; anything else is a real bug and propagates
+_DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, OSError)
+
+
+class DamagedCheckpointError(SemidError):
+    """A checkpoint file is truncated or corrupt (not unsafe: unsafe files raise plain SemidError)."""
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
     """The folder of the checkpoint taken after `step` optimizer steps."""
     return root / f"step-{step:08d}"
+
+
+def load_torch_file(path: Path) -> Any:
+    """`torch.load` with `weights_only=True` (plus numpy's RNG state types, as accelerate allows).
+
+    Raises DamagedCheckpointError for a truncated or corrupt file and SemidError for one that
+    holds pickled code.
+    """
+    try:
+        return accelerate_load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _UNSAFE_PICKLE.search(str(e)):
+            raise SemidError(
+                f"{path} holds pickled objects that could run code, which semid never writes; "
+                "refusing to load it (delete it if you did not put it there)"
+            ) from None
+        raise DamagedCheckpointError(f"{path.name}: not a readable torch file") from None
+    except _DAMAGED as e:
+        reason = str(e).split(". ")[0].strip() or type(e).__name__
+        raise DamagedCheckpointError(f"{path.name}: {reason}") from None
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Read every file of a checkpoint folder without touching any model; raise if one is bad.
+
+    DamagedCheckpointError names the first damaged file; SemidError refuses pickled code.
+    """
+    try:
+        load_progress(folder)
+    except (OSError, ValueError, TypeError) as e:
+        raise DamagedCheckpointError(f"{PROGRESS_FILE}: {e}") from None
+    for path in sorted(folder.rglob("*")):
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(path, framework="pt") as f:
+                    f.keys()  # the header covers the whole file, so a cut file fails here
+            except (SafetensorError, OSError) as e:
+                raise DamagedCheckpointError(f"{path.name}: {e}") from None
+        elif path.suffix in _TORCH_SUFFIXES:
+            load_torch_file(path)
 
 
 @contextmanager
@@ -31,23 +100,32 @@ def collective_atomic_dir(accelerator: Accelerator, final: Path) -> Iterator[Pat
 
     The temporary name is derived from `final` (not random) because every process must agree on it
     without talking. All processes must enter; `final` is assumed to be on a filesystem they share.
-    A crash inside leaves `final` untouched.
+    A crash inside leaves `final` untouched; a full disk raises DiskFullError after removing the
+    temporary folder, so a rerun starts clean. Fault points: `checkpoint.written`,
+    `checkpoint.old_moved`, `checkpoint.swapped`.
     """
     tmp = final.with_name(f".{final.name}.tmp")
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
+        recover(final)
+        remove_stale(final)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    yield tmp
-    accelerator.wait_for_everyone()  # every process has finished writing its part
-    if accelerator.is_main_process:
-        _fsync_tree(tmp)
-        old = final.with_name(f".{final.name}.old")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        yield tmp
+        accelerator.wait_for_everyone()  # every process has finished writing its part
+        if main:
+            fsync_tree(tmp)
+            fault_point("checkpoint.written")
+            swap_into_place(tmp, final, label="checkpoint")
+    except BaseException as e:
+        full = main and not isinstance(e, SemidError) and is_disk_full(e, final.parent)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full or isinstance(e, DiskFullError):
+            raise DiskFullError(final) from None
+        raise
     accelerator.wait_for_everyone()
 
 
@@ -62,9 +140,15 @@ def load_progress(folder: Path) -> TrainProgress:
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoint folders under `root`, oldest first; half-written ones are ignored."""
+    """Finished checkpoint folders under `root`, oldest first; half-written ones are ignored.
+
+    A checkpoint whose swap into place was interrupted is put back first (semid.atomic.recover).
+    """
     if not root.is_dir():
         return []
+    for entry in list(root.iterdir()):
+        if m := _STEP_BACKUP.match(entry.name):
+            recover(root / m.group(1))
     found = [
         (int(m.group(1)), p)
         for p in root.iterdir()
@@ -74,16 +158,14 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints, and leftovers of interrupted writes."""
+    """Delete all but the newest `keep` complete checkpoints, and leftovers of interrupted writes.
+
+    A checkpoint is renamed away before it is deleted, so a kill mid-delete leaves no half folder
+    that looks complete.
+    """
     for old in complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = old.with_name(f".{old.name}.del-{os.getpid()}")
+        os.rename(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     for leftover in root.glob(".step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    # rename is atomic, but without fsync a power cut can still leave the renamed files empty
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())

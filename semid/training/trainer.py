@@ -23,6 +23,8 @@ from tqdm import tqdm
 from semid.atomic import atomic_file, write_json
 from semid.errors import SemidError
 from semid.training.checkpoints import (
+    DamagedCheckpointError,
+    check_checkpoint,
     checkpoint_dir,
     collective_atomic_dir,
     complete_checkpoints,
@@ -62,6 +64,8 @@ class Trainer:
     `metrics.jsonl` and `train_config.json`. Launched with `accelerate launch`, the same code runs
     data-parallel on several processes; `batch_size` is then per process. `evaluate(model)` runs on
     the main process only, with the unwrapped model in eval mode under `torch.no_grad()`.
+    Resume takes the newest checkpoint that reads back; what it did ("resuming from step N (PATH)",
+    a damaged checkpoint skipped) is printed to stderr with the progress bar and kept in `notes`.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Trainer:
         if len(train_dataset) == 0:
             raise SemidError("the training set is empty; check the data split before training")
         self.config, self.out_dir, self.evaluate = config, Path(out_dir), evaluate
+        self.notes: list[str] = []  # resume notes, also printed with the progress output
         self.accelerator = Accelerator(
             mixed_precision=_resolve_precision(config.mixed_precision),
             gradient_accumulation_steps=config.grad_accum_steps,
@@ -164,7 +169,7 @@ class Trainer:
         """Seed everything, then restore the last checkpoint (resume) or clear earlier outputs."""
         acc = self.accelerator
         set_seed(self.config.seed)
-        resume_from = self._last_checkpoint() if resume else None
+        resume_from = self._loadable_checkpoint() if resume else None
         self._saved_at = None
         if resume_from is None:
             if acc.is_main_process:
@@ -177,12 +182,37 @@ class Trainer:
         # weights, optimizer, schedule, grad scaler, RNG states of this process, accumulation counter
         acc.load_state(str(resume_from))
         progress = load_progress(resume_from)
+        self._note(f"resuming from step {progress.step} ({resume_from})")
         self._saved_at = _snapshot(progress)
         if acc.is_main_process:
             self._truncate_metrics(progress.step)
             write_json(self.out_dir / "train_config.json", self.config.to_dict())
         acc.wait_for_everyone()
         return progress
+
+    def _loadable_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files all read back; damaged newer ones are skipped with a note."""
+        found = complete_checkpoints(self.checkpoints_root)
+        damage = None
+        for folder in reversed(found):
+            try:
+                check_checkpoint(folder)
+            except DamagedCheckpointError as e:
+                damage = damage or f"{folder}: {e}"
+                self._note(f"checkpoint {folder} is damaged ({e}); using the previous one")
+                continue
+            return folder
+        if damage is not None:
+            raise SemidError(
+                f"no checkpoint under {self.checkpoints_root} can be read (newest {damage}); "
+                "delete that folder to start over, or call fit(resume=False)"
+            )
+        return None
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
+        if self.accelerator.is_main_process:
+            tqdm.write(message, file=sys.stderr)
 
     def _check_resumable(self, folder: Path) -> None:
         saved = load_progress(folder)

@@ -1,0 +1,85 @@
+"""One writer per artifact folder: an OS file lock beside the folder, taken for the whole write.
+
+The lock file of `runs/x` is `runs/.x.lock`, a sibling rather than `runs/x/.lock`: the folder itself
+may be swapped into place as a whole (semid.atomic), which would carry a lock file inside it away,
+and a sibling also exists before the folder does, so every writer locks the same file. The lock is
+`flock` (through `filelock`), released by the kernel when its holder dies, so it never goes stale.
+`.x.lock.owner` names the holder's pid for the error message. Readers take no lock: atomic swaps
+already keep them from seeing half-written folders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from semid.atomic import check_writable
+from semid.errors import SemidError
+
+# locks this process holds, by lock file, with their nesting depth: nested writes of one folder
+# (train writing the index it builds) must not wait for themselves
+_held: dict[Path, int] = {}
+
+
+def lock_path(folder: str | os.PathLike) -> Path:
+    """The lock file guarding writes to `folder`: `.NAME.lock` beside it."""
+    folder = Path(os.path.abspath(folder))
+    return folder.with_name(f".{folder.name}.lock")
+
+
+def _owner_file(lock: Path) -> Path:
+    return lock.with_name(lock.name + ".owner")
+
+
+def _read_owner(lock: Path) -> str:
+    try:
+        return _owner_file(lock).read_text().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def _write_owner(lock: Path, what: str) -> None:
+    # written beside the lock file because filelock may truncate the lock file itself on open
+    tmp = lock.with_name(f"{lock.name}.owner.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()} {what}\n")
+    os.replace(tmp, _owner_file(lock))
+
+
+@contextmanager
+def write_lock(folder: str | os.PathLike, what: str, timeout: float = 0) -> Iterator[Path]:
+    """Hold the write lock of `folder` for the duration of the block; yields the lock file.
+
+    A second writer waits up to `timeout` seconds, then raises SemidError naming `what` (for
+    example "run runs/ml1m") and the holder's pid. Re-entrant within one process.
+    """
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+    lock = lock_path(folder)
+    if lock in _held:
+        _held[lock] += 1
+        try:
+            yield lock
+        finally:
+            _held[lock] -= 1
+        return
+    check_writable(lock)
+    file_lock = FileLock(lock)
+    try:
+        file_lock.acquire(timeout=timeout)
+    except Timeout:
+        raise SemidError(
+            f"{what} is being written by another semid process (pid {_read_owner(lock)}); "
+            "wait for it or use another --out"
+        ) from None
+    _held[lock] = 1
+    try:
+        _write_owner(lock, what)
+        yield lock
+    finally:
+        del _held[lock]
+        _owner_file(lock).unlink(missing_ok=True)
+        file_lock.release()

@@ -1,0 +1,221 @@
+"""Atomic writes: exchange swaps, the rename fallback and its recovery, stale leftovers, full disks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import semid.atomic as atomic
+from semid.atomic import (
+    DiskFullError,
+    atomic_dir,
+    atomic_file,
+    exchange,
+    recover,
+    remove_stale,
+)
+from semid.errors import SemidError
+
+
+@pytest.fixture(params=["exchange", "fallback"])
+def swap_mode(request, monkeypatch) -> str:
+    """Run a test with renameat2(RENAME_EXCHANGE) and again with the two-rename fallback."""
+    if request.param == "fallback":
+        monkeypatch.setattr(atomic, "_renameat2", None)
+    return request.param
+
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def write_folder(path: Path, version: int) -> None:
+    with atomic_dir(path) as tmp:
+        (tmp / "a.txt").write_text(f"a{version}")
+        (tmp / "b.txt").write_text(f"b{version}")
+
+
+def read_folder(path: Path) -> tuple[str, str]:
+    return (path / "a.txt").read_text(), (path / "b.txt").read_text()
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
+def test_exchange_swaps_two_folders(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("x")
+    (tmp_path / "y").mkdir()
+    assert exchange(tmp_path / "x", tmp_path / "y")
+    assert (tmp_path / "y" / "f").read_text() == "x"
+    assert not (tmp_path / "x" / "f").exists()
+
+
+def test_atomic_dir_replaces_whole_folder_and_leaves_nothing(tmp_path, swap_mode):
+    target = tmp_path / "index"
+    write_folder(target, 1)
+    (target / "extra.txt").write_text("only in version 1")
+    write_folder(target, 2)
+    assert read_folder(target) == ("a2", "b2")
+    assert not (target / "extra.txt").exists()
+    assert hidden(tmp_path) == []
+
+
+def test_failure_inside_keeps_previous_folder(tmp_path, swap_mode):
+    target = tmp_path / "index"
+    write_folder(target, 1)
+    with pytest.raises(ValueError, match="boom"), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise ValueError("boom")
+    assert read_folder(target) == ("a1", "b1")
+    assert hidden(tmp_path) == []
+
+
+def test_recover_restores_backup_of_dead_writer(tmp_path):
+    target = tmp_path / "index"
+    write_folder(target, 1)
+    target.rename(tmp_path / f".index.old-{dead_pid()}")  # killed between the two renames
+    assert recover(target)
+    assert read_folder(target) == ("a1", "b1")
+    assert not recover(target)  # nothing left to do
+
+
+def test_recover_leaves_backup_of_writer_mid_swap(tmp_path, monkeypatch):
+    target = tmp_path / "index"
+    write_folder(target, 1)
+    backup = tmp_path / f".index.old-{os.getppid()}"  # a live process, just renamed
+    target.rename(backup)
+    assert not recover(target)
+    assert backup.is_dir() and not target.exists()
+    monkeypatch.setattr(atomic, "BACKUP_GRACE_S", -1.0)  # the same backup, minutes later
+    assert recover(target)
+    assert read_folder(target) == ("a1", "b1")
+
+
+def test_next_write_recovers_then_cleans_dead_leftovers(tmp_path, swap_mode):
+    target = tmp_path / "index"
+    write_folder(target, 1)
+    gone = dead_pid()
+    target.rename(tmp_path / f".index.old-{gone}")
+    (tmp_path / f".index.{gone}.abcd1234.tmp").mkdir()  # the dead writer's new version
+    live = tmp_path / f".index.{os.getppid()}.live0000.tmp"  # a live writer's, kept
+    live.mkdir()
+    young_unknown = tmp_path / ".index.legacy00.tmp"  # no pid and recent: kept
+    young_unknown.mkdir()
+    other = tmp_path / f".index.json.{gone}.abcd1234.tmp"  # another artifact's temp: not ours
+    other.write_text("")
+    assert recover(target)
+    write_folder(target, 2)
+    assert read_folder(target) == ("a2", "b2")
+    assert hidden(tmp_path) == sorted([live.name, young_unknown.name, other.name])
+
+
+def test_remove_stale_removes_old_temps_without_pid(tmp_path, monkeypatch):
+    (tmp_path / "data.npy").write_bytes(b"x")
+    legacy = tmp_path / ".data.npy.legacy00.tmp"
+    legacy.write_bytes(b"partial")
+    assert remove_stale(tmp_path / "data.npy") == []
+    monkeypatch.setattr(atomic, "UNKNOWN_WRITER_STALE_S", -1.0)
+    assert remove_stale(tmp_path / "data.npy") == [legacy]
+
+
+def test_atomic_file_replaces_and_cleans_up_on_error(tmp_path):
+    target = tmp_path / "a.json"
+    with atomic_file(target) as f:
+        f.write("one")
+    with pytest.raises(KeyError), atomic_file(target) as f:
+        f.write("two, half")
+        raise KeyError("x")
+    assert target.read_text() == "one"
+    assert hidden(tmp_path) == []
+
+
+def test_fault_point_kills_on_nth_hit(tmp_path):
+    code = (
+        "from semid.atomic import fault_point\nfor i in range(5):\n    fault_point('p'); print(i)"
+    )
+    env = os.environ | {"SEMID_FAULT_POINT": "p", "SEMID_FAULT_AFTER": "3"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout.split()) == (97, ["0", "1"])
+    env["SEMID_FAULT_POINT"] = "other"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (done.returncode, len(done.stdout.split())) == (0, 5)
+
+
+# --- full disk ---------------------------------------------------------------------------------
+
+
+def raise_errno(code: int):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_full_disk_in_atomic_file_is_one_line_and_keeps_old(tmp_path, monkeypatch, code, where):
+    target = tmp_path / "codes.bin"
+    with atomic_file(target, "wb") as f:
+        f.write(b"old version")
+    with pytest.raises(DiskFullError) as caught, atomic_file(target, "wb") as f:
+        if where == "write":
+            monkeypatch.setattr(f, "write", raise_errno(code))
+        else:
+            monkeypatch.setattr(os, "fsync", raise_errno(code))
+        f.write(b"new version")
+    message = str(caught.value)
+    assert "\n" not in message and str(target) in message and "no space left" in message
+    assert isinstance(caught.value, SemidError)
+    assert target.read_bytes() == b"old version"
+    assert hidden(tmp_path) == []
+
+
+def test_full_disk_without_errno_is_recognised_by_free_space(tmp_path, monkeypatch):
+    # torch.save reports a short write as RuntimeError("... unexpected pos ...") with no errno
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+
+    class Empty:
+        f_bfree = f_bavail = 0
+        f_frsize = 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Empty())
+    with pytest.raises(DiskFullError), atomic_file(target, "wb") as f:
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert target.read_bytes() == b"old" and hidden(tmp_path) == []
+
+
+def test_other_errors_are_not_called_disk_full(tmp_path):
+    with pytest.raises(RuntimeError, match="shape mismatch"), atomic_file(tmp_path / "x") as f:
+        f.write("x")
+        raise RuntimeError("shape mismatch")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_full_disk_in_atomic_dir_keeps_old_folder(tmp_path, monkeypatch, swap_mode, nested):
+    target = tmp_path / "index"
+    write_folder(target, 1)
+    with pytest.raises(DiskFullError, match=f"while writing {target};") as caught:
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("a2")
+            if nested:  # a file inside, itself written atomically, hits the full disk
+                with atomic_file(tmp / "b.txt") as f:
+                    monkeypatch.setattr(f, "write", raise_errno(errno.ENOSPC))
+                    f.write("b2")
+            else:
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert "\n" not in str(caught.value)
+    assert read_folder(target) == ("a1", "b1")
+    assert hidden(tmp_path) == []

@@ -1,0 +1,102 @@
+"""One writer per folder: a second process gets a clear error naming the holder, or waits for it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from semid.errors import SemidError
+from semid.locking import lock_path, write_lock
+
+HOLDER = """
+import sys
+from semid.locking import write_lock
+with write_lock(sys.argv[1], "run " + sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()  # hold until the test closes our stdin
+"""
+
+
+def start_holder(folder: Path) -> subprocess.Popen:
+    """Another process that holds the write lock of `folder` until its stdin is closed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_second_writer_gets_one_line_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    holder = start_holder(run)
+    try:
+        with pytest.raises(SemidError) as caught, write_lock(run, f"run {run}"):
+            pytest.fail("took a lock another process holds")
+        message = str(caught.value)
+        assert message == (
+            f"run {run} is being written by another semid process (pid {holder.pid}); "
+            "wait for it or use another --out"
+        )
+        started = time.monotonic()
+        with pytest.raises(SemidError, match=re.escape(f"(pid {holder.pid})")):
+            with write_lock(run, "run", timeout=0.5):
+                pass
+        assert time.monotonic() - started >= 0.4  # it waited out the timeout
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_second_writer_waits_for_the_first(tmp_path):
+    run = tmp_path / "run"
+    holder = start_holder(run)
+    release = threading.Timer(0.5, holder.stdin.close)
+    release.start()
+    started = time.monotonic()
+    try:
+        with write_lock(run, "run", timeout=60):
+            waited = time.monotonic() - started
+            assert holder.wait(timeout=60) == 0  # the holder is done: we are alone
+    finally:
+        release.cancel()
+    assert waited >= 0.4
+
+
+def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
+    run = tmp_path / "run"
+    holder = start_holder(run)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=60)
+    with write_lock(run, "run"):
+        pass
+
+
+def test_lock_is_a_sibling_and_reentrant_in_one_process(tmp_path):
+    run = tmp_path / "run"
+    assert lock_path(run) == tmp_path / ".run.lock"
+    with write_lock(run, "run"), write_lock(run, "run"):  # e.g. train building its index
+        assert not run.exists()  # locking creates nothing inside the folder
+    holder = start_holder(run)  # released: another process can take it
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0
+
+
+def test_writers_of_different_folders_do_not_block(tmp_path):
+    holder = start_holder(tmp_path / "a")
+    try:
+        with write_lock(tmp_path / "b", "run b"):
+            pass
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
