@@ -30,8 +30,19 @@ from typing import Any
 
 import torch
 
-from semid.artifacts import parse_json_object
+import semid.quantizers  # noqa: F401  (registers the quantizers)
 from semid.atomic import atomic_file, write_json
+from semid.configs import parse_json_object
+from semid.data import load_dataset
+from semid.data.registry import register_dataset
+from semid.data.splits import leave_one_out
+from semid.encoders import TextEncoder
+from semid.indexing import add_items, build_ids
+from semid.runs import load_run
+from semid.saving import versions
+from semid.tasks import EvalOptions, get_task
+from semid.tasks.recommend import RecommendSpec, evaluate_ranker, rank_split
+from semid.training import TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
 RECBOLE_SASREC_R10 = {
@@ -99,59 +110,41 @@ def build_index(
     ``graph``: MMGRec's recipe, ``graph_quantizer`` over the train user-item graph and popularity
     collisions; otherwise TIGER's, rqkmeans on text embeddings and an extra disambiguation level
     numbering collisions."""
-    import semid.quantizers  # noqa: F401
-    from semid.data.splits import leave_one_out
-    from semid.encoders import TextEncoder
-    from semid.ids import SemanticIDs
-    from semid.quantization import build_quantizer
-
     started = time.perf_counter()
     if x is None:  # (N, D) text embeddings of dataset.item_texts
         x = TextEncoder().encode(dataset.item_texts, show_progress=False)
     train = leave_one_out(dataset.interactions).train  # valid/test targets must not shape the IDs
     spec = graph_quantizer if graph else QUANTIZER
+    fit_kwargs: dict[str, Any] = {}
     if spec == GRAPH_QUANTIZERS[0]:
-        q = build_quantizer(spec).fit(x, interactions=train, seed=seed)
+        fit_kwargs["interactions"] = train
     else:
         if graph:
             x = graph_features(x, train)
         spec = QUANTIZER
-        q = build_quantizer(spec).fit(x, seed=seed)
     popularity = torch.bincount(train.items, minlength=len(dataset.item_keys))
     strategy = "popularity" if graph else "extra-level"
-    ids = SemanticIDs.from_codes(
-        dataset.item_keys,
-        q.encode(x),
-        q.codebook_sizes,
-        strategy,
-        popularity=popularity,
-        quantizer_spec=spec,
-    )
+    ids, q = build_ids(list(dataset.item_keys), x, spec, strategy, seed, popularity=popularity,
+                       **fit_kwargs)  # fmt: skip
     ids.save(out, quantizer=q)
     return time.perf_counter() - started
+
+
+def spec_for(name: str, dataset: str, seed: int) -> RecommendSpec:
+    """The benchmark's spec of one model: its budget on top of TrainConfig's defaults."""
+    train = TrainConfig(**{**BUDGETS[name]["train"], "seed": seed, "checkpoint_every": 10**6})
+    return RecommendSpec(dataset=dataset, model=name, model_config=BUDGETS[name].get("model", {}),
+                         train=train)  # fmt: skip
 
 
 def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
     """One model on one dataset: train (early stopping on valid), then test metrics and median queries/s."""
     torch.set_num_threads(1)
-    from semid.cli.train_recommender import TrainSpec, load_data, train_run
-    from semid.recommend import evaluate
-    from semid.runs import load_run, make_recommender
-
+    task = get_task("recommend")
     name, run = job["model"], Path(job["run"])
-    budget = BUDGETS[name]["train"]
-    spec = TrainSpec(
-        dataset=job["dataset"],
-        model=name,
-        model_config=BUDGETS[name].get("model", {}),
-        train={**budget, "seed": job["seed"], "checkpoint_every": 10**6},
-    )
-    summary = train_run(spec, Path(job["index"]), run, resume=False)
+    summary = task.train(spec_for(name, job["dataset"], job["seed"]), run, Path(job["index"]), resume=False)
     loaded = load_run(run)
-    data = load_data(job["dataset"], loaded.ids, spec.max_history, None)
-    rec = make_recommender(name, loaded.model, loaded.ids, data, spec.num_beams)
-    codes = None if name == "sasrec" else loaded.ids.codes
-    reps = [evaluate(rec, data, "test", codes=codes) for _ in range(job["reps"])]
+    reps = [task.evaluate(loaded, EvalOptions(split="test")) for _ in range(job["reps"])]
     metrics = reps[0]  # deterministic: every repetition ranks the same
     metrics["queries_per_s"] = statistics.median(r["queries_per_s"] for r in reps)
     return {"dataset": job["dataset"], "model": name, **metrics, **_train_summary(summary)}
@@ -164,17 +157,13 @@ def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
 def cold_start(job: dict[str, Any]) -> dict[str, Any]:
     """Train a generator without the newest items, add them with the saved quantizer, test on them."""
     torch.set_num_threads(1)
-    from semid.cli.index_add import add_items
-    from semid.cli.train_recommender import TrainSpec, train_run
-    from semid.data import load_dataset
-    from semid.encoders import TextEncoder
-    from semid.recommend import evaluate, prepare_data
-    from semid.runs import load_run, make_recommender
-
+    task = get_task("recommend")
     full = load_dataset(job["dataset"])
     new = newest_items(full.interactions, job["cold_frac"])
     work = Path(job["run"])
     old = without_items(full, new)
+    held_out = f"{job['dataset']}-without-newest-items"
+    register_dataset(held_out, lambda: old, "the benchmark's dataset without its newest items")
     x_full = TextEncoder().encode(full.item_texts, show_progress=False)  # cached
     keep = torch.ones(len(x_full), dtype=torch.bool)
     keep[new] = False
@@ -182,55 +171,33 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
         old, work / "old-index", job["seed"], job["graph"], x_full[keep], job["graph_quantizer"]
     )
     name = job["model"]
-    spec = TrainSpec(
-        dataset="(held-out)",
-        model=name,
-        model_config=BUDGETS[name].get("model", {}),
-        train={**BUDGETS[name]["train"], "seed": job["seed"], "checkpoint_every": 10**6},
-    )
-    summary = train_run(spec, work / "old-index", work / "run", resume=False, dataset=old)
+    spec = spec_for(name, held_out, job["seed"])
+    summary = task.train(spec, work / "run", work / "old-index", resume=False)
     keys = [full.item_keys[i] for i in new.tolist()]
     # new items have no interactions: graph smoothing leaves them their own (normalized) text vectors
-    x = x_full[new]
     loaded = load_run(work / "run")
-    add_items(loaded.index_path, keys, x, loaded.model)
+    add_items(loaded.index_path, keys, x_full[new], loaded.model)
     loaded = load_run(work / "run")
-    data = prepare_data(full, loaded.ids, spec.max_history)
+    data = task.load_data(dataclasses.replace(spec, dataset=job["dataset"]), loaded.ids)
     is_new = torch.zeros(len(loaded.ids), dtype=torch.bool)
     is_new[loaded.ids.rows_of_keys(keys)] = True
     rows = []
     for share in COLD_SHARES:
-        rec = make_recommender(
-            name,
-            loaded.model,
-            loaded.ids,
-            data,
-            spec.num_beams,
-            loaded.config["trained_items"],
-            share,
-        )
-        on_new = evaluate(rec, data, "test", codes=loaded.ids.codes, targets_in=is_new)
-        overall = evaluate(rec, data, "test", codes=loaded.ids.codes)
+        ranker = task.ranker(loaded, spec, EvalOptions(cold_share=share))
+        on_new = evaluate_ranker(ranker, data, "test", codes=loaded.ids.codes, targets_in=is_new)
+        overall = evaluate_ranker(ranker, data, "test", codes=loaded.ids.codes)
+        _, ranking, _, _ = rank_split(ranker, data, "test", 10, loaded.ids.codes)
+        ranked = ranking.rows
         rows.append({
             "cold_share": share, "cold_recall@10": on_new["recall@10"], "cold_ndcg@10": on_new["ndcg@10"],
             "overall_recall@10": overall["recall@10"],
-            "share_of_new_items_in_top10": _new_share(rec, data, loaded.ids.codes, is_new),
+            # share of all test top-10 slots filled by new items (does the model recommend them at all?)
+            "share_of_new_items_in_top10": float(is_new[ranked.clamp(min=0)][ranked >= 0].float().mean()),
         })  # fmt: skip
     return {
         "dataset": job["dataset"], "model": name, "new_items": len(keys),
         "new_item_test_users": int(on_new["num_queries"]), "by_cold_share": rows, **_train_summary(summary),
     }  # fmt: skip
-
-
-def _new_share(rec: Any, data: Any, codes: torch.Tensor, is_new: torch.Tensor) -> float:
-    """Share of all test top-10 slots filled by new items (does the model recommend them at all?)."""
-    from semid.recommend import CodeCollator, TargetDataset
-
-    pos = data.positions("test")
-    ds = TargetDataset(data, pos, 50, with_seen=True)
-    batch = CodeCollator(ds.collate, codes)(pos.tolist())
-    ranked = rec.recommend(batch, 10)
-    return float(is_new[ranked.clamp(min=0)][ranked >= 0].float().mean())
 
 
 def newest_items(log: Any, frac: float) -> torch.Tensor:
@@ -256,6 +223,8 @@ def without_items(dataset: Any, drop: torch.Tensor) -> Any:
         num_items=int(keep_item.sum()),
     )
     kept = keep_item.nonzero().squeeze(1).tolist()
+    if log.item_keys is not None:
+        sliced = dataclasses.replace(sliced, item_keys=[log.item_keys[i] for i in kept])
     return dataclasses.replace(
         dataset,
         interactions=sliced,
@@ -266,8 +235,6 @@ def without_items(dataset: Any, drop: torch.Tensor) -> Any:
 
 def environment(threads: int) -> dict[str, Any]:
     """Versions and machine, for the record."""
-    from semid.runs import versions
-
     return {
         **versions(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at start)",
@@ -496,8 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name, _, text = item.partition("=")
         if name not in BUDGETS:
             p.error(f"--model-config {item!r}: unknown model {name!r}; use MODEL=JSON")
-        BUDGETS[name]["model"] = parse_json_object(text, "--model-config", '{"dim": 128}')
-    from semid.data import load_dataset
+        BUDGETS[name]["model"] = parse_json_object(text, "--model-config")
 
     env = environment(threads=1)
     jobs, index_seconds = [], {}

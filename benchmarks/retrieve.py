@@ -27,25 +27,23 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from semid.data.corpus import split_corpus, subset_rows
 from semid.data.debian_docs import load_debian_docs
 from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
-from semid.retrieve import (
-    build_ids,
+from semid.generators.promptdsi_states import (
     centroid_codebooks,
-    dsi_examples,
     encode_texts,
-    evaluate_queries,
-    model_codebook_sizes,
-    retrieval_metrics,
+    pad_states,
     set_key_center,
-    split_corpus,
-    subset_rows,
     topic_keys,
-    train_model,
 )
-from semid.runs import versions
+from semid.indexing import build_ids
+from semid.metrics import compute_metrics
+from semid.ranking import Ranking, ranker_for
+from semid.saving import versions
+from semid.tasks.retrieve import dsi_examples
 from semid.training import TrainConfig
-from semid.trie import PrefixTrie
+from semid.training import train_model as fit_model
 
 RESULTS = Path(__file__).parent / "results"
 NOTES = (
@@ -101,6 +99,17 @@ def dense_search(doc_emb: torch.Tensor, query_emb: torch.Tensor, k: int) -> torc
     index = faiss.IndexFlatIP(doc_emb.shape[1])
     index.add(np.ascontiguousarray(doc_emb.numpy()))
     return torch.from_numpy(index.search(np.ascontiguousarray(query_emb.numpy()), k)[1]).long()
+
+
+def retrieval_metrics(ranked: torch.Tensor, targets: torch.Tensor, ks, seconds: float) -> dict:
+    """Recall@k and MRR@k of ranked rows (Q, k_max) against target rows (Q,), plus queries/s."""
+    metrics = compute_metrics(ranked, targets, ks=ks, names=("recall", "mrr"))
+    return {**metrics, "num_queries": float(len(targets)), "queries_per_s": len(targets) / max(seconds, 1e-9)}
+
+
+def train_model(model, examples, out_dir, config):
+    """Fit a PromptDSI on DSI examples with the shared loop (best weights loaded)."""
+    return fit_model(model, examples, config, out_dir, collate_fn=examples.collate)
 
 
 def timed(fn):
@@ -235,21 +244,19 @@ def main() -> None:
         [keys[int(r)] for r in split.d0],
         doc_enc.embeddings[split.d0],
         args.quantizer,
-        args.seed,
+        seed=args.seed,
     )
     ids_all = copy.deepcopy(ids0)
     ids_all.add(
         [keys[int(r)] for r in split.d1],
         quantizer.encode(doc_enc.embeddings[split.d1]),
     )
-    sizes = model_codebook_sizes(
-        ids0, extra_codes=max(8, ids_all.codebook_sizes[-1] - ids0.codebook_sizes[-1])
-    )
+    extra = max(8, ids_all.codebook_sizes[-1] - ids0.codebook_sizes[-1])
+    sizes = PromptDSI.sized_for(PromptDSIConfig(), ids0, extra_codes=extra).codebook_sizes
     books = centroid_codebooks(quantizer, doc_enc.embeddings.shape[1])
     if books is not None and args.centroid_levels >= 0:
         books = books[: args.centroid_levels] if args.centroid_levels else None
-    trie0 = PrefixTrie.from_codes(ids0.codes, sizes)
-    trie_all = PrefixTrie.from_codes(ids_all.codes, sizes)
+    trie0, trie_all = ids0.trie(sizes), ids_all.trie(sizes)
     row_of = {
         int(r): i for i, r in enumerate(torch.cat([split.d0, split.d1]))
     }  # ids_all row of a coll row
@@ -284,16 +291,16 @@ def main() -> None:
         )
 
     def evaluate(model, method, corpus_name, trie, parts, **extra):
+        ids = ids_all if trie is trie_all else ids0
         for part, qrows in parts:
-            m = evaluate_queries(
-                model,
-                trie,
-                ids_all if trie is trie_all else ids0,
-                query_enc.rows(qrows),
-                targets(qrows),
-                ks,
-                args.beams,
-            )
+            queries = query_enc.rows(qrows)
+            ranker = ranker_for(model, ids, args.beams)
+            started = time.perf_counter()
+            ranked = Ranking.concat([
+                ranker.rank(pad_states(queries.states[lo : lo + 64]), max(ks))
+                for lo in range(0, len(queries.states), 64)
+            ]).rows  # fmt: skip
+            m = retrieval_metrics(ranked, targets(qrows), ks, time.perf_counter() - started)
             row(method, corpus_name, part, m, **extra)
 
     # ---- PromptDSI on D0

@@ -22,6 +22,7 @@ import datetime
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,20 +30,17 @@ import torch
 
 from semid.atomic import atomic_file, write_json
 from semid.data.images import class_queries, describe_class, load_fashion_mnist
-from semid.text2image import (
-    DualEncoderConfig,
-    QueryImagePairs,
+from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
+from semid.models import build_model
+from semid.ranking import Ranking, ranker_for
+from semid.tasks.text2image import (
     QueryTargetPairs,
     build_voken_index,
     class_metrics,
-    dense_search,
     embed_texts,
-    generative_search,
-    train_dual_encoder,
-    train_generator,
     train_image_encoder,
 )
-from semid.training import TrainConfig
+from semid.training import TrainConfig, train_model
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("precision@10", "precision@100", "recall@100", "map@100")
@@ -110,13 +108,12 @@ def run(args: argparse.Namespace) -> dict:
             batch_size=512,
             patience=3,
         )
-        stats = indexes[spec].ids.stats()
+        ids = indexes[spec][0]
+        stats = ids.stats()
         index_stats[spec] = {
-            "codebook_sizes": indexes[spec].ids.codebook_sizes,
+            "codebook_sizes": ids.codebook_sizes,
             "collision_rate_before": round(stats["collision_rate_before"], 4),
-            "first_level_class_purity": round(
-                purity(indexes[spec].ids.codes[:, 0], test.labels), 4
-            ),
+            "first_level_class_purity": round(purity(ids.codes[:, 0], test.labels), 4),
         }
         print(f"index {spec}: {index_stats[spec]}", flush=True)
 
@@ -132,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
             early_stopping_patience=None,
             log_every=50,
         )
-        dual_pairs = QueryImagePairs(train_q, train_q_labels, train_x, train_labels)
+        dual_pairs = QueryTargetPairs(train_q, train_q_labels, train_x.float(), train_labels, "image")
         dual = timed(
             timings,
             "train dual encoder",
@@ -145,12 +142,12 @@ def run(args: argparse.Namespace) -> dict:
             timings, "search dual encoder (faiss)", dense_search, dual, test_q, test_x, k
         )
         methods["dual"].append(class_metrics(ranked, test.labels, test_q_labels, (10, 100)))
-        for spec, index in indexes.items():
-            pairs = QueryTargetPairs(train_q, train_q_labels, index.train_codes, train_labels)
+        for spec, (ids, _, train_codes) in indexes.items():
+            pairs = QueryTargetPairs(train_q, train_q_labels, train_codes.long(), train_labels)
             for variant, weight in (("avg-gen", 0.0), ("avg", 1.0)):
                 name = f"{variant} {spec}"
                 config = {
-                    "codebook_sizes": index.ids.codebook_sizes,
+                    "codebook_sizes": ids.codebook_sizes,
                     "query_dim": emb.shape[1],
                     "disc_weight": weight,
                 }
@@ -163,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
                     f"search {variant} (beam {k})",
                     generative_search,
                     model,
-                    index.ids,
+                    ids,
                     test_q,
                     k,
                 )
@@ -192,6 +189,29 @@ def run(args: argparse.Namespace) -> dict:
         },
         "timings_s": {name: round(v, 1) for name, v in timings.items()},
     }
+
+
+def train_dual_encoder(config: DualEncoderConfig, pairs: QueryTargetPairs, train: TrainConfig) -> DualEncoder:
+    """A `DualEncoder` trained on `pairs` with the shared loop (checkpoints in a temporary folder)."""
+    model = DualEncoder(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_model(model, pairs, train, tmp)
+    return model.eval()
+
+
+def train_generator(name: str, config: dict, pairs: QueryTargetPairs, train: TrainConfig):
+    """A registered generator trained on `pairs` (checkpoints in a temporary folder), in eval mode."""
+    model = build_model(name, config)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_model(model, pairs, train, tmp)
+    return model.eval()
+
+
+@torch.no_grad()
+def generative_search(model, ids, queries: torch.Tensor, k: int, batch_size: int = 64) -> torch.Tensor:
+    """Top-k index rows (Q, k) for query embeddings (Q, T) by constrained beam search (k beams)."""
+    ranker = ranker_for(model, ids, k)
+    return Ranking.concat([ranker.rank(chunk, k) for chunk in queries.split(batch_size)]).rows
 
 
 def purity(first_codes: torch.Tensor, labels: torch.Tensor) -> float:

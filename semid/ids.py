@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
-from semid.atomic import atomic_dir
+from semid.atomic import atomic_dir, recover
 from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
 from semid.errors import SemidError
 from semid.quantization import Quantizer
@@ -225,6 +225,7 @@ class SemanticIDs:
     def load(cls, path: str | os.PathLike) -> SemanticIDs:
         """Read an index folder written by save(); one SemidError line if it is not one or is damaged."""
         path = Path(path)
+        recover(path)  # a writer killed mid-swap left the previous version aside: put it back
         fix = "build one with `semid index build`"
         needed = ["config.json", "keys.json", "codes.safetensors"]
         if not path.is_dir() or any(not (path / name).is_file() for name in needed):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import semid
-from semid.atomic import atomic_dir, write_json
+from semid.atomic import atomic_dir, recover, write_json
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -93,6 +93,7 @@ def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any
 def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     """The run's manifest, checked: present, readable, of a format and semid version this semid reads."""
     run = Path(run)
+    recover(run)
     fix = "train a run with `semid train ...`"
     if not run.is_dir():
         raise SemidError(f"{run} is not a folder; {fix}")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import semid
-from semid.atomic import atomic_dir
+from semid.atomic import atomic_dir, recover
 from semid.errors import SemidError
 
 MODULE_FORMAT = 2
@@ -66,6 +66,7 @@ def read_module(path: str | os.PathLike, kind: str, fix: str) -> tuple[str, dict
     """(name, config) of a module folder of ``kind``, after checking its files and format version;
     otherwise one SemidError line ending in ``fix``."""
     path = Path(path)
+    recover(path)  # a writer killed mid-swap left the previous version aside: put it back
     config_file = path / CONFIG_FILE
     if not path.is_dir() or not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
         raise SemidError(f"{path} is not a saved {kind} (needs {CONFIG_FILE}, {WEIGHTS_FILE}); {fix}")

@@ -10,7 +10,7 @@ new module that subclasses :class:`Task` and registers itself here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,10 +19,13 @@ import torch
 
 from semid.configs import config_from_dict
 from semid.errors import SemidError
+from semid.locking import write_lock
 from semid.ranking import Ranking
-from semid.runs import Run, load_run
+from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
 
 _TASKS: dict[str, Task] = {}
+# what an interrupted run may already hold before its manifest is written
+RUN_ENTRIES = {"index", "train", "model", "config.json", "metrics.json", "eval_queries.json", "later.jsonl"}
 
 
 @dataclass
@@ -56,23 +59,57 @@ class Task(ABC):
     name: ClassVar[str]
     spec_class: ClassVar[type]  # the typed spec saved in a run's config.json
 
-    @abstractmethod
-    def build_index(
-        self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int
-    ) -> tuple[Any, list[str]]:
-        """Build and save an ID index at ``out``; returns it and lines worth telling the user."""
+    def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str = "extra-level",
+                    seed: int = 0, **options: Any) -> tuple[Any, list[str]]:  # fmt: skip
+        """Build and save an ID index at ``out`` (one writer at a time); returns it and lines worth
+        telling the user."""
+        with write_lock(out, f"index {out}"):
+            return self._build_index(source, quantizer, Path(out), collisions, seed, **options)
+
+    def train(self, spec: Any, out: Path, index: Path | None = None, resume: bool = True) -> dict:
+        """Train a run into ``out`` (resumable; one writer at a time); returns a summary (steps,
+        seconds, valid metrics). A folder holding another task's or model's run is refused before
+        anything in it changes."""
+        out = Path(out)
+        with write_lock(out, f"run {out}"):
+            self._check_owner(out, spec)
+            return self._train(spec, out, index, resume)
+
+    def add(self, run_path: Path, source: Path, **options: Any) -> dict:
+        """Add items (documents, images) to a run without retraining (one writer at a time)."""
+        with write_lock(run_path, f"run {run_path}"):
+            return self._add(Path(run_path), Path(source), **options)
+
+    def _check_owner(self, out: Path, spec: Any) -> None:
+        if not (out / MANIFEST).is_file():
+            strangers = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES) if out.is_dir() else []
+            if strangers:
+                raise SemidError(f"--out {out} is not empty and not a semid run (it holds {strangers[0]}); "
+                                 "choose a new or empty folder")  # fmt: skip
+            return
+        manifest = read_manifest(out)
+        if manifest["task"] != self.name:
+            raise SemidError(f"{out} holds a {manifest['task']} run; choose another --out for this {self.name} run")
+        model = read_run_config(out)["spec"].get("model")
+        if model != spec.model:
+            raise SemidError(f"{out} holds a {model} run; choose another --out (or delete it) to train {spec.model}")
 
     @abstractmethod
-    def train(self, spec: Any, out: Path, index: Path | None = None, resume: bool = True) -> dict:
-        """Train a run into ``out`` (resumable); returns a summary (steps, seconds, valid metrics)."""
+    def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
+                     **options: Any) -> tuple[Any, list[str]]:  # fmt: skip
+        """Build and save the index (called under the write lock)."""
+
+    @abstractmethod
+    def _train(self, spec: Any, out: Path, index: Path | None, resume: bool) -> dict:
+        """Train the run (called under the write lock)."""
 
     @abstractmethod
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Metrics of a loaded run on a split."""
 
     @abstractmethod
-    def add(self, run_path: Path, source: Path, **options: Any) -> dict:
-        """Add items (documents, images) to a run without retraining; returns a summary."""
+    def _add(self, run_path: Path, source: Path, **options: Any) -> dict:
+        """Add items to the run (called under the write lock); returns a summary."""
 
     @abstractmethod
     def predictor(self, run: Run, device: str = "cpu") -> Predictor:
@@ -165,8 +202,6 @@ def get_task(name: str) -> Task:
 
 def task_of_run(run_path: str | Path) -> Task:
     """The task that wrote a run directory (from its manifest)."""
-    from semid.runs import read_manifest
-
     return get_task(read_manifest(run_path)["task"])
 
 
@@ -203,5 +238,3 @@ def move(batch: Any, device: str) -> Any:
         return {k: move(v, device) for k, v in batch.items()}
     return batch
 
-
-Factory = Callable[[], Task]

@@ -82,7 +82,7 @@ class RecommendTask(Task):
     name = "recommend"
     spec_class = RecommendSpec
 
-    def build_index(
+    def _build_index(
         self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int
     ) -> tuple[SemanticIDs, list[str]]:
         """Semantic IDs of a dataset's items (texts embedded with MiniLM) or of given embeddings."""
@@ -95,7 +95,7 @@ class RecommendTask(Task):
             dataset = slice_users(dataset, spec.users)
         return prepare_data(dataset, ids, spec.max_history)
 
-    def train(
+    def _train(
         self, spec: RecommendSpec, out: Path, index: Path | None = None, resume: bool = True
     ) -> dict:
         """Copy the index into ``out``, train, save ``out/model`` and the run files; returns a summary."""
@@ -162,7 +162,7 @@ class RecommendTask(Task):
         ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **cold)
         return ranker.to(options.device) if hasattr(ranker, "to") else ranker
 
-    def add(self, run_path: Path, source: Path, keys: Path | None = None,
+    def _add(self, run_path: Path, source: Path, keys: Path | None = None,
             encoder: str | None = None, **options: Any) -> dict:  # fmt: skip
         """New items (key<TAB>text, or embeddings + keys) get IDs from the saved quantizer; the model
         can recommend them at once (no retraining)."""

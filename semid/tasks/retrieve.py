@@ -138,7 +138,7 @@ class RetrieveTask(Task):
     name = "retrieve"
     spec_class = RetrieveSpec
 
-    def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,
+    def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,
                     seed: int) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
         """The index of D0 (the seeded initial corpus) of a document collection."""
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
@@ -153,12 +153,12 @@ class RetrieveTask(Task):
         probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
         d0_docs = coll.subset(split.d0)
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
-        ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, spec.seed,
+        ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, seed=spec.seed,
                                    metadata={"dataset": spec.dataset})  # fmt: skip
         ids.save(out, quantizer=quantizer)
         return ids, quantizer, coll, split, probe, docs
 
-    def train(self, spec: RetrieveSpec, out: Path, index: Path | None = None,
+    def _train(self, spec: RetrieveSpec, out: Path, index: Path | None = None,
               resume: bool = True) -> dict:  # fmt: skip
         """Split, encode, build IDs (quantizer fitted on D0), train PromptDSI on D0, save the run.
 
@@ -224,7 +224,7 @@ class RetrieveTask(Task):
             metrics |= {f"{name}/{k}": v for k, v in part.items()}
         return metrics
 
-    def add(self, run_path: Path, source: Path, topics: int | None = None, **options: Any) -> dict:
+    def _add(self, run_path: Path, source: Path, topics: int | None = None, **options: Any) -> dict:
         """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
         grows, and only a new prompt session (keys: k-means of the new documents) is trained on the
         new documents and the training share of their queries; the rest become test queries."""

@@ -146,7 +146,7 @@ class Text2ImageTask(Task):
     name = "text2image"
     spec_class = Text2ImageSpec
 
-    def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
+    def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
                     features: tuple[str, str] | None = None, progress: bool = True,
                     **fit_kwargs: Any) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
         """Index the test images: CNN features (trained here, or ``.npy`` files), a voken quantizer
@@ -173,7 +173,7 @@ class Text2ImageTask(Task):
             f.write(save({"codes": targets.contiguous(), "labels": splits.train.labels.contiguous()}))
         return ids, []
 
-    def train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
+    def _train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
               resume: bool = True) -> dict:  # fmt: skip
         """Train the generator on (query wording, training image ID) pairs; without ``index`` a
         ``spec.quantizer`` index is built into ``out/index`` first."""
@@ -212,7 +212,7 @@ class Text2ImageTask(Task):
         ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams)
         return class_metrics(ranking.rows, image_labels, query_labels, options.ks)
 
-    def add(self, run_path: Path, source: Path, **options: Any) -> dict:
+    def _add(self, run_path: Path, source: Path, **options: Any) -> dict:
         """Not yet: images are indexed when the index is built."""
         raise SemidError("adding images to a text-to-image run is not supported yet; rebuild the index")
 
