@@ -33,6 +33,10 @@ class IndexSource:
     """Where the items of an index come from: a dataset, or embeddings with their keys."""
 
     dataset: str | None = None
+    items: str | None = None  # item texts for an interactions file (item, text columns)
+    columns: dict[str, str] | None = None  # explicit column names by role (user, item, timestamp, text)
+    missing_text: str = "error"  # interactions whose item has no text: "error" or "drop"
+    min_interactions: int = 3  # users with fewer interactions are dropped
     embeddings: Path | None = None
     keys: Path | None = None
     interactions: Path | None = None  # user-item log for graph quantizers (with embeddings)

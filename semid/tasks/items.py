@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from semid.data.embeddings import load_embeddings
+from semid.data.interaction_files import load_interaction_files
 from semid.data.movielens import RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
+from semid.data.tables import table_format
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -23,12 +25,26 @@ from semid.tasks.base import IndexSource
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 
-def recommendation_dataset(name: str) -> RecDataset:
-    """A registered interaction dataset (e.g. ml-100k) or a data folder, checked to be one."""
+def recommendation_dataset(
+    name: str, items: str | None = None, columns: dict[str, str] | None = None,
+    missing_text: str = "error", min_interactions: int = 3,
+) -> RecDataset:  # fmt: skip
+    """A registered interaction dataset (e.g. ml-100k), a data folder, or an interactions file
+    (CSV, TSV, Parquet, JSON Lines; optionally gzipped) with an optional items file of texts."""
+    if table_format(name) is not None and not Path(name).is_dir():
+        return load_interaction_files(name, items, columns, missing_text, min_interactions)
+    if items is not None or columns:
+        raise SemidError(f"--items and --columns go with an interactions file, not {name}")
     dataset = load_dataset(name)
     if not isinstance(dataset, RecDataset):
         raise SemidError(f"{name} is not an interaction dataset; a recommender needs users and items")
     return dataset
+
+
+def source_dataset(source: Any) -> RecDataset:
+    """The dataset of an IndexSource or a RecommendSpec (same field names)."""
+    return recommendation_dataset(source.dataset, source.items, source.columns, source.missing_text,
+                                  source.min_interactions)  # fmt: skip
 
 
 def build_item_index(
@@ -45,11 +61,16 @@ def build_item_index(
     else:
         if source.keys is not None:
             raise SemidError("--keys goes with --embeddings; a --dataset brings its own item keys")
-        dataset = recommendation_dataset(source.dataset)
+        dataset = source_dataset(source)
+        notes += dataset.notes
+        if dataset.item_texts is None:
+            raise SemidError(f"{source.dataset} has no item texts; pass --items FILE (item and text "
+                             "columns), or --embeddings FILE --keys FILE")  # fmt: skip
         notes.append(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
         keys = list(dataset.item_keys)
         x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
-        metadata = {"dataset": dataset.name, "encoder": source.encoder or DEFAULT_ENCODER}
+        metadata = {"dataset": source.dataset, "items": source.items,
+                    "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
     fit_kwargs: dict[str, Any] = {}
     if getattr(probe, "needs_interactions", False):
         fit_kwargs["interactions"] = training_interactions(source, dataset, keys, spec)

@@ -38,7 +38,8 @@ from semid.models import is_generator, model_config, save_model
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
-from semid.tasks.items import build_item_index, new_model, read_new_items, recommendation_dataset
+from semid.tasks.data import check_fingerprint, fingerprint
+from semid.tasks.items import build_item_index, new_model, read_new_items, source_dataset
 from semid.training import TrainConfig, train_model
 
 SPLITS = ("valid", "test")
@@ -56,7 +57,11 @@ def default_train() -> TrainConfig:
 class RecommendSpec:
     """Everything a recommendation run is trained from; saved in its config.json."""
 
-    dataset: str  # a registered dataset or a data path
+    dataset: str  # a registered dataset or a data path (absolute)
+    items: str | None = None  # item texts beside an interactions file
+    columns: dict[str, str] | None = None  # column names by role, when not the usual ones
+    missing_text: str = "error"
+    min_interactions: int = 3
     model: str = "mmgrec"
     model_config: Any = None  # the model's config dataclass (a dict in config.json)
     train: TrainConfig = field(default_factory=default_train)
@@ -68,7 +73,9 @@ class RecommendSpec:
 
     def __post_init__(self) -> None:
         self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
-        for name in ("max_history", "num_beams", "eval_users", "users"):
+        if self.missing_text not in ("error", "drop"):
+            raise SemidError(f"--missing-text must be error or drop, got {self.missing_text!r}")
+        for name in ("min_interactions", "max_history", "num_beams", "eval_users", "users"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SemidError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -88,9 +95,12 @@ class RecommendTask(Task):
         """Semantic IDs of a dataset's items (texts embedded with MiniLM) or of given embeddings."""
         return build_item_index(source, quantizer, out, collisions, seed)
 
-    def load_data(self, spec: RecommendSpec, ids: SemanticIDs) -> RecData:
-        """The spec's dataset split, items mapped to index rows (optionally only the first users)."""
-        dataset = recommendation_dataset(spec.dataset)
+    def load_data(self, spec: RecommendSpec, ids: SemanticIDs, run: Run | None = None) -> RecData:
+        """The spec's dataset split, items mapped to index rows (optionally only the first users);
+        for a trained ``run``, after checking that its data files did not change."""
+        if run is not None:
+            check_fingerprint(run, spec.dataset, spec.items)
+        dataset = source_dataset(spec)
         if spec.users is not None:
             dataset = slice_users(dataset, spec.users)
         return prepare_data(dataset, ids, spec.max_history)
@@ -105,6 +115,7 @@ class RecommendTask(Task):
         copy_index(index, out)
         ids = SemanticIDs.load(out / "index")
         data = self.load_data(spec, ids)
+        state: dict[str, Any] = {"trained_items": len(ids), "data_sha256": fingerprint(spec.dataset, spec.items)}
         torch.manual_seed(spec.train.seed)
         model = new_model(spec, ids)
         started = time.perf_counter()
@@ -117,8 +128,8 @@ class RecommendTask(Task):
             model.fit_counts_(data.train_items())
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
         save_model(model, out / "model")
-        # rows added later by `semid index add` are cold-start items
-        write_run(out, self.name, spec, {"trained_items": len(ids), "result": summary})
+        # rows added later by `semid index add` (beyond trained_items) are cold-start items
+        write_run(out, self.name, spec, {**state, "result": summary})
         return summary
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
@@ -142,7 +153,7 @@ class RecommendTask(Task):
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Full-ranking Recall/NDCG@k of a run on its valid or test split."""
         spec = self.spec_of(run)
-        data = self.load_data(spec, run.ids)
+        data = self.load_data(spec, run.ids, run)
         ranker = self.ranker(run, spec, options)
         codes = run.ids.codes if is_generator(run.model) else None
         return evaluate_ranker(
@@ -185,8 +196,8 @@ class RecommendPredictor(Predictor):
     def __init__(self, run: Run, device: str = "cpu") -> None:
         super().__init__(run, device)
         self.spec = get_task().spec_of(run)
-        self.data = get_task().load_data(self.spec, run.ids)
-        self.user_keys = recommendation_dataset(self.spec.dataset).user_keys
+        self.data = get_task().load_data(self.spec, run.ids, run)
+        self.user_keys = source_dataset(self.spec).user_keys
         if self.spec.users is not None:
             self.user_keys = self.user_keys[: self.spec.users]
         self.user_of_key = {k: i for i, k in enumerate(self.user_keys)}

@@ -1,0 +1,76 @@
+"""Where a run's data comes from, so a run can be evaluated from anywhere and trusts no changed data.
+
+A dataset is a registered name (``ml-100k``, ``debian-docs``, ``fashion-mnist``) or a path. Paths
+are stored absolute, with the sha256 of their content (:func:`semid.data.tables.content_sha256`),
+when a run is trained; later commands reload the same files from any working directory and refuse
+with one clear line if their content changed. A run folder can be moved; its data files must stay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from semid.data.registry import available_datasets
+from semid.data.tables import content_sha256, read_table, table_format
+from semid.errors import SemidError
+
+USER_HINTS = ("user", "user_id", "userid", "uid")
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff"}
+
+
+def resolve_dataset(name: str | None) -> str | None:
+    """A registered name as it is; a path made absolute (so the run does not depend on the cwd)."""
+    if name is None or name in available_datasets():
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise SemidError(f"dataset {name!r} is neither a registered dataset ({', '.join(available_datasets())}) "
+                         "nor an existing file or folder")  # fmt: skip
+    return str(path.resolve())
+
+
+def data_paths(*names: str | None) -> list[str]:
+    """The ones among ``names`` that are paths (not registered datasets and not None)."""
+    registered = set(available_datasets())
+    return [n for n in names if n is not None and n not in registered]
+
+
+def fingerprint(*names: str | None) -> str | None:
+    """The content hash of the files among ``names``, or None when all are registered datasets."""
+    paths = data_paths(*names)
+    return content_sha256(paths) if paths else None
+
+
+def check_fingerprint(run: Any, *names: str | None) -> None:
+    """SemidError unless the run's data files still exist and hash to what training recorded."""
+    expected = run.state.get("data_sha256")
+    paths = data_paths(*names)
+    if expected is None or not paths:
+        return
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise SemidError(f"{run.path} was trained on {missing[0]}, which is gone; put the data back there "
+                         "or retrain the run")  # fmt: skip
+    actual = content_sha256(paths)
+    if actual != expected:
+        raise SemidError(f"the data of {run.path} changed since training ({', '.join(paths)}: sha256 "
+                         f"{actual[:12]}, trained on {expected[:12]}); restore it or retrain the run")  # fmt: skip
+
+
+def sniff_kind(path: str) -> str:
+    """What a data path holds, from its form and columns: ``interactions``, ``documents`` or ``images``."""
+    p = Path(path)
+    if p.is_dir():
+        subfolders = [d for d in p.iterdir() if d.is_dir()]
+        has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for d in subfolders for f in d.iterdir())
+        return "images" if has_images else "interactions"
+    if table_format(p) is None:
+        return "interactions"
+    names = {c.split(":")[0].lower() for c in read_table(p, "data file").column_names}
+    if "path" in names or "image" in names:
+        return "images"
+    if "text" in names and not names & set(USER_HINTS):
+        return "documents"
+    return "interactions"
+
