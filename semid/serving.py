@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import logging
 import queue
 import socket
 import threading
@@ -43,6 +44,7 @@ from semid import __version__
 from semid.errors import SemidError
 
 DEFAULT_K = 10
+logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
 _LIST_FIELDS = {"users": "user", "histories": "history", "queries": "query"}
 
@@ -307,6 +309,11 @@ def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "; ".join(e.get("msg", "invalid request") for e in exc.errors()))
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # a bug outside /predict (e.g. in predictor.info): still one JSON line; uvicorn logs it
+        return _error(500, f"internal error ({type(exc).__name__}: {exc}); see the server log")
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -334,6 +341,11 @@ def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5
             answers = await asyncio.wrap_future(future)
         except SemidError as e:  # e.g. a predictor limit that check_input cannot see
             return _error(400, str(e))
+        # A predictor bug: logged with its traceback and answered as a 500 here, because an
+        # exception raised out of the endpoint makes uvicorn drop the client's keep-alive connection.
+        except Exception as e:  # noqa: BLE001
+            logger.exception("predict failed")
+            return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
         return {"results": answers}
 
     return app

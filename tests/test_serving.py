@@ -195,6 +195,27 @@ def test_batching_predictor_groups_and_chunks():
         batcher.submit([{"user": "u1"}], k=5)
 
 
+class FailingPredictor(FakePredictor):
+    """FakePredictor whose predict fails (a bug, not bad input) whenever k == 7."""
+
+    def predict(self, inputs, k, num_beams=None):
+        if k == 7:
+            raise RuntimeError("boom")
+        return super().predict(inputs, k, num_beams)
+
+
+def test_a_failing_predict_call_fails_only_its_group_and_the_worker_survives():
+    batcher = BatchingPredictor(FailingPredictor(), max_batch=8, max_wait_ms=200)
+    bad = batcher.submit([{"user": "u1"}], k=7)
+    good = batcher.submit([{"user": "u2"}], k=5)
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result(timeout=20)
+    assert good.result(timeout=20) == FakePredictor().predict([{"user": "u2"}], 5)
+    assert batcher.predict([{"user": "u3"}], 4) == FakePredictor().predict([{"user": "u3"}], 4)
+    batcher.close(timeout=20)
+    assert not batcher.running
+
+
 def test_batching_predictor_rejects_bad_settings_and_input():
     with pytest.raises(SemidError, match="max-batch"):
         BatchingPredictor(FakePredictor(), max_batch=0)
@@ -208,10 +229,22 @@ def test_batching_predictor_rejects_bad_settings_and_input():
         parse_request({"users": ["u1"], "inputs": []})
 
 
-def test_server_stops_cleanly():
-    server = LiveServer(FakePredictor(), max_wait_ms=1)
+def test_bind_socket_names_a_taken_port():
+    taken = bind_socket("127.0.0.1", 0)
+    taken.listen()
+    try:
+        with pytest.raises(SemidError, match="another --port"):
+            bind_socket("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_server_survives_a_predictor_bug_and_stops_cleanly():
+    server = LiveServer(FailingPredictor(), max_wait_ms=1)
     batcher = server.app.state.batcher
     with httpx.Client(base_url=server.url, timeout=10) as client:
+        broken = client.post("/predict", json={"users": ["u1"], "k": 7})
+        assert broken.status_code == 500 and "boom" in broken.json()["error"]
         assert client.post("/predict", json={"users": ["u1"]}).status_code == 200
     assert batcher.running
     server.stop()
