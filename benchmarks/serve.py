@@ -1,0 +1,288 @@
+"""HTTP serving: requests/s and latency of `semid serve` (batched) vs one-at-a-time in-process predict.
+
+For a run (or ``--fake``: the synthetic FakePredictor, whose predict sleeps --fake-delay-ms plus
+--fake-per-input-ms per input to stand for a model forward):
+  (a) baseline, in this process: ``predictor.predict([x], k)`` for each input, one after another;
+  (b) the same inputs as N single-input POST /predict requests to a `semid serve`-equivalent server
+      in a subprocess (127.0.0.1), from a thread pool at each --concurrency (default 1, 8, 32).
+Reports requests/s, p50/p99 latency, the mean inputs per predict call (from GET /info) and
+``os.getloadavg()`` before and after every timing (the machine may be shared).
+Run: python -m benchmarks.serve RUN [--device cuda] [--inputs FILE.jsonl]
+     python -m benchmarks.serve --fake --out /tmp/serve-bench     (smoke run, a few seconds)
+Inputs: --inputs (one JSON input per line, e.g. {"user": "42"}), else predictor.sample_inputs(n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from semid import __version__
+from semid.atomic import atomic_file, write_json
+from semid.errors import SemidError
+from semid.fake_predictor import FakePredictor
+from semid.serving import Predictor, bind_socket
+
+RESULTS = Path(__file__).parent / "results"
+
+# The server process: what `semid serve RUN` runs, minus the CLI.
+SERVER = """
+import json, sys
+from semid.serving import serve
+spec = json.loads(sys.argv[1])
+if spec["fake"]:
+    from semid.fake_predictor import FakePredictor
+    predictor = FakePredictor(delay_s=spec["delay_s"], per_input_s=spec["per_input_s"])
+else:
+    from semid.tasks import load_predictor
+    predictor = load_predictor(spec["run"], device=spec["device"])
+serve(predictor, host="127.0.0.1", port=spec["port"], max_batch=spec["max_batch"],
+      max_wait_ms=spec["max_wait_ms"])
+"""
+
+
+def load_predictor_for(args: argparse.Namespace) -> Predictor:
+    """The in-process predictor for the baseline (and for sample inputs)."""
+    if args.fake:
+        return FakePredictor(
+            delay_s=args.fake_delay_ms / 1e3, per_input_s=args.fake_per_input_ms / 1e3
+        )
+    # semid.tasks.load_predictor is being written in the task layer; imported here until it exists
+    from semid.tasks import load_predictor
+
+    return load_predictor(args.run, device=args.device)
+
+
+def load_inputs(args: argparse.Namespace, predictor: Predictor) -> list[dict[str, Any]]:
+    """--requests inputs: from --inputs (cycled), else the predictor's sample_inputs."""
+    if args.inputs is not None:
+        lines = [ln for ln in args.inputs.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise SemidError(f"--inputs {args.inputs} has no lines; write one JSON input per line")
+        items = [json.loads(ln) for ln in lines]
+        return [items[i % len(items)] for i in range(args.requests)]
+    sample = getattr(predictor, "sample_inputs", None)
+    if sample is None:
+        raise SemidError("this predictor has no sample_inputs; pass --inputs FILE.jsonl")
+    return sample(args.requests, seed=0)
+
+
+def summary(latencies: list[float], wall: float, load_before, load_after) -> dict[str, Any]:
+    """Requests/s, p50/p99 latency (ms) and the load averages around one timing."""
+    ms = 1e3 * np.asarray(latencies)
+    return {
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "wall_s": wall,
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(load_after),
+    }
+
+
+def bench_in_process(predictor: Predictor, inputs: list[dict], k: int, beams: int | None) -> dict:
+    """(a) one input per predict call, one call after another."""
+    for x in inputs[:3]:
+        predictor.predict([x], k, beams)
+    latencies, answers = [], []
+    load_before, start = os.getloadavg(), time.perf_counter()
+    for x in inputs:
+        t = time.perf_counter()
+        answers.append(predictor.predict([x], k, beams)[0]["keys"])
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - start
+    return summary(latencies, wall, load_before, os.getloadavg()) | {"keys": answers}
+
+
+def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
+    """The server subprocess, once GET /health answers (SemidError if it exits or times out)."""
+    spec = {
+        "fake": args.fake, "run": str(args.run), "device": args.device, "port": port,
+        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+        "delay_s": args.fake_delay_ms / 1e3, "per_input_s": args.fake_per_input_ms / 1e3,
+    }  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(spec)], stderr=log)
+    deadline = time.monotonic() + args.startup_timeout
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                time.sleep(0.1)
+    proc.kill()
+    proc.wait(30)
+    log.seek(0)
+    raise SemidError(f"the server did not come up on port {port}:\n{log.read().decode()[-2000:]}")
+
+
+def bench_http(client: httpx.Client, inputs: list[dict], k, beams, concurrency: int) -> dict:
+    """(b) one single-input POST /predict per input, ``concurrency`` at a time."""
+
+    def call(x: dict) -> tuple[float, int, list[str] | None]:
+        t = time.perf_counter()
+        r = client.post("/predict", json={"inputs": [x], "k": k, "num_beams": beams})
+        ok = r.status_code == 200
+        return (
+            time.perf_counter() - t,
+            r.status_code,
+            r.json()["results"][0]["keys"] if ok else None,
+        )
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(call, inputs[:concurrency]))  # warm-up: connections, first batches
+        before = client.get("/info").json()["batching"]
+        load_before, start = os.getloadavg(), time.perf_counter()
+        results = list(pool.map(call, inputs))
+        wall = time.perf_counter() - start
+        load_after = os.getloadavg()
+    after = client.get("/info").json()["batching"]
+    calls = after["predict_calls"] - before["predict_calls"]
+    out = summary([r[0] for r in results], wall, load_before, load_after)
+    out["concurrency"] = concurrency
+    out["errors"] = sum(r[1] != 200 for r in results)
+    out["inputs_per_predict_call"] = (after["inputs"] - before["inputs"]) / max(calls, 1)
+    out["keys"] = [r[2] for r in results]
+    return out
+
+
+def environment() -> dict:
+    """Versions and machine, for the record."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "semid": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})",
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "loadavg_start": list(os.getloadavg()),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def markdown(result: dict) -> str:
+    """Results as a Markdown table, with the command and environment."""
+    env, cfg = result["environment"], result["config"]
+    load = lambda x: "/".join(f"{v:.1f}" for v in x)  # noqa: E731
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {env['date_utc']}; machine: {env['machine']}; GPU: {env['cuda'] or 'none'}; "
+        f"Python {env['python']}, torch {env['torch']}, semid {env['semid']}.  ",
+        f"Predictor: {cfg['predictor']}; k {cfg['k']}, num_beams {cfg['num_beams'] or 'default'}; "
+        f"server max_batch {cfg['max_batch']}, max_wait_ms {cfg['max_wait_ms']}; one input per "
+        "request. Load averages (1/5/15 min) are `os.getloadavg()` before -> after each timing.",
+        "",
+        "| mode | concurrency | requests | req/s | p50 (ms) | p99 (ms) | inputs per predict call | "
+        "same keys as in-process | errors | load avg before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    b = result["in_process"]
+    lines.append(
+        f"| in-process predict([x]) | 1 | {b['requests']} | {b['requests_per_s']:.1f} | "
+        f"{b['p50_ms']:.2f} | {b['p99_ms']:.2f} | 1 | - | 0 | "
+        f"{load(b['loadavg_before'])} -> {load(b['loadavg_after'])} |"
+    )
+    for h in result["http"]:
+        lines.append(
+            f"| HTTP POST /predict | {h['concurrency']} | {h['requests']} | "
+            f"{h['requests_per_s']:.1f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | "
+            f"{h['inputs_per_predict_call']:.1f} | {h['same_keys_as_in_process']:.3f} | "
+            f"{h['errors']} | {load(h['loadavg_before'])} -> {load(h['loadavg_after'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark and write OUT/NAME.{json,md}."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", nargs="?", type=Path, help="run directory (or --fake)")
+    parser.add_argument("--fake", action="store_true", help="serve the synthetic FakePredictor")
+    parser.add_argument("--fake-delay-ms", type=float, default=20.0, help="per predict call")
+    parser.add_argument("--fake-per-input-ms", type=float, default=0.5, help="per input")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--inputs", type=Path, help="JSON lines, one input each (default: sampled)")
+    parser.add_argument("--requests", "-n", type=int, default=256, help="requests per timing")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--num-beams", type=int, help="default: the predictor's")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json, NAME.md")
+    parser.add_argument("--name", default="serve", help="file stem (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.fake == (args.run is not None):
+        parser.error("give a RUN or --fake (not both)")
+    predictor = load_predictor_for(args)
+    inputs = load_inputs(args, predictor)
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.serve "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "environment": environment(),
+        "config": {
+            "predictor": "fake" if args.fake else str(args.run),
+            **{k: getattr(args, k) for k in ("k", "num_beams", "max_batch", "max_wait_ms")},
+            **(
+                {"fake_delay_ms": args.fake_delay_ms, "fake_per_input_ms": args.fake_per_input_ms}
+                if args.fake
+                else {"device": args.device}
+            ),
+        },  # fmt: skip
+    }
+    print(f"[serve] in-process baseline, {len(inputs)} inputs", flush=True)
+    baseline = bench_in_process(predictor, inputs, args.k, args.num_beams)
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    result["http"] = []
+    with tempfile.TemporaryFile() as log:
+        proc = start_server(args, port, log)
+        try:
+            limits = httpx.Limits(max_connections=max(args.concurrency))
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as c:
+                for conc in args.concurrency:
+                    print(f"[serve] HTTP at concurrency {conc}", flush=True)
+                    h = bench_http(c, inputs, args.k, args.num_beams, conc)
+                    keys = h.pop("keys")
+                    same = sum(a == b for a, b in zip(keys, baseline["keys"], strict=True))
+                    h["same_keys_as_in_process"] = same / len(keys)
+                    result["http"].append(h)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+    del baseline["keys"]
+    result["in_process"] = baseline
+    result["environment"]["loadavg_end"] = list(os.getloadavg())
+    write_json(args.out / f"{args.name}.json", result)
+    with atomic_file(args.out / f"{args.name}.md") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

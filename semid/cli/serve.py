@@ -1,0 +1,89 @@
+"""`semid serve`: answer top-k requests for a trained run over HTTP (JSON), batching concurrent ones."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+from pathlib import Path
+
+from semid.serving import serve
+
+DESCRIPTION = (
+    "Serve a trained run over HTTP: POST /predict (top-k items or documents), GET /health, "
+    "GET /info; concurrent requests are batched into one model call."
+)
+EXAMPLE = (
+    "semid serve runs/ml-100k/tiger --port 8000 --device cuda\n"
+    '  curl -s localhost:8000/predict -d \'{"users": ["1", "2"], "k": 10}\''
+)
+
+
+def device_name(value: str) -> str:
+    """argparse type of --device: cpu, cuda, cuda:N or auto."""
+    if re.fullmatch(r"cpu|cuda|cuda:\d+|auto", value) is None:
+        raise argparse.ArgumentTypeError(f"{value!r}: use cpu, cuda, cuda:N or auto")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `semid serve`."""
+    p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory from `semid train ...`")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (cuda when available; default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="most inputs in one model call (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first queued request waits for others to join its batch "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        default="warning",
+        help="uvicorn log level; info logs every request (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the run's predictor and serve it until Ctrl-C / SIGTERM."""
+    # semid.tasks.load_predictor is being written in the task layer; imported here until it exists
+    from semid.tasks import load_predictor
+
+    predictor = load_predictor(args.run_dir, device=args.device)
+    print(
+        f"serving {args.run_dir} ({predictor.task}) on http://{args.host}:{args.port} "
+        "(POST /predict, GET /health, GET /info; Ctrl-C to stop)",
+        flush=True,
+    )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: make SIGTERM end
+    # like Ctrl-C here (KeyboardInterrupt, exit 0) instead of killing the process by the signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        serve(
+            predictor,
+            host=args.host,
+            port=args.port,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            log_level=args.log_level,
+        )
+    except KeyboardInterrupt:
+        pass
+    print("semid serve: stopped", flush=True)
+    return 0

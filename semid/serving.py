@@ -1,0 +1,383 @@
+"""`semid serve`: an HTTP JSON API over a loaded run, with request batching.
+
+Layout: one `Predictor` per loaded run (the task layer implements it); a `BatchingPredictor` in front
+of it owns ONE worker thread that takes requests from a FIFO queue until ``max_batch`` inputs are
+gathered or ``max_wait_ms`` has passed since the first, groups them by (k, num_beams) and calls
+``predict`` once per group (in chunks of at most ``max_batch`` inputs). Groups are needed because
+beam search with k beams is not a prefix of beam search with more beams, so trimming a larger k
+would change answers. Each request's inputs are validated with ``check_input`` on the caller's
+thread before they are queued, so one bad input fails only its own request.
+
+HTTP (FastAPI, served by uvicorn):
+  POST /predict  {"users": [ID, ...]} | {"histories": [[KEY, ...], ...]} | {"queries": [TEXT, ...]}
+                 | {"inputs": [{...}, ...]}, plus optional "k" (default 10) and "num_beams"
+                 -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
+  GET  /health   -> {"status": "ok"}
+  GET  /info     -> predictor.info() + semid/torch versions + batching settings and counters
+Bad requests answer 400 with {"error": "one line"}. SIGINT/SIGTERM (uvicorn) stop accepting
+connections, let in-flight requests finish, then the lifespan shutdown stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from semid import __version__
+from semid.errors import SemidError
+
+DEFAULT_K = 10
+logger = logging.getLogger("semid.serving")
+# body field -> the input dict each of its elements becomes
+_LIST_FIELDS = {"users": "user", "histories": "history", "queries": "query"}
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What `semid serve` needs from a loaded run. ``check_input``, ``info`` and ``max_k`` may be
+    called from the server's event loop while ``predict`` runs on the batching thread, so they must
+    only read shared state. Answers hold plain JSON types (str, int, float, list, dict)."""
+
+    task: str  # "recommend" | "retrieve" | "text2image"
+
+    def info(self) -> dict[str, Any]:
+        """Task, model, index size, num_beams default, versions, ..."""
+        ...
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Validate (and normalise) one input: recommend {"user": ID} or {"history": [KEY, ...]},
+        retrieval {"query": TEXT}. Raises SemidError with a one-line message on bad input."""
+        ...
+
+    def predict(
+        self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """One answer per input, best first: {"input", "keys": [...], "scores": [...],
+        "ids": [[...], ...]}. Raises SemidError if k > max_k() or num_beams < k."""
+        ...
+
+    def max_k(self) -> int:
+        """Catalogue size: the largest k that predict accepts."""
+        ...
+
+
+class BatcherClosed(RuntimeError):
+    """A request reached a BatchingPredictor after close()."""
+
+
+@dataclass
+class _Request:
+    inputs: list[dict[str, Any]]
+    k: int
+    num_beams: int | None
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class BatchingPredictor:
+    """Runs concurrent requests to ``predictor`` as batched ``predict`` calls on one worker thread."""
+
+    def __init__(self, predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5.0) -> None:
+        if not _is_int(max_batch) or max_batch < 1:
+            raise SemidError(f"max_batch (--max-batch) must be an integer >= 1, got {max_batch!r}")
+        if max_wait_ms < 0:
+            raise SemidError(f"max_wait_ms (--max-wait-ms) must be >= 0, got {max_wait_ms!r}")
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders submit against close: nothing is queued after _STOP
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.stats = {"requests": 0, "inputs": 0, "predict_calls": 0, "batches": 0}
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent; submit starts it too)."""
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._closed:
+            raise BatcherClosed("the batching worker is stopped")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="semid-batcher", daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the worker thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def validate(
+        self, inputs: list[dict[str, Any]], k: Any, num_beams: Any = None, field: str = "inputs"
+    ) -> list[dict[str, Any]]:
+        """Check k, num_beams and each input (``check_input``); return the normalised inputs.
+        Raises SemidError naming the field, e.g. ``users[3]: unknown user 'x'``."""
+        if not _is_int(k) or k < 1:
+            raise SemidError(f"k must be an integer >= 1, got {k!r}")
+        max_k = self.predictor.max_k()
+        if k > max_k:
+            raise SemidError(f"k={k} is larger than the catalogue ({max_k} items); ask for fewer")
+        if num_beams is not None and (not _is_int(num_beams) or num_beams < k):
+            raise SemidError(f"num_beams must be an integer >= k={k}, got {num_beams!r}")
+        if not inputs:
+            raise SemidError(f"{field} is empty; send at least one input")
+        checked = []
+        for i, item in enumerate(inputs):
+            try:
+                checked.append(self.predictor.check_input(item))
+            except SemidError as e:
+                raise SemidError(f"{field}[{i}]: {e}") from None
+        return checked
+
+    def submit(
+        self, inputs: list[dict[str, Any]], k: Any, num_beams: Any = None, field: str = "inputs"
+    ) -> Future:
+        """Validate now (SemidError on bad input), then queue; the future resolves to the answers."""
+        req = _Request(self.validate(inputs, k, num_beams, field), k, num_beams)
+        with self._lock:
+            self._start_locked()
+            self._queue.put(req)
+        return req.future
+
+    def predict(
+        self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Blocking form of submit: the answers for ``inputs``, batched with other callers'."""
+        return self.submit(inputs, k, num_beams).result()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, answer the queued ones, stop the worker thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(_STOP)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._gather(first)
+            self._run(batch)
+            if stop:
+                return
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        """Requests until max_batch inputs or max_wait since the first; (batch, stop seen)."""
+        batch, n = [first], len(first.inputs)
+        deadline = time.monotonic() + self.max_wait_s
+        while n < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                req = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if req is _STOP:
+                return batch, True
+            batch.append(req)
+            n += len(req.inputs)
+        return batch, False
+
+    def _run(self, batch: list[_Request]) -> None:
+        groups: dict[tuple[int, int | None], list[_Request]] = {}
+        for req in batch:
+            groups.setdefault((req.k, req.num_beams), []).append(req)
+        self.stats["batches"] += 1
+        for (k, num_beams), reqs in groups.items():
+            live = [r for r in reqs if r.future.set_running_or_notify_cancel()]
+            inputs = [x for r in live for x in r.inputs]
+            try:
+                answers = []
+                for start in range(0, len(inputs), self.max_batch):
+                    chunk = inputs[start : start + self.max_batch]
+                    out = self.predictor.predict(chunk, k, num_beams)
+                    self.stats["predict_calls"] += 1
+                    if len(out) != len(chunk):
+                        raise RuntimeError(
+                            f"predictor returned {len(out)} answers for {len(chunk)} inputs"
+                        )
+                    answers.extend(out)
+            # Not swallowed: the error goes to every request of the group (the HTTP handler
+            # re-raises it); catching it here keeps the one worker thread alive for other requests.
+            except Exception as e:  # noqa: BLE001
+                for r in live:
+                    r.future.set_exception(e)
+                continue
+            start = 0
+            for r in live:
+                r.future.set_result(answers[start : start + len(r.inputs)])
+                start += len(r.inputs)
+                self.stats["requests"] += 1
+                self.stats["inputs"] += len(r.inputs)
+
+
+def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any]:
+    """A /predict body -> (field, inputs, k, num_beams); SemidError on a wrong shape or type."""
+    if not isinstance(body, dict):
+        raise SemidError('the body must be a JSON object such as {"users": [...], "k": 10}')
+    fields = [f for f in (*_LIST_FIELDS, "inputs") if f in body]
+    unknown = sorted(set(body) - {*_LIST_FIELDS, "inputs", "k", "num_beams"})
+    if unknown:
+        raise SemidError(
+            f"unknown field(s) {unknown}; use users, histories, queries or inputs, k, num_beams"
+        )
+    if len(fields) != 1:
+        raise SemidError(
+            f"give exactly one of users, histories, queries, inputs (got {fields or 'none'})"
+        )
+    name = fields[0]
+    values = body[name]
+    if not isinstance(values, list):
+        raise SemidError(f"{name} must be a list, got {type(values).__name__}")
+    for i, v in enumerate(values):
+        bad = (
+            (name == "users" and (isinstance(v, bool) or not isinstance(v, (str, int))))
+            or (name == "histories" and not isinstance(v, list))
+            or (name == "queries" and not isinstance(v, str))
+            or (name == "inputs" and not isinstance(v, dict))
+        )
+        if bad:
+            expected = {"users": "a string or integer", "histories": "a list of item keys",
+                        "queries": "a string", "inputs": "an object"}[name]  # fmt: skip
+            raise SemidError(f"{name}[{i}] must be {expected}, got {json.dumps(v)[:60]}")
+    inputs = values if name == "inputs" else [{_LIST_FIELDS[name]: v} for v in values]
+    return name, inputs, body.get("k", DEFAULT_K), body.get("num_beams")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+def _versions() -> dict[str, str]:
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return {"semid_version": __version__, "torch_version": torch_version}
+
+
+def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5.0) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (see the module docstring for the routes)."""
+    batcher = BatchingPredictor(predictor, max_batch, max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        # uvicorn calls this after in-flight requests are answered; close() joins the worker
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+
+    app = FastAPI(title="semid", version=__version__, lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "; ".join(e.get("msg", "invalid request") for e in exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # a bug outside /predict (e.g. in predictor.info): still one JSON line; uvicorn logs it
+        return _error(500, f"internal error ({type(exc).__name__}: {exc}); see the server log")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        batching = {"max_batch": batcher.max_batch, "max_wait_ms": 1000 * batcher.max_wait_s}
+        return {**predictor.info(), **_versions(), "batching": {**batching, **batcher.stats}}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return _error(400, f"the body is not valid JSON: {e}")
+        try:
+            name, inputs, k, num_beams = parse_request(body)
+            future = batcher.submit(inputs, k, num_beams, field=name)
+        except SemidError as e:
+            return _error(400, str(e))
+        except BatcherClosed as e:
+            return _error(503, f"{e}; the server is shutting down")
+        try:
+            answers = await asyncio.wrap_future(future)
+        except SemidError as e:  # e.g. a predictor limit that check_input cannot see
+            return _error(400, str(e))
+        # A predictor bug: logged with its traceback and answered as a 500 here, because an
+        # exception raised out of the endpoint makes uvicorn drop the client's keep-alive connection.
+        except Exception as e:  # noqa: BLE001
+            logger.exception("predict failed")
+            return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
+        return {"results": answers}
+
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on (host, port) (port 0: a free one); SemidError if taken."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise SemidError(f"cannot listen on {host}:{port}: {e}; check --host") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise SemidError(
+            f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host"
+        ) from None
+    return sock
+
+
+def serve(
+    predictor: Predictor,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    log_level: str = "warning",
+) -> None:
+    """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
+    app = create_app(predictor, max_batch, max_wait_ms)
+    sock = bind_socket(host, port)
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])

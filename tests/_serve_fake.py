@@ -1,0 +1,53 @@
+"""Run `semid serve` (semid.cli.serve.run) on a FakePredictor in this process; for test_serving.py.
+
+Usage: python tests/_serve_fake.py PORT DELAY_S
+``semid.tasks.load_predictor`` is replaced by one returning a FakePredictor whose predict calls
+announce themselves on stdout ("predict N" for N inputs), so the test can signal the process while
+a request is in flight. Once `run` returns, prints its exit code and whether the batching thread
+is still alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+from semid.cli import serve as serve_cmd
+from semid.fake_predictor import FakePredictor
+
+
+class AnnouncingPredictor(FakePredictor):
+    """FakePredictor that says on stdout when each predict call starts."""
+
+    def predict(
+        self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """FakePredictor.predict, announced first."""
+        print(f"predict {len(inputs)}", flush=True)
+        return super().predict(inputs, k, num_beams)
+
+
+def main() -> None:
+    """Parse `semid serve` arguments, serve until SIGINT/SIGTERM, report on stdout."""
+    port, delay = sys.argv[1], float(sys.argv[2])
+    tasks = types.ModuleType("semid.tasks")
+
+    def load_predictor(run_dir: Path, device: str) -> AnnouncingPredictor:
+        return AnnouncingPredictor(delay_s=delay)
+
+    tasks.load_predictor = load_predictor
+    sys.modules["semid.tasks"] = tasks  # stands in for the task layer
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    code = serve_cmd.run(parser.parse_args(["fake-run", "--port", port, "--device", "cpu"]))
+    alive = any(t.name == "semid-batcher" for t in threading.enumerate())
+    print(f"run returned {code}; batcher alive: {alive}", flush=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

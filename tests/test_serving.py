@@ -1,0 +1,309 @@
+"""`semid serve`: the real uvicorn server on loopback with a fake predictor, called over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from semid.cli import serve as serve_cmd
+from semid.errors import SemidError
+from semid.fake_predictor import FakePredictor
+from semid.serving import BatchingPredictor, bind_socket, create_app, parse_request
+
+HELPER = Path(__file__).parent / "_serve_fake.py"
+
+
+def wait_until(condition, timeout: float = 20.0) -> bool:
+    """Poll ``condition`` every 10 ms for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class LiveServer:
+    """uvicorn serving create_app(predictor) on 127.0.0.1, a free port, in a background thread."""
+
+    def __init__(self, predictor: FakePredictor, **kwargs) -> None:
+        self.app = create_app(predictor, **kwargs)
+        sock = bind_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+        self.thread.start()
+        assert wait_until(lambda: self.server.started or not self.thread.is_alive())
+        assert self.server.started, "uvicorn did not start"
+
+    def stop(self) -> None:
+        """What uvicorn's SIGINT/SIGTERM handler does: ask it to exit, then wait."""
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def live():
+    predictor = FakePredictor(delay_s=0.05)
+    server = LiveServer(predictor, max_batch=64, max_wait_ms=30)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield server, predictor, client
+    server.stop()
+
+
+def test_health_and_info(live):
+    _, _, client = live
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["task"] == "recommend" and info["index_size"] == 100
+    assert info["semid_version"] and info["torch_version"]
+    assert info["batching"]["max_batch"] == 64
+
+
+def test_predict_single_and_many(live):
+    _, _, client = live
+    oracle = FakePredictor()
+    one = client.post("/predict", json={"users": ["u3"], "k": 5})
+    assert one.status_code == 200
+    assert one.json() == {"results": oracle.predict([{"user": "u3"}], 5)}
+    assert len(one.json()["results"][0]["keys"]) == 5
+
+    many = client.post(
+        "/predict", json={"histories": [["item001"], ["item002", "item007"]], "num_beams": 40}
+    )
+    inputs = [{"history": ["item001"]}, {"history": ["item002", "item007"]}]
+    assert many.json() == {"results": oracle.predict(inputs, 10, 40)}  # default k is 10
+
+    mixed = [{"query": "red shoes"}, {"user": "u0"}]
+    answer = client.post("/predict", json={"inputs": mixed, "k": 3}).json()["results"]
+    assert [a["input"] for a in answer] == mixed
+    assert answer == oracle.predict(mixed, 3)
+    assert client.post("/predict", json={"queries": ["a", "b"], "k": 2}).status_code == 200
+
+
+BAD = {
+    "malformed JSON": b'{"users": [',
+    "not UTF-8": b"\xff\xfe\xfd",
+    "not an object": b'["u1"]',
+    "no input field": b'{"k": 5}',
+    "two input fields": b'{"users": ["u1"], "queries": ["x"]}',
+    "unknown field": b'{"user": ["u1"]}',
+    "users not a list": b'{"users": "u1"}',
+    "user of wrong type": b'{"users": [{"id": 1}]}',
+    "history not a list": b'{"histories": ["item001"]}',
+    "query not a string": b'{"queries": [3]}',
+    "input not an object": b'{"inputs": ["u1"]}',
+    "empty list": b'{"users": []}',
+    "empty query": b'{"queries": ["  "]}',
+    "unknown user": b'{"users": ["u1", "nobody"]}',
+    "unknown item key": b'{"histories": [["item001", "item999"]]}',
+    "unknown input kind": b'{"inputs": [{"image": "x"}]}',
+    "k = 0": b'{"users": ["u1"], "k": 0}',
+    "k < 0": b'{"users": ["u1"], "k": -3}',
+    "k not an integer": b'{"users": ["u1"], "k": 2.5}',
+    "k a string": b'{"users": ["u1"], "k": "5"}',
+    "k a boolean": b'{"users": ["u1"], "k": true}',
+    "k over the catalogue": b'{"users": ["u1"], "k": 101}',
+    "num_beams < k": b'{"users": ["u1"], "k": 10, "num_beams": 5}',
+    "num_beams a string": b'{"users": ["u1"], "num_beams": "x"}',
+}
+
+
+@pytest.mark.parametrize("body", BAD.values(), ids=BAD.keys())
+def test_bad_requests_answer_4xx_with_one_line(live, body):
+    _, _, client = live
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    error = r.json()["error"]
+    assert isinstance(error, str) and error and "\n" not in error
+
+
+def test_unknown_route_and_method_answer_json(live):
+    _, _, client = live
+    assert client.get("/nowhere").status_code == 404
+    assert "error" in client.get("/nowhere").json()
+    assert client.get("/predict").status_code == 405
+
+
+def test_bad_input_does_not_fail_batched_neighbours(live):
+    _, _, client = live
+    bodies = [{"users": ["u1"]}, {"users": ["nobody"]}, {"users": ["u2"]}] * 4
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        codes = list(pool.map(lambda b: client.post("/predict", json=b).status_code, bodies))
+    assert codes == [200, 400, 200] * 4
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(live):
+    server, predictor, client = live
+    oracle = FakePredictor()
+    # different (k, num_beams) must not share a predict call: beam search is not prefix-stable
+    settings = [(5, None), (10, None), (5, 30), (30, None)]
+    requests = [
+        ({"user": f"u{i}"} if i % 2 else {"history": [f"item{i:03d}"]}, *settings[i % 4])
+        for i in range(32)
+    ]
+    expected = [oracle.predict([x], k, nb)[0] for x, k, nb in requests]
+    assert any(  # the fake's answers do depend on (k, num_beams), so grouping is tested
+        oracle.predict([x], 30)[0]["keys"][:5] != oracle.predict([x], 5)[0]["keys"]
+        for x, _, _ in requests
+    )
+    calls_before = len(predictor.calls)
+    start = threading.Barrier(32, timeout=20)
+
+    def call(req):
+        x, k, nb = req
+        start.wait()
+        r = client.post("/predict", json={"inputs": [x], "k": k, "num_beams": nb})
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(call, requests))
+    assert answers == expected
+    calls = predictor.calls[calls_before:]
+    assert sum(n for n, _, _ in calls) == 32
+    assert len(calls) < 32, f"no batching: {len(calls)} predict calls for 32 requests"
+    assert max(n for n, _, _ in calls) > 1
+
+
+def test_batching_predictor_groups_and_chunks():
+    predictor = FakePredictor()
+    batcher = BatchingPredictor(predictor, max_batch=8, max_wait_ms=500)
+    requests = [(3, 5), (3, 6), (3, 5), (9, 5)]  # (inputs, k)
+    futures = [batcher.submit([{"user": f"u{i}"}] * n, k=k) for i, (n, k) in enumerate(requests)]
+    answers = [f.result(timeout=20) for f in futures]
+    batcher.close(timeout=20)
+    assert not batcher.running
+    for i, ((n, k), answer) in enumerate(zip(requests, answers, strict=True)):
+        assert answer == FakePredictor().predict([{"user": f"u{i}"}] * n, k)
+    # the first three requests reach max_batch (9 >= 8) and form one batch: one call per k;
+    # the fourth is alone, in chunks of at most max_batch inputs
+    assert predictor.calls == [(6, 5, None), (3, 6, None), (8, 5, None), (1, 5, None)]
+    assert batcher.stats["batches"] == 2 and batcher.stats["requests"] == 4
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit([{"user": "u1"}], k=5)
+
+
+class FailingPredictor(FakePredictor):
+    """FakePredictor whose predict fails (a bug, not bad input) whenever k == 7."""
+
+    def predict(self, inputs, k, num_beams=None):
+        if k == 7:
+            raise RuntimeError("boom")
+        return super().predict(inputs, k, num_beams)
+
+
+def test_a_failing_predict_call_fails_only_its_group_and_the_worker_survives():
+    batcher = BatchingPredictor(FailingPredictor(), max_batch=8, max_wait_ms=200)
+    bad = batcher.submit([{"user": "u1"}], k=7)
+    good = batcher.submit([{"user": "u2"}], k=5)
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result(timeout=20)
+    assert good.result(timeout=20) == FakePredictor().predict([{"user": "u2"}], 5)
+    assert batcher.predict([{"user": "u3"}], 4) == FakePredictor().predict([{"user": "u3"}], 4)
+    batcher.close(timeout=20)
+    assert not batcher.running
+
+
+def test_batching_predictor_rejects_bad_settings_and_input():
+    with pytest.raises(SemidError, match="max-batch"):
+        BatchingPredictor(FakePredictor(), max_batch=0)
+    with pytest.raises(SemidError, match="max-wait-ms"):
+        BatchingPredictor(FakePredictor(), max_wait_ms=-1)
+    batcher = BatchingPredictor(FakePredictor())
+    with pytest.raises(SemidError, match=r"users\[1\]: unknown user"):
+        batcher.validate([{"user": "u1"}, {"user": "x"}], 5, field="users")
+    assert not batcher.running  # validation alone starts no thread
+    with pytest.raises(SemidError, match="exactly one of"):
+        parse_request({"users": ["u1"], "inputs": []})
+
+
+def test_bind_socket_names_a_taken_port():
+    taken = bind_socket("127.0.0.1", 0)
+    taken.listen()
+    try:
+        with pytest.raises(SemidError, match="another --port"):
+            bind_socket("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_server_survives_a_predictor_bug_and_stops_cleanly():
+    server = LiveServer(FailingPredictor(), max_wait_ms=1)
+    batcher = server.app.state.batcher
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        broken = client.post("/predict", json={"users": ["u1"], "k": 7})
+        assert broken.status_code == 500 and "boom" in broken.json()["error"]
+        assert client.post("/predict", json={"users": ["u1"]}).status_code == 200
+    assert batcher.running
+    server.stop()
+    assert not server.thread.is_alive()
+    assert not batcher.running
+    with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as client:
+        client.get(server.url + "/health")
+
+
+def test_device_flag():
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    args = parser.parse_args(["runs/x", "--device", "cuda:1", "--max-batch", "8"])
+    assert (args.device, args.max_batch, args.port, args.host) == ("cuda:1", 8, 8000, "127.0.0.1")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["runs/x", "--device", "gpu"])
+
+
+def test_sigterm_finishes_in_flight_request_then_exits():
+    """`semid serve` (its run function, on a fake task layer) in a subprocess, stopped by SIGTERM."""
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), str(port), "1.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+
+            def healthy() -> bool:
+                try:
+                    return client.get("/health").status_code == 200
+                except httpx.TransportError:
+                    return proc.poll() is not None
+
+            assert wait_until(healthy, timeout=60) and proc.poll() is None, proc.stderr.read()
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(client.post, "/predict", json={"users": ["u1"], "k": 3})
+                for _ in range(5):  # skip the "serving ..." banner
+                    ready, _, _ = select.select([proc.stdout], [], [], 30)
+                    assert ready, "no predict call within 30 s"
+                    if proc.stdout.readline().strip() == "predict 1":
+                        break
+                proc.send_signal(signal.SIGTERM)  # while the 1 s predict call is running
+                response = pending.result(timeout=30)
+        assert response.status_code == 200
+        assert response.json() == {"results": FakePredictor().predict([{"user": "u1"}], 3)}
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "semid serve: stopped" in out
+        assert "run returned 0; batcher alive: False" in out
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as client:
+        client.get(url + "/health")
