@@ -174,6 +174,7 @@ def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> 
     xn = np.ascontiguousarray(x.detach().cpu().float().numpy())
     params = faiss.ProgressiveDimClusteringParameters()
     params.niter, params.seed = niter, seed
+    params.min_points_per_centroid = 1  # small catalogues are normal here; faiss would warn on stderr
     clus = faiss.ProgressiveDimClustering(xn.shape[1], k, params)
     clus.train(xn.shape[0], faiss.swig_ptr(xn), faiss.ProgressiveDimIndexFactory())
     return torch.from_numpy(faiss.vector_to_array(clus.centroids).reshape(k, -1))

@@ -20,6 +20,37 @@ from semid.ids import SemanticIDs, load_quantizer
 from semid.quantization import Quantizer, build_quantizer
 from semid.runs import check_vocabulary
 
+AUTO = "auto"
+MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
+MAX_LEVELS = 16
+MAX_CODEBOOK_BYTES = 4 * 2**30
+
+
+def auto_spec(num_items: int, levels: int = 3) -> str:
+    """An rqkmeans spec sized to the collection: ``levels`` levels of a power-of-two codebook (4 to
+    256), the larger of (a) the largest size that still gets about 40 items per code at the first
+    level and (b) the smallest whose ``size**levels`` IDs exceed 8x the items (few collisions,
+    which then get the extra level)."""
+    fit, room = 4, 4
+    while fit < 256 and num_items // (fit * 2) >= MIN_ITEMS_PER_CODE:
+        fit *= 2
+    while room < 256 and room**levels < 8 * num_items:
+        room *= 2
+    return f"rqkmeans:{levels}x{max(fit, room)}"
+
+
+def check_fits(quantizer: Quantizer, num_items: int, dim: int) -> None:
+    """SemidError unless the quantizer's shape suits ``num_items`` items of width ``dim``."""
+    sizes, spec = quantizer.codebook_sizes, quantizer.spec
+    if len(sizes) > MAX_LEVELS:
+        raise SemidError(f"{spec} has {len(sizes)} levels; use at most {MAX_LEVELS} (IDs are decoded one level at a time)")
+    if max(sizes) > num_items:
+        raise SemidError(f"{spec} has {max(sizes):,} codes per level for {num_items:,} items; use at most "
+                         f"{num_items:,} (or --quantizer auto: {auto_spec(num_items)})")  # fmt: skip
+    if sum(sizes) * dim * 4 > MAX_CODEBOOK_BYTES:
+        raise SemidError(f"{spec}'s codebooks would take {sum(sizes) * dim * 4 / 2**30:.0f} GiB for {dim}-d "
+                         "vectors; use fewer or smaller levels")  # fmt: skip
+
 
 def build_ids(
     keys: list[str],
@@ -32,14 +63,18 @@ def build_ids(
     encode_x: Tensor | None = None,
     **fit_kwargs: Any,
 ) -> tuple[SemanticIDs, Quantizer]:
-    """Fit ``spec`` (a spec string or an unfitted quantizer) on ``x`` (N, D) and index the items.
+    """Fit ``spec`` (a spec string, ``auto`` for :func:`auto_spec`, or an unfitted quantizer) on
+    ``x`` (N, D) and index the items.
 
     ``encode_x`` (M, D): index these vectors (one per key) instead of the training vectors ``x``
     (e.g. fit on training images, index test images). ``fit_kwargs`` go to ``quantizer.fit``
     (``interactions`` for graph quantizers, ``text_embeddings`` for voken) with ``seed``; the
     caller seeds torch's global generator (learned quantizers draw their initial weights from it).
     Returns the index and the fitted quantizer; ``metadata`` gets ``seed`` and ``fit_seconds``."""
+    if spec == AUTO:
+        spec = auto_spec(len(keys))
     quantizer = build_quantizer(spec) if isinstance(spec, str) else spec
+    check_fits(quantizer, len(x), x.shape[1])
     started = time.perf_counter()
     quantizer.fit(quantizer.check_input(x), seed=seed, **fit_kwargs)
     fit_seconds = time.perf_counter() - started

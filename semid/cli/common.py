@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from semid.data.tables import parse_columns
 from semid.training import TrainConfig
 
 
@@ -30,3 +31,13 @@ def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> No
     """--device cpu|cuda|cuda:N|auto."""
     p.add_argument("--device", default=default,
                    help="cpu, cuda, cuda:N or auto (a GPU when there is one; default: %(default)s)")  # fmt: skip
+
+
+def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
+    """--items, --columns, --missing-text, --min-interactions: a user's own interactions file."""
+    p.add_argument("--items", help="with an interactions file: item texts (CSV/TSV/Parquet/JSONL with item and text columns)")
+    p.add_argument("--columns", type=parse_columns, help="column names by role when not the usual ones, e.g. user=uid,item=sku,timestamp=ts")
+    p.add_argument("--missing-text", choices=["error", "drop"], default="error",
+                   help="interactions whose item has no text in --items: stop, or drop them (default: %(default)s)")
+    p.add_argument("--min-interactions", type=int, default=3,
+                   help="drop users with fewer interactions (leave-one-out needs 3; default: %(default)s)")  # fmt: skip

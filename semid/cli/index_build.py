@@ -7,14 +7,21 @@ import time
 from pathlib import Path
 
 from semid.atomic import check_writable
+from semid.cli.common import add_interaction_file_arguments
 from semid.cli.index_stats import format_stats
 from semid.collisions import collision_strategies
-from semid.data.registry import dataset_kind
+from semid.data.registry import available_datasets, dataset_kind
 from semid.errors import SemidError
 from semid.plots import plot_code_usage
 from semid.tasks import IndexSource, get_task
+from semid.tasks.data import resolve_dataset, sniff_kind
 
 TASK_OF_KIND = {"interactions": "recommend", "documents": "retrieve", "images": "text2image"}
+
+
+def kind_of(dataset: str) -> str:
+    """What a registered dataset or a data path holds (interactions, documents, images)."""
+    return dataset_kind(dataset) if dataset in available_datasets() else sniff_kind(dataset)
 
 DESCRIPTION = "Build a semantic-ID index: embed items (or read embeddings), fit a quantizer, resolve collisions."
 EXAMPLE = (
@@ -38,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--keys", type=Path, help="item keys, one per line (with --embeddings .npy/.safetensors)"
     )
     p.add_argument(
-        "--quantizer", default="rqkmeans:3x256", help="quantizer spec (default: %(default)s)"
+        "--quantizer", default="auto",
+        help="quantizer spec, e.g. rqkmeans:3x256, rqvae:3x256, graph_rqvae:3x256, voken:3x256; auto: "
+        "rqkmeans sized to the number of items (default: %(default)s)"
     )
     p.add_argument(
         "--collisions",
@@ -59,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="user-item log (CSV/TSV: user,item[,timestamp]) for graph quantizers; with --embeddings",
     )
+    add_interaction_file_arguments(p)
     p.add_argument(
         "--plot", metavar="FILE.png", help="also draw the codebook usage, one histogram per level"
     )
@@ -69,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise SemidError(f"--out {args.out} exists and is not a folder; choose another path")
     check_writable(args.out)
-    source = IndexSource(dataset=args.dataset, embeddings=args.embeddings, keys=args.keys,
-                         interactions=args.interactions, encoder=args.encoder)  # fmt: skip
-    task = get_task(TASK_OF_KIND.get(dataset_kind(args.dataset), "recommend") if args.dataset else "recommend")
+    dataset = resolve_dataset(args.dataset)
+    source = IndexSource(dataset=dataset, items=resolve_dataset(args.items), columns=args.columns or None,
+                         missing_text=args.missing_text, min_interactions=args.min_interactions,
+                         embeddings=args.embeddings, keys=args.keys, interactions=args.interactions,
+                         encoder=args.encoder)  # fmt: skip
+    task = get_task(TASK_OF_KIND.get(kind_of(dataset), "recommend") if dataset else "recommend")
     started = time.perf_counter()
     ids, notes = task.build_index(source, args.quantizer, args.out, args.collisions, args.seed)
     for note in notes:

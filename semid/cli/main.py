@@ -13,6 +13,7 @@ from semid.cli import (
     index_build,
     index_stats,
     predict,
+    serve,
     train_recommender,
     train_retriever,
 )
@@ -28,6 +29,7 @@ COMMANDS = [
     ("train", "retriever", train_retriever),
     ("eval", None, eval_cmd),  # a command of its own: `semid eval RUN`
     ("predict", None, predict),
+    ("serve", None, serve),
 ]
 
 

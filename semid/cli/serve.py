@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from semid.serving import serve
+from semid.tasks import load_predictor
 
 DESCRIPTION = (
     "Serve a trained run over HTTP: POST /predict (top-k items or documents), GET /health, "
@@ -62,8 +63,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run's predictor and serve it until Ctrl-C / SIGTERM."""
-    # semid.tasks.load_predictor is being written in the task layer; imported here until it exists
-    from semid.tasks import load_predictor
 
     predictor = load_predictor(args.run_dir, device=args.device)
     print(

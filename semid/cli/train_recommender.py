@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from semid.cli.common import add_training_arguments, training_config
+from semid.cli.common import add_interaction_file_arguments, add_training_arguments, training_config
 from semid.cli.table import format_table
 from semid.configs import parse_json_object
 from semid.errors import SemidError
 from semid.models import available_models
 from semid.runs import update_metrics
 from semid.tasks import get_task
+from semid.tasks.data import resolve_dataset
 from semid.tasks.recommend import RecommendSpec, default_train
 
 DESCRIPTION = "Train a recommender (mmgrec, tiger, sasrec or pop) on a dataset's leave-one-out split."
@@ -24,7 +25,9 @@ EXAMPLE = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train recommender`."""
     defaults = default_train()
-    p.add_argument("--dataset", required=True, help="embedded dataset name (ml-100k, ml-1m) or a data folder")
+    p.add_argument("--dataset", required=True, help="embedded dataset (ml-100k, ml-1m), a MovieLens/RecBole folder, "
+                   "or an interactions file (user, item[, timestamp]: CSV, TSV, Parquet, JSON Lines, optionally .gz)")
+    add_interaction_file_arguments(p)
     p.add_argument("--index", type=Path, required=True, help="index folder from `semid index build` on the same dataset")
     p.add_argument("--model", required=True, help="mmgrec, tiger, sasrec or pop")
     p.add_argument("--out", type=Path, required=True, help="run directory to create (or resume)")
@@ -46,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if args.model not in available_models():
         raise SemidError(f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}")
     spec = RecommendSpec(
-        dataset=args.dataset, model=args.model,
+        dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items), columns=args.columns or None,
+        missing_text=args.missing_text, min_interactions=args.min_interactions, model=args.model,
         model_config=parse_json_object(args.model_config, "--model-config"),
         train=training_config(args, default_train(), early_stopping_patience=args.patience),
         max_history=args.max_history, num_beams=args.num_beams, eval_users=args.eval_users,
         users=args.users, extra_codes=args.extra_codes,
     )  # fmt: skip
     summary = get_task("recommend").train(spec, args.out, args.index, resume=not args.no_resume)
+    for note in summary.get("notes", []):
+        print(note)
     valid = summary.get("valid", {})
     if valid:
         update_metrics(args.out, "valid", valid)

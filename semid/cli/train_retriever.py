@@ -17,6 +17,7 @@ from semid.cli.table import format_table
 from semid.configs import parse_json_object
 from semid.errors import SemidError
 from semid.tasks import get_task
+from semid.tasks.data import resolve_dataset
 from semid.tasks.retrieve import RetrieveSpec
 from semid.tasks.text2image import Text2ImageSpec
 
@@ -34,7 +35,9 @@ DOCS, IMAGES = RetrieveSpec(dataset="-"), Text2ImageSpec(dataset="-")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train retriever`."""
-    p.add_argument("--dataset", required=True, help="debian-docs or a JSONL file of {id, text, queries?}; or fashion-mnist")
+    p.add_argument("--dataset", required=True, help="documents: debian-docs or a file of id, text[, queries] rows "
+                   "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, a folder "
+                   "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]")
     p.add_argument("--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s")
     p.add_argument("--index", type=Path, help="avg: a voken index from `semid index build` (default: build one)")
     p.add_argument("--out", type=Path, required=True, help="run directory to create (or resume)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     model_config = parse_json_object(args.model_config, "--model-config")
     if args.model == "avg":
         spec = Text2ImageSpec(
-            dataset=args.dataset, model="avg", model_config=model_config, seed=args.seed,
+            dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(_budget(args, IMAGES.train), IMAGES.train),
             quantizer=args.quantizer or IMAGES.quantizer, num_beams=args.num_beams or IMAGES.num_beams,
         )  # fmt: skip
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")
     budget = _budget(args, DOCS.train)
     spec = RetrieveSpec(
-        dataset=args.dataset, model_config=model_config, seed=args.seed,
+        dataset=resolve_dataset(args.dataset), model_config=model_config, seed=args.seed,
         train=training_config(budget, DOCS.train),
         add_train=dataclasses.replace(training_config(budget, DOCS.add_train), max_epochs=args.add_epochs, max_steps=None,
                                       lr=args.prompt_lr),

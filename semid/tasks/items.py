@@ -17,7 +17,7 @@ from semid.data.tables import table_format
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.indexing import build_ids
+from semid.indexing import AUTO, build_ids
 from semid.models import model_class
 from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource
@@ -52,7 +52,7 @@ def build_item_index(
 ) -> tuple[SemanticIDs, list[str]]:
     """Fit ``spec`` on the items of ``source`` and save the index (with its quantizer) at ``out``;
     returns the index and what to tell the user."""
-    probe = build_quantizer(spec)  # a bad spec fails before any embedding work
+    probe = build_quantizer("rqkmeans:1x2" if spec == AUTO else spec)  # a bad spec fails before any work
     notes: list[str] = []
     dataset = None
     if source.embeddings is not None:
@@ -88,6 +88,8 @@ def build_item_index(
         keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
     )
     ids.save(out, quantizer=fitted)
+    if spec == AUTO:
+        notes.append(f"quantizer auto: {ids.quantizer_spec} for {len(ids):,} items")
     return ids, notes
 
 

@@ -221,7 +221,7 @@ class RecommendPredictor(Predictor):
         split = item.get("split")
         if split is not None and split not in SPLITS:
             raise SemidError(f'"split" must be valid or test, got {split!r}')
-        return {"user": user, "split": split}
+        return {"user": user, "split": split} if split else {"user": user}
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """One beam search (or scoring pass) over the batch of inputs."""
@@ -263,7 +263,7 @@ class RecommendPredictor(Predictor):
         s = self.data.split
         users = torch.tensor([self.user_of_key[x["user"]] for x in inputs])
         end = s.ptr[users + 1]
-        offset = torch.tensor([{"valid": 2, "test": 1}.get(x["split"], 0) for x in inputs])
+        offset = torch.tensor([{"valid": 2, "test": 1}.get(x.get("split"), 0) for x in inputs])
         has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
         return torch.where(has_targets | (offset == 0), end - offset, end)
 

@@ -34,7 +34,7 @@ from semid.generators.promptdsi_states import (
     topic_keys,
 )
 from semid.ids import SemanticIDs
-from semid.indexing import add_items, build_ids
+from semid.indexing import AUTO, add_items, build_ids
 from semid.metrics import compute_metrics
 from semid.models import model_config
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranking, ranker_for
@@ -62,7 +62,7 @@ class RetrieveSpec:
     model_config: Any = None  # PromptDSIConfig (codebook sizes come from the index)
     train: TrainConfig = field(default_factory=_train_config)
     add_train: TrainConfig = field(default_factory=lambda: _train_config(5, 1e-2))
-    quantizer: str = "rqkmeans:3x256"
+    quantizer: str = AUTO  # rqkmeans sized to the number of documents (semid.indexing.auto_spec)
     extra_codes: int = 64  # spare disambiguation tokens for documents added later
     max_docs: int | None = None
     hold_out: float = 0.1  # share of documents held out as the later corpus (later.jsonl)
@@ -143,7 +143,7 @@ class RetrieveTask(Task):
         """The index of D0 (the seeded initial corpus) of a document collection."""
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
         ids, *_ = self._index_d0(spec, out)
-        return ids, [f"indexed D0: {len(ids):,} documents (D1 is held out for `semid index add`)"]
+        return ids, [f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"]
 
     def _index_d0(self, spec: RetrieveSpec, out: Path) -> tuple[Any, ...]:
         collection = load_collection(spec.dataset)
@@ -200,7 +200,7 @@ class RetrieveTask(Task):
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_queries": len(split.d0_test)}}  # fmt: skip
         write_run(out, self.name, spec, state)
-        return {"documents": len(split.d0), "train_examples": len(examples), "steps": result.steps,
+        return {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples), "steps": result.steps,
                 "train_seconds": round(seconds, 2)}  # fmt: skip
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:

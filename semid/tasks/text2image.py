@@ -21,7 +21,9 @@ from torch import Tensor
 from semid.atomic import atomic_file, check_writable
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
+from semid.data.image_files import load_image_collection
 from semid.data.images import ImageSplits, class_queries
+from semid.data.registry import available_datasets
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -32,6 +34,7 @@ from semid.models import model_class, model_config
 from semid.ranking import Ranking, ranker_for
 from semid.runs import Run, copy_index, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
+from semid.tasks.data import check_fingerprint, fingerprint
 from semid.training import TrainConfig, train_model
 
 DEFAULT_SPEC = "voken:3x256,hidden=256-128,latent=32"
@@ -56,8 +59,11 @@ def embed_texts(texts: list[str], encoder: str | os.PathLike | None = None) -> T
     return TextEncoder(model=encoder).encode(list(texts), show_progress=False)
 
 
-def load_image_splits(dataset: str) -> ImageSplits:
-    """The registered image dataset ``dataset`` (train and test images)."""
+def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
+    """Train and test images of a registered dataset (fashion-mnist), of a folder with one
+    subfolder per class, or of a table of ``path[, caption][, label]`` rows (seeded split)."""
+    if dataset not in available_datasets():
+        return load_image_collection(dataset, seed=seed)
     splits = load_dataset(dataset)
     if not isinstance(splits, ImageSplits):
         raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist")
@@ -153,7 +159,7 @@ class Text2ImageTask(Task):
         fitted on the training images; saves the CNN and the training targets beside the index."""
         if source.embeddings is not None or source.interactions is not None:
             raise SemidError("an image dataset brings its own features; drop --embeddings/--interactions")
-        splits = load_image_splits(source.dataset)
+        splits = load_image_splits(source.dataset, seed)
         torch.manual_seed(seed)
         if features is not None:
             train_x = load_image_features(features[0], len(splits.train))
@@ -178,7 +184,7 @@ class Text2ImageTask(Task):
         """Train the generator on (query wording, training image ID) pairs; without ``index`` a
         ``spec.quantizer`` index is built into ``out/index`` first."""
         check_writable(out / "config.json")
-        splits = load_image_splits(spec.dataset)
+        splits = load_image_splits(spec.dataset, spec.seed)
         if index is None:
             index = out / "index"
             self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder),
@@ -195,12 +201,14 @@ class Text2ImageTask(Task):
         result = train_model(model, pairs, spec.train, out / "train", resume=resume)
         copy_index(index, out)
         model.save_pretrained(out / "model")
-        write_run(out, self.name, spec, {"train_steps": result.steps})
+        write_run(out, self.name, spec, {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)})
         return {"steps": result.steps, "epochs": result.epochs}
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""
-        splits = load_image_splits(run.spec["dataset"])
+        spec = self.spec_of(run)
+        check_fingerprint(run, spec.dataset)
+        splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, splits.test.labels.tolist(), strict=True))
         unknown = [k for k in run.ids.keys if k not in label_of]
         if unknown:
