@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from semid.cli import (
     train_recommender,
     train_retriever,
 )
+from semid.distributed import is_main_process
 from semid.errors import SemidError
 
 # (group, name, module): each module has `add_arguments(parser)`, `run(args) -> int`, DESCRIPTION,
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = build_parser().parse_args(argv)
+    if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
     try:
         return args.run(args)
     except SemidError as e:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from semid.configs import config_from_dict
+from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.locking import write_lock
 from semid.ranking import Ranking
@@ -75,6 +76,8 @@ class Task(ABC):
         seconds, valid metrics). A folder holding another task's or model's run is refused before
         anything in it changes."""
         out = Path(out)
+        if not is_main_process():  # ranks > 0 of a launched job train beside rank 0, which writes
+            return self._train(spec, out, index, resume)
         with write_lock(out, f"run {out}"):
             self._check_owner(out, spec)
             return self._train(spec, out, index, resume)

@@ -30,6 +30,7 @@ from semid.data.sequences import (
     slice_users,
 )
 from semid.data.splits import PAD
+from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.indexing import add_items
@@ -112,8 +113,7 @@ class RecommendTask(Task):
         check_writable(out / "config.json")
         if index is None:
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
-        copy_index(index, out)
-        ids = SemanticIDs.load(out / "index")
+        ids = SemanticIDs.load(index)
         data = self.load_data(spec, ids)
         state: dict[str, Any] = {"trained_items": len(ids), "data_sha256": fingerprint(spec.dataset, spec.items)}
         torch.manual_seed(spec.train.seed)
@@ -127,9 +127,11 @@ class RecommendTask(Task):
         else:
             model.fit_counts_(data.train_items())
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
-        save_model(model, out / "model")
-        # rows added later by `semid index add` (beyond trained_items) are cold-start items
-        write_run(out, self.name, spec, {**state, "result": summary})
+        if is_main_process():
+            copy_index(index, out)
+            save_model(model, out / "model")
+            # rows added later by `semid index add` (beyond trained_items) are cold-start items
+            write_run(out, self.name, spec, {**state, "result": summary})
         return summary
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,

@@ -23,6 +23,7 @@ from semid.atomic import check_writable, write_json
 from semid.data.corpus import split_corpus, subset_rows
 from semid.data.documents import DocumentCollection, read_documents, write_documents
 from semid.data.registry import load_dataset
+from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.generators.promptdsi import PromptDSI
 from semid.generators.promptdsi_states import (
@@ -155,7 +156,8 @@ class RetrieveTask(Task):
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
         ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, seed=spec.seed,
                                    metadata={"dataset": spec.dataset})  # fmt: skip
-        ids.save(out, quantizer=quantizer)
+        if is_main_process():
+            ids.save(out, quantizer=quantizer)
         return ids, quantizer, coll, split, probe, docs
 
     def _train(self, spec: RetrieveSpec, out: Path, index: Path | None = None,
@@ -192,6 +194,10 @@ class RetrieveTask(Task):
         result = train_model(model, examples, spec.train, out / "train", collate_fn=examples.collate,
                              resume=resume)  # fmt: skip
         seconds = time.perf_counter() - started
+        summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
+                   "steps": result.steps, "train_seconds": round(seconds, 2)}  # fmt: skip
+        if not is_main_process():
+            return summary
         model.save_pretrained(out / "model")
         record_eval_queries(out, "d0-test", query_pairs(coll, split.d0_test))
         if len(split.d1):
@@ -200,8 +206,7 @@ class RetrieveTask(Task):
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_queries": len(split.d0_test)}}  # fmt: skip
         write_run(out, self.name, spec, state)
-        return {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples), "steps": result.steps,
-                "train_seconds": round(seconds, 2)}  # fmt: skip
+        return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added)."""

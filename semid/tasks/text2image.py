@@ -24,6 +24,7 @@ from semid.data import load_dataset
 from semid.data.image_files import load_image_collection
 from semid.data.images import ImageSplits, class_queries
 from semid.data.registry import available_datasets
+from semid.distributed import is_main_process
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -199,6 +200,8 @@ class Text2ImageTask(Task):
         cls = model_class(spec.model)
         model = cls(cls.sized_for(spec.model_config, ids))
         result = train_model(model, pairs, spec.train, out / "train", resume=resume)
+        if not is_main_process():
+            return {"steps": result.steps, "epochs": result.epochs}
         copy_index(index, out)
         model.save_pretrained(out / "model")
         write_run(out, self.name, spec, {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)})
