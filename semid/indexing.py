@@ -26,7 +26,7 @@ MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30
 
 
-def auto_spec(num_items: int, levels: int = 3) -> str:
+def auto_spec(num_items: int, levels: int = 3, family: str = "rqkmeans", options: str = "") -> str:
     """An rqkmeans spec sized to the collection: ``levels`` levels of a power-of-two codebook (4 to
     256), the larger of (a) the largest size that still gets about 40 items per code at the first
     level and (b) the smallest whose ``size**levels`` IDs exceed 8x the items (few collisions,
@@ -36,7 +36,7 @@ def auto_spec(num_items: int, levels: int = 3) -> str:
         fit *= 2
     while room < 256 and room**levels < 8 * num_items:
         room *= 2
-    return f"rqkmeans:{levels}x{max(fit, room)}"
+    return f"{family}:{levels}x{max(fit, room)}{options}"
 
 
 def check_fits(quantizer: Quantizer, num_items: int, dim: int) -> None:

@@ -47,6 +47,10 @@ class Ranker(Protocol):
         """Top-k rows of the index for each query of ``batch``, never a row listed in ``seen``."""
         ...
 
+    def to(self, device: torch.device | str) -> Ranker:
+        """The ranker with its search structures on ``device``."""
+        ...
+
 
 def beams_for(num_beams: int | None, k: int) -> int:
     """The beam width for a top-k search: ``num_beams`` (default ``DEFAULT_NUM_BEAMS``), at least k."""
@@ -79,6 +83,10 @@ class ScoreRanker:
 
     def __init__(self, model: Any, ids: SemanticIDs) -> None:
         self.model, self.ids = model, ids
+
+    def to(self, device: torch.device | str) -> ScoreRanker:
+        """Nothing to move besides the model, which its owner moves."""
+        return self
 
     @torch.no_grad()
     def rank(self, batch: Any, k: int, seen: Tensor | None = None) -> Ranking:

@@ -29,7 +29,8 @@ EXAMPLE = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid index add`."""
     p.add_argument("target", type=Path, help="a run directory (its index/ is updated) or an index folder")
-    p.add_argument("--items", type=Path, help=".tsv (key<TAB>text) or embeddings (.npy/.parquet/.safetensors)")
+    p.add_argument("--items", type=Path, help="recommenders: .tsv (key<TAB>text) or embeddings (.npy/.parquet/.safetensors); "
+                   "text-to-image runs: a folder with one subfolder per class, or a CSV/JSON Lines of image paths")
     p.add_argument("--docs", type=Path, help="JSONL {id, text, queries?} for a retrieval run: only new prompts are trained")
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")
     p.add_argument("--encoder", help="sentence-transformers folder for .tsv texts (default: the index's)")  # fmt: skip
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         task = task_of_run(args.target)
         if args.docs is not None and task.name != "retrieve":
             raise SemidError(f"{args.target} is a {task.name} run; --docs is for retrieval runs (use --items)")
-        if args.items is not None and task.name != "recommend":
-            raise SemidError(f"{args.target} is a {task.name} run; --items is for recommendation runs")
+        if args.items is not None and task.name == "retrieve":
+            raise SemidError(f"{args.target} is a retrieve run; add documents with --docs")
         summary = task.add(args.target, args.items or args.docs, keys=args.keys, encoder=args.encoder)
     elif args.docs is not None:
         raise SemidError(f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`")

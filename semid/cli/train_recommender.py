@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from semid.cli.common import add_interaction_file_arguments, add_training_arguments, training_config
+from semid.cli.common import (
+    add_device_argument,
+    add_interaction_file_arguments,
+    add_training_arguments,
+    training_config,
+)
 from semid.cli.table import format_table
 from semid.configs import parse_json_object
 from semid.errors import SemidError
 from semid.models import available_models
 from semid.runs import update_metrics
-from semid.tasks import get_task
+from semid.tasks import get_task, resolve_device
 from semid.tasks.data import resolve_dataset
 from semid.tasks.recommend import RecommendSpec, default_train
 
@@ -32,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="mmgrec, tiger, sasrec or pop")
     p.add_argument("--out", type=Path, required=True, help="run directory to create (or resume)")
     p.add_argument("--model-config", default="{}", help="JSON of model fields, e.g. '{\"dim\": 128}'")
+    add_device_argument(p)
     add_training_arguments(p, defaults)
     p.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
                    help="early stopping: evaluations without valid NDCG@10 gain (default: %(default)s)")
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         max_history=args.max_history, num_beams=args.num_beams, eval_users=args.eval_users,
         users=args.users, extra_codes=args.extra_codes,
     )  # fmt: skip
-    summary = get_task("recommend").train(spec, args.out, args.index, resume=not args.no_resume)
+    summary = get_task("recommend").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
     for note in summary.get("notes", []):
         print(note)
     valid = summary.get("valid", {})

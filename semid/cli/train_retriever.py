@@ -12,11 +12,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from semid.cli.common import add_training_arguments, training_config
+from semid.cli.common import add_device_argument, add_training_arguments, training_config
 from semid.cli.table import format_table
 from semid.configs import parse_json_object
 from semid.errors import SemidError
-from semid.tasks import get_task
+from semid.tasks import get_task, resolve_device
 from semid.tasks.data import resolve_dataset
 from semid.tasks.retrieve import RetrieveSpec
 from semid.tasks.text2image import Text2ImageSpec
@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-config", default="{}", help="JSON of model fields, e.g. '{\"prompt_layer\": 5}'")
     p.add_argument("--quantizer", help=f"semantic-ID quantizer spec (default: {DOCS.quantizer} for documents, "
                                        f"{IMAGES.quantizer} for images)")
+    add_device_argument(p)
     add_training_arguments(p, DOCS.train)
     p.set_defaults(epochs=None, batch_size=None, lr=None)  # each model has its own; see --help below
     p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             train=training_config(_budget(args, IMAGES.train), IMAGES.train),
             quantizer=args.quantizer or IMAGES.quantizer, num_beams=args.num_beams or IMAGES.num_beams,
         )  # fmt: skip
-        get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume)
+        get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
         print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")
         return 0
     if args.index is not None:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         quantizer=args.quantizer or DOCS.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
         hold_out=args.hold_out, num_beams=args.num_beams or DOCS.num_beams,
     )  # fmt: skip
-    summary = get_task("retrieve").train(spec, args.out, resume=not args.no_resume)
+    summary = get_task("retrieve").train(spec, args.out, resume=not args.no_resume, device=resolve_device(args.device))
     print(format_table(["", "value"], [[k, v] for k, v in summary.items()]))
     print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 1 10")
     if (args.out / "later.jsonl").is_file():

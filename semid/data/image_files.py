@@ -64,6 +64,18 @@ def load_image_collection(
     )
 
 
+def load_images(path: str | os.PathLike, image_size: int | str = "auto", name: str | None = None) -> ImageDataset:
+    """All images of a folder tree (one subfolder per class) or of a table of image paths, unsplit."""
+    path = Path(path)
+    if path.is_dir():
+        data = load_image_folder(path, name, image_size)
+        data.class_names = class_names_from_folders(data.class_names or [], path)
+        return data
+    if table_format(path) is not None:
+        return _load_image_table(path, image_size, name)
+    raise SemidError(f"{path} is neither a folder of class subfolders nor a table of image paths")
+
+
 def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> list[str]:
     """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide."""
     names = [" ".join(f.replace("_", " ").replace("-", " ").split()) for f in folders]

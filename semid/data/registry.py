@@ -1,4 +1,4 @@
-"""Named datasets: the embedded defaults (from pip/apt packages, see DATA.md) and a path fallback.
+"""Named datasets: the embedded defaults (from pip/apt packages, see docs/datasets.md) and a path fallback.
 
 Other modules add their datasets with `register_dataset` at import time and list themselves in
 DATASET_MODULES, which the registry imports on first use (so `semid.data` stays cheap to import and

@@ -1,6 +1,6 @@
 """Leave-one-out split by time, and the fixed-length histories a sequential recommender reads.
 
-Protocol (BENCHMARKS.md, "Recommendation"): each user's interactions are ordered by timestamp;
+Protocol (docs/protocols.md, "Recommendation"): each user's interactions are ordered by timestamp;
 the last one is the test target, the second to last the validation target, the rest is train.
 Users with fewer than 3 interactions keep all of them in train and are neither validated nor
 tested (MovieLens has none: every user rated 20+ movies).

@@ -71,16 +71,17 @@ class Task(ABC):
         with write_lock(out, f"index {out}"):
             return self._build_index(source, quantizer, Path(out), collisions, seed, **options)
 
-    def train(self, spec: Any, out: Path, index: Path | None = None, resume: bool = True) -> dict:
+    def train(self, spec: Any, out: Path, index: Path | None = None, resume: bool = True,
+              device: str = "auto") -> dict:  # fmt: skip
         """Train a run into ``out`` (resumable; one writer at a time); returns a summary (steps,
         seconds, valid metrics). A folder holding another task's or model's run is refused before
         anything in it changes."""
         out = Path(out)
         if not is_main_process():  # ranks > 0 of a launched job train beside rank 0, which writes
-            return self._train(spec, out, index, resume)
+            return self._train(spec, out, index, resume, device)
         with write_lock(out, f"run {out}"):
             self._check_owner(out, spec)
-            return self._train(spec, out, index, resume)
+            return self._train(spec, out, index, resume, device)
 
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:
         """Add items (documents, images) to a run without retraining (one writer at a time)."""
@@ -107,7 +108,7 @@ class Task(ABC):
         """Build and save the index (called under the write lock)."""
 
     @abstractmethod
-    def _train(self, spec: Any, out: Path, index: Path | None, resume: bool) -> dict:
+    def _train(self, spec: Any, out: Path, index: Path | None, resume: bool, device: str) -> dict:
         """Train the run (called under the write lock)."""
 
     @abstractmethod

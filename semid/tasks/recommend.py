@@ -106,9 +106,8 @@ class RecommendTask(Task):
             dataset = slice_users(dataset, spec.users)
         return prepare_data(dataset, ids, spec.max_history)
 
-    def _train(
-        self, spec: RecommendSpec, out: Path, index: Path | None = None, resume: bool = True
-    ) -> dict:
+    def _train(self, spec: RecommendSpec, out: Path, index: Path | None = None, resume: bool = True,
+               device: str = "auto") -> dict:  # fmt: skip
         """Copy the index into ``out``, train, save ``out/model`` and the run files; returns a summary."""
         check_writable(out / "config.json")
         if index is None:
@@ -121,7 +120,7 @@ class RecommendTask(Task):
         started = time.perf_counter()
         summary: dict[str, Any] = {"steps": 0, "epochs": 0, "best_step": 0}
         if getattr(model, "trainable", True):
-            result = self._fit(model, spec, ids, data, out, resume)
+            result = self._fit(model, spec, ids, data, out, resume, device)
             summary = {"steps": result.steps, "epochs": result.epochs,
                        "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
         else:
@@ -135,7 +134,7 @@ class RecommendTask(Task):
         return summary
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
-             resume: bool):  # fmt: skip
+             resume: bool, device: str):  # fmt: skip
         if getattr(model, "train_format", "target") == "sequence":
             dataset = SequenceDataset(data, spec.max_history)
         else:
@@ -145,12 +144,14 @@ class RecommendTask(Task):
             model.use_trie(ids.trie(model.codebook_sizes))
 
         def validate(m: Any) -> dict[str, float]:
+            device = str(next(m.parameters()).device)  # the trainer's device
             ranker = ranker_for(m, ids, spec.num_beams)
+            ranker = ranker.to(device)
             return evaluate_ranker(ranker, data, "valid", codes=codes, max_len=spec.max_history,
-                                   max_users=spec.eval_users)  # fmt: skip
+                                   max_users=spec.eval_users, device=device)  # fmt: skip
 
         collate = CodeCollator(dataset.collate, codes)
-        return train_model(model, dataset, spec.train, out / "train", validate, collate, resume)
+        return train_model(model, dataset, spec.train, out / "train", validate, collate, resume, device)
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Full-ranking Recall/NDCG@k of a run on its valid or test split."""
@@ -173,7 +174,7 @@ class RecommendTask(Task):
         elif options.cold_share:
             raise SemidError("--cold-share needs a generator; this run's model scores items directly")
         ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **cold)
-        return ranker.to(options.device) if hasattr(ranker, "to") else ranker
+        return ranker.to(options.device)
 
     def _add(self, run_path: Path, source: Path, keys: Path | None = None,
             encoder: str | None = None, **options: Any) -> dict:  # fmt: skip

@@ -161,7 +161,7 @@ class RetrieveTask(Task):
         return ids, quantizer, coll, split, probe, docs
 
     def _train(self, spec: RetrieveSpec, out: Path, index: Path | None = None,
-              resume: bool = True) -> dict:  # fmt: skip
+              resume: bool = True, device: str = "auto") -> dict:  # fmt: skip
         """Split, encode, build IDs (quantizer fitted on D0), train PromptDSI on D0, save the run.
 
         The held-out later corpus goes to ``out/later.jsonl`` for ``semid index add``; D0's test
@@ -192,7 +192,7 @@ class RetrieveTask(Task):
                                 torch.tensor([position[r] for r in train_rows]), ids.codes)  # fmt: skip
         started = time.perf_counter()
         result = train_model(model, examples, spec.train, out / "train", collate_fn=examples.collate,
-                             resume=resume)  # fmt: skip
+                             resume=resume, device=device)  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
                    "steps": result.steps, "train_seconds": round(seconds, 2)}  # fmt: skip

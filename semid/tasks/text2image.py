@@ -21,7 +21,7 @@ from torch import Tensor
 from semid.atomic import atomic_file, check_writable
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
-from semid.data.image_files import load_image_collection
+from semid.data.image_files import load_image_collection, load_images
 from semid.data.images import ImageSplits, class_queries
 from semid.data.registry import available_datasets
 from semid.distributed import is_main_process
@@ -29,16 +29,16 @@ from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.image_encoder import ImageEncoder, ImageEncoderConfig, load_image_features
-from semid.indexing import build_ids
+from semid.indexing import AUTO, add_items, auto_spec, build_ids
 from semid.metrics import compute_metrics
 from semid.models import model_class, model_config
 from semid.ranking import Ranking, ranker_for
-from semid.runs import Run, copy_index, write_run
+from semid.runs import Run, copy_index, load_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
 from semid.training import TrainConfig, train_model
 
-DEFAULT_SPEC = "voken:3x256,hidden=256-128,latent=32"
+VOKEN_OPTIONS = ",hidden=256-128,latent=32"  # the benchmark's voken network
 IMAGE_ENCODER_DIR = "image_encoder"
 TRAIN_TARGETS = "train_targets.safetensors"
 METRIC_NAMES = ("precision", "recall", "map")
@@ -136,8 +136,9 @@ class Text2ImageSpec:
     model_config: Any = None  # the generator's config dataclass
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_epochs=4, lr=2e-3, batch_size=256, early_stopping_patience=None))  # fmt: skip
-    quantizer: str = DEFAULT_SPEC  # used when no --index is given
+    quantizer: str = AUTO  # used when no --index is given; auto: voken sized to the training images
     num_beams: int = IMAGE_NUM_BEAMS
+    extra_codes: int = 8  # spare last-level tokens so images added later still fit the vocabulary
     text_encoder: str | None = None
     seed: int = 0
 
@@ -168,6 +169,8 @@ class Text2ImageTask(Task):
         else:
             cnn = train_image_encoder(splits.train.images, seed=seed, progress=progress)
             train_x, test_x = cnn.encode(splits.train.images), cnn.encode(splits.test.images)
+        if quantizer == AUTO:
+            quantizer = auto_spec(len(splits.train), family="voken", options=VOKEN_OPTIONS)
         texts = embed_texts(splits.train.texts(), source.encoder) if quantizer.startswith("voken") else None
         ids, fitted, targets = build_voken_index(quantizer, train_x, texts, test_x, splits.test.keys,
                                                  collisions, seed, progress, **fit_kwargs)  # fmt: skip
@@ -178,10 +181,10 @@ class Text2ImageTask(Task):
             cnn.save_pretrained(out / IMAGE_ENCODER_DIR)
         with atomic_file(out / TRAIN_TARGETS, "wb") as f:
             f.write(save({"codes": targets.contiguous(), "labels": splits.train.labels.contiguous()}))
-        return ids, []
+        return ids, [f"quantizer {quantizer} for {len(splits.train):,} training images"]
 
     def _train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
-              resume: bool = True) -> dict:  # fmt: skip
+              resume: bool = True, device: str = 'auto') -> dict:  # fmt: skip
         """Train the generator on (query wording, training image ID) pairs; without ``index`` a
         ``spec.quantizer`` index is built into ``out/index`` first."""
         check_writable(out / "config.json")
@@ -198,8 +201,8 @@ class Text2ImageTask(Task):
         pairs = QueryTargetPairs(embed_texts(texts, spec.text_encoder), labels, targets["codes"].long(),
                                  targets["labels"])  # fmt: skip
         cls = model_class(spec.model)
-        model = cls(cls.sized_for(spec.model_config, ids))
-        result = train_model(model, pairs, spec.train, out / "train", resume=resume)
+        model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes))
+        result = train_model(model, pairs, spec.train, out / "train", resume=resume, device=device)
         if not is_main_process():
             return {"steps": result.steps, "epochs": result.epochs}
         copy_index(index, out)
@@ -213,6 +216,8 @@ class Text2ImageTask(Task):
         check_fingerprint(run, spec.dataset)
         splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, splits.test.labels.tolist(), strict=True))
+        class_index = {c: i for i, c in enumerate(splits.test.class_names)}
+        label_of |= {k: class_index.get(c, -1) for k, c in run.state.get("added_labels", {}).items()}
         unknown = [k for k in run.ids.keys if k not in label_of]
         if unknown:
             raise SemidError(f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split")
@@ -224,8 +229,23 @@ class Text2ImageTask(Task):
         return class_metrics(ranking.rows, image_labels, query_labels, options.ks)
 
     def _add(self, run_path: Path, source: Path, **options: Any) -> dict:
-        """Not yet: images are indexed when the index is built."""
-        raise SemidError("adding images to a text-to-image run is not supported yet; rebuild the index")
+        """New images (a class-folder tree or a table of paths) get vokens from the saved CNN and
+        quantizer; queries find them at once. Their classes are kept for `evaluate`."""
+        run = load_run(run_path, self.name)
+        encoder_dir = run.index_path / IMAGE_ENCODER_DIR
+        if not encoder_dir.is_dir():
+            raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
+                             "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
+        cnn = ImageEncoder.from_pretrained(encoder_dir)
+        size = cnn.config.image_size
+        images = load_images(source, image_size=size)
+        ids, codes = add_items(run.index_path, images.keys, cnn.encode(images.images), run.model)
+        state = dict(run.state)
+        if images.labels is not None and images.class_names is not None:
+            added = state.setdefault("added_labels", {})
+            added.update({k: images.class_names[int(c)] for k, c in zip(images.keys, images.labels, strict=True)})
+        write_run(run_path, self.name, self.spec_of(run), state)
+        return {"added": len(images.keys), "index_size": len(ids), "keys": images.keys, "codes": codes}
 
     def predictor(self, run: Run, device: str = "cpu") -> Text2ImagePredictor:
         """Top-k images for query texts."""

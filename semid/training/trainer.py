@@ -77,7 +77,10 @@ class Trainer:
         evaluate: Evaluate | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         optimizer_factory: OptimizerFactory | None = None,
+        device: str = "auto",
     ) -> None:
+        """``device``: "cpu" keeps training on the CPU; "cuda:N" picks GPU N; "auto" lets
+        accelerate choose (a GPU when there is one, each launched process its own)."""
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if isinstance(train_dataset, IterableDataset):
@@ -88,7 +91,10 @@ class Trainer:
             raise SemidError("the training set is empty; check the data split before training")
         self.config, self.out_dir, self.evaluate = config, Path(out_dir), evaluate
         self.notes: list[str] = []  # resume notes, also printed with the progress output
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(int(device[5:]))
         self.accelerator = Accelerator(
+            cpu=device == "cpu",
             mixed_precision=_resolve_precision(config.mixed_precision),
             gradient_accumulation_steps=config.grad_accum_steps,
             # the loop steps the schedule once per optimizer step; accelerate would step it once per process
@@ -391,7 +397,7 @@ def _logged_before(line: str, step: int) -> bool:
 def _loss_of(output: Any) -> torch.Tensor:
     if not (isinstance(output, tuple) and len(output) == 2 and torch.is_tensor(output[0])):
         raise SemidError(
-            f"model(batch) must return a (loss, logits) tuple, got {type(output).__name__}; see the generator contract in DESIGN.md"
+            f"model(batch) must return a (loss, logits) tuple, got {type(output).__name__}; see the generator contract in semid/generator.py"
         )
     return output[0]
 
