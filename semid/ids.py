@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,24 +136,31 @@ class SemanticIDs:
         raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
+        repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
+        if repeated:
+            raise SemidError(f"key {repeated[0]!r} is given more than once among the new items; list each item once")
         clash = [k for k in keys if k in self._row_of_key]
         if clash:
-            raise SemidError(f"{len(clash)} keys are already indexed, e.g. {clash[0]!r}")
+            raise SemidError(f"{len(clash)} keys are already indexed, e.g. {clash[0]!r}; give new keys")
+        if raw_codes.ndim != 2 or (self.raw_codes is not None and raw_codes.shape[1] != self.raw_codes.shape[1]):
+            raise SemidError(f"new items' codes have shape {tuple(raw_codes.shape)}; they must come from the index's quantizer")
         has_extra = self.collision is not None and self.collision.extra_level
-        new_codes = []
+        new_codes: list[list[int]] = []
+        taken: dict[tuple[int, ...], int] = {}  # codes given in this call, not yet in the index
         for raw in raw_codes.tolist():
             code = list(raw)
             if has_extra:
                 token = 0
-                while tuple([*code, token]) in self._row_of_code:
+                while tuple([*code, token]) in self._row_of_code or tuple([*code, token]) in taken:
                     token += 1
                 code.append(token)
-            if tuple(code) in self._row_of_code:
+            if tuple(code) in self._row_of_code or tuple(code) in taken:
                 raise SemidError(
                     f"new item's ID {tuple(code)} is taken and this index has no extra level to disambiguate"
                 )
-            self._row_of_code[tuple(code)] = len(self.keys) + len(new_codes)
+            taken[tuple(code)] = len(self.keys) + len(new_codes)
             new_codes.append(code)
+        self._row_of_code.update(taken)  # only once every new item has an ID
         added = torch.tensor(new_codes, dtype=torch.long).reshape(len(keys), self.levels)
         if has_extra and len(added):
             self.codebook_sizes[-1] = max(self.codebook_sizes[-1], int(added[:, -1].max()) + 1)

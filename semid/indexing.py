@@ -17,6 +17,7 @@ from torch import Tensor
 
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
+from semid.locking import write_lock
 from semid.quantization import Quantizer, build_quantizer
 from semid.runs import check_vocabulary
 
@@ -24,6 +25,7 @@ AUTO = "auto"
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
 MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30
+ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
 
 
 def auto_spec(num_items: int, levels: int = 3, family: str = "rqkmeans", options: str = "") -> str:
@@ -101,12 +103,13 @@ def add_items(
 ) -> tuple[SemanticIDs, Tensor]:
     """Encode ``x`` (M, D) with the index's saved quantizer, add the items, save the index; returns
     the grown index and the new items' codes (M, L). With ``model``, IDs outside its vocabulary are
-    refused before anything is written."""
+    refused before anything is written. Concurrent adds to one index run one after the other."""
     index_path = Path(index_path)
-    ids = SemanticIDs.load(index_path)
-    quantizer = load_quantizer(index_path)
-    codes = ids.add(keys, quantizer.encode(quantizer.check_input(x)))
-    if model is not None:
-        check_vocabulary(model, ids, str(index_path.parent))
-    ids.save(index_path, quantizer=quantizer)
+    with write_lock(index_path, f"index {index_path}", timeout=ADD_WAIT_SECONDS):
+        ids = SemanticIDs.load(index_path)  # read under the lock: a concurrent add is not lost
+        quantizer = load_quantizer(index_path)
+        codes = ids.add(keys, quantizer.encode(quantizer.check_input(x)))
+        if model is not None:
+            check_vocabulary(model, ids, str(index_path.parent))
+        ids.save(index_path, quantizer=quantizer)
     return ids, codes
