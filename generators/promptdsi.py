@@ -30,7 +30,6 @@ from ``encoder_config`` and ``encoder_seed``), so saved models hold only what wa
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +40,12 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.generator import Generator, mean_level_cross_entropy, register_generator
+from semid.generators.promptdsi_layers import (
+    DecoderLayer,
+    default_encoder_path,
+    load_encoder,
+    masked_mean,
+)
 from semid.vocab import CodeVocabulary
 
 BOS_TOKEN = 0
@@ -77,74 +82,6 @@ class PromptDSIConfig:
     trie_softmax_after_centroids: bool = True
 
 
-def _heads(x: Tensor, h: int) -> Tensor:
-    return rearrange(x, "b t (h d) -> b h t d", h=h)
-
-
-class _DecoderLayer(nn.Module):
-    """Pre-norm decoder layer whose cross-attention K/V are computed once per query (``memory_kv``)."""
-
-    def __init__(self, d: int, heads: int, d_ff: int, dropout: float) -> None:
-        super().__init__()
-        self.heads, self.p = heads, dropout
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.self_out = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.cross_q, self.cross_kv, self.cross_out = (
-            nn.Linear(d, d),
-            nn.Linear(d, 2 * d),
-            nn.Linear(d, d),
-        )
-        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d))
-        self.drop = nn.Dropout(dropout)
-
-    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values (B, h, S, d_h) of the encoder memory (B, S, d)."""
-        k, v = self.cross_kv(memory).chunk(2, dim=-1)
-        return _heads(k, self.heads), _heads(v, self.heads)
-
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
-        """x (R, T, d) causal over T, attending to memory K/V with mask (R, S) True = real -> (R, T, d)."""
-        p = self.p if self.training else 0.0
-        q, k, v = (_heads(t, self.heads) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        x = x + self.drop(self.self_out(rearrange(a, "b h t d -> b t (h d)")))
-        q = _heads(self.cross_q(self.norm2(x)), self.heads)
-        a = F.scaled_dot_product_attention(
-            q, *kv, attn_mask=memory_mask[:, None, None, :], dropout_p=p
-        )
-        x = x + self.drop(self.cross_out(rearrange(a, "b h t d -> b t (h d)")))
-        return x + self.drop(self.ff(self.norm3(x)))
-
-
-def _load_encoder(config: PromptDSIConfig) -> nn.Module:
-    from transformers import AutoModel, BertConfig, BertModel
-
-    if config.encoder_config is not None:
-        with torch.random.fork_rng():
-            torch.manual_seed(config.encoder_seed)
-            return BertModel(BertConfig(**config.encoder_config), add_pooling_layer=False)
-    path = config.encoder_path or str(_default_encoder_path())
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        return AutoModel.from_pretrained(path, local_files_only=True)
-    except OSError as e:
-        raise SemidError(
-            f"cannot load the PromptDSI encoder from {path}: {e}; pass a local model folder"
-        ) from None
-
-
-def _default_encoder_path():
-    from semid.encoders import default_model_path
-
-    return default_model_path()
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x (B, T, H) over positions where mask (B, T) is 1 -> (B, H)."""
-    m = mask.to(x.dtype)[..., None]
-    return (x * m).sum(1) / m.sum(1).clamp(min=1)
-
-
 @register_generator("promptdsi")
 class PromptDSI(Generator):
     """Frozen encoder + topic-keyed prompt pool + small code decoder. ``forward`` needs
@@ -155,7 +92,7 @@ class PromptDSI(Generator):
     def __init__(self, config: PromptDSIConfig) -> None:
         config = replace(config, centroid_levels=config.centroid_levels or 0)
         super().__init__(config)
-        encoder = _load_encoder(config).eval().requires_grad_(False)
+        encoder = load_encoder(config).eval().requires_grad_(False)
         self._frozen = [encoder]  # a list hides it from state_dict and parameters(); see _apply
         width = encoder.config.hidden_size
         if not 0 <= config.prompt_layer < encoder.config.num_hidden_layers:
@@ -185,7 +122,7 @@ class PromptDSI(Generator):
         self.pos_emb = nn.Embedding(len(config.codebook_sizes), d)
         self.layers = nn.ModuleList(
             [
-                _DecoderLayer(d, config.num_heads, config.d_ff, config.dropout)
+                DecoderLayer(d, config.num_heads, config.d_ff, config.dropout)
                 for _ in range(config.num_layers)
             ]
         )
@@ -235,7 +172,7 @@ class PromptDSI(Generator):
         if not hasattr(self, "_tokenizer"):
             from transformers import AutoTokenizer
 
-            path = self.config.encoder_path or str(_default_encoder_path())
+            path = self.config.encoder_path or str(default_encoder_path())
             self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return self._tokenizer
 
