@@ -22,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,103 +30,28 @@ from typing import Any
 import torch
 
 import semid.quantizers  # noqa: F401  (registers the quantizers)
+from benchmarks.recommend_report import aggregate, comparisons, markdown
+from benchmarks.recommend_setup import (
+    BUDGETS,
+    COLD_SHARES,
+    GRAPH_QUANTIZERS,
+    INDEX_OF,
+    RESULTS,
+    build_index,
+    newest_items,
+    without_items,
+)
 from semid.atomic import atomic_file, write_json
 from semid.configs import parse_json_object
 from semid.data import load_dataset
 from semid.data.registry import register_dataset
-from semid.data.splits import leave_one_out
 from semid.encoders import TextEncoder
-from semid.indexing import add_items, build_ids
+from semid.indexing import add_items
 from semid.runs import load_run
 from semid.saving import versions
 from semid.tasks import EvalOptions, get_task
 from semid.tasks.recommend import RecommendSpec, evaluate_ranker, rank_split
 from semid.training import TrainConfig
-
-RESULTS = Path(__file__).parent / "results"
-RECBOLE_SASREC_R10 = {
-    "ml-100k": 0.1220,
-    "ml-1m": 0.1856,
-}  # docs/baselines.md, RecBole 1.2.1 on this machine
-QUANTIZER = "rqkmeans:3x256"
-# MMGRec's index: Graph RQ-VAE, or (results before it landed) rqkmeans over graph-smoothed features
-GRAPH_QUANTIZERS = ("graph_rqvae:3x256", "smoothed-rqkmeans:3x256")
-COLD_SHARES = (0.0, 0.1, 0.2)  # top-10 slots open to new items under a generated prefix (TIGER)
-INDEX_OF = {
-    "mmgrec": "graph",
-    "tiger": "text",
-    "sasrec": "text",
-    "pop": "text",
-}  # IDs do not matter to pop/sasrec
-
-# Training budgets that fit 2 shared CPU cores. Sequence models (sasrec, mmgrec) train on every
-# position of each window at once; TIGER needs one encoder pass per target, so it gets a step cap.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "sasrec": {
-        "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
-    },
-    "mmgrec": {
-        "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
-    },
-    "tiger": {"train": {"max_epochs": 1, "max_steps": 300, "batch_size": 128, "lr": 1e-3}},
-    "pop": {"train": {}},
-}
-
-
-def graph_features(x: torch.Tensor, train: Any) -> torch.Tensor:
-    """Item features smoothed over the user-item graph of the train interactions (N, D), L2-normalized.
-
-    mean of x, A x and A^2 x with A the symmetric-normalized item-user-item propagation (LightGCN
-    style): a stand-in for ``graph_rqvae`` (MMGRec's Graph RQ-VAE) until that quantizer lands. Items
-    without interactions keep their own features."""
-    n_users, n_items = train.num_users, train.num_items
-    r = torch.sparse_coo_tensor(
-        torch.stack([train.users, train.items]), torch.ones(len(train)), (n_users, n_items)
-    )
-    r = r.coalesce()
-    du = torch.bincount(train.users, minlength=n_users).clamp(min=1).float().sqrt()[:, None]
-    di = torch.bincount(train.items, minlength=n_items).clamp(min=1).float().sqrt()[:, None]
-
-    def propagate(h: torch.Tensor) -> torch.Tensor:
-        users = torch.sparse.mm(r, h / di) / du
-        return torch.sparse.mm(r.t(), users / du) / di
-
-    unit = torch.nn.functional.normalize
-    h1 = propagate(x)
-    return unit(unit(x, dim=1) + unit(h1, dim=1) + unit(propagate(h1), dim=1), dim=1)
-
-
-def build_index(
-    dataset: Any,
-    out: Path,
-    seed: int = 0,
-    graph: bool = False,
-    x: torch.Tensor | None = None,
-    graph_quantizer: str = GRAPH_QUANTIZERS[0],
-) -> float:
-    """Embed item texts (cached), fit the quantizer, make IDs unique, save; returns seconds.
-
-    ``graph``: MMGRec's recipe, ``graph_quantizer`` over the train user-item graph and popularity
-    collisions; otherwise TIGER's, rqkmeans on text embeddings and an extra disambiguation level
-    numbering collisions."""
-    started = time.perf_counter()
-    if x is None:  # (N, D) text embeddings of dataset.item_texts
-        x = TextEncoder().encode(dataset.item_texts, show_progress=False)
-    train = leave_one_out(dataset.interactions).train  # valid/test targets must not shape the IDs
-    spec = graph_quantizer if graph else QUANTIZER
-    fit_kwargs: dict[str, Any] = {}
-    if spec == GRAPH_QUANTIZERS[0]:
-        fit_kwargs["interactions"] = train
-    else:
-        if graph:
-            x = graph_features(x, train)
-        spec = QUANTIZER
-    popularity = torch.bincount(train.items, minlength=len(dataset.item_keys))
-    strategy = "popularity" if graph else "extra-level"
-    ids, q = build_ids(list(dataset.item_keys), x, spec, strategy, seed, popularity=popularity,
-                       **fit_kwargs)  # fmt: skip
-    ids.save(out, quantizer=q)
-    return time.perf_counter() - started
 
 
 def spec_for(name: str, dataset: str, seed: int) -> RecommendSpec:
@@ -200,39 +124,6 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def newest_items(log: Any, frac: float) -> torch.Tensor:
-    """Item ids (M,) whose first interaction is the latest: the last ``frac`` of items to appear."""
-    first = torch.full((log.num_items,), torch.iinfo(torch.long).max, dtype=torch.long)
-    first = first.scatter_reduce(0, log.items, log.timestamps, reduce="amin")
-    order = torch.sort(first, stable=True).indices
-    return order[len(order) - max(1, int(frac * log.num_items)) :]
-
-
-def without_items(dataset: Any, drop: torch.Tensor) -> Any:
-    """A RecDataset without the items ``drop`` and their interactions (items renumbered)."""
-    log = dataset.interactions
-    keep_item = torch.ones(log.num_items, dtype=torch.bool)
-    keep_item[drop] = False
-    new_id = torch.cumsum(keep_item.long(), 0) - 1
-    keep = keep_item[log.items]
-    sliced = dataclasses.replace(
-        log,
-        users=log.users[keep],
-        items=new_id[log.items[keep]],
-        timestamps=log.timestamps[keep],
-        num_items=int(keep_item.sum()),
-    )
-    kept = keep_item.nonzero().squeeze(1).tolist()
-    if log.item_keys is not None:
-        sliced = dataclasses.replace(sliced, item_keys=[log.item_keys[i] for i in kept])
-    return dataclasses.replace(
-        dataset,
-        interactions=sliced,
-        item_keys=[dataset.item_keys[i] for i in kept],
-        item_texts=[dataset.item_texts[i] for i in kept],
-    )
-
-
 def environment(threads: int) -> dict[str, Any]:
     """Versions and machine, for the record."""
     return {
@@ -242,141 +133,6 @@ def environment(threads: int) -> dict[str, Any]:
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "command": " ".join(["python -m benchmarks.recommend", *sys.argv[1:]]),
     }
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The results as Markdown tables with provenance."""
-    env = result["environment"]
-    lines = [
-        "# Sequential recommendation (MovieLens, leave-one-out, full ranking)",
-        "",
-        f"Command: `{env['command']}`  ",
-        f"Date: {env['date_utc']}; machine: {env['machine']}; semid {env['semid']}, torch {env['torch']}, "
-        f"transformers {env['transformers']}, Python {env['python']}; {env['torch_threads_per_job']} torch thread per job, "
-        f"{result['jobs']} jobs side by side.  ",
-        f"Indexes: {QUANTIZER} on MiniLM text embeddings with extra-level collisions (tiger; TIGER's recipe) and "
-        + (
-            "graph_rqvae:3x256 over the same embeddings and the train user-item graph"
-            if result.get("graph_quantizer", GRAPH_QUANTIZERS[1]) == GRAPH_QUANTIZERS[0]
-            else f"{QUANTIZER} on the same embeddings smoothed over the train user-item graph (a stand-in for graph_rqvae)"
-        )
-        + f" with popularity collisions (mmgrec; MMGRec's recipe); seed {result['seed']}; generators: 20 beams, "
-        "trie-constrained, trie softmax. "
-        "Budgets: "
-        + "; ".join(
-            f"{m}: {b['train']}" for m, b in result.get("budgets", BUDGETS).items() if b["train"]
-        )
-        + ".",
-        "",
-        "| dataset | model | R@5 | R@10 | N@5 | N@10 | invalid IDs | train s | epochs (steps) | queries/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | {r['ndcg@5']:.4f} | "
-            f"{r['ndcg@10']:.4f} | {r['invalid_id_rate']:.3f} | {r['train_seconds']:.0f} | {r['epochs']} ({r['steps']}) | "
-            f"{r['queries_per_s']:.0f} |"
-        )
-    lines += [
-        "",
-        "| dataset | best generator | R@10 / SASRec-CE (same run) | R@10 / RecBole SASRec-CE | target (>= 1.10 and > RecBole) |",
-        "|---|---|---|---|---|",
-    ]
-    for c in result["comparisons"]:
-        lines.append(
-            f"| {c['dataset']} | {c['best_generator']} | {c['vs_sasrec']:.3f} | {c['vs_recbole']:.3f} | {'met' if c['target_met'] else 'not met'} |"
-        )
-    if result.get("cold_start"):
-        lines += ["", "Cold start (new items added with the saved quantizer, no retraining; 'cold share': top-10 "
-                  "slots open to new items whose ID extends a generated prefix, TIGER's epsilon):", "",
-                  "| dataset | model | new items | test users with a new target | cold share | cold R@10 | cold N@10 | new items' share of all top-10 slots | overall R@10 |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for c in result["cold_start"]:
-            for r in c["by_cold_share"]:
-                lines.append(
-                    f"| {c['dataset']} | {c['model']} | {c['new_items']} | {c['new_item_test_users']} | {r['cold_share']:.1f} | "
-                    f"{r['cold_recall@10']:.4f} | {r['cold_ndcg@10']:.4f} | {r['share_of_new_items_in_top10']:.4f} | "
-                    f"{r['overall_recall@10']:.4f} |"
-                )
-        lines.append(
-            "\nPop and SASRec-CE score only items seen in training: their cold R@10 is 0 by construction."
-        )
-    lines += [
-        "",
-        "Notes: one seed per model (training is the cost on this CPU); one standard error of R@10 is about 0.01 "
-        "on ml-100k (943 test users) and 0.005 on ml-1m (6,040), so smaller differences are noise. "
-        "Like RecBole's full-sort evaluation, every model ranks all items except those the user interacted with "
-        "before the target (generators: beam search drops every prefix whose IDs are all seen), so the RecBole "
-        "column compares like with like. TIGER trains on one target per encoder pass, so its step budget covers "
-        "only a fraction of the epochs the sequence models get.",
-    ]
-    for e in result.get("errors", []):
-        lines.append(f"\nFAILED: {e['dataset']} {e['model']}: {e['error']}")
-    return "\n".join(lines) + "\n"
-
-
-def aggregate(results: list[dict[str, Any]]) -> str:
-    """Markdown: per-seed test metrics of each (dataset, model) over several result files, with medians."""
-    lines = [
-        "# Sequential recommendation: medians over seeds",
-        "",
-        "Files: "
-        + ", ".join(f"seed {r['seed']} ({r['environment']['date_utc']})" for r in results)
-        + ". "
-        "Same harness and budgets as recommend.md; per-seed values in brackets.",
-        "",
-        "| dataset | model | R@5 | R@10 | N@5 | N@10 | R@10 / SASRec-CE (per seed) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    keys = sorted({(row["dataset"], row["model"]) for r in results for row in r["rows"]})
-    for ds, model in keys:
-        rows = [
-            row
-            for r in results
-            for row in r["rows"]
-            if (row["dataset"], row["model"]) == (ds, model)
-        ]
-        sas = [
-            row
-            for r in results
-            for row in r["rows"]
-            if (row["dataset"], row["model"]) == (ds, "sasrec")
-        ]
-        cells = []
-        for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
-            values = [row[m] for row in rows]
-            cells.append(
-                f"{statistics.median(values):.4f} [{', '.join(f'{v:.4f}' for v in values)}]"
-            )
-        ratio = "-"
-        if len(sas) == len(rows):
-            ratios = [a["recall@10"] / b["recall@10"] for a, b in zip(rows, sas, strict=True)]
-            ratio = f"{statistics.median(ratios):.3f} [{', '.join(f'{v:.3f}' for v in ratios)}]"
-        lines.append(f"| {ds} | {model} | " + " | ".join(cells) + f" | {ratio} |")
-    return "\n".join(lines) + "\n"
-
-
-def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best generator vs same-run SASRec and vs the RecBole figure, per dataset."""
-    out = []
-    for ds in sorted({r["dataset"] for r in rows}):
-        by = {r["model"]: r for r in rows if r["dataset"] == ds}
-        gens = [r for m, r in by.items() if m not in ("pop", "sasrec")]
-        if not gens or "sasrec" not in by:
-            continue
-        best = max(gens, key=lambda r: r["recall@10"])
-        vs_sas = best["recall@10"] / max(by["sasrec"]["recall@10"], 1e-12)
-        vs_rb = best["recall@10"] / RECBOLE_SASREC_R10.get(ds, float("nan"))
-        out.append(
-            {
-                "dataset": ds,
-                "best_generator": best["model"],
-                "vs_sasrec": vs_sas,
-                "vs_recbole": vs_rb,
-                "target_met": vs_sas >= 1.10 and vs_rb > 1.0,
-            }
-        )
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
