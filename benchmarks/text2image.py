@@ -1,4 +1,4 @@
-"""Text-to-image retrieval on Fashion-MNIST: AVG (voken IDs, generative) vs a dual encoder.
+"""Text-to-image retrieval (Fashion-MNIST, or any labelled image collection): AVG (voken IDs, generative) vs a dual encoder.
 
 Protocol (issue 7): the 60k training images train everything; the 10k test images are indexed;
 test queries use wordings never seen in training; relevance = same class. Same image features
@@ -29,15 +29,18 @@ from pathlib import Path
 import torch
 
 from semid.atomic import atomic_file, write_json
-from semid.data.images import class_queries, describe_class, load_fashion_mnist
+from semid.data.images import class_queries, describe_class
 from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
+from semid.indexing import AUTO, auto_spec
 from semid.models import build_model
 from semid.ranking import Ranking, ranker_for
 from semid.tasks.text2image import (
+    VOKEN_OPTIONS,
     QueryTargetPairs,
     build_voken_index,
     class_metrics,
     embed_texts,
+    load_image_splits,
     train_image_encoder,
 )
 from semid.training import TrainConfig, train_model
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns the results dict."""
     torch.manual_seed(0)
     timings: dict[str, float] = {}
-    splits = timed(timings, "load data", load_fashion_mnist)
+    splits = timed(timings, "load data", load_image_splits, args.dataset, 0)
     train, test = splits.train, splits.test
     if args.max_train:  # --quick: a stratified-enough random subset
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[
@@ -81,8 +84,8 @@ def run(args: argparse.Namespace) -> dict:
     train_x = timed(timings, "image features", cnn.encode, train_images)
     test_x = timed(timings, "image features", cnn.encode, test.images)
 
-    train_texts, train_q_labels = class_queries("train")
-    test_texts, test_q_labels = class_queries("test")
+    train_texts, train_q_labels = class_queries("train", train.class_names)
+    test_texts, test_q_labels = class_queries("test", train.class_names)
     class_texts = [describe_class(c) for c in train.class_names]
     all_texts = train_texts + test_texts + class_texts
     emb = timed(timings, "MiniLM text embeddings", embed_texts, all_texts)
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> dict:
     class_emb = emb[len(train_texts) + len(test_texts) :]
 
     indexes, index_stats = {}, {}
+    args.quantizer = [auto_spec(len(train_x), family="voken", options=VOKEN_OPTIONS) if q == AUTO else q
+                      for q in args.quantizer]  # fmt: skip
     for spec in args.quantizer:
         indexes[spec] = timed(
             timings,
@@ -230,7 +235,7 @@ def markdown(result: dict, command: str) -> str:
         elif variant == "avg":
             names[m] = f"(c) AVG, generative + discriminative loss, `{spec}`"
     lines = [
-        "# Text-to-image retrieval on Fashion-MNIST",
+        f"# Text-to-image retrieval on {result['dataset']}",
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
@@ -270,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist, a folder with one subfolder per class, or a CSV/JSON Lines of "
+                   "path,label (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--quantizer",
         action="append",
@@ -295,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny smoke run; writes nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.quantizer = args.quantizer or ["voken:3x256,hidden=256-128,latent=32"]
+    args.quantizer = args.quantizer or [AUTO]
     if args.quick:
         args.max_train, args.encoder_epochs, args.voken_epochs, args.epochs, args.repeats = (
             3000,
@@ -310,13 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(
         ["python -m benchmarks.text2image", *(argv if argv is not None else sys.argv[1:])]
     )
-    result["command"] = command
+    result["command"], result["dataset"] = command, args.dataset
     text = markdown(result, command)
     print(text)
     if not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / "text2image.json", result)
-        with atomic_file(RESULTS / "text2image.md") as f:
+        name = "text2image" if args.dataset == "fashion-mnist" else f"text2image-{Path(args.dataset).name}"
+        write_json(RESULTS / f"{name}.json", result)
+        with atomic_file(RESULTS / f"{name}.md") as f:
             f.write(text)
     return 0
 
