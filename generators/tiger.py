@@ -25,6 +25,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5Attention
 
 from semid.errors import SemidError
 from semid.generator import Generator, register_generator
@@ -51,6 +52,10 @@ class TigerConfig:
     trie_softmax: bool = (
         True  # softmax over the codes the index allows after each prefix (see Generator.use_trie)
     )
+    # dropout on attention probabilities; None: ``dropout``, as T5 does. Off by default: its random
+    # numbers, (B, heads, S, S) per attention, cost 45% of a causal training step on 2 CPU cores
+    # (benchmarks/results/tiger-throughput.md); it only acts in training
+    attention_dropout: float | None = 0.0
     # True: causal encoder, one pass trains on every target of a window (see the module docstring);
     # False: TIGER's bidirectional encoder (models saved before this field existed need False)
     causal: bool = True
@@ -85,6 +90,10 @@ class Tiger(Generator):
             decoder_start_token_id=PAD_TOKEN,
         )
         self.t5 = T5ForConditionalGeneration(t5)
+        if config.attention_dropout is not None:
+            for module in self.t5.modules():
+                if isinstance(module, T5Attention):
+                    module.dropout = config.attention_dropout  # read by T5Attention.forward
 
     @property
     def train_format(self) -> str:
