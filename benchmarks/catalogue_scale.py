@@ -116,7 +116,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Batch of {BATCH} queries (histories of {HISTORY} items), one random MMGRec encoder (dim {DIM}) "
         f"for all; beam: trie-constrained beam search, {BEAMS} beams, top {K}; full: query @ item table "
         f"(N, {DIM}) + torch.topk; faiss: IndexFlatIP. Queries/s are medians of 3 repeats; "
-        "search memory is the peak RSS a batch adds.",
+        "search memory is the peak RSS a batch adds after one warm-up batch (buffers the allocator kept "
+        "from the warm-up are not counted again: beam search's are small and reused, hence ~0 MiB, while "
+        "the (64, N) score matrix of full scoring is mapped afresh each time). The full-scoring side "
+        "needs the item table resident (index MiB); the beam side needs the trie.",
         "",
         "| items | method | queries/s | index MiB | search peak + MiB | build s | runs (q/s @ load) |",
         "|---|---|---|---|---|---|---|",
