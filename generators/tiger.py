@@ -11,8 +11,10 @@ tokens of its own item and the ``max_items - 1`` items before it, never to later
 whole window once then gives, at every item t, the state the encoder would give a history ending
 at t, so one encoder pass and one decoder pass (the L-token ID of every target laid side by side,
 each block attending to its own tokens and to the encoder tokens up to its item) train on all T
-targets of a window (``train_format = "sequence"``) instead of one encoder pass per target. The
-user token sits right before the first real item, so relative positions do not depend on padding.
+targets of a window (``train_format = "sequence"``) instead of one encoder pass per target. Windows
+longer than ``max_items`` are cut into chunks of ``max_items`` items, so no target reads more than
+search does. The user token sits right before the first real item, so relative positions do not
+depend on padding.
 Search is unchanged: encode the last ``max_items`` items (with the same causal mask), then beam
 search over the step model. ``causal=False`` is TIGER's bidirectional encoder, one target per pass.
 """
@@ -177,8 +179,10 @@ class Tiger(Generator):
 
     def _forward_windows(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """One encoder pass and one decoder pass over windows: history_codes, next_codes (B, T, L)."""
-        history, nxt = batch["history_codes"], batch["next_codes"]
-        inputs = self._layout(history, batch["users"])
+        history, nxt, users = self._chunks(
+            batch["history_codes"], batch["next_codes"], batch["users"]
+        )
+        inputs = self._layout(history, users)
         t = (inputs["input_ids"].shape[1] - 1) // history.shape[2]  # columns kept by _layout
         history, nxt = history[:, history.shape[1] - t :], nxt[:, nxt.shape[1] - t :]
         real = (nxt[..., 0] >= 0) & (history[..., 0] >= 0)  # (B, T) targets with a history
@@ -195,6 +199,23 @@ class Tiger(Generator):
         out = self._decode(decoder_ids, hidden, cross[:, None], blocks=block)
         out = rearrange(out, "b (t l) d -> b t l d", l=levels)[real]  # (R, L, D)
         return self._loss(out, nxt[real])
+
+    def _chunks(self, history: Tensor, nxt: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Windows (B, T, L) cut from the right into chunks of ``max_items`` columns (B * n, max_items, L),
+        chunks without a target dropped: a target reads at most the ``max_items`` items search reads,
+        and attention costs (max_items L)^2 per chunk instead of (T L)^2 per window."""
+        m = self.config.max_items
+        if history.shape[1] <= m:
+            return history, nxt, users
+        pad = (-history.shape[1]) % m
+        history, nxt = (
+            torch.nn.functional.pad(x, (0, 0, pad, 0), value=-1) for x in (history, nxt)
+        )
+        n = history.shape[1] // m
+        history, nxt = (rearrange(x, "b (n t) l -> (b n) t l", n=n) for x in (history, nxt))
+        users = users.repeat_interleave(n)
+        keep = ((nxt[..., 0] >= 0) & (history[..., 0] >= 0)).any(1)
+        return history[keep], nxt[keep], users[keep]
 
     def _decode(
         self, decoder_ids: Tensor, hidden: Tensor, cross: Tensor, blocks: Tensor | None = None

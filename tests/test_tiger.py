@@ -114,21 +114,32 @@ def window_batch(t=4):
     return {"users": torch.tensor([4, 9]), "history_codes": hist, "next_codes": nxt}
 
 
-def test_one_window_pass_equals_one_pass_per_target():
-    """Causal TIGER: the window forward's loss and logits are those of encoding each prefix alone."""
-    model = make(num_layers=2, max_items=4).eval()
+@pytest.mark.parametrize("max_items", [4, 3, 2])
+def test_one_window_pass_equals_one_pass_per_target(max_items):
+    """Causal TIGER: the window forward's loss and logits are those of encoding each prefix alone
+    (windows longer than max_items: the prefix within its chunk of max_items columns, cut from the right)."""
+    model = make(num_layers=2, max_items=max_items).eval()
     batch = window_batch()
     loss, logits = model(batch)
     hist, nxt = batch["history_codes"], batch["next_codes"]
     real = (nxt[..., 0] >= 0) & (hist[..., 0] >= 0)
     rows, cols = real.nonzero(as_tuple=True)
+    pad = (-4) % max_items
+    chunk = (cols + pad) // max_items  # the model sees (row, chunk) pairs in order, then columns
+    order = sorted(range(len(rows)), key=lambda i: (int(rows[i]), int(chunk[i]), int(cols[i])))
+    rows, cols, chunk = rows[order], cols[order], chunk[order]
+    starts = (chunk * max_items - pad).clamp(min=0)
     prefixes = torch.stack(
         [
-            torch.cat([torch.full((4 - 1 - c, 3), -1), hist[r, : c + 1]])
-            for r, c in zip(rows, cols, strict=True)
+            torch.cat([torch.full((4 - 1 - c + a, 3), -1), hist[r, a : c + 1]])
+            for r, c, a in zip(rows.tolist(), cols.tolist(), starts.tolist(), strict=True)
         ]
     )
-    single = {"users": batch["users"][rows], "history_codes": prefixes, "target_codes": nxt[real]}
+    single = {
+        "users": batch["users"][rows],
+        "history_codes": prefixes,
+        "target_codes": nxt[rows, cols],
+    }
     loss1, logits1 = model(single)
     torch.testing.assert_close(logits, logits1, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, loss1, atol=1e-5, rtol=1e-5)
