@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
-from transformers import EncoderDecoderCache, LogitsProcessor
+from transformers import AttentionInterface, EncoderDecoderCache, LogitsProcessor
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutput
 
 from semid.errors import SemidError
@@ -82,17 +85,76 @@ class TrieLogitsProcessor(LogitsProcessor):
 
 @dataclass
 class Seq2SeqState:
-    """Decoding state of R rows: the KV cache plus the encoder outputs each row attends to."""
+    """Decoding state of R rows, grouped by query: rows [b * W, (b + 1) * W) belong to query b.
 
-    cache: Any  # transformers EncoderDecoderCache with R rows (self- and cross-attention K/V)
-    encoder_hidden: Tensor  # (R, S, D); only its shape is read once cross-attention K/V are cached
-    encoder_mask: Tensor  # (R, S)
+    The self-attention cache has one row per beam; encoder outputs and cross-attention K/V stay at
+    one row per query (B), and each beam's cross-attention reads its query's row. Only when a
+    caller's ``select`` breaks the grouping are they copied out to R rows (``per_row``)."""
+
+    cache: (
+        Any  # transformers EncoderDecoderCache: self-attention R rows, cross-attention B or R rows
+    )
+    encoder_hidden: Tensor  # (B, S, D), or (R, S, D) when per_row
+    encoder_mask: Tensor  # (B, 1, 1, S) bool, or (R, 1, 1, S) when per_row
     query: Tensor  # (R,) the query each row belongs to
+    per_row: bool = False  # cross-attention K/V copied to every row (rows not grouped by query)
+
+
+def grouped_attention(
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """HF attention function where keys may hold fewer rows than queries: query (R, H, q, d) with
+    R = B * W rows grouped by query, key and value (B, H, S, d) -> output (R, q, H, d).
+
+    Each query's W beams become W * q positions of one attention call over its single copy of the
+    keys, so cross-attention K/V are never copied per beam. Masks and biases broadcast over the
+    group (a per-position one, size q > 1, is tiled over the W beams)."""
+    rows, groups = query.shape[0], key.shape[0]
+    beams = rows // groups
+    bias = position_bias
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            base = (
+                bias
+                if bias is not None
+                else torch.zeros((), dtype=query.dtype, device=query.device)
+            )
+            bias = torch.where(attention_mask, base, torch.finfo(query.dtype).min)
+        else:
+            bias = attention_mask if bias is None else bias + attention_mask
+    if beams > 1:
+        query = rearrange(query, "(b w) h q d -> b h (w q) d", w=beams)
+        if bias is not None and bias.shape[-2] > 1:
+            bias = bias.repeat(1, 1, beams, 1)
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=bias,
+        dropout_p=dropout if module.training else 0.0,
+        scale=scaling,
+    )
+    return rearrange(out, "b h (w q) d -> (b w) q h d", w=beams), None
+
+
+GROUPED_ATTENTION = "semid_grouped"
+AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
 
 
 class Seq2SeqStepModel:
     """StepModel over any HF encoder-decoder (e.g. T5ForConditionalGeneration) whose vocabulary holds ``vocab``.
 
+    Encoder outputs and cross-attention K/V are kept once per query: during our decoder steps the
+    decoder's attention runs through :func:`grouped_attention`, so beam rows read their query's row.
     Call ``model.eval()`` first: dropout would make the scores random.
     """
 
@@ -109,22 +171,29 @@ class Seq2SeqStepModel:
             )
         self.model, self.vocab = model, vocab
         self.decoder_start_token_id = model.config.decoder_start_token_id
+        configs = (getattr(m, "config", None) for m in model.get_decoder().modules())
+        self._decoder_configs = list({id(c): c for c in configs if c is not None}.values())
 
-    @torch.no_grad()
-    def start(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Seq2SeqState]:
-        """Encode the batch once and run the first decoder step on B rows -> logits (B, V_0), state."""
+    def encode(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Encoder outputs (B, S, D) and the key padding mask (B, S) of a batch of input_ids."""
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(input_ids)
-        encoder_hidden = self.model.get_encoder()(
-            input_ids=input_ids, attention_mask=mask
-        ).last_hidden_state
-        start = torch.full(
-            (input_ids.shape[0], 1), self.decoder_start_token_id, device=input_ids.device
-        )
+        hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=mask)
+        return hidden.last_hidden_state, mask
+
+    @torch.no_grad()
+    def start(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Seq2SeqState]:
+        """Encode the batch once and run the first decoder step on B rows -> logits (B, V_0), state."""
+        encoder_hidden, mask = self.encode(inputs)
+        batch = encoder_hidden.shape[0]
+        start = torch.full((batch, 1), self.decoder_start_token_id, device=encoder_hidden.device)
         state = Seq2SeqState(
-            None, encoder_hidden, mask, torch.arange(input_ids.shape[0], device=input_ids.device)
+            None,
+            encoder_hidden,
+            mask.bool()[:, None, None, :],  # 4D: HF passes it through to the attention unchanged
+            torch.arange(batch, device=encoder_hidden.device),
         )
         return self._decode(state, start, level=0)
 
@@ -137,31 +206,50 @@ class Seq2SeqStepModel:
     def _decode(
         self, state: Seq2SeqState, tokens: Tensor, level: int
     ) -> tuple[Tensor, Seq2SeqState]:
-        out = self.model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
-            attention_mask=state.encoder_mask,
-            decoder_input_ids=tokens,
-            past_key_values=state.cache,
-            use_cache=True,
-            return_dict=True,
-        )
-        state.cache = out.past_key_values
+        before = [c._attn_implementation_internal for c in self._decoder_configs]
+        for c in self._decoder_configs:
+            c._attn_implementation_internal = GROUPED_ATTENTION
+        try:
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
+                attention_mask=state.encoder_mask,
+                decoder_input_ids=tokens,
+                cache=state.cache,
+                use_cache=True,
+                return_dict=True,
+            )
+        finally:
+            for c, name in zip(self._decoder_configs, before, strict=True):
+                c._attn_implementation_internal = name
+        if not isinstance(out.cache, EncoderDecoderCache):
+            raise SemidError(
+                f"{type(self.model).__name__} returned a {type(out.cache).__name__}; "
+                "Seq2SeqStepModel needs an EncoderDecoderCache (self- and cross-attention K/V)"
+            )
+        state.cache = out.cache
         return out.logits[:, -1, self.vocab.level_slice(level)], state
 
     def select(self, state: Seq2SeqState, rows: Tensor) -> Seq2SeqState:
-        """New row i = old row rows[i]: reorders the K/V cache with index_select (in place).
+        """New row i = old row rows[i]: reorders the self-attention cache with index_select (in place).
 
-        Cross-attention K/V and encoder outputs depend only on the query, so they are copied only
-        when the rows' queries change (the expansion B -> B * beams), not when beams reorder.
-        """
+        Cross-attention K/V and encoder outputs depend only on the query and stay one row per query
+        while the rows remain grouped by query (what ``constrained_beam_search`` produces); rows
+        that break the grouping get their own copies from then on."""
         query = state.query[rows]
-        same_queries = torch.equal(query, state.query)
-        if same_queries and isinstance(state.cache, EncoderDecoderCache):
-            state.cache.self_attention_cache.reorder_cache(rows)
-        else:
-            state.cache.reorder_cache(rows)
-        if not same_queries:
+        state.cache.self_attention_cache.reorder_cache(rows)
+        if not state.per_row and not _grouped(query, state.encoder_hidden.shape[0]):
+            rows, state.per_row = query, True  # copy out each row's query, once
+        if state.per_row:
+            state.cache.cross_attention_cache.reorder_cache(rows)
             state.encoder_hidden = state.encoder_hidden.index_select(0, rows)
             state.encoder_mask = state.encoder_mask.index_select(0, rows)
         state.query = query
         return state
+
+
+def _grouped(query: Tensor, groups: int) -> bool:
+    """Whether row queries (R,) are 0..groups-1, each repeated R / groups times in a block."""
+    if len(query) % groups:
+        return False
+    expected = torch.arange(groups, device=query.device).repeat_interleave(len(query) // groups)
+    return torch.equal(query, expected)

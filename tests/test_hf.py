@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import EncoderDecoderCache, T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
 
 from semid.beam_search import constrained_beam_search
 from semid.errors import SemidError
@@ -58,6 +59,73 @@ def test_native_search_matches_hf_generate(setup, k):
     assert torch.equal(ours.codes, hf_codes)
     torch.testing.assert_close(ours.log_probs, hf_scores, rtol=0, atol=1e-4)
     assert trie.contains(ours.codes.view(-1, 3)).all()
+
+
+class CopyPerBeamSteps:
+    """The previous Seq2SeqStepModel, kept as a reference: encoder outputs and cross-attention K/V
+    copied to every beam row, HF's own attention."""
+
+    def __init__(self, model, vocab):
+        self.model, self.vocab = model, vocab
+
+    @torch.no_grad()
+    def start(self, inputs):
+        hidden = self.model.get_encoder()(**inputs).last_hidden_state
+        start = torch.zeros(hidden.shape[0], 1, dtype=torch.long)
+        return self._decode([None, hidden, inputs["attention_mask"]], start, 0)
+
+    @torch.no_grad()
+    def step(self, state, codes, level):
+        tokens = codes.long() + self.vocab.level_slice(level - 1).start
+        return self._decode(state, tokens[:, None], level)
+
+    def _decode(self, state, tokens, level):
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=state[1]), attention_mask=state[2],
+            decoder_input_ids=tokens, cache=state[0], use_cache=True,
+        )  # fmt: skip
+        state[0] = out.cache
+        return out.logits[:, -1, self.vocab.level_slice(level)], state
+
+    def select(self, state, rows):
+        state[0].reorder_cache(rows)
+        return [state[0], state[1][rows], state[2][rows]]
+
+
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_one_encoder_copy_per_query_matches_copy_per_beam(setup, k):
+    vocab, model, trie, inputs = setup
+    ours = constrained_beam_search(Seq2SeqStepModel(model, vocab), inputs, trie, num_beams=k)
+    ref = constrained_beam_search(CopyPerBeamSteps(model, vocab), inputs, trie, num_beams=k)
+    assert torch.equal(ours.codes, ref.codes)
+    torch.testing.assert_close(ours.log_probs, ref.log_probs, rtol=0, atol=1e-5)
+
+
+def test_cross_attention_cache_stays_one_row_per_query(setup):
+    vocab, model, trie, inputs = setup
+    steps = Seq2SeqStepModel(model, vocab)
+    _, state = steps.start(inputs)
+    rows = torch.arange(3).repeat_interleave(5)  # B = 3 queries -> 15 beam rows
+    state = steps.select(state, rows)
+    logits, state = steps.step(state, torch.zeros(15, dtype=torch.long), 1)
+    assert isinstance(state.cache, EncoderDecoderCache) and not state.per_row
+    assert state.cache.self_attention_cache.layers[0].keys.shape[0] == 15
+    assert state.cache.cross_attention_cache.layers[0].keys.shape[0] == 3
+    assert state.encoder_hidden.shape[0] == 3
+    # rows out of query order: each row gets its own copy, and the scores are unchanged
+    ref = CopyPerBeamSteps(model, vocab)
+    _, ref_state = ref.start(inputs)
+    ref_logits, ref_state = ref.step(
+        ref.select(ref_state, rows), torch.zeros(15, dtype=torch.long), 1
+    )
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
+    shuffle = torch.randperm(15, generator=torch.Generator().manual_seed(0))
+    state = steps.select(state, shuffle)
+    assert state.per_row and state.cache.cross_attention_cache.layers[0].keys.shape[0] == 15
+    logits, _ = steps.step(state, torch.ones(15, dtype=torch.long), 2)
+    ref_logits, _ = ref.step(ref.select(ref_state, shuffle), torch.ones(15, dtype=torch.long), 2)
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # the model's own setting is restored
 
 
 def test_encoder_runs_once_per_batch(setup):

@@ -1,0 +1,230 @@
+"""TIGER training throughput: one encoder pass per target (bidirectional, ``causal=False``) vs one
+pass per history window (causal encoder, the default), on ml-100k with TIGER's index recipe
+(rqkmeans:3x256 on MiniLM text embeddings, extra-level collisions).
+
+Measures targets/s of whole optimizer steps (collation, forward, backward, Adam) at the same batch
+size, 3 repeats, medians, the load average beside each; the window model also without dropout and
+without attention-probability dropout (the cost of dropout's random numbers). ``--train-seconds S``
+then trains both variants for the same wall-clock budget and reports test Recall@10 / NDCG@10
+(20 beams, seen items excluded). Writes benchmarks/results/tiger-throughput.{json,md}.
+Run: python -m benchmarks.tiger_throughput [--train-seconds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+import semid.quantizers  # noqa: F401  (registers the quantizer families)
+from semid.atomic import atomic_file, write_json
+from semid.data.registry import load_dataset
+from semid.data.splits import leave_one_out
+from semid.encoders import TextEncoder
+from semid.generator import build_generator
+from semid.ids import SemanticIDs
+from semid.quantization import build_quantizer
+from semid.recommend import (  # the lead moves these to semid.tasks.recommend
+    CodeCollator,
+    GeneratorRecommender,
+    SequenceDataset,
+    TargetDataset,
+    evaluate,
+    prepare_data,
+)
+from semid.trie import PrefixTrie
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {  # name: (TIGER config overrides, training format)
+    "per-target (bidirectional, before)": ({"causal": False, "attention_dropout": None}, "target"),
+    "window (causal, default)": ({"causal": True}, "sequence"),
+    "window (causal), attention dropout 0.1 as in T5": (
+        {"causal": True, "attention_dropout": None},
+        "sequence",
+    ),
+    "window (causal), no dropout": ({"causal": True, "dropout": 0.0}, "sequence"),
+}
+
+
+def tiger_index(dataset: Any, seed: int = 0) -> SemanticIDs:
+    """TIGER's recipe: rqkmeans:3x256 on MiniLM text embeddings, extra-level collisions."""
+    x = TextEncoder().encode(dataset.item_texts, show_progress=False)
+    q = build_quantizer("rqkmeans:3x256").fit(x, seed=seed)
+    train = leave_one_out(dataset.interactions).train
+    popularity = torch.bincount(train.items, minlength=len(dataset.item_keys))
+    return SemanticIDs.from_codes(
+        dataset.item_keys, q.encode(x), q.codebook_sizes, "extra-level", popularity=popularity
+    )
+
+
+def make_model(ids: SemanticIDs, overrides: dict[str, Any], seed: int) -> Any:
+    """A TIGER with the default config plus ``overrides``, its softmax over the index's trie."""
+    torch.manual_seed(seed)
+    model = build_generator("tiger", {**overrides, "codebook_sizes": list(ids.codebook_sizes)})
+    model.use_trie(PrefixTrie.from_codes(ids.codes, model.codebook_sizes))
+    return model
+
+
+def loader(data: Any, ids: SemanticIDs, fmt: str, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled training batches: one target per example, or whole windows."""
+    if fmt == "sequence":
+        ds = SequenceDataset(data, 50)
+    else:
+        ds = TargetDataset(data, data.positions("train"), 50)
+    g = torch.Generator().manual_seed(seed)
+    collate = CodeCollator(ds.collate, ids.codes)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate)
+
+
+def targets_in(batch: dict[str, torch.Tensor]) -> int:
+    """Training targets in a batch (window batches: positions with a history and a next item)."""
+    if "next_codes" in batch:
+        return int(
+            ((batch["next_codes"][..., 0] >= 0) & (batch["history_codes"][..., 0] >= 0)).sum()
+        )
+    return len(batch["target_codes"])
+
+
+def train_steps(
+    model: Any, batches: Any, opt: torch.optim.Optimizer, steps: int | None, seconds: float | None
+) -> tuple[int, float]:
+    """Optimizer steps until ``steps`` or ``seconds`` run out -> (targets seen, seconds)."""
+    model.train()
+    seen, started, done = 0, time.perf_counter(), 0
+    while True:
+        for batch in batches:
+            loss, _ = model(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            seen, done = seen + targets_in(batch), done + 1
+            elapsed = time.perf_counter() - started
+            if (steps is not None and done >= steps) or (
+                seconds is not None and elapsed >= seconds
+            ):
+                return seen, elapsed
+
+
+def throughput(data, ids, overrides, fmt, batch_size, steps, repeats, seed) -> dict[str, Any]:
+    """targets/s of ``steps`` optimizer steps after one warm-up step; median of ``repeats``."""
+    model = make_model(ids, overrides, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = loader(data, ids, fmt, batch_size, seed)
+    train_steps(model, batches, opt, 1, None)
+    runs = []
+    for _ in range(repeats):
+        seen, seconds = train_steps(model, batches, opt, steps, None)
+        runs.append({"targets_per_s": seen / seconds, "targets": seen, "seconds": seconds,
+                     "load_average_1min": os.getloadavg()[0]})  # fmt: skip
+        print(f"[tiger] {overrides} batch {batch_size}: {seen / seconds:,.0f} targets/s "
+              f"(load {os.getloadavg()})", flush=True)  # fmt: skip
+    return {"runs": runs, "targets_per_s": statistics.median(r["targets_per_s"] for r in runs)}
+
+
+def quality(data, ids, overrides, fmt, batch_size, seconds, seed) -> dict[str, Any]:
+    """Train for ``seconds`` of wall time, then test Recall/NDCG@10 with 20 beams."""
+    model = make_model(ids, overrides, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen, spent = train_steps(model, loader(data, ids, fmt, batch_size, seed), opt, None, seconds)
+    rec = GeneratorRecommender(model, ids, num_beams=20)
+    metrics = evaluate(rec, data, "test", codes=ids.codes, max_len=50)
+    epochs = seen / len(data.positions("train"))
+    return {"train_seconds": spent, "targets_seen": seen, "epochs": epochs, **metrics,
+            "load_average_1min": os.getloadavg()[0]}  # fmt: skip
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Results as Markdown tables, with the command and environment."""
+    lines = [
+        "# TIGER training throughput (ml-100k)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date']}; {os.cpu_count()} CPUs (shared), torch threads 1, torch {torch.__version__}; "
+        f"load average {result['load_start']:.1f} at start, {result['load_end']:.1f} at end.  ",
+        "Whole optimizer steps (collation, forward, backward, Adam, clipping) of the default TIGER "
+        f"config; {result['steps']} steps per repeat, 3 repeats, medians.",
+        "",
+        "| variant | batch (examples) | targets/s (median) | x per-target | runs (targets/s @ load) |",
+        "|---|---|---|---|---|",
+    ]
+    base = result["throughput"][0]["targets_per_s"]
+    for r in result["throughput"]:
+        runs = ", ".join(
+            f"{x['targets_per_s']:,.0f} @ {x['load_average_1min']:.1f}" for x in r["runs"]
+        )
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {r['targets_per_s']:,.0f} | "
+                     f"{r['targets_per_s'] / base:.1f}x | {runs} |")  # fmt: skip
+    if result.get("quality"):
+        lines += ["", f"## Same wall-clock budget ({result['train_seconds']} s each), test split, 20 beams", "",
+                  "| variant | batch | epochs | R@10 | N@10 | R@5 | load at end |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in result["quality"]:
+            lines.append(f"| {r['variant']} | {r['batch_size']} | {r['epochs']:.2f} | {r['recall@10']:.4f} | "
+                         f"{r['ndcg@10']:.4f} | {r['recall@5']:.4f} | {r['load_average_1min']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure, then write benchmarks/results/tiger-throughput.{json,md}."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="examples per step, both variants")
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps per repeat")
+    p.add_argument(
+        "--window-batch-sizes", type=int, nargs="*", default=[32], help="extra window batch sizes"
+    )
+    p.add_argument(
+        "--train-seconds", type=float, default=0, help="> 0: R@10 after this much training each"
+    )
+    p.add_argument(
+        "--quality-batch-sizes", type=int, nargs=2, default=[128, 64], help="per-target, window"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
+    dataset = load_dataset("ml-100k")
+    ids = tiger_index(dataset, args.seed)
+    data = prepare_data(dataset, ids, 50)
+    rows = []
+    for name, (overrides, fmt) in VARIANTS.items():
+        sizes = [args.batch_size] + (
+            args.window_batch_sizes if name == "window (causal, default)" else []
+        )
+        for bs in sizes:
+            r = throughput(data, ids, overrides, fmt, bs, args.steps, 3, args.seed)
+            rows.append({"variant": name, "batch_size": bs, **r})
+    quality_rows = []
+    if args.train_seconds > 0:
+        for (name, (overrides, fmt)), bs in zip(
+            list(VARIANTS.items())[:2], args.quality_batch_sizes, strict=True
+        ):
+            q = quality(data, ids, overrides, fmt, bs, args.train_seconds, args.seed)
+            print(f"[tiger] {name}: R@10 {q['recall@10']:.4f} after {q['epochs']:.2f} epochs "
+                  f"(load {os.getloadavg()})", flush=True)  # fmt: skip
+            quality_rows.append({"variant": name, "batch_size": bs, **q})
+    result = {
+        "command": "python -m benchmarks.tiger_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_start": load_start, "load_end": os.getloadavg()[0], "steps": args.steps,
+        "train_seconds": args.train_seconds, "throughput": rows, "quality": quality_rows,
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "tiger-throughput.json", result)
+    with atomic_file(args.out / "tiger-throughput.md") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
