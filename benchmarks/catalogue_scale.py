@@ -27,7 +27,7 @@ import faiss
 import torch
 
 from semid.atomic import atomic_file, write_json
-from semid.generator import build_generator
+from semid.models import build_model
 from semid.trie import PrefixTrie
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,7 +55,7 @@ def run_one(method: str, n: int, repeats: int) -> dict[str, Any]:
     """Build one method's index over n items, then time searches of 64 queries; in this process."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build_generator("mmgrec", {"codebook_sizes": SIZES, "dim": DIM}).eval()
+    model = build_model("mmgrec", {"codebook_sizes": SIZES, "dim": DIM}).eval()
     ids = random_ids(n)
     g = torch.Generator().manual_seed(1)
     rows = torch.randint(0, n, (BATCH, HISTORY), generator=g)

@@ -26,19 +26,13 @@ from torch.utils.data import DataLoader
 import semid.quantizers  # noqa: F401  (registers the quantizer families)
 from semid.atomic import atomic_file, write_json
 from semid.data.registry import load_dataset
-from semid.data.splits import leave_one_out
+from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
 from semid.encoders import TextEncoder
-from semid.generator import build_generator
 from semid.ids import SemanticIDs
-from semid.quantization import build_quantizer
-from semid.recommend import (  # the lead moves these to semid.tasks.recommend
-    CodeCollator,
-    GeneratorRecommender,
-    SequenceDataset,
-    TargetDataset,
-    evaluate,
-    prepare_data,
-)
+from semid.indexing import build_ids
+from semid.models import build_model
+from semid.ranking import ranker_for
+from semid.tasks.recommend import evaluate_ranker
 from semid.trie import PrefixTrie
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,18 +50,13 @@ VARIANTS = {  # name: (TIGER config overrides, training format)
 def tiger_index(dataset: Any, seed: int = 0) -> SemanticIDs:
     """TIGER's recipe: rqkmeans:3x256 on MiniLM text embeddings, extra-level collisions."""
     x = TextEncoder().encode(dataset.item_texts, show_progress=False)
-    q = build_quantizer("rqkmeans:3x256").fit(x, seed=seed)
-    train = leave_one_out(dataset.interactions).train
-    popularity = torch.bincount(train.items, minlength=len(dataset.item_keys))
-    return SemanticIDs.from_codes(
-        dataset.item_keys, q.encode(x), q.codebook_sizes, "extra-level", popularity=popularity
-    )
+    return build_ids(list(dataset.item_keys), x, "rqkmeans:3x256", "extra-level", seed)[0]
 
 
 def make_model(ids: SemanticIDs, overrides: dict[str, Any], seed: int) -> Any:
     """A TIGER with the default config plus ``overrides``, its softmax over the index's trie."""
     torch.manual_seed(seed)
-    model = build_generator("tiger", {**overrides, "codebook_sizes": list(ids.codebook_sizes)})
+    model = build_model("tiger", {**overrides, "codebook_sizes": list(ids.codebook_sizes)})
     model.use_trie(PrefixTrie.from_codes(ids.codes, model.codebook_sizes))
     return model
 
@@ -134,8 +123,7 @@ def quality(data, ids, overrides, fmt, batch_size, seconds, seed) -> dict[str, A
     model = make_model(ids, overrides, seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     seen, spent = train_steps(model, loader(data, ids, fmt, batch_size, seed), opt, None, seconds)
-    rec = GeneratorRecommender(model, ids, num_beams=20)
-    metrics = evaluate(rec, data, "test", codes=ids.codes, max_len=50)
+    metrics = evaluate_ranker(ranker_for(model, ids, 20), data, "test", codes=ids.codes, max_len=50)
     epochs = seen / len(data.positions("train"))
     return {"train_seconds": spent, "targets_seen": seen, "epochs": epochs, **metrics,
             "load_average_1min": os.getloadavg()[0]}  # fmt: skip
