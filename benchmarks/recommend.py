@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="test passes for the median queries/s (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiger-steps", type=int, default=BUDGETS["tiger"]["train"]["max_steps"])
+    p.add_argument("--tiger-steps", type=int, help="cap TIGER's optimizer steps (default: none)")
     p.add_argument(
         "--model-config",
         action="append",
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f.write(markdown(result))
         return result
     BUDGETS["tiger"]["train"]["max_steps"] = args.tiger_steps
-    for name in ("sasrec", "mmgrec"):
+    for name in ("sasrec", "mmgrec", "tiger"):
         BUDGETS[name]["train"]["max_epochs"] = args.max_epochs
     for item in args.model_config:
         name, _, text = item.partition("=")

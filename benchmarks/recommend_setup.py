@@ -29,8 +29,8 @@ INDEX_OF = {
     "pop": "text",
 }  # IDs do not matter to pop/sasrec
 
-# Training budgets that fit 2 shared CPU cores. Sequence models (sasrec, mmgrec) train on every
-# position of each window at once; TIGER needs one encoder pass per target, so it gets a step cap.
+# Training budgets: every model trains on every position of each window at once (TIGER with its
+# causal encoder too), so all get the same epochs and early stopping.
 BUDGETS: dict[str, dict[str, Any]] = {
     "sasrec": {
         "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
@@ -38,7 +38,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "mmgrec": {
         "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
     },
-    "tiger": {"train": {"max_epochs": 1, "max_steps": 300, "batch_size": 128, "lr": 1e-3}},
+    "tiger": {
+        "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
+    },
     "pop": {"train": {}},
 }
 
