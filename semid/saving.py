@@ -94,6 +94,11 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise SemidError(f"{path} is damaged or unreadable ({e}); retrain or restore it") from None
+    # shapes first: load_state_dict raises a bare RuntimeError on a size mismatch, even non-strict
+    shapes = {k: v.shape for k, v in module.state_dict().items()}
+    wrong = [k for k, v in state.items() if k in shapes and shapes[k] != v.shape]
+    if wrong:
+        raise SemidError(f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model")
     missing, unexpected = module.load_state_dict(state, strict=False)
     # tied weights are saved once; anything else missing or extra means another architecture
     missing = [k for k in missing if k not in _tied_names(module)]
@@ -102,10 +107,6 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
             f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "it was trained with another config"
         )
-    shapes = {k: v.shape for k, v in module.state_dict().items()}
-    wrong = [k for k, v in state.items() if k in shapes and shapes[k] != v.shape]
-    if wrong:
-        raise SemidError(f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model")
 
 
 def read_json(path: str | os.PathLike, fix: str) -> Any:

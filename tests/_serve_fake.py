@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import types
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,11 @@ class AnnouncingPredictor(FakePredictor):
 def main() -> None:
     """Parse `semid serve` arguments, serve until SIGINT/SIGTERM, report on stdout."""
     port, delay = sys.argv[1], float(sys.argv[2])
-    tasks = types.ModuleType("semid.tasks")
 
     def load_predictor(run_dir: Path, device: str) -> AnnouncingPredictor:
         return AnnouncingPredictor(delay_s=delay)
 
-    tasks.load_predictor = load_predictor
-    sys.modules["semid.tasks"] = tasks  # stands in for the task layer
+    serve_cmd.load_predictor = load_predictor  # stands in for the task layer
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
     code = serve_cmd.run(parser.parse_args(["fake-run", "--port", port, "--device", "cpu"]))

@@ -7,22 +7,14 @@ import pytest
 import torch
 
 from semid.errors import SemidError
-from semid.generator import Generator, build_generator
+from semid.generator import Generator
 from semid.generators.avg import discriminative_loss
+from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
 from semid.ids import SemanticIDs
-from semid.text2image import (
-    DualEncoder,
-    DualEncoderConfig,
-    QueryImagePairs,
-    QueryTargetPairs,
-    class_metrics,
-    dense_search,
-    generative_search,
-    train_dual_encoder,
-    train_generator,
-    training_targets,
-)
-from semid.training import TrainConfig
+from semid.models import build_model, load_model, save_model
+from semid.ranking import ranker_for
+from semid.tasks.text2image import QueryTargetPairs, class_metrics, training_targets
+from semid.training import TrainConfig, train_model
 from semid.trie import PrefixTrie
 
 SIZES = [4, 3, 2]
@@ -32,11 +24,14 @@ Q = 8
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def generative_search(m, ids: SemanticIDs, queries: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k index rows (Q, k) by trie-constrained beam search with k beams (-1 = none)."""
+    return ranker_for(m, ids, k).rank(queries, k).rows
+
+
 def model(**overrides) -> Generator:
     torch.manual_seed(0)
-    return build_generator(
-        "avg", {"codebook_sizes": SIZES, "query_dim": Q, "d_model": 16, **overrides}
-    )
+    return build_model("avg", {"codebook_sizes": SIZES, "query_dim": Q, "d_model": 16, **overrides})
 
 
 def catalog() -> torch.Tensor:
@@ -128,13 +123,11 @@ def test_avg_learns_a_toy_task_and_saves(tmp_path, disc_weight):
     cfg = TrainConfig(
         max_epochs=8, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100
     )
-    m = train_generator(
-        "avg",
-        {"codebook_sizes": SIZES, "query_dim": Q, "d_model": 16, "disc_weight": disc_weight},
-        pairs,
-        cfg,
-        tmp_path / "train",
+    m = build_model(
+        "avg", {"codebook_sizes": SIZES, "query_dim": Q, "d_model": 16, "disc_weight": disc_weight}
     )
+    train_model(m, pairs, cfg, tmp_path / "train", device="cpu")
+    m.eval()
     unique = torch.unique(codes, dim=0)  # index every distinct image ID once
     keys = [str(i) for i in range(len(unique))]
     ids = SemanticIDs.from_codes(
@@ -144,8 +137,8 @@ def test_avg_learns_a_toy_task_and_saves(tmp_path, disc_weight):
     assert (rows >= 0).all()  # every result is an indexed image
     image_labels = ids.codes[:, 0] // 2
     assert class_metrics(rows, image_labels, query_labels, (5,))["precision@5"] == 1.0
-    m.save_pretrained(tmp_path / "m")
-    again = Generator.from_pretrained(tmp_path / "m")
+    save_model(m, tmp_path / "m")
+    again = load_model(tmp_path / "m")
     assert torch.equal(generative_search(again, ids, queries, k=5), rows)
 
 
@@ -182,32 +175,29 @@ def test_class_metrics_against_hand_computed_values():
     assert m["map@3"] == pytest.approx(((1 + 2 / 3) / 3 + 1 / 2) / 2)
 
 
-def test_dual_encoder_learns_the_toy_task():
+def test_dual_encoder_learns_the_toy_task(tmp_path):
     queries, query_labels, _, labels = toy_task(128)
     g = torch.Generator().manual_seed(1)
     features = torch.randn(2, 6, generator=g)[labels] + 0.1 * torch.randn(128, 6, generator=g)
     cfg = TrainConfig(
         max_epochs=5, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100
     )
-    model = train_dual_encoder(
-        DualEncoderConfig(query_dim=Q, image_dim=6, d_model=8),
-        QueryImagePairs(queries, query_labels, features, labels),
-        cfg,
-    )
-    assert isinstance(model, DualEncoder)
+    model = DualEncoder(DualEncoderConfig(query_dim=Q, image_dim=6, d_model=8))
+    pairs = QueryTargetPairs(queries, query_labels, features, labels, "image")
+    train_model(model, pairs, cfg, tmp_path / "train", device="cpu")
+    model.eval()
     rows = dense_search(model, queries, features, k=10)
     assert class_metrics(rows, labels, query_labels, (10,))["precision@10"] == 1.0
 
 
 @pytest.mark.slow
 def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
-    """build_index -> train_retriever -> load_run -> evaluate_run, as the CLI wires them."""
-    import argparse
-
+    """build_index -> train -> load_run -> evaluate, as the CLI wires them."""
     from semid.data import register_dataset
     from semid.data.images import ImageDataset, ImageSplits
     from semid.runs import load_run
-    from semid.text2image import build_index, evaluate_run, train_retriever
+    from semid.tasks import EvalOptions, IndexSource, get_task
+    from semid.tasks.text2image import Text2ImageSpec
 
     def split(n: int, prefix: str) -> ImageDataset:
         g = torch.Generator().manual_seed(len(prefix))
@@ -221,21 +211,24 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
         "tiny-images",
         lambda: ImageSplits(split(128, "train/"), split(32, "test/"), "tiny"),
         "test only",
+        kind="images",
     )
-    ids = build_index(
-        "tiny-images",
+    task = get_task("text2image")
+    ids, _ = task.build_index(
+        IndexSource(dataset="tiny-images"),
         "voken:2x4,hidden=16,latent=4",
         tmp_path / "idx",
-        encoder_epochs=2,
         progress=False,
         epochs=5,
     )
     assert len(ids) == 32 and len(torch.unique(ids.codes, dim=0)) == 32
     assert (tmp_path / "idx" / "image_encoder" / "model.safetensors").is_file()
     cfg = TrainConfig(max_epochs=3, batch_size=32, early_stopping_patience=None, log_every=100)
-    run_dir = train_retriever("tiny-images", tmp_path / "idx", tmp_path / "run", train_config=cfg)
+    run_dir = tmp_path / "run"
+    task.train(
+        Text2ImageSpec(dataset="tiny-images", train=cfg), run_dir, tmp_path / "idx", device="cpu"
+    )
     run = load_run(run_dir)
-    assert run.config["task"] == "text2image" and run.config["model"] == "avg"
-    args = argparse.Namespace(k=[5, 10], split="test", num_beams=None, batch_size=8)
-    metrics = evaluate_run(run, args)
+    assert run.task == "text2image" and run.spec["model"] == "avg"
+    metrics = task.evaluate(run, EvalOptions(ks=(5, 10), split="test", batch_size=8))
     assert metrics["invalid_id_rate"] == 0.0 and 0.0 <= metrics["precision@10"] <= 1.0

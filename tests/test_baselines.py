@@ -1,13 +1,28 @@
 import pytest
 import torch
 
-from semid.baselines import MostPopular, SASRec, SASRecConfig, causal_bias
 from semid.errors import SemidError
+from semid.generators.popular import MostPopular, MostPopularConfig
+from semid.generators.sasrec import SASRec, SASRecConfig
+from semid.ids import SemanticIDs
+from semid.layers import causal_bias
+from semid.models import load_model, save_model
+from semid.ranking import ranker_for
+
+
+def index_of(n):
+    """An index of n rows (the scorers rank rows; their IDs do not matter here)."""
+    return SemanticIDs([f"i{j}" for j in range(n)], torch.arange(n)[:, None], [n])
+
+
+def top_rows(model, batch, k):
+    return ranker_for(model, index_of(model.config.num_items)).rank(batch, k).rows
 
 
 def test_most_popular_ranks_by_train_count_with_stable_ties():
-    pop = MostPopular(torch.tensor([3.0, 5.0, 3.0, 0.0]))
-    ranked = pop.recommend({"items": torch.zeros(2, 4, dtype=torch.long)}, k=3)
+    pop = MostPopular(MostPopularConfig(num_items=4))
+    pop.fit_counts_(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2]))  # counts 3, 5, 3, 0
+    ranked = top_rows(pop, {"items": torch.zeros(2, 4, dtype=torch.long)}, k=3)
     assert ranked.tolist() == [[1, 0, 2], [1, 0, 2]]
 
 
@@ -50,15 +65,16 @@ def test_sasrec_learns_a_deterministic_successor():
         loss.backward()
         opt.step()
     assert loss.item() < first / 4 and logits.shape == (n, 6, n)
-    top = model.eval().recommend({"items": items}, k=1)[:, 0]
+    top = top_rows(model.eval(), {"items": items}, k=1)[:, 0]
     assert (top == (items[:, -1] + 1) % n).float().mean() > 0.9
 
 
 def test_sasrec_save_load(tmp_path):
     model = make().eval()
-    model.save_pretrained(tmp_path / "s")
-    loaded = SASRec.from_pretrained(tmp_path / "s").eval()
+    save_model(model, tmp_path / "s")
+    loaded = load_model(tmp_path / "s")
+    assert isinstance(loaded, SASRec) and not loaded.training
     items = torch.tensor([[-1, -1, 1, 2, 3, 4]])
-    assert torch.equal(model.recommend({"items": items}, 5), loaded.recommend({"items": items}, 5))
-    with pytest.raises(SemidError, match="not a model folder"):
-        SASRec.from_pretrained(tmp_path / "nothing")
+    assert torch.equal(top_rows(model, {"items": items}, 5), top_rows(loaded, {"items": items}, 5))
+    with pytest.raises(SemidError, match="is not a saved model"):
+        load_model(tmp_path / "nothing")

@@ -70,7 +70,7 @@ def _bad_npy(tmp_path, name, array):
         ("one_dim", "2-D"),
         ("length_mismatch", "keys"),
         ("empty", "empty"),
-        ("unknown_dataset", "unknown dataset"),
+        ("unknown_dataset", "neither a registered dataset"),
         ("unwritable", "--out"),
         ("bad_spec", "quantizer spec"),
         ("unknown_family", "unknown quantizer family"),

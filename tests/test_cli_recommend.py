@@ -5,13 +5,14 @@ import pytest
 import torch
 
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
-from semid.cli.index_add import add_items
 from semid.cli.main import main
 from semid.errors import SemidError
-from semid.generator import build_generator
 from semid.ids import SemanticIDs, load_quantizer
+from semid.indexing import add_items
+from semid.models import build_model, save_model
 from semid.quantization import build_quantizer
-from semid.runs import load_run, write_config
+from semid.runs import load_run, write_run
+from semid.tasks.recommend import RecommendSpec
 from semid.trie import PrefixTrie
 
 TINY_MMGREC = {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1}
@@ -29,18 +30,17 @@ def tiny_run(path, extra_codes=8, n=30):
     sizes = list(ids.codebook_sizes)
     sizes[-1] += extra_codes
     torch.manual_seed(0)
-    model = build_generator("mmgrec", {**TINY_MMGREC, "codebook_sizes": sizes})
-    model.save_pretrained(path / "model")
-    write_config(
-        path, {"task": "recommend", "model": "mmgrec", "dataset": "none", "max_history": 50}
-    )
+    model = build_model("mmgrec", {**TINY_MMGREC, "codebook_sizes": sizes})
+    save_model(model, path / "model")
+    spec = RecommendSpec(dataset="none", model="mmgrec", model_config=model.config, max_history=50)
+    write_run(path, "recommend", spec, {"trained_items": n})
     return ids, model
 
 
 def test_index_add_makes_a_new_item_reachable_at_once(tmp_path):
     ids, model = tiny_run(tmp_path)
     x_new = torch.randn(1, 8, generator=torch.Generator().manual_seed(9))
-    code = add_items(tmp_path / "index", ["new"], x_new, model)
+    _, code = add_items(tmp_path / "index", ["new"], x_new, model)
     run = load_run(tmp_path)  # the grown index still fits the model
     assert run.ids.code_of("new") == tuple(code[0].tolist()) and len(run.ids) == len(ids) + 1
     trie = PrefixTrie.from_codes(run.ids.codes, model.codebook_sizes)
@@ -72,17 +72,20 @@ def test_index_add_refuses_ids_the_model_cannot_write(tmp_path):
 
 def test_run_mismatch_errors(tmp_path):
     tiny_run(tmp_path)
-    other = build_generator("mmgrec", {**TINY_MMGREC, "codebook_sizes": [4, 4, 4, 4]})
-    other.save_pretrained(tmp_path / "model")
+    other = build_model("mmgrec", {**TINY_MMGREC, "codebook_sizes": [4, 4, 4, 4]})
+    save_model(other, tmp_path / "model")
     with pytest.raises(SemidError, match="4-level IDs but its index has 3 levels"):
         load_run(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["versions"]["semid"] = "99.0.0"
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["semid_version"] = "99.0.0"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SemidError, match="newer than this"):
         load_run(tmp_path)
-    with pytest.raises(SemidError, match="not a run directory"):
+    with pytest.raises(SemidError, match="not a folder"):
         load_run(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SemidError, match="not a run directory"):
+        load_run(tmp_path / "empty")
 
 
 @pytest.mark.slow
@@ -102,8 +105,8 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
                  "--model-config", json.dumps(tiger), "--out", str(run)]) == 0  # fmt: skip
     config = json.loads((run / "config.json").read_text())
     assert (
-        config["model"] == "tiger"
-        and config["train"]["seed"] == 0
+        config["spec"]["model"] == "tiger"
+        and config["spec"]["train"]["seed"] == 0
         and "torch" in config["versions"]
     )
 
@@ -132,8 +135,8 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     assert ids.key_of(ids.code_of("new-b")) == "new-b" and len(ids) == len(keys) + 2
     assert "added 2 items" in capsys.readouterr().out
     # the new items may now take a reserved share of the top-k; a bad share is one line and exit 2
-    assert config["trained_items"] == len(keys)
+    assert config["state"]["trained_items"] == len(keys)
     assert main(["eval", str(run), "--k", "10", "--cold-share", "0.2"]) == 0
     assert json.loads((run / "metrics.json").read_text())["test"]["invalid_id_rate"] == 0.0
     assert main(["eval", str(run), "--cold-share", "2"]) == 2
-    assert "cold_share must be in [0, 1]" in capsys.readouterr().err
+    assert "cold-share must be in [0, 1]" in capsys.readouterr().err

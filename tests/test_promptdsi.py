@@ -8,8 +8,8 @@ import torch
 from semid.errors import SemidError
 from semid.generator import Generator
 from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
+from semid.generators.promptdsi_states import pad_states
 from semid.ids import SemanticIDs
-from semid.retrieve import pad_states
 from semid.trie import PrefixTrie
 
 TINY_BERT = {
@@ -338,8 +338,8 @@ def test_centroid_config_is_checked():
 
 
 def test_centroid_codebooks_only_for_rqkmeans_of_the_encoder_width():
+    from semid.generators.promptdsi_states import centroid_codebooks
     from semid.quantization import build_quantizer
-    from semid.retrieve import centroid_codebooks
 
     x = torch.randn(64, 16)
     rq = build_quantizer("rqkmeans:2x4,kmeans=lloyd").fit(x, seed=0)

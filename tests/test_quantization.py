@@ -189,7 +189,8 @@ def test_save_pretrained_round_trip(toy_family, tmp_path):
     q = build_quantizer("toy:2x2").fit(x)
     q.save_pretrained(tmp_path / "q")
     config = json.loads((tmp_path / "q" / "config.json").read_text())
-    assert config == {"spec": "toy:2x2", "dim": 2}
+    assert config["format_version"] == 2 and config["kind"] == "quantizer"
+    assert config["name"] == "toy" and config["config"] == {"spec": "toy:2x2", "dim": 2}
     q2 = Quantizer.from_pretrained(tmp_path / "q")
     assert isinstance(q2, MeanQuantizer) and bool(q2.initted)
     torch.testing.assert_close(q2.centers, q.centers)

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.recommend import CodeCollator, SequenceDataset, TargetDataset, evaluate, prepare_data
+from semid.ranking import BeamRanker, Ranking, ranker_for, seen_mask
+from semid.tasks.recommend import evaluate_ranker
 
 
 def tiny_dataset():
@@ -80,8 +82,9 @@ class FixedRanking:
     def __init__(self, ranked):
         self.ranked = ranked
 
-    def recommend(self, batch, k):
-        return self.ranked[: len(batch["targets"]), :k]
+    def rank(self, batch, k, seen=None):
+        rows = self.ranked[: batch["items"].shape[0], :k]
+        return Ranking(rows, torch.zeros(rows.shape), torch.zeros(*rows.shape, 2, dtype=torch.long))
 
 
 def test_evaluate_on_a_hand_made_case():
@@ -98,7 +101,7 @@ def test_evaluate_on_a_hand_made_case():
             [other[0], other[1], -1],  # miss
         ]
     )
-    m = evaluate(FixedRanking(ranked), data, "test", ks=(1, 3), max_len=3)
+    m = evaluate_ranker(FixedRanking(ranked), data, "test", ks=(1, 3), max_len=3)
     assert m["recall@1"] == pytest.approx(1 / 3)
     assert m["recall@3"] == pytest.approx(2 / 3)
     assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
@@ -128,48 +131,49 @@ def test_seen_holds_every_earlier_item_of_the_user():
 
 
 def test_popularity_and_sasrec_never_return_seen_items():
-    from semid.baselines import MostPopular, SASRec, SASRecConfig
-    from semid.recommend import mask_seen
+    from semid.models import build_model
 
-    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=3)
+    ids = tiny_ids()
+    data = prepare_data(tiny_dataset(), ids, max_history=3)
     batch = TargetDataset(data, data.positions("test"), 3, with_seen=True).collate(
         list(data.positions("test"))
     )
+    seen = batch.pop("seen")
     torch.manual_seed(0)
-    for rec in (
-        MostPopular(data.popularity()),
-        SASRec(SASRecConfig(num_items=5, max_len=3)).eval(),
-    ):
-        top = rec.recommend(batch, 1)
+    pop = build_model("pop", {"num_items": 5})
+    pop.fit_counts_(data.train_items())
+    sasrec = build_model("sasrec", {"num_items": 5, "max_len": 3}).eval()
+    for model in (pop, sasrec):
+        top = ranker_for(model, ids).rank(batch, 1, seen).rows
         for user in range(3):
-            assert int(top[user, 0]) not in batch["seen"][user].tolist()
+            assert int(top[user, 0]) not in seen[user].tolist()
     # user 0 has seen 4 of 5 items: the only one left is its test target
-    m = evaluate(MostPopular(data.popularity()), data, "test", ks=(1,), max_len=3)
-    kept = evaluate(
-        MostPopular(data.popularity()), data, "test", ks=(1,), max_len=3, exclude_seen=False
+    m = evaluate_ranker(ranker_for(pop, ids), data, "test", ks=(1,), max_len=3)
+    kept = evaluate_ranker(
+        ranker_for(pop, ids), data, "test", ks=(1,), max_len=3, exclude_seen=False
     )
     assert m["recall@1"] >= 1 / 3 and m["recall@1"] > kept["recall@1"]
-    masked = mask_seen(torch.zeros(2, 4), torch.tensor([[-1, 2], [0, 3]]))
-    assert torch.isinf(masked).tolist() == [[False, False, True, False], [True, False, False, True]]
+    masked = seen_mask(torch.tensor([[-1, 2], [0, 3]]), 4)
+    assert masked.tolist() == [[False, False, True, False], [True, False, False, True]]
 
 
 def test_generator_beam_search_skips_seen_items_without_losing_slots():
-    from semid.generator import build_generator
-    from semid.recommend import GeneratorRecommender
+    from semid.models import build_model
 
     ids = tiny_ids()
     data = prepare_data(tiny_dataset(), ids, max_history=3)
     ds = TargetDataset(data, data.positions("test"), 3, with_seen=True)
     batch = CodeCollator(ds.collate, ids.codes)(list(data.positions("test")))
+    seen = batch.pop("seen")
     torch.manual_seed(0)
-    model = build_generator("mmgrec", {"codebook_sizes": [3, 2], "dim": 8, "heads": 2})
-    rec = GeneratorRecommender(model, ids, num_beams=2)
-    unseen = [5 - int((s >= 0).sum()) for s in batch["seen"]]  # user 0: 1 item left; others: 3, 1
-    top = rec.recommend(batch, 2)
+    model = build_model("mmgrec", {"codebook_sizes": [3, 2], "dim": 8, "heads": 2})
+    rec = BeamRanker(model, ids, num_beams=2)
+    unseen = [5 - int((s >= 0).sum()) for s in seen]  # user 0: 1 item left; others: 3, 1
+    top = rec.rank(batch, 2, seen).rows
     for user in range(3):
         returned = [r for r in top[user].tolist() if r >= 0]
         assert len(returned) == min(2, unseen[user])  # every unseen item fits: no slot lost
-        assert not set(returned) & set(batch["seen"][user].tolist())
+        assert not set(returned) & set(seen[user].tolist())
 
 
 class FixedGenerator:
@@ -182,20 +186,20 @@ class FixedGenerator:
 
     def generate(self, batch, trie, num_beams, top_k, exclude=None):
         b = batch["items"].shape[0]
-        return self.codes[None, :top_k].expand(b, -1, -1), None
+        codes = self.codes[None, :top_k].expand(b, -1, -1)
+        return codes, -torch.arange(float(top_k)).expand(b, -1)  # best first
 
 
 def test_cold_items_under_a_generated_prefix_take_the_reserved_slots():
-    from semid.recommend import GeneratorRecommender
-
     # rows 0-3 trained; rows 4 and 5 added later: 4 shares its first code with row 1, 5 with row 0
     codes = torch.tensor([[0, 0], [1, 0], [2, 0], [2, 1], [1, 2], [0, 1]])
     ids = SemanticIDs([f"m{j}" for j in range(6)], codes, [3, 3])
     model = FixedGenerator([[0, 0], [1, 0], [2, 0]])  # generates rows 0, 1, 2
-    batch = {"items": torch.full((2, 1), -1), "seen": torch.tensor([[-1], [5]])}
+    batch = {"items": torch.full((2, 1), -1)}
+    seen = torch.tensor([[-1], [5]])
 
     def top(share, trained=4):
-        return GeneratorRecommender(model, ids, 3, None, trained, share).recommend(batch, 3)
+        return BeamRanker(model, ids, 3, trained, share).rank(batch, 3, seen).rows
 
     assert top(0.0).tolist() == [[0, 1, 2]] * 2
     # one slot: the new item under the best generated prefix, placed right after it (user 1 saw 5)
@@ -203,7 +207,7 @@ def test_cold_items_under_a_generated_prefix_take_the_reserved_slots():
     # two slots: both new items move in and push out the lowest generated IDs
     assert top(0.67).tolist() == [[0, 5, 4], [0, 1, 4]]
     assert top(0.34, trained=6).tolist() == [[0, 1, 2]] * 2  # nothing was added after training
-    with pytest.raises(SemidError, match="cold_share"):
+    with pytest.raises(SemidError, match="cold-share"):
         top(1.5)
-    with pytest.raises(SemidError, match="cold_prefix"):
-        GeneratorRecommender(model, ids, 3, None, 4, 0.5, cold_prefix=2)
+    with pytest.raises(SemidError, match="cold-prefix"):
+        BeamRanker(model, ids, 3, 4, 0.5, cold_prefix=2)

@@ -3,8 +3,8 @@ import torch
 from conftest import train_on_batch
 
 from semid.errors import SemidError
-from semid.generator import build_generator
 from semid.generators.tiger import NUM_FIXED_SPECIAL, PAD_TOKEN
+from semid.models import build_model
 from semid.trie import PrefixTrie
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,7 @@ def make(**kw):
         "num_heads": 2,
         "num_layers": 1,
     }
-    return build_generator("tiger", {**cfg, **kw, "codebook_sizes": SIZES})
+    return build_model("tiger", {**cfg, **kw, "codebook_sizes": SIZES})
 
 
 def test_encoder_inputs_layout():

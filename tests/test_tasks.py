@@ -1,0 +1,355 @@
+"""The task layer: typed configs, one save format for every model, run manifests, the one search
+path (against brute force), and `predict` agreeing with the evaluation protocol."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import semid.quantizers  # noqa: F401  (registers rqkmeans)
+from semid.cli.main import main
+from semid.configs import config_from_dict, parse_json_object
+from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.registry import register_dataset
+from semid.errors import SemidError
+from semid.generators.mmgrec import MMGRecConfig
+from semid.ids import SemanticIDs
+from semid.models import available_models, build_model, is_generator, load_model, save_model
+from semid.quantization import build_quantizer
+from semid.ranking import BeamRanker, ScoreRanker, ranker_for
+from semid.runs import load_run, write_run
+from semid.tasks import EvalOptions, get_task, load_predictor
+from semid.tasks.recommend import RecommendSpec, rank_split
+from semid.training import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZES = [3, 4]
+TINY = {  # one tiny config per registered model; a new model must add one here
+    "avg": {"codebook_sizes": SIZES, "query_dim": 8, "d_model": 16},
+    "mmgrec": {"codebook_sizes": SIZES, "dim": 16, "heads": 2, "layers": 1, "ff_mult": 1},
+    "pop": {"num_items": 12},
+    "promptdsi": {
+        "codebook_sizes": SIZES,
+        "encoder_config": {
+            "vocab_size": 64,
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "max_position_embeddings": 32,
+        },  # fmt: skip
+        "prompt_layer": 1,
+        "prompt_length": 2,
+        "pool_sizes": [3],
+        "top_n": 1,
+        "d_model": 16,
+        "num_heads": 2,
+        "num_layers": 1,
+        "d_ff": 32,
+    },  # fmt: skip
+    "sasrec": {"num_items": 12, "max_len": 4, "dim": 16, "heads": 2, "layers": 1},
+    "tiger": {
+        "codebook_sizes": SIZES,
+        "max_items": 4,
+        "user_buckets": 5,
+        "d_model": 16,
+        "d_ff": 32,
+        "d_kv": 8,
+        "num_heads": 2,
+        "num_layers": 1,
+    },  # fmt: skip
+}
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+# --- (a) typed configs ------------------------------------------------------------------------
+
+
+def test_model_config_unknown_field_is_one_line_naming_it():
+    with pytest.raises(SemidError) as error:
+        RecommendSpec(dataset="tiny", model="mmgrec", model_config={"dim": 16, "bogus": 1})
+    message = one_line(error)
+    assert (
+        message.startswith("--model-config") and "'bogus'" in message and "MMGRecConfig" in message
+    )
+
+
+def test_model_config_wrong_type_is_one_line_naming_it():
+    with pytest.raises(SemidError) as error:
+        RecommendSpec(dataset="tiny", model="mmgrec", model_config={"dim": "wide"})
+    assert "--model-config: field 'dim' must be an integer" in one_line(error)
+    with pytest.raises(SemidError, match=r"field 'codebook_sizes'\[1\] must be an integer"):
+        config_from_dict(MMGRecConfig, {"codebook_sizes": [3, 2.5]}, "--model-config")
+    with pytest.raises(SemidError, match="field 'trie_softmax' must be true or false"):
+        config_from_dict(MMGRecConfig, {"trie_softmax": 1}, "--model-config")
+    assert config_from_dict(MMGRecConfig, {"dropout": 0}, "x").dropout == 0.0  # an int is a number
+
+
+def test_model_config_json_errors_are_one_line():
+    with pytest.raises(SemidError, match="--model-config is not valid JSON"):
+        parse_json_object("{dim: 1", "--model-config")
+    with pytest.raises(SemidError, match="--model-config must be a JSON object"):
+        parse_json_object("[1]", "--model-config")
+
+
+@pytest.mark.parametrize(
+    ("config", "field"), [('{"bogus": 1}', "'bogus'"), ('{"dim": "wide"}', "field 'dim'")]
+)
+def test_cli_model_config_errors_before_any_work(tmp_path, capsys, config, field):
+    code = main(["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path / "idx"),
+                 "--model", "mmgrec", "--model-config", config, "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and field in err
+    assert not (tmp_path / "run").exists()
+
+
+# --- (b) one save format for every registered model --------------------------------------------
+
+
+def test_every_registered_model_has_a_tiny_config():
+    assert set(available_models()) == set(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_save_load_round_trip_of_every_model(name, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(name, TINY[name])
+    if name == "pop":
+        model.fit_counts_(torch.tensor([0, 3, 3, 7]))  # a fitted buffer must survive the trip
+    save_model(model, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["format_version"] == 2 and meta["kind"] == "model" and meta["name"] == name
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.config == model.config
+    before, after = model.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+
+
+def test_load_model_refuses_another_kind_and_a_newer_format(tmp_path):
+    q = build_quantizer("rqkmeans:2x4").fit(
+        torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    )
+    q.save_pretrained(tmp_path / "q")
+    with pytest.raises(SemidError) as error:
+        load_model(tmp_path / "q")
+    assert "holds a quantizer, not a model" in one_line(error)
+
+    save_model(build_model("pop", TINY["pop"]), tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, "format_version": 3}))
+    with pytest.raises(SemidError) as error:
+        load_model(tmp_path / "m")
+    assert "newer semid (format 3)" in one_line(error)
+    with pytest.raises(SemidError, match="is not a saved model"):
+        load_model(tmp_path / "nothing")
+
+
+# --- (c) run manifests --------------------------------------------------------------------------
+
+
+def tiny_run(path, model="pop"):
+    """A recommend run folder over 12 items (index, model, manifest), written without training."""
+    ids = SemanticIDs(
+        [f"m{j}" for j in range(12)], torch.cartesian_prod(*map(torch.arange, SIZES)), SIZES
+    )
+    q = build_quantizer("rqkmeans:2x4").fit(
+        torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    )
+    ids.save(path / "index", quantizer=q)
+    save_model(build_model(model, TINY[model]), path / "model")
+    write_run(path, "recommend", RecommendSpec(dataset="none", model=model), {"trained_items": 12})
+    return ids
+
+
+def test_load_run_without_a_manifest(tmp_path):
+    tiny_run(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(SemidError) as error:
+        load_run(tmp_path)
+    assert "not a run directory (no manifest.json)" in one_line(error)
+
+
+def test_load_run_with_a_damaged_manifest(tmp_path):
+    tiny_run(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format_version": 1, "task": ')
+    with pytest.raises(SemidError) as error:
+        load_run(tmp_path)
+    assert "manifest.json is damaged" in one_line(error)
+    (tmp_path / "manifest.json").write_text('["not", "a", "manifest"]')
+    with pytest.raises(SemidError) as error:
+        load_run(tmp_path)
+    assert "is not a semid run manifest" in one_line(error)
+
+
+def test_load_run_of_another_task(tmp_path):
+    tiny_run(tmp_path)
+    assert load_run(tmp_path, "recommend").task == "recommend"
+    with pytest.raises(SemidError) as error:
+        load_run(tmp_path, "retrieve")
+    assert "is a recommend run, not a retrieve run" in one_line(error)
+
+
+# --- (d) the search path against brute force ---------------------------------------------------
+
+
+def catalogue() -> SemanticIDs:
+    """10 of the 12 possible IDs, rows in a shuffled order."""
+    every = torch.cartesian_prod(*map(torch.arange, SIZES))
+    codes = every[torch.randperm(len(every), generator=torch.Generator().manual_seed(0))[:10]]
+    return SemanticIDs([f"m{j}" for j in range(10)], codes, SIZES)
+
+
+def histories(ids: SemanticIDs) -> tuple[dict, torch.Tensor]:
+    """A batch of 3 histories (with ID codes) and what each query has seen (B, M), PAD = -1."""
+    rows = torch.tensor([[-1, -1, 2, 5], [1, 3, 4, 0], [-1, 7, 7, 9]])
+    batch = {
+        "users": torch.arange(3),
+        "items": rows,
+        "times": torch.arange(4).repeat(3, 1) * 10,
+        "history_codes": ids.codes[rows.clamp(min=0)].masked_fill((rows < 0)[..., None], -1),
+    }
+    seen = torch.tensor([[-1, -1, 2, 5], [0, 1, 3, 4], [-1, -1, 7, 9]])
+    return batch, seen
+
+
+def brute_force(
+    scores: torch.Tensor, seen: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and scores (B, k) of the k best unseen rows of full scores (B, N), by plain sorting."""
+    out_rows, out_scores = [], []
+    for b in range(len(scores)):
+        allowed = [r for r in range(scores.shape[1]) if r not in seen[b].tolist()]
+        best = sorted(allowed, key=lambda r: -float(scores[b, r]))[:k]
+        out_rows.append(best + [-1] * (k - len(best)))
+        out_scores.append([float(scores[b, r]) for r in best] + [float("-inf")] * (k - len(best)))
+    return torch.tensor(out_rows), torch.tensor(out_scores)
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_score_ranker_matches_brute_force(k):
+    ids = catalogue()
+    batch, seen = histories(ids)
+    torch.manual_seed(0)
+    model = build_model("sasrec", {**TINY["sasrec"], "num_items": len(ids)}).eval()
+    ranker = ranker_for(model, ids)
+    assert isinstance(ranker, ScoreRanker)
+    got = ranker.rank(batch, k, seen)
+    rows, scores = brute_force(model.score_rows(batch).detach(), seen, k)
+    assert torch.equal(got.rows, rows)
+    torch.testing.assert_close(got.scores, scores)
+    assert torch.equal(got.codes[got.rows >= 0], ids.codes[got.rows[got.rows >= 0]])
+    assert (got.codes[got.rows < 0] == -1).all()  # user 1 has only 6 unseen items: padding
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_beam_ranker_matches_brute_force(k):
+    """With as many beams as IDs the search is exact: it must equal scoring every ID."""
+    ids = catalogue()
+    batch, seen = histories(ids)
+    torch.manual_seed(0)
+    model = build_model("mmgrec", TINY["mmgrec"]).eval()
+    ranker = ranker_for(model, ids, num_beams=len(ids))
+    assert isinstance(ranker, BeamRanker)
+    got = ranker.rank(batch, k, seen)
+    steps = model.search_steps(ids.trie(model.codebook_sizes))  # the step model generate searches
+    full = []
+    with torch.no_grad():
+        for code in ids.codes:
+            logits, state = steps.start(batch)
+            total = torch.log_softmax(logits.float(), -1)[:, code[0]]
+            logits, state = steps.step(state, code[0].repeat(len(total)), 1)
+            full.append(total + torch.log_softmax(logits.float(), -1)[:, code[1]])
+    rows, scores = brute_force(torch.stack(full, 1), seen, k)
+    assert torch.equal(got.rows, rows)
+    torch.testing.assert_close(got.scores, scores, atol=1e-4, rtol=1e-4)
+    for b in range(3):
+        assert not set(got.rows[b].tolist()) & set(seen[b][seen[b] >= 0].tolist())
+
+
+# --- (e) predict agrees with the evaluation protocol -------------------------------------------
+
+
+def tiny_interactions() -> RecDataset:
+    """8 users with 4-7 interactions each over 12 items (deterministic)."""
+    g = torch.Generator().manual_seed(3)
+    users, items, times = [], [], []
+    for u in range(8):
+        n = 4 + u % 4
+        chosen = torch.randperm(12, generator=g)[:n]
+        users += [u] * n
+        items += chosen.tolist()
+        times += [100 * u + t for t in range(n)]
+    log = InteractionLog(torch.tensor(users), torch.tensor(items), torch.tensor(times), 8, 12)
+    keys = [f"m{j}" for j in range(12)]
+    return RecDataset(
+        "tiny-tasks", [f"u{u}" for u in range(8)], keys, [f"item {j}" for j in range(12)], log
+    )
+
+
+@pytest.fixture
+def recommend_run(tmp_path):
+    """Train a tiny recommend run of ``name`` (one epoch) on a registered tiny dataset."""
+    register_dataset("tiny-tasks", tiny_interactions, "test only", kind="interactions")
+    x = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    q = build_quantizer("rqkmeans:2x4").fit(x, seed=0)
+    ids = SemanticIDs.from_codes(
+        [f"m{j}" for j in range(12)], q.encode(x), q.codebook_sizes, "extra-level"
+    )
+    ids.save(tmp_path / "idx", quantizer=q)
+
+    def train(name: str):
+        config = {k: v for k, v in TINY[name].items() if k not in ("codebook_sizes", "num_items")}
+        spec = RecommendSpec(dataset="tiny-tasks", model=name, model_config=config, max_history=4,
+                             train=TrainConfig(max_epochs=1, batch_size=8, early_stopping_patience=None))  # fmt: skip
+        out = tmp_path / name
+        get_task("recommend").train(spec, out, tmp_path / "idx", device="cpu")
+        return out
+
+    return train
+
+
+@pytest.mark.parametrize("name", ["mmgrec", "pop"])
+def test_predict_for_a_test_user_is_the_evaluated_ranking(recommend_run, name):
+    out = recommend_run(name)
+    predictor = load_predictor(out)
+    k = 3
+    answers = predictor.predict([{"user": f"u{u}", "split": "test"} for u in range(8)], k=k)
+
+    task = get_task("recommend")
+    run = load_run(out)
+    spec = task.spec_of(run)
+    data = task.load_data(spec, run.ids, run)
+    codes = run.ids.codes if is_generator(run.model) else None
+    users, ranking, _, _ = rank_split(
+        task.ranker(run, spec, EvalOptions()), data, "test", k, codes, spec.max_history
+    )
+    assert users.tolist() == list(range(8))
+    for u, answer in enumerate(answers):
+        expected = [run.ids.keys[r] for r in ranking.rows[u].tolist() if r >= 0]
+        assert answer["keys"] == expected, f"user u{u}"
+        torch.testing.assert_close(torch.tensor(answer["scores"]), ranking.scores[u][: len(expected)].float(),
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["mmgrec", "pop"])
+def test_predict_for_a_new_history_gives_k_valid_unseen_items(recommend_run, name):
+    predictor = load_predictor(recommend_run(name))
+    history = ["m3", "m0", "m7", "m3"]
+    (answer,) = predictor.predict([{"history": history}], k=5)
+    keys = answer["keys"]
+    assert len(keys) == 5 == len(set(keys)) and not set(keys) & set(history)
+    assert all(k in {f"m{j}" for j in range(12)} for k in keys)
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
+    with pytest.raises(SemidError, match="unknown item 'nope'"):
+        predictor.predict([{"history": ["nope"]}], k=5)
