@@ -22,6 +22,7 @@ from torch import Tensor
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.models import is_generator
+from semid.runs import check_vocabulary
 
 DEFAULT_NUM_BEAMS = 20
 
@@ -128,6 +129,7 @@ class BeamRanker:
         levels = len(model.codebook_sizes)
         if not 1 <= cold_prefix < max(levels, 2):
             raise SemidError(f"--cold-prefix must be in [1, {levels - 1}], got {cold_prefix}")
+        check_vocabulary(model, ids, "this search")
         self.model, self.ids, self.num_beams = model, ids, num_beams
         self.cold_share, self.cold_prefix = cold_share, cold_prefix
         self.trie = ids.trie(model.codebook_sizes)
