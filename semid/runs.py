@@ -27,7 +27,7 @@ from semid.atomic import atomic_dir, recover, write_json
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.models import is_generator, load_model
+from semid.models import load_model
 from semid.saving import read_json, versions
 
 RUN_FORMAT = 1
@@ -110,7 +110,10 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
         raise SemidError(
             f"{run} was written by semid {saved}, newer than this {semid.__version__}; upgrade semid"
         )
-    for part, folder in manifest.get("parts", {}).items():
+    parts = manifest.get("parts", {})
+    if not isinstance(parts, dict) or not all(isinstance(f, str) for f in parts.values()):
+        raise SemidError(f"{run / MANIFEST}: parts must be a JSON object of folder names; {fix}")
+    for part, folder in parts.items():
         if not (run / folder).is_dir():
             raise SemidError(f"{run} has no {part} folder ({folder}/); the run is incomplete: retrain it")
     return manifest
@@ -141,7 +144,7 @@ def load_run(run: str | os.PathLike, task: str | None = None) -> Run:
 
 def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> None:
     """Raise SemidError unless the model can emit (generators) or score (scorers) the index."""
-    if is_generator(model):
+    if hasattr(model, "codebook_sizes"):  # it writes IDs
         sizes = model.codebook_sizes
         if len(sizes) != ids.levels:
             raise SemidError(
@@ -164,10 +167,18 @@ def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> No
 
 def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]) -> dict[str, Any]:
     """Merge ``metrics`` under ``split`` into ``run/metrics.json`` (atomically); returns the whole file."""
+    current = read_metrics(run)
+    current[split] = metrics
+    write_json(Path(run) / "metrics.json", current)
+    return current
+
+
+def read_metrics(run: str | os.PathLike) -> dict[str, Any]:
+    """The run's ``metrics.json`` ({} when absent), checked to be an object of metrics by split."""
     path = Path(run) / "metrics.json"
     current = read_json(path, "delete it and evaluate again") if path.is_file() else {}
-    current[split] = metrics
-    write_json(path, current)
+    if not isinstance(current, dict):
+        raise SemidError(f"{path} is not a JSON object of metrics by split; delete it and evaluate again")
     return current
 
 
