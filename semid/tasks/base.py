@@ -22,7 +22,7 @@ from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.indexing import ADD_WAIT_SECONDS
 from semid.locking import write_lock
-from semid.ranking import Ranking
+from semid.ranking import Ranker, Ranking
 from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
 
 _TASKS: dict[str, Task] = {}
@@ -138,6 +138,17 @@ class Predictor(ABC):
     def __init__(self, run: Run, device: str = "cpu") -> None:
         self.run, self.device = run, device
         self.run.model.to(device)
+        self._rankers: dict[int | None, Ranker] = {}
+
+    def ranker(self, num_beams: int | None) -> Ranker:
+        """The run's ranker for a beam width (None: the run's), built once (its trie) and reused."""
+        if num_beams not in self._rankers:
+            self._rankers[num_beams] = self.make_ranker(num_beams).to(self.device)
+        return self._rankers[num_beams]
+
+    @abstractmethod
+    def make_ranker(self, num_beams: int | None) -> Ranker:
+        """A new ranker over the run's index and model with this beam width."""
 
     @abstractmethod
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:

@@ -229,11 +229,13 @@ class RecommendPredictor(Predictor):
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """One beam search (or scoring pass) over the batch of inputs."""
         batch, seen = self._batch(inputs)
-        options = EvalOptions(num_beams=num_beams, device=self.device)
-        ranker = get_task().ranker(self.run, self.spec, options)
         if self.codes is not None:
             batch = CodeCollator(lambda b: b, self.codes)(batch)
-        return ranker.rank(move(batch, self.device), k, seen)
+        return self.ranker(num_beams).rank(move(batch, self.device), k, seen)
+
+    def make_ranker(self, num_beams: int | None) -> Ranker:
+        """Beam search (generators) or full scoring over the run's index."""
+        return get_task().ranker(self.run, self.spec, EvalOptions(num_beams=num_beams, device=self.device))
 
     def _batch(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor]:
         known = [i for i, x in enumerate(inputs) if "user" in x]

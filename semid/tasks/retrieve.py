@@ -38,11 +38,17 @@ from semid.ids import SemanticIDs
 from semid.indexing import AUTO, add_items, build_ids
 from semid.metrics import compute_metrics
 from semid.models import model_config
-from semid.ranking import DEFAULT_NUM_BEAMS, Ranking, ranker_for
-from semid.runs import Run, check_vocabulary, load_run, write_run
+from semid.quantization import build_quantizer
+from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
+from semid.runs import Run, load_run, write_run
 from semid.saving import read_json
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.training import TrainConfig, train_model
+from semid.training.checkpoints import (
+    DamagedCheckpointError,
+    check_checkpoint,
+    complete_checkpoints,
+)
 
 EVAL_QUERIES = "eval_queries.json"
 LATER = "later.jsonl"
@@ -79,6 +85,12 @@ class RetrieveSpec:
             raise SemidError(f"--max-docs must be >= 2, got {self.max_docs}")
         if self.num_beams < 1:
             raise SemidError(f"--num-beams must be >= 1, got {self.num_beams}")
+        if self.extra_codes < 0:
+            raise SemidError(f"--extra-codes must be >= 0, got {self.extra_codes}")
+        if not 0 <= self.hold_out < 1:
+            raise SemidError(f"--hold-out must be in [0, 1), got {self.hold_out}")
+        if self.quantizer != AUTO:
+            build_quantizer(self.quantizer)  # a bad --quantizer fails before documents are encoded
 
 
 class ExampleDataset(Dataset):
@@ -169,6 +181,12 @@ class RetrieveTask(Task):
         check_writable(out / "config.json")
         if index is not None:
             raise SemidError("--index is for images; promptdsi builds its document index itself")
+        if resume:  # the index is rebuilt below: refuse a checkpoint with pickled code before that
+            for folder in complete_checkpoints(out / "train" / "checkpoints"):
+                try:
+                    check_checkpoint(folder)
+                except DamagedCheckpointError:
+                    pass  # the trainer skips it for an older one, with a note
         ids, quantizer, coll, split, probe, docs = self._index_d0(spec, out / "index")
         train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
         queries = encode_texts(probe, [coll.documents[r].queries[0] for r in train_rows],
@@ -214,6 +232,8 @@ class RetrieveTask(Task):
         if not path.is_file():
             raise SemidError(f"{run.path} has no {EVAL_QUERIES}; train it with `semid train retriever`")
         parts = read_json(path, "retrain the run")
+        if not isinstance(parts, dict):
+            raise SemidError(f"{path} is not a JSON object of test queries by part; retrain the run")
         predictor = self.predictor(run, options.device)
         metrics: dict[str, float] = {}
         for name, pairs in parts.items():
@@ -299,11 +319,14 @@ class RetrievePredictor(Predictor):
         """Encode the queries (cached) and search them in batches."""
         return self.rank_texts([x["query"] for x in inputs], k, num_beams)
 
+    def make_ranker(self, num_beams: int | None) -> Ranker:
+        """Beam search over the run's document IDs."""
+        return ranker_for(self.run.model, self.run.ids, num_beams or self.num_beams)
+
     def rank_texts(self, texts: list[str], k: int, num_beams: int | None, batch_size: int = 64,
                    desc: str = "encode queries") -> Ranking:  # fmt: skip
         """Top-k document rows (Q, k) for query texts."""
-        check_vocabulary(self.run.model, self.run.ids, str(self.run.path))
-        ranker = ranker_for(self.run.model, self.run.ids, num_beams or self.num_beams).to(self.device)
+        ranker = self.ranker(num_beams)
         queries = encode_texts(self.run.model, texts, desc=desc, cache=len(texts) > 1)
         parts = [ranker.rank(move(pad_states(queries.states[lo : lo + batch_size]), self.device), k)
                  for lo in range(0, len(texts), batch_size)]  # fmt: skip

@@ -32,7 +32,7 @@ from semid.image_encoder import ImageEncoder, ImageEncoderConfig, load_image_fea
 from semid.indexing import AUTO, add_items, auto_spec, build_ids
 from semid.metrics import compute_metrics
 from semid.models import model_class, model_config
-from semid.ranking import Ranking, ranker_for
+from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
@@ -272,11 +272,14 @@ class Text2ImagePredictor(Predictor):
         """Embed the queries and search them."""
         return self.rank_embeddings(self.embed([x["query"] for x in inputs]), k, num_beams)
 
+    def make_ranker(self, num_beams: int | None) -> Ranker:
+        """Beam search over the run's image IDs."""
+        return ranker_for(self.run.model, self.run.ids, num_beams or self.run.spec.get("num_beams", IMAGE_NUM_BEAMS))
+
     def rank_embeddings(self, queries: Tensor, k: int, num_beams: int | None,
                         batch_size: int = 64) -> Ranking:  # fmt: skip
         """Top-k image rows for query embeddings (Q, T), in batches."""
-        beams = num_beams or self.run.spec.get("num_beams", IMAGE_NUM_BEAMS)
-        ranker = ranker_for(self.run.model, self.run.ids, beams).to(self.device)
+        ranker = self.ranker(num_beams)
         return Ranking.concat([ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)])
 
 
