@@ -244,21 +244,40 @@ class SemanticIDs:
             raise SemidError(f"{path}/config.json is not a semid index config; {fix}")
         if version > FORMAT_VERSION:
             raise SemidError(f"{path} was written by a newer semid (format {version}); upgrade semid")
+        sizes, metadata = config.get("codebook_sizes"), config.get("metadata", {})
+        if not isinstance(sizes, list) or not all(type(s) is int and s >= 1 for s in sizes):
+            raise SemidError(f"{path}/config.json: codebook_sizes must be a list of positive integers; {fix}")
+        if not isinstance(metadata, dict):
+            raise SemidError(f"{path}/config.json: metadata must be a JSON object; {fix}")
         keys = read_json(path / "keys.json", fix)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise SemidError(f"{path}/keys.json must be a JSON list of item keys (strings); {fix}")
         try:
             tensors = load_file(str(path / "codes.safetensors"))
+        except SafetensorError as e:
+            raise SemidError(f"{path}/codes.safetensors is damaged ({e}); {fix}") from None
+        # a float or bool tensor would be cast to int64 silently: IDs that were never built
+        bad = [n for n in ("codes", "raw_codes") if n in tensors and (tensors[n].is_floating_point()
+               or tensors[n].is_complex() or tensors[n].dtype == torch.bool)]  # fmt: skip
+        if "codes" not in tensors or bad:
+            found = f"a {tensors[bad[0]].dtype} {bad[0]!r} tensor" if bad else "no 'codes' tensor"
+            raise SemidError(f"{path}/codes.safetensors holds {found}, not integer codes; {fix}")
+        try:
             collision = CollisionReport(**config["collision"]) if config.get("collision") else None
+        except TypeError as e:
+            raise SemidError(f"{path}/config.json: collision is damaged ({e}); {fix}") from None
+        try:
             ids = cls(
                 keys=keys,
                 codes=tensors["codes"],
-                codebook_sizes=list(config["codebook_sizes"]),
+                codebook_sizes=list(sizes),
                 raw_codes=tensors.get("raw_codes"),
                 collision=collision,
                 quantizer_spec=config.get("quantizer_spec"),
-                metadata=config.get("metadata", {}),
+                metadata=metadata,
             )
-        except (SafetensorError, KeyError, TypeError, ValueError) as e:
-            raise SemidError(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+        except SemidError as e:  # the files disagree (key count, code range, unique IDs)
+            raise SemidError(f"{path}: keys.json, codes.safetensors and config.json do not agree ({e}); {fix}") from None
         return ids
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 from semid.data.tables import parse_columns
+from semid.errors import SemidError
 from semid.training import TrainConfig
 
 
@@ -20,11 +22,28 @@ def add_training_arguments(p: argparse.ArgumentParser, defaults: TrainConfig) ->
 
 
 def training_config(args: argparse.Namespace, defaults: TrainConfig, **more: object) -> TrainConfig:
-    """The task's training defaults with the command line's budget applied (checked by TrainConfig)."""
+    """The task's training defaults with the command line's budget applied, each flag checked by name."""
+    check_count("--epochs", args.epochs)
+    check_count("--max-steps", args.max_steps)
+    check_count("--batch-size", args.batch_size)
+    check_count("--seed", args.seed, minimum=0)
+    check_rate("--lr", args.lr)
     return dataclasses.replace(
         defaults, max_epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, **more,
     )  # fmt: skip
+
+
+def check_count(flag: str, value: int | None, minimum: int = 1) -> None:
+    """SemidError naming ``flag`` unless ``value`` is None or an integer >= ``minimum``."""
+    if value is not None and value < minimum:
+        raise SemidError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def check_rate(flag: str, value: float) -> None:
+    """SemidError naming ``flag`` unless ``value`` is a finite number > 0 (a learning rate)."""
+    if not (math.isfinite(value) and value > 0):
+        raise SemidError(f"{flag} must be a finite number > 0, got {value}")
 
 
 def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
 from semid.errors import SemidError
-from semid.runs import load_run, update_metrics
+from semid.runs import load_run, read_metrics, update_metrics
 from semid.tasks import EvalOptions, get_task, resolve_device
 
 DESCRIPTION = "Evaluate a trained run on its valid or test split (full ranking); prints and saves metrics."
@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
     options = options_from(args)
     loaded = load_run(args.run_dir)
+    if max(args.k) > len(loaded.ids):
+        raise SemidError(f"--k {max(args.k)} is over the catalogue size ({len(loaded.ids)} items of {args.run_dir})")
+    read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     update_metrics(args.run_dir, args.split, metrics)
     print(format_table(["metric", args.split], [[k, v] for k, v in metrics.items()]))

@@ -70,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
-    args = build_parser().parse_args(argv)
-    if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
     try:
+        args = build_parser().parse_args(argv)  # argument types may raise SemidError (--columns)
+        if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
         return args.run(args)
     except SemidError as e:
         print(f"semid: error: {e}", file=sys.stderr)

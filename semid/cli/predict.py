@@ -44,6 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)  # fmt: skip
 
 
+def check_input_flag(args: argparse.Namespace, task: str) -> None:
+    """SemidError naming the input flag if it does not suit the run's task."""
+    user_flags = [f for f in ("user", "users", "history") if getattr(args, f) is not None]
+    query_flags = [f for f in ("query", "queries") if getattr(args, f) is not None]
+    if task == "recommend" and query_flags:
+        raise SemidError(f"--{query_flags[0]} is for retrieval runs; {args.run_dir} is a recommend run "
+                         "(pass --user, --users or --history)")  # fmt: skip
+    if task != "recommend" and user_flags:
+        raise SemidError(f"--{user_flags[0]} is for recommendation runs; {args.run_dir} is a {task} run "
+                         "(pass --query or --queries)")  # fmt: skip
+
+
 def read_inputs(args: argparse.Namespace, predictor: Any) -> list[dict[str, Any]]:
     """The inputs the command line names, as the predictor's input dicts."""
     if args.user is not None:
@@ -93,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable(args.out)
     predictor = load_predictor(args.run_dir, args.device)
+    check_input_flag(args, predictor.task)
     inputs = read_inputs(args, predictor)
     predictor.check_k(args.k, args.num_beams)
     answers = []

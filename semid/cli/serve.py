@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import signal
 from pathlib import Path
 
+from semid.errors import SemidError
 from semid.serving import serve
 from semid.tasks import load_predictor
 
@@ -63,7 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run's predictor and serve it until Ctrl-C / SIGTERM."""
-
+    if not 0 <= args.port <= 65535:
+        raise SemidError(f"--port must be in [0, 65535] (0: a free one), got {args.port}")
+    if args.max_batch < 1:
+        raise SemidError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
+        raise SemidError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
     predictor = load_predictor(args.run_dir, device=args.device)
     print(
         f"serving {args.run_dir} ({predictor.task}) on http://{args.host}:{args.port} "

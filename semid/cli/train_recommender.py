@@ -9,6 +9,7 @@ from semid.cli.common import (
     add_device_argument,
     add_interaction_file_arguments,
     add_training_arguments,
+    check_count,
     training_config,
 )
 from semid.cli.table import format_table
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
     if args.model not in available_models():
         raise SemidError(f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}")
+    check_count("--patience", args.patience)
     spec = RecommendSpec(
         dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items), columns=args.columns or None,
         missing_text=args.missing_text, min_interactions=args.min_interactions, model=args.model,

@@ -12,7 +12,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from semid.cli.common import add_device_argument, add_training_arguments, training_config
+from semid.cli.common import (
+    add_device_argument,
+    add_training_arguments,
+    check_count,
+    check_rate,
+    training_config,
+)
 from semid.cli.table import format_table
 from semid.configs import parse_json_object
 from semid.errors import SemidError
@@ -68,11 +74,12 @@ def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Load the documents (or images), train, save the run, print a summary."""
     model_config = parse_json_object(args.model_config, "--model-config")
+    check_count("--num-beams", args.num_beams)  # None: the model's default (0 is not "unset")
     if args.model == "avg":
         spec = Text2ImageSpec(
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(_budget(args, IMAGES.train), IMAGES.train),
-            quantizer=args.quantizer or IMAGES.quantizer, num_beams=args.num_beams or IMAGES.num_beams,
+            quantizer=IMAGES.quantizer if args.quantizer is None else args.quantizer, num_beams=IMAGES.num_beams if args.num_beams is None else args.num_beams,
         )  # fmt: skip
         get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
         print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")
@@ -80,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")
     budget = _budget(args, DOCS.train)
+    check_count("--add-epochs", args.add_epochs)
+    check_rate("--prompt-lr", args.prompt_lr)
     spec = RetrieveSpec(
         dataset=resolve_dataset(args.dataset), model_config=model_config, seed=args.seed,
         train=training_config(budget, DOCS.train),
         add_train=dataclasses.replace(training_config(budget, DOCS.add_train), max_epochs=args.add_epochs, max_steps=None,
                                       lr=args.prompt_lr),
-        quantizer=args.quantizer or DOCS.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
-        hold_out=args.hold_out, num_beams=args.num_beams or DOCS.num_beams,
+        quantizer=DOCS.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
+        hold_out=args.hold_out, num_beams=DOCS.num_beams if args.num_beams is None else args.num_beams,
     )  # fmt: skip
     summary = get_task("retrieve").train(spec, args.out, resume=not args.no_resume, device=resolve_device(args.device))
     print(format_table(["", "value"], [[k, v] for k, v in summary.items()]))

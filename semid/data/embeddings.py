@@ -102,7 +102,11 @@ def read_keys(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SemidError(f"keys file {path} not found; check the path")
-    keys = path.read_text(encoding="utf-8").splitlines()
+    try:
+        keys = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise SemidError(f"keys file {path} line {line} is not UTF-8 text; save it as UTF-8") from None
     if not keys:
         raise SemidError(f"keys file {path} is empty; write one key per line")
     blank = [i for i, k in enumerate(keys) if not k.strip()]
