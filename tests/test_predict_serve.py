@@ -1,0 +1,169 @@
+"""`semid predict` and the real `semid serve` on a tiny trained recommendation run: the answers are
+the evaluation's rankings, and the server answers what predict answers."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from _semid_cli import ENV, command, read_jsonl
+
+from semid.cli.main import main
+from semid.data.registry import load_dataset
+from semid.models import is_generator
+from semid.tasks import EvalOptions, get_task, load_predictor
+from semid.tasks.recommend import rank_split
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_MMGREC = '{"dim": 16, "layers": 1, "decoder_layers": 1}'
+USERS = 20
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """mmgrec (tiny, one epoch) on the first 20 users of ml-100k, over an rqkmeans:2x16 index."""
+    root = tmp_path_factory.mktemp("predict")
+    assert main(["index", "build", "--dataset", "ml-100k", "--quantizer", "rqkmeans:2x16", "--out", str(root / "index")]) == 0  # fmt: skip
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(root / "index"), "--model", "mmgrec",
+                 "--model-config", TINY_MMGREC, "--users", str(USERS), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(root / "run")]) == 0  # fmt: skip
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def predictor(run):
+    return load_predictor(run)
+
+
+def seen_by(user: str) -> set[str]:
+    data = load_dataset("ml-100k")
+    u = data.user_keys.index(user)
+    return {
+        data.item_keys[i] for i in data.interactions.items[data.interactions.users == u].tolist()
+    }
+
+
+def test_predict_user_writes_ranked_unseen_items(run, predictor, tmp_path):
+    user = predictor.user_keys[0]
+    assert (
+        main(["predict", str(run), "--user", user, "--k", "5", "--out", str(tmp_path / "p.jsonl")])
+        == 0
+    )
+    (answer,) = read_jsonl(tmp_path / "p.jsonl")
+    assert set(answer) == {"input", "keys", "scores", "ids"} and answer["input"] == {"user": user}
+    assert len(answer["keys"]) == len(answer["scores"]) == len(answer["ids"]) == 5
+    ids = predictor.run.ids
+    assert [list(ids.code_of(key)) for key in answer["keys"]] == answer["ids"]
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
+    assert not set(answer["keys"]) & seen_by(user)
+
+
+def test_predict_at_the_test_target_is_the_evaluation_ranking(predictor):
+    spec, task = predictor.spec, get_task("recommend")
+    ranker = task.ranker(predictor.run, spec, EvalOptions())
+    codes = predictor.run.ids.codes if is_generator(predictor.run.model) else None
+    users, ranking, _, _ = rank_split(ranker, predictor.data, "test", 10, codes, spec.max_history)
+    answers = predictor.predict(
+        [{"user": predictor.user_keys[u], "split": "test"} for u in users.tolist()], k=10
+    )
+    keys = predictor.run.ids.keys
+    for i, answer in enumerate(answers):
+        expected = [keys[r] for r in ranking.rows[i].tolist() if r >= 0]
+        assert answer["keys"] == expected, answer["input"]
+
+
+def test_predict_history_and_all_users(run, predictor, tmp_path):
+    history = ["1", "50", "181"]
+    out = tmp_path / "h.jsonl"
+    assert (
+        main(["predict", str(run), "--history", ",".join(history), "--k", "5", "--out", str(out)])
+        == 0
+    )
+    (answer,) = read_jsonl(out)
+    assert len(answer["keys"]) == 5 and not set(answer["keys"]) & set(history)
+    assert set(answer["keys"]) <= set(predictor.run.ids.keys)
+
+    out = tmp_path / "all.jsonl"
+    assert main(["predict", str(run), "--users", "all", "--k", "3", "--out", str(out)]) == 0
+    answers = read_jsonl(out)
+    assert [a["input"]["user"] for a in answers] == predictor.user_keys and len(answers) == USERS
+    assert all(len(a["keys"]) == 3 for a in answers)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"semid serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}"
+            )
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"semid serve did not answer /health within {seconds} s")
+
+
+@pytest.mark.slow
+def test_serve_answers_what_predict_answers(run, predictor):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*command(), "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until_up(proc, url)
+        users = predictor.user_keys[:4]
+        got = httpx.post(f"{url}/predict", json={"users": users, "k": 5}, timeout=60)
+        assert got.status_code == 200
+        assert got.json()["results"] == predictor.predict([{"user": u} for u in users], k=5)
+        histories = [["1", "50"], ["181"]]
+        got = httpx.post(
+            f"{url}/predict", json={"histories": histories, "k": 3, "num_beams": 20}, timeout=60
+        )
+        assert got.json()["results"] == predictor.predict(
+            [{"history": h} for h in histories], k=3, num_beams=20
+        )
+
+        for body in (
+            {"users": ["no-such-user"]},
+            {"users": predictor.user_keys[:1], "k": len(predictor.run.ids) + 1},
+        ):
+            bad = httpx.post(f"{url}/predict", json=body, timeout=30)
+            assert 400 <= bad.status_code < 500 and "error" in bad.json(), body
+        assert (
+            "no-such-user"
+            in httpx.post(f"{url}/predict", json={"users": ["no-such-user"]}, timeout=30).json()[
+                "error"
+            ]
+        )
+        bad = httpx.post(
+            f"{url}/predict",
+            content=b'{"users": [',
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert 400 <= bad.status_code < 500 and "error" in bad.json()
+        assert httpx.get(f"{url}/info", timeout=30).json()["task"] == "recommend"
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()

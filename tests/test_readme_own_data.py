@@ -1,0 +1,252 @@
+"""The README's "Your own data" examples, command for command, on small files the tests write; plus
+the embedded ml-100k exported as plain files (same split, same metrics), changed data refused, and
+a moved run that still evaluates."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _semid_cli import saved_metrics
+from test_cli_subprocess import TINY_PROMPTDSI, write_class_folders
+
+from semid.cli.main import main
+from semid.data.registry import load_dataset
+from semid.ids import SemanticIDs
+from semid.runs import load_run
+from semid.tasks import get_task
+from semid.tasks.items import source_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+TINY_MMGREC = '{"dim": 16, "layers": 1, "decoder_layers": 1}'
+RECOMMEND_BUDGET = ["--model-config", TINY_MMGREC, "--epochs", "1", "--batch-size", "16"]
+DOCS_BUDGET = ["--model-config", json.dumps(TINY_PROMPTDSI), "--epochs", "1", "--add-epochs", "1", "--num-beams", "10"]  # fmt: skip
+GENRES = ["Drama", "Comedy", "Action", "Horror", "Romance", "Sci-Fi"]
+WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
+
+
+def cli(line: str, *extra: str) -> int:
+    """One README command line (``semid ...``) with ``extra`` arguments (a tiny budget), in-process."""
+    argv = shlex.split(line)
+    assert argv[0] == "semid"
+    return main([*argv[1:], *extra])
+
+
+def write_interactions(folder: Path, users: int = 40, items: int = 30) -> None:
+    """interactions.csv (user,item,timestamp; string ids) and items.csv (item,title,genres)."""
+    rng = random.Random(0)
+    with open(folder / "items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item", "title", "genres"])
+        for i in range(items):
+            w.writerow([f"m{i}", f"Movie number {i}", "|".join(rng.sample(GENRES, 2))])
+    with open(folder / "interactions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item", "timestamp"])
+        for u in range(1, users + 1):
+            for t, i in enumerate(rng.sample(range(items), rng.randint(5, 9))):
+                w.writerow([f"u{u}", f"m{i}", 1_000_000 + 1000 * u + t])
+
+
+def test_interactions_example(tmp_path, monkeypatch, capsys):
+    write_interactions(tmp_path)
+    (tmp_path / "new_items.tsv").write_text("m100\tMovie number 100; genres: Drama|Comedy\n")
+    monkeypatch.chdir(tmp_path)
+    assert (
+        cli("semid index build --dataset interactions.csv --items items.csv --out runs/mine/index")
+        == 0
+    )
+    assert (
+        cli(
+            "semid train recommender --dataset interactions.csv --items items.csv --index runs/mine/index "
+            "--model mmgrec --out runs/mine/mmgrec",
+            *RECOMMEND_BUDGET,
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli("semid eval runs/mine/mmgrec") == 0
+    metrics = saved_metrics(tmp_path / "runs/mine/mmgrec")
+    assert metrics["num_queries"] == 40 and metrics["invalid_id_rate"] == 0
+    assert cli("semid predict runs/mine/mmgrec --user u1 --k 10") == 0
+    out = capsys.readouterr().out
+    assert '{"user": "u1"}' in out and out.count(" m") >= 10
+    assert cli("semid index add runs/mine/mmgrec --items new_items.tsv") == 0
+    assert "added 1 items" in capsys.readouterr().out
+    assert "m100" in SemanticIDs.load(tmp_path / "runs/mine/mmgrec/index").keys
+
+
+def make_docs(n: int = 40) -> list[dict]:
+    """n documents about a dozen topics, each with one query."""
+    rng = random.Random(0)
+    docs = []
+    for i in range(n):
+        topic = WORDS[i % len(WORDS)]
+        text = " ".join([topic] * 3 + rng.sample(WORDS, 5) + [f"pkg{i}"])
+        docs.append({"id": f"pkg{i}", "text": text, "queries": [f"{topic} tool pkg{i}"]})
+    return docs
+
+
+@pytest.mark.parametrize("corpus", ["docs.jsonl.gz", "docs.csv"])
+def test_documents_example(corpus, tmp_path, monkeypatch, capsys):
+    docs = make_docs()
+    if corpus.endswith(".jsonl.gz"):
+        with gzip.open(tmp_path / corpus, "wt") as f:
+            f.writelines(json.dumps(d) + "\n" for d in docs)
+    else:
+        with open(tmp_path / corpus, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "text", "queries"])
+            w.writerows([d["id"], d["text"], d["queries"][0]] for d in docs)
+    monkeypatch.chdir(tmp_path)
+    assert (
+        cli(
+            f"semid train retriever --dataset {corpus} --model promptdsi --out runs/docs",
+            *DOCS_BUDGET,
+        )
+        == 0
+    )
+    later = tmp_path / "runs/docs/later.jsonl"
+    assert later.is_file() and later.read_text().strip()
+    assert cli("semid eval runs/docs --k 1 10") == 0
+    metrics = saved_metrics(tmp_path / "runs/docs")
+    assert metrics["d0-test/num_queries"] > 0 and metrics["d0-test/invalid_id_rate"] == 0
+    assert cli("semid index add runs/docs --docs runs/docs/later.jsonl") == 0
+    capsys.readouterr()
+    assert cli('semid predict runs/docs --query "fast image viewer" --k 5', "--out", "a.jsonl") == 0
+    (answer,) = [json.loads(x) for x in Path("a.jsonl").read_text().splitlines()]
+    assert len(answer["keys"]) == 5 and set(answer["keys"]) <= {d["id"] for d in docs}
+
+
+def test_images_example(tmp_path, monkeypatch, capsys):
+    # 20% of the images are indexed: 102, enough for the README's --k 100
+    write_class_folders(tmp_path / "photos", 170)
+    write_class_folders(tmp_path / "more_photos", 2, offset=100, seed=1)
+    monkeypatch.chdir(tmp_path)
+    assert cli("semid index build --dataset photos/ --out runs/photos/index") == 0
+    assert (
+        cli(
+            "semid train retriever --dataset photos/ --model avg --index runs/photos/index --out runs/photos/avg",
+            "--epochs",
+            "1",
+        )
+        == 0
+    )
+    assert cli("semid eval runs/photos/avg --k 10 100") == 0
+    metrics = saved_metrics(tmp_path / "runs/photos/avg")
+    assert (
+        metrics["invalid_id_rate"] == 0 and 0 <= metrics["recall@10"] <= metrics["recall@100"] <= 1
+    )
+    assert cli("semid index add runs/photos/avg --items more_photos/") == 0
+    added = SemanticIDs.load(tmp_path / "runs/photos/avg/index").keys[-6:]
+    assert sorted(Path(k).name for k in added) == sorted(
+        p.name for p in Path("more_photos").glob("*/*.png")
+    )
+    assert (
+        cli('semid predict runs/photos/avg --query "a photo of a red fox"', "--out", "fox.jsonl")
+        == 0
+    )
+    (answer,) = [json.loads(x) for x in Path("fox.jsonl").read_text().splitlines()]
+    assert answer["input"] == {"query": "a photo of a red fox"} and len(answer["keys"]) == 10
+
+
+def export_ml100k(folder: Path) -> None:
+    """ml-100k as a user's own files: string ids, rows shuffled, texts exactly MovieLens' own."""
+    data = load_dataset("ml-100k")
+    log = data.interactions
+    rng = np.random.default_rng(0)
+    with open(folder / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item", "timestamp"])
+        for e in rng.permutation(len(log.users)).tolist():
+            w.writerow(
+                [data.user_keys[log.users[e]], data.item_keys[log.items[e]], int(log.timestamps[e])]
+            )
+    with open(folder / "movies.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item", "text"])
+        w.writerows(
+            [data.item_keys[i], data.item_texts[i]]
+            for i in rng.permutation(len(data.item_keys)).tolist()
+        )
+
+
+def sequences(run: Path) -> dict[str, list[str]]:
+    """Each user's time-ordered item keys in a run's (sliced) data; the last two are valid, test."""
+    loaded = load_run(run)
+    task = get_task("recommend")
+    spec = task.spec_of(loaded)
+    split = task.load_data(spec, loaded.ids, loaded).split
+    users = source_dataset(spec).user_keys[: spec.users]
+    keys = loaded.ids.keys
+    return {users[u]: [keys[r] for r in split.sequence_items[split.ptr[u] : split.ptr[u + 1]].tolist()]
+            for u in range(len(users))}  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ml-100k numbers users by first appearance in its file, an interactions file in content "
+    "(time, user, item) order, so `--users 30` keeps other users; see the helper's report",
+)
+@pytest.mark.parametrize("model", ["pop", "mmgrec"])
+def test_exported_ml100k_gives_the_same_split_and_metrics(model, tmp_path, monkeypatch):
+    export_ml100k(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli("semid index build --dataset ml-100k --quantizer rqkmeans:2x16 --out index") == 0
+    assert (
+        cli(
+            "semid index build --dataset ratings.csv --items movies.csv --quantizer rqkmeans:2x16 --out own-index"
+        )
+        == 0
+    )
+    ours, theirs = SemanticIDs.load("index"), SemanticIDs.load("own-index")
+    # the same items (their codes may differ: the row order seeds k-means), so both runs use one index
+    assert sorted(ours.keys) == sorted(theirs.keys)
+    budget = ["--users", "30", "--epochs", "1", "--batch-size", "16", "--seed", "0"]
+    if model == "mmgrec":
+        budget += ["--model-config", TINY_MMGREC]
+    assert (
+        cli(
+            f"semid train recommender --dataset ml-100k --index index --model {model} --out embedded",
+            *budget,
+        )
+        == 0
+    )
+    assert cli(f"semid train recommender --dataset ratings.csv --items movies.csv --index index --model {model} "
+               "--out exported", *budget) == 0  # fmt: skip
+    assert sequences(tmp_path / "exported") == sequences(tmp_path / "embedded")
+    for run in ("embedded", "exported"):
+        assert cli(f"semid eval {run} --k 5 10") == 0
+    assert saved_metrics(tmp_path / "exported") == saved_metrics(tmp_path / "embedded")
+
+
+def test_changed_data_is_refused_and_a_moved_run_still_evaluates(tmp_path, monkeypatch, capsys):
+    write_interactions(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
+    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
+               "--model pop --out run") == 0  # fmt: skip
+    assert cli("semid eval run") == 0
+    before = saved_metrics(tmp_path / "run")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(tmp_path / "run", tmp_path / "elsewhere" / "moved")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli("semid eval moved") == 0
+    assert saved_metrics(tmp_path / "elsewhere" / "moved") == before
+
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,m3,2000000\n")
+    capsys.readouterr()
+    assert cli("semid eval moved") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("semid: error:") and "changed since training" in err[0]
+    )
