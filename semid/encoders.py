@@ -62,11 +62,6 @@ class TextEncoder:
                 f"text encoder {model!r} is not a local folder; semid never downloads models: "
                 "pass the path of a sentence-transformers or Hugging Face model folder"
             )
-        if not (self.model_path / "config.json").is_file():  # transformers would raise a bare ValueError
-            raise SemidError(
-                f"--encoder {self.model_path} is not a model folder (no config.json); pass the path of a "
-                "sentence-transformers or Hugging Face model folder"
-            )
         self.batch_size = batch_size
         self.device = device
         self.max_seq_length = max_seq_length
@@ -136,6 +131,11 @@ def load_sentence_transformer(path: Path, device: str):
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
 
+    if not (Path(path) / "config.json").is_file():  # transformers would raise a bare ValueError
+        raise SemidError(
+            f"--encoder {path} is not a model folder (no config.json); pass the path of a "
+            "sentence-transformers or Hugging Face model folder"
+        )
     try:
         return SentenceTransformer(str(path), device=device, local_files_only=True)
     except OSError as e:

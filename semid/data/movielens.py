@@ -1,9 +1,11 @@
 """MovieLens loaders: RecBole atomic files and the public GroupLens formats, to integer-id logs.
 
-Integer ids: users are numbered in order of first appearance in the ratings file; items follow the
-order of the item file (movies.dat, u.item, NAME.item). Items listed in the item file that nobody
-rated are dropped, so every item id has at least one interaction (ml-1m lists 3,883 movies, 3,706
-of them rated). Every rating counts as one implicit interaction; the rating value is not kept.
+Integer ids, independent of the ratings file's row order and the same as for the ratings exported
+as an interactions file (:mod:`semid.data.interaction_files`): users are numbered by first appearance
+in (timestamp, user key, item key) order; items follow the order of the item file (movies.dat,
+u.item, NAME.item). Items listed in the item file that nobody rated are dropped, so every item id
+has at least one interaction (ml-1m lists 3,883 movies, 3,706 of them rated). Every rating counts
+as one implicit interaction; the rating value is not kept.
 """
 
 from __future__ import annotations
@@ -242,6 +244,12 @@ def _build(name: str, log: pd.DataFrame, items: pd.DataFrame | None, source: Pat
     if len(log) == 0:
         raise SemidError(f"{source} holds no interactions; pass a non-empty ratings file")
     timestamps = _timestamps(log["timestamp"], source)
+    # content order, as for interaction files: `--users N` then keeps the same users for both
+    users, item_of = log["user"].astype(str).to_numpy(), log["item"].astype(str).to_numpy()
+    order = np.lexsort(
+        (pd.factorize(item_of, sort=True)[0], pd.factorize(users, sort=True)[0], timestamps)
+    )
+    log, timestamps = log.iloc[order].reset_index(drop=True), timestamps[order]
     user_codes, user_keys = pd.factorize(log["user"], sort=False)
     if items is None:  # no item file: items in order of first appearance, the key as text
         item_codes, item_keys = pd.factorize(log["item"], sort=False)
