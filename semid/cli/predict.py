@@ -15,6 +15,7 @@ from tqdm import tqdm
 from semid.atomic import atomic_file, check_writable
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
+from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.tasks import load_predictor
 
@@ -74,13 +75,7 @@ def read_inputs(args: argparse.Namespace, predictor: Any) -> list[dict[str, Any]
 
 
 def _lines(path: Path, flag: str) -> list[str]:
-    if not path.is_file():
-        raise SemidError(f"{flag} {path} not found; pass a file with one entry a line")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise SemidError(f"{flag} {path} is not UTF-8 text; save it as UTF-8") from None
-    lines = [line for line in lines if line]
+    lines = [line.strip() for line in read_lines(path, flag) if line.strip()]
     if not lines:
         raise SemidError(f"{flag} {path} is empty; write one entry a line")
     return lines

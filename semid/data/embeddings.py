@@ -19,6 +19,7 @@ from safetensors.numpy import save as save_safetensors_bytes
 from torch import Tensor
 
 from semid.atomic import atomic_file
+from semid.data.text_files import read_lines
 from semid.errors import SemidError
 
 FORMATS = (".npy", ".parquet", ".safetensors")
@@ -100,13 +101,7 @@ def save_embeddings(
 def read_keys(path: str | Path) -> list[str]:
     """One key per line (a final newline is optional); blank lines are an error."""
     path = Path(path)
-    if not path.is_file():
-        raise SemidError(f"keys file {path} not found; check the path")
-    try:
-        keys = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise SemidError(f"keys file {path} line {line} is not UTF-8 text; save it as UTF-8") from None
+    keys = read_lines(path, "keys file")
     if not keys:
         raise SemidError(f"keys file {path} is empty; write one key per line")
     blank = [i for i, k in enumerate(keys) if not k.strip()]

@@ -14,6 +14,7 @@ from semid.data.movielens import RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
 from semid.data.tables import table_format
+from semid.data.text_files import read_lines
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -117,13 +118,7 @@ def read_new_items(
         return load_embeddings(path, keys)
     if keys is not None:
         raise SemidError("--keys goes with embeddings; a .tsv brings its own keys (key<TAB>text)")
-    if not path.is_file():
-        raise SemidError(f"{path} not found; pass a .tsv of key<TAB>text lines")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise SemidError(f"{path} line {line} is not UTF-8 text; save the file as UTF-8") from None
+    lines = read_lines(path, "items file")
     pairs = [line.split("\t", 1) for line in lines if line.strip()]
     bad = [i for i, p in enumerate(pairs) if len(p) != 2 or not p[0] or not p[1].strip()]
     if bad or not pairs:

@@ -1,0 +1,22 @@
+"""Plain text files of one entry a line (keys, queries, key<TAB>text), read with one clear error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from semid.errors import SemidError
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a UTF-8 text file; SemidError naming ``what`` and the path if it is missing or
+    not UTF-8 (with the line number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemidError(f"{what} {path} not found; check the path")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SemidError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None
