@@ -71,8 +71,9 @@ def markdown(result: dict[str, Any]) -> str:
         "on ml-100k (943 test users) and 0.005 on ml-1m (6,040), so smaller differences are noise. "
         "Like RecBole's full-sort evaluation, every model ranks all items except those the user interacted with "
         "before the target (generators: beam search drops every prefix whose IDs are all seen), so the RecBole "
-        "column compares like with like. TIGER trains on one target per encoder pass, so its step budget covers "
-        "only a fraction of the epochs the sequence models get.",
+        "column compares like with like. Results before 2026-11-30 22:00 UTC trained TIGER one target per "
+        "encoder pass under a step cap; since then it trains every target of a window at once, with the "
+        "same epoch budget as the other models.",
     ]
     for e in result.get("errors", []):
         lines.append(f"\nFAILED: {e['dataset']} {e['model']}: {e['error']}")
