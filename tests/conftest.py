@@ -38,3 +38,20 @@ def train_on_batch(model, batch: dict, steps: int = 80, lr: float = 3e-3) -> Non
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+# Tiny configs shared by the model tests (codebook sizes are added by each test).
+TINY_GENERATORS = {
+    "tiger": {"max_items": 4, "user_buckets": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2,
+              "num_layers": 1},
+    "mmgrec": {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1},
+}  # fmt: skip
+TINY_BERT = {  # a random frozen encoder for PromptDSI
+    "vocab_size": 64,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 32,
+    "hidden_dropout_prob": 0.1,
+}

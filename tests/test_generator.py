@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import TINY_GENERATORS
 
 from semid.errors import SemidError
 from semid.generator import Generator, TrieNormalizedSteps, available_generators, build_generator
@@ -9,18 +10,7 @@ from semid.saving import load_state
 from semid.trie import PrefixTrie
 
 SIZES = [3, 3, 2]
-TINY = {
-    "tiger": {
-        "max_items": 4,
-        "user_buckets": 5,
-        "d_model": 16,
-        "d_ff": 32,
-        "d_kv": 8,
-        "num_heads": 2,
-        "num_layers": 1,
-    },
-    "mmgrec": {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1},
-}
+TINY = TINY_GENERATORS
 
 
 def catalog():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_BERT
 
 from semid.errors import SemidError
 from semid.generator import Generator
@@ -11,16 +12,6 @@ from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
 from semid.generators.promptdsi_states import pad_states
 from semid.ids import SemanticIDs
 from semid.trie import PrefixTrie
-
-TINY_BERT = {
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 32,
-    "hidden_dropout_prob": 0.1,
-}
 
 
 def tiny(sizes=(4, 4, 3), pool=(3,), prompt_layer=1, top_n=1, **extra) -> PromptDSI:

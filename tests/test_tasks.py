@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_BERT, TINY_GENERATORS
 
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
 from semid.cli.main import main
@@ -29,39 +30,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIZES = [3, 4]
 TINY = {  # one tiny config per registered model; a new model must add one here
     "avg": {"codebook_sizes": SIZES, "query_dim": 8, "d_model": 16},
-    "mmgrec": {"codebook_sizes": SIZES, "dim": 16, "heads": 2, "layers": 1, "ff_mult": 1},
+    **{name: {"codebook_sizes": SIZES, **config} for name, config in TINY_GENERATORS.items()},
     "pop": {"num_items": 12},
-    "promptdsi": {
-        "codebook_sizes": SIZES,
-        "encoder_config": {
-            "vocab_size": 64,
-            "hidden_size": 16,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 32,
-            "max_position_embeddings": 32,
-        },  # fmt: skip
-        "prompt_layer": 1,
-        "prompt_length": 2,
-        "pool_sizes": [3],
-        "top_n": 1,
-        "d_model": 16,
-        "num_heads": 2,
-        "num_layers": 1,
-        "d_ff": 32,
-    },  # fmt: skip
+    "promptdsi": {"codebook_sizes": SIZES, "encoder_config": TINY_BERT, "prompt_layer": 1, "prompt_length": 2,
+                  "pool_sizes": [3], "top_n": 1, "d_model": 16, "num_heads": 2, "num_layers": 1, "d_ff": 32},
     "sasrec": {"num_items": 12, "max_len": 4, "dim": 16, "heads": 2, "layers": 1},
-    "tiger": {
-        "codebook_sizes": SIZES,
-        "max_items": 4,
-        "user_buckets": 5,
-        "d_model": 16,
-        "d_ff": 32,
-        "d_kv": 8,
-        "num_heads": 2,
-        "num_layers": 1,
-    },  # fmt: skip
-}
+}  # fmt: skip
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
