@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-import os
+import random
 from pathlib import Path
 
 import pytest
@@ -75,7 +75,7 @@ class Planted:
         ("optimizer.bin", truncate),
         ("model.safetensors", truncate),
         ("random_states_0.pkl", lambda p: p.write_bytes(b"")),
-        ("scheduler.bin", lambda p: p.write_bytes(os.urandom(300))),
+        ("scheduler.bin", lambda p: p.write_bytes(random.Random(0).randbytes(300))),
         ("trainer_state.json", lambda p: p.write_text('{"step": 18, "ep')),
     ],
 )

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +43,10 @@ _TORCH_SUFFIXES = {".bin", ".pkl", ".pt", ".pth"}
 # what torch's weights-only unpickler says when a file asks for a global it will not import
 _UNSAFE_PICKLE = re.compile(r"unsupported global|global \S+ whose module|unsupported class", re.I)
 # what a truncated or scrambled torch file raises; anything else is a real bug and propagates
-_DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, OSError)
+# what torch's weights-only unpickler raises on a truncated or corrupt byte stream
+_DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, OSError,
+            IndexError, TypeError, AttributeError, AssertionError, struct.error, MemoryError,
+            OverflowError)  # fmt: skip
 
 
 class DamagedCheckpointError(SemidError):
