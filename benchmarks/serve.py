@@ -4,7 +4,9 @@ For a run (or ``--fake``: the synthetic FakePredictor, whose predict sleeps --fa
 --fake-per-input-ms per input to stand for a model forward):
   (a) baseline, in this process: ``predictor.predict([x], k)`` for each input, one after another;
   (b) the same inputs as N single-input POST /predict requests to a `semid serve`-equivalent server
-      in a subprocess (127.0.0.1), from a thread pool at each --concurrency (default 1, 8, 32).
+      in a subprocess (127.0.0.1), from an asyncio client (aiohttp, keep-alive connections) with
+      --concurrency requests in flight (default 1, 8, 32). The client shares the machine's CPUs
+      with the server, so it is kept light: one event loop, no threads.
 Reports requests/s, p50/p99 latency, the mean inputs per predict call (from GET /info) and
 ``os.getloadavg()`` before and after every timing (the machine may be shared).
 Run: python -m benchmarks.serve RUN [--device cuda] [--inputs FILE.jsonl]
@@ -15,6 +17,7 @@ Inputs: --inputs (one JSON input per line, e.g. {"user": "42"}), else predictor.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -23,12 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+from urllib.request import urlopen
 
-import httpx
+import aiohttp
 import numpy as np
 
 from semid import __version__
@@ -95,16 +99,20 @@ def summary(latencies: list[float], wall: float, load_before, load_after) -> dic
     }
 
 
-def bench_in_process(predictor: Predictor, inputs: list[dict], k: int, beams: int | None) -> dict:
-    """(a) one input per predict call, one call after another."""
-    for x in inputs[:3]:
-        predictor.predict([x], k, beams)
+def bench_in_process(
+    predictor: Predictor, inputs: list[dict], k: int, beams: int | None, batch: int = 1
+) -> dict:
+    """In this process, ``batch`` inputs per predict call, one call after another: (a) with batch 1;
+    with a larger batch, the model's own ceiling for a server that batches that many requests."""
+    chunks = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
+    for chunk in chunks[:3]:
+        predictor.predict(chunk, k, beams)
     latencies, answers = [], []
     load_before, start = os.getloadavg(), time.perf_counter()
-    for x in inputs:
+    for chunk in chunks:
         t = time.perf_counter()
-        answers.append(predictor.predict([x], k, beams)[0]["keys"])
-        latencies.append(time.perf_counter() - t)
+        answers.extend(a["keys"] for a in predictor.predict(chunk, k, beams))
+        latencies.extend([time.perf_counter() - t] * len(chunk))
     wall = time.perf_counter() - start
     return summary(latencies, wall, load_before, os.getloadavg()) | {"keys": answers}
 
@@ -118,40 +126,55 @@ def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
     }  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(spec)], stderr=log)
     deadline = time.monotonic() + args.startup_timeout
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                if r.status == 200:
                     return proc
-            except httpx.TransportError:
-                time.sleep(0.1)
+        except (URLError, ConnectionError):
+            time.sleep(0.1)
     proc.kill()
     proc.wait(30)
     log.seek(0)
     raise SemidError(f"the server did not come up on port {port}:\n{log.read().decode()[-2000:]}")
 
 
-def bench_http(client: httpx.Client, inputs: list[dict], k, beams, concurrency: int) -> dict:
-    """(b) one single-input POST /predict per input, ``concurrency`` at a time."""
+async def _post_all(
+    session: aiohttp.ClientSession, inputs: list[dict], k, beams, concurrency: int
+) -> list[tuple[float, int, list[str] | None]]:
+    """POST each input alone, ``concurrency`` requests in flight -> (seconds, status, keys) each."""
+    results: list[tuple[float, int, list[str] | None]] = [(0.0, 0, None)] * len(inputs)
+    todo = iter(range(len(inputs)))
 
-    def call(x: dict) -> tuple[float, int, list[str] | None]:
-        t = time.perf_counter()
-        r = client.post("/predict", json={"inputs": [x], "k": k, "num_beams": beams})
-        ok = r.status_code == 200
-        return (
-            time.perf_counter() - t,
-            r.status_code,
-            r.json()["results"][0]["keys"] if ok else None,
-        )
+    async def worker() -> None:
+        for i in todo:  # one shared iterator: each input is sent once
+            t = time.perf_counter()
+            body = {"inputs": [inputs[i]], "k": k, "num_beams": beams}
+            async with session.post("/predict", json=body) as r:
+                answer = await r.json()
+                keys = answer["results"][0]["keys"] if r.status == 200 else None
+                results[i] = (time.perf_counter() - t, r.status, keys)
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(call, inputs[:concurrency]))  # warm-up: connections, first batches
-        before = client.get("/info").json()["batching"]
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+async def _bench_http(base_url: str, inputs: list[dict], k, beams, concurrency: int) -> dict:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
+
+        async def batching() -> dict:
+            async with session.get("/info") as r:
+                return (await r.json())["batching"]
+
+        await _post_all(session, inputs[:concurrency], k, beams, concurrency)  # warm-up
+        before = await batching()
         load_before, start = os.getloadavg(), time.perf_counter()
-        results = list(pool.map(call, inputs))
+        results = await _post_all(session, inputs, k, beams, concurrency)
         wall = time.perf_counter() - start
         load_after = os.getloadavg()
-    after = client.get("/info").json()["batching"]
+        after = await batching()
     calls = after["predict_calls"] - before["predict_calls"]
     out = summary([r[0] for r in results], wall, load_before, load_after)
     out["concurrency"] = concurrency
@@ -159,6 +182,11 @@ def bench_http(client: httpx.Client, inputs: list[dict], k, beams, concurrency: 
     out["inputs_per_predict_call"] = (after["inputs"] - before["inputs"]) / max(calls, 1)
     out["keys"] = [r[2] for r in results]
     return out
+
+
+def bench_http(base_url: str, inputs: list[dict], k, beams, concurrency: int) -> dict:
+    """(b) one single-input POST /predict per input, ``concurrency`` at a time."""
+    return asyncio.run(_bench_http(base_url, inputs, k, beams, concurrency))
 
 
 def environment() -> dict:
@@ -200,6 +228,14 @@ def markdown(result: dict) -> str:
         f"{b['p50_ms']:.2f} | {b['p99_ms']:.2f} | 1 | - | 0 | "
         f"{load(b['loadavg_before'])} -> {load(b['loadavg_after'])} |"
     )
+    c = result.get("in_process_batched")
+    if c is not None:
+        lines.append(
+            f"| in-process predict(batch of {c['batch']}), no HTTP | 1 | {c['requests']} | "
+            f"{c['requests_per_s']:.1f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['batch']} | "
+            f"{c['same_keys_as_in_process']:.3f} | 0 | "
+            f"{load(c['loadavg_before'])} -> {load(c['loadavg_after'])} |"
+        )
     for h in result["http"]:
         lines.append(
             f"| HTTP POST /predict | {h['concurrency']} | {h['requests']} | "
@@ -251,6 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"[serve] in-process baseline, {len(inputs)} inputs", flush=True)
     baseline = bench_in_process(predictor, inputs, args.k, args.num_beams)
+    top = max(args.concurrency)
+    print(f"[serve] in-process, {top} inputs per call (no HTTP)", flush=True)
+    batched = bench_in_process(predictor, inputs, args.k, args.num_beams, batch=top)
+    batched["batch"] = top
+    batched["same_keys_as_in_process"] = sum(
+        a == b for a, b in zip(batched.pop("keys"), baseline["keys"], strict=True)
+    ) / len(inputs)
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
@@ -258,15 +301,13 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryFile() as log:
         proc = start_server(args, port, log)
         try:
-            limits = httpx.Limits(max_connections=max(args.concurrency))
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as c:
-                for conc in args.concurrency:
-                    print(f"[serve] HTTP at concurrency {conc}", flush=True)
-                    h = bench_http(c, inputs, args.k, args.num_beams, conc)
-                    keys = h.pop("keys")
-                    same = sum(a == b for a, b in zip(keys, baseline["keys"], strict=True))
-                    h["same_keys_as_in_process"] = same / len(keys)
-                    result["http"].append(h)
+            for conc in args.concurrency:
+                print(f"[serve] HTTP at concurrency {conc}", flush=True)
+                h = bench_http(f"http://127.0.0.1:{port}", inputs, args.k, args.num_beams, conc)
+                keys = h.pop("keys")
+                same = sum(a == b for a, b in zip(keys, baseline["keys"], strict=True))
+                h["same_keys_as_in_process"] = same / len(keys)
+                result["http"].append(h)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -276,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
                 proc.wait(30)
     del baseline["keys"]
     result["in_process"] = baseline
+    result["in_process_batched"] = batched
     result["environment"]["loadavg_end"] = list(os.getloadavg())
     write_json(args.out / f"{args.name}.json", result)
     with atomic_file(args.out / f"{args.name}.md") as f:

@@ -55,14 +55,46 @@ def _unique_sorted(exclude: Tensor) -> Tensor:
     return s.masked_fill(repeat, -1).sort(dim=1).values
 
 
-def _fully_excluded(trie: PrefixTrie, states: Tensor, level: int, exclude: Tensor) -> Tensor:
-    """Whether every ID under each state (B, C), reached at ``level``, is excluded -> bool (B, C).
+def _excluded_children(trie: PrefixTrie, exclude: Tensor, level: int) -> tuple[Tensor, Tensor]:
+    """The prefixes reached at ``level`` whose IDs are all excluded, per query, as the state they
+    branch from and the code that reaches them: (parents (B, M), codes (B, M)), -1 where none.
 
-    ``exclude`` (B, M) is sorted and unique per row; a prefix's leaves form one range [lo, hi), so
-    two binary searches count its excluded IDs."""
-    lo, hi = (t.view(states.shape) for t in trie.leaf_range(states.view(-1), level))
-    count = torch.searchsorted(exclude, hi) - torch.searchsorted(exclude, lo)
-    return (count >= hi - lo) & (states >= 0)
+    ``exclude`` (B, M) is sorted and unique per row, so only ancestors of excluded leaves can
+    qualify, and the excluded leaves under one prefix are one run of equal ancestors in the row:
+    the prefix is fully excluded when that run is as long as its leaf range [lo, hi)."""
+    valid = exclude >= 0
+    nodes = trie.prefix_state(exclude, level)
+    lo, hi = (t.view(exclude.shape) for t in trie.leaf_range(nodes.view(-1), level))
+    # runs of one (query, prefix): a key that is sorted along the flattened (B, M) rows
+    queries = torch.arange(exclude.shape[0], device=exclude.device)[:, None]
+    key = torch.where(valid, queries * (trie.num_ids + 1) + nodes, -1 - queries)
+    _, inverse, counts = torch.unique_consecutive(
+        key.view(-1), return_inverse=True, return_counts=True
+    )
+    full = valid & (counts[inverse].view(exclude.shape) >= hi - lo)
+    if level == 0:
+        parents = torch.zeros_like(nodes)  # the root
+    else:
+        parents = trie.prefix_state(exclude, level - 1)
+    codes = trie.edge_codes[level][nodes.clamp(min=0)].long()
+    return parents.masked_fill(~full, -1), codes.masked_fill(~full, -1)
+
+
+def _mask_excluded(
+    log_probs: Tensor, states: Tensor, parents: Tensor, codes: Tensor, batch: int
+) -> Tensor:
+    """Set log-probs (B * W, V) of fully excluded children (from ``_excluded_children``) to -inf.
+
+    A query's beams hold distinct prefixes, hence distinct states, so a binary search among its
+    sorted beam states finds the one row (if any) that each excluded child branches from."""
+    v = log_probs.shape[1]
+    width = states.numel() // batch
+    beam_states, order = states.view(batch, width).sort(dim=1)
+    pos = torch.searchsorted(beam_states, parents).clamp(max=width - 1)  # (B, M)
+    hit = (beam_states.gather(1, pos) == parents) & (parents >= 0)
+    rows = order.gather(1, pos) + torch.arange(batch, device=states.device)[:, None] * width
+    flat = (rows * v + codes)[hit]
+    return log_probs.reshape(-1).index_fill(0, flat, float("-inf")).view(-1, v)
 
 
 def constrained_beam_search(
@@ -77,13 +109,11 @@ def constrained_beam_search(
 
     ``exclude`` (B, M) int64: per query, leaf states (``trie.leaf_states``) of IDs that must not be
     returned (e.g. items the user has already seen), padded with -1. At every level a prefix whose
-    IDs are all excluded is dropped; each level keeps ``num_beams + M`` candidates before dropping,
-    so ``num_beams`` beams survive whenever the trie still has that many allowed IDs."""
+    IDs are all excluded is masked out before the level's top-k, so ``num_beams`` beams survive
+    whenever the trie still has that many allowed IDs."""
     top_k = num_beams if top_k is None else top_k
     if num_beams < 1 or not 1 <= top_k <= num_beams:
         raise SemidError(f"need num_beams >= top_k >= 1, got num_beams={num_beams}, top_k={top_k}")
-    if exclude is not None:
-        exclude = _unique_sorted(exclude.to(torch.int64))
     logits, state = model.start(inputs)
     if logits.ndim != 2 or logits.shape[1] != trie.codebook_sizes[0]:
         raise SemidError(
@@ -96,6 +126,10 @@ def constrained_beam_search(
             f"trie is on {trie.device} but the model's logits are on {device}; pass trie.to({str(device)!r})"
         )
     batch = logits.shape[0]
+    excluded = []  # per level: (parent states, codes) of the prefixes to drop
+    if exclude is not None:
+        exclude = _unique_sorted(exclude.to(device=device, dtype=torch.int64))
+        excluded = [_excluded_children(trie, exclude, lvl) for lvl in range(trie.levels)]
     trie_states = torch.zeros(batch, dtype=torch.int64, device=device)  # root, one row per query
     scores = torch.zeros(batch, 1, device=device)  # (B, W): W = 1 before the first expansion
     prefixes = torch.zeros(batch, 1, 0, dtype=torch.int64, device=device)  # (B, W, level)
@@ -104,18 +138,14 @@ def constrained_beam_search(
             logits, state = model.step(state, prefixes[:, :, -1].reshape(-1), level)
         v = trie.codebook_sizes[level]
         log_probs = _masked_log_probs(logits, trie, trie_states, level)  # (B * W, V)
+        if excluded:
+            log_probs = _mask_excluded(log_probs, trie_states, *excluded[level], batch)
         width = scores.shape[1]
         total = (scores[:, :, None] + log_probs.view(batch, width, v)).view(batch, width * v)
-        fetch = num_beams + (exclude.shape[1] if exclude is not None else 0)
-        scores, flat = total.topk(min(fetch, width * v), dim=1)  # (B, W'), sorted
+        scores, flat = total.topk(min(num_beams, width * v), dim=1)  # (B, W'), sorted
         parent, codes = flat // v, flat % v
         flat_parent = (parent + torch.arange(batch, device=device)[:, None] * width).view(-1)
         next_states = trie.advance(trie_states[flat_parent], level, codes.view(-1)).view(batch, -1)
-        if fetch > num_beams:  # drop fully excluded prefixes, keep the best num_beams of the rest
-            dropped = _fully_excluded(trie, next_states, level, exclude)
-            scores = scores.masked_fill(dropped, float("-inf"))
-            scores, keep = scores.topk(min(num_beams, scores.shape[1]), dim=1)
-            parent, codes, next_states = (t.gather(1, keep) for t in (parent, codes, next_states))
         rows = (parent + torch.arange(batch, device=device)[:, None] * width).view(-1)  # (B * W',)
         prefixes = torch.cat([prefixes.view(batch * width, -1)[rows], codes.view(-1, 1)], dim=1)
         prefixes = prefixes.view(batch, -1, level + 1)

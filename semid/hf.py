@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,14 +212,15 @@ class Seq2SeqStepModel:
         for c in self._decoder_configs:
             c._attn_implementation_internal = GROUPED_ATTENTION
         try:
-            out = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
-                attention_mask=state.encoder_mask,
-                decoder_input_ids=tokens,
-                cache=state.cache,
-                use_cache=True,
-                return_dict=True,
-            )
+            with _level_head(self.model.get_output_embeddings(), self.vocab.level_slice(level)):
+                out = self.model(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
+                    attention_mask=state.encoder_mask,
+                    decoder_input_ids=tokens,
+                    cache=state.cache,
+                    use_cache=True,
+                    return_dict=True,
+                )
         finally:
             for c, name in zip(self._decoder_configs, before, strict=True):
                 c._attn_implementation_internal = name
@@ -227,7 +230,9 @@ class Seq2SeqStepModel:
                 "Seq2SeqStepModel needs an EncoderDecoderCache (self- and cross-attention K/V)"
             )
         state.cache = out.cache
-        return out.logits[:, -1, self.vocab.level_slice(level)], state
+        block = self.vocab.level_slice(level)
+        logits = out.logits[:, -1]
+        return (logits if logits.shape[-1] == block.stop - block.start else logits[:, block]), state
 
     def select(self, state: Seq2SeqState, rows: Tensor) -> Seq2SeqState:
         """New row i = old row rows[i]: reorders the self-attention cache with index_select (in place).
@@ -245,6 +250,25 @@ class Seq2SeqStepModel:
             state.encoder_mask = state.encoder_mask.index_select(0, rows)
         state.query = query
         return state
+
+
+@contextmanager
+def _level_head(head: torch.nn.Module, block: slice) -> Iterator[None]:
+    """While active, a linear output head computes only the logits of ``block`` (one code level)
+    instead of the whole vocabulary; any other head is left alone (its logits are sliced after)."""
+    if type(head) is not torch.nn.Linear:
+        yield
+        return
+
+    def level_logits(x: Tensor) -> Tensor:
+        bias = None if head.bias is None else head.bias[block]
+        return F.linear(x, head.weight[block], bias)
+
+    head.forward = level_logits  # an instance attribute shadows Linear.forward
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def _grouped(query: Tensor, groups: int) -> bool:

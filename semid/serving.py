@@ -346,7 +346,8 @@ def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5
         except Exception as e:  # noqa: BLE001
             logger.exception("predict failed")
             return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
-        return {"results": answers}
+        # a Response skips FastAPI's recursive jsonable_encoder: answers are plain JSON types already
+        return JSONResponse({"results": answers})
 
     return app
 

@@ -99,6 +99,7 @@ class PrefixTrie:
         self.max_branching: list[int] = [int(c.max()) if c.numel() else 0 for c in counts]
         self._windows = [torch.arange(b, device=row_ptr[0].device) for b in self.max_branching]
         self._leaf_bounds: list[Tensor] | None = None  # built on first use by leaf_range
+        self._leaf_owners: list[Tensor] | None = None  # built on first use by prefix_state
 
     @classmethod
     def from_codes(
@@ -268,24 +269,50 @@ class PrefixTrie:
             idx = parent_of_child[idx]
         return out
 
+    def _bounds(self, level: int) -> Tensor:
+        """First leaf of every state reached by taking a code at ``level``, then num_ids (S + 1,)."""
+        if self._leaf_bounds is None:
+            bounds = [torch.arange(self.num_ids + 1, device=self.device)]
+            for lvl in range(self.levels - 2, -1, -1):  # a state's first leaf is its first child's
+                bounds.insert(0, bounds[0][self.row_ptr[lvl + 1].long()])
+            self._leaf_bounds = bounds
+        return self._leaf_bounds[level]
+
+    def _owners(self, level: int) -> Tensor:
+        """The state at ``level`` above each leaf (num_ids,): a table, so lookups are one gather."""
+        if self._leaf_owners is None:
+            self._leaf_owners = []
+            for lvl in range(self.levels):
+                bound = self._bounds(lvl)
+                sizes = bound[1:] - bound[:-1]
+                states = torch.arange(sizes.numel(), device=self.device)
+                self._leaf_owners.append(torch.repeat_interleave(states, sizes))
+        return self._leaf_owners[level]
+
     def leaf_range(self, states: Tensor, level: int) -> tuple[Tensor, Tensor]:
         """Leaf states [lo, hi) under each state (R,) reached by taking a code at ``level``.
 
         Leaves are numbered in lexicographic order, so every prefix covers one contiguous range;
         invalid states (-1) get the empty range [0, 0)."""
         self._check_level(level)
-        if self._leaf_bounds is None:
-            bounds = [torch.arange(self.num_ids + 1, device=self.device)]
-            for lvl in range(self.levels - 2, -1, -1):  # a state's first leaf is its first child's
-                bounds.insert(0, bounds[0][self.row_ptr[lvl + 1].long()])
-            self._leaf_bounds = bounds
-        bound = self._leaf_bounds[level]
+        bound = self._bounds(level)
         states = states.long()
         valid = states >= 0
         s = states.clamp(min=0, max=max(bound.numel() - 2, 0))
         lo = torch.where(valid, bound[s], 0)
         hi = torch.where(valid, bound[s + 1], 0)
         return lo, hi
+
+    def prefix_state(self, leaves: Tensor, level: int) -> Tensor:
+        """The state each leaf's path reaches by taking its code at ``level`` -> int64 (same shape);
+        -1 for invalid leaves (< 0 or >= num_ids). The inverse of :meth:`leaf_range`."""
+        self._check_level(level)
+        leaves = leaves.long()
+        valid = (leaves >= 0) & (leaves < self.num_ids)
+        if self.num_ids == 0:
+            return torch.full_like(leaves, -1)
+        state = self._owners(level)[leaves.clamp(0, self.num_ids - 1)]
+        return torch.where(valid, state, -1)
 
     # ------------------------------------------------------------------ updates
     def insert_(self, codes: Tensor) -> PrefixTrie:

@@ -177,6 +177,24 @@ def test_excluded_ids_are_skipped_and_the_rest_ranked_exactly(seed):
         assert wide.codes[q].tolist() == ids[best.indices].tolist()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_excluding_ids_equals_searching_a_trie_without_them(seed):
+    sizes = [4, 3, 5]
+    ids = catalog(40, sizes, seed)
+    trie = PrefixTrie.from_codes(ids, sizes)
+    model = TableModel(sizes, num_queries=1, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    # whole subtrees (every ID under a first code) and scattered single IDs
+    banned = (ids[:, 0] == ids[0, 0]) | (torch.rand(len(ids), generator=g) < 0.3)
+    exclude = trie.leaf_states(ids[banned])[None]
+    for beams in (1, 3, 8):
+        out = constrained_beam_search(model, torch.arange(1), trie, beams, exclude=exclude)
+        rest = PrefixTrie.from_codes(ids[~banned], sizes)
+        plain = constrained_beam_search(model, torch.arange(1), rest, beams)
+        assert torch.equal(out.codes, plain.codes)
+        assert torch.allclose(out.log_probs, plain.log_probs)
+
+
 def test_excluding_every_id_returns_padding():
     sizes = [3, 3]
     ids = catalog(6, sizes, seed=0)

@@ -188,3 +188,13 @@ def test_leaf_ranges_cover_exactly_the_ids_under_each_prefix(dense_bytes):
             under = (ordered[:, : level + 1] == torch.tensor(prefix)).all(1).nonzero().squeeze(1)
             assert (int(lo[i]), int(hi[i])) == (int(under.min()), int(under.max()) + 1)
         assert (int(lo[-1]), int(hi[-1])) == (0, 0)  # an invalid state covers nothing
+        # prefix_state inverts leaf_range: each leaf maps to the state whose range holds it
+        leaves = torch.arange(len(ordered))
+        owner = trie.prefix_state(leaves, level)
+        walked = torch.zeros(len(ordered), dtype=torch.long)
+        for lvl in range(level + 1):
+            walked = trie.advance(walked, lvl, ordered[:, lvl])
+        assert torch.equal(owner, walked)
+        lo, hi = trie.leaf_range(owner, level)
+        assert ((lo <= leaves) & (leaves < hi)).all()
+        assert trie.prefix_state(torch.tensor([-1, len(ordered)]), level).tolist() == [-1, -1]

@@ -203,7 +203,7 @@ def answer_of(item: Any, keys: list[str], ranking: Ranking, i: int) -> dict[str,
     return {
         "input": item,
         "keys": [keys[r] for r in rows],
-        "scores": [round(float(s), 6) for s in ranking.scores[i][real]],
+        "scores": [round(s, 6) for s in ranking.scores[i][real].tolist()],
         "ids": ranking.codes[i][real].tolist(),
     }
 
