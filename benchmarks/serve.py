@@ -34,12 +34,13 @@ from urllib.request import urlopen
 
 import aiohttp
 import numpy as np
+import torch
 
 from semid import __version__
 from semid.atomic import atomic_file, write_json
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
-from semid.serving import Predictor, bind_socket
+from semid.serving import Predictor, bind_socket, default_threads
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,7 +56,7 @@ else:
     from semid.tasks import load_predictor
     predictor = load_predictor(spec["run"], device=spec["device"])
 serve(predictor, host="127.0.0.1", port=spec["port"], max_batch=spec["max_batch"],
-      max_wait_ms=spec["max_wait_ms"])
+      max_wait_ms=spec["max_wait_ms"], threads=spec["threads"])
 """
 
 
@@ -121,7 +122,7 @@ def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
     """The server subprocess, once GET /health answers (SemidError if it exits or times out)."""
     spec = {
         "fake": args.fake, "run": str(args.run), "device": args.device, "port": port,
-        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.server_threads,
         "delay_s": args.fake_delay_ms / 1e3, "per_input_s": args.fake_per_input_ms / 1e3,
     }  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(spec)], stderr=log)
@@ -215,8 +216,10 @@ def markdown(result: dict) -> str:
         f"Date: {env['date_utc']}; machine: {env['machine']}; GPU: {env['cuda'] or 'none'}; "
         f"Python {env['python']}, torch {env['torch']}, semid {env['semid']}.  ",
         f"Predictor: {cfg['predictor']}; k {cfg['k']}, num_beams {cfg['num_beams'] or 'default'}; "
-        f"server max_batch {cfg['max_batch']}, max_wait_ms {cfg['max_wait_ms']}; one input per "
-        "request. Load averages (1/5/15 min) are `os.getloadavg()` before -> after each timing.",
+        f"server max_batch {cfg['max_batch']}, max_wait_ms {cfg['max_wait_ms']}, "
+        f"{cfg.get('server_threads', '?')} torch threads; in-process "
+        f"{cfg.get('torch_threads_in_process', '?')} torch threads; one input per request. "
+        "Load averages (1/5/15 min) are `os.getloadavg()` before -> after each timing.",
         "",
         "| mode | concurrency | requests | req/s | p50 (ms) | p99 (ms) | inputs per predict call | "
         "same keys as in-process | errors | load avg before -> after |",
@@ -263,12 +266,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-beams", type=int, help="default: the predictor's")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, help="torch threads in process (default: torch's)")
+    parser.add_argument("--server-threads", type=int, help="default: semid serve's (CPUs - 1)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json, NAME.md")
     parser.add_argument("--name", default="serve", help="file stem (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.fake == (args.run is not None):
         parser.error("give a RUN or --fake (not both)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     predictor = load_predictor_for(args)
     inputs = load_inputs(args, predictor)
     result: dict[str, Any] = {
@@ -278,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {
             "predictor": "fake" if args.fake else str(args.run),
             **{k: getattr(args, k) for k in ("k", "num_beams", "max_batch", "max_wait_ms")},
+            "server_threads": args.server_threads or default_threads(),
+            "torch_threads_in_process": torch.get_num_threads(),
             **(
                 {"fake_delay_ms": args.fake_delay_ms, "fake_per_input_ms": args.fake_per_input_ms}
                 if args.fake

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from semid.cli import serve as serve_cmd
 from semid.fake_predictor import FakePredictor
 
@@ -40,9 +42,11 @@ def main() -> None:
     serve_cmd.load_predictor = load_predictor  # stands in for the task layer
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
-    code = serve_cmd.run(parser.parse_args(["fake-run", "--port", port, "--device", "cpu"]))
+    args = ["fake-run", "--port", port, "--device", "cpu", "--threads", "2"]
+    code = serve_cmd.run(parser.parse_args(args))
     alive = any(t.name == "semid-batcher" for t in threading.enumerate())
     print(f"run returned {code}; batcher alive: {alive}", flush=True)
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
     sys.exit(code)
 
 

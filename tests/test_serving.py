@@ -261,6 +261,8 @@ def test_device_flag():
     assert (args.device, args.max_batch, args.port, args.host) == ("cuda:1", 8, 8000, "127.0.0.1")
     with pytest.raises(SystemExit):
         parser.parse_args(["runs/x", "--device", "gpu"])
+    with pytest.raises(SemidError, match="--threads must be >= 1"):
+        serve_cmd.run(parser.parse_args(["runs/x", "--threads", "0"]))
 
 
 def test_sigterm_finishes_in_flight_request_then_exits():
@@ -300,6 +302,7 @@ def test_sigterm_finishes_in_flight_request_then_exits():
         assert proc.returncode == 0, err
         assert "semid serve: stopped" in out
         assert "run returned 0; batcher alive: False" in out
+        assert "torch threads: 2" in out  # --threads reached the model's thread pool
         assert "Traceback" not in err
     finally:
         if proc.poll() is None:

@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for the model (default: the CPU count minus one, at least 1, so that "
+        "the HTTP server keeps a core)",
+    )
+    p.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
         default="warning",
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
         raise SemidError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
+    if args.threads is not None and args.threads < 1:
+        raise SemidError(f"--threads must be >= 1, got {args.threads}")
     predictor = load_predictor(args.run_dir, device=args.device)
     print(
         f"serving {args.run_dir} ({predictor.task}) on http://{args.host}:{args.port} "
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
             log_level=args.log_level,
+            threads=args.threads,
         )
     except KeyboardInterrupt:
         pass
