@@ -67,13 +67,18 @@ def seen_mask(seen: Tensor, num_items: int) -> Tensor:
     return mask[:, :num_items]
 
 
-def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None, **cold: Any) -> Ranker:
+def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None,
+               item_mix: float | None = None, **cold: Any) -> Ranker:  # fmt: skip
     """The ranker of a loaded model over the index ``ids``: beam search for generators (``cold``:
     see :class:`BeamRanker`), mixed with the item head's scores for generators that have one and
-    a mixing weight ``config.item_mix`` > 0 (:class:`semid.hybrid.HybridRanker`), full scoring for
-    scorers."""
+    a mixing weight > 0 (``item_mix``, default the model's ``config.item_mix``;
+    :class:`semid.hybrid.HybridRanker`), full scoring for scorers."""
     if is_generator(model):
-        mix = getattr(model.config, "item_mix", 0.0)
+        if item_mix is not None and not model.has_item_head():
+            raise SemidError("--item-mix needs a generator trained with an item head (item_loss > 0)")
+        if item_mix is not None and item_mix < 0:
+            raise SemidError(f"--item-mix must be >= 0, got {item_mix}")
+        mix = getattr(model.config, "item_mix", 0.0) if item_mix is None else item_mix
         if model.has_item_head() and mix > 0:
             from semid.hybrid import HybridRanker  # imports this module
 

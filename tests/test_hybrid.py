@@ -6,7 +6,8 @@ from conftest import train_on_batch
 from test_recommend import tiny_dataset
 
 from semid.data.sequences import CodeCollator, TargetDataset, prepare_data
-from semid.hybrid import Candidates, HybridRanker, choose_mix
+from semid.errors import SemidError
+from semid.hybrid import MIX_GRID, Candidates, HybridRanker, choose_mix
 from semid.ids import SemanticIDs
 from semid.models import build_model
 from semid.ranking import BeamRanker, ranker_for
@@ -116,3 +117,48 @@ def test_tuning_sets_the_mixing_weight_from_the_valid_split():
     batch = CodeCollator(ds.collate, ids.codes)(list(data.positions("valid")))
     seen = batch.pop("seen")
     assert ranker_for(model, ids, 2).rank(batch, 2, seen).rows.shape == (3, 2)
+
+
+def test_item_mix_override_is_checked():
+    ids = make_ids()
+    model = make(ids, item_mix=1.0)
+    assert type(ranker_for(model, ids, 4, item_mix=0.0)) is BeamRanker
+    assert ranker_for(model, ids, 4, item_mix=2.0).mix == 2.0
+    with pytest.raises(SemidError, match="must be >= 0"):
+        ranker_for(model, ids, 4, item_mix=-1.0)
+    with pytest.raises(SemidError, match="item head"):
+        ranker_for(make(ids, item_loss=0.0), ids, 4, item_mix=1.0)
+
+
+def test_cli_trains_the_head_tunes_the_weight_and_ranks_new_items(tmp_path):
+    import json
+
+    import numpy as np
+
+    import semid.quantizers  # noqa: F401  (registers rqkmeans)
+    from semid.cli.main import main
+    from semid.data import load_dataset
+    from semid.runs import load_run
+
+    keys = load_dataset("ml-100k").item_keys
+    x = np.random.default_rng(0).standard_normal((len(keys), 8)).astype(np.float32)
+    np.save(tmp_path / "e.npy", x)
+    (tmp_path / "e.txt").write_text("\n".join(keys) + "\n")
+    idx, run = tmp_path / "idx", tmp_path / "run"
+    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys", str(tmp_path / "e.txt"),
+                 "--quantizer", "rqkmeans:2x32", "--out", str(idx)]) == 0  # fmt: skip
+    config = {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1, "item_loss": 1.0, "item_mix": 99.0}
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "mmgrec",
+                 "--users", "8", "--epochs", "1", "--num-beams", "10",
+                 "--model-config", json.dumps(config), "--out", str(run)]) == 0  # fmt: skip
+    loaded = load_run(run)
+    assert loaded.model.config.item_mix in MIX_GRID  # chosen on valid, saved with the model
+    assert "item_mix_valid_ndcg@10" in loaded.state["result"]
+    for mix in (["--item-mix", "0"], []):
+        assert main(["eval", str(run), "--split", "test", *mix]) == 0
+    np.save(tmp_path / "new.npy", x[:2] + 0.01)
+    (tmp_path / "new.txt").write_text("new-a\nnew-b\n")
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "new.npy"),
+                 "--keys", str(tmp_path / "new.txt")]) == 0  # fmt: skip
+    assert main(["eval", str(run), "--split", "test", "--item-mix", "1"]) == 0  # rows beyond the head
+    assert main(["predict", str(run), "--history", f"{keys[0]},{keys[1]}", "--k", "5"]) == 0

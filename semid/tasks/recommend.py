@@ -48,9 +48,10 @@ SPLITS = ("valid", "test")
 
 
 def default_train() -> TrainConfig:
-    """The CLI's training defaults for recommenders (early-stopped on valid NDCG@10)."""
+    """The CLI's training defaults for recommenders (early-stopped on valid NDCG@10; the epoch cap is
+    high enough that early stopping, not the cap, ends training on MovieLens)."""
     return TrainConfig(
-        max_epochs=30, batch_size=64, lr=1e-3, early_stopping_patience=5,
+        max_epochs=100, batch_size=64, lr=1e-3, early_stopping_patience=5,
         checkpoint_every=1000, keep_checkpoints=1,
     )  # fmt: skip
 
@@ -173,10 +174,10 @@ class RecommendTask(Task):
         run.model.to(options.device)
         cold = {}
         if is_generator(run.model):
-            cold = {"trained_items": run.state.get("trained_items"),
+            cold = {"trained_items": run.state.get("trained_items"), "item_mix": options.item_mix,
                     "cold_share": options.cold_share, "cold_prefix": options.cold_prefix}  # fmt: skip
-        elif options.cold_share:
-            raise SemidError("--cold-share needs a generator; this run's model scores items directly")
+        elif options.cold_share or options.item_mix is not None:
+            raise SemidError("--cold-share and --item-mix need a generator; this run's model scores items directly")
         ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **cold)
         return ranker.to(options.device)
 
