@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import train_on_batch
+from conftest import random_ml100k_index, train_on_batch
 from test_recommend import tiny_dataset
 
 from semid.data.sequences import CodeCollator, TargetDataset, prepare_data
@@ -135,18 +135,11 @@ def test_cli_trains_the_head_tunes_the_weight_and_ranks_new_items(tmp_path):
 
     import numpy as np
 
-    import semid.quantizers  # noqa: F401  (registers rqkmeans)
     from semid.cli.main import main
-    from semid.data import load_dataset
     from semid.runs import load_run
 
-    keys = load_dataset("ml-100k").item_keys
-    x = np.random.default_rng(0).standard_normal((len(keys), 8)).astype(np.float32)
-    np.save(tmp_path / "e.npy", x)
-    (tmp_path / "e.txt").write_text("\n".join(keys) + "\n")
-    idx, run = tmp_path / "idx", tmp_path / "run"
-    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys", str(tmp_path / "e.txt"),
-                 "--quantizer", "rqkmeans:2x32", "--out", str(idx)]) == 0  # fmt: skip
+    keys, x, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
     config = {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1, "item_loss": 1.0, "item_mix": 99.0}
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "mmgrec",
                  "--users", "8", "--epochs", "1", "--num-beams", "10",
