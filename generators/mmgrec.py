@@ -15,7 +15,7 @@ With ``item_embeddings`` (``--model-config '{"item_embeddings": true}'``, which 
 the index size) each history item also gets its own learned vector, as dense sequential models have;
 items added later with ``semid index add`` have none and enter through their codes alone.
 
-Item head (``item_loss`` > 0, which turns ``item_embeddings`` on): the last history state is also
+Item head (``item_loss`` > 0, the default; it turns ``item_embeddings`` on): the last history state is also
 scored against the item embeddings above (tied with the input, as in SASRec), a full softmax over
 index rows trained as an auxiliary loss weighted ``item_loss``. Ranking then mixes both
 views (:class:`semid.hybrid.HybridRanker`): log p(ID) + ``item_mix`` * log p(item) over the beams
@@ -65,8 +65,9 @@ class MMGRecConfig:
     item_embeddings: bool = False
     num_items: int = 0  # rows with an embedding; set from the index (item_embeddings or item_loss)
     # > 0: weight of an auxiliary full-softmax loss over index rows (the item head, scored against
-    # the item embeddings, which it turns on); 0: no head
-    item_loss: float = 0.0
+    # the item embeddings, which it turns on); 0: no head. 1.0: the best valid NDCG@10 on ml-100k
+    # (benchmarks/results/recommend-hybrid.md)
+    item_loss: float = 1.0
     # ranking score log p(ID) + item_mix * log p(item) (with a head); set on the valid split after training
     item_mix: float = 1.0
 
@@ -77,6 +78,7 @@ class MMGRec(Generator):
 
     config_class = MMGRecConfig
     train_format = "sequence"
+    saved_defaults = {"item_loss": 0.0}  # runs saved before the item head existed have none
 
     def __init__(self, config: MMGRecConfig) -> None:
         super().__init__(config)

@@ -155,3 +155,19 @@ def test_cli_trains_the_head_tunes_the_weight_and_ranks_new_items(tmp_path):
                  "--keys", str(tmp_path / "new.txt")]) == 0  # fmt: skip
     assert main(["eval", str(run), "--split", "test", "--item-mix", "1"]) == 0  # rows beyond the head
     assert main(["predict", str(run), "--history", f"{keys[0]},{keys[1]}", "--k", "5"]) == 0
+
+
+def test_runs_saved_before_the_item_head_load_without_one(tmp_path):
+    import json
+
+    from semid.models import load_model, save_model
+
+    model = make(make_ids())
+    assert model.has_item_head()
+    save_model(model, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    saved = json.loads(path.read_text())
+    fields = next(v for v in saved.values() if isinstance(v, dict) and "item_loss" in v)
+    del fields["item_loss"]
+    path.write_text(json.dumps(saved))
+    assert not load_model(tmp_path / "m").has_item_head()
