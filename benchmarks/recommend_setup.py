@@ -12,6 +12,7 @@ import torch
 from semid.data.splits import leave_one_out
 from semid.encoders import TextEncoder
 from semid.indexing import build_ids
+from semid.tasks.recommend import default_train
 
 RESULTS = Path(__file__).parent / "results"
 RECBOLE_SASREC_R10 = {
@@ -30,17 +31,12 @@ INDEX_OF = {
 }  # IDs do not matter to pop/sasrec
 
 # Training budgets: every model trains on every position of each window at once (TIGER with its
-# causal encoder too), so all get the same epochs and early stopping.
+# causal encoder too), so all get the same epochs and early stopping: the CLI's defaults
+# (`semid train recommender`), so the CLI and the benchmark give the same figures.
+_CLI = default_train()
+_BUDGET = {f: getattr(_CLI, f) for f in ("max_epochs", "batch_size", "lr", "early_stopping_patience")}
 BUDGETS: dict[str, dict[str, Any]] = {
-    "sasrec": {
-        "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
-    },
-    "mmgrec": {
-        "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
-    },
-    "tiger": {
-        "train": {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "early_stopping_patience": 5}
-    },
+    **{name: {"train": dict(_BUDGET)} for name in ("sasrec", "mmgrec", "tiger")},
     "pop": {"train": {}},
 }
 

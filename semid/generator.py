@@ -17,10 +17,11 @@ MMGRec's valid Recall@10 after 6-7 epochs rose from 0.039 to 0.065 with it, text
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -137,15 +138,49 @@ class Generator(nn.Module, ABC):
 
         ``exclude`` (B, M): sorted leaf states of IDs not to return (see ``constrained_beam_search``)."""
         self.check_trie(trie)
-        was_training = self.training
-        self.eval()  # dropout would make beam scores random
-        try:
+        with self.evaluating():  # dropout would make beam scores random
             out = constrained_beam_search(
                 self.search_steps(trie), inputs, trie, num_beams, top_k, exclude
             )
+        return out.codes, out.log_probs
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) inside the block, the previous mode restored after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
         finally:
             self.train(was_training)
-        return out.codes, out.log_probs
+
+    def has_item_head(self) -> bool:
+        """Whether the model also scores index rows directly (:meth:`item_log_probs`); none by default."""
+        return False
+
+    def item_log_probs(self, inputs: Any) -> Tensor:
+        """Log-probabilities (B, N) of the first N index rows from an item-level head (``has_item_head``)."""
+        raise SemidError(f"{type(self).__name__} has no item-level head")
+
+    @torch.no_grad()
+    def score_codes(self, inputs: Any, trie: PrefixTrie, codes: Tensor) -> Tensor:
+        """Log-probabilities (B, C) of given IDs ``codes`` (B, C, L) (all in ``trie``) for each query,
+        teacher-forced through the same step model and normalization as ``generate``."""
+        self.check_trie(trie)
+        b, c, levels = codes.shape
+        with self.evaluating():
+            steps = self.search_steps(trie)
+            logits, state = steps.start(inputs)
+            rows = torch.arange(b, device=logits.device).repeat_interleave(c)
+            logits, state = logits[rows], steps.select(state, rows)
+            flat = codes.reshape(b * c, levels).to(logits.device)
+            total = torch.zeros(b * c, device=logits.device)
+            for level in range(levels):
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
+                total = total + log_probs.gather(1, flat[:, level : level + 1]).squeeze(1)
+                if level + 1 < levels:
+                    logits, state = steps.step(state, flat[:, level], level + 1)
+        return total.view(b, c)
 
     def search_steps(self, trie: PrefixTrie) -> StepModel:
         """The step model that ``generate`` searches with: ``step_model()``, normalised over the

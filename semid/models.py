@@ -77,6 +77,8 @@ def load_model(path: str | os.PathLike) -> nn.Module:
     """Any registered model from a folder written by :func:`save_model`, in eval mode."""
     name, config = read_module(path, MODEL_KIND, "train the model again")
     cls = model_class(name)
+    # fields added after a model was saved take the value that keeps its old behaviour
+    config = {**getattr(cls, "saved_defaults", {}), **config}
     model = cls(config_from_dict(cls.config_class, config, f"{path}/config.json"))
     load_state(model, path)
     return model.eval()

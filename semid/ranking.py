@@ -67,10 +67,22 @@ def seen_mask(seen: Tensor, num_items: int) -> Tensor:
     return mask[:, :num_items]
 
 
-def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None, **cold: Any) -> Ranker:
+def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None,
+               item_mix: float | None = None, **cold: Any) -> Ranker:  # fmt: skip
     """The ranker of a loaded model over the index ``ids``: beam search for generators (``cold``:
-    see :class:`BeamRanker`), full scoring for scorers."""
+    see :class:`BeamRanker`), mixed with the item head's scores for generators that have one and
+    a mixing weight > 0 (``item_mix``, default the model's ``config.item_mix``;
+    :class:`semid.hybrid.HybridRanker`), full scoring for scorers."""
     if is_generator(model):
+        if item_mix is not None and not model.has_item_head():
+            raise SemidError("--item-mix needs a generator trained with an item head (item_loss > 0)")
+        if item_mix is not None and item_mix < 0:
+            raise SemidError(f"--item-mix must be >= 0, got {item_mix}")
+        mix = getattr(model.config, "item_mix", 0.0) if item_mix is None else item_mix
+        if model.has_item_head() and mix > 0:
+            from semid.hybrid import HybridRanker  # imports this module
+
+            return HybridRanker(model, ids, num_beams, mix, **cold)
         return BeamRanker(model, ids, num_beams, **cold)
     if not hasattr(model, "score_rows"):
         raise SemidError(f"{type(model).__name__} neither generates IDs nor scores rows")
@@ -102,8 +114,8 @@ class ScoreRanker:
             scores = scores.masked_fill(seen_mask(seen.to(scores.device), n), float("-inf"))
         top, rows = scores.topk(min(k, n), dim=1)
         rows = torch.where(top > float("-inf"), rows, -1).cpu()
-        rows, top = _pad_to(rows, top.cpu(), k)
-        return Ranking(rows, top, _codes_of(self.ids, rows))
+        rows, top = pad_to(rows, top.cpu(), k)
+        return Ranking(rows, top, codes_of(self.ids, rows))
 
 
 class BeamRanker:
@@ -159,8 +171,8 @@ class BeamRanker:
         slots = int(self.cold_share * k)
         if slots and len(self.cold_rows):
             rows, scores = self._mix_cold(rows, scores, self._prefix_keys(codes), seen, slots)
-        rows, scores = _pad_to(rows, scores, k)
-        return Ranking(rows, scores, _codes_of(self.ids, rows))
+        rows, scores = pad_to(rows, scores, k)
+        return Ranking(rows, scores, codes_of(self.ids, rows))
 
     def _prefix_keys(self, codes: Tensor) -> Tensor:
         """One int64 per ID (..., L) for its first ``cold_prefix`` codes (mixed radix); -1 for padding."""
@@ -208,7 +220,7 @@ def rank_batches(ranker: Ranker, batches: Any, k: int) -> Ranking:
     return Ranking.concat(parts)
 
 
-def _pad_to(rows: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def pad_to(rows: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Rows/scores (B, k' <= k) padded to k columns with -1 / -inf."""
     missing = k - rows.shape[1]
     if missing <= 0:
@@ -220,7 +232,7 @@ def _pad_to(rows: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     )
 
 
-def _codes_of(ids: SemanticIDs, rows: Tensor) -> Tensor:
+def codes_of(ids: SemanticIDs, rows: Tensor) -> Tensor:
     """Semantic IDs (B, k, L) of rows (B, k); -1 where the row is -1."""
     codes = ids.codes[rows.clamp(min=0)]
     return codes.masked_fill((rows < 0)[..., None], -1)

@@ -55,3 +55,22 @@ TINY_BERT = {  # a random frozen encoder for PromptDSI
     "max_position_embeddings": 32,
     "hidden_dropout_prob": 0.1,
 }
+
+
+def random_ml100k_index(tmp_path):
+    """An rqkmeans:2x32 index of ml-100k's items over random 8-d embeddings, built with the CLI:
+    (item keys, embeddings (N, 8), index folder)."""
+    import numpy as np
+
+    import semid.quantizers  # noqa: F401  (registers rqkmeans)
+    from semid.cli.main import main
+    from semid.data import load_dataset
+
+    keys = load_dataset("ml-100k").item_keys
+    x = np.random.default_rng(0).standard_normal((len(keys), 8)).astype(np.float32)
+    np.save(tmp_path / "e.npy", x)
+    (tmp_path / "e.txt").write_text("\n".join(keys) + "\n")
+    idx = tmp_path / "idx"
+    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys", str(tmp_path / "e.txt"),
+                 "--quantizer", "rqkmeans:2x32", "--out", str(idx)]) == 0  # fmt: skip
+    return keys, x, idx

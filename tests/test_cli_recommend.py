@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import random_ml100k_index
 
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
 from semid.cli.main import main
@@ -90,15 +91,8 @@ def test_run_mismatch_errors(tmp_path):
 
 @pytest.mark.slow
 def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
-    from semid.data import load_dataset
-
-    keys = load_dataset("ml-100k").item_keys
-    x = np.random.default_rng(0).standard_normal((len(keys), 8)).astype(np.float32)
-    np.save(tmp_path / "e.npy", x)
-    (tmp_path / "e.txt").write_text("\n".join(keys) + "\n")
-    idx, run = tmp_path / "idx", tmp_path / "run"
-    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys", str(tmp_path / "e.txt"),
-                 "--quantizer", "rqkmeans:2x32", "--out", str(idx)]) == 0  # fmt: skip
+    keys, x, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
     tiger = {"max_items": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1}
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "tiger",
                  "--users", "6", "--epochs", "1", "--batch-size", "64", "--num-beams", "10",

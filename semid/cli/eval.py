@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
     p.add_argument("--cold-prefix", type=int, default=1,
                    help="with --cold-share: leading codes a new item must share with a generated ID (default: %(default)s)")
+    p.add_argument("--item-mix", type=float,
+                   help="recommendation with a generator that has an item head (item_loss > 0): weight w "
+                   "of log p(ID) + w * log p(item); 0 is beam search alone (default: the run's, chosen "
+                   "on the valid split)")
     p.add_argument("--keep-seen", action="store_true",
                    help="recommendation: also rank items the user already interacted with "
                    "(default: exclude them, as RecBole's full-sort evaluation does)")  # fmt: skip
@@ -47,7 +51,7 @@ def options_from(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(
         split=args.split, ks=tuple(args.k), num_beams=args.num_beams, batch_size=args.batch_size,
         device=resolve_device(args.device), cold_share=args.cold_share, cold_prefix=args.cold_prefix,
-        keep_seen=args.keep_seen,
+        keep_seen=args.keep_seen, item_mix=args.item_mix,
     )  # fmt: skip
 
 

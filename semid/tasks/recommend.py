@@ -32,6 +32,7 @@ from semid.data.sequences import (
 from semid.data.splits import PAD
 from semid.distributed import is_main_process
 from semid.errors import SemidError
+from semid.hybrid import Candidates, HybridRanker, choose_mix
 from semid.ids import SemanticIDs
 from semid.indexing import add_items
 from semid.metrics import compute_metrics
@@ -47,9 +48,10 @@ SPLITS = ("valid", "test")
 
 
 def default_train() -> TrainConfig:
-    """The CLI's training defaults for recommenders (early-stopped on valid NDCG@10)."""
+    """The CLI's training defaults for recommenders (early-stopped on valid NDCG@10; the epoch cap is
+    high enough that early stopping, not the cap, ends training on MovieLens)."""
     return TrainConfig(
-        max_epochs=30, batch_size=64, lr=1e-3, early_stopping_patience=5,
+        max_epochs=100, batch_size=64, lr=1e-3, early_stopping_patience=5,
         checkpoint_every=1000, keep_checkpoints=1,
     )  # fmt: skip
 
@@ -123,6 +125,9 @@ class RecommendTask(Task):
             result = self._fit(model, spec, ids, data, out, resume, device)
             summary = {"steps": result.steps, "epochs": result.epochs,
                        "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
+            if is_generator(model) and model.has_item_head():  # the mixing weight, on valid
+                summary["item_mix_valid_ndcg@10"] = tune_item_mix(model, ids, data, spec)
+                summary["item_mix"] = model.config.item_mix
         else:
             model.fit_counts_(data.train_items())
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
@@ -169,10 +174,10 @@ class RecommendTask(Task):
         run.model.to(options.device)
         cold = {}
         if is_generator(run.model):
-            cold = {"trained_items": run.state.get("trained_items"),
+            cold = {"trained_items": run.state.get("trained_items"), "item_mix": options.item_mix,
                     "cold_share": options.cold_share, "cold_prefix": options.cold_prefix}  # fmt: skip
-        elif options.cold_share:
-            raise SemidError("--cold-share needs a generator; this run's model scores items directly")
+        elif options.cold_share or options.item_mix is not None:
+            raise SemidError("--cold-share and --item-mix need a generator; this run's model scores items directly")
         ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **cold)
         return ranker.to(options.device)
 
@@ -271,6 +276,24 @@ class RecommendPredictor(Predictor):
         offset = torch.tensor([{"valid": 2, "test": 1}.get(x.get("split"), 0) for x in inputs])
         has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
         return torch.where(has_targets | (offset == 0), end - offset, end)
+
+
+def tune_item_mix(model: Any, ids: SemanticIDs, data: RecData, spec: RecommendSpec) -> dict[str, float]:
+    """Set ``model.config.item_mix`` to the weight of ``MIX_GRID`` with the best valid NDCG@10
+    (one beam search per query, every weight re-ranks its candidates); returns NDCG@10 by weight."""
+    device = str(next(model.parameters()).device)
+    ranker = HybridRanker(model, ids, spec.num_beams).to(device)
+    parts: list[Candidates] = []
+
+    class Recorder:  # ranks like the hybrid ranker and keeps the candidates
+        def rank(self, batch: Any, k: int, seen: Tensor | None = None) -> Ranking:
+            parts.append(ranker.candidates(batch, k, seen))
+            return parts[-1].top(0.0, k, ids)
+
+    _, _, targets, _ = rank_split(Recorder(), data, "valid", 10, ids.codes, spec.max_history,
+                                  max_users=spec.eval_users, device=device)  # fmt: skip
+    model.config.item_mix, ndcg = choose_mix(parts, targets, ids)
+    return ndcg
 
 
 def evaluate_ranker(

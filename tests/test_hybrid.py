@@ -1,0 +1,173 @@
+"""The item head of a generator and the hybrid ranking that mixes it with beam search."""
+
+import pytest
+import torch
+from conftest import random_ml100k_index, train_on_batch
+from test_recommend import tiny_dataset
+
+from semid.data.sequences import CodeCollator, TargetDataset, prepare_data
+from semid.errors import SemidError
+from semid.hybrid import MIX_GRID, Candidates, HybridRanker, choose_mix
+from semid.ids import SemanticIDs
+from semid.models import build_model
+from semid.ranking import BeamRanker, ranker_for
+from semid.tasks.recommend import RecommendSpec, tune_item_mix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZES = [4, 4]
+
+
+def make_ids(n=12):
+    codes = torch.tensor([[r // 4, r % 4] for r in range(n)])
+    return SemanticIDs([f"m{r}" for r in range(n)], codes, SIZES)
+
+
+def make(ids, **kw):
+    torch.manual_seed(0)
+    cfg = {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1, "dropout": 0.0, "item_loss": 1.0}
+    config = {**cfg, **kw, "codebook_sizes": SIZES, "num_items": len(ids)}
+    return build_model("mmgrec", config).eval()
+
+
+def queries(ids, b=3, t=4):
+    items = (torch.arange(b)[:, None] * 3 + torch.arange(t)) % len(ids)
+    return {"items": items, "history_codes": ids.codes[items], "times": torch.zeros(b, t).long()}
+
+
+def test_item_loss_sizes_the_head_and_trains_it():
+    ids = make_ids()
+    config = build_model("mmgrec", {"item_loss": 0.5, "codebook_sizes": SIZES}).config
+    model_cls = type(build_model("mmgrec", {"codebook_sizes": SIZES}))
+    assert model_cls.sized_for(config, ids).num_items == len(ids)
+    model = make(ids).train()
+    batch = queries(ids)
+    nxt = (batch["items"] + 5) % len(ids)
+    batch.update(next_items=nxt, next_codes=ids.codes[nxt])
+    train_on_batch(model, batch)
+    head = model.item_log_probs(batch)
+    assert head.shape == (3, len(ids)) and torch.allclose(head.exp().sum(1), torch.ones(3))
+    assert (head.argmax(1) == nxt[:, -1]).all()
+    assert not build_model("mmgrec", {"codebook_sizes": SIZES}).has_item_head()
+
+
+def test_score_codes_gives_the_beam_search_log_probs():
+    ids = make_ids()
+    model, batch = make(ids), queries(ids)
+    trie = ids.trie(SIZES)
+    codes, scores = model.generate(batch, trie, num_beams=5, top_k=5)
+    assert torch.allclose(model.score_codes(batch, trie, codes), scores, atol=1e-5)
+
+
+def test_mix_zero_is_plain_beam_search():
+    ids = make_ids()
+    model, batch = make(ids, item_mix=0.0), queries(ids)
+    seen = torch.tensor([[0, 1], [-1, 4], [-1, -1]])
+    ranker = ranker_for(model, ids, num_beams=4)
+    assert type(ranker) is BeamRanker
+    plain = BeamRanker(model, ids, num_beams=4).rank(batch, 3, seen)
+    got = ranker.rank(batch, 3, seen)
+    assert torch.equal(got.rows, plain.rows) and torch.equal(got.scores, plain.scores)
+    model.config.item_mix = 1.0
+    assert isinstance(ranker_for(model, ids, num_beams=4), HybridRanker)
+
+
+def test_an_item_the_head_strongly_prefers_is_ranked_first_and_seen_items_never():
+    ids = make_ids()
+    model, batch = make(ids, item_mix=1.0), queries(ids)
+    seen = torch.tensor([[0], [0], [0]])
+    everything = BeamRanker(model, ids, num_beams=12).rank(batch, 11, seen).rows
+    favourite = int(everything[0, -1])  # the ID decoder's least likely unseen row for query 0
+    head = torch.full((3, len(ids)), -50.0)
+    head[:, favourite] = 0.0
+    head[:, 0] = 0.0  # also strongly preferred, but seen by every query
+    model.item_log_probs = lambda inputs: head
+    beams = BeamRanker(model, ids, num_beams=1).rank(batch, 1, seen).rows
+    assert beams[0, 0] != favourite  # beam search alone does not find it
+    top = HybridRanker(model, ids, num_beams=1, mix=1.0).rank(batch, 3, seen).rows
+    assert (top[:, 0] == favourite).all() and not (top == 0).any()
+    cands = HybridRanker(model, ids, num_beams=1).candidates(batch, 3, seen)
+    assert not (cands.top(0.0, 3, ids).rows == 0).any()  # also with weight 0 over the candidates
+
+
+def test_choose_mix_picks_the_best_valid_ndcg_and_the_smallest_on_ties():
+    ids = make_ids(4)
+    rows = torch.tensor([[0, 1], [2, 3]])
+    gen = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]])
+    item = torch.tensor([[-3.0, -0.1], [-3.0, -0.1]])  # the head prefers the second candidate
+    parts = [Candidates(rows, gen, item)]
+    best, ndcg = choose_mix(parts, torch.tensor([1, 3]), ids, grid=(0.0, 1.0, 2.0), k=1)
+    assert best == 1.0 and ndcg == {"0.0": 0.0, "1.0": 1.0, "2.0": 1.0}
+    best, _ = choose_mix(parts, torch.tensor([0, 2]), ids, grid=(0.0, 1.0), k=1)
+    assert best == 0.0
+
+
+def test_tuning_sets_the_mixing_weight_from_the_valid_split():
+    dataset = tiny_dataset()
+    ids = SemanticIDs(list(dataset.item_keys), torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]]),
+                      [3, 2])  # fmt: skip
+    data = prepare_data(dataset, ids, max_history=3)
+    torch.manual_seed(0)
+    model = build_model("mmgrec", {"codebook_sizes": [3, 2], "dim": 8, "heads": 2, "item_loss": 1.0,
+                                   "num_items": 5, "item_mix": 123.0})  # fmt: skip
+    spec = RecommendSpec(dataset="tiny", model="mmgrec", max_history=3, num_beams=2)
+    ndcg = tune_item_mix(model, ids, data, spec)
+    assert model.config.item_mix in {float(w) for w in ndcg}
+    ds = TargetDataset(data, data.positions("valid"), 3, with_seen=True)
+    batch = CodeCollator(ds.collate, ids.codes)(list(data.positions("valid")))
+    seen = batch.pop("seen")
+    assert ranker_for(model, ids, 2).rank(batch, 2, seen).rows.shape == (3, 2)
+
+
+def test_item_mix_override_is_checked():
+    ids = make_ids()
+    model = make(ids, item_mix=1.0)
+    assert type(ranker_for(model, ids, 4, item_mix=0.0)) is BeamRanker
+    assert ranker_for(model, ids, 4, item_mix=2.0).mix == 2.0
+    with pytest.raises(SemidError, match="must be >= 0"):
+        ranker_for(model, ids, 4, item_mix=-1.0)
+    with pytest.raises(SemidError, match="item head"):
+        ranker_for(make(ids, item_loss=0.0), ids, 4, item_mix=1.0)
+
+
+def test_cli_trains_the_head_tunes_the_weight_and_ranks_new_items(tmp_path):
+    import json
+
+    import numpy as np
+
+    from semid.cli.main import main
+    from semid.runs import load_run
+
+    keys, x, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    config = {"dim": 16, "heads": 2, "layers": 1, "ff_mult": 1, "item_loss": 1.0, "item_mix": 99.0}
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "mmgrec",
+                 "--users", "8", "--epochs", "1", "--num-beams", "10",
+                 "--model-config", json.dumps(config), "--out", str(run)]) == 0  # fmt: skip
+    loaded = load_run(run)
+    assert loaded.model.config.item_mix in MIX_GRID  # chosen on valid, saved with the model
+    assert "item_mix_valid_ndcg@10" in loaded.state["result"]
+    for mix in (["--item-mix", "0"], []):
+        assert main(["eval", str(run), "--split", "test", *mix]) == 0
+    np.save(tmp_path / "new.npy", x[:2] + 0.01)
+    (tmp_path / "new.txt").write_text("new-a\nnew-b\n")
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "new.npy"),
+                 "--keys", str(tmp_path / "new.txt")]) == 0  # fmt: skip
+    assert main(["eval", str(run), "--split", "test", "--item-mix", "1"]) == 0  # rows beyond the head
+    assert main(["predict", str(run), "--history", f"{keys[0]},{keys[1]}", "--k", "5"]) == 0
+
+
+def test_runs_saved_before_the_item_head_load_without_one(tmp_path):
+    import json
+
+    from semid.models import load_model, save_model
+
+    model = make(make_ids())
+    assert model.has_item_head()
+    save_model(model, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    saved = json.loads(path.read_text())
+    fields = next(v for v in saved.values() if isinstance(v, dict) and "item_loss" in v)
+    del fields["item_loss"]
+    path.write_text(json.dumps(saved))
+    assert not load_model(tmp_path / "m").has_item_head()
