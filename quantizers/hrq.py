@@ -9,9 +9,16 @@ loss trains the embedding; ``fit(x, pairs=...)`` adds the ranking loss of Nickel
 on (descendant, ancestor) pairs, which is how a known hierarchy is imposed.
 
 Spec options: ``c`` (curvature, 1.0; c=0 is the Euclidean limit of the same code, the fair
-baseline), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
+baseline), ``learn_c`` (1: c is a trained parameter starting at ``c``; 0 by default), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
 ``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0).
-Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``.
+Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``; with ``patience`` set,
+training stops early on a validation loss (quantization/reconstruction loss of held-out items, plus
+the ranking loss of ``val_pairs`` if given) and keeps the best epoch (``fit_summary`` has the curves).
+
+Geometry, end to end: the encoder MLP's output is a tangent vector at the origin, mapped into the
+ball by exp_0 (the input boundary); residuals are Möbius differences (-e) ⊕ r; codes are assigned
+and trained by hyperbolic distance; the decoder reads log_0 of the quantized point (the output
+boundary). Only the codebook initialisation (k-means on log_0 of the residuals) uses tangent space.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
 from semid.hierarchy import is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
@@ -32,7 +40,15 @@ from semid.quantizers import hyperbolic as hb
 from semid.quantizers.residual import code_usage
 from semid.quantizers.rqvae import mlp
 
-OPTIONS = {"c": 1.0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0, "decoder": 1}
+OPTIONS = {
+    "c": 1.0,
+    "learn_c": 0,
+    "latent": 32,
+    "hidden": "256",
+    "beta": 0.25,
+    "clip": 2.0,
+    "decoder": 1,
+}
 
 
 def _parse_widths(spec: QuantizerSpec) -> list[int]:
@@ -61,6 +77,11 @@ class HRQTrainConfig:
     negatives: int = 256  # random items shared by the step's pairs as negatives
     reset_dead_until: float = 0.8  # re-seed unused codes each epoch until this fraction of epochs
     init_batch: int = 8192  # items whose first embeddings initialise the codebooks by k-means
+    patience: int | None = None  # epochs without a better validation loss before stopping
+    val_fraction: float = (
+        0.1  # items held out of the quantization loss for validation (with patience)
+    )
+    val_negatives: int = 1024  # fixed random negatives of the validation ranking loss
     seed: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> HRQTrainConfig:
@@ -89,13 +110,17 @@ class HyperbolicRQ(Quantizer):
         self.beta = spec.option("beta", OPTIONS["beta"], float)
         self.clip = spec.option("clip", OPTIONS["clip"], float)
         self.has_decoder = bool(spec.option("decoder", OPTIONS["decoder"], int))
+        self.learn_c = bool(spec.option("learn_c", OPTIONS["learn_c"], int))
+        if self.learn_c and self.c == 0:
+            raise SemidError(f"bad options in {spec}: a learned curvature needs a start c > 0")
         if self.c < 0 or self.latent_dim < 1 or self.beta < 0 or self.clip <= 0:
             raise SemidError(
                 f"bad options in {spec}: need c >= 0, latent >= 1, beta >= 0, clip > 0"
             )
         self.hidden = _parse_widths(spec)
         super().__init__(spec, None)
-        self.ball = hb.poincare_ball(self.c)
+        self.ball = hb.poincare_ball(self.c, learnable=self.learn_c)
+        self.fit_summary: dict[str, Any] = {}
         if dim is not None:
             self.build(dim)
 
@@ -130,6 +155,8 @@ class HyperbolicRQ(Quantizer):
         residual, codes, chosen = z, [], []
         codebook_loss = commitment_loss = z.new_zeros(())
         for book in self.codebooks:
+            if self.learn_c:  # the ball moves with c: keep the codes inside it
+                book = hb.project(self.ball, book)
             idx = hb.nearest_code(self.ball, residual.detach(), book.detach())
             e = book[idx]
             codebook_loss = (
@@ -215,30 +242,30 @@ class HyperbolicRQ(Quantizer):
     # --- training ---
 
     def fit(
-        self, x: Tensor, *, pairs: Tensor | None = None, progress: bool = True, **overrides: Any
+        self,
+        x: Tensor,
+        *,
+        pairs: Tensor | None = None,
+        val_pairs: Tensor | None = None,
+        progress: bool = True,
+        **overrides: Any,
     ) -> HyperbolicRQ:
         """Train on x (N, D); `pairs` (P, 2) are (descendant, ancestor) rows of x for the hierarchy loss.
 
-        Keywords override `HRQTrainConfig` fields (e.g. ``epochs=5``)."""
+        `val_pairs` (held-out pairs of the same form) join the validation loss when ``patience`` is
+        set. Keywords override `HRQTrainConfig` fields (e.g. ``epochs=5``)."""
         cfg = HRQTrainConfig().with_overrides(overrides)
         x = self.check_input(x)
         self.build(x.shape[1])
-        if pairs is not None:
-            pairs = torch.as_tensor(pairs, dtype=torch.long)
-            if (
-                pairs.ndim != 2
-                or pairs.shape[1] != 2
-                or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= len(x)))
-            ):
-                raise SemidError(f"pairs must be (P, 2) row indices into x's {len(x)} rows")
-        elif self.decoder is None:
+        pairs, val_pairs = _check_pairs(pairs, len(x)), _check_pairs(val_pairs, len(x))
+        if pairs is None and self.decoder is None:
             raise SemidError(
                 f"{self.spec} has no decoder, so it learns only from pairs; pass pairs=... or use decoder=1"
             )
         self.mean.copy_(x.mean(0))
         self.scale.copy_((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
         inputs = (x - self.mean) / self.scale
-        self._train(inputs, pairs, cfg, progress)
+        self._train(inputs, pairs, val_pairs, cfg, progress)
         self.initted.fill_(True)
         return self
 
@@ -254,13 +281,9 @@ class HyperbolicRQ(Quantizer):
             loss = loss + recon
         return loss, recon, codes
 
-    def _hierarchy_loss(
-        self, inputs: Tensor, pairs: Tensor, keys: Tensor, cfg: HRQTrainConfig, gen
-    ) -> Tensor:
-        """Ranking loss: each descendant's ancestor against `negatives` shared random non-ancestors."""
+    def _hierarchy_loss(self, inputs: Tensor, batch: Tensor, negs: Tensor, keys: Tensor) -> Tensor:
+        """Ranking loss: each descendant's ancestor (batch (B, 2)) against negatives (M,) shared by all."""
         n = inputs.shape[0]
-        batch = pairs[torch.randint(len(pairs), (cfg.pair_batch,), generator=gen)]
-        negs = torch.randint(n, (cfg.negatives,), generator=gen)
         # One encoder pass for descendants, ancestors and negatives.
         z = self._embed(inputs[torch.cat([batch[:, 0], batch[:, 1], negs])])
         z_u, z_v, z_n = z.split([len(batch), len(batch), len(negs)])
@@ -306,8 +329,29 @@ class HyperbolicRQ(Quantizer):
             revived += dead.numel()
         return revived
 
+    @torch.no_grad()
+    def _val_loss(
+        self, inputs: Tensor, val_items: Tensor, val: dict | None, cfg: HRQTrainConfig
+    ) -> float:
+        """The training objective on held-out items and pairs, with fixed negatives (eval mode)."""
+        self.eval()
+        loss = float(self._losses(inputs[val_items])[0])
+        if val is not None:
+            chunks = val["pairs"].split(4096)
+            hier = sum(
+                float(self._hierarchy_loss(inputs, b, val["negs"], val["keys"])) * len(b)
+                for b in chunks
+            )
+            loss += cfg.hierarchy_weight * hier / len(val["pairs"])
+        return loss
+
     def _train(
-        self, inputs: Tensor, pairs: Tensor | None, cfg: HRQTrainConfig, progress: bool
+        self,
+        inputs: Tensor,
+        pairs: Tensor | None,
+        val_pairs: Tensor | None,
+        cfg: HRQTrainConfig,
+        progress: bool,
     ) -> None:
         gen = torch.Generator().manual_seed(cfg.seed)
         with torch.random.fork_rng(devices=[]):
@@ -316,31 +360,74 @@ class HyperbolicRQ(Quantizer):
                 if isinstance(module, nn.Linear):
                     module.reset_parameters()
         n = inputs.shape[0]
-        self._init_codebooks(inputs[torch.randperm(n, generator=gen)[: cfg.init_batch]], cfg.seed)
+        order = torch.randperm(n, generator=gen)
+        n_val = round(cfg.val_fraction * n) if cfg.patience is not None else 0
+        val_items, train_items = order[:n_val], order[n_val:]
+        self._init_codebooks(inputs[train_items[: cfg.init_batch]], cfg.seed)
         keys = None if pairs is None else pair_keys(pairs, n)
+        val = None
+        if val_pairs is not None and len(val_pairs) and cfg.patience is not None:
+            negs = torch.randint(n, (cfg.val_negatives,), generator=gen)
+            all_pairs = val_pairs if pairs is None else torch.cat([pairs, val_pairs])
+            val = {"pairs": val_pairs, "negs": negs, "keys": pair_keys(all_pairs, n)}
         opt = geoopt.optim.RiemannianAdam(self.parameters(), lr=cfg.lr)
+        stopper = EarlyStopping(cfg.patience)
+        train_curve: list[float] = []
         bar = tqdm(range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch")
         for epoch in bar:
             self.train()
             usage = torch.zeros(self.levels, self.spec.codebook_size, dtype=torch.long)
-            for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
-                loss, recon, codes = self._losses(inputs[idx])
-                recon = recon.detach()
-                hier = loss.new_zeros(())
+            total, steps = 0.0, 0
+            for idx in train_items[torch.randperm(len(train_items), generator=gen)].split(
+                cfg.batch_size
+            ):
+                loss, _, codes = self._losses(inputs[idx])
                 if pairs is not None and len(pairs):
-                    hier = self._hierarchy_loss(inputs, pairs, keys, cfg, gen)
-                    loss = loss + cfg.hierarchy_weight * hier
-                    hier = hier.detach()
+                    batch = pairs[torch.randint(len(pairs), (cfg.pair_batch,), generator=gen)]
+                    negs = torch.randint(n, (cfg.negatives,), generator=gen)
+                    loss = loss + cfg.hierarchy_weight * self._hierarchy_loss(
+                        inputs, batch, negs, keys
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 usage += code_usage(codes, self.spec.codebook_size)
+                total, steps = total + loss.item(), steps + 1
+            train_curve.append(total / max(steps, 1))
             revived = 0
             if epoch < cfg.reset_dead_until * cfg.epochs:
-                revived = self._reset_dead_codes(inputs, usage, gen)
-            bar.set_postfix(recon=f"{recon.item():.4f}", hier=f"{hier.item():.3f}", revived=revived)
+                revived = self._reset_dead_codes(inputs[train_items], usage, gen)
+            stop = False
+            if cfg.patience is not None:
+                stop = stopper.update(self._val_loss(inputs, val_items, val, cfg), self)
+            bar.set_postfix(loss=f"{train_curve[-1]:.4f}", revived=revived)
+            if stop:
+                break
         bar.close()
+        stopper.restore(self)
+        self.fit_summary = {
+            "epochs": len(train_curve),
+            "best_epoch": stopper.best_epoch + 1,
+            "stopped_early": stopper.stopped_early,
+            "train_loss": train_curve,
+            "val_loss": stopper.history,
+            "c": float(self.ball.c.detach()),
+        }
         self.eval()
+
+
+def _check_pairs(pairs: Tensor | None, n: int) -> Tensor | None:
+    """`pairs` as a (P, 2) int64 tensor of rows < n, or None; SemidError if malformed."""
+    if pairs is None:
+        return None
+    pairs = torch.as_tensor(pairs, dtype=torch.long)
+    if (
+        pairs.ndim != 2
+        or pairs.shape[1] != 2
+        or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= n))
+    ):
+        raise SemidError(f"pairs must be (P, 2) row indices into x's {n} rows")
+    return pairs
 
 
 __all__ = ["HRQTrainConfig", "HyperbolicRQ"]

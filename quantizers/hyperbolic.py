@@ -15,11 +15,14 @@ from torch import Tensor
 _EPS = 1e-6  # floor for norms and for 1 - c||x||^2 in float32
 
 
-def poincare_ball(c: float) -> geoopt.PoincareBall:
-    """The Poincaré ball of curvature -c (c >= 0; c = 0 is flat space)."""
-    if c < 0:
-        raise ValueError(f"curvature c must be >= 0, got {c}")
-    return geoopt.PoincareBall(c=c)
+def poincare_ball(c: float, learnable: bool = False) -> geoopt.PoincareBall:
+    """The Poincaré ball of curvature -c (c >= 0; c = 0 is flat space).
+
+    With `learnable`, c (> 0, kept positive by geoopt's softplus) is a parameter trained with the
+    rest of the model; flat space cannot be learned."""
+    if c < 0 or (learnable and c == 0):
+        raise ValueError(f"curvature c must be >= 0 (> 0 when learned), got {c}")
+    return geoopt.PoincareBall(c=c, learnable=learnable)
 
 
 def project(ball: geoopt.PoincareBall, x: Tensor) -> Tensor:
@@ -73,19 +76,19 @@ def pairwise_distance(ball: geoopt.PoincareBall, x: Tensor, y: Tensor) -> Tensor
     Uses d = arcosh(1 + 2c ||x - y||^2 / ((1 - c||x||^2)(1 - c||y||^2))) / sqrt(c), which needs only
     the Gram matrix; with c = 0 it is 2 ||x - y||, matching ``distance``. Accurate enough to rank
     codes; use ``distance`` where the loss needs exact small distances."""
-    c = float(ball.c)
+    c = ball.c  # a tensor: gradients reach a learned curvature
     xx, yy = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1)
     sq = (xx - 2 * x @ y.T + yy).clamp_min(0)  # (N, K)
-    if c == 0:
+    if float(c.detach()) == 0:
         return 2 * sq.clamp_min(_EPS**2).sqrt()
     denom = (1 - c * xx).clamp_min(_EPS) * (1 - c * yy).clamp_min(_EPS)
     arg = 1 + 2 * c * sq / denom
-    return torch.acosh(arg.clamp_min(1 + _EPS)) / c**0.5
+    return torch.acosh(arg.clamp_min(1 + _EPS)) / c.sqrt()
 
 
 def nearest_code(ball: geoopt.PoincareBall, x: Tensor, codebook: Tensor) -> Tensor:
     """Index (N,) int64 of the code in codebook (K, d) nearest to each row of x (N, d)."""
-    c = float(ball.c)
+    c = float(ball.c.detach())
     xx, yy = x.pow(2).sum(-1, keepdim=True), codebook.pow(2).sum(-1)
     sq = (xx - 2 * x @ codebook.T + yy).clamp_min(0)
     if c == 0:
