@@ -12,8 +12,8 @@ Spec options: ``c`` (curvature, 1.0; c=0 is the Euclidean limit of the same code
 baseline), ``learn_c`` (1: c is a trained parameter starting at ``c``; 0 by default), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
 ``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0).
 Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``; with ``patience`` set,
-training stops early on a validation loss (quantization/reconstruction loss of held-out items, plus
-the ranking loss of ``val_pairs`` if given) and keeps the best epoch (``fit_summary`` has the curves).
+training stops early on a validation loss (the ranking loss of ``val_pairs`` if given, else the
+quantization/reconstruction loss of held-out items) and keeps the best epoch (``fit_summary`` has the curves).
 
 Geometry, end to end: the encoder MLP's output is a tangent vector at the origin, mapped into the
 ball by exp_0 (the input boundary); residuals are Möbius differences (-e) ⊕ r; codes are assigned
@@ -330,20 +330,21 @@ class HyperbolicRQ(Quantizer):
         return revived
 
     @torch.no_grad()
-    def _val_loss(
-        self, inputs: Tensor, val_items: Tensor, val: dict | None, cfg: HRQTrainConfig
-    ) -> float:
-        """The training objective on held-out items and pairs, with fixed negatives (eval mode)."""
+    def _val_loss(self, inputs: Tensor, val_items: Tensor, val: dict | None) -> float:
+        """Validation loss (eval mode): the ranking loss of held-out pairs with fixed negatives if
+        there are any, else the quantization (+ reconstruction) loss of held-out items.
+
+        With pairs the quantization loss is left out: it grows as the ranking loss spreads the
+        points apart, so the sum would stop training before the hierarchy is learnt."""
         self.eval()
-        loss = float(self._losses(inputs[val_items])[0])
-        if val is not None:
-            chunks = val["pairs"].split(4096)
-            hier = sum(
-                float(self._hierarchy_loss(inputs, b, val["negs"], val["keys"])) * len(b)
-                for b in chunks
-            )
-            loss += cfg.hierarchy_weight * hier / len(val["pairs"])
-        return loss
+        if val is None:
+            return float(self._losses(inputs[val_items])[0])
+        chunks = val["pairs"].split(4096)
+        total = sum(
+            float(self._hierarchy_loss(inputs, b, val["negs"], val["keys"])) * len(b)
+            for b in chunks
+        )
+        return total / len(val["pairs"])
 
     def _train(
         self,
@@ -361,15 +362,16 @@ class HyperbolicRQ(Quantizer):
                     module.reset_parameters()
         n = inputs.shape[0]
         order = torch.randperm(n, generator=gen)
-        n_val = round(cfg.val_fraction * n) if cfg.patience is not None else 0
-        val_items, train_items = order[:n_val], order[n_val:]
-        self._init_codebooks(inputs[train_items[: cfg.init_batch]], cfg.seed)
-        keys = None if pairs is None else pair_keys(pairs, n)
         val = None
         if val_pairs is not None and len(val_pairs) and cfg.patience is not None:
             negs = torch.randint(n, (cfg.val_negatives,), generator=gen)
             all_pairs = val_pairs if pairs is None else torch.cat([pairs, val_pairs])
             val = {"pairs": val_pairs, "negs": negs, "keys": pair_keys(all_pairs, n)}
+        # Items are held out only where they are the validation data (no validation pairs).
+        n_val = round(cfg.val_fraction * n) if cfg.patience is not None and val is None else 0
+        val_items, train_items = order[:n_val], order[n_val:]
+        self._init_codebooks(inputs[train_items[: cfg.init_batch]], cfg.seed)
+        keys = None if pairs is None else pair_keys(pairs, n)
         opt = geoopt.optim.RiemannianAdam(self.parameters(), lr=cfg.lr)
         stopper = EarlyStopping(cfg.patience)
         train_curve: list[float] = []
@@ -399,7 +401,7 @@ class HyperbolicRQ(Quantizer):
                 revived = self._reset_dead_codes(inputs[train_items], usage, gen)
             stop = False
             if cfg.patience is not None:
-                stop = stopper.update(self._val_loss(inputs, val_items, val, cfg), self)
+                stop = stopper.update(self._val_loss(inputs, val_items, val), self)
             bar.set_postfix(loss=f"{train_curve[-1]:.4f}", revived=revived)
             if stop:
                 break
