@@ -75,7 +75,7 @@ SETTINGS = {
     },
 }
 SIDES = {"HRQ": {"c": 1.0, "learn_c": 0}, "RQ": {"c": 0.0, "learn_c": 0}}
-BASE = {"latent": 32, "lr": 1e-3, "codes": None}  # codes None: the dataset's default
+BASE = {"latent": 32, "lr": 1e-3, "codes": None, "net": "mlp"}  # codes None: the dataset's default
 TASKS = {"supervised": 0, "discovery": 1}  # task -> decoder back to MiniLM space
 
 
@@ -106,11 +106,11 @@ def make_fold(wn: WordNet, seed: int) -> Fold:
 
 
 def spec_of(config: dict, dataset: str, task: str) -> str:
-    """The hrq spec string of a config (latent, codes, c, learn_c) for a dataset and task."""
+    """The hrq spec string of a config (latent, codes, c, learn_c, net) for a dataset and task."""
     codes = config.get("codes") or SETTINGS[dataset]["codes"]
     return (
         f"hrq:{codes},latent={config['latent']},hidden=256,c={config['c']:g},"
-        f"learn_c={config['learn_c']},decoder={TASKS[task]}"
+        f"learn_c={config['learn_c']},decoder={TASKS[task]},net={config.get('net', 'mlp')}"
     )
 
 
@@ -118,15 +118,15 @@ def reconstruction(q, x: Tensor, codes: Tensor, fold: Fold, sample: int | None) 
     """Closure mean rank / MAP of the embeddings and of the quantized points (own distance)."""
     distance = lambda a, b: hb.pairwise_distance(q.ball, a, b)  # noqa: E731
     embedded, quantized = q.embed(x), q.decode_latent(codes)
-    nodes = None
-    if sample is not None:  # a fixed random sample of nodes, the same for every run
-        nodes = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:sample]
+    nodes, held_nodes = None, fold.test.test_children
+    if sample is not None:  # fixed random samples of nodes, the same for every run of a seed
+        g = torch.Generator().manual_seed(0)
+        nodes = torch.randperm(len(x), generator=g)[:sample]
+        held_nodes = held_nodes[torch.randperm(len(held_nodes), generator=g)[:sample]]
     out = {}
     for name, points in (("embed", embedded), ("quant", quantized)):
         train = closure_reconstruction(points, fold.pairs, distance, nodes=nodes)
-        held = closure_reconstruction(
-            points, fold.full_closure, distance, nodes=fold.test.test_children
-        )
+        held = closure_reconstruction(points, fold.full_closure, distance, nodes=held_nodes)
         out.update(
             {
                 f"{name}_map": train["map"],

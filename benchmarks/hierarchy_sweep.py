@@ -43,11 +43,14 @@ CURVATURES = {
     "HRQ": [{"c": 1.0, "learn_c": 0}, {"c": 0.1, "learn_c": 0}, {"c": 1.0, "learn_c": 1}],
     "RQ": [{"c": 0.0, "learn_c": 0}],
 }
+# The embedding network: Euclidean MLP + exp_0, or hyperbolic layers. At c=0 both are the same
+# Euclidean MLP, so the RQ side has nothing to sweep here.
+NETS = {"HRQ": [{"net": "mlp"}, {"net": "hnn"}], "RQ": [{"net": "mlp"}]}
 
 
 def factors(side: str) -> dict[str, list[dict]]:
-    """The sweep's factors in order, each a list of config updates; curvature last."""
-    return {**FACTORS, "curvature": CURVATURES[side]}
+    """The sweep's factors in order, each a list of config updates; curvature, then network last."""
+    return {**FACTORS, "curvature": CURVATURES[side], "net": NETS[side]}
 
 
 def score(rows: list[dict]) -> tuple[float, float]:
@@ -77,14 +80,33 @@ def sweep_side(run, side: str, seeds: list[int], journal, base: dict) -> dict:
     return best
 
 
-def runner(dataset: str, wn, x, folds: dict, task: str, side: str):
-    """`run(config, seed, factor)` for `sweep_side`: one run_config row tagged with its factor."""
+def runner(dataset: str, wn, x, folds: dict, task: str, side: str, done: dict):
+    """`run(config, seed, factor)` for `sweep_side`: one run_config row tagged with its factor,
+    taken from `done` (rows of an earlier journal, by `row_key`) when it was already run."""
 
     def run(config: dict, seed: int, factor: str) -> dict:
+        key = row_key(task, side, config, seed)
+        if key in done:
+            return {**done[key], "factor": factor, "resumed": True}
         row = run_config(dataset, wn, x, folds[seed], task, side, config, seed)
         return {**row, "factor": factor}
 
     return run
+
+
+def row_key(task: str, side: str, config: dict, seed: int) -> str:
+    """Identity of one sweep run; configs from before the ``net`` factor count as net=mlp."""
+    return json.dumps([task, side, {"net": "mlp", **config}, seed], sort_keys=True)
+
+
+def read_journal(path: Path) -> dict[str, dict]:
+    """Rows of an earlier sweep journal (JSON lines) by `row_key`; empty if there is none."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["config"] = {"net": "mlp", **r["config"]}
+    return {row_key(r["task"], r["side"], r["config"], r["seed"]): r for r in rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
     parser.add_argument("--out", default=str(RESULTS / "hierarchy_sweep"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse the runs already in out.jsonl (same seeds)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -105,17 +130,21 @@ def main(argv: list[str] | None = None) -> None:
     folds = {seed: make_fold(wn, seed) for seed in args.seeds}
     rows, best = [], []
     journal_path = Path(f"{args.out}.jsonl")
-    journal_path.write_text("")
+    done = read_journal(journal_path) if args.resume else {}
+    if not args.resume:
+        journal_path.write_text("")
 
     def journal(row: dict) -> None:
         rows.append(row)
+        if row.pop("resumed", False):
+            return
         log_row(row)
         with journal_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
     for task in args.tasks:
         for side in args.sides:
-            run = runner(args.dataset, wn, x, folds, task, side)
+            run = runner(args.dataset, wn, x, folds, task, side, done)
             base = {**BASE, **SIDES[side], "codes": SETTINGS[args.dataset]["codes"]}
             config = sweep_side(run, side, args.seeds, journal, base)
             best.append({"dataset": args.dataset, "task": task, "side": side, "config": config})

@@ -10,15 +10,18 @@ on (descendant, ancestor) pairs, which is how a known hierarchy is imposed.
 
 Spec options: ``c`` (curvature, 1.0; c=0 is the Euclidean limit of the same code, the fair
 baseline), ``learn_c`` (1: c is a trained parameter starting at ``c``; 0 by default), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
-``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0).
+``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0),
+``net`` (``mlp``: a Euclidean MLP whose output is mapped into the ball by exp_0, the default;
+``hnn``: hyperbolic layers, Möbius matrix products and Möbius bias additions, on exp_0 of the
+input, so the embedding network itself is hyperbolic; both are the same Euclidean MLP at c=0).
 Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``; with ``patience`` set,
 training stops early on a validation loss (the ranking loss of ``val_pairs`` if given, else the
 quantization/reconstruction loss of held-out items) and keeps the best epoch (``fit_summary`` has the curves).
 
-Geometry, end to end: the encoder MLP's output is a tangent vector at the origin, mapped into the
-ball by exp_0 (the input boundary); residuals are Möbius differences (-e) ⊕ r; codes are assigned
-and trained by hyperbolic distance; the decoder reads log_0 of the quantized point (the output
-boundary). Only the codebook initialisation (k-means on log_0 of the residuals) uses tangent space.
+Geometry, end to end: with ``net=hnn`` inputs enter the ball by exp_0 and every encoder layer is
+hyperbolic (with ``net=mlp`` the encoder's output is mapped by exp_0); residuals are Möbius differences (-e) ⊕ r; codes are assigned
+and trained by hyperbolic distance; the decoder maps the quantized point back and leaves the ball by
+log_0 (after its hyperbolic layers with ``hnn``, before its Euclidean ones with ``mlp``). Only the codebook initialisation (k-means on log_0 of the residuals) uses tangent space.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 
 from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
-from semid.hierarchy import is_pair, pair_keys, ranking_loss
+from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 from semid.quantizers import hyperbolic as hb
@@ -48,6 +51,7 @@ OPTIONS = {
     "beta": 0.25,
     "clip": 2.0,
     "decoder": 1,
+    "net": "mlp",
 }
 
 
@@ -111,6 +115,9 @@ class HyperbolicRQ(Quantizer):
         self.clip = spec.option("clip", OPTIONS["clip"], float)
         self.has_decoder = bool(spec.option("decoder", OPTIONS["decoder"], int))
         self.learn_c = bool(spec.option("learn_c", OPTIONS["learn_c"], int))
+        self.net = spec.option("net", OPTIONS["net"])
+        if self.net not in ("mlp", "hnn"):
+            raise SemidError(f"bad option net={self.net!r} in {spec}: use net=mlp or net=hnn")
         if self.learn_c and self.c == 0:
             raise SemidError(f"bad options in {spec}: a learned curvature needs a start c > 0")
         if self.c < 0 or self.latent_dim < 1 or self.beta < 0 or self.clip <= 0:
@@ -127,9 +134,10 @@ class HyperbolicRQ(Quantizer):
     def _build(self, dim: int) -> None:
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
-        self.encoder = mlp([dim, *self.hidden, self.latent_dim])
+        net = mlp if self.net == "mlp" else lambda widths: hb.HyperbolicMLP(self.ball, widths)
+        self.encoder = net([dim, *self.hidden, self.latent_dim])
         self.decoder = (
-            mlp([self.latent_dim, *reversed(self.hidden), dim]) if self.has_decoder else None
+            net([self.latent_dim, *reversed(self.hidden), dim]) if self.has_decoder else None
         )
         # Small random codes near the origin; fit replaces them by k-means centroids.
         init = torch.randn(self.levels, self.spec.codebook_size, self.latent_dim) * 1e-3
@@ -148,7 +156,16 @@ class HyperbolicRQ(Quantizer):
             )
 
     def _embed(self, inputs: Tensor) -> Tensor:
-        return hb.to_ball(self.ball, self.encoder(inputs), self.clip)
+        if self.net == "mlp":
+            return hb.to_ball(self.ball, self.encoder(inputs), self.clip)
+        out = self.encoder(hb.to_ball(self.ball, inputs))  # exp_0 in, hyperbolic layers
+        return hb.to_ball(self.ball, hb.to_tangent(self.ball, out), self.clip)
+
+    def _decode_point(self, z: Tensor) -> Tensor:
+        """Input-space vectors (N, D) (normalised) of ball points z (N, latent): log_0 at the exit."""
+        if self.net == "mlp":
+            return self.decoder(hb.to_tangent(self.ball, z))
+        return hb.to_tangent(self.ball, self.decoder(z))
 
     def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Codes (N, L), quantized points (N, latent), codebook and commitment losses of z (N, latent)."""
@@ -212,10 +229,7 @@ class HyperbolicRQ(Quantizer):
                 f"{self.spec} has no decoder back to input space; use decode_latent, or decoder=1"
             )
         self.eval()
-        return (
-            self.decoder(hb.to_tangent(self.ball, self.decode_latent(codes))) * self.scale
-            + self.mean
-        )
+        return self._decode_point(self.decode_latent(codes)) * self.scale + self.mean
 
     @torch.no_grad()
     def last_level_distances(self, x: Tensor) -> Tensor:
@@ -257,7 +271,7 @@ class HyperbolicRQ(Quantizer):
         cfg = HRQTrainConfig().with_overrides(overrides)
         x = self.check_input(x)
         self.build(x.shape[1])
-        pairs, val_pairs = _check_pairs(pairs, len(x)), _check_pairs(val_pairs, len(x))
+        pairs, val_pairs = check_pairs(pairs, len(x)), check_pairs(val_pairs, len(x))
         if pairs is None and self.decoder is None:
             raise SemidError(
                 f"{self.spec} has no decoder, so it learns only from pairs; pass pairs=... or use decoder=1"
@@ -277,7 +291,7 @@ class HyperbolicRQ(Quantizer):
         recon = z.new_zeros(())
         if self.decoder is not None:
             z_st = z + (z_q - z).detach()  # straight-through; the value is a ball point
-            recon = (self.decoder(hb.to_tangent(self.ball, z_st)) - inputs).pow(2).sum(-1).mean()
+            recon = (self._decode_point(z_st) - inputs).pow(2).sum(-1).mean()
             loss = loss + recon
         return loss, recon, codes
 
@@ -416,20 +430,6 @@ class HyperbolicRQ(Quantizer):
             "c": float(self.ball.c.detach()),
         }
         self.eval()
-
-
-def _check_pairs(pairs: Tensor | None, n: int) -> Tensor | None:
-    """`pairs` as a (P, 2) int64 tensor of rows < n, or None; SemidError if malformed."""
-    if pairs is None:
-        return None
-    pairs = torch.as_tensor(pairs, dtype=torch.long)
-    if (
-        pairs.ndim != 2
-        or pairs.shape[1] != 2
-        or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= n))
-    ):
-        raise SemidError(f"pairs must be (P, 2) row indices into x's {n} rows")
-    return pairs
 
 
 __all__ = ["HRQTrainConfig", "HyperbolicRQ"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import geoopt
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 _EPS = 1e-6  # floor for norms and for 1 - c||x||^2 in float32
 
@@ -95,3 +96,30 @@ def nearest_code(ball: geoopt.PoincareBall, x: Tensor, codebook: Tensor) -> Tens
         return sq.argmin(-1)
     # arcosh is increasing, so ranking by the ratio avoids it (and its float32 flatness near 1).
     return (sq / ((1 - c * yy).clamp_min(_EPS))).argmin(-1)
+
+
+class HyperbolicMLP(nn.Module):
+    """Ball points (N, w_0) -> ball points (N, w_k) by hyperbolic layers (Ganea et al. 2018).
+
+    Each layer is (W ⊗ x) ⊕ b: Möbius matrix-vector product exp_0(W log_0 x) (geoopt's
+    ``mobius_matvec``), then Möbius addition of the bias point exp_0(b); a Möbius SiLU
+    exp_0(silu(log_0 x)) sits between layers. With c = 0 every operation is its Euclidean
+    counterpart, so this is exactly the Euclidean MLP there. Weights are plain ``nn.Linear``s
+    (the bias lives in the tangent space at the origin), trained by any optimizer."""
+
+    def __init__(self, ball: geoopt.PoincareBall, widths: list[int]) -> None:
+        super().__init__()
+        self._ball = (ball,)  # not a submodule: the quantizer owns (and saves) the ball
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Ball points (N, w_k) of ball points x (N, w_0)."""
+        ball = self._ball[0]
+        for i, linear in enumerate(self.linears):
+            x = project(ball, ball.mobius_matvec(linear.weight, x))
+            x = mobius_add(ball, x, ball.expmap0(linear.bias))
+            if i < len(self.linears) - 1:
+                x = project(ball, ball.expmap0(F.silu(ball.logmap0(x))))
+        return x

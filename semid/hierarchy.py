@@ -28,6 +28,20 @@ def ranking_loss(pos: Tensor, neg: Tensor, invalid: Tensor | None = None) -> Ten
     return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
 
 
+def check_pairs(pairs: Tensor | None, n: int) -> Tensor | None:
+    """`pairs` as a (P, 2) int64 tensor of rows < n, or None; SemidError if malformed."""
+    if pairs is None:
+        return None
+    pairs = torch.as_tensor(pairs, dtype=torch.long)
+    if (
+        pairs.ndim != 2
+        or pairs.shape[1] != 2
+        or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= n))
+    ):
+        raise SemidError(f"pairs must be (P, 2) row indices into x's {n} rows")
+    return pairs
+
+
 def pair_keys(pairs: Tensor, n: int) -> Tensor:
     """Sorted unique int64 keys u * n + v (P',) of pairs (P, 2), for fast membership tests."""
     return torch.unique(pairs[:, 0] * n + pairs[:, 1])

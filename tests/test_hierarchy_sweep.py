@@ -1,11 +1,12 @@
 """The hierarchy sweep's greedy one-factor-at-a-time selection, its summaries and the curve plot."""
 
+import json
 import math
 
 import pytest
 
 from benchmarks.hierarchy_report import stderr, summarise
-from benchmarks.hierarchy_sweep import factors, sweep_side
+from benchmarks.hierarchy_sweep import factors, read_journal, row_key, runner, sweep_side
 from semid.plots import plot_curves
 
 
@@ -19,6 +20,7 @@ def _fake_run(calls: list):
             + (config["lr"] == 3e-3) * 0.1
             + (config["codes"] == "4x8") * 0.1
             + (config["c"] == 0.1) * 0.1
+            + (config["net"] == "hnn") * 0.1
         )
         return {"val_recall10": r10 + seed * 1e-3, "val_mrr10": 0.0, "config": config}
 
@@ -27,11 +29,11 @@ def _fake_run(calls: list):
 
 def test_greedy_sweep_finds_the_best_value_of_each_factor_and_reuses_runs():
     calls, logged = [], []
-    base = {"latent": 32, "lr": 1e-3, "codes": "3x16", "c": 1.0, "learn_c": 0}
+    base = {"latent": 32, "lr": 1e-3, "codes": "3x16", "c": 1.0, "learn_c": 0, "net": "mlp"}
     best = sweep_side(_fake_run(calls), "HRQ", [0, 1], logged.append, base)
-    assert best == {"latent": 10, "lr": 3e-3, "codes": "4x8", "c": 0.1, "learn_c": 0}
-    # 4 latent values, then 2 new values per later factor (the kept one is reused), 2 seeds each.
-    assert len(calls) == len(logged) == 2 * (4 + 2 + 2 + 2)
+    assert best == {"latent": 10, "lr": 3e-3, "codes": "4x8", "c": 0.1, "learn_c": 0, "net": "hnn"}
+    # 4 latent values, then the new values of each later factor (the kept one is reused), 2 seeds.
+    assert len(calls) == len(logged) == 2 * (4 + 2 + 2 + 2 + 1)
     assert [f for f, _ in calls].count("curvature") == 4
 
 
@@ -39,7 +41,7 @@ def test_the_euclidean_side_sweeps_the_same_factors_without_curvature():
     assert list(factors("RQ")) == list(factors("HRQ"))
     assert factors("RQ")["curvature"] == [{"c": 0.0, "learn_c": 0}]
     calls = []
-    base = {"latent": 32, "lr": 1e-3, "codes": "3x16", "c": 0.0, "learn_c": 0}
+    base = {"latent": 32, "lr": 1e-3, "codes": "3x16", "c": 0.0, "learn_c": 0, "net": "mlp"}
     assert sweep_side(_fake_run(calls), "RQ", [0], lambda r: None, base)["c"] == 0.0
     assert len(calls) == 4 + 2 + 2
 
@@ -97,3 +99,15 @@ def test_plot_curves_writes_a_png(tmp_path):
     path = tmp_path / "curves.png"
     plot_curves({"a": {"HRQ": [3.0, 2.0, 1.5], "RQ": [3.0, 2.5]}, "b": {"HRQ": [1.0]}}, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_reuses_journal_rows_and_reads_old_configs_as_mlp(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    old = {"task": "t", "side": "HRQ", "seed": 0, "config": {"latent": 2}, "val_recall10": 0.5}
+    path.write_text(json.dumps(old) + "\n")
+    done = read_journal(path)
+    assert list(done) == [row_key("t", "HRQ", {"latent": 2, "net": "mlp"}, 0)]
+    run = runner("mammals", None, None, {}, "t", "HRQ", done)
+    row = run({"latent": 2, "net": "mlp"}, 0, "latent")
+    assert row["resumed"] and row["val_recall10"] == 0.5 and row["factor"] == "latent"
+    assert read_journal(tmp_path / "missing.jsonl") == {}

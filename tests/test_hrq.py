@@ -179,3 +179,16 @@ def test_learned_curvature_moves_and_survives_save_load(tmp_path):
     assert torch.equal(again.encode(x), q.encode(x))
     with pytest.raises(SemidError, match="learned curvature"):
         build_quantizer("hrq:2x8,c=0,learn_c=1")
+
+
+@pytest.mark.parametrize("c", [1.0, 0.0])
+def test_hyperbolic_embedding_network_fits_saves_and_loads(c, tmp_path):
+    x = _clusters()
+    q = build_quantizer(f"hrq:2x8,c={c},net=hnn,latent=4,hidden=16").fit(x, **FAST)
+    assert isinstance(q.encoder, hb.HyperbolicMLP) and isinstance(q.decoder, hb.HyperbolicMLP)
+    codes = q.encode(x)
+    assert torch.isfinite(q.embed(x)).all() and torch.isfinite(q.decode(codes)).all()
+    q.save_pretrained(tmp_path / "q")
+    assert torch.equal(Quantizer.from_pretrained(tmp_path / "q").encode(x), codes)
+    with pytest.raises(SemidError, match="net"):
+        build_quantizer("hrq:2x8,net=gnn")
