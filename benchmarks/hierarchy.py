@@ -228,7 +228,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--best", help="sweep JSON whose best configs to run (default: BASE)")
     parser.add_argument("--out", default=str(RESULTS / "hierarchy"), help="path without extension")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--merge", nargs="+", help="combine earlier result JSONs into --out; run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = [json.loads(Path(path).read_text()) for path in args.merge]
+        write_final(
+            args.out,
+            [r for run in runs for r in run["runs"]],
+            [m for run in runs for m in run["meta"]],
+        )
+        return
     torch.set_num_threads(args.threads)
     best = best_configs(args.best) if args.best else {}
     start, rows = time.perf_counter(), []

@@ -153,9 +153,42 @@ def write_final(out: str, rows: list[dict], metas: list[dict]) -> None:
     print(text)
 
 
+def _mean(rows: list[dict], metric: str) -> float:
+    return statistics.mean(r[metric] for r in rows)
+
+
+def sweep_summary(rows: list[dict]) -> list[str]:
+    """One markdown row per swept (task, side, setting): means over seeds, in sweep order."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        key = json.dumps([r["dataset"], r["task"], r["side"], r["config"]], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    lines = [
+        "| dataset | task | side | factor | setting | seeds | val R@10 (mean ± se) | test R@10 | "
+        "embed MAP | quantized MAP | held-out MAP | converged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rs in groups.values():
+        r, n = rs[0], len(rs)
+        val_se = stderr([x["val_recall10"] for x in rs])
+        lines.append(
+            f"| {r['dataset']} | {r['task']} | {r['side']} | {r['factor']} | {config_text(r['config'])} | "
+            f"{n} | {_mean(rs, 'val_recall10'):.3f} ± {val_se:.3f} | {_mean(rs, 'recall@10'):.3f} | "
+            f"{_mean(rs, 'embed_map'):.3f} | {_mean(rs, 'quant_map'):.3f} | {_mean(rs, 'embed_heldout_map'):.3f} | "
+            f"{sum(x['q_converged'] and x['g_converged'] for x in rs)}/{n} |"
+        )
+    return lines
+
+
 def sweep_markdown(rows: list[dict], best: list[dict], metas: list[dict]) -> list[str]:
-    """Every sweep run (selection on validation R@10) and the chosen setting per (task, side)."""
-    lines = header(metas) + [
+    """The sweep per setting, the chosen setting per (task, side), then every run."""
+    lines = header(metas) + sweep_summary(rows)
+    lines += ["", "Selected (best mean validation R@10, ties by validation MRR@10):", ""]
+    lines += [f"- {b['task']} {b['side']}: {config_text(b['config'])}" for b in best]
+    lines += [
+        "",
+        "Every run:",
+        "",
         "| dataset | task | side | factor | setting | val R@10 | val MRR@10 | test R@10 | "
         "embed MAP | embed mean rank | quantized MAP | q epochs (best) | g epochs (best) | final c |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -168,8 +201,6 @@ def sweep_markdown(rows: list[dict], best: list[dict], metas: list[dict]) -> lis
             f"{r['q_epochs']} ({r['q_best_epoch']}) | {r['g_epochs']} ({r['g_best_epoch']}) | "
             f"{r['c_final']:.3g} |"
         )
-    lines += ["", "Selected (best validation R@10, ties by validation MRR@10):", ""]
-    lines += [f"- {b['task']} {b['side']}: {config_text(b['config'])}" for b in best]
     return lines
 
 
