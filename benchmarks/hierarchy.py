@@ -65,10 +65,10 @@ SETTINGS = {
     "nouns": {
         "root": None,
         "codes": "3x256",
-        "q_epochs": 60,
+        "q_epochs": 30,
         "q_batch": 512,
         "q_patience": 3,
-        "g_epochs": 60,
+        "g_epochs": 30,
         "g_batch": 512,
         "g_patience": 3,
         "rank_nodes": 2000,
@@ -209,6 +209,12 @@ def best_configs(sweep_path: str) -> dict[tuple[str, str], dict]:
     }
 
 
+def best_runs(sweep: dict) -> list[dict]:
+    """The runs of a sweep JSON that used its best setting for their (task, side), every seed."""
+    best = {(b["task"], b["side"]): b["config"] for b in sweep["best"]}
+    return [r for r in sweep["runs"] if best.get((r["task"], r["side"])) == r["config"]]
+
+
 def log_row(row: dict) -> None:
     """One result row as a JSON line on stderr, without its curves."""
     print(json.dumps({k: v for k, v in row.items() if k != "curves"}), file=sys.stderr, flush=True)
@@ -229,9 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(RESULTS / "hierarchy"), help="path without extension")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--from-sweep",
+        help="write the tables from this sweep JSON's runs of its best settings; run nothing",
+    )
+    parser.add_argument(
         "--merge", nargs="+", help="combine earlier result JSONs into --out; run nothing"
     )
     args = parser.parse_args(argv)
+    if args.from_sweep:
+        sweep = json.loads(Path(args.from_sweep).read_text())
+        write_final(args.out, best_runs(sweep), sweep["meta"])
+        return
     if args.merge:
         runs = [json.loads(Path(path).read_text()) for path in args.merge]
         write_final(

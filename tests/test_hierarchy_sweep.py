@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from benchmarks.hierarchy import best_runs
 from benchmarks.hierarchy_report import stderr, summarise
 from benchmarks.hierarchy_sweep import factors, read_journal, row_key, runner, sweep_side
 from semid.plots import plot_curves
@@ -111,3 +112,27 @@ def test_resume_reuses_journal_rows_and_reads_old_configs_as_mlp(tmp_path):
     row = run({"latent": 2, "net": "mlp"}, 0, "latent")
     assert row["resumed"] and row["val_recall10"] == 0.5 and row["factor"] == "latent"
     assert read_journal(tmp_path / "missing.jsonl") == {}
+
+
+def test_best_runs_keeps_every_seed_of_the_selected_settings():
+    a, b = {"latent": 2}, {"latent": 5}
+    runs = [
+        {"task": "t", "side": side, "config": config, "seed": seed}
+        for side in ("HRQ", "RQ")
+        for config in (a, b)
+        for seed in (0, 1)
+    ]
+    sweep = {
+        "best": [
+            {"task": "t", "side": "HRQ", "config": b},
+            {"task": "t", "side": "RQ", "config": a},
+        ]
+    }
+    sweep["runs"] = runs
+    kept = best_runs(sweep)
+    assert [(r["side"], r["config"], r["seed"]) for r in kept] == [
+        ("HRQ", b, 0),
+        ("HRQ", b, 1),
+        ("RQ", a, 0),
+        ("RQ", a, 1),
+    ]
