@@ -83,10 +83,11 @@ def header(metas: list[dict]) -> list[str]:
 
 
 def config_text(config: dict) -> str:
-    """A short label of a config, e.g. ``latent=10 lr=0.001 3x16 c=1``."""
+    """A short label of a config, e.g. ``latent=10 lr=0.001 3x16 c=1 mlp``."""
     curv = f"c={config['c']:g}" + (" learned" if config.get("learn_c") else "")
+    shape = config.get("codes") or "default"
     return (
-        f"latent={config['latent']} lr={config['lr']:g} {config.get('codes') or 'default'} {curv}"
+        f"latent={config['latent']} lr={config['lr']:g} {shape} {curv} {config.get('net', 'mlp')}"
     )
 
 
