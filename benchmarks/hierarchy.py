@@ -70,7 +70,7 @@ SETTINGS = {
     "animals": {  # animal.n.01's subtree (4,017 synsets, mammals included): a mid-sized check
         "root": "animal.n.01",
         "codes": "3x32",
-        "q_epochs": 200,
+        "q_epochs": 500,
         "q_batch": 256,
         "q_patience": 10,
         "g_epochs": 200,

@@ -131,14 +131,16 @@ def _pm(s: dict, metric: str) -> str:
 
 
 def curve_panels(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Validation curves of the first seed of each (dataset, task): quantizer and generator panels."""
+    """Validation curves of each dataset's first seed, per task: quantizer and generator panels."""
     panels: dict[str, dict[str, list[float]]] = {}
-    first = min(r["seed"] for r in rows)
+    first: dict[str, int] = {}
     for r in rows:
-        if r["seed"] != first:
+        first[r["dataset"]] = min(first.get(r["dataset"], r["seed"]), r["seed"])
+    for r in rows:
+        if r["seed"] != first[r["dataset"]]:
             continue
         for part, name in (("q", "quantizer"), ("g", "generator")):
-            title = f"{r['dataset']} {r['task']}: {name} val loss (seed {first})"
+            title = f"{r['dataset']} {r['task']}: {name} val loss (seed {r['seed']})"
             panels.setdefault(title, {})[r["side"]] = r["curves"][f"{part}_val"]
     return panels
 
