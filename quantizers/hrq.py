@@ -43,16 +43,10 @@ from semid.quantizers import hyperbolic as hb
 from semid.quantizers.residual import code_usage
 from semid.quantizers.rqvae import mlp
 
-OPTIONS = {
-    "c": 1.0,
-    "learn_c": 0,
-    "latent": 32,
-    "hidden": "256",
-    "beta": 0.25,
-    "clip": 2.0,
-    "decoder": 1,
-    "net": "mlp",
-}
+# fmt: off
+OPTIONS = {"c": 1.0, "learn_c": 0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0,
+           "decoder": 1, "net": "mlp"}
+# fmt: on
 
 
 def _parse_widths(spec: QuantizerSpec) -> list[int]:
