@@ -1,373 +1,291 @@
-"""HRQ against Euclidean residual quantization on the WordNet noun hierarchy (issue 5).
+"""HRQ against Euclidean residual quantization on WordNet hierarchies (issues 5 and 17).
 
-Two evaluations, as in Piękos, Kayal & Karatzoglou (2025), every quantizer at the same budget
-(levels x codes, latent size, epochs, batch) and followed by the same parent-prediction model:
+Two evaluations, as in Piękos, Kayal & Karatzoglou (2025), both sides with the same code path
+(``hrq``; the Euclidean side is curvature 0, where Möbius operations become + and -), the same
+budget rule and the same parent-prediction model:
 
 * supervised hierarchy modeling: the embedding network sees MiniLM vectors of each synset and is
-  trained with the Nickel & Kiela ranking loss on the (descendant, ancestor) pairs of the
-  *training* edges plus the quantization losses (``decoder=0``);
+  trained with the Nickel & Kiela ranking loss on the (descendant, ancestor) pairs of the training
+  edges plus the quantization losses (``decoder=0``);
 * hierarchy discovery: the quantizer sees only the MiniLM vectors (reconstruction loss, no edges).
 
-Downstream, a small GRU generator learns child ID -> parent ID on the training edges and is scored
-on held-out children (all their hypernym edges removed) by trie-constrained beam search:
-Recall@1/10 and MRR@10. Discovery also reports prefix agreement: the share of item pairs sharing
-the first (or first two) codes that have a common ancestor within 3 hops, against random pairs.
+Edges are split by child: 10% of the children with all their edges are the test set, 10% more the
+validation set. Both the quantizer and the generator (`hierarchy_generator`) stop early on
+validation losses (patience), so both sides train to convergence under the same rule; settings
+are selected on validation Recall@10 (`hierarchy_sweep`), never on test edges. Each run also
+scores how well the embeddings themselves hold the hierarchy before quantization: mean rank and
+MAP of the training transitive closure (Nickel & Kiela's reconstruction protocol) under the
+side's own distance (hyperbolic for HRQ, Euclidean for RQ), of the embeddings and of the
+quantized points, and the same for the held-out test children against the full closure.
 
-The Euclidean side is the same ``hrq`` code at curvature 0 (Möbius operations become + and -), and
-for discovery also the project's ``rqvae`` and ``rqkmeans``.
+Datasets: ``mammals`` (the sweep's), ``animals`` (animal.n.01's subtree) and ``nouns`` (all 82,115
+noun synsets; needs their MiniLM vectors, about 80 min to compute on 2 CPU cores, then cached).
+Settings swept on mammals carry over except the codebook shape (each dataset keeps its own).
 
-    python -m benchmarks.hierarchy --datasets mammals nouns --seeds 0 1 2
+    python -m benchmarks.hierarchy_sweep --dataset mammals --seeds 0 1 2
+    python -m benchmarks.hierarchy --datasets mammals --seeds 3 4 5 --best benchmarks/results/hierarchy_sweep.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from semid.atomic import atomic_file, write_json
-from semid.beam_search import constrained_beam_search
-from semid.data.wordnet import load_wordnet
+from benchmarks.hierarchy_generator import parent_metrics, train_generator
+from semid.data.wordnet import WordNet, load_wordnet
 from semid.encoders import TextEncoder
-from semid.hierarchy import prefix_agreement, split_edges, transitive_closure
+from semid.hierarchy import (
+    EdgeSplit,
+    closure_reconstruction,
+    prefix_agreement,
+    split_edges,
+    transitive_closure,
+)
 from semid.ids import SemanticIDs
-from semid.metrics import compute_metrics
 from semid.quantization import build_quantizer
+from semid.quantizers import hyperbolic as hb
 
 RESULTS = Path(__file__).parent / "results"
-# Per dataset: codebook budget, quantizer epochs and batch, generator epochs and batch.
+# Per dataset: default codebook shape, maximum quantizer epochs, batch and patience, the same for
+# the generator, and how many nodes the closure reconstruction ranks (None: all).
 SETTINGS = {
     "mammals": {
         "root": "mammal.n.01",
         "codes": "3x16",
-        "q_epochs": 100,
+        "q_epochs": 400,
         "q_batch": 256,
-        "g_epochs": 60,
+        "q_patience": 20,
+        "g_epochs": 400,
         "g_batch": 128,
+        "g_patience": 15,
+        "rank_nodes": None,
+    },
+    "animals": {  # animal.n.01's subtree (4,017 synsets, mammals included): a mid-sized check
+        "root": "animal.n.01",
+        "codes": "3x32",
+        "q_epochs": 500,
+        "q_batch": 256,
+        "q_patience": 10,
+        "g_epochs": 200,
+        "g_batch": 256,
+        "g_patience": 10,
+        "rank_nodes": None,
     },
     "nouns": {
         "root": None,
         "codes": "3x256",
-        "q_epochs": 10,
+        "q_epochs": 30,
         "q_batch": 512,
-        "g_epochs": 8,
+        "q_patience": 3,
+        "g_epochs": 30,
         "g_batch": 512,
+        "g_patience": 3,
+        "rank_nodes": 2000,
     },
 }
-COMMON = "latent=32,hidden=256"
+SIDES = {"HRQ": {"c": 1.0, "learn_c": 0}, "RQ": {"c": 0.0, "learn_c": 0}}
+BASE = {"latent": 32, "lr": 1e-3, "codes": None, "net": "mlp"}  # codes None: the dataset's default
+TASKS = {"supervised": 0, "discovery": 1}  # task -> decoder back to MiniLM space
 
 
-# Task -> whether the quantizer decodes back to MiniLM space; "supervised+recon" adds the
-# reconstruction loss to the hierarchy loss (the supervised task with the VAE-style variant).
-TASKS = {"supervised": 0, "discovery": 1, "supervised+recon": 1}
+@dataclass
+class Fold:
+    """One seed's edges: test and validation children held out, closure pairs for the loss."""
+
+    test: EdgeSplit  # held-out children of split(all edges)
+    val: EdgeSplit  # split(test.train): val children held out, val.train = training edges
+    pairs: Tensor  # (P, 2) closure of the training edges
+    val_pairs: Tensor  # (Q, 2) (val child, ancestor) pairs of the closure of test.train
+    full_closure: Tensor  # (R, 2) closure of all edges (held-out reconstruction)
 
 
-def methods(curvatures: list[float], tasks: list[str]) -> dict[str, list[tuple[str, str, str]]]:
-    """Task -> [(method name, family, spec options)]: HRQ per curvature, then the Euclidean baselines."""
+def make_fold(wn: WordNet, seed: int) -> Fold:
+    """Split wn's edges for one seed: 10% test children, then 10% of all children for validation."""
+    n = len(wn)
+    test = split_edges(wn.edges, n, test_fraction=0.1, seed=seed)
+    val = split_edges(test.train, n, test_fraction=1 / 9, seed=seed + 1000)
+    closure = transitive_closure(test.train, n)
+    return Fold(
+        test=test,
+        val=val,
+        pairs=transitive_closure(val.train, n),
+        val_pairs=closure[torch.isin(closure[:, 0], val.test_children)],
+        full_closure=transitive_closure(wn.edges, n),
+    )
+
+
+def spec_of(config: dict, dataset: str, task: str) -> str:
+    """The hrq spec string of a config (latent, codes, c, learn_c, net) for a dataset and task."""
+    codes = config.get("codes") or SETTINGS[dataset]["codes"]
+    return (
+        f"hrq:{codes},latent={config['latent']},hidden=256,c={config['c']:g},"
+        f"learn_c={config['learn_c']},decoder={TASKS[task]},net={config.get('net', 'mlp')}"
+    )
+
+
+def reconstruction(q, x: Tensor, codes: Tensor, fold: Fold, sample: int | None) -> dict:
+    """Closure mean rank / MAP of the embeddings and of the quantized points (own distance)."""
+    distance = lambda a, b: hb.pairwise_distance(q.ball, a, b)  # noqa: E731
+    embedded, quantized = q.embed(x), q.decode_latent(codes)
+    nodes, held_nodes = None, fold.test.test_children
+    if sample is not None:  # fixed random samples of nodes, the same for every run of a seed
+        g = torch.Generator().manual_seed(0)
+        nodes = torch.randperm(len(x), generator=g)[:sample]
+        held_nodes = held_nodes[torch.randperm(len(held_nodes), generator=g)[:sample]]
     out = {}
-    for task in tasks:
-        decoder = TASKS[task]
-        rows = [(f"HRQ c={c:g}", "hrq", f"c={c:g},decoder={decoder}") for c in curvatures]
-        rows.append(("RQ (hrq c=0)", "hrq", f"c=0.0,decoder={decoder}"))
-        if task == "discovery":
-            rows += [("RQ-VAE (rqvae)", "rqvae", ""), ("RQ k-means (rqkmeans)", "rqkmeans", "")]
-        out[task] = rows
+    for name, points in (("embed", embedded), ("quant", quantized)):
+        train = closure_reconstruction(points, fold.pairs, distance, nodes=nodes)
+        held = closure_reconstruction(points, fold.full_closure, distance, nodes=held_nodes)
+        out.update(
+            {
+                f"{name}_map": train["map"],
+                f"{name}_mean_rank": train["mean_rank"],
+                f"{name}_heldout_map": held["map"],
+                f"{name}_heldout_mean_rank": held["mean_rank"],
+            }
+        )
     return out
 
 
-class ParentPredictor(nn.Module):
-    """Child ID (B, L) -> parent ID, one level per step: a context MLP then a GRU over parent codes."""
-
-    def __init__(self, sizes: list[int], dim: int = 128) -> None:
-        super().__init__()
-        self.sizes = sizes
-        self.src = nn.ModuleList(nn.Embedding(k, dim) for k in sizes)
-        self.context = nn.Sequential(
-            nn.Linear(len(sizes) * dim, dim), nn.SiLU(), nn.Linear(dim, dim)
-        )
-        self.prev = nn.ModuleList(nn.Embedding(k, dim) for k in sizes[:-1])
-        self.cell = nn.GRUCell(dim, dim)
-        self.heads = nn.ModuleList(nn.Linear(dim, k) for k in sizes)
-
-    def start(self, child: Tensor) -> tuple[Tensor, Tensor]:
-        """First-level logits (B, V_0) and the hidden state (B, dim) for child IDs (B, L)."""
-        h = self.context(torch.cat([emb(child[:, i]) for i, emb in enumerate(self.src)], -1))
-        return self.heads[0](h), h
-
-    def step(self, state: Tensor, codes: Tensor, level: int) -> tuple[Tensor, Tensor]:
-        """Logits (R, V_level) after feeding the codes (R,) chosen at level - 1."""
-        h = self.cell(self.prev[level - 1](codes), state)
-        return self.heads[level](h), h
-
-    def select(self, state: Tensor, rows: Tensor) -> Tensor:
-        """State rows reordered or expanded: (R_new, dim)."""
-        return state[rows]
-
-    def loss(self, child: Tensor, parent: Tensor) -> Tensor:
-        """Teacher-forced cross-entropy summed over levels for ID pairs (B, L)."""
-        logits, h = self.start(child)
-        total = nn.functional.cross_entropy(logits, parent[:, 0])
-        for level in range(1, len(self.sizes)):
-            logits, h = self.step(h, parent[:, level - 1], level)
-            total = total + nn.functional.cross_entropy(logits, parent[:, level])
-        return total
-
-
-def parent_prediction(
-    ids: SemanticIDs, split, epochs: int, batch: int, seed: int
-) -> dict[str, float]:
-    """Train ParentPredictor on split.train edges and score held-out children by beam search."""
-    torch.manual_seed(seed)
-    model = ParentPredictor(ids.codebook_sizes)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    child, parent = ids.codes[split.train[:, 0]], ids.codes[split.train[:, 1]]
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(child), generator=gen).split(batch):
-            loss = model.loss(child[idx], parent[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    model.eval()
-    trie = ids.trie()
-    ranked = []
-    with torch.no_grad():
-        for rows in split.test_children.split(1024):
-            out = constrained_beam_search(model, ids.codes[rows], trie, num_beams=10, top_k=10)
-            ranked.append(ids.rows_of_codes(out.codes))
-    targets = split.test_parents
-    num_relevant = (targets >= 0).sum(1)
-    metrics = compute_metrics(
-        torch.cat(ranked), targets, ks=(1, 10), names=("recall", "mrr"), num_relevant=num_relevant
-    )
-    return {k: metrics[k] for k in ("recall@1", "recall@10", "mrr@10")}
-
-
-def fit_quantizer(family: str, spec: str, x: Tensor, pairs: Tensor | None, cfg: dict, seed: int):
-    """Fit one quantizer at the dataset's budget; returns it and the seconds it took."""
+def run_config(
+    dataset: str, wn: WordNet, x: Tensor, fold: Fold, task: str, side: str, config: dict, seed: int
+) -> dict:
+    """Fit one quantizer config and its generator; one result row with metrics and curves."""
+    cfg = SETTINGS[dataset]
+    spec = spec_of(config, dataset, task)
     q = build_quantizer(spec)
     start = time.perf_counter()
-    if family == "hrq":
-        q.fit(
-            x,
-            pairs=pairs,
-            epochs=cfg["q_epochs"],
-            batch_size=cfg["q_batch"],
-            seed=seed,
-            progress=False,
-        )
-    elif family == "rqvae":  # same epochs and batch; no early stop, so the same number of steps
-        q.fit(
-            x,
-            epochs=cfg["q_epochs"],
-            batch_size=cfg["q_batch"],
-            patience=cfg["q_epochs"],
-            seed=seed,
-            progress=False,
-        )
-    else:
-        q.fit(x, seed=seed)
-    return q, time.perf_counter() - start
+    supervised = task == "supervised"
+    q.fit(
+        x,
+        pairs=fold.pairs if supervised else None,
+        val_pairs=fold.val_pairs if supervised else None,
+        epochs=cfg["q_epochs"],
+        batch_size=cfg["q_batch"],
+        patience=cfg["q_patience"],
+        lr=config["lr"],
+        seed=seed,
+        progress=False,
+    )
+    fit_s = time.perf_counter() - start
+    codes = q.encode(x)
+    ids = SemanticIDs.from_codes(wn.names, codes, q.codebook_sizes, "extra-level")
+    start = time.perf_counter()
+    val_edges = fold.test.train[torch.isin(fold.test.train[:, 0], fold.val.test_children)]
+    model, stopper, g_curve = train_generator(ids, fold.val.train, val_edges, cfg, seed)
+    val = parent_metrics(model, ids, fold.val.test_children, fold.val.test_parents)
+    row = {"dataset": dataset, "task": task, "side": side, "config": config, "spec": spec}
+    row.update(seed=seed, val_recall10=val["recall@10"], val_mrr10=val["mrr@10"])
+    row.update(parent_metrics(model, ids, fold.test.test_children, fold.test.test_parents))
+    row.update(generator_s=time.perf_counter() - start, fit_s=fit_s)
+    row.update(reconstruction(q, x, codes, fold, cfg["rank_nodes"]))
+    for prefix in (1, 2):
+        agree = prefix_agreement(codes, wn.edges, prefix=prefix, hops=3, seed=seed)
+        row[f"prefix{prefix}_lift"] = agree["lift"]
+    s = q.fit_summary
+    row.update(
+        collision_rate=ids.collision.collision_rate_before,
+        c_final=s["c"],
+        q_epochs=s["epochs"],
+        q_best_epoch=s["best_epoch"],
+        q_converged=s["stopped_early"],
+        g_epochs=len(g_curve),
+        g_best_epoch=stopper.best_epoch + 1,
+        g_converged=stopper.stopped_early,
+        curves={
+            "q_train": s["train_loss"],
+            "q_val": s["val_loss"],
+            "g_train": g_curve,
+            "g_val": stopper.history,
+        },
+    )
+    return row
 
 
-def run_dataset(
-    name: str, seeds: list[int], curvatures: list[float], tasks: list[str], families: list[str], log
-) -> list[dict]:
-    """Every method of both tasks on one dataset, for each seed; one row per (task, method, seed)."""
-    cfg = SETTINGS[name]
-    wn = load_wordnet(root=cfg["root"])
+def load_data(dataset: str, log) -> tuple[WordNet, Tensor]:
+    """The dataset's synsets and their MiniLM vectors (cached on disk by TextEncoder)."""
+    wn = load_wordnet(root=SETTINGS[dataset]["root"])
     x = TextEncoder().encode(wn.texts(), show_progress=False)
-    log(f"{name}: {len(wn)} synsets, {len(wn.edges)} edges, MiniLM {tuple(x.shape)}")
-    rows = []
-    for seed in seeds:
-        split = split_edges(wn.edges, len(wn), test_fraction=0.1, seed=seed)
-        pairs = transitive_closure(split.train, len(wn))
-        for task, task_methods in methods(curvatures, tasks).items():
-            for method, family, opts in task_methods:
-                if family not in families:
-                    continue
-                budget = cfg["codes"]
-                spec = f"{family}:{budget}" + (
-                    f",{COMMON},{opts}"
-                    if family == "hrq"
-                    else f",{COMMON}"
-                    if family == "rqvae"
-                    else ""
-                )
-                q, fit_s = fit_quantizer(
-                    family, spec, x, pairs if task.startswith("supervised") else None, cfg, seed
-                )
-                codes = q.encode(x)
-                ids = SemanticIDs.from_codes(wn.names, codes, q.codebook_sizes, "extra-level")
-                start = time.perf_counter()
-                row = {"dataset": name, "task": task, "method": method, "spec": spec, "seed": seed}
-                row.update(parent_prediction(ids, split, cfg["g_epochs"], cfg["g_batch"], seed))
-                for prefix in (1, 2):
-                    agree = prefix_agreement(codes, wn.edges, prefix=prefix, hops=3, seed=seed)
-                    row[f"prefix{prefix}_shared"], row[f"prefix{prefix}_lift"] = (
-                        agree["shared"],
-                        agree["lift"],
-                    )
-                    row["chance"] = agree["chance"]
-                row.update(
-                    collision_rate=ids.collision.collision_rate_before,
-                    max_per_id=ids.collision.max_items_per_id_before,
-                    fit_s=fit_s,
-                    generator_s=time.perf_counter() - start,
-                )
-                rows.append(row)
-                log(json.dumps(row))
-    return rows
+    log(f"{dataset}: {len(wn)} synsets, {len(wn.edges)} edges, MiniLM {tuple(x.shape)}")
+    return wn, x
 
 
-METRICS = [
-    "recall@1",
-    "recall@10",
-    "mrr@10",
-    "prefix1_lift",
-    "prefix2_lift",
-    "collision_rate",
-    "fit_s",
-]
+def best_configs(sweep_path: str) -> dict[tuple[str, str], dict]:
+    """(task, side) -> the config with the best validation Recall@10 in a sweep JSON."""
+    return {
+        (b["task"], b["side"]): b["config"]
+        for b in json.loads(Path(sweep_path).read_text())["best"]
+    }
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Median over seeds per (dataset, task, method), with Recall@10 relative to the hrq c=0 row."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["task"], r["method"]), []).append(r)
-    out = []
-    for (dataset, task, method), rs in groups.items():
-        s = {
-            "dataset": dataset,
-            "task": task,
-            "method": method,
-            "spec": rs[0]["spec"],
-            "seeds": len(rs),
-        }
-        s.update({m: statistics.median(r[m] for r in rs) for m in METRICS})
-        s["chance"] = statistics.median(r["chance"] for r in rs)
-        out.append(s)
-    for s in out:
-        base = next(
-            b
-            for b in out
-            if (b["dataset"], b["task"], b["method"]) == (s["dataset"], s["task"], "RQ (hrq c=0)")
-        )
-        s["r10_vs_rq"] = (
-            s["recall@10"] / base["recall@10"] if base["recall@10"] > 0 else float("nan")
-        )
-    return out
+def best_runs(sweep: dict) -> list[dict]:
+    """The runs of a sweep JSON that used its best setting for their (task, side), every seed."""
+    best = {(b["task"], b["side"]): b["config"] for b in sweep["best"]}
+    return [r for r in sweep["runs"] if best.get((r["task"], r["side"])) == r["config"]]
 
 
-def markdown(summary: list[dict], metas: list[dict]) -> str:
-    """The results table with the commands, versions, machine and date of every run in it."""
-    lines = ["# Hierarchy benchmark: HRQ vs Euclidean RQ on WordNet nouns", ""]
-    for meta in metas:
-        lines += [
-            f"Command: `{meta['command']}`  ",
-            f"Date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}, geoopt {meta['geoopt']}; "
-            f"wall time {meta['wall_s'] / 60:.1f} min; seeds {meta['seeds']}; settings `{json.dumps(meta['settings'])}`.",
-            "",
-        ]
-    lines += [
-        f"Medians over seeds; shared spec options `{COMMON}`.",
-        "Parent prediction on held-out children (10% of synsets with a hypernym, all their edges removed "
-        "from training and from the hierarchy loss); trie-constrained beam search, 10 beams. Prefix lift: "
-        "P(common ancestor within 3 hops | same first k codes) / P(same | random pair).",
-        "",
-        "| dataset | task | method | R@1 | R@10 | MRR@10 | R@10 vs RQ | prefix-1 lift | prefix-2 lift | collisions | fit s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary:
-        lines.append(
-            f"| {s['dataset']} | {s['task']} | {s['method']} | {s['recall@1']:.4f} | {s['recall@10']:.4f} | "
-            f"{s['mrr@10']:.4f} | {s['r10_vs_rq']:.2f}x | {s['prefix1_lift']:.2f} | {s['prefix2_lift']:.2f} | "
-            f"{s['collision_rate']:.3f} | {s['fit_s']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+def log_row(row: dict) -> None:
+    """One result row as a JSON line on stderr, without its curves."""
+    print(json.dumps({k: v for k, v in row.items() if k != "curves"}), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and write benchmarks/results/hierarchy.{json,md}."""
+    """Run the best setting per (task, side) of a sweep for each seed; write out.{json,md,png}."""
+    from benchmarks.hierarchy_report import run_meta, write_final
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--datasets", nargs="+", default=["mammals", "nouns"], choices=sorted(SETTINGS)
-    )
+    parser.add_argument("--datasets", nargs="+", default=["mammals"], choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
+    parser.add_argument("--best", help="sweep JSON whose best configs to run (default: BASE)")
+    parser.add_argument("--out", default=str(RESULTS / "hierarchy"), help="path without extension")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--out", default=str(RESULTS / "hierarchy"), help="output path without extension"
+        "--from-sweep",
+        help="write the tables from this sweep JSON's runs of its best settings; run nothing",
     )
-    parser.add_argument(
-        "--curvatures", nargs="+", type=float, default=[1.0], help="HRQ curvatures to run"
-    )
-    parser.add_argument(
-        "--tasks", nargs="+", default=["supervised", "discovery"], choices=list(TASKS)
-    )
-    parser.add_argument(
-        "--families",
-        nargs="+",
-        default=["hrq", "rqvae", "rqkmeans"],
-        help="quantizer families to run",
-    )
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--merge", nargs="+", help="combine earlier result JSONs into --out; run nothing"
     )
     args = parser.parse_args(argv)
+    if args.from_sweep:
+        sweep = json.loads(Path(args.from_sweep).read_text())
+        write_final(args.out, best_runs(sweep), sweep["meta"])
+        return
     if args.merge:
         runs = [json.loads(Path(path).read_text()) for path in args.merge]
-        metas = [
-            m for r in runs for m in (r["meta"] if isinstance(r["meta"], list) else [r["meta"]])
-        ]
-        write_results(args.out, [row for r in runs for row in r["runs"]], metas)
+        write_final(
+            args.out,
+            [r for run in runs for r in run["runs"]],
+            [m for run in runs for m in run["meta"]],
+        )
         return
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    rows = []
-    for name in args.datasets:
-        rows += run_dataset(
-            name,
-            args.seeds,
-            args.curvatures,
-            args.tasks,
-            args.families,
-            lambda m: print(m, file=sys.stderr, flush=True),
-        )
-    import geoopt
-
-    meta = {
-        "command": "python -m benchmarks.hierarchy "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.platform()}",
-        "torch": torch.__version__,
-        "geoopt": geoopt.__version__,
-        "seeds": args.seeds,
-        "settings": {n: SETTINGS[n] for n in args.datasets},
-        "wall_s": time.perf_counter() - start,
-    }
-    write_results(args.out, rows, [meta])
-
-
-def write_results(out: str, rows: list[dict], metas: list[dict]) -> None:
-    """Write out.json (runs, medians, metadata) and out.md (the table), atomically."""
-    summary = summarise(rows)
-    write_json(f"{out}.json", {"meta": metas, "summary": summary, "runs": rows})
-    with atomic_file(f"{out}.md") as f:
-        f.write(markdown(summary, metas))
-    print(markdown(summary, metas))
+    best = best_configs(args.best) if args.best else {}
+    start, rows = time.perf_counter(), []
+    for dataset in args.datasets:
+        wn, x = load_data(dataset, lambda m: print(m, file=sys.stderr, flush=True))
+        for seed in args.seeds:
+            fold = make_fold(wn, seed)
+            for task in args.tasks:
+                for side in args.sides:
+                    config = dict(best.get((task, side), {**BASE, **SIDES[side]}))
+                    if dataset != "mammals":
+                        config["codes"] = None  # the shape was swept on mammals only
+                    rows.append(run_config(dataset, wn, x, fold, task, side, config, seed))
+                    log_row(rows[-1])
+    meta = run_meta(argv, args.threads, start, {d: SETTINGS[d] for d in args.datasets})
+    write_final(args.out, rows, [meta])
 
 
 if __name__ == "__main__":

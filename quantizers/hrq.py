@@ -9,9 +9,19 @@ loss trains the embedding; ``fit(x, pairs=...)`` adds the ranking loss of Nickel
 on (descendant, ancestor) pairs, which is how a known hierarchy is imposed.
 
 Spec options: ``c`` (curvature, 1.0; c=0 is the Euclidean limit of the same code, the fair
-baseline), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
-``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0).
-Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``.
+baseline), ``learn_c`` (1: c is a trained parameter starting at ``c``; 0 by default), ``latent`` (32), ``hidden`` (encoder widths, ``256``; the decoder mirrors them),
+``beta`` (commitment weight, 0.25), ``clip`` (tangent-norm bound, 2.0), ``decoder`` (1 or 0),
+``net`` (``mlp``: a Euclidean MLP whose output is mapped into the ball by exp_0, the default;
+``hnn``: hyperbolic layers, Möbius matrix products and Möbius bias additions, on exp_0 of the
+input, so the embedding network itself is hyperbolic; both are the same Euclidean MLP at c=0).
+Training knobs are in `HRQTrainConfig`, overridable as keywords of ``fit``; with ``patience`` set,
+training stops early on a validation loss (the ranking loss of ``val_pairs`` if given, else the
+quantization/reconstruction loss of held-out items) and keeps the best epoch (``fit_summary`` has the curves).
+
+Geometry, end to end: with ``net=hnn`` inputs enter the ball by exp_0 and every encoder layer is
+hyperbolic (with ``net=mlp`` the encoder's output is mapped by exp_0); residuals are Möbius differences (-e) ⊕ r; codes are assigned
+and trained by hyperbolic distance; the decoder maps the quantized point back and leaves the ball by
+log_0 (after its hyperbolic layers with ``hnn``, before its Euclidean ones with ``mlp``). Only the codebook initialisation (k-means on log_0 of the residuals) uses tangent space.
 """
 
 from __future__ import annotations
@@ -24,15 +34,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
-from semid.hierarchy import is_pair, pair_keys, ranking_loss
+from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 from semid.quantizers import hyperbolic as hb
 from semid.quantizers.residual import code_usage
 from semid.quantizers.rqvae import mlp
 
-OPTIONS = {"c": 1.0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0, "decoder": 1}
+# fmt: off
+OPTIONS = {"c": 1.0, "learn_c": 0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0,
+           "decoder": 1, "net": "mlp"}
+# fmt: on
 
 
 def _parse_widths(spec: QuantizerSpec) -> list[int]:
@@ -61,6 +75,11 @@ class HRQTrainConfig:
     negatives: int = 256  # random items shared by the step's pairs as negatives
     reset_dead_until: float = 0.8  # re-seed unused codes each epoch until this fraction of epochs
     init_batch: int = 8192  # items whose first embeddings initialise the codebooks by k-means
+    patience: int | None = None  # epochs without a better validation loss before stopping
+    val_fraction: float = (
+        0.1  # items held out of the quantization loss for validation (with patience)
+    )
+    val_negatives: int = 1024  # fixed random negatives of the validation ranking loss
     seed: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> HRQTrainConfig:
@@ -89,22 +108,30 @@ class HyperbolicRQ(Quantizer):
         self.beta = spec.option("beta", OPTIONS["beta"], float)
         self.clip = spec.option("clip", OPTIONS["clip"], float)
         self.has_decoder = bool(spec.option("decoder", OPTIONS["decoder"], int))
+        self.learn_c = bool(spec.option("learn_c", OPTIONS["learn_c"], int))
+        self.net = spec.option("net", OPTIONS["net"])
+        if self.net not in ("mlp", "hnn"):
+            raise SemidError(f"bad option net={self.net!r} in {spec}: use net=mlp or net=hnn")
+        if self.learn_c and self.c == 0:
+            raise SemidError(f"bad options in {spec}: a learned curvature needs a start c > 0")
         if self.c < 0 or self.latent_dim < 1 or self.beta < 0 or self.clip <= 0:
             raise SemidError(
                 f"bad options in {spec}: need c >= 0, latent >= 1, beta >= 0, clip > 0"
             )
         self.hidden = _parse_widths(spec)
         super().__init__(spec, None)
-        self.ball = hb.poincare_ball(self.c)
+        self.ball = hb.poincare_ball(self.c, learnable=self.learn_c)
+        self.fit_summary: dict[str, Any] = {}
         if dim is not None:
             self.build(dim)
 
     def _build(self, dim: int) -> None:
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
-        self.encoder = mlp([dim, *self.hidden, self.latent_dim])
+        net = mlp if self.net == "mlp" else lambda widths: hb.HyperbolicMLP(self.ball, widths)
+        self.encoder = net([dim, *self.hidden, self.latent_dim])
         self.decoder = (
-            mlp([self.latent_dim, *reversed(self.hidden), dim]) if self.has_decoder else None
+            net([self.latent_dim, *reversed(self.hidden), dim]) if self.has_decoder else None
         )
         # Small random codes near the origin; fit replaces them by k-means centroids.
         init = torch.randn(self.levels, self.spec.codebook_size, self.latent_dim) * 1e-3
@@ -123,13 +150,24 @@ class HyperbolicRQ(Quantizer):
             )
 
     def _embed(self, inputs: Tensor) -> Tensor:
-        return hb.to_ball(self.ball, self.encoder(inputs), self.clip)
+        if self.net == "mlp":
+            return hb.to_ball(self.ball, self.encoder(inputs), self.clip)
+        out = self.encoder(hb.to_ball(self.ball, inputs))  # exp_0 in, hyperbolic layers
+        return hb.to_ball(self.ball, hb.to_tangent(self.ball, out), self.clip)
+
+    def _decode_point(self, z: Tensor) -> Tensor:
+        """Input-space vectors (N, D) (normalised) of ball points z (N, latent): log_0 at the exit."""
+        if self.net == "mlp":
+            return self.decoder(hb.to_tangent(self.ball, z))
+        return hb.to_tangent(self.ball, self.decoder(z))
 
     def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Codes (N, L), quantized points (N, latent), codebook and commitment losses of z (N, latent)."""
         residual, codes, chosen = z, [], []
         codebook_loss = commitment_loss = z.new_zeros(())
         for book in self.codebooks:
+            if self.learn_c:  # the ball moves with c: keep the codes inside it
+                book = hb.project(self.ball, book)
             idx = hb.nearest_code(self.ball, residual.detach(), book.detach())
             e = book[idx]
             codebook_loss = (
@@ -185,10 +223,7 @@ class HyperbolicRQ(Quantizer):
                 f"{self.spec} has no decoder back to input space; use decode_latent, or decoder=1"
             )
         self.eval()
-        return (
-            self.decoder(hb.to_tangent(self.ball, self.decode_latent(codes))) * self.scale
-            + self.mean
-        )
+        return self._decode_point(self.decode_latent(codes)) * self.scale + self.mean
 
     @torch.no_grad()
     def last_level_distances(self, x: Tensor) -> Tensor:
@@ -215,30 +250,30 @@ class HyperbolicRQ(Quantizer):
     # --- training ---
 
     def fit(
-        self, x: Tensor, *, pairs: Tensor | None = None, progress: bool = True, **overrides: Any
+        self,
+        x: Tensor,
+        *,
+        pairs: Tensor | None = None,
+        val_pairs: Tensor | None = None,
+        progress: bool = True,
+        **overrides: Any,
     ) -> HyperbolicRQ:
         """Train on x (N, D); `pairs` (P, 2) are (descendant, ancestor) rows of x for the hierarchy loss.
 
-        Keywords override `HRQTrainConfig` fields (e.g. ``epochs=5``)."""
+        `val_pairs` (held-out pairs of the same form) join the validation loss when ``patience`` is
+        set. Keywords override `HRQTrainConfig` fields (e.g. ``epochs=5``)."""
         cfg = HRQTrainConfig().with_overrides(overrides)
         x = self.check_input(x)
         self.build(x.shape[1])
-        if pairs is not None:
-            pairs = torch.as_tensor(pairs, dtype=torch.long)
-            if (
-                pairs.ndim != 2
-                or pairs.shape[1] != 2
-                or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= len(x)))
-            ):
-                raise SemidError(f"pairs must be (P, 2) row indices into x's {len(x)} rows")
-        elif self.decoder is None:
+        pairs, val_pairs = check_pairs(pairs, len(x)), check_pairs(val_pairs, len(x))
+        if pairs is None and self.decoder is None:
             raise SemidError(
                 f"{self.spec} has no decoder, so it learns only from pairs; pass pairs=... or use decoder=1"
             )
         self.mean.copy_(x.mean(0))
         self.scale.copy_((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
         inputs = (x - self.mean) / self.scale
-        self._train(inputs, pairs, cfg, progress)
+        self._train(inputs, pairs, val_pairs, cfg, progress)
         self.initted.fill_(True)
         return self
 
@@ -250,17 +285,13 @@ class HyperbolicRQ(Quantizer):
         recon = z.new_zeros(())
         if self.decoder is not None:
             z_st = z + (z_q - z).detach()  # straight-through; the value is a ball point
-            recon = (self.decoder(hb.to_tangent(self.ball, z_st)) - inputs).pow(2).sum(-1).mean()
+            recon = (self._decode_point(z_st) - inputs).pow(2).sum(-1).mean()
             loss = loss + recon
         return loss, recon, codes
 
-    def _hierarchy_loss(
-        self, inputs: Tensor, pairs: Tensor, keys: Tensor, cfg: HRQTrainConfig, gen
-    ) -> Tensor:
-        """Ranking loss: each descendant's ancestor against `negatives` shared random non-ancestors."""
+    def _hierarchy_loss(self, inputs: Tensor, batch: Tensor, negs: Tensor, keys: Tensor) -> Tensor:
+        """Ranking loss: each descendant's ancestor (batch (B, 2)) against negatives (M,) shared by all."""
         n = inputs.shape[0]
-        batch = pairs[torch.randint(len(pairs), (cfg.pair_batch,), generator=gen)]
-        negs = torch.randint(n, (cfg.negatives,), generator=gen)
         # One encoder pass for descendants, ancestors and negatives.
         z = self._embed(inputs[torch.cat([batch[:, 0], batch[:, 1], negs])])
         z_u, z_v, z_n = z.split([len(batch), len(batch), len(negs)])
@@ -306,8 +337,30 @@ class HyperbolicRQ(Quantizer):
             revived += dead.numel()
         return revived
 
+    @torch.no_grad()
+    def _val_loss(self, inputs: Tensor, val_items: Tensor, val: dict | None) -> float:
+        """Validation loss (eval mode): the ranking loss of held-out pairs with fixed negatives if
+        there are any, else the quantization (+ reconstruction) loss of held-out items.
+
+        With pairs the quantization loss is left out: it grows as the ranking loss spreads the
+        points apart, so the sum would stop training before the hierarchy is learnt."""
+        self.eval()
+        if val is None:
+            return float(self._losses(inputs[val_items])[0])
+        chunks = val["pairs"].split(4096)
+        total = sum(
+            float(self._hierarchy_loss(inputs, b, val["negs"], val["keys"])) * len(b)
+            for b in chunks
+        )
+        return total / len(val["pairs"])
+
     def _train(
-        self, inputs: Tensor, pairs: Tensor | None, cfg: HRQTrainConfig, progress: bool
+        self,
+        inputs: Tensor,
+        pairs: Tensor | None,
+        val_pairs: Tensor | None,
+        cfg: HRQTrainConfig,
+        progress: bool,
     ) -> None:
         gen = torch.Generator().manual_seed(cfg.seed)
         with torch.random.fork_rng(devices=[]):
@@ -316,30 +369,60 @@ class HyperbolicRQ(Quantizer):
                 if isinstance(module, nn.Linear):
                     module.reset_parameters()
         n = inputs.shape[0]
-        self._init_codebooks(inputs[torch.randperm(n, generator=gen)[: cfg.init_batch]], cfg.seed)
+        order = torch.randperm(n, generator=gen)
+        val = None
+        if val_pairs is not None and len(val_pairs) and cfg.patience is not None:
+            negs = torch.randint(n, (cfg.val_negatives,), generator=gen)
+            all_pairs = val_pairs if pairs is None else torch.cat([pairs, val_pairs])
+            val = {"pairs": val_pairs, "negs": negs, "keys": pair_keys(all_pairs, n)}
+        # Items are held out only where they are the validation data (no validation pairs).
+        n_val = round(cfg.val_fraction * n) if cfg.patience is not None and val is None else 0
+        val_items, train_items = order[:n_val], order[n_val:]
+        self._init_codebooks(inputs[train_items[: cfg.init_batch]], cfg.seed)
         keys = None if pairs is None else pair_keys(pairs, n)
         opt = geoopt.optim.RiemannianAdam(self.parameters(), lr=cfg.lr)
+        stopper = EarlyStopping(cfg.patience)
+        train_curve: list[float] = []
         bar = tqdm(range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch")
         for epoch in bar:
             self.train()
             usage = torch.zeros(self.levels, self.spec.codebook_size, dtype=torch.long)
-            for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
-                loss, recon, codes = self._losses(inputs[idx])
-                recon = recon.detach()
-                hier = loss.new_zeros(())
+            total, steps = 0.0, 0
+            for idx in train_items[torch.randperm(len(train_items), generator=gen)].split(
+                cfg.batch_size
+            ):
+                loss, _, codes = self._losses(inputs[idx])
                 if pairs is not None and len(pairs):
-                    hier = self._hierarchy_loss(inputs, pairs, keys, cfg, gen)
-                    loss = loss + cfg.hierarchy_weight * hier
-                    hier = hier.detach()
+                    batch = pairs[torch.randint(len(pairs), (cfg.pair_batch,), generator=gen)]
+                    negs = torch.randint(n, (cfg.negatives,), generator=gen)
+                    loss = loss + cfg.hierarchy_weight * self._hierarchy_loss(
+                        inputs, batch, negs, keys
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 usage += code_usage(codes, self.spec.codebook_size)
+                total, steps = total + loss.item(), steps + 1
+            train_curve.append(total / max(steps, 1))
             revived = 0
             if epoch < cfg.reset_dead_until * cfg.epochs:
-                revived = self._reset_dead_codes(inputs, usage, gen)
-            bar.set_postfix(recon=f"{recon.item():.4f}", hier=f"{hier.item():.3f}", revived=revived)
+                revived = self._reset_dead_codes(inputs[train_items], usage, gen)
+            stop = False
+            if cfg.patience is not None:
+                stop = stopper.update(self._val_loss(inputs, val_items, val), self)
+            bar.set_postfix(loss=f"{train_curve[-1]:.4f}", revived=revived)
+            if stop:
+                break
         bar.close()
+        stopper.restore(self)
+        self.fit_summary = {
+            "epochs": len(train_curve),
+            "best_epoch": stopper.best_epoch + 1,
+            "stopped_early": stopper.stopped_early,
+            "train_loss": train_curve,
+            "val_loss": stopper.history,
+            "c": float(self.ball.c.detach()),
+        }
         self.eval()
 
 

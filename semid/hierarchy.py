@@ -1,4 +1,4 @@
-"""Hierarchies and semantic IDs: the pair ranking loss, held-out hypernym edges, prefix agreement.
+"""Hierarchies and semantic IDs: ranking loss, held-out edges, prefix agreement, reconstruction.
 
 Used by ``hrq`` (the loss) and by ``benchmarks/hierarchy.py`` (the parent-prediction task and the
 check of how well shared ID prefixes follow the tree). Items are rows 0..N-1; a hierarchy is a
@@ -8,6 +8,7 @@ check of how well shared ID prefixes follow the tree). Items are rows 0..N-1; a 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,20 @@ def ranking_loss(pos: Tensor, neg: Tensor, invalid: Tensor | None = None) -> Ten
     neg_logits = -neg if invalid is None else (-neg).masked_fill(invalid, float("-inf"))
     logits = torch.cat([-pos[:, None], neg_logits], 1)
     return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+
+
+def check_pairs(pairs: Tensor | None, n: int) -> Tensor | None:
+    """`pairs` as a (P, 2) int64 tensor of rows < n, or None; SemidError if malformed."""
+    if pairs is None:
+        return None
+    pairs = torch.as_tensor(pairs, dtype=torch.long)
+    if (
+        pairs.ndim != 2
+        or pairs.shape[1] != 2
+        or (pairs.numel() and (pairs.min() < 0 or pairs.max() >= n))
+    ):
+        raise SemidError(f"pairs must be (P, 2) row indices into x's {n} rows")
+    return pairs
 
 
 def pair_keys(pairs: Tensor, n: int) -> Tensor:
@@ -163,4 +178,52 @@ def prefix_agreement(
         "shared": shared,
         "chance": chance,
         "lift": shared / chance if chance > 0 else float("nan"),
+    }
+
+
+def _neighbour_index(closure: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The closure made symmetric, sorted by first node, with per-node counts and start offsets."""
+    sym = torch.unique(torch.cat([closure, closure.flip(1)]), dim=0)
+    counts = torch.bincount(sym[:, 0], minlength=n)
+    return sym[:, 1], counts, torch.cumsum(counts, 0) - counts
+
+
+def closure_reconstruction(
+    points: Tensor,
+    closure: Tensor,
+    distance: Callable[[Tensor, Tensor], Tensor],
+    nodes: Tensor | None = None,
+    chunk: int = 256,
+) -> dict[str, float]:
+    """Mean rank and MAP of a transitive closure from embeddings (Nickel & Kiela 2017).
+
+    points (N, d); closure (P, 2) (descendant, ancestor) rows, taken as undirected; `distance`
+    maps (B, d), (N, d) to (B, N). For each node u in `nodes` (default: all) with a neighbour,
+    every neighbour v is ranked by distance among the nodes not connected to u (u itself is left
+    out): rank 1 means no non-neighbour is nearer. Mean rank is over all (u, v); MAP is the mean
+    over u of the average precision of u's neighbours in the distance order."""
+    n = points.shape[0]
+    targets, counts, starts = _neighbour_index(closure, n)
+    nodes = torch.arange(n) if nodes is None else nodes
+    nodes = nodes[counts[nodes] > 0]
+    rank_sum, rank_count, ap_sum = 0.0, 0, 0.0
+    for rows in nodes.split(chunk):
+        d = distance(points[rows], points).float()
+        d[torch.arange(len(rows)), rows] = float("inf")  # u sorts last and is never counted
+        c = counts[rows]
+        owner = torch.repeat_interleave(torch.arange(len(rows)), c)
+        offset = torch.arange(int(c.sum())) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
+        mask = torch.zeros_like(d, dtype=torch.bool)
+        mask[owner, targets[torch.repeat_interleave(starts[rows], c) + offset]] = True
+        hits = mask.gather(1, d.argsort(1))  # (B, N) neighbour flags in distance order
+        position = torch.arange(1, n + 1).expand_as(hits)  # 1-based
+        found = hits.cumsum(1)  # neighbours up to and including each position
+        ranks = (position - found + 1)[hits]  # 1 + non-neighbours before each neighbour
+        rank_sum, rank_count = rank_sum + float(ranks.sum()), rank_count + len(ranks)
+        precision = torch.where(hits, found / position, torch.zeros(()))
+        ap_sum += float((precision.sum(1) / c).sum())
+    return {
+        "mean_rank": rank_sum / max(rank_count, 1),
+        "map": ap_sum / max(len(nodes), 1),
+        "nodes": len(nodes),
     }

@@ -6,6 +6,7 @@ import torch
 from semid.errors import SemidError
 from semid.hierarchy import (
     ancestors_within,
+    closure_reconstruction,
     is_pair,
     pair_keys,
     prefix_agreement,
@@ -98,3 +99,52 @@ def test_prefix_agreement_sees_codes_that_follow_the_tree():
         codes[torch.randperm(n, generator=torch.Generator().manual_seed(0))], edges, hops=1
     )
     assert shuffled["lift"] < agree["lift"]
+
+
+# A tree: 0 <- 1 <- 3 and 0 <- 2 <- 4 (child, parent), on a line.
+TREE = torch.tensor([[1, 0], [2, 0], [3, 1], [4, 2]])
+
+
+def _line_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(a, b)
+
+
+def test_closure_reconstruction_is_perfect_when_each_branch_keeps_its_side():
+    points = torch.tensor([[0.0], [-1.0], [1.0], [-2.0], [2.0]])
+    closure = transitive_closure(TREE, 5)
+    scores = closure_reconstruction(points, closure, _line_distance)
+    assert scores == {"mean_rank": 1.0, "map": 1.0, "nodes": 5}
+
+
+def test_closure_reconstruction_of_one_node_by_hand():
+    # Node 1 at -1: neighbours 0 (d=1.0) and 3 (d=3.3); non-neighbours 4 (1.2) and 2 (2.1).
+    points = torch.tensor([[0.0], [-1.0], [1.1], [2.3], [-2.2]])
+    closure = transitive_closure(TREE, 5)
+    scores = closure_reconstruction(points, closure, _line_distance, nodes=torch.tensor([1]))
+    assert scores["mean_rank"] == pytest.approx((1 + 3) / 2)
+    assert scores["map"] == pytest.approx((1 / 1 + 2 / 4) / 2)
+
+
+def test_closure_reconstruction_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    edges = torch.tensor([[i, (i - 1) // 3] for i in range(1, 30)])
+    closure = transitive_closure(edges, 30)
+    points = torch.randn(30, 3, generator=g)
+    scores = closure_reconstruction(points, closure, _line_distance, chunk=7)
+    linked = {(a, b) for a, b in closure.tolist()} | {(b, a) for a, b in closure.tolist()}
+    d = torch.cdist(points, points)
+    ranks, aps = [], []
+    for u in range(30):
+        others = [v for v in range(30) if v != u]
+        order = sorted(others, key=lambda v: float(d[u, v]))
+        hits = [(u, v) in linked for v in order]
+        found = 0
+        precisions = []
+        for pos, hit in enumerate(hits, 1):
+            if hit:
+                found += 1
+                precisions.append(found / pos)
+                ranks.append(1 + sum(1 for h in hits[:pos] if not h))
+        aps.append(sum(precisions) / len(precisions))
+    assert scores["mean_rank"] == pytest.approx(sum(ranks) / len(ranks))
+    assert scores["map"] == pytest.approx(sum(aps) / len(aps))

@@ -8,6 +8,7 @@ from semid.quantization import Quantizer, build_quantizer
 from semid.quantizers import hyperbolic as hb
 
 FAST = {"epochs": 3, "batch_size": 64, "progress": False}
+_NO_EPOCHS = {"batch_size": 64, "progress": False}
 
 
 def _clusters(n: int = 240, d: int = 12, k: int = 6, seed: int = 0) -> torch.Tensor:
@@ -151,3 +152,43 @@ def test_clear_errors():
     q.fit(x, pairs=torch.tensor([[0, 1], [2, 3]]), **FAST)
     with pytest.raises(SemidError, match="no decoder"):
         q.decode(q.encode(x))
+
+
+def test_early_stopping_ends_fit_and_keeps_the_curves():
+    x = _clusters()
+    pairs = torch.tensor([[i, i % 6] for i in range(6, 120)])
+    val_pairs = torch.tensor([[i, i % 6] for i in range(120, 140)])
+    q = build_quantizer("hrq:2x8,latent=4,hidden=16,decoder=0")
+    q.fit(x, pairs=pairs, val_pairs=val_pairs, epochs=200, patience=2, lr=3e-2, **_NO_EPOCHS)
+    s = q.fit_summary
+    assert s["stopped_early"] and s["epochs"] < 200
+    assert len(s["train_loss"]) == len(s["val_loss"]) == s["epochs"]
+    assert s["best_epoch"] == s["epochs"] - 2  # the last `patience` epochs brought no gain
+    # gains below min_delta do not count, so the kept epoch is the minimum up to that margin
+    assert s["val_loss"][s["best_epoch"] - 1] == pytest.approx(min(s["val_loss"]), rel=1e-3)
+
+
+def test_learned_curvature_moves_and_survives_save_load(tmp_path):
+    x = _clusters()
+    q = build_quantizer("hrq:2x8,c=1.0,learn_c=1,latent=4,hidden=16")
+    q.fit(x, epochs=5, batch_size=64, lr=5e-2, progress=False)
+    assert q.fit_summary["c"] != 1.0 and float(q.ball.c) > 0
+    q.save_pretrained(tmp_path / "q")
+    again = Quantizer.from_pretrained(tmp_path / "q")
+    assert float(again.ball.c) == pytest.approx(float(q.ball.c))
+    assert torch.equal(again.encode(x), q.encode(x))
+    with pytest.raises(SemidError, match="learned curvature"):
+        build_quantizer("hrq:2x8,c=0,learn_c=1")
+
+
+@pytest.mark.parametrize("c", [1.0, 0.0])
+def test_hyperbolic_embedding_network_fits_saves_and_loads(c, tmp_path):
+    x = _clusters()
+    q = build_quantizer(f"hrq:2x8,c={c},net=hnn,latent=4,hidden=16").fit(x, **FAST)
+    assert isinstance(q.encoder, hb.HyperbolicMLP) and isinstance(q.decoder, hb.HyperbolicMLP)
+    codes = q.encode(x)
+    assert torch.isfinite(q.embed(x)).all() and torch.isfinite(q.decode(codes)).all()
+    q.save_pretrained(tmp_path / "q")
+    assert torch.equal(Quantizer.from_pretrained(tmp_path / "q").encode(x), codes)
+    with pytest.raises(SemidError, match="net"):
+        build_quantizer("hrq:2x8,net=gnn")

@@ -85,3 +85,29 @@ def test_finite_values_and_gradients_at_the_boundary():
         assert torch.isfinite(hb.to_tangent(ball, hb.mobius_add(ball, a, b))).all()
     (hb.distance(ball, z, edge).sum() + hb.pairwise_distance(ball, z, edge).sum()).backward()
     assert torch.isfinite(v.grad).all()
+
+
+def test_hyperbolic_mlp_is_the_euclidean_mlp_at_curvature_zero():
+    torch.manual_seed(0)
+    net = hb.HyperbolicMLP(hb.poincare_ball(0.0), [6, 8, 3])
+    first, last = net.linears
+    x = torch.randn(5, 6)
+    expected = last(torch.nn.functional.silu(first(x)))
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_hyperbolic_mlp_layer_is_mobius_matvec_then_mobius_bias():
+    ball = hb.poincare_ball(1.0)
+    torch.manual_seed(0)
+    net = hb.HyperbolicMLP(ball, [4, 3])
+    x = _points(6, 4, 1.0)
+    w, b = net.linears[0].weight, net.linears[0].bias
+    # W ⊗ x = tanh(|Wx|/|x| artanh|x|) Wx/|Wx| (c = 1), then ⊕ exp_0(b).
+    wx = x @ w.T
+    xn, wxn = x.norm(dim=-1, keepdim=True), wx.norm(dim=-1, keepdim=True)
+    matvec = torch.tanh(wxn / xn * torch.atanh(xn)) * wx / wxn
+    bias = torch.tanh(b.norm()) * b / b.norm()
+    expected = _mobius_add_closed_form(matvec, bias.expand_as(matvec), 1.0)
+    out = net(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    assert (out.norm(dim=-1) < 1).all()
