@@ -76,9 +76,8 @@ class HRQTrainConfig:
     reset_dead_until: float = 0.8  # re-seed unused codes each epoch until this fraction of epochs
     init_batch: int = 8192  # items whose first embeddings initialise the codebooks by k-means
     patience: int | None = None  # epochs without a better validation loss before stopping
-    val_fraction: float = (
-        0.1  # items held out of the quantization loss for validation (with patience)
-    )
+    # items held out of the quantization loss for validation (with patience)
+    val_fraction: float = 0.1
     val_negatives: int = 1024  # fixed random negatives of the validation ranking loss
     seed: int = 0
 

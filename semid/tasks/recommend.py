@@ -172,13 +172,13 @@ class RecommendTask(Task):
     def ranker(self, run: Run, spec: RecommendSpec, options: EvalOptions) -> Ranker:
         """The run's ranker with the options' search-time settings, on the options' device."""
         run.model.to(options.device)
-        cold = {}
+        generator_options = {}
         if is_generator(run.model):
-            cold = {"trained_items": run.state.get("trained_items"), "item_mix": options.item_mix,
+            generator_options = {"trained_items": run.state.get("trained_items"), "item_mix": options.item_mix,
                     "cold_share": options.cold_share, "cold_prefix": options.cold_prefix}  # fmt: skip
         elif options.cold_share or options.item_mix is not None:
             raise SemidError("--cold-share and --item-mix need a generator; this run's model scores items directly")
-        ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **cold)
+        ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **generator_options)
         return ranker.to(options.device)
 
     def _add(self, run_path: Path, source: Path, keys: Path | None = None,
