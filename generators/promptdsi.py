@@ -23,6 +23,15 @@ search instead of from chance, and the centroids are fixed buffers, so documents
 their IDs through them without retraining. On debian-docs the learned logits at centroid levels
 overfit the training queries (R@1 on held-out queries fell from 0.71 to 0.54 in 4 epochs).
 
+Document head (``rank_loss > 0``, the default): the query's own frozen sentence embedding passes a
+learned residual adapter (a linear map, zero-initialised, so it starts as the identity) and is
+compared by scaled cosine with the frozen embeddings of every indexed document (``set_documents_``,
+kept beside the index, not in ``state_dict``); a softmax ranking loss over all documents trains it
+on the query examples. The same adapted vector drives the centroid head, so training moves the
+beams too. At search, :class:`semid.hybrid.HybridRanker` mixes log p(ID) with the head's
+log p(document) (``item_mix``) and, when the batch carries them, BM25 log-probs (``lexical_mix``);
+documents added later are scored through their frozen embeddings without retraining.
+
 The frozen encoder is not part of ``state_dict``: it is loaded from ``encoder_path`` (or rebuilt
 from ``encoder_config`` and ``encoder_seed``), so saved models hold only what was trained.
 """
@@ -80,6 +89,16 @@ class PromptDSIConfig:
     # levels after the centroid levels (the collision level) normalise over the codes the trie allows
     # (loss with a trie from use_trie, and search), so unique IDs pay nothing there
     trie_softmax_after_centroids: bool = True
+    # weight of the document-ranking loss: the query vector (through a learned residual adapter)
+    # against the frozen embeddings of every indexed document, softmax over all of them (0: no
+    # adapter, no document head)
+    rank_loss: float = 1.0
+    rank_scale: float = 20.0  # initial inverse temperature of the document scores (learned)
+    # ranking score log p(ID) + item_mix * log p(document) over the beams and the head's top rows
+    # (semid.hybrid.HybridRanker); set on held-out training queries after training
+    item_mix: float = 1.0
+    # + lexical_mix * log p_lex(document) (BM25 of the query text, semid.lexical), chosen with item_mix
+    lexical_mix: float = 0.0
 
 
 @register_generator("promptdsi")
@@ -88,6 +107,7 @@ class PromptDSI(Generator):
     ``hidden`` (B, T, H) lower states (or ``input_ids``), ``attention_mask`` (B, T), ``target_codes`` (B, L)."""
 
     config_class = PromptDSIConfig
+    saved_defaults = {"rank_loss": 0.0}  # runs saved before the document head existed have none
 
     def __init__(self, config: PromptDSIConfig) -> None:
         config = replace(config, centroid_levels=config.centroid_levels or 0)
@@ -129,6 +149,20 @@ class PromptDSI(Generator):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.vocab.size)
         self._init_centroid_head(config, width)
+        self._init_document_head(config, width)
+
+    def _init_document_head(self, config: PromptDSIConfig, width: int) -> None:
+        if min(config.rank_loss, config.item_mix, config.lexical_mix) < 0:
+            raise SemidError(f"rank_loss, item_mix and lexical_mix must be >= 0, got {config.rank_loss}, "
+                             f"{config.item_mix}, {config.lexical_mix}")  # fmt: skip
+        self.query_adapter: nn.Linear | None = None
+        self.register_buffer("documents", torch.zeros(0, width), persistent=False)
+        if config.rank_loss == 0:
+            return
+        self.query_adapter = nn.Linear(width, width)
+        nn.init.zeros_(self.query_adapter.weight)  # starts as the identity: the encoder's own vector
+        nn.init.zeros_(self.query_adapter.bias)
+        self.rank_log_scale = nn.Parameter(torch.tensor(math.log(config.rank_scale)))
 
     def _init_centroid_head(self, config: PromptDSIConfig, width: int) -> None:
         levels = config.centroid_levels
@@ -269,6 +303,30 @@ class PromptDSI(Generator):
             )
         self.centroids.copy_(codebooks.to(self.centroids))
 
+    def set_documents_(self, embeddings: Tensor) -> None:
+        """The frozen embeddings (N, H) of the index's documents, row i = index row i: the document
+        head scores them (not saved with the model; the task keeps them beside the index)."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.documents.shape[1]:
+            raise SemidError(
+                f"document embeddings must be (N, {self.documents.shape[1]}), got {tuple(embeddings.shape)}"
+            )
+        self.documents = F.normalize(embeddings.float(), dim=-1).to(self.documents.device)
+
+    def has_item_head(self) -> bool:
+        """True with a document head (``rank_loss`` > 0) and the documents' embeddings set."""
+        return self.query_adapter is not None and len(self.documents) > 0
+
+    def document_logits(self, query: Tensor) -> Tensor:
+        """Scores (B, N) of every document for query vectors (B, H): scaled cosine."""
+        return self.rank_log_scale.exp() * query @ self.documents.T
+
+    @torch.no_grad()
+    def item_log_probs(self, inputs: dict[str, Tensor]) -> Tensor:
+        """log p(document) (B, N) over the indexed documents (``set_documents_``)."""
+        with self.evaluating():
+            _, _, query = self.encode_with_query(inputs)
+        return torch.log_softmax(self.document_logits(query).float(), dim=-1)
+
     def train_only_session_(self, session: int) -> None:
         """Freeze every parameter except the prompts of ``session`` (incremental indexing)."""
         self.requires_grad_(False)
@@ -281,7 +339,10 @@ class PromptDSI(Generator):
         return memory, mask
 
     def encode_with_query(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``encode`` plus the centroid query vector (B, H) (None without centroid levels)."""
+        """``encode`` plus the query vector (B, H) of the centroid and document heads (None without
+        either). With a document head it is the encoder's own sentence embedding (``embedding`` in
+        the inputs when cached, else computed) through the residual adapter, L2-normalised; without
+        one, the prompted top layer mean-pooled."""
         mask = inputs["attention_mask"]
         hidden = inputs.get("hidden")
         if hidden is None:
@@ -293,7 +354,13 @@ class PromptDSI(Generator):
         layers = self.encoder.encoder.layer[self.config.prompt_layer :]
         out = self._run_layers(torch.cat([prompts, hidden], dim=1), mask, layers)
         query = None
-        if self.config.centroid_levels:
+        if self.query_adapter is not None:  # the encoder's own sentence embedding, adapted
+            base = inputs.get("embedding")
+            if base is None:
+                base = self.text_embedding(hidden, inputs["attention_mask"])
+            base = base.to(self.query_adapter.weight)
+            query = F.normalize(base + self.query_adapter(base), dim=-1)
+        elif self.config.centroid_levels:
             n = prompts.shape[1]
             query = F.normalize(masked_mean(out[:, n:], mask[:, n:]).float(), dim=-1)
         return self.memory_proj(out), mask.bool(), query
@@ -338,7 +405,7 @@ class PromptDSI(Generator):
         tokens = self.vocab.codes_to_tokens(target)
         bos = torch.full_like(tokens[:, :1], BOS_TOKEN)
         logits = self.decode(torch.cat([bos, tokens[:, :-1]], dim=1), self.memory_kv(memory), mask)
-        if query is not None:
+        if self.config.centroid_levels:
             logits = self.add_centroid_logits(logits, query, target)
         unmasked = [logits[:, lv, self.vocab.level_slice(lv)] for lv in range(self.vocab.levels)]
         blocks = self.mask_to_trie(unmasked, target)
@@ -346,7 +413,14 @@ class PromptDSI(Generator):
             logits = logits.clone()  # return the masked logits, as the loss sees them
             for lv, block in enumerate(blocks):
                 logits[:, lv, self.vocab.level_slice(lv)] = block
-        return mean_level_cross_entropy(blocks, target), logits
+        loss = mean_level_cross_entropy(blocks, target)
+        if self.has_item_head() and "targets" in batch:  # on query examples only (``is_query``)
+            rows = batch.get("is_query")
+            rows = torch.ones_like(batch["targets"], dtype=torch.bool) if rows is None else rows.bool()
+            if rows.any():
+                logits = self.document_logits(query[rows])
+                loss = loss + self.config.rank_loss * F.cross_entropy(logits, batch["targets"][rows])
+        return loss, logits
 
     def trie_softmax_levels(self) -> range:
         """Levels whose softmax runs over the trie's allowed codes: those after the centroid levels

@@ -110,6 +110,11 @@ def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
     return {"hidden": hidden, "attention_mask": mask}
 
 
+def search_batch(texts: EncodedTexts, lo: int, hi: int) -> dict[str, Tensor]:
+    """The PromptDSI inputs of texts[lo:hi]: padded lower states and their cached sentence embeddings."""
+    return {**pad_states(texts.states[lo:hi]), "embedding": texts.embeddings[lo:hi]}
+
+
 def centroid_codebooks(quantizer: Any, width: int) -> Tensor | None:
     """Residual k-means codebooks (L, K, width) that PromptDSI's centroid head can use, else None.
 

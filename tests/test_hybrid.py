@@ -7,7 +7,7 @@ from test_recommend import tiny_dataset
 
 from semid.data.sequences import CodeCollator, TargetDataset, prepare_data
 from semid.errors import SemidError
-from semid.hybrid import MIX_GRID, Candidates, HybridRanker, choose_mix
+from semid.hybrid import MIX_GRID, Candidates, HybridRanker, choose_mix, choose_mixes
 from semid.ids import SemanticIDs
 from semid.models import build_model
 from semid.ranking import BeamRanker, ranker_for
@@ -171,3 +171,28 @@ def test_runs_saved_before_the_item_head_load_without_one(tmp_path):
     del fields["item_loss"]
     path.write_text(json.dumps(saved))
     assert not load_model(tmp_path / "m").has_item_head()
+
+
+def test_lexical_scores_add_candidates_and_mix_into_the_ranking():
+    ids = make_ids()
+    model, batch = make(ids), queries(ids)
+    every = ids.codes[None].expand(3, -1, -1)
+    worst = model.score_codes(batch, ids.trie(SIZES), every).argmin(1)  # the generator's last choice
+    lexical = torch.full((3, len(ids)), -10.0)
+    lexical[torch.arange(3), worst] = 0.0  # a row the lexical view is sure of, whatever the beams say
+    with_lexical = {**batch, "lexical": lexical}
+    ranker = HybridRanker(model, ids, num_beams=2, mix=0.0, lexical_mix=1.0)
+    found = ranker.candidates(with_lexical, 2)
+    picked = found.rows == worst[:, None]
+    assert picked.any(1).all()  # joined the candidates
+    torch.testing.assert_close(found.lexical[picked], torch.zeros(3))
+    assert torch.equal(ranker.rank(with_lexical, 1).rows[:, 0], worst)
+    assert (HybridRanker(model, ids, num_beams=2, mix=0.0).rank(with_lexical, 1).rows[:, 0] != worst).all()
+    with pytest.raises(SemidError, match="lexical"):
+        ranker.rank(batch, 1)  # the model mixes lexical scores but the batch has none
+    # the weights are chosen jointly: the lexical weight wins when the lexical favourite is the answer
+    (w, lex), ndcg = choose_mixes([found], worst, ids, grid=(0.0, 1.0), lexical_grid=(0.0, 1.0))
+    assert lex == 1.0 and ndcg["0.0,1.0"] == 1.0 and ndcg["0.0,0.0"] < 1.0
+    plain = HybridRanker(model, ids, num_beams=2).candidates(batch, 2)
+    assert plain.lexical is None
+    assert choose_mixes([plain], torch.zeros(3, dtype=torch.long), ids)[0][1] == 0.0  # no scores: no weight

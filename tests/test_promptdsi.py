@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_BERT
 
 from semid.errors import SemidError
@@ -232,7 +235,7 @@ def test_centroid_logits_rank_codes_by_residual_distance():
     assert torch.equal(logits.argsort(1, descending=True), distances.argsort(1))
     # logit gaps are -scale * squared-distance gaps
     gap = logits[:, 0] - logits[:, 1]
-    torch.testing.assert_close(gap, -5.0 * (distances[:, 0] ** 2 - distances[:, 1] ** 2))
+    torch.testing.assert_close(gap, -5.0 * (distances[:, 0] ** 2 - distances[:, 1] ** 2), rtol=1e-4, atol=1e-4)
 
 
 def test_untrained_centroid_model_retrieves_the_residual_code_of_its_query_vector():
@@ -340,3 +343,53 @@ def test_centroid_codebooks_only_for_rqkmeans_of_the_encoder_width():
     other = build_quantizer("rqvae:2x4")
     other.codebooks = rq.codebooks  # codebooks of another family do not describe residual paths
     assert centroid_codebooks(other, 16) is None
+
+
+def test_document_head_starts_at_the_encoder_vector_and_learns_to_rank_its_target():
+    model = tiny(rank_loss=1.0)
+    assert not model.has_item_head()  # no documents yet
+    batch = token_batch(4, seed=3)
+    model.eval()
+    with torch.no_grad():  # the adapter starts as the identity: the encoder's own sentence embedding
+        own = model.text_embedding(model.lower_states(**batch), batch["attention_mask"])
+        torch.testing.assert_close(model.encode_with_query(batch)[2], own)
+        cached = {**batch, "embedding": own + 1.0}  # a cached embedding is used as given
+        torch.testing.assert_close(model.encode_with_query(cached)[2], F.normalize(own + 1.0, dim=-1))
+    documents = torch.randn(6, 16)
+    model.set_documents_(documents)
+    assert model.has_item_head() and "documents" not in model.state_dict()
+    targets = torch.tensor([5, 0, 3, 1])
+    codes = torch.tensor([[0, 1, 0], [1, 2, 0], [2, 3, 1], [3, 0, 2]])
+    with torch.no_grad():
+        before = model.item_log_probs(batch)[torch.arange(4), targets]
+    train = {**batch, "target_codes": codes, "targets": targets}
+    fit(model, {**train, "is_query": torch.tensor([True, True, True, True])}, steps=80, lr=1e-2)
+    log_probs = model.item_log_probs(batch)
+    assert torch.equal(log_probs.argmax(1), targets)  # learned: each query's document ranks first
+    assert (before < -1).any()  # before training, some query's document was far from first
+    assert model.query_adapter.weight.abs().sum() > 0
+    # document examples (is_query False) do not train the head
+    frozen = tiny(rank_loss=1.0)
+    frozen.set_documents_(documents)
+    fit(frozen, {**train, "is_query": torch.zeros(4, dtype=torch.bool)}, steps=5, lr=1e-2)
+    assert frozen.query_adapter.weight.abs().sum() == 0
+
+
+def test_without_rank_loss_there_is_no_document_head_and_old_configs_load_without_one(tmp_path):
+    model = tiny(rank_loss=0.0)
+    model.set_documents_(torch.randn(3, 16))
+    assert model.query_adapter is None and not model.has_item_head()
+    assert not any(k.startswith("query_adapter") for k in model.state_dict())
+    model.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    saved = json.loads(config_path.read_text())
+    found = saved["config"] if "config" in saved else saved
+    found.pop("rank_loss")  # a run saved before the document head existed
+    config_path.write_text(json.dumps(saved))
+    loaded = Generator.from_pretrained(tmp_path / "m")
+    assert loaded.config.rank_loss == 0.0 and loaded.query_adapter is None
+
+
+def test_document_embeddings_must_match_the_encoder_width():
+    with pytest.raises(SemidError, match=r"\(N, 16\)"):
+        tiny().set_documents_(torch.randn(3, 8))

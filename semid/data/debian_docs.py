@@ -14,7 +14,6 @@ not unique (the query would have several right answers).
 from __future__ import annotations
 
 import gzip
-import json
 import lzma
 import os
 import shutil
@@ -24,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semid.atomic import write_json
-from semid.data.documents import Document, DocumentCollection, read_documents, write_documents
+from semid.data.documents import Document, DocumentCollection, write_documents
+from semid.data.pinned import default_dataset_dir, load_pinned
 from semid.data.registry import register_dataset
 from semid.errors import SemidError
 
@@ -33,12 +33,6 @@ APT_LISTS = Path("/var/lib/apt/lists")
 SOURCE_GLOB = "*_i18n_Translation-en*"
 BUILD_VERSION = 1  # bump when the cleaning rules change: a new pinned file is built
 SETUP_HINT = "run: apt-get update -o Acquire::Languages=en && apt-get install -y lz4"
-
-
-def default_dataset_dir() -> Path:
-    """$SEMID_CACHE/datasets if SEMID_CACHE is set, else ~/.cache/semid/datasets."""
-    root = os.environ.get("SEMID_CACHE")
-    return Path(root) / "datasets" if root else Path.home() / ".cache" / "semid" / "datasets"
 
 
 def _read_text(path: Path) -> str:
@@ -135,20 +129,7 @@ def load_debian_docs(
     out_dir: str | os.PathLike | None = None, lists_dir: str | os.PathLike = APT_LISTS
 ) -> DocumentCollection:
     """The pinned corpus (built on first use), its content hash checked against the recorded one."""
-    out_dir = Path(out_dir) if out_dir is not None else default_dataset_dir()
-    path, meta_path = out_dir / f"{NAME}.jsonl", out_dir / f"{NAME}.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if not path.is_file() or meta.get("build_version") != BUILD_VERSION:
-        build_debian_docs(out_dir, lists_dir)
-        meta = json.loads(meta_path.read_text())
-    collection = read_documents(path, NAME)
-    if collection.sha256 != meta["sha256"]:
-        raise SemidError(
-            f"{path} changed since it was pinned (sha256 {collection.sha256[:12]} != {meta['sha256'][:12]}); "
-            f"delete {path} and {meta_path} to rebuild it"
-        )
-    collection.metadata = meta
-    return collection
+    return load_pinned(NAME, out_dir, BUILD_VERSION, lambda out: build_debian_docs(out, lists_dir))
 
 
 register_dataset(

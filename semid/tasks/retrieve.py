@@ -3,23 +3,29 @@
 Protocol (docs/protocols.md): documents are split (seeded) into an initial corpus D0 (90%) and a
 later corpus D1 (10%); in each part the queries of 80% of the documents are training queries, the
 other 20% are test queries whose documents are indexed (trained on as text -> ID) but whose queries
-never are. Training mixes indexing examples (document -> ID) and retrieval examples (query -> ID),
-as in DSI. Adding D1 (``add``) gives its documents IDs from the saved quantizer, inserts them in the
-trie, and trains only a new prompt session on D1, never revisiting D0. Metrics: R@k and MRR@k.
+never are. Training mixes indexing examples (document -> ID) and retrieval examples (every query of
+a training document -> ID), as in DSI; a tenth of the training documents (at most 1,000) hold out
+their queries to pick the best epoch and the ranking's mixing weights. The ranking fuses the beams
+with PromptDSI's document head and BM25 (``lexical.safetensors`` and
+``document_embeddings.safetensors`` beside the index; see docs/protocols.md). Adding D1 (``add``)
+gives its documents IDs from the saved quantizer, inserts them in the trie, appends their embeddings
+and BM25 counts, and trains only a new prompt session on D1, never revisiting D0. Metrics: R@k, MRR@k.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from semid.atomic import check_writable, write_json
+from semid.atomic import atomic_file, check_writable, write_json
 from semid.data.corpus import split_corpus, subset_rows
 from semid.data.documents import DocumentCollection, read_documents, write_documents
 from semid.data.registry import load_dataset
@@ -31,18 +37,29 @@ from semid.generators.promptdsi_states import (
     centroid_codebooks,
     encode_texts,
     pad_states,
+    search_batch,
     set_key_center,
     topic_keys,
 )
+from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
 from semid.indexing import AUTO, add_items, build_ids
+from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
 from semid.models import model_config
 from semid.quantization import build_quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, write_run
 from semid.saving import read_json
-from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
+from semid.tasks.base import (
+    EvalOptions,
+    IndexSource,
+    Predictor,
+    Task,
+    move,
+    register_task,
+    resolve_device,
+)
 from semid.training import TrainConfig, train_model
 from semid.training.checkpoints import (
     DamagedCheckpointError,
@@ -52,12 +69,16 @@ from semid.training.checkpoints import (
 
 EVAL_QUERIES = "eval_queries.json"
 LATER = "later.jsonl"
+DOCUMENT_EMBEDDINGS = "document_embeddings.safetensors"  # in the index folder, row i = index row i
+LEXICAL = "lexical.safetensors"  # BM25 term counts of the documents, in the index folder
+VALID_SHARE, MAX_VALID = 0.1, 1000  # training documents whose queries choose the ranking mix instead
 
 
-def _train_config(epochs: int = 10, lr: float = 2e-3) -> TrainConfig:
-    # no validation split here: train for a fixed number of epochs; checkpoints make it resumable
+def _train_config(epochs: int = 10, lr: float = 2e-3, patience: int | None = 2) -> TrainConfig:
+    # with a document head, held-out training queries pick the best epoch (NDCG@10) and stop early;
+    # without one there is no validation: a fixed number of epochs. Checkpoints make it resumable.
     return TrainConfig(max_epochs=epochs, lr=lr, batch_size=32, warmup_steps=20,
-                       early_stopping_patience=None, checkpoint_every=200)  # fmt: skip
+                       early_stopping_patience=patience, checkpoint_every=200)  # fmt: skip
 
 
 @dataclass
@@ -68,7 +89,7 @@ class RetrieveSpec:
     model: str = "promptdsi"
     model_config: Any = None  # PromptDSIConfig (codebook sizes come from the index)
     train: TrainConfig = field(default_factory=_train_config)
-    add_train: TrainConfig = field(default_factory=lambda: _train_config(5, 1e-2))
+    add_train: TrainConfig = field(default_factory=lambda: _train_config(5, 1e-2, None))
     quantizer: str = AUTO  # rqkmeans sized to the number of documents (semid.indexing.auto_spec)
     extra_codes: int = 64  # spare disambiguation tokens for documents added later
     max_docs: int | None = None
@@ -94,31 +115,36 @@ class RetrieveSpec:
 
 
 class ExampleDataset(Dataset):
-    """(text states -> target row) pairs; ``collate`` pads into a PromptDSI batch."""
+    """(encoded text -> target row) pairs; ``collate`` pads into a PromptDSI batch."""
 
-    def __init__(self, states: list[Tensor], targets: Tensor, codes: Tensor) -> None:
-        if len(states) != len(targets):
-            raise SemidError(f"{len(states)} texts for {len(targets)} targets")
-        self.states, self.targets, self.codes = states, targets.long(), codes
+    def __init__(self, texts: EncodedTexts, targets: Tensor, codes: Tensor, is_query: Tensor) -> None:
+        if not len(texts.states) == len(targets) == len(is_query):
+            raise SemidError(f"{len(texts.states)} texts for {len(targets)} targets")
+        self.texts, self.targets, self.codes, self.is_query = texts, targets.long(), codes, is_query.bool()
 
     def __len__(self) -> int:
-        return len(self.states)
+        return len(self.targets)
 
     def __getitem__(self, i: int) -> int:
         return i
 
     def collate(self, rows: list[int]) -> dict[str, Tensor]:
-        """hidden (B, T, H), attention_mask (B, T), targets (B,), target_codes (B, L)."""
-        batch = pad_states([self.states[i] for i in rows])
+        """hidden (B, T, H), attention_mask (B, T), embedding (B, H), targets (B,), target_codes
+        (B, L), is_query (B,)."""
+        batch = pad_states([self.texts.states[i] for i in rows])
+        batch["embedding"] = self.texts.embeddings[rows]
         batch["targets"] = self.targets[rows]
         batch["target_codes"] = self.codes[batch["targets"]]
+        batch["is_query"] = self.is_query[rows]
         return batch
 
 
 def dsi_examples(docs: EncodedTexts, doc_rows: Tensor, queries: EncodedTexts, query_rows: Tensor,
                  codes: Tensor) -> ExampleDataset:  # fmt: skip
     """Indexing examples (each document -> its row) mixed with retrieval examples (query -> row)."""
-    return ExampleDataset(docs.states + queries.states, torch.cat([doc_rows, query_rows]), codes)
+    texts = EncodedTexts(docs.states + queries.states, torch.cat([docs.embeddings, queries.embeddings]))
+    is_query = torch.cat([torch.zeros(len(doc_rows), dtype=torch.bool), torch.ones(len(query_rows), dtype=torch.bool)])
+    return ExampleDataset(texts, torch.cat([doc_rows, query_rows]), codes, is_query)
 
 
 def load_collection(name: str) -> DocumentCollection:
@@ -132,9 +158,84 @@ def load_collection(name: str) -> DocumentCollection:
 
 
 def query_pairs(collection: DocumentCollection, rows: Tensor) -> list[list[str]]:
-    """[query, document id] for the first query of each document at ``rows`` that has one."""
+    """[query, document id] for every query of the documents at ``rows``."""
     docs = [collection.documents[int(r)] for r in rows]
-    return [[d.queries[0], d.id] for d in docs if d.queries]
+    return [[q, d.id] for d in docs for q in d.queries]
+
+
+def query_examples(collection: DocumentCollection, rows: list[int]) -> tuple[list[str], list[int]]:
+    """Every query of the documents at ``rows`` and, for each, the row of its document."""
+    pairs = [(q, r) for r in rows for q in collection.documents[r].queries]
+    return [q for q, _ in pairs], [r for _, r in pairs]
+
+
+def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
+    """(train, valid) rows: a seeded share of the training documents whose queries are held out to
+    choose the ranking mix (none under 20 documents)."""
+    n_valid = min(round(len(rows) * VALID_SHARE), MAX_VALID) if len(rows) >= 20 else 0
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 31)).tolist()
+    valid = set(perm[:n_valid])
+    return [r for i, r in enumerate(rows) if i not in valid], [r for i, r in enumerate(rows) if i in valid]
+
+
+def save_document_embeddings(index_path: Path, embeddings: Tensor) -> None:
+    """Write the documents' frozen embeddings (N, H) beside the index (atomically)."""
+    with atomic_file(index_path / DOCUMENT_EMBEDDINGS, "wb") as f:
+        f.write(save({"embeddings": embeddings.float().contiguous()}))
+
+
+def load_document_embeddings(index_path: Path) -> Tensor | None:
+    """The documents' frozen embeddings saved beside the index, or None (runs from before them)."""
+    path = index_path / DOCUMENT_EMBEDDINGS
+    return load_file(str(path))["embeddings"] if path.is_file() else None
+
+
+@dataclass
+class HeldOut:
+    """Held-out training queries: their texts, encodings and document rows (``targets``)."""
+
+    texts: list[str]
+    encoded: EncodedTexts
+    targets: Tensor
+
+
+def query_batches(queries: EncodedTexts, texts: list[str], lexical: LexicalIndex | None,
+                  batch_size: int = 64) -> Iterator[dict[str, Tensor]]:  # fmt: skip
+    """PromptDSI search batches of encoded queries, with their lexical log-probs over the documents
+    (``lexical``) when there is a lexical index."""
+    for lo in range(0, len(texts), batch_size):
+        batch = search_batch(queries, lo, lo + batch_size)
+        if lexical is not None:
+            batch["lexical"] = lexical.log_probs(texts[lo : lo + batch_size])
+        yield batch
+
+
+def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None, num_beams: int,
+                      device: str = "cpu") -> Callable[[PromptDSI], dict[str, float]]:  # fmt: skip
+    """The trainer's ``evaluate``: NDCG@10 of the mixed ranking on held-out queries at the best
+    mixing weights (which it sets on the model)."""
+
+    def evaluate(model: PromptDSI) -> dict[str, float]:
+        return {"ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams, device).values())}
+
+    return evaluate
+
+
+def tune_mixes(model: PromptDSI, ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
+               num_beams: int, device: str = "cpu") -> dict[str, float]:  # fmt: skip
+    """Set ``model.config.item_mix`` and ``lexical_mix`` to the weights with the best NDCG@10 on
+    held-out queries; returns NDCG@10 by ``"item_mix,lexical_mix"``."""
+    ranker = HybridRanker(model, ids, num_beams).to(device)
+    parts = [ranker.candidates(move(batch, device), 10)
+             for batch in query_batches(held_out.encoded, held_out.texts, lexical)]  # fmt: skip
+    (model.config.item_mix, model.config.lexical_mix), ndcg = choose_mixes(parts, held_out.targets, ids)
+    return ndcg
+
+
+def load_lexical(index_path: Path) -> LexicalIndex | None:
+    """The lexical index beside the index, or None (runs from before it)."""
+    path = index_path / LEXICAL
+    return LexicalIndex.load(path) if path.is_file() else None
 
 
 def record_eval_queries(run: Path, name: str, pairs: list[list[str]]) -> None:
@@ -189,8 +290,12 @@ class RetrieveTask(Task):
                     pass  # the trainer skips it for an older one, with a note
         ids, quantizer, coll, split, probe, docs = self._index_d0(spec, out / "index")
         train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
-        queries = encode_texts(probe, [coll.documents[r].queries[0] for r in train_rows],
-                               desc="encode queries")  # fmt: skip
+        if spec.model_config.rank_loss > 0:  # the document head's weight is chosen on held-out queries
+            train_rows, valid_rows = valid_split(train_rows, spec.seed)
+        else:
+            valid_rows = []
+        query_texts, query_rows = query_examples(coll, train_rows)
+        queries = encode_texts(probe, query_texts, desc="encode queries")
         books = centroid_codebooks(quantizer, probe.encoder.config.hidden_size)
         config = spec.model_config
         if config.centroid_levels and books is None:
@@ -205,17 +310,31 @@ class RetrieveTask(Task):
         set_key_center(model, docs)
         model.set_topic_keys_(topic_keys(model, docs, model.config.pool_sizes[0], spec.seed))
         model.use_trie(ids.trie(model.codebook_sizes))
+        model.set_documents_(docs.embeddings)
         position = {int(r): i for i, r in enumerate(split.d0)}  # collection row -> index row
         examples = dsi_examples(docs, torch.arange(len(docs.states)), queries,
-                                torch.tensor([position[r] for r in train_rows]), ids.codes)  # fmt: skip
+                                torch.tensor([position[r] for r in query_rows]), ids.codes)  # fmt: skip
+        lexical = LexicalIndex.from_texts(coll.subset(split.d0).texts)
+        evaluate, where = None, resolve_device(device)
+        if valid_rows and model.has_item_head():
+            valid_texts, valid_doc_rows = query_examples(coll, valid_rows)
+            held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
+                               torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
+            evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams, where)
         started = time.perf_counter()
-        result = train_model(model, examples, spec.train, out / "train", collate_fn=examples.collate,
-                             resume=resume, device=device)  # fmt: skip
+        result = train_model(model, examples, spec.train, out / "train", evaluate=evaluate,
+                             collate_fn=examples.collate, resume=resume, device=device)  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
                    "steps": result.steps, "train_seconds": round(seconds, 2)}  # fmt: skip
+        if evaluate is not None:  # the best epoch's weights are loaded: choose their mixing weights
+            ndcg = tune_mixes(model, ids, held_out, lexical, spec.num_beams, where)
+            summary |= {"item_mix": model.config.item_mix, "lexical_mix": model.config.lexical_mix,
+                        "valid_ndcg@10": max(ndcg.values())}  # fmt: skip
         if not is_main_process():
             return summary
+        save_document_embeddings(out / "index", docs.embeddings)
+        lexical.save(out / "index" / LEXICAL)
         model.save_pretrained(out / "model")
         record_eval_queries(out, "d0-test", query_pairs(coll, split.d0_test))
         if len(split.d1):
@@ -262,15 +381,28 @@ class RetrieveTask(Task):
             raise SemidError(f"{len(clash)} documents are already indexed (e.g. {clash[0]!r}); give new ids")
         docs = encode_texts(model, collection.texts, desc="encode new documents")
         start = len(ids)
+        known = load_document_embeddings(run.index_path)
+        if known is not None and len(known) != start:
+            raise SemidError(f"{run.index_path / DOCUMENT_EMBEDDINGS} has {len(known)} rows for {start} "
+                             "indexed documents; retrain the run")  # fmt: skip
+        lexical = load_lexical(run.index_path)
+        if lexical is not None and len(lexical) != start:
+            raise SemidError(f"{run.index_path / LEXICAL} has {len(lexical)} rows for {start} "
+                             "indexed documents; retrain the run")  # fmt: skip
         ids, _ = add_items(run.index_path, collection.ids, docs.embeddings, model)
+        if known is not None:
+            save_document_embeddings(run.index_path, torch.cat([known, docs.embeddings]))
+            model.set_documents_(torch.cat([known, docs.embeddings]))
+        if lexical is not None:
+            lexical.add(collection.texts)
+            lexical.save(run.index_path / LEXICAL)
         rows = torch.arange(start, len(ids))
         g = torch.Generator().manual_seed(spec.seed + len(model.prompts))  # seeded like the split
         perm = torch.randperm(len(collection), generator=g)
         n_test = round(len(collection) * spec.test_fraction)
         train_local, test_local = perm[n_test:].sort().values, perm[:n_test].sort().values
-        with_query = [i for i in train_local.tolist() if collection.documents[i].queries]
-        queries = encode_texts(model, [collection.documents[i].queries[0] for i in with_query],
-                               desc="encode new queries")  # fmt: skip
+        query_texts, with_query = query_examples(collection, train_local.tolist())
+        queries = encode_texts(model, query_texts, desc="encode new queries")
         m = topics or max(1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1)))
         session = model.add_prompt_session_(topic_keys(model, docs, min(m, len(collection)), spec.seed))
         model.train_only_session_(session)
@@ -305,6 +437,12 @@ class RetrievePredictor(Predictor):
     task = "retrieve"
 
     def __init__(self, run: Run, device: str = "cpu") -> None:
+        documents = load_document_embeddings(run.index_path)
+        if documents is not None and run.model.query_adapter is not None:
+            run.model.set_documents_(documents)
+        self.lexical = load_lexical(run.index_path) if run.model.config.lexical_mix > 0 else None
+        if run.model.config.lexical_mix > 0 and self.lexical is None:
+            raise SemidError(f"{run.index_path} has no {LEXICAL} but the model mixes lexical scores; retrain the run")
         super().__init__(run, device)
         self.num_beams = run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
 
@@ -328,8 +466,8 @@ class RetrievePredictor(Predictor):
         """Top-k document rows (Q, k) for query texts."""
         ranker = self.ranker(num_beams)
         queries = encode_texts(self.run.model, texts, desc=desc, cache=len(texts) > 1)
-        parts = [ranker.rank(move(pad_states(queries.states[lo : lo + batch_size]), self.device), k)
-                 for lo in range(0, len(texts), batch_size)]  # fmt: skip
+        parts = [ranker.rank(move(batch, self.device), k)
+                 for batch in query_batches(queries, texts, self.lexical, batch_size)]  # fmt: skip
         return Ranking.concat(parts)
 
 
