@@ -62,6 +62,7 @@ def target_lines(rows: list[dict]) -> list[str]:
     )
     untrained = max(get(n, "D0", "D0-test", "recall@1") for n in {r["method"] for r in rows}
                     if n.startswith("PromptDSI untrained"))  # fmt: skip
+    centroids = get("PromptDSI untrained, beams only", "D0", "D0-test", "recall@1")
     inc = final("PromptDSI incremental (+D1)")
     before, after = (
         get(final("PromptDSI (D0)"), "D0", "D0-test", "recall@10"),
@@ -74,8 +75,11 @@ def target_lines(rows: list[dict]) -> list[str]:
         f"(BM25 {bm25:.3f}, dense {dense:.3f}): " + ("met" if r1 >= max(bm25, dense) else "missed"),
         f"- PromptDSI R@10 >= dense on D0-test: {r10:.3f} vs {dense10:.3f} ({r10 / max(dense10, 1e-9):.2f}x): "
         + ("met" if r10 >= dense10 else "missed"),
-        f"- trained R@1 >= untrained (best of beams alone and mixed) + 5 points: {r1:.3f} vs {untrained:.3f} "
-        f"({100 * (r1 - untrained):+.1f} points): " + ("met" if r1 - untrained >= 0.05 else "missed"),
+        f"- trained R@1 >= nearest-centroid search alone (untrained, beams only) + 5 points: {r1:.3f} vs "
+        f"{centroids:.3f} ({100 * (r1 - centroids):+.1f} points): " + ("met" if r1 - centroids >= 0.05 else "missed"),
+        f"- trained R@1 >= the untrained model with the same mixing + 5 points (the stricter reading): "
+        f"{r1:.3f} vs {untrained:.3f} ({100 * (r1 - untrained):+.1f} points): "
+        + ("met" if r1 - untrained >= 0.05 else "missed"),
         f"- D0-test R@10 drop after adding D1 incrementally <= 2 points: {before:.3f} -> {after:.3f} "
         f"({100 * (before - after):+.1f} points drop): "
         + ("met" if before - after <= 0.02 else "missed"),
