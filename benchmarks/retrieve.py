@@ -34,7 +34,7 @@ from semid.generators.promptdsi_states import (
     topic_keys,
 )
 from semid.hybrid import LEXICAL_GRID
-from semid.indexing import build_ids
+from semid.indexing import AUTO, auto_spec, build_ids
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
 from semid.ranking import Ranking, ranker_for
@@ -45,6 +45,7 @@ from semid.tasks.retrieve import (
     query_batches,
     query_examples,
     ranking_evaluator,
+    train_or_keep_untrained,
     tune_mixes,
     valid_split,
 )
@@ -109,7 +110,8 @@ def main() -> None:
                    help="debian-docs, manpages, or a JSONL/CSV documents file (default: %(default)s)")  # fmt: skip
     p.add_argument("--docs", type=int, default=1000, help="seeded subset of the collection (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quantizer", default="rqkmeans:2x256")
+    p.add_argument("--quantizer", default="auto",
+                   help="quantizer spec; auto: rqkmeans sized to D0, as `semid train retriever` (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--centroid-levels",
         type=int,
@@ -232,6 +234,8 @@ def main() -> None:
 
     # ---- semantic IDs: quantizer fitted on D0, D1 added with the saved quantizer (as `index add`)
     keys = coll.ids
+    if args.quantizer == AUTO:
+        args.quantizer = auto_spec(len(split.d0))
     ids0, quantizer = build_ids(
         [keys[int(r)] for r in split.d0],
         doc_enc.embeddings[split.d0],
@@ -339,15 +343,13 @@ def main() -> None:
     untrained = copy.deepcopy(model)
     choose_mix(untrained, trie0)
     evaluate_both(untrained, "PromptDSI untrained", "D0", trie0, [("D0-test", split.d0_test)], train_s=0.0)
-    result, train_s = timed(
-        lambda: train_model(
-            model, examples(split.d0, d0_train), fresh("d0"), train_cfg(args.epochs, args.lr, 2),
-            valid_evaluator(trie0),
-        )
-    )
+    (result, kept), train_s = timed(lambda: train_or_keep_untrained(model, valid_evaluator(trie0), lambda: train_model(
+        model, examples(split.d0, d0_train), fresh("d0"), train_cfg(args.epochs, args.lr, 2), valid_evaluator(trie0)
+    )))  # fmt: skip
+    print(f"kept the untrained weights: {kept}", flush=True)
     choose_mix(model, trie0)
     evaluate_both(model, "PromptDSI (D0)", "D0", trie0, [("D0-test", split.d0_test)],
-                  train_s=train_s, steps=result.steps)  # fmt: skip
+                  train_s=train_s, steps=result.steps, kept_untrained=kept)  # fmt: skip
     both = [("D0-test", split.d0_test), ("D1-test", split.d1_test)]
 
     # ---- D1 added: incremental (new prompts only)
@@ -392,15 +394,10 @@ def main() -> None:
         full.use_trie(trie_all)
         if full.query_adapter is not None:
             full.set_documents_(bank_all)
-        result, s = timed(
-            lambda: train_model(
-                full,
-                examples(all_docs, d0_train + d1_train),
-                fresh("full"),
-                train_cfg(args.epochs, args.lr, 2),
-                valid_evaluator(trie_all),
-            )
-        )
+        (result, kept), s = timed(lambda: train_or_keep_untrained(full, valid_evaluator(trie_all), lambda: train_model(
+            full, examples(all_docs, d0_train + d1_train), fresh("full"), train_cfg(args.epochs, args.lr, 2),
+            valid_evaluator(trie_all),
+        )))  # fmt: skip
         choose_mix(full, trie_all)
         evaluate_both(full, "full retrain (D0+D1)", "D0+D1", trie_all, both, train_s=s, steps=result.steps)
 

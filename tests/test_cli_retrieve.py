@@ -154,3 +154,22 @@ def test_bad_model_config_is_one_line_error(tmp_path):
     )
     with pytest.raises(SemidError, match="--model-config"):
         train_retriever.run(args)
+
+
+@pytest.mark.parametrize("scores, kept", [((0.5, 0.4), True), ((0.5, 0.5), False), ((0.5, 0.7), False)])
+def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept):
+    from semid.tasks.retrieve import train_or_keep_untrained
+
+    model = torch.nn.Linear(2, 2)
+    untrained = {k: v.clone() for k, v in model.state_dict().items()}
+    marks = iter(scores)
+
+    def fit():
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return "result"
+
+    result, restored = train_or_keep_untrained(model, lambda m: {"ndcg@10": next(marks)}, fit)
+    assert result == "result" and restored == kept
+    assert torch.equal(model.weight, untrained["weight"]) == kept
+    assert train_or_keep_untrained(model, None, fit) == ("result", False)

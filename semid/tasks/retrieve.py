@@ -60,7 +60,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
 )
-from semid.training import TrainConfig, train_model
+from semid.training import TrainConfig, TrainResult, train_model
 from semid.training.checkpoints import (
     DamagedCheckpointError,
     check_checkpoint,
@@ -221,6 +221,27 @@ def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex
     return evaluate
 
 
+def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], dict[str, float]] | None,
+                            fit: Callable[[], TrainResult]) -> tuple[TrainResult, bool]:  # fmt: skip
+    """Run ``fit()``; with ``evaluate`` (held-out NDCG@10), score the model before and after and put
+    the untrained weights back when training scored lower (returns the result and whether it did).
+    The trainer keeps the best epoch; this also counts "no epoch" among the candidates."""
+    if evaluate is None:
+        return fit(), False
+    before, snapshot = _score(model, evaluate), {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = fit()
+    if _score(model, evaluate) >= before:
+        return result, False
+    model.load_state_dict(snapshot)
+    return result, True
+
+
+def _score(model: PromptDSI, evaluate: Callable[[PromptDSI], dict[str, float]]) -> float:
+    model.eval()
+    with torch.no_grad():
+        return evaluate(model)["ndcg@10"]
+
+
 def tune_mixes(model: PromptDSI, ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
                num_beams: int, device: str = "cpu") -> dict[str, float]:  # fmt: skip
     """Set ``model.config.item_mix`` and ``lexical_mix`` to the weights with the best NDCG@10 on
@@ -322,11 +343,12 @@ class RetrieveTask(Task):
                                torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
             evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams, where)
         started = time.perf_counter()
-        result = train_model(model, examples, spec.train, out / "train", evaluate=evaluate,
-                             collate_fn=examples.collate, resume=resume, device=device)  # fmt: skip
+        result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
+            model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
+            resume=resume, device=device))  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
-                   "steps": result.steps, "train_seconds": round(seconds, 2)}  # fmt: skip
+                   "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept}  # fmt: skip
         if evaluate is not None:  # the best epoch's weights are loaded: choose their mixing weights
             ndcg = tune_mixes(model, ids, held_out, lexical, spec.num_beams, where)
             summary |= {"item_mix": model.config.item_mix, "lexical_mix": model.config.lexical_mix,
