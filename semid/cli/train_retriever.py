@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(_budget(args, IMAGES.train), IMAGES.train),
             quantizer=IMAGES.quantizer if args.quantizer is None else args.quantizer, num_beams=IMAGES.num_beams if args.num_beams is None else args.num_beams,
+            min_steps=IMAGES.min_steps if args.epochs is None else 0,  # an explicit --epochs is kept as given
         )  # fmt: skip
         get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
         print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")
