@@ -14,6 +14,10 @@ with different seeds and the table reports medians (and min-max). Budgets are ep
 floor in optimizer steps (``--min-steps``; the CNN's and the quantizer's floors are the library
 defaults), so one set of defaults serves a 60k and a 1k collection.
 
+``--validate`` is for choosing settings without the test split: a seeded quarter of the training
+images (per class) is indexed, the rest train, and the queries are the training wordings (so it
+measures the image side, not generalisation over wording). Defaults were chosen there.
+
     python -m benchmarks.text2image                     # Fashion-MNIST (~15 min, one thread of a busy 2-core CPU)
     python -m benchmarks.text2image --dataset digits    # scikit-learn's digits (a few minutes)
     python -m benchmarks.text2image --quick             # tiny smoke run, results not written
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import statistics
 import sys
@@ -33,7 +38,8 @@ from pathlib import Path
 import torch
 
 from semid.atomic import atomic_file, write_json
-from semid.data.images import class_queries, describe_class
+from semid.data.image_files import split_indices
+from semid.data.images import ImageDataset, class_queries, describe_class
 from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
 from semid.indexing import AUTO, auto_spec
 from semid.models import build_model
@@ -53,6 +59,7 @@ from semid.tasks.text2image import (
 from semid.training import TrainConfig, train_model
 
 RESULTS = Path(__file__).parent / "results"
+VALIDATION_FRACTION = 0.25
 METRICS = ("precision@10", "precision@100", "recall@100", "map@100")
 
 
@@ -71,6 +78,8 @@ def run(args: argparse.Namespace) -> dict:
     timings: dict[str, float] = {}
     splits = timed(timings, "load data", load_image_splits, args.dataset, 0)
     train, test = splits.train, splits.test
+    if args.validate:  # model selection without the test split (module docstring)
+        train, test = validation_split(train)
     if args.max_train:  # --quick: a stratified-enough random subset
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[
             : args.max_train
@@ -92,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
     test_x = timed(timings, "image features", cnn.encode, test.images)
 
     train_texts, train_q_labels = class_queries("train", train.class_names)
-    test_texts, test_q_labels = class_queries("test", train.class_names)
+    split = "train" if args.validate else "test"
+    test_texts, test_q_labels = class_queries(split, train.class_names)
     class_texts = [describe_class(c) for c in train.class_names]
     all_texts = train_texts + test_texts + class_texts
     emb = timed(timings, "MiniLM text embeddings", embed_texts, all_texts)
@@ -101,8 +111,9 @@ def run(args: argparse.Namespace) -> dict:
     class_emb = emb[len(train_texts) + len(test_texts) :]
 
     indexes, index_stats = {}, {}
-    args.quantizer = [auto_spec(len(train_x), family="voken", options=VOKEN_OPTIONS) if q == AUTO else q
-                      for q in args.quantizer]  # fmt: skip
+    # "auto" or "auto,OPTION=..": the voken sized to the collection, with these options added
+    args.quantizer = [auto_spec(len(train_x), family="voken", options=VOKEN_OPTIONS + q[len(AUTO):])
+                      if q.split(",")[0] == AUTO else q for q in args.quantizer]  # fmt: skip
     for spec in args.quantizer:
         indexes[spec] = timed(
             timings,
@@ -161,9 +172,10 @@ def run(args: argparse.Namespace) -> dict:
             for variant, weight in (("avg-gen", 0.0), ("avg", 1.0)):
                 name = f"{variant} {spec}"
                 config = {
+                    **json.loads(args.avg_config),
                     "codebook_sizes": ids.codebook_sizes,
                     "query_dim": emb.shape[1],
-                    "disc_weight": weight,
+                    "disc_weight": weight * json.loads(args.avg_config).get("disc_weight", 1.0),
                 }
                 torch.manual_seed(seed)
                 model = timed(
@@ -188,12 +200,15 @@ def run(args: argparse.Namespace) -> dict:
             "train_queries": len(train_texts),
             "test_queries": len(test_texts),
             "relevance": "same class",
+            "split": "validation (25% of the training images indexed, training wordings)"
+            if args.validate else "test (held-out wordings)",
             "image_features": f"CNN autoencoder, {args.encoder_epochs} epoch(s) (at least {IMAGE_ENCODER_MIN_STEPS} steps) "
             f"on {len(enc_images)} images, dim {train_x.shape[1]}",
             "collisions": args.collisions,
             "voken_epochs": args.voken_epochs,
             "epochs": args.epochs,
             "min_steps": args.min_steps,
+            "avg_config": args.avg_config,
             "generator_epochs_run": with_min_steps(TrainConfig(max_epochs=args.epochs, batch_size=256),
                                                    len(train_x), args.min_steps).max_epochs,
             "repeats": args.repeats,
@@ -207,6 +222,14 @@ def run(args: argparse.Namespace) -> dict:
         },
         "timings_s": {name: round(v, 1) for name, v in timings.items()},
     }
+
+
+def validation_split(train: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+    """A quarter of the training images (seeded, per class) as the index, the rest to train on."""
+    fit, held = split_indices(train.labels, len(train), 1, VALIDATION_FRACTION, train.name)
+    part = lambda rows, name: ImageDataset(train.images[rows], [train.keys[i] for i in rows],  # noqa: E731
+                                           train.labels[rows], train.class_names, name=name)  # fmt: skip
+    return part(fit, f"{train.name}/fit"), part(held, f"{train.name}/validation")
 
 
 def train_dual_encoder(config: DualEncoderConfig, pairs: QueryTargetPairs, train: TrainConfig) -> DualEncoder:
@@ -300,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quantizer",
         action="append",
-        help="voken spec; repeat to compare several (default: voken:3x256,hidden=256-128,latent=32)",
+        help="voken spec, or auto[,OPTION=VALUE...] (the voken sized to the collection, e.g. "
+        "auto,proj=8); repeat to compare several (default: auto)",
     )
     p.add_argument("--collisions", default="extra-level")
     p.add_argument("--encoder-epochs", type=int, default=1)
@@ -312,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-steps", type=int, default=GENERATOR_MIN_STEPS,
                    help="at least this many optimizer steps of (a), (b), (c) (default: %(default)s)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--avg-config", default="{}", help="JSON of AvgConfig fields for (b) and (c); "
+                   "disc_weight scales (c)'s")  # fmt: skip
     p.add_argument(
         "--max-train", type=int, default=0, help="use N random training images (0: all 60k)"
     )
@@ -321,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch threads (1 is fastest on a shared, overloaded CPU)",
     )
+    p.add_argument("--validate", action="store_true",
+                   help="model selection: index 25%% of the training images, query with training wordings; "
+                   "the test split is not touched")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny smoke run; writes nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -346,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
         name = "text2image" if args.dataset == "fashion-mnist" else f"text2image-{Path(args.dataset).name}"
+        name += "-validation" if args.validate else ""
         write_json(RESULTS / f"{name}.json", result)
         with atomic_file(RESULTS / f"{name}.md") as f:
             f.write(text)

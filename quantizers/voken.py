@@ -90,7 +90,9 @@ class TextProjection(nn.Module):
         self.train()
         done = 0
         while done < steps:
-            for idx in torch.randperm(len(x), generator=gen).split(PROJECTION_BATCH)[: steps - done]:
+            for idx in torch.randperm(len(x), generator=gen).split(PROJECTION_BATCH)[
+                : steps - done
+            ]:
                 rows = inverse[idx]
                 logits = self(x[idx]) @ targets[rows].T / PROJECTION_TEMPERATURE  # (B, B)
                 positive = rows[:, None] == rows[None, :]
@@ -108,14 +110,18 @@ class TextProjection(nn.Module):
 class _TextLedEncoder(nn.Module):
     """Latent (N, T + latent) of model inputs (N, D[+T]): ``[weight * projection, unit visual latent]``."""
 
-    def __init__(self, dim: int, projection: TextProjection, visual: nn.Sequential, weight: float) -> None:
+    def __init__(
+        self, dim: int, projection: TextProjection, visual: nn.Sequential, weight: float
+    ) -> None:
         super().__init__()
         self.dim, self.weight = dim, weight
         self.projection, self.visual = projection, visual
 
     def forward(self, inputs: Tensor) -> Tensor:
         x = inputs[:, : self.dim]
-        return torch.cat([self.weight * self.projection(x), F.normalize(self.visual(x), dim=-1)], -1)
+        return torch.cat(
+            [self.weight * self.projection(x), F.normalize(self.visual(x), dim=-1)], -1
+        )
 
 
 @register_quantizer("voken")
@@ -226,6 +232,7 @@ class VokenQuantizer(RQVAE):
             total = total + self.align_weight * align
             objective = recon + self.align_weight * align
         return total, objective, q
+
     def prefix_representations(self, z: Tensor, codes: Tensor) -> Tensor:
         """Quantized representation of every code prefix (N, L, latent): cumulative code sums.
 
@@ -261,7 +268,9 @@ class VokenQuantizer(RQVAE):
         """Unit vectors (N, T) of image features x (N, D) in the centred text space (text-led only)."""
         self.check_fitted()
         if not self.text_led:
-            raise SemidError(f"{self.spec} has no text-side projection (fitted without text, or proj=0)")
+            raise SemidError(
+                f"{self.spec} has no text-side projection (fitted without text, or proj=0)"
+            )
         self.eval()
         return self.encoder.projection(self._model_inputs(self.check_input(x)))
 

@@ -133,7 +133,9 @@ SMALL = {"batch_size": 64, "epochs": 3, "progress": False}
 def text_led() -> tuple[Quantizer, Quantizer]:
     """The default voken (text-led latent) and the alignment-only one, fitted on `clustered`."""
     x, _, text = clustered()
-    led = build_quantizer("voken:2x6,hidden=32,latent=8").fit(x, text_embeddings=text, seed=0, **SMALL)
+    led = build_quantizer("voken:2x6,hidden=32,latent=8").fit(
+        x, text_embeddings=text, seed=0, **SMALL
+    )
     old = build_quantizer("voken:2x6,hidden=32,latent=8,proj=0")
     return led, old.fit(x, text_embeddings=text, seed=0, **SMALL)
 
@@ -169,7 +171,9 @@ def test_text_led_save_load_round_trips_codes(text_led, tmp_path):
     q2 = Quantizer.from_pretrained(tmp_path / "q")
     assert q2.text_led and str(q2.spec) == str(led.spec)
     fresh = torch.randn(50, 16, generator=torch.Generator().manual_seed(3)) * 4
-    assert torch.equal(q2.encode(x), led.encode(x)) and torch.equal(q2.encode(fresh), led.encode(fresh))
+    assert torch.equal(q2.encode(x), led.encode(x)) and torch.equal(
+        q2.encode(fresh), led.encode(fresh)
+    )
     torch.testing.assert_close(q2.text_projection(x), led.text_projection(x))
     torch.testing.assert_close(q2.decode(q2.encode(x)), led.decode(led.encode(x)))
 
@@ -177,18 +181,40 @@ def test_text_led_save_load_round_trips_codes(text_led, tmp_path):
 def test_text_led_same_seed_same_codes(text_led):
     led, _ = text_led
     x, _, text = clustered()
-    again = build_quantizer("voken:2x6,hidden=32,latent=8").fit(x, text_embeddings=text, seed=0, **SMALL)
+    again = build_quantizer("voken:2x6,hidden=32,latent=8").fit(
+        x, text_embeddings=text, seed=0, **SMALL
+    )
     assert torch.equal(again.encode(x), led.encode(x))
-    other = build_quantizer("voken:2x6,hidden=32,latent=8").fit(x, text_embeddings=text, seed=1, **SMALL)
+    other = build_quantizer("voken:2x6,hidden=32,latent=8").fit(
+        x, text_embeddings=text, seed=1, **SMALL
+    )
     assert not torch.equal(other.text_projection(x), led.text_projection(x))
 
 
 def test_min_steps_lengthens_training_on_small_data():
     x, _, text = clustered(64)
     q = build_quantizer("voken:2x4,hidden=16,latent=4")
-    q.fit(x, text_embeddings=text, seed=0, batch_size=64, epochs=2, patience=1, min_steps=25, progress=False)
+    q.fit(
+        x,
+        text_embeddings=text,
+        seed=0,
+        batch_size=64,
+        epochs=2,
+        patience=1,
+        min_steps=25,
+        progress=False,
+    )
     assert q.fit_summary["epochs"] >= 25  # one batch per epoch: 25 epochs for 25 steps
-    q.fit(x, text_embeddings=text, seed=0, batch_size=64, epochs=2, patience=1, min_steps=0, progress=False)
+    q.fit(
+        x,
+        text_embeddings=text,
+        seed=0,
+        batch_size=64,
+        epochs=2,
+        patience=1,
+        min_steps=0,
+        progress=False,
+    )
     assert q.fit_summary["epochs"] <= 2
 
 
