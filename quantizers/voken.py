@@ -69,7 +69,7 @@ class TextProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.net(x), dim=-1)
 
-    def fit_(self, x: Tensor, texts: Tensor, seed: int, progress: bool = False) -> TextProjection:
+    def fit_(self, x: Tensor, texts: Tensor, seed: int) -> TextProjection:
         """Contrastive training on features x (N, D) against their texts (N, T): in-batch InfoNCE
         where rows of identical text are positives. Texts are deduplicated and centred first
         (their common direction says nothing about which image is which)."""
@@ -90,11 +90,11 @@ class TextProjection(nn.Module):
         self.train()
         done = 0
         while done < steps:
-            for idx in torch.randperm(len(x), generator=gen).split(PROJECTION_BATCH)[
-                : steps - done
-            ]:
+            batches = torch.randperm(len(x), generator=gen).split(PROJECTION_BATCH)
+            for idx in batches[: steps - done]:
                 rows = inverse[idx]
                 logits = self(x[idx]) @ targets[rows].T / PROJECTION_TEMPERATURE  # (B, B)
+                # the dual encoder's multi-positive InfoNCE: same text = positive
                 positive = rows[:, None] == rows[None, :]
                 log_prob = logits.log_softmax(-1).masked_fill(~positive, float("-inf"))
                 loss = -log_prob.logsumexp(-1).mean()
@@ -132,9 +132,16 @@ class VokenQuantizer(RQVAE):
     OPTIONS = (*RQVAE.OPTIONS, "align", "proj")
 
     def __init__(
-        self, spec: QuantizerSpec, dim: int | None = None, text_dim: int | None = None
+        self,
+        spec: QuantizerSpec,
+        dim: int | None = None,
+        text_dim: int | None = None,
+        text_led: bool | None = None,
     ) -> None:
         super().__init__(spec, None)
+        # saved configs say whether the latent is text-led; one with a text_dim but without that
+        # key predates the text-led latent (it loads as the alignment-only voken it was)
+        self._led = text_led if text_led is not None or text_dim is None else False
         self.align_weight = spec.option("align", 1.0, float)
         if self.align_weight < 0:
             raise SemidError(f"option align={self.align_weight} in {spec} must be >= 0")
@@ -149,11 +156,12 @@ class VokenQuantizer(RQVAE):
     @property
     def text_led(self) -> bool:
         """Whether the latent starts with the text-side projection (texts given and proj > 0)."""
-        return self.text_dim is not None and self.proj_weight > 0
+        return self.text_dim is not None and self.proj_weight > 0 and self._led is not False
 
     def extra_config(self) -> dict[str, Any]:
-        """``text_dim`` (width of the text embeddings aligned to; None if fitted without text)."""
-        return {"text_dim": self.text_dim}
+        """``text_dim`` (width of the text embeddings aligned to; None if fitted without text) and
+        ``text_led`` (whether the text-side projection leads the latent)."""
+        return {"text_dim": self.text_dim, "text_led": self.text_led}
 
     def _build(self, dim: int) -> None:
         super()._build(dim)

@@ -5,6 +5,7 @@ The family also runs through the shared contract tests in test_quantizers.py."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -221,3 +222,16 @@ def test_min_steps_lengthens_training_on_small_data():
 def test_bad_proj_option():
     with pytest.raises(SemidError, match="proj"):
         build_quantizer("voken:2x4,proj=-1")
+
+
+def test_a_voken_saved_before_the_text_led_latent_still_loads(tmp_path):
+    x, _, text = clustered(64)
+    old = build_quantizer("voken:2x4,hidden=16,latent=4,proj=0")
+    old.fit(x, text_embeddings=text, seed=0, batch_size=64, epochs=2, min_steps=0, progress=False)
+    old.save_pretrained(tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    config["config"]["spec"] = "voken:2x4,hidden=16,latent=4"  # as written then: no proj option
+    del config["config"]["text_led"]
+    (tmp_path / "q" / "config.json").write_text(json.dumps(config))
+    loaded = Quantizer.from_pretrained(tmp_path / "q")
+    assert not loaded.text_led and torch.equal(loaded.encode(x), old.encode(x))

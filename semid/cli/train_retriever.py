@@ -42,7 +42,7 @@ DOCS, IMAGES = RetrieveSpec(dataset="-"), Text2ImageSpec(dataset="-")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train retriever`."""
     p.add_argument("--dataset", required=True, help="documents: debian-docs or a file of id, text[, queries] rows "
-                   "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, a folder "
+                   "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, digits, a folder "
                    "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]")
     p.add_argument("--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s")
     p.add_argument("--index", type=Path, help="avg: a voken index from `semid index build` (default: build one)")

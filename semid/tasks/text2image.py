@@ -69,13 +69,13 @@ def embed_texts(texts: list[str], encoder: str | os.PathLike | None = None) -> T
 
 
 def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
-    """Train and test images of a registered dataset (fashion-mnist), of a folder with one
+    """Train and test images of a registered dataset (fashion-mnist, digits), of a folder with one
     subfolder per class, or of a table of ``path[, caption][, label]`` rows (seeded split)."""
     if dataset not in available_datasets():
         return load_image_collection(dataset, seed=seed)
     splits = load_dataset(dataset)
     if not isinstance(splits, ImageSplits):
-        raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist")
+        raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist or digits")
     return splits
 
 
