@@ -43,6 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 20  # epochs without a better validation loss before stopping
+    min_steps: int = 0  # optimizer steps before stopping is allowed: more epochs on small data
     val_fraction: float = 0.05  # seeded held-out slice; none below `min_val_items`
     min_val_items: int = 20
     reset_dead_every: int = 1  # epochs between dead-code re-seeding (0: never)
@@ -236,6 +237,9 @@ class RQVAE(Quantizer):
         val, train = inputs[perm[:n_val]], inputs[perm[n_val:]]
         self._reset_weights(cfg.seed)
         opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # small collections get more epochs, so that they still see `min_steps` batches
+        batches = max(-(-train.shape[0] // cfg.batch_size), 1)
+        epochs = max(cfg.epochs, -(-cfg.min_steps // batches))
         state = {"epoch": 0, "best": float("inf"), "best_state": None, "bad_epochs": 0}
         resumed = self._load_checkpoint(ckpt_dir, inputs, cfg, opt, gen, state)
         if not resumed:
@@ -243,7 +247,7 @@ class RQVAE(Quantizer):
                 first = train[torch.randperm(train.shape[0], generator=gen)[: cfg.init_batch]]
                 self.codebooks.init_kmeans_(self.encoder(first), seed=cfg.seed)
         bar = tqdm(
-            range(state["epoch"], cfg.epochs),
+            range(state["epoch"], epochs),
             disable=not progress,
             desc=f"fit {self.spec}",
             unit="epoch",
@@ -263,7 +267,7 @@ class RQVAE(Quantizer):
             if (
                 cfg.reset_dead_every
                 and (epoch + 1) % cfg.reset_dead_every == 0
-                and epoch < cfg.reset_dead_until * cfg.epochs
+                and epoch < cfg.reset_dead_until * epochs
             ):
                 revived = self.codebooks.reset_dead_codes_(torch.cat(residuals), usage, gen)
             val_loss = self._eval_loss(val if n_val else train)
@@ -275,9 +279,9 @@ class RQVAE(Quantizer):
             else:
                 state["bad_epochs"] += 1
             bar.set_postfix(recon=f"{recon.item():.4f}", val=f"{val_loss:.4f}", revived=revived)
-            stop = state["bad_epochs"] >= cfg.patience
+            stop = state["bad_epochs"] >= cfg.patience and state["epoch"] * batches >= cfg.min_steps
             if ckpt_dir is not None and (
-                stop or state["epoch"] % cfg.checkpoint_every == 0 or state["epoch"] == cfg.epochs
+                stop or state["epoch"] % cfg.checkpoint_every == 0 or state["epoch"] == epochs
             ):
                 self._save_checkpoint(ckpt_dir, inputs, cfg, opt, gen, state)
             if stop:

@@ -8,9 +8,21 @@ MiniLM embedding of the image's caption or class text. The loss is applied to ev
 the code sequence (level 1, levels 1-2, ...), so the first vokens already carry the semantics a
 text query asks for, which is what a beam search decides first.
 
+Text-led latent (the default when ``fit`` gets text embeddings): the alignment loss alone does
+not make the first level follow the text on every collection (the visual variance of the
+features can dominate it). So a small MLP is first trained to project image features into the
+text space, contrastively against the (deduplicated, centred) texts, like a dual encoder's image
+tower; the latent the codebooks quantize is then ``[proj * projection(x), unit(encoder(x))]``.
+With ``proj`` well above 1, two images of different texts are much farther apart than any two
+visual latents, so the first level's clusters are the text side's and the residual levels carry
+the visual detail. Encoding new images needs only their features: the projection is saved with
+the quantizer.
+
 Spec options (beyond ``rqvae``'s ``latent``, ``hidden``, ``beta``, ``estimator``): ``align``
-(weight of the alignment loss, 1.0). Without text embeddings, ``fit`` trains a plain RQ-VAE.
-Unique IDs come from the index's collision strategy (``SemanticIDs.from_codes``).
+(weight of the alignment loss, 1.0), ``proj`` (weight of the text-side projection in the latent,
+4.0; ``proj=0`` is the earlier voken, led by the alignment loss alone). Without text embeddings,
+``fit`` trains a plain RQ-VAE. Unique IDs come from the index's collision strategy
+(``SemanticIDs.from_codes``).
 """
 
 from __future__ import annotations
@@ -24,10 +36,16 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.quantization import QuantizerSpec, register_quantizer
-from semid.quantizers.rqvae import RQVAE, TrainConfig
+from semid.quantizers.rqvae import RQVAE, TrainConfig, mlp
 
-# Image collections are large (60k Fashion-MNIST images): fewer, bigger steps than rqvae's defaults.
-DEFAULT_TRAIN_CONFIG = TrainConfig(epochs=20, batch_size=512, patience=3)
+# Image collections range from 1k to 60k images: a few epochs of big batches on large ones, at
+# least `min_steps` batches on small ones (early stopping waits for them).
+DEFAULT_TRAIN_CONFIG = TrainConfig(epochs=20, batch_size=512, patience=3, min_steps=300)
+PROJECTION_HIDDEN = 256
+PROJECTION_EPOCHS = 3  # of the projection's contrastive training, at least PROJECTION_MIN_STEPS
+PROJECTION_MIN_STEPS = 1000
+PROJECTION_BATCH = 256
+PROJECTION_TEMPERATURE = 0.1  # as the dual encoder's
 
 
 class _FirstColumns(nn.Module):
@@ -41,36 +59,128 @@ class _FirstColumns(nn.Module):
         return x[:, : self.n]
 
 
-@register_quantizer("voken")
-class VokenQuantizer(RQVAE):
-    """RQ-VAE on image features (N, D) with a text-alignment loss on every code prefix."""
+class TextProjection(nn.Module):
+    """MLP image features (N, D) -> unit vectors (N, T) in the centred text space."""
 
-    OPTIONS = (*RQVAE.OPTIONS, "align")
+    def __init__(self, dim: int, text_dim: int, hidden: int = PROJECTION_HIDDEN) -> None:
+        super().__init__()
+        self.net = mlp([dim, hidden, text_dim])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.net(x), dim=-1)
+
+    def fit_(self, x: Tensor, texts: Tensor, seed: int) -> TextProjection:
+        """Contrastive training on features x (N, D) against their texts (N, T): in-batch InfoNCE
+        where rows of identical text are positives. Texts are deduplicated and centred first
+        (their common direction says nothing about which image is which)."""
+        unique, inverse = torch.unique(texts, dim=0, return_inverse=True)
+        if len(unique) > 1:
+            unique = unique - unique.mean(0)
+        targets = F.normalize(unique, dim=-1)  # (U, T)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+        self.requires_grad_(True)
+        opt = torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=1e-4)
+        per_epoch = -(-len(x) // PROJECTION_BATCH)
+        steps = max(PROJECTION_EPOCHS * per_epoch, PROJECTION_MIN_STEPS)
+        self.train()
+        done = 0
+        while done < steps:
+            batches = torch.randperm(len(x), generator=gen).split(PROJECTION_BATCH)
+            for idx in batches[: steps - done]:
+                rows = inverse[idx]
+                logits = self(x[idx]) @ targets[rows].T / PROJECTION_TEMPERATURE  # (B, B)
+                # the dual encoder's multi-positive InfoNCE: same text = positive
+                positive = rows[:, None] == rows[None, :]
+                log_prob = logits.log_softmax(-1).masked_fill(~positive, float("-inf"))
+                loss = -log_prob.logsumexp(-1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done += 1
+        self.eval()
+        self.requires_grad_(False)  # frozen: the RQ-VAE that follows quantizes its output
+        return self
+
+
+class _TextLedEncoder(nn.Module):
+    """Latent (N, T + latent) of model inputs (N, D[+T]): ``[weight * projection, unit visual latent]``."""
 
     def __init__(
-        self, spec: QuantizerSpec, dim: int | None = None, text_dim: int | None = None
+        self, dim: int, projection: TextProjection, visual: nn.Sequential, weight: float
+    ) -> None:
+        super().__init__()
+        self.dim, self.weight = dim, weight
+        self.projection, self.visual = projection, visual
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = inputs[:, : self.dim]
+        return torch.cat(
+            [self.weight * self.projection(x), F.normalize(self.visual(x), dim=-1)], -1
+        )
+
+
+@register_quantizer("voken")
+class VokenQuantizer(RQVAE):
+    """RQ-VAE on image features (N, D) with a text-alignment loss on every code prefix; with texts,
+    a text-side projection leads the latent (module docstring)."""
+
+    OPTIONS = (*RQVAE.OPTIONS, "align", "proj")
+
+    def __init__(
+        self,
+        spec: QuantizerSpec,
+        dim: int | None = None,
+        text_dim: int | None = None,
+        text_led: bool | None = None,
     ) -> None:
         super().__init__(spec, None)
+        # saved configs say whether the latent is text-led; one with a text_dim but without that
+        # key predates the text-led latent (it loads as the alignment-only voken it was)
+        self._led = text_led if text_led is not None or text_dim is None else False
         self.align_weight = spec.option("align", 1.0, float)
         if self.align_weight < 0:
             raise SemidError(f"option align={self.align_weight} in {spec} must be >= 0")
+        self.proj_weight = spec.option("proj", 4.0, float)
+        if self.proj_weight < 0:
+            raise SemidError(f"option proj={self.proj_weight} in {spec} must be >= 0")
         self.text_dim = text_dim
         self.align_head: nn.Linear | None = None
         if dim is not None:
             self.build(dim)
 
+    @property
+    def text_led(self) -> bool:
+        """Whether the latent starts with the text-side projection (texts given and proj > 0)."""
+        return self.text_dim is not None and self.proj_weight > 0 and self._led is not False
+
     def extra_config(self) -> dict[str, Any]:
-        """``text_dim`` (width of the text embeddings aligned to; None if fitted without text)."""
-        return {"text_dim": self.text_dim}
+        """``text_dim`` (width of the text embeddings aligned to; None if fitted without text) and
+        ``text_led`` (whether the text-side projection leads the latent)."""
+        return {"text_dim": self.text_dim, "text_led": self.text_led}
 
     def _build(self, dim: int) -> None:
         super()._build(dim)
-        self.encoder = nn.Sequential(_FirstColumns(dim), *self.encoder)
+        self.align_head = None
+        if self.text_led:
+            width = self.text_dim + self.latent_dim
+            self.encoder = _TextLedEncoder(
+                dim, TextProjection(dim, self.text_dim), self.encoder, self.proj_weight
+            )
+            self.decoder = mlp([width, *reversed(self.hidden), dim])
+            self.codebooks = type(self.codebooks)(self.levels, self.spec.codebook_size, width)
+        else:
+            self.encoder = nn.Sequential(_FirstColumns(dim), *self.encoder)
         self._build_head()
 
     def _build_head(self) -> None:
         if self.text_dim is not None and self.align_head is None:
-            self.align_head = nn.Linear(self.latent_dim, self.text_dim)
+            width = self.latent_dim + (self.text_dim if self.text_led else 0)
+            self.align_head = nn.Linear(width, self.text_dim)
 
     def fit(
         self,
@@ -94,9 +204,10 @@ class VokenQuantizer(RQVAE):
                 raise SemidError(
                     f"text embeddings have width {t.shape[1]}, this quantizer aligns to {self.text_dim}"
                 )
+            rebuild = self.text_dim is None and self.dim is not None
             self.text_dim = t.shape[1]
-            if self.dim is not None:
-                self._build_head()
+            if rebuild:  # built for features alone: the latent's width changes with the texts
+                self._build(self.dim)
             kwargs["text_embeddings"] = t
         config = config or DEFAULT_TRAIN_CONFIG
         super().fit(x, config=config, checkpoint_dir=checkpoint_dir, progress=progress, **kwargs)
@@ -110,6 +221,11 @@ class VokenQuantizer(RQVAE):
         if text_embeddings is None:
             return inputs
         return torch.cat([inputs, F.normalize(text_embeddings, dim=-1)], dim=1)
+
+    def _train(self, inputs: Tensor, cfg: TrainConfig, ckpt_dir, progress: bool) -> None:
+        if self.text_led and inputs.shape[1] > self.dim:
+            self.encoder.projection.fit_(inputs[:, : self.dim], inputs[:, self.dim :], cfg.seed)
+        super()._train(inputs, cfg, ckpt_dir, progress)
 
     def _losses(self, inputs: Tensor) -> tuple[Tensor, Tensor, Any]:
         """Total loss, the selection objective (reconstruction + weighted alignment), the quantization."""
@@ -155,8 +271,25 @@ class VokenQuantizer(RQVAE):
             self.align_head(full), torch.as_tensor(text_embeddings).float(), dim=-1
         )
 
+    @torch.no_grad()
+    def text_projection(self, x: Tensor) -> Tensor:
+        """Unit vectors (N, T) of image features x (N, D) in the centred text space (text-led only)."""
+        self.check_fitted()
+        if not self.text_led:
+            raise SemidError(
+                f"{self.spec} has no text-side projection (fitted without text, or proj=0)"
+            )
+        self.eval()
+        return self.encoder.projection(self._model_inputs(self.check_input(x)))
+
     def _reset_weights(self, seed: int) -> None:
-        super()._reset_weights(seed)
+        # the same seeded sequence as rqvae's; the text-side projection is trained before, kept
+        visual = self.encoder.visual if self.text_led else self.encoder
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in [*visual, *self.decoder]:
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
         if self.align_head is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)

@@ -81,8 +81,10 @@ class ImageEncoder(nn.Module):
         lr: float = 2e-3,
         seed: int = 0,
         progress: bool = True,
+        min_steps: int = 0,
     ) -> ImageEncoder:
-        """Train as an autoencoder on images (N, [C,] H, W) uint8 (binary cross-entropy on pixels)."""
+        """Train as an autoencoder on images (N, [C,] H, W) uint8 (binary cross-entropy on pixels)
+        for `epochs`, or for `min_steps` batches if that is more."""
         x = self._pixels(images)
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
@@ -92,15 +94,17 @@ class ImageEncoder(nn.Module):
                     m.reset_parameters()
         opt = torch.optim.AdamW(self.parameters(), lr=lr)
         self.train()
-        steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+        steps = max(epochs * ((len(x) + batch_size - 1) // batch_size), min_steps)
         bar = tqdm(total=steps, disable=not progress, desc="fit image encoder", unit="step")
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+        done = 0
+        while done < steps:
+            for idx in torch.randperm(len(x), generator=gen).split(batch_size)[: steps - done]:
                 batch = x[idx].float() / 255
                 loss = F.binary_cross_entropy_with_logits(self.reconstruct(self(batch)), batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                done += 1
                 bar.update()
                 bar.set_postfix(bce=f"{loss.item():.4f}")
         bar.close()

@@ -13,7 +13,12 @@ from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_
 from semid.ids import SemanticIDs
 from semid.models import build_model, load_model, save_model
 from semid.ranking import ranker_for
-from semid.tasks.text2image import QueryTargetPairs, class_metrics, training_targets
+from semid.tasks.text2image import (
+    QueryTargetPairs,
+    class_metrics,
+    training_targets,
+    with_min_steps,
+)
 from semid.training import TrainConfig, train_model
 from semid.trie import PrefixTrie
 
@@ -191,6 +196,16 @@ def test_dual_encoder_learns_the_toy_task(tmp_path):
 
 
 @pytest.mark.slow
+def test_min_steps_adds_epochs_to_small_collections_only():
+    cfg = TrainConfig(max_epochs=3, batch_size=256)
+    assert with_min_steps(cfg, 60_000, 700).max_epochs == 3  # 235 steps an epoch: 705 already
+    assert with_min_steps(cfg, 797, 700).max_epochs == 175  # 4 steps an epoch
+    assert with_min_steps(cfg, 797, 0).max_epochs == 3
+    assert (
+        with_min_steps(TrainConfig(batch_size=100, grad_accum_steps=2), 1000, 50).max_epochs == 10
+    )
+
+
 def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
     """build_index -> train -> load_run -> evaluate, as the CLI wires them."""
     from semid.data import register_dataset
@@ -225,9 +240,8 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
     assert (tmp_path / "idx" / "image_encoder" / "model.safetensors").is_file()
     cfg = TrainConfig(max_epochs=3, batch_size=32, early_stopping_patience=None, log_every=100)
     run_dir = tmp_path / "run"
-    task.train(
-        Text2ImageSpec(dataset="tiny-images", train=cfg), run_dir, tmp_path / "idx", device="cpu"
-    )
+    spec = Text2ImageSpec(dataset="tiny-images", train=cfg, min_steps=0)  # 3 epochs as given
+    task.train(spec, run_dir, tmp_path / "idx", device="cpu")
     run = load_run(run_dir)
     assert run.task == "text2image" and run.spec["model"] == "avg"
     metrics = task.evaluate(run, EvalOptions(ks=(5, 10), split="test", batch_size=8))

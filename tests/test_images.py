@@ -1,5 +1,5 @@
 """Image loaders: idx (gzipped or not) with clear errors on corrupt files, .npy arrays, folders,
-the Fashion-MNIST registration and its query wordings; the small CNN image encoder."""
+the Fashion-MNIST and digits registrations and their query wordings; the small CNN image encoder."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from semid.data.image_io import resize_square, stack_images
 from semid.data.images import (
     FASHION_CLASSES,
     ImageDataset,
+    article,
     class_queries,
     class_texts,
+    describe_class,
     fashion_mnist_files,
     load_fashion_mnist,
     load_idx,
@@ -176,6 +178,20 @@ def test_cnn_autoencoder_learns_to_reconstruct():
         assert error() < 0.5 * start
 
 
+def test_min_steps_sets_the_budget_of_a_small_collection(monkeypatch):
+    images = torch.randint(0, 256, (40, 8, 8), dtype=torch.uint8)
+    enc = ImageEncoder(ImageEncoderConfig(image_size=8, channels=(4,), dim=4))
+    steps = []
+    real = torch.optim.AdamW.step
+    monkeypatch.setattr(
+        torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or real(self, *a, **k)
+    )
+    enc.fit(images, epochs=1, batch_size=16, progress=False)  # 3 batches of 40 images
+    assert len(steps) == 3
+    enc.fit(images, epochs=1, batch_size=16, progress=False, min_steps=10)  # not a whole epoch more
+    assert len(steps) == 3 + 10
+
+
 def test_precomputed_features(tmp_path):
     np.save(tmp_path / "f.npy", np.ones((3, 5), np.float64))
     x = load_image_features(tmp_path / "f.npy", 3)
@@ -307,3 +323,35 @@ def test_generic_class_texts_are_held_out_and_replace_fashion_words():
     assert class_queries("test", ["apple", "Red car"])[0] == test  # any non-Fashion class list
     assert "show me a tee with short sleeves" not in class_queries("test")[0]  # fashion unchanged
     assert "i am looking for a tee" in class_queries("test")[0]
+
+
+def test_digits_registration_splits_1000_test_images():
+    pytest.importorskip("sklearn")
+    from semid.data import load_dataset
+    from semid.data.registry import dataset_kind
+
+    splits = load_dataset("digits")
+    train, test = splits.train, splits.test
+    assert dataset_kind("digits") == "images"
+    assert len(train) + len(test) == 1797 and 990 <= len(test) <= 1010
+    assert train.images.shape[1:] == (8, 8) and train.images.dtype == torch.uint8
+    assert int(test.images.max()) == 255 and int(test.images.min()) == 0
+    assert train.class_names == test.class_names and len(train.class_names) == 10
+    assert train.class_names[0] == "zero" and train.class_names[9] == "nine"
+    # stratified: every class on both sides, in the collection's proportions (about 100 each)
+    assert torch.bincount(test.labels, minlength=10).min() >= 95
+    assert not set(train.keys) & set(test.keys)
+    assert load_dataset("digits").test.keys == test.keys  # the split is pinned
+
+
+def test_digit_queries_are_generic_and_held_out():
+    names = ["zero", "one", "eight"]
+    train, _ = class_queries("train", names)
+    test, labels = class_queries("test", names)
+    assert not set(train) & set(test) and labels.tolist().count(2) >= 3
+    assert "show me a one" in test and "show me an eight" in test
+    assert (
+        describe_class("eight") == "a photo of an eight"
+        and describe_class("Ankle boot") == "a photo of an ankle boot"
+    )
+    assert [article(w) for w in ("apple", "one", "unicorn", "car")] == ["an", "a", "a", "a"]

@@ -5,6 +5,7 @@ The family also runs through the shared contract tests in test_quantizers.py."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.quantization import Quantizer, build_quantizer
 
-FAST = {"batch_size": 32, "progress": False}
+FAST = {"batch_size": 32, "min_steps": 0, "progress": False}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +62,7 @@ def test_round_trip_beats_a_random_codebook(aligned):
 
 def test_alignment_lowers_text_image_distance(aligned):
     x, label, text, other = crafted()
-    plain = build_quantizer("voken:2x8,hidden=32,latent=8,align=0")
+    plain = build_quantizer("voken:2x8,hidden=32,latent=8,align=0,proj=0")
     plain.fit(x, text_embeddings=text, epochs=30, seed=0, **FAST)
     own = aligned.text_distance(x, text).mean()
     assert own < 0.5 * plain.text_distance(x, text).mean()
@@ -111,3 +112,126 @@ def test_bad_text_embeddings_and_options():
         build_quantizer("voken:2x4").fit(x, text_embeddings=torch.zeros(10, 8), epochs=1, **FAST)
     with pytest.raises(SemidError, match="align"):
         build_quantizer("voken:2x4,align=-1")
+
+
+def clustered(n: int = 480, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (N, 16) of 3 classes whose visual variance is dominated by 6 class-unrelated
+    clusters, and one text embedding (N, 12) per image: its class text (near-identical texts,
+    as MiniLM gives class descriptions that share most of their words). With a larger n, rows
+    past the first 480 are unseen images of the same distribution."""
+    g = torch.Generator().manual_seed(seed)
+    visual, classes = 4 * torch.randn(6, 16, generator=g), torch.randn(3, 16, generator=g)
+    texts = torch.randn(12, generator=g) + 0.2 * torch.randn(3, 12, generator=g)
+    nuisance, label = torch.randint(0, 6, (n,), generator=g), torch.arange(n) % 3
+    x = visual[nuisance] + classes[label] + 0.3 * torch.randn(n, 16, generator=g)
+    return x, label, texts[label]
+
+
+SMALL = {"batch_size": 64, "epochs": 3, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def text_led() -> tuple[Quantizer, Quantizer]:
+    """The default voken (text-led latent) and the alignment-only one, fitted on `clustered`."""
+    x, _, text = clustered()
+    led = build_quantizer("voken:2x6,hidden=32,latent=8").fit(
+        x, text_embeddings=text, seed=0, **SMALL
+    )
+    old = build_quantizer("voken:2x6,hidden=32,latent=8,proj=0")
+    return led, old.fit(x, text_embeddings=text, seed=0, **SMALL)
+
+
+def test_text_led_first_level_follows_the_classes(text_led):
+    led, old = text_led
+    x, label, _ = clustered()
+    assert led.text_led and not old.text_led
+    # 6 first-level codes over 6 visual clusters x 3 classes: only the text side makes them pure
+    assert purity(led.encode(x)[:, 0], label) > 0.95
+    assert purity(old.encode(x)[:, 0], label) < 0.8
+    # unseen images of the same distribution: encoding needs only their features
+    x_new, label_new, _ = clustered(600)
+    assert purity(led.encode(x_new[480:])[:, 0], label_new[480:]) > 0.9
+
+
+def test_text_projection_separates_the_classes(text_led):
+    led, _ = text_led
+    x, label, _ = clustered()
+    p = led.text_projection(x)
+    torch.testing.assert_close(p.norm(dim=-1), torch.ones(len(x)))
+    centroids = torch.stack([p[label == c].mean(0) for c in range(3)])
+    nearest = (p @ centroids.T).argmax(-1)
+    assert (nearest == label).float().mean() > 0.95
+    with pytest.raises(SemidError, match="no text-side projection"):
+        text_led[1].text_projection(x)
+
+
+def test_text_led_save_load_round_trips_codes(text_led, tmp_path):
+    led, _ = text_led
+    x, _, text = clustered()
+    led.save_pretrained(tmp_path / "q")
+    q2 = Quantizer.from_pretrained(tmp_path / "q")
+    assert q2.text_led and str(q2.spec) == str(led.spec)
+    fresh = torch.randn(50, 16, generator=torch.Generator().manual_seed(3)) * 4
+    assert torch.equal(q2.encode(x), led.encode(x)) and torch.equal(
+        q2.encode(fresh), led.encode(fresh)
+    )
+    torch.testing.assert_close(q2.text_projection(x), led.text_projection(x))
+    torch.testing.assert_close(q2.decode(q2.encode(x)), led.decode(led.encode(x)))
+
+
+def test_text_led_same_seed_same_codes(text_led):
+    led, _ = text_led
+    x, _, text = clustered()
+    again = build_quantizer("voken:2x6,hidden=32,latent=8").fit(
+        x, text_embeddings=text, seed=0, **SMALL
+    )
+    assert torch.equal(again.encode(x), led.encode(x))
+    other = build_quantizer("voken:2x6,hidden=32,latent=8").fit(
+        x, text_embeddings=text, seed=1, **SMALL
+    )
+    assert not torch.equal(other.text_projection(x), led.text_projection(x))
+
+
+def test_min_steps_lengthens_training_on_small_data():
+    x, _, text = clustered(64)
+    q = build_quantizer("voken:2x4,hidden=16,latent=4")
+    q.fit(
+        x,
+        text_embeddings=text,
+        seed=0,
+        batch_size=64,
+        epochs=2,
+        patience=1,
+        min_steps=25,
+        progress=False,
+    )
+    assert q.fit_summary["epochs"] >= 25  # one batch per epoch: 25 epochs for 25 steps
+    q.fit(
+        x,
+        text_embeddings=text,
+        seed=0,
+        batch_size=64,
+        epochs=2,
+        patience=1,
+        min_steps=0,
+        progress=False,
+    )
+    assert q.fit_summary["epochs"] <= 2
+
+
+def test_bad_proj_option():
+    with pytest.raises(SemidError, match="proj"):
+        build_quantizer("voken:2x4,proj=-1")
+
+
+def test_a_voken_saved_before_the_text_led_latent_still_loads(tmp_path):
+    x, _, text = clustered(64)
+    old = build_quantizer("voken:2x4,hidden=16,latent=4,proj=0")
+    old.fit(x, text_embeddings=text, seed=0, batch_size=64, epochs=2, min_steps=0, progress=False)
+    old.save_pretrained(tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    config["config"]["spec"] = "voken:2x4,hidden=16,latent=4"  # as written then: no proj option
+    del config["config"]["text_led"]
+    (tmp_path / "q" / "config.json").write_text(json.dumps(config))
+    loaded = Quantizer.from_pretrained(tmp_path / "q")
+    assert not loaded.text_led and torch.equal(loaded.encode(x), old.encode(x))

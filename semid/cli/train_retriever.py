@@ -42,7 +42,7 @@ DOCS, IMAGES = RetrieveSpec(dataset="-"), Text2ImageSpec(dataset="-")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train retriever`."""
     p.add_argument("--dataset", required=True, help="documents: debian-docs or a file of id, text[, queries] rows "
-                   "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, a folder "
+                   "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, digits, a folder "
                    "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]")
     p.add_argument("--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s")
     p.add_argument("--index", type=Path, help="avg: a voken index from `semid index build` (default: build one)")
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(_budget(args, IMAGES.train), IMAGES.train),
             quantizer=IMAGES.quantizer if args.quantizer is None else args.quantizer, num_beams=IMAGES.num_beams if args.num_beams is None else args.num_beams,
+            min_steps=IMAGES.min_steps if args.epochs is None else 0,  # an explicit --epochs is kept as given
         )  # fmt: skip
         get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
         print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")

@@ -27,7 +27,7 @@ FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
 # idx type byte -> numpy dtype (big-endian, as the format specifies)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # Registered datasets that load as `ImageSplits` (the CLI routes them to semid.text2image).
-IMAGE_DATASETS = ("fashion-mnist",)
+IMAGE_DATASETS = ("fashion-mnist", "digits")
 
 
 @dataclass
@@ -91,8 +91,15 @@ class ImageSplits:
 
 
 def describe_class(name: str) -> str:
-    """The class text used for alignment: ``a photo of a t-shirt/top``."""
-    return f"a photo of a {name.lower()}"
+    """The class text used for alignment: ``a photo of a t-shirt/top``, ``a photo of an eight``."""
+    name = " ".join(name.lower().split())
+    return f"a photo of {article(name)} {name}"
+
+
+def article(name: str) -> str:
+    """``a`` or ``an`` before a lower-case name, by its first sound as far as the spelling tells."""
+    consonant_sound = name.startswith(("one", "uni", "use", "eu", "ewe"))
+    return "an" if name[:1] in tuple("aeiou") and not consonant_sound else "a"
 
 
 # --- idx files -------------------------------------------------------------------------------
@@ -358,9 +365,8 @@ def class_texts(class_names: Sequence[str], split: str = "train") -> tuple[list[
     texts, labels = [], []
     for label, cls in enumerate(class_names):
         name = " ".join(cls.lower().split())
-        article = "an" if name[:1] in tuple("aeiou") else "a"
         for template in templates:
-            texts.append(template.format(a=article, name=name))
+            texts.append(template.format(a=article(name), name=name))
             labels.append(label)
     return texts, torch.tensor(labels, dtype=torch.long)
 

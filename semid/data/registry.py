@@ -33,7 +33,13 @@ class DatasetEntry:
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 # Modules that register datasets when imported; a module not present in this install is skipped.
-DATASET_MODULES = ["semid.data.wordnet", "semid.data.debian_docs", "semid.data.manpages", "semid.data.images"]
+DATASET_MODULES = [
+    "semid.data.wordnet",
+    "semid.data.debian_docs",
+    "semid.data.manpages",
+    "semid.data.images",
+    "semid.data.digits",
+]
 _imported = False
 
 

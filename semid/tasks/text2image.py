@@ -9,6 +9,7 @@ relevance = same class; Precision@k, Recall@k, mAP@k. The index folder also hold
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,13 @@ IMAGE_ENCODER_DIR = "image_encoder"
 TRAIN_TARGETS = "train_targets.safetensors"
 METRIC_NAMES = ("precision", "recall", "map")
 IMAGE_NUM_BEAMS = 100  # class-level relevance rewards wide beams; clamped to >= k as everywhere
+# Step floors, so that a collection of 1k images trains as well as one of 60k: an epoch of 60k
+# images is 235 batches of 256; one of 800 images would be 4 steps.
+IMAGE_ENCODER_MIN_STEPS = 400
+# Chosen on digits validation (benchmarks/text2image.py --validate): with 700 steps (175 epochs
+# of 800 pairs) AVG memorises the deeper vokens of its training images and images indexed later
+# fall behind (P@10 0.90; 0.97 at 200 steps, 1.00 at 100; the dual encoder 0.99-1.00 at each).
+GENERATOR_MIN_STEPS = 100
 
 
 def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tensor,
@@ -61,22 +69,31 @@ def embed_texts(texts: list[str], encoder: str | os.PathLike | None = None) -> T
 
 
 def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
-    """Train and test images of a registered dataset (fashion-mnist), of a folder with one
+    """Train and test images of a registered dataset (fashion-mnist, digits), of a folder with one
     subfolder per class, or of a table of ``path[, caption][, label]`` rows (seeded split)."""
     if dataset not in available_datasets():
         return load_image_collection(dataset, seed=seed)
     splits = load_dataset(dataset)
     if not isinstance(splits, ImageSplits):
-        raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist")
+        raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist or digits")
     return splits
 
 
-def train_image_encoder(images: Tensor, epochs: int = 1, seed: int = 0, progress: bool = True) -> ImageEncoder:
-    """A fresh `ImageEncoder` fitted as an autoencoder on images (N, [C,] H, W) uint8."""
+def train_image_encoder(images: Tensor, epochs: int = 1, seed: int = 0, progress: bool = True,
+                        min_steps: int = IMAGE_ENCODER_MIN_STEPS) -> ImageEncoder:  # fmt: skip
+    """A fresh `ImageEncoder` fitted as an autoencoder on images (N, [C,] H, W) uint8, for
+    `epochs` or at least `min_steps` batches."""
     images = torch.as_tensor(images)
     channels = 1 if images.ndim == 3 else images.shape[1]
     config = ImageEncoderConfig(in_channels=channels, image_size=images.shape[-1])
-    return ImageEncoder(config).fit(images, epochs=epochs, seed=seed, progress=progress)
+    return ImageEncoder(config).fit(images, epochs=epochs, seed=seed, progress=progress,
+                                    min_steps=min_steps)  # fmt: skip
+
+
+def with_min_steps(train: TrainConfig, num_pairs: int, min_steps: int) -> TrainConfig:
+    """`train` with enough epochs for at least `min_steps` optimizer steps over `num_pairs` pairs."""
+    per_epoch = max(-(-num_pairs // (train.batch_size * train.grad_accum_steps)), 1)
+    return dataclasses.replace(train, max_epochs=max(train.max_epochs, -(-min_steps // per_epoch)))
 
 
 def training_targets(raw_codes: Tensor, ids: SemanticIDs) -> Tensor:
@@ -139,6 +156,7 @@ class Text2ImageSpec:
     quantizer: str = AUTO  # used when no --index is given; auto: voken sized to the training images
     num_beams: int = IMAGE_NUM_BEAMS
     extra_codes: int = 8  # spare last-level tokens so images added later still fit the vocabulary
+    min_steps: int = GENERATOR_MIN_STEPS  # more epochs than train.max_epochs on small collections
     text_encoder: str | None = None
     seed: int = 0
 
@@ -146,6 +164,8 @@ class Text2ImageSpec:
         self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
         if self.num_beams < 1:
             raise SemidError(f"--num-beams must be >= 1, got {self.num_beams}")
+        if self.min_steps < 0:
+            raise SemidError(f"min_steps must be >= 0, got {self.min_steps}")
 
 
 class Text2ImageTask(Task):
@@ -202,7 +222,8 @@ class Text2ImageTask(Task):
                                  targets["labels"])  # fmt: skip
         cls = model_class(spec.model)
         model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes))
-        result = train_model(model, pairs, spec.train, out / "train", resume=resume, device=device)
+        train = with_min_steps(spec.train, len(pairs), spec.min_steps)
+        result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
         if not is_main_process():
             return {"steps": result.steps, "epochs": result.epochs}
         copy_index(index, out)
