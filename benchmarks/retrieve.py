@@ -82,10 +82,14 @@ def fusion_baseline(row, split, d0_valid, queries_of, docs_text, query_text, que
         lexical = LexicalIndex.from_texts([docs_text[int(r)] for r in corpus_rows])
         bank = doc_enc.embeddings[corpus_rows]
 
-        def fused(qrows, w, bank=bank, lexical=lexical):
-            texts = [query_text[int(q)] for q in qrows]
-            dense = torch.log_softmax(20 * query_enc.embeddings[qrows] @ bank.T, dim=-1)
-            return (dense + w * lexical.log_probs(texts)).topk(max(ks), dim=1).indices
+        def fused(qrows, w, bank=bank, lexical=lexical, chunk=1024):
+            parts = []
+            for lo in range(0, len(qrows), chunk):  # (chunk, N) scores at a time: big corpora fit in memory
+                rows = qrows[lo : lo + chunk]
+                dense = torch.log_softmax(20 * query_enc.embeddings[rows] @ bank.T, dim=-1)
+                lex = lexical.log_probs([query_text[int(q)] for q in rows])
+                parts.append((dense + w * lex).topk(max(ks), dim=1).indices)
+            return torch.cat(parts)
 
         valid = queries_of(d0_valid)
         valid_targets = torch.tensor([pos[query_doc[int(q)]] for q in valid])
