@@ -195,28 +195,14 @@ def test_text_led_same_seed_same_codes(text_led):
 def test_min_steps_lengthens_training_on_small_data():
     x, _, text = clustered(64)
     q = build_quantizer("voken:2x4,hidden=16,latent=4")
-    q.fit(
-        x,
-        text_embeddings=text,
-        seed=0,
-        batch_size=64,
-        epochs=2,
-        patience=1,
-        min_steps=25,
-        progress=False,
-    )
-    assert q.fit_summary["epochs"] >= 25  # one batch per epoch: 25 epochs for 25 steps
-    q.fit(
-        x,
-        text_embeddings=text,
-        seed=0,
-        batch_size=64,
-        epochs=2,
-        patience=1,
-        min_steps=0,
-        progress=False,
-    )
-    assert q.fit_summary["epochs"] <= 2
+
+    def fit(min_steps: int) -> int:
+        q.fit(x, text_embeddings=text, seed=0, batch_size=64, epochs=2, patience=1,
+              min_steps=min_steps, progress=False)  # fmt: skip
+        return q.fit_summary["epochs"]
+
+    assert fit(25) >= 25  # one batch per epoch: 25 epochs for 25 steps
+    assert fit(0) <= 2
 
 
 def test_bad_proj_option():

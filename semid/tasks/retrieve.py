@@ -230,7 +230,8 @@ def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], di
         return fit(), False
     before, snapshot = _score(model, evaluate), {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = fit()
-    if _score(model, evaluate) >= before:
+    after = getattr(result, "best_metrics", {}).get("ndcg@10")  # the trainer scored its best weights
+    if (after if after is not None else _score(model, evaluate)) >= before:
         return result, False
     model.load_state_dict(snapshot)
     return result, True
