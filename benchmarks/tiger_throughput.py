@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +28,44 @@ import semid.quantizers  # noqa: F401  (registers the quantizer families)
 from semid.atomic import atomic_file, write_json
 from semid.data.registry import load_dataset
 from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
+from semid.dropout import BitDropout
 from semid.encoders import TextEncoder
 from semid.ids import SemanticIDs
 from semid.indexing import build_ids
 from semid.models import build_model
 from semid.ranking import ranker_for
-from semid.tasks.recommend import evaluate_ranker
+from semid.tasks.recommend import evaluate_ranker, training_window
 from semid.trie import PrefixTrie
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = {  # name: (TIGER config overrides, training format)
-    "per-target (bidirectional, before)": ({"causal": False, "attention_dropout": None}, "target"),
-    "window (causal, default)": ({"causal": True}, "sequence"),
-    "window (causal), attention dropout 0.1 as in T5": (
-        {"causal": True, "attention_dropout": None},
-        "sequence",
+HISTORY = 50  # the task's default max_history
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A TIGER training set-up: config overrides, batch format, targets per window (None: the
+    task's rule, ``training_window``) and whether T5 keeps torch's own dropout modules."""
+
+    overrides: dict[str, Any]
+    fmt: str = "sequence"
+    window: int | None = None
+    torch_dropout: bool = False
+
+
+VARIANTS = {
+    "per-target (bidirectional, before)": Variant(
+        {"causal": False, "attention_dropout": None}, "target", torch_dropout=True
     ),
-    "window (causal), no dropout": ({"causal": True, "dropout": 0.0}, "sequence"),
+    "window of 50 cut into 20-item chunks, torch dropout (default until 2026-12-01)": Variant(
+        {"causal": True}, window=HISTORY, torch_dropout=True
+    ),
+    "window (causal, default: 20-target windows, bit dropout)": Variant({"causal": True}),
+    "window (causal), attention dropout 0.1 as in T5": Variant(
+        {"causal": True, "attention_dropout": None}
+    ),
+    "window (causal), no dropout": Variant({"causal": True, "dropout": 0.0}),
 }
+DEFAULT = "window (causal, default: 20-target windows, bit dropout)"
 
 
 def tiger_index(dataset: Any, seed: int = 0) -> SemanticIDs:
@@ -53,18 +74,33 @@ def tiger_index(dataset: Any, seed: int = 0) -> SemanticIDs:
     return build_ids(list(dataset.item_keys), x, "rqkmeans:3x256", "extra-level", seed)[0]
 
 
-def make_model(ids: SemanticIDs, overrides: dict[str, Any], seed: int) -> Any:
-    """A TIGER with the default config plus ``overrides``, its softmax over the index's trie."""
+def make_model(ids: SemanticIDs, variant: Variant, seed: int) -> Any:
+    """A TIGER with the default config plus the variant's overrides, its softmax over the index's
+    trie (and torch's dropout modules back in place of BitDropout if the variant asks)."""
     torch.manual_seed(seed)
-    model = build_model("tiger", {**overrides, "codebook_sizes": list(ids.codebook_sizes)})
+    model = build_model("tiger", {**variant.overrides, "codebook_sizes": list(ids.codebook_sizes)})
     model.use_trie(PrefixTrie.from_codes(ids.codes, model.codebook_sizes))
+    if variant.torch_dropout:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, BitDropout):
+                    setattr(parent, name, torch.nn.Dropout(child.p))
     return model
 
 
-def loader(data: Any, ids: SemanticIDs, fmt: str, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled training batches: one target per example, or whole windows."""
+def batches_for(data: Any, ids: SemanticIDs, model: Any, variant: Variant, batch_size: int,
+                seed: int) -> DataLoader:  # fmt: skip
+    """The variant's training batches (its window, or the task's rule for the model)."""
+    window = variant.window or training_window(model, HISTORY)
+    return loader(data, ids, variant.fmt, batch_size, seed, window)
+
+
+def loader(
+    data: Any, ids: SemanticIDs, fmt: str, batch_size: int, seed: int, window: int = 50
+) -> DataLoader:
+    """Shuffled training batches: one target per example, or whole windows of ``window`` targets."""
     if fmt == "sequence":
-        ds = SequenceDataset(data, 50)
+        ds = SequenceDataset(data, window)
     else:
         ds = TargetDataset(data, data.positions("train"), 50)
     g = torch.Generator().manual_seed(seed)
@@ -102,27 +138,28 @@ def train_steps(
                 return seen, elapsed
 
 
-def throughput(data, ids, overrides, fmt, batch_size, steps, repeats, seed) -> dict[str, Any]:
+def throughput(data, ids, variant, batch_size, steps, repeats, seed) -> dict[str, Any]:
     """targets/s of ``steps`` optimizer steps after one warm-up step; median of ``repeats``."""
-    model = make_model(ids, overrides, seed)
+    model = make_model(ids, variant, seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = loader(data, ids, fmt, batch_size, seed)
+    batches = batches_for(data, ids, model, variant, batch_size, seed)
     train_steps(model, batches, opt, 1, None)
     runs = []
     for _ in range(repeats):
         seen, seconds = train_steps(model, batches, opt, steps, None)
         runs.append({"targets_per_s": seen / seconds, "targets": seen, "seconds": seconds,
                      "load_average_1min": os.getloadavg()[0]})  # fmt: skip
-        print(f"[tiger] {overrides} batch {batch_size}: {seen / seconds:,.0f} targets/s "
+        print(f"[tiger] {variant} batch {batch_size}: {seen / seconds:,.0f} targets/s "
               f"(load {os.getloadavg()})", flush=True)  # fmt: skip
     return {"runs": runs, "targets_per_s": statistics.median(r["targets_per_s"] for r in runs)}
 
 
-def quality(data, ids, overrides, fmt, batch_size, seconds, seed) -> dict[str, Any]:
+def quality(data, ids, variant, batch_size, seconds, seed) -> dict[str, Any]:
     """Train for ``seconds`` of wall time, then test Recall/NDCG@10 with 20 beams."""
-    model = make_model(ids, overrides, seed)
+    model = make_model(ids, variant, seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    seen, spent = train_steps(model, loader(data, ids, fmt, batch_size, seed), opt, None, seconds)
+    batches = batches_for(data, ids, model, variant, batch_size, seed)
+    seen, spent = train_steps(model, batches, opt, None, seconds)
     metrics = evaluate_ranker(ranker_for(model, ids, 20), data, "test", codes=ids.codes, max_len=50)
     epochs = seen / len(data.positions("train"))
     return {"train_seconds": spent, "targets_seen": seen, "epochs": epochs, **metrics,
@@ -184,19 +221,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = tiger_index(dataset, args.seed)
     data = prepare_data(dataset, ids, 50)
     rows = []
-    for name, (overrides, fmt) in VARIANTS.items():
-        sizes = [args.batch_size] + (
-            args.window_batch_sizes if name == "window (causal, default)" else []
-        )
+    for name, variant in VARIANTS.items():
+        sizes = [args.batch_size] + (args.window_batch_sizes if name == DEFAULT else [])
         for bs in sizes:
-            r = throughput(data, ids, overrides, fmt, bs, args.steps, 3, args.seed)
+            r = throughput(data, ids, variant, bs, args.steps, 3, args.seed)
             rows.append({"variant": name, "batch_size": bs, **r})
     quality_rows = []
     if args.train_seconds > 0:
-        for (name, (overrides, fmt)), bs in zip(
-            list(VARIANTS.items())[:2], args.quality_batch_sizes, strict=True
-        ):
-            q = quality(data, ids, overrides, fmt, bs, args.train_seconds, args.seed)
+        chosen = ["per-target (bidirectional, before)", DEFAULT]
+        for name, bs in zip(chosen, args.quality_batch_sizes, strict=True):
+            q = quality(data, ids, VARIANTS[name], bs, args.train_seconds, args.seed)
             print(f"[tiger] {name}: R@10 {q['recall@10']:.4f} after {q['epochs']:.2f} epochs "
                   f"(load {os.getloadavg()})", flush=True)  # fmt: skip
             quality_rows.append({"variant": name, "batch_size": bs, **q})

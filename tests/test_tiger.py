@@ -153,3 +153,16 @@ def test_window_batches_need_the_causal_encoder():
     batch = window_batch()
     with pytest.raises(SemidError, match="target_codes"):
         model(batch)
+
+
+def test_causal_tiger_trains_on_windows_of_max_items_targets():
+    from semid.dropout import BitDropout
+    from semid.tasks.recommend import training_window
+
+    causal, bidirectional = make(max_items=7), make(causal=False, max_items=7)
+    assert training_window(causal, 50) == 7  # a longer window would be cut into padded chunks
+    assert training_window(causal, 5) == 5
+    assert training_window(bidirectional, 50) == 50
+    assert training_window(build_model("sasrec", {"num_items": 10}), 50) == 50
+    drops = [m for m in causal.modules() if isinstance(m, (BitDropout, torch.nn.Dropout))]
+    assert drops and all(isinstance(m, BitDropout) for m in drops)

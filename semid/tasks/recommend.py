@@ -141,7 +141,7 @@ class RecommendTask(Task):
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
              resume: bool, device: str):  # fmt: skip
         if getattr(model, "train_format", "target") == "sequence":
-            dataset = SequenceDataset(data, spec.max_history)
+            dataset = SequenceDataset(data, training_window(model, spec.max_history))
         else:
             dataset = TargetDataset(data, data.positions("train"), spec.max_history)
         codes = ids.codes if is_generator(model) else None
@@ -276,6 +276,13 @@ class RecommendPredictor(Predictor):
         offset = torch.tensor([{"valid": 2, "test": 1}.get(x.get("split"), 0) for x in inputs])
         has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
         return torch.where(has_targets | (offset == 0), end - offset, end)
+
+
+def training_window(model: Any, max_history: int) -> int:
+    """Targets per window of ``train_format = "sequence"`` training: the model's ``train_window``
+    when it reads fewer items than ``max_history`` (TIGER's ``max_items``), else ``max_history``."""
+    window = getattr(model, "train_window", None)
+    return max_history if window is None else min(window, max_history)
 
 
 def tune_item_mix(model: Any, ids: SemanticIDs, data: RecData, spec: RecommendSpec) -> dict[str, float]:
