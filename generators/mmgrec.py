@@ -151,20 +151,24 @@ class MMGRec(Generator):
             bias = bias + rearrange(self.relation_emb["prefix"](same), "b i j h -> b h i j")
         return bias
 
-    def encode(self, codes: Tensor, times: Tensor, items: Tensor | None = None) -> Tensor:
-        """Hidden states (B, T, D) of histories given as codes (B, T, L), times (B, T) and index rows (B, T)."""
+    def encode(
+        self, codes: Tensor, times: Tensor, items: Tensor | None = None, last_only: bool = False
+    ) -> Tensor:
+        """Hidden states (B, T, D) of histories given as codes (B, T, L), times (B, T) and index
+        rows (B, T); ``last_only``: the last position's only, (B, 1, D), at less cost."""
         x = self.drop(self.embed_items(codes, items) * self.config.dim**0.5)
         bias = self.relation_bias(codes, times)
-        for block in self.encoder:
-            x = block(x, bias)
+        for i, block in enumerate(self.encoder):
+            x = block(x, bias, last_only=last_only and i == len(self.encoder) - 1)
         return self.ln_enc(x)
 
-    def decode(self, tokens: Tensor) -> Tensor:
-        """Decoder outputs (R, S, D) for token vectors (R, S, D): [h, code_0, ..., code_{S-2}]."""
+    def decode(self, tokens: Tensor, last_only: bool = False) -> Tensor:
+        """Decoder outputs (R, S, D) for token vectors (R, S, D): [h, code_0, ..., code_{S-2}];
+        ``last_only``: the last token's only, (R, 1, D)."""
         x = tokens + self.level_emb.weight[: tokens.shape[1]]
         bias = causal_bias(torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device))
-        for block in self.decoder:
-            x = block(x, bias)
+        for i, block in enumerate(self.decoder):
+            x = block(x, bias, last_only=last_only and i == len(self.decoder) - 1)
         return self.ln_dec(x)
 
     def level_logits(self, out: Tensor, level: int) -> Tensor:
@@ -207,7 +211,9 @@ class MMGRec(Generator):
     def item_log_probs(self, inputs: dict[str, Tensor]) -> Tensor:
         """Item-head log-probabilities (B, num_items) after each history's last position."""
         with self.evaluating():
-            hidden = self.encode(inputs["history_codes"], inputs["times"], inputs.get("items"))
+            hidden = self.encode(
+                inputs["history_codes"], inputs["times"], inputs.get("items"), last_only=True
+            )
         return torch.log_softmax(self.item_logits(hidden[:, -1]).float(), dim=-1)
 
     def step_model(self) -> _MMGRecSteps:
@@ -230,8 +236,9 @@ class _MMGRecSteps:
     @torch.no_grad()
     def start(self, inputs: dict[str, Tensor]) -> tuple[Tensor, _State]:
         """Encode B histories once -> level-0 logits (B, V_0) and a B-row state."""
-        hidden = self.model.encode(inputs["history_codes"], inputs["times"], inputs.get("items"))
-        hidden = hidden[:, -1]
+        hidden = self.model.encode(
+            inputs["history_codes"], inputs["times"], inputs.get("items"), last_only=True
+        )[:, -1]
         state = _State(hidden, hidden.new_zeros(hidden.shape[0], 0, dtype=torch.long))
         return self._logits(state), state
 
@@ -247,5 +254,5 @@ class _MMGRecSteps:
 
     def _logits(self, state: _State) -> Tensor:
         level = state.codes.shape[1]
-        out = self.model.decode(self.model.prefix_tokens(state.hidden, state.codes))
+        out = self.model.decode(self.model.prefix_tokens(state.hidden, state.codes), last_only=True)
         return self.model.level_logits(out[:, -1], level)

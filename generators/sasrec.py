@@ -52,14 +52,15 @@ class SASRec(nn.Module):
         """The config for an index of ``len(ids)`` rows and histories of ``max_history`` items."""
         return replace(config, num_items=len(ids), max_len=max_history)
 
-    def encode(self, items: Tensor) -> Tensor:
-        """Hidden states (B, T, D) for left-padded histories of index rows (B, T), PAD = -1."""
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+        """Hidden states (B, T, D) for left-padded histories of index rows (B, T), PAD = -1;
+        ``last_only``: the last position's only, (B, 1, D), at less cost."""
         items = items[:, -self.config.max_len :]
         x = self.item_emb(items + 1) * self.config.dim**0.5 + self.pos_emb.weight[-items.shape[1] :]
         x = self.drop(x)
         bias = causal_bias(items)
-        for block in self.blocks:
-            x = block(x, bias)
+        for i, block in enumerate(self.blocks):
+            x = block(x, bias, last_only=last_only and i == len(self.blocks) - 1)
         return self.ln(x)
 
     def scores(self, hidden: Tensor) -> Tensor:
@@ -75,4 +76,4 @@ class SASRec(nn.Module):
 
     def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores (B, num_items) of every item after each history's last position."""
-        return self.scores(self.encode(batch["items"])[:, -1])
+        return self.scores(self.encode(batch["items"], last_only=True)[:, -1])

@@ -2,7 +2,8 @@
 
 Layout: one `Predictor` per loaded run (the task layer implements it); a `BatchingPredictor` in front
 of it owns ONE worker thread that takes requests from a FIFO queue until ``max_batch`` inputs are
-gathered or ``max_wait_ms`` has passed since the first, groups them by (k, num_beams) and calls
+gathered or ``max_wait_ms`` has passed since the first was queued (requests that queued while the
+worker was busy go at once), groups them by (k, num_beams) and calls
 ``predict`` once per group (in chunks of at most ``max_batch`` inputs). Groups are needed because
 beam search with k beams is not a prefix of beam search with more beams, so trimming a larger k
 would change answers. Each request's inputs are validated with ``check_input`` on the caller's
@@ -90,6 +91,7 @@ class _Request:
     k: int
     num_beams: int | None
     future: Future = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
@@ -194,15 +196,16 @@ class BatchingPredictor:
                 return
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        """Requests until max_batch inputs or max_wait since the first; (batch, stop seen)."""
+        """Requests until max_batch inputs, or until the queue is empty once max_wait has passed
+        since the first was queued; (batch, stop seen). The wait counts from queueing, not from
+        when the worker got free, so requests that queued during the previous batch run at once
+        and a busy server pipelines HTTP work with the model instead of idling."""
         batch, n = [first], len(first.inputs)
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = first.queued_at + self.max_wait_s
         while n < self.max_batch:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
             try:
-                req = self._queue.get(timeout=remaining)
+                req = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if req is _STOP:

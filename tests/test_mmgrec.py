@@ -80,3 +80,25 @@ def test_item_embeddings_add_a_per_row_vector_and_skip_rows_added_later():
     # row 5 was added after training (>= num_items): codes alone, as without items
     torch.testing.assert_close(x[2], model.embed_items(codes)[0, 2])
     assert (x[3] == 0).all()
+
+
+def test_last_only_blocks_give_the_last_position_of_the_full_pass():  # MMGRec and SASRec
+    """Search reads only the last history state and the last decoder token; computing only those
+    rows in the top block must give the same numbers as the full pass."""
+    from semid.layers import SelfAttentionBlock, causal_bias
+
+    torch.manual_seed(0)
+    block = SelfAttentionBlock(16, 2, 0.0, ff_mult=4).eval()
+    items = torch.tensor([[-1, -1, 3, 4, 5], [1, 2, 3, 4, 5]])
+    x, bias = torch.randn(2, 5, 16), causal_bias(items)
+    assert torch.allclose(block(x, bias, last_only=True), block(x, bias)[:, -1:], atol=1e-6)
+    model = build_model("mmgrec", {"codebook_sizes": [4, 4], "dim": 16, "heads": 2}).eval()
+    codes = torch.randint(0, 4, (2, 5, 2)).masked_fill(items[..., None] < 0, -1)
+    times = torch.arange(5).expand(2, -1) * 100
+    full = model.encode(codes, times)[:, -1:]
+    assert torch.allclose(model.encode(codes, times, last_only=True), full, atol=1e-6)
+    tokens = torch.randn(3, 2, 16)
+    assert torch.allclose(model.decode(tokens, last_only=True), model.decode(tokens)[:, -1:], atol=1e-6)
+    sasrec = build_model("sasrec", {"num_items": 9, "dim": 16, "heads": 2}).eval()
+    rows = items.clamp(max=8)
+    assert torch.allclose(sasrec.encode(rows, last_only=True), sasrec.encode(rows)[:, -1:], atol=1e-6)

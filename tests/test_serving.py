@@ -195,6 +195,23 @@ def test_batching_predictor_groups_and_chunks():
         batcher.submit([{"user": "u1"}], k=5)
 
 
+def test_requests_that_waited_while_the_worker_was_busy_run_at_once():
+    """The wait counts from queueing: requests queued longer than max_wait ago (during the previous
+    batch) are all taken without waiting again, so a busy server does not idle between batches."""
+    from semid.serving import _Request
+
+    batcher = BatchingPredictor(FakePredictor(), max_batch=8, max_wait_ms=20_000)
+    old = [_Request([{"user": f"u{i}"}], 5, None) for i in range(4)]
+    for r in old:
+        r.queued_at -= 30.0  # queued 30 s ago, beyond max_wait
+    for r in old[1:]:
+        batcher._queue.put(r)
+    started = time.monotonic()
+    batch, stop = batcher._gather(old[0])
+    assert time.monotonic() - started < 10.0  # not another 20 s of waiting
+    assert batch == old and not stop
+
+
 class FailingPredictor(FakePredictor):
     """FakePredictor whose predict fails (a bug, not bad input) whenever k == 7."""
 
