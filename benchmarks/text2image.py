@@ -7,7 +7,9 @@ for every method (a small CNN autoencoder trained here, no labels). Methods:
 
 (a) dual encoder: frozen MiniLM + text MLP, CNN features + image MLP, contrastive, faiss search;
 (b) AVG without the discriminative loss (generative loss only);
-(c) full AVG (generative + discriminative loss).
+(c) full AVG (generative + discriminative loss + the image head, ranked by log p(ID) + item_mix *
+    log p(image)); also reported ranked by its beams alone (item_mix 0), and with ``--mixes``
+    at other weights (for ``--validate``).
 
 The shared steps (CNN, features, voken index) run once; (a)-(c) are trained ``--repeats`` times
 with different seeds and the table reports medians (and min-max). Budgets are epochs with a
@@ -63,7 +65,8 @@ RESULTS = Path(__file__).parent / "results"
 VALIDATION_FRACTION = 0.25
 SETTINGS_NOTE = ("Tried on validation images (text2image-validation-sweep.md): the voken weight proj 2/4/8/16, "
                  "generator step floors 100-700, AVG discriminative weight 1/2/4, label smoothing, 2 vs 3 epochs; "
-                 "kept proj=4, 100 steps, weight 4, 3 epochs.")  # fmt: skip
+                 "kept proj=4, 100 steps, weight 4, 3 epochs. The image head's item_mix 0-8 on both collections' "
+                 "validation images (text2image-validation.md, text2image-digits-validation.md): kept 2.")  # fmt: skip
 METRICS = ("precision@10", "precision@100", "recall@100", "map@100")
 
 
@@ -172,31 +175,33 @@ def run(args: argparse.Namespace) -> dict:
         )
         methods["dual"].append(class_metrics(ranked, test.labels, test_q_labels, (10, 100)))
         for spec, (ids, _, train_codes) in indexes.items():
-            pairs = QueryTargetPairs(train_q, train_q_labels, train_codes.long(), train_labels)
+            pairs = QueryTargetPairs(train_q, train_q_labels, train_codes.long(), train_labels,
+                                     images=train_x)  # fmt: skip
             for variant, weight in (("avg-gen", 0.0), ("avg", 1.0)):
-                name = f"{variant} {spec}"
                 extra = json.loads(args.avg_config)
                 config = {
                     **extra,
                     "codebook_sizes": ids.codebook_sizes,
                     "query_dim": emb.shape[1],
                     "disc_weight": weight * extra.get("disc_weight", AvgConfig.disc_weight),
+                    # (b) is the generator alone; (c) has the image head unless --avg-config drops it
+                    "item_loss": weight * extra.get("item_loss", AvgConfig.item_loss),
+                    "image_dim": train_x.shape[1],
                 }
                 torch.manual_seed(seed)
                 model = timed(
                     timings, f"train {variant}", train_generator, "avg", config, pairs, cfg
                 )
-                ranked = timed(
-                    timings,
-                    f"search {variant} (beam {k})",
-                    generative_search,
-                    model,
-                    ids,
-                    test_q,
-                    k,
-                )
-                metrics = class_metrics(ranked, test.labels, test_q_labels, (10, 100))
-                methods.setdefault(name, []).append(metrics)
+                mixes = [None]  # the model's own item_mix
+                if model.image_head is not None:
+                    model.set_items_(test_x)
+                    mixes += [0.0] + [w for w in args.mixes if w != model.config.item_mix]
+                for mix in mixes:
+                    name = f"{variant} {spec}" if mix is None else f"{variant}@{mix:g} {spec}"
+                    ranked = timed(timings, f"search {variant} (beam {k})", generative_search,
+                                   model, ids, test_q, k, mix)  # fmt: skip
+                    metrics = class_metrics(ranked, test.labels, test_q_labels, (10, 100))
+                    methods.setdefault(name, []).append(metrics)
         print({m: {x: round(v[-1][x], 4) for x in METRICS} for m, v in methods.items()}, flush=True)
     return {
         "protocol": {
@@ -254,9 +259,11 @@ def train_generator(name: str, config: dict, pairs: QueryTargetPairs, train: Tra
 
 
 @torch.no_grad()
-def generative_search(model, ids, queries: torch.Tensor, k: int, batch_size: int = 64) -> torch.Tensor:
-    """Top-k index rows (Q, k) for query embeddings (Q, T) by constrained beam search (k beams)."""
-    ranker = ranker_for(model, ids, k)
+def generative_search(model, ids, queries: torch.Tensor, k: int, item_mix: float | None = None,
+                      batch_size: int = 64) -> torch.Tensor:  # fmt: skip
+    """Top-k index rows (Q, k) for query embeddings (Q, T) by constrained beam search (k beams),
+    mixed with the image head's scores (weight ``item_mix``, default the model's; 0: beams only)."""
+    ranker = ranker_for(model, ids, k, item_mix=item_mix)
     return Ranking.concat([ranker.rank(chunk, k) for chunk in queries.split(batch_size)]).rows
 
 
@@ -274,7 +281,11 @@ def markdown(result: dict, command: str) -> str:
         if variant == "avg-gen":
             names[m] = f"(b) AVG, generative loss only, `{spec}`"
         elif variant == "avg":
-            names[m] = f"(c) AVG, generative + discriminative loss, `{spec}`"
+            names[m] = f"(c) AVG, generative + discriminative loss + image head, `{spec}`"
+        elif variant == "avg@0":
+            names[m] = f"(c) ranked by its beams alone (item_mix 0), `{spec}`"
+        elif variant.startswith("avg@"):
+            names[m] = f"(c) with item_mix {variant[4:]}, `{spec}`"
     lines = [
         f"# Text-to-image retrieval on {result['dataset']}",
         "",
@@ -355,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--validate", action="store_true",
                    help="model selection: index 25%% of the training images, query with training wordings; "
                    "the test split is not touched")  # fmt: skip
+    p.add_argument("--mixes", type=float, nargs="*", default=[],
+                   help="extra item_mix weights to rank (c) with, beside its own and 0 (for --validate)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny smoke run; writes nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -10,11 +10,22 @@ pushes each query toward one particular image's ID, although every image of the 
 equally good answer; the discriminative loss instead ranks, at every level, the next vokens of
 all in-batch targets that share the query's prefix, and asks that the relevant ones (same class,
 ``labels``; without labels, the same ID) take the probability mass from the others.
+
+Image head (``image_dim`` > 0 and ``item_loss`` > 0): the voken ID of an image is shared by its
+near neighbours, so beam search cannot order the images inside one prefix, nor tell an image from
+another class that the quantizer put among them. The head is a text tower and an image tower
+(:class:`~semid.generators.dual_encoder.DualEncoder`) trained beside the generator with a
+class-aware contrastive loss weighted ``item_loss`` (``batch["image"]``: each target image's
+features). At search the features of the indexed images (``set_items_``; the task keeps them
+beside the index and grows them at ``index add``) give log p(image | query), and
+:class:`semid.hybrid.HybridRanker` ranks the union of the beams and the head's top images by
+log p(ID) + ``item_mix`` * log p(image).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +33,7 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.generator import Generator, register_generator
+from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig
 from semid.vocab import CodeVocabulary
 
 
@@ -36,6 +48,14 @@ class AvgConfig:
     # weight of the discriminative loss; 0 trains the generative loss only. 4 was chosen on
     # validation images of Fashion-MNIST and digits (benchmarks/results/text2image-validation-sweep.md)
     disc_weight: float = 4.0
+    # image head: width of the image features (0: no head; the task sets it from the index),
+    # weight of its contrastive loss, and its weight in the ranking score (see the module docstring).
+    # item_mix 2 had the best validation mAP@100 on both collections among 0-8 (P@10 1.0 from 0.25
+    # up; benchmarks/results/text2image-validation.md, text2image-digits-validation.md)
+    image_dim: int = 0
+    item_loss: float = 1.0
+    item_mix: float = 2.0
+    temperature: float = 0.1
 
 
 @register_generator("avg")
@@ -46,8 +66,9 @@ class Avg(Generator):
 
     def __init__(self, config: AvgConfig) -> None:
         super().__init__(config)
-        if config.disc_weight < 0:
-            raise SemidError(f"AvgConfig.disc_weight must be >= 0, got {config.disc_weight}")
+        for name in ("disc_weight", "item_loss", "item_mix", "image_dim"):
+            if getattr(config, name) < 0:
+                raise SemidError(f"AvgConfig.{name} must be >= 0, got {getattr(config, name)}")
         d = config.d_model
         self.vocab = CodeVocabulary(config.codebook_sizes)
         self.query_tower = nn.Sequential(
@@ -57,6 +78,21 @@ class Avg(Generator):
         self.gru = nn.GRUCell(d, d)
         self.heads = nn.ModuleList(nn.Linear(d, v) for v in config.codebook_sizes)
         self.dropout = nn.Dropout(config.dropout)
+        self.image_head = (
+            DualEncoder(DualEncoderConfig(config.query_dim, config.image_dim, d, config.temperature))
+            if config.image_dim > 0 and config.item_loss > 0
+            else None
+        )
+        # features (N, image_dim) of the indexed images, row i = index row i (set_items_; not saved)
+        self.items = torch.zeros(0, max(config.image_dim, 1))
+
+    @classmethod
+    def sized_for(cls, config: AvgConfig, ids: Any, extra_codes: int = 0, image_dim: int = 0,
+                  **context: Any) -> AvgConfig:  # fmt: skip
+        """Codebook sizes from the index, and the image head's width from the images' features
+        (``image_dim``; 0 when the index keeps none, or when ``item_loss`` is 0)."""
+        config = super().sized_for(config, ids, extra_codes)
+        return replace(config, image_dim=image_dim if config.item_loss > 0 else 0)
 
     def initial_state(self, query: Tensor) -> Tensor:
         """Decoder state (B, d_model) of query embeddings (B, query_dim)."""
@@ -89,11 +125,35 @@ class Avg(Generator):
             loss = loss + self.config.disc_weight * discriminative_loss(
                 logits, target, batch.get("labels")
             )
+        if self.image_head is not None:
+            if "image" not in batch:
+                raise SemidError("an AVG with an image head trains on batches with image features")
+            loss = loss + self.config.item_loss * self.image_head(batch)[0]
         width = max(self.vocab.codebook_sizes)
         padded = torch.stack(
             [F.pad(x, (0, width - x.shape[1]), value=float("-inf")) for x in logits], 1
         )
         return loss, padded
+
+    def set_items_(self, features: Tensor) -> None:
+        """Image features (N, image_dim) of the index's images, row i = index row i."""
+        if features.ndim != 2 or features.shape[1] != self.config.image_dim:
+            raise SemidError(
+                f"image features must be (N, {self.config.image_dim}), got {tuple(features.shape)}"
+            )
+        self.items = features.float().to(self.heads[0].weight.device)
+
+    def has_item_head(self) -> bool:
+        """True with an image head (``image_dim`` and ``item_loss`` > 0) and the images' features set."""
+        return self.image_head is not None and len(self.items) > 0
+
+    @torch.no_grad()
+    def item_log_probs(self, inputs: Tensor) -> Tensor:
+        """log p(image) (B, N) over the indexed images (``set_items_``) for query embeddings (B, T)."""
+        with self.evaluating():
+            queries = self.image_head.embed_queries(inputs)
+            images = self.image_head.embed_images(self.items.to(queries.device))
+        return torch.log_softmax(queries @ images.T / self.config.temperature, dim=-1)
 
     def step_model(self) -> _AvgSteps:
         """Beam-search adapter: the query is encoded once; the state is one vector per beam."""

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
 import semid
-from semid.atomic import atomic_dir, recover
+from semid.atomic import atomic_dir, atomic_file, recover
 from semid.errors import SemidError
 
 MODULE_FORMAT = 2
@@ -139,3 +139,15 @@ def _tied_names(module: nn.Module) -> set[str]:
     """Names of state entries that alias an earlier entry (dropped by _untie)."""
     state = module.state_dict()
     return set(state) - set(_untie(state))
+
+
+def write_rows(path: str | os.PathLike, rows: Tensor) -> None:
+    """Write per-row vectors (N, D) kept beside an index (row i = index row i), atomically."""
+    with atomic_file(Path(path), "wb") as f:
+        f.write(save({"embeddings": rows.float().contiguous()}))
+
+
+def read_rows(path: str | os.PathLike) -> Tensor | None:
+    """The vectors written by :func:`write_rows`, or None when the file is absent (older runs)."""
+    path = Path(path)
+    return load_file(str(path))["embeddings"] if path.is_file() else None

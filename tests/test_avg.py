@@ -195,6 +195,42 @@ def test_dual_encoder_learns_the_toy_task(tmp_path):
     assert class_metrics(rows, labels, query_labels, (10,))["precision@10"] == 1.0
 
 
+def test_image_head_learns_the_toy_task_and_ranks_with_the_beams(tmp_path):
+    """With image features, AVG trains a text/image head beside the generator; the mixed ranker
+    (beams + head) answers with indexed images, and without the features set it searches beams."""
+    from semid.hybrid import HybridRanker
+
+    queries, query_labels, codes, labels = toy_task(128)
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 6, generator=g)[labels] + 0.1 * torch.randn(128, 6, generator=g)
+    pairs = QueryTargetPairs(queries, query_labels, codes, labels, images=features)
+    assert pairs[0]["image"].shape == (6,)
+    m = model(image_dim=6)
+    with pytest.raises(SemidError, match="image features"):
+        m({"query": queries[:4], "target_codes": codes[:4], "labels": labels[:4]})
+    cfg = TrainConfig(max_epochs=5, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100)
+    train_model(m, pairs, cfg, tmp_path / "train", device="cpu")
+    m.eval()
+    unique, first = torch.unique(codes, dim=0, return_inverse=True)
+    rows_of = [int(torch.nonzero(first == r)[0]) for r in range(len(unique))]
+    ids = SemanticIDs.from_codes([str(i) for i in range(len(unique))], unique, SIZES, "reassign",
+                                 distances=torch.zeros(len(unique), 2))  # fmt: skip
+    assert not m.has_item_head() and not isinstance(ranker_for(m, ids, 5), HybridRanker)
+    m.set_items_(features[rows_of])
+    assert m.has_item_head()
+    log_p = m.item_log_probs(queries[:3])
+    assert log_p.shape == (3, len(unique)) and torch.allclose(log_p.exp().sum(1), torch.ones(3))
+    ranker = ranker_for(m, ids, 5)
+    assert isinstance(ranker, HybridRanker)
+    rows = ranker.rank(queries, 5).rows
+    image_labels = labels[rows_of]
+    assert (rows >= 0).all()
+    assert class_metrics(rows, image_labels, query_labels, (5,))["precision@5"] == 1.0
+    with pytest.raises(SemidError, match=r"\(N, 6\)"):
+        m.set_items_(torch.zeros(3, 5))
+    assert build_model("avg", {"codebook_sizes": SIZES, "image_dim": 6, "item_loss": 0}).image_head is None
+
+
 @pytest.mark.slow
 def test_min_steps_adds_epochs_to_small_collections_only():
     cfg = TrainConfig(max_epochs=3, batch_size=256)
@@ -246,3 +282,11 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
     assert run.task == "text2image" and run.spec["model"] == "avg"
     metrics = task.evaluate(run, EvalOptions(ks=(5, 10), split="test", batch_size=8))
     assert metrics["invalid_id_rate"] == 0.0 and 0.0 <= metrics["precision@10"] <= 1.0
+    # the index keeps the indexed images' features, so the trained image head ranks them
+    from semid.hybrid import HybridRanker
+    from semid.saving import read_rows
+    from semid.tasks.text2image import IMAGE_FEATURES
+
+    assert read_rows(run.index_path / IMAGE_FEATURES).shape == (32, run.model.config.image_dim)
+    predictor = task.predictor(run)
+    assert run.model.has_item_head() and isinstance(predictor.ranker(None), HybridRanker)

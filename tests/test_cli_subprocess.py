@@ -199,6 +199,9 @@ def test_text2image_eval_add_and_predict(images, space):
     assert size == 12
     added = semid("index", "add", run, "--items", rel(space["data"] / "more", space), cwd=cwd)
     assert "added 9 items" in added.stdout
+    from semid.saving import read_rows  # the image head scores the new images too
+
+    assert len(read_rows(run / "index" / "image_features.safetensors")) == size + 9
     stats, _ = semid_all(
         ("index", "stats", run / "index", "--json"),
         (

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from semid.atomic import atomic_file, check_writable, write_json
+from semid.atomic import check_writable, write_json
 from semid.data.corpus import split_corpus, subset_rows
 from semid.data.documents import DocumentCollection, read_documents, write_documents
 from semid.data.registry import load_dataset
@@ -50,7 +49,7 @@ from semid.models import model_config
 from semid.quantization import build_quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, write_run
-from semid.saving import read_json
+from semid.saving import read_json, read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
     IndexSource,
@@ -180,14 +179,12 @@ def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
 
 def save_document_embeddings(index_path: Path, embeddings: Tensor) -> None:
     """Write the documents' frozen embeddings (N, H) beside the index (atomically)."""
-    with atomic_file(index_path / DOCUMENT_EMBEDDINGS, "wb") as f:
-        f.write(save({"embeddings": embeddings.float().contiguous()}))
+    write_rows(index_path / DOCUMENT_EMBEDDINGS, embeddings)
 
 
 def load_document_embeddings(index_path: Path) -> Tensor | None:
     """The documents' frozen embeddings saved beside the index, or None (runs from before them)."""
-    path = index_path / DOCUMENT_EMBEDDINGS
-    return load_file(str(path))["embeddings"] if path.is_file() else None
+    return read_rows(index_path / DOCUMENT_EMBEDDINGS)
 
 
 @dataclass

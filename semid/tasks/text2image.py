@@ -35,6 +35,7 @@ from semid.metrics import compute_metrics
 from semid.models import model_class, model_config
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, write_run
+from semid.saving import read_rows, write_rows
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
 from semid.training import TrainConfig, train_model
@@ -42,6 +43,7 @@ from semid.training import TrainConfig, train_model
 VOKEN_OPTIONS = ",hidden=256-128,latent=32"  # the benchmark's voken network
 IMAGE_ENCODER_DIR = "image_encoder"
 TRAIN_TARGETS = "train_targets.safetensors"
+IMAGE_FEATURES = "image_features.safetensors"  # features of the indexed images, row i = index row i
 METRIC_NAMES = ("precision", "recall", "map")
 IMAGE_NUM_BEAMS = 100  # class-level relevance rewards wide beams; clamped to >= k as everywhere
 # Step floors, so that a collection of 1k images trains as well as one of 60k: an epoch of 60k
@@ -125,9 +127,10 @@ class QueryTargetPairs(torch.utils.data.Dataset):
     """Training pairs: image i with a fixed wording of its class (so resumed runs see the same data)."""
 
     def __init__(self, query_embeddings: Tensor, query_labels: Tensor, targets: Tensor, labels: Tensor,
-                 target_key: str = "target_codes") -> None:  # fmt: skip
+                 target_key: str = "target_codes", images: Tensor | None = None) -> None:  # fmt: skip
+        """``images``: features (N, D) of the target images, given as ``image`` (an image head)."""
         self.queries, self.targets, self.labels = query_embeddings.float(), targets, labels.long()
-        self.target_key = target_key
+        self.target_key, self.images = target_key, None if images is None else images.float()
         by_class = [torch.nonzero(query_labels == c).squeeze(1) for c in range(int(labels.max()) + 1)]
         missing = [c for c, rows in enumerate(by_class) if len(rows) == 0 and (labels == c).any()]
         if missing:
@@ -140,8 +143,11 @@ class QueryTargetPairs(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"query": self.queries[self.query_of[i]], self.target_key: self.targets[i],
+        item = {"query": self.queries[self.query_of[i]], self.target_key: self.targets[i],
                 "labels": self.labels[i]}  # fmt: skip
+        if self.images is not None:
+            item["image"] = self.images[i]
+        return item
 
 
 @dataclass
@@ -200,7 +206,9 @@ class Text2ImageTask(Task):
         if cnn is not None:
             cnn.save_pretrained(out / IMAGE_ENCODER_DIR)
         with atomic_file(out / TRAIN_TARGETS, "wb") as f:
-            f.write(save({"codes": targets.contiguous(), "labels": splits.train.labels.contiguous()}))
+            f.write(save({"codes": targets.contiguous(), "labels": splits.train.labels.contiguous(),
+                          "features": train_x.float().contiguous()}))  # fmt: skip
+        write_rows(out / IMAGE_FEATURES, test_x)
         return ids, [f"quantizer {quantizer} for {len(splits.train):,} training images"]
 
     def _train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
@@ -218,10 +226,13 @@ class Text2ImageTask(Task):
             raise SemidError(f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`")
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
         texts, labels = class_queries("train", splits.train.class_names)
+        indexed = read_rows(Path(index) / IMAGE_FEATURES)
+        features = targets.get("features") if indexed is not None else None  # older indexes: none
         pairs = QueryTargetPairs(embed_texts(texts, spec.text_encoder), labels, targets["codes"].long(),
-                                 targets["labels"])  # fmt: skip
+                                 targets["labels"], images=features)  # fmt: skip
         cls = model_class(spec.model)
-        model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes))
+        image_dim = 0 if features is None else features.shape[1]
+        model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes, image_dim=image_dim))
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
         if not is_main_process():
@@ -260,7 +271,14 @@ class Text2ImageTask(Task):
         cnn = ImageEncoder.from_pretrained(encoder_dir)
         size = cnn.config.image_size
         images = load_images(source, image_size=size)
-        ids, codes = add_items(run.index_path, images.keys, cnn.encode(images.images), run.model)
+        features = cnn.encode(images.images)
+        known = read_rows(run.index_path / IMAGE_FEATURES)
+        if known is not None and len(known) != len(run.ids):
+            raise SemidError(f"{run.index_path / IMAGE_FEATURES} has {len(known)} rows for {len(run.ids)} "
+                             "indexed images; rebuild the index")  # fmt: skip
+        ids, codes = add_items(run.index_path, images.keys, features, run.model)
+        if known is not None:
+            write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
         state = dict(run.state)
         if images.labels is not None and images.class_names is not None:
             added = state.setdefault("added_labels", {})
@@ -277,6 +295,12 @@ class Text2ImagePredictor(Predictor):
     """Answers ``{"query": TEXT}`` with the top-k image keys."""
 
     task = "text2image"
+
+    def __init__(self, run: Run, device: str = "cpu") -> None:
+        features = read_rows(run.index_path / IMAGE_FEATURES)
+        if features is not None and getattr(run.model, "image_head", None) is not None:
+            run.model.set_items_(features)
+        super().__init__(run, device)
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
