@@ -27,19 +27,14 @@ class SelfAttentionBlock(nn.Module):
         """x (B, T, D), bias (B, 1|H, T, T) added to the attention scores (-inf forbids) -> (B, T, D).
 
         ``last_only``: only the last position's output (B, 1, D), the same as ``forward(x,
-        bias)[:, -1:]``: keys and values still come from every position, but the query, the output
+        bias)[:, -1:]``: keys and values still come from every position, but attention, the output
         projection and the feed-forward run on one row. A causal stack needs nothing else from its
         top block at search time."""
-        h = self.ln1(x)
-        if last_only:
-            dim = x.shape[-1]
-            q = F.linear(h[:, -1:], self.qkv.weight[:dim], self.qkv.bias[:dim])
-            kv = F.linear(h, self.qkv.weight[dim:], self.qkv.bias[dim:])
-            q = rearrange(q, "b t (h d) -> b h t d", h=self.heads)
-            k, v = rearrange(kv, "b t (two h d) -> two b h t d", two=2, h=self.heads)
-            x, bias = x[:, -1:], bias[..., -1:, :]
-        else:
-            q, k, v = rearrange(self.qkv(h), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+        q, k, v = rearrange(
+            self.qkv(self.ln1(x)), "b t (three h d) -> three b h t d", three=3, h=self.heads
+        )
+        if last_only:  # views only: no extra kernels for one-query searches to pay
+            q, x, bias = q[:, :, -1:], x[:, -1:], bias[..., -1:, :]
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         x = x + self.drop(self.proj(rearrange(a, "b h t d -> b t (h d)")))

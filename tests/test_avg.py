@@ -290,3 +290,7 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
     assert read_rows(run.index_path / IMAGE_FEATURES).shape == (32, run.model.config.image_dim)
     predictor = task.predictor(run)
     assert run.model.has_item_head() and isinstance(predictor.ranker(None), HybridRanker)
+    beams_only = task.evaluate(run, EvalOptions(ks=(5, 10), split="test", batch_size=8, item_mix=0.0))
+    assert beams_only["invalid_id_rate"] == 0.0
+    with pytest.raises(SemidError, match="item-mix must be >= 0"):
+        task.evaluate(run, EvalOptions(ks=(5,), split="test", item_mix=-1.0))

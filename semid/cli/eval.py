@@ -32,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold-prefix", type=int, default=1,
                    help="with --cold-share: leading codes a new item must share with a generated ID (default: %(default)s)")
     p.add_argument("--item-mix", type=float,
-                   help="recommendation with a generator that has an item head (item_loss > 0): weight w "
-                   "of log p(ID) + w * log p(item); 0 is beam search alone (default: the run's, chosen "
-                   "on the valid split)")
+                   help="a generator with an item head (MMGRec, AVG: item_loss > 0): weight w of "
+                   "log p(ID) + w * log p(item); 0 is beam search alone (default: the run's, chosen on "
+                   "the valid split for recommenders, on validation images for AVG)")
     p.add_argument("--keep-seen", action="store_true",
                    help="recommendation: also rank items the user already interacted with "
                    "(default: exclude them, as RecBole's full-sort evaluation does)")  # fmt: skip

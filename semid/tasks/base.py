@@ -57,7 +57,7 @@ class EvalOptions:
     cold_share: float = 0.0  # recommend: share of the top-k for items added after training
     cold_prefix: int = 1
     keep_seen: bool = False  # recommend: also rank items the user already interacted with
-    item_mix: float | None = None  # recommend: weight of a generator's item head (None: the run's)
+    item_mix: float | None = None  # weight of a generator's item or image head (None: the run's)
 
 
 class Task(ABC):

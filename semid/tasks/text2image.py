@@ -257,7 +257,8 @@ class Text2ImageTask(Task):
         # images have no validation split: both --split values use the held-out test wordings
         texts, query_labels = class_queries("test", splits.test.class_names)
         predictor = self.predictor(run, options.device)
-        ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams)
+        ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
+                                            item_mix=options.item_mix)  # fmt: skip
         return class_metrics(ranking.rows, image_labels, query_labels, options.ks)
 
     def _add(self, run_path: Path, source: Path, **options: Any) -> dict:
@@ -317,14 +318,16 @@ class Text2ImagePredictor(Predictor):
         """Embed the queries and search them."""
         return self.rank_embeddings(self.embed([x["query"] for x in inputs]), k, num_beams)
 
-    def make_ranker(self, num_beams: int | None) -> Ranker:
-        """Beam search over the run's image IDs."""
-        return ranker_for(self.run.model, self.run.ids, num_beams or self.run.spec.get("num_beams", IMAGE_NUM_BEAMS))
+    def make_ranker(self, num_beams: int | None, item_mix: float | None = None) -> Ranker:
+        """Beam search over the run's image IDs, mixed with the image head when the model has one
+        (``item_mix``: its weight, default the model's; 0: beams alone)."""
+        beams = num_beams or self.run.spec.get("num_beams", IMAGE_NUM_BEAMS)
+        return ranker_for(self.run.model, self.run.ids, beams, item_mix=item_mix)
 
     def rank_embeddings(self, queries: Tensor, k: int, num_beams: int | None,
-                        batch_size: int = 64) -> Ranking:  # fmt: skip
+                        batch_size: int = 64, item_mix: float | None = None) -> Ranking:  # fmt: skip
         """Top-k image rows for query embeddings (Q, T), in batches."""
-        ranker = self.ranker(num_beams)
+        ranker = self.ranker(num_beams) if item_mix is None else self.make_ranker(num_beams, item_mix).to(self.device)
         return Ranking.concat([ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)])
 
 
