@@ -83,8 +83,9 @@ class Avg(Generator):
             if config.image_dim > 0 and config.item_loss > 0
             else None
         )
-        # features (N, image_dim) of the indexed images, row i = index row i (set_items_; not saved)
-        self.items = torch.zeros(0, max(config.image_dim, 1))
+        # features (N, image_dim) of the indexed images, row i = index row i (set_items_; not saved,
+        # the task keeps them beside the index); a buffer, so it follows the model's device
+        self.register_buffer("items", torch.zeros(0, max(config.image_dim, 1)), persistent=False)
 
     @classmethod
     def sized_for(cls, config: AvgConfig, ids: Any, extra_codes: int = 0, image_dim: int = 0,
@@ -152,7 +153,7 @@ class Avg(Generator):
         """log p(image) (B, N) over the indexed images (``set_items_``) for query embeddings (B, T)."""
         with self.evaluating():
             queries = self.image_head.embed_queries(inputs)
-            images = self.image_head.embed_images(self.items.to(queries.device))
+            images = self.image_head.embed_images(self.items)
         return torch.log_softmax(queries @ images.T / self.config.temperature, dim=-1)
 
     def step_model(self) -> _AvgSteps:

@@ -199,7 +199,7 @@ class BatchingPredictor:
         """Requests until max_batch inputs, or until the queue is empty once max_wait has passed
         since the first was queued; (batch, stop seen). The wait counts from queueing, not from
         when the worker got free, so requests that queued during the previous batch run at once
-        and a busy server pipelines HTTP work with the model instead of idling."""
+        instead of waiting ``max_wait_ms`` again."""
         batch, n = [first], len(first.inputs)
         deadline = first.queued_at + self.max_wait_s
         while n < self.max_batch:
