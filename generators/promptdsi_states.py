@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
-from tqdm import tqdm
 
 from semid.atomic import atomic_file
 from semid.kmeans import kmeans
+from semid.progress import progress_bar
 
 
 @dataclass
@@ -76,7 +76,7 @@ def encode_texts(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     states: list[Tensor | None] = [None] * len(texts)
     emb = torch.zeros(len(texts), model.encoder.config.hidden_size)
-    for lo in tqdm(range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size):
+    for lo in progress_bar(range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size):
         rows = order[lo : lo + batch_size]
         inp = model.tokenize([texts[i] for i in rows])
         hidden = model.lower_states(**inp)

@@ -32,12 +32,12 @@ from typing import Any
 import geoopt
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
 from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
+from semid.progress import progress_bar
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 from semid.quantizers import hyperbolic as hb
 from semid.quantizers.residual import code_usage
@@ -382,7 +382,7 @@ class HyperbolicRQ(Quantizer):
         opt = geoopt.optim.RiemannianAdam(self.parameters(), lr=cfg.lr)
         stopper = EarlyStopping(cfg.patience)
         train_curve: list[float] = []
-        bar = tqdm(range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch")
+        bar = progress_bar(range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch")
         for epoch in bar:
             self.train()
             usage = torch.zeros(self.levels, self.spec.codebook_size, dtype=torch.long)
@@ -409,7 +409,7 @@ class HyperbolicRQ(Quantizer):
             stop = False
             if cfg.patience is not None:
                 stop = stopper.update(self._val_loss(inputs, val_items, val), self)
-            bar.set_postfix(loss=f"{train_curve[-1]:.4f}", revived=revived)
+            bar.set_postfix(loss=f"{train_curve[-1]:.4f}", revived=revived, refresh=False)
             if stop:
                 break
         bar.close()

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from semid.errors import SemidError
 from semid.kmeans import kmeans
+from semid.progress import progress_bar
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 
 # Encode-time work is chunked so that a (rows, beam, K) score tensor stays about this many floats.
@@ -72,7 +72,7 @@ class ResidualKMeans(Quantizer):
         k = self.spec.codebook_size
         if progress is None:  # a bar only when the fit takes a while and someone is watching
             progress = x.shape[0] * k * x.shape[1] >= 1 << 32 and sys.stderr.isatty()
-        bar = tqdm(total=self.levels + self.refine, desc=f"fit {self.spec}", disable=not progress)
+        bar = progress_bar(total=self.levels + self.refine, desc=f"fit {self.spec}", disable=not progress)
         residual = x
         for level in range(self.levels):
             book = self.codebooks[level]

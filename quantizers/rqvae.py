@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from semid.atomic import atomic_file
 from semid.errors import SemidError
+from semid.progress import progress_bar
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
 from semid.training.checkpoints import DamagedCheckpointError, load_torch_file
@@ -246,7 +246,7 @@ class RQVAE(Quantizer):
             with torch.no_grad():
                 first = train[torch.randperm(train.shape[0], generator=gen)[: cfg.init_batch]]
                 self.codebooks.init_kmeans_(self.encoder(first), seed=cfg.seed)
-        bar = tqdm(
+        bar = progress_bar(
             range(state["epoch"], epochs),
             disable=not progress,
             desc=f"fit {self.spec}",
@@ -278,7 +278,7 @@ class RQVAE(Quantizer):
                 )
             else:
                 state["bad_epochs"] += 1
-            bar.set_postfix(recon=f"{recon.item():.4f}", val=f"{val_loss:.4f}", revived=revived)
+            bar.set_postfix(recon=f"{recon.item():.4f}", val=f"{val_loss:.4f}", revived=revived, refresh=False)
             stop = state["bad_epochs"] >= cfg.patience and state["epoch"] * batches >= cfg.min_steps
             if ckpt_dir is not None and (
                 stop or state["epoch"] % cfg.checkpoint_every == 0 or state["epoch"] == epochs

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from semid.configs import config_from_dict
 from semid.errors import SemidError
+from semid.progress import progress_bar
 from semid.saving import load_state, read_module, write_module
 
 KIND = "image_encoder"
@@ -95,7 +95,7 @@ class ImageEncoder(nn.Module):
         opt = torch.optim.AdamW(self.parameters(), lr=lr)
         self.train()
         steps = max(epochs * ((len(x) + batch_size - 1) // batch_size), min_steps)
-        bar = tqdm(total=steps, disable=not progress, desc="fit image encoder", unit="step")
+        bar = progress_bar(total=steps, disable=not progress, desc="fit image encoder", unit="step")
         done = 0
         while done < steps:
             for idx in torch.randperm(len(x), generator=gen).split(batch_size)[: steps - done]:
@@ -106,7 +106,7 @@ class ImageEncoder(nn.Module):
                 opt.step()
                 done += 1
                 bar.update()
-                bar.set_postfix(bce=f"{loss.item():.4f}")
+                bar.set_postfix(bce=f"{loss.item():.4f}", refresh=False)
         bar.close()
         self.eval()
         return self

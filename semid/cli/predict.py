@@ -10,13 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from semid.atomic import atomic_file, check_writable
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
+from semid.progress import progress_bar
 from semid.tasks import load_predictor
 
 DESCRIPTION = "Predict the top-k items (for users or histories) or documents/images (for queries) with a run."
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = read_inputs(args, predictor)
     predictor.check_k(args.k, args.num_beams)
     answers = []
-    for lo in tqdm(range(0, len(inputs), args.batch_size), desc="predict",
+    for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
         answers += predictor.predict(inputs[lo : lo + args.batch_size], args.k, args.num_beams)
     if args.out is not None:

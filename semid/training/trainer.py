@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from semid.atomic import atomic_file, write_json
 from semid.errors import SemidError
+from semid.progress import progress_bar
 from semid.training.checkpoints import (
     DamagedCheckpointError,
     check_checkpoint,
@@ -145,7 +146,7 @@ class Trainer:
         progress = self._start(resume)
         started = time.monotonic() - progress.elapsed_s
         show_bar = self.accelerator.is_main_process and sys.stderr.isatty()
-        with tqdm(
+        with progress_bar(
             total=self.total_steps, initial=progress.step, desc="train", disable=not show_bar
         ) as bar:
             while not self._finished(progress):
@@ -270,7 +271,7 @@ class Trainer:
             if progress.step % cfg.log_every == 0 or end_of_epoch:
                 mean_loss = acc.reduce(loss_sum / loss_count, reduction="mean").item()
                 loss_sum, loss_count = torch.zeros_like(loss_sum), 0
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 self._log(progress, started, loss=mean_loss, lr=step_lr)
             if cfg.max_steps is not None and progress.step >= cfg.max_steps:
                 return end_of_epoch

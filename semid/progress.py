@@ -1,0 +1,25 @@
+"""Progress bars for long work: tqdm, quiet in logs.
+
+On a terminal a bar redraws up to 10 times a second. Written to a log file or a pipe, every redraw
+is another line (a digits training run wrote 70 kB of them), so there a bar updates at most every
+:data:`LOG_INTERVAL_S` seconds, plus its first and last state.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm.auto import tqdm
+
+LOG_INTERVAL_S = 30.0
+
+
+def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
+    """``tqdm.auto.tqdm(*args, **kwargs)`` with ``mininterval`` set to :data:`LOG_INTERVAL_S` when
+    its stream is neither a terminal nor a notebook (unless given)."""
+    stream = kwargs.get("file") or sys.stderr
+    logging_to_file = not getattr(stream, "isatty", lambda: False)() and "ipykernel" not in sys.modules
+    if logging_to_file:
+        kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+    return tqdm(*args, **kwargs)
