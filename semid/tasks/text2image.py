@@ -226,8 +226,8 @@ class Text2ImageTask(Task):
             raise SemidError(f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`")
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
         texts, labels = class_queries("train", splits.train.class_names)
-        indexed = read_rows(Path(index) / IMAGE_FEATURES)
-        features = targets.get("features") if indexed is not None else None  # older indexes: none
+        has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
+        features = targets.get("features") if has_features else None
         pairs = QueryTargetPairs(embed_texts(texts, spec.text_encoder), labels, targets["codes"].long(),
                                  targets["labels"], images=features)  # fmt: skip
         cls = model_class(spec.model)
