@@ -1,10 +1,12 @@
 """`semid serve`: an HTTP JSON API over a loaded run, with request batching.
 
 Layout: one `Predictor` per loaded run (the task layer implements it); a `BatchingPredictor` in front
-of it owns ONE worker thread that takes requests from a FIFO queue until ``max_batch`` inputs are
-gathered or ``max_wait_ms`` has passed since the first was queued (requests that queued while the
-worker was busy go at once), groups them by (k, num_beams) and calls
-``predict`` once per group (in chunks of at most ``max_batch`` inputs). Groups are needed because
+of it owns one worker thread per model replica (one by default; ``semid serve --workers N`` runs N
+model processes, see :mod:`semid.model_process`). Each worker takes requests from one shared FIFO
+queue until ``max_batch`` inputs are gathered or ``max_wait_ms`` has passed since the first was
+queued (requests that queued while the workers were busy go at once), groups them by
+(k, num_beams) and calls its replica's ``predict`` once per group (in chunks of at most
+``max_batch`` inputs). Groups are needed because
 beam search with k beams is not a prefix of beam search with more beams, so trimming a larger k
 would change answers. Each request's inputs are validated with ``check_input`` on the caller's
 thread before they are queued, so one bad input fails only its own request.
@@ -14,7 +16,8 @@ HTTP (FastAPI, served by uvicorn):
                  | {"inputs": [{...}, ...]}, plus optional "k" (default 10) and "num_beams"
                  -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
   GET  /health   -> {"status": "ok"}
-  GET  /info     -> predictor.info() + semid/torch versions + batching settings and counters
+  GET  /info     -> predictor.info() + semid/torch versions + batching settings (workers too) and
+                 counters
 Bad requests answer 400 with {"error": "one line"}. SIGINT/SIGTERM (uvicorn) stop accepting
 connections, let in-flight requests finish, then the lifespan shutdown stops the worker.
 """
@@ -30,7 +33,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,6 +48,7 @@ from starlette.exceptions import HTTPException
 
 from semid import __version__
 from semid.errors import SemidError
+from semid.model_process import ProcessPredictor
 
 DEFAULT_K = 10
 logger = logging.getLogger("semid.serving")
@@ -102,38 +106,55 @@ def _is_int(x: Any) -> bool:
 
 
 class BatchingPredictor:
-    """Runs concurrent requests to ``predictor`` as batched ``predict`` calls on one worker thread."""
+    """Runs concurrent requests to ``predictor`` as batched ``predict`` calls on a worker thread.
 
-    def __init__(self, predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5.0) -> None:
+    ``replicas``: more predictors of the same run (e.g. model processes); each gets its own worker
+    thread, and a batch goes to whichever is free. ``predictor`` checks inputs and predicts too."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_batch: int = 64,
+        max_wait_ms: float = 5.0,
+        replicas: list[Predictor] | None = None,
+    ) -> None:
         if not _is_int(max_batch) or max_batch < 1:
             raise SemidError(f"max_batch (--max-batch) must be an integer >= 1, got {max_batch!r}")
         if max_wait_ms < 0:
             raise SemidError(f"max_wait_ms (--max-wait-ms) must be >= 0, got {max_wait_ms!r}")
         self.predictor = predictor
+        self.workers = [predictor, *(replicas or [])]
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submit against close: nothing is queued after _STOP
-        self._thread: threading.Thread | None = None
+        self._gathering = threading.Lock()  # held by the worker that is gathering a batch
+        self._threads: list[threading.Thread] = []
         self._closed = False
         self.stats = {"requests": 0, "inputs": 0, "predict_calls": 0, "batches": 0}
 
     def start(self) -> None:
-        """Start the worker thread (idempotent; submit starts it too)."""
+        """Start the worker threads (idempotent; submit starts them too)."""
         with self._lock:
             self._start_locked()
 
     def _start_locked(self) -> None:
         if self._closed:
             raise BatcherClosed("the batching worker is stopped")
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="semid-batcher", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = [
+                threading.Thread(
+                    target=self._work, args=(worker,), name="semid-batcher", daemon=True
+                )
+                for worker in self.workers
+            ]
+            for thread in self._threads:
+                thread.start()
 
     @property
     def running(self) -> bool:
-        """True while the worker thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while a worker thread is alive."""
+        return any(thread.is_alive() for thread in self._threads)
 
     def validate(
         self, inputs: list[dict[str, Any]], k: Any, num_beams: Any = None, field: str = "inputs"
@@ -174,24 +195,27 @@ class BatchingPredictor:
         return self.submit(inputs, k, num_beams).result()
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, answer the queued ones, stop the worker thread."""
+        """Refuse new requests, answer the queued ones, stop the worker threads."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            thread = self._thread
-            if thread is not None:
+            threads = list(self._threads)
+            for _ in threads:  # one stop mark per worker, queued after every request
                 self._queue.put(_STOP)
-        if thread is not None:
+        for thread in threads:
             thread.join(timeout)
 
-    def _work(self) -> None:
+    def _work(self, predictor: Predictor) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch, stop = self._gather(first)
-            self._run(batch)
+            # One worker gathers at a time: requests that arrive fill its batch instead of being
+            # split among the idle workers into small batches, which cost more per input.
+            with self._gathering:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch, stop = self._gather(first)
+            self._run(predictor, batch)
             if stop:
                 return
 
@@ -214,11 +238,12 @@ class BatchingPredictor:
             n += len(req.inputs)
         return batch, False
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, predictor: Predictor, batch: list[_Request]) -> None:
         groups: dict[tuple[int, int | None], list[_Request]] = {}
         for req in batch:
             groups.setdefault((req.k, req.num_beams), []).append(req)
-        self.stats["batches"] += 1
+        with self._lock:
+            self.stats["batches"] += 1
         for (k, num_beams), reqs in groups.items():
             live = [r for r in reqs if r.future.set_running_or_notify_cancel()]
             inputs = [x for r in live for x in r.inputs]
@@ -226,8 +251,9 @@ class BatchingPredictor:
                 answers = []
                 for start in range(0, len(inputs), self.max_batch):
                     chunk = inputs[start : start + self.max_batch]
-                    out = self.predictor.predict(chunk, k, num_beams)
-                    self.stats["predict_calls"] += 1
+                    out = predictor.predict(chunk, k, num_beams)
+                    with self._lock:
+                        self.stats["predict_calls"] += 1
                     if len(out) != len(chunk):
                         raise RuntimeError(
                             f"predictor returned {len(out)} answers for {len(chunk)} inputs"
@@ -239,12 +265,13 @@ class BatchingPredictor:
                 for r in live:
                     r.future.set_exception(e)
                 continue
+            with self._lock:
+                self.stats["requests"] += len(live)
+                self.stats["inputs"] += len(inputs)
             start = 0
             for r in live:
                 r.future.set_result(answers[start : start + len(r.inputs)])
                 start += len(r.inputs)
-                self.stats["requests"] += 1
-                self.stats["inputs"] += len(r.inputs)
 
 
 def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any]:
@@ -292,9 +319,15 @@ def _versions() -> dict[str, str]:
     return {"semid_version": __version__, "torch_version": torch_version}
 
 
-def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5.0) -> FastAPI:
-    """The FastAPI app serving ``predictor`` (see the module docstring for the routes)."""
-    batcher = BatchingPredictor(predictor, max_batch, max_wait_ms)
+def create_app(
+    predictor: Predictor,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    replicas: list[Predictor] | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (and ``replicas``, see BatchingPredictor); the routes
+    are in the module docstring."""
+    batcher = BatchingPredictor(predictor, max_batch, max_wait_ms, replicas)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -325,7 +358,11 @@ def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        batching = {"max_batch": batcher.max_batch, "max_wait_ms": 1000 * batcher.max_wait_s}
+        batching = {
+            "max_batch": batcher.max_batch,
+            "max_wait_ms": 1000 * batcher.max_wait_s,
+            "workers": len(batcher.workers),
+        }
         return {**predictor.info(), **_versions(), "batching": {**batching, **batcher.stats}}
 
     @app.post("/predict")
@@ -357,13 +394,26 @@ def create_app(predictor: Predictor, max_batch: int = 64, max_wait_ms: float = 5
     return app
 
 
-def default_threads() -> int:
-    """torch threads for serving on CPU: all cores but one, which the HTTP event loop keeps.
+def default_threads(workers: int = 1) -> int:
+    """torch threads per model worker on CPU: the cores but one, which the HTTP event loop keeps,
+    shared among ``workers``; at least 1.
 
     On a busy core torch's thread pool waits at every op for its slowest thread, so a pool as
     wide as the machine, sharing it with the server (and often its clients), runs many times
     slower than a narrower one (measured: 10x for one-query beam searches on 2 busy cores)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, ((os.cpu_count() or 1) - 1) // workers)
+
+
+def default_workers(device: str) -> int:
+    """Model workers for ``semid serve`` on ``device``: one per GPU process; on CPU one per core,
+    up to 4 (each holds a copy of the model).
+
+    A beam search's small ops gain little from a wider torch thread pool (measured on 2 cores:
+    batches of 32 ran at the same speed on 1 and 2 threads), while a second worker runs a second
+    batch beside the first."""
+    if device.startswith("cuda"):
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -392,11 +442,31 @@ def serve(
     max_wait_ms: float = 5.0,
     log_level: str = "warning",
     threads: int | None = None,
+    load: Callable[[], Predictor] | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish).
 
-    ``threads``: torch's intra-op threads for the model (default :func:`default_threads`)."""
-    torch.set_num_threads(default_threads() if threads is None else threads)
-    app = create_app(predictor, max_batch, max_wait_ms)
+    ``load``: a picklable callable that loads the same predictor; when given, ``predict`` runs in
+    ``workers`` child processes that call it (see :mod:`semid.model_process`), batches going to
+    whichever is free, and ``predictor`` only checks inputs and answers /info. Without ``load`` the
+    model runs in this process (one worker). ``threads``: torch's intra-op threads per model worker
+    (default :func:`default_threads`)."""
+    if not _is_int(workers) or workers < 1:
+        raise SemidError(f"workers (--workers) must be an integer >= 1, got {workers!r}")
+    if load is None and workers > 1:
+        raise SemidError("several workers (--workers) run as model processes; drop --in-process")
+    threads = default_threads(workers) if threads is None else threads
     sock = bind_socket(host, port)
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    models: list[ProcessPredictor] = []
+    try:
+        if load is None:
+            torch.set_num_threads(threads)
+        else:
+            models = ProcessPredictor.launch(predictor, load, threads, workers)
+        app = create_app(models[0] if models else predictor, max_batch, max_wait_ms, models[1:])
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    finally:
+        for model in models:
+            model.close()
+        sock.close()

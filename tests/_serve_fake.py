@@ -1,15 +1,16 @@
 """Run `semid serve` (semid.cli.serve.run) on a FakePredictor in this process; for test_serving.py.
 
-Usage: python tests/_serve_fake.py PORT DELAY_S
+Usage: python tests/_serve_fake.py PORT DELAY_S [SERVE FLAGS...]
 ``semid.tasks.load_predictor`` is replaced by one returning a FakePredictor whose predict calls
-announce themselves on stdout ("predict N" for N inputs), so the test can signal the process while
-a request is in flight. Once `run` returns, prints its exit code and whether the batching thread
-is still alive.
+announce themselves on stdout ("predict N (torch threads T)" for N inputs), so the test can signal
+the process while a request is in flight. Once `run` returns, prints its exit code, whether the
+batching thread is still alive and the child processes left.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import threading
 from pathlib import Path
@@ -22,31 +23,39 @@ from semid.fake_predictor import FakePredictor
 
 
 class AnnouncingPredictor(FakePredictor):
-    """FakePredictor that says on stdout when each predict call starts."""
+    """FakePredictor that says on stdout when each predict call starts, with its torch threads."""
 
     def predict(
         self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """FakePredictor.predict, announced first."""
-        print(f"predict {len(inputs)}", flush=True)
+        print(f"predict {len(inputs)} (torch threads {torch.get_num_threads()})", flush=True)
         return super().predict(inputs, k, num_beams)
+
+
+class FakeLoader:
+    """Stands in for ``semid.tasks.load_predictor``; picklable, for the model process."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __call__(self, run_dir: Path, device: str) -> AnnouncingPredictor:
+        """An AnnouncingPredictor whatever the run."""
+        return AnnouncingPredictor(delay_s=self.delay)
 
 
 def main() -> None:
     """Parse `semid serve` arguments, serve until SIGINT/SIGTERM, report on stdout."""
-    port, delay = sys.argv[1], float(sys.argv[2])
-
-    def load_predictor(run_dir: Path, device: str) -> AnnouncingPredictor:
-        return AnnouncingPredictor(delay_s=delay)
-
-    serve_cmd.load_predictor = load_predictor  # stands in for the task layer
+    port, delay, *extra = sys.argv[1:]
+    serve_cmd.load_predictor = FakeLoader(float(delay))  # stands in for the task layer
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
-    args = ["fake-run", "--port", port, "--device", "cpu", "--threads", "2"]
+    args = ["fake-run", "--port", port, "--device", "cpu", "--threads", "2", *extra]
     code = serve_cmd.run(parser.parse_args(args))
     alive = any(t.name == "semid-batcher" for t in threading.enumerate())
     print(f"run returned {code}; batcher alive: {alive}", flush=True)
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    children = [p.name for p in multiprocessing.active_children()]
+    print(f"child processes: {children}", flush=True)
     sys.exit(code)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import signal
 import subprocess
@@ -19,7 +20,14 @@ import uvicorn
 from semid.cli import serve as serve_cmd
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
-from semid.serving import BatchingPredictor, bind_socket, create_app, parse_request
+from semid.serving import (
+    BatchingPredictor,
+    bind_socket,
+    create_app,
+    default_threads,
+    default_workers,
+    parse_request,
+)
 
 HELPER = Path(__file__).parent / "_serve_fake.py"
 
@@ -68,7 +76,7 @@ def test_health_and_info(live):
     info = client.get("/info").json()
     assert info["task"] == "recommend" and info["index_size"] == 100
     assert info["semid_version"] and info["torch_version"]
-    assert info["batching"]["max_batch"] == 64
+    assert info["batching"]["max_batch"] == 64 and info["batching"]["workers"] == 1
 
 
 def test_predict_single_and_many(live):
@@ -280,15 +288,51 @@ def test_device_flag():
         parser.parse_args(["runs/x", "--device", "gpu"])
     with pytest.raises(SemidError, match="--threads must be >= 1"):
         serve_cmd.run(parser.parse_args(["runs/x", "--threads", "0"]))
+    with pytest.raises(SemidError, match="--workers must be >= 1"):
+        serve_cmd.run(parser.parse_args(["runs/x", "--workers", "0"]))
+    with pytest.raises(SemidError, match="drop --in-process"):
+        serve_cmd.run(parser.parse_args(["runs/x", "--workers", "2", "--in-process"]))
 
 
-def test_sigterm_finishes_in_flight_request_then_exits():
+def test_default_workers_one_per_core_up_to_four_and_one_on_a_gpu(monkeypatch):
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert default_workers("cpu") == expected
+        assert default_workers("cuda:0") == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_threads(4) == 3 and default_threads(1) == 15
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_threads(2) == 1 and default_threads(1) == 1
+
+
+def test_batches_spread_over_replicas_and_answer_as_one_predictor():
+    """Two replicas: a batch goes to whichever is free, so both predict; answers are unchanged."""
+    first, second = FakePredictor(delay_s=0.05), FakePredictor(delay_s=0.05)
+    batcher = BatchingPredictor(first, max_batch=4, max_wait_ms=1, replicas=[second])
+    try:
+        inputs = [{"user": f"u{i}"} for i in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda x: batcher.predict([x], 4), inputs))
+        assert [a[0] for a in answers] == FakePredictor().predict(inputs, 4)
+        assert first.calls and second.calls
+        assert sum(n for n, _, _ in first.calls + second.calls) == 16
+        assert batcher.stats["requests"] == 16
+    finally:
+        batcher.close()
+    assert not batcher.running
+
+
+@pytest.mark.parametrize(
+    "flags", [["--workers", "1"], ["--workers", "2"], ["--in-process"]],
+    ids=["model-process", "two-model-processes", "in-process"],
+)  # fmt: skip
+def test_sigterm_finishes_in_flight_request_then_exits(flags):
     """`semid serve` (its run function, on a fake task layer) in a subprocess, stopped by SIGTERM."""
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, str(HELPER), str(port), "1.0"],
+        [sys.executable, str(HELPER), str(port), "1.0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -309,7 +353,8 @@ def test_sigterm_finishes_in_flight_request_then_exits():
                 for _ in range(5):  # skip the "serving ..." banner
                     ready, _, _ = select.select([proc.stdout], [], [], 30)
                     assert ready, "no predict call within 30 s"
-                    if proc.stdout.readline().strip() == "predict 1":
+                    announced = proc.stdout.readline().strip()
+                    if announced.startswith("predict 1 "):
                         break
                 proc.send_signal(signal.SIGTERM)  # while the 1 s predict call is running
                 response = pending.result(timeout=30)
@@ -319,7 +364,8 @@ def test_sigterm_finishes_in_flight_request_then_exits():
         assert proc.returncode == 0, err
         assert "semid serve: stopped" in out
         assert "run returned 0; batcher alive: False" in out
-        assert "torch threads: 2" in out  # --threads reached the model's thread pool
+        assert announced == "predict 1 (torch threads 2)"  # --threads reached the model
+        assert "child processes: []" in out
         assert "Traceback" not in err
     finally:
         if proc.poll() is None:

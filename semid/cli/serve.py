@@ -6,11 +6,12 @@ import argparse
 import math
 import re
 import signal
+from functools import partial
 from pathlib import Path
 
 from semid.errors import SemidError
-from semid.serving import serve
-from semid.tasks import load_predictor
+from semid.serving import default_workers, serve
+from semid.tasks import load_predictor, resolve_device
 
 DESCRIPTION = (
     "Serve a trained run over HTTP: POST /predict (top-k items or documents), GET /health, "
@@ -58,8 +59,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="torch threads for the model (default: the CPU count minus one, at least 1, so that "
-        "the HTTP server keeps a core)",
+        help="torch threads per model worker (default: the CPU count minus one, shared among the "
+        "workers, at least 1, so that the HTTP server keeps a core)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="model processes, each with its own copy of the model; a batch goes to whichever is "
+        "free (default: 1 on a GPU; on CPU one per core, up to 4, since a second batch beside the "
+        "first uses the cores better than one batch on a wider thread pool)",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the model in the server's process; by default it runs in a child process, so "
+        "that HTTP work and the model use different cores instead of taking turns at Python's lock",
     )
     p.add_argument(
         "--log-level",
@@ -79,10 +93,18 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
     if args.threads is not None and args.threads < 1:
         raise SemidError(f"--threads must be >= 1, got {args.threads}")
-    predictor = load_predictor(args.run_dir, device=args.device)
+    if args.workers is not None and args.workers < 1:
+        raise SemidError(f"--workers must be >= 1, got {args.workers}")
+    if args.in_process and (args.workers or 1) > 1:
+        raise SemidError("--workers > 1 runs model processes; drop --in-process")
+    device = resolve_device(args.device)
+    load = partial(load_predictor, args.run_dir, device=device)
+    workers = 1 if args.in_process else args.workers or default_workers(device)
+    # the server's own copy only checks inputs and answers /info; the model process predicts
+    predictor = load_predictor(args.run_dir, device="cpu" if not args.in_process else device)
     print(
-        f"serving {args.run_dir} ({predictor.task}) on http://{args.host}:{args.port} "
-        "(POST /predict, GET /health, GET /info; Ctrl-C to stop)",
+        f"serving {args.run_dir} ({predictor.task}, {workers} model worker(s) on {device}) on "
+        f"http://{args.host}:{args.port} (POST /predict, GET /health, GET /info; Ctrl-C to stop)",
         flush=True,
     )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: make SIGTERM end
@@ -97,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             max_wait_ms=args.max_wait_ms,
             log_level=args.log_level,
             threads=args.threads,
+            load=None if args.in_process else load,
+            workers=workers,
         )
     except KeyboardInterrupt:
         pass

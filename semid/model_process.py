@@ -1,0 +1,156 @@
+"""A predictor whose ``predict`` runs in a child process, so the model never holds the server's GIL.
+
+In one process, the beam search's Python code (op dispatch between kernels) holds the interpreter
+lock, and the HTTP event loop waits for it: request parsing and answer encoding serialize with the
+model. :class:`ProcessPredictor` keeps the cheap, read-only calls (``check_input``, ``info``,
+``max_k``) on a local copy and sends each ``predict`` over a pipe to a child process that loaded its
+own copy, so HTTP work and model work run on different cores at once.
+
+:meth:`ProcessPredictor.launch` starts several (replicas, each on its own cores) that load side by
+side. The child is started with ``spawn`` (a fresh interpreter, no forked torch thread pools) and builds
+its predictor with ``load()``, a picklable callable such as ``functools.partial(load_predictor,
+run, device="cuda")``. Calls are made from one thread at a time (the batching worker).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from semid.errors import SemidError
+
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class ModelProcessError(RuntimeError):
+    """The model process died or could not load the predictor."""
+
+
+def _serve_predictions(load: Callable[[], Any], threads: int, conn: Connection) -> None:
+    """Child process: load, report readiness (or the load error), then answer predict calls."""
+    # Ctrl-C reaches the whole process group: the parent stops this process after in-flight
+    # requests are answered, so the interrupt must not kill it first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    try:
+        predictor = load()
+    except Exception as e:  # noqa: BLE001  -- reported to the parent, which raises it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", predictor.info()))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the parent closed its end: stop
+            return
+        if message is None:
+            return
+        inputs, k, num_beams = message
+        try:
+            conn.send(("ok", predictor.predict(inputs, k, num_beams)))
+        except SemidError as e:  # a bad request: the parent re-raises it as a SemidError
+            conn.send(("semid_error", str(e)))
+        # A predictor bug: its traceback goes to this process's stderr (the server log), and the
+        # request fails as it would in process, so the model process stays up for other requests.
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class ProcessPredictor:
+    """``local``'s checks and info, with ``predict`` answered by ``load()``'s predictor in a child
+    process running ``threads`` torch threads. Raises ModelProcessError if the child cannot load."""
+
+    def __init__(self, local: Any, load: Callable[[], Any], threads: int) -> None:
+        self.local = local
+        self.task = local.task
+        self._conn, child_conn = _CONTEXT.Pipe()
+        self._process = _CONTEXT.Process(
+            target=_serve_predictions, args=(load, threads, child_conn), name="semid-model",
+            daemon=True,
+        )  # fmt: skip
+        self._process.start()
+        child_conn.close()
+        self._lock = threading.Lock()
+        self._info: dict[str, Any] | None = None
+
+    @classmethod
+    def launch(
+        cls, local: Any, load: Callable[[], Any], threads: int, count: int = 1
+    ) -> list[ProcessPredictor]:
+        """``count`` model processes, loading side by side; returns once all have loaded.
+        Raises ModelProcessError (after stopping them all) if one cannot load."""
+        started = [cls(local, load, threads) for _ in range(count)]
+        try:
+            for predictor in started:
+                predictor.wait_until_loaded()
+        except BaseException:
+            for predictor in started:
+                predictor.close()
+            raise
+        return started
+
+    def wait_until_loaded(self) -> None:
+        """Block until the child has loaded its predictor; ModelProcessError if it could not."""
+        if self._info is not None:
+            return
+        status, detail = self._receive()
+        if status != "ready":
+            raise ModelProcessError(f"the model process could not load the run: {detail}")
+        self._info = {**detail, "model_process": True}
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self._conn.recv()
+        except EOFError:
+            code = self._process.exitcode
+            raise ModelProcessError(
+                f"the model process stopped (exit code {code}); see the server log"
+            ) from None
+
+    def info(self) -> dict[str, Any]:
+        """The model process's info (its device, not the local copy's), taken when it loaded."""
+        self.wait_until_loaded()
+        return dict(self._info)
+
+    def max_k(self) -> int:
+        """The local predictor's catalogue size."""
+        return self.local.max_k()
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Validated by the local predictor (no round trip to the model process)."""
+        return self.local.check_input(item)
+
+    def predict(
+        self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The child's answers for ``inputs``; SemidError for a bad request, as in-process."""
+        self.wait_until_loaded()
+        with self._lock:
+            self._conn.send((inputs, k, num_beams))
+            status, payload = self._receive()
+        if status == "semid_error":
+            raise SemidError(payload)
+        if status == "error":
+            raise RuntimeError(f"the model process failed: {payload}")
+        return payload
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the child process (idempotent)."""
+        if self._process.is_alive():
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._conn.close()

@@ -1,0 +1,91 @@
+"""ProcessPredictor: predict in a child process gives the in-process answers and errors."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+
+from semid.errors import SemidError
+from semid.fake_predictor import FakePredictor
+from semid.model_process import ModelProcessError, ProcessPredictor
+from semid.serving import BatchingPredictor
+
+
+class _BrokenLoad:
+    """A picklable loader that fails, as a run that cannot be read would."""
+
+    def __call__(self) -> FakePredictor:
+        raise OSError("no such run")
+
+
+@pytest.fixture(scope="module")
+def remote():
+    (predictor,) = ProcessPredictor.launch(FakePredictor(), partial(FakePredictor), threads=1)
+    yield predictor
+    predictor.close()
+
+
+def test_answers_equal_in_process(remote):
+    local = FakePredictor()
+    inputs = [{"user": "u1"}, {"history": ["item003", "item007"]}, {"query": "x"}]
+    assert remote.predict(inputs, 5) == local.predict(inputs, 5)
+    assert remote.predict(inputs[:1], 3, num_beams=30) == local.predict(inputs[:1], 3, 30)
+    assert (
+        remote.info() == {**local.info(), "model_process": True} and remote.max_k() == local.max_k()
+    )
+    assert remote.task == local.task
+
+
+def test_bad_request_raises_semid_error_and_process_survives(remote):
+    with pytest.raises(SemidError, match="num_beams"):
+        remote.predict([{"user": "u1"}], 10, num_beams=3)
+    assert remote.predict([{"user": "u2"}], 2) == FakePredictor().predict([{"user": "u2"}], 2)
+
+
+def test_checks_stay_local(remote):
+    with pytest.raises(SemidError, match="unknown user"):
+        remote.check_input({"user": "nobody"})
+
+
+def test_batching_in_front_of_a_process_predictor(remote):
+    batcher = BatchingPredictor(remote, max_batch=8, max_wait_ms=1)
+    try:
+        inputs = [{"user": f"u{i}"} for i in range(20)]
+        assert batcher.predict(inputs, 4) == FakePredictor().predict(inputs, 4)
+    finally:
+        batcher.close()
+
+
+def test_a_load_failure_is_one_clear_error():
+    with pytest.raises(ModelProcessError, match="could not load the run: OSError: no such run"):
+        ProcessPredictor.launch(FakePredictor(), _BrokenLoad(), threads=1, count=2)
+
+
+def test_close_stops_the_process_and_is_idempotent():
+    predictor = ProcessPredictor(FakePredictor(), partial(FakePredictor), threads=1)
+    process = predictor._process
+    predictor.close()
+    predictor.close()
+    assert not process.is_alive() and process.exitcode == 0
+
+
+class _BuggyPredictor(FakePredictor):
+    """predict fails with a non-SemidError, as a predictor bug would."""
+
+    def predict(self, inputs, k, num_beams=None):
+        if k == 7:
+            raise ValueError("boom")
+        return super().predict(inputs, k, num_beams)
+
+
+def test_a_predictor_bug_fails_the_call_and_the_process_survives():
+    predictor = ProcessPredictor(FakePredictor(), partial(_BuggyPredictor), threads=1)
+    try:
+        with pytest.raises(RuntimeError, match="ValueError: boom"):
+            predictor.predict([{"user": "u1"}], 7)
+        assert predictor.predict([{"user": "u1"}], 3) == FakePredictor().predict(
+            [{"user": "u1"}], 3
+        )
+    finally:
+        predictor.close()
