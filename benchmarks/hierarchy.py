@@ -251,6 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(RESULTS / "hierarchy"), help="path without extension")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--max-epochs", type=int,
+        help="epoch cap of the quantizer and the generator (default: each dataset's), so that early "
+        "stopping, not the cap, ends training",
+    )  # fmt: skip
+    parser.add_argument(
         "--from-sweep",
         help="write the tables from this sweep JSON's runs of its best settings; run nothing",
     )
@@ -271,6 +276,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     torch.set_num_threads(args.threads)
+    if args.max_epochs is not None:
+        for dataset in args.datasets:
+            SETTINGS[dataset] = {
+                **SETTINGS[dataset],
+                "q_epochs": args.max_epochs,
+                "g_epochs": args.max_epochs,
+            }
     best = best_configs(args.best) if args.best else {}
     start, rows = time.perf_counter(), []
     for dataset in args.datasets:
