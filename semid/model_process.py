@@ -109,7 +109,7 @@ class ProcessPredictor:
     def _receive(self) -> tuple[str, Any]:
         try:
             return self._conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             code = self._process.exitcode
             raise ModelProcessError(
                 f"the model process stopped (exit code {code}); see the server log"
@@ -134,7 +134,10 @@ class ProcessPredictor:
         """The child's answers for ``inputs``; SemidError for a bad request, as in-process."""
         self.wait_until_loaded()
         with self._lock:
-            self._conn.send((inputs, k, num_beams))
+            try:
+                self._conn.send((inputs, k, num_beams))
+            except OSError:  # the child is gone: say so, as _receive does
+                pass
             status, payload = self._receive()
         if status == "semid_error":
             raise SemidError(payload)

@@ -89,3 +89,15 @@ def test_a_predictor_bug_fails_the_call_and_the_process_survives():
         )
     finally:
         predictor.close()
+
+
+def test_a_dead_model_process_fails_calls_with_one_clear_error():
+    (predictor,) = ProcessPredictor.launch(FakePredictor(), partial(FakePredictor), threads=1)
+    try:
+        predictor._process.kill()
+        predictor._process.join()
+        for _ in range(2):  # the call that finds it dead, and every later one
+            with pytest.raises(ModelProcessError, match="the model process stopped"):
+                predictor.predict([{"user": "u1"}], 3)
+    finally:
+        predictor.close()
