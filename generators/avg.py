@@ -86,6 +86,7 @@ class Avg(Generator):
         # features (N, image_dim) of the indexed images, row i = index row i (set_items_; not saved,
         # the task keeps them beside the index); a buffer, so it follows the model's device
         self.register_buffer("items", torch.zeros(0, max(config.image_dim, 1)), persistent=False)
+        self._image_cache: tuple[tuple[Any, ...], Tensor] | None = None  # see _indexed_images
 
     @classmethod
     def sized_for(cls, config: AvgConfig, ids: Any, extra_codes: int = 0, image_dim: int = 0,
@@ -143,6 +144,7 @@ class Avg(Generator):
                 f"image features must be (N, {self.config.image_dim}), got {tuple(features.shape)}"
             )
         self.items = features.float().to(self.heads[0].weight.device)
+        self._image_cache = None
 
     def has_item_head(self) -> bool:
         """True with an image head (``image_dim`` and ``item_loss`` > 0) and the images' features set."""
@@ -153,8 +155,18 @@ class Avg(Generator):
         """log p(image) (B, N) over the indexed images (``set_items_``) for query embeddings (B, T)."""
         with self.evaluating():
             queries = self.image_head.embed_queries(inputs)
-            images = self.image_head.embed_images(self.items)
+            images = self._indexed_images()
         return torch.log_softmax(queries @ images.T / self.config.temperature, dim=-1)
+
+    def _indexed_images(self) -> Tensor:
+        """The image tower's embeddings (N, d) of the indexed images, computed once per state of
+        the tower's weights and of ``items``: the key is their tensors' version counters (any
+        in-place change, an optimizer step or ``load_state_dict``, bumps them) and identities."""
+        tensors = [self.items, *self.image_head.parameters()]
+        key = tuple(x for t in tensors for x in (id(t), t._version, t.device, t.dtype))
+        if self._image_cache is None or self._image_cache[0] != key:
+            self._image_cache = (key, self.image_head.embed_images(self.items))
+        return self._image_cache[1]
 
     def step_model(self) -> _AvgSteps:
         """Beam-search adapter: the query is encoded once; the state is one vector per beam."""

@@ -8,7 +8,7 @@ import torch
 
 from semid.errors import SemidError
 from semid.generator import Generator
-from semid.generators.avg import discriminative_loss
+from semid.generators.avg import Avg, AvgConfig, discriminative_loss
 from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
 from semid.ids import SemanticIDs
 from semid.models import build_model, load_model, save_model
@@ -294,3 +294,22 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
     assert beams_only["invalid_id_rate"] == 0.0
     with pytest.raises(SemidError, match="item-mix must be >= 0"):
         task.evaluate(run, EvalOptions(ks=(5,), split="test", item_mix=-1.0))
+
+
+def test_indexed_image_embeddings_are_cached_until_the_weights_or_images_change():
+    config = AvgConfig(query_dim=8, codebook_sizes=[4, 4], d_model=16, image_dim=6, item_loss=1.0)
+    model = Avg(config)
+    model.set_items_(torch.randn(10, 6))
+    queries = torch.randn(3, 8)
+    first = model.item_log_probs(queries)
+    assert model._indexed_images() is model._indexed_images()  # computed once
+    with torch.no_grad():  # an in-place update of the image tower, as an optimizer step makes
+        model.image_head.image_tower[0].weight.add_(0.5)
+    moved = model.item_log_probs(queries)
+    assert not torch.allclose(first, moved)
+    model.eval()
+    with torch.no_grad():
+        expected = model.image_head.embed_images(model.items)
+    assert torch.allclose(model._indexed_images(), expected)
+    model.set_items_(torch.randn(12, 6))
+    assert model.item_log_probs(queries).shape == (3, 12)
