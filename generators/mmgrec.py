@@ -28,6 +28,8 @@ at step l is scored against the level-l code embeddings (tied with the encoder's
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -86,6 +88,7 @@ class MMGRec(Generator):
         if unknown:
             raise SemidError(f"unknown MMGRec relations {sorted(unknown)}; choose from {RELATIONS}")
         c = config
+        self._encodings: list[tuple[tuple, Tensor]] | None = None  # see encoding_once
         self.vocab = CodeVocabulary(c.codebook_sizes)
         self.code_emb = nn.Embedding(self.vocab.size, c.dim)
         nn.init.normal_(self.code_emb.weight, std=0.02)
@@ -151,11 +154,34 @@ class MMGRec(Generator):
             bias = bias + rearrange(self.relation_emb["prefix"](same), "b i j h -> b h i j")
         return bias
 
+    @contextlib.contextmanager
+    def encoding_once(self) -> Iterator[None]:
+        """Inside the block, :meth:`encode` in eval mode answers repeated calls on the same input
+        tensors from the first call (a mixed ranking encodes each history once, not three times)."""
+        outer = self._encodings
+        self._encodings = [] if outer is None else outer
+        try:
+            yield
+        finally:
+            self._encodings = outer
+
     def encode(
         self, codes: Tensor, times: Tensor, items: Tensor | None = None, last_only: bool = False
     ) -> Tensor:
         """Hidden states (B, T, D) of histories given as codes (B, T, L), times (B, T) and index
         rows (B, T); ``last_only``: the last position's only, (B, 1, D), at less cost."""
+        if self._encodings is None or self.training:
+            return self._encode(codes, times, items, last_only)
+        for inputs, hidden in self._encodings:  # the same tensor objects: the same encoding
+            if all(a is b for a, b in zip(inputs, (codes, times, items, last_only), strict=True)):
+                return hidden
+        hidden = self._encode(codes, times, items, last_only)
+        self._encodings.append(((codes, times, items, last_only), hidden))
+        return hidden
+
+    def _encode(
+        self, codes: Tensor, times: Tensor, items: Tensor | None, last_only: bool
+    ) -> Tensor:
         x = self.drop(self.embed_items(codes, items) * self.config.dim**0.5)
         bias = self.relation_bias(codes, times)
         for i, block in enumerate(self.encoder):

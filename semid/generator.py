@@ -154,6 +154,13 @@ class Generator(nn.Module, ABC):
         finally:
             self.train(was_training)
 
+    @contextlib.contextmanager
+    def encoding_once(self) -> Iterator[None]:
+        """A block in which the model may reuse a query batch's encoding for every pass over the
+        same input tensors (a ranker that searches, scores candidates and reads an item head over
+        one batch). Nothing is reused by default; models whose encoder dominates override it."""
+        yield
+
     def has_item_head(self) -> bool:
         """Whether the model also scores index rows directly (:meth:`item_log_probs`); none by default."""
         return False

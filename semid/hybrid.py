@@ -80,6 +80,10 @@ class HybridRanker:
     def candidates(self, batch: Any, k: int, seen: Tensor | None = None) -> Candidates:
         """The union of the beams, the head's top rows and (with ``batch["lexical"]``) the lexical
         top rows (B, up to 3 * beams), with every score."""
+        with self.model.encoding_once():  # the three passes below read one encoding of the batch
+            return self._candidates(batch, k, seen)
+
+    def _candidates(self, batch: Any, k: int, seen: Tensor | None) -> Candidates:
         beams = beams_for(self.beam.num_beams, k)
         found = self.beam.rank(batch, beams, seen)
         head = self._head(batch, seen)  # (B, N)

@@ -7,6 +7,7 @@ from test_recommend import tiny_dataset
 
 from semid.data.sequences import CodeCollator, TargetDataset, prepare_data
 from semid.errors import SemidError
+from semid.generator import Generator
 from semid.hybrid import MIX_GRID, Candidates, HybridRanker, choose_mix, choose_mixes
 from semid.ids import SemanticIDs
 from semid.models import build_model
@@ -88,6 +89,26 @@ def test_an_item_the_head_strongly_prefers_is_ranked_first_and_seen_items_never(
     assert (top[:, 0] == favourite).all() and not (top == 0).any()
     cands = HybridRanker(model, ids, num_beams=1).candidates(batch, 3, seen)
     assert not (cands.top(0.0, 3, ids).rows == 0).any()  # also with weight 0 over the candidates
+
+
+def test_mixed_ranking_encodes_each_history_once_with_the_same_answers(monkeypatch):
+    ids = make_ids()
+    model, batch = make(ids, item_mix=1.0), queries(ids)
+    seen = torch.tensor([[0], [-1], [5]])
+    calls = []
+    encode = model._encode
+    monkeypatch.setattr(model, "_encode", lambda *a: calls.append(1) or encode(*a))
+    once = HybridRanker(model, ids, num_beams=4, mix=1.0).rank(batch, 3, seen)
+    assert len(calls) == 1  # beam search, the head and the candidates' scores share it
+    monkeypatch.setattr(type(model), "encoding_once", Generator.encoding_once)
+    again = HybridRanker(model, ids, num_beams=4, mix=1.0).rank(batch, 3, seen)
+    assert len(calls) == 4  # without reuse: one encoding per pass
+    assert torch.equal(once.rows, again.rows) and torch.equal(once.scores, again.scores)
+    model.train()
+    with model.encoding_once():  # training never reuses an encoding
+        model.encode(batch["history_codes"], batch["times"], batch["items"])
+        model.encode(batch["history_codes"], batch["times"], batch["items"])
+    assert len(calls) == 6
 
 
 def test_choose_mix_picks_the_best_valid_ndcg_and_the_smallest_on_ties():
