@@ -11,6 +11,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
+from semid.fake_predictor import FakePredictor
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -74,3 +76,13 @@ def random_ml100k_index(tmp_path):
     assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys", str(tmp_path / "e.txt"),
                  "--quantizer", "rqkmeans:2x32", "--out", str(idx)]) == 0  # fmt: skip
     return keys, x, idx
+
+
+class FailingPredictor(FakePredictor):
+    """FakePredictor whose predict fails (a bug, not bad input) whenever k == 7; module-level, so
+    that a model process can load it too."""
+
+    def predict(self, inputs, k, num_beams=None):
+        if k == 7:
+            raise RuntimeError("boom")
+        return super().predict(inputs, k, num_beams)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+from conftest import FailingPredictor
 
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
@@ -70,19 +71,10 @@ def test_close_stops_the_process_and_is_idempotent():
     assert not process.is_alive() and process.exitcode == 0
 
 
-class _BuggyPredictor(FakePredictor):
-    """predict fails with a non-SemidError, as a predictor bug would."""
-
-    def predict(self, inputs, k, num_beams=None):
-        if k == 7:
-            raise ValueError("boom")
-        return super().predict(inputs, k, num_beams)
-
-
 def test_a_predictor_bug_fails_the_call_and_the_process_survives():
-    predictor = ProcessPredictor(FakePredictor(), partial(_BuggyPredictor), threads=1)
+    predictor = ProcessPredictor(FakePredictor(), partial(FailingPredictor), threads=1)
     try:
-        with pytest.raises(RuntimeError, match="ValueError: boom"):
+        with pytest.raises(RuntimeError, match="RuntimeError: boom"):
             predictor.predict([{"user": "u1"}], 7)
         assert predictor.predict([{"user": "u1"}], 3) == FakePredictor().predict(
             [{"user": "u1"}], 3

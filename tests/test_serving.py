@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from conftest import FailingPredictor
 
 from semid.cli import serve as serve_cmd
 from semid.errors import SemidError
@@ -218,15 +219,6 @@ def test_requests_that_waited_while_the_worker_was_busy_run_at_once():
     batch, stop = batcher._gather(old[0])
     assert time.monotonic() - started < 10.0  # not another 20 s of waiting
     assert batch == old and not stop
-
-
-class FailingPredictor(FakePredictor):
-    """FakePredictor whose predict fails (a bug, not bad input) whenever k == 7."""
-
-    def predict(self, inputs, k, num_beams=None):
-        if k == 7:
-            raise RuntimeError("boom")
-        return super().predict(inputs, k, num_beams)
 
 
 def test_a_failing_predict_call_fails_only_its_group_and_the_worker_survives():
