@@ -11,6 +11,8 @@ users whose target is one of those new items (pop and SASRec cannot recommend th
 
 Run: python -m benchmarks.recommend --datasets ml-100k --jobs 3
 (each model trains in its own process with 1 torch thread; ``--jobs`` run side by side).
+A long run can be stopped and continued: ``--resume`` with the same ``--work`` reuses the indexes
+there and resumes every model from its last epoch's checkpoint (a higher ``--max-epochs`` extends it).
 """
 
 from __future__ import annotations
@@ -66,12 +68,18 @@ def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     task = get_task("recommend")
     name, run = job["model"], Path(job["run"])
-    summary = task.train(spec_for(name, job["dataset"], job["seed"]), run, Path(job["index"]), resume=False)
+    spec = spec_for(name, job["dataset"], job["seed"])
+    summary = task.train(spec, run, Path(job["index"]), resume=job["resume"])
     loaded = load_run(run)
     reps = [task.evaluate(loaded, EvalOptions(split="test")) for _ in range(job["reps"])]
     metrics = reps[0]  # deterministic: every repetition ranks the same
     metrics["queries_per_s"] = statistics.median(r["queries_per_s"] for r in reps)
     return {"dataset": job["dataset"], "model": name, **metrics, **_train_summary(summary)}
+
+
+def index_exists(path: Path) -> bool:
+    """Whether a complete index folder is at path (SemanticIDs.save writes it atomically)."""
+    return (path / "config.json").is_file()
 
 
 def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -92,12 +100,13 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
     x_full = TextEncoder().encode(full.item_texts, show_progress=False)  # cached
     keep = torch.ones(len(x_full), dtype=torch.bool)
     keep[new] = False
-    build_index(
-        old, work / "old-index", job["seed"], job["graph"], x_full[keep], job["graph_quantizer"]
-    )
+    if not (job["resume"] and index_exists(work / "old-index")):
+        build_index(
+            old, work / "old-index", job["seed"], job["graph"], x_full[keep], job["graph_quantizer"]
+        )
     name = job["model"]
     spec = spec_for(name, held_out, job["seed"])
-    summary = task.train(spec, work / "run", work / "old-index", resume=False)
+    summary = task.train(spec, work / "run", work / "old-index", resume=job["resume"])
     keys = [full.item_keys[i] for i in new.tolist()]
     # new items have no interactions: graph smoothing leaves them their own (normalized) text vectors
     loaded = load_run(work / "run")
@@ -191,6 +200,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=Path("runs/bench-recommend"),
         help="run directories (not committed)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the indexes under --work and resume each model from its last epoch's checkpoint",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "recommend")
     p.add_argument(
         "--render", type=Path, help="only rewrite the Markdown of an existing results JSON"
@@ -226,8 +240,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jobs, index_seconds = [], {}
     for ds in args.datasets:
         dataset = load_dataset(ds)
-        for kind in ("text", "graph"):
+        for kind in sorted({INDEX_OF[m] for m in args.models}):
             index = args.work / ds / f"index-{kind}"
+            if args.resume and index_exists(index):
+                index_seconds[f"{ds}/{kind}"] = "reused"
+                continue
             seconds = build_index(
                 dataset, index, args.seed, kind == "graph", graph_quantizer=args.graph_quantizer
             )
@@ -243,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "run": str(args.work / ds / m),
                     "seed": args.seed,
                     "reps": args.reps,
+                    "resume": args.resume,
                 }
             )
         for m in args.cold_start:
@@ -256,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "seed": args.seed,
                     "cold_frac": args.cold_frac,
                     "graph_quantizer": args.graph_quantizer,
+                    "resume": args.resume,
                 }
             )
     results = _run_jobs(jobs, args.jobs)

@@ -180,7 +180,8 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, crash_at_ca
     with pytest.raises(SimulatedCrash):
         Trainer(crashing, data, config, tmp_path / "run", evaluate=accuracy_eval(held_out)).fit()
     last = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
-    assert load_progress(last).batch_in_epoch == resumed_batch
+    crashed = load_progress(last)
+    assert crashed.batch_in_epoch == resumed_batch
 
     # a differently initialised model: everything must come from the checkpoint
     resumed = Trainer(
@@ -200,6 +201,9 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, crash_at_ca
         expected.best_metrics,
     )
     assert_same_weights(load_file(expected.best_path), load_file(result.best_path))
+    # the wall time of the crashed process is carried over, so a resumed run reports its whole time
+    assert expected.resumed_after_s == 0.0
+    assert result.resumed_after_s == crashed.elapsed_s > 0
 
     # lines logged after the checkpoint were dropped on resume, then logged once more
     assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
@@ -215,7 +219,8 @@ def test_resume_false_starts_over_and_finished_run_is_not_extended(tmp_path):
     assert again.fit(resume=True).steps == done.steps
     assert_same_weights(weights(first), weights(again))  # loaded, not retrained
     fresh = Trainer(make_model(), make_dataset(60), config, tmp_path)
-    assert fresh.fit(resume=False).steps == done.steps
+    restarted = fresh.fit(resume=False)
+    assert (restarted.steps, restarted.resumed_after_s) == (done.steps, 0.0)
     assert_same_weights(weights(first), weights(fresh))
 
 

@@ -123,6 +123,7 @@ class RecommendTask(Task):
         summary: dict[str, Any] = {"steps": 0, "epochs": 0, "best_step": 0}
         if getattr(model, "trainable", True):
             result = self._fit(model, spec, ids, data, out, resume, device)
+            started -= result.resumed_after_s  # train_seconds counts the earlier processes too
             summary = {"steps": result.steps, "epochs": result.epochs,
                        "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
             if is_generator(model) and model.has_item_head():  # the mixing weight, on valid

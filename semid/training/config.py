@@ -105,6 +105,7 @@ class TrainResult:
     stopped_early: bool
     best_path: Path  # best/model.safetensors
     last_checkpoint: Path  # folder to resume from
+    resumed_after_s: float = 0.0  # training wall time of earlier processes, when this one resumed
 
 
 @dataclass

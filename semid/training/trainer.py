@@ -144,7 +144,8 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainResult:
         """Train until max_epochs, max_steps or early stopping; resume from the last checkpoint if any."""
         progress = self._start(resume)
-        started = time.monotonic() - progress.elapsed_s
+        resumed_after_s = progress.elapsed_s
+        started = time.monotonic() - resumed_after_s
         show_bar = self.accelerator.is_main_process and sys.stderr.isatty()
         with progress_bar(
             total=self.total_steps, initial=progress.step, desc="train", disable=not show_bar
@@ -170,6 +171,7 @@ class Trainer:
             stopped_early=progress.stopped_early,
             best_path=self.best_path,
             last_checkpoint=self._last_checkpoint(),
+            resumed_after_s=resumed_after_s,
         )
 
     def _start(self, resume: bool) -> TrainProgress:
