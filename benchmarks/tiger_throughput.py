@@ -28,7 +28,7 @@ import semid.quantizers  # noqa: F401  (registers the quantizer families)
 from semid.atomic import atomic_file, write_json
 from semid.data.registry import load_dataset
 from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
-from semid.dropout import BitDropout
+from semid.dropout import use_torch_dropout
 from semid.encoders import TextEncoder
 from semid.ids import SemanticIDs
 from semid.indexing import build_ids
@@ -81,10 +81,7 @@ def make_model(ids: SemanticIDs, variant: Variant, seed: int) -> Any:
     model = build_model("tiger", {**variant.overrides, "codebook_sizes": list(ids.codebook_sizes)})
     model.use_trie(PrefixTrie.from_codes(ids.codes, model.codebook_sizes))
     if variant.torch_dropout:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, BitDropout):
-                    setattr(parent, name, torch.nn.Dropout(child.p))
+        use_torch_dropout(model)
     return model
 
 

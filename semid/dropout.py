@@ -63,12 +63,22 @@ class BitDropout(nn.Module):
 def use_bit_dropout(module: nn.Module) -> int:
     """Replace every ``nn.Dropout`` inside ``module`` with a :class:`BitDropout` of the same ``p``;
     returns how many were replaced."""
+    return _replace_dropout(module, nn.Dropout, BitDropout)
+
+
+def use_torch_dropout(module: nn.Module) -> int:
+    """Undo :func:`use_bit_dropout`: every :class:`BitDropout` inside ``module`` becomes an
+    ``nn.Dropout`` of the same ``p`` (to compare the two); returns how many were replaced."""
+    return _replace_dropout(module, BitDropout, nn.Dropout)
+
+
+def _replace_dropout(module: nn.Module, old: type[nn.Module], new: type[nn.Module]) -> int:
     targets = [
         (parent, name, child)
         for parent in module.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Dropout
+        if type(child) is old
     ]
     for parent, name, child in targets:
-        setattr(parent, name, BitDropout(child.p))
+        setattr(parent, name, new(child.p))
     return len(targets)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from semid.dropout import BitDropout, bit_dropout, keep_mask, use_bit_dropout
+from semid.dropout import BitDropout, bit_dropout, keep_mask, use_bit_dropout, use_torch_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -17,7 +17,9 @@ def test_keep_mask_drops_at_the_asked_rate(p):
 
 def test_keep_mask_is_independent_across_slices_of_one_word():
     torch.manual_seed(1)
-    mask = keep_mask(torch.Size([200_000, 4]), 0.5).float()  # the 4 slices of each word side by side
+    mask = keep_mask(
+        torch.Size([200_000, 4]), 0.5
+    ).float()  # the 4 slices of each word side by side
     corr = torch.corrcoef(mask.T)
     assert (corr - torch.eye(4)).abs().max() < 0.01
 
@@ -58,3 +60,6 @@ def test_use_bit_dropout_replaces_every_torch_dropout():
     ps = [m.p for m in net.modules() if isinstance(m, BitDropout)]
     assert ps == [0.2, 0.4]
     assert not any(type(m) is nn.Dropout for m in net.modules())
+    assert use_torch_dropout(net) == 2  # and back, for comparisons
+    assert [m.p for m in net.modules() if type(m) is nn.Dropout] == [0.2, 0.4]
+    assert not any(isinstance(m, BitDropout) for m in net.modules())
