@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,9 +45,10 @@ from semid.data.image_files import split_indices
 from semid.data.images import ImageDataset, class_queries, describe_class
 from semid.generators.avg import AvgConfig
 from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
+from semid.hybrid import HybridRanker
 from semid.indexing import AUTO, auto_spec
 from semid.models import build_model
-from semid.ranking import Ranking, ranker_for
+from semid.ranking import BeamRanker, Ranking
 from semid.tasks.text2image import (
     GENERATOR_MIN_STEPS,
     IMAGE_ENCODER_MIN_STEPS,
@@ -196,10 +198,10 @@ def run(args: argparse.Namespace) -> dict:
                 if model.image_head is not None:
                     model.set_items_(test_x)
                     mixes += [0.0] + [w for w in args.mixes if w != model.config.item_mix]
-                for mix in mixes:
+                searched = timed(timings, f"search {variant} (beam {k})", generative_search,
+                                 model, ids, test_q, k, mixes)  # fmt: skip
+                for mix, ranked in zip(mixes, searched, strict=True):
                     name = f"{variant} {spec}" if mix is None else f"{variant}@{mix:g} {spec}"
-                    ranked = timed(timings, f"search {variant} (beam {k})", generative_search,
-                                   model, ids, test_q, k, mix)  # fmt: skip
                     metrics = class_metrics(ranked, test.labels, test_q_labels, (10, 100))
                     methods.setdefault(name, []).append(metrics)
         print({m: {x: round(v[-1][x], 4) for x in METRICS} for m, v in methods.items()}, flush=True)
@@ -259,12 +261,22 @@ def train_generator(name: str, config: dict, pairs: QueryTargetPairs, train: Tra
 
 
 @torch.no_grad()
-def generative_search(model, ids, queries: torch.Tensor, k: int, item_mix: float | None = None,
-                      batch_size: int = 64) -> torch.Tensor:  # fmt: skip
+def generative_search(model, ids, queries: torch.Tensor, k: int,
+                      mixes: Sequence[float | None] = (None,), batch_size: int = 64) -> list[torch.Tensor]:  # fmt: skip
     """Top-k index rows (Q, k) for query embeddings (Q, T) by constrained beam search (k beams),
-    mixed with the image head's scores (weight ``item_mix``, default the model's; 0: beams only)."""
-    ranker = ranker_for(model, ids, k, item_mix=item_mix)
-    return Ranking.concat([ranker.rank(chunk, k) for chunk in queries.split(batch_size)]).rows
+    one per weight of ``mixes`` on the image head's scores (None: the model's own item_mix; 0:
+    the beams alone). The weights > 0 re-rank one search's candidates: one beam search per query."""
+    own = model.config.item_mix if model.has_item_head() else 0.0
+    weights = [own if mix is None else mix for mix in mixes]
+    beams_alone = BeamRanker(model, ids, k) if 0 in weights else None
+    mixed = HybridRanker(model, ids, k) if any(weights) else None
+    rankings: list[list[Ranking]] = [[] for _ in weights]
+    for chunk in queries.split(batch_size):
+        alone = beams_alone.rank(chunk, k) if beams_alone else None
+        candidates = mixed.candidates(chunk, k) if mixed else None
+        for found, weight in zip(rankings, weights, strict=True):
+            found.append(candidates.top(weight, k, ids) if weight else alone)
+    return [Ranking.concat(found).rows for found in rankings]
 
 
 def purity(first_codes: torch.Tensor, labels: torch.Tensor) -> float:
