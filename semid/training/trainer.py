@@ -306,7 +306,12 @@ class Trainer:
             )
         self._log(progress, started, **{f"eval/{k}": v for k, v in metrics.items()})
         progress.last_eval_step = progress.step
-        if progress.improves(metrics[cfg.metric], cfg.metric_mode):
+        improved = progress.improves(metrics[cfg.metric], cfg.metric_mode)
+        if acc.is_main_process:  # one line per evaluation, also where no progress bar shows (logs)
+            best = "best so far" if improved else f"best {progress.best_value:.4f} at step {progress.best_step}"
+            tqdm.write(f"epoch {progress.epoch}, step {progress.step}: {cfg.metric} {metrics[cfg.metric]:.4f} "
+                       f"({best}), {time.monotonic() - started:.0f} s", file=sys.stderr)  # fmt: skip
+        if improved:
             progress.best_value, progress.best_step, progress.best_metrics = (
                 metrics[cfg.metric],
                 progress.step,
