@@ -7,8 +7,9 @@ from typing import Any
 
 
 def _cell(value: Any) -> str:
+    """Floats below 10 (metrics, rates) with 4 decimals; larger ones (speeds, counts) as whole numbers."""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
     return str(value)
 
 
