@@ -7,9 +7,12 @@ from typing import Any
 
 
 def _cell(value: Any) -> str:
-    """Floats below 10 (metrics, rates) with 4 decimals; larger ones (speeds, counts) as whole numbers."""
+    """Floats below 100 (metrics, scores) with 4 decimals, below 1,000 (speeds) with 1, larger ones
+    as whole numbers with thousands separators."""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+        if abs(value) < 100:
+            return f"{value:.4f}"
+        return f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
 
 
