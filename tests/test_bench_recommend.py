@@ -42,3 +42,27 @@ def test_resume_reuses_the_index_and_continues_training(
     assert (row["epochs"], row["steps"]) == (2, 2 * first["rows"][0]["steps"])
     # the first process's training time is counted in the resumed run's
     assert row["train_seconds"] > first["rows"][0]["train_seconds"]
+
+
+def test_new_collection_table_compares_each_seed_with_its_own_sasrec(tmp_path):
+    from benchmarks.new_collection import RUNS, collect, markdown
+
+    recall = {"sasrec": [0.20, 0.25], "mmgrec": [0.22, 0.25], "mmgrec-graph": [0.30, 0.20]}
+    for name in RUNS:
+        for seed in (0, 1):
+            run = tmp_path / "runs" / f"s{seed}" / name
+            run.mkdir(parents=True)
+            test = {"recall@10": recall[name][seed], "ndcg@10": recall[name][seed] / 2}
+            (run / "metrics.json").write_text(json.dumps({"test": test}))
+            result = {"epochs": 10 + seed, "best_step": 100}
+            (run / "config.json").write_text(json.dumps({"state": {"result": result}}))
+    runs = collect(tmp_path, [0, 1])
+    result = {"runs": runs, "seeds": [0, 1], "command": "c", "date_utc": "d", "machine": "m",
+              "versions": {"torch": "t"}, "source": "ml-1m",
+              "collection": {"users": 2, "interactions": 3, "items": 4, "catalogue": 5}}  # fmt: skip
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in markdown(result).splitlines()
+            if line.startswith("| mmgrec")}  # fmt: skip
+    # ratios per seed against the same seed's SASRec-CE, then their median
+    assert rows["mmgrec"][5:7] == ["1.100, 1.000", "1.050"]
+    assert rows["mmgrec-graph"][5:7] == ["1.500, 0.800", "1.150"]
+    assert rows["mmgrec-graph"][3] == "0.2500"  # median R@10

@@ -1,0 +1,200 @@
+"""The CLI's defaults on a collection they were not tuned on, run the way a new user runs them.
+
+A slice of a MovieLens dataset (by default the last 1,200 users of ml-1m; the defaults were chosen on
+ml-100k) is written out as plain files, ``interactions.csv`` (user,item,timestamp) and ``items.csv``
+(item,title,genres, every movie, interacted with or not), and each seed runs the README's commands
+for own data, each in a fresh process from the work folder:
+
+    semid index build --dataset interactions.csv --items items.csv --seed S --out runs/sS/index
+    semid index build ... --quantizer graph_rqvae:3x256 --collisions popularity --out runs/sS/index-graph
+    semid train recommender ... --index runs/sS/index --model sasrec|mmgrec --seed S --out runs/sS/MODEL
+    semid train recommender ... --index runs/sS/index-graph --model mmgrec --seed S --out runs/sS/mmgrec-graph
+    semid eval runs/sS/RUN --split test
+
+Every model trains with the CLI's defaults (early stopping on valid NDCG@10). A step whose output is
+already there is not run again (``semid train`` resumes an interrupted run by itself). The table
+gives test Recall@10 / NDCG@10 per seed, medians, and each generator against SASRec-CE of the same
+seed. Seeds run side by side (``--jobs``), one torch thread each.
+
+    python -m benchmarks.new_collection --seeds 0 1 2 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from semid.atomic import atomic_file, write_json
+from semid.data import load_dataset
+from semid.saving import versions
+
+RESULTS = Path(__file__).parent / "results"
+GENRES = ". Genres: "  # how the MovieLens loaders join a title and its genres
+# run name -> (index folder, model)
+RUNS = {
+    "sasrec": ("index", "sasrec"),
+    "mmgrec": ("index", "mmgrec"),
+    "mmgrec-graph": ("index-graph", "mmgrec"),
+}
+INDEXES = {
+    "index": [],
+    "index-graph": ["--quantizer", "graph_rqvae:3x256", "--collisions", "popularity"],
+}
+
+
+def write_collection(source: str, users: int, work: Path) -> dict[str, int]:
+    """The last ``users`` users of ``source`` as interactions.csv and every item as items.csv."""
+    data = load_dataset(source)
+    log = data.interactions
+    first = log.num_users - users
+    kept = [(u, i, t) for u, i, t in zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(),
+                                         strict=True) if u >= first]  # fmt: skip
+    with atomic_file(work / "interactions.csv") as f:
+        out = csv.writer(f)
+        out.writerow(["user", "item", "timestamp"])
+        out.writerows((f"user-{u}", f"m{i}", int(t)) for u, i, t in kept)
+    with atomic_file(work / "items.csv") as f:
+        out = csv.writer(f)
+        out.writerow(["item", "title", "genres"])
+        for i, text in enumerate(data.item_texts):
+            title, _, genres = text.partition(GENRES)
+            out.writerow([f"m{i}", title, genres])
+    return {"users": users, "interactions": len(kept), "items": len({i for _, i, _ in kept}),
+            "catalogue": len(data.item_texts)}  # fmt: skip
+
+
+def run_seed(work: Path, seed: int) -> None:
+    """The README's commands for one seed, each in a fresh process from ``work``; done steps skipped."""
+    runs, logs = Path("runs") / f"s{seed}", work / "logs"
+    logs.mkdir(exist_ok=True)
+    data = ["--dataset", "interactions.csv", "--items", "items.csv"]
+    steps = []
+    for index, extra in INDEXES.items():
+        out = runs / index
+        steps.append((out / "config.json", f"s{seed}-build-{index}",
+                      ["index", "build", *data, "--seed", str(seed), *extra, "--out", str(out)]))  # fmt: skip
+    for name, (index, model) in RUNS.items():
+        out = runs / name
+        steps.append((out / "config.json", f"s{seed}-train-{name}",
+                      ["train", "recommender", *data, "--index", str(runs / index), "--model", model,
+                       "--seed", str(seed), "--out", str(out)]))  # fmt: skip
+        steps.append(
+            (out / "metrics.json", f"s{seed}-eval-{name}", ["eval", str(out), "--split", "test"])
+        )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for done, log, args in steps:
+        if (work / done).is_file():
+            continue
+        print(f"[seed {seed}] semid {' '.join(args)}", flush=True)
+        with open(logs / f"{log}.log", "w") as f:
+            subprocess.run(
+                ["semid", *args], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT, check=True
+            )
+
+
+def collect(work: Path, seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    """Test metrics and epochs of every run: {run: {seed: {...}}}."""
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    for name in RUNS:
+        for seed in seeds:
+            run = work / "runs" / f"s{seed}" / name
+            test = json.loads((run / "metrics.json").read_text())["test"]
+            result = json.loads((run / "config.json").read_text())["state"]["result"]
+            found.setdefault(name, {})[seed] = {**test, "epochs": result["epochs"],
+                                                "best_step": result["best_step"]}  # fmt: skip
+    return found
+
+
+def markdown(result: dict) -> str:
+    """The results table with the command and the collection."""
+    runs, seeds = result["runs"], result["seeds"]
+    c = result["collection"]
+    lines = [
+        "# The CLI's defaults on a new collection",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date_utc']} UTC; {result['machine']}; torch {result['versions'].get('torch')}.  ",
+        f"Collection: the last {c['users']:,} users of {result['source']} ({c['interactions']:,} interactions, "
+        f"{c['items']:,} of the {c['catalogue']:,} movies interacted with), written as interactions.csv and "
+        "items.csv and run through the CLI as the README's own-data section shows (commands in "
+        "`benchmarks/new_collection.py`). Test split, leave-one-out, all items ranked.",
+        "",
+        "| run | IDs | test R@10 per seed | median R@10 | median N@10 | R@10 / SASRec-CE per seed | median ratio | epochs (best step) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in RUNS:
+        per = [runs[name][s] for s in seeds]
+        ratios = [
+            r["recall@10"] / runs["sasrec"][s]["recall@10"] for r, s in zip(per, seeds, strict=True)
+        ]
+        ids = {"sasrec": "none used", "mmgrec": "auto (rqkmeans)"}.get(name, "graph_rqvae:3x256")
+        cells = [
+            name,
+            ids,
+            ", ".join(f"{r['recall@10']:.4f}" for r in per),
+            f"{statistics.median(r['recall@10'] for r in per):.4f}",
+            f"{statistics.median(r['ndcg@10'] for r in per):.4f}",
+            ", ".join(f"{x:.3f}" for x in ratios),
+            f"{statistics.median(ratios):.3f}",
+            ", ".join(f"{r['epochs']} ({r['best_step']})" for r in per),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the collection, run every seed's commands, tabulate."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--source", default="ml-1m", help="MovieLens dataset to slice (default: %(default)s)"
+    )
+    p.add_argument(
+        "--users", type=int, default=1200, help="its last users kept (default: %(default)s)"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--jobs", type=int, default=2, help="seeds run side by side (default: %(default)s)"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/new-collection"),
+        help="files and runs (not committed)",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS / "new-collection")
+    args = p.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    collection = write_collection(args.source, args.users, args.work)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda s: run_seed(args.work, s), args.seeds))
+    result = {
+        "command": " ".join(
+            ["python -m benchmarks.new_collection", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{os.cpu_count()} CPUs, 1 torch thread per run",
+        "versions": versions(),
+        "source": args.source,
+        "collection": collection,
+        "seeds": args.seeds,
+        "runs": collect(args.work, args.seeds),
+    }
+    write_json(args.out.with_suffix(".json"), result)
+    text = markdown(result)
+    with atomic_file(args.out.with_suffix(".md")) as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
