@@ -363,12 +363,13 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
 
 
 def test_each_evaluation_prints_one_line_with_the_best_so_far(tmp_path, capfd):
-    scores = iter([0.5, 0.7, 0.6])
-    trainer = Trainer(make_model(), make_dataset(60), tiny_config(), tmp_path,
+    scores = iter([float("nan"), 0.5, 0.7, 0.6])
+    trainer = Trainer(make_model(), make_dataset(60), tiny_config(max_epochs=4), tmp_path,
                       evaluate=lambda model: {"acc": next(scores)})  # fmt: skip
     trainer.fit()
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("epoch ")]
-    assert len(lines) == 3
-    assert lines[0].startswith("epoch 1, step 8: acc 0.5000 (best so far), ")
-    assert lines[1].startswith("epoch 2, step 16: acc 0.7000 (best so far), ")
-    assert lines[2].startswith("epoch 3, step 24: acc 0.6000 (best 0.7000 at step 16), ")
+    assert len(lines) == 4
+    assert lines[0].startswith("epoch 1, step 8: acc nan (no best yet), ")
+    assert lines[1].startswith("epoch 2, step 16: acc 0.5000 (best so far), ")
+    assert lines[2].startswith("epoch 3, step 24: acc 0.7000 (best so far), ")
+    assert lines[3].startswith("epoch 4, step 32: acc 0.6000 (best 0.7000 at step 24), ")

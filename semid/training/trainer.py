@@ -308,7 +308,10 @@ class Trainer:
         progress.last_eval_step = progress.step
         improved = progress.improves(metrics[cfg.metric], cfg.metric_mode)
         if acc.is_main_process:  # one line per evaluation, also where no progress bar shows (logs)
-            best = "best so far" if improved else f"best {progress.best_value:.4f} at step {progress.best_step}"
+            if improved or progress.best_value is None:  # None: every evaluation so far was NaN
+                best = "best so far" if improved else "no best yet"
+            else:
+                best = f"best {progress.best_value:.4f} at step {progress.best_step}"
             tqdm.write(f"epoch {progress.epoch}, step {progress.step}: {cfg.metric} {metrics[cfg.metric]:.4f} "
                        f"({best}), {time.monotonic() - started:.0f} s", file=sys.stderr)  # fmt: skip
         if improved:
