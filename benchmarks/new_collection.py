@@ -44,6 +44,7 @@ RUNS = {
     "mmgrec": ("index", "mmgrec"),
     "mmgrec-graph": ("index-graph", "mmgrec"),
 }
+TESTED = "tested"  # marks an eval step: done when the run's metrics.json has the test split
 INDEXES = {
     "index": [],
     "index-graph": ["--quantizer", "graph_rqvae:3x256", "--collisions", "popularity"],
@@ -86,18 +87,25 @@ def run_seed(work: Path, seed: int) -> None:
         steps.append((out / "config.json", f"s{seed}-train-{name}",
                       ["train", "recommender", *data, "--index", str(runs / index), "--model", model,
                        "--seed", str(seed), "--out", str(out)]))  # fmt: skip
-        steps.append(
-            (out / "metrics.json", f"s{seed}-eval-{name}", ["eval", str(out), "--split", "test"])
-        )
+        steps.append((out / TESTED, f"s{seed}-eval-{name}", ["eval", str(out), "--split", "test"]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for done, log, args in steps:
-        if (work / done).is_file():
+        if is_done(work / done):
             continue
         print(f"[seed {seed}] semid {' '.join(args)}", flush=True)
         with open(logs / f"{log}.log", "w") as f:
             subprocess.run(
                 ["semid", *args], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT, check=True
             )
+
+
+def is_done(path: Path) -> bool:
+    """Whether a step's output is there: a file, or for ``RUN/TESTED`` the run's test metrics
+    (`semid train` writes metrics.json with the valid split only)."""
+    if path.name == TESTED:
+        metrics = path.parent / "metrics.json"
+        return metrics.is_file() and "test" in json.loads(metrics.read_text())
+    return path.is_file()
 
 
 def collect(work: Path, seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:

@@ -66,3 +66,15 @@ def test_new_collection_table_compares_each_seed_with_its_own_sasrec(tmp_path):
     assert rows["mmgrec"][5:7] == ["1.100, 1.000", "1.050"]
     assert rows["mmgrec-graph"][5:7] == ["1.500, 0.800", "1.150"]
     assert rows["mmgrec-graph"][3] == "0.2500"  # median R@10
+
+
+def test_new_collection_evaluates_runs_whose_metrics_hold_only_the_valid_split(tmp_path):
+    from benchmarks.new_collection import TESTED, is_done
+
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"valid": {"recall@10": 0.3}})
+    )  # as train writes
+    assert not is_done(tmp_path / TESTED)
+    (tmp_path / "metrics.json").write_text(json.dumps({"valid": {}, "test": {"recall@10": 0.3}}))
+    assert is_done(tmp_path / TESTED)
+    assert is_done(tmp_path / "metrics.json") and not is_done(tmp_path / "config.json")
