@@ -94,8 +94,12 @@ def run_seed(work: Path, seed: int) -> None:
             continue
         print(f"[seed {seed}] semid {' '.join(args)}", flush=True)
         with open(logs / f"{log}.log", "w") as f:
-            subprocess.run(
-                ["semid", *args], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT, check=True
+            code = subprocess.run(
+                ["semid", *args], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT
+            ).returncode
+        if code:
+            raise SystemExit(
+                f"semid {args[0]} failed for seed {seed} (exit {code}); see {logs / log}.log"
             )
 
 

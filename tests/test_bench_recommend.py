@@ -78,3 +78,17 @@ def test_new_collection_evaluates_runs_whose_metrics_hold_only_the_valid_split(t
     (tmp_path / "metrics.json").write_text(json.dumps({"valid": {}, "test": {"recall@10": 0.3}}))
     assert is_done(tmp_path / TESTED)
     assert is_done(tmp_path / "metrics.json") and not is_done(tmp_path / "config.json")
+
+
+def test_new_collection_stops_with_one_line_naming_the_failed_step_and_its_log(tmp_path):
+    from benchmarks.new_collection import run_seed
+
+    (tmp_path / "interactions.csv").write_text(
+        "user,item,timestamp\n"
+    )  # no rows: the CLI refuses it
+    (tmp_path / "items.csv").write_text("item,title,genres\n")
+    with pytest.raises(
+        SystemExit, match="semid index failed for seed 3 .exit 2.; see .*s3-build-index.log"
+    ):
+        run_seed(tmp_path, 3)
+    assert "has no rows" in (tmp_path / "logs" / "s3-build-index.log").read_text()
