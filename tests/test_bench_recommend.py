@@ -1,4 +1,4 @@
-"""The recommendation benchmark's --resume: indexes reused, models continue from their checkpoints."""
+"""The recommendation benchmarks: `benchmarks.recommend --resume`, and `benchmarks.new_collection`'s steps and table."""
 
 import json
 
