@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from semid.atomic import atomic_file, write_json
 from semid.data import load_dataset
+from semid.runs import read_metrics, read_run_config
 from semid.saving import versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -107,8 +107,7 @@ def is_done(path: Path) -> bool:
     """Whether a step's output is there: a file, or for ``RUN/TESTED`` the run's test metrics
     (`semid train` writes metrics.json with the valid split only)."""
     if path.name == TESTED:
-        metrics = path.parent / "metrics.json"
-        return metrics.is_file() and "test" in json.loads(metrics.read_text())
+        return "test" in read_metrics(path.parent)
     return path.is_file()
 
 
@@ -118,8 +117,8 @@ def collect(work: Path, seeds: list[int]) -> dict[str, dict[int, dict[str, float
     for name in RUNS:
         for seed in seeds:
             run = work / "runs" / f"s{seed}" / name
-            test = json.loads((run / "metrics.json").read_text())["test"]
-            result = json.loads((run / "config.json").read_text())["state"]["result"]
+            test = read_metrics(run)["test"]
+            result = read_run_config(run)["state"]["result"]
             found.setdefault(name, {})[seed] = {**test, "epochs": result["epochs"],
                                                 "best_step": result["best_step"]}  # fmt: skip
     return found

@@ -55,7 +55,7 @@ def test_new_collection_table_compares_each_seed_with_its_own_sasrec(tmp_path):
             test = {"recall@10": recall[name][seed], "ndcg@10": recall[name][seed] / 2}
             (run / "metrics.json").write_text(json.dumps({"test": test}))
             result = {"epochs": 10 + seed, "best_step": 100}
-            (run / "config.json").write_text(json.dumps({"state": {"result": result}}))
+            (run / "config.json").write_text(json.dumps({"spec": {}, "state": {"result": result}}))
     runs = collect(tmp_path, [0, 1])
     result = {"runs": runs, "seeds": [0, 1], "command": "c", "date_utc": "d", "machine": "m",
               "versions": {"torch": "t"}, "source": "ml-1m",
