@@ -19,13 +19,17 @@ import argparse
 import copy
 import shutil
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from benchmarks.retrieve_report import write_results
 from benchmarks.text_baselines import BM25, dense_search
 from semid.data.corpus import split_corpus, subset_rows
+from semid.data.documents import DocumentCollection
 from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
 from semid.generators.promptdsi_states import (
     centroid_codebooks,
@@ -34,6 +38,7 @@ from semid.generators.promptdsi_states import (
     topic_keys,
 )
 from semid.hybrid import LEXICAL_GRID
+from semid.ids import SemanticIDs
 from semid.indexing import AUTO, auto_spec, build_ids
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
@@ -51,6 +56,7 @@ from semid.tasks.retrieve import (
 )
 from semid.training import TrainConfig
 from semid.training import train_model as fit_model
+from semid.trie import PrefixTrie
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,37 +79,303 @@ def timed(fn):
     return out, time.perf_counter() - started
 
 
-def fusion_baseline(row, split, d0_valid, queries_of, docs_text, query_text, query_doc, doc_enc, query_enc,
-                    ks) -> None:  # fmt: skip
-    """dense + BM25 without any generator: log softmax(20 cos) + w log softmax(BM25) over all
-    documents, w chosen on the same held-out D0 training queries as PromptDSI's mixing weights."""
-    for corpus_name, corpus_rows in (("D0", split.d0), ("D0+D1", torch.cat([split.d0, split.d1]))):
-        pos = {int(r): i for i, r in enumerate(corpus_rows)}
-        lexical = LexicalIndex.from_texts([docs_text[int(r)] for r in corpus_rows])
-        bank = doc_enc.embeddings[corpus_rows]
+@dataclass
+class Queries:
+    """Every query of the subset, in one flat list: its text and the subset row of its document."""
 
-        def fused(qrows, w, bank=bank, lexical=lexical, chunk=1024):
-            parts = []
-            for lo in range(0, len(qrows), chunk):  # (chunk, N) scores at a time: big corpora fit in memory
-                rows = qrows[lo : lo + chunk]
-                dense = torch.log_softmax(20 * query_enc.embeddings[rows] @ bank.T, dim=-1)
-                lex = lexical.log_probs([query_text[int(q)] for q in rows])
-                parts.append((dense + w * lex).topk(max(ks), dim=1).indices)
-            return torch.cat(parts)
+    text: list[str]
+    doc: list[int]
+    of_doc: dict[int, list[int]]  # subset row of a document -> positions of its queries in the list
 
-        valid = queries_of(d0_valid)
-        valid_targets = torch.tensor([pos[query_doc[int(q)]] for q in valid])
-        scores = {w: compute_metrics(fused(valid, w), valid_targets, ks=(10,), names=("ndcg",))["ndcg@10"]
-                  for w in LEXICAL_GRID}  # fmt: skip
-        best = max(LEXICAL_GRID, key=lambda w: (scores[w], -w))
-        for part, drows in (("D0-test", split.d0_test), ("D1-test", split.d1_test)):
-            if corpus_name == "D0" and part == "D1-test":
-                continue
-            qrows = queries_of(drows)
-            targets = torch.tensor([pos[query_doc[int(q)]] for q in qrows])
-            ranked, s = timed(lambda qr=qrows, w=best: fused(qr, w))
-            row(f"dense + BM25 fusion, no generator (w {best})", corpus_name, part,
-                retrieval_metrics(ranked, targets, ks, s))  # fmt: skip
+    @classmethod
+    def of(cls, coll: DocumentCollection) -> Queries:
+        """The queries of every document of ``coll``."""
+        text, doc = query_examples(coll, list(range(len(coll))))
+        of_doc: dict[int, list[int]] = {}
+        for i, r in enumerate(doc):
+            of_doc.setdefault(r, []).append(i)
+        return cls(text, doc, of_doc)
+
+    def of_docs(self, doc_rows: Iterable[int] | torch.Tensor) -> torch.Tensor:
+        """Positions in the flat list of every query of these documents."""
+        return torch.tensor([i for r in doc_rows for i in self.of_doc.get(int(r), [])], dtype=torch.long)
+
+
+@dataclass
+class IndexView:
+    """One corpus the generators search: D0, or D0+D1 once D1 is added."""
+
+    name: str
+    ids: SemanticIDs
+    trie: PrefixTrie
+    lexical: LexicalIndex
+    bank: torch.Tensor  # frozen embeddings of its documents, the document head's bank
+
+
+class RetrievalBenchmark:
+    """The protocol of the module doc on one seeded subset; each ``run_*`` step appends its rows."""
+
+    ks = (1, 10)
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.corpus = load_collection(args.dataset)
+        self.coll = self.corpus.subset(subset_rows(len(self.corpus), args.docs or None, args.seed),
+                                       self.corpus.name)  # fmt: skip
+        self.split = split_corpus(len(self.coll), args.seed)
+        self.docs_text = self.coll.texts
+        self.queries = Queries.of(self.coll)
+        self.d0_train, self.d0_valid = valid_split(self.split.d0_train.tolist(), args.seed)
+        self.d1_train = self.split.d1_train.tolist()  # D1 is small: every training document trains
+        self.books: torch.Tensor | None = None  # rqkmeans codebooks for the centroid head (build_index)
+        self.rows: list[dict] = []
+        probe = self.new_model([2])
+        (self.doc_enc, self.query_enc), self.encode_s = timed(lambda: (
+            encode_texts(probe, self.docs_text, desc="encode docs"),
+            encode_texts(probe, self.queries.text, desc="encode queries"),
+        ))  # fmt: skip
+        print(f"encoded {len(self.docs_text):,} documents and {len(self.queries.text):,} queries in "
+              f"{self.encode_s:.0f} s", flush=True)  # fmt: skip
+
+    def corpora(self) -> tuple[tuple[str, torch.Tensor], ...]:
+        """(name, subset rows) of the two corpora: D0, and D0+D1."""
+        return ("D0", self.split.d0), ("D0+D1", torch.cat([self.split.d0, self.split.d1]))
+
+    def test_parts(self, corpus_name: str) -> list[tuple[str, torch.Tensor]]:
+        """(name, document rows) of the test queries searched in a corpus: D1's only once it is in."""
+        parts = [("D0-test", self.split.d0_test), ("D1-test", self.split.d1_test)]
+        return parts[:1] if corpus_name == "D0" else parts
+
+    def row(self, method: str, corpus_name: str, part: str, metrics: dict, **extra: Any) -> None:
+        """Append (and print) one result row."""
+        self.rows.append({"method": method, "corpus": corpus_name, "queries": part,
+                          **{k: round(v, 4) for k, v in metrics.items()}, **extra})  # fmt: skip
+        print(self.rows[-1], flush=True)
+
+    # ---- baselines, on the D0 corpus and on D0 + D1; rows are positions in the corpus's rows
+
+    def run_baselines(self) -> None:
+        """BM25 and dense MiniLM (faiss exact inner product) rows."""
+        for corpus_name, corpus_rows in self.corpora():
+            pos = {int(r): i for i, r in enumerate(corpus_rows)}
+            bm25, bm25_s = timed(lambda cr=corpus_rows: BM25([self.docs_text[int(r)] for r in cr]))
+            for part, drows in self.test_parts(corpus_name):
+                qrows = self.queries.of_docs(drows)
+                targets = torch.tensor([pos[self.queries.doc[int(q)]] for q in qrows])
+                ranked, s = timed(lambda qr=qrows, b=bm25: b.search([self.queries.text[int(q)] for q in qr],
+                                                                    max(self.ks)))  # fmt: skip
+                self.row("BM25", corpus_name, part, retrieval_metrics(ranked, targets, self.ks, s), index_s=bm25_s)
+                ranked, s = timed(lambda qr=qrows, cr=corpus_rows: dense_search(
+                    self.doc_enc.embeddings[cr], self.query_enc.embeddings[qr], max(self.ks)))  # fmt: skip
+                self.row("dense MiniLM", corpus_name, part, retrieval_metrics(ranked, targets, self.ks, s),
+                         encode_s=self.encode_s)  # fmt: skip
+
+    def run_fusion_baseline(self) -> None:
+        """dense + BM25 without any generator: log softmax(20 cos) + w log softmax(BM25) over all
+        documents, w chosen on the same held-out D0 training queries as PromptDSI's mixing weights."""
+        q = self.queries
+        for corpus_name, corpus_rows in self.corpora():
+            pos = {int(r): i for i, r in enumerate(corpus_rows)}
+            lexical = LexicalIndex.from_texts([self.docs_text[int(r)] for r in corpus_rows])
+            bank = self.doc_enc.embeddings[corpus_rows]
+
+            def fused(qrows, w, bank=bank, lexical=lexical, chunk=1024):
+                parts = []
+                for lo in range(0, len(qrows), chunk):  # (chunk, N) scores at a time: big corpora fit in memory
+                    rows = qrows[lo : lo + chunk]
+                    dense = torch.log_softmax(20 * self.query_enc.embeddings[rows] @ bank.T, dim=-1)
+                    lex = lexical.log_probs([q.text[int(i)] for i in rows])
+                    parts.append((dense + w * lex).topk(max(self.ks), dim=1).indices)
+                return torch.cat(parts)
+
+            valid = q.of_docs(self.d0_valid)
+            valid_targets = torch.tensor([pos[q.doc[int(i)]] for i in valid])
+            scores = {w: compute_metrics(fused(valid, w), valid_targets, ks=(10,), names=("ndcg",))["ndcg@10"]
+                      for w in LEXICAL_GRID}  # fmt: skip
+            best = max(LEXICAL_GRID, key=lambda w: (scores[w], -w))
+            for part, drows in self.test_parts(corpus_name):
+                qrows = q.of_docs(drows)
+                targets = torch.tensor([pos[q.doc[int(i)]] for i in qrows])
+                ranked, s = timed(lambda qr=qrows, w=best: fused(qr, w))
+                self.row(f"dense + BM25 fusion, no generator (w {best})", corpus_name, part,
+                         retrieval_metrics(ranked, targets, self.ks, s))  # fmt: skip
+
+    # ---- semantic IDs: quantizer fitted on D0, D1 added with the saved quantizer (as `index add`)
+
+    def build_index(self) -> None:
+        """The D0 index, the D0+D1 index after adding D1, and the model's codebook sizes."""
+        args, split, keys = self.args, self.split, self.coll.ids
+        if args.quantizer == AUTO:
+            args.quantizer = auto_spec(len(split.d0))
+        self.ids0, quantizer = build_ids([keys[int(r)] for r in split.d0], self.doc_enc.embeddings[split.d0],
+                                         args.quantizer, seed=args.seed)  # fmt: skip
+        self.ids_all = copy.deepcopy(self.ids0)
+        self.ids_all.add([keys[int(r)] for r in split.d1], quantizer.encode(self.doc_enc.embeddings[split.d1]))
+        extra = max(8, self.ids_all.codebook_sizes[-1] - self.ids0.codebook_sizes[-1])
+        self.sizes = PromptDSI.sized_for(PromptDSIConfig(), self.ids0, extra_codes=extra).codebook_sizes
+        self.books = centroid_codebooks(quantizer, self.doc_enc.embeddings.shape[1])
+        if self.books is not None and args.centroid_levels >= 0:
+            self.books = self.books[: args.centroid_levels] if args.centroid_levels else None
+        self.all_docs = torch.cat([split.d0, split.d1])
+        self.row_of = {int(r): i for i, r in enumerate(self.all_docs)}  # ids_all row of a subset row
+        self.d0 = IndexView("D0", self.ids0, self.ids0.trie(self.sizes),
+                            LexicalIndex.from_texts([self.docs_text[int(r)] for r in split.d0]),
+                            self.doc_enc.embeddings[split.d0])  # fmt: skip
+        self.all = IndexView("D0+D1", self.ids_all, self.ids_all.trie(self.sizes),
+                             LexicalIndex.from_texts([self.docs_text[int(r)] for r in self.all_docs]),
+                             self.doc_enc.embeddings[self.all_docs])  # fmt: skip
+
+    def new_model(self, sizes: list[int]) -> PromptDSI:
+        """A fresh PromptDSI (seeded) of the arguments' shape, with the centroid head when there are codebooks."""
+        args = self.args
+        torch.manual_seed(args.seed)
+        levels = 0 if self.books is None else len(self.books)
+        model = PromptDSI(PromptDSIConfig(
+            codebook_sizes=sizes, prompt_layer=args.prompt_layer, pool_sizes=[args.topics],
+            max_length=args.max_length, d_model=args.d_model, d_ff=4 * args.d_model, centroid_levels=levels,
+            decoder_on_centroid_levels=args.decoder_on_centroid_levels, rank_loss=args.rank_loss,
+        ))  # fmt: skip
+        if levels:
+            model.set_centroids_(self.books)
+        return model
+
+    def topic_model(self, doc_rows: torch.Tensor, view: IndexView) -> PromptDSI:
+        """A fresh model with its key center and topic keys from these documents, searching ``view``."""
+        model = self.new_model(self.sizes)
+        set_key_center(model, self.doc_enc.rows(doc_rows))
+        model.set_topic_keys_(topic_keys(model, self.doc_enc.rows(doc_rows), self.args.topics, self.args.seed))
+        self.search(model, view)
+        return model
+
+    @staticmethod
+    def search(model: PromptDSI, view: IndexView) -> None:
+        """Point the model at a corpus: its trie and (with a document head) its document bank."""
+        model.use_trie(view.trie)
+        if model.query_adapter is not None:
+            model.set_documents_(view.bank)
+
+    def train_config(self, epochs: int, lr: float, patience: int | None = None) -> TrainConfig:
+        """The trainer's settings of every PromptDSI run here."""
+        return TrainConfig(max_epochs=epochs, lr=lr, batch_size=self.args.batch_size, seed=self.args.seed,
+                           checkpoint_every=10**6, keep_checkpoints=1, early_stopping_patience=patience,
+                           mixed_precision="no", warmup_steps=20)  # fmt: skip
+
+    def query_targets(self, qrows: torch.Tensor) -> torch.Tensor:
+        """ids_all rows (D0 rows come first, so also ids0 rows) of the documents of these queries."""
+        return torch.tensor([self.row_of[self.queries.doc[int(q)]] for q in qrows], dtype=torch.long)
+
+    def held_out(self) -> HeldOut:
+        """The held-out D0 training queries, which choose the best epoch and the mixing weights."""
+        qrows = self.queries.of_docs(self.d0_valid)
+        return HeldOut([self.queries.text[int(q)] for q in qrows], self.query_enc.rows(qrows),
+                       self.query_targets(qrows))  # fmt: skip
+
+    def valid_evaluator(self, view: IndexView):
+        """Held-out D0 training queries choose the best epoch (and stop early), as in the task."""
+        if self.args.rank_loss == 0 or not self.d0_valid:
+            return None
+        return ranking_evaluator(view.ids, self.held_out(), view.lexical, self.args.beams)
+
+    def fresh(self, name: str) -> Path:
+        """An emptied scratch folder for one training run."""
+        shutil.rmtree(self.args.work / name, ignore_errors=True)
+        return self.args.work / name
+
+    def examples(self, doc_rows: torch.Tensor, train_docs: list[int]):
+        """DSI examples: the documents at ``doc_rows``, and the queries of ``train_docs``."""
+        qrows = self.queries.of_docs(train_docs)
+        doc_targets = torch.tensor([self.row_of[int(r)] for r in doc_rows], dtype=torch.long)
+        return dsi_examples(self.doc_enc.rows(doc_rows), doc_targets, self.query_enc.rows(qrows),
+                            self.query_targets(qrows), self.ids_all.codes)  # fmt: skip
+
+    def train(self, model: PromptDSI, doc_rows: torch.Tensor, train_docs: list[int], name: str, epochs: int,
+              lr: float, view: IndexView | None = None, patience: int | None = None):  # fmt: skip
+        """(TrainResult, seconds) of training ``model``; with ``view``, held-out queries pick the epoch."""
+        evaluate = None if view is None else self.valid_evaluator(view)
+        return timed(lambda: train_model(model, self.examples(doc_rows, train_docs), self.fresh(name),
+                                         self.train_config(epochs, lr, patience), evaluate))  # fmt: skip
+
+    def choose_mix(self, model: PromptDSI, view: IndexView) -> None:
+        """Set the model's item_mix and lexical_mix on the D0 validation queries."""
+        if model.query_adapter is None or not self.d0_valid:
+            return
+        model.set_documents_(view.bank)
+        ndcg = tune_mixes(model, view.ids, self.held_out(), view.lexical, self.args.beams)
+        print(f"item_mix {model.config.item_mix}, lexical_mix {model.config.lexical_mix} (valid NDCG@10 "
+              f"{max(ndcg.values()):.4f}; no mixing {ndcg['0.0,0.0']:.4f})", flush=True)  # fmt: skip
+
+    def evaluate(self, model: PromptDSI, method: str, view: IndexView, beams_only: bool = False,
+                 **extra: Any) -> None:  # fmt: skip
+        """One row per test part searched in ``view``: the beams alone, or the model's mixed ranking."""
+        if model.query_adapter is not None:
+            model.set_documents_(view.bank)
+        mixes = {"item_mix": 0.0, "lexical_mix": 0.0} if beams_only and model.query_adapter is not None else {}
+        for part, drows in self.test_parts(view.name):
+            qrows = self.queries.of_docs(drows)
+            texts = [self.queries.text[int(q)] for q in qrows]
+            ranker = ranker_for(model, view.ids, self.args.beams, **mixes)
+            started = time.perf_counter()
+            ranked = Ranking.concat([ranker.rank(batch, max(self.ks)) for batch in query_batches(
+                self.query_enc.rows(qrows), texts, None if mixes else view.lexical)]).rows  # fmt: skip
+            metrics = retrieval_metrics(ranked, self.query_targets(qrows), self.ks, time.perf_counter() - started)
+            self.row(method, view.name, part, metrics, **extra)
+
+    def evaluate_both(self, model: PromptDSI, method: str, view: IndexView, **extra: Any) -> None:
+        """Beams alone, then mixed with the document head and lexical scores (when the model has a head)."""
+        self.evaluate(model, f"{method}, beams only", view, beams_only=True, **extra)
+        if model.query_adapter is not None:
+            c = model.config
+            self.evaluate(model, f"{method}, beams + document head + lexical (mix {c.item_mix}, {c.lexical_mix})",
+                          view, **extra)  # fmt: skip
+
+    # ---- PromptDSI
+
+    def run_d0(self) -> PromptDSI:
+        """PromptDSI untrained and trained on D0 (the better of the two on held-out queries is kept)."""
+        model = self.topic_model(self.split.d0, self.d0)
+        untrained = copy.deepcopy(model)
+        self.choose_mix(untrained, self.d0)
+        self.evaluate_both(untrained, "PromptDSI untrained", self.d0, train_s=0.0)
+        (result, kept), train_s = timed(lambda: train_or_keep_untrained(
+            model, self.valid_evaluator(self.d0),
+            lambda: self.train(model, self.split.d0, self.d0_train, "d0", self.args.epochs, self.args.lr,
+                               self.d0, patience=2)[0]))  # fmt: skip
+        print(f"kept the untrained weights: {kept}", flush=True)
+        self.choose_mix(model, self.d0)
+        self.evaluate_both(model, "PromptDSI (D0)", self.d0, train_s=train_s, steps=result.steps,
+                           kept_untrained=kept)  # fmt: skip
+        return model
+
+    def run_incremental(self, model: PromptDSI) -> None:
+        """D1 added by PromptDSI incremental indexing: new prompts trained on D1, the rest frozen."""
+        inc = copy.deepcopy(model)
+        new_topics = max(1, round(self.args.topics * len(self.split.d1) / len(self.split.d0)))
+        session = inc.add_prompt_session_(topic_keys(inc, self.doc_enc.rows(self.split.d1), new_topics,
+                                                     self.args.seed))  # fmt: skip
+        inc.train_only_session_(session)
+        self.search(inc, self.all)
+        frozen = {k: v.clone() for k, v in inc.state_dict().items() if not k.startswith(f"prompts.{session}")}
+        result, s = self.train(inc, self.split.d1, self.d1_train, "inc", self.args.add_epochs, self.args.prompt_lr)
+        unchanged = all(torch.equal(v, inc.state_dict()[k]) for k, v in frozen.items())
+        self.evaluate_both(inc, "PromptDSI incremental (+D1)", self.all, train_s=s, steps=result.steps,
+                           frozen_unchanged=unchanged, new_topics=new_topics)  # fmt: skip
+
+    def run_naive(self, model: PromptDSI) -> None:
+        """D1 added by naive fine-tuning of prompts, adapter and decoder on D1 only."""
+        naive = copy.deepcopy(model)
+        self.search(naive, self.all)
+        result, s = self.train(naive, self.split.d1, self.d1_train, "naive", self.args.add_epochs, self.args.lr)
+        self.evaluate_both(naive, "naive fine-tune on D1", self.all, train_s=s, steps=result.steps)
+
+    def run_full_retrain(self) -> None:
+        """A fresh model trained on D0 + D1 (the upper bound)."""
+        full = self.topic_model(self.all_docs, self.all)
+        (result, kept), s = timed(lambda: train_or_keep_untrained(
+            full, self.valid_evaluator(self.all),
+            lambda: self.train(full, self.all_docs, self.d0_train + self.d1_train, "full", self.args.epochs,
+                               self.args.lr, self.all, patience=2)[0]))  # fmt: skip
+        self.choose_mix(full, self.all)
+        self.evaluate_both(full, "full retrain (D0+D1)", self.all, train_s=s, steps=result.steps)
 
 
 def main() -> None:
@@ -153,259 +425,17 @@ def main() -> None:
     args.work = args.work or Path("/tmp/semid-bench-retrieve") / args.out
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    ks = (1, 10)
-    corpus = load_collection(args.dataset)
-    coll = corpus.subset(subset_rows(len(corpus), args.docs or None, args.seed), corpus.name)
-    split = split_corpus(len(coll), args.seed)
-    docs_text = coll.texts
-    query_text, query_doc = query_examples(coll, list(range(len(coll))))  # every query, its doc row
-    queries_of_doc: dict[int, list[int]] = {}
-    for i, r in enumerate(query_doc):
-        queries_of_doc.setdefault(r, []).append(i)
-
-    def queries_of(doc_rows) -> torch.Tensor:
-        """Rows into the flat query list of every query of these documents."""
-        return torch.tensor([i for r in doc_rows for i in queries_of_doc.get(int(r), [])], dtype=torch.long)
-
-    d0_train, d0_valid = valid_split(split.d0_train.tolist(), args.seed)
-    d1_train = split.d1_train.tolist()  # D1 is small: every training document trains
-
-    books: torch.Tensor | None = None  # rqkmeans codebooks for the centroid head, set below
-
-    def new_model(sizes: list[int]) -> PromptDSI:
-        torch.manual_seed(args.seed)
-        levels = 0 if books is None else len(books)
-        cfg = PromptDSIConfig(
-            codebook_sizes=sizes,
-            prompt_layer=args.prompt_layer,
-            pool_sizes=[args.topics],
-            max_length=args.max_length,
-            d_model=args.d_model,
-            d_ff=4 * args.d_model,
-            centroid_levels=levels,
-            decoder_on_centroid_levels=args.decoder_on_centroid_levels,
-            rank_loss=args.rank_loss,
-        )
-        model = PromptDSI(cfg)
-        if levels:
-            model.set_centroids_(books)
-        return model
-
-    probe = new_model([2])
-    (doc_enc, query_enc), encode_s = timed(
-        lambda: (
-            encode_texts(probe, docs_text, desc="encode docs"),
-            encode_texts(probe, query_text, desc="encode queries"),
-        )
-    )
-    print(f"encoded {len(docs_text):,} documents and {len(query_text):,} queries in {encode_s:.0f} s", flush=True)
-    rows: list[dict] = []
-
-    def row(method: str, corpus_name: str, part: str, metrics: dict, **extra) -> None:
-        rows.append(
-            {
-                "method": method,
-                "corpus": corpus_name,
-                "queries": part,
-                **{k: round(v, 4) for k, v in metrics.items()},
-                **extra,
-            }
-        )
-        print(rows[-1], flush=True)
-
-    # ---- baselines, on the D0 corpus and on D0 + D1; rows are positions in `corpus_rows`
-    bm25_s = {}
-    for corpus_name, corpus_rows in (("D0", split.d0), ("D0+D1", torch.cat([split.d0, split.d1]))):
-        pos = {int(r): i for i, r in enumerate(corpus_rows)}
-        bm25, bm25_s[corpus_name] = timed(
-            lambda cr=corpus_rows: BM25([docs_text[int(r)] for r in cr])
-        )
-        for part, drows in (("D0-test", split.d0_test), ("D1-test", split.d1_test)):
-            if corpus_name == "D0" and part == "D1-test":
-                continue
-            qrows = queries_of(drows)
-            targets = torch.tensor([pos[query_doc[int(q)]] for q in qrows])
-            ranked, s = timed(lambda qr=qrows, b=bm25: b.search([query_text[int(q)] for q in qr], max(ks)))
-            row("BM25", corpus_name, part, retrieval_metrics(ranked, targets, ks, s),
-                index_s=bm25_s[corpus_name])  # fmt: skip
-            ranked, s = timed(
-                lambda qr=qrows, cr=corpus_rows: dense_search(
-                    doc_enc.embeddings[cr], query_enc.embeddings[qr], max(ks)
-                )
-            )
-            row("dense MiniLM", corpus_name, part, retrieval_metrics(ranked, targets, ks, s),
-                encode_s=encode_s)  # fmt: skip
-
-    # ---- semantic IDs: quantizer fitted on D0, D1 added with the saved quantizer (as `index add`)
-    keys = coll.ids
-    if args.quantizer == AUTO:
-        args.quantizer = auto_spec(len(split.d0))
-    ids0, quantizer = build_ids(
-        [keys[int(r)] for r in split.d0],
-        doc_enc.embeddings[split.d0],
-        args.quantizer,
-        seed=args.seed,
-    )
-    ids_all = copy.deepcopy(ids0)
-    ids_all.add(
-        [keys[int(r)] for r in split.d1],
-        quantizer.encode(doc_enc.embeddings[split.d1]),
-    )
-    extra = max(8, ids_all.codebook_sizes[-1] - ids0.codebook_sizes[-1])
-    sizes = PromptDSI.sized_for(PromptDSIConfig(), ids0, extra_codes=extra).codebook_sizes
-    books = centroid_codebooks(quantizer, doc_enc.embeddings.shape[1])
-    if books is not None and args.centroid_levels >= 0:
-        books = books[: args.centroid_levels] if args.centroid_levels else None
-    trie0, trie_all = ids0.trie(sizes), ids_all.trie(sizes)
-    all_docs = torch.cat([split.d0, split.d1])
-    row_of = {int(r): i for i, r in enumerate(all_docs)}  # ids_all row of a coll row
-    bank0, bank_all = doc_enc.embeddings[split.d0], doc_enc.embeddings[all_docs]
-    lex0 = LexicalIndex.from_texts([docs_text[int(r)] for r in split.d0])
-    lex_all = LexicalIndex.from_texts([docs_text[int(r)] for r in all_docs])
-    fusion_baseline(row, split, d0_valid, queries_of, docs_text, query_text, query_doc, doc_enc, query_enc, ks)
-
-    def doc_targets(doc_rows) -> torch.Tensor:
-        return torch.tensor([row_of[int(r)] for r in doc_rows], dtype=torch.long)
-
-    def query_targets(qrows) -> torch.Tensor:
-        return torch.tensor([row_of[query_doc[int(q)]] for q in qrows], dtype=torch.long)
-
-    def train_cfg(epochs: int, lr: float, patience: int | None = None) -> TrainConfig:
-        return TrainConfig(
-            max_epochs=epochs,
-            lr=lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            checkpoint_every=10**6,
-            keep_checkpoints=1,
-            early_stopping_patience=patience,
-            mixed_precision="no",
-            warmup_steps=20,
-        )
-
-    def valid_evaluator(trie):
-        """Held-out D0 training queries choose the best epoch (and stop early), as in the task."""
-        if args.rank_loss == 0 or not d0_valid:
-            return None
-        ids, lexical = (ids_all, lex_all) if trie is trie_all else (ids0, lex0)
-        return ranking_evaluator(ids, held_out(trie), lexical, args.beams)
-
-    def fresh(name: str) -> Path:
-        shutil.rmtree(args.work / name, ignore_errors=True)
-        return args.work / name
-
-    def examples(doc_rows, train_docs):
-        qrows = queries_of(train_docs)
-        return dsi_examples(doc_enc.rows(doc_rows), doc_targets(doc_rows), query_enc.rows(qrows),
-                            query_targets(qrows), ids_all.codes)  # fmt: skip
-
-    def evaluate(model, method, corpus_name, trie, parts, beams_only=False, **extra):
-        ids, lexical = (ids_all, lex_all) if trie is trie_all else (ids0, lex0)
-        if model.query_adapter is not None:
-            model.set_documents_(bank_all if trie is trie_all else bank0)
-        mixes = {"item_mix": 0.0, "lexical_mix": 0.0} if beams_only and model.query_adapter is not None else {}
-        for part, drows in parts:
-            qrows = queries_of(drows)
-            texts = [query_text[int(q)] for q in qrows]
-            ranker = ranker_for(model, ids, args.beams, **mixes)
-            started = time.perf_counter()
-            ranked = Ranking.concat([ranker.rank(batch, max(ks)) for batch in query_batches(
-                query_enc.rows(qrows), texts, None if mixes else lexical)]).rows  # fmt: skip
-            m = retrieval_metrics(ranked, query_targets(qrows), ks, time.perf_counter() - started)
-            row(method, corpus_name, part, m, **extra)
-
-    def held_out(trie) -> HeldOut:
-        qrows = queries_of(d0_valid)
-        return HeldOut([query_text[int(q)] for q in qrows], query_enc.rows(qrows), query_targets(qrows))
-
-    def choose_mix(model, trie) -> None:
-        """Set the model's item_mix and lexical_mix on the D0 validation queries."""
-        if model.query_adapter is None or not d0_valid:
-            return
-        model.set_documents_(bank_all if trie is trie_all else bank0)
-        ids, lexical = (ids_all, lex_all) if trie is trie_all else (ids0, lex0)
-        ndcg = tune_mixes(model, ids, held_out(trie), lexical, args.beams)
-        best = max(ndcg.values())
-        print(f"item_mix {model.config.item_mix}, lexical_mix {model.config.lexical_mix} (valid NDCG@10 "
-              f"{best:.4f}; no mixing {ndcg['0.0,0.0']:.4f})", flush=True)  # fmt: skip
-
-    def evaluate_both(model, method, corpus_name, trie, parts, **extra):
-        """Beams alone, then mixed with the document head and lexical scores (when the model has a head)."""
-        evaluate(model, f"{method}, beams only", corpus_name, trie, parts, beams_only=True, **extra)
-        if model.query_adapter is not None:
-            c = model.config
-            evaluate(model, f"{method}, beams + document head + lexical (mix {c.item_mix}, {c.lexical_mix})",
-                     corpus_name, trie, parts, **extra)  # fmt: skip
-
-    # ---- PromptDSI on D0
-    model = new_model(sizes)
-    set_key_center(model, doc_enc.rows(split.d0))
-    model.set_topic_keys_(topic_keys(model, doc_enc.rows(split.d0), args.topics, args.seed))
-    model.use_trie(trie0)
-    if model.query_adapter is not None:
-        model.set_documents_(bank0)
-    untrained = copy.deepcopy(model)
-    choose_mix(untrained, trie0)
-    evaluate_both(untrained, "PromptDSI untrained", "D0", trie0, [("D0-test", split.d0_test)], train_s=0.0)
-    (result, kept), train_s = timed(lambda: train_or_keep_untrained(model, valid_evaluator(trie0), lambda: train_model(
-        model, examples(split.d0, d0_train), fresh("d0"), train_cfg(args.epochs, args.lr, 2), valid_evaluator(trie0)
-    )))  # fmt: skip
-    print(f"kept the untrained weights: {kept}", flush=True)
-    choose_mix(model, trie0)
-    evaluate_both(model, "PromptDSI (D0)", "D0", trie0, [("D0-test", split.d0_test)],
-                  train_s=train_s, steps=result.steps, kept_untrained=kept)  # fmt: skip
-    both = [("D0-test", split.d0_test), ("D1-test", split.d1_test)]
-
-    # ---- D1 added: incremental (new prompts only)
-    inc = copy.deepcopy(model)
-    m1 = max(1, round(args.topics * len(split.d1) / len(split.d0)))
-    session = inc.add_prompt_session_(topic_keys(inc, doc_enc.rows(split.d1), m1, args.seed))
-    inc.train_only_session_(session)
-    inc.use_trie(trie_all)
-    if inc.query_adapter is not None:
-        inc.set_documents_(bank_all)
-    frozen = {
-        k: v.clone() for k, v in inc.state_dict().items() if not k.startswith(f"prompts.{session}")
-    }
-    result, s = timed(
-        lambda: train_model(
-            inc,
-            examples(split.d1, d1_train),
-            fresh("inc"),
-            train_cfg(args.add_epochs, args.prompt_lr),
-        )
-    )
-    unchanged = all(torch.equal(v, inc.state_dict()[k]) for k, v in frozen.items())
-    evaluate_both(inc, "PromptDSI incremental (+D1)", "D0+D1", trie_all, both, train_s=s,
-                  steps=result.steps, frozen_unchanged=unchanged, new_topics=m1)  # fmt: skip
+    bench = RetrievalBenchmark(args)
+    bench.run_baselines()
+    bench.build_index()
+    bench.run_fusion_baseline()
+    model = bench.run_d0()
+    bench.run_incremental(model)
     if not (args.no_baselines_after or args.no_naive):
-        # ---- D1 added: naive fine-tuning of prompts + decoder on D1 only
-        naive = copy.deepcopy(model)
-        naive.use_trie(trie_all)
-        if naive.query_adapter is not None:
-            naive.set_documents_(bank_all)
-        result, s = timed(
-            lambda: train_model(
-                naive, examples(split.d1, d1_train), fresh("naive"), train_cfg(args.add_epochs, args.lr)
-            )
-        )
-        evaluate_both(naive, "naive fine-tune on D1", "D0+D1", trie_all, both, train_s=s, steps=result.steps)
+        bench.run_naive(model)
     if not args.no_baselines_after:
-        # ---- full retrain on D0 + D1 (upper bound)
-        full = new_model(sizes)
-        set_key_center(full, doc_enc.rows(all_docs))
-        full.set_topic_keys_(topic_keys(full, doc_enc.rows(all_docs), args.topics, args.seed))
-        full.use_trie(trie_all)
-        if full.query_adapter is not None:
-            full.set_documents_(bank_all)
-        (result, kept), s = timed(lambda: train_or_keep_untrained(full, valid_evaluator(trie_all), lambda: train_model(
-            full, examples(all_docs, d0_train + d1_train), fresh("full"), train_cfg(args.epochs, args.lr, 2),
-            valid_evaluator(trie_all),
-        )))  # fmt: skip
-        choose_mix(full, trie_all)
-        evaluate_both(full, "full retrain (D0+D1)", "D0+D1", trie_all, both, train_s=s, steps=result.steps)
-
-    write_results(args, rows, coll, corpus, split, ids0, ids_all)
+        bench.run_full_retrain()
+    write_results(args, bench.rows, bench.coll, bench.corpus, bench.split, bench.ids0, bench.ids_all)
 
 
 if __name__ == "__main__":
