@@ -58,8 +58,6 @@ from semid.training import TrainConfig
 from semid.training import train_model as fit_model
 from semid.trie import PrefixTrie
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def retrieval_metrics(ranked: torch.Tensor, targets: torch.Tensor, ks, seconds: float) -> dict:
     """Recall@k and MRR@k of ranked rows (Q, k_max) against target rows (Q,), plus queries/s."""
@@ -378,7 +376,8 @@ class RetrievalBenchmark:
         self.evaluate_both(full, "full retrain (D0+D1)", self.all, train_s=s, steps=result.steps)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark of the module doc with the command line's (or ``argv``'s) settings."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -418,9 +417,10 @@ def main() -> None:
                    help="skip the naive fine-tune and full retrain rows (long on big corpora)")  # fmt: skip
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder for checkpoints (default: /tmp/semid-bench-retrieve/<out>)")  # fmt: skip
-    p.add_argument("--out", default=None, help="results name (default: retrieve-<dataset>)")
+    p.add_argument("--out", default=None,
+                   help="results name under benchmarks/results, or a path without suffix (default: retrieve-<dataset>)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.out = args.out or f"retrieve-{Path(args.dataset).stem}"
     args.work = args.work or Path("/tmp/semid-bench-retrieve") / args.out
     torch.set_num_threads(args.threads)

