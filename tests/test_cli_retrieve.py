@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 
 import pytest
 import torch
+from _documents import write_docs
 from safetensors.torch import load_file
 
 from semid.cli import train_retriever
@@ -39,19 +39,6 @@ TINY = {
 
 def evaluate_run(run, ks):
     return get_task("retrieve").evaluate(run, EvalOptions(ks=ks))
-
-
-WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
-
-
-def write_docs(path, n: int = 40) -> None:
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for i in range(n):
-            topic = WORDS[i % len(WORDS)]
-            words = [topic] * 3 + rng.sample(WORDS, 5) + [f"pkg{i}"]
-            doc = {"id": f"pkg{i}", "text": " ".join(words), "queries": [f"{topic} tool pkg{i}"]}
-            f.write(json.dumps(doc) + "\n")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
