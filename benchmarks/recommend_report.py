@@ -85,10 +85,12 @@ def aggregate(results: list[dict[str, Any]]) -> str:
     lines = [
         "# Sequential recommendation: medians over seeds",
         "",
-        "Files: "
-        + ", ".join(f"seed {r['seed']} ({r['environment']['date_utc']})" for r in results)
-        + ". "
-        "Same harness and budgets as recommend.md; per-seed values in brackets.",
+        "Per-seed values in brackets, in the order of these runs:",
+        "",
+        *(
+            f"- seed {r['seed']} ({r['environment']['date_utc']} UTC): `{r['environment']['command']}`"
+            for r in results
+        ),
         "",
         "| dataset | model | R@5 | R@10 | N@5 | N@10 | R@10 / SASRec-CE (per seed) |",
         "|---|---|---|---|---|---|---|",

@@ -44,6 +44,25 @@ def test_resume_reuses_the_index_and_continues_training(
     assert row["train_seconds"] > first["rows"][0]["train_seconds"]
 
 
+def test_seed_medians_compare_each_seed_with_its_own_sasrec_and_name_each_command():
+    from benchmarks.recommend_report import aggregate
+
+    def result(seed: int, sasrec: float, mmgrec: float) -> dict:
+        rows = [{"dataset": "ml-1m", "model": m, "recall@5": r / 2, "recall@10": r, "ndcg@5": r / 4,
+                 "ndcg@10": r / 3} for m, r in (("sasrec", sasrec), ("mmgrec", mmgrec))]  # fmt: skip
+        command = f"python -m benchmarks.recommend --seed {seed}"
+        return {"seed": seed, "environment": {"date_utc": "d", "command": command}, "rows": rows}
+
+    text = aggregate([result(0, 0.30, 0.33), result(1, 0.40, 0.36), result(2, 0.20, 0.30)])
+    assert all(f"`python -m benchmarks.recommend --seed {s}`" in text for s in (0, 1, 2))
+    (mmgrec,) = [
+        line.split(" | ") for line in text.splitlines() if line.startswith("| ml-1m | mmgrec")
+    ]
+    assert mmgrec[3] == "0.3300 [0.3300, 0.3600, 0.3000]"  # median R@10, then each seed's
+    # ratios against the same seed's SASRec-CE, their median first
+    assert mmgrec[6] == "1.100 [1.100, 0.900, 1.500] |"
+
+
 def test_new_collection_table_compares_each_seed_with_its_own_sasrec(tmp_path):
     from benchmarks.new_collection import RUNS, collect, markdown
 
