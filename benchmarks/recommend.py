@@ -83,8 +83,17 @@ def index_exists(path: Path) -> bool:
 
 
 def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: summary.get(k) for k in ("train_seconds", "epochs", "steps", "best_step", "item_mix",
-                                             "item_mix_valid_ndcg@10")}
+    return {
+        k: summary.get(k)
+        for k in (
+            "train_seconds",
+            "epochs",
+            "steps",
+            "best_step",
+            "item_mix",
+            "item_mix_valid_ndcg@10",
+        )
+    }
 
 
 def cold_start(job: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,9 @@ INDEX_OF = {
 # causal encoder too), so all get the same epochs and early stopping: the CLI's defaults
 # (`semid train recommender`), so the CLI and the benchmark give the same figures.
 _CLI = default_train()
-_BUDGET = {f: getattr(_CLI, f) for f in ("max_epochs", "batch_size", "lr", "early_stopping_patience")}
+_BUDGET = {
+    f: getattr(_CLI, f) for f in ("max_epochs", "batch_size", "lr", "early_stopping_patience")
+}
 BUDGETS: dict[str, dict[str, Any]] = {
     **{name: {"train": dict(_BUDGET)} for name in ("sasrec", "mmgrec", "tiger")},
     "pop": {"train": {}},

@@ -62,12 +62,18 @@ from semid.trie import PrefixTrie
 def retrieval_metrics(ranked: torch.Tensor, targets: torch.Tensor, ks, seconds: float) -> dict:
     """Recall@k and MRR@k of ranked rows (Q, k_max) against target rows (Q,), plus queries/s."""
     metrics = compute_metrics(ranked, targets, ks=ks, names=("recall", "mrr"))
-    return {**metrics, "num_queries": float(len(targets)), "queries_per_s": len(targets) / max(seconds, 1e-9)}
+    return {
+        **metrics,
+        "num_queries": float(len(targets)),
+        "queries_per_s": len(targets) / max(seconds, 1e-9),
+    }
 
 
 def train_model(model, examples, out_dir, config, evaluate=None):
     """Fit a PromptDSI on DSI examples with the shared loop (best weights loaded)."""
-    return fit_model(model, examples, config, out_dir, evaluate=evaluate, collate_fn=examples.collate)
+    return fit_model(
+        model, examples, config, out_dir, evaluate=evaluate, collate_fn=examples.collate
+    )
 
 
 def timed(fn):
@@ -96,7 +102,9 @@ class Queries:
 
     def of_docs(self, doc_rows: Iterable[int] | torch.Tensor) -> torch.Tensor:
         """Positions in the flat list of every query of these documents."""
-        return torch.tensor([i for r in doc_rows for i in self.of_doc.get(int(r), [])], dtype=torch.long)
+        return torch.tensor(
+            [i for r in doc_rows for i in self.of_doc.get(int(r), [])], dtype=torch.long
+        )
 
 
 @dataclass
@@ -125,7 +133,8 @@ class RetrievalBenchmark:
         self.queries = Queries.of(self.coll)
         self.d0_train, self.d0_valid = valid_split(self.split.d0_train.tolist(), args.seed)
         self.d1_train = self.split.d1_train.tolist()  # D1 is small: every training document trains
-        self.books: torch.Tensor | None = None  # rqkmeans codebooks for the centroid head (build_index)
+        # rqkmeans codebooks for the centroid head (build_index)
+        self.books: torch.Tensor | None = None
         self.rows: list[dict] = []
         probe = self.new_model([2])
         (self.doc_enc, self.query_enc), self.encode_s = timed(lambda: (
@@ -162,7 +171,13 @@ class RetrievalBenchmark:
                 targets = torch.tensor([pos[self.queries.doc[int(q)]] for q in qrows])
                 ranked, s = timed(lambda qr=qrows, b=bm25: b.search([self.queries.text[int(q)] for q in qr],
                                                                     max(self.ks)))  # fmt: skip
-                self.row("BM25", corpus_name, part, retrieval_metrics(ranked, targets, self.ks, s), index_s=bm25_s)
+                self.row(
+                    "BM25",
+                    corpus_name,
+                    part,
+                    retrieval_metrics(ranked, targets, self.ks, s),
+                    index_s=bm25_s,
+                )
                 ranked, s = timed(lambda qr=qrows, cr=corpus_rows: dense_search(
                     self.doc_enc.embeddings[cr], self.query_enc.embeddings[qr], max(self.ks)))  # fmt: skip
                 self.row("dense MiniLM", corpus_name, part, retrieval_metrics(ranked, targets, self.ks, s),
@@ -179,7 +194,8 @@ class RetrievalBenchmark:
 
             def fused(qrows, w, bank=bank, lexical=lexical, chunk=1024):
                 parts = []
-                for lo in range(0, len(qrows), chunk):  # (chunk, N) scores at a time: big corpora fit in memory
+                # (chunk, N) scores at a time: big corpora fit in memory
+                for lo in range(0, len(qrows), chunk):
                     rows = qrows[lo : lo + chunk]
                     dense = torch.log_softmax(20 * self.query_enc.embeddings[rows] @ bank.T, dim=-1)
                     lex = lexical.log_probs([q.text[int(i)] for i in rows])
@@ -208,14 +224,19 @@ class RetrievalBenchmark:
         self.ids0, quantizer = build_ids([keys[int(r)] for r in split.d0], self.doc_enc.embeddings[split.d0],
                                          args.quantizer, seed=args.seed)  # fmt: skip
         self.ids_all = copy.deepcopy(self.ids0)
-        self.ids_all.add([keys[int(r)] for r in split.d1], quantizer.encode(self.doc_enc.embeddings[split.d1]))
+        self.ids_all.add(
+            [keys[int(r)] for r in split.d1], quantizer.encode(self.doc_enc.embeddings[split.d1])
+        )
         extra = max(8, self.ids_all.codebook_sizes[-1] - self.ids0.codebook_sizes[-1])
-        self.sizes = PromptDSI.sized_for(PromptDSIConfig(), self.ids0, extra_codes=extra).codebook_sizes
+        self.sizes = PromptDSI.sized_for(
+            PromptDSIConfig(), self.ids0, extra_codes=extra
+        ).codebook_sizes
         self.books = centroid_codebooks(quantizer, self.doc_enc.embeddings.shape[1])
         if self.books is not None and args.centroid_levels >= 0:
             self.books = self.books[: args.centroid_levels] if args.centroid_levels else None
         self.all_docs = torch.cat([split.d0, split.d1])
-        self.row_of = {int(r): i for i, r in enumerate(self.all_docs)}  # ids_all row of a subset row
+        # ids_all row of a subset row
+        self.row_of = {int(r): i for i, r in enumerate(self.all_docs)}
         self.d0 = IndexView("D0", self.ids0, self.ids0.trie(self.sizes),
                             LexicalIndex.from_texts([self.docs_text[int(r)] for r in split.d0]),
                             self.doc_enc.embeddings[split.d0])  # fmt: skip
@@ -241,7 +262,9 @@ class RetrievalBenchmark:
         """A fresh model with its key center and topic keys from these documents, searching ``view``."""
         model = self.new_model(self.sizes)
         set_key_center(model, self.doc_enc.rows(doc_rows))
-        model.set_topic_keys_(topic_keys(model, self.doc_enc.rows(doc_rows), self.args.topics, self.args.seed))
+        model.set_topic_keys_(
+            topic_keys(model, self.doc_enc.rows(doc_rows), self.args.topics, self.args.seed)
+        )
         self.search(model, view)
         return model
 
@@ -260,7 +283,9 @@ class RetrievalBenchmark:
 
     def query_targets(self, qrows: torch.Tensor) -> torch.Tensor:
         """ids_all rows (D0 rows come first, so also ids0 rows) of the documents of these queries."""
-        return torch.tensor([self.row_of[self.queries.doc[int(q)]] for q in qrows], dtype=torch.long)
+        return torch.tensor(
+            [self.row_of[self.queries.doc[int(q)]] for q in qrows], dtype=torch.long
+        )
 
     def held_out(self) -> HeldOut:
         """The held-out D0 training queries, which choose the best epoch and the mixing weights."""
@@ -307,7 +332,11 @@ class RetrievalBenchmark:
         """One row per test part searched in ``view``: the beams alone, or the model's mixed ranking."""
         if model.query_adapter is not None:
             model.set_documents_(view.bank)
-        mixes = {"item_mix": 0.0, "lexical_mix": 0.0} if beams_only and model.query_adapter is not None else {}
+        mixes = (
+            {"item_mix": 0.0, "lexical_mix": 0.0}
+            if beams_only and model.query_adapter is not None
+            else {}
+        )
         for part, drows in self.test_parts(view.name):
             qrows = self.queries.of_docs(drows)
             texts = [self.queries.text[int(q)] for q in qrows]
@@ -315,7 +344,9 @@ class RetrievalBenchmark:
             started = time.perf_counter()
             ranked = Ranking.concat([ranker.rank(batch, max(self.ks)) for batch in query_batches(
                 self.query_enc.rows(qrows), texts, None if mixes else view.lexical)]).rows  # fmt: skip
-            metrics = retrieval_metrics(ranked, self.query_targets(qrows), self.ks, time.perf_counter() - started)
+            metrics = retrieval_metrics(
+                ranked, self.query_targets(qrows), self.ks, time.perf_counter() - started
+            )
             self.row(method, view.name, part, metrics, **extra)
 
     def evaluate_both(self, model: PromptDSI, method: str, view: IndexView, **extra: Any) -> None:
@@ -352,8 +383,14 @@ class RetrievalBenchmark:
                                                      self.args.seed))  # fmt: skip
         inc.train_only_session_(session)
         self.search(inc, self.all)
-        frozen = {k: v.clone() for k, v in inc.state_dict().items() if not k.startswith(f"prompts.{session}")}
-        result, s = self.train(inc, self.split.d1, self.d1_train, "inc", self.args.add_epochs, self.args.prompt_lr)
+        frozen = {
+            k: v.clone()
+            for k, v in inc.state_dict().items()
+            if not k.startswith(f"prompts.{session}")
+        }
+        result, s = self.train(
+            inc, self.split.d1, self.d1_train, "inc", self.args.add_epochs, self.args.prompt_lr
+        )
         unchanged = all(torch.equal(v, inc.state_dict()[k]) for k, v in frozen.items())
         self.evaluate_both(inc, "PromptDSI incremental (+D1)", self.all, train_s=s, steps=result.steps,
                            frozen_unchanged=unchanged, new_topics=new_topics)  # fmt: skip
@@ -362,7 +399,9 @@ class RetrievalBenchmark:
         """D1 added by naive fine-tuning of prompts, adapter and decoder on D1 only."""
         naive = copy.deepcopy(model)
         self.search(naive, self.all)
-        result, s = self.train(naive, self.split.d1, self.d1_train, "naive", self.args.add_epochs, self.args.lr)
+        result, s = self.train(
+            naive, self.split.d1, self.d1_train, "naive", self.args.add_epochs, self.args.lr
+        )
         self.evaluate_both(naive, "naive fine-tune on D1", self.all, train_s=s, steps=result.steps)
 
     def run_full_retrain(self) -> None:
@@ -383,7 +422,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--dataset", default="debian-docs",
                    help="debian-docs, manpages, or a JSONL/CSV documents file (default: %(default)s)")  # fmt: skip
-    p.add_argument("--docs", type=int, default=1000, help="seeded subset of the collection (0: all)")
+    p.add_argument(
+        "--docs", type=int, default=1000, help="seeded subset of the collection (0: all)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quantizer", default="auto",
                    help="quantizer spec; auto: rqkmeans sized to D0, as `semid train retriever` (default: %(default)s)")  # fmt: skip
@@ -402,7 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--topics", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64, help="tokens per text")
     p.add_argument("--d-model", type=int, default=128, help="decoder width")
-    p.add_argument("--rank-loss", type=float, default=1.0, help="weight of the document-ranking loss (0: no document head)")
+    p.add_argument(
+        "--rank-loss",
+        type=float,
+        default=1.0,
+        help="weight of the document-ranking loss (0: no document head)",
+    )
     p.add_argument("--epochs", type=int, default=10,
                    help="most PromptDSI epochs on D0 and for the full retrain (the best on held-out queries is kept)")  # fmt: skip
     p.add_argument("--add-epochs", type=int, default=6, help="epochs on D1 (incremental and naive)")
@@ -412,7 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--beams", type=int, default=10)
-    p.add_argument("--no-naive", action="store_true", help="skip the naive fine-tune row (long on big corpora)")
+    p.add_argument(
+        "--no-naive", action="store_true", help="skip the naive fine-tune row (long on big corpora)"
+    )
     p.add_argument("--no-baselines-after", action="store_true",
                    help="skip the naive fine-tune and full retrain rows (long on big corpora)")  # fmt: skip
     p.add_argument("--work", type=Path, default=None,
@@ -435,7 +483,9 @@ def main(argv: list[str] | None = None) -> None:
         bench.run_naive(model)
     if not args.no_baselines_after:
         bench.run_full_retrain()
-    write_results(args, bench.rows, bench.coll, bench.corpus, bench.split, bench.ids0, bench.ids_all)
+    write_results(
+        args, bench.rows, bench.coll, bench.corpus, bench.split, bench.ids0, bench.ids_all
+    )
 
 
 if __name__ == "__main__":

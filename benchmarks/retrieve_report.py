@@ -49,7 +49,8 @@ def target_lines(rows: list[dict]) -> list[str]:
             if r["method"] == method and r["corpus"] == corpus and r["queries"] == part
         )
 
-    def final(prefix: str) -> str:  # the row a user gets: mixed with the document head when there is one
+    # the row a user gets: mixed with the document head when there is one
+    def final(prefix: str) -> str:
         names = [r["method"] for r in rows if r["method"].startswith(prefix)]
         return next((n for n in names if "document head" in n), names[0])
 
@@ -76,7 +77,8 @@ def target_lines(rows: list[dict]) -> list[str]:
         f"- PromptDSI R@10 >= dense on D0-test: {r10:.3f} vs {dense10:.3f} ({r10 / max(dense10, 1e-9):.2f}x): "
         + ("met" if r10 >= dense10 else "missed"),
         f"- trained R@1 >= nearest-centroid search alone (untrained, beams only) + 5 points: {r1:.3f} vs "
-        f"{centroids:.3f} ({100 * (r1 - centroids):+.1f} points): " + ("met" if r1 - centroids >= 0.05 else "missed"),
+        f"{centroids:.3f} ({100 * (r1 - centroids):+.1f} points): "
+        + ("met" if r1 - centroids >= 0.05 else "missed"),
         f"- trained R@1 >= the untrained model with the same mixing + 5 points (the stricter reading): "
         f"{r1:.3f} vs {untrained:.3f} ({100 * (r1 - untrained):+.1f} points): "
         + ("met" if r1 - untrained >= 0.05 else "missed"),
@@ -86,7 +88,10 @@ def target_lines(rows: list[dict]) -> list[str]:
     ]
     fulls = [r["method"] for r in rows if r["method"].startswith("full retrain")]
     if fulls:
-        new, full = get(inc, "D0+D1", "D1-test", "recall@10"), get(final("full retrain"), "D0+D1", "D1-test", "recall@10")
+        new, full = (
+            get(inc, "D0+D1", "D1-test", "recall@10"),
+            get(final("full retrain"), "D0+D1", "D1-test", "recall@10"),
+        )
         ratio = new / full if full else float("inf")
         lines.append(f"- D1-test R@10 incremental >= 0.9x full retrain: {new:.3f} vs {full:.3f} ({ratio:.2f}x): "
                      + ("met" if ratio >= 0.9 else "missed"))  # fmt: skip
@@ -148,4 +153,3 @@ def write_results(args, rows, coll, corpus, split, ids0, ids_all) -> None:
     lines += ["", *target_lines(rows), "", NOTES]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-

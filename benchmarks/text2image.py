@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> dict:
             log_every=50,
         )
         cfg = with_min_steps(cfg, len(train_x), args.min_steps)
-        dual_pairs = QueryTargetPairs(train_q, train_q_labels, train_x.float(), train_labels, "image")
+        dual_pairs = QueryTargetPairs(
+            train_q, train_q_labels, train_x.float(), train_labels, "image"
+        )
         dual = timed(
             timings,
             "train dual encoder",
@@ -213,7 +215,8 @@ def run(args: argparse.Namespace) -> dict:
             "test_queries": len(test_texts),
             "relevance": "same class",
             "split": "validation (25% of the training images indexed, training wordings)"
-            if args.validate else "test (held-out wordings)",
+            if args.validate
+            else "test (held-out wordings)",
             "image_features": f"CNN autoencoder, {args.encoder_epochs} epoch(s) (at least {IMAGE_ENCODER_MIN_STEPS} steps) "
             f"on {len(enc_images)} images, dim {train_x.shape[1]}",
             "collisions": args.collisions,
@@ -221,8 +224,9 @@ def run(args: argparse.Namespace) -> dict:
             "epochs": args.epochs,
             "min_steps": args.min_steps,
             "avg_config": args.avg_config,
-            "generator_epochs_run": with_min_steps(TrainConfig(max_epochs=args.epochs, batch_size=256),
-                                                   len(train_x), args.min_steps).max_epochs,
+            "generator_epochs_run": with_min_steps(
+                TrainConfig(max_epochs=args.epochs, batch_size=256), len(train_x), args.min_steps
+            ).max_epochs,
             "repeats": args.repeats,
             "beams": k,
         },
@@ -244,7 +248,9 @@ def validation_split(train: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
     return part(fit, f"{train.name}/fit"), part(held, f"{train.name}/validation")
 
 
-def train_dual_encoder(config: DualEncoderConfig, pairs: QueryTargetPairs, train: TrainConfig) -> DualEncoder:
+def train_dual_encoder(
+    config: DualEncoderConfig, pairs: QueryTargetPairs, train: TrainConfig
+) -> DualEncoder:
     """A `DualEncoder` trained on `pairs` with the shared loop (checkpoints in a temporary folder)."""
     model = DualEncoder(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,7 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        name = "text2image" if args.dataset == "fashion-mnist" else f"text2image-{Path(args.dataset).name}"
+        name = (
+            "text2image"
+            if args.dataset == "fashion-mnist"
+            else f"text2image-{Path(args.dataset).name}"
+        )
         name += "-validation" if args.validate else ""
         write_json(RESULTS / f"{name}.json", result)
         with atomic_file(RESULTS / f"{name}.md") as f:

@@ -79,7 +79,9 @@ class Avg(Generator):
         self.heads = nn.ModuleList(nn.Linear(d, v) for v in config.codebook_sizes)
         self.dropout = nn.Dropout(config.dropout)
         self.image_head = (
-            DualEncoder(DualEncoderConfig(config.query_dim, config.image_dim, d, config.temperature))
+            DualEncoder(
+                DualEncoderConfig(config.query_dim, config.image_dim, d, config.temperature)
+            )
             if config.image_dim > 0 and config.item_loss > 0
             else None
         )

@@ -160,7 +160,8 @@ class PromptDSI(Generator):
         if config.rank_loss == 0:
             return
         self.query_adapter = nn.Linear(width, width)
-        nn.init.zeros_(self.query_adapter.weight)  # starts as the identity: the encoder's own vector
+        # starts as the identity: the encoder's own vector
+        nn.init.zeros_(self.query_adapter.weight)
         nn.init.zeros_(self.query_adapter.bias)
         self.rank_log_scale = nn.Parameter(torch.tensor(math.log(config.rank_scale)))
 
@@ -416,10 +417,14 @@ class PromptDSI(Generator):
         loss = mean_level_cross_entropy(blocks, target)
         if self.has_item_head() and "targets" in batch:  # on query examples only (``is_query``)
             rows = batch.get("is_query")
-            rows = torch.ones_like(batch["targets"], dtype=torch.bool) if rows is None else rows.bool()
+            rows = (
+                torch.ones_like(batch["targets"], dtype=torch.bool) if rows is None else rows.bool()
+            )
             if rows.any():
                 logits = self.document_logits(query[rows])
-                loss = loss + self.config.rank_loss * F.cross_entropy(logits, batch["targets"][rows])
+                loss = loss + self.config.rank_loss * F.cross_entropy(
+                    logits, batch["targets"][rows]
+                )
         return loss, logits
 
     def trie_softmax_levels(self) -> range:

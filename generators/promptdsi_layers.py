@@ -80,4 +80,3 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x (B, T, H) over positions where mask (B, T) is 1 -> (B, H)."""
     m = mask.to(x.dtype)[..., None]
     return (x * m).sum(1) / m.sum(1).clamp(min=1)
-

@@ -76,7 +76,9 @@ def encode_texts(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     states: list[Tensor | None] = [None] * len(texts)
     emb = torch.zeros(len(texts), model.encoder.config.hidden_size)
-    for lo in progress_bar(range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size):
+    for lo in progress_bar(
+        range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size
+    ):
         rows = order[lo : lo + batch_size]
         inp = model.tokenize([texts[i] for i in rows])
         hidden = model.lower_states(**inp)

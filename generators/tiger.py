@@ -93,7 +93,8 @@ class Tiger(Generator):
             decoder_start_token_id=PAD_TOKEN,
         )
         self.t5 = T5ForConditionalGeneration(t5)
-        use_bit_dropout(self.t5)  # the same drop rate (to 1/65536), 2x cheaper random numbers on the CPU
+        # the same drop rate (to 1/65536), 2x cheaper random numbers on the CPU
+        use_bit_dropout(self.t5)
         if config.attention_dropout is not None:
             for module in self.t5.modules():
                 if isinstance(module, T5Attention):

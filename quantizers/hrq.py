@@ -382,7 +382,9 @@ class HyperbolicRQ(Quantizer):
         opt = geoopt.optim.RiemannianAdam(self.parameters(), lr=cfg.lr)
         stopper = EarlyStopping(cfg.patience)
         train_curve: list[float] = []
-        bar = progress_bar(range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch")
+        bar = progress_bar(
+            range(cfg.epochs), disable=not progress, desc=f"fit {self.spec}", unit="epoch"
+        )
         for epoch in bar:
             self.train()
             usage = torch.zeros(self.levels, self.spec.codebook_size, dtype=torch.long)

@@ -72,7 +72,9 @@ class ResidualKMeans(Quantizer):
         k = self.spec.codebook_size
         if progress is None:  # a bar only when the fit takes a while and someone is watching
             progress = x.shape[0] * k * x.shape[1] >= 1 << 32 and sys.stderr.isatty()
-        bar = progress_bar(total=self.levels + self.refine, desc=f"fit {self.spec}", disable=not progress)
+        bar = progress_bar(
+            total=self.levels + self.refine, desc=f"fit {self.spec}", disable=not progress
+        )
         residual = x
         for level in range(self.levels):
             book = self.codebooks[level]
@@ -174,7 +176,8 @@ def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> 
     xn = np.ascontiguousarray(x.detach().cpu().float().numpy())
     params = faiss.ProgressiveDimClusteringParameters()
     params.niter, params.seed = niter, seed
-    params.min_points_per_centroid = 1  # small catalogues are normal here; faiss would warn on stderr
+    # small catalogues are normal here; faiss would warn on stderr
+    params.min_points_per_centroid = 1
     clus = faiss.ProgressiveDimClustering(xn.shape[1], k, params)
     clus.train(xn.shape[0], faiss.swig_ptr(xn), faiss.ProgressiveDimIndexFactory())
     return torch.from_numpy(faiss.vector_to_array(clus.centroids).reshape(k, -1))

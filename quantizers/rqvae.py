@@ -278,7 +278,9 @@ class RQVAE(Quantizer):
                 )
             else:
                 state["bad_epochs"] += 1
-            bar.set_postfix(recon=f"{recon.item():.4f}", val=f"{val_loss:.4f}", revived=revived, refresh=False)
+            bar.set_postfix(
+                recon=f"{recon.item():.4f}", val=f"{val_loss:.4f}", revived=revived, refresh=False
+            )
             stop = state["bad_epochs"] >= cfg.patience and state["epoch"] * batches >= cfg.min_steps
             if ckpt_dir is not None and (
                 stop or state["epoch"] % cfg.checkpoint_every == 0 or state["epoch"] == epochs

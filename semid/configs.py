@@ -40,7 +40,9 @@ def parse_json_object(text: str, flag: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SemidError(f"{flag} is not valid JSON ({e.msg}); pass e.g. '{{\"dim\": 64}}'") from None
+        raise SemidError(
+            f"{flag} is not valid JSON ({e.msg}); pass e.g. '{{\"dim\": 64}}'"
+        ) from None
     if not isinstance(value, dict):
         raise SemidError(f"{flag} must be a JSON object, e.g. '{{\"dim\": 64}}'")
     return value

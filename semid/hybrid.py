@@ -33,7 +33,8 @@ from semid.metrics import compute_metrics
 from semid.ranking import BeamRanker, Ranking, beams_for, codes_of, pad_to, seen_mask
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # candidate weights w, chosen on valid
-LEXICAL_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # candidate lexical weights, when there are scores
+# candidate lexical weights, when there are scores
+LEXICAL_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -73,7 +74,9 @@ class HybridRanker:
     def rank(self, batch: Any, k: int, seen: Tensor | None = None) -> Ranking:
         """Top-k rows (B, k) by the mixed score, ``seen`` excluded."""
         if self.lexical_mix and "lexical" not in batch:
-            raise SemidError("this model mixes lexical scores: the batch needs the queries' lexical log-probs")
+            raise SemidError(
+                "this model mixes lexical scores: the batch needs the queries' lexical log-probs"
+            )
         return self.candidates(batch, k, seen).top(self.mix, k, self.ids, self.lexical_mix)
 
     @torch.no_grad()
@@ -96,10 +99,14 @@ class HybridRanker:
                 continue
             best, top = (t.cpu() for t in view.topk(min(beams, view.shape[1]), dim=1))
             top = top.masked_fill(best == float("-inf"), -1)  # seen rows
-            rows = torch.cat([rows, top.masked_fill((top[:, :, None] == rows[:, None, :]).any(-1), -1)], 1)
+            rows = torch.cat(
+                [rows, top.masked_fill((top[:, :, None] == rows[:, None, :]).any(-1), -1)], 1
+            )
         extra = rows[:, found.rows.shape[1] :]
         trie = self.beam.trie
-        scored = self.model.score_codes(batch, trie, self.ids.codes[extra.clamp(min=0)].to(trie.device))
+        scored = self.model.score_codes(
+            batch, trie, self.ids.codes[extra.clamp(min=0)].to(trie.device)
+        )
         gen = torch.cat([found.scores, scored.cpu().float()], 1)
         return Candidates(rows, gen.masked_fill(rows < 0, float("-inf")), _gather(head.cpu(), rows),
                           None if lexical is None else _gather(lexical.cpu(), rows))  # fmt: skip
@@ -144,7 +151,9 @@ def choose_mixes(parts: list[Candidates], targets: Tensor, ids: SemanticIDs,
     for weight in grid:
         for lexical in lexical_grid:
             rows = torch.cat([c.top(weight, k, ids, lexical).rows for c in parts])
-            ndcg[f"{weight},{lexical}"] = compute_metrics(rows, targets, ks=(k,), names=("ndcg",))[f"ndcg@{k}"]
+            ndcg[f"{weight},{lexical}"] = compute_metrics(rows, targets, ks=(k,), names=("ndcg",))[
+                f"ndcg@{k}"
+            ]
     pairs = [(w, x) for w in grid for x in lexical_grid]
     best = max(pairs, key=lambda p: (ndcg[f"{p[0]},{p[1]}"], -p[0] - p[1]))
     return best, ndcg

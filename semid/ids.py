@@ -138,12 +138,20 @@ class SemanticIDs:
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
         repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
         if repeated:
-            raise SemidError(f"key {repeated[0]!r} is given more than once among the new items; list each item once")
+            raise SemidError(
+                f"key {repeated[0]!r} is given more than once among the new items; list each item once"
+            )
         clash = [k for k in keys if k in self._row_of_key]
         if clash:
-            raise SemidError(f"{len(clash)} keys are already indexed, e.g. {clash[0]!r}; give new keys")
-        if raw_codes.ndim != 2 or (self.raw_codes is not None and raw_codes.shape[1] != self.raw_codes.shape[1]):
-            raise SemidError(f"new items' codes have shape {tuple(raw_codes.shape)}; they must come from the index's quantizer")
+            raise SemidError(
+                f"{len(clash)} keys are already indexed, e.g. {clash[0]!r}; give new keys"
+            )
+        if raw_codes.ndim != 2 or (
+            self.raw_codes is not None and raw_codes.shape[1] != self.raw_codes.shape[1]
+        ):
+            raise SemidError(
+                f"new items' codes have shape {tuple(raw_codes.shape)}; they must come from the index's quantizer"
+            )
         has_extra = self.collision is not None and self.collision.extra_level
         new_codes: list[list[int]] = []
         taken: dict[tuple[int, ...], int] = {}  # codes given in this call, not yet in the index
@@ -237,16 +245,22 @@ class SemanticIDs:
         fix = "build one with `semid index build`"
         needed = ["config.json", "keys.json", "codes.safetensors"]
         if not path.is_dir() or any(not (path / name).is_file() for name in needed):
-            raise SemidError(f"{path} is not a semantic-ID index (needs {', '.join(needed)}); {fix}")
+            raise SemidError(
+                f"{path} is not a semantic-ID index (needs {', '.join(needed)}); {fix}"
+            )
         config = read_json(path / "config.json", fix)
         version = config.get("format_version") if isinstance(config, dict) else None
         if not isinstance(version, int):
             raise SemidError(f"{path}/config.json is not a semid index config; {fix}")
         if version > FORMAT_VERSION:
-            raise SemidError(f"{path} was written by a newer semid (format {version}); upgrade semid")
+            raise SemidError(
+                f"{path} was written by a newer semid (format {version}); upgrade semid"
+            )
         sizes, metadata = config.get("codebook_sizes"), config.get("metadata", {})
         if not isinstance(sizes, list) or not all(type(s) is int and s >= 1 for s in sizes):
-            raise SemidError(f"{path}/config.json: codebook_sizes must be a list of positive integers; {fix}")
+            raise SemidError(
+                f"{path}/config.json: codebook_sizes must be a list of positive integers; {fix}"
+            )
         if not isinstance(metadata, dict):
             raise SemidError(f"{path}/config.json: metadata must be a JSON object; {fix}")
         keys = read_json(path / "keys.json", fix)
@@ -277,7 +291,9 @@ class SemanticIDs:
                 metadata=metadata,
             )
         except SemidError as e:  # the files disagree (key count, code range, unique IDs)
-            raise SemidError(f"{path}: keys.json, codes.safetensors and config.json do not agree ({e}); {fix}") from None
+            raise SemidError(
+                f"{path}: keys.json, codes.safetensors and config.json do not agree ({e}); {fix}"
+            ) from None
         return ids
 
 

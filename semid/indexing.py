@@ -45,7 +45,9 @@ def check_fits(quantizer: Quantizer, num_items: int, dim: int) -> None:
     """SemidError unless the quantizer's shape suits ``num_items`` items of width ``dim``."""
     sizes, spec = quantizer.codebook_sizes, quantizer.spec
     if len(sizes) > MAX_LEVELS:
-        raise SemidError(f"{spec} has {len(sizes)} levels; use at most {MAX_LEVELS} (IDs are decoded one level at a time)")
+        raise SemidError(
+            f"{spec} has {len(sizes)} levels; use at most {MAX_LEVELS} (IDs are decoded one level at a time)"
+        )
     if max(sizes) > num_items:
         raise SemidError(f"{spec} has {max(sizes):,} codes per level for {num_items:,} items; use at most "
                          f"{num_items:,} (or --quantizer auto: {auto_spec(num_items)})")  # fmt: skip

@@ -31,9 +31,13 @@ TOKEN = re.compile(r"\w+")
 class LexicalIndex:
     """BM25 over the term counts of N documents (row i = index row i)."""
 
-    def __init__(self, vocab: dict[str, int], counts: sp.csr_matrix, k1: float = 1.5, b: float = 0.75) -> None:
+    def __init__(
+        self, vocab: dict[str, int], counts: sp.csr_matrix, k1: float = 1.5, b: float = 0.75
+    ) -> None:
         if counts.shape[1] != len(vocab):
-            raise SemidError(f"term counts have {counts.shape[1]} columns for a vocabulary of {len(vocab)}")
+            raise SemidError(
+                f"term counts have {counts.shape[1]} columns for a vocabulary of {len(vocab)}"
+            )
         self.vocab, self.counts, self.k1, self.b = vocab, counts.tocsr(), k1, b
         self._weights: sp.csr_matrix | None = None
 
@@ -50,7 +54,9 @@ class LexicalIndex:
         """Append documents (new terms join the vocabulary); the BM25 weights are recomputed."""
         new = _counts(texts, self.vocab, grow=True)
         old = self.counts
-        old = sp.csr_matrix((old.data, old.indices, old.indptr), shape=(old.shape[0], len(self.vocab)))
+        old = sp.csr_matrix(
+            (old.data, old.indices, old.indptr), shape=(old.shape[0], len(self.vocab))
+        )
         self.counts, self._weights = sp.vstack([old, new]).tocsr(), None
 
     @property
@@ -62,7 +68,9 @@ class LexicalIndex:
             length = np.asarray(self.counts.sum(1)).ravel()
             df = np.bincount(tf.col, minlength=len(self.vocab))
             idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-            denom = tf.data + self.k1 * (1 - self.b + self.b * length[tf.row] / max(length.mean(), 1e-9))
+            denom = tf.data + self.k1 * (
+                1 - self.b + self.b * length[tf.row] / max(length.mean(), 1e-9)
+            )
             w = idf[tf.col] * tf.data * (self.k1 + 1) / denom
             self._weights = sp.csr_matrix((w, (tf.row, tf.col)), shape=tf.shape).T.tocsr()
         return self._weights

@@ -19,7 +19,9 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     """``tqdm.auto.tqdm(*args, **kwargs)`` with ``mininterval`` set to :data:`LOG_INTERVAL_S` when
     its stream is neither a terminal nor a notebook (unless given)."""
     stream = kwargs.get("file") or sys.stderr
-    logging_to_file = not getattr(stream, "isatty", lambda: False)() and "ipykernel" not in sys.modules
+    logging_to_file = (
+        not getattr(stream, "isatty", lambda: False)() and "ipykernel" not in sys.modules
+    )
     if logging_to_file:
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
     return tqdm(*args, **kwargs)

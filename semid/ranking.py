@@ -38,7 +38,9 @@ class Ranking:
     @classmethod
     def concat(cls, parts: list[Ranking]) -> Ranking:
         """The rankings of consecutive batches as one."""
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("rows", "scores", "codes")))
+        return cls(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in ("rows", "scores", "codes"))
+        )
 
 
 class Ranker(Protocol):
@@ -76,7 +78,9 @@ def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None,
     scorers."""
     if is_generator(model):
         if item_mix is not None and not model.has_item_head():
-            raise SemidError("--item-mix needs a generator trained with an item head (item_loss > 0)")
+            raise SemidError(
+                "--item-mix needs a generator trained with an item head (item_loss > 0)"
+            )
         if item_mix is not None and item_mix < 0:
             raise SemidError(f"--item-mix must be >= 0, got {item_mix}")
         mix = getattr(model.config, "item_mix", 0.0) if item_mix is None else item_mix

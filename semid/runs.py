@@ -104,7 +104,9 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
         raise SemidError(f"{run / MANIFEST} is not a semid run manifest; {fix}")
     version = manifest.get("format_version", 0)
     if not isinstance(version, int) or version > RUN_FORMAT:
-        raise SemidError(f"{run} was written by a newer semid (run format {version}); upgrade semid")
+        raise SemidError(
+            f"{run} was written by a newer semid (run format {version}); upgrade semid"
+        )
     saved = str(manifest.get("semid_version", "0"))
     if _major_minor(saved) > _major_minor(semid.__version__):
         raise SemidError(
@@ -115,7 +117,9 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
         raise SemidError(f"{run / MANIFEST}: parts must be a JSON object of folder names; {fix}")
     for part, folder in parts.items():
         if not (run / folder).is_dir():
-            raise SemidError(f"{run} has no {part} folder ({folder}/); the run is incomplete: retrain it")
+            raise SemidError(
+                f"{run} has no {part} folder ({folder}/); the run is incomplete: retrain it"
+            )
     return manifest
 
 
@@ -151,7 +155,9 @@ def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> No
                 f"the model of {where} writes {len(sizes)}-level IDs but its index has {ids.levels} levels; "
                 "train the model on this index"
             )
-        over = [lv for lv, (m, i) in enumerate(zip(sizes, ids.codebook_sizes, strict=True)) if i > m]
+        over = [
+            lv for lv, (m, i) in enumerate(zip(sizes, ids.codebook_sizes, strict=True)) if i > m
+        ]
         if over:
             lv = over[0]
             raise SemidError(
@@ -178,7 +184,9 @@ def read_metrics(run: str | os.PathLike) -> dict[str, Any]:
     path = Path(run) / "metrics.json"
     current = read_json(path, "delete it and evaluate again") if path.is_file() else {}
     if not isinstance(current, dict):
-        raise SemidError(f"{path} is not a JSON object of metrics by split; delete it and evaluate again")
+        raise SemidError(
+            f"{path} is not a JSON object of metrics by split; delete it and evaluate again"
+        )
     return current
 
 

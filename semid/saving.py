@@ -69,7 +69,9 @@ def read_module(path: str | os.PathLike, kind: str, fix: str) -> tuple[str, dict
     recover(path)  # a writer killed mid-swap left the previous version aside: put it back
     config_file = path / CONFIG_FILE
     if not path.is_dir() or not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise SemidError(f"{path} is not a saved {kind} (needs {CONFIG_FILE}, {WEIGHTS_FILE}); {fix}")
+        raise SemidError(
+            f"{path} is not a saved {kind} (needs {CONFIG_FILE}, {WEIGHTS_FILE}); {fix}"
+        )
     meta = read_json(config_file, fix)
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if not isinstance(version, int) or not isinstance(meta.get("config"), dict):
@@ -98,7 +100,9 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
     shapes = {k: v.shape for k, v in module.state_dict().items()}
     wrong = [k for k, v in state.items() if k in shapes and shapes[k] != v.shape]
     if wrong:
-        raise SemidError(f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model")
+        raise SemidError(
+            f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model"
+        )
     missing, unexpected = module.load_state_dict(state, strict=False)
     # tied weights are saved once; anything else missing or extra means another architecture
     missing = [k for k in missing if k not in _tied_names(module)]

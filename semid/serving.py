@@ -229,7 +229,11 @@ class BatchingPredictor:
         while n < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                req = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                req = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if req is _STOP:

@@ -208,7 +208,9 @@ def test_image_head_learns_the_toy_task_and_ranks_with_the_beams(tmp_path):
     m = model(image_dim=6)
     with pytest.raises(SemidError, match="image features"):
         m({"query": queries[:4], "target_codes": codes[:4], "labels": labels[:4]})
-    cfg = TrainConfig(max_epochs=5, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100)
+    cfg = TrainConfig(
+        max_epochs=5, batch_size=32, lr=1e-2, early_stopping_patience=None, log_every=100
+    )
     train_model(m, pairs, cfg, tmp_path / "train", device="cpu")
     m.eval()
     unique, first = torch.unique(codes, dim=0, return_inverse=True)
@@ -228,7 +230,10 @@ def test_image_head_learns_the_toy_task_and_ranks_with_the_beams(tmp_path):
     assert class_metrics(rows, image_labels, query_labels, (5,))["precision@5"] == 1.0
     with pytest.raises(SemidError, match=r"\(N, 6\)"):
         m.set_items_(torch.zeros(3, 5))
-    assert build_model("avg", {"codebook_sizes": SIZES, "image_dim": 6, "item_loss": 0}).image_head is None
+    assert (
+        build_model("avg", {"codebook_sizes": SIZES, "image_dim": 6, "item_loss": 0}).image_head
+        is None
+    )
 
 
 @pytest.mark.slow
@@ -290,7 +295,9 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
     assert read_rows(run.index_path / IMAGE_FEATURES).shape == (32, run.model.config.image_dim)
     predictor = task.predictor(run)
     assert run.model.has_item_head() and isinstance(predictor.ranker(None), HybridRanker)
-    beams_only = task.evaluate(run, EvalOptions(ks=(5, 10), split="test", batch_size=8, item_mix=0.0))
+    beams_only = task.evaluate(
+        run, EvalOptions(ks=(5, 10), split="test", batch_size=8, item_mix=0.0)
+    )
     assert beams_only["invalid_id_rate"] == 0.0
     with pytest.raises(SemidError, match="item-mix must be >= 0"):
         task.evaluate(run, EvalOptions(ks=(5,), split="test", item_mix=-1.0))

@@ -28,5 +28,8 @@ def test_every_step_writes_its_rows(tmp_path, one_thread):
     (inc,) = {r["frozen_unchanged"] for r in result["rows"] if "frozen_unchanged" in r}
     assert inc is True
     assert {r["queries"] for r in result["rows"] if r["corpus"] == "D0"} == {"D0-test"}
-    assert {r["queries"] for r in result["rows"] if r["corpus"] == "D0+D1"} == {"D0-test", "D1-test"}
+    assert {r["queries"] for r in result["rows"] if r["corpus"] == "D0+D1"} == {
+        "D0-test",
+        "D1-test",
+    }
     assert out.with_suffix(".md").read_text().startswith("# Document retrieval")

@@ -174,7 +174,8 @@ def test_cli_trains_the_head_tunes_the_weight_and_ranks_new_items(tmp_path):
     (tmp_path / "new.txt").write_text("new-a\nnew-b\n")
     assert main(["index", "add", str(run), "--items", str(tmp_path / "new.npy"),
                  "--keys", str(tmp_path / "new.txt")]) == 0  # fmt: skip
-    assert main(["eval", str(run), "--split", "test", "--item-mix", "1"]) == 0  # rows beyond the head
+    # rows beyond the head
+    assert main(["eval", str(run), "--split", "test", "--item-mix", "1"]) == 0
     assert main(["predict", str(run), "--history", f"{keys[0]},{keys[1]}", "--k", "5"]) == 0
 
 
@@ -198,9 +199,11 @@ def test_lexical_scores_add_candidates_and_mix_into_the_ranking():
     ids = make_ids()
     model, batch = make(ids), queries(ids)
     every = ids.codes[None].expand(3, -1, -1)
-    worst = model.score_codes(batch, ids.trie(SIZES), every).argmin(1)  # the generator's last choice
+    # the generator's last choice
+    worst = model.score_codes(batch, ids.trie(SIZES), every).argmin(1)
     lexical = torch.full((3, len(ids)), -10.0)
-    lexical[torch.arange(3), worst] = 0.0  # a row the lexical view is sure of, whatever the beams say
+    # a row the lexical view is sure of, whatever the beams say
+    lexical[torch.arange(3), worst] = 0.0
     with_lexical = {**batch, "lexical": lexical}
     ranker = HybridRanker(model, ids, num_beams=2, mix=0.0, lexical_mix=1.0)
     found = ranker.candidates(with_lexical, 2)
@@ -208,7 +211,9 @@ def test_lexical_scores_add_candidates_and_mix_into_the_ranking():
     assert picked.any(1).all()  # joined the candidates
     torch.testing.assert_close(found.lexical[picked], torch.zeros(3))
     assert torch.equal(ranker.rank(with_lexical, 1).rows[:, 0], worst)
-    assert (HybridRanker(model, ids, num_beams=2, mix=0.0).rank(with_lexical, 1).rows[:, 0] != worst).all()
+    assert (
+        HybridRanker(model, ids, num_beams=2, mix=0.0).rank(with_lexical, 1).rows[:, 0] != worst
+    ).all()
     with pytest.raises(SemidError, match="lexical"):
         ranker.rank(batch, 1)  # the model mixes lexical scores but the batch has none
     # the weights are chosen jointly: the lexical weight wins when the lexical favourite is the answer
@@ -216,4 +221,5 @@ def test_lexical_scores_add_candidates_and_mix_into_the_ranking():
     assert lex == 1.0 and ndcg["0.0,1.0"] == 1.0 and ndcg["0.0,0.0"] < 1.0
     plain = HybridRanker(model, ids, num_beams=2).candidates(batch, 2)
     assert plain.lexical is None
-    assert choose_mixes([plain], torch.zeros(3, dtype=torch.long), ids)[0][1] == 0.0  # no scores: no weight
+    # no scores: no weight
+    assert choose_mixes([plain], torch.zeros(3, dtype=torch.long), ids)[0][1] == 0.0

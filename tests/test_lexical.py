@@ -36,7 +36,8 @@ def test_add_equals_building_from_all_texts_and_save_load_round_trips(tmp_path):
     whole = LexicalIndex.from_texts(DOCS + ["a new word"])
     queries = ["quick dog", "new word", "the"]
     torch.testing.assert_close(grown.scores(queries), whole.scores(queries))
-    assert len(grown) == 4 and not torch.equal(before, grown.scores(["quick dog"])[:, :2])  # idf moved
+    # idf moved
+    assert len(grown) == 4 and not torch.equal(before, grown.scores(["quick dog"])[:, :2])
     grown.save(tmp_path / "lexical.safetensors")
     loaded = LexicalIndex.load(tmp_path / "lexical.safetensors")
     torch.testing.assert_close(loaded.scores(queries), grown.scores(queries))

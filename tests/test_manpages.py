@@ -73,12 +73,16 @@ def test_build_skips_redirects_links_and_vendor_references_and_keeps_unique_quer
     write_page(root, "1", "dir", ".so man1/ls.1\n")
     (root / "man1" / "vdir.1.gz").symlink_to(root / "man1" / "ls.1.gz")
     write_page(root, "1", "gcloud_compute", MAN_PAGE.replace("list directory", "list compute"))
-    write_page(root, "3", "twin_a", MAN_PAGE.replace("ls \\-", "twin_a \\-").replace("List", "Alpha"))
+    write_page(
+        root, "3", "twin_a", MAN_PAGE.replace("ls \\-", "twin_a \\-").replace("List", "Alpha")
+    )
     write_page(root, "3", "twin_b", MAN_PAGE.replace("ls \\-", "twin_b \\-").replace("List", "Beta")
                .replace("list directory contents", "List Directory Contents"))  # fmt: skip
     write_page(root, "5", "short", ".SH NAME\nshort \\- a short one\n.SH DESCRIPTION\nToo short.\n")
     pages = find_pages(root)
-    assert "vdir.1.gz" not in {p.name for p in pages} and "gcloud_compute.1.gz" not in {p.name for p in pages}
+    assert "vdir.1.gz" not in {p.name for p in pages} and "gcloud_compute.1.gz" not in {
+        p.name for p in pages
+    }
     docs = build_documents(pages)
     # ls and the two twins share a query (case-insensitively): all three are dropped
     assert [(d.id, d.queries) for d in docs] == [("ssh(1)", ("OpenSSH remote login client",))]
@@ -91,9 +95,13 @@ def test_pinned_corpus_is_built_once_and_checked(tmp_path):
     first = load_manpages(out, root)
     assert [d.id for d in first.documents] == ["ls(1)", "ssh(1)"]
     assert first.metadata["sha256"] == first.sha256
-    write_page(root, "1", "cat", MAN_PAGE.replace("ls \\- list directory contents", "cat \\- concatenate"))
+    write_page(
+        root, "1", "cat", MAN_PAGE.replace("ls \\- list directory contents", "cat \\- concatenate")
+    )
     assert len(load_manpages(out, root)) == 2  # pinned: new pages do not change the corpus
-    (out / "manpages.jsonl").write_text((out / "manpages.jsonl").read_text().replace("ls(1)", "xx(1)"))
+    (out / "manpages.jsonl").write_text(
+        (out / "manpages.jsonl").read_text().replace("ls(1)", "xx(1)")
+    )
     with pytest.raises(SemidError, match="changed since it was pinned"):
         load_manpages(out, root)
 

@@ -98,7 +98,11 @@ def test_last_only_blocks_give_the_last_position_of_the_full_pass():  # MMGRec a
     full = model.encode(codes, times)[:, -1:]
     assert torch.allclose(model.encode(codes, times, last_only=True), full, atol=1e-6)
     tokens = torch.randn(3, 2, 16)
-    assert torch.allclose(model.decode(tokens, last_only=True), model.decode(tokens)[:, -1:], atol=1e-6)
+    assert torch.allclose(
+        model.decode(tokens, last_only=True), model.decode(tokens)[:, -1:], atol=1e-6
+    )
     sasrec = build_model("sasrec", {"num_items": 9, "dim": 16, "heads": 2}).eval()
     rows = items.clamp(max=8)
-    assert torch.allclose(sasrec.encode(rows, last_only=True), sasrec.encode(rows)[:, -1:], atol=1e-6)
+    assert torch.allclose(
+        sasrec.encode(rows, last_only=True), sasrec.encode(rows)[:, -1:], atol=1e-6
+    )

@@ -235,7 +235,9 @@ def test_centroid_logits_rank_codes_by_residual_distance():
     assert torch.equal(logits.argsort(1, descending=True), distances.argsort(1))
     # logit gaps are -scale * squared-distance gaps
     gap = logits[:, 0] - logits[:, 1]
-    torch.testing.assert_close(gap, -5.0 * (distances[:, 0] ** 2 - distances[:, 1] ** 2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        gap, -5.0 * (distances[:, 0] ** 2 - distances[:, 1] ** 2), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_untrained_centroid_model_retrieves_the_residual_code_of_its_query_vector():
@@ -350,11 +352,14 @@ def test_document_head_starts_at_the_encoder_vector_and_learns_to_rank_its_targe
     assert not model.has_item_head()  # no documents yet
     batch = token_batch(4, seed=3)
     model.eval()
-    with torch.no_grad():  # the adapter starts as the identity: the encoder's own sentence embedding
+    # the adapter starts as the identity: the encoder's own sentence embedding
+    with torch.no_grad():
         own = model.text_embedding(model.lower_states(**batch), batch["attention_mask"])
         torch.testing.assert_close(model.encode_with_query(batch)[2], own)
         cached = {**batch, "embedding": own + 1.0}  # a cached embedding is used as given
-        torch.testing.assert_close(model.encode_with_query(cached)[2], F.normalize(own + 1.0, dim=-1))
+        torch.testing.assert_close(
+            model.encode_with_query(cached)[2], F.normalize(own + 1.0, dim=-1)
+        )
     documents = torch.randn(6, 16)
     model.set_documents_(documents)
     assert model.has_item_head() and "documents" not in model.state_dict()

@@ -13,9 +13,13 @@ from semid.training import TrainConfig
 
 def add_training_arguments(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     """--epochs, --max-steps, --batch-size, --lr, --seed with the task's defaults."""
-    p.add_argument("--epochs", type=int, default=defaults.max_epochs, help="max epochs (default: %(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=defaults.max_epochs, help="max epochs (default: %(default)s)"
+    )
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s"
+    )
     p.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip
@@ -54,9 +58,20 @@ def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> No
 
 def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
     """--items, --columns, --missing-text, --min-interactions: a user's own interactions file."""
-    p.add_argument("--items", help="with an interactions file: item texts (CSV/TSV/Parquet/JSONL with item and text columns)")
-    p.add_argument("--columns", type=parse_columns, help="column names by role when not the usual ones, e.g. user=uid,item=sku,timestamp=ts")
-    p.add_argument("--missing-text", choices=["error", "drop"], default="error",
-                   help="interactions whose item has no text in --items: stop, or drop them (default: %(default)s)")
+    p.add_argument(
+        "--items",
+        help="with an interactions file: item texts (CSV/TSV/Parquet/JSONL with item and text columns)",
+    )
+    p.add_argument(
+        "--columns",
+        type=parse_columns,
+        help="column names by role when not the usual ones, e.g. user=uid,item=sku,timestamp=ts",
+    )
+    p.add_argument(
+        "--missing-text",
+        choices=["error", "drop"],
+        default="error",
+        help="interactions whose item has no text in --items: stop, or drop them (default: %(default)s)",
+    )
     p.add_argument("--min-interactions", type=int, default=3,
                    help="drop users with fewer interactions (leave-one-out needs 3; default: %(default)s)")  # fmt: skip

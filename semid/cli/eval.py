@@ -13,7 +13,9 @@ from semid.errors import SemidError
 from semid.runs import load_run, read_metrics, update_metrics
 from semid.tasks import EvalOptions, get_task, resolve_device
 
-DESCRIPTION = "Evaluate a trained run on its valid or test split (full ranking); prints and saves metrics."
+DESCRIPTION = (
+    "Evaluate a trained run on its valid or test split (full ranking); prints and saves metrics."
+)
 EXAMPLE = "semid eval runs/ml-100k/mmgrec --k 5 10 --split test"
 
 
@@ -21,20 +23,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid eval`."""
     p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory from `semid train ...`")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10], help="cut-offs (default: 5 10)")
-    p.add_argument("--split", choices=["valid", "test"], default="test", help="default: %(default)s")
-    p.add_argument("--num-beams", type=int, help="beams for generators (default: the run's; always >= max k)")
-    p.add_argument("--batch-size", type=int, default=256, help="queries per batch (default: %(default)s)")
+    p.add_argument(
+        "--split", choices=["valid", "test"], default="test", help="default: %(default)s"
+    )
+    p.add_argument(
+        "--num-beams", type=int, help="beams for generators (default: the run's; always >= max k)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="queries per batch (default: %(default)s)"
+    )
     add_device_argument(p, "cpu")
-    p.add_argument("--cold-share", type=float, default=0.0,
-                   help="recommendation with a generator: share of the top-k that may go to items added "
-                   "after training (`semid index add`) whose ID extends a generated prefix, as in TIGER "
-                   "(default: %(default)s)")
-    p.add_argument("--cold-prefix", type=int, default=1,
-                   help="with --cold-share: leading codes a new item must share with a generated ID (default: %(default)s)")
-    p.add_argument("--item-mix", type=float,
-                   help="a generator with an item head (MMGRec, AVG: item_loss > 0): weight w of "
-                   "log p(ID) + w * log p(item); 0 is beam search alone (default: the run's, chosen on "
-                   "the valid split for recommenders, on validation images for AVG)")
+    p.add_argument(
+        "--cold-share",
+        type=float,
+        default=0.0,
+        help="recommendation with a generator: share of the top-k that may go to items added "
+        "after training (`semid index add`) whose ID extends a generated prefix, as in TIGER "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--cold-prefix",
+        type=int,
+        default=1,
+        help="with --cold-share: leading codes a new item must share with a generated ID (default: %(default)s)",
+    )
+    p.add_argument(
+        "--item-mix",
+        type=float,
+        help="a generator with an item head (MMGRec, AVG: item_loss > 0): weight w of "
+        "log p(ID) + w * log p(item); 0 is beam search alone (default: the run's, chosen on "
+        "the valid split for recommenders, on validation images for AVG)",
+    )
     p.add_argument("--keep-seen", action="store_true",
                    help="recommendation: also rank items the user already interacted with "
                    "(default: exclude them, as RecBole's full-sort evaluation does)")  # fmt: skip
@@ -45,7 +64,9 @@ def options_from(args: argparse.Namespace) -> EvalOptions:
     if min(args.k) < 1:
         raise SemidError(f"--k must be >= 1, got {min(args.k)}")
     if args.num_beams is not None and args.num_beams < max(args.k):
-        raise SemidError(f"--num-beams must be >= the largest --k ({max(args.k)}), got {args.num_beams}")
+        raise SemidError(
+            f"--num-beams must be >= the largest --k ({max(args.k)}), got {args.num_beams}"
+        )
     if args.batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
     return EvalOptions(
@@ -60,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     loaded = load_run(args.run_dir)
     if max(args.k) > len(loaded.ids):
-        raise SemidError(f"--k {max(args.k)} is over the catalogue size ({len(loaded.ids)} items of {args.run_dir})")
+        raise SemidError(
+            f"--k {max(args.k)} is over the catalogue size ({len(loaded.ids)} items of {args.run_dir})"
+        )
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     update_metrics(args.run_dir, args.split, metrics)

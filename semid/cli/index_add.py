@@ -18,7 +18,9 @@ from semid.runs import MANIFEST
 from semid.tasks import task_of_run
 from semid.tasks.items import read_new_items
 
-DESCRIPTION = "Add new items to a run's (or an index's) semantic IDs with the saved quantizer; no retraining."
+DESCRIPTION = (
+    "Add new items to a run's (or an index's) semantic IDs with the saved quantizer; no retraining."
+)
 EXAMPLE = (
     "semid index add runs/ml-100k/mmgrec --items new_items.tsv      # key<TAB>text per line\n"
     "  semid index add runs/ml-100k/mmgrec --items new.npy --keys new.txt\n"
@@ -28,10 +30,20 @@ EXAMPLE = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid index add`."""
-    p.add_argument("target", type=Path, help="a run directory (its index/ is updated) or an index folder")
-    p.add_argument("--items", type=Path, help="recommenders: .tsv (key<TAB>text) or embeddings (.npy/.parquet/.safetensors); "
-                   "text-to-image runs: a folder with one subfolder per class, or a CSV/JSON Lines of image paths")
-    p.add_argument("--docs", type=Path, help="JSONL {id, text, queries?} for a retrieval run: only new prompts are trained")
+    p.add_argument(
+        "target", type=Path, help="a run directory (its index/ is updated) or an index folder"
+    )
+    p.add_argument(
+        "--items",
+        type=Path,
+        help="recommenders: .tsv (key<TAB>text) or embeddings (.npy/.parquet/.safetensors); "
+        "text-to-image runs: a folder with one subfolder per class, or a CSV/JSON Lines of image paths",
+    )
+    p.add_argument(
+        "--docs",
+        type=Path,
+        help="JSONL {id, text, queries?} for a retrieval run: only new prompts are trained",
+    )
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")
     p.add_argument("--encoder", help="sentence-transformers folder for .tsv texts (default: the index's)")  # fmt: skip
 
@@ -39,16 +51,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read the items (or documents), add them, report their IDs."""
     if (args.items is None) == (args.docs is None):
-        raise SemidError("pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them")
+        raise SemidError(
+            "pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them"
+        )
     if (args.target / MANIFEST).is_file():
         task = task_of_run(args.target)
         if args.docs is not None and task.name != "retrieve":
-            raise SemidError(f"{args.target} is a {task.name} run; --docs is for retrieval runs (use --items)")
+            raise SemidError(
+                f"{args.target} is a {task.name} run; --docs is for retrieval runs (use --items)"
+            )
         if args.items is not None and task.name == "retrieve":
             raise SemidError(f"{args.target} is a retrieve run; add documents with --docs")
-        summary = task.add(args.target, args.items or args.docs, keys=args.keys, encoder=args.encoder)
+        summary = task.add(
+            args.target, args.items or args.docs, keys=args.keys, encoder=args.encoder
+        )
     elif args.docs is not None:
-        raise SemidError(f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`")
+        raise SemidError(
+            f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"
+        )
     else:
         keys, x = read_new_items(args.items, args.keys, args.encoder)
         ids, codes = add_items(args.target, keys, x)

@@ -23,6 +23,7 @@ def kind_of(dataset: str) -> str:
     """What a registered dataset or a data path holds (interactions, documents, images)."""
     return dataset_kind(dataset) if dataset in available_datasets() else sniff_kind(dataset)
 
+
 DESCRIPTION = "Build a semantic-ID index: embed items (or read embeddings), fit a quantizer, resolve collisions."
 EXAMPLE = (
     "semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index\n"
@@ -45,9 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--keys", type=Path, help="item keys, one per line (with --embeddings .npy/.safetensors)"
     )
     p.add_argument(
-        "--quantizer", default="auto",
+        "--quantizer",
+        default="auto",
         help="quantizer spec, e.g. rqkmeans:3x256, rqvae:3x256, graph_rqvae:3x256, voken:3x256; auto: "
-        "rqkmeans sized to the number of items (default: %(default)s)"
+        "rqkmeans sized to the number of items (default: %(default)s)",
     )
     p.add_argument(
         "--collisions",

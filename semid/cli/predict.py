@@ -18,7 +18,9 @@ from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.tasks import load_predictor
 
-DESCRIPTION = "Predict the top-k items (for users or histories) or documents/images (for queries) with a run."
+DESCRIPTION = (
+    "Predict the top-k items (for users or histories) or documents/images (for queries) with a run."
+)
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
     "  semid predict runs/ml-100k/mmgrec --history '50,181,1' --k 5   # a user the run has never seen\n"
@@ -34,12 +36,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--user", help="recommenders: a user id of the run's data")
     src.add_argument("--users", help="recommenders: a file of user ids (one a line), or 'all'")
-    src.add_argument("--history", help="recommenders: comma-separated item keys, oldest first (a new user)")
+    src.add_argument(
+        "--history", help="recommenders: comma-separated item keys, oldest first (a new user)"
+    )
     src.add_argument("--query", help="retrievers: one query text")
-    src.add_argument("--queries", type=Path, help="retrievers: a file of queries, one a line, or JSON Lines with 'query'")
+    src.add_argument(
+        "--queries",
+        type=Path,
+        help="retrievers: a file of queries, one a line, or JSON Lines with 'query'",
+    )
     p.add_argument("--k", type=int, default=10, help="answers per input (default: %(default)s)")
-    p.add_argument("--num-beams", type=int, help="beams for generators (default: the run's; always >= k)")
-    p.add_argument("--batch-size", type=int, default=64, help="inputs per search (default: %(default)s)")
+    p.add_argument(
+        "--num-beams", type=int, help="beams for generators (default: the run's; always >= k)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="inputs per search (default: %(default)s)"
+    )
     p.add_argument("--out", type=Path, help="write JSON Lines here instead of printing a table")
     add_device_argument(p)  # fmt: skip
 
@@ -70,7 +82,10 @@ def read_inputs(args: argparse.Namespace, predictor: Any) -> list[dict[str, Any]
                 raise SemidError("--users all is for recommendation runs")
             return [{"user": u} for u in predictor.user_keys]
         return [{"user": line} for line in _lines(Path(args.users), "--users")]
-    return [_query_line(line, args.queries, i) for i, line in enumerate(_lines(args.queries, "--queries"))]
+    return [
+        _query_line(line, args.queries, i)
+        for i, line in enumerate(_lines(args.queries, "--queries"))
+    ]
 
 
 def _lines(path: Path, flag: str) -> list[str]:

@@ -21,7 +21,9 @@ from semid.tasks import get_task, resolve_device
 from semid.tasks.data import resolve_dataset
 from semid.tasks.recommend import RecommendSpec, default_train
 
-DESCRIPTION = "Train a recommender (mmgrec, tiger, sasrec or pop) on a dataset's leave-one-out split."
+DESCRIPTION = (
+    "Train a recommender (mmgrec, tiger, sasrec or pop) on a dataset's leave-one-out split."
+)
 EXAMPLE = (
     "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec\n"
     "  semid train recommender --dataset ml-1m --index runs/ml-1m/index --model sasrec --epochs 20 --out runs/ml-1m/sasrec"
@@ -31,22 +33,47 @@ EXAMPLE = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train recommender`."""
     defaults = default_train()
-    p.add_argument("--dataset", required=True, help="embedded dataset (ml-100k, ml-1m), a MovieLens/RecBole folder, "
-                   "or an interactions file (user, item[, timestamp]: CSV, TSV, Parquet, JSON Lines, optionally .gz)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="embedded dataset (ml-100k, ml-1m), a MovieLens/RecBole folder, "
+        "or an interactions file (user, item[, timestamp]: CSV, TSV, Parquet, JSON Lines, optionally .gz)",
+    )
     add_interaction_file_arguments(p)
-    p.add_argument("--index", type=Path, required=True, help="index folder from `semid index build` on the same dataset")
+    p.add_argument(
+        "--index",
+        type=Path,
+        required=True,
+        help="index folder from `semid index build` on the same dataset",
+    )
     p.add_argument("--model", required=True, help="mmgrec, tiger, sasrec or pop")
     p.add_argument("--out", type=Path, required=True, help="run directory to create (or resume)")
-    p.add_argument("--model-config", default="{}", help="JSON of model fields, e.g. '{\"dim\": 128}'")
+    p.add_argument(
+        "--model-config", default="{}", help="JSON of model fields, e.g. '{\"dim\": 128}'"
+    )
     add_device_argument(p)
     add_training_arguments(p, defaults)
-    p.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
-                   help="early stopping: evaluations without valid NDCG@10 gain (default: %(default)s)")
-    p.add_argument("--max-history", type=int, default=50, help="history items per user (default: %(default)s)")
-    p.add_argument("--num-beams", type=int, default=RecommendSpec.num_beams,
-                   help="beams of the search, stored in the run (default: %(default)s; always >= k)")
-    p.add_argument("--eval-users", type=int, help="validate during training on this many users only (faster)")
-    p.add_argument("--users", type=int, help="keep only the first N users (a small slice, for smoke tests)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=defaults.early_stopping_patience,
+        help="early stopping: evaluations without valid NDCG@10 gain (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-history", type=int, default=50, help="history items per user (default: %(default)s)"
+    )
+    p.add_argument(
+        "--num-beams",
+        type=int,
+        default=RecommendSpec.num_beams,
+        help="beams of the search, stored in the run (default: %(default)s; always >= k)",
+    )
+    p.add_argument(
+        "--eval-users", type=int, help="validate during training on this many users only (faster)"
+    )
+    p.add_argument(
+        "--users", type=int, help="keep only the first N users (a small slice, for smoke tests)"
+    )
     p.add_argument("--extra-codes", type=int, default=RecommendSpec.extra_codes,
                    help="spare last-level tokens so `semid index add` can disambiguate new items (default: %(default)s)")  # fmt: skip
 
@@ -54,7 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
     if args.model not in available_models():
-        raise SemidError(f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}")
+        raise SemidError(
+            f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}"
+        )
     check_count("--patience", args.patience)
     spec = RecommendSpec(
         dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items), columns=args.columns or None,
@@ -64,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         max_history=args.max_history, num_beams=args.num_beams, eval_users=args.eval_users,
         users=args.users, extra_codes=args.extra_codes,
     )  # fmt: skip
-    summary = get_task("recommend").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
+    summary = get_task("recommend").train(
+        spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device)
+    )
     for note in summary.get("notes", []):
         print(note)
     valid = summary.get("valid", {})

@@ -41,23 +41,59 @@ DOCS, IMAGES = RetrieveSpec(dataset="-"), Text2ImageSpec(dataset="-")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid train retriever`."""
-    p.add_argument("--dataset", required=True, help="documents: debian-docs or a file of id, text[, queries] rows "
-                   "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, digits, a folder "
-                   "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]")
-    p.add_argument("--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s")
-    p.add_argument("--index", type=Path, help="avg: a voken index from `semid index build` (default: build one)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="documents: debian-docs or a file of id, text[, queries] rows "
+        "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, digits, a folder "
+        "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]",
+    )
+    p.add_argument(
+        "--model", default="promptdsi", choices=["promptdsi", "avg"], help="default: %(default)s"
+    )
+    p.add_argument(
+        "--index",
+        type=Path,
+        help="avg: a voken index from `semid index build` (default: build one)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory to create (or resume)")
-    p.add_argument("--model-config", default="{}", help="JSON of model fields, e.g. '{\"prompt_layer\": 5}'")
-    p.add_argument("--quantizer", help=f"semantic-ID quantizer spec (default: {DOCS.quantizer} for documents, "
-                                       f"{IMAGES.quantizer} for images)")
+    p.add_argument(
+        "--model-config", default="{}", help="JSON of model fields, e.g. '{\"prompt_layer\": 5}'"
+    )
+    p.add_argument(
+        "--quantizer",
+        help=f"semantic-ID quantizer spec (default: {DOCS.quantizer} for documents, "
+        f"{IMAGES.quantizer} for images)",
+    )
     add_device_argument(p)
     add_training_arguments(p, DOCS.train)
-    p.set_defaults(epochs=None, batch_size=None, lr=None)  # each model has its own; see --help below
+    # each model has its own; see --help below
+    p.set_defaults(epochs=None, batch_size=None, lr=None)
     p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
-    p.add_argument("--hold-out", type=float, default=DOCS.hold_out, help="documents: share kept for `index add` (default: %(default)s)")
-    p.add_argument("--extra-codes", type=int, default=DOCS.extra_codes, help="documents: spare last-level tokens for added documents (default: %(default)s)")
-    p.add_argument("--add-epochs", type=int, default=DOCS.add_train.max_epochs, help="documents: epochs of prompt training per `index add` (default: %(default)s)")
-    p.add_argument("--prompt-lr", type=float, default=DOCS.add_train.lr, help="documents: learning rate for `index add` (default: %(default)s)")
+    p.add_argument(
+        "--hold-out",
+        type=float,
+        default=DOCS.hold_out,
+        help="documents: share kept for `index add` (default: %(default)s)",
+    )
+    p.add_argument(
+        "--extra-codes",
+        type=int,
+        default=DOCS.extra_codes,
+        help="documents: spare last-level tokens for added documents (default: %(default)s)",
+    )
+    p.add_argument(
+        "--add-epochs",
+        type=int,
+        default=DOCS.add_train.max_epochs,
+        help="documents: epochs of prompt training per `index add` (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prompt-lr",
+        type=float,
+        default=DOCS.add_train.lr,
+        help="documents: learning rate for `index add` (default: %(default)s)",
+    )
     p.add_argument("--num-beams", type=int, help=f"beams at retrieval, stored in the run (default: {DOCS.num_beams} "
                                                  f"for documents, {IMAGES.num_beams} for images; always >= k)")  # fmt: skip
 
@@ -80,9 +116,16 @@ def run(args: argparse.Namespace) -> int:
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(_budget(args, IMAGES.train), IMAGES.train),
             quantizer=IMAGES.quantizer if args.quantizer is None else args.quantizer, num_beams=IMAGES.num_beams if args.num_beams is None else args.num_beams,
-            min_steps=IMAGES.min_steps if args.epochs is None else 0,  # an explicit --epochs is kept as given
+            # an explicit --epochs is kept as given
+            min_steps=IMAGES.min_steps if args.epochs is None else 0,
         )  # fmt: skip
-        get_task("text2image").train(spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device))
+        get_task("text2image").train(
+            spec,
+            args.out,
+            args.index,
+            resume=not args.no_resume,
+            device=resolve_device(args.device),
+        )
         print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")
         return 0
     if args.index is not None:
@@ -98,9 +141,13 @@ def run(args: argparse.Namespace) -> int:
         quantizer=DOCS.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
         hold_out=args.hold_out, num_beams=DOCS.num_beams if args.num_beams is None else args.num_beams,
     )  # fmt: skip
-    summary = get_task("retrieve").train(spec, args.out, resume=not args.no_resume, device=resolve_device(args.device))
+    summary = get_task("retrieve").train(
+        spec, args.out, resume=not args.no_resume, device=resolve_device(args.device)
+    )
     print(format_table(["", "value"], [[k, v] for k, v in summary.items()]))
     print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 1 10")
     if (args.out / "later.jsonl").is_file():
-        print(f"add the held-out documents: semid index add {args.out} --docs {args.out / 'later.jsonl'}")
+        print(
+            f"add the held-out documents: semid index add {args.out} --docs {args.out / 'later.jsonl'}"
+        )
     return 0

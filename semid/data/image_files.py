@@ -64,7 +64,9 @@ def load_image_collection(
     )
 
 
-def load_images(path: str | os.PathLike, image_size: int | str = "auto", name: str | None = None) -> ImageDataset:
+def load_images(
+    path: str | os.PathLike, image_size: int | str = "auto", name: str | None = None
+) -> ImageDataset:
     """All images of a folder tree (one subfolder per class) or of a table of image paths, unsplit."""
     path = Path(path)
     if path.is_dir():

@@ -90,7 +90,7 @@ def sections(source: str) -> dict[str, list[str]]:
     current: list[str] | None = None
     for raw in source.splitlines():
         line = raw.rstrip()
-        if line.startswith((".\\\"", "'\\\"", '.\\"')):
+        if line.startswith(('.\\"', "'\\\"", '.\\"')):
             continue
         head = re.match(r"^[.'](SH|Sh)\s*(.*)$", line)
         if head:
@@ -179,13 +179,17 @@ def build_documents(pages: list[Path], min_words: int = 10, max_words: int = 200
     return [d for d in candidates if counts[d.queries[0].lower()] == 1]
 
 
-def build_manpages(out_dir: str | os.PathLike | None = None, root: str | os.PathLike = MAN_ROOT) -> Path:
+def build_manpages(
+    out_dir: str | os.PathLike | None = None, root: str | os.PathLike = MAN_ROOT
+) -> Path:
     """Build and pin the corpus: ``manpages.jsonl`` plus ``manpages.json`` (sha256, page count)."""
     out_dir = Path(out_dir) if out_dir is not None else default_dataset_dir()
     pages = find_pages(root)
     documents = build_documents(pages)
     if not documents:
-        raise SemidError(f"no manual page under {root} has a NAME summary and a DESCRIPTION; {SETUP_HINT}")
+        raise SemidError(
+            f"no manual page under {root} has a NAME summary and a DESCRIPTION; {SETUP_HINT}"
+        )
     path = out_dir / f"{NAME}.jsonl"
     sha = write_documents(path, documents)
     write_json(out_dir / f"{NAME}.json", {"name": NAME, "build_version": BUILD_VERSION, "sha256": sha,
@@ -194,7 +198,9 @@ def build_manpages(out_dir: str | os.PathLike | None = None, root: str | os.Path
     return path
 
 
-def load_manpages(out_dir: str | os.PathLike | None = None, root: str | os.PathLike = MAN_ROOT) -> DocumentCollection:
+def load_manpages(
+    out_dir: str | os.PathLike | None = None, root: str | os.PathLike = MAN_ROOT
+) -> DocumentCollection:
     """The pinned corpus (built on first use), its content hash checked against the recorded one."""
     return load_pinned(NAME, out_dir, BUILD_VERSION, lambda out: build_manpages(out, root))
 

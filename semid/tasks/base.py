@@ -27,7 +27,15 @@ from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
 
 _TASKS: dict[str, Task] = {}
 # what an interrupted run may already hold before its manifest is written
-RUN_ENTRIES = {"index", "train", "model", "config.json", "metrics.json", "eval_queries.json", "later.jsonl"}
+RUN_ENTRIES = {
+    "index",
+    "train",
+    "model",
+    "config.json",
+    "metrics.json",
+    "eval_queries.json",
+    "later.jsonl",
+}
 
 
 @dataclass
@@ -36,7 +44,8 @@ class IndexSource:
 
     dataset: str | None = None
     items: str | None = None  # item texts for an interactions file (item, text columns)
-    columns: dict[str, str] | None = None  # explicit column names by role (user, item, timestamp, text)
+    # explicit column names by role (user, item, timestamp, text)
+    columns: dict[str, str] | None = None
     missing_text: str = "error"  # interactions whose item has no text: "error" or "drop"
     min_interactions: int = 3  # users with fewer interactions are dropped
     embeddings: Path | None = None
@@ -93,17 +102,25 @@ class Task(ABC):
 
     def _check_owner(self, out: Path, spec: Any) -> None:
         if not (out / MANIFEST).is_file():
-            strangers = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES) if out.is_dir() else []
+            strangers = (
+                sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
+                if out.is_dir()
+                else []
+            )
             if strangers:
                 raise SemidError(f"--out {out} is not empty and not a semid run (it holds {strangers[0]}); "
                                  "choose a new or empty folder")  # fmt: skip
             return
         manifest = read_manifest(out)
         if manifest["task"] != self.name:
-            raise SemidError(f"{out} holds a {manifest['task']} run; choose another --out for this {self.name} run")
+            raise SemidError(
+                f"{out} holds a {manifest['task']} run; choose another --out for this {self.name} run"
+            )
         model = read_run_config(out)["spec"].get("model")
         if model != spec.model:
-            raise SemidError(f"{out} holds a {model} run; choose another --out (or delete it) to train {spec.model}")
+            raise SemidError(
+                f"{out} holds a {model} run; choose another --out (or delete it) to train {spec.model}"
+            )
 
     @abstractmethod
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
@@ -168,9 +185,7 @@ class Predictor(ABC):
         if not checked:
             return []
         ranking = self.rank(checked, k, num_beams)
-        return [
-            answer_of(item, self.run.ids.keys, ranking, i) for i, item in enumerate(inputs)
-        ]
+        return [answer_of(item, self.run.ids.keys, ranking, i) for i, item in enumerate(inputs)]
 
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""
@@ -259,4 +274,3 @@ def move(batch: Any, device: str) -> Any:
     if isinstance(batch, dict):
         return {k: move(v, device) for k, v in batch.items()}
     return batch
-

@@ -16,7 +16,18 @@ from semid.data.tables import content_sha256, read_table, table_format
 from semid.errors import SemidError
 
 USER_HINTS = ("user", "user_id", "userid", "uid")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".tif",
+    ".tiff",
+}
 
 
 def resolve_dataset(name: str | None) -> str | None:
@@ -63,7 +74,9 @@ def sniff_kind(path: str) -> str:
     p = Path(path)
     if p.is_dir():
         subfolders = [d for d in p.iterdir() if d.is_dir()]
-        has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for d in subfolders for f in d.iterdir())
+        has_images = any(
+            f.suffix.lower() in IMAGE_EXTENSIONS for d in subfolders for f in d.iterdir()
+        )
         return "images" if has_images else "interactions"
     if table_format(p) is None:
         return "interactions"
@@ -73,4 +86,3 @@ def sniff_kind(path: str) -> str:
     if "text" in names and not names & set(USER_HINTS):
         return "documents"
     return "interactions"
-

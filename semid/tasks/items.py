@@ -38,7 +38,9 @@ def recommendation_dataset(
         raise SemidError(f"--items and --columns go with an interactions file, not {name}")
     dataset = load_dataset(name)
     if not isinstance(dataset, RecDataset):
-        raise SemidError(f"{name} is not an interaction dataset; a recommender needs users and items")
+        raise SemidError(
+            f"{name} is not an interaction dataset; a recommender needs users and items"
+        )
     return dataset
 
 
@@ -53,7 +55,8 @@ def build_item_index(
 ) -> tuple[SemanticIDs, list[str]]:
     """Fit ``spec`` on the items of ``source`` and save the index (with its quantizer) at ``out``;
     returns the index and what to tell the user."""
-    probe = build_quantizer("rqkmeans:1x2" if spec == AUTO else spec)  # a bad spec fails before any work
+    # a bad spec fails before any work
+    probe = build_quantizer("rqkmeans:1x2" if spec == AUTO else spec)
     notes: list[str] = []
     dataset = None
     if source.embeddings is not None:
@@ -105,7 +108,9 @@ def training_interactions(
     elif dataset is not None:
         log = dataset.interactions
     else:
-        raise SemidError(f"{spec} needs user-item interactions: use --dataset, or --interactions FILE")
+        raise SemidError(
+            f"{spec} needs user-item interactions: use --dataset, or --interactions FILE"
+        )
     return leave_one_out(log).train
 
 

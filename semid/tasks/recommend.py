@@ -116,7 +116,10 @@ class RecommendTask(Task):
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
         ids = SemanticIDs.load(index)
         data = self.load_data(spec, ids)
-        state: dict[str, Any] = {"trained_items": len(ids), "data_sha256": fingerprint(spec.dataset, spec.items)}
+        state: dict[str, Any] = {
+            "trained_items": len(ids),
+            "data_sha256": fingerprint(spec.dataset, spec.items),
+        }
         torch.manual_seed(spec.train.seed)
         model = new_model(spec, ids)
         started = time.perf_counter()
@@ -157,7 +160,9 @@ class RecommendTask(Task):
                                    max_users=spec.eval_users, device=device)  # fmt: skip
 
         collate = CodeCollator(dataset.collate, codes)
-        return train_model(model, dataset, spec.train, out / "train", validate, collate, resume, device)
+        return train_model(
+            model, dataset, spec.train, out / "train", validate, collate, resume, device
+        )
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Full-ranking Recall/NDCG@k of a run on its valid or test split."""
@@ -178,8 +183,12 @@ class RecommendTask(Task):
             generator_options = {"trained_items": run.state.get("trained_items"), "item_mix": options.item_mix,
                     "cold_share": options.cold_share, "cold_prefix": options.cold_prefix}  # fmt: skip
         elif options.cold_share or options.item_mix is not None:
-            raise SemidError("--cold-share and --item-mix need a generator; this run's model scores items directly")
-        ranker = ranker_for(run.model, run.ids, options.num_beams or spec.num_beams, **generator_options)
+            raise SemidError(
+                "--cold-share and --item-mix need a generator; this run's model scores items directly"
+            )
+        ranker = ranker_for(
+            run.model, run.ids, options.num_beams or spec.num_beams, **generator_options
+        )
         return ranker.to(options.device)
 
     def _add(self, run_path: Path, source: Path, keys: Path | None = None,
@@ -218,11 +227,17 @@ class RecommendPredictor(Predictor):
             raise SemidError('each input needs exactly one of "user" or "history"')
         if "history" in item:
             history = item["history"]
-            if not isinstance(history, list) or not history or not all(isinstance(h, str) for h in history):
+            if (
+                not isinstance(history, list)
+                or not history
+                or not all(isinstance(h, str) for h in history)
+            ):
                 raise SemidError('"history" must be a non-empty list of item keys')
             unknown = [h for h in history if h not in self.run.ids._row_of_key]
             if unknown:
-                raise SemidError(f"unknown item {unknown[0]!r} in the history; use keys of the run's index")
+                raise SemidError(
+                    f"unknown item {unknown[0]!r} in the history; use keys of the run's index"
+                )
             return {"history": history}
         user = str(item["user"])
         if user not in self.user_of_key:
@@ -241,7 +256,9 @@ class RecommendPredictor(Predictor):
 
     def make_ranker(self, num_beams: int | None) -> Ranker:
         """Beam search (generators) or full scoring over the run's index."""
-        return get_task().ranker(self.run, self.spec, EvalOptions(num_beams=num_beams, device=self.device))
+        return get_task().ranker(
+            self.run, self.spec, EvalOptions(num_beams=num_beams, device=self.device)
+        )
 
     def _batch(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor]:
         known = [i for i, x in enumerate(inputs) if "user" in x]
@@ -256,17 +273,21 @@ class RecommendPredictor(Predictor):
             history = gather_history(self.data, positions, t, users_known)
             seen = self.data.seen_before(positions, users_known)
             for j, i in enumerate(known):
-                items[i], times[i], users[i] = history["items"][j], history["times"][j], history["users"][j]
+                items[i], times[i], users[i] = (
+                    history["items"][j],
+                    history["times"][j],
+                    history["users"][j],
+                )
                 seen_rows[i] = seen[j][seen[j] >= 0]
         for i, x in enumerate(inputs):
             if "history" in x:
                 rows = self.run.ids.rows_of_keys(x["history"])[-t:]
-                items[i, t - len(rows):] = rows
+                items[i, t - len(rows) :] = rows
                 seen_rows[i] = rows.unique()
         width = max(len(s) for s in seen_rows)
         seen = torch.full((len(inputs), width), PAD, dtype=torch.long)
         for i, s in enumerate(seen_rows):
-            seen[i, width - len(s):] = s.sort().values
+            seen[i, width - len(s) :] = s.sort().values
         return {"users": users, "items": items, "times": times}, seen
 
     def _positions(self, inputs: list[dict[str, Any]]) -> Tensor:
@@ -286,7 +307,9 @@ def training_window(model: Any, max_history: int) -> int:
     return max_history if window is None else min(window, max_history)
 
 
-def tune_item_mix(model: Any, ids: SemanticIDs, data: RecData, spec: RecommendSpec) -> dict[str, float]:
+def tune_item_mix(
+    model: Any, ids: SemanticIDs, data: RecData, spec: RecommendSpec
+) -> dict[str, float]:
     """Set ``model.config.item_mix`` to the weight of ``MIX_GRID`` with the best valid NDCG@10
     (one beam search per query, every weight re-ranks its candidates); returns NDCG@10 by weight."""
     device = str(next(model.parameters()).device)
@@ -320,7 +343,16 @@ def evaluate_ranker(
     """Recall@k, NDCG@k, invalid-ID rate and queries/s over the valid or test targets
     (``targets_in`` (num_items,) bool: only the queries whose target row is marked, e.g. new items)."""
     users, ranking, targets, seconds = rank_split(
-        ranker, data, which, max(ks), codes, max_len, batch_size, max_users, exclude_seen, device,
+        ranker,
+        data,
+        which,
+        max(ks),
+        codes,
+        max_len,
+        batch_size,
+        max_users,
+        exclude_seen,
+        device,
         targets_in,
     )
     metrics = compute_metrics(ranking.rows, targets, ks=ks, names=("recall", "ndcg"))

@@ -70,7 +70,8 @@ EVAL_QUERIES = "eval_queries.json"
 LATER = "later.jsonl"
 DOCUMENT_EMBEDDINGS = "document_embeddings.safetensors"  # in the index folder, row i = index row i
 LEXICAL = "lexical.safetensors"  # BM25 term counts of the documents, in the index folder
-VALID_SHARE, MAX_VALID = 0.1, 1000  # training documents whose queries choose the ranking mix instead
+# training documents whose queries choose the ranking mix instead
+VALID_SHARE, MAX_VALID = 0.1, 1000
 
 
 def _train_config(epochs: int = 10, lr: float = 2e-3, patience: int | None = 2) -> TrainConfig:
@@ -116,10 +117,17 @@ class RetrieveSpec:
 class ExampleDataset(Dataset):
     """(encoded text -> target row) pairs; ``collate`` pads into a PromptDSI batch."""
 
-    def __init__(self, texts: EncodedTexts, targets: Tensor, codes: Tensor, is_query: Tensor) -> None:
+    def __init__(
+        self, texts: EncodedTexts, targets: Tensor, codes: Tensor, is_query: Tensor
+    ) -> None:
         if not len(texts.states) == len(targets) == len(is_query):
             raise SemidError(f"{len(texts.states)} texts for {len(targets)} targets")
-        self.texts, self.targets, self.codes, self.is_query = texts, targets.long(), codes, is_query.bool()
+        self.texts, self.targets, self.codes, self.is_query = (
+            texts,
+            targets.long(),
+            codes,
+            is_query.bool(),
+        )
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -141,8 +149,15 @@ class ExampleDataset(Dataset):
 def dsi_examples(docs: EncodedTexts, doc_rows: Tensor, queries: EncodedTexts, query_rows: Tensor,
                  codes: Tensor) -> ExampleDataset:  # fmt: skip
     """Indexing examples (each document -> its row) mixed with retrieval examples (query -> row)."""
-    texts = EncodedTexts(docs.states + queries.states, torch.cat([docs.embeddings, queries.embeddings]))
-    is_query = torch.cat([torch.zeros(len(doc_rows), dtype=torch.bool), torch.ones(len(query_rows), dtype=torch.bool)])
+    texts = EncodedTexts(
+        docs.states + queries.states, torch.cat([docs.embeddings, queries.embeddings])
+    )
+    is_query = torch.cat(
+        [
+            torch.zeros(len(doc_rows), dtype=torch.bool),
+            torch.ones(len(query_rows), dtype=torch.bool),
+        ]
+    )
     return ExampleDataset(texts, torch.cat([doc_rows, query_rows]), codes, is_query)
 
 
@@ -174,7 +189,9 @@ def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
     n_valid = min(round(len(rows) * VALID_SHARE), MAX_VALID) if len(rows) >= 20 else 0
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 31)).tolist()
     valid = set(perm[:n_valid])
-    return [r for i, r in enumerate(rows) if i not in valid], [r for i, r in enumerate(rows) if i in valid]
+    return [r for i, r in enumerate(rows) if i not in valid], [
+        r for i, r in enumerate(rows) if i in valid
+    ]
 
 
 def save_document_embeddings(index_path: Path, embeddings: Tensor) -> None:
@@ -213,7 +230,9 @@ def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex
     mixing weights (which it sets on the model)."""
 
     def evaluate(model: PromptDSI) -> dict[str, float]:
-        return {"ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams, device).values())}
+        return {
+            "ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams, device).values())
+        }
 
     return evaluate
 
@@ -225,9 +244,13 @@ def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], di
     The trainer keeps the best epoch; this also counts "no epoch" among the candidates."""
     if evaluate is None:
         return fit(), False
-    before, snapshot = _score(model, evaluate), {k: v.detach().clone() for k, v in model.state_dict().items()}
+    before, snapshot = (
+        _score(model, evaluate),
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+    )
     result = fit()
-    after = getattr(result, "best_metrics", {}).get("ndcg@10")  # the trainer scored its best weights
+    # the trainer scored its best weights
+    after = getattr(result, "best_metrics", {}).get("ndcg@10")
     if (after if after is not None else _score(model, evaluate)) >= before:
         return result, False
     model.load_state_dict(snapshot)
@@ -247,7 +270,9 @@ def tune_mixes(model: PromptDSI, ids: SemanticIDs, held_out: HeldOut, lexical: L
     ranker = HybridRanker(model, ids, num_beams).to(device)
     parts = [ranker.candidates(move(batch, device), 10)
              for batch in query_batches(held_out.encoded, held_out.texts, lexical)]  # fmt: skip
-    (model.config.item_mix, model.config.lexical_mix), ndcg = choose_mixes(parts, held_out.targets, ids)
+    (model.config.item_mix, model.config.lexical_mix), ndcg = choose_mixes(
+        parts, held_out.targets, ids
+    )
     return ndcg
 
 
@@ -276,11 +301,15 @@ class RetrieveTask(Task):
         """The index of D0 (the seeded initial corpus) of a document collection."""
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
         ids, *_ = self._index_d0(spec, out)
-        return ids, [f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"]
+        return ids, [
+            f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"
+        ]
 
     def _index_d0(self, spec: RetrieveSpec, out: Path) -> tuple[Any, ...]:
         collection = load_collection(spec.dataset)
-        coll = collection.subset(subset_rows(len(collection), spec.max_docs, spec.seed), collection.name)
+        coll = collection.subset(
+            subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
+        )
         split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
         torch.manual_seed(spec.seed)
         probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
@@ -309,7 +338,8 @@ class RetrieveTask(Task):
                     pass  # the trainer skips it for an older one, with a note
         ids, quantizer, coll, split, probe, docs = self._index_d0(spec, out / "index")
         train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
-        if spec.model_config.rank_loss > 0:  # the document head's weight is chosen on held-out queries
+        # the document head's weight is chosen on held-out queries
+        if spec.model_config.rank_loss > 0:
             train_rows, valid_rows = valid_split(train_rows, spec.seed)
         else:
             valid_rows = []
@@ -369,10 +399,14 @@ class RetrieveTask(Task):
         """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added)."""
         path = run.path / EVAL_QUERIES
         if not path.is_file():
-            raise SemidError(f"{run.path} has no {EVAL_QUERIES}; train it with `semid train retriever`")
+            raise SemidError(
+                f"{run.path} has no {EVAL_QUERIES}; train it with `semid train retriever`"
+            )
         parts = read_json(path, "retrain the run")
         if not isinstance(parts, dict):
-            raise SemidError(f"{path} is not a JSON object of test queries by part; retrain the run")
+            raise SemidError(
+                f"{path} is not a JSON object of test queries by part; retrain the run"
+            )
         predictor = self.predictor(run, options.device)
         metrics: dict[str, float] = {}
         for name, pairs in parts.items():
@@ -384,7 +418,10 @@ class RetrieveTask(Task):
             seconds = time.perf_counter() - started
             targets = run.ids.rows_of_keys([d for _, d in pairs])
             part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr"))
-            part |= {"num_queries": float(len(targets)), "queries_per_s": len(targets) / max(seconds, 1e-9)}
+            part |= {
+                "num_queries": float(len(targets)),
+                "queries_per_s": len(targets) / max(seconds, 1e-9),
+            }
             metrics |= {f"{name}/{k}": v for k, v in part.items()}
         return metrics
 
@@ -398,7 +435,9 @@ class RetrieveTask(Task):
         model, ids = run.model, run.ids
         clash = [d for d in collection.ids if d in ids._row_of_key]
         if clash:
-            raise SemidError(f"{len(clash)} documents are already indexed (e.g. {clash[0]!r}); give new ids")
+            raise SemidError(
+                f"{len(clash)} documents are already indexed (e.g. {clash[0]!r}); give new ids"
+            )
         docs = encode_texts(model, collection.texts, desc="encode new documents")
         start = len(ids)
         known = load_document_embeddings(run.index_path)
@@ -424,16 +463,26 @@ class RetrieveTask(Task):
         query_texts, with_query = query_examples(collection, train_local.tolist())
         queries = encode_texts(model, query_texts, desc="encode new queries")
         m = topics or max(1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1)))
-        session = model.add_prompt_session_(topic_keys(model, docs, min(m, len(collection)), spec.seed))
+        session = model.add_prompt_session_(
+            topic_keys(model, docs, min(m, len(collection)), spec.seed)
+        )
         model.train_only_session_(session)
         model.use_trie(ids.trie(model.codebook_sizes))
-        frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(f"prompts.{session}")}
+        frozen = {
+            k: v.clone()
+            for k, v in model.state_dict().items()
+            if not k.startswith(f"prompts.{session}")
+        }
         examples = dsi_examples(docs, rows, queries, rows[with_query], ids.codes)
         started = time.perf_counter()
         train_model(model, examples, spec.add_train, run_path / f"train-session-{session}",
                     collate_fn=examples.collate)  # fmt: skip
         seconds = time.perf_counter() - started
-        changed = [k for k, v in model.state_dict().items() if k in frozen and not torch.equal(v, frozen[k])]
+        changed = [
+            k
+            for k, v in model.state_dict().items()
+            if k in frozen and not torch.equal(v, frozen[k])
+        ]
         if changed:  # the promise of incremental indexing: nothing else moved
             raise SemidError(f"internal error: incremental training changed {changed[:3]}")
         model.requires_grad_(True)
@@ -441,7 +490,8 @@ class RetrieveTask(Task):
         record_eval_queries(run_path, f"d{session}-test", query_pairs(collection, test_local))
         state = dict(run.state)
         state.setdefault("sessions", []).append(
-            {"documents": len(collection), "topics": m, "train_seconds": seconds})
+            {"documents": len(collection), "topics": m, "train_seconds": seconds}
+        )
         write_run(run_path, self.name, spec, state)
         return {"session": session, "documents": len(collection), "test_queries": n_test,
                 "topics": m, "train_seconds": seconds}  # fmt: skip
@@ -462,7 +512,9 @@ class RetrievePredictor(Predictor):
             run.model.set_documents_(documents)
         self.lexical = load_lexical(run.index_path) if run.model.config.lexical_mix > 0 else None
         if run.model.config.lexical_mix > 0 and self.lexical is None:
-            raise SemidError(f"{run.index_path} has no {LEXICAL} but the model mixes lexical scores; retrain the run")
+            raise SemidError(
+                f"{run.index_path} has no {LEXICAL} but the model mixes lexical scores; retrain the run"
+            )
         super().__init__(run, device)
         self.num_beams = run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
 

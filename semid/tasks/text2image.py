@@ -77,7 +77,9 @@ def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
         return load_image_collection(dataset, seed=seed)
     splits = load_dataset(dataset)
     if not isinstance(splits, ImageSplits):
-        raise SemidError(f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist or digits")
+        raise SemidError(
+            f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist or digits"
+        )
     return splits
 
 
@@ -116,7 +118,9 @@ def build_voken_index(spec: str, train_features: Tensor, train_texts: Tensor | N
     index image (M, D) a unique ID -> (index, quantizer, training targets (N, L))."""
     if train_texts is not None:
         if not spec.startswith("voken"):
-            raise SemidError(f"{spec} does not align to text; use a voken:... quantizer or drop the texts")
+            raise SemidError(
+                f"{spec} does not align to text; use a voken:... quantizer or drop the texts"
+            )
         fit_kwargs["text_embeddings"] = train_texts
     ids, quantizer = build_ids(list(index_keys), train_features, spec, collisions, seed,
                                encode_x=index_features, progress=progress, **fit_kwargs)  # fmt: skip
@@ -131,7 +135,9 @@ class QueryTargetPairs(torch.utils.data.Dataset):
         """``images``: features (N, D) of the target images, given as ``image`` (an image head)."""
         self.queries, self.targets, self.labels = query_embeddings.float(), targets, labels.long()
         self.target_key, self.images = target_key, None if images is None else images.float()
-        by_class = [torch.nonzero(query_labels == c).squeeze(1) for c in range(int(labels.max()) + 1)]
+        by_class = [
+            torch.nonzero(query_labels == c).squeeze(1) for c in range(int(labels.max()) + 1)
+        ]
         missing = [c for c, rows in enumerate(by_class) if len(rows) == 0 and (labels == c).any()]
         if missing:
             raise SemidError(f"no training query for class {missing[0]}; every class needs one")
@@ -186,7 +192,9 @@ class Text2ImageTask(Task):
         """Index the test images: CNN features (trained here, or ``.npy`` files), a voken quantizer
         fitted on the training images; saves the CNN and the training targets beside the index."""
         if source.embeddings is not None or source.interactions is not None:
-            raise SemidError("an image dataset brings its own features; drop --embeddings/--interactions")
+            raise SemidError(
+                "an image dataset brings its own features; drop --embeddings/--interactions"
+            )
         splits = load_image_splits(source.dataset, seed)
         torch.manual_seed(seed)
         if features is not None:
@@ -197,7 +205,11 @@ class Text2ImageTask(Task):
             train_x, test_x = cnn.encode(splits.train.images), cnn.encode(splits.test.images)
         if quantizer == AUTO:
             quantizer = auto_spec(len(splits.train), family="voken", options=VOKEN_OPTIONS)
-        texts = embed_texts(splits.train.texts(), source.encoder) if quantizer.startswith("voken") else None
+        texts = (
+            embed_texts(splits.train.texts(), source.encoder)
+            if quantizer.startswith("voken")
+            else None
+        )
         ids, fitted, targets = build_voken_index(quantizer, train_x, texts, test_x, splits.test.keys,
                                                  collisions, seed, progress, **fit_kwargs)  # fmt: skip
         ids.metadata.update({"task": self.name, "dataset": source.dataset,
@@ -223,7 +235,9 @@ class Text2ImageTask(Task):
                              spec.quantizer, index, "extra-level", spec.seed)  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
-            raise SemidError(f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`")
+            raise SemidError(
+                f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`"
+            )
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
         texts, labels = class_queries("train", splits.train.class_names)
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
@@ -232,14 +246,21 @@ class Text2ImageTask(Task):
                                  targets["labels"], images=features)  # fmt: skip
         cls = model_class(spec.model)
         image_dim = 0 if features is None else features.shape[1]
-        model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes, image_dim=image_dim))
+        model = cls(
+            cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes, image_dim=image_dim)
+        )
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
         if not is_main_process():
             return {"steps": result.steps, "epochs": result.epochs}
         copy_index(index, out)
         model.save_pretrained(out / "model")
-        write_run(out, self.name, spec, {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)})
+        write_run(
+            out,
+            self.name,
+            spec,
+            {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)},
+        )
         return {"steps": result.steps, "epochs": result.epochs}
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
@@ -249,10 +270,14 @@ class Text2ImageTask(Task):
         splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, splits.test.labels.tolist(), strict=True))
         class_index = {c: i for i, c in enumerate(splits.test.class_names)}
-        label_of |= {k: class_index.get(c, -1) for k, c in run.state.get("added_labels", {}).items()}
+        label_of |= {
+            k: class_index.get(c, -1) for k, c in run.state.get("added_labels", {}).items()
+        }
         unknown = [k for k in run.ids.keys if k not in label_of]
         if unknown:
-            raise SemidError(f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split")
+            raise SemidError(
+                f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split"
+            )
         image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
         # images have no validation split: both --split values use the held-out test wordings
         texts, query_labels = class_queries("test", splits.test.class_names)
@@ -283,9 +308,19 @@ class Text2ImageTask(Task):
         state = dict(run.state)
         if images.labels is not None and images.class_names is not None:
             added = state.setdefault("added_labels", {})
-            added.update({k: images.class_names[int(c)] for k, c in zip(images.keys, images.labels, strict=True)})
+            added.update(
+                {
+                    k: images.class_names[int(c)]
+                    for k, c in zip(images.keys, images.labels, strict=True)
+                }
+            )
         write_run(run_path, self.name, self.spec_of(run), state)
-        return {"added": len(images.keys), "index_size": len(ids), "keys": images.keys, "codes": codes}
+        return {
+            "added": len(images.keys),
+            "index_size": len(ids),
+            "keys": images.keys,
+            "codes": codes,
+        }
 
     def predictor(self, run: Run, device: str = "cpu") -> Text2ImagePredictor:
         """Top-k images for query texts."""
@@ -327,8 +362,14 @@ class Text2ImagePredictor(Predictor):
     def rank_embeddings(self, queries: Tensor, k: int, num_beams: int | None,
                         batch_size: int = 64, item_mix: float | None = None) -> Ranking:  # fmt: skip
         """Top-k image rows for query embeddings (Q, T), in batches."""
-        ranker = self.ranker(num_beams) if item_mix is None else self.make_ranker(num_beams, item_mix).to(self.device)
-        return Ranking.concat([ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)])
+        ranker = (
+            self.ranker(num_beams)
+            if item_mix is None
+            else self.make_ranker(num_beams, item_mix).to(self.device)
+        )
+        return Ranking.concat(
+            [ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)]
+        )
 
 
 TASK = register_task(Text2ImageTask())

@@ -31,7 +31,9 @@ def train_model(
     when nothing was evaluated)."""
     if not resume:  # the trainer clears its checkpoints but not the best weights of an earlier run
         shutil.rmtree(Path(out_dir) / "best", ignore_errors=True)
-    trainer = Trainer(model, dataset, config, out_dir, evaluate=evaluate, collate_fn=collate_fn, device=device)
+    trainer = Trainer(
+        model, dataset, config, out_dir, evaluate=evaluate, collate_fn=collate_fn, device=device
+    )
     result = trainer.fit(resume=resume)
     if result.best_path.is_file():  # absent when max_steps ended training before any save
         load_state(model, result.best_path)
