@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
 
 
-def write_docs(path, n: int = 40) -> None:
+def write_docs(path: str | Path, n: int = 40) -> None:
     """Write ``n`` documents ``pkg0..`` to ``path``: each repeats its topic word and queries it."""
     rng = random.Random(0)
     with open(path, "w") as f:
