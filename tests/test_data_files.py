@@ -56,6 +56,15 @@ def test_every_format_reads_the_same_rows(tmp_path: Path, ext: str) -> None:
     assert table.to_pylist() == ROWS  # CSV cells stay text: '007' keeps its zeros
 
 
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_csv_with_another_separator_is_read_by_its_header(tmp_path: Path, separator: str) -> None:
+    lines = [separator.join(ROWS[0]), *(separator.join(r.values()) for r in ROWS)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    assert read_table(tmp_path / "log.csv", "f").to_pylist() == ROWS
+    (tmp_path / "one.csv").write_text("user\n1\n2\n")  # a single column stays one column
+    assert read_table(tmp_path / "one.csv", "f").column_names == ["user"]
+
+
 def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "p.parquet")
     (tmp_path / "p.parquet.gz").write_bytes(gzip.compress((tmp_path / "p.parquet").read_bytes()))

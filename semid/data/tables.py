@@ -78,6 +78,10 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
     return table
 
 
+# Separators a ``.csv`` export may use instead of commas (spreadsheets in many locales write ';').
+OTHER_CSV_SEPARATORS = (";", "\t", "|")
+
+
 def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
     parse = pacsv.ParseOptions(
         delimiter="\t" if fmt == "tsv" else ",", quote_char=False if fmt == "tsv" else '"'
@@ -86,6 +90,12 @@ def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
     # The header names every column; a first streaming pass reads just it, to type all as text.
     with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
         names = reader.schema.names
+    if fmt == "csv" and len(names) == 1:  # one column: perhaps another separator
+        separator = next((s for s in OTHER_CSV_SEPARATORS if s in names[0]), None)
+        if separator is not None:
+            parse = pacsv.ParseOptions(delimiter=separator, quote_char='"')
+            with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
+                names = reader.schema.names
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
     return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
 
@@ -132,9 +142,8 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
         where = message.split("Row #", 1)[1].split(":", 1)[0] if "Row #" in message else None
         detail = message.split(":", 2)[-1].strip()[:80] if where else message
         at = f" line {where}" if where else ""
-        sep = "tab" if fmt == "tsv" else "comma"
         return SemidError(
-            f"{what} {path}{at} is malformed ({detail}); every row needs the header's {sep}-separated fields"
+            f"{what} {path}{at} is malformed ({detail}); every row needs as many fields as the header"
         )
     return SemidError(f"cannot read {what} {path}: {message}")
 
