@@ -174,7 +174,7 @@ def test_graph_quantizer_from_embeddings_and_interactions(tmp_path, embeddings):
 
 def test_interactions_errors_are_one_line(tmp_path, embeddings, capsys):
     x_path, keys_path = embeddings
-    log = _write_interactions(tmp_path / "log.csv", [("u1", "no-such-item", 1)])
+    log = _write_interactions(tmp_path / "log.csv", [("u1", "no-such-item", t) for t in range(3)])
     out = tmp_path / "o"
     assert (
         main(build_args(x_path, keys_path, out, "graph_rqvae:2x8", "--interactions", str(log))) == 2

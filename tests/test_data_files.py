@@ -279,3 +279,23 @@ def test_ml100k_as_shuffled_files_splits_like_the_embedded_copy(tmp_path: Path) 
     expected = split_by_keys(ref)
     assert len(expected) == 943
     assert split_by_keys(mine) == expected
+
+
+# --- read_interactions (an embeddings index's --interactions) ----------------------------------
+
+
+def test_interactions_for_embeddings_read_like_a_dataset(tmp_path: Path) -> None:
+    from semid.data.interactions import read_interactions
+
+    lines = ["userId;movieId;time"]  # aliases, ';' and ISO times, as an interactions --dataset
+    lines += [f"u1;{i};2024-01-0{d}T00:00:00Z" for d, i in ((3, "c"), (1, "a"), (2, "b"))]
+    lines += ["u2;a;2024-01-01T00:00:00Z"]  # one event: dropped by min_interactions 3
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    log = read_interactions(tmp_path / "log.csv", ["b", "c", "a", "unused"])
+    assert log.num_users == 1 and log.num_items == 4
+    assert log.items.tolist() == [2, 0, 1]  # a, b, c in time order, as rows of the keys
+    assert log.timestamps.tolist() == [1704067200, 1704153600, 1704240000]
+    explicit = read_interactions(tmp_path / "log.csv", ["a", "b", "c"], min_interactions=1)
+    assert explicit.num_users == 2
+    with pytest.raises(SemidError, match=r"1 items without an embedding, e.g. 'c'"):
+        read_interactions(tmp_path / "log.csv", ["a", "b"])

@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--interactions",
         type=Path,
-        help="user-item log (CSV/TSV: user,item[,timestamp]) for graph quantizers; with --embeddings",
+        help="user-item log for graph quantizers, with --embeddings (read as an interactions --dataset is)",
     )
     add_interaction_file_arguments(p)
     p.add_argument(

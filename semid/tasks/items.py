@@ -104,7 +104,7 @@ def training_interactions(
     if source.interactions is not None:
         from semid.data.interactions import read_interactions
 
-        log = read_interactions(source.interactions, keys)
+        log = read_interactions(source.interactions, keys, source.columns, source.min_interactions)
     elif dataset is not None:
         log = dataset.interactions
     else:
