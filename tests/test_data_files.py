@@ -299,3 +299,56 @@ def test_interactions_for_embeddings_read_like_a_dataset(tmp_path: Path) -> None
     assert explicit.num_users == 2
     with pytest.raises(SemidError, match=r"1 items without an embedding, e.g. 'c'"):
         read_interactions(tmp_path / "log.csv", ["a", "b"])
+
+
+# --- new items for `semid index add` -----------------------------------------------------------
+
+
+class RecordingEncoder:
+    """Stands in for the text encoder: one zero vector per text, the texts kept for the test."""
+
+    texts: list[str] = []
+
+    def __init__(self, model: str | None = None) -> None:
+        self.model = model
+
+    def encode(self, texts: list[str]):
+        import torch
+
+        RecordingEncoder.texts = list(texts)
+        return torch.zeros(len(texts), 4)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("new.csv", "item,title,genres\nn1,Heat,Crime\nn2,Up,\n"),
+        ("new.tsv", "item_id\ttitle\tgenres\nn1\tHeat\tCrime\nn2\tUp\t\n"),
+        (
+            "new.jsonl",
+            '{"item": "n1", "title": "Heat", "genres": "Crime"}\n{"item": "n2", "title": "Up"}\n',
+        ),
+    ],
+)
+def test_new_items_as_an_items_file_get_training_texts(tmp_path, monkeypatch, name, content):
+    from semid.tasks import items
+
+    monkeypatch.setattr(items, "TextEncoder", RecordingEncoder)
+    (tmp_path / name).write_text(content)
+    keys, x = items.read_new_items(tmp_path / name, None, None)
+    assert keys == ["n1", "n2"] and x.shape == (2, 4)
+    assert RecordingEncoder.texts == ["title: Heat; genres: Crime", "title: Up"]
+
+
+def test_new_items_as_key_text_lines_and_their_errors(tmp_path, monkeypatch):
+    from semid.tasks import items
+
+    monkeypatch.setattr(items, "TextEncoder", RecordingEncoder)
+    (tmp_path / "new.tsv").write_text("n1\tHeat (1995)\nn2\tUp\n")
+    assert items.read_new_items(tmp_path / "new.tsv", None, None)[0] == ["n1", "n2"]
+    assert RecordingEncoder.texts == ["Heat (1995)", "Up"]
+    (tmp_path / "blank.csv").write_text("item,title\nn1,Heat\nn2,\n")
+    with pytest.raises(SemidError, match="item 'n2' has no text"):
+        items.read_new_items(tmp_path / "blank.csv", None, None)
+    with pytest.raises(SemidError, match="--keys goes with embeddings"):
+        items.read_new_items(tmp_path / "new.tsv", tmp_path / "keys.txt", None)

@@ -58,7 +58,7 @@ def write_interactions(folder: Path, users: int = 40, items: int = 30) -> None:
 
 def test_interactions_example(tmp_path, monkeypatch, capsys):
     write_interactions(tmp_path)
-    (tmp_path / "new_items.tsv").write_text("m100\tMovie number 100; genres: Drama|Comedy\n")
+    (tmp_path / "new_items.csv").write_text("item,title,genres\nm100,Movie number 100,Drama|Comedy\n")
     monkeypatch.chdir(tmp_path)
     assert (
         cli("semid index build --dataset interactions.csv --items items.csv --out runs/mine/index")
@@ -79,7 +79,7 @@ def test_interactions_example(tmp_path, monkeypatch, capsys):
     assert cli("semid predict runs/mine/mmgrec --user u1 --k 10") == 0
     out = capsys.readouterr().out
     assert '{"user": "u1"}' in out and out.count(" m") >= 10
-    assert cli("semid index add runs/mine/mmgrec --items new_items.tsv") == 0
+    assert cli("semid index add runs/mine/mmgrec --items new_items.csv") == 0
     assert "added 1 items" in capsys.readouterr().out
     assert "m100" in SemanticIDs.load(tmp_path / "runs/mine/mmgrec/index").keys
 

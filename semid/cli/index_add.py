@@ -3,8 +3,9 @@
 For a run, the run's task adds them: a recommender can recommend new items at once; a document
 retriever trains only a new prompt session on the new documents. For a bare index folder, the items
 are encoded and indexed. ``--items`` is either item embeddings (``.npy`` with ``--keys``,
-``.parquet``, ``.safetensors``; same encoder and dimension as the index) or a ``.tsv`` file of
-``key<TAB>text`` lines, embedded with the index's text encoder (MiniLM unless ``--encoder``).
+``.parquet``, ``.safetensors``; same encoder and dimension as the index) or item texts, embedded
+with the index's text encoder (MiniLM unless ``--encoder``): an items file like training's
+``--items`` (``.csv``/``.jsonl``, or a ``.tsv`` with a header) or a ``.tsv`` of ``key<TAB>text`` lines.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ DESCRIPTION = (
 )
 EXAMPLE = (
     "semid index add runs/ml-100k/mmgrec --items new_items.tsv      # key<TAB>text per line\n"
+    "  semid index add runs/mine/mmgrec --items new_items.csv        # like train's --items\n"
     "  semid index add runs/ml-100k/mmgrec --items new.npy --keys new.txt\n"
     "  semid index add runs/docs --docs runs/docs/later.jsonl"
 )
@@ -36,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--items",
         type=Path,
-        help="recommenders: .tsv (key<TAB>text) or embeddings (.npy/.parquet/.safetensors); "
+        help="recommenders: item texts (.csv/.jsonl like train's --items, or .tsv of key<TAB>text) "
+        "or embeddings (.npy/.parquet/.safetensors); "
         "text-to-image runs: a folder with one subfolder per class, or a CSV/JSON Lines of image paths",
     )
     p.add_argument(

@@ -197,6 +197,22 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
     raise SemidError(f"{path}: cannot read timestamps of type {kind}; use integer seconds")
 
 
+ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")
+
+
+def read_item_texts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Keys and texts of an items file, read as ``--items`` is at training (an item column, and a
+    text column or other columns joined as ``"column: value"``); an item without text raises."""
+    path = Path(path)
+    keys, texts = _read_items(path, {})
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise SemidError(
+            f"{path} {row_label(path, empty[0])}: item {keys[empty[0]]!r} has no text; give every item one"
+        )
+    return [str(k) for k in keys], texts
+
+
 def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[str]]:
     """Item keys (object array, file order) and one text per item; duplicate keys raise."""
     what = "items file"
@@ -204,7 +220,7 @@ def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[s
     explicit = columns.get("item")
     if explicit is not None and explicit not in map(column_name, table.column_names):
         explicit = None  # the mapping named the interactions file's column
-    key_col = find_column(table, "item", (*ITEM_COLUMNS, "id"), path, what, explicit)
+    key_col = find_column(table, "item", ITEM_KEY_COLUMNS, path, what, explicit)
     keys = key_strings(table[key_col], path, "item id")
     dup = pd.Index(keys).duplicated()
     if dup.any():

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from semid.data.embeddings import load_embeddings
-from semid.data.interaction_files import load_interaction_files
+from semid.data.interaction_files import ITEM_KEY_COLUMNS, load_interaction_files, read_item_texts
 from semid.data.movielens import RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
-from semid.data.tables import table_format
+from semid.data.tables import column_name, table_format
 from semid.data.text_files import read_lines
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
@@ -117,12 +117,33 @@ def training_interactions(
 def read_new_items(
     path: Path, keys: Path | None, encoder: str | None, index_encoder: str | None = None
 ) -> tuple[list[str], Tensor]:
-    """Keys and vectors (M, D) of new items: a ``.tsv`` of ``key<TAB>text`` lines (embedded with the
-    index's text encoder unless ``encoder``) or an embeddings file (``.npy`` + ``keys``, ...)."""
-    if path.suffix.lower() != ".tsv":
+    """Keys and vectors (M, D) of new items, from texts embedded with the index's text encoder
+    (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``, ...). Texts come as an
+    items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally gzipped, or a ``.tsv``
+    whose header starts with an item column), or as a headerless ``.tsv`` of ``key<TAB>text`` lines."""
+    fmt = table_format(path)
+    if fmt not in ("csv", "tsv", "jsonl"):
         return load_embeddings(path, keys)
     if keys is not None:
-        raise SemidError("--keys goes with embeddings; a .tsv brings its own keys (key<TAB>text)")
+        raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
+    if fmt == "tsv" and not _has_items_header(path):
+        new_keys, texts = _key_text_lines(path)
+    else:
+        new_keys, texts = read_item_texts(path)
+    if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
+        encoder = index_encoder
+    return new_keys, TextEncoder(model=encoder).encode(texts)
+
+
+def _has_items_header(path: Path) -> bool:
+    """True when a .tsv's first field names an item column (item, item_id, id, ...)."""
+    lines = read_lines(path, "items file")
+    first = lines[0].split("\t", 1)[0] if lines else ""
+    return column_name(first) in ITEM_KEY_COLUMNS
+
+
+def _key_text_lines(path: Path) -> tuple[list[str], list[str]]:
+    """Keys and texts of a headerless ``key<TAB>text`` file."""
     lines = read_lines(path, "items file")
     pairs = [line.split("\t", 1) for line in lines if line.strip()]
     bad = [i for i, p in enumerate(pairs) if len(p) != 2 or not p[0] or not p[1].strip()]
@@ -130,9 +151,7 @@ def read_new_items(
         raise SemidError(
             f"{path} line {bad[0] + 1 if bad else 1} is not key<TAB>text; write one item per line"
         )
-    if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
-        encoder = index_encoder
-    return [k for k, _ in pairs], TextEncoder(model=encoder).encode([t for _, t in pairs])
+    return [k for k, _ in pairs], [t for _, t in pairs]
 
 
 def new_model(spec: Any, ids: SemanticIDs) -> Any:

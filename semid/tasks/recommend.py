@@ -193,7 +193,7 @@ class RecommendTask(Task):
 
     def _add(self, run_path: Path, source: Path, keys: Path | None = None,
             encoder: str | None = None, **options: Any) -> dict:  # fmt: skip
-        """New items (key<TAB>text, or embeddings + keys) get IDs from the saved quantizer; the model
+        """New items (texts as in ``read_new_items``, or embeddings + keys) get IDs from the saved quantizer; the model
         can recommend them at once (no retraining)."""
         run = load_run(run_path, self.name)
         new_keys, x = read_new_items(source, keys, encoder, run.ids.metadata.get("encoder"))
