@@ -58,7 +58,9 @@ def write_interactions(folder: Path, users: int = 40, items: int = 30) -> None:
 
 def test_interactions_example(tmp_path, monkeypatch, capsys):
     write_interactions(tmp_path)
-    (tmp_path / "new_items.csv").write_text("item,title,genres\nm100,Movie number 100,Drama|Comedy\n")
+    (tmp_path / "new_items.csv").write_text(
+        "item,title,genres\nm100,Movie number 100,Drama|Comedy\n"
+    )
     monkeypatch.chdir(tmp_path)
     assert (
         cli("semid index build --dataset interactions.csv --items items.csv --out runs/mine/index")
