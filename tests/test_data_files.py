@@ -352,3 +352,8 @@ def test_new_items_as_key_text_lines_and_their_errors(tmp_path, monkeypatch):
         items.read_new_items(tmp_path / "blank.csv", None, None)
     with pytest.raises(SemidError, match="--keys goes with embeddings"):
         items.read_new_items(tmp_path / "new.tsv", tmp_path / "keys.txt", None)
+    (tmp_path / "own.csv").write_text("sku,desc,price\nn3,Heat,9\n")  # the run's --columns
+    keys, _ = items.read_new_items(
+        tmp_path / "own.csv", None, None, columns={"item": "sku", "text": "desc"}
+    )
+    assert keys == ["n3"] and RecordingEncoder.texts == ["Heat"]

@@ -45,6 +45,7 @@ from semid.errors import SemidError
 
 USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
 ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
+ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
 TIME_COLUMNS = ("timestamp", "ts", "time", "Timestamp")
 ROLES = ("user", "item", "timestamp", "text")
 MISSING_TEXT = ("error", "drop")
@@ -197,14 +198,14 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
     raise SemidError(f"{path}: cannot read timestamps of type {kind}; use integer seconds")
 
 
-ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")
-
-
-def read_item_texts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+def read_item_texts(
+    path: str | os.PathLike, columns: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
     """Keys and texts of an items file, read as ``--items`` is at training (an item column, and a
-    text column or other columns joined as ``"column: value"``); an item without text raises."""
+    text column or other columns joined as ``"column: value"``; ``columns`` as the run was given
+    them); an item without text raises."""
     path = Path(path)
-    keys, texts = _read_items(path, {})
+    keys, texts = _read_items(path, columns or {})
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:
         raise SemidError(

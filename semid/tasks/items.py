@@ -115,12 +115,17 @@ def training_interactions(
 
 
 def read_new_items(
-    path: Path, keys: Path | None, encoder: str | None, index_encoder: str | None = None
+    path: Path,
+    keys: Path | None,
+    encoder: str | None,
+    index_encoder: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[str], Tensor]:
     """Keys and vectors (M, D) of new items, from texts embedded with the index's text encoder
     (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``, ...). Texts come as an
     items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally gzipped, or a ``.tsv``
-    whose header starts with an item column), or as a headerless ``.tsv`` of ``key<TAB>text`` lines."""
+    whose header starts with an item column; ``columns``: the run's ``--columns``), or as a headerless
+    ``.tsv`` of ``key<TAB>text`` lines."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "jsonl"):
         return load_embeddings(path, keys)
@@ -129,7 +134,7 @@ def read_new_items(
     if fmt == "tsv" and not _has_items_header(path):
         new_keys, texts = _key_text_lines(path)
     else:
-        new_keys, texts = read_item_texts(path)
+        new_keys, texts = read_item_texts(path, columns)
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
     return new_keys, TextEncoder(model=encoder).encode(texts)

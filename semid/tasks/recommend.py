@@ -196,7 +196,10 @@ class RecommendTask(Task):
         """New items (texts as in ``read_new_items``, or embeddings + keys) get IDs from the saved quantizer; the model
         can recommend them at once (no retraining)."""
         run = load_run(run_path, self.name)
-        new_keys, x = read_new_items(source, keys, encoder, run.ids.metadata.get("encoder"))
+        columns = self.spec_of(run).columns
+        new_keys, x = read_new_items(
+            source, keys, encoder, run.ids.metadata.get("encoder"), columns
+        )
         ids, codes = add_items(run.index_path, new_keys, x, run.model)
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
 
