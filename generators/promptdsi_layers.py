@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +55,8 @@ class DecoderLayer(nn.Module):
 
 
 def load_encoder(config: Any) -> nn.Module:
+    """The frozen BERT encoder of a PromptDSI config: randomly initialised from ``encoder_config``
+    (seeded; for tests), else loaded offline from ``encoder_path`` or the packaged MiniLM."""
     from transformers import AutoModel, BertConfig, BertModel
 
     if config.encoder_config is not None:
@@ -70,7 +73,8 @@ def load_encoder(config: Any) -> nn.Module:
         ) from None
 
 
-def default_encoder_path():
+def default_encoder_path() -> Path:
+    """Folder of the packaged sentence encoder (all-MiniLM-L6-v2), the default PromptDSI encoder."""
     from semid.encoders import default_model_path
 
     return default_model_path()
