@@ -131,8 +131,9 @@ def read_new_items(
         return load_embeddings(path, keys)
     if keys is not None:
         raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
-    if fmt == "tsv" and not _has_items_header(path):
-        new_keys, texts = _key_text_lines(path)
+    lines = read_lines(path, "items file") if fmt == "tsv" else []
+    if fmt == "tsv" and not (lines and _names_an_item_column(lines[0])):
+        new_keys, texts = _key_text_lines(path, lines)
     else:
         new_keys, texts = read_item_texts(path, columns)
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
@@ -140,16 +141,13 @@ def read_new_items(
     return new_keys, TextEncoder(model=encoder).encode(texts)
 
 
-def _has_items_header(path: Path) -> bool:
-    """True when a .tsv's first field names an item column (item, item_id, id, ...)."""
-    lines = read_lines(path, "items file")
-    first = lines[0].split("\t", 1)[0] if lines else ""
-    return column_name(first) in ITEM_KEY_COLUMNS
+def _names_an_item_column(first_line: str) -> bool:
+    """True when a .tsv's first line is a header: its first field names an item column (item, id, ...)."""
+    return column_name(first_line.split("\t", 1)[0]) in ITEM_KEY_COLUMNS
 
 
-def _key_text_lines(path: Path) -> tuple[list[str], list[str]]:
-    """Keys and texts of a headerless ``key<TAB>text`` file."""
-    lines = read_lines(path, "items file")
+def _key_text_lines(path: Path, lines: list[str]) -> tuple[list[str], list[str]]:
+    """Keys and texts of the lines of a headerless ``key<TAB>text`` file."""
     pairs = [line.split("\t", 1) for line in lines if line.strip()]
     bad = [i for i, p in enumerate(pairs) if len(p) != 2 or not p[0] or not p[1].strip()]
     if bad or not pairs:
