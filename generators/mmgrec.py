@@ -9,7 +9,12 @@ their pairwise relations (``relations``, any subset of):
 - ``time``: log-scale bucket of the time gap |t_i - t_j| (seconds; 0 s, < 2 s, < 4 s, ... doubling);
 - ``distance``: how many interactions apart the two items are (clipped at ``max_distance``);
 - ``prefix``: the length of the ID prefix the two items share (0..L), a semantic relation that is
-  free to compute from the codes, standing in for MMGRec's co-occurrence relations.
+  free to compute from the codes;
+- ``cooccur``: how often the two items co-occur in the training sequences (within
+  ``cooccur_window`` events of each other; log2 buckets), MMGRec's co-occurrence relation. Each
+  item keeps its ``cooccur_neighbours`` most frequent neighbours (:mod:`semid.cooccurrence`),
+  fitted from the training data before training (:meth:`MMGRec.fit_train_sequences_`); items
+  added later have none.
 
 With ``item_embeddings`` (``--model-config '{"item_embeddings": true}'``, which sets ``num_items`` to
 the index size) each history item also gets its own learned vector, as dense sequential models have;
@@ -37,12 +42,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from semid.cooccurrence import NO_NEIGHBOUR, neighbour_table, pair_counts
 from semid.errors import SemidError
 from semid.generator import Generator, register_generator
 from semid.layers import SelfAttentionBlock, causal_bias
 from semid.vocab import CodeVocabulary
 
-RELATIONS = ("time", "distance", "prefix")
+RELATIONS = ("time", "distance", "prefix", "cooccur")
 
 
 @dataclass
@@ -59,6 +65,10 @@ class MMGRecConfig:
     ff_mult: int = 4
     time_buckets: int = 32  # log2 buckets of the gap in seconds: 2**31 s is ~68 years
     max_distance: int = 50
+    cooccur_window: int = 8  # events apart that still count as co-occurring
+    cooccur_neighbours: int = 32  # neighbours kept per item
+    cooccur_buckets: int = 16  # 0: not a kept neighbour; b > 0: count in [2**(b-1), 2**b)
+    cooccur_items: int = 0  # rows of the neighbour table; set from the index (cooccur relation)
     trie_softmax: bool = (
         True  # softmax over the codes the index allows after each prefix (see Generator.use_trie)
     )
@@ -99,10 +109,15 @@ class MMGRec(Generator):
             "time": c.time_buckets,
             "distance": c.max_distance + 1,
             "prefix": self.vocab.levels + 1,
+            "cooccur": c.cooccur_buckets,
         }
         self.relation_emb = nn.ModuleDict({r: nn.Embedding(sizes[r], c.heads) for r in c.relations})
         for emb in self.relation_emb.values():
             nn.init.zeros_(emb.weight)
+        if "cooccur" in c.relations:  # filled by fit_train_sequences_; saved with the weights
+            table = (c.cooccur_items, c.cooccur_neighbours)
+            self.register_buffer("cooccur_rows", torch.full(table, NO_NEIGHBOUR, dtype=torch.long))
+            self.register_buffer("cooccur_counts", torch.zeros(table, dtype=torch.long))
         self.encoder = nn.ModuleList(
             SelfAttentionBlock(c.dim, c.heads, c.dropout, c.ff_mult) for _ in range(c.layers)
         )
@@ -119,11 +134,28 @@ class MMGRec(Generator):
 
     @classmethod
     def sized_for(cls, config: MMGRecConfig, ids, extra_codes: int = 0, **context) -> MMGRecConfig:
-        """Codebook sizes from the index, and one item embedding per row if ``item_embeddings`` or
-        ``item_loss``."""
+        """Codebook sizes from the index, one item embedding per row if ``item_embeddings`` or
+        ``item_loss``, and a neighbour-table row per item with the ``cooccur`` relation."""
         config = super().sized_for(config, ids, extra_codes)
         per_item = config.item_embeddings or config.item_loss > 0
-        return replace(config, num_items=len(ids) if per_item else 0)
+        return replace(
+            config,
+            num_items=len(ids) if per_item else 0,
+            cooccur_items=len(ids) if "cooccur" in config.relations else 0,
+        )
+
+    def fit_train_sequences_(self, items: Tensor, ptr: Tensor) -> None:
+        """Fit the ``cooccur`` relation's neighbour table from the training sequences: index rows
+        ``items`` (E,) of every user's train events, user u's being ``items[ptr[u]:ptr[u + 1]]``
+        in time order. Nothing to fit without that relation."""
+        if "cooccur" not in self.config.relations:
+            return
+        c = self.config
+        rows, counts = neighbour_table(
+            items, ptr, c.cooccur_items, c.cooccur_window, c.cooccur_neighbours
+        )
+        self.cooccur_rows.copy_(rows)
+        self.cooccur_counts.copy_(counts)
 
     def embed_items(self, codes: Tensor, items: Tensor | None = None) -> Tensor:
         """Item vectors (..., D): the sum of code embeddings of codes (..., L), plus each index row's
@@ -135,8 +167,9 @@ class MMGRec(Generator):
             x = x + self.item_emb(items.clamp(0, self.config.num_items - 1)) * known[..., None]
         return x * real
 
-    def relation_bias(self, codes: Tensor, times: Tensor) -> Tensor:
-        """Additive attention bias (B, H, T, T): learned relation biases plus the causal/padding mask."""
+    def relation_bias(self, codes: Tensor, times: Tensor, items: Tensor | None = None) -> Tensor:
+        """Additive attention bias (B, H, T, T): learned relation biases plus the causal/padding mask.
+        ``items`` (B, T): the history's index rows (the ``cooccur`` relation needs them)."""
         t = codes.shape[1]
         bias = causal_bias(codes[..., 0]).expand(-1, self.config.heads, -1, -1)
         if "time" in self.relation_emb:
@@ -152,6 +185,11 @@ class MMGRec(Generator):
                 (codes[:, :, None, :] == codes[:, None, :, :]).long().cumprod(-1).sum(-1)
             )  # (B, T, T)
             bias = bias + rearrange(self.relation_emb["prefix"](same), "b i j h -> b h i j")
+        if "cooccur" in self.relation_emb and items is not None:
+            counts = pair_counts(self.cooccur_rows, self.cooccur_counts, items)
+            bucket = torch.where(counts > 0, torch.log2(counts.clamp(min=1).float()).long() + 1, 0)
+            bucket = bucket.clamp(max=self.config.cooccur_buckets - 1)
+            bias = bias + rearrange(self.relation_emb["cooccur"](bucket), "b i j h -> b h i j")
         return bias
 
     @contextlib.contextmanager
@@ -183,7 +221,7 @@ class MMGRec(Generator):
         self, codes: Tensor, times: Tensor, items: Tensor | None, last_only: bool
     ) -> Tensor:
         x = self.drop(self.embed_items(codes, items) * self.config.dim**0.5)
-        bias = self.relation_bias(codes, times)
+        bias = self.relation_bias(codes, times, items)
         for i, block in enumerate(self.encoder):
             x = block(x, bias, last_only=last_only and i == len(self.encoder) - 1)
         return self.ln_enc(x)

@@ -39,6 +39,36 @@ def test_relation_bias_is_causal_and_uses_each_relation():
     assert torch.allclose(bias[0, :, 3, 1], prefix[0] + time[gap_bucket] + dist[2])
 
 
+def test_cooccur_relation_biases_pairs_by_their_bucketed_training_counts():
+    model = make(relations=["cooccur"], cooccur_items=4, cooccur_window=1)
+    torch.nn.init.normal_(model.relation_emb["cooccur"].weight)
+    # 0 and 1 are adjacent 8 times, 2 and 3 once, 0 and 2 never; item 4 comes later (index add)
+    items = torch.tensor([0, 1] * 3 + [1, 0, 1, 0, 3, 2])
+    model.fit_train_sequences_(items, torch.tensor([0, 6, 12]))
+    history = torch.tensor([[0, 1, 2, 3, 4]])
+    codes = torch.tensor([[[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 1, 0], [2, 0, 0]]])
+    times = torch.zeros(1, 5, dtype=torch.long)
+    bias = model.relation_bias(codes, times, history)[0]
+    weight = model.relation_emb["cooccur"].weight
+    # 0-1: bucket 4 ([8, 16)), 2-3: bucket 1, 0-2 and the unknown 4: bucket 0
+    assert torch.allclose(bias[:, 1, 0], weight[4]) and torch.allclose(bias[:, 3, 2], weight[1])
+    assert torch.allclose(bias[:, 2, 0], weight[0]) and torch.allclose(bias[:, 4, 1], weight[0])
+    without_rows = model.relation_bias(codes, times)[0]  # no rows given: no cooccur term
+    assert (without_rows[torch.isfinite(without_rows)] == 0).all()
+
+
+def test_cooccur_table_is_saved_with_the_weights(tmp_path):
+    from semid.models import load_model, save_model
+
+    model = make(relations=["cooccur"], cooccur_items=3, cooccur_window=1)
+    model.fit_train_sequences_(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 4]))
+    save_model(model, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert torch.equal(loaded.cooccur_rows, model.cooccur_rows)
+    assert torch.equal(loaded.cooccur_counts, model.cooccur_counts)
+    assert int(loaded.cooccur_counts.sum()) == 6  # 0-1 once, 1-2 twice, each both ways
+
+
 def test_no_relations_means_order_free_attention():
     """Without relations (and no absolute positions) the last state ignores the order of earlier items."""
     model = make(relations=[]).eval()

@@ -54,6 +54,15 @@ def test_prepare_maps_items_to_index_rows():
     assert valid["targets"].tolist() == [row["m3"], row["m3"], row["m2"]]
 
 
+def test_train_sequences_hold_each_users_train_events_in_time_order():
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=3)
+    rows, ptr = data.train_sequences()
+    row = {f"m{j}": r for r, j in enumerate((4, 3, 2, 1, 0))}
+    per_user = [rows[ptr[u] : ptr[u + 1]].tolist() for u in range(3)]
+    # each user's last two events are valid and test targets
+    assert per_user == [[row["m0"], row["m1"], row["m2"]], [row["m4"]], [row["m1"], row["m0"]]]
+
+
 def test_missing_items_are_reported():
     ids = SemanticIDs(["m0", "m1"], torch.tensor([[0, 0], [0, 1]]), [3, 2])
     with pytest.raises(SemidError, match="not in the index"):

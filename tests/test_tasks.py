@@ -12,6 +12,7 @@ from conftest import TINY_BERT, TINY_GENERATORS
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
 from semid.cli.main import main
 from semid.configs import config_from_dict, parse_json_object
+from semid.cooccurrence import neighbour_table
 from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.registry import register_dataset
 from semid.errors import SemidError
@@ -282,8 +283,9 @@ def recommend_run(tmp_path):
     )
     ids.save(tmp_path / "idx", quantizer=q)
 
-    def train(name: str):
+    def train(name: str, **overrides):
         config = {k: v for k, v in TINY[name].items() if k not in ("codebook_sizes", "num_items")}
+        config.update(overrides)
         spec = RecommendSpec(dataset="tiny-tasks", model=name, model_config=config, max_history=4,
                              train=TrainConfig(max_epochs=1, batch_size=8, early_stopping_patience=None))  # fmt: skip
         out = tmp_path / name
@@ -314,6 +316,19 @@ def test_predict_for_a_test_user_is_the_evaluated_ranking(recommend_run, name):
         assert answer["keys"] == expected, f"user u{u}"
         torch.testing.assert_close(torch.tensor(answer["scores"]), ranking.scores[u][: len(expected)].float(),
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_training_fits_the_cooccurrence_table_from_train_events_only(recommend_run):
+    out = recommend_run("mmgrec", relations=["time", "cooccur"])
+    run = load_run(out)
+    data = get_task("recommend").load_data(get_task("recommend").spec_of(run), run.ids, run)
+    rows, ptr = data.train_sequences()
+    expected = neighbour_table(rows, ptr, len(run.ids), window=8, k=32)
+    assert torch.equal(run.model.cooccur_rows, expected[0])
+    assert torch.equal(run.model.cooccur_counts, expected[1])
+    assert int(run.model.cooccur_counts.sum()) > 0
+    (answer,) = load_predictor(out).predict([{"history": ["m3", "m0", "m7"]}], k=4)
+    assert len(answer["keys"]) == 4
 
 
 @pytest.mark.parametrize("name", ["mmgrec", "pop"])

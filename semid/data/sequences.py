@@ -73,6 +73,15 @@ class RecData:
         s = self.split
         return s.sequence_items[train_mask(s.sequence_users, s.ptr)]
 
+    def train_sequences(self) -> tuple[Tensor, Tensor]:
+        """Every user's train events as CSR: index rows (E_train,) and ptr (num_users + 1,), user
+        u's events being ``rows[ptr[u]:ptr[u + 1]]``, oldest first."""
+        s = self.split
+        train = train_mask(s.sequence_users, s.ptr)
+        per_user = torch.bincount(s.sequence_users[train], minlength=len(s.ptr) - 1)
+        ptr = torch.cat([per_user.new_zeros(1), per_user.cumsum(0)])
+        return s.sequence_items[train], ptr
+
 
 def prepare_data(dataset: Any, ids: SemanticIDs, max_history: int = 50) -> RecData:
     """Split a RecDataset by leave-one-out and map its items to the rows of ``ids``."""

@@ -124,6 +124,10 @@ class RecommendTask(Task):
         model = new_model(spec, ids)
         started = time.perf_counter()
         summary: dict[str, Any] = {"steps": 0, "epochs": 0, "best_step": 0}
+        if hasattr(
+            model, "fit_train_sequences_"
+        ):  # statistics of the training data (MMGRec's cooccur)
+            model.fit_train_sequences_(*data.train_sequences())
         if getattr(model, "trainable", True):
             result = self._fit(model, spec, ids, data, out, resume, device)
             started -= result.resumed_after_s  # train_seconds counts the earlier processes too
