@@ -56,11 +56,11 @@ from semid.tasks.recommend import RecommendSpec, evaluate_ranker, rank_split
 from semid.training import TrainConfig
 
 
-def spec_for(name: str, dataset: str, seed: int) -> RecommendSpec:
+def spec_for(name: str, dataset: str, seed: int, max_history: int = 50) -> RecommendSpec:
     """The benchmark's spec of one model: its budget on top of TrainConfig's defaults."""
     train = TrainConfig(**{**BUDGETS[name]["train"], "seed": seed, "checkpoint_every": 10**6})
     return RecommendSpec(dataset=dataset, model=name, model_config=BUDGETS[name].get("model", {}),
-                         train=train)  # fmt: skip
+                         train=train, max_history=max_history)  # fmt: skip
 
 
 def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     task = get_task("recommend")
     name, run = job["model"], Path(job["run"])
-    spec = spec_for(name, job["dataset"], job["seed"])
+    spec = spec_for(name, job["dataset"], job["seed"], job["max_history"])
     summary = task.train(spec, run, Path(job["index"]), resume=job["resume"])
     loaded = load_run(run)
     reps = [task.evaluate(loaded, EvalOptions(split="test")) for _ in range(job["reps"])]
@@ -114,7 +114,7 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
             old, work / "old-index", job["seed"], job["graph"], x_full[keep], job["graph_quantizer"]
         )
     name = job["model"]
-    spec = spec_for(name, held_out, job["seed"])
+    spec = spec_for(name, held_out, job["seed"], job["max_history"])
     summary = task.train(spec, work / "run", work / "old-index", resume=job["resume"])
     keys = [full.item_keys[i] for i in new.tolist()]
     # new items have no interactions: graph smoothing leaves them their own (normalized) text vectors
@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="test passes for the median queries/s (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-history",
+        type=int,
+        default=50,
+        help="items of history each model reads (default: %(default)s)",
+    )
     p.add_argument("--tiger-steps", type=int, help="cap TIGER's optimizer steps (default: none)")
     p.add_argument(
         "--model-config",
@@ -268,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "index": str(index),
                     "run": str(args.work / ds / m),
                     "seed": args.seed,
+                    "max_history": args.max_history,
                     "reps": args.reps,
                     "resume": args.resume,
                 }
@@ -281,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "graph": INDEX_OF[m] == "graph",
                     "run": str(args.work / ds / f"cold-{m}"),
                     "seed": args.seed,
+                    "max_history": args.max_history,
                     "cold_frac": args.cold_frac,
                     "graph_quantizer": args.graph_quantizer,
                     "resume": args.resume,
@@ -296,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r for j, r in zip(jobs, results, strict=True) if j["kind"] == "cold" and "error" not in r
     ]
     errors = [r for r in results if "error" in r]
-    result = {"environment": env, "jobs": args.jobs, "seed": args.seed, "index_seconds": index_seconds, "budgets": BUDGETS,
+    result = {"environment": env, "jobs": args.jobs, "seed": args.seed, "max_history": args.max_history,
+              "index_seconds": index_seconds, "budgets": BUDGETS,
               "graph_quantizer": args.graph_quantizer,
               "rows": rows, "comparisons": comparisons(rows), "cold_start": cold, "errors": errors}  # fmt: skip
     write_json(args.out.with_suffix(".json"), result)

@@ -24,7 +24,8 @@ def markdown(result: dict[str, Any]) -> str:
             if result.get("graph_quantizer", GRAPH_QUANTIZERS[1]) == GRAPH_QUANTIZERS[0]
             else f"{QUANTIZER} on the same embeddings smoothed over the train user-item graph (a stand-in for graph_rqvae)"
         )
-        + f" with popularity collisions (mmgrec; MMGRec's recipe); seed {result['seed']}; generators: 20 beams, "
+        + f" with popularity collisions (mmgrec; MMGRec's recipe); seed {result['seed']}; "
+        f"histories of up to {result.get('max_history', 50)} items; generators: 20 beams, "
         "trie-constrained, trie softmax. "
         "Budgets: "
         + "; ".join(

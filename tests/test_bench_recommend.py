@@ -25,7 +25,7 @@ def test_resume_reuses_the_index_and_continues_training(
 ):
     def run(epochs: int, out: str) -> dict:
         args = ["--datasets", small_movielens, "--models", "sasrec", "--cold-start", "--reps", "1",
-                "--max-epochs", str(epochs), "--resume", "--work", str(tmp_path / "work"),
+                "--max-epochs", str(epochs), "--max-history", "20", "--resume", "--work", str(tmp_path / "work"),
                 "--out", str(tmp_path / out)]  # fmt: skip
         recommend.main(args)
         return json.loads((tmp_path / f"{out}.json").read_text())
@@ -42,6 +42,10 @@ def test_resume_reuses_the_index_and_continues_training(
     assert (row["epochs"], row["steps"]) == (2, 2 * first["rows"][0]["steps"])
     # the first process's training time is counted in the resumed run's
     assert row["train_seconds"] > first["rows"][0]["train_seconds"]
+    run_config = json.loads(
+        (tmp_path / "work" / small_movielens / "sasrec" / "config.json").read_text()
+    )
+    assert second["max_history"] == run_config["spec"]["max_history"] == 20
 
 
 def test_seed_medians_compare_each_seed_with_its_own_sasrec_and_name_each_command():
