@@ -97,6 +97,13 @@ class MMGRec(Generator):
         unknown = set(config.relations) - set(RELATIONS)
         if unknown:
             raise SemidError(f"unknown MMGRec relations {sorted(unknown)}; choose from {RELATIONS}")
+        if (
+            "cooccur" in config.relations
+            and min(config.cooccur_window, config.cooccur_neighbours) < 1
+        ):
+            raise SemidError("cooccur_window and cooccur_neighbours must be at least 1")
+        if "cooccur" in config.relations and config.cooccur_buckets < 2:
+            raise SemidError("cooccur_buckets must be at least 2 (bucket 0 means no co-occurrence)")
         c = config
         self._encodings: list[tuple[tuple, Tensor]] | None = None  # see encoding_once
         self.vocab = CodeVocabulary(c.codebook_sizes)

@@ -20,6 +20,15 @@ def test_unknown_relation_is_rejected():
         make(relations=["time", "weather"])
 
 
+@pytest.mark.parametrize(
+    "bad", [{"cooccur_window": 0}, {"cooccur_neighbours": 0}, {"cooccur_buckets": 1}]
+)
+def test_cooccur_settings_that_cannot_work_are_rejected(bad):
+    with pytest.raises(SemidError, match="at least"):
+        make(relations=["cooccur"], **bad)
+    make(relations=["time"], **bad)  # ignored without the relation
+
+
 def test_relation_bias_is_causal_and_uses_each_relation():
     model = make()
     for emb in model.relation_emb.values():  # make every relation visible in the bias

@@ -124,9 +124,8 @@ class RecommendTask(Task):
         model = new_model(spec, ids)
         started = time.perf_counter()
         summary: dict[str, Any] = {"steps": 0, "epochs": 0, "best_step": 0}
-        if hasattr(
-            model, "fit_train_sequences_"
-        ):  # statistics of the training data (MMGRec's cooccur)
+        # statistics of the training data, fitted before any gradient step (MMGRec's cooccur)
+        if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
         if getattr(model, "trainable", True):
             result = self._fit(model, spec, ids, data, out, resume, device)
