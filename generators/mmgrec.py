@@ -101,9 +101,15 @@ class MMGRec(Generator):
             "cooccur" in config.relations
             and min(config.cooccur_window, config.cooccur_neighbours) < 1
         ):
-            raise SemidError("cooccur_window and cooccur_neighbours must be at least 1")
+            raise SemidError(
+                f"cooccur_window and cooccur_neighbours must be at least 1 (got {config.cooccur_window} "
+                f"and {config.cooccur_neighbours}); set them so in the model config"
+            )
         if "cooccur" in config.relations and config.cooccur_buckets < 2:
-            raise SemidError("cooccur_buckets must be at least 2 (bucket 0 means no co-occurrence)")
+            raise SemidError(
+                f"cooccur_buckets must be at least 2 (got {config.cooccur_buckets}; bucket 0 means "
+                "no co-occurrence); set it so in the model config"
+            )
         c = config
         self._encodings: list[tuple[tuple, Tensor]] | None = None  # see encoding_once
         self.vocab = CodeVocabulary(c.codebook_sizes)
