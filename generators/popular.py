@@ -22,7 +22,7 @@ class MostPopular(nn.Module):
     """Scores every index row by its number of training interactions (ties: lower row first)."""
 
     config_class = MostPopularConfig
-    trainable = False  # fitted by counting (`fit_counts_`), not by gradient steps
+    trainable = False  # fitted by counting (`fit_train_sequences_`), not by gradient steps
 
     def __init__(self, config: MostPopularConfig) -> None:
         super().__init__()
@@ -38,6 +38,10 @@ class MostPopular(nn.Module):
         """Count the training interactions (E,) per index row."""
         counts = torch.bincount(train_rows, minlength=self.config.num_items)
         self.popularity.copy_(counts[: self.config.num_items].double())
+
+    def fit_train_sequences_(self, items: Tensor, ptr: Tensor) -> None:
+        """Fit from the training sequences (index rows ``items`` (E,), CSR ``ptr``): count them."""
+        self.fit_counts_(items)
 
     def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores (B, N): every query gets the same popularity ranking; stable ties favour lower

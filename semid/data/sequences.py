@@ -70,8 +70,7 @@ class RecData:
 
     def train_items(self) -> Tensor:
         """Index rows of every train event (E_train,)."""
-        s = self.split
-        return s.sequence_items[train_mask(s.sequence_users, s.ptr)]
+        return self.train_sequences()[0]
 
     def train_sequences(self) -> tuple[Tensor, Tensor]:
         """Every user's train events as CSR: index rows (E_train,) and ptr (num_users + 1,), user

@@ -124,7 +124,8 @@ class RecommendTask(Task):
         model = new_model(spec, ids)
         started = time.perf_counter()
         summary: dict[str, Any] = {"steps": 0, "epochs": 0, "best_step": 0}
-        # statistics of the training data, fitted before any gradient step (MMGRec's cooccur)
+        # statistics of the training data, fitted before any gradient step (MMGRec's cooccur,
+        # most-popular's counts)
         if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
         if getattr(model, "trainable", True):
@@ -135,8 +136,6 @@ class RecommendTask(Task):
             if is_generator(model) and model.has_item_head():  # the mixing weight, on valid
                 summary["item_mix_valid_ndcg@10"] = tune_item_mix(model, ids, data, spec)
                 summary["item_mix"] = model.config.item_mix
-        else:
-            model.fit_counts_(data.train_items())
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
         if is_main_process():
             copy_index(index, out)
