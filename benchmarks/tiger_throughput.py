@@ -111,6 +111,8 @@ def targets_in(batch: dict[str, torch.Tensor]) -> int:
         return int(
             ((batch["next_codes"][..., 0] >= 0) & (batch["history_codes"][..., 0] >= 0)).sum()
         )
+    if "next_items" in batch:  # a scorer's windows (SASRec): index rows, PAD = -1
+        return int(((batch["next_items"] >= 0) & (batch["items"] >= 0)).sum())
     return len(batch["target_codes"])
 
 
@@ -163,6 +165,11 @@ def quality(data, ids, variant, batch_size, seconds, seed) -> dict[str, Any]:
             "load_average_1min": os.getloadavg()[0]}  # fmt: skip
 
 
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    """Repeats as "targets/s @ load average", comma-separated."""
+    return ", ".join(f"{x['targets_per_s']:,.0f} @ {x['load_average_1min']:.1f}" for x in runs)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Results as Markdown tables, with the command and environment."""
     lines = [
@@ -179,9 +186,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     base = result["throughput"][0]["targets_per_s"]
     for r in result["throughput"]:
-        runs = ", ".join(
-            f"{x['targets_per_s']:,.0f} @ {x['load_average_1min']:.1f}" for x in r["runs"]
-        )
+        runs = format_runs(r["runs"])
         lines.append(f"| {r['variant']} | {r['batch_size']} | {r['targets_per_s']:,.0f} | "
                      f"{r['targets_per_s'] / base:.1f}x | {runs} |")  # fmt: skip
     if result.get("quality"):

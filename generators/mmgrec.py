@@ -7,7 +7,8 @@ encoding; instead every attention score between items i and j gets learned per-h
 their pairwise relations (``relations``, any subset of):
 
 - ``time``: log-scale bucket of the time gap |t_i - t_j| (seconds; 0 s, < 2 s, < 4 s, ... doubling);
-- ``distance``: how many interactions apart the two items are (clipped at ``max_distance``);
+- ``distance``: how many interactions apart the two items are (clipped at ``max_distance``, by
+  default the history length: a 200-item history gets distances up to 200);
 - ``prefix``: the length of the ID prefix the two items share (0..L), a semantic relation that is
   free to compute from the codes;
 - ``cooccur``: how often the two items co-occur in the training sequences (within
@@ -43,12 +44,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from semid.cooccurrence import NO_NEIGHBOUR, neighbour_table, pair_counts
+from semid.dropout import BitDropout
 from semid.errors import SemidError
 from semid.generator import Generator, register_generator
-from semid.layers import SelfAttentionBlock, causal_bias
+from semid.layers import SelfAttentionBlock, causal_bias, gather_rows
 from semid.vocab import CodeVocabulary
 
 RELATIONS = ("time", "distance", "prefix", "cooccur")
+DEFAULT_MAX_DISTANCE = 50  # the recommend task's default history length
 
 
 @dataclass
@@ -64,7 +67,8 @@ class MMGRecConfig:
     dropout: float = 0.2
     ff_mult: int = 4
     time_buckets: int = 32  # log2 buckets of the gap in seconds: 2**31 s is ~68 years
-    max_distance: int = 50
+    # distances clip here; None: the task's history length (sized_for), 50 without a task
+    max_distance: int | None = None
     cooccur_window: int = 8  # events apart that still count as co-occurring
     cooccur_neighbours: int = 32  # neighbours kept per item
     cooccur_buckets: int = 16  # 0: not a kept neighbour; b > 0: count in [2**(b-1), 2**b)
@@ -111,6 +115,12 @@ class MMGRec(Generator):
                 "no co-occurrence); set it so in the model config"
             )
         c = config
+        self.max_distance = DEFAULT_MAX_DISTANCE if c.max_distance is None else c.max_distance
+        if self.max_distance < 1:
+            raise SemidError(
+                f"max_distance must be at least 1 (got {c.max_distance}); set it so in the model "
+                "config, or leave it out to clip distances at the history length"
+            )
         self._encodings: list[tuple[tuple, Tensor]] | None = None  # see encoding_once
         self.vocab = CodeVocabulary(c.codebook_sizes)
         self.code_emb = nn.Embedding(self.vocab.size, c.dim)
@@ -120,7 +130,7 @@ class MMGRec(Generator):
             nn.init.normal_(self.item_emb.weight, std=0.02)
         sizes = {
             "time": c.time_buckets,
-            "distance": c.max_distance + 1,
+            "distance": self.max_distance + 1,
             "prefix": self.vocab.levels + 1,
             "cooccur": c.cooccur_buckets,
         }
@@ -142,19 +152,24 @@ class MMGRec(Generator):
         self.ln_enc, self.ln_dec, self.drop = (
             nn.LayerNorm(c.dim),
             nn.LayerNorm(c.dim),
-            nn.Dropout(c.dropout),
+            BitDropout(c.dropout),
         )
 
     @classmethod
     def sized_for(cls, config: MMGRecConfig, ids, extra_codes: int = 0, **context) -> MMGRecConfig:
         """Codebook sizes from the index, one item embedding per row if ``item_embeddings`` or
-        ``item_loss``, and a neighbour-table row per item with the ``cooccur`` relation."""
+        ``item_loss``, a neighbour-table row per item with the ``cooccur`` relation, and
+        ``max_distance`` the history length ``max_history`` (from the task) unless set."""
         config = super().sized_for(config, ids, extra_codes)
         per_item = config.item_embeddings or config.item_loss > 0
+        max_distance = config.max_distance
+        if max_distance is None:
+            max_distance = context.get("max_history") or DEFAULT_MAX_DISTANCE
         return replace(
             config,
             num_items=len(ids) if per_item else 0,
             cooccur_items=len(ids) if "cooccur" in config.relations else 0,
+            max_distance=max_distance,
         )
 
     def fit_train_sequences_(self, items: Tensor, ptr: Tensor) -> None:
@@ -188,22 +203,26 @@ class MMGRec(Generator):
         if "time" in self.relation_emb:
             gap = (times[:, :, None] - times[:, None, :]).abs().clamp(min=0).float()
             bucket = torch.log2(gap + 1).ceil().long().clamp(max=self.config.time_buckets - 1)
-            bias = bias + rearrange(self.relation_emb["time"](bucket), "b i j h -> b h i j")
+            bias = bias + rearrange(self._relation("time", bucket), "b i j h -> b h i j")
         if "distance" in self.relation_emb:
             pos = torch.arange(t, device=codes.device)
-            dist = (pos[:, None] - pos[None, :]).abs().clamp(max=self.config.max_distance)
-            bias = bias + rearrange(self.relation_emb["distance"](dist), "i j h -> 1 h i j")
+            dist = (pos[:, None] - pos[None, :]).abs().clamp(max=self.max_distance)
+            bias = bias + rearrange(self._relation("distance", dist), "i j h -> 1 h i j")
         if "prefix" in self.relation_emb:
             same = (
                 (codes[:, :, None, :] == codes[:, None, :, :]).long().cumprod(-1).sum(-1)
             )  # (B, T, T)
-            bias = bias + rearrange(self.relation_emb["prefix"](same), "b i j h -> b h i j")
+            bias = bias + rearrange(self._relation("prefix", same), "b i j h -> b h i j")
         if "cooccur" in self.relation_emb and items is not None:
             counts = pair_counts(self.cooccur_rows, self.cooccur_counts, items)
             bucket = torch.where(counts > 0, torch.log2(counts.clamp(min=1).float()).long() + 1, 0)
             bucket = bucket.clamp(max=self.config.cooccur_buckets - 1)
-            bias = bias + rearrange(self.relation_emb["cooccur"](bucket), "b i j h -> b h i j")
+            bias = bias + rearrange(self._relation("cooccur", bucket), "b i j h -> b h i j")
         return bias
+
+    def _relation(self, name: str, bucket: Tensor) -> Tensor:
+        """Per-head biases (..., H) of relation ``name`` for buckets (...)."""
+        return gather_rows(self.relation_emb[name].weight, bucket)
 
     @contextlib.contextmanager
     def encoding_once(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semid.dropout import BitDropout
 from semid.layers import SelfAttentionBlock, causal_bias
 from semid.models import register_model
 
@@ -43,7 +44,7 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(c.dim, c.heads, c.dropout, c.ff_mult) for _ in range(c.layers)
         )
-        self.ln, self.drop = nn.LayerNorm(c.dim), nn.Dropout(c.dropout)
+        self.ln, self.drop = nn.LayerNorm(c.dim), BitDropout(c.dropout)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
@@ -68,11 +69,13 @@ class SASRec(nn.Module):
         return hidden @ self.item_emb.weight[1:].T
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Cross-entropy over all items at every position with a next item -> (loss, logits (B, T, N))."""
-        logits = self.scores(self.encode(batch["items"]))
-        target = batch["next_items"][:, -logits.shape[1] :]
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1)
-        return loss, logits
+        """Cross-entropy over all items at every position with a next item -> (loss, logits (R, N)
+        of those R positions; padding is never scored, a large saving on long, short-filled windows)."""
+        hidden = self.encode(batch["items"])
+        target = batch["next_items"][:, -hidden.shape[1] :]
+        real = target >= 0
+        logits = self.scores(hidden[real])
+        return F.cross_entropy(logits, target[real]), logits
 
     def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores (B, num_items) of every item after each history's last position."""

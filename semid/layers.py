@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from semid.dropout import BitDropout, bit_dropout
+
 
 class SelfAttentionBlock(nn.Module):
     """Pre-norm Transformer block whose attention takes an additive mask/bias (B, 1 or H, T, T)."""
@@ -21,7 +23,8 @@ class SelfAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim)
         )
-        self.drop = nn.Dropout(dropout)
+        # cheap CPU masks here and on the attention weights; use_torch_dropout turns both back to torch's
+        self.drop = BitDropout(dropout)
 
     def forward(self, x: Tensor, bias: Tensor, last_only: bool = False) -> Tensor:
         """x (B, T, D), bias (B, 1|H, T, T) added to the attention scores (-inf forbids) -> (B, T, D).
@@ -36,9 +39,28 @@ class SelfAttentionBlock(nn.Module):
         if last_only:  # views only: no extra kernels for one-query searches to pay
             q, x, bias = q[:, :, -1:], x[:, -1:], bias[..., -1:, :]
         p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+        if p > 0 and q.device.type == "cpu" and isinstance(self.drop, BitDropout):
+            a = _attention_with_bit_dropout(q, k, v, bias.to(q.dtype), p)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         x = x + self.drop(self.proj(rearrange(a, "b h t d -> b t (h d)")))
         return x + self.drop(self.mlp(self.ln2(x)))
+
+
+def _attention_with_bit_dropout(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, p: float) -> Tensor:
+    """Scaled dot-product attention whose attention-weight dropout draws :func:`bit_dropout`'s cheap
+    masks: on the CPU, ``scaled_dot_product_attention`` with ``dropout_p`` draws one Bernoulli
+    sample per weight, the largest cost of a 200-item MMGRec training step after the matmuls."""
+    weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias, dim=-1)
+    return bit_dropout(weights, p) @ v
+
+
+def gather_rows(weight: Tensor, index: Tensor) -> Tensor:
+    """``weight[index]`` (..., D) for a table ``weight`` (N, D) and integer ``index`` (...), like
+    ``F.embedding``, whose CPU backward sorts the indices; this one's backward is an
+    ``index_add_``, 5-10x faster for the millions of lookups into a small table that a (B, T, T)
+    relation bias makes. Gradients are the same."""
+    return weight.index_select(0, index.reshape(-1)).view(*index.shape, weight.shape[1])
 
 
 def causal_bias(items: Tensor) -> Tensor:

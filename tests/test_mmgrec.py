@@ -3,6 +3,8 @@ import torch
 from conftest import train_on_batch
 
 from semid.errors import SemidError
+from semid.generators.mmgrec import MMGRec, MMGRecConfig
+from semid.ids import SemanticIDs
 from semid.models import build_model
 from semid.trie import PrefixTrie
 
@@ -27,6 +29,23 @@ def test_cooccur_settings_that_cannot_work_are_rejected(bad):
     with pytest.raises(SemidError, match="at least"):
         make(relations=["cooccur"], **bad)
     make(relations=["time"], **bad)  # ignored without the relation
+
+
+def test_distance_relation_reaches_the_history_length_unless_set():
+    ids = SemanticIDs(
+        [f"i{j}" for j in range(3)], torch.tensor([[0, 0, 0], [1, 0, 0], [2, 1, 0]]), SIZES
+    )
+    assert MMGRec.sized_for(MMGRecConfig(), ids, max_history=200).max_distance == 200
+    assert MMGRec.sized_for(MMGRecConfig(max_distance=20), ids, max_history=200).max_distance == 20
+    assert MMGRec.sized_for(MMGRecConfig(), ids).max_distance == 50  # no task: the task's default
+    model = make(max_distance=3, relations=["distance"])
+    assert model.relation_emb["distance"].num_embeddings == 4
+    torch.nn.init.normal_(model.relation_emb["distance"].weight)
+    bias = model.relation_bias(torch.zeros(1, 6, 3, dtype=torch.long), torch.zeros(1, 6))[0]
+    assert torch.equal(bias[:, 5, 0], bias[:, 5, 2])  # 5 and 3 apart: both clipped at 3
+    assert not torch.equal(bias[:, 5, 2], bias[:, 5, 3])  # 3 and 2 apart differ
+    with pytest.raises(SemidError, match="max_distance must be at least 1"):
+        make(max_distance=0)
 
 
 def test_relation_bias_is_causal_and_uses_each_relation():
