@@ -767,6 +767,8 @@ cases(
         ("resume-planted-pickle-random-states", "random_states_0.pkl", rec_on(with_pickle(Env.rec, "random_states_0.pkl"))),
         ("resume-planted-pickle-optimizer", "optimizer.bin", rec_on(with_pickle(Env.rec, "optimizer.bin", protocol=4))),
         ("resume-retriever-planted-pickle", "scheduler.bin", ret_on(with_pickle(Env.ret, "scheduler.bin"))),
+        ("resume-changed-model-config", "dim", rec_on(Env.rec, "--model-config", json.dumps({**TINY_MMGREC, "dim": 32}))),
+        ("resume-changed-history-length", "max_distance", rec_on(Env.rec, "--max-history", "10")),
         ("train-out-not-a-run", "notes.txt", rec_on(lambda e: e.write("mine/notes.txt", "mine").parent)),
         ("train-out-under-file", "plain-file", rec_on(lambda e: Path(e.file_under_file("run")))),
         (

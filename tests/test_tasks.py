@@ -318,6 +318,16 @@ def test_predict_for_a_test_user_is_the_evaluated_ranking(recommend_run, name):
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
+def test_mmgrec_distance_relation_reaches_the_run_history_length(recommend_run):
+    model = load_run(recommend_run("mmgrec")).model  # max_history 4, max_distance left out
+    assert model.config.max_distance == 4 and model.relation_emb["distance"].num_embeddings == 5
+    # resuming that run with another distance would load weights of the wrong shape: refused
+    with pytest.raises(
+        SemidError, match="model config changed since the checkpoint .*max_distance 4 -> 2"
+    ):
+        recommend_run("mmgrec", max_distance=2)
+
+
 def test_training_fits_the_cooccurrence_table_from_train_events_only(recommend_run):
     out = recommend_run("mmgrec", relations=["time", "cooccur"])
     run = load_run(out)

@@ -58,11 +58,23 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
+MODEL_CONFIG_FILE = "model_config.json"  # the config the checkpoints' weights were made with
+
+
+def model_config_dict(model: nn.Module) -> dict[str, Any] | None:
+    """The model's dataclass ``config`` as JSON values (lists for tuples), or None without one."""
+    config = getattr(model, "config", None)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 class Trainer:
     """Train a `model(batch) -> (loss, logits)` module with checkpoints, exact resume and early stopping.
 
     `out_dir` receives `checkpoints/step-XXXXXXXX/` (the last `keep_checkpoints`), `best/model.safetensors`,
-    `metrics.jsonl` and `train_config.json`. Launched with `accelerate launch`, the same code runs
+    `metrics.jsonl`, `train_config.json` and `model_config.json` (the model's dataclass config, which
+    a resume must match). Launched with `accelerate launch`, the same code runs
     data-parallel on several processes; `batch_size` is then per process. `evaluate(model)` runs on
     the main process only, with the unwrapped model in eval mode under `torch.no_grad()`.
     Resume takes the newest checkpoint that reads back; what it did ("resuming from step N (PATH)",
@@ -91,6 +103,7 @@ class Trainer:
         if len(train_dataset) == 0:
             raise SemidError("the training set is empty; check the data split before training")
         self.config, self.out_dir, self.evaluate = config, Path(out_dir), evaluate
+        self.model_config = model_config_dict(model)  # checked on resume: the weights must fit
         self.notes: list[str] = []  # resume notes, also printed with the progress output
         if device.startswith("cuda:"):
             torch.cuda.set_device(int(device[5:]))
@@ -185,6 +198,7 @@ class Trainer:
                 shutil.rmtree(self.checkpoints_root, ignore_errors=True)
                 (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
                 write_json(self.out_dir / "train_config.json", self.config.to_dict())
+                write_json(self.out_dir / MODEL_CONFIG_FILE, self.model_config)
             acc.wait_for_everyone()
             return TrainProgress(num_processes=acc.num_processes)
         self._check_resumable(resume_from)
@@ -238,6 +252,19 @@ class Trainer:
                 raise SemidError(
                     f"cannot resume {self.out_dir}: {', '.join(changed)} changed since the checkpoint "
                     "(they fix the data order); restore them or call fit(resume=False)"
+                )
+        model_file = self.out_dir / MODEL_CONFIG_FILE
+        if model_file.is_file() and self.model_config is not None:
+            before = json.loads(model_file.read_text())
+            changed = [
+                f"{k} {before.get(k)!r} -> {v!r}"
+                for k, v in self.model_config.items()
+                if before.get(k) != v
+            ]
+            if changed:
+                raise SemidError(
+                    f"cannot resume {self.out_dir}: the model config changed since the checkpoint "
+                    f"({'; '.join(changed)}); restore it, or start over (--no-resume, fit(resume=False))"
                 )
 
     def _train_epoch(self, progress: TrainProgress, started: float, bar: tqdm) -> bool:
