@@ -23,6 +23,7 @@ from tqdm import tqdm
 from semid.atomic import atomic_file, write_json
 from semid.errors import SemidError
 from semid.progress import progress_bar
+from semid.saving import read_json
 from semid.training.checkpoints import (
     DamagedCheckpointError,
     check_checkpoint,
@@ -198,7 +199,8 @@ class Trainer:
                 shutil.rmtree(self.checkpoints_root, ignore_errors=True)
                 (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
                 write_json(self.out_dir / "train_config.json", self.config.to_dict())
-                write_json(self.out_dir / MODEL_CONFIG_FILE, self.model_config)
+                if self.model_config is not None:
+                    write_json(self.out_dir / MODEL_CONFIG_FILE, self.model_config)
             acc.wait_for_everyone()
             return TrainProgress(num_processes=acc.num_processes)
         self._check_resumable(resume_from)
@@ -255,7 +257,9 @@ class Trainer:
                 )
         model_file = self.out_dir / MODEL_CONFIG_FILE
         if model_file.is_file() and self.model_config is not None:
-            before = json.loads(model_file.read_text())
+            before = read_json(
+                model_file, "delete it to resume unchecked, or start over (--no-resume)"
+            )
             changed = [
                 f"{k} {before.get(k)!r} -> {v!r}"
                 for k, v in self.model_config.items()
