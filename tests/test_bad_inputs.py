@@ -759,6 +759,18 @@ def with_pickle(run_of: Callable[[Env], Path], name: str, protocol: int = 2) -> 
     return run
 
 
+def with_cut_json(run_of: Callable[[Env], Path], name: str) -> Callable[[Env], Path]:
+    """The run with `train/<name>` cut short, as a disk failure outside semid's writes would leave it."""
+
+    def run(e: Env) -> Path:
+        path = run_of(e)
+        config = path / "train" / name
+        config.write_text(config.read_text()[:10])
+        return path
+
+    return run
+
+
 # training into (or resuming) existing runs, and `index add` to runs
 cases(
     [
@@ -768,6 +780,8 @@ cases(
         ("resume-planted-pickle-optimizer", "optimizer.bin", rec_on(with_pickle(Env.rec, "optimizer.bin", protocol=4))),
         ("resume-retriever-planted-pickle", "scheduler.bin", ret_on(with_pickle(Env.ret, "scheduler.bin"))),
         ("resume-changed-model-config", "dim", rec_on(Env.rec, "--model-config", json.dumps({**TINY_MMGREC, "dim": 32}))),
+        ("resume-cut-train-config", "train_config.json is damaged", rec_on(with_cut_json(Env.rec, "train_config.json"))),
+        ("resume-cut-model-config", "model_config.json is damaged", rec_on(with_cut_json(Env.rec, "model_config.json"))),
         ("resume-changed-history-length", "max_distance", rec_on(Env.rec, "--max-history", "10")),
         ("train-out-not-a-run", "notes.txt", rec_on(lambda e: e.write("mine/notes.txt", "mine").parent)),
         ("train-out-under-file", "plain-file", rec_on(lambda e: Path(e.file_under_file("run")))),

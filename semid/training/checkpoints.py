@@ -8,7 +8,6 @@ previous one, and a file that would run pickled code is refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import re
@@ -34,6 +33,7 @@ from semid.atomic import (
     write_json,
 )
 from semid.errors import SemidError
+from semid.saving import read_json
 from semid.training.config import TrainProgress
 
 PROGRESS_FILE = "trainer_state.json"
@@ -140,7 +140,8 @@ def save_progress(folder: Path, progress: TrainProgress) -> None:
 
 def load_progress(folder: Path) -> TrainProgress:
     """Read the trainer counters of a checkpoint folder."""
-    return TrainProgress(**json.loads((folder / PROGRESS_FILE).read_text()))
+    fix = f"delete {folder} to resume from an earlier checkpoint, or start over (--no-resume)"
+    return TrainProgress(**read_json(folder / PROGRESS_FILE, fix))
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

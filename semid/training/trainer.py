@@ -248,7 +248,9 @@ class Trainer:
             )
         config_file = self.out_dir / "train_config.json"
         if config_file.is_file():
-            before = json.loads(config_file.read_text())
+            before = read_json(
+                config_file, "delete it to resume unchecked, or start over (--no-resume)"
+            )
             changed = [f for f in DATA_ORDER_FIELDS if before.get(f) != getattr(self.config, f)]
             if changed:
                 raise SemidError(
