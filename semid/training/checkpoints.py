@@ -8,6 +8,7 @@ previous one, and a file that would run pickled code is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import re
@@ -33,7 +34,6 @@ from semid.atomic import (
     write_json,
 )
 from semid.errors import SemidError
-from semid.saving import read_json
 from semid.training.config import TrainProgress
 
 PROGRESS_FILE = "trainer_state.json"
@@ -140,8 +140,7 @@ def save_progress(folder: Path, progress: TrainProgress) -> None:
 
 def load_progress(folder: Path) -> TrainProgress:
     """Read the trainer counters of a checkpoint folder."""
-    fix = f"delete {folder} to resume from an earlier checkpoint, or start over (--no-resume)"
-    return TrainProgress(**read_json(folder / PROGRESS_FILE, fix))
+    return TrainProgress(**json.loads((folder / PROGRESS_FILE).read_text()))
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
