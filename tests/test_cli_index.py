@@ -172,6 +172,53 @@ def test_graph_quantizer_from_embeddings_and_interactions(tmp_path, embeddings):
     assert SemanticIDs.load(out).stats()["collision_rate_after"] == 0
 
 
+def test_popularity_collisions_from_embeddings_and_interactions(tmp_path, capsys):
+    # items 0 and 1 have one vector, so one ID: the one the log counts more gets extra code 0
+    x = np.repeat(np.eye(4, dtype=np.float32), [2, 1, 1, 1][:4], axis=0)[:4]
+    x[1] = x[0]
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "keys.txt").write_text("a\nb\nc\nd\n")
+    x_path, keys_path = tmp_path / "x.npy", tmp_path / "keys.txt"
+    for popular, rows in (("a", 0), ("b", 1)):
+        events = [(f"u{u}", popular, t) for u in range(3) for t in range(3)]
+        events += [(f"u{u}", other, 9) for u in range(3) for other in "abcd"]
+        log = _write_interactions(tmp_path / f"log-{popular}.csv", events)
+        out = tmp_path / f"idx-{popular}"
+        extra = ["--interactions", str(log), "--collisions", "popularity"]
+        assert main(build_args(x_path, keys_path, out, "rqkmeans:1x4", *extra)) == 0, (
+            capsys.readouterr().err
+        )
+        codes = SemanticIDs.load(out).codes
+        assert codes[rows, -1] == 0 and codes[1 - rows, -1] == 1
+    # without a log there is nothing to count
+    assert (
+        main(
+            build_args(
+                x_path, keys_path, tmp_path / "o", "rqkmeans:1x4", "--collisions", "popularity"
+            )
+        )
+        == 2
+    )
+    assert "--interactions FILE with --embeddings" in capsys.readouterr().err
+
+
+def test_interactions_accept_what_dataset_accepts(tmp_path, capsys):
+    # a registered dataset by name, read as --dataset reads it, here ml-100k's 1,682 movie ids
+    keys = [str(i) for i in range(1, 1683)]
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(1682, 8)).astype(np.float32))
+    (tmp_path / "keys.txt").write_text("\n".join(keys) + "\n")
+    x_path, keys_path = tmp_path / "x.npy", tmp_path / "keys.txt"
+    extra = ["--interactions", "ml-100k", "--collisions", "popularity"]
+    assert main(build_args(x_path, keys_path, tmp_path / "idx", "rqkmeans:2x8", *extra)) == 0
+    assert SemanticIDs.load(tmp_path / "idx").stats()["collision_rate_after"] == 0
+    # a folder that holds no dataset is named, with what to give instead
+    (tmp_path / "empty").mkdir()
+    extra = ["--interactions", str(tmp_path / "empty"), "--collisions", "popularity"]
+    assert main(build_args(x_path, keys_path, tmp_path / "o", "rqkmeans:2x8", *extra)) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and len(err.strip().splitlines()) == 1
+
+
 def test_interactions_errors_are_one_line(tmp_path, embeddings, capsys):
     x_path, keys_path = embeddings
     log = _write_interactions(tmp_path / "log.csv", [("u1", "no-such-item", t) for t in range(3)])

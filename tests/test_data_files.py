@@ -56,6 +56,12 @@ def test_every_format_reads_the_same_rows(tmp_path: Path, ext: str) -> None:
     assert table.to_pylist() == ROWS  # CSV cells stay text: '007' keeps its zeros
 
 
+def test_a_folder_is_not_a_table(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").mkdir()
+    with pytest.raises(SemidError, match=r"log.csv is a folder; give the table file inside it"):
+        read_table(tmp_path / "log.csv", "items file")
+
+
 @pytest.mark.parametrize("separator", [";", "\t", "|"])
 def test_csv_with_another_separator_is_read_by_its_header(tmp_path: Path, separator: str) -> None:
     lines = [separator.join(ROWS[0]), *(separator.join(r.values()) for r in ROWS)]
@@ -281,12 +287,19 @@ def test_ml100k_as_shuffled_files_splits_like_the_embedded_copy(tmp_path: Path) 
     assert split_by_keys(mine) == expected
 
 
-# --- read_interactions (an embeddings index's --interactions) ----------------------------------
+# --- an embeddings index's --interactions ------------------------------------------------------
+
+
+def read_interactions(path: Path, keys: list[str], min_interactions: int = 3):
+    from semid.tasks.base import IndexSource
+    from semid.tasks.items import interactions_for_keys
+
+    return interactions_for_keys(
+        IndexSource(interactions=path, min_interactions=min_interactions), keys
+    )
 
 
 def test_interactions_for_embeddings_read_like_a_dataset(tmp_path: Path) -> None:
-    from semid.data.interactions import read_interactions
-
     lines = ["userId;movieId;time"]  # aliases, ';' and ISO times, as an interactions --dataset
     lines += [f"u1;{i};2024-01-0{d}T00:00:00Z" for d, i in ((3, "c"), (1, "a"), (2, "b"))]
     lines += ["u2;a;2024-01-01T00:00:00Z"]  # one event: dropped by min_interactions 3

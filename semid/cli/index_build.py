@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--interactions",
         type=Path,
-        help="user-item log for graph quantizers, with --embeddings (read as an interactions --dataset is)",
+        help="with --embeddings: the user-item log for graph quantizers and --collisions popularity "
+        "(a registered dataset, a folder or a file, read as --dataset reads it)",
     )
     add_interaction_file_arguments(p)
     p.add_argument(

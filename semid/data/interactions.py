@@ -1,9 +1,8 @@
-"""An interactions file keyed by the rows of an embeddings index (``--embeddings`` + ``--interactions``).
+"""A user-item log keyed by the rows of an embeddings index (``--embeddings`` + ``--interactions``).
 
-The file is read exactly as ``--dataset interactions.csv`` reads it (semid.data.interaction_files:
-any table format, the usual column names or ``columns``, integer, decimal or ISO 8601 timestamps,
-users with fewer than ``min_interactions`` events dropped); its items are then renumbered to the
-rows of ``item_keys``, and an item without a row stops the run."""
+The log is read as ``--dataset`` reads data (:func:`semid.tasks.items.recommendation_dataset`: a
+registered dataset, a MovieLens folder, or an interactions file in any table format); its items are
+then renumbered to the rows of the embeddings' keys, and an item without a row stops the run."""
 
 from __future__ import annotations
 
@@ -13,26 +12,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from semid.data.interaction_files import load_interaction_files
 from semid.data.movielens import InteractionLog
 from semid.errors import SemidError
 
 
-def read_interactions(
-    path: str | Path,
-    item_keys: Sequence[str],
-    columns: dict[str, str] | None = None,
-    min_interactions: int = 3,
+def keyed_by_rows(
+    log: InteractionLog, item_keys: Sequence[str], source: str | Path
 ) -> InteractionLog:
-    """A user-item log whose items are rows of ``item_keys`` (the keys of an embeddings file)."""
-    log = load_interaction_files(
-        path, columns=columns, min_interactions=min_interactions
-    ).interactions
+    """``log`` with its items renumbered to the rows of ``item_keys`` (the keys of an embeddings
+    file); an item without a row stops the run, naming ``source``."""
     rows = pd.Index(list(item_keys)).get_indexer(log.item_keys)
     if (rows < 0).any():
         unknown = [k for k, r in zip(log.item_keys, rows, strict=True) if r < 0]
         raise SemidError(
-            f"{path} names {len(unknown):,} items without an embedding, e.g. {unknown[0]!r}; "
+            f"{source} names {len(unknown):,} items without an embedding, e.g. {unknown[0]!r}; "
             f"give item ids that match --keys"
         )
     return InteractionLog(

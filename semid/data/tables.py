@@ -56,6 +56,8 @@ def table_format(path: str | os.PathLike) -> str | None:
 def read_table(path: str | os.PathLike, what: str) -> pa.Table:
     """Read a table file (format by extension); `what` names it in errors ("interactions file")."""
     path = Path(path)
+    if path.is_dir():
+        raise SemidError(f"{what} {path} is a folder; give the table file inside it ({ACCEPTED})")
     if not path.is_file():
         raise SemidError(f"{what} {path} not found; check the path")
     fmt = table_format(path)

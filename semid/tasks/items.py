@@ -10,7 +10,8 @@ from torch import Tensor
 
 from semid.data.embeddings import load_embeddings
 from semid.data.interaction_files import ITEM_KEY_COLUMNS, load_interaction_files, read_item_texts
-from semid.data.movielens import RecDataset
+from semid.data.interactions import keyed_by_rows
+from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
 from semid.data.tables import column_name, table_format
@@ -75,18 +76,26 @@ def build_item_index(
         x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
         metadata = {"dataset": source.dataset, "items": source.items,
                     "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
+    needs_log = getattr(probe, "needs_interactions", False) or collisions == "popularity"
+    if source.interactions is not None and not needs_log:
+        raise SemidError(
+            f"--interactions is only used by graph quantizers and --collisions popularity, not {spec} "
+            f"with --collisions {collisions}"
+        )
+    log = dataset.interactions if dataset is not None else None
+    if source.interactions is not None:
+        log = interactions_for_keys(source, keys)
     fit_kwargs: dict[str, Any] = {}
     if getattr(probe, "needs_interactions", False):
-        fit_kwargs["interactions"] = training_interactions(source, dataset, keys, spec)
-    elif source.interactions is not None:
-        raise SemidError(f"--interactions is only used by graph quantizers, not {spec}")
+        fit_kwargs["interactions"] = training_interactions(log, spec)
     popularity = None
     if collisions == "popularity":
-        if dataset is None:
+        if log is None:
             raise SemidError(
-                "--collisions popularity needs interaction counts: use --dataset, or another strategy"
+                "--collisions popularity needs interaction counts: use --dataset, or --interactions "
+                "FILE with --embeddings, or another strategy"
             )
-        popularity = torch.bincount(dataset.interactions.items, minlength=len(keys))
+        popularity = torch.bincount(log.items, minlength=len(keys))
     torch.manual_seed(seed)  # learned quantizers draw their initial weights from it
     ids, fitted = build_ids(
         keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
@@ -97,17 +106,17 @@ def build_item_index(
     return ids, notes
 
 
-def training_interactions(
-    source: IndexSource, dataset: RecDataset | None, keys: list[str], spec: str
-) -> Any:
-    """The train part of the leave-one-out split: valid/test targets must not leak into the IDs."""
-    if source.interactions is not None:
-        from semid.data.interactions import read_interactions
+def interactions_for_keys(source: IndexSource, keys: list[str]) -> InteractionLog:
+    """The ``--interactions`` log of an embeddings index, read as ``--dataset`` reads data (a
+    registered dataset, a folder or an interactions file), its items renumbered to rows of ``keys``."""
+    dataset = recommendation_dataset(str(source.interactions), None, source.columns,
+                                     min_interactions=source.min_interactions)  # fmt: skip
+    return keyed_by_rows(dataset.interactions, keys, source.interactions)
 
-        log = read_interactions(source.interactions, keys, source.columns, source.min_interactions)
-    elif dataset is not None:
-        log = dataset.interactions
-    else:
+
+def training_interactions(log: InteractionLog | None, spec: str) -> InteractionLog:
+    """The train part of the leave-one-out split: valid/test targets must not leak into the IDs."""
+    if log is None:
         raise SemidError(
             f"{spec} needs user-item interactions: use --dataset, or --interactions FILE"
         )
