@@ -190,6 +190,16 @@ def test_popularity_collisions_from_embeddings_and_interactions(tmp_path, capsys
         )
         codes = SemanticIDs.load(out).codes
         assert codes[rows, -1] == 0 and codes[1 - rows, -1] == 1
+    # counted on the train part only: every user's last two events (valid, test) are b, which
+    # would make b the most popular item of all events
+    events = [(f"u{u}", item, t) for u in range(3) for t, item in enumerate("acdbb")]
+    log = _write_interactions(tmp_path / "log-held-out.csv", events)
+    extra = ["--interactions", str(log), "--collisions", "popularity"]
+    assert (
+        main(build_args(x_path, keys_path, tmp_path / "idx-held-out", "rqkmeans:1x4", *extra)) == 0
+    )
+    codes = SemanticIDs.load(tmp_path / "idx-held-out").codes
+    assert codes[0, -1] == 0 and codes[1, -1] == 1
     # without a log there is nothing to count
     assert (
         main(

@@ -95,7 +95,8 @@ def build_item_index(
                 "--collisions popularity needs interaction counts: use --dataset, or --interactions "
                 "FILE with --embeddings, or another strategy"
             )
-        popularity = torch.bincount(log.items, minlength=len(keys))
+        # counted on the train part, as the graph is: held-out targets must not order the IDs
+        popularity = torch.bincount(training_interactions(log, spec).items, minlength=len(keys))
     torch.manual_seed(seed)  # learned quantizers draw their initial weights from it
     ids, fitted = build_ids(
         keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
