@@ -221,6 +221,19 @@ def test_interactions_accept_what_dataset_accepts(tmp_path, capsys):
     extra = ["--interactions", "ml-100k", "--collisions", "popularity"]
     assert main(build_args(x_path, keys_path, tmp_path / "idx", "rqkmeans:2x8", *extra)) == 0
     assert SemanticIDs.load(tmp_path / "idx").stats()["collision_rate_after"] == 0
+    # a --dataset brings its own log: a second one is refused, not silently preferred
+    args = [
+        "index",
+        "build",
+        "--dataset",
+        "ml-100k",
+        "--interactions",
+        "ml-100k",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert main(args) == 2
+    assert "--interactions goes with --embeddings" in capsys.readouterr().err
     # a folder that holds no dataset is named, with what to give instead
     (tmp_path / "empty").mkdir()
     extra = ["--interactions", str(tmp_path / "empty"), "--collisions", "popularity"]

@@ -66,6 +66,10 @@ def build_item_index(
     else:
         if source.keys is not None:
             raise SemidError("--keys goes with --embeddings; a --dataset brings its own item keys")
+        if source.interactions is not None:
+            raise SemidError(
+                "--interactions goes with --embeddings; a --dataset brings its own interactions"
+            )
         dataset = source_dataset(source)
         notes += dataset.notes
         if dataset.item_texts is None:
