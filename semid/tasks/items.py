@@ -80,7 +80,8 @@ def build_item_index(
         x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
         metadata = {"dataset": source.dataset, "items": source.items,
                     "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
-    needs_log = getattr(probe, "needs_interactions", False) or collisions == "popularity"
+    graph = getattr(probe, "needs_interactions", False)
+    needs_log = graph or collisions == "popularity"
     if source.interactions is not None and not needs_log:
         raise SemidError(
             f"--interactions is only used by graph quantizers and --collisions popularity, not {spec} "
@@ -89,18 +90,17 @@ def build_item_index(
     log = dataset.interactions if dataset is not None else None
     if source.interactions is not None:
         log = interactions_for_keys(source, keys)
-    fit_kwargs: dict[str, Any] = {}
-    if getattr(probe, "needs_interactions", False):
-        fit_kwargs["interactions"] = training_interactions(log, spec)
+    if log is None and collisions == "popularity" and not graph:
+        raise SemidError(
+            "--collisions popularity needs interaction counts: use --dataset, or --interactions "
+            "FILE with --embeddings, or another strategy"
+        )
+    # the graph and the popularity counts see the train part only: held-out targets must not shape the IDs
+    train = training_interactions(log, spec) if needs_log else None
+    fit_kwargs: dict[str, Any] = {"interactions": train} if graph else {}
     popularity = None
     if collisions == "popularity":
-        if log is None:
-            raise SemidError(
-                "--collisions popularity needs interaction counts: use --dataset, or --interactions "
-                "FILE with --embeddings, or another strategy"
-            )
-        # counted on the train part, as the graph is: held-out targets must not order the IDs
-        popularity = torch.bincount(training_interactions(log, spec).items, minlength=len(keys))
+        popularity = torch.bincount(train.items, minlength=len(keys))
     torch.manual_seed(seed)  # learned quantizers draw their initial weights from it
     ids, fitted = build_ids(
         keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs

@@ -60,6 +60,9 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 MODEL_CONFIG_FILE = "model_config.json"  # the config the checkpoints' weights were made with
+UNCHECKED_RESUME = (
+    "delete it to resume unchecked, or start over (--no-resume)"  # a damaged saved config
+)
 
 
 def model_config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -248,9 +251,7 @@ class Trainer:
             )
         config_file = self.out_dir / "train_config.json"
         if config_file.is_file():
-            before = read_json(
-                config_file, "delete it to resume unchecked, or start over (--no-resume)"
-            )
+            before = read_json(config_file, UNCHECKED_RESUME)
             changed = [f for f in DATA_ORDER_FIELDS if before.get(f) != getattr(self.config, f)]
             if changed:
                 raise SemidError(
@@ -259,9 +260,7 @@ class Trainer:
                 )
         model_file = self.out_dir / MODEL_CONFIG_FILE
         if model_file.is_file() and self.model_config is not None:
-            before = read_json(
-                model_file, "delete it to resume unchecked, or start over (--no-resume)"
-            )
+            before = read_json(model_file, UNCHECKED_RESUME)
             changed = [
                 f"{k} {before.get(k)!r} -> {v!r}"
                 for k, v in self.model_config.items()
