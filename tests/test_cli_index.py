@@ -124,7 +124,7 @@ def test_bad_input_from_the_real_command_line(tmp_path):
 def test_help_has_examples(capsys):
     from semid.cli.main import COMMANDS
 
-    for group, name, _ in COMMANDS:
+    for group, name, _, _ in COMMANDS:
         with pytest.raises(SystemExit) as exit_info:
             main([group, "--help"] if name is None else [group, name, "--help"])
         assert exit_info.value.code == 0

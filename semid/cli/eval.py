@@ -13,9 +13,6 @@ from semid.errors import SemidError
 from semid.runs import load_run, read_metrics, update_metrics
 from semid.tasks import EvalOptions, get_task, resolve_device
 
-DESCRIPTION = (
-    "Evaluate a trained run on its valid or test split (full ranking); prints and saves metrics."
-)
 EXAMPLE = "semid eval runs/ml-100k/mmgrec --k 5 10 --split test"
 
 

@@ -19,9 +19,6 @@ from semid.runs import MANIFEST
 from semid.tasks import task_of_run
 from semid.tasks.items import read_new_items
 
-DESCRIPTION = (
-    "Add new items to a run's (or an index's) semantic IDs with the saved quantizer; no retraining."
-)
 EXAMPLE = (
     "semid index add runs/ml-100k/mmgrec --items new_items.tsv      # key<TAB>text per line\n"
     "  semid index add runs/mine/mmgrec --items new_items.csv        # like train's --items\n"

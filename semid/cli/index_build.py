@@ -24,7 +24,6 @@ def kind_of(dataset: str) -> str:
     return dataset_kind(dataset) if dataset in available_datasets() else sniff_kind(dataset)
 
 
-DESCRIPTION = "Build a semantic-ID index: embed items (or read embeddings), fit a quantizer, resolve collisions."
 EXAMPLE = (
     "semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index\n"
     "  semid index build --embeddings items.npy --keys items.txt --quantizer rqkmeans:3x256 --out idx\n"

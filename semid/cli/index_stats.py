@@ -8,7 +8,6 @@ import json
 from semid.cli.table import format_table
 from semid.ids import SemanticIDs
 
-DESCRIPTION = "Print the health stats of an ID index: per-level usage and perplexity, collisions."
 EXAMPLE = "semid index stats runs/ml-1m/index --json"
 
 

@@ -3,66 +3,115 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from semid import __version__
-from semid.cli import eval as eval_cmd
-from semid.cli import (
-    index_add,
-    index_build,
-    index_stats,
-    predict,
-    serve,
-    train_recommender,
-    train_retriever,
-)
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 
-# (group, name, module): each module has `add_arguments(parser)`, `run(args) -> int`, DESCRIPTION,
-# EXAMPLE. A name of None makes the group itself the command (`semid eval RUN`).
+# (group, name, module, description): each module has `add_arguments(parser)`, `run(args) -> int`
+# and EXAMPLE. A name of None makes the group itself the command (`semid eval RUN`). Only the module
+# of the command being run is imported, so `semid --help` answers at once instead of loading torch.
 COMMANDS = [
-    ("index", "build", index_build),
-    ("index", "stats", index_stats),
-    ("index", "add", index_add),
-    ("train", "recommender", train_recommender),
-    ("train", "retriever", train_retriever),
-    ("eval", None, eval_cmd),  # a command of its own: `semid eval RUN`
-    ("predict", None, predict),
-    ("serve", None, serve),
+    (
+        "index",
+        "build",
+        "semid.cli.index_build",
+        "Build a semantic-ID index: embed items (or read embeddings), fit a quantizer, resolve "
+        "collisions.",
+    ),
+    (
+        "index",
+        "stats",
+        "semid.cli.index_stats",
+        "Print the health stats of an ID index: per-level usage and perplexity, collisions.",
+    ),
+    (
+        "index",
+        "add",
+        "semid.cli.index_add",
+        "Add new items to a run's (or an index's) semantic IDs with the saved quantizer; no "
+        "retraining.",
+    ),
+    (
+        "train",
+        "recommender",
+        "semid.cli.train_recommender",
+        "Train a recommender (mmgrec, tiger, sasrec or pop) on a dataset's leave-one-out split.",
+    ),
+    (
+        "train",
+        "retriever",
+        "semid.cli.train_retriever",
+        "Train a generative retriever: PromptDSI on debian-docs or a JSONL of documents, or AVG "
+        "(text to image) on fashion-mnist.",
+    ),
+    (
+        "eval",
+        None,
+        "semid.cli.eval",
+        "Evaluate a trained run on its valid or test split (full ranking); prints and saves "
+        "metrics.",
+    ),
+    (
+        "predict",
+        None,
+        "semid.cli.predict",
+        "Predict the top-k items (for users or histories) or documents/images (for queries) with "
+        "a run.",
+    ),
+    (
+        "serve",
+        None,
+        "semid.cli.serve",
+        "Serve a trained run over HTTP: POST /predict (top-k items or documents), GET /health, "
+        "GET /info; concurrent requests are batched into one model call.",
+    ),
 ]
 
 
-def _command_text(module) -> dict:
-    return {
-        "description": module.DESCRIPTION,
-        "epilog": f"example:\n  {module.EXAMPLE}",
-        "formatter_class": argparse.RawDescriptionHelpFormatter,
-    }
+def selected_command(argv: Sequence[str]) -> tuple[str, str | None] | None:
+    """The (group, name) of COMMANDS that ``argv`` runs, or None (no command, or a wrong one)."""
+    for group, name, _, _ in COMMANDS:
+        if argv[:1] == [group] and (name is None or argv[1:2] == [name]):
+            return group, name
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
+def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only command ``load`` (a ``selected_command``) gets its arguments.
+
+    Every other command is listed with its description alone, which is all ``--help`` shows of it."""
     parser = argparse.ArgumentParser(
         prog="semid", description="Generative retrieval with semantic IDs."
     )
     parser.add_argument("--version", action="version", version=f"semid {__version__}")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     sub_by_group: dict[str, argparse._SubParsersAction] = {}
-    for group, name, module in COMMANDS:
+    for group, name, module_name, description in COMMANDS:
         if name is None:
-            p = groups.add_parser(group, help=module.DESCRIPTION, **_command_text(module))
+            add_parser, command_name = groups.add_parser, group
         else:
             if group not in sub_by_group:
                 gp = groups.add_parser(group, help=f"{group} commands")
                 sub_by_group[group] = gp.add_subparsers(
                     dest="command", metavar="SUBCOMMAND", required=True
                 )
-            p = sub_by_group[group].add_parser(
-                name, help=module.DESCRIPTION, **_command_text(module)
-            )
+            add_parser, command_name = sub_by_group[group].add_parser, name
+        if load != (group, name):
+            add_parser(command_name, help=description, description=description)
+            continue
+        module = importlib.import_module(module_name)
+        p = add_parser(
+            command_name,
+            help=description,
+            description=description,
+            epilog=f"example:\n  {module.EXAMPLE}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
@@ -71,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     try:
-        args = build_parser().parse_args(argv)  # argument types may raise SemidError (--columns)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        # argument types may raise SemidError (--columns)
+        args = build_parser(selected_command(argv)).parse_args(argv)
         if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
         return args.run(args)

@@ -18,9 +18,6 @@ from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.tasks import load_predictor
 
-DESCRIPTION = (
-    "Predict the top-k items (for users or histories) or documents/images (for queries) with a run."
-)
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
     "  semid predict runs/ml-100k/mmgrec --history '50,181,1' --k 5   # a user the run has never seen\n"

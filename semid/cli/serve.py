@@ -13,10 +13,6 @@ from semid.errors import SemidError
 from semid.serving import default_workers, serve
 from semid.tasks import load_predictor, resolve_device
 
-DESCRIPTION = (
-    "Serve a trained run over HTTP: POST /predict (top-k items or documents), GET /health, "
-    "GET /info; concurrent requests are batched into one model call."
-)
 EXAMPLE = (
     "semid serve runs/ml-100k/tiger --port 8000 --device cuda\n"
     '  curl -s localhost:8000/predict -d \'{"users": ["1", "2"], "k": 10}\''

@@ -21,9 +21,6 @@ from semid.tasks import get_task, resolve_device
 from semid.tasks.data import resolve_dataset
 from semid.tasks.recommend import RecommendSpec, default_train
 
-DESCRIPTION = (
-    "Train a recommender (mmgrec, tiger, sasrec or pop) on a dataset's leave-one-out split."
-)
 EXAMPLE = (
     "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec\n"
     "  semid train recommender --dataset ml-1m --index runs/ml-1m/index --model sasrec --epochs 20 --out runs/ml-1m/sasrec"

@@ -27,10 +27,6 @@ from semid.tasks.data import resolve_dataset
 from semid.tasks.retrieve import RetrieveSpec
 from semid.tasks.text2image import Text2ImageSpec
 
-DESCRIPTION = (
-    "Train a generative retriever: PromptDSI on debian-docs or a JSONL of documents, "
-    "or AVG (text to image) on fashion-mnist."
-)
 EXAMPLE = (
     "semid train retriever --dataset debian-docs --model promptdsi --out runs/docs --max-docs 2000\n"
     "  semid train retriever --dataset my_docs.jsonl --model promptdsi --out runs/mine   # {id, text, queries?} per line\n"

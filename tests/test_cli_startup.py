@@ -1,0 +1,66 @@
+"""Start-up cost of the CLI: a command imports only its own module, and a model only its own code."""
+
+import subprocess
+import sys
+
+import pytest
+
+from semid.cli.main import COMMANDS, selected_command
+from semid.models import BUILTIN_MODELS, available_models, model_class
+
+
+def loaded_modules_after(code: str) -> set[str]:
+    """The names in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    script = f"import sys\n{code}\nprint('\\n'.join(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split())
+
+
+def test_help_imports_neither_torch_nor_any_command():
+    loaded = loaded_modules_after(
+        "from semid.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert "torch" not in loaded
+    assert not {module for _, _, module, _ in COMMANDS} & loaded
+
+
+def test_a_command_imports_its_own_module_only():
+    loaded = loaded_modules_after(
+        "from semid.cli.main import main\n"
+        "try:\n    main(['index', 'stats', '--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert "semid.cli.index_stats" in loaded
+    assert "semid.cli.train_recommender" not in loaded and "semid.cli.predict" not in loaded
+
+
+def test_mmgrec_does_not_load_transformers_but_tiger_does():
+    mmgrec = loaded_modules_after(
+        "import semid.cli.predict, semid.cli.train_recommender\n"
+        "from semid.models import model_class\nmodel_class('mmgrec')"
+    )
+    assert "semid.generators.mmgrec" in mmgrec and "transformers" not in mmgrec
+    tiger = loaded_modules_after("from semid.models import model_class\nmodel_class('tiger')")
+    assert "transformers" in tiger
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+def test_builtin_models_register_under_their_names(name):
+    assert model_class(name).name == name
+    assert name in available_models()
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["index", "build", "--dataset", "x"], ("index", "build")),
+        (["eval", "runs/x"], ("eval", None)),
+        (["index", "--help"], None),
+        (["train", "bogus"], None),
+        ([], None),
+        (["--version"], None),
+    ],
+)
+def test_selected_command(argv, command):
+    assert selected_command(argv) == command
