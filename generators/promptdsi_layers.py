@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from semid.encoders import hide_weight_loading_bar
 from semid.errors import SemidError
 
 
@@ -65,6 +66,7 @@ def load_encoder(config: Any) -> nn.Module:
             return BertModel(BertConfig(**config.encoder_config), add_pooling_layer=False)
     path = config.encoder_path or str(default_encoder_path())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hide_weight_loading_bar()
     try:
         return AutoModel.from_pretrained(path, local_files_only=True)
     except OSError as e:

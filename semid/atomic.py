@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -301,6 +302,21 @@ def fsync_tree(folder: str | os.PathLike) -> None:
     _fsync_dir(folder)
 
 
+def finish_tree(folder: str | os.PathLike) -> None:
+    """Ready a finished temporary folder for its swap: usual file modes, then flushed to disk.
+
+    Some writers (safetensors' ``save_file``) create files readable by their owner only; every file
+    gets at least the read and write bits a plain ``open()`` would give it under the umask, so a run
+    can be served, copied or shared like any other file the user writes."""
+    usual = 0o666 & ~_umask()
+    for entry in Path(folder).rglob("*"):
+        if entry.is_file() and not entry.is_symlink():
+            mode = stat.S_IMODE(entry.stat().st_mode)
+            if mode | usual != mode:
+                os.chmod(entry, mode | usual)
+    fsync_tree(folder)
+
+
 def swap_into_place(
     tmp: str | os.PathLike, path: str | os.PathLike, label: str = "atomic_dir"
 ) -> None:
@@ -348,7 +364,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        fsync_tree(tmp)
+        finish_tree(tmp)
         fault_point("atomic_dir.written")
         swap_into_place(tmp, path)
     except BaseException as e:

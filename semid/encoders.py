@@ -124,6 +124,14 @@ class TextEncoder:
         return self._model
 
 
+def hide_weight_loading_bar() -> None:
+    """Turn off transformers' "Loading weights" progress bar: a local model loads in under a
+    second, and a bar on every command that embeds a query is noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_sentence_transformer(path: Path, device: str):
     """Load a local model folder with all network access switched off."""
     # Set before importing: huggingface_hub reads these when it is first imported.
@@ -131,6 +139,7 @@ def load_sentence_transformer(path: Path, device: str):
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
 
+    hide_weight_loading_bar()
     if not (Path(path) / "config.json").is_file():  # transformers would raise a bare ValueError
         raise SemidError(
             f"--encoder {path} is not a model folder (no config.json); pass the path of a "

@@ -219,3 +219,20 @@ def test_full_disk_in_atomic_dir_keeps_old_folder(tmp_path, monkeypatch, swap_mo
     assert "\n" not in str(caught.value)
     assert read_folder(target) == ("a1", "b1")
     assert hidden(tmp_path) == []
+
+
+def test_atomic_dir_gives_private_files_the_usual_mode(tmp_path):
+    """safetensors writes 0600 files; a saved artifact is readable like any file the user writes."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "run.sh").write_text("true")
+            os.chmod(tmp / "run.sh", 0o700)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model" / "run.sh").stat().st_mode & 0o777 == 0o744  # keeps its own bits

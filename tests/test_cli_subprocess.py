@@ -92,6 +92,21 @@ def test_recommend_runs_evaluate_the_same_twice(rec, space):
     assert printed_metrics(again.stdout) == printed_metrics(first[0].stdout) != {}
 
 
+def test_runs_are_readable_like_any_file_the_user_writes(rec):
+    """Weights, codes and checkpoints get the umask's mode, not the 0600 of their writers."""
+    usual = 0o666 & ~current_umask()
+    files = [p for m in ("index", "mmgrec") for p in rec[m].rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert [p for p in files if p.stat().st_mode & usual != usual] == []
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_recommend_predict_add_and_stats(rec, space):
     cwd, run = space["elsewhere"], rec["mmgrec"]
     user = load_dataset("ml-100k").user_keys[0]  # in the 20-user slice

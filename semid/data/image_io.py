@@ -46,7 +46,9 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("L" if img.mode in _GRAY_MODES else "RGB"))
     except OSError as e:
-        raise SemidError(f"cannot read image {path}: {e}") from None
+        raise SemidError(
+            f"cannot read image {path}: {e}; replace the file or move it out of the collection"
+        ) from None
 
 
 def read_pgm(path: Path) -> np.ndarray:

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from semid.atomic import (
     DiskFullError,
     fault_point,
-    fsync_tree,
+    finish_tree,
     is_disk_full,
     recover,
     remove_stale,
@@ -120,7 +120,7 @@ def collective_atomic_dir(accelerator: Accelerator, final: Path) -> Iterator[Pat
         yield tmp
         accelerator.wait_for_everyone()  # every process has finished writing its part
         if main:
-            fsync_tree(tmp)
+            finish_tree(tmp)
             fault_point("checkpoint.written")
             swap_into_place(tmp, final, label="checkpoint")
     except BaseException as e:
