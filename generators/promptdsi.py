@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ from semid.generators.promptdsi_layers import (
     masked_mean,
 )
 from semid.vocab import CodeVocabulary
+
+if TYPE_CHECKING:  # imported where it is used: it loads transformers
+    from transformers import PreTrainedTokenizerBase
 
 BOS_TOKEN = 0
 
@@ -202,7 +205,7 @@ class PromptDSI(Generator):
         self.encoder.eval()
         return self
 
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The encoder's tokenizer (the packaged MiniLM's for a random test encoder)."""
         if not hasattr(self, "_tokenizer"):
             from transformers import AutoTokenizer

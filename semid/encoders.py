@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from torch import Tensor
 
 from semid.atomic import atomic_file
 from semid.errors import SemidError
+
+if TYPE_CHECKING:  # imported where it is used: it loads transformers
+    from sentence_transformers import SentenceTransformer
 
 CACHE_FORMAT = "semid-text-embeddings-v1"  # bump when the cached layout or pooling changes
 
@@ -132,7 +136,7 @@ def hide_weight_loading_bar() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_sentence_transformer(path: Path, device: str):
+def load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
     """Load a local model folder with all network access switched off."""
     # Set before importing: huggingface_hub reads these when it is first imported.
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -172,7 +173,7 @@ class Quantizer(nn.Module, ABC):
 _REGISTRY: dict[str, type[Quantizer]] = {}
 
 
-def register_quantizer(name: str):
+def register_quantizer(name: str) -> Callable[[type[Quantizer]], type[Quantizer]]:
     """Class decorator: make a Quantizer subclass buildable by its family name."""
 
     def wrap(cls: type[Quantizer]) -> type[Quantizer]:
