@@ -25,7 +25,7 @@ demo-index: $(STAMP)
 	semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index --plot runs/ml-1m/usage.png
 	semid index stats runs/ml-1m/index
 
-## The whole test suite (about 10-18 minutes on 2 cores, by load; 1047 tests).
+## The whole test suite (about 10-18 minutes on 2 cores, by load; 1050 tests).
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
 

@@ -663,6 +663,7 @@ cases(
         ("predict-users-empty", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", b"\n")))(e)),
         ("predict-users-missing", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.tmp / "users.txt"))(e)),
         ("predict-users-unknown", "ghost", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "ghost\n")))(e)),
+        ("predict-users-unknown-line", "users.txt line 3: unknown user 'ghost'", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "\n  \nghost\n")))(e)),
         ("predict-out-under-file", "plain-file", lambda e: on_rec(PREDICT, lambda r: None, "--user", "1", "--out", e.file_under_file("p.jsonl"))(e)),
         ("predict-no-manifest", "manifest.json", on_rec(PREDICT, rm("manifest.json"), "--user", "1")),
         ("predict-data-changed-slice", "users", on_rec(PREDICT, lambda r: set_key(r / "config.json", ["spec", "users"], -1), "--user", "1")),
@@ -681,6 +682,16 @@ cases(
             "predict-queries-no-query-field",
             "query",
             lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '{"text": "x"}\n')))(e),
+        ),
+        (
+            "predict-queries-bad-json-line",
+            "q.jsonl line 3 is not valid JSON",
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", 'kernel\n\n{"query": \n')))(e),
+        ),
+        (
+            "predict-queries-query-not-text-line",
+            "q.jsonl line 2: ",
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '{"query": "x"}\n{"query": 5}\n')))(e),
         ),
         (
             "predict-queries-query-not-text",

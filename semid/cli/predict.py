@@ -65,28 +65,45 @@ def check_input_flag(args: argparse.Namespace, task: str) -> None:
                          "(pass --query or --queries)")  # fmt: skip
 
 
-def read_inputs(args: argparse.Namespace, predictor: Any) -> list[dict[str, Any]]:
-    """The inputs the command line names, as the predictor's input dicts."""
+def read_inputs(
+    args: argparse.Namespace, predictor: Any
+) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """The inputs the command line names, as the predictor's input dicts, and where each one comes
+    from (``--users FILE line N``; None for an input given on the command line itself)."""
     if args.user is not None:
-        return [{"user": args.user}]
+        return [{"user": args.user}], [None]
     if args.history is not None:
-        return [{"history": [h.strip() for h in args.history.split(",") if h.strip()]}]
+        return [{"history": [h.strip() for h in args.history.split(",") if h.strip()]}], [None]
     if args.query is not None:
-        return [{"query": args.query}]
+        return [{"query": args.query}], [None]
+    if args.users == "all":
+        if not hasattr(predictor, "user_keys"):
+            raise SemidError("--users all is for recommendation runs")
+        return [{"user": u} for u in predictor.user_keys], [None] * len(predictor.user_keys)
     if args.users is not None:
-        if args.users == "all":
-            if not hasattr(predictor, "user_keys"):
-                raise SemidError("--users all is for recommendation runs")
-            return [{"user": u} for u in predictor.user_keys]
-        return [{"user": line} for line in _lines(Path(args.users), "--users")]
-    return [
-        _query_line(line, args.queries, i)
-        for i, line in enumerate(_lines(args.queries, "--queries"))
-    ]
+        path, flag = Path(args.users), "--users"
+        lines = _numbered_lines(path, flag)
+        inputs = [{"user": line} for _, line in lines]
+    else:
+        path, flag = args.queries, "--queries"
+        lines = _numbered_lines(path, flag)
+        inputs = [_query_line(line, path, number) for number, line in lines]
+    return inputs, [f"{flag} {path} line {number}" for number, _ in lines]
 
 
-def _lines(path: Path, flag: str) -> list[str]:
-    lines = [line.strip() for line in read_lines(path, flag) if line.strip()]
+def check_inputs(predictor: Any, inputs: list[dict[str, Any]], sources: list[str | None]) -> None:
+    """Check every input before the first search, so a bad line late in a long file costs no work
+    and is named by its line."""
+    for item, source in zip(inputs, sources, strict=True):
+        try:
+            predictor.check_input(item)
+        except SemidError as e:
+            raise SemidError(f"{source}: {e}" if source else str(e)) from None
+
+
+def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
+    """The non-blank lines of an input file, stripped, with their line numbers (from 1)."""
+    lines = [(n, line.strip()) for n, line in enumerate(read_lines(path, flag), 1) if line.strip()]
     if not lines:
         raise SemidError(f"{flag} {path} is empty; write one entry a line")
     return lines
@@ -98,9 +115,9 @@ def _query_line(line: str, path: Path, number: int) -> dict[str, Any]:
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
-        raise SemidError(f"{path} line {number + 1} is not valid JSON ({e.msg})") from None
+        raise SemidError(f"{path} line {number} is not valid JSON ({e.msg})") from None
     if not isinstance(item, dict) or "query" not in item:
-        raise SemidError(f'{path} line {number + 1} has no "query" field')
+        raise SemidError(f'{path} line {number} has no "query" field')
     return {"query": item["query"]}
 
 
@@ -112,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.out)
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
-    inputs = read_inputs(args, predictor)
+    inputs, sources = read_inputs(args, predictor)
     predictor.check_k(args.k, args.num_beams)
+    check_inputs(predictor, inputs, sources)
     answers = []
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
