@@ -290,31 +290,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
-def fsync_tree(folder: str | os.PathLike) -> None:
-    """Flush every file and folder under `folder` to disk (a rename alone survives no power cut)."""
+def finish_tree(folder: str | os.PathLike) -> None:
+    """Ready a finished temporary folder for its swap, in one walk: every file gets the usual mode,
+    then every file and folder is flushed to disk (a rename alone survives no power cut).
+
+    Some writers (safetensors' ``save_file``) create files readable by their owner only; every file
+    gets at least the read and write bits a plain ``open()`` would give it under the umask, so a run
+    can be served, copied or shared like any other file the user writes."""
     folder = Path(folder)
+    usual = 0o666 & ~_umask()
     for entry in folder.rglob("*"):
         if entry.is_file() and not entry.is_symlink():
+            mode = stat.S_IMODE(entry.stat().st_mode)
+            if mode | usual != mode:
+                os.chmod(entry, mode | usual)
             with open(entry, "rb") as f:
                 os.fsync(f.fileno())
         elif entry.is_dir():
             _fsync_dir(entry)
     _fsync_dir(folder)
-
-
-def finish_tree(folder: str | os.PathLike) -> None:
-    """Ready a finished temporary folder for its swap: usual file modes, then flushed to disk.
-
-    Some writers (safetensors' ``save_file``) create files readable by their owner only; every file
-    gets at least the read and write bits a plain ``open()`` would give it under the umask, so a run
-    can be served, copied or shared like any other file the user writes."""
-    usual = 0o666 & ~_umask()
-    for entry in Path(folder).rglob("*"):
-        if entry.is_file() and not entry.is_symlink():
-            mode = stat.S_IMODE(entry.stat().st_mode)
-            if mode | usual != mode:
-                os.chmod(entry, mode | usual)
-    fsync_tree(folder)
 
 
 def swap_into_place(
