@@ -105,7 +105,7 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
         )
     missing, unexpected = module.load_state_dict(state, strict=False)
     # tied weights are saved once; anything else missing or extra means another architecture
-    missing = [k for k in missing if k not in _tied_names(module)]
+    missing = [k for k in missing if k not in tied_names(module)]
     if missing or unexpected:
         raise SemidError(
             f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
@@ -139,8 +139,8 @@ def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _tied_names(module: nn.Module) -> set[str]:
-    """Names of state entries that alias an earlier entry (dropped by _untie)."""
+def tied_names(module: nn.Module) -> set[str]:
+    """Names of ``module``'s state entries that alias an earlier entry: saved once, tied again on load."""
     state = module.state_dict()
     return set(state) - set(_untie(state))
 

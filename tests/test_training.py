@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -373,3 +374,48 @@ def test_each_evaluation_prints_one_line_with_the_best_so_far(tmp_path, capfd):
     assert lines[1].startswith("epoch 2, step 16: acc 0.5000 (best so far), ")
     assert lines[2].startswith("epoch 3, step 24: acc 0.7000 (best so far), ")
     assert lines[3].startswith("epoch 4, step 32: acc 0.6000 (best 0.7000 at step 24), ")
+
+
+class TiedClassifier(torch.nn.Module):
+    """Embeds integer tokens and scores them with the same (tied) matrix, like T5's lm_head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(3, 6)
+        self.head = torch.nn.Linear(6, 3, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, batch):
+        logits = self.head(self.embed(batch["y"]))
+        return torch.nn.functional.cross_entropy(logits, batch["y"]), logits
+
+
+def test_saving_tied_weights_is_silent_and_resume_keeps_the_tie(tmp_path, caplog):
+    config = tiny_config(max_epochs=1, metric="acc")
+    trainer = Trainer(TiedClassifier(), make_dataset(60), config, tmp_path,
+                      evaluate=lambda model: {"acc": 0.5})  # fmt: skip
+    trainer.fit()
+    assert "Removed shared tensor" not in caplog.text
+    assert load_file(trainer.best_path).keys() == {"embed.weight"}  # saved once
+
+    resumed = Trainer(TiedClassifier(), make_dataset(60), tiny_config(max_epochs=2), tmp_path)
+    resumed.fit()
+    model = resumed.accelerator.unwrap_model(resumed.model)
+    assert model.head.weight is model.embed.weight
+    assert not torch.equal(model.embed.weight, TiedClassifier().embed.weight)
+
+
+def test_other_shared_tensor_warnings_are_kept():
+    from semid.training.checkpoints import _DeclaredTiesFilter
+
+    def record(message):
+        return logging.LogRecord(
+            "accelerate.utils.other", logging.WARNING, "", 0, message, (), None
+        )
+
+    keep = _DeclaredTiesFilter({"head.weight"})
+    assert not keep.filter(record("[RANK 0] Removed shared tensor {'head.weight'} while saving."))
+    assert keep.filter(record("[RANK 0] Removed shared tensor {'other.weight'} while saving."))
+    assert keep.filter(record("[RANK 0] Removed shared tensor {'head.weight', 'x'} while saving."))
+    assert keep.filter(record("something else"))

@@ -7,8 +7,10 @@ previous one, and a file that would run pickled code is refused.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import re
@@ -22,6 +24,7 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from semid.atomic import (
     DiskFullError,
@@ -34,12 +37,15 @@ from semid.atomic import (
     write_json,
 )
 from semid.errors import SemidError
+from semid.saving import tied_names
 from semid.training.config import TrainProgress
 
 PROGRESS_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _STEP_BACKUP = re.compile(r"^\.(step-\d+)\.old-\d+$")
 _TORCH_SUFFIXES = {".bin", ".pkl", ".pt", ".pth"}
+# accelerate (prefixed "[RANK n] "): names it dropped from a state dict because they alias another
+_REMOVED_SHARED = re.compile(r"Removed shared tensor (\{[^}]*\})")
 # what torch's weights-only unpickler says when a file asks for a global it will not import
 _UNSAFE_PICKLE = re.compile(r"unsupported global|global \S+ whose module|unsupported class", re.I)
 # what a truncated or scrambled torch file raises; anything else is a real bug and propagates
@@ -51,6 +57,39 @@ _DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError
 
 class DamagedCheckpointError(SemidError):
     """A checkpoint file is truncated or corrupt (not unsafe: unsafe files raise plain SemidError)."""
+
+
+class _DeclaredTiesFilter(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {...}" warning when the names it removed are
+    exactly the model's own tied weights: those are saved once by design and tied again when the
+    model is built (`semid.saving.load_state` accepts no other missing name), so the warning,
+    printed at every save, tells the user nothing. Any other removal still warns."""
+
+    def __init__(self, tied: set[str]) -> None:
+        super().__init__()
+        self.tied = tied
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _REMOVED_SHARED.search(record.getMessage())
+        if not found or not self.tied:
+            return True
+        try:
+            removed = ast.literal_eval(found.group(1))
+        except (ValueError, SyntaxError):  # another wording: keep the warning
+            return True
+        return removed != self.tied
+
+
+@contextmanager
+def quiet_declared_ties(model: nn.Module) -> Iterator[None]:
+    """Within the block, accelerate saves ``model``'s tied weights once without warning about it."""
+    logger = logging.getLogger("accelerate.utils.other")  # where accelerate's saver logs
+    quiet = _DeclaredTiesFilter(tied_names(model))
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

@@ -32,6 +32,7 @@ from semid.training.checkpoints import (
     complete_checkpoints,
     load_progress,
     prune_checkpoints,
+    quiet_declared_ties,
     save_progress,
 )
 from semid.training.config import DATA_ORDER_FIELDS, TrainConfig, TrainProgress, TrainResult
@@ -365,9 +366,10 @@ class Trainer:
         """Save model, optimizer, schedule, RNG states and counters; keep the newest few."""
         acc = self.accelerator
         progress.elapsed_s = time.monotonic() - started
-        with collective_atomic_dir(
-            acc, checkpoint_dir(self.checkpoints_root, progress.step)
-        ) as tmp:
+        with (
+            collective_atomic_dir(acc, checkpoint_dir(self.checkpoints_root, progress.step)) as tmp,
+            quiet_declared_ties(acc.unwrap_model(self.model)),
+        ):
             acc.save_state(str(tmp))
             if acc.is_main_process:
                 save_progress(tmp, progress)
@@ -377,8 +379,12 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _save_best(self) -> None:
-        with collective_atomic_dir(self.accelerator, self.best_path.parent) as tmp:
-            self.accelerator.save_model(self.model, tmp, safe_serialization=True)
+        acc = self.accelerator
+        with (
+            collective_atomic_dir(acc, self.best_path.parent) as tmp,
+            quiet_declared_ties(acc.unwrap_model(self.model)),
+        ):
+            acc.save_model(self.model, tmp, safe_serialization=True)
 
     def _finished(self, progress: TrainProgress) -> bool:
         cfg = self.config
