@@ -10,7 +10,8 @@ with ``semid index add`` logic (saved quantizer, no retraining), and we report R
 users whose target is one of those new items (pop and SASRec cannot recommend them at all: 0).
 
 Run: python -m benchmarks.recommend --datasets ml-100k --jobs 3
-(each model trains in its own process with 1 torch thread; ``--jobs`` run side by side).
+(each model trains in its own process with ``--threads`` torch threads, default 1; ``--jobs`` run side
+by side).
 A long run can be stopped and continued: ``--resume`` with the same ``--work`` reuses the indexes
 there and resumes every model from its last epoch's checkpoint (a higher ``--max-epochs`` extends it).
 """
@@ -65,7 +66,7 @@ def spec_for(name: str, dataset: str, seed: int, max_history: int = 50) -> Recom
 
 def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
     """One model on one dataset: train (early stopping on valid), then test metrics and median queries/s."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(job["threads"])
     task = get_task("recommend")
     name, run = job["model"], Path(job["run"])
     spec = spec_for(name, job["dataset"], job["seed"], job["max_history"])
@@ -98,7 +99,7 @@ def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 def cold_start(job: dict[str, Any]) -> dict[str, Any]:
     """Train a generator without the newest items, add them with the saved quantizer, test on them."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(job["threads"])
     task = get_task("recommend")
     full = load_dataset(job["dataset"])
     new = newest_items(full.interactions, job["cold_frac"])
@@ -177,6 +178,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--jobs", type=int, default=1, help="models trained side by side (default: %(default)s)"
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of each model's process (default: %(default)s)",
+    )
+    p.add_argument(
         "--reps",
         type=int,
         default=3,
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error(f"--model-config {item!r}: unknown model {name!r}; use MODEL=JSON")
         BUDGETS[name]["model"] = parse_json_object(text, "--model-config")
 
-    env = environment(threads=1)
+    env = environment(threads=args.threads)
     jobs, index_seconds = [], {}
     for ds in args.datasets:
         dataset = load_dataset(ds)
@@ -277,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "max_history": args.max_history,
                     "reps": args.reps,
                     "resume": args.resume,
+                    "threads": args.threads,
                 }
             )
         for m in args.cold_start:
@@ -292,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "cold_frac": args.cold_frac,
                     "graph_quantizer": args.graph_quantizer,
                     "resume": args.resume,
+                    "threads": args.threads,
                 }
             )
     results = _run_jobs(jobs, args.jobs)
