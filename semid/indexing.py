@@ -32,13 +32,19 @@ def auto_spec(num_items: int, levels: int = 3, family: str = "rqkmeans", options
     """An rqkmeans spec sized to the collection: ``levels`` levels of a power-of-two codebook (4 to
     256), the larger of (a) the largest size that still gets about 40 items per code at the first
     level and (b) the smallest whose ``size**levels`` IDs exceed 8x the items (few collisions,
-    which then get the extra level)."""
+    which then get the extra level). A catalogue of 2 or 3 items gets 2 codes, since a level
+    cannot have more codes than items."""
+    if num_items < 2:
+        raise SemidError(
+            f"{num_items} item{'s' if num_items != 1 else ''} to index; semantic IDs need at least 2"
+        )
     fit, room = 4, 4
     while fit < 256 and num_items // (fit * 2) >= MIN_ITEMS_PER_CODE:
         fit *= 2
     while room < 256 and room**levels < 8 * num_items:
         room *= 2
-    return f"{family}:{levels}x{max(fit, room)}{options}"
+    codes = min(max(fit, room), 1 << (num_items.bit_length() - 1))
+    return f"{family}:{levels}x{codes}{options}"
 
 
 def check_fits(quantizer: Quantizer, num_items: int, dim: int) -> None:

@@ -254,3 +254,38 @@ def test_interactions_errors_are_one_line(tmp_path, embeddings, capsys):
     assert "needs user-item interactions" in capsys.readouterr().err
     assert main(build_args(x_path, keys_path, out, "rqkmeans:2x8", "--interactions", str(log))) == 2
     assert "only used by graph quantizers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("items", "spec"),
+    [(2, "rqkmeans:3x2"), (3, "rqkmeans:3x2"), (60, "rqkmeans:3x8"), (1682, "rqkmeans:3x32"),
+     (100_000, "rqkmeans:3x256"), (10**7, "rqkmeans:3x256")],
+)  # fmt: skip
+def test_auto_spec_fits_every_catalogue_size(items, spec):
+    from semid.indexing import auto_spec, check_fits
+    from semid.quantization import build_quantizer
+
+    assert auto_spec(items) == spec
+    check_fits(build_quantizer(spec), items, dim=8)  # never refused by the check it is offered by
+
+
+@pytest.mark.parametrize("items", [2, 3, 5])
+def test_auto_quantizer_indexes_a_tiny_catalogue(tmp_path, items):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(items, 8)).astype(np.float32))
+    (tmp_path / "keys.txt").write_text("".join(f"k{i}\n" for i in range(items)))
+    assert (
+        main(build_args(tmp_path / "x.npy", tmp_path / "keys.txt", tmp_path / "idx", "auto")) == 0
+    )
+    ids = SemanticIDs.load(tmp_path / "idx")
+    assert len(ids) == items and len(set(map(tuple, ids.codes.tolist()))) == items
+
+
+def test_one_item_is_refused_in_one_line(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.ones((1, 8), dtype=np.float32))
+    (tmp_path / "keys.txt").write_text("only\n")
+    assert (
+        main(build_args(tmp_path / "x.npy", tmp_path / "keys.txt", tmp_path / "idx", "auto")) == 2
+    )
+    assert (
+        capsys.readouterr().err == "semid: error: 1 item to index; semantic IDs need at least 2\n"
+    )

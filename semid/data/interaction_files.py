@@ -121,7 +121,7 @@ def load_interaction_files(
     if len(users) == 0:
         raise SemidError(
             f"{path}: no interactions left after the drops above ({'; '.join(notes)}); "
-            f"lower min_interactions or fix the files"
+            f"lower min_interactions (CLI --min-interactions) or fix the files"
         )
 
     # Content order: by time, then user key, then item key (ranks from sorted factorization).
