@@ -2,6 +2,8 @@
 # needs nothing but Python 3.10+ and pip.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
+# the CLI of $(PYTHON)'s installation (a `semid` on PATH may belong to another environment)
+SEMID ?= $(PYTHON) -m semid.cli.main
 STAMP := .make/installed
 
 .PHONY: install demo demo-index test test-quick lint
@@ -15,17 +17,17 @@ install: $(STAMP)
 ## The main job on the embedded default dataset (MovieLens-100k): semantic IDs from item texts and
 ## the training interactions, a generative recommender (MMGRec) trained on them, and its test metrics.
 demo: $(STAMP)
-	semid index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out runs/ml-100k/index
-	semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec
-	semid eval runs/ml-100k/mmgrec --k 5 10 --split test
-	semid predict runs/ml-100k/mmgrec --user 196 --k 10
+	$(SEMID) index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out runs/ml-100k/index
+	$(SEMID) train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec
+	$(SEMID) eval runs/ml-100k/mmgrec --k 5 10 --split test
+	$(SEMID) predict runs/ml-100k/mmgrec --user 196 --k 10
 
 ## Semantic IDs for MovieLens-1M's 3,706 movies, with the codebook health report.
 demo-index: $(STAMP)
-	semid index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index --plot runs/ml-1m/usage.png
-	semid index stats runs/ml-1m/index
+	$(SEMID) index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index --plot runs/ml-1m/usage.png
+	$(SEMID) index stats runs/ml-1m/index
 
-## The whole test suite (about 10-18 minutes on 2 cores, by load; 1050 tests).
+## The whole test suite (about 10-18 minutes on 2 cores, by load; 1062 tests).
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
 

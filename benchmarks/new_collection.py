@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from semid.atomic import atomic_file, write_json
+from semid.cli import console_script
 from semid.data import load_dataset
 from semid.runs import read_metrics, read_run_config
 from semid.saving import versions
@@ -95,7 +96,7 @@ def run_seed(work: Path, seed: int) -> None:
         print(f"[seed {seed}] semid {' '.join(args)}", flush=True)
         with open(logs / f"{log}.log", "w") as f:
             code = subprocess.run(
-                ["semid", *args], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT
+                [console_script(), *args], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT
             ).returncode
         if code:
             raise SystemExit(

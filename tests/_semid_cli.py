@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from semid.cli import console_script
 
 # one thread per process: tiny models are fastest that way, and the test machine's cores are shared
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def command(script: bool = False) -> list[str]:
-    """The `semid` console script (``script=True``) or ``python -m semid.cli.main``."""
-    if script:
-        found = shutil.which("semid") or str(Path(sys.executable).parent / "semid")
-        return [found]
-    return [sys.executable, "-m", "semid.cli.main"]
+    """The `semid` console script of the interpreter running the tests (``script=True``), or
+    ``python -m semid.cli.main``."""
+    return [console_script()] if script else [sys.executable, "-m", "semid.cli.main"]
 
 
 def start(*args: object, cwd: Path, script: bool = False) -> subprocess.Popen:

@@ -1,7 +1,9 @@
 """Start-up cost of the CLI: a command imports only its own module, and a model only its own code."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,17 @@ def test_builtin_models_register_under_their_names(name):
 )
 def test_selected_command(argv, command):
     assert selected_command(argv) == command
+
+
+def test_console_script_is_this_interpreters_not_the_first_on_path(tmp_path, monkeypatch):
+    from semid.cli import console_script
+
+    stale = tmp_path / "semid"  # another environment's command, first on PATH
+    stale.write_text("#!/bin/sh\nexit 1\n")
+    stale.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    beside = Path(sys.executable).parent / "semid"
+    assert beside.is_file()  # pip installed the command beside the interpreter running the tests
+    assert console_script() == str(beside)
+    done = subprocess.run([console_script(), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "semid" in done.stdout
