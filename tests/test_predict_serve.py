@@ -96,6 +96,41 @@ def test_predict_history_and_all_users(run, predictor, tmp_path):
     assert all(len(a["keys"]) == 3 for a in answers)
 
 
+def test_histories_as_json_lists_and_files_answer_what_history_answers(run, tmp_path, capsys):
+    """A history as a JSON list (keys may hold commas) and each line format of --histories give the
+    answers of the comma-separated --history."""
+
+    def predict(*flag: str) -> list[dict]:
+        out = tmp_path / "p.jsonl"
+        assert main(["predict", str(run), *flag, "--k", "4", "--out", str(out)]) == 0
+        return read_jsonl(out)
+
+    (by_commas,) = predict("--history", "1,50,181")
+    assert predict("--history", '["1", "50", "181"]') == [by_commas]
+    assert predict("--history", "[1, 50, 181]") == [by_commas]  # JSON numbers are keys too
+    lines = [
+        "1,50,181",
+        '["1", "50", "181"]',
+        '{"history": ["1", "50", "181"]}',
+        '{"history": "1,50,181"}',
+        '["50"]',
+    ]
+    (tmp_path / "h.txt").write_text("\n".join(lines) + "\n\n")
+    answers = predict("--histories", str(tmp_path / "h.txt"))
+    assert answers[:4] == [by_commas] * 4
+    (only_50,) = predict("--history", "50")
+    assert answers[4] == only_50 and answers[4] != by_commas
+
+
+def test_a_key_cut_at_its_comma_gets_the_json_hint(run, capsys):
+    assert main(["predict", str(run), "--history", "1,Sixth Sense, The (1999)"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown item 'Sixth Sense'" in err and "JSON list" in err
+    assert main(["predict", str(run), "--history", '["1", "Sixth Sense, The (1999)"]']) == 2
+    err = capsys.readouterr().err
+    assert "unknown item 'Sixth Sense, The (1999)'" in err and "JSON list" not in err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

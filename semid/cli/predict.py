@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from semid.tasks import load_predictor
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
     "  semid predict runs/ml-100k/mmgrec --history '50,181,1' --k 5   # a user the run has never seen\n"
+    '  semid predict runs/mine/mmgrec --history \'["Sixth Sense, The (1999)", "Fargo (1996)"]\'\n'
+    "  semid predict runs/ml-100k/mmgrec --histories new_users.jsonl --out preds.jsonl\n"
     "  semid predict runs/ml-100k/mmgrec --users all --out preds.jsonl\n"
     "  semid predict runs/docs --query 'fast image viewer' --k 10\n"
     "  semid predict runs/docs --queries questions.txt --out answers.jsonl"
@@ -34,7 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--user", help="recommenders: a user id of the run's data")
     src.add_argument("--users", help="recommenders: a file of user ids (one a line), or 'all'")
     src.add_argument(
-        "--history", help="recommenders: comma-separated item keys, oldest first (a new user)"
+        "--history",
+        help="recommenders: a new user's item keys, oldest first: comma-separated, or a JSON list "
+        "(for keys with commas)",
+    )
+    src.add_argument(
+        "--histories",
+        type=Path,
+        help="recommenders: a file of new users' histories, one a line, each as --history takes it "
+        "or JSON Lines with 'history'",
     )
     src.add_argument("--query", help="retrievers: one query text")
     src.add_argument(
@@ -55,50 +66,101 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_input_flag(args: argparse.Namespace, task: str) -> None:
     """SemidError naming the input flag if it does not suit the run's task."""
-    user_flags = [f for f in ("user", "users", "history") if getattr(args, f) is not None]
+    user_flags = [
+        f for f in ("user", "users", "history", "histories") if getattr(args, f) is not None
+    ]
     query_flags = [f for f in ("query", "queries") if getattr(args, f) is not None]
     if task == "recommend" and query_flags:
         raise SemidError(f"--{query_flags[0]} is for retrieval runs; {args.run_dir} is a recommend run "
-                         "(pass --user, --users or --history)")  # fmt: skip
+                         "(pass --user, --users, --history or --histories)")  # fmt: skip
     if task != "recommend" and user_flags:
         raise SemidError(f"--{user_flags[0]} is for recommendation runs; {args.run_dir} is a {task} run "
                          "(pass --query or --queries)")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an input comes from: ``where`` names a file line (None: the command line itself);
+    ``comma_split``: a history read as comma-separated keys, so a key with a comma was cut."""
+
+    where: str | None = None
+    comma_split: bool = False
+
+
+COMMA_HINT = (
+    " (a key with a comma? write the history as a JSON list: "
+    '\'["Sixth Sense, The (1999)", "Fargo (1996)"]\')'
+)
+
+
 def read_inputs(
     args: argparse.Namespace, predictor: Any
-) -> tuple[list[dict[str, Any]], list[str | None]]:
+) -> tuple[list[dict[str, Any]], list[Origin]]:
     """The inputs the command line names, as the predictor's input dicts, and where each one comes
-    from (``--users FILE line N``; None for an input given on the command line itself)."""
+    from (``--users FILE line N``)."""
     if args.user is not None:
-        return [{"user": args.user}], [None]
+        return [{"user": args.user}], [Origin()]
     if args.history is not None:
-        return [{"history": [h.strip() for h in args.history.split(",") if h.strip()]}], [None]
+        keys, split = parse_history(args.history, "--history")
+        return [{"history": keys}], [Origin(comma_split=split)]
     if args.query is not None:
-        return [{"query": args.query}], [None]
+        return [{"query": args.query}], [Origin()]
     if args.users == "all":
         if not hasattr(predictor, "user_keys"):
             raise SemidError("--users all is for recommendation runs")
-        return [{"user": u} for u in predictor.user_keys], [None] * len(predictor.user_keys)
+        return [{"user": u} for u in predictor.user_keys], [Origin()] * len(predictor.user_keys)
     if args.users is not None:
         path, flag = Path(args.users), "--users"
         lines = _numbered_lines(path, flag)
-        inputs = [{"user": line} for _, line in lines]
+        parsed = [({"user": line}, False) for _, line in lines]
+    elif args.histories is not None:
+        path, flag = args.histories, "--histories"
+        lines = _numbered_lines(path, flag)
+        parsed = [_history_line(line, f"{path} line {number}") for number, line in lines]
     else:
         path, flag = args.queries, "--queries"
         lines = _numbered_lines(path, flag)
-        inputs = [_query_line(line, path, number) for number, line in lines]
-    return inputs, [f"{flag} {path} line {number}" for number, _ in lines]
+        parsed = [(_query_line(line, path, number), False) for number, line in lines]
+    origins = [Origin(f"{flag} {path} line {number}", split)
+               for (number, _), (_, split) in zip(lines, parsed, strict=True)]  # fmt: skip
+    return [item for item, _ in parsed], origins
 
 
-def check_inputs(predictor: Any, inputs: list[dict[str, Any]], sources: list[str | None]) -> None:
+def parse_history(text: str, where: str) -> tuple[list[str], bool]:
+    """Item keys of one history, and whether they were split at commas: a JSON list of keys
+    (``["a, b", "c"]``: keys may hold commas), or comma-separated keys otherwise; SemidError naming
+    ``where`` if the JSON list is malformed."""
+    if not text.lstrip().startswith("["):
+        keys = [key.strip() for key in text.split(",") if key.strip()]
+        return keys, len(keys) > 1
+    try:
+        keys = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SemidError(f"{where} is not a valid JSON list ({e.msg}); "
+                         'write it as ["key 1", "key 2"]') from None  # fmt: skip
+    if not isinstance(keys, list) or not all(isinstance(k, str | int) for k in keys):
+        raise SemidError(f'{where} must be a JSON list of item keys, such as ["key 1", "key 2"]')
+    return [str(k) for k in keys], False
+
+
+def _history_line(line: str, where: str) -> tuple[dict[str, Any], bool]:
+    """One ``--histories`` line: keys as ``--history`` takes them, or ``{"history": [...]}``."""
+    if line.startswith("{"):
+        history = _json_field(line, "history", where)
+        line = history if isinstance(history, str) else json.dumps(history)
+    keys, split = parse_history(line, where)
+    return {"history": keys}, split
+
+
+def check_inputs(predictor: Any, inputs: list[dict[str, Any]], origins: list[Origin]) -> None:
     """Check every input before the first search, so a bad line late in a long file costs no work
     and is named by its line."""
-    for item, source in zip(inputs, sources, strict=True):
+    for item, origin in zip(inputs, origins, strict=True):
         try:
             predictor.check_input(item)
         except SemidError as e:
-            raise SemidError(f"{source}: {e}" if source else str(e)) from None
+            message = f"{e}{COMMA_HINT if origin.comma_split else ''}"
+            raise SemidError(f"{origin.where}: {message}" if origin.where else message) from None
 
 
 def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
@@ -112,13 +174,19 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
 def _query_line(line: str, path: Path, number: int) -> dict[str, Any]:
     if not line.startswith("{"):
         return {"query": line}
+    return {"query": _json_field(line, "query", f"{path} line {number}")}
+
+
+def _json_field(line: str, name: str, where: str) -> Any:
+    """Field ``name`` of a JSON Lines line; SemidError naming ``where`` if the line is not a JSON
+    object with that field."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
-        raise SemidError(f"{path} line {number} is not valid JSON ({e.msg})") from None
-    if not isinstance(item, dict) or "query" not in item:
-        raise SemidError(f'{path} line {number} has no "query" field')
-    return {"query": item["query"]}
+        raise SemidError(f"{where} is not valid JSON ({e.msg})") from None
+    if not isinstance(item, dict) or name not in item:
+        raise SemidError(f'{where} has no "{name}" field')
+    return item[name]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.out)
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
-    inputs, sources = read_inputs(args, predictor)
+    inputs, origins = read_inputs(args, predictor)
     predictor.check_k(args.k, args.num_beams)
-    check_inputs(predictor, inputs, sources)
+    check_inputs(predictor, inputs, origins)
     answers = []
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
