@@ -208,6 +208,33 @@ def test_aliases_typed_headers_and_explicit_columns(tmp_path: Path) -> None:
     assert d.interactions.timestamps.tolist() == [1_609_459_201]
 
 
+def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) -> None:
+    """No timestamp column: file order is time order, and the note names the columns left unused
+    (a time column under an unknown name would otherwise be ignored in silence)."""
+    (tmp_path / "a.csv").write_text("customer,product,when_watched\nx,b,2\nx,a,1\nx,c,3\n")
+    d = load_interaction_files(tmp_path / "a.csv", columns="user=customer,item=product")
+    assert d.interactions.timestamps.tolist() == [0, 1, 2] and d.item_keys == ["b", "a", "c"]
+    (note,) = d.notes
+    assert "no timestamp column" in note and "file order is time order" in note
+    assert "if one of when_watched is the time, pass --columns timestamp=NAME" in note
+    timed = load_interaction_files(
+        tmp_path / "a.csv", columns="user=customer,item=product,timestamp=when_watched"
+    )
+    assert timed.notes == [] and timed.item_keys == ["a", "b", "c"]
+    (tmp_path / "b.csv").write_text("user,item\nx,b\nx,a\nx,c\n")
+    (note,) = load_interaction_files(tmp_path / "b.csv").notes
+    assert note.endswith("file order is time order")  # no other column to point at
+
+
+@pytest.mark.parametrize("name", ["datetime", "date", "event_time", "created_at"])
+def test_common_time_column_names_are_found(tmp_path: Path, name: str) -> None:
+    (tmp_path / "a.csv").write_text(
+        f"user,item,{name}\nx,b,2024-01-02\nx,a,2024-01-01\nx,c,2024-01-03\n"
+    )
+    d = load_interaction_files(tmp_path / "a.csv")
+    assert d.notes == [] and d.item_keys == ["a", "b", "c"]
+
+
 def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
     items = "movieId,title,year,genres\ni1,Heat,1995,Action|Crime\ni2,Up,,Animation\ni3,X,2000,\n"
     d = load_interaction_files(*files(tmp_path, items=items), min_interactions=1)
@@ -222,6 +249,12 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
     [
         ("u,item\n1,2\n", None, {}, "lacks a user column (accepted names: user, user_id, userId"),
         ("user,item_id,iid\n1,2,3\n", None, {}, "columns item_id, iid could all be the item"),
+        (
+            "user,item,date,time\n1,2,3,4\n",
+            None,
+            {},
+            "columns date, time could all be the timestamp",
+        ),
         (LOG, "item,text\ni1,a\ni2,b\ni1,c\n", {}, "line 4 repeats item 'i1' (first at line 2)"),
         (LOG, "item,text\ni1,a\n", {}, "4 interactions name 2 items without text"),
         (LOG, "item,text\ni1,a\ni2,\ni3,c\n", {}, "2 interactions name 1 items without text"),

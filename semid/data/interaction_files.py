@@ -46,7 +46,16 @@ from semid.errors import SemidError
 USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
 ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
 ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
-TIME_COLUMNS = ("timestamp", "ts", "time", "Timestamp")
+TIME_COLUMNS = (
+    "timestamp",
+    "ts",
+    "time",
+    "Timestamp",
+    "datetime",
+    "date",
+    "event_time",
+    "created_at",
+)
 ROLES = ("user", "item", "timestamp", "text")
 MISSING_TEXT = ("error", "drop")
 
@@ -88,7 +97,7 @@ def load_interaction_files(
         times = np.arange(len(users), dtype=np.int64)
     else:
         times = _timestamps(table[time_col], path)
-    notes: list[str] = []
+    notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
 
     catalog = texts = None
     if items is not None:
@@ -152,6 +161,15 @@ def load_interaction_files(
     )
     label = name or _stem(path)
     return RecDataset(label, [str(u) for u in user_keys], item_keys, item_texts, log, notes)
+
+
+def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:
+    """What a log without a timestamp column means, naming the columns that could hold the time."""
+    others = [h for h in table.column_names if h not in used]
+    hint = (f"; if one of {', '.join(others)} is the time, pass --columns timestamp=NAME"
+            if others else "")  # fmt: skip
+    return (f"no timestamp column (accepted names: {', '.join(TIME_COLUMNS)}): file order is "
+            f"time order{hint}")  # fmt: skip
 
 
 def _stem(path: Path) -> str:
