@@ -248,6 +248,18 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
     "log, items, kwargs, words",
     [
         ("u,item\n1,2\n", None, {}, "lacks a user column (accepted names: user, user_id, userId"),
+        (
+            "u,i,t\n1,2,3\n",
+            None,
+            {},
+            "lacks a user and an item column (accepted names: user, user_id, ... and item",
+        ),
+        (
+            "u,i\n1,2\n",
+            None,
+            {"columns": "user=u"},
+            "lacks an item column (accepted names: item, item_id",
+        ),
         ("user,item_id,iid\n1,2,3\n", None, {}, "columns item_id, iid could all be the item"),
         (
             "user,item,date,time\n1,2,3,4\n",

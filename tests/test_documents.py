@@ -105,7 +105,7 @@ def test_csv_and_parquet_documents(tmp_path):
 @pytest.mark.parametrize(
     "name, content, words",
     [
-        ("d.csv", "doc,text\n1,x\n", "lacks a id column (accepted names: id, doc_id, docid"),
+        ("d.csv", "doc,text\n1,x\n", "lacks an id column (accepted names: id, doc_id, docid"),
         ("d.csv", "id,body\n1,x\n", "lacks a text column"),
         ("d.csv", "id,text\n1,x\n2,y\n1,z\n", "line 4 repeats id '1' (first at line 2)"),
         ("d.csv", "id,text\n1,x\n2, \n", "line 3: document '2' has an empty text"),

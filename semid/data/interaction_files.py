@@ -86,6 +86,7 @@ def load_interaction_files(
     path = Path(interactions)
     what = "interactions file"
     table = read_table(path, what)
+    _check_key_columns(table, columns, path)
     user_col = find_column(table, "user", USER_COLUMNS, path, what, columns.get("user"))
     item_col = find_column(table, "item", ITEM_COLUMNS, path, what, columns.get("item"))
     time_col = find_column(
@@ -161,6 +162,20 @@ def load_interaction_files(
     )
     label = name or _stem(path)
     return RecDataset(label, [str(u) for u in user_keys], item_keys, item_texts, log, notes)
+
+
+def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> None:
+    """One error naming both roles when neither the user nor the item column is found (so one
+    --columns flag fixes both; `find_column` names a single missing one)."""
+    names = {column_name(h) for h in table.column_names}
+    missing = [role for role, aliases in (("user", USER_COLUMNS), ("item", ITEM_COLUMNS))
+               if role not in columns and not names & set(aliases)]  # fmt: skip
+    if len(missing) == 2:
+        raise SemidError(
+            f"interactions file {path} lacks a user and an item column (accepted names: user, "
+            f"user_id, ... and item, item_id, ...; found: {', '.join(table.column_names)}); rename "
+            "them or pass --columns user=NAME,item=NAME"
+        )
 
 
 def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:

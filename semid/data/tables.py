@@ -212,7 +212,7 @@ def find_column(
         if not required:
             return None
         raise SemidError(
-            f"{what} {path} lacks a {role} column (accepted names: {', '.join(aliases)}; found: "
+            f"{what} {path} lacks {'an' if role[0] in 'aeio' else 'a'} {role} column (accepted names: {', '.join(aliases)}; found: "
             f"{', '.join(headers)}); rename it or pass --columns {role}=NAME"
         )
     return found[0]
