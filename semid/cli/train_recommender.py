@@ -99,5 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if valid:
         update_metrics(args.out, "valid", valid)
         print(format_table(["metric", "valid"], [[k, v] for k, v in valid.items()]))
-    print(f"\nwrote {args.out} ({summary['epochs']} epochs, {summary['train_seconds']:.0f} s)")
+    epochs = summary["epochs"]
+    print(
+        f"\nwrote {args.out} ({epochs} epoch{'' if epochs == 1 else 's'}, {summary['train_seconds']:.0f} s)"
+    )
     return 0
