@@ -1,6 +1,6 @@
 """Plain-text tables of the CLI."""
 
-from semid.cli.table import format_table
+from semid.cli.table import format_table, metric_rows
 
 
 def test_metrics_and_scores_keep_four_decimals_and_speeds_fewer():
@@ -16,3 +16,21 @@ def test_metrics_and_scores_keep_four_decimals_and_speeds_fewer():
         "1200",
     ]
     assert len({len(line) for line in lines[2:]}) == 1  # numbers right-aligned in one column
+
+
+def test_counts_of_a_metrics_dict_are_whole_numbers():
+    rows = metric_rows(
+        {"recall@10": 1.0, "num_queries": 36.0, "num_docs": 2.5, "queries_per_s": 800.0}
+    )
+    assert rows == [
+        ["recall@10", 1.0],
+        ["num_queries", 36],
+        ["num_docs", 2.5],
+        ["queries_per_s", 800.0],
+    ]
+    assert [line.split()[1] for line in format_table(["metric", "v"], rows).splitlines()[2:]] == [
+        "1.0000",
+        "36",
+        "2.5000",
+        "800.0",
+    ]

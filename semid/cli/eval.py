@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from semid.cli.common import add_device_argument
-from semid.cli.table import format_table
+from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
 from semid.runs import load_run, read_metrics, update_metrics
 from semid.tasks import EvalOptions, get_task, resolve_device
@@ -84,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     update_metrics(args.run_dir, args.split, metrics)
-    print(format_table(["metric", args.split], [[k, v] for k, v in metrics.items()]))
+    print(format_table(["metric", args.split], metric_rows(metrics)))
     print(f"\nsaved to {args.run_dir / 'metrics.json'}")
     return 0

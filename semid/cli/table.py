@@ -16,6 +16,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def metric_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """[name, value] rows of a metrics dict; counts (``num_*``, stored as floats) as whole numbers."""
+    return [[k, int(v) if k.startswith("num_") and float(v).is_integer() else v]
+            for k, v in metrics.items()]  # fmt: skip
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned text, right-aligned numbers, a rule under the header."""
     cells = [[_cell(v) for v in row] for row in rows]

@@ -12,7 +12,7 @@ from semid.cli.common import (
     check_count,
     training_config,
 )
-from semid.cli.table import format_table
+from semid.cli.table import format_table, metric_rows
 from semid.configs import parse_json_object
 from semid.errors import SemidError
 from semid.models import available_models
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     valid = summary.get("valid", {})
     if valid:
         update_metrics(args.out, "valid", valid)
-        print(format_table(["metric", "valid"], [[k, v] for k, v in valid.items()]))
+        print(format_table(["metric", "valid"], metric_rows(valid)))
     epochs = summary["epochs"]
     print(
         f"\nwrote {args.out} ({epochs} epoch{'' if epochs == 1 else 's'}, {summary['train_seconds']:.0f} s)"

@@ -19,7 +19,7 @@ from semid.cli.common import (
     check_rate,
     training_config,
 )
-from semid.cli.table import format_table
+from semid.cli.table import format_table, metric_rows
 from semid.configs import parse_json_object
 from semid.errors import SemidError
 from semid.tasks import get_task, resolve_device
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     summary = get_task("retrieve").train(
         spec, args.out, resume=not args.no_resume, device=resolve_device(args.device)
     )
-    print(format_table(["", "value"], [[k, v] for k, v in summary.items()]))
+    print(format_table(["", "value"], metric_rows(summary)))
     print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 1 10")
     if (args.out / "later.jsonl").is_file():
         print(
