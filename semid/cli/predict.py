@@ -81,12 +81,14 @@ def check_input_flag(args: argparse.Namespace, task: str) -> None:
 @dataclass(frozen=True)
 class Origin:
     """Where an input comes from: ``where`` names a file line (None: the command line itself);
-    ``comma_split``: a history read as comma-separated keys, so a key with a comma was cut."""
+    ``hint``: what to add to an error about it (a history read as comma-separated keys may have
+    cut a key with a comma; line 1 of a users file may be a header)."""
 
     where: str | None = None
-    comma_split: bool = False
+    hint: str = ""
 
 
+HEADER_HINT = " (a header line? write user ids only, one a line)"
 COMMA_HINT = (
     " (a key with a comma? write the history as a JSON list: "
     '\'["Sixth Sense, The (1999)", "Fargo (1996)"]\')'
@@ -102,7 +104,7 @@ def read_inputs(
         return [{"user": args.user}], [Origin()]
     if args.history is not None:
         keys, split = parse_history(args.history, "--history")
-        return [{"history": keys}], [Origin(comma_split=split)]
+        return [{"history": keys}], [Origin(hint=COMMA_HINT if split else "")]
     if args.query is not None:
         return [{"query": args.query}], [Origin()]
     if args.users == "all":
@@ -112,7 +114,7 @@ def read_inputs(
     if args.users is not None:
         path, flag = Path(args.users), "--users"
         lines = _numbered_lines(path, flag)
-        parsed = [({"user": line}, False) for _, line in lines]
+        parsed = [({"user": line}, HEADER_HINT if number == 1 else "") for number, line in lines]
     elif args.histories is not None:
         path, flag = args.histories, "--histories"
         lines = _numbered_lines(path, flag)
@@ -120,9 +122,9 @@ def read_inputs(
     else:
         path, flag = args.queries, "--queries"
         lines = _numbered_lines(path, flag)
-        parsed = [(_query_line(line, path, number), False) for number, line in lines]
-    origins = [Origin(f"{flag} {path} line {number}", split)
-               for (number, _), (_, split) in zip(lines, parsed, strict=True)]  # fmt: skip
+        parsed = [(_query_line(line, path, number), "") for number, line in lines]
+    origins = [Origin(f"{flag} {path} line {number}", hint)
+               for (number, _), (_, hint) in zip(lines, parsed, strict=True)]  # fmt: skip
     return [item for item, _ in parsed], origins
 
 
@@ -143,13 +145,13 @@ def parse_history(text: str, where: str) -> tuple[list[str], bool]:
     return [str(k) for k in keys], False
 
 
-def _history_line(line: str, where: str) -> tuple[dict[str, Any], bool]:
+def _history_line(line: str, where: str) -> tuple[dict[str, Any], str]:
     """One ``--histories`` line: keys as ``--history`` takes them, or ``{"history": [...]}``."""
     if line.startswith("{"):
         history = _json_field(line, "history", where)
         line = history if isinstance(history, str) else json.dumps(history)
     keys, split = parse_history(line, where)
-    return {"history": keys}, split
+    return {"history": keys}, COMMA_HINT if split else ""
 
 
 def check_inputs(predictor: Any, inputs: list[dict[str, Any]], origins: list[Origin]) -> None:
@@ -159,7 +161,7 @@ def check_inputs(predictor: Any, inputs: list[dict[str, Any]], origins: list[Ori
         try:
             predictor.check_input(item)
         except SemidError as e:
-            message = f"{e}{COMMA_HINT if origin.comma_split else ''}"
+            message = f"{e}{origin.hint}"
             raise SemidError(f"{origin.where}: {message}" if origin.where else message) from None
 
 
