@@ -20,17 +20,25 @@ def test_metrics_and_scores_keep_four_decimals_and_speeds_fewer():
 
 def test_counts_of_a_metrics_dict_are_whole_numbers():
     rows = metric_rows(
-        {"recall@10": 1.0, "num_queries": 36.0, "num_docs": 2.5, "queries_per_s": 800.0}
+        {
+            "recall@10": 1.0,
+            "num_queries": 36.0,
+            "num_docs": 2.5,
+            "queries_per_s": 800.0,
+            "d0-test/num_queries": 53.0,
+        }
     )
     assert rows == [
         ["recall@10", 1.0],
         ["num_queries", 36],
         ["num_docs", 2.5],
         ["queries_per_s", 800.0],
+        ["d0-test/num_queries", 53],
     ]
     assert [line.split()[1] for line in format_table(["metric", "v"], rows).splitlines()[2:]] == [
         "1.0000",
         "36",
         "2.5000",
         "800.0",
+        "53",
     ]

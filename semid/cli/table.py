@@ -17,9 +17,15 @@ def _cell(value: Any) -> str:
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[list[Any]]:
-    """[name, value] rows of a metrics dict; counts (``num_*``, stored as floats) as whole numbers."""
-    return [[k, int(v) if k.startswith("num_") and float(v).is_integer() else v]
-            for k, v in metrics.items()]  # fmt: skip
+    """[name, value] rows of a metrics dict; counts (``num_*`` or ``split/num_*``, stored as floats)
+    as whole numbers."""
+    return [
+        [k, int(v) if _is_count(k) and float(v).is_integer() else v] for k, v in metrics.items()
+    ]
+
+
+def _is_count(name: str) -> bool:
+    return name.rpartition("/")[2].startswith("num_")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
