@@ -39,9 +39,12 @@ def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys):
         main(["index", "build", "--dataset", tiny_images, "--quantizer", spec, "--out", str(index)])
         == 0
     )
+    capsys.readouterr()
     assert main(["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--index", str(index),
                  "--epochs", "2", "--batch-size", "32", "--out", str(run)]) == 0  # fmt: skip
-    capsys.readouterr()
+    summary = dict(line.split() for line in capsys.readouterr().out.splitlines()[2:9])
+    assert summary["train_images"] == "96" and summary["indexed_images"] == "24"
+    assert summary["classes"] == "2" and summary["epochs"] == "2"
     assert main(["eval", str(run), "--k", "5", "10", "--split", "test"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     flat = json.dumps(metrics)

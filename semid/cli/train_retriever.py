@@ -115,14 +115,15 @@ def run(args: argparse.Namespace) -> int:
             # an explicit --epochs is kept as given
             min_steps=IMAGES.min_steps if args.epochs is None else 0,
         )  # fmt: skip
-        get_task("text2image").train(
+        summary = get_task("text2image").train(
             spec,
             args.out,
             args.index,
             resume=not args.no_resume,
             device=resolve_device(args.device),
         )
-        print(f"saved to {args.out}; next: semid eval {args.out} --k 10 100")
+        print(format_table(["", "value"], metric_rows(summary)))
+        print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 10 100")
         return 0
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,9 +251,14 @@ class Text2ImageTask(Task):
             cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes, image_dim=image_dim)
         )
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
+        started = time.perf_counter()
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
+        summary = {"train_images": len(splits.train), "indexed_images": len(ids),
+                   "classes": len(splits.train.class_names), "query_wordings": len(texts),
+                   "steps": result.steps, "epochs": result.epochs,
+                   "train_seconds": round(result.resumed_after_s + time.perf_counter() - started, 2)}  # fmt: skip
         if not is_main_process():
-            return {"steps": result.steps, "epochs": result.epochs}
+            return summary
         copy_index(index, out)
         model.save_pretrained(out / "model")
         write_run(
@@ -261,7 +267,7 @@ class Text2ImageTask(Task):
             spec,
             {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)},
         )
-        return {"steps": result.steps, "epochs": result.epochs}
+        return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""
