@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from semid.trie import PrefixTrie
 
 FORMAT_VERSION = 1
 QUANTIZER_DIR = "quantizer"
+INDEX_FILES = ("config.json", "keys.json", "codes.safetensors", "stats.json")  # what save() writes
 
 
 def level_perplexity(codes: Tensor, size: int) -> float:
@@ -211,9 +213,18 @@ class SemanticIDs:
             "per_level": levels,
         }
 
-    def save(self, path: str | os.PathLike, quantizer: Quantizer | None = None) -> None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        quantizer: Quantizer | None = None,
+        keep_other_files: bool = False,
+    ) -> None:
         """Write the index folder atomically: config.json, codes.safetensors, keys.json, stats.json, and the
-        quantizer that made the codes (in quantizer/) so new items can be encoded later."""
+        quantizer that made the codes (in quantizer/) so new items can be encoded later.
+
+        ``keep_other_files``: the new version keeps what else the folder held (a task's image
+        encoder, features or training targets, and the quantizer when none is given): an index
+        grown by new items. Otherwise the folder holds only what this call writes."""
         config = {
             "format_version": FORMAT_VERSION,
             "semid_version": semid.__version__,
@@ -227,6 +238,9 @@ class SemanticIDs:
         if self.raw_codes is not None:
             tensors["raw_codes"] = self.raw_codes.contiguous()
         with atomic_dir(path) as tmp:
+            if keep_other_files:
+                own = {*INDEX_FILES, *([QUANTIZER_DIR] if quantizer is not None else [])}
+                _carry_over(Path(path), tmp, own)
             self._write(tmp, config, tensors)
             if quantizer is not None:
                 quantizer.save_pretrained(tmp / QUANTIZER_DIR)
@@ -305,3 +319,17 @@ def load_quantizer(index_path: str | os.PathLike) -> Quantizer:
             f"{index_path} has no saved quantizer; rebuild it with `semid index build`"
         )
     return Quantizer.from_pretrained(path)
+
+
+def _carry_over(old: Path, new: Path, own: set[str]) -> None:
+    """Copy what a task keeps beside the IDs in an index folder (an image encoder, document
+    features, training targets) into its new version, so saving the grown index keeps them."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name in own:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, new / entry.name, copy_function=shutil.copy2)
+        else:
+            shutil.copy2(entry, new / entry.name)

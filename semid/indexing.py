@@ -119,5 +119,5 @@ def add_items(
         codes = ids.add(keys, quantizer.encode(quantizer.check_input(x)))
         if model is not None:
             check_vocabulary(model, ids, str(index_path.parent))
-        ids.save(index_path, quantizer=quantizer)
+        ids.save(index_path, quantizer=quantizer, keep_other_files=True)
     return ids, codes

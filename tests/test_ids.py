@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from semid.errors import SemidError
-from semid.ids import SemanticIDs, level_perplexity
+from semid.ids import INDEX_FILES, QUANTIZER_DIR, SemanticIDs, level_perplexity, load_quantizer
+from semid.indexing import add_items
+from semid.quantization import build_quantizer
 
 
 def make_ids(strategy="extra-level"):
@@ -86,3 +88,23 @@ def test_rejects_bad_construction(tmp_path):
         SemanticIDs(["a"], torch.tensor([[5]]), [2])
     with pytest.raises(SemidError, match="not a semantic-ID index"):
         SemanticIDs.load(tmp_path)
+
+
+def test_a_grown_index_keeps_the_files_beside_it_and_a_rebuilt_one_does_not(tmp_path):
+    """add_items (keep_other_files) keeps what a task stores beside the IDs (an image encoder,
+    features); a new index saved over an old folder holds only its own files."""
+    q = build_quantizer("rqkmeans:2x4").fit(torch.randn(40, 6), seed=0)
+    ids = SemanticIDs.from_codes([f"k{i}" for i in range(40)], q.encode(torch.randn(40, 6)), [4, 4])
+    ids.save(tmp_path / "idx", quantizer=q)
+    (tmp_path / "idx" / "image_encoder").mkdir()
+    (tmp_path / "idx" / "image_encoder" / "weights.bin").write_bytes(b"cnn")
+    (tmp_path / "idx" / "features.safetensors").write_bytes(b"rows")
+    add_items(tmp_path / "idx", ["new"], torch.randn(1, 6))
+    assert (tmp_path / "idx" / "image_encoder" / "weights.bin").read_bytes() == b"cnn"
+    assert (tmp_path / "idx" / "features.safetensors").read_bytes() == b"rows"
+    assert len(SemanticIDs.load(tmp_path / "idx")) == 41
+    assert load_quantizer(tmp_path / "idx") is not None
+    ids.save(tmp_path / "idx", quantizer=q)  # a rebuild: stale task files must not survive
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
+        [*INDEX_FILES, QUANTIZER_DIR]
+    )

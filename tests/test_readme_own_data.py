@@ -132,6 +132,7 @@ def test_images_example(tmp_path, monkeypatch, capsys):
     # 20% of the images are indexed: 102, enough for the README's --k 100
     write_class_folders(tmp_path / "photos", 170)
     write_class_folders(tmp_path / "more_photos", 2, offset=100, seed=1)
+    write_class_folders(tmp_path / "later_photos", 1, offset=200, seed=2)
     monkeypatch.chdir(tmp_path)
     assert cli("semid index build --dataset photos/ --out runs/photos/index") == 0
     assert (
@@ -152,6 +153,9 @@ def test_images_example(tmp_path, monkeypatch, capsys):
     assert sorted(Path(k).name for k in added) == sorted(
         p.name for p in Path("more_photos").glob("*/*.png")
     )
+    # a second add still finds the image encoder the first one kept beside the grown index
+    assert cli("semid index add runs/photos/avg --items later_photos/") == 0
+    assert len(SemanticIDs.load(tmp_path / "runs/photos/avg/index")) == 102 + 6 + 3
     assert (
         cli('semid predict runs/photos/avg --query "a photo of a red fox"', "--out", "fox.jsonl")
         == 0
