@@ -80,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nadded {summary['added']:,} items to {args.target}{more}")
     else:
         print(f"added {summary['documents']:,} documents to {args.target} as prompt session {summary['session']} "
-              f"({summary['topics']} new topic prompts, {summary['train_seconds']:.0f} s); "
+              f"({summary['topics']} new topic prompt{'' if summary['topics'] == 1 else 's'}, {summary['train_seconds']:.0f} s); "
               f"{summary['test_queries']:,} of their queries held out: `semid eval {args.target} --k 1 10`")  # fmt: skip
     return 0
