@@ -15,6 +15,7 @@ from _semid_cli import ENV, command, read_jsonl
 
 from semid.cli.main import main
 from semid.data.registry import load_dataset
+from semid.errors import SemidError
 from semid.models import is_generator
 from semid.tasks import EvalOptions, get_task, load_predictor
 from semid.tasks.recommend import rank_split
@@ -120,6 +121,17 @@ def test_histories_as_json_lists_and_files_answer_what_history_answers(run, tmp_
     assert answers[:4] == [by_commas] * 4
     (only_50,) = predict("--history", "50")
     assert answers[4] == only_50 and answers[4] != by_commas
+
+
+def test_integer_item_keys_in_a_json_history_are_keys(predictor):
+    """JSON clients (serve's "histories") may send numeric keys as numbers, as they may users."""
+    assert predictor.check_input({"history": [1, 50]}) == {"history": ["1", "50"]}
+    (as_numbers,) = predictor.predict([{"history": [1, 50]}], k=3)
+    (as_strings,) = predictor.predict([{"history": ["1", "50"]}], k=3)
+    assert as_numbers["input"] == {"history": [1, 50]}  # echoed as sent
+    assert {**as_numbers, "input": None} == {**as_strings, "input": None}
+    with pytest.raises(SemidError, match="list of item keys"):
+        predictor.check_input({"history": [True]})
 
 
 def test_a_key_cut_at_its_comma_gets_the_json_hint(run, capsys):

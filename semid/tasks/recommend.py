@@ -232,12 +232,9 @@ class RecommendPredictor(Predictor):
             raise SemidError('each input needs exactly one of "user" or "history"')
         if "history" in item:
             history = item["history"]
-            if (
-                not isinstance(history, list)
-                or not history
-                or not all(isinstance(h, str) for h in history)
-            ):
+            if not isinstance(history, list) or not history or not all(_is_key(h) for h in history):
                 raise SemidError('"history" must be a non-empty list of item keys')
+            history = [str(h) for h in history]  # integers name keys, as a user may be an integer
             unknown = [h for h in history if h not in self.run.ids._row_of_key]
             if unknown:
                 raise SemidError(
@@ -406,3 +403,8 @@ def get_task() -> RecommendTask:
 
 
 TASK = register_task(RecommendTask())
+
+
+def _is_key(value: Any) -> bool:
+    """An item key in a JSON input: a string, or an integer (not a boolean) standing for one."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
