@@ -156,6 +156,10 @@ def test_images_example(tmp_path, monkeypatch, capsys):
     # a second add still finds the image encoder the first one kept beside the grown index
     assert cli("semid index add runs/photos/avg --items later_photos/") == 0
     assert len(SemanticIDs.load(tmp_path / "runs/photos/avg/index")) == 102 + 6 + 3
+    shutil.rmtree(tmp_path / "runs/photos/avg/index/image_encoder")  # a run an older add damaged
+    capsys.readouterr()
+    assert cli("semid index add runs/photos/avg --items later_photos/") == 2
+    assert "image_encoder is missing" in capsys.readouterr().err
     assert (
         cli('semid predict runs/photos/avg --query "a photo of a red fox"', "--out", "fox.jsonl")
         == 0

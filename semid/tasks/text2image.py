@@ -297,6 +297,9 @@ class Text2ImageTask(Task):
         quantizer; queries find them at once. Their classes are kept for `evaluate`."""
         run = load_run(run_path, self.name)
         encoder_dir = run.index_path / IMAGE_ENCODER_DIR
+        if not encoder_dir.is_dir() and run.ids.metadata.get("image_features") == "cnn":
+            raise SemidError(f"{encoder_dir} is missing (an earlier `semid index add` dropped it); "
+                             "copy image_encoder/ from the index the run was trained with")  # fmt: skip
         if not encoder_dir.is_dir():
             raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
