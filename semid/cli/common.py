@@ -60,7 +60,8 @@ def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
     """--items, --columns, --missing-text, --min-interactions: a user's own interactions file."""
     p.add_argument(
         "--items",
-        help="with an interactions file: item texts (CSV/TSV/Parquet/JSONL with item and text columns)",
+        help="with an interactions file: item texts (CSV/TSV/Parquet/JSONL with item and text columns); "
+        "without it, index build takes item vectors from the interactions",
     )
     p.add_argument(
         "--columns",

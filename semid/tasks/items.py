@@ -18,6 +18,7 @@ from semid.data.tables import column_name, table_format
 from semid.data.text_files import read_lines
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
+from semid.graph import unique_edges
 from semid.ids import SemanticIDs
 from semid.indexing import AUTO, build_ids
 from semid.models import model_class
@@ -25,6 +26,8 @@ from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+INTERACTION_VECTORS = "interactions-svd"  # index metadata: item vectors from the interactions
+INTERACTION_DIM = 64
 
 
 def recommendation_dataset(
@@ -72,14 +75,18 @@ def build_item_index(
             )
         dataset = source_dataset(source)
         notes += dataset.notes
-        if dataset.item_texts is None:
-            raise SemidError(f"{source.dataset} has no item texts; pass --items FILE (item and text "
-                             "columns), or --embeddings FILE --keys FILE")  # fmt: skip
-        notes.append(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
         keys = list(dataset.item_keys)
-        x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
-        metadata = {"dataset": source.dataset, "items": source.items,
-                    "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
+        if dataset.item_texts is None:
+            train = leave_one_out(dataset.interactions).train  # held-out targets must not shape IDs
+            x = interaction_vectors(train, seed)
+            notes.append(f"{dataset.name} has no item texts: item vectors from its train interactions "
+                         f"({x.shape[1]}-d SVD of the user-item matrix); --items FILE gives text vectors")  # fmt: skip
+            metadata = {"dataset": source.dataset, "item_vectors": INTERACTION_VECTORS}
+        else:
+            notes.append(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
+            x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
+            metadata = {"dataset": source.dataset, "items": source.items,
+                        "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
     graph = getattr(probe, "needs_interactions", False)
     needs_log = graph or collisions == "popularity"
     if source.interactions is not None and not needs_log:
@@ -109,6 +116,24 @@ def build_item_index(
     if spec == AUTO:
         notes.append(f"quantizer auto: {ids.quantizer_spec} for {len(ids):,} items")
     return ids, notes
+
+
+def interaction_vectors(train: InteractionLog, seed: int = 0, dim: int = INTERACTION_DIM) -> Tensor:
+    """Item vectors (N, d) from the interactions alone, for a catalogue without texts: the top
+    singular vectors of the degree-normalized binary item-user matrix (D_i^-1/2 R D_u^-1/2), scaled by
+    their singular values, so items liked by the same users lie close. d = min(dim, N - 1, users - 1);
+    items without train interactions get the zero vector. Seeded: the same log gives the same vectors."""
+    n_items, n_users = train.num_items, train.num_users
+    d = max(1, min(dim, n_items - 1, n_users - 1))
+    users, items = unique_edges(train.users, train.items, n_items)  # a repeated event counts once
+    di = torch.bincount(items, minlength=n_items).clamp(min=1).float().rsqrt()
+    du = torch.bincount(users, minlength=n_users).clamp(min=1).float().rsqrt()
+    a = torch.sparse_coo_tensor(torch.stack([items, users]), di[items] * du[users], (n_items, n_users),
+                                check_invariants=True).coalesce()  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        u, singular, _ = torch.svd_lowrank(a, q=min(d + 8, n_items, n_users), niter=6)
+    return (u[:, :d] * singular[:d]).float().contiguous()
 
 
 def interactions_for_keys(source: IndexSource, keys: list[str]) -> InteractionLog:

@@ -33,7 +33,7 @@ from semid.data.splits import PAD
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.hybrid import Candidates, HybridRanker, choose_mix
-from semid.ids import SemanticIDs
+from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, model_config, save_model
@@ -41,7 +41,13 @@ from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
-from semid.tasks.items import build_item_index, new_model, read_new_items, source_dataset
+from semid.tasks.items import (
+    INTERACTION_VECTORS,
+    build_item_index,
+    new_model,
+    read_new_items,
+    source_dataset,
+)
 from semid.training import TrainConfig, train_model
 
 SPLITS = ("valid", "test")
@@ -199,6 +205,13 @@ class RecommendTask(Task):
         can recommend them at once (no retraining)."""
         run = load_run(run_path, self.name)
         columns = self.spec_of(run).columns
+        if run.ids.metadata.get("item_vectors") == INTERACTION_VECTORS and keys is None:
+            raise SemidError(
+                f"{run_path}'s item vectors come from interactions (its data has no item texts), and "
+                f"new items have none yet; give them {load_quantizer(run.index_path).dim}-d vectors "
+                "(--items new.npy --keys new.txt), or train a run on item texts (--items FILE) to add "
+                "items by text"
+            )
         new_keys, x = read_new_items(
             source, keys, encoder, run.ids.metadata.get("encoder"), columns
         )
