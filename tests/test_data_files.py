@@ -224,9 +224,14 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
     (tmp_path / "b.csv").write_text("user,item\nx,b\nx,a\nx,c\n")
     (note,) = load_interaction_files(tmp_path / "b.csv").notes
     assert note.endswith("file order is time order")  # no other column to point at
+    (tmp_path / "c.csv").write_text(
+        "user,item,date\nx,b,2024-01-01\nx,a,2024-01-01\nx,c,2024-01-02\n"
+    )
+    d = load_interaction_files(tmp_path / "c.csv")  # day-level dates would tie: file order is kept
+    assert d.item_keys == ["b", "a", "c"] and "if one of date is the time" in d.notes[0]
 
 
-@pytest.mark.parametrize("name", ["datetime", "date", "event_time", "created_at"])
+@pytest.mark.parametrize("name", ["datetime", "event_time", "created_at"])
 def test_common_time_column_names_are_found(tmp_path: Path, name: str) -> None:
     (tmp_path / "a.csv").write_text(
         f"user,item,{name}\nx,b,2024-01-02\nx,a,2024-01-01\nx,c,2024-01-03\n"
@@ -262,10 +267,10 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
         ),
         ("user,item_id,iid\n1,2,3\n", None, {}, "columns item_id, iid could all be the item"),
         (
-            "user,item,date,time\n1,2,3,4\n",
+            "user,item,datetime,time\n1,2,3,4\n",
             None,
             {},
-            "columns date, time could all be the timestamp",
+            "columns datetime, time could all be the timestamp",
         ),
         (LOG, "item,text\ni1,a\ni2,b\ni1,c\n", {}, "line 4 repeats item 'i1' (first at line 2)"),
         (LOG, "item,text\ni1,a\n", {}, "4 interactions name 2 items without text"),

@@ -46,13 +46,14 @@ from semid.errors import SemidError
 USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
 ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
 ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
+# not "date": day-level dates tie within a day, and ties are broken by key, not file order; a
+# log with only a date column keeps file order and the note names the column
 TIME_COLUMNS = (
     "timestamp",
     "ts",
     "time",
     "Timestamp",
     "datetime",
-    "date",
     "event_time",
     "created_at",
 )
