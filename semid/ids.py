@@ -324,12 +324,7 @@ def load_quantizer(index_path: str | os.PathLike) -> Quantizer:
 def _carry_over(old: Path, new: Path, own: set[str]) -> None:
     """Copy what a task keeps beside the IDs in an index folder (an image encoder, document
     features, training targets) into its new version, so saving the grown index keeps them."""
-    if not old.is_dir():
-        return
-    for entry in old.iterdir():
-        if entry.name in own:
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, new / entry.name, copy_function=shutil.copy2)
-        else:
-            shutil.copy2(entry, new / entry.name)
+    if old.is_dir():  # `own` names top-level entries only (quantizer/ has a config.json too)
+        top = str(old)
+        shutil.copytree(old, new, dirs_exist_ok=True,
+                        ignore=lambda folder, names: own if folder == top else ())  # fmt: skip
