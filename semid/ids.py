@@ -24,6 +24,7 @@ from semid.errors import SemidError
 from semid.quantization import Quantizer
 from semid.saving import read_json
 from semid.trie import PrefixTrie
+from semid.wording import counted
 
 FORMAT_VERSION = 1
 QUANTIZER_DIR = "quantizer"
@@ -146,7 +147,7 @@ class SemanticIDs:
         clash = [k for k in keys if k in self._row_of_key]
         if clash:
             raise SemidError(
-                f"{len(clash)} keys are already indexed, e.g. {clash[0]!r}; give new keys"
+                f"{counted(len(clash), 'key is', 'keys are')} already indexed, e.g. {clash[0]!r}; give new keys"
             )
         if raw_codes.ndim != 2 or (
             self.raw_codes is not None and raw_codes.shape[1] != self.raw_codes.shape[1]

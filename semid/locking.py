@@ -83,3 +83,18 @@ def write_lock(folder: str | os.PathLike, what: str, timeout: float = 0) -> Iter
         del _held[lock]
         _owner_file(lock).unlink(missing_ok=True)
         file_lock.release()
+
+
+def current_writer(folder: str | os.PathLike) -> str | None:
+    """The pid of the live semid process holding the write lock of ``folder``, or None (an owner
+    file left by a killed process names a pid that is gone)."""
+    pid = _read_owner(lock_path(folder))
+    if not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return pid

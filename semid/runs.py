@@ -27,6 +27,7 @@ from semid.atomic import atomic_dir, recover, write_json
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
+from semid.locking import current_writer
 from semid.models import load_model
 from semid.saving import read_json, versions
 
@@ -95,6 +96,11 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     run = Path(run)
     recover(run)
     fix = "train a run with `semid train ...`"
+    writer = current_writer(run)
+    if writer is not None and not (run / MANIFEST).is_file():
+        raise SemidError(
+            f"{run} is still being trained (semid process {writer}); wait for it to finish"
+        )
     if not run.is_dir():
         raise SemidError(f"{run} is not a folder; {fix}")
     if not (run / MANIFEST).is_file():

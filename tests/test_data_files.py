@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from semid.data import leave_one_out, load_dataset
 from semid.data.interaction_files import load_interaction_files
@@ -164,7 +165,7 @@ def test_interactions_with_items(tmp_path: Path) -> None:
     assert d.user_keys == ["u2", "u1"]  # first appearance by time; u3 has 1 < 3 interactions
     assert d.notes == [
         "dropped 1 users with fewer than 3 interactions (1 interactions)",
-        f"dropped 1 items of {tmp_path / 'items.csv'} that no kept interaction names",
+        f"dropped 1 item of {tmp_path / 'items.csv'} that no kept interaction names",
     ]
     log = d.interactions
     assert (log.num_users, log.num_items, len(log)) == (2, 3, 6)
@@ -200,7 +201,7 @@ def test_aliases_typed_headers_and_explicit_columns(tmp_path: Path) -> None:
     assert d.user_keys == ["007"] and d.item_keys == ["1", "2", "3"]
     (tmp_path / "b.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3.7\n")
     d = load_interaction_files(tmp_path / "b.inter", min_interactions=1)
-    assert d.interactions.timestamps.tolist() == [3]  # decimals are floored to seconds
+    assert d.interactions.timestamps.tolist() == [3.7]  # decimals are kept
     (tmp_path / "c.csv").write_text("who,what,when\nx,y,2021-01-01T00:00:01\n")
     d = load_interaction_files(
         tmp_path / "c.csv", columns="user=who,item=what,timestamp=when", min_interactions=1
@@ -274,9 +275,14 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
         ),
         (LOG, "item,text\ni1,a\ni2,b\ni1,c\n", {}, "line 4 repeats item 'i1' (first at line 2)"),
         (LOG, "item,text\ni1,a\n", {}, "4 interactions name 2 items without text"),
-        (LOG, "item,text\ni1,a\ni2,\ni3,c\n", {}, "2 interactions name 1 items without text"),
+        (LOG, "item,text\ni1,a\ni2,\ni3,c\n", {}, "2 interactions name 1 item without text"),
         ("user,item,timestamp\n1,2,\n", None, {}, "line 2: empty timestamp"),
-        ("user,item,timestamp\n1,2,soon\n", None, {}, "timestamps must be integer seconds"),
+        (
+            "user,item,timestamp\n1,2,soon\n",
+            None,
+            {},
+            "line 2: timestamp 'soon' is not integer seconds",
+        ),
         ("user,item\n1,\n", None, {}, "line 2: empty item id"),
         (LOG, None, {"columns": "user=x"}, "no column 'x' (given for user)"),
         (LOG, None, {"columns": "usr=user"}, "unknown role(s) usr"),
@@ -296,8 +302,7 @@ def test_missing_text_can_be_dropped(tmp_path: Path) -> None:
     )
     assert d.item_keys == ["i1", "i2"] and len(d.interactions) == 4
     assert (
-        d.notes[0]
-        == f"dropped 2 interactions with 1 items that have no text in {tmp_path / 'items.csv'}"
+        d.notes[0] == f"dropped 2 interactions with 1 item without text in {tmp_path / 'items.csv'}"
     )
     assert d.notes[1] == "dropped 1 users with fewer than 2 interactions (1 interactions)"
 
@@ -360,7 +365,7 @@ def test_interactions_for_embeddings_read_like_a_dataset(tmp_path: Path) -> None
     assert log.timestamps.tolist() == [1704067200, 1704153600, 1704240000]
     explicit = read_interactions(tmp_path / "log.csv", ["a", "b", "c"], min_interactions=1)
     assert explicit.num_users == 2
-    with pytest.raises(SemidError, match=r"1 items without an embedding, e.g. 'c'"):
+    with pytest.raises(SemidError, match=r"1 item without an embedding, e.g. 'c'"):
         read_interactions(tmp_path / "log.csv", ["a", "b"])
 
 
@@ -420,3 +425,59 @@ def test_new_items_as_key_text_lines_and_their_errors(tmp_path, monkeypatch):
         tmp_path / "own.csv", None, None, columns={"item": "sku", "text": "desc"}
     )
     assert keys == ["n3"] and RecordingEncoder.texts == ["Heat"]
+
+
+def test_fractions_of_a_second_order_events(tmp_path: Path) -> None:
+    """Events within one second keep their order: the last event (the test target) is the one
+    at 100.7 s, not the larger item key at 100.2 s; whole-second logs stay int64."""
+    (tmp_path / "a.csv").write_text(
+        "user,item,timestamp\nA,m,50.0\nA,z,100.2\nA,a,100.7\nA,b,20\nA,c,30\n"
+    )
+    log = load_interaction_files(tmp_path / "a.csv").interactions
+    split = leave_one_out(log)
+    assert log.timestamps.dtype == torch.float64
+    keys = load_interaction_files(tmp_path / "a.csv").item_keys
+    assert keys[int(split.test_items[0])] == "a" and keys[int(split.valid_items[0])] == "z"
+    (tmp_path / "b.csv").write_text(
+        "user,item,ts\nA,m,2000-01-01T00:00:05.750Z\nA,z,2000-01-01T00:00:05.250Z\n"
+    )
+    assert load_interaction_files(tmp_path / "b.csv", min_interactions=1).item_keys == ["z", "m"]
+    (tmp_path / "c.csv").write_text("user,item,ts\nA,m,5.0\nA,z,6\n")
+    assert (
+        load_interaction_files(tmp_path / "c.csv", min_interactions=1).interactions.timestamps.dtype
+        == torch.int64
+    )
+
+
+def test_repeated_rows_are_dropped_with_a_note(tmp_path: Path) -> None:
+    """A double-logged event (same user, item and time) is one event; the same item at another
+    time is a real repeat and stays."""
+    (tmp_path / "a.csv").write_text(
+        "user,item,timestamp\nA,m,1\nA,m,1\nA,z,2\nA,m,3\nB,z,1\nB,z,1\nB,z,1\n"
+    )
+    d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
+    assert len(d.interactions) == 4
+    assert d.notes == ["dropped 3 repeated rows (same user, item and time)"]
+
+
+def test_datetimes_with_mixed_utc_offsets(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text(
+        "user,item,ts\nA,m,2000-12-31T22:00:19+02:00\nA,z,2000-12-31 23:00:00\n"
+        "A,q,2000-12-31T23:00:00.5Z\n"
+    )
+    d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
+    assert d.interactions.timestamps.tolist() == [978292819.0, 978303600.0, 978303600.5]
+
+
+def test_an_items_key_column_named_only_in_the_items_file(tmp_path: Path) -> None:
+    """--columns item=sku names the items file's key when the log has its own item column."""
+    (tmp_path / "log.csv").write_text("user,item,timestamp\nA,1,1\nA,2,2\n")
+    (tmp_path / "items.csv").write_text("sku,title\n1,one\n2,two\n")
+    d = load_interaction_files(
+        tmp_path / "log.csv", tmp_path / "items.csv", columns="item=sku", min_interactions=1
+    )
+    assert d.item_keys == ["1", "2"] and d.item_texts == ["title: one", "title: two"]
+    with pytest.raises(SemidError, match="items.csv lacks an item column .*found: sku, title"):
+        load_interaction_files(
+            tmp_path / "log.csv", tmp_path / "items.csv", columns="item=skuu", min_interactions=1
+        )

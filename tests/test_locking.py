@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from semid.errors import SemidError
-from semid.locking import lock_path, write_lock
+from semid.locking import current_writer, lock_path, write_lock
 
 HOLDER = """
 import sys
@@ -100,3 +100,25 @@ def test_writers_of_different_folders_do_not_block(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+
+
+def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
+    """`semid predict` on a run whose training has not finished names the training process,
+    and says nothing of it once that process is gone."""
+    from semid.runs import read_manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = start_holder(run)
+    try:
+        assert current_writer(run) == str(holder.pid)
+        with pytest.raises(
+            SemidError, match=f"still being trained \\(semid process {holder.pid}\\)"
+        ):
+            read_manifest(run)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert current_writer(run) is None
+    with pytest.raises(SemidError, match="is not a run directory"):
+        read_manifest(run)

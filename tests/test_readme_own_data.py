@@ -82,7 +82,7 @@ def test_interactions_example(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert '{"user": "u1"}' in out and out.count(" m") >= 10
     assert cli("semid index add runs/mine/mmgrec --items new_items.csv") == 0
-    assert "added 1 items" in capsys.readouterr().out
+    assert "added 1 item " in capsys.readouterr().out
     assert "m100" in SemanticIDs.load(tmp_path / "runs/mine/mmgrec/index").keys
 
 

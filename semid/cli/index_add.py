@@ -18,6 +18,7 @@ from semid.indexing import add_items
 from semid.runs import MANIFEST
 from semid.tasks import task_of_run
 from semid.tasks.items import read_new_items
+from semid.wording import counted
 
 EXAMPLE = (
     "semid index add runs/ml-100k/mmgrec --items new_items.tsv      # key<TAB>text per line\n"
@@ -77,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         for key, code in list(zip(summary["keys"], summary["codes"].tolist(), strict=True))[:5]:
             print(f"{key}\t{'-'.join(map(str, code))}")
         more = " (first 5 shown)" if summary["added"] > 5 else ""
-        print(f"\nadded {summary['added']:,} items to {args.target}{more}")
+        print(f"\nadded {counted(summary['added'], 'item')} to {args.target}{more}")
     else:
-        print(f"added {summary['documents']:,} documents to {args.target} as prompt session {summary['session']} "
+        print(f"added {counted(summary['documents'], 'document')} to {args.target} as prompt session {summary['session']} "
               f"({summary['topics']} new topic prompt{'' if summary['topics'] == 1 else 's'}, {summary['train_seconds']:.0f} s); "
               f"{summary['test_queries']:,} of their queries held out: `semid eval {args.target} --k 1 10`")  # fmt: skip
     return 0

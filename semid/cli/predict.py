@@ -18,6 +18,7 @@ from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.tasks import load_predictor
+from semid.wording import counted
 
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         with atomic_file(args.out, "w") as f:
             f.writelines(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
-        print(f"wrote {len(answers):,} answers to {args.out}")
+        print(f"wrote {counted(len(answers), 'answer')} to {args.out}")
         return 0
     for answer in answers:
         print(json.dumps(answer["input"], ensure_ascii=False))

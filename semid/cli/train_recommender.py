@@ -93,8 +93,6 @@ def run(args: argparse.Namespace) -> int:
     summary = get_task("recommend").train(
         spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device)
     )
-    for note in summary.get("notes", []):
-        print(note)
     valid = summary.get("valid", {})
     if valid:
         update_metrics(args.out, "valid", valid)

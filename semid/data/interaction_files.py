@@ -2,8 +2,9 @@
 
 Interactions file: one row per event with a user, an item and optionally a timestamp column (names
 in USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS, or given with ``columns``). Ids are kept as strings.
-Timestamps may be integers, decimals (floored to whole seconds), or ISO 8601 datetimes; without a
-timestamp column, file order is time order.
+Timestamps may be integers, decimals or ISO 8601 datetimes, in seconds (int64 when every value is
+a whole second, else float64, so events within one second keep their order); without a timestamp
+column, file order is time order.
 
 Items file (optional): the item column (same names, plus ``id``) and a ``text`` column. Without a
 ``text`` column every other column makes the text, in file order, as ``"column: value"`` pairs
@@ -12,7 +13,8 @@ joined by ``"; "`` (empty values skipped; list values joined by ``", "``), e.g.
 ``RecDataset.item_texts`` is None and embeddings must come from elsewhere.
 
 Loading, in order: events whose item has no text (absent from the items file, or empty) raise, or
-are dropped with ``missing_text="drop"``; users with fewer than ``min_interactions`` events are
+are dropped with ``missing_text="drop"``; exact repeats of a row (same user, item and time) are
+dropped, as double-logged events; users with fewer than ``min_interactions`` events are
 dropped (once, as RecBole's ``user_inter_num_interval`` does); items of the items file left
 without events are dropped. Each drop adds a line to ``RecDataset.notes``.
 
@@ -42,6 +44,7 @@ from semid.data.tables import (
     row_label,
 )
 from semid.errors import SemidError
+from semid.wording import counted
 
 USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
 ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
@@ -87,9 +90,16 @@ def load_interaction_files(
     path = Path(interactions)
     what = "interactions file"
     table = read_table(path, what)
-    _check_key_columns(table, columns, path)
-    user_col = find_column(table, "user", USER_COLUMNS, path, what, columns.get("user"))
-    item_col = find_column(table, "item", ITEM_COLUMNS, path, what, columns.get("item"))
+    catalog = texts = None
+    log_columns = dict(columns)
+    if items is not None:
+        catalog, texts, items_key = _read_items(Path(items), columns)
+        named = columns.get("item")
+        if named == items_key and named not in map(column_name, table.column_names):
+            del log_columns["item"]  # the mapping named the items file's column: --columns item=sku
+    _check_key_columns(table, log_columns, path)
+    user_col = find_column(table, "user", USER_COLUMNS, path, what, log_columns.get("user"))
+    item_col = find_column(table, "item", ITEM_COLUMNS, path, what, log_columns.get("item"))
     time_col = find_column(
         table, "timestamp", TIME_COLUMNS, path, what, columns.get("timestamp"), required=False
     )
@@ -101,9 +111,7 @@ def load_interaction_files(
         times = _timestamps(table[time_col], path)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
 
-    catalog = texts = None
     if items is not None:
-        catalog, texts = _read_items(Path(items), columns)
         has_text = pd.Index(catalog[[bool(t.strip()) for t in texts]])
         missing = ~pd.Index(item_of).isin(has_text)
         if missing.any():
@@ -111,14 +119,20 @@ def load_interaction_files(
             first = item_of[missing][0]
             if missing_text == "error":
                 raise SemidError(
-                    f"{path}: {n:,} interactions name {k:,} items without text in {items} "
+                    f"{path}: {counted(n, 'interaction')} {'names' if n == 1 else 'name'} {counted(k, 'item')} without text in {items} "
                     f"(first: {first!r}); add them to the items file or drop them "
                     f"(missing_text='drop', CLI --missing-text drop)"
                 )
             users, item_of, times = users[~missing], item_of[~missing], times[~missing]
             notes.append(
-                f"dropped {n:,} interactions with {k:,} items that have no text in {items}"
+                f"dropped {counted(n, 'interaction')} with {counted(k, 'item')} without text in {items}"
             )
+
+    repeated = pd.DataFrame({"u": users, "i": item_of, "t": times}).duplicated().to_numpy()
+    if repeated.any():
+        users, item_of, times = users[~repeated], item_of[~repeated], times[~repeated]
+        n = int(repeated.sum())
+        notes.append(f"dropped {counted(n, 'repeated row')} (same user, item and time)")
 
     user_counts = pd.Series(users).value_counts()
     few = user_counts.index[user_counts < min_interactions]
@@ -148,7 +162,7 @@ def load_interaction_files(
         used = pd.Index(catalog).isin(pd.unique(item_of))
         if not used.all():
             notes.append(
-                f"dropped {int((~used).sum()):,} items of {items} that no kept interaction names"
+                f"dropped {counted(int((~used).sum()), 'item')} of {items} that no kept interaction names"
             )
         item_keys = [str(k) for k in catalog[used]]
         item_texts = [t for t, u in zip(texts, used, strict=True) if u]
@@ -195,7 +209,7 @@ def _stem(path: Path) -> str:
 
 
 def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
-    """Whole seconds (int64) from integers, decimals (floored) or ISO 8601 datetimes."""
+    """Seconds from integers, decimals or ISO 8601 datetimes: int64 when all are whole, else float64."""
     if column.null_count:
         row = int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
         raise SemidError(
@@ -215,21 +229,40 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
                 return _timestamps(pc.cast(column, target), path)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 continue
-        raise SemidError(
-            f"{path}: timestamps must be integer seconds, decimals or ISO 8601 datetimes "
-            f"(first value: {column[0].as_py()!r}); fix the timestamp column"
-        )
+        return _mixed_datetimes(column, path)
     if pa.types.is_integer(kind):
         return column.to_numpy().astype(np.int64)
     if pa.types.is_floating(kind):
         values = column.to_numpy()
         if not np.isfinite(values).all():
             raise SemidError(f"{path}: timestamps must be finite numbers; fix the timestamp column")
-        return np.floor(values).astype(np.int64)
+        return _whole_if_possible(values.astype(np.float64))
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         nanos = pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64()).to_numpy()
-        return np.floor_divide(nanos, 10**9).astype(np.int64)
+        if (nanos % 10**9 == 0).all():
+            return np.floor_divide(nanos, 10**9).astype(np.int64)
+        return nanos / 10**9
     raise SemidError(f"{path}: cannot read timestamps of type {kind}; use integer seconds")
+
+
+def _mixed_datetimes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """Seconds from ISO 8601 strings that mix UTC offsets (those without one are taken as UTC);
+    the first value that is no datetime raises, naming its row."""
+    values = pd.Series(column.to_pylist())
+    parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if bad.size:
+        raise SemidError(
+            f"{path} {row_label(path, int(bad[0]))}: timestamp {values[bad[0]]!r} is not integer "
+            "seconds, a decimal or an ISO 8601 datetime; fix the timestamp column"
+        )
+    return _timestamps(pa.chunked_array([pa.array(parsed)]), path)
+
+
+def _whole_if_possible(seconds: np.ndarray) -> np.ndarray:
+    """int64 seconds when every value is whole, else the float64 values unchanged."""
+    whole = np.floor(seconds)
+    return whole.astype(np.int64) if (whole == seconds).all() else seconds
 
 
 def read_item_texts(
@@ -239,7 +272,7 @@ def read_item_texts(
     text column or other columns joined as ``"column: value"``; ``columns`` as the run was given
     them); an item without text raises."""
     path = Path(path)
-    keys, texts = _read_items(path, columns or {})
+    keys, texts, _ = _read_items(path, columns or {})
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:
         raise SemidError(
@@ -248,8 +281,9 @@ def read_item_texts(
     return [str(k) for k in keys], texts
 
 
-def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[str]]:
-    """Item keys (object array, file order) and one text per item; duplicate keys raise."""
+def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[str], str]:
+    """Item keys (object array, file order), one text per item and the key column's name;
+    duplicate keys raise. An explicit item column the file lacks names the interactions file's."""
     what = "items file"
     table = read_table(path, what)
     explicit = columns.get("item")
@@ -268,7 +302,7 @@ def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[s
     text_col = find_column(table, "text", ("text",), path, what, columns.get("text"), False)
     if text_col is not None:
         values = table[text_col].to_pylist()
-        return keys, [_as_text(v) for v in values]
+        return keys, [_as_text(v) for v in values], column_name(key_col)
     others = [c for c in table.column_names if c != key_col]
     if not others:
         raise SemidError(
@@ -283,7 +317,7 @@ def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[s
         )
         for row in range(table.num_rows)
     ]
-    return keys, texts
+    return keys, texts, column_name(key_col)
 
 
 def _as_text(value: object) -> str:

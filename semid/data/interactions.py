@@ -14,6 +14,7 @@ import torch
 
 from semid.data.movielens import InteractionLog
 from semid.errors import SemidError
+from semid.wording import counted
 
 
 def keyed_by_rows(
@@ -25,7 +26,7 @@ def keyed_by_rows(
     if (rows < 0).any():
         unknown = [k for k, r in zip(log.item_keys, rows, strict=True) if r < 0]
         raise SemidError(
-            f"{source} names {len(unknown):,} items without an embedding, e.g. {unknown[0]!r}; "
+            f"{source} names {counted(len(unknown), 'item')} without an embedding, e.g. {unknown[0]!r}; "
             f"give item ids that match --keys"
         )
     return InteractionLog(

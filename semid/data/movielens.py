@@ -40,7 +40,7 @@ class InteractionLog:
 
     users: Tensor  # (E,) int64
     items: Tensor  # (E,) int64
-    timestamps: Tensor  # (E,) int64, seconds
+    timestamps: Tensor  # (E,) seconds: int64, or float64 when some carry fractions
     num_users: int
     num_items: int
     # Original key per item id, when known: it breaks timestamp ties (semid.data.splits).

@@ -32,7 +32,7 @@ class RecData:
     """A leave-one-out split whose items are index rows, plus the timestamp of every event."""
 
     split: LeaveOneOutSplit  # sequence_items hold index rows, not dataset item ids
-    times: Tensor  # (E,) int64 timestamps in the split's sequence order
+    times: Tensor  # (E,) timestamps (int64 or float64 seconds) in the split's sequence order
     num_users: int
     num_items: int  # rows in the index
 

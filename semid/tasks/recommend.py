@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from semid.atomic import check_writable
+from semid.data.movielens import RecDataset
 from semid.data.sequences import (
     CodeCollator,
     RecData,
@@ -49,6 +51,7 @@ from semid.tasks.items import (
     source_dataset,
 )
 from semid.training import TrainConfig, train_model
+from semid.wording import counted
 
 SPLITS = ("valid", "test")
 
@@ -107,12 +110,17 @@ class RecommendTask(Task):
     def load_data(self, spec: RecommendSpec, ids: SemanticIDs, run: Run | None = None) -> RecData:
         """The spec's dataset split, items mapped to index rows (optionally only the first users);
         for a trained ``run``, after checking that its data files did not change."""
+        return self._load(spec, ids, run)[1]
+
+    def _load(
+        self, spec: RecommendSpec, ids: SemanticIDs, run: Run | None = None
+    ) -> tuple[RecDataset, RecData]:
         if run is not None:
             check_fingerprint(run, spec.dataset, spec.items)
         dataset = source_dataset(spec)
         if spec.users is not None:
             dataset = slice_users(dataset, spec.users)
-        return prepare_data(dataset, ids, spec.max_history)
+        return dataset, prepare_data(dataset, ids, spec.max_history)
 
     def _train(self, spec: RecommendSpec, out: Path, index: Path | None = None, resume: bool = True,
                device: str = "auto") -> dict:  # fmt: skip
@@ -121,7 +129,9 @@ class RecommendTask(Task):
         if index is None:
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
         ids = SemanticIDs.load(index)
-        data = self.load_data(spec, ids)
+        dataset, data = self._load(spec, ids)
+        if is_main_process():
+            print("\n".join([*dataset.notes, describe_data(dataset, data)]), flush=True)
         state: dict[str, Any] = {
             "trained_items": len(ids),
             "data_sha256": fingerprint(spec.dataset, spec.items),
@@ -256,7 +266,11 @@ class RecommendPredictor(Predictor):
             return {"history": history}
         user = str(item["user"])
         if user not in self.user_of_key:
-            raise SemidError(f"unknown user {user!r}; pass a user of the run's data, or a history")
+            left_out = (f" (users with fewer than {self.spec.min_interactions} interactions were "
+                        "left out at training)" if self.spec.min_interactions > 1 else "")  # fmt: skip
+            raise SemidError(
+                f"unknown user {user!r}{left_out}; pass a user of the run's data, or a history"
+            )
         split = item.get("split")
         if split is not None and split not in SPLITS:
             raise SemidError(f'"split" must be valid or test, got {split!r}')
@@ -279,7 +293,7 @@ class RecommendPredictor(Predictor):
         known = [i for i, x in enumerate(inputs) if "user" in x]
         t = self.spec.max_history
         items = torch.full((len(inputs), t), PAD, dtype=torch.long)
-        times = torch.zeros(len(inputs), t, dtype=torch.long)
+        times = torch.zeros(len(inputs), t, dtype=self.data.times.dtype)
         users = torch.full((len(inputs),), -1, dtype=torch.long)  # -1: a user the run has not seen
         seen_rows: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(inputs)
         if known:
@@ -313,6 +327,21 @@ class RecommendPredictor(Predictor):
         offset = torch.tensor([{"valid": 2, "test": 1}.get(x.get("split"), 0) for x in inputs])
         has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
         return torch.where(has_targets | (offset == 0), end - offset, end)
+
+
+def describe_data(dataset: RecDataset, data: RecData) -> str:
+    """One line on what training sees: users, items, events, and how many test targets repeat an
+    item of their own history (ranking excludes seen items, so those are misses unless --keep-seen)."""
+    s = data.split
+    targets = data.positions("test")
+    repeats = pd.DataFrame({"u": s.sequence_users.numpy(), "i": s.sequence_items.numpy()})
+    repeated = int(repeats.duplicated().to_numpy()[targets.numpy()].sum())
+    line = (f"data: {counted(len(dataset.user_keys), 'user')} ({counted(len(targets), 'test user')}), "
+            f"{counted(len(dataset.item_keys), 'item')}, {counted(len(s.sequence_items), 'interaction')}")  # fmt: skip
+    if repeated:
+        line += (f"; {counted(repeated, 'test target')} {'repeats' if repeated == 1 else 'repeat'} "
+                 "an item of the user's history (ranked only with `semid eval --keep-seen`)")  # fmt: skip
+    return line
 
 
 def training_window(model: Any, max_history: int) -> int:

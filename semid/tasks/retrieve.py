@@ -65,6 +65,7 @@ from semid.training.checkpoints import (
     check_checkpoint,
     complete_checkpoints,
 )
+from semid.wording import counted
 
 EVAL_QUERIES = "eval_queries.json"
 LATER = "later.jsonl"
@@ -436,7 +437,7 @@ class RetrieveTask(Task):
         clash = [d for d in collection.ids if d in ids._row_of_key]
         if clash:
             raise SemidError(
-                f"{len(clash)} documents are already indexed (e.g. {clash[0]!r}); give new ids"
+                f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids"
             )
         docs = encode_texts(model, collection.texts, desc="encode new documents")
         start = len(ids)
