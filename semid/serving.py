@@ -51,6 +51,7 @@ from semid.errors import SemidError
 from semid.model_process import ProcessPredictor
 
 DEFAULT_K = 10
+BACKLOG = 2048  # connections queued while the server starts or is busy
 logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
 _LIST_FIELDS = {"users": "user", "histories": "history", "queries": "query"}
@@ -421,7 +422,7 @@ def default_workers(device: str) -> int:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on (host, port) (port 0: a free one); SemidError if taken."""
+    """A listening TCP socket on (host, port) (port 0: a free one); SemidError if taken."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -435,6 +436,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise SemidError(
             f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host"
         ) from None
+    sock.listen(BACKLOG)
     return sock
 
 
@@ -448,8 +450,12 @@ def serve(
     threads: int | None = None,
     load: Callable[[], Predictor] | None = None,
     workers: int = 1,
+    on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish).
+
+    ``on_ready(port)`` is called once the socket listens and the model workers are up, so a client
+    told the server is ready is never refused (connections queue until the first is accepted).
 
     ``load``: a picklable callable that loads the same predictor; when given, ``predict`` runs in
     ``workers`` child processes that call it (see :mod:`semid.model_process`), batches going to
@@ -469,6 +475,8 @@ def serve(
         else:
             models = ProcessPredictor.launch(predictor, load, threads, workers)
         app = create_app(models[0] if models else predictor, max_batch, max_wait_ms, models[1:])
+        if on_ready is not None:
+            on_ready(sock.getsockname()[1])
         uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
     finally:
         for model in models:

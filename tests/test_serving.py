@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import select
 import signal
 import subprocess
@@ -365,3 +366,25 @@ def test_sigterm_finishes_in_flight_request_then_exits(flags):
             proc.wait(10)
     with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as client:
         client.get(url + "/health")
+
+
+def test_the_banner_comes_when_the_port_answers():
+    """`semid serve --port 0` names the port it got, and a client that connects as soon as the
+    banner appears is answered, not refused (the socket listens before the banner)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), "0", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no banner within 60 s"
+        banner = proc.stdout.readline()
+        assert banner.startswith("serving "), banner + proc.stderr.read()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+) ", banner).group(1))
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -98,11 +98,14 @@ def run(args: argparse.Namespace) -> int:
     workers = 1 if args.in_process else args.workers or default_workers(device)
     # the server's own copy only checks inputs and answers /info; the model process predicts
     predictor = load_predictor(args.run_dir, device="cpu" if not args.in_process else device)
-    print(
-        f"serving {args.run_dir} ({predictor.task}, {workers} model worker(s) on {device}) on "
-        f"http://{args.host}:{args.port} (POST /predict, GET /health, GET /info; Ctrl-C to stop)",
-        flush=True,
-    )
+
+    def announce(port: int) -> None:
+        print(
+            f"serving {args.run_dir} ({predictor.task}, {workers} model worker(s) on {device}) on "
+            f"http://{args.host}:{port} (POST /predict, GET /health, GET /info; Ctrl-C to stop)",
+            flush=True,
+        )
+
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: make SIGTERM end
     # like Ctrl-C here (KeyboardInterrupt, exit 0) instead of killing the process by the signal
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             load=None if args.in_process else load,
             workers=workers,
+            on_ready=announce,
         )
     except KeyboardInterrupt:
         pass
