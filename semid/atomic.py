@@ -143,6 +143,16 @@ def check_writable(path: str | os.PathLike) -> None:
         raise SemidError(f"output folder {parent} is not writable; choose a writable --out")
 
 
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """Raise SemidError unless files can be written into ``folder``: an existing writable folder,
+    or one that can be created later (its parents are created now, the folder itself is not, so a
+    command that fails before writing leaves no empty output folder behind)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SemidError(f"output {folder} is a file, not a folder; choose another --out")
+    check_writable(folder / "x" if folder.is_dir() else folder)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

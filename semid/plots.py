@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from semid.atomic import atomic_file
+from semid.atomic import atomic_file, check_writable
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 
@@ -23,6 +23,12 @@ def _pyplot(path: str | os.PathLike):
     if not str(path).lower().endswith(".png"):
         raise SemidError(f"--plot {path}: give a .png file name")
     return plt
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """Raise SemidError now, before any long work, unless a plot can be written to ``path``."""
+    _pyplot(path)
+    check_writable(path)
 
 
 def _save(plt, fig, path: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ from semid.atomic import (
     DiskFullError,
     atomic_dir,
     atomic_file,
+    check_output_folder,
     exchange,
     recover,
     remove_stale,
@@ -236,3 +237,15 @@ def test_atomic_dir_gives_private_files_the_usual_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model" / "run.sh").stat().st_mode & 0o777 == 0o744  # keeps its own bits
+
+
+def test_check_output_folder_creates_parents_but_not_the_folder(tmp_path):
+    """A command that fails after checking its --out leaves no empty output folder behind."""
+    out = tmp_path / "runs" / "new"
+    check_output_folder(out)
+    assert (tmp_path / "runs").is_dir() and not out.exists()
+    out.mkdir()
+    check_output_folder(out)  # an existing folder is fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SemidError, match="is a file, not a folder"):
+        check_output_folder(tmp_path / "file")

@@ -929,6 +929,8 @@ def test_bad_input_is_one_clean_error(c: Case, tmp_path, capsys, monkeypatch, re
     monkeypatch.setattr(semid.cli.serve, "serve", lambda *a, **k: None)
     argv = c.argv(env)
     before = {str(p): snapshot(p) for p in env.watched}
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    out_existed = out is not None and out.exists()
     code, err = run_cli(argv, capsys)
     assert "Traceback" not in err, err
     assert code == 2, f"accepted silently (exit {code}): {argv}\n{err}"
@@ -938,3 +940,5 @@ def test_bad_input_is_one_clean_error(c: Case, tmp_path, capsys, monkeypatch, re
     assert names.lower() in lines[0].lower(), f"{lines[0]!r} does not name {names!r}"
     for path, files in before.items():
         assert snapshot(Path(path)) == files, f"{path} changed"
+    if out is not None and not out_existed:
+        assert not out.exists(), f"the failed command left {out} behind"

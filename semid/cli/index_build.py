@@ -12,7 +12,7 @@ from semid.cli.index_stats import format_stats
 from semid.collisions import collision_strategies
 from semid.data.registry import available_datasets, dataset_kind
 from semid.errors import SemidError
-from semid.plots import plot_code_usage
+from semid.plots import check_plot_path, plot_code_usage
 from semid.tasks import IndexSource, get_task
 from semid.tasks.data import resolve_dataset, sniff_kind
 
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise SemidError(f"--out {args.out} exists and is not a folder; choose another path")
     check_writable(args.out)
+    if args.plot:
+        check_plot_path(args.plot)
     dataset = resolve_dataset(args.dataset)
     source = IndexSource(dataset=dataset, items=resolve_dataset(args.items), columns=args.columns or None,
                          missing_text=args.missing_text, min_interactions=args.min_interactions,

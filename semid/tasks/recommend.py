@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from semid.atomic import check_writable
+from semid.atomic import check_output_folder
 from semid.data.movielens import RecDataset
 from semid.data.sequences import (
     CodeCollator,
@@ -125,7 +125,7 @@ class RecommendTask(Task):
     def _train(self, spec: RecommendSpec, out: Path, index: Path | None = None, resume: bool = True,
                device: str = "auto") -> dict:  # fmt: skip
         """Copy the index into ``out``, train, save ``out/model`` and the run files; returns a summary."""
-        check_writable(out / "config.json")
+        check_output_folder(out)
         if index is None:
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
         ids = SemanticIDs.load(index)

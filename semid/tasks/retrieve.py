@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from semid.atomic import check_writable, write_json
+from semid.atomic import check_output_folder, write_json
 from semid.data.corpus import split_corpus, subset_rows
 from semid.data.documents import DocumentCollection, read_documents, write_documents
 from semid.data.registry import load_dataset
@@ -328,7 +328,7 @@ class RetrieveTask(Task):
 
         The held-out later corpus goes to ``out/later.jsonl`` for ``semid index add``; D0's test
         queries to ``eval_queries.json``. Training resumes from ``out/train`` if present."""
-        check_writable(out / "config.json")
+        check_output_folder(out)
         if index is not None:
             raise SemidError("--index is for images; promptdsi builds its document index itself")
         if resume:  # the index is rebuilt below: refuse a checkpoint with pickled code before that

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from semid.atomic import atomic_file, check_writable
+from semid.atomic import atomic_file, check_output_folder
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
 from semid.data.image_files import load_image_collection, load_images
@@ -228,7 +228,7 @@ class Text2ImageTask(Task):
               resume: bool = True, device: str = 'auto') -> dict:  # fmt: skip
         """Train the generator on (query wording, training image ID) pairs; without ``index`` a
         ``spec.quantizer`` index is built into ``out/index`` first."""
-        check_writable(out / "config.json")
+        check_output_folder(out)
         splits = load_image_splits(spec.dataset, spec.seed)
         if index is None:
             index = out / "index"
