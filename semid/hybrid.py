@@ -9,8 +9,10 @@ as there are beams), scores every candidate by
 
 and keeps the top k; ``seen`` rows are excluded from both sources. Beam answers keep their beam
 log-probs; the head's extra candidates get theirs teacher-forced (``Generator.score_codes``), so
-both are exact. Rows the head does not know (added after training) get the query's lowest head
-log-prob. The mixing weight w (``model.config.item_mix``) is chosen on the valid split
+both are exact. Rows the head does not know (added after training by ``semid index add``) get the
+head's log-prob of their semantic neighbours: the log of the mean head probability of the trained
+rows that share the longest prefix of their ID (:func:`neighbour_weights`); a row that shares not
+even a first code with a trained row gets the query's lowest head log-prob. The mixing weight w (``model.config.item_mix``) is chosen on the valid split
 (:func:`choose_mix`); w = 0 makes :func:`semid.ranking.ranker_for` return plain beam search.
 
 A third view is optional: lexical log-probs of the query over every row (``batch["lexical"]``
@@ -65,6 +67,7 @@ class HybridRanker:
                  mix: float = 1.0, lexical_mix: float = 0.0, **cold: Any) -> None:  # fmt: skip
         self.model, self.ids, self.mix, self.lexical_mix = model, ids, mix, lexical_mix
         self.beam = BeamRanker(model, ids, num_beams, **cold)
+        self._neighbours: Tensor | None = None  # (new rows, trained rows), built on first use
 
     def to(self, device: torch.device | str) -> HybridRanker:
         """Move the search structures to ``device``."""
@@ -112,8 +115,16 @@ class HybridRanker:
                           None if lexical is None else _gather(lexical.cpu(), rows))  # fmt: skip
 
     def _head(self, batch: Any, seen: Tensor | None) -> Tensor:
-        """Head log-probs (B, N index rows): unknown rows at the query's lowest, seen rows -inf."""
-        return self._extend(self.model.item_log_probs(batch).float(), seen)
+        """Head log-probs (B, N index rows): unknown rows from their neighbours', seen rows -inf."""
+        known = self.model.item_log_probs(batch).float()
+        trained, n = known.shape[1], len(self.ids)
+        if trained < n:
+            if self._neighbours is None or self._neighbours.shape != (n - trained, trained):
+                self._neighbours = neighbour_weights(self.ids.codes[:n], trained).to(known.device)
+            mean = (self._neighbours @ known.exp().T).T  # (B, new rows) mean neighbour probability
+            floor = known.min(dim=1, keepdim=True).values
+            known = torch.cat([known, torch.maximum(mean.log(), floor)], 1)
+        return self._extend(known, seen)
 
     def _extend(self, scores: Tensor, seen: Tensor | None) -> Tensor:
         """Scores (B, N index rows): rows beyond ``scores`` at the query's lowest, seen rows -inf."""
@@ -125,6 +136,34 @@ class HybridRanker:
         if seen is not None and seen.shape[1]:
             scores = scores.masked_fill(seen_mask(seen.to(scores.device), n), float("-inf"))
         return scores
+
+
+def neighbour_weights(codes: Tensor, trained: int) -> Tensor:
+    """(N - trained, trained) sparse averaging weights: row r of the rows beyond ``trained`` spreads
+    weight 1 evenly over the trained rows whose IDs (``codes`` (N, L)) share the longest prefix with
+    r's (at least its first code); a row without such neighbours gets an all-zero row."""
+    new = codes[trained:]
+    weights_of: dict[int, tuple[Tensor, Tensor]] = {}  # new row -> (trained rows, weight)
+    for depth in range(codes.shape[1] - 1, 0, -1):
+        pending = [r for r in range(len(new)) if r not in weights_of]
+        if not pending:
+            break
+        prefixes, inverse = torch.unique(codes[:, :depth], dim=0, return_inverse=True)
+        members: dict[int, list[int]] = {}
+        for row, group in enumerate(inverse[:trained].tolist()):
+            members.setdefault(group, []).append(row)
+        for r in pending:
+            group = members.get(int(inverse[trained + r]))
+            if group:
+                weights_of[r] = (torch.tensor(group), torch.full((len(group),), 1.0 / len(group)))
+    rows = [torch.full((len(m),), r) for r, (m, _) in weights_of.items()]
+    if not rows:
+        return torch.zeros(len(new), trained).to_sparse()
+    index = torch.stack([torch.cat(rows), torch.cat([m for m, _ in weights_of.values()])])
+    values = torch.cat([w for _, w in weights_of.values()])
+    return torch.sparse_coo_tensor(
+        index, values, (len(new), trained), check_invariants=True
+    ).coalesce()
 
 
 def _gather(head: Tensor, rows: Tensor) -> Tensor:

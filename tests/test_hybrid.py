@@ -8,11 +8,18 @@ from test_recommend import tiny_dataset
 from semid.data.sequences import CodeCollator, TargetDataset, prepare_data
 from semid.errors import SemidError
 from semid.generator import Generator
-from semid.hybrid import MIX_GRID, Candidates, HybridRanker, choose_mix, choose_mixes
+from semid.hybrid import (
+    MIX_GRID,
+    Candidates,
+    HybridRanker,
+    choose_mix,
+    choose_mixes,
+    neighbour_weights,
+)
 from semid.ids import SemanticIDs
 from semid.models import build_model
 from semid.ranking import BeamRanker, ranker_for
-from semid.tasks.recommend import RecommendSpec, tune_item_mix
+from semid.tasks.recommend import RecommendSpec, evaluate_ranker, tune_item_mix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,8 +139,15 @@ def test_tuning_sets_the_mixing_weight_from_the_valid_split():
     model = build_model("mmgrec", {"codebook_sizes": [3, 2], "dim": 8, "heads": 2, "item_loss": 1.0,
                                    "num_items": 5, "item_mix": 123.0})  # fmt: skip
     spec = RecommendSpec(dataset="tiny", model="mmgrec", max_history=3, num_beams=2)
-    ndcg = tune_item_mix(model, ids, data, spec)
+    ndcg, at_best = tune_item_mix(model, ids, data, spec)
     assert model.config.item_mix in {float(w) for w in ndcg}
+    # the figures returned are the saved model's: an evaluation at the chosen weight gives them
+    evaluated = evaluate_ranker(
+        ranker_for(model, ids, 2), data, "valid", codes=ids.codes, max_len=3
+    )
+    for name in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
+        assert at_best[name] == pytest.approx(evaluated[name])
+    assert at_best["ndcg@10"] == pytest.approx(ndcg[str(model.config.item_mix)])
     ds = TargetDataset(data, data.positions("valid"), 3, with_seen=True)
     batch = CodeCollator(ds.collate, ids.codes)(list(data.positions("valid")))
     seen = batch.pop("seen")
@@ -223,3 +237,37 @@ def test_lexical_scores_add_candidates_and_mix_into_the_ranking():
     assert plain.lexical is None
     # no scores: no weight
     assert choose_mixes([plain], torch.zeros(3, dtype=torch.long), ids)[0][1] == 0.0
+
+
+def test_neighbour_weights_average_the_longest_shared_prefix():
+    codes = torch.tensor(
+        [[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 2], [0, 1, 3], [2, 0, 0]]
+    )
+    w = neighbour_weights(codes, trained=4).to_dense()
+    assert w.shape == (3, 4)
+    assert w[0].tolist() == [0.5, 0.5, 0.0, 0.0]  # shares (0, 0) with rows 0 and 1
+    assert w[1].tolist() == [0.0, 0.0, 1.0, 0.0]  # shares (0, 1) with row 2 only
+    assert w[2].tolist() == [0.0, 0.0, 0.0, 0.0]  # first code 2: no trained neighbour
+
+
+def test_added_rows_get_their_neighbours_head_score_and_can_be_recommended():
+    """Rows added after training (beyond the head's rows) score as their ID-neighbours do: an added
+    item next to the head's favourite reaches the top, one without neighbours stays at the floor."""
+    trained = make_ids(6)  # IDs (0, 0..3), (1, 0), (1, 1)
+    model, batch = make(trained, item_mix=8.0), queries(trained)
+    grown = SemanticIDs(
+        [*trained.keys, "new-near", "new-far"],
+        torch.cat([trained.codes, torch.tensor([[1, 2], [3, 0]])]),
+        SIZES,
+    )
+    head = torch.full((3, len(trained)), -20.0)
+    head[:, 5] = -0.01  # the favourite is row 5, ID (1, 1): "new-near" (1, 2) shares its first code
+    model.item_log_probs = lambda inputs: head
+    ranker = HybridRanker(model, grown, num_beams=8, mix=8.0)
+    scores = ranker._head(batch, None)
+    assert scores.shape == (3, 8)
+    expected = torch.log(torch.exp(head[0, 4:6]).mean())  # rows 4 and 5 share first code 1
+    assert torch.allclose(scores[:, 6], expected.expand(3), atol=1e-5)
+    assert torch.allclose(scores[:, 7], head.min(1).values)  # no neighbour: the floor
+    top = ranker.rank(batch, 2, None).rows
+    assert top.tolist() == [[5, 6]] * 3  # the new neighbour right after the favourite

@@ -255,3 +255,8 @@ def test_changed_data_is_refused_and_a_moved_run_still_evaluates(tmp_path, monke
     assert (
         len(err) == 1 and err[0].startswith("semid: error:") and "changed since training" in err[0]
     )
+    # a new user's history needs neither the log nor its users: it is still answered
+    assert cli("semid predict moved --history m1 --k 2") == 0
+    capsys.readouterr()
+    assert cli("semid predict moved --user u1 --k 2") == 2
+    assert "changed since training" in capsys.readouterr().err

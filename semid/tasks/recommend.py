@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,11 @@ class RecommendTask(Task):
             summary = {"steps": result.steps, "epochs": result.epochs,
                        "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
             if is_generator(model) and model.has_item_head():  # the mixing weight, on valid
-                summary["item_mix_valid_ndcg@10"] = tune_item_mix(model, ids, data, spec)
+                by_weight, at_best = tune_item_mix(model, ids, data, spec)
+                summary["item_mix_valid_ndcg@10"] = by_weight
                 summary["item_mix"] = model.config.item_mix
+                # the valid figures of the saved model: at the chosen weight, not training's
+                summary["valid"] = {**result.best_metrics, **at_best}
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
         if is_main_process():
             copy_index(index, out)
@@ -242,12 +246,28 @@ class RecommendPredictor(Predictor):
     def __init__(self, run: Run, device: str = "cpu") -> None:
         super().__init__(run, device)
         self.spec = get_task().spec_of(run)
-        self.data = get_task().load_data(self.spec, run.ids, run)
-        self.user_keys = source_dataset(self.spec).user_keys
-        if self.spec.users is not None:
-            self.user_keys = self.user_keys[: self.spec.users]
-        self.user_of_key = {k: i for i, k in enumerate(self.user_keys)}
         self.codes = run.ids.codes if is_generator(run.model) else None
+
+    @cached_property
+    def _users(self) -> tuple[RecData, list[str]]:
+        # read on the first input that names a user: a history needs neither the log nor its users
+        dataset, data = get_task()._load(self.spec, self.run.ids, self.run)
+        return data, dataset.user_keys
+
+    @property
+    def data(self) -> RecData:
+        """The run's split (read from its data files, checked unchanged, on first use)."""
+        return self._users[0]
+
+    @property
+    def user_keys(self) -> list[str]:
+        """The keys of the run's users, in id order."""
+        return self._users[1]
+
+    @cached_property
+    def user_of_key(self) -> dict[str, int]:
+        """User id of each user key."""
+        return {k: i for i, k in enumerate(self.user_keys)}
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A known user (optionally up to a split's target) or a non-empty history of known items."""
@@ -293,7 +313,7 @@ class RecommendPredictor(Predictor):
         known = [i for i, x in enumerate(inputs) if "user" in x]
         t = self.spec.max_history
         items = torch.full((len(inputs), t), PAD, dtype=torch.long)
-        times = torch.zeros(len(inputs), t, dtype=self.data.times.dtype)
+        times = torch.zeros(len(inputs), t, dtype=self.data.times.dtype if known else torch.long)
         users = torch.full((len(inputs),), -1, dtype=torch.long)  # -1: a user the run has not seen
         seen_rows: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(inputs)
         if known:
@@ -353,9 +373,10 @@ def training_window(model: Any, max_history: int) -> int:
 
 def tune_item_mix(
     model: Any, ids: SemanticIDs, data: RecData, spec: RecommendSpec
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Set ``model.config.item_mix`` to the weight of ``MIX_GRID`` with the best valid NDCG@10
-    (one beam search per query, every weight re-ranks its candidates); returns NDCG@10 by weight."""
+    (one beam search per query, every weight re-ranks its candidates); returns NDCG@10 by weight
+    and the valid Recall/NDCG@5/10 at the chosen weight."""
     device = str(next(model.parameters()).device)
     ranker = HybridRanker(model, ids, spec.num_beams).to(device)
     parts: list[Candidates] = []
@@ -368,7 +389,8 @@ def tune_item_mix(
     _, _, targets, _ = rank_split(Recorder(), data, "valid", 10, ids.codes, spec.max_history,
                                   max_users=spec.eval_users, device=device)  # fmt: skip
     model.config.item_mix, ndcg = choose_mix(parts, targets, ids)
-    return ndcg
+    rows = torch.cat([c.top(model.config.item_mix, 10, ids).rows for c in parts])
+    return ndcg, compute_metrics(rows, targets, ks=(5, 10))
 
 
 def evaluate_ranker(
