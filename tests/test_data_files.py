@@ -276,6 +276,8 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
         (LOG, "item,text\ni1,a\ni2,b\ni1,c\n", {}, "line 4 repeats item 'i1' (first at line 2)"),
         (LOG, "item,text\ni1,a\n", {}, "4 interactions name 2 items without text"),
         (LOG, "item,text\ni1,a\ni2,\ni3,c\n", {}, "2 interactions name 1 item without text"),
+        ("user_id item_id ts\nu1 i1 1\n", None, {}, "the first line was read as one column"),
+        ("u1,100,97\nu2,101,98\n", None, {}, "the first line looks like data: add a header line"),
         ("user,item,timestamp\n1,2,\n", None, {}, "line 2: empty timestamp"),
         (
             "user,item,timestamp\n1,2,soon\n",

@@ -38,6 +38,7 @@ from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.tables import (
     column_name,
     find_column,
+    header_hint,
     key_strings,
     parse_columns,
     read_table,
@@ -188,8 +189,8 @@ def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> 
     if len(missing) == 2:
         raise SemidError(
             f"interactions file {path} lacks a user and an item column (accepted names: user, "
-            f"user_id, ... and item, item_id, ...; found: {', '.join(table.column_names)}); rename "
-            "them or pass --columns user=NAME,item=NAME"
+            f"user_id, ... and item, item_id, ...; found: {', '.join(table.column_names)})"
+            f"{header_hint(table.column_names)}; rename them or pass --columns user=NAME,item=NAME"
         )
 
 

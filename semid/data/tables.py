@@ -213,9 +213,27 @@ def find_column(
             return None
         raise SemidError(
             f"{what} {path} lacks {'an' if role[0] in 'aeio' else 'a'} {role} column (accepted names: {', '.join(aliases)}; found: "
-            f"{', '.join(headers)}); rename it or pass --columns {role}=NAME"
+            f"{', '.join(headers)}){header_hint(headers)}; rename it or pass --columns {role}=NAME"
         )
     return found[0]
+
+
+def header_hint(headers: Sequence[str]) -> str:
+    """Why a header may lack the expected columns, for an error message ("" when nothing stands out):
+    one column holding separators (the file uses another separator), or a first line of data."""
+    if len(headers) == 1 and any(c in headers[0] for c in ", ;\t|"):
+        return " (the first line was read as one column: separate columns with commas in a .csv, tabs in a .tsv)"
+    if any(_is_number(h) for h in headers):
+        return " (the first line looks like data: add a header line naming the columns)"
+    return ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def row_label(path: Path, row: int) -> str:
