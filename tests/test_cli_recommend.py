@@ -131,6 +131,8 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     # the new items may now take a reserved share of the top-k; a bad share is one line and exit 2
     assert config["state"]["trained_items"] == len(keys)
     assert main(["eval", str(run), "--k", "10", "--cold-share", "0.2"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["test"]["invalid_id_rate"] == 0.0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test (cold_share=0.2)"]["invalid_id_rate"] == 0.0
+    assert "recall@5" in saved["test"]  # the default evaluation's figures are kept beside it
     assert main(["eval", str(run), "--cold-share", "2"]) == 2
     assert "cold-share must be in [0, 1]" in capsys.readouterr().err

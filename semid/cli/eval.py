@@ -73,6 +73,18 @@ def options_from(args: argparse.Namespace) -> EvalOptions:
     )  # fmt: skip
 
 
+def metrics_key(args: argparse.Namespace) -> str:
+    """Where the figures go in metrics.json: the split, plus any search option that changes the
+    ranking (``test (item_mix=0)``), so an ablation never overwrites the run's own figures."""
+    changed = [f"num_beams={args.num_beams}" if args.num_beams is not None else "",
+               f"cold_share={args.cold_share:g}" if args.cold_share else "",
+               f"cold_prefix={args.cold_prefix}" if args.cold_share and args.cold_prefix != 1 else "",
+               f"item_mix={args.item_mix:g}" if args.item_mix is not None else "",
+               "keep_seen" if args.keep_seen else ""]  # fmt: skip
+    changed = [c for c in changed if c]
+    return f"{args.split} ({', '.join(changed)})" if changed else args.split
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
     options = options_from(args)
@@ -83,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         )
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
-    update_metrics(args.run_dir, args.split, metrics)
-    print(format_table(["metric", args.split], metric_rows(metrics)))
+    key = metrics_key(args)
+    update_metrics(args.run_dir, key, metrics)
+    print(format_table(["metric", key], metric_rows(metrics)))
     print(f"\nsaved to {args.run_dir / 'metrics.json'}")
     return 0
