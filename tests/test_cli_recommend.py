@@ -128,6 +128,9 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     ids = load_run(run).ids
     assert ids.key_of(ids.code_of("new-b")) == "new-b" and len(ids) == len(keys) + 2
     assert "added 2 items" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["index", "stats", str(run), "--json"]) == 0  # a run folder: its index
+    assert json.loads(capsys.readouterr().out)["items"] == len(keys) + 2
     # the new items may now take a reserved share of the top-k; a bad share is one line and exit 2
     assert config["state"]["trained_items"] == len(keys)
     assert main(["eval", str(run), "--k", "10", "--cold-share", "0.2"]) == 0

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from semid.cli.table import format_table
 from semid.ids import SemanticIDs
+from semid.runs import MANIFEST, PARTS
 
 EXAMPLE = "semid index stats runs/ml-1m/index --json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid index stats`."""
-    p.add_argument("index", help="index folder written by `semid index build`")
+    p.add_argument(
+        "index", help="index folder written by `semid index build`, or a run folder (its index)"
+    )
     p.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
     p.add_argument(
         "--plot", metavar="FILE.png", help="also draw the codebook usage, one histogram per level"
@@ -53,7 +57,10 @@ def format_stats(stats: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the index and print its stats."""
-    ids = SemanticIDs.load(args.index)
+    index = Path(args.index)
+    if (index / MANIFEST).is_file():  # a run: the index inside it
+        index = index / PARTS["index"]
+    ids = SemanticIDs.load(index)
     stats = ids.stats()
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     if args.plot:
