@@ -75,4 +75,5 @@ def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
         help="interactions whose item has no text in --items: stop, or drop them (default: %(default)s)",
     )
     p.add_argument("--min-interactions", type=int, default=3,
-                   help="drop users with fewer interactions (leave-one-out needs 3; default: %(default)s)")  # fmt: skip
+                   help="drop users with fewer interactions (default: %(default)s; users with 1 or 2 "
+                   "are kept for training only: leave-one-out tests users with 3 or more)")  # fmt: skip
