@@ -13,7 +13,7 @@ def test_metrics_and_scores_keep_four_decimals_and_speeds_fewer():
         "-18.3142",
         "487.8",
         "3,289",
-        "1200",
+        "1,200",
     ]
     assert len({len(line) for line in lines[2:]}) == 1  # numbers right-aligned in one column
 
@@ -25,7 +25,7 @@ def test_counts_of_a_metrics_dict_are_whole_numbers():
             "num_queries": 36.0,
             "num_docs": 2.5,
             "queries_per_s": 800.0,
-            "d0-test/num_queries": 53.0,
+            "d0-test/num_queries": 5014.0,
         }
     )
     assert rows == [
@@ -33,12 +33,12 @@ def test_counts_of_a_metrics_dict_are_whole_numbers():
         ["num_queries", 36],
         ["num_docs", 2.5],
         ["queries_per_s", 800.0],
-        ["d0-test/num_queries", 53],
+        ["d0-test/num_queries", 5014],
     ]
     assert [line.split()[1] for line in format_table(["metric", "v"], rows).splitlines()[2:]] == [
         "1.0000",
         "36",
         "2.5000",
         "800.0",
-        "53",
+        "5,014",
     ]

@@ -8,7 +8,9 @@ from typing import Any
 
 def _cell(value: Any) -> str:
     """Floats below 100 (metrics, scores) with 4 decimals, below 1,000 (speeds) with 1, larger ones
-    as whole numbers with thousands separators."""
+    as whole numbers with thousands separators; integers with thousands separators."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         if abs(value) < 100:
             return f"{value:.4f}"
