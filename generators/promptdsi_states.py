@@ -69,6 +69,8 @@ def encode_texts(
 ) -> EncodedTexts:
     """Run the frozen encoder once per text (sorted by length, order kept); cached on disk by content."""
     texts = list(texts)
+    if not texts:  # e.g. new documents without queries
+        return EncodedTexts([], torch.zeros(0, model.encoder.config.hidden_size))
     path = _cache_dir() / f"{_cache_key(model, texts)}.safetensors"
     if cache and path.is_file():
         t = load_file(str(path))

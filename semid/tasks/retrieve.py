@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from semid.atomic import check_output_folder, write_json
+from semid.atomic import check_output_folder, check_writable, restore_on_error, write_json
 from semid.data.corpus import split_corpus, subset_rows
 from semid.data.documents import DocumentCollection, read_documents, write_documents
 from semid.data.registry import load_dataset
@@ -42,8 +42,9 @@ from semid.generators.promptdsi_states import (
 )
 from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
-from semid.indexing import AUTO, add_items, build_ids
+from semid.indexing import ADD_WAIT_SECONDS, AUTO, build_ids, grow_ids
 from semid.lexical import LexicalIndex
+from semid.locking import write_lock
 from semid.metrics import compute_metrics
 from semid.models import model_config
 from semid.quantization import build_quantizer
@@ -283,6 +284,17 @@ def load_lexical(index_path: Path) -> LexicalIndex | None:
     return LexicalIndex.load(path) if path.is_file() else None
 
 
+def _document_files(index_path: Path, size: int) -> tuple[Tensor | None, LexicalIndex | None]:
+    """The document embeddings and the lexical index beside an index of ``size`` documents (None
+    where a run from before them lacks one); SemidError if either does not match the index."""
+    known, lexical = load_document_embeddings(index_path), load_lexical(index_path)
+    for name, rows in ((DOCUMENT_EMBEDDINGS, known), (LEXICAL, lexical)):
+        if rows is not None and len(rows) != size:
+            raise SemidError(f"{index_path / name} has {len(rows)} rows for {size} indexed "
+                             "documents; retrain the run")  # fmt: skip
+    return known, lexical
+
+
 def record_eval_queries(run: Path, name: str, pairs: list[list[str]]) -> None:
     """Record a part's held-out test queries in ``run/eval_queries.json`` (read by `evaluate`)."""
     path = run / EVAL_QUERIES
@@ -387,12 +399,13 @@ class RetrieveTask(Task):
         save_document_embeddings(out / "index", docs.embeddings)
         lexical.save(out / "index" / LEXICAL)
         model.save_pretrained(out / "model")
-        record_eval_queries(out, "d0-test", query_pairs(coll, split.d0_test))
+        test_pairs = query_pairs(coll, split.d0_test)
+        record_eval_queries(out, "d0-test", test_pairs)
         if len(split.d1):
             write_documents(out / LATER, coll.subset(split.d1).documents)
         state = {"corpus_sha256": coll.sha256, "train_seconds": seconds, "train_steps": result.steps,
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
-                               "d0_test_queries": len(split.d0_test)}}  # fmt: skip
+                               "d0_test_documents": len(split.d0_test), "d0_test_queries": len(test_pairs)}}  # fmt: skip
         write_run(out, self.name, spec, state)
         return summary
 
@@ -429,44 +442,69 @@ class RetrieveTask(Task):
     def _add(self, run_path: Path, source: Path, topics: int | None = None, **options: Any) -> dict:
         """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
         grows, and only a new prompt session (keys: k-means of the new documents) is trained on the
-        new documents and the training share of their queries; the rest become test queries."""
+        new documents and the training share of their queries; the rest become test queries
+        (documents without queries are indexed only). All or nothing: everything is computed before
+        the first write, and a failure while writing puts the run back as it was."""
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_documents(source)
-        model, ids = run.model, run.ids
-        clash = [d for d in collection.ids if d in ids._row_of_key]
+        model, start = run.model, len(run.ids)
+        clash = [d for d in collection.ids if d in run.ids._row_of_key]
         if clash:
             raise SemidError(
                 f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids"
             )
+        known, lexical = _document_files(run.index_path, start)
         docs = encode_texts(model, collection.texts, desc="encode new documents")
-        start = len(ids)
-        known = load_document_embeddings(run.index_path)
-        if known is not None and len(known) != start:
-            raise SemidError(f"{run.index_path / DOCUMENT_EMBEDDINGS} has {len(known)} rows for {start} "
-                             "indexed documents; retrain the run")  # fmt: skip
-        lexical = load_lexical(run.index_path)
-        if lexical is not None and len(lexical) != start:
-            raise SemidError(f"{run.index_path / LEXICAL} has {len(lexical)} rows for {start} "
-                             "indexed documents; retrain the run")  # fmt: skip
-        ids, _ = add_items(run.index_path, collection.ids, docs.embeddings, model)
-        if known is not None:
-            save_document_embeddings(run.index_path, torch.cat([known, docs.embeddings]))
-            model.set_documents_(torch.cat([known, docs.embeddings]))
-        if lexical is not None:
-            lexical.add(collection.texts)
-            lexical.save(run.index_path / LEXICAL)
-        rows = torch.arange(start, len(ids))
         g = torch.Generator().manual_seed(spec.seed + len(model.prompts))  # seeded like the split
         perm = torch.randperm(len(collection), generator=g)
         n_test = round(len(collection) * spec.test_fraction)
         train_local, test_local = perm[n_test:].sort().values, perm[:n_test].sort().values
         query_texts, with_query = query_examples(collection, train_local.tolist())
         queries = encode_texts(model, query_texts, desc="encode new queries")
-        m = topics or max(1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1)))
-        session = model.add_prompt_session_(
-            topic_keys(model, docs, min(m, len(collection)), spec.seed)
-        )
+        test_pairs = query_pairs(collection, test_local)
+        session = len(model.prompts)
+        with write_lock(run.index_path, f"index {run.index_path}", timeout=ADD_WAIT_SECONDS), \
+                restore_on_error([run.index_path, run_path / "model", run_path / EVAL_QUERIES,
+                                  run_path / "config.json", run_path / f"train-session-{session}"]):  # fmt: skip
+            ids, _, quantizer = grow_ids(run.index_path, collection.ids, docs.embeddings, model)
+            rows = torch.arange(start, len(ids))
+            m = topics or max(
+                1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
+            )
+            if known is not None:
+                model.set_documents_(torch.cat([known, docs.embeddings]))
+            seconds = self._train_session(model, ids, spec, run_path,
+                                          topic_keys(model, docs, min(m, len(collection)), spec.seed),
+                                          dsi_examples(docs, rows, queries, rows[with_query], ids.codes))  # fmt: skip
+            if lexical is not None:
+                lexical.add(collection.texts)
+            ids.save(run.index_path, quantizer=quantizer, keep_other_files=True)
+            if known is not None:
+                save_document_embeddings(run.index_path, torch.cat([known, docs.embeddings]))
+            if lexical is not None:
+                lexical.save(run.index_path / LEXICAL)
+            model.save_pretrained(run_path / "model")
+            record_eval_queries(run_path, f"d{session}-test", test_pairs)
+            state = dict(run.state)
+            state.setdefault("sessions", []).append(
+                {
+                    "documents": len(collection),
+                    "topics": m,
+                    "train_seconds": seconds,
+                    "test_queries": len(test_pairs),
+                }  # fmt: skip
+            )
+            write_run(run_path, self.name, spec, state)
+        return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
+                "queries": sum(len(d.queries) for d in collection.documents),
+                "topics": m, "train_seconds": seconds}  # fmt: skip
+
+    def _train_session(self, model: PromptDSI, ids: SemanticIDs, spec: RetrieveSpec, run_path: Path,
+                       keys: Tensor, examples: ExampleDataset) -> float:  # fmt: skip
+        """Train a new prompt session with these topic keys on ``examples``, everything else frozen
+        (checked); returns the seconds it took."""
+        session = model.add_prompt_session_(keys)
         model.train_only_session_(session)
         model.use_trie(ids.trie(model.codebook_sizes))
         frozen = {
@@ -474,7 +512,6 @@ class RetrieveTask(Task):
             for k, v in model.state_dict().items()
             if not k.startswith(f"prompts.{session}")
         }
-        examples = dsi_examples(docs, rows, queries, rows[with_query], ids.codes)
         started = time.perf_counter()
         train_model(model, examples, spec.add_train, run_path / f"train-session-{session}",
                     collate_fn=examples.collate)  # fmt: skip
@@ -487,15 +524,7 @@ class RetrieveTask(Task):
         if changed:  # the promise of incremental indexing: nothing else moved
             raise SemidError(f"internal error: incremental training changed {changed[:3]}")
         model.requires_grad_(True)
-        model.save_pretrained(run_path / "model")
-        record_eval_queries(run_path, f"d{session}-test", query_pairs(collection, test_local))
-        state = dict(run.state)
-        state.setdefault("sessions", []).append(
-            {"documents": len(collection), "topics": m, "train_seconds": seconds}
-        )
-        write_run(run_path, self.name, spec, state)
-        return {"session": session, "documents": len(collection), "test_queries": n_test,
-                "topics": m, "train_seconds": seconds}  # fmt: skip
+        return seconds
 
     def predictor(self, run: Run, device: str = "cpu") -> RetrievePredictor:
         """Top-k documents for query texts."""

