@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -43,10 +44,21 @@ def test_integer_ids_and_blank_lines(tmp_path):
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "not an object"),
-        (json.dumps({"text": "no id"}), '"id"'),
-        (json.dumps({"id": "x", "text": ""}), '"text"'),
-        (json.dumps({"id": "x", "text": "t", "queries": "one"}), '"queries"'),
-        (json.dumps({"id": "a", "text": "dup"}), "repeats id 'a' (first on line 1)"),
+        (
+            json.dumps({"text": "no id"}),
+            "no document id (accepted names: id, doc_id, docid, _id; found: text)",
+        ),
+        (json.dumps({"id": "x", "text": ""}), "document 'x' has an empty text"),
+        (
+            json.dumps({"id": "x", "text": "t", "queries": [1]}),
+            '"queries" must be a list of strings',
+        ),
+        (
+            json.dumps({"id": "x", "body": "b", "query": "q", "queries": []}),
+            "has both 'queries' and 'query'",
+        ),
+        (json.dumps({"id": "x", "title": 3, "body": "b"}), '"title" holds int, not a string'),
+        (json.dumps({"id": "a", "text": "dup"}), "repeats id 'a' (first at line 1)"),
     ],
 )
 def test_malformed_line_names_its_number(tmp_path, bad, words):
@@ -105,8 +117,17 @@ def test_csv_and_parquet_documents(tmp_path):
 @pytest.mark.parametrize(
     "name, content, words",
     [
-        ("d.csv", "doc,text\n1,x\n", "lacks an id column (accepted names: id, doc_id, docid"),
-        ("d.csv", "id,body\n1,x\n", "lacks a text column"),
+        (
+            "d.csv",
+            "doc,text\n1,x\n",
+            "no document id (accepted names: id, doc_id, docid, _id; found: doc, text)",
+        ),
+        (
+            "d.csv",
+            "id,summary\n1,x\n",
+            "no document text (accepted names: text, or title with one of body",
+        ),
+        ("d.csv", "id,doc_id,text\n1,2,x\n", "line 2 has both 'id' and 'doc_id'; keep one"),
         ("d.csv", "id,text\n1,x\n2,y\n1,z\n", "line 4 repeats id '1' (first at line 2)"),
         ("d.csv", "id,text\n1,x\n2, \n", "line 3: document '2' has an empty text"),
         ("d.csv", "id,text\n1,x\n,y\n", "line 3: empty document id"),
@@ -127,3 +148,52 @@ def test_non_utf8_documents_name_the_line(tmp_path, name):
     (tmp_path / name).write_bytes(head + bad)
     with pytest.raises(SemidError, match=r"line 2 is not UTF-8"):
         read_documents(tmp_path / name)
+
+
+def _docs(tmp_path, name: str, records: list[dict]):
+    """Write records as JSON Lines or as a CSV (cells as given) and read them back."""
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        _write(path, [json.dumps(r) for r in records])
+    else:
+        pacsv.write_csv(pa.Table.from_pylist(records), path)
+    return read_documents(path).documents
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.csv"])
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"doc_id": "a", "text": "t", "query": "q"}, Document("a", "t", ("q",))),
+        ({"docid": "a", "text": "t", "queries": "q"}, Document("a", "t", ("q",))),
+        ({"_id": "a", "title": "Tea", "contents": "a drink"}, Document("a", "Tea\na drink")),
+        ({"id": "a", "title": "Tea", "body": "a drink"}, Document("a", "Tea\na drink")),
+        ({"id": "a", "abstract": "a drink"}, Document("a", "a drink")),
+        ({"id": "a", "text": "t", "title": "ignored", "queries": None}, Document("a", "t")),
+    ],
+)
+def test_jsonl_and_csv_accept_the_same_fields(tmp_path, name, record, expected):
+    assert _docs(tmp_path, name, [record]) == [expected]
+
+
+def test_jsonl_fields_may_differ_by_line(tmp_path):
+    records = [
+        {"doc_id": "a", "text": "t", "query": "q"},
+        {"id": "b", "text": "u", "queries": ["r", "s"]},
+    ]
+    assert _docs(tmp_path, "d.jsonl", records) == [
+        Document("a", "t", ("q",)),
+        Document("b", "u", ("r", "s")),
+    ]
+
+
+def test_a_json_array_and_a_bom(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps([{"id": "a", "text": "t"}], indent=1))
+    with pytest.raises(SemidError, match="is a JSON array; write JSON Lines"):
+        read_documents(tmp_path / "a.jsonl")
+    (tmp_path / "b.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"id": "a", "text": "t"}).encode()
+    )
+    assert read_documents(tmp_path / "b.jsonl").ids == ["a"]
+    with pytest.raises(SemidError, match="is a folder; pass the documents file"):
+        read_documents(tmp_path)

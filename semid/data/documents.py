@@ -1,12 +1,14 @@
 """Document collections: one ``{"id": ..., "text": ..., "queries": [...]}`` record per document.
 
-Files: JSON Lines (any extension but the table ones below; ``.gz`` allowed), or a CSV, TSV or
-Parquet table (semid.data.tables) with ``id`` and ``text`` columns and an optional ``queries``
-column (a list, or a string holding one query). ``queries`` is optional (documents without known
-queries can still be indexed). Ids are strings (integers are accepted and converted) and must be
-unique. Reading checks every record and names the first bad one (its line, or its row in Parquet),
-so a user's file fails with a message that says where and how to fix it. ``sha256`` is the hash
-of the file's bytes (`semid.data.tables.content_sha256`).
+Files: JSON Lines (any extension but the table ones below; ``.gz`` allowed; a UTF-8 BOM is
+skipped), or a CSV, TSV or Parquet table (semid.data.tables). Every format accepts the same fields
+(JSON Lines) or columns (tables): the id as ``id``, ``doc_id``, ``docid`` or ``_id`` (strings;
+integers are converted); the text as ``text``, or else ``title`` and one of ``body``, ``contents``,
+``abstract`` joined by a line break; the queries, optional, as ``queries`` or ``query``: a list of
+strings, one string, or nothing (absent, null, empty). Documents without queries can still be
+indexed. Ids must be unique. Reading checks every record and names the first bad one (its line, or
+its row in Parquet), so a user's file fails with a message that says where and how to fix it.
+``sha256`` is the hash of the file's bytes (`semid.data.tables.content_sha256`).
 """
 
 from __future__ import annotations
@@ -16,21 +18,12 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-
 from semid.atomic import atomic_file
-from semid.data.tables import (
-    content_sha256,
-    find_column,
-    key_strings,
-    read_table,
-    row_label,
-    table_format,
-)
+from semid.data.tables import content_sha256, read_table, row_label, table_format
 from semid.errors import SemidError
 
 
@@ -78,57 +71,135 @@ class DocumentCollection:
         return DocumentCollection(name or f"{self.name}[{len(docs)}]", docs)
 
 
-def _parse_line(line: str, number: int, path: Path) -> Document:
-    where = f"{path} line {number}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SemidError(
-            f"{where} is not valid JSON ({e.msg}); write one object per line, e.g. "
-            '{"id": "d1", "text": "...", "queries": ["..."]}'
-        ) from None
-    if not isinstance(obj, dict):
-        raise SemidError(
-            f'{where} is a JSON {type(obj).__name__}, not an object; write {{"id": ..., "text": ...}}'
-        )
-    doc_id, text, queries = obj.get("id"), obj.get("text"), obj.get("queries", [])
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or str(doc_id) == "":
-        raise SemidError(f'{where} needs a non-empty "id" (string or integer)')
-    if not isinstance(text, str) or not text.strip():
-        raise SemidError(f'{where} needs a non-empty "text" string')
-    if not isinstance(queries, list) or not all(isinstance(q, str) and q.strip() for q in queries):
-        raise SemidError(f'{where}: "queries" must be a list of non-empty strings (or left out)')
-    return Document(str(doc_id), text, tuple(queries))
+# Accepted field (JSON Lines) and column (tables) names, the same for every format.
+ID_FIELDS = ("id", "doc_id", "docid", "_id")
+QUERY_FIELDS = ("queries", "query")
+BODY_FIELDS = ("body", "contents", "abstract")  # with an optional "title", when there is no "text"
+QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query" is also accepted)'
+EXAMPLE = '{"id": "d1", "text": "...", "queries": ["..."]}'
+
+
+def _field(record: dict, names: Sequence[str], where: str) -> tuple[str | None, object]:
+    """(name, value) of the one field of ``names`` the record has, or (None, None); SemidError if
+    it has several."""
+    found = [n for n in names if n in record]
+    if len(found) > 1:
+        raise SemidError(f"{where} has both {found[0]!r} and {found[1]!r}; keep one of them")
+    return (found[0], record[found[0]]) if found else (None, None)
+
+
+def _missing(where: str, what: str, accepted: str, record: dict) -> SemidError:
+    return SemidError(f"{where} has no {what} (accepted names: {accepted}; found: "
+                      f"{', '.join(map(str, record)) or 'nothing'}); rename the field")  # fmt: skip
+
+
+def _document(record: dict, where: str) -> Document:
+    """One document from a record (a JSON object, or a table row as a dict); SemidError naming
+    ``where`` (file and line) if it is not one."""
+    name, doc_id = _field(record, ID_FIELDS, where)
+    if name is None:
+        raise _missing(where, "document id", ", ".join(ID_FIELDS), record)
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or not str(doc_id).strip():
+        raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
+                         "(string or integer)")  # fmt: skip
+    return Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where))
+
+
+def _text(record: dict, where: str, doc_id: str) -> str:
+    """The record's "text", else its "title" and body joined by a line break."""
+    if "text" in record:
+        parts = [("text", record["text"])]
+    else:
+        body_name, body = _field(record, BODY_FIELDS, where)
+        if body_name is None:
+            accepted = f"text, or title with one of {', '.join(BODY_FIELDS)}"
+            raise _missing(where, "document text", accepted, record)
+        parts = [("title", record.get("title")), (body_name, body)]
+    for name, value in parts:
+        if value is not None and not isinstance(value, str):
+            raise SemidError(f'{where}: "{name}" holds {type(value).__name__}, not a string')
+    text = "\n".join(v.strip() for _, v in parts if v and v.strip())
+    if not text:
+        raise SemidError(f"{where}: document {doc_id!r} has an empty text; give it one or drop it")
+    return text
+
+
+def _queries(record: dict, where: str) -> tuple[str, ...]:
+    """The record's queries: a list of strings, one string, or nothing (absent, null or empty)."""
+    name, value = _field(record, QUERY_FIELDS, where)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value.strip() else ()
+    if isinstance(value, list) and all(isinstance(q, str) or q is None for q in value):
+        return tuple(q for q in value if q and q.strip())
+    raise SemidError(f'{where}: "{name}" must be a list of strings or one string')
 
 
 def read_documents(path: str | os.PathLike, name: str | None = None) -> DocumentCollection:
     """Read documents from JSON Lines or a CSV/TSV/Parquet table; a bad record raises SemidError
     naming its line (or row)."""
     path = Path(path)
+    if path.is_dir():
+        raise SemidError(
+            f"{path} is a folder; pass the documents file (JSON Lines, CSV or Parquet with id and text)"
+        )
     if not path.is_file():
         raise SemidError(
             f"{path} not found; pass a JSONL file with one document object per line "
             "(or a CSV/Parquet table with id and text columns)"
         )
     if table_format(path) in ("csv", "tsv", "parquet"):
-        docs = _table_documents(path)
-        return DocumentCollection(name or _stem(path), docs, content_sha256(path))
+        rows = read_table(path, "documents file").to_pylist()
+        records = ((row_label(path, i), row) for i, row in enumerate(rows))
+        return DocumentCollection(
+            name or _stem(path), _collect(records, path), content_sha256(path)
+        )
     raw = path.read_bytes()
     text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
-    docs, first_line = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        doc = _parse_line(line, number, path)
-        if doc.id in first_line:
-            raise SemidError(
-                f"{path} line {number} repeats id {doc.id!r} (first on line {first_line[doc.id]}); ids must be unique"
-            )
-        first_line[doc.id] = number
-        docs.append(doc)
+    docs = _collect(_json_records(text.removeprefix("\ufeff"), path), path)  # a BOM is no content
     if not docs:
         raise SemidError(f"{path} holds no documents; write one JSON object per line")
     return DocumentCollection(name or _stem(path), docs, hashlib.sha256(raw).hexdigest())
+
+
+def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
+    """("line N", object) for every non-blank line of JSON Lines."""
+    first = True
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        label, where = f"line {number}", f"{path} line {number}"
+        if first and line.lstrip().startswith("["):
+            raise SemidError(
+                f"{path} is a JSON array; write JSON Lines (one object per line), e.g. {EXAMPLE}"
+            )
+        first = False
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SemidError(
+                f"{where} is not valid JSON ({e.msg}); write one object per line, e.g. {EXAMPLE}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise SemidError(
+                f"{where} is a JSON {type(obj).__name__}, not an object; write {EXAMPLE}"
+            )
+        yield label, obj
+
+
+def _collect(records: Iterable[tuple[str, dict]], path: Path) -> list[Document]:
+    """The documents of (line or row label, record) pairs, in order; ids must be unique."""
+    docs, first = [], {}
+    for label, record in records:
+        doc = _document(record, f"{path} {label}")
+        if doc.id in first:
+            raise SemidError(
+                f"{path} {label} repeats id {doc.id!r} (first at {first[doc.id]}); ids must be unique"
+            )
+        first[doc.id] = label
+        docs.append(doc)
+    return docs
 
 
 def _stem(path: Path) -> str:
@@ -148,47 +219,6 @@ def _decode(raw: bytes, path: Path) -> str:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise SemidError(f"{path} line {line} is not UTF-8 text; save the file as UTF-8") from None
-
-
-def _table_documents(path: Path) -> list[Document]:
-    """Documents from a table with id, text and optional queries columns."""
-    what = "documents file"
-    table = read_table(path, what)
-    id_col = find_column(table, "id", ("id", "doc_id", "docid"), path, what)
-    text_col = find_column(table, "text", ("text",), path, what)
-    query_col = find_column(table, "queries", ("queries", "query"), path, what, required=False)
-    ids = key_strings(table[id_col], path, "document id")
-    if not (
-        pa.types.is_string(table[text_col].type) or pa.types.is_large_string(table[text_col].type)
-    ):
-        raise SemidError(f"{path}: the text column holds {table[text_col].type}, not strings")
-    texts = table[text_col].to_pylist()
-    queries = table[query_col].to_pylist() if query_col else [None] * len(ids)
-    docs, first_row = [], {}
-    for row, (doc_id, text, q) in enumerate(zip(ids, texts, queries, strict=True)):
-        where = f"{path} {row_label(path, row)}"
-        if doc_id in first_row:
-            raise SemidError(
-                f"{where} repeats id {doc_id!r} (first at {row_label(path, first_row[doc_id])}); ids must be unique"
-            )
-        first_row[doc_id] = row
-        if text is None or not text.strip():
-            raise SemidError(
-                f"{where}: document {doc_id!r} has an empty text; give it one or drop the row"
-            )
-        docs.append(Document(doc_id, text, _queries(q, where)))
-    return docs
-
-
-def _queries(value: object, where: str) -> tuple[str, ...]:
-    """A cell of the queries column: a list of strings, one string, or nothing."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,) if value.strip() else ()
-    if isinstance(value, list) and all(isinstance(q, str) or q is None for q in value):
-        return tuple(q for q in value if q and q.strip())
-    raise SemidError(f"{where}: queries must be a list of strings or one string")
 
 
 def write_documents(path: str | os.PathLike, documents: Sequence[Document]) -> str:

@@ -9,14 +9,16 @@ from semid.errors import SemidError
 
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
-    """The lines of a UTF-8 text file; SemidError naming ``what`` and the path if it is missing or
+    """The lines of a UTF-8 text file (a BOM skipped); SemidError naming ``what`` and the path if it is missing or
     not UTF-8 (with the line number)."""
     path = Path(path)
+    if path.is_dir():
+        raise SemidError(f"{what} {path} is a folder; give a text file of one entry a line")
     if not path.is_file():
         raise SemidError(f"{what} {path} not found; check the path")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8").splitlines()
+        return raw.decode("utf-8").removeprefix("\ufeff").splitlines()  # a BOM is no content
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise SemidError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from semid.data.documents import BODY_FIELDS
 from semid.data.registry import available_datasets
 from semid.data.tables import content_sha256, read_table, table_format
 from semid.errors import SemidError
@@ -83,6 +84,6 @@ def sniff_kind(path: str) -> str:
     names = {c.split(":")[0].lower() for c in read_table(p, "data file").column_names}
     if "path" in names or "image" in names:
         return "images"
-    if "text" in names and not names & set(USER_HINTS):
+    if names & {"text", *BODY_FIELDS} and not names & set(USER_HINTS):
         return "documents"
     return "interactions"
