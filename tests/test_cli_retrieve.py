@@ -145,3 +145,36 @@ def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept):
     assert result == "result" and restored == kept
     assert torch.equal(model.weight, untrained["weight"]) == kept
     assert train_or_keep_untrained(model, None, fit) == ("result", False)
+
+
+@pytest.mark.parametrize(
+    "with_queries, words",
+    [
+        (set(), "no document of docs has queries, so there is nothing to learn retrieval from"),
+        ({0}, "only 1 document of docs has queries and none is among the training documents"),
+    ],
+)
+def test_documents_without_training_queries_are_refused_before_the_run_folder(
+    tmp_path, capsys, with_queries, words
+):
+    from semid.cli.main import main
+
+    lines = []
+    for i in range(12):
+        doc = {"id": f"d{i}", "text": f"text {i}"} | ({"query": "q"} if i in with_queries else {})
+        lines.append(json.dumps(doc) + "\n")
+    (tmp_path / "docs.jsonl").write_text("".join(lines))
+    # seed 0 puts document 0 among the test documents
+    argv = [
+        "train",
+        "retriever",
+        "--dataset",
+        str(tmp_path / "docs.jsonl"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and '"queries" (a list of strings, or one string' in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,5 @@
-"""`semid index add --docs` on a tiny trained retrieval run: documents without queries are indexed
-only, and an add that fails while writing leaves the run as it was."""
+"""A tiny trained retrieval run: `index add --docs` (documents without queries are indexed only; an
+add that fails while writing leaves the run as it was), eval options, and inputs it cannot answer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from _documents import tiny_spec, write_docs
 
 from semid.cli.main import main
+from semid.errors import SemidError
 from semid.runs import load_run
 from semid.tasks import EvalOptions, get_task
 from semid.tasks import retrieve as retrieve_module
@@ -91,3 +92,48 @@ def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path,
     monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
     assert get_task("retrieve").add(run, path)["documents"] == 5  # the retry is not refused
     assert len(load_run(run).ids) == 35
+
+
+def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
+    loaded = load_run(run)
+    assert main(["eval", str(run), "--split", "valid"]) == 2
+    assert "holds test queries only" in capsys.readouterr().err
+    assert not (run / "metrics.json").exists()
+    task, ks = get_task("retrieve"), (1, 10)
+
+    def scores(mix):
+        metrics = task.evaluate(loaded, EvalOptions(ks=ks, item_mix=mix))
+        return {k: v for k, v in metrics.items() if not k.endswith("queries_per_s")}
+
+    assert scores(None) == scores(loaded.model.config.item_mix)
+    assert scores(0.0) != scores(50.0)  # the head's weight changes the ranking
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["index", "add", "RUN", "--docs", "DIR"], "is a folder; pass the documents file"),
+        (["predict", "RUN", "--queries", "DIR"], "--queries DIR is a folder; give a text file"),
+        (
+            ["train", "retriever", "--dataset", "DIR", "--out", "DIR/new"],
+            "is a folder; pass the documents file",
+        ),
+    ],
+)
+def test_inputs_of_the_wrong_kind_get_one_line(run, tmp_path, capsys, argv, words):
+    (tmp_path / "dir").mkdir()
+    argv = [str(run) if a == "RUN" else a.replace("DIR", str(tmp_path / "dir")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words.replace("DIR", str(tmp_path / "dir")) in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_tells_a_request_for_users_that_the_run_answers_queries(run):
+    from semid.serving import parse_request
+
+    predictor = get_task("retrieve").predictor(load_run(run))
+    field, inputs, _, _ = parse_request({"users": ["7"]})
+    with pytest.raises(
+        SemidError, match='retrieves documents for queries, not for a user; send {"queries"'
+    ):
+        predictor.predict(inputs)

@@ -21,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory from `semid train ...`")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10], help="cut-offs (default: 5 10)")
     p.add_argument(
-        "--split", choices=["valid", "test"], default="test", help="default: %(default)s"
+        "--split",
+        choices=["valid", "test"],
+        default="test",
+        help="default: %(default)s (document retrieval runs have test queries only)",
     )
     p.add_argument(
         "--num-beams", type=int, help="beams for generators (default: the run's; always >= max k)"
@@ -47,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--item-mix",
         type=float,
-        help="a generator with an item head (MMGRec, AVG: item_loss > 0): weight w of "
-        "log p(ID) + w * log p(item); 0 is beam search alone (default: the run's, chosen on "
-        "the valid split for recommenders, on validation images for AVG)",
+        help="a generator with an item head (MMGRec, AVG, PromptDSI: item_loss or rank_loss > 0): weight w of "
+        "log p(ID) + w * log p(item); 0 is beam search alone (with PromptDSI's BM25 mix, if any) "
+        "(default: the run's, chosen on the valid split for recommenders, on validation images for "
+        "AVG, on held-out training queries for PromptDSI)",
     )
     p.add_argument("--keep-seen", action="store_true",
                    help="recommendation: also rank items the user already interacted with "

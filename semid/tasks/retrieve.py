@@ -26,7 +26,12 @@ from torch.utils.data import Dataset
 
 from semid.atomic import check_output_folder, check_writable, restore_on_error, write_json
 from semid.data.corpus import split_corpus, subset_rows
-from semid.data.documents import DocumentCollection, read_documents, write_documents
+from semid.data.documents import (
+    QUERY_FIELDS_HELP,
+    DocumentCollection,
+    read_documents,
+    write_documents,
+)
 from semid.data.registry import load_dataset
 from semid.distributed import is_main_process
 from semid.errors import SemidError
@@ -165,12 +170,25 @@ def dsi_examples(docs: EncodedTexts, doc_rows: Tensor, queries: EncodedTexts, qu
 
 def load_collection(name: str) -> DocumentCollection:
     """A registered document dataset by name (e.g. debian-docs) or a documents file."""
-    if name.endswith(".jsonl") or Path(name).is_file():
+    if name.endswith(".jsonl") or Path(name).is_file() or Path(name).is_dir():
         return read_documents(name)
     data = load_dataset(name)
     if not isinstance(data, DocumentCollection):
         raise SemidError(f"{name} is not a document collection; pass debian-docs or a JSONL file")
     return data
+
+
+def check_trainable(collection: DocumentCollection, train_rows: Tensor) -> None:
+    """SemidError unless some of the documents at ``train_rows`` (D0's training share) have
+    queries: retrieval is learned from them."""
+    with_queries = sum(bool(d.queries) for d in collection.documents)
+    if not with_queries:
+        raise SemidError(f"no document of {collection.name} has queries, so there is nothing to learn retrieval "
+                         f"from; give documents {QUERY_FIELDS_HELP}")  # fmt: skip
+    if not any(collection.documents[int(r)].queries for r in train_rows):
+        raise SemidError(f"only {counted(with_queries, 'document')} of {collection.name} "
+                         f"{'has' if with_queries == 1 else 'have'} queries and none is among the training "
+                         f"documents; give more documents {QUERY_FIELDS_HELP}")  # fmt: skip
 
 
 def query_pairs(collection: DocumentCollection, rows: Tensor) -> list[list[str]]:
@@ -318,12 +336,24 @@ class RetrieveTask(Task):
             f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"
         ]
 
-    def _index_d0(self, spec: RetrieveSpec, out: Path) -> tuple[Any, ...]:
+    def train(self, spec: RetrieveSpec, out: Path, index: Path | None = None, resume: bool = True,
+              device: str = "auto") -> dict:  # fmt: skip
+        """As `Task.train`, once the documents are known to have training queries (checked before
+        the run folder is made)."""
+        coll, split = self._corpus(spec)
+        check_trainable(coll, split.d0_train)
+        return super().train(spec, out, index, resume, device)
+
+    def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, Any]:
+        """The spec's documents (a seeded subset with ``max_docs``) and their seeded split."""
         collection = load_collection(spec.dataset)
         coll = collection.subset(
             subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
         )
-        split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
+        return coll, split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
+
+    def _index_d0(self, spec: RetrieveSpec, out: Path) -> tuple[Any, ...]:
+        coll, split = self._corpus(spec)
         torch.manual_seed(spec.seed)
         probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
         d0_docs = coll.subset(split.d0)
@@ -410,7 +440,11 @@ class RetrieveTask(Task):
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
-        """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added)."""
+        """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added), ranked
+        with the run's mixing weight of the document head or ``options.item_mix``."""
+        if options.split != "test":
+            raise SemidError(f"{run.path} is a retrieval run: it holds test queries only (its validation queries "
+                             "chose the ranking's weights during training); leave out --split valid")  # fmt: skip
         path = run.path / EVAL_QUERIES
         if not path.is_file():
             raise SemidError(
@@ -427,8 +461,8 @@ class RetrieveTask(Task):
             if not pairs:
                 continue
             started = time.perf_counter()
-            ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks),
-                                           options.num_beams, desc=f"encode {name}")  # fmt: skip
+            ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks), options.num_beams,
+                                           desc=f"encode {name}", item_mix=options.item_mix)  # fmt: skip
             seconds = time.perf_counter() - started
             targets = run.ids.rows_of_keys([d for _, d in pairs])
             part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr"))
@@ -550,6 +584,10 @@ class RetrievePredictor(Predictor):
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
+        asked = [f for f in ("user", "history") if isinstance(item, dict) and f in item]
+        if asked:
+            raise SemidError(f'this run retrieves documents for queries, not for a {asked[0]}; '
+                             'send {"queries": ["..."]} (predict: --query or --queries)')  # fmt: skip
         query = item.get("query") if isinstance(item, dict) else None
         if not isinstance(query, str) or not query.strip():
             raise SemidError('each input needs a non-empty "query" text')
@@ -559,14 +597,21 @@ class RetrievePredictor(Predictor):
         """Encode the queries (cached) and search them in batches."""
         return self.rank_texts([x["query"] for x in inputs], k, num_beams)
 
-    def make_ranker(self, num_beams: int | None) -> Ranker:
-        """Beam search over the run's document IDs."""
-        return ranker_for(self.run.model, self.run.ids, num_beams or self.num_beams)
+    def make_ranker(self, num_beams: int | None, item_mix: float | None = None) -> Ranker:
+        """Beam search over the run's document IDs, mixed with the document head and BM25 as the
+        model says (``item_mix``: the head's weight instead of the model's; 0: no head)."""
+        return ranker_for(
+            self.run.model, self.run.ids, num_beams or self.num_beams, item_mix=item_mix
+        )
 
     def rank_texts(self, texts: list[str], k: int, num_beams: int | None, batch_size: int = 64,
-                   desc: str = "encode queries") -> Ranking:  # fmt: skip
-        """Top-k document rows (Q, k) for query texts."""
-        ranker = self.ranker(num_beams)
+                   desc: str = "encode queries", item_mix: float | None = None) -> Ranking:  # fmt: skip
+        """Top-k document rows (Q, k) for query texts (``item_mix``: see `make_ranker`)."""
+        ranker = (
+            self.ranker(num_beams)
+            if item_mix is None
+            else self.make_ranker(num_beams, item_mix).to(self.device)
+        )
         queries = encode_texts(self.run.model, texts, desc=desc, cache=len(texts) > 1)
         parts = [ranker.rank(move(batch, self.device), k)
                  for batch in query_batches(queries, texts, self.lexical, batch_size)]  # fmt: skip
