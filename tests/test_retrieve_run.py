@@ -53,7 +53,7 @@ def snapshot(run):
 def test_documents_without_queries_are_indexed_only(run, tmp_path, capsys):
     assert main(["index", "add", str(run), "--docs", str(new_docs(tmp_path / "n.jsonl"))]) == 0
     out = capsys.readouterr().out
-    assert "added 5 documents" in out and "indexed only" in out
+    assert "added 5 documents" in out and "(1 new topic prompt," in out and "indexed only" in out
     loaded = load_run(run)
     assert len(loaded.ids) == 30 + 5 and loaded.ids.keys[-1] == "new4"
     assert json.loads((run / "eval_queries.json").read_text())["d1-test"] == []
@@ -90,7 +90,8 @@ def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path,
     assert not [p.name for p in run.iterdir() if p.name.startswith(".restore")]
     monkeypatch.undo()
     monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
-    assert get_task("retrieve").add(run, path)["documents"] == 5  # the retry is not refused
+    summary = get_task("retrieve").add(run, path, topics=9)  # the retry is not refused
+    assert summary["documents"] == 5 and summary["topics"] == 5  # at most one topic per document
     assert len(load_run(run).ids) == 35
 
 

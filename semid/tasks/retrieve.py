@@ -498,18 +498,18 @@ class RetrieveTask(Task):
         queries = encode_texts(model, query_texts, desc="encode new queries")
         test_pairs = query_pairs(collection, test_local)
         session = len(model.prompts)
+        # topic prompts: as many per document as the first session has, at most one per document
+        m = topics or round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
+        m = min(max(m, 1), len(collection))
         with write_lock(run.index_path, f"index {run.index_path}", timeout=ADD_WAIT_SECONDS), \
                 restore_on_error([run.index_path, run_path / "model", run_path / EVAL_QUERIES,
                                   run_path / "config.json", run_path / f"train-session-{session}"]):  # fmt: skip
             ids, _, quantizer = grow_ids(run.index_path, collection.ids, docs.embeddings, model)
             rows = torch.arange(start, len(ids))
-            m = topics or max(
-                1, round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
-            )
             if known is not None:
                 model.set_documents_(torch.cat([known, docs.embeddings]))
             seconds = self._train_session(model, ids, spec, run_path,
-                                          topic_keys(model, docs, min(m, len(collection)), spec.seed),
+                                          topic_keys(model, docs, m, spec.seed),
                                           dsi_examples(docs, rows, queries, rows[with_query], ids.codes))  # fmt: skip
             if lexical is not None:
                 lexical.add(collection.texts)
