@@ -197,3 +197,12 @@ def test_a_json_array_and_a_bom(tmp_path):
     assert read_documents(tmp_path / "b.jsonl").ids == ["a"]
     with pytest.raises(SemidError, match="is a folder; pass the documents file"):
         read_documents(tmp_path)
+
+
+def test_text_files_of_queries_skip_a_bom_and_refuse_a_folder(tmp_path):
+    from semid.data.text_files import read_lines
+
+    (tmp_path / "q.txt").write_bytes(b"\xef\xbb\xbffirst query\nsecond\n")
+    assert read_lines(tmp_path / "q.txt", "--queries") == ["first query", "second"]
+    with pytest.raises(SemidError, match="is a folder; give a text file of one entry a line"):
+        read_lines(tmp_path, "--queries")
