@@ -79,7 +79,8 @@ def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None,
     if is_generator(model):
         if item_mix is not None and not model.has_item_head():
             raise SemidError(
-                "--item-mix needs a generator trained with an item head (item_loss > 0)"
+                "--item-mix needs a generator trained with an item head (item_loss > 0; "
+                "PromptDSI: rank_loss > 0)"
             )
         if item_mix is not None and item_mix < 0:
             raise SemidError(f"--item-mix must be >= 0, got {item_mix}")

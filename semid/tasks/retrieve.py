@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from semid.atomic import check_output_folder, check_writable, restore_on_error, write_json
-from semid.data.corpus import split_corpus, subset_rows
+from semid.data.corpus import CorpusSplit, split_corpus, subset_rows
 from semid.data.documents import (
     QUERY_FIELDS_HELP,
     DocumentCollection,
@@ -344,7 +344,7 @@ class RetrieveTask(Task):
         check_trainable(coll, split.d0_train)
         return super().train(spec, out, index, resume, device)
 
-    def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, Any]:
+    def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, CorpusSplit]:
         """The spec's documents (a seeded subset with ``max_docs``) and their seeded split."""
         collection = load_collection(spec.dataset)
         coll = collection.subset(
@@ -521,14 +521,9 @@ class RetrieveTask(Task):
             model.save_pretrained(run_path / "model")
             record_eval_queries(run_path, f"d{session}-test", test_pairs)
             state = dict(run.state)
-            state.setdefault("sessions", []).append(
-                {
-                    "documents": len(collection),
-                    "topics": m,
-                    "train_seconds": seconds,
-                    "test_queries": len(test_pairs),
-                }  # fmt: skip
-            )
+            session_state = {"documents": len(collection), "topics": m, "train_seconds": seconds,
+                             "test_queries": len(test_pairs)}  # fmt: skip
+            state.setdefault("sessions", []).append(session_state)
             write_run(run_path, self.name, spec, state)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
                 "queries": sum(len(d.queries) for d in collection.documents),
