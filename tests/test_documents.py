@@ -206,3 +206,14 @@ def test_text_files_of_queries_skip_a_bom_and_refuse_a_folder(tmp_path):
     assert read_lines(tmp_path / "q.txt", "--queries") == ["first query", "second"]
     with pytest.raises(SemidError, match="is a folder; give a text file of one entry a line"):
         read_lines(tmp_path, "--queries")
+
+
+@pytest.mark.parametrize(
+    "header, kind",
+    [("doc_id,title,body", "documents"), ("id,text", "documents"), ("user,item", "interactions")],
+)
+def test_a_documents_table_is_recognised_by_the_names_documents_accept(tmp_path, header, kind):
+    from semid.tasks.data import sniff_kind
+
+    (tmp_path / "d.csv").write_text(f"{header}\n{','.join('x' for _ in header.split(','))}\n")
+    assert sniff_kind(str(tmp_path / "d.csv")) == kind
