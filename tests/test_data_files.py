@@ -128,6 +128,22 @@ def test_parse_columns_and_find_column(tmp_path: Path) -> None:
     assert find_column(table, "user", ("user",), "f.csv", "file", explicit="x") == "x"
 
 
+def test_files_of_commands_without_columns_are_not_told_to_pass_it(tmp_path: Path) -> None:
+    from semid.data.image_files import load_images
+    from semid.tasks.items import read_new_items
+
+    (tmp_path / "new.csv").write_text("sku,text\nn1,a new item\n")  # `index add --items`
+    with pytest.raises(SemidError, match=r"lacks an item column .*; rename it$"):
+        read_new_items(tmp_path / "new.csv", None, None)
+    # `train retriever --model avg`
+    (tmp_path / "photos.csv").write_text("picture,caption\na.png,a fox\n")
+    with pytest.raises(SemidError, match=r"lacks a path column .*; rename it$"):
+        load_images(tmp_path / "photos.csv")
+    table = pa.table({"user_id": ["1"], "uid": ["2"]})
+    with pytest.raises(SemidError, match="could all be the user; rename all but one"):
+        find_column(table, "user", ("user_id", "uid"), "f.csv", "file", columns_option=False)
+
+
 def test_content_sha256(tmp_path: Path) -> None:
     data = tmp_path / "d" / "log.csv"
     data.parent.mkdir()

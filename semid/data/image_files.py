@@ -124,9 +124,12 @@ def _subset(data: ImageDataset, rows: np.ndarray, name: str) -> ImageDataset:
 def _load_image_table(path: Path, image_size: int | str, name: str | None) -> ImageDataset:
     what = "image list"
     table = read_table(path, what)
-    path_col = find_column(table, "path", PATH_COLUMNS, path, what)
-    caption_col = find_column(table, "caption", CAPTION_COLUMNS, path, what, required=False)
-    label_col = find_column(table, "label", LABEL_COLUMNS, path, what, required=False)
+    # no command takes --columns for images
+    path_col = find_column(table, "path", PATH_COLUMNS, path, what, columns_option=False)
+    caption_col = find_column(table, "caption", CAPTION_COLUMNS, path, what, required=False,
+                              columns_option=False)  # fmt: skip
+    label_col = find_column(table, "label", LABEL_COLUMNS, path, what, required=False,
+                            columns_option=False)  # fmt: skip
     if caption_col is None and label_col is None:
         raise SemidError(
             f"{what} {path} needs a caption column ({', '.join(CAPTION_COLUMNS)}) or a label "

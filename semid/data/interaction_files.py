@@ -273,7 +273,7 @@ def read_item_texts(
     text column or other columns joined as ``"column: value"``; ``columns`` as the run was given
     them); an item without text raises."""
     path = Path(path)
-    keys, texts, _ = _read_items(path, columns or {})
+    keys, texts, _ = _read_items(path, columns or {}, columns_option=False)  # `index add` has none
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:
         raise SemidError(
@@ -282,15 +282,18 @@ def read_item_texts(
     return [str(k) for k in keys], texts
 
 
-def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[str], str]:
+def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
+                ) -> tuple[np.ndarray, list[str], str]:  # fmt: skip
     """Item keys (object array, file order), one text per item and the key column's name;
-    duplicate keys raise. An explicit item column the file lacks names the interactions file's."""
+    duplicate keys raise. An explicit item column the file lacks names the interactions file's.
+    ``columns_option``: whether the command takes ``--columns`` (see `find_column`)."""
     what = "items file"
     table = read_table(path, what)
     explicit = columns.get("item")
     if explicit is not None and explicit not in map(column_name, table.column_names):
         explicit = None  # the mapping named the interactions file's column
-    key_col = find_column(table, "item", ITEM_KEY_COLUMNS, path, what, explicit)
+    key_col = find_column(table, "item", ITEM_KEY_COLUMNS, path, what, explicit,
+                          columns_option=columns_option)  # fmt: skip
     keys = key_strings(table[key_col], path, "item id")
     dup = pd.Index(keys).duplicated()
     if dup.any():
@@ -300,7 +303,8 @@ def _read_items(path: Path, columns: dict[str, str]) -> tuple[np.ndarray, list[s
             f"{path} {row_label(path, row)} repeats item {keys[row]!r} (first at "
             f"{row_label(path, first)}); give each item one row"
         )
-    text_col = find_column(table, "text", ("text",), path, what, columns.get("text"), False)
+    text_col = find_column(table, "text", ("text",), path, what, columns.get("text"), False,
+                           columns_option)  # fmt: skip
     if text_col is not None:
         values = table[text_col].to_pylist()
         return keys, [_as_text(v) for v in values], column_name(key_col)

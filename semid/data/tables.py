@@ -189,11 +189,13 @@ def find_column(
     what: str,
     explicit: str | None = None,
     required: bool = True,
+    columns_option: bool = True,
 ) -> str | None:
     """The header of the column playing `role`: `explicit` if given, else the one accepted alias.
 
     Aliases match case-sensitively on the name part of the header (see `column_name`). Raises if a
-    required column is missing or if several columns match."""
+    required column is missing or if several columns match; the message advises ``--columns``
+    where the command takes it (``columns_option``), else renaming the column."""
     headers = table.column_names
     if explicit is not None:
         found = [h for h in headers if h == explicit or column_name(h) == explicit]
@@ -206,14 +208,15 @@ def find_column(
     if len(found) > 1:
         raise SemidError(
             f"{what} {path}: columns {', '.join(found)} could all be the {role}; "
-            f"pick one with --columns {role}=NAME"
+            + (f"pick one with --columns {role}=NAME" if columns_option else "rename all but one")
         )
     if not found:
         if not required:
             return None
         raise SemidError(
             f"{what} {path} lacks {'an' if role[0] in 'aeio' else 'a'} {role} column (accepted names: {', '.join(aliases)}; found: "
-            f"{', '.join(headers)}){header_hint(headers)}; rename it or pass --columns {role}=NAME"
+            f"{', '.join(headers)}){header_hint(headers)}; rename it"
+            + (f" or pass --columns {role}=NAME" if columns_option else "")
         )
     return found[0]
 
