@@ -321,6 +321,19 @@ def record_eval_queries(run: Path, name: str, pairs: list[list[str]]) -> None:
     write_json(path, current)
 
 
+def _check_eval_options(run: Run, options: EvalOptions) -> None:
+    """SemidError for an evaluation option a retrieval run cannot honour (instead of ignoring it)."""
+    if options.split != "test":
+        raise SemidError(f"{run.path} is a retrieval run: it holds test queries only (its validation queries "
+                         "chose the ranking's weights during training); leave out --split valid")  # fmt: skip
+    recommender_only = [flag for flag, on in (("--cold-share", options.cold_share > 0),
+                                              ("--keep-seen", options.keep_seen)) if on]  # fmt: skip
+    if recommender_only:
+        raise SemidError(
+            f"{recommender_only[0]} is for recommendation runs; {run.path} is a retrieval run"
+        )
+
+
 class RetrieveTask(Task):
     """PromptDSI over a document collection: D0 indexed and trained, D1 added without rehearsal."""
 
@@ -442,9 +455,7 @@ class RetrieveTask(Task):
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added), ranked
         with the run's mixing weight of the document head or ``options.item_mix``."""
-        if options.split != "test":
-            raise SemidError(f"{run.path} is a retrieval run: it holds test queries only (its validation queries "
-                             "chose the ranking's weights during training); leave out --split valid")  # fmt: skip
+        _check_eval_options(run, options)
         path = run.path / EVAL_QUERIES
         if not path.is_file():
             raise SemidError(
