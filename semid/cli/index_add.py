@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 def _held_out(summary: dict, run: Path) -> str:
     """What became of the new documents' queries."""
     if not summary["queries"]:
-        return "they have no queries, so they are indexed only (nothing held out for testing)"
+        they = "it has" if summary["documents"] == 1 else "they have"
+        return f"{they} no queries, so indexed only (nothing held out for testing)"
     if not summary["test_queries"]:
         return f"none of their {counted(summary['queries'], 'query', 'queries')} fell in the test share"
     return (f"{summary['test_queries']:,} of their {counted(summary['queries'], 'query', 'queries')} held out "
