@@ -124,6 +124,8 @@ class ImageEncoder(nn.Module):
         if images.ndim == 3:
             images = images[:, None]
         c, s = self.config.in_channels, self.config.image_size
+        if images.ndim == 4 and {c, images.shape[1]} == {1, 3}:
+            images = match_channels(images, c)
         if images.ndim != 4 or images.shape[1:] != (c, s, s):
             raise SemidError(
                 f"this image encoder takes images of shape (N, {c}, {s}, {s}), got {tuple(images.shape)}"
@@ -144,6 +146,17 @@ class ImageEncoder(nn.Module):
         model = cls(dataclasses.replace(config, channels=tuple(config.channels)))
         load_state(model, path)
         return model.eval()
+
+
+def match_channels(images: Tensor, channels: int) -> Tensor:
+    """uint8 images (N, 1 or 3, H, W) as (N, channels, H, W): grey is repeated over RGB, colour
+    becomes its luma (ITU-R 601, as Pillow's "L"), so one collection may mix the two."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
 def load_image_features(path: str | os.PathLike, num_images: int | None = None) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from semid.data.image_files import load_image_collection
-from semid.data.image_io import resize_square, stack_images
+from semid.data.image_io import read_image, resize_square, stack_images
 from semid.data.images import (
     FASHION_CLASSES,
     ImageDataset,
@@ -355,3 +355,51 @@ def test_digit_queries_are_generic_and_held_out():
         and describe_class("Ankle boot") == "a photo of an ankle boot"
     )
     assert [article(w) for w in ("apple", "one", "unicorn", "car")] == ["an", "a", "a", "a"]
+
+
+def test_auto_size_makes_a_shared_non_square_size_square_and_caps_it(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / "phone" / "c" / f"{i}.jpg", (30, 40, 3), 90)  # one shared 40x30 size
+        write_png(tmp_path / "big" / "c" / f"{i}.png", (300, 400), 10)
+        write_png(tmp_path / "small" / "c" / f"{i}.png", (28, 28), 10)
+    assert load_image_folder(tmp_path / "phone", image_size="auto").images.shape == (3, 3, 30, 30)
+    assert load_image_folder(tmp_path / "big", image_size="auto").images.shape == (3, 64, 64)
+    small = load_image_folder(
+        tmp_path / "small", image_size="auto"
+    )  # small images stay as they are
+    assert small.images.shape == (3, 28, 28) and int(small.images.max()) == 10
+
+
+def test_folder_skips_hidden_entries_and_finds_nested_images(tmp_path):
+    write_png(tmp_path / "shoe" / "a.png", (4, 4), 1)
+    write_png(tmp_path / "shoe" / "2019 trip" / "b.png", (4, 4), 2)
+    write_png(tmp_path / "bag" / "c.png", (4, 4), 3)
+    (tmp_path / "shoe" / "._a.png").write_bytes(b"\0\5\26\7 Mac OS X AppleDouble")
+    for hidden in (".thumbnails", "@eaDir", "__MACOSX"):
+        (tmp_path / hidden).mkdir()
+        (tmp_path / hidden / "x.png").write_bytes(b"not an image")
+    ds = load_image_folder(tmp_path)
+    assert ds.class_names == ["bag", "shoe"]
+    assert ds.keys == ["bag/c.png", "shoe/2019 trip/b.png", "shoe/a.png"]
+
+
+def test_transparent_images_are_composited_on_white(tmp_path):
+    icon = np.zeros((6, 6, 4), np.uint8)
+    icon[2:4, 2:4, 3] = 255  # a black square drawn only in alpha
+    Image.fromarray(icon, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(icon[:, :, 2:], "LA").save(tmp_path / "la.png")
+    Image.fromarray(icon, "RGBA").convert("P").save(tmp_path / "pal.png", transparency=0)
+    for name in ("rgba.png", "la.png"):
+        pixels = read_image(tmp_path / name)
+        assert pixels.min() == 0 and pixels.max() == 255, name
+        assert pixels[0, 0].min() == 255 and pixels[2, 2].max() == 0, name
+    assert read_image(tmp_path / "pal.png").max() == 255  # transparent palette entry -> white
+
+
+def test_encoder_converts_grey_and_colour_images():
+    enc = ImageEncoder(ImageEncoderConfig(image_size=8, channels=(4,), dim=4))
+    grey = torch.randint(0, 256, (2, 8, 8), dtype=torch.uint8)
+    assert enc.encode(grey[:, None].expand(-1, 3, -1, -1)).shape == (2, 4)  # colour into grey
+    assert torch.allclose(enc.encode(grey[:, None].expand(-1, 3, -1, -1)), enc.encode(grey))
+    colour = ImageEncoder(ImageEncoderConfig(in_channels=3, image_size=8, channels=(4,), dim=4))
+    assert colour.encode(grey).shape == (2, 4)  # grey into colour

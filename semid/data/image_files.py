@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semid.data.image_io import read_image, stack_images
+from semid.data.image_io import read_images
 from semid.data.images import ImageDataset, ImageSplits, load_image_folder
 from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.errors import SemidError
@@ -156,7 +156,7 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         class_names = sorted(set(names))
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[c] for c in names], dtype=torch.long)
-    images = stack_images([read_image(f) for f in files], str(path), image_size)
+    images = read_images(files, str(path), image_size)
     return ImageDataset(
         images=torch.from_numpy(images),
         keys=list(keys),

@@ -4,7 +4,8 @@ stacking them into one uint8 array, resized to a common square size when asked.
 Layout: one image is (H, W) grayscale or (H, W, 3) RGB as read; a stack is (N, H, W) when every
 image is grayscale, else (N, 3, H, W) with grayscale images repeated over the three channels.
 Resizing scales the shorter side to S (bicubic) and crops the centre S x S, so shapes agree
-without distorting aspect ratios.
+without distorting aspect ratios. Transparent images are composited onto white, so a shape drawn
+only in the alpha channel (an icon) stays visible.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from PIL import Image
 
 from semid.errors import SemidError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".npy", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".tif", ".tiff")  # fmt: skip
 _GRAY_MODES = ("L", "1", "LA", "I", "I;16", "F")
+# The 'auto' working size is the median shorter side, capped: the CNN learns features of a few
+# thousand pixels; photo resolution costs memory and time (a 750 px batch of 96 needs 1.7 GB).
+AUTO_MAX_SIZE = 64
 
 
 def as_uint8(x: np.ndarray, where: str) -> np.ndarray:
@@ -44,11 +48,51 @@ def read_image(path: Path) -> np.ndarray:
         return read_pgm(path)
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("L" if img.mode in _GRAY_MODES else "RGB"))
+            mode = "L" if img.mode in _GRAY_MODES else "RGB"
+            if _has_alpha(img):
+                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                return np.asarray(Image.alpha_composite(white, img.convert("RGBA")).convert(mode))
+            return np.asarray(img.convert(mode))
     except OSError as e:
         raise SemidError(
             f"cannot read image {path}: {e}; replace the file or move it out of the collection"
         ) from None
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    """Whether a Pillow image has transparency (an alpha channel or a transparent palette entry)."""
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+
+
+def read_images(files: Sequence[Path], where: str, size: int | str | None = "auto") -> np.ndarray:
+    """Image files stacked as `stack_images` does, each shrunk to at most the working size as it is
+    read, so a folder of photos is never held at full resolution.
+
+    `size`: an int resizes every image to size x size; "auto" picks `auto_size` of the files;
+    None keeps the sizes (they must agree)."""
+    if size is None:
+        return stack_images([read_image(f) for f in files], where)
+    cap = _checked_size(size) or AUTO_MAX_SIZE
+    images, shorter = [], []
+    for file in files:
+        image = _channels_last(read_image(file), str(file))
+        shorter.append(min(image.shape[:2]))
+        images.append(resize_square(image, min(shorter[-1], cap)))
+    return stack_images(images, where, size if isinstance(size, int) else auto_size(shorter))
+
+
+def auto_size(shorter_sides: Sequence[int]) -> int:
+    """The 'auto' working size: the median shorter side, at most AUTO_MAX_SIZE."""
+    return min(int(np.median(shorter_sides)), AUTO_MAX_SIZE)
+
+
+def _checked_size(size: int | str | None) -> int | None:
+    """An int size (>= 1) as given; None for "auto" or None; anything else raises."""
+    if isinstance(size, str) and size != "auto":
+        raise SemidError(f"image size must be an integer or 'auto', got {size!r}")
+    if isinstance(size, int) and size < 1:
+        raise SemidError(f"image size must be >= 1, got {size}")
+    return size if isinstance(size, int) else None
 
 
 def read_pgm(path: Path) -> np.ndarray:
@@ -93,23 +137,20 @@ def stack_images(
     """(N, H, W) or (N, 3, H, W) uint8 from single images (see the module docstring).
 
     `size`: None keeps the sizes and raises if they differ; an int resizes every image to
-    size x size; "auto" keeps equal sizes and otherwise resizes to the median shorter side."""
+    size x size; "auto" resizes to `auto_size` (a square, whatever the images' shapes)."""
     images = [_channels_last(a, where) for a in arrays]
     if any(a.ndim == 3 for a in images):
         images = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in images]
     shapes = {a.shape[:2] for a in images}
-    if isinstance(size, str):
-        if size != "auto":
-            raise SemidError(f"image size must be an integer or 'auto', got {size!r}")
-        size = int(np.median([min(a.shape[:2]) for a in images])) if len(shapes) > 1 else None
+    if size == "auto":
+        size = auto_size([min(a.shape[:2]) for a in images])
+    size = _checked_size(size)
     if size is None and len(shapes) > 1:
         raise SemidError(
             f"images in {where} differ in size ({sorted(shapes)[:3]}); resize them first "
             "or give an image size"
         )
     if size is not None:
-        if size < 1:
-            raise SemidError(f"image size must be >= 1, got {size}")
         images = [resize_square(a, size) for a in images]
     stacked = np.stack(images)
     return np.ascontiguousarray(np.moveaxis(stacked, -1, 1)) if stacked.ndim == 4 else stacked
@@ -118,6 +159,8 @@ def stack_images(
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W[, 3]) uint8 -> (size, size[, 3]): shorter side scaled to `size`, centre cropped."""
     h, w = image.shape[:2]
+    if h == w == size:
+        return image
     scale = size / min(h, w)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)

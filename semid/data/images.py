@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from semid.data.image_io import IMAGE_SUFFIXES, as_uint8, load_npy, read_image, stack_images
+from semid.data.image_io import IMAGE_SUFFIXES, as_uint8, load_npy, read_images
 from semid.data.registry import register_dataset
 from semid.errors import SemidError
 
@@ -202,27 +202,24 @@ def load_image_arrays(
 def load_image_folder(
     folder: str | Path, name: str | None = None, image_size: int | str | None = None
 ) -> ImageDataset:
-    """Images from ``folder/<class name>/<image>``; the subfolder names are the classes.
+    """Images from ``folder/<class name>/...<image>``; the first-level subfolder names are the
+    classes, and their images are found at any depth (``shoes/2019 trip/a.jpg`` is a shoe).
 
+    Hidden and system entries (names starting with ``.`` or ``@``, ``__MACOSX``) are skipped.
     ``.npy`` and ``.pgm`` files are read natively, other formats through Pillow. With
     `image_size` None all images must share one size; an int or "auto" resizes them
-    (`semid.data.image_io.stack_images`). An optional ``folder/captions.tsv``
+    (`semid.data.image_io.read_images`). An optional ``folder/captions.tsv``
     (``relative/path<TAB>caption``) adds captions."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SemidError(f"image folder {folder} not found")
-    files = [
-        (c.name, p)
-        for c in sorted(p for p in folder.iterdir() if p.is_dir())
-        for p in sorted(c.iterdir())
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    files = [(c.name, p) for c in visible_entries(folder) if c.is_dir() for p in image_files(c)]
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
     if not files:
         raise SemidError(
             f"no images in {folder}; expected {folder}/<class>/<image> with suffix {', '.join(IMAGE_SUFFIXES)}"
         )
-    images = stack_images([read_image(p) for _, p in files], str(folder), image_size)
+    images = read_images([p for _, p in files], str(folder), image_size)
     keys = [str(p.relative_to(folder)) for _, p in files]
     captions = None
     if (folder / "captions.tsv").is_file():
@@ -240,6 +237,25 @@ def load_image_folder(
         class_names=classes,
         captions=captions,
         name=name or folder.name,
+    )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` at any depth, sorted, without hidden or system entries."""
+    found = []
+    for entry in visible_entries(folder):
+        if entry.is_dir():
+            found += image_files(entry)
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(entry)
+    return found
+
+
+def visible_entries(folder: Path) -> list[Path]:
+    """Sorted entries of `folder` other than hidden or system ones (``.*``, ``@eaDir``, AppleDouble
+    ``._*`` files, ``__MACOSX``)."""
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith((".", "@")) and p.name != "__MACOSX"
     )
 
 
