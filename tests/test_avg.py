@@ -320,3 +320,9 @@ def test_indexed_image_embeddings_are_cached_until_the_weights_or_images_change(
     assert torch.allclose(model._indexed_images(), expected)
     model.set_items_(torch.randn(12, 6))
     assert model.item_log_probs(queries).shape == (3, 12)
+
+
+def test_class_metrics_count_images_of_no_query_class_as_irrelevant_not_invalid():
+    ranked = torch.tensor([[2, 0], [1, 2]])
+    m = class_metrics(ranked, torch.tensor([0, 1, -1]), torch.tensor([0, 1]), (1, 2))
+    assert m["precision@1"] == 0.5 and m["recall@2"] == 1.0 and m["invalid_id_rate"] == 0.0

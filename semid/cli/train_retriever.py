@@ -103,6 +103,11 @@ def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
     return filled
 
 
+def fitting_ks(catalogue: int, ks: tuple[int, ...]) -> list[int]:
+    """The cut-offs of `ks` that `semid eval` accepts for a catalogue of that size (at least one)."""
+    return [k for k in ks if k <= catalogue] or [catalogue]
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the documents (or images), train, save the run, print a summary."""
     model_config = parse_json_object(args.model_config, "--model-config")
@@ -123,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             device=resolve_device(args.device),
         )
         print(format_table(["", "value"], metric_rows(summary)))
-        print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 10 100")
+        ks = " ".join(map(str, fitting_ks(summary["indexed_images"], (10, 100))))
+        print(f"\nsaved to {args.out}; next: semid eval {args.out} --k {ks}")
         return 0
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")

@@ -3,7 +3,8 @@
 Protocol (docs/protocols.md): the training images train the CNN feature extractor, the voken
 quantizer (aligned to the MiniLM embedding of each image's class text or caption) and the
 generator; the test images are indexed; test queries use wordings never seen in training;
-relevance = same class; Precision@k, Recall@k, mAP@k. The index folder also holds the CNN
+relevance = same class (a captions-only collection: each test caption is a query, its image the
+one relevant answer); Precision@k, Recall@k, mAP@k. The index folder also holds the CNN
 (``image_encoder/``) and the training images' target IDs (``train_targets.safetensors``).
 """
 
@@ -24,7 +25,7 @@ from semid.atomic import atomic_file, check_output_folder
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
 from semid.data.image_files import load_image_collection, load_images
-from semid.data.images import ImageSplits, class_queries
+from semid.data.images import ImageDataset, ImageSplits, class_queries
 from semid.data.registry import available_datasets
 from semid.distributed import is_main_process
 from semid.encoders import TextEncoder
@@ -58,11 +59,14 @@ GENERATOR_MIN_STEPS = 100
 
 def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tensor,
                   ks: Any = (10, 100)) -> dict[str, float]:  # fmt: skip
-    """Precision/Recall/mAP@k with relevance = same class: ranked index rows (Q, K), -1 = none.
+    """Precision/Recall/mAP@k with relevance = same class: ranked index rows (Q, K), -1 = none;
+    image labels (N,) are -1 for images of no query's class (added later, or without a label).
 
     Recall@k divides by all relevant images of the class (so it is at most k / class size)."""
+    no_class = int(query_labels.max()) + 1  # a label no query asks for; -1 stays "no image"
+    image_labels = torch.where(image_labels >= 0, image_labels, no_class)
     ranked_labels = torch.where(ranked_rows >= 0, image_labels[ranked_rows.clamp(min=0)], -1)
-    num_relevant = torch.bincount(image_labels, minlength=int(query_labels.max()) + 1)[query_labels]
+    num_relevant = torch.bincount(image_labels, minlength=no_class + 1)[query_labels]
     return compute_metrics(ranked_labels, query_labels, ks, METRIC_NAMES, num_relevant=num_relevant)
 
 
@@ -82,6 +86,19 @@ def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
             f"{dataset} is not an image dataset; text-to-image needs one such as fashion-mnist or digits"
         )
     return splits
+
+
+def image_queries(images: ImageDataset, split: str) -> tuple[list[str], Tensor]:
+    """Query texts and their labels (Q,) for a split's images: wordings of the class names, or,
+    for a collection with captions and no labels, each image's caption labelled by its row."""
+    if images.labels is None:
+        return images.texts(), torch.arange(len(images))
+    return class_queries(split, images.class_names)
+
+
+def relevance_labels(images: ImageDataset) -> Tensor:
+    """Labels (N,) that `image_queries` relates to: the classes, else each image its own row."""
+    return images.labels if images.labels is not None else torch.arange(len(images))
 
 
 def train_image_encoder(images: Tensor, epochs: int = 1, seed: int = 0, progress: bool = True,
@@ -219,10 +236,12 @@ class Text2ImageTask(Task):
         if cnn is not None:
             cnn.save_pretrained(out / IMAGE_ENCODER_DIR)
         with atomic_file(out / TRAIN_TARGETS, "wb") as f:
-            f.write(save({"codes": targets.contiguous(), "labels": splits.train.labels.contiguous(),
+            f.write(save({"codes": targets.contiguous(), "labels": relevance_labels(splits.train).contiguous(),
                           "features": train_x.float().contiguous()}))  # fmt: skip
         write_rows(out / IMAGE_FEATURES, test_x)
-        return ids, [f"quantizer {quantizer} for {len(splits.train):,} training images"]
+        size = splits.train.images.shape[-1]
+        return ids, [f"quantizer {quantizer} for {len(splits.train):,} training images",
+                     f"images at {size}x{size} px (the working size of the image encoder)"]  # fmt: skip
 
     def _train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
               resume: bool = True, device: str = 'auto') -> dict:  # fmt: skip
@@ -240,7 +259,7 @@ class Text2ImageTask(Task):
                 f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`"
             )
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
-        texts, labels = class_queries("train", splits.train.class_names)
+        texts, labels = image_queries(splits.train, "train")
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
         features = targets.get("features") if has_features else None
         pairs = QueryTargetPairs(embed_texts(texts, spec.text_encoder), labels, targets["codes"].long(),
@@ -254,7 +273,8 @@ class Text2ImageTask(Task):
         started = time.perf_counter()
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
         summary = {"train_images": len(splits.train), "indexed_images": len(ids),
-                   "classes": len(splits.train.class_names), "query_wordings": len(texts),
+                   "image_size": splits.train.images.shape[-1],
+                   "classes": len(splits.train.class_names or []), "query_wordings": len(texts),
                    "steps": result.steps, "epochs": result.epochs,
                    "train_seconds": round(result.resumed_after_s + time.perf_counter() - started, 2)}  # fmt: skip
         if not is_main_process():
@@ -274,8 +294,9 @@ class Text2ImageTask(Task):
         spec = self.spec_of(run)
         check_fingerprint(run, spec.dataset)
         splits = load_image_splits(spec.dataset, spec.seed)
-        label_of = dict(zip(splits.test.keys, splits.test.labels.tolist(), strict=True))
-        class_index = {c: i for i, c in enumerate(splits.test.class_names)}
+        label_of = dict(zip(splits.test.keys, relevance_labels(splits.test).tolist(), strict=True))
+        class_index = {c: i for i, c in enumerate(splits.test.class_names or [])}
+        # images added later: their class if the test split has it, else relevant to no query
         label_of |= {
             k: class_index.get(c, -1) for k, c in run.state.get("added_labels", {}).items()
         }
@@ -286,7 +307,7 @@ class Text2ImageTask(Task):
             )
         image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
         # images have no validation split: both --split values use the held-out test wordings
-        texts, query_labels = class_queries("test", splits.test.class_names)
+        texts, query_labels = image_queries(splits.test, "test")
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
                                             item_mix=options.item_mix)  # fmt: skip
@@ -315,14 +336,12 @@ class Text2ImageTask(Task):
         if known is not None:
             write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
         state = dict(run.state)
-        if images.labels is not None and images.class_names is not None:
-            added = state.setdefault("added_labels", {})
-            added.update(
-                {
-                    k: images.class_names[int(c)]
-                    for k, c in zip(images.keys, images.labels, strict=True)
-                }
-            )
+        classes = (
+            [images.class_names[int(c)] for c in images.labels]
+            if images.labels is not None and images.class_names is not None
+            else [None] * len(images)  # no label: the image is relevant to no test query
+        )
+        state.setdefault("added_labels", {}).update(zip(images.keys, classes, strict=True))
         write_run(run_path, self.name, self.spec_of(run), state)
         return {
             "added": len(images.keys),

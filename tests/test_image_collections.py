@@ -1,0 +1,79 @@
+"""Text to image on a user's own files, end to end through the CLI: a captions-only table, images
+added later from an unseen class, without labels, or in the other colour mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semid.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SPEC = "voken:2x4,hidden=16,latent=4"
+
+
+def write_image(path: Path, value: int, colour: bool = False, seed: int = 0) -> None:
+    """A noisy 12x12 PNG around `value`, greyscale unless `colour`."""
+    rng = np.random.default_rng(seed)
+    shape = (12, 12, 3) if colour else (12, 12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.clip(value + rng.integers(-20, 20, shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def write_classes(
+    root: Path, classes: dict[str, int], per_class: int, colour: bool = False
+) -> None:
+    """One subfolder of `per_class` images per class, each class around its own grey value."""
+    for name, value in classes.items():
+        for i in range(per_class):
+            write_image(root / name / f"{name}{i}.png", value, colour, seed=i)
+
+
+def build_and_train(dataset: Path, out: Path) -> Path:
+    """`semid index build` then `semid train retriever` (1 epoch); the run folder."""
+    assert main(["index", "build", "--dataset", str(dataset), "--quantizer", SPEC,
+                 "--out", str(out / "index")]) == 0  # fmt: skip
+    assert main(["train", "retriever", "--dataset", str(dataset), "--model", "avg", "--index",
+                 str(out / "index"), "--epochs", "1", "--out", str(out / "run")]) == 0  # fmt: skip
+    return out / "run"
+
+
+def evaluate(run: Path, *ks: str) -> dict:
+    """`semid eval RUN --k ...` and its saved metrics."""
+    assert main(["eval", str(run), "--k", *ks]) == 0
+    return json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_a_captions_only_table_trains_evaluates_and_predicts(tmp_path, capsys):
+    rows = ["path,caption"]
+    for i in range(20):
+        kind = ("dark", "bright")[i % 2]
+        write_image(tmp_path / "imgs" / f"{i}.png", 40 if kind == "dark" else 220, seed=i)
+        rows.append(f"imgs/{i}.png,a {kind} square number {i}")
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    run = build_and_train(tmp_path / "caps.csv", tmp_path)
+    out = capsys.readouterr().out
+    assert "images at 12x12 px" in out and "--k 4" in out  # 4 images indexed: no k over 4
+    metrics = evaluate(run, "1", "4")
+    assert metrics["invalid_id_rate"] == 0 and metrics["recall@4"] == 1.0  # each caption's image
+    assert main(["predict", str(run), "--query", "a bright square", "--k", "2"]) == 0
+
+
+def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp_path, capsys):
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=10)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    before = evaluate(run, "1", "4")
+    write_classes(tmp_path / "more", {"mid": 128}, per_class=3, colour=True)  # unseen, in colour
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 0
+    write_image(tmp_path / "loose" / "x.png", 40)
+    (tmp_path / "loose" / "add.csv").write_text("path,caption\nx.png,a dark square\n")
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "loose" / "add.csv")]) == 0
+    capsys.readouterr()
+    after = evaluate(run, "1", "4")
+    assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
+    assert set(after) == set(before)
