@@ -77,3 +77,25 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     after = evaluate(run, "1", "4")
     assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
     assert set(after) == set(before)
+
+
+@pytest.mark.parametrize("layout", ["empty", "flat"])
+def test_a_folder_without_class_subfolders_is_told_both_layouts(tmp_path, capsys, layout):
+    (tmp_path / "data").mkdir()
+    if layout == "flat":
+        write_image(tmp_path / "data" / "a.png", 40)
+    assert (
+        main(["index", "build", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "i")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "one subfolder per class" in err and "GroupLens" in err and "Traceback" not in err
+
+
+def test_adding_images_to_a_bare_index_names_the_run_folder(tmp_path, capsys):
+    (tmp_path / "run" / "index" / "image_encoder").mkdir(parents=True)
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    write_classes(tmp_path / "more", {"dark": 40}, per_class=1)
+    target = tmp_path / "run" / "index"
+    assert main(["index", "add", str(target), "--items", str(tmp_path / "more")]) == 2
+    assert f"semid index add {tmp_path / 'run'} --items" in capsys.readouterr().err

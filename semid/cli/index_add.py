@@ -18,6 +18,7 @@ from semid.indexing import add_items
 from semid.runs import MANIFEST
 from semid.tasks import task_of_run
 from semid.tasks.items import read_new_items
+from semid.tasks.text2image import IMAGE_ENCODER_DIR
 from semid.wording import counted
 
 EXAMPLE = (
@@ -70,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.docs is not None:
         raise SemidError(
             f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"
+        )
+    elif args.items.is_dir() or (args.target / IMAGE_ENCODER_DIR).is_dir():
+        run_dir = args.target.parent if (args.target.parent / MANIFEST).is_file() else "RUN"
+        raise SemidError(
+            f"{args.target} is not a run folder; images are added to a text-to-image run, which "
+            f"keeps the image encoder and model: semid index add {run_dir} --items {args.items}"
         )
     else:
         keys, x = read_new_items(args.items, args.keys, args.encoder)

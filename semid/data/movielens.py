@@ -34,6 +34,11 @@ FORMATS_HELP = (
 )
 
 
+def is_movielens_folder(folder: Path) -> bool:
+    """Whether `folder` holds a RecBole ``.inter`` file or a GroupLens ratings file."""
+    return any(folder.glob("*.inter")) or any((folder / r).exists() for r, _, _ in _GROUPLENS)
+
+
 @dataclass
 class InteractionLog:
     """One row per (user, item) event; ids are integers in [0, num_users) and [0, num_items)."""
@@ -83,11 +88,7 @@ def load_movielens(path: str | Path) -> RecDataset:
         raise SemidError(f"dataset folder {folder} not found; pass {FORMATS_HELP}")
     if list(folder.glob("*.inter")):
         return _load_recbole(folder)
-    for ratings, movies, reader in [
-        ("ratings.dat", "movies.dat", _read_grouplens_dat),
-        ("ratings.csv", "movies.csv", _read_grouplens_csv),
-        ("u.data", "u.item", _read_ml100k),
-    ]:
+    for ratings, movies, reader in _GROUPLENS:
         if (folder / ratings).exists():
             if not (folder / movies).exists():
                 raise SemidError(
@@ -226,6 +227,13 @@ def _read_ml100k(ratings: Path, movies: Path) -> tuple[pd.DataFrame, pd.DataFram
             ]
             rows.append((parts[0], item_text(parts[1], None, genres)))
     return log, pd.DataFrame(rows, columns=["key", "text"])
+
+
+_GROUPLENS = [  # ratings file, movies file, reader
+    ("ratings.dat", "movies.dat", _read_grouplens_dat),
+    ("ratings.csv", "movies.csv", _read_grouplens_csv),
+    ("u.data", "u.item", _read_ml100k),
+]
 
 
 def _timestamps(values: pd.Series, source: Path) -> np.ndarray:

@@ -12,23 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from semid.data.documents import BODY_FIELDS
+from semid.data.images import image_files, visible_entries
+from semid.data.movielens import FORMATS_HELP, is_movielens_folder
 from semid.data.registry import available_datasets
 from semid.data.tables import content_sha256, read_table, table_format
 from semid.errors import SemidError
 
 USER_HINTS = ("user", "user_id", "userid", "uid")
-IMAGE_EXTENSIONS = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".pgm",
-    ".ppm",
-    ".tif",
-    ".tiff",
-}
 
 
 def resolve_dataset(name: str | None) -> str | None:
@@ -70,15 +60,27 @@ def check_fingerprint(run: Any, *names: str | None) -> None:
                          f"{actual[:12]}, trained on {expected[:12]}); restore it or retrain the run")  # fmt: skip
 
 
+def _folder_contents(folder: Path) -> str:
+    """What a folder that is neither an image collection nor MovieLens holds, in a few words."""
+    if not visible_entries(folder):
+        return "is empty"
+    if image_files(folder):
+        return "holds images but no class subfolders"
+    return "holds neither class subfolders of images nor MovieLens files"
+
+
 def sniff_kind(path: str) -> str:
     """What a data path holds, from its form and columns: ``interactions``, ``documents`` or ``images``."""
     p = Path(path)
     if p.is_dir():
-        subfolders = [d for d in p.iterdir() if d.is_dir()]
-        has_images = any(
-            f.suffix.lower() in IMAGE_EXTENSIONS for d in subfolders for f in d.iterdir()
+        if any(image_files(d) for d in visible_entries(p) if d.is_dir()):
+            return "images"
+        if is_movielens_folder(p):
+            return "interactions"
+        raise SemidError(
+            f"{p} {_folder_contents(p)}; pass an image folder with one subfolder per class "
+            f"({p}/<class>/<image>) or a CSV of path,caption rows, or {FORMATS_HELP}"
         )
-        return "images" if has_images else "interactions"
     if table_format(p) is None:
         return "interactions"
     names = {c.split(":")[0].lower() for c in read_table(p, "data file").column_names}
