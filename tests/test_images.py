@@ -403,3 +403,13 @@ def test_encoder_converts_grey_and_colour_images():
     assert torch.allclose(enc.encode(grey[:, None].expand(-1, 3, -1, -1)), enc.encode(grey))
     colour = ImageEncoder(ImageEncoderConfig(in_channels=3, image_size=8, channels=(4,), dim=4))
     assert colour.encode(grey).shape == (2, 4)  # grey into colour
+
+
+def test_image_table_column_advice_needs_no_columns_option(tmp_path):
+    write_png(tmp_path / "a.png", (4, 4), 1)
+    (tmp_path / "two.csv").write_text("path,file,label\na.png,a.png,x\n")
+    (tmp_path / "none.csv").write_text("picture,label\na.png,x\n")
+    for name, advice in (("two.csv", "rename all but one"), ("none.csv", "rename it")):
+        with pytest.raises(SemidError, match=advice) as info:
+            load_image_collection(tmp_path / name)
+        assert "--columns" not in str(info.value)
