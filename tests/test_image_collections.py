@@ -99,3 +99,18 @@ def test_adding_images_to_a_bare_index_names_the_run_folder(tmp_path, capsys):
     target = tmp_path / "run" / "index"
     assert main(["index", "add", str(target), "--items", str(tmp_path / "more")]) == 2
     assert f"semid index add {tmp_path / 'run'} --items" in capsys.readouterr().err
+
+
+def test_added_folders_get_keys_of_their_own_and_a_repeated_add_names_the_fix(tmp_path, capsys):
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    for folder in ("more", "more2"):  # the same layout and file names as each other
+        write_classes(tmp_path / folder, {"dark": 40}, per_class=2)
+        assert main(["index", "add", str(run), "--items", str(tmp_path / folder)]) == 0
+    keys = json.loads((run / "index" / "keys.json").read_text())
+    assert keys[-4:] == ["more/dark/dark0.png", "more/dark/dark1.png", "more2/dark/dark0.png",
+                         "more2/dark/dark1.png"]  # fmt: skip
+    capsys.readouterr()
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 2
+    err = capsys.readouterr().err
+    assert "2 images of" in err and "are already indexed" in err and "rename those files" in err

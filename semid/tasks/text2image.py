@@ -41,6 +41,7 @@ from semid.saving import read_rows, write_rows
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
 from semid.training import TrainConfig, train_model
+from semid.wording import counted
 
 VOKEN_OPTIONS = ",hidden=256-128,latent=32"  # the benchmark's voken network
 IMAGE_ENCODER_DIR = "image_encoder"
@@ -325,8 +326,7 @@ class Text2ImageTask(Task):
             raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
         cnn = ImageEncoder.from_pretrained(encoder_dir)
-        size = cnn.config.image_size
-        images = load_images(source, image_size=size)
+        images = added_images(source, cnn.config.image_size, run.ids.keys)
         features = cnn.encode(images.images)
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
@@ -353,6 +353,25 @@ class Text2ImageTask(Task):
     def predictor(self, run: Run, device: str = "cpu") -> Text2ImagePredictor:
         """Top-k images for query texts."""
         return Text2ImagePredictor(run, device)
+
+
+def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageDataset:
+    """Images to add from a folder or a table; a folder's keys start with its name
+    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash."""
+    images = load_images(source, image_size=image_size)
+    if Path(source).is_dir():
+        folder = Path(source).resolve().name
+        images = dataclasses.replace(images, keys=[f"{folder}/{k}" for k in images.keys])
+    taken = set(indexed)
+    clash = [k for k in images.keys if k in taken]
+    if clash:
+        raise SemidError(
+            f"{counted(len(clash), 'image')} of {source} {'is' if len(clash) == 1 else 'are'} "
+            f"already indexed under the same key, e.g. {clash[0]!r} (an added folder's keys are "
+            "its name and the paths below it; a table's keys are its paths); rename those files or "
+            "the folder, or leave out images added before"
+        )
+    return images
 
 
 class Text2ImagePredictor(Predictor):
