@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from semid.atomic import check_output_folder, check_writable, restore_on_error, write_json
+from semid.atomic import check_output_folder, restore_on_error, write_json
 from semid.data.corpus import CorpusSplit, split_corpus, subset_rows
 from semid.data.documents import (
     QUERY_FIELDS_HELP,
