@@ -121,10 +121,8 @@ def build_item_index(
 def interaction_vectors(train: InteractionLog, seed: int = 0, dim: int = INTERACTION_DIM) -> Tensor:
     """Item vectors (N, d) from the interactions alone, for a catalogue without texts: the top
     singular vectors of the degree-normalized binary item-user matrix (D_i^-1/2 R D_u^-1/2), scaled by
-    their singular values, each scaled to unit length, so items liked by the same users point the
-    same way whatever their popularity (unscaled, rare items crowd near the origin and share IDs).
-    d = min(dim, N - 1, users - 1); items without train interactions get the zero vector. Seeded:
-    the same log gives the same vectors."""
+    their singular values, so items liked by the same users lie close. d = min(dim, N - 1, users - 1);
+    items without train interactions get the zero vector. Seeded: the same log gives the same vectors."""
     n_items, n_users = train.num_items, train.num_users
     d = max(1, min(dim, n_items - 1, n_users - 1))
     users, items = unique_edges(train.users, train.items, n_items)  # a repeated event counts once
@@ -135,7 +133,7 @@ def interaction_vectors(train: InteractionLog, seed: int = 0, dim: int = INTERAC
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         u, singular, _ = torch.svd_lowrank(a, q=min(d + 8, n_items, n_users), niter=6)
-    return torch.nn.functional.normalize((u[:, :d] * singular[:d]).float(), dim=1).contiguous()
+    return (u[:, :d] * singular[:d]).float().contiguous()
 
 
 def interactions_for_keys(source: IndexSource, keys: list[str]) -> InteractionLog:
