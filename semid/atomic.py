@@ -153,7 +153,8 @@ def check_output_folder(folder: str | os.PathLike) -> None:
     check_writable(folder / "x" if folder.is_dir() else folder)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (also when it belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -213,7 +214,7 @@ def recover(path: str | os.PathLike) -> bool:
     dead = [
         p
         for pid, p in _backups(path)
-        if pid != os.getpid() and (not _pid_alive(pid) or _age_s(p) > BACKUP_GRACE_S)
+        if pid != os.getpid() and (not pid_alive(pid) or _age_s(p) > BACKUP_GRACE_S)
     ]
     if not dead:
         return False
@@ -245,13 +246,13 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
         if pid is None:
             stale = _age_s(entry) > UNKNOWN_WRITER_STALE_S
         else:
-            stale = pid != os.getpid() and not _pid_alive(pid) or _age_s(entry) > STALE_AFTER_S
+            stale = pid != os.getpid() and not pid_alive(pid) or _age_s(entry) > STALE_AFTER_S
         if stale:
             _remove(entry)
             removed.append(entry)
     if os.path.lexists(path):  # otherwise a backup may still be needed by recover()
         for pid, entry in _backups(path):
-            if pid != os.getpid() and not _pid_alive(pid) or _age_s(entry) > BACKUP_GRACE_S:
+            if pid != os.getpid() and not pid_alive(pid) or _age_s(entry) > BACKUP_GRACE_S:
                 _remove(entry)
                 removed.append(entry)
     return removed

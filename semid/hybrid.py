@@ -148,7 +148,7 @@ def neighbour_weights(codes: Tensor, trained: int) -> Tensor:
         pending = [r for r in range(len(new)) if r not in weights_of]
         if not pending:
             break
-        prefixes, inverse = torch.unique(codes[:, :depth], dim=0, return_inverse=True)
+        _, inverse = torch.unique(codes[:, :depth], dim=0, return_inverse=True)
         members: dict[int, list[int]] = {}
         for row, group in enumerate(inverse[:trained].tolist()):
             members.setdefault(group, []).append(row)

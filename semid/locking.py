@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from semid.atomic import check_writable
+from semid.atomic import check_writable, pid_alive
 from semid.errors import SemidError
 
 # locks this process holds, by lock file, with their nesting depth: nested writes of one folder
@@ -89,12 +89,4 @@ def current_writer(folder: str | os.PathLike) -> str | None:
     """The pid of the live semid process holding the write lock of ``folder``, or None (an owner
     file left by a killed process names a pid that is gone)."""
     pid = _read_owner(lock_path(folder))
-    if not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return pid
+    return pid if pid.isdigit() and pid_alive(int(pid)) else None

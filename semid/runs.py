@@ -96,14 +96,14 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     run = Path(run)
     recover(run)
     fix = "train a run with `semid train ...`"
-    writer = current_writer(run)
-    if writer is not None and not (run / MANIFEST).is_file():
-        raise SemidError(
-            f"{run} is still being trained (semid process {writer}); wait for it to finish"
-        )
-    if not run.is_dir():
-        raise SemidError(f"{run} is not a folder; {fix}")
     if not (run / MANIFEST).is_file():
+        writer = current_writer(run)
+        if writer is not None:
+            raise SemidError(
+                f"{run} is still being trained (semid process {writer}); wait for it to finish"
+            )
+        if not run.is_dir():
+            raise SemidError(f"{run} is not a folder; {fix}")
         raise SemidError(f"{run} is not a run directory (no {MANIFEST}); {fix}")
     manifest = read_json(run / MANIFEST, fix)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("task"), str):

@@ -111,11 +111,12 @@ class RecommendTask(Task):
     def load_data(self, spec: RecommendSpec, ids: SemanticIDs, run: Run | None = None) -> RecData:
         """The spec's dataset split, items mapped to index rows (optionally only the first users);
         for a trained ``run``, after checking that its data files did not change."""
-        return self._load(spec, ids, run)[1]
+        return self.load_split(spec, ids, run)[1]
 
-    def _load(
+    def load_split(
         self, spec: RecommendSpec, ids: SemanticIDs, run: Run | None = None
     ) -> tuple[RecDataset, RecData]:
+        """The spec's dataset (as loaded, with its notes) and its split, as `load_data`."""
         if run is not None:
             check_fingerprint(run, spec.dataset, spec.items)
         dataset = source_dataset(spec)
@@ -130,7 +131,7 @@ class RecommendTask(Task):
         if index is None:
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
         ids = SemanticIDs.load(index)
-        dataset, data = self._load(spec, ids)
+        dataset, data = self.load_split(spec, ids)
         if is_main_process():
             print("\n".join([*dataset.notes, describe_data(dataset, data)]), flush=True)
         state: dict[str, Any] = {
@@ -251,7 +252,7 @@ class RecommendPredictor(Predictor):
     @cached_property
     def _users(self) -> tuple[RecData, list[str]]:
         # read on the first input that names a user: a history needs neither the log nor its users
-        dataset, data = get_task()._load(self.spec, self.run.ids, self.run)
+        dataset, data = get_task().load_split(self.spec, self.run.ids, self.run)
         return data, dataset.user_keys
 
     @property

@@ -344,18 +344,10 @@ class RetrieveTask(Task):
                     seed: int) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
         """The index of D0 (the seeded initial corpus) of a document collection."""
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
-        ids, *_ = self._index_d0(spec, out)
+        ids, *_ = self._index_d0(spec, *self._corpus(spec), out)
         return ids, [
             f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"
         ]
-
-    def train(self, spec: RetrieveSpec, out: Path, index: Path | None = None, resume: bool = True,
-              device: str = "auto") -> dict:  # fmt: skip
-        """As `Task.train`, once the documents are known to have training queries (checked before
-        the run folder is made)."""
-        coll, split = self._corpus(spec)
-        check_trainable(coll, split.d0_train)
-        return super().train(spec, out, index, resume, device)
 
     def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, CorpusSplit]:
         """The spec's documents (a seeded subset with ``max_docs``) and their seeded split."""
@@ -365,8 +357,8 @@ class RetrieveTask(Task):
         )
         return coll, split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
 
-    def _index_d0(self, spec: RetrieveSpec, out: Path) -> tuple[Any, ...]:
-        coll, split = self._corpus(spec)
+    def _index_d0(self, spec: RetrieveSpec, coll: DocumentCollection, split: CorpusSplit,
+                  out: Path) -> tuple[Any, ...]:  # fmt: skip
         torch.manual_seed(spec.seed)
         probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
         d0_docs = coll.subset(split.d0)
@@ -375,7 +367,7 @@ class RetrieveTask(Task):
                                    metadata={"dataset": spec.dataset})  # fmt: skip
         if is_main_process():
             ids.save(out, quantizer=quantizer)
-        return ids, quantizer, coll, split, probe, docs
+        return ids, quantizer, probe, docs
 
     def _train(self, spec: RetrieveSpec, out: Path, index: Path | None = None,
               resume: bool = True, device: str = "auto") -> dict:  # fmt: skip
@@ -392,7 +384,9 @@ class RetrieveTask(Task):
                     check_checkpoint(folder)
                 except DamagedCheckpointError:
                     pass  # the trainer skips it for an older one, with a note
-        ids, quantizer, coll, split, probe, docs = self._index_d0(spec, out / "index")
+        coll, split = self._corpus(spec)
+        check_trainable(coll, split.d0_train)  # before any work, and before the run folder exists
+        ids, quantizer, probe, docs = self._index_d0(spec, coll, split, out / "index")
         train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
         # the document head's weight is chosen on held-out queries
         if spec.model_config.rank_loss > 0:
