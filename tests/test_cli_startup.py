@@ -80,3 +80,19 @@ def test_console_script_is_this_interpreters_not_the_first_on_path(tmp_path, mon
     assert console_script() == str(beside)
     done = subprocess.run([console_script(), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "semid" in done.stdout
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`semid ... | head` closes the pipe while the command still prints: exit 141 as Unix tools
+    do, without a traceback (here a command that prints 10 MB)."""
+    script = (
+        "import sys\nimport semid.cli.index_stats as stats\n"
+        "stats.run = lambda args: [print('x' * 99) for _ in range(100_000)] and 0\n"
+        "from semid.cli.main import main\nsys.exit(main(['index', 'stats', 'any']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "x" * 99 + "\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
