@@ -19,9 +19,10 @@ from test_cli_subprocess import TINY_PROMPTDSI, write_class_folders
 
 from semid.cli.main import main
 from semid.data.registry import load_dataset
+from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.runs import load_run
-from semid.tasks import get_task
+from semid.tasks import get_task, load_predictor
 from semid.tasks.items import source_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -255,8 +256,44 @@ def test_changed_data_is_refused_and_a_moved_run_still_evaluates(tmp_path, monke
     assert (
         len(err) == 1 and err[0].startswith("semid: error:") and "changed since training" in err[0]
     )
-    # a new user's history needs neither the log nor its users: it is still answered
+    # predict answers from the log as it is now, and says so
     assert cli("semid predict moved --history m1 --k 2") == 0
     capsys.readouterr()
-    assert cli("semid predict moved --user u1 --k 2") == 2
-    assert "changed since training" in capsys.readouterr().err
+    assert cli("semid predict moved --user u1 --k 2") == 0
+    assert "changed since training: user histories come from" in capsys.readouterr().err
+
+
+def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch, capsys):
+    """A log that grew after training: the same predictor re-reads it, so a user's new events count
+    as seen, a new user is answered, and what cannot be answered is refused in one line."""
+    write_interactions(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
+    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
+               "--model pop --out run") == 0  # fmt: skip
+    predictor = load_predictor(tmp_path / "run")
+    (before,) = predictor.predict([{"user": "u1"}], k=5)
+    assert predictor.predict(
+        [{"user": "u1", "split": "test"}], k=5
+    )  # the trained data: splits work
+    capsys.readouterr()
+    top = before["keys"][0]
+    with open(tmp_path / "items.csv", "a") as f:
+        f.write("m999,A movie added after the index,Drama|Comedy\n")
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write(f"u1,{top},3000000\nu1,m999,3000001\nu99,{top},3000002\nu98,m999,3000003\n")
+
+    (after,) = predictor.predict([{"user": "u1"}], k=5)
+    assert top not in after["keys"] and after["keys"][:4] == before["keys"][1:]
+    err = capsys.readouterr().err
+    assert "changed since training" in err and "2 events on items outside the run's index" in err
+    (new_user,) = predictor.predict([{"user": "u99"}], k=5)
+    assert top not in new_user["keys"]
+    assert capsys.readouterr().err == ""  # the note comes once per read of the data
+    with pytest.raises(SemidError, match='"split" needs the data .* changed since'):
+        predictor.predict([{"user": "u1", "split": "test"}], k=5)
+    with pytest.raises(SemidError, match="user 'u98' has no events on items of the run's index"):
+        predictor.predict([{"user": "u98"}], k=5)
+    with pytest.raises(SemidError, match="unknown user 'u97'; pass a user"):
+        predictor.predict([{"user": "u97"}], k=5)
+    assert cli("semid eval run") == 2  # the metrics need the data trained on

@@ -227,3 +227,28 @@ def slice_users(dataset: Any, users: int) -> Any:
         num_users=min(users, log.num_users),
     )
     return dataclasses.replace(dataset, interactions=sliced, user_keys=dataset.user_keys[:users])
+
+
+def keep_indexed_items(dataset: Any, ids: SemanticIDs) -> tuple[Any, int]:
+    """A copy of a RecDataset without the items ``ids`` has no row for, nor their events (users
+    stay, maybe with no events); and how many events went."""
+    indexed = torch.tensor([k in ids._row_of_key for k in dataset.item_keys], dtype=torch.bool)
+    if bool(indexed.all()):
+        return dataset, 0
+    log = dataset.interactions
+    keep = indexed[log.items]
+    new_item = torch.cumsum(indexed.long(), 0) - 1  # old item id -> id among the kept items
+    item_keys = [k for k, ok in zip(dataset.item_keys, indexed.tolist(), strict=True) if ok]
+    texts = dataset.item_texts
+    if texts is not None:
+        texts = [t for t, ok in zip(texts, indexed.tolist(), strict=True) if ok]
+    kept = dataclasses.replace(
+        log,
+        users=log.users[keep],
+        items=new_item[log.items[keep]],
+        timestamps=log.timestamps[keep],
+        num_items=len(item_keys),
+        item_keys=item_keys,
+    )
+    dataset = dataclasses.replace(dataset, interactions=kept, item_keys=item_keys, item_texts=texts)
+    return dataset, int((~keep).sum())

@@ -38,6 +38,20 @@ def data_paths(*names: str | None) -> list[str]:
     return [n for n in names if n is not None and n not in registered]
 
 
+class DataChanged(SemidError):
+    """A run's data files no longer hash to what training recorded."""
+
+
+def data_stamp(*names: str | None) -> tuple[tuple[str, int, int], ...]:
+    """Path, size and modification time of each file among ``names`` (folders: every file below):
+    a cheap key that changes when a file is rewritten (the content hash says whether it changed)."""
+    files: list[Path] = []
+    for path in map(Path, data_paths(*names)):
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(f, f.stat()) for f in files if f.exists()]
+    return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
+
+
 def fingerprint(*names: str | None) -> str | None:
     """The content hash of the files among ``names``, or None when all are registered datasets."""
     paths = data_paths(*names)
@@ -45,7 +59,8 @@ def fingerprint(*names: str | None) -> str | None:
 
 
 def check_fingerprint(run: Any, *names: str | None) -> None:
-    """SemidError unless the run's data files still exist and hash to what training recorded."""
+    """SemidError unless the run's data files still exist; DataChanged unless they hash to what
+    training recorded."""
     expected = run.state.get("data_sha256")
     paths = data_paths(*names)
     if expected is None or not paths:
@@ -56,7 +71,7 @@ def check_fingerprint(run: Any, *names: str | None) -> None:
                          "or retrain the run")  # fmt: skip
     actual = content_sha256(paths)
     if actual != expected:
-        raise SemidError(f"the data of {run.path} changed since training ({', '.join(paths)}: sha256 "
+        raise DataChanged(f"the data of {run.path} changed since training ({', '.join(paths)}: sha256 "
                          f"{actual[:12]}, trained on {expected[:12]}); restore it or retrain the run")  # fmt: skip
 
 

@@ -11,9 +11,9 @@ their top-k from trie-constrained beam search, scorers (pop, SASRec) from full s
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from semid.data.sequences import (
     SequenceDataset,
     TargetDataset,
     gather_history,
+    keep_indexed_items,
     prepare_data,
     slice_users,
 )
@@ -43,12 +44,13 @@ from semid.models import is_generator, model_config, save_model
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
-from semid.tasks.data import check_fingerprint, fingerprint
+from semid.tasks.data import DataChanged, check_fingerprint, data_stamp, fingerprint
 from semid.tasks.items import (
     INTERACTION_VECTORS,
     build_item_index,
     new_model,
     read_new_items,
+    recommendation_dataset,
     source_dataset,
 )
 from semid.training import TrainConfig, train_model
@@ -238,9 +240,47 @@ class RecommendTask(Task):
         return RecommendPredictor(run, device)
 
 
+@dataclass
+class UserHistories:
+    """The users a predictor answers for: their split (items as index rows) and keys; ``live``
+    when they come from the data files as they are now rather than as trained on."""
+
+    data: RecData
+    user_keys: list[str]
+    live: bool = False
+    user_of_key: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.user_of_key = {k: i for i, k in enumerate(self.user_keys)}
+
+    def events(self, user: str) -> int:
+        """How many events of ``user`` (a key) the data holds on items of the index."""
+        ptr = self.data.split.ptr
+        u = self.user_of_key[user]
+        return int(ptr[u + 1] - ptr[u])
+
+
+def current_histories(spec: RecommendSpec, ids: SemanticIDs) -> tuple[UserHistories, str]:
+    """Every user of the data files as they are now (any number of events), with only their events
+    on items of ``ids``; and a note saying so, for a run whose data changed since training."""
+    dataset = recommendation_dataset(spec.dataset, spec.items, spec.columns, "drop", 1)
+    dataset, skipped = keep_indexed_items(dataset, ids)
+    data = prepare_data(dataset, ids, spec.max_history)
+    note = "its data changed since training: user histories come from the files as they are now"
+    if skipped:
+        note += (f" ({counted(skipped, 'event')} on items outside the run's index skipped; add "
+                 "the items with `semid index add`)")  # fmt: skip
+    return UserHistories(data, dataset.user_keys, live=True), note
+
+
 class RecommendPredictor(Predictor):
     """Answers ``{"user": ID}`` (history from the run's data; ``"split": "valid"|"test"`` stops it
-    before that target, as `evaluate` sees it) or ``{"history": [item keys]}`` (a new user)."""
+    before that target, as `evaluate` sees it) or ``{"history": [item keys]}`` (a new user).
+
+    The data is read on the first input that names a user, and again whenever its files change
+    (checked at each input, by size and time). Data that changed since training is not refused:
+    users' histories come from the files as they are now (events on items outside the index
+    skipped; the model's user token is the new-user one), and a note on stderr says so once."""
 
     task = "recommend"
 
@@ -248,27 +288,30 @@ class RecommendPredictor(Predictor):
         super().__init__(run, device)
         self.spec = get_task().spec_of(run)
         self.codes = run.ids.codes if is_generator(run.model) else None
+        self._loaded: tuple[Any, UserHistories] | None = None
 
-    @cached_property
-    def _users(self) -> tuple[RecData, list[str]]:
-        # read on the first input that names a user: a history needs neither the log nor its users
-        dataset, data = get_task().load_split(self.spec, self.run.ids, self.run)
-        return data, dataset.user_keys
+    def histories(self) -> UserHistories:
+        """The users' histories, re-read when the data files changed since the last read."""
+        stamp = data_stamp(self.spec.dataset, self.spec.items)
+        loaded = self._loaded  # one read: the serving thread may replace it meanwhile
+        if loaded is None or loaded[0] != stamp:
+            loaded = (stamp, self._read_histories())
+            self._loaded = loaded
+        return loaded[1]
 
-    @property
-    def data(self) -> RecData:
-        """The run's split (read from its data files, checked unchanged, on first use)."""
-        return self._users[0]
+    def _read_histories(self) -> UserHistories:
+        try:
+            dataset, data = get_task().load_split(self.spec, self.run.ids, self.run)
+        except DataChanged:
+            histories, note = current_histories(self.spec, self.run.ids)
+            print(f"semid: note: {self.run.path}: {note}", file=sys.stderr, flush=True)
+            return histories
+        return UserHistories(data, dataset.user_keys)
 
     @property
     def user_keys(self) -> list[str]:
-        """The keys of the run's users, in id order."""
-        return self._users[1]
-
-    @cached_property
-    def user_of_key(self) -> dict[str, int]:
-        """User id of each user key."""
-        return {k: i for i, k in enumerate(self.user_keys)}
+        """The keys of the users the predictor answers for, in id order."""
+        return self.histories().user_keys
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A known user (optionally up to a split's target) or a non-empty history of known items."""
@@ -286,16 +329,31 @@ class RecommendPredictor(Predictor):
                 )
             return {"history": history}
         user = str(item["user"])
-        if user not in self.user_of_key:
-            left_out = (f" (users with fewer than {self.spec.min_interactions} interactions were "
-                        "left out at training)" if self.spec.min_interactions > 1 else "")  # fmt: skip
-            raise SemidError(
-                f"unknown user {user!r}{left_out}; pass a user of the run's data, or a history"
-            )
         split = item.get("split")
         if split is not None and split not in SPLITS:
             raise SemidError(f'"split" must be valid or test, got {split!r}')
+        self._check_user(user, split, self.histories())
         return {"user": user, "split": split} if split else {"user": user}
+
+    def _check_user(self, user: str, split: str | None, histories: UserHistories) -> None:
+        if user not in histories.user_of_key:
+            left_out = ""
+            if self.spec.min_interactions > 1 and not histories.live:
+                left_out = (f" (users with fewer than {self.spec.min_interactions} interactions "
+                            "were left out at training)")  # fmt: skip
+            raise SemidError(
+                f"unknown user {user!r}{left_out}; pass a user of the run's data, or a history"
+            )
+        if histories.live and split is not None:
+            raise SemidError(
+                f'"split" needs the data {self.run.path} was trained on, which changed since; '
+                "ask without a split, or restore the data"
+            )
+        if histories.live and histories.events(user) == 0:
+            raise SemidError(
+                f"user {user!r} has no events on items of the run's index; add the items with "
+                "`semid index add`, or pass a history"
+            )
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """One beam search (or scoring pass) over the batch of inputs."""
@@ -314,20 +372,22 @@ class RecommendPredictor(Predictor):
         known = [i for i, x in enumerate(inputs) if "user" in x]
         t = self.spec.max_history
         items = torch.full((len(inputs), t), PAD, dtype=torch.long)
-        times = torch.zeros(len(inputs), t, dtype=self.data.times.dtype if known else torch.long)
+        times = torch.zeros(len(inputs), t, dtype=torch.long)
         users = torch.full((len(inputs),), -1, dtype=torch.long)  # -1: a user the run has not seen
         seen_rows: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(inputs)
         if known:
-            users_known = torch.tensor([self.user_of_key[inputs[i]["user"]] for i in known])
-            positions = self._positions([inputs[i] for i in known])
-            history = gather_history(self.data, positions, t, users_known)
-            seen = self.data.seen_before(positions, users_known)
+            h = self.histories()  # one read for the whole batch
+            for i in known:  # checked against an earlier read: the data may have changed since
+                self._check_user(inputs[i]["user"], inputs[i].get("split"), h)
+            times = times.to(h.data.times.dtype)
+            users_known = torch.tensor([h.user_of_key[inputs[i]["user"]] for i in known])
+            positions = self._positions(h, [inputs[i] for i in known])
+            history = gather_history(h.data, positions, t, users_known)
+            seen = h.data.seen_before(positions, users_known)
             for j, i in enumerate(known):
-                items[i], times[i], users[i] = (
-                    history["items"][j],
-                    history["times"][j],
-                    history["users"][j],
-                )
+                items[i], times[i] = history["items"][j], history["times"][j]
+                if not h.live:  # the ids of the current data are not the ids trained on
+                    users[i] = history["users"][j]
                 seen_rows[i] = seen[j][seen[j] >= 0]
         for i, x in enumerate(inputs):
             if "history" in x:
@@ -340,10 +400,10 @@ class RecommendPredictor(Predictor):
             seen[i, width - len(s) :] = s.sort().values
         return {"users": users, "items": items, "times": times}, seen
 
-    def _positions(self, inputs: list[dict[str, Any]]) -> Tensor:
+    def _positions(self, histories: UserHistories, inputs: list[dict[str, Any]]) -> Tensor:
         """Sequence positions to predict at: after the whole history, or at a split's target."""
-        s = self.data.split
-        users = torch.tensor([self.user_of_key[x["user"]] for x in inputs])
+        s = histories.data.split
+        users = torch.tensor([histories.user_of_key[x["user"]] for x in inputs])
         end = s.ptr[users + 1]
         offset = torch.tensor([{"valid": 2, "test": 1}.get(x.get("split"), 0) for x in inputs])
         has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
