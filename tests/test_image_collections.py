@@ -59,6 +59,7 @@ def test_a_captions_only_table_trains_evaluates_and_predicts(tmp_path, capsys):
     run = build_and_train(tmp_path / "caps.csv", tmp_path)
     out = capsys.readouterr().out
     assert "images at 12x12 px" in out and "--k 4" in out  # 4 images indexed: no k over 4
+    assert "classes" not in out and "captions" in out  # no classes to count
     metrics = evaluate(run, "1", "4")
     assert metrics["invalid_id_rate"] == 0 and metrics["recall@4"] == 1.0  # each caption's image
     assert main(["predict", str(run), "--query", "a bright square", "--k", "2"]) == 0

@@ -274,10 +274,12 @@ class Text2ImageTask(Task):
         started = time.perf_counter()
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
         summary = {"train_images": len(splits.train), "indexed_images": len(ids),
-                   "image_size": splits.train.images.shape[-1],
-                   "classes": len(splits.train.class_names or []), "query_wordings": len(texts),
-                   "steps": result.steps, "epochs": result.epochs,
-                   "train_seconds": round(result.resumed_after_s + time.perf_counter() - started, 2)}  # fmt: skip
+                   "image_size": splits.train.images.shape[-1]}  # fmt: skip
+        if splits.train.class_names:  # a captions-only collection has none
+            summary["classes"] = len(splits.train.class_names)
+        summary |= {"query_wordings" if splits.train.labels is not None else "captions": len(texts),
+                    "steps": result.steps, "epochs": result.epochs,
+                    "train_seconds": round(result.resumed_after_s + time.perf_counter() - started, 2)}  # fmt: skip
         if not is_main_process():
             return summary
         copy_index(index, out)
