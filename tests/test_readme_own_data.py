@@ -290,6 +290,7 @@ def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch,
     (new_user,) = predictor.predict([{"user": "u99"}], k=5)
     assert top not in new_user["keys"]
     assert capsys.readouterr().err == ""  # the note comes once per read of the data
+    assert "u99" in predictor.user_keys and "u98" not in predictor.user_keys  # --users all
     with pytest.raises(SemidError, match='"split" needs the data .* changed since'):
         predictor.predict([{"user": "u1", "split": "test"}], k=5)
     with pytest.raises(SemidError, match="user 'u98' has no events on items of the run's index"):

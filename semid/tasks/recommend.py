@@ -310,8 +310,11 @@ class RecommendPredictor(Predictor):
 
     @property
     def user_keys(self) -> list[str]:
-        """The keys of the users the predictor answers for, in id order."""
-        return self.histories().user_keys
+        """The keys of the users the predictor can answer (``--users all``), in id order: those
+        with events on items of the index."""
+        histories = self.histories()
+        events = histories.data.split.ptr.diff().tolist()
+        return [k for k, n in zip(histories.user_keys, events, strict=True) if n > 0]
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A known user (optionally up to a split's target) or a non-empty history of known items."""
