@@ -143,6 +143,22 @@ def check_writable(path: str | os.PathLike) -> None:
         raise SemidError(f"output folder {parent} is not writable; choose a writable --out")
 
 
+def check_output_file(path: str | os.PathLike) -> None:
+    """Raise SemidError unless a file can be written at ``path``: not an existing folder, and its
+    folder takes a new file. A trial file is made and removed, since ``os.access`` says yes to root
+    and to pseudo file systems such as /proc where no file can be created."""
+    path = Path(path)
+    if path.is_dir():
+        raise SemidError(f"output {path} is a folder; name a file for --out")
+    check_writable(path)
+    try:
+        fd, trial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise SemidError(f"cannot write {path}: {e.strerror}; choose a writable --out") from None
+    os.close(fd)
+    os.unlink(trial)
+
+
 def check_output_folder(folder: str | os.PathLike) -> None:
     """Raise SemidError unless files can be written into ``folder``: an existing writable folder,
     or one that can be created later (its parents are created now, the folder itself is not, so a

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semid.atomic import atomic_file, check_writable
+from semid.atomic import atomic_file, check_output_file
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
 from semid.data.text_files import read_lines
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out is not None:
-        check_writable(args.out)
+        check_output_file(args.out)
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
     inputs, origins = read_inputs(args, predictor)
