@@ -377,6 +377,9 @@ def create_app(
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             return _error(400, f"the body is not valid JSON: {e}")
+        except RecursionError:  # valid JSON nested deeper than the parser's recursion limit
+            return _error(400, "the body nests JSON too deep; send a flat object such as "
+                               '{"users": [...], "k": 10}')  # fmt: skip
         try:
             name, inputs, k, num_beams = parse_request(body)
             future = batcher.submit(inputs, k, num_beams, field=name)

@@ -127,6 +127,7 @@ BAD = {
     "k over the catalogue": b'{"users": ["u1"], "k": 101}',
     "num_beams < k": b'{"users": ["u1"], "k": 10, "num_beams": 5}',
     "num_beams a string": b'{"users": ["u1"], "num_beams": "x"}',
+    "nested too deep": b"[" * 100_000 + b"]" * 100_000,
 }
 
 
