@@ -134,6 +134,21 @@ def test_integer_item_keys_in_a_json_history_are_keys(predictor):
         predictor.check_input({"history": [True]})
 
 
+def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkeypatch):
+    """A beam per ID already searches every ID, so a wider beam (a client may send any integer)
+    is searched as that: the same answers, without overflowing torch's sizes or allocating a beam
+    (and a cached ranker) per requested width."""
+    inputs = [{"user": predictor.user_keys[0]}, {"history": ["1", "50"]}]
+    size = len(predictor.run.ids)
+    whole = predictor.predict(inputs, k=5, num_beams=size)
+    widths = []
+    rank = predictor.rank
+    monkeypatch.setattr(predictor, "rank", lambda x, k, b: widths.append(b) or rank(x, k, b))
+    assert predictor.predict(inputs, k=5, num_beams=10**30) == whole
+    assert predictor.predict(inputs, k=5, num_beams=size + 1) == whole
+    assert widths == [size, size]
+
+
 def test_a_key_cut_at_its_comma_gets_the_json_hint(run, capsys):
     assert main(["predict", str(run), "--history", "1,Sixth Sense, The (1999)"]) == 2
     err = capsys.readouterr().err

@@ -179,8 +179,12 @@ class Predictor(ABC):
     def predict(
         self, inputs: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
-        """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``."""
+        """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``. A beam wider
+        than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
+        and a wider one would only allocate (and cache a ranker for) empty beams."""
         self.check_k(k, num_beams)
+        if num_beams is not None:
+            num_beams = min(num_beams, self.max_k())
         checked = [self.check_input(item) for item in inputs]
         if not checked:
             return []
