@@ -69,7 +69,9 @@ def test_predict_at_the_test_target_is_the_evaluation_ranking(predictor):
     spec, task = predictor.spec, get_task("recommend")
     ranker = task.ranker(predictor.run, spec, EvalOptions())
     codes = predictor.run.ids.codes if is_generator(predictor.run.model) else None
-    users, ranking, _, _ = rank_split(ranker, predictor.data, "test", 10, codes, spec.max_history)
+    users, ranking, _, _ = rank_split(
+        ranker, predictor.histories().data, "test", 10, codes, spec.max_history
+    )
     answers = predictor.predict(
         [{"user": predictor.user_keys[u], "split": "test"} for u in users.tolist()], k=10
     )
