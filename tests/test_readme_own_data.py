@@ -298,3 +298,20 @@ def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch,
     with pytest.raises(SemidError, match="unknown user 'u97'; pass a user"):
         predictor.predict([{"user": "u97"}], k=5)
     assert cli("semid eval run") == 2  # the metrics need the data trained on
+
+
+def test_a_grown_log_counts_events_on_items_the_items_file_lacks(tmp_path, monkeypatch, capsys):
+    """A new item often reaches the log before the items file: its events are outside the index
+    like any other's, so the note counts them (they are not dropped unseen for lack of a text)."""
+    write_interactions(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
+    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
+               "--model pop --out run") == 0  # fmt: skip
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,m-not-in-items,3000000\nu1,m-not-in-items,3000001\nu1,m3,3000002\n")
+    capsys.readouterr()
+    (answer,) = load_predictor(tmp_path / "run").predict([{"user": "u1"}], k=5)
+    assert "m3" not in answer["keys"]  # the new event on an indexed item counts as seen
+    err = capsys.readouterr().err
+    assert "changed since training" in err and "2 events on items outside the run's index" in err
