@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from semid.cli.main import main
+from semid.errors import SemidError
+from semid.tasks import load_predictor
 
 
 @pytest.fixture
@@ -49,6 +51,9 @@ def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "precision@10" in flat and "invalid_id_rate" in flat
+    # a client that sends a user (serve's {"users": [...]}) is told what this run answers
+    with pytest.raises(SemidError, match='retrieves images for queries, not for a user; send {"q'):
+        load_predictor(run).check_input({"user": "u0"})
 
 
 def test_avg_needs_an_image_dataset(tmp_path, capsys):

@@ -151,6 +151,14 @@ def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkey
     assert widths == [size, size]
 
 
+def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
+    """serve's {"queries": [...]} to a recommendation run names the bodies that it answers."""
+    for item in ({"query": "a good film"}, {"user": predictor.user_keys[0], "query": "x"}):
+        with pytest.raises(SemidError, match='recommends items for users and histories, not for '
+                                             'a query; send {"users": '):  # fmt: skip
+            predictor.check_input(item)
+
+
 def test_a_key_cut_at_its_comma_gets_the_json_hint(run, capsys):
     assert main(["predict", str(run), "--history", "1,Sixth Sense, The (1999)"]) == 2
     err = capsys.readouterr().err

@@ -152,6 +152,9 @@ class Predictor(ABC):
     """Answers queries with a loaded run: top-k keys, scores and semantic IDs per input."""
 
     task: ClassVar[str]
+    # the input kinds the run answers ("user", "history", "query"), and what it does for them
+    accepts: ClassVar[tuple[str, ...]] = ("query",)
+    serves: ClassVar[str] = "retrieves documents for queries"
 
     def __init__(self, run: Run, device: str = "cpu") -> None:
         self.run, self.device = run, device
@@ -190,6 +193,22 @@ class Predictor(ABC):
             return []
         ranking = self.rank(checked, k, num_beams)
         return [answer_of(item, self.run.ids.keys, ranking, i) for i, item in enumerate(inputs)]
+
+    def refuse_other_inputs(self, item: Any) -> None:
+        """SemidError if ``item`` is an input of a kind the run does not take (``"query"`` for a
+        recommender, ``"user"`` or ``"history"`` for a retriever), saying what the run serves and
+        what to send instead."""
+        if not isinstance(item, dict):
+            return
+        asked = [f for f in ("user", "history", "query") if f not in self.accepts and f in item]
+        if asked:
+            send = (
+                'send {"users": [...]} or {"histories": [[...]]} '
+                "(predict: --user, --users, --history or --histories)"
+                if "user" in self.accepts
+                else 'send {"queries": ["..."]} (predict: --query or --queries)'
+            )
+            raise SemidError(f"this run {self.serves}, not for a {asked[0]}; {send}")
 
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""

@@ -286,6 +286,8 @@ class RecommendPredictor(Predictor):
     skipped; the model's user token is the new-user one), and a note on stderr says so once."""
 
     task = "recommend"
+    accepts = ("user", "history")
+    serves = "recommends items for users and histories"
 
     def __init__(self, run: Run, device: str = "cpu") -> None:
         super().__init__(run, device)
@@ -321,6 +323,7 @@ class RecommendPredictor(Predictor):
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A known user (optionally up to a split's target) or a non-empty history of known items."""
+        self.refuse_other_inputs(item)
         if not isinstance(item, dict) or ("user" in item) == ("history" in item):
             raise SemidError('each input needs exactly one of "user" or "history"')
         if "history" in item:

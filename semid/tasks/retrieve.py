@@ -584,10 +584,7 @@ class RetrievePredictor(Predictor):
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
-        asked = [f for f in ("user", "history") if isinstance(item, dict) and f in item]
-        if asked:
-            raise SemidError(f'this run retrieves documents for queries, not for a {asked[0]}; '
-                             'send {"queries": ["..."]} (predict: --query or --queries)')  # fmt: skip
+        self.refuse_other_inputs(item)
         query = item.get("query") if isinstance(item, dict) else None
         if not isinstance(query, str) or not query.strip():
             raise SemidError('each input needs a non-empty "query" text')

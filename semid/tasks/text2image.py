@@ -380,6 +380,7 @@ class Text2ImagePredictor(Predictor):
     """Answers ``{"query": TEXT}`` with the top-k image keys."""
 
     task = "text2image"
+    serves = "retrieves images for queries"
 
     def __init__(self, run: Run, device: str = "cpu") -> None:
         features = read_rows(run.index_path / IMAGE_FEATURES)
@@ -389,6 +390,7 @@ class Text2ImagePredictor(Predictor):
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
+        self.refuse_other_inputs(item)
         query = item.get("query") if isinstance(item, dict) else None
         if not isinstance(query, str) or not query.strip():
             raise SemidError('each input needs a non-empty "query" text')
