@@ -18,7 +18,7 @@ HTTP (FastAPI, served by uvicorn):
   GET  /health   -> {"status": "ok"}
   GET  /info     -> predictor.info() + semid/torch versions + batching settings (workers too) and
                  counters
-Bad requests answer 400 with {"error": "one line"}. SIGINT/SIGTERM (uvicorn) stop accepting
+Bad requests answer 400 with {"error": "one line"} (413 for a body over 16 MiB). SIGINT/SIGTERM (uvicorn) stop accepting
 connections, let in-flight requests finish, then the lifespan shutdown stops the worker.
 """
 
@@ -52,6 +52,7 @@ from semid.model_process import ProcessPredictor
 
 DEFAULT_K = 10
 BACKLOG = 2048  # connections queued while the server starts or is busy
+MAX_BODY_BYTES = 16 * 2**20  # a /predict body larger than this is refused (413), not read
 logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
 _LIST_FIELDS = {"users": "user", "histories": "history", "queries": "query"}
@@ -324,14 +325,30 @@ def _versions() -> dict[str, str]:
     return {"semid_version": __version__, "torch_version": torch_version}
 
 
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to exceed ``limit`` bytes (by its
+    Content-Length, or while reading a chunked one), so a huge body is never held in memory."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(
     predictor: Predictor,
     max_batch: int = 64,
     max_wait_ms: float = 5.0,
     replicas: list[Predictor] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The FastAPI app serving ``predictor`` (and ``replicas``, see BatchingPredictor); the routes
-    are in the module docstring."""
+    are in the module docstring. A /predict body over ``max_body_bytes`` is answered 413."""
     batcher = BatchingPredictor(predictor, max_batch, max_wait_ms, replicas)
 
     @asynccontextmanager
@@ -372,7 +389,10 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
-        raw = await request.body()
+        raw = await read_body(request, max_body_bytes)
+        if raw is None:
+            return _error(413, f"the body is larger than {max_body_bytes:,} bytes; "
+                               "send the inputs in several requests")  # fmt: skip
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

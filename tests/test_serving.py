@@ -147,6 +147,24 @@ def test_unknown_route_and_method_answer_json(live):
     assert client.get("/predict").status_code == 405
 
 
+def test_a_body_over_the_limit_is_refused_unread_and_the_server_goes_on():
+    """One client must not make the server hold any amount of memory: a body over the limit is
+    answered 413 from its Content-Length, or once a chunked one has passed the limit."""
+    server = LiveServer(FakePredictor(), max_body_bytes=1000)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            big = {"users": ["u1"] * 300}  # about 2 kB
+            r = client.post("/predict", json=big)
+            assert r.status_code == 413 and "larger than 1,000 bytes" in r.json()["error"]
+            chunked = client.post(
+                "/predict", content=iter([b'{"users": [', b'"u1", ' * 300, b'"u1"]}'])
+            )
+            assert chunked.status_code == 413 and "error" in chunked.json()
+            assert client.post("/predict", json={"users": ["u1"] * 10}).status_code == 200
+    finally:
+        server.stop()
+
+
 def test_bad_input_does_not_fail_batched_neighbours(live):
     _, _, client = live
     bodies = [{"users": ["u1"]}, {"users": ["nobody"]}, {"users": ["u2"]}] * 4
