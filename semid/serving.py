@@ -16,8 +16,8 @@ HTTP (FastAPI, served by uvicorn):
                  | {"inputs": [{...}, ...]}, plus optional "k" (default 10) and "num_beams"
                  -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
   GET  /health   -> {"status": "ok"}
-  GET  /info     -> predictor.info() + semid/torch versions + batching settings (workers too) and
-                 counters
+  GET  /info     -> predictor.info() (task, the body fields it answers, index size, ...), default_k
+                 and max_k, semid/torch versions, batching settings (workers too) and counters
 Bad requests answer 400 with {"error": "one line"} (413 for a body over 16 MiB). SIGINT/SIGTERM (uvicorn) stop accepting
 connections, let in-flight requests finish, then the lifespan shutdown stops the worker.
 """
@@ -385,7 +385,9 @@ def create_app(
             "max_wait_ms": 1000 * batcher.max_wait_s,
             "workers": len(batcher.workers),
         }
-        return {**predictor.info(), **_versions(), "batching": {**batching, **batcher.stats}}
+        limits = {"default_k": DEFAULT_K, "max_k": predictor.max_k()}
+        return {**predictor.info(), **limits, **_versions(),
+                "batching": {**batching, **batcher.stats}}  # fmt: skip
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:

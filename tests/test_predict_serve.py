@@ -152,7 +152,9 @@ def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkey
 
 
 def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
-    """serve's {"queries": [...]} to a recommendation run names the bodies that it answers."""
+    """serve's {"queries": [...]} to a recommendation run names the bodies that it answers, as
+    /info does."""
+    assert predictor.info()["inputs"] == ["users", "histories", "inputs"]
     for item in ({"query": "a good film"}, {"user": predictor.user_keys[0], "query": "x"}):
         with pytest.raises(SemidError, match='recommends items for users and histories, not for '
                                              'a query; send {"users": '):  # fmt: skip

@@ -77,6 +77,7 @@ def test_health_and_info(live):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert info["task"] == "recommend" and info["index_size"] == 100
+    assert info["default_k"] == 10 and info["max_k"] == 100  # what a body's "k" may be
     assert info["semid_version"] and info["torch_version"]
     assert info["batching"]["max_batch"] == 64 and info["batching"]["workers"] == 1
 

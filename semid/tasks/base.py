@@ -148,6 +148,9 @@ class Task(ABC):
         return config_from_dict(self.spec_class, run.spec, f"{run.path}/config.json")
 
 
+BODY_FIELDS = {"user": "users", "history": "histories", "query": "queries"}  # serve's body fields
+
+
 class Predictor(ABC):
     """Answers queries with a loaded run: top-k keys, scores and semantic IDs per input."""
 
@@ -225,6 +228,8 @@ class Predictor(ABC):
         """What is being served: task, model, index size, search defaults, versions."""
         return {
             "task": self.task,
+            # the /predict body fields this run answers ("inputs" takes objects of those kinds)
+            "inputs": [*(BODY_FIELDS[kind] for kind in self.accepts), "inputs"],
             "run": str(self.run.path),
             "model": self.run.model.name,
             "index_size": len(self.run.ids),
