@@ -660,6 +660,8 @@ cases(
         ("predict-history-json-unknown", "unknown item 'ghost'", on_rec(PREDICT, lambda r: None, "--history", '["1", "ghost"]')),
         ("predict-histories-missing", "h.txt", lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.tmp / "h.txt"))(e)),
         ("predict-histories-unknown-line", "h.txt line 2: unknown item 'ghost'", lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.txt", '1,50\n["ghost"]\n')))(e)),
+        ("predict-histories-null", 'h.jsonl line 1: "history" must be a list of item keys, got null', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"history": null}\n')))(e)),
+        ("predict-histories-number", 'h.jsonl line 1: "history" must be a list of item keys, got 50', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"history": 50}\n')))(e)),
         ("predict-histories-no-field", 'h.jsonl line 1 has no "history" field', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"items": ["1"]}\n')))(e)),
         ("predict-k-over-catalogue", "k", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "100000")),
         ("predict-k-0", "k", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "0")),

@@ -150,6 +150,10 @@ def _history_line(line: str, where: str) -> tuple[dict[str, Any], str]:
     """One ``--histories`` line: keys as ``--history`` takes them, or ``{"history": [...]}``."""
     if line.startswith("{"):
         history = _json_field(line, "history", where)
+        if not isinstance(history, str | list):  # 5 or null would read as the key "5" or "null"
+            raise SemidError(
+                f'{where}: "history" must be a list of item keys, got {json.dumps(history)[:60]}'
+            )
         line = history if isinstance(history, str) else json.dumps(history)
     keys, split = parse_history(line, where)
     return {"history": keys}, COMMA_HINT if split else ""
