@@ -495,6 +495,11 @@ def test_an_items_key_column_named_only_in_the_items_file(tmp_path: Path) -> Non
         tmp_path / "log.csv", tmp_path / "items.csv", columns="item=sku", min_interactions=1
     )
     assert d.item_keys == ["1", "2"] and d.item_texts == ["title: one", "title: two"]
+    # "keep": the items file only resolves the columns; every event stays, without texts
+    (tmp_path / "log.csv").write_text("user,item,timestamp\nA,1,1\nA,2,2\nA,3,3\n")
+    kept = load_interaction_files(tmp_path / "log.csv", tmp_path / "items.csv", columns="item=sku",
+                                  missing_text="keep", min_interactions=1)  # fmt: skip
+    assert kept.item_keys == ["1", "2", "3"] and kept.item_texts is None
     with pytest.raises(SemidError, match="items.csv lacks an item column .*found: sku, title"):
         load_interaction_files(
             tmp_path / "log.csv", tmp_path / "items.csv", columns="item=skuu", min_interactions=1

@@ -13,7 +13,8 @@ joined by ``"; "`` (empty values skipped; list values joined by ``", "``), e.g.
 ``RecDataset.item_texts`` is None and embeddings must come from elsewhere.
 
 Loading, in order: events whose item has no text (absent from the items file, or empty) raise, or
-are dropped with ``missing_text="drop"``; exact repeats of a row (same user, item and time) are
+are dropped with ``missing_text="drop"``, or kept with ``missing_text="keep"`` (the items file then
+only resolves ``columns``, and the dataset has no texts: for reading histories, not for embedding); exact repeats of a row (same user, item and time) are
 dropped, as double-logged events; users with fewer than ``min_interactions`` events are
 dropped (once, as RecBole's ``user_inter_num_interval`` does); items of the items file left
 without events are dropped. Each drop adds a line to ``RecDataset.notes``.
@@ -62,7 +63,7 @@ TIME_COLUMNS = (
     "created_at",
 )
 ROLES = ("user", "item", "timestamp", "text")
-MISSING_TEXT = ("error", "drop")
+MISSING_TEXT = ("error", "drop", "keep")
 
 
 def load_interaction_files(
@@ -85,7 +86,7 @@ def load_interaction_files(
             f"--columns names unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}"
         )
     if missing_text not in MISSING_TEXT:
-        raise SemidError(f"missing_text must be 'error' or 'drop', got {missing_text!r}")
+        raise SemidError(f"missing_text must be 'error', 'drop' or 'keep', got {missing_text!r}")
     if min_interactions < 1:
         raise SemidError(f"min_interactions must be >= 1, got {min_interactions}")
     path = Path(interactions)
@@ -112,7 +113,9 @@ def load_interaction_files(
         times = _timestamps(table[time_col], path)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
 
-    if items is not None:
+    if missing_text == "keep":
+        catalog = texts = None  # every event stays; items are numbered from the log
+    if catalog is not None:
         has_text = pd.Index(catalog[[bool(t.strip()) for t in texts]])
         missing = ~pd.Index(item_of).isin(has_text)
         if missing.any():

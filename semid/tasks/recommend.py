@@ -262,11 +262,11 @@ class UserHistories:
 
 def current_histories(spec: RecommendSpec, ids: SemanticIDs) -> tuple[UserHistories, str]:
     """Every user of the data files as they are now (any number of events), with only their events
-    on items of ``ids``; and a note saying so, for a run whose data changed since training. The
-    items file is not read: the index already has the items' codes, and an event on an item the
-    file lacks (new items often reach the log first) is then skipped and counted like any other
-    event outside the index, instead of dropped unseen for want of a text."""
-    dataset = recommendation_dataset(spec.dataset, None, spec.columns, "drop", 1)
+    on items of ``ids``; and a note saying so, for a run whose data changed since training. Item
+    texts are not needed (the index has the items' codes): an event on an item the items file lacks
+    (new items often reach the log first) is skipped and counted like any other event outside the
+    index, instead of dropped unseen for want of a text."""
+    dataset = recommendation_dataset(spec.dataset, spec.items, spec.columns, "keep", 1)
     dataset, skipped = keep_indexed_items(dataset, ids)
     data = prepare_data(dataset, ids, spec.max_history)
     note = "its data changed since training: user histories come from the files as they are now"
