@@ -116,9 +116,11 @@ class ProcessPredictor:
             ) from None
 
     def info(self) -> dict[str, Any]:
-        """The model process's info (its device, not the local copy's), taken when it loaded."""
+        """The local copy's info (current, should the run be loaded again) with the model process's
+        device."""
         self.wait_until_loaded()
-        return dict(self._info)
+        device = {k: v for k, v in self._info.items() if k == "device"}
+        return {**self.local.info(), **device, "model_process": True}
 
     def max_k(self) -> int:
         """The local predictor's catalogue size."""

@@ -3,6 +3,7 @@ the evaluation's rankings, and the server answers what predict answers."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,9 @@ from _semid_cli import ENV, command, read_jsonl
 from semid.cli.main import main
 from semid.data.registry import load_dataset
 from semid.errors import SemidError
+from semid.locking import write_lock
 from semid.models import is_generator
+from semid.reloading import ReloadingPredictor
 from semid.tasks import EvalOptions, get_task, load_predictor
 from semid.tasks.recommend import rank_split
 
@@ -241,3 +244,29 @@ def test_serve_answers_what_predict_answers(run, predictor):
             proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_a_served_run_follows_index_add(run, tmp_path, capsys):
+    """serve's predictor loads the run again once `semid index add` changed it (not before, and
+    not while a writer holds the run), so an added item is answered without a restart."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return load_predictor(copy)
+
+    served = ReloadingPredictor(load, copy)
+    size = served.info()["index_size"]
+    with pytest.raises(SemidError, match="unknown item 'new-item'"):
+        served.check_input({"history": ["new-item"]})
+    assert len(loads) == 1  # unchanged: no reload
+    (tmp_path / "new.csv").write_text("item,title\nnew-item,A brand new movie (2026)\n")
+    with write_lock(copy, "a test writer"):
+        assert main(["index", "add", str(copy), "--items", str(tmp_path / "new.csv")]) == 0
+        assert served.info()["index_size"] == size and len(loads) == 1  # mid-write: the old copy
+    assert served.info()["index_size"] == size + 1
+    assert served.check_input({"history": ["new-item"]}) == {"history": ["new-item"]}
+    assert served.predict([{"history": ["new-item"]}], k=3)[0]["keys"]
+    assert len(loads) == 2 and "loaded it again (1,683 indexed)" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from semid.errors import SemidError
+from semid.reloading import follow_run
 from semid.serving import default_workers, serve
 from semid.tasks import load_predictor, resolve_device
 
@@ -94,10 +95,13 @@ def run(args: argparse.Namespace) -> int:
     if args.in_process and (args.workers or 1) > 1:
         raise SemidError("--workers > 1 runs model processes; drop --in-process")
     device = resolve_device(args.device)
-    load = partial(load_predictor, args.run_dir, device=device)
+    # each copy of the run follows its folder: `semid index add` while serving is answered at once
+    load = partial(follow_run, load_predictor, args.run_dir, device=device)
     workers = 1 if args.in_process else args.workers or default_workers(device)
     # the server's own copy only checks inputs and answers /info; the model process predicts
-    predictor = load_predictor(args.run_dir, device="cpu" if not args.in_process else device)
+    predictor = follow_run(
+        load_predictor, args.run_dir, device="cpu" if not args.in_process else device
+    )
 
     def announce(port: int) -> None:
         print(

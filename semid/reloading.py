@@ -1,0 +1,84 @@
+"""A served run that follows its folder: after `semid index add` (or a retrain) it is loaded again.
+
+`semid serve` loads a run once. :class:`ReloadingPredictor` wraps the loading so that, before each
+call, it compares the modification times of the run folder and of its ``index`` and ``model``
+folders with those seen at the last load: every write to a run ends with an atomic rename inside one
+of them, so a change shows there. A changed run is loaded again once its writer is done (while
+another process holds the run's write lock, the loaded copy keeps answering). Each model process
+and the server's own input checker hold one, so all of them follow the same folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from semid.errors import SemidError
+from semid.locking import current_writer
+from semid.runs import PARTS
+
+
+def run_stamp(run_dir: Path) -> tuple[int, ...]:
+    """Modification times (ns) of the run folder and its index and model folders (0: missing)."""
+    folders = (run_dir, run_dir / PARTS["index"], run_dir / PARTS["model"])
+    return tuple(f.stat().st_mtime_ns if f.is_dir() else 0 for f in folders)
+
+
+class ReloadingPredictor:
+    """A predictor (see `semid.serving.Predictor`) that loads ``run_dir`` again with ``load`` when
+    the folder changed since its last load and no writer holds it."""
+
+    def __init__(self, load: Callable[[], Any], run_dir: str | Path) -> None:
+        self._load, self._run_dir = load, Path(run_dir)
+        self._stamp = run_stamp(self._run_dir)  # taken first: a change during the load shows later
+        self._current = load()
+
+    @property
+    def task(self) -> str:
+        """The loaded run's task."""
+        return self._current.task
+
+    def current(self) -> Any:
+        """The predictor of the run as it is now on disk (loaded again if it changed)."""
+        stamp = run_stamp(self._run_dir)
+        if stamp == self._stamp or current_writer(self._run_dir) is not None:
+            return self._current
+        try:
+            fresh = self._load()
+        except SemidError as e:  # caught mid-change by a writer that took no lock: try next call
+            print(f"semid serve: {self._run_dir} changed but did not load ({e}); serving the copy "
+                  "loaded before", file=sys.stderr, flush=True)  # fmt: skip
+            return self._current
+        self._current, self._stamp = fresh, stamp
+        print(f"semid serve: {self._run_dir} changed on disk; loaded it again "
+              f"({fresh.info()['index_size']:,} indexed)", file=sys.stderr, flush=True)  # fmt: skip
+        return fresh
+
+    def info(self) -> dict[str, Any]:
+        """The current run's info."""
+        return self.current().info()
+
+    def max_k(self) -> int:
+        """The current run's catalogue size."""
+        return self.current().max_k()
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Checked by the current run."""
+        return self.current().check_input(item)
+
+    def predict(
+        self, inputs: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The current run's answers."""
+        return self.current().predict(inputs, k, num_beams)
+
+
+def follow_run(
+    load_predictor: Callable[..., Any], run_dir: str | Path, device: str = "cpu"
+) -> ReloadingPredictor:
+    """``load_predictor(run_dir, device=device)`` (`semid.tasks.load_predictor`), loaded again
+    whenever the run changes; module-level, so a model process can be given it in a partial."""
+    return ReloadingPredictor(partial(load_predictor, run_dir, device=device), run_dir)
