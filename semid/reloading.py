@@ -35,6 +35,7 @@ class ReloadingPredictor:
         self._load, self._run_dir = load, Path(run_dir)
         self._stamp = run_stamp(self._run_dir)  # taken first: a change during the load shows later
         self._current = load()
+        self._failed: tuple[int, ...] | None = None  # a state that did not load: not tried again
 
     @property
     def task(self) -> str:
@@ -44,11 +45,12 @@ class ReloadingPredictor:
     def current(self) -> Any:
         """The predictor of the run as it is now on disk (loaded again if it changed)."""
         stamp = run_stamp(self._run_dir)
-        if stamp == self._stamp or current_writer(self._run_dir) is not None:
+        if stamp in (self._stamp, self._failed) or current_writer(self._run_dir) is not None:
             return self._current
         try:
             fresh = self._load()
-        except SemidError as e:  # caught mid-change by a writer that took no lock: try next call
+        except SemidError as e:  # a broken change: tried again once the folder changes again
+            self._failed = stamp
             print(f"semid serve: {self._run_dir} changed but did not load ({e}); serving the copy "
                   "loaded before", file=sys.stderr, flush=True)  # fmt: skip
             return self._current

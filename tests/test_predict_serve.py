@@ -270,3 +270,13 @@ def test_a_served_run_follows_index_add(run, tmp_path, capsys):
     assert served.check_input({"history": ["new-item"]}) == {"history": ["new-item"]}
     assert served.predict([{"history": ["new-item"]}], k=3)[0]["keys"]
     assert len(loads) == 2 and "loaded it again (1,683 indexed)" in capsys.readouterr().err
+    config = (copy / "config.json").read_text()
+    time.sleep(0.05)  # folder times tick every few ms: each change gets its own
+    (copy / "broken.json").write_text("{")
+    (copy / "broken.json").replace(copy / "config.json")  # a change that does not load
+    assert served.info()["index_size"] == size + 1 and served.info()  # the copy loaded before
+    assert len(loads) == 3 and "did not load" in capsys.readouterr().err  # tried once
+    time.sleep(0.05)
+    (copy / "fixed.json").write_text(config)
+    (copy / "fixed.json").replace(copy / "config.json")
+    assert served.info()["index_size"] == size + 1 and len(loads) == 4
