@@ -289,3 +289,27 @@ def test_one_item_is_refused_in_one_line(tmp_path, capsys):
     assert (
         capsys.readouterr().err == "semid: error: 1 item to index; semantic IDs need at least 2\n"
     )
+
+
+def test_build_refuses_an_out_folder_that_is_not_an_index(tmp_path, embeddings, capsys):
+    """The build replaces --out as a whole: a folder of the user's files or a trained run is refused
+    in one line and left as it was; an index (or an empty folder) is replaced."""
+    x_path, keys_path = embeddings
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    assert main(build_args(x_path, keys_path, mine)) == 2
+    err = capsys.readouterr().err
+    assert "not a semid index (it holds notes.txt)" in err and len(err.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "keep me\n"
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}\n")
+    assert main(build_args(x_path, keys_path, run)) == 2
+    assert "holds a semid run, not an index" in capsys.readouterr().err
+    assert (run / "manifest.json").is_file() and (run / "model").is_dir()
+    index = tmp_path / "idx"
+    assert main(build_args(x_path, keys_path, index)) == 0
+    assert main(build_args(x_path, keys_path, index, "rqkmeans:2x8", "--seed", "1")) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(build_args(x_path, keys_path, tmp_path / "empty")) == 0

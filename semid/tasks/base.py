@@ -20,6 +20,7 @@ import torch
 from semid.configs import config_from_dict
 from semid.distributed import is_main_process
 from semid.errors import SemidError
+from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADD_WAIT_SECONDS
 from semid.locking import write_lock
 from semid.ranking import Ranker, Ranking
@@ -69,6 +70,21 @@ class EvalOptions:
     item_mix: float | None = None  # weight of a generator's item or image head (None: the run's)
 
 
+def check_index_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds something other than an index: the build replaces the whole
+    folder, so a run or the user's own files in it would be lost. An empty folder, an index (it holds
+    ``codes.safetensors``) or what is left of a damaged one (index files only) may be replaced."""
+    if not out.is_dir() or (out / "codes.safetensors").is_file():
+        return
+    strangers = sorted(p.name for p in out.iterdir() if p.name not in {*INDEX_FILES, QUANTIZER_DIR})
+    if (out / MANIFEST).is_file():
+        raise SemidError(f"--out {out} holds a semid run, not an index; choose another --out "
+                         "(an index folder, or a new one)")  # fmt: skip
+    if strangers:
+        raise SemidError(f"--out {out} is not empty and not a semid index (it holds {strangers[0]}); "
+                         "choose a new or empty folder")  # fmt: skip
+
+
 class Task(ABC):
     """One kind of retrieval: its data, protocol, and the five operations the CLI exposes."""
 
@@ -80,6 +96,7 @@ class Task(ABC):
         """Build and save an ID index at ``out`` (one writer at a time); returns it and lines worth
         telling the user."""
         with write_lock(out, f"index {out}"):
+            check_index_out(Path(out))
             return self._build_index(source, quantizer, Path(out), collisions, seed, **options)
 
     def train(self, spec: Any, out: Path, index: Path | None = None, resume: bool = True,
