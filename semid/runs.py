@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import semid
-from semid.atomic import atomic_dir, recover, write_json
+from semid.atomic import atomic_dir, recover, restore_on_error, write_json
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -34,6 +36,7 @@ from semid.saving import read_json, versions
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"
 RUN_CONFIG = "config.json"
+METRICS = "metrics.json"
 PARTS = {"index": "index", "model": "model"}
 
 
@@ -70,6 +73,19 @@ def copy_index(index: str | os.PathLike, run: str | os.PathLike) -> None:
         return
     with atomic_dir(Path(run) / PARTS["index"]) as tmp:
         shutil.copytree(index, tmp, dirs_exist_ok=True)
+
+
+@contextmanager
+def replacing_run(run: str | os.PathLike, extra: Sequence[str] = ()) -> Iterator[None]:
+    """The final writes of a training as one change: the index, the model, ``config.json``,
+    ``manifest.json`` and the task's ``extra`` files. An exception inside (Ctrl-C too) puts the
+    earlier run back as it was, so an interrupted retrain never leaves a new index beside an old
+    model."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    names = [*PARTS.values(), RUN_CONFIG, MANIFEST, METRICS, *extra]
+    with restore_on_error([run / name for name in names]):
+        yield
 
 
 def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any]) -> None:
@@ -181,13 +197,13 @@ def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]
     """Merge ``metrics`` under ``split`` into ``run/metrics.json`` (atomically); returns the whole file."""
     current = read_metrics(run)
     current[split] = metrics
-    write_json(Path(run) / "metrics.json", current)
+    write_json(Path(run) / METRICS, current)
     return current
 
 
 def read_metrics(run: str | os.PathLike) -> dict[str, Any]:
     """The run's ``metrics.json`` ({} when absent), checked to be an object of metrics by split."""
-    path = Path(run) / "metrics.json"
+    path = Path(run) / METRICS
     current = read_json(path, "delete it and evaluate again") if path.is_file() else {}
     if not isinstance(current, dict):
         raise SemidError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from _documents import tiny_spec, write_docs
@@ -93,6 +94,34 @@ def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path,
     summary = get_task("retrieve").add(run, path, topics=9)  # the retry is not refused
     assert summary["documents"] == 5 and summary["topics"] == 5  # at most one topic per document
     assert len(load_run(run).ids) == 35
+
+
+def run_files(run):
+    """Every file of a run outside its training folder, with its bytes."""
+    return {
+        p.relative_to(run): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.relative_to(run).parts[0] != "train"
+    }
+
+
+def test_a_retrain_interrupted_during_training_leaves_the_earlier_run(run, tmp_path, monkeypatch):
+    """The index is built in memory and written with the model at the end: Ctrl-C while a retrain
+    (another quantizer) trains leaves the earlier run whole, its index files included."""
+    before = run_files(run)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrieve_module, "train_or_keep_untrained", interrupted)
+    spec = replace(
+        tiny_spec(tmp_path / "docs.jsonl", hold_out=0), quantizer="rqkmeans:3x4,kmeans=lloyd"
+    )
+    write_docs(tmp_path / "docs.jsonl", n=30)
+    with pytest.raises(KeyboardInterrupt):
+        get_task("retrieve").train(spec, run, resume=False)
+    assert run_files(run) == before
+    get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1,)))
 
 
 def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):

@@ -23,6 +23,7 @@ from semid.quantization import build_quantizer
 from semid.ranking import BeamRanker, ScoreRanker, ranker_for
 from semid.runs import load_run, write_run
 from semid.tasks import EvalOptions, get_task, load_predictor
+from semid.tasks import recommend as recommend_module
 from semid.tasks.recommend import RecommendSpec, rank_split
 from semid.training import TrainConfig
 
@@ -316,6 +317,36 @@ def test_predict_for_a_test_user_is_the_evaluated_ranking(recommend_run, name):
         assert answer["keys"] == expected, f"user u{u}"
         torch.testing.assert_close(torch.tensor(answer["scores"]), ranking.scores[u][: len(expected)].float(),
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_a_retrain_interrupted_while_writing_the_run_leaves_the_earlier_run(
+    recommend_run, tmp_path, monkeypatch
+):
+    """The run's index, model and config are written as one change: a retrain on another index
+    stopped (Ctrl-C) between the index and the model leaves the earlier run, not a new index beside
+    the old model."""
+    out = recommend_run("mmgrec")
+    files = ["index/codes.safetensors", "model/model.safetensors", "config.json", "manifest.json"]
+    before = {name: (out / name).read_bytes() for name in files}
+    x = torch.randn(12, 8, generator=torch.Generator().manual_seed(5))
+    q = build_quantizer("rqkmeans:2x4").fit(x, seed=5)
+    other = SemanticIDs.from_codes(
+        [f"m{j}" for j in range(12)], q.encode(x), q.codebook_sizes, "extra-level"
+    )
+    other.save(tmp_path / "idx2", quantizer=q)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recommend_module, "save_model", interrupted)
+    config = {k: v for k, v in TINY["mmgrec"].items() if k not in ("codebook_sizes", "num_items")}
+    spec = RecommendSpec(dataset="tiny-tasks", model="mmgrec", model_config=config, max_history=4,
+                         train=TrainConfig(max_epochs=1, batch_size=8, early_stopping_patience=None))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        get_task("recommend").train(spec, out, tmp_path / "idx2", resume=False, device="cpu")
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    load_run(out)
 
 
 def test_mmgrec_distance_relation_reaches_the_run_history_length(recommend_run):

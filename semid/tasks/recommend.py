@@ -42,7 +42,7 @@ from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, model_config, save_model
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
-from semid.runs import Run, copy_index, load_run, write_run
+from semid.runs import Run, copy_index, load_run, replacing_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import DataChanged, check_fingerprint, data_stamp, fingerprint
 from semid.tasks.items import (
@@ -161,10 +161,11 @@ class RecommendTask(Task):
                 summary["valid"] = {**result.best_metrics, **at_best}
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
         if is_main_process():
-            copy_index(index, out)
-            save_model(model, out / "model")
-            # rows added later by `semid index add` (beyond trained_items) are cold-start items
-            write_run(out, self.name, spec, {**state, "result": summary})
+            with replacing_run(out):
+                copy_index(index, out)
+                save_model(model, out / "model")
+                # rows added later by `semid index add` (beyond trained_items) are cold-start items
+                write_run(out, self.name, spec, {**state, "result": summary})
         return summary
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,

@@ -54,7 +54,7 @@ from semid.metrics import compute_metrics
 from semid.models import model_config
 from semid.quantization import build_quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
-from semid.runs import Run, load_run, write_run
+from semid.runs import Run, load_run, replacing_run, write_run
 from semid.saving import read_json, read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
@@ -358,14 +358,16 @@ class RetrieveTask(Task):
         return coll, split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
 
     def _index_d0(self, spec: RetrieveSpec, coll: DocumentCollection, split: CorpusSplit,
-                  out: Path) -> tuple[Any, ...]:  # fmt: skip
+                  out: Path | None) -> tuple[Any, ...]:  # fmt: skip
+        """D0's IDs, quantizer, the probe encoder and D0's encoded documents; the IDs are saved to
+        ``out`` when given."""
         torch.manual_seed(spec.seed)
         probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
         d0_docs = coll.subset(split.d0)
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
         ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, seed=spec.seed,
                                    metadata={"dataset": spec.dataset})  # fmt: skip
-        if is_main_process():
+        if out is not None and is_main_process():
             ids.save(out, quantizer=quantizer)
         return ids, quantizer, probe, docs
 
@@ -386,7 +388,8 @@ class RetrieveTask(Task):
                     pass  # the trainer skips it for an older one, with a note
         coll, split = self._corpus(spec)
         check_trainable(coll, split.d0_train)  # before any work, and before the run folder exists
-        ids, quantizer, probe, docs = self._index_d0(spec, coll, split, out / "index")
+        # the index goes into the run with the model, at the end: until then the earlier run stays whole
+        ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None)
         train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
         # the document head's weight is chosen on held-out queries
         if spec.model_config.rank_loss > 0:
@@ -433,17 +436,22 @@ class RetrieveTask(Task):
                         "valid_ndcg@10": max(ndcg.values())}  # fmt: skip
         if not is_main_process():
             return summary
-        save_document_embeddings(out / "index", docs.embeddings)
-        lexical.save(out / "index" / LEXICAL)
-        model.save_pretrained(out / "model")
         test_pairs = query_pairs(coll, split.d0_test)
-        record_eval_queries(out, "d0-test", test_pairs)
-        if len(split.d1):
-            write_documents(out / LATER, coll.subset(split.d1).documents)
         state = {"corpus_sha256": coll.sha256, "train_seconds": seconds, "train_steps": result.steps,
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_documents": len(split.d0_test), "d0_test_queries": len(test_pairs)}}  # fmt: skip
-        write_run(out, self.name, spec, state)
+        with replacing_run(out, [EVAL_QUERIES, LATER]):
+            ids.save(out / "index", quantizer=quantizer)
+            save_document_embeddings(out / "index", docs.embeddings)
+            lexical.save(out / "index" / LEXICAL)
+            model.save_pretrained(out / "model")
+            # an earlier run's test queries (d1-test... of its adds) and held-out documents go
+            (out / EVAL_QUERIES).unlink(missing_ok=True)
+            (out / LATER).unlink(missing_ok=True)
+            record_eval_queries(out, "d0-test", test_pairs)
+            if len(split.d1):
+                write_documents(out / LATER, coll.subset(split.d1).documents)
+            write_run(out, self.name, spec, state)
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:

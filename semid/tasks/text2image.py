@@ -36,7 +36,7 @@ from semid.indexing import AUTO, add_items, auto_spec, build_ids
 from semid.metrics import compute_metrics
 from semid.models import model_class, model_config
 from semid.ranking import Ranker, Ranking, ranker_for
-from semid.runs import Run, copy_index, load_run, write_run
+from semid.runs import Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
@@ -282,14 +282,15 @@ class Text2ImageTask(Task):
                     "train_seconds": round(result.resumed_after_s + time.perf_counter() - started, 2)}  # fmt: skip
         if not is_main_process():
             return summary
-        copy_index(index, out)
-        model.save_pretrained(out / "model")
-        write_run(
-            out,
-            self.name,
-            spec,
-            {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)},
-        )
+        with replacing_run(out):
+            copy_index(index, out)
+            model.save_pretrained(out / "model")
+            write_run(
+                out,
+                self.name,
+                spec,
+                {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)},
+            )
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
