@@ -80,11 +80,13 @@ def replacing_run(run: str | os.PathLike, extra: Sequence[str] = ()) -> Iterator
     """The final writes of a training as one change: the index, the model, ``config.json``,
     ``manifest.json`` and the task's ``extra`` files. An exception inside (Ctrl-C too) puts the
     earlier run back as it was, so an interrupted retrain never leaves a new index beside an old
-    model."""
+    model. The earlier run's ``metrics.json`` is dropped here: its figures are of the model being
+    replaced."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     names = [*PARTS.values(), RUN_CONFIG, MANIFEST, METRICS, *extra]
     with restore_on_error([run / name for name in names]):
+        (run / METRICS).unlink(missing_ok=True)
         yield
 
 

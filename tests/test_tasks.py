@@ -21,7 +21,7 @@ from semid.ids import SemanticIDs
 from semid.models import available_models, build_model, is_generator, load_model, save_model
 from semid.quantization import build_quantizer
 from semid.ranking import BeamRanker, ScoreRanker, ranker_for
-from semid.runs import load_run, write_run
+from semid.runs import load_run, read_metrics, update_metrics, write_run
 from semid.tasks import EvalOptions, get_task, load_predictor
 from semid.tasks import recommend as recommend_module
 from semid.tasks.recommend import RecommendSpec, rank_split
@@ -347,6 +347,15 @@ def test_a_retrain_interrupted_while_writing_the_run_leaves_the_earlier_run(
     assert {name: (out / name).read_bytes() for name in files} == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     load_run(out)
+
+
+def test_a_retrain_drops_the_metrics_of_the_model_it_replaces(recommend_run):
+    """metrics.json holds figures of the run's model: a retrain replaces the model, so the test
+    figures of the earlier one are not kept beside it."""
+    out = recommend_run("mmgrec")
+    update_metrics(out, "test", {"ndcg@10": 0.5})
+    recommend_run("mmgrec")
+    assert "test" not in read_metrics(out)
 
 
 def test_mmgrec_distance_relation_reaches_the_run_history_length(recommend_run):
