@@ -4,6 +4,8 @@ Names next to an artifact `NAME` (all hidden, all in the same folder):
 
     .NAME.<pid>.<random>.tmp   a write in progress (file or folder) by process <pid>
     .NAME.old-<pid>            the previous version, only between the two renames of the fallback swap
+    .restore.<pid>.<random>.tmp  hard-linked snapshot of a multi-part change (`restore_on_error`);
+                               one left by a dead process is put back by `roll_back`
 
 On Linux a folder is swapped with `renameat2(RENAME_EXCHANGE)`: old and new trade names in one step,
 so some complete version is at `NAME` at every moment. Where the exchange is unavailable the swap
@@ -48,6 +50,8 @@ _LOW_SPACE_BYTES = 1 << 20
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _fault_hits: dict[str, int] = {}
+_SNAPSHOT_LIST = ".snapshot.json"  # in a restore snapshot: the names it covers, and which existed
+_SNAPSHOT = re.compile(r"^\.restore\.(\d+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class DiskFullError(SemidError):
@@ -316,28 +320,76 @@ def restore_on_error(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
     one folder) is put back as it was on entry, and removed if it did not exist.
 
     The snapshot is hard links, so it costs no copy: semid's writers replace files (`atomic_file`,
-    `atomic_dir`), never rewrite them in place."""
+    `atomic_dir`), never rewrite them in place. It is kept as `.restore.<pid>.<random>.tmp` beside
+    the paths until the block ends, so that a writer killed inside (SIGKILL, power cut) is undone
+    too, by `roll_back` (run before the folder is next read or written)."""
     paths = [Path(p) for p in paths]
-    snapshot = Path(
-        tempfile.mkdtemp(prefix=f".restore.{os.getpid()}.", suffix=".tmp", dir=paths[0].parent)
-    )
+    folder = paths[0].parent
+    if any(p.parent != folder for p in paths):
+        raise ValueError("restore_on_error needs paths in one folder")
+    snapshot = Path(tempfile.mkdtemp(prefix=f".restore.{os.getpid()}.", suffix=".tmp", dir=folder))
     try:
-        for i, path in enumerate(paths):
+        present = []
+        for path in paths:
             if path.is_dir():
-                shutil.copytree(path, snapshot / str(i), copy_function=os.link)
+                shutil.copytree(path, snapshot / path.name, copy_function=os.link)
             elif path.is_file():
-                os.link(path, snapshot / str(i))
+                os.link(path, snapshot / path.name)
+            else:
+                continue
+            present.append(path.name)
+        listing = {"names": [p.name for p in paths], "present": present}
+        (snapshot / _SNAPSHOT_LIST).write_text(json.dumps(listing) + "\n")
+        _fsync_dir(snapshot)
         try:
             yield
         except BaseException:
-            for i, path in enumerate(paths):
-                _remove(path)
-                if os.path.lexists(snapshot / str(i)):
-                    os.rename(snapshot / str(i), path)
-            _fsync_dir(paths[0].parent)
+            _put_back(snapshot)
             raise
     finally:
         _remove(snapshot)
+
+
+def _put_back(snapshot: Path) -> None:
+    """Put a snapshot's entries back in its folder (what did not exist is removed). Safe to repeat
+    after an interruption: an entry already moved back is left alone."""
+    listing = json.loads((snapshot / _SNAPSHOT_LIST).read_text())
+    for name in listing["names"]:
+        saved, path = snapshot / name, snapshot.parent / name
+        if name in listing["present"] and not os.path.lexists(saved):
+            continue  # put back by an earlier, interrupted roll-back
+        _remove(path)
+        if os.path.lexists(saved):
+            os.rename(saved, path)
+    _fsync_dir(snapshot.parent)
+
+
+def unfinished_changes(folder: str | os.PathLike) -> list[Path]:
+    """Snapshots in ``folder`` of `restore_on_error` blocks whose process died inside them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [
+        entry
+        for entry in sorted(folder.iterdir())
+        if (m := _SNAPSHOT.match(entry.name))
+        and int(m.group(1)) != os.getpid()
+        and not pid_alive(int(m.group(1)))
+    ]
+
+
+def roll_back(folder: str | os.PathLike) -> bool:
+    """Undo the change of every writer that died inside a `restore_on_error` block in ``folder``:
+    its paths are put back as they were before it. Call it holding the folder's write lock (two
+    roll-backs at once would race). A snapshot killed before it was complete changed nothing yet
+    and is just removed. Returns True when something was put back."""
+    restored = False
+    for snapshot in unfinished_changes(folder):
+        if (snapshot / _SNAPSHOT_LIST).is_file():
+            _put_back(snapshot)
+            restored = True
+        _remove(snapshot)
+    return restored
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -25,11 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import semid
-from semid.atomic import atomic_dir, recover, restore_on_error, write_json
+from semid.atomic import (
+    atomic_dir,
+    recover,
+    restore_on_error,
+    roll_back,
+    unfinished_changes,
+    write_json,
+)
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.locking import current_writer
+from semid.locking import current_writer, write_lock
 from semid.models import load_model
 from semid.saving import read_json, versions
 
@@ -113,6 +120,7 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     """The run's manifest, checked: present, readable, of a format and semid version this semid reads."""
     run = Path(run)
     recover(run)
+    undo_killed_writes(run)
     fix = "train a run with `semid train ...`"
     if not (run / MANIFEST).is_file():
         writer = current_writer(run)
@@ -145,6 +153,21 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
                 f"{run} has no {part} folder ({folder}/); the run is incomplete: retrain it"
             )
     return manifest
+
+
+def undo_killed_writes(run: Path) -> None:
+    """Put back the earlier version of a run whose writer was killed inside one of its multi-part
+    changes (a retrain's final write, an `index add`): without this, the run would hold a new index
+    beside an old model, and an add could not be retried (its items already indexed). Done under
+    the run's write lock; when another process holds it, or the folder is read-only, it is left to
+    the next writer."""
+    if not unfinished_changes(run):
+        return
+    try:
+        with write_lock(run, f"run {run}"):
+            roll_back(run)
+    except SemidError:
+        pass
 
 
 def read_run_config(run: str | os.PathLike) -> dict[str, Any]:

@@ -153,6 +153,42 @@ def test_fault_point_kills_on_nth_hit(tmp_path):
     assert (done.returncode, len(done.stdout.split())) == (0, 5)
 
 
+KILLED_INSIDE_A_CHANGE = """
+import os, sys
+from pathlib import Path
+from semid.atomic import atomic_dir, atomic_file, restore_on_error
+run = Path(sys.argv[1])
+with restore_on_error([run / "index", run / "config.json", run / "new.json"]):
+    with atomic_dir(run / "index") as tmp:
+        (tmp / "codes").write_text("new codes")
+    with atomic_file(run / "new.json") as f:
+        f.write("{}")
+    os._exit(97)  # SIGKILL before config.json is written
+"""
+
+
+def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path):
+    """A writer killed inside `restore_on_error` (no exception, no cleanup) leaves its snapshot;
+    `roll_back` puts every path back as it was, removes what was new, and is idempotent."""
+    run = tmp_path / "run"
+    (run / "index").mkdir(parents=True)
+    (run / "index" / "codes").write_text("old codes")
+    (run / "config.json").write_text("old config")
+    done = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_CHANGE, str(run)], check=False)
+    assert done.returncode == 97
+    assert (run / "index" / "codes").read_text() == "new codes"
+    assert len(atomic.unfinished_changes(run)) == 1
+    assert atomic.roll_back(run) is True
+    assert (run / "index" / "codes").read_text() == "old codes"
+    assert (run / "config.json").read_text() == "old config"
+    assert not (run / "new.json").exists()
+    assert not atomic.unfinished_changes(run) and atomic.roll_back(run) is False
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".index.")) == [
+        "config.json",
+        "index",
+    ]
+
+
 # --- full disk ---------------------------------------------------------------------------------
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from dataclasses import replace
 
 import pytest
 from _documents import tiny_spec, write_docs
+from _semid_cli import ENV, command
 
 from semid.cli.main import main
 from semid.errors import SemidError
@@ -94,6 +96,24 @@ def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path,
     summary = get_task("retrieve").add(run, path, topics=9)  # the retry is not refused
     assert summary["documents"] == 5 and summary["topics"] == 5  # at most one topic per document
     assert len(load_run(run).ids) == 35
+
+
+def test_an_add_killed_while_writing_is_undone_and_can_be_retried(run, tmp_path):
+    """`semid index add` killed after the index is written but before the model (no exception, no
+    cleanup) is undone by the next command that reads the run, so the add can be run again."""
+    before = snapshot(run)
+    path = new_docs(tmp_path / "n.jsonl", queries=True)
+    env = ENV | {"SEMID_FAULT_POINT": "atomic_dir.swapped", "SEMID_FAULT_AFTER": "2",
+                 "SEMID_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    argv = [*command(), "index", "add", str(run), "--docs", str(path)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 97, done.stderr
+    assert (run / "index" / "keys.json").read_bytes() != before["index/keys.json"]  # half added
+    load_run(run)
+    assert snapshot(run) == before
+    assert not (run / "train-session-1").exists()
+    summary = get_task("retrieve").add(run, path)
+    assert summary["documents"] == 5 and len(load_run(run).ids) == 35
 
 
 def run_files(run):
