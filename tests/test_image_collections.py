@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from semid.cli.main import main
+from semid.tasks import text2image as text2image_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPEC = "voken:2x4,hidden=16,latent=4"
@@ -115,3 +116,26 @@ def test_added_folders_get_keys_of_their_own_and_a_repeated_add_names_the_fix(tm
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 2
     err = capsys.readouterr().err
     assert "2 images of" in err and "are already indexed" in err and "rename those files" in err
+
+
+def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_path, monkeypatch):
+    """The new images' codes, features and labels go in as one change: an add stopped (Ctrl-C)
+    after the index is written leaves the run as it was, and the retry is not refused."""
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    names = ["index/keys.json", "index/codes.safetensors", "config.json"]
+    before = {name: (run / name).read_bytes() for name in names}
+    write_classes(tmp_path / "more", {"dark": 40}, per_class=2)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(text2image_module, "write_run", interrupted)
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 130
+    assert {name: (run / name).read_bytes() for name in names} == before
+    monkeypatch.undo()
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 0
+    assert (
+        "more/dark/dark1.png"
+        in json.loads((run / "config.json").read_text())["state"]["added_labels"]
+    )

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from semid.atomic import atomic_file, check_output_folder
+from semid.atomic import atomic_file, check_output_folder, restore_on_error
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
 from semid.data.image_files import load_image_collection, load_images
@@ -36,7 +36,7 @@ from semid.indexing import AUTO, add_items, auto_spec, build_ids
 from semid.metrics import compute_metrics
 from semid.models import model_class, model_config
 from semid.ranking import Ranker, Ranking, ranker_for
-from semid.runs import Run, copy_index, load_run, replacing_run, write_run
+from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import check_fingerprint, fingerprint
@@ -335,9 +335,6 @@ class Text2ImageTask(Task):
         if known is not None and len(known) != len(run.ids):
             raise SemidError(f"{run.index_path / IMAGE_FEATURES} has {len(known)} rows for {len(run.ids)} "
                              "indexed images; rebuild the index")  # fmt: skip
-        ids, codes = add_items(run.index_path, images.keys, features, run.model)
-        if known is not None:
-            write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
         state = dict(run.state)
         classes = (
             [images.class_names[int(c)] for c in images.labels]
@@ -345,7 +342,12 @@ class Text2ImageTask(Task):
             else [None] * len(images)  # no label: the image is relevant to no test query
         )
         state.setdefault("added_labels", {}).update(zip(images.keys, classes, strict=True))
-        write_run(run_path, self.name, self.spec_of(run), state)
+        # the codes, the features and the labels go in as one change (or not at all)
+        with restore_on_error([run.index_path, run_path / RUN_CONFIG, run_path / MANIFEST]):
+            ids, codes = add_items(run.index_path, images.keys, features, run.model)
+            if known is not None:
+                write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
+            write_run(run_path, self.name, self.spec_of(run), state)
         return {
             "added": len(images.keys),
             "index_size": len(ids),
