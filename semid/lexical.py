@@ -24,6 +24,7 @@ from torch import Tensor
 
 from semid.atomic import atomic_file
 from semid.errors import SemidError
+from semid.saving import damaged
 
 TOKEN = re.compile(r"\w+")
 
@@ -105,16 +106,21 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LexicalIndex:
-        """The index saved at ``path``."""
-        from safetensors import safe_open
+        """The index saved at ``path``; a damaged file is one SemidError line naming it."""
+        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
-        arrays = load_file(str(path))
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata()
-        shape = tuple(json.loads(meta["shape"]))
-        counts = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape)
-        return cls(json.loads(meta["vocab"]), counts, float(meta["k1"]), float(meta["b"]))
+        try:
+            arrays = load_file(str(path))
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata()
+            shape = tuple(json.loads(meta["shape"]))
+            counts = sp.csr_matrix(
+                (arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape
+            )
+            return cls(json.loads(meta["vocab"]), counts, float(meta["k1"]), float(meta["b"]))
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+            raise damaged(path, e) from None
 
 
 def _counts(texts: list[str], vocab: dict[str, int], grow: bool) -> sp.csr_matrix:

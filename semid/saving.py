@@ -87,6 +87,12 @@ def read_module(path: str | os.PathLike, kind: str, fix: str) -> tuple[str, dict
     return meta["name"], meta["config"]
 
 
+def damaged(path: str | os.PathLike, error: Exception) -> SemidError:
+    """The one-line error for a tensor file (safetensors) that cannot be read: truncated, not
+    safetensors, or unreadable."""
+    return SemidError(f"{path} is damaged or unreadable ({error}); retrain or restore it")
+
+
 def load_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Load a ``model.safetensors`` file (or the one in a module folder) into ``module``, strictly."""
     path = Path(path)
@@ -95,7 +101,7 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise SemidError(f"{path} is damaged or unreadable ({e}); retrain or restore it") from None
+        raise damaged(path, e) from None
     # shapes first: load_state_dict raises a bare RuntimeError on a size mismatch, even non-strict
     shapes = {k: v.shape for k, v in module.state_dict().items()}
     wrong = [k for k, v in state.items() if k in shapes and shapes[k] != v.shape]
@@ -152,6 +158,12 @@ def write_rows(path: str | os.PathLike, rows: Tensor) -> None:
 
 
 def read_rows(path: str | os.PathLike) -> Tensor | None:
-    """The vectors written by :func:`write_rows`, or None when the file is absent (older runs)."""
+    """The vectors written by :func:`write_rows`, or None when the file is absent (older runs); a
+    damaged file is one SemidError line naming it."""
     path = Path(path)
-    return load_file(str(path))["embeddings"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))["embeddings"]
+    except (SafetensorError, OSError, KeyError) as e:
+        raise damaged(path, e) from None
