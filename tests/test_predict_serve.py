@@ -280,3 +280,13 @@ def test_a_served_run_follows_index_add(run, tmp_path, capsys):
     (copy / "fixed.json").write_text(config)
     (copy / "fixed.json").replace(copy / "config.json")
     assert served.info()["index_size"] == size + 1 and len(loads) == 4
+
+
+def test_an_unknown_field_in_an_input_is_refused(predictor):
+    """A typo in an input ("splt") is named, not ignored (the answer would silently be another)."""
+    user = predictor.user_keys[0]
+    with pytest.raises(
+        SemidError, match="unknown field 'splt' in an input; an input holds \"user\""
+    ):
+        predictor.check_input({"user": user, "splt": "test"})
+    assert predictor.check_input({"user": user, "split": "test"}) == {"user": user, "split": "test"}

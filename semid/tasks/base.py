@@ -174,6 +174,7 @@ class Predictor(ABC):
     task: ClassVar[str]
     # the input kinds the run answers ("user", "history", "query"), and what it does for them
     accepts: ClassVar[tuple[str, ...]] = ("query",)
+    input_options: ClassVar[tuple[str, ...]] = ()  # further fields an input may carry ("split")
     serves: ClassVar[str] = "retrieves documents for queries"
 
     def __init__(self, run: Run, device: str = "cpu") -> None:
@@ -217,7 +218,7 @@ class Predictor(ABC):
     def refuse_other_inputs(self, item: Any) -> None:
         """SemidError if ``item`` is an input of a kind the run does not take (``"query"`` for a
         recommender, ``"user"`` or ``"history"`` for a retriever), saying what the run serves and
-        what to send instead."""
+        what to send instead, or carries a field no input has (a typo such as ``"splt"``)."""
         if not isinstance(item, dict):
             return
         asked = [f for f in ("user", "history", "query") if f not in self.accepts and f in item]
@@ -229,6 +230,15 @@ class Predictor(ABC):
                 else 'send {"queries": ["..."]} (predict: --query or --queries)'
             )
             raise SemidError(f"this run {self.serves}, not for a {asked[0]}; {send}")
+        unknown = sorted(
+            str(f) for f in item if f not in {"user", "history", "query", *self.input_options}
+        )
+        if unknown:
+            takes = " or ".join(f'"{f}"' for f in self.accepts)
+            options = "".join(f', optionally with "{f}"' for f in self.input_options)
+            raise SemidError(
+                f"unknown field {unknown[0]!r} in an input; an input holds {takes}{options}"
+            )
 
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""

@@ -288,6 +288,7 @@ class RecommendPredictor(Predictor):
 
     task = "recommend"
     accepts = ("user", "history")
+    input_options = ("split",)
     serves = "recommends items for users and histories"
 
     def __init__(self, run: Run, device: str = "cpu") -> None:
