@@ -26,6 +26,7 @@ MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
 MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30
 ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
+ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in vain is told
 
 
 def auto_spec(num_items: int, levels: int = 3, family: str = "rqkmeans", options: str = "") -> str:
@@ -113,7 +114,7 @@ def add_items(
     the grown index and the new items' codes (M, L). With ``model``, IDs outside its vocabulary are
     refused before anything is written. Concurrent adds to one index run one after the other."""
     index_path = Path(index_path)
-    with write_lock(index_path, f"index {index_path}", timeout=ADD_WAIT_SECONDS):
+    with write_lock(index_path, f"index {index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
         ids, codes, quantizer = grow_ids(index_path, keys, x, model)
         ids.save(index_path, quantizer=quantizer, keep_other_files=True)
     return ids, codes

@@ -50,11 +50,16 @@ def _write_owner(lock: Path, what: str) -> None:
 
 
 @contextmanager
-def write_lock(folder: str | os.PathLike, what: str, timeout: float = 0) -> Iterator[Path]:
+def write_lock(
+    folder: str | os.PathLike,
+    what: str,
+    timeout: float = 0,
+    fix: str = "wait for it or use another --out",
+) -> Iterator[Path]:
     """Hold the write lock of `folder` for the duration of the block; yields the lock file.
 
     A second writer waits up to `timeout` seconds, then raises SemidError naming `what` (for
-    example "run runs/ml1m") and the holder's pid. Re-entrant within one process.
+    example "run runs/ml1m"), the holder's pid and `fix`. Re-entrant within one process.
     """
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
@@ -72,8 +77,7 @@ def write_lock(folder: str | os.PathLike, what: str, timeout: float = 0) -> Iter
         file_lock.acquire(timeout=timeout)
     except Timeout:
         raise SemidError(
-            f"{what} is being written by another semid process (pid {_read_owner(lock)}); "
-            "wait for it or use another --out"
+            f"{what} is being written by another semid process (pid {_read_owner(lock)}); {fix}"
         ) from None
     _held[lock] = 1
     try:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import semid.tasks.base
 from semid.errors import SemidError
 from semid.locking import current_writer, lock_path, write_lock
+from semid.tasks import get_task
 
 HOLDER = """
 import sys
@@ -122,3 +124,16 @@ def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
     assert current_writer(run) is None
     with pytest.raises(SemidError, match="is not a run directory"):
         read_manifest(run)
+
+
+def test_an_add_that_waited_in_vain_is_told_to_run_again(tmp_path, monkeypatch):
+    """`index add` has no --out: its busy message says to run it again, not to use another --out."""
+    monkeypatch.setattr(semid.tasks.base, "ADD_WAIT_SECONDS", 0.2)
+    run = tmp_path / "run"
+    holder = start_holder(run)
+    try:
+        with pytest.raises(SemidError, match=r"\(pid \d+\); run the add again once it is done$"):
+            get_task("recommend").add(run, tmp_path / "new.csv")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

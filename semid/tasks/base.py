@@ -21,7 +21,7 @@ from semid.configs import config_from_dict
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
-from semid.indexing import ADD_WAIT_SECONDS
+from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS
 from semid.locking import write_lock
 from semid.ranking import Ranker, Ranking
 from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
@@ -114,7 +114,7 @@ class Task(ABC):
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:
         """Add items (documents, images) to a run without retraining; a concurrent writer of the
         run is waited for (up to ``ADD_WAIT_SECONDS``)."""
-        with write_lock(run_path, f"run {run_path}", timeout=ADD_WAIT_SECONDS):
+        with write_lock(run_path, f"run {run_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
             return self._add(Path(run_path), Path(source), **options)
 
     def _check_owner(self, out: Path, spec: Any) -> None:

@@ -47,7 +47,7 @@ from semid.generators.promptdsi_states import (
 )
 from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
-from semid.indexing import ADD_WAIT_SECONDS, AUTO, build_ids, grow_ids
+from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, AUTO, build_ids, grow_ids
 from semid.lexical import LexicalIndex
 from semid.locking import write_lock
 from semid.metrics import compute_metrics
@@ -514,7 +514,7 @@ class RetrieveTask(Task):
         # topic prompts: as many per document as the first session has, at most one per document
         m = topics or round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
         m = min(max(m, 1), len(collection))
-        with write_lock(run.index_path, f"index {run.index_path}", timeout=ADD_WAIT_SECONDS), \
+        with write_lock(run.index_path, f"index {run.index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX), \
                 restore_on_error([run.index_path, run_path / "model", run_path / EVAL_QUERIES,
                                   run_path / "config.json", run_path / f"train-session-{session}"]):  # fmt: skip
             ids, _, quantizer = grow_ids(run.index_path, collection.ids, docs.embeddings, model)
