@@ -258,6 +258,10 @@ class SemanticIDs:
         path = Path(path)
         recover(path)  # a writer killed mid-swap left the previous version aside: put it back
         fix = "build one with `semid index build`"
+        # a run's own copy: a rebuilt index would not fit the run's model
+        if (path.parent / "manifest.json").is_file():
+            fix = (f"copy back the index run {path.parent} was trained with, or retrain the run "
+                   f"(`semid train ... --out {path.parent}`)")  # fmt: skip
         needed = ["config.json", "keys.json", "codes.safetensors"]
         if not path.is_dir() or any(not (path / name).is_file() for name in needed):
             raise SemidError(

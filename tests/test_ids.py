@@ -108,3 +108,17 @@ def test_a_grown_index_keeps_the_files_beside_it_and_a_rebuilt_one_does_not(tmp_
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
         [*INDEX_FILES, QUANTIZER_DIR]
     )
+
+
+def test_a_damaged_index_names_the_fix_for_where_it_is(tmp_path):
+    """A bare index is rebuilt; a run's own index must match its model: restore it or retrain."""
+    for folder in (tmp_path / "idx", tmp_path / "run" / "index"):
+        make_ids().save(folder)
+        (folder / "keys.json").write_text("{")
+    with pytest.raises(SemidError, match="keys.json .*; build one with `semid index build`"):
+        SemanticIDs.load(tmp_path / "idx")
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    with pytest.raises(
+        SemidError, match=r"copy back the index run .*run was trained with, or retrain"
+    ):
+        SemanticIDs.load(tmp_path / "run" / "index")
