@@ -221,7 +221,7 @@ class Predictor(ABC):
         what to send instead, or carries a field no input has (a typo such as ``"splt"``)."""
         if not isinstance(item, dict):
             return
-        asked = [f for f in ("user", "history", "query") if f not in self.accepts and f in item]
+        asked = [f for f in BODY_FIELDS if f not in self.accepts and f in item]
         if asked:
             send = (
                 'send {"users": [...]} or {"histories": [[...]]} '
@@ -230,9 +230,7 @@ class Predictor(ABC):
                 else 'send {"queries": ["..."]} (predict: --query or --queries)'
             )
             raise SemidError(f"this run {self.serves}, not for a {asked[0]}; {send}")
-        unknown = sorted(
-            str(f) for f in item if f not in {"user", "history", "query", *self.input_options}
-        )
+        unknown = sorted(str(f) for f in item if f not in {*BODY_FIELDS, *self.input_options})
         if unknown:
             takes = " or ".join(f'"{f}"' for f in self.accepts)
             options = "".join(f', optionally with "{f}"' for f in self.input_options)

@@ -256,9 +256,12 @@ class UserHistories:
 
     def events(self, user: str) -> int:
         """How many events of ``user`` (a key) the data holds on items of the index."""
-        ptr = self.data.split.ptr
-        u = self.user_of_key[user]
-        return int(ptr[u + 1] - ptr[u])
+        return int(self.data.split.ptr.diff()[self.user_of_key[user]])
+
+    def answerable(self) -> list[str]:
+        """The keys of the users with events on items of the index, in id order."""
+        counts = self.data.split.ptr.diff().tolist()
+        return [k for k, n in zip(self.user_keys, counts, strict=True) if n > 0]
 
 
 def current_histories(spec: RecommendSpec, ids: SemanticIDs) -> tuple[UserHistories, str]:
@@ -319,9 +322,7 @@ class RecommendPredictor(Predictor):
     def user_keys(self) -> list[str]:
         """The keys of the users the predictor can answer (``--users all``), in id order: those
         with events on items of the index."""
-        histories = self.histories()
-        events = histories.data.split.ptr.diff().tolist()
-        return [k for k, n in zip(histories.user_keys, events, strict=True) if n > 0]
+        return self.histories().answerable()
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A known user (optionally up to a split's target) or a non-empty history of known items."""
