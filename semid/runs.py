@@ -218,11 +218,42 @@ def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> No
         )
 
 
-def update_metrics(run: str | os.PathLike, split: str, metrics: dict[str, float]) -> dict[str, Any]:
-    """Merge ``metrics`` under ``split`` into ``run/metrics.json`` (atomically); returns the whole file."""
-    current = read_metrics(run)
-    current[split] = metrics
-    write_json(Path(run) / METRICS, current)
+METRICS_WAIT_SECONDS = 60  # a metrics write waits this long for another writer of the run
+
+
+def model_stamp(run: str | os.PathLike) -> tuple[int, ...]:
+    """The identity (inode, modification time) of the run's index and model folders: it changes
+    with a retrain or an ``index add``, not with a write of ``metrics.json``."""
+    stamp: list[int] = []
+    for folder in PARTS.values():
+        try:
+            info = (Path(run) / folder).stat()
+        except FileNotFoundError:
+            stamp += [0, 0]
+        else:
+            stamp += [info.st_ino, info.st_mtime_ns]
+    return tuple(stamp)
+
+
+def update_metrics(
+    run: str | os.PathLike,
+    split: str,
+    metrics: dict[str, float],
+    evaluated: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """Merge ``metrics`` under ``split`` into ``run/metrics.json`` (atomically, under the run's write
+    lock, so two evaluations finishing together keep both); returns the whole file. ``evaluated``:
+    the :func:`model_stamp` taken before loading the evaluated run; if the run changed since (a
+    retrain or an ``index add`` meanwhile), the figures are of another model and are refused."""
+    with write_lock(run, f"run {run}", METRICS_WAIT_SECONDS, "evaluate again once it is done"):
+        if evaluated is not None and model_stamp(run) != evaluated:
+            raise SemidError(
+                f"{run} changed while it was evaluated (retrained, or items added); its figures "
+                "were not saved: evaluate it again"
+            )
+        current = read_metrics(run)
+        current[split] = metrics
+        write_json(Path(run) / METRICS, current)
     return current
 
 

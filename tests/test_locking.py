@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import semid.runs
 import semid.tasks.base
 from semid.errors import SemidError
 from semid.locking import current_writer, lock_path, write_lock
+from semid.runs import model_stamp, read_metrics, update_metrics
 from semid.tasks import get_task
 
 HOLDER = """
@@ -137,3 +139,44 @@ def test_an_add_that_waited_in_vain_is_told_to_run_again(tmp_path, monkeypatch):
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+
+
+def test_metrics_wait_for_another_writer_of_the_run(tmp_path, monkeypatch):
+    """`semid eval` merges its figures into metrics.json under the run's lock: a write while another
+    process holds the run waits for it (two evaluations finishing together keep both splits)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    update_metrics(run, "valid", {"ndcg@10": 0.1})
+    holder = start_holder(run)
+    release = threading.Timer(0.5, holder.stdin.close)
+    release.start()
+    started = time.monotonic()
+    try:
+        update_metrics(run, "test", {"ndcg@10": 0.2})
+    finally:
+        release.cancel()
+        holder.wait(timeout=60)
+    assert time.monotonic() - started >= 0.4
+    assert read_metrics(run) == {"valid": {"ndcg@10": 0.1}, "test": {"ndcg@10": 0.2}}
+    monkeypatch.setattr(semid.runs, "METRICS_WAIT_SECONDS", 0.2)
+    holder = start_holder(run)
+    try:
+        with pytest.raises(SemidError, match=r"\(pid \d+\); evaluate again once it is done$"):
+            update_metrics(run, "test", {"ndcg@10": 0.3})
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_figures_of_a_run_changed_during_its_evaluation_are_refused(tmp_path):
+    """A retrain or an `index add` between loading a run and saving its figures replaces what was
+    evaluated: the figures are refused rather than saved beside another model."""
+    run = tmp_path / "run"
+    for part in ("index", "model"):
+        (run / part).mkdir(parents=True)
+    evaluated = model_stamp(run)
+    update_metrics(run, "test", {"ndcg@10": 0.2}, evaluated)  # nothing changed: saved
+    (run / "index" / "added").write_text("x")  # what an index add does to the folder
+    with pytest.raises(SemidError, match="changed while it was evaluated .*evaluate it again$"):
+        update_metrics(run, "valid", {"ndcg@10": 0.1}, evaluated)
+    assert read_metrics(run) == {"test": {"ndcg@10": 0.2}}

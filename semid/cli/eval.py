@@ -10,7 +10,7 @@ from pathlib import Path
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
-from semid.runs import load_run, read_metrics, update_metrics
+from semid.runs import load_run, model_stamp, read_metrics, update_metrics
 from semid.tasks import EvalOptions, get_task, resolve_device
 
 EXAMPLE = "semid eval runs/ml-100k/mmgrec --k 5 10 --split test"
@@ -92,6 +92,7 @@ def metrics_key(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
     options = options_from(args)
+    evaluated = model_stamp(args.run_dir)  # taken first: a change during the load shows later
     loaded = load_run(args.run_dir)
     if max(args.k) > len(loaded.ids):
         raise SemidError(
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     key = metrics_key(args)
-    update_metrics(args.run_dir, key, metrics)
+    update_metrics(args.run_dir, key, metrics, evaluated)
     print(format_table(["metric", key], metric_rows(metrics)))
     print(f"\nsaved to {args.run_dir / 'metrics.json'}")
     return 0
