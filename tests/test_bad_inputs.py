@@ -662,7 +662,7 @@ cases(
         ("predict-histories-unknown-line", "h.txt line 2: unknown item 'ghost'", lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.txt", '1,50\n["ghost"]\n')))(e)),
         ("predict-histories-null", 'h.jsonl line 1: "history" must be a list of item keys, got null', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"history": null}\n')))(e)),
         ("predict-histories-number", 'h.jsonl line 1: "history" must be a list of item keys, got 50', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"history": 50}\n')))(e)),
-        ("predict-histories-no-field", 'h.jsonl line 1 has no "history" field', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"items": ["1"]}\n')))(e)),
+        ("predict-histories-no-field", lambda e: f'--histories {e.tmp / "h.jsonl"} line 1 has no "history" field', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"items": ["1"]}\n')))(e)),
         ("predict-k-over-catalogue", "k", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "100000")),
         ("predict-k-0", "k", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "0")),
         ("predict-beams-below-k", "num_beams", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "5", "--num-beams", "2")),
@@ -672,7 +672,7 @@ cases(
         ("predict-users-empty", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", b"\n")))(e)),
         ("predict-users-missing", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.tmp / "users.txt"))(e)),
         ("predict-users-unknown", "ghost", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "ghost\n")))(e)),
-        ("predict-users-header", "users.csv line 1: unknown user 'user_id' (users with fewer than 3 interactions were left out at training); pass a user of the run's data, or a history (a header line?", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.csv", "user_id\n1\n")))(e)),
+        ("predict-users-header", "users.csv line 1: unknown user 'user_id'; pass a user of the run's data, or a history (a header line?", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.csv", "user_id\n1\n")))(e)),
         ("predict-users-unknown-line", "users.txt line 3: unknown user 'ghost'", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "\n  \nghost\n")))(e)),
         ("predict-out-under-file", "plain-file", lambda e: on_rec(PREDICT, lambda r: None, "--user", "1", "--out", e.file_under_file("p.jsonl"))(e)),
         ("predict-out-is-folder", "is a folder", lambda e: on_rec(PREDICT, lambda r: None, "--history", "1,50", "--out", str(e.tmp))(e)),
@@ -693,7 +693,7 @@ cases(
         ),
         (
             "predict-queries-no-query-field",
-            "query",
+            lambda e: f'--queries {e.tmp / "q.jsonl"} line 1 has no "query" field',
             lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '{"text": "x"}\n')))(e),
         ),
         (

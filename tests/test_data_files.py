@@ -179,6 +179,7 @@ def test_interactions_with_items(tmp_path: Path) -> None:
     assert d.item_keys == ["i3", "i1", "i2"]  # items-file order; i9 has no interactions
     assert d.item_texts == ["third", "first", "second"]
     assert d.user_keys == ["u2", "u1"]  # first appearance by time; u3 has 1 < 3 interactions
+    assert d.left_out_users == {"u3"}
     assert d.notes == [
         "dropped 1 users with fewer than 3 interactions (1 interactions)",
         f"dropped 1 item of {tmp_path / 'items.csv'} that no kept interaction names",

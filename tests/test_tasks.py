@@ -257,7 +257,8 @@ def test_beam_ranker_matches_brute_force(k):
 
 
 def tiny_interactions() -> RecDataset:
-    """8 users with 4-7 interactions each over 12 items (deterministic)."""
+    """8 users with 4-7 interactions each over 12 items (deterministic); u8 stands for a user
+    loading left out for too few interactions."""
     g = torch.Generator().manual_seed(3)
     users, items, times = [], [], []
     for u in range(8):
@@ -268,9 +269,9 @@ def tiny_interactions() -> RecDataset:
         times += [100 * u + t for t in range(n)]
     log = InteractionLog(torch.tensor(users), torch.tensor(items), torch.tensor(times), 8, 12)
     keys = [f"m{j}" for j in range(12)]
-    return RecDataset(
-        "tiny-tasks", [f"u{u}" for u in range(8)], keys, [f"item {j}" for j in range(12)], log
-    )
+    texts = [f"item {j}" for j in range(12)]
+    return RecDataset("tiny-tasks", [f"u{u}" for u in range(8)], keys, texts, log,
+                      left_out_users=frozenset({"u8"}))  # fmt: skip
 
 
 @pytest.fixture
@@ -294,6 +295,15 @@ def recommend_run(tmp_path):
         return out
 
     return train
+
+
+def test_only_a_user_left_out_for_few_interactions_is_told_so(recommend_run):
+    """The hint about `min_interactions` names what happened to that user, not to any unknown one."""
+    predictor = load_predictor(recommend_run("pop"))
+    with pytest.raises(SemidError, match=r"^unknown user 'u8' \(it has fewer than 3 interactions"):
+        predictor.check_input({"user": "u8"})
+    with pytest.raises(SemidError, match=r"^unknown user 'ghost'; pass a user of the run's data"):
+        predictor.check_input({"user": "ghost"})
 
 
 @pytest.mark.parametrize("name", ["mmgrec", "pop"])

@@ -119,11 +119,11 @@ def read_inputs(
     elif args.histories is not None:
         path, flag = args.histories, "--histories"
         lines = _numbered_lines(path, flag)
-        parsed = [_history_line(line, f"{path} line {number}") for number, line in lines]
+        parsed = [_history_line(line, f"{flag} {path} line {number}") for number, line in lines]
     else:
         path, flag = args.queries, "--queries"
         lines = _numbered_lines(path, flag)
-        parsed = [(_query_line(line, path, number), "") for number, line in lines]
+        parsed = [(_query_line(line, f"{flag} {path} line {number}"), "") for number, line in lines]
     origins = [Origin(f"{flag} {path} line {number}", hint)
                for (number, _), (_, hint) in zip(lines, parsed, strict=True)]  # fmt: skip
     return [item for item, _ in parsed], origins
@@ -178,10 +178,10 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
     return lines
 
 
-def _query_line(line: str, path: Path, number: int) -> dict[str, Any]:
+def _query_line(line: str, where: str) -> dict[str, Any]:
     if not line.startswith("{"):
         return {"query": line}
-    return {"query": _json_field(line, "query", f"{path} line {number}")}
+    return {"query": _json_field(line, "query", where)}
 
 
 def _json_field(line: str, name: str, where: str) -> Any:

@@ -180,7 +180,10 @@ def load_interaction_files(
         item_keys=item_keys,
     )
     label = name or _stem(path)
-    return RecDataset(label, [str(u) for u in user_keys], item_keys, item_texts, log, notes)
+    left_out = frozenset(str(u) for u in few)
+    return RecDataset(
+        label, [str(u) for u in user_keys], item_keys, item_texts, log, notes, left_out
+    )
 
 
 def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> None:

@@ -70,6 +70,8 @@ class RecDataset:
     item_texts: list[str] | None  # "Title (year). Genres: a, b", the text to embed per item
     interactions: InteractionLog
     notes: list[str] = field(default_factory=list)
+    # keys of the users loading dropped for having fewer than `min_interactions` events
+    left_out_users: frozenset[str] = frozenset()
 
 
 def item_text(title: str, year: str | None, genres: list[str]) -> str:

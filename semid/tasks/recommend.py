@@ -249,6 +249,7 @@ class UserHistories:
     data: RecData
     user_keys: list[str]
     live: bool = False
+    left_out: frozenset[str] = frozenset()  # users loading dropped for too few events
     user_of_key: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -316,7 +317,7 @@ class RecommendPredictor(Predictor):
             histories, note = current_histories(self.spec, self.run.ids)
             print(f"semid: note: {self.run.path}: {note}", file=sys.stderr, flush=True)
             return histories
-        return UserHistories(data, dataset.user_keys)
+        return UserHistories(data, dataset.user_keys, left_out=dataset.left_out_users)
 
     @property
     def user_keys(self) -> list[str]:
@@ -350,9 +351,9 @@ class RecommendPredictor(Predictor):
     def _check_user(self, user: str, split: str | None, histories: UserHistories) -> None:
         if user not in histories.user_of_key:
             left_out = ""
-            if self.spec.min_interactions > 1 and not histories.live:
-                left_out = (f" (users with fewer than {self.spec.min_interactions} interactions "
-                            "were left out at training)")  # fmt: skip
+            if user in histories.left_out:
+                left_out = (f" (it has fewer than {self.spec.min_interactions} interactions: such "
+                            "users were left out at training)")  # fmt: skip
             raise SemidError(
                 f"unknown user {user!r}{left_out}; pass a user of the run's data, or a history"
             )
