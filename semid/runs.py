@@ -228,7 +228,7 @@ def model_stamp(run: str | os.PathLike) -> tuple[int, ...]:
     for folder in PARTS.values():
         try:
             info = (Path(run) / folder).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such run: load_run says so
             stamp += [0, 0]
         else:
             stamp += [info.st_ino, info.st_mtime_ns]
