@@ -413,3 +413,17 @@ def test_image_table_column_advice_needs_no_columns_option(tmp_path):
         with pytest.raises(SemidError, match=advice) as info:
             load_image_collection(tmp_path / name)
         assert "--columns" not in str(info.value)
+
+
+def test_deep_grey_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(16, dtype=np.uint16) * 4369).reshape(4, 4)  # 0 .. 65535
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # 16-bit PNG, Pillow mode I;16
+    Image.fromarray(ramp.astype(np.int32)).save(tmp_path / "deep.tif")  # mode I
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "float.tif")  # mode F
+    for name in ("deep.png", "deep.tif", "float.tif"):
+        pixels = read_image(tmp_path / name)
+        assert pixels.dtype == np.uint8 and pixels.shape == (4, 4), name
+        np.testing.assert_array_equal(pixels, (np.arange(16) * 17).reshape(4, 4), err_msg=name)
+    Image.fromarray(np.full((4, 4), -5, np.int32)).save(tmp_path / "negative.tif")
+    with pytest.raises(SemidError, match="outside 0..65535; save it as 8- or 16-bit"):
+        read_image(tmp_path / "negative.tif")

@@ -5,7 +5,8 @@ Layout: one image is (H, W) grayscale or (H, W, 3) RGB as read; a stack is (N, H
 image is grayscale, else (N, 3, H, W) with grayscale images repeated over the three channels.
 Resizing scales the shorter side to S (bicubic) and crops the centre S x S, so shapes agree
 without distorting aspect ratios. Transparent images are composited onto white, so a shape drawn
-only in the alpha channel (an icon) stays visible.
+only in the alpha channel (an icon) stays visible. 16-bit greyscale (scientific and scanner PNG or
+TIFF) is scaled to 8 bits, not clipped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 from semid.errors import SemidError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".tif", ".tiff")  # fmt: skip
-_GRAY_MODES = ("L", "1", "LA", "I", "I;16", "F")
+_GRAY_MODES = ("L", "1", "LA")
 # The 'auto' working size is the median shorter side, capped: the CNN learns features of a few
 # thousand pixels; photo resolution costs memory and time (a 750 px batch of 96 needs 1.7 GB).
 AUTO_MAX_SIZE = 64
@@ -48,6 +49,8 @@ def read_image(path: Path) -> np.ndarray:
         return read_pgm(path)
     try:
         with Image.open(path) as img:
+            if img.mode.startswith("I") or img.mode == "F":
+                return _deep_grey(np.asarray(img), img.mode, path)
             mode = "L" if img.mode in _GRAY_MODES else "RGB"
             if _has_alpha(img):
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -57,6 +60,20 @@ def read_image(path: Path) -> np.ndarray:
         raise SemidError(
             f"cannot read image {path}: {e}; replace the file or move it out of the collection"
         ) from None
+
+
+def _deep_grey(x: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """(H, W) uint8 of a 16-bit, 32-bit or float greyscale image, scaled by its range: Pillow's
+    own conversion to 8 bits clips every value over 255 to white (or a float to black)."""
+    if mode == "F":
+        return as_uint8(x, str(path))
+    if x.size and (x.min() < 0 or x.max() > 65535):
+        raise SemidError(
+            f"image {path} holds values outside 0..65535; save it as 8- or 16-bit greyscale"
+        )
+    if mode.startswith("I;16") or (x.size and x.max() > 255):  # 16-bit: 65535 is white
+        return np.rint(x / 257.0).astype(np.uint8)
+    return x.astype(np.uint8)
 
 
 def _has_alpha(img: Image.Image) -> bool:
