@@ -427,3 +427,10 @@ def test_deep_grey_images_are_scaled_not_clipped(tmp_path):
     Image.fromarray(np.full((4, 4), -5, np.int32)).save(tmp_path / "negative.tif")
     with pytest.raises(SemidError, match="outside 0..65535; save it as 8- or 16-bit"):
         read_image(tmp_path / "negative.tif")
+
+
+def test_an_image_over_pillows_pixel_limit_is_refused_in_one_line(tmp_path, monkeypatch):
+    write_png(tmp_path / "cat" / "huge.png", (10, 10), 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # Pillow refuses over twice this: 100 > 40
+    with pytest.raises(SemidError, match=r"huge.png is over Pillow's limit of 40 pixels .* shrink"):
+        load_image_folder(tmp_path, image_size="auto")

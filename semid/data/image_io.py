@@ -56,6 +56,11 @@ def read_image(path: Path) -> np.ndarray:
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 return np.asarray(Image.alpha_composite(white, img.convert("RGBA")).convert(mode))
             return np.asarray(img.convert(mode))
+    except Image.DecompressionBombError:
+        raise SemidError(
+            f"image {path} is over Pillow's limit of {Image.MAX_IMAGE_PIXELS * 2:,} pixels (a guard "
+            "against decompression bombs); shrink it (semid works at 64 px or less)"
+        ) from None
     except OSError as e:
         raise SemidError(
             f"cannot read image {path}: {e}; replace the file or move it out of the collection"
