@@ -434,3 +434,15 @@ def test_an_image_over_pillows_pixel_limit_is_refused_in_one_line(tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # Pillow refuses over twice this: 100 > 40
     with pytest.raises(SemidError, match=r"huge.png is over Pillow's limit of 40 pixels .* shrink"):
         load_image_folder(tmp_path, image_size="auto")
+
+
+def test_a_folder_link_back_up_the_tree_is_refused_not_followed(tmp_path):
+    write_png(tmp_path / "photos" / "shoe" / "a.png", (4, 4), 1)
+    write_png(tmp_path / "photos" / "bag" / "b.png", (4, 4), 2)
+    (tmp_path / "photos" / "shoe" / "all").symlink_to("..")  # a loop: photos/shoe/all/shoe/all/...
+    with pytest.raises(SemidError, match=r"shoe/all links to .*photos, a folder that holds it"):
+        load_image_folder(tmp_path / "photos")
+    (tmp_path / "photos" / "shoe" / "all").unlink()
+    (tmp_path / "photos" / "shoe" / "bags").symlink_to("../bag")  # a link elsewhere is followed
+    keys = load_image_folder(tmp_path / "photos").keys
+    assert keys == ["bag/b.png", "shoe/a.png", "shoe/bags/b.png"]

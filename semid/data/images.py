@@ -241,11 +241,23 @@ def load_image_folder(
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` at any depth, sorted, without hidden or system entries."""
+    """Image files under `folder` at any depth, sorted, without hidden or system entries; a link
+    to a folder that holds it (a loop) raises SemidError."""
+    real = folder.resolve()
+    return _image_files(folder, {real, *real.parents})
+
+
+def _image_files(folder: Path, holders: set[Path]) -> list[Path]:
+    """`image_files` below `folder`, whose real path and those of the folders above it are `holders`."""
     found = []
     for entry in visible_entries(folder):
         if entry.is_dir():
-            found += image_files(entry)
+            target = entry.resolve()
+            if target in holders:  # followed, it would list the same images again and again
+                raise SemidError(
+                    f"{entry} links to {target}, a folder that holds it; remove the link"
+                )
+            found += _image_files(entry, holders | {target})
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
             found.append(entry)
     return found
