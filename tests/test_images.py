@@ -446,3 +446,18 @@ def test_a_folder_link_back_up_the_tree_is_refused_not_followed(tmp_path):
     (tmp_path / "photos" / "shoe" / "bags").symlink_to("../bag")  # a link elsewhere is followed
     keys = load_image_folder(tmp_path / "photos").keys
     assert keys == ["bag/b.png", "shoe/a.png", "shoe/bags/b.png"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"P5 3 2 abc\n" + bytes(6)), "is not a binary 8-bit PGM"),
+        (lambda p: p.write_bytes(b"P5 3 -2 255\n" + bytes(6)), "is not a binary 8-bit PGM"),
+        (lambda p: p.symlink_to(p.parent / "gone.pgm"), "cannot read image .*No such file"),
+    ],
+    ids=["maxval", "negative", "broken-link"],
+)
+def test_unreadable_pgm_files_raise_one_clear_error(tmp_path, make, message):
+    make(tmp_path / "a.pgm")
+    with pytest.raises(SemidError, match=message):
+        read_image(tmp_path / "a.pgm")

@@ -119,7 +119,12 @@ def _checked_size(size: int | str | None) -> int | None:
 
 def read_pgm(path: Path) -> np.ndarray:
     """A binary (P5) 8-bit PGM image (H, W)."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:  # as Pillow's formats: a broken link, no permission
+        raise SemidError(
+            f"cannot read image {path}: {e}; replace the file or move it out of the collection"
+        ) from None
     fields, pos = [], 0
     while len(fields) < 4:  # magic, width, height, maxval; '#' starts a comment
         while pos < len(raw) and raw[pos : pos + 1].isspace():
@@ -134,7 +139,12 @@ def read_pgm(path: Path) -> np.ndarray:
             break
         fields.append(raw[pos:end])
         pos = end
-    if len(fields) < 4 or fields[0] != b"P5" or int(fields[3]) > 255:
+    if (
+        len(fields) < 4
+        or fields[0] != b"P5"
+        or not all(f.isdigit() for f in fields[1:])
+        or int(fields[3]) > 255
+    ):
         raise SemidError(f"{path} is not a binary 8-bit PGM (P5) image")
     w, h = int(fields[1]), int(fields[2])
     data = raw[pos + 1 : pos + 1 + w * h]
