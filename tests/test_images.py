@@ -461,3 +461,12 @@ def test_unreadable_pgm_files_raise_one_clear_error(tmp_path, make, message):
     make(tmp_path / "a.pgm")
     with pytest.raises(SemidError, match=message):
         read_image(tmp_path / "a.pgm")
+
+
+def test_a_folder_captions_file_that_is_not_utf8_is_named(tmp_path):
+    write_png(tmp_path / "cat" / "a.png", (4, 4), 1)
+    (tmp_path / "captions.tsv").write_bytes("cat/a.png\ta caf\xe9 cat\n".encode("latin-1"))
+    with pytest.raises(SemidError, match=r"captions file .*captions.tsv line 1 is not UTF-8"):
+        load_image_folder(tmp_path)
+    (tmp_path / "captions.tsv").write_text("\ufeffcat/a.png\ta café cat\n")  # a BOM is skipped
+    assert load_image_folder(tmp_path).captions == ["a café cat"]

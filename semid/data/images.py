@@ -20,6 +20,7 @@ from torch import Tensor
 
 from semid.data.image_io import IMAGE_SUFFIXES, as_uint8, load_npy, read_images
 from semid.data.registry import register_dataset
+from semid.data.text_files import read_lines
 from semid.errors import SemidError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -184,11 +185,15 @@ def load_image_arrays(
     labels = None
     if labels_path is not None:
         labels_path = Path(labels_path)
-        raw = load_npy(labels_path) if labels_path.suffix == ".npy" else _read_lines(labels_path)
+        raw = (
+            load_npy(labels_path)
+            if labels_path.suffix == ".npy"
+            else _read_lines(labels_path, "labels file")
+        )
         labels = _labels_from(raw, class_names, str(labels_path))
         if class_names is None and not _is_integer_like(raw):
             class_names = sorted(set(raw))
-    captions = _read_lines(captions_path) if captions_path is not None else None
+    captions = _read_lines(captions_path, "captions file") if captions_path is not None else None
     return ImageDataset(
         images=torch.from_numpy(as_uint8(images, str(images_path))),
         keys=[str(i) for i in range(len(images))],
@@ -224,7 +229,9 @@ def load_image_folder(
     captions = None
     if (folder / "captions.tsv").is_file():
         table = dict(
-            line.split("\t", 1) for line in _read_lines(folder / "captions.tsv") if "\t" in line
+            line.split("\t", 1)
+            for line in _read_lines(folder / "captions.tsv", "captions file")
+            if "\t" in line
         )
         missing = [k for k in keys if k not in table]
         if missing:
@@ -271,11 +278,8 @@ def visible_entries(folder: Path) -> list[Path]:
     )
 
 
-def _read_lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise SemidError(f"{path} not found; check the path")
-    return [line.rstrip("\r") for line in path.read_text(encoding="utf-8").splitlines() if line]
+def _read_lines(path: str | Path, what: str) -> list[str]:
+    return [line.rstrip("\r") for line in read_lines(path, what) if line]
 
 
 def _is_integer_like(raw: np.ndarray | list[str]) -> bool:
