@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -217,3 +218,21 @@ def test_a_documents_table_is_recognised_by_the_names_documents_accept(tmp_path,
 
     (tmp_path / "d.csv").write_text(f"{header}\n{','.join('x' for _ in header.split(','))}\n")
     assert sniff_kind(str(tmp_path / "d.csv")) == kind
+
+
+def test_a_csv_queries_cell_may_hold_a_list(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "text": ["t", "u", "v", "w"],
+                          "queries": [["q1", "q2"], [], ["only"], "[draft] notes"]})  # fmt: skip
+    frame.to_csv(tmp_path / "pandas.csv", index=False)  # a list column as ['q1', 'q2']
+    rows = [f"{i}\t{t}\t{json.dumps(q)}" for i, t, q in frame.values[:3]] + ["d\tw\t[draft] notes"]
+    (tmp_path / "json.tsv").write_text("\n".join(["id\ttext\tqueries", *rows]) + "\n")
+    for name in ("pandas.csv", "json.tsv"):
+        assert read_documents(tmp_path / name).documents == [
+            Document("a", "t", ("q1", "q2")),
+            Document("b", "u"),
+            Document("c", "v", ("only",)),
+            Document("d", "w", ("[draft] notes",)),  # brackets that hold no list: one query
+        ], name
+    (tmp_path / "numbers.csv").write_text('id,text,queries\na,t,"[1, 2]"\n')
+    with pytest.raises(SemidError, match='line 2: "queries" must be a list of strings'):
+        read_documents(tmp_path / "numbers.csv")

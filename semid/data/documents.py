@@ -5,14 +5,16 @@ skipped), or a CSV, TSV or Parquet table (semid.data.tables). Every format accep
 (JSON Lines) or columns (tables): the id as ``id``, ``doc_id``, ``docid`` or ``_id`` (strings;
 integers are converted); the text as ``text``, or else ``title`` and one of ``body``, ``contents``,
 ``abstract`` joined by a line break; the queries, optional, as ``queries`` or ``query``: a list of
-strings, one string, or nothing (absent, null, empty). Documents without queries can still be
-indexed. Ids must be unique. Reading checks every record and names the first bad one (its line, or
+strings, one string, or nothing (absent, null, empty); a CSV or TSV cell holds a list as JSON
+(``["q1", "q2"]``) or as pandas writes a list column (``['q1', 'q2']``). Documents without
+queries can still be indexed. Ids must be unique. Reading checks every record and names the first bad one (its line, or
 its row in Parquet), so a user's file fails with a message that says where and how to fix it.
 ``sha256`` is the hash of the file's bytes (`semid.data.tables.content_sha256`).
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import json
@@ -136,6 +138,23 @@ def _queries(record: dict, where: str) -> tuple[str, ...]:
     raise SemidError(f'{where}: "{name}" must be a list of strings or one string')
 
 
+def _listed_queries(row: dict) -> dict:
+    """The table row with a queries cell that holds a list as text (``["q1", "q2"]`` as JSON, or
+    ``['q1', 'q2']`` as pandas writes a list column) read as that list."""
+    for name in QUERY_FIELDS:
+        cell = row.get(name)
+        if not (isinstance(cell, str) and cell.strip()[:1] == "[" and cell.strip()[-1:] == "]"):
+            continue
+        try:
+            row[name] = json.loads(cell)
+        except ValueError:
+            try:
+                row[name] = ast.literal_eval(cell.strip())
+            except (ValueError, SyntaxError):
+                continue  # one query that happens to be in brackets
+    return row
+
+
 def read_documents(path: str | os.PathLike, name: str | None = None) -> DocumentCollection:
     """Read documents from JSON Lines or a CSV/TSV/Parquet table; a bad record raises SemidError
     naming its line (or row)."""
@@ -149,8 +168,11 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
             f"{path} not found; pass a JSONL file with one document object per line "
             "(or a CSV/Parquet table with id and text columns)"
         )
-    if table_format(path) in ("csv", "tsv", "parquet"):
+    fmt = table_format(path)
+    if fmt in ("csv", "tsv", "parquet"):
         rows = read_table(path, "documents file").to_pylist()
+        if fmt != "parquet":  # CSV and TSV cells are text; a list of queries is written in one
+            rows = [_listed_queries(row) for row in rows]
         records = ((row_label(path, i), row) for i, row in enumerate(rows))
         return DocumentCollection(
             name or _stem(path), _collect(records, path), content_sha256(path)
