@@ -60,6 +60,15 @@ def test_integer_ids_and_blank_lines(tmp_path):
         ),
         (json.dumps({"id": "x", "title": 3, "body": "b"}), '"title" holds int, not a string'),
         (json.dumps({"id": "a", "text": "dup"}), "repeats id 'a' (first at line 1)"),
+        (
+            json.dumps({"id": 1.5, "text": "t"}),
+            '"id" holds float 1.5; give every document a string',
+        ),
+        (json.dumps({"doc_id": True, "text": "t"}), '"doc_id" holds bool True; give every'),
+        (
+            json.dumps({"id": None, "text": "t"}),
+            "empty document id; give every document a non-empty",
+        ),
     ],
 )
 def test_malformed_line_names_its_number(tmp_path, bad, words):

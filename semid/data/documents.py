@@ -101,7 +101,10 @@ def _document(record: dict, where: str) -> Document:
     name, doc_id = _field(record, ID_FIELDS, where)
     if name is None:
         raise _missing(where, "document id", ", ".join(ID_FIELDS), record)
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or not str(doc_id).strip():
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, type(None))):
+        raise SemidError(f'{where}: "{name}" holds {type(doc_id).__name__} {doc_id!r}; give every '
+                         "document a string or integer id")  # fmt: skip
+    if doc_id is None or not str(doc_id).strip():
         raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
                          "(string or integer)")  # fmt: skip
     return Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where))
