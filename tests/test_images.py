@@ -470,3 +470,16 @@ def test_a_folder_captions_file_that_is_not_utf8_is_named(tmp_path):
         load_image_folder(tmp_path)
     (tmp_path / "captions.tsv").write_text("\ufeffcat/a.png\ta café cat\n")  # a BOM is skipped
     assert load_image_folder(tmp_path).captions == ["a café cat"]
+
+
+def test_images_beside_the_class_subfolders_are_refused_not_dropped(tmp_path):
+    write_png(tmp_path / "shoe" / "a.png", (4, 4), 1)
+    write_png(tmp_path / "b.png", (4, 4), 2)  # in no class
+    (tmp_path / "readme.txt").write_text("not an image")
+    with pytest.raises(
+        SemidError, match=r"holds 1 image beside its class subfolders \(e.g. 'b.png'\)"
+    ):
+        load_image_folder(tmp_path)
+    (tmp_path / "b.png").unlink()
+    (tmp_path / "features.npy").write_bytes(b"")  # not taken for an image
+    assert load_image_folder(tmp_path).keys == ["shoe/a.png"]

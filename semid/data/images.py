@@ -22,6 +22,7 @@ from semid.data.image_io import IMAGE_SUFFIXES, as_uint8, load_npy, read_images
 from semid.data.registry import register_dataset
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
+from semid.wording import counted
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
@@ -204,6 +205,10 @@ def load_image_arrays(
     )
 
 
+# Image files found beside the class subfolders (a .npy there may be something else, features)
+PICTURE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".npy")
+
+
 def load_image_folder(
     folder: str | Path, name: str | None = None, image_size: int | str | None = None
 ) -> ImageDataset:
@@ -223,6 +228,16 @@ def load_image_folder(
     if not files:
         raise SemidError(
             f"no images in {folder}; expected {folder}/<class>/<image> with suffix {', '.join(IMAGE_SUFFIXES)}"
+        )
+    stray = [
+        p.name
+        for p in visible_entries(folder)
+        if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file()
+    ]
+    if stray:  # they belong to no class: left out, they would go missing unsaid
+        raise SemidError(
+            f"{folder} holds {counted(len(stray), 'image')} beside its class subfolders (e.g. "
+            f"{stray[0]!r}); move them into a class subfolder or out of {folder}"
         )
     images = read_images([p for _, p in files], str(folder), image_size)
     keys = [str(p.relative_to(folder)) for _, p in files]
