@@ -178,3 +178,16 @@ def test_documents_without_training_queries_are_refused_before_the_run_folder(
     assert words in err and '"queries" (a list of strings, or one string' in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_suggested_eval_fits_a_small_collection(tmp_path, monkeypatch, capsys):
+    from semid.cli.main import main
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl", n=5)
+    run = tmp_path / "run"
+    argv = ["--dataset", str(tmp_path / "docs.jsonl"), "--out", str(run), "--epochs", "1"]
+    assert train_retriever.run(parse([*argv, "--model-config", json.dumps(TINY)])) == 0
+    hint = capsys.readouterr().out.split("next: ")[1].splitlines()[0]
+    assert hint == f"semid eval {run} --k 1"  # 10 is over the 5 documents
+    assert main(hint.split()[1:]) == 0

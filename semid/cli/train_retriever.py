@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         spec, args.out, resume=not args.no_resume, device=resolve_device(args.device)
     )
     print(format_table(["", "value"], metric_rows(summary)))
-    print(f"\nsaved to {args.out}; next: semid eval {args.out} --k 1 10")
+    ks = " ".join(map(str, fitting_ks(summary["documents"], (1, 10))))
+    print(f"\nsaved to {args.out}; next: semid eval {args.out} --k {ks}")
     if (args.out / "later.jsonl").is_file():
         print(
             f"add the held-out documents: semid index add {args.out} --docs {args.out / 'later.jsonl'}"
