@@ -483,3 +483,14 @@ def test_images_beside_the_class_subfolders_are_refused_not_dropped(tmp_path):
     (tmp_path / "b.png").unlink()
     (tmp_path / "features.npy").write_bytes(b"")  # not taken for an image
     assert load_image_folder(tmp_path).keys == ["shoe/a.png"]
+
+
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    pixels = np.zeros((10, 30, 3), np.uint8)
+    pixels[:, :5] = 255  # a white band on the stored image's left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: shown turned 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = read_image(tmp_path / "phone.jpg")
+    assert upright.shape == (30, 10, 3)
+    assert upright[:5].min() > 200 and upright[-5:].max() < 50  # the band is now at the top

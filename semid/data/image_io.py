@@ -6,7 +6,7 @@ image is grayscale, else (N, 3, H, W) with grayscale images repeated over the th
 Resizing scales the shorter side to S (bicubic) and crops the centre S x S, so shapes agree
 without distorting aspect ratios. Transparent images are composited onto white, so a shape drawn
 only in the alpha channel (an icon) stays visible. 16-bit greyscale (scientific and scanner PNG or
-TIFF) is scaled to 8 bits, not clipped.
+TIFF) is scaled to 8 bits, not clipped. A camera's EXIF orientation is applied.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from semid.errors import SemidError
 
@@ -48,7 +48,8 @@ def read_image(path: Path) -> np.ndarray:
     if suffix == ".pgm":
         return read_pgm(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as opened:
+            img = _upright(opened)
             if img.mode.startswith("I") or img.mode == "F":
                 return _deep_grey(np.asarray(img), img.mode, path)
             mode = "L" if img.mode in _GRAY_MODES else "RGB"
@@ -65,6 +66,14 @@ def read_image(path: Path) -> np.ndarray:
         raise SemidError(
             f"cannot read image {path}: {e}; replace the file or move it out of the collection"
         ) from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: a camera's EXIF orientation (a phone photo held upright is
+    often stored on its side) applied."""
+    if img.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def _deep_grey(x: np.ndarray, mode: str, path: Path) -> np.ndarray:
