@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from semid.atomic import atomic_file, check_output_file
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
+from semid.data.documents import QUERY_FIELDS
+from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.progress import progress_bar
@@ -52,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--queries",
         type=Path,
-        help="retrievers: a file of queries, one a line, or JSON Lines with 'query'",
+        help="retrievers: a file of queries, one a line, JSON Lines with 'query', or a CSV, TSV or "
+        "Parquet table with a 'query' column",
     )
     p.add_argument("--k", type=int, default=10, help="answers per input (default: %(default)s)")
     p.add_argument(
@@ -122,6 +126,11 @@ def read_inputs(
         parsed = [_history_line(line, f"{flag} {path} line {number}") for number, line in lines]
     else:
         path, flag = args.queries, "--queries"
+        rows = _query_table(path, flag)
+        if rows is not None:
+            return [item for _, item in rows], [
+                Origin(f"{flag} {path} {where}") for where, _ in rows
+            ]
         lines = _numbered_lines(path, flag)
         parsed = [(_query_line(line, f"{flag} {path} line {number}"), "") for number, line in lines]
     origins = [Origin(f"{flag} {path} line {number}", hint)
@@ -176,6 +185,23 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
     if not lines:
         raise SemidError(f"{flag} {path} is empty; write one entry a line")
     return lines
+
+
+def _query_table(path: Path, flag: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """(row label, input) per row of a queries table: Parquet, or a CSV/TSV whose header names a
+    "query" or "queries" column; None for a file of one query a line (a header read as one would
+    be answered as a query)."""
+    fmt = table_format(path)
+    if fmt not in ("csv", "tsv", "parquet"):
+        return None
+    if fmt != "parquet" and not path.name.lower().endswith(".gz"):
+        first = next((line for line in read_lines(path, flag) if line.strip()), "")
+        if not {c.strip(' "').lower() for c in re.split(r"[,;\t|]", first)} & set(QUERY_FIELDS):
+            return None
+    table = read_table(path, f"{flag} file")
+    column = find_column(table, "query", QUERY_FIELDS, path, f"{flag} file", columns_option=False)
+    queries = key_strings(table[column], path, "query")
+    return [(row_label(path, i), {"query": str(q)}) for i, q in enumerate(queries)]
 
 
 def _query_line(line: str, where: str) -> dict[str, Any]:
