@@ -69,6 +69,11 @@ def test_integer_ids_and_blank_lines(tmp_path):
             json.dumps({"id": None, "text": "t"}),
             "empty document id; give every document a non-empty",
         ),
+        (
+            json.dumps({"id": "x", "text": "cut \ud83d"}),  # half of an emoji's UTF-16 pair
+            'the text holds an unpaired surrogate escape ("\\ud83d")',
+        ),
+        (json.dumps({"id": "x", "text": "t", "query": "\udfff"}), "the query holds an unpaired"),
     ],
 )
 def test_malformed_line_names_its_number(tmp_path, bad, words):

@@ -107,7 +107,16 @@ def _document(record: dict, where: str) -> Document:
     if doc_id is None or not str(doc_id).strip():
         raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
                          "(string or integer)")  # fmt: skip
-    return Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where))
+    doc = Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where))
+    for name, value in (("id", doc.id), ("text", doc.text), *(("query", q) for q in doc.queries)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud800": half of a UTF-16 pair, no character
+            raise SemidError(
+                f"{where}: the {name} holds an unpaired surrogate escape "
+                f"({json.dumps(value[e.start])}), half of a character; write the whole character"
+            ) from None
+    return doc
 
 
 def _text(record: dict, where: str, doc_id: str) -> str:
