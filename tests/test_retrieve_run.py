@@ -190,3 +190,18 @@ def test_serve_tells_a_request_for_users_that_the_run_answers_queries(run):
         SemidError, match='retrieves documents for queries, not for a user; send {"queries"'
     ):
         predictor.predict(inputs)
+
+
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("caf\udce9", "the byte 0xe9, which is not UTF-8"),  # argv's stand-in for a Latin-1 byte
+        ("cut \ud83d", r"an unpaired surrogate escape (\ud83d), half of a character"),  # JSON's
+    ],
+)
+def test_a_query_that_is_not_unicode_text_is_refused_in_one_line(run, query, words):
+    predictor = get_task("retrieve").predictor(load_run(run))
+    with pytest.raises(SemidError) as info:
+        predictor.check_input({"query": query})
+    assert words in str(info.value) and "send UTF-8 text" in str(info.value)
+    assert predictor.predict([{"query": "kernel"}], k=1)[0]["keys"]  # the predictor still answers

@@ -265,6 +265,24 @@ class Predictor(ABC):
         }
 
 
+def query_input(item: Any) -> dict[str, Any]:
+    """``{"query": TEXT}`` of an input with a non-empty query text that is Unicode text; SemidError
+    (one line) otherwise."""
+    query = item.get("query") if isinstance(item, dict) else None
+    if not isinstance(query, str) or not query.strip():
+        raise SemidError('each input needs a non-empty "query" text')
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(query[e.start])
+        if 0xDC80 <= code <= 0xDCFF:  # Python's stand-in for a command-line byte that is not UTF-8
+            what = f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8"
+        else:  # JSON's "\ud83d": half of a UTF-16 pair
+            what = f"an unpaired surrogate escape (\\u{code:04x}), half of a character"
+        raise SemidError(f'the "query" holds {what}; send UTF-8 text') from None
+    return {"query": query}
+
+
 def answer_of(item: Any, keys: list[str], ranking: Ranking, i: int) -> dict[str, Any]:
     """The JSON answer for row ``i`` of a ranking: keys, scores and IDs of its valid entries."""
     real = ranking.rows[i] >= 0

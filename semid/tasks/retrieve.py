@@ -62,6 +62,7 @@ from semid.tasks.base import (
     Predictor,
     Task,
     move,
+    query_input,
     register_task,
     resolve_device,
 )
@@ -593,10 +594,7 @@ class RetrievePredictor(Predictor):
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
         self.refuse_other_inputs(item)
-        query = item.get("query") if isinstance(item, dict) else None
-        if not isinstance(query, str) or not query.strip():
-            raise SemidError('each input needs a non-empty "query" text')
-        return {"query": query}
+        return query_input(item)
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """Encode the queries (cached) and search them in batches."""

@@ -38,7 +38,15 @@ from semid.models import model_class, model_config
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
-from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
+from semid.tasks.base import (
+    EvalOptions,
+    IndexSource,
+    Predictor,
+    Task,
+    move,
+    query_input,
+    register_task,
+)
 from semid.tasks.data import check_fingerprint, fingerprint
 from semid.training import TrainConfig, train_model
 from semid.wording import counted
@@ -394,10 +402,7 @@ class Text2ImagePredictor(Predictor):
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
         self.refuse_other_inputs(item)
-        query = item.get("query") if isinstance(item, dict) else None
-        if not isinstance(query, str) or not query.strip():
-            raise SemidError('each input needs a non-empty "query" text')
-        return {"query": query}
+        return query_input(item)
 
     def embed(self, texts: list[str]) -> Tensor:
         """Query embeddings (Q, T) with the run's text encoder."""
