@@ -494,3 +494,14 @@ def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
     upright = read_image(tmp_path / "phone.jpg")
     assert upright.shape == (30, 10, 3)
     assert upright[:5].min() > 200 and upright[-5:].max() < 50  # the band is now at the top
+
+
+def test_jfif_photos_are_read_and_heic_photos_are_refused_not_skipped(tmp_path):
+    write_png(tmp_path / "shoe" / "a.png", (4, 4), 1)
+    Image.fromarray(np.full((4, 4), 9, np.uint8)).save(tmp_path / "shoe" / "b.jfif", "JPEG")
+    (tmp_path / "shoe" / "notes.txt").write_text("not an image, skipped")
+    assert load_image_folder(tmp_path).keys == ["shoe/a.png", "shoe/b.jfif"]
+    (tmp_path / "bag").mkdir()
+    (tmp_path / "bag" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.raises(SemidError, match=r"IMG_0001.HEIC: HEIC images cannot be read; convert"):
+        load_image_folder(tmp_path)

@@ -19,7 +19,9 @@ from PIL import ExifTags, Image, ImageOps
 
 from semid.errors import SemidError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".tif", ".tiff")  # fmt: skip
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".avif", ".tif", ".tiff")  # fmt: skip
+# Photo formats Pillow does not read (iPhone HEIC, camera raw): refused by name, never skipped unsaid
+UNREAD_SUFFIXES = (".heic", ".heif", ".jxl", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw")  # fmt: skip
 _GRAY_MODES = ("L", "1", "LA")
 # The 'auto' working size is the median shorter side, capped: the CNN learns features of a few
 # thousand pixels; photo resolution costs memory and time (a 750 px batch of 96 needs 1.7 GB).

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from semid.data.image_io import IMAGE_SUFFIXES, as_uint8, load_npy, read_images
+from semid.data.image_io import IMAGE_SUFFIXES, UNREAD_SUFFIXES, as_uint8, load_npy, read_images
 from semid.data.registry import register_dataset
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
@@ -282,6 +282,11 @@ def _image_files(folder: Path, holders: set[Path]) -> list[Path]:
             found += _image_files(entry, holders | {target})
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
             found.append(entry)
+        elif entry.suffix.lower() in UNREAD_SUFFIXES:
+            raise SemidError(
+                f"{entry}: {entry.suffix[1:].upper()} images cannot be read; convert them to JPEG "
+                "or PNG, or move them out of the collection"
+            )
     return found
 
 
