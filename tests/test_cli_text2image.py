@@ -70,3 +70,26 @@ def test_avg_needs_an_image_dataset(tmp_path, capsys):
         ]
     )
     assert code == 2 and "not an image dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_index_of_other_images_is_refused_before_training(tmp_path, tiny_images, capsys):
+    from semid.data import load_dataset, register_dataset
+    from semid.data.images import ImageSplits
+
+    tiny = load_dataset(tiny_images)
+    renamed = [tiny.train, tiny.test]
+    for part, prefix in zip(renamed, ("elsewhere/", "other/"), strict=True):
+        part.keys = [prefix + k for k in part.keys]
+    register_dataset("tiny-cli-other", lambda: ImageSplits(*renamed, "other"), "test only", kind="images")  # fmt: skip
+    index, run = tmp_path / "idx", tmp_path / "run"
+    build = ["index", "build", "--quantizer", "voken:2x4,hidden=16,latent=4", "--out", str(index)]
+    assert main([*build, "--dataset", tiny_images]) == 0
+    capsys.readouterr()
+    train = ["train", "retriever", "--model", "avg", "--index", str(index), "--epochs", "1", "--out", str(run)]  # fmt: skip
+    assert main([*train, "--dataset", "tiny-cli-other"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "was built from other images than tiny-cli-other with seed 0 (it indexes 'test/0')" in err
+    )
+    assert not run.exists()

@@ -105,6 +105,27 @@ def image_queries(images: ImageDataset, split: str) -> tuple[list[str], Tensor]:
     return class_queries(split, images.class_names)
 
 
+def check_index_of(
+    index: Path,
+    keys: list[str],
+    targets: dict[str, Tensor],
+    splits: ImageSplits,
+    spec: Text2ImageSpec,
+) -> None:
+    """SemidError unless the index was built from this collection and seed: its first IDs are the
+    test split's images, its training targets one per training image (an index of other images
+    would pair this collection's queries with that one's images)."""
+    head = keys[: len(splits.test)]
+    if head == splits.test.keys and len(targets["labels"]) == len(splits.train):
+        return
+    other = next((k for k, t in zip(head, splits.test.keys, strict=False) if k != t), None)
+    example = f" (it indexes {other!r})" if other is not None else ""
+    raise SemidError(
+        f"{index} was built from other images than {spec.dataset} with seed {spec.seed}{example}; "
+        f"build one from them: semid index build --dataset {spec.dataset} --seed {spec.seed} --out DIR"
+    )
+
+
 def relevance_labels(images: ImageDataset) -> Tensor:
     """Labels (N,) that `image_queries` relates to: the classes, else each image its own row."""
     return images.labels if images.labels is not None else torch.arange(len(images))
@@ -268,6 +289,7 @@ class Text2ImageTask(Task):
                 f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`"
             )
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
+        check_index_of(index, ids.keys, targets, splits, spec)
         texts, labels = image_queries(splits.train, "train")
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
         features = targets.get("features") if has_features else None
