@@ -191,3 +191,15 @@ def test_the_suggested_eval_fits_a_small_collection(tmp_path, monkeypatch, capsy
     hint = capsys.readouterr().out.split("next: ")[1].splitlines()[0]
     assert hint == f"semid eval {run} --k 1"  # 10 is over the 5 documents
     assert main(hint.split()[1:]) == 0
+
+
+@pytest.mark.parametrize("docs, left, more", [(1, 1, []), (40, 0, ["--hold-out", "0.99"])])
+def test_too_few_documents_left_to_index_name_the_hold_out(tmp_path, capsys, docs, left, more):
+    from semid.cli.main import main
+
+    write_docs(tmp_path / "docs.jsonl", n=docs)
+    argv = ["train", "retriever", "--dataset", str(tmp_path / "docs.jsonl"), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main([*argv, *more]) == 2
+    err = capsys.readouterr().err
+    assert f"{left} of its {docs} document" in err and "would be indexed now (a share of" in err
+    assert "give more documents (training: or a smaller --hold-out)" in err

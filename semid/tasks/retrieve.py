@@ -356,7 +356,14 @@ class RetrieveTask(Task):
         coll = collection.subset(
             subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
         )
-        return coll, split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
+        split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
+        if len(split.d0) < 2:  # said here, where the hold-out that emptied D0 can be named
+            raise SemidError(
+                f"{spec.dataset}: {len(split.d0)} of its {counted(len(coll), 'document')} would be "
+                f"indexed now (a share of {spec.hold_out:g} is held out for `semid index add`) and "
+                "semantic IDs need at least 2; give more documents (training: or a smaller --hold-out)"
+            )
+        return coll, split
 
     def _index_d0(self, spec: RetrieveSpec, coll: DocumentCollection, split: CorpusSplit,
                   out: Path | None) -> tuple[Any, ...]:  # fmt: skip
