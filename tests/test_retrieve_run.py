@@ -205,3 +205,14 @@ def test_a_query_that_is_not_unicode_text_is_refused_in_one_line(run, query, wor
         predictor.check_input({"query": query})
     assert words in str(info.value) and "send UTF-8 text" in str(info.value)
     assert predictor.predict([{"query": "kernel"}], k=1)[0]["keys"]  # the predictor still answers
+
+
+def test_the_eval_suggested_after_an_add_fits_a_small_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl", n=5)
+    get_task("retrieve").train(tiny_spec(tmp_path / "docs.jsonl", hold_out=0), tmp_path / "run")
+    path = new_docs(tmp_path / "n.jsonl", queries=True, n=4)  # 9 documents in all, 1 held out
+    assert main(["index", "add", str(tmp_path / "run"), "--docs", str(path)]) == 0
+    hint = capsys.readouterr().out.split("`")[1]
+    assert hint == f"semid eval {tmp_path / 'run'} --k 1"  # 10 is over the 9 documents
+    assert main(hint.split()[1:]) == 0

@@ -77,3 +77,8 @@ def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-interactions", type=int, default=3,
                    help="drop users with fewer interactions (default: %(default)s; users with 1 or 2 "
                    "are kept for training only: leave-one-out tests users with 3 or more)")  # fmt: skip
+
+
+def fitting_ks(catalogue: int, ks: tuple[int, ...]) -> list[int]:
+    """The cut-offs of `ks` that `semid eval` accepts for a catalogue of that size (at least one)."""
+    return [k for k in ks if k <= catalogue] or [catalogue]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from semid.cli.common import fitting_ks
 from semid.errors import SemidError
 from semid.indexing import add_items
 from semid.runs import MANIFEST
@@ -100,5 +101,6 @@ def _held_out(summary: dict, run: Path) -> str:
         return f"{they} no queries, so indexed only (nothing held out for testing)"
     if not summary["test_queries"]:
         return f"none of their {counted(summary['queries'], 'query', 'queries')} fell in the test share"
+    ks = " ".join(map(str, fitting_ks(summary["indexed"], (1, 10))))
     return (f"{summary['test_queries']:,} of their {counted(summary['queries'], 'query', 'queries')} held out "
-            f"for testing: `semid eval {run} --k 1 10`")  # fmt: skip
+            f"for testing: `semid eval {run} --k {ks}`")  # fmt: skip

@@ -17,6 +17,7 @@ from semid.cli.common import (
     add_training_arguments,
     check_count,
     check_rate,
+    fitting_ks,
     training_config,
 )
 from semid.cli.table import format_table, metric_rows
@@ -101,11 +102,6 @@ def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
         if getattr(filled, flag) is None:
             setattr(filled, flag, getattr(defaults, field))
     return filled
-
-
-def fitting_ks(catalogue: int, ks: tuple[int, ...]) -> list[int]:
-    """The cut-offs of `ks` that `semid eval` accepts for a catalogue of that size (at least one)."""
-    return [k for k in ks if k <= catalogue] or [catalogue]
 
 
 def run(args: argparse.Namespace) -> int:

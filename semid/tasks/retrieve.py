@@ -547,7 +547,7 @@ class RetrieveTask(Task):
             state.setdefault("sessions", []).append(session_state)
             write_run(run_path, self.name, spec, state)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
-                "queries": sum(len(d.queries) for d in collection.documents),
+                "indexed": len(ids), "queries": sum(len(d.queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds}  # fmt: skip
 
     def _train_session(self, model: PromptDSI, ids: SemanticIDs, spec: RetrieveSpec, run_path: Path,
