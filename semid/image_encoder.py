@@ -45,7 +45,9 @@ class ImageEncoder(nn.Module):
         side = config.image_size // 2 ** len(config.channels)
         if side < 1:
             raise SemidError(
-                f"image_size {config.image_size} is too small for {len(config.channels)} pooling layers"
+                f"images of {config.image_size} px are too small for the image encoder's "
+                f"{len(config.channels)} pooling layers; give images of at least "
+                f"{2 ** len(config.channels)} px on their shorter side (the median one sets the size)"
             )
         self._grid = (config.channels[-1], side, side)
         convs: list[nn.Module] = []

@@ -505,3 +505,12 @@ def test_jfif_photos_are_read_and_heic_photos_are_refused_not_skipped(tmp_path):
     (tmp_path / "bag" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
     with pytest.raises(SemidError, match=r"IMG_0001.HEIC: HEIC images cannot be read; convert"):
         load_image_folder(tmp_path)
+
+
+def test_images_too_small_for_the_encoder_say_how_large_they_must_be(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / cls / f"{i}.png", (2, 2), 50 * i)
+    images = load_image_folder(tmp_path, image_size="auto").images
+    with pytest.raises(SemidError, match="give images of at least 4 px on their shorter side"):
+        ImageEncoder(ImageEncoderConfig(image_size=images.shape[-1]))
