@@ -8,7 +8,7 @@ from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, p
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.ranking import BeamRanker, Ranking, ranker_for, seen_mask
-from semid.tasks.recommend import evaluate_ranker
+from semid.tasks.recommend import UserHistories, evaluate_ranker
 
 
 def tiny_dataset():
@@ -61,6 +61,18 @@ def test_train_sequences_hold_each_users_train_events_in_time_order():
     per_user = [rows[ptr[u] : ptr[u + 1]].tolist() for u in range(3)]
     # each user's last two events are valid and test targets
     assert per_user == [[row["m0"], row["m1"], row["m2"]], [row["m4"]], [row["m1"], row["m0"]]]
+
+
+def test_user_histories_count_each_users_events():
+    """events and answerable come from one count per read (asked per input of a changed log); a
+    user without events on indexed items is not answerable."""
+    dataset = tiny_dataset()
+    log = dataset.interactions
+    log.num_users = 4  # a fourth user, with no events
+    data = prepare_data(dataset, tiny_ids())
+    histories = UserHistories(data, ["u0", "u1", "u2", "u3"], live=True)
+    assert [histories.events(u) for u in ("u0", "u1", "u2", "u3")] == [5, 3, 4, 0]
+    assert histories.answerable() == ["u0", "u1", "u2"]
 
 
 def test_missing_items_are_reported():

@@ -251,18 +251,20 @@ class UserHistories:
     live: bool = False
     left_out: frozenset[str] = frozenset()  # users loading dropped for too few events
     user_of_key: dict[str, int] = field(init=False)
+    # events per user id, counted once: `events` is asked for every input of a changed log
+    event_counts: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.user_of_key = {k: i for i, k in enumerate(self.user_keys)}
+        self.event_counts = self.data.split.ptr.diff().tolist()
 
     def events(self, user: str) -> int:
         """How many events of ``user`` (a key) the data holds on items of the index."""
-        return int(self.data.split.ptr.diff()[self.user_of_key[user]])
+        return self.event_counts[self.user_of_key[user]]
 
     def answerable(self) -> list[str]:
         """The keys of the users with events on items of the index, in id order."""
-        counts = self.data.split.ptr.diff().tolist()
-        return [k for k, n in zip(self.user_keys, counts, strict=True) if n > 0]
+        return [k for k, n in zip(self.user_keys, self.event_counts, strict=True) if n > 0]
 
 
 def current_histories(spec: RecommendSpec, ids: SemanticIDs) -> tuple[UserHistories, str]:
