@@ -8,6 +8,7 @@ from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, p
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.ranking import BeamRanker, Ranking, ranker_for, seen_mask
+from semid.tasks.base import answers_of
 from semid.tasks.recommend import UserHistories, evaluate_ranker
 
 
@@ -232,3 +233,18 @@ def test_cold_items_under_a_generated_prefix_take_the_reserved_slots():
         top(1.5)
     with pytest.raises(SemidError, match="cold-prefix"):
         BeamRanker(model, ids, 3, 4, 0.5, cold_prefix=2)
+
+
+def test_answers_drop_missing_entries_and_keep_each_inputs_row():
+    """answers_of: row i answers input i, best first; -1 rows (fewer answers than k) are left out."""
+    ranking = Ranking(
+        rows=torch.tensor([[2, 0, -1], [-1, -1, -1]]),
+        scores=torch.tensor([[-0.1234567, -2.0, float("-inf")], [float("-inf")] * 3]),
+        codes=torch.tensor([[[1, 0], [0, 0], [-1, -1]], [[-1, -1]] * 3]),
+    )
+    answers = answers_of([{"user": "a"}, {"user": "b"}], ["k0", "k1", "k2"], ranking)
+    assert answers == [
+        {"input": {"user": "a"}, "keys": ["k2", "k0"], "scores": [-0.123457, -2.0],
+         "ids": [[1, 0], [0, 0]]},
+        {"input": {"user": "b"}, "keys": [], "scores": [], "ids": []},
+    ]  # fmt: skip

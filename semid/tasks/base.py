@@ -213,7 +213,7 @@ class Predictor(ABC):
         if not checked:
             return []
         ranking = self.rank(checked, k, num_beams)
-        return [answer_of(item, self.run.ids.keys, ranking, i) for i, item in enumerate(inputs)]
+        return answers_of(inputs, self.run.ids.keys, ranking)
 
     def refuse_other_inputs(self, item: Any) -> None:
         """SemidError if ``item`` is an input of a kind the run does not take (``"query"`` for a
@@ -283,16 +283,20 @@ def query_input(item: Any) -> dict[str, Any]:
     return {"query": query}
 
 
-def answer_of(item: Any, keys: list[str], ranking: Ranking, i: int) -> dict[str, Any]:
-    """The JSON answer for row ``i`` of a ranking: keys, scores and IDs of its valid entries."""
-    real = ranking.rows[i] >= 0
-    rows = ranking.rows[i][real].tolist()
-    return {
-        "input": item,
-        "keys": [keys[r] for r in rows],
-        "scores": [round(s, 6) for s in ranking.scores[i][real].tolist()],
-        "ids": ranking.codes[i][real].tolist(),
-    }
+def answers_of(inputs: list[Any], keys: list[str], ranking: Ranking) -> list[dict[str, Any]]:
+    """The JSON answer of each input (row i of the ranking answers ``inputs[i]``): keys, scores
+    and IDs of its valid entries. The tensors become lists once per batch, not once per row."""
+    answers = []
+    for item, rows, scores, codes in zip(inputs, ranking.rows.tolist(), ranking.scores.tolist(),
+                                         ranking.codes.tolist(), strict=True):  # fmt: skip
+        real = [j for j, r in enumerate(rows) if r >= 0]
+        answers.append({
+            "input": item,
+            "keys": [keys[rows[j]] for j in real],
+            "scores": [round(scores[j], 6) for j in real],
+            "ids": [codes[j] for j in real],
+        })  # fmt: skip
+    return answers
 
 
 def register_task(task: Task) -> Task:
