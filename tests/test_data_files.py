@@ -204,6 +204,27 @@ def test_row_order_does_not_matter(tmp_path: Path) -> None:
         assert getattr(a.interactions, field).tolist() == getattr(b.interactions, field).tolist()
 
 
+def test_ids_follow_time_then_keys_in_code_point_order(tmp_path: Path) -> None:
+    """Oracle: rows sorted by (time, user key, item key) as Python sorts strings ("10" < "9",
+    "Z" < "a" < "é"); users and items numbered by first appearance in that order; exact repeats
+    dropped. Many ties, so the key order decides most of it."""
+    rng = random.Random(0)
+    names = ["10", "9", "Z", "a", "é", "ab", "a b"]
+    rows = {(rng.choice(names), rng.choice(names[::-1]), rng.randrange(4)) for _ in range(120)}
+    rows.add(("10", "9", 0))
+    ordered = sorted(rows, key=lambda r: (r[2], r[0], r[1]))
+    lines = [f"{u},{i},{t}" for u, i, t in rows] + ["10,9,0"] * 2  # one more exact repeat
+    (tmp_path / "log.csv").write_text("user,item,timestamp\n" + "\n".join(lines) + "\n")
+    d = load_interaction_files(tmp_path / "log.csv", min_interactions=1)
+    users = list(dict.fromkeys(u for u, _, _ in ordered))
+    items = list(dict.fromkeys(i for _, i, _ in ordered))
+    assert (d.user_keys, d.item_keys) == (users, items)
+    log = d.interactions
+    assert log.users.tolist() == [users.index(u) for u, _, _ in ordered]
+    assert log.items.tolist() == [items.index(i) for _, i, _ in ordered]
+    assert log.timestamps.tolist() == [t for _, _, t in ordered]
+
+
 def test_without_items_file_there_are_no_texts(tmp_path: Path) -> None:
     d = load_interaction_files(*files(tmp_path, items=None), min_interactions=1)
     assert d.item_texts is None
