@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from semid.data import PAD, InteractionLog, leave_one_out, load_dataset
+from semid.data.splits import chronological_order
 
 
 def make_log(rows: list[tuple[int, int, int]], num_users: int, num_items: int) -> InteractionLog:
@@ -114,6 +115,9 @@ def test_matches_loop_oracle_on_random_logs(seed: int) -> None:
         item_keys=[f"k{(7 * i) % num_items}" for i in range(num_items)],  # not in id order
     )
     split = leave_one_out(log, max_history=5)
+    given = leave_one_out(log, max_history=5, order=chronological_order(log))  # caller sorted
+    for name in ("sequence_users", "sequence_items", "ptr", "test_items", "valid_items"):
+        assert torch.equal(getattr(given, name), getattr(split, name))
     oracle = loop_oracle(log, max_history=5)
     assert sorted(oracle) == split.test_users.tolist()
     test = split.histories("test")

@@ -100,6 +100,29 @@ def test_sequence_windows_cover_every_train_target_once():
                 assert seq[seq.index(a) + 1] == b
 
 
+@pytest.mark.parametrize("max_len", [1, 2, 3, 7])
+def test_sequence_windows_match_a_loop_over_users(max_len):
+    """Oracle: each user's targets [first + 1, first + train events) cut from the newest end into
+    windows of max_len, users in id order; users with 0, 1, 2 and many events."""
+    counts = [0, 1, 2, 3, 4, 9, 17]
+    users = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    items = torch.arange(len(users)) % 5
+    log = InteractionLog(users, items, torch.arange(len(users)), len(counts), 5)
+    keys = [f"m{j}" for j in range(5)]
+    data = prepare_data(RecDataset("t", [f"u{u}" for u in range(len(counts))], keys, None, log),
+                        tiny_ids())  # fmt: skip
+    ends, lengths, first = [], [], 0
+    for n in counts:
+        start, end = first + 1, first + (n if n < 3 else n - 2)
+        while end > start:
+            ends.append(end)
+            lengths.append(min(max_len, end - start))
+            end -= max_len
+        first += n
+    ds = SequenceDataset(data, max_len)
+    assert (ds.ends.tolist(), ds.lengths.tolist()) == (ends, lengths)
+
+
 class FixedRanking:
     def __init__(self, ranked):
         self.ranked = ranked

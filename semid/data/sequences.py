@@ -92,9 +92,10 @@ def prepare_data(dataset: Any, ids: SemanticIDs, max_history: int = 50) -> RecDa
             "build the index from the same dataset (semid index build --dataset ...)"
         )
     row_of_item = ids.rows_of_keys(dataset.item_keys)
-    split = leave_one_out(log, max_history=max_history)
+    order = chronological_order(log)  # sorted once, for the split and for its times
+    split = leave_one_out(log, max_history=max_history, order=order)
     split = dataclasses.replace(split, sequence_items=row_of_item[split.sequence_items])
-    times = log.timestamps[chronological_order(log)]
+    times = log.timestamps[order]
     return RecData(split, times, log.num_users, len(ids))
 
 
@@ -152,21 +153,14 @@ class SequenceDataset(Dataset):
         s = data.split
         counts = s.ptr[1:] - s.ptr[:-1]
         n_train = torch.where(counts < 3, counts, counts - 2)
-        ends, lengths = [], []
-        for u in range(len(counts)):
-            start, end = (
-                int(s.ptr[u]) + 1,
-                int(s.ptr[u] + n_train[u]),
-            )  # targets lie in [start, end)
-            while end > start:
-                ends.append(end)
-                lengths.append(min(max_len, end - start))
-                end -= max_len
+        start, end = s.ptr[:-1] + 1, s.ptr[:-1] + n_train  # each user's targets lie in [start, end)
+        windows = (end - start).clamp(min=0).add(max_len - 1).div(max_len, rounding_mode="floor")
+        user = torch.repeat_interleave(torch.arange(len(counts)), windows)  # (W,) window's user
+        first = torch.repeat_interleave(windows.cumsum(0) - windows, windows)  # its user's first
+        newer = torch.arange(len(user)) - first  # (W,) windows of the user after this one
         self.data, self.max_len = data, max_len
-        self.ends, self.lengths = (
-            torch.tensor(ends, dtype=torch.long),
-            torch.tensor(lengths, dtype=torch.long),
-        )
+        self.ends = end[user] - newer * max_len
+        self.lengths = (self.ends - start[user]).clamp(max=max_len)
 
     def __len__(self) -> int:
         return len(self.ends)

@@ -109,11 +109,16 @@ def item_ranks(log: InteractionLog) -> Tensor:
     return ranks
 
 
-def leave_one_out(log: InteractionLog, max_history: int = 50) -> LeaveOneOutSplit:
-    """Split `log` by the leave-one-out protocol; histories hold at most `max_history` items."""
+def leave_one_out(
+    log: InteractionLog, max_history: int = 50, order: Tensor | None = None
+) -> LeaveOneOutSplit:
+    """Split `log` by the leave-one-out protocol; histories hold at most `max_history` items.
+
+    ``order``: ``chronological_order(log)`` when the caller has it already (it sorts every event)."""
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
-    order = chronological_order(log)
+    if order is None:
+        order = chronological_order(log)
     users, items, timestamps = log.users[order], log.items[order], log.timestamps[order]
     counts = torch.bincount(log.users, minlength=log.num_users)
     ptr = torch.zeros(log.num_users + 1, dtype=torch.int64)
