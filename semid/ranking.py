@@ -36,6 +36,17 @@ class Ranking:
     codes: Tensor  # (B, k, L) int64 semantic IDs, -1 where none
 
     @classmethod
+    def empty_like(cls, part: Ranking, n: int) -> Ranking:
+        """An uninitialised ranking of ``n`` queries with ``part``'s k, levels, dtypes and device."""
+        return cls(*(t.new_empty((n, *t.shape[1:])) for t in (part.rows, part.scores, part.codes)))
+
+    def fill_(self, start: int, part: Ranking) -> None:
+        """Copy ``part``'s queries into rows ``start, start + 1, ...`` of this ranking."""
+        end = start + len(part.rows)
+        self.rows[start:end], self.scores[start:end] = part.rows, part.scores
+        self.codes[start:end] = part.codes
+
+    @classmethod
     def concat(cls, parts: list[Ranking]) -> Ranking:
         """The rankings of consecutive batches as one."""
         return cls(

@@ -9,7 +9,7 @@ from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.ranking import BeamRanker, Ranking, ranker_for, seen_mask
 from semid.tasks.base import answers_of
-from semid.tasks.recommend import UserHistories, evaluate_ranker
+from semid.tasks.recommend import UserHistories, evaluate_ranker, rank_split
 
 
 def tiny_dataset():
@@ -152,6 +152,26 @@ def test_evaluate_on_a_hand_made_case():
     assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
     assert m["invalid_id_rate"] == pytest.approx(4 / 9)
     assert m["num_queries"] == 3
+
+
+def test_rank_split_answers_every_query_whatever_the_batch_size():
+    """Answers written batch by batch into one ranking equal the rankers' answers in query order,
+    also when the batch size does not divide the number of queries; targets follow the queries."""
+
+    class ByUser:  # each query's answers name its user, so misplaced rows show
+        def rank(self, batch, k, seen=None):
+            rows = batch["users"][:, None] * 10 + torch.arange(k)
+            return Ranking(rows, -rows.float(), torch.stack([rows, rows + 1], -1))
+
+    data = prepare_data(tiny_dataset(), tiny_ids(), max_history=3)
+    users, whole, targets, _ = rank_split(ByUser(), data, "test", 2, batch_size=100)
+    for size in (1, 2):
+        _, ranking, batched_targets, _ = rank_split(ByUser(), data, "test", 2, batch_size=size)
+        for name in ("rows", "scores", "codes"):
+            assert torch.equal(getattr(ranking, name), getattr(whole, name))
+        assert torch.equal(batched_targets, targets)
+    assert whole.rows.tolist() == [[10 * u, 10 * u + 1] for u in users.tolist()]
+    assert torch.equal(targets, data.split.sequence_items[data.positions("test")])
 
 
 def test_collator_adds_codes_with_padding():
