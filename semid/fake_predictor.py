@@ -98,6 +98,16 @@ class FakePredictor:
         time.sleep(self.delay_s + self.per_input_s * len(inputs))
         return [self._answer(x, k, beams) for x in inputs]
 
+    def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The inputs themselves: a fake user needs no data."""
+        return checked
+
+    def predict_resolved(
+        self, resolved: list[dict[str, Any]], k: int, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``predict`` of resolved inputs (which are the inputs)."""
+        return self.predict(resolved, k, num_beams)
+
     def sample_inputs(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
         """n valid inputs (users and histories), for benchmarks."""
         rng = np.random.default_rng(seed)

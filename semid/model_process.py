@@ -4,7 +4,9 @@ In one process, the beam search's Python code (op dispatch between kernels) hold
 lock, and the HTTP event loop waits for it: request parsing and answer encoding serialize with the
 model. :class:`ProcessPredictor` keeps the cheap, read-only calls (``check_input``, ``info``,
 ``max_k``) on a local copy and sends each ``predict`` over a pipe to a child process that loaded its
-own copy, so HTTP work and model work run on different cores at once.
+own copy, so HTTP work and model work run on different cores at once. The local copy also
+resolves each batch (a recommender's user becomes their events), so the child never reads the
+run's data files: one read of a large log, and one copy of it in memory, serve every replica.
 
 :meth:`ProcessPredictor.launch` starts several (replicas, each on its own cores) that load side by
 side. The child is started with ``spawn`` (a fresh interpreter, no forked torch thread pools) and builds
@@ -54,7 +56,7 @@ def _serve_predictions(load: Callable[[], Any], threads: int, conn: Connection) 
             return
         inputs, k, num_beams = message
         try:
-            conn.send(("ok", predictor.predict(inputs, k, num_beams)))
+            conn.send(("ok", predictor.predict_resolved(inputs, k, num_beams)))
         except SemidError as e:  # a bad request: the parent re-raises it as a SemidError
             conn.send(("semid_error", str(e)))
         # A predictor bug: its traceback goes to this process's stderr (the server log), and the
@@ -133,11 +135,14 @@ class ProcessPredictor:
     def predict(
         self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
-        """The child's answers for ``inputs``; SemidError for a bad request, as in-process."""
+        """The child's answers for ``inputs``; SemidError for a bad request, as in-process. The
+        local copy resolves them first (a user's events from the data), so that only this process
+        reads the run's data files."""
         self.wait_until_loaded()
+        resolved = self.local.resolve(inputs)
         with self._lock:
             try:
-                self._conn.send((inputs, k, num_beams))
+                self._conn.send((resolved, k, num_beams))
             except OSError:  # the child is gone: say so, as _receive does
                 pass
             status, payload = self._receive()
@@ -145,7 +150,7 @@ class ProcessPredictor:
             raise SemidError(payload)
         if status == "error":
             raise RuntimeError(f"the model process failed: {payload}")
-        return payload
+        return [{**answer, "input": item} for answer, item in zip(payload, inputs, strict=True)]
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the child process (idempotent)."""

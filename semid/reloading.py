@@ -77,6 +77,16 @@ class ReloadingPredictor:
         """The current run's answers."""
         return self.current().predict(inputs, k, num_beams)
 
+    def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Resolved by the current run."""
+        return self.current().resolve(checked)
+
+    def predict_resolved(
+        self, resolved: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The current run's answers for another copy's resolved inputs."""
+        return self.current().predict_resolved(resolved, k, num_beams)
+
 
 def follow_run(
     load_predictor: Callable[..., Any], run_dir: str | Path, device: str = "cpu"

@@ -86,6 +86,17 @@ class Predictor(Protocol):
         """Catalogue size: the largest k that predict accepts."""
         ...
 
+    def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Checked inputs in a form another copy of the run answers without reading its data
+        (a model process is sent these)."""
+        ...
+
+    def predict_resolved(
+        self, resolved: list[dict[str, Any]], k: int, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``predict`` of another copy's resolved inputs."""
+        ...
+
 
 class BatcherClosed(RuntimeError):
     """A request reached a BatchingPredictor after close()."""

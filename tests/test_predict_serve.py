@@ -8,11 +8,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from _semid_cli import ENV, command, read_jsonl
+from test_readme_own_data import write_interactions
 
 from semid.cli.main import main
 from semid.data.registry import load_dataset
@@ -154,6 +157,26 @@ def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkey
     assert widths == [size, size]
 
 
+def test_a_copy_answers_resolved_users_without_reading_the_data(run, predictor, monkeypatch):
+    """What `semid serve` does with model processes: the server's copy resolves each user to their
+    events, and another copy of the run answers them as the first answers the users, without
+    reading the data files; an item the other copy's index lacks is refused in one line."""
+    users = predictor.user_keys
+    inputs = [{"user": users[0]}, {"user": users[1], "split": "test"}, {"history": ["1", "50"]}]
+    expected = predictor.predict(inputs, k=5)
+    resolved = predictor.resolve([predictor.check_input(x) for x in inputs])
+    assert resolved[2] == inputs[2] and "events" in resolved[0] and "events" in resolved[1]
+    copy = load_predictor(run)
+    monkeypatch.setattr(copy, "histories", lambda: pytest.fail("the copy read the data files"))
+    answers = copy.predict_resolved(resolved, k=5)
+    assert [(a["keys"], a["scores"]) for a in answers] == [
+        (e["keys"], e["scores"]) for e in expected
+    ]
+    resolved[0]["events"]["seen"].append("no-such-item")
+    with pytest.raises(SemidError, match="'no-such-item' of user .* not in this copy of the run's"):
+        copy.predict_resolved(resolved, k=5)
+
+
 def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
     """serve's {"queries": [...]} to a recommendation run names the bodies that it answers, as
     /info does."""
@@ -195,14 +218,29 @@ def wait_until_up(proc: subprocess.Popen, url: str, seconds: float = 60) -> None
     raise AssertionError(f"semid serve did not answer /health within {seconds} s")
 
 
-@pytest.mark.slow
-def test_serve_answers_what_predict_answers(run, predictor):
+@contextmanager
+def served(run: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`semid serve RUN` on CPU and a free port, in a fresh process started from the run's parent
+    folder, once it answers: (process, URL). Killed on the way out if still running."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([*command(), "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([*command(), "serve", str(run), "--host", "127.0.0.1", "--port", str(port),
+                             "--device", "cpu", *flags], cwd=run.parent, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         wait_until_up(proc, url)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_serve_answers_what_predict_answers(run, predictor):
+    with served(run) as (proc, url):
         users = predictor.user_keys[:4]
         got = httpx.post(f"{url}/predict", json={"users": users, "k": 5}, timeout=60)
         assert got.status_code == 200
@@ -238,12 +276,29 @@ def test_serve_answers_what_predict_answers(run, predictor):
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_only_the_server_reads_a_grown_log_for_its_model_processes(tmp_path):
+    """With two model processes, users are resolved from the data by the server's copy alone: a
+    log that grew since training gets its note once, not once per process, and its new user is
+    answered as predict answers it."""
+    write_interactions(tmp_path)
+    data = ["--dataset", str(tmp_path / "interactions.csv"), "--items", str(tmp_path / "items.csv")]
+    assert main(["index", "build", *data, "--out", str(tmp_path / "index")]) == 0
+    assert main(["train", "recommender", *data, "--index", str(tmp_path / "index"), "--model",
+                 "pop", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,m3,3000000\nu99,m3,3000001\nu99,m4,3000002\n")
+    with served(tmp_path / "run", "--workers", "2") as (proc, url):
+        users = [{"user": "u1"}, {"user": "u99"}]
+        for _ in range(4):  # enough requests for both model processes to answer some
+            got = httpx.post(f"{url}/predict", json={"inputs": users, "k": 5}, timeout=60)
+            assert got.status_code == 200, got.text
+        assert got.json()["results"] == load_predictor(tmp_path / "run").predict(users, k=5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr.read().count("its data changed since training") == 1
 
 
 def test_a_served_run_follows_index_add(run, tmp_path, capsys):

@@ -207,9 +207,30 @@ class Predictor(ABC):
         than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
         and a wider one would only allocate (and cache a ranker for) empty beams."""
         self.check_k(k, num_beams)
+        return self._answers(inputs, [self.check_input(item) for item in inputs], k, num_beams)
+
+    def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Checked inputs in a form that another copy of the run answers (`predict_resolved`)
+        without reading the run's data files: a model process gets these, so only the server's
+        copy reads the data. By default the inputs themselves (a query needs no data)."""
+        return checked
+
+    def predict_resolved(
+        self, resolved: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``predict`` of inputs from another copy's `resolve`; each answer's ``"input"`` is the
+        resolved input."""
+        self.check_k(k, num_beams)
+        return self._answers(resolved, [self.check_resolved(x) for x in resolved], k, num_beams)
+
+    def check_resolved(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One input of `resolve`, checked against this copy of the run (by default as an input)."""
+        return self.check_input(item)
+
+    def _answers(self, inputs: list[Any], checked: list[dict[str, Any]], k: int,
+                 num_beams: int | None) -> list[dict[str, Any]]:  # fmt: skip
         if num_beams is not None:
             num_beams = min(num_beams, self.max_k())
-        checked = [self.check_input(item) for item in inputs]
         if not checked:
             return []
         ranking = self.rank(checked, k, num_beams)

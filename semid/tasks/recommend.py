@@ -283,6 +283,41 @@ def current_histories(spec: RecommendSpec, ids: SemanticIDs) -> tuple[UserHistor
     return UserHistories(data, dataset.user_keys, live=True), note
 
 
+@dataclass
+class InputEvents:
+    """What the model reads for one input: its last items (index rows, oldest first, at most the
+    run's history length) with their times, every item seen before it (left out of the answer),
+    and the user's id as trained (-1: a user the model has not seen)."""
+
+    items: Tensor
+    times: Tensor
+    seen: Tensor
+    user: int = -1
+
+
+def _dtype_of(times: list[Any]) -> torch.dtype:
+    """int64 for integer timestamps, float64 for fractional ones (as the data holds them)."""
+    return torch.float64 if any(isinstance(v, float) for v in times) else torch.long
+
+
+def _batch(events: list[InputEvents], t: int) -> tuple[dict[str, Tensor], Tensor]:
+    """The model batch of the inputs' events (histories left-padded to ``t``) and their seen rows
+    (B, M), PAD-padded on the left."""
+    n = len(events)
+    dtype = torch.float64 if any(e.times.is_floating_point() for e in events) else torch.long
+    items = torch.full((n, t), PAD, dtype=torch.long)
+    times = torch.zeros(n, t, dtype=dtype)
+    for i, e in enumerate(events):
+        length = len(e.items)
+        items[i, t - length :], times[i, t - length :] = e.items, e.times.to(dtype)
+    users = torch.tensor([e.user for e in events], dtype=torch.long)
+    width = max(len(e.seen) for e in events)
+    seen = torch.full((n, width), PAD, dtype=torch.long)
+    for i, e in enumerate(events):
+        seen[i, width - len(e.seen) :] = e.seen.sort().values
+    return {"users": users, "items": items, "times": times}, seen
+
+
 class RecommendPredictor(Predictor):
     """Answers ``{"user": ID}`` (history from the run's data; ``"split": "valid"|"test"`` stops it
     before that target, as `evaluate` sees it) or ``{"history": [item keys]}`` (a new user).
@@ -370,9 +405,38 @@ class RecommendPredictor(Predictor):
                 "`semid index add`, or pass a history"
             )
 
+    def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each user input with its events attached as item keys (``"events"``), so that a model
+        process answers it without reading the data files; other inputs as they are."""
+        keys = self.run.ids.keys
+        resolved = []
+        for item, events in zip(checked, self._events(checked), strict=True):
+            if "user" in item and "events" not in item:
+                item = {**item, "events": {
+                    "items": [keys[r] for r in events.items.tolist()],
+                    "times": events.times.tolist(),
+                    "seen": [keys[r] for r in events.seen.tolist()],
+                    "user": events.user,
+                }}  # fmt: skip
+            resolved.append(item)
+        return resolved
+
+    def check_resolved(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A user input resolved by another copy of the run, whose items must be in this copy's
+        index; any other input as `check_input` checks it."""
+        if "events" not in item:
+            return self.check_input(item)
+        events = item["events"]
+        unknown = next((k for k in [*events["items"], *events["seen"]]
+                        if k not in self.run.ids._row_of_key), None)  # fmt: skip
+        if unknown is not None:
+            raise SemidError(f"item {unknown!r} of user {item['user']!r} is not in this copy of "
+                             "the run's index (it changed meanwhile); ask again")  # fmt: skip
+        return item
+
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """One beam search (or scoring pass) over the batch of inputs."""
-        batch, seen = self._batch(inputs)
+        batch, seen = _batch(self._events(inputs), self.spec.max_history)
         if self.codes is not None:
             batch = CodeCollator(lambda b: b, self.codes)(batch)
         return self.ranker(num_beams).rank(move(batch, self.device), k, seen)
@@ -383,37 +447,36 @@ class RecommendPredictor(Predictor):
             self.run, self.spec, EvalOptions(num_beams=num_beams, device=self.device)
         )
 
-    def _batch(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor]:
-        known = [i for i, x in enumerate(inputs) if "user" in x]
-        t = self.spec.max_history
-        items = torch.full((len(inputs), t), PAD, dtype=torch.long)
-        times = torch.zeros(len(inputs), t, dtype=torch.long)
-        users = torch.full((len(inputs),), -1, dtype=torch.long)  # -1: a user the run has not seen
-        seen_rows: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(inputs)
+    def _events(self, inputs: list[dict[str, Any]]) -> list[InputEvents]:
+        """What the model reads for each checked (or resolved) input."""
+        t, ids = self.spec.max_history, self.run.ids
+        events: list[InputEvents | None] = [None] * len(inputs)
+        known = [i for i, x in enumerate(inputs) if "user" in x and "events" not in x]
         if known:
             h = self.histories()  # one read for the whole batch
             for i in known:  # checked against an earlier read: the data may have changed since
                 self._check_user(inputs[i]["user"], inputs[i].get("split"), h)
-            times = times.to(h.data.times.dtype)
-            users_known = torch.tensor([h.user_of_key[inputs[i]["user"]] for i in known])
+            users = torch.tensor([h.user_of_key[inputs[i]["user"]] for i in known])
             positions = self._positions(h, [inputs[i] for i in known])
-            history = gather_history(h.data, positions, t, users_known)
-            seen = h.data.seen_before(positions, users_known)
+            history = gather_history(h.data, positions, t, users)
+            seen = h.data.seen_before(positions, users)
             for j, i in enumerate(known):
-                items[i], times[i] = history["items"][j], history["times"][j]
-                if not h.live:  # the ids of the current data are not the ids trained on
-                    users[i] = history["users"][j]
-                seen_rows[i] = seen[j][seen[j] >= 0]
+                real = history["items"][j] != PAD
+                # the ids of the current data are not the ids trained on: a live user is a new one
+                user = -1 if h.live else int(users[j])
+                events[i] = InputEvents(history["items"][j][real], history["times"][j][real],
+                                        seen[j][seen[j] != PAD], user)  # fmt: skip
         for i, x in enumerate(inputs):
             if "history" in x:
-                rows = self.run.ids.rows_of_keys(x["history"])[-t:]
-                items[i, t - len(rows) :] = rows
-                seen_rows[i] = rows.unique()
-        width = max(len(s) for s in seen_rows)
-        seen = torch.full((len(inputs), width), PAD, dtype=torch.long)
-        for i, s in enumerate(seen_rows):
-            seen[i, width - len(s) :] = s.sort().values
-        return {"users": users, "items": items, "times": times}, seen
+                rows = ids.rows_of_keys(x["history"])[-t:]
+                events[i] = InputEvents(rows, torch.zeros(len(rows), dtype=torch.long),
+                                        rows.unique())  # fmt: skip
+            elif "events" in x:
+                e = x["events"]
+                times = torch.tensor(e["times"], dtype=_dtype_of(e["times"]))
+                events[i] = InputEvents(ids.rows_of_keys(e["items"]), times,
+                                        ids.rows_of_keys(e["seen"]), e["user"])  # fmt: skip
+        return events
 
     def _positions(self, histories: UserHistories, inputs: list[dict[str, Any]]) -> Tensor:
         """Sequence positions to predict at: after the whole history, or at a split's target."""
