@@ -283,39 +283,9 @@ def current_histories(spec: RecommendSpec, ids: SemanticIDs) -> tuple[UserHistor
     return UserHistories(data, dataset.user_keys, live=True), note
 
 
-@dataclass
-class InputEvents:
-    """What the model reads for one input: its last items (index rows, oldest first, at most the
-    run's history length) with their times, every item seen before it (left out of the answer),
-    and the user's id as trained (-1: a user the model has not seen)."""
-
-    items: Tensor
-    times: Tensor
-    seen: Tensor
-    user: int = -1
-
-
 def _dtype_of(times: list[Any]) -> torch.dtype:
     """int64 for integer timestamps, float64 for fractional ones (as the data holds them)."""
     return torch.float64 if any(isinstance(v, float) for v in times) else torch.long
-
-
-def _batch(events: list[InputEvents], t: int) -> tuple[dict[str, Tensor], Tensor]:
-    """The model batch of the inputs' events (histories left-padded to ``t``) and their seen rows
-    (B, M), PAD-padded on the left."""
-    n = len(events)
-    dtype = torch.float64 if any(e.times.is_floating_point() for e in events) else torch.long
-    items = torch.full((n, t), PAD, dtype=torch.long)
-    times = torch.zeros(n, t, dtype=dtype)
-    for i, e in enumerate(events):
-        length = len(e.items)
-        items[i, t - length :], times[i, t - length :] = e.items, e.times.to(dtype)
-    users = torch.tensor([e.user for e in events], dtype=torch.long)
-    width = max(len(e.seen) for e in events)
-    seen = torch.full((n, width), PAD, dtype=torch.long)
-    for i, e in enumerate(events):
-        seen[i, width - len(e.seen) :] = e.seen.sort().values
-    return {"users": users, "items": items, "times": times}, seen
 
 
 class RecommendPredictor(Predictor):
@@ -408,15 +378,17 @@ class RecommendPredictor(Predictor):
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each user input with its events attached as item keys (``"events"``), so that a model
         process answers it without reading the data files; other inputs as they are."""
+        batch, seen = self._batch(checked)
         keys = self.run.ids.keys
         resolved = []
-        for item, events in zip(checked, self._events(checked), strict=True):
+        for i, item in enumerate(checked):
             if "user" in item and "events" not in item:
+                real = batch["items"][i] != PAD
                 item = {**item, "events": {
-                    "items": [keys[r] for r in events.items.tolist()],
-                    "times": events.times.tolist(),
-                    "seen": [keys[r] for r in events.seen.tolist()],
-                    "user": events.user,
+                    "items": [keys[r] for r in batch["items"][i][real].tolist()],
+                    "times": batch["times"][i][real].tolist(),
+                    "seen": [keys[r] for r in seen[i][seen[i] != PAD].tolist()],
+                    "user": int(batch["users"][i]),
                 }}  # fmt: skip
             resolved.append(item)
         return resolved
@@ -436,7 +408,7 @@ class RecommendPredictor(Predictor):
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """One beam search (or scoring pass) over the batch of inputs."""
-        batch, seen = _batch(self._events(inputs), self.spec.max_history)
+        batch, seen = self._batch(inputs)
         if self.codes is not None:
             batch = CodeCollator(lambda b: b, self.codes)(batch)
         return self.ranker(num_beams).rank(move(batch, self.device), k, seen)
@@ -447,36 +419,62 @@ class RecommendPredictor(Predictor):
             self.run, self.spec, EvalOptions(num_beams=num_beams, device=self.device)
         )
 
-    def _events(self, inputs: list[dict[str, Any]]) -> list[InputEvents]:
-        """What the model reads for each checked (or resolved) input."""
-        t, ids = self.spec.max_history, self.run.ids
-        events: list[InputEvents | None] = [None] * len(inputs)
+    def _batch(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor]:
+        """The model batch of checked (or resolved) inputs: users (B,) (-1: a user the model has
+        not seen), items and times (B, T) left-padded, and every item seen before each input
+        (B, M), sorted and left-padded with PAD, which the answers leave out."""
+        t, n = self.spec.max_history, len(inputs)
         known = [i for i, x in enumerate(inputs) if "user" in x and "events" not in x]
-        if known:
-            h = self.histories()  # one read for the whole batch
-            for i in known:  # checked against an earlier read: the data may have changed since
-                self._check_user(inputs[i]["user"], inputs[i].get("split"), h)
-            users = torch.tensor([h.user_of_key[inputs[i]["user"]] for i in known])
-            positions = self._positions(h, [inputs[i] for i in known])
-            history = gather_history(h.data, positions, t, users)
-            seen = h.data.seen_before(positions, users)
-            for j, i in enumerate(known):
-                real = history["items"][j] != PAD
-                # the ids of the current data are not the ids trained on: a live user is a new one
-                user = -1 if h.live else int(users[j])
-                events[i] = InputEvents(history["items"][j][real], history["times"][j][real],
-                                        seen[j][seen[j] != PAD], user)  # fmt: skip
-        for i, x in enumerate(inputs):
-            if "history" in x:
-                rows = ids.rows_of_keys(x["history"])[-t:]
-                events[i] = InputEvents(rows, torch.zeros(len(rows), dtype=torch.long),
-                                        rows.unique())  # fmt: skip
-            elif "events" in x:
-                e = x["events"]
-                times = torch.tensor(e["times"], dtype=_dtype_of(e["times"]))
-                events[i] = InputEvents(ids.rows_of_keys(e["items"]), times,
-                                        ids.rows_of_keys(e["seen"]), e["user"])  # fmt: skip
-        return events
+        users_of = self._gather_users([inputs[i] for i in known]) if known else None
+        others = {
+            i: self._events_of(x) for i, x in enumerate(inputs) if "user" not in x or "events" in x
+        }
+        parts = [users_of] if users_of else []
+        floating = any(p["times"].is_floating_point() for p in [*parts, *others.values()])
+        dtype = torch.float64 if floating else torch.long
+        width = max((p["seen"].shape[-1] for p in [*parts, *others.values()]), default=0)
+        items = torch.full((n, t), PAD, dtype=torch.long)
+        times = torch.zeros(n, t, dtype=dtype)
+        users = torch.full((n,), -1, dtype=torch.long)
+        seen = torch.full((n, width), PAD, dtype=torch.long)
+        if users_of:
+            rows = torch.tensor(known)
+            items[rows], times[rows], users[rows] = (
+                users_of["items"],
+                users_of["times"].to(dtype),
+                users_of["users"],
+            )
+            seen[rows, width - users_of["seen"].shape[1] :] = users_of["seen"]
+        for i, e in others.items():  # histories and resolved users: one row each
+            length = len(e["items"])
+            items[i, t - length :], times[i, t - length :] = e["items"], e["times"].to(dtype)
+            seen[i, width - len(e["seen"]) :] = e["seen"].sort().values
+            users[i] = e["users"]
+        return {"users": users, "items": items, "times": times}, seen
+
+    def _gather_users(self, inputs: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Known users' last items and times (K, T) and seen rows (K, M), from one read of the data."""
+        h = self.histories()
+        for x in inputs:  # checked against an earlier read: the data may have changed since
+            self._check_user(x["user"], x.get("split"), h)
+        users = torch.tensor([h.user_of_key[x["user"]] for x in inputs])
+        positions = self._positions(h, inputs)
+        gathered = gather_history(h.data, positions, self.spec.max_history, users)
+        if h.live:  # the ids of the current data are not the ids trained on: new users
+            gathered["users"] = torch.full_like(users, -1)
+        return {**gathered, "seen": h.data.seen_before(positions, users)}
+
+    def _events_of(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A history's (or resolved user's) item rows, times, seen rows and user id."""
+        ids = self.run.ids
+        if "history" in item:
+            rows = ids.rows_of_keys(item["history"])[-self.spec.max_history :]
+            return {"items": rows, "times": torch.zeros(len(rows), dtype=torch.long),
+                    "seen": rows.unique(), "users": -1}  # fmt: skip
+        e = item["events"]
+        return {"items": ids.rows_of_keys(e["items"]), "seen": ids.rows_of_keys(e["seen"]),
+                "times": torch.tensor(e["times"], dtype=_dtype_of(e["times"])),
+                "users": e["user"]}  # fmt: skip
 
     def _positions(self, histories: UserHistories, inputs: list[dict[str, Any]]) -> Tensor:
         """Sequence positions to predict at: after the whole history, or at a split's target."""
