@@ -280,7 +280,12 @@ def test_collection_table_of_paths_and_captions(tmp_path):
             "file,caption\nimgs/a.png,x\nimgs/a.png,y\n",
             "line 3 repeats 'imgs/a.png' (first at line 2)",
         ),
+        (
+            "file,caption\nimgs/a.png,x\n./imgs/a.png,y\n",
+            "line 3 repeats './imgs/a.png' (first at line 2 as 'imgs/a.png')",
+        ),
         ("path,label\nimgs/a.png,\n", "line 2: empty label"),
+        ("path,label\nimgs/a.png,   \n", "line 2: empty label"),
         ("path,label\nimgs/a.png,dog\n", "too few images to split"),
     ],
 )
@@ -290,6 +295,14 @@ def test_collection_table_errors(tmp_path, content, words):
     with pytest.raises(SemidError) as e:
         load_image_collection(tmp_path / "list.csv")
     assert words in str(e.value)
+
+
+def test_labels_that_differ_by_spaces_are_one_class(tmp_path):
+    for name in "abcd":
+        write_png(tmp_path / f"{name}.png", (4, 4), 1)
+    (tmp_path / "list.csv").write_text("path,label\na.png,dog\nb.png, dog\nc.png,cat \nd.png,cat\n")
+    splits = load_image_collection(tmp_path / "list.csv", test_fraction=0.5)
+    assert splits.train.class_names == ["cat", "dog"] and len(splits.test) == 2
 
 
 def test_collection_path_and_fraction_errors(tmp_path):

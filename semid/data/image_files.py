@@ -136,14 +136,17 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
             f"column ({', '.join(LABEL_COLUMNS)}) besides {path_col}"
         )
     keys = key_strings(table[path_col], path, "image path")
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # the path without "." and ".." steps -> its first row
     files = []
     for row, key in enumerate(keys):
-        if key in seen:
+        same = os.path.normpath(key)  # "./a.png" and "imgs/../a.png" name the image "a.png" names
+        if same in seen:
+            first = seen[same]
+            spelt = "" if keys[first] == key else f" as {keys[first]!r}"
             raise SemidError(
-                f"{path} {row_label(path, row)} repeats {key!r} (first at {row_label(path, seen[key])}); list each image once"
+                f"{path} {row_label(path, row)} repeats {key!r} (first at {row_label(path, first)}{spelt}); list each image once"
             )
-        seen[key] = row
+        seen[same] = row
         file = path.parent / key
         if not file.is_file():
             raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
@@ -152,7 +155,10 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
     if caption_col is not None:
         captions = list(key_strings(table[caption_col], path, "caption"))
     if label_col is not None:
-        names = key_strings(table[label_col], path, "label")
+        names = [name.strip() for name in key_strings(table[label_col], path, "label")]
+        blank = next((row for row, name in enumerate(names) if not name), None)
+        if blank is not None:  # " dog" and "dog" are one class; a label of spaces is none
+            raise SemidError(f"{path} {row_label(path, blank)}: empty label; give every row one")
         class_names = sorted(set(names))
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[c] for c in names], dtype=torch.long)
