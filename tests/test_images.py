@@ -449,6 +449,19 @@ def test_an_image_over_pillows_pixel_limit_is_refused_in_one_line(tmp_path, monk
         load_image_folder(tmp_path, image_size="auto")
 
 
+def test_pillows_warnings_become_one_note_for_the_collection(tmp_path, monkeypatch, capsys):
+    for name in ("a", "b"):
+        write_png(tmp_path / "cat" / f"{name}.png", (6, 6), 1)  # 36 pixels: warned, not refused
+        write_png(tmp_path / "dog" / f"{name}.png", (4, 4), 2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # Pillow warns over 20, refuses over 40
+    load_image_folder(tmp_path, image_size="auto")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"semid: note: {tmp_path}: Pillow warned while reading 2 images (first, "
+    )
+    assert "a.png: Image size (36 pixels) exceeds limit of 20 pixels" in line
+
+
 def test_a_folder_link_back_up_the_tree_is_refused_not_followed(tmp_path):
     write_png(tmp_path / "photos" / "shoe" / "a.png", (4, 4), 1)
     write_png(tmp_path / "photos" / "bag" / "b.png", (4, 4), 2)

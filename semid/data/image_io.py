@@ -11,13 +11,17 @@ TIFF) is scaled to 8 bits, not clipped. A camera's EXIF orientation is applied.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from semid.errors import SemidError
+from semid.wording import counted
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".avif", ".tif", ".tiff")  # fmt: skip
 # Photo formats Pillow does not read (iPhone HEIC, camera raw): refused by name, never skipped unsaid
@@ -103,15 +107,38 @@ def read_images(files: Sequence[Path], where: str, size: int | str | None = "aut
 
     `size`: an int resizes every image to size x size; "auto" picks `auto_size` of the files;
     None keeps the sizes (they must agree)."""
-    if size is None:
-        return stack_images([read_image(f) for f in files], where)
-    cap = _checked_size(size) or AUTO_MAX_SIZE
-    images, shorter = [], []
-    for file in files:
-        image = _channels_last(read_image(file), str(file))
-        shorter.append(min(image.shape[:2]))
-        images.append(resize_square(image, min(shorter[-1], cap)))
+    with _pillow_warnings_noted(where) as read:
+        if size is None:
+            return stack_images([read(f) for f in files], where)
+        cap = _checked_size(size) or AUTO_MAX_SIZE
+        images, shorter = [], []
+        for file in files:
+            image = _channels_last(read(file), str(file))
+            shorter.append(min(image.shape[:2]))
+            images.append(resize_square(image, min(shorter[-1], cap)))
     return stack_images(images, where, size if isinstance(size, int) else auto_size(shorter))
+
+
+@contextmanager
+def _pillow_warnings_noted(where: str) -> Iterator[Callable[[Path], np.ndarray]]:
+    """`read_image`, with the warnings Pillow gives while reading (a damaged EXIF block, a very
+    large image) gathered and noted on stderr in one line on the way out, instead of two lines of
+    Python's warning format per image."""
+    warned: list[tuple[Path, str]] = []
+
+    def read(file: Path) -> np.ndarray:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = read_image(file)
+        warned.extend((file, " ".join(str(w.message).split())) for w in caught)
+        return image
+
+    yield read
+    if warned:  # (an image that failed to read has its own one-line error instead)
+        files = len({file for file, _ in warned})
+        file, message = warned[0]
+        print(f"semid: note: {where}: Pillow warned while reading {counted(files, 'image')} "
+              f"(first, {file}: {message})", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def auto_size(shorter_sides: Sequence[int]) -> int:
