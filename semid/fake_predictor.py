@@ -98,6 +98,10 @@ class FakePredictor:
         time.sleep(self.delay_s + self.per_input_s * len(inputs))
         return [self._answer(x, k, beams) for x in inputs]
 
+    def read_data(self) -> None:
+        """Nothing to read: the fake users need no data."""
+        return
+
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The inputs themselves: a fake user needs no data."""
         return checked

@@ -77,6 +77,10 @@ class ReloadingPredictor:
         """The current run's answers."""
         return self.current().predict(inputs, k, num_beams)
 
+    def read_data(self) -> None:
+        """The current run's data, read now."""
+        self.current().read_data()
+
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Resolved by the current run."""
         return self.current().resolve(checked)

@@ -86,6 +86,10 @@ class Predictor(Protocol):
         """Catalogue size: the largest k that predict accepts."""
         ...
 
+    def read_data(self) -> None:
+        """Read the data that answering needs besides the run, before the first request."""
+        ...
+
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Checked inputs in a form another copy of the run answers without reading its data
         (a model process is sent these)."""

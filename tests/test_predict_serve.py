@@ -278,24 +278,46 @@ def test_serve_answers_what_predict_answers(run, predictor):
         assert proc.wait(timeout=30) == 0
 
 
+def pop_run(folder: Path) -> Path:
+    """A most-popular run trained on `write_interactions`' files in ``folder``."""
+    write_interactions(folder)
+    data = ["--dataset", str(folder / "interactions.csv"), "--items", str(folder / "items.csv")]
+    assert main(["index", "build", *data, "--out", str(folder / "index")]) == 0
+    assert main(["train", "recommender", *data, "--index", str(folder / "index"), "--model",
+                 "pop", "--out", str(folder / "run")]) == 0  # fmt: skip
+    return folder / "run"
+
+
+def test_a_served_recommender_reads_its_data_before_the_first_request(tmp_path, capsys):
+    """serve reads the interactions at start (a large log is not read by the first request); a log
+    that cannot be read is noted, not fatal: histories are still answered."""
+    predictor = ReloadingPredictor(lambda: load_predictor(tmp_path / "run"), pop_run(tmp_path))
+    predictor.read_data()
+    assert predictor.current()._loaded is not None
+    (tmp_path / "interactions.csv").write_text("user\tthing\nu1\n")
+    capsys.readouterr()
+    predictor.read_data()
+    err = capsys.readouterr().err
+    assert err.startswith("semid: note: ") and "users are refused; histories are answered" in err
+    assert predictor.predict([{"history": ["m1"]}], k=3)[0]["keys"]
+    with pytest.raises(SemidError):
+        predictor.predict([{"user": "u1"}], k=3)
+
+
 @pytest.mark.slow
 def test_only_the_server_reads_a_grown_log_for_its_model_processes(tmp_path):
     """With two model processes, users are resolved from the data by the server's copy alone: a
     log that grew since training gets its note once, not once per process, and its new user is
     answered as predict answers it."""
-    write_interactions(tmp_path)
-    data = ["--dataset", str(tmp_path / "interactions.csv"), "--items", str(tmp_path / "items.csv")]
-    assert main(["index", "build", *data, "--out", str(tmp_path / "index")]) == 0
-    assert main(["train", "recommender", *data, "--index", str(tmp_path / "index"), "--model",
-                 "pop", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    run = pop_run(tmp_path)
     with open(tmp_path / "interactions.csv", "a") as f:
         f.write("u1,m3,3000000\nu99,m3,3000001\nu99,m4,3000002\n")
-    with served(tmp_path / "run", "--workers", "2") as (proc, url):
+    with served(run, "--workers", "2") as (proc, url):
         users = [{"user": "u1"}, {"user": "u99"}]
         for _ in range(4):  # enough requests for both model processes to answer some
             got = httpx.post(f"{url}/predict", json={"inputs": users, "k": 5}, timeout=60)
             assert got.status_code == 200, got.text
-        assert got.json()["results"] == load_predictor(tmp_path / "run").predict(users, k=5)
+        assert got.json()["results"] == load_predictor(run).predict(users, k=5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert proc.stderr.read().count("its data changed since training") == 1

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = follow_run(
         load_predictor, args.run_dir, device="cpu" if not args.in_process else device
     )
+    predictor.read_data()  # a large interactions log: read before serving, not at the first request
 
     def announce(port: int) -> None:
         print(

@@ -259,6 +259,11 @@ class Predictor(ABC):
                 f"unknown field {unknown[0]!r} in an input; an input holds {takes}{options}"
             )
 
+    def read_data(self) -> None:
+        """Read what answering needs besides the run (a recommender's interactions) now, so that
+        the first request does not wait for it; nothing by default."""
+        return
+
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""
         if not 1 <= k <= self.max_k():

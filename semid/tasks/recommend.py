@@ -326,6 +326,15 @@ class RecommendPredictor(Predictor):
             return histories
         return UserHistories(data, dataset.user_keys, left_out=dataset.left_out_users)
 
+    def read_data(self) -> None:
+        """The users' histories, read now. Data that cannot be read is noted on stderr, not
+        raised: histories are still answered, and users are refused with the reason."""
+        try:
+            self.histories()
+        except SemidError as e:
+            print(f"semid: note: {self.run.path}: {e} (until that is fixed, users are refused; "
+                  "histories are answered)", file=sys.stderr, flush=True)  # fmt: skip
+
     @property
     def user_keys(self) -> list[str]:
         """The keys of the users the predictor can answer (``--users all``), in id order: those
