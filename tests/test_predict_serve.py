@@ -157,10 +157,24 @@ def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkey
     assert widths == [size, size]
 
 
-def test_a_copy_answers_resolved_users_without_reading_the_data(run, predictor, monkeypatch):
+@pytest.fixture(scope="module")
+def tiger_run(run) -> Path:
+    """A tiny TIGER with user tokens (one epoch), on the index and users of ``run``."""
+    tiger = '{"max_items": 4, "user_buckets": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1}'
+    out = run.parent / "tiger"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(run.parent / "index"), "--model",
+                 "tiger", "--model-config", tiger, "--users", str(USERS), "--epochs", "1", "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("model", ["mmgrec", "tiger"])
+def test_a_copy_answers_resolved_users_without_reading_the_data(model, request, monkeypatch):
     """What `semid serve` does with model processes: the server's copy resolves each user to their
-    events, and another copy of the run answers them as the first answers the users, without
-    reading the data files; an item the other copy's index lacks is refused in one line."""
+    events (with TIGER, the user's token too), and another copy of the run answers them as the
+    first answers the users, without reading the data files; an item the other copy's index lacks
+    is refused in one line."""
+    run = request.getfixturevalue({"mmgrec": "run", "tiger": "tiger_run"}[model])
+    predictor = load_predictor(run)
     users = predictor.user_keys
     inputs = [{"user": users[0]}, {"user": users[1], "split": "test"}, {"history": ["1", "50"]}]
     expected = predictor.predict(inputs, k=5)
