@@ -186,6 +186,14 @@ def test_a_copy_answers_resolved_users_without_reading_the_data(model, request, 
     assert [(a["keys"], a["scores"]) for a in answers] == [
         (e["keys"], e["scores"]) for e in expected
     ]
+    # a history longer than this copy reads (another copy trained with a longer one) is cut
+    full = next(x for x in predictor.resolve([{"user": u} for u in users])
+                if len(x["events"]["items"]) == predictor.spec.max_history)  # fmt: skip
+    events = full["events"]
+    longer = {**full, "events": {**events, "items": events["items"][:3] + events["items"],
+                                 "times": events["times"][:3] + events["times"]}}  # fmt: skip
+    (answer,) = predictor.predict([{"user": full["user"]}], k=5)
+    assert copy.predict_resolved([longer], k=5)[0]["scores"] == answer["scores"]
     resolved[0]["events"]["seen"].append("no-such-item")
     with pytest.raises(SemidError, match="'no-such-item' of user .* not in this copy of the run's"):
         copy.predict_resolved(resolved, k=5)

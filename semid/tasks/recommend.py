@@ -480,9 +480,9 @@ class RecommendPredictor(Predictor):
             rows = ids.rows_of_keys(item["history"])[-self.spec.max_history :]
             return {"items": rows, "times": torch.zeros(len(rows), dtype=torch.long),
                     "seen": rows.unique(), "users": -1}  # fmt: skip
-        e = item["events"]
-        return {"items": ids.rows_of_keys(e["items"]), "seen": ids.rows_of_keys(e["seen"]),
-                "times": torch.tensor(e["times"], dtype=_dtype_of(e["times"])),
+        e, t = item["events"], self.spec.max_history  # another copy's history may be longer
+        return {"items": ids.rows_of_keys(e["items"][-t:]), "seen": ids.rows_of_keys(e["seen"]),
+                "times": torch.tensor(e["times"][-t:], dtype=_dtype_of(e["times"])),
                 "users": e["user"]}  # fmt: skip
 
     def _positions(self, histories: UserHistories, inputs: list[dict[str, Any]]) -> Tensor:
