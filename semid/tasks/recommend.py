@@ -438,10 +438,10 @@ class RecommendPredictor(Predictor):
         others = {
             i: self._events_of(x) for i, x in enumerate(inputs) if "user" not in x or "events" in x
         }
-        parts = [users_of] if users_of else []
-        floating = any(p["times"].is_floating_point() for p in [*parts, *others.values()])
+        sources = [*([users_of] if users_of else []), *others.values()]
+        floating = any(source["times"].is_floating_point() for source in sources)
         dtype = torch.float64 if floating else torch.long
-        width = max((p["seen"].shape[-1] for p in [*parts, *others.values()]), default=0)
+        width = max((source["seen"].shape[-1] for source in sources), default=0)
         items = torch.full((n, t), PAD, dtype=torch.long)
         times = torch.zeros(n, t, dtype=dtype)
         users = torch.full((n,), -1, dtype=torch.long)
