@@ -57,9 +57,16 @@ from semid.tasks.recommend import RecommendSpec, evaluate_ranker, rank_split
 from semid.training import TrainConfig
 
 
-def spec_for(name: str, dataset: str, seed: int, max_history: int = 50) -> RecommendSpec:
-    """The benchmark's spec of one model: its budget on top of TrainConfig's defaults."""
-    train = TrainConfig(**{**BUDGETS[name]["train"], "seed": seed, "checkpoint_every": 10**6})
+def spec_for(
+    name: str, dataset: str, seed: int, max_history: int = 50, checkpoint_every: int = 10**6
+) -> RecommendSpec:
+    """The benchmark's spec of one model: its budget on top of TrainConfig's defaults.
+
+    Checkpoints come at each epoch's end, and every `checkpoint_every` optimizer steps besides.
+    """
+    train = TrainConfig(
+        **{**BUDGETS[name]["train"], "seed": seed, "checkpoint_every": checkpoint_every}
+    )
     return RecommendSpec(dataset=dataset, model=name, model_config=BUDGETS[name].get("model", {}),
                          train=train, max_history=max_history)  # fmt: skip
 
@@ -69,7 +76,7 @@ def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     task = get_task("recommend")
     name, run = job["model"], Path(job["run"])
-    spec = spec_for(name, job["dataset"], job["seed"], job["max_history"])
+    spec = spec_for(name, job["dataset"], job["seed"], job["max_history"], job["checkpoint_every"])
     summary = task.train(spec, run, Path(job["index"]), resume=job["resume"])
     loaded = load_run(run)
     reps = [task.evaluate(loaded, EvalOptions(split="test")) for _ in range(job["reps"])]
@@ -115,7 +122,7 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
             old, work / "old-index", job["seed"], job["graph"], x_full[keep], job["graph_quantizer"]
         )
     name = job["model"]
-    spec = spec_for(name, held_out, job["seed"], job["max_history"])
+    spec = spec_for(name, held_out, job["seed"], job["max_history"], job["checkpoint_every"])
     summary = task.train(spec, work / "run", work / "old-index", resume=job["resume"])
     keys = [full.item_keys[i] for i in new.tolist()]
     # new items have no interactions: graph smoothing leaves them their own (normalized) text vectors
@@ -225,7 +232,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="reuse the indexes under --work and resume each model from its last epoch's checkpoint",
+        help="reuse the indexes under --work and resume each model from its last checkpoint",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10**6,
+        metavar="STEPS",
+        help="also checkpoint every STEPS optimizer steps, for --resume within an epoch "
+        "(default: only at each epoch's end)",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "recommend")
     p.add_argument(
@@ -283,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "seed": args.seed,
                     "max_history": args.max_history,
                     "reps": args.reps,
+                    "checkpoint_every": args.checkpoint_every,
                     "resume": args.resume,
                     "threads": args.threads,
                 }
@@ -299,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "max_history": args.max_history,
                     "cold_frac": args.cold_frac,
                     "graph_quantizer": args.graph_quantizer,
+                    "checkpoint_every": args.checkpoint_every,
                     "resume": args.resume,
                     "threads": args.threads,
                 }

@@ -121,3 +121,25 @@ def test_new_collection_stops_with_one_line_naming_the_failed_step_and_its_log(t
     ):
         run_seed(tmp_path, 3)
     assert "has no rows" in (tmp_path / "logs" / "s3-build-index.log").read_text()
+
+
+def test_checkpoint_every_reaches_each_models_training_config(tmp_path, monkeypatch):
+    seen = []
+
+    def capture(jobs, workers):
+        seen.extend(jobs)
+        return [{"dataset": j["dataset"], "model": j["model"], "error": "not run"} for j in jobs]
+
+    monkeypatch.setattr(recommend, "_run_jobs", capture)
+    monkeypatch.setattr(recommend, "build_index", lambda *a, **k: 0.0)
+    recommend.main(["--models", "tiger", "--checkpoint-every", "100", "--work", str(tmp_path),
+                    "--out", str(tmp_path / "out")])  # fmt: skip
+    kinds = {j["kind"]: j for j in seen}
+    assert set(kinds) == {"train_and_test", "cold"}
+    for job in kinds.values():
+        assert job["checkpoint_every"] == 100
+    spec = recommend.spec_for(
+        "tiger", "ml-100k", 0, 50, kinds["train_and_test"]["checkpoint_every"]
+    )
+    assert spec.train.checkpoint_every == 100
+    assert recommend.spec_for("tiger", "ml-100k", 0).train.checkpoint_every == 10**6
