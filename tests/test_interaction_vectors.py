@@ -80,3 +80,7 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     (tmp_path / "new.txt").write_text("fresh\n")
     assert main(["index", "add", "run", "--items", "new.npy", "--keys", "new.txt"]) == 0
     assert SemanticIDs.load(tmp_path / "run" / "index").keys[-1] == "fresh"
+    capsys.readouterr()
+    assert main(["predict", "run", "--user", "u0", "--k", "3"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert header.split() == ["rank", "key", "score", "semantic", "ID"]  # no texts, no text column

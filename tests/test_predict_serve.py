@@ -56,6 +56,17 @@ def seen_by(user: str) -> set[str]:
     }
 
 
+def test_the_answers_table_shows_each_items_title_from_the_dataset(run, predictor, capsys):
+    user = predictor.user_keys[0]
+    assert main(["predict", str(run), "--user", user, "--k", "3"]) == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()[1:]
+    assert header.split()[-1] == "text" and len(rows) == 3
+    data = load_dataset("ml-100k")
+    title = dict(zip(data.item_keys, data.item_texts, strict=True))
+    for row in rows:
+        assert title[row.split()[1]][:30] in row
+
+
 def test_predict_user_writes_ranked_unseen_items(run, predictor, tmp_path):
     user = predictor.user_keys[0]
     assert (

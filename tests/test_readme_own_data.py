@@ -85,6 +85,14 @@ def test_interactions_example(tmp_path, monkeypatch, capsys):
     assert cli("semid index add runs/mine/mmgrec --items new_items.csv") == 0
     assert "added 1 item " in capsys.readouterr().out
     assert "m100" in SemanticIDs.load(tmp_path / "runs/mine/mmgrec/index").keys
+    # the answers table shows each item's text from the items file; an added item has none
+    assert cli("semid predict runs/mine/mmgrec --user u1 --k 5") == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()[1:]
+    assert header.split()[-1] == "text" and len(rows) == 5
+    for row in rows:
+        assert f"title: Movie number {row.split()[1][1:]}; genres: " in row
+    texts = load_predictor(tmp_path / "runs/mine/mmgrec").item_texts(["m100", "m2"])
+    assert texts[0] == "" and texts[1].startswith("title: Movie number 2; genres: ")
 
 
 def make_docs(n: int = 40) -> list[dict]:
@@ -258,9 +266,17 @@ def test_changed_data_is_refused_and_a_moved_run_still_evaluates(tmp_path, monke
     )
     # predict answers from the log as it is now, and says so
     assert cli("semid predict moved --history m1 --k 2") == 0
+    assert "Movie number" in capsys.readouterr().out
     capsys.readouterr()
     assert cli("semid predict moved --user u1 --k 2") == 0
     assert "changed since training: user histories come from" in capsys.readouterr().err
+    # an items file moved away: answers without texts, and a note that says why
+    shutil.move(tmp_path / "items.csv", tmp_path / "items-moved.csv")
+    assert cli("semid predict moved --history m1 --k 2") == 0
+    out, err = capsys.readouterr()
+    assert "Movie number" not in out and out.splitlines()[1].split()[-1] == "ID"
+    assert err.startswith("semid: note: answers shown without item texts: ")
+    assert "items.csv" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch, capsys):

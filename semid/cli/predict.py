@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from textwrap import shorten
 from typing import Any
 
 from semid.atomic import atomic_file, check_output_file
@@ -93,6 +96,7 @@ class Origin:
     hint: str = ""
 
 
+TEXT_WIDTH = 60  # characters of an item's text in the answers table
 HEADER_HINT = " (a header line? write user ids only, one a line)"
 COMMA_HINT = (
     " (a key with a comma? write the history as a JSON list: "
@@ -242,9 +246,33 @@ def run(args: argparse.Namespace) -> int:
             f.writelines(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
         print(f"wrote {counted(len(answers), 'answer')} to {args.out}")
         return 0
+    print_answers(answers, predictor)
+    return 0
+
+
+def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
+    """Each input, then a table of its answers: rank, key, score, semantic ID, and the item's text
+    (shortened) when the run's data has item texts."""
+    texts_of = _texts_reader(predictor)
     for answer in answers:
         print(json.dumps(answer["input"], ensure_ascii=False))
+        texts = texts_of(answer["keys"])
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
-        print(format_table(["rank", "key", "score", "semantic ID"], rows))
-    return 0
+        headers = ["rank", "key", "score", "semantic ID"]
+        if texts is not None:
+            headers.append("text")
+            for row, text in zip(rows, texts, strict=True):
+                row.append(shorten(" ".join(text.split()), TEXT_WIDTH, placeholder=" ..."))
+        print(format_table(headers, rows))
+
+
+def _texts_reader(predictor: Any) -> Callable[[list[str]], list[str] | None]:
+    """``predictor.item_texts``, or (when the run's item texts cannot be read: a moved items file)
+    a reader of none, after a one-line note."""
+    try:
+        predictor.item_texts([])
+    except SemidError as e:
+        print(f"semid: note: answers shown without item texts: {e}", file=sys.stderr)
+        return lambda keys: None
+    return predictor.item_texts

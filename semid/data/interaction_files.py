@@ -303,6 +303,14 @@ def read_item_texts(
     return [str(k) for k in keys], texts
 
 
+def item_text_table(
+    path: str | os.PathLike, columns: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Each item's text in an items file read as ``--items`` is (items without text left out)."""
+    keys, texts, _ = _read_items(Path(path), columns or {}, columns_option=False)
+    return {str(k): t for k, t in zip(keys, texts, strict=True) if t.strip()}
+
+
 def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
                 ) -> tuple[np.ndarray, list[str], str]:  # fmt: skip
     """Item keys (object array, file order), one text per item and the key column's name;

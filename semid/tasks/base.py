@@ -264,6 +264,11 @@ class Predictor(ABC):
         the first request does not wait for it; nothing by default."""
         return
 
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """Each key's text, for people reading answers ("" for a key without one); None when the
+        run's data has no texts. By default None: a document's or an image's key names it."""
+        return None
+
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""
         if not 1 <= k <= self.max_k():

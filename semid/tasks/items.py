@@ -9,7 +9,12 @@ import torch
 from torch import Tensor
 
 from semid.data.embeddings import load_embeddings
-from semid.data.interaction_files import ITEM_KEY_COLUMNS, load_interaction_files, read_item_texts
+from semid.data.interaction_files import (
+    ITEM_KEY_COLUMNS,
+    item_text_table,
+    load_interaction_files,
+    read_item_texts,
+)
 from semid.data.interactions import keyed_by_rows
 from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.registry import load_dataset
@@ -46,6 +51,19 @@ def recommendation_dataset(
             f"{name} is not an interaction dataset; a recommender needs users and items"
         )
     return dataset
+
+
+def item_texts_of(source: Any) -> dict[str, str]:
+    """Each item's text in the data of an IndexSource or a RecommendSpec: its items file, or a
+    registered dataset's texts; empty for data without texts (an interactions file alone)."""
+    if source.items is not None:
+        return item_text_table(source.items, source.columns)
+    if table_format(source.dataset) is not None and not Path(source.dataset).is_dir():
+        return {}
+    dataset = recommendation_dataset(source.dataset)
+    if dataset.item_texts is None:
+        return {}
+    return dict(zip(dataset.item_keys, dataset.item_texts, strict=True))
 
 
 def source_dataset(source: Any) -> RecDataset:

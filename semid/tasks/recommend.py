@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from semid.tasks.data import DataChanged, check_fingerprint, data_stamp, fingerp
 from semid.tasks.items import (
     INTERACTION_VECTORS,
     build_item_index,
+    item_texts_of,
     new_model,
     read_new_items,
     recommendation_dataset,
@@ -307,6 +309,15 @@ class RecommendPredictor(Predictor):
         self.spec = get_task().spec_of(run)
         self.codes = run.ids.codes if is_generator(run.model) else None
         self._loaded: tuple[Any, UserHistories] | None = None
+        self._texts: dict[str, str] | None = None
+
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """The texts the run's data gives its items (read once); items added since have none."""
+        if self._texts is None:
+            self._texts = item_texts_of(self.spec)
+        if not self._texts:
+            return None
+        return [self._texts.get(k, "") for k in keys]
 
     def histories(self) -> UserHistories:
         """The users' histories, re-read when the data files changed since the last read."""
