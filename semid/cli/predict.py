@@ -9,7 +9,6 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from textwrap import shorten
@@ -253,10 +252,8 @@ def run(args: argparse.Namespace) -> int:
 def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
     """Each input, then a table of its answers: rank, key, score, semantic ID, and the item's text
     (shortened) when the run's data has item texts."""
-    texts_of = _texts_reader(predictor)
-    for answer in answers:
+    for answer, texts in zip(answers, _item_texts(answers, predictor), strict=True):
         print(json.dumps(answer["input"], ensure_ascii=False))
-        texts = texts_of(answer["keys"])
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
         headers = ["rank", "key", "score", "semantic ID"]
@@ -267,12 +264,11 @@ def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
         print(format_table(headers, rows))
 
 
-def _texts_reader(predictor: Any) -> Callable[[list[str]], list[str] | None]:
-    """``predictor.item_texts``, or (when the run's item texts cannot be read: a moved items file)
-    a reader of none, after a one-line note."""
+def _item_texts(answers: list[dict[str, Any]], predictor: Any) -> list[list[str] | None]:
+    """The texts of each answer's items, or None per answer when the run has none or they cannot
+    be read (an items file moved away: a one-line note says so)."""
     try:
-        predictor.item_texts([])
+        return [predictor.item_texts(a["keys"]) for a in answers]
     except SemidError as e:
         print(f"semid: note: answers shown without item texts: {e}", file=sys.stderr)
-        return lambda keys: None
-    return predictor.item_texts
+        return [None] * len(answers)
