@@ -219,13 +219,15 @@ class SemanticIDs:
         path: str | os.PathLike,
         quantizer: Quantizer | None = None,
         keep_other_files: bool = False,
+        extra_files: dict[str, str] | None = None,
     ) -> None:
         """Write the index folder atomically: config.json, codes.safetensors, keys.json, stats.json, and the
         quantizer that made the codes (in quantizer/) so new items can be encoded later.
 
         ``keep_other_files``: the new version keeps what else the folder held (a task's image
         encoder, features or training targets, and the quantizer when none is given): an index
-        grown by new items. Otherwise the folder holds only what this call writes."""
+        grown by new items. Otherwise the folder holds only what this call writes.
+        ``extra_files``: text files (name -> content) written in the same step, replacing any kept."""
         config = {
             "format_version": FORMAT_VERSION,
             "semid_version": semid.__version__,
@@ -243,6 +245,8 @@ class SemanticIDs:
                 own = {*INDEX_FILES, *([QUANTIZER_DIR] if quantizer is not None else [])}
                 _carry_over(Path(path), tmp, own)
             self._write(tmp, config, tensors)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             if quantizer is not None:
                 quantizer.save_pretrained(tmp / QUANTIZER_DIR)
 

@@ -8,6 +8,7 @@ a model (if given) can still emit every ID.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import write_lock
 from semid.quantization import Quantizer, build_quantizer
 from semid.runs import check_vocabulary
+from semid.saving import read_json
 
 AUTO = "auto"
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
@@ -27,6 +29,7 @@ MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30
 ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
 ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in vain is told
+ADDED_TEXTS = "added_texts.json"  # in an index folder: {key: text} of items added by text
 
 
 def auto_spec(num_items: int, levels: int = 3, family: str = "rqkmeans", options: str = "") -> str:
@@ -108,16 +111,37 @@ def build_ids(
 
 
 def add_items(
-    index_path: str | os.PathLike, keys: list[str], x: Tensor, model: Any = None
+    index_path: str | os.PathLike,
+    keys: list[str],
+    x: Tensor,
+    model: Any = None,
+    texts: list[str] | None = None,
 ) -> tuple[SemanticIDs, Tensor]:
     """Encode ``x`` (M, D) with the index's saved quantizer, add the items, save the index; returns
     the grown index and the new items' codes (M, L). With ``model``, IDs outside its vocabulary are
-    refused before anything is written. Concurrent adds to one index run one after the other."""
+    refused before anything is written. ``texts`` (one per key, what ``x`` embeds) are kept in the
+    index (:func:`added_texts`) in the same step. Concurrent adds to one index run one after the
+    other."""
     index_path = Path(index_path)
     with write_lock(index_path, f"index {index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
         ids, codes, quantizer = grow_ids(index_path, keys, x, model)
-        ids.save(index_path, quantizer=quantizer, keep_other_files=True)
+        extra = None
+        if texts is not None:
+            kept = {**added_texts(index_path), **dict(zip(keys, texts, strict=True))}
+            extra = {ADDED_TEXTS: json.dumps(kept, ensure_ascii=False) + "\n"}
+        ids.save(index_path, quantizer=quantizer, keep_other_files=True, extra_files=extra)
     return ids, codes
+
+
+def added_texts(index_path: str | os.PathLike) -> dict[str, str]:
+    """The texts of the items `add_items` added to an index by text, by key ({} if none)."""
+    path = Path(index_path) / ADDED_TEXTS
+    if not path.is_file():
+        return {}
+    texts = read_json(path, "add the items again with `semid index add`")
+    if not isinstance(texts, dict):
+        raise SemidError(f"{path} must be a JSON object of item texts by key")
+    return texts
 
 
 def grow_ids(

@@ -443,8 +443,9 @@ def test_new_items_as_an_items_file_get_training_texts(tmp_path, monkeypatch, na
 
     monkeypatch.setattr(items, "TextEncoder", RecordingEncoder)
     (tmp_path / name).write_text(content)
-    keys, x = items.read_new_items(tmp_path / name, None, None)
+    keys, x, texts = items.read_new_items(tmp_path / name, None, None)
     assert keys == ["n1", "n2"] and x.shape == (2, 4)
+    assert texts == RecordingEncoder.texts
     assert RecordingEncoder.texts == ["title: Heat; genres: Crime", "title: Up"]
 
 
@@ -461,7 +462,7 @@ def test_new_items_as_key_text_lines_and_their_errors(tmp_path, monkeypatch):
     with pytest.raises(SemidError, match="--keys goes with embeddings"):
         items.read_new_items(tmp_path / "new.tsv", tmp_path / "keys.txt", None)
     (tmp_path / "own.csv").write_text("sku,desc,price\nn3,Heat,9\n")  # the run's --columns
-    keys, _ = items.read_new_items(
+    keys, _, _ = items.read_new_items(
         tmp_path / "own.csv", None, None, columns={"item": "sku", "text": "desc"}
     )
     assert keys == ["n3"] and RecordingEncoder.texts == ["Heat"]

@@ -6,7 +6,7 @@ import torch
 
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR, SemanticIDs, level_perplexity, load_quantizer
-from semid.indexing import add_items
+from semid.indexing import add_items, added_texts
 from semid.quantization import build_quantizer
 
 
@@ -108,6 +108,20 @@ def test_a_grown_index_keeps_the_files_beside_it_and_a_rebuilt_one_does_not(tmp_
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
         [*INDEX_FILES, QUANTIZER_DIR]
     )
+
+
+def test_items_added_by_text_keep_their_texts_across_later_adds(tmp_path):
+    q = build_quantizer("rqkmeans:2x4").fit(torch.randn(40, 6), seed=0)
+    ids = SemanticIDs.from_codes([f"k{i}" for i in range(40)], q.encode(torch.randn(40, 6)), [4, 4])
+    ids.save(tmp_path / "idx", quantizer=q)
+    assert added_texts(tmp_path / "idx") == {}
+    add_items(tmp_path / "idx", ["a", "b"], torch.randn(2, 6), texts=["first", "second"])
+    add_items(tmp_path / "idx", ["c"], torch.randn(1, 6))  # by vector: no text, the others kept
+    add_items(tmp_path / "idx", ["d"], torch.randn(1, 6), texts=["fourth"])
+    assert added_texts(tmp_path / "idx") == {"a": "first", "b": "second", "d": "fourth"}
+    assert len(SemanticIDs.load(tmp_path / "idx")) == 44
+    ids.save(tmp_path / "idx", quantizer=q)  # a rebuild starts with no added texts
+    assert added_texts(tmp_path / "idx") == {}
 
 
 def test_a_damaged_index_names_the_fix_for_where_it_is(tmp_path):

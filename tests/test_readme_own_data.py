@@ -92,7 +92,8 @@ def test_interactions_example(tmp_path, monkeypatch, capsys):
     for row in rows:
         assert f"title: Movie number {row.split()[1][1:]}; genres: " in row
     texts = load_predictor(tmp_path / "runs/mine/mmgrec").item_texts(["m100", "m2"])
-    assert texts[0] == "" and texts[1].startswith("title: Movie number 2; genres: ")
+    assert texts[0] == "title: Movie number 100; genres: Drama|Comedy"  # added by `index add`
+    assert texts[1].startswith("title: Movie number 2; genres: ")
 
 
 def make_docs(n: int = 40) -> list[dict]:

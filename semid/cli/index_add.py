@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
             f"keeps the image encoder and model: semid index add {run_dir} --items {args.items}"
         )
     else:
-        keys, x = read_new_items(args.items, args.keys, args.encoder)
-        ids, codes = add_items(args.target, keys, x)
+        keys, x, texts = read_new_items(args.items, args.keys, args.encoder)
+        ids, codes = add_items(args.target, keys, x, texts=texts)
         summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
     if "codes" in summary:
         for key, code in list(zip(summary["keys"], summary["codes"].tolist(), strict=True))[:5]:

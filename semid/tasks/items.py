@@ -177,15 +177,15 @@ def read_new_items(
     encoder: str | None,
     index_encoder: str | None = None,
     columns: dict[str, str] | None = None,
-) -> tuple[list[str], Tensor]:
-    """Keys and vectors (M, D) of new items, from texts embedded with the index's text encoder
+) -> tuple[list[str], Tensor, list[str] | None]:
+    """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with the index's text encoder
     (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``, ...). Texts come as an
     items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally gzipped, or a ``.tsv``
     whose header starts with an item column; ``columns``: the run's ``--columns``), or as a headerless
     ``.tsv`` of ``key<TAB>text`` lines."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "jsonl"):
-        return load_embeddings(path, keys)
+        return *load_embeddings(path, keys), None
     if keys is not None:
         raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
     lines = read_lines(path, "items file") if fmt == "tsv" else []
@@ -195,7 +195,7 @@ def read_new_items(
         new_keys, texts = read_item_texts(path, columns)
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
-    return new_keys, TextEncoder(model=encoder).encode(texts)
+    return new_keys, TextEncoder(model=encoder).encode(texts), texts
 
 
 def _names_an_item_column(first_line: str) -> bool:

@@ -39,7 +39,7 @@ from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.hybrid import Candidates, HybridRanker, choose_mix
 from semid.ids import SemanticIDs, load_quantizer
-from semid.indexing import add_items
+from semid.indexing import add_items, added_texts
 from semid.metrics import compute_metrics
 from semid.models import is_generator, model_config, save_model
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
@@ -232,10 +232,10 @@ class RecommendTask(Task):
                 "(--items new.npy --keys new.txt), or train a run on item texts (--items FILE) to add "
                 "items by text"
             )
-        new_keys, x = read_new_items(
+        new_keys, x, texts = read_new_items(
             source, keys, encoder, run.ids.metadata.get("encoder"), columns
         )
-        ids, codes = add_items(run.index_path, new_keys, x, run.model)
+        ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
 
     def predictor(self, run: Run, device: str = "cpu") -> RecommendPredictor:
@@ -312,9 +312,9 @@ class RecommendPredictor(Predictor):
         self._texts: dict[str, str] | None = None
 
     def item_texts(self, keys: Sequence[str]) -> list[str] | None:
-        """The texts the run's data gives its items (read once); items added since have none."""
+        """The texts of the run's items: from its data, and of items added by text (read once)."""
         if self._texts is None:
-            self._texts = item_texts_of(self.spec)
+            self._texts = {**item_texts_of(self.spec), **added_texts(self.run.index_path)}
         if not self._texts:
             return None
         return [self._texts.get(k, "") for k in keys]
