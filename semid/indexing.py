@@ -30,6 +30,7 @@ MAX_CODEBOOK_BYTES = 4 * 2**30
 ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
 ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in vain is told
 ADDED_TEXTS = "added_texts.json"  # in an index folder: {key: text} of items added by text
+KEPT_TEXT_CHARS = 300  # of each added item's text: enough to show it, not a copy of a document
 
 
 def auto_spec(num_items: int, levels: int = 3, family: str = "rqkmeans", options: str = "") -> str:
@@ -125,16 +126,20 @@ def add_items(
     index_path = Path(index_path)
     with write_lock(index_path, f"index {index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
         ids, codes, quantizer = grow_ids(index_path, keys, x, model)
-        extra = None
-        if texts is not None:
-            kept = {**added_texts(index_path), **dict(zip(keys, texts, strict=True))}
-            extra = {ADDED_TEXTS: json.dumps(kept, ensure_ascii=False) + "\n"}
+        extra = None if texts is None else texts_file(index_path, keys, texts)
         ids.save(index_path, quantizer=quantizer, keep_other_files=True, extra_files=extra)
     return ids, codes
 
 
+def texts_file(index_path: Path, keys: list[str], texts: list[str]) -> dict[str, str]:
+    """``SemanticIDs.save``'s ``extra_files`` that keep the texts of items being added to an index
+    (their first :data:`KEPT_TEXT_CHARS` characters) beside those of earlier adds."""
+    new = {k: t[:KEPT_TEXT_CHARS] for k, t in zip(keys, texts, strict=True)}
+    return {ADDED_TEXTS: json.dumps({**added_texts(index_path), **new}, ensure_ascii=False) + "\n"}
+
+
 def added_texts(index_path: str | os.PathLike) -> dict[str, str]:
-    """The texts of the items `add_items` added to an index by text, by key ({} if none)."""
+    """The texts of the items added to an index by text (`add_items`), by key ({} if none)."""
     path = Path(index_path) / ADDED_TEXTS
     if not path.is_file():
         return {}

@@ -136,6 +136,18 @@ def test_documents_example(corpus, tmp_path, monkeypatch, capsys):
     assert cli('semid predict runs/docs --query "fast image viewer" --k 5', "--out", "a.jsonl") == 0
     (answer,) = [json.loads(x) for x in Path("a.jsonl").read_text().splitlines()]
     assert len(answer["keys"]) == 5 and set(answer["keys"]) <= {d["id"] for d in docs}
+    # the answers table shows each document's text; a document added since keeps its text
+    capsys.readouterr()
+    assert cli('semid predict runs/docs --query "fast image viewer" --k 5') == 0
+    header, _, *rows = capsys.readouterr().out.splitlines()[1:]
+    text_of = {d["id"]: d["text"] for d in docs}
+    assert header.split()[-1] == "text" and len(rows) == 5
+    for row in rows:
+        assert text_of[row.split()[1]][:20] in row
+    Path("extra.jsonl").write_text('{"id": "pkg-new", "text": "a brand new image viewer"}\n')
+    assert cli("semid index add runs/docs --docs extra.jsonl") == 0
+    texts = load_predictor(tmp_path / "runs/docs").item_texts(["pkg-new", "pkg0"])
+    assert texts == ["a brand new image viewer", text_of["pkg0"]]
 
 
 def test_images_example(tmp_path, monkeypatch, capsys):

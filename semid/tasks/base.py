@@ -266,7 +266,7 @@ class Predictor(ABC):
 
     def item_texts(self, keys: Sequence[str]) -> list[str] | None:
         """Each key's text, for people reading answers ("" for a key without one); None when the
-        run's data has no texts. By default None: a document's or an image's key names it."""
+        run's data has no texts. By default None (an image's key is its path)."""
         return None
 
     def check_k(self, k: int, num_beams: int | None) -> None:

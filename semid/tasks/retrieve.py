@@ -15,7 +15,7 @@ and BM25 counts, and trains only a new prompt session on D1, never revisiting D0
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,15 @@ from semid.generators.promptdsi_states import (
 )
 from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
-from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, AUTO, build_ids, grow_ids
+from semid.indexing import (
+    ADD_BUSY_FIX,
+    ADD_WAIT_SECONDS,
+    AUTO,
+    added_texts,
+    build_ids,
+    grow_ids,
+    texts_file,
+)
 from semid.lexical import LexicalIndex
 from semid.locking import write_lock
 from semid.metrics import compute_metrics
@@ -534,7 +542,8 @@ class RetrieveTask(Task):
                                           dsi_examples(docs, rows, queries, rows[with_query], ids.codes))  # fmt: skip
             if lexical is not None:
                 lexical.add(collection.texts)
-            ids.save(run.index_path, quantizer=quantizer, keep_other_files=True)
+            ids.save(run.index_path, quantizer=quantizer, keep_other_files=True,
+                     extra_files=texts_file(run.index_path, collection.ids, collection.texts))  # fmt: skip
             if known is not None:
                 save_document_embeddings(run.index_path, torch.cat([known, docs.embeddings]))
             if lexical is not None:
@@ -597,6 +606,16 @@ class RetrievePredictor(Predictor):
             )
         super().__init__(run, device)
         self.num_beams = run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
+        self._texts: dict[str, str] | None = None
+
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """The documents' texts: from the run's collection, and of documents added since (read
+        once)."""
+        if self._texts is None:
+            collection = load_collection(TASK.spec_of(self.run).dataset)
+            texts = dict(zip(collection.ids, collection.texts, strict=True))
+            self._texts = {**texts, **added_texts(self.run.index_path)}
+        return [self._texts.get(k, "") for k in keys]
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
