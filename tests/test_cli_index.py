@@ -9,6 +9,7 @@ import pytest
 
 from semid.cli.main import main
 from semid.ids import SemanticIDs, load_quantizer
+from semid.indexing import added_texts
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -313,3 +314,19 @@ def test_build_refuses_an_out_folder_that_is_not_an_index(tmp_path, embeddings, 
     assert main(build_args(x_path, keys_path, index, "rqkmeans:2x8", "--seed", "1")) == 0
     (tmp_path / "empty").mkdir()
     assert main(build_args(x_path, keys_path, tmp_path / "empty")) == 0
+
+
+def test_items_added_to_a_bare_index_by_text_keep_their_texts(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((64, 384)).astype(np.float32))
+    (tmp_path / "keys.txt").write_text("".join(f"i{j}\n" for j in range(64)))
+    assert (
+        main(
+            build_args(tmp_path / "x.npy", tmp_path / "keys.txt", tmp_path / "idx", "rqkmeans:2x4")
+        )
+        == 0
+    )
+    (tmp_path / "new.csv").write_text("item,title\nfresh,A Fresh Title\n")
+    assert main(["index", "add", str(tmp_path / "idx"), "--items", str(tmp_path / "new.csv")]) == 0
+    assert added_texts(tmp_path / "idx") == {"fresh": "title: A Fresh Title"}
+    assert SemanticIDs.load(tmp_path / "idx").keys[-1] == "fresh"
