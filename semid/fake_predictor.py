@@ -15,6 +15,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,10 @@ class FakePredictor:
     def read_data(self) -> None:
         """Nothing to read: the fake users need no data."""
         return
+
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """None: the fake items have no texts."""
+        return None
 
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The inputs themselves: a fake user needs no data."""

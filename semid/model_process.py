@@ -20,7 +20,7 @@ import multiprocessing
 import signal
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -131,6 +131,10 @@ class ProcessPredictor:
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """Validated by the local predictor (no round trip to the model process)."""
         return self.local.check_input(item)
+
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """The local predictor's texts of these keys (no round trip to the model process)."""
+        return self.local.item_texts(keys)
 
     def predict(
         self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None

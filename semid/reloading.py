@@ -11,7 +11,7 @@ and the server's own input checker hold one, so all of them follow the same fold
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,10 @@ class ReloadingPredictor:
     ) -> list[dict[str, Any]]:
         """The current run's answers for another copy's resolved inputs."""
         return self.current().predict_resolved(resolved, k, num_beams)
+
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """The current run's texts of these keys."""
+        return self.current().item_texts(keys)
 
 
 def follow_run(

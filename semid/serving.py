@@ -13,7 +13,8 @@ thread before they are queued, so one bad input fails only its own request.
 
 HTTP (FastAPI, served by uvicorn):
   POST /predict  {"users": [ID, ...]} | {"histories": [[KEY, ...], ...]} | {"queries": [TEXT, ...]}
-                 | {"inputs": [{...}, ...]}, plus optional "k" (default 10) and "num_beams"
+                 | {"inputs": [{...}, ...]}, plus optional "k" (default 10), "num_beams" and
+                 "texts" (true: each answer also has its items' or documents' "texts")
                  -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
   GET  /health   -> {"status": "ok"}
   GET  /info     -> predictor.info() (task, the body fields it answers, index size, ...), default_k
@@ -33,7 +34,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -99,6 +100,10 @@ class Predictor(Protocol):
         self, resolved: list[dict[str, Any]], k: int, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """``predict`` of another copy's resolved inputs."""
+        ...
+
+    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
+        """Each key's text ("" for one without), or None when the run has no texts."""
         ...
 
 
@@ -295,16 +300,21 @@ class BatchingPredictor:
                 start += len(r.inputs)
 
 
-def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any]:
-    """A /predict body -> (field, inputs, k, num_beams); SemidError on a wrong shape or type."""
+def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]:
+    """A /predict body -> (field, inputs, k, num_beams, texts); SemidError on a wrong shape or
+    type."""
     if not isinstance(body, dict):
         raise SemidError('the body must be a JSON object such as {"users": [...], "k": 10}')
     fields = [f for f in (*_LIST_FIELDS, "inputs") if f in body]
-    unknown = sorted(set(body) - {*_LIST_FIELDS, "inputs", "k", "num_beams"})
+    unknown = sorted(set(body) - {*_LIST_FIELDS, "inputs", "k", "num_beams", "texts"})
     if unknown:
         raise SemidError(
-            f"unknown field(s) {unknown}; use users, histories, queries or inputs, k, num_beams"
+            f"unknown field(s) {unknown}; use users, histories, queries or inputs, k, num_beams, "
+            "texts"
         )
+    texts = body.get("texts", False)
+    if not isinstance(texts, bool):
+        raise SemidError(f"texts must be true or false, got {json.dumps(texts)[:60]}")
     if len(fields) != 1:
         raise SemidError(
             f"give exactly one of users, histories, queries, inputs (got {fields or 'none'})"
@@ -325,7 +335,20 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any]:
                         "queries": "a string", "inputs": "an object"}[name]  # fmt: skip
             raise SemidError(f"{name}[{i}] must be {expected}, got {json.dumps(v)[:60]}")
     inputs = values if name == "inputs" else [{_LIST_FIELDS[name]: v} for v in values]
-    return name, inputs, body.get("k", DEFAULT_K), body.get("num_beams")
+    return name, inputs, body.get("k", DEFAULT_K), body.get("num_beams"), texts
+
+
+def check_texts(predictor: Predictor) -> None:
+    """SemidError unless the run has texts to send with answers (read now if not yet)."""
+    if predictor.item_texts([]) is None:
+        raise SemidError(
+            'this run has no item texts to send (its data has none); leave out "texts"'
+        )
+
+
+def with_texts(predictor: Predictor, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The answers, each with its keys' ``"texts"``."""
+    return [{**a, "texts": predictor.item_texts(a["keys"])} for a in answers]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -418,7 +441,9 @@ def create_app(
             return _error(400, "the body nests JSON too deep; send a flat object such as "
                                '{"users": [...], "k": 10}')  # fmt: skip
         try:
-            name, inputs, k, num_beams = parse_request(body)
+            name, inputs, k, num_beams, texts = parse_request(body)
+            if texts:  # in a thread: the first call reads the texts
+                await asyncio.to_thread(check_texts, predictor)
             future = batcher.submit(inputs, k, num_beams, field=name)
         except SemidError as e:
             return _error(400, str(e))
@@ -433,6 +458,8 @@ def create_app(
         except Exception as e:  # noqa: BLE001
             logger.exception("predict failed")
             return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
+        if texts:
+            answers = await asyncio.to_thread(with_texts, predictor, answers)
         # a Response skips FastAPI's recursive jsonable_encoder: answers are plain JSON types already
         return JSONResponse({"results": answers})
 

@@ -285,10 +285,22 @@ def test_serve_answers_what_predict_answers(run, predictor):
         assert got.json()["results"] == predictor.predict(
             [{"history": h} for h in histories], k=3, num_beams=20
         )
+        # "texts": true adds each answer's item texts (ml-100k's titles)
+        got = httpx.post(
+            f"{url}/predict", json={"users": users[:2], "k": 3, "texts": True}, timeout=60
+        )
+        expected = predictor.predict([{"user": u} for u in users[:2]], k=3)
+        assert [
+            {k: v for k, v in r.items() if k != "texts"} for r in got.json()["results"]
+        ] == expected
+        for result in got.json()["results"]:
+            assert result["texts"] == predictor.item_texts(result["keys"])
+            assert all("Genres: " in t for t in result["texts"])  # a title and its genres
 
         for body in (
             {"users": ["no-such-user"]},
             {"users": predictor.user_keys[:1], "k": len(predictor.run.ids) + 1},
+            {"users": predictor.user_keys[:1], "texts": "yes"},
         ):
             bad = httpx.post(f"{url}/predict", json=body, timeout=30)
             assert 400 <= bad.status_code < 500 and "error" in bad.json(), body
@@ -379,6 +391,7 @@ def test_a_served_run_follows_index_add(run, tmp_path, capsys):
     assert served.info()["index_size"] == size + 1
     assert served.check_input({"history": ["new-item"]}) == {"history": ["new-item"]}
     assert served.predict([{"history": ["new-item"]}], k=3)[0]["keys"]
+    assert served.item_texts(["new-item"]) == ["title: A brand new movie (2026)"]
     assert len(loads) == 2 and "loaded it again (1,683 indexed)" in capsys.readouterr().err
     config = (copy / "config.json").read_text()
     time.sleep(0.05)  # folder times tick every few ms: each change gets its own

@@ -185,7 +185,7 @@ def test_serve_tells_a_request_for_users_that_the_run_answers_queries(run):
     from semid.serving import parse_request
 
     predictor = get_task("retrieve").predictor(load_run(run))
-    field, inputs, _, _ = parse_request({"users": ["7"]})
+    field, inputs, _, _, _ = parse_request({"users": ["7"]})
     with pytest.raises(
         SemidError, match='retrieves documents for queries, not for a user; send {"queries"'
     ):

@@ -292,6 +292,17 @@ def test_server_survives_a_predictor_bug_and_stops_cleanly():
         client.get(server.url + "/health")
 
 
+def test_texts_are_refused_for_a_run_without_them_and_must_be_a_boolean():
+    server = LiveServer(FakePredictor(), max_wait_ms=1)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for texts, message in ((True, "has no item texts"), ("yes", "texts must be true or false")):
+            got = client.post("/predict", json={"users": ["u1"], "texts": texts})
+            assert got.status_code == 400 and message in got.json()["error"]
+        plain = client.post("/predict", json={"users": ["u1"], "texts": False})
+        assert plain.status_code == 200 and "texts" not in plain.json()["results"][0]
+    server.stop()
+
+
 def test_device_flag():
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
