@@ -48,6 +48,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from semid import __version__
+from semid.answer_texts import check_texts, with_texts
 from semid.errors import SemidError
 from semid.model_process import ProcessPredictor
 
@@ -338,19 +339,6 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
     return name, inputs, body.get("k", DEFAULT_K), body.get("num_beams"), texts
 
 
-def check_texts(predictor: Predictor) -> None:
-    """SemidError unless the run has texts to send with answers (read now if not yet)."""
-    if predictor.item_texts([]) is None:
-        raise SemidError(
-            'this run has no item texts to send (its data has none); leave out "texts"'
-        )
-
-
-def with_texts(predictor: Predictor, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The answers, each with its keys' ``"texts"``."""
-    return [{**a, "texts": predictor.item_texts(a["keys"])} for a in answers]
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
@@ -443,7 +431,7 @@ def create_app(
         try:
             name, inputs, k, num_beams, texts = parse_request(body)
             if texts:  # in a thread: the first call reads the texts
-                await asyncio.to_thread(check_texts, predictor)
+                await asyncio.to_thread(check_texts, predictor, '"texts"')
             future = batcher.submit(inputs, k, num_beams, field=name)
         except SemidError as e:
             return _error(400, str(e))

@@ -84,3 +84,6 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     assert main(["predict", "run", "--user", "u0", "--k", "3"]) == 0
     header = capsys.readouterr().out.splitlines()[1]
     assert header.split() == ["rank", "key", "score", "semantic", "ID"]  # no texts, no text column
+    assert main(["predict", "run", "--user", "u0", "--texts", "--out", "p.jsonl"]) == 2
+    assert "this run has no item texts to send" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()

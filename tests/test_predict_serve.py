@@ -3,6 +3,7 @@ the evaluation's rankings, and the server answers what predict answers."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -56,7 +57,9 @@ def seen_by(user: str) -> set[str]:
     }
 
 
-def test_the_answers_table_shows_each_items_title_from_the_dataset(run, predictor, capsys):
+def test_the_answers_table_shows_each_items_title_from_the_dataset(
+    run, predictor, capsys, tmp_path
+):
     user = predictor.user_keys[0]
     assert main(["predict", str(run), "--user", user, "--k", "3"]) == 0
     header, _, *rows = capsys.readouterr().out.splitlines()[1:]
@@ -65,6 +68,12 @@ def test_the_answers_table_shows_each_items_title_from_the_dataset(run, predicto
     title = dict(zip(data.item_keys, data.item_texts, strict=True))
     for row in rows:
         assert title[row.split()[1]][:30] in row
+    out = tmp_path / "p.jsonl"
+    assert (
+        main(["predict", str(run), "--user", user, "--k", "3", "--texts", "--out", str(out)]) == 0
+    )
+    (answer,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert answer["texts"] == [title[k] for k in answer["keys"]]
 
 
 def test_predict_user_writes_ranked_unseen_items(run, predictor, tmp_path):

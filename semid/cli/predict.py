@@ -14,6 +14,7 @@ from pathlib import Path
 from textwrap import shorten
 from typing import Any
 
+from semid.answer_texts import check_texts, with_texts
 from semid.atomic import atomic_file, check_output_file
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
@@ -68,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=64, help="inputs per search (default: %(default)s)"
     )
     p.add_argument("--out", type=Path, help="write JSON Lines here instead of printing a table")
+    p.add_argument(
+        "--texts",
+        action="store_true",
+        help="with --out: give each answer its items' or documents' texts too (\"texts\")",
+    )
     add_device_argument(p)  # fmt: skip
 
 
@@ -233,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out)
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
+    if args.texts:
+        check_texts(predictor, "--texts")
     inputs, origins = read_inputs(args, predictor)
     predictor.check_k(args.k, args.num_beams)
     check_inputs(predictor, inputs, origins)
@@ -241,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
         answers += predictor.predict(inputs[lo : lo + args.batch_size], args.k, args.num_beams)
     if args.out is not None:
+        if args.texts:
+            answers = with_texts(predictor, answers)
         with atomic_file(args.out, "w") as f:
             f.writelines(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
         print(f"wrote {counted(len(answers), 'answer')} to {args.out}")
