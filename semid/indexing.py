@@ -143,9 +143,10 @@ def added_texts(index_path: str | os.PathLike) -> dict[str, str]:
     path = Path(index_path) / ADDED_TEXTS
     if not path.is_file():
         return {}
-    texts = read_json(path, "add the items again with `semid index add`")
-    if not isinstance(texts, dict):
-        raise SemidError(f"{path} must be a JSON object of item texts by key")
+    fix = "delete it (predict then shows no texts for the items added so far)"
+    texts = read_json(path, fix)
+    if not isinstance(texts, dict) or not all(isinstance(t, str) for t in texts.values()):
+        raise SemidError(f"{path} must be a JSON object of item texts (strings) by key; {fix}")
     return texts
 
 

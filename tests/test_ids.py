@@ -6,7 +6,7 @@ import torch
 
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR, SemanticIDs, level_perplexity, load_quantizer
-from semid.indexing import add_items, added_texts
+from semid.indexing import ADDED_TEXTS, add_items, added_texts
 from semid.quantization import build_quantizer
 
 
@@ -120,6 +120,9 @@ def test_items_added_by_text_keep_their_texts_across_later_adds(tmp_path):
     add_items(tmp_path / "idx", ["d"], torch.randn(1, 6), texts=["fourth"])
     assert added_texts(tmp_path / "idx") == {"a": "first", "b": "second", "d": "fourth"}
     assert len(SemanticIDs.load(tmp_path / "idx")) == 44
+    (tmp_path / "idx" / ADDED_TEXTS).write_text('{"a": 5}')
+    with pytest.raises(SemidError, match="JSON object of item texts"):
+        added_texts(tmp_path / "idx")
     ids.save(tmp_path / "idx", quantizer=q)  # a rebuild starts with no added texts
     assert added_texts(tmp_path / "idx") == {}
 

@@ -178,11 +178,11 @@ def read_new_items(
     index_encoder: str | None = None,
     columns: dict[str, str] | None = None,
 ) -> tuple[list[str], Tensor, list[str] | None]:
-    """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with the index's text encoder
-    (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``, ...). Texts come as an
-    items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally gzipped, or a ``.tsv``
-    whose header starts with an item column; ``columns``: the run's ``--columns``), or as a headerless
-    ``.tsv`` of ``key<TAB>text`` lines."""
+    """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with
+    the index's text encoder (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``,
+    ...). Texts come as an items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally
+    gzipped, or a ``.tsv`` whose header starts with an item column; ``columns``: the run's
+    ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "jsonl"):
         return *load_embeddings(path, keys), None
