@@ -21,7 +21,7 @@ from semid.configs import config_from_dict
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
-from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS
+from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, added_texts
 from semid.locking import write_lock
 from semid.ranking import Ranker, Ranking
 from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
@@ -181,6 +181,7 @@ class Predictor(ABC):
         self.run, self.device = run, device
         self.run.model.to(device)
         self._rankers: dict[int | None, Ranker] = {}
+        self._texts: dict[str, str] | None = None  # item_texts', read once
 
     def ranker(self, num_beams: int | None) -> Ranker:
         """The run's ranker for a beam width (None: the run's), built once (its trie) and reused."""
@@ -265,9 +266,17 @@ class Predictor(ABC):
         return
 
     def item_texts(self, keys: Sequence[str]) -> list[str] | None:
-        """Each key's text, for people reading answers ("" for a key without one); None when the
-        run's data has no texts. By default None (an image's key is its path)."""
-        return None
+        """Each key's text, for people reading answers ("" for a key without one): the run's data's
+        (`data_texts`) and those of items added by text since (read once); None when it has none."""
+        if self._texts is None:
+            self._texts = {**self.data_texts(), **added_texts(self.run.index_path)}
+        if not self._texts:
+            return None
+        return [self._texts.get(k, "") for k in keys]
+
+    def data_texts(self) -> dict[str, str]:
+        """Each item's text in the run's data, by key; none by default (an image's key is its path)."""
+        return {}
 
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""

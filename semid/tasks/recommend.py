@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.hybrid import Candidates, HybridRanker, choose_mix
 from semid.ids import SemanticIDs, load_quantizer
-from semid.indexing import add_items, added_texts
+from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, model_config, save_model
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
@@ -309,15 +308,10 @@ class RecommendPredictor(Predictor):
         self.spec = get_task().spec_of(run)
         self.codes = run.ids.codes if is_generator(run.model) else None
         self._loaded: tuple[Any, UserHistories] | None = None
-        self._texts: dict[str, str] | None = None
 
-    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
-        """The texts of the run's items: from its data, and of items added by text (read once)."""
-        if self._texts is None:
-            self._texts = {**item_texts_of(self.spec), **added_texts(self.run.index_path)}
-        if not self._texts:
-            return None
-        return [self._texts.get(k, "") for k in keys]
+    def data_texts(self) -> dict[str, str]:
+        """The texts of the run's items file, or of its registered dataset."""
+        return item_texts_of(self.spec)
 
     def histories(self) -> UserHistories:
         """The users' histories, re-read when the data files changed since the last read."""

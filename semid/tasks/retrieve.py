@@ -15,7 +15,7 @@ and BM25 counts, and trains only a new prompt session on D1, never revisiting D0
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,6 @@ from semid.indexing import (
     ADD_BUSY_FIX,
     ADD_WAIT_SECONDS,
     AUTO,
-    added_texts,
     build_ids,
     grow_ids,
     texts_file,
@@ -606,16 +605,11 @@ class RetrievePredictor(Predictor):
             )
         super().__init__(run, device)
         self.num_beams = run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
-        self._texts: dict[str, str] | None = None
 
-    def item_texts(self, keys: Sequence[str]) -> list[str] | None:
-        """The documents' texts: from the run's collection, and of documents added since (read
-        once)."""
-        if self._texts is None:
-            collection = load_collection(TASK.spec_of(self.run).dataset)
-            texts = dict(zip(collection.ids, collection.texts, strict=True))
-            self._texts = {**texts, **added_texts(self.run.index_path)}
-        return [self._texts.get(k, "") for k in keys]
+    def data_texts(self) -> dict[str, str]:
+        """The documents' texts, from the run's collection."""
+        collection = load_collection(TASK.spec_of(self.run).dataset)
+        return dict(zip(collection.ids, collection.texts, strict=True))
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
