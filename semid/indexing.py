@@ -30,6 +30,7 @@ MAX_CODEBOOK_BYTES = 4 * 2**30
 ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
 ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in vain is told
 ADDED_TEXTS = "added_texts.json"  # in an index folder: {key: text} of items added by text
+IMAGE_TEXTS = "image_texts.json"  # in an image index: {key: caption or class} of the built images
 KEPT_TEXT_CHARS = 300  # of each added item's text: enough to show it, not a copy of a document
 
 
@@ -120,9 +121,9 @@ def add_items(
 ) -> tuple[SemanticIDs, Tensor]:
     """Encode ``x`` (M, D) with the index's saved quantizer, add the items, save the index; returns
     the grown index and the new items' codes (M, L). With ``model``, IDs outside its vocabulary are
-    refused before anything is written. ``texts`` (one per key, what ``x`` embeds) are kept in the
-    index (:func:`added_texts`) in the same step. Concurrent adds to one index run one after the
-    other."""
+    refused before anything is written. ``texts`` (one per key, shown beside answers: what ``x``
+    embeds, an image's caption) are kept in the index (:func:`added_texts`) in the same step.
+    Concurrent adds to one index run one after the other."""
     index_path = Path(index_path)
     with write_lock(index_path, f"index {index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
         ids, codes, quantizer = grow_ids(index_path, keys, x, model)
@@ -133,17 +134,28 @@ def add_items(
 
 def texts_file(index_path: Path, keys: list[str], texts: list[str]) -> dict[str, str]:
     """``SemanticIDs.save``'s ``extra_files`` that keep the texts of items being added to an index
-    (their first :data:`KEPT_TEXT_CHARS` characters) beside those of earlier adds."""
-    new = {k: t[:KEPT_TEXT_CHARS] for k, t in zip(keys, texts, strict=True)}
-    return {ADDED_TEXTS: json.dumps({**added_texts(index_path), **new}, ensure_ascii=False) + "\n"}
+    beside those of earlier adds."""
+    new = dict(zip(keys, texts, strict=True))
+    return {ADDED_TEXTS: texts_json({**added_texts(index_path), **new})}
+
+
+def texts_json(texts: dict[str, str]) -> str:
+    """The content of a texts file (:data:`ADDED_TEXTS`, :data:`IMAGE_TEXTS`): each key's text,
+    cut to its first :data:`KEPT_TEXT_CHARS` characters."""
+    return json.dumps({k: t[:KEPT_TEXT_CHARS] for k, t in texts.items()}, ensure_ascii=False) + "\n"
 
 
 def added_texts(index_path: str | os.PathLike) -> dict[str, str]:
     """The texts of the items added to an index by text (`add_items`), by key ({} if none)."""
-    path = Path(index_path) / ADDED_TEXTS
+    return read_texts(Path(index_path) / ADDED_TEXTS, "the items added so far")
+
+
+def read_texts(path: Path, whose: str) -> dict[str, str]:
+    """A texts file (`texts_json`) by key, {} if there is none; ``whose`` names the items it
+    covers, for the fix of a damaged file."""
     if not path.is_file():
         return {}
-    fix = "delete it (predict then shows no texts for the items added so far)"
+    fix = f"delete it (predict then shows no texts for {whose})"
     texts = read_json(path, fix)
     if not isinstance(texts, dict) or not all(isinstance(t, str) for t in texts.values()):
         raise SemidError(f"{path} must be a JSON object of item texts (strings) by key; {fix}")

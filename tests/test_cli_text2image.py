@@ -51,6 +51,10 @@ def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "precision@10" in flat and "invalid_id_rate" in flat
+    capsys.readouterr()
+    assert main(["predict", str(run), "--query", "a photo of a sneaker", "--k", "3"]) == 0
+    rows = capsys.readouterr().out.splitlines()[3:6]  # the input, the header and its rule first
+    assert all(row.split()[-1] in ("Sneaker", "Bag") for row in rows), rows  # each image's class
     # a client that sends a user (serve's {"users": [...]}) is told what this run answers
     with pytest.raises(SemidError, match='retrieves images for queries, not for a user; send {"q'):
         load_predictor(run).check_input({"user": "u0"})

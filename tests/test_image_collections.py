@@ -4,6 +4,7 @@ added later from an unseen class, without labels, or in the other colour mode.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,11 @@ def test_a_captions_only_table_trains_evaluates_and_predicts(tmp_path, capsys):
     assert "classes" not in out and "captions" in out  # no classes to count
     metrics = evaluate(run, "1", "4")
     assert metrics["invalid_id_rate"] == 0 and metrics["recall@4"] == 1.0  # each caption's image
-    assert main(["predict", str(run), "--query", "a bright square", "--k", "2"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "--query", "a bright square", "--k", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "text" in table.splitlines()[1]  # the header: each answer shows its image's caption
+    assert len(re.findall(r"a (dark|bright) square number \d+", table)) == 4
 
 
 def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp_path, capsys):
@@ -79,6 +84,15 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     after = evaluate(run, "1", "4")
     assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
     assert set(after) == set(before)
+    # answers show each image's class, or the caption it was added with
+    out = tmp_path / "answers.jsonl"
+    assert main(["predict", str(run), "--query", "a photo", "--k", "8", "--texts",
+                 "--out", str(out)]) == 0  # 4 test images and 4 added  # fmt: skip
+    (answer,) = [json.loads(line) for line in out.read_text().splitlines()]
+    shown = dict(zip(answer["keys"], answer["texts"], strict=True))
+    assert shown.pop("more/mid/mid2.png") == "mid" and shown.pop("x.png") == "a dark square"
+    built = {k: t for k, t in shown.items() if not k.startswith("more/")}
+    assert len(built) == 4 and all(k.split("/")[-2] == t for k, t in built.items()), built
 
 
 @pytest.mark.parametrize("layout", ["empty", "flat"])

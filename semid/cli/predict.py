@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--texts",
         action="store_true",
-        help="with --out: give each answer its items' or documents' texts too (\"texts\")",
+        help="with --out: give each answer its items', documents' or images' texts too (\"texts\")",
     )
     add_device_argument(p)  # fmt: skip
 

@@ -73,6 +73,14 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def shown_texts(self) -> list[str]:
+        """One text per image for people reading answers: its caption, else its class name, else ""."""
+        if self.captions is not None:
+            return list(self.captions)
+        if self.labels is None or self.class_names is None:
+            return [""] * len(self)
+        return [self.class_names[i] for i in self.labels.tolist()]
+
     def texts(self) -> list[str]:
         """One text per image: its caption, else a description of its class."""
         if self.captions is not None:

@@ -275,7 +275,7 @@ class Predictor(ABC):
         return [self._texts.get(k, "") for k in keys]
 
     def data_texts(self) -> dict[str, str]:
-        """Each item's text in the run's data, by key; none by default (an image's key is its path)."""
+        """Each item's text in the run's data, by key; none by default."""
         return {}
 
     def check_k(self, k: int, num_beams: int | None) -> None:

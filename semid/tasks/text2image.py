@@ -32,7 +32,15 @@ from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.image_encoder import ImageEncoder, ImageEncoderConfig, load_image_features
-from semid.indexing import AUTO, add_items, auto_spec, build_ids
+from semid.indexing import (
+    AUTO,
+    IMAGE_TEXTS,
+    add_items,
+    auto_spec,
+    build_ids,
+    read_texts,
+    texts_json,
+)
 from semid.metrics import compute_metrics
 from semid.models import model_class, model_config
 from semid.ranking import Ranker, Ranking, ranker_for
@@ -262,7 +270,8 @@ class Text2ImageTask(Task):
                                                  collisions, seed, progress, **fit_kwargs)  # fmt: skip
         ids.metadata.update({"task": self.name, "dataset": source.dataset,
                              "image_features": "cnn" if cnn else list(features)})  # fmt: skip
-        ids.save(out, quantizer=fitted)
+        shown = dict(zip(splits.test.keys, splits.test.shown_texts(), strict=True))
+        ids.save(out, quantizer=fitted, extra_files={IMAGE_TEXTS: texts_json(shown)})
         if cnn is not None:
             cnn.save_pretrained(out / IMAGE_ENCODER_DIR)
         with atomic_file(out / TRAIN_TARGETS, "wb") as f:
@@ -374,7 +383,8 @@ class Text2ImageTask(Task):
         state.setdefault("added_labels", {}).update(zip(images.keys, classes, strict=True))
         # the codes, the features and the labels go in as one change (or not at all)
         with restore_on_error([run.index_path, run_path / RUN_CONFIG, run_path / MANIFEST]):
-            ids, codes = add_items(run.index_path, images.keys, features, run.model)
+            ids, codes = add_items(run.index_path, images.keys, features, run.model,
+                                   texts=images.shown_texts())  # fmt: skip
             if known is not None:
                 write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
             write_run(run_path, self.name, self.spec_of(run), state)
@@ -420,6 +430,10 @@ class Text2ImagePredictor(Predictor):
         if features is not None and getattr(run.model, "image_head", None) is not None:
             run.model.set_items_(features)
         super().__init__(run, device)
+
+    def data_texts(self) -> dict[str, str]:
+        """The indexed images' captions or class names, kept in the index when it was built."""
+        return read_texts(self.run.index_path / IMAGE_TEXTS, "the images indexed at its build")
 
     def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
         """A non-empty query text."""
