@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+import semid.tasks
 from semid.cli import serve as serve_cmd
 from semid.fake_predictor import FakePredictor
 
@@ -47,7 +48,7 @@ class FakeLoader:
 def main() -> None:
     """Parse `semid serve` arguments, serve until SIGINT/SIGTERM, report on stdout."""
     port, delay, *extra = sys.argv[1:]
-    serve_cmd.load_predictor = FakeLoader(float(delay))  # stands in for the task layer
+    semid.tasks.load_predictor = FakeLoader(float(delay))  # stands in for the task layer
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
     args = ["fake-run", "--port", port, "--device", "cpu", "--threads", "2", *extra]

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import semid.cli.serve
+import semid.serving
 from semid.cli.main import main
 from semid.ids import SemanticIDs
 from semid.quantization import build_quantizer
@@ -930,7 +930,7 @@ def test_bad_input_is_one_clean_error(c: Case, tmp_path, capsys, monkeypatch, re
         sources |= request.getfixturevalue("runs")
     env = Env(tmp_path, sources)
     # a command that gets past its checks must not start a server: record it as accepted instead
-    monkeypatch.setattr(semid.cli.serve, "serve", lambda *a, **k: None)
+    monkeypatch.setattr(semid.serving, "serve", lambda *a, **k: None)
     argv = c.argv(env)
     before = {str(p): snapshot(p) for p in env.watched}
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None

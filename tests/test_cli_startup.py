@@ -37,6 +37,20 @@ def test_a_command_imports_its_own_module_only():
     assert "semid.cli.train_recommender" not in loaded and "semid.cli.predict" not in loaded
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["predict", "--help"], ["eval", "--help"], ["serve", "--help"], ["index", "add", "--help"],
+     ["index", "stats", "--help"], ["predict", "runs/x"]],  # the last: a usage error
+)  # fmt: skip
+def test_commands_on_a_run_answer_help_and_usage_errors_without_torch(argv):
+    loaded = loaded_modules_after(  # the help text is kept out of the printed module names
+        "import contextlib, io\nfrom semid.cli.main import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main({argv!r})\n"
+        "    except SystemExit:\n        pass"
+    )
+    assert "semid.cli.main" in loaded and "torch" not in loaded
+
+
 def test_mmgrec_does_not_load_transformers_but_tiger_does():
     mmgrec = loaded_modules_after(
         "import semid.cli.predict, semid.cli.train_recommender\n"

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
-from semid.runs import load_run, model_stamp, read_metrics, update_metrics
-from semid.tasks import EvalOptions, get_task, resolve_device
+
+if TYPE_CHECKING:
+    from semid.tasks import EvalOptions
 
 EXAMPLE = "semid eval runs/ml-100k/mmgrec --k 5 10 --split test"
 
@@ -62,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> EvalOptions:
     """The evaluation options of the command line, checked."""
+    from semid.tasks import EvalOptions, resolve_device
+
     if min(args.k) < 1:
         raise SemidError(f"--k must be >= 1, got {min(args.k)}")
     if args.num_beams is not None and args.num_beams < max(args.k):
@@ -91,6 +95,9 @@ def metrics_key(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
+    from semid.runs import load_run, model_stamp, read_metrics, update_metrics
+    from semid.tasks import get_task
+
     options = options_from(args)
     evaluated = model_stamp(args.run_dir)  # taken first: a change during the load shows later
     loaded = load_run(args.run_dir)

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 from semid.cli.table import format_table
-from semid.ids import SemanticIDs
-from semid.runs import MANIFEST, PARTS
 
 EXAMPLE = "semid index stats runs/ml-1m/index --json"
 
@@ -57,6 +55,9 @@ def format_stats(stats: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the index and print its stats."""
+    from semid.ids import SemanticIDs
+    from semid.runs import MANIFEST, PARTS
+
     index = Path(args.index)
     if (index / MANIFEST).is_file():  # a run: the index inside it
         index = index / PARTS["index"]

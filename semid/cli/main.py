@@ -14,7 +14,9 @@ from semid.errors import SemidError
 
 # (group, name, module, description): each module has `add_arguments(parser)`, `run(args) -> int`
 # and EXAMPLE. A name of None makes the group itself the command (`semid eval RUN`). Only the module
-# of the command being run is imported, so `semid --help` answers at once instead of loading torch.
+# of the command being run is imported, so `semid --help` answers at once instead of loading torch;
+# the commands on a run (predict, eval, serve, index add/stats) import the task layer inside
+# `run`, so their --help and usage errors do too.
 COMMANDS = [
     (
         "index",

@@ -23,7 +23,6 @@ from semid.data.tables import find_column, key_strings, read_table, row_label, t
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.progress import progress_bar
-from semid.tasks import load_predictor
 from semid.wording import counted
 
 EXAMPLE = (
@@ -233,6 +232,8 @@ def _json_field(line: str, name: str, where: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run once, answer every input in batches, print or write the answers."""
+    from semid.tasks import load_predictor
+
     if args.batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out is not None:

@@ -10,9 +10,6 @@ from functools import partial
 from pathlib import Path
 
 from semid.errors import SemidError
-from semid.reloading import follow_run
-from semid.serving import default_workers, serve
-from semid.tasks import load_predictor, resolve_device
 
 EXAMPLE = (
     "semid serve runs/ml-100k/tiger --port 8000 --device cuda\n"
@@ -82,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run's predictor and serve it until Ctrl-C / SIGTERM."""
+    from semid.reloading import follow_run
+    from semid.serving import default_workers, serve
+    from semid.tasks import load_predictor, resolve_device
+
     if not 0 <= args.port <= 65535:
         raise SemidError(f"--port must be in [0, 65535] (0: a free one), got {args.port}")
     if args.max_batch < 1:

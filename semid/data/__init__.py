@@ -1,37 +1,32 @@
-"""Datasets, splits and embedding files."""
+"""Datasets, splits and embedding files.
 
-from semid.data.embeddings import load_embeddings, read_keys, save_embeddings
-from semid.data.interaction_files import load_interaction_files
-from semid.data.movielens import InteractionLog, RecDataset, load_movielens
-from semid.data.registry import (
-    available_datasets,
-    dataset_descriptions,
-    load_dataset,
-    package_dir,
-    register_dataset,
-)
-from semid.data.splits import PAD, Histories, LeaveOneOutSplit, chronological_order, leave_one_out
-from semid.data.tables import content_sha256, parse_columns, read_table
+The names below load their module on first use, so that importing one light module of this
+package (``semid.data.tables``) does not import torch (`semid COMMAND --help` answers at once)."""
 
-__all__ = [
-    "PAD",
-    "Histories",
-    "InteractionLog",
-    "LeaveOneOutSplit",
-    "RecDataset",
-    "available_datasets",
-    "chronological_order",
-    "content_sha256",
-    "dataset_descriptions",
-    "leave_one_out",
-    "load_dataset",
-    "load_embeddings",
-    "load_interaction_files",
-    "load_movielens",
-    "package_dir",
-    "parse_columns",
-    "read_keys",
-    "read_table",
-    "register_dataset",
-    "save_embeddings",
-]
+from __future__ import annotations
+
+from semid.lazy import lazy_getattr
+
+_MODULE_OF = {
+    "semid.data.embeddings": ("load_embeddings", "read_keys", "save_embeddings"),
+    "semid.data.interaction_files": ("load_interaction_files",),
+    "semid.data.movielens": ("InteractionLog", "RecDataset", "load_movielens"),
+    "semid.data.registry": (
+        "available_datasets",
+        "dataset_descriptions",
+        "load_dataset",
+        "package_dir",
+        "register_dataset",
+    ),
+    "semid.data.splits": (
+        "PAD",
+        "Histories",
+        "LeaveOneOutSplit",
+        "chronological_order",
+        "leave_one_out",
+    ),
+    "semid.data.tables": ("content_sha256", "parse_columns", "read_table"),
+}
+_MODULE_BY_NAME = {name: module for module, names in _MODULE_OF.items() for name in names}
+__all__ = sorted(_MODULE_BY_NAME)
+__getattr__ = lazy_getattr(__name__, _MODULE_BY_NAME)

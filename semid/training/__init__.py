@@ -7,8 +7,18 @@
 Several processes or GPUs: `accelerate launch --num_processes N script.py`, no code change.
 """
 
-from semid.training.config import TrainConfig, TrainConfigError, TrainResult
-from semid.training.fit import train_model
-from semid.training.trainer import Trainer
+from __future__ import annotations
 
-__all__ = ["TrainConfig", "TrainConfigError", "TrainResult", "Trainer", "train_model"]
+from semid.lazy import lazy_getattr
+
+# each name loads its module on first use: the CLI reads TrainConfig's defaults for its --help
+# without importing accelerate and torch
+_MODULE_BY_NAME = {
+    "TrainConfig": "semid.training.config",
+    "TrainConfigError": "semid.training.config",
+    "TrainResult": "semid.training.config",
+    "Trainer": "semid.training.trainer",
+    "train_model": "semid.training.fit",
+}
+__all__ = sorted(_MODULE_BY_NAME)
+__getattr__ = lazy_getattr(__name__, _MODULE_BY_NAME)
