@@ -76,7 +76,9 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     run = build_and_train(tmp_path / "photos", tmp_path)
     before = evaluate(run, "1", "4")
     write_classes(tmp_path / "more", {"mid": 128}, per_class=3, colour=True)  # unseen, in colour
+    capsys.readouterr()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 0
+    assert f"added 3 images to {run}" in capsys.readouterr().out
     write_image(tmp_path / "loose" / "x.png", 40)
     (tmp_path / "loose" / "add.csv").write_text("path,caption\nx.png,a dark square\n")
     assert main(["index", "add", str(run), "--items", str(tmp_path / "loose" / "add.csv")]) == 0

@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(
             "pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them"
         )
+    noun = "item"
     if (args.target / MANIFEST).is_file():
         task = task_of_run(args.target)
+        noun = "image" if task.name == "text2image" else noun
         if args.docs is not None and task.name != "retrieve":
             raise SemidError(
                 f"{args.target} is a {task.name} run; --docs is for retrieval runs (use --items)"
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         for key, code in list(zip(summary["keys"], summary["codes"].tolist(), strict=True))[:5]:
             print(f"{key}\t{'-'.join(map(str, code))}")
         more = " (first 5 shown)" if summary["added"] > 5 else ""
-        print(f"\nadded {counted(summary['added'], 'item')} to {args.target}{more}")
+        print(f"\nadded {counted(summary['added'], noun)} to {args.target}{more}")
     else:
         print(f"added {counted(summary['documents'], 'document')} to {args.target} as prompt session {summary['session']} "
               f"({counted(summary['topics'], 'new topic prompt')}, {summary['train_seconds']:.0f} s); {_held_out(summary, args.target)}")  # fmt: skip
