@@ -284,6 +284,7 @@ cases(
         ("rec-max-steps-0", "--max-steps", rec_args("--max-steps", "0")),
         ("rec-patience-0", "--patience", rec_args("--patience", "0")),
         ("rec-eval-users-0", "--eval-users", rec_args("--eval-users", "0")),
+        ("rec-eval-users-word", "--eval-users", rec_args("--eval-users", "many")),
         ("rec-min-interactions-0", "--min-interactions", rec_args("--min-interactions", "0")),
         ("rec-seed-negative", "--seed", rec_args("--seed", "-1")),
         ("rec-unknown-model", "--model", lambda e: [*REC[:-1], "gpt", "--out", str(e.tmp / "out")]),

@@ -96,8 +96,12 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     tiger = {"max_items": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1}
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "tiger",
                  "--users", "6", "--epochs", "1", "--batch-size", "64", "--num-beams", "10",
-                 "--model-config", json.dumps(tiger), "--out", str(run)]) == 0  # fmt: skip
+                 "--eval-users", "4", "--model-config", json.dumps(tiger), "--out", str(run)]) == 0  # fmt: skip
+    assert "validating on 4 of 6 valid users during training" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
+    assert (
+        config["spec"]["eval_users"] == 4 and config["state"]["result"]["valid"]["num_queries"] == 4
+    )
     assert (
         config["spec"]["model"] == "tiger"
         and config["spec"]["train"]["seed"] == 0

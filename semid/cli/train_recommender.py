@@ -66,13 +66,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="beams of the search, stored in the run (default: %(default)s; always >= k)",
     )
     p.add_argument(
-        "--eval-users", type=int, help="validate during training on this many users only (faster)"
+        "--eval-users",
+        type=eval_users,
+        default=RecommendSpec.eval_users,
+        help="validate during training on this many users, evenly spaced (default: %(default)s; "
+        "'all': every user)",
     )
     p.add_argument(
         "--users", type=int, help="keep only the first N users (a small slice, for smoke tests)"
     )
     p.add_argument("--extra-codes", type=int, default=RecommendSpec.extra_codes,
                    help="spare last-level tokens so `semid index add` can disambiguate new items (default: %(default)s)")  # fmt: skip
+
+
+def eval_users(value: str) -> int | None:
+    """argparse type of --eval-users: a count, or 'all' (None)."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of users or 'all'") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ from semid.training import TrainConfig, train_model
 from semid.wording import counted
 
 SPLITS = ("valid", "test")
+# users validated during training (evenly spaced, the same each epoch): bounds each epoch's check
+# and the mixing weight's choice on a large log (a standard error of about 0.004 on Recall@10)
+EVAL_USERS = 10_000
 
 
 def default_train() -> TrainConfig:
@@ -83,7 +86,7 @@ class RecommendSpec:
     train: TrainConfig = field(default_factory=default_train)
     max_history: int = 50
     num_beams: int = DEFAULT_NUM_BEAMS
-    eval_users: int | None = None  # validate during training on this many users only
+    eval_users: int | None = EVAL_USERS  # validate during training on this many; None: all
     users: int | None = None  # keep only the first N users (a small slice, for smoke tests)
     extra_codes: int = 8  # spare last-level tokens so added items still fit the vocabulary
 
@@ -136,7 +139,12 @@ class RecommendTask(Task):
         ids = SemanticIDs.load(index)
         dataset, data = self.load_split(spec, ids)
         if is_main_process():
-            print("\n".join([*dataset.notes, describe_data(dataset, data)]), flush=True)
+            lines = [*dataset.notes, describe_data(dataset, data)]
+            num_valid = len(data.positions("valid"))
+            if spec.eval_users is not None and spec.eval_users < num_valid:
+                lines.append(f"validating on {spec.eval_users:,} of {counted(num_valid, 'valid user')} "
+                             "during training (--eval-users)")  # fmt: skip
+            print("\n".join(lines), flush=True)
         state: dict[str, Any] = {
             "trained_items": len(ids),
             "data_sha256": fingerprint(spec.dataset, spec.items),
