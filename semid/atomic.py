@@ -392,6 +392,19 @@ def roll_back(folder: str | os.PathLike) -> bool:
     return restored
 
 
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """A JSON file's content, or one SemidError line if it is missing, not UTF-8 or not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SemidError(f"{path} is missing; {fix}") from None
+    except UnicodeDecodeError:
+        raise SemidError(f"{path} is not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise SemidError(f"{path} is damaged (invalid JSON at line {e.lineno}); {fix}") from None
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_file(path) as f:

@@ -18,11 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
-from semid.atomic import atomic_dir, recover
+from semid.atomic import atomic_dir, read_json, recover
 from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
 from semid.errors import SemidError
 from semid.quantization import Quantizer
-from semid.saving import read_json
 from semid.trie import PrefixTrie
 from semid.wording import counted
 

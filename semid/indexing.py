@@ -16,12 +16,12 @@ from typing import Any
 
 from torch import Tensor
 
+from semid.atomic import read_json
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import write_lock
 from semid.quantization import Quantizer, build_quantizer
 from semid.runs import check_vocabulary
-from semid.saving import read_json
 
 AUTO = "auto"
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid

@@ -25,26 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import semid
-from semid.atomic import (
-    atomic_dir,
-    recover,
-    restore_on_error,
-    roll_back,
-    unfinished_changes,
-    write_json,
-)
+from semid.atomic import atomic_dir, read_json, restore_on_error, write_json
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.locking import current_writer, write_lock
+from semid.locking import write_lock
+from semid.manifest import MANIFEST, METRICS, PARTS, RUN_CONFIG, RUN_FORMAT, read_manifest
 from semid.models import load_model
-from semid.saving import read_json, versions
-
-RUN_FORMAT = 1
-MANIFEST = "manifest.json"
-RUN_CONFIG = "config.json"
-METRICS = "metrics.json"
-PARTS = {"index": "index", "model": "model"}
+from semid.saving import versions
 
 
 @dataclass
@@ -114,60 +102,6 @@ def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any
         "semid_version": semid.__version__,
     }
     write_json(run / MANIFEST, manifest)
-
-
-def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
-    """The run's manifest, checked: present, readable, of a format and semid version this semid reads."""
-    run = Path(run)
-    recover(run)
-    undo_killed_writes(run)
-    fix = "train a run with `semid train ...`"
-    if not (run / MANIFEST).is_file():
-        writer = current_writer(run)
-        if writer is not None:
-            raise SemidError(
-                f"{run} is still being trained (semid process {writer}); wait for it to finish"
-            )
-        if not run.is_dir():
-            raise SemidError(f"{run} is not a folder; {fix}")
-        raise SemidError(f"{run} is not a run directory (no {MANIFEST}); {fix}")
-    manifest = read_json(run / MANIFEST, fix)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("task"), str):
-        raise SemidError(f"{run / MANIFEST} is not a semid run manifest; {fix}")
-    version = manifest.get("format_version", 0)
-    if not isinstance(version, int) or version > RUN_FORMAT:
-        raise SemidError(
-            f"{run} was written by a newer semid (run format {version}); upgrade semid"
-        )
-    saved = str(manifest.get("semid_version", "0"))
-    if _major_minor(saved) > _major_minor(semid.__version__):
-        raise SemidError(
-            f"{run} was written by semid {saved}, newer than this {semid.__version__}; upgrade semid"
-        )
-    parts = manifest.get("parts", {})
-    if not isinstance(parts, dict) or not all(isinstance(f, str) for f in parts.values()):
-        raise SemidError(f"{run / MANIFEST}: parts must be a JSON object of folder names; {fix}")
-    for part, folder in parts.items():
-        if not (run / folder).is_dir():
-            raise SemidError(
-                f"{run} has no {part} folder ({folder}/); the run is incomplete: retrain it"
-            )
-    return manifest
-
-
-def undo_killed_writes(run: Path) -> None:
-    """Put back the earlier version of a run whose writer was killed inside one of its multi-part
-    changes (a retrain's final write, an `index add`): without this, the run would hold a new index
-    beside an old model, and an add could not be retried (its items already indexed). Done under
-    the run's write lock; when another process holds it, or the folder is read-only, it is left to
-    the next writer."""
-    if not unfinished_changes(run):
-        return
-    try:
-        with write_lock(run, f"run {run}"):
-            roll_back(run)
-    except SemidError:
-        pass
 
 
 def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
@@ -271,7 +205,3 @@ def read_metrics(run: str | os.PathLike) -> dict[str, Any]:
 def command_line() -> str:
     """The command that started this process, for provenance."""
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
-def _major_minor(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
 import semid
-from semid.atomic import atomic_dir, atomic_file, recover
+from semid.atomic import atomic_dir, atomic_file, read_json, recover
 from semid.errors import SemidError
 
 MODULE_FORMAT = 2
@@ -117,19 +117,6 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
             f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "it was trained with another config"
         )
-
-
-def read_json(path: str | os.PathLike, fix: str) -> Any:
-    """A JSON file's content, or one SemidError line if it is missing, not UTF-8 or not valid JSON."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SemidError(f"{path} is missing; {fix}") from None
-    except UnicodeDecodeError:
-        raise SemidError(f"{path} is not UTF-8 text; {fix}") from None
-    except json.JSONDecodeError as e:
-        raise SemidError(f"{path} is damaged (invalid JSON at line {e.lineno}); {fix}") from None
 
 
 def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,12 @@ def main() -> None:
     semid.tasks.load_predictor = FakeLoader(float(delay))  # stands in for the task layer
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
-    args = ["fake-run", "--port", port, "--device", "cpu", "--threads", "2", *extra]
-    code = serve_cmd.run(parser.parse_args(args))
+    with tempfile.TemporaryDirectory() as run:  # a manifest alone: the loader is fake
+        (Path(run) / "manifest.json").write_text(
+            '{"format_version": 1, "task": "recommend", "parts": {}}'
+        )
+        args = [run, "--port", port, "--device", "cpu", "--threads", "2", *extra]
+        code = serve_cmd.run(parser.parse_args(args))
     alive = any(t.name == "semid-batcher" for t in threading.enumerate())
     print(f"run returned {code}; batcher alive: {alive}", flush=True)
     children = [p.name for p in multiprocessing.active_children()]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
+from semid.manifest import read_manifest
 
 if TYPE_CHECKING:
     from semid.tasks import EvalOptions
@@ -95,6 +96,7 @@ def metrics_key(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
+    read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
     from semid.runs import load_run, model_stamp, read_metrics, update_metrics
     from semid.tasks import get_task
 

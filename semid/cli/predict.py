@@ -22,6 +22,7 @@ from semid.data.documents import QUERY_FIELDS
 from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
+from semid.manifest import read_manifest
 from semid.progress import progress_bar
 from semid.wording import counted
 
@@ -232,12 +233,13 @@ def _json_field(line: str, name: str, where: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run once, answer every input in batches, print or write the answers."""
-    from semid.tasks import load_predictor
-
     if args.batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out is not None:
         check_output_file(args.out)
+    read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
+    from semid.tasks import load_predictor
+
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
     if args.texts:

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from semid.errors import SemidError
+from semid.manifest import read_manifest
 
 EXAMPLE = (
     "semid serve runs/ml-100k/tiger --port 8000 --device cuda\n"
@@ -79,10 +80,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run's predictor and serve it until Ctrl-C / SIGTERM."""
-    from semid.reloading import follow_run
-    from semid.serving import default_workers, serve
-    from semid.tasks import load_predictor, resolve_device
-
     if not 0 <= args.port <= 65535:
         raise SemidError(f"--port must be in [0, 65535] (0: a free one), got {args.port}")
     if args.max_batch < 1:
@@ -95,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--workers must be >= 1, got {args.workers}")
     if args.in_process and (args.workers or 1) > 1:
         raise SemidError("--workers > 1 runs model processes; drop --in-process")
+    read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
+    from semid.reloading import follow_run
+    from semid.serving import default_workers, serve
+    from semid.tasks import load_predictor, resolve_device
+
     device = resolve_device(args.device)
     # each copy of the run follows its folder: `semid index add` while serving is answered at once
     load = partial(follow_run, load_predictor, args.run_dir, device=device)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from semid.atomic import check_output_folder, restore_on_error, write_json
+from semid.atomic import check_output_folder, read_json, restore_on_error, write_json
 from semid.data.corpus import CorpusSplit, split_corpus, subset_rows
 from semid.data.documents import (
     QUERY_FIELDS_HELP,
@@ -62,7 +62,7 @@ from semid.models import model_config
 from semid.quantization import build_quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, replacing_run, write_run
-from semid.saving import read_json, read_rows, write_rows
+from semid.saving import read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
     IndexSource,

@@ -20,10 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
-from semid.atomic import atomic_file, write_json
+from semid.atomic import atomic_file, read_json, write_json
 from semid.errors import SemidError
 from semid.progress import progress_bar
-from semid.saving import read_json
 from semid.training.checkpoints import (
     DamagedCheckpointError,
     check_checkpoint,
