@@ -15,6 +15,7 @@ from pathlib import Path
 
 from semid.cli.common import fitting_ks
 from semid.errors import SemidError
+from semid.manifest import MANIFEST
 from semid.wording import counted
 
 EXAMPLE = (
@@ -50,7 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read the items (or documents), add them, report their IDs."""
     from semid.indexing import add_items
-    from semid.runs import MANIFEST
     from semid.tasks import task_of_run
     from semid.tasks.items import read_new_items
     from semid.tasks.text2image import IMAGE_ENCODER_DIR

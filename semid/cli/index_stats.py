@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from semid.cli.table import format_table
+from semid.manifest import MANIFEST, PARTS
 
 EXAMPLE = "semid index stats runs/ml-1m/index --json"
 
@@ -56,7 +57,6 @@ def format_stats(stats: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the index and print its stats."""
     from semid.ids import SemanticIDs
-    from semid.runs import MANIFEST, PARTS
 
     index = Path(args.index)
     if (index / MANIFEST).is_file():  # a run: the index inside it
