@@ -213,7 +213,7 @@ def test_text2image_eval_add_and_predict(images, space):
     size = len(json.loads((run / "index" / "keys.json").read_text()))  # the 20% of images held out
     assert size == 12
     added = semid("index", "add", run, "--items", rel(space["data"] / "more", space), cwd=cwd)
-    assert "added 9 items" in added.stdout
+    assert "added 9 images" in added.stdout
     from semid.saving import read_rows  # the image head scores the new images too
 
     assert len(read_rows(run / "index" / "image_features.safetensors")) == size + 9
