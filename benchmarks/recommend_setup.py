@@ -12,7 +12,7 @@ import torch
 from semid.data.splits import leave_one_out
 from semid.encoders import TextEncoder
 from semid.indexing import build_ids
-from semid.tasks.recommend import default_train
+from semid.tasks.specs import default_train
 
 RESULTS = Path(__file__).parent / "results"
 RECBOLE_SASREC_R10 = {

@@ -49,8 +49,8 @@ from semid.hybrid import HybridRanker
 from semid.indexing import AUTO, auto_spec
 from semid.models import build_model
 from semid.ranking import BeamRanker, Ranking
+from semid.tasks.specs import GENERATOR_MIN_STEPS
 from semid.tasks.text2image import (
-    GENERATOR_MIN_STEPS,
     IMAGE_ENCODER_MIN_STEPS,
     VOKEN_OPTIONS,
     QueryTargetPairs,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from semid.defaults import COLLISION_STRATEGIES
 from semid.errors import SemidError
 
 
@@ -152,6 +153,9 @@ _STRATEGIES: dict[str, Callable[..., tuple[Tensor, list[int], int]]] = {
     "popularity": _popularity,
     "reassign": _reassign,
 }
+
+
+assert sorted(_STRATEGIES) == sorted(COLLISION_STRATEGIES), "semid.defaults lists every strategy"
 
 
 def collision_strategies() -> list[str]:

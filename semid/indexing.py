@@ -17,13 +17,13 @@ from typing import Any
 from torch import Tensor
 
 from semid.atomic import read_json
+from semid.defaults import AUTO
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import write_lock
 from semid.quantization import Quantizer, build_quantizer
 from semid.runs import check_vocabulary
 
-AUTO = "auto"
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
 MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30

@@ -9,7 +9,8 @@ Fields a model takes from the index (``codebook_sizes``, ``num_items``, ``max_le
 the class's ``sized_for(config, ids, **context)``; everything else comes from the user's config.
 Concrete models live in ``semid.generators``; each built-in one is imported the first time its
 name is used, so a command loads only the model it runs (TIGER's module alone pulls in
-``transformers``, about 4 s of start-up on 2 CPU cores).
+``transformers``, about 4 s of start-up on 2 CPU cores). This module itself imports no torch, so
+the CLI can list the models in ``--help`` at once.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import dataclasses
 import importlib
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from semid.configs import config_from_dict
 from semid.errors import SemidError
-from semid.saving import load_state, read_module, write_module
+
+if TYPE_CHECKING:
+    from torch import nn
 
 M = TypeVar("M", bound=type)
 _REGISTRY: dict[str, type] = {}
@@ -82,11 +83,15 @@ def build_model(name: str, config: dict[str, Any] | Any) -> nn.Module:
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:
     """Write a registered model's folder (config.json + model.safetensors), atomically."""
+    from semid.saving import write_module
+
     write_module(path, MODEL_KIND, model.name, dataclasses.asdict(model.config), model)
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Any registered model from a folder written by :func:`save_model`, in eval mode."""
+    from semid.saving import load_state, read_module
+
     name, config = read_module(path, MODEL_KIND, "train the model again")
     cls = model_class(name)
     # fields added after a model was saved take the value that keeps its old behaviour

@@ -19,12 +19,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from semid.defaults import DEFAULT_NUM_BEAMS
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.models import is_generator
 from semid.runs import check_vocabulary
-
-DEFAULT_NUM_BEAMS = 20
 
 
 @dataclass

@@ -40,10 +40,12 @@ def test_a_command_imports_its_own_module_only():
 @pytest.mark.parametrize(
     "argv",
     [["predict", "--help"], ["eval", "--help"], ["serve", "--help"], ["index", "add", "--help"],
-     ["index", "stats", "--help"], ["predict", "runs/x"],  # a usage error
+     ["index", "stats", "--help"], ["index", "build", "--help"], ["train", "recommender", "--help"],
+     ["train", "retriever", "--help"],
+     ["predict", "runs/x"], ["train", "recommender", "--dataset", "x"],  # usage errors
      ["predict", "no/such/run", "--user", "1"], ["eval", "no/such/run"], ["serve", "no/such/run"]],
 )  # fmt: skip
-def test_commands_on_a_run_answer_help_usage_errors_and_a_wrong_run_without_torch(argv):
+def test_commands_answer_help_usage_errors_and_a_wrong_run_without_torch(argv):
     loaded = loaded_modules_after(  # the help text is kept out of the printed module names
         "import contextlib, io\nfrom semid.cli.main import main\n"
         f"with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main({argv!r})\n"

@@ -9,18 +9,17 @@ from pathlib import Path
 from semid.atomic import check_writable
 from semid.cli.common import add_interaction_file_arguments
 from semid.cli.index_stats import format_stats
-from semid.collisions import collision_strategies
-from semid.data.registry import available_datasets, dataset_kind
+from semid.defaults import AUTO, COLLISION_STRATEGIES
 from semid.errors import SemidError
-from semid.plots import check_plot_path, plot_code_usage
-from semid.tasks import IndexSource, get_task
-from semid.tasks.data import resolve_dataset, sniff_kind
 
 TASK_OF_KIND = {"interactions": "recommend", "documents": "retrieve", "images": "text2image"}
 
 
 def kind_of(dataset: str) -> str:
     """What a registered dataset or a data path holds (interactions, documents, images)."""
+    from semid.data.registry import available_datasets, dataset_kind
+    from semid.tasks.data import sniff_kind
+
     return dataset_kind(dataset) if dataset in available_datasets() else sniff_kind(dataset)
 
 
@@ -46,14 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quantizer",
-        default="auto",
+        default=AUTO,
         help="quantizer spec, e.g. rqkmeans:3x256, rqvae:3x256, graph_rqvae:3x256, voken:3x256; auto: "
         "rqkmeans sized to the number of items (default: %(default)s)",
     )
     p.add_argument(
         "--collisions",
         default="extra-level",
-        choices=collision_strategies(),
+        choices=sorted(COLLISION_STRATEGIES),
         help="how to make IDs unique (default: %(default)s)",
     )
     p.add_argument(
@@ -78,6 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build, save and report the index with the task that owns the dataset's kind."""
+    from semid.plots import check_plot_path, plot_code_usage
+    from semid.tasks import IndexSource, get_task
+    from semid.tasks.data import resolve_dataset
+
     if args.out.exists() and not args.out.is_dir():
         raise SemidError(f"--out {args.out} exists and is not a folder; choose another path")
     check_writable(args.out)

@@ -16,10 +16,7 @@ from semid.cli.table import format_table, metric_rows
 from semid.configs import parse_json_object
 from semid.errors import SemidError
 from semid.models import available_models
-from semid.runs import update_metrics
-from semid.tasks import get_task, resolve_device
-from semid.tasks.data import resolve_dataset
-from semid.tasks.recommend import RecommendSpec, default_train
+from semid.tasks.specs import RecommendSpec, default_train
 
 EXAMPLE = (
     "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec\n"
@@ -91,6 +88,10 @@ def eval_users(value: str) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
+    from semid.runs import update_metrics
+    from semid.tasks import get_task, resolve_device
+    from semid.tasks.data import resolve_dataset
+
     if args.model not in available_models():
         raise SemidError(
             f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}"

@@ -23,17 +23,19 @@ from semid.cli.common import (
 from semid.cli.table import format_table, metric_rows
 from semid.configs import parse_json_object
 from semid.errors import SemidError
-from semid.tasks import get_task, resolve_device
-from semid.tasks.data import resolve_dataset
-from semid.tasks.retrieve import RetrieveSpec
-from semid.tasks.text2image import Text2ImageSpec
+from semid.tasks.specs import (
+    RetrieveSpec,
+    Text2ImageSpec,
+    document_add_train,
+    document_train,
+    image_train,
+)
 
 EXAMPLE = (
     "semid train retriever --dataset debian-docs --model promptdsi --out runs/docs --max-docs 2000\n"
     "  semid train retriever --dataset my_docs.jsonl --model promptdsi --out runs/mine   # {id, text, queries?} per line\n"
     "  semid train retriever --dataset fashion-mnist --model avg --out runs/fmnist"
 )
-DOCS, IMAGES = RetrieveSpec(dataset="-"), Text2ImageSpec(dataset="-")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,40 +61,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quantizer",
-        help=f"semantic-ID quantizer spec (default: {DOCS.quantizer} for documents, "
-        f"{IMAGES.quantizer} for images)",
+        help=f"semantic-ID quantizer spec (default: {RetrieveSpec.quantizer} for documents, "
+        f"{Text2ImageSpec.quantizer} for images)",
     )
     add_device_argument(p)
-    add_training_arguments(p, DOCS.train)
+    add_training_arguments(p, document_train())
     # each model has its own; see --help below
     p.set_defaults(epochs=None, batch_size=None, lr=None)
     p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
     p.add_argument(
         "--hold-out",
         type=float,
-        default=DOCS.hold_out,
+        default=RetrieveSpec.hold_out,
         help="documents: share kept for `index add` (default: %(default)s)",
     )
     p.add_argument(
         "--extra-codes",
         type=int,
-        default=DOCS.extra_codes,
+        default=RetrieveSpec.extra_codes,
         help="documents: spare last-level tokens for added documents (default: %(default)s)",
     )
     p.add_argument(
         "--add-epochs",
         type=int,
-        default=DOCS.add_train.max_epochs,
+        default=document_add_train().max_epochs,
         help="documents: epochs of prompt training per `index add` (default: %(default)s)",
     )
     p.add_argument(
         "--prompt-lr",
         type=float,
-        default=DOCS.add_train.lr,
+        default=document_add_train().lr,
         help="documents: learning rate for `index add` (default: %(default)s)",
     )
-    p.add_argument("--num-beams", type=int, help=f"beams at retrieval, stored in the run (default: {DOCS.num_beams} "
-                                                 f"for documents, {IMAGES.num_beams} for images; always >= k)")  # fmt: skip
+    p.add_argument("--num-beams", type=int, help=f"beams at retrieval, stored in the run (default: {RetrieveSpec.num_beams} "
+                                                 f"for documents, {Text2ImageSpec.num_beams} for images; always >= k)")  # fmt: skip
 
 
 def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
@@ -106,15 +108,18 @@ def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Load the documents (or images), train, save the run, print a summary."""
+    from semid.tasks import get_task, resolve_device
+    from semid.tasks.data import resolve_dataset
+
     model_config = parse_json_object(args.model_config, "--model-config")
     check_count("--num-beams", args.num_beams)  # None: the model's default (0 is not "unset")
     if args.model == "avg":
         spec = Text2ImageSpec(
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
-            train=training_config(_budget(args, IMAGES.train), IMAGES.train),
-            quantizer=IMAGES.quantizer if args.quantizer is None else args.quantizer, num_beams=IMAGES.num_beams if args.num_beams is None else args.num_beams,
+            train=training_config(_budget(args, image_train()), image_train()),
+            quantizer=Text2ImageSpec.quantizer if args.quantizer is None else args.quantizer, num_beams=Text2ImageSpec.num_beams if args.num_beams is None else args.num_beams,
             # an explicit --epochs is kept as given
-            min_steps=IMAGES.min_steps if args.epochs is None else 0,
+            min_steps=Text2ImageSpec.min_steps if args.epochs is None else 0,
         )  # fmt: skip
         summary = get_task("text2image").train(
             spec,
@@ -129,16 +134,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")
-    budget = _budget(args, DOCS.train)
+    budget = _budget(args, document_train())
     check_count("--add-epochs", args.add_epochs)
     check_rate("--prompt-lr", args.prompt_lr)
     spec = RetrieveSpec(
         dataset=resolve_dataset(args.dataset), model_config=model_config, seed=args.seed,
-        train=training_config(budget, DOCS.train),
-        add_train=dataclasses.replace(training_config(budget, DOCS.add_train), max_epochs=args.add_epochs, max_steps=None,
+        train=training_config(budget, document_train()),
+        add_train=dataclasses.replace(training_config(budget, document_add_train()), max_epochs=args.add_epochs, max_steps=None,
                                       lr=args.prompt_lr),
-        quantizer=DOCS.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
-        hold_out=args.hold_out, num_beams=DOCS.num_beams if args.num_beams is None else args.num_beams,
+        quantizer=RetrieveSpec.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
+        hold_out=args.hold_out, num_beams=RetrieveSpec.num_beams if args.num_beams is None else args.num_beams,
     )  # fmt: skip
     summary = get_task("retrieve").train(
         spec, args.out, resume=not args.no_resume, device=resolve_device(args.device)

@@ -1,17 +1,12 @@
-"""Tasks: recommend, retrieve (documents), text2image. Each implements :class:`Task` (build an index,
-train, evaluate, add, predict); importing this package registers them."""
+"""Tasks: recommend, retrieve, text2image. Each implements :class:`Task` (build an index, train,
+evaluate, add, predict); :func:`get_task` imports a built-in task the first time it is asked for.
 
-from semid.tasks import recommend, retrieve, text2image  # noqa: F401  (registers the tasks)
-from semid.tasks.base import (
-    EvalOptions,
-    IndexSource,
-    Predictor,
-    Task,
-    get_task,
-    load_predictor,
-    resolve_device,
-    task_of_run,
-)
+The names below load ``semid.tasks.base`` on first use, so that importing a light module of this
+package (``semid.tasks.specs``) does not import torch (`semid COMMAND --help` answers at once)."""
+
+from __future__ import annotations
+
+from semid.lazy import lazy_getattr
 
 __all__ = [
     "EvalOptions",
@@ -23,3 +18,4 @@ __all__ = [
     "resolve_device",
     "task_of_run",
 ]
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(__all__, "semid.tasks.base"))

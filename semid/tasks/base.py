@@ -9,6 +9,7 @@ new module that subclasses :class:`Task` and registers itself here.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ from semid.ranking import Ranker, Ranking
 from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
 
 _TASKS: dict[str, Task] = {}
+# built-in tasks: name -> the module whose import registers it
+BUILTIN_TASKS = {
+    "recommend": "semid.tasks.recommend",
+    "retrieve": "semid.tasks.retrieve",
+    "text2image": "semid.tasks.text2image",
+}
 # what an interrupted run may already hold before its manifest is written
 RUN_ENTRIES = {
     "index",
@@ -346,9 +353,12 @@ def register_task(task: Task) -> Task:
 
 
 def get_task(name: str) -> Task:
-    """The registered task called ``name``."""
+    """The registered task called ``name`` (a built-in task's module is imported now)."""
+    if name not in _TASKS and name in BUILTIN_TASKS:
+        importlib.import_module(BUILTIN_TASKS[name])  # registers it
     if name not in _TASKS:
-        raise SemidError(f"unknown task {name!r}; known: {', '.join(sorted(_TASKS))}")
+        known = sorted(set(_TASKS) | set(BUILTIN_TASKS))
+        raise SemidError(f"unknown task {name!r}; known: {', '.join(known)}")
     return _TASKS[name]
 
 

@@ -40,8 +40,8 @@ from semid.hybrid import Candidates, HybridRanker, choose_mix
 from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import add_items
 from semid.metrics import compute_metrics
-from semid.models import is_generator, model_config, save_model
-from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
+from semid.models import is_generator, save_model
+from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, replacing_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
 from semid.tasks.data import DataChanged, check_fingerprint, data_stamp, fingerprint
@@ -54,52 +54,11 @@ from semid.tasks.items import (
     recommendation_dataset,
     source_dataset,
 )
-from semid.training import TrainConfig, train_model
+from semid.tasks.specs import RecommendSpec
+from semid.training import train_model
 from semid.wording import counted
 
 SPLITS = ("valid", "test")
-# users validated during training (evenly spaced, the same each epoch): bounds each epoch's check
-# and the mixing weight's choice on a large log (a standard error of about 0.004 on Recall@10)
-EVAL_USERS = 10_000
-
-
-def default_train() -> TrainConfig:
-    """The CLI's training defaults for recommenders (early-stopped on valid NDCG@10; the epoch cap is
-    high enough that early stopping, not the cap, ends training on MovieLens)."""
-    return TrainConfig(
-        max_epochs=100, batch_size=64, lr=1e-3, early_stopping_patience=5,
-        checkpoint_every=1000, keep_checkpoints=1,
-    )  # fmt: skip
-
-
-@dataclass
-class RecommendSpec:
-    """Everything a recommendation run is trained from; saved in its config.json."""
-
-    dataset: str  # a registered dataset or a data path (absolute)
-    items: str | None = None  # item texts beside an interactions file
-    columns: dict[str, str] | None = None  # column names by role, when not the usual ones
-    missing_text: str = "error"
-    min_interactions: int = 3
-    model: str = "mmgrec"
-    model_config: Any = None  # the model's config dataclass (a dict in config.json)
-    train: TrainConfig = field(default_factory=default_train)
-    max_history: int = 50
-    num_beams: int = DEFAULT_NUM_BEAMS
-    eval_users: int | None = EVAL_USERS  # validate during training on this many; None: all
-    users: int | None = None  # keep only the first N users (a small slice, for smoke tests)
-    extra_codes: int = 8  # spare last-level tokens so added items still fit the vocabulary
-
-    def __post_init__(self) -> None:
-        self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
-        if self.missing_text not in ("error", "drop"):
-            raise SemidError(f"--missing-text must be error or drop, got {self.missing_text!r}")
-        for name in ("min_interactions", "max_history", "num_beams", "eval_users", "users"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise SemidError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.extra_codes < 0:
-            raise SemidError(f"--extra-codes must be >= 0, got {self.extra_codes}")
 
 
 class RecommendTask(Task):

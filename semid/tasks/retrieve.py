@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ from semid.ids import SemanticIDs
 from semid.indexing import (
     ADD_BUSY_FIX,
     ADD_WAIT_SECONDS,
-    AUTO,
     build_ids,
     grow_ids,
     texts_file,
@@ -58,8 +57,6 @@ from semid.indexing import (
 from semid.lexical import LexicalIndex
 from semid.locking import write_lock
 from semid.metrics import compute_metrics
-from semid.models import model_config
-from semid.quantization import build_quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -73,7 +70,8 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
 )
-from semid.training import TrainConfig, TrainResult, train_model
+from semid.tasks.specs import RetrieveSpec
+from semid.training import TrainResult, train_model
 from semid.training.checkpoints import (
     DamagedCheckpointError,
     check_checkpoint,
@@ -87,46 +85,6 @@ DOCUMENT_EMBEDDINGS = "document_embeddings.safetensors"  # in the index folder, 
 LEXICAL = "lexical.safetensors"  # BM25 term counts of the documents, in the index folder
 # training documents whose queries choose the ranking mix instead
 VALID_SHARE, MAX_VALID = 0.1, 1000
-
-
-def _train_config(epochs: int = 10, lr: float = 2e-3, patience: int | None = 2) -> TrainConfig:
-    # with a document head, held-out training queries pick the best epoch (NDCG@10) and stop early;
-    # without one there is no validation: a fixed number of epochs. Checkpoints make it resumable.
-    return TrainConfig(max_epochs=epochs, lr=lr, batch_size=32, warmup_steps=20,
-                       early_stopping_patience=patience, checkpoint_every=200)  # fmt: skip
-
-
-@dataclass
-class RetrieveSpec:
-    """Everything a document-retrieval run is trained from; saved in its config.json."""
-
-    dataset: str  # debian-docs, or a documents file
-    model: str = "promptdsi"
-    model_config: Any = None  # PromptDSIConfig (codebook sizes come from the index)
-    train: TrainConfig = field(default_factory=_train_config)
-    add_train: TrainConfig = field(default_factory=lambda: _train_config(5, 1e-2, None))
-    quantizer: str = AUTO  # rqkmeans sized to the number of documents (semid.indexing.auto_spec)
-    extra_codes: int = 64  # spare disambiguation tokens for documents added later
-    max_docs: int | None = None
-    hold_out: float = 0.1  # share of documents held out as the later corpus (later.jsonl)
-    test_fraction: float = 0.2
-    seed: int = 0
-    num_beams: int = DEFAULT_NUM_BEAMS
-
-    def __post_init__(self) -> None:
-        if self.model != "promptdsi":
-            raise SemidError(f"document retrieval trains promptdsi, not {self.model!r}")
-        self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
-        if self.max_docs is not None and self.max_docs < 2:
-            raise SemidError(f"--max-docs must be >= 2, got {self.max_docs}")
-        if self.num_beams < 1:
-            raise SemidError(f"--num-beams must be >= 1, got {self.num_beams}")
-        if self.extra_codes < 0:
-            raise SemidError(f"--extra-codes must be >= 0, got {self.extra_codes}")
-        if not 0 <= self.hold_out < 1:
-            raise SemidError(f"--hold-out must be in [0, 1), got {self.hold_out}")
-        if self.quantizer != AUTO:
-            build_quantizer(self.quantizer)  # a bad --quantizer fails before documents are encoded
 
 
 class ExampleDataset(Dataset):

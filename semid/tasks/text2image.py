@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from semid.indexing import (
     texts_json,
 )
 from semid.metrics import compute_metrics
-from semid.models import model_class, model_config
+from semid.models import model_class
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -56,6 +55,7 @@ from semid.tasks.base import (
     register_task,
 )
 from semid.tasks.data import check_fingerprint, fingerprint
+from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
 from semid.training import TrainConfig, train_model
 from semid.wording import counted
 
@@ -64,14 +64,9 @@ IMAGE_ENCODER_DIR = "image_encoder"
 TRAIN_TARGETS = "train_targets.safetensors"
 IMAGE_FEATURES = "image_features.safetensors"  # features of the indexed images, row i = index row i
 METRIC_NAMES = ("precision", "recall", "map")
-IMAGE_NUM_BEAMS = 100  # class-level relevance rewards wide beams; clamped to >= k as everywhere
 # Step floors, so that a collection of 1k images trains as well as one of 60k: an epoch of 60k
 # images is 235 batches of 256; one of 800 images would be 4 steps.
 IMAGE_ENCODER_MIN_STEPS = 400
-# Chosen on digits validation (benchmarks/text2image.py --validate): with 700 steps (175 epochs
-# of 800 pairs) AVG memorises the deeper vokens of its training images and images indexed later
-# fall behind (P@10 0.90; 0.97 at 200 steps, 1.00 at 100; the dual encoder 0.99-1.00 at each).
-GENERATOR_MIN_STEPS = 100
 
 
 def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tensor,
@@ -210,30 +205,6 @@ class QueryTargetPairs(torch.utils.data.Dataset):
         if self.images is not None:
             item["image"] = self.images[i]
         return item
-
-
-@dataclass
-class Text2ImageSpec:
-    """Everything a text-to-image run is trained from; saved in its config.json."""
-
-    dataset: str
-    model: str = "avg"
-    model_config: Any = None  # the generator's config dataclass
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_epochs=4, lr=2e-3, batch_size=256, early_stopping_patience=None))  # fmt: skip
-    quantizer: str = AUTO  # used when no --index is given; auto: voken sized to the training images
-    num_beams: int = IMAGE_NUM_BEAMS
-    extra_codes: int = 8  # spare last-level tokens so images added later still fit the vocabulary
-    min_steps: int = GENERATOR_MIN_STEPS  # more epochs than train.max_epochs on small collections
-    text_encoder: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.model_config = model_config(self.model, self.model_config or {}, "--model-config")
-        if self.num_beams < 1:
-            raise SemidError(f"--num-beams must be >= 1, got {self.num_beams}")
-        if self.min_steps < 0:
-            raise SemidError(f"min_steps must be >= 0, got {self.min_steps}")
 
 
 class Text2ImageTask(Task):
