@@ -95,11 +95,12 @@ class TextEncoder:
                 x = None
             if x is not None and x.ndim == 2 and len(x) == len(texts):
                 return torch.from_numpy(x)
-        # sentence-transformers sorts by length, batches, restores the order and shows tqdm.
+        # sentence-transformers sorts by length, batches, restores the order and shows tqdm (not
+        # for one batch, such as the few items of an `index add`: it would only flash "1/1")
         x = self._load().encode(
             texts,
             batch_size=self.batch_size,
-            show_progress_bar=show_progress,
+            show_progress_bar=show_progress and len(texts) > self.batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,
         )

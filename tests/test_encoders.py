@@ -25,9 +25,11 @@ class FakeModel:
     def __init__(self) -> None:
         self.calls = 0
         self.max_seq_length = None
+        self.progress: list[bool] = []  # show_progress_bar of each call
 
     def encode(self, texts, batch_size, show_progress_bar, convert_to_numpy, normalize_embeddings):
         self.calls += 1
+        self.progress.append(show_progress_bar)
         seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]
         x = np.stack([np.random.default_rng(s).standard_normal(8) for s in seeds])
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -62,6 +64,16 @@ def test_second_call_reads_the_cache_without_the_model(
     monkeypatch.setattr(encoders, "load_sentence_transformer", fail_to_load)
     again = TextEncoder(model_dir, cache_dir=tmp_path / "cache").encode(texts, show_progress=False)
     assert torch.equal(first, again)
+
+
+def test_progress_bar_only_for_more_than_one_batch(
+    model_dir: Path, tmp_path: Path, fake: FakeModel
+) -> None:
+    enc = TextEncoder(model_dir, cache_dir=tmp_path, batch_size=2)
+    enc.encode(["a", "b"])  # one batch (the few items of an `index add`): no "1/1" bar
+    enc.encode(["a", "b", "c"])
+    enc.encode(["c", "d", "e"], show_progress=False)
+    assert fake.progress == [False, True, False]
 
 
 def test_damaged_cache_is_recomputed(model_dir: Path, tmp_path: Path, fake: FakeModel) -> None:

@@ -137,6 +137,7 @@ def test_histories_as_json_lists_and_files_answer_what_history_answers(run, tmp_
     (by_commas,) = predict("--history", "1,50,181")
     assert predict("--history", '["1", "50", "181"]') == [by_commas]
     assert predict("--history", "[1, 50, 181]") == [by_commas]  # JSON numbers are keys too
+    assert predict("--history", "1", "50", "181") == [by_commas]  # one key per argument
     lines = [
         "1,50,181",
         '["1", "50", "181"]',
@@ -235,6 +236,9 @@ def test_a_key_cut_at_its_comma_gets_the_json_hint(run, capsys):
     assert "unknown item 'Sixth Sense'" in err and "JSON list" in err
     assert main(["predict", str(run), "--history", '["1", "Sixth Sense, The (1999)"]']) == 2
     err = capsys.readouterr().err
+    assert "unknown item 'Sixth Sense, The (1999)'" in err and "JSON list" not in err
+    assert main(["predict", str(run), "--history", "1", "Sixth Sense, The (1999)"]) == 2
+    err = capsys.readouterr().err  # one key per argument: no key was cut at a comma
     assert "unknown item 'Sixth Sense, The (1999)'" in err and "JSON list" not in err
 
 

@@ -29,7 +29,7 @@ from semid.wording import counted
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
     "  semid predict runs/ml-100k/mmgrec --history '50,181,1' --k 5   # a user the run has never seen\n"
-    '  semid predict runs/mine/mmgrec --history \'["Sixth Sense, The (1999)", "Fargo (1996)"]\'\n'
+    '  semid predict runs/mine/mmgrec --history "Sixth Sense, The (1999)" "Fargo (1996)"\n'
     "  semid predict runs/ml-100k/mmgrec --histories new_users.jsonl --out preds.jsonl\n"
     "  semid predict runs/ml-100k/mmgrec --users all --out preds.jsonl\n"
     "  semid predict runs/docs --query 'fast image viewer' --k 10\n"
@@ -45,8 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--users", help="recommenders: a file of user ids (one a line), or 'all'")
     src.add_argument(
         "--history",
-        help="recommenders: a new user's item keys, oldest first: comma-separated, or a JSON list "
-        "(for keys with commas)",
+        nargs="+",
+        metavar="KEY",
+        help="recommenders: a new user's item keys, oldest first: one argument each, or one "
+        "argument of comma-separated keys or a JSON list",
     )
     src.add_argument(
         "--histories",
@@ -116,8 +118,12 @@ def read_inputs(
     from (``--users FILE line N``)."""
     if args.user is not None:
         return [{"user": args.user}], [Origin()]
+    if (
+        args.history is not None and len(args.history) > 1
+    ):  # one key per argument, as the shell split them
+        return [{"history": args.history}], [Origin()]
     if args.history is not None:
-        keys, split = parse_history(args.history, "--history")
+        keys, split = parse_history(args.history[0], "--history")
         return [{"history": keys}], [Origin(hint=COMMA_HINT if split else "")]
     if args.query is not None:
         return [{"query": args.query}], [Origin()]
