@@ -125,6 +125,21 @@ def test_predict_history_and_all_users(run, predictor, tmp_path):
     assert all(len(a["keys"]) == 3 for a in answers)
 
 
+@pytest.mark.parametrize("texts", [[], ["--texts"]])
+def test_a_user_with_texts_reads_the_registered_dataset_once(run, predictor, tmp_path, monkeypatch,
+                                                              texts):  # fmt: skip
+    """The user's history and the answers' texts come from one load of ml-100k."""
+    import semid.tasks.items as items
+
+    user, loads = predictor.user_keys[0], []
+    monkeypatch.setattr(
+        items, "load_dataset", lambda name: loads.append(name) or load_dataset(name)
+    )
+    out = ["--out", str(tmp_path / "p.jsonl")] if texts else []
+    assert main(["predict", str(run), "--user", user, *texts, *out]) == 0
+    assert loads == ["ml-100k"]
+
+
 def test_histories_as_json_lists_and_files_answer_what_history_answers(run, tmp_path, capsys):
     """A history as a JSON list (keys may hold commas) and each line format of --histories give the
     answers of the comma-separated --history."""

@@ -248,11 +248,11 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
-    if args.texts:
-        check_texts(predictor, "--texts")
     inputs, origins = read_inputs(args, predictor)
     predictor.check_k(args.k, args.num_beams)
-    check_inputs(predictor, inputs, origins)
+    check_inputs(predictor, inputs, origins)  # reads users' histories (and so the data) first
+    if args.texts:
+        check_texts(predictor, "--texts")
     answers = []
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip

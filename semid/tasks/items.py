@@ -60,7 +60,11 @@ def item_texts_of(source: Any) -> dict[str, str]:
         return item_text_table(source.items, source.columns)
     if table_format(source.dataset) is not None and not Path(source.dataset).is_dir():
         return {}
-    dataset = recommendation_dataset(source.dataset)
+    return dataset_texts(recommendation_dataset(source.dataset))
+
+
+def dataset_texts(dataset: RecDataset) -> dict[str, str]:
+    """Each item's text in a loaded dataset, by key; empty for a dataset without texts."""
     if dataset.item_texts is None:
         return {}
     return dict(zip(dataset.item_keys, dataset.item_texts, strict=True))

@@ -48,6 +48,7 @@ from semid.tasks.data import DataChanged, check_fingerprint, data_stamp, fingerp
 from semid.tasks.items import (
     INTERACTION_VECTORS,
     build_item_index,
+    dataset_texts,
     item_texts_of,
     new_model,
     read_new_items,
@@ -275,9 +276,14 @@ class RecommendPredictor(Predictor):
         self.spec = get_task().spec_of(run)
         self.codes = run.ids.codes if is_generator(run.model) else None
         self._loaded: tuple[Any, UserHistories] | None = None
+        # the texts of a registered dataset (or folder) as read with the histories, so that
+        # answering a user and showing texts loads the dataset once
+        self._read_texts: dict[str, str] | None = None
 
     def data_texts(self) -> dict[str, str]:
         """The texts of the run's items file, or of its registered dataset."""
+        if self._read_texts is not None:
+            return self._read_texts
         return item_texts_of(self.spec)
 
     def histories(self) -> UserHistories:
@@ -296,6 +302,8 @@ class RecommendPredictor(Predictor):
             histories, note = current_histories(self.spec, self.run.ids)
             print(f"semid: note: {self.run.path}: {note}", file=sys.stderr, flush=True)
             return histories
+        if self.spec.items is None:  # the texts are the dataset's own (no items file)
+            self._read_texts = dataset_texts(dataset)
         return UserHistories(data, dataset.user_keys, left_out=dataset.left_out_users)
 
     def read_data(self) -> None:
