@@ -47,7 +47,9 @@ class MostPopular(nn.Module):
         """Scores (B, N): every query gets the same popularity ranking; stable ties favour lower
         rows (a tiny decreasing offset keeps topk's order deterministic)."""
         n = self.config.num_items
-        tie_break = torch.arange(n, dtype=torch.float64) / max(n, 1) * 1e-3
+        tie_break = (
+            torch.arange(n, dtype=torch.float64, device=self.popularity.device) / max(n, 1) * 1e-3
+        )
         scores = self.popularity - tie_break
         return scores.expand(_batch_size(batch), -1)
 

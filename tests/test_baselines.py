@@ -26,6 +26,16 @@ def test_most_popular_ranks_by_train_count_with_stable_ties():
     assert ranked.tolist() == [[1, 0, 2], [1, 0, 2]]
 
 
+@pytest.mark.parametrize("scorer", ["pop", "sasrec"])
+def test_scorers_score_on_another_device_than_the_cpu(scorer):
+    """On torch's meta device a tensor made on the CPU midway raises, as it would on a GPU (the
+    most-popular tie-break once did); data-dependent steps (training losses) cannot run there."""
+    model = make() if scorer == "sasrec" else MostPopular(MostPopularConfig(num_items=20))
+    batch = {"items": torch.tensor([[-1, 3, 4], [1, 2, 5]]), "times": torch.zeros(2, 3)}
+    scores = model.to("meta").score_rows({k: v.to("meta") for k, v in batch.items()})
+    assert scores.device.type == "meta" and scores.shape == (2, 20)
+
+
 def test_causal_bias_hides_future_and_padding():
     items = torch.tensor([[-1, 4, 7]])
     bias = causal_bias(items)[0, 0]
