@@ -34,6 +34,8 @@ from semid.manifest import MANIFEST, METRICS, PARTS, RUN_CONFIG, RUN_FORMAT, rea
 from semid.models import load_model
 from semid.saving import versions
 
+DATA_FIELDS = ("dataset", "items")  # spec fields that may name data files (stored absolute)
+
 
 @dataclass
 class Run:
@@ -93,6 +95,7 @@ def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any
         "state": state,
         "versions": versions(),
         "command": command_line(),
+        "run_path": str(run.resolve()),  # where the data paths are relative to (`moved_data`)
     }
     write_json(run / RUN_CONFIG, config)
     manifest = {
@@ -110,7 +113,27 @@ def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
     config = read_json(path, "retrain the run")
     if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
         raise SemidError(f"{path} has no task spec; retrain the run")
+    config["spec"].update(moved_data(config, Path(run)))
     return config
+
+
+def moved_data(config: dict[str, Any], run: Path) -> dict[str, str]:
+    """The spec's data paths (``dataset``, ``items``) that are gone but sit where they were
+    relative to the run folder, which moved with them (a project folder renamed or copied
+    whole), as their new paths. Their content is still checked against training's hash."""
+    trained_at = config.get("run_path")
+    here = run.resolve()
+    if not isinstance(trained_at, str) or Path(trained_at) == here:
+        return {}
+    moved = {}
+    for field in DATA_FIELDS:
+        path = config["spec"].get(field)
+        if not isinstance(path, str) or not os.path.isabs(path) or os.path.exists(path):
+            continue  # a registered dataset's name, or a path that is still there
+        candidate = os.path.normpath(here / os.path.relpath(path, trained_at))
+        if os.path.exists(candidate):
+            moved[field] = candidate
+    return moved
 
 
 def load_run(run: str | os.PathLike, task: str | None = None) -> Run:

@@ -527,3 +527,18 @@ def test_an_items_key_column_named_only_in_the_items_file(tmp_path: Path) -> Non
         load_interaction_files(
             tmp_path / "log.csv", tmp_path / "items.csv", columns="item=skuu", min_interactions=1
         )
+
+
+def test_moved_data_follows_the_run_only_where_the_data_moved_with_it(tmp_path):
+    from semid.runs import moved_data
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (new / "runs" / "r").mkdir(parents=True)
+    (new / "log.csv").write_text("user,item\n")
+    spec = {"dataset": str(old / "log.csv"), "items": str(old / "gone.csv"), "model": "pop"}
+    config = {"spec": spec, "run_path": str(old / "runs" / "r")}
+    assert moved_data(config, new / "runs" / "r") == {"dataset": str(new / "log.csv")}
+    assert moved_data(config, old / "runs" / "r") == {}  # the run did not move
+    assert moved_data({"spec": spec}, new / "runs" / "r") == {}  # written before run_path was kept
+    registered = {"spec": {"dataset": "ml-100k"}, "run_path": str(old / "runs" / "r")}
+    assert moved_data(registered, new / "runs" / "r") == {}

@@ -1,6 +1,6 @@
 """The README's "Your own data" examples, command for command, on small files the tests write; plus
 the embedded ml-100k exported as plain files (same split, same metrics), changed data refused, and
-a moved run that still evaluates."""
+a moved run that still evaluates, alone or with its data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _semid_cli import saved_metrics
+from _semid_cli import saved_metrics, semid
 from test_cli_subprocess import TINY_PROMPTDSI, write_class_folders
 
 from semid.cli.main import main
@@ -290,6 +290,34 @@ def test_changed_data_is_refused_and_a_moved_run_still_evaluates(tmp_path, monke
     assert "Movie number" not in out and out.splitlines()[1].split()[-1] == "ID"
     assert err.startswith("semid: note: answers shown without item texts: ")
     assert "items.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_project_folder_moved_whole_still_evaluates_and_answers(tmp_path, monkeypatch):
+    """Data and runs moved together (a renamed or copied project folder): every command finds the
+    data at its place beside the run; in fresh processes, from another directory."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write_interactions(project)
+    monkeypatch.chdir(project)
+    assert (
+        cli("semid index build --dataset interactions.csv --items items.csv --out runs/index") == 0
+    )
+    assert cli("semid train recommender --dataset interactions.csv --items items.csv "
+               "--index runs/index --model pop --out runs/pop") == 0  # fmt: skip
+    assert cli("semid eval runs/pop") == 0
+    before = saved_metrics(project / "runs" / "pop")
+    monkeypatch.chdir(tmp_path)
+    shutil.move(project, tmp_path / "renamed")
+    run = tmp_path / "renamed" / "runs" / "pop"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    semid("eval", run, cwd=elsewhere)
+    assert saved_metrics(run) == before
+    answer = semid("predict", run, "--user", "u1", "--k", "2", cwd=elsewhere).stdout
+    assert "Movie number" in answer  # the texts of the moved items file
+    (tmp_path / "renamed" / "interactions.csv").unlink()  # gone from both places: refused
+    err = semid("eval", run, cwd=elsewhere, expect=2).stderr
+    assert "project/interactions.csv, which is gone" in err
 
 
 def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch, capsys):

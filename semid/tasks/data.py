@@ -3,7 +3,9 @@
 A dataset is a registered name (``ml-100k``, ``debian-docs``, ``fashion-mnist``) or a path. Paths
 are stored absolute, with the sha256 of their content (:func:`semid.data.tables.content_sha256`),
 when a run is trained; later commands reload the same files from any working directory and refuse
-with one clear line if their content changed. A run folder can be moved; its data files must stay.
+with one clear line if their content changed. A run folder can be moved alone, or with its data
+files (a project folder renamed or copied whole: `semid.runs.moved_data` finds them at the same
+place relative to the run folder).
 """
 
 from __future__ import annotations
