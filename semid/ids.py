@@ -131,13 +131,9 @@ class SemanticIDs:
         a model's (which may hold spare tokens for items added later)."""
         return PrefixTrie.from_codes(self.codes, list(codebook_sizes or self.codebook_sizes))
 
-    def add(self, keys: Sequence[str], raw_codes: Tensor) -> Tensor:
-        """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
-        token (or must already be unique when there is no extra level). Returns their codes (M, L)."""
-        keys = list(keys)
-        raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
-        if len(keys) != len(raw_codes):
-            raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
+    def check_new_keys(self, keys: Sequence[str]) -> None:
+        """SemidError unless ``keys`` are distinct and none is indexed yet (checked again by `add`;
+        callers check first to fail before embedding the new items)."""
         repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
         if repeated:
             raise SemidError(
@@ -148,6 +144,15 @@ class SemanticIDs:
             raise SemidError(
                 f"{counted(len(clash), 'key is', 'keys are')} already indexed, e.g. {clash[0]!r}; give new keys"
             )
+
+    def add(self, keys: Sequence[str], raw_codes: Tensor) -> Tensor:
+        """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
+        token (or must already be unique when there is no extra level). Returns their codes (M, L)."""
+        keys = list(keys)
+        raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
+        if len(keys) != len(raw_codes):
+            raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
+        self.check_new_keys(keys)
         if raw_codes.ndim != 2 or (
             self.raw_codes is not None and raw_codes.shape[1] != self.raw_codes.shape[1]
         ):

@@ -56,6 +56,16 @@ def test_index_add_makes_a_new_item_reachable_at_once(tmp_path):
         add_items(tmp_path / "index", ["new"], x_new, model)
 
 
+def test_new_items_already_indexed_are_refused_before_any_text_is_embedded(tmp_path, monkeypatch):
+    import semid.tasks.items as items
+
+    ids = SemanticIDs(["a", "b"], torch.tensor([[0, 0], [1, 0]]), [2, 2])
+    (tmp_path / "new.csv").write_text("item,text\nc,a new film\nb,an old film\n")
+    monkeypatch.setattr(items, "TextEncoder", None)  # embedding would fail with a TypeError
+    with pytest.raises(SemidError, match="1 key is already indexed, e.g. 'b'"):
+        items.read_new_items(tmp_path / "new.csv", None, None, indexed=ids)
+
+
 def test_index_add_refuses_ids_the_model_cannot_write(tmp_path):
     ids, model = tiny_run(tmp_path, extra_codes=0)
     # items identical to an existing one need a new disambiguation token beyond the model's vocabulary

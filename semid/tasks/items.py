@@ -181,12 +181,14 @@ def read_new_items(
     encoder: str | None,
     index_encoder: str | None = None,
     columns: dict[str, str] | None = None,
+    indexed: SemanticIDs | None = None,
 ) -> tuple[list[str], Tensor, list[str] | None]:
     """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with
     the index's text encoder (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``,
     ...). Texts come as an items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally
     gzipped, or a ``.tsv`` whose header starts with an item column; ``columns``: the run's
-    ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines."""
+    ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines. Keys already in
+    ``indexed`` are refused before any text is embedded."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "jsonl"):
         return *load_embeddings(path, keys), None
@@ -197,6 +199,8 @@ def read_new_items(
         new_keys, texts = _key_text_lines(path, lines)
     else:
         new_keys, texts = read_item_texts(path, columns)
+    if indexed is not None:
+        indexed.check_new_keys(new_keys)
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
     return new_keys, TextEncoder(model=encoder).encode(texts), texts

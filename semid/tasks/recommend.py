@@ -200,7 +200,7 @@ class RecommendTask(Task):
                 "items by text"
             )
         new_keys, x, texts = read_new_items(
-            source, keys, encoder, run.ids.metadata.get("encoder"), columns
+            source, keys, encoder, run.ids.metadata.get("encoder"), columns, indexed=run.ids
         )
         ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
