@@ -25,7 +25,7 @@ log p(ID) + ``item_mix`` * log p(image).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,10 @@ from semid.vocab import CodeVocabulary
 @dataclass
 class AvgConfig:
     """AVG hyper-parameters; the defaults train at about 25 s per epoch of 60k pairs on one CPU thread."""
+
+    LIMITS: ClassVar = {"query_dim": "count", "d_model": "count", "dropout": "probability",
+                        **dict.fromkeys(("disc_weight", "image_dim", "item_loss", "item_mix"), "non-negative"),
+                        "temperature": "positive"}  # fmt: skip
 
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
     query_dim: int = 384  # width of the frozen text embeddings (MiniLM)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,11 @@ DEFAULT_MAX_DISTANCE = 50  # the recommend task's default history length
 @dataclass
 class MMGRecConfig:
     """MMGRec hyper-parameters."""
+
+    LIMITS: ClassVar = {**dict.fromkeys(("dim", "heads", "layers", "decoder_layers", "ff_mult",
+                                         "time_buckets"), "count"),
+                        "dropout": "probability", "item_loss": "non-negative", "item_mix": "non-negative"}  # fmt: skip
+    DIVIDES: ClassVar = ("dim", "heads")
 
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
     relations: list[str] = field(default_factory=lambda: ["time", "distance", "prefix"])

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,12 @@ BOS_TOKEN = 0
 @dataclass
 class PromptDSIConfig:
     """PromptDSI hyper-parameters; the defaults fit the packaged MiniLM and train on a CPU."""
+
+    LIMITS: ClassVar = {**dict.fromkeys(("max_length", "prompt_length", "top_n", "d_model", "num_heads",
+                                         "num_layers", "d_ff"), "count"),
+                        **dict.fromkeys(("prompt_layer", "rank_loss", "item_mix", "lexical_mix"), "non-negative"),
+                        "dropout": "probability", "centroid_scale": "positive", "rank_scale": "positive"}  # fmt: skip
+    DIVIDES: ClassVar = ("d_model", "num_heads")
 
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
     encoder_path: str | None = None  # local HF folder; None: the packaged all-MiniLM-L6-v2

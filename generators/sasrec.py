@@ -7,6 +7,7 @@ independent re-runs of TIGER found this the strongest dense baseline, so it is t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +20,10 @@ from semid.models import register_model
 @dataclass
 class SASRecConfig:
     """SASRec hyper-parameters (defaults follow RecBole's SASRec, with full-softmax CE)."""
+
+    LIMITS: ClassVar = {**dict.fromkeys(("max_len", "dim", "layers", "heads", "ff_mult"), "count"),
+                        "dropout": "probability"}  # fmt: skip
+    DIVIDES: ClassVar = ("dim", "heads")
 
     num_items: int = 0  # index rows; set from the index (sized_for)
     max_len: int = 50

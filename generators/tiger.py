@@ -22,6 +22,7 @@ search over the step model. ``causal=False`` is TIGER's bidirectional encoder, o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from einops import rearrange
@@ -42,6 +43,10 @@ _USER_HASH = 2654435761  # Knuth's multiplicative hash: spreads consecutive user
 @dataclass
 class TigerConfig:
     """TIGER hyper-parameters; the defaults are a small T5 that trains on 2 CPU cores."""
+
+    LIMITS: ClassVar = {**dict.fromkeys(("max_items", "user_buckets", "d_model", "d_ff", "d_kv", "num_heads",
+                                         "num_layers"), "count"),
+                        "dropout": "probability", "attention_dropout": "probability"}  # fmt: skip
 
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
     max_items: int = 20  # history items read; the TIGER paper also caps sequences at 20 items

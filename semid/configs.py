@@ -29,10 +29,39 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     values = {}
     for name, value in data.items():
         values[name] = _checked(value, hints[name], f"{where}: field {name!r}")
+    check_limits(cls, values, where)
     try:
         return cls(**values)
     except TypeError as e:  # a required field is missing
         raise SemidError(f"{where}: {e}") from None
+
+
+# the rules a config class may name in its LIMITS (field -> rule): values a model can be built with
+RULES = {
+    "count": (lambda v: v >= 1, "must be >= 1"),
+    "non-negative": (lambda v: v >= 0, "must be >= 0"),
+    "positive": (lambda v: v > 0, "must be > 0"),
+    "probability": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+
+
+def check_limits(cls: type, values: dict[str, Any], where: str) -> None:
+    """SemidError naming the first field of ``values`` outside its rule in ``cls.LIMITS``, or a
+    width not divisible by the head count of ``cls.DIVIDES`` (``(width, heads)``: fields of which
+    the missing one takes its default), so a bad ``--model-config`` is one line, not a traceback
+    from deep inside torch."""
+    for name, rule in getattr(cls, "LIMITS", {}).items():
+        value = values.get(name)
+        ok, must = RULES[rule]
+        if value is not None and not ok(value):
+            raise SemidError(f"{where}: field {name!r} {must}, got {value!r}")
+    divides = getattr(cls, "DIVIDES", None)
+    if divides is not None and set(divides) & set(values):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        width, heads = (values.get(name, defaults[name]) for name in divides)
+        if heads >= 1 and width % heads:
+            raise SemidError(f"{where}: {divides[0]} {width} must be divisible by {divides[1]} "
+                             f"{heads} (each head gets {divides[0]} / {divides[1]} dimensions)")  # fmt: skip
 
 
 def parse_json_object(text: str, flag: str) -> dict[str, Any]:

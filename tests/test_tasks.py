@@ -3,6 +3,7 @@ path (against brute force), and `predict` agreeing with the evaluation protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,14 +12,22 @@ from conftest import TINY_BERT, TINY_GENERATORS
 
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
 from semid.cli.main import main
-from semid.configs import config_from_dict, parse_json_object
+from semid.configs import RULES, config_from_dict, parse_json_object
 from semid.cooccurrence import neighbour_table
 from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.registry import register_dataset
 from semid.errors import SemidError
 from semid.generators.mmgrec import MMGRecConfig
 from semid.ids import SemanticIDs
-from semid.models import available_models, build_model, is_generator, load_model, save_model
+from semid.models import (
+    available_models,
+    build_model,
+    is_generator,
+    load_model,
+    model_class,
+    model_config,
+    save_model,
+)
 from semid.quantization import build_quantizer
 from semid.ranking import BeamRanker, ScoreRanker, ranker_for
 from semid.runs import load_run, read_metrics, update_metrics, write_run
@@ -77,7 +86,42 @@ def test_model_config_json_errors_are_one_line():
 
 
 @pytest.mark.parametrize(
-    ("config", "field"), [('{"bogus": 1}', "'bogus'"), ('{"dim": "wide"}', "field 'dim'")]
+    ("name", "fields", "message"),
+    [
+        ("mmgrec", {"dim": 0}, "field 'dim' must be >= 1, got 0"),
+        ("mmgrec", {"heads": 3}, "dim 64 must be divisible by heads 3"),
+        ("sasrec", {"dropout": 1.5}, "field 'dropout' must be in [0, 1), got 1.5"),
+        ("sasrec", {"dim": 30, "heads": 4}, "dim 30 must be divisible by heads 4"),
+        ("tiger", {"num_layers": 0}, "field 'num_layers' must be >= 1"),
+        ("tiger", {"attention_dropout": -0.1}, "field 'attention_dropout' must be in [0, 1)"),
+        ("avg", {"temperature": 0}, "field 'temperature' must be > 0"),
+        ("promptdsi", {"prompt_layer": -1}, "field 'prompt_layer' must be >= 0"),
+        ("promptdsi", {"d_model": 100, "num_heads": 3}, "d_model 100 must be divisible by num_heads 3"),
+    ],
+)  # fmt: skip
+def test_model_config_values_a_model_cannot_be_built_with_are_one_line(name, fields, message):
+    with pytest.raises(SemidError) as error:
+        model_config(name, fields, "--model-config")
+    assert one_line(error).startswith("--model-config: ") and message in one_line(error)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_model_limits_name_fields_and_rules_that_exist(name):
+    cls = model_class(name).config_class
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(getattr(cls, "LIMITS", {})) <= fields
+    assert set(getattr(cls, "LIMITS", {}).values()) <= set(RULES)
+    assert set(getattr(cls, "DIVIDES", ())) <= fields
+    config_from_dict(cls, TINY[name], "tiny")  # the tests' tiny configs are within the limits
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ('{"bogus": 1}', "'bogus'"),
+        ('{"dim": "wide"}', "field 'dim'"),
+        ('{"heads": 5}', "divisible"),
+    ],
 )
 def test_cli_model_config_errors_before_any_work(tmp_path, capsys, config, field):
     code = main(["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path / "idx"),
