@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from semid.cli.main import COMMANDS, selected_command
+from semid.cli.main import COMMANDS, main, selected_command
 from semid.models import BUILTIN_MODELS, available_models, model_class
 
 
@@ -113,3 +113,12 @@ def test_a_closed_pipe_ends_the_command_quietly():
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
+
+
+def test_train_retriever_help_shows_each_models_budget(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "retriever", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: None" not in text
+    assert "max epochs (default: 10 for promptdsi, 4 for avg)" in text
+    assert "--batch-size BATCH_SIZE default: 32 for promptdsi, 256 for avg" in text

@@ -11,17 +11,28 @@ from semid.errors import SemidError
 from semid.training import TrainConfig
 
 
-def add_training_arguments(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    """--epochs, --max-steps, --batch-size, --lr, --seed with the task's defaults."""
+def add_training_arguments(
+    p: argparse.ArgumentParser, defaults: TrainConfig | dict[str, TrainConfig]
+) -> None:
+    """--epochs, --max-steps, --batch-size, --lr, --seed with the task's defaults, or with each
+    model's (``{model: defaults}``: the flags default to None, and the help lists them)."""
+    per_model = defaults if isinstance(defaults, dict) else None
+    first = next(iter(per_model.values())) if per_model else defaults
+
+    def default(field: str) -> dict[str, object]:
+        if per_model is None:
+            return {"default": getattr(first, field), "help": "default: %(default)s"}
+        each = ", ".join(f"{getattr(d, field)} for {model}" for model, d in per_model.items())
+        return {"default": None, "help": f"default: {each}"}
+
+    epochs = default("max_epochs")
     p.add_argument(
-        "--epochs", type=int, default=defaults.max_epochs, help="max epochs (default: %(default)s)"
+        "--epochs", type=int, default=epochs["default"], help=f"max epochs ({epochs['help']})"
     )
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s"
-    )
-    p.add_argument("--lr", type=float, default=defaults.lr, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, **default("batch_size"))
+    p.add_argument("--lr", type=float, **default("lr"))
+    p.add_argument("--seed", type=int, default=first.seed, help="default: %(default)s")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip
 
 

@@ -65,9 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{Text2ImageSpec.quantizer} for images)",
     )
     add_device_argument(p)
-    add_training_arguments(p, document_train())
-    # each model has its own; see --help below
-    p.set_defaults(epochs=None, batch_size=None, lr=None)
+    add_training_arguments(p, {"promptdsi": document_train(), "avg": image_train()})
     p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
     p.add_argument(
         "--hold-out",
