@@ -323,6 +323,18 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
             {},
             "line 2: timestamp 'soon' is not integer seconds",
         ),
+        (  # the row to fix, not the first of the numbers beside it
+            "user,item,timestamp\n1,2,5\n1,3,6\n1,4,soon\n",
+            None,
+            {},
+            "line 4: timestamp 'soon' is not integer seconds",
+        ),
+        (
+            "user,item,timestamp\n1,2,5\n1,3,2024-01-01\n",
+            None,
+            {},
+            "mixes numbers (line 2: '5') and datetimes (line 3: '2024-01-01')",
+        ),
         ("user,item\n1,\n", None, {}, "line 2: empty item id"),
         (LOG, None, {"columns": "user=x"}, "no column 'x' (given for user)"),
         (LOG, None, {"columns": "usr=user"}, "unknown role(s) usr"),

@@ -272,11 +272,20 @@ def _mixed_datetimes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
     the first value that is no datetime raises, naming its row."""
     values = pd.Series(column.to_pylist())
     parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy())
-    if bad.size:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = np.flatnonzero((parsed.isna() & numbers.isna()).to_numpy())
+    if bad.size:  # neither form: the row to fix (not the first number of a column of numbers)
         raise SemidError(
             f"{path} {row_label(path, int(bad[0]))}: timestamp {values[bad[0]]!r} is not integer "
             "seconds, a decimal or an ISO 8601 datetime; fix the timestamp column"
+        )
+    number = np.flatnonzero(parsed.isna().to_numpy())
+    if number.size:  # every value reads one way or the other, but not all the same way
+        date = int(np.flatnonzero(parsed.notna().to_numpy())[0])
+        raise SemidError(
+            f"{path}: the timestamp column mixes numbers ({row_label(path, int(number[0]))}: "
+            f"{values[number[0]]!r}) and datetimes ({row_label(path, date)}: {values[date]!r}); "
+            "write every timestamp one way"
         )
     return _timestamps(pa.chunked_array([pa.array(parsed)]), path)
 
