@@ -121,6 +121,9 @@ def test_parse_columns_and_find_column(tmp_path: Path) -> None:
         parse_columns("user:uid")
     with pytest.raises(SemidError, match="twice"):
         parse_columns("user=a,user=b")
+    with pytest.raises(SemidError, match="gives column 'c' to both user and item"):
+        parse_columns("user=c,item=c")
+    assert parse_columns("item=title,text=title") == {"item": "title", "text": "title"}
     table = pa.table({"user_id:token": ["1"], "uid": ["2"], "x": ["3"]})
     with pytest.raises(SemidError, match="could all be the user"):
         find_column(table, "user", ("user_id", "uid"), "f.csv", "file")

@@ -171,6 +171,12 @@ def parse_columns(text: str | None) -> dict[str, str]:
             )
         if role in out:
             raise SemidError(f"--columns {text!r} names {role!r} twice; give each role once")
+        # an item's key may be its text too (titles as keys); other roles need their own column
+        same = next((other for other, column in out.items()
+                     if column == name and {other, role} != {"item", "text"}), None)  # fmt: skip
+        if same is not None:
+            raise SemidError(f"--columns {text!r} gives column {name!r} to both {same} and {role}; "
+                             "give each role its own column")  # fmt: skip
         out[role] = name
     return out
 
