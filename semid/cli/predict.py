@@ -118,9 +118,7 @@ def read_inputs(
     from (``--users FILE line N``)."""
     if args.user is not None:
         return [{"user": args.user}], [Origin()]
-    if (
-        args.history is not None and len(args.history) > 1
-    ):  # one key per argument, as the shell split them
+    if args.history is not None and len(args.history) > 1:  # one key per argument, as given
         return [{"history": args.history}], [Origin()]
     if args.history is not None:
         keys, split = parse_history(args.history[0], "--history")
