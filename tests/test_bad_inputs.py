@@ -818,6 +818,8 @@ cases(
         ("train-index-codes-float", "codes.safetensors", rec_on(lambda e: e.tmp / "out", index=damaged_index(float_codes))),
         ("train-index-not-an-index", "junk", rec_on(lambda e: e.tmp / "out", index=lambda e: e.write("junk/a.txt", "a").parent)),
         ("train-index-of-other-items", "not in the index", rec_on(lambda e: e.tmp / "out", index=Env.index)),
+        ("train-out-inside-index", "is inside --index", rec_on(lambda e: Env.index(e) / "run", index=Env.index)),
+        ("build-out-is-a-runs-index", "is the index of the run", lambda e: [*build_args()(e)[:-2], "--out", str(e.rec() / "index")]),
         (
             "train-recommender-other-model",
             "mmgrec",

@@ -25,7 +25,7 @@ from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, added_texts
 from semid.locking import write_lock
 from semid.ranking import Ranker, Ranking
-from semid.runs import MANIFEST, Run, load_run, read_manifest, read_run_config
+from semid.runs import MANIFEST, PARTS, Run, load_run, read_manifest, read_run_config
 
 _TASKS: dict[str, Task] = {}
 # built-in tasks: name -> the module whose import registers it
@@ -80,7 +80,12 @@ class EvalOptions:
 def check_index_out(out: Path) -> None:
     """Refuse an ``--out`` that holds something other than an index: the build replaces the whole
     folder, so a run or the user's own files in it would be lost. An empty folder, an index (it holds
-    ``codes.safetensors``) or what is left of a damaged one (index files only) may be replaced."""
+    ``codes.safetensors``) or what is left of a damaged one (index files only) may be replaced,
+    unless it is a trained run's own index, which its model was trained on."""
+    run = out.resolve().parent
+    if (run / MANIFEST).is_file() and out.resolve() == run / PARTS["index"]:
+        raise SemidError(f"--out {out} is the index of the run {run}, which its model was "
+                         "trained on; build the new index elsewhere and train a run on it")  # fmt: skip
     if not out.is_dir() or (out / "codes.safetensors").is_file():
         return
     strangers = sorted(p.name for p in out.iterdir() if p.name not in {*INDEX_FILES, QUANTIZER_DIR})
@@ -112,6 +117,8 @@ class Task(ABC):
         seconds, valid metrics). A folder holding another task's or model's run is refused before
         anything in it changes."""
         out = Path(out)
+        if index is not None:
+            check_out_beside_index(out, Path(index))
         if not is_main_process():  # ranks > 0 of a launched job train beside rank 0, which writes
             return self._train(spec, out, index, resume, device)
         with write_lock(out, f"run {out}"):
@@ -170,6 +177,15 @@ class Task(ABC):
     def spec_of(self, run: Run) -> Any:
         """The run's spec as this task's typed dataclass."""
         return config_from_dict(self.spec_class, run.spec, f"{run.path}/config.json")
+
+
+def check_out_beside_index(out: Path, index: Path) -> None:
+    """SemidError if ``out`` is the ``--index`` folder or inside it: the run would be written into
+    the index it copies (a copy of a folder into itself never ends)."""
+    inside, folder = out.resolve(), index.resolve()
+    if inside == folder or folder in inside.parents:
+        raise SemidError(f"--out {out} is inside --index {index}; choose an --out outside the index "
+                         "folder (the run keeps its own copy of the index)")  # fmt: skip
 
 
 BODY_FIELDS = {"user": "users", "history": "histories", "query": "queries"}  # serve's body fields
