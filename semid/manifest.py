@@ -18,6 +18,28 @@ MANIFEST = "manifest.json"
 RUN_CONFIG = "config.json"
 METRICS = "metrics.json"
 PARTS = {"index": "index", "model": "model"}
+# what a run folder holds besides its manifest (an interrupted run may hold these without one)
+RUN_ENTRIES = {
+    *PARTS.values(),
+    "train",
+    RUN_CONFIG,
+    METRICS,
+    "eval_queries.json",  # retrieve
+    "later.jsonl",  # retrieve
+}
+
+
+def check_out_of_run(out: str | os.PathLike, run: str | os.PathLike) -> None:
+    """SemidError if an output file ``out`` would replace a part of the run (its manifest, config,
+    metrics, index, model or checkpoints); any other place, in the run folder too, is fine."""
+    inside = Path(out).resolve()
+    folder = Path(run).resolve()
+    if folder not in inside.parents:
+        return
+    part = inside.relative_to(folder).parts[0]
+    if part in RUN_ENTRIES or part == MANIFEST:
+        raise SemidError(f"--out {out} is part of the run {run} ({part}); write the answers to "
+                         "another file")  # fmt: skip
 
 
 def read_manifest(run: str | os.PathLike) -> dict[str, Any]:

@@ -677,6 +677,8 @@ cases(
         ("predict-users-unknown-line", "users.txt line 3: unknown user 'ghost'", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "\n  \nghost\n")))(e)),
         ("predict-out-under-file", "plain-file", lambda e: on_rec(PREDICT, lambda r: None, "--user", "1", "--out", e.file_under_file("p.jsonl"))(e)),
         ("predict-out-is-folder", "is a folder", lambda e: on_rec(PREDICT, lambda r: None, "--history", "1,50", "--out", str(e.tmp))(e)),
+        ("predict-out-is-run-config", "is part of the run", lambda e: on_rec(PREDICT, lambda r: None, "--history", "1,50", "--out", str(e.rec() / "config.json"))(e)),
+        ("predict-out-in-run-model", "(model)", lambda e: on_rec(PREDICT, lambda r: None, "--history", "1,50", "--out", str(e.rec() / "model" / "p.jsonl"))(e)),
         ("predict-out-in-proc", "/proc/semid-p.jsonl", on_rec(PREDICT, lambda r: None, "--history", "1,50", "--out", "/proc/semid-p.jsonl")),
         ("predict-no-manifest", "manifest.json", on_rec(PREDICT, rm("manifest.json"), "--user", "1")),
         ("predict-data-changed-slice", "users", on_rec(PREDICT, lambda r: set_key(r / "config.json", ["spec", "users"], -1), "--user", "1")),

@@ -140,6 +140,17 @@ def test_a_user_with_texts_reads_the_registered_dataset_once(run, predictor, tmp
     assert loads == ["ml-100k"]
 
 
+def test_answers_may_go_in_the_run_folder_but_not_over_its_parts(run, capsys):
+    preds = run / "preds.jsonl"
+    assert main(["predict", str(run), "--history", "1,50", "--out", str(preds)]) == 0
+    assert len(read_jsonl(preds)) == 1
+    preds.unlink()
+    config = (run / "config.json").read_bytes()
+    assert main(["predict", str(run), "--history", "1,50", "--out", str(run / "config.json")]) == 2
+    assert "is part of the run" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config
+
+
 def test_histories_as_json_lists_and_files_answer_what_history_answers(run, tmp_path, capsys):
     """A history as a JSON list (keys may hold commas) and each line format of --histories give the
     answers of the comma-separated --history."""

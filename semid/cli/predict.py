@@ -22,7 +22,7 @@ from semid.data.documents import QUERY_FIELDS
 from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
-from semid.manifest import read_manifest
+from semid.manifest import check_out_of_run, read_manifest
 from semid.progress import progress_bar
 from semid.wording import counted
 
@@ -242,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_file(args.out)
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
+    if args.out is not None:
+        check_out_of_run(args.out, args.run_dir)
     from semid.tasks import load_predictor
 
     predictor = load_predictor(args.run_dir, args.device)

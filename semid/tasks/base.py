@@ -24,6 +24,7 @@ from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, added_texts
 from semid.locking import write_lock
+from semid.manifest import RUN_ENTRIES
 from semid.ranking import Ranker, Ranking
 from semid.runs import MANIFEST, PARTS, Run, load_run, read_manifest, read_run_config
 
@@ -33,16 +34,6 @@ BUILTIN_TASKS = {
     "recommend": "semid.tasks.recommend",
     "retrieve": "semid.tasks.retrieve",
     "text2image": "semid.tasks.text2image",
-}
-# what an interrupted run may already hold before its manifest is written
-RUN_ENTRIES = {
-    "index",
-    "train",
-    "model",
-    "config.json",
-    "metrics.json",
-    "eval_queries.json",
-    "later.jsonl",
 }
 
 
