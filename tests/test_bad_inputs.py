@@ -842,6 +842,7 @@ cases(
                 str(e.rec()),
             ],
         ),
+        ("add-folder-to-rec-run", "is a folder; give a file", lambda e: on_rec(["index", "add"], lambda r: None, "--items", str(e.tmp))(e)),
         (
             "add-tsv-not-utf8-to-run",
             "new.tsv",

@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the items (or documents), add them, report their IDs."""
+    from semid.ids import SemanticIDs
     from semid.indexing import add_items
     from semid.tasks import task_of_run
     from semid.tasks.items import read_new_items
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             f"keeps the image encoder and model: semid index add {run_dir} --items {args.items}"
         )
     else:
-        keys, x, texts = read_new_items(args.items, args.keys, args.encoder)
+        indexed = SemanticIDs.load(args.target)  # its keys are checked before any text is embedded
+        keys, x, texts = read_new_items(args.items, args.keys, args.encoder, indexed=indexed)
         ids, codes = add_items(args.target, keys, x, texts=texts)
         summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
     if "codes" in summary:

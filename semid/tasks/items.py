@@ -189,6 +189,9 @@ def read_new_items(
     gzipped, or a ``.tsv`` whose header starts with an item column; ``columns``: the run's
     ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines. Keys already in
     ``indexed`` are refused before any text is embedded."""
+    if Path(path).is_dir():
+        raise SemidError(f"--items {path} is a folder; give a file of item texts (CSV, TSV, JSON "
+                         "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "jsonl"):
         return *load_embeddings(path, keys), None
