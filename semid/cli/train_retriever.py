@@ -36,6 +36,8 @@ EXAMPLE = (
     "  semid train retriever --dataset my_docs.jsonl --model promptdsi --out runs/mine   # {id, text, queries?} per line\n"
     "  semid train retriever --dataset fashion-mnist --model avg --out runs/fmnist"
 )
+# each model's training defaults: the flags' help and the budget of a run both read them here
+MODEL_TRAINING = {"promptdsi": document_train, "avg": image_train}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{Text2ImageSpec.quantizer} for images)",
     )
     add_device_argument(p)
-    add_training_arguments(p, {"promptdsi": document_train(), "avg": image_train()})
+    add_training_arguments(p, {model: defaults() for model, defaults in MODEL_TRAINING.items()})
     p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
     p.add_argument(
         "--hold-out",
@@ -111,10 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     model_config = parse_json_object(args.model_config, "--model-config")
     check_count("--num-beams", args.num_beams)  # None: the model's default (0 is not "unset")
+    defaults = MODEL_TRAINING[args.model]()
+    budget = _budget(args, defaults)
     if args.model == "avg":
         spec = Text2ImageSpec(
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
-            train=training_config(_budget(args, image_train()), image_train()),
+            train=training_config(budget, defaults),
             quantizer=Text2ImageSpec.quantizer if args.quantizer is None else args.quantizer, num_beams=Text2ImageSpec.num_beams if args.num_beams is None else args.num_beams,
             # an explicit --epochs is kept as given
             min_steps=Text2ImageSpec.min_steps if args.epochs is None else 0,
@@ -132,12 +136,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")
-    budget = _budget(args, document_train())
     check_count("--add-epochs", args.add_epochs)
     check_rate("--prompt-lr", args.prompt_lr)
     spec = RetrieveSpec(
         dataset=resolve_dataset(args.dataset), model_config=model_config, seed=args.seed,
-        train=training_config(budget, document_train()),
+        train=training_config(budget, defaults),
         add_train=dataclasses.replace(training_config(budget, document_add_train()), max_epochs=args.add_epochs, max_steps=None,
                                       lr=args.prompt_lr),
         quantizer=RetrieveSpec.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
