@@ -10,11 +10,13 @@ import json
 import random
 import shlex
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _semid_cli import saved_metrics, semid
+from _semid_cli import ENV, command, finish, saved_metrics, semid
 from test_cli_subprocess import TINY_PROMPTDSI, write_class_folders
 
 from semid.cli.main import main
@@ -372,3 +374,28 @@ def test_a_grown_log_counts_events_on_items_the_items_file_lacks(tmp_path, monke
     assert "m3" not in answer["keys"]  # the new event on an indexed item counts as seen
     err = capsys.readouterr().err
     assert "changed since training" in err and "2 events on items outside the run's index" in err
+
+
+def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tmp_path):
+    """Ctrl-C (SIGINT) in `semid train`, in a fresh process: exit 130, one line saying how to carry
+    on, no traceback; the same command then resumes from the last checkpoint and finishes."""
+    write_interactions(tmp_path, users=60)
+    semid("index", "build", "--dataset", "interactions.csv", "--out", "index", cwd=tmp_path)
+    train = [*command(), "train", "recommender", "--dataset", "interactions.csv", "--index",
+             "index", "--model", "sasrec", "--out", "run", "--epochs", "200", "--batch-size", "8"]  # fmt: skip
+    env = ENV | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(train, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen = []
+    while not (line := proc.stdout.readline()).startswith("epoch 3,"):
+        assert line, "".join(seen)  # the command ended before its third epoch
+        seen.append(line)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest
+    assert "run the same command again to resume from the last checkpoint" in rest
+    again = finish(subprocess.Popen([*train, "--epochs", "4"], cwd=tmp_path, env=ENV,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    assert "resuming from step" in again.stdout + again.stderr
+    assert (tmp_path / "run" / "config.json").is_file()

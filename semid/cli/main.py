@@ -121,6 +121,7 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
+    args = None
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         # argument types may raise SemidError (--columns)
@@ -132,8 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"semid: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        resume = ""
+        if hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
+            resume = "; run the same command again to resume from the last checkpoint"
         print(
-            "semid: interrupted; artifacts written before the interruption are intact",
+            f"semid: interrupted; artifacts written before the interruption are intact{resume}",
             file=sys.stderr,
         )
         return 130
