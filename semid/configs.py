@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -122,6 +123,8 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SemidError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):  # JSON's NaN and Infinity, which Python's json accepts
+            raise SemidError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

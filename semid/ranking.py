@@ -13,6 +13,7 @@ clamped to at least ``k`` here and nowhere else.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -92,8 +93,8 @@ def ranker_for(model: Any, ids: SemanticIDs, num_beams: int | None = None,
                 "--item-mix needs a generator trained with an item head (item_loss > 0; "
                 "PromptDSI: rank_loss > 0)"
             )
-        if item_mix is not None and item_mix < 0:
-            raise SemidError(f"--item-mix must be >= 0, got {item_mix}")
+        if item_mix is not None and not (math.isfinite(item_mix) and item_mix >= 0):
+            raise SemidError(f"--item-mix must be a finite number >= 0, got {item_mix}")
         mix = getattr(model.config, "item_mix", 0.0) if item_mix is None else item_mix
         lexical = getattr(model.config, "lexical_mix", 0.0) if lexical_mix is None else lexical_mix
         if model.has_item_head() and (mix > 0 or lexical > 0):

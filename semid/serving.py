@@ -29,6 +29,7 @@ import asyncio
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -143,8 +144,10 @@ class BatchingPredictor:
     ) -> None:
         if not _is_int(max_batch) or max_batch < 1:
             raise SemidError(f"max_batch (--max-batch) must be an integer >= 1, got {max_batch!r}")
-        if max_wait_ms < 0:
-            raise SemidError(f"max_wait_ms (--max-wait-ms) must be >= 0, got {max_wait_ms!r}")
+        if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
+            raise SemidError(
+                f"max_wait_ms (--max-wait-ms) must be a finite number >= 0, got {max_wait_ms!r}"
+            )
         self.predictor = predictor
         self.workers = [predictor, *(replicas or [])]
         self.max_batch = max_batch

@@ -3,6 +3,8 @@ indexed images, exact against exhaustive scoring), learning on a toy task, save/
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -299,8 +301,9 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
         run, EvalOptions(ks=(5, 10), split="test", batch_size=8, item_mix=0.0)
     )
     assert beams_only["invalid_id_rate"] == 0.0
-    with pytest.raises(SemidError, match="item-mix must be >= 0"):
-        task.evaluate(run, EvalOptions(ks=(5,), split="test", item_mix=-1.0))
+    for bad in (-1.0, math.nan, math.inf):  # nan would rank by nan and report its metrics
+        with pytest.raises(SemidError, match="item-mix must be a finite number >= 0"):
+            task.evaluate(run, EvalOptions(ks=(5,), split="test", item_mix=bad))
 
 
 def test_indexed_image_embeddings_are_cached_until_the_weights_or_images_change():

@@ -159,8 +159,9 @@ def test_item_mix_override_is_checked():
     model = make(ids, item_mix=1.0)
     assert type(ranker_for(model, ids, 4, item_mix=0.0)) is BeamRanker
     assert ranker_for(model, ids, 4, item_mix=2.0).mix == 2.0
-    with pytest.raises(SemidError, match="must be >= 0"):
-        ranker_for(model, ids, 4, item_mix=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(SemidError, match="must be a finite number >= 0"):
+            ranker_for(model, ids, 4, item_mix=bad)
     with pytest.raises(SemidError, match="item head"):
         ranker_for(make(ids, item_loss=0.0), ids, 4, item_mix=1.0)
 

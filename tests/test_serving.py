@@ -257,8 +257,9 @@ def test_a_failing_predict_call_fails_only_its_group_and_the_worker_survives():
 def test_batching_predictor_rejects_bad_settings_and_input():
     with pytest.raises(SemidError, match="max-batch"):
         BatchingPredictor(FakePredictor(), max_batch=0)
-    with pytest.raises(SemidError, match="max-wait-ms"):
-        BatchingPredictor(FakePredictor(), max_wait_ms=-1)
+    for bad in (-1, float("nan"), float("inf")):  # nan and inf would wait forever
+        with pytest.raises(SemidError, match="max-wait-ms"):
+            BatchingPredictor(FakePredictor(), max_wait_ms=bad)
     batcher = BatchingPredictor(FakePredictor())
     with pytest.raises(SemidError, match=r"users\[1\]: unknown user"):
         batcher.validate([{"user": "u1"}, {"user": "x"}], 5, field="users")

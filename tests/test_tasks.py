@@ -97,6 +97,10 @@ def test_model_config_json_errors_are_one_line():
         ("avg", {"temperature": 0}, "field 'temperature' must be > 0"),
         ("promptdsi", {"prompt_layer": -1}, "field 'prompt_layer' must be >= 0"),
         ("promptdsi", {"d_model": 100, "num_heads": 3}, "d_model 100 must be divisible by num_heads 3"),
+        # JSON's NaN and Infinity parse in Python: refused for every float field
+        ("mmgrec", {"item_loss": float("nan")}, "field 'item_loss' must be a finite number, got nan"),
+        ("mmgrec", {"item_mix": float("inf")}, "field 'item_mix' must be a finite number, got inf"),
+        ("sasrec", {"dropout": float("nan")}, "field 'dropout' must be a finite number"),
     ],
 )  # fmt: skip
 def test_model_config_values_a_model_cannot_be_built_with_are_one_line(name, fields, message):
@@ -121,6 +125,7 @@ def test_model_limits_name_fields_and_rules_that_exist(name):
         ('{"bogus": 1}', "'bogus'"),
         ('{"dim": "wide"}', "field 'dim'"),
         ('{"heads": 5}', "divisible"),
+        ('{"item_loss": NaN}', "field 'item_loss' must be a finite number"),
     ],
 )
 def test_cli_model_config_errors_before_any_work(tmp_path, capsys, config, field):
