@@ -275,6 +275,10 @@ def test_collection_table_of_paths_and_captions(tmp_path):
     "content, words",
     [
         ("path,caption\nmissing.png,x\n", "line 2: image"),
+        (
+            "path,caption\nimgs/a.png,x\nhttps://example.com/b.jpg,y\n",
+            "line 3: image https://example.com/b.jpg is a URL",
+        ),
         ("path,note\nimgs/a.png,x\n", "needs a caption column"),
         (
             "file,caption\nimgs/a.png,x\nimgs/a.png,y\n",

@@ -147,6 +147,11 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
                 f"{path} {row_label(path, row)} repeats {key!r} (first at {row_label(path, first)}{spelt}); list each image once"
             )
         seen[same] = row
+        if "://" in key:  # https://..., s3://...
+            raise SemidError(
+                f"{path} {row_label(path, row)}: image {key} is a URL; semid reads local files "
+                "only: download the images and list their paths"
+            )
         file = path.parent / key
         if not file.is_file():
             raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
