@@ -72,6 +72,12 @@ def write_lock(
             _held[lock] -= 1
         return
     check_writable(lock)
+    try:  # made here, not by filelock, which reads a file it cannot create as a lock held
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as e:  # a read-only folder, or a pseudo file system such as /proc
+        raise SemidError(
+            f"cannot write {what}: {e.strerror} ({lock}); write it to a folder you can write to"
+        ) from None
     file_lock = FileLock(lock)
     try:
         file_lock.acquire(timeout=timeout)

@@ -370,6 +370,8 @@ cases(
         ("build-out-is-file", "plain-file", lambda e: [*build_args()(e)[:-2], "--out", str(e.write("plain-file", "x"))]),
         ("build-plot-under-file", "plain-file", lambda e: build_args("--plot", e.file_under_file("u.png"))(e)),
         ("build-plot-not-png", "--plot", build_args("--plot", "usage.txt")),
+        # /proc takes no new file: no lock can be made there (it read as a lock held by another process)
+        ("build-out-in-proc", "cannot write index /proc/semid-idx", lambda e: [*build_args()(e)[:-2], "--out", "/proc/semid-idx"]),
         ("build-interactions-non-graph", "--interactions", lambda e: build_args("--interactions", interactions_csv(e))(e)),
         ("build-popularity-without-dataset", "--collisions", build_args("--collisions", "popularity")),
         (

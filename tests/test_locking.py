@@ -180,3 +180,12 @@ def test_figures_of_a_run_changed_during_its_evaluation_are_refused(tmp_path):
     with pytest.raises(SemidError, match="changed while it was evaluated .*evaluate it again$"):
         update_metrics(run, "valid", {"ndcg@10": 0.1}, evaluated)
     assert read_metrics(run) == {"test": {"ndcg@10": 0.2}}
+
+
+@pytest.mark.parametrize("folder", ["/proc/semid-lock-test", "/sys/semid-lock-test"])
+def test_a_folder_where_no_lock_can_be_made_is_one_clear_error(folder):
+    """/proc takes no new file and /sys refuses even root: a write there is refused by name, not
+    reported as another writer's lock (/proc) or raised as a PermissionError (/sys)."""
+    with pytest.raises(SemidError, match=f"cannot write run {folder}: .*a folder you can write to"):
+        with write_lock(folder, f"run {folder}"):
+            pass
