@@ -264,6 +264,11 @@ cases(
         ("usage-serve-port-text", "--port", lambda e: ["serve", NOWHERE, "--port", "http"]),
         ("usage-ret-model", "--model", ret_args("--model", "bert")),
         ("usage-unknown-command", "index", lambda e: ["index", "remove", NOWHERE]),
+        # an empty argument ("$RUN" unset) would name the current folder: a dataset to scan, an --out to fill
+        ("empty-dataset", "empty argument after --dataset", lambda e: ["index", "build", "--dataset", "", "--out", str(e.tmp / "o")]),
+        ("empty-out", "empty argument after --out", lambda e: ["index", "build", "--dataset", "ml-100k", "--out", ""]),
+        ("empty-out-equals", "--out is given an empty value", lambda e: ["index", "build", "--dataset", "ml-100k", "--out="]),
+        ("empty-run", "empty argument after eval", lambda e: ["eval", ""]),
         ("columns-no-equals", "--columns", rec_args("--columns", "user")),
         ("columns-twice", "--columns", rec_args("--columns", "user=a,user=b")),
     ]

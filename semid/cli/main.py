@@ -83,6 +83,16 @@ def selected_command(argv: Sequence[str]) -> tuple[str, str | None] | None:
     return None
 
 
+def check_no_empty_argument(argv: Sequence[str]) -> None:
+    """SemidError at the first empty argument (``--out ""`` or ``--out=``), which is almost always an
+    unset shell variable (``--out "$RUN"``) and would otherwise name the current folder."""
+    for i, arg in enumerate(argv):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            after = "" if arg else f" after {argv[i - 1]}" if i else ""
+            flag = f"{arg[:-1]} is given an empty value" if arg else f"empty argument{after}"
+            raise SemidError(f"{flag} (an unset shell variable?); give it a value")
+
+
 def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:
     """The argument parser; only command ``load`` (a ``selected_command``) gets its arguments.
 
@@ -124,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        check_no_empty_argument(argv)
         # argument types may raise SemidError (--columns)
         args = build_parser(selected_command(argv)).parse_args(argv)
         if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
