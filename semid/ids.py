@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -125,6 +126,13 @@ class SemanticIDs:
         if missing:
             raise SemidError(f"{len(missing)} unknown item keys, e.g. {missing[0]!r}")
         return torch.tensor([self._row_of_key[k] for k in keys], dtype=torch.long)
+
+    def sha256(self) -> str:
+        """A content hash of the keys, their IDs and the codebook sizes: two indexes that map every
+        key to the same ID hash alike (a model trained on one fits the other)."""
+        h = hashlib.sha256(json.dumps([self.keys, list(self.codebook_sizes)]).encode("utf-8"))
+        h.update(self.codes.to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def trie(self, codebook_sizes: Sequence[int] | None = None) -> PrefixTrie:
         """A PrefixTrie over all IDs (for constrained decoding), with the index's codebook sizes or

@@ -97,3 +97,29 @@ def test_an_index_of_other_images_is_refused_before_training(tmp_path, tiny_imag
         "was built from other images than tiny-cli-other with seed 0 (it indexes 'test/0')" in err
     )
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_builds_its_own_index_can_be_run_again(
+    tmp_path, tiny_images, capsys, monkeypatch
+):
+    """Without --index, train builds the index beside its checkpoints and puts it in the run with
+    the model: the same command again resumes (it was refused as building over the run's own index),
+    and a retrain stopped before the end leaves the earlier run's index as it was."""
+    run = tmp_path / "run"
+    train = ["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--quantizer",
+             "voken:2x4,hidden=16,latent=4", "--epochs", "1", "--batch-size", "32", "--out", str(run)]  # fmt: skip
+    assert main(train) == 0
+    assert (run / "index" / "keys.json").is_file() and not (run / "train" / "index").exists()
+    capsys.readouterr()
+    assert main(train) == 0
+    assert "resuming from step" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in (run / "index").iterdir() if p.is_file()}
+    import semid.tasks.text2image as text2image
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(text2image, "train_model", stopped)
+    assert main([*train[:-2], "--seed", "1", "--out", str(run)]) == 130  # another index, stopped
+    assert {p.name: p.read_bytes() for p in (run / "index").iterdir() if p.is_file()} == before

@@ -139,3 +139,16 @@ def test_a_damaged_index_names_the_fix_for_where_it_is(tmp_path):
         SemidError, match=r"copy back the index run .*run was trained with, or retrain"
     ):
         SemanticIDs.load(tmp_path / "run" / "index")
+
+
+def test_sha256_names_the_mapping_from_keys_to_ids():
+    codes = torch.tensor([[0, 1], [1, 1], [2, 0]])
+    ids = SemanticIDs.from_codes(["a", "b", "c"], codes, [4, 4], "extra-level")
+    same = SemanticIDs.from_codes(["a", "b", "c"], codes.clone(), [4, 4], "extra-level")
+    assert ids.sha256() == same.sha256()
+    moved = SemanticIDs.from_codes(
+        ["a", "b", "c"], torch.tensor([[0, 1], [1, 2], [2, 0]]), [4, 4], "extra-level"
+    )
+    renamed = SemanticIDs.from_codes(["a", "b", "d"], codes, [4, 4], "extra-level")
+    wider = SemanticIDs.from_codes(["a", "b", "c"], codes, [4, 8], "extra-level")
+    assert len({ids.sha256(), moved.sha256(), renamed.sha256(), wider.sha256()}) == 4

@@ -399,3 +399,20 @@ def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tm
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
     assert "resuming from step" in again.stdout + again.stderr
     assert (tmp_path / "run" / "config.json").is_file()
+
+
+def test_a_training_run_again_on_changed_data_does_not_resume_its_checkpoints(tmp_path):
+    """The same train command after the log changed: the checkpoints learned from the old data, so
+    resuming them is refused with the reason (fresh processes); --no-resume starts over."""
+    write_interactions(tmp_path)
+    semid("index", "build", "--dataset", "interactions.csv", "--out", "index", cwd=tmp_path)
+    train = ["train", "recommender", "--dataset", "interactions.csv", "--index", "index",
+             "--model", "sasrec", "--out", "run", "--batch-size", "8"]  # fmt: skip
+    semid(*train, "--epochs", "1", cwd=tmp_path)
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,m3,9999999\n")
+    err = semid(*train, "--epochs", "2", cwd=tmp_path, expect=2).stderr
+    assert "checkpoints were trained on other data (data '" in err and "--no-resume" in err
+    assert len(err.strip().splitlines()) == 1
+    done = semid(*train, "--epochs", "2", "--no-resume", cwd=tmp_path)
+    assert "resuming" not in done.stdout + done.stderr

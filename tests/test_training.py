@@ -225,6 +225,33 @@ def test_resume_false_starts_over_and_finished_run_is_not_extended(tmp_path):
     assert_same_weights(weights(first), weights(fresh))
 
 
+def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
+    """``trained_on`` (the caller's stamp of its data) must match the checkpoints' to resume; a
+    checkpoint without a stamp (an older version's) resumes unchecked; resume=False starts over."""
+    stamp = {"data": "a" * 64, "ids": "b" * 64, "users": None}
+    Trainer(
+        make_model(), make_dataset(60), tiny_config(max_steps=3), tmp_path, trained_on=stamp
+    ).fit()
+    again = Trainer(
+        make_model(), make_dataset(60), tiny_config(max_steps=5), tmp_path, trained_on=stamp
+    )
+    assert again.fit().steps == 5 and "resuming from step 3" in again.notes[0]
+    other = {**stamp, "data": "c" * 64}
+    changed = Trainer(
+        make_model(), make_dataset(60), tiny_config(max_steps=7), tmp_path, trained_on=other
+    )
+    with pytest.raises(
+        SemidError, match="trained on other data .data 'aaaaaaaaaaaa...' -> 'cccccccccccc...'"
+    ):
+        changed.fit()
+    assert changed.fit(resume=False).steps == 7  # and the new stamp is kept
+    assert Trainer(make_model(), make_dataset(60), tiny_config(max_steps=8), tmp_path,
+                   trained_on=other).fit().steps == 8  # fmt: skip
+    (tmp_path / "trained_on.json").unlink()  # as written before stamps existed
+    assert Trainer(make_model(), make_dataset(60), tiny_config(max_steps=9), tmp_path,
+                   trained_on=stamp).fit().steps == 9  # fmt: skip
+
+
 def test_max_steps_stops_mid_epoch_evaluates_and_refuses_changed_batch_size(tmp_path):
     evaluate = accuracy_eval(make_dataset(20, seed=1))
     config = tiny_config(max_steps=5)

@@ -60,6 +60,15 @@ def fingerprint(*names: str | None) -> str | None:
     return content_sha256(paths) if paths else None
 
 
+def trained_on(data_sha256: str | None, dataset: str, ids_sha256: str, spec: Any,
+               fields: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """What a run's training checkpoints learn from, checked when training resumes (see
+    `semid.training.Trainer`): the data's content hash (a registered dataset's name), the IDs'
+    hash (``SemanticIDs.sha256``) and the spec's ``fields`` that shape the examples."""
+    return {"data": data_sha256 or dataset, "ids": ids_sha256,
+            **{name: getattr(spec, name) for name in fields}}  # fmt: skip
+
+
 def check_fingerprint(run: Any, *names: str | None) -> None:
     """SemidError unless the run's data files still exist; DataChanged unless they hash to what
     training recorded."""

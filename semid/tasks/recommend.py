@@ -44,7 +44,13 @@ from semid.models import is_generator, save_model
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, replacing_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
-from semid.tasks.data import DataChanged, check_fingerprint, data_stamp, fingerprint
+from semid.tasks.data import (
+    DataChanged,
+    check_fingerprint,
+    data_stamp,
+    fingerprint,
+    trained_on,
+)
 from semid.tasks.items import (
     INTERACTION_VECTORS,
     build_item_index,
@@ -60,6 +66,8 @@ from semid.training import train_model
 from semid.wording import counted
 
 SPLITS = ("valid", "test")
+# the spec's fields, besides the data and the IDs, that shape the training examples
+SPLIT_FIELDS = ("columns", "missing_text", "min_interactions", "users")
 
 
 class RecommendTask(Task):
@@ -118,7 +126,8 @@ class RecommendTask(Task):
         if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
         if getattr(model, "trainable", True):
-            result = self._fit(model, spec, ids, data, out, resume, device)
+            stamp = trained_on(state["data_sha256"], spec.dataset, ids.sha256(), spec, SPLIT_FIELDS)
+            result = self._fit(model, spec, ids, data, out, resume, device, stamp)
             started -= result.resumed_after_s  # train_seconds counts the earlier processes too
             summary = {"steps": result.steps, "epochs": result.epochs,
                        "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
@@ -138,7 +147,7 @@ class RecommendTask(Task):
         return summary
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
-             resume: bool, device: str):  # fmt: skip
+             resume: bool, device: str, stamp: dict[str, Any]):  # fmt: skip
         if getattr(model, "train_format", "target") == "sequence":
             dataset = SequenceDataset(data, training_window(model, spec.max_history))
         else:
@@ -156,7 +165,7 @@ class RecommendTask(Task):
 
         collate = CodeCollator(dataset.collate, codes)
         return train_model(
-            model, dataset, spec.train, out / "train", validate, collate, resume, device
+            model, dataset, spec.train, out / "train", validate, collate, resume, device, stamp
         )
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:

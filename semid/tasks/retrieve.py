@@ -70,6 +70,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
 )
+from semid.tasks.data import trained_on
 from semid.tasks.specs import RetrieveSpec
 from semid.training import TrainResult, train_model
 from semid.training.checkpoints import (
@@ -83,6 +84,8 @@ EVAL_QUERIES = "eval_queries.json"
 LATER = "later.jsonl"
 DOCUMENT_EMBEDDINGS = "document_embeddings.safetensors"  # in the index folder, row i = index row i
 LEXICAL = "lexical.safetensors"  # BM25 term counts of the documents, in the index folder
+# the spec's fields, besides the corpus and the IDs, that shape the training examples
+SPLIT_FIELDS = ("max_docs", "hold_out", "test_fraction", "seed")
 # training documents whose queries choose the ranking mix instead
 VALID_SHARE, MAX_VALID = 0.1, 1000
 
@@ -399,7 +402,8 @@ class RetrieveTask(Task):
         started = time.perf_counter()
         result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
             model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
-            resume=resume, device=device))  # fmt: skip
+            resume=resume, device=device, trained_on=trained_on(coll.sha256, spec.dataset, ids.sha256(),
+                                                                spec, SPLIT_FIELDS)))  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
                    "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept}  # fmt: skip

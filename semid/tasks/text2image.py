@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from semid.tasks.base import (
     query_input,
     register_task,
 )
-from semid.tasks.data import check_fingerprint, fingerprint
+from semid.tasks.data import check_fingerprint, fingerprint, trained_on
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
 from semid.training import TrainConfig, train_model
 from semid.wording import counted
@@ -256,11 +257,13 @@ class Text2ImageTask(Task):
     def _train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
               resume: bool = True, device: str = 'auto') -> dict:  # fmt: skip
         """Train the generator on (query wording, training image ID) pairs; without ``index`` a
-        ``spec.quantizer`` index is built into ``out/index`` first."""
+        ``spec.quantizer`` index is built into ``out/train/index`` first."""
         check_output_folder(out)
         splits = load_image_splits(spec.dataset, spec.seed)
-        if index is None:
-            index = out / "index"
+        built = index is None
+        if built:  # built beside the checkpoints; the run's index is replaced at the end, with the
+            # model, so the earlier run stays whole until then (and is never built over)
+            index = out / "train" / "index"
             self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder),
                              spec.quantizer, index, "extra-level", spec.seed)  # fmt: skip
         ids = SemanticIDs.load(index)
@@ -282,7 +285,10 @@ class Text2ImageTask(Task):
         )
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
         started = time.perf_counter()
-        result = train_model(model, pairs, train, out / "train", resume=resume, device=device)
+        data_sha256 = fingerprint(spec.dataset)
+        stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, ("seed",))
+        result = train_model(model, pairs, train, out / "train", resume=resume, device=device,
+                             trained_on=stamp)  # fmt: skip
         summary = {"train_images": len(splits.train), "indexed_images": len(ids),
                    "image_size": splits.train.images.shape[-1]}  # fmt: skip
         if splits.train.class_names:  # a captions-only collection has none
@@ -299,8 +305,10 @@ class Text2ImageTask(Task):
                 out,
                 self.name,
                 spec,
-                {"train_steps": result.steps, "data_sha256": fingerprint(spec.dataset)},
+                {"train_steps": result.steps, "data_sha256": data_sha256},
             )
+        if built:  # the run holds its copy now; a rerun builds it again
+            shutil.rmtree(index)
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:

@@ -25,14 +25,22 @@ def train_model(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     resume: bool = True,
     device: str = "auto",
+    trained_on: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fit ``model`` with :class:`Trainer` (checkpoints in ``out_dir``, resumed unless ``resume`` is
-    False) on ``device`` (see :class:`Trainer`) and load the best weights into it (the last ones
-    when nothing was evaluated)."""
+    False, or refused when ``trained_on`` differs from the checkpoints') on ``device`` (see
+    :class:`Trainer`) and load the best weights into it (the last ones when nothing was evaluated)."""
     if not resume:  # the trainer clears its checkpoints but not the best weights of an earlier run
         shutil.rmtree(Path(out_dir) / "best", ignore_errors=True)
     trainer = Trainer(
-        model, dataset, config, out_dir, evaluate=evaluate, collate_fn=collate_fn, device=device
+        model,
+        dataset,
+        config,
+        out_dir,
+        evaluate=evaluate,
+        collate_fn=collate_fn,
+        device=device,
+        trained_on=trained_on,
     )
     result = trainer.fit(resume=resume)
     if result.best_path.is_file():  # absent when max_steps ended training before any save

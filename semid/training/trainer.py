@@ -60,6 +60,7 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 MODEL_CONFIG_FILE = "model_config.json"  # the config the checkpoints' weights were made with
+TRAINED_ON_FILE = "trained_on.json"  # what the checkpoints were trained on (the caller's stamp)
 UNCHECKED_RESUME = (
     "delete it to resume unchecked, or start over (--no-resume)"  # a damaged saved config
 )
@@ -73,12 +74,19 @@ def model_config_dict(model: nn.Module) -> dict[str, Any] | None:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def _short(value: Any) -> str:
+    """A stamp value for a message: a content hash shortened to 12 characters."""
+    text = repr(value)
+    return text[:13] + "...'" if isinstance(value, str) and len(value) == 64 else text
+
+
 class Trainer:
     """Train a `model(batch) -> (loss, logits)` module with checkpoints, exact resume and early stopping.
 
     `out_dir` receives `checkpoints/step-XXXXXXXX/` (the last `keep_checkpoints`), `best/model.safetensors`,
-    `metrics.jsonl`, `train_config.json` and `model_config.json` (the model's dataclass config, which
-    a resume must match). Launched with `accelerate launch`, the same code runs
+    `metrics.jsonl`, `train_config.json`, `model_config.json` (the model's dataclass config) and
+    `trained_on.json` (``trained_on``: the caller's JSON stamp of the data and IDs, such as content
+    hashes); a resume must match both. Launched with `accelerate launch`, the same code runs
     data-parallel on several processes; `batch_size` is then per process. `evaluate(model)` runs on
     the main process only, with the unwrapped model in eval mode under `torch.no_grad()`.
     Resume takes the newest checkpoint that reads back; what it did ("resuming from step N (PATH)",
@@ -95,9 +103,11 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         optimizer_factory: OptimizerFactory | None = None,
         device: str = "auto",
+        trained_on: dict[str, Any] | None = None,
     ) -> None:
         """``device``: "cpu" keeps training on the CPU; "cuda:N" picks GPU N; "auto" lets
-        accelerate choose (a GPU when there is one, each launched process its own)."""
+        accelerate choose (a GPU when there is one, each launched process its own).
+        ``trained_on``: JSON values naming the training data (checked on resume; None: unchecked)."""
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if isinstance(train_dataset, IterableDataset):
@@ -108,6 +118,8 @@ class Trainer:
             raise SemidError("the training set is empty; check the data split before training")
         self.config, self.out_dir, self.evaluate = config, Path(out_dir), evaluate
         self.model_config = model_config_dict(model)  # checked on resume: the weights must fit
+        # checked on resume too: the checkpoints' weights were learned from this data
+        self.trained_on = None if trained_on is None else json.loads(json.dumps(trained_on))
         self.notes: list[str] = []  # resume notes, also printed with the progress output
         if device.startswith("cuda:"):
             torch.cuda.set_device(int(device[5:]))
@@ -204,6 +216,8 @@ class Trainer:
                 write_json(self.out_dir / "train_config.json", self.config.to_dict())
                 if self.model_config is not None:
                     write_json(self.out_dir / MODEL_CONFIG_FILE, self.model_config)
+                if self.trained_on is not None:
+                    write_json(self.out_dir / TRAINED_ON_FILE, self.trained_on)
             acc.wait_for_everyone()
             return TrainProgress(num_processes=acc.num_processes)
         self._check_resumable(resume_from)
@@ -270,6 +284,17 @@ class Trainer:
                 raise SemidError(
                     f"cannot resume {self.out_dir}: the model config changed since the checkpoint "
                     f"({'; '.join(changed)}); restore it, or start over (--no-resume, fit(resume=False))"
+                )
+        data_file = self.out_dir / TRAINED_ON_FILE  # absent in checkpoints of older versions
+        if data_file.is_file() and self.trained_on is not None:
+            before = read_json(data_file, UNCHECKED_RESUME)
+            changed = [f"{k} {_short(before.get(k))} -> {_short(v)}"
+                       for k, v in self.trained_on.items() if before.get(k) != v]  # fmt: skip
+            if changed:
+                raise SemidError(
+                    f"cannot resume {self.out_dir}: its checkpoints were trained on other data "
+                    f"({'; '.join(changed)}); restore the data, or start over (--no-resume, "
+                    "fit(resume=False))"
                 )
 
     def _train_epoch(self, progress: TrainProgress, started: float, bar: tqdm) -> bool:
