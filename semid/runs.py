@@ -117,6 +117,20 @@ def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def items_added_since_training(run: Path, config: dict[str, Any]) -> int:
+    """How many items the run's index holds beyond the ``trained_items`` its model was trained
+    with (added by `semid index add`); 0 for a run that does not record them."""
+    trained = config.get("state", {}).get("trained_items")
+    index_config = run / PARTS["index"] / "config.json"
+    if not isinstance(trained, int) or not index_config.is_file():
+        return 0
+    try:
+        indexed = read_json(index_config, "retrain the run").get("num_items", trained)
+    except SemidError:  # a damaged index holds no item to lose: the retrain replaces it
+        return 0
+    return max(0, int(indexed) - trained)
+
+
 def moved_data(config: dict[str, Any], run: Path) -> dict[str, str]:
     """The spec's data paths (``dataset``, ``items``) that are gone but sit where they were
     relative to the run folder, which moved with them (a project folder renamed or copied

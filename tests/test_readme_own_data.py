@@ -96,6 +96,14 @@ def test_interactions_example(tmp_path, monkeypatch, capsys):
     texts = load_predictor(tmp_path / "runs/mine/mmgrec").item_texts(["m100", "m2"])
     assert texts[0] == "title: Movie number 100; genres: Drama|Comedy"  # added by `index add`
     assert texts[1].startswith("title: Movie number 2; genres: ")
+    # the train command again would replace the run by one without the added item: refused
+    capsys.readouterr()
+    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index runs/mine/index "
+               "--model mmgrec --out runs/mine/mmgrec", *RECOMMEND_BUDGET) == 2  # fmt: skip
+    assert (
+        "holds 1 item added with `semid index add` since it was trained" in capsys.readouterr().err
+    )
+    assert "m100" in SemanticIDs.load(tmp_path / "runs/mine/mmgrec/index").keys
 
 
 def make_docs(n: int = 40) -> list[dict]:
@@ -150,6 +158,11 @@ def test_documents_example(corpus, tmp_path, monkeypatch, capsys):
     assert cli("semid index add runs/docs --docs extra.jsonl") == 0
     texts = load_predictor(tmp_path / "runs/docs").item_texts(["pkg-new", "pkg0"])
     assert texts == ["a brand new image viewer", text_of["pkg0"]]
+    capsys.readouterr()
+    train = f"semid train retriever --dataset {corpus} --model promptdsi --out runs/docs"
+    assert cli(train, *DOCS_BUDGET) == 2  # it would drop the documents added since
+    assert "added with `semid index add` since it was trained" in capsys.readouterr().err
+    assert "pkg-new" in SemanticIDs.load(tmp_path / "runs/docs/index").keys
 
 
 def test_images_example(tmp_path, monkeypatch, capsys):

@@ -26,7 +26,16 @@ from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, added_texts
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES
 from semid.ranking import Ranker, Ranking
-from semid.runs import MANIFEST, PARTS, Run, load_run, read_manifest, read_run_config
+from semid.runs import (
+    MANIFEST,
+    PARTS,
+    Run,
+    items_added_since_training,
+    load_run,
+    read_manifest,
+    read_run_config,
+)
+from semid.wording import counted
 
 _TASKS: dict[str, Task] = {}
 # built-in tasks: name -> the module whose import registers it
@@ -138,10 +147,18 @@ class Task(ABC):
             raise SemidError(
                 f"{out} holds a {manifest['task']} run; choose another --out for this {self.name} run"
             )
-        model = read_run_config(out)["spec"].get("model")
+        config = read_run_config(out)
+        model = config["spec"].get("model")
         if model != spec.model:
             raise SemidError(
                 f"{out} holds a {model} run; choose another --out (or delete it) to train {spec.model}"
+            )
+        added = items_added_since_training(out, config)
+        if added:
+            raise SemidError(
+                f"{out} holds {counted(added, 'item')} added with `semid index add` since it was "
+                "trained, which training it again would drop; train into another --out (or delete "
+                "the run to replace it)"
             )
 
     @abstractmethod

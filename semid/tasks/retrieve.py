@@ -70,7 +70,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
 )
-from semid.tasks.data import trained_on
+from semid.tasks.data import fingerprint, trained_on
 from semid.tasks.specs import RetrieveSpec
 from semid.training import TrainResult, train_model
 from semid.training.checkpoints import (
@@ -402,7 +402,7 @@ class RetrieveTask(Task):
         started = time.perf_counter()
         result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
             model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
-            resume=resume, device=device, trained_on=trained_on(coll.sha256, spec.dataset, ids.sha256(),
+            resume=resume, device=device, trained_on=trained_on(fingerprint(spec.dataset), spec.dataset, ids.sha256(),
                                                                 spec, SPLIT_FIELDS)))  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
@@ -414,7 +414,7 @@ class RetrieveTask(Task):
         if not is_main_process():
             return summary
         test_pairs = query_pairs(coll, split.d0_test)
-        state = {"corpus_sha256": coll.sha256, "train_seconds": seconds, "train_steps": result.steps,
+        state = {"corpus_sha256": coll.sha256, "trained_items": len(ids), "train_seconds": seconds, "train_steps": result.steps,
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_documents": len(split.d0_test), "d0_test_queries": len(test_pairs)}}  # fmt: skip
         with replacing_run(out, [EVAL_QUERIES, LATER]):

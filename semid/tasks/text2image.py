@@ -305,7 +305,11 @@ class Text2ImageTask(Task):
                 out,
                 self.name,
                 spec,
-                {"train_steps": result.steps, "data_sha256": data_sha256},
+                {
+                    "train_steps": result.steps,
+                    "data_sha256": data_sha256,
+                    "trained_items": len(ids),
+                },
             )
         if built:  # the run holds its copy now; a rerun builds it again
             shutil.rmtree(index)
