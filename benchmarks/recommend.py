@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -124,11 +125,16 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
     name = job["model"]
     spec = spec_for(name, held_out, job["seed"], job["max_history"], job["checkpoint_every"])
     summary = task.train(spec, work / "run", work / "old-index", resume=job["resume"])
+    # the new items go into a copy: the trained run stays as trained, for --resume to reuse it
+    # (semid refuses to train over a run holding added items)
+    with_new = work / "run-with-new-items"
+    shutil.rmtree(with_new, ignore_errors=True)
+    shutil.copytree(work / "run", with_new)
     keys = [full.item_keys[i] for i in new.tolist()]
     # new items have no interactions: graph smoothing leaves them their own (normalized) text vectors
-    loaded = load_run(work / "run")
+    loaded = load_run(with_new)
     add_items(loaded.index_path, keys, x_full[new], loaded.model)
-    loaded = load_run(work / "run")
+    loaded = load_run(with_new)
     data = task.load_data(dataclasses.replace(spec, dataset=job["dataset"]), loaded.ids)
     is_new = torch.zeros(len(loaded.ids), dtype=torch.bool)
     is_new[loaded.ids.rows_of_keys(keys)] = True

@@ -54,6 +54,25 @@ def test_resume_reuses_the_index_and_continues_training(
     assert second["max_history"] == run_config["spec"]["max_history"] == 20
 
 
+@pytest.mark.slow
+def test_a_cold_start_job_can_be_resumed(tmp_path, small_movielens, one_thread, capfd):
+    """The cold-start job adds the new items to a copy of its trained run, so a second --resume
+    reuses the run (it would be refused as a run holding added items) and gives the same figures."""
+
+    def run(out: str) -> dict:
+        recommend.main(["--datasets", small_movielens, "--models", "--cold-start", "mmgrec", "--cold-frac", "0.5", "--reps", "1",
+                        "--max-epochs", "1", "--max-history", "20", "--model-config", 'mmgrec={"dim": 16, "layers": 1}',
+                        "--resume", "--work", str(tmp_path / "work"), "--out", str(tmp_path / out)])  # fmt: skip
+        return json.loads((tmp_path / f"{out}.json").read_text())
+
+    first = run("first")
+    assert not first["errors"] and len(first["cold_start"]) == 1
+    capfd.readouterr()
+    second = run("second")
+    assert not second["errors"] and "resuming from step" in capfd.readouterr().err
+    assert second["cold_start"][0]["by_cold_share"] == first["cold_start"][0]["by_cold_share"]
+
+
 def test_seed_medians_compare_each_seed_with_its_own_sasrec_and_name_each_command():
     from benchmarks.recommend_report import aggregate
 
