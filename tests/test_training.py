@@ -250,6 +250,9 @@ def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
     (tmp_path / "trained_on.json").unlink()  # as written before stamps existed
     assert Trainer(make_model(), make_dataset(60), tiny_config(max_steps=9), tmp_path,
                    trained_on=stamp).fit().steps == 9  # fmt: skip
+    (tmp_path / "trained_on.json").write_text('{"data": "old"}')  # a start without a stamp drops it
+    Trainer(make_model(), make_dataset(60), tiny_config(max_steps=2), tmp_path).fit(resume=False)
+    assert not (tmp_path / "trained_on.json").exists()
 
 
 def test_max_steps_stops_mid_epoch_evaluates_and_refuses_changed_batch_size(tmp_path):

@@ -218,6 +218,8 @@ class Trainer:
                     write_json(self.out_dir / MODEL_CONFIG_FILE, self.model_config)
                 if self.trained_on is not None:
                     write_json(self.out_dir / TRAINED_ON_FILE, self.trained_on)
+                else:  # an earlier run's stamp would be checked against the next resume
+                    (self.out_dir / TRAINED_ON_FILE).unlink(missing_ok=True)
             acc.wait_for_everyone()
             return TrainProgress(num_processes=acc.num_processes)
         self._check_resumable(resume_from)
