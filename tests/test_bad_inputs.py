@@ -712,9 +712,19 @@ cases(
             lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '{"text": "x"}\n')))(e),
         ),
         (
-            "predict-queries-bad-json-line",
-            "q.jsonl line 3 is not valid JSON",
-            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", 'kernel\n\n{"query": \n')))(e),
+            "predict-queries-bad-json-line",  # a text file may mix plain and JSON lines
+            "q.txt line 3 is not valid JSON",
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.txt", 'kernel\n\n{"query": \n')))(e),
+        ),
+        (  # in JSON Lines every line is an object: a list was answered as the query '["a", "b"]'
+            "predict-queries-jsonl-list-line",
+            'q.jsonl line 1 is a list, not a JSON object with a "query" field',
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '["a", "b"]\n')))(e),
+        ),
+        (  # a table without a query column: its rows were answered as queries, header included
+            "predict-queries-csv-without-query-column",
+            'q.csv has no "query" column',
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.csv", "question,lang\nkernel,en\n")))(e),
         ),
         (
             "predict-queries-query-not-text-line",

@@ -92,7 +92,7 @@ def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
         ("log.csv", b"user,item\n1,2\n3,4,5\n", "line 3 is malformed (Expected 2 columns, got 3"),
         ("log.tsv", b"user\titem\n1\n", "line 2 is malformed"),
         ("log.jsonl", b'{"user": 1}\n\n{"user": 2,\n', "line 3 is not valid JSON"),
-        ("log.jsonl", b'{"user": 1}\n[1, 2]\n', "line 2 is a JSON list"),
+        ("log.jsonl", b'{"user": 1}\n[1, 2]\n', "line 2 is a list, not a JSON object"),
         ("log.parquet", b"not parquet", "not a readable Parquet file"),
         ("log.csv.gz", b"not gzip", "cannot read interactions file"),
     ],

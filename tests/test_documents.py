@@ -44,7 +44,7 @@ def test_integer_ids_and_blank_lines(tmp_path):
     "bad, words",
     [
         ("{not json", "not valid JSON"),
-        ("[1, 2]", "not an object"),
+        ("[1, 2]", "is a list, not a JSON object"),
         (
             json.dumps({"text": "no id"}),
             "no document id (accepted names: id, doc_id, docid, _id; found: text)",

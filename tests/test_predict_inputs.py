@@ -22,7 +22,9 @@ def queries_of(path) -> tuple[list[dict], list[str | None]]:
 
 
 @pytest.mark.parametrize("name", ["q.csv", "q.tsv"])
-def test_a_queries_table_is_read_by_its_query_column_not_its_header_as_a_query(tmp_path, name):
+def test_a_queries_table_is_read_by_its_query_column_not_its_header_as_a_query(
+    tmp_path, name, capsys
+):
     sep = "\t" if name.endswith("tsv") else ","
     (tmp_path / name).write_text(f"id{sep}query\n1{sep}fast image viewer\n2{sep}kernel\n")
     inputs, origins = queries_of(tmp_path / name)
@@ -33,6 +35,8 @@ def test_a_queries_table_is_read_by_its_query_column_not_its_header_as_a_query(t
         {"query": "fast image viewer"},
         {"query": 'what is "foo'},
     ]
+    # said, since a header of another name would be answered as a query too
+    assert "line 1 ('fast image viewer') too" in capsys.readouterr().err
 
 
 def test_a_parquet_queries_table_and_a_header_of_another_name(tmp_path):

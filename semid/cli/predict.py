@@ -24,7 +24,7 @@ from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.manifest import check_out_of_run, read_manifest
 from semid.progress import progress_bar
-from semid.wording import counted
+from semid.wording import counted, json_kind
 
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
@@ -145,7 +145,9 @@ def read_inputs(
                 Origin(f"{flag} {path} {where}") for where, _ in rows
             ]
         lines = _numbered_lines(path, flag)
-        parsed = [(_query_line(line, f"{flag} {path} line {number}"), "") for number, line in lines]
+        json_lines = table_format(path) == "jsonl"  # every line an object, not only those with "{"
+        parsed = [(_query_line(line, f"{flag} {path} line {number}", json_lines), "")
+                  for number, line in lines]  # fmt: skip
     origins = [Origin(f"{flag} {path} line {number}", hint)
                for (number, _), (_, hint) in zip(lines, parsed, strict=True)]  # fmt: skip
     return [item for item, _ in parsed], origins
@@ -202,14 +204,21 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
 
 def _query_table(path: Path, flag: str) -> list[tuple[str, dict[str, Any]]] | None:
     """(row label, input) per row of a queries table: Parquet, or a CSV/TSV whose header names a
-    "query" or "queries" column; None for a file of one query a line (a header read as one would
-    be answered as a query)."""
+    "query" or "queries" column; None for a file of one query a line (a one-column CSV without
+    that header, said on stderr: its first line is answered as a query too). A CSV of several
+    columns without one is refused."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "parquet"):
         return None
     if fmt != "parquet" and not path.name.lower().endswith(".gz"):
         first = next((line for line in read_lines(path, flag) if line.strip()), "")
-        if not {c.strip(' "').lower() for c in re.split(r"[,;\t|]", first)} & set(QUERY_FIELDS):
+        fields = re.split(r"[,;\t|]", first)
+        if not {c.strip(' "').lower() for c in fields} & set(QUERY_FIELDS):
+            if len(fields) > 1:
+                raise SemidError(f'{flag} {path} has no "query" column (line 1: {first.strip()[:60]!r}); '
+                                 'name the queries\' column "query", or write one query a line')  # fmt: skip
+            print(f'semid: note: {flag} {path} has no "query" header; each line is one query, '
+                  f"line 1 ({first.strip()[:40]!r}) too", file=sys.stderr)  # fmt: skip
             return None
     table = read_table(path, f"{flag} file")
     column = find_column(table, "query", QUERY_FIELDS, path, f"{flag} file", columns_option=False)
@@ -217,8 +226,8 @@ def _query_table(path: Path, flag: str) -> list[tuple[str, dict[str, Any]]] | No
     return [(row_label(path, i), {"query": str(q)}) for i, q in enumerate(queries)]
 
 
-def _query_line(line: str, where: str) -> dict[str, Any]:
-    if not line.startswith("{"):
+def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
+    if not (json_lines or line.startswith("{")):
         return {"query": line}
     return {"query": _json_field(line, "query", where)}
 
@@ -230,7 +239,9 @@ def _json_field(line: str, name: str, where: str) -> Any:
         item = json.loads(line)
     except json.JSONDecodeError as e:
         raise SemidError(f"{where} is not valid JSON ({e.msg})") from None
-    if not isinstance(item, dict) or name not in item:
+    if not isinstance(item, dict):
+        raise SemidError(f'{where} is {json_kind(item)}, not a JSON object with a "{name}" field')
+    if name not in item:
         raise SemidError(f'{where} has no "{name}" field')
     return item[name]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from semid.atomic import atomic_file
 from semid.data.tables import content_sha256, read_table, row_label, table_format
 from semid.errors import SemidError
+from semid.wording import json_kind
 
 
 @dataclass(frozen=True)
@@ -216,9 +217,7 @@ def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
                 f"{where} is not valid JSON ({e.msg}); write one object per line, e.g. {EXAMPLE}"
             ) from None
         if not isinstance(obj, dict):
-            raise SemidError(
-                f"{where} is a JSON {type(obj).__name__}, not an object; write {EXAMPLE}"
-            )
+            raise SemidError(f"{where} is {json_kind(obj)}, not a JSON object; write {EXAMPLE}")
         yield label, obj
 
 

@@ -30,6 +30,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from semid.errors import SemidError
+from semid.wording import json_kind
 
 # Extension (after removing a trailing .gz) -> format.
 TABLE_FORMATS = {
@@ -132,7 +133,7 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
                     )
                 if not isinstance(obj, dict):
                     return SemidError(
-                        f"{what} {path} line {number} is a JSON {type(obj).__name__}, not an object"
+                        f"{what} {path} line {number} is {json_kind(obj)}, not a JSON object"
                     )
         return SemidError(f"cannot read {what} {path}: {message}")
     if "CSV parse error" in message:
