@@ -216,7 +216,7 @@ def _query_table(path: Path, flag: str) -> list[tuple[str, dict[str, Any]]] | No
         if not {c.strip(' "').lower() for c in fields} & set(QUERY_FIELDS):
             if len(fields) > 1:
                 raise SemidError(f'{flag} {path} has no "query" column (line 1: {first.strip()[:60]!r}); '
-                                 'name the queries\' column "query", or write one query a line')  # fmt: skip
+                                 'name the queries\' column "query" (or, for one query a line, use a .txt file)')  # fmt: skip
             print(f'semid: note: {flag} {path} has no "query" header; each line is one query, '
                   f"line 1 ({first.strip()[:40]!r}) too", file=sys.stderr)  # fmt: skip
             return None
