@@ -446,6 +446,7 @@ def data_train(e: Env, dataset: str, *more: str) -> list[str]:
 cases(
     [
         ("build-unknown-dataset", "no-such-dataset", lambda e: data_build(e, "no-such-dataset")),
+        ("build-hierarchy-dataset", "holds a hierarchy", lambda e: data_build(e, "wordnet-mammals")),
         ("build-json-array-log", "write JSON Lines", lambda e: data_build(e, str(e.write("log.json", b'[{"user": "u1", "item": "i1"}]')))),
         ("build-spreadsheet-log", "log.xlsx: unknown extension", lambda e: data_build(e, str(e.write("log.xlsx", b"PK\x03\x04")))),
         ("build-items-with-registered", "--items", lambda e: data_build(e, "ml-100k", "--items", items_csv(e))),

@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
                          missing_text=args.missing_text, min_interactions=args.min_interactions,
                          embeddings=args.embeddings, keys=args.keys, interactions=args.interactions,
                          encoder=args.encoder)  # fmt: skip
-    task = get_task(TASK_OF_KIND.get(kind_of(dataset), "recommend") if dataset else "recommend")
+    kind = kind_of(dataset) if dataset else "interactions"
+    if kind not in TASK_OF_KIND:  # wordnet's noun hierarchies: the hierarchy benchmarks' data
+        raise SemidError(f"--dataset {args.dataset} holds a {kind}, which `semid index build` does not "
+                         "index: give interactions, documents or images (hierarchies are for "
+                         "`python -m benchmarks.hierarchy`)")  # fmt: skip
+    task = get_task(TASK_OF_KIND[kind])
     started = time.perf_counter()
     ids, notes = task.build_index(source, args.quantizer, args.out, args.collisions, args.seed)
     for note in notes:

@@ -216,4 +216,5 @@ register_dataset(
     "wordnet-mammals",
     lambda: load_wordnet(root="mammal.n.01"),
     "WordNet 3.0 mammal.n.01 subtree: 1,182 synsets, 1,182 edges (from the wordnet-base apt package)",
+    kind="hierarchy",
 )
