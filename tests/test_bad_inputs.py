@@ -312,6 +312,8 @@ cases(
 # unchecked numbers and configs of `train retriever`
 cases(
     [
+        ("ret-interactions-dataset", "pass debian-docs, manpages or a documents file",
+         lambda e: ["train", "retriever", "--dataset", "ml-100k", "--out", str(e.tmp / "out")]),
         ("ret-max-docs-0", "--max-docs", ret_args("--max-docs", "0")),
         ("ret-max-docs-1", "--max-docs", ret_args("--max-docs", "1")),
         ("ret-num-beams-0", "--num-beams", ret_args("--num-beams", "0")),

@@ -143,7 +143,8 @@ def load_collection(name: str) -> DocumentCollection:
         return read_documents(name)
     data = load_dataset(name)
     if not isinstance(data, DocumentCollection):
-        raise SemidError(f"{name} is not a document collection; pass debian-docs or a JSONL file")
+        raise SemidError(f"{name} is not a document collection; pass debian-docs, manpages or a "
+                         "documents file (JSON Lines, CSV or Parquet of id, text[, queries])")  # fmt: skip
     return data
 
 
