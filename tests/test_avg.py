@@ -301,6 +301,11 @@ def test_cli_pipeline_on_a_tiny_image_dataset(tmp_path):
         run, EvalOptions(ks=(5, 10), split="test", batch_size=8, item_mix=0.0)
     )
     assert beams_only["invalid_id_rate"] == 0.0
+    for option in ({"keep_seen": True}, {"cold_share": 0.1}):  # ignored, and saved under its name
+        with pytest.raises(
+            SemidError, match="is for recommendation runs; .* is a text-to-image run"
+        ):
+            task.evaluate(run, EvalOptions(ks=(5,), split="test", **option))
     for bad in (-1.0, math.nan, math.inf):  # nan would rank by nan and report its metrics
         with pytest.raises(SemidError, match="item-mix must be a finite number >= 0"):
             task.evaluate(run, EvalOptions(ks=(5,), split="test", item_mix=bad))

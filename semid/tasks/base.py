@@ -77,6 +77,15 @@ class EvalOptions:
     item_mix: float | None = None  # weight of a generator's item or image head (None: the run's)
 
 
+def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> None:
+    """SemidError naming ``--cold-share`` or ``--keep-seen`` when given for a run of another task
+    (a ``kind`` run), which would ignore it and save its metrics under that option's name."""
+    flags = [flag for flag, on in (("--cold-share", options.cold_share > 0),
+                                   ("--keep-seen", options.keep_seen)) if on]  # fmt: skip
+    if flags:
+        raise SemidError(f"{flags[0]} is for recommendation runs; {run.path} is a {kind} run")
+
+
 def check_index_out(out: Path) -> None:
     """Refuse an ``--out`` that holds something other than an index: the build replaces the whole
     folder, so a run or the user's own files in it would be lost. An empty folder, an index (it holds

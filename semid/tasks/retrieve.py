@@ -65,6 +65,7 @@ from semid.tasks.base import (
     IndexSource,
     Predictor,
     Task,
+    check_recommend_only_options,
     move,
     query_input,
     register_task,
@@ -296,12 +297,7 @@ def _check_eval_options(run: Run, options: EvalOptions) -> None:
     if options.split != "test":
         raise SemidError(f"{run.path} is a retrieval run: it holds test queries only (its validation queries "
                          "chose the ranking's weights during training); leave out --split valid")  # fmt: skip
-    recommender_only = [flag for flag, on in (("--cold-share", options.cold_share > 0),
-                                              ("--keep-seen", options.keep_seen)) if on]  # fmt: skip
-    if recommender_only:
-        raise SemidError(
-            f"{recommender_only[0]} is for recommendation runs; {run.path} is a retrieval run"
-        )
+    check_recommend_only_options(run, options, "retrieval")
 
 
 class RetrieveTask(Task):

@@ -51,6 +51,7 @@ from semid.tasks.base import (
     IndexSource,
     Predictor,
     Task,
+    check_recommend_only_options,
     move,
     query_input,
     register_task,
@@ -317,6 +318,7 @@ class Text2ImageTask(Task):
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""
+        check_recommend_only_options(run, options, "text-to-image")
         spec = self.spec_of(run)
         check_fingerprint(run, spec.dataset)
         splits = load_image_splits(spec.dataset, spec.seed)
