@@ -1,4 +1,5 @@
-"""`semid predict` input files, read without a run: queries one a line, JSON Lines, or a table."""
+"""`semid predict` input files, read without a run: queries (or users) one a line, JSON Lines, or a
+table."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from semid.cli import predict
 from semid.errors import SemidError
 
 
-def queries_of(path) -> tuple[list[dict], list[str | None]]:
-    """The inputs and their origins that ``--queries path`` reads."""
+def queries_of(path, flag: str = "--queries") -> tuple[list[dict], list[str | None]]:
+    """The inputs and their origins that ``--queries path`` (or ``flag path``) reads."""
     parser = argparse.ArgumentParser()
     predict.add_arguments(parser)
     inputs, origins = predict.read_inputs(
-        parser.parse_args(["run", "--queries", str(path)]), predictor=None
+        parser.parse_args(["run", flag, str(path)]), predictor=None
     )
     return inputs, [o.where for o in origins]
 
@@ -45,3 +46,20 @@ def test_a_parquet_queries_table_and_a_header_of_another_name(tmp_path):
     (tmp_path / "q.csv").write_text("Query\nkernel\n")
     with pytest.raises(SemidError, match=r"lacks a query column .*found: Query\); rename it"):
         queries_of(tmp_path / "q.csv")
+
+
+def test_a_users_file_may_be_lines_json_lines_or_a_table(tmp_path):
+    """--users reads its file as --queries does, by a "user" column (user_id and the other names
+    of a log's user column too): a table's header and a JSON Lines object were read as user ids."""
+    (tmp_path / "u.txt").write_text("0003\n196\n")
+    (tmp_path / "u.jsonl").write_text('{"user": "0003"}\n{"user": 196}\n')
+    (tmp_path / "u.csv").write_text("user_id,segment\n0003,a\n196,b\n")
+    pd.DataFrame({"user": ["0003", "196"]}).to_parquet(tmp_path / "u.parquet")
+    for name in ("u.txt", "u.jsonl", "u.csv", "u.parquet"):
+        assert queries_of(tmp_path / name, "--users")[0] == [{"user": "0003"}, {"user": "196"}], (
+            name
+        )
+    assert queries_of(tmp_path / "u.csv", "--users")[1][0] == f"--users {tmp_path / 'u.csv'} line 2"
+    (tmp_path / "bad.csv").write_text("segment,x\na,b\n")
+    with pytest.raises(SemidError, match='has no "user" column .*for one user a line, use a .txt'):
+        queries_of(tmp_path / "bad.csv", "--users")

@@ -19,7 +19,14 @@ from semid.atomic import atomic_file, check_output_file
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
 from semid.data.documents import QUERY_FIELDS
-from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
+from semid.data.tables import (
+    USER_COLUMNS,
+    find_column,
+    key_strings,
+    read_table,
+    row_label,
+    table_format,
+)
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.manifest import check_out_of_run, read_manifest
@@ -42,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory from `semid train ...`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--user", help="recommenders: a user id of the run's data")
-    src.add_argument("--users", help="recommenders: a file of user ids (one a line), or 'all'")
+    src.add_argument("--users", help="recommenders: a file of user ids, one a line, JSON Lines with "
+                     "'user', or a CSV, TSV or Parquet table with a 'user' column; or 'all'")  # fmt: skip
     src.add_argument(
         "--history",
         nargs="+",
@@ -131,15 +139,26 @@ def read_inputs(
         return [{"user": u} for u in predictor.user_keys], [Origin()] * len(predictor.user_keys)
     if args.users is not None:
         path, flag = Path(args.users), "--users"
+        rows = _input_table(path, flag, "user", USER_COLUMNS)
+        if rows is not None:
+            return [item for _, item in rows], [
+                Origin(f"{flag} {path} {where}") for where, _ in rows
+            ]
         lines = _numbered_lines(path, flag)
-        parsed = [({"user": line}, HEADER_HINT if number == 1 else "") for number, line in lines]
+        if table_format(path) == "jsonl":
+            parsed = [({"user": _user_field(line, f"{flag} {path} line {number}")}, "")
+                      for number, line in lines]  # fmt: skip
+        else:
+            parsed = [
+                ({"user": line}, HEADER_HINT if number == 1 else "") for number, line in lines
+            ]
     elif args.histories is not None:
         path, flag = args.histories, "--histories"
         lines = _numbered_lines(path, flag)
         parsed = [_history_line(line, f"{flag} {path} line {number}") for number, line in lines]
     else:
         path, flag = args.queries, "--queries"
-        rows = _query_table(path, flag)
+        rows = _input_table(path, flag, "query", QUERY_FIELDS)
         if rows is not None:
             return [item for _, item in rows], [
                 Origin(f"{flag} {path} {where}") for where, _ in rows
@@ -202,10 +221,12 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
     return lines
 
 
-def _query_table(path: Path, flag: str) -> list[tuple[str, dict[str, Any]]] | None:
-    """(row label, input) per row of a queries table: Parquet, or a CSV/TSV whose header names a
-    "query" or "queries" column; None for a file of one query a line (a one-column CSV without
-    that header, said on stderr: its first line is answered as a query too). A CSV of several
+def _input_table(
+    path: Path, flag: str, field: str, names: tuple[str, ...]
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """(row label, input) per row of a table of inputs: Parquet, or a CSV/TSV whose header names
+    the ``field`` column (any of ``names``); None for a file of one input a line (a one-column CSV
+    without that header, said on stderr: its first line is an input too). A CSV of several
     columns without one is refused."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "parquet"):
@@ -213,23 +234,33 @@ def _query_table(path: Path, flag: str) -> list[tuple[str, dict[str, Any]]] | No
     if fmt != "parquet" and not path.name.lower().endswith(".gz"):
         first = next((line for line in read_lines(path, flag) if line.strip()), "")
         fields = re.split(r"[,;\t|]", first)
-        if not {c.strip(' "').lower() for c in fields} & set(QUERY_FIELDS):
+        if not {c.strip(' "').lower() for c in fields} & {n.lower() for n in names}:
             if len(fields) > 1:
-                raise SemidError(f'{flag} {path} has no "query" column (line 1: {first.strip()[:60]!r}); '
-                                 'name the queries\' column "query" (or, for one query a line, use a .txt file)')  # fmt: skip
-            print(f'semid: note: {flag} {path} has no "query" header; each line is one query, '
+                raise SemidError(f'{flag} {path} has no "{field}" column (line 1: {first.strip()[:60]!r}); '
+                                 f'name that column "{field}" (or, for one {field} a line, use a .txt file)')  # fmt: skip
+            print(f'semid: note: {flag} {path} has no "{field}" header; each line is one {field}, '
                   f"line 1 ({first.strip()[:40]!r}) too", file=sys.stderr)  # fmt: skip
             return None
     table = read_table(path, f"{flag} file")
-    column = find_column(table, "query", QUERY_FIELDS, path, f"{flag} file", columns_option=False)
-    queries = key_strings(table[column], path, "query")
-    return [(row_label(path, i), {"query": str(q)}) for i, q in enumerate(queries)]
+    column = find_column(table, field, names, path, f"{flag} file", columns_option=False)
+    values = key_strings(table[column], path, field)
+    return [(row_label(path, i), {field: str(v)}) for i, v in enumerate(values)]
 
 
 def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
     if not (json_lines or line.startswith("{")):
         return {"query": line}
     return {"query": _json_field(line, "query", where)}
+
+
+def _user_field(line: str, where: str) -> str:
+    """The user id of a ``--users`` JSON Lines line: a string, or an integer read as its digits."""
+    user = _json_field(line, "user", where)
+    if isinstance(user, bool) or not isinstance(user, str | int):
+        raise SemidError(
+            f'{where}: "user" must be a user id (a string or an integer), got {json.dumps(user)[:40]}'
+        )
+    return str(user)
 
 
 def _json_field(line: str, name: str, where: str) -> Any:

@@ -37,6 +37,7 @@ import torch
 
 from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.tables import (
+    USER_COLUMNS,
     column_name,
     find_column,
     header_hint,
@@ -48,7 +49,6 @@ from semid.data.tables import (
 from semid.errors import SemidError
 from semid.wording import counted
 
-USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
 ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
 ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
 # not "date": day-level dates tie within a day, and ties are broken by key, not file order; a

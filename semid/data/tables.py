@@ -44,6 +44,8 @@ TABLE_FORMATS = {
 }
 ACCEPTED = ", ".join([*TABLE_FORMATS, "each optionally followed by .gz"])
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+# accepted names of the user column, in logs and in `semid predict --users` tables
+USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
 
 
 def table_format(path: str | os.PathLike) -> str | None:
