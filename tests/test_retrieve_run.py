@@ -3,6 +3,7 @@ add that fails while writing leaves the run as it was), eval options, and inputs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -64,6 +65,12 @@ def test_documents_without_queries_are_indexed_only(run, tmp_path, capsys):
     assert "d1-test/num_queries" not in metrics and "d0-test/recall@1" in metrics
     answers = get_task("retrieve").predictor(loaded).predict([{"query": "x"}], k=35, num_beams=35)
     assert "new3" in answers[0]["keys"]  # reachable at once
+
+
+def test_the_run_records_the_hash_of_the_documents_file_it_was_trained_on(trained):
+    digest = hashlib.sha256((trained.parent / "docs.jsonl").read_bytes()).hexdigest()
+    assert json.loads((trained / "config.json").read_text())["state"]["corpus_sha256"] == digest
+    assert json.loads((trained / "train" / "trained_on.json").read_text())["data"] == digest
 
 
 def test_held_out_queries_are_counted_as_queries(run, tmp_path, capsys):

@@ -71,7 +71,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
 )
-from semid.tasks.data import fingerprint, trained_on
+from semid.tasks.data import data_paths, trained_on
 from semid.tasks.specs import RetrieveSpec
 from semid.training import TrainResult, train_model
 from semid.training.checkpoints import (
@@ -310,13 +310,15 @@ class RetrieveTask(Task):
                     seed: int) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
         """The index of D0 (the seeded initial corpus) of a document collection."""
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
-        ids, *_ = self._index_d0(spec, *self._corpus(spec), out)
+        coll, split, _ = self._corpus(spec)
+        ids, *_ = self._index_d0(spec, coll, split, out)
         return ids, [
             f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"
         ]
 
-    def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, CorpusSplit]:
-        """The spec's documents (a seeded subset with ``max_docs``) and their seeded split."""
+    def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, CorpusSplit, str | None]:
+        """The spec's documents (a seeded subset with ``max_docs``), their seeded split and the
+        content hash of the whole collection they were taken from (the subset has none)."""
         collection = load_collection(spec.dataset)
         coll = collection.subset(
             subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
@@ -328,7 +330,7 @@ class RetrieveTask(Task):
                 f"indexed now (a share of {spec.hold_out:g} is held out for `semid index add`) and "
                 "semantic IDs need at least 2; give more documents (training: or a smaller --hold-out)"
             )
-        return coll, split
+        return coll, split, collection.sha256
 
     def _index_d0(self, spec: RetrieveSpec, coll: DocumentCollection, split: CorpusSplit,
                   out: Path | None) -> tuple[Any, ...]:  # fmt: skip
@@ -359,7 +361,7 @@ class RetrieveTask(Task):
                     check_checkpoint(folder)
                 except DamagedCheckpointError:
                     pass  # the trainer skips it for an older one, with a note
-        coll, split = self._corpus(spec)
+        coll, split, corpus_sha256 = self._corpus(spec)
         check_trainable(coll, split.d0_train)  # before any work, and before the run folder exists
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None)
@@ -396,11 +398,13 @@ class RetrieveTask(Task):
             held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
                                torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
             evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams, where)
+        # a registered collection is named by its name, a documents file by its content
+        data_sha256 = corpus_sha256 if data_paths(spec.dataset) else None
+        stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, SPLIT_FIELDS)
         started = time.perf_counter()
         result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
             model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
-            resume=resume, device=device, trained_on=trained_on(fingerprint(spec.dataset), spec.dataset, ids.sha256(),
-                                                                spec, SPLIT_FIELDS)))  # fmt: skip
+            resume=resume, device=device, trained_on=stamp))  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
                    "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept}  # fmt: skip
@@ -411,7 +415,7 @@ class RetrieveTask(Task):
         if not is_main_process():
             return summary
         test_pairs = query_pairs(coll, split.d0_test)
-        state = {"corpus_sha256": coll.sha256, "trained_items": len(ids), "train_seconds": seconds, "train_steps": result.steps,
+        state = {"corpus_sha256": corpus_sha256, "trained_items": len(ids), "train_seconds": seconds, "train_steps": result.steps,
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_documents": len(split.d0_test), "d0_test_queries": len(test_pairs)}}  # fmt: skip
         with replacing_run(out, [EVAL_QUERIES, LATER]):
