@@ -1,7 +1,9 @@
 """Words in messages: ``counted(1, "row")`` is "1 row", ``counted(2000, "row")`` "2,000 rows";
-``json_kind([1])`` is "a list"."""
+``json_kind([1])`` is "a list"; ``example_key("196", ["c1", "c196"])`` is "'c196'"."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -17,3 +19,15 @@ _JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a numbe
 def json_kind(value: object) -> str:
     """What a parsed JSON value is, in JSON's words ("a list", "a string", "null")."""
     return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def example_key(given: str, keys: Iterable[str]) -> str | None:
+    """A key to show beside an unknown ``given`` one, quoted: the first of ``keys`` that contains
+    it (``196`` -> ``'c196'``), else the first key; None when there are none. One linear scan, no
+    fuzzy matching, so that a server answers a bad request at once."""
+    first = None
+    for key in keys:
+        if given and given in key:
+            return repr(key)
+        first = first or repr(key)
+    return first

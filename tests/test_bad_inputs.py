@@ -688,7 +688,7 @@ cases(
         ("predict-users-empty", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", b"\n")))(e)),
         ("predict-users-missing", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.tmp / "users.txt"))(e)),
         ("predict-users-unknown", "ghost", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "ghost\n")))(e)),
-        ("predict-users-header", "users.txt line 1: unknown user 'user_id'; pass a user of the run's data, or a history (a header line?", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "user_id\n1\n")))(e)),  # a .csv reads it as a header
+        ("predict-users-header", "users.txt line 1: unknown user 'user_id'; pass a user of the run's data, such as '259', or a history (a header line?", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "user_id\n1\n")))(e)),  # a .csv reads it as a header
         ("predict-users-csv-without-user-column", 'users.csv has no "user" column', lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.csv", "segment,x\na,b\n")))(e)),
         ("predict-users-unknown-line", "users.txt line 3: unknown user 'ghost'", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", "\n  \nghost\n")))(e)),
         ("predict-out-under-file", "plain-file", lambda e: on_rec(PREDICT, lambda r: None, "--user", "1", "--out", e.file_under_file("p.jsonl"))(e)),

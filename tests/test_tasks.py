@@ -351,8 +351,26 @@ def test_only_a_user_left_out_for_few_interactions_is_told_so(recommend_run):
     predictor = load_predictor(recommend_run("pop"))
     with pytest.raises(SemidError, match=r"^unknown user 'u8' \(it has fewer than 3 interactions"):
         predictor.check_input({"user": "u8"})
-    with pytest.raises(SemidError, match=r"^unknown user 'ghost'; pass a user of the run's data"):
+    with pytest.raises(
+        SemidError,
+        match=r"^unknown user 'ghost'; pass a user of the run's data, such as 'u\d+', or a history$",
+    ):
         predictor.check_input({"user": "ghost"})
+
+
+def test_an_unknown_key_is_answered_with_a_key_that_holds_it(recommend_run):
+    """A user who drops a key's prefix ('3' for 'u3') is shown the key meant, and a history of an
+    unknown item a key of the index."""
+    predictor = load_predictor(recommend_run("pop"))
+    with pytest.raises(
+        SemidError, match=r"^unknown user '3'; pass a user of the run's data, such as 'u3', or"
+    ):
+        predictor.check_input({"user": "3"})
+    with pytest.raises(
+        SemidError,
+        match=r"^unknown item 'ghost' in the history; use keys of the run's index, such as '\w+'$",
+    ):
+        predictor.check_input({"history": ["ghost"]})
 
 
 @pytest.mark.parametrize("name", ["mmgrec", "pop"])

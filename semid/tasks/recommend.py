@@ -63,7 +63,7 @@ from semid.tasks.items import (
 )
 from semid.tasks.specs import RecommendSpec
 from semid.training import train_model
-from semid.wording import counted
+from semid.wording import counted, example_key
 
 SPLITS = ("valid", "test")
 # the spec's fields, besides the data and the IDs, that shape the training examples
@@ -342,9 +342,9 @@ class RecommendPredictor(Predictor):
             history = [str(h) for h in history]  # integers name keys, as a user may be an integer
             unknown = [h for h in history if h not in self.run.ids._row_of_key]
             if unknown:
-                raise SemidError(
-                    f"unknown item {unknown[0]!r} in the history; use keys of the run's index"
-                )
+                example = example_key(unknown[0], self.run.ids.keys)
+                raise SemidError(f"unknown item {unknown[0]!r} in the history; use keys of the "
+                                 f"run's index, such as {example}")  # fmt: skip
             return {"history": history}
         user = str(item["user"])
         split = item.get("split")
@@ -359,9 +359,9 @@ class RecommendPredictor(Predictor):
             if user in histories.left_out:
                 left_out = (f" (it has fewer than {self.spec.min_interactions} interactions: such "
                             "users were left out at training)")  # fmt: skip
-            raise SemidError(
-                f"unknown user {user!r}{left_out}; pass a user of the run's data, or a history"
-            )
+            example = None if left_out else example_key(user, histories.user_of_key)
+            raise SemidError(f"unknown user {user!r}{left_out}; pass a user of the run's data"
+                             f"{f', such as {example},' if example else ''} or a history")  # fmt: skip
         if histories.live and split is not None:
             raise SemidError(
                 f'"split" needs the data {self.run.path} was trained on, which changed since; '
