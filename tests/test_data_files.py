@@ -282,6 +282,24 @@ def test_common_time_column_names_are_found(tmp_path: Path, name: str) -> None:
     assert d.notes == [] and d.item_keys == ["a", "b", "c"]
 
 
+def test_public_logs_are_read_by_their_own_column_names(tmp_path: Path) -> None:
+    """Amazon reviews (JSON Lines of reviewerID, asin, unixReviewTime) and a Yelp-style log need
+    no --columns; a log with both of Amazon 2023's item columns is asked which one is the item."""
+    amazon = [{"reviewerID": "A1", "asin": f"B{i}", "unixReviewTime": 10 - i, "overall": 5.0}
+              for i in range(3)]  # fmt: skip
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in amazon))
+    d = load_interaction_files(tmp_path / "reviews.jsonl")
+    assert d.user_keys == ["A1"] and d.item_keys == ["B2", "B1", "B0"] and d.notes == []
+    (tmp_path / "yelp.csv").write_text("user_id,business_id,stars\nu,b1,4\nu,b2,3\nu,b3,5\n")
+    assert load_interaction_files(tmp_path / "yelp.csv").item_keys == ["b1", "b2", "b3"]
+    (tmp_path / "both.csv").write_text("user_id,asin,parent_asin,timestamp\nu,a,p,1\n")
+    with pytest.raises(
+        SemidError,
+        match="columns asin, parent_asin could all be the item; pick one with --columns item=NAME",
+    ):
+        load_interaction_files(tmp_path / "both.csv", min_interactions=1)
+
+
 def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
     items = "movieId,title,year,genres\ni1,Heat,1995,Action|Crime\ni2,Up,,Animation\ni3,X,2000,\n"
     d = load_interaction_files(*files(tmp_path, items=items), min_interactions=1)

@@ -49,7 +49,10 @@ from semid.data.tables import (
 from semid.errors import SemidError
 from semid.wording import counted
 
-ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID")
+# with the names of public logs: Amazon reviews (asin, parent_asin: a log with both is asked
+# which), Yelp (business_id), Goodreads (book_id), retail (product_id, article_id)
+ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_id", "MovieID", "asin",
+                "parent_asin", "business_id", "book_id", "product_id", "article_id")  # fmt: skip
 ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
 # not "date": day-level dates tie within a day, and ties are broken by key, not file order; a
 # log with only a date column keeps file order and the note names the column
@@ -61,6 +64,7 @@ TIME_COLUMNS = (
     "datetime",
     "event_time",
     "created_at",
+    "unixReviewTime",  # Amazon reviews
 )
 ROLES = ("user", "item", "timestamp", "text")
 MISSING_TEXT = ("error", "drop", "keep")

@@ -45,7 +45,9 @@ TABLE_FORMATS = {
 ACCEPTED = ", ".join([*TABLE_FORMATS, "each optionally followed by .gz"])
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 # accepted names of the user column, in logs and in `semid predict --users` tables
-USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID")
+# the names of public logs too: Amazon reviews (reviewerID), retail logs (customer_id, visitorid)
+USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID", "reviewerID", "customer_id",
+                "visitorid")  # fmt: skip
 
 
 def table_format(path: str | os.PathLike) -> str | None:
