@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from semid.data import leave_one_out, load_dataset
-from semid.data.interaction_files import load_interaction_files
+from semid.data.interaction_files import item_text_table, load_interaction_files
 from semid.data.tables import content_sha256, find_column, parse_columns, read_table
 from semid.errors import SemidError
 
@@ -298,6 +298,29 @@ def test_public_logs_are_read_by_their_own_column_names(tmp_path: Path) -> None:
         match="columns asin, parent_asin could all be the item; pick one with --columns item=NAME",
     ):
         load_interaction_files(tmp_path / "both.csv", min_interactions=1)
+
+
+def test_json_lines_whose_fields_change_kind_from_row_to_row(tmp_path: Path) -> None:
+    """pyarrow refuses a field that is a string in one row and a list in the next (Amazon's
+    metadata); such files are read row by row, those fields as text."""
+    meta = [
+        {"asin": "a", "title": "Soap", "description": "Gentle.", "rank": {"Beauty": 3}},
+        {"asin": "b", "title": None, "description": ["Mild,", "", "for all"], "rank": "n/a"},
+        {"asin": "c", "description": ""},
+    ]
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    assert item_text_table(tmp_path / "meta.jsonl") == {  # c has no text
+        "a": "title: Soap; description: Gentle.; rank: Beauty: 3",
+        "b": "description: Mild,, for all; rank: n/a",
+    }
+    log = [{"user": "u", "item": item, "timestamp": t} for t, item in enumerate([7, "7b", 8])]
+    (tmp_path / "log.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps(r) + "\n" for r in log).encode())
+    )
+    assert load_interaction_files(tmp_path / "log.jsonl.gz").item_keys == ["7", "7b", "8"]
+    (tmp_path / "bad.jsonl").write_text('{"item": 1, "user": "u"}\n{"item": "x"}\n{"item": 2,}\n')
+    with pytest.raises(SemidError, match=r"bad.jsonl line 3 is not valid JSON"):
+        load_interaction_files(tmp_path / "bad.jsonl")
 
 
 def test_item_texts_joined_from_columns(tmp_path: Path) -> None:

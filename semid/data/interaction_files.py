@@ -43,6 +43,7 @@ from semid.data.tables import (
     header_hint,
     key_strings,
     parse_columns,
+    plain_text,
     read_table,
     row_label,
 )
@@ -349,7 +350,7 @@ def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
                            columns_option)  # fmt: skip
     if text_col is not None:
         values = table[text_col].to_pylist()
-        return keys, [_as_text(v) for v in values], column_name(key_col)
+        return keys, [plain_text(v) for v in values], column_name(key_col)
     others = [c for c in table.column_names if c != key_col]
     if not others:
         raise SemidError(
@@ -358,18 +359,10 @@ def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
     cells = {c: table[c].to_pylist() for c in others}
     texts = [
         "; ".join(
-            f"{column_name(c)}: {_as_text(cells[c][row])}"
+            f"{column_name(c)}: {plain_text(cells[c][row])}"
             for c in others
-            if _as_text(cells[c][row])
+            if plain_text(cells[c][row])
         )
         for row in range(table.num_rows)
     ]
     return keys, texts, column_name(key_col)
-
-
-def _as_text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_as_text(v) for v in value if _as_text(v))
-    return str(value).strip()

@@ -72,8 +72,7 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
         if fmt == "parquet":
             table = _read_parquet(path)
         elif fmt == "jsonl":
-            table = pajson.read_json(path)
-            table.validate(full=True)  # the JSON reader does not check UTF-8 in strings
+            table = _read_json_lines(path, what)
         else:
             table = _read_delimited(path, fmt)
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
@@ -83,6 +82,54 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
     if table.num_rows == 0:
         raise SemidError(f"{what} {path} has no rows; it holds only a header or nothing")
     return table
+
+
+def _read_json_lines(path: Path, what: str) -> pa.Table:
+    try:
+        table = pajson.read_json(path)
+    except pa.ArrowInvalid as e:
+        if "changed from" not in str(e):
+            raise
+        return _read_json_rows(path, what, e)
+    table.validate(full=True)  # the JSON reader does not check UTF-8 in strings
+    return table
+
+
+def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid) -> pa.Table:
+    """JSON Lines whose fields change kind from row to row (Amazon's metadata has descriptions that
+    are a string in some rows and a list in others), which pyarrow's reader refuses: read row by
+    row, and a field that cannot be one typed column becomes text (`plain_text`)."""
+    rows = []
+    for line in _raw_text(path).decode("utf-8").removeprefix("\ufeff").splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise _explain(path, "jsonl", what, error) from None  # names the line
+            if not isinstance(row, dict):
+                raise _explain(path, "jsonl", what, error)
+            rows.append(row)
+    names = dict.fromkeys(name for row in rows for name in row)
+    return pa.table({name: _typed_or_text([row.get(name) for row in rows]) for name in names})
+
+
+def _typed_or_text(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else plain_text(v) for v in values], pa.string())
+
+
+def plain_text(value: object) -> str:
+    """A cell as text: lists joined with ", " (empty parts left out), objects as "key: value"
+    pairs, None as ""; other values as ``str`` gives them, stripped."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(text for text in map(plain_text, value) if text)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {text}" for k, v in value.items() if (text := plain_text(v)))
+    return str(value).strip()
 
 
 # Separators a ``.csv`` export may use instead of commas (spreadsheets in many locales write ';').
