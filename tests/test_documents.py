@@ -184,7 +184,11 @@ def _docs(tmp_path, name: str, records: list[dict]):
         ({"_id": "a", "title": "Tea", "contents": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "title": "Tea", "body": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "abstract": "a drink"}, Document("a", "a drink")),
-        ({"id": "a", "text": "t", "title": "ignored", "queries": None}, Document("a", "t")),
+        (
+            {"id": "a", "text": "t", "title": "Tea", "queries": None},
+            Document("a", "Tea\nt"),
+        ),  # BEIR
+        ({"id": "a", "text": "t", "title": ""}, Document("a", "t")),
     ],
 )
 def test_jsonl_and_csv_accept_the_same_fields(tmp_path, name, record, expected):

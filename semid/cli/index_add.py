@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--docs",
         type=Path,
-        help="documents of a retrieval run (JSON Lines, CSV or Parquet of id, text[, queries], as "
-        "training reads them): only new prompts are trained; documents without queries are indexed only",
+        help="documents of a retrieval run (JSON Lines, CSV or Parquet of id, text[, queries], or a "
+        "BEIR folder, as training reads them): only new prompts are trained; documents without queries are indexed only",
     )
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")
     p.add_argument("--encoder", help="sentence-transformers folder for .tsv texts (default: the index's)")  # fmt: skip

@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         required=True,
-        help="documents: debian-docs or a file of id, text[, queries] rows "
-        "(JSON Lines, CSV, Parquet; optionally .gz); images (--model avg): fashion-mnist, digits, a folder "
+        help="documents: debian-docs, a file of id, text[, queries] rows (JSON Lines, CSV, "
+        "Parquet; optionally .gz) or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/); images (--model avg): fashion-mnist, digits, a folder "
         "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]",
     )
     p.add_argument(

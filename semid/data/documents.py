@@ -121,9 +121,9 @@ def _document(record: dict, where: str) -> Document:
 
 
 def _text(record: dict, where: str, doc_id: str) -> str:
-    """The record's "text", else its "title" and body joined by a line break."""
-    if "text" in record:
-        parts = [("text", record["text"])]
+    """The record's "title" (if any) and its "text" or body, joined by a line break."""
+    if "text" in record:  # BEIR's corpus: a title and a text
+        parts = [("title", record.get("title")), ("text", record["text"])]
     else:
         body_name, body = _field(record, BODY_FIELDS, where)
         if body_name is None:
@@ -174,7 +174,8 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     path = Path(path)
     if path.is_dir():
         raise SemidError(
-            f"{path} is a folder; pass the documents file (JSON Lines, CSV or Parquet with id and text)"
+            f"{path} is a folder; pass the documents file (JSON Lines, CSV or Parquet with id and "
+            "text), or a BEIR folder with corpus.jsonl, queries.jsonl and qrels/*.tsv"
         )
     if not path.is_file():
         raise SemidError(

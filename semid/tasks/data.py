@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from semid.data.beir import is_beir_folder
 from semid.data.documents import BODY_FIELDS
 from semid.data.images import image_files, visible_entries
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
@@ -99,6 +100,8 @@ def sniff_kind(path: str) -> str:
     """What a data path holds, from its form and columns: ``interactions``, ``documents`` or ``images``."""
     p = Path(path)
     if p.is_dir():
+        if is_beir_folder(p):
+            return "documents"
         if any(image_files(d) for d in visible_entries(p) if d.is_dir()):
             return "images"
         if is_movielens_folder(p):

@@ -25,11 +25,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from semid.atomic import check_output_folder, read_json, restore_on_error, write_json
+from semid.data.beir import read_collection
 from semid.data.corpus import CorpusSplit, split_corpus, subset_rows
 from semid.data.documents import (
     QUERY_FIELDS_HELP,
     DocumentCollection,
-    read_documents,
     write_documents,
 )
 from semid.data.registry import load_dataset
@@ -139,9 +139,9 @@ def dsi_examples(docs: EncodedTexts, doc_rows: Tensor, queries: EncodedTexts, qu
 
 
 def load_collection(name: str) -> DocumentCollection:
-    """A registered document dataset by name (e.g. debian-docs) or a documents file."""
+    """A registered document dataset by name (e.g. debian-docs), a documents file or a BEIR folder."""
     if name.endswith(".jsonl") or Path(name).is_file() or Path(name).is_dir():
-        return read_documents(name)
+        return read_collection(name)
     data = load_dataset(name)
     if not isinstance(data, DocumentCollection):
         raise SemidError(f"{name} is not a document collection; pass debian-docs, manpages or a "
@@ -472,7 +472,7 @@ class RetrieveTask(Task):
         the first write, and a failure while writing puts the run back as it was."""
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
-        collection = read_documents(source)
+        collection = read_collection(source)
         model, start = run.model, len(run.ids)
         clash = [d for d in collection.ids if d in run.ids._row_of_key]
         if clash:

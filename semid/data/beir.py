@@ -1,0 +1,120 @@
+"""Document collections in BEIR's folder layout, the usual form of public retrieval benchmarks.
+
+A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
+``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``), each optionally
+gzipped. Every query judged relevant (score > 0) in any of the qrels files becomes a query of its
+document, in file order (the files sorted by name): semid draws its own split of documents, so
+BEIR's train, dev and test splits are pooled. `read_collection` reads a documents file or such a
+folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from semid.data.documents import Document, DocumentCollection, read_documents
+from semid.data.tables import content_sha256, find_column, key_strings, read_table
+from semid.errors import SemidError
+from semid.wording import counted
+
+CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
+LAYOUT = "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)"
+QUERY_ID_COLUMNS = ("_id", "id", "query_id", "qid")
+QRELS_QUERY_COLUMNS = ("query-id", "query_id", "qid")
+QRELS_DOCUMENT_COLUMNS = ("corpus-id", "corpus_id", "doc_id", "docid")
+
+
+def read_collection(path: str | os.PathLike, name: str | None = None) -> DocumentCollection:
+    """The documents of a documents file (`read_documents`) or of a BEIR folder (`read_beir`)."""
+    return read_beir(path, name) if Path(path).is_dir() else read_documents(path, name)
+
+
+def is_beir_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder with a BEIR corpus file."""
+    return Path(path).is_dir() and _file(Path(path), CORPUS) is not None
+
+
+def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCollection:
+    """The corpus of a BEIR folder, each document with the queries judged relevant to it; its
+    ``sha256`` is the folder's content hash (`content_sha256`). A folder without queries and
+    qrels gives the corpus alone (documents without queries are indexed only)."""
+    folder = Path(folder)
+    corpus = _file(folder, CORPUS)
+    if corpus is None:
+        raise SemidError(f"{folder} is a folder without {CORPUS}; pass a documents file (JSON Lines, "
+                         f"CSV or Parquet of id, text[, queries]) or {LAYOUT}")  # fmt: skip
+    collection = read_documents(corpus)
+    queries, qrels = _file(folder, QUERIES), _qrels_files(folder)
+    if (queries is None) != (not qrels):
+        missing = f"{QUERIES}" if queries is None else f"{QRELS}/*.tsv"
+        raise SemidError(f"{folder} has {'qrels' if queries is None else QUERIES} but no {missing}; "
+                         "give both, or neither for a corpus without queries")  # fmt: skip
+    documents = collection.documents
+    if queries is not None:
+        documents = _with_queries(documents, _query_texts(queries), qrels, folder)
+    return DocumentCollection(name or folder.name, documents, content_sha256(folder))
+
+
+def _file(folder: Path, name: str) -> Path | None:
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
+def _qrels_files(folder: Path) -> list[Path]:
+    qrels = folder / QRELS
+    if not qrels.is_dir():
+        return []
+    return sorted(p for p in qrels.iterdir() if p.name.endswith((".tsv", ".tsv.gz")))
+
+
+def _query_texts(path: Path) -> dict[str, str]:
+    """Query id -> text of a BEIR queries file."""
+    table = read_table(path, "queries file")
+    id_column = find_column(table, "query id", QUERY_ID_COLUMNS, path, "queries file",
+                            columns_option=False)  # fmt: skip
+    text_column = find_column(table, "text", ("text", "query"), path, "queries file",
+                              columns_option=False)  # fmt: skip
+    ids = key_strings(table[id_column], path, "query id")
+    return {
+        i: str(t or "").strip() for i, t in zip(ids, table[text_column].to_pylist(), strict=True)
+    }
+
+
+def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[Path],
+                  folder: Path) -> list[Document]:  # fmt: skip
+    """The documents, each with its own queries and then the relevant queries of the qrels."""
+    judged: dict[str, list[str]] = {d.id: list(d.queries) for d in documents}
+    attached = 0
+    for path in qrels:
+        table = read_table(path, "qrels file")
+        what = "qrels file"
+        query_col = find_column(
+            table, "query id", QRELS_QUERY_COLUMNS, path, what, columns_option=False
+        )
+        doc_col = find_column(
+            table, "document id", QRELS_DOCUMENT_COLUMNS, path, what, columns_option=False
+        )
+        score_col = find_column(
+            table, "score", ("score",), path, what, required=False, columns_option=False
+        )
+        relevant = [True] * table.num_rows
+        if score_col is not None:
+            try:
+                relevant = pc.greater(pc.cast(table[score_col], "double"), 0).to_pylist()
+            except (ValueError, TypeError, NotImplementedError) as e:
+                raise SemidError(
+                    f"{path}: the score column must hold numbers ({e}); fix the file"
+                ) from None
+        query_ids = key_strings(table[query_col], path, "query id")
+        doc_ids = key_strings(table[doc_col], path, "document id")
+        for query, doc, keep in zip(query_ids, doc_ids, relevant, strict=True):
+            text = texts.get(query)
+            if keep and text and doc in judged and text not in judged[doc]:
+                judged[doc].append(text)
+                attached += 1
+    if not attached:
+        raise SemidError(f"{folder}: no query of {QUERIES} is judged relevant to a document of "
+                         f"{CORPUS} in {counted(len(qrels), 'qrels file')}; check that their ids match")  # fmt: skip
+    return [Document(d.id, d.text, tuple(judged[d.id])) for d in documents]
