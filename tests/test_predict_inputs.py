@@ -48,6 +48,20 @@ def test_a_parquet_queries_table_and_a_header_of_another_name(tmp_path):
         queries_of(tmp_path / "q.csv")
 
 
+def test_beir_queries_jsonl_is_read_by_its_text_field(tmp_path):
+    (tmp_path / "queries.jsonl").write_text(
+        '{"_id": "q1", "text": "fast image viewer", "metadata": {}}\n'
+        '{"_id": "q2", "query": "kernel", "text": "ignored beside a query"}\n'
+    )
+    assert queries_of(tmp_path / "queries.jsonl")[0] == [
+        {"query": "fast image viewer"},
+        {"query": "kernel"},
+    ]
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "title": "x"}\n')
+    with pytest.raises(SemidError, match=r'line 1 has no "query" field \(nor "text"\)$'):
+        queries_of(tmp_path / "q.jsonl")
+
+
 def test_a_users_file_may_be_lines_json_lines_or_a_table(tmp_path):
     """--users reads its file as --queries does, by a "user" column (user_id and the other names
     of a log's user column too): a table's header and a JSON Lines object were read as user ids."""

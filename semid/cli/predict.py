@@ -250,7 +250,8 @@ def _input_table(
 def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
     if not (json_lines or line.startswith("{")):
         return {"query": line}
-    return {"query": _json_field(line, "query", where)}
+    # "text": as BEIR's queries.jsonl names it
+    return {"query": _json_field(line, "query", where, alias="text")}
 
 
 def _user_field(line: str, where: str) -> str:
@@ -263,17 +264,19 @@ def _user_field(line: str, where: str) -> str:
     return str(user)
 
 
-def _json_field(line: str, name: str, where: str) -> Any:
-    """Field ``name`` of a JSON Lines line; SemidError naming ``where`` if the line is not a JSON
-    object with that field."""
+def _json_field(line: str, name: str, where: str, alias: str | None = None) -> Any:
+    """Field ``name`` (else ``alias``) of a JSON Lines line; SemidError naming ``where`` if the
+    line is not a JSON object with that field."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
         raise SemidError(f"{where} is not valid JSON ({e.msg})") from None
     if not isinstance(item, dict):
         raise SemidError(f'{where} is {json_kind(item)}, not a JSON object with a "{name}" field')
+    if name not in item and alias in item:
+        return item[alias]
     if name not in item:
-        raise SemidError(f'{where} has no "{name}" field')
+        raise SemidError(f'{where} has no "{name}" field' + (f' (nor "{alias}")' if alias else ""))
     return item[name]
 
 
