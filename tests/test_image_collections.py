@@ -71,6 +71,22 @@ def test_a_captions_only_table_trains_evaluates_and_predicts(tmp_path, capsys):
     assert len(re.findall(r"a (dark|bright) square number \d+", table)) == 4
 
 
+def test_every_caption_of_an_image_trains_and_is_a_test_query(tmp_path, capsys):
+    rows = ["image,caption"]
+    for i in range(20):
+        kind = ("dark", "bright")[i % 2]
+        write_image(tmp_path / "imgs" / f"{i}.png", 40 if kind == "dark" else 220, seed=i)
+        rows += [
+            f"imgs/{i}.png,a {kind} square number {i}",
+            f"imgs/{i}.png,square {i} which is {kind}",
+        ]
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    run = build_and_train(tmp_path / "caps.csv", tmp_path)
+    assert re.search(r"^captions +32$", capsys.readouterr().out, re.M)  # 16 training images, 2 each
+    metrics = evaluate(run, "1", "4")
+    assert metrics["num_queries"] == 8 and metrics["recall@4"] == 1.0  # 4 test images, 2 each
+
+
 def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp_path, capsys):
     write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=10)
     run = build_and_train(tmp_path / "photos", tmp_path)

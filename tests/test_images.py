@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semid.data.image_files import load_image_collection
+from semid.data.image_files import load_image_collection, load_images
 from semid.data.image_io import read_image, resize_square, stack_images
 from semid.data.images import (
     FASHION_CLASSES,
@@ -281,12 +281,16 @@ def test_collection_table_of_paths_and_captions(tmp_path):
         ),
         ("path,note\nimgs/a.png,x\n", "needs a caption column"),
         (
-            "file,caption\nimgs/a.png,x\nimgs/a.png,y\n",
-            "line 3 repeats 'imgs/a.png' (first at line 2)",
+            "file,label\nimgs/a.png,x\nimgs/a.png,x\n",
+            "line 3 repeats 'imgs/a.png' (first at line 2); list each image once (several rows",
         ),
         (
-            "file,caption\nimgs/a.png,x\n./imgs/a.png,y\n",
+            "file,label\nimgs/a.png,x\n./imgs/a.png,y\n",
             "line 3 repeats './imgs/a.png' (first at line 2 as 'imgs/a.png')",
+        ),
+        (
+            "file,caption,label\nimgs/a.png,x,dog\nimgs/a.png,y, cat\n",
+            "line 3 repeats 'imgs/a.png' (first at line 2) with label 'cat' instead of 'dog'",
         ),
         ("path,label\nimgs/a.png,\n", "line 2: empty label"),
         ("path,label\nimgs/a.png,   \n", "line 2: empty label"),
@@ -299,6 +303,29 @@ def test_collection_table_errors(tmp_path, content, words):
     with pytest.raises(SemidError) as e:
         load_image_collection(tmp_path / "list.csv")
     assert words in str(e.value)
+
+
+def test_an_image_on_several_rows_has_several_captions(tmp_path):
+    """As Flickr30k and COCO give five captions per image: one image each, every caption a query."""
+    for name in "ab":
+        write_png(tmp_path / "imgs" / f"{name}.png", (4, 4), 1)
+    (tmp_path / "caps.csv").write_text(
+        "image,caption\nimgs/a.png,a dog\nimgs/b.png,a cat\n./imgs/a.png,a dog running\n"
+        "imgs/a.png,a dog\nimgs/a.png,a brown dog\n"
+    )
+    data = load_images(tmp_path / "caps.csv")
+    assert data.keys == ["imgs/a.png", "imgs/b.png"] and len(data.images) == 2
+    assert data.captions == ["a dog", "a cat"] and data.shown_texts() == ["a dog", "a cat"]
+    assert data.more_captions == [("a dog running", "a brown dog"), ()]  # a repeated caption once
+    texts, rows = data.caption_queries()
+    assert texts == ["a dog", "a dog running", "a brown dog", "a cat"] and rows.tolist() == [
+        0,
+        0,
+        0,
+        1,
+    ]
+    splits = load_image_collection(tmp_path / "caps.csv", test_fraction=0.5)
+    assert sorted(len(s.caption_queries()[0]) for s in (splits.train, splits.test)) == [1, 3]
 
 
 def test_labels_that_differ_by_spaces_are_one_class(tmp_path):

@@ -6,7 +6,8 @@ Two layouts:
   ``golden retriever``);
 - a table file (CSV, TSV, JSON Lines, Parquet; semid.data.tables) with a ``path`` column (paths
   relative to the table's folder, or absolute) and a ``caption`` and/or a ``label`` column
-  (names in PATH_COLUMNS, CAPTION_COLUMNS, LABEL_COLUMNS). Keys are the paths as written.
+  (names in PATH_COLUMNS, CAPTION_COLUMNS, LABEL_COLUMNS). Keys are the paths as written. An
+  image on several rows has several captions (Flickr30k and COCO give five), each a query.
 
 Images of different sizes are resized to one square size (semid.data.image_io). The split is
 seeded and stratified by class (every class with 2+ images has images on both sides); without
@@ -118,6 +119,9 @@ def _subset(data: ImageDataset, rows: np.ndarray, name: str) -> ImageDataset:
         class_names=data.class_names,
         captions=[data.captions[i] for i in rows] if data.captions is not None else None,
         name=name,
+        more_captions=[data.more_captions[i] for i in rows]
+        if data.more_captions is not None
+        else None,
     )
 
 
@@ -136,17 +140,26 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
             f"column ({', '.join(LABEL_COLUMNS)}) besides {path_col}"
         )
     keys = key_strings(table[path_col], path, "image path")
-    seen: dict[str, int] = {}  # the path without "." and ".." steps -> its first row
+    captions = (
+        list(key_strings(table[caption_col], path, "caption")) if caption_col is not None else None
+    )
+    names = None
+    if label_col is not None:
+        names = [name.strip() for name in key_strings(table[label_col], path, "label")]
+        blank = next((row for row, name in enumerate(names) if not name), None)
+        if blank is not None:  # " dog" and "dog" are one class; a label of spaces is none
+            raise SemidError(f"{path} {row_label(path, blank)}: empty label; give every row one")
+    seen: dict[str, int] = {}  # the path without "." and ".." steps -> its image's first row
+    first_rows: list[int] = []  # one row per image
+    more: dict[int, list[str]] = {}  # an image's first row -> its further captions
     files = []
     for row, key in enumerate(keys):
         same = os.path.normpath(key)  # "./a.png" and "imgs/../a.png" name the image "a.png" names
         if same in seen:
-            first = seen[same]
-            spelt = "" if keys[first] == key else f" as {keys[first]!r}"
-            raise SemidError(
-                f"{path} {row_label(path, row)} repeats {key!r} (first at {row_label(path, first)}{spelt}); list each image once"
-            )
+            _another_caption(path, row, seen[same], keys, captions, names, more)
+            continue
         seen[same] = row
+        first_rows.append(row)
         if "://" in key:  # https://..., s3://...
             raise SemidError(
                 f"{path} {row_label(path, row)}: image {key} is a URL; semid reads local files "
@@ -156,23 +169,37 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         if not file.is_file():
             raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
         files.append(file)
-    captions = labels = class_names = None
-    if caption_col is not None:
-        captions = list(key_strings(table[caption_col], path, "caption"))
-    if label_col is not None:
-        names = [name.strip() for name in key_strings(table[label_col], path, "label")]
-        blank = next((row for row, name in enumerate(names) if not name), None)
-        if blank is not None:  # " dog" and "dog" are one class; a label of spaces is none
-            raise SemidError(f"{path} {row_label(path, blank)}: empty label; give every row one")
+    labels = class_names = None
+    if names is not None:
         class_names = sorted(set(names))
         index = {c: i for i, c in enumerate(class_names)}
-        labels = torch.tensor([index[c] for c in names], dtype=torch.long)
+        labels = torch.tensor([index[names[row]] for row in first_rows], dtype=torch.long)
     images = read_images(files, str(path), image_size)
     return ImageDataset(
         images=torch.from_numpy(images),
-        keys=list(keys),
+        keys=[keys[row] for row in first_rows],
         labels=labels,
         class_names=class_names,
-        captions=captions,
+        captions=None if captions is None else [captions[row] for row in first_rows],
         name=name or Path(path.name[:-3] if path.name.endswith(".gz") else path.name).stem,
+        more_captions=[tuple(more.get(row, ())) for row in first_rows] if more else None,
     )
+
+
+def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, captions: list[str] | None,
+                     labels: list[str] | None, more: dict[int, list[str]]) -> None:  # fmt: skip
+    """Row ``row`` names the image of row ``first`` again: one more caption of it (a caption it
+    already has is kept once); SemidError if the table has no captions or the label differs."""
+    spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
+    where = f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at {row_label(path, first)}{spelt})"
+    if captions is None:
+        raise SemidError(
+            f"{where}; list each image once (several rows of an image give it several captions)"
+        )
+    if labels is not None and labels[row] != labels[first]:
+        raise SemidError(
+            f"{where} with label {labels[row]!r} instead of {labels[first]!r}; give an image one label"
+        )
+    known = more.setdefault(first, [])
+    if captions[row] != captions[first] and captions[row] not in known:
+        known.append(captions[row])

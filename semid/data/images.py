@@ -42,6 +42,8 @@ class ImageDataset:
     class_names: list[str] | None = None
     captions: list[str] | None = None
     name: str = "images"
+    # each image's captions after its first (Flickr30k and COCO give five per image), or None
+    more_captions: list[tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -69,6 +71,12 @@ class ImageDataset:
                 )
         if self.captions is not None and len(self.captions) != n:
             raise SemidError(f"{self.name}: {len(self.captions)} captions for {n} images")
+        if self.more_captions is not None and (
+            self.captions is None or len(self.more_captions) != n
+        ):
+            raise SemidError(
+                f"{self.name}: further captions need a first caption for each of the {n} images"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,6 +88,18 @@ class ImageDataset:
         if self.labels is None or self.class_names is None:
             return [""] * len(self)
         return [self.class_names[i] for i in self.labels.tolist()]
+
+    def caption_queries(self) -> tuple[list[str], Tensor]:
+        """Every caption of every image, an image's first caption first, and the row of each
+        caption's image (Q,)."""
+        if self.captions is None:
+            raise SemidError(f"{self.name} has no captions")
+        more = self.more_captions or [()] * len(self)
+        texts, rows = [], []
+        for row, (first, others) in enumerate(zip(self.captions, more, strict=True)):
+            texts += [first, *others]
+            rows += [row] * (1 + len(others))
+        return texts, torch.tensor(rows, dtype=torch.long)
 
     def texts(self) -> list[str]:
         """One text per image: its caption, else a description of its class."""

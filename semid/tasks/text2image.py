@@ -104,9 +104,9 @@ def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
 
 def image_queries(images: ImageDataset, split: str) -> tuple[list[str], Tensor]:
     """Query texts and their labels (Q,) for a split's images: wordings of the class names, or,
-    for a collection with captions and no labels, each image's caption labelled by its row."""
+    for a collection with captions and no labels, every caption of each image labelled by its row."""
     if images.labels is None:
-        return images.texts(), torch.arange(len(images))
+        return images.caption_queries()
     return class_queries(split, images.class_names)
 
 
@@ -339,7 +339,8 @@ class Text2ImageTask(Task):
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
                                             item_mix=options.item_mix)  # fmt: skip
-        return class_metrics(ranking.rows, image_labels, query_labels, options.ks)
+        metrics = class_metrics(ranking.rows, image_labels, query_labels, options.ks)
+        return metrics | {"num_queries": len(texts)}
 
     def _add(self, run_path: Path, source: Path, **options: Any) -> dict:
         """New images (a class-folder tree or a table of paths) get vokens from the saved CNN and
