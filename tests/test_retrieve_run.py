@@ -172,7 +172,10 @@ def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["index", "add", "RUN", "--docs", "DIR"], "is a folder without corpus.jsonl; pass a documents file"),
+        (
+            ["index", "add", "RUN", "--docs", "DIR"],
+            "is a folder without corpus.jsonl; pass a documents file",
+        ),
         (["predict", "RUN", "--queries", "DIR"], "--queries DIR is a folder; give a text file"),
         (
             ["train", "retriever", "--dataset", "DIR", "--out", "DIR/new"],
