@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -253,6 +254,30 @@ def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
     (tmp_path / "trained_on.json").write_text('{"data": "old"}')  # a start without a stamp drops it
     Trainer(make_model(), make_dataset(60), tiny_config(max_steps=2), tmp_path).fit(resume=False)
     assert not (tmp_path / "trained_on.json").exists()
+
+
+@dataclasses.dataclass
+class SizedConfig:
+    codes: int
+
+
+def test_a_resume_on_other_data_names_the_data_before_the_model_config_it_changed(tmp_path):
+    """Other data gives other IDs, which size the codebooks: the data is the change to name."""
+    before, after = make_model(), make_model()
+    before.config, after.config = SizedConfig(16), SizedConfig(17)
+    stamp = {"data": "a" * 64, "ids": "b" * 64}
+    Trainer(before, make_dataset(60), tiny_config(max_steps=2), tmp_path, trained_on=stamp).fit()
+    other = Trainer(after, make_dataset(60), tiny_config(max_steps=3), tmp_path,
+                    trained_on={**stamp, "data": "c" * 64})  # fmt: skip
+    with pytest.raises(SemidError, match=r"trained on other data \(data 'aaaaaaaaaaaa\.\.\.' ->"):
+        other.fit()
+    same_data = Trainer(
+        after, make_dataset(60), tiny_config(max_steps=3), tmp_path, trained_on=stamp
+    )
+    with pytest.raises(
+        SemidError, match="model config changed since the checkpoint .codes 16 -> 17"
+    ):
+        same_data.fit()
 
 
 def test_max_steps_stops_mid_epoch_evaluates_and_refuses_changed_batch_size(tmp_path):

@@ -265,6 +265,18 @@ class Trainer:
                 f"checkpoint {folder} was written by {saved.num_processes} process(es) but this run has "
                 f"{self.accelerator.num_processes}; launch with the same number or call fit(resume=False)"
             )
+        # the data first: other data changes the model config too (the IDs size the codebooks)
+        data_file = self.out_dir / TRAINED_ON_FILE  # absent in checkpoints of older versions
+        if data_file.is_file() and self.trained_on is not None:
+            before = read_json(data_file, UNCHECKED_RESUME)
+            changed = [f"{k} {_short(before.get(k))} -> {_short(v)}"
+                       for k, v in self.trained_on.items() if before.get(k) != v]  # fmt: skip
+            if changed:
+                raise SemidError(
+                    f"cannot resume {self.out_dir}: its checkpoints were trained on other data "
+                    f"({'; '.join(changed)}); restore the data, or start over (--no-resume, "
+                    "fit(resume=False))"
+                )
         config_file = self.out_dir / "train_config.json"
         if config_file.is_file():
             before = read_json(config_file, UNCHECKED_RESUME)
@@ -286,17 +298,6 @@ class Trainer:
                 raise SemidError(
                     f"cannot resume {self.out_dir}: the model config changed since the checkpoint "
                     f"({'; '.join(changed)}); restore it, or start over (--no-resume, fit(resume=False))"
-                )
-        data_file = self.out_dir / TRAINED_ON_FILE  # absent in checkpoints of older versions
-        if data_file.is_file() and self.trained_on is not None:
-            before = read_json(data_file, UNCHECKED_RESUME)
-            changed = [f"{k} {_short(before.get(k))} -> {_short(v)}"
-                       for k, v in self.trained_on.items() if before.get(k) != v]  # fmt: skip
-            if changed:
-                raise SemidError(
-                    f"cannot resume {self.out_dir}: its checkpoints were trained on other data "
-                    f"({'; '.join(changed)}); restore the data, or start over (--no-resume, "
-                    "fit(resume=False))"
                 )
 
     def _train_epoch(self, progress: TrainProgress, started: float, bar: tqdm) -> bool:
