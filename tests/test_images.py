@@ -326,6 +326,18 @@ def test_an_image_on_several_rows_has_several_captions(tmp_path):
     ]
     splits = load_image_collection(tmp_path / "caps.csv", test_fraction=0.5)
     assert sorted(len(s.caption_queries()[0]) for s in (splits.train, splits.test)) == [1, 3]
+    (tmp_path / "caps.jsonl").write_text(  # COCO converted: a list of captions per image
+        '{"image": "imgs/a.png", "captions": ["a dog", " ", "a brown dog"]}\n'
+        '{"image": "imgs/b.png", "captions": ["a cat"]}\n{"image": "imgs/a.png", "captions": ["a dog", "a pup"]}\n'
+    )
+    data = load_images(tmp_path / "caps.jsonl")
+    assert data.captions == ["a dog", "a cat"]
+    assert data.more_captions == [("a brown dog", "a pup"), ()]
+    (tmp_path / "none.jsonl").write_text('{"image": "imgs/a.png", "captions": []}\n')
+    with pytest.raises(
+        SemidError, match="none.jsonl row 1: no caption in 'captions'; give every row one"
+    ):
+        load_images(tmp_path / "none.jsonl")
 
 
 def test_labels_that_differ_by_spaces_are_one_class(tmp_path):

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from semid.data.image_io import read_images
@@ -28,7 +29,7 @@ from semid.data.tables import find_column, key_strings, read_table, row_label, t
 from semid.errors import SemidError
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
-CAPTION_COLUMNS = ("caption", "text")
+CAPTION_COLUMNS = ("caption", "text", "captions")
 LABEL_COLUMNS = ("label", "class")
 
 
@@ -140,9 +141,7 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
             f"column ({', '.join(LABEL_COLUMNS)}) besides {path_col}"
         )
     keys = key_strings(table[path_col], path, "image path")
-    captions = (
-        list(key_strings(table[caption_col], path, "caption")) if caption_col is not None else None
-    )
+    captions = _row_captions(table, caption_col, path) if caption_col is not None else None
     names = None
     if label_col is not None:
         names = [name.strip() for name in key_strings(table[label_col], path, "label")]
@@ -160,6 +159,8 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
             continue
         seen[same] = row
         first_rows.append(row)
+        if captions is not None:
+            _add_captions(more, row, captions[row][1:], captions[row][0])
         if "://" in key:  # https://..., s3://...
             raise SemidError(
                 f"{path} {row_label(path, row)}: image {key} is a URL; semid reads local files "
@@ -180,15 +181,39 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         keys=[keys[row] for row in first_rows],
         labels=labels,
         class_names=class_names,
-        captions=None if captions is None else [captions[row] for row in first_rows],
+        captions=None if captions is None else [captions[row][0] for row in first_rows],
         name=name or Path(path.name[:-3] if path.name.endswith(".gz") else path.name).stem,
         more_captions=[tuple(more.get(row, ())) for row in first_rows] if more else None,
     )
 
 
-def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, captions: list[str] | None,
+def _row_captions(table: pa.Table, column: str, path: Path) -> list[list[str]]:
+    """The captions of each row: its caption, or, in a list column (JSON Lines or Parquet, as
+    ``"captions": ["a dog", "a brown dog"]``), its captions; a row without one raises."""
+    cells = table[column]
+    if not (pa.types.is_list(cells.type) or pa.types.is_large_list(cells.type)):
+        return [[caption] for caption in key_strings(cells, path, "caption")]
+    rows = []
+    for row, cell in enumerate(cells.to_pylist()):
+        texts = [str(c).strip() for c in cell or [] if c is not None and str(c).strip()]
+        if not texts:
+            raise SemidError(
+                f"{path} {row_label(path, row)}: no caption in {column!r}; give every row one"
+            )
+        rows.append(texts)
+    return rows
+
+
+def _add_captions(more: dict[int, list[str]], first: int, texts: list[str], caption: str) -> None:
+    """Add ``texts`` to the further captions of the image first listed at row ``first``, leaving
+    out its first ``caption`` and those it has (each caption is a query once)."""
+    known = more.setdefault(first, [])
+    known += [t for t in dict.fromkeys(texts) if t != caption and t not in known]
+
+
+def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, captions: list[list[str]] | None,
                      labels: list[str] | None, more: dict[int, list[str]]) -> None:  # fmt: skip
-    """Row ``row`` names the image of row ``first`` again: one more caption of it (a caption it
+    """Row ``row`` names the image of row ``first`` again: more captions of it (a caption it
     already has is kept once); SemidError if the table has no captions or the label differs."""
     spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
     where = f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at {row_label(path, first)}{spelt})"
@@ -200,6 +225,4 @@ def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, caption
         raise SemidError(
             f"{where} with label {labels[row]!r} instead of {labels[first]!r}; give an image one label"
         )
-    known = more.setdefault(first, [])
-    if captions[row] != captions[first] and captions[row] not in known:
-        known.append(captions[row])
+    _add_captions(more, first, captions[row], captions[first][0])
