@@ -712,8 +712,8 @@ cases(
         ),
         (
             "predict-queries-no-query-field",
-            lambda e: f'--queries {e.tmp / "q.jsonl"} line 1 has no "query" field',
-            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '{"text": "x"}\n')))(e),
+            lambda e: f'--queries {e.tmp / "q.jsonl"} line 1 has no "query" field (nor "text")',
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.jsonl", '{"title": "x"}\n')))(e),
         ),
         (
             "predict-queries-bad-json-line",  # a text file may mix plain and JSON lines
