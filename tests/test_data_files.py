@@ -287,9 +287,16 @@ def test_public_logs_are_read_by_their_own_column_names(tmp_path: Path) -> None:
     no --columns; a log with both of Amazon 2023's item columns is asked which one is the item."""
     amazon = [{"reviewerID": "A1", "asin": f"B{i}", "unixReviewTime": 10 - i, "overall": 5.0}
               for i in range(3)]  # fmt: skip
-    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in amazon))
-    d = load_interaction_files(tmp_path / "reviews.jsonl")
+    # Amazon's files are JSON Lines named .json, often gzipped (Beauty_5.json.gz)
+    lines = "".join(json.dumps(r) + "\n" for r in amazon)
+    (tmp_path / "Beauty_5.json.gz").write_bytes(gzip.compress(lines.encode()))
+    d = load_interaction_files(tmp_path / "Beauty_5.json.gz")
     assert d.user_keys == ["A1"] and d.item_keys == ["B2", "B1", "B0"] and d.notes == []
+    (tmp_path / "array.json").write_text(json.dumps(amazon, indent=1))
+    with pytest.raises(
+        SemidError, match="array.json is a JSON array; write JSON Lines, one object per line$"
+    ):
+        load_interaction_files(tmp_path / "array.json")
     (tmp_path / "yelp.csv").write_text("user_id,business_id,stars\nu,b1,4\nu,b2,3\nu,b3,5\n")
     assert load_interaction_files(tmp_path / "yelp.csv").item_keys == ["b1", "b2", "b3"]
     (tmp_path / "both.csv").write_text("user_id,asin,parent_asin,timestamp\nu,a,p,1\n")

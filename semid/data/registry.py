@@ -99,14 +99,7 @@ def load_dataset(name: str) -> Any:
     if table_format(name) is not None:
         return load_interaction_files(name)
     if Path(name).is_file():
-        array = (
-            " (a .json array: write JSON Lines, one object per line)"
-            if name.lower().endswith(".json")
-            else ""
-        )
-        raise SemidError(
-            f"interactions file {name}: unknown extension; use one of {ACCEPTED}{array}"
-        )
+        raise SemidError(f"interactions file {name}: unknown extension; use one of {ACCEPTED}")
     known = ", ".join(available_datasets())
     raise SemidError(
         f"unknown dataset '{name}'; known: {known} (or pass a folder path, or an interactions "

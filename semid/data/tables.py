@@ -41,6 +41,7 @@ TABLE_FORMATS = {
     ".parquet": "parquet",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".json": "jsonl",  # Amazon's review files are JSON Lines named .json (a JSON array is refused)
 }
 ACCEPTED = ", ".join([*TABLE_FORMATS, "each optionally followed by .gz"])
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -174,6 +175,10 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
         line = data.count(b"\n", 0, e.start) + 1
         return SemidError(f"{what} {path} line {line} is not UTF-8 text; save the file as UTF-8")
     if fmt == "jsonl":
+        if text.lstrip("\ufeff \t\r\n").startswith("["):
+            return SemidError(
+                f"{what} {path} is a JSON array; write JSON Lines, one object per line"
+            )
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
