@@ -330,6 +330,29 @@ def test_json_lines_whose_fields_change_kind_from_row_to_row(tmp_path: Path) -> 
         load_interaction_files(tmp_path / "bad.jsonl")
 
 
+def test_the_text_may_be_chosen_columns_joined(tmp_path: Path) -> None:
+    """--columns text=title+brand joins those columns alone (Amazon's metadata has URLs and lists
+    of related products that would flood the text)."""
+    meta = [
+        {
+            "asin": "a",
+            "title": "Soap",
+            "brand": "Acme",
+            "imUrl": "http://x/a.jpg",
+            "related": ["b"],
+        },
+        {"asin": "b", "title": "Gel", "brand": None, "imUrl": "http://x/b.jpg", "related": ["a"]},
+    ]
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    columns = {"item": "asin", "text": "title+brand"}
+    assert item_text_table(tmp_path / "meta.jsonl", columns) == {
+        "a": "title: Soap; brand: Acme",
+        "b": "title: Gel",
+    }
+    with pytest.raises(SemidError, match="has no column 'rank' .given for text."):
+        item_text_table(tmp_path / "meta.jsonl", {"text": "title+rank"})
+
+
 def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
     items = "movieId,title,year,genres\ni1,Heat,1995,Action|Crime\ni2,Up,,Animation\ni3,X,2000,\n"
     d = load_interaction_files(*files(tmp_path, items=items), min_interactions=1)

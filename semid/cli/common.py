@@ -77,7 +77,8 @@ def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--columns",
         type=parse_columns,
-        help="column names by role when not the usual ones, e.g. user=uid,item=sku,timestamp=ts",
+        help="column names by role when not the usual ones, e.g. user=uid,item=sku,timestamp=ts; "
+        "text=title+brand joins those columns of --items",
     )
     p.add_argument(
         "--missing-text",

@@ -346,8 +346,17 @@ def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
             f"{path} {row_label(path, row)} repeats item {keys[row]!r} (first at "
             f"{row_label(path, first)}); give each item one row"
         )
-    text_col = find_column(table, "text", ("text",), path, what, columns.get("text"), False,
-                           columns_option)  # fmt: skip
+    explicit = columns.get("text")
+    if explicit is not None and "+" in explicit:  # text=title+brand: those columns, joined
+        names = [name.strip() for name in explicit.split("+")]
+        if not all(names):
+            raise SemidError(f"--columns text={explicit}: an empty column name; write e.g. "
+                             "text=title+categories")  # fmt: skip
+        chosen = [
+            find_column(table, "text", (), path, what, name, True, columns_option) for name in names
+        ]
+        return keys, _joined_texts(table, chosen), column_name(key_col)
+    text_col = find_column(table, "text", ("text",), path, what, explicit, False, columns_option)
     if text_col is not None:
         values = table[text_col].to_pylist()
         return keys, [plain_text(v) for v in values], column_name(key_col)
@@ -356,13 +365,13 @@ def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
         raise SemidError(
             f"{path} has only the item column; add a text column (or title, genres, ...)"
         )
-    cells = {c: table[c].to_pylist() for c in others}
-    texts = [
-        "; ".join(
-            f"{column_name(c)}: {plain_text(cells[c][row])}"
-            for c in others
-            if plain_text(cells[c][row])
-        )
+    return keys, _joined_texts(table, others), column_name(key_col)
+
+
+def _joined_texts(table: pa.Table, columns: list[str]) -> list[str]:
+    """One text per row: the non-empty cells of ``columns`` as ``"column: value"``, joined by "; "."""
+    cells = {c: [plain_text(v) for v in table[c].to_pylist()] for c in columns}
+    return [
+        "; ".join(f"{column_name(c)}: {cells[c][row]}" for c in columns if cells[c][row])
         for row in range(table.num_rows)
     ]
-    return keys, texts, column_name(key_col)
