@@ -52,7 +52,14 @@ def beir_folder(folder: Path, n: int = 3) -> Path:
 def test_each_document_gets_its_relevant_queries_and_its_title(tmp_path):
     folder = beir_folder(tmp_path / "scifact")
     collection = read_collection(folder)
-    assert collection.name == "scifact" and collection.sha256 == content_sha256(folder)
+    assert collection.name == "scifact"
+    assert collection.sha256 == content_sha256([folder / "corpus.jsonl", folder / "queries.jsonl",
+                                                folder / "qrels" / "test.tsv", folder / "qrels" / "train.tsv"])  # fmt: skip
+    (folder / "runs" / "docs").mkdir(parents=True)  # a run inside the folder is not its data
+    (folder / "runs" / "docs" / "config.json").write_text("{}")
+    assert read_collection(folder).sha256 == collection.sha256
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\n")
+    assert read_collection(folder).sha256 != collection.sha256
     assert collection.documents == [
         Document("d0", "kernel tool\nkernel d0 manual", ("kernel q0",)),  # q0-d1 has score 0
         Document("d1", "audio tool\naudio d1 manual", ("audio q1",)),
@@ -109,5 +116,5 @@ def test_a_retrieval_run_trains_on_a_beir_folder(tmp_path, monkeypatch):
     summary = get_task("retrieve").train(tiny_spec(folder, hold_out=0), tmp_path / "run")
     assert summary["documents"] == 30
     state = json.loads((tmp_path / "run" / "config.json").read_text())["state"]
-    assert state["corpus_sha256"] == content_sha256(folder)
+    assert state["corpus_sha256"] == read_collection(folder).sha256
     assert state["documents"]["d0_test_queries"] > 0

@@ -39,8 +39,9 @@ def is_beir_folder(path: str | os.PathLike) -> bool:
 
 def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCollection:
     """The corpus of a BEIR folder, each document with the queries judged relevant to it; its
-    ``sha256`` is the folder's content hash (`content_sha256`). A folder without queries and
-    qrels gives the corpus alone (documents without queries are indexed only)."""
+    ``sha256`` is the content hash of those files alone (`content_sha256`), so that a run written
+    inside the folder does not change it. A folder without queries and qrels gives the corpus
+    alone (documents without queries are indexed only)."""
     folder = Path(folder)
     corpus = _file(folder, CORPUS)
     if corpus is None:
@@ -55,7 +56,8 @@ def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCol
     documents = collection.documents
     if queries is not None:
         documents = _with_queries(documents, _query_texts(queries), qrels, folder)
-    return DocumentCollection(name or folder.name, documents, content_sha256(folder))
+    files = [corpus, *([queries] if queries is not None else []), *qrels]
+    return DocumentCollection(name or folder.resolve().name, documents, content_sha256(files))
 
 
 def _file(folder: Path, name: str) -> Path | None:
