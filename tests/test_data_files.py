@@ -22,6 +22,7 @@ from semid.data import leave_one_out, load_dataset
 from semid.data.interaction_files import item_text_table, load_interaction_files
 from semid.data.tables import content_sha256, find_column, parse_columns, read_table
 from semid.errors import SemidError
+from semid.tasks.data import data_stamp
 
 ROWS = [
     {"user": "007", "item": "a", "timestamp": "5"},
@@ -160,6 +161,25 @@ def test_content_sha256(tmp_path: Path) -> None:
     (tmp_path / "moved" / "sub" / "x.bin").write_bytes(b"y")
     assert content_sha256(tmp_path / "moved") != folder_hash
     assert content_sha256([data, tmp_path / "d" / "sub" / "x.bin"]) != content_sha256(data)
+
+
+def test_what_semid_writes_inside_a_data_folder_is_not_its_data(tmp_path: Path) -> None:
+    """`--dataset . --out runs/x`: the run, an index, a training folder, lock and temporary files
+    (all hidden) and a loop of links change neither the hash nor the stamp of the data."""
+    data = tmp_path / "photos"
+    (data / "cat").mkdir(parents=True)
+    (data / "cat" / "a.png").write_bytes(b"png")
+    before, stamp = content_sha256(data), data_stamp(str(data))
+    writes = {"runs/x/manifest.json": "{}", "runs/x/model/w.bin": "w", "index/codes.safetensors": "c",
+              "index/keys.json": "[]", "runs/y/train/train_config.json": "{}", ".runs.lock": "",
+              ".x.123.abcdefgh.tmp/part": "p", "cat/.DS_Store": "d"}  # fmt: skip
+    for name, text in writes.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text(text)
+    (data / "cat" / "loop").symlink_to(data)
+    assert content_sha256(data) == before and data_stamp(str(data)) == stamp
+    (data / "cat" / "b.png").write_bytes(b"png")  # data after all
+    assert content_sha256(data) != before
 
 
 # --- load_interaction_files ------------------------------------------------------------------

@@ -87,6 +87,20 @@ def test_every_caption_of_an_image_trains_and_is_a_test_query(tmp_path, capsys):
     assert metrics["num_queries"] == 8 and metrics["recall@4"] == 1.0  # 4 test images, 2 each
 
 
+def test_a_run_inside_its_image_folder_resumes_and_evaluates(tmp_path, capsys, monkeypatch):
+    """`cd photos && semid train retriever --dataset . --out runs/avg`: the run (and its lock and
+    temporary files) is written inside the data folder, and is not taken for a change of the data."""
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=10)
+    monkeypatch.chdir(tmp_path / "photos")
+    train = ["train", "retriever", "--dataset", ".", "--model", "avg", "--quantizer", SPEC,
+             "--epochs", "1", "--out", "runs/avg"]  # fmt: skip
+    assert main(train) == 0
+    capsys.readouterr()
+    assert main(train) == 0
+    assert "resuming from step" in capsys.readouterr().err
+    assert main(["eval", "runs/avg", "--k", "4"]) == 0
+
+
 def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp_path, capsys):
     write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=10)
     run = build_and_train(tmp_path / "photos", tmp_path)

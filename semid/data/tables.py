@@ -324,19 +324,40 @@ def key_strings(column: pa.ChunkedArray, path: Path, role: str) -> np.ndarray:
     return values
 
 
+# files that mark a folder semid wrote: a run, an index, a training folder (before its run exists)
+SEMID_OUTPUT_MARKERS = ("manifest.json", "codes.safetensors", "train_config.json")
+
+
+def folder_data_files(folder: Path, _holders: frozenset[Path] = frozenset()) -> list[Path]:
+    """The files below ``folder`` that are data, sorted: hidden entries (``.DS_Store``, semid's
+    lock and temporary files) and the folders semid writes (a run or index made inside the data
+    folder, ``--dataset . --out runs/x``) are left out, so that writing one changes no hash. A
+    linked folder is followed unless it holds the folder that links to it (a loop)."""
+    holders = _holders | {folder.resolve()}
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            semid_output = any((entry / marker).is_file() for marker in SEMID_OUTPUT_MARKERS)
+            if not semid_output and entry.resolve() not in holders:
+                files += folder_data_files(entry, holders)
+        elif entry.is_file():
+            files.append(entry)
+    return files
+
+
 def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
     """The sha256 of the data's bytes: for one file, of its bytes (``sha256sum``'s digest).
 
     Several paths or a folder hash one ``<digest>  <name>`` line per file (folders: every file
-    below, sorted, by relative path), so renaming a class folder changes the hash but moving the
-    data elsewhere does not."""
+    below, sorted, by relative path; see `folder_data_files`), so renaming a class folder changes
+    the hash but moving the data elsewhere does not."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[tuple[str, Path]] = []
     for item in map(Path, items):
         if item.is_dir():
-            files += [
-                (p.relative_to(item).as_posix(), p) for p in sorted(item.rglob("*")) if p.is_file()
-            ]
+            files += [(p.relative_to(item).as_posix(), p) for p in folder_data_files(item)]
         elif item.is_file():
             files.append((item.name, item))
         else:

@@ -18,7 +18,7 @@ from semid.data.documents import BODY_FIELDS
 from semid.data.images import image_files, visible_entries
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
 from semid.data.registry import available_datasets
-from semid.data.tables import content_sha256, read_table, table_format
+from semid.data.tables import content_sha256, folder_data_files, read_table, table_format
 from semid.errors import SemidError
 
 USER_HINTS = ("user", "user_id", "userid", "uid")
@@ -50,7 +50,7 @@ def data_stamp(*names: str | None) -> tuple[tuple[str, int, int], ...]:
     a cheap key that changes when a file is rewritten (the content hash says whether it changed)."""
     files: list[Path] = []
     for path in map(Path, data_paths(*names)):
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files += folder_data_files(path) if path.is_dir() else [path]
     stats = [(f, f.stat()) for f in files if f.exists()]
     return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
 
