@@ -229,9 +229,16 @@ def test_text_files_of_queries_skip_a_bom_and_refuse_a_folder(tmp_path):
 
 @pytest.mark.parametrize(
     "header, kind",
-    [("doc_id,title,body", "documents"), ("id,text", "documents"), ("user,item", "interactions")],
+    [
+        ("doc_id,title,body", "documents"),
+        ("id,text", "documents"),
+        ("user,item", "interactions"),
+        ("filename,caption", "images"),  # any name the image tables' reader takes for the path
+        ("file_name,caption", "images"),  # COCO's
+        ("image_name,caption", "images"),  # Flickr30k's
+    ],
 )
-def test_a_documents_table_is_recognised_by_the_names_documents_accept(tmp_path, header, kind):
+def test_a_table_is_recognised_by_the_names_its_reader_accepts(tmp_path, header, kind):
     from semid.tasks.data import sniff_kind
 
     (tmp_path / "d.csv").write_text(f"{header}\n{','.join('x' for _ in header.split(','))}\n")

@@ -28,7 +28,17 @@ from semid.data.images import ImageDataset, ImageSplits, load_image_folder
 from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.errors import SemidError
 
-PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
+# with COCO's file_name and Flickr30k's image_name
+PATH_COLUMNS = (
+    "path",
+    "file",
+    "filename",
+    "file_name",
+    "filepath",
+    "image",
+    "image_path",
+    "image_name",
+)
 CAPTION_COLUMNS = ("caption", "text", "captions")
 LABEL_COLUMNS = ("label", "class")
 

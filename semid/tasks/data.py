@@ -15,6 +15,7 @@ from typing import Any
 
 from semid.data.beir import is_beir_folder
 from semid.data.documents import BODY_FIELDS
+from semid.data.image_files import PATH_COLUMNS
 from semid.data.images import image_files, visible_entries
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
 from semid.data.registry import available_datasets
@@ -113,7 +114,7 @@ def sniff_kind(path: str) -> str:
     if table_format(p) is None:
         return "interactions"
     names = {c.split(":")[0].lower() for c in read_table(p, "data file").column_names}
-    if "path" in names or "image" in names:
+    if names & {name.lower() for name in PATH_COLUMNS}:  # as the image tables' reader finds it
         return "images"
     if names & {"text", *BODY_FIELDS} and not names & set(USER_HINTS):
         return "documents"
