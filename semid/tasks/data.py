@@ -17,12 +17,17 @@ from semid.data.beir import is_beir_folder
 from semid.data.documents import BODY_FIELDS
 from semid.data.image_files import PATH_COLUMNS
 from semid.data.images import image_files, visible_entries
+from semid.data.interaction_files import ITEM_COLUMNS
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
 from semid.data.registry import available_datasets
-from semid.data.tables import content_sha256, folder_data_files, read_table, table_format
+from semid.data.tables import (
+    USER_COLUMNS,
+    content_sha256,
+    folder_data_files,
+    read_table,
+    table_format,
+)
 from semid.errors import SemidError
-
-USER_HINTS = ("user", "user_id", "userid", "uid")
 
 
 def resolve_dataset(name: str | None) -> str | None:
@@ -114,8 +119,11 @@ def sniff_kind(path: str) -> str:
     if table_format(p) is None:
         return "interactions"
     names = {c.split(":")[0].lower() for c in read_table(p, "data file").column_names}
+    users = names & {name.lower() for name in USER_COLUMNS}
+    if users and names & {name.lower() for name in ITEM_COLUMNS}:  # a log, whatever else it has
+        return "interactions"  # (Amazon's reviews have an "image" field, its text a "reviewText")
     if names & {name.lower() for name in PATH_COLUMNS}:  # as the image tables' reader finds it
         return "images"
-    if names & {"text", *BODY_FIELDS} and not names & set(USER_HINTS):
+    if names & {"text", *BODY_FIELDS} and not users:
         return "documents"
     return "interactions"
