@@ -291,6 +291,12 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
     )
     d = load_interaction_files(tmp_path / "c.csv")  # day-level dates would tie: file order is kept
     assert d.item_keys == ["b", "a", "c"] and "if one of date is the time" in d.notes[0]
+    (tmp_path / "yelp.csv").write_text(  # Yelp's dates have a time of day: they are the time
+        "user_id,business_id,stars,date\nx,b,5,2016-03-07 17:58:53\nx,a,4,2016-03-07 09:00:00\n"
+        "x,c,3,2017-01-01 00:00:01\n"
+    )
+    d = load_interaction_files(tmp_path / "yelp.csv")
+    assert d.notes == [] and d.item_keys == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("name", ["datetime", "event_time", "created_at"])

@@ -27,6 +27,7 @@ one is given, else first appearance in that order. The log is stored in that ord
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,8 @@ ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_
                 "parent_asin", "business_id", "book_id", "product_id", "article_id")  # fmt: skip
 ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
 # not "date": day-level dates tie within a day, and ties are broken by key, not file order; a
-# log with only a date column keeps file order and the note names the column
+# log with only a date column keeps file order and the note names the column (unless its dates
+# have a time of day, as Yelp's: `_dated_to_the_second`)
 TIME_COLUMNS = (
     "timestamp",
     "ts",
@@ -110,6 +112,8 @@ def load_interaction_files(
     time_col = find_column(
         table, "timestamp", TIME_COLUMNS, path, what, columns.get("timestamp"), required=False
     )
+    if time_col is None:
+        time_col = _dated_to_the_second(table)
     users = key_strings(table[user_col], path, "user id")
     item_of = key_strings(table[item_col], path, "item id")
     # one hash pass per key column; every step below works on the integer codes (E,) and the
@@ -218,6 +222,22 @@ def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> 
             f"user_id, ... and item, item_id, ...; found: {', '.join(table.column_names)})"
             f"{header_hint(table.column_names)}; rename them or pass --columns user=NAME,item=NAME"
         )
+
+
+# a date with a time of day: 2016-03-07 17:58:53, 2016-03-07T17:58Z
+_TIME_OF_DAY = re.compile(r"\d[T ]\d{1,2}:\d{2}")
+
+
+def _dated_to_the_second(table: pa.Table) -> str | None:
+    """A column named ``date`` whose first value has a time of day (Yelp's reviews), else None:
+    a day-level date would tie every event of a day, so such a column is not the time unless
+    named with --columns."""
+    found = [h for h in table.column_names if column_name(h) == "date"]
+    if len(found) != 1:
+        return None
+    values = table[found[0]].drop_null()
+    first = str(values[0].as_py()) if len(values) else ""
+    return found[0] if _TIME_OF_DAY.search(first) else None
 
 
 def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:
