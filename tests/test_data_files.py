@@ -356,6 +356,33 @@ def test_json_lines_whose_fields_change_kind_from_row_to_row(tmp_path: Path) -> 
         load_interaction_files(tmp_path / "bad.jsonl")
 
 
+def test_amazon_2014_metadata_of_python_dict_literals(tmp_path: Path) -> None:
+    """meta_Beauty.json.gz (2014) holds one Python dict literal a line, not JSON."""
+    meta = [
+        {
+            "asin": "a",
+            "title": "Soap",
+            "categories": [["Beauty", "Bath"]],
+            "salesRank": {"Beauty": 3},
+        },
+        {"asin": "b", "title": "Gel's best", "price": 9.5},
+    ]
+    (tmp_path / "meta_Beauty.json.gz").write_bytes(
+        gzip.compress("".join(f"{m!r}\n" for m in meta).encode())
+    )
+    assert item_text_table(
+        tmp_path / "meta_Beauty.json.gz", {"item": "asin", "text": "title+categories"}
+    ) == {
+        "a": "title: Soap; categories: Beauty, Bath",
+        "b": "title: Gel's best",
+    }
+    (tmp_path / "bad.json").write_text(f"{meta[0]!r}\n{{'asin': 'c', 'title': oops}}\n")
+    with pytest.raises(
+        SemidError, match="bad.json line 2 is neither JSON nor a Python dict literal"
+    ):
+        item_text_table(tmp_path / "bad.json")
+
+
 def test_the_text_may_be_chosen_columns_joined(tmp_path: Path) -> None:
     """--columns text=title+brand joins those columns alone (Amazon's metadata has URLs and lists
     of related products that would flood the text)."""

@@ -13,6 +13,7 @@ explicit mapping parsed from ``user=a,item=b`` (`parse_columns`). RecBole's type
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import json
@@ -89,27 +90,52 @@ def _read_json_lines(path: Path, what: str) -> pa.Table:
     try:
         table = pajson.read_json(path)
     except pa.ArrowInvalid as e:
-        if "changed from" not in str(e):
-            raise
-        return _read_json_rows(path, what, e)
+        if "changed from" in str(e) or _python_dict_lines(path):
+            return _read_json_rows(path, what, e)
+        raise
     table.validate(full=True)  # the JSON reader does not check UTF-8 in strings
     return table
 
 
+def _python_dict_lines(path: Path) -> bool:
+    """Whether the file's first line is a Python dict literal that is not JSON, as in Amazon's 2014
+    product metadata (``{'asin': '0205616461', 'title': ...}``)."""
+    with (gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz")
+          else open(path, encoding="utf-8")) as f:  # fmt: skip
+        first = next((line for line in f if line.strip()), "").lstrip("\ufeff")
+    try:
+        json.loads(first)
+        return False
+    except json.JSONDecodeError:
+        try:
+            return isinstance(ast.literal_eval(first.strip()), dict)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return False
+
+
 def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid) -> pa.Table:
-    """JSON Lines whose fields change kind from row to row (Amazon's metadata has descriptions that
-    are a string in some rows and a list in others), which pyarrow's reader refuses: read row by
-    row, and a field that cannot be one typed column becomes text (`plain_text`)."""
-    rows = []
-    for line in _raw_text(path).decode("utf-8").removeprefix("\ufeff").splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+    """JSON Lines that pyarrow's reader refuses, read row by row: fields that change kind from row
+    to row (Amazon's metadata has descriptions that are a string in some rows and a list in
+    others) become text (`plain_text`) when they cannot be one typed column, and lines of Python
+    dict literals (Amazon's 2014 metadata) are read as such."""
+    rows, literals = [], _python_dict_lines(path)
+    lines = _raw_text(path).decode("utf-8").removeprefix("\ufeff").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if not literals:
                 raise _explain(path, "jsonl", what, error) from None  # names the line
-            if not isinstance(row, dict):
-                raise _explain(path, "jsonl", what, error)
-            rows.append(row)
+            try:
+                row = ast.literal_eval(line.strip())
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                raise SemidError(f"{what} {path} line {number} is neither JSON nor a Python dict "
+                                 "literal; write one JSON object per line") from None  # fmt: skip
+        if not isinstance(row, dict):
+            raise _explain(path, "jsonl", what, error)
+        rows.append(row)
     names = dict.fromkeys(name for row in rows for name in row)
     return pa.table({name: _typed_or_text([row.get(name) for row in rows]) for name in names})
 
