@@ -47,7 +47,7 @@ def test_integer_ids_and_blank_lines(tmp_path):
         ("[1, 2]", "is a list, not a JSON object"),
         (
             json.dumps({"text": "no id"}),
-            "no document id (accepted names: id, doc_id, docid, _id; found: text)",
+            "no document id (accepted names: id, doc_id, docid, _id, docno, pid; found: text)",
         ),
         (json.dumps({"id": "x", "text": ""}), "document 'x' has an empty text"),
         (
@@ -135,7 +135,7 @@ def test_csv_and_parquet_documents(tmp_path):
         (
             "d.csv",
             "doc,text\n1,x\n",
-            "no document id (accepted names: id, doc_id, docid, _id; found: doc, text)",
+            "no document id (accepted names: id, doc_id, docid, _id, docno, pid; found: doc, text)",
         ),
         (
             "d.csv",
@@ -184,6 +184,8 @@ def _docs(tmp_path, name: str, records: list[dict]):
         ({"_id": "a", "title": "Tea", "contents": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "title": "Tea", "body": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "abstract": "a drink"}, Document("a", "a drink")),
+        ({"docno": "a", "title": "Tea", "content": "a drink"}, Document("a", "Tea\na drink")),
+        ({"pid": 7, "passage": "a drink", "query": "tea"}, Document("7", "a drink", ("tea",))),
         (
             {"id": "a", "text": "t", "title": "Tea", "queries": None},
             Document("a", "Tea\nt"),

@@ -75,9 +75,10 @@ class DocumentCollection:
 
 
 # Accepted field (JSON Lines) and column (tables) names, the same for every format.
-ID_FIELDS = ("id", "doc_id", "docid", "_id")
+ID_FIELDS = ("id", "doc_id", "docid", "_id", "docno", "pid")  # docno: TREC; pid: MS MARCO passages
 QUERY_FIELDS = ("queries", "query")
-BODY_FIELDS = ("body", "contents", "abstract")  # with an optional "title", when there is no "text"
+# with an optional "title", when there is no "text"
+BODY_FIELDS = ("body", "contents", "content", "abstract", "passage")
 QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query" is also accepted)'
 EXAMPLE = '{"id": "d1", "text": "...", "queries": ["..."]}'
 
