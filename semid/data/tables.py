@@ -90,8 +90,9 @@ def _read_json_lines(path: Path, what: str) -> pa.Table:
     try:
         table = pajson.read_json(path)
     except pa.ArrowInvalid as e:
-        if "changed from" in str(e) or _python_dict_lines(path):
-            return _read_json_rows(path, what, e)
+        literals = _python_dict_lines(path)
+        if literals or "changed from" in str(e):
+            return _read_json_rows(path, what, e, literals)
         raise
     table.validate(full=True)  # the JSON reader does not check UTF-8 in strings
     return table
@@ -113,12 +114,13 @@ def _python_dict_lines(path: Path) -> bool:
             return False
 
 
-def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid) -> pa.Table:
+def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid, literals: bool) -> pa.Table:
     """JSON Lines that pyarrow's reader refuses, read row by row: fields that change kind from row
     to row (Amazon's metadata has descriptions that are a string in some rows and a list in
     others) become text (`plain_text`) when they cannot be one typed column, and lines of Python
-    dict literals (Amazon's 2014 metadata) are read as such."""
-    rows, literals = [], _python_dict_lines(path)
+    dict literals (Amazon's 2014 metadata: ``literals``, see `_python_dict_lines`) are read as
+    such."""
+    rows = []
     lines = _raw_text(path).decode("utf-8").removeprefix("\ufeff").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
