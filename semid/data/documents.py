@@ -32,11 +32,14 @@ from semid.wording import json_kind
 
 @dataclass(frozen=True)
 class Document:
-    """One document: its id, its text and the queries known to be answered by it."""
+    """One document: its id, its text and the queries known to be answered by it. The queries are
+    split by semid (training or test, by document); ``test_queries``, given by a collection that
+    ships its own test split (BEIR's ``qrels/test.tsv``), are only evaluated."""
 
     id: str
     text: str
     queries: tuple[str, ...] = ()
+    test_queries: tuple[str, ...] = ()
 
 
 @dataclass
@@ -57,6 +60,11 @@ class DocumentCollection:
 
     def __len__(self) -> int:
         return len(self.documents)
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether the collection gives its own test queries (`Document.test_queries`)."""
+        return any(d.test_queries for d in self.documents)
 
     @property
     def ids(self) -> list[str]:

@@ -15,7 +15,7 @@ and BM25 counts, and trains only a new prompt session on D1, never revisiting D0
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -162,16 +162,43 @@ def check_trainable(collection: DocumentCollection, train_rows: Tensor) -> None:
                          f"documents; give more documents {QUERY_FIELDS_HELP}")  # fmt: skip
 
 
-def query_pairs(collection: DocumentCollection, rows: Tensor) -> list[list[str]]:
-    """[query, document id] for every query of the documents at ``rows``."""
-    docs = [collection.documents[int(r)] for r in rows]
-    return [[q, d.id] for d in docs for q in d.queries]
+def evaluation_queries(collection: DocumentCollection, rows: Tensor | list[int],
+                       indexed: Tensor | list[int]) -> list[list[Any]]:  # fmt: skip
+    """[query, [relevant document ids]] for each distinct test query of the documents at ``rows``
+    (their given test queries when the collection has its own split, else their queries), in
+    order. A query's relevant documents are all those at ``indexed`` that list it, so a query of
+    several documents is scored once, against all of them."""
+    given = collection.has_test_split
+    docs = collection.documents
+    relevant: dict[str, list[str]] = {}
+    for r in rows:
+        for q in docs[int(r)].test_queries if given else docs[int(r)].queries:
+            relevant.setdefault(q, [])
+    for r in indexed:
+        d = docs[int(r)]
+        for q in d.test_queries if given else d.queries:
+            if q in relevant and d.id not in relevant[q]:
+                relevant[q].append(d.id)
+    return [[q, ids] for q, ids in relevant.items()]
 
 
-def query_examples(collection: DocumentCollection, rows: list[int]) -> tuple[list[str], list[int]]:
-    """Every query of the documents at ``rows`` and, for each, the row of its document."""
-    pairs = [(q, r) for r in rows for q in collection.documents[r].queries]
+def query_examples(collection: DocumentCollection, rows: list[int],
+                   held_out: Collection[str] = ()) -> tuple[list[str], list[int]]:  # fmt: skip
+    """Every query of the documents at ``rows`` but the ``held_out`` (test) ones and, for each,
+    the row of its document."""
+    pairs = [(q, r) for r in rows for q in collection.documents[r].queries if q not in held_out]
     return [q for q, _ in pairs], [r for _, r in pairs]
+
+
+def split_name(collection: DocumentCollection) -> str:
+    """How a collection's test queries were chosen: ``given`` by it, or ``drawn`` by document."""
+    return "given" if collection.has_test_split else "drawn"
+
+
+def own_test_split(split: CorpusSplit) -> CorpusSplit:
+    """The split of a collection with its own test queries: every indexed document's queries are
+    trained on and its test queries evaluated."""
+    return replace(split, d0_train=split.d0, d0_test=split.d0, d1_train=split.d1, d1_test=split.d1)
 
 
 def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
@@ -284,7 +311,17 @@ def _document_files(index_path: Path, size: int) -> tuple[Tensor | None, Lexical
     return known, lexical
 
 
-def record_eval_queries(run: Path, name: str, pairs: list[list[str]]) -> None:
+def relevant_rows(ids: SemanticIDs, relevant: list[str | list[str]]) -> Tensor:
+    """(queries, most relevant) index rows of each query's relevant documents, padded with -1; a
+    query's relevant documents are one id (runs from before sets) or a list of ids."""
+    keys = [[r] if isinstance(r, str) else r for r in relevant]
+    rows = torch.full((len(keys), max(map(len, keys), default=1)), -1, dtype=torch.long)
+    for i, row in enumerate(keys):
+        rows[i, : len(row)] = ids.rows_of_keys(row)
+    return rows
+
+
+def record_eval_queries(run: Path, name: str, pairs: list[list[Any]]) -> None:
     """Record a part's held-out test queries in ``run/eval_queries.json`` (read by `evaluate`)."""
     path = run / EVAL_QUERIES
     current = read_json(path, "retrain the run") if path.is_file() else {}
@@ -324,6 +361,8 @@ class RetrieveTask(Task):
             subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
         )
         split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
+        if coll.has_test_split:
+            split = own_test_split(split)
         if len(split.d0) < 2:  # said here, where the hold-out that emptied D0 can be named
             raise SemidError(
                 f"{spec.dataset}: {len(split.d0)} of its {counted(len(coll), 'document')} would be "
@@ -365,13 +404,16 @@ class RetrieveTask(Task):
         check_trainable(coll, split.d0_train)  # before any work, and before the run folder exists
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None)
-        train_rows = [int(r) for r in split.d0_train if coll.documents[int(r)].queries]
+        test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
+        tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
+        train_rows = [int(r) for r in split.d0_train
+                      if any(q not in tested for q in coll.documents[int(r)].queries)]  # fmt: skip
         # the document head's weight is chosen on held-out queries
         if spec.model_config.rank_loss > 0:
             train_rows, valid_rows = valid_split(train_rows, spec.seed)
         else:
             valid_rows = []
-        query_texts, query_rows = query_examples(coll, train_rows)
+        query_texts, query_rows = query_examples(coll, train_rows, tested)
         queries = encode_texts(probe, query_texts, desc="encode queries")
         books = centroid_codebooks(quantizer, probe.encoder.config.hidden_size)
         config = spec.model_config
@@ -394,7 +436,7 @@ class RetrieveTask(Task):
         lexical = LexicalIndex.from_texts(coll.subset(split.d0).texts)
         evaluate, where = None, resolve_device(device)
         if valid_rows and model.has_item_head():
-            valid_texts, valid_doc_rows = query_examples(coll, valid_rows)
+            valid_texts, valid_doc_rows = query_examples(coll, valid_rows, tested)
             held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
                                torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
             evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams, where)
@@ -407,17 +449,19 @@ class RetrieveTask(Task):
             resume=resume, device=device, trained_on=stamp))  # fmt: skip
         seconds = time.perf_counter() - started
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
-                   "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept}  # fmt: skip
+                   "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept,
+                   "test_queries": len(test_pairs), "test_split": split_name(coll)}  # fmt: skip
         if evaluate is not None:  # the best epoch's weights are loaded: choose their mixing weights
             ndcg = tune_mixes(model, ids, held_out, lexical, spec.num_beams, where)
             summary |= {"item_mix": model.config.item_mix, "lexical_mix": model.config.lexical_mix,
                         "valid_ndcg@10": max(ndcg.values())}  # fmt: skip
         if not is_main_process():
             return summary
-        test_pairs = query_pairs(coll, split.d0_test)
         state = {"corpus_sha256": corpus_sha256, "trained_items": len(ids), "train_seconds": seconds, "train_steps": result.steps,
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
-                               "d0_test_documents": len(split.d0_test), "d0_test_queries": len(test_pairs)}}  # fmt: skip
+                               "d0_test_documents": len({d for _, relevant in test_pairs for d in relevant}),
+                               "d0_test_queries": len(test_pairs),
+                               "test_split": split_name(coll)}}  # fmt: skip
         with replacing_run(out, [EVAL_QUERIES, LATER]):
             ids.save(out / "index", quantizer=quantizer)
             save_document_embeddings(out / "index", docs.embeddings)
@@ -433,8 +477,10 @@ class RetrieveTask(Task):
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
-        """Recall/MRR@k on every recorded test-query part (d0-test, and d1-test once added), ranked
-        with the run's mixing weight of the document head or ``options.item_mix``."""
+        """Recall/MRR/NDCG@k on every recorded test-query part (d0-test, and d1-test once added),
+        ranked with the run's mixing weight of the document head or ``options.item_mix``; a query
+        with several relevant documents counts the share of them found (recall) and binary gains
+        (NDCG)."""
         _check_eval_options(run, options)
         path = run.path / EVAL_QUERIES
         if not path.is_file():
@@ -455,8 +501,9 @@ class RetrieveTask(Task):
             ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks), options.num_beams,
                                            desc=f"encode {name}", item_mix=options.item_mix)  # fmt: skip
             seconds = time.perf_counter() - started
-            targets = run.ids.rows_of_keys([d for _, d in pairs])
-            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr"))
+            targets = relevant_rows(run.ids, [relevant for _, relevant in pairs])
+            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr", "ndcg"),
+                                   num_relevant=(targets >= 0).sum(1))  # fmt: skip
             part |= {
                 "num_queries": float(len(targets)),
                 "queries_per_s": len(targets) / max(seconds, 1e-9),
@@ -485,9 +532,13 @@ class RetrieveTask(Task):
         perm = torch.randperm(len(collection), generator=g)
         n_test = round(len(collection) * spec.test_fraction)
         train_local, test_local = perm[n_test:].sort().values, perm[:n_test].sort().values
-        query_texts, with_query = query_examples(collection, train_local.tolist())
+        if collection.has_test_split:
+            train_local = test_local = torch.arange(len(collection))
+        test_pairs = evaluation_queries(collection, test_local, torch.arange(len(collection)))
+        query_texts, with_query = query_examples(
+            collection, train_local.tolist(), {q for q, _ in test_pairs}
+        )
         queries = encode_texts(model, query_texts, desc="encode new queries")
-        test_pairs = query_pairs(collection, test_local)
         session = len(model.prompts)
         # topic prompts: as many per document as the first session has, at most one per document
         m = topics or round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
@@ -518,7 +569,7 @@ class RetrieveTask(Task):
             state.setdefault("sessions", []).append(session_state)
             write_run(run_path, self.name, spec, state)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
-                "indexed": len(ids), "queries": sum(len(d.queries) for d in collection.documents),
+                "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds}  # fmt: skip
 
     def _train_session(self, model: PromptDSI, ids: SemanticIDs, spec: RetrieveSpec, run_path: Path,
