@@ -11,6 +11,9 @@ MiniLM vectors) on the D0 corpus and on D0+D1; PromptDSI before training (beams 
 head; and mixed with its document head), trained on D0 (beams alone, and mixed); then D1 added by
 PromptDSI incremental indexing (new prompts only), naive fine-tuning on D1 (prompts, adapter and
 decoder, no D0 data), and a full retrain on D0+D1. Every method sees the same subset, split, IDs.
+A collection with its own test queries (a BEIR folder with ``qrels/test.tsv`` beside training qrels)
+has them pooled with its other queries here: each method above needs documents of its own drawn
+split (D1 among them), so only `semid eval` keeps a given split.
 """
 
 from __future__ import annotations
@@ -126,6 +129,11 @@ class RetrievalBenchmark:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.corpus = load_collection(args.dataset)
+        if self.corpus.has_test_split:  # every method here needs the same drawn split of documents
+            print(f"{args.dataset} gives its own test queries (BEIR's qrels/test.tsv); this benchmark "
+                  "pools them with the others and draws its split of documents, as for any collection "
+                  "(`semid eval` of a run keeps the given split)", flush=True)  # fmt: skip
+            self.corpus = self.corpus.pooled()
         self.coll = self.corpus.subset(subset_rows(len(self.corpus), args.docs or None, args.seed),
                                        self.corpus.name)  # fmt: skip
         self.split = split_corpus(len(self.coll), args.seed)

@@ -87,6 +87,9 @@ def test_a_lone_test_split_is_pooled_and_a_test_query_is_never_trained_on(tmp_pa
         ((), ()),
         ((), ("python q2",)),
     ]
+    pooled = read_collection(folder).pooled()  # for the benchmark, which draws its own split
+    assert [d.queries for d in pooled.documents] == [("kernel q0",), (), ("python q2",)]
+    assert not pooled.has_test_split and pooled.sha256 == read_collection(folder).sha256
     (folder / "qrels" / "train.tsv").unlink()  # test.tsv alone is all there is to learn from
     docs = read_collection(folder).documents
     assert [(d.queries, d.test_queries) for d in docs] == [((), ()), ((), ()), (("python q2",), ())]

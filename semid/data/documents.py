@@ -66,6 +66,12 @@ class DocumentCollection:
         """Whether the collection gives its own test queries (`Document.test_queries`)."""
         return any(d.test_queries for d in self.documents)
 
+    def pooled(self) -> DocumentCollection:
+        """The collection with each document's given test queries appended to its queries, for a
+        protocol that draws its own split (the same hash: the same data)."""
+        docs = [Document(d.id, d.text, d.queries + d.test_queries) for d in self.documents]
+        return DocumentCollection(self.name, docs, self.sha256, dict(self.metadata))
+
     @property
     def ids(self) -> list[str]:
         """Document ids, in order."""
