@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.retrieve_report import write_results
 from benchmarks.text_baselines import BM25, dense_search
-from semid.data.corpus import split_corpus, subset_rows
+from semid.data.corpus import query_examples, split_corpus, subset_rows
 from semid.data.documents import DocumentCollection
 from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
 from semid.generators.promptdsi_states import (
@@ -51,7 +51,6 @@ from semid.tasks.retrieve import (
     dsi_examples,
     load_collection,
     query_batches,
-    query_examples,
     ranking_evaluator,
     train_or_keep_untrained,
     tune_mixes,

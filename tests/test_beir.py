@@ -13,6 +13,7 @@ import torch
 from _documents import tiny_spec
 
 from semid.data.beir import read_beir, read_collection
+from semid.data.corpus import evaluation_queries, query_examples
 from semid.data.documents import Document, DocumentCollection
 from semid.data.tables import content_sha256
 from semid.errors import SemidError
@@ -21,7 +22,7 @@ from semid.metrics import compute_metrics
 from semid.runs import load_run
 from semid.tasks import EvalOptions, get_task
 from semid.tasks.data import sniff_kind
-from semid.tasks.retrieve import evaluation_queries, query_examples, relevant_rows
+from semid.tasks.retrieve import relevant_rows
 
 WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
 

@@ -1,13 +1,17 @@
 """Seeded splits of a document collection: an initial corpus D0 and a later corpus D1, and in each the
-documents whose queries are trained on and those whose queries are only evaluated."""
+documents whose queries are trained on and those whose queries are only evaluated; and the training
+examples and test queries such a split gives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from semid.data.documents import DocumentCollection
 from semid.errors import SemidError
 
 
@@ -48,3 +52,42 @@ def subset_rows(n: int, size: int | None, seed: int = 0) -> Tensor:
         return torch.arange(n)
     g = torch.Generator().manual_seed(seed + 7919)
     return torch.randperm(n, generator=g)[:size].sort().values
+
+
+def evaluation_queries(collection: DocumentCollection, rows: Tensor | list[int],
+                       indexed: Tensor | list[int]) -> list[list[Any]]:  # fmt: skip
+    """[query, [relevant document ids]] for each distinct test query of the documents at ``rows``
+    (their given test queries when the collection has its own split, else their queries), in
+    order. A query's relevant documents are all those at ``indexed`` that list it, so a query of
+    several documents is scored once, against all of them."""
+    given = collection.has_test_split
+    docs = collection.documents
+    relevant: dict[str, list[str]] = {}
+    for r in rows:
+        for q in docs[int(r)].test_queries if given else docs[int(r)].queries:
+            relevant.setdefault(q, [])
+    for r in indexed:
+        d = docs[int(r)]
+        for q in d.test_queries if given else d.queries:
+            if q in relevant and d.id not in relevant[q]:
+                relevant[q].append(d.id)
+    return [[q, ids] for q, ids in relevant.items()]
+
+
+def query_examples(collection: DocumentCollection, rows: list[int],
+                   held_out: Collection[str] = ()) -> tuple[list[str], list[int]]:  # fmt: skip
+    """Every query of the documents at ``rows`` but the ``held_out`` (test) ones and, for each,
+    the row of its document."""
+    pairs = [(q, r) for r in rows for q in collection.documents[r].queries if q not in held_out]
+    return [q for q, _ in pairs], [r for _, r in pairs]
+
+
+def split_name(collection: DocumentCollection) -> str:
+    """How a collection's test queries were chosen: ``given`` by it, or ``drawn`` by document."""
+    return "given" if collection.has_test_split else "drawn"
+
+
+def own_test_split(split: CorpusSplit) -> CorpusSplit:
+    """The split of a collection with its own test queries: every indexed document's queries are
+    trained on and its test queries evaluated."""
+    return replace(split, d0_train=split.d0, d0_test=split.d0, d1_train=split.d1, d1_test=split.d1)

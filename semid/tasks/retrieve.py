@@ -15,7 +15,7 @@ and BM25 counts, and trains only a new prompt session on D1, never revisiting D0
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,15 @@ from torch.utils.data import Dataset
 
 from semid.atomic import check_output_folder, read_json, restore_on_error, write_json
 from semid.data.beir import read_collection
-from semid.data.corpus import CorpusSplit, split_corpus, subset_rows
+from semid.data.corpus import (
+    CorpusSplit,
+    evaluation_queries,
+    own_test_split,
+    query_examples,
+    split_corpus,
+    split_name,
+    subset_rows,
+)
 from semid.data.documents import (
     QUERY_FIELDS_HELP,
     DocumentCollection,
@@ -160,45 +168,6 @@ def check_trainable(collection: DocumentCollection, train_rows: Tensor) -> None:
         raise SemidError(f"only {counted(with_queries, 'document')} of {collection.name} "
                          f"{'has' if with_queries == 1 else 'have'} queries and none is among the training "
                          f"documents; give more documents {QUERY_FIELDS_HELP}")  # fmt: skip
-
-
-def evaluation_queries(collection: DocumentCollection, rows: Tensor | list[int],
-                       indexed: Tensor | list[int]) -> list[list[Any]]:  # fmt: skip
-    """[query, [relevant document ids]] for each distinct test query of the documents at ``rows``
-    (their given test queries when the collection has its own split, else their queries), in
-    order. A query's relevant documents are all those at ``indexed`` that list it, so a query of
-    several documents is scored once, against all of them."""
-    given = collection.has_test_split
-    docs = collection.documents
-    relevant: dict[str, list[str]] = {}
-    for r in rows:
-        for q in docs[int(r)].test_queries if given else docs[int(r)].queries:
-            relevant.setdefault(q, [])
-    for r in indexed:
-        d = docs[int(r)]
-        for q in d.test_queries if given else d.queries:
-            if q in relevant and d.id not in relevant[q]:
-                relevant[q].append(d.id)
-    return [[q, ids] for q, ids in relevant.items()]
-
-
-def query_examples(collection: DocumentCollection, rows: list[int],
-                   held_out: Collection[str] = ()) -> tuple[list[str], list[int]]:  # fmt: skip
-    """Every query of the documents at ``rows`` but the ``held_out`` (test) ones and, for each,
-    the row of its document."""
-    pairs = [(q, r) for r in rows for q in collection.documents[r].queries if q not in held_out]
-    return [q for q, _ in pairs], [r for _, r in pairs]
-
-
-def split_name(collection: DocumentCollection) -> str:
-    """How a collection's test queries were chosen: ``given`` by it, or ``drawn`` by document."""
-    return "given" if collection.has_test_split else "drawn"
-
-
-def own_test_split(split: CorpusSplit) -> CorpusSplit:
-    """The split of a collection with its own test queries: every indexed document's queries are
-    trained on and its test queries evaluated."""
-    return replace(split, d0_train=split.d0, d0_test=split.d0, d1_train=split.d1, d1_test=split.d1)
 
 
 def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
