@@ -17,6 +17,9 @@ gives test Recall@10 / NDCG@10 per seed, medians, and each generator against SAS
 seed. Seeds run side by side (``--jobs``), one torch thread each.
 
     python -m benchmarks.new_collection --seeds 0 1 2 --jobs 2
+
+``--last-events N`` keeps each user's last N events, a log of short histories such as Amazon's
+review logs (``--users 6040 --last-events 8``: every ml-1m user).
 """
 
 from __future__ import annotations
@@ -52,13 +55,17 @@ INDEXES = {
 }
 
 
-def write_collection(source: str, users: int, work: Path) -> dict[str, int]:
-    """The last ``users`` users of ``source`` as interactions.csv and every item as items.csv."""
+def write_collection(source: str, users: int, work: Path,
+                     last_events: int | None = None) -> dict[str, int]:  # fmt: skip
+    """The last ``users`` users of ``source`` (each with its last ``last_events`` events, by time,
+    when given) as interactions.csv and every item as items.csv."""
     data = load_dataset(source)
     log = data.interactions
     first = log.num_users - users
     kept = [(u, i, t) for u, i, t in zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(),
                                          strict=True) if u >= first]  # fmt: skip
+    if last_events is not None:
+        kept = last_events_of_each_user(kept, last_events)
     with atomic_file(work / "interactions.csv") as f:
         out = csv.writer(f)
         out.writerow(["user", "item", "timestamp"])
@@ -70,7 +77,18 @@ def write_collection(source: str, users: int, work: Path) -> dict[str, int]:
             title, _, genres = text.partition(GENRES)
             out.writerow([f"m{i}", title, genres])
     return {"users": users, "interactions": len(kept), "items": len({i for _, i, _ in kept}),
-            "catalogue": len(data.item_texts)}  # fmt: skip
+            "catalogue": len(data.item_texts), "last_events": last_events}  # fmt: skip
+
+
+def last_events_of_each_user(
+    events: list[tuple[int, int, float]], n: int
+) -> list[tuple[int, int, float]]:
+    """Each user's last ``n`` (user, item, time) events by time (ties: log order), in log order."""
+    by_user: dict[int, list[int]] = {}
+    for row, (user, _, _) in enumerate(events):
+        by_user.setdefault(user, []).append(row)
+    keep = {r for rows in by_user.values() for r in sorted(rows, key=lambda r: events[r][2])[-n:]}
+    return [e for r, e in enumerate(events) if r in keep]
 
 
 def run_seed(work: Path, seed: int) -> None:
@@ -134,7 +152,9 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date_utc']} UTC; {result['machine']}; torch {result['versions'].get('torch')}.  ",
-        f"Collection: the last {c['users']:,} users of {result['source']} ({c['interactions']:,} interactions, "
+        f"Collection: the last {c['users']:,} users of {result['source']}"
+        + (f", each with its last {c['last_events']} events" if c.get("last_events") else "")
+        + f" ({c['interactions']:,} interactions, "
         f"{c['items']:,} of the {c['catalogue']:,} movies interacted with), written as interactions.csv and "
         "items.csv and run through the CLI as the README's own-data section shows (commands in "
         "`benchmarks/new_collection.py`). Test split, leave-one-out, all items ranked.",
@@ -173,6 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--users", type=int, default=1200, help="its last users kept (default: %(default)s)"
     )
+    p.add_argument(
+        "--last-events",
+        type=int,
+        default=None,
+        help="keep each user's last N events: short histories, as in Amazon's 5-core logs",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--jobs", type=int, default=2, help="seeds run side by side (default: %(default)s)"
@@ -186,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "new-collection")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    collection = write_collection(args.source, args.users, args.work)
+    collection = write_collection(args.source, args.users, args.work, args.last_events)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(lambda s: run_seed(args.work, s), args.seeds))
     result = {

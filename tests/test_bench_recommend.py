@@ -162,3 +162,15 @@ def test_checkpoint_every_reaches_each_models_training_config(tmp_path, monkeypa
     )
     assert spec.train.checkpoint_every == 100
     assert recommend.spec_for("tiger", "ml-100k", 0).train.checkpoint_every == 10**6
+
+
+def test_a_short_history_collection_keeps_each_users_last_events_by_time():
+    from benchmarks.new_collection import last_events_of_each_user
+
+    events = [(0, 1, 5.0), (1, 2, 1.0), (0, 3, 1.0), (0, 4, 9.0), (1, 5, 2.0), (0, 6, 5.0)]
+    assert last_events_of_each_user(events, 2) == [
+        (1, 2, 1.0),
+        (0, 4, 9.0),
+        (1, 5, 2.0),
+        (0, 6, 5.0),
+    ]
