@@ -13,7 +13,7 @@ import torch
 from _documents import tiny_spec
 
 from semid.data.beir import read_beir, read_collection
-from semid.data.corpus import evaluation_queries, query_examples
+from semid.data.corpus import CorpusSplit, evaluation_queries, own_test_split, query_examples
 from semid.data.documents import Document, DocumentCollection
 from semid.data.tables import content_sha256
 from semid.errors import SemidError
@@ -22,7 +22,7 @@ from semid.metrics import compute_metrics
 from semid.runs import load_run
 from semid.tasks import EvalOptions, get_task
 from semid.tasks.data import sniff_kind
-from semid.tasks.retrieve import relevant_rows
+from semid.tasks.retrieve import describe_split, relevant_rows
 
 WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
 
@@ -201,3 +201,17 @@ def test_a_query_with_several_relevant_documents_counts_the_share_found():
                         num_relevant=(targets >= 0).sum(1))  # fmt: skip
     assert m["recall@1"] == pytest.approx((0.5 + 1) / 2) and m["mrr@2"] == 1.0
     assert m["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 1) / 2)
+
+
+def test_the_run_says_how_many_given_test_queries_only_held_out_documents_answer():
+    docs = [Document("a", "x", ("q1",), ("t1",)), Document("b", "y", (), ("t2",)),
+            Document("c", "z", ("q3",))]  # fmt: skip
+    collection = DocumentCollection("c", docs)
+    d0, d1 = torch.tensor([0, 2]), torch.tensor([1])
+    split = own_test_split(CorpusSplit(d0, d1, d0, d0[:0], d1, d1[:0]))
+    tested = evaluation_queries(collection, split.d0_test, split.d0)
+    assert tested == [["t1", ["a"]]]
+    line = describe_split(collection, split, len(tested))
+    assert line == ("indexing 2 documents (1 held out for `semid index add`); 1 of the 2 given test "
+                    "queries (qrels/test); the rest answer only held-out documents: train with "
+                    "--hold-out 0 to score them all")  # fmt: skip

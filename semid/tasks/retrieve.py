@@ -280,6 +280,23 @@ def _document_files(index_path: Path, size: int) -> tuple[Tensor | None, Lexical
     return known, lexical
 
 
+def describe_split(collection: DocumentCollection, split: CorpusSplit, num_tested: int) -> str:
+    """One line on what a run indexes and tests: D0 and the held-out D1, and the test queries
+    (with BEIR's test split, how many of them only held-out documents answer)."""
+    line = f"indexing {counted(len(split.d0), 'document')}"
+    if len(split.d1):
+        line += f" ({len(split.d1):,} held out for `semid index add`)"
+    if not collection.has_test_split:
+        return f"{line}; {counted(num_tested, 'test query', 'test queries')} of {len(split.d0_test):,} test documents"
+    given = len({q for d in collection.documents for q in d.test_queries})
+    line += f"; {num_tested:,} of the {given:,} given test queries (qrels/test)"
+    if given > num_tested:
+        line += (
+            "; the rest answer only held-out documents: train with --hold-out 0 to score them all"
+        )
+    return line
+
+
 def relevant_rows(ids: SemanticIDs, relevant: list[str | list[str]]) -> Tensor:
     """(queries, most relevant) index rows of each query's relevant documents, padded with -1; a
     query's relevant documents are one id (runs from before sets) or a list of ids."""
@@ -375,6 +392,8 @@ class RetrieveTask(Task):
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None)
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
         tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
+        if is_main_process():
+            print(describe_split(coll, split, len(test_pairs)), flush=True)
         train_rows = [int(r) for r in split.d0_train
                       if any(q not in tested for q in coll.documents[int(r)].queries)]  # fmt: skip
         # the document head's weight is chosen on held-out queries
