@@ -211,7 +211,19 @@ def test_the_run_says_how_many_given_test_queries_only_held_out_documents_answer
     split = own_test_split(CorpusSplit(d0, d1, d0, d0[:0], d1, d1[:0]))
     tested = evaluation_queries(collection, split.d0_test, split.d0)
     assert tested == [["t1", ["a"]]]
-    line = describe_split(collection, split, len(tested))
+    line = describe_split(collection, split, {q for q, _ in tested})
     assert line == ("indexing 2 documents (1 held out for `semid index add`); 1 of the 2 given test "
                     "queries (qrels/test); the rest answer only held-out documents: train with "
                     "--hold-out 0 to score them all")  # fmt: skip
+
+
+def test_the_run_says_how_many_training_queries_test_documents_share():
+    docs = [Document("a", "x", ("shared", "a only")), Document("b", "y", ("shared",))]
+    collection = DocumentCollection("c", docs)
+    rows = torch.tensor([0, 1])
+    split = CorpusSplit(rows, rows[:0], rows[:1], rows[1:], rows[:0], rows[:0])  # b is tested
+    tested = {q for q, _ in evaluation_queries(collection, split.d0_test, split.d0)}
+    assert describe_split(collection, split, tested) == (
+        "indexing 2 documents; 1 test query of 1 test document; 1 query of training documents "
+        "left out of training: test documents have them too"
+    )

@@ -15,7 +15,7 @@ and BM25 counts, and trains only a new prompt session on D1, never revisiting D0
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -280,20 +280,27 @@ def _document_files(index_path: Path, size: int) -> tuple[Tensor | None, Lexical
     return known, lexical
 
 
-def describe_split(collection: DocumentCollection, split: CorpusSplit, num_tested: int) -> str:
-    """One line on what a run indexes and tests: D0 and the held-out D1, and the test queries
-    (with BEIR's test split, how many of them only held-out documents answer)."""
+def describe_split(
+    collection: DocumentCollection, split: CorpusSplit, tested: Collection[str]
+) -> str:
+    """One line on what a run indexes and tests: D0 and the held-out D1, the ``tested`` queries
+    (with BEIR's test split, whether only held-out documents answer some), and the training
+    documents' queries left out because test documents share them."""
     line = f"indexing {counted(len(split.d0), 'document')}"
     if len(split.d1):
         line += f" ({len(split.d1):,} held out for `semid index add`)"
-    if not collection.has_test_split:
-        return f"{line}; {counted(num_tested, 'test query', 'test queries')} of {len(split.d0_test):,} test documents"
-    given = len({q for d in collection.documents for q in d.test_queries})
-    line += f"; {num_tested:,} of the {given:,} given test queries (qrels/test)"
-    if given > num_tested:
-        line += (
-            "; the rest answer only held-out documents: train with --hold-out 0 to score them all"
-        )
+    if collection.has_test_split:
+        given = len({q for d in collection.documents for q in d.test_queries})
+        line += f"; {len(tested):,} of the {given:,} given test queries (qrels/test)"
+        if given > len(tested):
+            line += "; the rest answer only held-out documents: train with --hold-out 0 to score them all"
+    else:
+        line += f"; {counted(len(tested), 'test query', 'test queries')} of {counted(len(split.d0_test), 'test document')}"
+    docs = collection.documents
+    shared = sum(q in tested for r in split.d0_train for q in docs[int(r)].queries)
+    if shared:
+        line += (f"; {counted(shared, 'query', 'queries')} of training documents left out of "
+                 "training: test documents have them too")  # fmt: skip
     return line
 
 
@@ -393,7 +400,7 @@ class RetrieveTask(Task):
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
         tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
         if is_main_process():
-            print(describe_split(coll, split, len(test_pairs)), flush=True)
+            print(describe_split(coll, split, tested), flush=True)
         train_rows = [int(r) for r in split.d0_train
                       if any(q not in tested for q in coll.documents[int(r)].queries)]  # fmt: skip
         # the document head's weight is chosen on held-out queries
