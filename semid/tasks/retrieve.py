@@ -293,7 +293,8 @@ def describe_split(
         given = len({q for d in collection.documents for q in d.test_queries})
         line += f"; {len(tested):,} of the {given:,} given test queries (qrels/test)"
         if given > len(tested):
-            line += "; the rest answer only held-out documents: train with --hold-out 0 to score them all"
+            line += ("; the rest answer only held-out documents and are scored once `semid index add` "
+                     "adds them (or train with --hold-out 0)")  # fmt: skip
     else:
         line += f"; {counted(len(tested), 'test query', 'test queries')} of {counted(len(split.d0_test), 'test document')}"
     docs = collection.documents
