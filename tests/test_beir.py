@@ -88,6 +88,18 @@ def test_a_lone_test_split_is_pooled_and_a_test_query_is_never_trained_on(tmp_pa
         ((), ()),
         ((), ("python q2",)),
     ]
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
+    corpus[1]["test_queries"] = ["own test"]  # a corpus record's own test queries are kept too
+    write_lines(folder / "corpus.jsonl", corpus)
+    assert [d.test_queries for d in read_collection(folder).documents] == [
+        (),
+        ("own test",),
+        ("python q2",),
+    ]
+    write_lines(
+        folder / "corpus.jsonl",
+        [{k: v for k, v in r.items() if k != "test_queries"} for r in corpus],
+    )
     pooled = read_collection(folder).pooled()  # for the benchmark, which draws its own split
     assert [d.queries for d in pooled.documents] == [("kernel q0",), (), ("python q2",)]
     assert not pooled.has_test_split and pooled.sha256 == read_collection(folder).sha256

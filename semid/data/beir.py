@@ -104,7 +104,12 @@ def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[
         pair for pairs in judged.values() for pair in pairs if pair[1] not in held_out
     )
     return [
-        Document(d.id, d.text, _merged(d.queries, train.get(d.id, ())), tuple(test.get(d.id, ())))
+        Document(
+            d.id,
+            d.text,
+            _merged(d.queries, train.get(d.id, ())),
+            _merged(d.test_queries, test.get(d.id, ())),
+        )  # fmt: skip
         for d in documents
     ]
 
@@ -158,5 +163,5 @@ def _by_document(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _merged(own: tuple[str, ...], judged: Iterable[str]) -> tuple[str, ...]:
-    """A document's own queries, then the judged ones it does not have yet."""
+    """A document's own (test) queries, then the judged ones it does not have yet."""
     return own + tuple(q for q in dict.fromkeys(judged) if q not in own)
