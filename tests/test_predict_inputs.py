@@ -62,6 +62,24 @@ def test_beir_queries_jsonl_is_read_by_its_text_field(tmp_path):
         queries_of(tmp_path / "q.jsonl")
 
 
+def test_a_query_keeps_its_id_for_its_answer(tmp_path):
+    parser = argparse.ArgumentParser()
+    predict.add_arguments(parser)
+
+    def ids(name: str) -> list[str | None]:
+        args = parser.parse_args(["run", "--queries", str(tmp_path / name)])
+        return [o.id for o in predict.read_inputs(args, predictor=None)[1]]
+
+    (tmp_path / "q.jsonl").write_text(
+        '{"_id": "q1", "text": "a"}\n{"qid": 7, "query": "b"}\n{"query": "c"}\n'
+    )
+    (tmp_path / "q.csv").write_text("query_id,query\nq1,a\nq2,b\n")
+    (tmp_path / "q.txt").write_text("a\nb\n")
+    assert ids("q.jsonl") == ["q1", "7", None]
+    assert ids("q.csv") == ["q1", "q2"]
+    assert ids("q.txt") == [None, None]
+
+
 def test_a_users_file_may_be_lines_json_lines_or_a_table(tmp_path):
     """--users reads its file as --queries does, by a "user" column (user_id and the other names
     of a log's user column too): a table's header and a JSON Lines object were read as user ids."""

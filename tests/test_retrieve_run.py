@@ -226,3 +226,16 @@ def test_the_eval_suggested_after_an_add_fits_a_small_run(tmp_path, monkeypatch,
     hint = capsys.readouterr().out.split("`")[1]
     assert hint == f"semid eval {tmp_path / 'run'} --k 1"  # 10 is over the 9 documents
     assert main(hint.split()[1:]) == 0
+
+
+def test_predict_leads_each_answer_with_its_query_id(run, tmp_path):
+    queries = tmp_path / "queries.jsonl"  # as BEIR writes them
+    queries.write_text('{"_id": "q1", "text": "camera manual"}\n{"_id": "q2", "text": "kernel"}\n')
+    out = tmp_path / "answers.jsonl"
+    argv = ["predict", str(run), "--queries", str(queries), "--k", "2", "--out", str(out)]
+    assert main(argv) == 0
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(a["id"], a["input"]["query"], len(a["keys"])) for a in answers] == [
+        ("q1", "camera manual", 2),
+        ("q2", "kernel", 2),
+    ]

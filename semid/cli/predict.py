@@ -1,7 +1,8 @@
 """`semid predict`: top-k answers from a trained run, for users, histories or queries.
 
 Output is JSON Lines with ``--out`` (one line per input: ``{"input", "keys", "scores", "ids"}``,
-best first) and a readable table otherwise."""
+best first, led by the input's ``"id"`` when its ``--queries`` line or row has one) and a readable
+table otherwise."""
 
 from __future__ import annotations
 
@@ -105,13 +106,16 @@ def check_input_flag(args: argparse.Namespace, task: str) -> None:
 class Origin:
     """Where an input comes from: ``where`` names a file line (None: the command line itself);
     ``hint``: what to add to an error about it (a history read as comma-separated keys may have
-    cut a key with a comma; line 1 of a users file may be a header)."""
+    cut a key with a comma; line 1 of a users file may be a header); ``id``: the input's id in
+    its file, such as a BEIR query's ``_id``, so that answers can be joined with judgements."""
 
     where: str | None = None
     hint: str = ""
+    id: str | None = None  # the input's id in its file (a query's "_id"), copied to its answer
 
 
 TEXT_WIDTH = 60  # characters of an item's text in the answers table
+QUERY_ID_FIELDS = ("_id", "id", "qid", "query_id", "query-id")  # BEIR, TREC, MS MARCO
 HEADER_HINT = " (a header line? write user ids only, one a line)"
 COMMA_HINT = (
     " (a key with a comma? write the history as a JSON list: "
@@ -141,8 +145,8 @@ def read_inputs(
         path, flag = Path(args.users), "--users"
         rows = _input_table(path, flag, "user", USER_COLUMNS)
         if rows is not None:
-            return [item for _, item in rows], [
-                Origin(f"{flag} {path} {where}") for where, _ in rows
+            return [item for _, item, _ in rows], [
+                Origin(f"{flag} {path} {where}") for where, _, _ in rows
             ]
         lines = _numbered_lines(path, flag)
         if table_format(path) == "jsonl":
@@ -158,15 +162,18 @@ def read_inputs(
         parsed = [_history_line(line, f"{flag} {path} line {number}") for number, line in lines]
     else:
         path, flag = args.queries, "--queries"
-        rows = _input_table(path, flag, "query", QUERY_FIELDS)
+        rows = _input_table(path, flag, "query", QUERY_FIELDS, QUERY_ID_FIELDS)
         if rows is not None:
-            return [item for _, item in rows], [
-                Origin(f"{flag} {path} {where}") for where, _ in rows
+            return [item for _, item, _ in rows], [
+                Origin(f"{flag} {path} {where}", id=key) for where, _, key in rows
             ]
         lines = _numbered_lines(path, flag)
         json_lines = table_format(path) == "jsonl"  # every line an object, not only those with "{"
-        parsed = [(_query_line(line, f"{flag} {path} line {number}", json_lines), "")
-                  for number, line in lines]  # fmt: skip
+        queries = [_query_line(line, f"{flag} {path} line {number}", json_lines)
+                   for number, line in lines]  # fmt: skip
+        origins = [Origin(f"{flag} {path} line {number}", id=key)
+                   for (number, _), (_, key) in zip(lines, queries, strict=True)]  # fmt: skip
+        return [item for item, _ in queries], origins
     origins = [Origin(f"{flag} {path} line {number}", hint)
                for (number, _), (_, hint) in zip(lines, parsed, strict=True)]  # fmt: skip
     return [item for item, _ in parsed], origins
@@ -222,12 +229,13 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
 
 
 def _input_table(
-    path: Path, flag: str, field: str, names: tuple[str, ...]
-) -> list[tuple[str, dict[str, Any]]] | None:
-    """(row label, input) per row of a table of inputs: Parquet, or a CSV/TSV whose header names
-    the ``field`` column (any of ``names``); None for a file of one input a line (a one-column CSV
-    without that header, said on stderr: its first line is an input too). A CSV of several
-    columns without one is refused."""
+    path: Path, flag: str, field: str, names: tuple[str, ...], id_names: tuple[str, ...] = ()
+) -> list[tuple[str, dict[str, Any], str | None]] | None:
+    """(row label, input, id) per row of a table of inputs: Parquet, or a CSV/TSV whose header
+    names the ``field`` column (any of ``names``), with the row's id when a column is named as one
+    of ``id_names`` (else None); None for a file of one input a line (a one-column CSV without
+    that header, said on stderr: its first line is an input too). A CSV of several columns
+    without one is refused."""
     fmt = table_format(path)
     if fmt not in ("csv", "tsv", "parquet"):
         return None
@@ -244,14 +252,23 @@ def _input_table(
     table = read_table(path, f"{flag} file")
     column = find_column(table, field, names, path, f"{flag} file", columns_option=False)
     values = key_strings(table[column], path, field)
-    return [(row_label(path, i), {field: str(v)}) for i, v in enumerate(values)]
+    id_column = next((c for c in table.column_names if c.lower() in id_names), None)
+    ids = key_strings(table[id_column], path, "id") if id_column else [None] * len(values)
+    return [
+        (row_label(path, i), {field: str(v)}, key)
+        for i, (v, key) in enumerate(zip(values, ids, strict=True))
+    ]
 
 
-def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
+def _query_line(line: str, where: str, json_lines: bool) -> tuple[dict[str, Any], str | None]:
+    """One ``--queries`` line as an input, and its id: a line of text, or a JSON object with
+    "query" (or "text", as BEIR's queries.jsonl names it) and perhaps an id (`QUERY_ID_FIELDS`)."""
     if not (json_lines or line.startswith("{")):
-        return {"query": line}
-    # "text": as BEIR's queries.jsonl names it
-    return {"query": _json_field(line, "query", where, alias="text")}
+        return {"query": line}, None
+    query = _json_field(line, "query", where, alias="text")
+    record = json.loads(line)  # an object: _json_field said so
+    key = next((record[n] for n in QUERY_ID_FIELDS if isinstance(record.get(n), str | int)), None)
+    return {"query": query}, None if key is None or isinstance(key, bool) else str(key)
 
 
 def _user_field(line: str, where: str) -> str:
@@ -302,6 +319,9 @@ def run(args: argparse.Namespace) -> int:
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
         answers += predictor.predict(inputs[lo : lo + args.batch_size], args.k, args.num_beams)
+    answers = [
+        a if o.id is None else {"id": o.id, **a} for a, o in zip(answers, origins, strict=True)
+    ]
     if args.out is not None:
         if args.texts:
             answers = with_texts(predictor, answers)
@@ -317,7 +337,8 @@ def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
     """Each input, then a table of its answers: rank, key, score, semantic ID, and the item's text
     (shortened) when the run's data has item texts."""
     for answer, texts in zip(answers, _item_texts(answers, predictor), strict=True):
-        print(json.dumps(answer["input"], ensure_ascii=False))
+        shown = {"id": answer["id"], **answer["input"]} if "id" in answer else answer["input"]
+        print(json.dumps(shown, ensure_ascii=False))
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
         headers = ["rank", "key", "score", "semantic ID"]
