@@ -135,7 +135,13 @@ def test_csv_and_parquet_documents(tmp_path):
         (
             "d.csv",
             "doc,text\n1,x\n",
-            "no document id (accepted names: id, doc_id, docid, _id, docno, pid; found: doc, text)",
+            "d.csv has no document id column (accepted names: id, doc_id, docid, _id, docno, pid; "
+            "found: doc, text); rename it",
+        ),
+        (  # MS MARCO's collection.tsv has no header
+            "d.tsv",
+            "0\tThe presence of communication\n1\tThe Manhattan Project\n",
+            "found: 0, The presence of communication) (the first line looks like data: add a header",
         ),
         (
             "d.csv",

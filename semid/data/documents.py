@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semid.atomic import atomic_file
-from semid.data.tables import content_sha256, read_table, row_label, table_format
+from semid.data.tables import content_sha256, header_hint, read_table, row_label, table_format
 from semid.errors import SemidError
 from semid.wording import json_kind
 
@@ -203,7 +203,11 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
         )
     fmt = table_format(path)
     if fmt in ("csv", "tsv", "parquet"):
-        rows = read_table(path, "documents file").to_pylist()
+        table = read_table(path, "documents file")
+        if not set(table.column_names) & set(ID_FIELDS):  # said of the header, not of row 1
+            raise SemidError(f"{path} has no document id column (accepted names: {', '.join(ID_FIELDS)}; found: "
+                             f"{', '.join(table.column_names)}){header_hint(table.column_names)}; rename it")  # fmt: skip
+        rows = table.to_pylist()
         if fmt != "parquet":  # CSV and TSV cells are text; a list of queries is written in one
             rows = [_listed_queries(row) for row in rows]
         records = ((row_label(path, i), row) for i, row in enumerate(rows))
