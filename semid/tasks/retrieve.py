@@ -306,8 +306,8 @@ def describe_split(
 
 
 def relevant_rows(ids: SemanticIDs, relevant: list[str | list[str]]) -> Tensor:
-    """(queries, most relevant) index rows of each query's relevant documents, padded with -1; a
-    query's relevant documents are one id (runs from before sets) or a list of ids."""
+    """Index rows (Q, R) of each query's relevant documents, R the most any query has, padded
+    with -1; a query's relevant documents are one id (runs from before sets) or a list of ids."""
     keys = [[r] if isinstance(r, str) else r for r in relevant]
     rows = torch.full((len(keys), max(map(len, keys), default=1)), -1, dtype=torch.long)
     for i, row in enumerate(keys):
