@@ -161,7 +161,7 @@ def test_documents_example(corpus, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     train = f"semid train retriever --dataset {corpus} --model promptdsi --out runs/docs"
     assert cli(train, *DOCS_BUDGET) == 2  # it would drop the documents added since
-    assert "added with `semid index add` since it was trained" in capsys.readouterr().err
+    assert "documents added with `semid index add` since it was trained" in capsys.readouterr().err
     assert "pkg-new" in SemanticIDs.load(tmp_path / "runs/docs/index").keys
 
 

@@ -111,6 +111,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     spec_class: ClassVar[type]  # the typed spec saved in a run's config.json
+    entry: ClassVar[str] = "item"  # what its index holds, in messages: item, document, image
 
     def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str = "extra-level",
                     seed: int = 0, **options: Any) -> tuple[Any, list[str]]:  # fmt: skip
@@ -165,7 +166,7 @@ class Task(ABC):
         added = items_added_since_training(out, config)
         if added:
             raise SemidError(
-                f"{out} holds {counted(added, 'item')} added with `semid index add` since it was "
+                f"{out} holds {counted(added, self.entry)} added with `semid index add` since it was "
                 "trained, which training it again would drop; train into another --out (or delete "
                 "the run to replace it)"
             )

@@ -335,6 +335,7 @@ class RetrieveTask(Task):
     """PromptDSI over a document collection: D0 indexed and trained, D1 added without rehearsal."""
 
     name = "retrieve"
+    entry = "document"
     spec_class = RetrieveSpec
 
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,

@@ -213,6 +213,7 @@ class Text2ImageTask(Task):
     """AVG over an image collection: vokens aligned to text, a generator from query to vokens."""
 
     name = "text2image"
+    entry = "image"
     spec_class = Text2ImageSpec
 
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
