@@ -13,7 +13,8 @@ thread before they are queued, so one bad input fails only its own request.
 
 HTTP (FastAPI, served by uvicorn):
   POST /predict  {"users": [ID, ...]} | {"histories": [[KEY, ...], ...]} | {"queries": [TEXT, ...]}
-                 | {"inputs": [{...}, ...]}, plus optional "k" (default 10), "num_beams" and
+                 | {"inputs": [{...}, ...]} (an input may carry its caller's "id", echoed in its
+                 answer's "input"), plus optional "k" (default 10), "num_beams" and
                  "texts" (true: each answer also has its items' or documents' "texts")
                  -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
   GET  /health   -> {"status": "ok"}
@@ -52,6 +53,7 @@ from semid import __version__
 from semid.answer_texts import check_texts, with_texts
 from semid.errors import SemidError
 from semid.model_process import ProcessPredictor
+from semid.tasks.base import with_input_id
 
 DEFAULT_K = 10
 BACKLOG = 2048  # connections queued while the server starts or is busy
@@ -199,7 +201,7 @@ class BatchingPredictor:
         checked = []
         for i, item in enumerate(inputs):
             try:
-                checked.append(self.predictor.check_input(item))
+                checked.append(with_input_id(item, self.predictor.check_input(item)))
             except SemidError as e:
                 raise SemidError(f"{field}[{i}]: {e}") from None
         return checked

@@ -29,7 +29,7 @@ def test_a_queries_table_is_read_by_its_query_column_not_its_header_as_a_query(
     sep = "\t" if name.endswith("tsv") else ","
     (tmp_path / name).write_text(f"id{sep}query\n1{sep}fast image viewer\n2{sep}kernel\n")
     inputs, origins = queries_of(tmp_path / name)
-    assert inputs == [{"query": "fast image viewer"}, {"query": "kernel"}]
+    assert inputs == [{"query": "fast image viewer", "id": "1"}, {"query": "kernel", "id": "2"}]
     assert origins == [f"--queries {tmp_path / name} line {n}" for n in (2, 3)]
     (tmp_path / "plain.csv").write_text('fast image viewer\nwhat is "foo\n')  # no header: lines
     assert queries_of(tmp_path / "plain.csv")[0] == [
@@ -54,8 +54,8 @@ def test_beir_queries_jsonl_is_read_by_its_text_field(tmp_path):
         '{"_id": "q2", "query": "kernel", "text": "ignored beside a query"}\n'
     )
     assert queries_of(tmp_path / "queries.jsonl")[0] == [
-        {"query": "fast image viewer"},
-        {"query": "kernel"},
+        {"query": "fast image viewer", "id": "q1"},
+        {"query": "kernel", "id": "q2"},
     ]
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "title": "x"}\n')
     with pytest.raises(SemidError, match=r'line 1 has no "query" field \(nor "text"\)$'):
@@ -68,7 +68,7 @@ def test_a_query_keeps_its_id_for_its_answer(tmp_path):
 
     def ids(name: str) -> list[str | None]:
         args = parser.parse_args(["run", "--queries", str(tmp_path / name)])
-        return [o.id for o in predict.read_inputs(args, predictor=None)[1]]
+        return [item.get("id") for item in predict.read_inputs(args, predictor=None)[0]]
 
     (tmp_path / "q.jsonl").write_text(
         '{"_id": "q1", "text": "a"}\n{"qid": 7, "query": "b"}\n{"query": "c"}\n'

@@ -228,14 +228,28 @@ def test_the_eval_suggested_after_an_add_fits_a_small_run(tmp_path, monkeypatch,
     assert main(hint.split()[1:]) == 0
 
 
-def test_predict_leads_each_answer_with_its_query_id(run, tmp_path):
+def test_predict_and_serve_echo_each_query_id(run, tmp_path):
     queries = tmp_path / "queries.jsonl"  # as BEIR writes them
     queries.write_text('{"_id": "q1", "text": "camera manual"}\n{"_id": "q2", "text": "kernel"}\n')
     out = tmp_path / "answers.jsonl"
     argv = ["predict", str(run), "--queries", str(queries), "--k", "2", "--out", str(out)]
     assert main(argv) == 0
     answers = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(a["id"], a["input"]["query"], len(a["keys"])) for a in answers] == [
-        ("q1", "camera manual", 2),
-        ("q2", "kernel", 2),
+    assert [(a["input"], len(a["keys"])) for a in answers] == [
+        ({"query": "camera manual", "id": "q1"}, 2),
+        ({"query": "kernel", "id": "q2"}, 2),
     ]
+    from semid.serving import BatchingPredictor
+
+    predictor = get_task("retrieve").predictor(load_run(run))
+    batcher = BatchingPredictor(predictor, max_batch=8, max_wait_ms=1)
+    try:
+        inputs = [{"query": "kernel", "id": 7}, {"query": "camera"}]
+        served = batcher.submit(inputs, k=2).result(timeout=60)
+        assert [a["input"] for a in served] == inputs
+        assert served[0]["keys"] == answers[1]["keys"]  # the same answer as predict's
+        bad = 'inputs\\[0\\]: an input\'s "id" must be a string or an integer, got \\[1\\]'
+        with pytest.raises(SemidError, match=bad):
+            batcher.submit([{"query": "kernel", "id": [1]}], k=2)
+    finally:
+        batcher.close(timeout=20)

@@ -1,8 +1,8 @@
 """`semid predict`: top-k answers from a trained run, for users, histories or queries.
 
 Output is JSON Lines with ``--out`` (one line per input: ``{"input", "keys", "scores", "ids"}``,
-best first, led by the input's ``"id"`` when its ``--queries`` line or row has one) and a readable
-table otherwise."""
+best first; a ``--queries`` line or row with an id gives its input an ``"id"``) and a readable table
+otherwise."""
 
 from __future__ import annotations
 
@@ -106,12 +106,10 @@ def check_input_flag(args: argparse.Namespace, task: str) -> None:
 class Origin:
     """Where an input comes from: ``where`` names a file line (None: the command line itself);
     ``hint``: what to add to an error about it (a history read as comma-separated keys may have
-    cut a key with a comma; line 1 of a users file may be a header); ``id``: the input's id in
-    its file, such as a BEIR query's ``_id``, so that answers can be joined with judgements."""
+    cut a key with a comma; line 1 of a users file may be a header)."""
 
     where: str | None = None
     hint: str = ""
-    id: str | None = None  # the input's id in its file (a query's "_id"), copied to its answer
 
 
 TEXT_WIDTH = 60  # characters of an item's text in the answers table
@@ -164,16 +162,13 @@ def read_inputs(
         path, flag = args.queries, "--queries"
         rows = _input_table(path, flag, "query", QUERY_FIELDS, QUERY_ID_FIELDS)
         if rows is not None:
-            return [item for _, item, _ in rows], [
-                Origin(f"{flag} {path} {where}", id=key) for where, _, key in rows
+            return [_with_id(item, key) for _, item, key in rows], [
+                Origin(f"{flag} {path} {where}") for where, _, _ in rows
             ]
         lines = _numbered_lines(path, flag)
         json_lines = table_format(path) == "jsonl"  # every line an object, not only those with "{"
-        queries = [_query_line(line, f"{flag} {path} line {number}", json_lines)
-                   for number, line in lines]  # fmt: skip
-        origins = [Origin(f"{flag} {path} line {number}", id=key)
-                   for (number, _), (_, key) in zip(lines, queries, strict=True)]  # fmt: skip
-        return [item for item, _ in queries], origins
+        parsed = [(_query_line(line, f"{flag} {path} line {number}", json_lines), "")
+                  for number, line in lines]  # fmt: skip
     origins = [Origin(f"{flag} {path} line {number}", hint)
                for (number, _), (_, hint) in zip(lines, parsed, strict=True)]  # fmt: skip
     return [item for item, _ in parsed], origins
@@ -260,15 +255,20 @@ def _input_table(
     ]
 
 
-def _query_line(line: str, where: str, json_lines: bool) -> tuple[dict[str, Any], str | None]:
-    """One ``--queries`` line as an input, and its id: a line of text, or a JSON object with
-    "query" (or "text", as BEIR's queries.jsonl names it) and perhaps an id (`QUERY_ID_FIELDS`)."""
+def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
+    """One ``--queries`` line as an input: a line of text, or a JSON object with "query" (or
+    "text", as BEIR's queries.jsonl names it) and perhaps an id (`QUERY_ID_FIELDS`)."""
     if not (json_lines or line.startswith("{")):
-        return {"query": line}, None
+        return {"query": line}
     query = _json_field(line, "query", where, alias="text")
     record = json.loads(line)  # an object: _json_field said so
     key = next((record[n] for n in QUERY_ID_FIELDS if isinstance(record.get(n), str | int)), None)
-    return {"query": query}, None if key is None or isinstance(key, bool) else str(key)
+    return _with_id({"query": query}, None if isinstance(key, bool) else key)
+
+
+def _with_id(item: dict[str, Any], key: str | int | None) -> dict[str, Any]:
+    """The input with the id its file gives it (as a string), echoed in its answer's "input"."""
+    return item if key is None else {**item, "id": str(key)}
 
 
 def _user_field(line: str, where: str) -> str:
@@ -319,9 +319,6 @@ def run(args: argparse.Namespace) -> int:
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
         answers += predictor.predict(inputs[lo : lo + args.batch_size], args.k, args.num_beams)
-    answers = [
-        a if o.id is None else {"id": o.id, **a} for a, o in zip(answers, origins, strict=True)
-    ]
     if args.out is not None:
         if args.texts:
             answers = with_texts(predictor, answers)
@@ -337,8 +334,7 @@ def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
     """Each input, then a table of its answers: rank, key, score, semantic ID, and the item's text
     (shortened) when the run's data has item texts."""
     for answer, texts in zip(answers, _item_texts(answers, predictor), strict=True):
-        shown = {"id": answer["id"], **answer["input"]} if "id" in answer else answer["input"]
-        print(json.dumps(shown, ensure_ascii=False))
+        print(json.dumps(answer["input"], ensure_ascii=False))
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
         headers = ["rank", "key", "score", "semantic ID"]

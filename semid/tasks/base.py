@@ -10,6 +10,7 @@ new module that subclasses :class:`Task` and registers itself here.
 from __future__ import annotations
 
 import importlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,6 +208,9 @@ def check_out_beside_index(out: Path, index: Path) -> None:
 
 
 BODY_FIELDS = {"user": "users", "history": "histories", "query": "queries"}  # serve's body fields
+INPUT_ID = (
+    "id"  # any input may carry its caller's id (a string or an integer), echoed in its answer
+)
 
 
 class Predictor(ABC):
@@ -293,13 +297,19 @@ class Predictor(ABC):
                 else 'send {"queries": ["..."]} (predict: --query or --queries)'
             )
             raise SemidError(f"this run {self.serves}, not for a {asked[0]}; {send}")
-        unknown = sorted(str(f) for f in item if f not in {*BODY_FIELDS, *self.input_options})
+        unknown = sorted(
+            str(f) for f in item if f not in {*BODY_FIELDS, *self.input_options, INPUT_ID}
+        )
         if unknown:
             takes = " or ".join(f'"{f}"' for f in self.accepts)
-            options = "".join(f', optionally with "{f}"' for f in self.input_options)
+            options = "".join(f', optionally with "{f}"' for f in (*self.input_options, INPUT_ID))
             raise SemidError(
                 f"unknown field {unknown[0]!r} in an input; an input holds {takes}{options}"
             )
+        key = item.get(INPUT_ID)
+        if INPUT_ID in item and (isinstance(key, bool) or not isinstance(key, str | int)):
+            raise SemidError(f'an input\'s "{INPUT_ID}" must be a string or an integer, got '
+                             f"{json.dumps(key)[:40]}")  # fmt: skip
 
     def read_data(self) -> None:
         """Read what answering needs besides the run (a recommender's interactions) now, so that
@@ -344,6 +354,11 @@ class Predictor(ABC):
             "device": str(self.device),
             "versions": self.run.config.get("versions", {}),
         }
+
+
+def with_input_id(item: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
+    """The checked input with the caller's ``"id"`` of ``item`` put back, when it has one."""
+    return {**checked, INPUT_ID: item[INPUT_ID]} if INPUT_ID in item else checked
 
 
 def query_input(item: Any) -> dict[str, Any]:
