@@ -185,3 +185,31 @@ def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_pat
         "more/dark/dark1.png"
         in json.loads((run / "config.json").read_text())["state"]["added_labels"]
     )
+
+
+def test_a_folder_with_its_own_train_and_test_parts_keeps_its_split(tmp_path):
+    """train/<class>/..., val/<class>/... and test/<class>/... (a common layout) were read as the
+    classes "train", "val" and "test"; the test part is now the indexed test side."""
+    from semid.data.image_files import load_image_collection
+
+    for part, n in (("train", 4), ("val", 1), ("test", 2)):
+        write_classes(tmp_path / "photos" / part, {"red_fox": 40, "cat": 200}, per_class=n)
+    splits = load_image_collection(tmp_path / "photos", seed=3)
+    assert splits.train.class_names == splits.test.class_names == ["cat", "red fox"]
+    assert splits.test.keys == [
+        f"test/{c}/{c}{i}.png" for c in ("cat", "red_fox") for i in range(2)
+    ]
+    assert sorted(splits.train.keys) == sorted(
+        f"{part}/{c}/{c}{i}.png" for part, n in (("train", 4), ("val", 1))
+        for c in ("cat", "red_fox") for i in range(n)
+    )  # fmt: skip
+    assert splits.test.labels.tolist() == [0, 0, 1, 1]
+    # a class named "train" beside other classes is a class, and so is a part without classes
+    write_classes(tmp_path / "vehicles", {"train": 40, "bus": 200, "test": 120}, per_class=3)
+    assert load_image_collection(tmp_path / "vehicles").train.class_names == [
+        "bus",
+        "test",
+        "train",
+    ]
+    write_classes(tmp_path / "flat", {"train": 40, "test": 200}, per_class=3)
+    assert load_image_collection(tmp_path / "flat").train.class_names == ["test", "train"]

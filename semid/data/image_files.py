@@ -11,7 +11,9 @@ Two layouts:
 
 Images of different sizes are resized to one square size (semid.data.image_io). The split is
 seeded and stratified by class (every class with 2+ images has images on both sides); without
-labels it is a plain seeded shuffle. Each side keeps file order.
+labels it is a plain seeded shuffle. Each side keeps file order. A folder that ships its own split
+(``train/<class>/...`` and ``test/<class>/...``, perhaps ``val/<class>/...``: `split_parts`) keeps
+it: its test part is the test side, the other parts train.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ import pyarrow as pa
 import torch
 
 from semid.data.image_io import read_images
-from semid.data.images import ImageDataset, ImageSplits, load_image_folder
+from semid.data.images import (
+    ImageDataset,
+    ImageSplits,
+    is_test_part,
+    load_image_folder,
+    split_parts,
+)
 from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.errors import SemidError
 
@@ -69,7 +77,11 @@ def load_image_collection(
         )
     else:
         raise SemidError(f"image collection {path} not found; pass a folder or a CSV of paths")
-    train, test = split_indices(data.labels, len(data), seed, test_fraction, str(path))
+    if path.is_dir() and split_parts(path):  # the folder's own split: its test part is indexed
+        test = np.array([i for i, key in enumerate(data.keys) if is_test_part(key)], dtype=np.int64)
+        train = np.setdiff1d(np.arange(len(data)), test)
+    else:
+        train, test = split_indices(data.labels, len(data), seed, test_fraction, str(path))
     label = data.name
     return ImageSplits(
         _subset(data, train, f"{label}/train"), _subset(data, test, f"{label}/test"), label

@@ -241,7 +241,9 @@ def load_image_folder(
     folder: str | Path, name: str | None = None, image_size: int | str | None = None
 ) -> ImageDataset:
     """Images from ``folder/<class name>/...<image>``; the first-level subfolder names are the
-    classes, and their images are found at any depth (``shoes/2019 trip/a.jpg`` is a shoe).
+    classes, and their images are found at any depth (``shoes/2019 trip/a.jpg`` is a shoe). A
+    folder of split parts (`split_parts`: ``train/<class>/...``, ``test/<class>/...``) takes its
+    classes from the second level; keys keep the part (``test/shoes/a.jpg``).
 
     Hidden and system entries (names starting with ``.`` or ``@``, ``__MACOSX``) are skipped.
     ``.npy`` and ``.pgm`` files are read natively, other formats through Pillow. With
@@ -251,7 +253,9 @@ def load_image_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise SemidError(f"image folder {folder} not found")
-    files = [(c.name, p) for c in visible_entries(folder) if c.is_dir() for p in image_files(c)]
+    roots = split_parts(folder) or [folder]  # train/<class>/..., test/<class>/...: classes below
+    files = [(c.name, p) for root in roots for c in visible_entries(root) if c.is_dir()
+             for p in image_files(c)]  # fmt: skip
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
     if not files:
         raise SemidError(
@@ -259,7 +263,8 @@ def load_image_folder(
         )
     stray = [
         p.name
-        for p in visible_entries(folder)
+        for root in roots
+        for p in visible_entries(root)
         if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file()
     ]
     if stray:  # they belong to no class: left out, they would go missing unsaid
@@ -288,6 +293,30 @@ def load_image_folder(
         captions=captions,
         name=name or folder.name,
     )
+
+
+TRAIN_PARTS, TEST_PARTS = ("train", "training", "val", "valid", "validation"), ("test", "testing")
+
+
+def split_parts(folder: Path) -> list[Path]:
+    """The split subfolders of a folder that ships its own split (``train/<class>/...`` and
+    ``test/<class>/...``, perhaps ``val/<class>/...``, as many image datasets do): every visible
+    subfolder is named as a part, one is a test part, another a training part, and each holds
+    class subfolders. Empty for any other folder, whose subfolders are its classes."""
+    subfolders = [p for p in visible_entries(folder) if p.is_dir()]
+    names = [p.name.lower() for p in subfolders]
+    if not (set(names) & set(TEST_PARTS) and set(names) & set(TRAIN_PARTS)):
+        return []
+    if not set(names) <= {*TRAIN_PARTS, *TEST_PARTS}:
+        return []
+    if not all(any(c.is_dir() for c in visible_entries(p)) for p in subfolders):
+        return []
+    return subfolders
+
+
+def is_test_part(key: str) -> bool:
+    """Whether an image key (its path below a split folder) lies in the folder's test part."""
+    return key.replace("\\", "/").split("/", 1)[0].lower() in TEST_PARTS
 
 
 def image_files(folder: Path) -> list[Path]:
