@@ -208,9 +208,8 @@ def check_out_beside_index(out: Path, index: Path) -> None:
 
 
 BODY_FIELDS = {"user": "users", "history": "histories", "query": "queries"}  # serve's body fields
-INPUT_ID = (
-    "id"  # any input may carry its caller's id (a string or an integer), echoed in its answer
-)
+# any input may carry its caller's id (a string or an integer), echoed in its answer
+INPUT_ID = "id"
 
 
 class Predictor(ABC):
