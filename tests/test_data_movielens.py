@@ -200,3 +200,17 @@ def test_ml1m_counts() -> None:
     # Every id is used: each item and each user has at least one interaction.
     assert np.all(np.bincount(log.items.numpy(), minlength=log.num_items) > 0)
     assert int(torch.bincount(log.users).min()) >= 20  # MovieLens keeps users with 20+ ratings
+
+
+def test_a_folder_of_a_split_log_says_to_pass_one_file(tmp_path: Path) -> None:
+    """A log split into train.csv and test.csv, passed as its folder, was answered as a missing
+    MovieLens or image folder only; both readers now name the files and what to do."""
+    from semid.tasks.data import sniff_kind
+
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_text("user,item\nu1,i1\n")
+    hint = r"\(it holds the data files test.csv, train.csv: pass one of them; join a log split"
+    with pytest.raises(SemidError, match="no MovieLens files found in .*" + hint):
+        load_movielens(tmp_path)
+    with pytest.raises(SemidError, match="holds neither class subfolders .*" + hint):
+        sniff_kind(str(tmp_path))

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from semid.data.tables import data_files_hint
 from semid.errors import SemidError
 
 # Column order of the 19 genre flags in ml-100k's u.item (the same as its u.genre).
@@ -98,7 +99,9 @@ def load_movielens(path: str | Path) -> RecDataset:
                 )
             log, items = reader(folder / ratings, folder / movies)
             return _build(folder.name, log, items, source=folder / ratings)
-    raise SemidError(f"no MovieLens files found in {folder}; pass {FORMATS_HELP}")
+    raise SemidError(
+        f"no MovieLens files found in {folder}{data_files_hint(folder)}; pass {FORMATS_HELP}"
+    )
 
 
 def _read_text(path: Path) -> str:

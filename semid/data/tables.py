@@ -312,6 +312,18 @@ def find_column(
     return found[0]
 
 
+def data_files_hint(folder: Path) -> str:
+    """For a folder passed where one data file was expected: the data files it holds and what to
+    do ("" when it holds none), e.g. for a log split into train.csv and test.csv."""
+    names = sorted(f.name for f in folder.iterdir()
+                   if f.is_file() and not f.name.startswith(".") and table_format(f) is not None)  # fmt: skip
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f" (it holds the data files {shown}: pass one of them; join a log split into train and "
+            "test files, as semid draws its own split)")  # fmt: skip
+
+
 def header_hint(headers: Sequence[str]) -> str:
     """Why a header may lack the expected columns, for an error message ("" when nothing stands out):
     one column holding separators (the file uses another separator), or a first line of data."""

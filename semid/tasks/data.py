@@ -23,6 +23,7 @@ from semid.data.registry import available_datasets
 from semid.data.tables import (
     USER_COLUMNS,
     content_sha256,
+    data_files_hint,
     folder_data_files,
     read_table,
     table_format,
@@ -113,7 +114,7 @@ def sniff_kind(path: str) -> str:
         if is_movielens_folder(p):
             return "interactions"
         raise SemidError(
-            f"{p} {_folder_contents(p)}; pass an image folder with one subfolder per class "
+            f"{p} {_folder_contents(p)}{data_files_hint(p)}; pass an image folder with one subfolder per class "
             f"({p}/<class>/<image>) or a CSV of path,caption rows, or {FORMATS_HELP}"
         )
     if table_format(p) is None:
