@@ -260,8 +260,8 @@ def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
     "text", as BEIR's queries.jsonl names it) and perhaps an id (`QUERY_ID_FIELDS`)."""
     if not (json_lines or line.startswith("{")):
         return {"query": line}
-    query = _json_field(line, "query", where, alias="text")
-    record = json.loads(line)  # an object: _json_field said so
+    record = _json_object(line, "query", where)
+    query = _field_of(record, "query", where, alias="text")
     key = next((record[n] for n in QUERY_ID_FIELDS if isinstance(record.get(n), str | int)), None)
     return _with_id({"query": query}, None if isinstance(key, bool) else key)
 
@@ -284,12 +284,23 @@ def _user_field(line: str, where: str) -> str:
 def _json_field(line: str, name: str, where: str, alias: str | None = None) -> Any:
     """Field ``name`` (else ``alias``) of a JSON Lines line; SemidError naming ``where`` if the
     line is not a JSON object with that field."""
+    return _field_of(_json_object(line, name, where), name, where, alias)
+
+
+def _json_object(line: str, name: str, where: str) -> dict[str, Any]:
+    """A JSON Lines line as an object; SemidError naming ``where`` (and the ``name`` field it
+    should hold) if it is not one."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as e:
         raise SemidError(f"{where} is not valid JSON ({e.msg})") from None
     if not isinstance(item, dict):
         raise SemidError(f'{where} is {json_kind(item)}, not a JSON object with a "{name}" field')
+    return item
+
+
+def _field_of(item: dict[str, Any], name: str, where: str, alias: str | None = None) -> Any:
+    """Field ``name`` (else ``alias``) of a line's object; SemidError naming ``where`` if absent."""
     if name not in item and alias in item:
         return item[alias]
     if name not in item:
