@@ -96,11 +96,13 @@ class Avg(Generator):
 
     @classmethod
     def sized_for(cls, config: AvgConfig, ids: Any, extra_codes: int = 0, image_dim: int = 0,
-                  **context: Any) -> AvgConfig:  # fmt: skip
-        """Codebook sizes from the index, and the image head's width from the images' features
-        (``image_dim``; 0 when the index keeps none, or when ``item_loss`` is 0)."""
+                  query_dim: int | None = None, **context: Any) -> AvgConfig:  # fmt: skip
+        """Codebook sizes from the index, the image head's width from the images' features
+        (``image_dim``; 0 when the index keeps none, or when ``item_loss`` is 0) and the query
+        tower's input width from the text encoder's (``query_dim``; None keeps the config's)."""
         config = super().sized_for(config, ids, extra_codes)
-        return replace(config, image_dim=image_dim if config.item_loss > 0 else 0)
+        return replace(config, image_dim=image_dim if config.item_loss > 0 else 0,
+                       query_dim=query_dim or config.query_dim)  # fmt: skip
 
     def initial_state(self, query: Tensor) -> Tensor:
         """Decoder state (B, d_model) of query embeddings (B, query_dim)."""

@@ -1,16 +1,88 @@
 #!/usr/bin/env bash
-# CUDA check: the ml-100k demo (index, train, eval), predict and the decoding benchmark on a GPU.
+# CUDA check: every task's train, eval and predict on a GPU (recommend on ml-100k: mmgrec, sasrec,
+# tiger; retrieve on a documents file, with `index add`; text-to-image on digits), then the decoding
+# benchmark. Each step runs in a fresh process under a time limit; a failed step is reported and the
+# next one runs, so one pass shows every failure. Exit status: the number of failed steps.
+#
 # Usage: bash scripts/gpu_check.sh [OUT]   (default OUT: runs/gpu-check; needs `make install` first)
-set -euo pipefail
+# Environment: DEVICE (default cuda; cpu runs the same steps on the CPU), INDEX (an ml-100k index
+# folder from `semid index build`: skips building it), DOCS (a documents file; default: the first
+# 2,000 debian-docs documents), QUICK=1 (a few epochs each: a smoke run), PYTHON (default python3),
+# PARTS (default "rec docs img decoding": the parts to run), MODELS (default "mmgrec sasrec tiger").
+set -uo pipefail
 
 OUT=${1:-runs/gpu-check}
-step() { echo; echo "== $*"; "$@"; }
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+SEMID=${SEMID:-$PYTHON -m semid.cli.main}
+mkdir -p "$OUT"
+PARTS=${PARTS:-rec docs img decoding}
+MODELS=${MODELS:-mmgrec sasrec tiger}
+failed=()
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+epochs() { if [ "${QUICK:-0}" = 1 ]; then echo "--epochs $1"; fi; }
 
-step nvidia-smi --query-gpu=name,memory.total --format=csv
-step python -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-step semid index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out "$OUT/index"
-step semid train recommender --dataset ml-100k --index "$OUT/index" --model mmgrec --device cuda --out "$OUT/mmgrec"
-step semid eval "$OUT/mmgrec" --k 5 10 --split test --device cuda
-step semid predict "$OUT/mmgrec" --user 196 --k 10 --device cuda
-step python -m benchmarks.decoding --quick --device cuda --out "$OUT/decoding"
-echo; echo "gpu_check: all steps ran on CUDA; outputs in $OUT"
+step() {  # step LIMIT_SECONDS NAME COMMAND...: run, time and record one step
+  local limit=$1 name=$2; shift 2
+  echo; echo "== $name: $*"
+  local start=$SECONDS
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "-- $name: exit $rc in $((SECONDS - start)) s"
+  if [ $rc -ne 0 ]; then failed+=("$name (exit $rc)"); fi
+}
+
+step 30 gpu nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+step 60 torch $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
+recommend() {
+  local index=${INDEX:-$OUT/index}
+  if [ -z "${INDEX:-}" ]; then
+    step 600 rec-index $SEMID index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out "$index"
+  fi
+  for model in $MODELS; do
+    # shellcheck disable=SC2046
+    step 900 "rec-train-$model" $SEMID train recommender --dataset ml-100k --index "$index" --model "$model" --device "$DEVICE" --out "$OUT/$model" $(epochs 3)
+    step 300 "rec-eval-$model" $SEMID eval "$OUT/$model" --k 5 10 --split test --device "$DEVICE"
+    step 120 "rec-predict-$model" $SEMID predict "$OUT/$model" --user 196 --k 10 --device "$DEVICE"
+  done
+}
+
+retrieve() {
+  if [ -z "${DOCS:-}" ]; then
+    DOCS=$OUT/docs.jsonl
+    step 300 docs $PYTHON -c "import sys; from semid.data.registry import load_dataset; from semid.data.documents import write_documents; write_documents(sys.argv[1], load_dataset('debian-docs').documents[:2000])" "$DOCS"
+  fi
+  # shellcheck disable=SC2046
+  step 900 doc-train $SEMID train retriever --dataset "$DOCS" --model promptdsi --device "$DEVICE" --out "$OUT/docs" $(epochs 2)
+  step 300 doc-eval $SEMID eval "$OUT/docs" --k 1 10 --device "$DEVICE"
+  step 600 doc-add $SEMID index add "$OUT/docs" --docs "$OUT/docs/later.jsonl"
+  step 300 doc-eval-after-add $SEMID eval "$OUT/docs" --k 1 10 --device "$DEVICE"
+  step 120 doc-predict $SEMID predict "$OUT/docs" --query "how do I configure the network" --k 5 --device "$DEVICE"
+}
+
+text_to_image() {
+  # shellcheck disable=SC2046
+  step 900 img-train $SEMID train retriever --dataset digits --model avg --device "$DEVICE" --out "$OUT/digits" $(epochs 1)
+  step 300 img-eval $SEMID eval "$OUT/digits" --k 1 10 --device "$DEVICE"
+  step 120 img-predict $SEMID predict "$OUT/digits" --query "a handwritten seven" --k 5 --device "$DEVICE"
+}
+
+decoding() {
+  local decoding_device=$DEVICE
+  case $DEVICE in cuda:*) decoding_device=cuda ;; esac
+  step 900 decoding $PYTHON -m benchmarks.decoding --quick --device "$decoding_device" --out "$OUT/decoding"
+}
+
+if part rec; then recommend; fi
+if part docs; then retrieve; fi
+if part img; then text_to_image; fi
+if part decoding; then decoding; fi
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "gpu_check: every step ran on $DEVICE; outputs in $OUT"
+else
+  echo "gpu_check: ${#failed[@]} step(s) failed on $DEVICE: ${failed[*]}"
+fi
+exit ${#failed[@]}

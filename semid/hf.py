@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,6 +148,19 @@ def grouped_attention(
     return rearrange(out, "b h (w q) d -> (b w) q h d", w=beams), None
 
 
+def cache_field(model: Any) -> str:
+    """The name of ``model``'s K/V cache, as its forward takes it and its output holds it:
+    ``cache`` in newer transformers 5.x, ``past_key_values`` in older ones (5.17, for one)."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise SemidError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`; "
+        "Seq2SeqStepModel needs a model that returns its K/V cache"
+    )
+
+
 GROUPED_ATTENTION = "semid_grouped"
 AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
 AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
@@ -175,6 +189,7 @@ class Seq2SeqStepModel:
         self.decoder_start_token_id = model.config.decoder_start_token_id
         configs = (getattr(m, "config", None) for m in model.get_decoder().modules())
         self._decoder_configs = list({id(c): c for c in configs if c is not None}.values())
+        self._cache_field = cache_field(model)
 
     def encode(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Encoder outputs (B, S, D) and the key padding mask (B, S) of a batch of input_ids."""
@@ -217,19 +232,20 @@ class Seq2SeqStepModel:
                     encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
                     attention_mask=state.encoder_mask,
                     decoder_input_ids=tokens,
-                    cache=state.cache,
                     use_cache=True,
                     return_dict=True,
+                    **{self._cache_field: state.cache},
                 )
         finally:
             for c, name in zip(self._decoder_configs, before, strict=True):
                 c._attn_implementation_internal = name
-        if not isinstance(out.cache, EncoderDecoderCache):
+        cache = getattr(out, self._cache_field, None)
+        if not isinstance(cache, EncoderDecoderCache):
             raise SemidError(
-                f"{type(self.model).__name__} returned a {type(out.cache).__name__}; "
+                f"{type(self.model).__name__} returned a {type(cache).__name__}; "
                 "Seq2SeqStepModel needs an EncoderDecoderCache (self- and cross-attention K/V)"
             )
-        state.cache = out.cache
+        state.cache = cache
         block = self.vocab.level_slice(level)
         logits = out.logits[:, -1]
         return (logits if logits.shape[-1] == block.stop - block.start else logits[:, block]), state

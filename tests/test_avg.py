@@ -149,6 +149,21 @@ def test_avg_learns_a_toy_task_and_saves(tmp_path, disc_weight):
     assert torch.equal(generative_search(again, ids, queries, k=5), rows)
 
 
+def test_the_query_tower_is_sized_to_the_text_encoders_width():
+    # the training queries' width (384 for MiniLM) sizes the tower, so another encoder works too
+    ids = SemanticIDs.from_codes(["a", "b"], catalog()[:2], SIZES)
+    config = Avg.sized_for(AvgConfig(d_model=16), ids, query_dim=128)
+    assert config.query_dim == 128
+    assert Avg.sized_for(AvgConfig(d_model=16), ids).query_dim == AvgConfig().query_dim
+    m = Avg(config)
+    targets = torch.cat(
+        [catalog()[:2], torch.zeros(2, len(config.codebook_sizes) - 3, dtype=torch.long)], 1
+    )
+    batch = {"query": torch.randn(2, 128), "target_codes": targets, "labels": torch.tensor([0, 1])}
+    loss, _ = m(batch)
+    assert torch.isfinite(loss)
+
+
 def test_index_sizes_must_fit_the_model():
     m = model()
     ids = SemanticIDs.from_codes(

@@ -9,7 +9,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from semid.beam_search import constrained_beam_search
 from semid.errors import SemidError
-from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor
+from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor, cache_field
 from semid.trie import PrefixTrie
 from semid.vocab import CodeVocabulary
 
@@ -80,11 +80,12 @@ class CopyPerBeamSteps:
         return self._decode(state, tokens[:, None], level)
 
     def _decode(self, state, tokens, level):
+        field = cache_field(self.model)  # the installed transformers' name for the K/V cache
         out = self.model(
             encoder_outputs=BaseModelOutput(last_hidden_state=state[1]), attention_mask=state[2],
-            decoder_input_ids=tokens, cache=state[0], use_cache=True,
+            decoder_input_ids=tokens, use_cache=True, **{field: state[0]},
         )  # fmt: skip
-        state[0] = out.cache
+        state[0] = getattr(out, field)
         return out.logits[:, -1, self.vocab.level_slice(level)], state
 
     def select(self, state, rows):
@@ -177,3 +178,21 @@ def test_code_vocabulary_round_trip():
         vocab.codes_to_tokens(torch.tensor([[4, 0, 0]]))
     with pytest.raises(SemidError, match="level"):
         vocab.tokens_to_codes(torch.tensor([[6, 6, 13]]))
+
+
+def test_the_cache_is_passed_under_the_installed_transformers_name():
+    # transformers 5.x renamed `past_key_values` to `cache` (forward argument and output field);
+    # the step model follows the installed version, and says so when a model takes neither
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None): ...
+
+    class Newer(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=None): ...
+
+    class Neither(torch.nn.Module):
+        def forward(self, input_ids=None): ...
+
+    assert cache_field(Older()) == "past_key_values"
+    assert cache_field(Newer()) == "cache"
+    with pytest.raises(SemidError, match="neither `cache` nor `past_key_values`"):
+        cache_field(Neither())

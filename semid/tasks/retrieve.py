@@ -367,11 +367,12 @@ class RetrieveTask(Task):
         return coll, split, collection.sha256
 
     def _index_d0(self, spec: RetrieveSpec, coll: DocumentCollection, split: CorpusSplit,
-                  out: Path | None) -> tuple[Any, ...]:  # fmt: skip
-        """D0's IDs, quantizer, the probe encoder and D0's encoded documents; the IDs are saved to
-        ``out`` when given."""
+                  out: Path | None, device: str = "cpu") -> tuple[Any, ...]:  # fmt: skip
+        """D0's IDs, quantizer, the probe encoder (on ``device``, which encodes the texts) and D0's
+        encoded documents (on the CPU); the IDs are saved to ``out`` when given."""
         torch.manual_seed(spec.seed)
         probe = PromptDSI(replace(spec.model_config, codebook_sizes=[1], centroid_levels=0))
+        probe.to(device)
         d0_docs = coll.subset(split.d0)
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
         ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, seed=spec.seed,
@@ -398,7 +399,8 @@ class RetrieveTask(Task):
         coll, split, corpus_sha256 = self._corpus(spec)
         check_trainable(coll, split.d0_train)  # before any work, and before the run folder exists
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
-        ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None)
+        where = resolve_device(device)  # the frozen encoder runs there too: the GPU encodes fastest
+        ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
         tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
         if is_main_process():
@@ -431,7 +433,7 @@ class RetrieveTask(Task):
         examples = dsi_examples(docs, torch.arange(len(docs.states)), queries,
                                 torch.tensor([position[r] for r in query_rows]), ids.codes)  # fmt: skip
         lexical = LexicalIndex.from_texts(coll.subset(split.d0).texts)
-        evaluate, where = None, resolve_device(device)
+        evaluate = None
         if valid_rows and model.has_item_head():
             valid_texts, valid_doc_rows = query_examples(coll, valid_rows, tested)
             held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
@@ -576,8 +578,8 @@ class RetrieveTask(Task):
         session = model.add_prompt_session_(keys)
         model.train_only_session_(session)
         model.use_trie(ids.trie(model.codebook_sizes))
-        frozen = {
-            k: v.clone()
+        frozen = {  # on the CPU: training may move the model to a GPU
+            k: v.detach().cpu().clone()
             for k, v in model.state_dict().items()
             if not k.startswith(f"prompts.{session}")
         }
@@ -588,7 +590,7 @@ class RetrieveTask(Task):
         changed = [
             k
             for k, v in model.state_dict().items()
-            if k in frozen and not torch.equal(v, frozen[k])
+            if k in frozen and not torch.equal(v.cpu(), frozen[k])
         ]
         if changed:  # the promise of incremental indexing: nothing else moved
             raise SemidError(f"internal error: incremental training changed {changed[:3]}")

@@ -278,13 +278,13 @@ class Text2ImageTask(Task):
         texts, labels = image_queries(splits.train, "train")
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
         features = targets.get("features") if has_features else None
-        pairs = QueryTargetPairs(embed_texts(texts, spec.text_encoder), labels, targets["codes"].long(),
-                                 targets["labels"], images=features)  # fmt: skip
+        queries = embed_texts(texts, spec.text_encoder)
+        pairs = QueryTargetPairs(queries, labels, targets["codes"].long(), targets["labels"],
+                                 images=features)  # fmt: skip
         cls = model_class(spec.model)
         image_dim = 0 if features is None else features.shape[1]
-        model = cls(
-            cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes, image_dim=image_dim)
-        )
+        model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes,
+                                  image_dim=image_dim, query_dim=queries.shape[1]))  # fmt: skip
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
         started = time.perf_counter()
         data_sha256 = fingerprint(spec.dataset)
