@@ -87,6 +87,67 @@ def test_every_caption_of_an_image_trains_and_is_a_test_query(tmp_path, capsys):
     assert metrics["num_queries"] == 8 and metrics["recall@4"] == 1.0  # 4 test images, 2 each
 
 
+def test_a_captions_table_with_a_split_column_keeps_its_split(tmp_path, capsys):
+    """Karpathy's COCO and Flickr30k splits come as a split column (train, val, restval, test);
+    it was read as nothing, and semid drew its own split over the test images."""
+    from semid.data.image_files import load_image_collection
+
+    split_of = {0: "test", 1: "test", 2: "val", 3: "restval"}  # the rest: train
+    rows = ["file_name,caption,split"]
+    for i in range(12):
+        kind = ("dark", "bright")[i % 2]
+        write_image(tmp_path / "imgs" / f"{i}.png", 40 if kind == "dark" else 220, seed=i)
+        split = split_of.get(i, "train")
+        rows += [f"imgs/{i}.png,a {kind} square {i},{split}", f"imgs/{i}.png,square {i},{split}"]
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    splits = load_image_collection(tmp_path / "caps.csv", seed=5)
+    assert splits.test.keys == ["imgs/0.png", "imgs/1.png"]
+    assert splits.train.keys == [f"imgs/{i}.png" for i in range(2, 12)]
+    run = build_and_train(tmp_path / "caps.csv", tmp_path)
+    metrics = evaluate(run, "1", "2")
+    assert (
+        metrics["num_queries"] == 4 and metrics["recall@2"] == 1.0
+    )  # 2 test images, 2 captions each
+    # bad splits are named at their row, with the fix
+    cases = {
+        "imgs/0.png,a,dev\nimgs/1.png,b,test\n": r"line 2: split 'dev' is neither a training split",
+        "imgs/0.png,a,test\nimgs/0.png,b,train\nimgs/1.png,c,train\n": r"in split 'train' instead of 'test'",
+        "imgs/0.png,a,train\nimgs/1.png,b,val\n": r"marks no image as a test image",
+        "imgs/0.png,a,test\nimgs/1.png,b,TEST\n": r"marks no image as a training image",
+    }
+    for body, message in cases.items():
+        (tmp_path / "bad.csv").write_text("path,caption,split\n" + body)
+        capsys.readouterr()
+        assert main(["train", "retriever", "--dataset", str(tmp_path / "bad.csv"), "--model", "avg",
+                     "--out", str(tmp_path / "bad-run")]) == 2  # fmt: skip
+        assert re.search(message, capsys.readouterr().err), message
+
+
+def test_a_captioned_folder_of_train_and_test_parts_keeps_its_split(tmp_path, capsys):
+    """train/ and test/ holding their images directly, with captions.tsv, were read as the
+    classes "train" and "test"; they are a captioned collection with its own split."""
+    from semid.data.image_files import load_image_collection
+
+    folder, captions = tmp_path / "shots", []
+    for part, n in (("train", 8), ("test", 2)):
+        for i in range(n):
+            kind = ("dark", "bright")[i % 2]
+            write_image(folder / part / f"{i}.png", 40 if kind == "dark" else 220, seed=i)
+            captions.append(f"{part}/{i}.png\ta {kind} square {part} {i}")
+    (folder / "captions.tsv").write_text("\n".join(captions) + "\n")
+    splits = load_image_collection(folder, seed=1)
+    assert splits.test.keys == ["test/0.png", "test/1.png"] and len(splits.train) == 8
+    assert splits.train.labels is None and splits.train.class_names is None
+    assert splits.test.captions == ["a dark square test 0", "a bright square test 1"]
+    run = build_and_train(folder, tmp_path)
+    out = capsys.readouterr().out
+    assert "classes" not in out and "captions" in out
+    assert evaluate(run, "1", "2")["num_queries"] == 2
+    # without captions such parts are still read as classes (they may be classes)
+    (folder / "captions.tsv").unlink()
+    assert load_image_collection(folder).train.class_names == ["test", "train"]
+
+
 def test_a_run_inside_its_image_folder_resumes_and_evaluates(tmp_path, capsys, monkeypatch):
     """`cd photos && semid train retriever --dataset . --out runs/avg`: the run (and its lock and
     temporary files) is written inside the data folder, and is not taken for a change of the data."""

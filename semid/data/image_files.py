@@ -7,13 +7,15 @@ Two layouts:
 - a table file (CSV, TSV, JSON Lines, Parquet; semid.data.tables) with a ``path`` column (paths
   relative to the table's folder, or absolute) and a ``caption`` and/or a ``label`` column
   (names in PATH_COLUMNS, CAPTION_COLUMNS, LABEL_COLUMNS). Keys are the paths as written. An
-  image on several rows has several captions (Flickr30k and COCO give five), each a query.
+  image on several rows has several captions (Flickr30k and COCO give five), each a query. An
+  optional ``split`` column keeps the table's own split (Karpathy's COCO and Flickr30k splits):
+  ``test`` rows are the test side, ``train``, ``val`` and ``restval`` rows train.
 
 Images of different sizes are resized to one square size (semid.data.image_io). The split is
 seeded and stratified by class (every class with 2+ images has images on both sides); without
 labels it is a plain seeded shuffle. Each side keeps file order. A folder that ships its own split
 (``train/<class>/...`` and ``test/<class>/...``, perhaps ``val/<class>/...``: `split_parts`) keeps
-it: its test part is the test side, the other parts train.
+it: its test part is the test side, the other parts train; so does a table with a split column.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import torch
 
 from semid.data.image_io import read_images
 from semid.data.images import (
+    TEST_PARTS,
+    TRAIN_PARTS,
     ImageDataset,
     ImageSplits,
-    is_test_part,
     load_image_folder,
-    split_parts,
 )
 from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
 from semid.errors import SemidError
@@ -49,6 +51,8 @@ PATH_COLUMNS = (
 )
 CAPTION_COLUMNS = ("caption", "text", "captions")
 LABEL_COLUMNS = ("label", "class")
+SPLIT_COLUMNS = ("split",)
+TRAIN_SPLITS = (*TRAIN_PARTS, "restval")  # Karpathy's split: COCO's restval images train too
 
 
 def load_image_collection(
@@ -67,7 +71,8 @@ def load_image_collection(
     path = Path(path)
     if path.is_dir():
         data = load_image_folder(path, name, image_size)
-        data.class_names = class_names_from_folders(data.class_names or [], path)
+        if data.class_names is not None:  # a captioned folder of split parts has none
+            data.class_names = class_names_from_folders(data.class_names, path)
     elif table_format(path) is not None:
         data = _load_image_table(path, image_size, name)
     elif path.exists():
@@ -77,9 +82,9 @@ def load_image_collection(
         )
     else:
         raise SemidError(f"image collection {path} not found; pass a folder or a CSV of paths")
-    if path.is_dir() and split_parts(path):  # the folder's own split: its test part is indexed
-        test = np.array([i for i, key in enumerate(data.keys) if is_test_part(key)], dtype=np.int64)
-        train = np.setdiff1d(np.arange(len(data)), test)
+    if data.given_test is not None:  # the collection's own split: its test images are indexed
+        given = data.given_test.numpy()
+        test, train = np.flatnonzero(given), np.flatnonzero(~given)
     else:
         train, test = split_indices(data.labels, len(data), seed, test_fraction, str(path))
     label = data.name
@@ -95,7 +100,8 @@ def load_images(
     path = Path(path)
     if path.is_dir():
         data = load_image_folder(path, name, image_size)
-        data.class_names = class_names_from_folders(data.class_names or [], path)
+        if data.class_names is not None:
+            data.class_names = class_names_from_folders(data.class_names, path)
         return data
     if table_format(path) is not None:
         return _load_image_table(path, image_size, name)
@@ -149,6 +155,7 @@ def _subset(data: ImageDataset, rows: np.ndarray, name: str) -> ImageDataset:
 
 
 def _load_image_table(path: Path, image_size: int | str, name: str | None) -> ImageDataset:
+    """The images of a table; `given_test` marks the test images of its split column, if any."""
     what = "image list"
     table = read_table(path, what)
     # no command takes --columns for images
@@ -170,6 +177,7 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         blank = next((row for row, name in enumerate(names) if not name), None)
         if blank is not None:  # " dog" and "dog" are one class; a label of spaces is none
             raise SemidError(f"{path} {row_label(path, blank)}: empty label; give every row one")
+    splits = _row_splits(table, path, what)
     seen: dict[str, int] = {}  # the path without "." and ".." steps -> its image's first row
     first_rows: list[int] = []  # one row per image
     more: dict[int, list[str]] = {}  # an image's first row -> its further captions
@@ -177,7 +185,7 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
     for row, key in enumerate(keys):
         same = os.path.normpath(key)  # "./a.png" and "imgs/../a.png" name the image "a.png" names
         if same in seen:
-            _another_caption(path, row, seen[same], keys, captions, names, more)
+            _another_caption(path, row, seen[same], keys, captions, names, splits, more)
             continue
         seen[same] = row
         first_rows.append(row)
@@ -197,6 +205,16 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         class_names = sorted(set(names))
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[names[row]] for row in first_rows], dtype=torch.long)
+    given_test = None
+    if splits is not None:
+        given_test = torch.tensor([splits[row] in TEST_PARTS for row in first_rows])
+        for side, missing in (("test", not given_test.any()), ("training", given_test.all())):
+            if missing:
+                raise SemidError(
+                    f"{path}: its split column marks no image as a {side} image; mark some "
+                    f"({', '.join(TEST_PARTS if side == 'test' else TRAIN_SPLITS)}), or drop the "
+                    "column and semid draws a split"
+                )
     images = read_images(files, str(path), image_size)
     return ImageDataset(
         images=torch.from_numpy(images),
@@ -206,7 +224,25 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         captions=None if captions is None else [captions[row][0] for row in first_rows],
         name=name or Path(path.name[:-3] if path.name.endswith(".gz") else path.name).stem,
         more_captions=[tuple(more.get(row, ())) for row in first_rows] if more else None,
+        given_test=given_test,
     )
+
+
+def _row_splits(table: pa.Table, path: Path, what: str) -> list[str] | None:
+    """Each row's split, lower-cased, when the table has a split column (else None); SemidError
+    naming the row of a value that is neither a training nor a test split."""
+    column = find_column(table, "split", SPLIT_COLUMNS, path, what, required=False,
+                         columns_option=False)  # fmt: skip
+    if column is None:
+        return None
+    splits = [value.strip().lower() for value in key_strings(table[column], path, "split")]
+    for row, value in enumerate(splits):
+        if value not in TRAIN_SPLITS and value not in TEST_PARTS:
+            raise SemidError(
+                f"{path} {row_label(path, row)}: split {value!r} is neither a training split "
+                f"({', '.join(TRAIN_SPLITS)}) nor a test split ({', '.join(TEST_PARTS)}); fix the row"
+            )
+    return splits
 
 
 def _row_captions(table: pa.Table, column: str, path: Path) -> list[list[str]]:
@@ -234,9 +270,9 @@ def _add_captions(more: dict[int, list[str]], first: int, texts: list[str], capt
 
 
 def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, captions: list[list[str]] | None,
-                     labels: list[str] | None, more: dict[int, list[str]]) -> None:  # fmt: skip
+                     labels: list[str] | None, splits: list[str] | None, more: dict[int, list[str]]) -> None:  # fmt: skip
     """Row ``row`` names the image of row ``first`` again: more captions of it (a caption it
-    already has is kept once); SemidError if the table has no captions or the label differs."""
+    already has is kept once); SemidError if the table has no captions or the label or split differs."""
     spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
     where = f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at {row_label(path, first)}{spelt})"
     if captions is None:
@@ -246,5 +282,9 @@ def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, caption
     if labels is not None and labels[row] != labels[first]:
         raise SemidError(
             f"{where} with label {labels[row]!r} instead of {labels[first]!r}; give an image one label"
+        )
+    if splits is not None and (splits[row] in TEST_PARTS) != (splits[first] in TEST_PARTS):
+        raise SemidError(
+            f"{where} in split {splits[row]!r} instead of {splits[first]!r}; put an image in one split"
         )
     _add_captions(more, first, captions[row], captions[first][0])

@@ -44,6 +44,8 @@ class ImageDataset:
     name: str = "images"
     # each image's captions after its first (Flickr30k and COCO give five per image), or None
     more_captions: list[tuple[str, ...]] | None = None
+    # (N,) bool: the collection's own test images (its test/ part, a split column), or None
+    given_test: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -71,6 +73,8 @@ class ImageDataset:
                 )
         if self.captions is not None and len(self.captions) != n:
             raise SemidError(f"{self.name}: {len(self.captions)} captions for {n} images")
+        if self.given_test is not None and self.given_test.shape != (n,):
+            raise SemidError(f"{self.name}: {len(self.given_test)} split marks for {n} images")
         if self.more_captions is not None and (
             self.captions is None or len(self.more_captions) != n
         ):
@@ -243,7 +247,9 @@ def load_image_folder(
     """Images from ``folder/<class name>/...<image>``; the first-level subfolder names are the
     classes, and their images are found at any depth (``shoes/2019 trip/a.jpg`` is a shoe). A
     folder of split parts (`split_parts`: ``train/<class>/...``, ``test/<class>/...``) takes its
-    classes from the second level; keys keep the part (``test/shoes/a.jpg``).
+    classes from the second level; keys keep the part (``test/shoes/a.jpg``), and `given_test`
+    marks the test part's images. Parts that hold their images without class subfolders
+    (``train/a.jpg``) are read so when the folder has captions (below): captions, no classes.
 
     Hidden and system entries (names starting with ``.`` or ``@``, ``__MACOSX``) are skipped.
     ``.npy`` and ``.pgm`` files are read natively, other formats through Pillow. With
@@ -253,7 +259,11 @@ def load_image_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise SemidError(f"image folder {folder} not found")
-    roots = split_parts(folder) or [folder]  # train/<class>/..., test/<class>/...: classes below
+    parts = split_parts(folder)  # train/<class>/..., test/<class>/...: classes below
+    captioned = (folder / "captions.tsv").is_file()
+    if not parts and captioned and (bare := split_parts(folder, classes=False)):
+        return _captioned_parts(folder, bare, name, image_size)
+    roots = parts or [folder]
     files = [(c.name, p) for root in roots for c in visible_entries(root) if c.is_dir()
              for p in image_files(c)]  # fmt: skip
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
@@ -274,44 +284,69 @@ def load_image_folder(
         )
     images = read_images([p for _, p in files], str(folder), image_size)
     keys = [str(p.relative_to(folder)) for _, p in files]
-    captions = None
-    if (folder / "captions.tsv").is_file():
-        table = dict(
-            line.split("\t", 1)
-            for line in _read_lines(folder / "captions.tsv", "captions file")
-            if "\t" in line
-        )
-        missing = [k for k in keys if k not in table]
-        if missing:
-            raise SemidError(f"captions.tsv in {folder} has no caption for {missing[0]!r}")
-        captions = [table[k] for k in keys]
     return ImageDataset(
         images=torch.from_numpy(images),
         keys=keys,
         labels=torch.tensor([classes.index(c) for c, _ in files]),
         class_names=classes,
-        captions=captions,
+        captions=_folder_captions(folder, keys) if captioned else None,
         name=name or folder.name,
+        given_test=_test_part_marks(keys) if parts else None,
     )
+
+
+def _captioned_parts(folder: Path, parts: list[Path], name: str | None,
+                     image_size: int | str | None) -> ImageDataset:  # fmt: skip
+    """The images of split parts without classes (``train/a.jpg``, ``test/b.jpg``), captioned by
+    the folder's captions.tsv; the test part's images are the given test images."""
+    files = [p for part in parts for p in image_files(part)]
+    if not files:
+        raise SemidError(f"no images in the parts of {folder} ({', '.join(p.name for p in parts)})")
+    keys = [str(p.relative_to(folder)) for p in files]
+    return ImageDataset(
+        images=torch.from_numpy(read_images(files, str(folder), image_size)),
+        keys=keys,
+        captions=_folder_captions(folder, keys),
+        name=name or folder.name,
+        given_test=_test_part_marks(keys),
+    )
+
+
+def _folder_captions(folder: Path, keys: list[str]) -> list[str]:
+    """The caption of each image key from ``folder/captions.tsv`` (``relative/path<TAB>caption``)."""
+    table = dict(
+        line.split("\t", 1)
+        for line in _read_lines(folder / "captions.tsv", "captions file")
+        if "\t" in line
+    )
+    missing = [k for k in keys if k not in table]
+    if missing:
+        raise SemidError(f"captions.tsv in {folder} has no caption for {missing[0]!r}")
+    return [table[k] for k in keys]
+
+
+def _test_part_marks(keys: list[str]) -> Tensor:
+    """Whether each image key lies in its folder's test part (N,) bool."""
+    return torch.tensor([is_test_part(key) for key in keys], dtype=torch.bool)
 
 
 TRAIN_PARTS, TEST_PARTS = ("train", "training", "val", "valid", "validation"), ("test", "testing")
 
 
-def split_parts(folder: Path) -> list[Path]:
+def split_parts(folder: Path, classes: bool = True) -> list[Path]:
     """The split subfolders of a folder that ships its own split (``train/<class>/...`` and
     ``test/<class>/...``, perhaps ``val/<class>/...``, as many image datasets do): every visible
     subfolder is named as a part, one is a test part, another a training part, and each holds
-    class subfolders. Empty for any other folder, whose subfolders are its classes."""
+    class subfolders (with ``classes`` False: none does, its images lie directly in it). Empty for
+    any other folder, whose subfolders are its classes."""
     subfolders = [p for p in visible_entries(folder) if p.is_dir()]
     names = [p.name.lower() for p in subfolders]
     if not (set(names) & set(TEST_PARTS) and set(names) & set(TRAIN_PARTS)):
         return []
     if not set(names) <= {*TRAIN_PARTS, *TEST_PARTS}:
         return []
-    if not all(any(c.is_dir() for c in visible_entries(p)) for p in subfolders):
-        return []
-    return subfolders
+    with_subfolders = [any(c.is_dir() for c in visible_entries(p)) for p in subfolders]
+    return subfolders if (all(with_subfolders) if classes else not any(with_subfolders)) else []
 
 
 def is_test_part(key: str) -> bool:
