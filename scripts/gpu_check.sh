@@ -8,7 +8,8 @@
 # Environment: DEVICE (default cuda; cpu runs the same steps on the CPU), INDEX (an ml-100k index
 # folder from `semid index build`: skips building it), DOCS (a documents file; default: the first
 # 2,000 debian-docs documents), QUICK=1 (a few epochs each: a smoke run), PYTHON (default python3),
-# PARTS (default "rec docs img decoding": the parts to run), MODELS (default "mmgrec sasrec tiger").
+# PARTS (default "rec docs img serve decoding": the parts to run), MODELS (default "mmgrec sasrec
+# tiger"), PORT (default 8123, for serve).
 set -uo pipefail
 
 OUT=${1:-runs/gpu-check}
@@ -16,7 +17,8 @@ DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 SEMID=${SEMID:-$PYTHON -m semid.cli.main}
 mkdir -p "$OUT"
-PARTS=${PARTS:-rec docs img decoding}
+PARTS=${PARTS:-rec docs img serve decoding}
+PORT=${PORT:-8123}
 MODELS=${MODELS:-mmgrec sasrec tiger}
 failed=()
 part() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -68,6 +70,52 @@ text_to_image() {
   step 120 img-predict $SEMID predict "$OUT/digits" --query "a handwritten seven" --k 5 --device "$DEVICE"
 }
 
+serve_part() {  # `semid serve` of the recommender (trained by the rec part, else here) over HTTP
+  local run=$OUT/mmgrec
+  if [ ! -f "$run/manifest.json" ]; then
+    # shellcheck disable=SC2046
+    step 900 serve-train $SEMID train recommender --dataset ml-100k --index "${INDEX:-$OUT/index}" --model mmgrec --device "$DEVICE" --out "$run" $(epochs 2)
+  fi
+  $SEMID serve "$run" --port "$PORT" --device "$DEVICE" > "$OUT/serve.log" 2>&1 &
+  local server=$!
+  step 300 serve-requests $PYTHON - "$PORT" <<'PY'
+import json, sys, time, urllib.error, urllib.request
+
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(240):
+    try:
+        print("health", urllib.request.urlopen(base + "/health", timeout=2).read().decode())
+        break
+    except OSError:
+        time.sleep(0.5)
+print("info", urllib.request.urlopen(base + "/info").read().decode()[:300])
+
+
+def post(body):
+    request = urllib.request.Request(base + "/predict", json.dumps(body).encode(),
+                                     {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+status, answer = post({"users": ["196", "7"], "k": 3})
+print("predict", status, json.dumps(answer)[:500])
+assert status == 200 and len(answer["results"]) == 2, answer
+started, n = time.perf_counter(), 20
+for _ in range(n):
+    post({"users": ["196"], "k": 10})
+print(f"{n} sequential requests: {(time.perf_counter() - started) / n * 1000:.1f} ms each")
+status, answer = post({"users": ["nobody"], "k": 3})
+print("unknown user", status, answer)
+assert status == 400, answer
+PY
+  kill "$server"; wait "$server"
+  tail -2 "$OUT/serve.log"
+}
+
 decoding() {
   local decoding_device=$DEVICE
   case $DEVICE in cuda:*) decoding_device=cuda ;; esac
@@ -77,6 +125,7 @@ decoding() {
 if part rec; then recommend; fi
 if part docs; then retrieve; fi
 if part img; then text_to_image; fi
+if part serve; then serve_part; fi
 if part decoding; then decoding; fi
 
 echo
