@@ -69,6 +69,29 @@ def ndcg_at_k(rel: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor
     return dcg / ideal
 
 
+def graded_ndcg_at_k(ranked: Tensor, targets: Tensor, grades: Tensor, k: int) -> Tensor:
+    """NDCG@k with graded gains, as trec_eval's ndcg_cut (BEIR's NDCG@10): a result's gain is the
+    grade of the relevant item it is, 0 for the others; ranked (B, K) ids, targets (B, T) padded
+    with -1 and their grades (B, T) > 0. With every grade 1 it equals `ndcg_at_k`; (B,)."""
+    if targets.shape != grades.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} and grades {tuple(grades.shape)} differ")
+    _check_k(ranked, k)
+    top = ranked[:, :k]
+    match = (
+        (top[:, :, None] == targets[:, None, :])
+        & (targets[:, None, :] >= 0)
+        & (top[:, :, None] >= 0)
+    )
+    gains = (match.double() * grades[:, None, :].double()).amax(-1)  # (B, <= k)
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+    dcg = (gains * discounts[: gains.shape[1]]).sum(1)
+    best = torch.where(targets >= 0, grades.double(), 0.0).sort(1, descending=True).values[:, :k]
+    ideal = (best * discounts[: best.shape[1]]).sum(1)
+    return torch.where(
+        ideal > 0, dcg / ideal.clamp(min=1e-12), torch.zeros((), dtype=torch.float64)
+    )
+
+
 def mrr_at_k(rel: Tensor, k: int) -> Tensor:
     """Reciprocal rank of the first relevant result within the top-k (0 if none); (B,)."""
     _check_k(rel, k)

@@ -18,7 +18,7 @@ from semid.data.documents import Document, DocumentCollection
 from semid.data.tables import content_sha256
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.metrics import compute_metrics
+from semid.metrics import compute_metrics, graded_ndcg_at_k
 from semid.runs import load_run
 from semid.tasks import EvalOptions, get_task
 from semid.tasks.data import sniff_kind
@@ -172,14 +172,21 @@ def test_a_run_on_beir_keeps_its_test_split_and_scores_a_query_once(tmp_path, mo
     run = tmp_path / "run"
     get_task("retrieve").train(tiny_spec(folder, hold_out=0), run)
     tested = json.loads((run / "eval_queries.json").read_text())["d0-test"]
-    assert tested == [[f"{WORDS[i % 12]} q{i}", [f"d{i}"]] for i in range(16, 29)] + [
-        [f"{WORDS[29 % 12]} q29", ["d28", "d29"]]
+    # test.tsv grades its judgements 2 (one 1): a query's documents come with their grades
+    assert tested == [[f"{WORDS[i % 12]} q{i}", {f"d{i}": 2}] for i in range(16, 29)] + [
+        [f"{WORDS[29 % 12]} q29", {"d28": 1, "d29": 2}]
     ]
     state = json.loads((run / "config.json").read_text())["state"]["documents"]
     assert state["test_split"] == "given" and state["d0_test_queries"] == 14
     metrics = get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1, 30)))
     assert metrics["d0-test/num_queries"] == 14
     assert metrics["d0-test/recall@30"] == 1.0  # all 30 are ranked: every relevant one is found
+    ranking = (
+        get_task("retrieve").predictor(load_run(run)).rank_texts([q for q, _ in tested], 30, None)
+    )
+    targets, grades = relevant_rows(load_run(run).ids, [relevant for _, relevant in tested])
+    graded = graded_ndcg_at_k(ranking.rows, targets, grades, 30).mean()  # the grades are the gains
+    assert metrics["d0-test/ndcg@30"] == pytest.approx(float(graded))
     more = tmp_path / "more"  # a BEIR folder added later keeps its split too
     write_lines(more / "corpus.jsonl", [{"_id": f"n{i}", "text": f"camera n{i}"} for i in range(6)])
     write_lines(
@@ -203,7 +210,28 @@ def test_a_query_of_a_training_and_a_test_document_is_tested_against_both_and_no
     assert tested == [["shared", ["a", "b"]], ["c only", ["c"]]]
     assert query_examples(collection, [0], {q for q, _ in tested}) == (["a only"], [0])
     ids = SemanticIDs(["a", "b", "c"], torch.tensor([[0], [1], [2]]), [3])
-    assert relevant_rows(ids, ["c", ["a", "b"]]).tolist() == [[2, -1], [0, 1]]  # old runs: one id
+    rows, grades = relevant_rows(ids, ["c", ["a", "b"], {"b": 2, "c": 1}])  # old runs: one id
+    assert rows.tolist() == [[2, -1], [0, 1], [1, 2]]
+    assert grades.tolist() == [[1, 0], [1, 1], [2, 1]]
+
+
+def test_graded_judgements_give_ndcg_its_gains(tmp_path):
+    """BEIR's qrels grade relevance (0 to 2 or 3 in several collections); NDCG@k, as BEIR
+    reports it, uses the grades as gains, where semid counted every relevant document as 1."""
+    folder = tmp_path / "b"
+    write_lines(folder / "corpus.jsonl", [{"_id": f"d{i}", "text": f"doc {i}"} for i in range(4)])
+    write_lines(folder / "queries.jsonl", [{"_id": "q", "text": "the query"},
+                                           {"_id": "t", "text": "trained"}])  # fmt: skip
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nt\td3\t1\nq\td0\t1\n")
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq\td0\t2\nq\td1\t1\nq\td2\t0\n"
+    )
+    collection = read_beir(folder)
+    assert collection.grade("d0", "the query") == 2 and collection.grade("d1", "the query") == 1
+    assert collection.grade("d3", "trained") == 1  # the test file's grade wins for d0
+    tested = evaluation_queries(collection, rows=range(4), indexed=range(4))
+    assert tested == [["the query", {"d0": 2.0, "d1": 1.0}]]
 
 
 def test_a_query_with_several_relevant_documents_counts_the_share_found():

@@ -55,3 +55,24 @@ def test_k_validation():
         compute_metrics(
             torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), names=("auc",)
         )
+
+
+def test_graded_ndcg_matches_hand_computed_values_and_binary_ndcg():
+    from semid.metrics import graded_ndcg_at_k, ndcg_at_k, relevance
+
+    # relevant: item 0 (grade 2) and item 1 (grade 1); ranked 1, 5, 0
+    ranked = torch.tensor([[1, 5, 0], [7, 8, 9]])
+    targets, grades = torch.tensor([[0, 1], [3, -1]]), torch.tensor([[2.0, 1.0], [1.0, 0.0]])
+    dcg, ideal = 1 / math.log2(2) + 2 / math.log2(4), 2 / math.log2(2) + 1 / math.log2(3)
+    got = graded_ndcg_at_k(ranked, targets, grades, 3)
+    assert got.tolist() == pytest.approx([dcg / ideal, 0.0])
+    assert graded_ndcg_at_k(ranked, targets, grades, 1).tolist() == pytest.approx([1 / 2, 0.0])
+    # every grade 1: the binary NDCG, with padding and invalid (-1) results
+    g = torch.Generator().manual_seed(0)
+    ranked = torch.randint(-1, 12, (50, 10), generator=g)
+    targets = torch.randint(0, 12, (50, 3), generator=g)
+    targets[::3, 2] = -1
+    for k in (1, 5, 10):
+        binary = ndcg_at_k(relevance(ranked, targets), k, (targets >= 0).sum(1))
+        graded = graded_ndcg_at_k(ranked, targets, torch.ones(targets.shape), k)
+        torch.testing.assert_close(graded, binary)

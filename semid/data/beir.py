@@ -57,11 +57,12 @@ def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCol
         missing = f"{QUERIES}" if queries is None else f"{QRELS}/*.tsv"
         raise SemidError(f"{folder} has {'qrels' if queries is None else QUERIES} but no {missing}; "
                          "give both, or neither for a corpus without queries")  # fmt: skip
-    documents = collection.documents
+    documents, grades = collection.documents, {}
     if queries is not None:
-        documents = _with_queries(documents, _query_texts(queries), qrels, folder)
+        documents, grades = _with_queries(documents, _query_texts(queries), qrels, folder)
     files = [corpus, *([queries] if queries is not None else []), *qrels]
-    return DocumentCollection(name or folder.resolve().name, documents, content_sha256(files))
+    return DocumentCollection(name or folder.resolve().name, documents, content_sha256(files),
+                              grades=grades)  # fmt: skip
 
 
 def _file(folder: Path, name: str) -> Path | None:
@@ -89,12 +90,15 @@ def _query_texts(path: Path) -> dict[str, str]:
 
 
 def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[Path],
-                  folder: Path) -> list[Document]:  # fmt: skip
-    """The documents, each with its own queries and then the relevant queries of the qrels; with
+                  folder: Path) -> tuple[list[Document], dict[tuple[str, str], float]]:  # fmt: skip
+    """The documents, each with its own queries and then the relevant queries of the qrels, and
+    the grades of the judgements that are not 1 (the test file's grade where files differ); with
     BEIR's own test split (`test_file`), its queries become test queries, never trained on."""
     known = {d.id for d in documents}
     test_file = _test_file(qrels)
     judged = {path: _judgements(path, texts, known) for path in qrels}
+    last = sorted(judged, key=lambda path: path == test_file)  # the test file's grades win
+    grades = {(doc, query): score for path in last for doc, query, score in judged[path]}
     if not any(judged.values()):
         raise SemidError(f"{folder}: no query of {QUERIES} is judged relevant to a document of "
                          f"{CORPUS} in {counted(len(qrels), 'qrels file')}; check that their ids match")  # fmt: skip
@@ -103,7 +107,7 @@ def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[
     train = _by_document(
         pair for pairs in judged.values() for pair in pairs if pair[1] not in held_out
     )
-    return [
+    documents = [
         Document(
             d.id,
             d.text,
@@ -112,6 +116,7 @@ def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[
         )  # fmt: skip
         for d in documents
     ]
+    return documents, {pair: score for pair, score in grades.items() if score != 1}
 
 
 def _test_file(qrels: list[Path]) -> Path | None:
@@ -121,9 +126,10 @@ def _test_file(qrels: list[Path]) -> Path | None:
     return test[0] if len(test) == 1 and len(qrels) > 1 else None
 
 
-def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tuple[str, str]]:
-    """(document id, query text) for every relevant judgement (score > 0) of a qrels file whose
-    query has a text and whose document is in the corpus, in file order."""
+def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tuple[str, str, float]]:
+    """(document id, query text, score) for every relevant judgement (score > 0; 1 without a
+    score column) of a qrels file whose query has a text and whose document is in the corpus,
+    in file order."""
     table = read_table(path, "qrels file")
     what = "qrels file"
     query_col = find_column(
@@ -135,10 +141,10 @@ def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tupl
     score_col = find_column(
         table, "score", ("score",), path, what, required=False, columns_option=False
     )
-    relevant = [True] * table.num_rows
+    scores = [1.0] * table.num_rows
     if score_col is not None:
         try:
-            relevant = pc.greater(pc.cast(table[score_col], "double"), 0).to_pylist()
+            scores = pc.cast(table[score_col], "double").to_pylist()
         except (ValueError, TypeError, NotImplementedError) as e:
             raise SemidError(
                 f"{path}: the score column must hold numbers ({e}); fix the file"
@@ -146,16 +152,16 @@ def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tupl
     query_ids = key_strings(table[query_col], path, "query id")
     doc_ids = key_strings(table[doc_col], path, "document id")
     return [
-        (doc, texts[query])
-        for query, doc, keep in zip(query_ids, doc_ids, relevant, strict=True)
-        if keep and texts.get(query) and doc in known
+        (doc, texts[query], score)
+        for query, doc, score in zip(query_ids, doc_ids, scores, strict=True)
+        if score is not None and score > 0 and texts.get(query) and doc in known
     ]
 
 
-def _by_document(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+def _by_document(judgements: Iterable[tuple[str, str, float]]) -> dict[str, list[str]]:
     """Document id -> its distinct query texts, in order."""
     out: dict[str, list[str]] = {}
-    for doc, text in pairs:
+    for doc, text, _ in judgements:
         queries = out.setdefault(doc, [])
         if text not in queries:
             queries.append(text)

@@ -59,7 +59,8 @@ def evaluation_queries(collection: DocumentCollection, rows: Tensor | list[int],
     """[query, [relevant document ids]] for each distinct test query of the documents at ``rows``
     (their given test queries when the collection has its own split, else their queries), in
     order. A query's relevant documents are all those at ``indexed`` that list it, so a query of
-    several documents is scored once, against all of them."""
+    several documents is scored once, against all of them; when the collection grades one of
+    them other than 1 (BEIR's graded qrels) they are {id: grade} instead of a list."""
     given = collection.has_test_split
     docs = collection.documents
     relevant: dict[str, list[str]] = {}
@@ -71,7 +72,15 @@ def evaluation_queries(collection: DocumentCollection, rows: Tensor | list[int],
         for q in d.test_queries if given else d.queries:
             if q in relevant and d.id not in relevant[q]:
                 relevant[q].append(d.id)
-    return [[q, ids] for q, ids in relevant.items()]
+    return [[q, _graded(collection, q, ids)] for q, ids in relevant.items()]
+
+
+def _graded(
+    collection: DocumentCollection, query: str, ids: list[str]
+) -> list[str] | dict[str, float]:
+    """A query's relevant document ids, or {id: grade} when a grade is not 1."""
+    grades = {d: collection.grade(d, query) for d in ids}
+    return ids if all(g == 1 for g in grades.values()) else grades
 
 
 def query_examples(collection: DocumentCollection, rows: list[int],

@@ -45,12 +45,15 @@ class Document:
 
 @dataclass
 class DocumentCollection:
-    """An ordered list of documents with unique ids; ``sha256`` is the JSONL file's content hash."""
+    """An ordered list of documents with unique ids; ``sha256`` is the JSONL file's content hash;
+    ``grades`` the relevance grade of a (document, query) judgement that is not 1 (`grade`)."""
 
     name: str
     documents: list[Document]
     sha256: str | None = None
     metadata: dict = field(default_factory=dict)
+    # (document id, query text) -> relevance grade, where it is not 1 (BEIR's graded qrels)
+    grades: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = [d.id for d in self.documents]
@@ -71,7 +74,11 @@ class DocumentCollection:
         """The collection with each document's given test queries appended to its queries, for a
         protocol that draws its own split (the same hash: the same data)."""
         docs = [Document(d.id, d.text, d.queries + d.test_queries) for d in self.documents]
-        return DocumentCollection(self.name, docs, self.sha256, dict(self.metadata))
+        return DocumentCollection(self.name, docs, self.sha256, dict(self.metadata), self.grades)
+
+    def grade(self, document_id: str, query: str) -> float:
+        """The relevance grade of ``document_id`` for ``query``: 1 unless the collection grades it."""
+        return self.grades.get((document_id, query), 1.0)
 
     @property
     def ids(self) -> list[str]:
@@ -86,7 +93,7 @@ class DocumentCollection:
     def subset(self, rows: Sequence[int], name: str | None = None) -> DocumentCollection:
         """The documents at ``rows`` (in that order), as a new collection without a file hash."""
         docs = [self.documents[int(i)] for i in rows]
-        return DocumentCollection(name or f"{self.name}[{len(docs)}]", docs)
+        return DocumentCollection(name or f"{self.name}[{len(docs)}]", docs, grades=self.grades)
 
 
 # Accepted field (JSON Lines) and column (tables) names, the same for every format.

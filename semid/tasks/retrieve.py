@@ -64,7 +64,7 @@ from semid.indexing import (
 )
 from semid.lexical import LexicalIndex
 from semid.locking import write_lock
-from semid.metrics import compute_metrics
+from semid.metrics import compute_metrics, graded_ndcg_at_k
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -305,14 +305,20 @@ def describe_split(
     return line
 
 
-def relevant_rows(ids: SemanticIDs, relevant: list[str | list[str]]) -> Tensor:
+def relevant_rows(ids: SemanticIDs,
+                  relevant: list[str | list[str] | dict[str, float]]) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Index rows (Q, R) of each query's relevant documents, R the most any query has, padded
-    with -1; a query's relevant documents are one id (runs from before sets) or a list of ids."""
-    keys = [[r] if isinstance(r, str) else r for r in relevant]
+    with -1, and their grades (Q, R); a query's relevant documents are one id (runs from before
+    sets), a list of ids (grade 1) or {id: grade} (`evaluation_queries`)."""
+    keys = [[r] if isinstance(r, str) else list(r) for r in relevant]
     rows = torch.full((len(keys), max(map(len, keys), default=1)), -1, dtype=torch.long)
-    for i, row in enumerate(keys):
+    grades = torch.zeros(rows.shape, dtype=torch.float64)
+    for i, (row, given) in enumerate(zip(keys, relevant, strict=True)):
         rows[i, : len(row)] = ids.rows_of_keys(row)
-    return rows
+        grades[i, : len(row)] = torch.tensor(
+            [float(given[d]) for d in row] if isinstance(given, dict) else [1.0] * len(row)
+        )
+    return rows, grades
 
 
 def record_eval_queries(run: Path, name: str, pairs: list[list[Any]]) -> None:
@@ -478,8 +484,8 @@ class RetrieveTask(Task):
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Recall/MRR/NDCG@k on every recorded test-query part (d0-test, and d1-test once added),
         ranked with the run's mixing weight of the document head or ``options.item_mix``; a query
-        with several relevant documents counts the share of them found (recall) and binary gains
-        (NDCG)."""
+        with several relevant documents counts the share of them found (recall), and NDCG's gains
+        are their grades (1 unless the collection grades them, as BEIR's qrels may)."""
         _check_eval_options(run, options)
         path = run.path / EVAL_QUERIES
         if not path.is_file():
@@ -500,10 +506,14 @@ class RetrieveTask(Task):
             ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks), options.num_beams,
                                            desc=f"encode {name}", item_mix=options.item_mix)  # fmt: skip
             seconds = time.perf_counter() - started
-            targets = relevant_rows(run.ids, [relevant for _, relevant in pairs])
-            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr", "ndcg"),
+            targets, grades = relevant_rows(run.ids, [relevant for _, relevant in pairs])
+            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr"),
                                    num_relevant=(targets >= 0).sum(1))  # fmt: skip
+            invalid = part.pop("invalid_id_rate")
+            part |= {f"ndcg@{k}": float(graded_ndcg_at_k(ranking.rows, targets, grades, k).mean())
+                     for k in options.ks}  # fmt: skip
             part |= {
+                "invalid_id_rate": invalid,
                 "num_queries": float(len(targets)),
                 "queries_per_s": len(targets) / max(seconds, 1e-9),
             }
