@@ -287,3 +287,7 @@ def test_given_test_queries_of_held_out_documents_are_scored_once_they_are_added
     get_task("retrieve").add(run, run / "later.jsonl")
     added = json.loads((run / "eval_queries.json").read_text())["d1-test"]
     assert [q for q, _ in added] == held_out_tests
+    # later.jsonl keeps their grades (test.tsv grades them 2): d1-test's NDCG uses them too
+    assert all(
+        isinstance(relevant, dict) and set(relevant.values()) == {2} for _, relevant in added
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 
 import pandas as pd
 import pyarrow as pa
@@ -171,14 +172,19 @@ def test_non_utf8_documents_name_the_line(tmp_path, name):
         read_documents(tmp_path / name)
 
 
-def _docs(tmp_path, name: str, records: list[dict]):
+def _collection(tmp_path, name: str, records: list[dict]):
     """Write records as JSON Lines or as a CSV (cells as given) and read them back."""
     path = tmp_path / name
     if name.endswith(".jsonl"):
         _write(path, [json.dumps(r) for r in records])
     else:
         pacsv.write_csv(pa.Table.from_pylist(records), path)
-    return read_documents(path).documents
+    return read_documents(path)
+
+
+def _docs(tmp_path, name: str, records: list[dict]):
+    """The documents of records written as JSON Lines or as a CSV (`_collection`)."""
+    return _collection(tmp_path, name, records).documents
 
 
 @pytest.mark.parametrize("name", ["d.jsonl", "d.csv"])
@@ -214,6 +220,34 @@ def test_a_given_test_split_is_read_and_written_back(tmp_path):
     write_documents(tmp_path / "later.jsonl", expected)
     collection = read_documents(tmp_path / "later.jsonl")
     assert collection.documents == expected and collection.has_test_split
+
+
+def test_graded_queries_are_read_written_back_and_checked(tmp_path):
+    """A documents file may grade its queries' relevance (as BEIR's qrels do), e.g. for the test
+    queries of held-out documents that `semid index add` reads back from later.jsonl."""
+    docs = [Document("a", "t", ("q",), ("tq1", "tq2")), Document("b", "u", ("r",))]
+    lists = [{"id": "a", "text": "t", "queries": ["q"], "test_queries": ["tq1", "tq2"],
+              "grades": {"tq1": 2, "q": 1}}, {"id": "b", "text": "u", "queries": ["r"]}]  # fmt: skip
+    cells = [{**r, "queries": json.dumps(r["queries"]), "test_queries": json.dumps(r.get("test_queries", [])),
+              "grades": json.dumps(r.get("grades", {}))} for r in lists]  # fmt: skip
+    for name, records in (("d.jsonl", lists), ("d.csv", cells)):
+        collection = _collection(tmp_path, name, records)
+        assert collection.documents == docs and collection.grades == {("a", "tq1"): 2.0}
+        assert collection.grade("a", "tq1") == 2 and collection.grade("a", "tq2") == 1
+    write_documents(tmp_path / "later.jsonl", docs, collection.grades)
+    assert read_documents(tmp_path / "later.jsonl").grades == {("a", "tq1"): 2.0}
+    bad = {
+        '{"x": 2}': "grades 'x', which is not one of the document's queries",
+        '{"q": 0}': "the grade of 'q' is 0; give a number above 0",
+        '{"q": "high"}': "the grade of 'q' is 'high'",
+        '["q"]': '"grades" must be an object of query -> relevance grade',
+    }
+    for grades, message in bad.items():
+        (tmp_path / "bad.jsonl").write_text(
+            f'{{"id": "a", "text": "t", "queries": ["q"], "grades": {grades}}}\n'
+        )
+        with pytest.raises(SemidError, match=re.escape(message)):
+            read_documents(tmp_path / "bad.jsonl")
 
 
 def test_jsonl_fields_may_differ_by_line(tmp_path):

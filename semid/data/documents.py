@@ -100,6 +100,7 @@ class DocumentCollection:
 ID_FIELDS = ("id", "doc_id", "docid", "_id", "docno", "pid")  # docno: TREC; pid: MS MARCO passages
 QUERY_FIELDS = ("queries", "query")
 TEST_QUERY_FIELDS = ("test_queries",)  # a given test split: evaluated, never trained on
+GRADE_FIELD = "grades"  # {query: relevance grade > 0} where not 1 (graded judgements, as BEIR's)
 # with an optional "title", when there is no "text"
 BODY_FIELDS = ("body", "contents", "content", "abstract", "passage")
 QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query" is also accepted)'
@@ -179,10 +180,16 @@ def _queries(record: dict, where: str, names: Sequence[str] = QUERY_FIELDS) -> t
 
 def _listed_queries(row: dict) -> dict:
     """The table row with a queries cell that holds a list as text (``["q1", "q2"]`` as JSON, or
-    ``['q1', 'q2']`` as pandas writes a list column) read as that list."""
-    for name in (*QUERY_FIELDS, *TEST_QUERY_FIELDS):
+    ``['q1', 'q2']`` as pandas writes a list column) read as that list, and a grades cell that
+    holds an object (``{"q1": 2}``) read as that object."""
+    for name in (*QUERY_FIELDS, *TEST_QUERY_FIELDS, GRADE_FIELD):
         cell = row.get(name)
-        if not (isinstance(cell, str) and cell.strip()[:1] == "[" and cell.strip()[-1:] == "]"):
+        brackets = "{}" if name == GRADE_FIELD else "[]"
+        if not (
+            isinstance(cell, str)
+            and cell.strip()[:1] == brackets[0]
+            and cell.strip()[-1:] == brackets[1]
+        ):
             continue
         try:
             row[name] = json.loads(cell)
@@ -218,15 +225,18 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
         if fmt != "parquet":  # CSV and TSV cells are text; a list of queries is written in one
             rows = [_listed_queries(row) for row in rows]
         records = ((row_label(path, i), row) for i, row in enumerate(rows))
-        return DocumentCollection(
-            name or _stem(path), _collect(records, path), content_sha256(path)
-        )
+        docs, grades = _collect(records, path)
+        return DocumentCollection(name or _stem(path), docs, content_sha256(path), grades=grades)
     raw = path.read_bytes()
     text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
-    docs = _collect(_json_records(text.removeprefix("\ufeff"), path), path)  # a BOM is no content
+    docs, grades = _collect(
+        _json_records(text.removeprefix("\ufeff"), path), path
+    )  # a BOM is no content
     if not docs:
         raise SemidError(f"{path} holds no documents; write one JSON object per line")
-    return DocumentCollection(name or _stem(path), docs, hashlib.sha256(raw).hexdigest())
+    return DocumentCollection(
+        name or _stem(path), docs, hashlib.sha256(raw).hexdigest(), grades=grades
+    )
 
 
 def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
@@ -252,9 +262,11 @@ def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
         yield label, obj
 
 
-def _collect(records: Iterable[tuple[str, dict]], path: Path) -> list[Document]:
-    """The documents of (line or row label, record) pairs, in order; ids must be unique."""
-    docs, first = [], {}
+def _collect(records: Iterable[tuple[str, dict]],
+             path: Path) -> tuple[list[Document], dict[tuple[str, str], float]]:  # fmt: skip
+    """The documents of (line or row label, record) pairs, in order (ids must be unique), and the
+    grades they give that are not 1."""
+    docs, first, grades = [], {}, {}
     for label, record in records:
         doc = _document(record, f"{path} {label}")
         if doc.id in first:
@@ -263,7 +275,31 @@ def _collect(records: Iterable[tuple[str, dict]], path: Path) -> list[Document]:
             )
         first[doc.id] = label
         docs.append(doc)
-    return docs
+        grades |= _grades(record, f"{path} {label}", doc)
+    return docs, grades
+
+
+def _grades(record: dict, where: str, doc: Document) -> dict[tuple[str, str], float]:
+    """(document id, query) -> grade for the record's ``grades`` object, those that are not 1;
+    SemidError naming ``where`` for a grade that is no number > 0 or a query the document lacks."""
+    value = record.get(GRADE_FIELD)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SemidError(f'{where}: "{GRADE_FIELD}" must be an object of query -> relevance grade, '
+                         'e.g. {"the query": 2}')  # fmt: skip
+    listed = {*doc.queries, *doc.test_queries}
+    out = {}
+    for query, grade in value.items():
+        if query not in listed:
+            raise SemidError(f'{where}: "{GRADE_FIELD}" grades {query!r}, which is not one of the '
+                             "document's queries; grade its own queries")  # fmt: skip
+        if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not grade > 0:
+            raise SemidError(f'{where}: the grade of {query!r} is {grade!r}; give a number above 0 '
+                             "(a query that is not relevant is not listed)")  # fmt: skip
+        if grade != 1:
+            out[doc.id, query] = float(grade)
+    return out
 
 
 def _stem(path: Path) -> str:
@@ -285,16 +321,24 @@ def _decode(raw: bytes, path: Path) -> str:
         raise SemidError(f"{path} line {line} is not UTF-8 text; save the file as UTF-8") from None
 
 
-def write_documents(path: str | os.PathLike, documents: Sequence[Document]) -> str:
-    """Write documents as JSONL, atomically; returns the file's sha256."""
+def write_documents(path: str | os.PathLike, documents: Sequence[Document],
+                    grades: dict[tuple[str, str], float] | None = None) -> str:  # fmt: skip
+    """Write documents as JSONL, atomically, with the ``grades`` of their queries that are not 1
+    (`DocumentCollection.grades`); returns the file's sha256."""
     h = hashlib.sha256()
+    grades = grades or {}
     with atomic_file(path, "wb") as f:
         for d in documents:
-            obj = {"id": d.id, "text": d.text}
+            obj: dict[str, object] = {"id": d.id, "text": d.text}
             if d.queries:
                 obj["queries"] = list(d.queries)
             if d.test_queries:
                 obj["test_queries"] = list(d.test_queries)
+            graded = {
+                q: grades[d.id, q] for q in (*d.queries, *d.test_queries) if (d.id, q) in grades
+            }
+            if graded:
+                obj[GRADE_FIELD] = graded
             line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
             h.update(line)
             f.write(line)

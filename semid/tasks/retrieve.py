@@ -477,7 +477,7 @@ class RetrieveTask(Task):
             (out / LATER).unlink(missing_ok=True)
             record_eval_queries(out, "d0-test", test_pairs)
             if len(split.d1):
-                write_documents(out / LATER, coll.subset(split.d1).documents)
+                write_documents(out / LATER, coll.subset(split.d1).documents, coll.grades)
             write_run(out, self.name, spec, state)
         return summary
 
