@@ -236,6 +236,17 @@ def test_graded_queries_are_read_written_back_and_checked(tmp_path):
         assert collection.grade("a", "tq1") == 2 and collection.grade("a", "tq2") == 1
     write_documents(tmp_path / "later.jsonl", docs, collection.grades)
     assert read_documents(tmp_path / "later.jsonl").grades == {("a", "tq1"): 2.0}
+    # Parquet: pandas writes dicts as a struct (every key in every row, None where absent), and a
+    # map column reads as (key, value) pairs
+    frame = pd.DataFrame({"id": ["a", "b"], "text": ["t", "u"], "queries": [["q"], ["r"]],
+                          "grades": [{"q": 2}, {"r": 3}]})  # fmt: skip
+    frame.to_parquet(tmp_path / "struct.parquet")
+    expected = {("a", "q"): 2.0, ("b", "r"): 3.0}
+    assert read_documents(tmp_path / "struct.parquet").grades == expected
+    mapped = pa.table({"id": ["a", "b"], "text": ["t", "u"], "queries": [["q"], ["r"]],
+                       "grades": pa.array([[("q", 2.0)], [("r", 3.0)]], pa.map_(pa.string(), pa.float64()))})  # fmt: skip
+    pq.write_table(mapped, tmp_path / "map.parquet")
+    assert read_documents(tmp_path / "map.parquet").grades == expected
     bad = {
         '{"x": 2}': "grades 'x', which is not one of the document's queries",
         '{"q": 0}': "the grade of 'q' is 0; give a number above 0",

@@ -285,12 +285,16 @@ def _grades(record: dict, where: str, doc: Document) -> dict[tuple[str, str], fl
     value = record.get(GRADE_FIELD)
     if value is None:
         return {}
+    if isinstance(value, list) and all(isinstance(p, tuple | list) and len(p) == 2 for p in value):
+        value = dict(value)  # a Parquet map column
     if not isinstance(value, dict):
         raise SemidError(f'{where}: "{GRADE_FIELD}" must be an object of query -> relevance grade, '
                          'e.g. {"the query": 2}')  # fmt: skip
     listed = {*doc.queries, *doc.test_queries}
     out = {}
     for query, grade in value.items():
+        if grade is None:  # a Parquet struct column (pandas' dicts) gives every row every key
+            continue
         if query not in listed:
             raise SemidError(f'{where}: "{GRADE_FIELD}" grades {query!r}, which is not one of the '
                              "document's queries; grade its own queries")  # fmt: skip
