@@ -229,9 +229,8 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
         return DocumentCollection(name or _stem(path), docs, content_sha256(path), grades=grades)
     raw = path.read_bytes()
     text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
-    docs, grades = _collect(
-        _json_records(text.removeprefix("\ufeff"), path), path
-    )  # a BOM is no content
+    records = _json_records(text.removeprefix("\ufeff"), path)  # a BOM is no content
+    docs, grades = _collect(records, path)
     if not docs:
         raise SemidError(f"{path} holds no documents; write one JSON object per line")
     return DocumentCollection(
