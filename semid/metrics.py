@@ -131,9 +131,12 @@ def compute_metrics(
     ks: Sequence[int] = (5, 10),
     names: Sequence[str] = ("recall", "ndcg"),
     num_relevant: Tensor | None = None,
+    grades: Tensor | None = None,
 ) -> dict[str, float]:
     """Mean of each metric at each k, keyed like ``recall@10``; also ``invalid_id_rate``
-    (share of -1 entries in ranked, i.e. padding or IDs outside the index)."""
+    (share of -1 entries in ranked, i.e. padding or IDs outside the index). With ``grades``
+    (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
+    (`graded_ndcg_at_k`)."""
     unknown = set(names) - set(_BY_NAME)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {sorted(_BY_NAME)}")
@@ -142,7 +145,10 @@ def compute_metrics(
     for name in names:
         for k in ks:
             fn = _BY_NAME[name]
-            values = fn(rel, k, num_relevant) if name in _TAKES_NUM_RELEVANT else fn(rel, k)
+            if name == "ndcg" and grades is not None:
+                values = graded_ndcg_at_k(ranked, targets, grades, k)
+            else:
+                values = fn(rel, k, num_relevant) if name in _TAKES_NUM_RELEVANT else fn(rel, k)
             out[f"{name}@{k}"] = float(values.mean())
     out["invalid_id_rate"] = float(invalid_id_rate(ranked >= 0).mean())
     return out

@@ -64,7 +64,7 @@ from semid.indexing import (
 )
 from semid.lexical import LexicalIndex
 from semid.locking import write_lock
-from semid.metrics import compute_metrics, graded_ndcg_at_k
+from semid.metrics import compute_metrics
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -507,13 +507,9 @@ class RetrieveTask(Task):
                                            desc=f"encode {name}", item_mix=options.item_mix)  # fmt: skip
             seconds = time.perf_counter() - started
             targets, grades = relevant_rows(run.ids, [relevant for _, relevant in pairs])
-            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr"),
-                                   num_relevant=(targets >= 0).sum(1))  # fmt: skip
-            invalid = part.pop("invalid_id_rate")
-            part |= {f"ndcg@{k}": float(graded_ndcg_at_k(ranking.rows, targets, grades, k).mean())
-                     for k in options.ks}  # fmt: skip
+            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr", "ndcg"),
+                                   num_relevant=(targets >= 0).sum(1), grades=grades)  # fmt: skip
             part |= {
-                "invalid_id_rate": invalid,
                 "num_queries": float(len(targets)),
                 "queries_per_s": len(targets) / max(seconds, 1e-9),
             }
