@@ -40,7 +40,7 @@ step 60 torch $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda'
 recommend() {
   local index=${INDEX:-$OUT/index}
   if [ -z "${INDEX:-}" ]; then
-    step 600 rec-index $SEMID index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --out "$index"
+    step 600 rec-index $SEMID index build --dataset ml-100k --quantizer graph_rqvae:3x256 --collisions popularity --device "$DEVICE" --out "$index"
   fi
   for model in $MODELS; do
     # shellcheck disable=SC2046
@@ -48,6 +48,10 @@ recommend() {
     step 300 "rec-eval-$model" $SEMID eval "$OUT/$model" --k 5 10 --split test --device "$DEVICE"
     step 120 "rec-predict-$model" $SEMID predict "$OUT/$model" --user 196 --k 10 --device "$DEVICE"
   done
+  local first=${MODELS%% *}  # new items by text, embedded on the device, recommendable at once
+  printf 'new-1\tHeat (1995), a crime thriller\nnew-2\tUp (2009), an animated adventure\n' > "$OUT/new_items.tsv"
+  step 300 rec-add $SEMID index add "$OUT/$first" --items "$OUT/new_items.tsv" --device "$DEVICE"
+  step 120 rec-predict-after-add $SEMID predict "$OUT/$first" --history "new-1" --k 5 --device "$DEVICE"
 }
 
 retrieve() {
@@ -58,7 +62,7 @@ retrieve() {
   # shellcheck disable=SC2046
   step 900 doc-train $SEMID train retriever --dataset "$DOCS" --model promptdsi --device "$DEVICE" --out "$OUT/docs" $(epochs 2)
   step 300 doc-eval $SEMID eval "$OUT/docs" --k 1 10 --device "$DEVICE"
-  step 600 doc-add $SEMID index add "$OUT/docs" --docs "$OUT/docs/later.jsonl"
+  step 600 doc-add $SEMID index add "$OUT/docs" --docs "$OUT/docs/later.jsonl" --device "$DEVICE"
   step 300 doc-eval-after-add $SEMID eval "$OUT/docs" --k 1 10 --device "$DEVICE"
   step 120 doc-predict $SEMID predict "$OUT/docs" --query "how do I configure the network" --k 5 --device "$DEVICE"
 }

@@ -381,6 +381,8 @@ cases(
         ("build-out-in-proc", "cannot write index /proc/semid-idx", lambda e: [*build_args()(e)[:-2], "--out", "/proc/semid-idx"]),
         ("build-interactions-non-graph", "--interactions", lambda e: build_args("--interactions", interactions_csv(e))(e)),
         ("build-popularity-without-dataset", "--collisions", build_args("--collisions", "popularity")),
+        ("build-device-missing-gpu", "--device", build_args("--device", "cuda:9")),
+        ("build-device-bogus", "--device", build_args("--device", "gpu")),
         (
             "build-keys-with-dataset",
             "--keys",
@@ -565,6 +567,7 @@ cases(
         ("add-neither", "--items", add_to_index(lambda e: [])),
         ("add-both", "--docs", add_to_index(lambda e: ["--items", "a.tsv", "--docs", "b.jsonl"])),
         ("add-docs-to-index", "--docs", add_to_index(lambda e: ["--docs", docs_file(e, "d.jsonl")])),
+        ("add-device-missing-gpu", "--device", add_to_index(lambda e: [*tsv(b"a\tfirst\n")(e), "--device", "cuda:9"])),
         ("add-tsv-not-utf8", "new.tsv", add_to_index(tsv(b"a\tfirst\nb\t\xff\xfe\n"))),
         ("add-tsv-empty", "new.tsv", add_to_index(tsv(b""))),
         ("add-tsv-no-tab", "new.tsv", add_to_index(tsv(b"a first\n"))),

@@ -555,9 +555,11 @@ class RecordingEncoder:
     """Stands in for the text encoder: one zero vector per text, the texts kept for the test."""
 
     texts: list[str] = []
+    device = ""
 
-    def __init__(self, model: str | None = None) -> None:
+    def __init__(self, model: str | None = None, device: str = "cpu") -> None:
         self.model = model
+        RecordingEncoder.device = device
 
     def encode(self, texts: list[str]):
         import torch
@@ -600,11 +602,32 @@ def test_new_items_as_key_text_lines_and_their_errors(tmp_path, monkeypatch):
         items.read_new_items(tmp_path / "blank.csv", None, None)
     with pytest.raises(SemidError, match="--keys goes with embeddings"):
         items.read_new_items(tmp_path / "new.tsv", tmp_path / "keys.txt", None)
+    assert RecordingEncoder.device == "cpu"
+    items.read_new_items(tmp_path / "new.tsv", None, None, device="cuda:1")  # `index add --device`
+    assert RecordingEncoder.device == "cuda:1"
     (tmp_path / "own.csv").write_text("sku,desc,price\nn3,Heat,9\n")  # the run's --columns
     keys, _, _ = items.read_new_items(
         tmp_path / "own.csv", None, None, columns={"item": "sku", "text": "desc"}
     )
     assert keys == ["n3"] and RecordingEncoder.texts == ["Heat"]
+
+
+def test_index_build_embeds_item_texts_on_the_chosen_device(tmp_path, monkeypatch):
+    """`semid index build --device` reaches the text encoder (resolved: cuda when asked for)."""
+    from semid.tasks import items
+    from semid.tasks.base import IndexSource
+
+    monkeypatch.setattr(items, "TextEncoder", RecordingEncoder)
+    rows = [f"u{u},i{(u + j) % 6},{j}" for u in range(6) for j in range(4)]
+    (tmp_path / "log.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    (tmp_path / "items.csv").write_text(
+        "item,title\n" + "".join(f"i{i},film {i}\n" for i in range(6))
+    )
+    source = IndexSource(dataset=str(tmp_path / "log.csv"), items=str(tmp_path / "items.csv"),
+                         device="cuda:1")  # fmt: skip
+    ids, notes = items.build_item_index(source, "rqkmeans:1x2", tmp_path / "idx", "extra-level", 0)
+    assert RecordingEncoder.device == "cuda:1" and len(ids) == 6
+    assert RecordingEncoder.texts == [f"title: film {i}" for i in range(6)]
 
 
 def test_fractions_of_a_second_order_events(tmp_path: Path) -> None:

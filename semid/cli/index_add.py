@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from semid.cli.common import fitting_ks
+from semid.cli.common import add_device_argument, fitting_ks
 from semid.errors import SemidError
 from semid.manifest import MANIFEST
 from semid.wording import counted
@@ -46,13 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")
     p.add_argument("--encoder", help="sentence-transformers folder for .tsv texts (default: the index's)")  # fmt: skip
+    # where new texts are embedded (and where a retrieval run's new prompt session trains)
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     """Read the items (or documents), add them, report their IDs."""
     from semid.ids import SemanticIDs
     from semid.indexing import add_items
-    from semid.tasks import task_of_run
+    from semid.tasks import resolve_device, task_of_run
     from semid.tasks.items import read_new_items
     from semid.tasks.text2image import IMAGE_ENCODER_DIR
 
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(
             "pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them"
         )
+    device = resolve_device(args.device)
     noun = "item"
     if (args.target / MANIFEST).is_file():
         task = task_of_run(args.target)
@@ -71,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
         if args.items is not None and task.name == "retrieve":
             raise SemidError(f"{args.target} is a retrieve run; add documents with --docs")
         summary = task.add(
-            args.target, args.items or args.docs, keys=args.keys, encoder=args.encoder
+            args.target,
+            args.items or args.docs,
+            keys=args.keys,
+            encoder=args.encoder,
+            device=device,
         )
     elif args.docs is not None:
         raise SemidError(
@@ -85,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         indexed = SemanticIDs.load(args.target)  # its keys are checked before any text is embedded
-        keys, x, texts = read_new_items(args.items, args.keys, args.encoder, indexed=indexed)
+        keys, x, texts = read_new_items(
+            args.items, args.keys, args.encoder, indexed=indexed, device=device
+        )
         ids, codes = add_items(args.target, keys, x, texts=texts)
         summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
     if "codes" in summary:

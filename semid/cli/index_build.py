@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from semid.atomic import check_writable
-from semid.cli.common import add_interaction_file_arguments
+from semid.cli.common import add_device_argument, add_interaction_file_arguments
 from semid.cli.index_stats import format_stats
 from semid.defaults import AUTO, COLLISION_STRATEGIES
 from semid.errors import SemidError
@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sentence-transformers model folder (default: the packaged all-MiniLM-L6-v2)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_device_argument(p)  # where texts are embedded: item texts, documents, captions
     p.add_argument(
         "--out", type=Path, required=True, help="output index folder (replaced atomically)"
     )
@@ -78,19 +79,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build, save and report the index with the task that owns the dataset's kind."""
     from semid.plots import check_plot_path, plot_code_usage
-    from semid.tasks import IndexSource, get_task
+    from semid.tasks import IndexSource, get_task, resolve_device
     from semid.tasks.data import resolve_dataset
 
     if args.out.exists() and not args.out.is_dir():
         raise SemidError(f"--out {args.out} exists and is not a folder; choose another path")
     check_writable(args.out)
+    device = resolve_device(args.device)
     if args.plot:
         check_plot_path(args.plot)
     dataset = resolve_dataset(args.dataset)
     source = IndexSource(dataset=dataset, items=resolve_dataset(args.items), columns=args.columns or None,
                          missing_text=args.missing_text, min_interactions=args.min_interactions,
                          embeddings=args.embeddings, keys=args.keys, interactions=args.interactions,
-                         encoder=args.encoder)  # fmt: skip
+                         encoder=args.encoder, device=device)  # fmt: skip
     kind = kind_of(dataset) if dataset else "interactions"
     if kind not in TASK_OF_KIND:  # wordnet's noun hierarchies: the hierarchy benchmarks' data
         raise SemidError(f"--dataset {args.dataset} holds a {kind}, which `semid index build` does not "

@@ -61,6 +61,7 @@ class IndexSource:
     keys: Path | None = None
     interactions: Path | None = None  # user-item log for graph quantizers (with embeddings)
     encoder: str | None = None  # sentence-transformers folder for item texts (default: MiniLM)
+    device: str = "cpu"  # where texts are embedded (a torch device string, already resolved)
 
 
 @dataclass

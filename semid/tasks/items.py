@@ -106,7 +106,7 @@ def build_item_index(
             metadata = {"dataset": source.dataset, "item_vectors": INTERACTION_VECTORS}
         else:
             notes.append(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
-            x = TextEncoder(model=source.encoder).encode(dataset.item_texts)
+            x = TextEncoder(model=source.encoder, device=source.device).encode(dataset.item_texts)
             metadata = {"dataset": source.dataset, "items": source.items,
                         "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
     graph = getattr(probe, "needs_interactions", False)
@@ -182,13 +182,14 @@ def read_new_items(
     index_encoder: str | None = None,
     columns: dict[str, str] | None = None,
     indexed: SemanticIDs | None = None,
+    device: str = "cpu",
 ) -> tuple[list[str], Tensor, list[str] | None]:
     """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with
     the index's text encoder (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``,
     ...). Texts come as an items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally
     gzipped, or a ``.tsv`` whose header starts with an item column; ``columns``: the run's
     ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines. Keys already in
-    ``indexed`` are refused before any text is embedded."""
+    ``indexed`` are refused before any text is embedded; texts are embedded on ``device``."""
     if Path(path).is_dir():
         raise SemidError(f"--items {path} is a folder; give a file of item texts (CSV, TSV, JSON "
                          "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
@@ -206,7 +207,7 @@ def read_new_items(
         indexed.check_new_keys(new_keys)
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
-    return new_keys, TextEncoder(model=encoder).encode(texts), texts
+    return new_keys, TextEncoder(model=encoder, device=device).encode(texts), texts
 
 
 def _names_an_item_column(first_line: str) -> bool:

@@ -196,9 +196,9 @@ class RecommendTask(Task):
         return ranker.to(options.device)
 
     def _add(self, run_path: Path, source: Path, keys: Path | None = None,
-            encoder: str | None = None, **options: Any) -> dict:  # fmt: skip
-        """New items (texts as in ``read_new_items``, or embeddings + keys) get IDs from the saved quantizer; the model
-        can recommend them at once (no retraining)."""
+            encoder: str | None = None, device: str = "cpu", **options: Any) -> dict:  # fmt: skip
+        """New items (texts as in ``read_new_items``, embedded on ``device``, or embeddings + keys)
+        get IDs from the saved quantizer; the model can recommend them at once (no retraining)."""
         run = load_run(run_path, self.name)
         columns = self.spec_of(run).columns
         if run.ids.metadata.get("item_vectors") == INTERACTION_VECTORS and keys is None:
@@ -209,7 +209,7 @@ class RecommendTask(Task):
                 "items by text"
             )
         new_keys, x, texts = read_new_items(
-            source, keys, encoder, run.ids.metadata.get("encoder"), columns, indexed=run.ids
+            source, keys, encoder, run.ids.metadata.get("encoder"), columns, run.ids, device
         )
         ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}

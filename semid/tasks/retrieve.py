@@ -349,7 +349,7 @@ class RetrieveTask(Task):
         """The index of D0 (the seeded initial corpus) of a document collection."""
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
         coll, split, _ = self._corpus(spec)
-        ids, *_ = self._index_d0(spec, coll, split, out)
+        ids, *_ = self._index_d0(spec, coll, split, out, source.device)
         return ids, [
             f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"
         ]
@@ -516,12 +516,14 @@ class RetrieveTask(Task):
             metrics |= {f"{name}/{k}": v for k, v in part.items()}
         return metrics
 
-    def _add(self, run_path: Path, source: Path, topics: int | None = None, **options: Any) -> dict:
+    def _add(self, run_path: Path, source: Path, topics: int | None = None, device: str = "auto",
+             **options: Any) -> dict:  # fmt: skip
         """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
         grows, and only a new prompt session (keys: k-means of the new documents) is trained on the
         new documents and the training share of their queries; the rest become test queries
-        (documents without queries are indexed only). All or nothing: everything is computed before
-        the first write, and a failure while writing puts the run back as it was."""
+        (documents without queries are indexed only). The encoder and the session run on
+        ``device``. All or nothing: everything is computed before the first write, and a failure
+        while writing puts the run back as it was."""
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_collection(source)
@@ -532,6 +534,9 @@ class RetrieveTask(Task):
                 f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids"
             )
         known, lexical = _document_files(run.index_path, start)
+        device = resolve_device(device)
+        # the frozen encoder encodes there; then back on the CPU for the rest, as loaded
+        model.to(device)
         docs = encode_texts(model, collection.texts, desc="encode new documents")
         g = torch.Generator().manual_seed(spec.seed + len(model.prompts))  # seeded like the split
         perm = torch.randperm(len(collection), generator=g)
@@ -544,6 +549,7 @@ class RetrieveTask(Task):
             collection, train_local.tolist(), {q for q, _ in test_pairs}
         )
         queries = encode_texts(model, query_texts, desc="encode new queries")
+        model.cpu()
         session = len(model.prompts)
         # topic prompts: as many per document as the first session has, at most one per document
         m = topics or round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
@@ -557,7 +563,8 @@ class RetrieveTask(Task):
                 model.set_documents_(torch.cat([known, docs.embeddings]))
             seconds = self._train_session(model, ids, spec, run_path,
                                           topic_keys(model, docs, m, spec.seed),
-                                          dsi_examples(docs, rows, queries, rows[with_query], ids.codes))  # fmt: skip
+                                          dsi_examples(docs, rows, queries, rows[with_query], ids.codes),
+                                          device)  # fmt: skip
             if lexical is not None:
                 lexical.add(collection.texts)
             ids.save(run.index_path, quantizer=quantizer, keep_other_files=True,
@@ -578,9 +585,9 @@ class RetrieveTask(Task):
                 "topics": m, "train_seconds": seconds}  # fmt: skip
 
     def _train_session(self, model: PromptDSI, ids: SemanticIDs, spec: RetrieveSpec, run_path: Path,
-                       keys: Tensor, examples: ExampleDataset) -> float:  # fmt: skip
-        """Train a new prompt session with these topic keys on ``examples``, everything else frozen
-        (checked); returns the seconds it took."""
+                       keys: Tensor, examples: ExampleDataset, device: str) -> float:  # fmt: skip
+        """Train a new prompt session with these topic keys on ``examples`` on ``device``,
+        everything else frozen (checked); returns the seconds it took."""
         session = model.add_prompt_session_(keys)
         model.train_only_session_(session)
         model.use_trie(ids.trie(model.codebook_sizes))
@@ -591,7 +598,7 @@ class RetrieveTask(Task):
         }
         started = time.perf_counter()
         train_model(model, examples, spec.add_train, run_path / f"train-session-{session}",
-                    collate_fn=examples.collate)  # fmt: skip
+                    collate_fn=examples.collate, device=device)  # fmt: skip
         seconds = time.perf_counter() - started
         changed = [
             k

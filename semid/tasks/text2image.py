@@ -55,6 +55,7 @@ from semid.tasks.base import (
     move,
     query_input,
     register_task,
+    resolve_device,
 )
 from semid.tasks.data import check_fingerprint, fingerprint, trained_on
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
@@ -84,9 +85,12 @@ def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tenso
     return compute_metrics(ranked_labels, query_labels, ks, METRIC_NAMES, num_relevant=num_relevant)
 
 
-def embed_texts(texts: list[str], encoder: str | os.PathLike | None = None) -> Tensor:
-    """MiniLM (or the given sentence-transformers folder) embeddings (N, 384), cached on disk."""
-    return TextEncoder(model=encoder).encode(list(texts), show_progress=False)
+def embed_texts(
+    texts: list[str], encoder: str | os.PathLike | None = None, device: str = "cpu"
+) -> Tensor:
+    """MiniLM (or the given sentence-transformers folder) embeddings (N, 384) computed on
+    ``device``, cached on disk."""
+    return TextEncoder(model=encoder, device=device).encode(list(texts), show_progress=False)
 
 
 def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
@@ -236,7 +240,7 @@ class Text2ImageTask(Task):
         if quantizer == AUTO:
             quantizer = auto_spec(len(splits.train), family="voken", options=VOKEN_OPTIONS)
         texts = (
-            embed_texts(splits.train.texts(), source.encoder)
+            embed_texts(splits.train.texts(), source.encoder, source.device)
             if quantizer.startswith("voken")
             else None
         )
@@ -261,12 +265,13 @@ class Text2ImageTask(Task):
         """Train the generator on (query wording, training image ID) pairs; without ``index`` a
         ``spec.quantizer`` index is built into ``out/train/index`` first."""
         check_output_folder(out)
+        device = resolve_device(device)  # the text encoder embeds the training queries there too
         splits = load_image_splits(spec.dataset, spec.seed)
         built = index is None
         if built:  # built beside the checkpoints; the run's index is replaced at the end, with the
             # model, so the earlier run stays whole until then (and is never built over)
             index = out / "train" / "index"
-            self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder),
+            self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device),
                              spec.quantizer, index, "extra-level", spec.seed)  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
@@ -278,7 +283,7 @@ class Text2ImageTask(Task):
         texts, labels = image_queries(splits.train, "train")
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
         features = targets.get("features") if has_features else None
-        queries = embed_texts(texts, spec.text_encoder)
+        queries = embed_texts(texts, spec.text_encoder, device)
         pairs = QueryTargetPairs(queries, labels, targets["codes"].long(), targets["labels"],
                                  images=features)  # fmt: skip
         cls = model_class(spec.model)
@@ -429,7 +434,7 @@ class Text2ImagePredictor(Predictor):
 
     def embed(self, texts: list[str]) -> Tensor:
         """Query embeddings (Q, T) with the run's text encoder."""
-        return embed_texts(texts, self.run.spec.get("text_encoder"))
+        return embed_texts(texts, self.run.spec.get("text_encoder"), str(self.device))
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """Embed the queries and search them."""
