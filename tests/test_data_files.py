@@ -672,6 +672,25 @@ def test_datetimes_with_mixed_utc_offsets(tmp_path: Path) -> None:
     assert d.interactions.timestamps.tolist() == [978292819.0, 978303600.0, 978303600.5]
 
 
+def test_dates_with_the_month_by_name_as_public_logs_write_them(tmp_path: Path) -> None:
+    """Goodreads' date_added (ctime with an offset) and RFC 2822 dates, mixed with ISO 8601."""
+    (tmp_path / "a.csv").write_text(
+        "user_id,book_id,date_added\n"
+        "A,m,Sun Dec 31 22:00:19 +0200 2000\n"  # 20:00:19 UTC
+        'A,z,"Sun, 31 Dec 2000 23:00:00 GMT"\n'
+        'A,q,"Mon, 1 Jan 2001 00:00:00 +0100"\n'  # 23:00:00 UTC
+        "A,r,2000-12-31T23:30:00Z\n"
+        "A,s,Sun Dec 31 23:45:00 2000\n"  # ctime, without an offset: UTC
+    )
+    d = load_interaction_files(
+        tmp_path / "a.csv", columns="timestamp=date_added", min_interactions=1
+    )
+    assert d.interactions.timestamps.tolist() == [978292819, 978303600, 978303600, 978305400, 978306300]
+    (tmp_path / "b.csv").write_text("user,item,timestamp\nA,m,2000-12-31\nA,n,12/31/2000\n")
+    with pytest.raises(SemidError, match="line 3: timestamp '12/31/2000' is not"):
+        load_interaction_files(tmp_path / "b.csv", min_interactions=1)
+
+
 def test_an_items_key_column_named_only_in_the_items_file(tmp_path: Path) -> None:
     """--columns item=sku names the items file's key when the log has its own item column."""
     (tmp_path / "log.csv").write_text("user,item,timestamp\nA,1,1\nA,2,2\n")

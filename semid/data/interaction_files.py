@@ -2,7 +2,8 @@
 
 Interactions file: one row per event with a user, an item and optionally a timestamp column (names
 in USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS, or given with ``columns``). Ids are kept as strings.
-Timestamps may be integers, decimals or ISO 8601 datetimes, in seconds (int64 when every value is
+Timestamps may be integers, decimals, ISO 8601 datetimes or the named forms of
+NAMED_DATETIME_FORMATS, in seconds (int64 when every value is
 a whole second, else float64, so events within one second keep their order); without a timestamp
 column, file order is time order.
 
@@ -68,6 +69,13 @@ TIME_COLUMNS = (
     "event_time",
     "created_at",
     "unixReviewTime",  # Amazon reviews
+)
+# datetimes that public logs write other than as ISO 8601, each unambiguous (month by name)
+NAMED_DATETIME_FORMATS = (
+    "%a %b %d %H:%M:%S %z %Y",  # Goodreads, Twitter: Mon Aug 01 13:41:57 -0700 2011
+    "%a %b %d %H:%M:%S %Y",  # C's and Python's ctime (taken as UTC): Mon Aug  1 13:41:57 2011
+    "%a, %d %b %Y %H:%M:%S %z",  # RFC 2822 (e-mail, RSS): Mon, 01 Aug 2011 13:41:57 -0700
+    "%a, %d %b %Y %H:%M:%S GMT",  # RFC 2822 and HTTP dates in UTC
 )
 ROLES = ("user", "item", "timestamp", "text")
 MISSING_TEXT = ("error", "drop", "keep")
@@ -293,16 +301,22 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 
 
 def _mixed_datetimes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
-    """Seconds from ISO 8601 strings that mix UTC offsets (those without one are taken as UTC);
-    the first value that is no datetime raises, naming its row."""
+    """Seconds from datetime strings that mix UTC offsets (ISO 8601 without one is taken as UTC)
+    or forms (ISO 8601 and NAMED_DATETIME_FORMATS); the first value that is no datetime raises,
+    naming its row."""
     values = pd.Series(column.to_pylist())
     parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+    for named in NAMED_DATETIME_FORMATS:
+        if not parsed.isna().any():
+            break
+        parsed = parsed.fillna(pd.to_datetime(values, utc=True, format=named, errors="coerce"))
     numbers = pd.to_numeric(values, errors="coerce")
     bad = np.flatnonzero((parsed.isna() & numbers.isna()).to_numpy())
     if bad.size:  # neither form: the row to fix (not the first number of a column of numbers)
         raise SemidError(
             f"{path} {row_label(path, int(bad[0]))}: timestamp {values[bad[0]]!r} is not integer "
-            "seconds, a decimal or an ISO 8601 datetime; fix the timestamp column"
+            "seconds, a decimal, an ISO 8601 datetime or a dated form such as 'Mon Aug 01 13:41:57 "
+            "-0700 2011'; fix the timestamp column"
         )
     number = np.flatnonzero(parsed.isna().to_numpy())
     if number.size:  # every value reads one way or the other, but not all the same way
