@@ -685,7 +685,13 @@ def test_dates_with_the_month_by_name_as_public_logs_write_them(tmp_path: Path) 
     d = load_interaction_files(
         tmp_path / "a.csv", columns="timestamp=date_added", min_interactions=1
     )
-    assert d.interactions.timestamps.tolist() == [978292819, 978303600, 978303600, 978305400, 978306300]
+    assert d.interactions.timestamps.tolist() == [
+        978292819,
+        978303600,
+        978303600,
+        978305400,
+        978306300,
+    ]
     (tmp_path / "b.csv").write_text("user,item,timestamp\nA,m,2000-12-31\nA,n,12/31/2000\n")
     with pytest.raises(SemidError, match="line 3: timestamp '12/31/2000' is not"):
         load_interaction_files(tmp_path / "b.csv", min_interactions=1)
