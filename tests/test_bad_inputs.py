@@ -318,6 +318,7 @@ cases(
         ("ret-max-docs-1", "--max-docs", ret_args("--max-docs", "1")),
         ("ret-num-beams-0", "--num-beams", ret_args("--num-beams", "0")),
         ("ret-extra-codes-negative", "--extra-codes", ret_args("--extra-codes", "-1")),
+        ("ret-pseudo-queries-negative", "--pseudo-queries", ret_args("--pseudo-queries", "-1")),
         ("ret-hold-out-1.5", "--hold-out", ret_args("--hold-out", "1.5")),
         ("ret-hold-out-negative", "--hold-out", ret_args("--hold-out", "-0.1")),
         ("ret-add-epochs-0", "--add-epochs", ret_args("--add-epochs", "0")),

@@ -150,6 +150,7 @@ def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept):
 @pytest.mark.parametrize(
     "with_queries, words",
     [
+        # without --pseudo-queries 0 such documents train on their sentences (test_pseudo_queries.py)
         (set(), "no document of docs has queries, so there is nothing to learn retrieval from"),
         ({0}, "only 1 document of docs has queries and none is among the training documents"),
     ],
@@ -172,6 +173,8 @@ def test_documents_without_training_queries_are_refused_before_the_run_folder(
         str(tmp_path / "docs.jsonl"),
         "--out",
         str(tmp_path / "run"),
+        "--pseudo-queries",
+        "0",
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -110,6 +110,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _held_out(summary: dict, run: Path) -> str:
     """What became of the new documents' queries."""
+    if summary.get("pseudo_queries"):
+        they = "it has" if summary["documents"] == 1 else "they have"
+        trained = f"{they} no queries, so up to {summary['pseudo_queries']} sentences of each trained as its queries"
+        if not summary["test_queries"]:
+            return trained
+        ks = " ".join(map(str, fitting_ks(summary["indexed"], (1, 10))))
+        return f"{trained}; {summary['test_queries']:,} given test queries: `semid eval {run} --k {ks}`"
     if not summary["queries"]:
         they = "it has" if summary["documents"] == 1 else "they have"
         return f"{they} no queries, so indexed only (nothing held out for testing)"

@@ -76,6 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="documents: share kept for `index add` (default: %(default)s)",
     )
     p.add_argument(
+        "--pseudo-queries",
+        type=int,
+        default=RetrieveSpec.pseudo_queries,
+        help="documents: when no document has queries, this many of each one's sentences train as "
+        "its queries (0: refuse such documents; default: %(default)s)",
+    )
+    p.add_argument(
         "--extra-codes",
         type=int,
         default=RetrieveSpec.extra_codes,
@@ -145,13 +152,18 @@ def run(args: argparse.Namespace) -> int:
                                       lr=args.prompt_lr),
         quantizer=RetrieveSpec.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
         hold_out=args.hold_out, num_beams=RetrieveSpec.num_beams if args.num_beams is None else args.num_beams,
+        pseudo_queries=args.pseudo_queries,
     )  # fmt: skip
     summary = get_task("retrieve").train(
         spec, args.out, resume=not args.no_resume, device=resolve_device(args.device)
     )
     print(format_table(["", "value"], metric_rows(summary)))
     ks = " ".join(map(str, fitting_ks(summary["documents"], (1, 10))))
-    print(f"\nsaved to {args.out}; next: semid eval {args.out} --k {ks}")
+    if summary["test_queries"]:
+        print(f"\nsaved to {args.out}; next: semid eval {args.out} --k {ks}")
+    else:  # pseudo-queries and no given test queries: nothing to evaluate
+        k = fitting_ks(summary["documents"], (10,))[0]
+        print(f'\nsaved to {args.out}; next: semid predict {args.out} --query "..." --k {k}')
     if (args.out / "later.jsonl").is_file():
         print(
             f"add the held-out documents: semid index add {args.out} --docs {args.out / 'later.jsonl'}"

@@ -92,8 +92,11 @@ def query_examples(collection: DocumentCollection, rows: list[int],
 
 
 def split_name(collection: DocumentCollection) -> str:
-    """How a collection's test queries were chosen: ``given`` by it, or ``drawn`` by document."""
-    return "given" if collection.has_test_split else "drawn"
+    """How a collection's test queries were chosen: ``given`` by it, ``drawn`` by document, or
+    ``none`` (its queries are pseudo-queries, and it gives no test queries)."""
+    if any(d.test_queries for d in collection.documents):
+        return "given"
+    return "none" if collection.pseudo_queries else "drawn"
 
 
 def own_test_split(split: CorpusSplit) -> CorpusSplit:

@@ -54,6 +54,9 @@ class DocumentCollection:
     metadata: dict = field(default_factory=dict)
     # (document id, query text) -> relevance grade, where it is not 1 (BEIR's graded qrels)
     grades: dict[tuple[str, str], float] = field(default_factory=dict)
+    # > 0: the queries are that many sentences per document, drawn from the texts (a corpus that
+    # came without queries: semid.data.pseudo_queries); they train, and are never tested
+    pseudo_queries: int = 0
 
     def __post_init__(self) -> None:
         ids = [d.id for d in self.documents]
@@ -67,14 +70,16 @@ class DocumentCollection:
 
     @property
     def has_test_split(self) -> bool:
-        """Whether the collection gives its own test queries (`Document.test_queries`)."""
-        return any(d.test_queries for d in self.documents)
+        """Whether the collection's test queries are its given ones (`Document.test_queries`):
+        when it gives some, and when its queries are pseudo-queries (then perhaps none)."""
+        return self.pseudo_queries > 0 or any(d.test_queries for d in self.documents)
 
     def pooled(self) -> DocumentCollection:
         """The collection with each document's given test queries appended to its queries, for a
         protocol that draws its own split (the same hash: the same data)."""
         docs = [Document(d.id, d.text, d.queries + d.test_queries) for d in self.documents]
-        return DocumentCollection(self.name, docs, self.sha256, dict(self.metadata), self.grades)
+        return DocumentCollection(self.name, docs, self.sha256, dict(self.metadata), self.grades,
+                                  self.pseudo_queries)  # fmt: skip
 
     def grade(self, document_id: str, query: str) -> float:
         """The relevance grade of ``document_id`` for ``query``: 1 unless the collection grades it."""
@@ -93,7 +98,8 @@ class DocumentCollection:
     def subset(self, rows: Sequence[int], name: str | None = None) -> DocumentCollection:
         """The documents at ``rows`` (in that order), as a new collection without a file hash."""
         docs = [self.documents[int(i)] for i in rows]
-        return DocumentCollection(name or f"{self.name}[{len(docs)}]", docs, grades=self.grades)
+        return DocumentCollection(name or f"{self.name}[{len(docs)}]", docs, grades=self.grades,
+                                  pseudo_queries=self.pseudo_queries)  # fmt: skip
 
 
 # Accepted field (JSON Lines) and column (tables) names, the same for every format.

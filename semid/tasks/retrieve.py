@@ -40,6 +40,7 @@ from semid.data.documents import (
     DocumentCollection,
     write_documents,
 )
+from semid.data.pseudo_queries import given_documents, with_pseudo_queries
 from semid.data.registry import load_dataset
 from semid.distributed import is_main_process
 from semid.errors import SemidError
@@ -163,7 +164,8 @@ def check_trainable(collection: DocumentCollection, train_rows: Tensor) -> None:
     with_queries = sum(bool(d.queries) for d in collection.documents)
     if not with_queries:
         raise SemidError(f"no document of {collection.name} has queries, so there is nothing to learn retrieval "
-                         f"from; give documents {QUERY_FIELDS_HELP}")  # fmt: skip
+                         f"from; give documents {QUERY_FIELDS_HELP}, or train on sentences of the "
+                         "documents with --pseudo-queries 3")  # fmt: skip
     if not any(collection.documents[int(r)].queries for r in train_rows):
         raise SemidError(f"only {counted(with_queries, 'document')} of {collection.name} "
                          f"{'has' if with_queries == 1 else 'have'} queries and none is among the training "
@@ -289,7 +291,12 @@ def describe_split(
     line = f"indexing {counted(len(split.d0), 'document')}"
     if len(split.d1):
         line += f" ({len(split.d1):,} held out for `semid index add`)"
-    if collection.has_test_split:
+    if collection.pseudo_queries:
+        line += (f"; no document has queries, so up to {collection.pseudo_queries} sentences of each "
+                 "train as its queries (pseudo-queries, never tested: --pseudo-queries sets how many)")  # fmt: skip
+    if collection.pseudo_queries and not tested:
+        line += '; no test queries (give documents "test_queries" to evaluate)'
+    elif collection.has_test_split:
         given = len({q for d in collection.documents for q in d.test_queries})
         line += f"; {len(tested):,} of the {given:,} given test queries (qrels/test)"
         if given > len(tested):
@@ -361,6 +368,8 @@ class RetrieveTask(Task):
         coll = collection.subset(
             subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
         )
+        if spec.pseudo_queries and not any(d.queries for d in coll.documents):
+            coll = with_pseudo_queries(coll, spec.pseudo_queries, spec.seed)
         split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
         if coll.has_test_split:
             split = own_test_split(split)
@@ -448,6 +457,8 @@ class RetrieveTask(Task):
         # a registered collection is named by its name, a documents file by its content
         data_sha256 = corpus_sha256 if data_paths(spec.dataset) else None
         stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, SPLIT_FIELDS)
+        if coll.pseudo_queries:  # they are the training queries (kept out of other runs' stamps)
+            stamp["pseudo_queries"] = coll.pseudo_queries
         started = time.perf_counter()
         result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
             model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
@@ -466,7 +477,7 @@ class RetrieveTask(Task):
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_documents": len({d for _, relevant in test_pairs for d in relevant}),
                                "d0_test_queries": len(test_pairs),
-                               "test_split": split_name(coll)}}  # fmt: skip
+                               "test_split": split_name(coll), "pseudo_queries": coll.pseudo_queries}}  # fmt: skip
         with replacing_run(out, [EVAL_QUERIES, LATER]):
             ids.save(out / "index", quantizer=quantizer)
             save_document_embeddings(out / "index", docs.embeddings)
@@ -477,7 +488,7 @@ class RetrieveTask(Task):
             (out / LATER).unlink(missing_ok=True)
             record_eval_queries(out, "d0-test", test_pairs)
             if len(split.d1):
-                write_documents(out / LATER, coll.subset(split.d1).documents, coll.grades)
+                write_documents(out / LATER, given_documents(coll.subset(split.d1)), coll.grades)
             write_run(out, self.name, spec, state)
         return summary
 
@@ -496,6 +507,14 @@ class RetrieveTask(Task):
         if not isinstance(parts, dict):
             raise SemidError(
                 f"{path} is not a JSON object of test queries by part; retrain the run"
+            )
+        if not any(parts.values()):
+            pseudo = run.state.get("documents", {}).get("pseudo_queries", 0)
+            why = "its documents came without queries and trained on their sentences" if pseudo else (
+                "no test query answers an indexed document")  # fmt: skip
+            raise SemidError(
+                f'{run.path} has no test queries ({why}); give documents "test_queries" to '
+                f'evaluate, or ask it with `semid predict {run.path} --query "..."`'
             )
         predictor = self.predictor(run, options.device)
         metrics: dict[str, float] = {}
@@ -527,6 +546,9 @@ class RetrieveTask(Task):
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_collection(source)
+        pseudo = run.state.get("documents", {}).get("pseudo_queries", 0)
+        if pseudo and not any(d.queries for d in collection.documents):  # as the run was trained
+            collection = with_pseudo_queries(collection, pseudo, spec.seed)
         model, start = run.model, len(run.ids)
         clash = [d for d in collection.ids if d in run.ids._row_of_key]
         if clash:
@@ -582,7 +604,7 @@ class RetrieveTask(Task):
             write_run(run_path, self.name, spec, state)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
                 "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
-                "topics": m, "train_seconds": seconds}  # fmt: skip
+                "topics": m, "train_seconds": seconds, "pseudo_queries": collection.pseudo_queries}  # fmt: skip
 
     def _train_session(self, model: PromptDSI, ids: SemanticIDs, spec: RetrieveSpec, run_path: Path,
                        keys: Tensor, examples: ExampleDataset, device: str) -> float:  # fmt: skip

@@ -108,6 +108,8 @@ class RetrieveSpec:
     test_fraction: float = 0.2
     seed: int = 0
     num_beams: int = DEFAULT_NUM_BEAMS
+    # sentences per document that train as its queries when no document has any (0: refuse such a corpus)
+    pseudo_queries: int = 3
 
     def __post_init__(self) -> None:
         if self.model != "promptdsi":
@@ -115,7 +117,7 @@ class RetrieveSpec:
         self.model_config = checked_model_config(self.model, self.model_config)
         check_at_least(self, ("max_docs",), 2)
         check_at_least(self, ("num_beams",), 1)
-        check_at_least(self, ("extra_codes",), 0)
+        check_at_least(self, ("extra_codes", "pseudo_queries"), 0)
         if not 0 <= self.hold_out < 1:
             raise SemidError(f"--hold-out must be in [0, 1), got {self.hold_out}")
         if self.quantizer != AUTO:
