@@ -399,8 +399,11 @@ def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tm
              "--patience", "200"]  # fmt: skip
     # no early stop: a loaded machine may read "epoch 3" only after a run that stopped early ended
     env = ENV | {"PYTHONUNBUFFERED": "1"}
+    # Ctrl-C as a terminal sends it: a suite started in the background (`make test &`) ignores
+    # SIGINT, and its children inherit that, so the command gets the default disposition back
     proc = subprocess.Popen(train, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     seen = []
     while not (line := proc.stdout.readline()).startswith("epoch 3,"):
         assert line, "".join(seen)  # the command ended before its third epoch
