@@ -94,7 +94,7 @@ def query_examples(collection: DocumentCollection, rows: list[int],
 def split_name(collection: DocumentCollection) -> str:
     """How a collection's test queries were chosen: ``given`` by it, ``drawn`` by document, or
     ``none`` (its queries are pseudo-queries, and it gives no test queries)."""
-    if any(d.test_queries for d in collection.documents):
+    if collection.gives_test_queries:
         return "given"
     return "none" if collection.pseudo_queries else "drawn"
 

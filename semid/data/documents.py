@@ -69,10 +69,15 @@ class DocumentCollection:
         return len(self.documents)
 
     @property
+    def gives_test_queries(self) -> bool:
+        """Whether a document gives test queries (`Document.test_queries`)."""
+        return any(d.test_queries for d in self.documents)
+
+    @property
     def has_test_split(self) -> bool:
         """Whether the collection's test queries are its given ones (`Document.test_queries`):
         when it gives some, and when its queries are pseudo-queries (then perhaps none)."""
-        return self.pseudo_queries > 0 or any(d.test_queries for d in self.documents)
+        return self.pseudo_queries > 0 or self.gives_test_queries
 
     def pooled(self) -> DocumentCollection:
         """The collection with each document's given test queries appended to its queries, for a

@@ -43,7 +43,10 @@ def with_pseudo_queries(
     collection: DocumentCollection, count: int, seed: int
 ) -> DocumentCollection:
     """The collection with each document's queries drawn from its text (`pseudo_queries`); given
-    test queries are kept, and are then the only test queries."""
+    test queries are kept, and are then the only test queries. Unchanged when ``count`` is 0 or a
+    document has queries of its own (they train instead)."""
+    if not count or any(d.queries for d in collection.documents):
+        return collection
     docs = [replace(d, queries=pseudo_queries(d, count, seed)) for d in collection.documents]
     return replace(collection, documents=docs, pseudo_queries=count)
 

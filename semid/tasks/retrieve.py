@@ -183,6 +183,11 @@ def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
     ]
 
 
+def trained_pseudo_queries(run: Run) -> int:
+    """Sentences per document that trained a run as its queries (0: it had real queries)."""
+    return run.state.get("documents", {}).get("pseudo_queries", 0)
+
+
 def save_document_embeddings(index_path: Path, embeddings: Tensor) -> None:
     """Write the documents' frozen embeddings (N, H) beside the index (atomically)."""
     write_rows(index_path / DOCUMENT_EMBEDDINGS, embeddings)
@@ -368,8 +373,7 @@ class RetrieveTask(Task):
         coll = collection.subset(
             subset_rows(len(collection), spec.max_docs, spec.seed), collection.name
         )
-        if spec.pseudo_queries and not any(d.queries for d in coll.documents):
-            coll = with_pseudo_queries(coll, spec.pseudo_queries, spec.seed)
+        coll = with_pseudo_queries(coll, spec.pseudo_queries, spec.seed)
         split = split_corpus(len(coll), spec.seed, spec.hold_out, spec.test_fraction)
         if coll.has_test_split:
             split = own_test_split(split)
@@ -509,7 +513,7 @@ class RetrieveTask(Task):
                 f"{path} is not a JSON object of test queries by part; retrain the run"
             )
         if not any(parts.values()):
-            pseudo = run.state.get("documents", {}).get("pseudo_queries", 0)
+            pseudo = trained_pseudo_queries(run)
             why = "its documents came without queries and trained on their sentences" if pseudo else (
                 "no test query answers an indexed document")  # fmt: skip
             raise SemidError(
@@ -546,9 +550,8 @@ class RetrieveTask(Task):
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_collection(source)
-        pseudo = run.state.get("documents", {}).get("pseudo_queries", 0)
-        if pseudo and not any(d.queries for d in collection.documents):  # as the run was trained
-            collection = with_pseudo_queries(collection, pseudo, spec.seed)
+        # query-less documents of a run trained on pseudo-queries get them too
+        collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
         model, start = run.model, len(run.ids)
         clash = [d for d in collection.ids if d in run.ids._row_of_key]
         if clash:
