@@ -474,3 +474,10 @@ def test_other_shared_tensor_warnings_are_kept():
     assert keep.filter(record("[RANK 0] Removed shared tensor {'other.weight'} while saving."))
     assert keep.filter(record("[RANK 0] Removed shared tensor {'head.weight', 'x'} while saving."))
     assert keep.filter(record("something else"))
+
+
+def test_training_written_to_a_log_file_shows_its_progress(tmp_path, capsys):
+    """A run whose stderr is a file (nohup, a cluster job) says how far it is, not only at epochs' ends."""
+    Trainer(make_model(), make_dataset(60), tiny_config(max_steps=5), tmp_path).fit()
+    err = capsys.readouterr().err  # pytest's capture is not a terminal
+    assert "train:" in err and "5/5" in err

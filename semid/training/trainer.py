@@ -175,10 +175,11 @@ class Trainer:
         progress = self._start(resume)
         resumed_after_s = progress.elapsed_s
         started = time.monotonic() - resumed_after_s
-        show_bar = self.accelerator.is_main_process and sys.stderr.isatty()
+        # in a log file the bar redraws every 30 s (progress_bar): a long first epoch is not silent
         with progress_bar(
-            total=self.total_steps, initial=progress.step, desc="train", disable=not show_bar
-        ) as bar:
+            total=self.total_steps, initial=progress.step, desc="train",
+            disable=not self.accelerator.is_main_process,
+        ) as bar:  # fmt: skip
             while not self._finished(progress):
                 if self._train_epoch(progress, started, bar):
                     self._end_epoch(progress, started)
