@@ -21,6 +21,8 @@ it: its test part is the test side, the other parts train; so does a table with 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +180,7 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         if blank is not None:  # " dog" and "dog" are one class; a label of spaces is none
             raise SemidError(f"{path} {row_label(path, blank)}: empty label; give every row one")
     splits = _row_splits(table, path, what)
+    rows = _ImageRows(path, keys, captions, names, splits)
     seen: dict[str, int] = {}  # the path without "." and ".." steps -> its image's first row
     first_rows: list[int] = []  # one row per image
     more: dict[int, list[str]] = {}  # an image's first row -> its further captions
@@ -185,7 +188,9 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
     for row, key in enumerate(keys):
         same = os.path.normpath(key)  # "./a.png" and "imgs/../a.png" name the image "a.png" names
         if same in seen:
-            _another_caption(path, row, seen[same], keys, captions, names, splits, more)
+            first = seen[same]
+            rows.check_repeat(row, first)
+            _add_captions(more, first, captions[row], captions[first][0])
             continue
         seen[same] = row
         first_rows.append(row)
@@ -269,22 +274,31 @@ def _add_captions(more: dict[int, list[str]], first: int, texts: list[str], capt
     known += [t for t in dict.fromkeys(texts) if t != caption and t not in known]
 
 
-def _another_caption(path: Path, row: int, first: int, keys: np.ndarray, captions: list[list[str]] | None,
-                     labels: list[str] | None, splits: list[str] | None, more: dict[int, list[str]]) -> None:  # fmt: skip
-    """Row ``row`` names the image of row ``first`` again: more captions of it (a caption it
-    already has is kept once); SemidError if the table has no captions or the label or split differs."""
-    spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
-    where = f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at {row_label(path, first)}{spelt})"
-    if captions is None:
-        raise SemidError(
-            f"{where}; list each image once (several rows of an image give it several captions)"
-        )
-    if labels is not None and labels[row] != labels[first]:
-        raise SemidError(
-            f"{where} with label {labels[row]!r} instead of {labels[first]!r}; give an image one label"
-        )
-    if splits is not None and (splits[row] in TEST_PARTS) != (splits[first] in TEST_PARTS):
-        raise SemidError(
-            f"{where} in split {splits[row]!r} instead of {splits[first]!r}; put an image in one split"
-        )
-    _add_captions(more, first, captions[row], captions[first][0])
+@dataclass(frozen=True)
+class _ImageRows:
+    """The columns of an image list, row by row, to check a row that lists an image again."""
+
+    path: Path
+    keys: Sequence[str]
+    captions: list[list[str]] | None
+    labels: list[str] | None
+    splits: list[str] | None
+
+    def check_repeat(self, row: int, first: int) -> None:
+        """Row ``row`` names the image of row ``first`` again, to give it more captions; SemidError
+        if the table has no captions, or the row's label or split differs from the first's."""
+        path, keys, labels, splits = self.path, self.keys, self.labels, self.splits
+        spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
+        where = f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at {row_label(path, first)}{spelt})"
+        if self.captions is None:
+            raise SemidError(
+                f"{where}; list each image once (several rows of an image give it several captions)"
+            )
+        if labels is not None and labels[row] != labels[first]:
+            raise SemidError(
+                f"{where} with label {labels[row]!r} instead of {labels[first]!r}; give an image one label"
+            )
+        if splits is not None and (splits[row] in TEST_PARTS) != (splits[first] in TEST_PARTS):
+            raise SemidError(
+                f"{where} in split {splits[row]!r} instead of {splits[first]!r}; put an image in one split"
+            )
