@@ -61,6 +61,7 @@ MAX_BODY_BYTES = 16 * 2**20  # a /predict body larger than this is refused (413)
 logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
 _LIST_FIELDS = {"users": "user", "histories": "history", "queries": "query"}
+_PLURALS = {**{one: many for many, one in _LIST_FIELDS.items()}, "input": "inputs"}
 
 
 @runtime_checkable
@@ -313,6 +314,10 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
         raise SemidError('the body must be a JSON object such as {"users": [...], "k": 10}')
     fields = [f for f in (*_LIST_FIELDS, "inputs") if f in body]
     unknown = sorted(set(body) - {*_LIST_FIELDS, "inputs", "k", "num_beams", "texts"})
+    singular = next((f for f in unknown if f in _PLURALS), None)
+    if singular is not None:  # {"user": "196"}, as `semid predict --user 196` reads
+        example = json.dumps({_PLURALS[singular]: [body[singular]], "k": body.get("k", DEFAULT_K)})
+        raise SemidError(f"unknown field {singular!r}: /predict takes lists, as {example[:120]}")
     if unknown:
         raise SemidError(
             f"unknown field(s) {unknown}; use users, histories, queries or inputs, k, num_beams, "

@@ -268,6 +268,20 @@ def test_batching_predictor_rejects_bad_settings_and_input():
         parse_request({"users": ["u1"], "inputs": []})
 
 
+@pytest.mark.parametrize(
+    ("body", "fix"),
+    [
+        ({"user": "196", "k": 3}, '{"users": ["196"], "k": 3}'),
+        ({"query": "red fox"}, '{"queries": ["red fox"], "k": 10}'),
+        ({"history": ["i1", "i2"], "k": 2}, '{"histories": [["i1", "i2"]], "k": 2}'),
+    ],
+)
+def test_a_single_input_as_the_cli_takes_it_is_answered_with_the_list_to_send(body, fix):
+    with pytest.raises(SemidError) as caught:
+        parse_request(body)
+    assert str(caught.value).endswith(f"/predict takes lists, as {fix}")
+
+
 def test_bind_socket_names_a_taken_port():
     taken = bind_socket("127.0.0.1", 0)
     taken.listen()
