@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quantizer",
         default=AUTO,
         help="quantizer spec, e.g. rqkmeans:3x256, rqvae:3x256, graph_rqvae:3x256, voken:3x256; auto: "
-        "rqkmeans sized to the number of items (default: %(default)s)",
+        "rqkmeans sized to the number of items (for images, voken sized to the training images) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--collisions",
