@@ -732,7 +732,7 @@ cases(
         (  # a table without a query column: its rows were answered as queries, header included
             "predict-queries-csv-without-query-column",
             'q.csv has no "query" column',
-            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.csv", "question,lang\nkernel,en\n")))(e),
+            lambda e: on_ret(PREDICT, lambda r: None, "--queries", str(e.write("q.csv", "prompt,lang\nkernel,en\n")))(e),
         ),
         (
             "predict-queries-query-not-text-line",

@@ -198,6 +198,8 @@ def _docs(tmp_path, name: str, records: list[dict]):
         ({"id": "a", "abstract": "a drink"}, Document("a", "a drink")),
         ({"docno": "a", "title": "Tea", "content": "a drink"}, Document("a", "Tea\na drink")),
         ({"pid": 7, "passage": "a drink", "query": "tea"}, Document("7", "a drink", ("tea",))),
+        ({"id": "a", "text": "t", "question": "why?"}, Document("a", "t", ("why?",))),  # QA sets
+        ({"id": "a", "text": "t", "questions": "why?"}, Document("a", "t", ("why?",))),  # FAQs
         (
             {"id": "a", "text": "t", "title": "Tea", "queries": None},
             Document("a", "Tea\nt"),

@@ -109,12 +109,12 @@ class DocumentCollection:
 
 # Accepted field (JSON Lines) and column (tables) names, the same for every format.
 ID_FIELDS = ("id", "doc_id", "docid", "_id", "docno", "pid")  # docno: TREC; pid: MS MARCO passages
-QUERY_FIELDS = ("queries", "query")
+QUERY_FIELDS = ("queries", "query", "questions", "question")  # question(s): FAQ and QA sets
 TEST_QUERY_FIELDS = ("test_queries",)  # a given test split: evaluated, never trained on
 GRADE_FIELD = "grades"  # {query: relevance grade > 0} where not 1 (graded judgements, as BEIR's)
 # with an optional "title", when there is no "text"
 BODY_FIELDS = ("body", "contents", "content", "abstract", "passage")
-QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query" is also accepted)'
+QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query", "questions" and "question" are also accepted)'
 EXAMPLE = '{"id": "d1", "text": "...", "queries": ["..."]}'
 
 
