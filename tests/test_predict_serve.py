@@ -256,6 +256,15 @@ def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
             predictor.check_input(item)
 
 
+def test_a_history_that_names_an_item_by_its_title_is_shown_its_key(predictor):
+    with pytest.raises(SemidError, match=r"^unknown item 'toy story' in the history: a history lists "
+                                         r"item keys, and 'toy story' begins the text of item '1' "
+                                         r"\(.Toy Story \(1995\)"):  # fmt: skip
+        predictor.check_input({"history": ["50", "toy story"]})
+    with pytest.raises(SemidError, match="such as '1'$"):  # no title begins so: an example key
+        predictor.check_input({"history": ["no such film"]})
+
+
 def test_a_key_cut_at_its_comma_gets_the_json_hint(run, capsys):
     assert main(["predict", str(run), "--history", "1,Sixth Sense, The (1999)"]) == 2
     err = capsys.readouterr().err

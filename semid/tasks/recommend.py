@@ -342,6 +342,10 @@ class RecommendPredictor(Predictor):
             history = [str(h) for h in history]  # integers name keys, as a user may be an integer
             unknown = [h for h in history if h not in self.run.ids._row_of_key]
             if unknown:
+                titled = self._item_titled(unknown[0])
+                if titled is not None:
+                    raise SemidError(f"unknown item {unknown[0]!r} in the history: a history lists item "
+                                     f"keys, and {unknown[0]!r} begins the text of item {titled}")  # fmt: skip
                 example = example_key(unknown[0], self.run.ids.keys)
                 raise SemidError(f"unknown item {unknown[0]!r} in the history; use keys of the "
                                  f"run's index, such as {example}")  # fmt: skip
@@ -352,6 +356,15 @@ class RecommendPredictor(Predictor):
             raise SemidError(f'"split" must be valid or test, got {split!r}')
         self._check_user(user, split, self.histories())
         return {"user": user, "split": split} if split else {"user": user}
+
+    def _item_titled(self, given: str) -> str | None:
+        """``'1' ('Toy Story (1995). Genres: ...')``: the key and text of the first item whose text
+        begins with ``given`` (case aside), for a history that names an item by its title; None
+        when none does or the run has no texts."""
+        wanted, keys = given.strip().lower(), self.run.ids.keys
+        texts = self.item_texts(keys) if wanted else None
+        found = next((i for i, t in enumerate(texts or ()) if t.lower().startswith(wanted)), None)
+        return None if found is None else f"{keys[found]!r} ({texts[found][:60]!r})"
 
     def _check_user(self, user: str, split: str | None, histories: UserHistories) -> None:
         if user not in histories.user_of_key:
