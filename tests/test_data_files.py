@@ -270,6 +270,19 @@ def test_aliases_typed_headers_and_explicit_columns(tmp_path: Path) -> None:
     assert d.interactions.timestamps.tolist() == [1_609_459_201]
 
 
+def test_column_names_are_found_with_case_spaces_and_punctuation_aside(tmp_path: Path) -> None:
+    """A retail export's CustomerID, an Item Id and a TIMESTAMP are the user, item and time;
+    a name written as an alias wins over one that matches only loosely."""
+    (tmp_path / "a.csv").write_text("CustomerID,Item Id,TIMESTAMP\nc1,i1,3\nc1,i2,1\nc1,i3,2\n")
+    d = load_interaction_files(tmp_path / "a.csv")
+    assert d.user_keys == ["c1"] and d.item_keys == ["i2", "i3", "i1"]  # in TIMESTAMP order
+    (tmp_path / "b.csv").write_text("user,User_ID,item\nu1,x,i1\nu1,x,i2\nu1,x,i3\n")
+    assert load_interaction_files(tmp_path / "b.csv").user_keys == ["u1"]
+    (tmp_path / "c.csv").write_text("USER_ID,UserId,item\nu1,x,i1\n")
+    with pytest.raises(SemidError, match="columns USER_ID, UserId could all be the user"):
+        load_interaction_files(tmp_path / "c.csv", min_interactions=1)
+
+
 def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) -> None:
     """No timestamp column: file order is time order, and the note names the columns left unused
     (a time column under an unknown name would otherwise be ignored in silence)."""

@@ -44,6 +44,7 @@ from semid.data.tables import (
     find_column,
     header_hint,
     key_strings,
+    matching_columns,
     parse_columns,
     plain_text,
     read_table,
@@ -221,9 +222,8 @@ def _string_ranks(keys: np.ndarray) -> np.ndarray:
 def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> None:
     """One error naming both roles when neither the user nor the item column is found (so one
     --columns flag fixes both; `find_column` names a single missing one)."""
-    names = {column_name(h) for h in table.column_names}
     missing = [role for role, aliases in (("user", USER_COLUMNS), ("item", ITEM_COLUMNS))
-               if role not in columns and not names & set(aliases)]  # fmt: skip
+               if role not in columns and not matching_columns(table.column_names, aliases)]  # fmt: skip
     if len(missing) == 2:
         raise SemidError(
             f"interactions file {path} lacks a user and an item column (accepted names: user, "

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -284,7 +285,8 @@ def find_column(
 ) -> str | None:
     """The header of the column playing `role`: `explicit` if given, else the one accepted alias.
 
-    Aliases match case-sensitively on the name part of the header (see `column_name`). Raises if a
+    Aliases match the name part of the header (see `column_name`) as written, else with case,
+    spaces and punctuation aside (``CustomerID``, ``USER_ID``, ``Item Id``). Raises if a
     required column is missing or if several columns match; the message advises ``--columns``
     where the command takes it (``columns_option``), else renaming the column."""
     headers = table.column_names
@@ -295,7 +297,7 @@ def find_column(
                 f"{what} {path} has no column {explicit!r} (given for {role}); columns: {', '.join(headers)}"
             )
         return found[0]
-    found = [h for h in headers if column_name(h) in aliases]
+    found = matching_columns(headers, aliases)
     if len(found) > 1:
         raise SemidError(
             f"{what} {path}: columns {', '.join(found)} could all be the {role}; "
@@ -310,6 +312,21 @@ def find_column(
             + (f" or pass --columns {role}=NAME" if columns_option else "")
         )
     return found[0]
+
+
+def matching_columns(headers: Sequence[str], aliases: Sequence[str]) -> list[str]:
+    """The headers whose name part (`column_name`) is one of ``aliases`` as written, or, when none
+    is, those that match one with case, spaces and punctuation aside."""
+    found = [h for h in headers if column_name(h) in aliases]
+    if not found:
+        loose = {_loose(a) for a in aliases}
+        found = [h for h in headers if _loose(column_name(h)) in loose]
+    return found
+
+
+def _loose(name: str) -> str:
+    """A column name with case, spaces and punctuation aside: ``Customer_ID`` -> ``customerid``."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 def data_files_hint(folder: Path) -> str:

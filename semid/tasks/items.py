@@ -19,7 +19,7 @@ from semid.data.interactions import keyed_by_rows
 from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
-from semid.data.tables import column_name, table_format
+from semid.data.tables import matching_columns, table_format
 from semid.data.text_files import read_lines
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
@@ -212,7 +212,7 @@ def read_new_items(
 
 def _names_an_item_column(first_line: str) -> bool:
     """True when a .tsv's first line is a header: its first field names an item column (item, id, ...)."""
-    return column_name(first_line.split("\t", 1)[0]) in ITEM_KEY_COLUMNS
+    return bool(matching_columns([first_line.split("\t", 1)[0]], ITEM_KEY_COLUMNS))
 
 
 def _key_text_lines(path: Path, lines: list[str]) -> tuple[list[str], list[str]]:
