@@ -61,6 +61,15 @@ def test_beir_queries_jsonl_is_read_by_its_text_field(tmp_path):
         queries_of(tmp_path / "q.jsonl")
 
 
+def test_a_spreadsheet_header_is_recognised_as_the_other_tables_are(tmp_path):
+    """'Query ID' and 'User ID' headers, as a spreadsheet writes them, are found as data files'
+    columns are (case, spaces and punctuation aside), not answered as a query or a user."""
+    (tmp_path / "q.csv").write_text("Query ID,Query\nq1,fast image viewer\n")
+    assert queries_of(tmp_path / "q.csv")[0] == [{"query": "fast image viewer", "id": "q1"}]
+    (tmp_path / "u.csv").write_text("User ID\n196\n")
+    assert queries_of(tmp_path / "u.csv", "--users")[0] == [{"user": "196"}]
+
+
 def test_a_query_keeps_its_id_for_its_answer(tmp_path):
     parser = argparse.ArgumentParser()
     predict.add_arguments(parser)

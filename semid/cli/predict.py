@@ -24,6 +24,7 @@ from semid.data.tables import (
     USER_COLUMNS,
     find_column,
     key_strings,
+    matching_columns,
     read_table,
     row_label,
     table_format,
@@ -237,7 +238,7 @@ def _input_table(
     if fmt != "parquet" and not path.name.lower().endswith(".gz"):
         first = next((line for line in read_lines(path, flag) if line.strip()), "")
         fields = re.split(r"[,;\t|]", first)
-        if not {c.strip(' "').lower() for c in fields} & {n.lower() for n in names}:
+        if not matching_columns([c.strip(' "') for c in fields], names):
             if len(fields) > 1:
                 raise SemidError(f'{flag} {path} has no "{field}" column (line 1: {first.strip()[:60]!r}); '
                                  f'name that column "{field}" (or, for one {field} a line, use a .txt file)')  # fmt: skip
@@ -247,7 +248,7 @@ def _input_table(
     table = read_table(path, f"{flag} file")
     column = find_column(table, field, names, path, f"{flag} file", columns_option=False)
     values = key_strings(table[column], path, field)
-    id_column = next((c for c in table.column_names if c.lower() in id_names), None)
+    id_column = next(iter(matching_columns(table.column_names, id_names)), None)
     ids = key_strings(table[id_column], path, "id") if id_column else [None] * len(values)
     return [
         (row_label(path, i), {field: str(v)}, key)
