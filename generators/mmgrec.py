@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,9 @@ from semid.errors import SemidError
 from semid.generator import Generator, register_generator
 from semid.layers import SelfAttentionBlock, causal_bias, gather_rows
 from semid.vocab import CodeVocabulary
+
+if TYPE_CHECKING:
+    from semid.ids import SemanticIDs
 
 RELATIONS = ("time", "distance", "prefix", "cooccur")
 DEFAULT_MAX_DISTANCE = 50  # the recommend task's default history length
@@ -162,7 +165,9 @@ class MMGRec(Generator):
         )
 
     @classmethod
-    def sized_for(cls, config: MMGRecConfig, ids, extra_codes: int = 0, **context) -> MMGRecConfig:
+    def sized_for(
+        cls, config: MMGRecConfig, ids: SemanticIDs, extra_codes: int = 0, **context: object
+    ) -> MMGRecConfig:
         """Codebook sizes from the index, one item embedding per row if ``item_embeddings`` or
         ``item_loss``, a neighbour-table row per item with the ``cooccur`` relation, and
         ``max_distance`` the history length ``max_history`` (from the task) unless set."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from semid.models import register_model
+
+if TYPE_CHECKING:
+    from semid.ids import SemanticIDs
 
 
 @dataclass
@@ -30,7 +34,9 @@ class MostPopular(nn.Module):
         self.register_buffer("popularity", torch.zeros(config.num_items, dtype=torch.float64))
 
     @classmethod
-    def sized_for(cls, config: MostPopularConfig, ids, **context) -> MostPopularConfig:
+    def sized_for(
+        cls, config: MostPopularConfig, ids: SemanticIDs, **context: object
+    ) -> MostPopularConfig:
         """The config for an index of ``len(ids)`` rows."""
         return MostPopularConfig(num_items=len(ids))
 

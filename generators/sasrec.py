@@ -7,7 +7,7 @@ independent re-runs of TIGER found this the strongest dense baseline, so it is t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from semid.dropout import BitDropout
 from semid.layers import SelfAttentionBlock, causal_bias
 from semid.models import register_model
+
+if TYPE_CHECKING:
+    from semid.ids import SemanticIDs
 
 
 @dataclass
@@ -54,7 +57,9 @@ class SASRec(nn.Module):
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     @classmethod
-    def sized_for(cls, config: SASRecConfig, ids, max_history: int = 50, **context) -> SASRecConfig:
+    def sized_for(
+        cls, config: SASRecConfig, ids: SemanticIDs, max_history: int = 50, **context: object
+    ) -> SASRecConfig:
         """The config for an index of ``len(ids)`` rows and histories of ``max_history`` items."""
         return replace(config, num_items=len(ids), max_len=max_history)
 

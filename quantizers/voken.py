@@ -67,6 +67,7 @@ class TextProjection(nn.Module):
         self.net = mlp([dim, hidden, text_dim])
 
     def forward(self, x: Tensor) -> Tensor:
+        """Unit vectors (N, T) for image features x (N, D)."""
         return F.normalize(self.net(x), dim=-1)
 
     def fit_(self, x: Tensor, texts: Tensor, seed: int) -> TextProjection:

@@ -57,6 +57,7 @@ class BitDropout(nn.Module):
         return bit_dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
+        """The probability, shown in the module's repr."""
         return f"p={self.p}"
 
 
