@@ -19,7 +19,10 @@ seed. Seeds run side by side (``--jobs``), one torch thread each.
     python -m benchmarks.new_collection --seeds 0 1 2 --jobs 2
 
 ``--last-events N`` keeps each user's last N events, a log of short histories such as Amazon's
-review logs (``--users 6040 --last-events 8``: every ml-1m user).
+review logs (``--users 6040 --last-events 8``: every ml-1m user). ``--keep-share P`` keeps each
+event with probability P, then only users and items with at least 5 events (5-core, as Amazon's
+logs): a sparse log whose histories skip most of what each user watched (``--users 6040
+--keep-share 0.1``).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import random
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,10 +60,15 @@ INDEXES = {
 }
 
 
-def write_collection(source: str, users: int, work: Path,
-                     last_events: int | None = None) -> dict[str, int]:  # fmt: skip
+CORE = 5  # a thinned log keeps users and items with at least this many events
+THINNING_SEED = 0  # the collection is the same for every run seed
+
+
+def write_collection(source: str, users: int, work: Path, last_events: int | None = None,
+                     keep_share: float | None = None) -> dict[str, int]:  # fmt: skip
     """The last ``users`` users of ``source`` (each with its last ``last_events`` events, by time,
-    when given) as interactions.csv and every item as items.csv."""
+    when given; each event kept with probability ``keep_share``, then 5-core, when given) as
+    interactions.csv and every item as items.csv."""
     data = load_dataset(source)
     log = data.interactions
     first = log.num_users - users
@@ -66,6 +76,8 @@ def write_collection(source: str, users: int, work: Path,
                                          strict=True) if u >= first]  # fmt: skip
     if last_events is not None:
         kept = last_events_of_each_user(kept, last_events)
+    if keep_share is not None:
+        kept = k_core(thinned(kept, keep_share, THINNING_SEED), CORE)
     with atomic_file(work / "interactions.csv") as f:
         out = csv.writer(f)
         out.writerow(["user", "item", "timestamp"])
@@ -77,7 +89,8 @@ def write_collection(source: str, users: int, work: Path,
             title, _, genres = text.partition(GENRES)
             out.writerow([f"m{i}", title, genres])
     return {"users": users, "interactions": len(kept), "items": len({i for _, i, _ in kept}),
-            "catalogue": len(data.item_texts), "last_events": last_events}  # fmt: skip
+            "catalogue": len(data.item_texts), "last_events": last_events, "keep_share": keep_share,
+            "kept_users": len({u for u, _, _ in kept})}  # fmt: skip
 
 
 def last_events_of_each_user(
@@ -89,6 +102,26 @@ def last_events_of_each_user(
         by_user.setdefault(user, []).append(row)
     keep = {r for rows in by_user.values() for r in sorted(rows, key=lambda r: events[r][2])[-n:]}
     return [e for r, e in enumerate(events) if r in keep]
+
+
+def thinned(
+    events: list[tuple[int, int, float]], share: float, seed: int
+) -> list[tuple[int, int, float]]:
+    """Each event kept with probability ``share`` (a seeded draw per event), in log order."""
+    rng = random.Random(seed)
+    return [e for e in events if rng.random() < share]
+
+
+def k_core(events: list[tuple[int, int, float]], k: int) -> list[tuple[int, int, float]]:
+    """The events left once users and items with fewer than ``k`` events are dropped, repeatedly,
+    until every user and item left has at least ``k``."""
+    while True:
+        users = Counter(u for u, _, _ in events)
+        items = Counter(i for _, i, _ in events)
+        kept = [e for e in events if users[e[0]] >= k and items[e[1]] >= k]
+        if len(kept) == len(events):
+            return kept
+        events = kept
 
 
 def run_seed(work: Path, seed: int) -> None:
@@ -154,6 +187,12 @@ def markdown(result: dict) -> str:
         f"Date: {result['date_utc']} UTC; {result['machine']}; torch {result['versions'].get('torch')}.  ",
         f"Collection: the last {c['users']:,} users of {result['source']}"
         + (f", each with its last {c['last_events']} events" if c.get("last_events") else "")
+        + (
+            f", each event kept with probability {c['keep_share']}, then {CORE}-core "
+            f"({c['kept_users']:,} users left)"
+            if c.get("keep_share")
+            else ""
+        )
         + f" ({c['interactions']:,} interactions, "
         f"{c['items']:,} of the {c['catalogue']:,} movies interacted with), written as interactions.csv and "
         "items.csv and run through the CLI as the README's own-data section shows (commands in "
@@ -199,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="keep each user's last N events: short histories, as in Amazon's 5-core logs",
     )
+    p.add_argument(
+        "--keep-share",
+        type=float,
+        default=None,
+        help="keep each event with this probability, then 5-core: a sparse log",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--jobs", type=int, default=2, help="seeds run side by side (default: %(default)s)"
@@ -212,7 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "new-collection")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    collection = write_collection(args.source, args.users, args.work, args.last_events)
+    if args.keep_share is not None and not 0 < args.keep_share <= 1:
+        p.error("--keep-share must be in (0, 1]")
+    collection = write_collection(
+        args.source, args.users, args.work, args.last_events, args.keep_share
+    )
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(lambda s: run_seed(args.work, s), args.seeds))
     result = {

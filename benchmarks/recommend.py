@@ -49,6 +49,7 @@ from semid.atomic import atomic_file, write_json
 from semid.configs import parse_json_object
 from semid.data import load_dataset
 from semid.data.registry import register_dataset
+from semid.data.tables import table_format
 from semid.encoders import TextEncoder
 from semid.indexing import add_items
 from semid.runs import load_run
@@ -155,6 +156,15 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
         "dataset": job["dataset"], "model": name, "new_items": len(keys),
         "new_item_test_users": int(on_new["num_queries"]), "by_cold_share": rows, **_train_summary(summary),
     }  # fmt: skip
+
+
+def work_folder(dataset: str) -> str:
+    """The folder under ``--work`` of a dataset given by name or by path: a path's last part
+    without its table extension, so that runs never land inside (or beside) the data itself."""
+    name = Path(dataset).name
+    if table_format(name) is None:
+        return name
+    return Path(name.removesuffix(".gz").removesuffix(".GZ")).stem
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -283,8 +293,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jobs, index_seconds = [], {}
     for ds in args.datasets:
         dataset = load_dataset(ds)
+        work = args.work / work_folder(ds)
         for kind in sorted({INDEX_OF[m] for m in args.models}):
-            index = args.work / ds / f"index-{kind}"
+            index = work / f"index-{kind}"
             if args.resume and index_exists(index):
                 index_seconds[f"{ds}/{kind}"] = "reused"
                 continue
@@ -293,14 +304,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             index_seconds[f"{ds}/{kind}"] = round(seconds, 1)
         for m in args.models:
-            index = args.work / ds / f"index-{INDEX_OF[m]}"
+            index = work / f"index-{INDEX_OF[m]}"
             jobs.append(
                 {
                     "kind": "train_and_test",
                     "dataset": ds,
                     "model": m,
                     "index": str(index),
-                    "run": str(args.work / ds / m),
+                    "run": str(work / m),
                     "seed": args.seed,
                     "max_history": args.max_history,
                     "reps": args.reps,
@@ -316,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "dataset": ds,
                     "model": m,
                     "graph": INDEX_OF[m] == "graph",
-                    "run": str(args.work / ds / f"cold-{m}"),
+                    "run": str(work / f"cold-{m}"),
                     "seed": args.seed,
                     "max_history": args.max_history,
                     "cold_frac": args.cold_frac,

@@ -49,7 +49,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for c in result["comparisons"]:
         lines.append(
-            f"| {c['dataset']} | {c['best_generator']} | {c['vs_sasrec']:.3f} | {c['vs_recbole']:.3f} | {'met' if c['target_met'] else 'not met'} |"
+            f"| {c['dataset']} | {c['best_generator']} | {c['vs_sasrec']:.3f} | {_ratio(c['vs_recbole'])} | {'met' if c['target_met'] else 'not met'} |"
         )
     if result.get("cold_start"):
         lines += ["", "Cold start (new items added with the saved quantizer, no retraining; 'cold share': top-10 "
@@ -124,6 +124,10 @@ def aggregate(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(value: float | None) -> str:
+    return "no RecBole figure" if value is None else f"{value:.3f}"
+
+
 def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best generator vs same-run SASRec and vs the RecBole figure, per dataset."""
     out = []
@@ -134,14 +138,15 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         best = max(gens, key=lambda r: r["recall@10"])
         vs_sas = best["recall@10"] / max(by["sasrec"]["recall@10"], 1e-12)
-        vs_rb = best["recall@10"] / RECBOLE_SASREC_R10.get(ds, float("nan"))
+        reference = RECBOLE_SASREC_R10.get(ds)  # none for a dataset given by path
+        vs_rb = None if reference is None else best["recall@10"] / reference
         out.append(
             {
                 "dataset": ds,
                 "best_generator": best["model"],
                 "vs_sasrec": vs_sas,
                 "vs_recbole": vs_rb,
-                "target_met": vs_sas >= 1.10 and vs_rb > 1.0,
+                "target_met": vs_sas >= 1.10 and (vs_rb is None or vs_rb > 1.0),
             }
         )
     return out

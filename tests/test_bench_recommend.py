@@ -174,3 +174,47 @@ def test_a_short_history_collection_keeps_each_users_last_events_by_time():
         (1, 5, 2.0),
         (0, 6, 5.0),
     ]
+
+
+def test_a_thinned_collection_keeps_a_seeded_share_and_leaves_a_5_core():
+    from benchmarks.new_collection import k_core, thinned
+
+    events = [
+        (u, i, float(t)) for t, (u, i) in enumerate((u, i) for u in range(40) for i in range(30))
+    ]
+    kept = thinned(events, 0.3, seed=0)
+    assert kept == thinned(events, 0.3, seed=0)  # the same collection for every run seed
+    assert kept != thinned(events, 0.3, seed=1)
+    assert 0.2 * len(events) < len(kept) < 0.4 * len(events)
+    assert kept == [e for e in events if e in set(kept)]  # log order kept
+    # user 0 has 2 events on items 0-1, item 2 only user 1's event: both go, and what that
+    # leaves short goes too
+    small = [(0, 0, 0.0), (0, 1, 1.0), (1, 2, 2.0)] + [
+        (u, i, 3.0) for u in (1, 2, 3) for i in (3, 4, 5)
+    ]
+    core = k_core(small, 3)
+    assert core == [(u, i, 3.0) for u in (1, 2, 3) for i in (3, 4, 5)]
+    assert k_core(small, 4) == []
+
+
+def test_a_dataset_given_by_path_gets_its_own_work_folder_and_no_recbole_ratio():
+    from benchmarks.recommend import work_folder
+    from benchmarks.recommend_report import comparisons, markdown
+
+    assert work_folder("ml-1m") == "ml-1m"
+    assert work_folder("/data/ml-1m-thin") == "ml-1m-thin"  # not the data folder itself
+    assert work_folder("/data/logs/ratings.csv.gz") == "ratings"
+    rows = [
+        {"dataset": "/data/mine", "model": m, "recall@10": r}
+        for m, r in (("sasrec", 0.05), ("mmgrec", 0.06))
+    ]
+    (c,) = comparisons(rows)
+    assert c["vs_recbole"] is None and c["target_met"]  # judged on the same-run ratio alone
+    assert comparisons([{**r, "dataset": "ml-1m"} for r in rows])[0]["target_met"] is False
+    env = {
+        k: "x"
+        for k in ("command", "date_utc", "machine", "semid", "torch", "transformers", "python")
+    }
+    result = {"environment": {**env, "torch_threads_per_job": 1}, "jobs": 1, "seed": 0, "rows": [],
+              "comparisons": [c]}  # fmt: skip
+    assert "| /data/mine | mmgrec | 1.200 | no RecBole figure | met |" in markdown(result)
