@@ -204,7 +204,7 @@ def test_interactions_with_items(tmp_path: Path) -> None:
     assert d.user_keys == ["u2", "u1"]  # first appearance by time; u3 has 1 < 3 interactions
     assert d.left_out_users == {"u3"}
     assert d.notes == [
-        "dropped 1 users with fewer than 3 interactions (1 interactions)",
+        "dropped 1 user with fewer than 3 interactions (1 interaction)",
         f"dropped 1 item of {tmp_path / 'items.csv'} that no kept interaction names",
     ]
     log = d.interactions
@@ -496,7 +496,7 @@ def test_missing_text_can_be_dropped(tmp_path: Path) -> None:
     assert (
         d.notes[0] == f"dropped 2 interactions with 1 item without text in {tmp_path / 'items.csv'}"
     )
-    assert d.notes[1] == "dropped 1 users with fewer than 2 interactions (1 interactions)"
+    assert d.notes[1] == "dropped 1 user with fewer than 2 interactions (1 interaction)"
 
 
 # --- acceptance: ml-100k as plain files ------------------------------------------------------

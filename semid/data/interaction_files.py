@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,29 @@ ROLES = ("user", "item", "timestamp", "text")
 MISSING_TEXT = ("error", "drop", "keep")
 
 
+@dataclass(frozen=True)
+class _Events:
+    """The log as integer codes (E,): users and items index their distinct keys; times in seconds
+    (or file positions)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    times: np.ndarray
+
+    def kept(self, mask: np.ndarray) -> _Events:
+        """The events where ``mask`` (E,) is true, or in the order of an index array."""
+        return _Events(self.user[mask], self.item[mask], self.times[mask])
+
+
+@dataclass(frozen=True)
+class _ItemTexts:
+    """An items file read for the log: its keys in file order, their texts, and its path."""
+
+    keys: pd.Index
+    texts: list[str]
+    path: Path
+
+
 def load_interaction_files(
     interactions: str | os.PathLike,
     items: str | os.PathLike | None = None,
@@ -96,22 +120,15 @@ def load_interaction_files(
     ``"user=a,item=b"``; roles left out are found by their usual names."""
     if isinstance(columns, str) or columns is None:
         columns = parse_columns(columns)
-    unknown = sorted(set(columns) - set(ROLES))
-    if unknown:
-        raise SemidError(
-            f"--columns names unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}"
-        )
-    if missing_text not in MISSING_TEXT:
-        raise SemidError(f"missing_text must be 'error', 'drop' or 'keep', got {missing_text!r}")
-    if min_interactions < 1:
-        raise SemidError(f"min_interactions must be >= 1, got {min_interactions}")
+    _check_options(columns, missing_text, min_interactions)
     path = Path(interactions)
     what = "interactions file"
     table = read_table(path, what)
-    catalog = texts = None
+    catalog = None
     log_columns = dict(columns)
     if items is not None:
-        catalog, texts, items_key = _read_items(Path(items), columns)
+        keys, texts, items_key = _read_items(Path(items), columns)
+        catalog = _ItemTexts(pd.Index(keys), texts, Path(items))
         named = columns.get("item")
         if named == items_key and named not in map(column_name, table.column_names):
             del log_columns["item"]  # the mapping named the items file's column: --columns item=sku
@@ -134,73 +151,28 @@ def load_interaction_files(
         times = np.arange(len(user_code), dtype=np.int64)
     else:
         times = _timestamps(table[time_col], path)
+    events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
 
     if missing_text == "keep":
-        catalog = texts = None  # every event stays; items are numbered from the log
+        catalog = None  # every event stays; items are numbered from the log
     if catalog is not None:
-        has_text = pd.Index(catalog[[bool(t.strip()) for t in texts]])
-        missing = ~pd.Index(item_uniques).isin(has_text)[item_code]
-        if missing.any():
-            n, k = int(missing.sum()), len(pd.unique(item_code[missing]))
-            first = item_uniques[item_code[missing][0]]
-            if missing_text == "error":
-                raise SemidError(
-                    f"{path}: {counted(n, 'interaction')} {'names' if n == 1 else 'name'} {counted(k, 'item')} without text in {items} "
-                    f"(first: {first!r}); add them to the items file or drop them "
-                    f"(missing_text='drop', CLI --missing-text drop)"
-                )
-            user_code, item_code, times = user_code[~missing], item_code[~missing], times[~missing]
-            notes.append(
-                f"dropped {counted(n, 'interaction')} with {counted(k, 'item')} without text in {items}"
-            )
-
-    repeated = pd.DataFrame({"u": user_code, "i": item_code, "t": times}).duplicated().to_numpy()
-    if repeated.any():
-        user_code, item_code, times = user_code[~repeated], item_code[~repeated], times[~repeated]
-        n = int(repeated.sum())
-        notes.append(f"dropped {counted(n, 'repeated row')} (same user, item and time)")
-
-    user_counts = np.bincount(user_code, minlength=len(user_uniques))
-    few = user_uniques[(user_counts > 0) & (user_counts < min_interactions)]
-    if len(few):
-        keep = user_counts[user_code] >= min_interactions
-        notes.append(
-            f"dropped {len(few):,} users with fewer than {min_interactions} interactions "
-            f"({int((~keep).sum()):,} interactions)"
-        )
-        user_code, item_code, times = user_code[keep], item_code[keep], times[keep]
-    if len(user_code) == 0:
+        events = _without_textless_items(events, item_uniques, catalog, missing_text, path, notes)
+    events = _without_repeats(events, notes)
+    events, few = _without_short_histories(events, user_uniques, min_interactions, notes)
+    if len(events.user) == 0:
         raise SemidError(
             f"{path}: no interactions left after the drops above ({'; '.join(notes)}); "
             f"lower min_interactions (CLI --min-interactions) or fix the files"
         )
-
-    # Content order: by time, then user key, then item key (ranks of the keys in string order,
-    # one int64 per (user, item) pair: a two-key lexsort is 1.6x faster than three; it overflows
-    # only past 2**31 distinct users and items each, far beyond what fits in memory here)
-    pair_rank = (_string_ranks(user_uniques)[user_code] * len(item_uniques)
-                 + _string_ranks(item_uniques)[item_code])  # fmt: skip
-    order = np.lexsort((pair_rank, times))
-    user_code, item_code, times = user_code[order], item_code[order], times[order]
-    user_ids, first_users = pd.factorize(user_code, sort=False)
+    events = _in_content_order(events, user_uniques, item_uniques)
+    user_ids, first_users = pd.factorize(events.user, sort=False)
     user_keys = user_uniques[first_users]
-    if catalog is None:
-        item_ids, first_items = pd.factorize(item_code, sort=False)
-        item_keys, item_texts = [str(k) for k in item_uniques[first_items]], None
-    else:
-        used = pd.Index(catalog).isin(item_uniques[np.unique(item_code)])
-        if not used.all():
-            notes.append(
-                f"dropped {counted(int((~used).sum()), 'item')} of {items} that no kept interaction names"
-            )
-        item_keys = [str(k) for k in catalog[used]]
-        item_texts = [t for t, u in zip(texts, used, strict=True) if u]
-        item_ids = pd.Index(item_keys).get_indexer(item_uniques)[item_code]
+    item_ids, item_keys, item_texts = _numbered_items(events, item_uniques, catalog, notes)
     log = InteractionLog(
         users=torch.from_numpy(user_ids.astype(np.int64)),
         items=torch.from_numpy(np.asarray(item_ids, dtype=np.int64)),
-        timestamps=torch.from_numpy(times),
+        timestamps=torch.from_numpy(events.times),
         num_users=len(user_keys),
         num_items=len(item_keys),
         item_keys=item_keys,
@@ -210,6 +182,97 @@ def load_interaction_files(
     return RecDataset(
         label, [str(u) for u in user_keys], item_keys, item_texts, log, notes, left_out
     )
+
+
+def _check_options(columns: dict[str, str], missing_text: str, min_interactions: int) -> None:
+    unknown = sorted(set(columns) - set(ROLES))
+    if unknown:
+        raise SemidError(
+            f"--columns names unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}"
+        )
+    if missing_text not in MISSING_TEXT:
+        raise SemidError(f"missing_text must be 'error', 'drop' or 'keep', got {missing_text!r}")
+    if min_interactions < 1:
+        raise SemidError(f"min_interactions must be >= 1, got {min_interactions}")
+
+
+def _without_textless_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTexts,
+                            missing_text: str, path: Path, notes: list[str]) -> _Events:  # fmt: skip
+    """The events whose item has a text in the items file; the others raise, or are dropped with
+    a note when ``missing_text`` is 'drop'."""
+    has_text = catalog.keys[[bool(t.strip()) for t in catalog.texts]]
+    missing = ~pd.Index(item_uniques).isin(has_text)[events.item]
+    if not missing.any():
+        return events
+    n, k = int(missing.sum()), len(pd.unique(events.item[missing]))
+    first = item_uniques[events.item[missing][0]]
+    if missing_text == "error":
+        raise SemidError(
+            f"{path}: {counted(n, 'interaction')} {'names' if n == 1 else 'name'} {counted(k, 'item')} without text in {catalog.path} "
+            f"(first: {first!r}); add them to the items file or drop them "
+            f"(missing_text='drop', CLI --missing-text drop)"
+        )
+    notes.append(
+        f"dropped {counted(n, 'interaction')} with {counted(k, 'item')} without text in {catalog.path}"
+    )
+    return events.kept(~missing)
+
+
+def _without_repeats(events: _Events, notes: list[str]) -> _Events:
+    """The events less exact repeats (same user, item and time: double-logged), with a note."""
+    frame = pd.DataFrame({"u": events.user, "i": events.item, "t": events.times})
+    repeated = frame.duplicated().to_numpy()
+    if not repeated.any():
+        return events
+    notes.append(
+        f"dropped {counted(int(repeated.sum()), 'repeated row')} (same user, item and time)"
+    )
+    return events.kept(~repeated)
+
+
+def _without_short_histories(events: _Events, user_uniques: np.ndarray, min_interactions: int,
+                             notes: list[str]) -> tuple[_Events, np.ndarray]:  # fmt: skip
+    """The events of users with at least ``min_interactions``, and the keys of the users dropped."""
+    user_counts = np.bincount(events.user, minlength=len(user_uniques))
+    few = user_uniques[(user_counts > 0) & (user_counts < min_interactions)]
+    if not len(few):
+        return events, few
+    keep = user_counts[events.user] >= min_interactions
+    notes.append(
+        f"dropped {counted(len(few), 'user')} with fewer than {min_interactions} interactions "
+        f"({counted(int((~keep).sum()), 'interaction')})"
+    )
+    return events.kept(keep), few
+
+
+def _in_content_order(
+    events: _Events, user_uniques: np.ndarray, item_uniques: np.ndarray
+) -> _Events:
+    """The events by time, then user key, then item key: an order independent of the file's rows."""
+    # ranks of the keys in string order, one int64 per (user, item) pair: a two-key lexsort is
+    # 1.6x faster than three; it overflows only past 2**31 distinct users and items each, far
+    # beyond what fits in memory here
+    pair_rank = (_string_ranks(user_uniques)[events.user] * len(item_uniques)
+                 + _string_ranks(item_uniques)[events.item])  # fmt: skip
+    return events.kept(np.lexsort((pair_rank, events.times)))
+
+
+def _numbered_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTexts | None,
+                    notes: list[str]) -> tuple[np.ndarray, list[str], list[str] | None]:  # fmt: skip
+    """Each event's item number, the item keys and their texts: in the items file's order (its
+    items without events dropped, with a note), else by first appearance in the events."""
+    if catalog is None:
+        item_ids, first_items = pd.factorize(events.item, sort=False)
+        return item_ids, [str(k) for k in item_uniques[first_items]], None
+    used = catalog.keys.isin(item_uniques[np.unique(events.item)])
+    if not used.all():
+        notes.append(
+            f"dropped {counted(int((~used).sum()), 'item')} of {catalog.path} that no kept interaction names"
+        )
+    item_keys = [str(k) for k in catalog.keys[used]]
+    item_texts = [t for t, u in zip(catalog.texts, used, strict=True) if u]
+    item_ids = pd.Index(item_keys).get_indexer(item_uniques)[events.item]
+    return item_ids, item_keys, item_texts
 
 
 def _string_ranks(keys: np.ndarray) -> np.ndarray:
