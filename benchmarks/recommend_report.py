@@ -68,8 +68,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Notes: one seed per model (training is the cost on this CPU); one standard error of R@10 is about 0.01 "
-        "on ml-100k (943 test users) and 0.005 on ml-1m (6,040), so smaller differences are noise. "
+        "Notes: one seed per model (training is the cost on this CPU); one standard error of R@10 is about 0.013 "
+        "on ml-100k (943 test users) and 0.006 on ml-1m (6,040), so smaller differences are noise. "
         "Like RecBole's full-sort evaluation, every model ranks all items except those the user interacted with "
         "before the target (generators: beam search drops every prefix whose IDs are all seen), so the RecBole "
         "column compares like with like. Results before 2026-11-30 22:00 UTC trained TIGER one target per "
