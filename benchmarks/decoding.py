@@ -192,7 +192,8 @@ def tiny_t5(vocab: CodeVocabulary, d_model: int, layers: int) -> T5ForConditiona
     return T5ForConditionalGeneration(config).eval()
 
 
-def hf_generate(model, inputs, processor_or_fn) -> torch.Tensor:
+def hf_generate(model: T5ForConditionalGeneration, inputs: dict[str, torch.Tensor],
+                processor_or_fn: TrieLogitsProcessor | Callable[[int, torch.Tensor], list[int]]) -> torch.Tensor:  # fmt: skip
     """HF beam search with 20 beams under a constraint -> generated tokens (B * 20, 3)."""
     kwargs = {"logits_processor": [processor_or_fn]} if isinstance(processor_or_fn, TrieLogitsProcessor) else {
         "prefix_allowed_tokens_fn": processor_or_fn
@@ -219,7 +220,13 @@ def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], objec
 
 
 def bench_end_to_end(
-    trie, root, vocab, model, batches: list[int], quick: bool, device: torch.device
+    trie: PrefixTrie,
+    root: dict,
+    vocab: CodeVocabulary,
+    model: T5ForConditionalGeneration,
+    batches: list[int],
+    quick: bool,
+    device: torch.device,
 ) -> list[dict]:
     """(b) whole searches (top-20 of 20 beams, batch 1 and 8) and the constraint's share of a step."""
     model, trie = model.to(device), trie.to(device)

@@ -32,8 +32,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -130,7 +132,7 @@ def spec_of(config: dict, dataset: str, task: str) -> str:
     )
 
 
-def reconstruction(q, x: Tensor, codes: Tensor, fold: Fold, sample: int | None) -> dict:
+def reconstruction(q: Any, x: Tensor, codes: Tensor, fold: Fold, sample: int | None) -> dict:
     """Closure mean rank / MAP of the embeddings and of the quantized points (own distance)."""
     distance = lambda a, b: hb.pairwise_distance(q.ball, a, b)  # noqa: E731
     embedded, quantized = q.embed(x), q.decode_latent(codes)
@@ -209,7 +211,7 @@ def run_config(
     return row
 
 
-def load_data(dataset: str, log) -> tuple[WordNet, Tensor]:
+def load_data(dataset: str, log: Callable[[str], None]) -> tuple[WordNet, Tensor]:
     """The dataset's synsets and their MiniLM vectors (cached on disk by TextEncoder)."""
     wn = load_wordnet(root=SETTINGS[dataset]["root"])
     x = TextEncoder().encode(wn.texts(), show_progress=False)

@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from benchmarks.hierarchy import (
     run_config,
 )
 from benchmarks.hierarchy_report import run_meta, write_sweep
+from semid.data.wordnet import WordNet
 
 FACTORS = {
     "latent": [{"latent": d} for d in (2, 5, 10, 32)],
@@ -61,7 +63,8 @@ def score(rows: list[dict]) -> tuple[float, float]:
     )
 
 
-def sweep_side(run, side: str, seeds: list[int], journal, base: dict) -> dict:
+def sweep_side(run: Callable[[dict, int, str], dict], side: str, seeds: list[int],
+               journal: Callable[[dict], None], base: dict) -> dict:  # fmt: skip
     """Greedy one-factor-at-a-time search for one side from `base`; returns the best config.
 
     `run(config, seed, factor)` fits one config and returns its row; configs already run (the
@@ -80,7 +83,8 @@ def sweep_side(run, side: str, seeds: list[int], journal, base: dict) -> dict:
     return best
 
 
-def runner(dataset: str, wn, x, folds: dict, task: str, side: str, done: dict):
+def runner(dataset: str, wn: WordNet, x: torch.Tensor, folds: dict, task: str, side: str,
+           done: dict) -> Callable[[dict, int, str], dict]:  # fmt: skip
     """`run(config, seed, factor)` for `sweep_side`: one run_config row tagged with its factor,
     taken from `done` (rows of an earlier journal, by `row_key`) when it was already run."""
 

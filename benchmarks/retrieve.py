@@ -22,10 +22,10 @@ import argparse
 import copy
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -60,8 +60,12 @@ from semid.training import TrainConfig
 from semid.training import train_model as fit_model
 from semid.trie import PrefixTrie
 
+T = TypeVar("T")
 
-def retrieval_metrics(ranked: torch.Tensor, targets: torch.Tensor, ks, seconds: float) -> dict:
+
+def retrieval_metrics(
+    ranked: torch.Tensor, targets: torch.Tensor, ks: Sequence[int], seconds: float
+) -> dict:
     """Recall@k and MRR@k of ranked rows (Q, k_max) against target rows (Q,), plus queries/s."""
     metrics = compute_metrics(ranked, targets, ks=ks, names=("recall", "mrr"))
     return {
@@ -71,14 +75,15 @@ def retrieval_metrics(ranked: torch.Tensor, targets: torch.Tensor, ks, seconds: 
     }
 
 
-def train_model(model, examples, out_dir, config, evaluate=None):
+def train_model(model: PromptDSI, examples: Any, out_dir: Path, config: TrainConfig,
+                evaluate: Callable[..., dict] | None = None) -> Any:  # fmt: skip
     """Fit a PromptDSI on DSI examples with the shared loop (best weights loaded)."""
     return fit_model(
         model, examples, config, out_dir, evaluate=evaluate, collate_fn=examples.collate
     )
 
 
-def timed(fn):
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
     """(result, seconds) of fn()."""
     started = time.perf_counter()
     out = fn()
@@ -300,7 +305,7 @@ class RetrievalBenchmark:
         return HeldOut([self.queries.text[int(q)] for q in qrows], self.query_enc.rows(qrows),
                        self.query_targets(qrows))  # fmt: skip
 
-    def valid_evaluator(self, view: IndexView):
+    def valid_evaluator(self, view: IndexView) -> Callable[..., dict] | None:
         """Held-out D0 training queries choose the best epoch (and stop early), as in the task."""
         if self.args.rank_loss == 0 or not self.d0_valid:
             return None
@@ -311,7 +316,7 @@ class RetrievalBenchmark:
         shutil.rmtree(self.args.work / name, ignore_errors=True)
         return self.args.work / name
 
-    def examples(self, doc_rows: torch.Tensor, train_docs: list[int]):
+    def examples(self, doc_rows: torch.Tensor, train_docs: list[int]) -> Any:
         """DSI examples: the documents at ``doc_rows``, and the queries of ``train_docs``."""
         qrows = self.queries.of_docs(train_docs)
         doc_targets = torch.tensor([self.row_of[int(r)] for r in doc_rows], dtype=torch.long)
@@ -319,7 +324,7 @@ class RetrievalBenchmark:
                             self.query_targets(qrows), self.ids_all.codes)  # fmt: skip
 
     def train(self, model: PromptDSI, doc_rows: torch.Tensor, train_docs: list[int], name: str, epochs: int,
-              lr: float, view: IndexView | None = None, patience: int | None = None):  # fmt: skip
+              lr: float, view: IndexView | None = None, patience: int | None = None) -> tuple[Any, float]:  # fmt: skip
         """(TrainResult, seconds) of training ``model``; with ``view``, held-out queries pick the epoch."""
         evaluate = None if view is None else self.valid_evaluator(view)
         return timed(lambda: train_model(model, self.examples(doc_rows, train_docs), self.fresh(name),

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from semid.data.corpus import CorpusSplit
+from semid.data.documents import DocumentCollection
+from semid.ids import SemanticIDs
 from semid.saving import versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,7 +101,9 @@ def target_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_results(args, rows, coll, corpus, split, ids0, ids_all) -> None:
+def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentCollection,
+                  corpus: DocumentCollection, split: CorpusSplit, ids0: SemanticIDs,
+                  ids_all: SemanticIDs) -> None:  # fmt: skip
     """benchmarks/results/<out>.json and .md."""
     meta = {
         "command": command_line(args),

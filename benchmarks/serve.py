@@ -30,7 +30,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
@@ -88,7 +88,8 @@ def load_inputs(args: argparse.Namespace, predictor: Predictor) -> list[dict[str
     return sample(args.requests, seed=0)
 
 
-def summary(latencies: list[float], wall: float, load_before, load_after) -> dict[str, Any]:
+def summary(latencies: list[float], wall: float, load_before: tuple[float, float, float],
+            load_after: tuple[float, float, float]) -> dict[str, Any]:  # fmt: skip
     """Requests/s, p50/p99 latency (ms) and the load averages around one timing."""
     ms = 1e3 * np.asarray(latencies)
     return {
@@ -120,7 +121,7 @@ def bench_in_process(
     return summary(latencies, wall, load_before, os.getloadavg()) | {"keys": answers}
 
 
-def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, log: IO[bytes]) -> subprocess.Popen:
     """The server subprocess, once GET /health answers (SemidError if it exits or times out)."""
     spec = {
         "fake": args.fake, "run": str(args.run), "device": args.device, "port": port,
@@ -188,7 +189,8 @@ async def _bench_http(base_url: str, inputs: list[dict], k, beams, concurrency: 
     return out
 
 
-def bench_http(base_url: str, inputs: list[dict], k, beams, concurrency: int) -> dict:
+def bench_http(base_url: str, inputs: list[dict], k: int, beams: int | None,
+               concurrency: int) -> dict:  # fmt: skip
     """(b) one single-input POST /predict per input, ``concurrency`` at a time."""
     return asyncio.run(_bench_http(base_url, inputs, k, beams, concurrency))
 

@@ -35,17 +35,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from semid.atomic import atomic_file, write_json
 from semid.data.image_files import split_indices
 from semid.data.images import ImageDataset, class_queries, describe_class
-from semid.generators.avg import AvgConfig
+from semid.generators.avg import Avg, AvgConfig
 from semid.generators.dual_encoder import DualEncoder, DualEncoderConfig, dense_search
 from semid.hybrid import HybridRanker
+from semid.ids import SemanticIDs
 from semid.indexing import AUTO, auto_spec
 from semid.models import build_model
 from semid.ranking import BeamRanker, Ranking
@@ -70,9 +72,12 @@ SETTINGS_NOTE = ("Tried on validation images (text2image-validation-sweep.md): t
                  "kept proj=4, 100 steps, weight 4, 3 epochs. The image head's item_mix 0-8 on both collections' "
                  "validation images (text2image-validation.md, text2image-digits-validation.md): kept 2.")  # fmt: skip
 METRICS = ("precision@10", "precision@100", "recall@100", "map@100")
+T = TypeVar("T")
 
 
-def timed(timings: dict[str, float], name: str, fn, *args, **kwargs):
+def timed(
+    timings: dict[str, float], name: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
     """Run fn, record its wall time under `name`, return its result."""
     start = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -258,7 +263,7 @@ def train_dual_encoder(
     return model.eval()
 
 
-def train_generator(name: str, config: dict, pairs: QueryTargetPairs, train: TrainConfig):
+def train_generator(name: str, config: dict, pairs: QueryTargetPairs, train: TrainConfig) -> Avg:
     """A registered generator trained on `pairs` (checkpoints in a temporary folder), in eval mode."""
     model = build_model(name, config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,7 +272,7 @@ def train_generator(name: str, config: dict, pairs: QueryTargetPairs, train: Tra
 
 
 @torch.no_grad()
-def generative_search(model, ids, queries: torch.Tensor, k: int,
+def generative_search(model: Avg, ids: SemanticIDs, queries: torch.Tensor, k: int,
                       mixes: Sequence[float | None] = (None,), batch_size: int = 64) -> list[torch.Tensor]:  # fmt: skip
     """Top-k index rows (Q, k) for query embeddings (Q, T) by constrained beam search (k beams),
     one per weight of ``mixes`` on the image head's scores (None: the model's own item_mix; 0:

@@ -137,7 +137,8 @@ def train_steps(
                 return seen, elapsed
 
 
-def throughput(data, ids, variant, batch_size, steps, repeats, seed) -> dict[str, Any]:
+def throughput(data: Any, ids: SemanticIDs, variant: Variant, batch_size: int, steps: int,
+               repeats: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """targets/s of ``steps`` optimizer steps after one warm-up step; median of ``repeats``."""
     model = make_model(ids, variant, seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -153,7 +154,8 @@ def throughput(data, ids, variant, batch_size, steps, repeats, seed) -> dict[str
     return {"runs": runs, "targets_per_s": statistics.median(r["targets_per_s"] for r in runs)}
 
 
-def quality(data, ids, variant, batch_size, seconds, seed) -> dict[str, Any]:
+def quality(data: Any, ids: SemanticIDs, variant: Variant, batch_size: int, seconds: float,
+            seed: int) -> dict[str, Any]:  # fmt: skip
     """Train for ``seconds`` of wall time, then test Recall/NDCG@10 with 20 beams."""
     model = make_model(ids, variant, seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
