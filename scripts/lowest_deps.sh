@@ -9,8 +9,9 @@ PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 command -v uv >/dev/null 2>&1 || "$PYTHON" -m pip install -q uv
 torch_version=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])")
+python_version=$("$PYTHON" -c "import sys; print('%d.%d' % sys.version_info[:2])")
 echo "torch==$torch_version" > "$VENV.constraints"
-uv pip compile pyproject.toml --extra dev --extra plot --resolution lowest-direct --python-version 3.11 \
+uv pip compile pyproject.toml --extra dev --extra plot --resolution lowest-direct --python-version "$python_version" \
   -c "$VENV.constraints" -q -o "$VENV.lock"
 # CUDA packages come with torch's index metadata; the CPU build needs none of them
 grep -v -E '^(nvidia-|cuda-|triton==|torch==)' "$VENV.lock" > "$VENV.pins"
