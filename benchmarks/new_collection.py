@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     collection = write_collection(
         args.source, args.users, args.work, args.last_events, args.keep_share
     )
+    if collection["interactions"] == 0:
+        p.error(
+            f"--keep-share {args.keep_share} leaves no user and item with {CORE} events; raise it"
+        )
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(lambda s: run_seed(args.work, s), args.seeds))
     result = {

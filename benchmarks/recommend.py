@@ -51,6 +51,7 @@ from semid.data import load_dataset
 from semid.data.registry import register_dataset
 from semid.data.tables import table_format
 from semid.encoders import TextEncoder
+from semid.errors import SemidError
 from semid.indexing import add_items
 from semid.runs import load_run
 from semid.saving import versions
@@ -164,7 +165,23 @@ def work_folder(dataset: str) -> str:
     name = Path(dataset).name
     if table_format(name) is None:
         return name
-    return Path(name.removesuffix(".gz").removesuffix(".GZ")).stem
+    return Path(name[:-3] if name.lower().endswith(".gz") else name).stem
+
+
+def work_folders(datasets: list[str]) -> dict[str, str]:
+    """Each dataset's folder under ``--work`` (`work_folder`); two datasets that would share one
+    (``/a/ratings.csv`` and ``/b/ratings.csv``) raise, since each would overwrite the other's runs."""
+    folders: dict[str, str] = {}
+    for ds in datasets:
+        folder = work_folder(ds)
+        if folder in folders.values():
+            other = next(d for d, f in folders.items() if f == folder)
+            raise SemidError(
+                f"datasets {other} and {ds} would share the work folder '{folder}'; "
+                "rename one, or run them in separate --work folders"
+            )
+        folders[ds] = folder
+    return folders
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -291,9 +308,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     env = environment(threads=args.threads)
     jobs, index_seconds = [], {}
+    try:
+        folders = work_folders(args.datasets)
+    except SemidError as e:
+        p.error(str(e))
     for ds in args.datasets:
         dataset = load_dataset(ds)
-        work = args.work / work_folder(ds)
+        work = args.work / folders[ds]
         for kind in sorted({INDEX_OF[m] for m in args.models}):
             index = work / f"index-{kind}"
             if args.resume and index_exists(index):

@@ -187,23 +187,33 @@ def test_a_thinned_collection_keeps_a_seeded_share_and_leaves_a_5_core():
     assert kept != thinned(events, 0.3, seed=1)
     assert 0.2 * len(events) < len(kept) < 0.4 * len(events)
     assert kept == [e for e in events if e in set(kept)]  # log order kept
-    # user 0 has 2 events on items 0-1, item 2 only user 1's event: both go, and what that
-    # leaves short goes too
-    small = [(0, 0, 0.0), (0, 1, 1.0), (1, 2, 2.0)] + [
-        (u, i, 3.0) for u in (1, 2, 3) for i in (3, 4, 5)
-    ]
-    core = k_core(small, 3)
-    assert core == [(u, i, 3.0) for u in (1, 2, 3) for i in (3, 4, 5)]
-    assert k_core(small, 4) == []
+    block = [(u, i, 3.0) for u in (1, 2, 3) for i in (3, 4, 5)]  # a 3-core already
+    # user 0 has 2 events, item 2 only user 1's event: both go
+    assert k_core([(0, 0, 0.0), (0, 1, 1.0), (1, 2, 2.0), *block], 3) == block
+    # a second pass: users 6 and 7 (1 event each) and item 9 (1 event) go first, which leaves
+    # user 4 with 2 events; one pass would keep user 4's events on items 3 and 8
+    chain = [*block, (4, 3, 2.0), (4, 8, 2.0), (4, 9, 2.0), (6, 8, 2.0), (7, 8, 2.0)]
+    assert k_core(chain, 3) == block
+    assert k_core(block, 4) == []
 
 
 def test_a_dataset_given_by_path_gets_its_own_work_folder_and_no_recbole_ratio():
-    from benchmarks.recommend import work_folder
+    from benchmarks.recommend import main, work_folder, work_folders
     from benchmarks.recommend_report import comparisons, markdown
+    from semid.errors import SemidError
 
     assert work_folder("ml-1m") == "ml-1m"
     assert work_folder("/data/ml-1m-thin") == "ml-1m-thin"  # not the data folder itself
     assert work_folder("/data/logs/ratings.csv.gz") == "ratings"
+    assert work_folder("/data/logs/Ratings.CSV.Gz") == "Ratings"
+    assert work_folders(["ml-1m", "/d/ml-1m-thin"]) == {
+        "ml-1m": "ml-1m",
+        "/d/ml-1m-thin": "ml-1m-thin",
+    }
+    with pytest.raises(SemidError, match="share the work folder 'ratings'"):
+        work_folders(["/a/ratings.csv", "/b/ratings.tsv"])
+    with pytest.raises(SystemExit):  # the benchmark refuses before it loads or builds anything
+        main(["--datasets", "/a/ratings.csv", "/b/ratings.csv", "--work", "/nonexistent/work"])
     rows = [
         {"dataset": "/data/mine", "model": m, "recall@10": r}
         for m, r in (("sasrec", 0.05), ("mmgrec", 0.06))

@@ -99,11 +99,11 @@ class _Events:
 
 @dataclass(frozen=True)
 class _ItemTexts:
-    """An items file read for the log: its keys in file order, their texts, and its path."""
+    """An items file read for the log: its keys in file order, their texts, and its path as given."""
 
     keys: pd.Index
     texts: list[str]
-    path: Path
+    path: str | os.PathLike
 
 
 def load_interaction_files(
@@ -128,7 +128,7 @@ def load_interaction_files(
     log_columns = dict(columns)
     if items is not None:
         keys, texts, items_key = _read_items(Path(items), columns)
-        catalog = _ItemTexts(pd.Index(keys), texts, Path(items))
+        catalog = _ItemTexts(pd.Index(keys), texts, items)
         named = columns.get("item")
         if named == items_key and named not in map(column_name, table.column_names):
             del log_columns["item"]  # the mapping named the items file's column: --columns item=sku
