@@ -49,7 +49,7 @@ from semid.atomic import atomic_file, write_json
 from semid.configs import parse_json_object
 from semid.data import load_dataset
 from semid.data.registry import register_dataset
-from semid.data.tables import table_format
+from semid.data.tables import file_stem, table_format
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.indexing import add_items
@@ -162,10 +162,7 @@ def cold_start(job: dict[str, Any]) -> dict[str, Any]:
 def work_folder(dataset: str) -> str:
     """The folder under ``--work`` of a dataset given by name or by path: a path's last part
     without its table extension, so that runs never land inside (or beside) the data itself."""
-    name = Path(dataset).name
-    if table_format(name) is None:
-        return name
-    return Path(name[:-3] if name.lower().endswith(".gz") else name).stem
+    return Path(dataset).name if table_format(dataset) is None else file_stem(dataset)
 
 
 def work_folders(datasets: list[str]) -> dict[str, str]:

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semid.atomic import atomic_file
-from semid.data.tables import content_sha256, header_hint, read_table, row_label, table_format
+from semid.data.tables import (
+    content_sha256,
+    file_stem,
+    header_hint,
+    read_table,
+    row_label,
+    table_format,
+)
 from semid.errors import SemidError
 from semid.wording import json_kind
 
@@ -237,7 +244,9 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
             rows = [_listed_queries(row) for row in rows]
         records = ((row_label(path, i), row) for i, row in enumerate(rows))
         docs, grades = _collect(records, path)
-        return DocumentCollection(name or _stem(path), docs, content_sha256(path), grades=grades)
+        return DocumentCollection(
+            name or file_stem(path), docs, content_sha256(path), grades=grades
+        )
     raw = path.read_bytes()
     text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
     records = _json_records(text.removeprefix("\ufeff"), path)  # a BOM is no content
@@ -245,7 +254,7 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     if not docs:
         raise SemidError(f"{path} holds no documents; write one JSON object per line")
     return DocumentCollection(
-        name or _stem(path), docs, hashlib.sha256(raw).hexdigest(), grades=grades
+        name or file_stem(path), docs, hashlib.sha256(raw).hexdigest(), grades=grades
     )
 
 
@@ -314,10 +323,6 @@ def _grades(record: dict, where: str, doc: Document) -> dict[tuple[str, str], fl
         if grade != 1:
             out[doc.id, query] = float(grade)
     return out
-
-
-def _stem(path: Path) -> str:
-    return Path(path.name[:-3] if path.name.lower().endswith(".gz") else path.name).stem
 
 
 def _gunzip(raw: bytes, path: Path) -> bytes:

@@ -42,6 +42,7 @@ from semid.data.movielens import InteractionLog, RecDataset
 from semid.data.tables import (
     USER_COLUMNS,
     column_name,
+    file_stem,
     find_column,
     header_hint,
     key_strings,
@@ -177,7 +178,7 @@ def load_interaction_files(
         num_items=len(item_keys),
         item_keys=item_keys,
     )
-    label = name or _stem(path)
+    label = name or file_stem(path)
     left_out = frozenset(str(u) for u in few)
     return RecDataset(
         label, [str(u) for u in user_keys], item_keys, item_texts, log, notes, left_out
@@ -318,12 +319,6 @@ def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:
             if others else "")  # fmt: skip
     return (f"no timestamp column (accepted names: {', '.join(TIME_COLUMNS)}): file order is "
             f"time order{hint}")  # fmt: skip
-
-
-def _stem(path: Path) -> str:
-    """The file name without its table extensions: my_log.csv.gz -> my_log."""
-    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
-    return Path(name).stem
 
 
 def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:

@@ -53,6 +53,12 @@ USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID", "reviewe
                 "visitorid")  # fmt: skip
 
 
+def file_stem(path: str | os.PathLike) -> str:
+    """The file name without its extension and a trailing .gz: my_log.csv.gz -> my_log."""
+    name = Path(path).name
+    return Path(name[:-3] if name.lower().endswith(".gz") else name).stem
+
+
 def table_format(path: str | os.PathLike) -> str | None:
     """'csv', 'tsv', 'parquet' or 'jsonl' from the file name (a trailing .gz is allowed), else None."""
     name = Path(path).name.lower()
