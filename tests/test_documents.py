@@ -59,6 +59,8 @@ def test_integer_ids_and_blank_lines(tmp_path):
             json.dumps({"id": "x", "body": "b", "query": "q", "queries": []}),
             "has both 'queries' and 'query'",
         ),
+        (json.dumps({"Id": "x", "ID": "y", "text": "t"}), "has both 'Id' and 'ID'; keep one"),
+        (json.dumps({"id": "x", "Body": "b", "Article": "a"}), "has both 'Body' and 'Article'"),
         (json.dumps({"id": "x", "title": 3, "body": "b"}), '"title" holds int, not a string'),
         (json.dumps({"id": "a", "text": "dup"}), "repeats id 'a' (first at line 1)"),
         (
@@ -206,6 +208,17 @@ def _docs(tmp_path, name: str, records: list[dict]):
         ),  # BEIR
         ({"id": "a", "text": "t", "title": ""}, Document("a", "t")),
         ({"id": "a", "text": "t", "test_queries": "tq"}, Document("a", "t", (), ("tq",))),
+        # names with case, spaces and punctuation aside, as table headers match
+        ({"ID": "a", "Title": "Tea", "Text": "t", "Queries": "q"}, Document("a", "Tea\nt", ("q",))),
+        ({"Doc ID": "a", "BODY": "t", "Question": "why?"}, Document("a", "t", ("why?",))),
+        ({"docID": "a", "text": "t", "Test Queries": "tq"}, Document("a", "t", (), ("tq",))),
+        # the bodies of news (CNN/DailyMail), QA (SQuAD) and product collections
+        ({"id": "a", "article": "t", "highlights": "h"}, Document("a", "t")),
+        (
+            {"id": "a", "title": "Tea", "context": "t", "question": "why?"},
+            Document("a", "Tea\nt", ("why?",)),
+        ),
+        ({"id": "a", "title": "Tea", "description": "t"}, Document("a", "Tea\nt")),
     ],
 )
 def test_jsonl_and_csv_accept_the_same_fields(tmp_path, name, record, expected):
@@ -300,6 +313,8 @@ def test_text_files_of_queries_skip_a_bom_and_refuse_a_folder(tmp_path):
     [
         ("doc_id,title,body", "documents"),
         ("id,text", "documents"),
+        ("Doc ID,Title,Description", "documents"),  # names as the documents reader matches them
+        ("User ID,Item ID,Text", "interactions"),  # as the interactions reader matches them
         ("user,item", "interactions"),
         ("filename,caption", "images"),  # any name the image tables' reader takes for the path
         ("file_name,caption", "images"),  # COCO's

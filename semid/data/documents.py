@@ -2,11 +2,14 @@
 
 Files: JSON Lines (any extension but the table ones below; ``.gz`` allowed; a UTF-8 BOM is
 skipped), or a CSV, TSV or Parquet table (semid.data.tables). Every format accepts the same fields
-(JSON Lines) or columns (tables): the id as ``id``, ``doc_id``, ``docid`` or ``_id`` (strings;
-integers are converted); the text as ``text``, or else ``title`` and one of ``body``, ``contents``,
-``abstract`` joined by a line break; the queries, optional, as ``queries`` or ``query``: a list of
-strings, one string, or nothing (absent, null, empty); a CSV or TSV cell holds a list as JSON
-(``["q1", "q2"]``) or as pandas writes a list column (``['q1', 'q2']``). ``test_queries``,
+(JSON Lines) or columns (tables), named as below or with case, spaces and punctuation aside
+(``Text``, ``DocID``, ``Doc ID``): the id as ``id``, ``doc_id``, ``docid``, ``_id``, ``docno`` or
+``pid`` (strings; integers are converted); the text as ``text``, or else one of ``body``,
+``contents``, ``content``, ``abstract``, ``passage``, ``article``, ``context``, ``description``;
+an optional ``title`` goes before it, after a line break; the queries, optional, as ``queries``,
+``query``, ``questions`` or ``question``: a list of strings, one string, or nothing (absent, null,
+empty); a CSV or TSV cell holds a list as JSON (``["q1", "q2"]``) or as pandas writes a list
+column (``['q1', 'q2']``). ``test_queries``,
 optional and written the same way, give the collection's own test split: they are only evaluated
 (`Document.test_queries`). Documents without queries can still be indexed. Ids must be unique. Reading checks every record and names the first bad one (its line, or
 its row in Parquet), so a user's file fails with a message that says where and how to fix it.
@@ -30,6 +33,7 @@ from semid.data.tables import (
     content_sha256,
     file_stem,
     header_hint,
+    matching_columns,
     read_table,
     row_label,
     table_format,
@@ -120,15 +124,27 @@ QUERY_FIELDS = ("queries", "query", "questions", "question")  # question(s): FAQ
 TEST_QUERY_FIELDS = ("test_queries",)  # a given test split: evaluated, never trained on
 GRADE_FIELD = "grades"  # {query: relevance grade > 0} where not 1 (graded judgements, as BEIR's)
 # with an optional "title", when there is no "text"
-BODY_FIELDS = ("body", "contents", "content", "abstract", "passage")
+BODY_FIELDS = (
+    "body",
+    "contents",
+    "content",
+    "abstract",
+    "passage",
+    "article",
+    "context",
+    "description",
+)
 QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query", "questions" and "question" are also accepted)'
 EXAMPLE = '{"id": "d1", "text": "...", "queries": ["..."]}'
 
 
 def _field(record: dict, names: Sequence[str], where: str) -> tuple[str | None, object]:
     """(name, value) of the one field of ``names`` the record has, or (None, None); SemidError if
-    it has several."""
+    it has several. Names match as written, else with case, spaces and punctuation aside (``Text``,
+    ``DocID``, ``Doc ID``), as table headers do (`semid.data.tables.matching_columns`)."""
     found = [n for n in names if n in record]
+    if not found:
+        found = matching_columns([k for k in record if isinstance(k, str)], names)
     if len(found) > 1:
         raise SemidError(f"{where} has both {found[0]!r} and {found[1]!r}; keep one of them")
     return (found[0], record[found[0]]) if found else (None, None)
@@ -166,14 +182,13 @@ def _document(record: dict, where: str) -> Document:
 
 def _text(record: dict, where: str, doc_id: str) -> str:
     """The record's "title" (if any) and its "text" or body, joined by a line break."""
-    if "text" in record:  # BEIR's corpus: a title and a text
-        parts = [("title", record.get("title")), ("text", record["text"])]
-    else:
+    body_name, body = _field(record, ("text",), where)  # BEIR's corpus: a title and a text
+    if body_name is None:
         body_name, body = _field(record, BODY_FIELDS, where)
-        if body_name is None:
-            accepted = f"text, or title with one of {', '.join(BODY_FIELDS)}"
-            raise _missing(where, "document text", accepted, record)
-        parts = [("title", record.get("title")), (body_name, body)]
+    if body_name is None:
+        accepted = f"text, or title with one of {', '.join(BODY_FIELDS)}"
+        raise _missing(where, "document text", accepted, record)
+    parts = [_field(record, ("title",), where), (body_name, body)]
     for name, value in parts:
         if value is not None and not isinstance(value, str):
             raise SemidError(f'{where}: "{name}" holds {type(value).__name__}, not a string')
@@ -200,9 +215,10 @@ def _listed_queries(row: dict) -> dict:
     """The table row with a queries cell that holds a list as text (``["q1", "q2"]`` as JSON, or
     ``['q1', 'q2']`` as pandas writes a list column) read as that list, and a grades cell that
     holds an object (``{"q1": 2}``) read as that object."""
-    for name in (*QUERY_FIELDS, *TEST_QUERY_FIELDS, GRADE_FIELD):
+    for names in (QUERY_FIELDS, TEST_QUERY_FIELDS, (GRADE_FIELD,)):
+        name = next(iter(matching_columns(list(row), names)), None)
         cell = row.get(name)
-        brackets = "{}" if name == GRADE_FIELD else "[]"
+        brackets = "{}" if names == (GRADE_FIELD,) else "[]"
         if not (
             isinstance(cell, str)
             and cell.strip()[:1] == brackets[0]
@@ -236,7 +252,7 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     fmt = table_format(path)
     if fmt in ("csv", "tsv", "parquet"):
         table = read_table(path, "documents file")
-        if not set(table.column_names) & set(ID_FIELDS):  # said of the header, not of row 1
+        if not matching_columns(table.column_names, ID_FIELDS):  # said of the header, not of row 1
             raise SemidError(f"{path} has no document id column (accepted names: {', '.join(ID_FIELDS)}; found: "
                              f"{', '.join(table.column_names)}){header_hint(table.column_names)}; rename it")  # fmt: skip
         rows = table.to_pylist()
@@ -301,7 +317,7 @@ def _collect(records: Iterable[tuple[str, dict]],
 def _grades(record: dict, where: str, doc: Document) -> dict[tuple[str, str], float]:
     """(document id, query) -> grade for the record's ``grades`` object, those that are not 1;
     SemidError naming ``where`` for a grade that is no number > 0 or a query the document lacks."""
-    value = record.get(GRADE_FIELD)
+    _, value = _field(record, (GRADE_FIELD,), where)
     if value is None:
         return {}
     if isinstance(value, list) and all(isinstance(p, tuple | list) and len(p) == 2 for p in value):

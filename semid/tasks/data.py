@@ -25,6 +25,7 @@ from semid.data.tables import (
     content_sha256,
     data_files_hint,
     folder_data_files,
+    matching_columns,
     read_table,
     table_format,
 )
@@ -119,12 +120,12 @@ def sniff_kind(path: str) -> str:
         )
     if table_format(p) is None:
         return "interactions"
-    names = {c.split(":")[0].lower() for c in read_table(p, "data file").column_names}
-    users = names & {name.lower() for name in USER_COLUMNS}
-    if users and names & {name.lower() for name in ITEM_COLUMNS}:  # a log, whatever else it has
+    headers = read_table(p, "data file").column_names
+    users = matching_columns(headers, USER_COLUMNS)  # headers as the readers match them
+    if users and matching_columns(headers, ITEM_COLUMNS):  # a log, whatever else it has
         return "interactions"  # (Amazon's reviews have an "image" field, its text a "reviewText")
-    if names & {name.lower() for name in PATH_COLUMNS}:  # as the image tables' reader finds it
+    if matching_columns(headers, PATH_COLUMNS):  # as the image tables' reader finds it
         return "images"
-    if names & {"text", *BODY_FIELDS} and not users:
+    if matching_columns(headers, ("text", *BODY_FIELDS)) and not users:
         return "documents"
     return "interactions"
