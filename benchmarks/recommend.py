@@ -192,8 +192,8 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Build indexes, train and test every model, write JSON and Markdown under benchmarks/results/."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of `main`."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -282,6 +282,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nargs="+",
         help="only write medians over these results JSONs to --out",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Build indexes, train and test every model, write JSON and Markdown under benchmarks/results/."""
+    p = _parser()
     args = p.parse_args(argv)
     if args.aggregate:
         text = aggregate([json.loads(f.read_text()) for f in args.aggregate])
@@ -294,6 +300,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with atomic_file(args.render.with_suffix(".md")) as f:
             f.write(markdown(result))
         return result
+    _set_budgets(args, p)
+    env = environment(threads=args.threads)
+    try:
+        folders = work_folders(args.datasets)
+    except SemidError as e:
+        p.error(str(e))
+    jobs, index_seconds = _indexes_and_jobs(args, folders)
+    results = _run_jobs(jobs, args.jobs)
+    rows = [
+        r
+        for j, r in zip(jobs, results, strict=True)
+        if j["kind"] == "train_and_test" and "error" not in r
+    ]
+    cold = [
+        r for j, r in zip(jobs, results, strict=True) if j["kind"] == "cold" and "error" not in r
+    ]
+    errors = [r for r in results if "error" in r]
+    result = {"environment": env, "jobs": args.jobs, "seed": args.seed, "max_history": args.max_history,
+              "index_seconds": index_seconds, "budgets": BUDGETS,
+              "graph_quantizer": args.graph_quantizer,
+              "rows": rows, "comparisons": comparisons(rows), "cold_start": cold, "errors": errors}  # fmt: skip
+    write_json(args.out.with_suffix(".json"), result)
+    with atomic_file(args.out.with_suffix(".md")) as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return result
+
+
+def _set_budgets(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """Apply --tiger-steps, --max-epochs and --model-config to `BUDGETS`."""
     BUDGETS["tiger"]["train"]["max_steps"] = args.tiger_steps
     for name in ("sasrec", "mmgrec", "tiger"):
         BUDGETS[name]["train"]["max_epochs"] = args.max_epochs
@@ -303,12 +339,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error(f"--model-config {item!r}: unknown model {name!r}; use MODEL=JSON")
         BUDGETS[name]["model"] = parse_json_object(text, "--model-config")
 
-    env = environment(threads=args.threads)
+
+def _indexes_and_jobs(args: argparse.Namespace,
+                      folders: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Build (or, with --resume, reuse) each dataset's indexes; the train-and-test and cold-start
+    jobs to run, and the seconds each index took."""
     jobs, index_seconds = [], {}
-    try:
-        folders = work_folders(args.datasets)
-    except SemidError as e:
-        p.error(str(e))
     for ds in args.datasets:
         dataset = load_dataset(ds)
         work = args.work / folders[ds]
@@ -355,25 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "threads": args.threads,
                 }
             )
-    results = _run_jobs(jobs, args.jobs)
-    rows = [
-        r
-        for j, r in zip(jobs, results, strict=True)
-        if j["kind"] == "train_and_test" and "error" not in r
-    ]
-    cold = [
-        r for j, r in zip(jobs, results, strict=True) if j["kind"] == "cold" and "error" not in r
-    ]
-    errors = [r for r in results if "error" in r]
-    result = {"environment": env, "jobs": args.jobs, "seed": args.seed, "max_history": args.max_history,
-              "index_seconds": index_seconds, "budgets": BUDGETS,
-              "graph_quantizer": args.graph_quantizer,
-              "rows": rows, "comparisons": comparisons(rows), "cold_start": cold, "errors": errors}  # fmt: skip
-    write_json(args.out.with_suffix(".json"), result)
-    with atomic_file(args.out.with_suffix(".md")) as f:
-        f.write(markdown(result))
-    print(markdown(result))
-    return result
+    return jobs, index_seconds
 
 
 def _safe(job: dict[str, Any]) -> dict[str, Any]:
