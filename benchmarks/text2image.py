@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,6 +73,7 @@ SETTINGS_NOTE = ("Tried on validation images (text2image-validation-sweep.md): t
                  "kept proj=4, 100 steps, weight 4, 3 epochs. The image head's item_mix 0-8 on both collections' "
                  "validation images (text2image-validation.md, text2image-digits-validation.md): kept 2.")  # fmt: skip
 METRICS = ("precision@10", "precision@100", "recall@100", "map@100")
+BEAMS = 100  # the beam width of the generators, and the dense search's depth
 T = TypeVar("T")
 
 
@@ -86,10 +88,46 @@ def timed(
     return out
 
 
+@dataclass
+class _Features:
+    """What every method of the benchmark sees: image features and MiniLM query embeddings."""
+
+    train_x: torch.Tensor  # training images' features
+    train_labels: torch.Tensor
+    test_x: torch.Tensor  # the indexed images' features
+    test: ImageDataset
+    train_q: torch.Tensor  # training queries' embeddings
+    train_q_labels: torch.Tensor
+    test_q: torch.Tensor
+    test_q_labels: torch.Tensor
+    class_emb: torch.Tensor  # each class description's embedding
+    counts: dict[str, int]  # sizes for the protocol
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns the results dict."""
     torch.manual_seed(0)
     timings: dict[str, float] = {}
+    features = _features(args, timings)
+    indexes, index_stats = _voken_indexes(args, features, timings)
+    methods: dict[str, list[dict[str, float]]] = {"dual": []}
+    for rep in range(args.repeats):
+        _repeat(args, features, indexes, rep, methods, timings)
+        print({m: {x: round(v[-1][x], 4) for x in METRICS} for m, v in methods.items()}, flush=True)
+    return {
+        "protocol": _protocol(args, features),
+        "indexes": index_stats,
+        "runs": methods,
+        "median": {
+            m: {x: statistics.median(r[x] for r in runs) for x in runs[0]}
+            for m, runs in methods.items()
+        },
+        "timings_s": {name: round(v, 1) for name, v in timings.items()},
+    }
+
+
+def _features(args: argparse.Namespace, timings: dict[str, float]) -> _Features:
+    """Load the images, train the CNN image encoder and embed the class queries."""
     splits = timed(timings, "load data", load_image_splits, args.dataset, 0)
     train, test = splits.train, splits.test
     if args.validate:  # model selection without the test split (module docstring)
@@ -118,15 +156,23 @@ def run(args: argparse.Namespace) -> dict:
     split = "train" if args.validate else "test"
     test_texts, test_q_labels = class_queries(split, train.class_names)
     class_texts = [describe_class(c) for c in train.class_names]
-    all_texts = train_texts + test_texts + class_texts
-    emb = timed(timings, "MiniLM text embeddings", embed_texts, all_texts)
-    train_q = emb[: len(train_texts)]
-    test_q = emb[len(train_texts) : len(train_texts) + len(test_texts)]
-    class_emb = emb[len(train_texts) + len(test_texts) :]
+    emb = timed(
+        timings, "MiniLM text embeddings", embed_texts, train_texts + test_texts + class_texts
+    )
+    n_train, n_test = len(train_texts), len(test_texts)
+    counts = {"train_images": len(train_images), "encoder_images": len(enc_images),
+              "train_queries": n_train, "test_queries": n_test}  # fmt: skip
+    return _Features(train_x, train_labels, test_x, test, emb[:n_train], train_q_labels,
+                     emb[n_train : n_train + n_test], test_q_labels, emb[n_train + n_test :],
+                     counts)  # fmt: skip
 
+
+def _voken_indexes(args: argparse.Namespace, f: _Features,
+                   timings: dict[str, float]) -> tuple[dict[str, Any], dict[str, dict]]:  # fmt: skip
+    """Each --quantizer's voken index of the test images, and its codebook statistics."""
     indexes, index_stats = {}, {}
     # "auto" or "auto,OPTION=..": the voken sized to the collection, with these options added
-    args.quantizer = [auto_spec(len(train_x), family="voken", options=VOKEN_OPTIONS + q[len(AUTO):])
+    args.quantizer = [auto_spec(len(f.train_x), family="voken", options=VOKEN_OPTIONS + q[len(AUTO):])
                       if q.split(",")[0] == AUTO else q for q in args.quantizer]  # fmt: skip
     for spec in args.quantizer:
         indexes[spec] = timed(
@@ -134,10 +180,10 @@ def run(args: argparse.Namespace) -> dict:
             f"voken index {spec}",
             build_voken_index,
             spec,
-            train_x,
-            class_emb[train_labels],
-            test_x,
-            test.keys,
+            f.train_x,
+            f.class_emb[f.train_labels],
+            f.test_x,
+            f.test.keys,
             args.collisions,
             0,
             False,
@@ -150,98 +196,82 @@ def run(args: argparse.Namespace) -> dict:
         index_stats[spec] = {
             "codebook_sizes": ids.codebook_sizes,
             "collision_rate_before": round(stats["collision_rate_before"], 4),
-            "first_level_class_purity": round(purity(ids.codes[:, 0], test.labels), 4),
-            "first_level_class_purity_train": round(purity(train_codes[:, 0], train_labels), 4),
+            "first_level_class_purity": round(purity(ids.codes[:, 0], f.test.labels), 4),
+            "first_level_class_purity_train": round(purity(train_codes[:, 0], f.train_labels), 4),
         }
         print(f"index {spec}: {index_stats[spec]}", flush=True)
+    return indexes, index_stats
 
-    k = 100
-    methods: dict[str, list[dict[str, float]]] = {"dual": []}
-    for rep in range(args.repeats):
-        seed = rep
-        cfg = TrainConfig(
-            max_epochs=args.epochs,
-            batch_size=256,
-            lr=2e-3,
-            seed=seed,
-            early_stopping_patience=None,
-            log_every=50,
-        )
-        cfg = with_min_steps(cfg, len(train_x), args.min_steps)
-        dual_pairs = QueryTargetPairs(
-            train_q, train_q_labels, train_x.float(), train_labels, "image"
-        )
-        dual = timed(
-            timings,
-            "train dual encoder",
-            train_dual_encoder,
-            DualEncoderConfig(query_dim=emb.shape[1], image_dim=train_x.shape[1]),
-            dual_pairs,
-            cfg,
-        )
-        ranked = timed(
-            timings, "search dual encoder (faiss)", dense_search, dual, test_q, test_x, k
-        )
-        methods["dual"].append(class_metrics(ranked, test.labels, test_q_labels, (10, 100)))
-        for spec, (ids, _, train_codes) in indexes.items():
-            pairs = QueryTargetPairs(train_q, train_q_labels, train_codes.long(), train_labels,
-                                     images=train_x)  # fmt: skip
-            for variant, weight in (("avg-gen", 0.0), ("avg", 1.0)):
-                extra = json.loads(args.avg_config)
-                config = {
-                    **extra,
-                    "codebook_sizes": ids.codebook_sizes,
-                    "query_dim": emb.shape[1],
-                    "disc_weight": weight * extra.get("disc_weight", AvgConfig.disc_weight),
-                    # (b) is the generator alone; (c) has the image head unless --avg-config drops it
-                    "item_loss": weight * extra.get("item_loss", AvgConfig.item_loss),
-                    "image_dim": train_x.shape[1],
-                }
-                torch.manual_seed(seed)
-                model = timed(
-                    timings, f"train {variant}", train_generator, "avg", config, pairs, cfg
-                )
-                mixes = [None]  # the model's own item_mix
-                if model.image_head is not None:
-                    model.set_items_(test_x)
-                    mixes += [0.0] + [w for w in args.mixes if w != model.config.item_mix]
-                searched = timed(timings, f"search {variant} (beam {k})", generative_search,
-                                 model, ids, test_q, k, mixes)  # fmt: skip
-                for mix, ranked in zip(mixes, searched, strict=True):
-                    name = f"{variant} {spec}" if mix is None else f"{variant}@{mix:g} {spec}"
-                    metrics = class_metrics(ranked, test.labels, test_q_labels, (10, 100))
-                    methods.setdefault(name, []).append(metrics)
-        print({m: {x: round(v[-1][x], 4) for x in METRICS} for m, v in methods.items()}, flush=True)
+
+def _repeat(args: argparse.Namespace, f: _Features, indexes: dict[str, Any], seed: int,
+            methods: dict[str, list[dict[str, float]]], timings: dict[str, float]) -> None:  # fmt: skip
+    """One repeat: train and search the dual encoder and, on each index, AVG without and with its
+    discriminative loss; append each method's metrics to ``methods``."""
+    k = BEAMS
+    cfg = TrainConfig(max_epochs=args.epochs, batch_size=256, lr=2e-3, seed=seed,
+                      early_stopping_patience=None, log_every=50)  # fmt: skip
+    cfg = with_min_steps(cfg, len(f.train_x), args.min_steps)
+    dual_pairs = QueryTargetPairs(
+        f.train_q, f.train_q_labels, f.train_x.float(), f.train_labels, "image"
+    )
+    dual = timed(timings, "train dual encoder", train_dual_encoder,
+                 DualEncoderConfig(query_dim=f.train_q.shape[1], image_dim=f.train_x.shape[1]),
+                 dual_pairs, cfg)  # fmt: skip
+    ranked = timed(
+        timings, "search dual encoder (faiss)", dense_search, dual, f.test_q, f.test_x, k
+    )
+    methods["dual"].append(class_metrics(ranked, f.test.labels, f.test_q_labels, (10, 100)))
+    for spec, (ids, _, train_codes) in indexes.items():
+        pairs = QueryTargetPairs(f.train_q, f.train_q_labels, train_codes.long(), f.train_labels,
+                                 images=f.train_x)  # fmt: skip
+        for variant, weight in (("avg-gen", 0.0), ("avg", 1.0)):
+            extra = json.loads(args.avg_config)
+            config = {
+                **extra,
+                "codebook_sizes": ids.codebook_sizes,
+                "query_dim": f.train_q.shape[1],
+                "disc_weight": weight * extra.get("disc_weight", AvgConfig.disc_weight),
+                # (b) is the generator alone; (c) has the image head unless --avg-config drops it
+                "item_loss": weight * extra.get("item_loss", AvgConfig.item_loss),
+                "image_dim": f.train_x.shape[1],
+            }
+            torch.manual_seed(seed)
+            model = timed(timings, f"train {variant}", train_generator, "avg", config, pairs, cfg)
+            mixes = [None]  # the model's own item_mix
+            if model.image_head is not None:
+                model.set_items_(f.test_x)
+                mixes += [0.0] + [w for w in args.mixes if w != model.config.item_mix]
+            searched = timed(timings, f"search {variant} (beam {k})", generative_search,
+                             model, ids, f.test_q, k, mixes)  # fmt: skip
+            for mix, ranked in zip(mixes, searched, strict=True):
+                name = f"{variant} {spec}" if mix is None else f"{variant}@{mix:g} {spec}"
+                metrics = class_metrics(ranked, f.test.labels, f.test_q_labels, (10, 100))
+                methods.setdefault(name, []).append(metrics)
+
+
+def _protocol(args: argparse.Namespace, f: _Features) -> dict[str, Any]:
+    """The settings the results were measured under, for the report."""
     return {
-        "protocol": {
-            "train_images": len(train_images),
-            "index_images": len(test),
-            "train_queries": len(train_texts),
-            "test_queries": len(test_texts),
-            "relevance": "same class",
-            "split": "validation (25% of the training images indexed, training wordings)"
-            if args.validate
-            else "test (held-out wordings)",
-            "image_features": f"CNN autoencoder, {args.encoder_epochs} epoch(s) (at least {IMAGE_ENCODER_MIN_STEPS} steps) "
-            f"on {len(enc_images)} images, dim {train_x.shape[1]}",
-            "collisions": args.collisions,
-            "voken_epochs": args.voken_epochs,
-            "epochs": args.epochs,
-            "min_steps": args.min_steps,
-            "avg_config": args.avg_config,
-            "generator_epochs_run": with_min_steps(
-                TrainConfig(max_epochs=args.epochs, batch_size=256), len(train_x), args.min_steps
-            ).max_epochs,
-            "repeats": args.repeats,
-            "beams": k,
-        },
-        "indexes": index_stats,
-        "runs": methods,
-        "median": {
-            m: {x: statistics.median(r[x] for r in runs) for x in runs[0]}
-            for m, runs in methods.items()
-        },
-        "timings_s": {name: round(v, 1) for name, v in timings.items()},
+        "train_images": f.counts["train_images"],
+        "index_images": len(f.test),
+        "train_queries": f.counts["train_queries"],
+        "test_queries": f.counts["test_queries"],
+        "relevance": "same class",
+        "split": "validation (25% of the training images indexed, training wordings)"
+        if args.validate
+        else "test (held-out wordings)",
+        "image_features": f"CNN autoencoder, {args.encoder_epochs} epoch(s) (at least {IMAGE_ENCODER_MIN_STEPS} steps) "
+        f"on {f.counts['encoder_images']} images, dim {f.train_x.shape[1]}",
+        "collisions": args.collisions,
+        "voken_epochs": args.voken_epochs,
+        "epochs": args.epochs,
+        "min_steps": args.min_steps,
+        "avg_config": args.avg_config,
+        "generator_epochs_run": with_min_steps(
+            TrainConfig(max_epochs=args.epochs, batch_size=256), len(f.train_x), args.min_steps
+        ).max_epochs,
+        "repeats": args.repeats,
+        "beams": BEAMS,
     }
 
 
