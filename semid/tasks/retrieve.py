@@ -66,6 +66,7 @@ from semid.indexing import (
 from semid.lexical import LexicalIndex
 from semid.locking import write_lock
 from semid.metrics import compute_metrics
+from semid.quantization import Quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -433,21 +434,7 @@ class RetrieveTask(Task):
             valid_rows = []
         query_texts, query_rows = query_examples(coll, train_rows, tested)
         queries = encode_texts(probe, query_texts, desc="encode queries")
-        books = centroid_codebooks(quantizer, probe.encoder.config.hidden_size)
-        config = spec.model_config
-        if config.centroid_levels and books is None:
-            raise SemidError(f"centroid_levels needs an rqkmeans quantizer over the encoder's "
-                             f"embeddings, not {spec.quantizer}")  # fmt: skip
-        if config.centroid_levels is None:  # every level the quantizer's centroids allow
-            config = replace(config, centroid_levels=0 if books is None else len(books))
-        torch.manual_seed(spec.seed)
-        model = PromptDSI(PromptDSI.sized_for(config, ids, extra_codes=spec.extra_codes))
-        if model.config.centroid_levels:
-            model.set_centroids_(books[: model.config.centroid_levels])
-        set_key_center(model, docs)
-        model.set_topic_keys_(topic_keys(model, docs, model.config.pool_sizes[0], spec.seed))
-        model.use_trie(ids.trie(model.codebook_sizes))
-        model.set_documents_(docs.embeddings)
+        model = _new_model(spec, ids, quantizer, probe, docs)
         position = {int(r): i for i, r in enumerate(split.d0)}  # collection row -> index row
         examples = dsi_examples(docs, torch.arange(len(docs.states)), queries,
                                 torch.tensor([position[r] for r in query_rows]), ids.codes)  # fmt: skip
@@ -693,3 +680,26 @@ class RetrievePredictor(Predictor):
 
 
 TASK = register_task(RetrieveTask())
+
+
+def _new_model(spec: RetrieveSpec, ids: SemanticIDs, quantizer: Quantizer, probe: PromptDSI,
+               docs: EncodedTexts) -> PromptDSI:  # fmt: skip
+    """An untrained PromptDSI for the indexed documents: sized for their IDs, its centroid levels
+    taken from an rqkmeans quantizer over the encoder's embeddings (every level it allows unless
+    the spec says), its topic keys drawn from the documents, decoding constrained to their IDs."""
+    books = centroid_codebooks(quantizer, probe.encoder.config.hidden_size)
+    config = spec.model_config
+    if config.centroid_levels and books is None:
+        raise SemidError(f"centroid_levels needs an rqkmeans quantizer over the encoder's "
+                         f"embeddings, not {spec.quantizer}")  # fmt: skip
+    if config.centroid_levels is None:  # every level the quantizer's centroids allow
+        config = replace(config, centroid_levels=0 if books is None else len(books))
+    torch.manual_seed(spec.seed)
+    model = PromptDSI(PromptDSI.sized_for(config, ids, extra_codes=spec.extra_codes))
+    if model.config.centroid_levels:
+        model.set_centroids_(books[: model.config.centroid_levels])
+    set_key_center(model, docs)
+    model.set_topic_keys_(topic_keys(model, docs, model.config.pool_sizes[0], spec.seed))
+    model.use_trie(ids.trie(model.codebook_sizes))
+    model.set_documents_(docs.embeddings)
+    return model
