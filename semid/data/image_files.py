@@ -37,7 +37,14 @@ from semid.data.images import (
     ImageSplits,
     load_image_folder,
 )
-from semid.data.tables import find_column, key_strings, read_table, row_label, table_format
+from semid.data.tables import (
+    file_stem,
+    find_column,
+    key_strings,
+    read_table,
+    row_label,
+    table_format,
+)
 from semid.errors import SemidError
 
 # with COCO's file_name and Flickr30k's image_name
@@ -180,46 +187,13 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         if blank is not None:  # " dog" and "dog" are one class; a label of spaces is none
             raise SemidError(f"{path} {row_label(path, blank)}: empty label; give every row one")
     splits = _row_splits(table, path, what)
-    rows = _ImageRows(path, keys, captions, names, splits)
-    seen: dict[str, int] = {}  # the path without "." and ".." steps -> its image's first row
-    first_rows: list[int] = []  # one row per image
-    more: dict[int, list[str]] = {}  # an image's first row -> its further captions
-    files = []
-    for row, key in enumerate(keys):
-        same = os.path.normpath(key)  # "./a.png" and "imgs/../a.png" name the image "a.png" names
-        if same in seen:
-            first = seen[same]
-            rows.check_repeat(row, first)
-            _add_captions(more, first, captions[row], captions[first][0])
-            continue
-        seen[same] = row
-        first_rows.append(row)
-        if captions is not None:
-            _add_captions(more, row, captions[row][1:], captions[row][0])
-        if "://" in key:  # https://..., s3://...
-            raise SemidError(
-                f"{path} {row_label(path, row)}: image {key} is a URL; semid reads local files "
-                "only: download the images and list their paths"
-            )
-        file = path.parent / key
-        if not file.is_file():
-            raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
-        files.append(file)
+    first_rows, more, files = _ImageRows(path, keys, captions, names, splits).distinct_images()
     labels = class_names = None
     if names is not None:
         class_names = sorted(set(names))
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[names[row]] for row in first_rows], dtype=torch.long)
-    given_test = None
-    if splits is not None:
-        given_test = torch.tensor([splits[row] in TEST_PARTS for row in first_rows])
-        for side, missing in (("test", not given_test.any()), ("training", given_test.all())):
-            if missing:
-                raise SemidError(
-                    f"{path}: its split column marks no image as a {side} image; mark some "
-                    f"({', '.join(TEST_PARTS if side == 'test' else TRAIN_SPLITS)}), or drop the "
-                    "column and semid draws a split"
-                )
+    given_test = None if splits is None else _given_test(path, splits, first_rows)
     images = read_images(files, str(path), image_size)
     return ImageDataset(
         images=torch.from_numpy(images),
@@ -227,10 +201,24 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
         labels=labels,
         class_names=class_names,
         captions=None if captions is None else [captions[row][0] for row in first_rows],
-        name=name or Path(path.name[:-3] if path.name.endswith(".gz") else path.name).stem,
+        name=name or file_stem(path),
         more_captions=[tuple(more.get(row, ())) for row in first_rows] if more else None,
         given_test=given_test,
     )
+
+
+def _given_test(path: Path, splits: list[str], first_rows: list[int]) -> torch.Tensor:
+    """Whether each image (by its first row) is a test image of the table's split column;
+    SemidError if the column leaves either side empty."""
+    given_test = torch.tensor([splits[row] in TEST_PARTS for row in first_rows])
+    for side, missing in (("test", not given_test.any()), ("training", given_test.all())):
+        if missing:
+            raise SemidError(
+                f"{path}: its split column marks no image as a {side} image; mark some "
+                f"({', '.join(TEST_PARTS if side == 'test' else TRAIN_SPLITS)}), or drop the "
+                "column and semid draws a split"
+            )
+    return given_test
 
 
 def _row_splits(table: pa.Table, path: Path, what: str) -> list[str] | None:
@@ -302,3 +290,34 @@ class _ImageRows:
             raise SemidError(
                 f"{where} in split {splits[row]!r} instead of {splits[first]!r}; put an image in one split"
             )
+
+    def distinct_images(self) -> tuple[list[int], dict[int, list[str]], list[Path]]:
+        """The first row of each image (its path without "." and ".." steps: ``./a.png`` and
+        ``imgs/../a.png`` name the image ``a.png`` names), the further captions of each image's
+        first row, and each image's file; SemidError for a bad repeat, a URL or a missing file."""
+        path, keys, captions = self.path, self.keys, self.captions
+        seen: dict[str, int] = {}  # the normal path -> its image's first row
+        first_rows: list[int] = []
+        more: dict[int, list[str]] = {}
+        files = []
+        for row, key in enumerate(keys):
+            same = os.path.normpath(key)
+            if same in seen:
+                first = seen[same]
+                self.check_repeat(row, first)
+                _add_captions(more, first, captions[row], captions[first][0])
+                continue
+            seen[same] = row
+            first_rows.append(row)
+            if captions is not None:
+                _add_captions(more, row, captions[row][1:], captions[row][0])
+            if "://" in key:  # https://..., s3://...
+                raise SemidError(
+                    f"{path} {row_label(path, row)}: image {key} is a URL; semid reads local files "
+                    "only: download the images and list their paths"
+                )
+            file = path.parent / key
+            if not file.is_file():
+                raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
+            files.append(file)
+        return first_rows, more, files
