@@ -310,9 +310,16 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
     )
     d = load_interaction_files(tmp_path / "yelp.csv")
     assert d.notes == [] and d.item_keys == ["a", "b", "c"]
+    # a date column matches as every column name does, with case and punctuation aside
+    (tmp_path / "shop.csv").write_text(
+        "CustomerID,ProductID,Rating,Date\nx,b,5,2016-03-07T17:58:53\nx,a,4,2016-03-07T09:00:00\n"
+        "x,c,3,2017-01-01T00:00:01\n"
+    )
+    d = load_interaction_files(tmp_path / "shop.csv")
+    assert d.notes == [] and d.item_keys == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("name", ["datetime", "event_time", "created_at"])
+@pytest.mark.parametrize("name", ["datetime", "event_time", "created_at", "Timestamp", "TIME"])
 def test_common_time_column_names_are_found(tmp_path: Path, name: str) -> None:
     (tmp_path / "a.csv").write_text(
         f"user,item,{name}\nx,b,2024-01-02\nx,a,2024-01-01\nx,c,2024-01-03\n"

@@ -67,7 +67,6 @@ TIME_COLUMNS = (
     "timestamp",
     "ts",
     "time",
-    "Timestamp",
     "datetime",
     "event_time",
     "created_at",
@@ -304,7 +303,7 @@ def _dated_to_the_second(table: pa.Table) -> str | None:
     """A column named ``date`` whose first value has a time of day (Yelp's reviews), else None:
     a day-level date would tie every event of a day, so such a column is not the time unless
     named with --columns."""
-    found = [h for h in table.column_names if column_name(h) == "date"]
+    found = matching_columns(table.column_names, ("date",))  # Date, DATE, date:token as well
     if len(found) != 1:
         return None
     values = table[found[0]].drop_null()
@@ -317,8 +316,8 @@ def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:
     others = [h for h in table.column_names if h not in used]
     hint = (f"; if one of {', '.join(others)} is the time, pass --columns timestamp=NAME"
             if others else "")  # fmt: skip
-    return (f"no timestamp column (accepted names: {', '.join(TIME_COLUMNS)}): file order is "
-            f"time order{hint}")  # fmt: skip
+    return (f"no timestamp column (accepted names: {', '.join(TIME_COLUMNS)}, or date when its "
+            f"values have a time of day): file order is time order{hint}")  # fmt: skip
 
 
 def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
