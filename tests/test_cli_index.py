@@ -330,3 +330,29 @@ def test_items_added_to_a_bare_index_by_text_keep_their_texts(tmp_path, capsys):
     assert main(["index", "add", str(tmp_path / "idx"), "--items", str(tmp_path / "new.csv")]) == 0
     assert added_texts(tmp_path / "idx") == {"fresh": "title: A Fresh Title"}
     assert SemanticIDs.load(tmp_path / "idx").keys[-1] == "fresh"
+
+
+def test_a_log_with_unknown_column_names_is_named_by_its_columns_option(tmp_path, capsys):
+    """A log whose user column has no accepted name, beside a column a document body may have
+    (Article), is neither read as documents nor as a log without --columns: the one-line error
+    gives the fix of each reading, and --columns makes it a log."""
+    rows = [
+        f"c{u},a{(u * 7 + t) % 40},5,2024-01-{t + 1:02d}T10:00:00"
+        for u in range(60)
+        for t in range(6)
+    ]
+    (tmp_path / "log.csv").write_text("Client,Article,Rating,Date\n" + "\n".join(rows) + "\n")
+    args = [
+        "index",
+        "build",
+        "--dataset",
+        str(tmp_path / "log.csv"),
+        "--out",
+        str(tmp_path / "idx"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "neither a document id column" in err
+    assert "for interactions name the columns with --columns user=NAME,item=NAME" in err
+    assert main([*args, "--columns", "user=Client,item=Article"]) == 0
+    assert len(SemanticIDs.load(tmp_path / "idx")) == 40

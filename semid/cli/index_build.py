@@ -15,12 +15,15 @@ from semid.errors import SemidError
 TASK_OF_KIND = {"interactions": "recommend", "documents": "retrieve", "images": "text2image"}
 
 
-def kind_of(dataset: str) -> str:
-    """What a registered dataset or a data path holds (interactions, documents, images)."""
+def kind_of(dataset: str, log_options: bool = False) -> str:
+    """What a registered dataset or a data path holds (interactions, documents, images); a path
+    given with an interactions file's options (``log_options``: --items, --columns) is one."""
     from semid.data.registry import available_datasets, dataset_kind
     from semid.tasks.data import sniff_kind
 
-    return dataset_kind(dataset) if dataset in available_datasets() else sniff_kind(dataset)
+    if dataset in available_datasets():
+        return dataset_kind(dataset)
+    return "interactions" if log_options else sniff_kind(dataset)
 
 
 EXAMPLE = (
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                          missing_text=args.missing_text, min_interactions=args.min_interactions,
                          embeddings=args.embeddings, keys=args.keys, interactions=args.interactions,
                          encoder=args.encoder, device=device)  # fmt: skip
-    kind = kind_of(dataset) if dataset else "interactions"
+    kind = kind_of(dataset, bool(args.items or args.columns)) if dataset else "interactions"
     if kind not in TASK_OF_KIND:  # wordnet's noun hierarchies: the hierarchy benchmarks' data
         raise SemidError(f"--dataset {args.dataset} holds a {kind}, which `semid index build` does not "
                          "index: give interactions, documents or images (hierarchies are for "

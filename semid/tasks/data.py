@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from semid.data.beir import is_beir_folder
-from semid.data.documents import BODY_FIELDS
+from semid.data.documents import BODY_FIELDS, ID_FIELDS
 from semid.data.image_files import PATH_COLUMNS
 from semid.data.images import image_files, visible_entries
 from semid.data.interaction_files import ITEM_COLUMNS
@@ -105,7 +105,9 @@ def _folder_contents(folder: Path) -> str:
 
 
 def sniff_kind(path: str) -> str:
-    """What a data path holds, from its form and columns: ``interactions``, ``documents`` or ``images``."""
+    """What a data path holds, from its form and columns: ``interactions``, ``documents`` or
+    ``images``; SemidError for a table with a text column that is neither documents (no id
+    column) nor a log (no user column), naming the fix of each reading."""
     p = Path(path)
     if p.is_dir():
         if is_beir_folder(p):
@@ -127,5 +129,11 @@ def sniff_kind(path: str) -> str:
     if matching_columns(headers, PATH_COLUMNS):  # as the image tables' reader finds it
         return "images"
     if matching_columns(headers, ("text", *BODY_FIELDS)) and not users:
-        return "documents"
+        if matching_columns(headers, ID_FIELDS):
+            return "documents"
+        raise SemidError(
+            f"{p} has a text column but neither a document id column (accepted names: "
+            f"{', '.join(ID_FIELDS)}) nor a user column (found: {', '.join(headers)}); for documents "
+            "add an id column, for interactions name the columns with --columns user=NAME,item=NAME"
+        )
     return "interactions"
