@@ -70,11 +70,18 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     assert ids.metadata["item_vectors"] == INTERACTION_VECTORS and len(ids) == 30
     assert main(["train", "recommender", "--dataset", "log.csv", "--index", "idx", "--model", "mmgrec",
                  "--model-config", TINY_MMGREC, "--epochs", "1", "--out", "run"]) == 0  # fmt: skip
-    (tmp_path / "new.csv").write_text("item,text\nfresh,a new item\n")
+    # a run trained on item texts over this index is told that new items will need vectors
+    (tmp_path / "items.csv").write_text(
+        "item,text\n" + "".join(f"it{i},movie {i}\n" for i in range(30))
+    )
     capsys.readouterr()
+    assert main(["train", "recommender", "--dataset", "log.csv", "--items", "items.csv", "--index", "idx",
+                 "--model", "mmgrec", "--model-config", TINY_MMGREC, "--epochs", "1", "--out", "texts-run"]) == 0  # fmt: skip
+    assert "idx was built without item texts" in capsys.readouterr().out
+    (tmp_path / "new.csv").write_text("item,text\nfresh,a new item\n")
     assert main(["index", "add", "run", "--items", "new.csv"]) == 2
     width = load_quantizer(tmp_path / "run" / "index").dim
-    assert "item vectors come from interactions" in (err := capsys.readouterr().err)
+    assert "index was built without item texts" in (err := capsys.readouterr().err)
     assert f"give them {width}-d vectors" in err
     np.save(tmp_path / "new.npy", np.ones((1, width), dtype=np.float32))
     (tmp_path / "new.txt").write_text("fresh\n")

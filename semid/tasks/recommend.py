@@ -108,6 +108,10 @@ class RecommendTask(Task):
         dataset, data = self.load_split(spec, ids)
         if is_main_process():
             lines = [*dataset.notes, describe_data(dataset, data)]
+            if ids.metadata.get("item_vectors") == INTERACTION_VECTORS and dataset.item_texts is not None:
+                lines.append(f"note: {index} was built without item texts (item vectors from the "
+                             "interactions): `semid index add` will take new items' vectors, not "
+                             "their texts; build the index with --items too to add items by text")  # fmt: skip
             num_valid = len(data.positions("valid"))
             if spec.eval_users is not None and spec.eval_users < num_valid:
                 lines.append(f"validating on {spec.eval_users:,} of {counted(num_valid, 'valid user')} "
@@ -203,10 +207,10 @@ class RecommendTask(Task):
         columns = self.spec_of(run).columns
         if run.ids.metadata.get("item_vectors") == INTERACTION_VECTORS and keys is None:
             raise SemidError(
-                f"{run_path}'s item vectors come from interactions (its data has no item texts), and "
-                f"new items have none yet; give them {load_quantizer(run.index_path).dim}-d vectors "
-                "(--items new.npy --keys new.txt), or train a run on item texts (--items FILE) to add "
-                "items by text"
+                f"{run_path}'s index was built without item texts (its item vectors come from the "
+                f"interactions, which new items have none of yet); give them "
+                f"{load_quantizer(run.index_path).dim}-d vectors (--items new.npy --keys new.txt), or "
+                "build the index and train the run with --items FILE to add items by text"
             )
         new_keys, x, texts = read_new_items(
             source, keys, encoder, run.ids.metadata.get("encoder"), columns, run.ids, device
