@@ -56,6 +56,9 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
             )
         if not run.is_dir():
             raise SemidError(f"{run} is not a folder; {fix}")
+        if (run / "codes.safetensors").is_file():  # what `semid index build` writes
+            raise SemidError(f"{run} is an index (from `semid index build`), not a run; pass the "
+                             "folder `semid train` wrote (its --out)")  # fmt: skip
         raise SemidError(f"{run} is not a run directory (no {MANIFEST}); {fix}")
     manifest = read_json(run / MANIFEST, fix)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("task"), str):

@@ -122,6 +122,16 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["num_queries"] == 6 and metrics["invalid_id_rate"] == 0.0
     assert 0.0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1.0
+    # a cut-off over the catalogue (1,682 movies) is left out with a note; the others are scored
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "5", "10", "5000", "--split", "test"]) == 0
+    assert "--k 5000 left out: over the catalogue size (1682 items" in capsys.readouterr().err
+    assert (
+        json.loads((run / "metrics.json").read_text())["test"]["recall@10"] == metrics["recall@10"]
+    )
+    assert "recall@5000" not in json.loads((run / "metrics.json").read_text())["test"]
+    assert main(["eval", str(run), "--k", "5000"]) == 2
+    assert "give a k of at most 1682" in capsys.readouterr().err
 
     np.save(tmp_path / "new.npy", x[:2] + 0.01)
     (tmp_path / "new.txt").write_text("new-a\nnew-b\n")

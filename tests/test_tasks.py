@@ -203,6 +203,12 @@ def test_load_run_without_a_manifest(tmp_path):
     with pytest.raises(SemidError) as error:
         load_run(tmp_path)
     assert "not a run directory (no manifest.json)" in one_line(error)
+    with pytest.raises(SemidError) as error:  # an index folder passed where a run goes
+        load_run(tmp_path / "index")
+    assert (
+        "is an index (from `semid index build`), not a run; pass the folder `semid train` wrote"
+        in one_line(error)
+    )
 
 
 def test_load_run_with_a_damaged_manifest(tmp_path):

@@ -5,6 +5,7 @@ The run's manifest names its task; the task evaluates with its own protocol."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,19 +95,32 @@ def metrics_key(args: argparse.Namespace) -> str:
     return f"{args.split} ({', '.join(changed)})" if changed else args.split
 
 
+def fitting_cutoffs(ks: list[int], catalogue: int, run_dir: Path) -> list[int]:
+    """The cut-offs of ``ks`` that fit the catalogue; those over it are left out with a note on
+    stderr (the README's ``--k 10 100`` on a 60-image collection still gives R@10); SemidError
+    if none fits."""
+    fitting = [k for k in ks if k <= catalogue]
+    if not fitting:
+        raise SemidError(f"--k {min(ks)} is over the catalogue size ({catalogue} items of {run_dir}); "
+                         f"give a k of at most {catalogue}")  # fmt: skip
+    if len(fitting) < len(ks):
+        over = " ".join(str(k) for k in ks if k > catalogue)
+        print(f"semid: note: --k {over} left out: over the catalogue size ({catalogue} items of "
+              f"{run_dir})", file=sys.stderr)  # fmt: skip
+    return fitting
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
     from semid.runs import load_run, model_stamp, read_metrics, update_metrics
     from semid.tasks import get_task
 
-    options = options_from(args)
+    options_from(args)  # bad options are told before the run loads
     evaluated = model_stamp(args.run_dir)  # taken first: a change during the load shows later
     loaded = load_run(args.run_dir)
-    if max(args.k) > len(loaded.ids):
-        raise SemidError(
-            f"--k {max(args.k)} is over the catalogue size ({len(loaded.ids)} items of {args.run_dir})"
-        )
+    args.k = fitting_cutoffs(args.k, len(loaded.ids), args.run_dir)
+    options = options_from(args)
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     key = metrics_key(args)
