@@ -210,13 +210,14 @@ class HyperbolicRQ(Quantizer):
     def decode_latent(self, codes: Tensor) -> Tensor:
         """Ball points (N, latent) e_1 ⊕ (e_2 ⊕ ...) of codes (N, L)."""
         self.check_fitted()
-        codes = self._check_codes(codes)
+        codes = self.check_codes(codes, self.codebooks.device)
         levels = torch.arange(self.levels, device=codes.device)
         return hb.mobius_chain(self.ball, self.codebooks.detach()[levels, codes])
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstructions (N, D) of codes (N, L) through the decoder (needs ``decoder=1``)."""
+        self.check_fitted()
         if self.decoder is None:
             raise SemidError(
                 f"{self.spec} has no decoder back to input space; use decode_latent, or decoder=1"
@@ -233,18 +234,6 @@ class HyperbolicRQ(Quantizer):
     def extra_config(self) -> dict[str, Any]:
         """Nothing beyond the spec: every option is in it."""
         return {}
-
-    def _check_codes(self, codes: Tensor) -> Tensor:
-        codes = torch.as_tensor(codes, device=self.codebooks.device)
-        if codes.ndim != 2 or codes.shape[1] != self.levels or codes.dtype.is_floating_point:
-            raise SemidError(
-                f"expected integer codes of shape (N, {self.levels}), got {codes.dtype} {tuple(codes.shape)}"
-            )
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.spec.codebook_size):
-            raise SemidError(
-                f"codes must lie in [0, {self.spec.codebook_size}); got values outside"
-            )
-        return codes.long()
 
     # --- training ---
 

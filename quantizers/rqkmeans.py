@@ -139,7 +139,7 @@ class ResidualKMeans(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstructions (N, D): the sum over levels of each code's codebook vector."""
         self.check_fitted()
-        codes = self._check_codes(codes)
+        codes = self.check_codes(codes, self.codebooks.device)
         levels = torch.arange(self.levels, device=codes.device)
         return self.codebooks[levels, codes].sum(1)
 
@@ -151,20 +151,6 @@ class ResidualKMeans(Quantizer):
         levels = torch.arange(self.levels - 1, device=codes.device)
         prefix = self.codebooks[levels, codes[:, :-1]].sum(1)
         return _squared_distances(x - prefix, self.codebooks[-1])
-
-    def _check_codes(self, codes: Tensor) -> Tensor:
-        codes = torch.as_tensor(codes, device=self.codebooks.device)
-        if codes.ndim != 2 or codes.shape[1] != self.levels:
-            raise SemidError(
-                f"expected codes of shape (N, {self.levels}), got {tuple(codes.shape)}"
-            )
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise SemidError(f"codes must be integers, got {codes.dtype}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.spec.codebook_size):
-            raise SemidError(
-                f"codes must lie in [0, {self.spec.codebook_size}); got {int(codes.min())}..{int(codes.max())}"
-            )
-        return codes.long()
 
 
 def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> Tensor:

@@ -188,17 +188,9 @@ class RQVAE(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstructions (N, D) of codes (N, L)."""
         self.check_fitted()
-        codes = torch.as_tensor(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.levels:
-            raise SemidError(
-                f"expected codes of shape (N, {self.levels}), got {tuple(codes.shape)}"
-            )
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.spec.codebook_size):
-            raise SemidError(
-                f"codes must lie in [0, {self.spec.codebook_size}); got values outside"
-            )
+        codes = self.check_codes(codes)
         self.eval()
-        return self._outputs(self.decoder(self.codebooks.decode(codes.long())))
+        return self._outputs(self.decoder(self.codebooks.decode(codes)))
 
     @torch.no_grad()
     def last_level_distances(self, x: Tensor) -> Tensor:

@@ -194,12 +194,18 @@ class VokenQuantizer(RQVAE):
         **kwargs: Any,
     ) -> VokenQuantizer:
         """Train on image features x (N, D) aligned to text_embeddings (N, T), one text per image;
-        other keywords override `TrainConfig` fields (default `DEFAULT_TRAIN_CONFIG`)."""
+        other keywords override `TrainConfig` fields (default `DEFAULT_TRAIN_CONFIG`). Training
+        runs at least ``min_steps`` batches whatever ``epochs`` says (small collections get more
+        epochs), and the text projection at least its own floor of steps."""
         if text_embeddings is not None:
             t = torch.as_tensor(text_embeddings).float()
             if t.ndim != 2 or len(t) != len(x):
                 raise SemidError(
                     f"text_embeddings must be (N, T) with one row per image (N = {len(x)}), got {tuple(t.shape)}"
+                )
+            if t.shape[1] == 0 or not torch.isfinite(t).all():
+                raise SemidError(
+                    "text_embeddings hold NaN or infinity (or no columns); clean them first"
                 )
             if self.text_dim is not None and t.shape[1] != self.text_dim:
                 raise SemidError(

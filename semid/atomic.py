@@ -28,7 +28,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,22 @@ def check_output_folder(folder: str | os.PathLike) -> None:
     if folder.exists() and not folder.is_dir():
         raise SemidError(f"output {folder} is a file, not a folder; choose another --out")
     check_writable(folder / "x" if folder.is_dir() else folder)
+
+
+def check_replaceable(path: str | os.PathLike, own: Collection[str], what: str,
+                      marker: str | None = None) -> None:  # fmt: skip
+    """Refuse a save to ``path`` that would lose something: a save replaces the whole folder
+    (`atomic_dir`), so ``path`` must be new, empty, or hold only the ``own`` files of a saved
+    ``what`` (any folder holding ``marker`` counts as one); SemidError for a file or another folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SemidError(f"{path} is a file; save the {what} to a folder path")
+    if not path.is_dir() or (marker is not None and (path / marker).is_file()):
+        return
+    strangers = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if strangers:
+        raise SemidError(f"{path} is not empty and not a saved {what} (it holds {strangers[0]}); "
+                         "saving replaces the whole folder: choose a new or empty folder")  # fmt: skip
 
 
 def pid_alive(pid: int) -> bool:

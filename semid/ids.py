@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
-from semid.atomic import atomic_dir, read_json, recover
+from semid.atomic import atomic_dir, check_replaceable, read_json, recover
 from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
 from semid.errors import SemidError
 from semid.quantization import Quantizer
-from semid.trie import PrefixTrie
+from semid.trie import PrefixTrie, check_codes
 from semid.wording import counted
 
 FORMAT_VERSION = 1
@@ -87,13 +87,14 @@ class SemanticIDs:
         metadata: dict[str, Any] | None = None,
     ) -> SemanticIDs:
         """Resolve collisions in raw quantizer codes (N, L) with the named strategy and index them."""
-        raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
+        keys = _string_keys(keys)
+        raw_codes = check_codes(torch.as_tensor(raw_codes), list(codebook_sizes))
+        if len(raw_codes) == 0:
+            raise SemidError("no codes given (N = 0); index at least one item")
         codes, sizes, report = resolve_collisions(
             raw_codes, list(codebook_sizes), strategy, distances=distances, popularity=popularity
         )
-        return cls(
-            list(keys), codes, sizes, raw_codes, report, quantizer_spec, dict(metadata or {})
-        )
+        return cls(keys, codes, sizes, raw_codes, report, quantizer_spec, dict(metadata or {}))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -156,17 +157,14 @@ class SemanticIDs:
     def add(self, keys: Sequence[str], raw_codes: Tensor) -> Tensor:
         """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
         token (or must already be unique when there is no extra level). Returns their codes (M, L)."""
-        keys = list(keys)
-        raw_codes = torch.as_tensor(raw_codes, dtype=torch.long)
+        keys = _string_keys(keys)
+        raw_levels = self.levels - (self.collision is not None and self.collision.extra_level)
+        raw_codes = check_codes(
+            torch.as_tensor(raw_codes), self.codebook_sizes[:raw_levels], "new items' codes"
+        )
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
         self.check_new_keys(keys)
-        if raw_codes.ndim != 2 or (
-            self.raw_codes is not None and raw_codes.shape[1] != self.raw_codes.shape[1]
-        ):
-            raise SemidError(
-                f"new items' codes have shape {tuple(raw_codes.shape)}; they must come from the index's quantizer"
-            )
         has_extra = self.collision is not None and self.collision.extra_level
         new_codes: list[list[int]] = []
         taken: dict[tuple[int, ...], int] = {}  # codes given in this call, not yet in the index
@@ -249,6 +247,8 @@ class SemanticIDs:
             "collision": self.collision.to_dict() if self.collision else None,
             "metadata": self.metadata,
         }
+        # a folder that is not an index (a run, the user's files) would be lost: refused
+        check_replaceable(path, {*INDEX_FILES, QUANTIZER_DIR}, "index", marker="codes.safetensors")
         tensors = {"codes": self.codes.contiguous()}
         if self.raw_codes is not None:
             tensors["raw_codes"] = self.raw_codes.contiguous()
@@ -349,3 +349,14 @@ def _carry_over(old: Path, new: Path, own: set[str]) -> None:
         top = str(old)
         shutil.copytree(old, new, dirs_exist_ok=True,
                         ignore=lambda folder, names: own if folder == top else ())  # fmt: skip
+
+
+def _string_keys(keys: Sequence[str]) -> list[str]:
+    """``keys`` as a list; SemidError naming the first that is not a string (an index saved with
+    integer keys could not be loaded back)."""
+    keys = list(keys)
+    bad = next((k for k in keys if not isinstance(k, str)), None)
+    if bad is not None:
+        raise SemidError(f"item keys must be strings, got {type(bad).__name__} {bad!r}; pass "
+                         "[str(k) for k in keys]")  # fmt: skip
+    return keys

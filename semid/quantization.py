@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.saving import load_state, read_module, write_module
+from semid.trie import check_codes
 
+MAX_MAGNITUDE = 1e15  # larger embedding values overflow float32's squared distances
 _SPEC_RE = re.compile(
     r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$"
 )
@@ -138,13 +140,26 @@ class Quantizer(nn.Module, ABC):
             )
         if x.shape[0] == 0:
             raise SemidError("no embeddings given (N = 0)")
+        if x.shape[1] == 0:
+            raise SemidError(
+                "embeddings have 0 columns (shape (N, 0)); give vectors of dimension >= 1"
+            )
         x = x.float()
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).any(1).sum())
             raise SemidError(
                 f"{bad} embedding rows contain NaN or infinity; clean or drop them first"
             )
+        largest = float(x.abs().max())
+        if largest > MAX_MAGNITUDE:  # squared distances would overflow float32
+            raise SemidError(f"embedding values reach {largest:.3g}, beyond {MAX_MAGNITUDE:.0e}; "
+                             "scale them first (e.g. normalise each vector)")  # fmt: skip
         return x
+
+    def check_codes(self, codes: Any, device: torch.device | str | None = None) -> Tensor:
+        """Validate codes as integers (N, levels) within the codebook size; returns them as long
+        (on ``device`` when given). Float codes are refused, not truncated."""
+        return check_codes(torch.as_tensor(codes, device=device), self.codebook_sizes)
 
     def check_fitted(self) -> None:
         """Raise a clear error if the quantizer has not been fitted or loaded."""
@@ -208,4 +223,8 @@ def build_quantizer(spec: str | QuantizerSpec, dim: int | None = None, **kwargs:
     `dim` may be left out: ``fit`` then sizes the model from its input."""
     if isinstance(spec, str):
         spec = QuantizerSpec.parse(spec)
+    elif not isinstance(spec, QuantizerSpec):
+        raise SemidError(f"a quantizer spec is a string such as 'rqkmeans:3x256', got {spec!r}")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        raise SemidError(f"dim must be an integer >= 1 (or None: fit sizes it), got {dim!r}")
     return quantizer_class(spec.family)(spec, dim, **kwargs)

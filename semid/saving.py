@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
 import semid
-from semid.atomic import atomic_dir, atomic_file, read_json, recover
+from semid.atomic import atomic_dir, atomic_file, check_replaceable, read_json, recover
 from semid.errors import SemidError
 
 MODULE_FORMAT = 2
@@ -48,7 +48,8 @@ def versions() -> dict[str, str]:
 def write_module(
     path: str | os.PathLike, kind: str, name: str, config: dict[str, Any], module: nn.Module
 ) -> None:
-    """Write ``config.json`` and ``model.safetensors`` of ``module`` into the folder ``path``, atomically."""
+    """Write ``config.json`` and ``model.safetensors`` of ``module`` into the folder ``path``, atomically;
+    SemidError if ``path`` is a file or a folder holding anything else (it would be lost)."""
     meta = {
         "format_version": MODULE_FORMAT,
         "kind": kind,
@@ -56,6 +57,7 @@ def write_module(
         "config": config,
         "versions": versions(),
     }
+    check_replaceable(path, {CONFIG_FILE, WEIGHTS_FILE}, kind)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     with atomic_dir(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")

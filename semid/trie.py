@@ -52,19 +52,20 @@ def _lex_order(codes: Tensor, sizes: list[int]) -> Tensor:
     return order
 
 
-def _check_codes(codes: Tensor, sizes: list[int], what: str = "codes") -> Tensor:
-    """Validate an (N, L) integer tensor of codes in range; return it as int64."""
+def check_codes(codes: Tensor, sizes: Sequence[int], what: str = "codes") -> Tensor:
+    """Validate an (N, L) integer tensor of codes in range of their codebook ``sizes``; return it
+    as int64. Float codes are refused, not truncated."""
     if not isinstance(codes, Tensor):
         codes = torch.as_tensor(codes)
     if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
         raise SemidError(f"{what} must be an integer tensor, got {codes.dtype}; cast with .long()")
     if codes.ndim != 2 or codes.shape[1] != len(sizes):
         raise SemidError(
-            f"{what} must have shape (N, {len(sizes)}) for codebook sizes {sizes}, got {tuple(codes.shape)}"
+            f"{what} must have shape (N, {len(sizes)}) for codebook sizes {list(sizes)}, got {tuple(codes.shape)}"
         )
     codes = codes.long()
     if codes.shape[0]:
-        bad = (codes < 0) | (codes >= torch.tensor(sizes, device=codes.device))
+        bad = (codes < 0) | (codes >= torch.tensor(list(sizes), device=codes.device))
         if bad.any():
             row, level = (int(i) for i in bad.nonzero()[0])
             raise SemidError(
@@ -111,7 +112,7 @@ class PrefixTrie:
             raise SemidError(
                 f"bad codebook_sizes {list(codebook_sizes)}; pass one positive size per level"
             )
-        codes = _check_codes(codes, sizes)
+        codes = check_codes(codes, sizes)
         codes = codes[_lex_order(codes, sizes)]
         n, levels = codes.shape
         device = codes.device
@@ -317,7 +318,7 @@ class PrefixTrie:
     # ------------------------------------------------------------------ updates
     def insert_(self, codes: Tensor) -> PrefixTrie:
         """Add new unique IDs (N, L) in place and return self; state ids from before are invalidated."""
-        codes = _check_codes(codes, self.codebook_sizes).to(self.device)
+        codes = check_codes(codes, self.codebook_sizes).to(self.device)
         present = self.contains(codes)
         if present.any():
             raise SemidError(

@@ -301,7 +301,7 @@ def test_build_refuses_an_out_folder_that_is_not_an_index(tmp_path, embeddings, 
     (mine / "notes.txt").write_text("keep me\n")
     assert main(build_args(x_path, keys_path, mine)) == 2
     err = capsys.readouterr().err
-    assert "not a semid index (it holds notes.txt)" in err and len(err.strip().splitlines()) == 1
+    assert "not a saved index (it holds notes.txt)" in err and len(err.strip().splitlines()) == 1
     assert (mine / "notes.txt").read_text() == "keep me\n"
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)

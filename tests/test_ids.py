@@ -152,3 +152,49 @@ def test_sha256_names_the_mapping_from_keys_to_ids():
     renamed = SemanticIDs.from_codes(["a", "b", "d"], codes, [4, 4], "extra-level")
     wider = SemanticIDs.from_codes(["a", "b", "c"], codes, [4, 8], "extra-level")
     assert len({ids.sha256(), moved.sha256(), renamed.sha256(), wider.sha256()}) == 4
+
+
+@pytest.mark.parametrize(
+    "keys, codes, message",
+    [
+        (["a", "b"], torch.tensor([[0, 1], [1, 0]]).float() + 0.7, "must be an integer tensor"),
+        ([0, 1], torch.tensor([[0, 1], [1, 0]]), "item keys must be strings, got int 0"),
+        ([], torch.zeros(0, 2, dtype=torch.long), "no codes given"),
+        (["a", "b"], torch.tensor([0, 1]), "must have shape (N, 2)"),
+        (["a", "b"], torch.tensor([[0, 1], [5, 0]]), "out of range: row 1 has code 5 at level 0"),
+    ],
+)
+def test_from_codes_refuses_codes_and_keys_it_could_not_save_or_search(keys, codes, message):
+    """Float codes would be truncated, integer keys saved but never loaded back, codes out of range
+    break the trie later: each is one clear error at once."""
+    with pytest.raises(SemidError) as error:
+        SemanticIDs.from_codes(keys, codes, [3, 2])
+    assert message in str(error.value)
+
+
+def test_add_checks_new_codes_before_changing_the_index():
+    ids = make_ids()
+    for codes, message in (
+        (torch.tensor([[9, 9]]), "new items' codes out of range"),
+        (torch.tensor([[0.5, 1.0]]), "new items' codes must be an integer tensor"),
+        (torch.tensor([[0, 1, 0]]), "new items' codes must have shape (N, 2)"),
+    ):
+        with pytest.raises(SemidError) as error:
+            ids.add(["new"], codes)
+        assert message in str(error.value)
+    with pytest.raises(SemidError, match="item keys must be strings"):
+        ids.add([7], torch.tensor([[0, 0]]))
+    assert len(ids) == 4 and ids.trie() is not None  # unchanged and still searchable
+    assert ids.add(["new"], torch.tensor([[2, 1]])).tolist() == [[2, 1, 0]]
+
+
+def test_save_refuses_a_folder_that_is_not_an_index(tmp_path):
+    ids = make_ids()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SemidError, match=r"not a saved index \(it holds notes.txt\)"):
+        ids.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    ids.save(tmp_path / "idx")
+    ids.save(tmp_path / "idx")  # an earlier index is replaced
+    assert SemanticIDs.load(tmp_path / "idx").keys == ids.keys

@@ -197,15 +197,24 @@ def test_save_pretrained_round_trip(toy_family, tmp_path):
     assert torch.equal(q2.encode(x), q.encode(x))
 
 
-def test_save_replaces_an_earlier_save_whole(toy_family, tmp_path):
+def test_save_replaces_an_earlier_save_and_refuses_other_folders(toy_family, tmp_path):
+    """A save replaces the whole folder: an earlier save is replaced, but a folder holding
+    anything else (the user's files, a model of another library) or a file path is refused and
+    left as it was."""
     q = build_quantizer("toy:1x2").fit(torch.tensor([[1.0], [-1.0]]))
-    (tmp_path / "q").mkdir()
-    (tmp_path / "q" / "stale.txt").write_text("old")
     q.save_pretrained(tmp_path / "q")
+    q.save_pretrained(tmp_path / "q")  # over an earlier save
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
         "config.json",
         "model.safetensors",
     ]
+    (tmp_path / "q" / "notes.txt").write_text("mine")
+    with pytest.raises(SemidError, match=r"not a saved quantizer \(it holds notes.txt\)"):
+        q.save_pretrained(tmp_path / "q")
+    assert (tmp_path / "q" / "notes.txt").read_text() == "mine"
+    with pytest.raises(SemidError, match="is a file; save the quantizer to a folder path"):
+        q.save_pretrained(tmp_path / "q" / "config.json")
+    assert Quantizer.from_pretrained(tmp_path / "q").spec == q.spec
 
 
 def test_from_pretrained_on_a_wrong_folder(tmp_path):

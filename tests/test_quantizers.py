@@ -121,12 +121,28 @@ def test_unfitted_quantizer_refuses_to_encode(family):
     q = build_quantizer(spec_of(family), dim=D)
     with pytest.raises(SemidError, match="not fitted"):
         q.encode(data())
+    with pytest.raises(SemidError, match="not fitted"):
+        q.decode(torch.zeros(2, LEVELS, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "spec, dim", [(123, None), (None, None), ("rqkmeans:2x8", 0), ("rqkmeans:2x8", -3)]
+)
+def test_build_refuses_a_spec_that_is_no_string_and_a_dim_below_1(spec, dim):
+    with pytest.raises(SemidError, match="spec is a string|dim must be an integer >= 1"):
+        build_quantizer(spec, dim=dim)
 
 
 @pytest.mark.parametrize(
     "bad",
-    [torch.zeros(D), torch.zeros(0, D), torch.full((N, D), float("nan"))],
-    ids=["1-D", "empty", "nan"],
+    [
+        torch.zeros(D),
+        torch.zeros(0, D),
+        torch.full((N, D), float("nan")),
+        torch.zeros(N, 0),
+        data() * 1e20,
+    ],  # fmt: skip
+    ids=["1-D", "empty", "nan", "no columns", "huge"],  # no columns: faiss killed the process
 )
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fit_rejects_bad_input(family, bad):
@@ -144,3 +160,5 @@ def test_encode_and_decode_reject_bad_input(family_and_model):
         q.decode(torch.full((3, LEVELS), CODES, dtype=torch.long))
     with pytest.raises(SemidError):
         q.decode(torch.full((3, LEVELS), -1, dtype=torch.long))
+    with pytest.raises(SemidError, match="must be an integer tensor"):  # 1.7 is not truncated to 1
+        q.decode(torch.full((3, LEVELS), 1.7))

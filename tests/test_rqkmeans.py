@@ -123,7 +123,7 @@ def test_refit_with_another_dimension_is_refused():
 
 def test_decode_rejects_float_codes():
     q = build_quantizer("rqkmeans:2x4").fit(blobs())
-    with pytest.raises(SemidError, match="integers"):
+    with pytest.raises(SemidError, match="must be an integer tensor"):
         q.decode(torch.zeros(3, 2))
 
 

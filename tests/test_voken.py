@@ -221,3 +221,10 @@ def test_a_voken_saved_before_the_text_led_latent_still_loads(tmp_path):
     (tmp_path / "q" / "config.json").write_text(json.dumps(config))
     loaded = Quantizer.from_pretrained(tmp_path / "q")
     assert not loaded.text_led and torch.equal(loaded.encode(x), old.encode(x))
+
+
+def test_text_embeddings_with_nan_are_refused_before_training():
+    x, texts = torch.randn(40, 8), torch.randn(40, 4)
+    texts[3, 1] = float("nan")
+    with pytest.raises(SemidError, match="text_embeddings hold NaN or infinity"):
+        build_quantizer("voken:2x4").fit(x, text_embeddings=texts, progress=False)

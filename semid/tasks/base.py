@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
 from semid.distributed import is_main_process
 from semid.errors import SemidError
@@ -97,15 +98,10 @@ def check_index_out(out: Path) -> None:
     if (run / MANIFEST).is_file() and out.resolve() == run / PARTS["index"]:
         raise SemidError(f"--out {out} is the index of the run {run}, which its model was "
                          "trained on; build the new index elsewhere and train a run on it")  # fmt: skip
-    if not out.is_dir() or (out / "codes.safetensors").is_file():
-        return
-    strangers = sorted(p.name for p in out.iterdir() if p.name not in {*INDEX_FILES, QUANTIZER_DIR})
     if (out / MANIFEST).is_file():
         raise SemidError(f"--out {out} holds a semid run, not an index; choose another --out "
                          "(an index folder, or a new one)")  # fmt: skip
-    if strangers:
-        raise SemidError(f"--out {out} is not empty and not a semid index (it holds {strangers[0]}); "
-                         "choose a new or empty folder")  # fmt: skip
+    check_replaceable(out, {*INDEX_FILES, QUANTIZER_DIR}, "index", marker="codes.safetensors")
 
 
 class Task(ABC):

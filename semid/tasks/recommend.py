@@ -108,7 +108,10 @@ class RecommendTask(Task):
         dataset, data = self.load_split(spec, ids)
         if is_main_process():
             lines = [*dataset.notes, describe_data(dataset, data)]
-            if ids.metadata.get("item_vectors") == INTERACTION_VECTORS and dataset.item_texts is not None:
+            if (
+                ids.metadata.get("item_vectors") == INTERACTION_VECTORS
+                and dataset.item_texts is not None
+            ):
                 lines.append(f"note: {index} was built without item texts (item vectors from the "
                              "interactions): `semid index add` will take new items' vectors, not "
                              "their texts; build the index with --items too to add items by text")  # fmt: skip
