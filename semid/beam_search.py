@@ -47,6 +47,22 @@ def _masked_log_probs(logits: Tensor, trie: PrefixTrie, states: Tensor, level: i
     return log_probs.masked_fill(~trie.allowed_mask(states, level), float("-inf"))
 
 
+def _check_logits(logits: Any, rows: int | None, vocab: int, method: str) -> None:
+    """SemidError unless the model's ``method`` returned a tensor of logits (rows, vocab)."""
+    if not isinstance(logits, Tensor):
+        raise SemidError(
+            f"model.{method} must return torch tensors of logits, got {type(logits).__name__}"
+        )
+    if (
+        logits.ndim != 2
+        or logits.shape[1] != vocab
+        or (rows is not None and logits.shape[0] != rows)
+    ):
+        expected = f"({'B' if rows is None else rows}, {vocab})"
+        raise SemidError(f"model.{method} returned logits of shape {tuple(logits.shape)}, expected "
+                         f"{expected}; does the model's vocabulary match the trie?")  # fmt: skip
+
+
 def _unique_sorted(exclude: Tensor) -> Tensor:
     """Each row of leaf states (B, M) sorted ascending with repeats replaced by the -1 padding."""
     s = exclude.sort(dim=1).values
@@ -115,17 +131,16 @@ def constrained_beam_search(
     if num_beams < 1 or not 1 <= top_k <= num_beams:
         raise SemidError(f"need num_beams >= top_k >= 1, got num_beams={num_beams}, top_k={top_k}")
     logits, state = model.start(inputs)
-    if logits.ndim != 2 or logits.shape[1] != trie.codebook_sizes[0]:
-        raise SemidError(
-            f"model.start returned logits of shape {tuple(logits.shape)}, expected (B, {trie.codebook_sizes[0]}); "
-            "does the model's vocabulary match the trie?"
-        )
+    _check_logits(logits, None, trie.codebook_sizes[0], "start")
     device = logits.device
     if trie.device != device:
         raise SemidError(
             f"trie is on {trie.device} but the model's logits are on {device}; pass trie.to({str(device)!r})"
         )
     batch = logits.shape[0]
+    if batch == 0:  # no queries: no answers, in the promised shape
+        return BeamSearchOutput(codes=torch.full((0, top_k, trie.levels), -1, device=device),
+                                log_probs=torch.zeros(0, top_k, device=device))  # fmt: skip
     excluded = []  # per level: (parent states, codes) of the prefixes to drop
     if exclude is not None:
         exclude = _unique_sorted(exclude.to(device=device, dtype=torch.int64))
@@ -136,6 +151,9 @@ def constrained_beam_search(
     for level in range(trie.levels):
         if level > 0:
             logits, state = model.step(state, prefixes[:, :, -1].reshape(-1), level)
+            _check_logits(
+                logits, prefixes.shape[0] * prefixes.shape[1], trie.codebook_sizes[level], "step"
+            )
         v = trie.codebook_sizes[level]
         log_probs = _masked_log_probs(logits, trie, trie_states, level)  # (B * W, V)
         if excluded:
@@ -152,6 +170,9 @@ def constrained_beam_search(
         trie_states = next_states.view(-1)
         if level + 1 < trie.levels:
             state = model.select(state, rows)
+    if torch.isnan(scores).any():  # NaN outranks every score: each answer would be invalid
+        raise SemidError("the model's logits hold NaN; check its weights and inputs (a diverged "
+                         "training, or NaN in the input features)")  # fmt: skip
     found = torch.isfinite(scores)
     codes = prefixes.masked_fill(~found[:, :, None], -1)
     k = min(top_k, scores.shape[1])

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from semid.errors import SemidError
+
 
 def relevance(ranked: Tensor, targets: Tensor) -> Tensor:
     """rel (B, K) bool from ranked ids (B, K) and targets (B,) or (B, T) padded with -1.
@@ -24,11 +26,21 @@ def relevance(ranked: Tensor, targets: Tensor) -> Tensor:
     return rel.any(-1) & (ranked >= 0)
 
 
+def without_repeats(ranked: Tensor) -> Tensor:
+    """ranked ids (B, K) with every repeat of an id within its row (after its first place) set to
+    -1, the mark of an invalid entry."""
+    order = ranked.sort(dim=1, stable=True)  # equal ids side by side, the first place first
+    repeat = torch.zeros_like(ranked, dtype=torch.bool)
+    repeat[:, 1:] = order.values[:, 1:] == order.values[:, :-1]
+    at_place = torch.zeros_like(repeat).scatter_(1, order.indices, repeat)
+    return ranked.masked_fill(at_place & (ranked >= 0), -1)
+
+
 def _check_k(rel: Tensor, k: int) -> None:
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise SemidError(f"k must be >= 1, got {k}")
     if rel.ndim != 2:
-        raise ValueError(f"rel must be (B, K), got shape {tuple(rel.shape)}")
+        raise SemidError(f"rel must be (B, K), got shape {tuple(rel.shape)}")
 
 
 def _num_relevant(rel: Tensor, num_relevant: Tensor | None) -> Tensor:
@@ -74,7 +86,7 @@ def graded_ndcg_at_k(ranked: Tensor, targets: Tensor, grades: Tensor, k: int) ->
     grade of the relevant item it is, 0 for the others; ranked (B, K) ids, targets (B, T) padded
     with -1 and their grades (B, T) > 0. With every grade 1 it equals `ndcg_at_k`; (B,)."""
     if targets.shape != grades.shape:
-        raise ValueError(f"targets {tuple(targets.shape)} and grades {tuple(grades.shape)} differ")
+        raise SemidError(f"targets {tuple(targets.shape)} and grades {tuple(grades.shape)} differ")
     _check_k(ranked, k)
     top = ranked[:, :k]
     match = (
@@ -134,12 +146,18 @@ def compute_metrics(
     grades: Tensor | None = None,
 ) -> dict[str, float]:
     """Mean of each metric at each k, keyed like ``recall@10``; also ``invalid_id_rate``
-    (share of -1 entries in ranked, i.e. padding or IDs outside the index). With ``grades``
+    (share of -1 entries in ranked, i.e. padding or IDs outside the index, and repeats: an id
+    ranked twice counts at its first place only, so no metric exceeds 1). With ``grades``
     (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
     (`graded_ndcg_at_k`)."""
     unknown = set(names) - set(_BY_NAME)
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {sorted(_BY_NAME)}")
+        raise SemidError(f"unknown metrics {sorted(unknown)}; known: {sorted(_BY_NAME)}")
+    ranked, targets = torch.as_tensor(ranked), torch.as_tensor(targets)
+    if ranked.ndim != 2 or targets.ndim not in (1, 2) or len(targets) != len(ranked):
+        raise SemidError(f"ranked must be (B, K) and targets (B,) or (B, T), got "
+                         f"{tuple(ranked.shape)} and {tuple(targets.shape)}")  # fmt: skip
+    ranked = without_repeats(ranked)
     rel = relevance(ranked, targets)
     out: dict[str, float] = {}
     for name in names:

@@ -138,6 +138,30 @@ def test_vocabulary_mismatch_is_reported():
     trie = PrefixTrie.from_codes(torch.tensor([[0, 1]]), [3, 2])
     with pytest.raises(SemidError, match="vocabulary"):
         constrained_beam_search(TableModel([2, 2], 1), torch.arange(1), trie, num_beams=2)
+    trie = PrefixTrie.from_codes(torch.tensor([[0, 1]]), [2, 3])  # the second level's, from step
+    with pytest.raises(
+        SemidError, match=r"model.step returned logits of shape \(2, 2\), expected \(2, 3\)"
+    ):
+        constrained_beam_search(TableModel([2, 2], 1), torch.arange(1), trie, num_beams=2)
+
+
+def test_nan_logits_numpy_logits_and_an_empty_batch():
+    """NaN logits would make every answer invalid in silence; numpy logits and no queries each
+    get a clear outcome."""
+    trie = PrefixTrie.from_codes(torch.tensor([[0, 1], [1, 0]]), [2, 2])
+    model = TableModel([2, 2], 2)
+    model.tables[1][:] = float("nan")
+    with pytest.raises(SemidError, match="the model's logits hold NaN"):
+        constrained_beam_search(model, torch.arange(2), trie, num_beams=2)
+    numpy_model = TableModel([2, 2], 1)
+    start = numpy_model.start
+    numpy_model.start = lambda q: (start(q)[0].numpy(), start(q)[1])
+    with pytest.raises(
+        SemidError, match="model.start must return torch tensors of logits, got ndarray"
+    ):
+        constrained_beam_search(numpy_model, torch.arange(1), trie, num_beams=2)
+    out = constrained_beam_search(TableModel([2, 2], 1), torch.arange(0), trie, num_beams=2)
+    assert out.codes.shape == (0, 2, 2) and out.log_probs.shape == (0, 2)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

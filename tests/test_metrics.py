@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from semid.errors import SemidError
 from semid.metrics import (
     average_precision_at_k,
     compute_metrics,
@@ -49,9 +50,9 @@ def test_padding_targets_never_match_padding_results():
 
 
 def test_k_validation():
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(SemidError, match="k must be"):
         recall_at_k(torch.zeros(1, 2, dtype=torch.bool), 0)
-    with pytest.raises(ValueError, match="unknown metrics"):
+    with pytest.raises(SemidError, match="unknown metrics"):
         compute_metrics(
             torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), names=("auc",)
         )
@@ -76,3 +77,18 @@ def test_graded_ndcg_matches_hand_computed_values_and_binary_ndcg():
         binary = ndcg_at_k(relevance(ranked, targets), k, (targets >= 0).sum(1))
         graded = graded_ndcg_at_k(ranked, targets, torch.ones(targets.shape), k)
         torch.testing.assert_close(graded, binary)
+
+
+def test_an_id_ranked_twice_counts_once_and_bad_shapes_are_named():
+    """A repeated id counts at its first place only (it is an invalid entry after that), so no
+    metric exceeds 1; lists and shapes that do not fit are one clear error."""
+    metrics = compute_metrics(torch.tensor([[2, 2, 2]]), torch.tensor([2]), ks=(3,),
+                              names=("recall", "ndcg", "map", "mrr"))  # fmt: skip
+    assert metrics == {"recall@3": 1.0, "ndcg@3": 1.0, "map@3": 1.0, "mrr@3": 1.0,
+                       "invalid_id_rate": pytest.approx(2 / 3)}  # fmt: skip
+    graded = compute_metrics(torch.tensor([[2, 2]]), torch.tensor([[2]]), ks=(2,), names=("ndcg",),
+                             grades=torch.tensor([[3.0]]))  # fmt: skip
+    assert graded["ndcg@2"] == 1.0
+    assert compute_metrics([[1, 2]], [2], ks=(2,))["recall@2"] == 1.0  # lists are taken
+    with pytest.raises(SemidError, match=r"ranked must be \(B, K\) and targets"):
+        compute_metrics(torch.tensor([[1, 2]]), torch.tensor([2, 3]), ks=(2,))
