@@ -144,11 +144,13 @@ def compute_metrics(
     names: Sequence[str] = ("recall", "ndcg"),
     num_relevant: Tensor | None = None,
     grades: Tensor | None = None,
+    repeats: bool = False,
 ) -> dict[str, float]:
     """Mean of each metric at each k, keyed like ``recall@10``; also ``invalid_id_rate``
     (share of -1 entries in ranked, i.e. padding or IDs outside the index, and repeats: an id
-    ranked twice counts at its first place only, so no metric exceeds 1). With ``grades``
-    (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
+    ranked twice counts at its first place only, so no metric exceeds 1). ``repeats``: ranked
+    holds labels of distinct results (a class per image), which repeat by design. With
+    ``grades`` (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
     (`graded_ndcg_at_k`)."""
     unknown = set(names) - set(_BY_NAME)
     if unknown:
@@ -157,7 +159,8 @@ def compute_metrics(
     if ranked.ndim != 2 or targets.ndim not in (1, 2) or len(targets) != len(ranked):
         raise SemidError(f"ranked must be (B, K) and targets (B,) or (B, T), got "
                          f"{tuple(ranked.shape)} and {tuple(targets.shape)}")  # fmt: skip
-    ranked = without_repeats(ranked)
+    if not repeats:
+        ranked = without_repeats(ranked)
     rel = relevance(ranked, targets)
     out: dict[str, float] = {}
     for name in names:

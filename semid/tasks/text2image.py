@@ -82,7 +82,9 @@ def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tenso
     image_labels = torch.where(image_labels >= 0, image_labels, no_class)
     ranked_labels = torch.where(ranked_rows >= 0, image_labels[ranked_rows.clamp(min=0)], -1)
     num_relevant = torch.bincount(image_labels, minlength=no_class + 1)[query_labels]
-    return compute_metrics(ranked_labels, query_labels, ks, METRIC_NAMES, num_relevant=num_relevant)
+    # a label per distinct image: labels repeat by design
+    return compute_metrics(ranked_labels, query_labels, ks, METRIC_NAMES, num_relevant=num_relevant,
+                           repeats=True)  # fmt: skip
 
 
 def embed_texts(
