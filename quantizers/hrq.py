@@ -26,7 +26,7 @@ log_0 (after its hyperbolic layers with ``hnn``, before its Euclidean ones with 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import geoopt
@@ -38,7 +38,7 @@ from semid.errors import SemidError
 from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
 from semid.progress import progress_bar
-from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
+from semid.quantization import Quantizer, QuantizerSpec, register_quantizer, with_train_overrides
 from semid.quantizers import hyperbolic as hb
 from semid.quantizers.residual import code_usage
 from semid.quantizers.rqvae import mlp
@@ -82,14 +82,8 @@ class HRQTrainConfig:
     seed: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> HRQTrainConfig:
-        """A copy with `overrides` applied; unknown names raise SemidError."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise SemidError(
-                f"unknown hrq fit option(s) {', '.join(unknown)}; known: pairs, progress, {', '.join(sorted(known))}"
-            )
-        return HRQTrainConfig(**{**asdict(self), **overrides})
+        """A copy with `overrides` applied; unknown names and values out of range raise SemidError."""
+        return with_train_overrides(self, overrides, ("pairs", "progress"))
 
 
 @register_quantizer("hrq")

@@ -15,6 +15,7 @@ Spec options, e.g. ``rqkmeans:3x256,beam=8,refine=4,kmeans=pd``:
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import faiss
 import numpy as np
@@ -64,8 +65,16 @@ class ResidualKMeans(Quantizer):
         seed: int = 0,
         niter: int = 10,
         progress: bool | None = None,
+        **unknown: Any,
     ) -> ResidualKMeans:
         """Fit codebooks on x (N, D): greedy residual k-means, then `refine` refinement rounds."""
+        if unknown:
+            raise SemidError(f"unknown fit option(s) {', '.join(sorted(unknown))}; rqkmeans takes "
+                             "seed, niter and progress (its epochs are k-means iterations: niter)")  # fmt: skip
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise SemidError(f"seed must be an integer, got {seed!r}")
+        if isinstance(niter, bool) or not isinstance(niter, int) or niter < 1:
+            raise SemidError(f"niter must be an integer >= 1, got {niter!r}")
         x = self.check_input(x)
         self.build(x.shape[1])
         x = x.to(self.codebooks.device)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from semid.atomic import atomic_file
 from semid.errors import SemidError
 from semid.progress import progress_bar
-from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
+from semid.quantization import Quantizer, QuantizerSpec, register_quantizer, with_train_overrides
 from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
 from semid.training.checkpoints import DamagedCheckpointError, load_torch_file
 
@@ -53,14 +53,8 @@ class TrainConfig:
     seed: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
-        """A copy with `overrides` applied; unknown names raise SemidError."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise SemidError(
-                f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return TrainConfig(**{**asdict(self), **overrides})
+        """A copy with `overrides` applied; unknown names and values out of range raise SemidError."""
+        return with_train_overrides(self, overrides, ("checkpoint_dir", "progress"))
 
 
 def mlp(widths: list[int]) -> nn.Sequential:

@@ -6,10 +6,13 @@ A quantizer maps vectors (N, D) to semantic IDs (N, L) and back. Concrete famili
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import math
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -217,6 +220,52 @@ def available_quantizers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# the bounds of a learned quantizer's training options (`check_train_config`)
+_COUNTS = ("epochs", "batch_size", "pair_batch", "negatives", "init_batch", "val_negatives",
+           "checkpoint_every", "min_val_items")  # fmt: skip
+_NON_NEGATIVE = ("lr", "min_steps", "reset_dead_every", "weight_decay", "hierarchy_weight")
+_FRACTIONS = ("val_fraction", "reset_dead_until")
+
+
+def with_train_overrides(config: Any, overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
+    """A copy of the training ``config`` (a dataclass) with ``overrides`` applied and checked
+    (`check_train_config`); SemidError naming unknown options and the known ones (with ``extra``,
+    the fit keywords that are not training options)."""
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SemidError(f"unknown fit option(s) {', '.join(unknown)}; known: "
+                         f"{', '.join([*extra, *sorted(known)])}")  # fmt: skip
+    config = dataclasses.replace(config, **overrides)
+    check_train_config(config)
+    return config
+
+
+def check_train_config(config: Any) -> None:
+    """SemidError naming the first training option out of its range: a count below 1, a negative
+    weight or learning rate, a fraction outside [0, 1), a seed or a
+    patience that is no integer (patience may be None: no early stopping)."""
+    for f in dataclasses.fields(config):
+        name, value = f.name, getattr(config, f.name)
+        number = (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        if name in _COUNTS and not (integer and value >= 1):
+            need = "an integer >= 1"
+        elif name in _NON_NEGATIVE and not (number and value >= 0):
+            need = "a number >= 0"
+        elif name in _FRACTIONS and not (number and 0 <= value < 1):
+            need = "a fraction in [0, 1)"
+        elif name == "seed" and not integer:
+            need = "an integer"
+        elif name == "patience" and value is not None and not (integer and value >= 1):
+            need = "an integer >= 1, or None (no early stopping)"
+        else:
+            continue
+        raise SemidError(f"fit option {name} must be {need}, got {value!r}")
+
+
 def build_quantizer(spec: str | QuantizerSpec, dim: int | None = None, **kwargs: Any) -> Quantizer:
     """Build an unfitted quantizer from a spec string, e.g. ``build_quantizer("rqkmeans:3x256")``.
 
@@ -227,4 +276,12 @@ def build_quantizer(spec: str | QuantizerSpec, dim: int | None = None, **kwargs:
         raise SemidError(f"a quantizer spec is a string such as 'rqkmeans:3x256', got {spec!r}")
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise SemidError(f"dim must be an integer >= 1 (or None: fit sizes it), got {dim!r}")
-    return quantizer_class(spec.family)(spec, dim, **kwargs)
+    cls = quantizer_class(spec.family)
+    takes = [
+        n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "spec", "dim")
+    ]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise SemidError(f"unknown option(s) {', '.join(unknown)} for {spec.family}; it takes "
+                         f"{', '.join(takes) or 'only spec and dim'} (fit options go to fit)")  # fmt: skip
+    return cls(spec, dim, **kwargs)

@@ -144,7 +144,7 @@ def test_clear_errors():
     x = _clusters()
     with pytest.raises(SemidError, match="pairs"):
         build_quantizer("hrq:2x8,decoder=0").fit(x, **FAST)
-    with pytest.raises(SemidError, match="unknown hrq fit option"):
+    with pytest.raises(SemidError, match="unknown fit option"):
         build_quantizer("hrq:2x8").fit(x, epoch=1)
     with pytest.raises(SemidError, match="not fitted"):
         build_quantizer("hrq:2x8", dim=12).encode(x)

@@ -162,3 +162,33 @@ def test_encode_and_decode_reject_bad_input(family_and_model):
         q.decode(torch.full((3, LEVELS), -1, dtype=torch.long))
     with pytest.raises(SemidError, match="must be an integer tensor"):  # 1.7 is not truncated to 1
         q.decode(torch.full((3, LEVELS), 1.7))
+
+
+@pytest.mark.parametrize(
+    "spec, options, message",
+    [
+        (
+            "rqvae:2x8",
+            {"batch_size": 0},
+            "batch_size must be an integer >= 1, got 0",
+        ),  # was ZeroDivisionError
+        ("rqvae:2x8", {"lr": -1.0}, "lr must be a number >= 0"),
+        ("hrq:2x8", {"epochs": 0}, "epochs must be an integer >= 1"),  # was "fitted", never trained
+        ("voken:2x8", {"val_fraction": 1.5}, "val_fraction must be a fraction in [0, 1)"),
+        ("hrq:2x8", {"patience": 0}, "patience must be an integer >= 1, or None"),
+        ("rqkmeans:2x8", {"epochs": 3}, "rqkmeans takes seed, niter and progress"),  # was TypeError
+        ("rqkmeans:2x8", {"seed": None}, "seed must be an integer, got None"),
+        ("rqkmeans:2x8", {"niter": 0}, "niter must be an integer >= 1"),
+    ],
+)
+def test_fit_options_out_of_range_are_one_clear_error(spec, options, message):
+    with pytest.raises(SemidError) as error:
+        build_quantizer(spec).fit(data(), progress=False, **options)
+    assert message in str(error.value)
+
+
+def test_build_names_an_option_the_family_does_not_take():
+    with pytest.raises(
+        SemidError, match="unknown option.s. epochs for rqkmeans; it takes only spec and dim"
+    ):
+        build_quantizer("rqkmeans:2x8", epochs=3)  # was a TypeError from the constructor
