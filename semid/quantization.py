@@ -176,14 +176,20 @@ class Quantizer(nn.Module, ABC):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Quantizer:
-        """Load a quantizer of any registered family from a folder written by save_pretrained."""
-        _, config = read_module(path, "quantizer", "rebuild the index with `semid index build`")
+        """Load a quantizer from a folder written by save_pretrained: of any registered family
+        through ``Quantizer``, of this family (or a subclass) through a family's class."""
+        fix = "save it again with save_pretrained (or rebuild the index with `semid index build`)"
+        _, config = read_module(path, "quantizer", fix)
         config = dict(config)
         spec = QuantizerSpec.parse(str(config.pop("spec", "")))
         dim = config.pop("dim", None)
         if not isinstance(dim, int) or dim < 1:
-            raise SemidError(f"{path}/config.json has no valid input dimension; rebuild the index")
-        q = quantizer_class(spec.family)(spec, dim, **config)
+            raise SemidError(f"{path}/config.json has no valid input dimension; {fix}")
+        family = quantizer_class(spec.family)
+        if not issubclass(family, cls):
+            raise SemidError(f"{path} holds a {spec.family} quantizer, not a {cls.family}; load it "
+                             "with Quantizer.from_pretrained")  # fmt: skip
+        q = build_quantizer(spec, dim, **config)  # names an option the family does not take
         load_state(q, path)
         return q
 

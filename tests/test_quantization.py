@@ -220,3 +220,15 @@ def test_save_replaces_an_earlier_save_and_refuses_other_folders(toy_family, tmp
 def test_from_pretrained_on_a_wrong_folder(tmp_path):
     with pytest.raises(SemidError, match="not a saved quantizer"):
         Quantizer.from_pretrained(tmp_path)
+
+
+def test_a_family_class_loads_only_its_own_family(tmp_path):
+    from semid.quantizers.rqkmeans import ResidualKMeans
+
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    build_quantizer("rqvae:2x4").fit(x, epochs=1, min_steps=0, progress=False).save_pretrained(
+        tmp_path / "q"
+    )
+    with pytest.raises(SemidError, match="holds a rqvae quantizer, not a rqkmeans"):
+        ResidualKMeans.from_pretrained(tmp_path / "q")
+    assert Quantizer.from_pretrained(tmp_path / "q").spec.family == "rqvae"
