@@ -89,7 +89,12 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     assert SemanticIDs.load(tmp_path / "run" / "index").keys[-1] == "fresh"
     capsys.readouterr()
     assert main(["predict", "run", "--user", "u0", "--k", "3"]) == 0
-    header = capsys.readouterr().out.splitlines()[1]
+    output = capsys.readouterr()
+    header = output.out.splitlines()[1]
+    assert "fewer than" not in output.err
+    # k = the catalogue: the user's history is left out, which a note says
+    assert main(["predict", "run", "--user", "u0", "--k", "31"]) == 0
+    assert "1 input of 1 got fewer than 31 answers" in capsys.readouterr().err
     assert header.split() == ["rank", "key", "score", "semantic", "ID"]  # no texts, no text column
     assert main(["predict", "run", "--user", "u0", "--texts", "--out", "p.jsonl"]) == 2
     assert "this run has no item texts to send" in capsys.readouterr().err
