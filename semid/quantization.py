@@ -230,7 +230,8 @@ def available_quantizers() -> list[str]:
 _COUNTS = ("epochs", "batch_size", "pair_batch", "negatives", "init_batch", "val_negatives",
            "checkpoint_every", "min_val_items")  # fmt: skip
 _NON_NEGATIVE = ("lr", "min_steps", "reset_dead_every", "weight_decay", "hierarchy_weight")
-_FRACTIONS = ("val_fraction", "reset_dead_until")
+_FRACTIONS = ("val_fraction",)  # a share held out: some must be left to train on
+_SHARES = ("reset_dead_until",)  # a share of the epochs, all of them included
 
 
 def with_train_overrides(config: Any, overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
@@ -249,7 +250,7 @@ def with_train_overrides(config: Any, overrides: dict[str, Any], extra: Sequence
 
 def check_train_config(config: Any) -> None:
     """SemidError naming the first training option out of its range: a count below 1, a negative
-    weight or learning rate, a fraction outside [0, 1), a seed or a
+    weight or learning rate, a share outside [0, 1] (a held-out fraction: [0, 1)), a seed or a
     patience that is no integer (patience may be None: no early stopping)."""
     for f in dataclasses.fields(config):
         name, value = f.name, getattr(config, f.name)
@@ -263,6 +264,8 @@ def check_train_config(config: Any) -> None:
             need = "a number >= 0"
         elif name in _FRACTIONS and not (number and 0 <= value < 1):
             need = "a fraction in [0, 1)"
+        elif name in _SHARES and not (number and 0 <= value <= 1):
+            need = "a share in [0, 1]"
         elif name == "seed" and not integer:
             need = "an integer"
         elif name == "patience" and value is not None and not (integer and value >= 1):
