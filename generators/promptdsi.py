@@ -77,7 +77,7 @@ class PromptDSIConfig:
     encoder_path: str | None = None  # local HF folder; None: the packaged all-MiniLM-L6-v2
     encoder_config: dict | None = None  # BertConfig fields: a random frozen encoder (tests) instead
     encoder_seed: int = 0  # seeds the random encoder so it is rebuilt identically on load
-    max_length: int = 128  # tokens per text, truncated
+    max_length: int = 128  # tokens per text, truncated (to the encoder's positions at most)
     prompt_layer: int = 0  # prompts enter before this encoder layer (0: at the input embeddings)
     prompt_length: int = 4  # tokens per prompt
     pool_sizes: list[int] = field(
@@ -129,6 +129,9 @@ class PromptDSI(Generator):
                 f"prompt_layer={config.prompt_layer} but the encoder has {encoder.config.num_hidden_layers} layers; "
                 f"pick 0..{encoder.config.num_hidden_layers - 1}"
             )
+        if not config.pool_sizes or min(config.pool_sizes) < 1:
+            raise SemidError(f"pool_sizes={list(config.pool_sizes)} must hold at least one "
+                             "prompt per session, e.g. [32]")  # fmt: skip
         if not 1 <= config.top_n <= sum(config.pool_sizes):
             raise SemidError(
                 f"top_n={config.top_n} must be between 1 and the pool size {sum(config.pool_sizes)}"
@@ -221,12 +224,14 @@ class PromptDSI(Generator):
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        """input_ids and attention_mask (B, T), truncated to max_length."""
+        """input_ids and attention_mask (B, T), truncated to max_length, and to the encoder's
+        positions when it has fewer (a text longer than those would crash it)."""
+        positions = getattr(self.encoder.config, "max_position_embeddings", None)
         enc = self.tokenizer()(
             texts,
             padding=True,
             truncation=True,
-            max_length=self.config.max_length,
+            max_length=min(self.config.max_length, positions or self.config.max_length),
             return_tensors="pt",
         )
         device = self.head.weight.device

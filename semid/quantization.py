@@ -63,11 +63,16 @@ class QuantizerSpec:
         if key not in self.options:
             return default
         try:
-            return cast(self.options[key])
+            value = cast(self.options[key])
         except ValueError:
             raise SemidError(
                 f"option {key}={self.options[key]!r} in {self} is not a valid {cast.__name__}"
             ) from None
+        if isinstance(value, float) and not math.isfinite(value):  # nan, inf: a useless index
+            raise SemidError(
+                f"option {key}={self.options[key]!r} in {self} must be a finite number"
+            )
+        return value
 
 
 class Quantizer(nn.Module, ABC):

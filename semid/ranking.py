@@ -160,7 +160,10 @@ class BeamRanker:
         if not 1 <= cold_prefix < max(levels, 2):
             raise SemidError(f"--cold-prefix must be in [1, {levels - 1}], got {cold_prefix}")
         check_vocabulary(model, ids, "this run")
-        self.model, self.ids, self.num_beams = model, ids, num_beams
+        # a beam per ID already searches every ID: a wider one (any integer a user may give) is
+        # searched as that, without allocating beams that can never fill
+        self.num_beams = num_beams if num_beams is None else min(num_beams, max(len(ids), 1))
+        self.model, self.ids = model, ids
         self.cold_share, self.cold_prefix = cold_share, cold_prefix
         self.trie = ids.trie(model.codebook_sizes)
         self.leaf_of_row = self.trie.leaf_states(ids.codes)  # (N,) -1 for rows outside the trie

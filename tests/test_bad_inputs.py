@@ -292,6 +292,11 @@ cases(
         ("rec-eval-users-word", "--eval-users", rec_args("--eval-users", "many")),
         ("rec-min-interactions-0", "--min-interactions", rec_args("--min-interactions", "0")),
         ("rec-seed-negative", "--seed", rec_args("--seed", "-1")),
+        ("rec-seed-huge", "--seed must be in [0, 4294967295]", rec_args("--seed", "99999999999999999999")),
+        ("index-seed-huge", "--seed must be in [0, 4294967295]",
+         lambda e: ["index", "build", "--dataset", "ml-100k", "--seed", "99999999999999999999", "--out", str(e.tmp / "o")]),
+        ("index-spec-nan", "must be a finite number",
+         lambda e: ["index", "build", "--dataset", "ml-100k", "--quantizer", "rqvae:3x16,beta=nan", "--out", str(e.tmp / "o")]),
         ("rec-unknown-model", "--model", lambda e: [*REC[:-1], "gpt", "--out", str(e.tmp / "out")]),
         ("rec-model-config-not-json", "--model-config", rec_args("--model-config", "{dim: 16}")),
         ("rec-model-config-list", "--model-config", rec_args("--model-config", "[16]")),
@@ -307,6 +312,16 @@ cases(
             lambda e: ["train", "recommender", "--dataset", "no-such-dataset", "--index", NOWHERE, "--model", "mmgrec", "--out", str(e.tmp / "out")],
         ),
     ]
+)
+
+# sizes whose tensors cannot be allocated: one line, not torch's traceback
+cases(
+    [
+        ("rec-max-history-huge", "out of memory (RuntimeError); ask for less",
+         lambda e: ["train", "recommender", "--dataset", "ml-100k", "--index", str(e.rec() / "index"), "--model", "mmgrec",
+                    "--users", "20", "--epochs", "1", "--max-history", "99999999999", "--out", str(e.tmp / "out")]),
+    ],
+    slow=True,
 )
 
 # unchecked numbers and configs of `train retriever`
@@ -326,6 +341,7 @@ cases(
         ("ret-epochs-0", "--epochs", ret_args("--epochs", "0")),
         ("ret-batch-size-0", "--batch-size", ret_args("--batch-size", "0")),
         ("ret-model-config-unknown-field", "prompt_lenght", ret_args("--model-config", '{"prompt_lenght": 2}')),
+        ("ret-empty-prompt-pool", "pool_sizes=[0] must hold at least one prompt", ret_args("--model-config", '{"pool_sizes": [0]}')),
         ("ret-model-config-string-for-int", "prompt_length", ret_args("--model-config", '{"prompt_length": "2"}')),
         ("ret-model-config-list-for-bool", "decoder_on_centroid_levels", ret_args("--model-config", '{"decoder_on_centroid_levels": [true]}')),
         ("ret-index-with-promptdsi", "--index", ret_args("--index", NOWHERE)),

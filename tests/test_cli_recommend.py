@@ -122,6 +122,13 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["num_queries"] == 6 and metrics["invalid_id_rate"] == 0.0
     assert 0.0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1.0
+    # a run nested inside another run's folder is refused before any work
+    nested = ["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "tiger",
+              "--users", "6", "--epochs", "1", "--out", str(run / "sub")]  # fmt: skip
+    capsys.readouterr()
+    assert main(nested) == 2
+    assert f"--out {run / 'sub'} is inside the run {run}" in capsys.readouterr().err
+    assert not (run / "sub").exists()
     # a cut-off over the catalogue (1,682 movies) is left out with a note; the others are scored
     capsys.readouterr()
     assert main(["eval", str(run), "--k", "5", "10", "5000", "--split", "test"]) == 0

@@ -272,3 +272,16 @@ def test_added_rows_get_their_neighbours_head_score_and_can_be_recommended():
     assert torch.allclose(scores[:, 7], head.min(1).values)  # no neighbour: the floor
     top = ranker.rank(batch, 2, None).rows
     assert top.tolist() == [[5, 6]] * 3  # the new neighbour right after the favourite
+
+
+def test_a_beam_wider_than_the_catalogue_is_searched_as_the_catalogue():
+    """A beam per ID already finds every ID: `--num-beams 99999999` in training's validation
+    (or anywhere) must not allocate beams that can never fill (it ran out of memory)."""
+    ids = make_ids()
+    model, batch = make(ids, item_mix=0.0), queries(ids)
+    wide, exact = (
+        ranker_for(model, ids, num_beams=10**8),
+        ranker_for(model, ids, num_beams=len(ids)),
+    )
+    assert wide.num_beams == len(ids)
+    assert torch.equal(wide.rank(batch, 5).rows, exact.rank(batch, 5).rows)

@@ -169,6 +169,18 @@ def test_bad_config_is_refused():
         tiny(prompt_layer=2)
     with pytest.raises(SemidError, match="top_n"):
         tiny(pool=(2,), top_n=3)
+    with pytest.raises(SemidError, match=r"pool_sizes=\[0\] must hold at least one prompt"):
+        tiny(pool=(0,))
+
+
+def test_texts_are_cut_to_the_encoders_positions():
+    """max_length (128 by default) may exceed a small encoder's positions: a longer text is cut
+    to those instead of crashing the encoder."""
+    model = tiny()
+    positions = model.encoder.config.max_position_embeddings
+    assert model.config.max_length > positions
+    tokens = model.tokenize(["word " * 400])["input_ids"]
+    assert tokens.shape[1] == positions
 
 
 def test_pad_states_masks_padding():

@@ -325,10 +325,14 @@ def test_device_flag():
     assert (args.device, args.max_batch, args.port, args.host) == ("cuda:1", 8, 8000, "127.0.0.1")
     with pytest.raises(SystemExit):
         parser.parse_args(["runs/x", "--device", "gpu"])
-    with pytest.raises(SemidError, match="--threads must be >= 1"):
+    with pytest.raises(SemidError, match=r"--threads must be in \[1, "):
         serve_cmd.run(parser.parse_args(["runs/x", "--threads", "0"]))
-    with pytest.raises(SemidError, match="--workers must be >= 1"):
+    with pytest.raises(SemidError, match=r"--workers must be in \[1, "):
         serve_cmd.run(parser.parse_args(["runs/x", "--workers", "0"]))
+    with pytest.raises(
+        SemidError, match=r"--workers must be in \[1, \d+\] \(the CPU count\), got 1000"
+    ):
+        serve_cmd.run(parser.parse_args(["runs/x", "--workers", "1000"]))  # 1000 model copies
     with pytest.raises(SemidError, match="drop --in-process"):
         serve_cmd.run(parser.parse_args(["runs/x", "--workers", "2", "--in-process"]))
 

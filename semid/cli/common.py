@@ -41,12 +41,21 @@ def training_config(args: argparse.Namespace, defaults: TrainConfig, **more: obj
     check_count("--epochs", args.epochs)
     check_count("--max-steps", args.max_steps)
     check_count("--batch-size", args.batch_size)
-    check_count("--seed", args.seed, minimum=0)
+    check_seed(args.seed)
     check_rate("--lr", args.lr)
     return dataclasses.replace(
         defaults, max_epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, **more,
     )  # fmt: skip
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds end there (torch's at 2**64 - 1)
+
+
+def check_seed(value: int) -> None:
+    """SemidError unless ``value`` is a seed every generator semid seeds accepts."""
+    if not 0 <= value <= MAX_SEED:
+        raise SemidError(f"--seed must be in [0, {MAX_SEED}], got {value}")
 
 
 def check_count(flag: str, value: int | None, minimum: int = 1) -> None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from semid.atomic import check_writable
-from semid.cli.common import add_device_argument, add_interaction_file_arguments
+from semid.cli.common import add_device_argument, add_interaction_file_arguments, check_seed
 from semid.cli.index_stats import format_stats
 from semid.defaults import AUTO, COLLISION_STRATEGIES
 from semid.errors import SemidError
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from semid.tasks import IndexSource, get_task, resolve_device
     from semid.tasks.data import resolve_dataset
 
+    check_seed(args.seed)
     if args.out.exists() and not args.out.is_dir():
         raise SemidError(f"--out {args.out} exists and is not a folder; choose another path")
     check_writable(args.out)

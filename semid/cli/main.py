@@ -129,6 +129,19 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
     return parser
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: Python's MemoryError, torch's CUDA
+    OutOfMemoryError or its CPU allocator's RuntimeError (told by their message, without
+    importing torch)."""
+    text = str(error)
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "CUDA out of memory" in text
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = None
@@ -152,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        if not out_of_memory(e):
+            raise
+        print(f"semid: error: out of memory ({type(e).__name__}); ask for less (--batch-size, "
+              "--max-history, --extra-codes, --num-beams, the model's sizes in --model-config) or "
+              "use a machine with more memory", file=sys.stderr)  # fmt: skip
+        return 2
     except BrokenPipeError:  # `semid ... | head` closed the pipe: stop quietly, as Unix tools do
         # Python flushes stdout at exit, which would raise again: point it at /dev/null first
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -127,6 +127,7 @@ class Task(ABC):
         out = Path(out)
         if index is not None:
             check_out_beside_index(out, Path(index))
+        check_out_of_runs(out)
         if not is_main_process():  # ranks > 0 of a launched job train beside rank 0, which writes
             return self._train(spec, out, index, resume, device)
         with write_lock(out, f"run {out}"):
@@ -202,6 +203,16 @@ def check_out_beside_index(out: Path, index: Path) -> None:
     if inside == folder or folder in inside.parents:
         raise SemidError(f"--out {out} is inside --index {index}; choose an --out outside the index "
                          "folder (the run keeps its own copy of the index)")  # fmt: skip
+
+
+def check_out_of_runs(out: Path) -> None:
+    """SemidError if ``out`` lies inside another run's folder: a run nested in a run would be
+    lost when the outer one is retrained or moved."""
+    run = next((p for p in out.resolve().parents if (p / MANIFEST).is_file()), None)
+    if run is not None:
+        raise SemidError(
+            f"--out {out} is inside the run {run}; choose an --out outside every run folder"
+        )
 
 
 BODY_FIELDS = {"user": "users", "history": "histories", "query": "queries"}  # serve's body fields
