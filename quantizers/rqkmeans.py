@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import Tensor
 
 from semid.errors import SemidError
-from semid.kmeans import kmeans
+from semid.kmeans import faiss_seed, kmeans
 from semid.progress import progress_bar
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
 
@@ -170,7 +170,7 @@ def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> 
         return kmeans(x, k, niter=niter, seed=seed)
     xn = np.ascontiguousarray(x.detach().cpu().float().numpy())
     params = faiss.ProgressiveDimClusteringParameters()
-    params.niter, params.seed = niter, seed
+    params.niter, params.seed = niter, faiss_seed(seed)
     # small catalogues are normal here; faiss would warn on stderr
     params.min_points_per_centroid = 1
     clus = faiss.ProgressiveDimClustering(xn.shape[1], k, params)

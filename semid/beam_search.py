@@ -170,9 +170,13 @@ def constrained_beam_search(
         trie_states = next_states.view(-1)
         if level + 1 < trie.levels:
             state = model.select(state, rows)
-    if torch.isnan(scores).any():  # NaN outranks every score: each answer would be invalid
-        raise SemidError("the model's logits hold NaN; check its weights and inputs (a diverged "
-                         "training, or NaN in the input features)")  # fmt: skip
+    # NaN outranks every score: a query whose logits hold NaN gets no answer (not invalid ones),
+    # and one whose every query does is an error, not a silent empty result
+    failed = torch.isnan(scores).any(1)
+    if bool(failed.all()):
+        raise SemidError("the model's logits hold NaN for every query; check its weights and inputs "
+                         "(a diverged training, or NaN in the input features)")  # fmt: skip
+    scores = scores.masked_fill(failed[:, None], float("-inf"))
     found = torch.isfinite(scores)
     codes = prefixes.masked_fill(~found[:, :, None], -1)
     k = min(top_k, scores.shape[1])

@@ -8,6 +8,11 @@ import torch
 from torch import Tensor
 
 
+def faiss_seed(seed: int) -> int:
+    """``seed`` as faiss takes it (a C int): any Python integer maps to one, small ones to themselves."""
+    return seed % 2**31
+
+
 def kmeans(
     x: Tensor, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256
 ) -> Tensor:
@@ -24,7 +29,7 @@ def kmeans(
         d,
         k,
         niter=niter,
-        seed=seed,
+        seed=faiss_seed(seed),
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,  # small catalogues are normal here; faiss would warn on stderr
         verbose=False,

@@ -153,12 +153,13 @@ class Quantizer(nn.Module, ABC):
                 "embeddings have 0 columns (shape (N, 0)); give vectors of dimension >= 1"
             )
         x = x.float()
-        if not torch.isfinite(x).all():
+        low, high = (float(v) for v in torch.aminmax(x))  # one pass, no copy; NaN and inf show here
+        if not (math.isfinite(low) and math.isfinite(high)):
             bad = int((~torch.isfinite(x)).any(1).sum())
             raise SemidError(
                 f"{bad} embedding rows contain NaN or infinity; clean or drop them first"
             )
-        largest = float(x.abs().max())
+        largest = max(-low, high)
         if largest > MAX_MAGNITUDE:  # squared distances would overflow float32
             raise SemidError(f"embedding values reach {largest:.3g}, beyond {MAX_MAGNITUDE:.0e}; "
                              "scale them first (e.g. normalise each vector)")  # fmt: skip
@@ -234,7 +235,8 @@ def available_quantizers() -> list[str]:
 # the bounds of a learned quantizer's training options (`check_train_config`)
 _COUNTS = ("epochs", "batch_size", "pair_batch", "negatives", "init_batch", "val_negatives",
            "checkpoint_every", "min_val_items")  # fmt: skip
-_NON_NEGATIVE = ("lr", "min_steps", "reset_dead_every", "weight_decay", "hierarchy_weight")
+_NON_NEGATIVE = ("lr", "weight_decay", "hierarchy_weight")
+_NON_NEGATIVE_COUNTS = ("min_steps", "reset_dead_every")
 _FRACTIONS = ("val_fraction",)  # a share held out: some must be left to train on
 _SHARES = ("reset_dead_until",)  # a share of the epochs, all of them included
 
@@ -265,6 +267,8 @@ def check_train_config(config: Any) -> None:
         integer = isinstance(value, int) and not isinstance(value, bool)
         if name in _COUNTS and not (integer and value >= 1):
             need = "an integer >= 1"
+        elif name in _NON_NEGATIVE_COUNTS and not (integer and value >= 0):
+            need = "an integer >= 0"
         elif name in _NON_NEGATIVE and not (number and value >= 0):
             need = "a number >= 0"
         elif name in _FRACTIONS and not (number and 0 <= value < 1):
@@ -273,8 +277,12 @@ def check_train_config(config: Any) -> None:
             need = "a share in [0, 1]"
         elif name == "seed" and not integer:
             need = "an integer"
-        elif name == "patience" and value is not None and not (integer and value >= 1):
-            need = "an integer >= 1, or None (no early stopping)"
+        elif name == "patience" and not (
+            (integer and value >= 1) or (value is None and f.default is None)
+        ):
+            need = "an integer >= 1" + (
+                ", or None (no early stopping)" if f.default is None else ""
+            )
         else:
             continue
         raise SemidError(f"fit option {name} must be {need}, got {value!r}")

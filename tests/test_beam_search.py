@@ -150,8 +150,11 @@ def test_nan_logits_numpy_logits_and_an_empty_batch():
     get a clear outcome."""
     trie = PrefixTrie.from_codes(torch.tensor([[0, 1], [1, 0]]), [2, 2])
     model = TableModel([2, 2], 2)
-    model.tables[1][:] = float("nan")
-    with pytest.raises(SemidError, match="the model's logits hold NaN"):
+    model.biases[1][0] = float("nan")  # query 0 only: it gets no answer, query 1 its own
+    out = constrained_beam_search(model, torch.arange(2), trie, num_beams=2)
+    assert (out.codes[0] == -1).all() and (out.codes[1] >= 0).all()
+    model.tables[1][:] = float("nan")  # every query: an error, not a silent empty result
+    with pytest.raises(SemidError, match="the model's logits hold NaN for every query"):
         constrained_beam_search(model, torch.arange(2), trie, num_beams=2)
     numpy_model = TableModel([2, 2], 1)
     start = numpy_model.start

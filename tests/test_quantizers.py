@@ -176,6 +176,12 @@ def test_encode_and_decode_reject_bad_input(family_and_model):
         ("hrq:2x8", {"epochs": 0}, "epochs must be an integer >= 1"),  # was "fitted", never trained
         ("voken:2x8", {"val_fraction": 1.5}, "val_fraction must be a fraction in [0, 1)"),
         ("hrq:2x8", {"patience": 0}, "patience must be an integer >= 1, or None"),
+        (
+            "rqvae:2x8",
+            {"patience": None},
+            "patience must be an integer >= 1, got None",
+        ),  # rqvae needs one
+        ("rqvae:2x8", {"reset_dead_every": 0.5}, "reset_dead_every must be an integer >= 0"),
         ("rqkmeans:2x8", {"epochs": 3}, "rqkmeans takes seed, niter and progress"),  # was TypeError
         ("rqkmeans:2x8", {"seed": None}, "seed must be an integer, got None"),
         ("rqkmeans:2x8", {"niter": 0}, "niter must be an integer >= 1"),
@@ -192,3 +198,9 @@ def test_build_names_an_option_the_family_does_not_take():
         SemidError, match="unknown option.s. epochs for rqkmeans; it takes only spec and dim"
     ):
         build_quantizer("rqkmeans:2x8", epochs=3)  # was a TypeError from the constructor
+
+
+def test_a_seed_past_a_c_int_still_fits():
+    """faiss takes its seed as a C int: a seed up to the CLI's 2**32 - 1 is mapped to one."""
+    codes = build_quantizer("rqkmeans:2x8").fit(data(), seed=2**32 - 1, niter=2).encode(data())
+    assert codes.shape == (N, 2)

@@ -49,7 +49,9 @@ def training_config(args: argparse.Namespace, defaults: TrainConfig, **more: obj
     )  # fmt: skip
 
 
-MAX_SEED = 2**32 - 1  # numpy's seeds end there (torch's at 2**64 - 1)
+MAX_SEED = (
+    2**32 - 1
+)  # numpy's seeds end there (torch's at 2**64 - 1; faiss takes them modulo 2**31)
 
 
 def check_seed(value: int) -> None:
@@ -101,5 +103,6 @@ def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def fitting_ks(catalogue: int, ks: tuple[int, ...]) -> list[int]:
-    """The cut-offs of `ks` that `semid eval` accepts for a catalogue of that size (at least one)."""
+    """The cut-offs of `ks` within the catalogue, or the catalogue size when none is: the `--k` of
+    the eval commands that train and add print."""
     return [k for k in ks if k <= catalogue] or [catalogue]

@@ -116,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
     from semid.runs import load_run, model_stamp, read_metrics, update_metrics
     from semid.tasks import get_task
 
-    options_from(args)  # bad options are told before the run loads
     evaluated = model_stamp(args.run_dir)  # taken first: a change during the load shows later
     loaded = load_run(args.run_dir)
     args.k = fitting_cutoffs(args.k, len(loaded.ids), args.run_dir)

@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
         answers += predictor.predict(inputs[lo : lo + args.batch_size], args.k, args.num_beams)
-    note_short_answers(answers, args.k, predictor.max_k())
+    note_short_answers(answers, args.k, predictor.max_k(), predictor.task)
     if args.out is not None:
         if args.texts:
             answers = with_texts(predictor, answers)
@@ -343,14 +343,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def note_short_answers(answers: list[dict[str, Any]], k: int, catalogue: int) -> None:
-    """A note on stderr when some inputs got fewer than ``k`` answers (the answers themselves are
-    complete: fewer items were left to rank, e.g. a user's seen items are never recommended)."""
+def note_short_answers(answers: list[dict[str, Any]], k: int, catalogue: int, task: str) -> None:
+    """A note on stderr when some inputs got fewer than ``k`` answers: fewer items were left to
+    rank (a user's history is never recommended back), or the beams found fewer."""
     short = [len(a["keys"]) for a in answers if len(a["keys"]) < k]
     if short:
+        why = ("a user's history is never recommended back" if task == "recommend"
+               else "a wider --num-beams may find more")  # fmt: skip
         print(f"semid: note: {counted(len(short), 'input')} of {len(answers)} got fewer than {k} "
-              f"answers (as few as {min(short)}): the catalogue has {catalogue} items, and a user's "
-              "history is never recommended back", file=sys.stderr)  # fmt: skip
+              f"answers (as few as {min(short)}): the catalogue has {catalogue} items, and {why}",
+              file=sys.stderr)  # fmt: skip
 
 
 def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:

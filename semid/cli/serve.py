@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -87,11 +88,18 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
         raise SemidError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
-    cores = os.cpu_count() or 1  # each worker holds a model copy: more than cores only wait
-    if args.threads is not None and not 1 <= args.threads <= cores:
-        raise SemidError(f"--threads must be in [1, {cores}] (the CPU count), got {args.threads}")
-    if args.workers is not None and not 1 <= args.workers <= cores:
-        raise SemidError(f"--workers must be in [1, {cores}] (the CPU count), got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise SemidError(f"--threads must be >= 1, got {args.threads}")
+    if args.workers is not None and args.workers < 1:
+        raise SemidError(f"--workers must be >= 1, got {args.workers}")
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    for flag in ("workers", "threads"):  # each worker holds a model copy: more than cores only wait
+        if (getattr(args, flag) or 0) > cores:
+            print(f"semid: note: --{flag} {getattr(args, flag)} is more than this machine's {cores} "
+                  f"usable cores; using {cores}", file=sys.stderr)  # fmt: skip
+            setattr(args, flag, cores)
     if args.in_process and (args.workers or 1) > 1:
         raise SemidError("--workers > 1 runs model processes; drop --in-process")
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads

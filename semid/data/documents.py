@@ -19,6 +19,7 @@ its row in Parquet), so a user's file fails with a message that says where and h
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import hashlib
 import json
@@ -144,10 +145,16 @@ def _field(record: dict, names: Sequence[str], where: str) -> tuple[str | None, 
     ``DocID``, ``Doc ID``), as table headers do (`semid.data.tables.matching_columns`)."""
     found = [n for n in names if n in record]
     if not found:
-        found = matching_columns([k for k in record if isinstance(k, str)], names)
+        found = list(_loose_fields(tuple(k for k in record if isinstance(k, str)), tuple(names)))
     if len(found) > 1:
         raise SemidError(f"{where} has both {found[0]!r} and {found[1]!r}; keep one of them")
     return (found[0], record[found[0]]) if found else (None, None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _loose_fields(keys: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """`matching_columns` of a record's keys, memoised: the records of a file share their keys."""
+    return tuple(matching_columns(list(keys), names))
 
 
 def _missing(where: str, what: str, accepted: str, record: dict) -> SemidError:
@@ -216,7 +223,7 @@ def _listed_queries(row: dict) -> dict:
     ``['q1', 'q2']`` as pandas writes a list column) read as that list, and a grades cell that
     holds an object (``{"q1": 2}``) read as that object."""
     for names in (QUERY_FIELDS, TEST_QUERY_FIELDS, (GRADE_FIELD,)):
-        name = next(iter(matching_columns(list(row), names)), None)
+        name = next(iter(_loose_fields(tuple(row), tuple(names))), None)
         cell = row.get(name)
         brackets = "{}" if names == (GRADE_FIELD,) else "[]"
         if not (

@@ -41,7 +41,7 @@ from semid.indexing import (
     read_texts,
     texts_json,
 )
-from semid.metrics import compute_metrics
+from semid.metrics import compute_metrics, without_repeats
 from semid.models import model_class
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
@@ -80,6 +80,7 @@ def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tenso
     Recall@k divides by all relevant images of the class (so it is at most k / class size)."""
     no_class = int(query_labels.max()) + 1  # a label no query asks for; -1 stays "no image"
     image_labels = torch.where(image_labels >= 0, image_labels, no_class)
+    ranked_rows = without_repeats(ranked_rows)  # an image ranked twice counts once
     ranked_labels = torch.where(ranked_rows >= 0, image_labels[ranked_rows.clamp(min=0)], -1)
     num_relevant = torch.bincount(image_labels, minlength=no_class + 1)[query_labels]
     # a label per distinct image: labels repeat by design
