@@ -84,7 +84,7 @@ class GraphRQVAE(RQVAE):
 
     # --- inputs: one tensor, or one per modality ---
 
-    def check_input(self, x: Tensor | list[Tensor]) -> Tensor:
+    def check_input(self, x: Tensor | list[Tensor], *, empty_ok: bool = False) -> Tensor:
         """Validate x (N, D) or a list of (N, D_m) modalities; returns them concatenated (N, sum D_m)."""
         xs = list(x) if isinstance(x, list | tuple) else [x]
         xs = [torch.as_tensor(m) for m in xs]
@@ -103,7 +103,7 @@ class GraphRQVAE(RQVAE):
             raise SemidError(
                 f"embeddings have dimensions {widths} but the quantizer expects {self.modality_dims} (one tensor per modality, in fit order)"
             )
-        return super().check_input(torch.cat([m.float() for m in xs], 1))
+        return super().check_input(torch.cat([m.float() for m in xs], 1), empty_ok=empty_ok)
 
     def fit(
         self, x: Tensor | list[Tensor], interactions: Interactions | None = None, **kwargs: Any

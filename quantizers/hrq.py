@@ -135,7 +135,7 @@ class HyperbolicRQ(Quantizer):
     def embed(self, x: Tensor) -> Tensor:
         """Ball points (N, latent) of raw inputs x (N, D) (no gradient, eval mode)."""
         self.check_fitted()
-        x = self.check_input(x).to(self.mean.device)
+        x = self.check_input(x, empty_ok=True).to(self.mean.device)
         self.eval()
         with torch.no_grad():
             return torch.cat(

@@ -122,7 +122,7 @@ class ResidualKMeans(Quantizer):
     def encode(self, x: Tensor) -> Tensor:
         """Codes (N, L) int64 of x (N, D), by beam search over levels (greedy when beam=1)."""
         self.check_fitted()
-        x = self.check_input(x).to(self.codebooks.device)
+        x = self.check_input(x, empty_ok=True).to(self.codebooks.device)
         rows = max(1, _CHUNK_FLOATS // (self.beam * self.spec.codebook_size))
         return torch.cat([self._beam_encode(chunk) for chunk in x.split(rows)])
 
@@ -136,7 +136,7 @@ class ResidualKMeans(Quantizer):
             # error holds ||r||^2 - ||x||^2; adding ||c||^2 - 2 r.c gives ||r - c||^2 - ||x||^2,
             # so beams are ranked by their true error without ever computing ||r||^2.
             scores = error[:, :, None] + (book * book).sum(1) - 2 * residual @ book.T  # (n, B, K)
-            width = 1 if level == self.levels - 1 else min(self.beam, scores[0].numel())
+            width = 1 if level == self.levels - 1 else min(self.beam, scores.shape[1] * k)
             error, flat = rearrange(scores, "n b k -> n (b k)").topk(width, dim=1, largest=False)
             parent, code = flat // k, flat % k  # (n, B')
             keep = parent[:, :, None]

@@ -175,7 +175,7 @@ class RQVAE(Quantizer):
     def encode(self, x: Tensor) -> Tensor:
         """Codes (N, L) int64 of x (N, D)."""
         self.check_fitted()
-        z = self._latents(self._model_inputs(self.check_input(x)))
+        z = self._latents(self._model_inputs(self.check_input(x, empty_ok=True)))
         return self.codebooks.encode(z)
 
     @torch.no_grad()

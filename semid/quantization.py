@@ -98,7 +98,8 @@ class Quantizer(nn.Module, ABC):
                 )
             return
         self.dim = dim
-        self._build(dim)
+        with torch.random.fork_rng(devices=[]):  # initial weights do not move the caller's RNG
+            self._build(dim)
 
     @abstractmethod
     def _build(self, dim: int) -> None:
@@ -136,8 +137,10 @@ class Quantizer(nn.Module, ABC):
         """Family-specific constructor arguments beyond spec and dim, saved in config.json."""
         return {}
 
-    def check_input(self, x: Tensor) -> Tensor:
-        """Validate x as (N, dim) finite floats; returns it as float32 (fit builds the model first)."""
+    def check_input(self, x: Tensor, *, empty_ok: bool = False) -> Tensor:
+        """Validate x as (N, dim) finite floats; returns it as float32 (fit builds the model first).
+
+        N = 0 is refused unless ``empty_ok`` (encoding an empty batch gives empty codes)."""
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x)
         if x.ndim != 2:
@@ -146,12 +149,14 @@ class Quantizer(nn.Module, ABC):
             raise SemidError(
                 f"embeddings have dimension {x.shape[1]} but the quantizer expects {self.dim}"
             )
-        if x.shape[0] == 0:
-            raise SemidError("no embeddings given (N = 0)")
         if x.shape[1] == 0:
             raise SemidError(
                 "embeddings have 0 columns (shape (N, 0)); give vectors of dimension >= 1"
             )
+        if x.shape[0] == 0:
+            if empty_ok:
+                return x.float()
+            raise SemidError("no embeddings given (N = 0)")
         x = x.float()
         low, high = (float(v) for v in torch.aminmax(x))  # one pass, no copy; NaN and inf show here
         if not (math.isfinite(low) and math.isfinite(high)):

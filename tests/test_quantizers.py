@@ -84,6 +84,15 @@ def test_encode_decode_shapes(family_and_model):
     assert q.encode(data()[:1]).shape == (1, LEVELS)
 
 
+def test_an_empty_batch_encodes_to_no_codes(family_and_model):
+    _, q = family_and_model
+    codes = q.encode(torch.zeros(0, D))
+    assert codes.shape == (0, LEVELS) and codes.dtype == torch.int64
+    assert q.decode(codes).shape == (0, D)
+    with pytest.raises(SemidError, match="dimension"):  # the width is still checked
+        q.encode(torch.zeros(0, D + 1))
+
+
 def test_encode_accepts_numpy(family_and_model):
     _, q = family_and_model
     assert torch.equal(q.encode(data().numpy()), q.encode(data()))
@@ -114,6 +123,15 @@ def test_save_and_load_give_identical_codes(family_and_model, tmp_path):
 def test_fit_is_deterministic_given_a_seed(family):
     a, b = fitted(family, seed=3), fitted(family, seed=3)
     assert torch.equal(a.encode(data()), b.encode(data()))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_build_and_fit_leave_the_global_rng_alone(family):
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    fitted(family)  # built lazily by fit, so its initial weights are drawn here
+    assert torch.equal(torch.rand(4), expected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
