@@ -99,6 +99,22 @@ def test_run_mismatch_errors(tmp_path):
         load_run(tmp_path / "empty")
 
 
+def test_train_notes_the_flags_a_model_does_not_use(tmp_path, capsys):
+    # no index there: each command stops after its notes, which come before any work
+    base = ["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path / "none"),
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main([*base, "--model", "pop", "--lr", "0.1", "--epochs", "3", "--num-beams", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "note: pop is fitted by counting, not trained; --epochs, --lr have no effect" in err
+    assert "note: pop scores every item, without beam search; --num-beams has no effect" in err
+    assert main([*base, "--model", "sasrec", "--lr", "0.1", "--num-beams", "30"]) == 2
+    assert "note: sasrec scores every item, without beam search; --num-beams has no effect" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--model", "mmgrec", "--lr", "0.1", "--num-beams", "30"]) == 2
+    assert "note:" not in capsys.readouterr().err  # a generator uses both
+
+
 @pytest.mark.slow
 def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     keys, x, idx = random_ml100k_index(tmp_path)

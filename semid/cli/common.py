@@ -106,3 +106,9 @@ def fitting_ks(catalogue: int, ks: tuple[int, ...]) -> list[int]:
     """The cut-offs of `ks` within the catalogue, or the catalogue size when none is: the `--k` of
     the eval commands that train and add print."""
     return [k for k in ks if k <= catalogue] or [catalogue]
+
+
+def flag_given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether ``flag`` (e.g. ``--lr``) was given a value other than its default."""
+    dest = flag.lstrip("-").replace("-", "_")
+    return getattr(args, dest) != args.default_of(dest)

@@ -125,7 +125,7 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        p.set_defaults(run=module.run, default_of=p.get_default)  # default_of: tell flags given
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from semid.cli.common import (
@@ -10,12 +11,13 @@ from semid.cli.common import (
     add_interaction_file_arguments,
     add_training_arguments,
     check_count,
+    flag_given,
     training_config,
 )
 from semid.cli.table import format_table, metric_rows
 from semid.configs import parse_json_object
 from semid.errors import SemidError
-from semid.models import available_models
+from semid.models import available_models, model_class
 from semid.tasks.specs import RecommendSpec, default_train
 
 EXAMPLE = (
@@ -86,6 +88,26 @@ def eval_users(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{value!r}: give a number of users or 'all'") from None
 
 
+# flags a model has no use for: one that is not trained (pop counts), one that scores every item
+UNTRAINED_FLAGS = ("--epochs", "--max-steps", "--batch-size", "--lr", "--patience", "--eval-users")
+SCORER_FLAGS = ("--num-beams",)
+
+
+def note_ignored_flags(args: argparse.Namespace) -> None:
+    """Print a note on stderr naming the flags given a value that ``--model`` does not use."""
+    cls = model_class(args.model)
+    reasons = []
+    if not getattr(cls, "trainable", True):
+        reasons.append(("is fitted by counting, not trained", UNTRAINED_FLAGS))
+    if hasattr(cls, "score_rows"):
+        reasons.append(("scores every item, without beam search", SCORER_FLAGS))
+    for why, flags in reasons:
+        given = [flag for flag in flags if flag_given(args, flag)]
+        if given:
+            verb = "has" if len(given) == 1 else "have"
+            print(f"note: {args.model} {why}; {', '.join(given)} {verb} no effect", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
     from semid.runs import update_metrics
@@ -97,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}"
         )
     check_count("--patience", args.patience)
+    note_ignored_flags(args)
     spec = RecommendSpec(
         dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items), columns=args.columns or None,
         missing_text=args.missing_text, min_interactions=args.min_interactions, model=args.model,
