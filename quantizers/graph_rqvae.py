@@ -45,6 +45,7 @@ class GraphRQVAE(RQVAE):
 
     needs_interactions: ClassVar[bool] = True
     OPTIONS = (*RQVAE.OPTIONS, "hops")
+    FIT_INPUTS = ("interactions",)
 
     def __init__(
         self,
@@ -116,11 +117,7 @@ class GraphRQVAE(RQVAE):
             )
         return super().fit(x, interactions=interactions, **kwargs)
 
-    def _fit_inputs(
-        self, x: Tensor, interactions: Interactions | None = None, **kwargs: Any
-    ) -> Tensor:
-        if kwargs:
-            raise SemidError(f"unexpected argument(s) to fit: {', '.join(sorted(kwargs))}")
+    def _fit_inputs(self, x: Tensor, interactions: Interactions | None = None) -> Tensor:
         if interactions.num_items != x.shape[0]:
             raise SemidError(
                 f"the interactions cover {interactions.num_items} items but {x.shape[0]} embeddings were given; "

@@ -83,7 +83,7 @@ class HRQTrainConfig:
 
     def with_overrides(self, overrides: dict[str, Any]) -> HRQTrainConfig:
         """A copy with `overrides` applied; unknown names and values out of range raise SemidError."""
-        return with_train_overrides(self, overrides, ("pairs", "progress"))
+        return with_train_overrides(self, overrides, ("pairs", "val_pairs", "progress"))
 
 
 @register_quantizer("hrq")

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,12 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs between checkpoints when a checkpoint_dir is given
     seed: int = 0
 
-    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
-        """A copy with `overrides` applied; unknown names and values out of range raise SemidError."""
-        return with_train_overrides(self, overrides, ("checkpoint_dir", "progress"))
+    def with_overrides(self, overrides: dict[str, Any], inputs: Sequence[str] = ()) -> TrainConfig:
+        """A copy with `overrides` applied; unknown names and values out of range raise SemidError
+        (naming the fit keywords besides these fields, the family's ``inputs`` among them)."""
+        return with_train_overrides(
+            self, overrides, (*inputs, "config", "checkpoint_dir", "progress")
+        )
 
 
 def mlp(widths: list[int]) -> nn.Sequential:
@@ -87,6 +91,7 @@ class RQVAE(Quantizer):
     checkpoint_name = "fit_checkpoint.pt"
 
     OPTIONS = ("latent", "hidden", "beta", "estimator")  # spec options this family accepts
+    FIT_INPUTS: tuple[str, ...] = ()  # fit keywords that are data, not training options
 
     def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
         unknown = sorted(set(spec.options) - set(self.OPTIONS))
@@ -126,10 +131,8 @@ class RQVAE(Quantizer):
         self.decoder = mlp([self.latent_dim, *reversed(self.hidden), model_dim])
         self.codebooks = ResidualCodebooks(self.levels, self.spec.codebook_size, self.latent_dim)
 
-    def _fit_inputs(self, x: Tensor, **kwargs: Any) -> Tensor:
+    def _fit_inputs(self, x: Tensor) -> Tensor:
         """Set the input statistics from x (N, D) and return the model inputs (N, D_model)."""
-        if kwargs:
-            raise SemidError(f"unexpected argument(s) to fit: {', '.join(sorted(kwargs))}")
         self.mean.copy_(x.mean(0))
         self.scale.fill_(float((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)))
         return self._model_inputs(x)
@@ -158,13 +161,12 @@ class RQVAE(Quantizer):
         With `checkpoint_dir`, state is written there atomically every ``checkpoint_every`` epochs
         and an interrupted fit with the same data and config resumes from it. Afterwards
         ``fit_summary`` holds the epochs run and the best validation reconstruction loss."""
-        train_keys = {f.name for f in fields(TrainConfig)}
         cfg = (config or TrainConfig()).with_overrides(
-            {k: v for k, v in kwargs.items() if k in train_keys}
+            {k: v for k, v in kwargs.items() if k not in self.FIT_INPUTS}, self.FIT_INPUTS
         )
         x = self.check_input(x)
         self.build(x.shape[1])
-        inputs = self._fit_inputs(x, **{k: v for k, v in kwargs.items() if k not in train_keys})
+        inputs = self._fit_inputs(x, **{k: v for k, v in kwargs.items() if k in self.FIT_INPUTS})
         self._train(
             inputs, cfg, Path(checkpoint_dir) if checkpoint_dir is not None else None, progress
         )

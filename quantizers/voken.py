@@ -131,6 +131,7 @@ class VokenQuantizer(RQVAE):
     a text-side projection leads the latent (module docstring)."""
 
     OPTIONS = (*RQVAE.OPTIONS, "align", "proj")
+    FIT_INPUTS = ("text_embeddings",)
 
     def __init__(
         self,
@@ -220,11 +221,9 @@ class VokenQuantizer(RQVAE):
         super().fit(x, config=config, checkpoint_dir=checkpoint_dir, progress=progress, **kwargs)
         return self
 
-    def _fit_inputs(
-        self, x: Tensor, text_embeddings: Tensor | None = None, **kwargs: Any
-    ) -> Tensor:
+    def _fit_inputs(self, x: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
         """Normalised features (N, D), followed by the text targets (N, T) when given."""
-        inputs = super()._fit_inputs(x, **kwargs)
+        inputs = super()._fit_inputs(x)
         if text_embeddings is None:
             return inputs
         return torch.cat([inputs, F.normalize(text_embeddings, dim=-1)], dim=1)

@@ -168,6 +168,13 @@ def test_fit_rejects_bad_input(family, bad):
         build_quantizer(spec_of(family)).fit(bad, **FAST_FIT_KWARGS.get(family, {}))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_unknown_fit_option_is_named_with_the_known_ones(family):
+    kwargs = {**FAST_FIT_KWARGS.get(family, {}), "colour": 1}
+    with pytest.raises(SemidError, match=r"unknown fit option\(s\) colour;.*seed"):
+        build_quantizer(spec_of(family)).fit(data(), **kwargs)
+
+
 def test_encode_and_decode_reject_bad_input(family_and_model):
     _, q = family_and_model
     with pytest.raises(SemidError, match="dimension"):
