@@ -92,8 +92,15 @@ def embed_texts(
     texts: list[str], encoder: str | os.PathLike | None = None, device: str = "cpu"
 ) -> Tensor:
     """MiniLM (or the given sentence-transformers folder) embeddings (N, 384) computed on
-    ``device``, cached on disk."""
-    return TextEncoder(model=encoder, device=device).encode(list(texts), show_progress=False)
+    ``device``, cached on disk. Each distinct text is embedded once: class wordings repeat over
+    thousands of images (Fashion-MNIST's 60,000 training texts hold 10)."""
+    texts = list(texts)
+    distinct = list(dict.fromkeys(texts))
+    x = TextEncoder(model=encoder, device=device).encode(distinct, show_progress=False)
+    if len(distinct) == len(texts):
+        return x
+    row = {text: i for i, text in enumerate(distinct)}
+    return x[torch.tensor([row[text] for text in texts], dtype=torch.long)]
 
 
 def load_image_splits(dataset: str, seed: int = 0) -> ImageSplits:
@@ -242,11 +249,13 @@ class Text2ImageTask(Task):
             train_x, test_x = cnn.encode(splits.train.images), cnn.encode(splits.test.images)
         if quantizer == AUTO:
             quantizer = auto_spec(len(splits.train), family="voken", options=VOKEN_OPTIONS)
-        texts = (
-            embed_texts(splits.train.texts(), source.encoder, source.device)
-            if quantizer.startswith("voken")
-            else None
-        )
+        texts = None
+        if quantizer.startswith("voken"):
+            train_texts = splits.train.texts()
+            if progress:
+                print(f"embedding {len(set(train_texts)):,} distinct texts of "
+                      f"{len(train_texts):,} training images", flush=True)  # fmt: skip
+            texts = embed_texts(train_texts, source.encoder, source.device)
         ids, fitted, targets = build_voken_index(quantizer, train_x, texts, test_x, splits.test.keys,
                                                  collisions, seed, progress, **fit_kwargs)  # fmt: skip
         ids.metadata.update({"task": self.name, "dataset": source.dataset,
