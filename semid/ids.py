@@ -154,9 +154,14 @@ class SemanticIDs:
                 f"{counted(len(clash), 'key is', 'keys are')} already indexed, e.g. {clash[0]!r}; give new keys"
             )
 
-    def add(self, keys: Sequence[str], raw_codes: Tensor) -> Tensor:
+    def add(
+        self, keys: Sequence[str], raw_codes: Tensor, distances: Tensor | None = None
+    ) -> Tensor:
         """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
-        token (or must already be unique when there is no extra level). Returns their codes (M, L)."""
+        token. Without an extra level, a new item whose ID is taken moves to the nearest free
+        last-level code of its prefix, as ``reassign`` does, when ``distances`` (M, K_last: its
+        distances to each last-level code) are given; otherwise its ID must be free. Returns the
+        new items' codes (M, L)."""
         keys = _string_keys(keys)
         raw_levels = self.levels - (self.collision is not None and self.collision.extra_level)
         raw_codes = check_codes(
@@ -164,17 +169,24 @@ class SemanticIDs:
         )
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
+        if distances is not None and tuple(distances.shape) != (len(keys), self.codebook_sizes[-1]):
+            raise SemidError(f"last-level distances have shape {tuple(distances.shape)}, expected "
+                             f"({len(keys)}, {self.codebook_sizes[-1]})")  # fmt: skip
         self.check_new_keys(keys)
         has_extra = self.collision is not None and self.collision.extra_level
         new_codes: list[list[int]] = []
         taken: dict[tuple[int, ...], int] = {}  # codes given in this call, not yet in the index
-        for raw in raw_codes.tolist():
+        for i, raw in enumerate(raw_codes.tolist()):
             code = list(raw)
             if has_extra:
                 token = 0
                 while tuple([*code, token]) in self._row_of_code or tuple([*code, token]) in taken:
                     token += 1
                 code.append(token)
+            elif distances is not None and (
+                tuple(code) in self._row_of_code or tuple(code) in taken
+            ):
+                code[-1] = self._nearest_free_last_code(code[:-1], distances[i], taken)
             if tuple(code) in self._row_of_code or tuple(code) in taken:
                 raise SemidError(
                     f"new item's ID {tuple(code)} is taken and this index has no extra level to disambiguate"
@@ -192,6 +204,19 @@ class SemanticIDs:
         if self.raw_codes is not None:
             self.raw_codes = torch.cat([self.raw_codes, raw_codes])
         return added
+
+    def _nearest_free_last_code(
+        self, prefix: list[int], distances: Tensor, taken: dict[tuple[int, ...], int]
+    ) -> int:
+        """The free last-level code under ``prefix`` nearest by ``distances`` (K_last,)."""
+        for code in torch.argsort(distances, stable=True).tolist():
+            if (*prefix, code) not in self._row_of_code and (*prefix, code) not in taken:
+                return code
+        raise SemidError(
+            f"every last-level code under the prefix {tuple(prefix)} is taken, so a new item there "
+            "has no ID; rebuild the index with --collisions extra-level (or popularity), which "
+            "gives growing catalogues room"
+        )
 
     def stats(self) -> dict[str, Any]:
         """Health stats: per-level usage and perplexity, collision rates, items per ID."""

@@ -170,7 +170,13 @@ def grow_ids(
     lock from here to the save, so that a concurrent add is not lost."""
     ids = SemanticIDs.load(index_path)
     quantizer = load_quantizer(index_path)
-    codes = ids.add(keys, quantizer.encode(quantizer.check_input(x)))
+    x = quantizer.check_input(x)
+    collision = ids.collision
+    reassign = (
+        collision is not None and collision.strategy == "reassign" and not collision.extra_level
+    )
+    distances = quantizer.last_level_distances(x) if reassign else None
+    codes = ids.add(keys, quantizer.encode(x), distances)
     if model is not None:
         check_vocabulary(model, ids, str(index_path.parent))
     return ids, codes, quantizer

@@ -173,6 +173,24 @@ def test_graph_quantizer_from_embeddings_and_interactions(tmp_path, embeddings):
     assert SemanticIDs.load(out).stats()["collision_rate_after"] == 0
 
 
+def test_index_add_to_a_reassign_index_moves_a_colliding_item_to_a_free_code(tmp_path, embeddings):
+    x_path, keys_path = embeddings
+    out = tmp_path / "idx"
+    assert main(build_args(x_path, keys_path, out, "rqkmeans:3x8", "--collisions", "reassign")) == 0
+    before = SemanticIDs.load(out)
+    assert not before.collision.extra_level
+    near = np.load(x_path)[:4] + 1e-3  # next to indexed items: their raw IDs are taken
+    np.save(tmp_path / "new.npy", near)
+    (tmp_path / "new.txt").write_text("new-0\nnew-1\nnew-2\nnew-3\n")
+    assert main(["index", "add", str(out), "--items", str(tmp_path / "new.npy"),
+                 "--keys", str(tmp_path / "new.txt")]) == 0  # fmt: skip
+    after = SemanticIDs.load(out)
+    assert len(after) == len(before) + 4 and after.stats()["collision_rate_after"] == 0
+    for i in range(4):  # each newcomer shares its neighbour's prefix, on a code of its own
+        new, old = after.code_of(f"new-{i}"), before.code_of(f"item-{i}")
+        assert new[:-1] == old[:-1] and new != old
+
+
 def test_popularity_collisions_from_embeddings_and_interactions(tmp_path, capsys):
     # items 0 and 1 have one vector, so one ID: the one the log counts more gets extra code 0
     x = np.repeat(np.eye(4, dtype=np.float32), [2, 1, 1, 1][:4], axis=0)[:4]

@@ -79,6 +79,24 @@ def test_add_new_items_gets_unique_ids():
         ids.add(["a"], torch.tensor([[0, 0]]))
 
 
+def test_add_to_an_index_without_an_extra_level_moves_a_taken_id_to_the_nearest_free_code():
+    raw = torch.tensor([[0, 0], [0, 1]])
+    ids = SemanticIDs.from_codes(["a", "b"], raw, [2, 3], "reassign", distances=torch.zeros(2, 3))
+    distances = torch.tensor([[0.0, 0.5, 0.2], [0.0, 0.1, 0.2]])
+    # e lands on a's ID (0, 0): its nearest free code is 2 (1 is b's); f's (1, 0) is free
+    added = ids.add(["e", "f"], torch.tensor([[0, 0], [1, 0]]), distances)
+    assert added.tolist() == [[0, 2], [1, 0]] and ids.key_of((0, 2)) == "e"
+    with pytest.raises(
+        SemidError, match=r"under the prefix \(0,\) is taken.*--collisions extra-level"
+    ):
+        ids.add(["g"], torch.tensor([[0, 1]]), torch.zeros(1, 3))
+    assert len(ids) == 4  # the refused item left the index as it was
+    with pytest.raises(SemidError, match="is taken and this index has no extra level"):
+        ids.add(["g"], torch.tensor([[0, 1]]))  # no distances: a taken ID is refused
+    with pytest.raises(SemidError, match=r"distances have shape \(1, 2\), expected \(1, 3\)"):
+        ids.add(["g"], torch.tensor([[1, 1]]), torch.zeros(1, 2))
+
+
 def test_rejects_bad_construction(tmp_path):
     with pytest.raises(SemidError, match="not unique"):
         SemanticIDs(["a", "b"], torch.tensor([[0], [0]]), [2])
