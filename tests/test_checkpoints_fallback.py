@@ -77,6 +77,9 @@ class Planted:
         ("random_states_0.pkl", lambda p: p.write_bytes(b"")),
         ("scheduler.bin", lambda p: p.write_bytes(random.Random(0).randbytes(300))),
         ("trainer_state.json", lambda p: p.write_text('{"step": 18, "ep')),
+        ("random_states_0.pkl", Path.unlink),  # resuming without it is not exact
+        ("optimizer.bin", Path.unlink),
+        ("model.safetensors", Path.unlink),
     ],
 )
 def test_damaged_latest_checkpoint_falls_back_to_previous(
@@ -91,7 +94,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(
 
     damaged_note, resume_note = resumed.notes
     assert damaged_note.startswith(f"checkpoint {latest} is damaged ({damaged_file}")
-    assert damaged_note.endswith("); using the previous one")
+    assert damaged_note.endswith("); trying the previous one")
     assert resume_note == f"resuming from step 16 ({previous})"
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if line and not line.startswith("train:")] == resumed.notes

@@ -213,6 +213,57 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, crash_at_ca
     )
 
 
+def test_ctrl_c_during_an_end_of_epoch_evaluation_keeps_the_epoch(tmp_path):
+    """The epoch's batches are saved; the resume runs only its evaluation, and the run ends as an
+    uninterrupted one, weights, best and log alike."""
+    data, held_out = make_dataset(60), make_dataset(30, seed=1)
+    config = tiny_config(weight_decay=0.01)
+    reference = Trainer(make_model(dropout=0.3), data, config, tmp_path / "ref",
+                        evaluate=accuracy_eval(held_out))  # fmt: skip
+    expected = reference.fit()
+    evaluations = 0
+
+    def interrupted_second_evaluation(model):
+        nonlocal evaluations
+        evaluations += 1
+        scores = accuracy_eval(held_out)(model)
+        if evaluations == 2:  # logged, then Ctrl-C before the epoch's checkpoint
+            raise KeyboardInterrupt
+        return scores
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(dropout=0.3), data, config, tmp_path / "run",
+                evaluate=interrupted_second_evaluation).fit()  # fmt: skip
+    saved = load_progress(complete_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert (saved.step, saved.epoch, saved.batch_in_epoch, saved.last_eval_step) == (16, 1, 8, 8)
+    resumed = Trainer(make_model(seed=7, dropout=0.3), data, config, tmp_path / "run",
+                      evaluate=accuracy_eval(held_out))  # fmt: skip
+    result = resumed.fit()
+    assert resumed.notes[0].startswith("resuming from step 16")
+    assert_same_weights(weights(reference), weights(resumed))
+    assert (result.steps, result.best_step, result.best_metrics) == (
+        expected.steps, expected.best_step, expected.best_metrics)  # fmt: skip
+    assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
+        tmp_path / "ref" / "metrics.jsonl"
+    )
+
+
+def test_resume_refuses_a_changed_learning_rate_the_optimizer_state_would_hide(tmp_path):
+    Trainer(make_model(), make_dataset(60), tiny_config(max_steps=3), tmp_path).fit()
+    changed = Trainer(make_model(), make_dataset(60), tiny_config(max_steps=5, lr=0.01), tmp_path)
+    with pytest.raises(SemidError, match=r"lr 0.05 -> 0.01 since the checkpoint .*--no-resume"):
+        changed.fit()
+    assert changed.fit(resume=False).steps == 5
+
+
+def test_resume_names_another_kind_of_model(tmp_path):
+    before, after = make_model(), make_model()
+    before.config, after.config = SizedConfig(16), OtherConfig(16, 2)
+    Trainer(before, make_dataset(60), tiny_config(max_steps=2), tmp_path).fit()
+    with pytest.raises(SemidError, match="its checkpoints hold another kind of model"):
+        Trainer(after, make_dataset(60), tiny_config(max_steps=3), tmp_path).fit()
+
+
 def test_resume_false_starts_over_and_finished_run_is_not_extended(tmp_path):
     config = tiny_config(max_epochs=1)
     first = Trainer(make_model(), make_dataset(60), config, tmp_path)
@@ -259,6 +310,12 @@ def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
 @dataclasses.dataclass
 class SizedConfig:
     codes: int
+
+
+@dataclasses.dataclass
+class OtherConfig:
+    width: int
+    depth: int
 
 
 def test_a_resume_on_other_data_names_the_data_before_the_model_config_it_changed(tmp_path):

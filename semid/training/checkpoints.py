@@ -123,9 +123,17 @@ def check_checkpoint(folder: Path) -> None:
     DamagedCheckpointError names the first damaged file; SemidError refuses pickled code.
     """
     try:
-        load_progress(folder)
+        progress = load_progress(folder)
     except (OSError, ValueError, TypeError) as e:
         raise DamagedCheckpointError(f"{PROGRESS_FILE}: {e}") from None
+    # what accelerate's save_state writes: without the RNG states a resume is no longer exact
+    needed = ["optimizer.bin", "scheduler.bin",
+              *(f"random_states_{i}.pkl" for i in range(progress.num_processes))]  # fmt: skip
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if not any(folder.glob("model*.safetensors")):
+        missing.insert(0, "model.safetensors")
+    if missing:
+        raise DamagedCheckpointError(f"{missing[0]} is missing")
     for path in sorted(folder.rglob("*")):
         if path.suffix == ".safetensors":
             try:

@@ -15,6 +15,8 @@ SCHEDULES = ("constant", "linear", "cosine")
 METRIC_MODES = ("max", "min")
 # Fields that fix which sample lands in which step: a resumed run must keep them to stay exact.
 DATA_ORDER_FIELDS = ("batch_size", "grad_accum_steps", "seed")
+# Fields the optimizer's saved state holds: a resumed run would keep the old values silently.
+OPTIMIZER_FIELDS = ("lr", "weight_decay")
 
 
 class TrainConfigError(SemidError, ValueError):

@@ -34,7 +34,13 @@ from semid.training.checkpoints import (
     quiet_declared_ties,
     save_progress,
 )
-from semid.training.config import DATA_ORDER_FIELDS, TrainConfig, TrainProgress, TrainResult
+from semid.training.config import (
+    DATA_ORDER_FIELDS,
+    OPTIMIZER_FIELDS,
+    TrainConfig,
+    TrainProgress,
+    TrainResult,
+)
 from semid.training.schedule import lr_factor
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -61,9 +67,9 @@ class EpochShuffleSampler(Sampler[int]):
 
 MODEL_CONFIG_FILE = "model_config.json"  # the config the checkpoints' weights were made with
 TRAINED_ON_FILE = "trained_on.json"  # what the checkpoints were trained on (the caller's stamp)
-UNCHECKED_RESUME = (
-    "delete it to resume unchecked, or start over (--no-resume)"  # a damaged saved config
-)
+# how to start over, for the command line and for Python callers of fit
+START_OVER = "start over (--no-resume; in Python, fit(resume=False))"
+UNCHECKED_RESUME = f"delete it to resume unchecked, or {START_OVER}"  # a damaged saved config
 
 
 def model_config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -230,7 +236,9 @@ class Trainer:
         self._note(f"resuming from step {progress.step} ({resume_from})")
         self._saved_at = _snapshot(progress)
         if acc.is_main_process:
-            self._truncate_metrics(progress.step)
+            # an epoch saved before its end: its evaluation runs again, so its logged one goes
+            ended = progress.batch_in_epoch < self.batches_per_epoch
+            self._truncate_metrics(progress.step, keep_evals_at_step=ended)
             write_json(self.out_dir / "train_config.json", self.config.to_dict())
         acc.wait_for_everyone()
         return progress
@@ -239,18 +247,19 @@ class Trainer:
         """The newest checkpoint whose files all read back; damaged newer ones are skipped with a note."""
         found = complete_checkpoints(self.checkpoints_root)
         damage = None
-        for folder in reversed(found):
+        for older, folder in reversed(list(enumerate(found))):
             try:
                 check_checkpoint(folder)
             except DamagedCheckpointError as e:
                 damage = damage or f"{folder}: {e}"
-                self._note(f"checkpoint {folder} is damaged ({e}); using the previous one")
+                if older:  # else the error below says it all
+                    self._note(f"checkpoint {folder} is damaged ({e}); trying the previous one")
                 continue
             return folder
         if damage is not None:
             raise SemidError(
                 f"no checkpoint under {self.checkpoints_root} can be read (newest {damage}); "
-                "delete that folder to start over, or call fit(resume=False)"
+                f"delete that folder, or {START_OVER}"
             )
         return None
 
@@ -264,7 +273,7 @@ class Trainer:
         if saved.num_processes != self.accelerator.num_processes:
             raise SemidError(
                 f"checkpoint {folder} was written by {saved.num_processes} process(es) but this run has "
-                f"{self.accelerator.num_processes}; launch with the same number or call fit(resume=False)"
+                f"{self.accelerator.num_processes}; launch with the same number, or {START_OVER}"
             )
         # the data first: other data changes the model config too (the IDs size the codebooks)
         data_file = self.out_dir / TRAINED_ON_FILE  # absent in checkpoints of older versions
@@ -275,30 +284,36 @@ class Trainer:
             if changed:
                 raise SemidError(
                     f"cannot resume {self.out_dir}: its checkpoints were trained on other data "
-                    f"({'; '.join(changed)}); restore the data, or start over (--no-resume, "
-                    "fit(resume=False))"
+                    f"({'; '.join(changed)}); restore the data, or {START_OVER}"
                 )
         config_file = self.out_dir / "train_config.json"
         if config_file.is_file():
             before = read_json(config_file, UNCHECKED_RESUME)
-            changed = [f for f in DATA_ORDER_FIELDS if before.get(f) != getattr(self.config, f)]
-            if changed:
-                raise SemidError(
-                    f"cannot resume {self.out_dir}: {', '.join(changed)} changed since the checkpoint "
-                    "(they fix the data order); restore them or call fit(resume=False)"
-                )
+            for fields, why in ((DATA_ORDER_FIELDS, "they fix the data order"),
+                                (OPTIMIZER_FIELDS, "the optimizer's saved state keeps the old values")):  # fmt: skip
+                changed = [f"{f} {before.get(f)} -> {getattr(self.config, f)}"
+                           for f in fields if before.get(f) != getattr(self.config, f)]  # fmt: skip
+                if changed:
+                    raise SemidError(
+                        f"cannot resume {self.out_dir}: {'; '.join(changed)} since the checkpoint "
+                        f"({why}); restore them, or {START_OVER}"
+                    )
         model_file = self.out_dir / MODEL_CONFIG_FILE
         if model_file.is_file() and self.model_config is not None:
             before = read_json(model_file, UNCHECKED_RESUME)
-            changed = [
-                f"{k} {before.get(k)!r} -> {v!r}"
-                for k, v in self.model_config.items()
-                if before.get(k) != v
-            ]
+            # fields this model lacks: another model (a newer version only adds fields)
+            if not isinstance(before, dict) or set(before) - set(self.model_config):
+                raise SemidError(
+                    f"cannot resume {self.out_dir}: its checkpoints hold another kind of model (its "
+                    f"config has other fields); train into another folder, or {START_OVER}"
+                )
+            changed = [f"{k} {before.get(k)!r} -> {v!r}"
+                       for k, v in self.model_config.items() if before.get(k) != v]  # fmt: skip
             if changed:
+                more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
                 raise SemidError(
                     f"cannot resume {self.out_dir}: the model config changed since the checkpoint "
-                    f"({'; '.join(changed)}); restore it, or start over (--no-resume, fit(resume=False))"
+                    f"({'; '.join(changed[:3])}{more}); restore it, or {START_OVER}"
                 )
 
     def _train_epoch(self, progress: TrainProgress, started: float, bar: tqdm) -> bool:
@@ -344,10 +359,17 @@ class Trainer:
         return True
 
     def _end_epoch(self, progress: TrainProgress, started: float) -> None:
+        """Evaluate (when due) and checkpoint a finished epoch. Interrupted in between, the epoch is
+        saved as trained but not ended, so a resume redoes only its evaluation, as if uninterrupted."""
+        trained = _snapshot(progress)  # every batch consumed, the end of the epoch still to run
         progress.epoch += 1
         progress.batch_in_epoch = 0
-        if self.evaluate is not None and progress.epoch % self.config.eval_every_epochs == 0:
-            self._run_evaluation(progress, started)
+        try:
+            if self.evaluate is not None and progress.epoch % self.config.eval_every_epochs == 0:
+                self._run_evaluation(progress, started)
+        except KeyboardInterrupt:
+            self._checkpoint(trained, started)
+            raise
         self._checkpoint(progress, started)
 
     def _run_evaluation(self, progress: TrainProgress, started: float) -> None:
@@ -434,14 +456,15 @@ class Trainer:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines logged after the checkpoint we resume from; they will be logged again."""
+    def _truncate_metrics(self, step: int, keep_evals_at_step: bool = True) -> None:
+        """Drop metric lines logged after the checkpoint we resume from; they will be logged again
+        (and its step's evaluation, unless ``keep_evals_at_step``)."""
         path = self.out_dir / "metrics.jsonl"
         if path.is_file():
             kept = [
                 line
                 for line in path.read_text().splitlines(keepends=True)
-                if _logged_before(line, step)
+                if _logged_before(line, step, keep_evals_at_step)
             ]
             with atomic_file(path) as f:
                 f.writelines(kept)
@@ -464,10 +487,13 @@ def _snapshot(progress: TrainProgress) -> TrainProgress:
     return dataclasses.replace(progress, best_metrics=dict(progress.best_metrics), elapsed_s=0.0)
 
 
-def _logged_before(line: str, step: int) -> bool:
+def _logged_before(line: str, step: int, keep_evals_at_step: bool = True) -> bool:
     try:
-        return json.loads(line)["step"] <= step
-    except (json.JSONDecodeError, KeyError, TypeError):
+        logged = json.loads(line)
+        if logged["step"] == step and not keep_evals_at_step:
+            return not any(key.startswith("eval/") for key in logged)
+        return logged["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return False  # a line cut short by the interruption
 
 
