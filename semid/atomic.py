@@ -134,17 +134,16 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise SemidError unless `path` can be created or replaced (creating its parent folders)."""
+def check_writable(path: str | os.PathLike, fix: str = "choose a writable --out") -> None:
+    """Raise SemidError unless `path` can be created or replaced (creating its parent folders);
+    ``fix`` says what to do instead."""
     parent = Path(path).parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SemidError(
-            f"cannot create output folder {parent}: {e.strerror}; choose a writable --out"
-        ) from None
+        raise SemidError(f"cannot create output folder {parent}: {e.strerror}; {fix}") from None
     if not os.access(parent, os.W_OK):
-        raise SemidError(f"output folder {parent} is not writable; choose a writable --out")
+        raise SemidError(f"output folder {parent} is not writable; {fix}")
 
 
 def check_output_file(path: str | os.PathLike) -> None:

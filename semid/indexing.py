@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30
 ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
 ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in vain is told
+# what an add to a read-only run or index is told
+ADD_UNWRITABLE_FIX = "copy it to a folder you can write to and add there"
+
+
+def add_lock(folder: Path, what: str) -> AbstractContextManager[Path]:
+    """The write lock an add holds on ``folder`` (``what`` names it): it waits for another writer
+    up to ``ADD_WAIT_SECONDS``, and tells a read-only folder what to do."""
+    return write_lock(folder, what, ADD_WAIT_SECONDS, ADD_BUSY_FIX, ADD_UNWRITABLE_FIX)
+
+
 ADDED_TEXTS = "added_texts.json"  # in an index folder: {key: text} of items added by text
 IMAGE_TEXTS = "image_texts.json"  # in an image index: {key: caption or class} of the built images
 KEPT_TEXT_CHARS = 300  # of each added item's text: enough to show it, not a copy of a document
@@ -125,7 +136,7 @@ def add_items(
     embeds, an image's caption) are kept in the index (:func:`added_texts`) in the same step.
     Concurrent adds to one index run one after the other."""
     index_path = Path(index_path)
-    with write_lock(index_path, f"index {index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
+    with add_lock(index_path, f"index {index_path}"):
         ids, codes, quantizer = grow_ids(index_path, keys, x, model)
         extra = None if texts is None else texts_file(index_path, keys, texts)
         ids.save(index_path, quantizer=quantizer, keep_other_files=True, extra_files=extra)

@@ -55,11 +55,13 @@ def write_lock(
     what: str,
     timeout: float = 0,
     fix: str = "wait for it or use another --out",
+    unwritable_fix: str = "choose a writable --out",
 ) -> Iterator[Path]:
     """Hold the write lock of `folder` for the duration of the block; yields the lock file.
 
     A second writer waits up to `timeout` seconds, then raises SemidError naming `what` (for
-    example "run runs/ml1m"), the holder's pid and `fix`. Re-entrant within one process.
+    example "run runs/ml1m"), the holder's pid and `fix`; a folder no one can write to is told
+    with ``unwritable_fix``. Re-entrant within one process.
     """
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
@@ -71,7 +73,9 @@ def write_lock(
         finally:
             _held[lock] -= 1
         return
-    check_writable(lock)
+    if lock.parent.is_dir() and not os.access(lock.parent, os.W_OK):  # a read-only share
+        raise SemidError(f"cannot write {what}: {lock.parent} is not writable; {unwritable_fix}")
+    check_writable(lock, unwritable_fix)
     try:  # made here, not by filelock, which reads a file it cannot create as a lock held
         os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
     except OSError as e:  # a read-only folder, or a pseudo file system such as /proc
@@ -93,6 +97,12 @@ def write_lock(
         del _held[lock]
         _owner_file(lock).unlink(missing_ok=True)
         file_lock.release()
+
+
+def can_write(folder: str | os.PathLike) -> bool:
+    """Whether this process can take the write lock of the existing ``folder`` and write in it (a
+    read-only mount or share: no)."""
+    return os.access(folder, os.W_OK) and os.access(lock_path(folder).parent, os.W_OK)
 
 
 def current_writer(folder: str | os.PathLike) -> str | None:

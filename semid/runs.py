@@ -107,12 +107,15 @@ def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any
     write_json(run / MANIFEST, manifest)
 
 
+RETRAIN = "retrain the run (`semid train ... --no-resume` into it replaces it)"
+
+
 def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
     """The run's ``config.json`` (spec, state, versions), checked to hold a spec."""
     path = Path(run) / RUN_CONFIG
-    config = read_json(path, "retrain the run")
+    config = read_json(path, RETRAIN)
     if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
-        raise SemidError(f"{path} has no task spec; retrain the run")
+        raise SemidError(f"{path} has no task spec; {RETRAIN}")
     config["spec"].update(moved_data(config, Path(run)))
     return config
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -115,8 +116,47 @@ def test_train_notes_the_flags_a_model_does_not_use(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err  # a generator uses both
 
 
+@pytest.mark.parametrize(
+    "extra, told",
+    [
+        ([], "run the same command again to resume from the last checkpoint"),
+        (
+            ["--no-resume"],
+            "run it again without --no-resume to resume this run from its last checkpoint",
+        ),
+    ],
+)
+def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, extra, told):
+    import semid.cli.train_recommender as command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "run", interrupted)
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path),
+                 "--model", "pop", "--out", str(tmp_path / "run"), *extra]) == 130  # fmt: skip
+    assert told in capsys.readouterr().err
+
+
+def test_a_run_whose_config_is_lost_is_replaced_by_a_retrain_without_resume(tmp_path, capsys):
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    train = ["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "pop",
+             "--out", str(run)]  # fmt: skip
+    assert main(train) == 0
+    (run / "config.json").unlink()
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    assert "config.json is missing; retrain the run (`semid train ... --no-resume`" in (
+        capsys.readouterr().err
+    )
+    assert main(train) == 2  # resuming needs the config it lost
+    assert main([*train, "--no-resume"]) == 0
+    assert main(["eval", str(run), "--k", "10"]) == 0
+
+
 @pytest.mark.slow
-def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
+def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys, monkeypatch):
     keys, x, idx = random_ml100k_index(tmp_path)
     run = tmp_path / "run"
     tiger = {"max_items": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1}
@@ -155,6 +195,26 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     assert "recall@5000" not in json.loads((run / "metrics.json").read_text())["test"]
     assert main(["eval", str(run), "--k", "5000"]) == 2
     assert "give a k of at most 1682" in capsys.readouterr().err
+    # on a read-only share: eval evaluates and says it saved nothing; an add is refused up front
+    import semid.locking
+
+    real_access = os.access
+    read_only = {str(run), str(run.parent)}
+    monkeypatch.setattr(semid.locking.os, "access",
+                        lambda p, mode: str(p) not in read_only and real_access(p, mode))  # fmt: skip
+    saved = (run / "metrics.json").read_text()
+    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
+    out = capsys.readouterr()
+    assert (
+        "recall@10" in out.out and "is read-only here, so these figures were not saved" in out.err
+    )
+    assert (run / "metrics.json").read_text() == saved
+    (tmp_path / "one.tsv").write_text("one\tA film\n")
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "one.tsv")]) == 2
+    assert f"cannot write run {run}: {run.parent} is not writable; copy it to a folder" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.undo()
 
     np.save(tmp_path / "new.npy", x[:2] + 0.01)
     (tmp_path / "new.txt").write_text("new-a\nnew-b\n")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import semid.indexing
 import semid.runs
-import semid.tasks.base
 from semid.errors import SemidError
 from semid.locking import current_writer, lock_path, write_lock
 from semid.runs import model_stamp, read_metrics, update_metrics
@@ -130,7 +130,7 @@ def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
 
 def test_an_add_that_waited_in_vain_is_told_to_run_again(tmp_path, monkeypatch):
     """`index add` has no --out: its busy message says to run it again, not to use another --out."""
-    monkeypatch.setattr(semid.tasks.base, "ADD_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(semid.indexing, "ADD_WAIT_SECONDS", 0.2)
     run = tmp_path / "run"
     holder = start_holder(run)
     try:

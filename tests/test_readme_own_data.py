@@ -389,9 +389,11 @@ def test_a_grown_log_counts_events_on_items_the_items_file_lacks(tmp_path, monke
     assert "changed since training" in err and "2 events on items outside the run's index" in err
 
 
-def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tmp_path):
-    """Ctrl-C (SIGINT) in `semid train`, in a fresh process: exit 130, one line saying how to carry
-    on, no traceback; the same command then resumes from the last checkpoint and finishes."""
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tmp_path, stop, code):
+    """Ctrl-C (SIGINT) or `kill` (SIGTERM) in `semid train`, in a fresh process: exit 128 + the
+    signal, one line saying how to carry on, no traceback; the same command then resumes from the
+    last checkpoint and finishes."""
     write_interactions(tmp_path, users=60)
     semid("index", "build", "--dataset", "interactions.csv", "--out", "index", cwd=tmp_path)
     train = [*command(), "train", "recommender", "--dataset", "interactions.csv", "--index",
@@ -408,9 +410,9 @@ def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tm
     while not (line := proc.stdout.readline()).startswith("epoch 3,"):
         assert line, "".join(seen)  # the command ended before its third epoch
         seen.append(line)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 130, "".join(seen) + rest
+    assert proc.wait(timeout=60) == code, "".join(seen) + rest
     assert "Traceback" not in rest
     assert "run the same command again to resume from the last checkpoint" in rest
     again = finish(subprocess.Popen([*train, "--epochs", "4"], cwd=tmp_path, env=ENV,

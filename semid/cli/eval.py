@@ -113,6 +113,7 @@ def fitting_cutoffs(ks: list[int], catalogue: int, run_dir: Path) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
+    from semid.locking import can_write
     from semid.runs import load_run, model_stamp, read_metrics, update_metrics
     from semid.tasks import get_task
 
@@ -123,7 +124,13 @@ def run(args: argparse.Namespace) -> int:
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     key = metrics_key(args)
-    update_metrics(args.run_dir, key, metrics, evaluated)
+    saved = can_write(args.run_dir)  # a run on a read-only share is evaluated all the same
+    if saved:
+        update_metrics(args.run_dir, key, metrics, evaluated)
     print(format_table(["metric", key], metric_rows(metrics)))
-    print(f"\nsaved to {args.run_dir / 'metrics.json'}")
+    if saved:
+        print(f"\nsaved to {args.run_dir / 'metrics.json'}")
+    else:
+        print(f"semid: note: {args.run_dir} is read-only here, so these figures were not saved to "
+              "its metrics.json", file=sys.stderr)  # fmt: skip
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -142,10 +143,20 @@ def out_of_memory(error: BaseException) -> bool:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a container stopped), ended as Ctrl-C is, with its own exit code."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = None
     try:
+        if argv is None:  # the `semid` process itself (not a caller in Python): SIGTERM as Ctrl-C
+            signal.signal(signal.SIGTERM, _terminate)
         argv = sys.argv[1:] if argv is None else list(argv)
         check_no_empty_argument(argv)
         # argument types may raise SemidError (--columns)
@@ -156,15 +167,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SemidError as e:
         print(f"semid: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         resume = ""
-        if hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
+        if getattr(args, "no_resume", False):  # its start cleared the earlier run's checkpoints
+            resume = ("; run it again without --no-resume to resume this run from its last "
+                      "checkpoint (the earlier model stays until a run finishes)")  # fmt: skip
+        elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
             resume = "; run the same command again to resume from the last checkpoint"
         print(
             f"semid: interrupted; artifacts written before the interruption are intact{resume}",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(interrupt, Terminated) else 130  # 128 + the signal, as shells say
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
         if not out_of_memory(e):
             raise

@@ -24,7 +24,7 @@ from semid.configs import config_from_dict
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
-from semid.indexing import ADD_BUSY_FIX, ADD_WAIT_SECONDS, added_texts
+from semid.indexing import add_lock, added_texts
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES
 from semid.ranking import Ranker, Ranking
@@ -131,16 +131,18 @@ class Task(ABC):
         if not is_main_process():  # ranks > 0 of a launched job train beside rank 0, which writes
             return self._train(spec, out, index, resume, device)
         with write_lock(out, f"run {out}"):
-            self._check_owner(out, spec)
+            self._check_owner(out, spec, resume)
             return self._train(spec, out, index, resume, device)
 
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:
         """Add items (documents, images) to a run without retraining; a concurrent writer of the
         run is waited for (up to ``ADD_WAIT_SECONDS``)."""
-        with write_lock(run_path, f"run {run_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX):
+        with add_lock(Path(run_path), f"run {run_path}"):
             return self._add(Path(run_path), Path(source), **options)
 
-    def _check_owner(self, out: Path, spec: Any) -> None:
+    def _check_owner(self, out: Path, spec: Any, resume: bool = True) -> None:
+        """SemidError unless ``out`` is new, empty, or a run of this task and model that training
+        may replace; a run whose config is lost is replaced only when not resuming."""
         if not (out / MANIFEST).is_file():
             strangers = (
                 sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
@@ -156,7 +158,12 @@ class Task(ABC):
             raise SemidError(
                 f"{out} holds a {manifest['task']} run; choose another --out for this {self.name} run"
             )
-        config = read_run_config(out)
+        try:
+            config = read_run_config(out)
+        except SemidError:
+            if not resume:  # nothing to resume from it: a new run replaces it
+                return
+            raise
         model = config["spec"].get("model")
         if model != spec.model:
             raise SemidError(

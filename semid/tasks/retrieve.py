@@ -57,14 +57,12 @@ from semid.generators.promptdsi_states import (
 from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
 from semid.indexing import (
-    ADD_BUSY_FIX,
-    ADD_WAIT_SECONDS,
+    add_lock,
     build_ids,
     grow_ids,
     texts_file,
 )
 from semid.lexical import LexicalIndex
-from semid.locking import write_lock
 from semid.metrics import compute_metrics
 from semid.quantization import Quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
@@ -566,7 +564,7 @@ class RetrieveTask(Task):
         # topic prompts: as many per document as the first session has, at most one per document
         m = topics or round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
         m = min(max(m, 1), len(collection))
-        with write_lock(run.index_path, f"index {run.index_path}", ADD_WAIT_SECONDS, ADD_BUSY_FIX), \
+        with add_lock(run.index_path, f"index {run.index_path}"), \
                 restore_on_error([run.index_path, run_path / "model", run_path / EVAL_QUERIES,
                                   run_path / "config.json", run_path / f"train-session-{session}"]):  # fmt: skip
             ids, _, quantizer = grow_ids(run.index_path, collection.ids, docs.embeddings, model)
