@@ -215,7 +215,7 @@ class VokenQuantizer(RQVAE):
             rebuild = self.text_dim is None and self.dim is not None
             self.text_dim = t.shape[1]
             if rebuild:  # built for features alone: the latent's width changes with the texts
-                self._build(self.dim)
+                self.rebuild()
             kwargs["text_embeddings"] = t
         config = config or DEFAULT_TRAIN_CONFIG
         super().fit(x, config=config, checkpoint_dir=checkpoint_dir, progress=progress, **kwargs)

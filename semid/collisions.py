@@ -102,6 +102,14 @@ def _popularity(
     return new, sizes, int((rank > 0).sum())
 
 
+def check_last_level_distances(distances: Tensor, n: int, k_last: int) -> None:
+    """SemidError unless ``distances`` are (n, k_last): each item's distance to each last-level code."""
+    if tuple(distances.shape) != (n, k_last):
+        raise SemidError(
+            f"last-level distances have shape {tuple(distances.shape)}, expected ({n}, {k_last})"
+        )
+
+
 def _reassign(
     codes: Tensor, codebook_sizes: list[int], *, distances: Tensor | None = None, **_: object
 ) -> tuple[Tensor, list[int], int]:
@@ -112,10 +120,7 @@ def _reassign(
     if distances is None:
         raise SemidError("collision strategy 'reassign' needs the quantizer's last-level distances")
     k_last = codebook_sizes[-1]
-    if distances.shape != (len(codes), k_last):
-        raise SemidError(
-            f"last-level distances have shape {tuple(distances.shape)}, expected ({len(codes)}, {k_last})"
-        )
+    check_last_level_distances(distances, len(codes), k_last)
     codes = codes.clone()
     group, counts = group_ids(codes)
     own_cost = distances.gather(1, codes[:, -1:]).squeeze(1)

@@ -20,7 +20,13 @@ from torch import Tensor
 
 import semid
 from semid.atomic import atomic_dir, check_replaceable, read_json, recover
-from semid.collisions import CollisionReport, collision_rate, group_ids, resolve_collisions
+from semid.collisions import (
+    CollisionReport,
+    check_last_level_distances,
+    collision_rate,
+    group_ids,
+    resolve_collisions,
+)
 from semid.errors import SemidError
 from semid.quantization import Quantizer
 from semid.trie import PrefixTrie, check_codes
@@ -160,8 +166,9 @@ class SemanticIDs:
         """Index new items in place: their raw codes (M, L_raw) get the first free disambiguation
         token. Without an extra level, a new item whose ID is taken moves to the nearest free
         last-level code of its prefix, as ``reassign`` does, when ``distances`` (M, K_last: its
-        distances to each last-level code) are given; otherwise its ID must be free. Returns the
-        new items' codes (M, L)."""
+        distances to each last-level code) are given (new items take codes in their order, the
+        first keeping a code they share); otherwise its ID must be free. Returns the new items'
+        codes (M, L)."""
         keys = _string_keys(keys)
         raw_levels = self.levels - (self.collision is not None and self.collision.extra_level)
         raw_codes = check_codes(
@@ -169,9 +176,8 @@ class SemanticIDs:
         )
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
-        if distances is not None and tuple(distances.shape) != (len(keys), self.codebook_sizes[-1]):
-            raise SemidError(f"last-level distances have shape {tuple(distances.shape)}, expected "
-                             f"({len(keys)}, {self.codebook_sizes[-1]})")  # fmt: skip
+        if distances is not None:
+            check_last_level_distances(distances, len(keys), self.codebook_sizes[-1])
         self.check_new_keys(keys)
         has_extra = self.collision is not None and self.collision.extra_level
         new_codes: list[list[int]] = []

@@ -21,7 +21,7 @@ from semid.atomic import read_json
 from semid.defaults import AUTO
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
-from semid.locking import write_lock
+from semid.locking import can_write, write_lock
 from semid.quantization import Quantizer, build_quantizer
 from semid.runs import check_vocabulary
 
@@ -36,7 +36,9 @@ ADD_UNWRITABLE_FIX = "copy it to a folder you can write to and add there"
 
 def add_lock(folder: Path, what: str) -> AbstractContextManager[Path]:
     """The write lock an add holds on ``folder`` (``what`` names it): it waits for another writer
-    up to ``ADD_WAIT_SECONDS``, and tells a read-only folder what to do."""
+    up to ``ADD_WAIT_SECONDS``, and tells a read-only folder (or one beside it) what to do."""
+    if Path(folder).is_dir() and not can_write(folder):
+        raise SemidError(f"cannot write {what}: it is read-only here; {ADD_UNWRITABLE_FIX}")
     return write_lock(folder, what, ADD_WAIT_SECONDS, ADD_BUSY_FIX, ADD_UNWRITABLE_FIX)
 
 

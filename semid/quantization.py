@@ -98,8 +98,13 @@ class Quantizer(nn.Module, ABC):
                 )
             return
         self.dim = dim
-        with torch.random.fork_rng(devices=[]):  # initial weights do not move the caller's RNG
-            self._build(dim)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Allocate the parameters and buffers afresh for the current ``dim`` (a family whose
+        layout depends on what fit is given); the initial weights leave the caller's RNG alone."""
+        with torch.random.fork_rng(devices=[]):
+            self._build(self.dim)
 
     @abstractmethod
     def _build(self, dim: int) -> None:

@@ -122,7 +122,7 @@ def test_train_notes_the_flags_a_model_does_not_use(tmp_path, capsys):
         ([], "run the same command again to resume from the last checkpoint"),
         (
             ["--no-resume"],
-            "run it again without --no-resume to resume this run from its last checkpoint",
+            "run it again without --no-resume to resume from the last checkpoint it wrote",
         ),
     ],
 )
@@ -136,6 +136,33 @@ def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, ex
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path),
                  "--model", "pop", "--out", str(tmp_path / "run"), *extra]) == 130  # fmt: skip
     assert told in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("read_only", ["both", "run"])  # the run and its folder, or the run alone
+def test_a_read_only_run_is_evaluated_without_saving_and_refuses_an_add(
+    tmp_path, capsys, monkeypatch, read_only
+):
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    assert not (run / "metrics.json").exists()  # pop is not validated in training
+    import semid.locking
+
+    real_access = os.access
+    unwritable = {str(run)} | ({str(run.parent)} if read_only == "both" else set())
+    monkeypatch.setattr(semid.locking.os, "access",
+                        lambda p, mode: str(p) not in unwritable and real_access(p, mode))  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
+    out = capsys.readouterr()
+    assert (
+        "recall@10" in out.out and "is read-only here, so these figures were not saved" in out.err
+    )
+    assert not (run / "metrics.json").exists()
+    (tmp_path / "one.tsv").write_text("one\tA film\n")
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "one.tsv")]) == 2
+    assert f"cannot write run {run}: " in capsys.readouterr().err
 
 
 def test_a_run_whose_config_is_lost_is_replaced_by_a_retrain_without_resume(tmp_path, capsys):
@@ -156,7 +183,7 @@ def test_a_run_whose_config_is_lost_is_replaced_by_a_retrain_without_resume(tmp_
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys, monkeypatch):
+def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     keys, x, idx = random_ml100k_index(tmp_path)
     run = tmp_path / "run"
     tiger = {"max_items": 5, "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1}
@@ -195,26 +222,6 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys, monkeypatch):
     assert "recall@5000" not in json.loads((run / "metrics.json").read_text())["test"]
     assert main(["eval", str(run), "--k", "5000"]) == 2
     assert "give a k of at most 1682" in capsys.readouterr().err
-    # on a read-only share: eval evaluates and says it saved nothing; an add is refused up front
-    import semid.locking
-
-    real_access = os.access
-    read_only = {str(run), str(run.parent)}
-    monkeypatch.setattr(semid.locking.os, "access",
-                        lambda p, mode: str(p) not in read_only and real_access(p, mode))  # fmt: skip
-    saved = (run / "metrics.json").read_text()
-    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
-    out = capsys.readouterr()
-    assert (
-        "recall@10" in out.out and "is read-only here, so these figures were not saved" in out.err
-    )
-    assert (run / "metrics.json").read_text() == saved
-    (tmp_path / "one.tsv").write_text("one\tA film\n")
-    assert main(["index", "add", str(run), "--items", str(tmp_path / "one.tsv")]) == 2
-    assert f"cannot write run {run}: {run.parent} is not writable; copy it to a folder" in (
-        capsys.readouterr().err
-    )
-    monkeypatch.undo()
 
     np.save(tmp_path / "new.npy", x[:2] + 0.01)
     (tmp_path / "new.txt").write_text("new-a\nnew-b\n")

@@ -583,3 +583,23 @@ def test_images_too_small_for_the_encoder_say_how_large_they_must_be(tmp_path):
     images = load_image_folder(tmp_path, image_size="auto").images
     with pytest.raises(SemidError, match="give images of at least 4 px on their shorter side"):
         ImageEncoder(ImageEncoderConfig(image_size=images.shape[-1]))
+
+
+def test_image_texts_are_embedded_once_per_distinct_text(monkeypatch):
+    """Class wordings repeat over thousands of images: each distinct text is encoded once and its
+    row is given back to every image that has it, in the images' order."""
+    from semid.encoders import TextEncoder
+    from semid.tasks.text2image import embed_texts
+
+    encoded = []
+
+    def encode(self, texts, show_progress=True):
+        encoded.append(list(texts))
+        return torch.tensor([[float(len(t)), float(ord(t[0]))] for t in texts])
+
+    monkeypatch.setattr(TextEncoder, "__init__", lambda self, **kwargs: None)
+    monkeypatch.setattr(TextEncoder, "encode", encode)
+    texts = ["a shoe", "a bag", "a shoe", "a coat", "a bag"]
+    x = embed_texts(texts)
+    assert encoded == [["a shoe", "a bag", "a coat"]]
+    assert torch.equal(x, encode(None, texts))

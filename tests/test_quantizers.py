@@ -134,6 +134,16 @@ def test_build_and_fit_leave_the_global_rng_alone(family):
     assert torch.equal(torch.rand(4), expected)
 
 
+def test_a_voken_built_for_features_then_fit_with_texts_leaves_the_global_rng_alone():
+    q = build_quantizer(spec_of("voken"), dim=D)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    texts = torch.randn(N, 6, generator=torch.Generator().manual_seed(1))
+    q.fit(data(), text_embeddings=texts, **FAST_FIT_KWARGS["voken"])  # rebuilt for the texts
+    assert torch.equal(torch.rand(4), expected)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unfitted_quantizer_refuses_to_encode(family):
     q = build_quantizer(spec_of(family), dim=D)

@@ -213,11 +213,12 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, crash_at_ca
     )
 
 
-def test_ctrl_c_during_an_end_of_epoch_evaluation_keeps_the_epoch(tmp_path):
+@pytest.mark.parametrize("max_steps", [None, 16])  # 16: the run's last step ends epoch 2
+def test_ctrl_c_during_an_end_of_epoch_evaluation_keeps_the_epoch(tmp_path, max_steps):
     """The epoch's batches are saved; the resume runs only its evaluation, and the run ends as an
     uninterrupted one, weights, best and log alike."""
     data, held_out = make_dataset(60), make_dataset(30, seed=1)
-    config = tiny_config(weight_decay=0.01)
+    config = tiny_config(weight_decay=0.01, max_steps=max_steps)
     reference = Trainer(make_model(dropout=0.3), data, config, tmp_path / "ref",
                         evaluate=accuracy_eval(held_out))  # fmt: skip
     expected = reference.fit()
@@ -241,8 +242,8 @@ def test_ctrl_c_during_an_end_of_epoch_evaluation_keeps_the_epoch(tmp_path):
     result = resumed.fit()
     assert resumed.notes[0].startswith("resuming from step 16")
     assert_same_weights(weights(reference), weights(resumed))
-    assert (result.steps, result.best_step, result.best_metrics) == (
-        expected.steps, expected.best_step, expected.best_metrics)  # fmt: skip
+    assert (result.steps, result.epochs, result.best_step, result.best_metrics) == (
+        expected.steps, expected.epochs, expected.best_step, expected.best_metrics)  # fmt: skip
     assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
         tmp_path / "ref" / "metrics.jsonl"
     )
@@ -256,11 +257,13 @@ def test_resume_refuses_a_changed_learning_rate_the_optimizer_state_would_hide(t
     assert changed.fit(resume=False).steps == 5
 
 
-def test_resume_names_another_kind_of_model(tmp_path):
+def test_resume_names_the_fields_of_another_model_config(tmp_path):
     before, after = make_model(), make_model()
     before.config, after.config = SizedConfig(16), OtherConfig(16, 2)
     Trainer(before, make_dataset(60), tiny_config(max_steps=2), tmp_path).fit()
-    with pytest.raises(SemidError, match="its checkpoints hold another kind of model"):
+    with pytest.raises(
+        SemidError, match=r"another model config \(fields codes are not this model.s\)"
+    ):
         Trainer(after, make_dataset(60), tiny_config(max_steps=3), tmp_path).fit()
 
 

@@ -16,6 +16,7 @@ from semid.cli.common import (
 )
 from semid.cli.table import format_table, metric_rows
 from semid.configs import parse_json_object
+from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.models import available_models, model_class
 from semid.tasks.specs import RecommendSpec, default_train
@@ -94,7 +95,10 @@ SCORER_FLAGS = ("--num-beams",)
 
 
 def note_ignored_flags(args: argparse.Namespace) -> None:
-    """Print a note on stderr naming the flags given a value that ``--model`` does not use."""
+    """Print a note on stderr naming the flags given a value that ``--model`` does not use (once
+    per launch: on the main process)."""
+    if not is_main_process():
+        return
     cls = model_class(args.model)
     reasons = []
     if not getattr(cls, "trainable", True):

@@ -24,7 +24,7 @@ from semid.configs import config_from_dict
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
-from semid.indexing import add_lock, added_texts
+from semid.indexing import ADDED_TEXTS, add_lock, added_texts
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES
 from semid.ranking import Ranker, Ranking
@@ -142,7 +142,8 @@ class Task(ABC):
 
     def _check_owner(self, out: Path, spec: Any, resume: bool = True) -> None:
         """SemidError unless ``out`` is new, empty, or a run of this task and model that training
-        may replace; a run whose config is lost is replaced only when not resuming."""
+        may replace; a run whose config is lost is replaced only when not resuming (whatever its
+        model), and not when it holds texts of items added to it."""
         if not (out / MANIFEST).is_file():
             strangers = (
                 sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
@@ -161,7 +162,8 @@ class Task(ABC):
         try:
             config = read_run_config(out)
         except SemidError:
-            if not resume:  # nothing to resume from it: a new run replaces it
+            # nothing to resume from it: a new run replaces it, unless items were added to it
+            if not resume and not (out / PARTS["index"] / ADDED_TEXTS).is_file():
                 return
             raise
         model = config["spec"].get("model")

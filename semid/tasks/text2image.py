@@ -300,6 +300,9 @@ class Text2ImageTask(Task):
                                  images=features)  # fmt: skip
         cls = model_class(spec.model)
         image_dim = 0 if features is None else features.shape[1]
+        torch.manual_seed(
+            spec.train.seed
+        )  # the same weights whether the index was built here or not
         model = cls(cls.sized_for(spec.model_config, ids, extra_codes=spec.extra_codes,
                                   image_dim=image_dim, query_dim=queries.shape[1]))  # fmt: skip
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)

@@ -186,6 +186,8 @@ class Trainer:
             total=self.total_steps, initial=progress.step, desc="train",
             disable=not self.accelerator.is_main_process,
         ) as bar:  # fmt: skip
+            if progress.batch_in_epoch == self.batches_per_epoch:  # saved before its end ran
+                self._end_epoch(progress, started)
             while not self._finished(progress):
                 if self._train_epoch(progress, started, bar):
                     self._end_epoch(progress, started)
@@ -237,8 +239,8 @@ class Trainer:
         self._saved_at = _snapshot(progress)
         if acc.is_main_process:
             # an epoch saved before its end: its evaluation runs again, so its logged one goes
-            ended = progress.batch_in_epoch < self.batches_per_epoch
-            self._truncate_metrics(progress.step, keep_evals_at_step=ended)
+            end_pending = progress.batch_in_epoch == self.batches_per_epoch
+            self._truncate_metrics(progress.step, keep_evals_at_step=not end_pending)
             write_json(self.out_dir / "train_config.json", self.config.to_dict())
         acc.wait_for_everyone()
         return progress
@@ -301,11 +303,14 @@ class Trainer:
         model_file = self.out_dir / MODEL_CONFIG_FILE
         if model_file.is_file() and self.model_config is not None:
             before = read_json(model_file, UNCHECKED_RESUME)
-            # fields this model lacks: another model (a newer version only adds fields)
-            if not isinstance(before, dict) or set(before) - set(self.model_config):
+            if not isinstance(before, dict):
+                raise SemidError(f"{model_file} is not a JSON object; {UNCHECKED_RESUME}")
+            foreign = sorted(set(before) - set(self.model_config))  # fields this model lacks
+            if foreign:
                 raise SemidError(
-                    f"cannot resume {self.out_dir}: its checkpoints hold another kind of model (its "
-                    f"config has other fields); train into another folder, or {START_OVER}"
+                    f"cannot resume {self.out_dir}: its checkpoints were made with another model "
+                    f"config (fields {', '.join(foreign[:4])} are not this model's); train into "
+                    f"another folder, or {START_OVER}"
                 )
             changed = [f"{k} {before.get(k)!r} -> {v!r}"
                        for k, v in self.model_config.items() if before.get(k) != v]  # fmt: skip
@@ -368,7 +373,10 @@ class Trainer:
             if self.evaluate is not None and progress.epoch % self.config.eval_every_epochs == 0:
                 self._run_evaluation(progress, started)
         except KeyboardInterrupt:
-            self._checkpoint(trained, started)
+            # with several processes the others wait in the evaluation's broadcast, which a
+            # checkpoint (a collective) would never meet: they stop as before, at the last one
+            if self.accelerator.num_processes == 1:
+                self._checkpoint(trained, started)
             raise
         self._checkpoint(progress, started)
 
@@ -395,7 +403,8 @@ class Trainer:
                 best = "best so far" if improved else "no best yet"
             else:
                 best = f"best {progress.best_value:.4f} at step {progress.best_step}"
-            tqdm.write(f"epoch {progress.epoch}, step {progress.step}: {cfg.metric} {metrics[cfg.metric]:.4f} "
+            epoch = progress.epoch + (progress.batch_in_epoch > 0)  # the one it is in, if any
+            tqdm.write(f"epoch {epoch}, step {progress.step}: {cfg.metric} {metrics[cfg.metric]:.4f} "
                        f"({best}), {time.monotonic() - started:.0f} s", file=sys.stderr)  # fmt: skip
         if improved:
             progress.best_value, progress.best_step, progress.best_metrics = (
