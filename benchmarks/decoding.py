@@ -8,7 +8,8 @@ Measures, on random unique 3x256 IDs (1e5 and 1e6) with 20 beams:
       prefix_allowed_tokens_fn (the baseline) and with TrieLogitsProcessor, batch 1 and 8; plus the
       constraint's share of one decoding step;
   (c) trie build time and bytes per ID.
-Run: python -m benchmarks.decoding   (2-3 minutes on 2 shared CPU cores; --quick: a smoke run;
+Run: python -m benchmarks.decoding   (2-3 minutes on 2 shared CPU cores; --quick: a smoke run that writes
+nothing without --out;
 --device cuda|auto runs (b) on a GPU; (a) and (c) always run on the CPU)
 """
 
@@ -381,7 +382,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="where (b) runs; auto: cuda when available (default: %(default)s)",
     )
     parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="folder for decoding.json and decoding.md"
+        "--out",
+        type=Path,
+        help="folder for decoding.json and decoding.md (default: benchmarks/results; with "
+        "--quick, nothing is written unless given)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -418,10 +422,12 @@ def main(argv: list[str] | None = None) -> dict:
         model = model.cpu()
     result["environment"]["load_average_1min_end"] = os.getloadavg()[0]
     result["targets"] = targets(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "decoding.json", result)
-    with atomic_file(args.out / "decoding.md") as f:
-        f.write(markdown(result))
+    out = args.out or (None if args.quick else RESULTS)  # a smoke run keeps the committed table
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "decoding.json", result)
+        with atomic_file(out / "decoding.md") as f:
+            f.write(markdown(result))
     print(markdown(result))
     return result
 

@@ -59,8 +59,8 @@ class DiskFullError(SemidError):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(
-            f"no space left on device while writing {path}; free space and rerun, "
-            "the previous version is intact"
+            f"no space left on device while writing {path}; free space and rerun (nothing "
+            "was replaced: an earlier version, if any, is intact)"
         )
 
 

@@ -146,7 +146,7 @@ def test_full_disk_while_saving_checkpoint_leaves_nothing_and_retry_works(
         trainer.fit()
     assert str(caught.value) == (
         f"no space left on device while writing {tmp_path / 'run/checkpoints/step-00000009'}; "
-        "free space and rerun, the previous version is intact"
+        "free space and rerun (nothing was replaced: an earlier version, if any, is intact)"
     )
     root = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step-00000006", "step-00000008"]

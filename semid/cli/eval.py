@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=256, help="queries per batch (default: %(default)s)"
     )
-    add_device_argument(p, "cpu")
+    add_device_argument(p)
     p.add_argument(
         "--cold-share",
         type=float,

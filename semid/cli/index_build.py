@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid index build`."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--dataset", help="embedded dataset name (e.g. ml-1m, ml-100k) or a dataset folder"
+        "--dataset",
+        help="a registered dataset (ml-100k, ml-1m, debian-docs, manpages, fashion-mnist, digits), "
+        "an interactions, documents or image-table file (CSV, TSV, Parquet, JSON Lines; optionally "
+        ".gz), or a folder (MovieLens/RecBole files, a BEIR corpus, images in class subfolders)",
     )
     src.add_argument(
         "--embeddings", type=Path, help="item embeddings: .npy, .parquet or .safetensors"

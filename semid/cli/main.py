@@ -49,8 +49,9 @@ COMMANDS = [
         "train",
         "retriever",
         "semid.cli.train_retriever",
-        "Train a generative retriever: PromptDSI on debian-docs or a JSONL of documents, or AVG "
-        "(text to image) on fashion-mnist.",
+        "Train a generative retriever: PromptDSI on documents (debian-docs, manpages, a JSONL, CSV "
+        "or Parquet file, a BEIR folder) or AVG (text to image) on images (fashion-mnist, digits, a "
+        "folder or a table of image paths).",
     ),
     (
         "eval",
@@ -169,9 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         resume = ""
-        if getattr(args, "no_resume", False):  # its start cleared the earlier run's checkpoints
-            resume = ("; run it again without --no-resume to resume this run from its last "
-                      "checkpoint (the earlier model stays until a run finishes)")  # fmt: skip
+        if getattr(args, "no_resume", False):  # training's start clears the earlier checkpoints
+            resume = ("; run it again without --no-resume to resume from the last checkpoint it "
+                      "wrote, if it got that far (the earlier model stays until a run finishes)")  # fmt: skip
         elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
             resume = "; run the same command again to resume from the last checkpoint"
         print(

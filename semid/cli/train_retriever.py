@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         required=True,
-        help="documents: debian-docs, a file of id, text[, queries] rows (JSON Lines, CSV, "
+        help="documents: debian-docs, manpages, a file of id, text[, queries] rows (JSON Lines, CSV, "
         "Parquet; optionally .gz) or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/); images (--model avg): fashion-mnist, digits, a folder "
         "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]",
     )
@@ -63,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quantizer",
-        help=f"semantic-ID quantizer spec (default: {RetrieveSpec.quantizer} for documents, "
-        f"{Text2ImageSpec.quantizer} for images)",
+        help="semantic-ID quantizer spec (default: auto, sized to the collection: rqkmeans for "
+        "documents, a voken tokenizer for images)",
     )
     add_device_argument(p)
     add_training_arguments(p, {model: defaults() for model, defaults in MODEL_TRAINING.items()})
