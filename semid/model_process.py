@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -73,15 +74,29 @@ class ProcessPredictor:
     def __init__(self, local: Any, load: Callable[[], Any], threads: int) -> None:
         self.local = local
         self.task = local.task
+        self._load, self._threads = load, threads
+        self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        """Start the child process; it reports once loaded (``wait_until_loaded``)."""
         self._conn, child_conn = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(
-            target=_serve_predictions, args=(load, threads, child_conn), name="semid-model",
-            daemon=True,
+            target=_serve_predictions, args=(self._load, self._threads, child_conn),
+            name="semid-model", daemon=True,
         )  # fmt: skip
         self._process.start()
         child_conn.close()
-        self._lock = threading.Lock()
         self._info: dict[str, Any] | None = None
+
+    def _restart(self) -> None:
+        """Replace a child that died (the out-of-memory killer, a crash) with a new one, loaded."""
+        code = self._process.exitcode
+        self._conn.close()
+        print(f"semid serve: a model process stopped (exit code {code}); starting a new one",
+              file=sys.stderr, flush=True)  # fmt: skip
+        self._start()
+        self.wait_until_loaded()
 
     @classmethod
     def launch(
@@ -112,10 +127,9 @@ class ProcessPredictor:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
+            self._process.join(5)  # its end of the pipe closed: it is exiting
             code = self._process.exitcode
-            raise ModelProcessError(
-                f"the model process stopped (exit code {code}); see the server log"
-            ) from None
+            raise ModelProcessError(f"the model process stopped (exit code {code})") from None
 
     def info(self) -> dict[str, Any]:
         """The local copy's info (current, should the run be loaded again) with the model process's
@@ -145,16 +159,28 @@ class ProcessPredictor:
         self.wait_until_loaded()
         resolved = self.local.resolve(inputs)
         with self._lock:
+            if not self._process.is_alive():  # died since its last batch: a new one answers
+                self._restart()
             try:
-                self._conn.send((resolved, k, num_beams))
-            except OSError:  # the child is gone: say so, as _receive does
-                pass
-            status, payload = self._receive()
+                status, payload = self._exchange((resolved, k, num_beams))
+            except ModelProcessError:
+                if self._process.is_alive():
+                    raise
+                self._restart()  # died on this batch: one more try, on a new process
+                status, payload = self._exchange((resolved, k, num_beams))
         if status == "semid_error":
             raise SemidError(payload)
         if status == "error":
             raise RuntimeError(f"the model process failed: {payload}")
         return [{**answer, "input": item} for answer, item in zip(payload, inputs, strict=True)]
+
+    def _exchange(self, message: tuple[Any, ...]) -> tuple[str, Any]:
+        """Send one predict call to the child and receive its reply (ModelProcessError if it died)."""
+        try:
+            self._conn.send(message)
+        except OSError:  # the child is gone: _receive says so
+            pass
+        return self._receive()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the child process (idempotent)."""

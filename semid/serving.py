@@ -46,8 +46,9 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from semid import __version__
 from semid.answer_texts import check_texts, with_texts
@@ -376,6 +377,23 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+GONE = 499  # the status of a request whose client hung up (nginx's): no one reads it
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+async def answers_unless_gone(request: Request, future: Future) -> list[dict[str, Any]] | None:
+    """The answers of a submitted request, or None once its client hangs up first: its inputs are
+    then dropped from the queue (a batch already running them finishes)."""
+    waiting = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            future.cancel()
+            return None
+
+
 def create_app(
     predictor: Predictor,
     max_batch: int = 64,
@@ -422,12 +440,15 @@ def create_app(
             "workers": len(batcher.workers),
         }
         limits = {"default_k": DEFAULT_K, "max_k": predictor.max_k()}
-        return {**predictor.info(), **limits, **_versions(),
+        return {"model_process": False, **predictor.info(), **limits, **_versions(),
                 "batching": {**batching, **batcher.stats}}  # fmt: skip
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
-        raw = await read_body(request, max_body_bytes)
+        try:
+            raw = await read_body(request, max_body_bytes)
+        except ClientDisconnect:  # hung up mid-body: an everyday event, not a server error
+            return Response(status_code=GONE)
         if raw is None:
             return _error(413, f"the body is larger than {max_body_bytes:,} bytes; "
                                "send the inputs in several requests")  # fmt: skip
@@ -448,7 +469,7 @@ def create_app(
         except BatcherClosed as e:
             return _error(503, f"{e}; the server is shutting down")
         try:
-            answers = await asyncio.wrap_future(future)
+            answers = await answers_unless_gone(request, future)
         except SemidError as e:  # e.g. a predictor limit that check_input cannot see
             return _error(400, str(e))
         # A predictor bug: logged with its traceback and answered as a 500 here, because an
@@ -456,6 +477,8 @@ def create_app(
         except Exception as e:  # noqa: BLE001
             logger.exception("predict failed")
             return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
+        if answers is None:
+            return Response(status_code=GONE)
         if texts:
             answers = await asyncio.to_thread(with_texts, predictor, answers)
         # a Response skips FastAPI's recursive jsonable_encoder: answers are plain JSON types already

@@ -86,3 +86,13 @@ class FailingPredictor(FakePredictor):
         if k == 7:
             raise RuntimeError("boom")
         return super().predict(inputs, k, num_beams)
+
+
+class DyingPredictor(FakePredictor):
+    """FakePredictor whose process dies (as the out-of-memory killer would end it) whenever k == 9;
+    module-level, so that a model process can load it too."""
+
+    def predict(self, inputs, k, num_beams=None):
+        if k == 9:
+            os._exit(137)
+        return super().predict(inputs, k, num_beams)

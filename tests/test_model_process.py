@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-from conftest import FailingPredictor
+from conftest import DyingPredictor, FailingPredictor
 
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
@@ -83,13 +83,29 @@ def test_a_predictor_bug_fails_the_call_and_the_process_survives():
         predictor.close()
 
 
-def test_a_dead_model_process_fails_calls_with_one_clear_error():
+def test_a_dead_model_process_is_replaced_and_the_call_answered(capsys):
     (predictor,) = ProcessPredictor.launch(FakePredictor(), partial(FakePredictor), threads=1)
     try:
-        predictor._process.kill()
-        predictor._process.join()
-        for _ in range(2):  # the call that finds it dead, and every later one
-            with pytest.raises(ModelProcessError, match="the model process stopped"):
-                predictor.predict([{"user": "u1"}], 3)
+        first = predictor._process
+        first.kill()  # between batches, as the out-of-memory killer would
+        first.join()
+        expected = FakePredictor().predict([{"user": "u1"}], 3)
+        assert predictor.predict([{"user": "u1"}], 3) == expected
+        assert predictor._process is not first and predictor._process.is_alive()
+        assert (
+            "a model process stopped (exit code -9); starting a new one" in capsys.readouterr().err
+        )
+    finally:
+        predictor.close()
+
+
+def test_a_batch_that_kills_its_process_twice_is_one_clear_error_and_the_next_is_answered():
+    (predictor,) = ProcessPredictor.launch(FakePredictor(), partial(DyingPredictor), threads=1)
+    try:
+        with pytest.raises(ModelProcessError, match=r"the model process stopped \(exit code 137\)"):
+            predictor.predict([{"user": "u1"}], 9)  # dies, and dies again on the retry
+        assert predictor.predict([{"user": "u1"}], 3) == FakePredictor().predict(
+            [{"user": "u1"}], 3
+        )
     finally:
         predictor.close()

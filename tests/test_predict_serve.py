@@ -256,6 +256,13 @@ def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
             predictor.check_input(item)
 
 
+def test_a_split_goes_with_a_user_and_is_refused_on_a_history(predictor):
+    user = predictor.user_keys[0]
+    assert predictor.check_input({"user": user, "split": "test"}) == {"user": user, "split": "test"}
+    with pytest.raises(SemidError, match='"split" goes with a "user".*drop "split"'):
+        predictor.check_input({"history": ["50"], "split": "valid"})  # was dropped without a word
+
+
 def test_a_history_that_names_an_item_by_its_title_is_shown_its_key(predictor):
     with pytest.raises(SemidError, match=r"^unknown item 'toy story' in the history: a history lists "
                                          r"item keys, and 'toy story' begins the text of item '1' "

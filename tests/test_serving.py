@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,6 +27,7 @@ from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
 from semid.serving import (
     BatchingPredictor,
+    answers_unless_gone,
     bind_socket,
     create_app,
     default_threads,
@@ -80,6 +84,7 @@ def test_health_and_info(live):
     assert info["default_k"] == 10 and info["max_k"] == 100  # what a body's "k" may be
     assert info["semid_version"] and info["torch_version"]
     assert info["batching"]["max_batch"] == 64 and info["batching"]["workers"] == 1
+    assert info["model_process"] is False  # this server predicts in its own process
 
 
 def test_predict_single_and_many(live):
@@ -452,3 +457,35 @@ def test_more_workers_than_cores_are_cut_to_the_cores_with_a_note(monkeypatch, c
         in capsys.readouterr().err
     )
     assert args.workers == cores
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(live):
+    server, _, client = live
+    port = int(server.url.rsplit(":", 1)[1])
+    errors = logging.Handler(logging.ERROR)  # uvicorn's loggers do not propagate to caplog's
+    errors.emit = lambda record: logged.append(record.getMessage())
+    logged: list[str] = []
+    logging.getLogger("uvicorn.error").addHandler(errors)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b'Content-Length: 1000\r\n\r\n{"users": [')  # fmt: skip
+            time.sleep(0.2)
+        time.sleep(0.3)
+        assert client.post("/predict", json={"users": ["u3"], "k": 2}).status_code == 200
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(errors)
+    assert not [m for m in logged if "Exception in ASGI application" in m]
+
+
+def test_a_request_whose_client_left_is_dropped_from_the_queue():
+    class Gone:
+        async def is_disconnected(self) -> bool:
+            return True
+
+    never = Future()  # queued behind other work: not answered yet
+    assert asyncio.run(answers_unless_gone(Gone(), never)) is None
+    assert never.cancelled()  # a worker skips it (set_running_or_notify_cancel)
+    done = Future()
+    done.set_result([{"keys": ["a"]}])
+    assert asyncio.run(answers_unless_gone(Gone(), done)) == [{"keys": ["a"]}]

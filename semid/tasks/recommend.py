@@ -343,6 +343,9 @@ class RecommendPredictor(Predictor):
         if not isinstance(item, dict) or ("user" in item) == ("history" in item):
             raise SemidError('each input needs exactly one of "user" or "history"')
         if "history" in item:
+            if "split" in item:
+                raise SemidError('"split" goes with a "user" (their events up to that split\'s '
+                                 'target); a "history" input is answered as given: drop "split"')  # fmt: skip
             history = item["history"]
             if not isinstance(history, list) or not history or not all(_is_key(h) for h in history):
                 raise SemidError('"history" must be a non-empty list of item keys')
