@@ -129,6 +129,15 @@ class _Request:
 _STOP = object()
 
 
+def as_json(value: Any) -> str:
+    """``value`` as a client wrote it in JSON (null, true, ...), cut to 60 characters; repr for
+    what JSON cannot write."""
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return repr(value)[:60]
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -192,12 +201,12 @@ class BatchingPredictor:
         """Check k, num_beams and each input (``check_input``); return the normalised inputs.
         Raises SemidError naming the field, e.g. ``users[3]: unknown user 'x'``."""
         if not _is_int(k) or k < 1:
-            raise SemidError(f"k must be an integer >= 1, got {k!r}")
+            raise SemidError(f"k must be an integer >= 1, got {as_json(k)}")
         max_k = self.predictor.max_k()
         if k > max_k:
             raise SemidError(f"k={k} is larger than the catalogue ({max_k} items); ask for fewer")
         if num_beams is not None and (not _is_int(num_beams) or num_beams < k):
-            raise SemidError(f"num_beams must be an integer >= k={k}, got {num_beams!r}")
+            raise SemidError(f"num_beams must be an integer >= k={k}, got {as_json(num_beams)}")
         if not inputs:
             raise SemidError(f"{field} is empty; send at least one input")
         checked = []
@@ -326,7 +335,7 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
         )
     texts = body.get("texts", False)
     if not isinstance(texts, bool):
-        raise SemidError(f"texts must be true or false, got {json.dumps(texts)[:60]}")
+        raise SemidError(f"texts must be true or false, got {as_json(texts)}")
     if len(fields) != 1:
         raise SemidError(
             f"give exactly one of users, histories, queries, inputs (got {fields or 'none'})"
@@ -334,7 +343,7 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
     name = fields[0]
     values = body[name]
     if not isinstance(values, list):
-        raise SemidError(f"{name} must be a list, got {type(values).__name__}")
+        raise SemidError(f"{name} must be a list, got {as_json(values)}")
     for i, v in enumerate(values):
         bad = (
             (name == "users" and (isinstance(v, bool) or not isinstance(v, (str, int))))
@@ -345,7 +354,7 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
         if bad:
             expected = {"users": "a string or integer", "histories": "a list of item keys",
                         "queries": "a string", "inputs": "an object"}[name]  # fmt: skip
-            raise SemidError(f"{name}[{i}] must be {expected}, got {json.dumps(v)[:60]}")
+            raise SemidError(f"{name}[{i}] must be {expected}, got {as_json(v)}")
     inputs = values if name == "inputs" else [{_LIST_FIELDS[name]: v} for v in values]
     return name, inputs, body.get("k", DEFAULT_K), body.get("num_beams"), texts
 

@@ -271,6 +271,14 @@ def test_batching_predictor_rejects_bad_settings_and_input():
     assert not batcher.running  # validation alone starts no thread
     with pytest.raises(SemidError, match="exactly one of"):
         parse_request({"users": ["u1"], "inputs": []})
+    # values are named as the client wrote them in JSON
+    with pytest.raises(SemidError, match="users must be a list, got null$"):
+        parse_request({"users": None})
+    with pytest.raises(SemidError, match=r"users\[0\] must be a string or integer, got true$"):
+        parse_request({"users": [True]})
+    for k, shown in ((None, "null"), (True, "true"), ("2", '"2"')):
+        with pytest.raises(SemidError, match=f"k must be an integer >= 1, got {shown}$"):
+            batcher.validate([{"user": "u1"}], k)
 
 
 @pytest.mark.parametrize(
