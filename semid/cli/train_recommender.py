@@ -109,7 +109,8 @@ def note_ignored_flags(args: argparse.Namespace) -> None:
         given = [flag for flag in flags if flag_given(args, flag)]
         if given:
             verb = "has" if len(given) == 1 else "have"
-            print(f"note: {args.model} {why}; {', '.join(given)} {verb} no effect", file=sys.stderr)
+            print(f"semid: note: {args.model} {why}; {', '.join(given)} {verb} no effect",
+                  file=sys.stderr)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
