@@ -3,6 +3,16 @@ CLI can show them in ``--help`` without loading torch."""
 
 from __future__ import annotations
 
+import os
+
 AUTO = "auto"  # a quantizer spec: sized to the number of items (semid.indexing.auto_spec)
 DEFAULT_NUM_BEAMS = 20  # beams of a top-k search (at least k)
 COLLISION_STRATEGIES = ("extra-level", "popularity", "reassign")  # semid.collisions implements each
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container or ``taskset`` may allow
+    fewer than the machine has), else the machine's count; at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

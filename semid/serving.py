@@ -16,7 +16,8 @@ HTTP (FastAPI, served by uvicorn):
                  | {"inputs": [{...}, ...]} (an input may carry its caller's "id", echoed in its
                  answer's "input"), plus optional "k" (default 10), "num_beams" and
                  "texts" (true: each answer also has its items' or documents' "texts")
-                 -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
+                 -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order,
+                 and a "note" when some inputs got fewer than k answers (why, in one line)
   GET  /health   -> {"status": "ok"}
   GET  /info     -> predictor.info() (task, the body fields it answers, index size, ...), default_k
                  and max_k, semid/torch versions, batching settings (workers too) and counters
@@ -31,7 +32,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import queue
 import socket
 import threading
@@ -52,9 +52,11 @@ from starlette.requests import ClientDisconnect
 
 from semid import __version__
 from semid.answer_texts import check_texts, with_texts
+from semid.defaults import usable_cores
 from semid.errors import SemidError
 from semid.model_process import ProcessPredictor
 from semid.tasks.base import with_input_id
+from semid.wording import short_answers_note
 
 DEFAULT_K = 10
 BACKLOG = 2048  # connections queued while the server starts or is busy
@@ -490,32 +492,36 @@ def create_app(
             return Response(status_code=GONE)
         if texts:
             answers = await asyncio.to_thread(with_texts, predictor, answers)
+        body = {"results": answers}
+        note = short_answers_note(answers, k, predictor.max_k(), predictor.task, '"num_beams"')
+        if note is not None:
+            body["note"] = note
         # a Response skips FastAPI's recursive jsonable_encoder: answers are plain JSON types already
-        return JSONResponse({"results": answers})
+        return JSONResponse(body)
 
     return app
 
 
 def default_threads(workers: int = 1) -> int:
-    """torch threads per model worker on CPU: the cores but one, which the HTTP event loop keeps,
+    """torch threads per model worker on CPU: the usable cores (:func:`usable_cores`) but one, which the HTTP event loop keeps,
     shared among ``workers``; at least 1.
 
     On a busy core torch's thread pool waits at every op for its slowest thread, so a pool as
     wide as the machine, sharing it with the server (and often its clients), runs many times
     slower than a narrower one (measured: 10x for one-query beam searches on 2 busy cores)."""
-    return max(1, ((os.cpu_count() or 1) - 1) // workers)
+    return max(1, (usable_cores() - 1) // workers)
 
 
 def default_workers(device: str) -> int:
-    """Model workers for ``semid serve`` on ``device``: one per GPU process; on CPU one per core,
-    up to 4 (each holds a copy of the model).
+    """Model workers for ``semid serve`` on ``device``: one per GPU process; on CPU one per usable
+    core, up to 4 (each holds a copy of the model).
 
     A beam search's small ops gain little from a wider torch thread pool (measured on 2 cores:
     batches of 32 ran at the same speed on 1 and 2 threads), while a second worker runs a second
     batch beside the first."""
     if device.startswith("cuda"):
         return 1
-    return max(1, min(os.cpu_count() or 1, 4))
+    return max(1, min(usable_cores(), 4))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

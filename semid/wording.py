@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -31,3 +32,17 @@ def example_key(given: str, keys: Iterable[str]) -> str | None:
             return repr(key)
         first = first or repr(key)
     return first
+
+
+def short_answers_note(
+    answers: Sequence[dict[str, Any]], k: int, catalogue: int, task: str, beams_option: str
+) -> str | None:
+    """A one-line note when some answers hold fewer than ``k`` keys, saying why (a user's history
+    is never recommended back; else a wider ``beams_option`` may find more); None when none do."""
+    short = [len(a["keys"]) for a in answers if len(a["keys"]) < k]
+    if not short:
+        return None
+    why = ("a user's history is never recommended back" if task == "recommend"
+           else f"a wider {beams_option} may find more")  # fmt: skip
+    return (f"{counted(len(short), 'input')} of {len(answers)} got fewer than {k} answers (as "
+            f"few as {min(short)}): the catalogue has {catalogue} items, and {why}")  # fmt: skip

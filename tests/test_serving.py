@@ -22,7 +22,9 @@ import pytest
 import uvicorn
 from conftest import FailingPredictor
 
+from semid import serving
 from semid.cli import serve as serve_cmd
+from semid.defaults import usable_cores
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
 from semid.serving import (
@@ -320,6 +322,33 @@ def test_server_survives_a_predictor_bug_and_stops_cleanly():
         client.get(server.url + "/health")
 
 
+class SeenMostPredictor(FakePredictor):
+    """A fake recommender whose user u0 has seen all but 3 items: it gets at most 3 answers."""
+
+    def predict(self, inputs, k, num_beams=None):
+        answers = super().predict(inputs, k, num_beams)
+        for answer in answers:
+            if answer["input"] == {"user": "u0"}:
+                answer.update(
+                    {name: values[:3] for name, values in answer.items() if name != "input"}
+                )
+        return answers
+
+
+def test_fewer_answers_than_k_come_with_a_note_saying_why():
+    server = LiveServer(SeenMostPredictor(), max_wait_ms=1)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        short = client.post("/predict", json={"users": ["u0", "u1"], "k": 5}).json()
+        assert [len(a["keys"]) for a in short["results"]] == [3, 5]
+        assert short["note"] == (
+            "1 input of 2 got fewer than 5 answers (as few as 3): the catalogue has 100 items, "
+            "and a user's history is never recommended back"
+        )
+        assert "note" not in client.post("/predict", json={"users": ["u1"], "k": 5}).json()
+        assert "note" not in client.post("/predict", json={"users": ["u0"], "k": 3}).json()
+    server.stop()
+
+
 def test_texts_are_refused_for_a_run_without_them_and_must_be_a_boolean():
     server = LiveServer(FakePredictor(), max_wait_ms=1)
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -348,13 +377,22 @@ def test_device_flag():
 
 def test_default_workers_one_per_core_up_to_four_and_one_on_a_gpu(monkeypatch):
     for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
-        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(serving, "usable_cores", lambda cores=cores: cores)
         assert default_workers("cpu") == expected
         assert default_workers("cuda:0") == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(serving, "usable_cores", lambda: 16)
     assert default_threads(4) == 3 and default_threads(1) == 15
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(serving, "usable_cores", lambda: 2)
     assert default_threads(2) == 1 and default_threads(1) == 1
+
+
+def test_usable_cores_follow_the_cpu_affinity_not_the_machine(monkeypatch):
+    """A container or taskset may allow fewer cores than the machine has: the defaults and the
+    --workers/--threads cap count those."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert usable_cores() == 2
+    assert default_workers("cpu") == 2 and default_threads(1) == 1
 
 
 def test_batches_spread_over_replicas_and_answer_as_one_predictor():

@@ -33,7 +33,7 @@ from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.manifest import check_out_of_run, read_manifest
 from semid.progress import progress_bar
-from semid.wording import counted, json_kind
+from semid.wording import counted, json_kind, short_answers_note
 
 EXAMPLE = (
     "semid predict runs/ml-100k/mmgrec --user 42 --k 10\n"
@@ -344,15 +344,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def note_short_answers(answers: list[dict[str, Any]], k: int, catalogue: int, task: str) -> None:
-    """A note on stderr when some inputs got fewer than ``k`` answers: fewer items were left to
-    rank (a user's history is never recommended back), or the beams found fewer."""
-    short = [len(a["keys"]) for a in answers if len(a["keys"]) < k]
-    if short:
-        why = ("a user's history is never recommended back" if task == "recommend"
-               else "a wider --num-beams may find more")  # fmt: skip
-        print(f"semid: note: {counted(len(short), 'input')} of {len(answers)} got fewer than {k} "
-              f"answers (as few as {min(short)}): the catalogue has {catalogue} items, and {why}",
-              file=sys.stderr)  # fmt: skip
+    """A note on stderr when some inputs got fewer than ``k`` answers (:func:`short_answers_note`)."""
+    note = short_answers_note(answers, k, catalogue, task, "--num-beams")
+    if note is not None:
+        print(f"semid: note: {note}", file=sys.stderr)
 
 
 def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import signal
 import sys
 from functools import partial
 from pathlib import Path
 
+from semid.defaults import usable_cores
 from semid.errors import SemidError
 from semid.manifest import read_manifest
 
@@ -56,14 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="torch threads per model worker (default: the CPU count minus one, shared among the "
+        help="torch threads per model worker (default: the usable cores minus one, shared among the "
         "workers, at least 1, so that the HTTP server keeps a core)",
     )
     p.add_argument(
         "--workers",
         type=int,
         help="model processes, each with its own copy of the model; a batch goes to whichever is "
-        "free (default: 1 on a GPU; on CPU one per core, up to 4, since a second batch beside the "
+        "free (default: 1 on a GPU; on CPU one per usable core, up to 4, since a second batch beside the "
         "first uses the cores better than one batch on a wider thread pool)",
     )
     p.add_argument(
@@ -92,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--threads must be >= 1, got {args.threads}")
     if args.workers is not None and args.workers < 1:
         raise SemidError(f"--workers must be >= 1, got {args.workers}")
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+    cores = usable_cores()
     for flag in ("workers", "threads"):  # each worker holds a model copy: more than cores only wait
         if (getattr(args, flag) or 0) > cores:
             print(f"semid: note: --{flag} {getattr(args, flag)} is more than this machine's {cores} "
