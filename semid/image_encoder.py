@@ -114,11 +114,14 @@ class ImageEncoder(nn.Module):
         return self
 
     @torch.no_grad()
-    def encode(self, images: Tensor, batch_size: int = 1024) -> Tensor:
-        """Features (N, dim) float32 of images (N, [C,] H, W) uint8."""
-        self.eval()
+    def encode(self, images: Tensor, batch_size: int = 1024, device: str = "cpu") -> Tensor:
+        """Features (N, dim) float32, on the CPU, of images (N, [C,] H, W) uint8, computed on
+        ``device`` (the encoder moves there)."""
+        self.eval().to(device)
         x = self._pixels(images)
-        return torch.cat([self(chunk.float() / 255) for chunk in x.split(batch_size)])
+        return torch.cat(
+            [self(chunk.to(device).float() / 255).cpu() for chunk in x.split(batch_size)]
+        )
 
     def _pixels(self, images: Tensor) -> Tensor:
         """Images as (N, C, H, W) uint8, checked against the config."""

@@ -351,6 +351,9 @@ cases(
         ("ret-quantizer-too-big", "3x100000", ret_args("--quantizer", "rqkmeans:3x100000")),
         ("ret-dataset-not-documents", "ml-100k", lambda e: ["train", "retriever", "--dataset", "ml-100k", "--out", str(e.tmp / "out")]),
         ("ret-out-under-file", "plain-file", lambda e: [*RET, "--out", e.file_under_file("run")]),
+        ("docs-index-collisions", "leave out --collisions",
+         lambda e: ["index", "build", "--dataset", docs_file(e, "docs.jsonl"), "--collisions", "reassign",
+                    "--out", str(e.tmp / "idx")]),
     ]
 )
 
@@ -906,6 +909,11 @@ cases(
         ),
         ("add-docs-to-recommender", "--docs", lambda e: on_rec(["index", "add"], lambda r: None, "--docs", docs_file(e, "d.jsonl"))(e)),
         ("add-items-to-retriever", "--docs", lambda e: on_ret(["index", "add"], lambda r: None, "--items", str(e.write("new.tsv", "a\tb\n")))(e)),
+        (
+            "add-docs-with-an-encoder",
+            "leave out --encoder",
+            lambda e: on_ret(["index", "add"], lambda r: None, "--docs", docs_file(e, "d.jsonl"), "--encoder", str(e.tmp))(e),
+        ),
         (
             "add-docs-not-utf8",
             "d.jsonl",

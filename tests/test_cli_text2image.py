@@ -8,6 +8,7 @@ import torch
 from semid.cli.main import main
 from semid.errors import SemidError
 from semid.tasks import load_predictor
+from semid.tasks.text2image import Text2ImagePredictor
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def tiny_images(monkeypatch):
 
 
 @pytest.mark.slow
-def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys):
+def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys, monkeypatch):
     index, run = tmp_path / "idx", tmp_path / "run"
     spec = "voken:2x4,hidden=16,latent=4"
     assert (
@@ -51,6 +52,22 @@ def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "precision@10" in flat and "invalid_id_rate" in flat
+    capsys.readouterr()
+    # images have no validation split: --split valid is refused, not scored on test as "valid"
+    assert main(["eval", str(run), "--split", "valid"]) == 2
+    assert "leave out --split valid" in capsys.readouterr().err
+    assert "valid" not in json.loads((run / "metrics.json").read_text())
+    # --batch-size reaches the ranking (it was a fixed 64), with the same figures
+    sizes = []
+    rank = Text2ImagePredictor.rank_embeddings
+
+    def spy(self, queries, k, num_beams, batch_size=64, item_mix=None):
+        sizes.append(batch_size)
+        return rank(self, queries, k, num_beams, batch_size, item_mix)
+
+    monkeypatch.setattr(Text2ImagePredictor, "rank_embeddings", spy)
+    assert main(["eval", str(run), "--k", "5", "10", "--batch-size", "3"]) == 0
+    assert sizes == [3] and json.loads((run / "metrics.json").read_text()) == metrics
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "a photo of a sneaker", "--k", "3"]) == 0
     rows = capsys.readouterr().out.splitlines()[3:6]  # the input, the header and its rule first

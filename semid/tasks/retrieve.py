@@ -358,6 +358,10 @@ class RetrieveTask(Task):
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,
                     seed: int) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
         """The index of D0 (the seeded initial corpus) of a document collection."""
+        if collisions != "extra-level":  # refused, not ignored: documents always take extra-level
+            raise SemidError(f"--collisions {collisions} is for item and image indexes; a document "
+                             "index tells shared IDs apart with an extra level (documents added "
+                             "later extend it); leave out --collisions")  # fmt: skip
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
         coll, split, _ = self._corpus(spec)
         ids, *_ = self._index_d0(spec, coll, split, out, source.device)
@@ -512,7 +516,8 @@ class RetrieveTask(Task):
                 continue
             started = time.perf_counter()
             ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks), options.num_beams,
-                                           desc=f"encode {name}", item_mix=options.item_mix)  # fmt: skip
+                                           batch_size=options.batch_size, desc=f"encode {name}",
+                                           item_mix=options.item_mix)  # fmt: skip
             seconds = time.perf_counter() - started
             targets, grades = relevant_rows(run.ids, [relevant for _, relevant in pairs])
             part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr", "ndcg"),
@@ -524,8 +529,8 @@ class RetrieveTask(Task):
             metrics |= {f"{name}/{k}": v for k, v in part.items()}
         return metrics
 
-    def _add(self, run_path: Path, source: Path, topics: int | None = None, device: str = "auto",
-             **options: Any) -> dict:  # fmt: skip
+    def _add(self, run_path: Path, source: Path, topics: int | None = None,
+             device: str = "auto") -> dict:  # fmt: skip
         """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
         grows, and only a new prompt session (keys: k-means of the new documents) is trained on the
         new documents and the training share of their queries; the rest become test queries

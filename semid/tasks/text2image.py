@@ -339,6 +339,10 @@ class Text2ImageTask(Task):
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""
+        if options.split != "test":
+            raise SemidError(f"{run.path} is a text-to-image run: images have no validation split, "
+                             "so it is evaluated on the test split's held-out wordings only; leave "
+                             "out --split valid")  # fmt: skip
         check_recommend_only_options(run, options, "text-to-image")
         spec = self.spec_of(run)
         check_fingerprint(run, spec.dataset)
@@ -355,17 +359,17 @@ class Text2ImageTask(Task):
                 f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split"
             )
         image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
-        # images have no validation split: both --split values use the held-out test wordings
         texts, query_labels = image_queries(splits.test, "test")
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
-                                            item_mix=options.item_mix)  # fmt: skip
+                                            batch_size=options.batch_size, item_mix=options.item_mix)  # fmt: skip
         metrics = class_metrics(ranking.rows, image_labels, query_labels, options.ks)
         return metrics | {"num_queries": len(texts)}
 
-    def _add(self, run_path: Path, source: Path, **options: Any) -> dict:
-        """New images (a class-folder tree or a table of paths) get vokens from the saved CNN and
-        quantizer; queries find them at once. Their classes are kept for `evaluate`."""
+    def _add(self, run_path: Path, source: Path, device: str = "cpu") -> dict:
+        """New images (a class-folder tree or a table of paths) get vokens from the saved CNN
+        (run on ``device``) and quantizer; queries find them at once. Their classes are kept for
+        `evaluate`."""
         run = load_run(run_path, self.name)
         encoder_dir = run.index_path / IMAGE_ENCODER_DIR
         if not encoder_dir.is_dir() and run.ids.metadata.get("image_features") == "cnn":
@@ -376,7 +380,7 @@ class Text2ImageTask(Task):
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
         cnn = ImageEncoder.from_pretrained(encoder_dir)
         images = added_images(source, cnn.config.image_size, run.ids.keys)
-        features = cnn.encode(images.images)
+        features = cnn.encode(images.images, device=device)
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
             raise SemidError(f"{run.index_path / IMAGE_FEATURES} has {len(known)} rows for {len(run.ids)} "
