@@ -37,6 +37,7 @@ from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
 from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
+from semid.layers import reset_seeded_
 from semid.progress import progress_bar
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer, with_train_overrides
 from semid.quantizers import hyperbolic as hb
@@ -47,20 +48,6 @@ from semid.quantizers.rqvae import mlp
 OPTIONS = {"c": 1.0, "learn_c": 0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0,
            "decoder": 1, "net": "mlp"}
 # fmt: on
-
-
-def _parse_widths(spec: QuantizerSpec) -> list[int]:
-    """Hidden widths from the ``hidden`` option, e.g. ``hidden=512-256``."""
-    text = spec.option("hidden", OPTIONS["hidden"])
-    try:
-        widths = [int(w) for w in text.split("-") if w]
-    except ValueError:
-        widths = []
-    if not widths or min(widths) < 1:
-        raise SemidError(
-            f"option hidden={text!r} in {spec} must be widths joined by '-', e.g. hidden=512-256"
-        )
-    return widths
 
 
 @dataclass
@@ -91,11 +78,7 @@ class HyperbolicRQ(Quantizer):
     """x (N, D) -> ball point (N, latent) -> L Möbius-residual codes -> [decoder] -> (N, D)."""
 
     def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
-        unknown = sorted(set(spec.options) - set(OPTIONS))
-        if unknown:
-            raise SemidError(
-                f"unknown option(s) {', '.join(unknown)} in {spec}; hrq accepts {', '.join(OPTIONS)}"
-            )
+        spec.check_options(list(OPTIONS))
         self.c = spec.option("c", OPTIONS["c"], float)
         self.latent_dim = spec.option("latent", OPTIONS["latent"], int)
         self.beta = spec.option("beta", OPTIONS["beta"], float)
@@ -111,7 +94,7 @@ class HyperbolicRQ(Quantizer):
             raise SemidError(
                 f"bad options in {spec}: need c >= 0, latent >= 1, beta >= 0, clip > 0"
             )
-        self.hidden = _parse_widths(spec)
+        self.hidden = spec.widths("hidden", OPTIONS["hidden"])
         super().__init__(spec, None)
         self.ball = hb.poincare_ball(self.c, learnable=self.learn_c)
         self.fit_summary: dict[str, Any] = {}
@@ -345,11 +328,7 @@ class HyperbolicRQ(Quantizer):
         progress: bool,
     ) -> None:
         gen = torch.Generator().manual_seed(cfg.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    module.reset_parameters()
+        reset_seeded_(self.modules(), cfg.seed, nn.Linear)
         n = inputs.shape[0]
         order = torch.randperm(n, generator=gen)
         val = None

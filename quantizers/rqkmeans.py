@@ -40,11 +40,7 @@ class ResidualKMeans(Quantizer):
     OPTIONS = {"kmeans": "pd", "beam": 1, "refine": 5}
 
     def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
-        unknown = sorted(set(spec.options) - set(self.OPTIONS))
-        if unknown:
-            raise SemidError(
-                f"unknown option(s) {', '.join(unknown)} in {spec}; rqkmeans accepts {', '.join(self.OPTIONS)}"
-            )
+        spec.check_options(list(self.OPTIONS))
         self.beam = spec.option("beam", self.OPTIONS["beam"], int)
         self.refine = spec.option("refine", self.OPTIONS["refine"], int)
         self.clustering = spec.option("kmeans", self.OPTIONS["kmeans"])

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from semid.atomic import atomic_file
 from semid.errors import SemidError
+from semid.layers import reset_seeded_
 from semid.progress import progress_bar
 from semid.quantization import Quantizer, QuantizerSpec, register_quantizer, with_train_overrides
 from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
@@ -71,19 +72,6 @@ def mlp(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _parse_hidden(spec: QuantizerSpec) -> list[int]:
-    text = spec.option("hidden", "256-128")
-    try:
-        hidden = [int(w) for w in text.split("-") if w]
-    except ValueError:
-        hidden = []
-    if not hidden or min(hidden) < 1:
-        raise SemidError(
-            f"option hidden={text!r} in {spec} must be widths joined by '-', e.g. hidden=512-256-128"
-        )
-    return hidden
-
-
 @register_quantizer("rqvae")
 class RQVAE(Quantizer):
     """RQ-VAE: x (N, D) -> latent (N, latent) -> L residual codes -> reconstruction (N, D)."""
@@ -94,11 +82,7 @@ class RQVAE(Quantizer):
     FIT_INPUTS: tuple[str, ...] = ()  # fit keywords that are data, not training options
 
     def __init__(self, spec: QuantizerSpec, dim: int | None = None) -> None:
-        unknown = sorted(set(spec.options) - set(self.OPTIONS))
-        if unknown:
-            raise SemidError(
-                f"unknown option(s) {', '.join(unknown)} in {spec}; {spec.family} accepts {', '.join(self.OPTIONS)}"
-            )
+        spec.check_options(self.OPTIONS)
         latent = spec.option("latent", 32, int)
         beta = spec.option("beta", 0.25, float)
         estimator = spec.option("estimator", "ste")
@@ -110,7 +94,7 @@ class RQVAE(Quantizer):
             raise SemidError(
                 f"option estimator={estimator!r} in {spec}; choose one of {', '.join(ESTIMATORS)}"
             )
-        hidden = _parse_hidden(spec)
+        hidden = spec.widths("hidden", "256-128")
         super().__init__(spec, None)
         self.latent_dim, self.hidden, self.beta = latent, hidden, beta
         self.estimator = ESTIMATORS[estimator]
@@ -209,11 +193,7 @@ class RQVAE(Quantizer):
         return recon + q.codebook_loss + self.beta * q.commitment_loss, recon, q
 
     def _reset_weights(self, seed: int) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in [*self.encoder, *self.decoder]:
-                if isinstance(module, nn.Linear):
-                    module.reset_parameters()
+        reset_seeded_([*self.encoder, *self.decoder], seed, nn.Linear)
 
     def _train(
         self, inputs: Tensor, cfg: TrainConfig, ckpt_dir: Path | None, progress: bool

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semid.errors import SemidError
+from semid.layers import reset_seeded_
 from semid.quantization import QuantizerSpec, register_quantizer
 from semid.quantizers.rqvae import RQVAE, TrainConfig, mlp
 
@@ -79,11 +80,7 @@ class TextProjection(nn.Module):
             unique = unique - unique.mean(0)
         targets = F.normalize(unique, dim=-1)  # (U, T)
         gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for m in self.net:
-                if isinstance(m, nn.Linear):
-                    m.reset_parameters()
+        reset_seeded_(self.net, seed, nn.Linear)
         self.requires_grad_(True)
         opt = torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=1e-4)
         per_epoch = -(-len(x) // PROJECTION_BATCH)
@@ -291,12 +288,6 @@ class VokenQuantizer(RQVAE):
     def _reset_weights(self, seed: int) -> None:
         # the same seeded sequence as rqvae's; the text-side projection is trained before, kept
         visual = self.encoder.visual if self.text_led else self.encoder
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in [*visual, *self.decoder]:
-                if isinstance(module, nn.Linear):
-                    module.reset_parameters()
+        reset_seeded_([*visual, *self.decoder], seed, nn.Linear)
         if self.align_head is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                self.align_head.reset_parameters()
+            reset_seeded_([self.align_head], seed + 1)

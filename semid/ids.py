@@ -105,6 +105,10 @@ class SemanticIDs:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is an indexed item key."""
+        return key in self._row_of_key
+
     @property
     def levels(self) -> int:
         """Number of code levels L (including an extra disambiguation level, if any)."""
@@ -391,3 +395,8 @@ def _string_keys(keys: Sequence[str]) -> list[str]:
         raise SemidError(f"item keys must be strings, got {type(bad).__name__} {bad!r}; pass "
                          "[str(k) for k in keys]")  # fmt: skip
     return keys
+
+
+def codes_of_rows(codes: Tensor, rows: Tensor) -> Tensor:
+    """Codes (..., L) of index rows (...) of ``codes`` (N, L); -1 codes where the row is -1 (PAD)."""
+    return codes[rows.clamp(min=0)].masked_fill((rows < 0)[..., None], -1)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from semid.configs import config_from_dict
 from semid.errors import SemidError
+from semid.layers import reset_seeded_
 from semid.progress import progress_bar
 from semid.saving import load_state, read_module, write_module
 
@@ -89,11 +90,7 @@ class ImageEncoder(nn.Module):
         for `epochs`, or for `min_steps` batches if that is more."""
         x = self._pixels(images)
         gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for m in self.modules():
-                if hasattr(m, "reset_parameters") and m is not self:
-                    m.reset_parameters()
+        reset_seeded_((m for m in self.modules() if m is not self), seed)
         opt = torch.optim.AdamW(self.parameters(), lr=lr)
         self.train()
         steps = max(epochs * ((len(x) + batch_size - 1) // batch_size), min_steps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -53,6 +55,18 @@ def _attention_with_bit_dropout(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, p
     sample per weight, the largest cost of a 200-item MMGRec training step after the matmuls."""
     weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias, dim=-1)
     return bit_dropout(weights, p) @ v
+
+
+def reset_seeded_(
+    modules: Iterable[nn.Module], seed: int, kind: type[nn.Module] = nn.Module
+) -> None:
+    """Re-initialise, in order, each of ``modules`` that is a ``kind`` and has ``reset_parameters``,
+    from torch's generator seeded with ``seed``; the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in modules:
+            if isinstance(module, kind) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 def gather_rows(weight: Tensor, index: Tensor) -> Tensor:

@@ -74,6 +74,26 @@ class QuantizerSpec:
             )
         return value
 
+    def widths(self, key: str, default: str) -> list[int]:
+        """Layer widths joined by '-' in option ``key`` (``hidden=512-256``), else ``default``."""
+        text = self.option(key, default)
+        try:
+            widths = [int(w) for w in text.split("-") if w]
+        except ValueError:
+            widths = []
+        if not widths or min(widths) < 1:
+            raise SemidError(
+                f"option {key}={text!r} in {self} must be widths joined by '-', e.g. {key}=512-256"
+            )
+        return widths
+
+    def check_options(self, accepted: Sequence[str]) -> None:
+        """SemidError naming the options that are not in ``accepted`` and listing those that are."""
+        unknown = sorted(set(self.options) - set(accepted))
+        if unknown:
+            raise SemidError(f"unknown option(s) {', '.join(unknown)} in {self}; {self.family} "
+                             f"accepts {', '.join(accepted)}")  # fmt: skip
+
 
 class Quantizer(nn.Module, ABC):
     """Base class of every quantizer family. State lives in parameters and buffers, so

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from semid.defaults import DEFAULT_NUM_BEAMS
 from semid.errors import SemidError
-from semid.ids import SemanticIDs
+from semid.ids import SemanticIDs, codes_of_rows
 from semid.models import is_generator
 from semid.runs import check_vocabulary
 
@@ -233,14 +233,6 @@ class BeamRanker:
         )
 
 
-def rank_batches(ranker: Ranker, batches: Any, k: int) -> Ranking:
-    """Rank every batch of an iterable of ``(batch, seen)`` pairs and concatenate the answers."""
-    parts = [ranker.rank(batch, k, seen) for batch, seen in batches]
-    if not parts:
-        raise SemidError("nothing to rank: no queries")
-    return Ranking.concat(parts)
-
-
 def pad_to(rows: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Rows/scores (B, k' <= k) padded to k columns with -1 / -inf."""
     missing = k - rows.shape[1]
@@ -255,5 +247,4 @@ def pad_to(rows: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def codes_of(ids: SemanticIDs, rows: Tensor) -> Tensor:
     """Semantic IDs (B, k, L) of rows (B, k); -1 where the row is -1."""
-    codes = ids.codes[rows.clamp(min=0)]
-    return codes.masked_fill((rows < 0)[..., None], -1)
+    return codes_of_rows(ids.codes, rows)

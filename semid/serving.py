@@ -55,7 +55,7 @@ from semid.answer_texts import check_texts, with_texts
 from semid.defaults import usable_cores
 from semid.errors import SemidError
 from semid.model_process import ProcessPredictor
-from semid.tasks.base import with_input_id
+from semid.tasks.base import REQUEST_FIELDS, with_input_id
 from semid.wording import short_answers_note
 
 DEFAULT_K = 10
@@ -63,8 +63,8 @@ BACKLOG = 2048  # connections queued while the server starts or is busy
 MAX_BODY_BYTES = 16 * 2**20  # a /predict body larger than this is refused (413), not read
 logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
-_LIST_FIELDS = {"users": "user", "histories": "history", "queries": "query"}
-_PLURALS = {**{one: many for many, one in _LIST_FIELDS.items()}, "input": "inputs"}
+_LIST_FIELDS = {many: one for one, many in REQUEST_FIELDS.items()}
+_PLURALS = {**REQUEST_FIELDS, "input": "inputs"}
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from semid.answer_texts import check_texts, with_texts
 from semid.atomic import atomic_file, check_output_file
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
-from semid.data.documents import QUERY_FIELDS
+from semid.data.documents import QUERY_FIELDS, QUERY_ID_FIELDS
 from semid.data.tables import (
     USER_COLUMNS,
     find_column,
@@ -114,7 +114,6 @@ class Origin:
 
 
 TEXT_WIDTH = 60  # characters of an item's text in the answers table
-QUERY_ID_FIELDS = ("_id", "id", "qid", "query_id", "query-id")  # BEIR, TREC, MS MARCO
 HEADER_HINT = " (a header line? write user ids only, one a line)"
 COMMA_HINT = (
     " (a key with a comma? write the history as a JSON list: "

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from semid.data.documents import Document, DocumentCollection, read_documents
+from semid.data.documents import QUERY_ID_FIELDS, Document, DocumentCollection, read_documents
 from semid.data.tables import content_sha256, find_column, key_strings, read_table
 from semid.errors import SemidError
 from semid.wording import counted
 
 CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
 LAYOUT = "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)"
-QUERY_ID_COLUMNS = ("_id", "id", "query_id", "qid")
 QRELS_QUERY_COLUMNS = ("query-id", "query_id", "qid")
 QRELS_DOCUMENT_COLUMNS = ("corpus-id", "corpus_id", "doc_id", "docid")
 
@@ -79,7 +78,7 @@ def _qrels_files(folder: Path) -> list[Path]:
 def _query_texts(path: Path) -> dict[str, str]:
     """Query id -> text of a BEIR queries file."""
     table = read_table(path, "queries file")
-    id_column = find_column(table, "query id", QUERY_ID_COLUMNS, path, "queries file",
+    id_column = find_column(table, "query id", QUERY_ID_FIELDS, path, "queries file",
                             columns_option=False)  # fmt: skip
     text_column = find_column(table, "text", ("text", "query"), path, "queries file",
                               columns_option=False)  # fmt: skip

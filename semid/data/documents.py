@@ -122,6 +122,7 @@ class DocumentCollection:
 # Accepted field (JSON Lines) and column (tables) names, the same for every format.
 ID_FIELDS = ("id", "doc_id", "docid", "_id", "docno", "pid")  # docno: TREC; pid: MS MARCO passages
 QUERY_FIELDS = ("queries", "query", "questions", "question")  # question(s): FAQ and QA sets
+QUERY_ID_FIELDS = ("_id", "id", "qid", "query_id", "query-id")  # a query's id: BEIR, TREC, MS MARCO
 TEST_QUERY_FIELDS = ("test_queries",)  # a given test split: evaluated, never trained on
 GRADE_FIELD = "grades"  # {query: relevance grade > 0} where not 1 (graded judgements, as BEIR's)
 # with an optional "title", when there is no "text"

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from semid.data.splits import PAD, LeaveOneOutSplit, chronological_order, leave_one_out, train_mask
 from semid.errors import SemidError
-from semid.ids import SemanticIDs
+from semid.ids import SemanticIDs, codes_of_rows
 
 
 @dataclass
@@ -85,7 +85,7 @@ class RecData:
 def prepare_data(dataset: Any, ids: SemanticIDs, max_history: int = 50) -> RecData:
     """Split a RecDataset by leave-one-out and map its items to the rows of ``ids``."""
     log = dataset.interactions
-    missing = [k for k in dataset.item_keys if k not in ids._row_of_key]
+    missing = [k for k in dataset.item_keys if k not in ids]
     if missing:
         raise SemidError(
             f"{len(missing)} items of {dataset.name} are not in the index (e.g. {missing[0]!r}); "
@@ -203,12 +203,6 @@ class CodeCollator:
         return batch
 
 
-def codes_of_rows(codes: Tensor, rows: Tensor) -> Tensor:
-    """Codes (..., L) of index rows (...); -1 codes where the row is PAD."""
-    out = codes[rows.clamp(min=0)]
-    return out.masked_fill((rows < 0)[..., None], -1)
-
-
 def slice_users(dataset: Any, users: int) -> Any:
     """A copy of a RecDataset with only the interactions of users 0..users-1."""
     log = dataset.interactions
@@ -226,7 +220,7 @@ def slice_users(dataset: Any, users: int) -> Any:
 def keep_indexed_items(dataset: Any, ids: SemanticIDs) -> tuple[Any, int]:
     """A copy of a RecDataset without the items ``ids`` has no row for, nor their events (users
     stay, maybe with no events); and how many events went."""
-    indexed = torch.tensor([k in ids._row_of_key for k in dataset.item_keys], dtype=torch.bool)
+    indexed = torch.tensor([k in ids for k in dataset.item_keys], dtype=torch.bool)
     if bool(indexed.all()):
         return dataset, 0
     log = dataset.interactions

@@ -224,7 +224,8 @@ def check_out_of_runs(out: Path) -> None:
         )
 
 
-BODY_FIELDS = {"user": "users", "history": "histories", "query": "queries"}  # serve's body fields
+# input kind -> the field of serve's /predict body that lists inputs of that kind
+REQUEST_FIELDS = {"user": "users", "history": "histories", "query": "queries"}
 # any input may carry its caller's id (a string or an integer), echoed in its answer
 INPUT_ID = "id"
 
@@ -304,7 +305,7 @@ class Predictor(ABC):
         what to send instead, or carries a field no input has (a typo such as ``"splt"``)."""
         if not isinstance(item, dict):
             return
-        asked = [f for f in BODY_FIELDS if f not in self.accepts and f in item]
+        asked = [f for f in REQUEST_FIELDS if f not in self.accepts and f in item]
         if asked:
             send = (
                 'send {"users": [...]} or {"histories": [[...]]} '
@@ -314,7 +315,7 @@ class Predictor(ABC):
             )
             raise SemidError(f"this run {self.serves}, not for a {asked[0]}; {send}")
         unknown = sorted(
-            str(f) for f in item if f not in {*BODY_FIELDS, *self.input_options, INPUT_ID}
+            str(f) for f in item if f not in {*REQUEST_FIELDS, *self.input_options, INPUT_ID}
         )
         if unknown:
             takes = " or ".join(f'"{f}"' for f in self.accepts)
@@ -361,7 +362,7 @@ class Predictor(ABC):
         return {
             "task": self.task,
             # the /predict body fields this run answers ("inputs" takes objects of those kinds)
-            "inputs": [*(BODY_FIELDS[kind] for kind in self.accepts), "inputs"],
+            "inputs": [*(REQUEST_FIELDS[kind] for kind in self.accepts), "inputs"],
             "run": str(self.run.path),
             "model": self.run.model.name,
             "index_size": len(self.run.ids),

@@ -350,7 +350,7 @@ class RecommendPredictor(Predictor):
             if not isinstance(history, list) or not history or not all(_is_key(h) for h in history):
                 raise SemidError('"history" must be a non-empty list of item keys')
             history = [str(h) for h in history]  # integers name keys, as a user may be an integer
-            unknown = [h for h in history if h not in self.run.ids._row_of_key]
+            unknown = [h for h in history if h not in self.run.ids]
             if unknown:
                 titled = self._item_titled(unknown[0])
                 if titled is not None:
@@ -421,7 +421,7 @@ class RecommendPredictor(Predictor):
             return self.check_input(item)
         events = item["events"]
         unknown = next((k for k in [*events["items"], *events["seen"]]
-                        if k not in self.run.ids._row_of_key), None)  # fmt: skip
+                        if k not in self.run.ids), None)  # fmt: skip
         if unknown is not None:
             raise SemidError(f"item {unknown!r} of user {item['user']!r} is not in this copy of "
                              "the run's index (it changed meanwhile); ask again")  # fmt: skip

@@ -543,7 +543,7 @@ class RetrieveTask(Task):
         # query-less documents of a run trained on pseudo-queries get them too
         collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
         model, start = run.model, len(run.ids)
-        clash = [d for d in collection.ids if d in run.ids._row_of_key]
+        clash = [d for d in collection.ids if d in run.ids]
         if clash:
             raise SemidError(
                 f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids"
