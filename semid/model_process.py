@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from semid.errors import SemidError
+from semid.notes import note, show_on_console
 
 _CONTEXT = multiprocessing.get_context("spawn")
 
@@ -41,6 +41,7 @@ def _serve_predictions(load: Callable[[], Any], threads: int, conn: Connection) 
     # Ctrl-C reaches the whole process group: the parent stops this process after in-flight
     # requests are answered, so the interrupt must not kill it first
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    show_on_console()  # a fresh interpreter: its notes (a reloaded run) are shown as the parent's
     torch.set_num_threads(threads)
     try:
         predictor = load()
@@ -93,8 +94,7 @@ class ProcessPredictor:
         """Replace a child that died (the out-of-memory killer, a crash) with a new one, loaded."""
         code = self._process.exitcode
         self._conn.close()
-        print(f"semid serve: a model process stopped (exit code {code}); starting a new one",
-              file=sys.stderr, flush=True)  # fmt: skip
+        note(f"serve: a model process stopped (exit code {code}); starting a new one")
         self._start()
         self.wait_until_loaded()
 

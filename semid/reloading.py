@@ -10,7 +10,6 @@ and the server's own input checker hold one, so all of them follow the same fold
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from semid.errors import SemidError
 from semid.locking import current_writer
+from semid.notes import note
 from semid.runs import PARTS
 
 
@@ -51,12 +51,12 @@ class ReloadingPredictor:
             fresh = self._load()
         except SemidError as e:  # a broken change: tried again once the folder changes again
             self._failed = stamp
-            print(f"semid serve: {self._run_dir} changed but did not load ({e}); serving the copy "
-                  "loaded before", file=sys.stderr, flush=True)  # fmt: skip
+            note(f"serve: {self._run_dir} changed but did not load ({e}); serving the copy "
+                 "loaded before")  # fmt: skip
             return self._current
         self._current, self._stamp = fresh, stamp
-        print(f"semid serve: {self._run_dir} changed on disk; loaded it again "
-              f"({fresh.info()['index_size']:,} indexed)", file=sys.stderr, flush=True)  # fmt: skip
+        note(f"serve: {self._run_dir} changed on disk; loaded it again "
+             f"({fresh.info()['index_size']:,} indexed)")  # fmt: skip
         return fresh
 
     def info(self) -> dict[str, Any]:

@@ -12,6 +12,11 @@ import pytest
 import torch
 
 from semid.fake_predictor import FakePredictor
+from semid.notes import show_on_console
+
+# the library's notes and progress lines show as `semid` commands show them, also in tests that
+# call the library directly (capsys reads them)
+show_on_console()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from semid import __version__
 from semid.distributed import is_main_process
 from semid.errors import SemidError
+from semid.notes import show_on_console
 
 # (group, name, module, description): each module has `add_arguments(parser)`, `run(args) -> int`
 # and EXAMPLE. A name of None makes the group itself the command (`semid eval RUN`). Only the module
@@ -155,6 +156,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = None
+    show_on_console()  # the library's notes and progress lines (semid.notes)
     try:
         if argv is None:  # the `semid` process itself (not a caller in Python): SIGTERM as Ctrl-C
             signal.signal(signal.SIGTERM, _terminate)

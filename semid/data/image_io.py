@@ -11,7 +11,6 @@ TIFF) is scaled to 8 bits, not clipped. A camera's EXIF orientation is applied.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from semid.errors import SemidError
+from semid.notes import note
 from semid.wording import counted
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".avif", ".tif", ".tiff")  # fmt: skip
@@ -137,8 +137,8 @@ def _pillow_warnings_noted(where: str) -> Iterator[Callable[[Path], np.ndarray]]
     if warned:  # (an image that failed to read has its own one-line error instead)
         files = len({file for file, _ in warned})
         file, message = warned[0]
-        print(f"semid: note: {where}: Pillow warned while reading {counted(files, 'image')} "
-              f"(first, {file}: {message})", file=sys.stderr, flush=True)  # fmt: skip
+        note(f"{where}: Pillow warned while reading {counted(files, 'image')} "
+             f"(first, {file}: {message})")  # fmt: skip
 
 
 def auto_size(shorter_sides: Sequence[int]) -> int:

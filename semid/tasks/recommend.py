@@ -11,7 +11,6 @@ their top-k from trie-constrained beam search, scorers (pop, SASRec) from full s
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from semid import notes
 from semid.atomic import check_output_folder
 from semid.data.movielens import RecDataset
 from semid.data.sequences import (
@@ -41,6 +41,7 @@ from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, save_model
+from semid.notes import tell
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, replacing_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
@@ -119,7 +120,7 @@ class RecommendTask(Task):
             if spec.eval_users is not None and spec.eval_users < num_valid:
                 lines.append(f"validating on {spec.eval_users:,} of {counted(num_valid, 'valid user')} "
                              "during training (--eval-users)")  # fmt: skip
-            print("\n".join(lines), flush=True)
+            tell("\n".join(lines))
         state: dict[str, Any] = {
             "trained_items": len(ids),
             "data_sha256": fingerprint(spec.dataset, spec.items),
@@ -316,7 +317,7 @@ class RecommendPredictor(Predictor):
             dataset, data = get_task().load_split(self.spec, self.run.ids, self.run)
         except DataChanged:
             histories, note = current_histories(self.spec, self.run.ids)
-            print(f"semid: note: {self.run.path}: {note}", file=sys.stderr, flush=True)
+            notes.note(f"{self.run.path}: {note}")
             return histories
         if self.spec.items is None:  # the texts are the dataset's own (no items file)
             self._read_texts = dataset_texts(dataset)
@@ -328,8 +329,8 @@ class RecommendPredictor(Predictor):
         try:
             self.histories()
         except SemidError as e:
-            print(f"semid: note: {self.run.path}: {e} (until that is fixed, users are refused; "
-                  "histories are answered)", file=sys.stderr, flush=True)  # fmt: skip
+            notes.note(f"{self.run.path}: {e} (until that is fixed, users are refused; histories "
+                       "are answered)")  # fmt: skip
 
     @property
     def user_keys(self) -> list[str]:

@@ -64,6 +64,7 @@ from semid.indexing import (
 )
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
+from semid.notes import tell
 from semid.quantization import Quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
 from semid.runs import Run, load_run, replacing_run, write_run
@@ -426,7 +427,7 @@ class RetrieveTask(Task):
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
         tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
         if is_main_process():
-            print(describe_split(coll, split, tested), flush=True)
+            tell(describe_split(coll, split, tested))
         train_rows = [int(r) for r in split.d0_train
                       if any(q not in tested for q in coll.documents[int(r)].queries)]  # fmt: skip
         # the document head's weight is chosen on held-out queries

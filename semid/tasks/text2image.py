@@ -43,6 +43,7 @@ from semid.indexing import (
 )
 from semid.metrics import compute_metrics, without_repeats
 from semid.models import model_class
+from semid.notes import tell
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -253,8 +254,8 @@ class Text2ImageTask(Task):
         if quantizer.startswith("voken"):
             train_texts = splits.train.texts()
             if progress:
-                print(f"embedding {len(set(train_texts)):,} distinct texts of "
-                      f"{len(train_texts):,} training images", flush=True)  # fmt: skip
+                tell(f"embedding {len(set(train_texts)):,} distinct texts of "
+                     f"{len(train_texts):,} training images")  # fmt: skip
             texts = embed_texts(train_texts, source.encoder, source.device)
         ids, fitted, targets = build_voken_index(quantizer, train_x, texts, test_x, splits.test.keys,
                                                  collisions, seed, progress, **fit_kwargs)  # fmt: skip
