@@ -27,7 +27,7 @@ from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES
-from semid.ranking import Ranker, Ranking
+from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import (
     MANIFEST,
     PARTS,
@@ -371,6 +371,33 @@ class Predictor(ABC):
             "device": str(self.device),
             "versions": self.run.config.get("versions", {}),
         }
+
+
+class QueryPredictor(Predictor):
+    """A predictor of query texts (retrieval, text-to-image): checks ``{"query": TEXT}`` inputs and
+    ranks by beam search over the run's IDs, mixed with the model's item head when it has one."""
+
+    @property
+    @abstractmethod
+    def default_num_beams(self) -> int:
+        """Beams when a call gives none: the run's setting."""
+
+    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A non-empty query text."""
+        self.refuse_other_inputs(item)
+        return query_input(item)
+
+    def make_ranker(self, num_beams: int | None, item_mix: float | None = None) -> Ranker:
+        """Beam search over the run's IDs, mixed with the item head (and lexical scores) as the
+        model says (``item_mix``: the head's weight instead of the model's; 0: no head)."""
+        beams = num_beams or self.default_num_beams
+        return ranker_for(self.run.model, self.run.ids, beams, item_mix=item_mix)
+
+    def mixed_ranker(self, num_beams: int | None, item_mix: float | None) -> Ranker:
+        """The cached ranker for ``num_beams``, or, with ``item_mix``, a new one on the device."""
+        if item_mix is None:
+            return self.ranker(num_beams)
+        return self.make_ranker(num_beams, item_mix).to(self.device)
 
 
 def with_input_id(item: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:

@@ -66,17 +66,16 @@ from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
 from semid.notes import tell
 from semid.quantization import Quantizer
-from semid.ranking import DEFAULT_NUM_BEAMS, Ranker, Ranking, ranker_for
+from semid.ranking import DEFAULT_NUM_BEAMS, Ranking
 from semid.runs import Run, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
     IndexSource,
-    Predictor,
+    QueryPredictor,
     Task,
     check_recommend_only_options,
     move,
-    query_input,
     register_task,
     resolve_device,
 )
@@ -631,7 +630,7 @@ class RetrieveTask(Task):
         return RetrievePredictor(run, device)
 
 
-class RetrievePredictor(Predictor):
+class RetrievePredictor(QueryPredictor):
     """Answers ``{"query": TEXT}`` with the top-k document ids."""
 
     task = "retrieve"
@@ -646,37 +645,25 @@ class RetrievePredictor(Predictor):
                 f"{run.index_path} has no {LEXICAL} but the model mixes lexical scores; retrain the run"
             )
         super().__init__(run, device)
-        self.num_beams = run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
+
+    @property
+    def default_num_beams(self) -> int:
+        """The run's beams (``train retriever --num-beams``)."""
+        return self.run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
 
     def data_texts(self) -> dict[str, str]:
         """The documents' texts, from the run's collection."""
         collection = load_collection(TASK.spec_of(self.run).dataset)
         return dict(zip(collection.ids, collection.texts, strict=True))
 
-    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
-        """A non-empty query text."""
-        self.refuse_other_inputs(item)
-        return query_input(item)
-
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """Encode the queries (cached) and search them in batches."""
         return self.rank_texts([x["query"] for x in inputs], k, num_beams)
 
-    def make_ranker(self, num_beams: int | None, item_mix: float | None = None) -> Ranker:
-        """Beam search over the run's document IDs, mixed with the document head and BM25 as the
-        model says (``item_mix``: the head's weight instead of the model's; 0: no head)."""
-        return ranker_for(
-            self.run.model, self.run.ids, num_beams or self.num_beams, item_mix=item_mix
-        )
-
     def rank_texts(self, texts: list[str], k: int, num_beams: int | None, batch_size: int = 64,
                    desc: str = "encode queries", item_mix: float | None = None) -> Ranking:  # fmt: skip
         """Top-k document rows (Q, k) for query texts (``item_mix``: see `make_ranker`)."""
-        ranker = (
-            self.ranker(num_beams)
-            if item_mix is None
-            else self.make_ranker(num_beams, item_mix).to(self.device)
-        )
+        ranker = self.mixed_ranker(num_beams, item_mix)
         queries = encode_texts(self.run.model, texts, desc=desc, cache=len(texts) > 1)
         parts = [ranker.rank(move(batch, self.device), k)
                  for batch in query_batches(queries, texts, self.lexical, batch_size)]  # fmt: skip

@@ -44,17 +44,16 @@ from semid.indexing import (
 from semid.metrics import compute_metrics, without_repeats
 from semid.models import model_class
 from semid.notes import tell
-from semid.ranking import Ranker, Ranking, ranker_for
+from semid.ranking import Ranking
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
     IndexSource,
-    Predictor,
+    QueryPredictor,
     Task,
     check_recommend_only_options,
     move,
-    query_input,
     register_task,
     resolve_device,
 )
@@ -431,7 +430,7 @@ def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageData
     return images
 
 
-class Text2ImagePredictor(Predictor):
+class Text2ImagePredictor(QueryPredictor):
     """Answers ``{"query": TEXT}`` with the top-k image keys."""
 
     task = "text2image"
@@ -447,11 +446,6 @@ class Text2ImagePredictor(Predictor):
         """The indexed images' captions or class names, kept in the index when it was built."""
         return read_texts(self.run.index_path / IMAGE_TEXTS, "the images indexed at its build")
 
-    def check_input(self, item: dict[str, Any]) -> dict[str, Any]:
-        """A non-empty query text."""
-        self.refuse_other_inputs(item)
-        return query_input(item)
-
     def embed(self, texts: list[str]) -> Tensor:
         """Query embeddings (Q, T) with the run's text encoder."""
         return embed_texts(texts, self.run.spec.get("text_encoder"), str(self.device))
@@ -460,20 +454,15 @@ class Text2ImagePredictor(Predictor):
         """Embed the queries and search them."""
         return self.rank_embeddings(self.embed([x["query"] for x in inputs]), k, num_beams)
 
-    def make_ranker(self, num_beams: int | None, item_mix: float | None = None) -> Ranker:
-        """Beam search over the run's image IDs, mixed with the image head when the model has one
-        (``item_mix``: its weight, default the model's; 0: beams alone)."""
-        beams = num_beams or self.run.spec.get("num_beams", IMAGE_NUM_BEAMS)
-        return ranker_for(self.run.model, self.run.ids, beams, item_mix=item_mix)
+    @property
+    def default_num_beams(self) -> int:
+        """The run's beams (``train retriever --num-beams``)."""
+        return self.run.spec.get("num_beams", IMAGE_NUM_BEAMS)
 
     def rank_embeddings(self, queries: Tensor, k: int, num_beams: int | None,
                         batch_size: int = 64, item_mix: float | None = None) -> Ranking:  # fmt: skip
         """Top-k image rows for query embeddings (Q, T), in batches."""
-        ranker = (
-            self.ranker(num_beams)
-            if item_mix is None
-            else self.make_ranker(num_beams, item_mix).to(self.device)
-        )
+        ranker = self.mixed_ranker(num_beams, item_mix)
         return Ranking.concat(
             [ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)]
         )
