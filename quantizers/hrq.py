@@ -33,6 +33,7 @@ import geoopt
 import torch
 from torch import Tensor, nn
 
+from semid.determinism import repeatable
 from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
 from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
@@ -238,7 +239,8 @@ class HyperbolicRQ(Quantizer):
         self.mean.copy_(x.mean(0))
         self.scale.copy_((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
         inputs = (x - self.mean) / self.scale
-        self._train(inputs, pairs, val_pairs, cfg, progress)
+        with repeatable():
+            self._train(inputs, pairs, val_pairs, cfg, progress)
         self.initted.fill_(True)
         return self
 

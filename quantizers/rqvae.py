@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from semid.atomic import atomic_file
+from semid.determinism import repeatable
 from semid.errors import SemidError
 from semid.layers import reset_seeded_
 from semid.progress import progress_bar
@@ -151,9 +152,10 @@ class RQVAE(Quantizer):
         x = self.check_input(x)
         self.build(x.shape[1])
         inputs = self._fit_inputs(x, **{k: v for k, v in kwargs.items() if k in self.FIT_INPUTS})
-        self._train(
-            inputs, cfg, Path(checkpoint_dir) if checkpoint_dir is not None else None, progress
-        )
+        with repeatable():
+            self._train(
+                inputs, cfg, Path(checkpoint_dir) if checkpoint_dir is not None else None, progress
+            )
         self.initted.fill_(True)
         return self
 

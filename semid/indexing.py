@@ -97,8 +97,8 @@ def build_ids(
 
     ``encode_x`` (M, D): index these vectors (one per key) instead of the training vectors ``x``
     (e.g. fit on training images, index test images). ``fit_kwargs`` go to ``quantizer.fit``
-    (``interactions`` for graph quantizers, ``text_embeddings`` for voken) with ``seed``; the
-    caller seeds torch's global generator (learned quantizers draw their initial weights from it).
+    (``interactions`` for graph quantizers, ``text_embeddings`` for voken) with ``seed``, which
+    alone decides the codes: fits draw from their own seeded generators, not torch's global one.
     Returns the index and the fitted quantizer; ``metadata`` gets ``seed`` and ``fit_seconds``."""
     if spec == AUTO:
         spec = auto_spec(len(keys))

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
 from semid.atomic import atomic_file, read_json, write_json
+from semid.determinism import repeatable
 from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.training.checkpoints import (
@@ -178,6 +179,10 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train until max_epochs, max_steps or early stopping; resume from the last checkpoint if any."""
+        with repeatable(self.accelerator.device):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         progress = self._start(resume)
         resumed_after_s = progress.elapsed_s
         started = time.monotonic() - resumed_after_s

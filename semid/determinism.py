@@ -1,0 +1,29 @@
+"""Bit-for-bit repeatable training on the CPU.
+
+With several CPU threads, torch adds up the gradients of an indexed tensor (``x[rows]``,
+``codebooks[levels, codes]``) in an order that varies from run to run, so the same seed and data gave
+weights that differed in the seventh decimal (and IDs or metrics that could drift apart over a long
+run). Torch's deterministic algorithms add them in a fixed order. GPUs keep their default: their
+deterministic kernels need ``CUBLAS_WORKSPACE_CONFIG`` set before start-up and cost speed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def repeatable(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Within: torch's deterministic algorithms on when ``device`` is the CPU; as before after."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
