@@ -25,3 +25,12 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     if logging_to_file:
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
     return tqdm(*args, **kwargs)
+
+
+def batch_starts(total: int, batch_size: int, desc: str, quiet_up_to: int = 8) -> Any:
+    """``range(0, total, batch_size)``, with a progress bar of batches (cleared when done) when
+    there are more than ``quiet_up_to`` of them: a long evaluation or search says how far it is."""
+    starts = range(0, total, batch_size)
+    return progress_bar(
+        starts, desc=desc, unit="batch", leave=False, disable=len(starts) <= quiet_up_to
+    )

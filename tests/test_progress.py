@@ -3,7 +3,7 @@
 import io
 import time
 
-from semid.progress import LOG_INTERVAL_S, progress_bar
+from semid.progress import LOG_INTERVAL_S, batch_starts, progress_bar
 
 
 class Terminal(io.StringIO):
@@ -19,3 +19,11 @@ def test_a_bar_in_a_log_redraws_rarely_and_on_a_terminal_as_usual():
     assert progress_bar(range(1), file=log).mininterval == LOG_INTERVAL_S
     assert progress_bar(range(1), file=Terminal()).mininterval == 0.1
     assert progress_bar(range(1), file=log, mininterval=1.0).mininterval == 1.0
+
+
+def test_batch_starts_show_a_bar_only_for_many_batches(capsys):
+    """A long evaluation or search says how far it is; a short one stays quiet."""
+    assert list(batch_starts(100, 10, "rank test users", quiet_up_to=8)) == list(range(0, 100, 10))
+    assert "rank test users" in capsys.readouterr().err
+    assert list(batch_starts(16, 8, "rank test users", quiet_up_to=8)) == [0, 8]
+    assert capsys.readouterr().err == ""

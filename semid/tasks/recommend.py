@@ -42,6 +42,7 @@ from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, save_model
 from semid.notes import tell
+from semid.progress import batch_starts
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, replacing_run, write_run
 from semid.tasks.base import EvalOptions, IndexSource, Predictor, Task, move, register_task
@@ -612,7 +613,7 @@ def rank_split(
     ranking: Ranking | None = None
     started = time.perf_counter()
     with torch.no_grad():
-        for lo in range(0, len(dataset), batch_size):
+        for lo in batch_starts(len(dataset), batch_size, f"rank {which} users"):
             batch = collate(positions[lo : lo + batch_size].tolist())
             seen = batch.pop("seen", None)
             batch.pop("targets")

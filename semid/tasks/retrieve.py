@@ -65,6 +65,7 @@ from semid.indexing import (
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
 from semid.notes import tell
+from semid.progress import batch_starts
 from semid.quantization import Quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranking
 from semid.runs import Run, load_run, replacing_run, write_run
@@ -209,8 +210,8 @@ class HeldOut:
 def query_batches(queries: EncodedTexts, texts: list[str], lexical: LexicalIndex | None,
                   batch_size: int = 64) -> Iterator[dict[str, Tensor]]:  # fmt: skip
     """PromptDSI search batches of encoded queries, with their lexical log-probs over the documents
-    (``lexical``) when there is a lexical index."""
-    for lo in range(0, len(texts), batch_size):
+    (``lexical``) when there is a lexical index; a progress bar when there are many."""
+    for lo in batch_starts(len(texts), batch_size, "search queries"):
         batch = search_batch(queries, lo, lo + batch_size)
         if lexical is not None:
             batch["lexical"] = lexical.log_probs(texts[lo : lo + batch_size])

@@ -44,6 +44,7 @@ from semid.indexing import (
 from semid.metrics import compute_metrics, without_repeats
 from semid.models import model_class
 from semid.notes import tell
+from semid.progress import batch_starts
 from semid.ranking import Ranking
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
 from semid.saving import read_rows, write_rows
@@ -464,7 +465,10 @@ class Text2ImagePredictor(QueryPredictor):
         """Top-k image rows for query embeddings (Q, T), in batches."""
         ranker = self.mixed_ranker(num_beams, item_mix)
         return Ranking.concat(
-            [ranker.rank(move(chunk, self.device), k) for chunk in queries.split(batch_size)]
+            [
+                ranker.rank(move(queries[lo : lo + batch_size], self.device), k)
+                for lo in batch_starts(len(queries), batch_size, "search queries")
+            ]  # fmt: skip
         )
 
 
