@@ -51,6 +51,16 @@ def test_build_from_embeddings_then_stats(tmp_path, embeddings, capsys):
     assert stats["items"] == 300 and stats["codebook_sizes"][:2] == [8, 8]
 
 
+def test_a_crowded_index_is_noted_with_what_would_spread_it(tmp_path, embeddings, capsys):
+    """300 items on 2x8 = 64 quantized IDs: most share theirs, and the build says so."""
+    x_path, keys_path = embeddings
+    assert main(build_args(x_path, keys_path, tmp_path / "crowded")) == 0
+    err = capsys.readouterr().err
+    assert "of the items share their quantized ID with another item" in err and "--items" in err
+    assert main(build_args(x_path, keys_path, tmp_path / "roomy", "rqkmeans:3x16")) == 0
+    assert "share their quantized ID" not in capsys.readouterr().err
+
+
 def test_same_seed_same_ids(tmp_path, embeddings):
     x_path, keys_path = embeddings
     for name in ("a", "b"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from semid.atomic import check_writable
 from semid.cli.common import add_device_argument, add_interaction_file_arguments, check_seed
-from semid.cli.index_stats import format_stats
+from semid.cli.index_stats import crowding_note, format_stats
 from semid.defaults import AUTO, COLLISION_STRATEGIES
 from semid.errors import SemidError
 
@@ -111,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
     ids, notes = task.build_index(source, args.quantizer, args.out, args.collisions, args.seed)
     for note in notes:
         print(note)
-    print(format_stats(ids.stats()))
+    stats = ids.stats()
+    print(format_stats(stats))
+    crowded = crowding_note(stats)
+    if crowded is not None:
+        print(f"semid: note: {crowded}", file=sys.stderr)
     if args.plot:
         plot_code_usage(ids, args.plot)
         print(f"codebook usage plot: {args.plot}")

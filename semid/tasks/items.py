@@ -27,6 +27,7 @@ from semid.graph import unique_edges
 from semid.ids import SemanticIDs
 from semid.indexing import AUTO, build_ids
 from semid.models import model_class
+from semid.notes import tell
 from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource
 
@@ -105,7 +106,9 @@ def build_item_index(
                          f"({x.shape[1]}-d SVD of the user-item matrix); --items FILE gives text vectors")  # fmt: skip
             metadata = {"dataset": source.dataset, "item_vectors": INTERACTION_VECTORS}
         else:
-            notes.append(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
+            tell(
+                f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}"
+            )  # now: it takes a while
             x = TextEncoder(model=source.encoder, device=source.device).encode(dataset.item_texts)
             metadata = {"dataset": source.dataset, "items": source.items,
                         "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
