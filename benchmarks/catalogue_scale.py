@@ -26,7 +26,7 @@ from typing import Any
 import faiss
 import torch
 
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
 from semid.models import build_model
 from semid.trie import PrefixTrie
 
@@ -188,11 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_start": load_start, "load_end": os.getloadavg()[0], "rows": rows, "crossover": crossover(rows),
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "catalogue-scale.json", result)
-    with atomic_file(args.out / "catalogue-scale.md") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_result(args.out / "catalogue-scale", result, markdown(result))
     return result
 
 

@@ -32,7 +32,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
 from benchmarks.decoding_report import BEAMS, markdown, targets
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
 from semid.beam_search import _masked_log_probs, constrained_beam_search
 from semid.errors import SemidError
 from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor
@@ -424,10 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["targets"] = targets(result)
     out = args.out or (None if args.quick else RESULTS)  # a smoke run keeps the committed table
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "decoding.json", result)
-        with atomic_file(out / "decoding.md") as f:
-            f.write(markdown(result))
+        write_result(out / "decoding", result, markdown(result), show=False)
     print(markdown(result))
     return result
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
 from semid.plots import plot_curves
 
 TEST = ["recall@1", "recall@10", "mrr@10"]
@@ -148,10 +148,8 @@ def curve_panels(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
 def write_final(out: str, rows: list[dict], metas: list[dict]) -> None:
     """Write out.json (runs with curves, summary, metadata), out.md and out_curves.png."""
     summary = summarise(rows)
-    write_json(f"{out}.json", {"meta": metas, "summary": summary, "runs": rows})
     text = "\n".join(final_markdown(summary, metas)) + "\n"
-    with atomic_file(f"{out}.md") as f:
-        f.write(text)
+    write_result(out, {"meta": metas, "summary": summary, "runs": rows}, text, show=False)
     plot_curves(curve_panels(rows), f"{out}_curves.png")
     print(text)
 
@@ -209,6 +207,5 @@ def sweep_markdown(rows: list[dict], best: list[dict], metas: list[dict]) -> lis
 
 def write_sweep(out: str, rows: list[dict], best: list[dict], metas: list[dict]) -> None:
     """Write out.json (runs with curves, best configs, metadata) and out.md."""
-    write_json(f"{out}.json", {"meta": metas, "best": best, "runs": rows})
-    with atomic_file(f"{out}.md") as f:
-        f.write("\n".join(sweep_markdown(rows, best, metas)) + "\n")
+    text = "\n".join(sweep_markdown(rows, best, metas)) + "\n"
+    write_result(out, {"meta": metas, "best": best, "runs": rows}, text, show=False)

@@ -39,7 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
+from semid.atomic import atomic_file
 from semid.cli import console_script
 from semid.data import load_dataset
 from semid.runs import read_metrics, read_run_config
@@ -280,11 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": args.seeds,
         "runs": collect(args.work, args.seeds),
     }
-    write_json(args.out.with_suffix(".json"), result)
-    text = markdown(result)
-    with atomic_file(args.out.with_suffix(".md")) as f:
-        f.write(text)
-    print(text)
+    write_result(args.out.with_suffix(""), result, markdown(result))
 
 
 if __name__ == "__main__":

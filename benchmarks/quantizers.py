@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import semid  # noqa: E402
-from semid.atomic import atomic_file, write_json  # noqa: E402
+from benchmarks.results_files import write_result
 from semid.collisions import collision_rate  # noqa: E402
 from semid.ids import level_perplexity  # noqa: E402
 from semid.quantization import build_quantizer  # noqa: E402
@@ -297,11 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": {name: summarize(r, len(x)) for name, r in runs.items()},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "quantizers.json", report)
-    with atomic_file(args.out / "quantizers.md") as f:
-        f.write(markdown(report))
-    print(markdown(report))
+    write_result(args.out / "quantizers", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ from benchmarks.recommend_setup import (
     newest_items,
     without_items,
 )
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
+from semid.atomic import atomic_file
 from semid.configs import parse_json_object
 from semid.data import load_dataset
 from semid.data.registry import register_dataset
@@ -321,10 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "index_seconds": index_seconds, "budgets": BUDGETS,
               "graph_quantizer": args.graph_quantizer,
               "rows": rows, "comparisons": comparisons(rows), "cold_start": cold, "errors": errors}  # fmt: skip
-    write_json(args.out.with_suffix(".json"), result)
-    with atomic_file(args.out.with_suffix(".md")) as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_result(args.out.with_suffix(""), result, markdown(result))
     return result
 
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import semid.generators.mmgrec as mmgrec_module
+from benchmarks.results_files import write_result
 from benchmarks.tiger_throughput import format_runs, tiger_index, train_steps
-from semid.atomic import atomic_file, write_json
 from semid.data.registry import load_dataset
 from semid.data.sequences import CodeCollator, SequenceDataset, prepare_data
 from semid.dropout import use_torch_dropout
@@ -155,11 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_start": load_start, "load_end": os.getloadavg()[0], "steps": args.steps,
         "batch_size": args.batch_size, "rows": rows,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "sequence-throughput.json", result)
-    with atomic_file(args.out / "sequence-throughput.md") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_result(args.out / "sequence-throughput", result, markdown(result))
     return result
 
 

@@ -38,8 +38,8 @@ import aiohttp
 import numpy as np
 import torch
 
+from benchmarks.results_files import write_result
 from semid import __version__
-from semid.atomic import atomic_file, write_json
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
 from semid.serving import Predictor, bind_socket, default_threads, default_workers
@@ -357,10 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["in_process"] = baseline
     result["in_process_batched"] = batched
     result["environment"]["loadavg_end"] = list(os.getloadavg())
-    write_json(args.out / f"{args.name}.json", result)
-    with atomic_file(args.out / f"{args.name}.md") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_result(args.out / args.name, result, markdown(result))
     return result
 
 

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
 from semid.data.image_files import split_indices
 from semid.data.images import ImageDataset, class_queries, describe_class
 from semid.generators.avg import Avg, AvgConfig
@@ -451,9 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"text2image-{Path(args.dataset).name}"
         )
         name += "-validation" if args.validate else ""
-        write_json(RESULTS / f"{name}.json", result)
-        with atomic_file(RESULTS / f"{name}.md") as f:
-            f.write(text)
+        write_result(RESULTS / name, result, text, show=False)
     return 0
 
 

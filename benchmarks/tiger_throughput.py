@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import semid.quantizers  # noqa: F401  (registers the quantizer families)
-from semid.atomic import atomic_file, write_json
+from benchmarks.results_files import write_result
 from semid.data.registry import load_dataset
 from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
 from semid.dropout import use_torch_dropout
@@ -244,11 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_start": load_start, "load_end": os.getloadavg()[0], "steps": args.steps,
         "train_seconds": args.train_seconds, "throughput": rows, "quality": quality_rows,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "tiger-throughput.json", result)
-    with atomic_file(args.out / "tiger-throughput.md") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_result(args.out / "tiger-throughput", result, markdown(result))
     return result
 
 

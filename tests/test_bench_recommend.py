@@ -15,6 +15,7 @@ def small_movielens(monkeypatch):
     """ml-100k's first 60 users, registered as a dataset the benchmark can name."""
     from semid.data import registry
 
+    registry.available_datasets()  # the built-in ones registered first, so the copy holds them
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_dataset("ml-100k-60", lambda: slice_users(load_dataset("ml-100k"), 60), "60 users")
     return "ml-100k-60"

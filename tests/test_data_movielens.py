@@ -137,6 +137,7 @@ def test_registry_lists_defaults_and_rejects_unknown_names() -> None:
 def test_registry_is_extensible(monkeypatch: pytest.MonkeyPatch) -> None:
     from semid.data import registry
 
+    registry.available_datasets()  # the built-in ones registered first, so the copy holds them
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_dataset("toy", lambda: "loaded", "a toy dataset")
     assert "toy" in available_datasets()
@@ -153,6 +154,7 @@ def test_registry_imports_dataset_modules_lazily(
     )
     (tmp_path / "semid_broken_ds.py").write_text("import semid_missing_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    registry.available_datasets()  # the built-in ones registered first, so the copy holds them
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_imported", False)
     monkeypatch.setattr(registry, "DATASET_MODULES", ["semid_not_installed", "semid_toy_ds"])

@@ -1,0 +1,20 @@
+"""Where a benchmark's measurements go: ``STEM.json`` (every number) and ``STEM.md`` (the table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from semid.atomic import atomic_file, write_json
+
+
+def write_result(stem: str | Path, result: Any, markdown: str, show: bool = True) -> None:
+    """Write ``result`` to ``STEM.json`` and ``markdown`` to ``STEM.md``, each atomically (the
+    folder is made if needed), then print the table unless ``show`` is false."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(f"{stem}.json", result)
+    with atomic_file(f"{stem}.md") as f:
+        f.write(markdown)
+    if show:
+        print(markdown)
