@@ -39,6 +39,7 @@ from ``encoder_config`` and ``encoder_seed``), so saved models hold only what wa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -269,16 +270,14 @@ class PromptDSI(Generator):
         pooled = F.normalize(masked_mean(hidden.float(), attention_mask), dim=-1)
         return F.normalize(pooled - self.key_center, dim=-1)
 
-    def set_key_center_(self, hidden: list[Tensor], attention_mask: list[Tensor]) -> None:
+    def set_key_center_(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
         """Centre prompt matching on the mean of the initial corpus's pooled lower states: without it
         every text shares one dominant direction and prompt selection barely depends on the topic.
-        Takes batches of lower states (B, T, H) and their masks; set it before the session-0 keys."""
-        if not hidden:
+        Takes (lower states (B, T, H), mask (B, T)) batches, one at a time (a generator keeps one
+        padded batch in memory); set it before the session-0 keys."""
+        pooled = [F.normalize(masked_mean(h.float(), m), dim=-1) for h, m in batches]
+        if not pooled:
             raise SemidError("set_key_center_ needs at least one batch of lower states")
-        pooled = [
-            F.normalize(masked_mean(h.float(), m), dim=-1)
-            for h, m in zip(hidden, attention_mask, strict=True)
-        ]
         self.key_center.copy_(torch.cat(pooled).mean(0).to(self.key_center))
 
     def select_prompts(self, query: Tensor) -> Tensor:

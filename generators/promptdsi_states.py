@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,20 +130,18 @@ def centroid_codebooks(quantizer: Any, width: int) -> Tensor | None:
     return books.detach().float().cpu() if books.shape[-1] == width else None
 
 
+def padded_batches(texts: EncodedTexts, size: int = 256) -> Iterator[dict[str, Tensor]]:
+    """``pad_states`` of ``size`` texts at a time: one padded float32 batch in memory, not all."""
+    for lo in range(0, len(texts.states), size):
+        yield pad_states(texts.states[lo : lo + size])
+
+
 def set_key_center(model: Any, docs: EncodedTexts) -> None:
     """Centre the model's prompt matching on these documents' mean pooled lower states."""
-    hidden, masks = [], []
-    for lo in range(0, len(docs.states), 256):
-        batch = pad_states(docs.states[lo : lo + 256])
-        hidden.append(batch["hidden"])
-        masks.append(batch["attention_mask"])
-    model.set_key_center_(hidden, masks)
+    model.set_key_center_((b["hidden"], b["attention_mask"]) for b in padded_batches(docs))
 
 
 def topic_keys(model: Any, docs: EncodedTexts, m: int, seed: int = 0) -> Tensor:
     """m fixed topic keys (m, H): k-means centroids of the documents' matching vectors."""
-    vectors = []
-    for lo in range(0, len(docs.states), 256):
-        batch = pad_states(docs.states[lo : lo + 256])
-        vectors.append(model.query_keys(batch["hidden"], batch["attention_mask"]))
+    vectors = [model.query_keys(b["hidden"], b["attention_mask"]) for b in padded_batches(docs)]
     return kmeans(torch.cat(vectors), m, seed=seed)

@@ -324,13 +324,13 @@ def test_centred_keys_separate_topics_that_share_a_dominant_direction():
     mask = torch.ones(2, 2, dtype=torch.long)
     raw = model.query_keys(hidden, mask)
     assert raw[0] @ raw[1] > 0.99  # both point along the shared direction
-    model.set_key_center_([hidden], [mask])
+    model.set_key_center_([(hidden, mask)])
     centred = model.query_keys(hidden, mask)
     assert centred[0] @ centred[1] < -0.99  # only the topic part is left
     model.set_topic_keys_(centred)
     assert model.select_prompts(centred)[:, 0].tolist() == [0, 1]
     with pytest.raises(SemidError, match="at least one batch"):
-        model.set_key_center_([], [])
+        model.set_key_center_([])
 
 
 def test_centroid_config_is_checked():
