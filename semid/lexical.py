@@ -99,8 +99,10 @@ class LexicalIndex:
         c = self.counts
         arrays = {"data": c.data.astype(np.float32), "indices": c.indices.astype(np.int64),
                   "indptr": c.indptr.astype(np.int64)}  # fmt: skip
-        meta = {"vocab": json.dumps(self.vocab), "shape": json.dumps(list(c.shape)),
-                "k1": str(self.k1), "b": str(self.b)}  # fmt: skip
+        # one metadata entry: safetensors writes several in an order that varies between runs, and
+        # the same documents must give the same bytes
+        meta = {"lexical": json.dumps({"vocab": self.vocab, "shape": list(c.shape),
+                                       "k1": self.k1, "b": self.b})}  # fmt: skip
         with atomic_file(path, "wb") as f:
             f.write(save(arrays, metadata=meta))
 
@@ -114,11 +116,15 @@ class LexicalIndex:
             arrays = load_file(str(path))
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata()
-            shape = tuple(json.loads(meta["shape"]))
+            if "lexical" in meta:
+                meta = json.loads(meta["lexical"])
+            else:  # written before the one entry: each value a JSON or number string of its own
+                meta = {"vocab": json.loads(meta["vocab"]), "shape": json.loads(meta["shape"]),
+                        "k1": meta["k1"], "b": meta["b"]}  # fmt: skip
             counts = sp.csr_matrix(
-                (arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape
+                (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(meta["shape"])
             )
-            return cls(json.loads(meta["vocab"]), counts, float(meta["k1"]), float(meta["b"]))
+            return cls(meta["vocab"], counts, float(meta["k1"]), float(meta["b"]))
         except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
             raise damaged(path, e) from None
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
+import numpy as np
 import torch
+from safetensors.numpy import save
 
 from semid.lexical import LexicalIndex
 
@@ -42,3 +47,28 @@ def test_add_equals_building_from_all_texts_and_save_load_round_trips(tmp_path):
     loaded = LexicalIndex.load(tmp_path / "lexical.safetensors")
     torch.testing.assert_close(loaded.scores(queries), grown.scores(queries))
     assert loaded.vocab == grown.vocab
+
+
+def test_the_same_documents_save_to_the_same_bytes_in_any_process(tmp_path):
+    """Several safetensors metadata entries came out in an order that varied between processes."""
+    code = (
+        "import sys; from semid.lexical import LexicalIndex\n"
+        "LexicalIndex.from_texts(['the quick brown fox', 'the lazy dog sleeps']).save(sys.argv[1])\n"
+    )
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+
+
+def test_an_index_saved_with_one_metadata_entry_per_field_still_loads(tmp_path):
+    index = LexicalIndex.from_texts(DOCS)
+    c = index.counts
+    arrays = {"data": c.data.astype(np.float32), "indices": c.indices.astype(np.int64),
+              "indptr": c.indptr.astype(np.int64)}  # fmt: skip
+    meta = {"vocab": json.dumps(index.vocab), "shape": json.dumps(list(c.shape)),
+            "k1": str(index.k1), "b": str(index.b)}  # fmt: skip
+    (tmp_path / "old.safetensors").write_bytes(save(arrays, metadata=meta))
+    loaded = LexicalIndex.load(tmp_path / "old.safetensors")
+    assert loaded.vocab == index.vocab
+    torch.testing.assert_close(loaded.scores(["quick dog"]), index.scores(["quick dog"]))
