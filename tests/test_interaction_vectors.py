@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from semid.cli.main import main
-from semid.data.movielens import InteractionLog
+from semid.data.logs import InteractionLog
 from semid.ids import SemanticIDs, load_quantizer
 from semid.tasks.items import INTERACTION_VECTORS, interaction_vectors
 

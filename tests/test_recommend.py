@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.logs import InteractionLog, RecDataset
 from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
 from semid.errors import SemidError
 from semid.ids import SemanticIDs

@@ -14,7 +14,7 @@ import semid.quantizers  # noqa: F401  (registers rqkmeans)
 from semid.cli.main import main
 from semid.configs import RULES, config_from_dict, parse_json_object
 from semid.cooccurrence import neighbour_table
-from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.logs import InteractionLog, RecDataset
 from semid.data.registry import register_dataset
 from semid.errors import SemidError
 from semid.generators.mmgrec import MMGRecConfig

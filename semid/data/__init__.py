@@ -10,7 +10,8 @@ from semid.lazy import lazy_getattr
 _MODULE_OF = {
     "semid.data.embeddings": ("load_embeddings", "read_keys", "save_embeddings"),
     "semid.data.interaction_files": ("load_interaction_files",),
-    "semid.data.movielens": ("InteractionLog", "RecDataset", "load_movielens"),
+    "semid.data.logs": ("InteractionLog", "RecDataset"),
+    "semid.data.movielens": ("load_movielens",),
     "semid.data.registry": (
         "available_datasets",
         "dataset_descriptions",

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.logs import InteractionLog, RecDataset
 from semid.data.tables import (
     USER_COLUMNS,
     column_name,

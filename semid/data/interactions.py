@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from semid.data.movielens import InteractionLog
+from semid.data.logs import InteractionLog
 from semid.errors import SemidError
 from semid.wording import counted
 

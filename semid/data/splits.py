@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semid.data.movielens import InteractionLog
+from semid.data.logs import InteractionLog
 
 PAD = -1  # item id used for padding in histories; never a real item
 

@@ -16,7 +16,7 @@ from semid.data.interaction_files import (
     read_item_texts,
 )
 from semid.data.interactions import keyed_by_rows
-from semid.data.movielens import InteractionLog, RecDataset
+from semid.data.logs import InteractionLog, RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
 from semid.data.tables import matching_columns, table_format

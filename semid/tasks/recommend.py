@@ -22,7 +22,7 @@ from torch import Tensor
 
 from semid import notes
 from semid.atomic import check_output_folder
-from semid.data.movielens import RecDataset
+from semid.data.logs import RecDataset
 from semid.data.sequences import (
     CodeCollator,
     RecData,
