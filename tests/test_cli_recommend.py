@@ -253,3 +253,20 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     assert "recall@5" in saved["test"]  # the default evaluation's figures are kept beside it
     assert main(["eval", str(run), "--cold-share", "2"]) == 2
     assert "cold-share must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_eval_users_scores_an_even_subset_and_saves_it_apart(tmp_path, capsys):
+    """A quick estimate on a large log: --users N ranks N of the split's users, and its figures go
+    under their own key, beside the full ones."""
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    assert main(["eval", str(run), "--k", "10"]) == 0
+    assert main(["eval", str(run), "--k", "10", "--users", "100"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test (users=100)"]["num_queries"] == 100
+    assert metrics["test"]["num_queries"] == 943
+    capsys.readouterr()
+    assert main(["eval", str(run), "--users", "0"]) == 2
+    assert "--users must be >= 1" in capsys.readouterr().err

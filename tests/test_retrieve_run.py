@@ -156,7 +156,7 @@ def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
     loaded = load_run(run)
     assert main(["eval", str(run), "--split", "valid"]) == 2
     assert "holds test queries only" in capsys.readouterr().err
-    for flags in (["--cold-share", "0.2"], ["--keep-seen"]):
+    for flags in (["--cold-share", "0.2"], ["--keep-seen"], ["--users", "5"]):
         assert main(["eval", str(run), *flags]) == 2
         assert f"{flags[0]} is for recommendation runs" in capsys.readouterr().err
     assert not (run / "metrics.json").exists()

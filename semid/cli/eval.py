@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: the run's, chosen on the valid split for recommenders, on validation images for "
         "AVG, on held-out training queries for PromptDSI)",
     )
+    p.add_argument(
+        "--users",
+        type=int,
+        help="recommendation: score an evenly spaced subset of this many of the split's users, "
+        "for a quick estimate on a large log (saved apart from the full figures) (default: all)",
+    )
     p.add_argument("--keep-seen", action="store_true",
                    help="recommendation: also rank items the user already interacted with "
                    "(default: exclude them, as RecBole's full-sort evaluation does)")  # fmt: skip
@@ -76,10 +82,12 @@ def options_from(args: argparse.Namespace) -> EvalOptions:
         )
     if args.batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.users is not None and args.users < 1:
+        raise SemidError(f"--users must be >= 1 (or left out for every user), got {args.users}")
     return EvalOptions(
         split=args.split, ks=tuple(args.k), num_beams=args.num_beams, batch_size=args.batch_size,
         device=resolve_device(args.device), cold_share=args.cold_share, cold_prefix=args.cold_prefix,
-        keep_seen=args.keep_seen, item_mix=args.item_mix,
+        keep_seen=args.keep_seen, item_mix=args.item_mix, max_users=args.users,
     )  # fmt: skip
 
 
@@ -90,7 +98,8 @@ def metrics_key(args: argparse.Namespace) -> str:
                f"cold_share={args.cold_share:g}" if args.cold_share else "",
                f"cold_prefix={args.cold_prefix}" if args.cold_share and args.cold_prefix != 1 else "",
                f"item_mix={args.item_mix:g}" if args.item_mix is not None else "",
-               "keep_seen" if args.keep_seen else ""]  # fmt: skip
+               "keep_seen" if args.keep_seen else "",
+               f"users={args.users}" if args.users is not None else ""]  # fmt: skip
     changed = [c for c in changed if c]
     return f"{args.split} ({', '.join(changed)})" if changed else args.split
 

@@ -78,13 +78,15 @@ class EvalOptions:
     cold_prefix: int = 1
     keep_seen: bool = False  # recommend: also rank items the user already interacted with
     item_mix: float | None = None  # weight of a generator's item or image head (None: the run's)
+    max_users: int | None = None  # recommend: an evenly spaced subset of the split's users
 
 
 def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> None:
-    """SemidError naming ``--cold-share`` or ``--keep-seen`` when given for a run of another task
-    (a ``kind`` run), which would ignore it and save its metrics under that option's name."""
+    """SemidError naming ``--cold-share``, ``--keep-seen`` or ``--users`` when given for a run of
+    another task (a ``kind`` run), which would ignore it and save its metrics under its name."""
     flags = [flag for flag, on in (("--cold-share", options.cold_share > 0),
-                                   ("--keep-seen", options.keep_seen)) if on]  # fmt: skip
+                                   ("--keep-seen", options.keep_seen),
+                                   ("--users", options.max_users is not None)) if on]  # fmt: skip
     if flags:
         raise SemidError(f"{flags[0]} is for recommendation runs; {run.path} is a {kind} run")
 

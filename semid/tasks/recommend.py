@@ -184,8 +184,8 @@ class RecommendTask(Task):
         ranker = self.ranker(run, spec, options)
         codes = run.ids.codes if is_generator(run.model) else None
         return evaluate_ranker(
-            ranker, data, options.split, options.ks, codes, spec.max_history,
-            options.batch_size, exclude_seen=not options.keep_seen, device=options.device,
+            ranker, data, options.split, options.ks, codes, spec.max_history, options.batch_size,
+            options.max_users, exclude_seen=not options.keep_seen, device=options.device,
         )  # fmt: skip
 
     def ranker(self, run: Run, spec: RecommendSpec, options: EvalOptions) -> Ranker:
