@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import semid  # noqa: E402
-from benchmarks.results_files import write_result
+from benchmarks.results_files import write_result  # noqa: E402
 from semid.collisions import collision_rate  # noqa: E402
 from semid.ids import level_perplexity  # noqa: E402
 from semid.quantization import build_quantizer  # noqa: E402

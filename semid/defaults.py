@@ -8,6 +8,7 @@ import os
 AUTO = "auto"  # a quantizer spec: sized to the number of items (semid.indexing.auto_spec)
 DEFAULT_NUM_BEAMS = 20  # beams of a top-k search (at least k)
 COLLISION_STRATEGIES = ("extra-level", "popularity", "reassign")  # semid.collisions implements each
+INTERACTION_VECTORS = "interactions-svd"  # index metadata: item vectors from the interactions
 
 
 def usable_cores() -> int:

@@ -94,7 +94,7 @@ class ProcessPredictor:
         """Replace a child that died (the out-of-memory killer, a crash) with a new one, loaded."""
         code = self._process.exitcode
         self._conn.close()
-        note(f"serve: a model process stopped (exit code {code}); starting a new one")
+        note(f"a model process stopped (exit code {code}); starting a new one", "serve")
         self._start()
         self.wait_until_loaded()
 

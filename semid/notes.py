@@ -1,6 +1,7 @@
 """What the library tells the person running it, through :mod:`logging` (library code never prints).
 
-``note(text)`` is something they may want to act on (a WARNING of the ``semid.notes`` logger);
+``note(text)`` is something they may want to act on (a WARNING of the ``semid.notes`` logger;
+``note(text, "serve")`` is shown as ``semid serve: TEXT``, as that command's own lines are);
 ``tell(text)`` is a summary or progress line (INFO). `semid` commands call :func:`show_on_console`
 first: notes then go to stderr as ``semid: note: TEXT`` and progress lines to stdout. A Python caller
 who configures nothing sees notes on stderr through logging's last-resort handler and no progress
@@ -15,9 +16,10 @@ import sys
 logger = logging.getLogger("semid.notes")
 
 
-def note(text: str) -> None:
-    """Tell the user something they may want to act on (stderr, ``semid: note: TEXT``, in a command)."""
-    logger.warning(text)
+def note(text: str, command: str | None = None) -> None:
+    """Tell the user something they may want to act on: on stderr as ``semid: note: TEXT`` in a
+    command, or ``semid COMMAND: TEXT`` for what a long-running command (serve) reports as it goes."""
+    logger.warning(text, extra={"command": command})
 
 
 def tell(text: str) -> None:
@@ -34,7 +36,9 @@ class ConsoleHandler(logging.Handler):
         """Print the record's message to the stream its level goes to."""
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
-            print(f"semid: note: {text}", file=sys.stderr, flush=True)
+            command = getattr(record, "command", None)
+            prefix = f"semid {command}:" if command else "semid: note:"
+            print(f"{prefix} {text}", file=sys.stderr, flush=True)
         else:
             print(text, flush=True)
 

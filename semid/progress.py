@@ -12,6 +12,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from semid.distributed import is_main_process
+
 LOG_INTERVAL_S = 30.0
 
 
@@ -31,6 +33,5 @@ def batch_starts(total: int, batch_size: int, desc: str, quiet_up_to: int = 8) -
     """``range(0, total, batch_size)``, with a progress bar of batches (cleared when done) when
     there are more than ``quiet_up_to`` of them: a long evaluation or search says how far it is."""
     starts = range(0, total, batch_size)
-    return progress_bar(
-        starts, desc=desc, unit="batch", leave=False, disable=len(starts) <= quiet_up_to
-    )
+    quiet = len(starts) <= quiet_up_to or not is_main_process()  # one bar per job, not per rank
+    return progress_bar(starts, desc=desc, unit="batch", leave=False, disable=quiet)

@@ -51,12 +51,12 @@ class ReloadingPredictor:
             fresh = self._load()
         except SemidError as e:  # a broken change: tried again once the folder changes again
             self._failed = stamp
-            note(f"serve: {self._run_dir} changed but did not load ({e}); serving the copy "
-                 "loaded before")  # fmt: skip
+            note(f"{self._run_dir} changed but did not load ({e}); serving the copy "
+                 "loaded before", "serve")  # fmt: skip
             return self._current
         self._current, self._stamp = fresh, stamp
-        note(f"serve: {self._run_dir} changed on disk; loaded it again "
-             f"({fresh.info()['index_size']:,} indexed)")  # fmt: skip
+        note(f"{self._run_dir} changed on disk; loaded it again "
+             f"({fresh.info()['index_size']:,} indexed)", "serve")  # fmt: skip
         return fresh
 
     def info(self) -> dict[str, Any]:

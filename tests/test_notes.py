@@ -12,9 +12,13 @@ def test_commands_show_notes_on_stderr_and_progress_lines_on_stdout(capsys):
     show_on_console()  # idempotent: one handler, each message shown once
     assert sum(isinstance(h, ConsoleHandler) for h in logger.handlers) == 1
     note("the items file has 2 repeated rows")
+    note("runs/x changed on disk; loaded it again", "serve")  # as serve's own lines read
     tell("indexed 1,682 items")
     out, err = capsys.readouterr()
-    assert err == "semid: note: the items file has 2 repeated rows\n"
+    assert err == (
+        "semid: note: the items file has 2 repeated rows\n"
+        "semid serve: runs/x changed on disk; loaded it again\n"
+    )
     assert out == "indexed 1,682 items\n"
 
 

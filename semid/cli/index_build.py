@@ -10,7 +10,7 @@ from pathlib import Path
 from semid.atomic import check_writable
 from semid.cli.common import add_device_argument, add_interaction_file_arguments, check_seed
 from semid.cli.index_stats import crowding_note, format_stats
-from semid.defaults import AUTO, COLLISION_STRATEGIES
+from semid.defaults import AUTO, COLLISION_STRATEGIES, INTERACTION_VECTORS
 from semid.errors import SemidError
 
 TASK_OF_KIND = {"interactions": "recommend", "documents": "retrieve", "images": "text2image"}
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         print(note)
     stats = ids.stats()
     print(format_stats(stats))
-    crowded = crowding_note(stats)
+    from_interactions = ids.metadata.get("item_vectors") == INTERACTION_VECTORS
+    crowded = crowding_note(stats, from_interactions)
     if crowded is not None:
         print(f"semid: note: {crowded}", file=sys.stderr)
     if args.plot:

@@ -21,6 +21,7 @@ from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
 from semid.data.tables import matching_columns, table_format
 from semid.data.text_files import read_lines
+from semid.defaults import INTERACTION_VECTORS
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.graph import unique_edges
@@ -32,7 +33,6 @@ from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-INTERACTION_VECTORS = "interactions-svd"  # index metadata: item vectors from the interactions
 INTERACTION_DIM = 64
 
 

@@ -247,7 +247,8 @@ class Text2ImageTask(Task):
             test_x, cnn = load_image_features(features[1], len(splits.test)), None
         else:
             cnn = train_image_encoder(splits.train.images, seed=seed, progress=progress)
-            train_x, test_x = cnn.encode(splits.train.images), cnn.encode(splits.test.images)
+            train_x = cnn.encode(splits.train.images, device=source.device)
+            test_x = cnn.encode(splits.test.images, device=source.device)
         if quantizer == AUTO:
             quantizer = auto_spec(len(splits.train), family="voken", options=VOKEN_OPTIONS)
         texts = None
@@ -341,9 +342,9 @@ class Text2ImageTask(Task):
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""
         if options.split != "test":
-            raise SemidError(f"{run.path} is a text-to-image run: images have no validation split, "
-                             "so it is evaluated on the test split's held-out wordings only; leave "
-                             "out --split valid")  # fmt: skip
+            raise SemidError(f"{run.path} is a text-to-image run: it is evaluated on its test split "
+                             "only (its validation images chose the image head's weight during "
+                             "training); leave out --split valid")  # fmt: skip
         check_recommend_only_options(run, options, "text-to-image")
         spec = self.spec_of(run)
         check_fingerprint(run, spec.dataset)
