@@ -113,12 +113,16 @@ class ImageEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, images: Tensor, batch_size: int = 1024, device: str = "cpu") -> Tensor:
         """Features (N, dim) float32, on the CPU, of images (N, [C,] H, W) uint8, computed on
-        ``device`` (the encoder moves there)."""
-        self.eval().to(device)
+        ``device``; the encoder is back where it was afterwards (saving it reads CPU weights)."""
         x = self._pixels(images)
-        return torch.cat(
-            [self(chunk.to(device).float() / 255).cpu() for chunk in x.split(batch_size)]
-        )
+        home = next(self.parameters()).device
+        self.eval().to(device)
+        try:
+            return torch.cat(
+                [self(chunk.to(device).float() / 255).cpu() for chunk in x.split(batch_size)]
+            )
+        finally:
+            self.to(home)
 
     def _pixels(self, images: Tensor) -> Tensor:
         """Images as (N, C, H, W) uint8, checked against the config."""
