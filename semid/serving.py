@@ -503,8 +503,8 @@ def create_app(
 
 
 def default_threads(workers: int = 1) -> int:
-    """torch threads per model worker on CPU: the usable cores (:func:`usable_cores`) but one, which the HTTP event loop keeps,
-    shared among ``workers``; at least 1.
+    """torch threads per model worker on CPU: the usable cores (:func:`usable_cores`) but one,
+    which the HTTP event loop keeps, shared among ``workers``; at least 1.
 
     On a busy core torch's thread pool waits at every op for its slowest thread, so a pool as
     wide as the machine, sharing it with the server (and often its clients), runs many times

@@ -106,9 +106,8 @@ def build_item_index(
                          f"({x.shape[1]}-d SVD of the user-item matrix); --items FILE gives text vectors")  # fmt: skip
             metadata = {"dataset": source.dataset, "item_vectors": INTERACTION_VECTORS}
         else:
-            tell(
-                f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}"
-            )  # now: it takes a while
+            # said now, not with the notes after the build: embedding takes a while
+            tell(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
             x = TextEncoder(model=source.encoder, device=source.device).encode(dataset.item_texts)
             metadata = {"dataset": source.dataset, "items": source.items,
                         "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
