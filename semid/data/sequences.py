@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from semid.data.logs import RecDataset
 from semid.data.splits import PAD, LeaveOneOutSplit, chronological_order, leave_one_out, train_mask
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, codes_of_rows
@@ -82,7 +83,7 @@ class RecData:
         return s.sequence_items[train], ptr
 
 
-def prepare_data(dataset: Any, ids: SemanticIDs, max_history: int = 50) -> RecData:
+def prepare_data(dataset: RecDataset, ids: SemanticIDs, max_history: int = 50) -> RecData:
     """Split a RecDataset by leave-one-out and map its items to the rows of ``ids``."""
     log = dataset.interactions
     missing = [k for k in dataset.item_keys if k not in ids]
@@ -203,7 +204,7 @@ class CodeCollator:
         return batch
 
 
-def slice_users(dataset: Any, users: int) -> Any:
+def slice_users(dataset: RecDataset, users: int) -> RecDataset:
     """A copy of a RecDataset with only the interactions of users 0..users-1."""
     log = dataset.interactions
     keep = log.users < users
@@ -217,7 +218,7 @@ def slice_users(dataset: Any, users: int) -> Any:
     return dataclasses.replace(dataset, interactions=sliced, user_keys=dataset.user_keys[:users])
 
 
-def keep_indexed_items(dataset: Any, ids: SemanticIDs) -> tuple[Any, int]:
+def keep_indexed_items(dataset: RecDataset, ids: SemanticIDs) -> tuple[RecDataset, int]:
     """A copy of a RecDataset without the items ``ids`` has no row for, nor their events (users
     stay, maybe with no events); and how many events went."""
     indexed = torch.tensor([k in ids for k in dataset.item_keys], dtype=torch.bool)
