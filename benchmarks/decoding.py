@@ -423,9 +423,10 @@ def main(argv: list[str] | None = None) -> dict:
     result["environment"]["load_average_1min_end"] = os.getloadavg()[0]
     result["targets"] = targets(result)
     out = args.out or (None if args.quick else RESULTS)  # a smoke run keeps the committed table
+    table = markdown(result)
     if out is not None:
-        write_result(out / "decoding", result, markdown(result), show=False)
-    print(markdown(result))
+        write_result(out / "decoding", result, table, show=False)
+    print(table)
     return result
 
 

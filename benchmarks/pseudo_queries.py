@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_files import write_result
 from benchmarks.text_baselines import BM25
-from semid.atomic import atomic_file, write_json
+from semid.atomic import atomic_file
 from semid.cli import console_script
 from semid.data import load_dataset
 from semid.metrics import mrr_at_k, recall_at_k
@@ -115,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             m: test[f"d0-test/{m}"] for m in ("recall@1", "recall@10", "mrr@10")
         }
     stem = args.out or RESULTS / f"pseudo-queries-{args.dataset}"
-    write_json(stem.with_suffix(".json"), {"args": {k: str(v) for k, v in vars(args).items()},
-                                           "test_queries": len(tests), "rows": rows})  # fmt: skip
     lines = [f"# A corpus without queries: {args.dataset}, {args.docs} documents, seed {args.seed}", "",
              f"`python -m benchmarks.pseudo_queries --dataset {args.dataset} --docs {args.docs} --seed {args.seed}`", "",
              f"{len(tests)} real test queries of the {TEST_SHARE:.0%} test documents; every document indexed.", "",
@@ -125,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| {name} | {r['recall@1']:.4f} | {r['recall@10']:.4f} | {r['mrr@10']:.4f} |"
         for name, r in rows.items()
     ]
-    with atomic_file(stem.with_suffix(".md")) as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "test_queries": len(tests),
+        "rows": rows,
+    }
+    write_result(stem.with_suffix(""), result, "\n".join(lines) + "\n")
     return 0
 
 

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from semid.errors import SemidError
-from semid.ids import SemanticIDs
+from semid.ids import SemanticIDs, codes_of_rows
 from semid.metrics import compute_metrics
-from semid.ranking import BeamRanker, Ranking, beams_for, codes_of, pad_to, seen_mask
+from semid.ranking import BeamRanker, Ranking, beams_for, pad_to, seen_mask
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # candidate weights w, chosen on valid
 # candidate lexical weights, when there are scores
@@ -57,7 +57,7 @@ class Candidates:
         best, order = score.topk(min(k, score.shape[1]), dim=1)
         rows = torch.where(best > float("-inf"), self.rows.gather(1, order), -1)
         rows, best = pad_to(rows, best, k)
-        return Ranking(rows, best, codes_of(ids, rows))
+        return Ranking(rows, best, codes_of_rows(ids.codes, rows))
 
 
 class HybridRanker:

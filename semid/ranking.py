@@ -133,7 +133,7 @@ class ScoreRanker:
         top, rows = scores.topk(min(k, n), dim=1)
         rows = torch.where(top > float("-inf"), rows, -1).cpu()
         rows, top = pad_to(rows, top.cpu(), k)
-        return Ranking(rows, top, codes_of(self.ids, rows))
+        return Ranking(rows, top, codes_of_rows(self.ids.codes, rows))
 
 
 class BeamRanker:
@@ -193,7 +193,7 @@ class BeamRanker:
         if slots and len(self.cold_rows):
             rows, scores = self._mix_cold(rows, scores, self._prefix_keys(codes), seen, slots)
         rows, scores = pad_to(rows, scores, k)
-        return Ranking(rows, scores, codes_of(self.ids, rows))
+        return Ranking(rows, scores, codes_of_rows(self.ids.codes, rows))
 
     def _prefix_keys(self, codes: Tensor) -> Tensor:
         """One int64 per ID (..., L) for its first ``cold_prefix`` codes (mixed radix); -1 for padding."""
@@ -243,8 +243,3 @@ def pad_to(rows: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         torch.cat([rows, rows.new_full((b, missing), -1)], 1),
         torch.cat([scores, scores.new_full((b, missing), float("-inf"))], 1),
     )
-
-
-def codes_of(ids: SemanticIDs, rows: Tensor) -> Tensor:
-    """Semantic IDs (B, k, L) of rows (B, k); -1 where the row is -1."""
-    return codes_of_rows(ids.codes, rows)

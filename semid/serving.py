@@ -493,9 +493,10 @@ def create_app(
         if texts:
             answers = await asyncio.to_thread(with_texts, predictor, answers)
         body = {"results": answers}
-        note = short_answers_note(answers, k, predictor.max_k(), predictor.task, '"num_beams"')
-        if note is not None:
-            body["note"] = note
+        if any(len(a["keys"]) < k for a in answers):  # max_k() may check the run folder: not always
+            body["note"] = short_answers_note(
+                answers, k, predictor.max_k(), predictor.task, '"num_beams"'
+            )
         # a Response skips FastAPI's recursive jsonable_encoder: answers are plain JSON types already
         return JSONResponse(body)
 

@@ -132,7 +132,9 @@ def build_item_index(
     popularity = None
     if collisions == "popularity":
         popularity = torch.bincount(train.items, minlength=len(keys))
-    torch.manual_seed(seed)  # learned quantizers draw their initial weights from it
+    # the fits draw from their own seeded generators; this keeps what else draws from torch's
+    # global one in this process as it was
+    torch.manual_seed(seed)
     ids, fitted = build_ids(
         keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
     )
