@@ -2,8 +2,9 @@
 
 The frozen encoder's lower layers give the same states for a text every time, so they are computed
 once (sorted by length, order kept) and cached by content under ``$SEMID_CACHE`` (default
-``~/.cache/semid``); training and search then read them. Also the helpers that set PromptDSI's
-prompt keys and centroid head from these states and from the quantizer.
+``~/.cache/semid``), written as they are computed; training and search then read them
+memory-mapped, so the states of a large corpus stay on disk until a batch needs them. Also the
+helpers that set PromptDSI's prompt keys and centroid head from these states and the quantizer.
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from semid.atomic import atomic_file
+from semid.atomic import atomic_dir, check_writable
+from semid.errors import SemidError
 from semid.kmeans import kmeans
 from semid.progress import progress_bar
+
+if TYPE_CHECKING:
+    from semid.generators.promptdsi import PromptDSI
+    from semid.quantization import Quantizer
 
 
 @dataclass
@@ -43,12 +50,12 @@ def _cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "semid") / "promptdsi"
 
 
-def _cache_key(model: Any, texts: Sequence[str]) -> str:
+def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
     cfg = model.config
     h = hashlib.sha256(
         json.dumps(
             [
-                "v1",
+                "v2",  # v2: a folder, its states memory-mapped
                 cfg.encoder_path,
                 cfg.encoder_config,
                 cfg.encoder_seed,
@@ -63,47 +70,108 @@ def _cache_key(model: Any, texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-@torch.no_grad()
-def encode_texts(
-    model: Any, texts: Sequence[str], batch_size: int = 64, desc: str = "encode", cache: bool = True
-) -> EncodedTexts:
-    """Run the frozen encoder once per text (sorted by length, order kept); cached on disk by content."""
-    texts = list(texts)
-    if not texts:  # e.g. new documents without queries
-        return EncodedTexts([], torch.zeros(0, model.encoder.config.hidden_size))
-    path = _cache_dir() / f"{_cache_key(model, texts)}.safetensors"
-    if cache and path.is_file():
-        t = load_file(str(path))
-        return EncodedTexts(list(torch.split(t["states"], t["lengths"].tolist())), t["embeddings"])
+STATES, STATES_INDEX = "states.f16", "index.safetensors"  # one cache entry: a folder of these two
+CACHE_FIX = "set SEMID_CACHE to a writable folder with room for the encoded texts"
+
+
+def _encoded_batches(model: PromptDSI, texts: Sequence[str], batch_size: int,
+                     desc: str) -> Iterator[tuple[list[int], list[Tensor], Tensor]]:  # fmt: skip
+    """(rows, per-text states (T_i, H) float16, sentence embeddings (B, H)) per batch of texts,
+    shortest texts first."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    states: list[Tensor | None] = [None] * len(texts)
-    emb = torch.zeros(len(texts), model.encoder.config.hidden_size)
     for lo in progress_bar(
         range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size
     ):
         rows = order[lo : lo + batch_size]
         inp = model.tokenize([texts[i] for i in rows])
         hidden = model.lower_states(**inp)
-        emb[rows] = model.text_embedding(hidden, inp["attention_mask"]).float().cpu()
+        embeddings = model.text_embedding(hidden, inp["attention_mask"]).float().cpu()
         lengths = inp["attention_mask"].sum(1).tolist()
-        for j, i in enumerate(rows):
-            states[i] = hidden[j, : lengths[j]].half().cpu()
-    out = EncodedTexts(states, emb)
-    if cache:
-        with atomic_file(path, "wb") as f:
-            f.write(_to_bytes(out))
-    return out
+        yield rows, [hidden[j, :n].half().cpu() for j, n in enumerate(lengths)], embeddings
 
 
-def _to_bytes(enc: EncodedTexts) -> bytes:
-    lengths = torch.tensor([len(s) for s in enc.states], dtype=torch.long)
-    return save(
-        {
-            "states": torch.cat(enc.states).contiguous(),
-            "lengths": lengths,
-            "embeddings": enc.embeddings.contiguous(),
-        }
-    )
+@torch.no_grad()
+def encode_texts(
+    model: PromptDSI,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    desc: str = "encode",
+    cache: bool = True,
+) -> EncodedTexts:
+    """Run the frozen encoder once per text (sorted by length, order kept).
+
+    With ``cache`` the states go to disk as they are computed, keyed by the encoder and the texts,
+    and come back memory-mapped: a corpus of any size costs RAM for one batch of states, not for
+    all of them, and a later call with the same texts reads them instead of encoding again."""
+    texts = list(texts)
+    hidden_size = model.encoder.config.hidden_size
+    if not texts:  # e.g. new documents without queries
+        return EncodedTexts([], torch.zeros(0, hidden_size))
+    batches = _encoded_batches(model, texts, batch_size, desc)
+    if not cache:
+        states: list[Tensor | None] = [None] * len(texts)
+        embeddings = torch.zeros(len(texts), hidden_size)
+        for rows, batch_states, batch_embeddings in batches:
+            embeddings[rows] = batch_embeddings
+            for i, s in zip(rows, batch_states, strict=True):
+                states[i] = s
+        return EncodedTexts(states, embeddings)
+    folder = _cache_dir() / _cache_key(model, texts)
+    cached = _read_cached(folder, len(texts), hidden_size)
+    if cached is not None:
+        return cached
+    check_writable(folder, fix=CACHE_FIX)  # before the encoding, not after it
+    with atomic_dir(folder, label="cache") as tmp:
+        _write_cached(tmp, batches, len(texts), hidden_size)
+    cached = _read_cached(folder, len(texts), hidden_size)
+    if cached is None:
+        raise SemidError(f"the encoded texts just written to {folder} do not read back; "
+                         f"check the disk, or {CACHE_FIX}")  # fmt: skip
+    return cached
+
+
+def _write_cached(folder: Path, batches: Iterator[tuple[list[int], list[Tensor], Tensor]],
+                  n: int, hidden_size: int) -> None:  # fmt: skip
+    """Stream the batches' states into ``folder/STATES`` (float16 rows, in encoding order); then
+    each text's first row and length, and the embeddings, into ``folder/STATES_INDEX``."""
+    offsets, lengths = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    embeddings = torch.zeros(n, hidden_size)
+    written = 0
+    with open(folder / STATES, "wb") as f:
+        for rows, batch_states, batch_embeddings in batches:
+            embeddings[rows] = batch_embeddings
+            for i, s in zip(rows, batch_states, strict=True):
+                offsets[i], lengths[i] = written, len(s)
+                f.write(s.contiguous().numpy().tobytes())
+                written += len(s)
+    save_file({"offsets": offsets, "lengths": lengths, "embeddings": embeddings},
+              str(folder / STATES_INDEX))  # fmt: skip
+
+
+def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
+    """The cache entry in ``folder``, its states memory-mapped; None if it is missing or damaged
+    (then the texts are encoded again)."""
+    states_path, index_path = folder / STATES, folder / STATES_INDEX
+    if not (states_path.is_file() and index_path.is_file()):
+        return None
+    try:
+        index = load_file(str(index_path))
+    except (OSError, ValueError, RuntimeError):  # safetensors: a truncated or garbled header
+        return None
+    offsets, lengths = index.get("offsets"), index.get("lengths")
+    embeddings = index.get("embeddings")
+    if offsets is None or lengths is None or embeddings is None or len(lengths) != n:
+        return None
+    rows = int(lengths.sum())
+    if states_path.stat().st_size != rows * hidden_size * 2 or embeddings.shape != (n, hidden_size):
+        return None
+    if rows == 0:  # every text tokenized to nothing: numpy cannot map an empty file
+        flat = torch.zeros(0, hidden_size, dtype=torch.float16)
+    else:  # copy-on-write: pages are read from the file when used; a write stays in this process
+        mapped = np.memmap(states_path, np.float16, mode="c", shape=(rows, hidden_size))
+        flat = torch.from_numpy(mapped)
+    states = [flat[o : o + k] for o, k in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+    return EncodedTexts(states, embeddings)
 
 
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
@@ -119,7 +187,7 @@ def search_batch(texts: EncodedTexts, lo: int, hi: int) -> dict[str, Tensor]:
     return {**pad_states(texts.states[lo:hi]), "embedding": texts.embeddings[lo:hi]}
 
 
-def centroid_codebooks(quantizer: Any, width: int) -> Tensor | None:
+def centroid_codebooks(quantizer: Quantizer, width: int) -> Tensor | None:
     """Residual k-means codebooks (L, K, width) that PromptDSI's centroid head can use, else None.
 
     Only residual k-means qualifies: its level-l code is the nearest level-l centroid to the residual
@@ -136,12 +204,12 @@ def padded_batches(texts: EncodedTexts, size: int = 256) -> Iterator[dict[str, T
         yield pad_states(texts.states[lo : lo + size])
 
 
-def set_key_center(model: Any, docs: EncodedTexts) -> None:
+def set_key_center(model: PromptDSI, docs: EncodedTexts) -> None:
     """Centre the model's prompt matching on these documents' mean pooled lower states."""
     model.set_key_center_((b["hidden"], b["attention_mask"]) for b in padded_batches(docs))
 
 
-def topic_keys(model: Any, docs: EncodedTexts, m: int, seed: int = 0) -> Tensor:
+def topic_keys(model: PromptDSI, docs: EncodedTexts, m: int, seed: int = 0) -> Tensor:
     """m fixed topic keys (m, H): k-means centroids of the documents' matching vectors."""
     vectors = [model.query_keys(b["hidden"], b["attention_mask"]) for b in padded_batches(docs)]
     return kmeans(torch.cat(vectors), m, seed=seed)

@@ -481,11 +481,13 @@ def swap_into_place(
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, label: str = "atomic_dir") -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` as a whole.
 
     At every moment `path` holds either its previous or its new complete version. A failure inside
-    removes the temporary folder; a full disk raises DiskFullError (one line).
+    removes the temporary folder; a full disk raises DiskFullError (one line). `label` names the
+    fault points (`<label>.written`, `<label>.swapped`): caches take their own, so that crash tests
+    count the writes of artifacts only.
     """
     path = Path(path)
     prepare_write(path)
@@ -496,8 +498,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         finish_tree(tmp)
-        fault_point("atomic_dir.written")
-        swap_into_place(tmp, path)
+        fault_point(f"{label}.written")
+        swap_into_place(tmp, path, label)
     except BaseException as e:
         full = not isinstance(e, SemidError) and is_disk_full(e, path.parent)
         if os.path.lexists(tmp):

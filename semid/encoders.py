@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from semid.atomic import atomic_file
+from semid.atomic import atomic_file, check_writable
 from semid.errors import SemidError
 
 if TYPE_CHECKING:  # imported where it is used: it loads transformers
@@ -95,6 +95,7 @@ class TextEncoder:
                 x = None
             if x is not None and x.ndim == 2 and len(x) == len(texts):
                 return torch.from_numpy(x)
+        check_writable(cache, fix="set SEMID_CACHE to a writable folder")  # before the encoding
         # sentence-transformers sorts by length, batches, restores the order and shows tqdm (not
         # for one batch, such as the few items of an `index add`: it would only flash "1/1")
         x = self._load().encode(

@@ -12,7 +12,7 @@ from conftest import TINY_BERT
 from semid.errors import SemidError
 from semid.generator import Generator
 from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
-from semid.generators.promptdsi_states import pad_states
+from semid.generators.promptdsi_states import STATES, STATES_INDEX, encode_texts, pad_states
 from semid.ids import SemanticIDs
 from semid.trie import PrefixTrie
 
@@ -187,6 +187,57 @@ def test_pad_states_masks_padding():
     batch = pad_states([torch.ones(3, 4), torch.ones(1, 4)])
     assert batch["hidden"].shape == (2, 3, 4)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def word_tokens(texts: list[str]) -> dict[str, torch.Tensor]:
+    """One token per word, within the tiny encoder's vocabulary (its tokenizer's ids are not)."""
+    words = [t.split() for t in texts]
+    ids = torch.zeros(len(texts), max(map(len, words)), dtype=torch.long)
+    for i, w in enumerate(words):
+        ids[i, : len(w)] = torch.tensor([1 + sum(map(ord, x)) % 60 for x in w])
+    return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+def test_encoded_texts_are_cached_on_disk_and_read_back_mapped(tmp_path, monkeypatch):
+    """States are streamed into one cache file and come back as views of it (not one copy per
+    text), equal to an uncached encoding; a second call reads them; a damaged entry is redone."""
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path))
+    model = tiny()
+    monkeypatch.setattr(model, "tokenize", word_tokens)
+    texts = ["a much longer text about the delta of a river", "alpha beta", "gamma", "alpha beta"]
+    fresh = encode_texts(model, texts, batch_size=2, cache=False)
+    first = encode_texts(model, texts, batch_size=2)
+    (entry,) = (tmp_path / "promptdsi").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == sorted([STATES, STATES_INDEX])
+    assert torch.equal(first.embeddings, fresh.embeddings)
+    assert all(torch.equal(a, b) for a, b in zip(first.states, fresh.states, strict=True))
+    assert [len(s) for s in first.states] == [len(s) for s in fresh.states]
+    assert len({s.untyped_storage().data_ptr() for s in first.states}) == 1  # one mapped buffer
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the cached states should have been read")
+
+    monkeypatch.setattr(model, "lower_states", no_encoder)
+    again = encode_texts(model, texts, batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(again.states, fresh.states, strict=True))
+    monkeypatch.setattr(model, "lower_states", PromptDSI.lower_states.__get__(model))
+    with open(entry / STATES, "r+b") as f:  # a cut-off entry is encoded again, not misread
+        f.truncate(10)
+    redone = encode_texts(model, texts, batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(redone.states, fresh.states, strict=True))
+
+
+def test_an_unusable_cache_folder_is_named_before_encoding(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "file"))
+    model = tiny()
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("nothing should be encoded before the cache folder is checked")
+
+    monkeypatch.setattr(model, "lower_states", no_encoder)
+    with pytest.raises(SemidError, match="set SEMID_CACHE to a writable folder"):
+        encode_texts(model, ["alpha", "beta"])
 
 
 @pytest.mark.slow
