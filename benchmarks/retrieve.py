@@ -46,15 +46,13 @@ from semid.indexing import AUTO, auto_spec, build_ids
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
 from semid.ranking import Ranking, ranker_for
-from semid.tasks.retrieve import (
+from semid.tasks.retrieval_data import dsi_examples, load_collection, valid_split
+from semid.tasks.retrieval_ranking import (
     HeldOut,
-    dsi_examples,
-    load_collection,
     query_batches,
     ranking_evaluator,
     train_or_keep_untrained,
     tune_mixes,
-    valid_split,
 )
 from semid.training import TrainConfig
 from semid.training import train_model as fit_model

@@ -22,7 +22,7 @@ from semid.metrics import compute_metrics, graded_ndcg_at_k
 from semid.runs import load_run
 from semid.tasks import EvalOptions, get_task
 from semid.tasks.data import sniff_kind
-from semid.tasks.retrieve import describe_split, relevant_rows
+from semid.tasks.retrieval_data import describe_split, relevant_rows
 
 WORDS = "kernel audio python font game network editor printer camera database shell mail".split()
 

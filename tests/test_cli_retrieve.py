@@ -130,7 +130,7 @@ def test_bad_model_config_is_one_line_error(tmp_path):
     "scores, kept", [((0.5, 0.4), True), ((0.5, 0.5), False), ((0.5, 0.7), False)]
 )
 def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept):
-    from semid.tasks.retrieve import train_or_keep_untrained
+    from semid.tasks.retrieval_ranking import train_or_keep_untrained
 
     model = torch.nn.Linear(2, 2)
     untrained = {k: v.clone() for k, v in model.state_dict().items()}

@@ -9,7 +9,8 @@ from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.ranking import BeamRanker, Ranking, ranker_for, seen_mask
 from semid.tasks.base import answers_of
-from semid.tasks.recommend import UserHistories, evaluate_ranker, rank_split
+from semid.tasks.recommend import evaluate_ranker, rank_split
+from semid.tasks.recommend_predict import UserHistories
 
 
 def tiny_dataset():

@@ -66,22 +66,21 @@ def run(args: argparse.Namespace) -> int:
     noun = "item"
     if (args.target / MANIFEST).is_file():
         task = task_of_run(args.target)
-        noun = "image" if task.name == "text2image" else noun
-        if args.docs is not None and task.name != "retrieve":
-            raise SemidError(
-                f"{args.target} is a {task.name} run; --docs is for retrieval runs (use --items)"
-            )
-        if args.items is not None and task.name == "retrieve":
-            raise SemidError(f"{args.target} is a retrieve run; add documents with --docs")
-        if task.name != "recommend":  # the run's own encoder embeds what is added
-            given = [flag for flag, value in (("--keys", args.keys), ("--encoder", args.encoder))
-                     if value is not None]  # fmt: skip
-            if given:
-                raise SemidError(f"{given[0]} is for items of a recommender or an index; "
-                                 f"{args.target} is a {task.name} run, which encodes what is "
-                                 f"added with its own encoder; leave out {given[0]}")  # fmt: skip
-        options = {"keys": args.keys, "encoder": args.encoder} if task.name == "recommend" else {}
-        summary = task.add(args.target, args.items or args.docs, device=device, **options)
+        noun = task.entry
+        given, source = ("--docs", args.docs) if args.docs is not None else ("--items", args.items)
+        if given != task.add_source:
+            raise SemidError(f"{args.target} is a {task.name} run; add {noun}s with "
+                             f"{task.add_source}, not {given}")  # fmt: skip
+        flags = {"--keys": args.keys, "--encoder": args.encoder}
+        refused = [
+            f for f, value in flags.items() if value is not None and f not in task.add_options
+        ]
+        if refused:  # the run's own encoder embeds what is added
+            raise SemidError(f"{refused[0]} is for items of a recommender or an index; "
+                             f"{args.target} is a {task.name} run, which encodes what is "
+                             f"added with its own encoder; leave out {refused[0]}")  # fmt: skip
+        options = {f.lstrip("-"): flags[f] for f in task.add_options}
+        summary = task.add(args.target, source, device=device, **options)
     elif args.docs is not None:
         raise SemidError(
             f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"

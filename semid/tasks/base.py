@@ -112,6 +112,10 @@ class Task(ABC):
     name: ClassVar[str]
     spec_class: ClassVar[type]  # the typed spec saved in a run's config.json
     entry: ClassVar[str] = "item"  # what its index holds, in messages: item, document, image
+    # `semid index add`: the flag that gives what is added, and the command's other flags that
+    # reach this task's `add` (as keyword arguments without the dashes); the rest are refused
+    add_source: ClassVar[str] = "--items"
+    add_options: ClassVar[tuple[str, ...]] = ()
 
     def build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str = "extra-level",
                     seed: int = 0, **options: Any) -> tuple[Any, list[str]]:  # fmt: skip

@@ -10,19 +10,19 @@ with PromptDSI's document head and BM25 (``lexical.safetensors`` and
 ``document_embeddings.safetensors`` beside the index; see docs/protocols.md). Adding D1 (``add``)
 gives its documents IDs from the saved quantizer, inserts them in the trie, appends their embeddings
 and BM25 counts, and trains only a new prompt session on D1, never revisiting D0. Metrics: R@k, MRR@k.
+The training examples and splits are built in ``retrieval_data``; the ranking's parts (BM25,
+the document head, their mixing weights) are in ``retrieval_ranking``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from semid.atomic import check_output_folder, read_json, restore_on_error, write_json
 from semid.data.beir import read_collection
@@ -36,12 +36,10 @@ from semid.data.corpus import (
     subset_rows,
 )
 from semid.data.documents import (
-    QUERY_FIELDS_HELP,
     DocumentCollection,
     write_documents,
 )
 from semid.data.pseudo_queries import given_documents, with_pseudo_queries
-from semid.data.registry import load_dataset
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.generators.promptdsi import PromptDSI
@@ -49,12 +47,9 @@ from semid.generators.promptdsi_states import (
     EncodedTexts,
     centroid_codebooks,
     encode_texts,
-    pad_states,
-    search_batch,
     set_key_center,
     topic_keys,
 )
-from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
 from semid.indexing import (
     add_lock,
@@ -65,11 +60,9 @@ from semid.indexing import (
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
 from semid.notes import tell
-from semid.progress import batch_starts
 from semid.quantization import Quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranking
 from semid.runs import Run, load_run, replacing_run, write_run
-from semid.saving import read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
     IndexSource,
@@ -81,8 +74,29 @@ from semid.tasks.base import (
     resolve_device,
 )
 from semid.tasks.data import data_paths, trained_on
+from semid.tasks.retrieval_data import (
+    ExampleDataset,
+    check_trainable,
+    describe_split,
+    dsi_examples,
+    load_collection,
+    relevant_rows,
+    valid_split,
+)
+from semid.tasks.retrieval_ranking import (
+    LEXICAL,
+    HeldOut,
+    document_files,
+    load_document_embeddings,
+    load_lexical,
+    query_batches,
+    ranking_evaluator,
+    save_document_embeddings,
+    train_or_keep_untrained,
+    tune_mixes,
+)
 from semid.tasks.specs import RetrieveSpec
-from semid.training import TrainResult, train_model
+from semid.training import train_model
 from semid.training.checkpoints import (
     DamagedCheckpointError,
     check_checkpoint,
@@ -92,245 +106,13 @@ from semid.wording import counted
 
 EVAL_QUERIES = "eval_queries.json"
 LATER = "later.jsonl"
-DOCUMENT_EMBEDDINGS = "document_embeddings.safetensors"  # in the index folder, row i = index row i
-LEXICAL = "lexical.safetensors"  # BM25 term counts of the documents, in the index folder
 # the spec's fields, besides the corpus and the IDs, that shape the training examples
 SPLIT_FIELDS = ("max_docs", "hold_out", "test_fraction", "seed")
-# training documents whose queries choose the ranking mix instead
-VALID_SHARE, MAX_VALID = 0.1, 1000
-
-
-class ExampleDataset(Dataset):
-    """(encoded text -> target row) pairs; ``collate`` pads into a PromptDSI batch."""
-
-    def __init__(
-        self, texts: EncodedTexts, targets: Tensor, codes: Tensor, is_query: Tensor
-    ) -> None:
-        if not len(texts.states) == len(targets) == len(is_query):
-            raise SemidError(f"{len(texts.states)} texts for {len(targets)} targets")
-        self.texts, self.targets, self.codes, self.is_query = (
-            texts,
-            targets.long(),
-            codes,
-            is_query.bool(),
-        )
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-    def collate(self, rows: list[int]) -> dict[str, Tensor]:
-        """hidden (B, T, H), attention_mask (B, T), embedding (B, H), targets (B,), target_codes
-        (B, L), is_query (B,)."""
-        batch = pad_states([self.texts.states[i] for i in rows])
-        batch["embedding"] = self.texts.embeddings[rows]
-        batch["targets"] = self.targets[rows]
-        batch["target_codes"] = self.codes[batch["targets"]]
-        batch["is_query"] = self.is_query[rows]
-        return batch
-
-
-def dsi_examples(docs: EncodedTexts, doc_rows: Tensor, queries: EncodedTexts, query_rows: Tensor,
-                 codes: Tensor) -> ExampleDataset:  # fmt: skip
-    """Indexing examples (each document -> its row) mixed with retrieval examples (query -> row)."""
-    texts = EncodedTexts(
-        docs.states + queries.states, torch.cat([docs.embeddings, queries.embeddings])
-    )
-    is_query = torch.cat(
-        [
-            torch.zeros(len(doc_rows), dtype=torch.bool),
-            torch.ones(len(query_rows), dtype=torch.bool),
-        ]
-    )
-    return ExampleDataset(texts, torch.cat([doc_rows, query_rows]), codes, is_query)
-
-
-def load_collection(name: str) -> DocumentCollection:
-    """A registered document dataset by name (e.g. debian-docs), a documents file or a BEIR folder."""
-    if name.endswith(".jsonl") or Path(name).is_file() or Path(name).is_dir():
-        return read_collection(name)
-    data = load_dataset(name)
-    if not isinstance(data, DocumentCollection):
-        raise SemidError(f"{name} is not a document collection; pass debian-docs, manpages or a "
-                         "documents file (JSON Lines, CSV or Parquet of id, text[, queries])")  # fmt: skip
-    return data
-
-
-def check_trainable(collection: DocumentCollection, train_rows: Tensor) -> None:
-    """SemidError unless some of the documents at ``train_rows`` (D0's training share) have
-    queries: retrieval is learned from them."""
-    with_queries = sum(bool(d.queries) for d in collection.documents)
-    if not with_queries:
-        raise SemidError(f"no document of {collection.name} has queries, so there is nothing to learn retrieval "
-                         f"from; give documents {QUERY_FIELDS_HELP}, or train on sentences of the "
-                         "documents with --pseudo-queries 3")  # fmt: skip
-    if not any(collection.documents[int(r)].queries for r in train_rows):
-        raise SemidError(f"only {counted(with_queries, 'document')} of {collection.name} "
-                         f"{'has' if with_queries == 1 else 'have'} queries and none is among the training "
-                         f"documents; give more documents {QUERY_FIELDS_HELP}")  # fmt: skip
-
-
-def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
-    """(train, valid) rows: a seeded share of the training documents whose queries are held out to
-    choose the ranking mix (none under 20 documents)."""
-    n_valid = min(round(len(rows) * VALID_SHARE), MAX_VALID) if len(rows) >= 20 else 0
-    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 31)).tolist()
-    valid = set(perm[:n_valid])
-    return [r for i, r in enumerate(rows) if i not in valid], [
-        r for i, r in enumerate(rows) if i in valid
-    ]
 
 
 def trained_pseudo_queries(run: Run) -> int:
     """Sentences per document that trained a run as its queries (0: it had real queries)."""
     return run.state.get("documents", {}).get("pseudo_queries", 0)
-
-
-def save_document_embeddings(index_path: Path, embeddings: Tensor) -> None:
-    """Write the documents' frozen embeddings (N, H) beside the index (atomically)."""
-    write_rows(index_path / DOCUMENT_EMBEDDINGS, embeddings)
-
-
-def load_document_embeddings(index_path: Path) -> Tensor | None:
-    """The documents' frozen embeddings saved beside the index, or None (runs from before them)."""
-    return read_rows(index_path / DOCUMENT_EMBEDDINGS)
-
-
-@dataclass
-class HeldOut:
-    """Held-out training queries: their texts, encodings and document rows (``targets``)."""
-
-    texts: list[str]
-    encoded: EncodedTexts
-    targets: Tensor
-
-
-def query_batches(queries: EncodedTexts, texts: list[str], lexical: LexicalIndex | None,
-                  batch_size: int = 64) -> Iterator[dict[str, Tensor]]:  # fmt: skip
-    """PromptDSI search batches of encoded queries, with their lexical log-probs over the documents
-    (``lexical``) when there is a lexical index; a progress bar when there are many."""
-    for lo in batch_starts(len(texts), batch_size, "search queries"):
-        batch = search_batch(queries, lo, lo + batch_size)
-        if lexical is not None:
-            batch["lexical"] = lexical.log_probs(texts[lo : lo + batch_size])
-        yield batch
-
-
-def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None, num_beams: int,
-                      device: str = "cpu") -> Callable[[PromptDSI], dict[str, float]]:  # fmt: skip
-    """The trainer's ``evaluate``: NDCG@10 of the mixed ranking on held-out queries at the best
-    mixing weights (which it sets on the model)."""
-
-    def evaluate(model: PromptDSI) -> dict[str, float]:
-        return {
-            "ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams, device).values())
-        }
-
-    return evaluate
-
-
-def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], dict[str, float]] | None,
-                            fit: Callable[[], TrainResult]) -> tuple[TrainResult, bool]:  # fmt: skip
-    """Run ``fit()``; with ``evaluate`` (held-out NDCG@10), score the model before and after and put
-    the untrained weights back when training scored lower (returns the result and whether it did).
-    The trainer keeps the best epoch; this also counts "no epoch" among the candidates."""
-    if evaluate is None:
-        return fit(), False
-    before, snapshot = (
-        _score(model, evaluate),
-        {k: v.detach().clone() for k, v in model.state_dict().items()},
-    )
-    result = fit()
-    # the trainer scored its best weights
-    after = getattr(result, "best_metrics", {}).get("ndcg@10")
-    if (after if after is not None else _score(model, evaluate)) >= before:
-        return result, False
-    model.load_state_dict(snapshot)
-    return result, True
-
-
-def _score(model: PromptDSI, evaluate: Callable[[PromptDSI], dict[str, float]]) -> float:
-    model.eval()
-    with torch.no_grad():
-        return evaluate(model)["ndcg@10"]
-
-
-def tune_mixes(model: PromptDSI, ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
-               num_beams: int, device: str = "cpu") -> dict[str, float]:  # fmt: skip
-    """Set ``model.config.item_mix`` and ``lexical_mix`` to the weights with the best NDCG@10 on
-    held-out queries; returns NDCG@10 by ``"item_mix,lexical_mix"``."""
-    ranker = HybridRanker(model, ids, num_beams).to(device)
-    parts = [ranker.candidates(move(batch, device), 10)
-             for batch in query_batches(held_out.encoded, held_out.texts, lexical)]  # fmt: skip
-    (model.config.item_mix, model.config.lexical_mix), ndcg = choose_mixes(
-        parts, held_out.targets, ids
-    )
-    return ndcg
-
-
-def load_lexical(index_path: Path) -> LexicalIndex | None:
-    """The lexical index beside the index, or None (runs from before it)."""
-    path = index_path / LEXICAL
-    return LexicalIndex.load(path) if path.is_file() else None
-
-
-def _document_files(index_path: Path, size: int) -> tuple[Tensor | None, LexicalIndex | None]:
-    """The document embeddings and the lexical index beside an index of ``size`` documents (None
-    where a run from before them lacks one); SemidError if either does not match the index."""
-    known, lexical = load_document_embeddings(index_path), load_lexical(index_path)
-    for name, rows in ((DOCUMENT_EMBEDDINGS, known), (LEXICAL, lexical)):
-        if rows is not None and len(rows) != size:
-            raise SemidError(f"{index_path / name} has {len(rows)} rows for {size} indexed "
-                             "documents; retrain the run")  # fmt: skip
-    return known, lexical
-
-
-def describe_split(
-    collection: DocumentCollection, split: CorpusSplit, tested: Collection[str]
-) -> str:
-    """One line on what a run indexes and tests: D0 and the held-out D1, the ``tested`` queries
-    (with BEIR's test split, whether only held-out documents answer some), and the training
-    documents' queries left out because test documents share them."""
-    line = f"indexing {counted(len(split.d0), 'document')}"
-    if len(split.d1):
-        line += f" ({len(split.d1):,} held out for `semid index add`)"
-    if collection.pseudo_queries:
-        line += (f"; no document has queries, so up to {collection.pseudo_queries} sentences of each "
-                 "train as its queries (pseudo-queries, never tested: --pseudo-queries sets how many)")  # fmt: skip
-    if collection.pseudo_queries and not tested:
-        line += '; no test queries (give documents "test_queries" to evaluate)'
-    elif collection.has_test_split:
-        given = len({q for d in collection.documents for q in d.test_queries})
-        line += f"; {len(tested):,} of the {given:,} given test queries (qrels/test)"
-        if given > len(tested):
-            line += ("; the rest answer only held-out documents and are scored once `semid index add` "
-                     "adds them (or train with --hold-out 0)")  # fmt: skip
-    else:
-        line += f"; {counted(len(tested), 'test query', 'test queries')} of {counted(len(split.d0_test), 'test document')}"
-    docs = collection.documents
-    shared = sum(q in tested for r in split.d0_train for q in docs[int(r)].queries)
-    if shared:
-        line += (f"; {counted(shared, 'query', 'queries')} of training documents left out of "
-                 "training: test documents have them too")  # fmt: skip
-    return line
-
-
-def relevant_rows(ids: SemanticIDs,
-                  relevant: list[str | list[str] | dict[str, float]]) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Index rows (Q, R) of each query's relevant documents, R the most any query has, padded
-    with -1, and their grades (Q, R); a query's relevant documents are one id (runs from before
-    sets), a list of ids (grade 1) or {id: grade} (`evaluation_queries`)."""
-    keys = [[r] if isinstance(r, str) else list(r) for r in relevant]
-    rows = torch.full((len(keys), max(map(len, keys), default=1)), -1, dtype=torch.long)
-    grades = torch.zeros(rows.shape, dtype=torch.float64)
-    for i, (row, given) in enumerate(zip(keys, relevant, strict=True)):
-        rows[i, : len(row)] = ids.rows_of_keys(row)
-        grades[i, : len(row)] = torch.tensor(
-            [float(given[d]) for d in row] if isinstance(given, dict) else [1.0] * len(row)
-        )
-    return rows, grades
 
 
 def record_eval_queries(run: Path, name: str, pairs: list[list[Any]]) -> None:
@@ -354,6 +136,7 @@ class RetrieveTask(Task):
 
     name = "retrieve"
     entry = "document"
+    add_source = "--docs"
     spec_class = RetrieveSpec
 
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,
@@ -549,7 +332,7 @@ class RetrieveTask(Task):
             raise SemidError(
                 f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids"
             )
-        known, lexical = _document_files(run.index_path, start)
+        known, lexical = document_files(run.index_path, start)
         device = resolve_device(device)
         # the frozen encoder encodes there; then back on the CPU for the rest, as loaded
         model.to(device)
