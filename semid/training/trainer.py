@@ -191,7 +191,7 @@ class Trainer:
             total=self.total_steps, initial=progress.step, desc="train",
             disable=not self.accelerator.is_main_process,
         ) as bar:  # fmt: skip
-            if progress.batch_in_epoch == self.batches_per_epoch:  # saved before its end ran
+            if self._epoch_consumed(progress):  # saved before its end ran
                 self._end_epoch(progress, started)
             while not self._finished(progress):
                 if self._train_epoch(progress, started, bar):
@@ -244,7 +244,7 @@ class Trainer:
         self._saved_at = _snapshot(progress)
         if acc.is_main_process:
             # an epoch saved before its end: its evaluation runs again, so its logged one goes
-            end_pending = progress.batch_in_epoch == self.batches_per_epoch
+            end_pending = self._epoch_consumed(progress)
             self._truncate_metrics(progress.step, keep_evals_at_step=not end_pending)
             write_json(self.out_dir / "train_config.json", self.config.to_dict())
         acc.wait_for_everyone()
@@ -326,6 +326,10 @@ class Trainer:
                     f"({'; '.join(changed[:3])}{more}); restore it, or {START_OVER}"
                 )
 
+    def _epoch_consumed(self, progress: TrainProgress) -> bool:
+        """Whether every micro-batch of the current epoch has been consumed (its end may be pending)."""
+        return progress.batch_in_epoch == self.batches_per_epoch
+
     def _train_epoch(self, progress: TrainProgress, started: float, bar: tqdm) -> bool:
         """Run the rest of the current epoch; False when max_steps stopped it before the end."""
         acc, cfg = self.accelerator, self.config
@@ -355,7 +359,7 @@ class Trainer:
                 continue
             progress.step += 1
             bar.update(1)
-            end_of_epoch = progress.batch_in_epoch == self.batches_per_epoch
+            end_of_epoch = self._epoch_consumed(progress)
             if progress.step % cfg.log_every == 0 or end_of_epoch:
                 mean_loss = acc.reduce(loss_sum / loss_count, reduction="mean").item()
                 loss_sum, loss_count = torch.zeros_like(loss_sum), 0
