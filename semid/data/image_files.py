@@ -31,6 +31,7 @@ import torch
 
 from semid.data.image_io import read_images
 from semid.data.images import (
+    PATH_COLUMNS,
     TEST_PARTS,
     TRAIN_PARTS,
     ImageDataset,
@@ -47,17 +48,6 @@ from semid.data.tables import (
 )
 from semid.errors import SemidError
 
-# with COCO's file_name and Flickr30k's image_name
-PATH_COLUMNS = (
-    "path",
-    "file",
-    "filename",
-    "file_name",
-    "filepath",
-    "image",
-    "image_path",
-    "image_name",
-)
 CAPTION_COLUMNS = ("caption", "text", "captions")
 LABEL_COLUMNS = ("label", "class")
 SPLIT_COLUMNS = ("split",)

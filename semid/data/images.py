@@ -9,6 +9,7 @@ never seen in training), since Fashion-MNIST has class labels, not captions.
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -255,17 +256,32 @@ def load_image_folder(
     ``.npy`` and ``.pgm`` files are read natively, other formats through Pillow. With
     `image_size` None all images must share one size; an int or "auto" resizes them
     (`semid.data.image_io.read_images`). An optional ``folder/captions.tsv``
-    (``relative/path<TAB>caption``) adds captions."""
+    (``relative/path<TAB>caption``) adds captions; with it, a folder whose images lie directly in
+    it (no subfolders) is read too: captions, no classes. Subfolders that are all split parts
+    without both a training and a test part are refused (they are no classes)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SemidError(f"image folder {folder} not found")
     parts = split_parts(folder)  # train/<class>/..., test/<class>/...: classes below
     captioned = (folder / "captions.tsv").is_file()
     if not parts and captioned and (bare := split_parts(folder, classes=False)):
-        return _captioned_parts(folder, bare, name, image_size)
+        return _captioned_files(folder, [f for part in bare for f in image_files(part)], name,
+                                image_size, parts=True)  # fmt: skip
+    subfolders = [p.name for p in visible_entries(folder) if p.is_dir()]
+    if captioned and not subfolders:  # a flat folder of captioned images
+        return _captioned_files(folder, image_files(folder), name, image_size, parts=False)
+    named = {n.lower() for n in subfolders}
+    one_side = not (named & set(TEST_PARTS) and named & set(TRAIN_PARTS))
+    if subfolders and named <= {*TRAIN_PARTS, *TEST_PARTS} and one_side:
+        lacking = "training part (train/)" if named & set(TEST_PARTS) else "test part (test/)"
+        raise SemidError(f"the subfolders of {folder} ({', '.join(subfolders)}) are split parts, "
+                         f"not classes, but it has no {lacking}; rename a part (e.g. val -> test), "
+                         f"or move the class folders of every part into {folder} for a seeded split")  # fmt: skip
     roots = parts or [folder]
-    files = [(c.name, p) for root in roots for c in visible_entries(root) if c.is_dir()
-             for p in image_files(c)]  # fmt: skip
+    class_folders = [c for root in roots for c in visible_entries(root) if c.is_dir()]
+    for c in class_folders:  # its name is a class name and a part of its images' keys
+        check_utf8_name(c)
+    files = [(c.name, p) for c in class_folders for p in image_files(c)]
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
     if not files:
         raise SemidError(
@@ -282,47 +298,88 @@ def load_image_folder(
             f"{folder} holds {counted(len(stray), 'image')} beside its class subfolders (e.g. "
             f"{stray[0]!r}); move them into a class subfolder or out of {folder}"
         )
-    images = read_images([p for _, p in files], str(folder), image_size)
     keys = [str(p.relative_to(folder)) for _, p in files]
+    captions, more_captions = _folder_captions(folder, keys) if captioned else (None, None)
+    images = read_images([p for _, p in files], str(folder), image_size)
     return ImageDataset(
         images=torch.from_numpy(images),
         keys=keys,
         labels=torch.tensor([classes.index(c) for c, _ in files]),
         class_names=classes,
-        captions=_folder_captions(folder, keys) if captioned else None,
+        captions=captions,
+        more_captions=more_captions,
         name=name or folder.name,
         given_test=_test_part_marks(keys) if parts else None,
     )
 
 
-def _captioned_parts(folder: Path, parts: list[Path], name: str | None,
-                     image_size: int | str | None) -> ImageDataset:  # fmt: skip
-    """The images of split parts without classes (``train/a.jpg``, ``test/b.jpg``), captioned by
-    the folder's captions.tsv; the test part's images are the given test images."""
-    files = [p for part in parts for p in image_files(part)]
+def _captioned_files(folder: Path, files: list[Path], name: str | None,
+                     image_size: int | str | None, parts: bool) -> ImageDataset:  # fmt: skip
+    """Images without classes, captioned by the folder's captions.tsv: those of split parts
+    (``train/a.jpg``, ``test/b.jpg``; ``parts``: the test part's images are the given test
+    images) or of a flat folder (``a.jpg``)."""
     if not files:
-        raise SemidError(f"no images in the parts of {folder} ({', '.join(p.name for p in parts)})")
+        raise SemidError(
+            f"no images in {folder}; expected images with suffix {', '.join(IMAGE_SUFFIXES)}"
+        )
     keys = [str(p.relative_to(folder)) for p in files]
+    captions, more_captions = _folder_captions(folder, keys)  # checked before the images are read
     return ImageDataset(
         images=torch.from_numpy(read_images(files, str(folder), image_size)),
         keys=keys,
-        captions=_folder_captions(folder, keys),
+        captions=captions,
+        more_captions=more_captions,
         name=name or folder.name,
-        given_test=_test_part_marks(keys),
+        given_test=_test_part_marks(keys) if parts else None,
     )
 
 
-def _folder_captions(folder: Path, keys: list[str]) -> list[str]:
-    """The caption of each image key from ``folder/captions.tsv`` (``relative/path<TAB>caption``)."""
-    table = dict(
-        line.split("\t", 1)
-        for line in _read_lines(folder / "captions.tsv", "captions file")
-        if "\t" in line
-    )
-    missing = [k for k in keys if k not in table]
+# with COCO's file_name and Flickr30k's image_name
+PATH_COLUMNS = (
+    "path",
+    "file",
+    "filename",
+    "file_name",
+    "filepath",
+    "image",
+    "image_path",
+    "image_name",
+)
+
+
+def _folder_captions(
+    folder: Path, keys: list[str]
+) -> tuple[list[str], list[tuple[str, ...]] | None]:
+    """Each image key's first caption and its further ones (None when no image has more) from
+    ``folder/captions.tsv`` (``relative/path<TAB>caption`` lines; an image on several lines has
+    several captions, as in a table); SemidError naming the line of a line without a tab or a
+    caption, of an image the folder lacks, and an image without a caption."""
+    path = folder / "captions.tsv"
+    known = {os.path.normpath(k): k for k in keys}
+    captions: dict[str, list[str]] = {}
+    for number, line in enumerate(read_lines(path, "captions file"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        image, tab, caption = line.partition("\t")
+        if number == 1 and image.strip().lower() in PATH_COLUMNS:  # a header line
+            continue
+        where = f"{path} line {number}"
+        if not tab or not caption.strip():
+            raise SemidError(f"{where} has no caption ({line[:60]!r}); write image<TAB>caption")
+        key = known.get(os.path.normpath(image.strip()))
+        if key is None:
+            raise SemidError(f"{where} names {image!r}, which is no image of {folder}; give the "
+                             "path below the folder of an image in it, or remove the line")  # fmt: skip
+        texts = captions.setdefault(key, [])
+        if caption.strip() not in texts:  # each caption is a query once
+            texts.append(caption.strip())
+    missing = [k for k in keys if k not in captions]
     if missing:
-        raise SemidError(f"captions.tsv in {folder} has no caption for {missing[0]!r}")
-    return [table[k] for k in keys]
+        raise SemidError(f"{path} has no caption for {counted(len(missing), 'image')} (e.g. "
+                         f"{missing[0]!r}); add a line {missing[0]}<TAB>caption for each")  # fmt: skip
+    more = [tuple(captions[k][1:]) for k in keys]
+    return [captions[k][0] for k in keys], more if any(more) else None
 
 
 def _test_part_marks(keys: list[str]) -> Tensor:
@@ -371,8 +428,10 @@ def _image_files(folder: Path, holders: set[Path]) -> list[Path]:
                 raise SemidError(
                     f"{entry} links to {target}, a folder that holds it; remove the link"
                 )
+            check_utf8_name(entry)  # a part of its images' keys
             found += _image_files(entry, holders | {target})
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            check_utf8_name(entry)
             found.append(entry)
         elif entry.suffix.lower() in UNREAD_SUFFIXES:
             raise SemidError(
@@ -380,6 +439,17 @@ def _image_files(folder: Path, holders: set[Path]) -> list[Path]:
                 "or PNG, or move them out of the collection"
             )
     return found
+
+
+def check_utf8_name(path: Path) -> None:
+    """SemidError unless ``path``'s name is valid UTF-8: its key is written to JSON files, which
+    cannot hold the undecodable bytes of a name from another encoding (``caf\\xe9.png``)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+        raise SemidError(f"{path.parent / shown}: the file name is not valid UTF-8; rename the "
+                         "file (e.g. with `convmv -f latin1 -t utf8`)") from None  # fmt: skip
 
 
 def visible_entries(folder: Path) -> list[Path]:

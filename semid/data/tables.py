@@ -150,10 +150,19 @@ def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid, literals: boo
 
 
 def _typed_or_text(values: list) -> pa.Array:
+    """A field's values as pyarrow types them; else, when each is a string or a list (a caption
+    in one row, a list of captions in another), lists of text, a string as a list of one, so that
+    a reader of lists keeps the items apart and a reader of text joins them (`plain_text`); else
+    text."""
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else plain_text(v) for v in values], pa.string())
+        pass
+    if all(v is None or isinstance(v, str | list) for v in values):
+        lists = [None if v is None else [t for t in map(plain_text, v if isinstance(v, list) else [v]) if t]
+                 for v in values]  # fmt: skip
+        return pa.array(lists, pa.list_(pa.string()))
+    return pa.array([None if v is None else plain_text(v) for v in values], pa.string())
 
 
 def plain_text(value: object) -> str:
@@ -177,15 +186,14 @@ def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
         delimiter="\t" if fmt == "tsv" else ",", quote_char=False if fmt == "tsv" else '"'
     )
     read = pacsv.ReadOptions(use_threads=use_threads)
+    if fmt == "csv":  # a header without commas that holds another separator: a spreadsheet export
+        header = _first_line(path)
+        separator = next((s for s in OTHER_CSV_SEPARATORS if s in header), None)
+        if "," not in header and separator is not None:
+            parse = pacsv.ParseOptions(delimiter=separator, quote_char='"')
     # The header names every column; a first streaming pass reads just it, to type all as text.
     with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
         names = reader.schema.names
-    if fmt == "csv" and len(names) == 1:  # one column: perhaps another separator
-        separator = next((s for s in OTHER_CSV_SEPARATORS if s in names[0]), None)
-        if separator is not None:
-            parse = pacsv.ParseOptions(delimiter=separator, quote_char='"')
-            with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
-                names = reader.schema.names
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
     return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
 
@@ -240,6 +248,12 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
             f"{what} {path}{at} is malformed ({detail}); every row needs as many fields as the header"
         )
     return SemidError(f"cannot read {what} {path}: {message}")
+
+
+def _first_line(path: Path) -> str:
+    """The file's first line (decompressed, without a byte-order mark), read alone."""
+    with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+        return f.readline().decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r\n")
 
 
 def _raw_text(path: Path) -> bytes:

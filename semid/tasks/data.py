@@ -100,7 +100,8 @@ def _folder_contents(folder: Path) -> str:
     if not visible_entries(folder):
         return "is empty"
     if image_files(folder):
-        return "holds images but no class subfolders"
+        return ("holds images but no class subfolders (or a captions.tsv of image<TAB>caption "
+                "lines beside them)")  # fmt: skip
     return "holds neither class subfolders of images nor MovieLens files"
 
 
@@ -113,6 +114,8 @@ def sniff_kind(path: str) -> str:
         if is_beir_folder(p):
             return "documents"
         if any(image_files(d) for d in visible_entries(p) if d.is_dir()):
+            return "images"
+        if (p / "captions.tsv").is_file() and image_files(p):  # a flat folder of captioned images
             return "images"
         if is_movielens_folder(p):
             return "interactions"

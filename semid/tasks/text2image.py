@@ -43,7 +43,7 @@ from semid.indexing import (
 )
 from semid.metrics import compute_metrics, without_repeats
 from semid.models import model_class
-from semid.notes import tell
+from semid.notes import note, tell
 from semid.progress import batch_starts
 from semid.ranking import Ranking
 from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
@@ -123,6 +123,25 @@ def image_queries(images: ImageDataset, split: str) -> tuple[list[str], Tensor]:
     if images.labels is None:
         return images.caption_queries()
     return class_queries(split, images.class_names)
+
+
+def answerable_queries(texts: list[str], query_labels: Tensor,
+                       image_labels: Tensor) -> tuple[list[str], Tensor]:  # fmt: skip
+    """The queries with at least one indexed image of their class (``image_labels``, -1: of no
+    query's class); a query of a class without one (a class whose only image trains) could only
+    miss, so it is left out of the figures, with a note; SemidError if none is left."""
+    indexed = set(image_labels[image_labels >= 0].tolist())
+    keep = [i for i, label in enumerate(query_labels.tolist()) if label in indexed]
+    if len(keep) == len(texts):
+        return texts, query_labels
+    if not keep:
+        raise SemidError("no test query has an indexed image of its class: every class's images "
+                         "are training images; give each class at least 2 images")  # fmt: skip
+    left = next(i for i in range(len(texts)) if i not in set(keep))
+    note(f"{counted(len(texts) - len(keep), 'test query', 'test queries')} of {len(texts)} ask for "
+         f"a class no indexed image has (e.g. {texts[left]!r}; a class whose images all train) "
+         "and are left out of the figures")  # fmt: skip
+    return [texts[i] for i in keep], query_labels[keep]
 
 
 def check_index_of(
@@ -361,7 +380,7 @@ class Text2ImageTask(Task):
                 f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split"
             )
         image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
-        texts, query_labels = image_queries(splits.test, "test")
+        texts, query_labels = answerable_queries(*image_queries(splits.test, "test"), image_labels)
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
                                             batch_size=options.batch_size, item_mix=options.item_mix)  # fmt: skip
