@@ -387,3 +387,25 @@ def test_queries_of_a_class_without_a_test_image_are_left_out_with_a_note(tmp_pa
         f"{per_class} test queries of {3 * per_class} ask for a class no indexed image has" in err
     )
     assert "'mid'" in err or "mid" in err.split("e.g.")[1]
+
+
+def test_notes_beside_the_images_change_no_fingerprint_but_an_image_does(tmp_path, capsys):
+    """A README (or notes in a class folder) put beside the images after training made `semid
+    eval` refuse the run as trained on other data; only the files the reader reads count now."""
+    from semid.data.tables import content_sha256
+
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    (tmp_path / "photos" / "LICENSE").write_text("CC-BY\n")
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    (tmp_path / "photos" / "README.txt").write_text("my photos\n")
+    (tmp_path / "photos" / "dark" / "notes.txt").write_text("taken at night\n")
+    evaluate(run, "1")
+    # a run from before, whose hash covered every file of the folder, is still checked that way
+    config = json.loads((run / "config.json").read_text())
+    config["state"]["data_sha256"] = content_sha256(tmp_path / "photos")
+    (run / "config.json").write_text(json.dumps(config))
+    evaluate(run, "1")
+    write_image(tmp_path / "photos" / "dark" / "dark0.png", 90)  # an image changed
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "1"]) == 2
+    assert "changed since training" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -424,17 +424,19 @@ def folder_data_files(folder: Path, _holders: frozenset[Path] = frozenset()) -> 
     return files
 
 
-def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
+def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike],
+                   files_of: Callable[[Path], list[Path]] = folder_data_files) -> str:  # fmt: skip
     """The sha256 of the data's bytes: for one file, of its bytes (``sha256sum``'s digest).
 
-    Several paths or a folder hash one ``<digest>  <name>`` line per file (folders: every file
-    below, sorted, by relative path; see `folder_data_files`), so renaming a class folder changes
-    the hash but moving the data elsewhere does not."""
+    Several paths or a folder hash one ``<digest>  <name>`` line per file (folders: the files
+    ``files_of`` gives, by default every data file below, sorted, by relative path; see
+    `folder_data_files`), so renaming a class folder changes the hash but moving the data
+    elsewhere does not."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[tuple[str, Path]] = []
     for item in map(Path, items):
         if item.is_dir():
-            files += [(p.relative_to(item).as_posix(), p) for p in folder_data_files(item)]
+            files += [(p.relative_to(item).as_posix(), p) for p in files_of(item)]
         elif item.is_file():
             files.append((item.name, item))
         else:

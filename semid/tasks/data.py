@@ -10,12 +10,14 @@ place relative to the run folder).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from semid.data.beir import is_beir_folder
 from semid.data.documents import BODY_FIELDS, ID_FIELDS
 from semid.data.image_files import PATH_COLUMNS
+from semid.data.image_io import IMAGE_SUFFIXES
 from semid.data.images import image_files, visible_entries
 from semid.data.interaction_files import ITEM_COLUMNS
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
@@ -49,6 +51,9 @@ def data_paths(*names: str | None) -> list[str]:
     return [n for n in names if n is not None and n not in registered]
 
 
+FilesOf = Callable[[Path], list[Path]]  # the files of a data folder that its reader reads
+
+
 class DataChanged(SemidError):
     """A run's data files no longer hash to what training recorded."""
 
@@ -63,10 +68,18 @@ def data_stamp(*names: str | None) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
 
 
-def fingerprint(*names: str | None) -> str | None:
-    """The content hash of the files among ``names``, or None when all are registered datasets."""
+def fingerprint(*names: str | None, files_of: FilesOf = folder_data_files) -> str | None:
+    """The content hash of the files among ``names`` (of a folder: the files ``files_of`` gives,
+    those its reader reads), or None when all are registered datasets."""
     paths = data_paths(*names)
-    return content_sha256(paths) if paths else None
+    return content_sha256(paths, files_of) if paths else None
+
+
+def image_collection_files(folder: Path) -> list[Path]:
+    """The files an image folder's reader reads: its images and captions.tsv (a README or notes
+    beside them change no fingerprint)."""
+    return [p for p in folder_data_files(folder)
+            if p.suffix.lower() in IMAGE_SUFFIXES or p.name == "captions.tsv"]  # fmt: skip
 
 
 def trained_on(data_sha256: str | None, dataset: str, ids_sha256: str, spec: Any,
@@ -78,9 +91,10 @@ def trained_on(data_sha256: str | None, dataset: str, ids_sha256: str, spec: Any
             **{name: getattr(spec, name) for name in fields}}  # fmt: skip
 
 
-def check_fingerprint(run: Any, *names: str | None) -> None:
+def check_fingerprint(run: Any, *names: str | None, files_of: FilesOf = folder_data_files) -> None:
     """SemidError unless the run's data files still exist; DataChanged unless they hash to what
-    training recorded."""
+    training recorded (with ``files_of``, as `fingerprint`; a run whose hash covered every file of
+    its folder, from before ``files_of``, is checked that way)."""
     expected = run.state.get("data_sha256")
     paths = data_paths(*names)
     if expected is None or not paths:
@@ -89,7 +103,10 @@ def check_fingerprint(run: Any, *names: str | None) -> None:
     if missing:
         raise SemidError(f"{run.path} was trained on {missing[0]}, which is gone; put the data back there "
                          "or retrain the run")  # fmt: skip
-    actual = content_sha256(paths)
+    actual = content_sha256(paths, files_of)
+    if actual != expected and files_of is not folder_data_files:
+        # a run from before ``files_of`` was given hashed every file of its folder
+        actual = expected if content_sha256(paths) == expected else actual
     if actual != expected:
         raise DataChanged(f"the data of {run.path} changed since training ({', '.join(paths)}: sha256 "
                          f"{actual[:12]}, trained on {expected[:12]}); restore it or retrain the run")  # fmt: skip

@@ -58,7 +58,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
 )
-from semid.tasks.data import check_fingerprint, fingerprint, trained_on
+from semid.tasks.data import check_fingerprint, fingerprint, image_collection_files, trained_on
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
 from semid.training import TrainConfig, train_model
 from semid.wording import counted
@@ -328,7 +328,7 @@ class Text2ImageTask(Task):
                                   image_dim=image_dim, query_dim=queries.shape[1]))  # fmt: skip
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
         started = time.perf_counter()
-        data_sha256 = fingerprint(spec.dataset)
+        data_sha256 = fingerprint(spec.dataset, files_of=image_collection_files)
         stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, ("seed",))
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device,
                              trained_on=stamp)  # fmt: skip
@@ -366,7 +366,7 @@ class Text2ImageTask(Task):
                              "training); leave out --split valid")  # fmt: skip
         check_recommend_only_options(run, options, "text-to-image")
         spec = self.spec_of(run)
-        check_fingerprint(run, spec.dataset)
+        check_fingerprint(run, spec.dataset, files_of=image_collection_files)
         splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, relevance_labels(splits.test).tolist(), strict=True))
         class_index = {c: i for i, c in enumerate(splits.test.class_names or [])}
