@@ -409,3 +409,27 @@ def test_notes_beside_the_images_change_no_fingerprint_but_an_image_does(tmp_pat
     capsys.readouterr()
     assert main(["eval", str(run), "--k", "1"]) == 2
     assert "changed since training" in capsys.readouterr().err
+
+
+def test_messages_for_a_users_image_mistakes_name_the_fix(tmp_path):
+    """Each mistake an audit of own image folders made is told plainly (the words it checks)."""
+    from semid.data.image_files import load_image_collection, load_images
+    from semid.tasks.data import sniff_kind
+    from semid.tasks.text2image import added_images
+
+    write_image(tmp_path / "flat" / "a.png", 40)
+    with pytest.raises(SemidError, match="holds images but no class subfolders; put them in"):
+        load_images(tmp_path / "flat")
+    with pytest.raises(SemidError, match="nope not found"):
+        load_images(tmp_path / "nope")
+    with pytest.raises(SemidError, match="a.png is an image; pass the folder"):
+        sniff_kind(str(tmp_path / "flat" / "a.png"))
+    (tmp_path / "folder.csv").write_text("path,caption\nflat,a dark square\n")
+    with pytest.raises(SemidError, match="line 2: .*flat is a folder; list the image files"):
+        load_image_collection(tmp_path / "folder.csv")
+    (tmp_path / "blank.csv").write_text("path,caption\nflat/a.png,   \n")
+    with pytest.raises(SemidError, match=r"line 2: empty caption \(1 row\)"):
+        load_image_collection(tmp_path / "blank.csv")
+    (tmp_path / "again.csv").write_text("path,caption\n./flat/a.png,a dark square\n")
+    with pytest.raises(SemidError, match="already indexed under the same key"):
+        added_images(tmp_path / "again.csv", 12, ["flat/a.png"])

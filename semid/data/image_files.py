@@ -104,6 +104,10 @@ def load_images(
         return data
     if table_format(path) is not None:
         return _load_image_table(path, image_size, name)
+    if not path.exists():
+        raise SemidError(
+            f"{path} not found; pass a folder of class subfolders or a table of image paths"
+        )
     raise SemidError(f"{path} is neither a folder of class subfolders nor a table of image paths")
 
 
@@ -307,7 +311,11 @@ class _ImageRows:
                     "only: download the images and list their paths"
                 )
             file = path.parent / key
+            if file.is_dir():
+                raise SemidError(f"{path} {row_label(path, row)}: {file} is a folder; list the "
+                                 "image files in it, one a row")  # fmt: skip
             if not file.is_file():
-                raise SemidError(f"{path} {row_label(path, row)}: image {file} not found")
+                raise SemidError(f"{path} {row_label(path, row)}: image {file} not found (paths "
+                                 f"are read relative to the table's folder, {path.parent})")  # fmt: skip
             files.append(file)
         return first_rows, more, files

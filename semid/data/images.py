@@ -283,6 +283,10 @@ def load_image_folder(
         check_utf8_name(c)
     files = [(c.name, p) for c in class_folders for p in image_files(c)]
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
+    if not files and image_files(folder):  # images, but none in a class subfolder
+        raise SemidError(f"{folder} holds images but no class subfolders; put them in "
+                         f"{folder}/<class>/, or caption them: a captions.tsv of image<TAB>caption "
+                         "lines beside them, or a CSV of path,caption rows")  # fmt: skip
     if not files:
         raise SemidError(
             f"no images in {folder}; expected {folder}/<class>/<image> with suffix {', '.join(IMAGE_SUFFIXES)}"

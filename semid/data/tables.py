@@ -32,7 +32,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from semid.errors import SemidError
-from semid.wording import json_kind
+from semid.wording import counted, json_kind
 
 # Extension (after removing a trailing .gz) -> format.
 TABLE_FORMATS = {
@@ -393,11 +393,11 @@ def key_strings(column: pa.ChunkedArray, path: Path, role: str) -> np.ndarray:
             f"{path}: the {role} column holds {column.type} values; use strings or integers"
         ) from None
     values = np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
-    bad = np.flatnonzero(pd.isna(values) | (values == ""))
+    blank = pc.equal(pc.utf8_trim_whitespace(strings), "").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(pd.isna(values) | np.asarray(blank, dtype=bool))  # empty, spaces or null
     if bad.size:
-        raise SemidError(
-            f"{path} {row_label(path, int(bad[0]))}: empty {role} ({bad.size:,} rows); give every row one"
-        )
+        raise SemidError(f"{path} {row_label(path, int(bad[0]))}: empty {role} "
+                         f"({counted(bad.size, 'row')}); give every row one")  # fmt: skip
     return values
 
 

@@ -141,6 +141,9 @@ def sniff_kind(path: str) -> str:
             f"({p}/<class>/<image>) or a CSV of path,caption rows, or {FORMATS_HELP}"
         )
     if table_format(p) is None:
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            raise SemidError(f"{p} is an image; pass the folder of the collection (one subfolder per "
+                             "class) or a CSV of path,caption rows")  # fmt: skip
         return "interactions"
     headers = read_table(p, "data file").column_names
     users = matching_columns(headers, USER_COLUMNS)  # headers as the readers match them

@@ -439,8 +439,8 @@ def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageData
     if Path(source).is_dir():
         folder = Path(source).resolve().name
         images = dataclasses.replace(images, keys=[f"{folder}/{k}" for k in images.keys])
-    taken = set(indexed)
-    clash = [k for k in images.keys if k in taken]
+    taken = {os.path.normpath(k) for k in indexed}  # ./a.png and a.png name one image
+    clash = [k for k in images.keys if os.path.normpath(k) in taken]
     if clash:
         raise SemidError(
             f"{counted(len(clash), 'image')} of {source} {'is' if len(clash) == 1 else 'are'} "
