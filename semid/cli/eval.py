@@ -5,10 +5,10 @@ The run's manifest names its task; the task evaluates with its own protocol."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from semid import notes
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
@@ -114,8 +114,7 @@ def fitting_cutoffs(ks: list[int], catalogue: int, run_dir: Path) -> list[int]:
                          f"give a k of at most {catalogue}")  # fmt: skip
     if len(fitting) < len(ks):
         over = " ".join(str(k) for k in ks if k > catalogue)
-        print(f"semid: note: --k {over} left out: over the catalogue size ({catalogue} items of "
-              f"{run_dir})", file=sys.stderr)  # fmt: skip
+        notes.note(f"--k {over} left out: over the catalogue size ({catalogue} items of {run_dir})")
     return fitting
 
 
@@ -140,6 +139,6 @@ def run(args: argparse.Namespace) -> int:
     if saved:
         print(f"\nsaved to {args.run_dir / 'metrics.json'}")
     else:
-        print(f"semid: note: {args.run_dir} is read-only here, so these figures were not saved to "
-              "its metrics.json", file=sys.stderr)  # fmt: skip
+        notes.note(f"{args.run_dir} is read-only here, so these figures were not saved to its "
+                   "metrics.json")  # fmt: skip
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from semid import notes
 from semid.atomic import check_writable
 from semid.cli.common import add_device_argument, add_interaction_file_arguments, check_seed
 from semid.cli.index_stats import crowding_note, format_stats
@@ -109,15 +109,15 @@ def run(args: argparse.Namespace) -> int:
                          "`python -m benchmarks.hierarchy`)")  # fmt: skip
     task = get_task(TASK_OF_KIND[kind])
     started = time.perf_counter()
-    ids, notes = task.build_index(source, args.quantizer, args.out, args.collisions, args.seed)
-    for note in notes:
-        print(note)
+    ids, lines = task.build_index(source, args.quantizer, args.out, args.collisions, args.seed)
+    for line in lines:
+        print(line)
     stats = ids.stats()
     print(format_stats(stats))
     from_interactions = ids.metadata.get("item_vectors") == INTERACTION_VECTORS
     crowded = crowding_note(stats, from_interactions)
     if crowded is not None:
-        print(f"semid: note: {crowded}", file=sys.stderr)
+        notes.note(crowded)
     if args.plot:
         plot_code_usage(ids, args.plot)
         print(f"codebook usage plot: {args.plot}")

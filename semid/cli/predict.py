@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from textwrap import shorten
 from typing import Any
 
+from semid import notes
 from semid.answer_texts import check_texts, with_texts
 from semid.atomic import atomic_file, check_output_file
 from semid.cli.common import add_device_argument
@@ -241,8 +241,8 @@ def _input_table(
             if len(fields) > 1:
                 raise SemidError(f'{flag} {path} has no "{field}" column (line 1: {first.strip()[:60]!r}); '
                                  f'name that column "{field}" (or, for one {field} a line, use a .txt file)')  # fmt: skip
-            print(f'semid: note: {flag} {path} has no "{field}" header; each line is one {field}, '
-                  f"line 1 ({first.strip()[:40]!r}) too", file=sys.stderr)  # fmt: skip
+            notes.note(f'{flag} {path} has no "{field}" header; each line is one {field}, '
+                       f"line 1 ({first.strip()[:40]!r}) too")  # fmt: skip
             return None
     table = read_table(path, f"{flag} file")
     column = find_column(table, field, names, path, f"{flag} file", columns_option=False)
@@ -346,7 +346,7 @@ def note_short_answers(answers: list[dict[str, Any]], k: int, catalogue: int, ta
     """A note on stderr when some inputs got fewer than ``k`` answers (:func:`short_answers_note`)."""
     note = short_answers_note(answers, k, catalogue, task, "--num-beams")
     if note is not None:
-        print(f"semid: note: {note}", file=sys.stderr)
+        notes.note(note)
 
 
 def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
@@ -370,5 +370,5 @@ def _item_texts(answers: list[dict[str, Any]], predictor: Any) -> list[list[str]
     try:
         return [predictor.item_texts(a["keys"]) for a in answers]
     except SemidError as e:
-        print(f"semid: note: answers shown without item texts: {e}", file=sys.stderr)
+        notes.note(f"answers shown without item texts: {e}")
         return [None] * len(answers)

@@ -6,10 +6,10 @@ import argparse
 import math
 import re
 import signal
-import sys
 from functools import partial
 from pathlib import Path
 
+from semid import notes
 from semid.defaults import usable_cores
 from semid.errors import SemidError
 from semid.manifest import read_manifest
@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     cores = usable_cores()
     for flag in ("workers", "threads"):  # each worker holds a model copy: more than cores only wait
         if (getattr(args, flag) or 0) > cores:
-            print(f"semid: note: --{flag} {getattr(args, flag)} is more than this machine's {cores} "
-                  f"usable cores; using {cores}", file=sys.stderr)  # fmt: skip
+            notes.note(f"--{flag} {getattr(args, flag)} is more than this machine's {cores} "
+                       f"usable cores; using {cores}")  # fmt: skip
             setattr(args, flag, cores)
     if args.in_process and (args.workers or 1) > 1:
         raise SemidError("--workers > 1 runs model processes; drop --in-process")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from semid import notes
 from semid.cli.common import (
     add_device_argument,
     add_interaction_file_arguments,
@@ -109,8 +109,7 @@ def note_ignored_flags(args: argparse.Namespace) -> None:
         given = [flag for flag in flags if flag_given(args, flag)]
         if given:
             verb = "has" if len(given) == 1 else "have"
-            print(f"semid: note: {args.model} {why}; {', '.join(given)} {verb} no effect",
-                  file=sys.stderr)  # fmt: skip
+            notes.note(f"{args.model} {why}; {', '.join(given)} {verb} no effect")
 
 
 def run(args: argparse.Namespace) -> int:
