@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -156,7 +158,7 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
         return None
     try:
         index = load_file(str(index_path))
-    except (OSError, ValueError, RuntimeError):  # safetensors: a truncated or garbled header
+    except (SafetensorError, OSError, ValueError):  # a truncated or garbled file
         return None
     offsets, lengths = index.get("offsets"), index.get("lengths")
     embeddings = index.get("embeddings")
@@ -165,11 +167,16 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
     rows = int(lengths.sum())
     if states_path.stat().st_size != rows * hidden_size * 2 or embeddings.shape != (n, hidden_size):
         return None
+    if n and (int(offsets.min()) < 0 or int((offsets + lengths).max()) > rows):
+        return None
     if rows == 0:  # every text tokenized to nothing: numpy cannot map an empty file
         flat = torch.zeros(0, hidden_size, dtype=torch.float16)
-    else:  # copy-on-write: pages are read from the file when used; a write stays in this process
-        mapped = np.memmap(states_path, np.float16, mode="c", shape=(rows, hidden_size))
-        flat = torch.from_numpy(mapped)
+    else:  # read-only: pages are read from the file when used, and the file may exceed RAM (a
+        # copy-on-write map would need that much memory committed); nothing writes to the states
+        mapped = np.memmap(states_path, np.float16, mode="r", shape=(rows, hidden_size))
+        with warnings.catch_warnings():  # torch warns that the array is not writable
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.from_numpy(mapped)
     states = [flat[o : o + k] for o, k in zip(offsets.tolist(), lengths.tolist(), strict=True)]
     return EncodedTexts(states, embeddings)
 

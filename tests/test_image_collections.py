@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +321,13 @@ def test_train_and_val_parts_without_a_test_part_are_no_classes(tmp_path):
 
     for part in ("train", "val"):
         write_classes(tmp_path / "f" / part, {"dark": 40, "bright": 220}, 2)
-    with pytest.raises(SemidError, match=r"are split parts, not classes, but it has no test part"):
+    with pytest.raises(
+        SemidError, match=r"are split parts, not classes, .*: rename the part of the test"
+    ):
+        load_image_folder(tmp_path / "f")
+    shutil.rmtree(tmp_path / "f" / "val")
+    (tmp_path / "f" / "train").rename(tmp_path / "f" / "test")  # test/ alone: no training part
+    with pytest.raises(SemidError, match=r"add a train/ part with the training images"):
         load_image_folder(tmp_path / "f")
 
 
@@ -399,6 +406,7 @@ def test_notes_beside_the_images_change_no_fingerprint_but_an_image_does(tmp_pat
     run = build_and_train(tmp_path / "photos", tmp_path)
     (tmp_path / "photos" / "README.txt").write_text("my photos\n")
     (tmp_path / "photos" / "dark" / "notes.txt").write_text("taken at night\n")
+    write_image(tmp_path / "photos" / "@eaDir" / "dark0.png" / "SYNOPHOTO_THUMB_S.png", 50)
     evaluate(run, "1")
     # a run from before, whose hash covered every file of the folder, is still checked that way
     config = json.loads((run / "config.json").read_text())
@@ -424,6 +432,8 @@ def test_messages_for_a_users_image_mistakes_name_the_fix(tmp_path):
         load_images(tmp_path / "nope")
     with pytest.raises(SemidError, match="a.png is an image; pass the folder"):
         sniff_kind(str(tmp_path / "flat" / "a.png"))
+    with pytest.raises(SemidError, match="items.npy --keys KEYS.txt"):
+        sniff_kind(str(tmp_path / "items.npy"))
     (tmp_path / "folder.csv").write_text("path,caption\nflat,a dark square\n")
     with pytest.raises(SemidError, match="line 2: .*flat is a folder; list the image files"):
         load_image_collection(tmp_path / "folder.csv")

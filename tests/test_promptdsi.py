@@ -225,6 +225,10 @@ def test_encoded_texts_are_cached_on_disk_and_read_back_mapped(tmp_path, monkeyp
         f.truncate(10)
     redone = encode_texts(model, texts, batch_size=2)
     assert all(torch.equal(a, b) for a, b in zip(redone.states, fresh.states, strict=True))
+    with open(entry / STATES_INDEX, "r+b") as f:  # so is one whose index is cut off
+        f.truncate(40)
+    redone = encode_texts(model, texts, batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(redone.states, fresh.states, strict=True))
 
 
 def test_an_unusable_cache_folder_is_named_before_encoding(tmp_path, monkeypatch):

@@ -273,10 +273,11 @@ def load_image_folder(
     named = {n.lower() for n in subfolders}
     one_side = not (named & set(TEST_PARTS) and named & set(TRAIN_PARTS))
     if subfolders and named <= {*TRAIN_PARTS, *TEST_PARTS} and one_side:
-        lacking = "training part (train/)" if named & set(TEST_PARTS) else "test part (test/)"
+        fix = ("add a train/ part with the training images" if named & set(TEST_PARTS) else
+               "rename the part of the test images to test/ (e.g. val -> test)")  # fmt: skip
         raise SemidError(f"the subfolders of {folder} ({', '.join(subfolders)}) are split parts, "
-                         f"not classes, but it has no {lacking}; rename a part (e.g. val -> test), "
-                         f"or move the class folders of every part into {folder} for a seeded split")  # fmt: skip
+                         f"not classes, and a split needs a training and a test part: {fix}, or "
+                         "list the images in a CSV of path,label or path,caption rows")  # fmt: skip
     roots = parts or [folder]
     class_folders = [c for root in roots for c in visible_entries(root) if c.is_dir()]
     for c in class_folders:  # its name is a class name and a part of its images' keys

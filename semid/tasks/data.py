@@ -76,10 +76,11 @@ def fingerprint(*names: str | None, files_of: FilesOf = folder_data_files) -> st
 
 
 def image_collection_files(folder: Path) -> list[Path]:
-    """The files an image folder's reader reads: its images and captions.tsv (a README or notes
-    beside them change no fingerprint)."""
-    return [p for p in folder_data_files(folder)
-            if p.suffix.lower() in IMAGE_SUFFIXES or p.name == "captions.tsv"]  # fmt: skip
+    """The files an image folder's reader reads, its images (`image_files`) and captions.tsv, in
+    `folder_data_files`' order: a README, notes or a NAS's thumbnails (``@eaDir``) beside them
+    change no fingerprint."""
+    read = {*image_files(folder), folder / "captions.tsv"}
+    return [p for p in folder_data_files(folder) if p in read]
 
 
 def trained_on(data_sha256: str | None, dataset: str, ids_sha256: str, spec: Any,
@@ -141,6 +142,9 @@ def sniff_kind(path: str) -> str:
             f"({p}/<class>/<image>) or a CSV of path,caption rows, or {FORMATS_HELP}"
         )
     if table_format(p) is None:
+        if p.suffix.lower() == ".npy":
+            raise SemidError(f"{p} is an array: item vectors are given with --embeddings {p} --keys "
+                             "KEYS.txt; --dataset takes interactions, documents or images")  # fmt: skip
         if p.suffix.lower() in IMAGE_SUFFIXES:
             raise SemidError(f"{p} is an image; pass the folder of the collection (one subfolder per "
                              "class) or a CSV of path,caption rows")  # fmt: skip
