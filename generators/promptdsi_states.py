@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from semid.atomic import atomic_dir, check_writable
+from semid.atomic import DiskFullError, atomic_dir, check_writable
 from semid.errors import SemidError
 from semid.kmeans import kmeans
 from semid.progress import progress_bar
@@ -123,8 +123,11 @@ def encode_texts(
     if cached is not None:
         return cached
     check_writable(folder, fix=CACHE_FIX)  # before the encoding, not after it
-    with atomic_dir(folder, label="cache") as tmp:
-        _write_cached(tmp, batches, len(texts), hidden_size)
+    try:
+        with atomic_dir(folder, label="cache") as tmp:
+            _write_cached(tmp, batches, len(texts), hidden_size)
+    except DiskFullError as e:
+        raise SemidError(f"{e}; or {CACHE_FIX}") from None
     cached = _read_cached(folder, len(texts), hidden_size)
     if cached is None:
         raise SemidError(f"the encoded texts just written to {folder} do not read back; "

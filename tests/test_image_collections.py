@@ -283,7 +283,7 @@ def test_a_flat_captioned_folder_reads_every_caption_line_of_an_image(tmp_path, 
     image on two lines lost its first caption. Now: a captioned collection, both captions kept."""
     from semid.data.image_files import load_image_collection
 
-    folder, lines = tmp_path / "flat", ["path\tcaption"]  # a header line is allowed
+    folder, lines = tmp_path / "flat", ["", "path\tcaption"]  # a header line is allowed
     for i in range(10):
         kind = ("dark", "bright")[i % 2]
         write_image(folder / f"{i}.png", 40 if kind == "dark" else 220, seed=i)
@@ -372,7 +372,7 @@ def test_a_semicolon_csv_whose_captions_hold_commas_is_read(tmp_path):
     for i in range(5):
         write_image(tmp_path / f"{i}.png", 40 + 40 * i, seed=i)
         lines.append(f"{i}.png;a square, shade {i}")
-    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "t.csv").write_text("\n" + "\n".join(lines) + "\n")  # a blank line first, too
     data = load_image_collection(tmp_path / "t.csv", seed=0)
     assert sorted(data.train.captions + data.test.captions)[0] == "a square, shade 0"
 

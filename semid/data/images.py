@@ -31,6 +31,18 @@ FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # Registered datasets that load as `ImageSplits` (the CLI routes them to semid.text2image).
 IMAGE_DATASETS = ("fashion-mnist", "digits")
+# names of an image path column (a table's, a captions.tsv header's), COCO's file_name and
+# Flickr30k's image_name among them
+PATH_COLUMNS = (
+    "path",
+    "file",
+    "filename",
+    "file_name",
+    "filepath",
+    "image",
+    "image_path",
+    "image_name",
+)
 
 
 @dataclass
@@ -339,19 +351,6 @@ def _captioned_files(folder: Path, files: list[Path], name: str | None,
     )
 
 
-# with COCO's file_name and Flickr30k's image_name
-PATH_COLUMNS = (
-    "path",
-    "file",
-    "filename",
-    "file_name",
-    "filepath",
-    "image",
-    "image_path",
-    "image_name",
-)
-
-
 def _folder_captions(
     folder: Path, keys: list[str]
 ) -> tuple[list[str], list[tuple[str, ...]] | None]:
@@ -362,12 +361,14 @@ def _folder_captions(
     path = folder / "captions.tsv"
     known = {os.path.normpath(k): k for k in keys}
     captions: dict[str, list[str]] = {}
+    content_seen = False
     for number, line in enumerate(read_lines(path, "captions file"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
         image, tab, caption = line.partition("\t")
-        if number == 1 and image.strip().lower() in PATH_COLUMNS:  # a header line
+        first, content_seen = not content_seen, True
+        if first and image.strip().lower() in PATH_COLUMNS:  # a header line
             continue
         where = f"{path} line {number}"
         if not tab or not caption.strip():

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -124,7 +123,8 @@ def _python_dict_lines(path: Path) -> bool:
 def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid, literals: bool) -> pa.Table:
     """JSON Lines that pyarrow's reader refuses, read row by row: fields that change kind from row
     to row (Amazon's metadata has descriptions that are a string in some rows and a list in
-    others) become text (`plain_text`) when they cannot be one typed column, and lines of Python
+    others) become lists of text or text (`_typed_or_text`) when they cannot be one typed column
+    (a key column of such fields is then refused), and lines of Python
     dict literals (Amazon's 2014 metadata: ``literals``, see `_python_dict_lines`) are read as
     such."""
     rows = []
@@ -251,9 +251,14 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
 
 
 def _first_line(path: Path) -> str:
-    """The file's first line (decompressed, without a byte-order mark), read alone."""
+    """The file's first line that is not blank (the header, as the CSV reader finds it),
+    decompressed and without a byte-order mark, read alone."""
     with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
-        return f.readline().decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r\n")
+        for raw in f:
+            line = raw.decode("utf-8", "replace").removeprefix("\ufeff").strip("\r\n")
+            if line.strip():
+                return line
+    return ""
 
 
 def _raw_text(path: Path) -> bytes:
@@ -393,8 +398,8 @@ def key_strings(column: pa.ChunkedArray, path: Path, role: str) -> np.ndarray:
             f"{path}: the {role} column holds {column.type} values; use strings or integers"
         ) from None
     values = np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
-    blank = pc.equal(pc.utf8_trim_whitespace(strings), "").to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(pd.isna(values) | np.asarray(blank, dtype=bool))  # empty, spaces or null
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(strings), ""), True)
+    bad = np.flatnonzero(blank.to_numpy(zero_copy_only=False))  # empty, spaces or null
     if bad.size:
         raise SemidError(f"{path} {row_label(path, int(bad[0]))}: empty {role} "
                          f"({counted(bad.size, 'row')}); give every row one")  # fmt: skip

@@ -54,7 +54,10 @@ from semid.tasks.items import (
     read_new_items,
     source_dataset,
 )
-from semid.tasks.recommend_predict import RecommendPredictor
+from semid.tasks.recommend_predict import (  # UserHistories: its home before recommend_predict
+    RecommendPredictor,
+    UserHistories,  # noqa: F401
+)
 from semid.tasks.specs import RecommendSpec
 from semid.training import train_model
 from semid.wording import counted

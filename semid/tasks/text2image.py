@@ -137,7 +137,8 @@ def answerable_queries(texts: list[str], query_labels: Tensor,
     if not keep:
         raise SemidError("no test query has an indexed image of its class: every class's images "
                          "are training images; give each class at least 2 images")  # fmt: skip
-    left = next(i for i in range(len(texts)) if i not in set(keep))
+    kept = set(keep)
+    left = next(i for i in range(len(texts)) if i not in kept)
     note(f"{counted(len(texts) - len(keep), 'test query', 'test queries')} of {len(texts)} ask for "
          f"a class no indexed image has (e.g. {texts[left]!r}; a class whose images all train) "
          "and are left out of the figures")  # fmt: skip
