@@ -25,7 +25,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from semid.atomic import DiskFullError, atomic_dir, check_writable
+from semid.encoders import model_identity
 from semid.errors import SemidError
+from semid.generators.promptdsi_layers import default_encoder_path
 from semid.kmeans import kmeans
 from semid.progress import progress_bar
 
@@ -53,13 +55,17 @@ def _cache_dir() -> Path:
 
 
 def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
+    """sha256 hex of the encoder (its config, or its folder's files: new weights in the same
+    folder give a new key), the layer split, the length limit and the texts."""
     cfg = model.config
+    encoder = cfg.encoder_config
+    if encoder is None:  # loaded from a folder: what is in it now
+        encoder = model_identity(Path(cfg.encoder_path or default_encoder_path()))
     h = hashlib.sha256(
         json.dumps(
             [
                 "v2",  # v2: a folder, its states memory-mapped
-                cfg.encoder_path,
-                cfg.encoder_config,
+                encoder,
                 cfg.encoder_seed,
                 cfg.max_length,
                 cfg.prompt_layer,
@@ -172,6 +178,8 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
         return None
     if n and (int(offsets.min()) < 0 or int((offsets + lengths).max()) > rows):
         return None
+    if not torch.isfinite(embeddings).all():  # damaged: the encoder gives finite vectors
+        return None
     if rows == 0:  # every text tokenized to nothing: numpy cannot map an empty file
         flat = torch.zeros(0, hidden_size, dtype=torch.float16)
     else:  # read-only: pages are read from the file when used, and the file may exceed RAM (a
@@ -185,8 +193,12 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
 
 
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
-    """Right-pad per-text states (T_i, H) -> hidden (B, T, H) float32 and attention_mask (B, T)."""
+    """Right-pad per-text states (T_i, H) -> hidden (B, T, H) float32 and attention_mask (B, T);
+    SemidError for states that are not finite (a damaged cache entry: the encoder gives none)."""
     hidden = torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True).float()
+    if not torch.isfinite(hidden).all():
+        raise SemidError(f"encoded texts read from {_cache_dir()} hold NaN or infinity: a cache "
+                         "entry is damaged; remove that folder (the texts are encoded again)")  # fmt: skip
     lengths = torch.tensor([len(s) for s in states])
     mask = (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
     return {"hidden": hidden, "attention_mask": mask}

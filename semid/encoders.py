@@ -115,7 +115,7 @@ class TextEncoder:
         h = hashlib.sha256()
         h.update(
             json.dumps(
-                [CACHE_FORMAT, _model_identity(self.model_path), self.max_seq_length]
+                [CACHE_FORMAT, model_identity(self.model_path), self.max_seq_length]
             ).encode()
         )
         for t in texts:  # length-prefixed so that ["ab", "c"] and ["a", "bc"] differ
@@ -167,8 +167,9 @@ def _model_dim(model) -> int:
     return int(getter())
 
 
-def _model_identity(path: Path) -> list:
-    """Resolved path plus (name, size, mtime) of every file in the model folder."""
+def model_identity(path: Path) -> list:
+    """Resolved path plus (name, size, mtime) of every file in the model folder: a cache key part
+    that changes when the model's files do."""
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return [str(path)] + [
         (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files

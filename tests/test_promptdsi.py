@@ -465,3 +465,25 @@ def test_without_rank_loss_there_is_no_document_head_and_old_configs_load_withou
 def test_document_embeddings_must_match_the_encoder_width():
     with pytest.raises(SemidError, match=r"\(N, 16\)"):
         tiny().set_documents_(torch.randn(3, 8))
+
+
+def test_a_non_finite_state_names_the_damaged_cache():
+    with pytest.raises(SemidError, match="a cache entry is damaged; remove that folder"):
+        pad_states([torch.ones(2, 4), torch.tensor([[1.0, float("nan"), 0.0, 0.0]])])
+
+
+def test_the_cache_key_follows_the_encoder_folders_files(tmp_path):
+    """New weights in the same encoder folder reused the old states unsaid: the key held its path."""
+    from types import SimpleNamespace
+
+    from semid.generators.promptdsi_states import _cache_key
+
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "model.safetensors").write_bytes(b"weights")
+    model = SimpleNamespace(
+        config=PromptDSIConfig(codebook_sizes=[4], encoder_path=str(tmp_path / "enc"))
+    )
+    key = _cache_key(model, ["a text"])
+    assert _cache_key(model, ["a text"]) == key and _cache_key(model, ["another"]) != key
+    (tmp_path / "enc" / "model.safetensors").write_bytes(b"retrained weights")
+    assert _cache_key(model, ["a text"]) != key

@@ -268,3 +268,16 @@ def test_predict_and_serve_echo_each_query_id(run, tmp_path):
             batcher.submit([{"query": "kernel", "id": [1]}], k=2)
     finally:
         batcher.close(timeout=20)
+
+
+def test_predicted_queries_are_not_cached_but_evaluated_ones_are(run, tmp_path):
+    """serve and predict see ever-new queries: caching them filled the cache with entries never
+    read again (and failed batched requests on a full or read-only cache); eval's test queries
+    come back at every eval, so they are cached."""
+    cache = tmp_path / "cache" / "promptdsi"
+    before = set(cache.iterdir()) if cache.is_dir() else set()
+    predictor = get_task("retrieve").predictor(load_run(run))
+    predictor.rank_texts(["first query", "second query", "third one"], 3, None)
+    assert (set(cache.iterdir()) if cache.is_dir() else set()) == before
+    predictor.rank_texts(["first query", "second query"], 3, None, cache=True)
+    assert len(set(cache.iterdir()) - before) == 1

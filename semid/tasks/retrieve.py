@@ -301,7 +301,7 @@ class RetrieveTask(Task):
             started = time.perf_counter()
             ranking = predictor.rank_texts([q for q, _ in pairs], max(options.ks), options.num_beams,
                                            batch_size=options.batch_size, desc=f"encode {name}",
-                                           item_mix=options.item_mix)  # fmt: skip
+                                           item_mix=options.item_mix, cache=True)  # fmt: skip
             seconds = time.perf_counter() - started
             targets, grades = relevant_rows(run.ids, [relevant for _, relevant in pairs])
             part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr", "ndcg"),
@@ -445,10 +445,13 @@ class RetrievePredictor(QueryPredictor):
         return self.rank_texts([x["query"] for x in inputs], k, num_beams)
 
     def rank_texts(self, texts: list[str], k: int, num_beams: int | None, batch_size: int = 64,
-                   desc: str = "encode queries", item_mix: float | None = None) -> Ranking:  # fmt: skip
-        """Top-k document rows (Q, k) for query texts (``item_mix``: see `make_ranker`)."""
+                   desc: str = "encode queries", item_mix: float | None = None,
+                   cache: bool = False) -> Ranking:  # fmt: skip
+        """Top-k document rows (Q, k) for query texts (``item_mix``: see `make_ranker`); with
+        ``cache`` their encodings are cached on disk (a run's test queries, encoded by every
+        `eval`; not the ever-new queries of `predict` and `serve`)."""
         ranker = self.mixed_ranker(num_beams, item_mix)
-        queries = encode_texts(self.run.model, texts, desc=desc, cache=len(texts) > 1)
+        queries = encode_texts(self.run.model, texts, desc=desc, cache=cache)
         parts = [ranker.rank(move(batch, self.device), k)
                  for batch in query_batches(queries, texts, self.lexical, batch_size)]  # fmt: skip
         return Ranking.concat(parts)
