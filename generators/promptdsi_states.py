@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from semid.atomic import DiskFullError, atomic_dir, check_writable
+from semid.atomic import DiskFullError, atomic_dir, check_writable, remove_stale
 from semid.encoders import model_identity
 from semid.errors import SemidError
 from semid.generators.promptdsi_layers import default_encoder_path
@@ -129,6 +129,7 @@ def encode_texts(
     if cached is not None:
         return cached
     check_writable(folder, fix=CACHE_FIX)  # before the encoding, not after it
+    _remove_dead_writers_leftovers(folder.parent)
     try:
         with atomic_dir(folder, label="cache") as tmp:
             _write_cached(tmp, batches, len(texts), hidden_size)
@@ -139,6 +140,14 @@ def encode_texts(
         raise SemidError(f"the encoded texts just written to {folder} do not read back; "
                          f"check the disk, or {CACHE_FIX}")  # fmt: skip
     return cached
+
+
+def _remove_dead_writers_leftovers(root: Path) -> None:
+    """The temporary folders of cache writers that died (``kill -9``), under any key: a write of
+    the same texts would remove its own, but other texts may never come again, and each can hold
+    gigabytes of states."""
+    for key in sorted({entry.name[1:].split(".", 1)[0] for entry in root.glob(".*.tmp")}):
+        remove_stale(root / key)
 
 
 def _write_cached(folder: Path, batches: Iterator[tuple[list[int], list[Tensor], Tensor]],

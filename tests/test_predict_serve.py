@@ -468,3 +468,12 @@ def test_an_unknown_field_in_an_input_is_refused(predictor):
     ):
         predictor.check_input({"user": user, "splt": "test"})
     assert predictor.check_input({"user": user, "split": "test"}) == {"user": user, "split": "test"}
+
+
+def test_a_repeated_user_flag_asks_for_each_user(run, predictor, tmp_path):
+    """`--user A --user B` answered only B (argparse kept the last); now both, in order."""
+    first, second = predictor.user_keys[:2]
+    out = tmp_path / "two.jsonl"
+    assert main(["predict", str(run), "--user", first, "--user", second, "--k", "3",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert [a["input"] for a in read_jsonl(out)] == [{"user": first}, {"user": second}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -487,3 +488,18 @@ def test_the_cache_key_follows_the_encoder_folders_files(tmp_path):
     assert _cache_key(model, ["a text"]) == key and _cache_key(model, ["another"]) != key
     (tmp_path / "enc" / "model.safetensors").write_bytes(b"retrained weights")
     assert _cache_key(model, ["a text"]) != key
+
+
+def test_a_dead_writers_leftover_of_other_texts_is_removed(tmp_path, monkeypatch):
+    """A `kill -9` while encoding left a temporary folder that only a write of the same texts
+    removed: gigabytes kept for texts that may never come again."""
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path))
+    model = tiny()
+    monkeypatch.setattr(model, "tokenize", word_tokens)
+    dead = tmp_path / "promptdsi" / ".0123abcd.999999999.abcdefgh.tmp"
+    dead.mkdir(parents=True)
+    (dead / STATES).write_bytes(b"\0" * 64)
+    alive = tmp_path / "promptdsi" / f".4567ef.{os.getpid()}.abcdefgh.tmp"  # a writer at work
+    alive.mkdir()
+    encode_texts(model, ["alpha beta", "gamma"])
+    assert not dead.exists() and alive.exists()

@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `semid predict`."""
     p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory from `semid train ...`")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--user", help="recommenders: a user id of the run's data")
+    src.add_argument("--user", action="append",
+                     help="recommenders: a user id of the run's data (repeat for several)")  # fmt: skip
     src.add_argument("--users", help="recommenders: a file of user ids, one a line, JSON Lines with "
                      "'user', or a CSV, TSV or Parquet table with a 'user' column; or 'all'")  # fmt: skip
     src.add_argument(
@@ -66,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="recommenders: a file of new users' histories, one a line, each as --history takes it "
         "or JSON Lines with 'history'",
     )
-    src.add_argument("--query", help="retrievers: one query text")
+    src.add_argument(
+        "--query", action="append", help="retrievers: a query text (repeat for several)"
+    )
     src.add_argument(
         "--queries",
         type=Path,
@@ -127,14 +130,14 @@ def read_inputs(
     """The inputs the command line names, as the predictor's input dicts, and where each one comes
     from (``--users FILE line N``)."""
     if args.user is not None:
-        return [{"user": args.user}], [Origin()]
+        return [{"user": u} for u in args.user], [Origin()] * len(args.user)
     if args.history is not None and len(args.history) > 1:  # one key per argument, as given
         return [{"history": args.history}], [Origin()]
     if args.history is not None:
         keys, split = parse_history(args.history[0], "--history")
         return [{"history": keys}], [Origin(hint=COMMA_HINT if split else "")]
     if args.query is not None:
-        return [{"query": args.query}], [Origin()]
+        return [{"query": q} for q in args.query], [Origin()] * len(args.query)
     if args.users == "all":
         if not hasattr(predictor, "user_keys"):
             raise SemidError("--users all is for recommendation runs")
