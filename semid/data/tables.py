@@ -107,9 +107,7 @@ def _read_json_lines(path: Path, what: str) -> pa.Table:
 def _python_dict_lines(path: Path) -> bool:
     """Whether the file's first line is a Python dict literal that is not JSON, as in Amazon's 2014
     product metadata (``{'asin': '0205616461', 'title': ...}``)."""
-    with (gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz")
-          else open(path, encoding="utf-8")) as f:  # fmt: skip
-        first = next((line for line in f if line.strip()), "").lstrip("\ufeff")
+    first = _first_line(path)
     try:
         json.loads(first)
         return False
