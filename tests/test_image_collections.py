@@ -171,7 +171,14 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     write_classes(tmp_path / "more", {"mid": 128}, per_class=3, colour=True)  # unseen, in colour
     capsys.readouterr()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 0
-    assert f"added 3 images to {run}" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"added 3 images to {run}" in out
+    assert (
+        "semid: note: added images of classes the run was not trained on: 'mid' (3 images);" in err
+    )
+    write_classes(tmp_path / "again", {"dark": 40}, per_class=1)  # a class the run knows
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "again")]) == 0
+    assert "not trained on" not in capsys.readouterr().err
     write_image(tmp_path / "loose" / "x.png", 40)
     (tmp_path / "loose" / "add.csv").write_text("path,caption\nx.png,a dark square\n")
     assert main(["index", "add", str(run), "--items", str(tmp_path / "loose" / "add.csv")]) == 0
@@ -181,13 +188,13 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     assert set(after) == set(before)
     # answers show each image's class, or the caption it was added with
     out = tmp_path / "answers.jsonl"
-    assert main(["predict", str(run), "--query", "a photo", "--k", "8", "--texts",
-                 "--out", str(out)]) == 0  # 4 test images and 4 added  # fmt: skip
+    assert main(["predict", str(run), "--query", "a photo", "--k", "9", "--texts",
+                 "--out", str(out)]) == 0  # 4 test images and 5 added  # fmt: skip
     (answer,) = [json.loads(line) for line in out.read_text().splitlines()]
     shown = dict(zip(answer["keys"], answer["texts"], strict=True))
     assert shown.pop("more/mid/mid2.png") == "mid" and shown.pop("x.png") == "a dark square"
     built = {k: t for k, t in shown.items() if not k.startswith("more/")}
-    assert len(built) == 4 and all(k.split("/")[-2] == t for k, t in built.items()), built
+    assert len(built) == 5 and all(k.split("/")[-2] == t for k, t in built.items()), built
 
 
 @pytest.mark.parametrize("layout", ["empty", "flat"])
@@ -443,3 +450,25 @@ def test_messages_for_a_users_image_mistakes_name_the_fix(tmp_path):
     (tmp_path / "again.csv").write_text("path,caption\n./flat/a.png,a dark square\n")
     with pytest.raises(SemidError, match="already indexed under the same key"):
         added_images(tmp_path / "again.csv", 12, ["flat/a.png"])
+
+
+def test_files_that_are_no_images_are_counted_in_a_note(tmp_path, capsys):
+    from semid.data.images import load_image_folder
+
+    write_classes(tmp_path / "f", {"dark": 40, "bright": 220}, 2)
+    (tmp_path / "f" / "README.txt").write_text("about")
+    (tmp_path / "f" / "dark" / "scan.psd").write_bytes(b"8BPS")
+    (tmp_path / "f" / "dark" / "Thumbs.db").write_bytes(b"")  # a file browser's, never data
+    assert len(load_image_folder(tmp_path / "f")) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"semid: note: {tmp_path / 'f'}: 2 files left out as no images (e.g. 'dark/scan.psd'); "
+        "images are read from .png, .jpg, .jpeg, .jfif, .jpe, .bmp, .gif, .pgm, .ppm, .npy, "
+        ".webp, .avif, .tif, .tiff files"
+    ]
+    for name in ("README.txt", "dark/scan.psd"):
+        (tmp_path / "f" / name).unlink()
+    (tmp_path / "f" / "captions.tsv").write_text(
+        "".join(f"{c}/{c}{i}.png\ta {c} square\n" for c in ("dark", "bright") for i in range(2))
+    )
+    load_image_folder(tmp_path / "f")
+    assert capsys.readouterr().err == ""  # captions.tsv is read, not left out

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,8 @@ class Text2ImageTask(Task):
                                                  collisions, seed, progress, **fit_kwargs)  # fmt: skip
         ids.metadata.update({"task": self.name, "dataset": source.dataset,
                              "image_features": "cnn" if cnn else list(features)})  # fmt: skip
+        if splits.train.class_names:  # what `index add` compares an added image's class with
+            ids.metadata["classes"] = list(splits.train.class_names)
         shown = dict(zip(splits.test.keys, splits.test.shown_texts(), strict=True))
         ids.save(out, quantizer=fitted, extra_files={IMAGE_TEXTS: texts_json(shown)})
         if cnn is not None:
@@ -421,6 +424,7 @@ class Text2ImageTask(Task):
             if known is not None:
                 write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
             write_run(run_path, self.name, self.spec_of(run), state)
+        _note_unknown_classes(classes, run.ids.metadata.get("classes"))
         return {
             "added": len(images.keys),
             "index_size": len(ids),
@@ -431,6 +435,19 @@ class Text2ImageTask(Task):
     def predictor(self, run: Run, device: str = "cpu") -> Text2ImagePredictor:
         """Top-k images for query texts."""
         return Text2ImagePredictor(run, device)
+
+
+def _note_unknown_classes(added: list[str | None], trained: list[str] | None) -> None:
+    """Tell which classes of added images the run was not trained on (``trained``: the index's
+    classes; None for an index of captions, or one built before it recorded them)."""
+    if not trained:
+        return
+    unknown = Counter(c for c in added if c is not None and c not in set(trained))
+    if unknown:
+        shown = ", ".join(f"{c!r} ({counted(n, 'image')})" for c, n in sorted(unknown.items()))
+        note(f"added images of classes the run was not trained on: {shown}; they are indexed, but "
+             "its model has not learned to find them for their class name and `semid eval` counts "
+             "them relevant to no query; train a run on a collection with the class to learn it")  # fmt: skip
 
 
 def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageDataset:
