@@ -50,6 +50,8 @@ _LOW_SPACE_BYTES = 1 << 20
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _fault_hits: dict[str, int] = {}
+# folders this process created for its outputs, outermost first (see semid.locking.remove_unused_folders)
+_created_folders: list[Path] = []
 _SNAPSHOT_LIST = ".snapshot.json"  # in a restore snapshot: the names it covers, and which existed
 _SNAPSHOT = re.compile(r"^\.restore\.(\d+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -138,12 +140,19 @@ def check_writable(path: str | os.PathLike, fix: str = "choose a writable --out"
     """Raise SemidError unless `path` can be created or replaced (creating its parent folders);
     ``fix`` says what to do instead."""
     parent = Path(path).parent
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SemidError(f"cannot create output folder {parent}: {e.strerror}; {fix}") from None
+    _created_folders.extend(reversed(missing))
     if not os.access(parent, os.W_OK):
         raise SemidError(f"output folder {parent} is not writable; {fix}")
+
+
+def created_folders() -> list[Path]:
+    """The folders this process created for its outputs so far, outermost first."""
+    return list(_created_folders)
 
 
 def check_output_file(path: str | os.PathLike) -> None:

@@ -189,3 +189,36 @@ def test_a_folder_where_no_lock_can_be_made_is_one_clear_error(folder):
     with pytest.raises(SemidError, match=f"cannot write run {folder}: .*a folder you can write to"):
         with write_lock(folder, f"run {folder}"):
             pass
+
+
+def test_folders_made_for_a_refused_command_are_removed_with_their_free_locks(tmp_path):
+    from filelock import FileLock
+
+    from semid.atomic import check_writable, created_folders
+    from semid.locking import lock_path, remove_unused_folders
+
+    before = len(created_folders())
+    (tmp_path / "old").mkdir()
+    check_writable(tmp_path / "old" / "new" / "deeper" / "run")  # makes new/ and deeper/
+    with write_lock(tmp_path / "old" / "new" / "deeper" / "run", "run"):
+        pass  # leaves deeper/.run.lock
+    check_writable(tmp_path / "kept" / "run")
+    (tmp_path / "kept" / "notes.txt").write_text("")  # not made by semid: kept
+    check_writable(tmp_path / "held" / "run")
+    held = FileLock(lock_path(tmp_path / "held" / "run"))
+    held.acquire()  # another writer's lock: kept
+    try:
+        remove_unused_folders(since=before)
+    finally:
+        held.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held", "kept", "old"]
+    assert list((tmp_path / "old").iterdir()) == []  # it was there before
+
+
+def test_a_refused_command_leaves_no_empty_output_folders(tmp_path, capsys):
+    from semid.cli.main import main
+
+    out = tmp_path / "runs" / "new" / "index"
+    assert main(["index", "build", "--dataset", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "neither a registered dataset" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

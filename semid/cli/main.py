@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from semid import __version__
+from semid.atomic import created_folders
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.notes import show_on_console
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = None
     show_on_console()  # the library's notes and progress lines (semid.notes)
+    folders_before = len(created_folders())  # a refused command removes the empty ones it made
     try:
         if argv is None:  # the `semid` process itself (not a caller in Python): SIGTERM as Ctrl-C
             signal.signal(signal.SIGTERM, _terminate)
@@ -168,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
         return args.run(args)
     except SemidError as e:
+        from semid.locking import remove_unused_folders  # filelock: only on this path
+
+        remove_unused_folders(since=folders_before)
         print(f"semid: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
