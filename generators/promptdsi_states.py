@@ -197,8 +197,18 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
         with warnings.catch_warnings():  # torch warns that the array is not writable
             warnings.simplefilter("ignore", UserWarning)
             flat = torch.from_numpy(mapped)
+        if _zero_filled(flat):
+            return None
     states = [flat[o : o + k] for o, k in zip(offsets.tolist(), lengths.tolist(), strict=True)]
     return EncodedTexts(states, embeddings)
+
+
+def _zero_filled(flat: Tensor, samples: int = 64) -> bool:
+    """Whether some of the states rows (T, H), sampled evenly from the first to the last, are all
+    zero: blocks of a file that were never written (a crash can leave them so) have the right
+    size and read as zeros, while a token's state never is."""
+    picked = torch.linspace(0, len(flat) - 1, min(samples, len(flat))).long()
+    return bool((flat[picked] == 0).all(dim=1).any())
 
 
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
