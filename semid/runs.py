@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import semid
 from semid.atomic import atomic_dir, read_json, restore_on_error, write_json
@@ -33,6 +33,9 @@ from semid.locking import write_lock
 from semid.manifest import MANIFEST, METRICS, PARTS, RUN_CONFIG, RUN_FORMAT, read_manifest
 from semid.models import load_model
 from semid.saving import versions
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DATA_FIELDS = ("dataset", "items")  # spec fields that may name data files (stored absolute)
 
@@ -167,7 +170,7 @@ def load_run(run: str | os.PathLike, task: str | None = None) -> Run:
     return Run(path, manifest["task"], config, ids, model)
 
 
-def check_vocabulary(model: Any, ids: SemanticIDs, where: str = "the run") -> None:
+def check_vocabulary(model: nn.Module, ids: SemanticIDs, where: str = "the run") -> None:
     """Raise SemidError unless the model can emit (generators) or score (scorers) the index."""
     if hasattr(model, "codebook_sizes"):  # it writes IDs
         sizes = model.codebook_sizes

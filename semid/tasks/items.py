@@ -31,6 +31,7 @@ from semid.models import model_class
 from semid.notes import tell
 from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource
+from semid.tasks.specs import RecommendSpec
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 INTERACTION_DIM = 64
@@ -54,7 +55,7 @@ def recommendation_dataset(
     return dataset
 
 
-def item_texts_of(source: Any) -> dict[str, str]:
+def item_texts_of(source: IndexSource | RecommendSpec) -> dict[str, str]:
     """Each item's text in the data of an IndexSource or a RecommendSpec: its items file, or a
     registered dataset's texts; empty for data without texts (an interactions file alone)."""
     if source.items is not None:
@@ -71,7 +72,7 @@ def dataset_texts(dataset: RecDataset) -> dict[str, str]:
     return dict(zip(dataset.item_keys, dataset.item_texts, strict=True))
 
 
-def source_dataset(source: Any) -> RecDataset:
+def source_dataset(source: IndexSource | RecommendSpec) -> RecDataset:
     """The dataset of an IndexSource or a RecommendSpec (same field names)."""
     return recommendation_dataset(source.dataset, source.items, source.columns, source.missing_text,
                                   source.min_interactions)  # fmt: skip
@@ -230,7 +231,7 @@ def _key_text_lines(path: Path, lines: list[str]) -> tuple[list[str], list[str]]
     return [k for k, _ in pairs], [t for _, t in pairs]
 
 
-def new_model(spec: Any, ids: SemanticIDs) -> Any:
+def new_model(spec: RecommendSpec, ids: SemanticIDs) -> torch.nn.Module:
     """A fresh model of the spec's family sized for the index (codebook sizes, catalogue size)."""
     cls = model_class(spec.model)
     config = cls.sized_for(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from semid.atomic import check_output_folder
 from semid.data.logs import RecDataset
@@ -32,6 +32,7 @@ from semid.data.sequences import (
 )
 from semid.distributed import is_main_process
 from semid.errors import SemidError
+from semid.generator import Generator
 from semid.hybrid import Candidates, HybridRanker, choose_mix
 from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import add_items
@@ -238,7 +239,7 @@ def describe_data(dataset: RecDataset, data: RecData) -> str:
     return line
 
 
-def training_window(model: Any, max_history: int) -> int:
+def training_window(model: nn.Module, max_history: int) -> int:
     """Targets per window of ``train_format = "sequence"`` training: the model's ``train_window``
     when it reads fewer items than ``max_history`` (TIGER's ``max_items``), else ``max_history``."""
     window = getattr(model, "train_window", None)
@@ -246,7 +247,7 @@ def training_window(model: Any, max_history: int) -> int:
 
 
 def tune_item_mix(
-    model: Any, ids: SemanticIDs, data: RecData, spec: RecommendSpec
+    model: Generator, ids: SemanticIDs, data: RecData, spec: RecommendSpec
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Set ``model.config.item_mix`` to the weight of ``MIX_GRID`` with the best valid NDCG@10
     (one beam search per query, every weight re-ranks its candidates); returns NDCG@10 by weight
