@@ -26,7 +26,7 @@ from typing import Any
 import faiss
 import torch
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid.models import build_model
 from semid.trie import PrefixTrie
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[catalogue] {n:,} {method}: {rows[-1].get('queries_per_s', rows[-1].get('error'))} "
                   f"(load {os.getloadavg()})", flush=True)  # fmt: skip
     result = {
-        "command": "python -m benchmarks.catalogue_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("catalogue_scale", argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_start": load_start, "load_end": os.getloadavg()[0], "rows": rows, "crossover": crossover(rows),
     }  # fmt: skip

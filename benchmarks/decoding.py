@@ -32,7 +32,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
 from benchmarks.decoding_report import BEAMS, markdown, targets
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid.beam_search import _masked_log_probs, constrained_beam_search
 from semid.errors import SemidError
 from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor
@@ -396,8 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = CodeVocabulary(SIZES, num_special=2)
     model = tiny_t5(vocab, args.d_model, args.layers)
     result = {
-        "command": "python -m benchmarks.decoding "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("decoding", argv),
         "environment": environment(device),
         "config": {
             "beams": BEAMS,

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid.plots import plot_curves
 
 TEST = ["recall@1", "recall@10", "mrr@10"]
@@ -28,8 +28,7 @@ def run_meta(argv: list[str] | None, threads: int, start: float, settings: dict)
 
     module = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
     return {
-        "command": f"python -m benchmarks.{module} "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line(module, argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {threads} thread(s), {platform.platform()}",
         "torch": torch.__version__,

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     folds = {seed: make_fold(wn, seed) for seed in args.seeds}
     rows, best = [], []
     journal_path = Path(f"{args.out}.jsonl")
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_journal(journal_path) if args.resume else {}
     if not args.resume:
         journal_path.write_text("")

@@ -33,13 +33,12 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid.atomic import atomic_file
 from semid.cli import console_script
 from semid.data import load_dataset
@@ -270,9 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(lambda s: run_seed(args.work, s), args.seeds))
     result = {
-        "command": " ".join(
-            ["python -m benchmarks.new_collection", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("new_collection", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} CPUs, 1 torch thread per run",
         "versions": versions(),

@@ -26,20 +26,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from benchmarks.text_baselines import BM25
 from semid.atomic import atomic_file
 from semid.cli import console_script
 from semid.data import load_dataset
 from semid.metrics import mrr_at_k, recall_at_k
 from semid.runs import read_metrics
+from semid.saving import versions
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = {"with-queries": "with-queries.jsonl", "pseudo": "pseudo.jsonl"}
@@ -97,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the sample's and the runs' seed")
     p.add_argument("--work", type=Path, default=Path("runs/pseudo-queries"))
     p.add_argument(
-        "--out", type=Path, help="results stem (default: results/pseudo-queries-DATASET)"
+        "--out", type=Path, help="results stem (default: benchmarks/results/pseudo-queries-DATASET)"
     )
     args = p.parse_args(argv)
+    started = {
+        "command": command_line("pseudo_queries", argv),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average "
+        f"{os.getloadavg()[0]:.1f} at start)",
+        "versions": versions(),
+    }
     work = args.work.resolve() / f"{args.dataset}-{args.docs}-s{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
     tests = write_files(args.dataset, args.docs, args.seed, work)
@@ -117,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     stem = args.out or RESULTS / f"pseudo-queries-{args.dataset}"
     lines = [f"# A corpus without queries: {args.dataset}, {args.docs} documents, seed {args.seed}", "",
-             f"`python -m benchmarks.pseudo_queries --dataset {args.dataset} --docs {args.docs} --seed {args.seed}`", "",
+             f"Command: `{started['command']}`  ",
+             f"Date: {started['date_utc']} UTC; machine: {started['machine']}; "
+             + ", ".join(f"{k} {v}" for k, v in started["versions"].items()), "",
              f"{len(tests)} real test queries of the {TEST_SHARE:.0%} test documents; every document indexed.", "",
              "| method | R@1 | R@10 | MRR@10 |", "|---|---|---|---|"]  # fmt: skip
     lines += [
@@ -125,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in rows.items()
     ]
     result = {
+        **started,
         "args": {k: str(v) for k, v in vars(args).items()},
         "test_queries": len(tests),
         "rows": rows,

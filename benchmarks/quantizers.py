@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import semid  # noqa: E402
-from benchmarks.results_files import write_result  # noqa: E402
+from benchmarks.results_files import command_line, write_result  # noqa: E402
 from semid.collisions import collision_rate  # noqa: E402
 from semid.ids import level_perplexity  # noqa: E402
 from semid.quantization import build_quantizer  # noqa: E402
@@ -274,8 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     report = {
-        "command": "python -m benchmarks.quantizers "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("quantizers", argv),
         "date": started,
         "data": data,
         "n": len(x),

@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +44,7 @@ from benchmarks.recommend_setup import (
     newest_items,
     without_items,
 )
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid.atomic import atomic_file
 from semid.configs import parse_json_object
 from semid.data import load_dataset
@@ -189,7 +188,7 @@ def environment(threads: int) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at start)",
         "torch_threads_per_job": threads,
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "command": " ".join(["python -m benchmarks.recommend", *sys.argv[1:]]),
+        "command": command_line("recommend"),
     }
 
 
@@ -204,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cold-start",
         nargs="*",
         default=["mmgrec"],
-        help="generators to run the cold-start experiment with",
+        help="generators to run the cold-start experiment with (default: %(default)s; a bare "
+        "--cold-start runs none)",
     )
     p.add_argument(
         "--cold-frac",
@@ -252,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=int,
         default=BUDGETS["sasrec"]["train"]["max_epochs"],
-        help="epoch cap of sasrec and mmgrec, which early-stop on valid NDCG@10 (default: %(default)s)",
+        help="epoch cap of sasrec, mmgrec and tiger, which early-stop on valid NDCG@10 "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--work",
@@ -273,7 +274,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also checkpoint every STEPS optimizer steps, for --resume within an epoch "
         "(default: only at each epoch's end)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS / "recommend")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="results stem: STEM.json and STEM.md (default: benchmarks/results/recommend; "
+        "--aggregate needs it given)",
+    )
     p.add_argument(
         "--render", type=Path, help="only rewrite the Markdown of an existing results JSON"
     )
@@ -281,7 +287,8 @@ def _parser() -> argparse.ArgumentParser:
         "--aggregate",
         type=Path,
         nargs="+",
-        help="only write medians over these results JSONs to --out",
+        help="only write medians over these results JSONs to --out (given, so that no committed "
+        "table is replaced by accident)",
     )
     return p
 
@@ -290,6 +297,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Build indexes, train and test every model, write JSON and Markdown under benchmarks/results/."""
     p = _parser()
     args = p.parse_args(argv)
+    if args.aggregate and args.out is None:
+        p.error("--aggregate writes its medians to --out; give it (e.g. --out /tmp/medians)")
+    args.out = args.out or RESULTS / "recommend"
     if args.aggregate:
         text = aggregate([json.loads(f.read_text()) for f in args.aggregate])
         with atomic_file(args.out.with_suffix(".md")) as f:

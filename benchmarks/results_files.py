@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from semid.atomic import atomic_file, write_json
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that ran benchmark ``module`` with ``argv`` (default: this process's arguments),
+    quoted for a shell, so that it can be pasted to run again (``'mmgrec={"layers": 3}'``)."""
+    return shlex.join(
+        ["python", "-m", f"benchmarks.{module}", *(sys.argv[1:] if argv is None else argv)]
+    )
 
 
 def write_result(stem: str | Path, result: Any, markdown: str, show: bool = True) -> None:

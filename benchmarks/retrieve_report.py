@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from benchmarks.results_files import write_result
 from semid.data.corpus import CorpusSplit
 from semid.data.documents import DocumentCollection
 from semid.ids import SemanticIDs
@@ -127,10 +127,6 @@ def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentColl
             "codebook_sizes_after_add": ids_all.codebook_sizes,
         },
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
-    )
     lines = [
         f"# Document retrieval: {corpus.name}",
         "",
@@ -156,5 +152,4 @@ def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentColl
             f"{r['mrr@10']:.3f} | {train_cell} | {r.get('queries_per_s', 0):.0f} |"
         )
     lines += ["", *target_lines(rows), "", NOTES]
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(RESULTS / args.out, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")

@@ -38,7 +38,7 @@ import aiohttp
 import numpy as np
 import torch
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid import __version__
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
@@ -301,8 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.workers is None:
         args.workers = 1 if args.in_process_model else default_workers(resolve_device(args.device))
     result: dict[str, Any] = {
-        "command": "python -m benchmarks.serve "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("serve", argv),
         "environment": environment(),
         "config": {
             "predictor": "fake" if args.fake else str(args.run),

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import command_line, write_result
 from semid.data.image_files import split_indices
 from semid.data.images import ImageDataset, class_queries, describe_class
 from semid.generators.avg import Avg, AvgConfig
@@ -421,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                    "the test split is not touched")  # fmt: skip
     p.add_argument("--mixes", type=float, nargs="*", default=[],
                    help="extra item_mix weights to rank (c) with, beside its own and 0 (for --validate)")  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="tiny smoke run; writes nothing")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny smoke run; writes nothing unless --out"
+    )
+    p.add_argument("--out", type=Path, help="results stem: STEM.json and STEM.md (default: "
+                   "benchmarks/results/text2image[-DATASET][-validation])")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.quantizer = args.quantizer or [AUTO]
@@ -437,14 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = run(args)
     result["total_s"] = round(time.perf_counter() - start, 1)
-    command = " ".join(
-        ["python -m benchmarks.text2image", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line("text2image", argv)
     result["command"], result["dataset"] = command, args.dataset
     text = markdown(result, command)
     print(text)
-    if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        write_result(args.out, result, text, show=False)
+    elif not args.quick:
         name = (
             "text2image"
             if args.dataset == "fashion-mnist"

@@ -229,3 +229,23 @@ def test_a_dataset_given_by_path_gets_its_own_work_folder_and_no_recbole_ratio()
     result = {"environment": {**env, "torch_threads_per_job": 1}, "jobs": 1, "seed": 0, "rows": [],
               "comparisons": [c]}  # fmt: skip
     assert "| /data/mine | mmgrec | 1.200 | no RecBole figure | met |" in markdown(result)
+
+
+def test_a_recorded_command_pastes_back_into_a_shell():
+    import shlex
+
+    from benchmarks.results_files import command_line
+
+    argv = ["--model-config", 'mmgrec={"layers": 3}', "--seed", "0"]
+    line = command_line("recommend", argv)
+    assert line.startswith("python -m benchmarks.recommend ")
+    assert shlex.split(line)[3:] == argv
+
+
+def test_aggregate_needs_an_out_so_no_committed_table_is_replaced(capsys):
+    from benchmarks.recommend import main as bench_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--aggregate", "benchmarks/results/recommend-hybrid-seed0.json"])
+    assert exit_info.value.code == 2
+    assert "--aggregate writes its medians to --out; give it" in capsys.readouterr().err
