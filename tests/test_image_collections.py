@@ -472,3 +472,17 @@ def test_files_that_are_no_images_are_counted_in_a_note(tmp_path, capsys):
     )
     load_image_folder(tmp_path / "f")
     assert capsys.readouterr().err == ""  # captions.tsv is read, not left out
+
+
+def test_captions_shared_by_several_test_images_are_counted_in_a_note(capsys):
+    import torch
+
+    from semid.tasks.text2image import note_shared_captions
+
+    texts = ["a red circle", "A red  circle", "a blue square", "a red circle"]
+    note_shared_captions(texts, torch.tensor([0, 1, 2, 0]))  # images 0 and 1 share one caption
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("semid: note: 3 test queries of 4 are captions of several test images "
+                           "(e.g. 'a red circle'); each counts only the image it captions")  # fmt: skip
+    note_shared_captions(texts[2:], torch.tensor([2, 0]))  # each caption of one image
+    assert capsys.readouterr().err == ""

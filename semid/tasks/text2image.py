@@ -146,6 +146,22 @@ def answerable_queries(texts: list[str], query_labels: Tensor,
     return [texts[i] for i in keep], query_labels[keep]
 
 
+def note_shared_captions(texts: list[str], query_labels: Tensor) -> None:
+    """Tell how many caption queries caption several test images (``query_labels``: the row of
+    each query's image): each counts only its own image as relevant, the usual protocol of caption
+    retrieval, so another image of the same caption ranked first counts as a miss."""
+    images_of: dict[str, set[int]] = {}
+    for text, label in zip(texts, query_labels.tolist(), strict=True):
+        images_of.setdefault(" ".join(text.casefold().split()), set()).add(label)
+    shared = {t for t, images in images_of.items() if len(images) > 1}
+    if not shared:
+        return
+    queries = [t for t in texts if " ".join(t.casefold().split()) in shared]
+    note(f"{counted(len(queries), 'test query', 'test queries')} of {len(texts)} are captions of "
+         f"several test images (e.g. {queries[0]!r}); each counts only the image it captions as "
+         "relevant (the usual protocol), so another image of the same caption counts as a miss")  # fmt: skip
+
+
 def check_index_of(
     index: Path,
     keys: list[str],
@@ -385,6 +401,8 @@ class Text2ImageTask(Task):
             )
         image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
         texts, query_labels = answerable_queries(*image_queries(splits.test, "test"), image_labels)
+        if splits.test.labels is None:  # caption queries: relevant is the image captioned
+            note_shared_captions(texts, query_labels)
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
                                             batch_size=options.batch_size, item_mix=options.item_mix)  # fmt: skip
