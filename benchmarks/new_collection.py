@@ -124,12 +124,14 @@ def k_core(events: list[tuple[int, int, float]], k: int) -> list[tuple[int, int,
         events = kept
 
 
-def run_seed(work: Path, seed: int) -> None:
-    """The README's commands for one seed, each in a fresh process from ``work``; done steps skipped."""
+def run_seed(work: Path, seed: int, epochs: int | None = None) -> None:
+    """The README's commands for one seed, each in a fresh process from ``work``; done steps
+    skipped. ``epochs``: cap training (a quick check, not the defaults' figures)."""
     runs, logs = Path("runs") / f"s{seed}", work / "logs"
     logs.mkdir(exist_ok=True)
     data = ["--dataset", "interactions.csv", "--items", "items.csv"]
     steps = []
+    cap = [] if epochs is None else ["--epochs", str(epochs)]
     for index, extra in INDEXES.items():
         out = runs / index
         steps.append((out / "config.json", f"s{seed}-build-{index}",
@@ -138,7 +140,7 @@ def run_seed(work: Path, seed: int) -> None:
         out = runs / name
         steps.append((out / "config.json", f"s{seed}-train-{name}",
                       ["train", "recommender", *data, "--index", str(runs / index), "--model", model,
-                       "--seed", str(seed), "--out", str(out)]))  # fmt: skip
+                       "--seed", str(seed), *cap, "--out", str(out)]))  # fmt: skip
         steps.append((out / TESTED, f"s{seed}-eval-{name}", ["eval", str(out), "--split", "test"]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for done, log, args in steps:
@@ -254,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("runs/new-collection"),
         help="files and runs (not committed)",
     )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="cap each training at N epochs: a quick check that the commands run, whose figures "
+        "are not the defaults' (default: the CLI's own, early stopping)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "new-collection")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--keep-share {args.keep_share} leaves no user and item with {CORE} events; raise it"
         )
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(lambda s: run_seed(args.work, s), args.seeds))
+        list(pool.map(lambda s: run_seed(args.work, s, args.epochs), args.seeds))
     result = {
         "command": command_line("new_collection", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -249,3 +249,23 @@ def test_aggregate_needs_an_out_so_no_committed_table_is_replaced(capsys):
         bench_main(["--aggregate", "benchmarks/results/recommend-hybrid-seed0.json"])
     assert exit_info.value.code == 2
     assert "--aggregate writes its medians to --out; give it" in capsys.readouterr().err
+
+
+def test_new_collection_epochs_cap_reaches_every_training_command(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks import new_collection
+
+    commands = []
+
+    def record(args, **kwargs):
+        commands.append(args[1:])
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(new_collection.subprocess, "run", record)
+    new_collection.run_seed(tmp_path, 0, epochs=2)
+    trains = [c for c in commands if c[0] == "train"]
+    assert trains and all(c[c.index("--epochs") + 1] == "2" for c in trains)
+    commands.clear()
+    new_collection.run_seed(tmp_path, 0)  # the defaults: no cap
+    assert not any("--epochs" in c for c in commands)
