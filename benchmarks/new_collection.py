@@ -251,19 +251,24 @@ def main(argv: list[str] | None = None) -> None:
         "--jobs", type=int, default=2, help="seeds run side by side (default: %(default)s)"
     )
     p.add_argument(
-        "--work",
-        type=Path,
-        default=Path("runs/new-collection"),
-        help="files and runs (not committed)",
+        "--work", type=Path, help="files and runs, not committed (default: runs/new-collection)"
     )
     p.add_argument(
         "--epochs",
         type=int,
         help="cap each training at N epochs: a quick check that the commands run, whose figures "
-        "are not the defaults' (default: the CLI's own, early stopping)",
+        "are not the defaults' (default: the CLI's own, early stopping); needs its own --work "
+        "and --out",
     )
-    p.add_argument("--out", type=Path, default=RESULTS / "new-collection")
+    p.add_argument(
+        "--out", type=Path, help="results stem (default: benchmarks/results/new-collection)"
+    )
     args = p.parse_args(argv)
+    if args.epochs is not None and (args.work is None or args.out is None):
+        p.error("--epochs makes a quick check whose runs and figures are not the defaults': give "
+                "it its own --work and --out (e.g. --work /tmp/nc --out /tmp/nc/result)")  # fmt: skip
+    args.work = args.work or Path("runs/new-collection")
+    args.out = args.out or RESULTS / "new-collection"
     args.work.mkdir(parents=True, exist_ok=True)
     if args.keep_share is not None and not 0 < args.keep_share <= 1:
         p.error("--keep-share must be in (0, 1]")

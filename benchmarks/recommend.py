@@ -181,14 +181,15 @@ def work_folders(datasets: list[str]) -> dict[str, str]:
     return folders
 
 
-def environment(threads: int) -> dict[str, Any]:
-    """Versions and machine, for the record."""
+def environment(threads: int, argv: list[str] | None = None) -> dict[str, Any]:
+    """Versions and machine, for the record, with the command of ``argv`` (default: this
+    process's arguments)."""
     return {
         **versions(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at start)",
         "torch_threads_per_job": threads,
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "command": command_line("recommend"),
+        "command": command_line("recommend", argv),
     }
 
 
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f.write(markdown(result))
         return result
     _set_budgets(args, p)
-    env = environment(threads=args.threads)
+    env = environment(threads=args.threads, argv=argv)
     try:
         folders = work_folders(args.datasets)
     except SemidError as e:

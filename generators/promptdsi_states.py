@@ -204,11 +204,18 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
 
 
 def _zero_filled(flat: Tensor, samples: int = 64) -> bool:
-    """Whether some of the states rows (T, H), sampled evenly from the first to the last, are all
-    zero: blocks of a file that were never written (a crash can leave them so) have the right
-    size and read as zeros, while a token's state never is."""
-    picked = torch.linspace(0, len(flat) - 1, min(samples, len(flat))).long()
-    return bool((flat[picked] == 0).all(dim=1).any())
+    """Whether some of the states rows (T, H), sampled evenly from the first to the last
+    (`evenly_spaced`), are all zero: blocks of a file that were never written (a crash can leave
+    them so) have the right size and read as zeros, while a token's state never is. A sample: a
+    gap of fewer than T / samples rows may pass."""
+    return bool((flat[evenly_spaced(len(flat), samples)] == 0).all(dim=1).any())
+
+
+def evenly_spaced(n: int, k: int) -> Tensor:
+    """Up to ``k`` row numbers spread evenly over ``range(n)``, the first and the last among them,
+    computed in integers (float32 rounds past the end beyond 2**24 rows)."""
+    k = min(k, n)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)
 
 
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:

@@ -18,6 +18,7 @@ the previous version back. Leftovers of dead writers are removed on the next wri
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -50,8 +51,8 @@ _LOW_SPACE_BYTES = 1 << 20
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _fault_hits: dict[str, int] = {}
-# folders this process created for its outputs, outermost first (see semid.locking.remove_unused_folders)
-_created_folders: list[Path] = []
+# folders this process made for its outputs, absolute, outermost first (`remove_empty_made_folders`)
+_made_folders: list[Path] = []
 _SNAPSHOT_LIST = ".snapshot.json"  # in a restore snapshot: the names it covers, and which existed
 _SNAPSHOT = re.compile(r"^\.restore\.(\d+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -140,19 +141,36 @@ def check_writable(path: str | os.PathLike, fix: str = "choose a writable --out"
     """Raise SemidError unless `path` can be created or replaced (creating its parent folders);
     ``fix`` says what to do instead."""
     parent = Path(path).parent
-    missing = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed((parent, *parent.parents)):  # outermost first
+            try:
+                folder.mkdir()
+            except FileExistsError:  # there before (or made meanwhile by another process)
+                continue
+            _made_folders.append(folder.absolute())
     except OSError as e:
         raise SemidError(f"cannot create output folder {parent}: {e.strerror}; {fix}") from None
-    _created_folders.extend(reversed(missing))
+    if not parent.is_dir():
+        raise SemidError(f"cannot create output folder {parent}: a file has that name; {fix}")
     if not os.access(parent, os.W_OK):
         raise SemidError(f"output folder {parent} is not writable; {fix}")
 
 
-def created_folders() -> list[Path]:
-    """The folders this process created for its outputs so far, outermost first."""
-    return list(_created_folders)
+def made_folders_count() -> int:
+    """How many folders this process has made for its outputs so far (see
+    `remove_empty_made_folders`)."""
+    return len(_made_folders)
+
+
+def remove_empty_made_folders(since: int = 0) -> None:
+    """Remove the folders this process made for its outputs (from the ``since``-th on) that are
+    still empty, innermost first: a command refused before writing leaves no empty folders behind
+    (``runs/new/`` of ``--out runs/new/index``). Only ``rmdir``: a folder holding anything, such as
+    a lock file or another process's output, stays."""
+    for folder in reversed(_made_folders[since:]):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    del _made_folders[since:]
 
 
 def check_output_file(path: str | os.PathLike) -> None:

@@ -10,7 +10,6 @@ already keep them from seeing half-written folders.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from semid.atomic import check_writable, created_folders, pid_alive
+from semid.atomic import check_writable, pid_alive
 from semid.errors import SemidError
 
 # locks this process holds, by lock file, with their nesting depth: nested writes of one folder
@@ -109,39 +108,3 @@ def current_writer(folder: str | os.PathLike) -> str | None:
     file left by a killed process names a pid that is gone)."""
     pid = _read_owner(lock_path(folder))
     return pid if pid.isdigit() and pid_alive(int(pid)) else None
-
-
-def remove_unused_folders(since: int = 0) -> None:
-    """Remove the folders this process created for its outputs (from the ``since``-th on) that hold
-    nothing but lock files no one holds, innermost first: a command refused before writing leaves
-    no empty folders behind (``runs/new/`` of ``--out runs/new/run``)."""
-    for folder in reversed(created_folders()[since:]):
-        try:
-            entries = list(folder.iterdir())
-        except OSError:  # gone, or not ours to read
-            continue
-        locks = [e for e in entries if e.name.startswith(".") and e.name.endswith(".lock")]
-        owners = [_owner_file(lock) for lock in locks]
-        if any(e not in (*locks, *owners) for e in entries):
-            continue
-        for lock in locks:
-            if not _remove_if_free(lock):
-                break
-        else:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def _remove_if_free(lock: Path) -> bool:
-    """Remove a lock file (and its owner file) unless another process holds it; whether removed."""
-    file_lock = FileLock(lock)
-    try:
-        file_lock.acquire(timeout=0)
-    except Timeout:
-        return False
-    try:
-        _owner_file(lock).unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
-    finally:
-        file_lock.release()
-    return True

@@ -269,3 +269,11 @@ def test_new_collection_epochs_cap_reaches_every_training_command(tmp_path, monk
     commands.clear()
     new_collection.run_seed(tmp_path, 0)  # the defaults: no cap
     assert not any("--epochs" in c for c in commands)
+
+
+def test_new_collection_epochs_needs_its_own_work_and_out(capsys):
+    from benchmarks import new_collection
+
+    with pytest.raises(SystemExit):
+        new_collection.main(["--epochs", "1", "--seeds", "0"])
+    assert "give it its own --work and --out" in capsys.readouterr().err

@@ -452,26 +452,33 @@ def test_messages_for_a_users_image_mistakes_name_the_fix(tmp_path):
         added_images(tmp_path / "again.csv", 12, ["flat/a.png"])
 
 
-def test_files_that_are_no_images_are_counted_in_a_note(tmp_path, capsys):
+def test_files_that_are_not_part_of_the_collection_are_counted_in_a_note(tmp_path, capsys):
     from semid.data.images import load_image_folder
 
     write_classes(tmp_path / "f", {"dark": 40, "bright": 220}, 2)
     (tmp_path / "f" / "README.txt").write_text("about")
     (tmp_path / "f" / "dark" / "scan.psd").write_bytes(b"8BPS")
+    (tmp_path / "f" / "features.npy").write_bytes(b"")  # beside the class folders: no class
     (tmp_path / "f" / "dark" / "Thumbs.db").write_bytes(b"")  # a file browser's, never data
     assert len(load_image_folder(tmp_path / "f")) == 4
     assert capsys.readouterr().err.splitlines() == [
-        f"semid: note: {tmp_path / 'f'}: 2 files left out as no images (e.g. 'dark/scan.psd'); "
-        "images are read from .png, .jpg, .jpeg, .jfif, .jpe, .bmp, .gif, .pgm, .ppm, .npy, "
-        ".webp, .avif, .tif, .tiff files"
+        f"semid: note: {tmp_path / 'f'}: 3 files not part of the collection, left out (e.g. "
+        "'README.txt'; images are .png, .jpg, .jpeg, .jfif, .jpe, .bmp, .gif, .pgm, .ppm, .npy, "
+        ".webp, .avif, .tif, .tiff files in class subfolders or split parts, or beside a "
+        "captions.tsv)"
     ]
-    for name in ("README.txt", "dark/scan.psd"):
+    for name in ("README.txt", "dark/scan.psd", "features.npy"):
         (tmp_path / "f" / name).unlink()
     (tmp_path / "f" / "captions.tsv").write_text(
         "".join(f"{c}/{c}{i}.png\ta {c} square\n" for c in ("dark", "bright") for i in range(2))
     )
     load_image_folder(tmp_path / "f")
     assert capsys.readouterr().err == ""  # captions.tsv is read, not left out
+    (tmp_path / "f" / "dark" / "captions.tsv").write_text("dark0.png\tnot read\n")
+    load_image_folder(tmp_path / "f")
+    assert "1 file not part of the collection, left out (e.g. 'dark/captions.tsv';" in (
+        capsys.readouterr().err
+    )
 
 
 def test_captions_shared_by_several_test_images_are_counted_in_a_note(capsys):
@@ -486,3 +493,13 @@ def test_captions_shared_by_several_test_images_are_counted_in_a_note(capsys):
                            "(e.g. 'a red circle'); each counts only the image it captions")  # fmt: skip
     note_shared_captions(texts[2:], torch.tensor([2, 0]))  # each caption of one image
     assert capsys.readouterr().err == ""
+
+
+def test_unknown_classes_are_told_only_against_a_recorded_class_list(capsys):
+    from semid.tasks.text2image import _note_unknown_classes
+
+    _note_unknown_classes(["mid", "dark", None], ["bright", "dark"])
+    assert "not trained on: 'mid' (1 image);" in capsys.readouterr().err
+    for trained in (None, "dark", {"dark": 1}):  # an index of captions, or an older or edited one
+        _note_unknown_classes(["mid"], trained)
+        assert capsys.readouterr().err == ""

@@ -191,28 +191,31 @@ def test_a_folder_where_no_lock_can_be_made_is_one_clear_error(folder):
             pass
 
 
-def test_folders_made_for_a_refused_command_are_removed_with_their_free_locks(tmp_path):
-    from filelock import FileLock
+def test_only_empty_folders_this_process_made_are_removed(tmp_path, monkeypatch):
+    from semid.atomic import check_writable, made_folders_count, remove_empty_made_folders
 
-    from semid.atomic import check_writable, created_folders
-    from semid.locking import lock_path, remove_unused_folders
-
-    before = len(created_folders())
+    monkeypatch.chdir(tmp_path)
+    before = made_folders_count()
     (tmp_path / "old").mkdir()
-    check_writable(tmp_path / "old" / "new" / "deeper" / "run")  # makes new/ and deeper/
+    (tmp_path / "kept").mkdir()  # there before, empty: not this process's to remove
+    check_writable("old/new/deeper/run")  # makes new/ and deeper/
     with write_lock(tmp_path / "old" / "new" / "deeper" / "run", "run"):
-        pass  # leaves deeper/.run.lock
-    check_writable(tmp_path / "kept" / "run")
-    (tmp_path / "kept" / "notes.txt").write_text("")  # not made by semid: kept
-    check_writable(tmp_path / "held" / "run")
-    held = FileLock(lock_path(tmp_path / "held" / "run"))
-    held.acquire()  # another writer's lock: kept
-    try:
-        remove_unused_folders(since=before)
-    finally:
-        held.release()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["held", "kept", "old"]
-    assert list((tmp_path / "old").iterdir()) == []  # it was there before
+        pass  # leaves deeper/.run.lock: a lock file stays, and so does its folder
+    check_writable("gone/x/run")  # makes gone/ and gone/x/, left empty
+    check_writable("a/../kept/run")  # makes a/ only: kept/ was there
+    remove_empty_made_folders(since=before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "old"]
+    assert [p.name for p in (tmp_path / "old" / "new" / "deeper").iterdir()] == [".run.lock"]
+
+
+def test_an_output_folder_named_like_a_file_is_one_clear_error(tmp_path):
+    from semid.atomic import check_writable
+
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(
+        SemidError, match="cannot create output folder .*taken: a file has that name"
+    ):
+        check_writable(tmp_path / "taken" / "run")
 
 
 def test_a_refused_command_leaves_no_empty_output_folders(tmp_path, capsys):

@@ -509,3 +509,12 @@ def test_a_dead_writers_leftover_of_other_texts_is_removed(tmp_path, monkeypatch
     alive.mkdir()
     encode_texts(model, ["alpha beta", "gamma"])
     assert not dead.exists() and alive.exists()
+
+
+def test_zero_fill_samples_stay_inside_files_of_more_than_2_24_rows():
+    from generators.promptdsi_states import evenly_spaced
+
+    for n in (1, 2, 5, 64, 2**24 + 4, 2**25 + 7):
+        rows = evenly_spaced(n, 64)
+        assert int(rows[0]) == 0 and int(rows[-1]) == n - 1 and len(rows) == min(n, 64)
+        assert bool((rows[1:] > rows[:-1]).all())

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from semid import __version__
-from semid.atomic import created_folders
+from semid.atomic import made_folders_count, remove_empty_made_folders
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.notes import show_on_console
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = None
     show_on_console()  # the library's notes and progress lines (semid.notes)
-    folders_before = len(created_folders())  # a refused command removes the empty ones it made
+    folders_before = made_folders_count()  # a refused command removes the empty ones it made
     try:
         if argv is None:  # the `semid` process itself (not a caller in Python): SIGTERM as Ctrl-C
             signal.signal(signal.SIGTERM, _terminate)
@@ -170,10 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
         return args.run(args)
     except SemidError as e:
-        from semid.locking import remove_unused_folders  # filelock: only on this path
-
-        remove_unused_folders(since=folders_before)
         print(f"semid: error: {e}", file=sys.stderr)
+        remove_empty_made_folders(since=folders_before)
         return 2
     except KeyboardInterrupt as interrupt:
         resume = ""

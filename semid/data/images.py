@@ -21,6 +21,7 @@ from torch import Tensor
 
 from semid.data.image_io import IMAGE_SUFFIXES, UNREAD_SUFFIXES, as_uint8, load_npy, read_images
 from semid.data.registry import register_dataset
+from semid.data.tables import folder_data_files
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.notes import note
@@ -275,25 +276,23 @@ def load_image_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise SemidError(f"image folder {folder} not found")
-    skipped: list[Path] = []
-    dataset = _read_image_folder(folder, name, image_size, skipped)
-    note_skipped_files(folder, skipped)
+    dataset = _read_image_folder(folder, name, image_size)
+    _note_unread_files(folder, dataset)
     return dataset
 
 
-def _read_image_folder(folder: Path, name: str | None, image_size: int | str | None,
-                       skipped: list[Path]) -> ImageDataset:  # fmt: skip
-    """`load_image_folder` of an existing folder; the files found that are no images are appended
-    to ``skipped``."""
+def _read_image_folder(
+    folder: Path, name: str | None, image_size: int | str | None
+) -> ImageDataset:
+    """`load_image_folder` of an existing folder."""
     parts = split_parts(folder)  # train/<class>/..., test/<class>/...: classes below
     captioned = (folder / "captions.tsv").is_file()
     if not parts and captioned and (bare := split_parts(folder, classes=False)):
-        files = [f for part in bare for f in image_files(part, skipped)]
-        skipped += [p for p in visible_entries(folder) if p.is_file()]
-        return _captioned_files(folder, files, name, image_size, parts=True)
+        return _captioned_files(folder, [f for part in bare for f in image_files(part)], name,
+                                image_size, parts=True)  # fmt: skip
     subfolders = [p.name for p in visible_entries(folder) if p.is_dir()]
     if captioned and not subfolders:  # a flat folder of captioned images
-        return _captioned_files(folder, image_files(folder, skipped), name, image_size, parts=False)
+        return _captioned_files(folder, image_files(folder), name, image_size, parts=False)
     named = {n.lower() for n in subfolders}
     one_side = not (named & set(TEST_PARTS) and named & set(TRAIN_PARTS))
     if subfolders and named <= {*TRAIN_PARTS, *TEST_PARTS} and one_side:
@@ -306,7 +305,7 @@ def _read_image_folder(folder: Path, name: str | None, image_size: int | str | N
     class_folders = [c for root in roots for c in visible_entries(root) if c.is_dir()]
     for c in class_folders:  # its name is a class name and a part of its images' keys
         check_utf8_name(c)
-    files = [(c.name, p) for c in class_folders for p in image_files(c, skipped)]
+    files = [(c.name, p) for c in class_folders for p in image_files(c)]
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
     if not files and image_files(folder):  # images, but none in a class subfolder
         raise SemidError(f"{folder} holds images but no class subfolders; put them in "
@@ -322,8 +321,6 @@ def _read_image_folder(folder: Path, name: str | None, image_size: int | str | N
         for p in visible_entries(root)
         if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file()
     ]
-    skipped += [p for root in dict.fromkeys([folder, *roots]) for p in visible_entries(root)
-                if p.is_file()]  # fmt: skip
     if stray:  # they belong to no class: left out, they would go missing unsaid
         raise SemidError(
             f"{folder} holds {counted(len(stray), 'image')} beside its class subfolders (e.g. "
@@ -431,15 +428,14 @@ def is_test_part(key: str) -> bool:
     return key.replace("\\", "/").split("/", 1)[0].lower() in TEST_PARTS
 
 
-def image_files(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under `folder` at any depth, sorted, without hidden or system entries; a link
-    to a folder that holds it (a loop) raises SemidError. The other files found are appended to
-    ``skipped`` when given."""
+    to a folder that holds it (a loop) raises SemidError."""
     real = folder.resolve()
-    return _image_files(folder, {real, *real.parents}, [] if skipped is None else skipped)
+    return _image_files(folder, {real, *real.parents})
 
 
-def _image_files(folder: Path, holders: set[Path], skipped: list[Path]) -> list[Path]:
+def _image_files(folder: Path, holders: set[Path]) -> list[Path]:
     """`image_files` below `folder`, whose real path and those of the folders above it are `holders`."""
     found = []
     for entry in visible_entries(folder):
@@ -450,7 +446,7 @@ def _image_files(folder: Path, holders: set[Path], skipped: list[Path]) -> list[
                     f"{entry} links to {target}, a folder that holds it; remove the link"
                 )
             check_utf8_name(entry)  # a part of its images' keys
-            found += _image_files(entry, holders | {target}, skipped)
+            found += _image_files(entry, holders | {target})
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
             check_utf8_name(entry)
             found.append(entry)
@@ -459,23 +455,28 @@ def _image_files(folder: Path, holders: set[Path], skipped: list[Path]) -> list[
                 f"{entry}: {entry.suffix[1:].upper()} images cannot be read; convert them to JPEG "
                 "or PNG, or move them out of the collection"
             )
-        else:
-            skipped.append(entry)
     return found
 
 
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})  # written by file browsers, never data
 
 
-def note_skipped_files(folder: Path, skipped: list[Path]) -> None:
-    """Tell how many files of an image folder were left out as no images (besides its
-    ``captions.tsv`` and the files file browsers write), so that a format semid does not read
-    does not vanish unsaid."""
-    others = [p for p in skipped if p.name.lower() not in SYSTEM_FILES | {"captions.tsv"}]
-    if others:
-        note(f"{folder}: {counted(len(others), 'file')} left out as no images (e.g. "
-             f"{str(others[0].relative_to(folder))!r}); images are read from "
-             f"{', '.join(IMAGE_SUFFIXES)} files")  # fmt: skip
+def _note_unread_files(folder: Path, dataset: ImageDataset) -> None:
+    """Tell how many files below an image folder are not part of its collection (neither its
+    images nor its captions.tsv; hidden and system entries aside), so that a format semid does not
+    read, or images outside the class folders or split parts, do not vanish unsaid."""
+    read = {folder / key for key in dataset.keys}
+    if dataset.captions is not None:
+        read.add(folder / "captions.tsv")
+    unread = [
+        p for p in folder_data_files(folder)
+        if p not in read and p.name.lower() not in SYSTEM_FILES
+        and not any(part.startswith("@") or part == "__MACOSX" for part in p.relative_to(folder).parts)
+    ]  # fmt: skip
+    if unread:
+        note(f"{folder}: {counted(len(unread), 'file')} not part of the collection, left out (e.g. "
+             f"{str(unread[0].relative_to(folder))!r}; images are {', '.join(IMAGE_SUFFIXES)} "
+             "files in class subfolders or split parts, or beside a captions.tsv)")  # fmt: skip
 
 
 def check_utf8_name(path: Path) -> None:

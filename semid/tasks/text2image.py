@@ -270,14 +270,17 @@ class Text2ImageTask(Task):
 
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str, seed: int,
                     features: tuple[str, str] | None = None, progress: bool = True,
+                    splits: ImageSplits | None = None,
                     **fit_kwargs: Any) -> tuple[SemanticIDs, list[str]]:  # fmt: skip
         """Index the test images: CNN features (trained here, or ``.npy`` files), a voken quantizer
-        fitted on the training images; saves the CNN and the training targets beside the index."""
+        fitted on the training images; saves the CNN and the training targets beside the index.
+        ``splits``: the collection, when the caller has read it already."""
         if source.embeddings is not None or source.interactions is not None:
             raise SemidError(
                 "an image dataset brings its own features; drop --embeddings/--interactions"
             )
-        splits = load_image_splits(source.dataset, seed)
+        if splits is None:
+            splits = load_image_splits(source.dataset, seed)
         torch.manual_seed(seed)
         if features is not None:
             train_x = load_image_features(features[0], len(splits.train))
@@ -325,7 +328,7 @@ class Text2ImageTask(Task):
             # model, so the earlier run stays whole until then (and is never built over)
             index = out / "train" / "index"
             self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device),
-                             spec.quantizer, index, "extra-level", spec.seed)  # fmt: skip
+                             spec.quantizer, index, "extra-level", spec.seed, splits=splits)  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
             raise SemidError(
@@ -455,12 +458,13 @@ class Text2ImageTask(Task):
         return Text2ImagePredictor(run, device)
 
 
-def _note_unknown_classes(added: list[str | None], trained: list[str] | None) -> None:
+def _note_unknown_classes(added: list[str | None], trained: object) -> None:
     """Tell which classes of added images the run was not trained on (``trained``: the index's
-    classes; None for an index of captions, or one built before it recorded them)."""
-    if not trained:
+    list of classes; None for an index of captions, or one built before it recorded them)."""
+    if not isinstance(trained, list):
         return
-    unknown = Counter(c for c in added if c is not None and c not in set(trained))
+    known = set(trained)
+    unknown = Counter(c for c in added if c is not None and c not in known)
     if unknown:
         shown = ", ".join(f"{c!r} ({counted(n, 'image')})" for c, n in sorted(unknown.items()))
         note(f"added images of classes the run was not trained on: {shown}; they are indexed, but "
