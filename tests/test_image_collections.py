@@ -315,7 +315,7 @@ def test_a_flat_captioned_folder_reads_every_caption_line_of_an_image(tmp_path, 
     ],
 )
 def test_bad_caption_lines_are_named(tmp_path, line, message):
-    from semid.data.images import load_image_folder
+    from semid.data.image_folders import load_image_folder
 
     write_image(tmp_path / "f" / "0.png", 40)
     (tmp_path / "f" / "captions.tsv").write_text(f"0.png\ta dark square\n{line}\n")
@@ -324,7 +324,7 @@ def test_bad_caption_lines_are_named(tmp_path, line, message):
 
 
 def test_train_and_val_parts_without_a_test_part_are_no_classes(tmp_path):
-    from semid.data.images import load_image_folder
+    from semid.data.image_folders import load_image_folder
 
     for part in ("train", "val"):
         write_classes(tmp_path / "f" / part, {"dark": 40, "bright": 220}, 2)
@@ -341,7 +341,7 @@ def test_train_and_val_parts_without_a_test_part_are_no_classes(tmp_path):
 def test_a_file_name_that_is_not_utf8_is_named_before_any_work(tmp_path):
     import os
 
-    from semid.data.images import load_image_folder
+    from semid.data.image_folders import load_image_folder
 
     write_classes(tmp_path / "f", {"dark": 40}, 2)
     os.rename(
@@ -453,7 +453,7 @@ def test_messages_for_a_users_image_mistakes_name_the_fix(tmp_path):
 
 
 def test_files_that_are_not_part_of_the_collection_are_counted_in_a_note(tmp_path, capsys):
-    from semid.data.images import load_image_folder
+    from semid.data.image_folders import load_image_folder
 
     write_classes(tmp_path / "f", {"dark": 40, "bright": 220}, 2)
     (tmp_path / "f" / "README.txt").write_text("about")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from semid.data.image_files import load_image_collection, load_images
+from semid.data.image_folders import load_image_folder
 from semid.data.image_io import read_image, resize_square, stack_images
 from semid.data.images import (
     FASHION_CLASSES,
@@ -24,7 +25,6 @@ from semid.data.images import (
     load_fashion_mnist,
     load_idx,
     load_image_arrays,
-    load_image_folder,
     read_idx,
 )
 from semid.errors import SemidError

@@ -29,15 +29,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from semid.data.image_folders import TEST_PARTS, TRAIN_PARTS, load_image_folder
 from semid.data.image_io import read_images
-from semid.data.images import (
-    PATH_COLUMNS,
-    TEST_PARTS,
-    TRAIN_PARTS,
-    ImageDataset,
-    ImageSplits,
-    load_image_folder,
-)
+from semid.data.images import PATH_COLUMNS, ImageDataset, ImageSplits
 from semid.data.tables import (
     file_stem,
     find_column,

@@ -17,8 +17,8 @@ from typing import Any
 from semid.data.beir import is_beir_folder
 from semid.data.documents import BODY_FIELDS, ID_FIELDS
 from semid.data.image_files import PATH_COLUMNS
+from semid.data.image_folders import image_files, visible_entries
 from semid.data.image_io import IMAGE_SUFFIXES
-from semid.data.images import image_files, visible_entries
 from semid.data.interaction_files import ITEM_COLUMNS
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
 from semid.data.registry import available_datasets
