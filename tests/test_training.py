@@ -282,7 +282,8 @@ def test_resume_false_starts_over_and_finished_run_is_not_extended(tmp_path):
 
 def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
     """``trained_on`` (the caller's stamp of its data) must match the checkpoints' to resume; a
-    checkpoint without a stamp (an older version's) resumes unchecked; resume=False starts over."""
+    checkpoint without a stamp (an older version's) is refused, as it cannot be checked;
+    resume=False starts over."""
     stamp = {"data": "a" * 64, "ids": "b" * 64, "users": None}
     Trainer(
         make_model(), make_dataset(60), tiny_config(max_steps=3), tmp_path, trained_on=stamp
@@ -302,9 +303,14 @@ def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
     assert changed.fit(resume=False).steps == 7  # and the new stamp is kept
     assert Trainer(make_model(), make_dataset(60), tiny_config(max_steps=8), tmp_path,
                    trained_on=other).fit().steps == 8  # fmt: skip
-    (tmp_path / "trained_on.json").unlink()  # as written before stamps existed
-    assert Trainer(make_model(), make_dataset(60), tiny_config(max_steps=9), tmp_path,
-                   trained_on=stamp).fit().steps == 9  # fmt: skip
+    (tmp_path / "trained_on.json").unlink()  # as written before stamps existed: unchecked
+    unstamped = Trainer(make_model(), make_dataset(60), tiny_config(max_steps=9), tmp_path,
+                        trained_on=stamp)  # fmt: skip
+    with pytest.raises(
+        SemidError, match="older semid that did not record trained_on.json .* start over"
+    ):
+        unstamped.fit()
+    assert unstamped.fit(resume=False).steps == 9
     (tmp_path / "trained_on.json").write_text('{"data": "old"}')  # a start without a stamp drops it
     Trainer(make_model(), make_dataset(60), tiny_config(max_steps=2), tmp_path).fit(resume=False)
     assert not (tmp_path / "trained_on.json").exists()

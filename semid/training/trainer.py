@@ -70,7 +70,7 @@ MODEL_CONFIG_FILE = "model_config.json"  # the config the checkpoints' weights w
 TRAINED_ON_FILE = "trained_on.json"  # what the checkpoints were trained on (the caller's stamp)
 # how to start over, for the command line and for Python callers of fit
 START_OVER = "start over (--no-resume; in Python, fit(resume=False))"
-UNCHECKED_RESUME = f"delete it to resume unchecked, or {START_OVER}"  # a damaged saved config
+UNCHECKED_RESUME = f"a resume cannot be checked without it; {START_OVER}"  # a damaged saved config
 
 
 def model_config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -282,8 +282,20 @@ class Trainer:
                 f"checkpoint {folder} was written by {saved.num_processes} process(es) but this run has "
                 f"{self.accelerator.num_processes}; launch with the same number, or {START_OVER}"
             )
+        # checkpoints of older versions recorded neither what they learned from nor the model
+        # config: a resume could not be checked (other IDs went on silently, another config
+        # failed inside torch)
+        unrecorded = [name for name, given in ((TRAINED_ON_FILE, self.trained_on),
+                                               (MODEL_CONFIG_FILE, self.model_config))
+                      if given is not None and not (self.out_dir / name).is_file()]  # fmt: skip
+        if unrecorded:
+            raise SemidError(
+                f"cannot resume {self.out_dir}: its checkpoints were written by an older semid that "
+                f"did not record {' or '.join(unrecorded)} (what they learned from), so the resume "
+                f"cannot be checked; {START_OVER}"
+            )
         # the data first: other data changes the model config too (the IDs size the codebooks)
-        data_file = self.out_dir / TRAINED_ON_FILE  # absent in checkpoints of older versions
+        data_file = self.out_dir / TRAINED_ON_FILE
         if data_file.is_file() and self.trained_on is not None:
             before = read_json(data_file, UNCHECKED_RESUME)
             changed = [f"{k} {_short(before.get(k))} -> {_short(v)}"
