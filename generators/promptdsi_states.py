@@ -14,6 +14,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ from semid.encoders import model_identity
 from semid.errors import SemidError
 from semid.generators.promptdsi_layers import default_encoder_path
 from semid.kmeans import kmeans
+from semid.locking import current_writer, write_lock
+from semid.notes import note
 from semid.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -129,17 +132,42 @@ def encode_texts(
     if cached is not None:
         return cached
     check_writable(folder, fix=CACHE_FIX)  # before the encoding, not after it
-    _remove_dead_writers_leftovers(folder.parent)
-    try:
-        with atomic_dir(folder, label="cache") as tmp:
-            _write_cached(tmp, batches, len(texts), hidden_size)
-    except DiskFullError as e:
-        raise SemidError(f"{e}; or {CACHE_FIX}") from None
+    with _one_encoder_of(folder):  # another process encoding these texts: its entry is read
+        cached = _read_cached(folder, len(texts), hidden_size)
+        if cached is not None:
+            return cached
+        _remove_dead_writers_leftovers(folder.parent)
+        try:
+            with atomic_dir(folder, label="cache") as tmp:
+                _write_cached(tmp, batches, len(texts), hidden_size)
+        except DiskFullError as e:
+            raise SemidError(f"{e}; or {CACHE_FIX}") from None
     cached = _read_cached(folder, len(texts), hidden_size)
     if cached is None:
         raise SemidError(f"the encoded texts just written to {folder} do not read back; "
                          f"check the disk, or {CACHE_FIX}")  # fmt: skip
     return cached
+
+
+WAIT_FOR_ENCODER_S = 24 * 3600.0  # a live process encoding the same texts is waited for this long
+
+
+@contextmanager
+def _one_encoder_of(folder: Path) -> Iterator[None]:
+    """Hold the write lock of a cache entry while it is encoded: a second process with the same
+    texts (another rank of an `accelerate launch`ed job, or another command) waits, with a note,
+    and then reads the entry instead of encoding the texts again; a holder that dies frees it."""
+    what, fixes = f"the encoded texts {folder}", {"fix": CACHE_FIX, "unwritable_fix": CACHE_FIX}
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(write_lock(folder, what, **fixes))
+        except SemidError as held:
+            if current_writer(folder) is None:  # not held by a live process: another refusal
+                raise
+            note(f"waiting for another process encoding the same texts ({held}); its entry is "
+                 "read when it is done")  # fmt: skip
+            stack.enter_context(write_lock(folder, what, timeout=WAIT_FOR_ENCODER_S, **fixes))
+        yield
 
 
 def _remove_dead_writers_leftovers(root: Path) -> None:

@@ -208,7 +208,7 @@ def test_encoded_texts_are_cached_on_disk_and_read_back_mapped(tmp_path, monkeyp
     texts = ["a much longer text about the delta of a river", "alpha beta", "gamma", "alpha beta"]
     fresh = encode_texts(model, texts, batch_size=2, cache=False)
     first = encode_texts(model, texts, batch_size=2)
-    (entry,) = (tmp_path / "promptdsi").iterdir()
+    (entry,) = [p for p in (tmp_path / "promptdsi").iterdir() if not p.name.startswith(".")]
     assert sorted(p.name for p in entry.iterdir()) == sorted([STATES, STATES_INDEX])
     assert torch.equal(first.embeddings, fresh.embeddings)
     assert all(torch.equal(a, b) for a, b in zip(first.states, fresh.states, strict=True))
@@ -518,3 +518,44 @@ def test_zero_fill_samples_stay_inside_files_of_more_than_2_24_rows():
         rows = evenly_spaced(n, 64)
         assert int(rows[0]) == 0 and int(rows[-1]) == n - 1 and len(rows) == min(n, 64)
         assert bool((rows[1:] > rows[:-1]).all())
+
+
+def test_a_second_process_waits_for_the_encoder_of_the_same_texts_and_reads_its_entry(
+    tmp_path, monkeypatch, capsys
+):
+    """Ranks of one launched job (or two commands) on one corpus: the first encodes and writes
+    the entry; the other waits on the entry's lock, then reads it instead of encoding again."""
+    import subprocess
+    import sys
+    import threading
+
+    from semid.generators import promptdsi_states
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path))
+    model = tiny()
+    monkeypatch.setattr(model, "tokenize", word_tokens)
+    texts = ["alpha beta gamma", "delta"]
+    fresh = encode_texts(model, texts, cache=False)
+    folder = promptdsi_states._cache_dir() / promptdsi_states._cache_key(model, texts)
+    folder.parent.mkdir(parents=True)
+    holder = subprocess.Popen(  # another process holding the entry's lock, as its encoder would
+        [sys.executable, "-c", "import sys, time; from semid.locking import write_lock\n"
+         "with write_lock(sys.argv[1], 'texts'):\n    print('held', flush=True); time.sleep(60)",
+         str(folder)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(encode_texts(model, texts)))
+    monkeypatch.setattr(model, "lower_states", lambda *a, **k: pytest.fail("encoded again"))
+    try:
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive()  # waiting for the holder
+        with promptdsi_states.atomic_dir(folder) as tmp:  # the holder's entry
+            promptdsi_states._write_cached(tmp, iter([([0, 1], fresh.states, fresh.embeddings)]),
+                                           2, fresh.embeddings.shape[1])  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and torch.equal(got[0].embeddings, fresh.embeddings)
+    assert "waiting for another process encoding the same texts" in capsys.readouterr().err
