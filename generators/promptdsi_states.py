@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from semid.atomic import DiskFullError, atomic_dir, check_writable, remove_stale
+from semid.atomic import DiskFullError, atomic_dir, remove_stale
 from semid.encoders import model_identity
 from semid.errors import SemidError
 from semid.generators.promptdsi_layers import default_encoder_path
@@ -131,7 +131,7 @@ def encode_texts(
     cached = _read_cached(folder, len(texts), hidden_size)
     if cached is not None:
         return cached
-    check_writable(folder, fix=CACHE_FIX)  # before the encoding, not after it
+    # the lock checks the cache folder before any encoding (the batches are lazy)
     with _one_encoder_of(folder):  # another process encoding these texts: its entry is read
         cached = _read_cached(folder, len(texts), hidden_size)
         if cached is not None:
