@@ -214,9 +214,11 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, crash_at_ca
 
 
 @pytest.mark.parametrize("max_steps", [None, 16])  # 16: the run's last step ends epoch 2
-def test_ctrl_c_during_an_end_of_epoch_evaluation_keeps_the_epoch(tmp_path, max_steps):
-    """The epoch's batches are saved; the resume runs only its evaluation, and the run ends as an
-    uninterrupted one, weights, best and log alike."""
+# a crash stands for what no handler sees: a killed process, or Ctrl-C on several processes
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SimulatedCrash])
+def test_an_interrupted_end_of_epoch_evaluation_keeps_the_epoch(tmp_path, max_steps, interruption):
+    """The epoch's batches are saved before its evaluation; the resume runs only the evaluation, and
+    the run ends as an uninterrupted one, weights, best and log alike."""
     data, held_out = make_dataset(60), make_dataset(30, seed=1)
     config = tiny_config(weight_decay=0.01, max_steps=max_steps)
     reference = Trainer(make_model(dropout=0.3), data, config, tmp_path / "ref",
@@ -228,11 +230,11 @@ def test_ctrl_c_during_an_end_of_epoch_evaluation_keeps_the_epoch(tmp_path, max_
         nonlocal evaluations
         evaluations += 1
         scores = accuracy_eval(held_out)(model)
-        if evaluations == 2:  # logged, then Ctrl-C before the epoch's checkpoint
-            raise KeyboardInterrupt
+        if evaluations == 2:  # scored, then interrupted before the epoch's end is saved
+            raise interruption
         return scores
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(interruption):
         Trainer(make_model(dropout=0.3), data, config, tmp_path / "run",
                 evaluate=interrupted_second_evaluation).fit()  # fmt: skip
     saved = load_progress(complete_checkpoints(tmp_path / "run" / "checkpoints")[-1])

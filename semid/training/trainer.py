@@ -199,9 +199,9 @@ class Trainer:
         # max_steps or eval_every_epochs can leave the last weights unevaluated; they may be the best
         unevaluated = progress.last_eval_step != progress.step and not progress.stopped_early
         if self.evaluate is not None and unevaluated:
+            self._save_unless_saved(progress, started)  # an interrupted evaluation keeps the steps
             self._run_evaluation(progress, started)
-        if self._saved_at != _snapshot(progress):
-            self._checkpoint(progress, started)
+        self._save_unless_saved(progress, started)
         if self.evaluate is None:
             self._save_best()
             progress.best_step = progress.step
@@ -385,21 +385,24 @@ class Trainer:
         return True
 
     def _end_epoch(self, progress: TrainProgress, started: float) -> None:
-        """Evaluate (when due) and checkpoint a finished epoch. Interrupted in between, the epoch is
-        saved as trained but not ended, so a resume redoes only its evaluation, as if uninterrupted."""
-        trained = _snapshot(progress)  # every batch consumed, the end of the epoch still to run
+        """Evaluate (when due) and checkpoint a finished epoch. The epoch is saved as trained but not
+        ended before its evaluation, so an evaluation cut short (Ctrl-C, a killed process, on any
+        number of processes) loses no training: a resume redoes only the evaluation, as if uninterrupted."""
+        due = (
+            self.evaluate is not None and (progress.epoch + 1) % self.config.eval_every_epochs == 0
+        )
+        if due:
+            self._save_unless_saved(progress, started)
         progress.epoch += 1
         progress.batch_in_epoch = 0
-        try:
-            if self.evaluate is not None and progress.epoch % self.config.eval_every_epochs == 0:
-                self._run_evaluation(progress, started)
-        except KeyboardInterrupt:
-            # with several processes the others wait in the evaluation's broadcast, which a
-            # checkpoint (a collective) would never meet: they stop as before, at the last one
-            if self.accelerator.num_processes == 1:
-                self._checkpoint(trained, started)
-            raise
+        if due:
+            self._run_evaluation(progress, started)
         self._checkpoint(progress, started)
+
+    def _save_unless_saved(self, progress: TrainProgress, started: float) -> None:
+        """Checkpoint `progress` unless the newest checkpoint already holds it (a resume, say)."""
+        if self._saved_at != _snapshot(progress):
+            self._checkpoint(progress, started)
 
     def _run_evaluation(self, progress: TrainProgress, started: float) -> None:
         """Evaluate on the main process, share the result, keep the best weights, maybe stop early."""
