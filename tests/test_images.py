@@ -13,7 +13,7 @@ from PIL import Image
 
 from semid.data.image_files import load_image_collection, load_images
 from semid.data.image_folders import load_image_folder
-from semid.data.image_io import read_image, resize_square, stack_images
+from semid.data.image_io import read_image, read_images, resize_square, stack_images
 from semid.data.images import (
     FASHION_CLASSES,
     ImageDataset,
@@ -563,6 +563,23 @@ def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
     upright = read_image(tmp_path / "phone.jpg")
     assert upright.shape == (30, 10, 3)
     assert upright[:5].min() > 200 and upright[-5:].max() < 50  # the band is now at the top
+
+
+def test_a_large_photo_is_decoded_at_a_reduced_scale_no_smaller_than_the_working_size(tmp_path):
+    rows, cols = np.mgrid[0:768, 0:1024]
+    smooth = np.stack([rows / 3, cols / 4, (rows + cols) / 7], axis=-1) % 256
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side, as a phone writes it
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "p.jpg", exif=exif, quality=95)
+    full = read_image(tmp_path / "p.jpg")
+    assert full.shape == (1024, 768, 3)  # upright
+    assert read_image(tmp_path / "p.jpg", min_size=32).shape == (128, 96, 3)  # 1/8 scale
+    # 1/2, as 1/4 would leave a side under 200
+    assert read_image(tmp_path / "p.jpg", min_size=200).shape == (512, 384, 3)
+    stacked = read_images([tmp_path / "p.jpg"], "photos", 32)[0]
+    exact = np.moveaxis(resize_square(full, 32), -1, 0)
+    assert np.abs(stacked.astype(int) - exact).mean() < 3  # the same picture at 32 px
+    assert read_images([tmp_path / "p.jpg"], "photos", None)[0].shape == (3, 1024, 768)
 
 
 def test_jfif_photos_are_read_and_heic_photos_are_refused_not_skipped(tmp_path):
