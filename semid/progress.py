@@ -8,13 +8,15 @@ is another line (a digits training run wrote 70 kB of them), so there a bar upda
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
 from semid.distributed import is_main_process
 
 LOG_INTERVAL_S = 30.0
+T = TypeVar("T")
 
 
 def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
@@ -29,9 +31,14 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     return tqdm(*args, **kwargs)
 
 
-def batch_starts(total: int, batch_size: int, desc: str, quiet_up_to: int = 8) -> Any:
-    """``range(0, total, batch_size)``, with a progress bar of batches (cleared when done) when
-    there are more than ``quiet_up_to`` of them: a long evaluation or search says how far it is."""
-    starts = range(0, total, batch_size)
-    quiet = len(starts) <= quiet_up_to or not is_main_process()  # one bar per job, not per rank
-    return progress_bar(starts, desc=desc, unit="batch", leave=False, disable=quiet)
+def with_progress(items: Sequence[T], desc: str, unit: str, quiet_up_to: int) -> Iterable[T]:
+    """``items``, with a progress bar (cleared when done) when there are more than ``quiet_up_to``
+    of them, on the main process only (one bar per job, not per rank)."""
+    quiet = len(items) <= quiet_up_to or not is_main_process()
+    return progress_bar(items, desc=desc, unit=unit, leave=False, disable=quiet)
+
+
+def batch_starts(total: int, batch_size: int, desc: str, quiet_up_to: int = 8) -> Iterable[int]:
+    """``range(0, total, batch_size)``, with a progress bar of batches when there are more than
+    ``quiet_up_to`` of them: a long evaluation or search says how far it is."""
+    return with_progress(range(0, total, batch_size), desc, "batch", quiet_up_to)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from semid.data import image_io
 from semid.data.image_files import load_image_collection, load_images
 from semid.data.image_folders import load_image_folder
 from semid.data.image_io import read_image, read_images, resize_square, stack_images
@@ -620,3 +621,14 @@ def test_image_texts_are_embedded_once_per_distinct_text(monkeypatch):
     x = embed_texts(texts)
     assert encoded == [["a shoe", "a bag", "a coat"]]
     assert torch.equal(x, encode(None, texts))
+
+
+def test_reading_many_images_shows_a_bar_and_a_few_stay_quiet(tmp_path, monkeypatch, capsys):
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, file in enumerate(files):
+        write_png(file, (8, 8), i)
+    assert read_images(files, "photos", 8).shape == (3, 8, 8)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(image_io, "READ_QUIETLY", 2)
+    assert read_images(files, "photos", 8).shape == (3, 8, 8)
+    assert "read images" in capsys.readouterr().err

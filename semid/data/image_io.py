@@ -21,6 +21,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from semid.errors import SemidError
 from semid.notes import note
+from semid.progress import with_progress
 from semid.wording import counted
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".gif", ".pgm", ".ppm", ".npy", ".webp", ".avif", ".tif", ".tiff")  # fmt: skip
@@ -30,6 +31,7 @@ _GRAY_MODES = ("L", "1", "LA")
 # The 'auto' working size is the median shorter side, capped: the CNN learns features of a few
 # thousand pixels; photo resolution costs memory and time (a 750 px batch of 96 needs 1.7 GB).
 AUTO_MAX_SIZE = 64
+READ_QUIETLY = 500  # images read without a progress bar (a few seconds of photos)
 
 
 def as_uint8(x: np.ndarray, where: str) -> np.ndarray:
@@ -113,6 +115,7 @@ def read_images(files: Sequence[Path], where: str, size: int | str | None = "aut
 
     `size`: an int resizes every image to size x size; "auto" picks `auto_size` of the files;
     None keeps the sizes (they must agree)."""
+    files = with_progress(files, "read images", "image", quiet_up_to=READ_QUIETLY)
     with _pillow_warnings_noted(where) as read:
         if size is None:
             return stack_images([read(f) for f in files], where)
