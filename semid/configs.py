@@ -11,6 +11,7 @@ import typing
 from typing import Any, TypeVar
 
 from semid.errors import SemidError
+from semid.json_values import is_integer
 
 T = TypeVar("T")
 
@@ -117,7 +118,7 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
             raise SemidError(f"{where} must be true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise SemidError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:

@@ -54,6 +54,7 @@ from semid import __version__
 from semid.answer_texts import check_texts, with_texts
 from semid.defaults import usable_cores
 from semid.errors import SemidError
+from semid.json_values import is_integer, is_key
 from semid.model_process import ProcessPredictor
 from semid.tasks.base import REQUEST_FIELDS, with_input_id
 from semid.wording import short_answers_note
@@ -140,10 +141,6 @@ def as_json(value: Any) -> str:
         return repr(value)[:60]
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 class BatchingPredictor:
     """Runs concurrent requests to ``predictor`` as batched ``predict`` calls on a worker thread.
 
@@ -157,7 +154,7 @@ class BatchingPredictor:
         max_wait_ms: float = 5.0,
         replicas: list[Predictor] | None = None,
     ) -> None:
-        if not _is_int(max_batch) or max_batch < 1:
+        if not is_integer(max_batch) or max_batch < 1:
             raise SemidError(f"max_batch (--max-batch) must be an integer >= 1, got {max_batch!r}")
         if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
             raise SemidError(
@@ -202,12 +199,12 @@ class BatchingPredictor:
     ) -> list[dict[str, Any]]:
         """Check k, num_beams and each input (``check_input``); return the normalised inputs.
         Raises SemidError naming the field, e.g. ``users[3]: unknown user 'x'``."""
-        if not _is_int(k) or k < 1:
+        if not is_integer(k) or k < 1:
             raise SemidError(f"k must be an integer >= 1, got {as_json(k)}")
         max_k = self.predictor.max_k()
         if k > max_k:
             raise SemidError(f"k={k} is larger than the catalogue ({max_k} items); ask for fewer")
-        if num_beams is not None and (not _is_int(num_beams) or num_beams < k):
+        if num_beams is not None and (not is_integer(num_beams) or num_beams < k):
             raise SemidError(f"num_beams must be an integer >= k={k}, got {as_json(num_beams)}")
         if not inputs:
             raise SemidError(f"{field} is empty; send at least one input")
@@ -348,7 +345,7 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
         raise SemidError(f"{name} must be a list, got {as_json(values)}")
     for i, v in enumerate(values):
         bad = (
-            (name == "users" and (isinstance(v, bool) or not isinstance(v, (str, int))))
+            (name == "users" and not is_key(v))
             or (name == "histories" and not isinstance(v, list))
             or (name == "queries" and not isinstance(v, str))
             or (name == "inputs" and not isinstance(v, dict))
@@ -566,7 +563,7 @@ def serve(
     whichever is free, and ``predictor`` only checks inputs and answers /info. Without ``load`` the
     model runs in this process (one worker). ``threads``: torch's intra-op threads per model worker
     (default :func:`default_threads`)."""
-    if not _is_int(workers) or workers < 1:
+    if not is_integer(workers) or workers < 1:
         raise SemidError(f"workers (--workers) must be an integer >= 1, got {workers!r}")
     if load is None and workers > 1:
         raise SemidError("several workers (--workers) run as model processes; drop --in-process")

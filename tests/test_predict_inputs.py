@@ -4,6 +4,7 @@ table."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import pandas as pd
 import pytest
@@ -103,3 +104,20 @@ def test_a_users_file_may_be_lines_json_lines_or_a_table(tmp_path):
     (tmp_path / "bad.csv").write_text("segment,x\na,b\n")
     with pytest.raises(SemidError, match='has no "user" column .*for one user a line, use a .txt'):
         queries_of(tmp_path / "bad.csv", "--users")
+
+
+def test_a_history_drops_empty_keys_and_a_json_one_takes_no_booleans():
+    assert predict.parse_history(" 1, 50,,181, ", "--history") == (["1", "50", "181"], True)
+    assert predict.parse_history("Fargo (1996),", "--history") == (["Fargo (1996)"], False)
+    assert predict.parse_history('["a, b", 7]', "--history") == (["a, b", "7"], False)
+    with pytest.raises(SemidError, match=r"--history must be a JSON list of item keys"):
+        predict.parse_history('["a", true]', "--history")
+
+
+@pytest.mark.parametrize("user", ["true", "null", "1.5", '["a"]'])
+def test_a_users_json_line_must_hold_a_string_or_an_integer(tmp_path, user):
+    (tmp_path / "u.jsonl").write_text(f'{{"user": "196"}}\n{{"user": {user}}}\n')
+    with pytest.raises(
+        SemidError, match=rf'u.jsonl line 2: "user" must be a user id .*got {re.escape(user)}$'
+    ):
+        queries_of(tmp_path / "u.jsonl", "--users")

@@ -31,6 +31,7 @@ from semid.data.tables import (
 )
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
+from semid.json_values import is_key
 from semid.manifest import check_out_of_run, read_manifest
 from semid.progress import progress_bar
 from semid.wording import counted, json_kind, short_answers_note
@@ -189,7 +190,7 @@ def parse_history(text: str, where: str) -> tuple[list[str], bool]:
     except json.JSONDecodeError as e:
         raise SemidError(f"{where} is not a valid JSON list ({e.msg}); "
                          'write it as ["key 1", "key 2"]') from None  # fmt: skip
-    if not isinstance(keys, list) or not all(isinstance(k, str | int) for k in keys):
+    if not isinstance(keys, list) or not all(is_key(k) for k in keys):
         raise SemidError(f'{where} must be a JSON list of item keys, such as ["key 1", "key 2"]')
     return [str(k) for k in keys], False
 
@@ -265,8 +266,8 @@ def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
         return {"query": line}
     record = _json_object(line, "query", where)
     query = _field_of(record, "query", where, alias="text")
-    key = next((record[n] for n in QUERY_ID_FIELDS if isinstance(record.get(n), str | int)), None)
-    return _with_id({"query": query}, None if isinstance(key, bool) else key)
+    key = next((record[n] for n in QUERY_ID_FIELDS if is_key(record.get(n))), None)
+    return _with_id({"query": query}, key)
 
 
 def _with_id(item: dict[str, Any], key: str | int | None) -> dict[str, Any]:
@@ -277,7 +278,7 @@ def _with_id(item: dict[str, Any], key: str | int | None) -> dict[str, Any]:
 def _user_field(line: str, where: str) -> str:
     """The user id of a ``--users`` JSON Lines line: a string, or an integer read as its digits."""
     user = _json_field(line, "user", where)
-    if isinstance(user, bool) or not isinstance(user, str | int):
+    if not is_key(user):
         raise SemidError(
             f'{where}: "user" must be a user id (a string or an integer), got {json.dumps(user)[:40]}'
         )

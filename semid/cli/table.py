@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from semid.json_values import is_integer
+
 
 def _cell(value: Any) -> str:
     """Floats below 100 (metrics, scores) with 4 decimals, below 1,000 (speeds) with 1, larger ones
     as whole numbers with thousands separators; integers with thousands separators."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_integer(value):
         return f"{value:,}"
     if isinstance(value, float):
         if abs(value) < 100:

@@ -40,6 +40,7 @@ from semid.data.tables import (
     table_format,
 )
 from semid.errors import SemidError
+from semid.json_values import is_key
 from semid.wording import json_kind
 
 
@@ -169,7 +170,7 @@ def _document(record: dict, where: str) -> Document:
     name, doc_id = _field(record, ID_FIELDS, where)
     if name is None:
         raise _missing(where, "document id", ", ".join(ID_FIELDS), record)
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, type(None))):
+    if doc_id is not None and not is_key(doc_id):
         raise SemidError(f'{where}: "{name}" holds {type(doc_id).__name__} {doc_id!r}; give every '
                          "document a string or integer id")  # fmt: skip
     if doc_id is None or not str(doc_id).strip():

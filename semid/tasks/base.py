@@ -25,6 +25,7 @@ from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
+from semid.json_values import is_key
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES
 from semid.ranking import Ranker, Ranking, ranker_for
@@ -330,7 +331,7 @@ class Predictor(ABC):
                 f"unknown field {unknown[0]!r} in an input; an input holds {takes}{options}"
             )
         key = item.get(INPUT_ID)
-        if INPUT_ID in item and (isinstance(key, bool) or not isinstance(key, str | int)):
+        if INPUT_ID in item and not is_key(key):
             raise SemidError(f'an input\'s "{INPUT_ID}" must be a string or an integer, got '
                              f"{json.dumps(key)[:40]}")  # fmt: skip
 

@@ -25,6 +25,7 @@ from semid.data.sequences import (
 from semid.data.splits import PAD
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
+from semid.json_values import is_key
 from semid.models import is_generator
 from semid.ranking import Ranker, Ranking
 from semid.runs import Run
@@ -158,7 +159,7 @@ class RecommendPredictor(Predictor):
                 raise SemidError('"split" goes with a "user" (their events up to that split\'s '
                                  'target); a "history" input is answered as given: drop "split"')  # fmt: skip
             history = item["history"]
-            if not isinstance(history, list) or not history or not all(_is_key(h) for h in history):
+            if not isinstance(history, list) or not history or not all(is_key(h) for h in history):
                 raise SemidError('"history" must be a non-empty list of item keys')
             history = [str(h) for h in history]  # integers name keys, as a user may be an integer
             unknown = [h for h in history if h not in self.run.ids]
@@ -316,8 +317,3 @@ class RecommendPredictor(Predictor):
         offset = torch.tensor([{"valid": 2, "test": 1}.get(x.get("split"), 0) for x in inputs])
         has_targets = (s.ptr[users + 1] - s.ptr[users]) >= 3
         return torch.where(has_targets | (offset == 0), end - offset, end)
-
-
-def _is_key(value: Any) -> bool:
-    """An item key in a JSON input: a string, or an integer (not a boolean) standing for one."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
