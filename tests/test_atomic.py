@@ -19,6 +19,7 @@ from semid.atomic import (
     exchange,
     recover,
     remove_stale,
+    restore_on_error,
 )
 from semid.errors import SemidError
 
@@ -165,6 +166,26 @@ with restore_on_error([run / "index", run / "config.json", run / "new.json"]):
         f.write("{}")
     os._exit(97)  # SIGKILL before config.json is written
 """
+
+
+def test_a_change_that_raises_is_put_back_at_once_and_a_finished_one_is_kept(tmp_path):
+    run = tmp_path / "run"
+    (run / "index").mkdir(parents=True)
+    (run / "index" / "codes").write_text("old codes")
+    (run / "config.json").write_text("old config")
+    paths = [run / "index", run / "config.json", run / "new.json"]
+    with pytest.raises(RuntimeError, match="mid-change"), restore_on_error(paths):
+        with atomic_dir(run / "index") as tmp:
+            (tmp / "codes").write_text("new codes")
+        with atomic_file(run / "new.json") as f:
+            f.write("{}")
+        raise RuntimeError("mid-change")
+    assert (run / "index" / "codes").read_text() == "old codes"
+    assert (run / "config.json").read_text() == "old config"
+    assert not (run / "new.json").exists() and not atomic.unfinished_changes(run)
+    with restore_on_error(paths), atomic_file(run / "new.json") as f:
+        f.write("{}")
+    assert (run / "new.json").read_text() == "{}" and not atomic.unfinished_changes(run)
 
 
 def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path):

@@ -77,6 +77,11 @@ def test_add_new_items_gets_unique_ids():
     assert ids.codebook_sizes[-1] == 3
     with pytest.raises(SemidError, match="already indexed"):
         ids.add(["a"], torch.tensor([[0, 0]]))
+    # new items sharing a raw code in one add take the next free tokens, after the index's own
+    added = ids.add(["g", "h", "i"], torch.tensor([[0, 1], [1, 0], [0, 1]]))
+    assert added.tolist() == [[0, 1, 3], [1, 0, 0], [0, 1, 4]]
+    assert [ids.key_of(tuple(code)) for code in added.tolist()] == ["g", "h", "i"]
+    assert ids.codebook_sizes[-1] == 5
 
 
 def test_add_to_an_index_without_an_extra_level_moves_a_taken_id_to_the_nearest_free_code():

@@ -42,6 +42,9 @@ def test_several_relevant_items():
     assert ndcg_at_k(rel, 4, n).item() == pytest.approx(
         (1 / math.log2(3) + 1 / math.log2(5)) / ideal
     )
+    # more relevant items than k: the ideal list is k hits long
+    assert ndcg_at_k(rel, 2, n).item() == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert ndcg_at_k(relevance(torch.tensor([[2, 4]]), targets), 2, n).item() == pytest.approx(1.0)
 
 
 def test_padding_targets_never_match_padding_results():

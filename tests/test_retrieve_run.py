@@ -106,6 +106,20 @@ def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path,
     assert len(load_run(run).ids) == 35
 
 
+def test_re_adding_an_indexed_document_is_refused_before_any_encoding(run, tmp_path, monkeypatch):
+    indexed = load_run(run).ids.keys[0]
+    (tmp_path / "again.jsonl").write_text(json.dumps({"id": indexed, "text": "again"}) + "\n")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded documents before refusing the add")
+
+    monkeypatch.setattr(retrieve_module, "encode_texts", no_encoding)
+    before = snapshot(run)
+    with pytest.raises(SemidError, match=rf"1 document is already indexed \(e.g. '{indexed}'\)"):
+        get_task("retrieve").add(run, tmp_path / "again.jsonl")
+    assert snapshot(run) == before
+
+
 def test_an_add_killed_while_writing_is_undone_and_can_be_retried(run, tmp_path):
     """`semid index add` killed after the index is written but before the model (no exception, no
     cleanup) is undone by the next command that reads the run, so the add can be run again."""

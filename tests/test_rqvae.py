@@ -101,6 +101,20 @@ def test_kmeans_init_and_decode_of_own_codes():
     assert (z - q.z_q).pow(2).sum(-1).mean() < 0.7 * z.pow(2).sum(-1).mean()
 
 
+def test_each_level_quantizes_what_the_levels_before_it_left():
+    z = torch.randn(300, 4, generator=torch.Generator().manual_seed(2))
+    books = ResidualCodebooks(levels=3, size=8, dim=4)
+    books.init_kmeans_(z)
+    q = books(z)
+    torch.testing.assert_close(q.residuals[:, 0], z)
+    for level in range(1, 3):
+        chosen = books.codebooks[level - 1, q.codes[:, level - 1]].detach()
+        torch.testing.assert_close(q.residuals[:, level], q.residuals[:, level - 1] - chosen)
+    chosen = books.codebooks[torch.arange(3), q.codes].detach()  # (N, L, d)
+    errors = [(z - chosen[:, :n].sum(1)).pow(2).sum(-1).mean() for n in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]  # every level explains more of the data
+
+
 @pytest.mark.parametrize("estimator", [straight_through, rotation_trick])
 def test_estimators_forward_the_code_and_pass_gradients(estimator):
     z = torch.randn(5, 3, requires_grad=True)

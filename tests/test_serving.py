@@ -281,6 +281,9 @@ def test_batching_predictor_rejects_bad_settings_and_input():
     for k, shown in ((None, "null"), (True, "true"), ("2", '"2"')):
         with pytest.raises(SemidError, match=f"k must be an integer >= 1, got {shown}$"):
             batcher.validate([{"user": "u1"}], k)
+    max_k = batcher.predictor.max_k()  # refused before any input is checked or batched
+    with pytest.raises(SemidError, match=rf"k={max_k + 1} is larger than the catalogue \({max_k} "):
+        batcher.validate([{"user": "u1"}], max_k + 1)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from semid.errors import SemidError
 from semid.training import TrainConfig, TrainConfigError, Trainer
 from semid.training.checkpoints import complete_checkpoints, load_progress
+from semid.training.config import TrainProgress
 from semid.training.schedule import lr_factor
+from semid.training.trainer import EpochShuffleSampler
 
 HELPER = Path(__file__).with_name("_two_process_train.py")
 
@@ -375,6 +377,49 @@ def test_early_stopping_keeps_best_weights(tmp_path):
     assert result.stopped_early and result.epochs == 4
     assert result.best_metrics == {"ndcg@10": 0.7} and result.best_step == 16
     assert_same_weights(load_file(result.best_path), snapshots[1])
+
+
+def test_an_evaluation_that_ties_the_best_is_no_improvement(tmp_path):
+    """A plateau runs out the patience; the first of the tied evaluations keeps the best weights."""
+    snapshots = []
+
+    def evaluate(model):
+        snapshots.append({k: v.cpu().clone() for k, v in model.state_dict().items()})
+        return {"acc": 0.5}
+
+    config = tiny_config(max_epochs=6, early_stopping_patience=2)
+    result = Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
+    assert result.stopped_early and result.epochs == 3 and result.best_step == 8
+    assert_same_weights(load_file(result.best_path), snapshots[0])
+    progress = TrainProgress(best_value=0.5)
+    assert not progress.improves(0.5, "max") and not progress.improves(0.5, "min")
+    assert progress.improves(0.6, "max") and progress.improves(0.4, "min")
+    assert not progress.improves(float("nan"), "max")
+
+
+def test_each_epoch_sees_its_own_shuffle_of_the_data(tmp_path):
+    """Epochs are not replays of one order: epoch e's order is the sampler's for (seed, e)."""
+    data = make_dataset(60)
+    seen: list[int] = []
+    model = make_model()
+    forward = model.forward
+
+    def recording(batch):
+        seen.extend(index_of(data, x) for x in batch["x"])
+        return forward(batch)
+
+    model.forward = recording
+    Trainer(model, data, tiny_config(max_epochs=2, seed=3), tmp_path).fit()
+    epoch0, epoch1 = seen[:60], seen[60:]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(60)) and epoch0 != epoch1
+    sampler = EpochShuffleSampler(60, seed=3)
+    assert epoch0 == list(sampler)
+    sampler.epoch = 1
+    assert epoch1 == list(sampler)
+
+
+def index_of(data: list[dict[str, torch.Tensor]], x: torch.Tensor) -> int:
+    return next(i for i, d in enumerate(data) if torch.equal(d["x"], x))
 
 
 def test_metric_mode_min(tmp_path):
