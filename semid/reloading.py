@@ -4,12 +4,14 @@
 call, it compares the modification times of the run folder and of its ``index`` and ``model``
 folders with those seen at the last load: every write to a run ends with an atomic rename inside one
 of them, so a change shows there. A changed run is loaded again once its writer is done (while
-another process holds the run's write lock, the loaded copy keeps answering). Each model process
-and the server's own input checker hold one, so all of them follow the same folder.
+another process holds the run's write lock, the loaded copy keeps answering), by one thread at a
+time. Each model process and the server's own input checker hold one, so all of them follow the
+same folder.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -36,6 +38,7 @@ class ReloadingPredictor:
         self._stamp = run_stamp(self._run_dir)  # taken first: a change during the load shows later
         self._current = load()
         self._failed: tuple[int, ...] | None = None  # a state that did not load: not tried again
+        self._loading = threading.Lock()  # held while a changed run loads
 
     @property
     def task(self) -> str:
@@ -43,10 +46,22 @@ class ReloadingPredictor:
         return self._current.task
 
     def current(self) -> Any:
-        """The predictor of the run as it is now on disk (loaded again if it changed)."""
-        stamp = run_stamp(self._run_dir)
-        if stamp in (self._stamp, self._failed) or current_writer(self._run_dir) is not None:
+        """The predictor of the run as it is now on disk (loaded again if it changed). Thread-safe:
+        one thread loads a changed run while the others that saw the change wait for it."""
+        if self._unchanged(run_stamp(self._run_dir)):
             return self._current
+        with self._loading:
+            stamp = run_stamp(self._run_dir)  # another thread may have loaded it meanwhile
+            if self._unchanged(stamp):
+                return self._current
+            return self._load_changed(stamp)
+
+    def _unchanged(self, stamp: tuple[int, ...]) -> bool:
+        """Whether the loaded copy stands for ``stamp``: loaded (or failed) at it, or mid-write."""
+        return stamp in (self._stamp, self._failed) or current_writer(self._run_dir) is not None
+
+    def _load_changed(self, stamp: tuple[int, ...]) -> Any:
+        """Load the run again; a run that does not load leaves the copy loaded before."""
         try:
             fresh = self._load()
         except SemidError as e:  # a broken change: tried again once the folder changes again

@@ -447,8 +447,10 @@ def create_app(
             "max_wait_ms": 1000 * batcher.max_wait_s,
             "workers": len(batcher.workers),
         }
-        limits = {"default_k": DEFAULT_K, "max_k": predictor.max_k()}
-        return {"model_process": False, **predictor.info(), **limits, **_versions(),
+        # in a thread, as every call that may load a changed run again: the event loop stays free
+        run_info, max_k = await asyncio.to_thread(lambda: (predictor.info(), predictor.max_k()))
+        limits = {"default_k": DEFAULT_K, "max_k": max_k}
+        return {"model_process": False, **run_info, **limits, **_versions(),
                 "batching": {**batching, **batcher.stats}}  # fmt: skip
 
     @app.post("/predict")
@@ -471,7 +473,9 @@ def create_app(
             name, inputs, k, num_beams, texts = parse_request(body)
             if texts:  # in a thread: the first call reads the texts
                 await asyncio.to_thread(check_texts, predictor, '"texts"')
-            future = batcher.submit(inputs, k, num_beams, field=name)
+            # checking the inputs may read a changed run or log again: not on the event loop,
+            # which keeps answering /health and reading other requests meanwhile
+            future = await asyncio.to_thread(batcher.submit, inputs, k, num_beams, name)
         except SemidError as e:
             return _error(400, str(e))
         except BatcherClosed as e:
@@ -491,9 +495,8 @@ def create_app(
             answers = await asyncio.to_thread(with_texts, predictor, answers)
         body = {"results": answers}
         if any(len(a["keys"]) < k for a in answers):  # max_k() may check the run folder: not always
-            body["note"] = short_answers_note(
-                answers, k, predictor.max_k(), predictor.task, '"num_beams"'
-            )
+            max_k = await asyncio.to_thread(predictor.max_k)
+            body["note"] = short_answers_note(answers, k, max_k, predictor.task, '"num_beams"')
         # a Response skips FastAPI's recursive jsonable_encoder: answers are plain JSON types already
         return JSONResponse(body)
 

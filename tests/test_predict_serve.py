@@ -8,10 +8,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -458,6 +461,28 @@ def test_a_served_run_follows_index_add(run, tmp_path, capsys):
     (copy / "fixed.json").write_text(config)
     (copy / "fixed.json").replace(copy / "config.json")
     assert served.info()["index_size"] == size + 1 and len(loads) == 4
+
+
+def test_a_changed_run_is_loaded_once_by_one_thread_while_the_others_wait(tmp_path):
+    """The server's threads (the event loop's input checks, the batchers, /info) all see a change:
+    one loads the run again, the others wait for that copy instead of loading their own."""
+    for part in ("index", "model"):
+        (tmp_path / "run" / part).mkdir(parents=True)
+    loads, loading = [], threading.Event()
+
+    def load():
+        loads.append(SimpleNamespace(info=lambda: {"index_size": 1}))
+        if len(loads) > 1:
+            loading.set()
+            time.sleep(0.3)  # a load takes a while: the other threads arrive meanwhile
+        return loads[-1]
+
+    served = ReloadingPredictor(load, tmp_path / "run")
+    time.sleep(0.05)  # folder times tick every few ms: the change gets its own
+    (tmp_path / "run" / "index" / "codes").write_text("new")
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: served.current(), range(4)))
+    assert len(loads) == 2 and got == [loads[1]] * 4 and loading.is_set()
 
 
 def test_an_unknown_field_in_an_input_is_refused(predictor):

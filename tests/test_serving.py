@@ -538,3 +538,34 @@ def test_a_request_whose_client_left_is_dropped_from_the_queue():
     done = Future()
     done.set_result([{"keys": ["a"]}])
     assert asyncio.run(answers_unless_gone(Gone(), done)) == [{"keys": ["a"]}]
+
+
+class SlowCheckPredictor(FakePredictor):
+    """A FakePredictor whose input check waits until ``released`` (as a run loaded again would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checking, self.released = threading.Event(), threading.Event()
+
+    def check_input(self, item: dict) -> dict:
+        self.checking.set()
+        assert self.released.wait(30), "the test never released the check"
+        return super().check_input(item)
+
+
+def test_a_slow_input_check_leaves_the_event_loop_free():
+    """Checking inputs may load a changed run or log again (seconds): /health and /info answer
+    while a request's check is still running."""
+    predictor = SlowCheckPredictor()
+    server = LiveServer(predictor)
+    try:
+        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=server.url, timeout=10) as client:
+            pending = pool.submit(client.post, "/predict", json={"users": ["u1"], "k": 2})
+            assert predictor.checking.wait(10)
+            assert client.get("/health").json() == {"status": "ok"}  # timed out if the loop waited
+            assert client.get("/info").json()["max_k"] == 100
+            predictor.released.set()
+            assert pending.result(10).json()["results"][0]["keys"]
+    finally:
+        predictor.released.set()
+        server.stop()
