@@ -316,9 +316,13 @@ class BatchingPredictor:
                 start += len(r.inputs)
 
 
-def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]:
+def parse_request(
+    body: Any, takes: Sequence[str] | None = None
+) -> tuple[str, list[dict[str, Any]], Any, Any, bool]:
     """A /predict body -> (field, inputs, k, num_beams, texts); SemidError on a wrong shape or
-    type."""
+    type. ``takes``: the list fields the served run answers (its /info "inputs"), which the
+    errors name; None: every field."""
+    listed = ", ".join(takes or (*_LIST_FIELDS, "inputs"))
     if not isinstance(body, dict):
         raise SemidError('the body must be a JSON object such as {"users": [...], "k": 10}')
     fields = [f for f in (*_LIST_FIELDS, "inputs") if f in body]
@@ -329,16 +333,13 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, Any]], Any, Any, bool]
         raise SemidError(f"unknown field {singular!r}: /predict takes lists, as {example[:120]}")
     if unknown:
         raise SemidError(
-            f"unknown field(s) {unknown}; use users, histories, queries or inputs, k, num_beams, "
-            "texts"
+            f"unknown field(s) {unknown}; use one of {listed}, and k, num_beams, texts"
         )
     texts = body.get("texts", False)
     if not isinstance(texts, bool):
         raise SemidError(f"texts must be true or false, got {as_json(texts)}")
     if len(fields) != 1:
-        raise SemidError(
-            f"give exactly one of users, histories, queries, inputs (got {fields or 'none'})"
-        )
+        raise SemidError(f"give exactly one of {listed} (got {fields or 'none'})")
     name = fields[0]
     values = body[name]
     if not isinstance(values, list):
@@ -412,6 +413,7 @@ def create_app(
     """The FastAPI app serving ``predictor`` (and ``replicas``, see BatchingPredictor); the routes
     are in the module docstring. A /predict body over ``max_body_bytes`` is answered 413."""
     batcher = BatchingPredictor(predictor, max_batch, max_wait_ms, replicas)
+    takes = predictor.info().get("inputs")  # the list fields the run answers, named in errors
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -470,7 +472,7 @@ def create_app(
             return _error(400, "the body nests JSON too deep; send a flat object such as "
                                '{"users": [...], "k": 10}')  # fmt: skip
         try:
-            name, inputs, k, num_beams, texts = parse_request(body)
+            name, inputs, k, num_beams, texts = parse_request(body, takes)
             if texts:  # in a thread: the first call reads the texts
                 await asyncio.to_thread(check_texts, predictor, '"texts"')
             # checking the inputs may read a changed run or log again: not on the event loop,

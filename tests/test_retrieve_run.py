@@ -229,6 +229,11 @@ def test_serve_tells_a_request_for_users_that_the_run_answers_queries(run):
         SemidError, match='retrieves documents for queries, not for a user; send {"queries"'
     ):
         predictor.predict(inputs)
+    takes = predictor.info()["inputs"]  # what serve names in a body's errors
+    with pytest.raises(SemidError, match=r"give exactly one of queries, inputs \(got none\)$"):
+        parse_request({}, takes)
+    with pytest.raises(SemidError, match=r"\['qs'\]; use one of queries, inputs, and k, num_beams"):
+        parse_request({"qs": ["a"]}, takes)
 
 
 @pytest.mark.parametrize(
