@@ -70,9 +70,10 @@ _PLURALS = {**REQUEST_FIELDS, "input": "inputs"}
 
 @runtime_checkable
 class Predictor(Protocol):
-    """What `semid serve` needs from a loaded run. ``check_input``, ``info`` and ``max_k`` may be
-    called from the server's event loop while ``predict`` runs on the batching thread, so they must
-    only read shared state. Answers hold plain JSON types (str, int, float, list, dict)."""
+    """What `semid serve` needs from a loaded run. ``check_input``, ``info``, ``max_k`` and
+    ``item_texts`` are called from several server threads at once while ``predict`` runs on the
+    batching thread, so they must be thread-safe: a cache they fill lazily needs a lock. Answers
+    hold plain JSON types (str, int, float, list, dict)."""
 
     task: str  # "recommend" | "retrieve" | "text2image"
 

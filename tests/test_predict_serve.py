@@ -485,6 +485,27 @@ def test_a_changed_run_is_loaded_once_by_one_thread_while_the_others_wait(tmp_pa
     assert len(loads) == 2 and got == [loads[1]] * 4 and loading.is_set()
 
 
+def test_a_grown_log_is_read_once_however_many_threads_check_users(tmp_path, monkeypatch):
+    """The server checks requests on several threads: after the log grows, one reads it again and
+    the others wait for its histories instead of each reading the whole log."""
+    predictor = load_predictor(pop_run(tmp_path))
+    predictor.read_data()
+    reads, read = [], predictor._read_histories
+
+    def slow_read():
+        reads.append(1)
+        time.sleep(0.3)  # a large log takes a while: the other threads arrive meanwhile
+        return read()
+
+    monkeypatch.setattr(predictor, "_read_histories", slow_read)
+    time.sleep(0.05)  # file times tick every few ms: the change gets its own
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,m3,3000000\n")
+    with ThreadPoolExecutor(4) as pool:
+        checked = list(pool.map(lambda _: predictor.check_input({"user": "u1"}), range(4)))
+    assert checked == [{"user": "u1"}] * 4 and len(reads) == 1
+
+
 def test_an_unknown_field_in_an_input_is_refused(predictor):
     """A typo in an input ("splt") is named, not ignored (the answer would silently be another)."""
     user = predictor.user_keys[0]

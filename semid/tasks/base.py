@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,6 +252,8 @@ class Predictor(ABC):
         self.run.model.to(device)
         self._rankers: dict[int | None, Ranker] = {}
         self._texts: dict[str, str] | None = None  # item_texts', read once
+        # held while a lazily read cache fills, so that server threads asking at once read it once
+        self._reading = threading.RLock()
 
     def ranker(self, num_beams: int | None) -> Ranker:
         """The run's ranker for a beam width (None: the run's), built once (its trie) and reused."""
@@ -344,7 +347,9 @@ class Predictor(ABC):
         """Each key's text, for people reading answers ("" for a key without one): the run's data's
         (`data_texts`) and those of items added by text since (read once); None when it has none."""
         if self._texts is None:
-            self._texts = {**self.data_texts(), **added_texts(self.run.index_path)}
+            with self._reading:
+                if self._texts is None:
+                    self._texts = {**self.data_texts(), **added_texts(self.run.index_path)}
         if not self._texts:
             return None
         return [self._texts.get(k, "") for k in keys]

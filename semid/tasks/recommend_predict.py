@@ -115,12 +115,16 @@ class RecommendPredictor(Predictor):
         return item_texts_of(self.spec)
 
     def histories(self) -> UserHistories:
-        """The users' histories, re-read when the data files changed since the last read."""
+        """The users' histories, re-read when the data files changed since the last read (by one
+        thread: server threads that ask meanwhile wait for its read)."""
         stamp = data_stamp(self.spec.dataset, self.spec.items)
-        loaded = self._loaded  # one read: the serving thread may replace it meanwhile
+        loaded = self._loaded  # one read: another thread may replace it meanwhile
         if loaded is None or loaded[0] != stamp:
-            loaded = (stamp, self._read_histories())
-            self._loaded = loaded
+            with self._reading:
+                loaded = self._loaded  # read by another thread while this one waited?
+                if loaded is None or loaded[0] != stamp:
+                    loaded = (stamp, self._read_histories())
+                    self._loaded = loaded
         return loaded[1]
 
     def _read_histories(self) -> UserHistories:
