@@ -581,6 +581,11 @@ def test_a_large_photo_is_decoded_at_a_reduced_scale_no_smaller_than_the_working
     exact = np.moveaxis(resize_square(full, 32), -1, 0)
     assert np.abs(stacked.astype(int) - exact).mean() < 3  # the same picture at 32 px
     assert read_images([tmp_path / "p.jpg"], "photos", None)[0].shape == (3, 1024, 768)
+    # the 'auto' size is the median of the images as stored, not as decoded: (40 + 300) / 2 -> 64
+    write_png(tmp_path / "small.png", (40, 40, 3), 9)
+    Image.fromarray(smooth[:300, :400].astype(np.uint8)).save(tmp_path / "q.jpg")
+    mixed = read_images([tmp_path / "small.png", tmp_path / "q.jpg"], "mixed")
+    assert mixed.shape == (2, 3, 64, 64)
 
 
 def test_jfif_photos_are_read_and_heic_photos_are_refused_not_skipped(tmp_path):
