@@ -253,6 +253,34 @@ def test_an_interrupted_end_of_epoch_evaluation_keeps_the_epoch(tmp_path, max_st
     )
 
 
+@pytest.mark.parametrize(  # the last step ends no epoch; the last epoch is not due for evaluation
+    ("overrides", "last_step"), [({"max_steps": 10}, 10), ({"eval_every_epochs": 2}, 24)]
+)
+def test_a_resume_after_an_interrupted_last_evaluation_logs_it_once(
+    tmp_path, monkeypatch, overrides, last_step
+):
+    data, held_out = make_dataset(60), make_dataset(30, seed=1)
+    config = tiny_config(**overrides)
+    Trainer(make_model(), data, config, tmp_path / "ref", evaluate=accuracy_eval(held_out)).fit()
+    save = Trainer._checkpoint
+
+    def interrupted(self, progress, started):
+        if progress.step == progress.last_eval_step == last_step:
+            raise KeyboardInterrupt  # the last evaluation is logged, its checkpoint not written
+        save(self, progress, started)
+
+    monkeypatch.setattr(Trainer, "_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(
+            make_model(), data, config, tmp_path / "run", evaluate=accuracy_eval(held_out)
+        ).fit()
+    monkeypatch.undo()
+    Trainer(make_model(), data, config, tmp_path / "run", evaluate=accuracy_eval(held_out)).fit()
+    assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
+        tmp_path / "ref" / "metrics.jsonl"
+    )
+
+
 def test_resume_refuses_a_changed_learning_rate_the_optimizer_state_would_hide(tmp_path):
     Trainer(make_model(), make_dataset(60), tiny_config(max_steps=3), tmp_path).fit()
     changed = Trainer(make_model(), make_dataset(60), tiny_config(max_steps=5, lr=0.01), tmp_path)

@@ -121,7 +121,7 @@ def _has_alpha(img: Image.Image) -> bool:
 
 def read_images(files: Sequence[Path], where: str, size: int | str | None = "auto") -> np.ndarray:
     """Image files stacked as `stack_images` does, each shrunk to at most the working size as it is
-    read (a JPEG decoded at a reduced scale), so a folder of photos is never held at full resolution.
+    read (a JPEG decoded at a reduced scale), so a folder of photos is never held at full size.
 
     `size`: an int resizes every image to size x size; "auto" picks `auto_size` of the files;
     None keeps the sizes (they must agree)."""

@@ -243,9 +243,10 @@ class Trainer:
         self._note(f"resuming from step {progress.step} ({resume_from})")
         self._saved_at = _snapshot(progress)
         if acc.is_main_process:
-            # an epoch saved before its end: its evaluation runs again, so its logged one goes
-            end_pending = self._epoch_consumed(progress)
-            self._truncate_metrics(progress.step, keep_evals_at_step=not end_pending)
+            # saved before its step's evaluation (an epoch's end, the last steps of a run): the
+            # evaluation runs again, so one logged after the checkpoint goes
+            eval_pending = progress.last_eval_step != progress.step
+            self._truncate_metrics(progress.step, keep_evals_at_step=not eval_pending)
             write_json(self.out_dir / "train_config.json", self.config.to_dict())
         acc.wait_for_everyone()
         return progress
@@ -385,9 +386,11 @@ class Trainer:
         return True
 
     def _end_epoch(self, progress: TrainProgress, started: float) -> None:
-        """Evaluate (when due) and checkpoint a finished epoch. The epoch is saved as trained but not
-        ended before its evaluation, so an evaluation cut short (Ctrl-C, a killed process, on any
-        number of processes) loses no training: a resume redoes only the evaluation, as if uninterrupted."""
+        """Evaluate (when due) and checkpoint a finished epoch. The epoch is saved as trained but
+        not ended before its evaluation, so an evaluation cut short (Ctrl-C, a killed process, on
+        any number of processes) loses no training: a resume redoes only the evaluation, as if
+        uninterrupted. Each evaluated epoch so writes two checkpoints (the second replaces the
+        first: the same step)."""
         due = (
             self.evaluate is not None and (progress.epoch + 1) % self.config.eval_every_epochs == 0
         )
