@@ -2,12 +2,15 @@
 
 Usage: python tests/_two_process_train.py OUT --batch-size 16
        accelerate launch --cpu --num_processes 2 tests/_two_process_train.py OUT --batch-size 8
-Each process writes its final weights to OUT/rank{process_index}.safetensors.
+Each process writes its final weights to OUT/rank{process_index}.safetensors. `--evaluate` scores
+held-out accuracy after each epoch (on the main process); `--crash-at-evaluation N` makes the N-th
+evaluation fail, as a killed job would.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,17 +60,39 @@ def make_model(seed: int = 0, dropout: float = 0.0) -> TinyClassifier:
     return TinyClassifier(dropout=dropout)
 
 
+def accuracy_of(
+    data: list[dict[str, torch.Tensor]], crash_at: int | None = None
+) -> Callable[[nn.Module], dict[str, float]]:
+    """An `evaluate` callback: accuracy on `data`; its `crash_at`-th call raises SimulatedCrash."""
+    calls = 0
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        nonlocal calls
+        calls += 1
+        if calls == crash_at:
+            raise SimulatedCrash(f"simulated interruption in evaluation {calls}")
+        x, y = torch.stack([d["x"] for d in data]), torch.stack([d["y"] for d in data])
+        return {"acc": (model.net(x).argmax(1) == y).float().mean().item()}
+
+    return evaluate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("out", type=Path)
     parser.add_argument("--batch-size", type=int, required=True, help="per process")
+    parser.add_argument("--evaluate", action="store_true", help="held-out accuracy per epoch")
+    parser.add_argument("--crash-at-evaluation", type=int, help="the evaluation that fails")
     args = parser.parse_args()
     config = TrainConfig(
-        max_epochs=2, batch_size=args.batch_size, lr=0.05, checkpoint_every=3, mixed_precision="no"
-    )
-    trainer = Trainer(make_model(), make_dataset(64), config, args.out / "run")
+        max_epochs=2, batch_size=args.batch_size, lr=0.05, checkpoint_every=3, mixed_precision="no",
+        metric="acc", log_every=1,
+    )  # fmt: skip
+    evaluate = accuracy_of(make_dataset(30, seed=1), args.crash_at_evaluation)
+    trainer = Trainer(make_model(), make_dataset(64), config, args.out / "run",
+                      evaluate=evaluate if args.evaluate else None)  # fmt: skip
     result = trainer.fit()
     rank = trainer.accelerator.process_index
     weights = {

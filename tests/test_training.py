@@ -516,34 +516,29 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
     )
 
 
+# `accelerate launch --cpu --num_processes 2` starts a single process unless MPI is set up
+# (accelerate 1.15 simple launcher); the torchrun-based launcher with ACCELERATE_USE_CPU runs gloo.
+TWO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                 "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
+ONE_THREAD = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def train_helper(out: Path, *flags: str, processes: int = 2, check: bool = True) -> int:
+    """Run tests/_two_process_train.py into ``out`` (batches of 16 samples in all); its exit code."""
+    launch = TWO_PROCESSES if processes == 2 else [sys.executable]
+    batch = str(16 // processes)
+    command = [*launch, str(HELPER), str(out), "--batch-size", batch, *flags]
+    env = os.environ | ONE_THREAD
+    return subprocess.run(
+        command, env=env, check=check, timeout=300, capture_output=not check
+    ).returncode
+
+
 @pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
-    # `accelerate launch --cpu --num_processes 2` starts a single process unless MPI is set up
-    # (accelerate 1.15 simple launcher); the torchrun-based launcher with ACCELERATE_USE_CPU runs gloo.
-    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-    ]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    subprocess.run(
-        [*launch, str(HELPER), str(tmp_path / "two"), "--batch-size", "8"],
-        env=env,
-        check=True,
-        timeout=300,
-    )
-    subprocess.run(
-        [sys.executable, str(HELPER), str(tmp_path / "one"), "--batch-size", "16"],
-        env=env,
-        check=True,
-        timeout=300,
-    )
+    train_helper(tmp_path / "two")
+    train_helper(tmp_path / "one", processes=1)
 
     rank0, rank1 = (
         load_file(tmp_path / "two" / "rank0.safetensors"),
@@ -557,6 +552,24 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     assert not torch.equal(rank0["net.0.weight"], make_model().net[0].weight)
     last = complete_checkpoints(tmp_path / "two" / "run" / "checkpoints")[-1]
     assert load_progress(last).num_processes == 2 and (last / "random_states_1.pkl").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_keep_an_epoch_whose_evaluation_failed(tmp_path):
+    """Rank 0 fails in the second evaluation while rank 1 waits for its result (no handler can save
+    then): the epoch was saved before the evaluation, and the resume ends as an uninterrupted run."""
+    train_helper(tmp_path / "ref", "--evaluate")
+    failed = tmp_path / "failed"
+    assert train_helper(failed, "--evaluate", "--crash-at-evaluation", "2", check=False) != 0
+    saved = load_progress(complete_checkpoints(failed / "run" / "checkpoints")[-1])
+    assert (saved.step, saved.epoch, saved.batch_in_epoch, saved.num_processes) == (8, 1, 4, 2)
+    train_helper(failed, "--evaluate")
+    for rank in (0, 1):
+        assert_same_weights(load_file(tmp_path / "ref" / f"rank{rank}.safetensors"),
+                            load_file(failed / f"rank{rank}.safetensors"))  # fmt: skip
+    assert metric_lines(failed / "run" / "metrics.jsonl") == metric_lines(
+        tmp_path / "ref" / "run" / "metrics.jsonl"
+    )
 
 
 def test_each_evaluation_prints_one_line_with_the_best_so_far(tmp_path, capfd):
