@@ -76,7 +76,9 @@ class ProcessPredictor:
         self.local = local
         self.task = local.task
         self._load, self._threads = load, threads
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one predict call at a time on the pipe
+        # one thread receives the child's "ready" (predict, a restart and /info may wait at once)
+        self._ready_lock = threading.Lock()
         self._start()
 
     def _start(self) -> None:
@@ -115,13 +117,17 @@ class ProcessPredictor:
         return started
 
     def wait_until_loaded(self) -> None:
-        """Block until the child has loaded its predictor; ModelProcessError if it could not."""
+        """Block until the child has loaded its predictor; ModelProcessError if it could not.
+        Thread-safe: threads that wait together receive the child's one report once."""
         if self._info is not None:
             return
-        status, detail = self._receive()
-        if status != "ready":
-            raise ModelProcessError(f"the model process could not load the run: {detail}")
-        self._info = {**detail, "model_process": True}
+        with self._ready_lock:
+            if self._info is not None:  # received by another thread meanwhile
+                return
+            status, detail = self._receive()
+            if status != "ready":
+                raise ModelProcessError(f"the model process could not load the run: {detail}")
+            self._info = {**detail, "model_process": True}
 
     def _receive(self) -> tuple[str, Any]:
         try:

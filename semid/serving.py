@@ -412,7 +412,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The FastAPI app serving ``predictor`` (and ``replicas``, see BatchingPredictor); the routes
-    are in the module docstring. A /predict body over ``max_body_bytes`` is answered 413."""
+    are in the module docstring. A /predict body over ``max_body_bytes`` is answered 413. Reads
+    ``predictor.info()`` once, for the fields its errors name: a `ProcessPredictor` is launched
+    first (`ProcessPredictor.launch`)."""
     batcher = BatchingPredictor(predictor, max_batch, max_wait_ms, replicas)
     takes = predictor.info().get("inputs")  # the list fields the run answers, named in errors
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
@@ -11,6 +13,14 @@ from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
 from semid.model_process import ModelProcessError, ProcessPredictor
 from semid.serving import BatchingPredictor
+
+
+class _SlowLoad:
+    """A picklable loader that takes a while, as a large run does."""
+
+    def __call__(self) -> FakePredictor:
+        time.sleep(1.0)
+        return FakePredictor()
 
 
 class _BrokenLoad:
@@ -109,3 +119,19 @@ def test_a_batch_that_kills_its_process_twice_is_one_clear_error_and_the_next_is
         )
     finally:
         predictor.close()
+
+
+def test_threads_waiting_together_for_a_loading_process_each_get_its_info():
+    """/info, predict and a restart may wait for the same child: one receives its report, the
+    others see it (a second receiver would block, or later take a predict call's reply)."""
+    predictor = ProcessPredictor(FakePredictor(), _SlowLoad(), threads=1)
+    pool = ThreadPoolExecutor(3)
+    try:
+        waiting = [pool.submit(predictor.info) for _ in range(3)]
+        infos = [w.result(timeout=30) for w in waiting]
+        assert all(info["model_process"] for info in infos)
+        expected = FakePredictor().predict([{"user": "u1"}], 3)
+        assert predictor.predict([{"user": "u1"}], 3) == expected
+    finally:
+        predictor.close()  # ends a receive that would wait forever
+        pool.shutdown()
