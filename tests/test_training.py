@@ -254,14 +254,29 @@ def test_an_interrupted_end_of_epoch_evaluation_keeps_the_epoch(tmp_path, max_st
 
 
 @pytest.mark.parametrize(  # the last step ends no epoch; the last epoch is not due for evaluation
-    ("overrides", "last_step"), [({"max_steps": 10}, 10), ({"eval_every_epochs": 2}, 24)]
+    ("overrides", "last_step", "longer"),
+    [({"max_steps": 10}, 10, {"max_steps": 20}), ({"eval_every_epochs": 2}, 24, {"max_epochs": 4})],
 )
-def test_a_resume_after_an_interrupted_last_evaluation_logs_it_once(
-    tmp_path, monkeypatch, overrides, last_step
+@pytest.mark.parametrize("extended", [False, True])  # resumed as it was, or with more steps
+def test_a_resume_after_an_interrupted_last_evaluation_runs_it_once(
+    tmp_path, monkeypatch, overrides, last_step, longer, extended
 ):
+    """The last evaluation of a run, cut short after it was logged, is run again by the resume
+    (logged once), also when the resume extends the run: as the finished run then extended."""
     data, held_out = make_dataset(60), make_dataset(30, seed=1)
-    config = tiny_config(**overrides)
-    Trainer(make_model(), data, config, tmp_path / "ref", evaluate=accuracy_eval(held_out)).fit()
+    config, resumed = (
+        tiny_config(**overrides),
+        tiny_config(**overrides | (longer if extended else {})),
+    )
+
+    def train(folder: str, config: TrainConfig) -> Trainer:
+        trainer = Trainer(make_model(), data, config, tmp_path / folder,
+                          evaluate=accuracy_eval(held_out))  # fmt: skip
+        trainer.fit()
+        return trainer
+
+    train("ref", config)
+    reference = train("ref", resumed)
     save = Trainer._checkpoint
 
     def interrupted(self, progress, started):
@@ -271,11 +286,9 @@ def test_a_resume_after_an_interrupted_last_evaluation_logs_it_once(
 
     monkeypatch.setattr(Trainer, "_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(
-            make_model(), data, config, tmp_path / "run", evaluate=accuracy_eval(held_out)
-        ).fit()
+        train("run", config)
     monkeypatch.undo()
-    Trainer(make_model(), data, config, tmp_path / "run", evaluate=accuracy_eval(held_out)).fit()
+    assert_same_weights(weights(train("run", resumed)), weights(reference))
     assert metric_lines(tmp_path / "run" / "metrics.jsonl") == metric_lines(
         tmp_path / "ref" / "metrics.jsonl"
     )

@@ -125,6 +125,9 @@ class TrainProgress:
     last_eval_step: int = -1
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training wall time before this process started
+    # saved just before an evaluation (the end of an epoch, the last steps of a run): a resume
+    # runs that evaluation first, whatever the resumed run's length
+    evaluating: bool = False
 
     def improves(self, value: float, mode: str) -> bool:
         """Whether `value` beats the best evaluation so far in direction `mode`."""

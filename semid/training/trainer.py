@@ -193,13 +193,17 @@ class Trainer:
         ) as bar:  # fmt: skip
             if self._epoch_consumed(progress):  # saved before its end ran
                 self._end_epoch(progress, started)
+            elif progress.evaluating and self.evaluate is not None:  # before a run's last one
+                self._run_evaluation(progress, started)
+                self._checkpoint(progress, started)
             while not self._finished(progress):
                 if self._train_epoch(progress, started, bar):
                     self._end_epoch(progress, started)
         # max_steps or eval_every_epochs can leave the last weights unevaluated; they may be the best
         unevaluated = progress.last_eval_step != progress.step and not progress.stopped_early
         if self.evaluate is not None and unevaluated:
-            self._save_unless_saved(progress, started)  # an interrupted evaluation keeps the steps
+            progress.evaluating = True  # saved so: an interrupted evaluation keeps the steps
+            self._save_unless_saved(progress, started)
             self._run_evaluation(progress, started)
         self._save_unless_saved(progress, started)
         if self.evaluate is None:
@@ -243,9 +247,9 @@ class Trainer:
         self._note(f"resuming from step {progress.step} ({resume_from})")
         self._saved_at = _snapshot(progress)
         if acc.is_main_process:
-            # saved before its step's evaluation (an epoch's end, the last steps of a run): the
-            # evaluation runs again, so one logged after the checkpoint goes
-            eval_pending = progress.last_eval_step != progress.step
+            # saved before its step's evaluation (an epoch's end, the last steps of a run; older
+            # checkpoints flag only the first): the evaluation runs again, so one logged after goes
+            eval_pending = progress.evaluating or self._epoch_consumed(progress)
             self._truncate_metrics(progress.step, keep_evals_at_step=not eval_pending)
             write_json(self.out_dir / "train_config.json", self.config.to_dict())
         acc.wait_for_everyone()
@@ -394,6 +398,7 @@ class Trainer:
         due = (
             self.evaluate is not None and (progress.epoch + 1) % self.config.eval_every_epochs == 0
         )
+        progress.evaluating = due
         if due:
             self._save_unless_saved(progress, started)
         progress.epoch += 1
@@ -423,7 +428,7 @@ class Trainer:
                 f"evaluate() returned {sorted(metrics)} but TrainConfig.metric is {cfg.metric!r}; set metric to one of those"
             )
         self._log(progress, started, **{f"eval/{k}": v for k, v in metrics.items()})
-        progress.last_eval_step = progress.step
+        progress.last_eval_step, progress.evaluating = progress.step, False
         improved = progress.improves(metrics[cfg.metric], cfg.metric_mode)
         if acc.is_main_process:  # one line per evaluation, also where no progress bar shows (logs)
             if improved or progress.best_value is None:  # None: every evaluation so far was NaN
