@@ -121,7 +121,8 @@ class RecommendPredictor(Predictor):
         loaded = self._loaded  # one read: another thread may replace it meanwhile
         if loaded is None or loaded[0] != stamp:
             with self._reading:
-                loaded = self._loaded  # read by another thread while this one waited?
+                # read by another thread while this one waited? (the files may have changed again)
+                stamp, loaded = data_stamp(self.spec.dataset, self.spec.items), self._loaded
                 if loaded is None or loaded[0] != stamp:
                     loaded = (stamp, self._read_histories())
                     self._loaded = loaded
