@@ -141,7 +141,8 @@ class ProcessPredictor:
         """The local copy's info (current, should the run be loaded again) with the model process's
         device."""
         self.wait_until_loaded()
-        device = {k: v for k, v in self._info.items() if k == "device"}
+        reported = self._info or {}  # None again if a restart began meanwhile: no device then
+        device = {k: v for k, v in reported.items() if k == "device"}
         return {**self.local.info(), **device, "model_process": True}
 
     def max_k(self) -> int:
