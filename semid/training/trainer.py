@@ -202,8 +202,7 @@ class Trainer:
         # max_steps or eval_every_epochs can leave the last weights unevaluated; they may be the best
         unevaluated = progress.last_eval_step != progress.step and not progress.stopped_early
         if self.evaluate is not None and unevaluated:
-            progress.evaluating = True  # saved so: an interrupted evaluation keeps the steps
-            self._save_unless_saved(progress, started)
+            self._save_before_evaluation(progress, started)
             self._run_evaluation(progress, started)
         self._save_unless_saved(progress, started)
         if self.evaluate is None:
@@ -398,14 +397,20 @@ class Trainer:
         due = (
             self.evaluate is not None and (progress.epoch + 1) % self.config.eval_every_epochs == 0
         )
-        progress.evaluating = due
+        progress.evaluating = False  # one saved before a resume that no longer evaluates it
         if due:
-            self._save_unless_saved(progress, started)
+            self._save_before_evaluation(progress, started)
         progress.epoch += 1
         progress.batch_in_epoch = 0
         if due:
             self._run_evaluation(progress, started)
         self._checkpoint(progress, started)
+
+    def _save_before_evaluation(self, progress: TrainProgress, started: float) -> None:
+        """Checkpoint `progress` marked as saved just before an evaluation: an evaluation cut
+        short keeps the trained steps, and a resume runs that evaluation first."""
+        progress.evaluating = True
+        self._save_unless_saved(progress, started)
 
     def _save_unless_saved(self, progress: TrainProgress, started: float) -> None:
         """Checkpoint `progress` unless the newest checkpoint already holds it (a resume, say)."""
