@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semid.data.splits import PAD
 from semid.dropout import BitDropout
 from semid.layers import SelfAttentionBlock, causal_bias
 from semid.models import register_model
@@ -88,5 +90,19 @@ class SASRec(nn.Module):
         return F.cross_entropy(logits, target[real]), logits
 
     def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
-        """Scores (B, num_items) of every item after each history's last position."""
-        return self.scores(self.encode(batch["items"], last_only=True)[:, -1])
+        """Scores (B, num_items) of every item after each history's last position. History rows
+        past ``num_items`` (items added to the index after training, which have no embedding) are
+        left out of the history."""
+        items = without_unknown_rows(batch["items"], self.config.num_items)
+        return self.scores(self.encode(items, last_only=True)[:, -1])
+
+
+def without_unknown_rows(items: Tensor, num_items: int) -> Tensor:
+    """Left-padded histories (B, T) of index rows less the rows at or past ``num_items``, still
+    left-padded (PAD = -1), the other items in their order."""
+    known = (items >= 0) & (items < num_items)
+    if bool((known == (items >= 0)).all()):
+        return items
+    # a stable sort by known-ness moves the pads and unknown rows to the left, in place order
+    order = known.to(torch.uint8).sort(dim=1, stable=True).indices
+    return torch.where(known, items, PAD).gather(1, order)

@@ -270,3 +270,40 @@ def test_eval_users_scores_an_even_subset_and_saves_it_apart(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), "--users", "0"]) == 2
     assert "--users must be >= 1" in capsys.readouterr().err
+
+
+def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
+    _, x, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "sasrec", "--users", "40", "--epochs", "1", "--out", str(run)]) == 0  # fmt: skip
+    np.save(tmp_path / "new.npy", x[:1] + 0.01)
+    (tmp_path / "new.txt").write_text("new\n")
+    capsys.readouterr()
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "new.npy"), "--keys",
+                 str(tmp_path / "new.txt")]) == 0  # fmt: skip
+    assert "scores only the 1,682 items it was trained on" in capsys.readouterr().err
+
+    def answer(history: str) -> list:
+        out = tmp_path / "answers.jsonl"
+        assert main(["predict", str(run), "--history", history, "--k", "5", "--out", str(out)]) == 0
+        return json.loads(out.read_text())["keys"]
+
+    # the added item has no embedding: it is left out of the history, never recommended
+    assert answer('["1", "new", "2"]') == answer('["1", "2"]')
+    assert "new" not in answer('["new"]')
+
+
+def test_sasrec_leaves_rows_past_its_table_out_of_a_history():
+    from semid.generators.sasrec import without_unknown_rows
+
+    items = torch.tensor([[-1, -1, 3, 9, 4], [1, 2, 3, 4, 0], [-1, 9, 9, -1, 2]])
+    assert without_unknown_rows(items, 5).tolist() == [
+        [-1, -1, -1, 3, 4], [1, 2, 3, 4, 0], [-1, -1, -1, -1, 2]]  # fmt: skip
+    known = items[1:2]
+    assert without_unknown_rows(known, 5) is known  # nothing to leave out: no copy
+    model = build_model("sasrec", {"num_items": 5, "max_len": 5}).eval()
+    with torch.no_grad():
+        got = model.score_rows({"items": items})
+        want = model.score_rows({"items": without_unknown_rows(items, 5)})
+    assert torch.allclose(got, want)

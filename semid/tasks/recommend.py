@@ -38,7 +38,7 @@ from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, save_model
-from semid.notes import tell
+from semid.notes import note, tell
 from semid.progress import batch_starts
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import Run, copy_index, load_run, replacing_run, write_run
@@ -217,6 +217,11 @@ class RecommendTask(Task):
             source, keys, encoder, run.ids.metadata.get("encoder"), columns, run.ids, device
         )
         ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
+        if not is_generator(run.model):
+            trained = run.state.get("trained_items", len(run.ids))
+            note(f"{run_path} is a {run.spec['model']} run, which scores only the "
+                 f"{counted(trained, 'item')} it was trained on: the added items are not "
+                 "recommended, and are left out of histories, until you retrain it")  # fmt: skip
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
 
     def predictor(self, run: Run, device: str = "cpu") -> RecommendPredictor:
