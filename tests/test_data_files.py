@@ -322,7 +322,7 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
 @pytest.mark.parametrize("name", ["datetime", "event_time", "created_at", "Timestamp", "TIME"])
 def test_common_time_column_names_are_found(tmp_path: Path, name: str) -> None:
     (tmp_path / "a.csv").write_text(
-        f"user,item,{name}\nx,b,2024-01-02\nx,a,2024-01-01\nx,c,2024-01-03\n"
+        f"user,item,{name}\nx,b,2024-01-02 10:00\nx,a,2024-01-01 10:00\nx,c,2024-01-03 10:00\n"
     )
     d = load_interaction_files(tmp_path / "a.csv")
     assert d.notes == [] and d.item_keys == ["a", "b", "c"]
@@ -749,3 +749,66 @@ def test_moved_data_follows_the_run_only_where_the_data_moved_with_it(tmp_path):
     assert moved_data({"spec": spec}, new / "runs" / "r") == {}  # written before run_path was kept
     registered = {"spec": {"dataset": "ml-100k"}, "run_path": str(old / "runs" / "r")}
     assert moved_data(registered, new / "runs" / "r") == {}
+
+
+def test_numeric_timestamps_with_spaces_around_them_are_read(tmp_path: Path) -> None:
+    """A comma-space export (`1, a, 883603013`) or trailing blanks: the numbers, not a traceback."""
+    (tmp_path / "a.csv").write_text("user,item,timestamp\n1,a, 30\n1,b,10  \n1,c,20\n")
+    d = load_interaction_files(tmp_path / "a.csv")
+    assert d.interactions.timestamps.tolist() == [10, 20, 30] and d.item_keys == ["b", "c", "a"]
+
+
+def test_a_timestamp_that_is_not_a_finite_number_is_named_by_its_line(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("user,item,timestamp\n1,a,5\n1,b,NaN\n1,c,6\n")
+    with pytest.raises(SemidError, match="a.csv line 3: timestamp nan is not a finite number"):
+        load_interaction_files(tmp_path / "a.csv")
+
+
+def test_dates_without_a_time_of_day_get_a_note(tmp_path: Path) -> None:
+    """Day-level dates tie a day's events, then ordered by item id: the command says so."""
+    (tmp_path / "a.csv").write_text(
+        "user,item,timestamp\n1,b,2021-03-04\n1,a,2021-03-04\n1,c,2021-03-05\n"
+    )
+    d = load_interaction_files(tmp_path / "a.csv")
+    assert d.item_keys == ["a", "b", "c"]  # the tie, by item id
+    (note,) = d.notes
+    assert "every timestamp in timestamp is at midnight" in note and "test target" in note
+    (tmp_path / "b.csv").write_text(
+        "user,item,timestamp\n1,b,2021-03-04T10:00\n1,a,2021-03-04\n1,c,2021-03-05\n"
+    )
+    assert load_interaction_files(tmp_path / "b.csv").notes == []  # one time of day: no note
+
+
+@pytest.mark.parametrize(
+    ("role", "plain", "written"),
+    [("item", "7", "7 "), ("item", "7", "007"), ("item", "7", "7.0"), ("user", "u1", " u1")],
+)
+def test_ids_written_two_ways_get_a_note(
+    tmp_path: Path, role: str, plain: str, written: str
+) -> None:
+    """Ids are compared as text: '7 ', '007' or '7.0' beside '7' are other items, with a note."""
+    rows = [(plain, "a"), (written, "b")] if role == "user" else [("u", plain), ("u", written)]
+    (tmp_path / "a.csv").write_text(
+        "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for t, (u, i) in enumerate(rows))
+    )
+    d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
+    (note,) = d.notes
+    assert note.startswith(f"{role} ids {plain!r} and {written!r} differ only by spaces or leading")
+    (tmp_path / "b.csv").write_text("user,item,timestamp\nu1,7,1\nu1,70,2\nu1,0,3\nu1,00 7,4\n")
+    assert load_interaction_files(tmp_path / "b.csv").notes == []  # no look-alikes
+
+
+def test_a_large_csv_with_line_breaks_in_quoted_cells_is_read(tmp_path: Path) -> None:
+    """Over pyarrow's 1 MB block, a quoted cell holding line breaks must not split a row."""
+    rows = [{"item": f"i{j}", "text": f'line one of {j}\nline "two"\n' + "x" * 200}
+            for j in range(8000)]  # fmt: skip
+    path = tmp_path / "items.csv"
+    pacsv.write_csv(pa.Table.from_pylist(rows), path)  # quotes every cell
+    assert path.stat().st_size > 1_500_000
+    assert item_text_table(path) == {r["item"]: r["text"] for r in rows}
+
+
+def test_a_gzip_file_named_without_gz_is_named_so(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(gzip.compress(b"user,item\n1,a\n1,b\n1,c\n"))
+    with pytest.raises(SemidError, match=r"a.csv is gzip-compressed; name it a.csv.gz"):
+        load_interaction_files(tmp_path / "a.csv")

@@ -345,3 +345,16 @@ def test_a_csv_queries_cell_may_hold_a_list(tmp_path):
     (tmp_path / "numbers.csv").write_text('id,text,queries\na,t,"[1, 2]"\n')
     with pytest.raises(SemidError, match='line 2: "queries" must be a list of strings'):
         read_documents(tmp_path / "numbers.csv")
+
+
+def test_json_lines_end_at_line_feeds_only(tmp_path):
+    """U+2028, U+0085 and the other breaks str.splitlines knows may stand raw in a JSON string."""
+    texts = ["one\u2028two", "three\u0085four", "five\x0csix"]
+    lines = [json.dumps({"id": str(j), "text": t}, ensure_ascii=False) for j, t in enumerate(texts)]
+    (tmp_path / "d.jsonl").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    docs = read_documents(tmp_path / "d.jsonl").documents
+    assert [d.text for d in docs] == texts
+    from semid.data.text_files import read_lines
+
+    (tmp_path / "q.txt").write_text("a query\u2028still one\nanother\n", encoding="utf-8")
+    assert read_lines(tmp_path / "q.txt", "queries file") == ["a query\u2028still one", "another"]

@@ -39,6 +39,7 @@ from semid.data.tables import (
     row_label,
     table_format,
 )
+from semid.data.text_files import lines_of
 from semid.errors import SemidError
 from semid.json_values import is_key
 from semid.wording import json_kind
@@ -286,7 +287,7 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
 def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
     """("line N", object) for every non-blank line of JSON Lines."""
     first = True
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
             continue
         label, where = f"line {number}", f"{path} line {number}"

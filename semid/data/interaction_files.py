@@ -153,6 +153,16 @@ def load_interaction_files(
         times = _timestamps(table[time_col], path)
     events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
+    if time_col is not None and _dates_only(times):
+        notes.append(f"every timestamp in {time_col} is at midnight (dates without a time of day): "
+                     "a user's events of one day are ordered by item id, so which is the last "
+                     "(the test target) is arbitrary; give times of day if the data has them")  # fmt: skip
+    for uniques, role in ((user_uniques, "user"), (item_uniques, "item")):
+        twins = _look_alike(uniques)
+        if twins is not None:
+            notes.append(f"{role} ids {twins[0]!r} and {twins[1]!r} differ only by spaces or "
+                         f"leading zeros, and are read as two {role}s (ids are compared as text); "
+                         f"write one id one way if they are one {role}")  # fmt: skip
 
     if missing_text == "keep":
         catalog = None  # every event stays; items are numbered from the log
@@ -336,6 +346,7 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
             raise SemidError(
                 f"{path} {row_label(path, int(empty[0]))}: empty timestamp; give every row one or drop the column"
             )
+        column = pc.utf8_trim_whitespace(column)  # ' 883603013' (a comma-space export)
         for target in (pa.int64(), pa.float64(), pa.timestamp("ns"), pa.timestamp("ns", "UTC")):
             try:
                 return _timestamps(pc.cast(column, target), path)
@@ -346,8 +357,10 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
         return column.to_numpy().astype(np.int64)
     if pa.types.is_floating(kind):
         values = column.to_numpy()
-        if not np.isfinite(values).all():
-            raise SemidError(f"{path}: timestamps must be finite numbers; fix the timestamp column")
+        infinite = np.flatnonzero(~np.isfinite(values))
+        if infinite.size:
+            raise SemidError(f"{path} {row_label(path, int(infinite[0]))}: timestamp "
+                             f"{values[infinite[0]]} is not a finite number; fix the timestamp column")  # fmt: skip
         return _whole_if_possible(values.astype(np.float64))
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         nanos = pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64()).to_numpy()
@@ -384,6 +397,29 @@ def _mixed_datetimes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
             "write every timestamp one way"
         )
     return _timestamps(pa.chunked_array([pa.array(parsed)]), path)
+
+
+def _dates_only(seconds: np.ndarray) -> bool:
+    """Whether several events all fall at midnight (UTC): day-level dates read as times."""
+    return len(seconds) > 1 and bool((np.asarray(seconds) % 86400 == 0).all())
+
+
+def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
+    """Two distinct keys that differ only by surrounding spaces, or as numbers by leading zeros or
+    a '.0' (``'7 '`` and ``'7'``, ``'007'`` and ``'7.0'``): likely one id written two ways; None
+    when there are none."""
+    trimmed = pc.utf8_trim_whitespace(pa.array(keys, pa.string()))
+    number = pc.match_substring_regex(trimmed, r"^\d+(\.0+)?$")
+    plain = pc.replace_substring_regex(
+        pc.replace_substring_regex(trimmed, r"\.0+$", ""), r"^0+(\d)", r"\1"
+    )
+    canonical = pc.if_else(number, plain, trimmed)
+    if pc.count_distinct(canonical).as_py() == len(keys):
+        return None
+    frame = pd.DataFrame({"key": keys, "canonical": canonical.to_numpy(zero_copy_only=False)})
+    twins = frame[frame["canonical"].duplicated(keep=False)].groupby("canonical", sort=False)["key"]
+    first = next(iter(twins))[1]
+    return str(first.iloc[0]), str(first.iloc[1])
 
 
 def _whole_if_possible(seconds: np.ndarray) -> np.ndarray:

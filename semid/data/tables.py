@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from semid.data.text_files import lines_of
 from semid.errors import SemidError
 from semid.wording import counted, json_kind
 
@@ -126,7 +127,7 @@ def _read_json_rows(path: Path, what: str, error: pa.ArrowInvalid, literals: boo
     dict literals (Amazon's 2014 metadata: ``literals``, see `_python_dict_lines`) are read as
     such."""
     rows = []
-    lines = _raw_text(path).decode("utf-8").removeprefix("\ufeff").splitlines()
+    lines = lines_of(_raw_text(path).decode("utf-8").removeprefix("\ufeff"))
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -175,20 +176,23 @@ def plain_text(value: object) -> str:
     return str(value).strip()
 
 
+GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of a gzip file
+
 # Separators a ``.csv`` export may use instead of commas (spreadsheets in many locales write ';').
 OTHER_CSV_SEPARATORS = (";", "\t", "|")
 
 
 def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
-    parse = pacsv.ParseOptions(
-        delimiter="\t" if fmt == "tsv" else ",", quote_char=False if fmt == "tsv" else '"'
-    )
+    # quoted cells may hold line breaks (newlines_in_values: else blocks over 1 MB split inside
+    # them); a .tsv is read unquoted, as MovieLens and RecBole files hold bare quotes in titles
+    parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
+                               quote_char=False if fmt == "tsv" else '"', newlines_in_values=True)  # fmt: skip
     read = pacsv.ReadOptions(use_threads=use_threads)
     if fmt == "csv":  # a header without commas that holds another separator: a spreadsheet export
         header = _first_line(path)
         separator = next((s for s in OTHER_CSV_SEPARATORS if s in header), None)
         if "," not in header and separator is not None:
-            parse = pacsv.ParseOptions(delimiter=separator, quote_char='"')
+            parse = pacsv.ParseOptions(delimiter=separator, quote_char='"', newlines_in_values=True)
     # The header names every column; a first streaming pass reads just it, to type all as text.
     with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
         names = reader.schema.names
@@ -205,6 +209,10 @@ def _read_parquet(path: Path) -> pa.Table:
 def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
     """One line for a pyarrow failure, with the line number where it can be found."""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if fmt != "parquet" and not path.name.lower().endswith(".gz"):
+        with path.open("rb") as f:
+            if f.read(2) == GZIP_MAGIC:  # compressed, named without .gz
+                return SemidError(f"{what} {path} is gzip-compressed; name it {path.name}.gz")
     if "Empty CSV file" in message or "Empty JSON file" in message:
         return SemidError(f"{what} {path} is empty; it needs at least one row")
     if fmt == "parquet":
@@ -220,7 +228,7 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
             return SemidError(
                 f"{what} {path} is a JSON array; write JSON Lines, one object per line"
             )
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(lines_of(text), start=1):
             if line.strip():
                 try:
                     obj = json.loads(line)

@@ -18,7 +18,17 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         raise SemidError(f"{what} {path} not found; check the path")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8").removeprefix("\ufeff").splitlines()  # a BOM is no content
+        return lines_of(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM is no content
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise SemidError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None
+
+
+def lines_of(text: str) -> list[str]:
+    """The lines of ``text``, split at line feeds only (a carriage return before one dropped):
+    files of one entry a line and JSON Lines end lines there, while their texts may hold U+2028,
+    U+0085 and the other characters at which ``str.splitlines`` splits too."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
