@@ -812,3 +812,12 @@ def test_a_gzip_file_named_without_gz_is_named_so(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_bytes(gzip.compress(b"user,item\n1,a\n1,b\n1,c\n"))
     with pytest.raises(SemidError, match=r"a.csv is gzip-compressed; name it a.csv.gz"):
         load_interaction_files(tmp_path / "a.csv")
+
+
+@pytest.mark.parametrize("first", ["# exported 2021-03-04", "sep=,"])
+def test_a_comment_or_sep_line_before_the_header_is_named(tmp_path: Path, first: str) -> None:
+    (tmp_path / "a.csv").write_text(f"{first}\nuser,item,timestamp\n1,a,1\n1,b,2\n1,c,3\n")
+    with pytest.raises(
+        SemidError, match=f"its first line, '{first}', is a comment or Excel's sep="
+    ):
+        load_interaction_files(tmp_path / "a.csv")
