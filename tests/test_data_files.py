@@ -821,3 +821,9 @@ def test_a_comment_or_sep_line_before_the_header_is_named(tmp_path: Path, first:
         SemidError, match=f"its first line, '{first}', is a comment or Excel's sep="
     ):
         load_interaction_files(tmp_path / "a.csv")
+
+
+def test_a_movielens_file_given_alone_points_to_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n")
+    with pytest.raises(SemidError, match=f"or pass the MovieLens folder {tmp_path}$"):
+        load_dataset(str(tmp_path / "ratings.dat"))

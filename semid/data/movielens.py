@@ -203,6 +203,8 @@ _GROUPLENS = [  # ratings file, movies file, reader
     ("ratings.csv", "movies.csv", _read_grouplens_csv),
     ("u.data", "u.item", _read_ml100k),
 ]
+# the files of a MovieLens folder (ratings.csv aside: it reads as an interactions file)
+MOVIELENS_FILES = frozenset({"ratings.dat", "movies.dat", "u.data", "u.item"})
 
 
 def _timestamps(values: pd.Series, source: Path) -> np.ndarray:

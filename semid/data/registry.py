@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from semid.data.interaction_files import load_interaction_files
-from semid.data.movielens import load_movielens
+from semid.data.movielens import MOVIELENS_FILES, load_movielens
 from semid.data.tables import ACCEPTED, table_format
 from semid.errors import SemidError
 
@@ -99,7 +99,13 @@ def load_dataset(name: str) -> Any:
     if table_format(name) is not None:
         return load_interaction_files(name)
     if Path(name).is_file():
-        raise SemidError(f"interactions file {name}: unknown extension; use one of {ACCEPTED}")
+        folder = Path(name).parent  # MovieLens' ratings.dat or u.data: their folder is the dataset
+        hint = (
+            f", or pass the MovieLens folder {folder}" if Path(name).name in MOVIELENS_FILES else ""
+        )
+        raise SemidError(
+            f"interactions file {name}: unknown extension; use one of {ACCEPTED}{hint}"
+        )
     known = ", ".join(available_datasets())
     raise SemidError(
         f"unknown dataset '{name}'; known: {known} (or pass a folder path, or an interactions "
