@@ -37,16 +37,21 @@ def _owner_file(lock: Path) -> Path:
 
 def _read_owner(lock: Path) -> str:
     try:
-        return _owner_file(lock).read_text().split()[0]
+        return _owner_file(lock).read_text(errors="replace").split()[0]
     except (OSError, IndexError):
         return "unknown"
 
 
 def _write_owner(lock: Path, what: str) -> None:
-    # written beside the lock file because filelock may truncate the lock file itself on open
+    """Name this process as the lock's holder, for other processes' messages (beside the lock
+    file, which filelock may truncate on open). Best effort: on a full disk the holder goes
+    unnamed (pid "unknown"), and the write that needs the room says what is wrong."""
     tmp = lock.with_name(f"{lock.name}.owner.{os.getpid()}")
-    tmp.write_text(f"{os.getpid()} {what}\n")
-    os.replace(tmp, _owner_file(lock))
+    try:  # surrogateescape: a folder name that is not UTF-8 is written as its bytes
+        tmp.write_text(f"{os.getpid()} {what}\n", errors="surrogateescape")
+        os.replace(tmp, _owner_file(lock))
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ def _pyplot(path: str | os.PathLike):
 def check_plot_path(path: str | os.PathLike) -> None:
     """Raise SemidError now, before any long work, unless a plot can be written to ``path``."""
     _pyplot(path)
-    check_writable(path)
+    check_writable(path, fix="choose a writable --plot")
 
 
 def _save(plt, fig, path: str | os.PathLike) -> None:

@@ -269,6 +269,9 @@ cases(
         ("empty-out", "empty argument after --out", lambda e: ["index", "build", "--dataset", "ml-100k", "--out", ""]),
         ("empty-out-equals", "--out is given an empty value", lambda e: ["index", "build", "--dataset", "ml-100k", "--out="]),
         ("empty-run", "empty argument after eval", lambda e: ["eval", ""]),
+        # a folder named in Latin-1 (bytes that are not UTF-8: surrogates in Python)
+        ("not-utf8-out", "is not UTF-8 text (a name in another encoding?); rename",
+         lambda e: ["index", "build", "--dataset", "ml-100k", "--out", str(e.tmp / "caf\udce9")]),
         ("columns-no-equals", "--columns", rec_args("--columns", "user")),
         ("columns-twice", "--columns", rec_args("--columns", "user=a,user=b")),
     ]
@@ -395,7 +398,7 @@ cases(
         ("spec-rqvae-bad-hidden", "hidden", build_args("--quantizer", "rqvae:2x8,hidden=big")),
         ("build-out-under-file", "plain-file", lambda e: [*build_args()(e)[:-2], "--out", e.file_under_file("idx")]),
         ("build-out-is-file", "plain-file", lambda e: [*build_args()(e)[:-2], "--out", str(e.write("plain-file", "x"))]),
-        ("build-plot-under-file", "plain-file", lambda e: build_args("--plot", e.file_under_file("u.png"))(e)),
+        ("build-plot-under-file", "choose a writable --plot", lambda e: build_args("--plot", e.file_under_file("u.png"))(e)),
         ("build-plot-not-png", "--plot", build_args("--plot", "usage.txt")),
         # /proc takes no new file: no lock can be made there (it read as a lock held by another process)
         ("build-out-in-proc", "cannot write index /proc/semid-idx", lambda e: [*build_args()(e)[:-2], "--out", "/proc/semid-idx"]),
@@ -546,7 +549,7 @@ cases(
         ("index-codes-missing-tensor", "codes.safetensors", index_case(drop_codes)),
         ("index-codes-out-of-range", "codes.safetensors", index_case(codes_out_of_range)),
         ("index-codes-empty-file", "codes.safetensors", index_case(write_to("codes.safetensors", b""))),
-        ("stats-plot-under-file", "plain-file", lambda e: index_case(lambda i: None, "--plot", e.file_under_file("u.png"))(e)),
+        ("stats-plot-under-file", "choose a writable --plot", lambda e: index_case(lambda i: None, "--plot", e.file_under_file("u.png"))(e)),
         ("stats-plot-not-png", "--plot", index_case(lambda i: None, "--plot", "usage.txt")),
     ]
 )

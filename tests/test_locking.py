@@ -225,3 +225,21 @@ def test_a_refused_command_leaves_no_empty_output_folders(tmp_path, capsys):
     assert main(["index", "build", "--dataset", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "neither a registered dataset" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_is_held_when_its_owner_file_cannot_be_written(tmp_path, monkeypatch):
+    """A full disk (or a name that is not UTF-8) leaves the holder unnamed, not a traceback: the
+    write that needs the room says what is wrong."""
+    import errno
+
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if ".owner." in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with write_lock(tmp_path / "run", "run"):
+        assert current_writer(tmp_path / "run") is None  # unnamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock"]  # no owner file left

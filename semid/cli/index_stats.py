@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if (index / MANIFEST).is_file():  # a run: the index inside it
         index = index / PARTS["index"]
     ids = SemanticIDs.load(index)
+    if args.plot:  # refused before the stats are printed
+        from semid.plots import check_plot_path
+
+        check_plot_path(args.plot)
     stats = ids.stats()
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     if args.plot:

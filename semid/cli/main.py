@@ -97,6 +97,16 @@ def check_no_empty_argument(argv: Sequence[str]) -> None:
             raise SemidError(f"{flag} (an unset shell variable?); give it a value")
 
 
+def check_utf8_arguments(argv: Sequence[str]) -> None:
+    """SemidError at the first argument that is not UTF-8 (Python holds its bytes as surrogates):
+    a folder named in another encoding, which the files semid writes and reads cannot name."""
+    for arg in argv:
+        if any("\udc80" <= c <= "\udcff" for c in arg):
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise SemidError(f"argument {shown!r} is not UTF-8 text (a name in another encoding?); "
+                             "rename the file or folder to UTF-8")  # fmt: skip
+
+
 def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:
     """The argument parser; only command ``load`` (a ``selected_command``) gets its arguments.
 
@@ -164,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, _terminate)
         argv = sys.argv[1:] if argv is None else list(argv)
         check_no_empty_argument(argv)
+        check_utf8_arguments(argv)
         # argument types may raise SemidError (--columns)
         args = build_parser(selected_command(argv)).parse_args(argv)
         if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
