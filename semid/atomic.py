@@ -408,16 +408,22 @@ def _put_back(snapshot: Path) -> None:
 
 def unfinished_changes(folder: str | os.PathLike) -> list[Path]:
     """Snapshots in ``folder`` of `restore_on_error` blocks whose process died inside them."""
+    return [entry for pid, entry in _snapshots(folder) if not pid_alive(pid)]
+
+
+def changes_in_progress(folder: str | os.PathLike) -> list[int]:
+    """The pids of the live processes (this one aside) inside a `restore_on_error` block in
+    ``folder``: between the parts of one change, which a reader would see half made."""
+    return [pid for pid, _ in _snapshots(folder) if pid_alive(pid)]
+
+
+def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(pid, snapshot) of every `restore_on_error` snapshot in ``folder`` of another process."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return [
-        entry
-        for entry in sorted(folder.iterdir())
-        if (m := _SNAPSHOT.match(entry.name))
-        and int(m.group(1)) != os.getpid()
-        and not pid_alive(int(m.group(1)))
-    ]
+    found = [(m, entry) for entry in sorted(folder.iterdir()) if (m := _SNAPSHOT.match(entry.name))]
+    return [(int(m.group(1)), entry) for m, entry in found if int(m.group(1)) != os.getpid()]
 
 
 def roll_back(folder: str | os.PathLike) -> bool:

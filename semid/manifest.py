@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import semid
-from semid.atomic import read_json, recover, roll_back, unfinished_changes
+from semid.atomic import changes_in_progress, read_json, recover, roll_back, unfinished_changes
 from semid.errors import SemidError
 from semid.locking import current_writer, write_lock
+from semid.notes import note
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"
 RUN_CONFIG = "config.json"
 METRICS = "metrics.json"
 PARTS = {"index": "index", "model": "model"}
+# how long reading a run waits for a live writer to end a multi-part change (a retrain's final
+# write or an `index add` takes seconds; longer means it is stuck, and the reader says so)
+CHANGE_WAIT_S = 120.0
 # what a run folder holds besides its manifest (an interrupted run may hold these without one)
 RUN_ENTRIES = {
     *PARTS.values(),
@@ -89,7 +93,14 @@ def undo_killed_writes(run: Path) -> None:
     changes (a retrain's final write, an `index add`): without this, the run would hold a new index
     beside an old model, and an add could not be retried (its items already indexed). Done under
     the run's write lock; when another process holds it, or the folder is read-only, it is left to
-    the next writer."""
+    the next writer. A live writer inside such a change is waited for (up to ``CHANGE_WAIT_S``),
+    so that the run is never read half changed."""
+    writers = changes_in_progress(run)
+    if writers:
+        note(f"waiting for semid process {writers[0]} to finish writing {run}")
+        with write_lock(run, f"run {run}", timeout=CHANGE_WAIT_S, fix="try again once it is done",
+                        unwritable_fix="try again once it is done"):  # fmt: skip
+            pass
     if not unfinished_changes(run):
         return
     try:

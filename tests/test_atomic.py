@@ -210,6 +210,41 @@ def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path)
     ]
 
 
+SLOW_CHANGE = """
+import sys, time
+from pathlib import Path
+from semid.atomic import atomic_file, restore_on_error
+from semid.locking import write_lock
+run = Path(sys.argv[1])
+with write_lock(run, "run"), restore_on_error([run / "index.txt", run / "model.txt"]):
+    with atomic_file(run / "index.txt") as f:
+        f.write("new")
+    time.sleep(2)  # a slow disk between the two parts
+    with atomic_file(run / "model.txt") as f:
+        f.write("new")
+"""
+
+
+def test_a_reader_waits_for_a_live_writer_to_end_its_change(tmp_path):
+    """A run read between the parts of a live writer's change (new index, old model) would be
+    answered half changed: the reader waits for the change to end."""
+    from semid.manifest import undo_killed_writes
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("index.txt", "model.txt"):
+        (run / name).write_text("old")
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHANGE, str(run)])
+    try:
+        while (run / "index.txt").read_text() != "new":  # inside the change
+            assert child.poll() is None
+        assert atomic.changes_in_progress(run) == [child.pid]
+        undo_killed_writes(run)
+        assert (run / "model.txt").read_text() == "new" and not atomic.changes_in_progress(run)
+    finally:
+        assert child.wait(timeout=60) == 0
+
+
 # --- full disk ---------------------------------------------------------------------------------
 
 
