@@ -66,13 +66,22 @@ class Run:
         return self.config.get("state", {})
 
 
-def copy_index(index: str | os.PathLike, run: str | os.PathLike) -> None:
-    """Copy an index folder (with its quantizer) into ``run/index``, atomically."""
+def copy_index(
+    index: str | os.PathLike, run: str | os.PathLike, trained_sha256: str | None = None
+) -> None:
+    """Copy an index folder (with its quantizer) into ``run/index``, atomically. With
+    ``trained_sha256`` (the IDs the run's model learned), an index that changed since (rebuilt or
+    added to while the run trained) is refused: the run would pair the model with IDs it never
+    learned."""
     SemanticIDs.load(index)  # fail early, with the index's own message, if it is not one
     if Path(index).resolve() == (Path(run) / PARTS["index"]).resolve():
         return
     with atomic_dir(Path(run) / PARTS["index"]) as tmp:
         shutil.copytree(index, tmp, dirs_exist_ok=True)
+        if trained_sha256 is not None and SemanticIDs.load(tmp).sha256() != trained_sha256:
+            raise SemidError(f"{index} changed while {run} trained (rebuilt, or items added): its "
+                             f"IDs are not those the model learned, so {run} was not written; "
+                             "train again (with --no-resume: the checkpoints are of the old IDs)")  # fmt: skip
 
 
 @contextmanager

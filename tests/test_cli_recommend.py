@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -307,3 +308,53 @@ def test_sasrec_leaves_rows_past_its_table_out_of_a_history():
         got = model.score_rows({"items": items})
         want = model.score_rows({"items": without_unknown_rows(items, 5)})
     assert torch.allclose(got, want)
+
+
+def test_an_index_rebuilt_while_a_run_trains_is_refused_at_the_end(tmp_path, capsys, monkeypatch):
+    """The model learns the IDs the index held at the start: a run pairing it with a rebuilt index
+    would answer with IDs it never learned, so it is not written."""
+    _, _, idx = random_ml100k_index(tmp_path)
+    other = tmp_path / "other"
+    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys",
+                 str(tmp_path / "e.txt"), "--quantizer", "rqkmeans:2x32", "--seed", "1",
+                 "--out", str(other)]) == 0  # fmt: skip
+    from semid.tasks.recommend import RecommendTask
+
+    fit = RecommendTask._fit
+
+    def rebuilt_meanwhile(self, *args, **kwargs):
+        result = fit(self, *args, **kwargs)
+        shutil.rmtree(idx)
+        shutil.copytree(other, idx)  # `semid index build --out idx` while training ran
+        return result
+
+    monkeypatch.setattr(RecommendTask, "_fit", rebuilt_meanwhile)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "sasrec", "--users", "20", "--epochs", "1", "--out", str(run)]) == 2  # fmt: skip
+    assert f"{idx} changed while {run} trained" in capsys.readouterr().err
+    assert not (run / "manifest.json").exists() and not (run / "index").exists()
+
+
+def test_eval_prints_its_figures_when_metrics_json_may_not_be_replaced(
+    tmp_path, capsys, monkeypatch
+):
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    import semid.atomic
+
+    def immutable(src, dst):  # `chattr +i metrics.json`: the rename over it is not permitted
+        raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(semid.atomic.os, "replace", immutable)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
+    out = capsys.readouterr()
+    assert "recall@10" in out.out and (
+        "may not replace its metrics.json (Operation not permitted), so these figures were not "
+        "saved" in out.err
+    )
+    assert not list(run.glob(".metrics.json.*"))  # no temporary file left

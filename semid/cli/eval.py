@@ -132,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     key = metrics_key(args)
-    saved = can_write(args.run_dir)  # a run on a read-only share is evaluated all the same
-    if saved:
-        update_metrics(args.run_dir, key, metrics, evaluated)
+    # a run on a read-only share is evaluated all the same
+    unsaved = None if can_write(args.run_dir) else "is read-only here"
+    if unsaved is None:
+        try:
+            update_metrics(args.run_dir, key, metrics, evaluated)
+        except PermissionError as e:  # metrics.json itself made immutable, or another user's
+            unsaved = f"may not replace its metrics.json ({e.strerror})"
     print(format_table(["metric", key], metric_rows(metrics)))
-    if saved:
+    if unsaved is None:
         print(f"\nsaved to {args.run_dir / 'metrics.json'}")
     else:
-        notes.note(f"{args.run_dir} is read-only here, so these figures were not saved to its "
-                   "metrics.json")  # fmt: skip
+        notes.note(f"{args.run_dir} {unsaved}, so these figures were not saved to its metrics.json")
     return 0

@@ -103,6 +103,7 @@ class RecommendTask(Task):
         if index is None:
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
         ids = SemanticIDs.load(index)
+        ids_sha256 = ids.sha256()  # what the model learns: the index must still be it at the end
         dataset, data = self.load_split(spec, ids)
         if is_main_process():
             lines = [*dataset.notes, describe_data(dataset, data)]
@@ -131,7 +132,7 @@ class RecommendTask(Task):
         if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
         if getattr(model, "trainable", True):
-            stamp = trained_on(state["data_sha256"], spec.dataset, ids.sha256(), spec, SPLIT_FIELDS)
+            stamp = trained_on(state["data_sha256"], spec.dataset, ids_sha256, spec, SPLIT_FIELDS)
             result = self._fit(model, spec, ids, data, out, resume, device, stamp)
             started -= result.resumed_after_s  # train_seconds counts the earlier processes too
             summary = {"steps": result.steps, "epochs": result.epochs,
@@ -145,7 +146,7 @@ class RecommendTask(Task):
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
         if is_main_process():
             with replacing_run(out):
-                copy_index(index, out)
+                copy_index(index, out, trained_sha256=ids_sha256)
                 save_model(model, out / "model")
                 # rows added later by `semid index add` (beyond trained_items) are cold-start items
                 write_run(out, self.name, spec, {**state, "result": summary})

@@ -365,7 +365,7 @@ class Text2ImageTask(Task):
         if not is_main_process():
             return summary
         with replacing_run(out):
-            copy_index(index, out)
+            copy_index(index, out, trained_sha256=stamp["ids"])
             model.save_pretrained(out / "model")
             write_run(
                 out,
