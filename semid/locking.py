@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 
 from semid.atomic import check_writable, pid_alive
 from semid.errors import SemidError
+from semid.notes import note
 
 # locks this process holds, by lock file, with their nesting depth: nested writes of one folder
 # (train writing the index it builds) must not wait for themselves
@@ -87,7 +88,14 @@ def write_lock(
         ) from None
     file_lock = FileLock(lock)
     try:
-        file_lock.acquire(timeout=timeout)
+        try:
+            file_lock.acquire(timeout=0)
+        except Timeout:
+            if not timeout:
+                raise
+            note(f"waiting for semid process {_read_owner(lock)} to finish writing {what} "
+                 f"(up to {timeout:.0f} s)")  # fmt: skip
+            file_lock.acquire(timeout=timeout)
     except Timeout:
         raise SemidError(
             f"{what} is being written by another semid process (pid {_read_owner(lock)}); {fix}"

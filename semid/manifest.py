@@ -12,7 +12,6 @@ import semid
 from semid.atomic import changes_in_progress, read_json, recover, roll_back, unfinished_changes
 from semid.errors import SemidError
 from semid.locking import current_writer, write_lock
-from semid.notes import note
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -95,9 +94,7 @@ def undo_killed_writes(run: Path) -> None:
     the run's write lock; when another process holds it, or the folder is read-only, it is left to
     the next writer. A live writer inside such a change is waited for (up to ``CHANGE_WAIT_S``),
     so that the run is never read half changed."""
-    writers = changes_in_progress(run)
-    if writers:
-        note(f"waiting for semid process {writers[0]} to finish writing {run}")
+    if changes_in_progress(run):
         with write_lock(run, f"run {run}", timeout=CHANGE_WAIT_S, fix="try again once it is done",
                         unwritable_fix="try again once it is done"):  # fmt: skip
             pass

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import semid.indexing
+import semid.locking
 import semid.runs
 from semid.errors import SemidError
 from semid.locking import current_writer, lock_path, write_lock
@@ -62,7 +63,9 @@ def test_second_writer_gets_one_line_naming_the_holder(tmp_path):
         holder.wait(timeout=60)
 
 
-def test_second_writer_waits_for_the_first(tmp_path):
+def test_second_writer_waits_for_the_first(tmp_path, monkeypatch):
+    told: list[str] = []
+    monkeypatch.setattr(semid.locking, "note", told.append)
     run = tmp_path / "run"
     holder = start_holder(run)
     release = threading.Timer(0.5, holder.stdin.close)
@@ -75,6 +78,7 @@ def test_second_writer_waits_for_the_first(tmp_path):
     finally:
         release.cancel()
     assert waited >= 0.4
+    assert told == [f"waiting for semid process {holder.pid} to finish writing run (up to 60 s)"]
 
 
 def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
