@@ -100,9 +100,8 @@ class SASRec(nn.Module):
 def without_unknown_rows(items: Tensor, num_items: int) -> Tensor:
     """Left-padded histories (B, T) of index rows less the rows at or past ``num_items``, still
     left-padded (PAD = -1), the other items in their order."""
-    known = (items >= 0) & (items < num_items)
-    if bool((known == (items >= 0)).all()):
-        return items
-    # a stable sort by known-ness moves the pads and unknown rows to the left, in place order
+    known = items < num_items  # PAD too: only the unknown rows move
+    # a stable sort by known-ness moves the unknown rows, made PAD, to the left and keeps the rest
+    # in place order (no test first for rows to leave out: on a GPU that would wait for the device)
     order = known.to(torch.uint8).sort(dim=1, stable=True).indices
     return torch.where(known, items, PAD).gather(1, order)
