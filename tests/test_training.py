@@ -648,3 +648,29 @@ def test_training_written_to_a_log_file_shows_its_progress(tmp_path, capsys):
     Trainer(make_model(), make_dataset(60), tiny_config(max_steps=5), tmp_path).fit()
     err = capsys.readouterr().err  # pytest's capture is not a terminal
     assert "train:" in err and "5/5" in err
+
+
+def test_a_full_disk_while_logging_is_one_line_and_the_checkpoint_resumes(tmp_path, monkeypatch):
+    """The metrics log is appended between checkpoints: a disk that fills then is told as a full
+    disk (not a traceback), and the run resumes from its last checkpoint once there is room."""
+    import errno
+
+    import semid.training.trainer as trainer_module
+    from semid.atomic import DiskFullError
+
+    real_open, calls = open, {"n": 0}
+
+    def filling(path, *args, **kwargs):
+        if Path(path).name == "metrics.jsonl":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "open", filling, raising=False)
+    config = tiny_config(max_epochs=2, log_every=1, checkpoint_every=2)
+    with pytest.raises(DiskFullError, match="metrics.jsonl; free space and rerun"):
+        Trainer(make_model(), make_dataset(60), config, tmp_path).fit()
+    monkeypatch.undo()
+    result = Trainer(make_model(), make_dataset(60), config, tmp_path).fit()
+    assert result.steps > 0

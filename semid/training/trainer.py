@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
-from semid.atomic import atomic_file, read_json, write_json
+from semid.atomic import DiskFullError, atomic_file, is_disk_full, read_json, write_json
 from semid.determinism import repeatable
 from semid.errors import SemidError
 from semid.progress import progress_bar
@@ -499,8 +499,14 @@ class Trainer:
                 **values,
                 "time": round(time.monotonic() - started, 3),
             }
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            path = self.out_dir / "metrics.jsonl"
+            try:  # a line cut short here is skipped on resume (_logged_before)
+                with open(path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            except OSError as e:
+                if is_disk_full(e, self.out_dir):  # the last checkpoint is intact: resume from it
+                    raise DiskFullError(path) from None
+                raise
 
     def _truncate_metrics(self, step: int, keep_evals_at_step: bool = True) -> None:
         """Drop metric lines logged after the checkpoint we resume from; they will be logged again
