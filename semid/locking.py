@@ -27,8 +27,9 @@ _held: dict[Path, int] = {}
 
 
 def lock_path(folder: str | os.PathLike) -> Path:
-    """The lock file guarding writes to `folder`: `.NAME.lock` beside it."""
-    folder = Path(os.path.abspath(folder))
+    """The lock file guarding writes to `folder`: `.NAME.lock` beside it (beside the folder a
+    symbolic link leads to, so that writers through two names of one folder exclude each other)."""
+    folder = Path(os.path.realpath(folder))
     return folder.with_name(f".{folder.name}.lock")
 
 

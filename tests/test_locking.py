@@ -247,3 +247,19 @@ def test_a_lock_is_held_when_its_owner_file_cannot_be_written(tmp_path, monkeypa
     with write_lock(tmp_path / "run", "run"):
         assert current_writer(tmp_path / "run") is None  # unnamed
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock"]  # no owner file left
+
+
+def test_writers_through_a_symbolic_link_and_the_folder_exclude_each_other(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "latest").symlink_to(run)
+    holder = start_holder(tmp_path / "latest")
+    try:
+        with pytest.raises(
+            SemidError, match=f"being written by another semid process \\(pid {holder.pid}\\)"
+        ):
+            with write_lock(run, "run"):
+                pass
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
