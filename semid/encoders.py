@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from semid.atomic import atomic_file, check_writable
+from semid.atomic import DiskFullError, atomic_file, check_writable
 from semid.errors import SemidError
+from semid.notes import note
 
 if TYPE_CHECKING:  # imported where it is used: it loads transformers
     from sentence_transformers import SentenceTransformer
@@ -106,8 +107,12 @@ class TextEncoder:
             normalize_embeddings=True,
         )
         x = np.ascontiguousarray(x, dtype=np.float32)
-        with atomic_file(cache, "wb") as f:
-            np.save(f, x)
+        try:
+            with atomic_file(cache, "wb") as f:
+                np.save(f, x)
+        except DiskFullError:  # the cache saves time only: the embeddings are still good
+            note(f"{cache.parent} is full, so these embeddings were not cached (the next run "
+                 "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
         return torch.from_numpy(x)
 
     def cache_key(self, texts: Sequence[str]) -> str:

@@ -84,6 +84,23 @@ def test_damaged_cache_is_recomputed(model_dir: Path, tmp_path: Path, fake: Fake
     assert fake.calls == 2
 
 
+def test_a_full_cache_disk_still_gives_the_embeddings(
+    model_dir: Path, tmp_path: Path, fake: FakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache only saves time: a full disk there is a note, and the embeddings are returned."""
+    import errno
+    import os
+
+    told: list[str] = []
+    monkeypatch.setattr(encoders, "note", told.append)
+    monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))  # fmt: skip
+    x = TextEncoder(model_dir, cache_dir=tmp_path).encode(["x", "y"], show_progress=False)
+    assert x.shape == (2, 8) and fake.calls == 1 and not list(tmp_path.glob("*.npy"))
+    (line,) = told
+    assert line.startswith(f"{tmp_path} is full, so these embeddings were not cached")
+
+
 def test_cache_key_depends_on_model_length_and_texts(model_dir: Path, tmp_path: Path) -> None:
     enc = TextEncoder(model_dir, cache_dir=tmp_path)
     key = enc.cache_key(["ab", "c"])
