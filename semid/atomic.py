@@ -411,10 +411,21 @@ def unfinished_changes(folder: str | os.PathLike) -> list[Path]:
     return [entry for pid, entry in _snapshots(folder) if not pid_alive(pid)]
 
 
-def changes_in_progress(folder: str | os.PathLike) -> list[int]:
+def changes_in_progress(folder: str | os.PathLike, names: Collection[str]) -> list[int]:
     """The pids of the live processes (this one aside) inside a `restore_on_error` block in
-    ``folder``: between the parts of one change, which a reader would see half made."""
-    return [pid for pid, _ in _snapshots(folder) if pid_alive(pid)]
+    ``folder`` that changes any of ``names``: between the parts of one change, which a reader of
+    them would see half made (a snapshot still being made counts: what it covers is not known)."""
+    return [pid for pid, snapshot in _snapshots(folder)
+            if pid_alive(pid) and _covers(snapshot, names)]  # fmt: skip
+
+
+def _covers(snapshot: Path, names: Collection[str]) -> bool:
+    """Whether a `restore_on_error` snapshot lists any of ``names`` (True while its list is unwritten)."""
+    try:
+        listed = json.loads((snapshot / _SNAPSHOT_LIST).read_text())["names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return not set(listed).isdisjoint(names)
 
 
 def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:

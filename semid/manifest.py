@@ -5,13 +5,15 @@ The rest of a run (its config, index and model) is in :mod:`semid.runs`."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import semid
 from semid.atomic import changes_in_progress, read_json, recover, roll_back, unfinished_changes
 from semid.errors import SemidError
-from semid.locking import current_writer, write_lock
+from semid.locking import can_write, current_writer, write_lock
+from semid.notes import note
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -21,6 +23,7 @@ PARTS = {"index": "index", "model": "model"}
 # how long reading a run waits for a live writer to end a multi-part change (a retrain's final
 # write or an `index add` takes seconds; longer means it is stuck, and the reader says so)
 CHANGE_WAIT_S = 120.0
+READ_PARTS = (*PARTS.values(), RUN_CONFIG, MANIFEST)  # what a reader of a run reads
 # what a run folder holds besides its manifest (an interrupted run may hold these without one)
 RUN_ENTRIES = {
     *PARTS.values(),
@@ -92,12 +95,8 @@ def undo_killed_writes(run: Path) -> None:
     changes (a retrain's final write, an `index add`): without this, the run would hold a new index
     beside an old model, and an add could not be retried (its items already indexed). Done under
     the run's write lock; when another process holds it, or the folder is read-only, it is left to
-    the next writer. A live writer inside such a change is waited for (up to ``CHANGE_WAIT_S``),
-    so that the run is never read half changed."""
-    if changes_in_progress(run):
-        with write_lock(run, f"run {run}", timeout=CHANGE_WAIT_S, fix="try again once it is done",
-                        unwritable_fix="try again once it is done"):  # fmt: skip
-            pass
+    the next writer."""
+    wait_for_changes(run)
     if not unfinished_changes(run):
         return
     try:
@@ -105,6 +104,25 @@ def undo_killed_writes(run: Path) -> None:
             roll_back(run)
     except SemidError:
         pass
+
+
+def wait_for_changes(run: Path) -> None:
+    """Wait while a live writer is inside a change of the parts a command reads (the index, the
+    model, the config, the manifest: a retrain's final write, an `index add`), so that the run is
+    never read half changed; SemidError after ``CHANGE_WAIT_S``. A run this process may not write
+    (a read-only share) is read without waiting: a snapshot left there, whose pid may since name
+    another process, could never be cleared from here."""
+    writers = changes_in_progress(run, READ_PARTS)
+    if not writers or not can_write(run):
+        return
+    note(f"waiting for semid process {writers[0]} to finish changing {run}")
+    deadline = time.monotonic() + CHANGE_WAIT_S
+    while writers:
+        if time.monotonic() > deadline:
+            raise SemidError(f"run {run} has been changed by semid process {writers[0]} for over "
+                             f"{CHANGE_WAIT_S:.0f} s; try again once it is done")  # fmt: skip
+        time.sleep(0.05)
+        writers = changes_in_progress(run, READ_PARTS)
 
 
 def _major_minor(version: str) -> tuple[int, ...]:

@@ -215,32 +215,45 @@ import sys, time
 from pathlib import Path
 from semid.atomic import atomic_file, restore_on_error
 from semid.locking import write_lock
-run = Path(sys.argv[1])
-with write_lock(run, "run"), restore_on_error([run / "index.txt", run / "model.txt"]):
-    with atomic_file(run / "index.txt") as f:
+run, names = Path(sys.argv[1]), sys.argv[2:]
+with write_lock(run, "run"), restore_on_error([run / name for name in names]):
+    with atomic_file(run / names[0]) as f:
         f.write("new")
     time.sleep(2)  # a slow disk between the two parts
-    with atomic_file(run / "model.txt") as f:
+    with atomic_file(run / names[1]) as f:
         f.write("new")
 """
 
 
-def test_a_reader_waits_for_a_live_writer_to_end_its_change(tmp_path):
+@pytest.mark.parametrize(
+    ("names", "waits"),
+    [(["config.json", "manifest.json"], True),  # parts a reader reads: waited for
+     (["train-session-1", "notes.txt"], False)],  # a retriever add's training: read meanwhile
+)  # fmt: skip
+def test_a_reader_waits_for_a_live_change_of_what_it_reads(tmp_path, monkeypatch, names, waits):
     """A run read between the parts of a live writer's change (new index, old model) would be
-    answered half changed: the reader waits for the change to end."""
+    answered half changed: the reader waits for the change to end, unless it changes nothing the
+    reader reads, or the run is read-only here (a stale snapshot there could never be cleared)."""
+    import semid.manifest
     from semid.manifest import undo_killed_writes
 
+    monkeypatch.setattr(semid.manifest, "note", lambda text: None)
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("index.txt", "model.txt"):
+    for name in names:
         (run / name).write_text("old")
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CHANGE, str(run)])
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHANGE, str(run), *names])
     try:
-        while (run / "index.txt").read_text() != "new":  # inside the change
+        while (run / names[0]).read_text() != "new":  # inside the change
             assert child.poll() is None
-        assert atomic.changes_in_progress(run) == [child.pid]
+        assert atomic.changes_in_progress(run, names) == [child.pid]
+        monkeypatch.setattr(semid.manifest, "can_write", lambda folder: False)
+        undo_killed_writes(run)  # read-only here: no wait
+        assert (run / names[1]).read_text() == "old"
+        monkeypatch.undo()
+        monkeypatch.setattr(semid.manifest, "note", lambda text: None)
         undo_killed_writes(run)
-        assert (run / "model.txt").read_text() == "new" and not atomic.changes_in_progress(run)
+        assert (run / names[1]).read_text() == ("new" if waits else "old")
     finally:
         assert child.wait(timeout=60) == 0
 

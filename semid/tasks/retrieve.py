@@ -353,9 +353,11 @@ class RetrieveTask(Task):
         # topic prompts: as many per document as the first session has, at most one per document
         m = topics or round(model.config.pool_sizes[0] * len(collection) / max(start, 1))
         m = min(max(m, 1), len(collection))
+        # two changes, one inside the other: the session's training (its checkpoints, removed if
+        # the add dies), during which the run is still whole and readable, then the writes of the
+        # index, the model and the config, during which a reader waits (semid.manifest)
         with add_lock(run.index_path, f"index {run.index_path}"), \
-                restore_on_error([run.index_path, run_path / "model", run_path / EVAL_QUERIES,
-                                  run_path / "config.json", run_path / f"train-session-{session}"]):  # fmt: skip
+                restore_on_error([run_path / f"train-session-{session}"]):  # fmt: skip
             ids, _, quantizer = grow_ids(run.index_path, collection.ids, docs.embeddings, model)
             rows = torch.arange(start, len(ids))
             if known is not None:
@@ -366,19 +368,21 @@ class RetrieveTask(Task):
                                           device)  # fmt: skip
             if lexical is not None:
                 lexical.add(collection.texts)
-            ids.save(run.index_path, quantizer=quantizer, keep_other_files=True,
-                     extra_files=texts_file(run.index_path, collection.ids, collection.texts))  # fmt: skip
-            if known is not None:
-                save_document_embeddings(run.index_path, torch.cat([known, docs.embeddings]))
-            if lexical is not None:
-                lexical.save(run.index_path / LEXICAL)
-            model.save_pretrained(run_path / "model")
-            record_eval_queries(run_path, f"d{session}-test", test_pairs)
-            state = dict(run.state)
-            session_state = {"documents": len(collection), "topics": m, "train_seconds": seconds,
-                             "test_queries": len(test_pairs)}  # fmt: skip
-            state.setdefault("sessions", []).append(session_state)
-            write_run(run_path, self.name, spec, state)
+            with restore_on_error([run.index_path, run_path / "model", run_path / EVAL_QUERIES,
+                                   run_path / "config.json"]):  # fmt: skip
+                ids.save(run.index_path, quantizer=quantizer, keep_other_files=True,
+                         extra_files=texts_file(run.index_path, collection.ids, collection.texts))  # fmt: skip
+                if known is not None:
+                    save_document_embeddings(run.index_path, torch.cat([known, docs.embeddings]))
+                if lexical is not None:
+                    lexical.save(run.index_path / LEXICAL)
+                model.save_pretrained(run_path / "model")
+                record_eval_queries(run_path, f"d{session}-test", test_pairs)
+                state = dict(run.state)
+                session_state = {"documents": len(collection), "topics": m, "train_seconds": seconds,
+                                 "test_queries": len(test_pairs)}  # fmt: skip
+                state.setdefault("sessions", []).append(session_state)
+                write_run(run_path, self.name, spec, state)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
                 "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds, "pseudo_queries": collection.pseudo_queries}  # fmt: skip
