@@ -358,3 +358,5 @@ def test_json_lines_end_at_line_feeds_only(tmp_path):
 
     (tmp_path / "q.txt").write_text("a query\u2028still one\nanother\n", encoding="utf-8")
     assert read_lines(tmp_path / "q.txt", "queries file") == ["a query\u2028still one", "another"]
+    (tmp_path / "mac.txt").write_bytes(b"one\rtwo\r")  # an old Mac's line ends
+    assert read_lines(tmp_path / "mac.txt", "queries file") == ["one", "two"]

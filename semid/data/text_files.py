@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from semid.errors import SemidError
@@ -25,10 +26,13 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
 
 
 def lines_of(text: str) -> list[str]:
-    """The lines of ``text``, split at line feeds only (a carriage return before one dropped):
-    files of one entry a line and JSON Lines end lines there, while their texts may hold U+2028,
-    U+0085 and the other characters at which ``str.splitlines`` splits too."""
-    lines = text.split("\n")
+    """The lines of ``text``, split at line ends (``\\n``, ``\\r\\n`` or an old Mac's ``\\r``)
+    only: files of one entry a line and JSON Lines end lines there, while their texts may hold
+    U+2028, U+0085 and the other characters at which ``str.splitlines`` splits too."""
+    lines = _LINE_END.split(text)
     if lines[-1] == "":
         lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+    return lines
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
