@@ -751,11 +751,13 @@ def test_moved_data_follows_the_run_only_where_the_data_moved_with_it(tmp_path):
     assert moved_data(registered, new / "runs" / "r") == {}
 
 
-def test_numeric_timestamps_with_spaces_around_them_are_read(tmp_path: Path) -> None:
-    """A comma-space export (`1, a, 883603013`) or trailing blanks: the numbers, not a traceback."""
-    (tmp_path / "a.csv").write_text("user,item,timestamp\n1,a, 30\n1,b,10  \n1,c,20\n")
-    d = load_interaction_files(tmp_path / "a.csv")
-    assert d.interactions.timestamps.tolist() == [10, 20, 30] and d.item_keys == ["b", "c", "a"]
+def test_a_comma_space_export_reads_ids_and_timestamps_without_the_spaces(tmp_path: Path) -> None:
+    """`1, a, 883603013` or trailing blanks: the ids and numbers, not a traceback or ' a'."""
+    (tmp_path / "a.csv").write_text("user,item,timestamp\n1, a, 30\n1 ,b,10  \n1,c ,20\n")
+    (tmp_path / "items.csv").write_text("item,text\n a ,A\nb,B\nc,C\n")
+    d = load_interaction_files(tmp_path / "a.csv", tmp_path / "items.csv")
+    assert d.interactions.timestamps.tolist() == [10, 20, 30] and d.item_keys == ["a", "b", "c"]
+    assert d.user_keys == ["1"] and d.interactions.items.tolist() == [1, 2, 0] and d.notes == []
 
 
 def test_a_timestamp_that_is_not_a_finite_number_is_named_by_its_line(tmp_path: Path) -> None:
@@ -781,19 +783,19 @@ def test_dates_without_a_time_of_day_get_a_note(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("role", "plain", "written"),
-    [("item", "7", "7 "), ("item", "7", "007"), ("item", "7", "7.0"), ("user", "u1", " u1")],
+    [("item", "7", "007"), ("item", "7", "7.0"), ("user", "1", "01")],
 )
 def test_ids_written_two_ways_get_a_note(
     tmp_path: Path, role: str, plain: str, written: str
 ) -> None:
-    """Ids are compared as text: '7 ', '007' or '7.0' beside '7' are other items, with a note."""
+    """Ids are compared as text: '007' or '7.0' beside '7' are other items, with a note."""
     rows = [(plain, "a"), (written, "b")] if role == "user" else [("u", plain), ("u", written)]
     (tmp_path / "a.csv").write_text(
         "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for t, (u, i) in enumerate(rows))
     )
     d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
     (note,) = d.notes
-    assert note.startswith(f"{role} ids {plain!r} and {written!r} differ only by spaces or leading")
+    assert note.startswith(f"{role} ids {plain!r} and {written!r} differ only by leading zeros")
     (tmp_path / "b.csv").write_text("user,item,timestamp\nu1,7,1\nu1,70,2\nu1,0,3\nu1,00 7,4\n")
     assert load_interaction_files(tmp_path / "b.csv").notes == []  # no look-alikes
 

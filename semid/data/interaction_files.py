@@ -1,7 +1,8 @@
 """A user's own interaction log (and optional item texts) from plain table files, as a RecDataset.
 
 Interactions file: one row per event with a user, an item and optionally a timestamp column (names
-in USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS, or given with ``columns``). Ids are kept as strings.
+in USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS, or given with ``columns``). Ids are kept as strings,
+without the spaces around them.
 Timestamps may be integers, decimals, ISO 8601 datetimes or the named forms of
 NAMED_DATETIME_FORMATS, in seconds (int64 when every value is
 a whole second, else float64, so events within one second keep their order); without a timestamp
@@ -140,8 +141,8 @@ def load_interaction_files(
     )
     if time_col is None:
         time_col = _dated_to_the_second(table)
-    users = key_strings(table[user_col], path, "user id")
-    item_of = key_strings(table[item_col], path, "item id")
+    users = key_strings(table[user_col], path, "user id", trim=True)
+    item_of = key_strings(table[item_col], path, "item id", trim=True)
     # one hash pass per key column; every step below works on the integer codes (E,) and the
     # distinct keys, not on millions of Python strings
     user_code, user_uniques = pd.factorize(users)
@@ -160,8 +161,8 @@ def load_interaction_files(
     for uniques, role in ((user_uniques, "user"), (item_uniques, "item")):
         twins = _look_alike(uniques)
         if twins is not None:
-            notes.append(f"{role} ids {twins[0]!r} and {twins[1]!r} differ only by spaces or "
-                         f"leading zeros, and are read as two {role}s (ids are compared as text); "
+            notes.append(f"{role} ids {twins[0]!r} and {twins[1]!r} differ only by leading zeros "
+                         f"or a '.0', and are read as two {role}s (ids are compared as text); "
                          f"write one id one way if they are one {role}")  # fmt: skip
 
     if missing_text == "keep":
@@ -405,15 +406,14 @@ def _dates_only(seconds: np.ndarray) -> bool:
 
 
 def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
-    """Two distinct keys that differ only by surrounding spaces, or as numbers by leading zeros or
-    a '.0' (``'7 '`` and ``'7'``, ``'007'`` and ``'7.0'``): likely one id written two ways; None
-    when there are none."""
-    trimmed = pc.utf8_trim_whitespace(pa.array(keys, pa.string()))
-    number = pc.match_substring_regex(trimmed, r"^\d+(\.0+)?$")
+    """Two distinct keys that are one number written two ways, with leading zeros or a '.0'
+    (``'007'`` and ``'7.0'``): likely one id; None when there are none."""
+    strings = pa.array(keys, pa.string())
+    number = pc.match_substring_regex(strings, r"^\d+(\.0+)?$")
     plain = pc.replace_substring_regex(
-        pc.replace_substring_regex(trimmed, r"\.0+$", ""), r"^0+(\d)", r"\1"
+        pc.replace_substring_regex(strings, r"\.0+$", ""), r"^0+(\d)", r"\1"
     )
-    canonical = pc.if_else(number, plain, trimmed)
+    canonical = pc.if_else(number, plain, strings)
     if pc.count_distinct(canonical).as_py() == len(keys):
         return None
     frame = pd.DataFrame({"key": keys, "canonical": canonical.to_numpy(zero_copy_only=False)})
@@ -464,7 +464,7 @@ def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
         explicit = None  # the mapping named the interactions file's column
     key_col = find_column(table, "item", ITEM_KEY_COLUMNS, path, what, explicit,
                           columns_option=columns_option)  # fmt: skip
-    keys = key_strings(table[key_col], path, "item id")
+    keys = key_strings(table[key_col], path, "item id", trim=True)
     dup = pd.Index(keys).duplicated()
     if dup.any():
         row = int(np.flatnonzero(dup)[0])

@@ -401,14 +401,17 @@ def row_label(path: Path, row: int) -> str:
     return f"line {row + 2}" if table_format(path) in ("csv", "tsv") else f"row {row + 1}"
 
 
-def key_strings(column: pa.ChunkedArray, path: Path, role: str) -> np.ndarray:
-    """(N,) object array of strings (ids, paths, labels); an empty or null cell raises, naming its row."""
+def key_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool = False) -> np.ndarray:
+    """(N,) object array of strings (ids, paths, labels); an empty or null cell raises, naming its
+    row. ``trim``: without the spaces around each (``1, 86, 883603013``, a comma-space export)."""
     try:
         strings = pc.cast(column, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise SemidError(
             f"{path}: the {role} column holds {column.type} values; use strings or integers"
         ) from None
+    if trim:
+        strings = pc.utf8_trim_whitespace(strings)
     values = np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(strings), ""), True)
     bad = np.flatnonzero(blank.to_numpy(zero_copy_only=False))  # empty, spaces or null
