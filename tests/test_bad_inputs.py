@@ -270,7 +270,7 @@ cases(
         ("empty-out-equals", "--out is given an empty value", lambda e: ["index", "build", "--dataset", "ml-100k", "--out="]),
         ("empty-run", "empty argument after eval", lambda e: ["eval", ""]),
         # a folder named in Latin-1 (bytes that are not UTF-8: surrogates in Python)
-        ("not-utf8-out", "is not UTF-8 text (a name in another encoding?); rename",
+        ("not-utf8-out", "is not UTF-8 text (a file name in another encoding, or a terminal not set to UTF-8?); rename",
          lambda e: ["index", "build", "--dataset", "ml-100k", "--out", str(e.tmp / "caf\udce9")]),
         ("columns-no-equals", "--columns", rec_args("--columns", "user")),
         ("columns-twice", "--columns", rec_args("--columns", "user=a,user=b")),

@@ -347,15 +347,19 @@ def test_eval_prints_its_figures_when_metrics_json_may_not_be_replaced(
                  "pop", "--out", str(run)]) == 0  # fmt: skip
     import semid.atomic
 
+    real_replace = os.replace
+
     def immutable(src, dst):  # `chattr +i metrics.json`: the rename over it is not permitted
-        raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+        if os.path.basename(dst) == "metrics.json":
+            raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+        real_replace(src, dst)
 
     monkeypatch.setattr(semid.atomic.os, "replace", immutable)
     capsys.readouterr()
     assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
     out = capsys.readouterr()
     assert "recall@10" in out.out and (
-        "may not replace its metrics.json (Operation not permitted), so these figures were not "
-        "saved" in out.err
+        f"cannot replace {run / 'metrics.json'} (Operation not permitted), so these figures were "
+        "not saved" in out.err
     )
     assert not list(run.glob(".metrics.json.*"))  # no temporary file left

@@ -774,7 +774,7 @@ def test_dates_without_a_time_of_day_get_a_note(tmp_path: Path) -> None:
     d = load_interaction_files(tmp_path / "a.csv")
     assert d.item_keys == ["a", "b", "c"]  # the tie, by item id
     (note,) = d.notes
-    assert "every timestamp in timestamp is at midnight" in note and "test target" in note
+    assert "every timestamp in column 'timestamp' is at midnight" in note and "test target" in note
     (tmp_path / "b.csv").write_text(
         "user,item,timestamp\n1,b,2021-03-04T10:00\n1,a,2021-03-04\n1,c,2021-03-05\n"
     )
@@ -783,7 +783,7 @@ def test_dates_without_a_time_of_day_get_a_note(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("role", "plain", "written"),
-    [("item", "7", "007"), ("item", "7", "7.0"), ("user", "1", "01")],
+    [("item", "7", "007"), ("item", "7", "7.0"), ("user", "1", "01"), ("item", "07", "7.0")],
 )
 def test_ids_written_two_ways_get_a_note(
     tmp_path: Path, role: str, plain: str, written: str
@@ -796,7 +796,9 @@ def test_ids_written_two_ways_get_a_note(
     d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
     (note,) = d.notes
     assert note.startswith(f"{role} ids {plain!r} and {written!r} differ only by leading zeros")
-    (tmp_path / "b.csv").write_text("user,item,timestamp\nu1,7,1\nu1,70,2\nu1,0,3\nu1,00 7,4\n")
+    (tmp_path / "b.csv").write_text(
+        "user,item,timestamp\nu1,7,1\nu1,70,2\nu1,0,3\nu1,00 7,4\nu1,0x7,5\nu1,7.5,6\n"
+    )
     assert load_interaction_files(tmp_path / "b.csv").notes == []  # no look-alikes
 
 
@@ -818,7 +820,7 @@ def test_a_gzip_file_named_without_gz_is_named_so(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("first", ["# exported 2021-03-04", "sep=,"])
 def test_a_comment_or_sep_line_before_the_header_is_named(tmp_path: Path, first: str) -> None:
-    (tmp_path / "a.csv").write_text(f"{first}\nuser,item,timestamp\n1,a,1\n1,b,2\n1,c,3\n")
+    (tmp_path / "a.csv").write_text(f"{first}\n# more\nuser,item,timestamp\n1,a,1\n1,b,2\n1,c,3\n")
     with pytest.raises(
         SemidError, match=f"its first line, '{first}', is a comment or Excel's sep="
     ):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from semid import notes
+from semid.atomic import DiskFullError
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
@@ -132,16 +133,22 @@ def run(args: argparse.Namespace) -> int:
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
     key = metrics_key(args)
-    # a run on a read-only share is evaluated all the same
-    unsaved = None if can_write(args.run_dir) else "is read-only here"
-    if unsaved is None:
+    # a run on a read-only share is evaluated all the same; `unsaved` says why not saved
+    saved_to, unsaved = args.run_dir / "metrics.json", None
+    if not can_write(args.run_dir):
+        unsaved = (
+            f"{args.run_dir} is read-only here, so these figures were not saved to its metrics.json"
+        )
+    else:
         try:
             update_metrics(args.run_dir, key, metrics, evaluated)
         except PermissionError as e:  # metrics.json itself made immutable, or another user's
-            unsaved = f"may not replace its metrics.json ({e.strerror})"
+            unsaved = f"cannot replace {saved_to} ({e.strerror}), so these figures were not saved"
+        except DiskFullError:
+            unsaved = f"no space left on device for {saved_to}, so these figures were not saved"
     print(format_table(["metric", key], metric_rows(metrics)))
     if unsaved is None:
-        print(f"\nsaved to {args.run_dir / 'metrics.json'}")
+        print(f"\nsaved to {saved_to}")
     else:
-        notes.note(f"{args.run_dir} {unsaved}, so these figures were not saved to its metrics.json")
+        notes.note(unsaved)
     return 0

@@ -103,8 +103,9 @@ def check_utf8_arguments(argv: Sequence[str]) -> None:
     for arg in argv:
         if any("\udc80" <= c <= "\udcff" for c in arg):
             shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            raise SemidError(f"argument {shown!r} is not UTF-8 text (a name in another encoding?); "
-                             "rename the file or folder to UTF-8")  # fmt: skip
+            raise SemidError(f"argument {shown!r} is not UTF-8 text (a file name in another "
+                             "encoding, or a terminal not set to UTF-8?); rename the file or folder "
+                             "to UTF-8, or set a UTF-8 locale")  # fmt: skip
 
 
 def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:

@@ -155,9 +155,10 @@ def load_interaction_files(
     events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
     if time_col is not None and _dates_only(times):
-        notes.append(f"every timestamp in {time_col} is at midnight (dates without a time of day): "
-                     "a user's events of one day are ordered by item id, so which is the last "
-                     "(the test target) is arbitrary; give times of day if the data has them")  # fmt: skip
+        notes.append(f"every timestamp in column {time_col!r} is at midnight (dates without a time "
+                     "of day): a user's events of one day are ordered by item id as text, so which "
+                     "is the last (the test target) is arbitrary; give times of day if the data "
+                     "has them")  # fmt: skip
     for uniques, role in ((user_uniques, "user"), (item_uniques, "item")):
         twins = _look_alike(uniques)
         if twins is not None:
@@ -407,19 +408,25 @@ def _dates_only(seconds: np.ndarray) -> bool:
 
 def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
     """Two distinct keys that are one number written two ways, with leading zeros or a '.0'
-    (``'007'`` and ``'7.0'``): likely one id; None when there are none."""
+    (``'007'`` and ``'7'``, ``'07'`` and ``'7.0'``): likely one id; None when there are none.
+    Only such odd forms can have a twin, so the rest of the keys are only looked up."""
     strings = pa.array(keys, pa.string())
-    number = pc.match_substring_regex(strings, r"^\d+(\.0+)?$")
-    plain = pc.replace_substring_regex(
-        pc.replace_substring_regex(strings, r"\.0+$", ""), r"^0+(\d)", r"\1"
-    )
-    canonical = pc.if_else(number, plain, strings)
-    if pc.count_distinct(canonical).as_py() == len(keys):
+    odd = pc.filter(strings, pc.match_substring_regex(strings, r"^(0+\d+(\.0+)?|\d+\.0+)$"))
+    if len(odd) == 0:
         return None
-    frame = pd.DataFrame({"key": keys, "canonical": canonical.to_numpy(zero_copy_only=False)})
-    twins = frame[frame["canonical"].duplicated(keep=False)].groupby("canonical", sort=False)["key"]
-    first = next(iter(twins))[1]
-    return str(first.iloc[0]), str(first.iloc[1])
+    plain = pc.replace_substring_regex(
+        pc.replace_substring_regex(odd, r"\.0+$", ""), r"^0+(\d)", r"\1"
+    )
+    with_plain = pc.is_in(plain, value_set=strings).to_numpy(zero_copy_only=False)
+    if with_plain.any():  # '007' beside '7'
+        first = int(np.flatnonzero(with_plain)[0])
+        return str(plain[first]), str(odd[first])
+    forms = pd.Series(plain.to_numpy(zero_copy_only=False))
+    twins = np.flatnonzero(forms.duplicated(keep=False).to_numpy())  # '07' beside '7.0'
+    if not twins.size:
+        return None
+    same = np.flatnonzero((forms == forms[twins[0]]).to_numpy())
+    return str(odd[int(same[0])]), str(odd[int(same[1])])
 
 
 def _whole_if_possible(seconds: np.ndarray) -> np.ndarray:

@@ -251,7 +251,7 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
         detail = message.split(":", 2)[-1].strip()[:80] if where else message
         at = f" line {where}" if where else ""
         first = _first_line(path)
-        if where == "2" and first.lstrip().startswith(("#", "sep=", "SEP=")):
+        if first.lstrip().startswith(("#", "sep=", "SEP=")):
             return SemidError(
                 f"{what} {path}: its first line, {first[:60]!r}, is a comment or Excel's sep= line, "
                 "not the header; remove that line"

@@ -221,8 +221,8 @@ class RecommendTask(Task):
         if not is_generator(run.model):
             trained = run.state.get("trained_items", len(run.ids))
             note(f"{run_path} is a {run.spec['model']} run, which scores only the "
-                 f"{counted(trained, 'item')} it was trained on: the added items are not "
-                 "recommended, and are left out of histories, until you retrain it")  # fmt: skip
+                 f"{counted(trained, 'item')} it was trained on: it neither recommends the added "
+                 "items nor reads them in a history until you retrain it")  # fmt: skip
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
 
     def predictor(self, run: Run, device: str = "cpu") -> RecommendPredictor:
