@@ -20,13 +20,7 @@ from typing import Any
 from semid.errors import SemidError
 from semid.locking import current_writer
 from semid.notes import note
-from semid.runs import PARTS
-
-
-def run_stamp(run_dir: Path) -> tuple[int, ...]:
-    """Modification times (ns) of the run folder and its index and model folders (0: missing)."""
-    folders = (run_dir, run_dir / PARTS["index"], run_dir / PARTS["model"])
-    return tuple(f.stat().st_mtime_ns if f.is_dir() else 0 for f in folders)
+from semid.runs import run_stamp
 
 
 class ReloadingPredictor:

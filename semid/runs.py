@@ -165,10 +165,32 @@ def moved_data(config: dict[str, Any], run: Path) -> dict[str, str]:
     return moved
 
 
+def run_stamp(run_dir: Path) -> tuple[int, ...]:
+    """Modification times (ns) of the run folder and its index and model folders (0: missing):
+    every change of a run (a swapped part, a rewritten config) changes one of them."""
+    folders = (run_dir, run_dir / PARTS["index"], run_dir / PARTS["model"])
+    return tuple(f.stat().st_mtime_ns if f.is_dir() else 0 for f in folders)
+
+
 def load_run(run: str | os.PathLike, task: str | None = None) -> Run:
     """Load manifest, config, index and model of a run directory and check that they fit together;
-    with ``task``, also that the run belongs to that task."""
+    with ``task``, also that the run belongs to that task. A change that lands while the parts are
+    read (a retrain's final write begun after the read began) gets them read again."""
     path = Path(run)
+    for _ in range(LOAD_TRIES):
+        stamp = run_stamp(path)
+        loaded = _load_parts(path, task)
+        if run_stamp(path) == stamp:
+            return loaded
+    raise SemidError(f"{path} kept changing while it was read ({LOAD_TRIES} tries); try again "
+                     "once the command writing it is done")  # fmt: skip
+
+
+LOAD_TRIES = 3  # reads of a run that changed meanwhile, before giving up
+
+
+def _load_parts(path: Path, task: str | None) -> Run:
+    """One read of a run's parts (see `load_run`)."""
     manifest = read_manifest(path)
     if task is not None and manifest["task"] != task:
         raise SemidError(f"{path} is a {manifest['task']} run, not a {task} run")

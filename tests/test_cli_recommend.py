@@ -363,3 +363,31 @@ def test_eval_prints_its_figures_when_metrics_json_may_not_be_replaced(
         "not saved" in out.err
     )
     assert not list(run.glob(".metrics.json.*"))  # no temporary file left
+
+
+def test_a_run_changed_while_it_is_read_is_read_again(tmp_path, monkeypatch):
+    """A retrain's final write that begins after a reader began would pair the parts read before
+    it with those read after: the reader reads them again."""
+    import semid.runs
+
+    tiny_run(tmp_path)
+    real_load, loads = semid.runs.load_model, []
+
+    def changed_meanwhile(path):
+        loads.append(path)
+        if len(loads) == 1:
+            (tmp_path / "config.json").touch()  # stands for a part swapped in meanwhile
+            os.utime(tmp_path, ns=(1, 1))
+        return real_load(path)
+
+    monkeypatch.setattr(semid.runs, "load_model", changed_meanwhile)
+    assert load_run(tmp_path).task == "recommend" and len(loads) == 2
+
+    def always_changing(path):
+        os.utime(tmp_path, ns=(len(loads), len(loads)))
+        loads.append(path)
+        return real_load(path)
+
+    monkeypatch.setattr(semid.runs, "load_model", always_changing)
+    with pytest.raises(SemidError, match="kept changing while it was read"):
+        load_run(tmp_path)
