@@ -1,11 +1,46 @@
-"""Which process of a multi-process job this is (``accelerate launch``, torchrun), without starting
-any process group: only the main process prints, evaluates and writes artifacts."""
+"""Which process of a multi-process job this is (``accelerate launch``, torchrun), and the steps
+only the main process takes: it prints, evaluates and writes artifacts, and the other processes
+wait for its checks so that the job goes on or stops together."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from semid.errors import SemidError
+
+T = TypeVar("T")
 
 
 def is_main_process() -> bool:
     """True for a single process and for rank 0 of a launched job (``RANK`` as torchrun sets it)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_launched() -> bool:
+    """True in a job of several processes (``WORLD_SIZE`` > 1, as torchrun sets it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def on_main_process(work: Callable[[], T], cpu: bool = False) -> T | None:
+    """Run ``work`` on the main process only and return its result there (None on the others).
+    In a launched job the other processes wait for it, and a SemidError it raises is raised by
+    every process: the job stops at once, instead of leaving the others waiting for the main
+    process in a collective until the launcher kills them. ``cpu``: the job trains on the CPU
+    (as its trainer will be told: the process group is joined here, once)."""
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = work()
+        except SemidError as e:
+            error = str(e)
+    if is_launched():
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        PartialState(cpu=cpu)  # joins the job's process group
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise SemidError(error)
+    return result

@@ -121,4 +121,7 @@ def test_train_retriever_help_shows_each_models_budget(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "default: None" not in text
     assert "max epochs (default: 10 for promptdsi, 4 for avg)" in text
-    assert "--batch-size BATCH_SIZE default: 32 for promptdsi, 256 for avg" in text
+    assert (
+        "--batch-size BATCH_SIZE examples per step of each process (default: 32 for "
+        "promptdsi, 256 for avg)"
+    ) in text

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -674,3 +675,66 @@ def test_a_full_disk_while_logging_is_one_line_and_the_checkpoint_resumes(tmp_pa
     monkeypatch.undo()
     result = Trainer(make_model(), make_dataset(60), config, tmp_path).fit()
     assert result.steps > 0
+
+
+def test_work_on_the_main_process_runs_there_only_and_its_refusal_reaches_every_process(
+    monkeypatch,
+):
+    from semid.distributed import on_main_process
+
+    assert on_main_process(lambda: 7) == 7  # one process: the main one
+    with pytest.raises(SemidError, match="refused"):
+        on_main_process(lambda: (_ for _ in ()).throw(SemidError("refused")))
+    monkeypatch.setenv("RANK", "1")  # another rank (of a job of one: no collective to join)
+    assert on_main_process(lambda: pytest.fail("ran on a rank > 0")) is None
+
+
+def test_other_ranks_of_a_launched_job_leave_errors_and_notes_to_rank_0(
+    tmp_path, monkeypatch, capfd
+):
+    from semid.cli.main import main
+
+    monkeypatch.setenv("RANK", "1")
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert capfd.readouterr().err == ""  # rank 0 says it, once
+
+
+def test_a_collective_broken_by_another_process_is_one_line(tmp_path, monkeypatch, capfd):
+    """The surviving process of a launched job whose other process was killed: one line saying
+    so and how to resume, not the backend's traceback."""
+    import semid.cli.eval
+    from semid.cli.main import main
+
+    def peer_gone(*args, **kwargs):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:31125\nThis is typically caused by a remote worker crashing")  # fmt: skip
+
+    monkeypatch.setattr(semid.cli.eval, "read_manifest", peer_gone)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", str(tmp_path)]) == 2
+    (line,) = capfd.readouterr().err.splitlines()
+    assert line.startswith("semid: error: another process of this launched job stopped ([")
+    assert line.endswith("run the same command again to resume from the last checkpoint")
+
+
+@pytest.mark.slow
+def test_a_launched_job_refused_by_rank_0_stops_at_once_with_one_line(tmp_path):
+    """Rank 0 refuses the --out (another model's run): every rank stops with it, instead of rank 1
+    waiting for rank 0 in the process group until the launcher kills it (30 s)."""
+    from conftest import random_ml100k_index
+
+    from semid.cli.main import main
+
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    command = [*TWO_PROCESSES, "-m", "semid.cli.main", "train", "recommender", "--dataset",
+               "ml-100k", "--index", str(idx), "--model", "sasrec", "--out", str(run)]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, env=os.environ | ONE_THREAD, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode != 0 and time.monotonic() - started < 25
+    errors = [line for line in done.stderr.splitlines() if line.startswith("semid: error:")]
+    assert errors == [f"semid: error: {run} holds a pop run; choose another --out (or delete it) "
+                      "to train sasrec"]  # fmt: skip

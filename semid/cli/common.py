@@ -30,7 +30,9 @@ def add_training_arguments(
         "--epochs", type=int, default=epochs["default"], help=f"max epochs ({epochs['help']})"
     )
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, **default("batch_size"))
+    batch = default("batch_size")
+    p.add_argument("--batch-size", type=int, default=batch["default"],
+                   help=f"examples per step of each process ({batch['help']})")  # fmt: skip
     p.add_argument("--lr", type=float, **default("lr"))
     p.add_argument("--seed", type=int, default=first.seed, help="default: %(default)s")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 from semid import __version__
 from semid.atomic import made_folders_count, remove_empty_made_folders
-from semid.distributed import is_main_process
+from semid.distributed import is_launched, is_main_process
 from semid.errors import SemidError
 from semid.notes import show_on_console
 
@@ -144,6 +145,18 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
     return parser
 
 
+def peer_stopped(error: BaseException) -> bool:
+    """Whether ``error`` is a collective of a launched job that failed because another of its
+    processes stopped (killed, out of memory): torch's distributed errors, told by their type or
+    their backend's message, without importing torch."""
+    text = str(error)
+    return is_launched() and (
+        type(error).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
+        or "gloo" in text
+        or "NCCL" in text
+    )
+
+
 def out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocation that failed: Python's MemoryError, torch's CUDA
     OutOfMemoryError or its CPU allocator's RuntimeError (told by their message, without
@@ -180,9 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(selected_command(argv)).parse_args(argv)
         if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
+            logging.getLogger("semid.notes").setLevel(logging.ERROR)  # notes: rank 0's
         return args.run(args)
     except SemidError as e:
-        print(f"semid: error: {e}", file=sys.stderr)
+        if is_main_process():  # every rank of a launched job stops with it: one line, from rank 0
+            print(f"semid: error: {e}", file=sys.stderr)
         remove_empty_made_folders(since=folders_before)
         return 2
     except KeyboardInterrupt as interrupt:
@@ -192,12 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "wrote, if it got that far (the earlier model stays until a run finishes)")  # fmt: skip
         elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
             resume = "; run the same command again to resume from the last checkpoint"
-        print(
-            f"semid: interrupted; artifacts written before the interruption are intact{resume}",
-            file=sys.stderr,
-        )
+        if is_main_process():
+            print(
+                f"semid: interrupted; artifacts written before the interruption are intact{resume}",
+                file=sys.stderr,
+            )
         return 143 if isinstance(interrupt, Terminated) else 130  # 128 + the signal, as shells say
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        if peer_stopped(e):
+            print(f"semid: error: another process of this launched job stopped "
+                  f"({str(e).splitlines()[0][:160]}); run the same command again to resume from "
+                  "the last checkpoint", file=sys.stderr)  # fmt: skip
+            return 2
         if not out_of_memory(e):
             raise
         print(f"semid: error: out of memory ({type(e).__name__}); ask for less (--batch-size, "

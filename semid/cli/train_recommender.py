@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         spec, args.out, args.index, resume=not args.no_resume, device=resolve_device(args.device)
     )
     valid = summary.get("valid", {})
-    if valid:
+    if valid and is_main_process():  # which wrote the run
         update_metrics(args.out, "valid", valid)
         print(format_table(["metric", "valid"], metric_rows(valid)))
     epochs = summary["epochs"]

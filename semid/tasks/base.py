@@ -14,6 +14,7 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ import torch
 
 from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
-from semid.distributed import is_main_process
+from semid.distributed import on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
@@ -136,10 +137,13 @@ class Task(ABC):
         if index is not None:
             check_out_beside_index(out, Path(index))
         check_out_of_runs(out)
-        if not is_main_process():  # ranks > 0 of a launched job train beside rank 0, which writes
-            return self._train(spec, out, index, resume, device)
-        with write_lock(out, f"run {out}"):
-            self._check_owner(out, spec, resume)
+        with ExitStack() as held:
+
+            def claim() -> None:  # rank 0 of a launched job writes; the other ranks train beside it
+                held.enter_context(write_lock(out, f"run {out}"))
+                self._check_owner(out, spec, resume)
+
+            on_main_process(claim, cpu=device == "cpu")
             return self._train(spec, out, index, resume, device)
 
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:

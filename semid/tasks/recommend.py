@@ -137,7 +137,7 @@ class RecommendTask(Task):
             started -= result.resumed_after_s  # train_seconds counts the earlier processes too
             summary = {"steps": result.steps, "epochs": result.epochs,
                        "best_step": result.best_step, "valid": result.best_metrics}  # fmt: skip
-            if is_generator(model) and model.has_item_head():  # the mixing weight, on valid
+            if is_generator(model) and model.has_item_head() and is_main_process():  # on valid
                 by_weight, at_best = tune_item_mix(model, ids, data, spec)
                 summary["item_mix_valid_ndcg@10"] = by_weight
                 summary["item_mix"] = model.config.item_mix

@@ -28,7 +28,7 @@ from semid.data import load_dataset
 from semid.data.image_files import load_image_collection, load_images
 from semid.data.images import ImageDataset, ImageSplits, class_queries
 from semid.data.registry import available_datasets
-from semid.distributed import is_main_process
+from semid.distributed import is_main_process, on_main_process
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
@@ -327,8 +327,10 @@ class Text2ImageTask(Task):
         if built:  # built beside the checkpoints; the run's index is replaced at the end, with the
             # model, so the earlier run stays whole until then (and is never built over)
             index = out / "train" / "index"
-            self.build_index(IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device),
-                             spec.quantizer, index, "extra-level", spec.seed, splits=splits)  # fmt: skip
+            source = IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device)
+            on_main_process(lambda: self.build_index(source, spec.quantizer, index, "extra-level",
+                                                     spec.seed, splits=splits),
+                            cpu=device == "cpu")  # once, by rank 0 of a launched job  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
             raise SemidError(
