@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from semid.errors import SemidError
@@ -36,11 +37,30 @@ def on_main_process(work: Callable[[], T], cpu: bool = False) -> T | None:
         except SemidError as e:
             error = str(e)
     if is_launched():
-        from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
 
-        PartialState(cpu=cpu)  # joins the job's process group
+        join_process_group(cpu)
         error = broadcast_object_list([error])[0]
     if error is not None:
-        raise SemidError(error)
+        raise MainProcessError(error)
     return result
+
+
+class MainProcessError(SemidError):
+    """A refusal of the main process that every process of a launched job raises (`on_main_process`):
+    the main process tells it, the others stop quietly."""
+
+
+# how long a process waits in a collective for the others: the main process may build an index
+# meanwhile (text-to-image: an autoencoder and a quantizer fitted on the CPU), longer than the
+# backends' defaults (30 min for gloo, 10 for NCCL); a process that dies is seen by the launcher
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
+
+
+def join_process_group(cpu: bool) -> None:
+    """Join the launched job's process group (once), as the trainer's Accelerator would: on the
+    CPU with ``cpu`` or ``ACCELERATE_USE_CPU`` set, else on each process's own GPU."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    PartialState(cpu=cpu or parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=COLLECTIVE_TIMEOUT)

@@ -166,27 +166,43 @@ def moved_data(config: dict[str, Any], run: Path) -> dict[str, str]:
 
 
 def run_stamp(run_dir: Path) -> tuple[int, ...]:
-    """Modification times (ns) of the run folder and its index and model folders (0: missing):
-    every change of a run (a swapped part, a rewritten config) changes one of them."""
-    folders = (run_dir, run_dir / PARTS["index"], run_dir / PARTS["model"])
-    return tuple(f.stat().st_mtime_ns if f.is_dir() else 0 for f in folders)
+    """Inode and modification time (ns) of each part a reader loads (the index and model folders,
+    config.json, manifest.json; 0 when missing): a swapped or rewritten part changes them, and a
+    metrics.json written by an evaluation does not."""
+    parts = [run_dir / PARTS["index"], run_dir / PARTS["model"], run_dir / RUN_CONFIG,
+             run_dir / MANIFEST]  # fmt: skip
+    stamp: list[int] = []
+    for part in parts:
+        try:
+            st = part.stat()
+        except FileNotFoundError:
+            stamp += [0, 0]
+        else:
+            stamp += [st.st_ino, st.st_mtime_ns]
+    return tuple(stamp)
+
+
+LOAD_TRIES = 3  # reads of a run that changed meanwhile, before giving up
 
 
 def load_run(run: str | os.PathLike, task: str | None = None) -> Run:
     """Load manifest, config, index and model of a run directory and check that they fit together;
     with ``task``, also that the run belongs to that task. A change that lands while the parts are
-    read (a retrain's final write begun after the read began) gets them read again."""
+    read (a retrain's final write begun after the read began) gets them read again, also when the
+    half-changed parts did not fit together."""
     path = Path(run)
     for _ in range(LOAD_TRIES):
         stamp = run_stamp(path)
-        loaded = _load_parts(path, task)
+        try:
+            loaded = _load_parts(path, task)
+        except SemidError:
+            if run_stamp(path) != stamp:
+                continue
+            raise
         if run_stamp(path) == stamp:
             return loaded
     raise SemidError(f"{path} kept changing while it was read ({LOAD_TRIES} tries); try again "
                      "once the command writing it is done")  # fmt: skip
-
-
-LOAD_TRIES = 3  # reads of a run that changed meanwhile, before giving up
 
 
 def _load_parts(path: Path, task: str | None) -> Run:

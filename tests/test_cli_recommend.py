@@ -376,18 +376,23 @@ def test_a_run_changed_while_it_is_read_is_read_again(tmp_path, monkeypatch):
     def changed_meanwhile(path):
         loads.append(path)
         if len(loads) == 1:
-            (tmp_path / "config.json").touch()  # stands for a part swapped in meanwhile
-            os.utime(tmp_path, ns=(1, 1))
+            os.utime(tmp_path / "config.json", ns=(1, 1))  # a part rewritten meanwhile
         return real_load(path)
 
     monkeypatch.setattr(semid.runs, "load_model", changed_meanwhile)
     assert load_run(tmp_path).task == "recommend" and len(loads) == 2
 
     def always_changing(path):
-        os.utime(tmp_path, ns=(len(loads), len(loads)))
+        os.utime(tmp_path / "config.json", ns=(len(loads), len(loads)))
         loads.append(path)
         return real_load(path)
 
     monkeypatch.setattr(semid.runs, "load_model", always_changing)
     with pytest.raises(SemidError, match="kept changing while it was read"):
         load_run(tmp_path)
+    monkeypatch.setattr(semid.runs, "load_model", real_load)
+    loads.clear()
+    (tmp_path / "metrics.json").write_text("{}")  # an evaluation's figures: no change of a part
+    stamp = semid.runs.run_stamp(tmp_path)
+    os.utime(tmp_path, ns=(5, 5))
+    assert semid.runs.run_stamp(tmp_path) == stamp

@@ -831,3 +831,23 @@ def test_a_movielens_file_given_alone_points_to_its_folder(tmp_path: Path) -> No
     (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n")
     with pytest.raises(SemidError, match=f"or pass the MovieLens folder {tmp_path}$"):
         load_dataset(str(tmp_path / "ratings.dat"))
+
+
+def test_a_bad_row_far_below_a_header_that_starts_with_a_hash_is_named(tmp_path: Path) -> None:
+    rows = "".join(f"{i % 5},{i},{i}\n" for i in range(10))
+    (tmp_path / "a.csv").write_text(f"#user,item,timestamp\n{rows}5,6,7,8\n")
+    with pytest.raises(SemidError, match="a.csv line 12 is malformed"):
+        load_interaction_files(tmp_path / "a.csv", columns="user=#user")
+
+
+def test_an_index_of_ids_read_with_their_spaces_says_why_it_no_longer_fits(tmp_path: Path) -> None:
+    """An index built before ids were trimmed keeps ' a': the error says so and how to mend it."""
+    from semid.data.sequences import prepare_data
+    from semid.ids import SemanticIDs
+
+    (tmp_path / "a.csv").write_text("user,item,timestamp\n1, a,1\n1, b,2\n1, c,3\n")
+    ids = SemanticIDs([" a", " b", " c"], torch.tensor([[0, 0], [1, 0], [0, 1]]), [2, 2])
+    with pytest.raises(
+        SemidError, match="the index keeps ids with spaces around them \\(e.g. ' a'\\)"
+    ):
+        prepare_data(load_interaction_files(tmp_path / "a.csv"), ids)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -689,13 +690,26 @@ def test_work_on_the_main_process_runs_there_only_and_its_refusal_reaches_every_
     assert on_main_process(lambda: pytest.fail("ran on a rank > 0")) is None
 
 
-def test_other_ranks_of_a_launched_job_leave_errors_and_notes_to_rank_0(
-    tmp_path, monkeypatch, capfd
+def test_other_ranks_of_a_launched_job_leave_rank_0s_refusals_to_it(
+    tmp_path, monkeypatch, capfd, request
 ):
+    """A refusal every process raises after the main process (on_main_process) is told once, by
+    rank 0; an error of another rank's own is told by it, named."""
+    import semid.cli.eval
     from semid.cli.main import main
+    from semid.distributed import MainProcessError
 
+    notes = logging.getLogger("semid.notes")
+    request.addfinalizer(partial(notes.setLevel, notes.level))  # main quiets a rank > 0's notes
     monkeypatch.setenv("RANK", "1")
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert capfd.readouterr().err.startswith("semid: error (process 1): ")
+
+    def refused_by_rank_0(*args, **kwargs):
+        raise MainProcessError("refused")
+
+    monkeypatch.setattr(semid.cli.eval, "read_manifest", refused_by_rank_0)
+    assert main(["eval", str(tmp_path)]) == 2
     assert capfd.readouterr().err == ""  # rank 0 says it, once
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from semid import __version__
 from semid.atomic import made_folders_count, remove_empty_made_folders
-from semid.distributed import is_launched, is_main_process
+from semid.distributed import MainProcessError, is_launched, is_main_process
 from semid.errors import SemidError
 from semid.notes import show_on_console
 
@@ -152,8 +152,8 @@ def peer_stopped(error: BaseException) -> bool:
     text = str(error)
     return is_launched() and (
         type(error).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
-        or "gloo" in text
-        or "NCCL" in text
+        or "Connection closed by peer" in text  # gloo
+        or "Connection reset by peer" in text
     )
 
 
@@ -196,8 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("semid.notes").setLevel(logging.ERROR)  # notes: rank 0's
         return args.run(args)
     except SemidError as e:
-        if is_main_process():  # every rank of a launched job stops with it: one line, from rank 0
+        if is_main_process():
             print(f"semid: error: {e}", file=sys.stderr)
+        elif not isinstance(e, MainProcessError):  # its own: the main process does not tell it
+            print(f"semid: error (process {os.environ.get('RANK')}): {e}", file=sys.stderr)
         remove_empty_made_folders(since=folders_before)
         return 2
     except KeyboardInterrupt as interrupt:
@@ -207,11 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "wrote, if it got that far (the earlier model stays until a run finishes)")  # fmt: skip
         elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
             resume = "; run the same command again to resume from the last checkpoint"
+        # in a launched job the launcher ends the others when one process fails (told above)
+        stopped = "interrupted"
+        if is_launched() and isinstance(interrupt, Terminated):
+            stopped = "stopped by the launcher"
         if is_main_process():
-            print(
-                f"semid: interrupted; artifacts written before the interruption are intact{resume}",
-                file=sys.stderr,
-            )
+            print(f"semid: {stopped}; artifacts written before the interruption are intact{resume}",
+                  file=sys.stderr)  # fmt: skip
         return 143 if isinstance(interrupt, Terminated) else 130  # 128 + the signal, as shells say
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
         if peer_stopped(e):

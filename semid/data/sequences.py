@@ -88,10 +88,13 @@ def prepare_data(dataset: RecDataset, ids: SemanticIDs, max_history: int = 50) -
     log = dataset.interactions
     missing = [k for k in dataset.item_keys if k not in ids]
     if missing:
-        raise SemidError(
-            f"{len(missing)} items of {dataset.name} are not in the index (e.g. {missing[0]!r}); "
-            "build the index from the same dataset (semid index build --dataset ...)"
-        )
+        padded = next((k for k in ids.keys if k != k.strip()), None)
+        why = (f": the index keeps ids with spaces around them (e.g. {padded!r}), as semid read "
+               "them before it trimmed them; rebuild the index (and retrain its runs) from the "
+               "file") if padded is not None else (
+               "; build the index from the same dataset (semid index build --dataset ...)")  # fmt: skip
+        raise SemidError(f"{len(missing)} items of {dataset.name} are not in the index (e.g. "
+                         f"{missing[0]!r}){why}")  # fmt: skip
     row_of_item = ids.rows_of_keys(dataset.item_keys)
     order = chronological_order(log)  # sorted once, for the split and for its times
     split = leave_one_out(log, max_history=max_history, order=order)

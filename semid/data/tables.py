@@ -251,7 +251,9 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
         detail = message.split(":", 2)[-1].strip()[:80] if where else message
         at = f" line {where}" if where else ""
         first = _first_line(path)
-        if first.lstrip().startswith(("#", "sep=", "SEP=")):
+        if first.lstrip().startswith(("sep=", "SEP=")) or (
+            first.lstrip().startswith("#") and where is not None and int(where) <= 3
+        ):  # a preamble line read as the header: the rows below it do not fit it
             return SemidError(
                 f"{what} {path}: its first line, {first[:60]!r}, is a comment or Excel's sep= line, "
                 "not the header; remove that line"

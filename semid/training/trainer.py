@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from semid.atomic import DiskFullError, atomic_file, is_disk_full, read_json, write_json
 from semid.determinism import repeatable
+from semid.distributed import is_launched
 from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.training.checkpoints import (
@@ -128,7 +129,7 @@ class Trainer:
         # checked on resume too: the checkpoints' weights were learned from this data
         self.trained_on = None if trained_on is None else json.loads(json.dumps(trained_on))
         self.notes: list[str] = []  # resume notes, also printed with the progress output
-        if device.startswith("cuda:"):
+        if device.startswith("cuda:") and not is_launched():  # launched: each process its own GPU
             torch.cuda.set_device(int(device[5:]))
         self.accelerator = Accelerator(
             cpu=device == "cpu",
