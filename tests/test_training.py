@@ -752,3 +752,21 @@ def test_a_launched_job_refused_by_rank_0_stops_at_once_with_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("semid: error:")]
     assert errors == [f"semid: error: {run} holds a pop run; choose another --out (or delete it) "
                       "to train sasrec"]  # fmt: skip
+
+
+def test_the_process_group_is_joined_as_the_trainer_would_join_it(monkeypatch):
+    """On the CPU when ACCELERATE_USE_CPU says so (the README's CPU launch), whatever --device
+    resolved to, and with a timeout that outlasts an index built by rank 0 meanwhile."""
+    import accelerate
+
+    from semid.distributed import COLLECTIVE_TIMEOUT, join_process_group
+
+    joined = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: joined.append(kwargs))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    join_process_group(cpu=False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    join_process_group(cpu=False)
+    assert joined == [{"cpu": True, "timeout": COLLECTIVE_TIMEOUT},
+                      {"cpu": False, "timeout": COLLECTIVE_TIMEOUT}]  # fmt: skip
+    assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600
