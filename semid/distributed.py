@@ -35,6 +35,8 @@ def on_main_process(work: Callable[[], T], cpu: bool = False) -> T | None:
         try:
             result = work()
         except SemidError as e:
+            if not is_launched():  # one process: the error as raised
+                raise
             error = str(e)
     if is_launched():
         from accelerate.utils import broadcast_object_list
