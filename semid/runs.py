@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from semid.atomic import atomic_dir, read_json, restore_on_error, write_json
 from semid.configs import config_to_dict
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.locking import write_lock
+from semid.locking import can_write, write_lock
 from semid.manifest import MANIFEST, METRICS, PARTS, RUN_CONFIG, RUN_FORMAT, read_manifest
 from semid.models import load_model
 from semid.saving import versions
@@ -82,6 +82,25 @@ def copy_index(
             raise SemidError(f"{index} changed while {run} trained (rebuilt, or items added): its "
                              f"IDs are not those the model learned, so {run} was not written; "
                              "train again (with --no-resume: the checkpoints are of the old IDs)")  # fmt: skip
+
+
+TRAINING_INDEX = ("train", "index")  # in a run folder: the copy of --index a training learns from
+INDEX_COPY_WAIT_S = 60.0  # another writer of --index (a second training copying it) is waited for
+
+
+def training_index(index: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Copy ``index`` beside the run's checkpoints (``out/train/index``), holding the index's write
+    lock, and return the copy: what the training learns from and copies into its run at the end,
+    whatever becomes of ``index`` meanwhile (rebuilt, or items added to it)."""
+    copy = Path(out).joinpath(*TRAINING_INDEX)
+    if Path(index).resolve() == copy.resolve():  # built there (text-to-image)
+        return copy
+    SemanticIDs.load(index)  # fail early, with the index's own message, if it is not one
+    lock = (write_lock(index, f"index {index}", INDEX_COPY_WAIT_S, "wait for it, then train")
+            if can_write(index) else nullcontext())  # fmt: skip
+    with lock, atomic_dir(copy) as tmp:
+        shutil.copytree(index, tmp, dirs_exist_ok=True)
+    return copy
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import add_items
 from semid.models import build_model, save_model
 from semid.quantization import build_quantizer
-from semid.runs import load_run, write_run
+from semid.runs import copy_index, load_run, write_run
 from semid.tasks.recommend import RecommendSpec
 from semid.trie import PrefixTrie
 
@@ -311,31 +311,39 @@ def test_sasrec_leaves_rows_past_its_table_out_of_a_history():
     assert torch.allclose(got, want)
 
 
-def test_an_index_rebuilt_while_a_run_trains_is_refused_at_the_end(tmp_path, capsys, monkeypatch):
-    """The model learns the IDs the index held at the start: a run pairing it with a rebuilt index
-    would answer with IDs it never learned, so it is not written."""
+def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
+    tmp_path, capsys, monkeypatch
+):
+    """The model learns from a copy of --index taken at the start: a rebuild of --index while it
+    trains changes neither what it learns nor the index its run gets."""
     _, _, idx = random_ml100k_index(tmp_path)
+    learned = SemanticIDs.load(idx).sha256()
     other = tmp_path / "other"
     assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--keys",
                  str(tmp_path / "e.txt"), "--quantizer", "rqkmeans:2x32", "--seed", "1",
                  "--out", str(other)]) == 0  # fmt: skip
+    assert SemanticIDs.load(other).sha256() != learned
     from semid.tasks.recommend import RecommendTask
 
     fit = RecommendTask._fit
 
     def rebuilt_meanwhile(self, *args, **kwargs):
-        result = fit(self, *args, **kwargs)
         shutil.rmtree(idx)
         shutil.copytree(other, idx)  # `semid index build --out idx` while training ran
-        return result
+        return fit(self, *args, **kwargs)
 
     monkeypatch.setattr(RecommendTask, "_fit", rebuilt_meanwhile)
     run = tmp_path / "run"
-    capsys.readouterr()
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
-                 "sasrec", "--users", "20", "--epochs", "1", "--out", str(run)]) == 2  # fmt: skip
-    assert f"{idx} changed while {run} trained" in capsys.readouterr().err
-    assert not (run / "manifest.json").exists() and not (run / "index").exists()
+                 "sasrec", "--users", "20", "--epochs", "1", "--out", str(run)]) == 0  # fmt: skip
+    assert load_run(run).ids.sha256() == learned
+
+
+def test_an_index_copy_that_is_not_what_the_model_learned_is_refused(tmp_path):
+    ids, _ = tiny_run(tmp_path / "a")
+    with pytest.raises(SemidError, match="changed while .* trained"):
+        copy_index(tmp_path / "a" / "index", tmp_path / "b", trained_sha256="0" * 64)
+    assert not (tmp_path / "b" / "index").exists()
 
 
 def test_eval_prints_its_figures_when_metrics_json_may_not_be_replaced(

@@ -30,7 +30,7 @@ from semid.data.sequences import (
     prepare_data,
     slice_users,
 )
-from semid.distributed import is_main_process
+from semid.distributed import is_main_process, on_main_process
 from semid.errors import SemidError
 from semid.generator import Generator
 from semid.hybrid import Candidates, HybridRanker, choose_mix
@@ -41,7 +41,15 @@ from semid.models import is_generator, save_model
 from semid.notes import note, tell
 from semid.progress import batch_starts
 from semid.ranking import Ranker, Ranking, ranker_for
-from semid.runs import Run, copy_index, load_run, replacing_run, write_run
+from semid.runs import (
+    TRAINING_INDEX,
+    Run,
+    copy_index,
+    load_run,
+    replacing_run,
+    training_index,
+    write_run,
+)
 from semid.tasks.base import EvalOptions, IndexSource, Task, move, register_task
 from semid.tasks.data import (
     check_fingerprint,
@@ -103,7 +111,7 @@ class RecommendTask(Task):
         if index is None:
             raise SemidError("a recommender needs --index (build one with `semid index build`)")
         ids = SemanticIDs.load(index)
-        ids_sha256 = ids.sha256()  # what the model learns: the index must still be it at the end
+        ids_sha256 = ids.sha256()  # what the model learns: its copy of --index must be it (below)
         dataset, data = self.load_split(spec, ids)
         if is_main_process():
             lines = [*dataset.notes, describe_data(dataset, data)]
@@ -131,6 +139,7 @@ class RecommendTask(Task):
         # most-popular's counts)
         if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
+        index = self._index_copy(index, out, ids_sha256, device)
         if getattr(model, "trainable", True):
             stamp = trained_on(state["data_sha256"], spec.dataset, ids_sha256, spec, SPLIT_FIELDS)
             result = self._fit(model, spec, ids, data, out, resume, device, stamp)
@@ -151,6 +160,17 @@ class RecommendTask(Task):
                 # rows added later by `semid index add` (beyond trained_items) are cold-start items
                 write_run(out, self.name, spec, {**state, "result": summary})
         return summary
+
+    def _index_copy(self, index: Path, out: Path, ids_sha256: str, device: str) -> Path:
+        """The copy of ``index`` the run learns from and gets (`training_index`), taken once the
+        inputs are checked (a refused command leaves no folder); it must hold the IDs the model
+        was built on, ``ids_sha256`` (else the index changed while the run started)."""
+        on_main_process(lambda: training_index(index, out), cpu=device == "cpu")
+        copy = Path(out).joinpath(*TRAINING_INDEX)
+        if SemanticIDs.load(copy).sha256() != ids_sha256:
+            raise SemidError(f"{index} changed while {out} started (rebuilt, or items added); "
+                             "train again")  # fmt: skip
+        return copy
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
              resume: bool, device: str, stamp: dict[str, Any]):  # fmt: skip
