@@ -73,12 +73,12 @@ def copy_index(
     ``trained_sha256`` (the IDs the run's model learned), an index that changed since (rebuilt or
     added to while the run trained) is refused: the run would pair the model with IDs it never
     learned."""
-    SemanticIDs.load(index)  # fail early, with the index's own message, if it is not one
-    if Path(index).resolve() == (Path(run) / PARTS["index"]).resolve():
-        return
-    with atomic_dir(Path(run) / PARTS["index"]) as tmp:
-        shutil.copytree(index, tmp, dirs_exist_ok=True)
-        if trained_sha256 is not None and SemanticIDs.load(tmp).sha256() != trained_sha256:
+    with _index_copied(index, Path(run) / PARTS["index"]) as tmp:
+        if (
+            tmp is not None
+            and trained_sha256 is not None
+            and SemanticIDs.load(tmp).sha256() != trained_sha256
+        ):
             raise SemidError(f"{index} changed while {run} trained (rebuilt, or items added): its "
                              f"IDs are not those the model learned, so {run} was not written; "
                              "train again (with --no-resume: the checkpoints are of the old IDs)")  # fmt: skip
@@ -93,14 +93,24 @@ def training_index(index: str | os.PathLike, out: str | os.PathLike) -> Path:
     lock, and return the copy: what the training learns from and copies into its run at the end,
     whatever becomes of ``index`` meanwhile (rebuilt, or items added to it)."""
     copy = Path(out).joinpath(*TRAINING_INDEX)
-    if Path(index).resolve() == copy.resolve():  # built there (text-to-image)
-        return copy
-    SemanticIDs.load(index)  # fail early, with the index's own message, if it is not one
     lock = (write_lock(index, f"index {index}", INDEX_COPY_WAIT_S, "wait for it, then train")
-            if can_write(index) else nullcontext())  # fmt: skip
-    with lock, atomic_dir(copy) as tmp:
-        shutil.copytree(index, tmp, dirs_exist_ok=True)
+            if Path(index).is_dir() and can_write(index) else nullcontext())  # fmt: skip
+    with lock, _index_copied(index, copy):
+        pass
     return copy
+
+
+@contextmanager
+def _index_copied(index: str | os.PathLike, dest: Path) -> Iterator[Path | None]:
+    """Copy an index folder to ``dest``, atomically; yields the copy before it replaces ``dest``
+    (an exception leaves ``dest`` as it was), or None when ``index`` is ``dest`` itself."""
+    SemanticIDs.load(index)  # fail early, with the index's own message, if it is not one
+    if Path(index).resolve() == dest.resolve():
+        yield None
+        return
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(index, tmp, dirs_exist_ok=True)
+        yield tmp
 
 
 @contextmanager
@@ -188,16 +198,19 @@ def run_stamp(run_dir: Path) -> tuple[int, ...]:
     """Inode and modification time (ns) of each part a reader loads (the index and model folders,
     config.json, manifest.json; 0 when missing): a swapped or rewritten part changes them, and a
     metrics.json written by an evaluation does not."""
-    parts = [run_dir / PARTS["index"], run_dir / PARTS["model"], run_dir / RUN_CONFIG,
-             run_dir / MANIFEST]  # fmt: skip
+    return _identity(run_dir, (*PARTS.values(), RUN_CONFIG, MANIFEST))
+
+
+def _identity(run: str | os.PathLike, names: Sequence[str]) -> tuple[int, ...]:
+    """(inode, modification time in ns) of each of ``names`` in ``run``, (0, 0) for a missing one."""
     stamp: list[int] = []
-    for part in parts:
+    for name in names:
         try:
-            st = part.stat()
-        except FileNotFoundError:
+            info = (Path(run) / name).stat()
+        except (FileNotFoundError, NotADirectoryError):  # no such run: load_run says so
             stamp += [0, 0]
         else:
-            stamp += [st.st_ino, st.st_mtime_ns]
+            stamp += [info.st_ino, info.st_mtime_ns]
     return tuple(stamp)
 
 
@@ -267,15 +280,7 @@ METRICS_WAIT_SECONDS = 60  # a metrics write waits this long for another writer 
 def model_stamp(run: str | os.PathLike) -> tuple[int, ...]:
     """The identity (inode, modification time) of the run's index and model folders: it changes
     with a retrain or an ``index add``, not with a write of ``metrics.json``."""
-    stamp: list[int] = []
-    for folder in PARTS.values():
-        try:
-            info = (Path(run) / folder).stat()
-        except (FileNotFoundError, NotADirectoryError):  # no such run: load_run says so
-            stamp += [0, 0]
-        else:
-            stamp += [info.st_ino, info.st_mtime_ns]
-    return tuple(stamp)
+    return _identity(run, tuple(PARTS.values()))
 
 
 def update_metrics(
