@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from semid.data import (
     package_dir,
     register_dataset,
 )
-from semid.data.movielens import item_text
+from semid.data.movielens import _read_table_fast, item_text
 from semid.errors import SemidError
 
 FORMATS = ["grouplens-dat", "ml-100k-raw", "recbole-tiny"]
@@ -98,6 +100,65 @@ def test_fractional_timestamp_is_an_error(data_dir: Path, tmp_path: Path) -> Non
         f.write("10::1::5::12.5\n")
     with pytest.raises(SemidError, match=r"row 6, '12.5'"):
         load_movielens(folder)
+
+
+def test_whole_number_timestamps_written_as_decimals_read_as_integers(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    folder = _copy(data_dir, tmp_path)
+    plain = load_movielens(folder).interactions
+    lines = (folder / "ratings.dat").read_text().splitlines()
+    (folder / "ratings.dat").write_text("".join(f"{line}.0\n" for line in lines))
+    decimals = load_movielens(folder).interactions
+    assert decimals.timestamps.dtype == torch.int64
+    assert torch.equal(decimals.timestamps, plain.timestamps)
+    assert torch.equal(decimals.items, plain.items) and torch.equal(decimals.users, plain.users)
+
+
+TABLE_SHAPES = {
+    "plain": b"a\tb\n1\tx\n2\ty\n",
+    "byte order mark": b"\xef\xbb\xbfa\tb\n1\tx\n",
+    "crlf": b"a\tb\r\n1\tx\r\n2\ty\r\n",
+    "cr only": b"a\tb\r1\tx\r2\ty\r",
+    "blank lines": b"a\tb\n1\tx\n\n2\ty\n\n",
+    "empty cells": b"a\tb\n1\t\n\t2\n",
+    "bare quotes": b'a\tb\n1\t"Heat" (1995)\n2\tsay "hi\n',
+    "spaces": b"a\tb\n 1 \t x\n",
+    "NA words": b"a\tb\nNA\tnull\nNaN\tN/A\n",
+    "trailing tab": b"a\tb\t\n1\tx\t\n",
+    "no final newline": b"a\tb\n1\tx",
+    "header only": b"a\tb\n",
+    "ragged rows": b"a\tb\n1\n2\tx\ty\n",
+    "latin-1": b"a\tb\n1\tMis\xe9rables\n",
+    "repeated name": b"a\ta\n1\t2\n",
+    "line separator in a cell": "a\tb\n1\tx\u2028y\n".encode(),
+}
+
+
+@pytest.mark.parametrize("header", [0, None])
+@pytest.mark.parametrize("shape", TABLE_SHAPES)
+def test_fast_table_reader_reads_as_pandas_or_leaves_the_file_to_it(
+    tmp_path: Path, shape: str, header: int | None
+) -> None:
+    path = tmp_path / "table.tsv"
+    path.write_bytes(TABLE_SHAPES[shape])
+    fast = _read_table_fast(path, "\t", header)
+    if fast is None:  # pandas reads it (and names what is wrong)
+        return
+    slow = pd.read_csv(
+        path, sep="\t", header=header, dtype=str, keep_default_na=False,
+        quoting=csv.QUOTE_NONE, encoding="utf-8", encoding_errors="replace",
+    )  # fmt: skip
+    assert list(fast.columns) == list(slow.columns)
+    assert fast.astype(object).values.tolist() == slow.astype(object).values.tolist()
+
+
+def test_fast_table_reader_reads_the_usual_shapes(tmp_path: Path) -> None:
+    usual = ["plain", "byte order mark", "crlf", "blank lines", "empty cells", "bare quotes"]
+    for shape in usual:
+        path = tmp_path / f"{shape}.tsv"
+        path.write_bytes(TABLE_SHAPES[shape])
+        assert _read_table_fast(path, "\t", 0) is not None, shape
 
 
 def test_duplicate_item_in_item_file_is_an_error(data_dir: Path, tmp_path: Path) -> None:
