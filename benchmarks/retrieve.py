@@ -75,10 +75,12 @@ def retrieval_metrics(
 
 def train_model(model: PromptDSI, examples: Any, out_dir: Path, config: TrainConfig,
                 evaluate: Callable[..., dict] | None = None) -> Any:  # fmt: skip
-    """Fit a PromptDSI on DSI examples with the shared loop (best weights loaded)."""
+    """Fit a PromptDSI on DSI examples with the shared loop (best weights loaded), on the CPU,
+    where this benchmark's searches and timings run."""
     return fit_model(
-        model, examples, config, out_dir, evaluate=evaluate, collate_fn=examples.collate
-    )
+        model, examples, config, out_dir, evaluate=evaluate, collate_fn=examples.collate,
+        device="cpu",
+    )  # fmt: skip
 
 
 def timed(fn: Callable[[], T]) -> tuple[T, float]:

@@ -429,15 +429,20 @@ class PromptDSI(Generator):
                 logits[:, lv, self.vocab.level_slice(lv)] = block
         loss = mean_level_cross_entropy(blocks, target)
         if self.has_item_head() and "targets" in batch:  # on query examples only (``is_query``)
-            rows = batch.get("is_query")
-            rows = (
-                torch.ones_like(batch["targets"], dtype=torch.bool) if rows is None else rows.bool()
+            # weighted rather than selected: every step gives the head's parameters a gradient
+            # (DDP in a launched job needs the same parameters used on every step) and no GPU sync
+            is_query = batch.get("is_query")
+            weight = (
+                torch.ones(len(query), device=query.device)
+                if is_query is None
+                else is_query.float()
             )
-            if rows.any():
-                logits = self.document_logits(query[rows])
-                loss = loss + self.config.rank_loss * F.cross_entropy(
-                    logits, batch["targets"][rows]
-                )
+            rank_ce = F.cross_entropy(
+                self.document_logits(query), batch["targets"], reduction="none"
+            )
+            loss = loss + self.config.rank_loss * (
+                rank_ce.float() * weight
+            ).sum() / weight.sum().clamp(min=1)
         return loss, logits
 
     def trie_softmax_levels(self) -> range:

@@ -59,22 +59,21 @@ def _cache_dir() -> Path:
 
 def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
     """sha256 hex of the encoder (its config, or its folder's files: new weights in the same
-    folder give a new key), the layer split, the length limit and the texts."""
+    folder give a new key), the layer split, the length limit, the device kind when not the CPU
+    (a GPU's states differ from the CPU's in their last digits) and the texts."""
     cfg = model.config
     encoder = cfg.encoder_config
     if encoder is None:  # loaded from a folder: what is in it now
         encoder = model_identity(Path(cfg.encoder_path or default_encoder_path()))
-    h = hashlib.sha256(
-        json.dumps(
-            [
-                "v2",  # v2: a folder, its states memory-mapped
-                encoder,
-                cfg.encoder_seed,
-                cfg.max_length,
-                cfg.prompt_layer,
-            ]
-        ).encode()
-    )
+    identity = [
+        "v2",  # v2: a folder, its states memory-mapped
+        encoder,
+        cfg.encoder_seed,
+        cfg.max_length,
+        cfg.prompt_layer,
+    ]
+    kind = next(model.parameters()).device.type
+    h = hashlib.sha256(json.dumps(identity if kind == "cpu" else [*identity, kind]).encode())
     for t in texts:
         b = t.encode("utf-8")
         h.update(len(b).to_bytes(8, "little") + b)
@@ -98,7 +97,8 @@ def _encoded_batches(model: PromptDSI, texts: Sequence[str], batch_size: int,
         hidden = model.lower_states(**inp)
         embeddings = model.text_embedding(hidden, inp["attention_mask"]).float().cpu()
         lengths = inp["attention_mask"].sum(1).tolist()
-        yield rows, [hidden[j, :n].half().cpu() for j, n in enumerate(lengths)], embeddings
+        states = hidden.half().cpu()  # one copy from a GPU per batch; each text's rows its own
+        yield rows, [states[j, :n].clone() for j, n in enumerate(lengths)], embeddings
 
 
 @torch.no_grad()

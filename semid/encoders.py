@@ -116,13 +116,13 @@ class TextEncoder:
         return torch.from_numpy(x)
 
     def cache_key(self, texts: Sequence[str]) -> str:
-        """sha256 hex of (model identity, max_seq_length, texts); the cache file's name."""
+        """sha256 hex of (model identity, max_seq_length, device kind when not the CPU, texts);
+        the cache file's name. A GPU's embeddings differ from the CPU's in their last digits, so
+        each kind of device has its own entries (the CPU's keys are those of earlier versions)."""
         h = hashlib.sha256()
-        h.update(
-            json.dumps(
-                [CACHE_FORMAT, model_identity(self.model_path), self.max_seq_length]
-            ).encode()
-        )
+        identity = [CACHE_FORMAT, model_identity(self.model_path), self.max_seq_length]
+        kind = torch.device(self.device).type
+        h.update(json.dumps(identity if kind == "cpu" else [*identity, kind]).encode())
         for t in texts:  # length-prefixed so that ["ab", "c"] and ["a", "bc"] differ
             b = t.encode("utf-8")
             h.update(len(b).to_bytes(8, "little") + b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,15 @@ def test_cache_key_depends_on_model_length_and_texts(model_dir: Path, tmp_path: 
     assert key != TextEncoder(model_dir, cache_dir=tmp_path, max_seq_length=64).cache_key(
         ["ab", "c"]
     )
+    # a GPU's embeddings differ from the CPU's in their last digits: each kind its own entries,
+    # and the CPU's keys stay those of earlier versions (their caches are still read)
+    assert key != TextEncoder(model_dir, cache_dir=tmp_path, device="cuda:1").cache_key(["ab", "c"])
+    earlier = hashlib.sha256(
+        json.dumps([encoders.CACHE_FORMAT, encoders.model_identity(enc.model_path), 256]).encode()
+    )
+    for t in ["ab", "c"]:
+        earlier.update(len(t).to_bytes(8, "little") + t.encode())
+    assert key == earlier.hexdigest()
     (model_dir / "weights.bin").write_bytes(b"retrained")
     assert key != TextEncoder(model_dir, cache_dir=tmp_path).cache_key(["ab", "c"])
 

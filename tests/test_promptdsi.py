@@ -452,6 +452,11 @@ def test_document_head_starts_at_the_encoder_vector_and_learns_to_rank_its_targe
     frozen.set_documents_(documents)
     fit(frozen, {**train, "is_query": torch.zeros(4, dtype=torch.bool)}, steps=5, lr=1e-2)
     assert frozen.query_adapter.weight.abs().sum() == 0
+    # ... yet every parameter is in the graph of such a batch (DDP in a launched job needs that)
+    frozen.zero_grad(set_to_none=True)
+    frozen(train | {"is_query": torch.zeros(4, dtype=torch.bool)})[0].backward()
+    unused = [n for n, p in frozen.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused
 
 
 def test_without_rank_loss_there_is_no_document_head_and_old_configs_load_without_one(tmp_path):
@@ -487,11 +492,15 @@ def test_the_cache_key_follows_the_encoder_folders_files(tmp_path):
 
     (tmp_path / "enc").mkdir()
     (tmp_path / "enc" / "model.safetensors").write_bytes(b"weights")
-    model = SimpleNamespace(
-        config=PromptDSIConfig(codebook_sizes=[4], encoder_path=str(tmp_path / "enc"))
-    )
+    config = PromptDSIConfig(codebook_sizes=[4], encoder_path=str(tmp_path / "enc"))
+    model = SimpleNamespace(config=config, parameters=lambda: iter([torch.zeros(1)]))
     key = _cache_key(model, ["a text"])
     assert _cache_key(model, ["a text"]) == key and _cache_key(model, ["another"]) != key
+    # a GPU's states differ from the CPU's in their last digits: each kind of device its own
+    elsewhere = SimpleNamespace(
+        config=config, parameters=lambda: iter([torch.zeros(1, device="meta")])
+    )
+    assert _cache_key(elsewhere, ["a text"]) != key
     (tmp_path / "enc" / "model.safetensors").write_bytes(b"retrained weights")
     assert _cache_key(model, ["a text"]) != key
 

@@ -772,3 +772,38 @@ def test_the_process_group_is_joined_as_the_trainer_would_join_it(monkeypatch):
     assert joined == [{"cpu": True, "timeout": COLLECTIVE_TIMEOUT},
                       {"cpu": False, "timeout": COLLECTIVE_TIMEOUT}]  # fmt: skip
     assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600
+
+
+def test_auto_precision_is_bf16_only_when_training_on_a_gpu(monkeypatch):
+    """On a GPU machine, `--device cpu` (or ACCELERATE_USE_CPU) trains in float32: bf16 autocast
+    on a CPU is slow on most CPUs and gives other figures than a machine without a GPU."""
+    from semid.training.trainer import _resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert _resolve_precision("auto", "cuda") == "bf16"
+    assert _resolve_precision("auto", "auto") == "bf16"
+    assert _resolve_precision("auto", "cpu") == "no"
+    assert _resolve_precision("fp16", "cpu") == "fp16"  # asked for: as asked
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert _resolve_precision("auto", "auto") == "no"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert _resolve_precision("auto", "auto") == "no"
+
+
+def test_a_launched_process_uses_its_own_gpu_whatever_cuda_n_names(monkeypatch):
+    """Under `accelerate launch` each process has its GPU (LOCAL_RANK, set when the process group
+    is joined): `--device cuda:1` must not put every process's evaluation on GPU 1."""
+    from semid.tasks.base import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_device("cuda:1") == "cuda:1"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("cuda:1") == "cuda" and resolve_device("cuda") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(SemidError, match="only 2 GPU"):
+        resolve_device("cuda:2")

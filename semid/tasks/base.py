@@ -23,7 +23,7 @@ import torch
 
 from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
-from semid.distributed import on_main_process
+from semid.distributed import is_launched, on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
@@ -484,7 +484,8 @@ def load_predictor(run_path: str | Path, device: str = "cpu") -> Predictor:
 
 
 def resolve_device(device: str) -> str:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available) -> a torch device string."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available) -> a torch device string;
+    in a launched job ``cuda:N`` is ``cuda``, the process's own GPU."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -497,11 +498,12 @@ def resolve_device(device: str) -> str:
             raise SemidError(
                 f"--device {device}: only {torch.cuda.device_count()} GPU(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}"
             )
-        return device
+        # a launched job's processes each use their own GPU (the launcher's LOCAL_RANK)
+        return "cuda" if is_launched() else device
     raise SemidError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
 
 
-def move(batch: Any, device: str) -> Any:
+def move(batch: Any, device: str | torch.device) -> Any:
     """A batch (tensor or dict of tensors) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)

@@ -61,15 +61,13 @@ def query_batches(queries: EncodedTexts, texts: list[str], lexical: LexicalIndex
         yield batch
 
 
-def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None, num_beams: int,
-                      device: str = "cpu") -> Callable[[PromptDSI], dict[str, float]]:  # fmt: skip
+def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
+                      num_beams: int) -> Callable[[PromptDSI], dict[str, float]]:  # fmt: skip
     """The trainer's ``evaluate``: NDCG@10 of the mixed ranking on held-out queries at the best
-    mixing weights (which it sets on the model)."""
+    mixing weights (which it sets on the model), on the model's device."""
 
     def evaluate(model: PromptDSI) -> dict[str, float]:
-        return {
-            "ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams, device).values())
-        }
+        return {"ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams).values())}
 
     return evaluate
 
@@ -101,9 +99,11 @@ def _score(model: PromptDSI, evaluate: Callable[[PromptDSI], dict[str, float]]) 
 
 
 def tune_mixes(model: PromptDSI, ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
-               num_beams: int, device: str = "cpu") -> dict[str, float]:  # fmt: skip
+               num_beams: int) -> dict[str, float]:  # fmt: skip
     """Set ``model.config.item_mix`` and ``lexical_mix`` to the weights with the best NDCG@10 on
-    held-out queries; returns NDCG@10 by ``"item_mix,lexical_mix"``."""
+    held-out queries; returns NDCG@10 by ``"item_mix,lexical_mix"``. Runs on the model's device
+    (in a launched job each process's own GPU, whatever ``--device`` named)."""
+    device = next(model.parameters()).device
     ranker = HybridRanker(model, ids, num_beams).to(device)
     parts = [ranker.candidates(move(batch, device), 10)
              for batch in query_batches(held_out.encoded, held_out.texts, lexical)]  # fmt: skip

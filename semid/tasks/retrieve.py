@@ -230,7 +230,7 @@ class RetrieveTask(Task):
             valid_texts, valid_doc_rows = query_examples(coll, valid_rows, tested)
             held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
                                torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
-            evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams, where)
+            evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams)
         # a registered collection is named by its name, a documents file by its content
         data_sha256 = corpus_sha256 if data_paths(spec.dataset) else None
         stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, SPLIT_FIELDS)
@@ -244,12 +244,12 @@ class RetrieveTask(Task):
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
                    "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept,
                    "test_queries": len(test_pairs), "test_split": split_name(coll)}  # fmt: skip
+        if not is_main_process():  # the main process alone tunes and writes the run
+            return summary
         if evaluate is not None:  # the best epoch's weights are loaded: choose their mixing weights
-            ndcg = tune_mixes(model, ids, held_out, lexical, spec.num_beams, where)
+            ndcg = tune_mixes(model, ids, held_out, lexical, spec.num_beams)
             summary |= {"item_mix": model.config.item_mix, "lexical_mix": model.config.lexical_mix,
                         "valid_ndcg@10": max(ndcg.values())}  # fmt: skip
-        if not is_main_process():
-            return summary
         state = {"corpus_sha256": corpus_sha256, "trained_items": len(ids), "train_seconds": seconds, "train_steps": result.steps,
                  "documents": {"d0": len(split.d0), "d1_held_out": len(split.d1),
                                "d0_test_documents": len({d for _, relevant in test_pairs for d in relevant}),

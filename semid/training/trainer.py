@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
@@ -133,7 +133,7 @@ class Trainer:
             torch.cuda.set_device(int(device[5:]))
         self.accelerator = Accelerator(
             cpu=device == "cpu",
-            mixed_precision=_resolve_precision(config.mixed_precision),
+            mixed_precision=_resolve_precision(config.mixed_precision, device),
             gradient_accumulation_steps=config.grad_accum_steps,
             # the loop steps the schedule once per optimizer step; accelerate would step it once per process
             step_scheduler_with_optimizer=False,
@@ -558,8 +558,11 @@ def _loss_of(output: Any) -> torch.Tensor:
     return output[0]
 
 
-def _resolve_precision(name: str) -> str:
-    """'auto' becomes bf16 on a CUDA GPU that supports it, else no mixed precision."""
+def _resolve_precision(name: str, device: str) -> str:
+    """'auto' becomes bf16 when training on a CUDA GPU that supports it, else no mixed precision
+    (also for ``device`` cpu on a GPU machine: bf16 on a CPU is slow and changes the figures)."""
     if name != "auto":
         return name
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    on_cpu = device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bf16" if gpu_bf16 and not on_cpu else "no"
