@@ -26,6 +26,7 @@ class MostPopular(nn.Module):
     """Scores every index row by its number of training interactions (ties: lower row first)."""
 
     config_class = MostPopularConfig
+    reads_histories = False  # the same ranking for every history
     trainable = False  # fitted by counting (`fit_train_sequences_`), not by gradient steps
 
     def __init__(self, config: MostPopularConfig) -> None:

@@ -292,7 +292,12 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
 
     # the added item has no embedding: it is left out of the history, never recommended
     assert answer('["1", "new", "2"]') == answer('["1", "2"]')
-    assert "new" not in answer('["new"]')
+    assert "new" not in answer('["new", "1"]')
+    # a history of added items alone would be answered as no history: refused, with the fix
+    capsys.readouterr()
+    assert main(["predict", str(run), "--history", '["new"]']) == 2
+    err = capsys.readouterr().err
+    assert "every item of the history was added to the index after" in err and "retrain" in err
 
 
 def test_sasrec_leaves_rows_past_its_table_out_of_a_history():

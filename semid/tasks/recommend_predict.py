@@ -176,6 +176,7 @@ class RecommendPredictor(Predictor):
                 example = example_key(unknown[0], self.run.ids.keys)
                 raise SemidError(f"unknown item {unknown[0]!r} in the history; use keys of the "
                                  f"run's index, such as {example}")  # fmt: skip
+            self._check_trained_items(history)
             return {"history": history}
         user = str(item["user"])
         split = item.get("split")
@@ -183,6 +184,19 @@ class RecommendPredictor(Predictor):
             raise SemidError(f'"split" must be valid or test, got {split!r}')
         self._check_user(user, split, self.histories())
         return {"user": user, "split": split} if split else {"user": user}
+
+    def _check_trained_items(self, history: list[str]) -> None:
+        """A scorer (sasrec) reads only the items it was trained on: a history of items all added
+        to the index since would be answered as no history at all, so it is refused."""
+        if self.codes is not None or not getattr(self.run.model, "reads_histories", True):
+            return
+        trained = self.run.state.get("trained_items", len(self.run.ids))
+        if bool((self.run.ids.rows_of_keys(history) >= trained).all()):
+            raise SemidError(
+                f"every item of the history was added to the index after {self.run.path} was "
+                f"trained, and a {self.run.spec['model']} run reads only the items it was trained "
+                "on; retrain it with the added items' events, or include trained items"
+            )
 
     def _item_titled(self, given: str) -> str | None:
         """``'1' ('Toy Story (1995). Genres: ...')``: the key and text of the first item whose text
