@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import semid
 from semid.atomic import atomic_dir, read_json, restore_on_error, write_json
 from semid.configs import config_to_dict
+from semid.distributed import on_main_process
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 from semid.locking import can_write, write_lock
@@ -88,15 +89,27 @@ TRAINING_INDEX = ("train", "index")  # in a run folder: the copy of --index a tr
 INDEX_COPY_WAIT_S = 60.0  # another writer of --index (a second training copying it) is waited for
 
 
-def training_index(index: str | os.PathLike, out: str | os.PathLike) -> Path:
+def training_index(
+    index: str | os.PathLike, out: str | os.PathLike, ids_sha256: str, cpu: bool = False
+) -> Path:
     """Copy ``index`` beside the run's checkpoints (``out/train/index``), holding the index's write
-    lock, and return the copy: what the training learns from and copies into its run at the end,
-    whatever becomes of ``index`` meanwhile (rebuilt, or items added to it)."""
+    lock (by the main process of a launched job; ``cpu``: its processes meet on the CPU), and
+    return the copy: what the training learns from and copies into its run at the end, whatever
+    becomes of ``index`` meanwhile (rebuilt, or items added to it). Take it once the inputs are
+    checked (a refused command leaves no folder); the copy must hold ``ids_sha256``, the IDs the
+    model was built on, else ``index`` changed while the training started."""
     copy = Path(out).joinpath(*TRAINING_INDEX)
-    lock = (write_lock(index, f"index {index}", INDEX_COPY_WAIT_S, "wait for it, then train")
-            if Path(index).is_dir() and can_write(index) else nullcontext())  # fmt: skip
-    with lock, _index_copied(index, copy):
-        pass
+
+    def copy_locked() -> None:
+        lock = (write_lock(index, f"index {index}", INDEX_COPY_WAIT_S, "wait for it, then train")
+                if Path(index).is_dir() and can_write(index) else nullcontext())  # fmt: skip
+        with lock, _index_copied(index, copy):
+            pass
+
+    on_main_process(copy_locked, cpu=cpu)
+    if SemanticIDs.load(copy).sha256() != ids_sha256:
+        raise SemidError(f"{index} changed while {out} started (rebuilt, or items added); "
+                         "train again")  # fmt: skip
     return copy
 
 

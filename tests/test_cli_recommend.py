@@ -342,6 +342,7 @@ def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
                  "sasrec", "--users", "20", "--epochs", "1", "--out", str(run)]) == 0  # fmt: skip
     assert load_run(run).ids.sha256() == learned
+    assert not (run / "train" / "index").exists()  # the run holds its copy
 
 
 def test_an_index_copy_that_is_not_what_the_model_learned_is_refused(tmp_path):

@@ -140,3 +140,36 @@ def test_a_run_that_builds_its_own_index_can_be_run_again(
     monkeypatch.setattr(text2image, "train_model", stopped)
     assert main([*train[:-2], "--seed", "1", "--out", str(run)]) == 130  # another index, stopped
     assert {p.name: p.read_bytes() for p in (run / "index").iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
+    tmp_path, tiny_images, monkeypatch
+):
+    """The model learns from a copy of --index taken once the inputs are checked: a rebuild of
+    --index while it trains changes neither the model nor its run's index (the run was refused at
+    the end, losing the training)."""
+    import shutil
+
+    import semid.tasks.text2image as text2image
+    from semid.ids import SemanticIDs
+    from semid.runs import load_run
+
+    index, other, run = tmp_path / "idx", tmp_path / "other", tmp_path / "run"
+    build = ["index", "build", "--dataset", tiny_images, "--quantizer", "voken:2x4,hidden=16,latent=4"]  # fmt: skip
+    assert main([*build, "--out", str(index)]) == 0
+    assert main([*build, "--seed", "1", "--out", str(other)]) == 0
+    learned = SemanticIDs.load(index).sha256()
+    assert SemanticIDs.load(other).sha256() != learned
+    train_model = text2image.train_model
+
+    def rebuilt_meanwhile(*args, **kwargs):
+        shutil.rmtree(index)
+        shutil.copytree(other, index)  # `semid index build --out idx` while training ran
+        return train_model(*args, **kwargs)
+
+    monkeypatch.setattr(text2image, "train_model", rebuilt_meanwhile)
+    assert main(["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--index", str(index),
+                 "--epochs", "1", "--batch-size", "32", "--out", str(run)]) == 0  # fmt: skip
+    assert load_run(run).ids.sha256() == learned
+    assert not (run / "train" / "index").exists()  # the run holds its copy

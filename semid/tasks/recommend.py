@@ -12,6 +12,7 @@ Answers for a user or a history (``predict``, ``serve``) come from ``recommend_p
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from semid.data.sequences import (
     prepare_data,
     slice_users,
 )
-from semid.distributed import is_main_process, on_main_process
+from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.generator import Generator
 from semid.hybrid import Candidates, HybridRanker, choose_mix
@@ -42,7 +43,6 @@ from semid.notes import note, tell
 from semid.progress import batch_starts
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import (
-    TRAINING_INDEX,
     Run,
     copy_index,
     load_run,
@@ -139,7 +139,7 @@ class RecommendTask(Task):
         # most-popular's counts)
         if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
-        index = self._index_copy(index, out, ids_sha256, device)
+        index = training_index(index, out, ids_sha256, cpu=device == "cpu")
         if getattr(model, "trainable", True):
             stamp = trained_on(state["data_sha256"], spec.dataset, ids_sha256, spec, SPLIT_FIELDS)
             result = self._fit(model, spec, ids, data, out, resume, device, stamp)
@@ -159,18 +159,8 @@ class RecommendTask(Task):
                 save_model(model, out / "model")
                 # rows added later by `semid index add` (beyond trained_items) are cold-start items
                 write_run(out, self.name, spec, {**state, "result": summary})
+            shutil.rmtree(index)  # the run holds its copy now; a rerun copies --index again
         return summary
-
-    def _index_copy(self, index: Path, out: Path, ids_sha256: str, device: str) -> Path:
-        """The copy of ``index`` the run learns from and gets (`training_index`), taken once the
-        inputs are checked (a refused command leaves no folder); it must hold the IDs the model
-        was built on, ``ids_sha256`` (else the index changed while the run started)."""
-        on_main_process(lambda: training_index(index, out), cpu=device == "cpu")
-        copy = Path(out).joinpath(*TRAINING_INDEX)
-        if SemanticIDs.load(copy).sha256() != ids_sha256:
-            raise SemidError(f"{index} changed while {out} started (rebuilt, or items added); "
-                             "train again")  # fmt: skip
-        return copy
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,
              resume: bool, device: str, stamp: dict[str, Any]):  # fmt: skip

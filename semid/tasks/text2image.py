@@ -47,7 +47,16 @@ from semid.models import model_class
 from semid.notes import note, tell
 from semid.progress import batch_starts
 from semid.ranking import Ranking
-from semid.runs import MANIFEST, RUN_CONFIG, Run, copy_index, load_run, replacing_run, write_run
+from semid.runs import (
+    MANIFEST,
+    RUN_CONFIG,
+    Run,
+    copy_index,
+    load_run,
+    replacing_run,
+    training_index,
+    write_run,
+)
 from semid.saving import read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
@@ -338,6 +347,9 @@ class Text2ImageTask(Task):
             )
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
         check_index_of(index, ids.keys, targets, splits, spec)
+        if not built:  # learnt from a copy: a rebuild of --index meanwhile changes neither the
+            # model nor its run's index
+            index = training_index(index, out, ids.sha256(), cpu=device == "cpu")
         texts, labels = image_queries(splits.train, "train")
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
         features = targets.get("features") if has_features else None
@@ -379,8 +391,7 @@ class Text2ImageTask(Task):
                     "trained_items": len(ids),
                 },
             )
-        if built:  # the run holds its copy now; a rerun builds it again
-            shutil.rmtree(index)
+        shutil.rmtree(index)  # the run holds its copy now; a rerun builds or copies it again
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
