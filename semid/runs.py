@@ -113,6 +113,15 @@ def training_index(
     return copy
 
 
+def remove_training_index(out: str | os.PathLike, index: str | os.PathLike) -> None:
+    """Remove the copy of ``index`` a training of ``out`` learnt from (`training_index`): once
+    the run holds it, or when the training stopped (the next one copies ``index`` again), so a
+    refused or stopped command leaves the run folder as it was."""
+    copy = Path(out).joinpath(*TRAINING_INDEX)
+    if copy.is_dir() and copy.resolve() != Path(index).resolve():
+        shutil.rmtree(copy, ignore_errors=True)
+
+
 @contextmanager
 def _index_copied(index: str | os.PathLike, dest: Path) -> Iterator[Path | None]:
     """Copy an index folder to ``dest``, atomically; yields the copy before it replaces ``dest``

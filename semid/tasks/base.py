@@ -23,7 +23,7 @@ import torch
 
 from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
-from semid.distributed import is_launched, on_main_process
+from semid.distributed import is_launched, is_main_process, on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
@@ -39,6 +39,7 @@ from semid.runs import (
     load_run,
     read_manifest,
     read_run_config,
+    remove_training_index,
 )
 from semid.wording import counted
 
@@ -144,6 +145,8 @@ class Task(ABC):
                 self._check_owner(out, spec, resume)
 
             on_main_process(claim, cpu=device == "cpu")
+            if index is not None and is_main_process():  # the copy of --index it learns from
+                held.callback(remove_training_index, out, index)
             return self._train(spec, out, index, resume, device)
 
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:

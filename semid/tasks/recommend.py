@@ -12,7 +12,6 @@ Answers for a user or a history (``predict``, ``serve``) come from ``recommend_p
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -159,7 +158,6 @@ class RecommendTask(Task):
                 save_model(model, out / "model")
                 # rows added later by `semid index add` (beyond trained_items) are cold-start items
                 write_run(out, self.name, spec, {**state, "result": summary})
-            shutil.rmtree(index)  # the run holds its copy now; a rerun copies --index again
         return summary
 
     def _fit(self, model: Any, spec: RecommendSpec, ids: SemanticIDs, data: RecData, out: Path,

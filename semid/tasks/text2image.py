@@ -391,7 +391,8 @@ class Text2ImageTask(Task):
                     "trained_items": len(ids),
                 },
             )
-        shutil.rmtree(index)  # the run holds its copy now; a rerun builds or copies it again
+        if built:  # the run holds its copy now; a rerun builds it again
+            shutil.rmtree(index)
         return summary
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
