@@ -52,14 +52,13 @@ from starlette.requests import ClientDisconnect
 
 from semid import __version__
 from semid.answer_texts import check_texts, with_texts
-from semid.defaults import usable_cores
+from semid.defaults import DEFAULT_K, usable_cores
 from semid.errors import SemidError
 from semid.json_values import is_integer, is_key
 from semid.model_process import ProcessPredictor
 from semid.tasks.base import REQUEST_FIELDS, with_input_id
 from semid.wording import short_answers_note
 
-DEFAULT_K = 10
 BACKLOG = 2048  # connections queued while the server starts or is busy
 MAX_BODY_BYTES = 16 * 2**20  # a /predict body larger than this is refused (413), not read
 logger = logging.getLogger("semid.serving")
@@ -320,7 +319,7 @@ class BatchingPredictor:
 def parse_request(
     body: Any, takes: Sequence[str] | None = None
 ) -> tuple[str, list[dict[str, Any]], Any, Any, bool]:
-    """A /predict body -> (field, inputs, k, num_beams, texts); SemidError on a wrong shape or
+    """A /predict body -> (field, inputs, k (None: not given), num_beams, texts); SemidError on a wrong shape or
     type. ``takes``: the list fields the served run answers (its /info "inputs"), which the
     errors name; None: every field."""
     listed = ", ".join(takes or (*_LIST_FIELDS, "inputs"))
@@ -357,7 +356,7 @@ def parse_request(
                         "queries": "a string", "inputs": "an object"}[name]  # fmt: skip
             raise SemidError(f"{name}[{i}] must be {expected}, got {as_json(v)}")
     inputs = values if name == "inputs" else [{_LIST_FIELDS[name]: v} for v in values]
-    return name, inputs, body.get("k", DEFAULT_K), body.get("num_beams"), texts
+    return name, inputs, body.get("k"), body.get("num_beams"), texts
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -454,7 +453,7 @@ def create_app(
         }
         # in a thread, as every call that may load a changed run again: the event loop stays free
         run_info, max_k = await asyncio.to_thread(lambda: (predictor.info(), predictor.max_k()))
-        limits = {"default_k": DEFAULT_K, "max_k": max_k}
+        limits = {"default_k": min(DEFAULT_K, max_k), "max_k": max_k}
         return {"model_process": False, **run_info, **limits, **_versions(),
                 "batching": {**batching, **batcher.stats}}  # fmt: skip
 
@@ -478,6 +477,8 @@ def create_app(
             name, inputs, k, num_beams, texts = parse_request(body, takes)
             if texts:  # in a thread: the first call reads the texts
                 await asyncio.to_thread(check_texts, predictor, '"texts"')
+            if k is None:  # not asked: DEFAULT_K, or the whole catalogue when it is smaller
+                k = min(DEFAULT_K, await asyncio.to_thread(predictor.max_k))
             # checking the inputs may read a changed run or log again: not on the event loop,
             # which keeps answering /health and reading other requests meanwhile
             future = await asyncio.to_thread(batcher.submit, inputs, k, num_beams, name)

@@ -410,3 +410,15 @@ def test_a_run_changed_while_it_is_read_is_read_again(tmp_path, monkeypatch):
     stamp = semid.runs.run_stamp(tmp_path)
     os.utime(tmp_path, ns=(5, 5))
     assert semid.runs.run_stamp(tmp_path) == stamp
+
+
+def test_predict_without_k_answers_a_catalogue_under_ten_whole(tmp_path, capsys):
+    """A first try on a few items: `predict` without --k was refused ('k must be in [1, 6]')."""
+    tiny_run(tmp_path, n=6)
+    out = tmp_path / "answers.jsonl"
+    assert main(["predict", str(tmp_path), "--history", '["i1"]', "--out", str(out)]) == 0
+    keys = json.loads(out.read_text())["keys"]
+    assert 0 < len(keys) <= 5 and "i1" not in keys  # 6 items, less the one in the history
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path), "--history", '["i1"]', "--k", "7"]) == 2
+    assert "k must be in [1, 6]" in capsys.readouterr().err  # asked for: told

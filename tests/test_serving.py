@@ -89,6 +89,20 @@ def test_health_and_info(live):
     assert info["model_process"] is False  # this server predicts in its own process
 
 
+def test_a_body_without_k_gets_ten_answers_or_the_whole_smaller_catalogue():
+    """A collection of 6 items (a first try with a few photos) answered a body without "k" with
+    'k=10 is larger than the catalogue'."""
+    for size, expected in ((100, 10), (6, 6)):
+        server = LiveServer(FakePredictor(num_items=size), max_batch=8, max_wait_ms=5)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/info").json()["default_k"] == expected
+            got = client.post("/predict", json={"users": ["u1"]})
+            assert got.status_code == 200 and len(got.json()["results"][0]["keys"]) == expected
+            too_many = client.post("/predict", json={"users": ["u1"], "k": size + 1})
+            assert too_many.status_code == 400 and "larger than the catalogue" in too_many.text
+        server.stop()
+
+
 def test_predict_single_and_many(live):
     _, _, client = live
     oracle = FakePredictor()

@@ -100,8 +100,8 @@ def add_interaction_file_arguments(p: argparse.ArgumentParser) -> None:
         help="interactions whose item has no text in --items: stop, or drop them (default: %(default)s)",
     )
     p.add_argument("--min-interactions", type=int, default=3,
-                   help="drop users with fewer interactions (default: %(default)s; users with 1 or 2 "
-                   "are kept for training only: leave-one-out tests users with 3 or more)")  # fmt: skip
+                   help="drop users with fewer interactions (default: %(default)s, as RecBole: "
+                   "leave-one-out needs a training, a valid and a test event)")  # fmt: skip
 
 
 def fitting_ks(catalogue: int, ks: tuple[int, ...]) -> list[int]:

@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="a generator with an item head (MMGRec, AVG, PromptDSI: item_loss or rank_loss > 0): weight w of "
         "log p(ID) + w * log p(item); 0 is beam search alone (with PromptDSI's BM25 mix, if any) "
-        "(default: the run's, chosen on the valid split for recommenders, on validation images for "
-        "AVG, on held-out training queries for PromptDSI)",
+        "(default: the run's: chosen on the valid split for recommenders and on held-out training "
+        "queries for PromptDSI; for AVG a default chosen once on Fashion-MNIST and digits)",
     )
     p.add_argument(
         "--users",

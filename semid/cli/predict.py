@@ -30,6 +30,7 @@ from semid.data.tables import (
     table_format,
 )
 from semid.data.text_files import read_lines
+from semid.defaults import DEFAULT_K
 from semid.errors import SemidError
 from semid.json_values import is_key
 from semid.manifest import check_out_of_run, read_manifest
@@ -77,7 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="retrievers: a file of queries, one a line, JSON Lines with 'query', or a CSV, TSV or "
         "Parquet table with a 'query' column",
     )
-    p.add_argument("--k", type=int, default=10, help="answers per input (default: %(default)s)")
+    p.add_argument(
+        "--k",
+        type=int,
+        help=f"answers per input (default: {DEFAULT_K}, or the catalogue's size when smaller)",
+    )
     p.add_argument(
         "--num-beams", type=int, help="beams for generators (default: the run's; always >= k)"
     )
@@ -326,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
     inputs, origins = read_inputs(args, predictor)
+    if args.k is None:
+        args.k = min(DEFAULT_K, predictor.max_k())
     predictor.check_k(args.k, args.num_beams)
     check_inputs(predictor, inputs, origins)  # reads users' histories (and so the data) first
     if args.texts:

@@ -399,8 +399,7 @@ class Text2ImageTask(Task):
         """Test queries (held-out wordings) against the indexed images."""
         if options.split != "test":
             raise SemidError(f"{run.path} is a text-to-image run: it is evaluated on its test split "
-                             "only (its validation images chose the image head's weight during "
-                             "training); leave out --split valid")  # fmt: skip
+                             "only (it has no validation split); leave out --split valid")  # fmt: skip
         check_recommend_only_options(run, options, "text-to-image")
         spec = self.spec_of(run)
         check_fingerprint(run, spec.dataset, files_of=image_collection_files)
