@@ -81,7 +81,7 @@ class ReloadingPredictor:
         return self.current().check_input(item)
 
     def predict(
-        self, inputs: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+        self, inputs: list[dict[str, Any]], k: int | None = None, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """The current run's answers."""
         return self.current().predict(inputs, k, num_beams)
@@ -95,7 +95,7 @@ class ReloadingPredictor:
         return self.current().resolve(checked)
 
     def predict_resolved(
-        self, resolved: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+        self, resolved: list[dict[str, Any]], k: int | None = None, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """The current run's answers for another copy's resolved inputs."""
         return self.current().predict_resolved(resolved, k, num_beams)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +99,9 @@ def training_index(
     checked (a refused command leaves no folder); the copy must hold ``ids_sha256``, the IDs the
     model was built on, else ``index`` changed while the training started."""
     copy = Path(out).joinpath(*TRAINING_INDEX)
+    if copy.resolve() in Path(index).resolve().parents:
+        raise SemidError(f"--index {index} lies inside {copy}, which the training replaces with its "
+                         "copy of the index; move the index out of the run folder")  # fmt: skip
 
     def copy_locked() -> None:
         lock = (write_lock(index, f"index {index}", INDEX_COPY_WAIT_S, "wait for it, then train")
@@ -113,13 +116,31 @@ def training_index(
     return copy
 
 
-def remove_training_index(out: str | os.PathLike, index: str | os.PathLike) -> None:
-    """Remove the copy of ``index`` a training of ``out`` learnt from (`training_index`): once
-    the run holds it, or when the training stopped (the next one copies ``index`` again), so a
-    refused or stopped command leaves the run folder as it was."""
+def training_index_remover(out: str | os.PathLike, index: str | os.PathLike) -> Callable[[], None]:
+    """Call before a training of ``out`` from ``index``; the function returned, called when the
+    command ends, removes the copy of ``index`` the training took (`training_index`): the run
+    holds it then, or the training stopped and the next one copies ``index`` again. A folder
+    that was there before and is untouched (a refused command; a text-to-image index that an
+    earlier training built there) stays, so a refused command leaves the run folder as it was."""
     copy = Path(out).joinpath(*TRAINING_INDEX)
-    if copy.is_dir() and copy.resolve() != Path(index).resolve():
-        shutil.rmtree(copy, ignore_errors=True)
+    found = _folder_identity(copy)
+
+    def remove() -> None:
+        taken = _folder_identity(copy)
+        if taken is not None and taken != found and copy.resolve() != Path(index).resolve():
+            shutil.rmtree(copy, ignore_errors=True)
+
+    return remove
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of a folder, or None when there is none: an atomic replacement gives
+    a new inode."""
+    try:
+        stat = folder.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 @contextmanager

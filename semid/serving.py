@@ -329,7 +329,9 @@ def parse_request(
     unknown = sorted(set(body) - {*_LIST_FIELDS, "inputs", "k", "num_beams", "texts"})
     singular = next((f for f in unknown if f in _PLURALS), None)
     if singular is not None:  # {"user": "196"}, as `semid predict --user 196` reads
-        example = json.dumps({_PLURALS[singular]: [body[singular]], "k": body.get("k", DEFAULT_K)})
+        example = json.dumps(
+            {_PLURALS[singular]: [body[singular]], **({"k": body["k"]} if "k" in body else {})}
+        )
         raise SemidError(f"unknown field {singular!r}: /predict takes lists, as {example[:120]}")
     if unknown:
         raise SemidError(
@@ -356,6 +358,8 @@ def parse_request(
                         "queries": "a string", "inputs": "an object"}[name]  # fmt: skip
             raise SemidError(f"{name}[{i}] must be {expected}, got {as_json(v)}")
     inputs = values if name == "inputs" else [{_LIST_FIELDS[name]: v} for v in values]
+    if "k" in body and body["k"] is None:  # left out means the default; null is no number
+        raise SemidError("k must be an integer >= 1, got null; leave k out for the default")
     return name, inputs, body.get("k"), body.get("num_beams"), texts
 
 

@@ -422,3 +422,25 @@ def test_predict_without_k_answers_a_catalogue_under_ten_whole(tmp_path, capsys)
     capsys.readouterr()
     assert main(["predict", str(tmp_path), "--history", '["i1"]', "--k", "7"]) == 2
     assert "k must be in [1, 6]" in capsys.readouterr().err  # asked for: told
+    # the Python API too: no k is 10, or the whole catalogue when it is smaller
+    from semid.tasks import load_predictor
+
+    answers = load_predictor(tmp_path).predict([{"history": ["i1"]}])
+    assert answers[0]["keys"] == keys
+
+
+def test_a_refused_training_leaves_the_index_copy_it_found(tmp_path, capsys):
+    """A copy of an index in RUN/train/index (a stopped training's) stayed until a refused command
+    removed it; an --index inside that folder, which the training replaces, is refused."""
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(idx, run / "train" / "index")
+    before = sorted(p.name for p in (run / "train" / "index").iterdir())
+    train = ["train", "recommender", "--dataset", "ml-100k", "--model", "pop", "--out", str(run)]
+    assert main([*train, "--index", str(tmp_path / "nothing")]) == 2
+    assert sorted(p.name for p in (run / "train" / "index").iterdir()) == before
+    shutil.copytree(idx, run / "train" / "index" / "mine")
+    capsys.readouterr()
+    assert main([*train, "--index", str(run / "train" / "index" / "mine")]) == 2
+    assert "which the training replaces" in capsys.readouterr().err
+    assert (run / "train" / "index" / "mine" / "keys.json").is_file()

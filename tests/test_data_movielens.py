@@ -130,6 +130,7 @@ TABLE_SHAPES = {
     "header only": b"a\tb\n",
     "ragged rows": b"a\tb\n1\n2\tx\ty\n",
     "latin-1": b"a\tb\n1\tMis\xe9rables\n",
+    "latin-1 header": b"a\xe9\tb\n1\tx\n",
     "repeated name": b"a\ta\n1\t2\n",
     "line separator in a cell": "a\tb\n1\tx\u2028y\n".encode(),
 }
@@ -151,6 +152,14 @@ def test_fast_table_reader_reads_as_pandas_or_leaves_the_file_to_it(
     )  # fmt: skip
     assert list(fast.columns) == list(slow.columns)
     assert fast.astype(object).values.tolist() == slow.astype(object).values.tolist()
+
+
+def test_a_missing_timestamp_is_refused_by_its_row() -> None:
+    from semid.data.movielens import _timestamps
+
+    with pytest.raises(SemidError, match=r"row 2, None"):
+        _timestamps(pd.Series(["1", None, "3"], dtype=object), Path("ratings.dat"))
+    assert _timestamps(pd.Series(["1", "3"]), Path("ratings.dat")).tolist() == [1, 3]
 
 
 def test_fast_table_reader_reads_the_usual_shapes(tmp_path: Path) -> None:

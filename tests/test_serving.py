@@ -146,6 +146,7 @@ BAD = {
     "k not an integer": b'{"users": ["u1"], "k": 2.5}',
     "k a string": b'{"users": ["u1"], "k": "5"}',
     "k a boolean": b'{"users": ["u1"], "k": true}',
+    "k null": b'{"users": ["u1"], "k": null}',
     "k over the catalogue": b'{"users": ["u1"], "k": 101}',
     "num_beams < k": b'{"users": ["u1"], "k": 10, "num_beams": 5}',
     "num_beams a string": b'{"users": ["u1"], "num_beams": "x"}',
@@ -304,7 +305,7 @@ def test_batching_predictor_rejects_bad_settings_and_input():
     ("body", "fix"),
     [
         ({"user": "196", "k": 3}, '{"users": ["196"], "k": 3}'),
-        ({"query": "red fox"}, '{"queries": ["red fox"], "k": 10}'),
+        ({"query": "red fox"}, '{"queries": ["red fox"]}'),  # no k given: none suggested
         ({"history": ["i1", "i2"], "k": 2}, '{"histories": [["i1", "i2"]], "k": 2}'),
     ],
 )

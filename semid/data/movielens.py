@@ -92,7 +92,7 @@ def _read_table(path: Path, sep: str, header: int | None = 0) -> pd.DataFrame:
         )  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise SemidError(
-            f"cannot parse {path}: {e}; check the file format ({FORMATS_HELP})"
+            f"cannot parse {path}: {' '.join(str(e).split())}; check the file format ({FORMATS_HELP})"
         ) from None
 
 
@@ -109,7 +109,7 @@ def _read_table_fast(path: Path, sep: str, header: int | None) -> pd.DataFrame |
             return None
         convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
         table = pacsv.read_csv(path, read, parse, convert)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
     frame = table.to_pandas()
     # pandas numbers headerless columns 0..n-1
@@ -234,10 +234,12 @@ MOVIELENS_FILES = frozenset({"ratings.dat", "movies.dat", "u.data", "u.item"})
 
 
 def _timestamps(values: pd.Series, source: Path) -> np.ndarray:
-    try:  # integers written as such (almost every file): exact, and 10x faster than to_numeric
-        return pc.cast(pa.array(values), pa.int64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
+    array = pa.array(values)
+    if array.null_count == 0:  # a missing value is refused below, by its row
+        try:  # integers written as such (almost every file): exact, and 10x faster than to_numeric
+            return pc.cast(array, pa.int64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
     ts = pd.to_numeric(values, errors="coerce").to_numpy()
     bad = np.flatnonzero(~np.isfinite(ts) | (ts != np.round(ts)))
     if bad.size:

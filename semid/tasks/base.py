@@ -23,6 +23,7 @@ import torch
 
 from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
+from semid.defaults import DEFAULT_K
 from semid.distributed import is_launched, is_main_process, on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
@@ -39,7 +40,7 @@ from semid.runs import (
     load_run,
     read_manifest,
     read_run_config,
-    remove_training_index,
+    training_index_remover,
 )
 from semid.wording import counted
 
@@ -146,7 +147,7 @@ class Task(ABC):
 
             on_main_process(claim, cpu=device == "cpu")
             if index is not None and is_main_process():  # the copy of --index it learns from
-                held.callback(remove_training_index, out, index)
+                held.callback(training_index_remover(out, index))
             return self._train(spec, out, index, resume, device)
 
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:
@@ -281,11 +282,13 @@ class Predictor(ABC):
         """The ranking of a batch of checked inputs."""
 
     def predict(
-        self, inputs: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+        self, inputs: list[dict[str, Any]], k: int | None = None, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``. A beam wider
         than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
-        and a wider one would only allocate (and cache a ranker for) empty beams."""
+        and a wider one would only allocate (and cache a ranker for) empty beams. ``k`` None:
+        ``DEFAULT_K``, or the catalogue's size when it is smaller."""
+        k = self.default_k() if k is None else k
         self.check_k(k, num_beams)
         return self._answers(inputs, [self.check_input(item) for item in inputs], k, num_beams)
 
@@ -296,10 +299,11 @@ class Predictor(ABC):
         return checked
 
     def predict_resolved(
-        self, resolved: list[dict[str, Any]], k: int = 10, num_beams: int | None = None
+        self, resolved: list[dict[str, Any]], k: int | None = None, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """``predict`` of inputs from another copy's `resolve`; each answer's ``"input"`` is the
         resolved input."""
+        k = self.default_k() if k is None else k
         self.check_k(k, num_beams)
         return self._answers(resolved, [self.check_resolved(x) for x in resolved], k, num_beams)
 
@@ -364,6 +368,10 @@ class Predictor(ABC):
     def data_texts(self) -> dict[str, str]:
         """Each item's text in the run's data, by key; none by default."""
         return {}
+
+    def default_k(self) -> int:
+        """The number of answers when none is asked for: ``DEFAULT_K``, at most the catalogue."""
+        return min(DEFAULT_K, self.max_k())
 
     def check_k(self, k: int, num_beams: int | None) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""
