@@ -99,8 +99,7 @@ def _read_table(path: Path, sep: str, header: int | None = 0) -> pd.DataFrame:
 def _read_table_fast(path: Path, sep: str, header: int | None) -> pd.DataFrame | None:
     """The table as pandas reads it, read by pyarrow (3x faster on ml-1m); None for a file that
     pyarrow refuses (ragged rows, invalid UTF-8, no rows) or whose header repeats or lacks a name:
-    pandas
-    then reads it, and names what is wrong."""
+    pandas then reads it, and names what is wrong."""
     read = pacsv.ReadOptions(autogenerate_column_names=header is None, block_size=1 << 24)
     parse = pacsv.ParseOptions(delimiter=sep, quote_char=False)
     try:
