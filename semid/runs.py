@@ -123,24 +123,14 @@ def training_index_remover(out: str | os.PathLike, index: str | os.PathLike) -> 
     that was there before and is untouched (a refused command; a text-to-image index that an
     earlier training built there) stays, so a refused command leaves the run folder as it was."""
     copy = Path(out).joinpath(*TRAINING_INDEX)
-    found = _folder_identity(copy)
+    found = _identity(copy.parent, [copy.name])  # an atomic replacement gives a new inode
 
     def remove() -> None:
-        taken = _folder_identity(copy)
-        if taken is not None and taken != found and copy.resolve() != Path(index).resolve():
+        taken = _identity(copy.parent, [copy.name])
+        if taken not in (found, (0, 0)) and copy.resolve() != Path(index).resolve():
             shutil.rmtree(copy, ignore_errors=True)
 
     return remove
-
-
-def _folder_identity(folder: Path) -> tuple[int, int] | None:
-    """(inode, mtime in ns) of a folder, or None when there is none: an atomic replacement gives
-    a new inode."""
-    try:
-        stat = folder.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
 
 
 @contextmanager

@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     check_input_flag(args, predictor.task)
     inputs, origins = read_inputs(args, predictor)
     if args.k is None:
-        args.k = min(DEFAULT_K, predictor.max_k())
+        args.k = predictor.default_k()
     predictor.check_k(args.k, args.num_beams)
     check_inputs(predictor, inputs, origins)  # reads users' histories (and so the data) first
     if args.texts:
