@@ -147,17 +147,18 @@ class GraphRQVAE(RQVAE):
         return (both - self.mean) / self.scale
 
     def item_index(self, x: Tensor) -> Tensor:
-        """(N,) index of each content row x (N, D) among the fitted items, -1 for an unknown item."""
+        """(N,) index of each content row x (N, D) among the fitted items, -1 for an unknown item (on
+        the device of x)."""
         fp = x @ self.fingerprint_proj
         if self.num_items == 0:
-            return torch.full((x.shape[0],), -1, dtype=torch.long)
+            return torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         tol = 1e-6 * float(self.fingerprints.pow(2).sum(-1).mean()) + 1e-12
         same_rows = x.shape[0] == self.num_items
         if same_rows and bool(((fp - self.fingerprints).pow(2).sum(-1) <= tol).all()):
             # The fitted items in fit order: positional, so items with equal content stay apart.
-            return torch.arange(x.shape[0])
-        dist, idx = nearest(fp, self.fingerprints)
-        return torch.where(dist <= tol, idx, torch.full_like(idx, -1))
+            return torch.arange(x.shape[0], device=x.device)
+        dist, idx = nearest(fp, self.fingerprints)  # faiss: on the CPU
+        return torch.where(dist <= tol, idx, torch.full_like(idx, -1)).to(x.device)
 
     def _model_inputs(self, x: Tensor) -> Tensor:
         idx = self.item_index(x)

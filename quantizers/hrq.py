@@ -40,7 +40,13 @@ from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
 from semid.kmeans import kmeans
 from semid.layers import reset_seeded_
 from semid.progress import progress_bar
-from semid.quantization import Quantizer, QuantizerSpec, register_quantizer, with_train_overrides
+from semid.quantization import (
+    Quantizer,
+    QuantizerSpec,
+    fits_on_the_cpu,
+    register_quantizer,
+    with_train_overrides,
+)
 from semid.quantizers import hyperbolic as hb
 from semid.quantizers.residual import code_usage
 from semid.quantizers.rqvae import mlp
@@ -215,6 +221,7 @@ class HyperbolicRQ(Quantizer):
 
     # --- training ---
 
+    @fits_on_the_cpu
     def fit(
         self,
         x: Tensor,

@@ -26,7 +26,7 @@ from torch import Tensor
 from semid.errors import SemidError
 from semid.kmeans import faiss_seed, kmeans
 from semid.progress import progress_bar
-from semid.quantization import Quantizer, QuantizerSpec, register_quantizer
+from semid.quantization import Quantizer, QuantizerSpec, fits_on_the_cpu, register_quantizer
 
 # Encode-time work is chunked so that a (rows, beam, K) score tensor stays about this many floats.
 _CHUNK_FLOATS = 1 << 24
@@ -54,6 +54,7 @@ class ResidualKMeans(Quantizer):
         self.register_buffer("codebooks", torch.zeros(self.levels, self.spec.codebook_size, dim))
 
     @torch.no_grad()
+    @fits_on_the_cpu
     def fit(
         self,
         x: Tensor,

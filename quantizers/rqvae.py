@@ -32,7 +32,13 @@ from semid.determinism import repeatable
 from semid.errors import SemidError
 from semid.layers import reset_seeded_
 from semid.progress import progress_bar
-from semid.quantization import Quantizer, QuantizerSpec, register_quantizer, with_train_overrides
+from semid.quantization import (
+    Quantizer,
+    QuantizerSpec,
+    fits_on_the_cpu,
+    register_quantizer,
+    with_train_overrides,
+)
 from semid.quantizers.residual import ESTIMATORS, ResidualCodebooks, code_usage
 from semid.training.checkpoints import DamagedCheckpointError, load_torch_file
 
@@ -132,6 +138,7 @@ class RQVAE(Quantizer):
 
     # --- the protocol ---
 
+    @fits_on_the_cpu
     def fit(
         self,
         x: Tensor,

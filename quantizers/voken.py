@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.layers import reset_seeded_
-from semid.quantization import QuantizerSpec, register_quantizer
+from semid.quantization import QuantizerSpec, fits_on_the_cpu, register_quantizer
 from semid.quantizers.rqvae import RQVAE, TrainConfig, mlp
 
 # Image collections range from 1k to 60k images: a few epochs of big batches on large ones, at
@@ -181,6 +181,7 @@ class VokenQuantizer(RQVAE):
             width = self.latent_dim + (self.text_dim if self.text_led else 0)
             self.align_head = nn.Linear(width, self.text_dim)
 
+    @fits_on_the_cpu
     def fit(
         self,
         x: Tensor,

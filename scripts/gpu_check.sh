@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# CUDA check: every task's train, eval and predict on a GPU (recommend on ml-100k: mmgrec, sasrec,
-# tiger; retrieve on a documents file, with `index add`; text-to-image on digits), then the decoding
-# benchmark. Each step runs in a fresh process under a time limit; a failed step is reported and the
+# CUDA check: quantizer fits given GPU tensors (the tests that need a GPU), every task's train,
+# eval and predict on a GPU (recommend on ml-100k: mmgrec, sasrec, tiger; retrieve on a documents
+# file, with `index add`; text-to-image on digits), then the decoding benchmark. Each step runs in a fresh process under a time limit; a failed step is reported and the
 # next one runs, so one pass shows every failure. Exit status: the number of failed steps.
 #
 # Usage: bash scripts/gpu_check.sh [OUT]   (default OUT: runs/gpu-check; needs `make install` first)
 # Environment: DEVICE (default cuda; cpu runs the same steps on the CPU), INDEX (an ml-100k index
 # folder from `semid index build`: skips building it), DOCS (a documents file; default: the first
 # 2,000 debian-docs documents), QUICK=1 (a few epochs each: a smoke run), PYTHON (default python3),
-# PARTS (default "rec docs img serve decoding": the parts to run), MODELS (default "mmgrec sasrec
+# PARTS (default "quant rec docs img serve decoding": the parts to run), MODELS (default "mmgrec sasrec
 # tiger"), PORT (default 8123, for serve).
 set -uo pipefail
 
@@ -17,7 +17,7 @@ DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 SEMID=${SEMID:-$PYTHON -m semid.cli.main}
 mkdir -p "$OUT"
-PARTS=${PARTS:-rec docs img serve decoding}
+PARTS=${PARTS:-quant rec docs img serve decoding}
 PORT=${PORT:-8123}
 MODELS=${MODELS:-mmgrec sasrec tiger}
 failed=()
@@ -126,6 +126,7 @@ decoding() {
   step 900 decoding $PYTHON -m benchmarks.decoding --quick --device "$decoding_device" --out "$OUT/decoding"
 }
 
+if part quant; then step 600 quant-gpu-tests $PYTHON -m pytest -q -p no:cacheprovider tests/test_quantizers.py -k gpu; fi
 if part rec; then recommend; fi
 if part docs; then retrieve; fi
 if part img; then text_to_image; fi

@@ -7,6 +7,7 @@ A quantizer maps vectors (N, D) to semantic IDs (N, L) and back. Concrete famili
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -93,6 +94,43 @@ class QuantizerSpec:
         if unknown:
             raise SemidError(f"unknown option(s) {', '.join(unknown)} in {self}; {self.family} "
                              f"accepts {', '.join(accepted)}")  # fmt: skip
+
+
+def fits_on_the_cpu(fit: Callable[..., Quantizer]) -> Callable[..., Quantizer]:
+    """Decorator for a family's ``fit``: the fit computes on the CPU whatever device its inputs and
+    the quantizer are on (so a seed gives the same IDs on every machine), then the quantizer moves
+    to the device of x, ready to encode it. Tensors among the arguments, or in lists of them, are
+    copied to the CPU; other arguments pass through."""
+
+    @functools.wraps(fit)
+    def wrapper(self: Quantizer, *args: Any, **kwargs: Any) -> Quantizer:
+        device = _device_of(args[0] if args else kwargs.get("x"))
+        self.cpu()
+        try:
+            fit(self, *map(_on_cpu, args), **{k: _on_cpu(v) for k, v in kwargs.items()})
+        finally:
+            self.to(device)
+        return self
+
+    return wrapper
+
+
+def _device_of(x: Any) -> torch.device:
+    """The device of a tensor, or of the first tensor in a list or tuple; the CPU otherwise."""
+    if isinstance(x, Tensor):
+        return x.device
+    if isinstance(x, (list, tuple)):
+        return next((_device_of(v) for v in x if isinstance(v, Tensor)), torch.device("cpu"))
+    return torch.device("cpu")
+
+
+def _on_cpu(value: Any) -> Any:
+    """A tensor, or each tensor of a list or tuple, on the CPU; anything else as it is."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 class Quantizer(nn.Module, ABC):

@@ -239,3 +239,22 @@ def test_a_seed_past_a_c_int_still_fits():
     """faiss takes its seed as a C int: a seed up to the CLI's 2**32 - 1 is mapped to one."""
     codes = build_quantizer("rqkmeans:2x8").fit(data(), seed=2**32 - 1, niter=2).encode(data())
     assert codes.shape == (N, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_fit_on_gpu_inputs_gives_the_cpus_quantizer_on_the_gpu(family):
+    """Fits compute on the CPU whatever the inputs' device (was: device mix-ups deep in torch),
+    then the quantizer sits on the inputs' GPU and encodes them there."""
+    on_cpu = fitted(family)
+    kwargs = {
+        k: (v.cuda() if isinstance(v, torch.Tensor) else v)
+        for k, v in FAST_FIT_KWARGS.get(family, {}).items()
+    }
+    on_gpu = build_quantizer(spec_of(family)).fit(data().cuda(), seed=0, **kwargs)
+    assert {t.device.type for t in on_gpu.state_dict().values()} == {"cuda"}
+    for name, value in on_cpu.state_dict().items():
+        assert torch.equal(on_gpu.state_dict()[name].cpu(), value), name
+    codes = on_gpu.encode(data().cuda())
+    assert codes.device.type == "cuda"
+    assert (codes.cpu() == on_cpu.encode(data())).all(1).float().mean() >= 0.95
