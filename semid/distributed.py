@@ -24,12 +24,12 @@ def is_launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def on_main_process(work: Callable[[], T], cpu: bool = False) -> T | None:
+def on_main_process(work: Callable[[], T], device: str = "auto") -> T | None:
     """Run ``work`` on the main process only and return its result there (None on the others).
     In a launched job the other processes wait for it, and a SemidError it raises is raised by
     every process: the job stops at once, instead of leaving the others waiting for the main
-    process in a collective until the launcher kills them. ``cpu``: the job trains on the CPU
-    (as its trainer will be told: the process group is joined here, once)."""
+    process in a collective until the launcher kills them. ``device``: where the job trains, as
+    its trainer will be told (the process group is joined here, once: see `trains_on_cpu`)."""
     result, error = None, None
     if is_main_process():
         try:
@@ -41,7 +41,7 @@ def on_main_process(work: Callable[[], T], cpu: bool = False) -> T | None:
     if is_launched():
         from accelerate.utils import broadcast_object_list
 
-        join_process_group(cpu)
+        join_process_group(device)
         error = broadcast_object_list([error])[0]
     if error is not None:
         raise MainProcessError(error)
@@ -59,10 +59,17 @@ class MainProcessError(SemidError):
 COLLECTIVE_TIMEOUT = timedelta(hours=6)
 
 
-def join_process_group(cpu: bool) -> None:
-    """Join the launched job's process group (once), as the trainer's Accelerator would: on the
-    CPU with ``cpu`` or ``ACCELERATE_USE_CPU`` set, else on each process's own GPU."""
-    from accelerate import PartialState
+def trains_on_cpu(device: str) -> bool:
+    """Whether a training told ``device`` runs on the CPU: ``cpu``, or ``ACCELERATE_USE_CPU`` set
+    (`accelerate launch --cpu`); the one rule for the process group, the trainer and its precision."""
     from accelerate.utils import parse_flag_from_env
 
-    PartialState(cpu=cpu or parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=COLLECTIVE_TIMEOUT)
+    return device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def join_process_group(device: str) -> None:
+    """Join the launched job's process group (once), as the trainer's Accelerator would: on the
+    CPU when it trains there (`trains_on_cpu`), else on each process's own GPU."""
+    from accelerate import PartialState
+
+    PartialState(cpu=trains_on_cpu(device), timeout=COLLECTIVE_TIMEOUT)

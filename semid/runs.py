@@ -90,10 +90,10 @@ INDEX_COPY_WAIT_S = 60.0  # another writer of --index (a second training copying
 
 
 def training_index(
-    index: str | os.PathLike, out: str | os.PathLike, ids_sha256: str, cpu: bool = False
+    index: str | os.PathLike, out: str | os.PathLike, ids_sha256: str, device: str = "auto"
 ) -> Path:
     """Copy ``index`` beside the run's checkpoints (``out/train/index``), holding the index's write
-    lock (by the main process of a launched job; ``cpu``: its processes meet on the CPU), and
+    lock (by the main process of a launched job training on ``device``), and
     return the copy: what the training learns from and copies into its run at the end, whatever
     becomes of ``index`` meanwhile (rebuilt, or items added to it). Take it once the inputs are
     checked (a refused command leaves no folder); the copy must hold ``ids_sha256``, the IDs the
@@ -109,7 +109,7 @@ def training_index(
         with lock, _index_copied(index, copy):
             pass
 
-    on_main_process(copy_locked, cpu=cpu)
+    on_main_process(copy_locked, device)
     if SemanticIDs.load(copy).sha256() != ids_sha256:
         raise SemidError(f"{index} changed while {out} started (rebuilt, or items added); "
                          "train again")  # fmt: skip

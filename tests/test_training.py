@@ -766,11 +766,13 @@ def test_the_process_group_is_joined_as_the_trainer_would_join_it(monkeypatch):
     joined = []
     monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: joined.append(kwargs))
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    join_process_group(cpu=False)
+    join_process_group("cuda")
     monkeypatch.delenv("ACCELERATE_USE_CPU")
-    join_process_group(cpu=False)
+    join_process_group("cuda")
+    join_process_group("cpu")
     assert joined == [{"cpu": True, "timeout": COLLECTIVE_TIMEOUT},
-                      {"cpu": False, "timeout": COLLECTIVE_TIMEOUT}]  # fmt: skip
+                      {"cpu": False, "timeout": COLLECTIVE_TIMEOUT},
+                      {"cpu": True, "timeout": COLLECTIVE_TIMEOUT}]  # fmt: skip
     assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600
 
 

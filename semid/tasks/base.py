@@ -145,7 +145,7 @@ class Task(ABC):
                 held.enter_context(write_lock(out, f"run {out}"))
                 self._check_owner(out, spec, resume)
 
-            on_main_process(claim, cpu=device == "cpu")
+            on_main_process(claim, device)
             if index is not None and is_main_process():  # the copy of --index it learns from
                 held.callback(training_index_remover(out, index))
             return self._train(spec, out, index, resume, device)

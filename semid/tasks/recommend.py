@@ -138,7 +138,7 @@ class RecommendTask(Task):
         # most-popular's counts)
         if hasattr(model, "fit_train_sequences_"):
             model.fit_train_sequences_(*data.train_sequences())
-        index = training_index(index, out, ids_sha256, cpu=device == "cpu")
+        index = training_index(index, out, ids_sha256, device)
         if getattr(model, "trainable", True):
             stamp = trained_on(state["data_sha256"], spec.dataset, ids_sha256, spec, SPLIT_FIELDS)
             result = self._fit(model, spec, ids, data, out, resume, device, stamp)

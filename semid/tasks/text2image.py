@@ -339,7 +339,7 @@ class Text2ImageTask(Task):
             source = IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device)
             on_main_process(lambda: self.build_index(source, spec.quantizer, index, "extra-level",
                                                      spec.seed, splits=splits),
-                            cpu=device == "cpu")  # once, by rank 0 of a launched job  # fmt: skip
+                            device)  # once, by rank 0 of a launched job  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
             raise SemidError(
@@ -349,7 +349,7 @@ class Text2ImageTask(Task):
         check_index_of(index, ids.keys, targets, splits, spec)
         if not built:  # learnt from a copy: a rebuild of --index meanwhile changes neither the
             # model nor its run's index
-            index = training_index(index, out, ids.sha256(), cpu=device == "cpu")
+            index = training_index(index, out, ids.sha256(), device)
         texts, labels = image_queries(splits.train, "train")
         has_features = (Path(index) / IMAGE_FEATURES).is_file()  # older indexes keep none
         features = targets.get("features") if has_features else None

@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
 from semid.atomic import DiskFullError, atomic_file, is_disk_full, read_json, write_json
 from semid.determinism import repeatable
-from semid.distributed import is_launched
+from semid.distributed import is_launched, trains_on_cpu
 from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.training.checkpoints import (
@@ -132,7 +132,7 @@ class Trainer:
         if device.startswith("cuda:") and not is_launched():  # launched: each process its own GPU
             torch.cuda.set_device(int(device[5:]))
         self.accelerator = Accelerator(
-            cpu=device == "cpu",
+            cpu=trains_on_cpu(device),
             mixed_precision=_resolve_precision(config.mixed_precision, device),
             gradient_accumulation_steps=config.grad_accum_steps,
             # the loop steps the schedule once per optimizer step; accelerate would step it once per process
@@ -563,6 +563,5 @@ def _resolve_precision(name: str, device: str) -> str:
     (also for ``device`` cpu on a GPU machine: bf16 on a CPU is slow and changes the figures)."""
     if name != "auto":
         return name
-    on_cpu = device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return "bf16" if gpu_bf16 and not on_cpu else "no"
+    return "bf16" if gpu_bf16 and not trains_on_cpu(device) else "no"
