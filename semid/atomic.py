@@ -173,20 +173,51 @@ def remove_empty_made_folders(since: int = 0) -> None:
     del _made_folders[since:]
 
 
-def check_output_file(path: str | os.PathLike) -> None:
-    """Raise SemidError unless a file can be written at ``path``: not an existing folder, and its
-    folder takes a new file. A trial file is made and removed, since ``os.access`` says yes to root
-    and to pseudo file systems such as /proc where no file can be created."""
+def is_stream(path: str | os.PathLike) -> bool:
+    """True when ``path`` (through its symlinks) is an existing file that is written to rather than
+    replaced: a terminal or ``/dev/stdout``, ``/dev/null``, a named pipe, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing (or unreadable: the write will say so)
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """Raise SemidError unless a file can be written at ``path``: a stream (`is_stream`) that can
+    be opened for writing, or not an existing folder, and its folder takes a new file. A trial
+    file is made and removed, since ``os.access`` says yes to root and to pseudo file systems
+    such as /proc where no file can be created."""
     path = Path(path)
     if path.is_dir():
-        raise SemidError(f"output {path} is a folder; name a file for --out")
-    check_writable(path)
+        raise SemidError(f"output {path} is a folder; name a file for {option}")
+    if is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise SemidError(f"cannot write {path}: permission denied; choose a writable {option}")
+        return
+    path = path.resolve() if path.is_symlink() else path  # the link stays; its file is replaced
+    check_writable(path, f"choose a writable {option}")
     try:
         fd, trial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise SemidError(f"cannot write {path}: {e.strerror}; choose a writable --out") from None
+        raise SemidError(f"cannot write {path}: {e.strerror}; choose a writable {option}") from None
     os.close(fd)
     os.unlink(trial)
+
+
+@contextmanager
+def output_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a file the user named (``--out``, ``--plot``) for writing: a stream (`is_stream`, such
+    as ``/dev/stdout``) is written as it is, where `atomic_file` would replace it with a regular
+    file; a symlink keeps its place and the file it points to is replaced; anything else is
+    written by `atomic_file`."""
+    path = Path(path)
+    if is_stream(path):
+        with open(path, mode) as f:
+            yield f
+        return
+    with atomic_file(path.resolve() if path.is_symlink() else path, mode) as f:
+        yield f
 
 
 def check_output_folder(folder: str | os.PathLike) -> None:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from semid.atomic import atomic_file, check_writable
+from semid.atomic import check_output_file, output_file
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
 
@@ -28,12 +28,12 @@ def _pyplot(path: str | os.PathLike):
 def check_plot_path(path: str | os.PathLike) -> None:
     """Raise SemidError now, before any long work, unless a plot can be written to ``path``."""
     _pyplot(path)
-    check_writable(path, fix="choose a writable --plot")
+    check_output_file(path, "--plot")
 
 
 def _save(plt, fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
+    with output_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 

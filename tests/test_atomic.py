@@ -354,3 +354,34 @@ def test_check_output_folder_creates_parents_but_not_the_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SemidError, match="is a file, not a folder"):
         check_output_folder(tmp_path / "file")
+
+
+def test_an_output_that_is_a_stream_is_written_not_replaced(tmp_path):
+    """`--out /dev/stdout` (a symlink to a terminal or pipe) was replaced by a regular file, as
+    root, by the rename of an atomic write; a named pipe is written through, a symlink to a file
+    keeps its place and its file is replaced."""
+    from semid.atomic import check_output_file, is_stream, output_file
+
+    fifo = tmp_path / "answers.fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)  # as /dev/stdout -> /proc/self/fd/1 -> a pipe
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    assert is_stream(link) and not is_stream(tmp_path) and not is_stream(tmp_path / "new")
+    check_output_file(link)
+    with output_file(link) as f:
+        f.write('{"k": 1}\n')
+    assert reader.communicate(timeout=10)[0] == '{"k": 1}\n'
+    assert link.is_symlink() and fifo.is_fifo()
+    check_output_file("/dev/null")
+    with output_file("/dev/null", "wb") as f:
+        f.write(b"png")
+    assert Path("/dev/null").is_char_device()
+    target = tmp_path / "kept.jsonl"
+    target.write_text("old\n")
+    alias = tmp_path / "alias.jsonl"
+    alias.symlink_to(target)
+    check_output_file(alias)
+    with output_file(alias) as f:
+        f.write("new\n")
+    assert alias.is_symlink() and target.read_text() == "new\n"

@@ -444,3 +444,24 @@ def test_a_refused_training_leaves_the_index_copy_it_found(tmp_path, capsys):
     assert main([*train, "--index", str(run / "train" / "index" / "mine")]) == 2
     assert "which the training replaces" in capsys.readouterr().err
     assert (run / "train" / "index" / "mine" / "keys.json").is_file()
+
+
+def test_predict_out_to_a_pipe_writes_the_answers_through_it(tmp_path, capsys):
+    """`--out /dev/stdout` was replaced with a regular file (the atomic write's rename, as root):
+    a symlink to a pipe, as /dev/stdout is in a pipeline, gets the answers and stays a link."""
+    import subprocess
+
+    tiny_run(tmp_path / "run", n=6)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    try:
+        code = main(["predict", str(tmp_path / "run"), "--history", '["i1"]', "--out", str(link)])
+        got = reader.communicate(timeout=30)[0]
+    finally:
+        reader.kill()
+    assert code == 0 and link.is_symlink() and fifo.is_fifo()
+    assert len(json.loads(got)["keys"]) == 5
+    assert "wrote" not in capsys.readouterr().out  # the stream holds the answers alone

@@ -16,7 +16,7 @@ from typing import Any
 
 from semid import notes
 from semid.answer_texts import check_texts, with_texts
-from semid.atomic import atomic_file, check_output_file
+from semid.atomic import check_output_file, is_stream, output_file
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table
 from semid.data.documents import QUERY_FIELDS, QUERY_ID_FIELDS
@@ -345,9 +345,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         if args.texts:
             answers = with_texts(predictor, answers)
-        with atomic_file(args.out, "w") as f:
+        with output_file(args.out, "w") as f:
             f.writelines(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
-        print(f"wrote {counted(len(answers), 'answer')} to {args.out}")
+        if not is_stream(args.out):  # /dev/stdout: the answers alone, for the next command
+            print(f"wrote {counted(len(answers), 'answer')} to {args.out}")
         return 0
     print_answers(answers, predictor)
     return 0
