@@ -594,6 +594,9 @@ cases(
         ("add-tsv-not-utf8", "new.tsv", add_to_index(tsv(b"a\tfirst\nb\t\xff\xfe\n"))),
         ("add-tsv-empty", "new.tsv", add_to_index(tsv(b""))),
         ("add-tsv-no-tab", "new.tsv", add_to_index(tsv(b"a first\n"))),
+        ("add-tsv-blank-key", "line 2 is not key<TAB>text", add_to_index(tsv(b"a\tfirst\n  \tsecond\n"))),  # was indexed, never askable
+        ("add-tsv-line-after-blanks", "line 3 is not key<TAB>text", add_to_index(tsv(b"a\tfirst\n\nb second\n"))),
+        ("add-tsv-blank-lines-only", "holds no items", add_to_index(tsv(b"\n \n"))),
         ("add-tsv-with-keys", "--keys", add_to_index(lambda e: [*tsv(b"a\tfirst\n")(e), "--keys", str(e.write("k.txt", "a\n"))])),
         ("add-to-empty-folder", "empty", lambda e: ["index", "add", str(e.write("empty/.keep", "").parent), *npy_items(NEW, ["a", "b", "c"])(e)]),
         (
@@ -912,6 +915,9 @@ cases(
         ),
         ("add-docs-to-recommender", "--docs", lambda e: on_rec(["index", "add"], lambda r: None, "--docs", docs_file(e, "d.jsonl"))(e)),
         ("add-items-to-retriever", "--docs", lambda e: on_ret(["index", "add"], lambda r: None, "--items", str(e.write("new.tsv", "a\tb\n")))(e)),
+        # a run's own index grown alone: its model and document files no longer matched it (exit 0)
+        ("add-to-a-recommenders-index", "is part of the run", lambda e: ["index", "add", str(e.rec() / "index"), "--items", str(e.write("new.tsv", "new\tA new film\n"))]),
+        ("add-to-a-retrievers-index", "semid index add", lambda e: ["index", "add", str(e.ret() / "index"), "--items", str(e.write("new.tsv", "a\tb\n"))]),
         (
             "add-docs-with-an-encoder",
             "leave out --encoder",

@@ -11,6 +11,7 @@ with the index's text encoder (MiniLM unless ``--encoder``): an items file like 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from semid.cli.common import add_device_argument, fitting_ks
@@ -81,15 +82,18 @@ def run(args: argparse.Namespace) -> int:
                              f"added with its own encoder; leave out {refused[0]}")  # fmt: skip
         options = {f.lstrip("-"): flags[f] for f in task.add_options}
         summary = task.add(args.target, source, device=device, **options)
+    elif (run_dir := run_holding(args.target)) is not None:
+        given = f"--docs {args.docs}" if args.docs is not None else f"--items {args.items}"
+        raise SemidError(f"{args.target} is part of the run {run_dir}, whose model and files grow "
+                         f"with its index; add to the run: semid index add {run_dir} {given}")  # fmt: skip
     elif args.docs is not None:
         raise SemidError(
             f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"
         )
     elif args.items.is_dir() or (args.target / IMAGE_ENCODER_DIR).is_dir():
-        run_dir = args.target.parent if (args.target.parent / MANIFEST).is_file() else "RUN"
         raise SemidError(
             f"{args.target} is not a run folder; images are added to a text-to-image run, which "
-            f"keeps the image encoder and model: semid index add {run_dir} --items {args.items}"
+            f"keeps the image encoder and model: semid index add RUN --items {args.items}"
         )
     else:
         indexed = SemanticIDs.load(args.target)  # its keys are checked before any text is embedded
@@ -107,6 +111,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"added {counted(summary['documents'], 'document')} to {args.target} as prompt session {summary['session']} "
               f"({counted(summary['topics'], 'new topic prompt')}, {summary['train_seconds']:.0f} s); {_held_out(summary, args.target)}")  # fmt: skip
     return 0
+
+
+def run_holding(folder: Path) -> Path | None:
+    """The run folder that ``folder`` lies in (its ``index/``, or the copy a training learns
+    from), or None for a folder of no run."""
+    run = next((p for p in Path(folder).absolute().parents if (p / MANIFEST).is_file()), None)
+    return None if run is None else Path(os.path.relpath(run))  # as short as the user wrote it
 
 
 def _held_out(summary: dict, run: Path) -> str:

@@ -222,13 +222,13 @@ def _names_an_item_column(first_line: str) -> bool:
 
 def _key_text_lines(path: Path, lines: list[str]) -> tuple[list[str], list[str]]:
     """Keys and texts of the lines of a headerless ``key<TAB>text`` file."""
-    pairs = [line.split("\t", 1) for line in lines if line.strip()]
-    bad = [i for i, p in enumerate(pairs) if len(p) != 2 or not p[0] or not p[1].strip()]
-    if bad or not pairs:
-        raise SemidError(
-            f"{path} line {bad[0] + 1 if bad else 1} is not key<TAB>text; write one item per line"
-        )
-    return [k for k, _ in pairs], [t for _, t in pairs]
+    numbered = [(n, line.split("\t", 1)) for n, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise SemidError(f"{path} holds no items; write one key<TAB>text line per item")
+    for n, pair in numbered:  # a key of blanks could never be asked for again
+        if len(pair) != 2 or not pair[0].strip() or not pair[1].strip():
+            raise SemidError(f"{path} line {n} is not key<TAB>text; write one item per line")
+    return [k for _, (k, _) in numbered], [t for _, (_, t) in numbered]
 
 
 def new_model(spec: RecommendSpec, ids: SemanticIDs) -> torch.nn.Module:

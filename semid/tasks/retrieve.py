@@ -16,6 +16,7 @@ the document head, their mixing weights) are in ``retrieval_ranking``.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -383,6 +384,10 @@ class RetrieveTask(Task):
                                  "test_queries": len(test_pairs)}  # fmt: skip
                 state.setdefault("sessions", []).append(session_state)
                 write_run(run_path, self.name, spec, state)
+            # the session is in the model: its checkpoints (tens of MB per add) are of no more
+            # use, nor those that adds before this version left
+            for done in range(1, session + 1):
+                shutil.rmtree(run_path / f"train-session-{done}", ignore_errors=True)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
                 "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds, "pseudo_queries": collection.pseudo_queries}  # fmt: skip
