@@ -11,7 +11,6 @@ with the index's text encoder (MiniLM unless ``--encoder``): an items file like 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from semid.cli.common import add_device_argument, fitting_ks
@@ -116,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
 def run_holding(folder: Path) -> Path | None:
     """The run folder that ``folder`` lies in (its ``index/``, or the copy a training learns
     from), or None for a folder of no run."""
-    run = next((p for p in Path(folder).absolute().parents if (p / MANIFEST).is_file()), None)
-    return None if run is None else Path(os.path.relpath(run))  # as short as the user wrote it
+    folder = Path(folder)  # named as the user wrote it when their path reaches it
+    parents = [*folder.parents, *folder.absolute().parents]
+    return next((p for p in parents if (p / MANIFEST).is_file()), None)
 
 
 def _held_out(summary: dict, run: Path) -> str:
