@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import re
@@ -173,9 +174,25 @@ def remove_empty_made_folders(since: int = 0) -> None:
     del _made_folders[since:]
 
 
+_DESCRIPTOR_PATHS = re.compile(r"^/(?:dev/(?:(stdout)|(stderr)|fd/(\d+))|proc/self/fd/(\d+))$")
+
+
+def open_descriptor(path: str | os.PathLike) -> int | None:
+    """The open file descriptor that ``path`` names (``/dev/stdout`` 1, ``/dev/stderr`` 2,
+    ``/dev/fd/N`` and ``/proc/self/fd/N`` N), as a shell's redirection means it; else None."""
+    m = _DESCRIPTOR_PATHS.match(os.path.abspath(path))
+    if m is None:
+        return None
+    return 1 if m[1] else 2 if m[2] else int(m[3] or m[4])
+
+
 def is_stream(path: str | os.PathLike) -> bool:
-    """True when ``path`` (through its symlinks) is an existing file that is written to rather than
-    replaced: a terminal or ``/dev/stdout``, ``/dev/null``, a named pipe, a socket."""
+    """True when ``path`` is written to rather than replaced: an open descriptor
+    (`open_descriptor`: ``/dev/stdout``, whatever it leads to, a file ``>>`` appends to too), or
+    an existing file that is no regular file (through its symlinks): a terminal, ``/dev/null``, a
+    named pipe, a socket."""
+    if open_descriptor(path) is not None:
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:  # missing (or unreadable: the write will say so)
@@ -191,11 +208,24 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise SemidError(f"output {path} is a folder; name a file for {option}")
+    if (fd := open_descriptor(path)) is not None:
+        try:
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        except OSError:
+            writable = False
+        if not writable:
+            raise SemidError(
+                f"{path}: descriptor {fd} is not open for writing; choose another {option}"
+            )
+        return
     if is_stream(path):
         if not os.access(path, os.W_OK):
             raise SemidError(f"cannot write {path}: permission denied; choose a writable {option}")
         return
     path = path.resolve() if path.is_symlink() else path  # the link stays; its file is replaced
+    if path.is_file() and not _replaceable(path):
+        raise SemidError(f"cannot replace {path}: it is another user's, in a folder where only its "
+                         f"owner may replace it (sticky, as /tmp); choose another {option}")  # fmt: skip
     check_writable(path, f"choose a writable {option}")
     try:
         fd, trial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -212,12 +242,29 @@ def output_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     file; a symlink keeps its place and the file it points to is replaced; anything else is
     written by `atomic_file`."""
     path = Path(path)
+    if (
+        fd := open_descriptor(path)
+    ) is not None:  # written where the descriptor is, as a shell does
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with os.fdopen(os.dup(fd), mode) as f:
+            yield f
+        return
     if is_stream(path):
         with open(path, mode) as f:
             yield f
         return
     with atomic_file(path.resolve() if path.is_symlink() else path, mode) as f:
         yield f
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether this user may rename a file over ``path``: not in a sticky folder (as /tmp) where
+    neither the file nor the folder is theirs (root may)."""
+    folder = path.parent.stat()
+    if not folder.st_mode & stat.S_ISVTX or os.geteuid() == 0:
+        return True
+    return os.geteuid() in (folder.st_uid, path.stat().st_uid)
 
 
 def check_output_folder(folder: str | os.PathLike) -> None:
@@ -267,11 +314,13 @@ def _age_s(path: Path) -> float:
 
 
 def _remove(path: Path) -> None:
-    """Delete a file or a folder; already gone is fine."""
+    """Delete a file or a folder; already gone is fine, and so is one this user may not remove
+    (another user's leftover in a shared folder such as /tmp: theirs to remove)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            path.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -464,7 +513,12 @@ def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(m, entry) for entry in sorted(folder.iterdir()) if (m := _SNAPSHOT.match(entry.name))]
+    try:
+        entries = sorted(folder.iterdir())
+    except PermissionError:
+        raise SemidError(f"cannot read the folder {folder}: permission denied; ask its owner for "
+                         "read access, or use a copy you can read") from None  # fmt: skip
+    found = [(m, entry) for entry in entries if (m := _SNAPSHOT.match(entry.name))]
     return [(int(m.group(1)), entry) for m, entry in found if int(m.group(1)) != os.getpid()]
 
 
@@ -483,12 +537,16 @@ def roll_back(folder: str | os.PathLike) -> bool:
 
 
 def read_json(path: str | os.PathLike, fix: str) -> Any:
-    """A JSON file's content, or one SemidError line if it is missing, not UTF-8 or not valid JSON."""
+    """A JSON file's content, or one SemidError line if it is missing, unreadable (permissions),
+    not UTF-8 or not valid JSON."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SemidError(f"{path} is missing; {fix}") from None
+    except PermissionError:
+        raise SemidError(f"cannot read {path}: permission denied; ask its owner for read "
+                         "access, or use a copy you can read") from None  # fmt: skip
     except UnicodeDecodeError:
         raise SemidError(f"{path} is not UTF-8 text; {fix}") from None
     except json.JSONDecodeError as e:
@@ -569,7 +627,9 @@ def atomic_dir(path: str | os.PathLike, label: str = "atomic_dir") -> Iterator[P
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     )
-    os.chmod(tmp, 0o777 & ~_umask())
+    # mkdtemp makes 0700 folders; the usual mode, and a team folder's setgid bit, which its new
+    # files' group comes from (chmod clears it)
+    os.chmod(tmp, 0o777 & ~_umask() | path.parent.stat().st_mode & stat.S_ISGID)
     try:
         yield tmp
         finish_tree(tmp)

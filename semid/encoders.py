@@ -81,13 +81,18 @@ class TextEncoder:
             self._dim = _dim_from_config(self.model_path) or _model_dim(self._load())
         return self._dim
 
-    def encode(self, texts: Sequence[str], show_progress: bool = True) -> Tensor:
-        """(N, dim) float32, L2-normalised; batched by length inside, input order kept, cached."""
+    def encode(
+        self, texts: Sequence[str], show_progress: bool = True, cache: bool = True
+    ) -> Tensor:
+        """(N, dim) float32, L2-normalised; batched by length inside, input order kept; cached on
+        disk unless ``cache`` is False (texts that seldom come again, such as served queries)."""
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise SemidError("TextEncoder.encode takes a list of strings; convert the items first")
         if not texts:
             return torch.empty(0, self.dim)
+        if not cache:
+            return torch.from_numpy(self._embed(texts, show_progress))
         cache = self.cache_dir / f"{self.cache_key(texts)}.npy"
         if cache.is_file():
             try:
@@ -97,6 +102,17 @@ class TextEncoder:
             if x is not None and x.ndim == 2 and len(x) == len(texts):
                 return torch.from_numpy(x)
         check_writable(cache, fix="set SEMID_CACHE to a writable folder")  # before the encoding
+        x = self._embed(texts, show_progress)
+        try:
+            with atomic_file(cache, "wb") as f:
+                np.save(f, x)
+        except DiskFullError:  # the cache saves time only: the embeddings are still good
+            note(f"{cache.parent} is full, so these embeddings were not cached (the next run "
+                 "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
+        return torch.from_numpy(x)
+
+    def _embed(self, texts: list[str], show_progress: bool) -> np.ndarray:
+        """(N, dim) float32 embeddings, computed."""
         # sentence-transformers sorts by length, batches, restores the order and shows tqdm (not
         # for one batch, such as the few items of an `index add`: it would only flash "1/1")
         x = self._load().encode(
@@ -106,14 +122,7 @@ class TextEncoder:
             convert_to_numpy=True,
             normalize_embeddings=True,
         )
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        try:
-            with atomic_file(cache, "wb") as f:
-                np.save(f, x)
-        except DiskFullError:  # the cache saves time only: the embeddings are still good
-            note(f"{cache.parent} is full, so these embeddings were not cached (the next run "
-                 "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
-        return torch.from_numpy(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     def cache_key(self, texts: Sequence[str]) -> str:
         """sha256 hex of (model identity, max_seq_length, device kind when not the CPU, texts);

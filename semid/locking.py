@@ -82,11 +82,9 @@ def write_lock(
         return
     check_writable(lock, unwritable_fix)
     try:  # made here, not by filelock, which reads a file it cannot create as a lock held
-        os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o666))  # less the umask
     except OSError as e:  # a read-only folder, or a pseudo file system such as /proc
-        raise SemidError(
-            f"cannot write {what}: {e.strerror} ({lock}); write it to a folder you can write to"
-        ) from None
+        raise SemidError(f"cannot write {what}: {e.strerror} ({lock}); {unwritable_fix}") from None
     file_lock = FileLock(lock)
     try:
         try:

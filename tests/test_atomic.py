@@ -385,3 +385,95 @@ def test_an_output_that_is_a_stream_is_written_not_replaced(tmp_path):
     with output_file(alias) as f:
         f.write("new\n")
     assert alias.is_symlink() and target.read_text() == "new\n"
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_where_the_shell_writes(tmp_path):
+    """`(echo first; semid ... --out /dev/stdout; echo last) > log` and `>> log` lost the log's
+    other lines: /dev/stdout led to a regular file, which the atomic write replaced."""
+    script = (
+        "import sys\nfrom semid.atomic import check_output_file, is_stream, output_file\n"
+        "check_output_file('/dev/stdout')\nassert is_stream('/dev/stdout')\n"
+        "with output_file('/dev/stdout') as f:\n    f.write('answers\\n')\n"
+    )
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        out.write("first\n")
+        out.flush()
+        subprocess.run([sys.executable, "-c", script], stdout=out, check=True)
+        out.write("last\n")
+    assert log.read_text() == "first\nanswers\nlast\n"
+    with open(log, "a") as out:  # `>> log`
+        subprocess.run([sys.executable, "-c", script], stdout=out, check=True)
+    assert log.read_text() == "first\nanswers\nlast\nanswers\n"
+    subprocess.run([sys.executable, "-c", script], stdout=subprocess.DEVNULL, check=True)
+
+
+def test_a_stale_temp_file_of_another_user_is_left_alone(tmp_path, monkeypatch):
+    """Another user's leftover beside an --out in /tmp could not be removed: a PermissionError
+    traceback, and nothing written."""
+    leftover = tmp_path / ".p.jsonl.999999.abcdefgh.tmp"
+    leftover.write_text("theirs")
+    real_unlink = Path.unlink
+
+    def not_ours(self, missing_ok=False):
+        if self == leftover:
+            raise PermissionError(1, "Operation not permitted")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", not_ours)
+    monkeypatch.setattr(atomic, "pid_alive", lambda pid: False)
+    with atomic_file(tmp_path / "p.jsonl") as f:
+        f.write("answers\n")
+    assert (tmp_path / "p.jsonl").read_text() == "answers\n" and leftover.exists()
+
+
+def test_another_users_file_in_a_sticky_folder_is_refused_before_the_work(tmp_path, monkeypatch):
+    """`--out /tmp/theirs.jsonl` (another user's file, writable by all) ended in a PermissionError
+    traceback from the rename, after the work."""
+    from semid.atomic import check_output_file
+
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text("")
+    tmp_path.chmod(0o1777)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(theirs).st_uid + 4242)
+    with pytest.raises(SemidError, match="cannot replace .*theirs.jsonl: it is another user's"):
+        check_output_file(theirs)
+    check_output_file(tmp_path / "mine.jsonl")  # a new file is fine
+
+
+def test_files_and_folders_this_user_cannot_read_are_one_line(tmp_path, monkeypatch):
+    """A run, an index or an input file of another user, unreadable here, was a PermissionError
+    traceback (root, who reads everything, never saw it)."""
+    from semid.atomic import read_json, unfinished_changes
+    from semid.data.text_files import read_lines
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "users.txt").write_text("196\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(SemidError, match="cannot read .*config.json: permission denied"):
+        read_json(tmp_path / "config.json", "fix")
+    with pytest.raises(SemidError, match="cannot read --users .*users.txt: permission denied"):
+        read_lines(tmp_path / "users.txt", "--users")
+    with pytest.raises(SemidError, match="cannot read the folder .*: permission denied"):
+        unfinished_changes(tmp_path)
+
+
+def test_a_folder_written_in_a_setgid_team_folder_keeps_the_bit(tmp_path):
+    """atomic_dir's chmod cleared the setgid bit mkdir had inherited, so the files of a run or an
+    index in a team folder took the writer's own group, and teammates could not read them."""
+    team = tmp_path / "team"
+    team.mkdir()
+    team.chmod(0o2775)
+    with atomic_dir(team / "run") as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert (team / "run").stat().st_mode & 0o2000
+    plain = tmp_path / "plain"
+    with atomic_dir(plain) as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert not plain.stat().st_mode & 0o2000

@@ -851,3 +851,14 @@ def test_an_index_of_ids_read_with_their_spaces_says_why_it_no_longer_fits(tmp_p
         SemidError, match="the index keeps ids with spaces around them \\(e.g. ' a'\\)"
     ):
         prepare_data(load_interaction_files(tmp_path / "a.csv"), ids)
+
+
+def test_a_pinned_dataset_cache_that_cannot_be_written_names_semid_cache(tmp_path, monkeypatch):
+    """`--dataset manpages` with an unwritable HOME said 'choose a writable --out', an option
+    the command had been given or had not; the cache it could not write is SEMID_CACHE's."""
+    from semid.data.pinned import load_pinned
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(SemidError, match="set SEMID_CACHE to a writable folder"):
+        load_pinned("manpages", None, 1, lambda folder: pytest.fail("built the dataset"))

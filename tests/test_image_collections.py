@@ -503,3 +503,23 @@ def test_unknown_classes_are_told_only_against_a_recorded_class_list(capsys):
     for trained in (None, "dark", {"dark": 1}):  # an index of captions, or an older or edited one
         _note_unknown_classes(["mid"], trained)
         assert capsys.readouterr().err == ""
+
+
+def test_queries_asked_of_a_run_are_not_cached(tmp_path, capsys, monkeypatch):
+    """Every new query text of predict and serve was written to the embedding cache, which nothing
+    clears; where the cache cannot be written (HOME read-only), each query was refused (a 400 from
+    a server that started healthy). eval's test queries come back, so they stay cached."""
+    from semid.runs import load_run
+    from semid.tasks import get_task
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    cache = tmp_path / "cache" / "embeddings"
+    before = set(cache.glob("*.npy"))
+    predictor = get_task("text2image").predictor(load_run(run))
+    answers = predictor.predict([{"query": "a dark picture, never asked before"}], k=2)
+    assert len(answers[0]["keys"]) == 2 and set(cache.glob("*.npy")) == before
+    capsys.readouterr()
+    assert main(["predict", str(run), "--query", "a bright one, new too", "--k", "2"]) == 0
+    assert set(cache.glob("*.npy")) == before

@@ -190,7 +190,7 @@ def test_figures_of_a_run_changed_during_its_evaluation_are_refused(tmp_path):
 def test_a_folder_where_no_lock_can_be_made_is_one_clear_error(folder):
     """/proc takes no new file and /sys refuses even root: a write there is refused by name, not
     reported as another writer's lock (/proc) or raised as a PermissionError (/sys)."""
-    with pytest.raises(SemidError, match=f"cannot write run {folder}: .*a folder you can write to"):
+    with pytest.raises(SemidError, match=f"cannot write run {folder}: .*choose a writable --out"):
         with write_lock(folder, f"run {folder}"):
             pass
 
@@ -263,3 +263,15 @@ def test_writers_through_a_symbolic_link_and_the_folder_exclude_each_other(tmp_p
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+
+
+def test_a_lock_file_takes_the_umask_so_a_team_folder_stays_shared(tmp_path):
+    """Lock files were made 0644 whatever the umask: in a group-writable team folder a teammate
+    could not evaluate, add to or train from a run or index someone else had written."""
+    old = os.umask(0o002)
+    try:
+        with write_lock(tmp_path, "run x") as lock:
+            mode = os.stat(lock).st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert mode == 0o664

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from semid.atomic import check_writable
 from semid.data.documents import DocumentCollection, read_documents
 from semid.errors import SemidError
 
@@ -31,6 +32,7 @@ def load_pinned(name: str, out_dir: str | os.PathLike | None, build_version: int
     path, meta_path = out_dir / f"{name}.jsonl", out_dir / f"{name}.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if not path.is_file() or meta.get("build_version") != build_version:
+        check_writable(path, fix="set SEMID_CACHE to a writable folder")  # before the build
         build(out_dir)
         meta = json.loads(meta_path.read_text())
     collection = read_documents(path, name)

@@ -17,7 +17,11 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         raise SemidError(f"{what} {path} is a folder; give a text file of one entry a line")
     if not path.is_file():
         raise SemidError(f"{what} {path} not found; check the path")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise SemidError(f"cannot read {what} {path}: permission denied; make it readable "
+                         "(chmod), or give a copy you can read") from None  # fmt: skip
     try:
         return lines_of(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM is no content
     except UnicodeDecodeError as e:

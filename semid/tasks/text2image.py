@@ -100,14 +100,17 @@ def class_metrics(ranked_rows: Tensor, image_labels: Tensor, query_labels: Tenso
 
 
 def embed_texts(
-    texts: list[str], encoder: str | os.PathLike | None = None, device: str = "cpu"
+    texts: list[str],
+    encoder: str | os.PathLike | None = None,
+    device: str = "cpu",
+    cache: bool = True,
 ) -> Tensor:
     """MiniLM (or the given sentence-transformers folder) embeddings (N, 384) computed on
-    ``device``, cached on disk. Each distinct text is embedded once: class wordings repeat over
-    thousands of images (Fashion-MNIST's 60,000 training texts hold 10)."""
+    ``device``, cached on disk unless ``cache`` is False. Each distinct text is embedded once:
+    class wordings repeat over thousands of images (Fashion-MNIST's 60,000 training texts hold 10)."""
     texts = list(texts)
     distinct = list(dict.fromkeys(texts))
-    x = TextEncoder(model=encoder, device=device).encode(distinct, show_progress=False)
+    x = TextEncoder(model=encoder, device=device).encode(distinct, False, cache)
     if len(distinct) == len(texts):
         return x
     row = {text: i for i, text in enumerate(distinct)}
@@ -520,13 +523,15 @@ class Text2ImagePredictor(QueryPredictor):
         """The indexed images' captions or class names, kept in the index when it was built."""
         return read_texts(self.run.index_path / IMAGE_TEXTS, "the images indexed at its build")
 
-    def embed(self, texts: list[str]) -> Tensor:
-        """Query embeddings (Q, T) with the run's text encoder."""
-        return embed_texts(texts, self.run.spec.get("text_encoder"), str(self.device))
+    def embed(self, texts: list[str], cache: bool = True) -> Tensor:
+        """Query embeddings (Q, T) with the run's text encoder (cached on disk with ``cache``)."""
+        return embed_texts(texts, self.run.spec.get("text_encoder"), str(self.device), cache)
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
-        """Embed the queries and search them."""
-        return self.rank_embeddings(self.embed([x["query"] for x in inputs]), k, num_beams)
+        """Embed the queries (not cached: a served query seldom comes again, and a cache that
+        cannot be written must not refuse it) and search them."""
+        queries = self.embed([x["query"] for x in inputs], cache=False)
+        return self.rank_embeddings(queries, k, num_beams)
 
     @property
     def default_num_beams(self) -> int:
