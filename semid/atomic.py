@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from semid.errors import SemidError
+from semid.errors import SemidError, cannot_read
 
 FAULT_EXIT_CODE = 97
 # a temp whose writer is still running is left alone unless untouched this long: pids are reused
@@ -174,16 +174,26 @@ def remove_empty_made_folders(since: int = 0) -> None:
     del _made_folders[since:]
 
 
-_DESCRIPTOR_PATHS = re.compile(r"^/(?:dev/(?:(stdout)|(stderr)|fd/(\d+))|proc/self/fd/(\d+))$")
+_DESCRIPTOR_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")
 
 
 def open_descriptor(path: str | os.PathLike) -> int | None:
-    """The open file descriptor that ``path`` names (``/dev/stdout`` 1, ``/dev/stderr`` 2,
-    ``/dev/fd/N`` and ``/proc/self/fd/N`` N), as a shell's redirection means it; else None."""
-    m = _DESCRIPTOR_PATHS.match(os.path.abspath(path))
-    if m is None:
+    """The open file descriptor that ``path`` means, as a shell's redirection does: 1 or 2 when
+    ``path`` (through its links: ``/dev/stdout``, ``/proc/thread-self/fd/2``, a link to either)
+    is the very file standard output or error is open on, N for ``/dev/fd/N`` and
+    ``/proc/self/fd/N``; else None."""
+    m = _DESCRIPTOR_PATH.match("/" + os.path.abspath(path).lstrip("/"))
+    if m is not None:
+        return int(m[1])
+    try:
+        target = os.stat(path)
+    except OSError:
         return None
-    return 1 if m[1] else 2 if m[2] else int(m[3] or m[4])
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):  # closed
+            if os.path.samestat(target, os.fstat(fd)):
+                return fd
+    return None
 
 
 def is_stream(path: str | os.PathLike) -> bool:
@@ -201,29 +211,37 @@ def is_stream(path: str | os.PathLike) -> bool:
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
-    """Raise SemidError unless a file can be written at ``path``: a stream (`is_stream`) that can
-    be opened for writing, or not an existing folder, and its folder takes a new file. A trial
-    file is made and removed, since ``os.access`` says yes to root and to pseudo file systems
-    such as /proc where no file can be created."""
+    """Raise SemidError unless a file can be written at ``path``: an open descriptor or another
+    stream (`is_stream`) open for writing, or a file that can be created or replaced."""
     path = Path(path)
     if path.is_dir():
         raise SemidError(f"output {path} is a folder; name a file for {option}")
     if (fd := open_descriptor(path)) is not None:
-        try:
-            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-        except OSError:
-            writable = False
-        if not writable:
-            raise SemidError(
-                f"{path}: descriptor {fd} is not open for writing; choose another {option}"
-            )
-        return
-    if is_stream(path):
+        _check_descriptor(path, fd, option)
+    elif is_stream(path):
         if not os.access(path, os.W_OK):
             raise SemidError(f"cannot write {path}: permission denied; choose a writable {option}")
-        return
-    path = path.resolve() if path.is_symlink() else path  # the link stays; its file is replaced
-    if path.is_file() and not _replaceable(path):
+    else:
+        _check_new_file(path, option)
+
+
+def _check_descriptor(path: Path, fd: int, option: str) -> None:
+    """SemidError unless descriptor ``fd`` (which ``path`` means) is open for writing."""
+    try:
+        writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+    except OSError:  # not open
+        writable = False
+    if not writable:
+        raise SemidError(
+            f"{path}: descriptor {fd} is not open for writing; choose another {option}"
+        )
+
+
+def _check_new_file(path: Path, option: str) -> None:
+    """SemidError unless a file can be renamed into place at ``path`` (itself, not what a symlink
+    there points to). A trial file is made and removed, since ``os.access`` says yes to root and
+    to pseudo file systems such as /proc where no file can be created."""
+    if os.path.lexists(path) and not _replaceable(path):
         raise SemidError(f"cannot replace {path}: it is another user's, in a folder where only its "
                          f"owner may replace it (sticky, as /tmp); choose another {option}")  # fmt: skip
     check_writable(path, f"choose a writable {option}")
@@ -237,16 +255,16 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
 
 @contextmanager
 def output_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a file the user named (``--out``, ``--plot``) for writing: a stream (`is_stream`, such
-    as ``/dev/stdout``) is written as it is, where `atomic_file` would replace it with a regular
-    file; a symlink keeps its place and the file it points to is replaced; anything else is
-    written by `atomic_file`."""
+    """Open a file the user named (``--out``, ``--plot``) for writing: an open descriptor
+    (`open_descriptor`: ``/dev/stdout``) is written where it stands, as a shell writes it;
+    another stream (a terminal, a named pipe) as it is; anything else by `atomic_file`, which
+    replaces ``path`` itself (a symlink there too, never the file it points to: in a shared
+    folder such as /tmp, another user's link could point at any of this user's files)."""
     path = Path(path)
-    if (
-        fd := open_descriptor(path)
-    ) is not None:  # written where the descriptor is, as a shell does
-        sys.stdout.flush()
-        sys.stderr.flush()
+    if (fd := open_descriptor(path)) is not None:
+        for stream in (sys.stdout, sys.stderr):  # what Python holds for them goes out first
+            if not getattr(stream, "closed", True):
+                stream.flush()
         with os.fdopen(os.dup(fd), mode) as f:
             yield f
         return
@@ -254,17 +272,17 @@ def output_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with open(path, mode) as f:
             yield f
         return
-    with atomic_file(path.resolve() if path.is_symlink() else path, mode) as f:
+    with atomic_file(path, mode) as f:
         yield f
 
 
 def _replaceable(path: Path) -> bool:
-    """Whether this user may rename a file over ``path``: not in a sticky folder (as /tmp) where
-    neither the file nor the folder is theirs (root may)."""
+    """Whether this user may rename a file over ``path`` (a file or a symlink): not in a sticky
+    folder (as /tmp) where neither ``path`` nor the folder is theirs (root may)."""
     folder = path.parent.stat()
     if not folder.st_mode & stat.S_ISVTX or os.geteuid() == 0:
         return True
-    return os.geteuid() in (folder.st_uid, path.stat().st_uid)
+    return os.geteuid() in (folder.st_uid, path.lstat().st_uid)
 
 
 def check_output_folder(folder: str | os.PathLike) -> None:
@@ -314,13 +332,11 @@ def _age_s(path: Path) -> float:
 
 
 def _remove(path: Path) -> None:
-    """Delete a file or a folder; already gone is fine, and so is one this user may not remove
-    (another user's leftover in a shared folder such as /tmp: theirs to remove)."""
+    """Delete a file or a folder; already gone is fine."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            path.unlink()
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -390,8 +406,9 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
         else:
             stale = pid != os.getpid() and not pid_alive(pid) or _age_s(entry) > STALE_AFTER_S
         if stale:
-            _remove(entry)
-            removed.append(entry)
+            with contextlib.suppress(PermissionError):  # another user's, in a shared folder
+                _remove(entry)
+                removed.append(entry)
     if os.path.lexists(path):  # otherwise a backup may still be needed by recover()
         for pid, entry in _backups(path):
             if pid != os.getpid() and not pid_alive(pid) or _age_s(entry) > BACKUP_GRACE_S:
@@ -516,8 +533,7 @@ def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     try:
         entries = sorted(folder.iterdir())
     except PermissionError:
-        raise SemidError(f"cannot read the folder {folder}: permission denied; ask its owner for "
-                         "read access, or use a copy you can read") from None  # fmt: skip
+        raise cannot_read(folder, "the folder") from None
     found = [(m, entry) for entry in entries if (m := _SNAPSHOT.match(entry.name))]
     return [(int(m.group(1)), entry) for m, entry in found if int(m.group(1)) != os.getpid()]
 
@@ -545,8 +561,7 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
     except FileNotFoundError:
         raise SemidError(f"{path} is missing; {fix}") from None
     except PermissionError:
-        raise SemidError(f"cannot read {path}: permission denied; ask its owner for read "
-                         "access, or use a copy you can read") from None  # fmt: skip
+        raise cannot_read(path) from None
     except UnicodeDecodeError:
         raise SemidError(f"{path} is not UTF-8 text; {fix}") from None
     except json.JSONDecodeError as e:

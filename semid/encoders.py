@@ -93,21 +93,21 @@ class TextEncoder:
             return torch.empty(0, self.dim)
         if not cache:
             return torch.from_numpy(self._embed(texts, show_progress))
-        cache = self.cache_dir / f"{self.cache_key(texts)}.npy"
-        if cache.is_file():
+        path = self.cache_dir / f"{self.cache_key(texts)}.npy"
+        if path.is_file():
             try:
-                x = np.load(cache, allow_pickle=False)
+                x = np.load(path, allow_pickle=False)
             except (OSError, ValueError):  # a damaged cache file is recomputed and replaced
                 x = None
             if x is not None and x.ndim == 2 and len(x) == len(texts):
                 return torch.from_numpy(x)
-        check_writable(cache, fix="set SEMID_CACHE to a writable folder")  # before the encoding
+        check_writable(path, fix="set SEMID_CACHE to a writable folder")  # before the encoding
         x = self._embed(texts, show_progress)
         try:
-            with atomic_file(cache, "wb") as f:
+            with atomic_file(path, "wb") as f:
                 np.save(f, x)
         except DiskFullError:  # the cache saves time only: the embeddings are still good
-            note(f"{cache.parent} is full, so these embeddings were not cached (the next run "
+            note(f"{path.parent} is full, so these embeddings were not cached (the next run "
                  "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
         return torch.from_numpy(x)
 

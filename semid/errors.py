@@ -1,5 +1,17 @@
 """User-facing errors: one line that names the problem and the fix."""
 
+from __future__ import annotations
+
+import os
+
 
 class SemidError(Exception):
     """A problem with the user's input or environment; the CLI prints it as one line and exits 2."""
+
+
+def cannot_read(path: str | os.PathLike, what: str = "") -> SemidError:
+    """The one-line error for a file or folder this user may not read (``what``: the option or
+    kind it was given as)."""
+    named = f"{what} {path}" if what else str(path)
+    return SemidError(f"cannot read {named}: permission denied; ask its owner for read access, "
+                      "or use a copy you can read")  # fmt: skip

@@ -4,6 +4,7 @@ The rest of a run (its config, index and model) is in :mod:`semid.runs`."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -46,6 +47,20 @@ def check_out_of_run(out: str | os.PathLike, run: str | os.PathLike) -> None:
     if part in RUN_ENTRIES or part == MANIFEST:
         raise SemidError(f"--out {out} is part of the run {run} ({part}); write the answers to "
                          "another file")  # fmt: skip
+
+
+def run_containing(path: str | os.PathLike) -> Path | None:
+    """The run folder that ``path`` lies inside (through symlinks): the nearest folder above it
+    whose manifest.json is a semid run's, a JSON object naming its task (another tool's
+    manifest.json makes no run); None when there is none."""
+    for folder in Path(path).resolve().parents:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none, unreadable, or no JSON
+            continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("task"), str):
+            return folder
+    return None
 
 
 def read_manifest(run: str | os.PathLike) -> dict[str, Any]:

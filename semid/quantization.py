@@ -125,11 +125,19 @@ def _device_of(x: Any) -> torch.device:
 
 
 def _on_cpu(value: Any) -> Any:
-    """A tensor, or each tensor of a list or tuple, on the CPU; anything else as it is."""
+    """A tensor on the CPU, and so each tensor of a list, tuple or dataclass (an
+    ``InteractionLog``); anything else as it is."""
     if isinstance(value, Tensor):
         return value.cpu()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(v) for v in value)
+    if isinstance(value, list):
+        return [_on_cpu(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_on_cpu(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [f.name for f in dataclasses.fields(value) if f.init]
+        return dataclasses.replace(
+            value, **{name: _on_cpu(getattr(value, name)) for name in fields}
+        )
     return value
 
 

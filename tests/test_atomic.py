@@ -367,24 +367,30 @@ def test_an_output_that_is_a_stream_is_written_not_replaced(tmp_path):
     link = tmp_path / "stdout"
     link.symlink_to(fifo)  # as /dev/stdout -> /proc/self/fd/1 -> a pipe
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
-    assert is_stream(link) and not is_stream(tmp_path) and not is_stream(tmp_path / "new")
-    check_output_file(link)
-    with output_file(link) as f:
-        f.write('{"k": 1}\n')
-    assert reader.communicate(timeout=10)[0] == '{"k": 1}\n'
+    try:
+        assert is_stream(link) and not is_stream(tmp_path) and not is_stream(tmp_path / "new")
+        check_output_file(link)
+        with output_file(link) as f:
+            f.write('{"k": 1}\n')
+        assert reader.communicate(timeout=10)[0] == '{"k": 1}\n'
+    finally:
+        reader.kill()
     assert link.is_symlink() and fifo.is_fifo()
     check_output_file("/dev/null")
     with output_file("/dev/null", "wb") as f:
         f.write(b"png")
     assert Path("/dev/null").is_char_device()
-    target = tmp_path / "kept.jsonl"
-    target.write_text("old\n")
-    alias = tmp_path / "alias.jsonl"
+    # a symlink to a regular file is replaced itself, never followed: in a shared folder such as
+    # /tmp another user's link could point at any of this user's files (~/.bashrc)
+    target = tmp_path / "victim.txt"
+    target.write_text("kept\n")
+    alias = tmp_path / "answers.jsonl"
     alias.symlink_to(target)
     check_output_file(alias)
     with output_file(alias) as f:
         f.write("new\n")
-    assert alias.is_symlink() and target.read_text() == "new\n"
+    assert not alias.is_symlink() and alias.read_text() == "new\n"
+    assert target.read_text() == "kept\n"
 
 
 def test_dev_stdout_redirected_to_a_file_is_written_where_the_shell_writes(tmp_path):
@@ -396,6 +402,19 @@ def test_dev_stdout_redirected_to_a_file_is_written_where_the_shell_writes(tmp_p
         "with output_file('/dev/stdout') as f:\n    f.write('answers\\n')\n"
     )
     log = tmp_path / "log.txt"
+    for spelling in ("//dev/stdout", "/proc/thread-self/fd/1", str(tmp_path / "link")):
+        (tmp_path / "link").unlink(missing_ok=True)
+        (tmp_path / "link").symlink_to("/dev/stdout")
+        with open(log, "w") as out:  # every way of naming standard output reaches it
+            out.write("first\n")
+            out.flush()
+            code = script.replace("'/dev/stdout'", repr(spelling))
+            subprocess.run([sys.executable, "-c", code], stdout=out, check=True)
+            out.write("last\n")
+        assert log.read_text() == "first\nanswers\nlast\n", spelling
+    closed = "import os, sys\nos.close(1)\nsys.stdout = None\n" + script.replace("stdout", "stderr")
+    done = subprocess.run([sys.executable, "-c", closed], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "answers\n", done.stderr  # stdout closed
     with open(log, "w") as out:
         out.write("first\n")
         out.flush()
@@ -477,3 +496,18 @@ def test_a_folder_written_in_a_setgid_team_folder_keeps_the_bit(tmp_path):
     with atomic_dir(plain) as tmp:
         (tmp / "a.txt").write_text("x")
     assert not plain.stat().st_mode & 0o2000
+
+
+def test_the_run_a_path_lies_in_is_found_through_links_and_only_by_a_runs_manifest(tmp_path):
+    """`index add proj/idx` was refused when proj/ held another tool's manifest.json, and a
+    symlink to RUN/index got past the check (two copies of the rule disagreed)."""
+    from semid.manifest import run_containing
+
+    (tmp_path / "proj" / "idx").mkdir(parents=True)
+    (tmp_path / "proj" / "manifest.json").write_text('{"name": "a web app"}')
+    assert run_containing(tmp_path / "proj" / "idx") is None
+    (tmp_path / "run" / "index").mkdir(parents=True)
+    (tmp_path / "run" / "manifest.json").write_text('{"task": "recommend"}')
+    (tmp_path / "alias").symlink_to(tmp_path / "run" / "index")
+    assert run_containing(tmp_path / "alias") == (tmp_path / "run").resolve()
+    assert run_containing(tmp_path / "run") is None  # a run is not inside itself

@@ -630,6 +630,9 @@ def test_new_items_as_key_text_lines_and_their_errors(tmp_path, monkeypatch):
         tmp_path / "own.csv", None, None, columns={"item": "sku", "text": "desc"}
     )
     assert keys == ["n3"] and RecordingEncoder.texts == ["Heat"]
+    # a header after a blank first line is a header still, not an item named "item_id"
+    (tmp_path / "late.tsv").write_text("\nitem_id\ttitle\nn4\tHeat\n")
+    assert items.read_new_items(tmp_path / "late.tsv", None, None)[0] == ["n4"]
 
 
 def test_index_build_embeds_item_texts_on_the_chosen_device(tmp_path, monkeypatch):

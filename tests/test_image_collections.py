@@ -212,7 +212,7 @@ def test_a_folder_without_class_subfolders_is_told_both_layouts(tmp_path, capsys
 
 def test_adding_images_to_a_bare_index_names_the_run_folder(tmp_path, capsys):
     (tmp_path / "run" / "index" / "image_encoder").mkdir(parents=True)
-    (tmp_path / "run" / "manifest.json").write_text("{}")
+    (tmp_path / "run" / "manifest.json").write_text('{"task": "text2image"}')
     write_classes(tmp_path / "more", {"dark": 40}, per_class=1)
     target = tmp_path / "run" / "index"
     assert main(["index", "add", str(target), "--items", str(tmp_path / "more")]) == 2

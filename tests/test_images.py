@@ -616,7 +616,7 @@ def test_image_texts_are_embedded_once_per_distinct_text(monkeypatch):
 
     encoded = []
 
-    def encode(self, texts, show_progress=True):
+    def encode(self, texts, show_progress=True, cache=True):
         encoded.append(list(texts))
         return torch.tensor([[float(len(t)), float(ord(t[0]))] for t in texts])
 

@@ -232,3 +232,19 @@ def test_a_family_class_loads_only_its_own_family(tmp_path):
     with pytest.raises(SemidError, match="holds a rqvae quantizer, not a rqkmeans"):
         ResidualKMeans.from_pretrained(tmp_path / "q")
     assert Quantizer.from_pretrained(tmp_path / "q").spec.family == "rqvae"
+
+
+def test_fit_arguments_reach_the_cpu_through_lists_tuples_and_dataclasses():
+    """A fit's tensors are moved to the CPU also inside an ``InteractionLog`` (a dataclass: a
+    GPU log mixed devices in graph_rqvae) and lists; a namedtuple passes as it is (was a crash)."""
+    from collections import namedtuple
+
+    from semid.data import InteractionLog
+    from semid.quantization import _on_cpu
+
+    log = InteractionLog(torch.arange(4) % 2, torch.arange(4), torch.arange(4), 2, 4)
+    moved = _on_cpu([log, (torch.ones(2),)])
+    assert isinstance(moved[0], InteractionLog) and torch.equal(moved[0].items, log.items)
+    assert isinstance(moved[1], tuple) and torch.equal(moved[1][0], torch.ones(2))
+    Pair = namedtuple("Pair", "a b")
+    assert _on_cpu(Pair(1, 2)) == Pair(1, 2)

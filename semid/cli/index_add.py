@@ -15,7 +15,7 @@ from pathlib import Path
 
 from semid.cli.common import add_device_argument, fitting_ks
 from semid.errors import SemidError
-from semid.manifest import MANIFEST
+from semid.manifest import MANIFEST, run_containing
 from semid.wording import counted
 
 EXAMPLE = (
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                              f"added with its own encoder; leave out {refused[0]}")  # fmt: skip
         options = {f.lstrip("-"): flags[f] for f in task.add_options}
         summary = task.add(args.target, source, device=device, **options)
-    elif (run_dir := run_holding(args.target)) is not None:
+    elif (run_dir := run_containing(args.target)) is not None:
         given = f"--docs {args.docs}" if args.docs is not None else f"--items {args.items}"
         raise SemidError(f"{args.target} is part of the run {run_dir}, whose model and files grow "
                          f"with its index; add to the run: semid index add {run_dir} {given}")  # fmt: skip
@@ -110,14 +110,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"added {counted(summary['documents'], 'document')} to {args.target} as prompt session {summary['session']} "
               f"({counted(summary['topics'], 'new topic prompt')}, {summary['train_seconds']:.0f} s); {_held_out(summary, args.target)}")  # fmt: skip
     return 0
-
-
-def run_holding(folder: Path) -> Path | None:
-    """The run folder that ``folder`` lies in (its ``index/``, or the copy a training learns
-    from), or None for a folder of no run."""
-    folder = Path(folder)  # named as the user wrote it when their path reaches it
-    parents = [*folder.parents, *folder.absolute().parents]
-    return next((p for p in parents if (p / MANIFEST).is_file()), None)
 
 
 def _held_out(summary: dict, run: Path) -> str:

@@ -28,11 +28,14 @@ def load_pinned(name: str, out_dir: str | os.PathLike | None, build_version: int
                 build: Callable[[Path], object]) -> DocumentCollection:  # fmt: skip
     """``out_dir/<name>.jsonl`` (built by ``build(out_dir)`` when missing or of another build
     version), its content hash checked against the one recorded in ``<name>.json``."""
+    fix = (
+        "give a writable folder" if out_dir is not None else "set SEMID_CACHE to a writable folder"
+    )
     out_dir = Path(out_dir) if out_dir is not None else default_dataset_dir()
     path, meta_path = out_dir / f"{name}.jsonl", out_dir / f"{name}.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if not path.is_file() or meta.get("build_version") != build_version:
-        check_writable(path, fix="set SEMID_CACHE to a writable folder")  # before the build
+        check_writable(path, fix=fix)  # before the build
         build(out_dir)
         meta = json.loads(meta_path.read_text())
     collection = read_documents(path, name)

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from semid.errors import SemidError
+from semid.errors import SemidError, cannot_read
 
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
@@ -20,8 +20,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     try:
         raw = path.read_bytes()
     except PermissionError:
-        raise SemidError(f"cannot read {what} {path}: permission denied; make it readable "
-                         "(chmod), or give a copy you can read") from None  # fmt: skip
+        raise cannot_read(path, what) from None
     try:
         return lines_of(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM is no content
     except UnicodeDecodeError as e:

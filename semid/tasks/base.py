@@ -30,7 +30,7 @@ from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
 from semid.json_values import is_key
 from semid.locking import write_lock
-from semid.manifest import RUN_ENTRIES
+from semid.manifest import RUN_ENTRIES, run_containing
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import (
     MANIFEST,
@@ -233,7 +233,7 @@ def check_out_beside_index(out: Path, index: Path) -> None:
 def check_out_of_runs(out: Path) -> None:
     """SemidError if ``out`` lies inside another run's folder: a run nested in a run would be
     lost when the outer one is retrained or moved."""
-    run = next((p for p in out.resolve().parents if (p / MANIFEST).is_file()), None)
+    run = run_containing(out)
     if run is not None:
         raise SemidError(
             f"--out {out} is inside the run {run}; choose an --out outside every run folder"

@@ -204,7 +204,8 @@ def read_new_items(
     if keys is not None:
         raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
     lines = read_lines(path, "items file") if fmt == "tsv" else []
-    if fmt == "tsv" and not (lines and _names_an_item_column(lines[0])):
+    first = next((line for line in lines if line.strip()), "")
+    if fmt == "tsv" and not _names_an_item_column(first):
         new_keys, texts = _key_text_lines(path, lines)
     else:
         new_keys, texts = read_item_texts(path, columns)

@@ -110,7 +110,7 @@ def embed_texts(
     class wordings repeat over thousands of images (Fashion-MNIST's 60,000 training texts hold 10)."""
     texts = list(texts)
     distinct = list(dict.fromkeys(texts))
-    x = TextEncoder(model=encoder, device=device).encode(distinct, False, cache)
+    x = TextEncoder(model=encoder, device=device).encode(distinct, show_progress=False, cache=cache)
     if len(distinct) == len(texts):
         return x
     row = {text: i for i, text in enumerate(distinct)}
@@ -423,7 +423,7 @@ class Text2ImageTask(Task):
         if splits.test.labels is None:  # caption queries: relevant is the image captioned
             note_shared_captions(texts, query_labels)
         predictor = self.predictor(run, options.device)
-        ranking = predictor.rank_embeddings(predictor.embed(texts), max(options.ks), options.num_beams,
+        ranking = predictor.rank_embeddings(predictor.embed(texts, cache=True), max(options.ks), options.num_beams,
                                             batch_size=options.batch_size, item_mix=options.item_mix)  # fmt: skip
         metrics = class_metrics(ranking.rows, image_labels, query_labels, options.ks)
         return metrics | {"num_queries": len(texts)}
@@ -523,15 +523,15 @@ class Text2ImagePredictor(QueryPredictor):
         """The indexed images' captions or class names, kept in the index when it was built."""
         return read_texts(self.run.index_path / IMAGE_TEXTS, "the images indexed at its build")
 
-    def embed(self, texts: list[str], cache: bool = True) -> Tensor:
-        """Query embeddings (Q, T) with the run's text encoder (cached on disk with ``cache``)."""
+    def embed(self, texts: list[str], cache: bool = False) -> Tensor:
+        """Query embeddings (Q, T) with the run's text encoder; cached on disk with ``cache``
+        (eval's test queries, which come back), not otherwise: a query asked of a run seldom
+        comes again, and a cache that cannot be written must not refuse it."""
         return embed_texts(texts, self.run.spec.get("text_encoder"), str(self.device), cache)
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
-        """Embed the queries (not cached: a served query seldom comes again, and a cache that
-        cannot be written must not refuse it) and search them."""
-        queries = self.embed([x["query"] for x in inputs], cache=False)
-        return self.rank_embeddings(queries, k, num_beams)
+        """Embed the queries (not cached) and search them."""
+        return self.rank_embeddings(self.embed([x["query"] for x in inputs]), k, num_beams)
 
     @property
     def default_num_beams(self) -> int:
