@@ -98,9 +98,9 @@ class QuantizerSpec:
 
 def fits_on_the_cpu(fit: Callable[..., Quantizer]) -> Callable[..., Quantizer]:
     """Decorator for a family's ``fit``: the fit computes on the CPU whatever device its inputs and
-    the quantizer are on (so a seed gives the same IDs on every machine), then the quantizer moves
-    to the device of x, ready to encode it. Tensors among the arguments, or in lists of them, are
-    copied to the CPU; other arguments pass through."""
+    the quantizer are on (so a seed gives the same quantizer on every machine), then the quantizer
+    moves to the device of x, ready to encode it. The arguments' tensors are copied to the CPU
+    (`_on_cpu`); other arguments pass through."""
 
     @functools.wraps(fit)
     def wrapper(self: Quantizer, *args: Any, **kwargs: Any) -> Quantizer:
