@@ -77,6 +77,43 @@ def test_progress_bar_only_for_more_than_one_batch(
     assert fake.progress == [False, True, False]
 
 
+class RecordingModel(FakeModel):
+    """FakeModel that keeps the texts it was given."""
+
+    def encode(self, texts, *args, **kwargs):
+        self.texts = list(texts)
+        return super().encode(texts, *args, **kwargs)
+
+
+def test_a_text_past_what_the_model_reads_is_cut_before_tokenizing(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text of 8.8 MB took 24 s and 1.8 GB to tokenize, all but its first 256 tokens then cut."""
+    model = RecordingModel()
+    monkeypatch.setattr(encoders, "load_sentence_transformer", lambda path, device: model)
+    enc = TextEncoder(model_dir, cache_dir=tmp_path, max_seq_length=8)
+    longest = encoders.CHARS_PER_TOKEN * 8
+    enc.encode(["x" * (longest + 5), "short"], show_progress=False, cache=False)
+    assert [len(t) for t in model.texts] == [longest, 5]
+
+
+@pytest.mark.slow
+@needs_minilm
+def test_the_cut_changes_no_embedding(tmp_path: Path) -> None:
+    """The cut lies far past the text the model reads: MiniLM's vector of a long text is that
+    of the whole text."""
+    from semid.encoders import load_sentence_transformer
+
+    words = "network audio video editor compiler library daemon kernel python rust".split()
+    text = " ".join(words[i % 10] + str(i) for i in range(20000))  # ~150k characters
+    cut = TextEncoder(cache_dir=tmp_path).encode([text], show_progress=False, cache=False)
+    model = load_sentence_transformer(encoders.default_model_path(), "cpu")
+    model.max_seq_length = 256
+    whole = model.encode([text], convert_to_numpy=True, normalize_embeddings=True)
+    assert len(text) > encoders.CHARS_PER_TOKEN * 256
+    assert np.abs(cut.numpy() - whole).max() < 1e-6
+
+
 def test_damaged_cache_is_recomputed(model_dir: Path, tmp_path: Path, fake: FakeModel) -> None:
     enc = TextEncoder(model_dir, cache_dir=tmp_path)
     first = enc.encode(["x", "y"], show_progress=False)
