@@ -58,9 +58,14 @@ def run_containing(path: str | os.PathLike) -> Path | None:
             manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):  # none, unreadable, or no JSON
             continue
-        if isinstance(manifest, dict) and isinstance(manifest.get("task"), str):
+        if names_a_task(manifest):
             return folder
     return None
+
+
+def names_a_task(manifest: Any) -> bool:
+    """Whether a manifest.json's content is a semid run's: a JSON object naming its task."""
+    return isinstance(manifest, dict) and isinstance(manifest.get("task"), str)
 
 
 def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
@@ -82,7 +87,7 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
                              "folder `semid train` wrote (its --out)")  # fmt: skip
         raise SemidError(f"{run} is not a run directory (no {MANIFEST}); {fix}")
     manifest = read_json(run / MANIFEST, fix)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("task"), str):
+    if not names_a_task(manifest):
         raise SemidError(f"{run / MANIFEST} is not a semid run manifest; {fix}")
     version = manifest.get("format_version", 0)
     if not isinstance(version, int) or version > RUN_FORMAT:

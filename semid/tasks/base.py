@@ -288,8 +288,7 @@ class Predictor(ABC):
         than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
         and a wider one would only allocate (and cache a ranker for) empty beams. ``k`` None:
         ``DEFAULT_K``, or the catalogue's size when it is smaller."""
-        k = self.default_k() if k is None else k
-        self.check_k(k, num_beams)
+        k = self._asked_k(k, num_beams)
         return self._answers(inputs, [self.check_input(item) for item in inputs], k, num_beams)
 
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -303,8 +302,7 @@ class Predictor(ABC):
     ) -> list[dict[str, Any]]:
         """``predict`` of inputs from another copy's `resolve`; each answer's ``"input"`` is the
         resolved input."""
-        k = self.default_k() if k is None else k
-        self.check_k(k, num_beams)
+        k = self._asked_k(k, num_beams)
         return self._answers(resolved, [self.check_resolved(x) for x in resolved], k, num_beams)
 
     def check_resolved(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -368,6 +366,12 @@ class Predictor(ABC):
     def data_texts(self) -> dict[str, str]:
         """Each item's text in the run's data, by key; none by default."""
         return {}
+
+    def _asked_k(self, k: int | None, num_beams: int | None) -> int:
+        """``k``, checked (`check_k`), or `default_k` when None."""
+        k = self.default_k() if k is None else k
+        self.check_k(k, num_beams)
+        return k
 
     def default_k(self) -> int:
         """The number of answers when none is asked for: ``DEFAULT_K``, at most the catalogue."""
