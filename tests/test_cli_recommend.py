@@ -205,6 +205,7 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     assert main(["eval", str(run), "--k", "5", "10", "--split", "test"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["num_queries"] == 6 and metrics["invalid_id_rate"] == 0.0
+    assert metrics["num_items"] == len(keys)  # the catalogue it was measured on
     assert 0.0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1.0
     # a run nested inside another run's folder is refused before any work
     nested = ["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "tiger",
@@ -252,6 +253,9 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["test (cold_share=0.2)"]["invalid_id_rate"] == 0.0
     assert "recall@5" in saved["test"]  # the default evaluation's figures are kept beside it
+    # figures measured after the add say so: the grown catalogue beside the old one's
+    assert saved["test (cold_share=0.2)"]["num_items"] == len(keys) + 2
+    assert saved["test"]["num_items"] == len(keys)
     assert main(["eval", str(run), "--cold-share", "2"]) == 2
     assert "cold-share must be in [0, 1]" in capsys.readouterr().err
 
