@@ -77,7 +77,7 @@ def printed_metrics(stdout: str) -> dict[str, float]:
     """The metric table `semid eval` prints, without timings."""
     rows = [line.split() for line in stdout.splitlines()]
     return {
-        r[0]: float(r[1])
+        r[0]: float(r[1].replace(",", ""))  # counts print as 1,682
         for r in rows
         if len(r) == 2 and r[1][:1].isdigit() and "per_s" not in r[0]
     }
