@@ -121,3 +121,17 @@ def test_a_users_json_line_must_hold_a_string_or_an_integer(tmp_path, user):
         SemidError, match=rf'u.jsonl line 2: "user" must be a user id .*got {re.escape(user)}$'
     ):
         queries_of(tmp_path / "u.jsonl", "--users")
+
+
+def test_json_lines_keep_their_other_fields_for_the_predictor_to_check(tmp_path):
+    """A --users or --histories JSON Lines object keeps "split" and "id" (and a typo, which the
+    predictor refuses with the line); a user's integer id is read as its digits."""
+    (tmp_path / "u.jsonl").write_text('{"user": 196, "split": "test", "id": "a"}\n')
+    assert queries_of(tmp_path / "u.jsonl", "--users")[0] == [
+        {"user": "196", "split": "test", "id": "a"}
+    ]
+    (tmp_path / "h.jsonl").write_text('{"history": ["1", 50], "id": 7}\n{"history": "1,2"}\n')
+    assert queries_of(tmp_path / "h.jsonl", "--histories")[0] == [
+        {"history": ["1", "50"], "id": 7},
+        {"history": ["1", "2"]},
+    ]

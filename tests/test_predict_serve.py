@@ -110,6 +110,42 @@ def test_predict_at_the_test_target_is_the_evaluation_ranking(predictor):
         assert answer["keys"] == expected, answer["input"]
 
 
+def test_a_users_json_line_keeps_its_split_and_id(run, predictor, tmp_path, capsys):
+    """`--users FILE.jsonl` lines with "split": "test" are answered at the test target, as eval
+    ranks them (the field was dropped, so each user was answered after the whole history, the
+    target excluded as seen); a typo of a field is refused with its line."""
+    users = predictor.user_keys[:3]
+    lines = [json.dumps({"user": u, "split": "test", "id": f"q{i}"}) for i, u in enumerate(users)]
+    (tmp_path / "u.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(run), "--users", str(tmp_path / "u.jsonl"), "--k", "10",
+                 "--out", str(out)]) == 0  # fmt: skip
+    expected = predictor.predict([{"user": u, "split": "test"} for u in users], k=10)
+    answers = read_jsonl(out)
+    assert [a["keys"] for a in answers] == [e["keys"] for e in expected]
+    assert [a["input"] for a in answers] == [
+        {"user": u, "split": "test", "id": f"q{i}"} for i, u in enumerate(users)
+    ]
+    (tmp_path / "typo.jsonl").write_text(f'{lines[0]}\n{{"user": "{users[1]}", "splt": "test"}}\n')
+    capsys.readouterr()
+    assert main(["predict", str(run), "--users", str(tmp_path / "typo.jsonl")]) == 2
+    assert "typo.jsonl line 2: unknown field 'splt' in an input" in capsys.readouterr().err
+
+
+def test_a_history_longer_than_the_model_reads_excludes_all_its_items(predictor):
+    """A new user's history past max_history: the model reads its last items, and every item of
+    it counts as seen (only the last ones were excluded)."""
+    keys = predictor.run.ids.keys
+    limit = predictor.spec.max_history
+    (top,) = predictor.predict([{"history": keys[:limit]}], k=5)
+    older = [k for k in keys if k not in set(keys[:limit])][:10]
+    mixed = top["keys"] + older  # the answers above, then enough items to push them past the limit
+    mixed += [k for k in keys[:limit] if k not in set(mixed)][: limit - len(older)]
+    assert len(mixed) > limit
+    (answer,) = predictor.predict([{"history": mixed}], k=20)
+    assert not set(answer["keys"]) & set(mixed)
+
+
 def test_predict_history_and_all_users(run, predictor, tmp_path):
     history = ["1", "50", "181"]
     out = tmp_path / "h.jsonl"

@@ -157,7 +157,7 @@ def read_inputs(
             ]
         lines = _numbered_lines(path, flag)
         if table_format(path) == "jsonl":
-            parsed = [({"user": _user_field(line, f"{flag} {path} line {number}")}, "")
+            parsed = [(_user_record(line, f"{flag} {path} line {number}"), "")
                       for number, line in lines]  # fmt: skip
         else:
             parsed = [
@@ -202,15 +202,17 @@ def parse_history(text: str, where: str) -> tuple[list[str], bool]:
 
 def _history_line(line: str, where: str) -> tuple[dict[str, Any], str]:
     """One ``--histories`` line: keys as ``--history`` takes them, or ``{"history": [...]}``."""
-    if line.startswith("{"):
-        history = _json_field(line, "history", where)
+    record: dict[str, Any] = {}
+    if line.startswith("{"):  # its other fields ("id") are kept for the predictor to check
+        record = _json_object(line, "history", where)
+        history = _field_of(record, "history", where)
         if not isinstance(history, str | list):  # 5 or null would read as the key "5" or "null"
             raise SemidError(
                 f'{where}: "history" must be a list of item keys, got {json.dumps(history)[:60]}'
             )
         line = history if isinstance(history, str) else json.dumps(history)
     keys, split = parse_history(line, where)
-    return {"history": keys}, COMMA_HINT if split else ""
+    return {**record, "history": keys}, COMMA_HINT if split else ""
 
 
 def check_inputs(predictor: Any, inputs: list[dict[str, Any]], origins: list[Origin]) -> None:
@@ -280,20 +282,16 @@ def _with_id(item: dict[str, Any], key: str | int | None) -> dict[str, Any]:
     return item if key is None else {**item, "id": str(key)}
 
 
-def _user_field(line: str, where: str) -> str:
-    """The user id of a ``--users`` JSON Lines line: a string, or an integer read as its digits."""
-    user = _json_field(line, "user", where)
+def _user_record(line: str, where: str) -> dict[str, Any]:
+    """A ``--users`` JSON Lines line as an input: its user id (a string, or an integer read as its
+    digits) with the line's other fields (``"split"``, ``"id"``), which the predictor checks."""
+    record = _json_object(line, "user", where)
+    user = _field_of(record, "user", where)
     if not is_key(user):
         raise SemidError(
             f'{where}: "user" must be a user id (a string or an integer), got {json.dumps(user)[:40]}'
         )
-    return str(user)
-
-
-def _json_field(line: str, name: str, where: str, alias: str | None = None) -> Any:
-    """Field ``name`` (else ``alias``) of a JSON Lines line; SemidError naming ``where`` if the
-    line is not a JSON object with that field."""
-    return _field_of(_json_object(line, name, where), name, where, alias)
+    return {**record, "user": str(user)}
 
 
 def _json_object(line: str, name: str, where: str) -> dict[str, Any]:

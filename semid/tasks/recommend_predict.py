@@ -319,10 +319,11 @@ class RecommendPredictor(Predictor):
     def _events_of(self, item: dict[str, Any]) -> dict[str, Any]:
         """A history's (or resolved user's) item rows, times, seen rows and user id."""
         ids = self.run.ids
-        if "history" in item:
-            rows = ids.rows_of_keys(item["history"])[-self.spec.max_history :]
+        if "history" in item:  # the model reads the last max_history items; all count as seen
+            every = ids.rows_of_keys(item["history"])
+            rows = every[-self.spec.max_history :]
             return {"items": rows, "times": torch.zeros(len(rows), dtype=torch.long),
-                    "seen": rows.unique(), "users": -1}  # fmt: skip
+                    "seen": every.unique(), "users": -1}  # fmt: skip
         e, t = item["events"], self.spec.max_history  # another copy's history may be longer
         return {"items": ids.rows_of_keys(e["items"][-t:]), "seen": ids.rows_of_keys(e["seen"]),
                 "times": torch.tensor(e["times"][-t:], dtype=_dtype_of(e["times"])),
