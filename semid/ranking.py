@@ -122,7 +122,10 @@ class ScoreRanker:
     @torch.no_grad()
     def rank(self, batch: Any, k: int, seen: Tensor | None = None) -> Ranking:
         """Top-k rows by score (B, k)."""
-        scores = self.model.score_rows(batch).float()
+        scores = self.model.score_rows(batch)
+        # half precision up to float32; float64 kept (most-popular's tie-break needs it)
+        if scores.dtype != torch.float64:
+            scores = scores.float()
         n = len(self.ids)
         if scores.shape[1] < n:  # rows the model has never seen score -inf
             pad = scores.new_full((scores.shape[0], n - scores.shape[1]), float("-inf"))
@@ -132,7 +135,7 @@ class ScoreRanker:
             scores = scores.masked_fill(seen_mask(seen.to(scores.device), n), float("-inf"))
         top, rows = scores.topk(min(k, n), dim=1)
         rows = torch.where(top > float("-inf"), rows, -1).cpu()
-        rows, top = pad_to(rows, top.cpu(), k)
+        rows, top = pad_to(rows, top.float().cpu(), k)  # scores float32 whatever ranked them
         return Ranking(rows, top, codes_of_rows(self.ids.codes, rows))
 
 

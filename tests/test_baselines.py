@@ -24,6 +24,13 @@ def test_most_popular_ranks_by_train_count_with_stable_ties():
     pop.fit_counts_(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2]))  # counts 3, 5, 3, 0
     ranked = top_rows(pop, {"items": torch.zeros(2, 4, dtype=torch.long)}, k=3)
     assert ranked.tolist() == [[1, 0, 2], [1, 0, 2]]
+    # at counts past float32's resolution of the tie-break (ml-100k's 287 - 1e-3 * 15/1682 is 287
+    # in float32):
+    # the ranking keeps the scores' float64, so tied items still come lower row first
+    many = MostPopular(MostPopularConfig(num_items=1682))
+    many.fit_counts_(torch.tensor([25] * 287 + [15] * 287 + [3] * 300))
+    ranked = top_rows(many, {"items": torch.zeros(1, 4, dtype=torch.long)}, k=3)
+    assert ranked.tolist() == [[3, 15, 25]]
 
 
 @pytest.mark.parametrize("scorer", ["pop", "sasrec"])
