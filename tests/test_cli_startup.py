@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import semid
 from semid.cli.main import COMMANDS, main, selected_command
 from semid.models import BUILTIN_MODELS, available_models, model_class
 
@@ -97,6 +98,23 @@ def test_console_script_is_this_interpreters_not_the_first_on_path(tmp_path, mon
     assert console_script() == str(beside)
     done = subprocess.run([console_script(), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "semid" in done.stdout
+
+
+def test_python_dash_m_semid_is_the_command(tmp_path):
+    """`python -m semid` where the scripts folder is not on PATH: the CLI, with its exit codes."""
+    done = subprocess.run([sys.executable, "-m", "semid", "--version"], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == f"semid {semid.__version__}"
+    done = subprocess.run([sys.executable, "-m", "semid", "eval", str(tmp_path / "none")],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("semid: error:")
+
+
+def test_the_package_version_is_semid_version():
+    """pyproject.toml reads the version from semid.__version__ (one place to change it)."""
+    from importlib.metadata import version
+
+    assert version("semid") == semid.__version__
 
 
 def test_a_closed_pipe_ends_the_command_quietly():

