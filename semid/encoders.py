@@ -111,12 +111,17 @@ class TextEncoder:
                 x = None
             if x is not None and x.ndim == 2 and len(x) == len(texts):
                 return torch.from_numpy(x)
-        check_writable(path, fix="set SEMID_CACHE to a writable folder")  # before the encoding
+        try:  # the cache saves time only: a folder it cannot write is said, and the work goes on
+            check_writable(path, fix="these embeddings are not cached (set SEMID_CACHE to a "
+                                     "writable folder to keep them)")  # fmt: skip
+        except SemidError as e:
+            note(str(e))
+            return torch.from_numpy(self._embed(texts, show_progress))
         x = self._embed(texts, show_progress)
         try:
             with atomic_file(path, "wb") as f:
                 np.save(f, x)
-        except DiskFullError:  # the cache saves time only: the embeddings are still good
+        except DiskFullError:  # the embeddings are still good
             note(f"{path.parent} is full, so these embeddings were not cached (the next run "
                  "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
         return torch.from_numpy(x)

@@ -140,6 +140,27 @@ def test_a_full_cache_disk_still_gives_the_embeddings(
     assert line.startswith(f"{tmp_path} is full, so these embeddings were not cached")
 
 
+def test_a_cache_folder_that_cannot_be_written_still_gives_the_embeddings(
+    model_dir: Path, tmp_path: Path, fake: FakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SEMID_CACHE (or HOME) that cannot be written is a note, not a refused command: the cache
+    only saves time (an unwritable HOME refused `index build` and left its --out folder)."""
+    told: list[str] = []
+    monkeypatch.setattr(encoders, "note", told.append)
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "embeddings"  # under a file: it can never be made
+    x = TextEncoder(model_dir, cache_dir=cache).encode(["x", "y"], show_progress=False)
+    assert x.shape == (2, 8) and fake.calls == 1
+    (line,) = told
+    assert line.startswith(f"cannot create output folder {cache}") and line.endswith(
+        "these embeddings are not cached (set SEMID_CACHE to a writable folder to keep them)"
+    )
+    cached = TextEncoder(model_dir, cache_dir=tmp_path / "cache").encode(
+        ["x", "y"], show_progress=False
+    )
+    assert torch.equal(x, cached)  # the same embeddings as through a cache
+
+
 def test_cache_key_depends_on_model_length_and_texts(model_dir: Path, tmp_path: Path) -> None:
     enc = TextEncoder(model_dir, cache_dir=tmp_path)
     key = enc.cache_key(["ab", "c"])
