@@ -710,7 +710,7 @@ cases(
         ("predict-histories-no-field", lambda e: f'--histories {e.tmp / "h.jsonl"} line 1 has no "history" field', lambda e: on_rec(PREDICT, lambda r: None, "--histories", str(e.write("h.jsonl", '{"items": ["1"]}\n')))(e)),
         ("predict-k-over-catalogue", "k", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "100000")),
         ("predict-k-0", "k", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "0")),
-        ("predict-beams-below-k", "num_beams", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "5", "--num-beams", "2")),
+        ("predict-beams-below-k", "--num-beams must be >= --k (5)", on_rec(PREDICT, lambda r: None, "--user", "1", "--k", "5", "--num-beams", "2")),
         ("predict-batch-size-0", "--batch-size", on_rec(PREDICT, lambda r: None, "--user", "1", "--batch-size", "0")),
         ("predict-query-on-recommender", "query", on_rec(PREDICT, lambda r: None, "--query", "a good film")),
         ("predict-users-not-utf8", "users.txt", lambda e: on_rec(PREDICT, lambda r: None, "--users", str(e.write("users.txt", b"1\n\xff\n")))(e)),

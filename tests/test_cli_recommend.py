@@ -425,7 +425,11 @@ def test_predict_without_k_answers_a_catalogue_under_ten_whole(tmp_path, capsys)
     assert 0 < len(keys) <= 5 and "i1" not in keys  # 6 items, less the one in the history
     capsys.readouterr()
     assert main(["predict", str(tmp_path), "--history", '["i1"]', "--k", "7"]) == 2
-    assert "k must be in [1, 6]" in capsys.readouterr().err  # asked for: told
+    assert "semid: error: --k must be in [1, 6]" in capsys.readouterr().err  # asked for: told
+    assert (
+        main(["predict", str(tmp_path), "--history", '["i1"]', "--k", "3", "--num-beams", "2"]) == 2
+    )
+    assert "semid: error: --num-beams must be >= --k (3), got 2" in capsys.readouterr().err
     # the Python API too: no k is 10, or the whole catalogue when it is smaller
     from semid.tasks import load_predictor
 

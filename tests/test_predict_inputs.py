@@ -132,6 +132,29 @@ def test_json_lines_keep_their_other_fields_for_the_predictor_to_check(tmp_path)
     ]
     (tmp_path / "h.jsonl").write_text('{"history": ["1", 50], "id": 7}\n{"history": "1,2"}\n')
     assert queries_of(tmp_path / "h.jsonl", "--histories")[0] == [
-        {"history": ["1", "50"], "id": 7},
+        {"history": ["1", "50"], "id": "7"},  # an id is written as a string, as a query's is
         {"history": ["1", "2"]},
     ]
+
+
+def test_a_users_table_keeps_its_id_and_split_columns(tmp_path):
+    """A users table reads as its JSON Lines form: an "id" column for the answer, a "split"
+    column (a blank cell: none) to answer at that split's target; both were ignored."""
+    (tmp_path / "u.csv").write_text("user,split,ID\n196,test,a\n186,,7\n")
+    assert queries_of(tmp_path / "u.csv", "--users")[0] == [
+        {"user": "196", "split": "test", "id": "a"},
+        {"user": "186", "id": "7"},
+    ]
+    pd.DataFrame({"user": [196], "split": ["valid"]}).to_parquet(tmp_path / "u.parquet")
+    assert queries_of(tmp_path / "u.parquet", "--users")[0] == [{"user": "196", "split": "valid"}]
+
+
+@pytest.mark.parametrize("bad", ["null", "1.5", "[1]"])
+def test_a_query_line_with_an_id_that_is_no_key_is_refused(tmp_path, bad):
+    """An id of null or 1.5 was dropped in silence, so answers could not be joined back to their
+    judgements; other fields (BEIR's "metadata") are still left out."""
+    (tmp_path / "q.jsonl").write_text(
+        f'{{"_id": "q1", "text": "a", "metadata": {{}}}}\n{{"_id": {bad}, "text": "b"}}\n'
+    )
+    with pytest.raises(SemidError, match=rf'q.jsonl line 2: "_id" must be a string or an integer, got {re.escape(bad)}$'):  # fmt: skip
+        queries_of(tmp_path / "q.jsonl")

@@ -112,6 +112,10 @@ def check_input_flag(args: argparse.Namespace, task: str) -> None:
                          "(pass --query or --queries)")  # fmt: skip
 
 
+ID_FIELDS = ("id",)  # the id a user or history input carries to its answer (tasks.base.INPUT_ID)
+USER_OPTIONS = ("split",)  # a users table's column answered as "split" (at that split's target)
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where an input comes from: ``where`` names a file line (None: the command line itself);
@@ -150,9 +154,9 @@ def read_inputs(
         return [{"user": u} for u in predictor.user_keys], [Origin()] * len(predictor.user_keys)
     if args.users is not None:
         path, flag = Path(args.users), "--users"
-        rows = _input_table(path, flag, "user", USER_COLUMNS)
+        rows = _input_table(path, flag, "user", USER_COLUMNS, ID_FIELDS, USER_OPTIONS)
         if rows is not None:
-            return [item for _, item, _ in rows], [
+            return [_with_id(item, key) for _, item, key in rows], [
                 Origin(f"{flag} {path} {where}") for where, _, _ in rows
             ]
         lines = _numbered_lines(path, flag)
@@ -212,7 +216,9 @@ def _history_line(line: str, where: str) -> tuple[dict[str, Any], str]:
             )
         line = history if isinstance(history, str) else json.dumps(history)
     keys, split = parse_history(line, where)
-    return {**record, "history": keys}, COMMA_HINT if split else ""
+    return _with_id({**record, "history": keys}, _line_id(record, ID_FIELDS, where)), (
+        COMMA_HINT if split else ""
+    )
 
 
 def check_inputs(predictor: Any, inputs: list[dict[str, Any]], origins: list[Origin]) -> None:
@@ -235,11 +241,17 @@ def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
 
 
 def _input_table(
-    path: Path, flag: str, field: str, names: tuple[str, ...], id_names: tuple[str, ...] = ()
+    path: Path,
+    flag: str,
+    field: str,
+    names: tuple[str, ...],
+    id_names: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
 ) -> list[tuple[str, dict[str, Any], str | None]] | None:
     """(row label, input, id) per row of a table of inputs: Parquet, or a CSV/TSV whose header
     names the ``field`` column (any of ``names``), with the row's id when a column is named as one
-    of ``id_names`` (else None); None for a file of one input a line (a one-column CSV without
+    of ``id_names`` (else None) and the non-empty cells of the columns named as ``options`` (a
+    user's "split") in its input; None for a file of one input a line (a one-column CSV without
     that header, said on stderr: its first line is an input too). A CSV of several columns
     without one is refused."""
     fmt = table_format(path)
@@ -260,9 +272,15 @@ def _input_table(
     values = key_strings(table[column], path, field)
     id_column = next(iter(matching_columns(table.column_names, id_names)), None)
     ids = key_strings(table[id_column], path, "id") if id_column else [None] * len(values)
+    inputs: list[dict[str, Any]] = [{field: str(v)} for v in values]
+    for option in options:  # a blank cell: not given for that row
+        for column in matching_columns(table.column_names, (option,))[:1]:
+            for item, cell in zip(inputs, table[column].to_pylist(), strict=True):
+                if cell is not None and str(cell).strip():
+                    item[option] = str(cell).strip()
     return [
-        (row_label(path, i), {field: str(v)}, key)
-        for i, (v, key) in enumerate(zip(values, ids, strict=True))
+        (row_label(path, i), item, key)
+        for i, (item, key) in enumerate(zip(inputs, ids, strict=True))
     ]
 
 
@@ -273,8 +291,20 @@ def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
         return {"query": line}
     record = _json_object(line, "query", where)
     query = _field_of(record, "query", where, alias="text")
-    key = next((record[n] for n in QUERY_ID_FIELDS if is_key(record.get(n))), None)
-    return _with_id({"query": query}, key)
+    # other fields (BEIR's "metadata", a "title") are not the run's to check: left out
+    return _with_id({"query": query}, _line_id(record, QUERY_ID_FIELDS, where))
+
+
+def _line_id(record: dict[str, Any], names: tuple[str, ...], where: str) -> str | int | None:
+    """The id a JSON Lines object gives its input (its first field named as one of ``names``),
+    or None; SemidError naming ``where`` if that field is not a string or an integer."""
+    name = next((n for n in names if n in record), None)
+    if name is None:
+        return None
+    if not is_key(record[name]):
+        raise SemidError(f'{where}: "{name}" must be a string or an integer, got '
+                         f"{json.dumps(record[name])[:40]}")  # fmt: skip
+    return record[name]
 
 
 def _with_id(item: dict[str, Any], key: str | int | None) -> dict[str, Any]:
@@ -291,7 +321,7 @@ def _user_record(line: str, where: str) -> dict[str, Any]:
         raise SemidError(
             f'{where}: "user" must be a user id (a string or an integer), got {json.dumps(user)[:40]}'
         )
-    return {**record, "user": str(user)}
+    return _with_id({**record, "user": str(user)}, _line_id(record, ID_FIELDS, where))
 
 
 def _json_object(line: str, name: str, where: str) -> dict[str, Any]:
@@ -331,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
     inputs, origins = read_inputs(args, predictor)
     if args.k is None:
         args.k = predictor.default_k()
-    predictor.check_k(args.k, args.num_beams)
+    predictor.check_k(args.k, args.num_beams, names=("--k", "--num-beams"))
     check_inputs(predictor, inputs, origins)  # reads users' histories (and so the data) first
     if args.texts:
         check_texts(predictor, "--texts")

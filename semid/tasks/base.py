@@ -377,12 +377,17 @@ class Predictor(ABC):
         """The number of answers when none is asked for: ``DEFAULT_K``, at most the catalogue."""
         return min(DEFAULT_K, self.max_k())
 
-    def check_k(self, k: int, num_beams: int | None) -> None:
-        """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k."""
+    def check_k(
+        self, k: int, num_beams: int | None, names: tuple[str, str] = ("k", "num_beams")
+    ) -> None:
+        """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k; ``names``:
+        what the caller calls the two (a command's ``--k`` and ``--num-beams``)."""
         if not 1 <= k <= self.max_k():
-            raise SemidError(f"k must be in [1, {self.max_k()}] (the catalogue size), got {k}")
+            raise SemidError(
+                f"{names[0]} must be in [1, {self.max_k()}] (the catalogue size), got {k}"
+            )
         if num_beams is not None and num_beams < k:
-            raise SemidError(f"num_beams must be >= k ({k}), got {num_beams}")
+            raise SemidError(f"{names[1]} must be >= {names[0]} ({k}), got {num_beams}")
 
     def max_k(self) -> int:
         """The catalogue size: the largest k a query can ask for."""
