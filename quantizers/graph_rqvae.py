@@ -9,9 +9,11 @@ once before training: a learned first layer applied after it equals one applied 
 
 After ``fit`` the propagated features of the fitted items are kept in a buffer, so ``encode`` on
 the same items (in any order, found by a fingerprint of their content) gives the same codes after
-``save_pretrained``/``from_pretrained``. A NEW item, or one with no training interaction, is
-encoded from content only: its collaborative half is its own content, exactly as the
-propagation treats items without edges.
+``save_pretrained``/``from_pretrained``. Twins, fitted items of identical content (a catalogue
+listing one film twice), cannot be told apart by content: the twins of one batch take the fitted
+twins in batch order (in fit order, each its own), and a twin encoded alone is the first. A NEW
+item, or one with no training interaction, is encoded from content only: its collaborative half
+is its own content, exactly as the propagation treats items without edges.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class GraphRQVAE(RQVAE):
             # The fitted items in fit order: positional, so items with equal content stay apart.
             return torch.arange(x.shape[0], device=x.device)
         dist, idx = nearest(fp, self.fingerprints)  # faiss: on the CPU
-        return torch.where(dist <= tol, idx, torch.full_like(idx, -1)).to(x.device)
+        idx = torch.where(dist <= tol, idx, torch.full_like(idx, -1))
+        return _spread_over_twins(idx, self.fingerprints.cpu()).to(x.device)
 
     def _model_inputs(self, x: Tensor) -> Tensor:
         idx = self.item_index(x)
@@ -167,3 +170,28 @@ class GraphRQVAE(RQVAE):
 
     def _outputs(self, y: Tensor) -> Tensor:
         return (y * self.scale + self.mean)[:, : self.dim]  # the content half
+
+
+def _spread_over_twins(idx: Tensor, fingerprints: Tensor) -> Tensor:
+    """``idx`` (N,) with rows matched to a fitted item that has twins (fitted items of identical
+    content, which a lookup by content always matches to the first of them) spread over those
+    twins in batch order: the first such row gets the first twin, the next the second, and so on
+    (cycling), so twins encoded together keep apart in any order or subset of the batch."""
+    _, group = torch.unique(fingerprints, dim=0, return_inverse=True)
+    sizes = torch.bincount(group)
+    rows = (idx >= 0).nonzero().flatten()
+    rows = rows[sizes[group[idx[rows]]] > 1]
+    if len(rows) == 0:
+        return idx
+    g = group[idx[rows]]
+    order = torch.argsort(g, stable=True)  # by group, batch order kept within one
+    rows, g = rows[order], g[order]
+    position = torch.arange(len(g))
+    starts_here = torch.ones_like(g, dtype=torch.bool)
+    starts_here[1:] = g[1:] != g[:-1]
+    occurrence = position - torch.cummax(torch.where(starts_here, position, 0), 0).values
+    twins = torch.argsort(group, stable=True)  # fitted items by group, lower index first
+    first_twin = torch.cumsum(sizes, 0) - sizes
+    out = idx.clone()
+    out[rows] = twins[first_twin[g] + occurrence % sizes[g]]
+    return out

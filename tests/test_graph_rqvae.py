@@ -73,6 +73,27 @@ def test_fitted_items_are_found_in_any_order(fitted):
     assert torch.equal(fitted.encode(content()[perm]), fitted.encode(content())[perm])
 
 
+def test_twins_of_identical_content_keep_apart_in_any_order_or_subset(train):
+    """Items 3, 7 and 11 share one content embedding (ml-100k lists 18 films twice): a lookup by
+    content matched each to the first, so a batch in another order, or a subset, gave the later
+    twins the first one's graph half and code. Now the twins of a batch take the fitted twins in
+    batch order, so they keep apart; a content lookup cannot tell which twin is which."""
+    x = content()
+    x[[7, 11]] = x[3].clone()
+    q = build_quantizer(SPEC).fit(x, interactions=train, **FAST)
+    twins = [3, 7, 11]
+    assert torch.equal(q.item_index(x), torch.arange(NUM_ITEMS))  # fit order: by position
+    perm = torch.randperm(NUM_ITEMS, generator=torch.Generator().manual_seed(3))
+    found = q.item_index(x[perm])
+    assert sorted(found[torch.isin(perm, torch.tensor(twins))].tolist()) == twins
+    others = ~torch.isin(perm, torch.tensor(twins))
+    assert torch.equal(found[others], perm[others])
+    assert q.item_index(x[[11, 0, 7]]).tolist() == [3, 0, 7]  # batch order, not key order
+    one_at_a_time = torch.cat([q.item_index(x[i : i + 1]) for i in range(NUM_ITEMS)])
+    assert one_at_a_time[twins].tolist() == [3, 3, 3]  # alone, each is the first twin
+    assert torch.equal(q.encode(x[1:]), q.encode(x)[1:])  # a subset in fit order: same codes
+
+
 def test_new_item_is_encoded_from_content_only(fitted):
     new = torch.randn(3, D, generator=torch.Generator().manual_seed(9))
     assert (fitted.item_index(new) == -1).all()
