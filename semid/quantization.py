@@ -252,7 +252,9 @@ class Quantizer(nn.Module, ABC):
             raise SemidError(f"{self.spec} is not fitted; call fit(x) or load a fitted one")
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors into the folder `path`, atomically."""
+        """Write config.json and model.safetensors into the folder `path`, atomically; SemidError
+        if the quantizer is not fitted (the folder could not be loaded)."""
+        self.check_fitted()
         config = {"spec": str(self.spec), "dim": self.dim, **self.extra_config()}
         write_module(path, "quantizer", self.spec.family, config, self)
 

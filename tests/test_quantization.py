@@ -184,6 +184,27 @@ def test_unfitted_quantizer_says_so(toy_family):
         q.check_fitted()
 
 
+def test_an_unfitted_quantizer_is_not_saved(toy_family, tmp_path):
+    """It wrote a folder that no load could read ("no valid input dimension; save it again")."""
+    with pytest.raises(SemidError, match="toy:1x2 is not fitted; call fit"):
+        build_quantizer("toy:1x2").save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_weights_holding_nan_are_refused_on_load(toy_family, tmp_path):
+    """A file that reads well but holds NaN weights encoded every input to one code, silently."""
+    from safetensors.torch import load_file, save_file
+
+    q = build_quantizer("toy:2x2").fit(torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, 4.0]]))
+    q.save_pretrained(tmp_path / "q")
+    weights = tmp_path / "q" / "model.safetensors"
+    state = load_file(weights)
+    state["centers"][0, 0] = float("nan")
+    save_file(state, weights)
+    with pytest.raises(SemidError, match=f"{weights}: tensor centers holds NaN values; retrain"):
+        Quantizer.from_pretrained(tmp_path / "q")
+
+
 def test_save_pretrained_round_trip(toy_family, tmp_path):
     x = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, 4.0]])
     q = build_quantizer("toy:2x2").fit(x)
