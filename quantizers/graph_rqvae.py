@@ -26,7 +26,7 @@ from torch import Tensor
 from semid.errors import SemidError
 from semid.graph import propagate_item_features
 from semid.kmeans import nearest
-from semid.quantization import QuantizerSpec, register_quantizer
+from semid.quantization import QuantizerSpec, check_real, register_quantizer
 from semid.quantizers.rqvae import RQVAE
 
 _FINGERPRINT_DIM = 16
@@ -91,6 +91,8 @@ class GraphRQVAE(RQVAE):
         """Validate x (N, D) or a list of (N, D_m) modalities; returns them concatenated (N, sum D_m)."""
         xs = list(x) if isinstance(x, list | tuple) else [x]
         xs = [torch.as_tensor(m) for m in xs]
+        for m in xs:
+            check_real(m)
         if any(m.ndim != 2 for m in xs):
             raise SemidError(
                 f"expected embeddings of shape (N, D) per modality, got {[tuple(m.shape) for m in xs]}"

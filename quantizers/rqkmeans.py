@@ -153,7 +153,7 @@ class ResidualKMeans(Quantizer):
     def last_level_distances(self, x: Tensor) -> Tensor:
         """Squared distances (N, K) from each row's residual after L-1 levels to the last codebook."""
         codes = self.encode(x)
-        x = self.check_input(x).to(self.codebooks.device)
+        x = self.check_input(x, empty_ok=True).to(self.codebooks.device)
         levels = torch.arange(self.levels - 1, device=codes.device)
         prefix = self.codebooks[levels, codes[:, :-1]].sum(1)
         return _squared_distances(x - prefix, self.codebooks[-1])

@@ -186,7 +186,7 @@ class RQVAE(Quantizer):
         """Squared distances (N, K) from each item's last-level latent residual to every last-level code."""
         self.check_fitted()
         return self.codebooks.last_level_distances(
-            self._latents(self._model_inputs(self.check_input(x)))
+            self._latents(self._model_inputs(self.check_input(x, empty_ok=True)))
         )
 
     def _latents(self, inputs: Tensor) -> Tensor:

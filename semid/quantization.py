@@ -141,6 +141,13 @@ def _on_cpu(value: Any) -> Any:
     return value
 
 
+def check_real(x: Tensor) -> None:
+    """SemidError if the embeddings ``x`` are booleans or complex numbers, which ``float()`` would
+    read as 0/1 or cut to their real part."""
+    if x.dtype == torch.bool or x.is_complex():
+        raise SemidError(f"embeddings must be real numbers, got {x.dtype}; give float vectors")
+
+
 class Quantizer(nn.Module, ABC):
     """Base class of every quantizer family. State lives in parameters and buffers, so
     ``state_dict`` is the whole fitted model."""
@@ -214,6 +221,7 @@ class Quantizer(nn.Module, ABC):
         N = 0 is refused unless ``empty_ok`` (encoding an empty batch gives empty codes)."""
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x)
+        check_real(x)
         if x.ndim != 2:
             raise SemidError(f"expected embeddings of shape (N, D), got {tuple(x.shape)}")
         if self.dim is not None and x.shape[1] != self.dim:

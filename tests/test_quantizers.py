@@ -91,6 +91,8 @@ def test_an_empty_batch_encodes_to_no_codes(family_and_model):
     assert q.decode(codes).shape == (0, D)
     with pytest.raises(SemidError, match="dimension"):  # the width is still checked
         q.encode(torch.zeros(0, D + 1))
+    # as encode does: `index add` of no item with `reassign` asks for both
+    assert q.last_level_distances(torch.zeros(0, D)).shape == (0, q.codebook_sizes[-1])
 
 
 def test_encode_accepts_numpy(family_and_model):
@@ -197,6 +199,9 @@ def test_encode_and_decode_reject_bad_input(family_and_model):
         q.decode(torch.full((3, LEVELS), -1, dtype=torch.long))
     with pytest.raises(SemidError, match="must be an integer tensor"):  # 1.7 is not truncated to 1
         q.decode(torch.full((3, LEVELS), 1.7))
+    for dtype in (torch.bool, torch.complex64):  # were read as 0/1, or lost their imaginary part
+        with pytest.raises(SemidError, match=f"embeddings must be real numbers, got {dtype}"):
+            q.encode(torch.ones(3, D, dtype=dtype))
 
 
 @pytest.mark.parametrize(
