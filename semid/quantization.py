@@ -273,15 +273,21 @@ class Quantizer(nn.Module, ABC):
         fix = "save it again with save_pretrained (or rebuild the index with `semid index build`)"
         _, config = read_module(path, "quantizer", fix)
         config = dict(config)
-        spec = QuantizerSpec.parse(str(config.pop("spec", "")))
+        try:  # a damaged spec or option is named with the file it is in
+            spec = QuantizerSpec.parse(str(config.pop("spec", "")))
+            family = quantizer_class(spec.family)
+        except SemidError as e:
+            raise SemidError(f"{path}/config.json: {e}; {fix}") from None
         dim = config.pop("dim", None)
         if not isinstance(dim, int) or dim < 1:
             raise SemidError(f"{path}/config.json has no valid input dimension; {fix}")
-        family = quantizer_class(spec.family)
         if not issubclass(family, cls):
             raise SemidError(f"{path} holds a {spec.family} quantizer, not a {cls.family}; load it "
                              "with Quantizer.from_pretrained")  # fmt: skip
-        q = build_quantizer(spec, dim, **config)  # names an option the family does not take
+        try:
+            q = build_quantizer(spec, dim, **config)  # names an option the family does not take
+        except SemidError as e:
+            raise SemidError(f"{path}/config.json: {e}; {fix}") from None
         load_state(q, path)
         return q
 

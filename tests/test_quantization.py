@@ -205,6 +205,25 @@ def test_weights_holding_nan_are_refused_on_load(toy_family, tmp_path):
         Quantizer.from_pretrained(tmp_path / "q")
 
 
+@pytest.mark.parametrize(
+    ("change", "told"),
+    [
+        ({"colour": 1}, "unknown option"),
+        ({"spec": ""}, "bad quantizer spec"),
+        ({"spec": "nope:2x2"}, "unknown quantizer family 'nope'"),
+    ],  # fmt: skip
+)
+def test_a_damaged_saved_config_is_named_with_its_file(toy_family, tmp_path, change, told):
+    q = build_quantizer("toy:2x2").fit(torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, 4.0]]))
+    q.save_pretrained(tmp_path / "q")
+    config_file = tmp_path / "q" / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["config"].update(change)
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(SemidError, match=f"^{config_file}: {told}.*; save it again"):
+        Quantizer.from_pretrained(tmp_path / "q")
+
+
 def test_save_pretrained_round_trip(toy_family, tmp_path):
     x = torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, 4.0]])
     q = build_quantizer("toy:2x2").fit(x)
