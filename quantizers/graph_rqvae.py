@@ -89,8 +89,8 @@ class GraphRQVAE(RQVAE):
 
     def check_input(self, x: Tensor | list[Tensor], *, empty_ok: bool = False) -> Tensor:
         """Validate x (N, D) or a list of (N, D_m) modalities; returns them concatenated (N, sum D_m)."""
-        xs = list(x) if isinstance(x, list | tuple) else [x]
-        xs = [torch.as_tensor(m) for m in xs]
+        modalities = isinstance(x, list | tuple) and all(getattr(m, "ndim", 0) == 2 for m in x)
+        xs = [torch.as_tensor(m) for m in (x if modalities else [x])]  # else rows, as numpy takes
         for m in xs:
             check_real(m)
         if any(m.ndim != 2 for m in xs):

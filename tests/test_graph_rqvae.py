@@ -94,6 +94,12 @@ def test_twins_of_identical_content_keep_apart_in_any_order_or_subset(train):
     assert torch.equal(q.encode(x[1:]), q.encode(x)[1:])  # a subset in fit order: same codes
 
 
+def test_a_list_of_rows_is_one_matrix_as_numpy_reads_it(fitted):
+    """A list of lists of floats was read as one modality per row ("expected (N, D) per
+    modality"); the other families take it as numpy does."""
+    assert torch.equal(fitted.encode(content()[:5].tolist()), fitted.encode(content()[:5]))
+
+
 def test_new_item_is_encoded_from_content_only(fitted):
     new = torch.randn(3, D, generator=torch.Generator().manual_seed(9))
     assert (fitted.item_index(new) == -1).all()
