@@ -96,18 +96,27 @@ def _popularity(
         )
     if len(popularity) != len(codes):
         raise SemidError(f"popularity has {len(popularity)} entries for {len(codes)} items")
+    popularity = torch.as_tensor(popularity)
+    if popularity.is_complex() or not bool(torch.isfinite(popularity.double()).all()):
+        raise SemidError("popularity must hold finite numbers (each item's interaction count)")
     group, _counts = group_ids(codes)
-    rank = rank_within_groups(group, priority=torch.as_tensor(popularity))
+    rank = rank_within_groups(group, priority=popularity)
     new, sizes = _append_rank(codes, rank, codebook_sizes)
     return new, sizes, int((rank > 0).sum())
 
 
-def check_last_level_distances(distances: Tensor, n: int, k_last: int) -> None:
-    """SemidError unless ``distances`` are (n, k_last): each item's distance to each last-level code."""
+def check_last_level_distances(distances: Tensor, n: int, k_last: int) -> Tensor:
+    """``distances`` as a float tensor, checked to be (n, k_last) finite values: each item's
+    distance to each last-level code (SemidError otherwise)."""
+    distances = torch.as_tensor(distances)
     if tuple(distances.shape) != (n, k_last):
         raise SemidError(
             f"last-level distances have shape {tuple(distances.shape)}, expected ({n}, {k_last})"
         )
+    if not distances.is_floating_point() or not bool(torch.isfinite(distances).all()):
+        raise SemidError("last-level distances must be finite numbers (the quantizer's "
+                         "last_level_distances of the same embeddings)")  # fmt: skip
+    return distances
 
 
 def _reassign(
@@ -120,7 +129,7 @@ def _reassign(
     if distances is None:
         raise SemidError("collision strategy 'reassign' needs the quantizer's last-level distances")
     k_last = codebook_sizes[-1]
-    check_last_level_distances(distances, len(codes), k_last)
+    distances = check_last_level_distances(distances, len(codes), k_last)
     codes = codes.clone()
     group, counts = group_ids(codes)
     own_cost = distances.gather(1, codes[:, -1:]).squeeze(1)

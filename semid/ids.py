@@ -181,7 +181,7 @@ class SemanticIDs:
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
         if distances is not None:
-            check_last_level_distances(distances, len(keys), self.codebook_sizes[-1])
+            distances = check_last_level_distances(distances, len(keys), self.codebook_sizes[-1])
         self.check_new_keys(keys)
         has_extra = self.collision is not None and self.collision.extra_level
         new_codes: list[list[int]] = []

@@ -88,8 +88,19 @@ def test_rank_within_groups_respects_priority():
         ("reassign", {}, "needs the quantizer's last-level distances"),
         ("popularity", {}, "needs item interaction counts"),
         ("reassign", {"distances": torch.rand(2, 3)}, "last-level distances have shape"),
+        # were an AttributeError, scipy's ValueError, or (popularity) an item-order ranking
+        ("reassign", {"distances": torch.full((2, 2), float("nan"))}, "must be finite numbers"),
+        ("reassign", {"distances": torch.ones(2, 2, dtype=torch.long)}, "must be finite numbers"),
+        ("popularity", {"popularity": torch.full((2,), float("nan"))}, "must hold finite numbers"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(strategy, kwargs, message):
     with pytest.raises(SemidError, match=message):
         resolve_collisions(torch.zeros(2, 2, dtype=torch.long), [2, 2], strategy, **kwargs)
+
+
+def test_reassign_takes_numpy_distances_as_a_tensor():
+    codes = torch.tensor([[0, 1], [0, 1]])
+    distances = torch.tensor([[2.0, 0.0], [1.0, 0.5]])
+    new, _, report = resolve_collisions(codes, [2, 2], "reassign", distances=distances.numpy())
+    assert report.items_moved == 1 and new.tolist() == [[0, 1], [0, 0]]
