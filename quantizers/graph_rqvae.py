@@ -163,7 +163,16 @@ class GraphRQVAE(RQVAE):
             return torch.arange(x.shape[0], device=x.device)
         dist, idx = nearest(fp, self.fingerprints)  # faiss: on the CPU
         idx = torch.where(dist <= tol, idx, torch.full_like(idx, -1))
-        return _spread_over_twins(idx, self.fingerprints.cpu()).to(x.device)
+        return _spread_over_twins(idx, self._twin_groups(tol)).to(x.device)
+
+    def _twin_groups(self, tol: float) -> Tensor:
+        """`twin_groups` of the fitted items, computed once per fit or load (cached against the
+        fingerprints' storage and version)."""
+        key = (self.fingerprints.data_ptr(), self.fingerprints._version, tol)
+        cached = getattr(self, "_twins", None)
+        if cached is None or cached[0] != key:
+            self._twins = (key, twin_groups(self.fingerprints.cpu(), tol))
+        return self._twins[1]
 
     def _model_inputs(self, x: Tensor) -> Tensor:
         idx = self.item_index(x)
@@ -174,12 +183,37 @@ class GraphRQVAE(RQVAE):
         return (y * self.scale + self.mean)[:, : self.dim]  # the content half
 
 
-def _spread_over_twins(idx: Tensor, fingerprints: Tensor) -> Tensor:
+def twin_groups(fingerprints: Tensor, tol: float, window: int = 8) -> Tensor:
+    """(N,) group of each fitted item: items whose fingerprints lie within ``tol`` (squared) of
+    each other share one, the lowest index among them (rounding in the fit's matrix product may
+    leave twins' fingerprints a few ulps apart). Neighbours are looked for among the ``window``
+    items next to each in the order of the first fingerprint coordinate (twins are near in it)."""
+    n = len(fingerprints)
+    order = torch.argsort(fingerprints[:, 0], stable=True)
+    ranked = fingerprints[order]
+    pairs = []
+    for step in range(1, min(window, n - 1) + 1):
+        close = (ranked[step:] - ranked[:-step]).pow(2).sum(-1) <= tol
+        pairs.append(torch.stack([order[:-step][close], order[step:][close]]))
+    edges = torch.cat(pairs, 1) if pairs else torch.zeros(2, 0, dtype=torch.long)
+    group = torch.arange(n)
+    while True:  # label propagation: every item takes the lowest label among its twins
+        low = torch.minimum(group[edges[0]], group[edges[1]])
+        new = group.scatter_reduce(0, edges[0], low, "amin").scatter_reduce(
+            0, edges[1], low, "amin"
+        )
+        if torch.equal(new, group):
+            return group
+        group = new
+
+
+def _spread_over_twins(idx: Tensor, group: Tensor) -> Tensor:
     """``idx`` (N,) with rows matched to a fitted item that has twins (fitted items of identical
-    content, which a lookup by content always matches to the first of them) spread over those
-    twins in batch order: the first such row gets the first twin, the next the second, and so on
-    (cycling), so twins encoded together keep apart in any order or subset of the batch."""
-    _, group = torch.unique(fingerprints, dim=0, return_inverse=True)
+    content, ``group`` (N_fit,) from `twin_groups`, which a lookup by content matches to any one
+    of them) spread over those twins in batch order: the first such row gets the first twin, the
+    next the second, and so on (cycling), so twins encoded together keep apart in any order or
+    subset of the batch."""
+    _, group = torch.unique(group, return_inverse=True)  # labels 0..G-1
     sizes = torch.bincount(group)
     rows = (idx >= 0).nonzero().flatten()
     rows = rows[sizes[group[idx[rows]]] > 1]

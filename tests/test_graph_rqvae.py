@@ -94,6 +94,21 @@ def test_twins_of_identical_content_keep_apart_in_any_order_or_subset(train):
     assert torch.equal(q.encode(x[1:]), q.encode(x)[1:])  # a subset in fit order: same codes
 
 
+def test_twins_are_found_by_the_lookups_tolerance_not_bit_equality():
+    """A matrix product may give identical rows fingerprints a few ulps apart (MKL did, for small
+    catalogues): such twins were not grouped, and took one code again."""
+    from semid.quantizers.graph_rqvae import _spread_over_twins, twin_groups
+
+    fingerprints = torch.tensor([[1.0, 0.5], [2.0, 0.0], [1.0 + 1e-7, 0.5], [5.0, 1.0]])
+    groups = twin_groups(fingerprints, tol=1e-10)
+    assert groups.tolist() == [0, 1, 0, 3]
+    assert _spread_over_twins(torch.tensor([2, 0, 3, -1]), groups).tolist() == [0, 2, 3, -1]
+    # items of one first coordinate between twins (7 and 5 of them here) do not hide them
+    many = torch.stack([torch.full((20,), 0.5), torch.arange(20.0)], 1)
+    many[[3, 11, 17], 1] = 100.0
+    assert twin_groups(many, tol=1e-10).tolist() == [*range(11), 3, *range(12, 17), 3, 18, 19]
+
+
 def test_a_list_of_rows_is_one_matrix_as_numpy_reads_it(fitted):
     """A list of lists of floats was read as one modality per row ("expected (N, D) per
     modality"); the other families take it as numpy does."""

@@ -158,3 +158,5 @@ def test_a_query_line_with_an_id_that_is_no_key_is_refused(tmp_path, bad):
     )
     with pytest.raises(SemidError, match=rf'q.jsonl line 2: "_id" must be a string or an integer, got {re.escape(bad)}$'):  # fmt: skip
         queries_of(tmp_path / "q.jsonl")
+    (tmp_path / "q2.jsonl").write_text(f'{{"_id": {bad}, "id": "q7", "text": "b"}}\n')
+    assert queries_of(tmp_path / "q2.jsonl")[0] == [{"query": "b", "id": "q7"}]  # another names it

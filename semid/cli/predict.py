@@ -296,15 +296,15 @@ def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
 
 
 def _line_id(record: dict[str, Any], names: tuple[str, ...], where: str) -> str | int | None:
-    """The id a JSON Lines object gives its input (its first field named as one of ``names``),
-    or None; SemidError naming ``where`` if that field is not a string or an integer."""
-    name = next((n for n in names if n in record), None)
-    if name is None:
-        return None
-    if not is_key(record[name]):
-        raise SemidError(f'{where}: "{name}" must be a string or an integer, got '
-                         f"{json.dumps(record[name])[:40]}")  # fmt: skip
-    return record[name]
+    """The id a JSON Lines object gives its input (its first field named as one of ``names``
+    that holds a string or an integer), or None when it has no such field; SemidError naming
+    ``where`` if it has some, none of them a string or an integer."""
+    given = [n for n in names if n in record]
+    key = next((record[n] for n in given if is_key(record[n])), None)
+    if given and key is None:
+        raise SemidError(f'{where}: "{given[0]}" must be a string or an integer, got '
+                         f"{json.dumps(record[given[0]])[:40]}")  # fmt: skip
+    return key
 
 
 def _with_id(item: dict[str, Any], key: str | int | None) -> dict[str, Any]:

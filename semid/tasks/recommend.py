@@ -152,6 +152,8 @@ class RecommendTask(Task):
                 # the valid figures of the saved model: at the chosen weight, not training's
                 summary["valid"] = {**result.best_metrics, **at_best}
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
+        if "valid" in summary:  # the catalogue ranked over, as `semid eval` records it
+            summary["valid"] = {**summary["valid"], "num_items": float(len(ids))}
         if is_main_process():
             with replacing_run(out):
                 copy_index(index, out, trained_sha256=ids_sha256)
