@@ -111,11 +111,10 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
         raise SemidError(
             f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model"
         )
-    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    # NaN only: infinity is a legitimate value (an hrq ball of curvature 0 stores softplus^-1(0))
+    broken = [k for k, v in state.items() if v.is_floating_point() and bool(v.isnan().any())]
     if broken:  # a file that reads well but holds no model: every input would get one answer
-        raise SemidError(
-            f"{path}: tensor {broken[0]} holds NaN or infinite values; retrain or restore it"
-        )
+        raise SemidError(f"{path}: tensor {broken[0]} holds NaN values; retrain or restore it")
     missing, unexpected = module.load_state_dict(state, strict=False)
     # tied weights are saved once; anything else missing or extra means another architecture
     missing = [k for k in missing if k not in tied_names(module)]

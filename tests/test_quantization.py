@@ -191,21 +191,18 @@ def test_an_unfitted_quantizer_is_not_saved(toy_family, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_weights_holding_nan_are_refused_on_load(toy_family, tmp_path, value):
-    """A file that reads well but holds NaN (or infinite) weights encoded every input to one code,
-    silently."""
+def test_weights_holding_nan_are_refused_on_load(toy_family, tmp_path):
+    """A file that reads well but holds NaN weights encoded every input to one code, silently
+    (infinity is left alone: an hrq ball of curvature 0 stores one)."""
     from safetensors.torch import load_file, save_file
 
     q = build_quantizer("toy:2x2").fit(torch.tensor([[1.0, 2.0], [-1.0, 0.0], [3.0, 4.0]]))
     q.save_pretrained(tmp_path / "q")
     weights = tmp_path / "q" / "model.safetensors"
     state = load_file(weights)
-    state["centers"][0, 0] = value
+    state["centers"][0, 0] = float("nan")
     save_file(state, weights)
-    with pytest.raises(
-        SemidError, match=f"{weights}: tensor centers holds NaN or infinite values; retrain"
-    ):
+    with pytest.raises(SemidError, match=f"{weights}: tensor centers holds NaN values; retrain"):
         Quantizer.from_pretrained(tmp_path / "q")
 
 
