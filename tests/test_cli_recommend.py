@@ -289,6 +289,9 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
     assert main(["index", "add", str(run), "--items", str(tmp_path / "new.npy"), "--keys",
                  str(tmp_path / "new.txt")]) == 0  # fmt: skip
     assert "scores only the 1,682 items it was trained on" in capsys.readouterr().err
+    # it never ranks the added item, so k stops at the items it was trained on
+    assert main(["predict", str(run), "--history", '["1"]', "--k", "1683"]) == 2
+    assert "--k must be in [1, 1682] (the items it can rank)" in capsys.readouterr().err
 
     def answer(history: str) -> list:
         out = tmp_path / "answers.jsonl"

@@ -384,7 +384,7 @@ class Predictor(ABC):
         what the caller calls the two (a command's ``--k`` and ``--num-beams``)."""
         if not 1 <= k <= self.max_k():
             raise SemidError(
-                f"{names[0]} must be in [1, {self.max_k()}] (the catalogue size), got {k}"
+                f"{names[0]} must be in [1, {self.max_k()}] (the items it can rank), got {k}"
             )
         if num_beams is not None and num_beams < k:
             raise SemidError(f"{names[1]} must be >= {names[0]} ({k}), got {num_beams}")

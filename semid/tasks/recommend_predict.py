@@ -185,6 +185,13 @@ class RecommendPredictor(Predictor):
         self._check_user(user, split, self.histories())
         return {"user": user, "split": split} if split else {"user": user}
 
+    def max_k(self) -> int:
+        """The catalogue size; for a scorer (sasrec, pop), the items it was trained on, since it
+        never ranks those added to the index after training."""
+        if self.codes is not None:
+            return len(self.run.ids)
+        return min(len(self.run.ids), self.run.state.get("trained_items", len(self.run.ids)))
+
     def _check_trained_items(self, history: list[str]) -> None:
         """A scorer (sasrec) reads only the items it was trained on: a history of items all added
         to the index since would be answered as no history at all, so it is refused."""
