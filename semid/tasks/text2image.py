@@ -526,7 +526,7 @@ class Text2ImagePredictor(QueryPredictor):
     def embed(self, texts: list[str], cache: bool = False) -> Tensor:
         """Query embeddings (Q, T) with the run's text encoder; cached on disk with ``cache``
         (eval's test queries, which come back), not otherwise: a query asked of a run seldom
-        comes again, and a cache that cannot be written must not refuse it."""
+        comes again, and each would add a file to the cache."""
         return embed_texts(texts, self.run.spec.get("text_encoder"), str(self.device), cache)
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
