@@ -198,6 +198,11 @@ class HyperbolicRQ(Quantizer):
         levels = torch.arange(self.levels, device=codes.device)
         return hb.mobius_chain(self.ball, self.codebooks.detach()[levels, codes])
 
+    @property
+    def can_decode(self) -> bool:
+        """Whether ``decode`` maps back to input space: with ``decoder=1`` only."""
+        return self.has_decoder
+
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstructions (N, D) of codes (N, L) through the decoder (needs ``decoder=1``)."""

@@ -229,7 +229,10 @@ class SemanticIDs:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Health stats: per-level usage and perplexity, collision rates, items per ID."""
+        """Health stats: per-level usage and perplexity, collision rates, items per ID, and the
+        share of the indexed vectors' spread their quantized IDs lose (``reconstruction_error``,
+        measured when the index was built; None for an index built before it was, or by a
+        quantizer that cannot decode)."""
         levels = []
         for level, size in enumerate(self.codebook_sizes):
             col = self.codes[:, level]
@@ -256,6 +259,7 @@ class SemanticIDs:
             "max_items_per_id_before": int(counts.max()) if len(counts) else 0,
             "items_moved": self.collision.items_moved if self.collision else 0,
             "id_space_bits": sum(math.log2(s) for s in self.codebook_sizes),
+            "reconstruction_error": self.metadata.get("reconstruction_error"),
             "per_level": levels,
         }
 

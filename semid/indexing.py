@@ -99,7 +99,8 @@ def build_ids(
     (e.g. fit on training images, index test images). ``fit_kwargs`` go to ``quantizer.fit``
     (``interactions`` for graph quantizers, ``text_embeddings`` for voken) with ``seed``, which
     alone decides the codes: fits draw from their own seeded generators, not torch's global one.
-    Returns the index and the fitted quantizer; ``metadata`` gets ``seed`` and ``fit_seconds``."""
+    Returns the index and the fitted quantizer; ``metadata`` gets ``seed``, ``fit_seconds`` and
+    ``reconstruction_error`` (:meth:`Quantizer.reconstruction_error` of the indexed vectors)."""
     if spec == AUTO:
         spec = auto_spec(len(keys))
     quantizer = build_quantizer(spec) if isinstance(spec, str) else spec
@@ -111,6 +112,7 @@ def build_ids(
     if len(items) != len(keys):
         raise SemidError(f"{len(keys)} keys for {len(items)} item vectors; give one key per item")
     raw = quantizer.encode(items)
+    lost = quantizer.reconstruction_error(items, raw)
     distances = quantizer.last_level_distances(items) if collisions == "reassign" else None
     ids = SemanticIDs.from_codes(
         list(keys),
@@ -120,7 +122,12 @@ def build_ids(
         distances=distances,
         popularity=popularity,
         quantizer_spec=str(quantizer.spec),
-        metadata={**(metadata or {}), "seed": seed, "fit_seconds": round(fit_seconds, 3)},
+        metadata={
+            **(metadata or {}),
+            "seed": seed,
+            "fit_seconds": round(fit_seconds, 3),
+            "reconstruction_error": None if lost is None else round(lost, 6),
+        },
     )
     return ids, quantizer
 

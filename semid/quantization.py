@@ -25,6 +25,7 @@ from semid.saving import load_state, read_module, write_module
 from semid.trie import check_codes
 
 MAX_MAGNITUDE = 1e15  # larger embedding values overflow float32's squared distances
+RECONSTRUCTION_BATCH = 65_536  # rows decoded at a time by Quantizer.reconstruction_error
 _SPEC_RE = re.compile(
     r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$"
 )
@@ -210,6 +211,35 @@ class Quantizer(nn.Module, ABC):
         """Distances (N, K_last) from each item's last-level residual to every last-level code.
 
         Used by the ``reassign`` collision strategy to move an item to its nearest free code."""
+
+    @property
+    def can_decode(self) -> bool:
+        """Whether ``decode`` maps codes back to input space (all families but hrq without its
+        decoder, which decodes to points of its ball only)."""
+        return True
+
+    @torch.no_grad()
+    def reconstruction_error(
+        self, x: Tensor, codes: Tensor | None = None, batch: int = RECONSTRUCTION_BATCH
+    ) -> float | None:
+        """The share of the spread of x (N, D) about its mean that the IDs lose:
+        sum ||x - decode(codes)||^2 / sum ||x - mean(x)||^2, 0 for a perfect reconstruction and 1
+        for one no better than the mean item. ``codes`` (N, L): those of x (encoded here when
+        None). None when ``decode`` cannot map back to input space (``can_decode``) or the items
+        are all equal (nothing to explain). Computed ``batch`` rows at a time."""
+        self.check_fitted()
+        x = self.check_input(x)
+        if not self.can_decode:
+            return None
+        mean = x.double().mean(0)
+        lost = spread = 0.0
+        for start in range(0, len(x), batch):
+            rows = x[start : start + batch]
+            part = self.encode(rows) if codes is None else codes[start : start + batch]
+            recon = self.decode(part).to(rows.device)
+            lost += float((rows.double() - recon.double()).pow(2).sum())
+            spread += float((rows.double() - mean).pow(2).sum())
+        return lost / spread if spread > 0 else None
 
     def extra_config(self) -> dict[str, Any]:
         """Family-specific constructor arguments beyond spec and dim, saved in config.json."""

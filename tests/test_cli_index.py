@@ -51,6 +51,27 @@ def test_build_from_embeddings_then_stats(tmp_path, embeddings, capsys):
     assert stats["items"] == 300 and stats["codebook_sizes"][:2] == [8, 8]
 
 
+def test_build_measures_what_the_ids_lose_and_stats_show_it(tmp_path, embeddings, capsys):
+    x_path, keys_path = embeddings
+    for spec in ("rqkmeans:2x8", "rqkmeans:2x64"):
+        assert main(build_args(x_path, keys_path, tmp_path / spec, spec)) == 0
+    capsys.readouterr()
+    shares = []
+    for spec in ("rqkmeans:2x8", "rqkmeans:2x64"):
+        assert main(["index", "stats", str(tmp_path / spec)]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "reconstruction" in ln)
+        shares.append(float(line.split()[2]))
+        q, x = load_quantizer(tmp_path / spec), np.load(x_path)
+        assert shares[-1] == pytest.approx(q.reconstruction_error(x), abs=1e-4)
+    assert 0 < shares[1] < shares[0] < 1  # more codes keep more of the vectors
+    # an index built before the measure existed shows a dash
+    config = json.loads((tmp_path / spec / "config.json").read_text())
+    del config["metadata"]["reconstruction_error"]
+    (tmp_path / spec / "config.json").write_text(json.dumps(config))
+    assert main(["index", "stats", str(tmp_path / spec)]) == 0
+    assert "reconstruction error     -" in capsys.readouterr().out
+
+
 def test_a_crowded_index_is_noted_with_what_would_spread_it(tmp_path, embeddings, capsys):
     """300 items on 2x8 = 64 quantized IDs: most share theirs, and the build says so."""
     x_path, keys_path = embeddings

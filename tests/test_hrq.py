@@ -152,6 +152,7 @@ def test_clear_errors():
     q.fit(x, pairs=torch.tensor([[0, 1], [2, 3]]), **FAST)
     with pytest.raises(SemidError, match="no decoder"):
         q.decode(q.encode(x))
+    assert not q.can_decode and q.reconstruction_error(x) is None  # nothing to measure it by
 
 
 def test_early_stopping_ends_fit_and_keeps_the_curves():

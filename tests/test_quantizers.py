@@ -110,6 +110,23 @@ def test_last_level_distances(family_and_model):
     torch.testing.assert_close(own[:, 0], dist.min(1).values)
 
 
+def test_reconstruction_error_is_the_share_of_the_spread_the_decoded_codes_lose(family_and_model):
+    _, q = family_and_model
+    x = data()
+    codes = q.encode(x)
+    by_hand = (x - q.decode(codes)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    share = q.reconstruction_error(x)
+    assert share == pytest.approx(float(by_hand), rel=1e-4)
+    assert 0 <= share < 1  # clustered data: the IDs keep more than the mean item does
+    # the codes given, and a few rows at a time, change nothing
+    assert q.reconstruction_error(x, codes, batch=5) == pytest.approx(share, rel=1e-6)
+
+
+def test_reconstruction_error_is_none_for_items_with_no_spread(family_and_model):
+    _, q = family_and_model
+    assert q.reconstruction_error(data()[:1].repeat(4, 1)) is None
+
+
 def test_save_and_load_give_identical_codes(family_and_model, tmp_path):
     _, q = family_and_model
     q.save_pretrained(tmp_path / "q")

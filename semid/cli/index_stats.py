@@ -41,6 +41,11 @@ def crowding_note(stats: dict, from_interactions: bool = False) -> str | None:
             f"{fix}")  # fmt: skip
 
 
+def _share_lost(share: float | None) -> str:
+    """The reconstruction error as the index stats show it ("-" where it was not measured)."""
+    return "-" if share is None else f"{share:.4f} (share of the vectors' spread the IDs lose)"
+
+
 def format_stats(stats: dict) -> str:
     """Human-readable report of SemanticIDs.stats()."""
     head = [
@@ -52,6 +57,7 @@ def format_stats(stats: dict) -> str:
         ("collision rate after", f"{stats['collision_rate_after']:.4f}"),
         ("max items per ID before", stats["max_items_per_id_before"]),
         ("items moved", stats["items_moved"]),
+        ("reconstruction error", _share_lost(stats.get("reconstruction_error"))),
     ]
     width = max(len(k) for k, _ in head)
     lines = [f"{k.ljust(width)}  {v}" for k, v in head]
