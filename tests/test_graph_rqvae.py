@@ -125,6 +125,18 @@ def test_new_item_is_encoded_from_content_only(fitted):
     torch.testing.assert_close(fitted.graph_features[COLD], content()[COLD])
 
 
+def test_fitted_items_re_embedded_a_little_off_are_still_found(fitted):
+    x = content()
+    in_fit_order = fitted.item_index(x.bfloat16().float())
+    assert in_fit_order.tolist() == list(range(NUM_ITEMS))
+    perm = torch.randperm(NUM_ITEMS, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fitted.item_index(x[perm].bfloat16().float()), perm)  # and in any other
+    # a row as far from an item as a tenth of the items' spread is another item
+    spread = (x - x.mean(0)).pow(2).sum(-1).mean().sqrt()
+    away = x[:4] + 0.1 * spread * torch.nn.functional.normalize(content(seed=5)[:4], dim=1)
+    assert (fitted.item_index(away) == -1).all()
+
+
 def test_known_items_carry_a_graph_half_unlike_their_content(fitted):
     x = fitted._model_inputs(content())  # (N, 2D): content half, then graph half
     assert not torch.allclose(x[:-1, :D], x[:-1, D:], atol=1e-2)
