@@ -149,6 +149,19 @@ def test_a_users_table_keeps_its_id_and_split_columns(tmp_path):
     assert queries_of(tmp_path / "u.parquet", "--users")[0] == [{"user": "196", "split": "valid"}]
 
 
+def test_a_users_table_column_named_much_like_one_it_reads_is_noted(tmp_path, capsys):
+    """A table's other columns are ignored, so a misspelt "split" went unseen: each user was
+    answered after the whole history."""
+    (tmp_path / "u.csv").write_text("user,splt,genre,Ids\n196,test,drama,a\n")
+    assert queries_of(tmp_path / "u.csv", "--users")[0] == [{"user": "196"}]
+    err = capsys.readouterr().err
+    assert 'column "splt" is not read; name it "split"' in err
+    assert 'column "Ids" is not read; name it "id"' in err and "genre" not in err
+    (tmp_path / "ok.csv").write_text("user,split,genre,ID\n196,test,drama,a\n")
+    queries_of(tmp_path / "ok.csv", "--users")
+    assert "not read" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad", ["null", "1.5", "[1]"])
 def test_a_query_line_with_an_id_that_is_no_key_is_refused(tmp_path, bad):
     """An id of null or 1.5 was dropped in silence, so answers could not be joined back to their

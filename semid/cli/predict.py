@@ -7,6 +7,7 @@ otherwise."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from semid.cli.table import format_table
 from semid.data.documents import QUERY_FIELDS, QUERY_ID_FIELDS
 from semid.data.tables import (
     USER_COLUMNS,
+    column_name,
     find_column,
     key_strings,
     matching_columns,
@@ -273,6 +275,9 @@ def _input_table(
     id_column = next(iter(matching_columns(table.column_names, id_names)), None)
     ids = key_strings(table[id_column], path, "id") if id_column else [None] * len(values)
     inputs: list[dict[str, Any]] = [{field: str(v)} for v in values]
+    _note_misspelt_columns(
+        table.column_names, (*id_names, *options), (column, id_column), path, flag
+    )
     for option in options:  # a blank cell: not given for that row
         for column in matching_columns(table.column_names, (option,))[:1]:
             for item, cell in zip(inputs, table[column].to_pylist(), strict=True):
@@ -282,6 +287,21 @@ def _input_table(
         (row_label(path, i), item, key)
         for i, (item, key) in enumerate(zip(inputs, ids, strict=True))
     ]
+
+
+def _note_misspelt_columns(
+    headers: list[str], names: tuple[str, ...], used: tuple[str | None, ...], path: Path, flag: str
+) -> None:
+    """A note for each column of a table of inputs that is not read but is named much like a
+    column that would be (``"splt"`` for ``"split"``): tables carry other columns, which are
+    ignored, so a typo would pass unseen."""
+    for header in headers:
+        if header in used or matching_columns([header], names):
+            continue
+        near = difflib.get_close_matches(column_name(header).lower(), names, n=1, cutoff=0.75)
+        if near:
+            notes.note(f'{flag} {path}: column "{header}" is not read; name it "{near[0]}" if it '
+                       f"is meant as one")  # fmt: skip
 
 
 def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
