@@ -33,7 +33,7 @@ import geoopt
 import torch
 from torch import Tensor, nn
 
-from semid.determinism import repeatable
+from semid.determinism import plain_torchscript, repeatable
 from semid.early_stopping import EarlyStopping
 from semid.errors import SemidError
 from semid.hierarchy import check_pairs, is_pair, pair_keys, ranking_loss
@@ -122,6 +122,7 @@ class HyperbolicRQ(Quantizer):
 
     # --- the geometry of one pass ---
 
+    @plain_torchscript()
     def embed(self, x: Tensor) -> Tensor:
         """Ball points (N, latent) of raw inputs x (N, D) (no gradient, eval mode)."""
         self.check_fitted()
@@ -182,6 +183,7 @@ class HyperbolicRQ(Quantizer):
         """Codes (N, L) int64 of x (N, D), greedy by hyperbolic distance level by level."""
         return self.encode_latent(self.embed(x))
 
+    @plain_torchscript()
     @torch.no_grad()
     def encode_latent(self, z: Tensor) -> Tensor:
         """Codes (N, L) int64 of ball points z (N, latent), bypassing the encoder."""
@@ -190,6 +192,7 @@ class HyperbolicRQ(Quantizer):
         )
         return torch.cat([self._quantize(chunk)[0] for chunk in z.split(8192)])
 
+    @plain_torchscript()
     @torch.no_grad()
     def decode_latent(self, codes: Tensor) -> Tensor:
         """Ball points (N, latent) e_1 ⊕ (e_2 ⊕ ...) of codes (N, L)."""
@@ -203,6 +206,7 @@ class HyperbolicRQ(Quantizer):
         """Whether ``decode`` maps back to input space: with ``decoder=1`` only."""
         return self.has_decoder
 
+    @plain_torchscript()
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstructions (N, D) of codes (N, L) through the decoder (needs ``decoder=1``)."""
@@ -214,6 +218,7 @@ class HyperbolicRQ(Quantizer):
         self.eval()
         return self._decode_point(self.decode_latent(codes)) * self.scale + self.mean
 
+    @plain_torchscript()
     @torch.no_grad()
     def last_level_distances(self, x: Tensor) -> Tensor:
         """Hyperbolic distances (N, K) from each item's last-level residual to every last-level code."""

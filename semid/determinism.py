@@ -1,4 +1,4 @@
-"""Bit-for-bit repeatable training on the CPU.
+"""Bit-for-bit repeatable training on the CPU, and TorchScript that computes alike on every call.
 
 With several CPU threads, torch adds up the gradients of an indexed tensor (``x[rows]``,
 ``codebooks[levels, codes]``) in an order that varies from run to run, so the same seed and data gave
@@ -15,15 +15,27 @@ import torch
 
 
 @contextmanager
+def plain_torchscript() -> Iterator[None]:
+    """Within (or around a decorated function): TorchScript functions, such as geoopt's manifold
+    math, run as written. The optimizing executor profiles their first calls and then runs fused
+    versions, which round differently, so a process's first hrq fit differed from its later ones
+    in the last bits of every weight."""
+    with torch.jit.optimized_execution(False):
+        yield
+
+
+@contextmanager
 def repeatable(device: torch.device | str = "cpu") -> Iterator[None]:
-    """Within: torch's deterministic algorithms on when ``device`` is the CPU; as before after."""
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    """Within: torch's deterministic algorithms on when ``device`` is the CPU, and TorchScript
+    unoptimized (`plain_torchscript`); as before after."""
+    with plain_torchscript():
+        if torch.device(device).type != "cpu":
+            yield
+            return
+        enabled = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

@@ -1,5 +1,9 @@
 """The ``hrq`` quantizer: spec, residual chain, boundary safety, hierarchy loss, save/load, determinism."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -71,6 +75,33 @@ def test_fit_is_deterministic():
     a = build_quantizer("hrq:2x8,latent=4,hidden=16").fit(x, seed=3, **FAST).encode(x)
     b = build_quantizer("hrq:2x8,latent=4,hidden=16").fit(x, seed=3, **FAST).encode(x)
     assert torch.equal(a, b)
+
+
+FITS_IN_A_FRESH_PROCESS = """
+import hashlib, torch
+from semid.quantization import build_quantizer
+x = torch.randn(500, 32, generator=torch.Generator().manual_seed(0))
+for net in ("mlp", "hnn"):
+    for _ in range(2):
+        q = build_quantizer(f"hrq:3x16,net={net}")
+        q.fit(x, seed=0, epochs=3, progress=False)
+        h = hashlib.sha256(q.decode(q.encode(x)).numpy().tobytes())
+        for _, v in sorted(q.state_dict().items()):
+            h.update(v.detach().contiguous().numpy().tobytes())
+        print(net, h.hexdigest())
+"""
+
+
+def test_the_fits_of_a_process_are_bit_identical_from_the_first():
+    """geoopt's TorchScript math was fused after its first calls: a process's first fit differed
+    from its later ones in the last bits of every weight (and so could a code at a near tie)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", FITS_IN_A_FRESH_PROCESS], capture_output=True,
+                         text=True, env=env, check=True).stdout.split("\n")  # fmt: skip
+    hashes = [line.split() for line in out if line]
+    assert len(hashes) == 4
+    for net in ("mlp", "hnn"):
+        assert len({h for n, h in hashes if n == net}) == 1, net
 
 
 def test_reconstruction_beats_the_mean_on_clustered_data():
