@@ -13,8 +13,8 @@ the same items (in any order, found by a fingerprint of their content) gives the
 listing one film twice), cannot be told apart by content: the twins of one batch take the fitted
 twins in batch order (in fit order, each its own), and a twin encoded alone is the first. A row
 a little off a fitted item's content (the item re-embedded in bfloat16, or on another device) is
-still that item. A NEW item, or one with no training interaction, is encoded from content only: its collaborative half
-is its own content, exactly as the propagation treats items without edges.
+still that item. A NEW item, or one with no training interaction, is encoded from content only:
+its collaborative half is its own content, exactly as the propagation treats items without edges.
 """
 
 from __future__ import annotations
