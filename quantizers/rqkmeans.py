@@ -15,6 +15,8 @@ Spec options, e.g. ``rqkmeans:3x256,beam=8,refine=4,kmeans=pd``:
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -171,8 +173,24 @@ def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> 
     # small catalogues are normal here; faiss would warn on stderr
     params.min_points_per_centroid = 1
     clus = faiss.ProgressiveDimClustering(xn.shape[1], k, params)
-    clus.train(xn.shape[0], faiss.swig_ptr(xn), faiss.ProgressiveDimIndexFactory())
+    with one_faiss_thread():
+        clus.train(xn.shape[0], faiss.swig_ptr(xn), faiss.ProgressiveDimIndexFactory())
     return torch.from_numpy(faiss.vector_to_array(clus.centroids).reshape(k, -1))
+
+
+@contextmanager
+def one_faiss_thread() -> Iterator[None]:
+    """Within: faiss computes on one thread. Its progressive-dimension clustering adds up its
+    sums in an order that depends on the thread count, and the last-bit differences grow into
+    another clustering (MovieLens-1M's 3,706 items at 3x256: every ID changed between 1 and 2
+    threads, which CPU affinity or OMP_NUM_THREADS set), so the IDs would depend on the machine's
+    thread settings."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 _KMEANS = {"pd": progressive_kmeans, "lloyd": kmeans}

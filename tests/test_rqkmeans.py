@@ -153,3 +153,20 @@ def test_fewer_items_than_dimensions_falls_back_to_plain_kmeans():
     x = torch.randn(120, 200, generator=torch.Generator().manual_seed(0))
     q = build_quantizer("rqkmeans:2x16").fit(x, seed=0)
     assert q.encode(x).shape == (120, 2)
+
+
+def test_progressive_kmeans_gives_the_same_centroids_whatever_faiss_thread_count():
+    """faiss' progressive-dimension clustering summed in a thread-dependent order: 1 and 2
+    threads gave centroids apart in the last bits, which on MovieLens-1M grew into other IDs for
+    every item (CPU affinity or OMP_NUM_THREADS decide the count)."""
+    x = torch.randn(1682, 384, generator=torch.Generator().manual_seed(0))
+    threads = faiss.omp_get_max_threads()
+    try:
+        centroids = []
+        for count in (1, 2):
+            faiss.omp_set_num_threads(count)
+            centroids.append(progressive_kmeans(x, 256, niter=5, seed=0))
+            assert faiss.omp_get_max_threads() == count  # as the caller set it
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert torch.equal(*centroids)
