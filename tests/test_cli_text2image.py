@@ -132,12 +132,12 @@ def test_a_run_that_builds_its_own_index_can_be_run_again(
     assert main(train) == 0
     assert "resuming from step" in capsys.readouterr().err
     before = {p.name: p.read_bytes() for p in (run / "index").iterdir() if p.is_file()}
-    import semid.tasks.text2image as text2image
+    import semid.training
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(text2image, "train_model", stopped)
+    monkeypatch.setattr(semid.training, "train_model", stopped)
     assert main([*train[:-2], "--seed", "1", "--out", str(run)]) == 130  # another index, stopped
     assert {p.name: p.read_bytes() for p in (run / "index").iterdir() if p.is_file()} == before
 
@@ -151,7 +151,7 @@ def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
     the end, losing the training)."""
     import shutil
 
-    import semid.tasks.text2image as text2image
+    import semid.training
     from semid.ids import SemanticIDs
     from semid.runs import load_run
 
@@ -161,14 +161,14 @@ def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
     assert main([*build, "--seed", "1", "--out", str(other)]) == 0
     learned = SemanticIDs.load(index).sha256()
     assert SemanticIDs.load(other).sha256() != learned
-    train_model = text2image.train_model
+    train_model = semid.training.train_model
 
     def rebuilt_meanwhile(*args, **kwargs):
         shutil.rmtree(index)
         shutil.copytree(other, index)  # `semid index build --out idx` while training ran
         return train_model(*args, **kwargs)
 
-    monkeypatch.setattr(text2image, "train_model", rebuilt_meanwhile)
+    monkeypatch.setattr(semid.training, "train_model", rebuilt_meanwhile)
     assert main(["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--index", str(index),
                  "--epochs", "1", "--batch-size", "32", "--out", str(run)]) == 0  # fmt: skip
     assert load_run(run).ids.sha256() == learned

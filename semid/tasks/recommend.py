@@ -67,7 +67,6 @@ from semid.tasks.recommend_predict import (  # UserHistories: its home before re
     UserHistories,  # noqa: F401
 )
 from semid.tasks.specs import RecommendSpec
-from semid.training import train_model
 from semid.wording import counted
 
 # the spec's fields, besides the data and the IDs, that shape the training examples
@@ -180,6 +179,8 @@ class RecommendTask(Task):
                                    max_users=spec.eval_users, device=device)  # fmt: skip
 
         collate = CodeCollator(dataset.collate, codes)
+        from semid.training import train_model  # here: accelerate loads only to train
+
         return train_model(
             model, dataset, spec.train, out / "train", validate, collate, resume, device, stamp
         )

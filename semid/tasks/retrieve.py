@@ -97,12 +97,6 @@ from semid.tasks.retrieval_ranking import (
     tune_mixes,
 )
 from semid.tasks.specs import RetrieveSpec
-from semid.training import train_model
-from semid.training.checkpoints import (
-    DamagedCheckpointError,
-    check_checkpoint,
-    complete_checkpoints,
-)
 from semid.wording import counted
 
 EVAL_QUERIES = "eval_queries.json"
@@ -197,6 +191,12 @@ class RetrieveTask(Task):
         check_output_folder(out)
         if index is not None:
             raise SemidError("--index is for images; promptdsi builds its document index itself")
+        from semid.training.checkpoints import (  # here: accelerate loads only to train
+            DamagedCheckpointError,
+            check_checkpoint,
+            complete_checkpoints,
+        )
+
         if resume:  # the index is rebuilt below: refuse a checkpoint with pickled code before that
             for folder in complete_checkpoints(out / "train" / "checkpoints"):
                 try:
@@ -238,6 +238,8 @@ class RetrieveTask(Task):
         if coll.pseudo_queries:  # they are the training queries (kept out of other runs' stamps)
             stamp["pseudo_queries"] = coll.pseudo_queries
         started = time.perf_counter()
+        from semid.training import train_model  # here: accelerate loads only to train
+
         result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
             model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
             resume=resume, device=device, trained_on=stamp))  # fmt: skip
@@ -405,6 +407,8 @@ class RetrieveTask(Task):
             if not k.startswith(f"prompts.{session}")
         }
         started = time.perf_counter()
+        from semid.training import train_model  # here: accelerate loads only to train
+
         train_model(model, examples, spec.add_train, run_path / f"train-session-{session}",
                     collate_fn=examples.collate, device=device)  # fmt: skip
         seconds = time.perf_counter() - started

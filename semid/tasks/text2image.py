@@ -70,7 +70,7 @@ from semid.tasks.base import (
 )
 from semid.tasks.data import check_fingerprint, fingerprint, image_collection_files, trained_on
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
-from semid.training import TrainConfig, train_model
+from semid.training.config import TrainConfig
 from semid.wording import counted
 
 VOKEN_OPTIONS = ",hidden=256-128,latent=32"  # the benchmark's voken network
@@ -370,6 +370,8 @@ class Text2ImageTask(Task):
         started = time.perf_counter()
         data_sha256 = fingerprint(spec.dataset, files_of=image_collection_files)
         stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, ("seed",))
+        from semid.training import train_model  # here: accelerate loads only to train
+
         result = train_model(model, pairs, train, out / "train", resume=resume, device=device,
                              trained_on=stamp)  # fmt: skip
         summary = {"train_images": len(splits.train), "indexed_images": len(ids),
