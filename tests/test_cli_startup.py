@@ -65,6 +65,15 @@ def test_mmgrec_does_not_load_transformers_but_tiger_does():
     assert "transformers" in tiger
 
 
+@pytest.mark.parametrize("task", ["recommend", "retrieve", "text2image"])
+def test_a_task_loads_the_training_loop_only_to_train(task):
+    """eval, predict, serve and index build load a task: accelerate (and boto3, which it imports)
+    cost them about a second each when the task imported the training loop at its top."""
+    loaded = loaded_modules_after(f"import semid.tasks.{task}")
+    assert f"semid.tasks.{task}" in loaded
+    assert not {"accelerate", "semid.training.fit", "semid.training.checkpoints"} & loaded
+
+
 @pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
 def test_builtin_models_register_under_their_names(name):
     assert model_class(name).name == name
