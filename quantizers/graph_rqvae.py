@@ -33,9 +33,9 @@ from semid.quantizers.rqvae import RQVAE
 _FINGERPRINT_DIM = 16
 # A row is a fitted item when its fingerprint lies within this share of the fitted fingerprints'
 # spread (mean squared distance to their mean) of that item's: re-embedded in lower precision
-# (bfloat16: up to 1.4e-5 on MovieLens-100k's texts) it still is, while distinct items lie 100x
-# further apart (1.2e-1 at the closest there).
-_MATCH_SHARE = 1e-3
+# (bfloat16: up to 1.4e-5 on MovieLens-100k's texts) it still is, while distinct items, even near
+# variants (a cosine similarity of 0.9999 between MiniLM vectors is about 4e-4), stay new items.
+_MATCH_SHARE = 1e-4
 # Fitted items whose fingerprints lie within this share of their mean squared norm are twins
 # (identical content, up to the rounding of the projection).
 _TWIN_SHARE = 1e-6
@@ -166,9 +166,7 @@ class GraphRQVAE(RQVAE):
         fp = x @ self.fingerprint_proj
         if self.num_items == 0:
             return torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-        twin_tol = _TWIN_SHARE * float(self.fingerprints.pow(2).sum(-1).mean()) + 1e-12
-        spread = float((self.fingerprints - self.fingerprints.mean(0)).pow(2).sum(-1).mean())
-        tol = max(twin_tol, _MATCH_SHARE * spread)
+        twin_tol, tol = self._tolerances()
         same_rows = x.shape[0] == self.num_items
         if same_rows and bool(((fp - self.fingerprints).pow(2).sum(-1) <= tol).all()):
             # The fitted items in fit order: positional, so items with equal content stay apart.
@@ -176,6 +174,18 @@ class GraphRQVAE(RQVAE):
         dist, idx = nearest(fp, self.fingerprints)  # faiss: on the CPU
         idx = torch.where(dist <= tol, idx, torch.full_like(idx, -1))
         return _spread_over_twins(idx, self._twin_groups(twin_tol)).to(x.device)
+
+    def _tolerances(self) -> tuple[float, float]:
+        """(twin, match) squared-distance tolerances of fingerprints (see ``_TWIN_SHARE`` and
+        ``_MATCH_SHARE``), computed once per fit or load (cached as `_twin_groups` is)."""
+        key = (self.fingerprints.data_ptr(), self.fingerprints._version)
+        cached = getattr(self, "_tols", None)
+        if cached is None or cached[0] != key:
+            fp = self.fingerprints
+            twin = _TWIN_SHARE * float(fp.pow(2).sum(-1).mean()) + 1e-12
+            spread = float((fp - fp.mean(0)).pow(2).sum(-1).mean())
+            self._tols = (key, (twin, max(twin, _MATCH_SHARE * spread)))
+        return self._tols[1]
 
     def _twin_groups(self, tol: float) -> Tensor:
         """`twin_groups` of the fitted items, computed once per fit or load (cached against the

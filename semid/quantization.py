@@ -223,23 +223,34 @@ class Quantizer(nn.Module, ABC):
         self, x: Tensor, codes: Tensor | None = None, batch: int = RECONSTRUCTION_BATCH
     ) -> float | None:
         """The share of the spread of x (N, D) about its mean that the IDs lose:
-        sum ||x - decode(codes)||^2 / sum ||x - mean(x)||^2, 0 for a perfect reconstruction and 1
-        for one no better than the mean item. ``codes`` (N, L): those of x (encoded here when
-        None). None when ``decode`` cannot map back to input space (``can_decode``) or the items
-        are all equal (nothing to explain). Computed ``batch`` rows at a time."""
+        sum ||x - decode(codes)||^2 / sum ||x - mean(x)||^2, 0 for a perfect reconstruction, 1 for
+        one no better than the mean item (above 1: worse). ``codes`` (N, L): those of x (encoded
+        here when None). None when ``decode`` cannot map back to input space (``can_decode``) or
+        the items (nearly) all equal each other (nothing to explain). Computed ``batch`` rows at a
+        time, in float32 summed in float64, with no copy of x."""
         self.check_fitted()
         x = self.check_input(x)
+        if codes is not None and len(codes) != len(x):
+            raise SemidError(
+                f"{len(codes)} rows of codes for {len(x)} vectors; give one per vector"
+            )
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1 row, got {batch}")
         if not self.can_decode:
             return None
-        mean = x.double().mean(0)
-        lost = spread = 0.0
-        for start in range(0, len(x), batch):
+        chunks = range(0, len(x), batch)
+        mean = sum(x[i : i + batch].sum(0, dtype=torch.float64) for i in chunks) / len(x)
+        mean32 = mean.float()
+        lost = spread = size = 0.0
+        for start in chunks:
             rows = x[start : start + batch]
             part = self.encode(rows) if codes is None else codes[start : start + batch]
             recon = self.decode(part).to(rows.device)
-            lost += float((rows.double() - recon.double()).pow(2).sum())
-            spread += float((rows.double() - mean).pow(2).sum())
-        return lost / spread if spread > 0 else None
+            lost += float((rows - recon).pow(2).sum(dtype=torch.float64))
+            spread += float((rows - mean32).pow(2).sum(dtype=torch.float64))
+            size += float(rows.pow(2).sum(dtype=torch.float64))
+        # all rows equal up to float32 rounding: a ratio of rounding errors would mean nothing
+        return lost / spread if spread > 1e-12 * size else None
 
     def extra_config(self) -> dict[str, Any]:
         """Family-specific constructor arguments beyond spec and dim, saved in config.json."""

@@ -152,11 +152,11 @@ def test_a_users_table_keeps_its_id_and_split_columns(tmp_path):
 def test_a_users_table_column_named_much_like_one_it_reads_is_noted(tmp_path, capsys):
     """A table's other columns are ignored, so a misspelt "split" went unseen: each user was
     answered after the whole history."""
-    (tmp_path / "u.csv").write_text("user,splt,genre,Ids\n196,test,drama,a\n")
+    (tmp_path / "u.csv").write_text("user,splt,genre,sid,pid\n196,test,drama,7,8\n")
     assert queries_of(tmp_path / "u.csv", "--users")[0] == [{"user": "196"}]
     err = capsys.readouterr().err
     assert 'column "splt" is not read; name it "split"' in err
-    assert 'column "Ids" is not read; name it "id"' in err and "genre" not in err
+    assert err.count("not read") == 1  # sid and pid are no misspelt "id"
     (tmp_path / "ok.csv").write_text("user,split,genre,ID\n196,test,drama,a\n")
     queries_of(tmp_path / "ok.csv", "--users")
     assert "not read" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from semid.cli.table import format_table
 from semid.manifest import MANIFEST, PARTS
@@ -41,9 +42,11 @@ def crowding_note(stats: dict, from_interactions: bool = False) -> str | None:
             f"{fix}")  # fmt: skip
 
 
-def _share_lost(share: float | None) -> str:
+def _share_lost(share: Any) -> str:
     """The reconstruction error as the index stats show it ("-" where it was not measured)."""
-    return "-" if share is None else f"{share:.4f} (share of the vectors' spread the IDs lose)"
+    if not isinstance(share, int | float) or isinstance(share, bool):
+        return "-"
+    return f"{share:.4f} (share of the built items' spread their IDs lose)"
 
 
 def format_stats(stats: dict) -> str:

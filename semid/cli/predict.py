@@ -294,7 +294,9 @@ def _note_misspelt_columns(
 ) -> None:
     """A note for each column of a table of inputs that is not read but is named much like a
     column that would be (``"splt"`` for ``"split"``): tables carry other columns, which are
-    ignored, so a typo would pass unseen."""
+    ignored, so a typo would pass unseen. Names of under 4 letters are left out: ``"id"`` is
+    much like ``"uid"``, ``"pid"`` and other columns of their own."""
+    names = tuple(name for name in names if len(name) >= 4)
     for header in headers:
         if header in used or matching_columns([header], names):
             continue
