@@ -42,6 +42,7 @@ from torch import Tensor
 
 from benchmarks.hierarchy_generator import parent_metrics, train_generator
 from semid.data.wordnet import WordNet, load_wordnet
+from semid.determinism import plain_torchscript
 from semid.encoders import TextEncoder
 from semid.hierarchy import (
     EdgeSplit,
@@ -132,6 +133,7 @@ def spec_of(config: dict, dataset: str, task: str) -> str:
     )
 
 
+@plain_torchscript()  # geoopt's distances round alike on every call (see semid.determinism)
 def reconstruction(q: Any, x: Tensor, codes: Tensor, fold: Fold, sample: int | None) -> dict:
     """Closure mean rank / MAP of the embeddings and of the quantized points (own distance)."""
     distance = lambda a, b: hb.pairwise_distance(q.ball, a, b)  # noqa: E731
