@@ -95,6 +95,8 @@ class PrefixTrie:
         # per level (S_{l+1},): the code that leads to each child state
         self.edge_codes = edge_codes
         self.dense = dense  # per level (S_l, V_l) next state or -1, or None beyond the byte budget
+        # the same as allowed codes (bool): a mask gathers a quarter of the bytes and compares none
+        self.dense_allowed = [None if t is None else t >= 0 for t in dense]
         self.num_ids: int = int(edge_codes[-1].numel())
         counts = [rp[1:].long() - rp[:-1].long() for rp in row_ptr]
         self.max_branching: list[int] = [int(c.max()) if c.numel() else 0 for c in counts]
@@ -163,7 +165,8 @@ class PrefixTrie:
     @property
     def nbytes(self) -> int:
         """Total bytes of the trie's tensors."""
-        tensors = [*self.row_ptr, *self.edge_codes, *(t for t in self.dense if t is not None)]
+        dense = [t for t in [*self.dense, *self.dense_allowed] if t is not None]
+        tensors = [*self.row_ptr, *self.edge_codes, *dense]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def num_states(self, level: int) -> int:
@@ -209,11 +212,11 @@ class PrefixTrie:
             return torch.zeros(
                 states.shape[0], self.codebook_sizes[level], dtype=torch.bool, device=states.device
             )
-        table = self.dense[level]
+        table = self.dense_allowed[level]
         if table is not None:
             states = states.long()
             valid = (states >= 0) & (states < table.shape[0])
-            return (table[states.clamp(0, table.shape[0] - 1)] >= 0) & valid[:, None]
+            return table[states.clamp(0, table.shape[0] - 1)] & valid[:, None]
         _, codes, _ = self._window(states, level)
         v = self.codebook_sizes[level]
         mask = torch.zeros(states.shape[0], v + 1, dtype=torch.bool, device=states.device)
