@@ -149,7 +149,9 @@ def compute_metrics(
     """Mean of each metric at each k, keyed like ``recall@10``; also ``invalid_id_rate``
     (share of -1 entries in ranked, i.e. padding or IDs outside the index, and repeats: an id
     ranked twice counts at its first place only, so no metric exceeds 1). ``repeats``: ranked
-    holds labels of distinct results (a class per image), which repeat by design. With
+    holds labels of distinct results (a class per image), which repeat by design.
+    ``num_relevant`` (B,): relevant items per query, of which recall and NDCG take a share; by
+    default 1 for targets (B,) and the non-negative entries of targets (B, T). With
     ``grades`` (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
     (`graded_ndcg_at_k`)."""
     unknown = set(names) - set(_BY_NAME)
@@ -161,6 +163,8 @@ def compute_metrics(
                          f"{tuple(ranked.shape)} and {tuple(targets.shape)}")  # fmt: skip
     if not repeats:
         ranked = without_repeats(ranked)
+    if num_relevant is None and targets.ndim == 2:  # every listed target is relevant
+        num_relevant = (targets >= 0).sum(1)
     rel = relevance(ranked, targets)
     out: dict[str, float] = {}
     for name in names:

@@ -77,10 +77,10 @@ def test_a_crowded_index_is_noted_with_what_would_spread_it(tmp_path, embeddings
     x_path, keys_path = embeddings
     assert main(build_args(x_path, keys_path, tmp_path / "crowded")) == 0
     err = capsys.readouterr().err
-    assert "of the items share their quantized ID with another item" in err
+    assert "of the items have no quantized ID of their own" in err
     assert "more codes per level" in err and "--items" not in err  # embeddings: texts are no fix
     assert main(build_args(x_path, keys_path, tmp_path / "roomy", "rqkmeans:3x16")) == 0
-    assert "share their quantized ID" not in capsys.readouterr().err
+    assert "no quantized ID of their own" not in capsys.readouterr().err
 
 
 def test_same_seed_same_ids(tmp_path, embeddings):
@@ -413,7 +413,7 @@ def test_the_crowding_note_names_item_texts_only_for_vectors_from_interactions()
 
     crowded = {"collision_rate_before": 0.84, "max_items_per_id_before": 3096}
     assert "(--items FILE)" in crowding_note(crowded, from_interactions=True)
-    assert "--items" not in crowding_note(crowded) and "up to 3,096 on one" in crowding_note(
+    assert "--items" not in crowding_note(crowded) and "up to 3,096 items share one" in crowding_note(
         crowded
     )
     assert crowding_note({"collision_rate_before": 0.1, "max_items_per_id_before": 2}) is None

@@ -292,6 +292,10 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
     # it never ranks the added item, so k stops at the items it was trained on
     assert main(["predict", str(run), "--history", '["1"]', "--k", "1683"]) == 2
     assert "--k must be in [1, 1682] (the items it can rank)" in capsys.readouterr().err
+    # and its evaluation says it ranked those, not the grown catalogue
+    assert main(["eval", str(run), "--k", "10", "--users", "5"]) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert [m["num_items"] for k, m in saved.items() if k.startswith("test")] == [1682]
 
     def answer(history: str) -> list:
         out = tmp_path / "answers.jsonl"

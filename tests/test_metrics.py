@@ -47,6 +47,17 @@ def test_several_relevant_items():
     assert ndcg_at_k(relevance(torch.tensor([[2, 4]]), targets), 2, n).item() == pytest.approx(1.0)
 
 
+def test_compute_metrics_counts_every_listed_target_as_relevant_by_default():
+    """With targets (B, T) and no num_relevant, one relevant item was assumed: ranked [1, 5, 3]
+    against targets [1, 5] gave NDCG@3 1.63 and MAP@3 2.0, and recall was a hit rate."""
+    ranked, targets = torch.tensor([[1, 5, 3], [9, 8, 7]]), torch.tensor([[1, 5, 6], [7, -1, -1]])
+    got = compute_metrics(ranked, targets, ks=(3,), names=("recall", "ndcg", "map"))
+    given = compute_metrics(ranked, targets, ks=(3,), names=("recall", "ndcg", "map"),
+                            num_relevant=torch.tensor([3, 1]))  # fmt: skip
+    assert got == given and got["recall@3"] == pytest.approx((2 / 3 + 1) / 2)
+    assert all(value <= 1 for value in got.values())
+
+
 def test_padding_targets_never_match_padding_results():
     rel = relevance(torch.tensor([[-1, 2]]), torch.tensor([[-1, 2]]))
     assert rel.tolist() == [[False, True]]

@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     read_metrics(args.run_dir)  # a damaged metrics.json fails now, not after evaluating
     metrics = get_task(loaded.task).evaluate(loaded, options)
-    # the catalogue ranked over: after `semid index add` the same split is measured on a larger one
-    metrics = metrics | {"num_items": float(len(loaded.ids))}
+    # the catalogue ranked over (a task may say it ranks fewer: a scorer, not the items added since
+    # its training): after `semid index add` the same split is measured on a larger one
+    metrics = {"num_items": float(len(loaded.ids))} | metrics
     key = metrics_key(args)
     # a run on a read-only share is evaluated all the same; `unsaved` says why not saved
     saved_to, unsaved = args.run_dir / "metrics.json", None

@@ -37,9 +37,9 @@ def crowding_note(stats: dict, from_interactions: bool = False) -> str | None:
     fix = ("give the items texts (--items FILE), whose vectors tell them apart better than the "
            "interactions do" if from_interactions
            else "give vectors that tell the items apart, or a quantizer with more codes per level")  # fmt: skip
-    return (f"{share:.0%} of the items share their quantized ID with another item (up to "
-            f"{stats['max_items_per_id_before']:,} on one), so their IDs say little about them; "
-            f"{fix}")  # fmt: skip
+    return (f"{share:.0%} of the items have no quantized ID of their own (up to "
+            f"{stats['max_items_per_id_before']:,} items share one), so their IDs say little about "
+            f"them; {fix}")  # fmt: skip
 
 
 def _share_lost(share: Any) -> str:

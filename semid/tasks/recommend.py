@@ -65,6 +65,7 @@ from semid.tasks.items import (
 from semid.tasks.recommend_predict import (  # UserHistories: its home before recommend_predict
     RecommendPredictor,
     UserHistories,  # noqa: F401
+    rankable_items,
 )
 from semid.tasks.specs import RecommendSpec
 from semid.wording import counted
@@ -191,10 +192,11 @@ class RecommendTask(Task):
         data = self.load_data(spec, run.ids, run)
         ranker = self.ranker(run, spec, options)
         codes = run.ids.codes if is_generator(run.model) else None
-        return evaluate_ranker(
+        metrics = evaluate_ranker(
             ranker, data, options.split, options.ks, codes, spec.max_history, options.batch_size,
             options.max_users, exclude_seen=not options.keep_seen, device=options.device,
         )  # fmt: skip
+        return metrics | {"num_items": float(rankable_items(run))}
 
     def ranker(self, run: Run, spec: RecommendSpec, options: EvalOptions) -> Ranker:
         """The run's ranker with the options' search-time settings, on the options' device."""

@@ -38,6 +38,14 @@ from semid.wording import counted, example_key
 SPLITS = ("valid", "test")
 
 
+def rankable_items(run: Run) -> int:
+    """The items a recommend run ranks: the whole catalogue for a generator; for a scorer (sasrec,
+    pop), the items it was trained on, since it never ranks those added to the index after."""
+    if is_generator(run.model):
+        return len(run.ids)
+    return min(len(run.ids), run.state.get("trained_items", len(run.ids)))
+
+
 @dataclass
 class UserHistories:
     """The users a predictor answers for: their split (items as index rows) and keys; ``live``
@@ -186,11 +194,8 @@ class RecommendPredictor(Predictor):
         return {"user": user, "split": split} if split else {"user": user}
 
     def max_k(self) -> int:
-        """The catalogue size; for a scorer (sasrec, pop), the items it was trained on, since it
-        never ranks those added to the index after training."""
-        if self.codes is not None:
-            return len(self.run.ids)
-        return min(len(self.run.ids), self.run.state.get("trained_items", len(self.run.ids)))
+        """The items the run ranks (`rankable_items`)."""
+        return rankable_items(self.run)
 
     def _check_trained_items(self, history: list[str]) -> None:
         """A scorer (sasrec) reads only the items it was trained on: a history of items all added
