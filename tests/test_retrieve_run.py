@@ -307,3 +307,27 @@ def test_predicted_queries_are_not_cached_but_evaluated_ones_are(run, tmp_path):
     assert entries() == before
     predictor.rank_texts(["first query", "second query"], 3, None, cache=True)
     assert len(entries() - before) == 1
+
+
+def test_an_add_never_trains_on_an_earlier_parts_test_query(run, tmp_path, monkeypatch):
+    """A new document may list a query that is already a D0 test query: the add trained on it
+    (only the new part's own test queries were left out), so D0-test measured trained queries."""
+    d0_test = [pair[0] for pair in json.loads((run / "eval_queries.json").read_text())["d0-test"]]
+    assert len(d0_test) >= 3
+    with open(tmp_path / "n.jsonl", "w") as f:  # 2 of the 10 are the new part's test documents
+        for i in range(10):
+            old = [d0_test[i]] if i < len(d0_test) else []
+            f.write(json.dumps({"id": f"new{i}", "text": f"printer camera new{i} manual",
+                                "queries": [*old, f"camera new{i}"]}) + "\n")  # fmt: skip
+    trained_on = []
+    query_examples = retrieve_module.query_examples
+
+    def recorded(*args, **kwargs):
+        texts, rows = query_examples(*args, **kwargs)
+        trained_on.extend(texts)
+        return texts, rows
+
+    monkeypatch.setattr(retrieve_module, "query_examples", recorded)
+    assert main(["index", "add", str(run), "--docs", str(tmp_path / "n.jsonl")]) == 0
+    assert trained_on and not set(d0_test) & set(trained_on)
+    assert "camera new0" in trained_on or "camera new9" in trained_on  # the others still train

@@ -118,6 +118,16 @@ def record_eval_queries(run: Path, name: str, pairs: list[list[Any]]) -> None:
     write_json(path, current)
 
 
+def recorded_test_queries(run: Path) -> set[str]:
+    """The texts of every test query recorded in ``run/eval_queries.json`` (all parts): an added
+    session must not train on them, even as the query of one of its own training documents."""
+    path = run / EVAL_QUERIES
+    parts = read_json(path, "retrain the run") if path.is_file() else {}
+    if not isinstance(parts, dict):
+        raise SemidError(f"{path} is not a JSON object of test queries by part; retrain the run")
+    return {pair[0] for pairs in parts.values() for pair in pairs}
+
+
 def _check_eval_options(run: Run, options: EvalOptions) -> None:
     """SemidError for an evaluation option a retrieval run cannot honour (instead of ignoring it)."""
     if options.split != "test":
@@ -347,9 +357,9 @@ class RetrieveTask(Task):
         if collection.has_test_split:
             train_local = test_local = torch.arange(len(collection))
         test_pairs = evaluation_queries(collection, test_local, torch.arange(len(collection)))
-        query_texts, with_query = query_examples(
-            collection, train_local.tolist(), {q for q, _ in test_pairs}
-        )
+        # the earlier parts' test queries stay untrained too
+        tested = {q for q, _ in test_pairs} | recorded_test_queries(run_path)
+        query_texts, with_query = query_examples(collection, train_local.tolist(), tested)
         queries = encode_texts(model, query_texts, desc="encode new queries")
         model.cpu()
         session = len(model.prompts)
