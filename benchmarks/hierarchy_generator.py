@@ -110,6 +110,5 @@ def parent_metrics(
         parents,
         ks=(1, 10),
         names=("recall", "mrr"),
-        num_relevant=(parents >= 0).sum(1),
     )
     return {k: metrics[k] for k in ("recall@1", "recall@10", "mrr@10")}

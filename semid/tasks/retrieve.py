@@ -110,22 +110,25 @@ def trained_pseudo_queries(run: Run) -> int:
     return run.state.get("documents", {}).get("pseudo_queries", 0)
 
 
+def read_eval_queries(run: Path) -> dict[str, list[list[Any]]]:
+    """The held-out test queries of ``run/eval_queries.json`` by part ({} when there is no such
+    file); SemidError if it holds anything but a JSON object."""
+    path = run / EVAL_QUERIES
+    parts = read_json(path, "retrain the run") if path.is_file() else {}
+    if not isinstance(parts, dict):
+        raise SemidError(f"{path} is not a JSON object of test queries by part; retrain the run")
+    return parts
+
+
 def record_eval_queries(run: Path, name: str, pairs: list[list[Any]]) -> None:
     """Record a part's held-out test queries in ``run/eval_queries.json`` (read by `evaluate`)."""
-    path = run / EVAL_QUERIES
-    current = read_json(path, "retrain the run") if path.is_file() else {}
-    current[name] = pairs
-    write_json(path, current)
+    write_json(run / EVAL_QUERIES, read_eval_queries(run) | {name: pairs})
 
 
 def recorded_test_queries(run: Path) -> set[str]:
     """The texts of every test query recorded in ``run/eval_queries.json`` (all parts): an added
     session must not train on them, even as the query of one of its own training documents."""
-    path = run / EVAL_QUERIES
-    parts = read_json(path, "retrain the run") if path.is_file() else {}
-    if not isinstance(parts, dict):
-        raise SemidError(f"{path} is not a JSON object of test queries by part; retrain the run")
-    return {pair[0] for pairs in parts.values() for pair in pairs}
+    return {pair[0] for pairs in read_eval_queries(run).values() for pair in pairs}
 
 
 def _check_eval_options(run: Run, options: EvalOptions) -> None:
@@ -288,16 +291,11 @@ class RetrieveTask(Task):
         with several relevant documents counts the share of them found (recall), and NDCG's gains
         are their grades (1 unless the collection grades them, as BEIR's qrels may)."""
         _check_eval_options(run, options)
-        path = run.path / EVAL_QUERIES
-        if not path.is_file():
+        if not (run.path / EVAL_QUERIES).is_file():
             raise SemidError(
                 f"{run.path} has no {EVAL_QUERIES}; train it with `semid train retriever`"
             )
-        parts = read_json(path, "retrain the run")
-        if not isinstance(parts, dict):
-            raise SemidError(
-                f"{path} is not a JSON object of test queries by part; retrain the run"
-            )
+        parts = read_eval_queries(run.path)
         if not any(parts.values()):
             pseudo = trained_pseudo_queries(run)
             why = "its documents came without queries and trained on their sentences" if pseudo else (
@@ -317,8 +315,8 @@ class RetrieveTask(Task):
                                            item_mix=options.item_mix, cache=True)  # fmt: skip
             seconds = time.perf_counter() - started
             targets, grades = relevant_rows(run.ids, [relevant for _, relevant in pairs])
-            part = compute_metrics(ranking.rows, targets, ks=options.ks, names=("recall", "mrr", "ndcg"),
-                                   num_relevant=(targets >= 0).sum(1), grades=grades)  # fmt: skip
+            part = compute_metrics(ranking.rows, targets, ks=options.ks,
+                                   names=("recall", "mrr", "ndcg"), grades=grades)  # fmt: skip
             part |= {
                 "num_queries": float(len(targets)),
                 "queries_per_s": len(targets) / max(seconds, 1e-9),
