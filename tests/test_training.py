@@ -18,7 +18,7 @@ from _two_process_train import SimulatedCrash, make_dataset, make_model
 from safetensors.torch import load_file
 
 from semid.errors import SemidError
-from semid.training import TrainConfig, TrainConfigError, Trainer
+from semid.training import TrainConfig, TrainConfigError, Trainer, TrainResult
 from semid.training.checkpoints import complete_checkpoints, load_progress
 from semid.training.config import TrainProgress
 from semid.training.schedule import lr_factor
@@ -420,6 +420,24 @@ def test_early_stopping_keeps_best_weights(tmp_path):
     assert result.stopped_early and result.epochs == 4
     assert result.best_metrics == {"ndcg@10": 0.7} and result.best_step == 16
     assert_same_weights(load_file(result.best_path), snapshots[1])
+
+
+def test_an_evaluation_off_the_schedule_counts_nothing_toward_early_stopping(tmp_path):
+    """A run stopped by max_steps mid-epoch evaluates its last weights; extended, it stops early
+    only on the evaluations an uninterrupted run makes (epoch ends at steps 8, 16, 24)."""
+    scores = iter([0.5, 0.4, 0.45, 0.6])  # steps 8, 12 (the max_steps stop), 16, 24
+
+    def evaluate(model):
+        return {"acc": next(scores)}
+
+    def fit(**overrides) -> TrainResult:
+        config = tiny_config(early_stopping_patience=2, **overrides)
+        return Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
+
+    assert fit(max_steps=12).best_step == 8
+    extended = fit()  # to max_epochs 3
+    assert not extended.stopped_early and extended.epochs == 3
+    assert extended.best_step == 24 and extended.best_metrics == {"acc": 0.6}
 
 
 def test_an_evaluation_that_ties_the_best_is_no_improvement(tmp_path):

@@ -29,7 +29,10 @@ def add_training_arguments(
     p.add_argument(
         "--epochs", type=int, default=epochs["default"], help=f"max epochs ({epochs['help']})"
     )
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument(
+        "--max-steps", type=int,
+        help="stop after this many optimizer steps (the last weights are evaluated; a later run with more steps resumes)",
+    )  # fmt: skip
     batch = default("batch_size")
     p.add_argument("--batch-size", type=int, default=batch["default"],
                    help=f"examples per step of each process ({batch['help']})")  # fmt: skip

@@ -195,7 +195,7 @@ class Trainer:
             if self._epoch_consumed(progress):  # saved before its end ran
                 self._end_epoch(progress, started)
             elif progress.evaluating and self.evaluate is not None:  # before a run's last one
-                self._run_evaluation(progress, started)
+                self._run_evaluation(progress, started, scheduled=False)
                 self._checkpoint(progress, started)
             while not self._finished(progress):
                 if self._train_epoch(progress, started, bar):
@@ -204,7 +204,7 @@ class Trainer:
         unevaluated = progress.last_eval_step != progress.step and not progress.stopped_early
         if self.evaluate is not None and unevaluated:
             self._save_before_evaluation(progress, started)
-            self._run_evaluation(progress, started)
+            self._run_evaluation(progress, started, scheduled=False)
         self._save_unless_saved(progress, started)
         if self.evaluate is None:
             self._save_best()
@@ -418,8 +418,15 @@ class Trainer:
         if self._saved_at != _snapshot(progress):
             self._checkpoint(progress, started)
 
-    def _run_evaluation(self, progress: TrainProgress, started: float) -> None:
-        """Evaluate on the main process, share the result, keep the best weights, maybe stop early."""
+    def _run_evaluation(
+        self, progress: TrainProgress, started: float, scheduled: bool = True
+    ) -> None:
+        """Evaluate on the main process, share the result, keep the best weights, maybe stop early.
+
+        An evaluation off the schedule (of the last weights, where max_steps or eval_every_epochs
+        left them unevaluated) can keep the best weights but leaves the count of evaluations without
+        improvement as it was: a run extended past it (a larger max_steps or max_epochs) counts
+        only the evaluations an uninterrupted longer run makes."""
         acc, cfg = self.accelerator, self.config
         metrics: list[dict[str, float] | None] = [None]
         if acc.is_main_process:
@@ -450,8 +457,11 @@ class Trainer:
                 progress.step,
                 metrics,
             )
-            progress.evals_without_improvement = 0
             self._save_best()
+        if not scheduled:
+            return
+        if improved:
+            progress.evals_without_improvement = 0
         else:
             progress.evals_without_improvement += 1
             patience = cfg.early_stopping_patience
