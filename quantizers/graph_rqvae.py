@@ -148,8 +148,9 @@ class GraphRQVAE(RQVAE):
         )
         self._alloc_items(x.shape[0])
         self.graph_features.copy_(graph)
+        del graph  # kept as graph_features
         self.fingerprints.copy_(x @ self.fingerprint_proj)
-        both = torch.cat([x, graph], 1)
+        both = torch.cat([x, self.graph_features], 1)
         self.mean.copy_(both.mean(0))
         # One scale per modality and half, so each block has unit mean squared norm and weighs the same.
         start = 0
@@ -157,7 +158,7 @@ class GraphRQVAE(RQVAE):
             block = both[:, start : start + width] - self.mean[start : start + width]
             self.scale[start : start + width] = block.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)
             start += width
-        return (both - self.mean) / self.scale
+        return both.sub_(self.mean).div_(self.scale)  # (both - mean) / scale, in place
 
     def item_index(self, x: Tensor) -> Tensor:
         """(N,) index of each content row x (N, D) among the fitted items, -1 for an unknown item (on
@@ -199,7 +200,9 @@ class GraphRQVAE(RQVAE):
     def _model_inputs(self, x: Tensor) -> Tensor:
         idx = self.item_index(x)
         graph = torch.where((idx >= 0)[:, None], self.graph_features[idx.clamp_min(0)], x)
-        return (torch.cat([x, graph], 1) - self.mean) / self.scale
+        both = torch.cat([x, graph], 1)
+        del graph
+        return both.sub_(self.mean).div_(self.scale)  # (both - mean) / scale, in place
 
     def _outputs(self, y: Tensor) -> Tensor:
         return (y * self.scale + self.mean)[:, : self.dim]  # the content half

@@ -254,8 +254,9 @@ class HyperbolicRQ(Quantizer):
                 f"{self.spec} has no decoder, so it learns only from pairs; pass pairs=... or use decoder=1"
             )
         self.mean.copy_(x.mean(0))
-        self.scale.copy_((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
-        inputs = (x - self.mean) / self.scale
+        inputs = torch.sub(x, self.mean)
+        self.scale.copy_(inputs.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
+        inputs.div_(self.scale)  # (x - mean) / scale, in place
         with repeatable():
             self._train(inputs, pairs, val_pairs, cfg, progress)
         self.initted.fill_(True)

@@ -87,8 +87,12 @@ class ResidualKMeans(Quantizer):
         for level in range(self.levels):
             book = self.codebooks[level]
             book.copy_(_KMEANS[self.clustering](residual, k, niter=niter, seed=seed + level))
-            residual = residual - book[_squared_distances(residual, book).argmin(1)]
+            nearest = book[_squared_distances(residual, book).argmin(1)]
+            # in place from level 1 on: level 0's residual is x itself
+            residual = residual - nearest if level == 0 else residual.sub_(nearest)
+            del nearest
             bar.update()
+        del residual  # (N, D) no longer needed: it would stay alive through the refinement
         self.initted.fill_(True)
         codes = self.encode(x)  # with beam > 1 these differ from the greedy codes above
         best = (_mse(x, self.decode(codes)), self.codebooks.clone())
@@ -110,11 +114,17 @@ class ResidualKMeans(Quantizer):
         recon = self.decode(codes)
         for level, book in enumerate(self.codebooks):
             idx = codes[:, level]
-            target = x - recon + book[idx]  # (N, D) residual without this level's contribution
+            # (N, D) residual without this level's contribution, x - recon + book[idx], built in
+            # place: the fit's memory peaks here
+            target = torch.sub(x, recon)
+            target += book[idx]
             sums = torch.zeros_like(book).index_add_(0, idx, target)
+            del target
             counts = torch.bincount(idx, minlength=book.shape[0])[:, None]
             new = torch.where(counts > 0, sums / counts.clamp_min(1), book)  # unused codes stay
-            recon += new[idx] - book[idx]
+            recon += (new - book)[
+                idx
+            ]  # the same differences as new[idx] - book[idx], gathered once
             book.copy_(new)
 
     @torch.no_grad()
@@ -134,13 +144,16 @@ class ResidualKMeans(Quantizer):
         for level, book in enumerate(self.codebooks):
             # error holds ||r||^2 - ||x||^2; adding ||c||^2 - 2 r.c gives ||r - c||^2 - ||x||^2,
             # so beams are ranked by their true error without ever computing ||r||^2.
-            scores = error[:, :, None] + (book * book).sum(1) - 2 * residual @ book.T  # (n, B, K)
+            scores = error[:, :, None] + (book * book).sum(1)  # (n, B, K)
+            scores -= (2 * residual) @ book.T
             width = 1 if level == self.levels - 1 else min(self.beam, scores.shape[1] * k)
             error, flat = rearrange(scores, "n b k -> n (b k)").topk(width, dim=1, largest=False)
+            del scores
             parent, code = flat // k, flat % k  # (n, B')
             keep = parent[:, :, None]
             codes = torch.cat([codes.gather(1, keep.expand(-1, -1, level)), code[:, :, None]], 2)
-            residual = residual.gather(1, keep.expand(-1, -1, x.shape[1])) - book[code]
+            residual = residual.gather(1, keep.expand(-1, -1, x.shape[1]))
+            residual -= book[code]
         return codes[:, 0]
 
     @torch.no_grad()
@@ -148,17 +161,15 @@ class ResidualKMeans(Quantizer):
         """Reconstructions (N, D): the sum over levels of each code's codebook vector."""
         self.check_fitted()
         codes = self.check_codes(codes, self.codebooks.device)
-        levels = torch.arange(self.levels, device=codes.device)
-        return self.codebooks[levels, codes].sum(1)
+        return _sum_of_codewords(self.codebooks, codes)
 
     @torch.no_grad()
     def last_level_distances(self, x: Tensor) -> Tensor:
         """Squared distances (N, K) from each row's residual after L-1 levels to the last codebook."""
         codes = self.encode(x)
         x = self.check_input(x, empty_ok=True).to(self.codebooks.device)
-        levels = torch.arange(self.levels - 1, device=codes.device)
-        prefix = self.codebooks[levels, codes[:, :-1]].sum(1)
-        return _squared_distances(x - prefix, self.codebooks[-1])
+        residual = torch.sub(x, _sum_of_codewords(self.codebooks[:-1], codes[:, :-1]))
+        return _squared_distances(residual, self.codebooks[-1])
 
 
 def progressive_kmeans(x: Tensor, k: int, *, niter: int = 10, seed: int = 0) -> Tensor:
@@ -202,9 +213,23 @@ def _squared_distances(x: Tensor, centroids: Tensor) -> Tensor:
     return d.clamp_min_(0)
 
 
+def _sum_of_codewords(codebooks: Tensor, codes: Tensor) -> Tensor:
+    """(N, D): the sum over levels of codebooks (L, K, D) at codes (N, L), gathered and summed a
+    block of rows at a time (all rows at once would hold an (N, L, D) tensor): each row's sum is
+    the same as ``codebooks[levels, codes].sum(1)`` gives, which the tests compare bit for bit
+    (adding level by level would not be: torch sums five or more levels in another order)."""
+    levels = torch.arange(codebooks.shape[0], device=codes.device)
+    total = codebooks.new_empty(codes.shape[0], codebooks.shape[2])
+    rows = max(1, _CHUNK_FLOATS // max(1, codebooks.shape[0] * codebooks.shape[2]))
+    for start in range(0, codes.shape[0], rows):
+        total[start : start + rows] = codebooks[levels, codes[start : start + rows]].sum(1)
+    return total
+
+
 def _mse(x: Tensor, x_hat: Tensor) -> float:
     """Mean squared reconstruction error per coordinate."""
-    return float(((x - x_hat) ** 2).mean())
+    error = torch.sub(x, x_hat)
+    return float(error.square_().mean())
 
 
 __all__ = ["ResidualKMeans", "progressive_kmeans"]

@@ -125,12 +125,15 @@ class RQVAE(Quantizer):
     def _fit_inputs(self, x: Tensor) -> Tensor:
         """Set the input statistics from x (N, D) and return the model inputs (N, D_model)."""
         self.mean.copy_(x.mean(0))
-        self.scale.fill_(float((x - self.mean).pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)))
+        centered = torch.sub(x, self.mean)
+        self.scale.fill_(float(centered.square_().sum(-1).mean().sqrt().clamp_min(1e-12)))
+        del centered
         return self._model_inputs(x)
 
     def _model_inputs(self, x: Tensor) -> Tensor:
         """Model inputs (N, D_model) of checked inputs x (N, D)."""
-        return (x - self.mean) / self.scale
+        inputs = torch.sub(x, self.mean)  # (x - mean) / scale, in place: one (N, D) tensor
+        return inputs.div_(self.scale)
 
     def _outputs(self, y: Tensor) -> Tensor:
         """Reconstructions (N, D) in input space from model outputs y (N, D_model)."""
@@ -211,17 +214,20 @@ class RQVAE(Quantizer):
         n = inputs.shape[0]
         perm = torch.randperm(n, generator=gen)
         n_val = round(n * cfg.val_fraction) if n * cfg.val_fraction >= cfg.min_val_items else 0
-        val, train = inputs[perm[:n_val]], inputs[perm[n_val:]]
+        # training rows are gathered a batch at a time (a copy of them all: 1x more memory)
+        val, train_rows = inputs[perm[:n_val]], perm[n_val:]
         self._reset_weights(cfg.seed)
         opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # small collections get more epochs, so that they still see `min_steps` batches
-        batches = max(-(-train.shape[0] // cfg.batch_size), 1)
+        batches = max(-(-len(train_rows) // cfg.batch_size), 1)
         epochs = max(cfg.epochs, -(-cfg.min_steps // batches))
         state = {"epoch": 0, "best": float("inf"), "best_state": None, "bad_epochs": 0}
         resumed = self._load_checkpoint(ckpt_dir, inputs, cfg, opt, gen, state)
         if not resumed:
             with torch.no_grad():
-                first = train[torch.randperm(train.shape[0], generator=gen)[: cfg.init_batch]]
+                first = inputs[
+                    train_rows[torch.randperm(len(train_rows), generator=gen)[: cfg.init_batch]]
+                ]
                 self.codebooks.init_kmeans_(self.encoder(first), seed=cfg.seed)
         bar = progress_bar(
             range(state["epoch"], epochs),
@@ -233,8 +239,8 @@ class RQVAE(Quantizer):
             self.train()
             usage = torch.zeros(self.levels, self.spec.codebook_size, dtype=torch.long)
             residuals = []  # this epoch's level inputs: where dead codes are re-seeded
-            for idx in torch.randperm(train.shape[0], generator=gen).split(cfg.batch_size):
-                loss, recon, q = self._losses(train[idx])
+            for idx in torch.randperm(len(train_rows), generator=gen).split(cfg.batch_size):
+                loss, recon, q = self._losses(inputs[train_rows[idx]])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -247,7 +253,7 @@ class RQVAE(Quantizer):
                 and epoch < cfg.reset_dead_until * epochs
             ):
                 revived = self.codebooks.reset_dead_codes_(torch.cat(residuals), usage, gen)
-            val_loss = self._eval_loss(val if n_val else train)
+            val_loss = self._eval_loss(val if n_val else inputs[train_rows])
             state["epoch"] = epoch + 1
             if val_loss < state["best"] - 1e-6:
                 state.update(

@@ -98,6 +98,39 @@ def test_refinement_never_hurts_the_training_fit():
     assert mse(refined, x) <= mse(greedy, x)
 
 
+@pytest.mark.parametrize("levels", range(1, 9))
+def test_decoding_a_block_of_rows_at_a_time_gives_the_gathered_sum_bit_for_bit(levels, monkeypatch):
+    """Decoding in blocks of rows (not gathering all levels of all rows at once) gives the same
+    bits as the gathered sum used before: the refinement's reconstructions, so the IDs, are as
+    they were."""
+    monkeypatch.setattr(rqk, "_CHUNK_FLOATS", 7 * levels * 24)  # blocks of 7 rows: 72 of them
+    g = torch.Generator().manual_seed(levels)
+    books = torch.randn(levels, 16, 24, generator=g)
+    codes = torch.randint(0, 16, (500, levels), generator=g)
+    gathered = books[torch.arange(levels), codes].sum(1)
+    assert torch.equal(rqk._sum_of_codewords(books, codes), gathered)
+    assert rqk._sum_of_codewords(books, codes[:0]).shape == (0, 24)
+
+
+def test_refinement_in_place_gives_the_least_squares_update_bit_for_bit():
+    """One refinement sweep, written in place to save memory, equals the plain formula: each
+    level's codes become the mean of x - recon + that level's codeword over their rows."""
+    x = blobs(n=400, d=16)
+    q = build_quantizer("rqkmeans:3x8,refine=0").fit(x, seed=0)
+    codes = q.encode(x)
+    books = q.codebooks.clone()
+    recon = books[torch.arange(3), codes].sum(1)
+    for level, book in enumerate(books):
+        idx = codes[:, level]
+        sums = torch.zeros_like(book).index_add_(0, idx, x - recon + book[idx])
+        counts = torch.bincount(idx, minlength=8)[:, None]
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), book)
+        recon += new[idx] - book[idx]
+        book.copy_(new)
+    q._refine_codebooks_(x, codes)
+    assert torch.equal(q.codebooks, books)
+
+
 def test_last_level_distances_match_brute_force():
     x = blobs()
     q = build_quantizer("rqkmeans:3x8,beam=2").fit(x, niter=5)
