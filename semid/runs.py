@@ -3,7 +3,7 @@
 A run folder::
 
     manifest.json   {"format_version": 1, "task": "recommend", "parts": {"index": "index", "model": "model"}}
-    config.json     {"spec": {...the task's typed spec...}, "state": {...}, "versions": {...}, "command": ...}
+    config.json     {"spec": {...the task's typed spec...}, "state": {...}, "versions": {...}, "threads": N, "command": ...}
     index/          the SemanticIDs and the quantizer that made them
     model/          the trained model (any registered model, one save format)
     metrics.json    evaluation results by split
@@ -23,6 +23,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 import semid
 from semid.atomic import atomic_dir, read_json, restore_on_error, write_json
@@ -168,6 +170,8 @@ def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any
         "spec": config_to_dict(spec),
         "state": state,
         "versions": versions(),
+        # torch's thread count in training: another count can change the weights' last digits
+        "threads": torch.get_num_threads(),
         "command": command_line(),
         "run_path": str(run.resolve()),  # where the data paths are relative to (`moved_data`)
     }
