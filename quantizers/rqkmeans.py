@@ -122,9 +122,8 @@ class ResidualKMeans(Quantizer):
             del target
             counts = torch.bincount(idx, minlength=book.shape[0])[:, None]
             new = torch.where(counts > 0, sums / counts.clamp_min(1), book)  # unused codes stay
-            recon += (new - book)[
-                idx
-            ]  # the same differences as new[idx] - book[idx], gathered once
+            # the same differences as new[idx] - book[idx], gathered once
+            recon += (new - book)[idx]
             book.copy_(new)
 
     @torch.no_grad()

@@ -61,9 +61,17 @@ def normalized_adjacency(users: Tensor, items: Tensor, num_users: int, num_items
     ).coalesce()
 
 
+# Edges whose item features are gathered at once: the gather of every edge would take E x D floats
+# (a million interactions of 384-d items: 1.5 GB), more than all else a fit holds.
+_EDGE_CHUNK_FLOATS = 1 << 24
+
+
 def user_means(users: Tensor, items: Tensor, num_users: int, x: Tensor) -> Tensor:
     """(U, D) mean of the item features x (I, D) over each user's distinct items; zero for none."""
-    sums = torch.zeros(num_users, x.shape[1], dtype=x.dtype).index_add_(0, users, x[items])
+    sums = torch.zeros(num_users, x.shape[1], dtype=x.dtype)
+    edges = max(1, _EDGE_CHUNK_FLOATS // max(1, x.shape[1]))
+    for start in range(0, len(users), edges):  # adds in edge order, as one index_add_ of all would
+        sums.index_add_(0, users[start : start + edges], x[items[start : start + edges]])
     counts = torch.bincount(users, minlength=num_users).clamp_min(1).to(x.dtype)
     return sums / counts[:, None]
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+import semid.graph
 from semid.data import InteractionLog, leave_one_out
 from semid.errors import SemidError
-from semid.graph import normalized_adjacency, propagate, propagate_item_features
+from semid.graph import normalized_adjacency, propagate, propagate_item_features, user_means
 
 # 3 users, 4 items: u0 saw i0 and i1, u1 saw i1 and i2, u2 saw i1 twice; nobody saw i3.
 USERS = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -59,6 +60,23 @@ def test_zero_hops_is_identity():
     h = torch.randn(7, 5)
     torch.testing.assert_close(propagate(adj, h, 0), h)
     torch.testing.assert_close(propagate_item_features(X, USERS, ITEMS, 3, hops=0), X)
+
+
+def test_user_means_in_chunks_of_edges_are_the_bits_of_one_sum(monkeypatch):
+    """User means gather item features a chunk of edges at a time (all edges at once would hold
+    E x D floats) and add them in edge order: the same bits as one index_add_ of every edge."""
+    g = torch.Generator().manual_seed(0)
+    users, items = (
+        torch.randint(0, 50, (20_000,), generator=g),
+        torch.randint(0, 300, (20_000,), generator=g),
+    )
+    x = torch.randn(300, 24, generator=g)
+    whole = user_means(users, items, 50, x)
+    monkeypatch.setattr(semid.graph, "_EDGE_CHUNK_FLOATS", 7 * 24)  # chunks of 7 edges
+    assert torch.equal(user_means(users, items, 50, x), whole)
+    counts = torch.bincount(users, minlength=50).clamp_min(1)[:, None]
+    expected = torch.zeros(50, 24).index_add_(0, users, x[items]) / counts
+    assert torch.equal(whole, expected)
 
 
 def test_bad_ids_are_rejected():
