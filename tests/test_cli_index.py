@@ -66,6 +66,10 @@ def test_build_measures_what_the_ids_lose_and_stats_show_it(tmp_path, embeddings
     assert 0 < shares[1] < shares[0] < 1  # more codes keep more of the vectors
     # an index built before the measure existed shows a dash
     config = json.loads((tmp_path / spec / "config.json").read_text())
+    config["metadata"]["reconstruction_error"] = 0.0  # a perfect one is shown, not taken for none
+    (tmp_path / spec / "config.json").write_text(json.dumps(config))
+    assert main(["index", "stats", str(tmp_path / spec)]) == 0
+    assert "reconstruction error     0.0000 (" in capsys.readouterr().out
     del config["metadata"]["reconstruction_error"]
     (tmp_path / spec / "config.json").write_text(json.dumps(config))
     assert main(["index", "stats", str(tmp_path / spec)]) == 0

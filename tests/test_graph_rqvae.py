@@ -138,6 +138,22 @@ def test_fitted_items_re_embedded_a_little_off_are_still_found(fitted):
     assert (fitted.item_index(away) == -1).all()
 
 
+def test_the_match_tolerance_is_a_share_of_the_fitted_items_spread(train):
+    """Rows a rounding's width off (0.5% of the spread) are the items; the tolerance follows a
+    refit of the same quantizer, and is of the spread about the mean, so items far from the
+    origin (as sentence embeddings sit) keep a near variant apart."""
+    x = content()
+    spread = (x - x.mean(0)).pow(2).sum(-1).mean().sqrt()
+    direction = torch.nn.functional.normalize(content(seed=5), dim=1)
+    q = build_quantizer(SPEC).fit(x, interactions=train, **FAST)
+    assert q.item_index(x + 0.005 * spread * direction).tolist() == list(range(NUM_ITEMS))
+    q.fit(10 * x, interactions=train, **FAST)  # the same object: no tolerance of the old fit
+    found = q.item_index(10 * x + 0.05 * spread * direction)
+    assert found.tolist() == list(range(NUM_ITEMS))
+    far = build_quantizer(SPEC).fit(x + 5, interactions=train, **FAST)
+    assert (far.item_index(x + 5 + 0.02 * spread * direction) == -1).all()
+
+
 def test_known_items_carry_a_graph_half_unlike_their_content(fitted):
     x = fitted._model_inputs(content())  # (N, 2D): content half, then graph half
     assert not torch.allclose(x[:-1, :D], x[:-1, D:], atol=1e-2)

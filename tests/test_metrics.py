@@ -56,6 +56,13 @@ def test_compute_metrics_counts_every_listed_target_as_relevant_by_default():
                             num_relevant=torch.tensor([3, 1]))  # fmt: skip
     assert got == given and got["recall@3"] == pytest.approx((2 / 3 + 1) / 2)
     assert all(value <= 1 for value in got.values())
+    # item 0 is an item like any other; a given num_relevant is kept (4 relevant, 2 found)
+    first = compute_metrics(torch.tensor([[0, 7, 3]]), torch.tensor([[0, 5]]), ks=(3,),
+                            names=("recall",))  # fmt: skip
+    assert first["recall@3"] == 0.5
+    kept = compute_metrics(torch.tensor([[1, 5, 3]]), torch.tensor([[1, 5]]), ks=(3,),
+                           names=("recall",), num_relevant=torch.tensor([4]))  # fmt: skip
+    assert kept["recall@3"] == 0.5
 
 
 def test_padding_targets_never_match_padding_results():

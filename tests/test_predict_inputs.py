@@ -160,6 +160,12 @@ def test_a_users_table_column_named_much_like_one_it_reads_is_noted(tmp_path, ca
     (tmp_path / "ok.csv").write_text("user,split,genre,ID\n196,test,drama,a\n")
     queries_of(tmp_path / "ok.csv", "--users")
     assert "not read" not in capsys.readouterr().err
+    (tmp_path / "caps.csv").write_text("user,Splt\n196,test\n")  # headers are matched as read
+    queries_of(tmp_path / "caps.csv", "--users")
+    assert 'column "Splt" is not read; name it "split"' in capsys.readouterr().err
+    (tmp_path / "q.csv").write_text("query,genre\nhello,drama\n")  # "query" is read: no note
+    assert queries_of(tmp_path / "q.csv", "--queries")[0] == [{"query": "hello"}]
+    assert "not read" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["null", "1.5", "[1]"])

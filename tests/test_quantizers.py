@@ -130,6 +130,12 @@ def test_reconstruction_error_is_none_for_items_with_no_spread(family_and_model)
     assert q.reconstruction_error(same + torch.tensor([[0.0], [1e-7], [0.0], [0.0]])) is None
     with pytest.raises(SemidError, match="3 rows of codes for 4 vectors"):
         q.reconstruction_error(same, q.encode(same)[:3])
+    # a small spread far from the origin is a spread: measured, not None
+    far = 1000 + 0.1 * data()
+    by_hand = (far - q.decode(q.encode(far))).double().pow(2).sum() / (
+        (far.double() - far.double().mean(0)).pow(2).sum()
+    )
+    assert q.reconstruction_error(far) == pytest.approx(float(by_hand), rel=1e-3)
 
 
 def test_save_and_load_give_identical_codes(family_and_model, tmp_path):

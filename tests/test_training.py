@@ -422,10 +422,15 @@ def test_early_stopping_keeps_best_weights(tmp_path):
     assert_same_weights(load_file(result.best_path), snapshots[1])
 
 
-def test_an_evaluation_off_the_schedule_counts_nothing_toward_early_stopping(tmp_path):
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_an_evaluation_off_the_schedule_counts_nothing_toward_early_stopping(
+    tmp_path, monkeypatch, interrupted
+):
     """A run stopped by max_steps mid-epoch evaluates its last weights; extended, it stops early
-    only on the evaluations an uninterrupted run makes (epoch ends at steps 8, 16, 24)."""
-    scores = iter([0.5, 0.4, 0.45, 0.6])  # steps 8, 12 (the max_steps stop), 16, 24
+    only on the evaluations an uninterrupted run makes (epoch ends at steps 8, 16, 24), also when
+    that last evaluation was cut short and the extended run redoes it first."""
+    # steps 8, 12 (the max_steps stop; run twice when interrupted), 16, 24
+    scores = iter([0.5, 0.4, *([0.4] if interrupted else []), 0.45, 0.6])
 
     def evaluate(model):
         return {"acc": next(scores)}
@@ -434,10 +439,36 @@ def test_an_evaluation_off_the_schedule_counts_nothing_toward_early_stopping(tmp
         config = tiny_config(early_stopping_patience=2, **overrides)
         return Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
 
-    assert fit(max_steps=12).best_step == 8
+    if interrupted:
+        save = Trainer._checkpoint
+
+        def cut_short(self, progress, started):
+            if progress.step == progress.last_eval_step == 12:
+                raise KeyboardInterrupt  # the last evaluation ran, its checkpoint was not written
+            save(self, progress, started)
+
+        monkeypatch.setattr(Trainer, "_checkpoint", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            fit(max_steps=12)
+        monkeypatch.undo()
+    else:
+        assert fit(max_steps=12).best_step == 8
     extended = fit()  # to max_epochs 3
     assert not extended.stopped_early and extended.epochs == 3
     assert extended.best_step == 24 and extended.best_metrics == {"acc": 0.6}
+
+
+def test_patience_counts_evaluations_without_improvement_in_a_row(tmp_path):
+    """An improvement starts the count again: patience 2 lets a run go on through two dips."""
+    scores = iter([0.5, 0.4, 0.6, 0.5, 0.7])
+
+    def evaluate(model):
+        return {"acc": next(scores)}
+
+    config = tiny_config(max_epochs=5, early_stopping_patience=2)
+    result = Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
+    assert not result.stopped_early and result.epochs == 5
+    assert result.best_step == 40 and result.best_metrics == {"acc": 0.7}
 
 
 def test_an_evaluation_that_ties_the_best_is_no_improvement(tmp_path):

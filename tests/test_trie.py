@@ -114,6 +114,9 @@ def test_small_dtypes_and_bytes_per_id():
     trie = PrefixTrie.from_codes(codes, [256, 256, 256])
     assert trie.edge_codes[-1].dtype == torch.uint8
     assert trie.nbytes / trie.num_ids <= 16
+    tables = [*trie.row_ptr, *trie.edge_codes, *trie.dense, *trie.dense_allowed]
+    assert any(t is not None for t in trie.dense_allowed)  # a dense level: its allowed codes count
+    assert trie.nbytes == sum(t.numel() * t.element_size() for t in tables if t is not None)
 
 
 def test_empty_trie_then_insert():
