@@ -154,6 +154,17 @@ def test_the_match_tolerance_is_a_share_of_the_fitted_items_spread(train):
     assert (far.item_index(x + 5 + 0.02 * spread * direction) == -1).all()
 
 
+def test_fitted_items_a_little_apart_are_no_twins(train):
+    """Two fitted items 0.3% of the spread apart (inside the match tolerance, outside the twins'
+    rounding) stay two items: each row alone is found as itself, not as the other."""
+    x = content()
+    spread = (x - x.mean(0)).pow(2).sum(-1).mean().sqrt()
+    x[1] = x[0] + 0.003 * spread * torch.nn.functional.normalize(content(seed=5)[0], dim=0)
+    q = build_quantizer(SPEC).fit(x, interactions=train, **FAST)
+    assert q.item_index(x[[1]]).tolist() == [1] and q.item_index(x[[0]]).tolist() == [0]
+    assert q.item_index(x[[1, 0]]).tolist() == [1, 0]
+
+
 def test_known_items_carry_a_graph_half_unlike_their_content(fitted):
     x = fitted._model_inputs(content())  # (N, 2D): content half, then graph half
     assert not torch.allclose(x[:-1, :D], x[:-1, D:], atol=1e-2)
