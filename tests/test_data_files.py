@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -20,7 +21,14 @@ import torch
 
 from semid.data import leave_one_out, load_dataset
 from semid.data.interaction_files import item_text_table, load_interaction_files
-from semid.data.tables import content_sha256, find_column, parse_columns, read_table
+from semid.data.tables import (
+    content_sha256,
+    factorized_keys,
+    find_column,
+    key_strings,
+    parse_columns,
+    read_table,
+)
 from semid.errors import SemidError
 from semid.tasks.data import data_stamp
 
@@ -865,3 +873,21 @@ def test_a_pinned_dataset_cache_that_cannot_be_written_names_semid_cache(tmp_pat
     monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "a-file" / "cache"))
     with pytest.raises(SemidError, match="set SEMID_CACHE to a writable folder"):
         load_pinned("manpages", None, 1, lambda folder: pytest.fail("built the dataset"))
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[[" 007", "a", "b "], ["a", "7", " 007"]], [[3, 1, 3], [2, 1]], [["x"], ["é", "x", "ü"]]],
+)
+def test_keys_are_numbered_in_arrow_as_pandas_numbers_their_strings(chunks):
+    """Interaction ids are numbered without a Python string per row: the same codes (order of
+    first appearance, across the column's chunks) and keys as pd.factorize of the strings."""
+    column = pa.chunked_array(chunks)
+    codes, keys = factorized_keys(column, Path("x.csv"), "user id", trim=True)
+    expected_codes, expected_keys = pd.factorize(
+        key_strings(column, Path("x.csv"), "user id", trim=True)
+    )
+    assert codes.dtype == np.int64 and codes.tolist() == expected_codes.tolist()
+    assert keys.dtype == object and keys.tolist() == expected_keys.tolist()
+    with pytest.raises(SemidError, match="line 3: empty user id"):
+        factorized_keys(pa.chunked_array([["a", " "]]), Path("x.csv"), "user id", trim=True)

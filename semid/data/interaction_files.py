@@ -43,6 +43,7 @@ from semid.data.logs import InteractionLog, RecDataset
 from semid.data.tables import (
     USER_COLUMNS,
     column_name,
+    factorized_keys,
     file_stem,
     find_column,
     header_hint,
@@ -141,13 +142,10 @@ def load_interaction_files(
     )
     if time_col is None:
         time_col = _dated_to_the_second(table)
-    users = key_strings(table[user_col], path, "user id", trim=True)
-    item_of = key_strings(table[item_col], path, "item id", trim=True)
-    # one hash pass per key column; every step below works on the integer codes (E,) and the
-    # distinct keys, not on millions of Python strings
-    user_code, user_uniques = pd.factorize(users)
-    item_code, item_uniques = pd.factorize(item_of)
-    del users, item_of
+    # one hash pass per key column, in arrow; every step below works on the integer codes (E,)
+    # and the distinct keys, not on millions of Python strings
+    user_code, user_uniques = factorized_keys(table[user_col], path, "user id", trim=True)
+    item_code, item_uniques = factorized_keys(table[item_col], path, "item id", trim=True)
     if time_col is None:
         times = np.arange(len(user_code), dtype=np.int64)
     else:

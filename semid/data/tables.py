@@ -406,6 +406,24 @@ def row_label(path: Path, row: int) -> str:
 def key_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool = False) -> np.ndarray:
     """(N,) object array of strings (ids, paths, labels); an empty or null cell raises, naming its
     row. ``trim``: without the spaces around each (``1, 86, 883603013``, a comma-space export)."""
+    return np.asarray(_checked_strings(column, path, role, trim).to_numpy(zero_copy_only=False),
+                      dtype=object)  # fmt: skip
+
+
+def factorized_keys(
+    column: pa.ChunkedArray, path: Path, role: str, trim: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(key_strings(...))`` without a Python string per row (millions of them take
+    about 80 bytes each): int64 codes (N,) numbering the distinct keys in order of first
+    appearance, and those keys (K,) as an object array of strings."""
+    encoded = pc.dictionary_encode(_checked_strings(column, path, role, trim).combine_chunks())
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _checked_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool) -> pa.ChunkedArray:
+    """The column as strings (trimmed with ``trim``); SemidError for another type or an empty or
+    null cell, naming its row."""
     try:
         strings = pc.cast(column, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -414,13 +432,12 @@ def key_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool = Fal
         ) from None
     if trim:
         strings = pc.utf8_trim_whitespace(strings)
-    values = np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(strings), ""), True)
     bad = np.flatnonzero(blank.to_numpy(zero_copy_only=False))  # empty, spaces or null
     if bad.size:
         raise SemidError(f"{path} {row_label(path, int(bad[0]))}: empty {role} "
                          f"({counted(bad.size, 'row')}); give every row one")  # fmt: skip
-    return values
+    return strings
 
 
 # files that mark a folder semid wrote: a run, an index, a training folder (before its run exists)
