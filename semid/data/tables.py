@@ -416,7 +416,9 @@ def factorized_keys(
     """``pd.factorize(key_strings(...))`` without a Python string per row (millions of them take
     about 80 bytes each): int64 codes (N,) numbering the distinct keys in order of first
     appearance, and those keys (K,) as an object array of strings."""
-    encoded = pc.dictionary_encode(_checked_strings(column, path, role, trim).combine_chunks())
+    strings = _checked_strings(column, path, role, trim)
+    # one array for one numbering; 64-bit offsets, as a file's ids may pass 2 GiB of text
+    encoded = pc.dictionary_encode(strings.cast(pa.large_string()).combine_chunks())
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
 
