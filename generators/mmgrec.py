@@ -40,7 +40,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -48,6 +47,7 @@ from semid.cooccurrence import NO_NEIGHBOUR, neighbour_table, pair_counts
 from semid.dropout import BitDropout
 from semid.errors import SemidError
 from semid.generator import Generator, register_generator
+from semid.item_softmax import item_cross_entropy
 from semid.layers import SelfAttentionBlock, causal_bias, gather_rows
 from semid.vocab import CodeVocabulary
 
@@ -303,7 +303,9 @@ class MMGRec(Generator):
         loss = self.level_loss(logits, target)
         if self.has_item_head():
             rows = batch["next_items"][real]  # (R,) index rows of the targets
-            loss = loss + self.config.item_loss * F.cross_entropy(self.item_logits(hidden), rows)
+            loss = loss + self.config.item_loss * item_cross_entropy(
+                hidden, self.item_emb.weight, rows
+            )
         return loss, logits[0]
 
     def has_item_head(self) -> bool:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semid.data.splits import PAD
 from semid.dropout import BitDropout
+from semid.item_softmax import item_cross_entropy
 from semid.layers import SelfAttentionBlock, causal_bias
 from semid.models import register_model
 
@@ -81,13 +81,15 @@ class SASRec(nn.Module):
         return hidden @ self.item_emb.weight[1:].T
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Cross-entropy over all items at every position with a next item -> (loss, logits (R, N)
-        of those R positions; padding is never scored, a large saving on long, short-filled windows)."""
+        """Cross-entropy over all items at every position with a next item -> (loss, hidden states
+        (R, D) of those R positions, which :meth:`scores` turns into logits). Padding is never
+        scored, a large saving on long, short-filled windows; the (R, N) logits are made a chunk at
+        a time on large catalogues (:func:`~semid.item_softmax.item_cross_entropy`)."""
         hidden = self.encode(batch["items"])
         target = batch["next_items"][:, -hidden.shape[1] :]
         real = target >= 0
-        logits = self.scores(hidden[real])
-        return F.cross_entropy(logits, target[real]), logits
+        rows = hidden[real]
+        return item_cross_entropy(rows, self.item_emb.weight[1:], target[real]), rows
 
     def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores (B, num_items) of every item after each history's last position. History rows

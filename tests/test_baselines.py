@@ -76,12 +76,12 @@ def test_sasrec_learns_a_deterministic_successor():
     batch = {"items": items, "next_items": (items + 1) % n}
     first = None
     for _ in range(60):
-        loss, logits = model(batch)
+        loss, hidden = model(batch)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < first / 4 and logits.shape == (n * 6, n)  # every position has a target
+    assert loss.item() < first / 4 and hidden.shape == (n * 6, 16)  # every position has a target
     top = top_rows(model.eval(), {"items": items}, k=1)[:, 0]
     assert (top == (items[:, -1] + 1) % n).float().mean() > 0.9
 
@@ -90,12 +90,12 @@ def test_sasrec_loss_scores_only_positions_with_a_next_item():
     model = make().eval()
     items = torch.tensor([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     nxt = torch.tensor([[-1, -1, 4, 5, 6, 7], [2, 3, 4, 5, 6, -1]])
-    loss, logits = model({"items": items, "next_items": nxt})
+    loss, hidden = model({"items": items, "next_items": nxt})
     every = model.scores(model.encode(items))  # (2, 6, N): padding scored too
     expected = torch.nn.functional.cross_entropy(
         every.flatten(0, 1), nxt.flatten(), ignore_index=-1
     )
-    assert logits.shape == (9, 20) and torch.allclose(loss, expected, atol=1e-6)
+    assert hidden.shape == (9, 16) and torch.allclose(loss, expected, atol=1e-6)
 
 
 def test_sasrec_save_load(tmp_path):

@@ -1,4 +1,4 @@
-"""benchmarks.sequence_throughput: its "before" variants compute what the defaults compute."""
+"""benchmarks.sequence_throughput: its "before" variants compute what the defaults compute; benchmarks.item_softmax measures both ways."""
 
 import torch
 
@@ -51,3 +51,33 @@ def test_markdown_reports_the_speed_up_and_every_repeat():
     }  # fmt: skip
     text = markdown(result)
     assert "| mmgrec | 200 | 100 | 160 | 1.60x | 90 @ 1.0, 100 @ 1.0, 110 @ 1.0 / 150 @ 1.0" in text
+
+
+def test_item_softmax_benchmark_measures_both_ways_in_fresh_processes(tmp_path, monkeypatch):
+    import semid.item_softmax
+    from benchmarks import item_softmax
+
+    chunked = []
+    real = semid.item_softmax._ChunkedCrossEntropy.apply
+    monkeypatch.setattr(
+        semid.item_softmax._ChunkedCrossEntropy, "apply", lambda *a: chunked.append(1) or real(*a)
+    )
+    monkeypatch.setattr(
+        semid.item_softmax, "LOGIT_CHUNK_FLOATS", semid.item_softmax.LOGIT_CHUNK_FLOATS
+    )
+    small = ["--batch-size", "4", "--history", "5", "--steps", "1", "--chunk-floats", "100"]
+    args = item_softmax.parser().parse_args(small)
+    item_softmax.measure_case("mmgrec", 200, "one piece", args)
+    assert not chunked  # 20 rows x 200 items in one piece
+    item_softmax.measure_case("mmgrec", 200, "chunked", args)
+    assert chunked  # chunks of 100 logits
+    result = item_softmax.main(
+        [*small, "--items", "200", "--models", "sasrec", "--reps", "1", "--out", str(tmp_path)]
+    )
+    row = result["rows"][0]
+    assert (row["model"], row["items"]) == ("sasrec", 200)
+    for mode in ("one piece", "chunked"):
+        (run,) = row[mode]["runs"]
+        assert run["peak_mib"] >= run["before_steps_mib"] > 0 and run["step_s"] > 0
+    text = (tmp_path / "item-softmax.md").read_text()
+    assert "| sasrec | 200 |" in text and "--chunk-floats 100" in text
