@@ -4,8 +4,10 @@ The lock file of `runs/x` is `runs/.x.lock`, a sibling rather than `runs/x/.lock
 may be swapped into place as a whole (semid.atomic), which would carry a lock file inside it away,
 and a sibling also exists before the folder does, so every writer locks the same file. The lock is
 `flock` (through `filelock`), released by the kernel when its holder dies, so it never goes stale.
-`.x.lock.owner` names the holder's pid for the error message. Readers take no lock: atomic swaps
-already keep them from seeing half-written folders.
+`.x.lock.owner` names the holder's pid for the error message, with its start time where the system
+tells it (Linux), so that the owner file of a killed writer does not name as writer a later process
+given the same pid. Readers take no lock: atomic swaps already keep them from seeing half-written
+folders.
 """
 
 from __future__ import annotations
@@ -44,13 +46,37 @@ def _read_owner(lock: Path) -> str:
         return "unknown"
 
 
+def _recorded_start(lock: Path) -> str | None:
+    """The holder's start time its owner file records (its last line, "started TICKS"), or None."""
+    try:
+        lines = _owner_file(lock).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    words = lines[-1].split() if len(lines) > 1 else []
+    return words[1] if len(words) == 2 and words[0] == "started" else None
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/PID/stat), or None
+    where the system does not tell (no /proc, the process gone): with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the fields after "pid (command) " (the command may hold spaces), from field 3 on
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
 def _write_owner(lock: Path, what: str) -> None:
     """Name this process as the lock's holder, for other processes' messages (beside the lock
     file, which filelock may truncate on open). Best effort: on a full disk the holder goes
     unnamed (pid "unknown"), and the write that needs the room says what is wrong."""
     tmp = lock.with_name(f"{lock.name}.owner.{os.getpid()}")
+    started = process_start(os.getpid())
+    text = f"{os.getpid()} {what}\n" + (f"started {started}\n" if started else "")
     try:  # surrogateescape: a folder name that is not UTF-8 is written as its bytes
-        tmp.write_text(f"{os.getpid()} {what}\n", errors="surrogateescape")
+        tmp.write_text(text, errors="surrogateescape")
         os.replace(tmp, _owner_file(lock))
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -117,6 +143,11 @@ def can_write(folder: str | os.PathLike) -> bool:
 
 def current_writer(folder: str | os.PathLike) -> str | None:
     """The pid of the live semid process holding the write lock of ``folder``, or None (an owner
-    file left by a killed process names a pid that is gone)."""
-    pid = _read_owner(lock_path(folder))
-    return pid if pid.isdigit() and pid_alive(int(pid)) else None
+    file left by a killed process names a pid that is gone, or since given to another process,
+    whose start time differs from the one recorded)."""
+    lock = lock_path(folder)
+    pid = _read_owner(lock)
+    if not (pid.isdigit() and pid_alive(int(pid))):
+        return None
+    recorded = _recorded_start(lock)
+    return pid if recorded is None or recorded == process_start(int(pid)) else None

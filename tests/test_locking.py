@@ -18,7 +18,7 @@ import semid.locking
 import semid.runs
 from semid.errors import SemidError
 from semid.locking import current_writer, lock_path, write_lock
-from semid.runs import model_stamp, read_metrics, update_metrics
+from semid.runs import model_stamp, read_manifest, read_metrics, update_metrics
 from semid.tasks import get_task
 
 HOLDER = """
@@ -130,6 +130,28 @@ def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
     assert current_writer(run) is None
     with pytest.raises(SemidError, match="is not a run directory"):
         read_manifest(run)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")
+def test_an_owner_file_left_by_a_killed_writer_does_not_name_a_process_given_its_pid(tmp_path):
+    """A writer killed with SIGKILL leaves its owner file; once its pid is given to another live
+    process, that process is not taken for the writer (its start time differs)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with write_lock(run, "run r"):  # the owner file records this process and when it started
+        assert current_writer(run) == str(os.getpid())
+        owner = lock_path(run).with_name(lock_path(run).name + ".owner")
+        held = owner.read_text()
+    assert held.splitlines()[-1].startswith("started ")
+    # a killed writer's file whose pid now belongs to this (live) process, started at another time
+    owner.write_text(f"{os.getpid()} run r\nstarted 1\n")
+    assert current_writer(run) is None
+    with pytest.raises(SemidError, match="is not a run directory"):  # not "still being trained"
+        read_manifest(run)
+    owner.write_text(held)  # the same process and start: still the writer
+    assert current_writer(run) == str(os.getpid())
+    owner.write_text(f"{os.getpid()} run r\n")  # an owner file without a start time: by pid alone
+    assert current_writer(run) == str(os.getpid())
 
 
 def test_an_add_that_waited_in_vain_is_told_to_run_again(tmp_path, monkeypatch):
