@@ -49,8 +49,8 @@ from semid.ranking import Ranking, ranker_for
 from semid.tasks.retrieval_data import dsi_examples, load_collection, valid_split
 from semid.tasks.retrieval_ranking import (
     HeldOut,
+    MixTuner,
     query_batches,
-    ranking_evaluator,
     train_or_keep_untrained,
     tune_mixes,
 )
@@ -309,7 +309,7 @@ class RetrievalBenchmark:
         """Held-out D0 training queries choose the best epoch (and stop early), as in the task."""
         if self.args.rank_loss == 0 or not self.d0_valid:
             return None
-        return ranking_evaluator(view.ids, self.held_out(), view.lexical, self.args.beams)
+        return MixTuner(view.ids, self.held_out(), view.lexical, self.args.beams)
 
     def fresh(self, name: str) -> Path:
         """An emptied scratch folder for one training run."""

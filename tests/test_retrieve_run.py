@@ -331,3 +331,43 @@ def test_an_add_never_trains_on_an_earlier_parts_test_query(run, tmp_path, monke
     assert main(["index", "add", str(run), "--docs", str(tmp_path / "n.jsonl")]) == 0
     assert trained_on and not set(d0_test) & set(trained_on)
     assert "camera new0" in trained_on or "camera new9" in trained_on  # the others still train
+
+
+def test_training_ranks_the_held_out_queries_once_per_set_of_weights(tmp_path, monkeypatch):
+    """The held-out queries choose the best epoch and then the mixing weights of the weights kept:
+    those the trainer already ranked are not ranked again, and the run keeps the weights' choice."""
+    from semid.tasks import retrieval_ranking
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl", n=30)
+    spec = tiny_spec(tmp_path / "docs.jsonl", hold_out=0)
+    spec = replace(spec, train=replace(spec.train, max_epochs=2))
+    ranked, models, real = [], [], retrieval_ranking.tune_mixes
+
+    def counted(model, *args):
+        ranked.append(retrieval_ranking.weights_digest(model))
+        models.append(model)
+        return real(model, *args)
+
+    tuners = []
+
+    class Recorded(retrieval_ranking.MixTuner):
+        def __init__(self, *args):
+            super().__init__(*args)
+            tuners.append(self)
+
+    monkeypatch.setattr(retrieval_ranking, "tune_mixes", counted)
+    monkeypatch.setattr(retrieve_module, "MixTuner", Recorded)
+    summary = get_task("retrieve").train(spec, tmp_path / "run")
+    assert len(ranked) == 3  # untrained, epoch 1, epoch 2: the kept weights are not ranked again
+    assert len(set(ranked)) == 3
+    saved = load_run(tmp_path / "run").model
+    assert retrieval_ranking.weights_digest(saved) in ranked
+    chosen = (saved.config.item_mix, saved.config.lexical_mix)
+    assert chosen == (summary["item_mix"], summary["lexical_mix"])
+    # ranking the kept weights again (the task's model) chooses the same mixing weights and score
+    (tuner,), model = tuners, models[-1]
+    assert retrieval_ranking.weights_digest(model) == retrieval_ranking.weights_digest(saved)
+    ndcg = real(model, tuner.ids, tuner.held_out, tuner.lexical, tuner.num_beams)
+    assert (model.config.item_mix, model.config.lexical_mix) == chosen
+    assert max(ndcg.values()) == summary["valid_ndcg@10"]

@@ -3,12 +3,13 @@
 The documents' frozen embeddings (``document_embeddings.safetensors``) and BM25 term counts
 (``lexical.safetensors``) live beside the index; ``query_batches`` gives search batches with their
 lexical scores; ``tune_mixes`` chooses the mixing weights on held-out queries, and
-``ranking_evaluator`` is the trainer's score from it; ``train_or_keep_untrained`` keeps the
+``MixTuner`` is the trainer's score from it; ``train_or_keep_untrained`` keeps the
 untrained weights when training scores lower.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,15 +62,39 @@ def query_batches(queries: EncodedTexts, texts: list[str], lexical: LexicalIndex
         yield batch
 
 
-def ranking_evaluator(ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
-                      num_beams: int) -> Callable[[PromptDSI], dict[str, float]]:  # fmt: skip
-    """The trainer's ``evaluate``: NDCG@10 of the mixed ranking on held-out queries at the best
-    mixing weights (which it sets on the model), on the model's device."""
+class MixTuner:
+    """Chooses a model's mixing weights on held-out queries (:func:`tune_mixes`) and remembers them
+    by the weights they were chosen for, so the task need not rank the held-out queries again with
+    the weights the trainer already scored (its best epoch's, or the untrained ones kept). Called as
+    the trainer's ``evaluate``: NDCG@10 of the mixed ranking at the best mixing weights."""
 
-    def evaluate(model: PromptDSI) -> dict[str, float]:
-        return {"ndcg@10": max(tune_mixes(model, ids, held_out, lexical, num_beams).values())}
+    def __init__(self, ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
+                 num_beams: int) -> None:  # fmt: skip
+        self.ids, self.held_out, self.lexical, self.num_beams = ids, held_out, lexical, num_beams
+        self._chosen: dict[str, tuple[tuple[float, float], dict[str, float]]] = {}
 
-    return evaluate
+    def __call__(self, model: PromptDSI) -> dict[str, float]:
+        """``{"ndcg@10": ...}`` at the best mixing weights, which it sets on the model."""
+        return {"ndcg@10": max(self.tune(model).values())}
+
+    def tune(self, model: PromptDSI) -> dict[str, float]:
+        """:func:`tune_mixes` of ``model``, or what it gave before for these very weights."""
+        digest = weights_digest(model)
+        if digest not in self._chosen:
+            ndcg = tune_mixes(model, self.ids, self.held_out, self.lexical, self.num_beams)
+            self._chosen[digest] = (model.config.item_mix, model.config.lexical_mix), ndcg
+        (model.config.item_mix, model.config.lexical_mix), ndcg = self._chosen[digest]
+        return dict(ndcg)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A SHA-256 of every tensor of ``model.state_dict()`` (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name} {flat.dtype} {tuple(tensor.shape)}\n".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
 
 
 def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], dict[str, float]] | None,

@@ -87,14 +87,13 @@ from semid.tasks.retrieval_data import (
 from semid.tasks.retrieval_ranking import (
     LEXICAL,
     HeldOut,
+    MixTuner,
     document_files,
     load_document_embeddings,
     load_lexical,
     query_batches,
-    ranking_evaluator,
     save_document_embeddings,
     train_or_keep_untrained,
-    tune_mixes,
 )
 from semid.tasks.specs import RetrieveSpec
 from semid.wording import counted
@@ -244,7 +243,7 @@ class RetrieveTask(Task):
             valid_texts, valid_doc_rows = query_examples(coll, valid_rows, tested)
             held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
                                torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
-            evaluate = ranking_evaluator(ids, held_out, lexical, spec.num_beams)
+            evaluate = MixTuner(ids, held_out, lexical, spec.num_beams)
         # a registered collection is named by its name, a documents file by its content
         data_sha256 = corpus_sha256 if data_paths(spec.dataset) else None
         stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, SPLIT_FIELDS)
@@ -262,8 +261,8 @@ class RetrieveTask(Task):
                    "test_queries": len(test_pairs), "test_split": split_name(coll)}  # fmt: skip
         if not is_main_process():  # the main process alone tunes and writes the run
             return summary
-        if evaluate is not None:  # the best epoch's weights are loaded: choose their mixing weights
-            ndcg = tune_mixes(model, ids, held_out, lexical, spec.num_beams)
+        if evaluate is not None:  # the best epoch's weights are loaded: their mixing weights
+            ndcg = evaluate.tune(model)  # as chosen when the trainer scored them
             summary |= {"item_mix": model.config.item_mix, "lexical_mix": model.config.lexical_mix,
                         "valid_ndcg@10": max(ndcg.values())}  # fmt: skip
         state = {"corpus_sha256": corpus_sha256, "trained_items": len(ids), "train_seconds": seconds, "train_steps": result.steps,
