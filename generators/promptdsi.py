@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from semid.beam_search import rows_grouped_by_query
 from semid.errors import SemidError
 from semid.generator import Generator, mean_level_cross_entropy, register_generator
 from semid.generators.promptdsi_layers import (
@@ -459,12 +460,13 @@ class PromptDSI(Generator):
 
 @dataclass
 class _State:
-    kvs: list[tuple[Tensor, Tensor]]  # per layer (R, h, S, d_h)
-    memory_mask: Tensor  # (R, S)
+    kvs: list[tuple[Tensor, Tensor]]  # per layer (B, h, S, d_h), or (R, ...) when per_row
+    memory_mask: Tensor  # (B, S), or (R, S) when per_row
     tokens: Tensor  # (R, t) BOS + codes so far
     query: Tensor  # (R,) query of each row
     codes: Tensor  # (R, t - 1) codes so far
     vectors: Tensor | None  # (B, H) centroid query vector per query (None without centroids)
+    per_row: bool = False  # K/V copied to every row (rows not grouped by query)
 
 
 class _PromptDSISteps:
@@ -508,11 +510,19 @@ class _PromptDSISteps:
         return logits
 
     def select(self, state: _State, rows: Tensor) -> _State:
-        """New row i = old row rows[i]; K/V are copied only when the rows' queries change."""
+        """New row i = old row rows[i]. Cross-attention K/V depend only on the query and stay one
+        row per query while the rows remain grouped by query (beam search's rows, and the
+        candidates of ``score_codes``): the decoder layers attend each group to its query's copy.
+        Rows that break the grouping get their own copies from then on."""
         query = state.query[rows]
-        if not torch.equal(query, state.query):
-            state.kvs = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in state.kvs]
-            state.memory_mask = state.memory_mask.index_select(0, rows)
+        copy = None  # the rows of the K/V to copy out, if any
+        if not state.per_row and not rows_grouped_by_query(query, state.memory_mask.shape[0]):
+            copy, state.per_row = query, True  # each row's query, once
+        elif state.per_row and not torch.equal(query, state.query):
+            copy = rows  # rows that changed query (rows of one query share the same copy)
+        if copy is not None:
+            state.kvs = [(k.index_select(0, copy), v.index_select(0, copy)) for k, v in state.kvs]
+            state.memory_mask = state.memory_mask.index_select(0, copy)
         state.tokens, state.codes, state.query = state.tokens[rows], state.codes[rows], query
         return state
 

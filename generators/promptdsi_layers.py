@@ -42,17 +42,36 @@ class DecoderLayer(nn.Module):
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
-        """x (R, T, d) causal over T, attending to memory K/V with mask (R, S) True = real -> (R, T, d)."""
+        """x (R, T, d) causal over T, attending to memory K/V (G, h, S, d_h) with mask (G, S) True =
+        real -> (R, T, d). G is R, or the number of queries when the R rows are grouped by query in
+        R / G blocks (each block reads its query's one copy: see :func:`grouped_cross_attention`)."""
         p = self.p if self.training else 0.0
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
         a = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         x = x + self.drop(self.self_out(rearrange(a, "b h t d -> b t (h d)")))
         q = split_heads(self.cross_q(self.norm2(x)), self.heads)
-        a = F.scaled_dot_product_attention(
-            q, *kv, attn_mask=memory_mask[:, None, None, :], dropout_p=p
-        )
+        a = grouped_cross_attention(q, *kv, memory_mask, p)
         x = x + self.drop(self.cross_out(rearrange(a, "b h t d -> b t (h d)")))
         return x + self.drop(self.ff(self.norm3(x)))
+
+
+def grouped_cross_attention(
+    q: Tensor, k: Tensor, v: Tensor, memory_mask: Tensor, p: float
+) -> Tensor:
+    """Attention of q (R, h, T, d) over k, v (G, h, S, d) with mask (G, S) -> (R, h, T, d), where the
+    R rows come in G blocks of R / G rows that share one key/value row: the block's R / G x T
+    positions become one attention call over it (no position attends to another, so nothing leaks),
+    and no key or value is copied per row."""
+    rows, groups = q.shape[0], k.shape[0]
+    if rows % groups:
+        raise ValueError(f"{rows} query rows cannot be grouped over {groups} key/value rows")
+    per_group = rows // groups
+    if per_group > 1:
+        q = rearrange(q, "(g r) h t d -> g h (r t) d", r=per_group)
+    a = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=memory_mask[:, None, None, :], dropout_p=p
+    )
+    return rearrange(a, "g h (r t) d -> (g r) h t d", r=per_group) if per_group > 1 else a
 
 
 def load_encoder(config: Any) -> nn.Module:

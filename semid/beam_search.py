@@ -17,6 +17,16 @@ from semid.errors import SemidError
 from semid.trie import PrefixTrie
 
 
+def rows_grouped_by_query(query: Tensor, groups: int) -> bool:
+    """Whether row queries (R,) are 0..groups-1, each repeated R / groups times in a block: rows a
+    step model may serve from one copy per query of what depends only on the query (cross-attention
+    K/V), as ``constrained_beam_search`` and ``Generator.score_codes`` lay them out."""
+    if len(query) % groups:
+        return False
+    expected = torch.arange(groups, device=query.device).repeat_interleave(len(query) // groups)
+    return torch.equal(query, expected)
+
+
 class StepModel(Protocol):
     """What a generator exposes to the search: encode once, then score one code level per step."""
 

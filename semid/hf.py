@@ -16,6 +16,7 @@ from transformers import AttentionInterface, EncoderDecoderCache, LogitsProcesso
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutput
 
+from semid.beam_search import rows_grouped_by_query
 from semid.errors import SemidError
 from semid.trie import PrefixTrie
 from semid.vocab import CodeVocabulary
@@ -258,7 +259,7 @@ class Seq2SeqStepModel:
         that break the grouping get their own copies from then on."""
         query = state.query[rows]
         state.cache.self_attention_cache.reorder_cache(rows)
-        if not state.per_row and not _grouped(query, state.encoder_hidden.shape[0]):
+        if not state.per_row and not rows_grouped_by_query(query, state.encoder_hidden.shape[0]):
             rows, state.per_row = query, True  # copy out each row's query, once
         if state.per_row:
             state.cache.cross_attention_cache.reorder_cache(rows)
@@ -285,11 +286,3 @@ def _level_head(head: torch.nn.Module, block: slice) -> Iterator[None]:
         yield
     finally:
         del head.forward
-
-
-def _grouped(query: Tensor, groups: int) -> bool:
-    """Whether row queries (R,) are 0..groups-1, each repeated R / groups times in a block."""
-    if len(query) % groups:
-        return False
-    expected = torch.arange(groups, device=query.device).repeat_interleave(len(query) // groups)
-    return torch.equal(query, expected)

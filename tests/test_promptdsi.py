@@ -568,3 +568,67 @@ def test_a_second_process_waits_for_the_encoder_of_the_same_texts_and_reads_its_
     waiter.join(timeout=30)
     assert not waiter.is_alive() and torch.equal(got[0].embeddings, fresh.embeddings)
     assert "waiting for another process encoding the same texts" in capsys.readouterr().err
+
+
+def test_grouped_cross_attention_is_attention_over_each_rows_own_copy():
+    from semid.generators.promptdsi_layers import grouped_cross_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(shape, generator=g) for shape in ((6, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4))
+    )
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    copied = [k.repeat_interleave(3, 0), v.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)]
+    want = F.scaled_dot_product_attention(
+        q, copied[0], copied[1], attn_mask=copied[2][:, None, None, :]
+    )
+    torch.testing.assert_close(grouped_cross_attention(q, k, v, mask, 0.0), want)
+    one = grouped_cross_attention(q[:2], k, v, mask, 0.0)  # a row per copy: plain attention
+    assert torch.equal(
+        one, F.scaled_dot_product_attention(q[:2], k, v, attn_mask=mask[:, None, None, :])
+    )
+    with pytest.raises(ValueError, match="cannot be grouped"):
+        grouped_cross_attention(q[:5], k, v, mask, 0.0)
+
+
+def test_search_and_scoring_keep_one_copy_of_the_keys_per_query(monkeypatch):
+    """Beam rows and scored candidates attend to their query's one K/V copy, with the scores of
+    per-row copies; rows that leave the grouping get their own copies and still score right."""
+    import semid.generators.promptdsi as promptdsi_module
+
+    model = tiny().eval()
+    codes = torch.cartesian_prod(*(torch.arange(s) for s in (4, 4, 3)))[::3]
+    trie = PrefixTrie.from_codes(codes, model.codebook_sizes)
+    inputs = token_batch(3, seed=2)
+    steps = model.step_model()
+    selected = []
+    real_select = type(steps).select
+
+    def recording(self, state, rows):
+        state = real_select(self, state, rows)
+        selected.append((state.kvs[0][0].shape[0], state.memory_mask.shape[0], len(state.tokens)))
+        return state
+
+    monkeypatch.setattr(type(steps), "select", recording)
+    found, scores = model.generate(inputs, trie, num_beams=4, top_k=4)
+    candidates = codes[torch.tensor([[0, 5, 9], [1, 2, 3], [7, 8, 4]])]
+    scored = model.score_codes(inputs, trie, candidates)
+    assert selected and all(kv == mask == 3 < rows for kv, mask, rows in selected)  # never copied
+    monkeypatch.setattr(promptdsi_module, "rows_grouped_by_query", lambda query, groups: False)
+    selected.clear()
+    copied = model.generate(inputs, trie, num_beams=4, top_k=4)
+    assert all(kv == mask == rows for kv, mask, rows in selected)  # per-row copies
+    assert torch.equal(copied[0], found)
+    torch.testing.assert_close(copied[1], scores)
+    torch.testing.assert_close(model.score_codes(inputs, trie, candidates), scored)
+    # rows out of query order (a query's rows apart): each row reads its own query's copy
+    state = steps.start(inputs)[1]
+    monkeypatch.undo()
+    mixed = steps.select(
+        steps.select(state, torch.tensor([0, 1, 2, 0])), torch.tensor([3, 2, 1, 0])
+    )
+    assert mixed.per_row and torch.equal(mixed.query, torch.tensor([0, 2, 1, 0]))
+    direct = steps.start(inputs)[1]
+    want = steps.select(direct, torch.tensor([0, 2, 1, 0]))
+    for (k, v), (wk, wv) in zip(mixed.kvs, want.kvs, strict=True):
+        assert torch.equal(k, wk) and torch.equal(v, wv)
