@@ -277,6 +277,8 @@ def test_eval_users_scores_an_even_subset_and_saves_it_apart(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), "--users", "0"]) == 2
     assert "--users must be >= 1" in capsys.readouterr().err
+    assert main(["eval", str(run), "--queries", "10"]) == 2  # retrieval's, refused not ignored
+    assert "--queries is for retrieval and text-to-image runs" in capsys.readouterr().err
 
 
 def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):

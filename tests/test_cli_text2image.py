@@ -68,6 +68,10 @@ def test_text_to_image_from_the_command_line(tmp_path, tiny_images, capsys, monk
     monkeypatch.setattr(Text2ImagePredictor, "rank_embeddings", spy)
     assert main(["eval", str(run), "--k", "5", "10", "--batch-size", "3"]) == 0
     assert sizes == [3] and json.loads((run / "metrics.json").read_text()) == metrics
+    # --queries N: an evenly spaced subset of the test queries, saved apart
+    assert main(["eval", str(run), "--k", "5", "--queries", "3"]) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test (queries=3)"]["num_queries"] == 3 and saved["test"] == metrics["test"]
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "a photo of a sneaker", "--k", "3"]) == 0
     rows = capsys.readouterr().out.splitlines()[3:6]  # the input, the header and its rule first

@@ -185,6 +185,22 @@ def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
     assert scores(0.0) != scores(50.0)  # the head's weight changes the ranking
 
 
+def test_eval_queries_scores_an_even_subset_of_each_part_and_saves_it_apart(run, capsys):
+    assert main(["eval", str(run), "--k", "1", "10"]) == 0
+    assert main(["eval", str(run), "--k", "1", "10", "--queries", "3"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    full, subset = metrics["test"], metrics["test (queries=3)"]
+    assert full["d0-test/num_queries"] > 3 and subset["d0-test/num_queries"] == 3
+    assert (
+        main(["eval", str(run), "--k", "1", "--queries", "1000"]) == 0
+    )  # more than there are: all
+    every = json.loads((run / "metrics.json").read_text())["test (queries=1000)"]
+    assert every["d0-test/recall@1"] == full["d0-test/recall@1"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--queries", "0"]) == 2
+    assert "--queries must be >= 1" in capsys.readouterr().err
+
+
 def test_eval_batch_size_reaches_the_ranking(run, monkeypatch):
     """``semid eval --batch-size`` sets the queries per batch of a retrieval run too (it was 64)."""
     sizes = []

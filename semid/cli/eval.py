@@ -66,6 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="recommendation: score an evenly spaced subset of this many of the split's users, "
         "for a quick estimate on a large log (saved apart from the full figures) (default: all)",
     )
+    p.add_argument(
+        "--queries",
+        type=int,
+        help="retrieval and text to image: score an evenly spaced subset of this many of each "
+        "part's test queries, for a quick estimate on a large collection (saved apart from the "
+        "full figures) (default: all)",
+    )
     p.add_argument("--keep-seen", action="store_true",
                    help="recommendation: also rank items the user already interacted with "
                    "(default: exclude them, as RecBole's full-sort evaluation does)")  # fmt: skip
@@ -85,10 +92,15 @@ def options_from(args: argparse.Namespace) -> EvalOptions:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.users is not None and args.users < 1:
         raise SemidError(f"--users must be >= 1 (or left out for every user), got {args.users}")
+    if args.queries is not None and args.queries < 1:
+        raise SemidError(
+            f"--queries must be >= 1 (or left out for every query), got {args.queries}"
+        )
     return EvalOptions(
         split=args.split, ks=tuple(args.k), num_beams=args.num_beams, batch_size=args.batch_size,
         device=resolve_device(args.device), cold_share=args.cold_share, cold_prefix=args.cold_prefix,
         keep_seen=args.keep_seen, item_mix=args.item_mix, max_users=args.users,
+        max_queries=args.queries,
     )  # fmt: skip
 
 
@@ -100,7 +112,8 @@ def metrics_key(args: argparse.Namespace) -> str:
                f"cold_prefix={args.cold_prefix}" if args.cold_share and args.cold_prefix != 1 else "",
                f"item_mix={args.item_mix:g}" if args.item_mix is not None else "",
                "keep_seen" if args.keep_seen else "",
-               f"users={args.users}" if args.users is not None else ""]  # fmt: skip
+               f"users={args.users}" if args.users is not None else "",
+               f"queries={args.queries}" if args.queries is not None else ""]  # fmt: skip
     changed = [c for c in changed if c]
     return f"{args.split} ({', '.join(changed)})" if changed else args.split
 

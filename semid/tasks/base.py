@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
@@ -84,6 +85,7 @@ class EvalOptions:
     keep_seen: bool = False  # recommend: also rank items the user already interacted with
     item_mix: float | None = None  # weight of a generator's item or image head (None: the run's)
     max_users: int | None = None  # recommend: an evenly spaced subset of the split's users
+    max_queries: int | None = None  # retrieve, text2image: an evenly spaced subset of test queries
 
 
 def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> None:
@@ -94,6 +96,14 @@ def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> N
                                    ("--users", options.max_users is not None)) if on]  # fmt: skip
     if flags:
         raise SemidError(f"{flags[0]} is for recommendation runs; {run.path} is a {kind} run")
+
+
+def evenly_spaced(total: int, most: int | None) -> Tensor:
+    """Positions (at most ``most``, all when None) spread evenly over ``range(total)``, in order:
+    the subset of ``--users N`` and ``--queries N``, the same on every call."""
+    if most is None or most >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, most).long()
 
 
 def check_index_out(out: Path) -> None:

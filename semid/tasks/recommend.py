@@ -49,7 +49,7 @@ from semid.runs import (
     training_index,
     write_run,
 )
-from semid.tasks.base import EvalOptions, IndexSource, Task, move, register_task
+from semid.tasks.base import EvalOptions, IndexSource, Task, evenly_spaced, move, register_task
 from semid.tasks.data import (
     check_fingerprint,
     fingerprint,
@@ -188,6 +188,9 @@ class RecommendTask(Task):
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Full-ranking Recall/NDCG@k of a run on its valid or test split."""
+        if options.max_queries is not None:
+            raise SemidError(f"--queries is for retrieval and text-to-image runs; {run.path} is a "
+                             "recommendation run: take a subset of its users with --users N")  # fmt: skip
         spec = self.spec_of(run)
         data = self.load_data(spec, run.ids, run)
         ranker = self.ranker(run, spec, options)
@@ -335,8 +338,7 @@ def rank_split(
     positions = data.positions(which)
     if targets_in is not None:
         positions = positions[targets_in[data.split.sequence_items[positions]]]
-    if max_users is not None and max_users < len(positions):
-        positions = positions[torch.linspace(0, len(positions) - 1, max_users).long()]
+    positions = positions[evenly_spaced(len(positions), max_users)]
     if len(positions) == 0:
         raise SemidError(f"no {which} queries to evaluate (check the data slice)")
     dataset = TargetDataset(data, positions, max_len, with_seen=exclude_seen)

@@ -70,6 +70,7 @@ from semid.tasks.base import (
     QueryPredictor,
     Task,
     check_recommend_only_options,
+    evenly_spaced,
     move,
     register_task,
     resolve_device,
@@ -306,6 +307,7 @@ class RetrieveTask(Task):
         predictor = self.predictor(run, options.device)
         metrics: dict[str, float] = {}
         for name, pairs in parts.items():
+            pairs = [pairs[i] for i in evenly_spaced(len(pairs), options.max_queries).tolist()]
             if not pairs:
                 continue
             started = time.perf_counter()

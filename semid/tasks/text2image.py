@@ -64,6 +64,7 @@ from semid.tasks.base import (
     QueryPredictor,
     Task,
     check_recommend_only_options,
+    evenly_spaced,
     move,
     register_task,
     resolve_device,
@@ -424,6 +425,8 @@ class Text2ImageTask(Task):
         texts, query_labels = answerable_queries(*image_queries(splits.test, "test"), image_labels)
         if splits.test.labels is None:  # caption queries: relevant is the image captioned
             note_shared_captions(texts, query_labels)
+        kept = evenly_spaced(len(texts), options.max_queries)
+        texts, query_labels = [texts[i] for i in kept.tolist()], query_labels[kept]
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts, cache=True), max(options.ks), options.num_beams,
                                             batch_size=options.batch_size, item_mix=options.item_mix)  # fmt: skip
