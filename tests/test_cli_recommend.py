@@ -279,6 +279,12 @@ def test_eval_users_scores_an_even_subset_and_saves_it_apart(tmp_path, capsys):
     assert "--users must be >= 1" in capsys.readouterr().err
     assert main(["eval", str(run), "--queries", "10"]) == 2  # retrieval's, refused not ignored
     assert "--queries is for retrieval and text-to-image runs" in capsys.readouterr().err
+    new = tmp_path / "new.tsv"
+    new.write_text("n1\ta new film\n")
+    assert main(["index", "add", str(run), "--items", str(new), "--epochs", "2"]) == 2
+    assert "--epochs is for retrieval runs" in capsys.readouterr().err
+    assert main(["index", "add", str(tmp_path / "idx"), "--items", str(new), "--epochs", "2"]) == 2
+    assert "--epochs is for retrieval runs" in capsys.readouterr().err
 
 
 def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):

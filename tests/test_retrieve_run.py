@@ -49,6 +49,27 @@ def new_docs(path, queries: bool = False, n: int = 5):
     return path
 
 
+def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, monkeypatch):
+    import semid.training
+
+    epochs, train = [], semid.training.train_model
+
+    def recorded(model, examples, config, *args, **kwargs):
+        epochs.append(config.max_epochs)
+        return train(model, examples, config, *args, **kwargs)
+
+    monkeypatch.setattr(semid.training, "train_model", recorded)
+    path = new_docs(tmp_path / "n.jsonl", queries=True)
+    assert main(["index", "add", str(run), "--docs", str(path), "--epochs", "0"]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert main(["index", "add", str(run), "--docs", str(path), "--epochs", "2"]) == 0
+    assert epochs == [2]
+    more = tmp_path / "more.jsonl"
+    more.write_text(path.read_text().replace('"new', '"more'))
+    assert main(["index", "add", str(run), "--docs", str(more)]) == 0
+    assert epochs == [2, load_run(run).spec["add_train"]["max_epochs"]]  # the run's --add-epochs
+
+
 def snapshot(run):
     """What an add changes: the index's keys, the model's weights, the test queries, the config."""
     names = ["index/keys.json", "model/model.safetensors", "eval_queries.json", "config.json"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from semid.cli.common import add_device_argument, fitting_ks
+from semid.cli.common import add_device_argument, check_count, fitting_ks
 from semid.errors import SemidError
 from semid.manifest import MANIFEST, run_containing
 from semid.wording import counted
@@ -45,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "BEIR folder, as training reads them): only new prompts are trained; documents without queries are indexed only",
     )
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="retrieval runs: epochs of the new prompt session over the new documents and their "
+        "queries (default: the run's `train retriever --add-epochs`, 5)",
+    )
     p.add_argument("--encoder", help="sentence-transformers folder for .tsv texts (default: the index's)")  # fmt: skip
     # where new texts are embedded (and where a retrieval run's new prompt session trains)
     add_device_argument(p)
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(
             "pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them"
         )
+    check_count("--epochs", args.epochs)
     device = resolve_device(args.device)
     noun = "item"
     if (args.target / MANIFEST).is_file():
@@ -71,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
         if given != task.add_source:
             raise SemidError(f"{args.target} is a {task.name} run; add {noun}s with "
                              f"{task.add_source}, not {given}")  # fmt: skip
-        flags = {"--keys": args.keys, "--encoder": args.encoder}
+        flags = {"--keys": args.keys, "--encoder": args.encoder, "--epochs": args.epochs}
         refused = [
             f for f, value in flags.items() if value is not None and f not in task.add_options
         ]
+        if "--epochs" in refused:
+            raise SemidError(f"--epochs is for retrieval runs (it trains their new prompt session); "
+                             f"{args.target} is a {task.name} run, which adds without training; "
+                             "leave out --epochs")  # fmt: skip
         if refused:  # the run's own encoder embeds what is added
             raise SemidError(f"{refused[0]} is for items of a recommender or an index; "
                              f"{args.target} is a {task.name} run, which encodes what is "
@@ -85,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         given = f"--docs {args.docs}" if args.docs is not None else f"--items {args.items}"
         raise SemidError(f"{args.target} is part of the run {run_dir}, whose model and files grow "
                          f"with its index; add to the run: semid index add {run_dir} {given}")  # fmt: skip
+    elif args.epochs is not None:
+        raise SemidError(f"--epochs is for retrieval runs (it trains their new prompt session); "
+                         f"{args.target} is not a run folder; leave out --epochs")  # fmt: skip
     elif args.docs is not None:
         raise SemidError(
             f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"

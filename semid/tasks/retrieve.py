@@ -97,6 +97,7 @@ from semid.tasks.retrieval_ranking import (
     train_or_keep_untrained,
 )
 from semid.tasks.specs import RetrieveSpec
+from semid.training.config import TrainConfig
 from semid.wording import counted
 
 EVAL_QUERIES = "eval_queries.json"
@@ -145,6 +146,7 @@ class RetrieveTask(Task):
     name = "retrieve"
     entry = "document"
     add_source = "--docs"
+    add_options = ("--epochs",)  # of the new prompt session (default: the run's --add-epochs)
     spec_class = RetrieveSpec
 
     def _build_index(self, source: IndexSource, quantizer: str, out: Path, collisions: str,
@@ -326,9 +328,10 @@ class RetrieveTask(Task):
         return metrics
 
     def _add(self, run_path: Path, source: Path, topics: int | None = None,
-             device: str = "auto") -> dict:  # fmt: skip
+             device: str = "auto", epochs: int | None = None) -> dict:  # fmt: skip
         """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
-        grows, and only a new prompt session (keys: k-means of the new documents) is trained on the
+        grows, and only a new prompt session (keys: k-means of the new documents; ``epochs``, else
+        the run's ``add_train`` epochs) is trained on the
         new documents and the training share of their queries; the rest become test queries
         (documents without queries are indexed only). The encoder and the session run on
         ``device``. All or nothing: everything is computed before the first write, and a failure
@@ -374,7 +377,8 @@ class RetrieveTask(Task):
             rows = torch.arange(start, len(ids))
             if known is not None:
                 model.set_documents_(torch.cat([known, docs.embeddings]))
-            seconds = self._train_session(model, ids, spec, run_path,
+            train = spec.add_train if epochs is None else replace(spec.add_train, max_epochs=epochs)
+            seconds = self._train_session(model, ids, train, run_path,
                                           topic_keys(model, docs, m, spec.seed),
                                           dsi_examples(docs, rows, queries, rows[with_query], ids.codes),
                                           device)  # fmt: skip
@@ -403,10 +407,10 @@ class RetrieveTask(Task):
                 "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds, "pseudo_queries": collection.pseudo_queries}  # fmt: skip
 
-    def _train_session(self, model: PromptDSI, ids: SemanticIDs, spec: RetrieveSpec, run_path: Path,
+    def _train_session(self, model: PromptDSI, ids: SemanticIDs, train: TrainConfig, run_path: Path,
                        keys: Tensor, examples: ExampleDataset, device: str) -> float:  # fmt: skip
-        """Train a new prompt session with these topic keys on ``examples`` on ``device``,
-        everything else frozen (checked); returns the seconds it took."""
+        """Train a new prompt session with these topic keys on ``examples`` on ``device`` with
+        ``train``, everything else frozen (checked); returns the seconds it took."""
         session = model.add_prompt_session_(keys)
         model.train_only_session_(session)
         model.use_trie(ids.trie(model.codebook_sizes))
@@ -418,7 +422,7 @@ class RetrieveTask(Task):
         started = time.perf_counter()
         from semid.training import train_model  # here: accelerate loads only to train
 
-        train_model(model, examples, spec.add_train, run_path / f"train-session-{session}",
+        train_model(model, examples, train, run_path / f"train-session-{session}",
                     collate_fn=examples.collate, device=device)  # fmt: skip
         seconds = time.perf_counter() - started
         changed = [
