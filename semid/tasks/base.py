@@ -98,9 +98,12 @@ def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> N
         raise SemidError(f"{flags[0]} is for recommendation runs; {run.path} is a {kind} run")
 
 
-def evenly_spaced(total: int, most: int | None) -> Tensor:
+def subset_positions(total: int, most: int | None) -> Tensor:
     """Positions (at most ``most``, all when None) spread evenly over ``range(total)``, in order:
-    the subset of ``--users N`` and ``--queries N``, the same on every call."""
+    the subset of ``--users N`` and ``--queries N``, the same on every call. Spaced in floats, as
+    the recommendation task's validation subset always was (the users it validates on, and so its
+    early stopping, stay as they were); the PromptDSI cache's ``evenly_spaced`` samples rows in
+    integers, exact past 2**24."""
     if most is None or most >= total:
         return torch.arange(total)
     return torch.linspace(0, total - 1, most).long()

@@ -49,7 +49,7 @@ from semid.runs import (
     training_index,
     write_run,
 )
-from semid.tasks.base import EvalOptions, IndexSource, Task, evenly_spaced, move, register_task
+from semid.tasks.base import EvalOptions, IndexSource, Task, move, register_task, subset_positions
 from semid.tasks.data import (
     check_fingerprint,
     fingerprint,
@@ -338,7 +338,7 @@ def rank_split(
     positions = data.positions(which)
     if targets_in is not None:
         positions = positions[targets_in[data.split.sequence_items[positions]]]
-    positions = positions[evenly_spaced(len(positions), max_users)]
+    positions = positions[subset_positions(len(positions), max_users)]
     if len(positions) == 0:
         raise SemidError(f"no {which} queries to evaluate (check the data slice)")
     dataset = TargetDataset(data, positions, max_len, with_seen=exclude_seen)

@@ -70,10 +70,10 @@ from semid.tasks.base import (
     QueryPredictor,
     Task,
     check_recommend_only_options,
-    evenly_spaced,
     move,
     register_task,
     resolve_device,
+    subset_positions,
 )
 from semid.tasks.data import data_paths, trained_on
 from semid.tasks.retrieval_data import (
@@ -309,7 +309,7 @@ class RetrieveTask(Task):
         predictor = self.predictor(run, options.device)
         metrics: dict[str, float] = {}
         for name, pairs in parts.items():
-            pairs = [pairs[i] for i in evenly_spaced(len(pairs), options.max_queries).tolist()]
+            pairs = [pairs[i] for i in subset_positions(len(pairs), options.max_queries).tolist()]
             if not pairs:
                 continue
             started = time.perf_counter()

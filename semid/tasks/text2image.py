@@ -64,10 +64,10 @@ from semid.tasks.base import (
     QueryPredictor,
     Task,
     check_recommend_only_options,
-    evenly_spaced,
     move,
     register_task,
     resolve_device,
+    subset_positions,
 )
 from semid.tasks.data import check_fingerprint, fingerprint, image_collection_files, trained_on
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
@@ -425,7 +425,7 @@ class Text2ImageTask(Task):
         texts, query_labels = answerable_queries(*image_queries(splits.test, "test"), image_labels)
         if splits.test.labels is None:  # caption queries: relevant is the image captioned
             note_shared_captions(texts, query_labels)
-        kept = evenly_spaced(len(texts), options.max_queries)
+        kept = subset_positions(len(texts), options.max_queries)
         texts, query_labels = [texts[i] for i in kept.tolist()], query_labels[kept]
         predictor = self.predictor(run, options.device)
         ranking = predictor.rank_embeddings(predictor.embed(texts, cache=True), max(options.ks), options.num_beams,
