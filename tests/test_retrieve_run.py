@@ -68,6 +68,7 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
     more.write_text(path.read_text().replace('"new', '"more'))
     assert main(["index", "add", str(run), "--docs", str(more)]) == 0
     assert epochs == [2, load_run(run).spec["add_train"]["max_epochs"]]  # the run's --add-epochs
+    assert (run / "index" / retrieve_module.DOCUMENT_TEXTS).is_file()  # adds keep it
 
 
 def snapshot(run):
@@ -325,6 +326,22 @@ def test_predict_and_serve_echo_each_query_id(run, tmp_path):
             batcher.submit([{"query": "kernel", "id": [1]}], k=2)
     finally:
         batcher.close(timeout=20)
+
+
+def test_answers_show_texts_kept_in_the_index_without_reading_the_corpus(run, monkeypatch):
+    """The documents' texts shown beside answers come from the index (written at training), so
+    answering does not parse the whole corpus; a run trained before it kept them reads the corpus."""
+    keys = load_run(run).ids.keys[:3]
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the corpus was read to show texts")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(retrieve_module, "load_collection", unread)
+        kept = get_task("retrieve").predictor(load_run(run)).item_texts(keys)
+    (run / "index" / retrieve_module.DOCUMENT_TEXTS).unlink()  # as a run from before
+    read = get_task("retrieve").predictor(load_run(run)).item_texts(keys)
+    assert kept == [text[:300] for text in read] and all(kept)
 
 
 def test_predicted_queries_are_not_cached_but_evaluated_ones_are(run, tmp_path):

@@ -56,7 +56,9 @@ from semid.indexing import (
     add_lock,
     build_ids,
     grow_ids,
+    read_texts,
     texts_file,
+    texts_json,
 )
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
@@ -101,6 +103,9 @@ from semid.training.config import TrainConfig
 from semid.wording import counted
 
 EVAL_QUERIES = "eval_queries.json"
+# in the index: {key: text} of the documents indexed at training, cut as shown in answers (those
+# added later are in ADDED_TEXTS), so answering does not read the whole corpus
+DOCUMENT_TEXTS = "document_texts.json"
 LATER = "later.jsonl"
 # the spec's fields, besides the corpus and the IDs, that shape the training examples
 SPLIT_FIELDS = ("max_docs", "hold_out", "test_fraction", "seed")
@@ -273,8 +278,11 @@ class RetrieveTask(Task):
                                "d0_test_documents": len({d for _, relevant in test_pairs for d in relevant}),
                                "d0_test_queries": len(test_pairs),
                                "test_split": split_name(coll), "pseudo_queries": coll.pseudo_queries}}  # fmt: skip
+        indexed = coll.subset(split.d0)
+        shown = dict(zip(indexed.ids, indexed.texts, strict=True))
         with replacing_run(out, [EVAL_QUERIES, LATER]):
-            ids.save(out / "index", quantizer=quantizer)
+            ids.save(out / "index", quantizer=quantizer,
+                     extra_files={DOCUMENT_TEXTS: texts_json(shown)})  # fmt: skip
             save_document_embeddings(out / "index", docs.embeddings)
             lexical.save(out / "index" / LEXICAL)
             model.save_pretrained(out / "model")
@@ -462,7 +470,11 @@ class RetrievePredictor(QueryPredictor):
         return self.run.spec.get("num_beams", DEFAULT_NUM_BEAMS)
 
     def data_texts(self) -> dict[str, str]:
-        """The documents' texts, from the run's collection."""
+        """The indexed documents' texts (their first characters), kept in the index at training;
+        from the run's collection for a run trained before the index kept them."""
+        kept = self.run.index_path / DOCUMENT_TEXTS
+        if kept.is_file():
+            return read_texts(kept, "the documents indexed at training")
         collection = load_collection(TASK.spec_of(self.run).dataset)
         return dict(zip(collection.ids, collection.texts, strict=True))
 
