@@ -63,15 +63,15 @@ def grouped_cross_attention(
     positions become one attention call over it (no position attends to another, so nothing leaks),
     and no key or value is copied per row."""
     rows, groups = q.shape[0], k.shape[0]
-    if rows % groups:
+    mask = memory_mask[:, None, None, :]
+    if rows == groups:  # a row per copy (training, per-row copies, no rows at all)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    if not groups or rows % groups:
         raise ValueError(f"{rows} query rows cannot be grouped over {groups} key/value rows")
     per_group = rows // groups
-    if per_group > 1:
-        q = rearrange(q, "(g r) h t d -> g h (r t) d", r=per_group)
-    a = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=memory_mask[:, None, None, :], dropout_p=p
-    )
-    return rearrange(a, "g h (r t) d -> (g r) h t d", r=per_group) if per_group > 1 else a
+    q = rearrange(q, "(g r) h t d -> g h (r t) d", r=per_group)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    return rearrange(a, "g h (r t) d -> (g r) h t d", r=per_group)
 
 
 def load_encoder(config: Any) -> nn.Module:

@@ -21,7 +21,7 @@ def rows_grouped_by_query(query: Tensor, groups: int) -> bool:
     """Whether row queries (R,) are 0..groups-1, each repeated R / groups times in a block: rows a
     step model may serve from one copy per query of what depends only on the query (cross-attention
     K/V), as ``constrained_beam_search`` and ``Generator.score_codes`` lay them out."""
-    if len(query) % groups:
+    if not len(query) or len(query) % groups:  # no rows: nothing to share (and nothing to copy)
         return False
     expected = torch.arange(groups, device=query.device).repeat_interleave(len(query) // groups)
     return torch.equal(query, expected)

@@ -170,12 +170,12 @@ def added_texts(index_path: str | os.PathLike) -> dict[str, str]:
     return read_texts(Path(index_path) / ADDED_TEXTS, "the items added so far")
 
 
-def read_texts(path: Path, whose: str) -> dict[str, str]:
+def read_texts(path: Path, whose: str, deleted: str | None = None) -> dict[str, str]:
     """A texts file (`texts_json`) by key, {} if there is none; ``whose`` names the items it
-    covers, for the fix of a damaged file."""
+    covers and ``deleted`` what answering does without the file, for the fix of a damaged one."""
     if not path.is_file():
         return {}
-    fix = f"delete it (predict then shows no texts for {whose})"
+    fix = f"delete it ({deleted or f'predict then shows no texts for {whose}'})"
     texts = read_json(path, fix)
     if not isinstance(texts, dict) or not all(isinstance(t, str) for t in texts.values()):
         raise SemidError(f"{path} must be a JSON object of item texts (strings) by key; {fix}")

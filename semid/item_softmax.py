@@ -65,10 +65,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 continue
             grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in the logits' memory
             grad_logits[torch.arange(len(wanted), device=wanted.device), wanted] -= 1
-            if hidden_grad:
-                grad_hidden[start : start + chunk_rows] = (grad_logits @ table).float()
+            if hidden_grad:  # in the inputs' dtype, as autocast would (no-ops for float32)
+                grad_hidden[start : start + chunk_rows] = (
+                    grad_logits.to(table.dtype) @ table
+                ).float()
             if table_grad:
-                grad_table += (grad_logits.T @ part).float()
+                grad_table += (grad_logits.T.to(part.dtype) @ part).float()
         ctx.save_for_backward(grad_hidden / rows, grad_table / rows)
         ctx.dtypes = hidden.dtype, table.dtype
         return total / rows

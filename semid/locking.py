@@ -149,5 +149,7 @@ def current_writer(folder: str | os.PathLike) -> str | None:
     pid = _read_owner(lock)
     if not (pid.isdigit() and pid_alive(int(pid))):
         return None
-    recorded = _recorded_start(lock)
-    return pid if recorded is None or recorded == process_start(int(pid)) else None
+    recorded, started = _recorded_start(lock), process_start(int(pid))
+    # a start time this process cannot read (another user's process under /proc's hidepid): the
+    # live pid is taken for the writer, as without one
+    return pid if recorded is None or started is None or recorded == started else None

@@ -206,3 +206,32 @@ def test_too_few_documents_left_to_index_name_the_hold_out(tmp_path, capsys, doc
     err = capsys.readouterr().err
     assert f"{left} of its {docs} document" in err and "would be indexed now (a share of" in err
     assert "give more documents (training: or a smaller --hold-out)" in err
+
+
+def test_mix_tuner_ranks_again_only_for_other_weights_or_precision(monkeypatch):
+    """The mixes chosen for a set of weights are reused for those weights at the same precision:
+    ranked under bf16 autocast (the trainer on a GPU), they are chosen again in float32."""
+    from types import SimpleNamespace
+
+    from semid.tasks import retrieval_ranking
+
+    ranked = []
+
+    def tune_mixes(model, *args):
+        ranked.append(retrieval_ranking._autocast_of(model))
+        model.config.item_mix, model.config.lexical_mix = float(len(ranked)), 0.0
+        return {"x": float(len(ranked))}
+
+    monkeypatch.setattr(retrieval_ranking, "tune_mixes", tune_mixes)
+    model = torch.nn.Linear(2, 2)
+    model.config = SimpleNamespace(item_mix=0.0, lexical_mix=0.0)
+    tuner = retrieval_ranking.MixTuner(None, None, None, 5)
+    assert tuner(model) == {"ndcg@10": 1.0}
+    model.config.item_mix = 9.0
+    assert tuner.tune(model) == {"x": 1.0} and model.config.item_mix == 1.0  # remembered, set again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tuner(model) == {"ndcg@10": 2.0}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert tuner(model) == {"ndcg@10": 3.0}
+    assert ranked == ["off", "torch.bfloat16", "off"]

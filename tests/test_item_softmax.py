@@ -86,6 +86,16 @@ def test_chunks_under_bf16_autocast_follow_the_plain_loss():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
 
 
+def test_chunks_take_bfloat16_inputs_without_autocast():
+    hidden, table, targets = (t.detach() for t in problem(rows=40, items=30))
+    hidden, table = (t.bfloat16().requires_grad_() for t in (hidden, table))
+    want = loss_and_grads(hidden, table, targets, chunk_floats=10**9)
+    got = loss_and_grads(hidden, table, targets, chunk_floats=30 * 7)
+    assert got[1].dtype == got[2].dtype == torch.bfloat16
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
 def sasrec_batch(items=40):
     g = torch.Generator().manual_seed(1)
     history = torch.randint(0, items, (6, 8), generator=g)

@@ -133,7 +133,9 @@ def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")
-def test_an_owner_file_left_by_a_killed_writer_does_not_name_a_process_given_its_pid(tmp_path):
+def test_an_owner_file_left_by_a_killed_writer_does_not_name_a_process_given_its_pid(
+    tmp_path, monkeypatch
+):
     """A writer killed with SIGKILL leaves its owner file; once its pid is given to another live
     process, that process is not taken for the writer (its start time differs)."""
     run = tmp_path / "run"
@@ -151,6 +153,10 @@ def test_an_owner_file_left_by_a_killed_writer_does_not_name_a_process_given_its
     owner.write_text(held)  # the same process and start: still the writer
     assert current_writer(run) == str(os.getpid())
     owner.write_text(f"{os.getpid()} run r\n")  # an owner file without a start time: by pid alone
+    assert current_writer(run) == str(os.getpid())
+    # a live pid whose start time cannot be read (another user's, /proc mounted with hidepid)
+    owner.write_text(f"{os.getpid()} run r\nstarted 1\n")
+    monkeypatch.setattr(semid.locking, "process_start", lambda pid: None)
     assert current_writer(run) == str(os.getpid())
 
 

@@ -614,6 +614,7 @@ def test_search_and_scoring_keep_one_copy_of_the_keys_per_query(monkeypatch):
     candidates = codes[torch.tensor([[0, 5, 9], [1, 2, 3], [7, 8, 4]])]
     scored = model.score_codes(inputs, trie, candidates)
     assert selected and all(kv == mask == 3 < rows for kv, mask, rows in selected)  # never copied
+    assert model.score_codes(inputs, trie, candidates[:, :0]).shape == (3, 0)  # no candidates
     monkeypatch.setattr(promptdsi_module, "rows_grouped_by_query", lambda query, groups: False)
     selected.clear()
     copied = model.generate(inputs, trie, num_beams=4, top_k=4)

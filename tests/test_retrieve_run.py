@@ -341,7 +341,7 @@ def test_answers_show_texts_kept_in_the_index_without_reading_the_corpus(run, mo
         kept = get_task("retrieve").predictor(load_run(run)).item_texts(keys)
     (run / "index" / retrieve_module.DOCUMENT_TEXTS).unlink()  # as a run from before
     read = get_task("retrieve").predictor(load_run(run)).item_texts(keys)
-    assert kept == [text[:300] for text in read] and all(kept)
+    assert kept == read and all(kept)
 
 
 def test_predicted_queries_are_not_cached_but_evaluated_ones_are(run, tmp_path):
@@ -394,6 +394,9 @@ def test_training_ranks_the_held_out_queries_once_per_set_of_weights(tmp_path, m
 
     monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
     write_docs(tmp_path / "docs.jsonl", n=30)
+    long_text = " ".join(f"word{i}" for i in range(200))  # answers give it whole (--texts)
+    with open(tmp_path / "docs.jsonl", "a") as f:
+        f.write(json.dumps({"id": "long", "text": long_text, "queries": ["word7 word9"]}) + "\n")
     spec = tiny_spec(tmp_path / "docs.jsonl", hold_out=0)
     spec = replace(spec, train=replace(spec.train, max_epochs=2))
     ranked, models, real = [], [], retrieval_ranking.tune_mixes
@@ -415,6 +418,8 @@ def test_training_ranks_the_held_out_queries_once_per_set_of_weights(tmp_path, m
     summary = get_task("retrieve").train(spec, tmp_path / "run")
     assert len(ranked) == 3  # untrained, epoch 1, epoch 2: the kept weights are not ranked again
     assert len(set(ranked)) == 3
+    kept = json.loads((tmp_path / "run" / "index" / retrieve_module.DOCUMENT_TEXTS).read_text())
+    assert kept["long"] == long_text
     saved = load_run(tmp_path / "run").model
     assert retrieval_ranking.weights_digest(saved) in ranked
     chosen = (saved.config.item_mix, saved.config.lexical_mix)

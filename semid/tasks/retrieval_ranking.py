@@ -71,20 +71,30 @@ class MixTuner:
     def __init__(self, ids: SemanticIDs, held_out: HeldOut, lexical: LexicalIndex | None,
                  num_beams: int) -> None:  # fmt: skip
         self.ids, self.held_out, self.lexical, self.num_beams = ids, held_out, lexical, num_beams
-        self._chosen: dict[str, tuple[tuple[float, float], dict[str, float]]] = {}
+        self._chosen: dict[tuple[str, str], tuple[tuple[float, float], dict[str, float]]] = {}
 
     def __call__(self, model: PromptDSI) -> dict[str, float]:
         """``{"ndcg@10": ...}`` at the best mixing weights, which it sets on the model."""
         return {"ndcg@10": max(self.tune(model).values())}
 
     def tune(self, model: PromptDSI) -> dict[str, float]:
-        """:func:`tune_mixes` of ``model``, or what it gave before for these very weights."""
-        digest = weights_digest(model)
+        """:func:`tune_mixes` of ``model``, or what it gave before for these very weights at the
+        same precision (the trainer may rank under bf16 autocast on a GPU; the task's last choice
+        then ranks in float32, as eval and predict do)."""
+        digest = weights_digest(model), _autocast_of(model)
         if digest not in self._chosen:
             ndcg = tune_mixes(model, self.ids, self.held_out, self.lexical, self.num_beams)
             self._chosen[digest] = (model.config.item_mix, model.config.lexical_mix), ndcg
         (model.config.item_mix, model.config.lexical_mix), ndcg = self._chosen[digest]
         return dict(ndcg)
+
+
+def _autocast_of(model: torch.nn.Module) -> str:
+    """The autocast precision now in force on the model's device ("off" without autocast)."""
+    device = next(model.parameters()).device.type
+    if not torch.is_autocast_enabled(device):
+        return "off"
+    return str(torch.get_autocast_dtype(device))
 
 
 def weights_digest(model: torch.nn.Module) -> str:

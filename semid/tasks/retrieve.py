@@ -16,6 +16,7 @@ the document head, their mixing weights) are in ``retrieval_ranking``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import replace
@@ -58,7 +59,6 @@ from semid.indexing import (
     grow_ids,
     read_texts,
     texts_file,
-    texts_json,
 )
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
@@ -103,8 +103,8 @@ from semid.training.config import TrainConfig
 from semid.wording import counted
 
 EVAL_QUERIES = "eval_queries.json"
-# in the index: {key: text} of the documents indexed at training, cut as shown in answers (those
-# added later are in ADDED_TEXTS), so answering does not read the whole corpus
+# in the index: {key: text} of the documents indexed at training, whole, as answers give them
+# (those added later are in ADDED_TEXTS), so answering does not read and check the whole corpus
 DOCUMENT_TEXTS = "document_texts.json"
 LATER = "later.jsonl"
 # the spec's fields, besides the corpus and the IDs, that shape the training examples
@@ -282,7 +282,7 @@ class RetrieveTask(Task):
         shown = dict(zip(indexed.ids, indexed.texts, strict=True))
         with replacing_run(out, [EVAL_QUERIES, LATER]):
             ids.save(out / "index", quantizer=quantizer,
-                     extra_files={DOCUMENT_TEXTS: texts_json(shown)})  # fmt: skip
+                     extra_files={DOCUMENT_TEXTS: json.dumps(shown, ensure_ascii=False) + "\n"})  # fmt: skip
             save_document_embeddings(out / "index", docs.embeddings)
             lexical.save(out / "index" / LEXICAL)
             model.save_pretrained(out / "model")
@@ -474,7 +474,8 @@ class RetrievePredictor(QueryPredictor):
         from the run's collection for a run trained before the index kept them."""
         kept = self.run.index_path / DOCUMENT_TEXTS
         if kept.is_file():
-            return read_texts(kept, "the documents indexed at training")
+            return read_texts(kept, "the documents indexed at training",
+                              "predict then reads their texts from the corpus")  # fmt: skip
         collection = load_collection(TASK.spec_of(self.run).dataset)
         return dict(zip(collection.ids, collection.texts, strict=True))
 
