@@ -16,6 +16,8 @@ with it to float rounding (its sums run in another order).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,6 +58,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = hidden.new_zeros(hidden.shape if hidden_grad else 0, dtype=torch.float32)
         grad_table = table.new_zeros(table.shape if table_grad else 0, dtype=torch.float32)
+        # float16 autocast would round the gradients (probabilities of 1e-5 and less, at large
+        # catalogues) before the loss scale reaches them: they are made in float32 then
+        exact = _float16_autocast(hidden.device.type)
         for start in range(0, rows, chunk_rows):
             part, wanted = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
             logits = (part @ table.T).float()  # (C, N); matmul precision as autocast has it
@@ -65,12 +70,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 continue
             grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in the logits' memory
             grad_logits[torch.arange(len(wanted), device=wanted.device), wanted] -= 1
-            if hidden_grad:  # in the inputs' dtype, as autocast would (no-ops for float32)
-                grad_hidden[start : start + chunk_rows] = (
-                    grad_logits.to(table.dtype) @ table
-                ).float()
-            if table_grad:
-                grad_table += (grad_logits.T.to(part.dtype) @ part).float()
+            with torch.autocast(hidden.device.type, enabled=False) if exact else nullcontext():
+                if hidden_grad:
+                    grad_hidden[start : start + chunk_rows] = _times(grad_logits, table, exact)
+                if table_grad:
+                    grad_table += _times(grad_logits.T, part, exact)
         ctx.save_for_backward(grad_hidden / rows, grad_table / rows)
         ctx.dtypes = hidden.dtype, table.dtype
         return total / rows
@@ -88,3 +92,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _float16_autocast(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type) and (
+        torch.get_autocast_dtype(device_type) == torch.float16
+    )
+
+
+def _times(grad_logits: Tensor, inputs: Tensor, exact: bool) -> Tensor:
+    """``grad_logits @ inputs`` as float32: computed in float32 when ``exact``, else in the
+    inputs' dtype as autocast would (a no-op cast for float32 inputs)."""
+    if exact:
+        return grad_logits @ inputs.float()
+    return (grad_logits.to(inputs.dtype) @ inputs).float()

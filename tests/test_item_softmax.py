@@ -96,6 +96,22 @@ def test_chunks_take_bfloat16_inputs_without_autocast():
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_chunks_under_float16_autocast_keep_gradients_below_its_range():
+    """Probabilities of 1e-9 (the many unlikely items of a large catalogue) are below float16's
+    smallest number: their gradients are made in float32, not rounded to zero."""
+    hidden = torch.zeros(2, 8)
+    hidden[:, 0] = 10.0
+    table = torch.zeros(40, 8)
+    table[:, 0] = 1.0  # logit 10 for every item ...
+    table[0, 0] = 3.0  # ... but 30 for the target: the others get about 2e-9 each
+    hidden.requires_grad_(), table.requires_grad_()
+    targets = torch.zeros(2, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = item_cross_entropy(hidden, table, targets, chunk_floats=40)  # a row per chunk
+    grad_table = torch.autograd.grad(loss, [table])[0]
+    assert (grad_table[1:, 0] > 0).all()  # 1e-8 each, not flushed to zero
+
+
 def sasrec_batch(items=40):
     g = torch.Generator().manual_seed(1)
     history = torch.randint(0, items, (6, 8), generator=g)

@@ -56,6 +56,7 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
 
     def recorded(model, examples, config, *args, **kwargs):
         epochs.append(config.max_epochs)
+        assert kwargs["resume"] is False  # a killed add's checkpoints are of other documents
         return train(model, examples, config, *args, **kwargs)
 
     monkeypatch.setattr(semid.training, "train_model", recorded)
@@ -69,6 +70,7 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
     assert main(["index", "add", str(run), "--docs", str(more)]) == 0
     assert epochs == [2, load_run(run).spec["add_train"]["max_epochs"]]  # the run's --add-epochs
     assert (run / "index" / retrieve_module.DOCUMENT_TEXTS).is_file()  # adds keep it
+    assert [session["epochs"] for session in load_run(run).state["sessions"]] == epochs
 
 
 def snapshot(run):

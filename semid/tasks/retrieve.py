@@ -404,6 +404,7 @@ class RetrieveTask(Task):
                 record_eval_queries(run_path, f"d{session}-test", test_pairs)
                 state = dict(run.state)
                 session_state = {"documents": len(collection), "topics": m, "train_seconds": seconds,
+                                 "epochs": train.max_epochs,
                                  "test_queries": len(test_pairs)}  # fmt: skip
                 state.setdefault("sessions", []).append(session_state)
                 write_run(run_path, self.name, spec, state)
@@ -430,8 +431,10 @@ class RetrieveTask(Task):
         started = time.perf_counter()
         from semid.training import train_model  # here: accelerate loads only to train
 
+        # never resumed: the checkpoints an add killed outright left (restore_on_error could not
+        # remove them) are of other documents, or of as many epochs as another --epochs asked
         train_model(model, examples, train, run_path / f"train-session-{session}",
-                    collate_fn=examples.collate, device=device)  # fmt: skip
+                    collate_fn=examples.collate, device=device, resume=False)  # fmt: skip
         seconds = time.perf_counter() - started
         changed = [
             k
