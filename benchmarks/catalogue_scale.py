@@ -26,7 +26,7 @@ from typing import Any
 import faiss
 import torch
 
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import run_header, write_result
 from semid.models import build_model
 from semid.trie import PrefixTrie
 
@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[catalogue] {n:,} {method}: {rows[-1].get('queries_per_s', rows[-1].get('error'))} "
                   f"(load {os.getloadavg()})", flush=True)  # fmt: skip
     result = {
-        "command": command_line("catalogue_scale", argv),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_start": load_start, "load_end": os.getloadavg()[0], "rows": rows, "crossover": crossover(rows),
+        **run_header("catalogue_scale", argv, load_start), "rows": rows, "crossover": crossover(rows),
     }  # fmt: skip
     write_result(args.out / "catalogue-scale", result, markdown(result))
     return result

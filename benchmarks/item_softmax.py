@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import semid.item_softmax
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import run_header, write_result
 from semid.models import build_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 }
             rows.append(row)
     result = {
-        "command": command_line("item_softmax", argv),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_start": load_start, "load_end": os.getloadavg()[0], "threads": args.threads,
+        **run_header("item_softmax", argv, load_start), "threads": args.threads,
         "batch_size": args.batch_size, "history": args.history, "steps": args.steps, "reps": args.reps,
         "chunk_floats": args.chunk_floats, "rows": rows,
     }  # fmt: skip

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,17 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     return shlex.join(
         ["python", "-m", f"benchmarks.{module}", *(sys.argv[1:] if argv is None else argv)]
     )
+
+
+def run_header(module: str, argv: Sequence[str] | None, load_start: float) -> dict[str, Any]:
+    """The fields every result opens with: the command (:func:`command_line`), the date, and the
+    1-minute load average at the start (``load_start``, read before measuring) and now."""
+    return {
+        "command": command_line(module, argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+    }
 
 
 def write_result(stem: str | Path, result: Any, markdown: str, show: bool = True) -> None:

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import semid.generators.mmgrec as mmgrec_module
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import run_header, write_result
 from benchmarks.tiger_throughput import format_runs, tiger_index, train_steps
 from semid.data.registry import load_dataset
 from semid.data.sequences import CodeCollator, SequenceDataset, prepare_data
@@ -149,9 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             default = throughput(name, data, ids, history, False, args)
             rows.append({"model": name, "history": history, "before": before, "default": default})
     result = {
-        "command": command_line("sequence_throughput", argv),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_start": load_start, "load_end": os.getloadavg()[0], "steps": args.steps,
+        **run_header("sequence_throughput", argv, load_start), "steps": args.steps,
         "batch_size": args.batch_size, "rows": rows,
     }  # fmt: skip
     write_result(args.out / "sequence-throughput", result, markdown(result))

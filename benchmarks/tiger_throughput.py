@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import semid.quantizers  # noqa: F401  (registers the quantizer families)
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import run_header, write_result
 from semid.data.registry import load_dataset
 from semid.data.sequences import CodeCollator, SequenceDataset, TargetDataset, prepare_data
 from semid.dropout import use_torch_dropout
@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"(load {os.getloadavg()})", flush=True)  # fmt: skip
             quality_rows.append({"variant": name, "batch_size": bs, **q})
     result = {
-        "command": command_line("tiger_throughput", argv),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_start": load_start, "load_end": os.getloadavg()[0], "steps": args.steps,
+        **run_header("tiger_throughput", argv, load_start), "steps": args.steps,
         "train_seconds": args.train_seconds, "throughput": rows, "quality": quality_rows,
     }  # fmt: skip
     write_result(args.out / "tiger-throughput", result, markdown(result))

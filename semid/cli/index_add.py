@@ -18,6 +18,7 @@ from semid.errors import SemidError
 from semid.manifest import MANIFEST, run_containing
 from semid.wording import counted
 
+EPOCHS_ONLY = "--epochs is for retrieval runs (it trains their new prompt session)"
 EXAMPLE = (
     "semid index add runs/ml-100k/mmgrec --items new_items.tsv      # key<TAB>text per line\n"
     "  semid index add runs/mine/mmgrec --items new_items.csv        # like train's --items\n"
@@ -83,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
             f for f, value in flags.items() if value is not None and f not in task.add_options
         ]
         if "--epochs" in refused:
-            raise SemidError(f"--epochs is for retrieval runs (it trains their new prompt session); "
-                             f"{args.target} is a {task.name} run, which adds without training; "
-                             "leave out --epochs")  # fmt: skip
+            raise SemidError(f"{EPOCHS_ONLY}; {args.target} is a {task.name} run, which adds "
+                             "without training; leave out --epochs")  # fmt: skip
         if refused:  # the run's own encoder embeds what is added
             raise SemidError(f"{refused[0]} is for items of a recommender or an index; "
                              f"{args.target} is a {task.name} run, which encodes what is "
@@ -97,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"{args.target} is part of the run {run_dir}, whose model and files grow "
                          f"with its index; add to the run: semid index add {run_dir} {given}")  # fmt: skip
     elif args.epochs is not None:
-        raise SemidError(f"--epochs is for retrieval runs (it trains their new prompt session); "
-                         f"{args.target} is not a run folder; leave out --epochs")  # fmt: skip
+        raise SemidError(f"{EPOCHS_ONLY}; {args.target} is not a run folder; leave out --epochs")
     elif args.docs is not None:
         raise SemidError(
             f"{args.target} is not a run directory; --docs needs a run from `semid train retriever`"
