@@ -3,7 +3,10 @@
 The frozen encoder's lower layers give the same states for a text every time, so they are computed
 once (sorted by length, order kept) and cached by content under ``$SEMID_CACHE`` (default
 ``~/.cache/semid``), written as they are computed; training and search then read them
-memory-mapped, so the states of a large corpus stay on disk until a batch needs them. Also the
+memory-mapped, so the states of a large corpus stay on disk until a batch needs them. With
+``prompt_layer`` 0 (the default) the states are the encoder's input embeddings, which its token
+ids give back in a lookup: those texts keep their token ids (``TokenStates``, 4 bytes a token
+where float16 states take 2 x the hidden size) and are embedded when a batch is read. Also the
 helpers that set PromptDSI's prompt keys and centroid head from these states and the quantizer.
 """
 
@@ -13,11 +16,11 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import torch
@@ -39,17 +42,74 @@ if TYPE_CHECKING:
     from semid.quantization import Quantizer
 
 
+class TokenStates(Sequence[Tensor]):
+    """Texts' states at ``prompt_layer`` 0 kept as their token ids and embedded when read.
+
+    The encoder's input embeddings of a text are a lookup of its token ids (words, positions,
+    then a layer norm per token), the same row by row whatever the batch, so a batch of texts is
+    embedded from its ids, rounded to float16 as cached states are: the states a cache of them
+    would give, for 4 bytes a token instead of 2 x the hidden size."""
+
+    def __init__(
+        self, ids: Sequence[Tensor], embeddings: torch.nn.Module, hidden_size: int
+    ) -> None:
+        self.ids, self.embeddings, self.hidden_size = list(ids), embeddings, hidden_size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> Tensor: ...
+    @overload
+    def __getitem__(self, i: slice) -> TokenStates: ...
+    def __getitem__(self, i: int | slice) -> Tensor | TokenStates:
+        """A text's states (T, H) float16, or the texts of a slice (still ids)."""
+        if isinstance(i, slice):
+            return self.select(range(len(self))[i])
+        hidden, lengths = self.select([i]).padded()
+        return hidden[0, : int(lengths[0])]
+
+    def __add__(self, other: TokenStates) -> TokenStates:
+        if not isinstance(other, TokenStates) or other.embeddings is not self.embeddings:
+            return NotImplemented
+        return TokenStates(self.ids + other.ids, self.embeddings, self.hidden_size)
+
+    def select(self, rows: Iterable[int]) -> TokenStates:
+        """The texts at ``rows``, still as ids."""
+        return TokenStates([self.ids[r] for r in rows], self.embeddings, self.hidden_size)
+
+    @torch.no_grad()
+    def padded(self) -> tuple[Tensor, Tensor]:
+        """States (B, T, H) float16 on the CPU, zero past each text's end, and lengths (B,)."""
+        lengths = torch.tensor([len(t) for t in self.ids], dtype=torch.long)
+        if not self.ids:
+            return torch.zeros(0, 0, self.hidden_size, dtype=torch.float16), lengths
+        ids = torch.nn.utils.rnn.pad_sequence([t.long() for t in self.ids], batch_first=True)
+        device = next(self.embeddings.parameters()).device
+        with torch.autocast(device.type, enabled=False):  # as cached: full precision, then float16
+            hidden = self.embeddings(input_ids=ids.to(device)).half().cpu()
+        past_end = torch.arange(ids.shape[1])[None, :] >= lengths[:, None]
+        return hidden.masked_fill(past_end[..., None], 0), lengths
+
+
+def select_states(states: Sequence[Tensor], rows: Iterable[int]) -> Sequence[Tensor]:
+    """The per-text states at ``rows``: still token ids when they are (``TokenStates``)."""
+    rows = [int(r) for r in rows]
+    return states.select(rows) if isinstance(states, TokenStates) else [states[r] for r in rows]
+
+
 @dataclass
 class EncodedTexts:
     """Frozen-encoder outputs per text: prompt-free lower states and the sentence embedding."""
 
-    states: list[Tensor]  # per text (T_i, H) float16, the input to layer prompt_layer
+    # per text (T_i, H) float16, the input to layer prompt_layer (TokenStates at layer 0)
+    states: Sequence[Tensor]
     embeddings: Tensor  # (N, H) float32, L2-normalised (the encoder's own sentence embedding)
 
     def rows(self, rows: Sequence[int] | Tensor) -> EncodedTexts:
         """The texts at ``rows``."""
         rows = [int(r) for r in rows]
-        return EncodedTexts([self.states[r] for r in rows], self.embeddings[rows])
+        return EncodedTexts(select_states(self.states, rows), self.embeddings[rows])
 
 
 def _cache_dir() -> Path:
@@ -66,7 +126,8 @@ def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
     if encoder is None:  # loaded from a folder: what is in it now
         encoder = model_identity(Path(cfg.encoder_path or default_encoder_path()))
     identity = [
-        "v2",  # v2: a folder, its states memory-mapped
+        # v2: a folder, its states memory-mapped; v3: token ids at layer 0 (TokenStates)
+        "v3" if cfg.prompt_layer == 0 else "v2",
         encoder,
         cfg.encoder_seed,
         cfg.max_length,
@@ -80,14 +141,16 @@ def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-STATES, STATES_INDEX = "states.f16", "index.safetensors"  # one cache entry: a folder of these two
+# one cache entry: a folder of these two (at prompt_layer 0 the index alone: it holds the ids)
+STATES, STATES_INDEX = "states.f16", "index.safetensors"
 CACHE_FIX = "set SEMID_CACHE to a writable folder with room for the encoded texts"
 
 
 def _encoded_batches(model: PromptDSI, texts: Sequence[str], batch_size: int,
                      desc: str) -> Iterator[tuple[list[int], list[Tensor], Tensor]]:  # fmt: skip
-    """(rows, per-text states (T_i, H) float16, sentence embeddings (B, H)) per batch of texts,
-    shortest texts first."""
+    """(rows, per-text states (T_i, H) float16 or, at prompt_layer 0, token ids (T_i,) int32,
+    sentence embeddings (B, H)) per batch of texts, shortest texts first."""
+    token_ids = model.config.prompt_layer == 0
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for lo in progress_bar(
         range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size
@@ -97,8 +160,17 @@ def _encoded_batches(model: PromptDSI, texts: Sequence[str], batch_size: int,
         hidden = model.lower_states(**inp)
         embeddings = model.text_embedding(hidden, inp["attention_mask"]).float().cpu()
         lengths = inp["attention_mask"].sum(1).tolist()
-        states = hidden.half().cpu()  # one copy from a GPU per batch; each text's rows its own
+        # one copy from a GPU per batch; each text's rows its own
+        states = inp["input_ids"].to(torch.int32).cpu() if token_ids else hidden.half().cpu()
         yield rows, [states[j, :n].clone() for j, n in enumerate(lengths)], embeddings
+
+
+def _as_states(model: PromptDSI, per_text: list[Tensor]) -> Sequence[Tensor]:
+    """Per-text states as ``_encoded_batches`` gives them: token ids at prompt_layer 0 are
+    ``TokenStates``, embedded by the model's encoder when read."""
+    if model.config.prompt_layer:
+        return per_text
+    return TokenStates(per_text, model.encoder.embeddings, model.encoder.config.hidden_size)
 
 
 @torch.no_grad()
@@ -117,32 +189,33 @@ def encode_texts(
     texts = list(texts)
     hidden_size = model.encoder.config.hidden_size
     if not texts:  # e.g. new documents without queries
-        return EncodedTexts([], torch.zeros(0, hidden_size))
+        return EncodedTexts(_as_states(model, []), torch.zeros(0, hidden_size))
     batches = _encoded_batches(model, texts, batch_size, desc)
     if not cache:
-        states: list[Tensor | None] = [None] * len(texts)
+        states: list[Tensor] = [torch.empty(0)] * len(texts)
         embeddings = torch.zeros(len(texts), hidden_size)
         for rows, batch_states, batch_embeddings in batches:
             embeddings[rows] = batch_embeddings
             for i, s in zip(rows, batch_states, strict=True):
                 states[i] = s
-        return EncodedTexts(states, embeddings)
+        return EncodedTexts(_as_states(model, states), embeddings)
     folder = _cache_dir() / _cache_key(model, texts)
-    cached = _read_cached(folder, len(texts), hidden_size)
+    cached = _read_cached(folder, len(texts), model)
     if cached is not None:
         return cached
     # the lock checks the cache folder before any encoding (the batches are lazy)
     with _one_encoder_of(folder):  # another process encoding these texts: its entry is read
-        cached = _read_cached(folder, len(texts), hidden_size)
+        cached = _read_cached(folder, len(texts), model)
         if cached is not None:
             return cached
         _remove_dead_writers_leftovers(folder.parent)
         try:
             with atomic_dir(folder, label="cache") as tmp:
-                _write_cached(tmp, batches, len(texts), hidden_size)
+                _write_cached(tmp, batches, len(texts), hidden_size,
+                              token_ids=model.config.prompt_layer == 0)  # fmt: skip
         except DiskFullError as e:
             raise SemidError(f"{e}; or {CACHE_FIX}") from None
-    cached = _read_cached(folder, len(texts), hidden_size)
+    cached = _read_cached(folder, len(texts), model)
     if cached is None:
         raise SemidError(f"the encoded texts just written to {folder} do not read back; "
                          f"check the disk, or {CACHE_FIX}")  # fmt: skip
@@ -179,28 +252,49 @@ def _remove_dead_writers_leftovers(root: Path) -> None:
 
 
 def _write_cached(folder: Path, batches: Iterator[tuple[list[int], list[Tensor], Tensor]],
-                  n: int, hidden_size: int) -> None:  # fmt: skip
+                  n: int, hidden_size: int, token_ids: bool = False) -> None:  # fmt: skip
     """Stream the batches' states into ``folder/STATES`` (float16 rows, in encoding order); then
-    each text's first row and length, and the embeddings, into ``folder/STATES_INDEX``."""
+    each text's first row and length, and the embeddings, into ``folder/STATES_INDEX``. With
+    ``token_ids`` the batches hold token ids, which go into the index with a digest of them and
+    the embeddings (no states file)."""
     offsets, lengths = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     embeddings = torch.zeros(n, hidden_size)
+    pieces: list[Tensor] = []  # the token ids, in encoding order
     written = 0
-    with open(folder / STATES, "wb") as f:
+    with ExitStack() as stack:
+        states_file = None if token_ids else stack.enter_context(open(folder / STATES, "wb"))
         for rows, batch_states, batch_embeddings in batches:
             embeddings[rows] = batch_embeddings
             for i, s in zip(rows, batch_states, strict=True):
                 offsets[i], lengths[i] = written, len(s)
-                f.write(s.contiguous().numpy().tobytes())
+                if states_file is None:
+                    pieces.append(s)
+                else:
+                    states_file.write(s.contiguous().numpy().tobytes())
                 written += len(s)
-    save_file({"offsets": offsets, "lengths": lengths, "embeddings": embeddings},
-              str(folder / STATES_INDEX))  # fmt: skip
+    index = {"offsets": offsets, "lengths": lengths, "embeddings": embeddings}
+    if token_ids:
+        index["ids"] = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
+        index["digest"] = _digest(index["ids"], embeddings)
+    save_file(index, str(folder / STATES_INDEX))
 
 
-def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
-    """The cache entry in ``folder``, its states memory-mapped; None if it is missing or damaged
-    (then the texts are encoded again)."""
+def _digest(*tensors: Tensor) -> Tensor:
+    """sha256 (32,) uint8 of the tensors' bytes: damage anywhere in an entry (blocks a crash left
+    unwritten read as zeros, which are valid token ids in some vocabularies) changes it."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8)
+
+
+def _read_cached(folder: Path, n: int, model: PromptDSI) -> EncodedTexts | None:
+    """The cache entry in ``folder`` for ``model``'s texts, its states memory-mapped (token ids at
+    prompt_layer 0); None if it is missing or damaged (then the texts are encoded again)."""
+    hidden_size = model.encoder.config.hidden_size
+    token_ids = model.config.prompt_layer == 0
     states_path, index_path = folder / STATES, folder / STATES_INDEX
-    if not (states_path.is_file() and index_path.is_file()):
+    if not (index_path.is_file() and (token_ids or states_path.is_file())):
         return None
     try:
         index = load_file(str(index_path))
@@ -211,13 +305,22 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
     if offsets is None or lengths is None or embeddings is None or len(lengths) != n:
         return None
     rows = int(lengths.sum())
-    if states_path.stat().st_size != rows * hidden_size * 2 or embeddings.shape != (n, hidden_size):
+    if embeddings.shape != (n, hidden_size):
         return None
     if n and (int(offsets.min()) < 0 or int((offsets + lengths).max()) > rows):
         return None
     if not torch.isfinite(embeddings).all():  # damaged: the encoder gives finite vectors
         return None
-    if rows == 0:  # every text tokenized to nothing: numpy cannot map an empty file
+    if token_ids:
+        flat = index.get("ids")
+        digest = index.get("digest")
+        if flat is None or digest is None or flat.shape != (rows,):
+            return None
+        if not torch.equal(digest, _digest(flat, embeddings)):
+            return None
+    elif states_path.stat().st_size != rows * hidden_size * 2:
+        return None
+    elif rows == 0:  # every text tokenized to nothing: numpy cannot map an empty file
         flat = torch.zeros(0, hidden_size, dtype=torch.float16)
     else:  # read-only: pages are read from the file when used, and the file may exceed RAM (a
         # copy-on-write map would need that much memory committed); nothing writes to the states
@@ -228,7 +331,7 @@ def _read_cached(folder: Path, n: int, hidden_size: int) -> EncodedTexts | None:
         if _zero_filled(flat):
             return None
     states = [flat[o : o + k] for o, k in zip(offsets.tolist(), lengths.tolist(), strict=True)]
-    return EncodedTexts(states, embeddings)
+    return EncodedTexts(_as_states(model, states), embeddings)
 
 
 def _zero_filled(flat: Tensor, samples: int = 64) -> bool:
@@ -249,11 +352,16 @@ def evenly_spaced(n: int, k: int) -> Tensor:
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
     """Right-pad per-text states (T_i, H) -> hidden (B, T, H) float32 and attention_mask (B, T);
     SemidError for states that are not finite (a damaged cache entry: the encoder gives none)."""
-    hidden = torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True).float()
+    if isinstance(states, TokenStates):
+        half, lengths = states.padded()
+    else:
+        states = list(states)
+        half = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+        lengths = torch.tensor([len(s) for s in states])
+    hidden = half.float()
     if not torch.isfinite(hidden).all():
         raise SemidError(f"encoded texts read from {_cache_dir()} hold NaN or infinity: a cache "
                          "entry is damaged; remove that folder (the texts are encoded again)")  # fmt: skip
-    lengths = torch.tensor([len(s) for s in states])
     mask = (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
     return {"hidden": hidden, "attention_mask": mask}
 

@@ -199,6 +199,10 @@ def word_tokens(texts: list[str]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": (ids > 0).long()}
 
 
+def same_states(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_encoded_texts_are_cached_on_disk_and_read_back_mapped(tmp_path, monkeypatch):
     """States are streamed into one cache file and come back as views of it (not one copy per
     text), equal to an uncached encoding; a second call reads them; a damaged entry is redone."""
@@ -211,7 +215,7 @@ def test_encoded_texts_are_cached_on_disk_and_read_back_mapped(tmp_path, monkeyp
     (entry,) = [p for p in (tmp_path / "promptdsi").iterdir() if not p.name.startswith(".")]
     assert sorted(p.name for p in entry.iterdir()) == sorted([STATES, STATES_INDEX])
     assert torch.equal(first.embeddings, fresh.embeddings)
-    assert all(torch.equal(a, b) for a, b in zip(first.states, fresh.states, strict=True))
+    assert same_states(first.states, fresh.states)
     assert [len(s) for s in first.states] == [len(s) for s in fresh.states]
     assert len({s.untyped_storage().data_ptr() for s in first.states}) == 1  # one mapped buffer
 
@@ -220,22 +224,64 @@ def test_encoded_texts_are_cached_on_disk_and_read_back_mapped(tmp_path, monkeyp
 
     monkeypatch.setattr(model, "lower_states", no_encoder)
     again = encode_texts(model, texts, batch_size=2)
-    assert all(torch.equal(a, b) for a, b in zip(again.states, fresh.states, strict=True))
+    assert same_states(again.states, fresh.states)
     monkeypatch.setattr(model, "lower_states", PromptDSI.lower_states.__get__(model))
     with open(entry / STATES, "r+b") as f:  # a cut-off entry is encoded again, not misread
         f.truncate(10)
     redone = encode_texts(model, texts, batch_size=2)
-    assert all(torch.equal(a, b) for a, b in zip(redone.states, fresh.states, strict=True))
+    assert same_states(redone.states, fresh.states)
     with open(entry / STATES_INDEX, "r+b") as f:  # so is one whose index is cut off
         f.truncate(40)
     redone = encode_texts(model, texts, batch_size=2)
-    assert all(torch.equal(a, b) for a, b in zip(redone.states, fresh.states, strict=True))
+    assert same_states(redone.states, fresh.states)
     size = (entry / STATES).stat().st_size
     with open(entry / STATES, "r+b") as f:  # and one whose last blocks were never written
         f.seek(size // 2)
         f.write(bytes(size - size // 2))
     redone = encode_texts(model, texts, batch_size=2)
-    assert all(torch.equal(a, b) for a, b in zip(redone.states, fresh.states, strict=True))
+    assert same_states(redone.states, fresh.states)
+
+
+def test_at_prompt_layer_0_texts_keep_token_ids_that_give_the_states_back(tmp_path, monkeypatch):
+    """The input embeddings are a lookup of the token ids: the cache keeps the ids (no states
+    file) and a batch embedded from them equals the float16 states the encoder gave, in any
+    batch; a damaged entry (blocks of zeros, a cut-off index) is encoded again."""
+    from semid.generators.promptdsi_states import TokenStates, select_states
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path))
+    model = tiny(prompt_layer=0)
+    monkeypatch.setattr(model, "tokenize", word_tokens)
+    texts = ["a much longer text about the delta of a river", "alpha beta", "gamma", "alpha beta"]
+    inputs = word_tokens(texts)
+    want = [model.lower_states(**inputs)[i, :n].half() for i, n in
+            enumerate(inputs["attention_mask"].sum(1).tolist())]  # fmt: skip
+    fresh = encode_texts(model, texts, batch_size=2, cache=False)
+    first = encode_texts(model, texts, batch_size=2)
+    assert isinstance(first.states, TokenStates) and isinstance(fresh.states, TokenStates)
+    (entry,) = [p for p in (tmp_path / "promptdsi").iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in entry.iterdir()] == [STATES_INDEX]
+    assert torch.equal(first.embeddings, fresh.embeddings)
+    assert same_states(first.states, want) and same_states(fresh.states, want)
+    assert same_states(first.states[1:3], want[1:3])
+    assert same_states(select_states(first.states, [3, 0]), [want[3], want[0]])
+    batch = pad_states(select_states(first.states, [2, 0, 1]))
+    assert torch.equal(batch["hidden"], pad_states([want[2], want[0], want[1]])["hidden"])
+    assert batch["attention_mask"].sum(1).tolist() == [len(want[2]), len(want[0]), len(want[1])]
+    both = first.states + fresh.states
+    assert isinstance(both, TokenStates) and same_states(both, want + want)
+
+    monkeypatch.setattr(model, "lower_states", lambda *a, **k: pytest.fail("encoded again"))
+    assert same_states(encode_texts(model, texts, batch_size=2).states, want)
+    monkeypatch.setattr(model, "lower_states", PromptDSI.lower_states.__get__(model))
+    index = entry / STATES_INDEX
+    size = index.stat().st_size
+    with open(index, "r+b") as f:  # zeros (blocks never written) over the last ids
+        f.seek(size - 32 - 16)  # the digest (32 bytes) comes last
+        f.write(bytes(16))
+    assert same_states(encode_texts(model, texts, batch_size=2).states, want)
+    with open(index, "r+b") as f:
+        f.truncate(40)
+    assert same_states(encode_texts(model, texts, batch_size=2).states, want)
 
 
 def test_an_unusable_cache_folder_is_named_before_encoding(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from semid.data.corpus import CorpusSplit
 from semid.data.documents import QUERY_FIELDS_HELP, DocumentCollection
 from semid.data.registry import load_dataset
 from semid.errors import SemidError
-from semid.generators.promptdsi_states import EncodedTexts, pad_states
+from semid.generators.promptdsi_states import EncodedTexts, pad_states, select_states
 from semid.ids import SemanticIDs
 from semid.wording import counted
 
@@ -53,7 +53,7 @@ class ExampleDataset(Dataset):
     def collate(self, rows: list[int]) -> dict[str, Tensor]:
         """hidden (B, T, H), attention_mask (B, T), embedding (B, H), targets (B,), target_codes
         (B, L), is_query (B,)."""
-        batch = pad_states([self.texts.states[i] for i in rows])
+        batch = pad_states(select_states(self.texts.states, rows))
         batch["embedding"] = self.texts.embeddings[rows]
         batch["targets"] = self.targets[rows]
         batch["target_codes"] = self.codes[batch["targets"]]
