@@ -327,9 +327,12 @@ def update_metrics(
     evaluated: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Merge ``metrics`` under ``split`` into ``run/metrics.json`` (atomically, under the run's write
-    lock, so two evaluations finishing together keep both); returns the whole file. ``evaluated``:
-    the :func:`model_stamp` taken before loading the evaluated run; if the run changed since (a
-    retrain or an ``index add`` meanwhile), the figures are of another model and are refused."""
+    lock, so two evaluations finishing together keep both); returns the whole file. Figures already
+    under ``split`` for the same catalogue (``num_items``) stay unless replaced, so an evaluation at
+    other cut-offs (``--k 10 1000``) keeps the earlier ``@100``; those of another catalogue (an
+    ``index add`` since) go. ``evaluated``: the :func:`model_stamp` taken before loading the
+    evaluated run; if the run changed since (a retrain or an ``index add`` meanwhile), the figures
+    are of another model and are refused."""
     with write_lock(run, f"run {run}", METRICS_WAIT_SECONDS, "evaluate again once it is done"):
         if evaluated is not None and model_stamp(run) != evaluated:
             raise SemidError(
@@ -337,7 +340,9 @@ def update_metrics(
                 "were not saved: evaluate it again"
             )
         current = read_metrics(run)
-        current[split] = metrics
+        earlier = current.get(split, {})
+        same_catalogue = "num_items" in metrics and earlier.get("num_items") == metrics["num_items"]
+        current[split] = {**earlier, **metrics} if same_catalogue else metrics
         write_json(Path(run) / METRICS, current)
     return current
 

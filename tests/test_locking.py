@@ -303,3 +303,20 @@ def test_a_lock_file_takes_the_umask_so_a_team_folder_stays_shared(tmp_path):
     finally:
         os.umask(old)
     assert mode == 0o664
+
+
+def test_an_evaluation_at_other_cutoffs_keeps_the_earlier_figures_of_the_same_catalogue(tmp_path):
+    """`eval --k 10 100` then `eval --k 10 1000`: the @100 figures stay (same catalogue); after an
+    `index add` (another catalogue) the split's earlier figures are of another index and go."""
+    run = tmp_path / "run"
+    run.mkdir()
+    update_metrics(run, "test", {"num_items": 100.0, "recall@10": 0.1, "recall@100": 0.5})
+    update_metrics(run, "test", {"num_items": 100.0, "recall@10": 0.2, "recall@50": 0.3})
+    assert read_metrics(run)["test"] == {
+        "num_items": 100.0, "recall@10": 0.2, "recall@100": 0.5, "recall@50": 0.3
+    }  # fmt: skip
+    update_metrics(run, "test", {"num_items": 120.0, "recall@10": 0.09})
+    assert read_metrics(run)["test"] == {"num_items": 120.0, "recall@10": 0.09}
+    update_metrics(run, "valid", {"ndcg@10": 0.1})  # training's figures (no catalogue): replaced
+    update_metrics(run, "valid", {"recall@10": 0.3})
+    assert read_metrics(run)["valid"] == {"recall@10": 0.3}
