@@ -3,7 +3,8 @@
 A run folder::
 
     manifest.json   {"format_version": 1, "task": "recommend", "parts": {"index": "index", "model": "model"}}
-    config.json     {"spec": {...the task's typed spec...}, "state": {...}, "versions": {...}, "threads": N, "command": ...}
+    config.json     {"spec": {...the task's typed spec...}, "state": {...}, "versions": {...}, "threads": N, "command": ...,
+                     "adds": [{"command": ..., "source": ..., "threads": N}, ...] after `semid index add`}
     index/          the SemanticIDs and the quantizer that made them
     model/          the trained model (any registered model, one save format)
     metrics.json    evaluation results by split
@@ -163,8 +164,13 @@ def replacing_run(run: str | os.PathLike, extra: Sequence[str] = ()) -> Iterator
         yield
 
 
-def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any]) -> None:
-    """Write the manifest and ``config.json`` of a run whose index and model are already in place."""
+def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any],
+              added_from: str | os.PathLike | None = None) -> None:  # fmt: skip
+    """Write the manifest and ``config.json`` of a run whose index and model are already in place.
+
+    ``added_from``: the data a `semid index add` just indexed; the training's command, thread
+    count and versions stay, and the add is appended to ``adds`` (its command, the data's absolute
+    path, its thread count, and its versions where they differ from training's)."""
     run = Path(run)
     config = {
         "spec": config_to_dict(spec),
@@ -175,6 +181,16 @@ def write_run(run: str | os.PathLike, task: str, spec: Any, state: dict[str, Any
         "command": command_line(),
         "run_path": str(run.resolve()),  # where the data paths are relative to (`moved_data`)
     }
+    if added_from is not None:
+        trained = read_json(run / RUN_CONFIG, RETRAIN)
+        add = {"command": config["command"], "source": str(Path(added_from).resolve()),
+               "threads": config["threads"]}  # fmt: skip
+        if config["versions"] != trained.get("versions"):
+            add["versions"] = config["versions"]
+        config |= {
+            key: trained[key] for key in ("versions", "threads", "command") if key in trained
+        }
+        config["adds"] = [*trained.get("adds", []), add]
     write_json(run / RUN_CONFIG, config)
     manifest = {
         "format_version": RUN_FORMAT,

@@ -182,7 +182,11 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     write_image(tmp_path / "loose" / "x.png", 40)
     (tmp_path / "loose" / "add.csv").write_text("path,caption\nx.png,a dark square\n")
     assert main(["index", "add", str(run), "--items", str(tmp_path / "loose" / "add.csv")]) == 0
-    capsys.readouterr()
+    assert ("semid: note: added 1 image without a class to a run of classes: `semid eval` counts "
+            "it relevant to no query") in capsys.readouterr().err  # fmt: skip
+    adds = json.loads((run / "config.json").read_text())["adds"]
+    added = ["more", "again", "loose/add.csv"]
+    assert [a["source"] for a in adds] == [str((tmp_path / p).resolve()) for p in added]
     after = evaluate(run, "1", "4")
     assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
     assert set(after) == set(before)
@@ -423,7 +427,9 @@ def test_notes_beside_the_images_change_no_fingerprint_but_an_image_does(tmp_pat
     write_image(tmp_path / "photos" / "dark" / "dark0.png", 90)  # an image changed
     capsys.readouterr()
     assert main(["eval", str(run), "--k", "1"]) == 2
-    assert "changed since training" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "changed since training" in err
+    assert f"new images go in a folder of their own, indexed with `semid index add {run} " in err
 
 
 def test_messages_for_a_users_image_mistakes_name_the_fix(tmp_path):

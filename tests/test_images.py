@@ -361,6 +361,11 @@ def test_collection_path_and_fraction_errors(tmp_path):
         write_png(tmp_path / name / "1.png", (4, 4), 1)
     with pytest.raises(SemidError, match="both read as class 'a b'"):
         load_image_collection(tmp_path)
+    (tmp_path / "a-b" / "1.png").rename(tmp_path / "a_b" / "2.png")
+    (tmp_path / "a-b").rmdir()
+    write_png(tmp_path / "A_B" / "1.png", (4, 4), 1)  # the texts are lower-cased: the same class
+    with pytest.raises(SemidError, match="'A_B' and 'a_b' .* both read as class 'a b'"):
+        load_image_collection(tmp_path)
 
 
 def test_resize_square_crops_the_centre():

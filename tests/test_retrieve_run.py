@@ -60,6 +60,8 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
         return train(model, examples, config, *args, **kwargs)
 
     monkeypatch.setattr(semid.training, "train_model", recorded)
+    trained = json.loads((run / "config.json").read_text())
+    monkeypatch.setattr("sys.argv", ["semid", "index", "add", "..."])  # as the CLI records it
     path = new_docs(tmp_path / "n.jsonl", queries=True)
     assert main(["index", "add", str(run), "--docs", str(path), "--epochs", "0"]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
@@ -71,6 +73,12 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
     assert epochs == [2, load_run(run).spec["add_train"]["max_epochs"]]  # the run's --add-epochs
     assert (run / "index" / retrieve_module.DOCUMENT_TEXTS).is_file()  # adds keep it
     assert [session["epochs"] for session in load_run(run).state["sessions"]] == epochs
+    config = json.loads((run / "config.json").read_text())  # the training's record stays
+    assert {k: config[k] for k in ("command", "threads", "versions")} == {
+        k: trained[k] for k in ("command", "threads", "versions")
+    }
+    assert [a["source"] for a in config["adds"]] == [str(path.resolve()), str(more.resolve())]
+    assert [a["command"] for a in config["adds"]] == ["semid index add ..."] * 2
 
 
 def snapshot(run):

@@ -106,12 +106,14 @@ def load_images(
 
 
 def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> list[str]:
-    """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide."""
+    """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide,
+    case aside (a class's text is lower-cased: ``Bag/`` and ``bag/`` would share one)."""
     names = [" ".join(f.replace("_", " ").replace("-", " ").split()) for f in folders]
-    for i, n in enumerate(names):
-        if n in names[:i]:
+    read = [n.lower() for n in names]
+    for i, n in enumerate(read):
+        if n in read[:i]:
             raise SemidError(
-                f"class folders {folders[names.index(n)]!r} and {folders[i]!r} in {where} both "
+                f"class folders {folders[read.index(n)]!r} and {folders[i]!r} in {where} both "
                 f"read as class {n!r}; rename one"
             )
     return names

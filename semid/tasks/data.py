@@ -92,10 +92,11 @@ def trained_on(data_sha256: str | None, dataset: str, ids_sha256: str, spec: Any
             **{name: getattr(spec, name) for name in fields}}  # fmt: skip
 
 
-def check_fingerprint(run: Any, *names: str | None, files_of: FilesOf = folder_data_files) -> None:
-    """SemidError unless the run's data files still exist; DataChanged unless they hash to what
-    training recorded (with ``files_of``, as `fingerprint`; a run whose hash covered every file of
-    its folder, from before ``files_of``, is checked that way)."""
+def check_fingerprint(run: Any, *names: str | None, files_of: FilesOf = folder_data_files,
+                      fix: str = "restore it or retrain the run") -> None:  # fmt: skip
+    """SemidError unless the run's data files still exist; DataChanged, ending with ``fix``, unless
+    they hash to what training recorded (with ``files_of``, as `fingerprint`; a run whose hash
+    covered every file of its folder, from before ``files_of``, is checked that way)."""
     expected = run.state.get("data_sha256")
     paths = data_paths(*names)
     if expected is None or not paths:
@@ -110,7 +111,7 @@ def check_fingerprint(run: Any, *names: str | None, files_of: FilesOf = folder_d
         actual = expected if content_sha256(paths) == expected else actual
     if actual != expected:
         raise DataChanged(f"the data of {run.path} changed since training ({', '.join(paths)}: sha256 "
-                         f"{actual[:12]}, trained on {expected[:12]}); restore it or retrain the run")  # fmt: skip
+                         f"{actual[:12]}, trained on {expected[:12]}); {fix}")  # fmt: skip
 
 
 def _folder_contents(folder: Path) -> str:

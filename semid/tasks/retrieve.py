@@ -407,7 +407,7 @@ class RetrieveTask(Task):
                                  "epochs": train.max_epochs,
                                  "test_queries": len(test_pairs)}  # fmt: skip
                 state.setdefault("sessions", []).append(session_state)
-                write_run(run_path, self.name, spec, state)
+                write_run(run_path, self.name, spec, state, added_from=source)
             # the session is in the model: its checkpoints (tens of MB per add) are of no more
             # use, nor those that adds before this version left
             for done in range(1, session + 1):

@@ -408,7 +408,9 @@ class Text2ImageTask(Task):
                              "only (it has no validation split); leave out --split valid")  # fmt: skip
         check_recommend_only_options(run, options, "text-to-image")
         spec = self.spec_of(run)
-        check_fingerprint(run, spec.dataset, files_of=image_collection_files)
+        check_fingerprint(run, spec.dataset, files_of=image_collection_files,
+                          fix="restore it or retrain the run; new images go in a folder of their "
+                              f"own, indexed with `semid index add {run.path} --items FOLDER`")  # fmt: skip
         splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, relevance_labels(splits.test).tolist(), strict=True))
         class_index = {c: i for i, c in enumerate(splits.test.class_names or [])}
@@ -465,7 +467,7 @@ class Text2ImageTask(Task):
                                    texts=images.shown_texts())  # fmt: skip
             if known is not None:
                 write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
-            write_run(run_path, self.name, self.spec_of(run), state)
+            write_run(run_path, self.name, self.spec_of(run), state, added_from=source)
         _note_unknown_classes(classes, run.ids.metadata.get("classes"))
         return {
             "added": len(images.keys),
@@ -480,8 +482,9 @@ class Text2ImageTask(Task):
 
 
 def _note_unknown_classes(added: list[str | None], trained: object) -> None:
-    """Tell which classes of added images the run was not trained on (``trained``: the index's
-    list of classes; None for an index of captions, or one built before it recorded them)."""
+    """Tell which classes of added images the run was not trained on, and how many have no class
+    (``trained``: the index's list of classes; None for an index of captions, or one built before
+    it recorded them)."""
     if not isinstance(trained, list):
         return
     known = set(trained)
@@ -491,6 +494,12 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
         note(f"added images of classes the run was not trained on: {shown}; they are indexed, but "
              "its model has not learned to find them for their class name and `semid eval` counts "
              "them relevant to no query; train a run on a collection with the class to learn it")  # fmt: skip
+    unlabelled = sum(c is None for c in added)
+    if unlabelled:
+        them = "it" if unlabelled == 1 else "them"
+        note(f"added {counted(unlabelled, 'image')} without a class to a run of classes: "
+             f"`semid eval` counts {them} relevant to no query; add {them} from class subfolders, "
+             f"or from a table with a label column, to count {them}")  # fmt: skip
 
 
 def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageDataset:
