@@ -31,6 +31,14 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     return tqdm(*args, **kwargs)
 
 
+def close_open_bars() -> None:
+    """Close every progress bar still open (one an error left behind in a variable lives on with
+    the traceback, and would redraw after the error's message), so what is printed next starts on
+    a line of its own."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def with_progress(items: Sequence[T], desc: str, unit: str, quiet_up_to: int) -> Iterable[T]:
     """``items``, with a progress bar (cleared when done) when there are more than ``quiet_up_to``
     of them, on the main process only (one bar per job, not per rank)."""

@@ -3,6 +3,10 @@
 import io
 import time
 
+import pytest
+
+from semid.cli.main import main
+from semid.errors import SemidError
 from semid.progress import LOG_INTERVAL_S, batch_starts, progress_bar
 
 
@@ -27,3 +31,25 @@ def test_batch_starts_show_a_bar_only_for_many_batches(capsys):
     assert "rank test users" in capsys.readouterr().err
     assert list(batch_starts(16, 8, "rank test users", quiet_up_to=8)) == [0, 8]
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [(KeyboardInterrupt, "semid: interrupted; "), (SemidError("bad input"), "semid: error: bad")],
+)
+def test_a_stopped_commands_last_message_is_not_on_a_bars_line(stop, said, capsys, monkeypatch):
+    """A bar kept in a variable lives on with the traceback: it was closed (and redrawn) after the
+    message, which landed on the bar's line (`fit image encoder: 0%|...|semid: interrupted`)."""
+    import semid.cli.eval
+
+    def stopped_midway(args):
+        bar = progress_bar(total=100, desc="work")
+        bar.update(5)
+        raise stop
+
+    monkeypatch.setattr(semid.cli.eval, "run", stopped_midway)
+    assert main(["eval", "run"]) in (2, 130)
+    err = capsys.readouterr().err
+    before, message = err.split(said)
+    assert "5/100" in before and before.endswith("\n")
+    assert "\r" not in message and "work" not in message

@@ -196,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("semid.notes").setLevel(logging.ERROR)  # notes: rank 0's
         return args.run(args)
     except SemidError as e:
+        _close_progress_bars()
         if is_main_process():
             print(f"semid: error: {e}", file=sys.stderr)
         elif not isinstance(e, MainProcessError):  # its own: the main process does not tell it
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         remove_empty_made_folders(since=folders_before)
         return 2
     except KeyboardInterrupt as interrupt:
+        _close_progress_bars()
         resume = ""
         if getattr(args, "no_resume", False):  # training's start clears the earlier checkpoints
             resume = ("; run it again without --no-resume to resume from the last checkpoint it "
@@ -218,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
         return 143 if isinstance(interrupt, Terminated) else 130  # 128 + the signal, as shells say
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        _close_progress_bars()
         if peer_stopped(e):
             print(f"semid: error: another process of this launched job stopped "
                   f"({str(e).splitlines()[0][:160]}); run the same command again to resume from "
@@ -233,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python flushes stdout at exit, which would raise again: point it at /dev/null first
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
+
+def _close_progress_bars() -> None:
+    """Close the bars a stopped command left open (`semid.progress.close_open_bars`), if it
+    showed any, so its last message does not land on a bar's line."""
+    if "semid.progress" in sys.modules:
+        sys.modules["semid.progress"].close_open_bars()
 
 
 if __name__ == "__main__":
