@@ -179,3 +179,18 @@ def test_a_query_line_with_an_id_that_is_no_key_is_refused(tmp_path, bad):
         queries_of(tmp_path / "q.jsonl")
     (tmp_path / "q2.jsonl").write_text(f'{{"_id": {bad}, "id": "q7", "text": "b"}}\n')
     assert queries_of(tmp_path / "q2.jsonl")[0] == [{"query": "b", "id": "q7"}]  # another names it
+
+
+def test_blank_lines_among_the_inputs_are_skipped_with_a_note(tmp_path, capsys):
+    """Answers follow the non-blank lines: a note says so, since --out then has fewer lines."""
+    (tmp_path / "q.txt").write_text("kernel\n\nimage viewer\n  \nshell\n\n\n")
+    inputs, origins = queries_of(tmp_path / "q.txt")
+    assert [i["query"] for i in inputs] == ["kernel", "image viewer", "shell"]
+    assert origins == [f"--queries {tmp_path / 'q.txt'} line {n}" for n in (1, 3, 5)]
+    assert capsys.readouterr().err == (
+        f"semid: note: --queries {tmp_path / 'q.txt'}: 2 blank lines skipped (line 2, ...); each "
+        "other line gets an answer, in order\n"
+    )
+    (tmp_path / "end.txt").write_text("kernel\nshell\n\n")  # blank lines at the end: nothing to say
+    assert len(queries_of(tmp_path / "end.txt")[0]) == 2
+    assert capsys.readouterr().err == ""

@@ -235,10 +235,17 @@ def check_inputs(predictor: Any, inputs: list[dict[str, Any]], origins: list[Ori
 
 
 def _numbered_lines(path: Path, flag: str) -> list[tuple[int, str]]:
-    """The non-blank lines of an input file, stripped, with their line numbers (from 1)."""
+    """The non-blank lines of an input file, stripped, with their line numbers (from 1); a note
+    names the blank lines among them, which get no answer (``--out`` has fewer lines)."""
     lines = [(n, line.strip()) for n, line in enumerate(read_lines(path, flag), 1) if line.strip()]
     if not lines:
         raise SemidError(f"{flag} {path} is empty; write one entry a line")
+    numbered = {n for n, _ in lines}
+    blank = [n for n in range(1, lines[-1][0]) if n not in numbered]
+    if blank:
+        notes.note(f"{flag} {path}: {counted(len(blank), 'blank line')} skipped (line {blank[0]}"
+                   f"{', ...' if len(blank) > 1 else ''}); each other line gets an answer, in "
+                   "order")  # fmt: skip
     return lines
 
 
