@@ -86,6 +86,10 @@ class TokenStates(Sequence[Tensor]):
             return torch.zeros(0, 0, self.hidden_size, dtype=torch.float16), lengths
         ids = torch.nn.utils.rnn.pad_sequence([t.long() for t in self.ids], batch_first=True)
         device = next(self.embeddings.parameters()).device
+        if device.type != "cpu" and torch.utils.data.get_worker_info() is not None:
+            raise SemidError("PromptDSI embeds a batch's texts from their token ids on its device "
+                             f"({device}), which a DataLoader worker process cannot use; train "
+                             "with num_workers=0")  # fmt: skip
         with torch.autocast(device.type, enabled=False):  # as cached: full precision, then float16
             hidden = self.embeddings(input_ids=ids.to(device)).half().cpu()
         past_end = torch.arange(ids.shape[1])[None, :] >= lengths[:, None]
@@ -185,7 +189,9 @@ def encode_texts(
 
     With ``cache`` the states go to disk as they are computed, keyed by the encoder and the texts,
     and come back memory-mapped: a corpus of any size costs RAM for one batch of states, not for
-    all of them, and a later call with the same texts reads them instead of encoding again."""
+    all of them, and a later call with the same texts reads them instead of encoding again. At
+    prompt_layer 0 the texts' token ids are kept instead (``TokenStates``), embedded on the device
+    the model is on when a batch is read."""
     texts = list(texts)
     hidden_size = model.encoder.config.hidden_size
     if not texts:  # e.g. new documents without queries
@@ -255,8 +261,8 @@ def _write_cached(folder: Path, batches: Iterator[tuple[list[int], list[Tensor],
                   n: int, hidden_size: int, token_ids: bool = False) -> None:  # fmt: skip
     """Stream the batches' states into ``folder/STATES`` (float16 rows, in encoding order); then
     each text's first row and length, and the embeddings, into ``folder/STATES_INDEX``. With
-    ``token_ids`` the batches hold token ids, which go into the index with a digest of them and
-    the embeddings (no states file)."""
+    ``token_ids`` the batches hold token ids, which go into the index with a digest of the whole
+    index (no states file)."""
     offsets, lengths = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     embeddings = torch.zeros(n, hidden_size)
     pieces: list[Tensor] = []  # the token ids, in encoding order
@@ -275,7 +281,7 @@ def _write_cached(folder: Path, batches: Iterator[tuple[list[int], list[Tensor],
     index = {"offsets": offsets, "lengths": lengths, "embeddings": embeddings}
     if token_ids:
         index["ids"] = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
-        index["digest"] = _digest(index["ids"], embeddings)
+        index["digest"] = _digest(offsets, lengths, index["ids"], embeddings)
     save_file(index, str(folder / STATES_INDEX))
 
 
@@ -316,7 +322,7 @@ def _read_cached(folder: Path, n: int, model: PromptDSI) -> EncodedTexts | None:
         digest = index.get("digest")
         if flat is None or digest is None or flat.shape != (rows,):
             return None
-        if not torch.equal(digest, _digest(flat, embeddings)):
+        if not torch.equal(digest, _digest(offsets, lengths, flat, embeddings)):
             return None
     elif states_path.stat().st_size != rows * hidden_size * 2:
         return None
@@ -351,17 +357,20 @@ def evenly_spaced(n: int, k: int) -> Tensor:
 
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
     """Right-pad per-text states (T_i, H) -> hidden (B, T, H) float32 and attention_mask (B, T);
-    SemidError for states that are not finite (a damaged cache entry: the encoder gives none)."""
-    if isinstance(states, TokenStates):
+    SemidError for states that are not finite (a damaged cache entry, or encoder weights)."""
+    if isinstance(states, TokenStates):  # embedded now: NaN would come from the encoder's weights
         half, lengths = states.padded()
+        damaged = ("the encoder's input embeddings hold NaN or infinity: its weights are damaged; "
+                   "reinstall the encoder, or give another (encoder_path)")  # fmt: skip
     else:
         states = list(states)
         half = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
         lengths = torch.tensor([len(s) for s in states])
+        damaged = (f"encoded texts read from {_cache_dir()} hold NaN or infinity: a cache entry "
+                   "is damaged; remove that folder (the texts are encoded again)")  # fmt: skip
     hidden = half.float()
     if not torch.isfinite(hidden).all():
-        raise SemidError(f"encoded texts read from {_cache_dir()} hold NaN or infinity: a cache "
-                         "entry is damaged; remove that folder (the texts are encoded again)")  # fmt: skip
+        raise SemidError(damaged)
     mask = (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
     return {"hidden": hidden, "attention_mask": mask}
 

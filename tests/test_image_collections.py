@@ -176,7 +176,9 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     assert (
         "semid: note: added images of classes the run was not trained on: 'mid' (3 images);" in err
     )
-    write_classes(tmp_path / "again", {"dark": 40}, per_class=1)  # a class the run knows
+    write_classes(
+        tmp_path / "again", {"Dark": 40}, per_class=1
+    )  # a class the run knows, case aside
     assert main(["index", "add", str(run), "--items", str(tmp_path / "again")]) == 0
     assert "not trained on" not in capsys.readouterr().err
     write_image(tmp_path / "loose" / "x.png", 40)

@@ -256,6 +256,10 @@ def test_collection_table_of_paths_and_captions(tmp_path):
     )
     splits = load_image_collection(tmp_path / "list.csv", test_fraction=0.5)
     assert splits.name == "list" and splits.train.class_names == ["cat", "dog"]
+    cased = tmp_path / "cased.csv"  # a class's text is lower-cased: "Dog" and "dog" are one
+    cased.write_text((tmp_path / "list.csv").read_text().replace('running",dog', 'running",Dog'))
+    with pytest.raises(SemidError, match="labels of .*: 'Dog' and 'dog' both read as class 'dog'"):
+        load_image_collection(cased, test_fraction=0.5)
     assert len(splits.train) == len(splits.test) == 2 and splits.train.images.shape[1:] == (6, 6)
     both = dict(
         zip(
@@ -364,7 +368,10 @@ def test_collection_path_and_fraction_errors(tmp_path):
     (tmp_path / "a-b" / "1.png").rename(tmp_path / "a_b" / "2.png")
     (tmp_path / "a-b").rmdir()
     write_png(tmp_path / "A_B" / "1.png", (4, 4), 1)  # the texts are lower-cased: the same class
-    with pytest.raises(SemidError, match="'A_B' and 'a_b' .* both read as class 'a b'"):
+    with pytest.raises(
+        SemidError,
+        match="class folders in .*: 'A_B' and 'a_b' both read as class 'a b'; rename one",
+    ):
         load_image_collection(tmp_path)
 
 

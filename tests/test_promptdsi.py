@@ -94,6 +94,50 @@ def test_lower_then_upper_layers_equal_the_full_encoder():
     torch.testing.assert_close(a, b)
 
 
+def test_a_batch_of_long_and_short_texts_runs_the_short_ones_padded_to_their_own_length(
+    monkeypatch,
+):
+    """Documents and queries in one training batch: the upper layers run the short rows apart,
+    with the loss and the prompts' gradients of one padded run; a batch of like lengths runs whole."""
+    model = tiny(prompt_layer=0).eval()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([30, 4, 28, 5, 3, 6])  # 2 long texts, 4 short ones
+    ids = torch.randint(1, 60, (6, 30), generator=g)
+    mask = (torch.arange(30)[None, :] < lengths[:, None]).long()
+    batch = {
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "target_codes": torch.zeros(6, 3).long(),
+    }
+    widths, run = [], PromptDSI._run_layers
+
+    def recorded(self, hidden, attention_mask, layers):
+        widths.append((len(hidden), hidden.shape[1]))
+        return run(self, hidden, attention_mask, layers)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss, _ = model(batch)
+        loss.backward()
+        return loss, [p.grad.clone() for p in model.prompts]
+
+    monkeypatch.setattr(PromptDSI, "_run_layers", recorded)
+    grouped = loss_and_grads()
+    # the prompted layers: (rows, 2 prompt tokens + the longest text of the rows)
+    assert (2, 32) in widths and (4, 8) in widths and (6, 32) not in widths
+    monkeypatch.setattr(PromptDSI, "_run_layers_by_length", PromptDSI._run_layers)
+    whole = loss_and_grads()
+    torch.testing.assert_close(grouped[0], whole[0])
+    for a, b in zip(grouped[1], whole[1], strict=True):
+        torch.testing.assert_close(a, b)
+    widths.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(PromptDSI, "_run_layers", recorded)
+    batch["attention_mask"] = (torch.arange(30)[None, :] < 27 + lengths[:, None] % 3).long()
+    model(batch)
+    assert (6, 32) in widths  # lengths 27-29: grouping would save little
+
+
 def test_encoder_stays_frozen_in_eval_mode_and_out_of_state_dict():
     model = tiny()
     model.train()
@@ -279,9 +323,26 @@ def test_at_prompt_layer_0_texts_keep_token_ids_that_give_the_states_back(tmp_pa
         f.seek(size - 32 - 16)  # the digest (32 bytes) comes last
         f.write(bytes(16))
     assert same_states(encode_texts(model, texts, batch_size=2).states, want)
+    with open(index, "r+b") as f:  # zeros over where each text starts: every text would read
+        header = int.from_bytes(f.read(8), "little")  # the first text's ids
+        start, end = json.loads(f.read(header))["offsets"]["data_offsets"]
+        f.seek(8 + header + start)
+        f.write(bytes(end - start))
+    assert same_states(encode_texts(model, texts, batch_size=2).states, want)
     with open(index, "r+b") as f:
         f.truncate(40)
     assert same_states(encode_texts(model, texts, batch_size=2).states, want)
+
+
+def test_token_states_on_a_gpu_are_refused_in_a_dataloader_worker(monkeypatch):
+    """A forked worker cannot use CUDA: said in one line, with the fix, not CUDA's error."""
+    from semid.generators.promptdsi_states import TokenStates
+
+    on_a_device = torch.nn.Embedding(4, 2, device="meta")  # any device but the CPU
+    states = TokenStates([torch.tensor([1, 2])], on_a_device, 2)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    with pytest.raises(SemidError, match="DataLoader worker .* train with num_workers=0$"):
+        states.padded()
 
 
 def test_an_unusable_cache_folder_is_named_before_encoding(tmp_path, monkeypatch):

@@ -109,14 +109,18 @@ def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> li
     """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide,
     case aside (a class's text is lower-cased: ``Bag/`` and ``bag/`` would share one)."""
     names = [" ".join(f.replace("_", " ").replace("-", " ").split()) for f in folders]
+    refuse_clashing_classes(names, folders, f"class folders in {where}")
+    return names
+
+
+def refuse_clashing_classes(names: list[str], given: list[str], what: str) -> None:
+    """SemidError when two class names read the same, case aside (a class's text is lower-cased,
+    so ``Bag`` and ``bag`` would be two classes of one text); ``given``: the names as written."""
     read = [n.lower() for n in names]
     for i, n in enumerate(read):
         if n in read[:i]:
-            raise SemidError(
-                f"class folders {folders[read.index(n)]!r} and {folders[i]!r} in {where} both "
-                f"read as class {n!r}; rename one"
-            )
-    return names
+            raise SemidError(f"{what}: {given[read.index(n)]!r} and {given[i]!r} both read as "
+                             f"class {n!r}; rename one")  # fmt: skip
 
 
 def split_indices(
@@ -181,6 +185,7 @@ def _load_image_table(path: Path, image_size: int | str, name: str | None) -> Im
     labels = class_names = None
     if names is not None:
         class_names = sorted(set(names))
+        refuse_clashing_classes(class_names, class_names, f"labels of {path}")
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[names[row]] for row in first_rows], dtype=torch.long)
     given_test = None if splits is None else _given_test(path, splits, first_rows)

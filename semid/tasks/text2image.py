@@ -413,10 +413,12 @@ class Text2ImageTask(Task):
                               f"own, indexed with `semid index add {run.path} --items FOLDER`")  # fmt: skip
         splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, relevance_labels(splits.test).tolist(), strict=True))
-        class_index = {c: i for i, c in enumerate(splits.test.class_names or [])}
-        # images added later: their class if the test split has it, else relevant to no query
+        # images added later: their class if the test split has it (case aside, as class texts
+        # are lower-cased), else relevant to no query
+        class_index = {c.lower(): i for i, c in enumerate(splits.test.class_names or [])}
         label_of |= {
-            k: class_index.get(c, -1) for k, c in run.state.get("added_labels", {}).items()
+            k: class_index.get(c.lower(), -1) if c is not None else -1
+            for k, c in run.state.get("added_labels", {}).items()
         }
         unknown = [k for k in run.ids.keys if k not in label_of]
         if unknown:
@@ -487,8 +489,8 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
     it recorded them)."""
     if not isinstance(trained, list):
         return
-    known = set(trained)
-    unknown = Counter(c for c in added if c is not None and c not in known)
+    known = {str(c).lower() for c in trained}
+    unknown = Counter(c for c in added if c is not None and c.lower() not in known)
     if unknown:
         shown = ", ".join(f"{c!r} ({counted(n, 'image')})" for c, n in sorted(unknown.items()))
         note(f"added images of classes the run was not trained on: {shown}; they are indexed, but "
@@ -498,8 +500,8 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
     if unlabelled:
         them = "it" if unlabelled == 1 else "them"
         note(f"added {counted(unlabelled, 'image')} without a class to a run of classes: "
-             f"`semid eval` counts {them} relevant to no query; add {them} from class subfolders, "
-             f"or from a table with a label column, to count {them}")  # fmt: skip
+             f"`semid eval` counts {them} relevant to no query (images added with a class, from "
+             "class subfolders or a table with a label column, count)")  # fmt: skip
 
 
 def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageDataset:
