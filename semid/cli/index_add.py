@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--docs",
         type=Path,
-        help="documents of a retrieval run (JSON Lines, CSV or Parquet of id, text[, queries], or a "
+        help="documents of a retrieval run (JSON Lines, CSV, TSV or Parquet of id, text[, queries], or a "
         "BEIR folder, as training reads them): only new prompts are trained; documents without queries are indexed only",
     )
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")

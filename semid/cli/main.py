@@ -52,8 +52,8 @@ COMMANDS = [
         "train",
         "retriever",
         "semid.cli.train_retriever",
-        "Train a generative retriever: PromptDSI on documents (debian-docs, manpages, a JSONL, CSV "
-        "or Parquet file, a BEIR folder) or AVG (text to image) on images (fashion-mnist, digits, a "
+        "Train a generative retriever: PromptDSI on documents (debian-docs, manpages, a JSONL, CSV, "
+        "TSV or Parquet file, a BEIR folder) or AVG (text to image) on images (fashion-mnist, digits, a "
         "folder or a table of image paths).",
     ),
     (

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dataset",
         required=True,
         help="documents: debian-docs, manpages, a file of id, text[, queries] rows (JSON Lines, CSV, "
-        "Parquet; optionally .gz) or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/); images (--model avg): fashion-mnist, digits, a folder "
+        "TSV, Parquet; optionally .gz) or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/); images (--model avg): fashion-mnist, digits, a folder "
         "with one subfolder per class, or a CSV/JSON Lines of path[, caption][, label]",
     )
     p.add_argument(

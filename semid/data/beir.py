@@ -20,8 +20,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from semid.data.documents import QUERY_ID_FIELDS, Document, DocumentCollection, read_documents
-from semid.data.tables import content_sha256, find_column, key_strings, read_table
+from semid.data.tables import content_sha256, find_column, key_strings, read_table, row_label
 from semid.errors import SemidError
+from semid.notes import note
 from semid.wording import counted
 
 CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
@@ -49,7 +50,7 @@ def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCol
     corpus = _file(folder, CORPUS)
     if corpus is None:
         raise SemidError(f"{folder} is a folder without {CORPUS}; pass a documents file (JSON Lines, "
-                         f"CSV or Parquet of id, text[, queries]) or {LAYOUT}")  # fmt: skip
+                         f"CSV, TSV or Parquet of id, text[, queries]) or {LAYOUT}")  # fmt: skip
     collection = read_documents(corpus)
     queries, qrels = _file(folder, QUERIES), _qrels_files(folder)
     if (queries is None) != (not qrels):
@@ -83,9 +84,13 @@ def _query_texts(path: Path) -> dict[str, str]:
     text_column = find_column(table, "text", ("text", "query"), path, "queries file",
                               columns_option=False)  # fmt: skip
     ids = key_strings(table[id_column], path, "query id")
-    return {
-        i: str(t or "").strip() for i, t in zip(ids, table[text_column].to_pylist(), strict=True)
-    }
+    texts: dict[str, str] = {}
+    for row, (i, t) in enumerate(zip(ids, table[text_column].to_pylist(), strict=True)):
+        text = str(t or "").strip()
+        if texts.setdefault(i, text) != text:
+            raise SemidError(f"{path} {row_label(path, row)} gives query {i!r} another text "
+                             f"({text[:40]!r}, was {texts[i][:40]!r}); give each query its own id")  # fmt: skip
+    return texts
 
 
 def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[Path],
@@ -150,11 +155,17 @@ def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tupl
             ) from None
     query_ids = key_strings(table[query_col], path, "query id")
     doc_ids = key_strings(table[doc_col], path, "document id")
-    return [
-        (doc, texts[query], score)
-        for query, doc, score in zip(query_ids, doc_ids, scores, strict=True)
-        if score is not None and score > 0 and texts.get(query) and doc in known
-    ]
+    relevant = [(query, doc, score) for query, doc, score in zip(query_ids, doc_ids, scores, strict=True)
+                if score is not None and score > 0]  # fmt: skip
+    no_query = [(q, d) for q, d, _ in relevant if not texts.get(q)]
+    no_document = [(q, d) for q, d, _ in relevant if texts.get(q) and d not in known]
+    for pairs, what in ((no_query, f"queries {QUERIES} lacks (or gives no text)"),
+                        (no_document, f"documents {CORPUS} lacks")):  # fmt: skip
+        if pairs:
+            note(f"{path}: {counted(len(pairs), 'relevant judgement')} of {what} skipped (first: "
+                 f"{pairs[0][0]} -> {pairs[0][1]})")  # fmt: skip
+    return [(doc, texts[query], score) for query, doc, score in relevant
+            if texts.get(query) and doc in known]  # fmt: skip
 
 
 def _by_document(judgements: Iterable[tuple[str, str, float]]) -> dict[str, list[str]]:

@@ -191,14 +191,15 @@ def _document(record: dict, where: str) -> Document:
 
 
 def _text(record: dict, where: str, doc_id: str) -> str:
-    """The record's "title" (if any) and its "text" or body, joined by a line break."""
+    """The record's "title" (if any) and its "text" or body (if any), joined by a line break."""
     body_name, body = _field(record, ("text",), where)  # BEIR's corpus: a title and a text
     if body_name is None:
         body_name, body = _field(record, BODY_FIELDS, where)
-    if body_name is None:
-        accepted = f"text, or title with one of {', '.join(BODY_FIELDS)}"
+    title = _field(record, ("title",), where)
+    if body_name is None and title[0] is None:
+        accepted = f"text, or title and/or one of {', '.join(BODY_FIELDS)}"
         raise _missing(where, "document text", accepted, record)
-    parts = [_field(record, ("title",), where), (body_name, body)]
+    parts = [title, (body_name, body)]
     for name, value in parts:
         if value is not None and not isinstance(value, str):
             raise SemidError(f'{where}: "{name}" holds {type(value).__name__}, not a string')
@@ -251,7 +252,7 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     path = Path(path)
     if path.is_dir():
         raise SemidError(
-            f"{path} is a folder; pass the documents file (JSON Lines, CSV or Parquet with id and "
+            f"{path} is a folder; pass the documents file (JSON Lines, CSV, TSV or Parquet with id and "
             "text), or a BEIR folder with corpus.jsonl, queries.jsonl and qrels/*.tsv"
         )
     if not path.is_file():
@@ -328,7 +329,7 @@ def _grades(record: dict, where: str, doc: Document) -> dict[tuple[str, str], fl
     """(document id, query) -> grade for the record's ``grades`` object, those that are not 1;
     SemidError naming ``where`` for a grade that is no number > 0 or a query the document lacks."""
     _, value = _field(record, (GRADE_FIELD,), where)
-    if value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):  # a table's empty cell
         return {}
     if isinstance(value, list) and all(isinstance(p, tuple | list) and len(p) == 2 for p in value):
         value = dict(value)  # a Parquet map column

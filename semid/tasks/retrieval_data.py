@@ -83,7 +83,7 @@ def load_collection(name: str) -> DocumentCollection:
     data = load_dataset(name)
     if not isinstance(data, DocumentCollection):
         raise SemidError(f"{name} is not a document collection; pass debian-docs, manpages or a "
-                         "documents file (JSON Lines, CSV or Parquet of id, text[, queries])")  # fmt: skip
+                         "documents file (JSON Lines, CSV, TSV or Parquet of id, text[, queries])")  # fmt: skip
     return data
 
 
@@ -128,7 +128,9 @@ def describe_split(
         line += '; no test queries (give documents "test_queries" to evaluate)'
     elif collection.has_test_split:
         given = len({q for d in collection.documents for q in d.test_queries})
-        line += f"; {len(tested):,} of the {given:,} given test queries (qrels/test)"
+        line += (
+            f"; {len(tested):,} of the {given:,} given test queries (qrels/test or test_queries)"
+        )
         if given > len(tested):
             line += ("; the rest answer only held-out documents and are scored once `semid index add` "
                      "adds them (or train with --hold-out 0)")  # fmt: skip

@@ -62,7 +62,7 @@ from semid.indexing import (
 )
 from semid.lexical import LexicalIndex
 from semid.metrics import compute_metrics
-from semid.notes import tell
+from semid.notes import note, tell
 from semid.quantization import Quantizer
 from semid.ranking import DEFAULT_NUM_BEAMS, Ranking
 from semid.runs import Run, load_run, replacing_run, write_run
@@ -314,6 +314,7 @@ class RetrieveTask(Task):
                 f'{run.path} has no test queries ({why}); give documents "test_queries" to '
                 f'evaluate, or ask it with `semid predict {run.path} --query "..."`'
             )
+        _note_changed_corpus(run, self.spec_of(run).dataset)
         predictor = self.predictor(run, options.device)
         metrics: dict[str, float] = {}
         for name, pairs in parts.items():
@@ -523,3 +524,18 @@ def _new_model(spec: RetrieveSpec, ids: SemanticIDs, quantizer: Quantizer, probe
     model.use_trie(ids.trie(model.codebook_sizes))
     model.set_documents_(docs.embeddings)
     return model
+
+
+def _note_changed_corpus(run: Run, dataset: str) -> None:
+    """A note when the run's documents (their texts, queries or judgements) changed since training:
+    `evaluate` scores the test queries recorded then (eval_queries.json), not the changed ones.
+    Nothing is said of data that cannot be read (moved away): evaluating does not need it."""
+    trained = run.state.get("corpus_sha256")
+    try:
+        now = load_collection(dataset).sha256 if trained else None
+    except SemidError:
+        return
+    if now is not None and now != trained:
+        note(f"the documents of {run.path} changed since training ({dataset}); it is evaluated "
+             f"on the test queries and judgements recorded then ({EVAL_QUERIES}): retrain it to "
+             "test the changed ones")  # fmt: skip
