@@ -13,7 +13,13 @@ import torch
 from _documents import tiny_spec
 
 from semid.data.beir import read_beir, read_collection
-from semid.data.corpus import CorpusSplit, evaluation_queries, own_test_split, query_examples
+from semid.data.corpus import (
+    CorpusSplit,
+    evaluation_queries,
+    own_test_split,
+    query_examples,
+    with_added_documents,
+)
 from semid.data.documents import Document, DocumentCollection
 from semid.data.tables import content_sha256
 from semid.errors import SemidError
@@ -319,3 +325,18 @@ def test_given_test_queries_of_held_out_documents_are_scored_once_they_are_added
     assert all(
         isinstance(relevant, dict) and set(relevant.values()) == {2} for _, relevant in added
     )
+
+
+def test_an_added_document_of_an_earlier_test_query_joins_its_relevant_documents():
+    """A query judged relevant to a D0 document and to a held-out one was tested in d0-test
+    against the first and in d1-test against the second, so a hit on either counted as a miss
+    once both were indexed: the add extends the recorded pair and does not test it again."""
+    parts = {"d0-test": [["q", ["a"]], ["r", {"b": 2.0}], ["t", ["b"]]]}
+    later = DocumentCollection("later", [
+        Document("c", "x", ("q",)), Document("d", "y", ("r",)), Document("e", "z", ("s",)),
+    ], grades={("d", "r"): 3.0})  # fmt: skip
+    new_pairs = evaluation_queries(later, [0, 1, 2], [0, 1, 2])
+    merged, new = with_added_documents(parts, later, new_pairs)
+    assert merged == {"d0-test": [["q", ["a", "c"]], ["r", {"b": 2.0, "d": 3.0}], ["t", ["b"]]]}
+    assert new == [["s", ["e"]]]
+    assert with_added_documents({}, later, new_pairs) == ({}, new_pairs)

@@ -75,6 +75,35 @@ def evaluation_queries(collection: DocumentCollection, rows: Tensor | list[int],
     return [[q, _graded(collection, q, ids)] for q, ids in relevant.items()]
 
 
+def with_added_documents(parts: dict[str, list[list[Any]]], collection: DocumentCollection,
+                         new_pairs: list[list[Any]]) -> tuple[dict[str, list[list[Any]]], list[list[Any]]]:  # fmt: skip
+    """Recorded test-query parts ({part: [[query, relevant]]}) once ``collection``'s documents are
+    indexed too, and the pairs of its own test queries that no part holds yet: a recorded query
+    that some of the new documents list (as `evaluation_queries` reads them) gains them as relevant
+    documents, so a query judged relevant to documents of two parts is scored once, in the part
+    that recorded it first, against all of them (it was scored in each part against that part's
+    documents alone, and a hit on the other part's counted as a miss)."""
+    given, recorded = collection.has_test_split, {q for pairs in parts.values() for q, _ in pairs}
+    listing: dict[str, list[str]] = {}
+    for d in collection.documents:
+        for q in d.test_queries if given else d.queries:
+            if q in recorded and d.id not in listing.setdefault(q, []):
+                listing[q].append(d.id)
+    merged = {name: [[q, _merged_relevance(collection, q, rel, listing.get(q, []))] for q, rel in pairs]
+              for name, pairs in parts.items()}  # fmt: skip
+    return merged, [pair for pair in new_pairs if pair[0] not in recorded]
+
+
+def _merged_relevance(collection: DocumentCollection, query: str, relevant: list[str] | dict[str, float],
+                      added: list[str]) -> list[str] | dict[str, float]:  # fmt: skip
+    """A recorded query's relevant documents (ids, or {id: grade}) and the ``added`` ones."""
+    if not added:
+        return relevant
+    grades = relevant if isinstance(relevant, dict) else dict.fromkeys(relevant, 1.0)
+    grades = {**grades, **{d: collection.grade(d, query) for d in added if d not in grades}}
+    return list(grades) if all(g == 1 for g in grades.values()) else grades
+
+
 def _graded(
     collection: DocumentCollection, query: str, ids: list[str]
 ) -> list[str] | dict[str, float]:

@@ -36,6 +36,7 @@ from semid.data.corpus import (
     split_corpus,
     split_name,
     subset_rows,
+    with_added_documents,
 )
 from semid.data.documents import (
     DocumentCollection,
@@ -126,15 +127,13 @@ def read_eval_queries(run: Path) -> dict[str, list[list[Any]]]:
     return parts
 
 
-def record_eval_queries(run: Path, name: str, pairs: list[list[Any]]) -> None:
-    """Record a part's held-out test queries in ``run/eval_queries.json`` (read by `evaluate`)."""
-    write_json(run / EVAL_QUERIES, read_eval_queries(run) | {name: pairs})
-
-
-def recorded_test_queries(run: Path) -> set[str]:
-    """The texts of every test query recorded in ``run/eval_queries.json`` (all parts): an added
-    session must not train on them, even as the query of one of its own training documents."""
-    return {pair[0] for pairs in read_eval_queries(run).values() for pair in pairs}
+def record_eval_queries(run: Path, name: str, pairs: list[list[Any]],
+                        earlier: dict[str, list[list[Any]]] | None = None) -> None:  # fmt: skip
+    """Record a part's held-out test queries in ``run/eval_queries.json`` (read by `evaluate`),
+    beside the ``earlier`` parts (default: those recorded)."""
+    write_json(
+        run / EVAL_QUERIES, (read_eval_queries(run) if earlier is None else earlier) | {name: pairs}
+    )
 
 
 def _check_eval_options(run: Run, options: EvalOptions) -> None:
@@ -367,9 +366,13 @@ class RetrieveTask(Task):
         train_local, test_local = perm[n_test:].sort().values, perm[:n_test].sort().values
         if collection.has_test_split:
             train_local = test_local = torch.arange(len(collection))
-        test_pairs = evaluation_queries(collection, test_local, torch.arange(len(collection)))
-        # the earlier parts' test queries stay untrained too
-        tested = {q for q, _ in test_pairs} | recorded_test_queries(run_path)
+        # a query the earlier parts test gains the new documents that list it, there, and is
+        # not tested again; those test queries stay untrained too
+        earlier_parts, test_pairs = with_added_documents(
+            read_eval_queries(run_path), collection,
+            evaluation_queries(collection, test_local, torch.arange(len(collection))),
+        )  # fmt: skip
+        tested = {q for pairs in [test_pairs, *earlier_parts.values()] for q, _ in pairs}
         query_texts, with_query = query_examples(collection, train_local.tolist(), tested)
         queries = encode_texts(model, query_texts, desc="encode new queries")
         model.cpu()
@@ -402,7 +405,7 @@ class RetrieveTask(Task):
                 if lexical is not None:
                     lexical.save(run.index_path / LEXICAL)
                 model.save_pretrained(run_path / "model")
-                record_eval_queries(run_path, f"d{session}-test", test_pairs)
+                record_eval_queries(run_path, f"d{session}-test", test_pairs, earlier_parts)
                 state = dict(run.state)
                 session_state = {"documents": len(collection), "topics": m, "train_seconds": seconds,
                                  "epochs": train.max_epochs,
