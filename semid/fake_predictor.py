@@ -103,6 +103,10 @@ class FakePredictor:
         """Nothing to read: the fake users need no data."""
         return
 
+    def unsearched_note(self) -> str | None:
+        """None: the fake items are all searched."""
+        return None
+
     def item_texts(self, keys: Sequence[str]) -> list[str] | None:
         """None: the fake items have no texts."""
         return None

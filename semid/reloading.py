@@ -90,6 +90,10 @@ class ReloadingPredictor:
         """The current run's data, read now."""
         self.current().read_data()
 
+    def unsearched_note(self) -> str | None:
+        """The current run's."""
+        return self.current().unsearched_note()
+
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Resolved by the current run."""
         return self.current().resolve(checked)

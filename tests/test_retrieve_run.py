@@ -462,3 +462,16 @@ def test_training_ranks_the_held_out_queries_once_per_set_of_weights(tmp_path, m
     ndcg = real(model, tuner.ids, tuner.held_out, tuner.lexical, tuner.num_beams)
     assert (model.config.item_mix, model.config.lexical_mix) == chosen
     assert max(ndcg.values()) == summary["valid_ndcg@10"]
+
+
+def test_predict_notes_documents_held_out_until_they_are_added(run, tmp_path, capsys):
+    """Training holds --hold-out documents back in later.jsonl: a query of one of them got other
+    documents without a word. predict (and serve) say how many wait for `semid index add`."""
+    later = new_docs(run / "later.jsonl", n=3)
+    assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
+    assert (f"semid: note: 3 documents of {run}'s corpus (--hold-out) are not searched until "
+            f"`semid index add {run} --docs {later}` adds them") in capsys.readouterr().err  # fmt: skip
+    assert main(["index", "add", str(run), "--docs", str(later)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
+    assert "not searched" not in capsys.readouterr().err

@@ -387,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.run_dir, args.device)
     check_input_flag(args, predictor.task)
+    if (unsearched := predictor.unsearched_note()) is not None:
+        notes.note(unsearched)
     inputs, origins = read_inputs(args, predictor)
     if args.k is None:
         args.k = predictor.default_k()

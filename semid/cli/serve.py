@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         load_predictor, args.run_dir, device="cpu" if not args.in_process else device
     )
     predictor.read_data()  # a large interactions log: read before serving, not at the first request
+    if (unsearched := predictor.unsearched_note()) is not None:
+        notes.note(unsearched, "serve")
 
     def announce(port: int) -> None:
         print(

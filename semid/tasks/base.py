@@ -365,6 +365,11 @@ class Predictor(ABC):
         the first request does not wait for it; nothing by default."""
         return
 
+    def unsearched_note(self) -> str | None:
+        """What of the run's own data its answers leave out, for a note before answering (a
+        retrieval run's documents held out for `semid index add`); None by default."""
+        return None
+
     def item_texts(self, keys: Sequence[str]) -> list[str] | None:
         """Each key's text, for people reading answers ("" for a key without one): the run's data's
         (`data_texts`) and those of items added by text since (read once); None when it has none."""

@@ -40,6 +40,7 @@ from semid.data.corpus import (
 )
 from semid.data.documents import (
     DocumentCollection,
+    read_documents,
     write_documents,
 )
 from semid.data.pseudo_queries import given_documents, with_pseudo_queries
@@ -470,6 +471,18 @@ class RetrievePredictor(QueryPredictor):
                 f"{run.index_path} has no {LEXICAL} but the model mixes lexical scores; retrain the run"
             )
         super().__init__(run, device)
+
+    def unsearched_note(self) -> str | None:
+        """The documents training held out (``later.jsonl``) that no `semid index add` has
+        indexed since: answers cannot include them."""
+        later = self.run.path / LATER
+        if not later.is_file():
+            return None
+        waiting = [i for i in read_documents(later).ids if i not in self.run.ids]
+        if not waiting:
+            return None
+        return (f"{counted(len(waiting), 'document')} of {self.run.path}'s corpus (--hold-out) "
+                f"are not searched until `semid index add {self.run.path} --docs {later}` adds them")  # fmt: skip
 
     @property
     def default_num_beams(self) -> int:
