@@ -129,7 +129,7 @@ def test_bad_model_config_is_one_line_error(tmp_path):
 @pytest.mark.parametrize(
     "scores, kept", [((0.5, 0.4), True), ((0.5, 0.5), False), ((0.5, 0.7), False)]
 )
-def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept):
+def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept, capsys):
     from semid.tasks.retrieval_ranking import train_or_keep_untrained
 
     model = torch.nn.Linear(2, 2)
@@ -144,6 +144,8 @@ def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept):
     result, restored = train_or_keep_untrained(model, lambda m: {"ndcg@10": next(marks)}, fit)
     assert result == "result" and restored == kept
     assert torch.equal(model.weight, untrained["weight"]) == kept
+    said = "semid: note: training scored below the untrained model on the held-out queries (NDCG@10 0.4000 against 0.5000), so the run keeps the untrained weights"
+    assert (said in capsys.readouterr().err) == kept
     assert train_or_keep_untrained(model, None, fit) == ("result", False)
 
 

@@ -23,6 +23,7 @@ from semid.generators.promptdsi_states import EncodedTexts, search_batch
 from semid.hybrid import HybridRanker, choose_mixes
 from semid.ids import SemanticIDs
 from semid.lexical import LexicalIndex
+from semid.notes import note
 from semid.progress import batch_starts
 from semid.saving import read_rows, write_rows
 from semid.tasks.base import move
@@ -121,9 +122,14 @@ def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], di
     result = fit()
     # the trainer scored its best weights
     after = getattr(result, "best_metrics", {}).get("ndcg@10")
-    if (after if after is not None else _score(model, evaluate)) >= before:
+    if after is None:
+        after = _score(model, evaluate)
+    if after >= before:
         return result, False
     model.load_state_dict(snapshot)
+    note(f"training scored below the untrained model on the held-out queries (NDCG@10 {after:.4f} "
+         f"against {before:.4f}), so the run keeps the untrained weights; train longer (--epochs, "
+         "--max-steps) or with more queries to improve on them")  # fmt: skip
     return result, True
 
 
