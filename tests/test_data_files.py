@@ -96,7 +96,11 @@ def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
         ("log.csv", b"", "is empty"),
         ("log.jsonl", b"", "is empty"),
         ("log.csv", b"user,item\n", "has no rows: it holds only a header ('user', 'item')"),
-        ("docs.tsv", b"zz2-a\tsome text\n", "only a header ('zz2-a', 'some text'), read as the names"),
+        (
+            "docs.tsv",
+            b"zz2-a\tsome text\n",
+            "only a header ('zz2-a', 'some text'), read as the names",
+        ),
         ("log.csv", b"user,item\n1,2\n3,\xff\n", "line 3 is not UTF-8"),
         ("log.jsonl", b'{"user": "1"}\n{"user": "\xff"}\n', "line 2 is not UTF-8"),
         ("log.csv", b"user,item\n1,2\n3,4,5\n", "line 3 is malformed (Expected 2 columns, got 3"),

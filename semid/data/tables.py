@@ -90,7 +90,9 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
         raise SemidError(f"cannot read {what} {path}: {e}; check or regenerate the file") from None
     if table.num_rows == 0:
         header = ", ".join(map(repr, table.column_names[:3]))
-        only = f"only a header ({header}), read as the names of its columns" if header else "nothing"
+        only = (
+            f"only a header ({header}), read as the names of its columns" if header else "nothing"
+        )
         raise SemidError(f"{what} {path} has no rows: it holds {only}; a file of rows starts with "
                          "a header line naming its columns")  # fmt: skip
     return table
