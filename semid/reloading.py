@@ -27,8 +27,8 @@ class ReloadingPredictor:
     """A predictor (see `semid.serving.Predictor`) that loads ``run_dir`` again with ``load`` when
     the folder changed since its last load and no writer holds it."""
 
-    def __init__(self, load: Callable[[], Any], run_dir: str | Path) -> None:
-        self._load, self._run_dir = load, Path(run_dir)
+    def __init__(self, load: Callable[[], Any], run_dir: str | Path, announce: bool = True) -> None:
+        self._load, self._run_dir, self._announce = load, Path(run_dir), announce
         self._stamp = run_stamp(self._run_dir)  # taken first: a change during the load shows later
         self._current = load()
         self._failed: tuple[int, ...] | None = None  # a state that did not load: not tried again
@@ -64,8 +64,9 @@ class ReloadingPredictor:
                  "loaded before", "serve")  # fmt: skip
             return self._current
         self._current, self._stamp = fresh, stamp
-        note(f"{self._run_dir} changed on disk; loaded it again "
-             f"({fresh.info()['index_size']:,} indexed)", "serve")  # fmt: skip
+        if self._announce:
+            note(f"{self._run_dir} changed on disk; loaded it again "
+                 f"({fresh.info()['index_size']:,} indexed)", "serve")  # fmt: skip
         return fresh
 
     def info(self) -> dict[str, Any]:
@@ -110,8 +111,11 @@ class ReloadingPredictor:
 
 
 def follow_run(
-    load_predictor: Callable[..., Any], run_dir: str | Path, device: str = "cpu"
-) -> ReloadingPredictor:
+    load_predictor: Callable[..., Any], run_dir: str | Path, device: str = "cpu",
+    announce: bool = True,
+) -> ReloadingPredictor:  # fmt: skip
     """``load_predictor(run_dir, device=device)`` (`semid.tasks.load_predictor`), loaded again
-    whenever the run changes; module-level, so a model process can be given it in a partial."""
-    return ReloadingPredictor(partial(load_predictor, run_dir, device=device), run_dir)
+    whenever the run changes; module-level, so a model process can be given it in a partial.
+    ``announce``: note each load after a change (the server's own copy does; its model processes,
+    which load the same change, would repeat it)."""
+    return ReloadingPredictor(partial(load_predictor, run_dir, device=device), run_dir, announce)

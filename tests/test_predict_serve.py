@@ -427,6 +427,22 @@ def pop_run(folder: Path) -> Path:
     return folder / "run"
 
 
+def test_serves_model_processes_load_a_change_without_repeating_the_note(tmp_path, capsys):
+    """The server's own copy says that the run changed and was loaded again; each model process
+    (``announce=False``) loads it too, silently, instead of a line per process."""
+    run = pop_run(tmp_path)
+    loud, quiet = (
+        ReloadingPredictor(lambda: load_predictor(run), run, announce) for announce in (True, False)
+    )
+    time.sleep(0.05)  # folder times tick every few ms
+    (run / "index" / "touched").write_text("x")
+    capsys.readouterr()
+    quiet.info()
+    assert "loaded it again" not in capsys.readouterr().err
+    loud.info()
+    assert "loaded it again" in capsys.readouterr().err
+
+
 def test_a_served_recommender_reads_its_data_before_the_first_request(tmp_path, capsys):
     """serve reads the interactions at start (a large log is not read by the first request); a log
     that cannot be read is noted, not fatal: histories are still answered."""

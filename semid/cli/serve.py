@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     # each copy of the run follows its folder: `semid index add` while serving is answered at once
-    load = partial(follow_run, load_predictor, args.run_dir, device=device)
+    load = partial(follow_run, load_predictor, args.run_dir, device=device, announce=False)
     workers = 1 if args.in_process else args.workers or default_workers(device)
     # the server's own copy only checks inputs and answers /info; the model process predicts
     predictor = follow_run(
