@@ -121,6 +121,12 @@ def _cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "semid") / "promptdsi"
 
 
+def keeps_token_ids(model: PromptDSI) -> bool:
+    """Whether ``model``'s lower states are its encoder's input embeddings (prompt_layer 0),
+    kept as token ids (``TokenStates``) rather than float16 states."""
+    return model.config.prompt_layer == 0
+
+
 def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
     """sha256 hex of the encoder (its config, or its folder's files: new weights in the same
     folder give a new key), the layer split, the length limit, the device kind when not the CPU
@@ -131,7 +137,7 @@ def _cache_key(model: PromptDSI, texts: Sequence[str]) -> str:
         encoder = model_identity(Path(cfg.encoder_path or default_encoder_path()))
     identity = [
         # v2: a folder, its states memory-mapped; v3: token ids at layer 0 (TokenStates)
-        "v3" if cfg.prompt_layer == 0 else "v2",
+        "v3" if keeps_token_ids(model) else "v2",
         encoder,
         cfg.encoder_seed,
         cfg.max_length,
@@ -154,7 +160,7 @@ def _encoded_batches(model: PromptDSI, texts: Sequence[str], batch_size: int,
                      desc: str) -> Iterator[tuple[list[int], list[Tensor], Tensor]]:  # fmt: skip
     """(rows, per-text states (T_i, H) float16 or, at prompt_layer 0, token ids (T_i,) int32,
     sentence embeddings (B, H)) per batch of texts, shortest texts first."""
-    token_ids = model.config.prompt_layer == 0
+    token_ids = keeps_token_ids(model)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for lo in progress_bar(
         range(0, len(texts), batch_size), desc=desc, disable=len(texts) <= batch_size
@@ -172,7 +178,7 @@ def _encoded_batches(model: PromptDSI, texts: Sequence[str], batch_size: int,
 def _as_states(model: PromptDSI, per_text: list[Tensor]) -> Sequence[Tensor]:
     """Per-text states as ``_encoded_batches`` gives them: token ids at prompt_layer 0 are
     ``TokenStates``, embedded by the model's encoder when read."""
-    if model.config.prompt_layer:
+    if not keeps_token_ids(model):
         return per_text
     return TokenStates(per_text, model.encoder.embeddings, model.encoder.config.hidden_size)
 
@@ -218,7 +224,7 @@ def encode_texts(
         try:
             with atomic_dir(folder, label="cache") as tmp:
                 _write_cached(tmp, batches, len(texts), hidden_size,
-                              token_ids=model.config.prompt_layer == 0)  # fmt: skip
+                              token_ids=keeps_token_ids(model))  # fmt: skip
         except DiskFullError as e:
             raise SemidError(f"{e}; or {CACHE_FIX}") from None
     cached = _read_cached(folder, len(texts), model)
@@ -298,7 +304,7 @@ def _read_cached(folder: Path, n: int, model: PromptDSI) -> EncodedTexts | None:
     """The cache entry in ``folder`` for ``model``'s texts, its states memory-mapped (token ids at
     prompt_layer 0); None if it is missing or damaged (then the texts are encoded again)."""
     hidden_size = model.encoder.config.hidden_size
-    token_ids = model.config.prompt_layer == 0
+    token_ids = keeps_token_ids(model)
     states_path, index_path = folder / STATES, folder / STATES_INDEX
     if not (index_path.is_file() and (token_ids or states_path.is_file())):
         return None
