@@ -471,6 +471,10 @@ def test_predict_notes_documents_held_out_until_they_are_added(run, tmp_path, ca
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
     assert (f"semid: note: 3 documents of {run}'s corpus (--hold-out) are not searched until "
             f"`semid index add {run} --docs {later}` adds them") in capsys.readouterr().err  # fmt: skip
+    later.write_text(later.read_text() + "{not json\n")  # edited: answering does not need it
+    assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
+    assert "not searched" not in capsys.readouterr().err
+    new_docs(later, n=3)
     assert main(["index", "add", str(run), "--docs", str(later)]) == 0
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0

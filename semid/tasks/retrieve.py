@@ -478,7 +478,11 @@ class RetrievePredictor(QueryPredictor):
         later = self.run.path / LATER
         if not later.is_file():
             return None
-        waiting = [i for i in read_documents(later).ids if i not in self.run.ids]
+        try:  # an edited later.jsonl: answering does not need it, and `index add` says why
+            held_out = read_documents(later).ids
+        except SemidError:
+            return None
+        waiting = [i for i in held_out if i not in self.run.ids]
         if not waiting:
             return None
         return (f"{counted(len(waiting), 'document')} of {self.run.path}'s corpus (--hold-out) "
