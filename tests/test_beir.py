@@ -340,3 +340,6 @@ def test_an_added_document_of_an_earlier_test_query_joins_its_relevant_documents
     assert merged == {"d0-test": [["q", ["a", "c"]], ["r", {"b": 2.0, "d": 3.0}], ["t", ["b"]]]}
     assert new == [["s", ["e"]]]
     assert with_added_documents({}, later, new_pairs) == ({}, new_pairs)
+    # runs recorded before a query could have several relevant documents hold one id as a string
+    older, _ = with_added_documents({"d0-test": [["q", "12"]]}, later, new_pairs)
+    assert older == {"d0-test": [["q", ["12", "c"]]]}

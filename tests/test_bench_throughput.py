@@ -110,6 +110,6 @@ def test_promptdsi_step_benchmark_runs_both_ways_on_the_same_batches(tmp_path, m
             "--batches", "2", "--reps", "1", "--out", str(tmp_path)]  # fmt: skip
     result = promptdsi_step.main(argv, PromptDSIConfig(**TINY_PROMPTDSI))
     assert set(widths["whole batch"]) == {8}  # every row in one run
-    assert len(widths["short rows apart"]) >= 2
+    assert min(widths["short rows apart"]) < 8  # documents and queries ran apart
     assert result["whole batch"] > 0 and result["short rows apart"] > 0
     assert "| step s, whole batch |" in (tmp_path / "promptdsi-step.md").read_text()

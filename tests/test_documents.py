@@ -149,7 +149,7 @@ def test_csv_and_parquet_documents(tmp_path):
         (
             "d.csv",
             "id,summary\n1,x\n",
-            "no document text (accepted names: text, or title and/or one of body",
+            "no document text (accepted names: text, or title with one of body",
         ),
         ("d.csv", "id,doc_id,text\n1,2,x\n", "line 2 has both 'id' and 'doc_id'; keep one"),
         ("d.csv", "id,text\n1,x\n2,y\n1,z\n", "line 4 repeats id '1' (first at line 2)"),
@@ -198,7 +198,6 @@ def _docs(tmp_path, name: str, records: list[dict]):
         ({"_id": "a", "title": "Tea", "contents": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "title": "Tea", "body": "a drink"}, Document("a", "Tea\na drink")),
         ({"id": "a", "abstract": "a drink"}, Document("a", "a drink")),
-        ({"id": "a", "title": "Tea"}, Document("a", "Tea")),  # a title alone
         ({"docno": "a", "title": "Tea", "content": "a drink"}, Document("a", "Tea\na drink")),
         ({"pid": 7, "passage": "a drink", "query": "tea"}, Document("7", "a drink", ("tea",))),
         ({"id": "a", "text": "t", "question": "why?"}, Document("a", "t", ("why?",))),  # QA sets

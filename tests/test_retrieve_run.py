@@ -469,13 +469,32 @@ def test_predict_notes_documents_held_out_until_they_are_added(run, tmp_path, ca
     documents without a word. predict (and serve) say how many wait for `semid index add`."""
     later = new_docs(run / "later.jsonl", n=3)
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
-    assert (f"semid: note: 3 documents of {run}'s corpus (--hold-out) are not searched until "
-            f"`semid index add {run} --docs {later}` adds them") in capsys.readouterr().err  # fmt: skip
+    assert (f"semid: note: {run}'s corpus holds 3 documents that training held out (--hold-out) "
+            f"and answers leave out until `semid index add {run} --docs {later}` adds them"
+            ) in capsys.readouterr().err  # fmt: skip
     later.write_text(later.read_text() + "{not json\n")  # edited: answering does not need it
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
-    assert "not searched" not in capsys.readouterr().err
+    assert "held out" not in capsys.readouterr().err
     new_docs(later, n=3)
     assert main(["index", "add", str(run), "--docs", str(later)]) == 0
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
-    assert "not searched" not in capsys.readouterr().err
+    assert "held out" not in capsys.readouterr().err
+
+
+def test_an_added_document_of_an_earlier_test_query_is_scored_with_that_query(
+    run, tmp_path, capsys
+):
+    """A query judged relevant to documents of two parts: the add extends the pair recorded by
+    the earlier part (written to eval_queries.json) and does not test it again; it says so."""
+    query, relevant = json.loads((run / "eval_queries.json").read_text())["d0-test"][0]
+    path = tmp_path / "more.jsonl"
+    path.write_text(
+        json.dumps({"id": "more0", "text": "another manual", "queries": [query]}) + "\n"
+    )
+    assert main(["index", "add", str(run), "--docs", str(path), "--epochs", "1"]) == 0
+    assert "1 earlier test query counts some of them relevant too" in capsys.readouterr().out
+    parts = json.loads((run / "eval_queries.json").read_text())
+    kept = dict(parts["d0-test"])[query]
+    assert list(kept) == [*([relevant] if isinstance(relevant, str) else relevant), "more0"]
+    assert query not in dict(parts.get("d1-test", []))

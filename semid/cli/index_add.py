@@ -126,6 +126,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _held_out(summary: dict, run: Path) -> str:
+    """What became of the new documents' queries, and of the earlier test queries they answer."""
+    said = _new_queries(summary, run)
+    joined = summary.get("joined_test_queries", 0)
+    if joined:
+        said += (f"; {counted(joined, 'earlier test query counts', 'earlier test queries count')} "
+                 "some of them relevant too")  # fmt: skip
+    return said
+
+
+def _new_queries(summary: dict, run: Path) -> str:
     """What became of the new documents' queries."""
     if summary.get("pseudo_queries"):
         they = "it has" if summary["documents"] == 1 else "they have"

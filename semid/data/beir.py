@@ -60,9 +60,18 @@ def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCol
     documents, grades = collection.documents, {}
     if queries is not None:
         documents, grades = _with_queries(documents, _query_texts(queries), qrels, folder)
-    files = [corpus, *([queries] if queries is not None else []), *qrels]
-    return DocumentCollection(name or folder.resolve().name, documents, content_sha256(files),
-                              grades=grades)  # fmt: skip
+    return DocumentCollection(name or folder.resolve().name, documents,
+                              content_sha256(beir_files(folder)), grades=grades)  # fmt: skip
+
+
+def beir_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of a BEIR folder that its collection reads (corpus, queries, qrels), whose
+    `content_sha256` is the collection's ``sha256``; [] without a corpus file."""
+    folder = Path(folder)
+    corpus, queries = _file(folder, CORPUS), _file(folder, QUERIES)
+    if corpus is None:
+        return []
+    return [corpus, *([queries] if queries is not None else []), *_qrels_files(folder)]
 
 
 def _file(folder: Path, name: str) -> Path | None:

@@ -94,11 +94,14 @@ def with_added_documents(parts: dict[str, list[list[Any]]], collection: Document
     return merged, [pair for pair in new_pairs if pair[0] not in recorded]
 
 
-def _merged_relevance(collection: DocumentCollection, query: str, relevant: list[str] | dict[str, float],
+def _merged_relevance(collection: DocumentCollection, query: str, relevant: str | list[str] | dict[str, float],
                       added: list[str]) -> list[str] | dict[str, float]:  # fmt: skip
-    """A recorded query's relevant documents (ids, or {id: grade}) and the ``added`` ones."""
+    """A recorded query's relevant documents (ids, {id: grade}, or one id as runs recorded it
+    before a query could have several) and the ``added`` ones."""
     if not added:
         return relevant
+    if isinstance(relevant, str):
+        relevant = [relevant]
     grades = relevant if isinstance(relevant, dict) else dict.fromkeys(relevant, 1.0)
     grades = {**grades, **{d: collection.grade(d, query) for d in added if d not in grades}}
     return list(grades) if all(g == 1 for g in grades.values()) else grades

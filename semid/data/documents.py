@@ -191,15 +191,14 @@ def _document(record: dict, where: str) -> Document:
 
 
 def _text(record: dict, where: str, doc_id: str) -> str:
-    """The record's "title" (if any) and its "text" or body (if any), joined by a line break."""
+    """The record's "title" (if any) and its "text" or body, joined by a line break."""
     body_name, body = _field(record, ("text",), where)  # BEIR's corpus: a title and a text
     if body_name is None:
         body_name, body = _field(record, BODY_FIELDS, where)
-    title = _field(record, ("title",), where)
-    if body_name is None and title[0] is None:
-        accepted = f"text, or title and/or one of {', '.join(BODY_FIELDS)}"
+    if body_name is None:  # a title alone is refused: a misnamed body column would pass unseen
+        accepted = f"text, or title with one of {', '.join(BODY_FIELDS)}"
         raise _missing(where, "document text", accepted, record)
-    parts = [title, (body_name, body)]
+    parts = [_field(record, ("title",), where), (body_name, body)]
     for name, value in parts:
         if value is not None and not isinstance(value, str):
             raise SemidError(f'{where}: "{name}" holds {type(value).__name__}, not a string')

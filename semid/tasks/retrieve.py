@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from semid.atomic import check_output_folder, read_json, restore_on_error, write_json
-from semid.data.beir import read_collection
+from semid.data.beir import beir_files, read_collection
 from semid.data.corpus import (
     CorpusSplit,
     evaluation_queries,
@@ -44,6 +44,7 @@ from semid.data.documents import (
     write_documents,
 )
 from semid.data.pseudo_queries import given_documents, with_pseudo_queries
+from semid.data.tables import content_sha256
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.generators.promptdsi import PromptDSI
@@ -369,10 +370,13 @@ class RetrieveTask(Task):
             train_local = test_local = torch.arange(len(collection))
         # a query the earlier parts test gains the new documents that list it, there, and is
         # not tested again; those test queries stay untrained too
+        recorded = read_eval_queries(run_path)
         earlier_parts, test_pairs = with_added_documents(
-            read_eval_queries(run_path), collection,
+            recorded, collection,
             evaluation_queries(collection, test_local, torch.arange(len(collection))),
         )  # fmt: skip
+        joined = sum(pair != merged for name, pairs in recorded.items()
+                     for pair, merged in zip(pairs, earlier_parts[name], strict=True))  # fmt: skip
         tested = {q for pairs in [test_pairs, *earlier_parts.values()] for q, _ in pairs}
         query_texts, with_query = query_examples(collection, train_local.tolist(), tested)
         queries = encode_texts(model, query_texts, desc="encode new queries")
@@ -418,6 +422,7 @@ class RetrieveTask(Task):
             for done in range(1, session + 1):
                 shutil.rmtree(run_path / f"train-session-{done}", ignore_errors=True)
         return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
+                "joined_test_queries": joined,
                 "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds, "pseudo_queries": collection.pseudo_queries}  # fmt: skip
 
@@ -485,8 +490,10 @@ class RetrievePredictor(QueryPredictor):
         waiting = [i for i in held_out if i not in self.run.ids]
         if not waiting:
             return None
-        return (f"{counted(len(waiting), 'document')} of {self.run.path}'s corpus (--hold-out) "
-                f"are not searched until `semid index add {self.run.path} --docs {later}` adds them")  # fmt: skip
+        how = (f"`semid index add {self.run.path} --docs {later}` adds them"
+               if len(waiting) == len(held_out) else "`semid index add` adds them")  # fmt: skip
+        return (f"{self.run.path}'s corpus holds {counted(len(waiting), 'document')} that training "
+                f"held out (--hold-out) and answers leave out until {how}")  # fmt: skip
 
     @property
     def default_num_beams(self) -> int:
@@ -547,15 +554,15 @@ def _new_model(spec: RetrieveSpec, ids: SemanticIDs, quantizer: Quantizer, probe
 
 
 def _note_changed_corpus(run: Run, dataset: str) -> None:
-    """A note when the run's documents (their texts, queries or judgements) changed since training:
-    `evaluate` scores the test queries recorded then (eval_queries.json), not the changed ones.
-    Nothing is said of data that cannot be read (moved away): evaluating does not need it."""
-    trained = run.state.get("corpus_sha256")
-    try:
-        now = load_collection(dataset).sha256 if trained else None
-    except SemidError:
+    """A note when the run's documents file or BEIR folder (texts, queries or judgements) changed
+    since training: `evaluate` scores the test queries recorded then (eval_queries.json), not the
+    changed ones. The files are hashed, not parsed (as training hashed them); a registered
+    collection (pinned) or data moved away is not checked: evaluating needs neither."""
+    trained, path = run.state.get("corpus_sha256"), Path(dataset)
+    files = [path] if path.is_file() else beir_files(path) if path.is_dir() else []
+    if trained is None or not files:
         return
-    if now is not None and now != trained:
+    if content_sha256(files) != trained:
         note(f"the documents of {run.path} changed since training ({dataset}); it is evaluated "
              f"on the test queries and judgements recorded then ({EVAL_QUERIES}): retrain it to "
              "test the changed ones")  # fmt: skip
