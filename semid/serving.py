@@ -100,6 +100,10 @@ class Predictor(Protocol):
         """Read the data that answering needs besides the run, before the first request."""
         ...
 
+    def unsearched_note(self) -> str | None:
+        """What of the run's own data its answers leave out, said when serving starts."""
+        ...
+
     def resolve(self, checked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Checked inputs in a form another copy of the run answers without reading its data
         (a model process is sent these)."""

@@ -299,8 +299,25 @@ def test_the_run_says_how_many_training_queries_test_documents_share():
     tested = {q for q, _ in evaluation_queries(collection, split.d0_test, split.d0)}
     assert describe_split(collection, split, tested) == (
         "indexing 2 documents; 1 test query of 1 test document; 1 query of training documents "
-        "left out of training: test documents have them too"
+        "left out of training: test or held-out documents have them too"
     )
+
+
+def test_a_query_of_a_held_out_document_is_never_trained_in_d0():
+    """With a drawn split, `index add` draws its own test documents among the held-out ones: a
+    query a held-out document lists could become a d1 test query after D0 trained on it."""
+    from semid.data.corpus import held_out_queries
+
+    docs = [Document("a", "x", ("shared", "a only")), Document("b", "y", ("shared", "b only")),
+            Document("c", "z", ("c only",), ("c test",))]  # fmt: skip
+    rows = torch.tensor([0, 1, 2])
+    split = CorpusSplit(rows[:1], rows[1:2], rows[:1], rows[:0], rows[1:2], rows[:0])  # b held out
+    drawn = DocumentCollection("c", docs[:2])
+    assert held_out_queries(drawn, split) == {"shared", "b only"}
+    assert query_examples(drawn, [0], held_out_queries(drawn, split)) == (["a only"], [0])
+    assert held_out_queries(DocumentCollection("c", docs), split) == set()  # it names its tests
+    pseudo = DocumentCollection("c", docs[:2], pseudo_queries=3)  # sentences: never tested
+    assert held_out_queries(pseudo, split) == set()
 
 
 def test_given_test_queries_of_held_out_documents_are_scored_once_they_are_added(

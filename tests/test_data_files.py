@@ -95,11 +95,11 @@ def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
         ("log.txt", b"user,item\n1,2\n", "unknown extension; use one of .csv, .tsv"),
         ("log.csv", b"", "is empty"),
         ("log.jsonl", b"", "is empty"),
-        ("log.csv", b"user,item\n", "has no rows: it holds only a header ('user', 'item')"),
+        ("log.csv", b"user,item\n", "has no rows, only a header line ('user', 'item'); if that"),
         (
             "docs.tsv",
             b"zz2-a\tsome text\n",
-            "only a header ('zz2-a', 'some text'), read as the names",
+            "only a header line ('zz2-a', 'some text'); if that line is data, add a header line",
         ),
         ("log.csv", b"user,item\n1,2\n3,\xff\n", "line 3 is not UTF-8"),
         ("log.jsonl", b'{"user": "1"}\n{"user": "\xff"}\n', "line 2 is not UTF-8"),

@@ -115,6 +115,15 @@ def _graded(
     return ids if all(g == 1 for g in grades.values()) else grades
 
 
+def held_out_queries(collection: DocumentCollection, split: CorpusSplit) -> set[str]:
+    """The queries of the held-out documents (D1) when `semid index add` may test them (a drawn
+    split: the add draws its own test documents), so that D0 never trains on them; none for a
+    collection that names its test queries or whose queries are sentences of its documents."""
+    if collection.has_test_split or collection.pseudo_queries:
+        return set()
+    return {q for r in split.d1 for q in collection.documents[int(r)].queries}
+
+
 def query_examples(collection: DocumentCollection, rows: list[int],
                    held_out: Collection[str] = ()) -> tuple[list[str], list[int]]:  # fmt: skip
     """Every query of the documents at ``rows`` but the ``held_out`` (test) ones and, for each,

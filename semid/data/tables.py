@@ -89,12 +89,12 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
     except (OSError, EOFError, zlib.error) as e:  # gzip or Parquet containers that do not decode
         raise SemidError(f"cannot read {what} {path}: {e}; check or regenerate the file") from None
     if table.num_rows == 0:
-        header = ", ".join(map(repr, table.column_names[:3]))
-        only = (
-            f"only a header ({header}), read as the names of its columns" if header else "nothing"
-        )
-        raise SemidError(f"{what} {path} has no rows: it holds {only}; a file of rows starts with "
-                         "a header line naming its columns")  # fmt: skip
+        names = table.column_names
+        header = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+        if fmt in ("csv", "tsv") and names:
+            raise SemidError(f"{what} {path} has no rows, only a header line ({header}); if that "
+                             "line is data, add a header line naming the columns above it")  # fmt: skip
+        raise SemidError(f"{what} {path} has no rows{f' (columns: {header})' if names else ''}")
     return table
 
 

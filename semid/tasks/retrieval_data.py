@@ -113,11 +113,13 @@ def valid_split(rows: list[int], seed: int) -> tuple[list[int], list[int]]:
 
 
 def describe_split(
-    collection: DocumentCollection, split: CorpusSplit, tested: Collection[str]
-) -> str:
+    collection: DocumentCollection, split: CorpusSplit, tested: Collection[str],
+    untrained: Collection[str] = (),
+) -> str:  # fmt: skip
     """One line on what a run indexes and tests: D0 and the held-out D1, the ``tested`` queries
     (with BEIR's test split, whether only held-out documents answer some), and the training
-    documents' queries left out because test documents share them."""
+    documents' queries left out (``untrained``, default ``tested``) because test or held-out
+    documents share them."""
     line = f"indexing {counted(len(split.d0), 'document')}"
     if len(split.d1):
         line += f" ({len(split.d1):,} held out for `semid index add`)"
@@ -137,10 +139,10 @@ def describe_split(
     else:
         line += f"; {counted(len(tested), 'test query', 'test queries')} of {counted(len(split.d0_test), 'test document')}"
     docs = collection.documents
-    shared = sum(q in tested for r in split.d0_train for q in docs[int(r)].queries)
+    shared = sum(q in (untrained or tested) for r in split.d0_train for q in docs[int(r)].queries)
     if shared:
         line += (f"; {counted(shared, 'query', 'queries')} of training documents left out of "
-                 "training: test documents have them too")  # fmt: skip
+                 "training: test or held-out documents have them too")  # fmt: skip
     return line
 
 

@@ -31,6 +31,7 @@ from semid.data.beir import beir_files, read_collection
 from semid.data.corpus import (
     CorpusSplit,
     evaluation_queries,
+    held_out_queries,
     own_test_split,
     query_examples,
     split_corpus,
@@ -231,16 +232,17 @@ class RetrieveTask(Task):
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
         tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
+        untrained = tested | held_out_queries(coll, split)
         if is_main_process():
-            tell(describe_split(coll, split, tested))
+            tell(describe_split(coll, split, tested, untrained))
         train_rows = [int(r) for r in split.d0_train
-                      if any(q not in tested for q in coll.documents[int(r)].queries)]  # fmt: skip
+                      if any(q not in untrained for q in coll.documents[int(r)].queries)]  # fmt: skip
         # the document head's weight is chosen on held-out queries
         if spec.model_config.rank_loss > 0:
             train_rows, valid_rows = valid_split(train_rows, spec.seed)
         else:
             valid_rows = []
-        query_texts, query_rows = query_examples(coll, train_rows, tested)
+        query_texts, query_rows = query_examples(coll, train_rows, untrained)
         queries = encode_texts(probe, query_texts, desc="encode queries")
         model = _new_model(spec, ids, quantizer, probe, docs)
         position = {int(r): i for i, r in enumerate(split.d0)}  # collection row -> index row
@@ -249,7 +251,7 @@ class RetrieveTask(Task):
         lexical = LexicalIndex.from_texts(coll.subset(split.d0).texts)
         evaluate = None
         if valid_rows and model.has_item_head():
-            valid_texts, valid_doc_rows = query_examples(coll, valid_rows, tested)
+            valid_texts, valid_doc_rows = query_examples(coll, valid_rows, untrained)
             held_out = HeldOut(valid_texts, encode_texts(probe, valid_texts, desc="encode valid queries"),
                                torch.tensor([position[r] for r in valid_doc_rows]))  # fmt: skip
             evaluate = MixTuner(ids, held_out, lexical, spec.num_beams)
