@@ -260,6 +260,11 @@ def test_collection_table_of_paths_and_captions(tmp_path):
     cased.write_text((tmp_path / "list.csv").read_text().replace('running",dog', 'running",Dog'))
     with pytest.raises(SemidError, match="labels of .*: 'Dog' and 'dog' both read as class 'dog'"):
         load_image_collection(cased, test_fraction=0.5)
+    spaced = tmp_path / "spaced.csv"  # and runs of white space read as one: "big  dog" is "big dog"
+    spaced.write_text((tmp_path / "list.csv").read_text().replace("a dog,dog", "a dog,big dog")
+                      .replace('running",dog', 'running",big  dog'))  # fmt: skip
+    with pytest.raises(SemidError, match="'big  dog' and 'big dog' both read as class 'big dog'"):
+        load_image_collection(spaced, test_fraction=0.5)
     assert len(splits.train) == len(splits.test) == 2 and splits.train.images.shape[1:] == (6, 6)
     both = dict(
         zip(

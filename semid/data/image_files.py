@@ -31,7 +31,7 @@ import torch
 
 from semid.data.image_folders import TEST_PARTS, TRAIN_PARTS, load_image_folder
 from semid.data.image_io import read_images
-from semid.data.images import PATH_COLUMNS, ImageDataset, ImageSplits
+from semid.data.images import PATH_COLUMNS, ImageDataset, ImageSplits, class_key
 from semid.data.tables import (
     file_stem,
     find_column,
@@ -114,9 +114,10 @@ def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> li
 
 
 def refuse_clashing_classes(names: list[str], given: list[str], what: str) -> None:
-    """SemidError when two class names read the same, case aside (a class's text is lower-cased,
-    so ``Bag`` and ``bag`` would be two classes of one text); ``given``: the names as written."""
-    read = [n.lower() for n in names]
+    """SemidError when two class names read the same (:func:`class_key`: case and runs of white
+    space aside, so ``Bag`` and ``bag`` would be two classes of one text); ``given``: the names as
+    written."""
+    read = [class_key(n) for n in names]
     for i, n in enumerate(read):
         if n in read[:i]:
             raise SemidError(f"{what}: {given[read.index(n)]!r} and {given[i]!r} both read as "

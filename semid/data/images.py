@@ -136,9 +136,15 @@ class ImageSplits:
     name: str
 
 
+def class_key(name: str) -> str:
+    """How a class name reads in its texts: lower-cased, runs of white space as one space. Two names
+    with one key are one class (``Bag`` and ``bag ``)."""
+    return " ".join(name.lower().split())
+
+
 def describe_class(name: str) -> str:
     """The class text used for alignment: ``a photo of a t-shirt/top``, ``a photo of an eight``."""
-    name = " ".join(name.lower().split())
+    name = class_key(name)
     return f"a photo of {article(name)} {name}"
 
 
@@ -368,7 +374,7 @@ def class_texts(class_names: Sequence[str], split: str = "train") -> tuple[list[
     templates = GENERIC_TRAIN_TEMPLATES if split == "train" else GENERIC_TEST_TEMPLATES
     texts, labels = [], []
     for label, cls in enumerate(class_names):
-        name = " ".join(cls.lower().split())
+        name = class_key(cls)
         for template in templates:
             texts.append(template.format(a=article(name), name=name))
             labels.append(label)
