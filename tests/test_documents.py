@@ -155,6 +155,15 @@ def test_csv_and_parquet_documents(tmp_path):
         ("d.csv", "id,text\n1,x\n2,y\n1,z\n", "line 4 repeats id '1' (first at line 2)"),
         ("d.csv", "id,text\n1,x\n2, \n", "line 3: document '2' has an empty text"),
         ("d.csv", "id,text\n1,x\n,y\n", "line 3: empty document id"),
+        # the line a row starts on: a quoted cell may span lines; blank lines are no rows
+        (
+            "d.csv",
+            'id,text\n1,"two\nlines"\n\n2,"a ""quoted""\r\nword"\n1,z\n',
+            "line 7 repeats id '1' (first at line 2)",
+        ),
+        ("d.csv", 'id,text\n1,say "hi\n2,x\n1,z\n', "line 4 repeats id '1' (first at line 2)"),
+        ("d.csv", 'id;text\n1;"a;\nb"\n2; \n', "line 4: document '2' has an empty text"),
+        ("d.tsv", "\nid\ttext\n1\tx\n\n2\ty\n1\tz\n", "line 6 repeats id '1' (first at line 3)"),
     ],
 )
 def test_table_document_errors(tmp_path, name, content, words):

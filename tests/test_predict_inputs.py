@@ -20,7 +20,7 @@ def queries_of(path, flag: str = "--queries") -> tuple[list[dict], list[str | No
     inputs, origins = predict.read_inputs(
         parser.parse_args(["run", flag, str(path)]), predictor=None
     )
-    return inputs, [o.where for o in origins]
+    return inputs, [None if o.where is None else str(o.where) for o in origins]
 
 
 @pytest.mark.parametrize("name", ["q.csv", "q.tsv"])
@@ -32,6 +32,12 @@ def test_a_queries_table_is_read_by_its_query_column_not_its_header_as_a_query(
     inputs, origins = queries_of(tmp_path / name)
     assert inputs == [{"query": "fast image viewer", "id": "1"}, {"query": "kernel", "id": "2"}]
     assert origins == [f"--queries {tmp_path / name} line {n}" for n in (2, 3)]
+    # a row's line counts the line breaks of quoted cells and blank lines before it
+    if name == "q.csv":
+        (tmp_path / name).write_text('id,query\n1,"two\nlines"\n\n2,kernel\n')
+        assert queries_of(tmp_path / name)[1] == [
+            f"--queries {tmp_path / name} line {n}" for n in (2, 5)
+        ]
     (tmp_path / "plain.csv").write_text('fast image viewer\nwhat is "foo\n')  # no header: lines
     assert queries_of(tmp_path / "plain.csv")[0] == [
         {"query": "fast image viewer"},

@@ -23,12 +23,12 @@ from semid.cli.table import format_table
 from semid.data.documents import QUERY_FIELDS, QUERY_ID_FIELDS
 from semid.data.tables import (
     USER_COLUMNS,
+    RowPlace,
     column_name,
     find_column,
     key_strings,
     matching_columns,
     read_table,
-    row_label,
     table_format,
 )
 from semid.data.text_files import read_lines
@@ -124,7 +124,7 @@ class Origin:
     ``hint``: what to add to an error about it (a history read as comma-separated keys may have
     cut a key with a comma; line 1 of a users file may be a header)."""
 
-    where: str | None = None
+    where: str | RowPlace | None = None
     hint: str = ""
 
 
@@ -159,7 +159,7 @@ def read_inputs(
         rows = _input_table(path, flag, "user", USER_COLUMNS, ID_FIELDS, USER_OPTIONS)
         if rows is not None:
             return [_with_id(item, key) for _, item, key in rows], [
-                Origin(f"{flag} {path} {where}") for where, _, _ in rows
+                Origin(RowPlace(path, row, f"{flag} {path} ")) for row, _, _ in rows
             ]
         lines = _numbered_lines(path, flag)
         if table_format(path) == "jsonl":
@@ -178,7 +178,7 @@ def read_inputs(
         rows = _input_table(path, flag, "query", QUERY_FIELDS, QUERY_ID_FIELDS)
         if rows is not None:
             return [_with_id(item, key) for _, item, key in rows], [
-                Origin(f"{flag} {path} {where}") for where, _, _ in rows
+                Origin(RowPlace(path, row, f"{flag} {path} ")) for row, _, _ in rows
             ]
         lines = _numbered_lines(path, flag)
         json_lines = table_format(path) == "jsonl"  # every line an object, not only those with "{"
@@ -256,8 +256,8 @@ def _input_table(
     names: tuple[str, ...],
     id_names: tuple[str, ...] = (),
     options: tuple[str, ...] = (),
-) -> list[tuple[str, dict[str, Any], str | None]] | None:
-    """(row label, input, id) per row of a table of inputs: Parquet, or a CSV/TSV whose header
+) -> list[tuple[int, dict[str, Any], str | None]] | None:
+    """(row number from 0, input, id) per row of a table of inputs: Parquet, or a CSV/TSV whose header
     names the ``field`` column (any of ``names``), with the row's id when a column is named as one
     of ``id_names`` (else None) and the non-empty cells of the columns named as ``options`` (a
     user's "split") in its input; None for a file of one input a line (a one-column CSV without
@@ -290,10 +290,7 @@ def _input_table(
             for item, cell in zip(inputs, table[column].to_pylist(), strict=True):
                 if cell is not None and str(cell).strip():
                     item[option] = str(cell).strip()
-    return [
-        (row_label(path, i), item, key)
-        for i, (item, key) in enumerate(zip(inputs, ids, strict=True))
-    ]
+    return [(i, item, key) for i, (item, key) in enumerate(zip(inputs, ids, strict=True))]
 
 
 def _note_misspelt_columns(

@@ -31,12 +31,13 @@ from pathlib import Path
 
 from semid.atomic import atomic_file
 from semid.data.tables import (
+    Place,
+    RowPlace,
     content_sha256,
     file_stem,
     header_hint,
     matching_columns,
     read_table,
-    row_label,
     table_format,
 )
 from semid.data.text_files import lines_of
@@ -142,7 +143,7 @@ QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query", "ques
 EXAMPLE = '{"id": "d1", "text": "...", "queries": ["..."]}'
 
 
-def _field(record: dict, names: Sequence[str], where: str) -> tuple[str | None, object]:
+def _field(record: dict, names: Sequence[str], where: Place) -> tuple[str | None, object]:
     """(name, value) of the one field of ``names`` the record has, or (None, None); SemidError if
     it has several. Names match as written, else with case, spaces and punctuation aside (``Text``,
     ``DocID``, ``Doc ID``), as table headers do (`semid.data.tables.matching_columns`)."""
@@ -160,12 +161,12 @@ def _loose_fields(keys: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, .
     return tuple(matching_columns(list(keys), names))
 
 
-def _missing(where: str, what: str, accepted: str, record: dict) -> SemidError:
+def _missing(where: Place, what: str, accepted: str, record: dict) -> SemidError:
     return SemidError(f"{where} has no {what} (accepted names: {accepted}; found: "
                       f"{', '.join(map(str, record)) or 'nothing'}); rename the field")  # fmt: skip
 
 
-def _document(record: dict, where: str) -> Document:
+def _document(record: dict, where: Place) -> Document:
     """One document from a record (a JSON object, or a table row as a dict); SemidError naming
     ``where`` (file and line) if it is not one."""
     name, doc_id = _field(record, ID_FIELDS, where)
@@ -190,7 +191,7 @@ def _document(record: dict, where: str) -> Document:
     return doc
 
 
-def _text(record: dict, where: str, doc_id: str) -> str:
+def _text(record: dict, where: Place, doc_id: str) -> str:
     """The record's "title" (if any) and its "text" or body, joined by a line break."""
     body_name, body = _field(record, ("text",), where)  # BEIR's corpus: a title and a text
     if body_name is None:
@@ -208,7 +209,7 @@ def _text(record: dict, where: str, doc_id: str) -> str:
     return text
 
 
-def _queries(record: dict, where: str, names: Sequence[str] = QUERY_FIELDS) -> tuple[str, ...]:
+def _queries(record: dict, where: Place, names: Sequence[str] = QUERY_FIELDS) -> tuple[str, ...]:
     """The record's queries (or its test queries, by their ``names``): a list of strings, one
     string, or nothing (absent, null or empty)."""
     name, value = _field(record, names, where)
@@ -268,7 +269,8 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
         rows = table.to_pylist()
         if fmt != "parquet":  # CSV and TSV cells are text; a list of queries is written in one
             rows = [_listed_queries(row) for row in rows]
-        records = ((row_label(path, i), row) for i, row in enumerate(rows))
+        records = ((RowPlace(path, i), RowPlace(path, i, f"{path} "), row)
+                   for i, row in enumerate(rows))  # fmt: skip
         docs, grades = _collect(records, path)
         return DocumentCollection(
             name or file_stem(path), docs, content_sha256(path), grades=grades
@@ -284,8 +286,8 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     )
 
 
-def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
-    """("line N", object) for every non-blank line of JSON Lines."""
+def _json_records(text: str, path: Path) -> Iterator[tuple[str, str, dict]]:
+    """("line N", "PATH line N", object) for every non-blank line of JSON Lines."""
     first = True
     for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
@@ -304,27 +306,27 @@ def _json_records(text: str, path: Path) -> Iterator[tuple[str, dict]]:
             ) from None
         if not isinstance(obj, dict):
             raise SemidError(f"{where} is {json_kind(obj)}, not a JSON object; write {EXAMPLE}")
-        yield label, obj
+        yield label, where, obj
 
 
-def _collect(records: Iterable[tuple[str, dict]],
+def _collect(records: Iterable[tuple[str | RowPlace, str | RowPlace, dict]],
              path: Path) -> tuple[list[Document], dict[tuple[str, str], float]]:  # fmt: skip
-    """The documents of (line or row label, record) pairs, in order (ids must be unique), and the
-    grades they give that are not 1."""
+    """The documents of (line or row label, the same after the file's name, record) triples, in
+    order (ids must be unique), and the grades they give that are not 1."""
     docs, first, grades = [], {}, {}
-    for label, record in records:
-        doc = _document(record, f"{path} {label}")
+    for label, where, record in records:
+        doc = _document(record, where)
         if doc.id in first:
             raise SemidError(
                 f"{path} {label} repeats id {doc.id!r} (first at {first[doc.id]}); ids must be unique"
             )
         first[doc.id] = label
         docs.append(doc)
-        grades |= _grades(record, f"{path} {label}", doc)
+        grades |= _grades(record, where, doc)
     return docs, grades
 
 
-def _grades(record: dict, where: str, doc: Document) -> dict[tuple[str, str], float]:
+def _grades(record: dict, where: Place, doc: Document) -> dict[tuple[str, str], float]:
     """(document id, query) -> grade for the record's ``grades`` object, those that are not 1;
     SemidError naming ``where`` for a grade that is no number > 0 or a query the document lacks."""
     _, value = _field(record, (GRADE_FIELD,), where)

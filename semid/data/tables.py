@@ -14,11 +14,15 @@ explicit mapping parsed from ``user=a,item=b`` (`parse_columns`). RecBole's type
 from __future__ import annotations
 
 import ast
+import csv
+import functools
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -190,14 +194,9 @@ OTHER_CSV_SEPARATORS = (";", "\t", "|")
 def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
     # quoted cells may hold line breaks (newlines_in_values: else blocks over 1 MB split inside
     # them); a .tsv is read unquoted, as MovieLens and RecBole files hold bare quotes in titles
-    parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
+    parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else _csv_delimiter(path),
                                quote_char=False if fmt == "tsv" else '"', newlines_in_values=True)  # fmt: skip
     read = pacsv.ReadOptions(use_threads=use_threads)
-    if fmt == "csv":  # a header without commas that holds another separator: a spreadsheet export
-        header = _first_line(path)
-        separator = next((s for s in OTHER_CSV_SEPARATORS if s in header), None)
-        if "," not in header and separator is not None:
-            parse = pacsv.ParseOptions(delimiter=separator, quote_char='"', newlines_in_values=True)
     # The header names every column; a first streaming pass reads just it, to type all as text.
     with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
         names = reader.schema.names
@@ -267,6 +266,14 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
             f"{what} {path}{at} is malformed ({detail}); every row needs as many fields as the header"
         )
     return SemidError(f"cannot read {what} {path}: {message}")
+
+
+def _csv_delimiter(path: Path) -> str:
+    """A ``.csv``'s separator: a comma, or another the header holds without commas (a spreadsheet
+    export)."""
+    header = _first_line(path)
+    separator = next((s for s in OTHER_CSV_SEPARATORS if s in header), None)
+    return separator if "," not in header and separator is not None else ","
 
 
 def _first_line(path: Path) -> str:
@@ -404,8 +411,61 @@ def _is_number(text: str) -> bool:
 
 
 def row_label(path: Path, row: int) -> str:
-    """Row `row` (0-based) as the user finds it: a line in CSV/TSV (after the header), a row otherwise."""
-    return f"line {row + 2}" if table_format(path) in ("csv", "tsv") else f"row {row + 1}"
+    """Row `row` (0-based) as the user finds it: in CSV/TSV the line it starts on (counting the
+    header, blank lines and the line breaks inside quoted cells), a row otherwise."""
+    if table_format(path) not in ("csv", "tsv"):
+        return f"row {row + 1}"
+    try:
+        stat = os.stat(path)
+    except OSError:  # a table that is no file (any more): its rows' own count
+        return f"line {row + 2}"
+    starts = _record_lines(str(path), (stat.st_mtime_ns, stat.st_size))
+    return f"line {starts[row] if starts is not None and row < len(starts) else row + 2}"
+
+
+class RowPlace:
+    """`row_label` of a table row, after ``prefix`` (say, the file's name), worked out when shown:
+    finding the line a CSV row starts on reads the file, which only an error about it needs."""
+
+    def __init__(self, path: Path, row: int, prefix: str = "") -> None:
+        self.path, self.row, self.prefix = path, row, prefix
+
+    def __str__(self) -> str:
+        return f"{self.prefix}{row_label(self.path, self.row)}"
+
+
+Place = str | RowPlace  # where a record came from, for an error about it
+
+
+@functools.lru_cache(maxsize=2)  # the rows of one file are labelled one by one
+def _record_lines(path: str, stamp: tuple[int, int]) -> np.ndarray | None:
+    """The 1-based line each data row of a CSV or TSV file starts on, or None when that is row + 2
+    (no blank line and no quote to skew the count). Blank lines are no rows and a quoted cell may
+    hold line breaks, as the table reader reads them; ``stamp`` (mtime, size) renews the answer
+    for a changed file."""
+    data = _raw_text(Path(path))
+    if table_format(path) == "csv" and b'"' in data:  # a TSV is read unquoted
+        return _quoted_record_lines(data.decode("utf-8", "replace"), _csv_delimiter(Path(path)))
+    if not (b"\n\n" in data or b"\n\r\n" in data or data.startswith((b"\n", b"\r\n"))):
+        return None
+    lines = [n for n, line in enumerate(data.split(b"\n"), start=1) if line.strip(b"\r")]
+    return np.array(lines[1:])  # the first line that is not blank is the header
+
+
+def _quoted_record_lines(text: str, delimiter: str) -> np.ndarray:
+    """`_record_lines` of CSV text that holds quotes, read by the csv module, which quotes as the
+    table reader does (a quote opens a cell only at its start; ``""`` escapes one)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    starts, end = [], 0
+    limit = csv.field_size_limit(sys.maxsize)  # a document's text may pass 128 KiB
+    try:
+        for record in reader:
+            if record:  # [] is a blank line
+                starts.append(end + 1)
+            end = reader.line_num
+    finally:
+        csv.field_size_limit(limit)
+    return np.array(starts[1:])
 
 
 def key_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool = False) -> np.ndarray:
