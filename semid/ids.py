@@ -171,19 +171,20 @@ class SemanticIDs:
         token. Without an extra level, a new item whose ID is taken moves to the nearest free
         last-level code of its prefix, as ``reassign`` does, when ``distances`` (M, K_last: its
         distances to each last-level code) are given (new items take codes in their order, the
-        first keeping a code they share); otherwise its ID must be free. Returns the new items'
-        codes (M, L)."""
+        first keeping a code they share); otherwise its ID must be free. An index with an extra
+        level (``reassign`` adds one when the codes run out) needs no ``distances`` and leaves
+        them unused. Returns the new items' codes (M, L)."""
         keys = _string_keys(keys)
-        raw_levels = self.levels - (self.collision is not None and self.collision.extra_level)
+        has_extra = self.collision is not None and self.collision.extra_level
+        raw_levels = self.levels - has_extra
         raw_codes = check_codes(
             torch.as_tensor(raw_codes), self.codebook_sizes[:raw_levels], "new items' codes"
         )
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
-        if distances is not None:
+        if distances is not None and not has_extra:
             distances = check_last_level_distances(distances, len(keys), self.codebook_sizes[-1])
         self.check_new_keys(keys)
-        has_extra = self.collision is not None and self.collision.extra_level
         new_codes: list[list[int]] = []
         taken: dict[tuple[int, ...], int] = {}  # codes given in this call, not yet in the index
         for i, raw in enumerate(raw_codes.tolist()):

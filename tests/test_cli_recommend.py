@@ -208,6 +208,7 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["num_queries"] == 6 and metrics["invalid_id_rate"] == 0.0
     assert metrics["num_items"] == len(keys)  # the catalogue it was measured on
+    assert type(metrics["num_items"]) is type(metrics["num_queries"]) is int  # counts, as written
     assert 0.0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1.0
     # a run nested inside another run's folder is refused before any work
     nested = ["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", "tiger",

@@ -102,6 +102,18 @@ def test_add_to_an_index_without_an_extra_level_moves_a_taken_id_to_the_nearest_
         ids.add(["g"], torch.tensor([[1, 1]]), torch.zeros(1, 2))
 
 
+def test_add_to_a_reassign_index_that_fell_back_to_an_extra_level_leaves_distances_unused():
+    raw = torch.tensor([[0, 1]] * 3)  # three items on one ID of a 1x2 prefix: no free code left
+    ids = SemanticIDs.from_codes(
+        ["a", "b", "c"], raw, [1, 2], "reassign", distances=torch.rand(3, 2)
+    )
+    assert ids.codebook_sizes == [1, 2, 3]  # an extra level numbers them
+    added = ids.add(
+        ["d"], torch.tensor([[0, 1]]), torch.rand(1, 2)
+    )  # the distances a quantizer gives
+    assert added.tolist() == [[0, 1, 3]] and ids.key_of((0, 1, 3)) == "d"
+
+
 def test_rejects_bad_construction(tmp_path):
     with pytest.raises(SemidError, match="not unique"):
         SemanticIDs(["a", "b"], torch.tensor([[0], [0]]), [2])

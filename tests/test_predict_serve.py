@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from _semid_cli import ENV, command, read_jsonl
+from _semid_cli import ENV, command, read_jsonl, semid
 from test_readme_own_data import write_interactions
 
 from semid.cli.main import main
@@ -92,6 +92,9 @@ def test_predict_user_writes_ranked_unseen_items(run, predictor, tmp_path):
     assert [list(ids.code_of(key)) for key in answer["keys"]] == answer["ids"]
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
     assert not set(answer["keys"]) & seen_by(user)
+    # `--out -` writes the same line to standard output, from a fresh process in another folder
+    done = semid("predict", run, "--user", user, "--k", "5", "--out", "-", cwd=tmp_path)
+    assert done.stdout == (tmp_path / "p.jsonl").read_text() and not (tmp_path / "-").exists()
 
 
 def test_predict_at_the_test_target_is_the_evaluation_ranking(predictor):

@@ -141,6 +141,7 @@ def test_documents_example(corpus, tmp_path, monkeypatch, capsys):
     assert cli("semid eval runs/docs --k 1 10") == 0
     metrics = saved_metrics(tmp_path / "runs/docs")
     assert metrics["d0-test/num_queries"] > 0 and metrics["d0-test/invalid_id_rate"] == 0
+    assert type(metrics["d0-test/num_queries"]) is int
     assert cli("semid index add runs/docs --docs runs/docs/later.jsonl") == 0
     capsys.readouterr()
     assert cli('semid predict runs/docs --query "fast image viewer" --k 5', "--out", "a.jsonl") == 0

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = get_task(loaded.task).evaluate(loaded, options)
     # the catalogue ranked over (a task may say it ranks fewer: a scorer, not the items added since
     # its training): after `semid index add` the same split is measured on a larger one
-    metrics = {"num_items": float(len(loaded.ids))} | metrics
+    metrics = {"num_items": len(loaded.ids)} | metrics
     key = metrics_key(args)
     # a run on a read-only share is evaluated all the same; `unsaved` says why not saved
     saved_to, unsaved = args.run_dir / "metrics.json", None

@@ -91,7 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=64, help="inputs per search (default: %(default)s)"
     )
-    p.add_argument("--out", type=Path, help="write JSON Lines here instead of printing a table")
+    p.add_argument("--out", type=_out_path,
+                   help="write JSON Lines here (-: to standard output) instead of printing a table")  # fmt: skip
     p.add_argument(
         "--texts",
         action="store_true",
@@ -369,6 +370,11 @@ def _field_of(item: dict[str, Any], name: str, where: str, alias: str | None = N
     if name not in item:
         raise SemidError(f'{where} has no "{name}" field' + (f' (nor "{alias}")' if alias else ""))
     return item[name]
+
+
+def _out_path(value: str) -> Path:
+    """``--out``'s file; ``-`` is standard output, as for many commands."""
+    return Path("/dev/fd/1") if value == "-" else Path(value)
 
 
 def run(args: argparse.Namespace) -> int:

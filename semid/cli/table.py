@@ -21,8 +21,8 @@ def _cell(value: Any) -> str:
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[list[Any]]:
-    """[name, value] rows of a metrics dict; counts (``num_*`` or ``split/num_*``, stored as floats)
-    as whole numbers."""
+    """[name, value] rows of a metrics dict; counts (``num_*`` or ``split/num_*``, which earlier
+    runs saved as floats) as whole numbers."""
     return [
         [k, int(v) if _is_count(k) and float(v).is_integer() else v] for k, v in metrics.items()
     ]

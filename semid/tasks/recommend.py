@@ -153,7 +153,7 @@ class RecommendTask(Task):
                 summary["valid"] = {**result.best_metrics, **at_best}
         summary["train_seconds"] = round(time.perf_counter() - started, 2)
         if "valid" in summary:  # the catalogue ranked over, as `semid eval` records it
-            summary["valid"] = {**summary["valid"], "num_items": float(len(ids))}
+            summary["valid"] = {**summary["valid"], "num_items": len(ids)}
         if is_main_process():
             with replacing_run(out):
                 copy_index(index, out, trained_sha256=ids_sha256)
@@ -199,7 +199,7 @@ class RecommendTask(Task):
             ranker, data, options.split, options.ks, codes, spec.max_history, options.batch_size,
             options.max_users, exclude_seen=not options.keep_seen, device=options.device,
         )  # fmt: skip
-        return metrics | {"num_items": float(rankable_items(run))}
+        return metrics | {"num_items": rankable_items(run)}
 
     def ranker(self, run: Run, spec: RecommendSpec, options: EvalOptions) -> Ranker:
         """The run's ranker with the options' search-time settings, on the options' device."""
@@ -320,7 +320,7 @@ def evaluate_ranker(
     )
     metrics = compute_metrics(ranking.rows, targets, ks=ks, names=("recall", "ndcg"))
     metrics["queries_per_s"] = len(targets) / max(seconds, 1e-9)
-    metrics["num_queries"] = float(len(targets))
+    metrics["num_queries"] = len(targets)
     return metrics
 
 

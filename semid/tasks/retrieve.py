@@ -333,7 +333,7 @@ class RetrieveTask(Task):
             part = compute_metrics(ranking.rows, targets, ks=options.ks,
                                    names=("recall", "mrr", "ndcg"), grades=grades)  # fmt: skip
             part |= {
-                "num_queries": float(len(targets)),
+                "num_queries": len(targets),
                 "queries_per_s": len(targets) / max(seconds, 1e-9),
             }
             metrics |= {f"{name}/{k}": v for k, v in part.items()}
