@@ -60,8 +60,9 @@ class ReloadingPredictor:
             fresh = self._load()
         except SemidError as e:  # a broken change: tried again once the folder changes again
             self._failed = stamp
-            note(f"{self._run_dir} changed but did not load ({e}); serving the copy "
-                 "loaded before", "serve")  # fmt: skip
+            if self._announce:
+                note(f"{self._run_dir} changed but did not load ({e}); serving the copy "
+                     "loaded before", "serve")  # fmt: skip
             return self._current
         self._current, self._stamp = fresh, stamp
         if self._announce:
@@ -116,6 +117,6 @@ def follow_run(
 ) -> ReloadingPredictor:  # fmt: skip
     """``load_predictor(run_dir, device=device)`` (`semid.tasks.load_predictor`), loaded again
     whenever the run changes; module-level, so a model process can be given it in a partial.
-    ``announce``: note each load after a change (the server's own copy does; its model processes,
-    which load the same change, would repeat it)."""
+    ``announce``: note each load after a change, and each change that did not load (the server's
+    own copy does; its model processes, which load the same change, would repeat it)."""
     return ReloadingPredictor(partial(load_predictor, run_dir, device=device), run_dir, announce)

@@ -431,8 +431,8 @@ def pop_run(folder: Path) -> Path:
 
 
 def test_serves_model_processes_load_a_change_without_repeating_the_note(tmp_path, capsys):
-    """The server's own copy says that the run changed and was loaded again; each model process
-    (``announce=False``) loads it too, silently, instead of a line per process."""
+    """The server's own copy says that the run changed and was loaded again, or did not load; each
+    model process (``announce=False``) loads it too, silently, instead of a line per process."""
     run = pop_run(tmp_path)
     loud, quiet = (
         ReloadingPredictor(lambda: load_predictor(run), run, announce) for announce in (True, False)
@@ -444,6 +444,12 @@ def test_serves_model_processes_load_a_change_without_repeating_the_note(tmp_pat
     assert "loaded it again" not in capsys.readouterr().err
     loud.info()
     assert "loaded it again" in capsys.readouterr().err
+    time.sleep(0.05)
+    (run / "config.json").write_text("{")  # a damaged change: each copy keeps the one it has
+    quiet.info()
+    assert "did not load" not in capsys.readouterr().err
+    loud.info()
+    assert "did not load" in capsys.readouterr().err
 
 
 def test_a_served_recommender_reads_its_data_before_the_first_request(tmp_path, capsys):
