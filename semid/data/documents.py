@@ -309,7 +309,7 @@ def _json_records(text: str, path: Path) -> Iterator[tuple[str, str, dict]]:
         yield label, where, obj
 
 
-def _collect(records: Iterable[tuple[str | RowPlace, str | RowPlace, dict]],
+def _collect(records: Iterable[tuple[Place, Place, dict]],
              path: Path) -> tuple[list[Document], dict[tuple[str, str], float]]:  # fmt: skip
     """The documents of (line or row label, the same after the file's name, record) triples, in
     order (ids must be unique), and the grades they give that are not 1."""
