@@ -37,8 +37,12 @@ _FINGERPRINT_DIM = 16
 # variants (a cosine similarity of 0.9999 between MiniLM vectors is about 4e-4), stay new items.
 _MATCH_SHARE = 1e-4
 # Fitted items whose fingerprints lie within this share of their mean squared norm are twins
-# (identical content, up to the rounding of the projection).
+# (identical content, up to the rounding of the projection), but no farther apart than
+# _MATCH_SHARE of their spread (vectors that share a large offset have a large norm and a small
+# spread: distinct items would be twins) unless that is below _ROUNDING_SHARE of the squared norm
+# (a few hundred float32 ulps: identical items' rounding, as when every item is the same).
 _TWIN_SHARE = 1e-6
+_ROUNDING_SHARE = 1e-10
 
 
 class Interactions(Protocol):
@@ -183,8 +187,11 @@ class GraphRQVAE(RQVAE):
         cached = getattr(self, "_tols", None)
         if cached is None or cached[0] != key:
             fp = self.fingerprints
-            twin = _TWIN_SHARE * float(fp.pow(2).sum(-1).mean()) + 1e-12
+            norm = float(fp.pow(2).sum(-1).mean())
             spread = float((fp - fp.mean(0)).pow(2).sum(-1).mean())
+            twin = (
+                min(_TWIN_SHARE * norm, max(_MATCH_SHARE * spread, _ROUNDING_SHARE * norm)) + 1e-12
+            )
             self._tols = (key, (twin, max(twin, _MATCH_SHARE * spread)))
         return self._tols[1]
 

@@ -84,9 +84,16 @@ class ResidualKMeans(Quantizer):
             total=self.levels + self.refine, desc=f"fit {self.spec}", disable=not progress
         )
         residual = x
+        # level 0 clusters x about its mean: float32 k-means loses the differences of vectors that
+        # share a large offset (||x||^2 - 2 x.c + ||c||^2 cancels); later levels' residuals are
+        # centred already
+        center = x.mean(0)
         for level in range(self.levels):
-            book = self.codebooks[level]
-            book.copy_(_KMEANS[self.clustering](residual, k, niter=niter, seed=seed + level))
+            book, fit_kmeans = self.codebooks[level], _KMEANS[self.clustering]
+            if level == 0:
+                book.copy_(fit_kmeans(x - center, k, niter=niter, seed=seed) + center)
+            else:
+                book.copy_(fit_kmeans(residual, k, niter=niter, seed=seed + level))
             nearest = book[_squared_distances(residual, book).argmin(1)]
             # in place from level 1 on: level 0's residual is x itself
             residual = residual - nearest if level == 0 else residual.sub_(nearest)
@@ -140,11 +147,15 @@ class ResidualKMeans(Quantizer):
         residual = x[:, None, :]  # (n, B, D), B grows from 1 to the beam width
         error = torch.zeros(n, 1, dtype=x.dtype, device=x.device)  # (n, B), see below
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=x.device)  # (n, B, levels so far)
+        center = self.codebooks[0].mean(0)
         for level, book in enumerate(self.codebooks):
-            # error holds ||r||^2 - ||x||^2; adding ||c||^2 - 2 r.c gives ||r - c||^2 - ||x||^2,
-            # so beams are ranked by their true error without ever computing ||r||^2.
-            scores = error[:, :, None] + (book * book).sum(1)  # (n, B, K)
-            scores -= (2 * residual) @ book.T
+            # error holds ||r||^2 - ||x - m||^2; adding ||c||^2 - 2 r.c gives ||r - c||^2 - ||x - m||^2,
+            # so beams are ranked by their true error without ever computing ||r||^2. Level 0 is
+            # scored about its codebook's mean m, as vectors far from the origin would lose their
+            # differences to rounding; its one beam per row has r = x, so ||r||^2 there is ||x - m||^2.
+            shifted = book - center if level == 0 else book
+            scores = error[:, :, None] + (shifted * shifted).sum(1)  # (n, B, K)
+            scores -= (2 * (residual - center if level == 0 else residual)) @ shifted.T
             width = 1 if level == self.levels - 1 else min(self.beam, scores.shape[1] * k)
             error, flat = rearrange(scores, "n b k -> n (b k)").topk(width, dim=1, largest=False)
             del scores
@@ -207,7 +218,10 @@ _KMEANS = {"pd": progressive_kmeans, "lloyd": kmeans}
 
 
 def _squared_distances(x: Tensor, centroids: Tensor) -> Tensor:
-    """Exact squared L2 distances (N, K) between rows of x (N, D) and centroids (K, D)."""
+    """Exact squared L2 distances (N, K) between rows of x (N, D) and centroids (K, D), taken about
+    the centroids' mean (vectors that share a large offset keep their differences in float32)."""
+    center = centroids.mean(0)
+    x, centroids = x - center, centroids - center
     d = (x * x).sum(1, keepdim=True) - 2 * x @ centroids.T + (centroids * centroids).sum(1)
     return d.clamp_min_(0)
 

@@ -165,6 +165,19 @@ def test_fitted_items_a_little_apart_are_no_twins(train):
     assert q.item_index(x[[1, 0]]).tolist() == [1, 0]
 
 
+def test_distinct_items_far_from_the_origin_are_no_twins(train):
+    """Items that share a large offset (1e3, their spread about 1) have a large norm: a twin
+    tolerance of the norm alone grouped about half of them, and their codes then followed the
+    batch order. The spread bounds it; identical items are twins still."""
+    x = content() + 1e3
+    q = build_quantizer(SPEC).fit(x, interactions=train, **FAST)
+    assert q._twin_groups(q._tolerances()[0]).tolist() == list(range(NUM_ITEMS))
+    perm = torch.randperm(NUM_ITEMS, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(q.encode(x[perm]), q.encode(x)[perm])
+    same = build_quantizer(SPEC).fit(x[:1].expand(NUM_ITEMS, -1), interactions=train, **FAST)
+    assert same._twin_groups(same._tolerances()[0]).unique().tolist() == [0]
+
+
 def test_known_items_carry_a_graph_half_unlike_their_content(fitted):
     x = fitted._model_inputs(content())  # (N, 2D): content half, then graph half
     assert not torch.allclose(x[:-1, :D], x[:-1, D:], atol=1e-2)

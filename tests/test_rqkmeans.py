@@ -53,10 +53,11 @@ def test_bad_options_raise(spec, message):
 
 
 def test_greedy_fit_is_residual_kmeans():
-    """Without refinement, each level's codes are the k-means centroids of the residuals left."""
+    """Without refinement, each level's codes are the k-means centroids of the residuals left (the
+    first level's of x about its mean)."""
     x = blobs()
     q = build_quantizer("rqkmeans:2x8,refine=0").fit(x, seed=1)
-    first = progressive_kmeans(x, 8, seed=1)
+    first = progressive_kmeans(x - x.mean(0), 8, seed=1) + x.mean(0)
     torch.testing.assert_close(q.codebooks[0], first)
     residual = x - first[torch.cdist(x, first).argmin(1)]
     torch.testing.assert_close(q.codebooks[1], progressive_kmeans(residual, 8, seed=2))
@@ -70,6 +71,22 @@ def test_greedy_encoding_matches_brute_force():
         expected.append(torch.cdist(residual, book).argmin(1))
         residual -= book[expected[-1]]
     assert torch.equal(q.encode(x), torch.stack(expected, 1))
+
+
+@pytest.mark.parametrize("spec", ["rqkmeans:2x16", "rqkmeans:2x16,beam=4,kmeans=lloyd"])
+def test_vectors_sharing_a_large_offset_get_the_ids_of_the_centred_ones(spec):
+    """||x||^2 - 2 x.c + ||c||^2 in float32 cancels for vectors far from the origin: with an offset
+    of 1e4 (a hundred thousand times their spread's square root) they took 13 distinct IDs of 300."""
+    x = blobs(n=300, d=12)
+    centred = build_quantizer(spec).fit(x, seed=0, niter=5)
+    far = build_quantizer(spec).fit(x + 1e4, seed=0, niter=5)
+    ids = [len(set(map(tuple, q.encode(v).tolist()))) for q, v in ((centred, x), (far, x + 1e4))]
+    assert ids[1] >= 0.9 * ids[0], ids
+    assert far.reconstruction_error(x + 1e4) <= 1.2 * centred.reconstruction_error(x)
+    codes = far.encode(x + 1e4)
+    residual = x + 1e4 - far.codebooks[0][codes[:, 0]]  # after the first of two levels
+    expected = torch.cdist(residual.double(), far.codebooks[1].double()).pow(2).float()
+    torch.testing.assert_close(far.last_level_distances(x + 1e4), expected, atol=1e-3, rtol=1e-4)
 
 
 def test_full_beam_is_exhaustive_search():
