@@ -27,7 +27,7 @@ from torch import Tensor
 from semid.errors import SemidError
 from semid.graph import propagate_item_features
 from semid.kmeans import nearest
-from semid.quantization import QuantizerSpec, check_real, register_quantizer
+from semid.quantization import QuantizerSpec, as_embeddings, register_quantizer
 from semid.quantizers.rqvae import RQVAE
 
 _FINGERPRINT_DIM = 16
@@ -103,9 +103,7 @@ class GraphRQVAE(RQVAE):
     def check_input(self, x: Tensor | list[Tensor], *, empty_ok: bool = False) -> Tensor:
         """Validate x (N, D) or a list of (N, D_m) modalities; returns them concatenated (N, sum D_m)."""
         modalities = isinstance(x, list | tuple) and all(getattr(m, "ndim", 0) == 2 for m in x)
-        xs = [torch.as_tensor(m) for m in (x if modalities else [x])]  # else rows, as numpy takes
-        for m in xs:
-            check_real(m)
+        xs = [as_embeddings(m) for m in (x if modalities else [x])]  # else rows, as numpy takes
         if any(m.ndim != 2 for m in xs):
             raise SemidError(
                 f"expected embeddings of shape (N, D) per modality, got {[tuple(m.shape) for m in xs]}"

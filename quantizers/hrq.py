@@ -43,6 +43,8 @@ from semid.progress import progress_bar
 from semid.quantization import (
     Quantizer,
     QuantizerSpec,
+    as_embeddings,
+    checked_rows,
     fits_on_the_cpu,
     register_quantizer,
     with_train_overrides,
@@ -186,10 +188,11 @@ class HyperbolicRQ(Quantizer):
     @plain_torchscript()
     @torch.no_grad()
     def encode_latent(self, z: Tensor) -> Tensor:
-        """Codes (N, L) int64 of ball points z (N, latent), bypassing the encoder."""
-        z = hb.project(
-            self.ball, torch.as_tensor(z, dtype=torch.float32, device=self.codebooks.device)
-        )
+        """Codes (N, L) int64 of ball points z (N, latent), bypassing the encoder (points off the
+        ball are projected onto it)."""
+        self.check_fitted()
+        z = checked_rows(as_embeddings(z), self.latent_dim, "ball points", empty_ok=True)
+        z = hb.project(self.ball, z.to(self.codebooks.device))
         return torch.cat([self._quantize(chunk)[0] for chunk in z.split(8192)])
 
     @plain_torchscript()

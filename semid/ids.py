@@ -67,7 +67,10 @@ class SemanticIDs:
                 f"{len(self.codebook_sizes)} codebook sizes for {self.codes.shape[1]} levels"
             )
         if len(set(self.keys)) != len(self.keys):
-            raise SemidError("item keys are not unique; deduplicate them first")
+            first: dict[str, int] = {}
+            row, key = next((i, k) for i, k in enumerate(self.keys) if first.setdefault(k, i) != i)
+            raise SemidError(f"item keys are not unique (first: {key!r} at rows {first[key]} and "
+                             f"{row}); deduplicate them first")  # fmt: skip
         if len(self.codes) and (
             (self.codes < 0).any() or (self.codes >= torch.tensor(self.codebook_sizes)).any()
         ):
@@ -97,6 +100,9 @@ class SemanticIDs:
         raw_codes = check_codes(torch.as_tensor(raw_codes), list(codebook_sizes))
         if len(raw_codes) == 0:
             raise SemidError("no codes given (N = 0); index at least one item")
+        if len(keys) != len(raw_codes):  # said of the codes as given, before an extra level
+            raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes (shape "
+                             f"{tuple(raw_codes.shape)}); give one key per row of codes")  # fmt: skip
         codes, sizes, report = resolve_collisions(
             raw_codes, list(codebook_sizes), strategy, distances=distances, popularity=popularity
         )

@@ -142,11 +142,52 @@ def _on_cpu(value: Any) -> Any:
     return value
 
 
+def as_embeddings(x: Any) -> Tensor:
+    """``x`` (a tensor, an array or nested lists of numbers) as a tensor, checked to be real
+    numbers; SemidError for what holds no numbers of one shape (an object array, ragged rows)."""
+    if isinstance(x, Tensor):
+        check_real(x)
+        return x
+    try:
+        tensor = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as e:  # object arrays, ragged or non-numeric rows
+        kind = f"an array of {x.dtype}" if hasattr(x, "dtype") else f"{type(x).__name__} ({e})"
+        raise SemidError(f"embeddings must be numbers of one shape (N, D), got {kind}; give a "
+                         "float array, e.g. np.asarray(rows, dtype=np.float32)") from None  # fmt: skip
+    check_real(tensor)
+    return tensor
+
+
 def check_real(x: Tensor) -> None:
     """SemidError if the embeddings ``x`` are booleans or complex numbers, which ``float()`` would
     read as 0/1 or cut to their real part."""
     if x.dtype == torch.bool or x.is_complex():
         raise SemidError(f"embeddings must be real numbers, got {x.dtype}; give float vectors")
+
+
+def checked_rows(x: Tensor, dim: int | None, what: str, *, empty_ok: bool = False) -> Tensor:
+    """``x`` as float32 (N, dim) finite rows of moderate size (``dim`` None: any width; N = 0
+    only with ``empty_ok``); SemidError naming ``what`` otherwise."""
+    if x.ndim != 2:
+        raise SemidError(f"expected {what} of shape (N, D), got {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise SemidError(f"{what} have dimension {x.shape[1]} but the quantizer expects {dim}")
+    if x.shape[1] == 0:
+        raise SemidError(f"{what} have 0 columns (shape (N, 0)); give vectors of dimension >= 1")
+    if x.shape[0] == 0:
+        if empty_ok:
+            return x.float()
+        raise SemidError(f"no {what} given (N = 0)")
+    x = x.float()
+    low, high = (float(v) for v in torch.aminmax(x))  # one pass, no copy; NaN and inf show here
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int((~torch.isfinite(x)).any(1).sum())
+        raise SemidError(f"{bad} rows of {what} contain NaN or infinity; clean or drop them first")
+    largest = max(-low, high)
+    if largest > MAX_MAGNITUDE:  # squared distances would overflow float32
+        raise SemidError(f"{what} reach values of {largest:.3g}, beyond {MAX_MAGNITUDE:.0e}; "
+                         "scale them first (e.g. normalise each vector)")  # fmt: skip
+    return x
 
 
 class Quantizer(nn.Module, ABC):
@@ -226,7 +267,8 @@ class Quantizer(nn.Module, ABC):
         sum ||x - decode(codes)||^2 / sum ||x - mean(x)||^2, 0 for a perfect reconstruction, 1 for
         one no better than the mean item (above 1: worse). ``codes`` (N, L): those of x (encoded
         here when None). None when ``decode`` cannot map back to input space (``can_decode``) or
-        the items (nearly) all equal each other (nothing to explain). Computed ``batch`` rows at a
+        the items (nearly) all equal each other (nothing to explain; their spread within float32's
+        rounding of their size, as for rows sharing an offset a million times their spread). Computed ``batch`` rows at a
         time, in float32 summed in float64, with no copy of x."""
         self.check_fitted()
         x = self.check_input(x)
@@ -260,35 +302,7 @@ class Quantizer(nn.Module, ABC):
         """Validate x as (N, dim) finite floats; returns it as float32 (fit builds the model first).
 
         N = 0 is refused unless ``empty_ok`` (encoding an empty batch gives empty codes)."""
-        if not isinstance(x, Tensor):
-            x = torch.as_tensor(x)
-        check_real(x)
-        if x.ndim != 2:
-            raise SemidError(f"expected embeddings of shape (N, D), got {tuple(x.shape)}")
-        if self.dim is not None and x.shape[1] != self.dim:
-            raise SemidError(
-                f"embeddings have dimension {x.shape[1]} but the quantizer expects {self.dim}"
-            )
-        if x.shape[1] == 0:
-            raise SemidError(
-                "embeddings have 0 columns (shape (N, 0)); give vectors of dimension >= 1"
-            )
-        if x.shape[0] == 0:
-            if empty_ok:
-                return x.float()
-            raise SemidError("no embeddings given (N = 0)")
-        x = x.float()
-        low, high = (float(v) for v in torch.aminmax(x))  # one pass, no copy; NaN and inf show here
-        if not (math.isfinite(low) and math.isfinite(high)):
-            bad = int((~torch.isfinite(x)).any(1).sum())
-            raise SemidError(
-                f"{bad} embedding rows contain NaN or infinity; clean or drop them first"
-            )
-        largest = max(-low, high)
-        if largest > MAX_MAGNITUDE:  # squared distances would overflow float32
-            raise SemidError(f"embedding values reach {largest:.3g}, beyond {MAX_MAGNITUDE:.0e}; "
-                             "scale them first (e.g. normalise each vector)")  # fmt: skip
-        return x
+        return checked_rows(as_embeddings(x), self.dim, "embeddings", empty_ok=empty_ok)
 
     def check_codes(self, codes: Any, device: torch.device | str | None = None) -> Tensor:
         """Validate codes as integers (N, levels) within the codebook size; returns them as long

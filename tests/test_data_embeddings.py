@@ -35,11 +35,20 @@ def test_round_trip(tmp_path: Path, x: torch.Tensor, suffix: str) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
-def test_npy_without_keys_gets_row_numbers(tmp_path: Path, x: torch.Tensor) -> None:
+def test_npy_without_keys_gets_row_numbers(tmp_path: Path, x: torch.Tensor, capsys) -> None:
     np.save(tmp_path / "e.npy", x.numpy().astype(np.float64))
     keys, y = load_embeddings(tmp_path / "e.npy")
     assert keys == ["0", "1", "2", "3"] and y.dtype == torch.float32
     assert torch.allclose(y, x)
+    assert (
+        "holds no item keys and none were given: items are keyed by their row numbers, 0 to 3"
+        in (capsys.readouterr().err)
+    )
+    (tmp_path / "e.txt").write_text("a\nb\nc\nd\n")  # as save_embeddings writes them beside it
+    load_embeddings(tmp_path / "e.npy")
+    assert f"give its keys file (--keys {tmp_path / 'e.txt'})" in capsys.readouterr().err
+    assert "holds no item keys" not in (load_embeddings(tmp_path / "e.npy", tmp_path / "e.txt"),
+                                        capsys.readouterr().err)[1]  # fmt: skip
 
 
 def test_keys_path_overrides_stored_keys(tmp_path: Path, x: torch.Tensor) -> None:
@@ -89,6 +98,17 @@ def test_missing_empty_and_unknown_files(tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(SemidError, match="cannot read"):
         load_embeddings(tmp_path / "junk.safetensors")
+    (tmp_path / "text.npy").write_text("1 2\n3 4\n")  # numpy called it pickled data
+    with pytest.raises(SemidError, match=r"text.npy is not a .npy file .*np.save"):
+        load_embeddings(tmp_path / "text.npy")
+    np.save(tmp_path / "objects.npy", np.array([[1.0], [2.0]], dtype=object), allow_pickle=True)
+    with pytest.raises(
+        SemidError, match="holds Python objects .* does not unpickle; write numbers"
+    ):
+        load_embeddings(tmp_path / "objects.npy")  # no allow_pickle option to point at
+    np.save(tmp_path / "complex.npy", np.ones((2, 2), np.complex64))
+    with pytest.raises(SemidError, match="complex64 values; embeddings must be real numbers"):
+        load_embeddings(tmp_path / "complex.npy")
     np.save(tmp_path / "ok.npy", np.ones((2, 2), np.float32))
     with pytest.raises(SemidError, match="keys file .* not found"):
         load_embeddings(tmp_path / "ok.npy", tmp_path / "missing.txt")

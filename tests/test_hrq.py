@@ -30,6 +30,23 @@ def test_spec_round_trip_and_bad_options():
             build_quantizer(bad)
 
 
+def test_encode_latent_checks_its_ball_points_as_encode_checks_embeddings():
+    """NaN points took codes [0, 0], 1-D points 1-D codes, and the wrong width a torch error."""
+    q = build_quantizer("hrq:2x4,latent=8", dim=8)
+    with pytest.raises(SemidError, match="is not fitted; call fit"):
+        q.encode_latent(torch.zeros(2, 8))
+    q.initted.fill_(True)
+    for bad, message in [
+        (torch.full((2, 8), float("nan")), "2 rows of ball points contain NaN"),
+        (torch.ones(8), r"expected ball points of shape \(N, D\), got \(8,\)"),
+        (torch.ones(2, 5), "ball points have dimension 5 but the quantizer expects 8"),
+    ]:
+        with pytest.raises(SemidError, match=message):
+            q.encode_latent(bad)
+    assert q.encode_latent(torch.ones(2, 8) * 5).shape == (2, 2)  # off the ball: projected
+    assert q.encode_latent(torch.zeros(0, 8)).shape == (0, 2)
+
+
 @pytest.mark.parametrize("c", [1.0, 0.0])
 def test_residual_chain_recovers_points_built_from_the_codebooks(c):
     q = build_quantizer(f"hrq:3x4,c={c},latent=8", dim=8)

@@ -117,8 +117,10 @@ def test_add_to_a_reassign_index_that_fell_back_to_an_extra_level_leaves_distanc
 def test_rejects_bad_construction(tmp_path):
     with pytest.raises(SemidError, match="not unique"):
         SemanticIDs(["a", "b"], torch.tensor([[0], [0]]), [2])
-    with pytest.raises(SemidError, match="keys are not unique"):
-        SemanticIDs(["a", "a"], torch.tensor([[0], [1]]), [2])
+    with pytest.raises(SemidError, match=r"keys are not unique \(first: 'a' at rows 0 and 2\)"):
+        SemanticIDs(["a", "b", "a"], torch.tensor([[0], [1], [2]]), [3])
+    with pytest.raises(SemidError, match=r"1 keys for 2 codes \(shape \(2, 1\)\)"):
+        SemanticIDs.from_codes(["a"], torch.tensor([[0], [0]]), [2])  # before the extra level
     with pytest.raises(SemidError, match="out of range"):
         SemanticIDs(["a"], torch.tensor([[5]]), [2])
     with pytest.raises(SemidError, match="not a semantic-ID index"):

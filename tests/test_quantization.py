@@ -157,7 +157,7 @@ def test_check_input_accepts_numpy_and_returns_float32(toy_family):
         (torch.zeros(0, 3), "N = 0"),
         (
             torch.tensor([[0.0, float("inf"), 0.0], [1.0, 1.0, float("nan")], [0.0, 0.0, 0.0]]),
-            "2 embedding rows",
+            "2 rows of embeddings contain NaN or infinity",
         ),
         (torch.zeros(2, 5), "dimension 5"),
     ],

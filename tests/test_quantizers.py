@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,6 +231,14 @@ def test_encode_and_decode_reject_bad_input(family_and_model):
     for dtype in (torch.bool, torch.complex64):  # were read as 0/1, or lost their imaginary part
         with pytest.raises(SemidError, match=f"embeddings must be real numbers, got {dtype}"):
             q.encode(torch.ones(3, D, dtype=dtype))
+    rows = np.empty(
+        2, dtype=object
+    )  # an object array (as pickled ragged rows load) and ragged lists
+    rows[:] = [np.zeros(D), np.zeros(D - 1)]
+    with pytest.raises(SemidError, match="numbers of one shape.*an array of object; give a float"):
+        q.encode(rows)
+    with pytest.raises(SemidError, match=r"numbers of one shape \(N, D\), got list \(expected"):
+        q.encode([[0.0] * D, [0.0] * (D - 1)])
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from torch import Tensor
 from semid.atomic import atomic_file
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
+from semid.notes import note
 
 FORMATS = (".npy", ".parquet", ".safetensors")
 TENSOR_NAME = "embeddings"  # the tensor read from and written to .safetensors files
@@ -51,6 +52,10 @@ def load_embeddings(
         keys, keys_source = file_keys, f"the keys stored in {path}"
     else:
         keys, keys_source = [str(i) for i in range(len(x))], "default keys"
+        sidecar = path.with_suffix(".txt")
+        hint = f"; give its keys file (--keys {sidecar})" if sidecar.is_file() else ""
+        note(f"{path} holds no item keys and none were given: items are keyed by their row "
+             f"numbers, 0 to {len(x) - 1}{hint}")  # fmt: skip
     _check_keys(keys, len(x), str(path), keys_source)
     return keys, torch.from_numpy(x)
 
@@ -121,8 +126,21 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
 def _read_npy(path: Path) -> tuple[np.ndarray, None]:
-    return np.load(path, allow_pickle=False), None
+    with open(path, "rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise SemidError(f"{path} is not a .npy file (it lacks numpy's header); write the "
+                             "vectors with np.save(path, x.astype(np.float32))")  # fmt: skip
+    try:
+        return np.load(path, allow_pickle=False), None
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        raise SemidError(f"{path} holds Python objects (an object array), which semid does not "
+                         "unpickle; write numbers: np.save(path, x.astype(np.float32))") from None  # fmt: skip
 
 
 def _read_parquet(path: Path) -> tuple[np.ndarray, list[str] | None]:
@@ -204,7 +222,7 @@ def _as_matrix(x: np.ndarray, source: str) -> np.ndarray:
             "embeddings must be 2-D (N, D)"
         )
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise SemidError(f"{source} holds {x.dtype} values; embeddings must be numbers")
+        raise SemidError(f"{source} holds {x.dtype} values; embeddings must be real numbers")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise SemidError(f"{source} is empty (shape {tuple(x.shape)}); it needs rows and columns")
     # Writable: pyarrow hands out read-only buffers, which torch warns about. Checked after the
