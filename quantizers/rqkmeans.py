@@ -149,10 +149,10 @@ class ResidualKMeans(Quantizer):
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=x.device)  # (n, B, levels so far)
         center = self.codebooks[0].mean(0)
         for level, book in enumerate(self.codebooks):
-            # error holds ||r||^2 - ||x - m||^2; adding ||c||^2 - 2 r.c gives ||r - c||^2 - ||x - m||^2,
-            # so beams are ranked by their true error without ever computing ||r||^2. Level 0 is
-            # scored about its codebook's mean m, as vectors far from the origin would lose their
-            # differences to rounding; its one beam per row has r = x, so ||r||^2 there is ||x - m||^2.
+            # error holds ||r||^2 - ||x - m||^2; adding ||c||^2 - 2 r.c gives
+            # ||r - c||^2 - ||x - m||^2, so beams are ranked by their true error without ever
+            # computing ||r||^2. Level 0 is scored about its codebook's mean m (vectors far from the
+            # origin would lose their differences to rounding): its one beam per row is r = x - m.
             shifted = book - center if level == 0 else book
             scores = error[:, :, None] + (shifted * shifted).sum(1)  # (n, B, K)
             scores -= (2 * (residual - center if level == 0 else residual)) @ shifted.T

@@ -268,8 +268,8 @@ class Quantizer(nn.Module, ABC):
         one no better than the mean item (above 1: worse). ``codes`` (N, L): those of x (encoded
         here when None). None when ``decode`` cannot map back to input space (``can_decode``) or
         the items (nearly) all equal each other (nothing to explain; their spread within float32's
-        rounding of their size, as for rows sharing an offset a million times their spread). Computed ``batch`` rows at a
-        time, in float32 summed in float64, with no copy of x."""
+        rounding of their size, as for rows sharing an offset a million times their spread).
+        Computed ``batch`` rows at a time, in float32 summed in float64, with no copy of x."""
         self.check_fitted()
         x = self.check_input(x)
         if codes is not None and len(codes) != len(x):
