@@ -500,6 +500,7 @@ def _put_back(snapshot: Path) -> None:
         _remove(path)
         if os.path.lexists(saved):
             os.rename(saved, path)
+        remove_stale(path)  # the dead writer's half-written temporaries of it
     _fsync_dir(snapshot.parent)
 
 

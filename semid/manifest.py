@@ -85,6 +85,9 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
         if (run / "codes.safetensors").is_file():  # what `semid index build` writes
             raise SemidError(f"{run} is an index (from `semid index build`), not a run; pass the "
                              "folder `semid train` wrote (its --out)")  # fmt: skip
+        if any((run / "train" / "checkpoints").glob("step-*")):  # read without loading accelerate
+            raise SemidError(f"{run} holds an unfinished training (checkpoints, no {MANIFEST}); run "
+                             "the same `semid train` command again to resume it, then this one")  # fmt: skip
         raise SemidError(f"{run} is not a run directory (no {MANIFEST}); {fix}")
     manifest = read_json(run / MANIFEST, fix)
     if not names_a_task(manifest):
@@ -121,9 +124,13 @@ def undo_killed_writes(run: Path) -> None:
         return
     try:
         with write_lock(run, f"run {run}"):
-            roll_back(run)
+            undone = roll_back(run)
     except SemidError:
-        pass
+        return
+    if undone:
+        note(f"{run} was left half changed by a semid command stopped inside its final write (a "
+             "retrain or an `index add`); it is as it was before that command again: run the "
+             "command again to make its change")  # fmt: skip
 
 
 def wait_for_changes(run: Path) -> None:

@@ -164,7 +164,10 @@ with restore_on_error([run / "index", run / "config.json", run / "new.json"]):
         (tmp / "codes").write_text("new codes")
     with atomic_file(run / "new.json") as f:
         f.write("{}")
-    os._exit(97)  # SIGKILL before config.json is written
+    with atomic_file(run / "config.json") as f:
+        f.write("half a conf")
+        f.flush()
+        os._exit(97)  # SIGKILL while config.json is written
 """
 
 
@@ -190,7 +193,8 @@ def test_a_change_that_raises_is_put_back_at_once_and_a_finished_one_is_kept(tmp
 
 def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path):
     """A writer killed inside `restore_on_error` (no exception, no cleanup) leaves its snapshot;
-    `roll_back` puts every path back as it was, removes what was new, and is idempotent."""
+    `roll_back` puts every path back as it was, removes what was new and the dead writer's
+    temporaries (a half-written model stayed in the run), and is idempotent."""
     run = tmp_path / "run"
     (run / "index").mkdir(parents=True)
     (run / "index" / "codes").write_text("old codes")
@@ -198,7 +202,7 @@ def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path)
     done = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_CHANGE, str(run)], check=False)
     assert done.returncode == 97
     assert (run / "index" / "codes").read_text() == "new codes"
-    assert len(atomic.unfinished_changes(run)) == 1
+    assert len(atomic.unfinished_changes(run)) == 1 and list(run.glob(".config.json.*.tmp"))
     assert atomic.roll_back(run) is True
     assert (run / "index" / "codes").read_text() == "old codes"
     assert (run / "config.json").read_text() == "old config"
@@ -208,6 +212,25 @@ def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path)
         "config.json",
         "index",
     ]
+
+
+def test_a_reader_that_undoes_a_killed_change_says_so(tmp_path, capsys):
+    """The next command put the run back silently: its figures were the earlier model's, and
+    nothing said that the stopped command's change was lost."""
+    from semid.manifest import undo_killed_writes
+
+    run = tmp_path / "run"
+    (run / "index").mkdir(parents=True)
+    (run / "config.json").write_text("old config")
+    subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_CHANGE, str(run)], check=False)
+    undo_killed_writes(run)
+    assert (run / "config.json").read_text() == "old config"
+    assert (
+        "it is as it was before that command again: run the command again"
+        in capsys.readouterr().err
+    )
+    undo_killed_writes(run)  # nothing left to undo: no note
+    assert "half changed" not in capsys.readouterr().err
 
 
 SLOW_CHANGE = """

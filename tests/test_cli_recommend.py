@@ -125,6 +125,8 @@ def test_train_notes_the_flags_a_model_does_not_use(tmp_path, capsys):
             ["--no-resume"],
             "run it again without --no-resume to resume from the last checkpoint it wrote",
         ),
+        # --resume spells out the default (it was refused as an unknown argument); the last wins
+        (["--no-resume", "--resume"], "run the same command again to resume from the last"),
     ],
 )
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, extra, told):
@@ -193,7 +195,8 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
                  "--eval-users", "4", "--model-config", json.dumps(tiger), "--out", str(run)]) == 0  # fmt: skip
     assert "validating on 4 of 6 valid users during training" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
-    assert json.loads((run / "metrics.json").read_text())["valid"]["num_items"] == len(keys)
+    valid = json.loads((run / "metrics.json").read_text())["valid"]  # written by training
+    assert valid["num_items"] == len(keys) and type(valid["num_queries"]) is int
     assert (
         config["spec"]["eval_users"] == 4 and config["state"]["result"]["valid"]["num_queries"] == 4
     )

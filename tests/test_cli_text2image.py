@@ -147,6 +147,46 @@ def test_a_run_that_builds_its_own_index_can_be_run_again(
 
 
 @pytest.mark.slow
+def test_an_interrupted_training_resumes_with_the_index_it_built(tmp_path, tiny_images, capsys,
+                                                                 monkeypatch):  # fmt: skip
+    """A training stopped after its checkpoints resumes with the index it built beside them (it
+    fitted the image encoder and quantizer again, minutes on a real collection, and a rebuild that
+    differed at all lost the checkpoints); another quantizer or seed builds a new one."""
+    import semid.training
+    from semid.tasks.text2image import Text2ImageTask
+
+    run = tmp_path / "run"
+    train = ["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--quantizer",
+             "voken:2x4,hidden=16,latent=4", "--epochs", "1", "--batch-size", "32", "--out", str(run)]  # fmt: skip
+    train_model, build = semid.training.train_model, Text2ImageTask._build_training_index
+    builds = []
+
+    def counted_build(*args, **kwargs):
+        builds.append(args[4]["seed"])  # (self, source, spec, index, recipe, splits)
+        return build(*args, **kwargs)
+
+    def stopped_after_its_checkpoints(*args, **kwargs):
+        train_model(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Text2ImageTask, "_build_training_index", counted_build)
+    monkeypatch.setattr(semid.training, "train_model", stopped_after_its_checkpoints)
+    assert main(train) == 130 and builds == [0]
+    monkeypatch.setattr(semid.training, "train_model", train_model)
+    capsys.readouterr()
+    assert main(train) == 0 and builds == [0]  # no second build
+    err = capsys.readouterr().err
+    assert "resuming with the index the interrupted training built" in err
+    assert "resuming from step" in err and (run / "index" / "keys.json").is_file()
+    assert not (run / "train" / "index_recipe.json").exists()
+    monkeypatch.setattr(semid.training, "train_model", stopped_after_its_checkpoints)
+    assert main([*train[:-2], "--seed", "1", "--out", str(tmp_path / "other")]) == 130
+    monkeypatch.setattr(semid.training, "train_model", train_model)
+    assert main([*train[:-2], "--seed", "2", "--no-resume", "--out", str(tmp_path / "other")]) == 0
+    assert builds == [0, 1, 2]  # another seed, and a start over, build their own
+
+
+@pytest.mark.slow
 def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
     tmp_path, tiny_images, monkeypatch
 ):

@@ -240,7 +240,8 @@ def test_added_folders_get_keys_of_their_own_and_a_repeated_add_names_the_fix(tm
     assert "2 images of" in err and "are already indexed" in err and "rename those files" in err
 
 
-def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_path, monkeypatch):
+def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_path, monkeypatch,
+                                                                         capsys):  # fmt: skip
     """The new images' codes, features and labels go in as one change: an add stopped (Ctrl-C)
     after the index is written leaves the run as it was, and the retry is not refused."""
     write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
@@ -253,7 +254,9 @@ def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(text2image_module, "write_run", interrupted)
+    capsys.readouterr()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 130
+    assert "nothing was added (the run or index is as it was): run" in capsys.readouterr().err
     assert {name: (run / name).read_bytes() for name in names} == before
     monkeypatch.undo()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 0

@@ -130,6 +130,11 @@ def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
     assert current_writer(run) is None
     with pytest.raises(SemidError, match="is not a run directory"):
         read_manifest(run)
+    (run / "train" / "checkpoints" / "step-00000038").mkdir(
+        parents=True
+    )  # a stopped first training
+    with pytest.raises(SemidError, match="holds an unfinished training .* again to resume it"):
+        read_manifest(run)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")

@@ -211,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "wrote, if it got that far (the earlier model stays until a run finishes)")  # fmt: skip
         elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
             resume = "; run the same command again to resume from the last checkpoint"
+        elif getattr(getattr(args, "run", None), "__module__", "") == "semid.cli.index_add":
+            resume = (
+                "; nothing was added (the run or index is as it was): run the same command again"
+            )
         # in a launched job the launcher ends the others when one process fails (told above)
         stopped = "interrupted"
         if is_launched() and isinstance(interrupt, Terminated):

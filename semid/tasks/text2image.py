@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from semid.atomic import atomic_file, check_output_folder, restore_on_error
+from semid.atomic import atomic_file, check_output_folder, read_json, restore_on_error, write_json
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
 from semid.data.image_files import load_image_collection, load_images
@@ -173,6 +173,26 @@ def note_shared_captions(texts: list[str], query_labels: Tensor) -> None:
     note(f"{counted(len(queries), 'test query', 'test queries')} of {len(texts)} are captions of "
          f"several test images (e.g. {queries[0]!r}); each counts only the image it captions as "
          "relevant (the usual protocol), so another image of the same caption counts as a miss")  # fmt: skip
+
+
+INDEX_RECIPE = "index_recipe.json"  # beside a training's own index: what it was built from
+
+
+def _built_by_the_interrupted_run(train_dir: Path, recipe: dict[str, Any]) -> bool:
+    """Whether ``train_dir`` holds the index and checkpoints of an interrupted training of the same
+    ``recipe`` (data, quantizer, text encoder, seed), so resuming need not build the index again
+    (minutes of image encoder and quantizer fitting; a rebuild on another device or thread count
+    might differ, and the checkpoints would then not resume)."""
+    from semid.training.checkpoints import complete_checkpoints  # loads accelerate
+    from semid.training.trainer import TRAINED_ON_FILE
+
+    files = (train_dir / INDEX_RECIPE, train_dir / TRAINED_ON_FILE, train_dir / "index")
+    if not (all(f.exists() for f in files) and complete_checkpoints(train_dir / "checkpoints")):
+        return False
+    fix = "start over with --no-resume"
+    if read_json(files[0], fix) != recipe:
+        return False
+    return read_json(files[1], fix).get("ids") == SemanticIDs.load(files[2]).sha256()
 
 
 def check_index_of(
@@ -336,14 +356,19 @@ class Text2ImageTask(Task):
         check_output_folder(out)
         device = resolve_device(device)  # the text encoder embeds the training queries there too
         splits = load_image_splits(spec.dataset, spec.seed)
+        data_sha256 = fingerprint(spec.dataset, files_of=image_collection_files)
         built = index is None
         if built:  # built beside the checkpoints; the run's index is replaced at the end, with the
             # model, so the earlier run stays whole until then (and is never built over)
             index = out / "train" / "index"
-            source = IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device)
-            on_main_process(lambda: self.build_index(source, spec.quantizer, index, "extra-level",
-                                                     spec.seed, splits=splits),
-                            device)  # once, by rank 0 of a launched job  # fmt: skip
+            recipe = {"dataset": spec.dataset, "data": data_sha256, "quantizer": spec.quantizer,
+                      "text_encoder": spec.text_encoder, "seed": spec.seed}  # fmt: skip
+            if resume and _built_by_the_interrupted_run(out / "train", recipe):
+                note(f"resuming with the index the interrupted training built ({index})")
+            else:
+                source = IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device)
+                on_main_process(lambda: self._build_training_index(source, spec, index, recipe, splits),
+                                device)  # once, by rank 0 of a launched job  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
             raise SemidError(
@@ -369,7 +394,6 @@ class Text2ImageTask(Task):
                                   image_dim=image_dim, query_dim=queries.shape[1]))  # fmt: skip
         train = with_min_steps(spec.train, len(pairs), spec.min_steps)
         started = time.perf_counter()
-        data_sha256 = fingerprint(spec.dataset, files_of=image_collection_files)
         stamp = trained_on(data_sha256, spec.dataset, ids.sha256(), spec, ("seed",))
         from semid.training import train_model  # here: accelerate loads only to train
 
@@ -399,7 +423,16 @@ class Text2ImageTask(Task):
             )
         if built:  # the run holds its copy now; a rerun builds it again
             shutil.rmtree(index)
+            (out / "train" / INDEX_RECIPE).unlink(missing_ok=True)
         return summary
+
+    def _build_training_index(self, source: IndexSource, spec: Text2ImageSpec, index: Path,
+                              recipe: dict[str, Any], splits: ImageSplits) -> None:  # fmt: skip
+        """Build the index a training without ``--index`` learns from, then record what it was
+        built from (``recipe``) beside it, for a resume to reuse it."""
+        (index.parent / INDEX_RECIPE).unlink(missing_ok=True)  # from an index about to be replaced
+        self.build_index(source, spec.quantizer, index, "extra-level", spec.seed, splits=splits)
+        write_json(index.parent / INDEX_RECIPE, recipe)
 
     def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""

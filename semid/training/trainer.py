@@ -433,7 +433,8 @@ class Trainer:
             model = acc.unwrap_model(self.model)
             model.eval()
             with torch.no_grad(), acc.autocast():
-                metrics[0] = {k: float(v) for k, v in self.evaluate(model).items()}
+                metrics[0] = {k: v if isinstance(v, int) else float(v)  # counts stay whole
+                              for k, v in self.evaluate(model).items()}  # fmt: skip
             model.train()
         metrics = broadcast_object_list(metrics)[0]
         if cfg.metric not in metrics:
