@@ -240,7 +240,8 @@ def test_row_order_does_not_matter(tmp_path: Path) -> None:
         assert getattr(a.interactions, field).tolist() == getattr(b.interactions, field).tolist()
 
 
-def test_ids_follow_time_then_keys_in_code_point_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fraction", ["", ".5"])  # whole seconds sort on one key, others on two
+def test_ids_follow_time_then_keys_in_code_point_order(tmp_path: Path, fraction: str) -> None:
     """Oracle: rows sorted by (time, user key, item key) as Python sorts strings ("10" < "9",
     "Z" < "a" < "é"); users and items numbered by first appearance in that order; exact repeats
     dropped. Many ties, so the key order decides most of it."""
@@ -249,7 +250,7 @@ def test_ids_follow_time_then_keys_in_code_point_order(tmp_path: Path) -> None:
     rows = {(rng.choice(names), rng.choice(names[::-1]), rng.randrange(4)) for _ in range(120)}
     rows.add(("10", "9", 0))
     ordered = sorted(rows, key=lambda r: (r[2], r[0], r[1]))
-    lines = [f"{u},{i},{t}" for u, i, t in rows] + ["10,9,0"] * 2  # one more exact repeat
+    lines = [f"{u},{i},{t}{fraction}" for u, i, t in rows] + [f"10,9,0{fraction}"] * 2  # repeats
     (tmp_path / "log.csv").write_text("user,item,timestamp\n" + "\n".join(lines) + "\n")
     d = load_interaction_files(tmp_path / "log.csv", min_interactions=1)
     users = list(dict.fromkeys(u for u, _, _ in ordered))
@@ -258,7 +259,7 @@ def test_ids_follow_time_then_keys_in_code_point_order(tmp_path: Path) -> None:
     log = d.interactions
     assert log.users.tolist() == [users.index(u) for u, _, _ in ordered]
     assert log.items.tolist() == [items.index(i) for _, i, _ in ordered]
-    assert log.timestamps.tolist() == [t for _, _, t in ordered]
+    assert log.timestamps.tolist() == [t + float(fraction or 0) for _, _, t in ordered]
 
 
 def test_without_items_file_there_are_no_texts(tmp_path: Path) -> None:
