@@ -91,10 +91,13 @@ class ResidualKMeans(Quantizer):
         for level in range(self.levels):
             book, fit_kmeans = self.codebooks[level], _KMEANS[self.clustering]
             if level == 0:
-                book.copy_(fit_kmeans(x - center, k, niter=niter, seed=seed) + center)
+                centred = x - center
+                book.copy_(fit_kmeans(centred, k, niter=niter, seed=seed) + center)
+                nearest = book[_squared_distances(centred, book - center).argmin(1)]
+                del centred
             else:
                 book.copy_(fit_kmeans(residual, k, niter=niter, seed=seed + level))
-            nearest = book[_squared_distances(residual, book).argmin(1)]
+                nearest = book[_squared_distances(residual, book).argmin(1)]
             # in place from level 1 on: level 0's residual is x itself
             residual = residual - nearest if level == 0 else residual.sub_(nearest)
             del nearest
@@ -218,10 +221,8 @@ _KMEANS = {"pd": progressive_kmeans, "lloyd": kmeans}
 
 
 def _squared_distances(x: Tensor, centroids: Tensor) -> Tensor:
-    """Exact squared L2 distances (N, K) between rows of x (N, D) and centroids (K, D), taken about
-    the centroids' mean (vectors that share a large offset keep their differences in float32)."""
-    center = centroids.mean(0)
-    x, centroids = x - center, centroids - center
+    """Exact squared L2 distances (N, K) between rows of x (N, D) and centroids (K, D) (in float32:
+    give both about a common centre when they lie far from the origin)."""
     d = (x * x).sum(1, keepdim=True) - 2 * x @ centroids.T + (centroids * centroids).sum(1)
     return d.clamp_min_(0)
 

@@ -1,6 +1,7 @@
 """`semid index build / train retriever / eval` for text-to-image (AVG), on a tiny registered image set."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -158,18 +159,18 @@ def test_an_interrupted_training_resumes_with_the_index_it_built(tmp_path, tiny_
     run = tmp_path / "run"
     train = ["train", "retriever", "--dataset", tiny_images, "--model", "avg", "--quantizer",
              "voken:2x4,hidden=16,latent=4", "--epochs", "1", "--batch-size", "32", "--out", str(run)]  # fmt: skip
-    train_model, build = semid.training.train_model, Text2ImageTask._build_training_index
+    train_model, build = semid.training.train_model, Text2ImageTask.build_index
     builds = []
 
-    def counted_build(*args, **kwargs):
-        builds.append(args[4]["seed"])  # (self, source, spec, index, recipe, splits)
-        return build(*args, **kwargs)
+    def counted_build(self, source, quantizer, out, collisions="extra-level", seed=0, **options):
+        builds.append(seed)
+        return build(self, source, quantizer, out, collisions, seed, **options)
 
     def stopped_after_its_checkpoints(*args, **kwargs):
         train_model(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Text2ImageTask, "_build_training_index", counted_build)
+    monkeypatch.setattr(Text2ImageTask, "build_index", counted_build)
     monkeypatch.setattr(semid.training, "train_model", stopped_after_its_checkpoints)
     assert main(train) == 130 and builds == [0]
     monkeypatch.setattr(semid.training, "train_model", train_model)
@@ -179,11 +180,14 @@ def test_an_interrupted_training_resumes_with_the_index_it_built(tmp_path, tiny_
     assert "resuming with the index the interrupted training built" in err
     assert "resuming from step" in err and (run / "index" / "keys.json").is_file()
     assert not (run / "train" / "index_recipe.json").exists()
+    other = [*train[:-2], "--seed", "1", "--out", str(tmp_path / "other")]
     monkeypatch.setattr(semid.training, "train_model", stopped_after_its_checkpoints)
-    assert main([*train[:-2], "--seed", "1", "--out", str(tmp_path / "other")]) == 130
+    assert main(other) == 130
+    shutil.rmtree(tmp_path / "other" / "train" / "index" / "image_encoder")  # a part lost
     monkeypatch.setattr(semid.training, "train_model", train_model)
-    assert main([*train[:-2], "--seed", "2", "--no-resume", "--out", str(tmp_path / "other")]) == 0
-    assert builds == [0, 1, 2]  # another seed, and a start over, build their own
+    assert main(other) == 0 and (tmp_path / "other" / "index" / "image_encoder").is_dir()
+    assert main([*other[:-2], "--seed", "2", "--no-resume", "--out", str(tmp_path / "other")]) == 0
+    assert builds == [0, 1, 1, 2]  # a damaged index, another seed and a start over: built again
 
 
 @pytest.mark.slow

@@ -164,6 +164,8 @@ def test_csv_and_parquet_documents(tmp_path):
         ("d.csv", 'id,text\n1,say "hi\n2,x\n1,z\n', "line 4 repeats id '1' (first at line 2)"),
         ("d.csv", 'id;text\n1;"a;\nb"\n2; \n', "line 4: document '2' has an empty text"),
         ("d.tsv", "\nid\ttext\n1\tx\n\n2\ty\n1\tz\n", "line 6 repeats id '1' (first at line 3)"),
+        ("d.csv", "id,text\r1,x\r\r1,z\r", "line 4 repeats id '1' (first at line 2)"),  # old Mac
+        ("d.csv", '\ufeff"id","te\nxt"\n1,x\n1,z\n', "line 4 repeats id '1' (first at line 3)"),
     ],
 )
 def test_table_document_errors(tmp_path, name, content, words):

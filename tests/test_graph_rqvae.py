@@ -176,6 +176,12 @@ def test_distinct_items_far_from_the_origin_are_no_twins(train):
     assert torch.equal(q.encode(x[perm]), q.encode(x)[perm])
     same = build_quantizer(SPEC).fit(x[:1].expand(NUM_ITEMS, -1), interactions=train, **FAST)
     assert same._twin_groups(same._tolerances()[0]).unique().tolist() == [0]
+    # identical items whose fingerprints a projection's rounding left a few ulps apart (their
+    # spread is that rounding alone) are twins still: the tolerance keeps a floor of the norm
+    g = torch.Generator().manual_seed(0)
+    rounded = same.fingerprints[:1] * (1 + 3e-7 * torch.randn(NUM_ITEMS, 1, generator=g))
+    same.fingerprints.copy_(rounded)
+    assert same._twin_groups(same._tolerances()[0]).unique().tolist() == [0]
 
 
 def test_known_items_carry_a_graph_half_unlike_their_content(fitted):

@@ -256,7 +256,9 @@ def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_pat
     monkeypatch.setattr(text2image_module, "write_run", interrupted)
     capsys.readouterr()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 130
-    assert "nothing was added (the run or index is as it was): run" in capsys.readouterr().err
+    assert "an add stopped before its end leaves the run or index as it was: run" in (
+        capsys.readouterr().err
+    )
     assert {name: (run / name).read_bytes() for name in names} == before
     monkeypatch.undo()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 0

@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume = "; run the same command again to resume from the last checkpoint"
         elif getattr(getattr(args, "run", None), "__module__", "") == "semid.cli.index_add":
             resume = (
-                "; nothing was added (the run or index is as it was): run the same command again"
+                "; an add stopped before its end leaves the run or index as it was: run the same "
+                "command again"
             )
         # in a launched job the launcher ends the others when one process fails (told above)
         stopped = "interrupted"

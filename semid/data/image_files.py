@@ -271,21 +271,24 @@ class _ImageRows:
     def check_repeat(self, row: int, first: int) -> None:
         """Row ``row`` names the image of row ``first`` again, to give it more captions; SemidError
         if the table has no captions, or the row's label or split differs from the first's."""
-        path, keys, labels, splits = self.path, self.keys, self.labels, self.splits
-        spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
-        where = f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at {row_label(path, first)}{spelt})"
+        labels, splits = self.labels, self.splits
         if self.captions is None:
-            raise SemidError(
-                f"{where}; list each image once (several rows of an image give it several captions)"
-            )
+            raise self._repeat_error(row, first, "; list each image once (several rows of an "
+                                     "image give it several captions)")  # fmt: skip
         if labels is not None and labels[row] != labels[first]:
-            raise SemidError(
-                f"{where} with label {labels[row]!r} instead of {labels[first]!r}; give an image one label"
-            )
+            raise self._repeat_error(row, first, f" with label {labels[row]!r} instead of "
+                                     f"{labels[first]!r}; give an image one label")  # fmt: skip
         if splits is not None and (splits[row] in TEST_PARTS) != (splits[first] in TEST_PARTS):
-            raise SemidError(
-                f"{where} in split {splits[row]!r} instead of {splits[first]!r}; put an image in one split"
-            )
+            raise self._repeat_error(row, first, f" in split {splits[row]!r} instead of "
+                                     f"{splits[first]!r}; put an image in one split")  # fmt: skip
+
+    def _repeat_error(self, row: int, first: int, what: str) -> SemidError:
+        """The error of row ``row`` repeating row ``first``'s image, ending with ``what`` (made only
+        for an error: naming a CSV row's line reads the file up to it)."""
+        path, keys = self.path, self.keys
+        spelt = "" if keys[first] == keys[row] else f" as {keys[first]!r}"
+        return SemidError(f"{path} {row_label(path, row)} repeats {keys[row]!r} (first at "
+                          f"{row_label(path, first)}{spelt}){what}")  # fmt: skip
 
     def distinct_images(self) -> tuple[list[int], dict[int, list[str]], list[Path]]:
         """The first row of each image (its path without "." and ".." steps: ``./a.png`` and

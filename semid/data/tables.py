@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import ast
 import csv
-import functools
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -415,17 +413,15 @@ def row_label(path: Path, row: int) -> str:
     header, blank lines and the line breaks inside quoted cells), a row otherwise."""
     if table_format(path) not in ("csv", "tsv"):
         return f"row {row + 1}"
-    try:
-        stat = os.stat(path)
-    except OSError:  # a table that is no file (any more): its rows' own count
-        return f"line {row + 2}"
-    starts = _record_lines(str(path), (stat.st_mtime_ns, stat.st_size))
-    return f"line {starts[row] if starts is not None and row < len(starts) else row + 2}"
+    line = _line_of_row(Path(path), row)
+    return f"line {line if line is not None else row + 2}"
 
 
 class RowPlace:
     """`row_label` of a table row, after ``prefix`` (say, the file's name), worked out when shown:
-    finding the line a CSV row starts on reads the file, which only an error about it needs."""
+    finding the line a CSV row starts on reads the file up to it, which only an error needs."""
+
+    __slots__ = ("path", "prefix", "row")
 
     def __init__(self, path: Path, row: int, prefix: str = "") -> None:
         self.path, self.row, self.prefix = path, row, prefix
@@ -437,35 +433,34 @@ class RowPlace:
 Place = str | RowPlace  # where a record came from, for an error about it
 
 
-@functools.lru_cache(maxsize=2)  # the rows of one file are labelled one by one
-def _record_lines(path: str, stamp: tuple[int, int]) -> np.ndarray | None:
-    """The 1-based line each data row of a CSV or TSV file starts on, or None when that is row + 2
-    (no blank line and no quote to skew the count). Blank lines are no rows and a quoted cell may
-    hold line breaks, as the table reader reads them; ``stamp`` (mtime, size) renews the answer
-    for a changed file."""
-    data = _raw_text(Path(path))
-    if table_format(path) == "csv" and b'"' in data:  # a TSV is read unquoted
-        return _quoted_record_lines(data.decode("utf-8", "replace"), _csv_delimiter(Path(path)))
-    if not (b"\n\n" in data or b"\n\r\n" in data or data.startswith((b"\n", b"\r\n"))):
+def _line_of_row(path: Path, row: int) -> int | None:
+    """The 1-based line data row ``row`` of a CSV or TSV file starts on, read as a stream that
+    stops there, by the csv module, which splits rows as the table reader does: blank lines are
+    no rows, a quote opens a cell only at its start (a TSV has none) and such a cell may hold line
+    breaks. None when the file cannot be read (any more) or has fewer rows."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        text = (gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") if gz
+                else open(path, encoding="utf-8-sig", errors="replace", newline=""))  # fmt: skip
+    except OSError:
         return None
-    lines = [n for n, line in enumerate(data.split(b"\n"), start=1) if line.strip(b"\r")]
-    return np.array(lines[1:])  # the first line that is not blank is the header
-
-
-def _quoted_record_lines(text: str, delimiter: str) -> np.ndarray:
-    """`_record_lines` of CSV text that holds quotes, read by the csv module, which quotes as the
-    table reader does (a quote opens a cell only at its start; ``""`` escapes one)."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    starts, end = [], 0
+    quoting = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if table_format(path) == "tsv" else {
+        "delimiter": _csv_delimiter(path)}  # fmt: skip
     limit = csv.field_size_limit(sys.maxsize)  # a document's text may pass 128 KiB
     try:
-        for record in reader:
-            if record:  # [] is a blank line
-                starts.append(end + 1)
-            end = reader.line_num
+        with text:
+            reader, index, end = csv.reader(text, **quoting), -1, 0  # index -1: the header
+            for record in reader:
+                if record:  # [] is a blank line
+                    if index == row:
+                        return end + 1
+                    index += 1
+                end = reader.line_num
+    except (OSError, EOFError, csv.Error):  # a damaged file: the caller counts rows
+        return None
     finally:
         csv.field_size_limit(limit)
-    return np.array(starts[1:])
+    return None
 
 
 def key_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool = False) -> np.ndarray:

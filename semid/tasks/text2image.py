@@ -186,13 +186,15 @@ def _built_by_the_interrupted_run(train_dir: Path, recipe: dict[str, Any]) -> bo
     from semid.training.checkpoints import complete_checkpoints  # loads accelerate
     from semid.training.trainer import TRAINED_ON_FILE
 
-    files = (train_dir / INDEX_RECIPE, train_dir / TRAINED_ON_FILE, train_dir / "index")
+    index = train_dir / "index"
+    files = (train_dir / INDEX_RECIPE, train_dir / TRAINED_ON_FILE, index / TRAIN_TARGETS,
+             index / IMAGE_ENCODER_DIR)  # fmt: skip
     if not (all(f.exists() for f in files) and complete_checkpoints(train_dir / "checkpoints")):
         return False
     fix = "start over with --no-resume"
     if read_json(files[0], fix) != recipe:
         return False
-    return read_json(files[1], fix).get("ids") == SemanticIDs.load(files[2]).sha256()
+    return read_json(files[1], fix).get("ids") == SemanticIDs.load(index).sha256()
 
 
 def check_index_of(
@@ -363,12 +365,9 @@ class Text2ImageTask(Task):
             index = out / "train" / "index"
             recipe = {"dataset": spec.dataset, "data": data_sha256, "quantizer": spec.quantizer,
                       "text_encoder": spec.text_encoder, "seed": spec.seed}  # fmt: skip
-            if resume and _built_by_the_interrupted_run(out / "train", recipe):
-                note(f"resuming with the index the interrupted training built ({index})")
-            else:
-                source = IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device)
-                on_main_process(lambda: self._build_training_index(source, spec, index, recipe, splits),
-                                device)  # once, by rank 0 of a launched job  # fmt: skip
+            source = IndexSource(dataset=spec.dataset, encoder=spec.text_encoder, device=device)
+            on_main_process(lambda: self._training_index(source, spec, index, recipe, splits, resume),
+                            device)  # decided and built once, by rank 0 of a launched job  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
             raise SemidError(
@@ -421,16 +420,21 @@ class Text2ImageTask(Task):
                     "trained_items": len(ids),
                 },
             )
-        if built:  # the run holds its copy now; a rerun builds it again
-            shutil.rmtree(index)
+        if built:  # the run holds its copy now; a rerun builds it again (the recipe goes first:
+            # a removal stopped half way leaves no index that a resume would take for whole)
             (out / "train" / INDEX_RECIPE).unlink(missing_ok=True)
+            shutil.rmtree(index)
         return summary
 
-    def _build_training_index(self, source: IndexSource, spec: Text2ImageSpec, index: Path,
-                              recipe: dict[str, Any], splits: ImageSplits) -> None:  # fmt: skip
-        """Build the index a training without ``--index`` learns from, then record what it was
-        built from (``recipe``) beside it, for a resume to reuse it."""
-        (index.parent / INDEX_RECIPE).unlink(missing_ok=True)  # from an index about to be replaced
+    def _training_index(self, source: IndexSource, spec: Text2ImageSpec, index: Path,
+                        recipe: dict[str, Any], splits: ImageSplits, resume: bool) -> None:  # fmt: skip
+        """The index a training without ``--index`` learns from: the one an interrupted training of
+        the same ``recipe`` built, when resuming, else built now and its recipe recorded beside it
+        once it is whole."""
+        if resume and _built_by_the_interrupted_run(index.parent, recipe):
+            note(f"resuming with the index the interrupted training built ({index})")
+            return
+        (index.parent / INDEX_RECIPE).unlink(missing_ok=True)  # of an index about to be replaced
         self.build_index(source, spec.quantizer, index, "extra-level", spec.seed, splits=splits)
         write_json(index.parent / INDEX_RECIPE, recipe)
 
