@@ -152,7 +152,8 @@ def test_an_interrupted_training_resumes_with_the_index_it_built(tmp_path, tiny_
                                                                  monkeypatch):  # fmt: skip
     """A training stopped after its checkpoints resumes with the index it built beside them (it
     fitted the image encoder and quantizer again, minutes on a real collection, and a rebuild that
-    differed at all lost the checkpoints); another quantizer or seed builds a new one."""
+    differed at all lost the checkpoints); another seed, an index missing a part or --no-resume
+    builds a new one."""
     import semid.training
     from semid.tasks.text2image import Text2ImageTask
 

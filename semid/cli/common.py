@@ -40,7 +40,7 @@ def add_training_arguments(
     p.add_argument("--seed", type=int, default=first.seed, help="default: %(default)s")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip
     p.add_argument("--resume", dest="no_resume", action="store_false",
-                   help="resume from the last checkpoint in --out (the default; spelt out here)")  # fmt: skip
+                   help="resume from the last checkpoint in --out (the default)")  # fmt: skip
 
 
 def training_config(args: argparse.Namespace, defaults: TrainConfig, **more: object) -> TrainConfig:

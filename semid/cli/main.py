@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "wrote, if it got that far (the earlier model stays until a run finishes)")  # fmt: skip
         elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
             resume = "; run the same command again to resume from the last checkpoint"
-        elif getattr(getattr(args, "run", None), "__module__", "") == "semid.cli.index_add":
+        elif (getattr(args, "group", None), getattr(args, "command", None)) == ("index", "add"):
             resume = (
                 "; an add stopped before its end leaves the run or index as it was: run the same "
                 "command again"

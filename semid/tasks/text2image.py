@@ -191,10 +191,12 @@ def _built_by_the_interrupted_run(train_dir: Path, recipe: dict[str, Any]) -> bo
              index / IMAGE_ENCODER_DIR)  # fmt: skip
     if not (all(f.exists() for f in files) and complete_checkpoints(train_dir / "checkpoints")):
         return False
-    fix = "start over with --no-resume"
-    if read_json(files[0], fix) != recipe:
+    try:  # a record that does not read (a damaged disk) is no match: the index is built again
+        recorded_recipe, trained_on = (read_json(f, "") for f in files[:2])
+    except SemidError:
         return False
-    return read_json(files[1], fix).get("ids") == SemanticIDs.load(index).sha256()
+    return (recorded_recipe == recipe and isinstance(trained_on, dict)
+            and trained_on.get("ids") == SemanticIDs.load(index).sha256())  # fmt: skip
 
 
 def check_index_of(
