@@ -103,16 +103,21 @@ def _merged_relevance(collection: DocumentCollection, query: str, relevant: str 
     if isinstance(relevant, str):
         relevant = [relevant]
     grades = relevant if isinstance(relevant, dict) else dict.fromkeys(relevant, 1.0)
-    grades = {**grades, **{d: collection.grade(d, query) for d in added if d not in grades}}
-    return list(grades) if all(g == 1 for g in grades.values()) else grades
+    return _relevance(
+        {**grades, **{d: collection.grade(d, query) for d in added if d not in grades}}
+    )
 
 
 def _graded(
     collection: DocumentCollection, query: str, ids: list[str]
 ) -> list[str] | dict[str, float]:
     """A query's relevant document ids, or {id: grade} when a grade is not 1."""
-    grades = {d: collection.grade(d, query) for d in ids}
-    return ids if all(g == 1 for g in grades.values()) else grades
+    return _relevance({d: collection.grade(d, query) for d in ids})
+
+
+def _relevance(grades: dict[str, float]) -> list[str] | dict[str, float]:
+    """Relevant documents as a run records them: their ids when every grade is 1, else {id: grade}."""
+    return list(grades) if all(g == 1 for g in grades.values()) else grades
 
 
 def held_out_queries(collection: DocumentCollection, split: CorpusSplit) -> set[str]:
