@@ -45,7 +45,7 @@ STALE_AFTER_S = 24 * 3600.0
 BACKUP_GRACE_S = 60.0
 # a temp named without its writer's pid (written before names carried one) is judged by age alone
 UNKNOWN_WRITER_STALE_S = 600.0
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 # libraries that write through C code (torch, safetensors, numpy) often lose the errno
 _DISK_FULL_WORDS = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded")
 _LOW_SPACE_BYTES = 1 << 20
@@ -117,7 +117,7 @@ def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
     """Whether `exc` (or what caused it) means the device under `folder` is out of space or quota."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
             return True
         if any(word in str(seen).lower() for word in _DISK_FULL_WORDS):
             return True
@@ -233,8 +233,16 @@ def _check_descriptor(path: Path, fd: int, option: str) -> None:
         writable = False
     if not writable:
         raise SemidError(
-            f"{path}: descriptor {fd} is not open for writing; choose another {option}"
+            f"{_shown_output(path)}: descriptor {fd} is not open for writing; choose another "
+            f"{option}"
         )
+
+
+def _shown_output(path: str | os.PathLike) -> str:
+    """How messages name an output: "standard output" or "standard error" for the descriptor
+    (``--out -``, ``/dev/stdout``), else the path."""
+    names = {1: "standard output", 2: "standard error"}
+    return names.get(open_descriptor(path) or 0, str(path))
 
 
 def _check_new_file(path: Path, option: str) -> None:

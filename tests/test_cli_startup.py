@@ -142,6 +142,41 @@ def test_a_closed_pipe_ends_the_command_quietly():
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("printed", ["print('x' * 99)", "sys.stdout.write('x' * 99 + chr(10))"])
+def test_a_full_standard_output_is_one_line(printed):
+    """Standard output on a full device (`> /dev/full`): one line naming it and exit 2, without a
+    traceback, also for what Python still holds at exit."""
+    script = (
+        "import sys\nimport semid.cli.index_stats as stats\n"
+        f"stats.run = lambda args: [{printed} for _ in range(100_000)] and 0\n"
+        "from semid.cli.main import main\nsys.exit(main(['index', 'stats', 'any']))"
+    )
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", script], stdout=full, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "semid: error: no space left on device while writing standard output; free space and "
+        "rerun (what it wrote is incomplete)\n"
+    )
+
+
+def test_out_dash_on_a_closed_standard_output_names_it():
+    """`--out -` with standard output closed (`>&-`) is refused naming standard output (not the
+    /dev/fd/1 it is written through)."""
+    script = (
+        "import os, sys\nfrom semid.atomic import check_output_file\nos.close(1)\n"
+        "from semid.errors import SemidError\n"
+        "try:\n    check_output_file('/dev/fd/1')\n"
+        "except SemidError as e:\n    sys.stderr.write(str(e))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stderr == (
+        "standard output: descriptor 1 is not open for writing; choose another --out"
+    )
+
+
 def test_train_retriever_help_shows_each_models_budget(capsys):
     with pytest.raises(SystemExit):
         main(["train", "retriever", "--help"])

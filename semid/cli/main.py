@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from semid import __version__
-from semid.atomic import made_folders_count, remove_empty_made_folders
+from semid.atomic import DISK_FULL_ERRNOS, made_folders_count, remove_empty_made_folders
 from semid.distributed import MainProcessError, is_launched, is_main_process
 from semid.errors import SemidError
 from semid.notes import show_on_console
@@ -241,6 +241,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python flushes stdout at exit, which would raise again: point it at /dev/null first
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+    except OSError as e:  # artifacts tell a full disk themselves (DiskFullError); this is a stream
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        _close_progress_bars()
+        try:
+            sys.stdout.flush()
+        except OSError:  # the output that filled up: what it still holds cannot go out at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # a write through print() or --out - (/dev/stdout) names no file
+        print(f"semid: error: no space left on device while writing "
+              f"{e.filename or 'standard output'}; free space and rerun (what it wrote is "
+              "incomplete)", file=sys.stderr)  # fmt: skip
+        return 2
 
 
 def _close_progress_bars() -> None:
