@@ -95,9 +95,11 @@ class SemanticIDs:
         quantizer_spec: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> SemanticIDs:
-        """Resolve collisions in raw quantizer codes (N, L) with the named strategy and index them."""
+        """Resolve collisions in raw quantizer codes (N, L) with the named strategy and index them;
+        codes, ``distances`` and ``popularity`` on any device (a GPU quantizer's), kept on the CPU."""
         keys = _string_keys(keys)
-        raw_codes = check_codes(torch.as_tensor(raw_codes), list(codebook_sizes))
+        raw_codes = check_codes(torch.as_tensor(_on_cpu(raw_codes)), list(codebook_sizes))
+        distances, popularity = _on_cpu(distances), _on_cpu(popularity)
         if len(raw_codes) == 0:
             raise SemidError("no codes given (N = 0); index at least one item")
         if len(keys) != len(raw_codes):  # said of the codes as given, before an extra level
@@ -179,13 +181,16 @@ class SemanticIDs:
         distances to each last-level code) are given (new items take codes in their order, the
         first keeping a code they share); otherwise its ID must be free. An index with an extra
         level (``reassign`` adds one when the codes run out) needs no ``distances`` and leaves
-        them unused. Returns the new items' codes (M, L)."""
+        them unused. Codes and distances may be on any device. Returns the new items' codes (M, L)."""
         keys = _string_keys(keys)
         has_extra = self.collision is not None and self.collision.extra_level
         raw_levels = self.levels - has_extra
         raw_codes = check_codes(
-            torch.as_tensor(raw_codes), self.codebook_sizes[:raw_levels], "new items' codes"
+            torch.as_tensor(_on_cpu(raw_codes)),
+            self.codebook_sizes[:raw_levels],
+            "new items' codes",
         )
+        distances = _on_cpu(distances)
         if len(keys) != len(raw_codes):
             raise SemidError(f"{len(keys)} keys for {len(raw_codes)} codes")
         if distances is not None and not has_extra:
@@ -395,6 +400,11 @@ def _carry_over(old: Path, new: Path, own: set[str]) -> None:
         top = str(old)
         shutil.copytree(old, new, dirs_exist_ok=True,
                         ignore=lambda folder, names: own if folder == top else ())  # fmt: skip
+
+
+def _on_cpu(values: Any) -> Any:
+    """A tensor on any device moved to the CPU (a GPU quantizer's codes); anything else as given."""
+    return values.cpu() if isinstance(values, Tensor) else values
 
 
 def _string_keys(keys: Sequence[str]) -> list[str]:

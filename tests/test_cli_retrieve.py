@@ -149,6 +149,25 @@ def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept, 
     assert train_or_keep_untrained(model, None, fit) == ("result", False)
 
 
+def test_keeping_untrained_weights_compares_scores_of_one_precision():
+    """The trained weights are scored again as the untrained ones were (float32), not taken from
+    the trainer's figure, which on a GPU is of bf16 autocast."""
+    from types import SimpleNamespace
+
+    from semid.tasks.retrieval_ranking import train_or_keep_untrained
+
+    model = torch.nn.Linear(2, 2)
+    marks = iter((0.5, 0.4))  # untrained, then trained, both scored here
+
+    def fit():
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return SimpleNamespace(best_metrics={"ndcg@10": 0.9})  # the trainer's (bf16) score
+
+    _, restored = train_or_keep_untrained(model, lambda m: {"ndcg@10": next(marks)}, fit)
+    assert restored
+
+
 @pytest.mark.parametrize(
     "with_queries, words",
     [

@@ -300,3 +300,26 @@ def test_a_fit_on_gpu_inputs_gives_the_cpus_quantizer_on_the_gpu(family):
     codes = on_gpu.encode(data().cuda())
     assert codes.device.type == "cuda"
     assert (codes.cpu() == on_cpu.encode(data())).all(1).float().mean() >= 0.95
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+@pytest.mark.parametrize("collisions", ["extra-level", "popularity", "reassign"])
+def test_an_index_of_gpu_codes_is_the_index_of_their_cpu_copy(collisions):
+    """A GPU quantizer's codes, distances and counts index (from_codes, add) as their CPU copies
+    do, as the README's Python API shows (was: device mix-ups in the collision strategies)."""
+    from semid.ids import SemanticIDs
+
+    quantizer = fitted("rqkmeans").cuda()
+    x = data().cuda()
+    codes, distances = quantizer.encode(x), quantizer.last_level_distances(x)
+    popularity = torch.arange(N, device="cuda")
+    keys = [str(i) for i in range(N)]
+    sizes = quantizer.codebook_sizes
+    options = {"distances": distances, "popularity": popularity}
+    on_gpu = SemanticIDs.from_codes(keys[:-5], codes[:-5], sizes, collisions,
+                                    **{k: v[:-5] for k, v in options.items()})  # fmt: skip
+    on_cpu = SemanticIDs.from_codes(keys[:-5], codes[:-5].cpu(), sizes, collisions,
+                                    **{k: v[:-5].cpu() for k, v in options.items()})  # fmt: skip
+    assert torch.equal(on_gpu.codes, on_cpu.codes) and on_gpu.sha256() == on_cpu.sha256()
+    added = on_gpu.add(keys[-5:], codes[-5:], distances[-5:])
+    assert torch.equal(added, on_cpu.add(keys[-5:], codes[-5:].cpu(), distances[-5:].cpu()))

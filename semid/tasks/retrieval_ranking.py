@@ -119,11 +119,11 @@ def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], di
         _score(model, evaluate),
         {k: v.detach().clone() for k, v in model.state_dict().items()},
     )
-    result = fit()
-    # the trainer scored its best weights
-    after = getattr(result, "best_metrics", {}).get("ndcg@10")
-    if after is None:
-        after = _score(model, evaluate)
+    result = fit()  # leaves its best weights on the model
+    # scored as `before` was, in float32: the trainer's own score may be of bf16 autocast (a GPU),
+    # which ties and rounds scores; MixTuner remembers the same weights at the same precision, so
+    # where the trainer ranked in float32 (the CPU) nothing is ranked again
+    after = _score(model, evaluate)
     if after >= before:
         return result, False
     model.load_state_dict(snapshot)
