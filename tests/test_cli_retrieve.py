@@ -150,8 +150,8 @@ def test_training_that_scores_lower_on_held_out_queries_is_undone(scores, kept, 
 
 
 def test_keeping_untrained_weights_compares_scores_of_one_precision():
-    """The trained weights are scored again as the untrained ones were (float32), not taken from
-    the trainer's figure, which on a GPU is of bf16 autocast."""
+    """The trained weights are scored again as the untrained ones were, not taken from the
+    trainer's figure (which was of bf16 autocast on a GPU before the trainer ranked in float32)."""
     from types import SimpleNamespace
 
     from semid.tasks.retrieval_ranking import train_or_keep_untrained
@@ -231,7 +231,7 @@ def test_too_few_documents_left_to_index_name_the_hold_out(tmp_path, capsys, doc
 
 def test_mix_tuner_ranks_again_only_for_other_weights_or_precision(monkeypatch):
     """The mixes chosen for a set of weights are reused for those weights at the same precision:
-    ranked under bf16 autocast (the trainer on a GPU), they are chosen again in float32."""
+    ranked under a caller's bf16 autocast, they are chosen again in float32."""
     from types import SimpleNamespace
 
     from semid.tasks import retrieval_ranking

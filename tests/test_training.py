@@ -825,6 +825,29 @@ def test_the_process_group_is_joined_as_the_trainer_would_join_it(monkeypatch):
     assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600
 
 
+def test_evaluation_ranks_in_float32_under_mixed_precision(tmp_path):
+    """Training under bf16 autocast (a GPU's default) evaluates outside it, in float32 as
+    `semid eval` ranks: bf16 ties the scores of close items and made the best epoch's choice noisy.
+    (In a fresh process: accelerate keeps one mixed precision per process.)"""
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(HELPER.parent)!r})
+from _two_process_train import make_dataset, make_model
+from semid.training import TrainConfig, Trainer
+data = make_dataset(60)
+seen = []
+def evaluate(model):
+    seen.append((torch.is_autocast_enabled("cpu"), model.net[0].weight.dtype))
+    return {{"acc": 0.5}}
+config = TrainConfig(max_epochs=2, batch_size=8, mixed_precision="bf16", metric="acc")
+Trainer(make_model(), data, config, {str(tmp_path)!r}, evaluate=evaluate).fit()
+print(seen)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == str([(False, torch.float32)] * 2)
+
+
 def test_auto_precision_is_bf16_only_when_training_on_a_gpu(monkeypatch):
     """On a GPU machine, `--device cpu` (or ACCELERATE_USE_CPU) trains in float32: bf16 autocast
     on a CPU is slow on most CPUs and gives other figures than a machine without a GPU."""

@@ -80,8 +80,8 @@ class MixTuner:
 
     def tune(self, model: PromptDSI) -> dict[str, float]:
         """:func:`tune_mixes` of ``model``, or what it gave before for these very weights at the
-        same precision (the trainer may rank under bf16 autocast on a GPU; the task's last choice
-        then ranks in float32, as eval and predict do)."""
+        same precision (the trainer and the task rank in float32, as eval and predict do; a
+        caller's autocast, which rounds scores, is remembered apart)."""
         digest = weights_digest(model), _autocast_of(model)
         if digest not in self._chosen:
             ndcg = tune_mixes(model, self.ids, self.held_out, self.lexical, self.num_beams)
@@ -120,9 +120,8 @@ def train_or_keep_untrained(model: PromptDSI, evaluate: Callable[[PromptDSI], di
         {k: v.detach().clone() for k, v in model.state_dict().items()},
     )
     result = fit()  # leaves its best weights on the model
-    # scored as `before` was, in float32: the trainer's own score may be of bf16 autocast (a GPU),
-    # which ties and rounds scores; MixTuner remembers the same weights at the same precision, so
-    # where the trainer ranked in float32 (the CPU) nothing is ranked again
+    # scored as `before` was, whatever precision the trainer ranked in: MixTuner remembers the
+    # trainer's ranking of the same weights at the same precision, so nothing is ranked again
     after = _score(model, evaluate)
     if after >= before:
         return result, False

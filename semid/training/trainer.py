@@ -432,7 +432,9 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model.eval()
-            with torch.no_grad(), acc.autocast():
+            # in float32 as `semid eval` ranks: bf16 autocast (a GPU's default) ties scores of
+            # close items, which made the choice of the best epoch noisier than on a CPU
+            with torch.no_grad():
                 metrics[0] = {k: v if isinstance(v, int) else float(v)  # counts stay whole
                               for k, v in self.evaluate(model).items()}  # fmt: skip
             model.train()
