@@ -87,7 +87,9 @@ def test_skipped_judgements_are_counted_and_a_query_id_of_two_texts_refused(tmp_
     refused (the last one was kept)."""
     folder = beir_folder(tmp_path / "b")
     with open(folder / "qrels" / "train.tsv", "a") as f:
-        f.write("q9\td0\t1\nq8\td1\t2\n")  # queries.jsonl has no q8 or q9
+        # queries.jsonl has no q8 or q9; a judgement of neither query nor document (q7 -> d9)
+        # counts once, as a query's
+        f.write("q9\td0\t1\nq8\td1\t2\nq7\td9\t1\n")
     read_collection(folder)
     err = capsys.readouterr().err
     assert (
@@ -95,9 +97,10 @@ def test_skipped_judgements_are_counted_and_a_query_id_of_two_texts_refused(tmp_
         in err
     )
     assert (
-        f"{folder / 'qrels' / 'train.tsv'}: 2 relevant judgements of queries queries.jsonl lacks (or gives no text) skipped (first: q9 -> d0)"
+        f"{folder / 'qrels' / 'train.tsv'}: 3 relevant judgements of queries queries.jsonl lacks (or gives no text) skipped (first: q9 -> d0)"
         in err
     )
+    assert f"{folder / 'qrels' / 'train.tsv'}: 1 relevant judgement of documents" not in err
     with open(folder / "queries.jsonl", "a") as f:
         f.write(json.dumps({"_id": "q1", "text": "audio q1"}) + "\n")  # the same text: fine
     read_collection(folder)
@@ -360,3 +363,11 @@ def test_an_added_document_of_an_earlier_test_query_joins_its_relevant_documents
     # runs recorded before a query could have several relevant documents hold one id as a string
     older, _ = with_added_documents({"d0-test": [["q", "12"]]}, later, new_pairs)
     assert older == {"d0-test": [["q", ["12", "c"]]]}
+    # a collection with its own test split (BEIR's qrels/test.tsv) joins by its test queries: a
+    # document listing "q" only to train on does not join the test query "q"
+    given = DocumentCollection("later", [
+        Document("c", "x", ("q",)), Document("f", "w", (), ("q",)),
+    ])  # fmt: skip
+    assert given.has_test_split
+    merged, _ = with_added_documents(parts, given, evaluation_queries(given, [0, 1], [0, 1]))
+    assert merged["d0-test"][0] == ["q", ["a", "f"]]

@@ -71,6 +71,7 @@ def test_train_eval_and_add_documents(tmp_path, monkeypatch, capsys):
 
     metrics = evaluate_run(load_run(run_dir), ks=(1, 10))
     assert metrics["d0-test/num_queries"] == 6  # 20% of the 32 initial documents
+    assert type(metrics["d0-test/num_queries"]) is int  # a count, written as one (not 6.0)
     assert 0 <= metrics["d0-test/recall@1"] <= metrics["d0-test/recall@10"] <= 1
     assert metrics["d0-test/invalid_id_rate"] == 0
 

@@ -166,6 +166,13 @@ def test_csv_and_parquet_documents(tmp_path):
         ("d.tsv", "\nid\ttext\n1\tx\n\n2\ty\n1\tz\n", "line 6 repeats id '1' (first at line 3)"),
         ("d.csv", "id,text\r1,x\r\r1,z\r", "line 4 repeats id '1' (first at line 2)"),  # old Mac
         ("d.csv", '\ufeff"id","te\nxt"\n1,x\n1,z\n', "line 4 repeats id '1' (first at line 3)"),
+        ("d.csv", '\ufeff"i\nd",text\n1,x\n1,z\n', "line 4 repeats id '1' (first at line 3)"),
+        # a TSV is read unquoted (titles hold bare quotes): a cell starting with " ends at its tab
+        (
+            "d.tsv",
+            'id\ttext\n1\t"quoted start\n\n2\tx\n1\tz\n',
+            "line 5 repeats id '1' (first at line 2)",
+        ),
     ],
 )
 def test_table_document_errors(tmp_path, name, content, words):
@@ -173,6 +180,20 @@ def test_table_document_errors(tmp_path, name, content, words):
     with pytest.raises(SemidError) as e:
         read_documents(tmp_path / name)
     assert words in str(e.value)
+
+
+def test_a_gzipped_tables_errors_name_lines_of_its_text(tmp_path):
+    """The line an error names is counted in the decompressed text (a quoted cell spans lines)."""
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(b'id,text\n1,"two\nlines"\n1,z\n'))
+    with pytest.raises(SemidError, match="line 4 repeats id '1' \\(first at line 2\\)"):
+        read_documents(tmp_path / "d.csv.gz")
+
+
+def test_a_comma_header_holding_other_separators_is_read_on_commas(tmp_path):
+    """A .csv whose header holds commas is split on them, though a column name holds ; | or tab."""
+    (tmp_path / "d.csv").write_text("id,text,notes;extra|more\n1,x,y\n2,w,v\n")
+    coll = read_documents(tmp_path / "d.csv")
+    assert [(d.id, d.text) for d in coll.documents] == [("1", "x"), ("2", "w")]
 
 
 @pytest.mark.parametrize("name", ["d.jsonl", "d.csv"])

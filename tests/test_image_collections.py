@@ -14,6 +14,7 @@ from PIL import Image
 
 from semid.cli.main import main
 from semid.errors import SemidError
+from semid.runs import load_run
 from semid.tasks import text2image as text2image_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,7 +165,9 @@ def test_a_run_inside_its_image_folder_resumes_and_evaluates(tmp_path, capsys, m
     assert main(["eval", "runs/avg", "--k", "4"]) == 0
 
 
-def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp_path, capsys):
+def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(
+    tmp_path, capsys, monkeypatch
+):
     write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=10)
     run = build_and_train(tmp_path / "photos", tmp_path)
     before = evaluate(run, "1", "4")
@@ -189,8 +192,21 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(tmp
     adds = json.loads((run / "config.json").read_text())["adds"]
     added = ["more", "again", "loose/add.csv"]
     assert [a["source"] for a in adds] == [str((tmp_path / p).resolve()) for p in added]
+    labelled = {}
+    answerable = text2image_module.answerable_queries
+
+    def spied(texts, query_labels, image_labels):
+        labelled.update(zip(load_run(run).ids.keys, image_labels.tolist(), strict=True))
+        return answerable(texts, query_labels, image_labels)
+
+    monkeypatch.setattr(text2image_module, "answerable_queries", spied)
     after = evaluate(run, "1", "4")
     assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
+    # an added "Dark" image is relevant to the queries of the class "dark"; unseen or unlabelled
+    # ones to none
+    dark = {v for k, v in labelled.items() if k.startswith("dark/")}
+    assert len(dark) == 1 and labelled["again/Dark/Dark0.png"] in dark
+    assert labelled["more/mid/mid0.png"] == labelled["x.png"] == -1
     assert set(after) == set(before)
     # answers show each image's class, or the caption it was added with
     out = tmp_path / "answers.jsonl"
@@ -522,7 +538,6 @@ def test_queries_asked_of_a_run_are_not_cached(tmp_path, capsys, monkeypatch):
     """Every new query text of predict and serve was written to the embedding cache, which nothing
     clears; where the cache cannot be written (HOME read-only), each query was refused (a 400 from
     a server that started healthy). eval's test queries come back, so they stay cached."""
-    from semid.runs import load_run
     from semid.tasks import get_task
 
     monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))

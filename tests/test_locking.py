@@ -138,6 +138,25 @@ def test_reading_a_run_that_is_still_being_written_says_so(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")
+def test_process_start_is_the_start_time_field_and_tells_processes_apart():
+    """``process_start`` reads field 22 (starttime) of /proc/PID/stat: a process started later
+    has a later start (another field, such as the always-0 itrealvalue, named every process)."""
+    from semid.locking import process_start
+
+    time.sleep(0.05)  # clock ticks are 10 ms
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        mine, theirs = process_start(os.getpid()), process_start(child.pid)
+        assert mine is not None and theirs is not None and int(mine) > 0
+        assert int(theirs) > int(mine)
+        stat = Path(f"/proc/{child.pid}/stat").read_text()
+        assert theirs == stat.rsplit(")", 1)[1].split()[19]
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")
 def test_an_owner_file_left_by_a_killed_writer_does_not_name_a_process_given_its_pid(
     tmp_path, monkeypatch
 ):

@@ -197,6 +197,12 @@ def test_blank_lines_among_the_inputs_are_skipped_with_a_note(tmp_path, capsys):
         f"semid: note: --queries {tmp_path / 'q.txt'}: 2 blank lines skipped (line 2, ...); each "
         "other line gets an answer, in order\n"
     )
+    (tmp_path / "one.txt").write_text("kernel\n\nshell\n")  # one blank line is told too
+    assert len(queries_of(tmp_path / "one.txt")[0]) == 2
+    assert capsys.readouterr().err == (
+        f"semid: note: --queries {tmp_path / 'one.txt'}: 1 blank line skipped (line 2); each "
+        "other line gets an answer, in order\n"
+    )
     (tmp_path / "end.txt").write_text("kernel\nshell\n\n")  # blank lines at the end: nothing to say
     assert len(queries_of(tmp_path / "end.txt")[0]) == 2
     assert capsys.readouterr().err == ""

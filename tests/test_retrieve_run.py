@@ -239,12 +239,28 @@ def test_eval_refuses_a_valid_split_and_applies_item_mix(run, capsys):
     assert scores(0.0) != scores(50.0)  # the head's weight changes the ranking
 
 
-def test_eval_queries_scores_an_even_subset_of_each_part_and_saves_it_apart(run, capsys):
+def test_eval_queries_scores_an_even_subset_of_each_part_and_saves_it_apart(
+    run, capsys, monkeypatch
+):
+    ranked = []
+    rank = RetrievePredictor.rank_texts
+
+    def spied(self, texts, *args, **kwargs):
+        ranked.append(list(texts))
+        return rank(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(RetrievePredictor, "rank_texts", spied)
     assert main(["eval", str(run), "--k", "1", "10"]) == 0
     assert main(["eval", str(run), "--k", "1", "10", "--queries", "3"]) == 0
+    every_text, three = (
+        ranked  # evenly spaced: the first, the middle one, the last (not the first 3)
+    )
+    middle = (len(every_text) - 1) / 2
+    assert three == [every_text[0], every_text[int(middle)], every_text[-1]]
     metrics = json.loads((run / "metrics.json").read_text())
     full, subset = metrics["test"], metrics["test (queries=3)"]
     assert full["d0-test/num_queries"] > 3 and subset["d0-test/num_queries"] == 3
+    assert type(full["num_items"]) is int and full["num_items"] > 0  # a count, as written
     assert (
         main(["eval", str(run), "--k", "1", "--queries", "1000"]) == 0
     )  # more than there are: all

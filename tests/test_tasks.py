@@ -475,3 +475,13 @@ def test_predict_for_a_new_history_gives_k_valid_unseen_items(recommend_run, nam
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
     with pytest.raises(SemidError, match="unknown item 'nope'"):
         predictor.predict([{"history": ["nope"]}], k=5)
+
+
+def test_subset_positions_spread_evenly_over_the_whole_range():
+    """``--users N`` / ``--queries N``: N positions from the first to the last, in order (the first
+    N would be a biased estimate: a collection's first documents, the lowest-numbered users)."""
+    from semid.tasks.base import subset_positions
+
+    assert subset_positions(10, 3).tolist() == [0, 4, 9]
+    assert subset_positions(5, None).tolist() == subset_positions(5, 9).tolist() == [0, 1, 2, 3, 4]
+    assert subset_positions(1000, 4).tolist() == [0, 333, 666, 999]
