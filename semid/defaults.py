@@ -8,6 +8,7 @@ import os
 AUTO = "auto"  # a quantizer spec: sized to the number of items (semid.indexing.auto_spec)
 DEFAULT_NUM_BEAMS = 20  # beams of a top-k search (at least k)
 DEFAULT_K = 10  # answers per input of predict and serve (at most the catalogue's size)
+MAX_INPUTS = 1024  # inputs of one serve request (--max-inputs): a worker is busy seconds, not hours
 COLLISION_STRATEGIES = ("extra-level", "popularity", "reassign")  # semid.collisions implements each
 INTERACTION_VECTORS = "interactions-svd"  # index metadata: item vectors from the interactions
 

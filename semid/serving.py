@@ -6,7 +6,9 @@ model processes, see :mod:`semid.model_process`). Each worker takes requests fro
 queue until ``max_batch`` inputs are gathered or ``max_wait_ms`` has passed since the first was
 queued (requests that queued while the workers were busy go at once), groups them by
 (k, num_beams) and calls its replica's ``predict`` once per group (in chunks of at most
-``max_batch`` inputs). Groups are needed because
+``max_batch`` inputs; those of a request whose client hung up are dropped between chunks). A
+request holds at most ``max_inputs`` inputs, so one client cannot hold a worker for long. Groups
+are needed because
 beam search with k beams is not a prefix of beam search with more beams, so trimming a larger k
 would change answers. Each request's inputs are validated with ``check_input`` on the caller's
 thread before they are queued, so one bad input fails only its own request.
@@ -52,7 +54,7 @@ from starlette.requests import ClientDisconnect
 
 from semid import __version__
 from semid.answer_texts import check_texts, with_texts
-from semid.defaults import DEFAULT_K, usable_cores
+from semid.defaults import DEFAULT_K, MAX_INPUTS, usable_cores
 from semid.errors import SemidError
 from semid.json_values import is_integer, is_key
 from semid.model_process import ProcessPredictor
@@ -60,6 +62,10 @@ from semid.tasks.base import REQUEST_FIELDS, with_input_id
 from semid.wording import short_answers_note
 
 BACKLOG = 2048  # connections queued while the server starts or is busy
+ROUTES = (
+    'the server answers POST /predict (a JSON body such as {"users": [...], "k": 10}), '
+    "GET /health and GET /info"
+)
 MAX_BODY_BYTES = 16 * 2**20  # a /predict body larger than this is refused (413), not read
 logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
@@ -124,12 +130,26 @@ class BatcherClosed(RuntimeError):
     """A request reached a BatchingPredictor after close()."""
 
 
+class Answers(Future):
+    """A request's answers to come; ``abandon`` (its client hung up) cancels it while queued and
+    drops its inputs not yet run once a batch runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        """Nobody will read these answers: cancel, or stop computing them between chunks."""
+        if not self.cancel():
+            self.abandoned.set()
+
+
 @dataclass
 class _Request:
     inputs: list[dict[str, Any]]
     k: int
     num_beams: int | None
-    future: Future = field(default_factory=Future)
+    future: Answers = field(default_factory=Answers)
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -157,9 +177,14 @@ class BatchingPredictor:
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
         replicas: list[Predictor] | None = None,
+        max_inputs: int = MAX_INPUTS,
     ) -> None:
         if not is_integer(max_batch) or max_batch < 1:
             raise SemidError(f"max_batch (--max-batch) must be an integer >= 1, got {max_batch!r}")
+        if not is_integer(max_inputs) or max_inputs < 1:
+            raise SemidError(
+                f"max_inputs (--max-inputs) must be an integer >= 1, got {max_inputs!r}"
+            )
         if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
             raise SemidError(
                 f"max_wait_ms (--max-wait-ms) must be a finite number >= 0, got {max_wait_ms!r}"
@@ -167,6 +192,7 @@ class BatchingPredictor:
         self.predictor = predictor
         self.workers = [predictor, *(replicas or [])]
         self.max_batch = max_batch
+        self.max_inputs = max_inputs
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submit against close: nothing is queued after _STOP
@@ -212,6 +238,12 @@ class BatchingPredictor:
             raise SemidError(f"num_beams must be an integer >= k={k}, got {as_json(num_beams)}")
         if not inputs:
             raise SemidError(f"{field} is empty; send at least one input")
+        if len(inputs) > self.max_inputs:
+            raise SemidError(
+                f"{field} holds {len(inputs):,} inputs; the server takes at most "
+                f"{self.max_inputs:,} a request (--max-inputs): send them in several requests, or "
+                "answer a file of them with `semid predict`"
+            )
         checked = []
         for i, item in enumerate(inputs):
             try:
@@ -222,7 +254,7 @@ class BatchingPredictor:
 
     def submit(
         self, inputs: list[dict[str, Any]], k: Any, num_beams: Any = None, field: str = "inputs"
-    ) -> Future:
+    ) -> Answers:
         """Validate now (SemidError on bad input), then queue; the future resolves to the answers."""
         req = _Request(self.validate(inputs, k, num_beams, field), k, num_beams)
         with self._lock:
@@ -292,32 +324,40 @@ class BatchingPredictor:
             self.stats["batches"] += 1
         for (k, num_beams), reqs in groups.items():
             live = [r for r in reqs if r.future.set_running_or_notify_cancel()]
-            inputs = [x for r in live for x in r.inputs]
             try:
-                answers = []
-                for start in range(0, len(inputs), self.max_batch):
-                    chunk = inputs[start : start + self.max_batch]
-                    out = predictor.predict(chunk, k, num_beams)
-                    with self._lock:
-                        self.stats["predict_calls"] += 1
-                    if len(out) != len(chunk):
-                        raise RuntimeError(
-                            f"predictor returned {len(out)} answers for {len(chunk)} inputs"
-                        )
-                    answers.extend(out)
+                answers = self._answer(predictor, live, k, num_beams)
             # Not swallowed: the error goes to every request of the group (the HTTP handler
             # re-raises it); catching it here keeps the one worker thread alive for other requests.
             except Exception as e:  # noqa: BLE001
                 for r in live:
                     r.future.set_exception(e)
                 continue
+            answered = [r for r in live if not r.future.abandoned.is_set()]
             with self._lock:
-                self.stats["requests"] += len(live)
-                self.stats["inputs"] += len(inputs)
-            start = 0
-            for r in live:
-                r.future.set_result(answers[start : start + len(r.inputs)])
-                start += len(r.inputs)
+                self.stats["requests"] += len(answered)
+                self.stats["inputs"] += sum(len(r.inputs) for r in answered)
+            for r in live:  # an abandoned request's answers are cut short: nobody reads them
+                r.future.set_result(answers[id(r)])
+
+    def _answer(self, predictor: Predictor, reqs: list[_Request], k: int,
+                num_beams: int | None) -> dict[int, list[dict[str, Any]]]:  # fmt: skip
+        """Answers of each request (by ``id``), in chunks of at most ``max_batch`` inputs; the
+        inputs of a request abandoned meanwhile are left out of the chunks after it."""
+        answers: dict[int, list[dict[str, Any]]] = {id(r): [] for r in reqs}
+        pending = [(r, x) for r in reqs for x in r.inputs]
+        for start in range(0, len(pending), self.max_batch):
+            chunk = [(r, x) for r, x in pending[start : start + self.max_batch]
+                     if not r.future.abandoned.is_set()]  # fmt: skip
+            if not chunk:
+                continue
+            out = predictor.predict([x for _, x in chunk], k, num_beams)
+            with self._lock:
+                self.stats["predict_calls"] += 1
+            if len(out) != len(chunk):
+                raise RuntimeError(f"predictor returned {len(out)} answers for {len(chunk)} inputs")
+            for (r, _), answer in zip(chunk, out, strict=True):
+                answers[id(r)].append(answer)
+        return answers
 
 
 def parse_request(
@@ -367,6 +407,20 @@ def parse_request(
     return name, inputs, body.get("k"), body.get("num_beams"), texts
 
 
+class RepeatedField(ValueError):
+    """A JSON object of a request names one field twice (JSON keeps the last, in silence)."""
+
+
+def _fields_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's fields as a dict; RepeatedField when one is named twice."""
+    fields = dict(pairs)
+    if len(fields) < len(pairs):
+        repeated = next(name for i, (name, _) in enumerate(pairs) if name in dict(pairs[:i]))
+        raise RepeatedField(f'the body names the field "{repeated}" twice in one object (the '
+                            "first would be lost); send each field once")  # fmt: skip
+    return fields
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
@@ -398,16 +452,16 @@ GONE = 499  # the status of a request whose client hung up (nginx's): no one rea
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
-async def answers_unless_gone(request: Request, future: Future) -> list[dict[str, Any]] | None:
+async def answers_unless_gone(request: Request, future: Answers) -> list[dict[str, Any]] | None:
     """The answers of a submitted request, or None once its client hangs up first: its inputs are
-    then dropped from the queue (a batch already running them finishes)."""
+    then dropped from the queue, or from the chunks not yet run of a batch running them."""
     waiting = asyncio.wrap_future(future)
     while True:
         done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
         if done:
             return waiting.result()
         if await request.is_disconnected():
-            future.cancel()
+            future.abandon()
             return None
 
 
@@ -417,12 +471,13 @@ def create_app(
     max_wait_ms: float = 5.0,
     replicas: list[Predictor] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_inputs: int = MAX_INPUTS,
 ) -> FastAPI:
     """The FastAPI app serving ``predictor`` (and ``replicas``, see BatchingPredictor); the routes
     are in the module docstring. A /predict body over ``max_body_bytes`` is answered 413. Reads
     ``predictor.info()`` once, for the fields its errors name: a `ProcessPredictor` is launched
     first (`ProcessPredictor.launch`)."""
-    batcher = BatchingPredictor(predictor, max_batch, max_wait_ms, replicas)
+    batcher = BatchingPredictor(predictor, max_batch, max_wait_ms, replicas, max_inputs)
     takes = predictor.info().get("inputs")  # the list fields the run answers, named in errors
 
     @asynccontextmanager
@@ -437,6 +492,9 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405):  # a wrong path or method: name the ones served
+            return _error(exc.status_code, f"{request.method} {request.url.path} is not served; "
+                          f"{ROUTES}")  # fmt: skip
         return _error(exc.status_code, exc.detail)
 
     @app.exception_handler(RequestValidationError)
@@ -456,6 +514,7 @@ def create_app(
     async def info() -> dict[str, Any]:
         batching = {
             "max_batch": batcher.max_batch,
+            "max_inputs": batcher.max_inputs,
             "max_wait_ms": 1000 * batcher.max_wait_s,
             "workers": len(batcher.workers),
         }
@@ -475,9 +534,11 @@ def create_app(
             return _error(413, f"the body is larger than {max_body_bytes:,} bytes; "
                                "send the inputs in several requests")  # fmt: skip
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, object_pairs_hook=_fields_once)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             return _error(400, f"the body is not valid JSON: {e}")
+        except RepeatedField as e:
+            return _error(400, str(e))
         except RecursionError:  # valid JSON nested deeper than the parser's recursion limit
             return _error(400, "the body nests JSON too deep; send a flat object such as "
                                '{"users": [...], "k": 10}')  # fmt: skip
@@ -569,6 +630,7 @@ def serve(
     load: Callable[[], Predictor] | None = None,
     workers: int = 1,
     on_ready: Callable[[int], None] | None = None,
+    max_inputs: int = MAX_INPUTS,
 ) -> None:
     """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish).
 
@@ -592,7 +654,8 @@ def serve(
             torch.set_num_threads(threads)
         else:
             models = ProcessPredictor.launch(predictor, load, threads, workers)
-        app = create_app(models[0] if models else predictor, max_batch, max_wait_ms, models[1:])
+        app = create_app(models[0] if models else predictor, max_batch, max_wait_ms, models[1:],
+                         max_inputs=max_inputs)  # fmt: skip
         if on_ready is not None:
             on_ready(sock.getsockname()[1])
         uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,7 @@ from semid.defaults import usable_cores
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
 from semid.serving import (
+    Answers,
     BatchingPredictor,
     answers_unless_gone,
     bind_socket,
@@ -168,6 +169,25 @@ def test_unknown_route_and_method_answer_json(live):
     assert client.get("/nowhere").status_code == 404
     assert "error" in client.get("/nowhere").json()
     assert client.get("/predict").status_code == 405
+    routes = (
+        'the server answers POST /predict (a JSON body such as {"users": [...], "k": 10}), GET '
+        "/health and GET /info"
+    )
+    assert client.get("/predict").json()["error"] == f"GET /predict is not served; {routes}"
+    assert client.post("/health").json()["error"] == f"POST /health is not served; {routes}"
+    assert client.get("/").json()["error"] == f"GET / is not served; {routes}"
+
+
+def test_a_field_named_twice_is_refused(live):
+    """JSON keeps the last of two fields of one name: {"users": [a], "users": [b]} answered b
+    alone, the client's bug unseen."""
+    _, _, client = live
+    for body in (b'{"users": ["u1"], "users": ["u2"], "k": 1}',
+                 b'{"inputs": [{"user": "u1", "user": "u2"}]}'):  # fmt: skip
+        r = client.post("/predict", content=body)
+        assert r.status_code == 400
+        assert r.json()["error"].startswith('the body names the field "user')
+    assert client.post("/predict", content=b'{"users": ["u1"], "k": 1}').status_code == 200
 
 
 def test_a_body_over_the_limit_is_refused_unread_and_the_server_goes_on():
@@ -547,12 +567,66 @@ def test_a_request_whose_client_left_is_dropped_from_the_queue():
         async def is_disconnected(self) -> bool:
             return True
 
-    never = Future()  # queued behind other work: not answered yet
+    never = Answers()  # queued behind other work: not answered yet
     assert asyncio.run(answers_unless_gone(Gone(), never)) is None
     assert never.cancelled()  # a worker skips it (set_running_or_notify_cancel)
-    done = Future()
+    running = Answers()
+    assert running.set_running_or_notify_cancel()
+    assert asyncio.run(answers_unless_gone(Gone(), running)) is None
+    assert running.abandoned.is_set() and not running.cancelled()  # its batch drops the rest
+    done = Answers()
     done.set_result([{"keys": ["a"]}])
     assert asyncio.run(answers_unless_gone(Gone(), done)) == [{"keys": ["a"]}]
+
+
+def test_an_abandoned_request_stops_between_chunks_and_others_are_answered():
+    """A request whose client hung up while its batch runs is not computed past the chunk in
+    flight (20,000 inputs were computed for nobody, holding the worker for minutes); the other
+    requests of its batch are answered whole."""
+    predictor = GatedPredictor()
+    batcher = BatchingPredictor(predictor, max_batch=4, max_wait_ms=200, max_inputs=100)
+    try:
+        big = batcher.submit([{"user": f"u{i % 10}"} for i in range(40)], 2)
+        small = batcher.submit([{"user": "u1"}, {"user": "u2"}], 2)
+        assert predictor.entered.wait(30)  # the first chunk is being computed
+        big.abandon()
+        predictor.released.set()
+        answers = small.result(30)
+        assert [a["input"] for a in answers] == [{"user": "u1"}, {"user": "u2"}]
+        assert len(big.result(30)) == 4  # the chunk in flight, then no more
+        assert [n for n, *_ in predictor.calls] == [4, 2]
+        assert batcher.stats["requests"] == 1 and batcher.stats["inputs"] == 2
+    finally:
+        predictor.released.set()
+        batcher.close(30)
+
+
+class GatedPredictor(FakePredictor):
+    """A FakePredictor whose predict waits until ``released`` (a batch in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def predict(self, inputs: list, k: int, num_beams: int | None = None) -> list:
+        self.entered.set()
+        assert self.released.wait(30), "the test never released the predict call"
+        return super().predict(inputs, k, num_beams)
+
+
+def test_a_request_over_max_inputs_is_refused_naming_the_cap():
+    batcher = BatchingPredictor(FakePredictor(), max_inputs=3)
+    try:
+        with pytest.raises(SemidError, match=re.escape(
+            "users holds 4 inputs; the server takes at most 3 a request (--max-inputs): send them "
+            "in several requests, or answer a file of them with `semid predict`"
+        )):  # fmt: skip
+            batcher.submit([{"user": "u1"}] * 4, 2, field="users")
+        assert len(batcher.submit([{"user": "u1"}] * 3, 2).result(30)) == 3
+        with pytest.raises(SemidError, match="max_inputs .--max-inputs. must be an integer >= 1"):
+            BatchingPredictor(FakePredictor(), max_inputs=0)
+    finally:
+        batcher.close(30)
 
 
 class SlowCheckPredictor(FakePredictor):

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from semid import notes
-from semid.defaults import usable_cores
+from semid.defaults import MAX_INPUTS, usable_cores
 from semid.errors import SemidError
 from semid.manifest import read_manifest
 
@@ -45,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=64,
         help="most inputs in one model call (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-inputs",
+        type=int,
+        default=MAX_INPUTS,
+        help="most inputs in one request; a request with more is refused, so that one client "
+        "cannot hold a model worker for long (default: %(default)s)",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--port must be in [0, 65535] (0: a free one), got {args.port}")
     if args.max_batch < 1:
         raise SemidError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.max_inputs < 1:
+        raise SemidError(f"--max-inputs must be >= 1, got {args.max_inputs}")
     if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
         raise SemidError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
     if args.threads is not None and args.threads < 1:
@@ -134,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
+            max_inputs=args.max_inputs,
             log_level=args.log_level,
             threads=args.threads,
             load=None if args.in_process else load,
