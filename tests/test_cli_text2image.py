@@ -187,8 +187,12 @@ def test_an_interrupted_training_resumes_with_the_index_it_built(tmp_path, tiny_
     shutil.rmtree(tmp_path / "other" / "train" / "index" / "image_encoder")  # a part lost
     monkeypatch.setattr(semid.training, "train_model", train_model)
     assert main(other) == 0 and (tmp_path / "other" / "index" / "image_encoder").is_dir()
-    assert main([*other[:-2], "--seed", "2", "--no-resume", "--out", str(tmp_path / "other")]) == 0
-    assert builds == [0, 1, 1, 2]  # a damaged index, another seed and a start over: built again
+    third = [*train[:-2], "--seed", "2", "--out", str(tmp_path / "third")]
+    monkeypatch.setattr(semid.training, "train_model", stopped_after_its_checkpoints)
+    assert main(third) == 130
+    monkeypatch.setattr(semid.training, "train_model", train_model)
+    assert main([*third, "--no-resume"]) == 0  # the same recipe, but asked to start over
+    assert builds == [0, 1, 1, 2, 2]  # a damaged index, another seed and a start over: built again
 
 
 @pytest.mark.slow

@@ -492,7 +492,17 @@ def test_predict_notes_documents_held_out_until_they_are_added(run, tmp_path, ca
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
     assert "held out" not in capsys.readouterr().err
     new_docs(later, n=3)
-    assert main(["index", "add", str(run), "--docs", str(later)]) == 0
+    first = tmp_path / "first.jsonl"  # one of them added alone: the note counts the others
+    first.write_text(later.read_text().splitlines()[0] + "\n")
+    assert main(["index", "add", str(run), "--docs", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
+    assert (f"semid: note: {run}'s corpus holds 2 documents that training held out (--hold-out) "
+            "and answers leave out until `semid index add` adds them"
+            ) in capsys.readouterr().err  # fmt: skip
+    rest = tmp_path / "rest.jsonl"
+    rest.write_text("".join(line + "\n" for line in later.read_text().splitlines()[1:]))
+    assert main(["index", "add", str(run), "--docs", str(rest)]) == 0
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "camera new0 manual", "--k", "2"]) == 0
     assert "held out" not in capsys.readouterr().err
