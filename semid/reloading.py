@@ -32,6 +32,7 @@ class ReloadingPredictor:
         self._stamp = run_stamp(self._run_dir)  # taken first: a change during the load shows later
         self._current = load()
         self._failed: tuple[int, ...] | None = None  # a state that did not load: not tried again
+        self._failure = ""  # why it did not load
         self._loading = threading.Lock()  # held while a changed run loads
 
     @property
@@ -59,7 +60,7 @@ class ReloadingPredictor:
         try:
             fresh = self._load()
         except SemidError as e:  # a broken change: tried again once the folder changes again
-            self._failed = stamp
+            self._failed, self._failure = stamp, str(e)
             if self._announce:
                 note(f"{self._run_dir} changed but did not load ({e}); serving the copy "
                      "loaded before", "serve")  # fmt: skip
@@ -71,8 +72,13 @@ class ReloadingPredictor:
         return fresh
 
     def info(self) -> dict[str, Any]:
-        """The current run's info."""
-        return self.current().info()
+        """The current run's info; while the folder stands in a state that did not load, with
+        ``"stale"`` saying so (answers come from the copy loaded before)."""
+        info = self.current().info()
+        if self._failed is not None and self._failed == run_stamp(self._run_dir):
+            info["stale"] = (f"{self._run_dir} changed but did not load ({self._failure}); "
+                             "answers come from the copy loaded before")  # fmt: skip
+        return info
 
     def max_k(self) -> int:
         """The current run's catalogue size."""

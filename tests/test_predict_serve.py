@@ -518,10 +518,13 @@ def test_a_served_run_follows_index_add(run, tmp_path, capsys):
     (copy / "broken.json").replace(copy / "config.json")  # a change that does not load
     assert served.info()["index_size"] == size + 1 and served.info()  # the copy loaded before
     assert len(loads) == 3 and "did not load" in capsys.readouterr().err  # tried once
+    assert served.info()["stale"].startswith(f"{copy} changed but did not load (")  # /info says
+    assert served.info()["stale"].endswith("answers come from the copy loaded before")
     time.sleep(0.05)
     (copy / "fixed.json").write_text(config)
     (copy / "fixed.json").replace(copy / "config.json")
     assert served.info()["index_size"] == size + 1 and len(loads) == 4
+    assert "stale" not in served.info()
 
 
 def test_a_changed_run_is_loaded_once_by_one_thread_while_the_others_wait(tmp_path):
