@@ -50,6 +50,7 @@ def new_docs(path, queries: bool = False, n: int = 5):
 
 
 def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, monkeypatch):
+    import semid.runs
     import semid.training
 
     epochs, train = [], semid.training.train_model
@@ -69,7 +70,9 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
     assert epochs == [2]
     more = tmp_path / "more.jsonl"
     more.write_text(path.read_text().replace('"new', '"more'))
-    assert main(["index", "add", str(run), "--docs", str(more)]) == 0
+    real_versions = semid.runs.versions
+    monkeypatch.setattr(semid.runs, "versions", lambda: {**real_versions(), "torch": "9.9"})
+    assert main(["index", "add", str(run), "--docs", str(more)]) == 0  # with another torch
     assert epochs == [2, load_run(run).spec["add_train"]["max_epochs"]]  # the run's --add-epochs
     assert (run / "index" / retrieve_module.DOCUMENT_TEXTS).is_file()  # adds keep it
     assert [session["epochs"] for session in load_run(run).state["sessions"]] == epochs
@@ -79,6 +82,8 @@ def test_index_add_epochs_sets_the_new_sessions_training(run, tmp_path, capsys, 
     }
     assert [a["source"] for a in config["adds"]] == [str(path.resolve()), str(more.resolve())]
     assert [a["command"] for a in config["adds"]] == ["semid index add ..."] * 2
+    assert "versions" not in config["adds"][0]  # as in training
+    assert config["adds"][1]["versions"]["torch"] == "9.9" != config["versions"]["torch"]
 
 
 def snapshot(run):
