@@ -238,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "use a machine with more memory", file=sys.stderr)  # fmt: skip
         return 2
     except BrokenPipeError:  # `semid ... | head` closed the pipe: stop quietly, as Unix tools do
-        # Python flushes stdout at exit, which would raise again: point it at /dev/null first
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()  # Python flushes stdout at exit, which would raise again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
     except OSError as e:  # artifacts tell a full disk themselves (DiskFullError); this is a stream
         if e.errno not in DISK_FULL_ERRNOS:
@@ -248,12 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             sys.stdout.flush()
         except OSError:  # the output that filled up: what it still holds cannot go out at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
         # a write through print() or --out - (/dev/stdout) names no file
         print(f"semid: error: no space left on device while writing "
               f"{e.filename or 'standard output'}; free space and rerun (what it wrote is "
               "incomplete)", file=sys.stderr)  # fmt: skip
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null: what Python still holds for a closed or full stream
+    would raise again when it flushes at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _close_progress_bars() -> None:
