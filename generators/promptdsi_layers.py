@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from semid.determinism import seeded_cpu_rng
 from semid.encoders import hide_weight_loading_bar
 from semid.errors import SemidError
 
@@ -80,8 +80,7 @@ def load_encoder(config: Any) -> nn.Module:
     from transformers import AutoModel, BertConfig, BertModel
 
     if config.encoder_config is not None:
-        with torch.random.fork_rng():
-            torch.manual_seed(config.encoder_seed)
+        with seeded_cpu_rng(config.encoder_seed):
             return BertModel(BertConfig(**config.encoder_config), add_pooling_layer=False)
     path = config.encoder_path or str(default_encoder_path())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -25,6 +25,16 @@ def plain_torchscript() -> Iterator[None]:
 
 
 @contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Within: torch's CPU generator seeded with ``seed``; after, the caller's random state as it
+    was. Other devices' generators are neither seeded nor forked (``torch.manual_seed`` reseeds
+    every GPU's, and forking them warns on a machine with several GPUs): for CPU work only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+@contextmanager
 def repeatable(device: torch.device | str = "cpu") -> Iterator[None]:
     """Within: torch's deterministic algorithms on when ``device`` is the CPU, and TorchScript
     unoptimized (`plain_torchscript`); as before after."""

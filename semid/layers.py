@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from semid.determinism import seeded_cpu_rng
 from semid.dropout import BitDropout, bit_dropout
 
 
@@ -62,8 +63,7 @@ def reset_seeded_(
 ) -> None:
     """Re-initialise, in order, each of ``modules`` that is a ``kind`` and has ``reset_parameters``,
     from torch's generator seeded with ``seed``; the caller's random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_cpu_rng(seed):
         for module in modules:
             if isinstance(module, kind) and hasattr(module, "reset_parameters"):
                 module.reset_parameters()

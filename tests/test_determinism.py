@@ -3,13 +3,21 @@ same weights whatever order torch's threads finish in."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from _two_process_train import make_dataset, make_model
+from conftest import TINY_BERT
+from test_interaction_vectors import two_taste_log
 from test_training import tiny_config
 
-from semid.determinism import repeatable
+from semid.determinism import repeatable, seeded_cpu_rng
+from semid.generators.promptdsi_layers import load_encoder
+from semid.layers import reset_seeded_
 from semid.quantization import build_quantizer
 from semid.quantizers.rqvae import RQVAE
+from semid.tasks.items import interaction_vectors
 from semid.training import Trainer
 
 
@@ -49,6 +57,43 @@ def test_gradients_of_indexed_rows_add_up_in_a_fixed_order_on_two_threads():
 def test_a_gpu_keeps_its_default_kernels():
     with repeatable("cuda:0"):  # no GPU is needed to see that nothing is switched on
         assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_seeded_cpu_rng_seeds_the_cpu_and_gives_the_callers_state_back():
+    torch.manual_seed(1)
+    expected_after = torch.rand(4)
+    torch.manual_seed(1)
+    with seeded_cpu_rng(5):
+        inside = torch.rand(4)
+    assert torch.equal(inside, torch.rand(4, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(torch.rand(4), expected_after)
+
+
+SEEDED_CPU_WORK = {
+    "reset_seeded_": lambda: reset_seeded_([torch.nn.Linear(3, 2)], seed=3),
+    "interaction_vectors": lambda: interaction_vectors(two_taste_log(), seed=3, dim=4),
+    "load_encoder": lambda: load_encoder(
+        SimpleNamespace(encoder_config=dict(TINY_BERT), encoder_seed=3)
+    ),
+}
+
+
+@pytest.mark.parametrize("work", SEEDED_CPU_WORK)
+def test_seeded_cpu_work_leaves_the_gpus_generators_alone(work, monkeypatch):
+    """``torch.manual_seed`` in these reseeded every GPU's generator, which their fork did not
+    restore (the caller's GPU dropout then drew other numbers); they seed the CPU's only."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    SEEDED_CPU_WORK[work]()
+    assert reseeded == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+def test_seeded_cpu_work_keeps_the_gpus_random_state():
+    before = torch.cuda.get_rng_state()
+    for work in SEEDED_CPU_WORK.values():
+        work()
+    assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
 def test_training_and_quantizer_fits_run_repeatably(tmp_path, monkeypatch):

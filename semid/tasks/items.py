@@ -22,6 +22,7 @@ from semid.data.splits import leave_one_out
 from semid.data.tables import matching_columns, table_format
 from semid.data.text_files import read_lines
 from semid.defaults import INTERACTION_VECTORS
+from semid.determinism import seeded_cpu_rng
 from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.graph import unique_edges
@@ -157,8 +158,7 @@ def interaction_vectors(train: InteractionLog, seed: int = 0, dim: int = INTERAC
     du = torch.bincount(users, minlength=n_users).clamp(min=1).float().rsqrt()
     a = torch.sparse_coo_tensor(torch.stack([items, users]), di[items] * du[users], (n_items, n_users),
                                 check_invariants=True).coalesce()  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded_cpu_rng(seed):
         u, singular, _ = torch.svd_lowrank(a, q=min(d + 8, n_items, n_users), niter=6)
     return (u[:, :d] * singular[:d]).float().contiguous()
 
