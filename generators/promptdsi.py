@@ -404,16 +404,21 @@ class PromptDSI(Generator):
 
     def centroid_logits(self, query: Tensor, prefix: Tensor, level: int) -> Tensor:
         """Level ``level`` logits (R, K) from centroids: -scale * |residual - centroid|^2 + const,
-        where the residual is query (R, H) minus the centroids of the prefix codes (R, level)."""
-        residual = query
-        for lv in range(level):
-            residual = residual - self.centroids[lv][prefix[:, lv]]
-        books = self.centroids[level]
-        scale = self.centroid_log_scale[level].exp()
-        return scale * (2 * residual @ books.T - (books * books).sum(-1))
+        where the residual is query (R, H) minus the centroids of the prefix codes (R, level).
+        Float32 also under autocast: the logit is a small difference of large terms, which a bf16
+        product would round away (GPU training's default)."""
+        with torch.autocast(query.device.type, enabled=False):
+            residual = query.float()
+            for lv in range(level):
+                residual = residual - self.centroids[lv][prefix[:, lv]]
+            books = self.centroids[level]
+            scale = self.centroid_log_scale[level].exp()
+            return scale * (2 * residual @ books.T - (books * books).sum(-1))
 
     def add_centroid_logits(self, logits: Tensor, query: Tensor, codes: Tensor) -> Tensor:
-        """Teacher-forced logits (B, L, V) plus centroid logits at every centroid level."""
+        """Teacher-forced logits (B, L, V) plus centroid logits at every centroid level, in float32
+        (the head's are bf16 under autocast; the centroid logits are not rounded to them)."""
+        logits = logits.float()
         extra = torch.zeros_like(logits)
         for lv in range(self.config.centroid_levels):
             extra[:, lv, self.vocab.level_slice(lv)] = self.centroid_logits(query, codes, lv)

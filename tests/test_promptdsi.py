@@ -421,6 +421,26 @@ def test_centroid_logits_rank_codes_by_residual_distance():
     )
 
 
+def test_centroid_logits_stay_float32_under_bf16_autocast():
+    """GPU training runs under bf16 autocast: the centroid term was a bf16 product, then written
+    into the head's bf16 logits; both rounded its small differences of large terms."""
+    model = centroid_model(scale=50.0)
+    model.set_centroids_(torch.randn(2, 4, 16) * 4)
+    query, codes = torch.randn(3, 16) * 4, torch.tensor([[1, 2, 0], [0, 0, 1], [3, 1, 2]])
+    head = torch.randn(3, 3, model.vocab.size).bfloat16()  # the head's output under autocast
+    exact = [model.centroid_logits(query, codes, lv) for lv in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.centroid_logits(query, codes, 1), exact[1])
+        logits = model.add_centroid_logits(head, query, codes)
+    assert logits.dtype == torch.float32
+    for lv in range(2):
+        torch.testing.assert_close(
+            logits[:, lv, model.vocab.level_slice(lv)]
+            - head[:, lv, model.vocab.level_slice(lv)].float(),
+            exact[lv],
+        )
+
+
 def test_untrained_centroid_model_retrieves_the_residual_code_of_its_query_vector():
     model = centroid_model(scale=200.0)
     torch.manual_seed(1)
