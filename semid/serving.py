@@ -601,7 +601,9 @@ def default_workers(device: str) -> int:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port) (port 0: a free one); SemidError if taken."""
+    """A TCP socket bound to (host, port) (port 0: a free one), not yet listening; SemidError if
+    taken. `semid serve` binds before it loads the run, so a taken port is told at once, and
+    clients are refused, not kept waiting, until `serve` listens."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -612,11 +614,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise SemidError(
-            f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host"
-        ) from None
-    sock.listen(BACKLOG)
+        raise _taken(host, port, e) from None
     return sock
+
+
+def _listen(sock: socket.socket, host: str) -> None:
+    """Listen on a bound ``sock``; SemidError if another server took its port meanwhile (two
+    sockets that allow address reuse can bind one port; only the first to listen keeps it)."""
+    try:
+        sock.listen(BACKLOG)
+    except OSError as e:
+        port = sock.getsockname()[1]
+        sock.close()
+        raise _taken(host, port, e) from None
+
+
+def _taken(host: str, port: int, error: OSError) -> SemidError:
+    """The error of a port that cannot be had."""
+    return SemidError(
+        f"cannot listen on {host}:{port}: {error.strerror}; choose another --port or --host"
+    )
 
 
 def serve(
@@ -631,6 +648,7 @@ def serve(
     workers: int = 1,
     on_ready: Callable[[int], None] | None = None,
     max_inputs: int = MAX_INPUTS,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish).
 
@@ -641,15 +659,17 @@ def serve(
     ``workers`` child processes that call it (see :mod:`semid.model_process`), batches going to
     whichever is free, and ``predictor`` only checks inputs and answers /info. Without ``load`` the
     model runs in this process (one worker). ``threads``: torch's intra-op threads per model worker
-    (default :func:`default_threads`)."""
+    (default :func:`default_threads`). ``sock``: a socket from :func:`bind_socket` to serve on
+    (closed at the end; ``host`` and ``port`` then only name it in errors), else one bound here."""
     if not is_integer(workers) or workers < 1:
         raise SemidError(f"workers (--workers) must be an integer >= 1, got {workers!r}")
     if load is None and workers > 1:
         raise SemidError("several workers (--workers) run as model processes; drop --in-process")
     threads = default_threads(workers) if threads is None else threads
-    sock = bind_socket(host, port)
+    sock = bind_socket(host, port) if sock is None else sock
     models: list[ProcessPredictor] = []
     try:
+        _listen(sock, host)
         if load is None:
             torch.set_num_threads(threads)
         else:

@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from conftest import FailingPredictor
 
+import semid.tasks
 from semid import serving
 from semid.cli import serve as serve_cmd
 from semid.defaults import usable_cores
@@ -36,6 +37,7 @@ from semid.serving import (
     default_threads,
     default_workers,
     parse_request,
+    serve,
 )
 
 HELPER = Path(__file__).parent / "_serve_fake.py"
@@ -523,6 +525,39 @@ def test_the_banner_comes_when_the_port_answers():
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_a_taken_port_is_told_before_the_run_loads(tmp_path, monkeypatch):
+    """Loading a large run takes seconds; a port already served is named before that, and a
+    port bound (not yet listened on) by a loading server is refused to a second one at its
+    listen."""
+    loads = []
+    monkeypatch.setattr(semid.tasks, "load_predictor", lambda *a, **k: loads.append(a) or 1 / 0)
+    (tmp_path / "manifest.json").write_text(
+        '{"format_version": 1, "task": "recommend", "parts": {}}'
+    )
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        with pytest.raises(
+            SemidError, match=f"cannot listen on 127.0.0.1:{port}: .*another --port"
+        ):
+            serve_cmd.run(parser.parse_args([str(tmp_path), "--port", port]))
+        assert loads == []
+    finally:
+        taken.close()
+    first, second = bind_socket("127.0.0.1", 0), None
+    try:
+        second = bind_socket("127.0.0.1", first.getsockname()[1])  # address reuse lets both bind
+        first.listen()
+        with pytest.raises(SemidError, match="another --port"):
+            serve(FakePredictor(), sock=second)
+        assert second.fileno() == -1  # closed
+    finally:
+        first.close()
 
 
 def test_more_workers_than_cores_are_cut_to_the_cores_with_a_note(monkeypatch, capsys):

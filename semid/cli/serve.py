@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import signal
+import socket
 from functools import partial
 from pathlib import Path
 
@@ -110,6 +111,21 @@ def run(args: argparse.Namespace) -> int:
     if args.in_process and (args.workers or 1) > 1:
         raise SemidError("--workers > 1 runs model processes; drop --in-process")
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
+    from semid.serving import bind_socket
+
+    sock = bind_socket(args.host, args.port)  # a taken port is told before the run loads
+    try:
+        _load_and_serve(args, sock)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    print("semid serve: stopped", flush=True)
+    return 0
+
+
+def _load_and_serve(args: argparse.Namespace, sock: socket.socket) -> None:
+    """Load the run's predictor (in this process and the model workers) and serve it on ``sock``."""
     from semid.reloading import follow_run
     from semid.serving import default_workers, serve
     from semid.tasks import load_predictor, resolve_device
@@ -136,21 +152,17 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: make SIGTERM end
     # like Ctrl-C here (KeyboardInterrupt, exit 0) instead of killing the process by the signal
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        serve(
-            predictor,
-            host=args.host,
-            port=args.port,
-            max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms,
-            max_inputs=args.max_inputs,
-            log_level=args.log_level,
-            threads=args.threads,
-            load=None if args.in_process else load,
-            workers=workers,
-            on_ready=announce,
-        )
-    except KeyboardInterrupt:
-        pass
-    print("semid serve: stopped", flush=True)
-    return 0
+    serve(
+        predictor,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_inputs=args.max_inputs,
+        log_level=args.log_level,
+        threads=args.threads,
+        load=None if args.in_process else load,
+        workers=workers,
+        on_ready=announce,
+        sock=sock,
+    )
