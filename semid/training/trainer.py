@@ -43,6 +43,7 @@ from semid.training.config import (
     TrainProgress,
     TrainResult,
 )
+from semid.training.heap import HeapTrimmer
 from semid.training.schedule import lr_factor
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -141,6 +142,7 @@ class Trainer:
         self.sampler = EpochShuffleSampler(len(train_dataset), config.seed)
         # a private generator, so creating a DataLoader iterator does not consume the global RNG
         self._loader_generator = torch.Generator().manual_seed(config.seed)
+        self._heap = HeapTrimmer()  # the C heap's free pages go back to the system as it trains
         loader = DataLoader(
             train_dataset,
             batch_size=config.batch_size,
@@ -376,6 +378,7 @@ class Trainer:
                 continue
             progress.step += 1
             bar.update(1)
+            self._heap.maybe_trim()
             end_of_epoch = self._epoch_consumed(progress)
             if progress.step % cfg.log_every == 0 or end_of_epoch:
                 mean_loss = acc.reduce(loss_sum / loss_count, reduction="mean").item()
