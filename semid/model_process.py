@@ -56,8 +56,10 @@ def _serve_predictions(load: Callable[[], Any], threads: int, conn: Connection) 
             return
         if message is None:
             return
-        inputs, k, num_beams = message
+        inputs, k, num_beams, stamp = message
         try:
+            if stamp is not None:  # the run as the server's copy loaded it, when it can be had
+                predictor.catch_up(stamp)
             conn.send(("ok", predictor.predict_resolved(inputs, k, num_beams)))
         except SemidError as e:  # a bad request: the parent re-raises it as a SemidError
             conn.send(("semid_error", str(e)))
@@ -165,16 +167,17 @@ class ProcessPredictor:
         reads the run's data files."""
         self.wait_until_loaded()
         resolved = self.local.resolve(inputs)
+        stamp = getattr(self.local, "stamp", None)  # a run that follows its folder: the state read
         with self._lock:
             if not self._process.is_alive():  # died since its last batch: a new one answers
                 self._restart()
             try:
-                status, payload = self._exchange((resolved, k, num_beams))
+                status, payload = self._exchange((resolved, k, num_beams, stamp))
             except ModelProcessError:
                 if self._process.is_alive():
                     raise
                 self._restart()  # died on this batch: one more try, on a new process
-                status, payload = self._exchange((resolved, k, num_beams))
+                status, payload = self._exchange((resolved, k, num_beams, stamp))
         if status == "semid_error":
             raise SemidError(payload)
         if status == "error":

@@ -6,7 +6,8 @@ folders with those seen at the last load: every write to a run ends with an atom
 of them, so a change shows there. A changed run is loaded again once its writer is done (while
 another process holds the run's write lock, the loaded copy keeps answering), by one thread at a
 time. Each model process and the server's own input checker hold one, so all of them follow the
-same folder.
+same folder; a model process is sent the state the server's copy read with each batch, and loads it
+if it has not (`ReloadingPredictor.catch_up`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ class ReloadingPredictor:
             if self._unchanged(stamp):
                 return self._current
             return self._load_changed(stamp)
+
+    @property
+    def stamp(self) -> tuple[int, ...]:
+        """The run folder's `run_stamp` when the loaded copy was loaded."""
+        return self._stamp
+
+    def catch_up(self, stamp: tuple[int, ...]) -> None:
+        """Load the run that another copy (the server's) loaded at ``stamp``, if this copy has
+        not and the folder still stands there, also while a writer holds it (one that has written
+        nothing yet). A model process that got no batch between two `semid index add` runs would
+        otherwise answer from the copy before the first, whose index lacks what the server's copy
+        accepted in the inputs."""
+        if stamp == self._stamp:
+            return
+        with self._loading:
+            if stamp not in (self._stamp, self._failed) and run_stamp(self._run_dir) == stamp:
+                self._load_changed(stamp)
 
     def _unchanged(self, stamp: tuple[int, ...]) -> bool:
         """Whether the loaded copy stands for ``stamp``: loaded (or failed) at it, or mid-write."""

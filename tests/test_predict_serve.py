@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,8 +26,9 @@ from semid.cli.main import main
 from semid.data.registry import load_dataset
 from semid.errors import SemidError
 from semid.locking import write_lock
+from semid.model_process import ProcessPredictor
 from semid.models import is_generator
-from semid.reloading import ReloadingPredictor
+from semid.reloading import ReloadingPredictor, follow_run
 from semid.tasks import EvalOptions, get_task, load_predictor
 from semid.tasks.recommend import rank_split
 
@@ -525,6 +527,32 @@ def test_a_served_run_follows_index_add(run, tmp_path, capsys):
     (copy / "fixed.json").replace(copy / "config.json")
     assert served.info()["index_size"] == size + 1 and len(loads) == 4
     assert "stale" not in served.info()
+
+
+def test_a_model_process_answers_from_the_run_the_servers_copy_accepted(tmp_path):
+    """Two `index add`s back to back while serving: the server's copy loaded the first (its checks
+    accept the added item), the model process got no batch before the second took the run's lock,
+    and still answers from the run the server's copy read (it refused the item as unknown)."""
+    run = pop_run(tmp_path)
+    local, behind = follow_run(load_predictor, run), follow_run(load_predictor, run)
+    first, size = behind.stamp, behind.info()["index_size"]
+    [model] = ProcessPredictor.launch(
+        local, partial(follow_run, load_predictor, run, announce=False), threads=1
+    )
+    try:
+        (tmp_path / "new.csv").write_text("item,title\nnew-item,A brand new movie (2026)\n")
+        assert main(["index", "add", str(run), "--items", str(tmp_path / "new.csv")]) == 0
+        assert local.check_input({"history": ["new-item"]})  # the server's copy loaded the add
+        with write_lock(run, "the next index add"):  # nothing written yet
+            [answer] = model.predict([{"history": ["new-item"]}], k=3)
+        assert answer["input"] == {"history": ["new-item"]} and len(answer["keys"]) == 3
+        with write_lock(run, "the next index add"):
+            time.sleep(0.05)  # folder times tick every few ms
+            (run / "index" / "touched").write_text("x")  # the writer began to write
+            behind.catch_up(local.stamp)  # the folder moved past that state: it cannot be had
+            assert behind.stamp == first and behind.info()["index_size"] == size
+    finally:
+        model.close()
 
 
 def test_a_changed_run_is_loaded_once_by_one_thread_while_the_others_wait(tmp_path):
