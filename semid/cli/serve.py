@@ -116,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # a taken port is told before the run loads
     try:
         _load_and_serve(args, sock)
-    except KeyboardInterrupt:
-        pass
     finally:
         sock.close()
     print("semid serve: stopped", flush=True)
@@ -125,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_and_serve(args: argparse.Namespace, sock: socket.socket) -> None:
-    """Load the run's predictor (in this process and the model workers) and serve it on ``sock``."""
+    """Load the run's predictor (in this process and the model workers) and serve it on ``sock``
+    until Ctrl-C or SIGTERM."""
     from semid.reloading import follow_run
     from semid.serving import default_workers, serve
     from semid.tasks import load_predictor, resolve_device
@@ -152,17 +151,20 @@ def _load_and_serve(args: argparse.Namespace, sock: socket.socket) -> None:
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: make SIGTERM end
     # like Ctrl-C here (KeyboardInterrupt, exit 0) instead of killing the process by the signal
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    serve(
-        predictor,
-        host=args.host,
-        port=args.port,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_inputs=args.max_inputs,
-        log_level=args.log_level,
-        threads=args.threads,
-        load=None if args.in_process else load,
-        workers=workers,
-        on_ready=announce,
-        sock=sock,
-    )
+    try:
+        serve(
+            predictor,
+            host=args.host,
+            port=args.port,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_inputs=args.max_inputs,
+            log_level=args.log_level,
+            threads=args.threads,
+            load=None if args.in_process else load,
+            workers=workers,
+            on_ready=announce,
+            sock=sock,
+        )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while serving: a normal stop
+        pass
