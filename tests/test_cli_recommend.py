@@ -118,6 +118,28 @@ def test_train_notes_the_flags_a_model_does_not_use(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "model, told",
+    [
+        ("avg", "--model avg is a text-to-image model: train it with `semid train retriever --model avg`"),
+        ("promptdsi", "--model promptdsi is a document retriever: train it with `semid train retriever"),
+        ("bogus", "unknown --model 'bogus'"),
+    ],
+)  # fmt: skip
+def test_a_model_of_another_task_is_refused_before_any_work(tmp_path, capsys, model, told):
+    """avg and promptdsi are registered models, so they passed the check and crashed in their
+    forward (a KeyError traceback) after the run folder was made."""
+    _, _, idx = random_ml100k_index(tmp_path)
+    capsys.readouterr()  # the index build's notes
+    out = tmp_path / "run"
+    args = ["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model", model,
+            "--out", str(out), "--max-steps", "1"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert told in err and "one of mmgrec, pop, sasrec, tiger" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     "extra, told",
     [
         ([], "run the same command again to resume from the last checkpoint"),

@@ -19,7 +19,7 @@ from semid.configs import parse_json_object
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.models import available_models, model_class
-from semid.tasks.specs import RecommendSpec, default_train
+from semid.tasks.specs import RecommendSpec, default_train, recommender_models
 
 EXAMPLE = (
     "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec\n"
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model not in available_models():
         raise SemidError(
-            f"unknown --model {args.model!r}; choose one of {', '.join(available_models())}"
+            f"unknown --model {args.model!r}; choose one of {', '.join(recommender_models())}"
         )
     check_count("--patience", args.patience)
     note_ignored_flags(args)

@@ -50,6 +50,20 @@ def image_train() -> TrainConfig:
     return TrainConfig(max_epochs=4, lr=2e-3, batch_size=256, early_stopping_patience=None)
 
 
+# the built-in models of the other tasks, with what they are and the command that trains them
+OTHER_TASK_MODELS = {
+    "avg": "a text-to-image model: train it with `semid train retriever --model avg`",
+    "promptdsi": "a document retriever: train it with `semid train retriever --model promptdsi`",
+}
+
+
+def recommender_models() -> list[str]:
+    """The models a recommendation run trains: every registered model but the other tasks'."""
+    from semid.models import available_models
+
+    return [name for name in available_models() if name not in OTHER_TASK_MODELS]
+
+
 def checked_model_config(model: str, fields: Any) -> Any:
     """Model ``model``'s config dataclass from ``--model-config`` fields (checked by name and type)."""
     from semid.models import model_config  # imports the model's module, and so torch
@@ -84,6 +98,9 @@ class RecommendSpec:
     extra_codes: int = 8  # spare last-level tokens so added items still fit the vocabulary
 
     def __post_init__(self) -> None:
+        if self.model in OTHER_TASK_MODELS:
+            raise SemidError(f"--model {self.model} is {OTHER_TASK_MODELS[self.model]}; a "
+                             f"recommender is one of {', '.join(recommender_models())}")  # fmt: skip
         self.model_config = checked_model_config(self.model, self.model_config)
         if self.missing_text not in ("error", "drop"):
             raise SemidError(f"--missing-text must be error or drop, got {self.missing_text!r}")
