@@ -798,6 +798,22 @@ def test_dates_without_a_time_of_day_get_a_note(tmp_path: Path) -> None:
     assert load_interaction_files(tmp_path / "b.csv").notes == []  # one time of day: no note
 
 
+def test_most_users_with_every_event_at_one_time_get_a_note(tmp_path: Path) -> None:
+    """An export time in the timestamp column orders none of a user's events: their test targets
+    went to the largest item id as text, in silence (the file's order was the real one)."""
+    export = "1600000007"
+    rows = [f"u1,{i},{export}" for i in "cab"] + [f"u2,{i},{export}" for i in "zyx"]
+    (tmp_path / "a.csv").write_text("\n".join(["user,item,timestamp", *rows, "u3,p,1", "u3,q,2",
+                                               "u3,r,3"]) + "\n")  # fmt: skip
+    d = load_interaction_files(tmp_path / "a.csv")
+    (note,) = d.notes
+    assert note.startswith("2 of 3 users have every event at one time in column 'timestamp'")
+    assert "test targets are arbitrary" in note and "remove the column" in note
+    (tmp_path / "b.csv").write_text("\n".join(["user,item,timestamp", *rows[:3], "u3,p,1", "u3,q,2",
+                                               "u4,s,5", "u4,t,6"]) + "\n")  # fmt: skip
+    assert load_interaction_files(tmp_path / "b.csv", min_interactions=2).notes == []  # 1 of 3
+
+
 @pytest.mark.parametrize(
     ("role", "plain", "written"),
     [("item", "7", "007"), ("item", "7", "7.0"), ("user", "1", "01"), ("item", "07", "7.0")],

@@ -171,6 +171,8 @@ def load_interaction_files(
     # in content order first: exact repeats then sit side by side, and the drops keep the order
     events = _without_repeats(_in_content_order(events, user_uniques, item_uniques), notes)
     events, few = _without_short_histories(events, user_uniques, min_interactions, notes)
+    if time_col is not None and (note := _one_time_note(events, time_col)) is not None:
+        notes.append(note)
     if len(events.user) == 0:
         raise SemidError(
             f"{path}: no interactions left after the drops above ({'; '.join(notes)}); "
@@ -411,6 +413,20 @@ def _mixed_datetimes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 def _dates_only(seconds: np.ndarray) -> bool:
     """Whether several events all fall at midnight (UTC): day-level dates read as times."""
     return len(seconds) > 1 and bool((np.asarray(seconds) % 86400 == 0).all())
+
+
+def _one_time_note(events: _Events, time_col: str) -> str | None:
+    """A note when most users have every event at one time (an export time, say), which then
+    orders none of their events; None otherwise."""
+    times = pd.DataFrame({"user": events.user, "time": events.times}).groupby("user")["time"]
+    users = times.ngroups
+    one_time = int(((times.min() == times.max()) & (times.size() > 1)).sum())
+    if one_time * 2 <= users:
+        return None
+    return (f"{one_time:,} of {users:,} users have every event at one time in column "
+            f"{time_col!r} (an export or batch time?): their events are ordered by item id as "
+            "text, so their test targets are arbitrary; if the file's order is the time order, "
+            "remove the column (without a timestamp, file order is time order)")  # fmt: skip
 
 
 def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
