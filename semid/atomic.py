@@ -54,6 +54,8 @@ _RENAME_EXCHANGE = 2
 _fault_hits: dict[str, int] = {}
 # folders this process made for its outputs, absolute, outermost first (`remove_empty_made_folders`)
 _made_folders: list[Path] = []
+# lock files this process created (semid.locking), with the folder each guards
+_created_locks: list[tuple[Path, Path]] = []
 _SNAPSHOT_LIST = ".snapshot.json"  # in a restore snapshot: the names it covers, and which existed
 _SNAPSHOT = re.compile(r"^\.restore\.(\d+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -163,15 +165,43 @@ def made_folders_count() -> int:
     return len(_made_folders)
 
 
+def record_created_lock(lock: Path, folder: Path) -> None:
+    """Note a lock file this process created beside ``folder`` (see `remove_empty_made_folders`)."""
+    _created_locks.append((lock, folder))
+
+
 def remove_empty_made_folders(since: int = 0) -> None:
     """Remove the folders this process made for its outputs (from the ``since``-th on) that are
     still empty, innermost first: a command refused before writing leaves no empty folders behind
-    (``runs/new/`` of ``--out runs/new/index``). Only ``rmdir``: a folder holding anything, such as
-    a lock file or another process's output, stays."""
+    (``runs/new/`` of ``--out runs/new/index``). A lock file this process created in one of them
+    goes first when the folder it guards was never made and no process holds it
+    (``runs/new/.index.lock``). Only ``rmdir``: a folder holding anything else, such as another
+    process's lock or output, stays."""
+    made = {
+        Path(os.path.realpath(folder)) for folder in _made_folders[since:]
+    }  # as locks name them
+    for lock, folder in reversed(_created_locks):
+        if lock.parent in made and not folder.exists():
+            _remove_unheld_lock(lock)
     for folder in reversed(_made_folders[since:]):
         with contextlib.suppress(OSError):
             folder.rmdir()
     del _made_folders[since:]
+
+
+def _remove_unheld_lock(lock: Path) -> None:
+    """Delete the lock file ``lock`` unless a process holds it (then it stays)."""
+    from filelock import FileLock, Timeout
+
+    file_lock = FileLock(lock)
+    try:
+        file_lock.acquire(timeout=0)
+    except Timeout:
+        return
+    try:
+        lock.unlink(missing_ok=True)
+    finally:
+        file_lock.release()
 
 
 _DESCRIPTOR_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")

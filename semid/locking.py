@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from semid.atomic import check_writable, pid_alive
+from semid.atomic import check_writable, pid_alive, record_created_lock
 from semid.errors import SemidError
 from semid.notes import note
 
@@ -107,10 +107,13 @@ def write_lock(
             _held[lock] -= 1
         return
     check_writable(lock, unwritable_fix)
+    existed = lock.exists()
     try:  # made here, not by filelock, which reads a file it cannot create as a lock held
         os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o666))  # less the umask
     except OSError as e:  # a read-only folder, or a pseudo file system such as /proc
         raise SemidError(f"cannot write {what}: {e.strerror} ({lock}); {unwritable_fix}") from None
+    if not existed:  # removed with the folders made for a refused command's outputs
+        record_created_lock(lock, Path(os.path.realpath(folder)))
     file_lock = FileLock(lock)
     try:
         try:

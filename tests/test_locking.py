@@ -248,6 +248,8 @@ def test_a_folder_where_no_lock_can_be_made_is_one_clear_error(folder):
 
 
 def test_only_empty_folders_this_process_made_are_removed(tmp_path, monkeypatch):
+    from filelock import FileLock
+
     from semid.atomic import check_writable, made_folders_count, remove_empty_made_folders
 
     monkeypatch.chdir(tmp_path)
@@ -256,12 +258,38 @@ def test_only_empty_folders_this_process_made_are_removed(tmp_path, monkeypatch)
     (tmp_path / "kept").mkdir()  # there before, empty: not this process's to remove
     check_writable("old/new/deeper/run")  # makes new/ and deeper/
     with write_lock(tmp_path / "old" / "new" / "deeper" / "run", "run"):
-        pass  # leaves deeper/.run.lock: a lock file stays, and so does its folder
+        pass  # refused before writing: its lock file goes, then the folders it made
     check_writable("gone/x/run")  # makes gone/ and gone/x/, left empty
     check_writable("a/../kept/run")  # makes a/ only: kept/ was there
+    check_writable("wrote/run")  # makes wrote/, where the run was written: lock and all stay
+    with write_lock(tmp_path / "wrote" / "run", "run"):
+        (tmp_path / "wrote" / "run").mkdir()
+    check_writable("busy/run")  # makes busy/, whose lock another writer holds now: it stays
+    with write_lock(tmp_path / "busy" / "run", "run"):
+        pass
+    held = FileLock(tmp_path / "busy" / ".run.lock")
+    held.acquire()
+    try:
+        remove_empty_made_folders(since=before)
+    finally:
+        held.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "kept", "old", "wrote"]
+    assert list((tmp_path / "old").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "wrote").iterdir()) == [".run.lock", "run"]
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == [".run.lock"]
+
+
+def test_a_lock_this_process_did_not_create_stays(tmp_path, monkeypatch):
+    from semid.atomic import check_writable, made_folders_count, remove_empty_made_folders
+
+    monkeypatch.chdir(tmp_path)
+    before = made_folders_count()
+    check_writable("new/run")
+    (tmp_path / "new" / ".run.lock").write_text("")  # another process's, made meanwhile
+    with write_lock(tmp_path / "new" / "run", "run"):
+        pass
     remove_empty_made_folders(since=before)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "old"]
-    assert [p.name for p in (tmp_path / "old" / "new" / "deeper").iterdir()] == [".run.lock"]
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [".run.lock"]
 
 
 def test_an_output_folder_named_like_a_file_is_one_clear_error(tmp_path):
@@ -344,3 +372,27 @@ def test_an_evaluation_at_other_cutoffs_keeps_the_earlier_figures_of_the_same_ca
     update_metrics(run, "valid", {"ndcg@10": 0.1})  # training's figures (no catalogue): replaced
     update_metrics(run, "valid", {"recall@10": 0.3})
     assert read_metrics(run)["valid"] == {"recall@10": 0.3}
+
+
+@pytest.mark.parametrize(
+    "extra, told",
+    [
+        (["--min-interactions", "0"], "min_interactions (CLI --min-interactions) must be >= 1"),
+        ([], "line 3: timestamp 'x' is not integer seconds"),
+    ],
+)
+def test_refused_data_leaves_no_folder_holding_only_a_lock(tmp_path, capsys, extra, told):
+    """`index build` takes its --out's lock before it reads the data; a refusal of the data left
+    the folders it made, each holding only the lock file."""
+    from semid.cli.main import main
+
+    (tmp_path / "log.csv").write_text("user,item,timestamp\nu1,a,1\nu1,b,x\n")
+    if extra:
+        (tmp_path / "log.csv").write_text("user,item,timestamp\nu1,a,1\nu1,b,2\n")
+    out = tmp_path / "new" / "a" / "index"
+    assert (
+        main(["index", "build", "--dataset", str(tmp_path / "log.csv"), "--out", str(out), *extra])
+        == 2
+    )
+    assert told in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]

@@ -205,7 +205,9 @@ def _check_options(columns: dict[str, str], missing_text: str, min_interactions:
     if missing_text not in MISSING_TEXT:
         raise SemidError(f"missing_text must be 'error', 'drop' or 'keep', got {missing_text!r}")
     if min_interactions < 1:
-        raise SemidError(f"min_interactions must be >= 1, got {min_interactions}")
+        raise SemidError(
+            f"min_interactions (CLI --min-interactions) must be >= 1, got {min_interactions}"
+        )
 
 
 def _without_textless_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTexts,
