@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,9 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     assert "index was built without item texts" in (err := capsys.readouterr().err)
     assert f"give them {width}-d vectors" in err
     np.save(tmp_path / "new.npy", np.ones((1, width), dtype=np.float32))
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")  # vectors without keys: keyed by row
+    assert main(["index", "add", "copy", "--items", "new.npy"]) == 0  # (they were refused as texts)
+    assert "new.npy holds no item keys and none were given" in capsys.readouterr().err
     (tmp_path / "new.txt").write_text("fresh\n")
     assert main(["index", "add", "run", "--items", "new.npy", "--keys", "new.txt"]) == 0
     assert SemanticIDs.load(tmp_path / "run" / "index").keys[-1] == "fresh"

@@ -180,6 +180,11 @@ def training_interactions(log: InteractionLog | None, spec: str) -> InteractionL
     return leave_one_out(log).train
 
 
+def holds_item_texts(path: Path) -> bool:
+    """Whether ``--items path`` is a table of item texts (CSV, TSV, JSON Lines), not embeddings."""
+    return table_format(path) in ("csv", "tsv", "jsonl")
+
+
 def read_new_items(
     path: Path,
     keys: Path | None,
@@ -198,9 +203,9 @@ def read_new_items(
     if Path(path).is_dir():
         raise SemidError(f"--items {path} is a folder; give a file of item texts (CSV, TSV, JSON "
                          "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
-    fmt = table_format(path)
-    if fmt not in ("csv", "tsv", "jsonl"):
+    if not holds_item_texts(path):
         return *load_embeddings(path, keys), None
+    fmt = table_format(path)
     if keys is not None:
         raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
     lines = read_lines(path, "items file") if fmt == "tsv" else []

@@ -58,6 +58,7 @@ from semid.tasks.data import (
 from semid.tasks.items import (
     INTERACTION_VECTORS,
     build_item_index,
+    holds_item_texts,
     new_model,
     read_new_items,
     source_dataset,
@@ -223,7 +224,7 @@ class RecommendTask(Task):
         get IDs from the saved quantizer; the model can recommend them at once (no retraining)."""
         run = load_run(run_path, self.name)
         columns = self.spec_of(run).columns
-        if run.ids.metadata.get("item_vectors") == INTERACTION_VECTORS and keys is None:
+        if run.ids.metadata.get("item_vectors") == INTERACTION_VECTORS and holds_item_texts(source):
             raise SemidError(
                 f"{run_path}'s index was built without item texts (its item vectors come from the "
                 f"interactions, which new items have none of yet); give them "
