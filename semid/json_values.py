@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 
@@ -15,3 +16,12 @@ def is_key(value: Any) -> bool:
     """Whether `value` can name a user, an item, a document or an input: a string, or an integer
     standing for its digits (not `true` or `false`)."""
     return isinstance(value, str) or is_integer(value)
+
+
+def known_key(key: str, known: Container[str]) -> str:
+    """``key``, or ``key`` without the spaces around it when only that is in ``known``: ids are
+    read from data files without them, and a typed or pasted id may carry them."""
+    if key in known:
+        return key
+    stripped = key.strip()
+    return stripped if stripped in known else key

@@ -307,6 +307,21 @@ def test_a_split_goes_with_a_user_and_is_refused_on_a_history(predictor):
         predictor.check_input({"history": ["50"], "split": "valid"})  # was dropped without a word
 
 
+def test_ids_with_spaces_around_them_name_the_users_and_items_of_the_data(predictor):
+    """Data files are read without the spaces around an id; `--user " 196 "` and a JSON history
+    were refused as unknown ids (a typed or pasted id)."""
+    user = predictor.user_keys[0]
+    assert predictor.check_input({"user": f" {user} ", "split": "test"}) == {
+        "user": user,
+        "split": "test",
+    }
+    assert predictor.check_input({"history": [" 50 ", "1"]}) == {"history": ["50", "1"]}
+    answers = predictor.predict([{"user": f"  {user}"}, {"user": user}], k=5)
+    assert answers[0]["keys"] == answers[1]["keys"]
+    with pytest.raises(SemidError, match="unknown user ' nobody '"):  # as given, when unknown
+        predictor.check_input({"user": " nobody "})
+
+
 def test_a_history_that_names_an_item_by_its_title_is_shown_its_key(predictor):
     with pytest.raises(SemidError, match=r"^unknown item 'toy story' in the history: a history lists "
                                          r"item keys, and 'toy story' begins the text of item '1' "

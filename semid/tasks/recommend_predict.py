@@ -25,7 +25,7 @@ from semid.data.sequences import (
 from semid.data.splits import PAD
 from semid.errors import SemidError
 from semid.ids import SemanticIDs
-from semid.json_values import is_key
+from semid.json_values import is_key, known_key
 from semid.models import is_generator
 from semid.ranking import Ranker, Ranking
 from semid.runs import Run
@@ -174,7 +174,8 @@ class RecommendPredictor(Predictor):
             history = item["history"]
             if not isinstance(history, list) or not history or not all(is_key(h) for h in history):
                 raise SemidError('"history" must be a non-empty list of item keys')
-            history = [str(h) for h in history]  # integers name keys, as a user may be an integer
+            # integers name keys, as a user may be an integer
+            history = [known_key(str(h), self.run.ids) for h in history]
             unknown = [h for h in history if h not in self.run.ids]
             if unknown:
                 titled = self._item_titled(unknown[0])
@@ -186,11 +187,12 @@ class RecommendPredictor(Predictor):
                                  f"run's index, such as {example}")  # fmt: skip
             self._check_trained_items(history)
             return {"history": history}
-        user = str(item["user"])
         split = item.get("split")
         if split is not None and split not in SPLITS:
             raise SemidError(f'"split" must be valid or test, got {split!r}')
-        self._check_user(user, split, self.histories())
+        histories = self.histories()
+        user = known_key(str(item["user"]), histories.user_of_key)
+        self._check_user(user, split, histories)
         return {"user": user, "split": split} if split else {"user": user}
 
     def max_k(self) -> int:
