@@ -218,7 +218,8 @@ def test_interactions_with_items(tmp_path: Path) -> None:
     assert d.left_out_users == {"u3"}
     assert d.notes == [
         "dropped 1 user with fewer than 3 interactions (1 interaction)",
-        f"dropped 1 item of {tmp_path / 'items.csv'} that no kept interaction names",
+        f"dropped 1 item of {tmp_path / 'items.csv'} that no kept interaction names (add them to a "
+        "trained run with `semid index add RUN --items FILE`)",
     ]
     log = d.interactions
     assert (log.num_users, log.num_items, len(log)) == (2, 3, 6)
@@ -305,7 +306,7 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
     assert d.interactions.timestamps.tolist() == [0, 1, 2] and d.item_keys == ["b", "a", "c"]
     (note,) = d.notes
     assert "no timestamp column" in note and "file order is time order" in note
-    assert "if one of when_watched is the time, pass --columns timestamp=NAME" in note
+    assert "if column when_watched is the time, pass --columns timestamp=NAME" in note
     timed = load_interaction_files(
         tmp_path / "a.csv", columns="user=customer,item=product,timestamp=when_watched"
     )
@@ -317,7 +318,7 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
         "user,item,date\nx,b,2024-01-01\nx,a,2024-01-01\nx,c,2024-01-02\n"
     )
     d = load_interaction_files(tmp_path / "c.csv")  # day-level dates would tie: file order is kept
-    assert d.item_keys == ["b", "a", "c"] and "if one of date is the time" in d.notes[0]
+    assert d.item_keys == ["b", "a", "c"] and "if column date is the time" in d.notes[0]
     (tmp_path / "yelp.csv").write_text(  # Yelp's dates have a time of day: they are the time
         "user_id,business_id,stars,date\nx,b,5,2016-03-07 17:58:53\nx,a,4,2016-03-07 09:00:00\n"
         "x,c,3,2017-01-01 00:00:01\n"

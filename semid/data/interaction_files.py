@@ -290,7 +290,8 @@ def _numbered_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTex
     used = catalog.keys.isin(item_uniques[np.unique(events.item)])
     if not used.all():
         notes.append(
-            f"dropped {counted(int((~used).sum()), 'item')} of {catalog.path} that no kept interaction names"
+            f"dropped {counted(int((~used).sum()), 'item')} of {catalog.path} that no kept interaction "
+            "names (add them to a trained run with `semid index add RUN --items FILE`)"
         )
     item_keys = [str(k) for k in catalog.keys[used]]
     item_texts = [t for t, u in zip(catalog.texts, used, strict=True) if u]
@@ -337,8 +338,8 @@ def _dated_to_the_second(table: pa.Table) -> str | None:
 def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:
     """What a log without a timestamp column means, naming the columns that could hold the time."""
     others = [h for h in table.column_names if h not in used]
-    hint = (f"; if one of {', '.join(others)} is the time, pass --columns timestamp=NAME"
-            if others else "")  # fmt: skip
+    which = f"column {others[0]}" if len(others) == 1 else f"one of {', '.join(others)}"
+    hint = f"; if {which} is the time, pass --columns timestamp=NAME" if others else ""
     return (f"no timestamp column (accepted names: {', '.join(TIME_COLUMNS)}, or date when its "
             f"values have a time of day): file order is time order{hint}")  # fmt: skip
 
