@@ -58,10 +58,10 @@ from semid.defaults import DEFAULT_K, MAX_INPUTS, usable_cores
 from semid.errors import SemidError
 from semid.json_values import is_integer, is_key
 from semid.model_process import ProcessPredictor
+from semid.sockets import bind_socket, listen
 from semid.tasks.base import REQUEST_FIELDS, with_input_id
 from semid.wording import short_answers_note
 
-BACKLOG = 2048  # connections queued while the server starts or is busy
 ROUTES = (
     'the server answers POST /predict (a JSON body such as {"users": [...], "k": 10}), '
     "GET /health and GET /info"
@@ -600,42 +600,6 @@ def default_workers(device: str) -> int:
     return max(1, min(usable_cores(), 4))
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port) (port 0: a free one), not yet listening; SemidError if
-    taken. `semid serve` binds before it loads the run, so a taken port is told at once, and
-    clients are refused, not kept waiting, until `serve` listens."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as e:
-        raise SemidError(f"cannot listen on {host}:{port}: {e}; check --host") from None
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        raise _taken(host, port, e) from None
-    return sock
-
-
-def _listen(sock: socket.socket, host: str) -> None:
-    """Listen on a bound ``sock``; SemidError if another server took its port meanwhile (two
-    sockets that allow address reuse can bind one port; only the first to listen keeps it)."""
-    try:
-        sock.listen(BACKLOG)
-    except OSError as e:
-        port = sock.getsockname()[1]
-        sock.close()
-        raise _taken(host, port, e) from None
-
-
-def _taken(host: str, port: int, error: OSError) -> SemidError:
-    """The error of a port that cannot be had."""
-    return SemidError(
-        f"cannot listen on {host}:{port}: {error.strerror}; choose another --port or --host"
-    )
-
-
 def serve(
     predictor: Predictor,
     host: str = "127.0.0.1",
@@ -669,7 +633,7 @@ def serve(
     sock = bind_socket(host, port) if sock is None else sock
     models: list[ProcessPredictor] = []
     try:
-        _listen(sock, host)
+        listen(sock, host)
         if load is None:
             torch.set_num_threads(threads)
         else:

@@ -55,6 +55,23 @@ def test_commands_answer_help_usage_errors_and_a_wrong_run_without_torch(argv):
     assert "semid.cli.main" in loaded and "torch" not in loaded
 
 
+def test_serve_tells_a_taken_port_without_torch(tmp_path):
+    """A server already on the port: told before the run, torch or the web server loads."""
+    import socket
+
+    (tmp_path / "manifest.json").write_text(
+        '{"format_version": 1, "task": "recommend", "parts": {}}'
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["serve", str(tmp_path), "--port", str(taken.getsockname()[1])]
+        loaded = loaded_modules_after(
+            f"from semid.cli.main import main\nassert main({argv!r}) == 2"
+        )
+    assert "semid.sockets" in loaded and not {"torch", "uvicorn", "semid.serving"} & loaded
+
+
 def test_mmgrec_does_not_load_transformers_but_tiger_does():
     mmgrec = loaded_modules_after(
         "import semid.cli.predict, semid.cli.train_recommender\n"

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.in_process and (args.workers or 1) > 1:
         raise SemidError("--workers > 1 runs model processes; drop --in-process")
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
-    from semid.serving import bind_socket
+    from semid.sockets import bind_socket
 
     sock = bind_socket(args.host, args.port)  # a taken port is told before the run loads
     try:
