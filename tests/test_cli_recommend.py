@@ -516,3 +516,17 @@ def test_predict_out_to_a_pipe_writes_the_answers_through_it(tmp_path, capsys):
     assert code == 0 and link.is_symlink() and fifo.is_fifo()
     assert len(json.loads(got)["keys"]) == 5
     assert "wrote" not in capsys.readouterr().out  # the stream holds the answers alone
+
+
+@pytest.mark.parametrize("model", ["mmgrec", "sasrec"])
+def test_a_log_of_three_event_users_is_told_what_training_needs(tmp_path, capsys, model):
+    """Every user's last two events are held out: with three events each, no training target is
+    left, which was told as 'the training set is empty; check the data split'."""
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,timestamp\nu1,a,1\nu1,b,2\nu1,c,3\nu2,a,1\nu2,c,2\nu2,b,3\n")
+    assert main(["index", "build", "--dataset", str(log), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    argv = ["train", "recommender", "--dataset", str(log), "--index", str(tmp_path / "idx"),
+            "--model", model, "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    assert "only users of four or more events have a training target" in capsys.readouterr().err

@@ -169,6 +169,10 @@ class RecommendTask(Task):
             dataset = SequenceDataset(data, training_window(model, spec.max_history))
         else:
             dataset = TargetDataset(data, data.positions("train"), spec.max_history)
+        if len(dataset) == 0:
+            raise SemidError("nothing to train on: each user's last two events are held out (the "
+                             "valid and test targets), so only users of four or more events have "
+                             "a training target; give a log with such users")  # fmt: skip
         codes = ids.codes if is_generator(model) else None
         if is_generator(model):
             model.use_trie(ids.trie(model.codebook_sizes))
