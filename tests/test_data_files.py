@@ -799,6 +799,13 @@ def test_dates_without_a_time_of_day_get_a_note(tmp_path: Path) -> None:
     assert load_interaction_files(tmp_path / "b.csv").notes == []  # one time of day: no note
 
 
+def test_text_columns_without_an_items_file_are_noted(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("user,item,timestamp,title\nu,a,1,A\nu,b,2,B\nu,c,3,C\n")
+    d = load_interaction_files(tmp_path / "a.csv", columns="text=title")
+    assert d.notes == ["--columns text=title names columns of the items file; without --items it "
+                       "has no effect"]  # fmt: skip
+
+
 def test_most_users_with_every_event_at_one_time_get_a_note(tmp_path: Path) -> None:
     """An export time in the timestamp column orders none of a user's events: their test targets
     went to the largest item id as text, in silence (the file's order was the real one)."""

@@ -152,6 +152,9 @@ def load_interaction_files(
         times = _timestamps(table[time_col], path)
     events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
+    if items is None and "text" in columns:
+        notes.append(f"--columns text={columns['text']} names columns of the items file; without "
+                     "--items it has no effect")  # fmt: skip
     if time_col is not None and _dates_only(times):
         notes.append(f"every timestamp in column {time_col!r} is at midnight (dates without a time "
                      "of day): a user's events of one day are ordered by item id as text, so which "
