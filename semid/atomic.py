@@ -177,12 +177,14 @@ def remove_empty_made_folders(since: int = 0) -> None:
     goes first when the folder it guards was never made and no process holds it
     (``runs/new/.index.lock``). Only ``rmdir``: a folder holding anything else, such as another
     process's lock or output, stays."""
-    made = {
-        Path(os.path.realpath(folder)) for folder in _made_folders[since:]
-    }  # as locks name them
+    # real paths, as lock files are named
+    made = {Path(os.path.realpath(folder)) for folder in _made_folders[since:]}
     for lock, folder in reversed(_created_locks):
         if lock.parent in made and not folder.exists():
             _remove_unheld_lock(lock)
+    _created_locks[:] = [
+        (lock, folder) for lock, folder in _created_locks if lock.parent not in made
+    ]
     for folder in reversed(_made_folders[since:]):
         with contextlib.suppress(OSError):
             folder.rmdir()
