@@ -323,7 +323,12 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
     capsys.readouterr()
     assert main(["index", "add", str(run), "--items", str(tmp_path / "new.npy"), "--keys",
                  str(tmp_path / "new.txt")]) == 0  # fmt: skip
-    assert "scores only the 1,682 items it was trained on" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "scores only the 1,682 items it was trained on" in err
+    assert (
+        f"until a run is trained on its index (semid train recommender ... --index {run / 'index'}"
+        in err
+    )
     # it never ranks the added item, so k stops at the items it was trained on
     assert main(["predict", str(run), "--history", '["1"]', "--k", "1683"]) == 2
     assert "--k must be in [1, 1682] (the items it can rank)" in capsys.readouterr().err

@@ -243,7 +243,8 @@ class RecommendTask(Task):
             trained = run.state.get("trained_items", len(run.ids))
             note(f"{run_path} is a {run.spec['model']} run, which scores only the "
                  f"{counted(trained, 'item')} it was trained on: it neither recommends the added "
-                 "items nor reads them in a history until you retrain it")  # fmt: skip
+                 "items nor reads them in a history until a run is trained on its index "
+                 f"(semid train recommender ... --index {run.index_path} --out NEW)")  # fmt: skip
         return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
 
     def predictor(self, run: Run, device: str = "cpu") -> RecommendPredictor:
