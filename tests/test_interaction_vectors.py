@@ -71,6 +71,7 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     assert ids.metadata["item_vectors"] == INTERACTION_VECTORS and len(ids) == 30
     assert main(["train", "recommender", "--dataset", "log.csv", "--index", "idx", "--model", "mmgrec",
                  "--model-config", TINY_MMGREC, "--epochs", "1", "--out", "run"]) == 0  # fmt: skip
+    assert "\nwrote run (1 step, 1 full epoch, " in capsys.readouterr().out
     # a run trained on item texts over this index is told that new items will need vectors
     (tmp_path / "items.csv").write_text(
         "item,text\n" + "".join(f"it{i},movie {i}\n" for i in range(30))

@@ -20,6 +20,7 @@ from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.models import available_models, model_class
 from semid.tasks.specs import RecommendSpec, default_train, recommender_models
+from semid.wording import counted
 
 EXAMPLE = (
     "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec\n"
@@ -139,8 +140,6 @@ def run(args: argparse.Namespace) -> int:
     if valid and is_main_process():  # which wrote the run
         update_metrics(args.out, "valid", valid)
         print(format_table(["metric", "valid"], metric_rows(valid)))
-    epochs = summary["epochs"]
-    print(
-        f"\nwrote {args.out} ({epochs} epoch{'' if epochs == 1 else 's'}, {summary['train_seconds']:.0f} s)"
-    )
+    trained = f"{counted(summary['steps'], 'step')}, {counted(summary['epochs'], 'full epoch')}"
+    print(f"\nwrote {args.out} ({trained}, {summary['train_seconds']:.0f} s)")
     return 0
