@@ -1,6 +1,6 @@
 """Sequential recommendation on MovieLens: pop, SASRec-CE, TIGER and MMGRec in one harness, one split.
 
-Protocol (docs/protocols.md): leave-one-out by timestamp (stable sort), histories of <= 50 items, full
+Protocol (docs/protocols.md): leave-one-out by timestamp (ties broken by item key), histories of <= 50 items, full
 ranking over all items, Recall@5/10 and NDCG@5/10 on the test targets; generators take their top-10
 from trie-constrained beam search with 20 beams. Models are selected on valid NDCG@10 (early stopping).
 
