@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.repeats < 1 or min(args.sizes) < 1:
+        p.error(f"--repeats and --sizes must be >= 1, got {args.repeats} and {min(args.sizes)}")
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.repeats)))
         return {}

@@ -82,9 +82,10 @@ def run_case(model_name: str, items: int, mode: str, argv: list[str]) -> dict[st
         str(items),
         mode,
     ]
-    out = subprocess.run(
-        command, check=True, capture_output=True, text=True, cwd=Path(__file__).parent.parent
-    )
+    out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    if out.returncode:
+        reason = (out.stderr.strip().splitlines() or ["no error output"])[-1]
+        sys.exit(f"benchmarks.item_softmax: the case {model_name} {items} {mode} failed: {reason}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -146,7 +147,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Measure every case in fresh processes, then write item-softmax.{json,md} under ``--out``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    for flag in ("batch_size", "history", "steps", "reps", "threads"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if min(args.items) < 1:
+        p.error(f"--items must be >= 1, got {min(args.items)}")
     if args.case:
         model_name, items, mode = args.case
         print(json.dumps(measure_case(model_name, int(items), mode, args)))

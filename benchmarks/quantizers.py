@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{spec}: the comparison is at {LEVELS}x{2**NBITS}")
 
     x, data = load_embeddings(args.limit)
+    if len(x) <= x.shape[1]:
+        parser.error(f"--limit {args.limit}: faiss's PCA needs more items than the embeddings' "
+                     f"{x.shape[1]} dimensions; give at least {x.shape[1] + 1}")  # fmt: skip
     methods = {spec: fit_semid(spec) for spec in args.quantizers}
     methods |= {
         FAISS_RQ: fit_faiss_rq(None),
