@@ -5,9 +5,10 @@ the blocks they free in its heap, where blocks of later sizes fit only in part: 
 resident memory grew step after step while the tensors alive stayed the same. An MMGRec training on
 MovieLens-100k with 4 layers and 200-item histories went from 0.6 GB to 14 GB by step 649, where the
 out-of-memory killer took it. ``malloc_trim(0)`` returns every free page of the heap; the next steps
-fault back in the pages they use. Trimming every 10 steps slowed trainings by 8-11% (side by side
-on a loaded 2-core machine), so the trainer trims at most once every :data:`TRIM_EVERY_S` seconds:
-the 4-layer training above then held 2.6-4.4 GB through step 735, each trim taking 0.2-0.9 s.
+fault back in the pages they use, so the trainer trims at most once every :data:`TRIM_EVERY_S`
+seconds, not every few steps (every 10 steps looked 8-11% slower side by side on a loaded 2-core
+machine, about as much as two such runs differ by themselves): the 4-layer training above then held
+2.6-4.4 GB through step 735, each trim taking 0.2-0.9 s.
 """
 
 from __future__ import annotations
