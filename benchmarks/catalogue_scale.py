@@ -115,7 +115,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['load_end']:.1f} at end.  ",
         f"Batch of {BATCH} queries (histories of {HISTORY} items), one random MMGRec encoder (dim {DIM}) "
         f"for all; beam: trie-constrained beam search, {BEAMS} beams, top {K}; full: query @ item table "
-        f"(N, {DIM}) + torch.topk; faiss: IndexFlatIP. Queries/s are medians of 3 repeats; "
+        f"(N, {DIM}) + torch.topk; faiss: IndexFlatIP. Queries/s are medians of {result.get('repeats', 3)} repeats; "
         "search memory is the peak RSS a batch adds after one warm-up batch (buffers the allocator kept "
         "from the warm-up are not counted again: beam search's are small and reused, hence ~0 MiB, while "
         "the (64, N) score matrix of full scoring is mapped afresh each time). The full-scoring side "
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[catalogue] {n:,} {method}: {rows[-1].get('queries_per_s', rows[-1].get('error'))} "
                   f"(load {os.getloadavg()})", flush=True)  # fmt: skip
     result = {
-        **run_header("catalogue_scale", argv, load_start), "rows": rows, "crossover": crossover(rows),
+        **run_header("catalogue_scale", argv, load_start), "repeats": args.repeats, "rows": rows,
+        "crossover": crossover(rows),
     }  # fmt: skip
     write_result(args.out / "catalogue-scale", result, markdown(result))
     return result

@@ -240,6 +240,28 @@ def log_row(row: dict) -> None:
     print(json.dumps({k: v for k, v in row.items() if k != "curves"}), file=sys.stderr, flush=True)
 
 
+def add_max_epochs(parser: argparse.ArgumentParser) -> None:
+    """The --max-epochs flag of the hierarchy benchmarks (read by `cap_epochs`)."""
+    parser.add_argument(
+        "--max-epochs", type=int,
+        help="epoch cap of the quantizer and the generator (default: each dataset's, so that early "
+        "stopping, not the cap, ends training); a small cap makes a quick check",
+    )  # fmt: skip
+
+
+def cap_epochs(
+    parser: argparse.ArgumentParser, datasets: list[str], max_epochs: int | None
+) -> None:
+    """Cap the quantizer's and the generator's epochs of `datasets` at `max_epochs` (None: keep);
+    a cap below 1 is the parser's error."""
+    if max_epochs is None:
+        return
+    if max_epochs < 1:
+        parser.error(f"--max-epochs must be >= 1, got {max_epochs}")
+    for dataset in datasets:
+        SETTINGS[dataset] = {**SETTINGS[dataset], "q_epochs": max_epochs, "g_epochs": max_epochs}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the best setting per (task, side) of a sweep for each seed; write out.{json,md,png}."""
     from benchmarks.hierarchy_report import run_meta, write_final
@@ -254,11 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--best", help="sweep JSON whose best configs to run (default: BASE)")
     parser.add_argument("--out", default=str(RESULTS / "hierarchy"), help="path without extension")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--max-epochs", type=int,
-        help="epoch cap of the quantizer and the generator (default: each dataset's), so that early "
-        "stopping, not the cap, ends training",
-    )  # fmt: skip
+    add_max_epochs(parser)
     parser.add_argument(
         "--from-sweep",
         help="write the tables from this sweep JSON's runs of its best settings; run nothing",
@@ -280,13 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     torch.set_num_threads(args.threads)
-    if args.max_epochs is not None:
-        for dataset in args.datasets:
-            SETTINGS[dataset] = {
-                **SETTINGS[dataset],
-                "q_epochs": args.max_epochs,
-                "g_epochs": args.max_epochs,
-            }
+    cap_epochs(parser, args.datasets, args.max_epochs)
     best = best_configs(args.best) if args.best else {}
     start, rows = time.perf_counter(), []
     for dataset in args.datasets:

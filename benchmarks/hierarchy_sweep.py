@@ -8,6 +8,8 @@ factor is varied around it. Both the quantizer and the generator stop early on v
 Selection never sees the test edges; test numbers are listed but not used.
 
     python -m benchmarks.hierarchy_sweep --dataset mammals --seeds 0
+    python -m benchmarks.hierarchy_sweep --seeds 0 --tasks discovery --sides RQ --max-epochs 1 \
+        --out /tmp/sweep   # a quick check
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from benchmarks.hierarchy import (
     SETTINGS,
     SIDES,
     TASKS,
+    add_max_epochs,
+    cap_epochs,
     load_data,
     log_row,
     make_fold,
@@ -125,9 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(RESULTS / "hierarchy_sweep"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--resume", action="store_true", help="reuse the runs already in out.jsonl (same seeds)"
+        "--resume",
+        action="store_true",
+        help="reuse the runs already in out.jsonl (same seeds and --max-epochs)",
     )
+    add_max_epochs(parser)
     args = parser.parse_args(argv)
+    cap_epochs(parser, [args.dataset], args.max_epochs)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     wn, x = load_data(args.dataset, lambda m: print(m, file=sys.stderr, flush=True))

@@ -77,15 +77,27 @@ def load_predictor_for(args: argparse.Namespace) -> Predictor:
 def load_inputs(args: argparse.Namespace, predictor: Predictor) -> list[dict[str, Any]]:
     """--requests inputs: from --inputs (cycled), else the predictor's sample_inputs."""
     if args.inputs is not None:
+        if not args.inputs.is_file():
+            raise SemidError(f"--inputs {args.inputs} is not a file; write one JSON input per line")
         lines = [ln for ln in args.inputs.read_text().splitlines() if ln.strip()]
         if not lines:
             raise SemidError(f"--inputs {args.inputs} has no lines; write one JSON input per line")
-        items = [json.loads(ln) for ln in lines]
+        items = [_json_line(args.inputs, n, ln) for n, ln in enumerate(lines, 1)]
         return [items[i % len(items)] for i in range(args.requests)]
     sample = getattr(predictor, "sample_inputs", None)
     if sample is None:
         raise SemidError("this predictor has no sample_inputs; pass --inputs FILE.jsonl")
     return sample(args.requests, seed=0)
+
+
+def _json_line(path: Path, number: int, line: str) -> Any:
+    """One --inputs line as JSON, or a SemidError naming the line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SemidError(
+            f"--inputs {path}: non-blank line {number} is not JSON ({e.msg})"
+        ) from None
 
 
 def summary(latencies: list[float], wall: float, load_before: tuple[float, float, float],
@@ -296,8 +308,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("give a RUN or --fake (not both)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    predictor = load_predictor_for(args)
-    inputs = load_inputs(args, predictor)
+    try:
+        predictor = load_predictor_for(args)
+        inputs = load_inputs(args, predictor)
+    except SemidError as e:
+        parser.error(str(e))
     if args.workers is None:
         args.workers = 1 if args.in_process_model else default_workers(resolve_device(args.device))
     result: dict[str, Any] = {
