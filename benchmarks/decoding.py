@@ -410,12 +410,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[decoding] {n:,} IDs: build", flush=True)
         ids = random_ids(n)
         build, (trie, root) = bench_build(ids)
+        loads = {"build": os.getloadavg()[0]}  # 1-minute load average after each phase
         print(f"[decoding] {n:,} IDs: mask step", flush=True)
         mask = bench_mask_step(ids, trie, root, vocab, args.quick)
+        loads["mask_step"] = os.getloadavg()[0]
         print(f"[decoding] {n:,} IDs: end to end", flush=True)
         e2e = bench_end_to_end(trie, root, vocab, model, [1, 8], args.quick, device)
+        loads["end_to_end"] = os.getloadavg()[0]
         result["catalogs"].append(
-            {"num_ids": n, "build": build, "mask_step": mask, "end_to_end": e2e}
+            {"num_ids": n, "build": build, "mask_step": mask, "end_to_end": e2e, "load_1min": loads}
         )
         del root
         model = model.cpu()

@@ -5,6 +5,13 @@ from __future__ import annotations
 BEAMS = 20  # the beams of every decoding measurement
 
 
+def load_after(catalog: dict, phase: str) -> str:
+    """The 1-minute load average after one phase of a catalogue's timings ("-" for results written
+    before they were kept)."""
+    load = catalog.get("load_1min", {}).get(phase)
+    return "-" if load is None else f"{load:.1f}"
+
+
 def markdown(result: dict) -> str:
     """Results as Markdown tables, with the command and environment."""
     env, cfg = result["environment"], result["config"]
@@ -18,33 +25,35 @@ def markdown(result: dict) -> str:
         f"(the machine is shared); (b) on {env.get('device', 'cpu')}.  ",
         f"Random unique 3x256 IDs, {BEAMS} beams; model: random T5, d_model {cfg['d_model']}, "
         f"{cfg['layers']}+{cfg['layers']} layers, vocab {cfg['vocab_size']}, query length 32. "
-        "Times are medians of repetitions (ms); ratios are baseline / ours.",
+        "Times are medians of repetitions (ms); ratios are baseline / ours; load: the 1-minute load "
+        "average after each catalogue's phase.",
         "",
         "## (c) Trie build and size",
         "",
-        "| IDs | build (ms) | bytes/ID | dense levels | dict trie build (ms) | dict bytes/ID (lower bound) |",
-        "|---|---|---|---|---|---|",
+        "| IDs | build (ms) | bytes/ID | dense levels | dict trie build (ms) | dict bytes/ID (lower bound) | load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["catalogs"]:
         b = r["build"]
         lines.append(
             f"| {r['num_ids']:,} | {1e3 * b['trie_build_s']:.1f} | {b['trie_bytes_per_id']:.2f} | "
-            f"{b['dense_levels']} | {1e3 * b['dict_build_s']:.0f} | {b['dict_bytes_per_id_lower_bound']:.0f} |"
+            f"{b['dense_levels']} | {1e3 * b['dict_build_s']:.0f} | {b['dict_bytes_per_id_lower_bound']:.0f} | "
+            f"{load_after(r, 'build')} |"
         )
     lines += [
         "",
         "## (a) One constraint step, summed over the 3 levels",
         "",
         "| IDs | rows | ours: allowed_mask + masked_fill + advance (ms) | ours: TrieLogitsProcessor (ms) | "
-        "HF PrefixConstrainedLogitsProcessor + dict (ms) | speedup (mask+advance) | speedup (processor) |",
-        "|---|---|---|---|---|---|---|",
+        "HF PrefixConstrainedLogitsProcessor + dict (ms) | speedup (mask+advance) | speedup (processor) | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["catalogs"]:
         for m in r["mask_step"]:
             lines.append(
                 f"| {r['num_ids']:,} | {m['rows']} | {1e3 * m['ours_mask_advance_s']:.3f} | "
                 f"{1e3 * m['ours_hf_processor_s']:.3f} | {1e3 * m['hf_dict_processor_s']:.2f} | "
-                f"{m['speedup_mask_advance']:.0f}x | {m['speedup_hf_processor']:.0f}x |"
+                f"{m['speedup_mask_advance']:.0f}x | {m['speedup_hf_processor']:.0f}x | {load_after(r, 'mask_step')} |"
             )
     lines += [
         "",
@@ -53,8 +62,8 @@ def markdown(result: dict) -> str:
         "| IDs | batch | ours (ms) | HF generate + dict fn (ms) | HF generate + TrieLogitsProcessor (ms) | "
         "speedup vs HF dict | all valid (ours / HF dict / HF trie) | ours == HF trie | "
         "top-20 overlap with HF dict | "
-        "unconstrained step (ms) | constraint ops (ms) | constraint overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "unconstrained step (ms) | constraint ops (ms) | constraint overhead | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["catalogs"]:
         for e in r["end_to_end"]:
@@ -67,7 +76,8 @@ def markdown(result: dict) -> str:
                 f"{1e3 * e['hf_trie_processor_s']:.1f} | {e['speedup_vs_hf_dict']:.1f}x | {valid} | "
                 f"{'yes' if e['ours_equals_hf_trie_processor'] else 'no'} | "
                 f"{e['top20_overlap_ours_vs_hf_dict']:.2f} | {1e3 * e['unconstrained_step_s']:.2f} | "
-                f"{1e3 * e['constraint_ops_s']:.3f} | {100 * e['constraint_overhead']:.1f}% |"
+                f"{1e3 * e['constraint_ops_s']:.3f} | {100 * e['constraint_overhead']:.1f}% | "
+                f"{load_after(r, 'end_to_end')} |"
             )
     lines += [
         "",

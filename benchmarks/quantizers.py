@@ -138,6 +138,7 @@ def run_once(fit: Callable[[np.ndarray, int], Fitted], x: np.ndarray, seed: int)
         "seed": seed,
         "fit_s": fit_s,
         "encode_s": encode_s,
+        "load_1min": round(os.getloadavg()[0], 2),  # beside this run's timings
         **quality(x, codes, fitted.decode(codes), 2**NBITS),
     }
 
@@ -201,18 +202,27 @@ def target_lines(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def fit_runs(runs: list[dict]) -> str:
+    """Each run's fit time with the 1-minute load average after it ("-" for results written before
+    runs kept their load)."""
+    if any("load_1min" not in r for r in runs):
+        return "-"
+    return ", ".join(f"{r['fit_s']:.2f} @ {r['load_1min']:.1f}" for r in runs)
+
+
 def markdown(report: dict) -> str:
     """The results as a Markdown table with the command, versions, machine and date."""
     rows = [
-        "| method | fit s (median) | fit / faiss RQ | encode items/s | MSE (x1e-4) | MSE / faiss RQ | collisions | perplexity per level | usage per level |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | fit s (median) | fit / faiss RQ | encode items/s | MSE (x1e-4) | MSE / faiss RQ | collisions | perplexity per level | usage per level | runs (fit s @ load) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref = report["results"][FAISS_RQ]
     for name, r in report["results"].items():
         rows.append(
             f"| `{name}` | {r['fit_s']:.2f} | {r['fit_s'] / ref['fit_s']:.2f} | {r['encode_items_per_s']:,.0f} "
             f"| {r['mse'] * 1e4:.3f} | {r['mse'] / ref['mse']:.3f} | {r['collision_rate']:.2%} "
-            f"| {' / '.join(f'{p:.0f}' for p in r['perplexity'])} | {' / '.join(f'{u:.0%}' for u in r['usage'])} |"
+            f"| {' / '.join(f'{p:.0f}' for p in r['perplexity'])} | {' / '.join(f'{u:.0%}' for u in r['usage'])} "
+            f"| {fit_runs(r['runs'])} |"
         )
     env = report["environment"]
     return "\n".join(

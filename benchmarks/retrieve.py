@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -166,9 +167,11 @@ class RetrievalBenchmark:
         return parts[:1] if corpus_name == "D0" else parts
 
     def row(self, method: str, corpus_name: str, part: str, metrics: dict, **extra: Any) -> None:
-        """Append (and print) one result row."""
+        """Append (and print) one result row, with the 1-minute load average at the end of its
+        timings."""
         self.rows.append({"method": method, "corpus": corpus_name, "queries": part,
-                          **{k: round(v, 4) for k, v in metrics.items()}, **extra})  # fmt: skip
+                          **{k: round(v, 4) for k, v in metrics.items()}, **extra,
+                          "load_1min": round(os.getloadavg()[0], 2)})  # fmt: skip
         print(self.rows[-1], flush=True)
 
     # ---- baselines, on the D0 corpus and on D0 + D1; rows are positions in the corpus's rows

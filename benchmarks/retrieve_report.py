@@ -138,18 +138,19 @@ def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentColl
         f"{len(coll):,} documents (seed {args.seed}); D0 {len(split.d0):,} docs ({len(split.d0_test):,} test documents), "
         f"D1 {len(split.d1):,} docs ({len(split.d1_test):,} test documents). Semantic IDs: {args.quantizer} fitted on D0, "
         f"extra level for collisions, D1 IDs from the saved quantizer. Single training run per row; times are wall clock "
-        "on a shared CPU (±20%).",
+        "on a shared CPU (±20%), with the 1-minute load average when the row's timings ended (load).",
         "",
-        "| method | corpus | queries | R@1 | R@10 | MRR@10 | train (s) | queries/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | corpus | queries | R@1 | R@10 | MRR@10 | train (s) | queries/s | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         train = r.get("train_s", r.get("index_s", r.get("encode_s")))
         note = "" if "train_s" in r else (" (index)" if "index_s" in r else " (encode all)")
         train_cell = "-" if train is None else f"{train:.0f}{note}"
+        load_cell = f"{r['load_1min']:.1f}" if "load_1min" in r else "-"
         lines.append(
             f"| {r['method']} | {r['corpus']} | {r['queries']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | "
-            f"{r['mrr@10']:.3f} | {train_cell} | {r.get('queries_per_s', 0):.0f} |"
+            f"{r['mrr@10']:.3f} | {train_cell} | {r.get('queries_per_s', 0):.0f} | {load_cell} |"
         )
     lines += ["", *target_lines(rows), "", NOTES]
     write_result(RESULTS / args.out, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")

@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,14 +78,23 @@ BEAMS = 100  # the beam width of the generators, and the dense search's depth
 T = TypeVar("T")
 
 
-def timed(
-    timings: dict[str, float], name: str, fn: Callable[..., T], *args: Any, **kwargs: Any
-) -> T:
-    """Run fn, record its wall time under `name`, return its result."""
+@dataclass
+class Timings:
+    """Wall time per step, summed over its calls, and the highest 1-minute load average at the end
+    of any of its calls (the load beside each timing)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)
+
+
+def timed(timings: Timings, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run fn, record its wall time and the load average under `name`, return its result."""
     start = time.perf_counter()
     out = fn(*args, **kwargs)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-    print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
+    seconds, load = time.perf_counter() - start, os.getloadavg()[0]
+    timings.seconds[name] = timings.seconds.get(name, 0.0) + seconds
+    timings.load[name] = max(timings.load.get(name, 0.0), load)
+    print(f"[{name}] {seconds:.1f} s (load {load:.1f})", flush=True)
     return out
 
 
@@ -107,7 +117,7 @@ class _Features:
 def run(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns the results dict."""
     torch.manual_seed(0)
-    timings: dict[str, float] = {}
+    timings = Timings()
     features = _features(args, timings)
     indexes, index_stats = _voken_indexes(args, features, timings)
     methods: dict[str, list[dict[str, float]]] = {"dual": []}
@@ -122,11 +132,12 @@ def run(args: argparse.Namespace) -> dict:
             m: {x: statistics.median(r[x] for r in runs) for x in runs[0]}
             for m, runs in methods.items()
         },
-        "timings_s": {name: round(v, 1) for name, v in timings.items()},
+        "timings_s": {name: round(v, 1) for name, v in timings.seconds.items()},
+        "timings_load_1min": {name: round(v, 2) for name, v in timings.load.items()},
     }
 
 
-def _features(args: argparse.Namespace, timings: dict[str, float]) -> _Features:
+def _features(args: argparse.Namespace, timings: Timings) -> _Features:
     """Load the images, train the CNN image encoder and embed the class queries."""
     splits = timed(timings, "load data", load_image_splits, args.dataset, 0)
     train, test = splits.train, splits.test
@@ -168,7 +179,7 @@ def _features(args: argparse.Namespace, timings: dict[str, float]) -> _Features:
 
 
 def _voken_indexes(args: argparse.Namespace, f: _Features,
-                   timings: dict[str, float]) -> tuple[dict[str, Any], dict[str, dict]]:  # fmt: skip
+                   timings: Timings) -> tuple[dict[str, Any], dict[str, dict]]:  # fmt: skip
     """Each --quantizer's voken index of the test images, and its codebook statistics."""
     indexes, index_stats = {}, {}
     # "auto" or "auto,OPTION=..": the voken sized to the collection, with these options added
@@ -204,7 +215,7 @@ def _voken_indexes(args: argparse.Namespace, f: _Features,
 
 
 def _repeat(args: argparse.Namespace, f: _Features, indexes: dict[str, Any], seed: int,
-            methods: dict[str, list[dict[str, float]]], timings: dict[str, float]) -> None:  # fmt: skip
+            methods: dict[str, list[dict[str, float]]], timings: Timings) -> None:  # fmt: skip
     """One repeat: train and search the dual encoder and, on each index, AVG without and with its
     discriminative loss; append each method's metrics to ``methods``."""
     k = BEAMS
@@ -375,8 +386,11 @@ def markdown(result: dict, command: str) -> str:
         ratio = max((result["median"][m]["precision@10"] / base for m in full), default=0.0)
         lines += ["", f"Target (full AVG precision@10 >= 1.0x the dual encoder): "
                   f"{'met' if ratio >= 1.0 else 'missed'} ({ratio:.4f}x). {SETTINGS_NOTE}"]  # fmt: skip
-    lines += ["", "Wall time per step (s, summed over repeats): " + ", ".join(
-        f"{k} {v}" for k, v in result["timings_s"].items()
+    loads = result.get("timings_load_1min", {})
+    beside = "; the highest 1-minute load average at the end of its calls" if loads else ""
+    lines += ["", f"Wall time per step (s, summed over repeats{beside}): " + ", ".join(
+        f"{k} {v}" + (f" (load {loads[k]:.1f})" if k in loads else "")
+        for k, v in result["timings_s"].items()
     ), ""]  # fmt: skip
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ def test_every_step_writes_its_rows(tmp_path, one_thread):
     for r in result["rows"]:
         assert 0.0 <= r["recall@1"] <= r["recall@10"] <= 1.0
         assert r.get("invalid_id_rate", 0.0) == 0.0  # generators answer real IDs only
+        assert r["load_1min"] >= 0.0  # the load average beside each row's timings
     # incremental indexing trains the new prompts only; D1's test queries are searched once D1 is in
     (inc,) = {r["frozen_unchanged"] for r in result["rows"] if "frozen_unchanged" in r}
     assert inc is True
@@ -32,4 +33,6 @@ def test_every_step_writes_its_rows(tmp_path, one_thread):
         "D0-test",
         "D1-test",
     }
-    assert out.with_suffix(".md").read_text().startswith("# Document retrieval")
+    table = out.with_suffix(".md").read_text()
+    assert table.startswith("# Document retrieval")
+    assert "| queries/s | load |" in table
