@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("--aggregate writes its medians to --out; give it (e.g. --out /tmp/medians)")
     args.out = args.out or RESULTS / "recommend"
     if args.aggregate:
-        text = aggregate([json.loads(f.read_text()) for f in args.aggregate])
+        results = [json.loads(f.read_text()) for f in args.aggregate]
+        text = aggregate(results, [f.name for f in args.aggregate])
         with atomic_file(args.out.with_suffix(".md")) as f:
             f.write(text)
         print(text)

@@ -81,16 +81,20 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def aggregate(results: list[dict[str, Any]]) -> str:
-    """Markdown: per-seed test metrics of each (dataset, model) over several result files, with medians."""
+def aggregate(results: list[dict[str, Any]], files: list[str] | None = None) -> str:
+    """Markdown: per-seed test metrics of each (dataset, model) over several result files, with
+    medians; each run is listed with its command and, when given, its file's name (`files`, in
+    the order of `results`), so that the table can be rebuilt."""
+    names = [f" `{f}`" for f in files] if files is not None else [""] * len(results)
     lines = [
         "# Sequential recommendation: medians over seeds",
         "",
         "Per-seed values in brackets, in the order of these runs:",
         "",
         *(
-            f"- seed {r['seed']} ({r['environment']['date_utc']} UTC): `{r['environment']['command']}`"
-            for r in results
+            f"- seed {r['seed']}{name} ({r['environment']['date_utc']} UTC): "
+            f"`{r['environment']['command']}`"
+            for r, name in zip(results, names, strict=True)
         ),
         "",
         "| dataset | model | R@5 | R@10 | N@5 | N@10 | R@10 / SASRec-CE (per seed) |",

@@ -74,7 +74,7 @@ def test_a_cold_start_job_can_be_resumed(tmp_path, small_movielens, one_thread, 
     assert second["cold_start"][0]["by_cold_share"] == first["cold_start"][0]["by_cold_share"]
 
 
-def test_seed_medians_compare_each_seed_with_its_own_sasrec_and_name_each_command():
+def test_seed_medians_compare_each_seed_with_its_own_sasrec_and_name_each_file_and_command():
     from benchmarks.recommend_report import aggregate
 
     def result(seed: int, sasrec: float, mmgrec: float) -> dict:
@@ -83,8 +83,13 @@ def test_seed_medians_compare_each_seed_with_its_own_sasrec_and_name_each_comman
         command = f"python -m benchmarks.recommend --seed {seed}"
         return {"seed": seed, "environment": {"date_utc": "d", "command": command}, "rows": rows}
 
-    text = aggregate([result(0, 0.30, 0.33), result(1, 0.40, 0.36), result(2, 0.20, 0.30)])
-    assert all(f"`python -m benchmarks.recommend --seed {s}`" in text for s in (0, 1, 2))
+    results = [result(0, 0.30, 0.33), result(1, 0.40, 0.36), result(2, 0.20, 0.30)]
+    text = aggregate(results, [f"r-seed{s}.json" for s in (0, 1, 2)])
+    for s in (0, 1, 2):  # each run's file and command
+        assert (
+            f"- seed {s} `r-seed{s}.json` (d UTC): `python -m benchmarks.recommend --seed {s}`"
+            in text
+        )
     (mmgrec,) = [
         line.split(" | ") for line in text.splitlines() if line.startswith("| ml-1m | mmgrec")
     ]
