@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from semid.cli.main import main
 from semid.ids import SemanticIDs, load_quantizer
@@ -225,6 +226,31 @@ def test_index_add_to_a_reassign_index_moves_a_colliding_item_to_a_free_code(tmp
     for i in range(4):  # each newcomer shares its neighbour's prefix, on a code of its own
         new, old = after.code_of(f"new-{i}"), before.code_of(f"item-{i}")
         assert new[:-1] == old[:-1] and new != old
+
+
+def test_adding_an_updated_catalogue_with_skip_indexed_adds_its_new_items_only(
+    tmp_path, embeddings, capsys
+):
+    x_path, keys_path = embeddings
+    out = tmp_path / "idx"
+    assert main(build_args(x_path, keys_path, out)) == 0
+    rng = np.random.default_rng(1)  # the catalogue as it is now: every old item and two new ones
+    np.save(tmp_path / "all.npy", np.concatenate([np.load(x_path), rng.normal(size=(2, 16))]))
+    (tmp_path / "all.txt").write_text(keys_path.read_text() + "new-0\nnew-1\n")
+    add = ["index", "add", str(out), "--items", str(tmp_path / "all.npy"), "--keys",
+           str(tmp_path / "all.txt")]  # fmt: skip
+    capsys.readouterr()
+    assert main(add) == 2  # without the flag, indexed keys are refused
+    assert "300 keys are already indexed, e.g. 'item-0'" in capsys.readouterr().err
+    assert main([*add, "--skip-indexed"]) == 0
+    said = capsys.readouterr().out
+    assert "left out 300 items of" in said and "added 2 items to" in said
+    after = SemanticIDs.load(out)
+    assert len(after) == 302 and after.keys[-2:] == ["new-0", "new-1"]
+    assert main([*add, "--skip-indexed"]) == 0  # once more: nothing is new
+    assert "nothing to add: every item of" in capsys.readouterr().out
+    again = SemanticIDs.load(out)
+    assert again.keys == after.keys and torch.equal(again.codes, after.codes)
 
 
 def test_popularity_collisions_from_embeddings_and_interactions(tmp_path, capsys):

@@ -68,6 +68,35 @@ def test_new_items_already_indexed_are_refused_before_any_text_is_embedded(tmp_p
         items.read_new_items(tmp_path / "new.csv", None, None, indexed=ids)
 
 
+def test_skip_indexed_leaves_out_indexed_items_before_their_texts_are_embedded(
+    tmp_path, monkeypatch
+):
+    import semid.tasks.items as items
+
+    ids = SemanticIDs(["a", "b"], torch.tensor([[0, 0], [1, 0]]), [2, 2])
+    (tmp_path / "new.csv").write_text("item,text\nc,a new film\nb,an old film\n")
+    embedded = []
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            pass
+
+        def encode(self, texts):
+            embedded.extend(texts)
+            return torch.zeros(len(texts), 4)
+
+    monkeypatch.setattr(items, "TextEncoder", Recorder)
+    keys, x, texts = items.read_new_items(
+        tmp_path / "new.csv", None, None, indexed=ids, skip_indexed=True
+    )
+    assert keys == ["c"] and x.shape == (1, 4) and embedded == texts == ["a new film"]
+    (tmp_path / "old.csv").write_text("item,text\nb,an old film\n")
+    keys, _, _ = items.read_new_items(
+        tmp_path / "old.csv", None, None, indexed=ids, skip_indexed=True
+    )
+    assert keys == [] and embedded == ["a new film"]  # nothing new: nothing embedded
+
+
 def test_index_add_refuses_ids_the_model_cannot_write(tmp_path):
     ids, model = tiny_run(tmp_path, extra_codes=0)
     # items identical to an existing one need a new disambiguation token beyond the model's vocabulary

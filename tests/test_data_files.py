@@ -219,7 +219,7 @@ def test_interactions_with_items(tmp_path: Path) -> None:
     assert d.notes == [
         "dropped 1 user with fewer than 3 interactions (1 interaction)",
         f"dropped 1 item of {tmp_path / 'items.csv'} that no kept interaction names (add them to a "
-        "trained run with `semid index add RUN --items FILE`)",
+        f"trained run with `semid index add RUN --items {tmp_path / 'items.csv'} --skip-indexed`)",
     ]
     log = d.interactions
     assert (log.num_users, log.num_items, len(log)) == (2, 3, 6)

@@ -254,6 +254,18 @@ def test_added_folders_get_keys_of_their_own_and_a_repeated_add_names_the_fix(tm
     assert main(["index", "add", str(run), "--items", str(tmp_path / "more")]) == 2
     err = capsys.readouterr().err
     assert "2 images of" in err and "are already indexed" in err and "rename those files" in err
+    write_classes(tmp_path / "more", {"dark": 40}, per_class=3)  # the folder grew by one image
+    assert (
+        main(["index", "add", str(run), "--items", str(tmp_path / "more"), "--skip-indexed"]) == 0
+    )
+    assert "left out 2 images of" in capsys.readouterr().out
+    assert json.loads((run / "index" / "keys.json").read_text())[len(keys) :] == [
+        "more/dark/dark2.png"
+    ]
+    assert (
+        main(["index", "add", str(run), "--items", str(tmp_path / "more"), "--skip-indexed"]) == 0
+    )
+    assert "nothing to add: every image of" in capsys.readouterr().out
 
 
 def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_path, monkeypatch,

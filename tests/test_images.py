@@ -654,3 +654,21 @@ def test_reading_many_images_shows_a_bar_and_a_few_stay_quiet(tmp_path, monkeypa
     monkeypatch.setattr(image_io, "READ_QUIETLY", 2)
     assert read_images(files, "photos", 8).shape == (3, 8, 8)
     assert "read images" in capsys.readouterr().err
+
+
+def test_a_subset_keeps_each_images_labels_captions_and_split_marks():
+    data = ImageDataset(
+        images=torch.arange(4, dtype=torch.uint8).view(4, 1, 1).expand(4, 2, 2).contiguous(),
+        keys=["a", "b", "c", "d"],
+        labels=torch.tensor([0, 1, 0, 1]),
+        class_names=["x", "y"],
+        captions=["ca", "cb", "cc", "cd"],
+        more_captions=[("a2",), ("b2",), ("c2",), ("d2",)],
+        given_test=torch.tensor([False, True, False, True]),
+    )
+    part = data.subset([3, 0], "part")
+    assert part.keys == ["d", "a"] and part.images[:, 0, 0].tolist() == [3, 0]
+    assert part.labels.tolist() == [1, 0] and part.class_names == ["x", "y"]
+    assert part.captions == ["cd", "ca"] and part.more_captions == [("d2",), ("a2",)]
+    assert part.given_test.tolist() == [True, False] and part.name == "part"
+    assert len(data.subset([])) == 0 and data.subset([1]).name == data.name

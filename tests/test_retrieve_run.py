@@ -158,6 +158,23 @@ def test_re_adding_an_indexed_document_is_refused_before_any_encoding(run, tmp_p
     assert snapshot(run) == before
 
 
+def test_an_updated_corpus_added_with_skip_indexed_adds_its_new_documents_only(run, tmp_path,
+                                                                               capsys):  # fmt: skip
+    indexed = load_run(run).ids.keys
+    new_docs(tmp_path / "all.jsonl", n=2)
+    with open(tmp_path / "all.jsonl", "a") as f:  # the corpus as it is now: old documents too
+        for key in indexed[:3]:
+            f.write(json.dumps({"id": key, "text": "an old document, maybe edited"}) + "\n")
+    summary = get_task("retrieve").add(run, tmp_path / "all.jsonl", skip_indexed=True)
+    assert summary["documents"] == 2 and "left out 3 documents of" in capsys.readouterr().out
+    assert load_run(run).ids.keys == [*indexed, "new0", "new1"]
+    before = snapshot(run)  # again: nothing is new, nothing changes
+    assert get_task("retrieve").add(run, tmp_path / "all.jsonl", skip_indexed=True) == {
+        "documents": 0
+    }
+    assert snapshot(run) == before
+
+
 def test_an_add_killed_while_writing_is_undone_and_can_be_retried(run, tmp_path):
     """`semid index add` killed after the index is written but before the model (no exception, no
     cleanup) is undone by the next command that reads the run, so the add can be run again."""

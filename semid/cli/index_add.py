@@ -23,6 +23,7 @@ EXAMPLE = (
     "semid index add runs/ml-100k/mmgrec --items new_items.tsv      # key<TAB>text per line\n"
     "  semid index add runs/mine/mmgrec --items new_items.csv        # like train's --items\n"
     "  semid index add runs/ml-100k/mmgrec --items new.npy --keys new.txt\n"
+    "  semid index add runs/mine/mmgrec --items catalogue.csv --skip-indexed   # the new ones\n"
     "  semid index add runs/docs --docs runs/docs/later.jsonl"
 )
 
@@ -46,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "BEIR folder, as training reads them): only new prompts are trained; documents without queries are indexed only",
     )
     p.add_argument("--keys", type=Path, help="keys, one per line, for --items .npy/.safetensors")
+    p.add_argument(
+        "--skip-indexed",
+        action="store_true",
+        help="leave out the items (documents, images) already indexed under the same key, as when "
+        "adding a whole updated catalogue (default: they are refused)",
+    )
     p.add_argument(
         "--epochs",
         type=int,
@@ -91,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
                              f"{args.target} is a {task.name} run, which encodes what is "
                              f"added with its own encoder; leave out {refused[0]}")  # fmt: skip
         options = {f.lstrip("-"): flags[f] for f in task.add_options}
-        summary = task.add(args.target, source, device=device, **options)
+        summary = task.add(
+            args.target, source, device=device, skip_indexed=args.skip_indexed, **options
+        )
     elif (run_dir := run_containing(args.target)) is not None:
         given = f"--docs {args.docs}" if args.docs is not None else f"--items {args.items}"
         raise SemidError(f"{args.target} is part of the run {run_dir}, whose model and files grow "
@@ -110,11 +119,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         indexed = SemanticIDs.load(args.target)  # its keys are checked before any text is embedded
         keys, x, texts = read_new_items(
-            args.items, args.keys, args.encoder, indexed=indexed, device=device
-        )
-        ids, codes = add_items(args.target, keys, x, texts=texts)
-        summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
-    if "codes" in summary:
+            args.items, args.keys, args.encoder, indexed=indexed, device=device,
+            skip_indexed=args.skip_indexed,
+        )  # fmt: skip
+        summary = {"added": 0}
+        if keys:
+            ids, codes = add_items(args.target, keys, x, texts=texts)
+            summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
+    if summary.get("added", summary.get("documents")) == 0:
+        source = args.items if args.items is not None else args.docs
+        print(f"nothing to add: every {noun} of {source} is already indexed in {args.target}")
+    elif "codes" in summary:
         for key, code in list(zip(summary["keys"], summary["codes"].tolist(), strict=True))[:5]:
             print(f"{key}\t{'-'.join(map(str, code))}")
         more = " (first 5 shown)" if summary["added"] > 5 else ""

@@ -82,7 +82,7 @@ def load_image_collection(
         train, test = split_indices(data.labels, len(data), seed, test_fraction, str(path))
     label = data.name
     return ImageSplits(
-        _subset(data, train, f"{label}/train"), _subset(data, test, f"{label}/test"), label
+        data.subset(train, f"{label}/train"), data.subset(test, f"{label}/test"), label
     )
 
 
@@ -141,21 +141,6 @@ def split_indices(
     if len(test_rows) == 0:
         raise SemidError(f"{where} holds too few images to split ({n}); give at least 2 per class")
     return train_rows, test_rows
-
-
-def _subset(data: ImageDataset, rows: np.ndarray, name: str) -> ImageDataset:
-    index = torch.from_numpy(rows)
-    return ImageDataset(
-        images=data.images[index],
-        keys=[data.keys[i] for i in rows],
-        labels=data.labels[index] if data.labels is not None else None,
-        class_names=data.class_names,
-        captions=[data.captions[i] for i in rows] if data.captions is not None else None,
-        name=name,
-        more_captions=[data.more_captions[i] for i in rows]
-        if data.more_captions is not None
-        else None,
-    )
 
 
 def _load_image_table(path: Path, image_size: int | str, name: str | None) -> ImageDataset:

@@ -97,6 +97,23 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, rows: Sequence[int], name: str | None = None) -> ImageDataset:
+        """The images at ``rows`` (in that order), with their labels, captions and split marks."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        picked = index.tolist()
+        return ImageDataset(
+            images=self.images[index],
+            keys=[self.keys[i] for i in picked],
+            labels=self.labels[index] if self.labels is not None else None,
+            class_names=self.class_names,
+            captions=[self.captions[i] for i in picked] if self.captions is not None else None,
+            name=self.name if name is None else name,
+            more_captions=(
+                [self.more_captions[i] for i in picked] if self.more_captions is not None else None
+            ),
+            given_test=self.given_test[index] if self.given_test is not None else None,
+        )
+
     def shown_texts(self) -> list[str]:
         """One text per image for people reading answers: its caption, else its class name, else ""."""
         if self.captions is not None:

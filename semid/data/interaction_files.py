@@ -294,7 +294,8 @@ def _numbered_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTex
     if not used.all():
         notes.append(
             f"dropped {counted(int((~used).sum()), 'item')} of {catalog.path} that no kept interaction "
-            "names (add them to a trained run with `semid index add RUN --items FILE`)"
+            f"names (add them to a trained run with `semid index add RUN --items {catalog.path} "
+            "--skip-indexed`)"
         )
     item_keys = [str(k) for k in catalog.keys[used]]
     item_texts = [t for t, u in zip(catalog.texts, used, strict=True) if u]

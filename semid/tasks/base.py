@@ -13,7 +13,7 @@ import importlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from semid.indexing import ADDED_TEXTS, add_lock, added_texts
 from semid.json_values import is_key
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES, run_containing
+from semid.notes import tell
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import (
     MANIFEST,
@@ -107,6 +108,17 @@ def subset_positions(total: int, most: int | None) -> Tensor:
     if most is None or most >= total:
         return torch.arange(total)
     return torch.linspace(0, total - 1, most).long()
+
+
+def unindexed_rows(keys: Sequence[str], is_indexed: Callable[[str], bool], noun: str,
+                   source: Path) -> list[int]:  # fmt: skip
+    """Positions of the ``keys`` not indexed yet (`index add --skip-indexed`); tells how many of
+    ``source``'s ``noun``s were left out."""
+    rows = [i for i, key in enumerate(keys) if not is_indexed(key)]
+    left_out = len(keys) - len(rows)
+    if left_out:
+        tell(f"left out {counted(left_out, noun)} of {source} already indexed")
+    return rows
 
 
 def check_index_out(out: Path) -> None:

@@ -31,7 +31,7 @@ from semid.indexing import AUTO, build_ids
 from semid.models import model_class
 from semid.notes import tell
 from semid.quantization import build_quantizer
-from semid.tasks.base import IndexSource
+from semid.tasks.base import IndexSource, unindexed_rows
 from semid.tasks.specs import RecommendSpec
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -193,18 +193,24 @@ def read_new_items(
     columns: dict[str, str] | None = None,
     indexed: SemanticIDs | None = None,
     device: str = "cpu",
+    skip_indexed: bool = False,
 ) -> tuple[list[str], Tensor, list[str] | None]:
     """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with
     the index's text encoder (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``,
     ...). Texts come as an items table like training's ``--items`` (``.csv``, ``.jsonl``, optionally
     gzipped, or a ``.tsv`` whose header starts with an item column; ``columns``: the run's
     ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines. Keys already in
-    ``indexed`` are refused before any text is embedded; texts are embedded on ``device``."""
+    ``indexed`` are refused before any text is embedded, or left out with ``skip_indexed`` (so
+    that none may be left); texts are embedded on ``device``."""
     if Path(path).is_dir():
         raise SemidError(f"--items {path} is a folder; give a file of item texts (CSV, TSV, JSON "
                          "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
     if not holds_item_texts(path):
-        return *load_embeddings(path, keys), None
+        new_keys, x = load_embeddings(path, keys)
+        if skip_indexed and indexed is not None:
+            rows = unindexed_rows(new_keys, indexed.__contains__, "item", path)
+            new_keys, x = [new_keys[i] for i in rows], x[rows]
+        return new_keys, x, None
     fmt = table_format(path)
     if keys is not None:
         raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
@@ -214,8 +220,13 @@ def read_new_items(
         new_keys, texts = _key_text_lines(path, lines)
     else:
         new_keys, texts = read_item_texts(path, columns)
+    if skip_indexed and indexed is not None:
+        rows = unindexed_rows(new_keys, indexed.__contains__, "item", path)
+        new_keys, texts = [new_keys[i] for i in rows], [texts[i] for i in rows]
     if indexed is not None:
         indexed.check_new_keys(new_keys)
+    if not new_keys:
+        return [], torch.zeros(0, 0), []
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
     return new_keys, TextEncoder(model=encoder, device=device).encode(texts), texts

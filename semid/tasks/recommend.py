@@ -223,9 +223,12 @@ class RecommendTask(Task):
         return ranker.to(options.device)
 
     def _add(self, run_path: Path, source: Path, keys: Path | None = None,
-            encoder: str | None = None, device: str = "cpu", **options: Any) -> dict:  # fmt: skip
+            encoder: str | None = None, device: str = "cpu", skip_indexed: bool = False,
+            **options: Any) -> dict:  # fmt: skip
         """New items (texts as in ``read_new_items``, embedded on ``device``, or embeddings + keys)
-        get IDs from the saved quantizer; the model can recommend them at once (no retraining)."""
+        get IDs from the saved quantizer; the model can recommend them at once (no retraining).
+        Items already indexed are refused, or left out with ``skip_indexed`` (``added`` 0 when
+        none is new)."""
         run = load_run(run_path, self.name)
         columns = self.spec_of(run).columns
         if run.ids.metadata.get("item_vectors") == INTERACTION_VECTORS and holds_item_texts(source):
@@ -236,8 +239,11 @@ class RecommendTask(Task):
                 "build the index and train the run with --items FILE to add items by text"
             )
         new_keys, x, texts = read_new_items(
-            source, keys, encoder, run.ids.metadata.get("encoder"), columns, run.ids, device
-        )
+            source, keys, encoder, run.ids.metadata.get("encoder"), columns, run.ids, device,
+            skip_indexed,
+        )  # fmt: skip
+        if not new_keys:
+            return {"added": 0, "index_size": len(run.ids), "keys": [], "codes": None}
         ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
         if not is_generator(run.model):
             trained = run.state.get("trained_items", len(run.ids))

@@ -80,6 +80,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
     subset_positions,
+    unindexed_rows,
 )
 from semid.tasks.data import data_paths, trained_on
 from semid.tasks.retrieval_data import (
@@ -340,17 +341,24 @@ class RetrieveTask(Task):
         return metrics
 
     def _add(self, run_path: Path, source: Path, topics: int | None = None,
-             device: str = "auto", epochs: int | None = None) -> dict:  # fmt: skip
+             device: str = "auto", epochs: int | None = None,
+             skip_indexed: bool = False) -> dict:  # fmt: skip
         """Index new documents without revisiting old ones: IDs from the saved quantizer, the trie
         grows, and only a new prompt session (keys: k-means of the new documents; ``epochs``, else
         the run's ``add_train`` epochs) is trained on the
         new documents and the training share of their queries; the rest become test queries
         (documents without queries are indexed only). The encoder and the session run on
         ``device``. All or nothing: everything is computed before the first write, and a failure
-        while writing puts the run back as it was."""
+        while writing puts the run back as it was. Documents already indexed are refused, or left
+        out with ``skip_indexed`` (``documents`` 0 when none is new)."""
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_collection(source)
+        if skip_indexed:
+            rows = unindexed_rows(collection.ids, run.ids.__contains__, "document", source)
+            if not rows:
+                return {"documents": 0}
+            collection = collection.subset(rows, collection.name)
         # query-less documents of a run trained on pseudo-queries get them too
         collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
         model, start = run.model, len(run.ids)

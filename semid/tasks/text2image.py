@@ -68,6 +68,7 @@ from semid.tasks.base import (
     register_task,
     resolve_device,
     subset_positions,
+    unindexed_rows,
 )
 from semid.tasks.data import check_fingerprint, fingerprint, image_collection_files, trained_on
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
@@ -476,10 +477,12 @@ class Text2ImageTask(Task):
         metrics = class_metrics(ranking.rows, image_labels, query_labels, options.ks)
         return metrics | {"num_queries": len(texts)}
 
-    def _add(self, run_path: Path, source: Path, device: str = "cpu") -> dict:
+    def _add(self, run_path: Path, source: Path, device: str = "cpu",
+             skip_indexed: bool = False) -> dict:  # fmt: skip
         """New images (a class-folder tree or a table of paths) get vokens from the saved CNN
         (run on ``device``) and quantizer; queries find them at once. Their classes are kept for
-        `evaluate`."""
+        `evaluate`. Images already indexed are refused, or left out with ``skip_indexed``
+        (``added`` 0 when none is new)."""
         run = load_run(run_path, self.name)
         encoder_dir = run.index_path / IMAGE_ENCODER_DIR
         if not encoder_dir.is_dir() and run.ids.metadata.get("image_features") == "cnn":
@@ -489,7 +492,9 @@ class Text2ImageTask(Task):
             raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
         cnn = ImageEncoder.from_pretrained(encoder_dir)
-        images = added_images(source, cnn.config.image_size, run.ids.keys)
+        images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed)
+        if not len(images):
+            return {"added": 0, "index_size": len(run.ids), "keys": [], "codes": None}
         features = cnn.encode(images.images, device=device)
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
@@ -543,14 +548,22 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
              "class subfolders or a table with a label column, count)")  # fmt: skip
 
 
-def added_images(source: Path, image_size: int, indexed: list[str]) -> ImageDataset:
+def added_images(source: Path, image_size: int, indexed: list[str],
+                 skip_indexed: bool = False) -> ImageDataset:  # fmt: skip
     """Images to add from a folder or a table; a folder's keys start with its name
-    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash."""
+    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash. Images
+    already indexed are refused, or left out with ``skip_indexed`` (so that none may be left)."""
     images = load_images(source, image_size=image_size)
     if Path(source).is_dir():
         folder = Path(source).resolve().name
         images = dataclasses.replace(images, keys=[f"{folder}/{k}" for k in images.keys])
     taken = {os.path.normpath(k) for k in indexed}  # ./a.png and a.png name one image
+    if skip_indexed:
+
+        def is_taken(key: str) -> bool:
+            return os.path.normpath(key) in taken
+
+        images = images.subset(unindexed_rows(images.keys, is_taken, "image", source))
     clash = [k for k in images.keys if os.path.normpath(k) in taken]
     if clash:
         raise SemidError(
