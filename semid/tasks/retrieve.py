@@ -365,7 +365,7 @@ class RetrieveTask(Task):
         clash = [d for d in collection.ids if d in run.ids]
         if clash:
             raise SemidError(
-                f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids"
+                f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids, or pass --skip-indexed to leave out indexed ones"
             )
         known, lexical = document_files(run.index_path, start)
         device = resolve_device(device)

@@ -570,7 +570,7 @@ def added_images(source: Path, image_size: int, indexed: list[str],
             f"{counted(len(clash), 'image')} of {source} {'is' if len(clash) == 1 else 'are'} "
             f"already indexed under the same key, e.g. {clash[0]!r} (an added folder's keys are "
             "its name and the paths below it; a table's keys are its paths); rename those files or "
-            "the folder, or leave out images added before"
+            "the folder, or pass --skip-indexed to leave out images added before"
         )
     return images
 
