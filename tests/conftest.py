@@ -30,6 +30,25 @@ def one_thread():
 
 
 @pytest.fixture
+def fast_image_fits(monkeypatch):
+    """Text-to-image indexes fit their image encoder and voken quantizer for tens of steps instead
+    of their defaults' hundreds (400 encoder steps, 300 quantizer steps, 1000 projection steps): for
+    tests of a command's flow (resume, refusals, adds), which need IDs, not good ones; in-process
+    only. Use with ``pytestmark = pytest.mark.usefixtures("fast_image_fits")``."""
+    import dataclasses
+    from functools import partial
+
+    from semid.quantizers import voken
+    from semid.tasks import text2image
+
+    fast = dataclasses.replace(voken.DEFAULT_TRAIN_CONFIG, min_steps=30)
+    monkeypatch.setattr(voken, "DEFAULT_TRAIN_CONFIG", fast)
+    monkeypatch.setattr(voken, "PROJECTION_MIN_STEPS", 50)
+    encoder = partial(text2image.train_image_encoder, min_steps=40)
+    monkeypatch.setattr(text2image, "train_image_encoder", encoder)
+
+
+@pytest.fixture
 def data_dir() -> Path:
     """tests/data: tiny hand-written fixture files (see tests/data/README.md)."""
     return Path(__file__).parent / "data"

@@ -11,6 +11,8 @@ from semid.errors import SemidError
 from semid.tasks import load_predictor
 from semid.tasks.text2image import Text2ImagePredictor
 
+pytestmark = pytest.mark.usefixtures("fast_image_fits")
+
 
 @pytest.fixture
 def tiny_images(monkeypatch):

@@ -17,7 +17,7 @@ from semid.errors import SemidError
 from semid.runs import load_run
 from semid.tasks import text2image as text2image_module
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "fast_image_fits")
 SPEC = "voken:2x4,hidden=16,latent=4"
 
 
