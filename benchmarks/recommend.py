@@ -85,6 +85,7 @@ def train_and_test(job: dict[str, Any]) -> dict[str, Any]:
     reps = [task.evaluate(loaded, EvalOptions(split="test")) for _ in range(job["reps"])]
     metrics = reps[0]  # deterministic: every repetition ranks the same
     metrics["queries_per_s"] = statistics.median(r["queries_per_s"] for r in reps)
+    metrics["load_1min"] = round(os.getloadavg()[0], 2)  # beside its train and query timings
     return {"dataset": job["dataset"], "model": name, **metrics, **_train_summary(summary)}
 
 

@@ -11,13 +11,17 @@ from benchmarks.recommend_setup import BUDGETS, GRAPH_QUANTIZERS, QUANTIZER, REC
 def markdown(result: dict[str, Any]) -> str:
     """The results as Markdown tables with provenance."""
     env = result["environment"]
+    # the 1-minute load average after each row's test timings (tables written before: none)
+    loads = bool(result["rows"]) and all("load_1min" in r for r in result["rows"])
     lines = [
         "# Sequential recommendation (MovieLens, leave-one-out, full ranking)",
         "",
         f"Command: `{env['command']}`  ",
         f"Date: {env['date_utc']}; machine: {env['machine']}; semid {env['semid']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, Python {env['python']}; {env['torch_threads_per_job']} torch thread per job, "
-        f"{result['jobs']} jobs side by side.  ",
+        f"{result['jobs']} jobs side by side"
+        + ("; load: the 1-minute load average when a row's test timings ended" if loads else "")
+        + ".  ",
         f"Indexes: {QUANTIZER} on MiniLM text embeddings with extra-level collisions (tiger; TIGER's recipe) and "
         + (
             "graph_rqvae:3x256 over the same embeddings and the train user-item graph"
@@ -33,14 +37,15 @@ def markdown(result: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        "| dataset | model | R@5 | R@10 | N@5 | N@10 | invalid IDs | train s | epochs (steps) | queries/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | R@5 | R@10 | N@5 | N@10 | invalid IDs | train s | epochs (steps) | queries/s |"
+        + (" load |" if loads else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if loads else ""),
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | {r['ndcg@5']:.4f} | "
             f"{r['ndcg@10']:.4f} | {r['invalid_id_rate']:.3f} | {r['train_seconds']:.0f} | {r['epochs']} ({r['steps']}) | "
-            f"{r['queries_per_s']:.0f} |"
+            f"{r['queries_per_s']:.0f} |" + (f" {r['load_1min']:.1f} |" if loads else "")
         )
     lines += [
         "",

@@ -53,6 +53,9 @@ def test_resume_reuses_the_index_and_continues_training(
         (tmp_path / "work" / small_movielens / "sasrec" / "config.json").read_text()
     )
     assert second["max_history"] == run_config["spec"]["max_history"] == 20
+    assert row["load_1min"] >= 0  # the load average beside the row's timings, in its table too
+    table = (tmp_path / "second.md").read_text()
+    assert "| queries/s | load |" in table and "; load: the 1-minute load average" in table
 
 
 @pytest.mark.slow
