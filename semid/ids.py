@@ -169,7 +169,7 @@ class SemanticIDs:
         clash = [k for k in keys if k in self._row_of_key]
         if clash:
             raise SemidError(
-                f"{counted(len(clash), 'key is', 'keys are')} already indexed, e.g. {clash[0]!r}; give new keys (`semid index add --skip-indexed` leaves out indexed ones)"
+                f"{counted(len(clash), 'key is', 'keys are')} already indexed, e.g. {clash[0]!r}; give new keys"
             )
 
     def add(

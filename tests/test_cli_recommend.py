@@ -64,7 +64,10 @@ def test_new_items_already_indexed_are_refused_before_any_text_is_embedded(tmp_p
     ids = SemanticIDs(["a", "b"], torch.tensor([[0, 0], [1, 0]]), [2, 2])
     (tmp_path / "new.csv").write_text("item,text\nc,a new film\nb,an old film\n")
     monkeypatch.setattr(items, "TextEncoder", None)  # embedding would fail with a TypeError
-    with pytest.raises(SemidError, match="1 key is already indexed, e.g. 'b'"):
+    with pytest.raises(
+        SemidError,
+        match="1 key of .* is already indexed, e.g. 'b'; give new keys, or pass --skip-indexed",
+    ):
         items.read_new_items(tmp_path / "new.csv", None, None, indexed=ids)
 
 
@@ -95,6 +98,27 @@ def test_skip_indexed_leaves_out_indexed_items_before_their_texts_are_embedded(
         tmp_path / "old.csv", None, None, indexed=ids, skip_indexed=True
     )
     assert keys == [] and embedded == ["a new film"]  # nothing new: nothing embedded
+
+
+def test_a_run_given_its_whole_updated_catalogue_with_skip_indexed_adds_the_new_items(
+    tmp_path, capsys
+):
+    ids, _ = tiny_run(tmp_path / "run")
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(5))
+    np.save(tmp_path / "all.npy", x.numpy())
+    # every indexed key, one written with spaces around it (keys files are read as tables are)
+    keys = [" i0 ", *ids.keys[1:], "new-a", "new-b"]
+    (tmp_path / "all.txt").write_text("\n".join(keys) + "\n")
+    add = ["index", "add", str(tmp_path / "run"), "--items", str(tmp_path / "all.npy"), "--keys",
+           str(tmp_path / "all.txt"), "--skip-indexed"]  # fmt: skip
+    assert main(add) == 0
+    said = capsys.readouterr().out
+    assert "left out 30 items of" in said and "added 2 items to" in said
+    grown = load_run(tmp_path / "run").ids
+    assert grown.keys == [*ids.keys, "new-a", "new-b"]
+    assert main(add) == 0  # again: nothing is new, nothing is written
+    assert "nothing to add: every item of" in capsys.readouterr().out
+    assert load_run(tmp_path / "run").ids.keys == grown.keys
 
 
 def test_index_add_refuses_ids_the_model_cannot_write(tmp_path):

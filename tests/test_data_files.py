@@ -229,6 +229,15 @@ def test_interactions_with_items(tmp_path: Path) -> None:
     assert keys == [["i2", "i2"]]  # u1's tie at t=10: 'i1' < 'i2' by key, so i2 is last
 
 
+def test_the_note_on_unrated_items_says_which_need_a_text_before_they_can_be_added(tmp_path):
+    d = load_interaction_files(*files(tmp_path, items=ITEMS + 'i8,""\n'))
+    assert d.notes[-1] == (
+        f"dropped 2 items of {tmp_path / 'items.csv'} that no kept interaction names (add them to a "
+        f"trained run with `semid index add RUN --items {tmp_path / 'items.csv'} --skip-indexed` "
+        "once the 1 item without text has one)"
+    )
+
+
 def test_row_order_does_not_matter(tmp_path: Path) -> None:
     header, *rows = LOG.splitlines()
     a = load_interaction_files(*files(tmp_path), min_interactions=1)

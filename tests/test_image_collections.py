@@ -268,6 +268,41 @@ def test_added_folders_get_keys_of_their_own_and_a_repeated_add_names_the_fix(tm
     assert "nothing to add: every image of" in capsys.readouterr().out
 
 
+def test_the_training_folder_added_again_keeps_the_keys_its_indexed_images_have(tmp_path, capsys):
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    indexed = json.loads((run / "index" / "keys.json").read_text())
+    write_image(tmp_path / "photos" / "dark" / "dark9.png", 40, seed=9)  # the folder grew
+    capsys.readouterr()
+    add = ["index", "add", str(run), "--items", str(tmp_path / "photos")]
+    assert main(add) == 2  # its indexed images are the same images, not new ones
+    assert "already indexed under the same key, e.g. " in capsys.readouterr().err
+    assert main([*add, "--skip-indexed"]) == 0
+    assert f"left out {len(indexed)} images of" in capsys.readouterr().out
+    keys = json.loads((run / "index" / "keys.json").read_text())
+    assert keys[: len(indexed)] == indexed and "dark/dark9.png" in keys[len(indexed) :]
+    assert len(keys) == 11 and len(set(keys)) == 11  # each file of the folder once
+
+
+def test_a_table_that_lists_an_indexed_image_by_another_spelling_of_its_path_leaves_it_out(
+    tmp_path, capsys
+):
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    for name in ("x.png", "y.png"):
+        write_image(tmp_path / "loose" / name, 40)
+    (tmp_path / "loose" / "a.csv").write_text("path,label\nx.png,dark\n")
+    (tmp_path / "loose" / "b.csv").write_text(
+        "path,label\n./x.png,dark\ny.png,dark\n"
+    )  # ./x.png: x.png
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "loose" / "a.csv")]) == 0
+    capsys.readouterr()
+    add = ["index", "add", str(run), "--items", str(tmp_path / "loose" / "b.csv"), "--skip-indexed"]
+    assert main(add) == 0
+    assert "left out 1 image of" in capsys.readouterr().out
+    assert json.loads((run / "index" / "keys.json").read_text())[-2:] == ["x.png", "y.png"]
+
+
 def test_an_add_interrupted_before_its_labels_are_written_leaves_the_run(tmp_path, monkeypatch,
                                                                          capsys):  # fmt: skip
     """The new images' codes, features and labels go in as one change: an add stopped (Ctrl-C)

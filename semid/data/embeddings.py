@@ -104,7 +104,8 @@ def save_embeddings(
 
 
 def read_keys(path: str | Path) -> list[str]:
-    """One key per line (a final newline is optional); blank lines are an error."""
+    """One key per line (a final newline is optional), without the spaces around it, as the
+    interaction and item tables read ids; blank lines are an error."""
     path = Path(path)
     keys = read_lines(path, "keys file")
     if not keys:
@@ -114,7 +115,7 @@ def read_keys(path: str | Path) -> list[str]:
         raise SemidError(
             f"keys file {path} has {len(blank)} blank line(s) (first: line {blank[0] + 1}); remove them"
         )
-    return keys
+    return [k.strip() for k in keys]
 
 
 def _suffix(path: Path) -> str:

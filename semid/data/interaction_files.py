@@ -292,10 +292,14 @@ def _numbered_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTex
         return item_ids, [str(k) for k in item_uniques[first_items]], None
     used = catalog.keys.isin(item_uniques[np.unique(events.item)])
     if not used.all():
+        # `index add` refuses an item without text: those must get one before the file is added
+        textless = sum(not t.strip() for t, u in zip(catalog.texts, used, strict=True) if not u)
+        has = "has" if textless == 1 else "have"
+        once = f" once the {counted(textless, 'item')} without text {has} one" if textless else ""
         notes.append(
             f"dropped {counted(int((~used).sum()), 'item')} of {catalog.path} that no kept interaction "
             f"names (add them to a trained run with `semid index add RUN --items {catalog.path} "
-            "--skip-indexed`)"
+            f"--skip-indexed`{once})"
         )
     item_keys = [str(k) for k in catalog.keys[used]]
     item_texts = [t for t, u in zip(catalog.texts, used, strict=True) if u]

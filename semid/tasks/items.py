@@ -33,6 +33,7 @@ from semid.notes import tell
 from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource, unindexed_rows
 from semid.tasks.specs import RecommendSpec
+from semid.wording import counted
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 INTERACTION_DIM = 64
@@ -207,10 +208,8 @@ def read_new_items(
                          "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
     if not holds_item_texts(path):
         new_keys, x = load_embeddings(path, keys)
-        if skip_indexed and indexed is not None:
-            rows = unindexed_rows(new_keys, indexed.__contains__, "item", path)
-            new_keys, x = [new_keys[i] for i in rows], x[rows]
-        return new_keys, x, None
+        rows = _new_rows(new_keys, indexed, skip_indexed, path)
+        return [new_keys[i] for i in rows], x[rows], None
     fmt = table_format(path)
     if keys is not None:
         raise SemidError(f"--keys goes with embeddings; {path} brings its own item keys")
@@ -220,16 +219,31 @@ def read_new_items(
         new_keys, texts = _key_text_lines(path, lines)
     else:
         new_keys, texts = read_item_texts(path, columns)
-    if skip_indexed and indexed is not None:
-        rows = unindexed_rows(new_keys, indexed.__contains__, "item", path)
-        new_keys, texts = [new_keys[i] for i in rows], [texts[i] for i in rows]
-    if indexed is not None:
-        indexed.check_new_keys(new_keys)
+    rows = _new_rows(new_keys, indexed, skip_indexed, path)
+    new_keys, texts = [new_keys[i] for i in rows], [texts[i] for i in rows]
     if not new_keys:
         return [], torch.zeros(0, 0), []
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
     return new_keys, TextEncoder(model=encoder, device=device).encode(texts), texts
+
+
+def _new_rows(keys: list[str], indexed: SemanticIDs | None, skip_indexed: bool,
+              path: Path) -> list[int]:  # fmt: skip
+    """Positions of the ``keys`` to add: all of them, refused when one is already in ``indexed``,
+    or those not in it with ``skip_indexed``; a key given twice is refused either way."""
+    rows = list(range(len(keys)))
+    if indexed is not None and skip_indexed:
+        rows = unindexed_rows(keys, indexed.__contains__, "item", path)
+    elif indexed is not None and (clash := [k for k in keys if k in indexed]):
+        raise SemidError(
+            f"{counted(len(clash), 'key')} of {path} {'is' if len(clash) == 1 else 'are'} already "
+            f"indexed, e.g. {clash[0]!r}; give new keys, or pass --skip-indexed to leave out the "
+            "indexed ones"
+        )
+    if indexed is not None:
+        indexed.check_new_keys([keys[i] for i in rows])
+    return rows
 
 
 def _names_an_item_column(first_line: str) -> bool:
@@ -238,14 +252,15 @@ def _names_an_item_column(first_line: str) -> bool:
 
 
 def _key_text_lines(path: Path, lines: list[str]) -> tuple[list[str], list[str]]:
-    """Keys and texts of the lines of a headerless ``key<TAB>text`` file."""
+    """Keys (without the spaces around them, as tables read ids) and texts of the lines of a
+    headerless ``key<TAB>text`` file."""
     numbered = [(n, line.split("\t", 1)) for n, line in enumerate(lines, 1) if line.strip()]
     if not numbered:
         raise SemidError(f"{path} holds no items; write one key<TAB>text line per item")
     for n, pair in numbered:  # a key of blanks could never be asked for again
         if len(pair) != 2 or not pair[0].strip() or not pair[1].strip():
             raise SemidError(f"{path} line {n} is not key<TAB>text; write one item per line")
-    return [k for _, (k, _) in numbered], [t for _, (_, t) in numbered]
+    return [k.strip() for _, (k, _) in numbered], [t for _, (_, t) in numbered]
 
 
 def new_model(spec: RecommendSpec, ids: SemanticIDs) -> torch.nn.Module:

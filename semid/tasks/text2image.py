@@ -70,7 +70,13 @@ from semid.tasks.base import (
     subset_positions,
     unindexed_rows,
 )
-from semid.tasks.data import check_fingerprint, fingerprint, image_collection_files, trained_on
+from semid.tasks.data import (
+    check_fingerprint,
+    data_paths,
+    fingerprint,
+    image_collection_files,
+    trained_on,
+)
 from semid.tasks.specs import IMAGE_NUM_BEAMS, Text2ImageSpec
 from semid.training.config import TrainConfig
 from semid.wording import counted
@@ -492,7 +498,8 @@ class Text2ImageTask(Task):
             raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
         cnn = ImageEncoder.from_pretrained(encoder_dir)
-        images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed)
+        images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
+                              training_folder=self.spec_of(run).dataset)  # fmt: skip
         if not len(images):
             return {"added": 0, "index_size": len(run.ids), "keys": [], "codes": None}
         features = cnn.encode(images.images, device=device)
@@ -548,13 +555,15 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
              "class subfolders or a table with a label column, count)")  # fmt: skip
 
 
-def added_images(source: Path, image_size: int, indexed: list[str],
-                 skip_indexed: bool = False) -> ImageDataset:  # fmt: skip
+def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed: bool = False,
+                 training_folder: str | None = None) -> ImageDataset:  # fmt: skip
     """Images to add from a folder or a table; a folder's keys start with its name
-    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash. Images
-    already indexed are refused, or left out with ``skip_indexed`` (so that none may be left)."""
+    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash, except the
+    run's own ``training_folder``, keyed as training keyed it (its indexed images keep their keys).
+    Images already indexed are refused, or left out with ``skip_indexed`` (so that none may be
+    left)."""
     images = load_images(source, image_size=image_size)
-    if Path(source).is_dir():
+    if Path(source).is_dir() and not _same_folder(source, training_folder):
         folder = Path(source).resolve().name
         images = dataclasses.replace(images, keys=[f"{folder}/{k}" for k in images.keys])
     taken = {os.path.normpath(k) for k in indexed}  # ./a.png and a.png name one image
@@ -573,6 +582,13 @@ def added_images(source: Path, image_size: int, indexed: list[str],
             "the folder, or pass --skip-indexed to leave out images added before"
         )
     return images
+
+
+def _same_folder(source: Path, training_folder: str | None) -> bool:
+    """Whether ``source`` is the folder a run was trained on (not a registered dataset's name)."""
+    if not data_paths(training_folder) or not Path(training_folder).is_dir():
+        return False
+    return Path(source).resolve() == Path(training_folder).resolve()
 
 
 class Text2ImagePredictor(QueryPredictor):
