@@ -588,3 +588,13 @@ def test_a_log_of_three_event_users_is_told_what_training_needs(tmp_path, capsys
             "--model", model, "--out", str(tmp_path / "run")]  # fmt: skip
     assert main(argv) == 2
     assert "only users of four or more events have a training target" in capsys.readouterr().err
+
+
+def test_a_key_text_file_reads_keys_without_the_spaces_around_them(tmp_path):
+    import semid.tasks.items as items
+
+    (tmp_path / "new.tsv").write_text(" a \tfirst film\nb\tsecond film\n")
+    keys, texts = items._key_text_lines(
+        tmp_path / "new.tsv", (tmp_path / "new.tsv").read_text().splitlines()
+    )
+    assert keys == ["a", "b"] and texts == ["first film", "second film"]
