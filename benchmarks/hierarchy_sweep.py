@@ -88,23 +88,25 @@ def sweep_side(run: Callable[[dict, int, str], dict], side: str, seeds: list[int
 
 
 def runner(dataset: str, wn: WordNet, x: torch.Tensor, folds: dict, task: str, side: str,
-           done: dict) -> Callable[[dict, int, str], dict]:  # fmt: skip
-    """`run(config, seed, factor)` for `sweep_side`: one run_config row tagged with its factor,
-    taken from `done` (rows of an earlier journal, by `row_key`) when it was already run."""
+           done: dict, max_epochs: int | None = None) -> Callable[[dict, int, str], dict]:  # fmt: skip
+    """`run(config, seed, factor)` for `sweep_side`: one run_config row tagged with its factor
+    and epoch cap, taken from `done` (rows of an earlier journal, by `row_key`) when it was
+    already run under the same cap."""
 
     def run(config: dict, seed: int, factor: str) -> dict:
-        key = row_key(task, side, config, seed)
+        key = row_key(task, side, config, seed, max_epochs)
         if key in done:
             return {**done[key], "factor": factor, "resumed": True}
         row = run_config(dataset, wn, x, folds[seed], task, side, config, seed)
-        return {**row, "factor": factor}
+        return {**row, "factor": factor, "max_epochs": max_epochs}
 
     return run
 
 
-def row_key(task: str, side: str, config: dict, seed: int) -> str:
-    """Identity of one sweep run; configs from before the ``net`` factor count as net=mlp."""
-    return json.dumps([task, side, {"net": "mlp", **config}, seed], sort_keys=True)
+def row_key(task: str, side: str, config: dict, seed: int, max_epochs: int | None = None) -> str:
+    """Identity of one sweep run, its epoch cap included (None: the dataset's); configs from
+    before the ``net`` factor count as net=mlp."""
+    return json.dumps([task, side, {"net": "mlp", **config}, seed, max_epochs], sort_keys=True)
 
 
 def read_journal(path: Path) -> dict[str, dict]:
@@ -114,7 +116,9 @@ def read_journal(path: Path) -> dict[str, dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for r in rows:
         r["config"] = {"net": "mlp", **r["config"]}
-    return {row_key(r["task"], r["side"], r["config"], r["seed"]): r for r in rows}
+    return {
+        row_key(r["task"], r["side"], r["config"], r["seed"], r.get("max_epochs")): r for r in rows
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="reuse the runs already in out.jsonl (same seeds and --max-epochs)",
+        help="reuse the runs already in out.jsonl (those of the same seeds and --max-epochs)",
     )
     add_max_epochs(parser)
     args = parser.parse_args(argv)
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for task in args.tasks:
         for side in args.sides:
-            run = runner(args.dataset, wn, x, folds, task, side, done)
+            run = runner(args.dataset, wn, x, folds, task, side, done, args.max_epochs)
             base = {**BASE, **SIDES[side], "codes": SETTINGS[args.dataset]["codes"]}
             config = sweep_side(run, side, args.seeds, journal, base)
             best.append({"dataset": args.dataset, "task": task, "side": side, "config": config})

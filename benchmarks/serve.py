@@ -79,10 +79,12 @@ def load_inputs(args: argparse.Namespace, predictor: Predictor) -> list[dict[str
     if args.inputs is not None:
         if not args.inputs.is_file():
             raise SemidError(f"--inputs {args.inputs} is not a file; write one JSON input per line")
-        lines = [ln for ln in args.inputs.read_text().splitlines() if ln.strip()]
+        lines = [
+            (n, ln) for n, ln in enumerate(args.inputs.read_text().splitlines(), 1) if ln.strip()
+        ]
         if not lines:
             raise SemidError(f"--inputs {args.inputs} has no lines; write one JSON input per line")
-        items = [_json_line(args.inputs, n, ln) for n, ln in enumerate(lines, 1)]
+        items = [_json_line(args.inputs, n, ln) for n, ln in lines]
         return [items[i % len(items)] for i in range(args.requests)]
     sample = getattr(predictor, "sample_inputs", None)
     if sample is None:

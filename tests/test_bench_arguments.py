@@ -30,7 +30,7 @@ def test_a_flag_that_cannot_run_is_one_line(main, argv, told, tmp_path, capsys):
     [
         (None, "is not a file; write one JSON input per line"),
         (["", "  "], "has no lines; write one JSON input per line"),
-        (['{"user": "1"}', "", "{user: 2}"], "non-blank line 2 is not JSON"),
+        (['{"user": "1"}', "", "{user: 2}"], "line 3 is not JSON"),
     ],
 )
 def test_serve_inputs_that_cannot_be_read_are_one_line(lines, told, tmp_path, capsys):

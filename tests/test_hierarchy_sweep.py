@@ -136,3 +136,14 @@ def test_best_runs_keeps_every_seed_of_the_selected_settings():
         ("RQ", a, 0),
         ("RQ", a, 1),
     ]
+
+
+def test_resume_reuses_only_rows_run_under_the_same_epoch_cap(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    quick = {"task": "t", "side": "RQ", "seed": 0, "config": {"latent": 2}, "max_epochs": 1}
+    path.write_text(json.dumps(quick) + "\n")
+    done = read_journal(path)
+    config = {"latent": 2, "net": "mlp"}
+    assert row_key("t", "RQ", config, 0, 1) in done and row_key("t", "RQ", config, 0) not in done
+    row = runner("mammals", None, None, {}, "t", "RQ", done, max_epochs=1)(config, 0, "latent")
+    assert row["resumed"] and row["max_epochs"] == 1
