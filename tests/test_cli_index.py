@@ -242,8 +242,9 @@ def test_adding_an_updated_catalogue_with_skip_indexed_adds_its_new_items_only(
     capsys.readouterr()
     assert main(add) == 2  # without the flag, indexed keys are refused
     assert (
-        "300 keys of " in (err := capsys.readouterr().err)
-        and "are already indexed, e.g. 'item-0'; give new keys, or pass --skip-indexed" in err
+        "300 of the 302 items of " in (err := capsys.readouterr().err)
+        and "are already indexed (e.g. 'item-0'); pass --skip-indexed to add only the 2 new ones"
+        in err
     )
     assert main([*add, "--skip-indexed"]) == 0
     said = capsys.readouterr().out

@@ -66,7 +66,8 @@ def test_new_items_already_indexed_are_refused_before_any_text_is_embedded(tmp_p
     monkeypatch.setattr(items, "TextEncoder", None)  # embedding would fail with a TypeError
     with pytest.raises(
         SemidError,
-        match="1 key of .* is already indexed, e.g. 'b'; give new keys, or pass --skip-indexed",
+        match=r"1 of the 2 items of .* is already indexed \(e.g. 'b'\); pass --skip-indexed to add "
+        "only the 1 new one, or give new keys",
     ):
         items.read_new_items(tmp_path / "new.csv", None, None, indexed=ids)
 
@@ -598,3 +599,18 @@ def test_a_key_text_file_reads_keys_without_the_spaces_around_them(tmp_path):
         tmp_path / "new.tsv", (tmp_path / "new.tsv").read_text().splitlines()
     )
     assert keys == ["a", "b"] and texts == ["first film", "second film"]
+
+
+def test_an_item_given_twice_is_refused_also_when_it_is_indexed_and_skipped(tmp_path):
+    import semid.tasks.items as items
+
+    ids = SemanticIDs(["a", "b"], torch.tensor([[0, 0], [1, 0]]), [2, 2])
+    (tmp_path / "new.tsv").write_text("b\tan old film\nb\tthe same, retitled\n")
+    for skip in (False, True):
+        with pytest.raises(SemidError, match="gives item 'b' more than once; list each item once"):
+            items.read_new_items(tmp_path / "new.tsv", None, None, indexed=ids, skip_indexed=skip)
+    (tmp_path / "old.tsv").write_text("a\tfirst\nb\tsecond\n")
+    with pytest.raises(
+        SemidError, match=r"every item of .*old.tsv is already indexed \(e.g. 'a'\)"
+    ):
+        items.read_new_items(tmp_path / "old.tsv", None, None, indexed=ids)

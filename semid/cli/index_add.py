@@ -163,7 +163,9 @@ def _new_queries(summary: dict, run: Path) -> str:
         they = "it has" if summary["documents"] == 1 else "they have"
         return f"{they} no queries, so indexed only (nothing held out for testing)"
     if not summary["test_queries"]:
-        return f"none of their {counted(summary['queries'], 'query', 'queries')} fell in the test share"
+        if summary["queries"] == 1:
+            return "their one query fell outside the test share (it trains)"
+        return f"none of their {summary['queries']:,} queries fell in the test share"
     ks = " ".join(map(str, fitting_ks(summary["indexed"], (1, 10))))
     return (f"{summary['test_queries']:,} of their {counted(summary['queries'], 'query', 'queries')} held out "
             f"for testing: `semid eval {run} --k {ks}`")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -232,18 +233,26 @@ def _new_rows(keys: list[str], indexed: SemanticIDs | None, skip_indexed: bool,
               path: Path) -> list[int]:  # fmt: skip
     """Positions of the ``keys`` to add: all of them, refused when one is already in ``indexed``,
     or those not in it with ``skip_indexed``; a key given twice is refused either way."""
-    rows = list(range(len(keys)))
-    if indexed is not None and skip_indexed:
-        rows = unindexed_rows(keys, indexed.__contains__, "item", path)
-    elif indexed is not None and (clash := [k for k in keys if k in indexed]):
+    repeated = next((k for k, n in Counter(keys).items() if n > 1), None)
+    if repeated is not None:
+        raise SemidError(f"{path} gives item {repeated!r} more than once; list each item once")
+    if indexed is None:
+        return list(range(len(keys)))
+    if skip_indexed:
+        return unindexed_rows(keys, indexed.__contains__, "item", path)
+    clash = [k for k in keys if k in indexed]
+    if clash and len(clash) == len(keys):
         raise SemidError(
-            f"{counted(len(clash), 'key')} of {path} {'is' if len(clash) == 1 else 'are'} already "
-            f"indexed, e.g. {clash[0]!r}; give new keys, or pass --skip-indexed to leave out the "
-            "indexed ones"
+            f"every item of {path} is already indexed (e.g. {clash[0]!r}); give new keys"
         )
-    if indexed is not None:
-        indexed.check_new_keys([keys[i] for i in rows])
-    return rows
+    if clash:
+        new = len(keys) - len(clash)
+        raise SemidError(
+            f"{len(clash):,} of the {counted(len(keys), 'item')} of {path} "
+            f"{'is' if len(clash) == 1 else 'are'} already indexed (e.g. {clash[0]!r}); pass "
+            f"--skip-indexed to add only the {counted(new, 'new one')}, or give new keys"
+        )
+    return list(range(len(keys)))
 
 
 def _names_an_item_column(first_line: str) -> bool:
