@@ -276,7 +276,9 @@ def test_the_training_folder_added_again_keeps_the_keys_its_indexed_images_have(
     capsys.readouterr()
     add = ["index", "add", str(run), "--items", str(tmp_path / "photos")]
     assert main(add) == 2  # its indexed images are the same images, not new ones
-    assert "already indexed under the same key, e.g. " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the folder the run was trained on, are already indexed, e.g. " in err
+    assert "pass --skip-indexed to add only its other images" in err
     assert main([*add, "--skip-indexed"]) == 0
     assert f"left out {len(indexed)} images of" in capsys.readouterr().out
     keys = json.loads((run / "index" / "keys.json").read_text())

@@ -563,7 +563,8 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
     Images already indexed are refused, or left out with ``skip_indexed`` (so that none may be
     left)."""
     images = load_images(source, image_size=image_size)
-    if Path(source).is_dir() and not _same_folder(source, training_folder):
+    own = _same_folder(source, training_folder)
+    if Path(source).is_dir() and not own:
         folder = Path(source).resolve().name
         images = dataclasses.replace(images, keys=[f"{folder}/{k}" for k in images.keys])
     taken = {os.path.normpath(k) for k in indexed}  # ./a.png and a.png name one image
@@ -574,6 +575,12 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
 
         images = images.subset(unindexed_rows(images.keys, is_taken, "image", source))
     clash = [k for k in images.keys if os.path.normpath(k) in taken]
+    if clash and own:
+        raise SemidError(
+            f"{counted(len(clash), 'image')} of {source}, the folder the run was trained on, "
+            f"{'is' if len(clash) == 1 else 'are'} already indexed, e.g. {clash[0]!r}; pass "
+            "--skip-indexed to add only its other images"
+        )
     if clash:
         raise SemidError(
             f"{counted(len(clash), 'image')} of {source} {'is' if len(clash) == 1 else 'are'} "
