@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         if keys:
             ids, codes = add_items(args.target, keys, x, texts=texts)
             summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
-    if summary.get("added", summary.get("documents")) == 0:
+    if summary["added"] == 0:
         source = args.items if args.items is not None else args.docs
         print(f"nothing to add: every {noun} of {source} is already indexed in {args.target}")
     elif "codes" in summary:

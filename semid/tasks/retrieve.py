@@ -350,14 +350,14 @@ class RetrieveTask(Task):
         (documents without queries are indexed only). The encoder and the session run on
         ``device``. All or nothing: everything is computed before the first write, and a failure
         while writing puts the run back as it was. Documents already indexed are refused, or left
-        out with ``skip_indexed`` (``documents`` 0 when none is new)."""
+        out with ``skip_indexed`` (``added`` 0 when none is new)."""
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_collection(source)
         if skip_indexed:
             rows = unindexed_rows(collection.ids, run.ids.__contains__, "document", source)
             if not rows:
-                return {"documents": 0}
+                return {"added": 0, "documents": 0, "indexed": len(run.ids)}
             collection = collection.subset(rows, collection.name)
         # query-less documents of a run trained on pseudo-queries get them too
         collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
@@ -431,7 +431,8 @@ class RetrieveTask(Task):
             # use, nor those that adds before this version left
             for done in range(1, session + 1):
                 shutil.rmtree(run_path / f"train-session-{done}", ignore_errors=True)
-        return {"session": session, "documents": len(collection), "test_queries": len(test_pairs),
+        return {"session": session, "added": len(collection), "documents": len(collection),
+                "test_queries": len(test_pairs),
                 "joined_test_queries": joined,
                 "indexed": len(ids), "queries": sum(len(d.queries) + len(d.test_queries) for d in collection.documents),
                 "topics": m, "train_seconds": seconds, "pseudo_queries": collection.pseudo_queries}  # fmt: skip
