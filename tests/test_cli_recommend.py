@@ -396,8 +396,13 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
         assert main(["predict", str(run), "--history", history, "--k", "5", "--out", str(out)]) == 0
         return json.loads(out.read_text())["keys"]
 
-    # the added item has no embedding: it is left out of the history, never recommended
+    # the added item has no embedding: it is left out of the history (with a note), never
+    # recommended
+    capsys.readouterr()
     assert answer('["1", "new", "2"]') == answer('["1", "2"]')
+    assert "the history items added to its index since (such as 'new') are left out" in (
+        capsys.readouterr().err
+    )
     assert "new" not in answer('["new", "1"]')
     # a history of added items alone would be answered as no history: refused, with the fix
     capsys.readouterr()

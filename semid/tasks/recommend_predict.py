@@ -115,6 +115,7 @@ class RecommendPredictor(Predictor):
         # the texts of a registered dataset (or folder) as read with the histories, so that
         # answering a user and showing texts loads the dataset once
         self._read_texts: dict[str, str] | None = None
+        self._told_untrained = False  # the note on history items a scorer does not read, given once
 
     def data_texts(self) -> dict[str, str]:
         """The texts of the run's items file, or of its registered dataset."""
@@ -201,16 +202,24 @@ class RecommendPredictor(Predictor):
 
     def _check_trained_items(self, history: list[str]) -> None:
         """A scorer (sasrec) reads only the items it was trained on: a history of items all added
-        to the index since would be answered as no history at all, so it is refused."""
+        to the index since would be answered as no history at all, so it is refused; one with some
+        of them is answered from the others, with a note (once per predictor)."""
         if self.codes is not None or not getattr(self.run.model, "reads_histories", True):
             return
         trained = self.run.state.get("trained_items", len(self.run.ids))
-        if bool((self.run.ids.rows_of_keys(history) >= trained).all()):
+        untrained = self.run.ids.rows_of_keys(history) >= trained
+        if bool(untrained.all()):
             raise SemidError(
                 f"every item of the history was added to the index after {self.run.path} was "
                 f"trained, and a {self.run.spec['model']} run reads only the items it was trained "
                 "on; retrain it with the added items' events, or include trained items"
             )
+        if bool(untrained.any()) and not self._told_untrained:
+            self._told_untrained = True
+            notes.note(f"{self.run.path}: a {self.run.spec['model']} run reads only the items it "
+                       "was trained on, so the history items added to its index since (such as "
+                       f"{history[int(untrained.nonzero()[0, 0])]!r}) are left out of its histories; a run "
+                       f"trained on its index (--index {self.run.index_path}) reads them")  # fmt: skip
 
     def _item_titled(self, given: str) -> str | None:
         """``'1' ('Toy Story (1995). Genres: ...')``: the key and text of the first item whose text
