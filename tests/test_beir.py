@@ -158,6 +158,25 @@ def test_gzipped_files_and_a_corpus_without_queries(tmp_path):
     assert [d.queries for d in read_beir(folder).documents] == [(), (), ()]
 
 
+def test_ids_of_a_corpus_queries_and_qrels_are_read_without_the_spaces_around_them(tmp_path):
+    folder = beir_folder(tmp_path / "b")
+    write_lines(
+        folder / "corpus.jsonl", [{"_id": f" d{i}", "text": f"{WORDS[i]} manual"} for i in range(3)]
+    )
+    write_lines(
+        folder / "queries.jsonl", [{"_id": f"q{i} ", "text": f"{WORDS[i]} q{i}"} for i in range(3)]
+    )
+    for qrels in (folder / "qrels").iterdir():
+        qrels.write_text(qrels.read_text().replace("\td", "\t d").replace("\n", " \n"))
+    documents = read_beir(folder).documents
+    assert [d.id for d in documents] == ["d0", "d1", "d2"]
+    assert [d.queries + d.test_queries for d in documents] == [
+        ("kernel q0",),
+        ("audio q1",),
+        ("python q2",),
+    ]
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

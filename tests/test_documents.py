@@ -41,6 +41,18 @@ def test_integer_ids_and_blank_lines(tmp_path):
     assert read_documents(path).ids == ["7", "8"]
 
 
+def test_document_ids_are_read_without_the_spaces_around_them(tmp_path):
+    jsonl = _write(tmp_path / "d.jsonl", [json.dumps({"id": " d1 ", "text": "x"})])
+    table = tmp_path / "d.csv"
+    table.write_text("id,text\n d2 ,y\n")
+    assert read_documents(jsonl).ids == ["d1"] and read_documents(table).ids == ["d2"]
+    twice = _write(
+        tmp_path / "twice.jsonl", [json.dumps({"id": i, "text": "x"}) for i in ("a", "a ")]
+    )
+    with pytest.raises(SemidError, match="line 2 repeats id 'a' \\(first at line 1\\)"):
+        read_documents(twice)
+
+
 @pytest.mark.parametrize(
     "bad, words",
     [

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from semid.data.documents import QUERY_ID_FIELDS, Document, DocumentCollection, read_documents
@@ -92,7 +93,7 @@ def _query_texts(path: Path) -> dict[str, str]:
                             columns_option=False)  # fmt: skip
     text_column = find_column(table, "text", ("text", "query"), path, "queries file",
                               columns_option=False)  # fmt: skip
-    ids = key_strings(table[id_column], path, "query id")
+    ids = key_strings(table[id_column], path, "query id", trim=True)
     texts: dict[str, str] = {}
     for row, (i, t) in enumerate(zip(ids, table[text_column].to_pylist(), strict=True)):
         text = str(t or "").strip()
@@ -157,13 +158,16 @@ def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tupl
     scores = [1.0] * table.num_rows
     if score_col is not None:
         try:
-            scores = pc.cast(table[score_col], "double").to_pylist()
+            column = table[score_col]
+            if pa.types.is_string(column.type):  # "1 ": a space before the line break
+                column = pc.utf8_trim_whitespace(column)
+            scores = pc.cast(column, "double").to_pylist()
         except (ValueError, TypeError, NotImplementedError) as e:
             raise SemidError(
                 f"{path}: the score column must hold numbers ({e}); fix the file"
             ) from None
-    query_ids = key_strings(table[query_col], path, "query id")
-    doc_ids = key_strings(table[doc_col], path, "document id")
+    query_ids = key_strings(table[query_col], path, "query id", trim=True)
+    doc_ids = key_strings(table[doc_col], path, "document id", trim=True)
     relevant = [(query, doc, score) for query, doc, score in zip(query_ids, doc_ids, scores, strict=True)
                 if score is not None and score > 0]  # fmt: skip
     no_query = [(q, d) for q, d, _ in relevant if not texts.get(q)]

@@ -178,7 +178,8 @@ def _document(record: dict, where: Place) -> Document:
     if doc_id is None or not str(doc_id).strip():
         raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
                          "(string or integer)")  # fmt: skip
-    doc = Document(str(doc_id), _text(record, where, str(doc_id)), _queries(record, where),
+    doc_id = str(doc_id).strip()  # as tables' ids: `" d1"` is the document d1
+    doc = Document(doc_id, _text(record, where, doc_id), _queries(record, where),
                    _queries(record, where, TEST_QUERY_FIELDS))  # fmt: skip
     for name, value in (("id", doc.id), ("text", doc.text), *(("query", q) for q in doc.queries)):
         try:
