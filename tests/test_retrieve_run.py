@@ -146,14 +146,17 @@ def test_an_add_that_fails_while_writing_leaves_the_run_as_it_was(run, tmp_path,
 
 def test_re_adding_an_indexed_document_is_refused_before_any_encoding(run, tmp_path, monkeypatch):
     indexed = load_run(run).ids.keys[0]
-    (tmp_path / "again.jsonl").write_text(json.dumps({"id": indexed, "text": "again"}) + "\n")
+    lines = [json.dumps({"id": key, "text": "again"}) + "\n" for key in (indexed, "new-doc")]
+    (tmp_path / "again.jsonl").write_text("".join(lines))
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded documents before refusing the add")
 
     monkeypatch.setattr(retrieve_module, "encode_texts", no_encoding)
     before = snapshot(run)
-    with pytest.raises(SemidError, match=rf"1 document is already indexed \(e.g. '{indexed}'\)"):
+    words = (rf"1 of the 2 documents of .*again.jsonl is already indexed \(e.g. '{indexed}'\); "
+             r"pass --skip-indexed to add only the 1 new one, or give new ids")  # fmt: skip
+    with pytest.raises(SemidError, match=words):
         get_task("retrieve").add(run, tmp_path / "again.jsonl")
     assert snapshot(run) == before
 

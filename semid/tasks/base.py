@@ -110,15 +110,28 @@ def subset_positions(total: int, most: int | None) -> Tensor:
     return torch.linspace(0, total - 1, most).long()
 
 
-def unindexed_rows(keys: Sequence[str], is_indexed: Callable[[str], bool], noun: str,
-                   source: Path) -> list[int]:  # fmt: skip
-    """Positions of the ``keys`` not indexed yet (`index add --skip-indexed`); tells how many of
-    ``source``'s ``noun``s were left out."""
-    rows = [i for i, key in enumerate(keys) if not is_indexed(key)]
-    left_out = len(keys) - len(rows)
-    if left_out:
-        tell(f"left out {counted(left_out, noun)} of {source} already indexed")
-    return rows
+def rows_to_add(keys: Sequence[str], is_indexed: Callable[[str], bool], noun: str, source: str,
+                skip_indexed: bool, fix: str) -> list[int]:  # fmt: skip
+    """Positions of the ``keys`` that `semid index add` adds from ``source``: with
+    ``skip_indexed``, those not indexed yet, telling how many of its ``noun``s were left out (none
+    may be left); without it, all of them, or SemidError when some are indexed, naming the flag
+    and ``fix`` (what else to do: "give new keys")."""
+    if skip_indexed:
+        rows = [i for i, key in enumerate(keys) if not is_indexed(key)]
+        if len(rows) < len(keys):
+            tell(f"left out {counted(len(keys) - len(rows), noun)} of {source} already indexed")
+        return rows
+    clash = [key for key in keys if is_indexed(key)]
+    if not clash:
+        return list(range(len(keys)))
+    if len(clash) == len(keys):
+        raise SemidError(f"every {noun} of {source} is already indexed (e.g. {clash[0]!r}); {fix}")
+    new = len(keys) - len(clash)
+    raise SemidError(
+        f"{len(clash):,} of the {counted(len(keys), noun)} of {source} "
+        f"{'is' if len(clash) == 1 else 'are'} already indexed (e.g. {clash[0]!r}); pass "
+        f"--skip-indexed to add only the {counted(new, 'new one')}, or {fix}"
+    )
 
 
 def check_index_out(out: Path) -> None:

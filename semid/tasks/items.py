@@ -32,9 +32,8 @@ from semid.indexing import AUTO, build_ids
 from semid.models import model_class
 from semid.notes import tell
 from semid.quantization import build_quantizer
-from semid.tasks.base import IndexSource, unindexed_rows
+from semid.tasks.base import IndexSource, rows_to_add
 from semid.tasks.specs import RecommendSpec
-from semid.wording import counted
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 INTERACTION_DIM = 64
@@ -238,21 +237,7 @@ def _new_rows(keys: list[str], indexed: SemanticIDs | None, skip_indexed: bool,
         raise SemidError(f"{path} gives item {repeated!r} more than once; list each item once")
     if indexed is None:
         return list(range(len(keys)))
-    if skip_indexed:
-        return unindexed_rows(keys, indexed.__contains__, "item", path)
-    clash = [k for k in keys if k in indexed]
-    if clash and len(clash) == len(keys):
-        raise SemidError(
-            f"every item of {path} is already indexed (e.g. {clash[0]!r}); give new keys"
-        )
-    if clash:
-        new = len(keys) - len(clash)
-        raise SemidError(
-            f"{len(clash):,} of the {counted(len(keys), 'item')} of {path} "
-            f"{'is' if len(clash) == 1 else 'are'} already indexed (e.g. {clash[0]!r}); pass "
-            f"--skip-indexed to add only the {counted(new, 'new one')}, or give new keys"
-        )
-    return list(range(len(keys)))
+    return rows_to_add(keys, indexed.__contains__, "item", str(path), skip_indexed, "give new keys")
 
 
 def _names_an_item_column(first_line: str) -> bool:

@@ -79,8 +79,8 @@ from semid.tasks.base import (
     move,
     register_task,
     resolve_device,
+    rows_to_add,
     subset_positions,
-    unindexed_rows,
 )
 from semid.tasks.data import data_paths, trained_on
 from semid.tasks.retrieval_data import (
@@ -354,19 +354,15 @@ class RetrieveTask(Task):
         run = load_run(run_path, self.name)
         spec = self.spec_of(run)
         collection = read_collection(source)
-        if skip_indexed:
-            rows = unindexed_rows(collection.ids, run.ids.__contains__, "document", source)
-            if not rows:
-                return {"added": 0, "documents": 0, "indexed": len(run.ids)}
+        rows = rows_to_add(collection.ids, run.ids.__contains__, "document", str(source),
+                           skip_indexed, "give new ids")  # fmt: skip
+        if not rows:
+            return {"added": 0, "documents": 0, "indexed": len(run.ids)}
+        if len(rows) < len(collection):
             collection = collection.subset(rows, collection.name)
         # query-less documents of a run trained on pseudo-queries get them too
         collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
         model, start = run.model, len(run.ids)
-        clash = [d for d in collection.ids if d in run.ids]
-        if clash:
-            raise SemidError(
-                f"{counted(len(clash), 'document is', 'documents are')} already indexed (e.g. {clash[0]!r}); give new ids, or pass --skip-indexed to leave out indexed ones"
-            )
         known, lexical = document_files(run.index_path, start)
         device = resolve_device(device)
         # the frozen encoder encodes there; then back on the CPU for the rest, as loaded

@@ -67,8 +67,8 @@ from semid.tasks.base import (
     move,
     register_task,
     resolve_device,
+    rows_to_add,
     subset_positions,
-    unindexed_rows,
 )
 from semid.tasks.data import (
     check_fingerprint,
@@ -568,27 +568,21 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
         folder = Path(source).resolve().name
         images = dataclasses.replace(images, keys=[f"{folder}/{k}" for k in images.keys])
     taken = {os.path.normpath(k) for k in indexed}  # ./a.png and a.png name one image
-    if skip_indexed:
 
-        def is_taken(key: str) -> bool:
-            return os.path.normpath(key) in taken
+    def is_taken(key: str) -> bool:
+        return os.path.normpath(key) in taken
 
-        images = images.subset(unindexed_rows(images.keys, is_taken, "image", source))
-    clash = [k for k in images.keys if os.path.normpath(k) in taken]
-    if clash and own:
-        raise SemidError(
-            f"{counted(len(clash), 'image')} of {source}, the folder the run was trained on, "
-            f"{'is' if len(clash) == 1 else 'are'} already indexed, e.g. {clash[0]!r}; pass "
-            "--skip-indexed to add only its other images"
+    if own:
+        label, fix = (
+            f"{source}, the folder the run was trained on,",
+            "add the new images from a folder of their own",
         )
-    if clash:
-        raise SemidError(
-            f"{counted(len(clash), 'image')} of {source} {'is' if len(clash) == 1 else 'are'} "
-            f"already indexed under the same key, e.g. {clash[0]!r} (an added folder's keys are "
-            "its name and the paths below it; a table's keys are its paths); rename those files or "
-            "the folder, or pass --skip-indexed to leave out images added before"
-        )
-    return images
+    else:
+        label = str(source)
+        fix = ("rename those files or the folder (an added folder's keys are its name and the paths "
+               "below it; a table's keys are its paths)")  # fmt: skip
+    rows = rows_to_add(images.keys, is_taken, "image", label, skip_indexed, fix)
+    return images if len(rows) == len(images.keys) else images.subset(rows)
 
 
 def _same_folder(source: Path, training_folder: str | None) -> bool:
