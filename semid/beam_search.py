@@ -81,6 +81,26 @@ def _unique_sorted(exclude: Tensor) -> Tensor:
     return s.masked_fill(repeat, -1).sort(dim=1).values
 
 
+def _checked_exclude(exclude: Any, batch: int, trie: PrefixTrie, device: torch.device) -> Tensor:
+    """``exclude`` as an int64 (B, M) tensor on ``device``; SemidError for another shape or type, or
+    a state that is no leaf of ``trie`` (one of another trie would drop other IDs)."""
+    if not isinstance(exclude, Tensor):
+        exclude = torch.as_tensor(exclude)
+    if exclude.dtype.is_floating_point or exclude.dtype.is_complex or exclude.dtype == torch.bool:
+        raise SemidError(f"exclude must be an integer tensor of leaf states, got {exclude.dtype}")
+    if exclude.ndim != 2 or exclude.shape[0] != batch:
+        raise SemidError(f"exclude must have shape ({batch}, M), one row of leaf states per query "
+                         f"padded with -1, got {tuple(exclude.shape)}")  # fmt: skip
+    exclude = exclude.to(device=device, dtype=torch.int64)
+    bad = (exclude < -1) | (exclude >= trie.num_ids)
+    if bad.any():
+        raise SemidError(
+            f"exclude holds {int(exclude[bad][0])}, which is no leaf state of this trie (0.."
+            f"{trie.num_ids - 1}, -1 pads); take them from this trie's leaf_states"
+        )
+    return exclude
+
+
 def _excluded_children(trie: PrefixTrie, exclude: Tensor, level: int) -> tuple[Tensor, Tensor]:
     """The prefixes reached at ``level`` whose IDs are all excluded, per query, as the state they
     branch from and the code that reaches them: (parents (B, M), codes (B, M)), -1 where none.
@@ -153,7 +173,7 @@ def constrained_beam_search(
                                 log_probs=torch.zeros(0, top_k, device=device))  # fmt: skip
     excluded = []  # per level: (parent states, codes) of the prefixes to drop
     if exclude is not None:
-        exclude = _unique_sorted(exclude.to(device=device, dtype=torch.int64))
+        exclude = _unique_sorted(_checked_exclude(exclude, batch, trie, device))
         excluded = [_excluded_children(trie, exclude, lvl) for lvl in range(trie.levels)]
     trie_states = torch.zeros(batch, dtype=torch.int64, device=device)  # root, one row per query
     scores = torch.zeros(batch, 1, device=device)  # (B, W): W = 1 before the first expansion

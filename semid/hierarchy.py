@@ -32,7 +32,10 @@ def check_pairs(pairs: Tensor | None, n: int) -> Tensor | None:
     """`pairs` as a (P, 2) int64 tensor of rows < n, or None; SemidError if malformed."""
     if pairs is None:
         return None
-    pairs = torch.as_tensor(pairs, dtype=torch.long)
+    pairs = torch.as_tensor(pairs)
+    if pairs.dtype.is_floating_point or pairs.dtype.is_complex or pairs.dtype == torch.bool:
+        raise SemidError(f"pairs must be integer row indices, got {pairs.dtype}; cast with .long()")
+    pairs = pairs.long()
     if (
         pairs.ndim != 2
         or pairs.shape[1] != 2

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -57,30 +58,35 @@ class SemanticIDs:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.codes = torch.as_tensor(self.codes, dtype=torch.long)
-        if self.codes.ndim != 2 or len(self.codes) != len(self.keys):
+        # the index's own copies: an add must not grow the caller's list, nor an edit of the
+        # caller's tensor change the IDs behind the index's lookups
+        self.keys = _string_keys(self.keys)
+        self.codebook_sizes = _codebook_sizes(self.codebook_sizes)
+        given = self.codes
+        self.codes = check_codes(given, self.codebook_sizes)
+        if self.codes is given:
+            self.codes = self.codes.clone()
+        if len(self.codes) != len(self.keys):
             raise SemidError(
                 f"codes must be (N, L) with N = {len(self.keys)} keys, got {tuple(self.codes.shape)}"
-            )
-        if len(self.codebook_sizes) != self.codes.shape[1]:
-            raise SemidError(
-                f"{len(self.codebook_sizes)} codebook sizes for {self.codes.shape[1]} levels"
             )
         if len(set(self.keys)) != len(self.keys):
             first: dict[str, int] = {}
             row, key = next((i, k) for i, k in enumerate(self.keys) if first.setdefault(k, i) != i)
             raise SemidError(f"item keys are not unique (first: {key!r} at rows {first[key]} and "
                              f"{row}); deduplicate them first")  # fmt: skip
-        if len(self.codes) and (
-            (self.codes < 0).any() or (self.codes >= torch.tensor(self.codebook_sizes)).any()
-        ):
-            raise SemidError("codes out of range of their codebook sizes")
         if collision_rate(self.codes) > 0:
             raise SemidError(
                 "semantic IDs are not unique; build them with SemanticIDs.from_codes(..., strategy=...)"
             )
         self._row_of_key = {k: i for i, k in enumerate(self.keys)}
         self._row_of_code = {tuple(c): i for i, c in enumerate(self.codes.tolist())}
+
+    def __repr__(self) -> str:
+        strategy = self.collision.strategy if self.collision is not None else None
+        return (f"SemanticIDs(items={len(self.keys):,}, levels={len(self.codebook_sizes)}, "
+                f"codebook_sizes={self.codebook_sizes}, quantizer={self.quantizer_spec!r}, "
+                f"collisions={strategy!r})")  # fmt: skip
 
     @classmethod
     def from_codes(
@@ -416,6 +422,20 @@ def _string_keys(keys: Sequence[str]) -> list[str]:
         raise SemidError(f"item keys must be strings, got {type(bad).__name__} {bad!r}; pass "
                          "[str(k) for k in keys]")  # fmt: skip
     return keys
+
+
+def _codebook_sizes(sizes: Sequence[int]) -> list[int]:
+    """``sizes`` as a list of ints >= 1; SemidError for another kind of size (a float, a string)."""
+    if isinstance(sizes, Tensor | np.ndarray):
+        sizes = sizes.tolist()
+    if isinstance(sizes, str | bytes) or not isinstance(sizes, Sequence):
+        raise SemidError(f"codebook sizes must be a list of integers, got {type(sizes).__name__}")
+    out = []
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise SemidError(f"codebook sizes must be integers >= 1, got {size!r}")
+        out.append(int(size))
+    return out
 
 
 def codes_of_rows(codes: Tensor, rows: Tensor) -> Tensor:

@@ -104,9 +104,10 @@ def build_ids(
     if spec == AUTO:
         spec = auto_spec(len(keys))
     quantizer = build_quantizer(spec) if isinstance(spec, str) else spec
+    x = quantizer.check_input(x)  # a list or an array as fit takes it; (N, D) or refused
     check_fits(quantizer, len(x), x.shape[1])
     started = time.perf_counter()
-    quantizer.fit(quantizer.check_input(x), seed=seed, **fit_kwargs)
+    quantizer.fit(x, seed=seed, **fit_kwargs)
     fit_seconds = time.perf_counter() - started
     items = x if encode_x is None else quantizer.check_input(encode_x)
     if len(items) != len(keys):

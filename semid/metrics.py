@@ -8,12 +8,48 @@ usual table of means.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from semid.errors import SemidError
+
+
+def _sequence(values: Sequence, name: str, example: str) -> tuple:
+    """``values`` as a tuple; SemidError for one value or a string (``ks=10``, ``names="recall"``)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise SemidError(f"{name} must be a sequence, got {values!r}; write e.g. {name}={example}")
+    return tuple(values)
+
+
+def _checked_num_relevant(num_relevant: Tensor, listed: Tensor | None, batch: int) -> Tensor:
+    """``num_relevant`` (B,) as given; SemidError for another shape, a count that is no whole
+    number, or one below the targets a query lists (its recall, NDCG and MAP would pass 1)."""
+    if num_relevant.shape != (batch,):
+        raise SemidError(f"num_relevant must be ({batch},), one count per query, got "
+                         f"{tuple(num_relevant.shape)}")  # fmt: skip
+    if num_relevant.dtype.is_floating_point and not torch.equal(num_relevant, num_relevant.round()):
+        raise SemidError("num_relevant must hold whole numbers of relevant items")
+    if listed is not None and (num_relevant < listed).any():
+        row = int((num_relevant < listed).nonzero()[0])
+        raise SemidError(f"query {row} lists {int(listed[row])} relevant targets but num_relevant "
+                         f"says {num_relevant[row].item():g}; count every target it lists")  # fmt: skip
+    return num_relevant
+
+
+def _checked_grades(grades: Tensor, targets: Tensor) -> Tensor:
+    """``grades`` (B, T) of ``targets`` (B, T); SemidError for another shape, or a listed target's
+    grade that is not a number above 0."""
+    if targets.ndim != 2 or grades.shape != targets.shape:
+        raise SemidError(f"grades must have the shape of targets (B, T), got {tuple(grades.shape)} "
+                         f"for targets {tuple(targets.shape)}")  # fmt: skip
+    given = grades[targets >= 0].double()
+    if not (torch.isfinite(given) & (given > 0)).all():
+        raise SemidError("grades of listed targets must be numbers above 0 (leave out a target "
+                         "that is not relevant)")  # fmt: skip
+    return grades
 
 
 def relevance(ranked: Tensor, targets: Tensor) -> Tensor:
@@ -37,6 +73,8 @@ def without_repeats(ranked: Tensor) -> Tensor:
 
 
 def _check_k(rel: Tensor, k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise SemidError(f"k must be an integer, got {k!r}")
     if k < 1:
         raise SemidError(f"k must be >= 1, got {k}")
     if rel.ndim != 2:
@@ -154,6 +192,7 @@ def compute_metrics(
     default 1 for targets (B,) and the non-negative entries of targets (B, T). With
     ``grades`` (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
     (`graded_ndcg_at_k`)."""
+    ks, names = _sequence(ks, "ks", "(5, 10)"), _sequence(names, "names", '("recall", "ndcg")')
     unknown = set(names) - set(_BY_NAME)
     if unknown:
         raise SemidError(f"unknown metrics {sorted(unknown)}; known: {sorted(_BY_NAME)}")
@@ -161,10 +200,17 @@ def compute_metrics(
     if ranked.ndim != 2 or targets.ndim not in (1, 2) or len(targets) != len(ranked):
         raise SemidError(f"ranked must be (B, K) and targets (B,) or (B, T), got "
                          f"{tuple(ranked.shape)} and {tuple(targets.shape)}")  # fmt: skip
+    if len(ranked) == 0:
+        raise SemidError("no queries to score (B = 0): every mean would be NaN")
     if not repeats:
         ranked = without_repeats(ranked)
-    if num_relevant is None and targets.ndim == 2:  # every listed target is relevant
-        num_relevant = (targets >= 0).sum(1)
+    listed = (targets >= 0).sum(1) if targets.ndim == 2 else None
+    if num_relevant is not None:
+        num_relevant = _checked_num_relevant(torch.as_tensor(num_relevant), listed, len(ranked))
+    elif listed is not None:  # every listed target is relevant
+        num_relevant = listed
+    if grades is not None:
+        grades = _checked_grades(torch.as_tensor(grades), targets)
     rel = relevance(ranked, targets)
     out: dict[str, float] = {}
     for name in names:

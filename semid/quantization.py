@@ -277,7 +277,7 @@ class Quantizer(nn.Module, ABC):
                 f"{len(codes)} rows of codes for {len(x)} vectors; give one per vector"
             )
         if batch < 1:
-            raise ValueError(f"batch must be >= 1 row, got {batch}")
+            raise SemidError(f"batch must be >= 1 row, got {batch}")
         if not self.can_decode:
             return None
         chunks = range(0, len(x), batch)
@@ -297,6 +297,10 @@ class Quantizer(nn.Module, ABC):
     def extra_config(self) -> dict[str, Any]:
         """Family-specific constructor arguments beyond spec and dim, saved in config.json."""
         return {}
+
+    def extra_repr(self) -> str:
+        """The spec, input size and whether it is fitted, first in the module's repr."""
+        return f"{self.spec}, dim={self.dim}, fitted={bool(self.initted)}"
 
     def check_input(self, x: Tensor, *, empty_ok: bool = False) -> Tensor:
         """Validate x as (N, dim) finite floats; returns it as float32 (fit builds the model first).

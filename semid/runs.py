@@ -54,6 +54,10 @@ class Run:
     ids: SemanticIDs
     model: Any
 
+    def __repr__(self) -> str:
+        return (f"Run({str(self.path)!r}, task={self.task!r}, model={self.spec.get('model')!r}, "
+                f"ids={self.ids!r})")  # fmt: skip
+
     @property
     def index_path(self) -> Path:
         """The run's index folder."""

@@ -255,6 +255,10 @@ class PrefixTrie:
             codes = torch.as_tensor(codes)
         if codes.ndim != 2 or codes.shape[1] != self.levels:
             raise SemidError(f"codes must have shape (N, {self.levels}), got {tuple(codes.shape)}")
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise SemidError(
+                f"codes must be an integer tensor, got {codes.dtype}; cast with .long()"
+            )
         states = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
         for level in range(self.levels):
             states = self.advance(states, level, codes[:, level])

@@ -231,3 +231,29 @@ def test_excluding_every_id_returns_padding():
         TableModel(sizes, 1), torch.arange(1), trie, num_beams=4, exclude=exclude
     )
     assert (out.codes == -1).all() and torch.isinf(out.log_probs).all()
+
+
+@pytest.mark.parametrize(
+    "exclude, words",
+    [
+        (
+            lambda n: [[n]],
+            r"exclude holds N, which is no leaf state of this trie \(0..N-1, -1 pads\)",
+        ),
+        (lambda n: [[-2]], "exclude holds -2, which is no leaf state"),
+        (lambda n: [0, 1], r"exclude must have shape \(1, M\), one row of leaf states per query"),
+        (lambda n: [[0], [1]], r"got \(2, 1\)"),
+        (lambda n: [[0.0]], "exclude must be an integer tensor of leaf states, got torch.float32"),
+    ],
+)
+def test_an_exclude_of_another_shape_or_trie_is_refused(exclude, words):
+    """A leaf state past this trie's (one of a grown index's trie) masked other IDs' prefixes."""
+    sizes = [3, 3]
+    trie = PrefixTrie.from_codes(catalog(6, sizes, seed=0), sizes)
+    n = trie.num_ids
+    words = words.replace("N-1", str(n - 1)).replace("N", str(n))
+    model = TableModel(sizes, 1)
+    with pytest.raises(SemidError, match=words):
+        constrained_beam_search(model, torch.arange(1), trie, 4, exclude=torch.tensor(exclude(n)))
+    out = constrained_beam_search(model, torch.arange(1), trie, 4, exclude=[[n - 1, -1]])
+    assert (out.codes[0] >= 0).all()  # a list is read as a tensor

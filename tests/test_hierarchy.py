@@ -6,6 +6,7 @@ import torch
 from semid.errors import SemidError
 from semid.hierarchy import (
     ancestors_within,
+    check_pairs,
     closure_reconstruction,
     is_pair,
     pair_keys,
@@ -69,6 +70,14 @@ def test_is_pair_matches_a_brute_force_lookup():
     )
     assert torch.equal(is_pair(keys, u, v, 30), brute)
     assert not is_pair(pair_keys(pairs[:0], 30), u, v, 30).any()
+
+
+def test_pairs_must_be_integer_rows_in_range():
+    assert check_pairs([[1, 0], [2, 1]], 3).dtype == torch.int64
+    for bad, words in (([[1.5, 0.0]], "integer row indices, got torch.float32"),
+                       ([[3, 0]], "pairs must be"), ([1, 0], "pairs must be")):  # fmt: skip
+        with pytest.raises(SemidError, match=words):
+            check_pairs(torch.tensor(bad), 3)
 
 
 def test_ranking_loss_is_the_softmax_loss_without_invalid_negatives():

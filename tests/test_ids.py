@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,6 +126,38 @@ def test_rejects_bad_construction(tmp_path):
         SemanticIDs(["a"], torch.tensor([[5]]), [2])
     with pytest.raises(SemidError, match="not a semantic-ID index"):
         SemanticIDs.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "keys, codes, sizes, words",
+    [
+        ([1, 2], [[0, 0], [0, 1]], [4, 4], "item keys must be strings, got int 1"),
+        (
+            ["a", "b"],
+            [[0.7, 0.2], [0.1, 1.9]],
+            [4, 4],
+            "must be an integer tensor, got torch.float32",
+        ),
+        (["a"], [[0, 0]], [4.0, 4.0], "codebook sizes must be integers >= 1, got 4.0"),
+        (["a"], [[0, 0]], ["4", "4"], "codebook sizes must be integers >= 1, got '4'"),
+        (["a"], [[0, 0]], 4, "codebook sizes must be a list of integers, got int"),
+    ],
+)
+def test_the_constructor_refuses_what_save_or_lookups_could_not_keep(keys, codes, sizes, words):
+    """Integer keys saved and could not be loaded; float codes were truncated; float or numpy
+    sizes passed and failed in save or stats."""
+    with pytest.raises(SemidError, match=words):
+        SemanticIDs(keys, torch.tensor(codes), sizes)
+
+
+def test_the_index_keeps_its_own_keys_and_codes(tmp_path):
+    keys, codes = ["a", "b"], torch.tensor([[0, 0], [0, 1]])
+    ids = SemanticIDs(keys, codes, np.array([4, 4]))
+    ids.add(["c"], torch.tensor([[1, 1]]))
+    codes[1, 1] = 0
+    assert keys == ["a", "b"] and ids.key_of((0, 1)) == "b" and ids.codes[1].tolist() == [0, 1]
+    ids.save(tmp_path / "index")  # numpy sizes are plain ints: JSON takes them
+    assert SemanticIDs.load(tmp_path / "index").codebook_sizes == [4, 4]
 
 
 def test_a_grown_index_keeps_the_files_beside_it_and_a_rebuilt_one_does_not(tmp_path):

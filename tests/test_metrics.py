@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,56 @@ def test_an_id_ranked_twice_counts_once_and_bad_shapes_are_named():
     assert compute_metrics([[1, 2]], [2], ks=(2,))["recall@2"] == 1.0  # lists are taken
     with pytest.raises(SemidError, match=r"ranked must be \(B, K\) and targets"):
         compute_metrics(torch.tensor([[1, 2]]), torch.tensor([2, 3]), ks=(2,))
+
+
+R, T, T2 = (
+    torch.tensor([[3, 1, 2], [0, 2, 1]]),
+    torch.tensor([1, 5]),
+    torch.tensor([[1, 2], [5, -1]]),
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (
+            {"num_relevant": torch.tensor([1, 1])},
+            "query 0 lists 2 relevant targets but num_relevant says 1",
+        ),
+        (
+            {"num_relevant": torch.tensor([0, 1])},
+            "query 0 lists 2 relevant targets but num_relevant says 0",
+        ),
+        ({"num_relevant": torch.tensor([2.5, 1.0])}, "num_relevant must hold whole numbers"),
+        (
+            {"num_relevant": [2, 2, 2]},
+            r"num_relevant must be \(2,\), one count per query, got \(3,\)",
+        ),
+        (
+            {"grades": torch.tensor([[float("nan"), 1.0], [1.0, 0.0]])},
+            "grades of listed targets must be numbers above 0",
+        ),
+        (
+            {"grades": torch.tensor([[-3.0, 1.0], [1.0, 0.0]])},
+            "grades of listed targets must be numbers above 0",
+        ),
+        ({"grades": [[2.0, 1.0]]}, r"grades must have the shape of targets \(B, T\), got \(1, 2\)"),
+        ({"ks": 3}, r"ks must be a sequence, got 3; write e.g. ks=\(5, 10\)"),
+        ({"ks": (2.5,)}, "k must be an integer, got 2.5"),
+        ({"names": "recall"}, "names must be a sequence, got 'recall'"),
+    ],
+)
+def test_inputs_that_would_give_metrics_above_one_or_nan_are_refused(kwargs, words):
+    """NDCG 1.63 and MAP 2.0 came back for a num_relevant below the listed targets; NaN or
+    negative grades gave NDCG 0; one k or one name failed deep inside, or was read letter by letter."""
+    with pytest.raises(SemidError, match=words):
+        compute_metrics(R, T2, **{"ks": (3,), "names": ("recall", "ndcg", "map"), **kwargs})
+
+
+def test_no_queries_and_lists_of_counts_and_grades():
+    with pytest.raises(SemidError, match=r"no queries to score \(B = 0\)"):
+        compute_metrics(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    listed = compute_metrics(R, T2, ks=(3,), names=("recall", "ndcg"), num_relevant=[2, 3],
+                             grades=[[2.0, 1.0], [1.0, 0.0]])  # fmt: skip
+    assert listed["recall@3"] == pytest.approx(0.5) and 0 < listed["ndcg@3"] < 1
+    assert compute_metrics(R, T, ks=(np.int64(2),))["recall@2"] == 0.5  # numpy integers are ks

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_BERT, TINY_GENERATORS
@@ -31,7 +32,7 @@ from semid.models import (
 from semid.quantization import build_quantizer
 from semid.ranking import BeamRanker, ScoreRanker, ranker_for
 from semid.runs import load_run, read_metrics, update_metrics, write_run
-from semid.tasks import EvalOptions, get_task, load_predictor
+from semid.tasks import EvalOptions, IndexSource, get_task, load_predictor
 from semid.tasks import recommend as recommend_module
 from semid.tasks.recommend import RecommendSpec, rank_split
 from semid.training import TrainConfig
@@ -485,3 +486,39 @@ def test_subset_positions_spread_evenly_over_the_whole_range():
     assert subset_positions(10, 3).tolist() == [0, 4, 9]
     assert subset_positions(5, None).tolist() == subset_positions(5, 9).tolist() == [0, 1, 2, 3, 4]
     assert subset_positions(1000, 4).tolist() == [0, 333, 666, 999]
+
+
+def test_relative_data_paths_given_to_the_library_are_kept_absolute(tmp_path, monkeypatch):
+    """A run trained from the library on `RecommendSpec(dataset="data/log.csv")` kept the path as
+    given, and was "gone" when evaluated from another folder (the CLI resolved it)."""
+    (tmp_path / "data").mkdir()
+    rows = [f"u{u},m{(u * 3 + t) % 12},{100 * u + t}" for u in range(8) for t in range(5)]
+    (tmp_path / "data" / "log.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    task = get_task("recommend")
+    source = IndexSource(dataset="data/log.csv")
+    task.build_index(source, "rqkmeans:2x4", tmp_path / "idx")
+    spec = RecommendSpec(dataset="data/log.csv", model="pop", train=TrainConfig(max_epochs=1))
+    task.train(spec, tmp_path / "run", tmp_path / "idx", device="cpu")
+    assert load_run(tmp_path / "run").spec["dataset"] == str(tmp_path / "data" / "log.csv")
+    monkeypatch.chdir(tmp_path / "data")
+    assert "recall@10" in task.evaluate(load_run(tmp_path / "run"), EvalOptions(ks=(10,)))
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"ks": ()}, r"ks must be a non-empty sequence of cut-offs, e.g. \(5, 10\); got \(\)"),
+        ({"ks": 10}, "ks must be a non-empty sequence"),
+        ({"ks": (2.5,)}, "k must be an integer >= 1, got 2.5"),
+        ({"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),
+        ({"max_users": 0}, "max_users must be an integer >= 1, got 0"),
+        ({"device": "tpu"}, "--device must be cpu, cuda, cuda:N or auto"),
+    ],
+)
+def test_eval_options_given_by_the_library_are_checked(options, words):
+    """They failed inside the evaluation (``max() arg is an empty sequence``), or were read as
+    something else (``num_beams=0`` as the run's)."""
+    with pytest.raises(SemidError, match=words):
+        EvalOptions(**options)
+    assert EvalOptions(ks=[np.int64(3)], device="auto").ks == (3,)

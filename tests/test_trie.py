@@ -107,6 +107,8 @@ def test_invalid_states_and_codes_are_rejected_softly():
         -1,
     ]
     assert trie.contains(torch.tensor([[0, 1], [0, 2], [-1, 0]])).tolist() == [True, False, False]
+    with pytest.raises(SemidError, match="codes must be an integer tensor, got torch.float32"):
+        trie.contains(torch.tensor([[0.9, 1.2]]))  # it was read as [0, 1]
 
 
 def test_small_dtypes_and_bytes_per_id():

@@ -9,8 +9,10 @@ new module that subclasses :class:`Task` and registers itself here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import numbers
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -44,6 +46,7 @@ from semid.runs import (
     read_run_config,
     training_index_remover,
 )
+from semid.tasks.data import resolve_dataset
 from semid.wording import counted
 
 _TASKS: dict[str, Task] = {}
@@ -87,6 +90,22 @@ class EvalOptions:
     item_mix: float | None = None  # weight of a generator's item or image head (None: the run's)
     max_users: int | None = None  # recommend: an evenly spaced subset of the split's users
     max_queries: int | None = None  # retrieve, text2image: an evenly spaced subset of test queries
+
+    def __post_init__(self) -> None:
+        """Library callers get the checks the command line makes (`semid eval`'s flags)."""
+        if isinstance(self.ks, str | bytes) or not isinstance(self.ks, Sequence) or not self.ks:
+            raise SemidError(
+                f"ks must be a non-empty sequence of cut-offs, e.g. (5, 10); got {self.ks!r}"
+            )
+        for name, value in (*(("k", k) for k in self.ks), ("batch_size", self.batch_size),
+                            ("num_beams", self.num_beams), ("max_users", self.max_users),
+                            ("max_queries", self.max_queries)):  # fmt: skip
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+            ):
+                raise SemidError(f"{name} must be an integer >= 1, got {value!r}")
+        self.ks = tuple(int(k) for k in self.ks)
+        self.device = resolve_device(str(self.device))
 
 
 def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> None:
@@ -164,6 +183,7 @@ class Task(ABC):
                     seed: int = 0, **options: Any) -> tuple[Any, list[str]]:  # fmt: skip
         """Build and save an ID index at ``out`` (one writer at a time); returns it and lines worth
         telling the user."""
+        source = with_absolute_data(source)
         with write_lock(out, f"index {out}"):
             check_index_out(Path(out))
             return self._build_index(source, quantizer, Path(out), collisions, seed, **options)
@@ -173,7 +193,7 @@ class Task(ABC):
         """Train a run into ``out`` (resumable; one writer at a time); returns a summary (steps,
         seconds, valid metrics). A folder holding another task's or model's run is refused before
         anything in it changes."""
-        out = Path(out)
+        out, spec = Path(out), with_absolute_data(spec)
         if index is not None:
             check_out_beside_index(out, Path(index))
         check_out_of_runs(out)
@@ -257,6 +277,14 @@ class Task(ABC):
     def spec_of(self, run: Run) -> Any:
         """The run's spec as this task's typed dataclass."""
         return config_from_dict(self.spec_class, run.spec, f"{run.path}/config.json")
+
+
+def with_absolute_data(spec: Any) -> Any:
+    """A spec or `IndexSource` whose data paths (``dataset``, ``items``) are absolute, as the CLI
+    gives them: a run or index made with a relative one would find its data from one folder only."""
+    paths = {name: resolve_dataset(getattr(spec, name)) for name in ("dataset", "items")
+             if isinstance(getattr(spec, name, None), str)}  # fmt: skip
+    return dataclasses.replace(spec, **paths) if paths else spec
 
 
 def check_out_beside_index(out: Path, index: Path) -> None:
