@@ -141,12 +141,18 @@ class SemanticIDs:
 
     def rows_of_codes(self, codes: Tensor) -> Tensor:
         """Item row (…,) of each code tuple in codes (…, L); -1 where no item has that ID."""
+        codes = torch.as_tensor(codes)
+        if codes.ndim == 0 or codes.shape[-1] != self.levels:
+            raise SemidError(
+                f"codes must have shape (..., {self.levels}), got {tuple(codes.shape)}"
+            )
         flat = codes.reshape(-1, codes.shape[-1]).tolist()
         rows = [self._row_of_code.get(tuple(c), -1) for c in flat]
         return torch.tensor(rows, dtype=torch.long).reshape(codes.shape[:-1])
 
     def rows_of_keys(self, keys: Sequence[str]) -> Tensor:
         """Item rows (M,) of keys; unknown keys raise SemidError."""
+        keys = _string_keys(keys)
         missing = [k for k in keys if k not in self._row_of_key]
         if missing:
             raise SemidError(f"{len(missing)} unknown item keys, e.g. {missing[0]!r}")
@@ -416,6 +422,10 @@ def _on_cpu(values: Any) -> Any:
 def _string_keys(keys: Sequence[str]) -> list[str]:
     """``keys`` as a list; SemidError naming the first that is not a string (an index saved with
     integer keys could not be loaded back)."""
+    if isinstance(keys, str):  # list("k1") would be the keys "k" and "1"
+        raise SemidError(
+            f"item keys must be a list of strings, got the string {keys!r}; pass [{keys!r}]"
+        )
     keys = list(keys)
     bad = next((k for k in keys if not isinstance(k, str)), None)
     if bad is not None:

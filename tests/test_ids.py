@@ -268,3 +268,15 @@ def test_save_refuses_a_folder_that_is_not_an_index(tmp_path):
     ids.save(tmp_path / "idx")
     ids.save(tmp_path / "idx")  # an earlier index is replaced
     assert SemanticIDs.load(tmp_path / "idx").keys == ids.keys
+
+
+def test_one_key_as_a_string_and_codes_of_another_length_are_named():
+    """``rows_of_keys("k1")`` looked up "k" and "1"; a short code tuple was looked up as absent."""
+    ids = SemanticIDs(["k1", "k2"], torch.tensor([[0, 0], [0, 1]]), [2, 2])
+    with pytest.raises(SemidError, match=r"got the string 'k1'; pass \['k1'\]"):
+        ids.rows_of_keys("k1")
+    with pytest.raises(SemidError, match="got the string 'zz'"):
+        ids.add("zz", torch.tensor([[1, 1]]))
+    with pytest.raises(SemidError, match=r"codes must have shape \(..., 2\), got \(1, 3\)"):
+        ids.rows_of_codes(torch.tensor([[0, 0, 0]]))
+    assert ids.rows_of_codes([[0, 1], [1, 1]]).tolist() == [1, -1]
