@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from semid.cli.main import main
+from semid.data.interaction_files import look_alike_across
 from semid.ids import SemanticIDs, load_quantizer
 from semid.indexing import added_texts
 
@@ -450,3 +451,23 @@ def test_the_crowding_note_names_item_texts_only_for_vectors_from_interactions()
     plain = crowding_note(crowded)
     assert "--items" not in plain and "up to 3,096 items share one" in plain
     assert crowding_note({"collision_rate_before": 0.1, "max_items_per_id_before": 2}) is None
+
+
+def test_an_added_key_that_is_an_indexed_one_written_another_way_gets_a_note(
+    tmp_path, embeddings, capsys
+):
+    """A catalogue re-saved by a spreadsheet writes 7 as 7.0: added as a new item, now with the
+    note that training gives for such ids."""
+    x_path, keys_path = embeddings
+    keys_path.write_text("".join(f"{i}\n" for i in range(300)))
+    out = tmp_path / "idx"
+    assert main(build_args(x_path, keys_path, out)) == 0
+    np.save(tmp_path / "new.npy", np.random.default_rng(1).normal(size=(2, 16)))
+    (tmp_path / "new.txt").write_text("fresh\n7.0\n")
+    capsys.readouterr()
+    assert main(["index", "add", str(out), "--items", str(tmp_path / "new.npy"), "--keys",
+                 str(tmp_path / "new.txt")]) == 0  # fmt: skip
+    assert "the indexed item '7' and '7.0' of " in (err := capsys.readouterr().err)
+    assert "differ only by leading zeros or a '.0', and are two items" in err
+    assert look_alike_across(["7"], ["007", "8"]) == ("007", "7")
+    assert look_alike_across(["9", "70"], ["7", "007x"]) is None

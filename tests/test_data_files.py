@@ -109,6 +109,17 @@ def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
         ("log.jsonl", b'{"user": 1}\n[1, 2]\n', "line 2 is a list, not a JSON object"),
         ("log.parquet", b"not parquet", "not a readable Parquet file"),
         ("log.csv.gz", b"not gzip", "cannot read interactions file"),
+        (
+            "log.csv",
+            b"user,item,item\n1,2,3\n",
+            "has two columns named 'item'; rename or remove one",
+        ),
+        (
+            "log.tsv",
+            b"user\titem\n1\t2\nuser\titem\n3\t4\n",
+            "line 3 repeats the header line (files joined?)",
+        ),
+        ("log.csv", b"user,item\n1,2\n\xef\xbb\xbfuser,item\n", "line 3 repeats the header line"),
     ],
 )
 def test_read_table_errors_are_one_line(tmp_path: Path, name: str, content: bytes, words: str):
@@ -930,3 +941,27 @@ def test_keys_are_numbered_in_arrow_as_pandas_numbers_their_strings(chunks):
     assert keys.dtype == object and keys.tolist() == expected_keys.tolist()
     with pytest.raises(SemidError, match="line 3: empty user id"):
         factorized_keys(pa.chunked_array([["a", " "]]), Path("x.csv"), "user id", trim=True)
+
+
+def test_files_joined_end_to_end_lose_their_inner_byte_order_marks(tmp_path: Path) -> None:
+    """A BOM at the start of the second file's first line joined its first cell: user
+    '\ufeffu1' beside u1, whose event was then dropped as another user's only one."""
+    (tmp_path / "a.csv").write_bytes(
+        b"\xef\xbb\xbfuser,item,timestamp\nu1,a,1\nu1,b,2\n\xef\xbb\xbfu1,c,3\n"
+    )
+    assert read_table(tmp_path / "a.csv", "f").column("user").to_pylist() == ["u1"] * 3
+    assert load_interaction_files(tmp_path / "a.csv").interactions.num_users == 1
+
+
+def test_timestamps_in_seconds_and_milliseconds_are_refused(tmp_path: Path) -> None:
+    """Two logs merged, one in milliseconds: its events sorted after every other one."""
+    (tmp_path / "a.csv").write_text("user,item,timestamp\nu1,1,1600000000000\nu1,2,1600000100\n"
+                                    "u1,3,1600000200\n")  # fmt: skip
+    words = (r"mixes seconds \(line 3: 1600000100\) and milliseconds \(line 2: 1600000000000\); "
+             "write every timestamp in one unit")  # fmt: skip
+    with pytest.raises(SemidError, match=words):
+        load_interaction_files(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("user,item,timestamp\nu1,1,1\nu1,2,2\nu1,3,1600000000000\n")
+    assert (
+        load_interaction_files(tmp_path / "b.csv").interactions.num_items == 3
+    )  # sequence numbers

@@ -405,3 +405,18 @@ def test_json_lines_end_at_line_feeds_only(tmp_path):
     assert read_lines(tmp_path / "q.txt", "queries file") == ["a query\u2028still one", "another"]
     (tmp_path / "mac.txt").write_bytes(b"one\rtwo\r")  # an old Mac's line ends
     assert read_lines(tmp_path / "mac.txt", "queries file") == ["one", "two"]
+
+
+def test_documents_files_joined_end_to_end(tmp_path):
+    """A BOM starting a later line (two exported files joined) is no content; a second "text"
+    column was read instead of the first, unsaid."""
+    bom = "\ufeff"
+    path = _write(tmp_path / "d.jsonl", [bom + json.dumps({"id": "a", "text": "x"}),
+                                         bom + json.dumps({"id": "b", "text": "y"})])  # fmt: skip
+    assert read_documents(path).ids == ["a", "b"]
+    (tmp_path / "d.csv").write_text("id,text,text\nd0,first,second\n")
+    with pytest.raises(SemidError, match="has two columns named 'text'; rename or remove one"):
+        read_documents(tmp_path / "d.csv")
+    (tmp_path / "e.csv").write_text("id,text\nd0,first\nid,text\nd1,second\n")
+    with pytest.raises(SemidError, match="line 3 repeats the header line"):
+        read_documents(tmp_path / "e.csv")

@@ -288,9 +288,11 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
 
 
 def _json_records(text: str, path: Path) -> Iterator[tuple[str, str, dict]]:
-    """("line N", "PATH line N", object) for every non-blank line of JSON Lines."""
+    """("line N", "PATH line N", object) for every non-blank line of JSON Lines; a byte-order mark
+    that starts a line (files joined end to end) is no content."""
     first = True
     for number, line in enumerate(lines_of(text), start=1):
+        line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         label, where = f"line {number}", f"{path} line {number}"

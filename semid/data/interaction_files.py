@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,7 @@ def load_interaction_files(
         times = np.arange(len(user_code), dtype=np.int64)
     else:
         times = _timestamps(table[time_col], path)
+        _check_one_unit(times, path)
     events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
     if items is None and "text" in columns:
@@ -392,6 +394,20 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
     raise SemidError(f"{path}: cannot read timestamps of type {kind}; use integer seconds")
 
 
+def _check_one_unit(seconds: np.ndarray, path: Path) -> None:
+    """SemidError when numeric timestamps mix seconds and milliseconds since 1970 (two logs merged):
+    seconds of recent decades lie in [1e8, 1e11) and milliseconds past 1973 in [1e11, 1e14), so
+    a column with both would order the merged events by unit, not by time."""
+    in_seconds = np.flatnonzero((seconds >= 1e8) & (seconds < 1e11))
+    in_millis = np.flatnonzero((seconds >= 1e11) & (seconds < 1e14))
+    if in_seconds.size and in_millis.size:
+        raise SemidError(
+            f"{path}: the timestamp column mixes seconds ({row_label(path, int(in_seconds[0]))}: "
+            f"{seconds[in_seconds[0]]}) and milliseconds ({row_label(path, int(in_millis[0]))}: "
+            f"{seconds[in_millis[0]]}); write every timestamp in one unit"
+        )
+
+
 def _mixed_datetimes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
     """Seconds from datetime strings that mix UTC offsets (ISO 8601 without one is taken as UTC)
     or forms (ISO 8601 and NAMED_DATETIME_FORMATS); the first value that is no datetime raises,
@@ -445,12 +461,9 @@ def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
     (``'007'`` and ``'7'``, ``'07'`` and ``'7.0'``): likely one id; None when there are none.
     Only such odd forms can have a twin, so the rest of the keys are only looked up."""
     strings = pa.array(keys, pa.string())
-    odd = pc.filter(strings, pc.match_substring_regex(strings, r"^(0+\d+(\.0+)?|\d+\.0+)$"))
+    odd, plain = _odd_and_plain_forms(strings)
     if len(odd) == 0:
         return None
-    plain = pc.replace_substring_regex(
-        pc.replace_substring_regex(odd, r"\.0+$", ""), r"^0+(\d)", r"\1"
-    )
     with_plain = pc.is_in(plain, value_set=strings).to_numpy(zero_copy_only=False)
     if with_plain.any():  # '007' beside '7'
         first = int(np.flatnonzero(with_plain)[0])
@@ -461,6 +474,32 @@ def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
         return None
     same = np.flatnonzero((forms == forms[twins[0]]).to_numpy())
     return str(odd[int(same[0])]), str(odd[int(same[1])])
+
+
+def _odd_and_plain_forms(strings: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The keys written as a number with leading zeros or a '.0' (``'007'``, ``'7.0'``), and each
+    of them written plainly (``'7'``)."""
+    odd = pc.filter(strings, pc.match_substring_regex(strings, r"^(0+\d+(\.0+)?|\d+\.0+)$"))
+    plain = pc.replace_substring_regex(
+        pc.replace_substring_regex(odd, r"\.0+$", ""), r"^0+(\d)", r"\1"
+    )
+    return odd, plain
+
+
+def look_alike_across(new: Sequence[str], known: Sequence[str]) -> tuple[str, str] | None:
+    """A known key and a new one that are one number written two ways (an indexed ``'7'`` and a
+    new ``'7.0'`` or ``'007'``, or the other way round), as (known, new); None when none is."""
+    new_keys, known_keys = pa.array(list(new), pa.string()), pa.array(list(known), pa.string())
+    for odd_side, other, odd_is_new in (
+        (new_keys, known_keys, True),
+        (known_keys, new_keys, False),
+    ):
+        odd, plain = _odd_and_plain_forms(odd_side)
+        found = np.flatnonzero(pc.is_in(plain, value_set=other).to_numpy(zero_copy_only=False))
+        if found.size:
+            pair = (str(plain[int(found[0])]), str(odd[int(found[0])]))
+            return pair if odd_is_new else pair[::-1]
+    return None
 
 
 def _whole_if_possible(seconds: np.ndarray) -> np.ndarray:

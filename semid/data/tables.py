@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -97,7 +98,30 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
             raise SemidError(f"{what} {path} has no rows, only a header line ({header}); if that "
                              "line is data, add a header line naming the columns above it")  # fmt: skip
         raise SemidError(f"{what} {path} has no rows{f' (columns: {header})' if names else ''}")
+    twice = next((n for n, count in Counter(table.column_names).items() if count > 1), None)
+    if twice is not None:  # a reader would take one of them, unsaid
+        raise SemidError(f"{what} {path} has two columns named {twice!r}; rename or remove one")
+    if fmt in ("csv", "tsv"):
+        table = _without_joined_files_marks(table, path, what)
     return table
+
+
+def _without_joined_files_marks(table: pa.Table, path: Path, what: str) -> pa.Table:
+    """A delimited table without the byte-order marks that files joined end to end leave at the
+    start of a line (they would join the first cell: a user ``\ufeffu10`` beside ``u10``);
+    SemidError for a line that repeats the header, which such a join leaves as a row of data."""
+    first = table.column(0)
+    if pc.any(pc.starts_with(first, "\ufeff")).as_py():
+        table = table.set_column(0, table.column_names[0], pc.utf8_ltrim(first, "\ufeff"))
+    repeats = None
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        same = pc.equal(column, name)
+        repeats = same if repeats is None else pc.and_(repeats, same)
+        if not pc.any(repeats).as_py():
+            return table
+    row = int(np.flatnonzero(pc.fill_null(repeats, False).to_numpy(zero_copy_only=False))[0])
+    raise SemidError(f"{what} {path} {row_label(path, row)} repeats the header line (files "
+                     "joined?); remove it")  # fmt: skip
 
 
 def _read_json_lines(path: Path, what: str) -> pa.Table:

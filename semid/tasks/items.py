@@ -14,6 +14,7 @@ from semid.data.interaction_files import (
     ITEM_KEY_COLUMNS,
     item_text_table,
     load_interaction_files,
+    look_alike_across,
     read_item_texts,
 )
 from semid.data.interactions import keyed_by_rows
@@ -30,7 +31,7 @@ from semid.graph import unique_edges
 from semid.ids import SemanticIDs
 from semid.indexing import AUTO, build_ids
 from semid.models import model_class
-from semid.notes import tell
+from semid.notes import note, tell
 from semid.quantization import build_quantizer
 from semid.tasks.base import IndexSource, rows_to_add
 from semid.tasks.specs import RecommendSpec
@@ -237,7 +238,13 @@ def _new_rows(keys: list[str], indexed: SemanticIDs | None, skip_indexed: bool,
         raise SemidError(f"{path} gives item {repeated!r} more than once; list each item once")
     if indexed is None:
         return list(range(len(keys)))
-    return rows_to_add(keys, indexed.__contains__, "item", str(path), skip_indexed, "give new keys")
+    rows = rows_to_add(keys, indexed.__contains__, "item", str(path), skip_indexed, "give new keys")
+    twins = look_alike_across([keys[i] for i in rows], indexed.keys)
+    if twins is not None:
+        note(f"the indexed item {twins[0]!r} and {twins[1]!r} of {path} differ only by "
+             "leading zeros or a '.0', and are two items (ids are compared as text); write the "
+             "id as the index has it if they are one item")  # fmt: skip
+    return rows
 
 
 def _names_an_item_column(first_line: str) -> bool:
