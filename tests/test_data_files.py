@@ -102,6 +102,11 @@ def test_gzipped_parquet_and_recbole_tsv(tmp_path: Path) -> None:
             "only a header line ('zz2-a', 'some text'); if that line is data, add a header line",
         ),
         ("log.csv", b"user,item\n1,2\n3,\xff\n", "line 3 is not UTF-8"),
+        (
+            "log.csv",
+            "user,item\n1,2\n".encode("utf-16"),
+            'is UTF-16 text (as Excel\'s "Unicode Text" saves)',
+        ),
         ("log.jsonl", b'{"user": "1"}\n{"user": "\xff"}\n', "line 2 is not UTF-8"),
         ("log.csv", b"user,item\n1,2\n3,4,5\n", "line 3 is malformed (Expected 2 columns, got 3"),
         ("log.tsv", b"user\titem\n1\n", "line 2 is malformed"),

@@ -420,3 +420,12 @@ def test_documents_files_joined_end_to_end(tmp_path):
     (tmp_path / "e.csv").write_text("id,text\nd0,first\nid,text\nd1,second\n")
     with pytest.raises(SemidError, match="line 3 repeats the header line"):
         read_documents(tmp_path / "e.csv")
+
+
+def test_a_body_beside_the_text_is_named_as_left_unread(tmp_path, capsys):
+    path = _write(
+        tmp_path / "d.jsonl", [json.dumps({"id": i, "text": "t", "body": "b"}) for i in "ab"]
+    )
+    assert read_documents(path).texts == ["t", "t"]
+    said = capsys.readouterr().err
+    assert '2 documents give both "text" and "body" (first: line 1); "text" is the document' in said

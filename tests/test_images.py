@@ -672,3 +672,16 @@ def test_a_subset_keeps_each_images_labels_captions_and_split_marks():
     assert part.captions == ["cd", "ca"] and part.more_captions == [("d2",), ("a2",)]
     assert part.given_test.tolist() == [True, False] and part.name == "part"
     assert len(data.subset([])) == 0 and data.subset([1]).name == data.name
+
+
+def test_an_empty_image_file_and_a_utf16_captions_file_say_what_they_are(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(b"")  # an interrupted copy
+    with pytest.raises(
+        SemidError, match=r"cannot read image .*a.png: it is empty \(0 bytes\); replace"
+    ):
+        read_image(tmp_path / "cat" / "a.png")
+    write_png(tmp_path / "cat" / "a.png", (4, 4), 1)
+    (tmp_path / "captions.tsv").write_bytes("cat/a.png\ta cat\n".encode("utf-16"))
+    with pytest.raises(SemidError, match=r"captions.tsv is UTF-16 text .*; save it as UTF-8"):
+        load_image_folder(tmp_path)

@@ -40,10 +40,11 @@ from semid.data.tables import (
     read_table,
     table_format,
 )
-from semid.data.text_files import lines_of
+from semid.data.text_files import lines_of, not_utf8
 from semid.errors import SemidError
 from semid.json_values import is_key
-from semid.wording import json_kind
+from semid.notes import note
+from semid.wording import counted, json_kind
 
 
 @dataclass(frozen=True)
@@ -317,8 +318,12 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
     """The documents of (line or row label, the same after the file's name, record) triples, in
     order (ids must be unique), and the grades they give that are not 1."""
     docs, first, grades = [], {}, {}
+    unread: dict[str, tuple[str, int]] = {}  # a body field beside "text": (first label, count)
     for label, where, record in records:
         doc = _document(record, where)
+        for name in _unread_bodies(record):
+            first_label, count = unread.get(name, (label, 0))
+            unread[name] = (first_label, count + 1)
         if doc.id in first:
             raise SemidError(
                 f"{path} {label} repeats id {doc.id!r} (first at {first[doc.id]}); ids must be unique"
@@ -326,7 +331,18 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
         first[doc.id] = label
         docs.append(doc)
         grades |= _grades(record, where, doc)
+    for name, (label, count) in unread.items():
+        note(f"{path}: {counted(count, 'document gives', 'documents give')} both \"text\" and \"{name}\" (first: "
+             f'{label}); "text" is the document text and "{name}" is left unread')  # fmt: skip
     return docs, grades
+
+
+def _unread_bodies(record: dict) -> list[str]:
+    """The body fields (`BODY_FIELDS`) with a text that a record's "text" leaves unread."""
+    if _field(record, ("text",), "")[0] is None:
+        return []
+    return [name for name in _loose_fields(tuple(k for k in record if isinstance(k, str)), BODY_FIELDS)
+            if isinstance(record[name], str) and record[name].strip()]  # fmt: skip
 
 
 def _grades(record: dict, where: Place, doc: Document) -> dict[tuple[str, str], float]:
@@ -367,8 +383,7 @@ def _decode(raw: bytes, path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise SemidError(f"{path} line {line} is not UTF-8 text; save the file as UTF-8") from None
+        raise not_utf8(raw, e, str(path)) from None
 
 
 def write_documents(path: str | os.PathLike, documents: Sequence[Document],

@@ -76,8 +76,10 @@ def _read_sized(path: Path, min_size: int | None) -> tuple[np.ndarray, int]:
             "against decompression bombs); shrink it (semid works at 64 px or less)"
         ) from None
     except OSError as e:
+        empty = path.is_file() and path.stat().st_size == 0  # an interrupted copy, say
+        why = "it is empty (0 bytes)" if empty else str(e)
         raise SemidError(
-            f"cannot read image {path}: {e}; replace the file or move it out of the collection"
+            f"cannot read image {path}: {why}; replace the file or move it out of the collection"
         ) from None
 
 

@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from semid.data.text_files import lines_of
+from semid.data.text_files import lines_of, not_utf8
 from semid.errors import SemidError
 from semid.wording import counted, json_kind
 
@@ -247,8 +247,7 @@ def _explain(path: Path, fmt: str, what: str, error: Exception) -> SemidError:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        return SemidError(f"{what} {path} line {line} is not UTF-8 text; save the file as UTF-8")
+        return not_utf8(data, e, f"{what} {path}")
     if fmt == "jsonl":
         if text.lstrip("\ufeff \t\r\n").startswith("["):
             return SemidError(

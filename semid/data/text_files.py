@@ -8,6 +8,18 @@ from pathlib import Path
 
 from semid.errors import SemidError, cannot_read
 
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # little- and big-endian byte-order marks
+
+
+def not_utf8(data: bytes, error: UnicodeDecodeError, named: str) -> SemidError:
+    """The one-line error for ``data`` (the file ``named``) that failed to decode as UTF-8: the
+    line of the first bad byte, or that the file is UTF-16 (Excel's "Unicode Text" export)."""
+    if data.startswith(UTF16_MARKS):
+        return SemidError(f"{named} is UTF-16 text (as Excel's \"Unicode Text\" saves); save it as "
+                          "UTF-8 (in Excel: \"CSV UTF-8\")")  # fmt: skip
+    line = data.count(b"\n", 0, error.start) + 1
+    return SemidError(f"{named} line {line} is not UTF-8 text; save it as UTF-8")
+
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     """The lines of a UTF-8 text file (a BOM skipped); SemidError naming ``what`` and the path if it is missing or
@@ -24,8 +36,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     try:
         return lines_of(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM is no content
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise SemidError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None
+        raise not_utf8(raw, e, f"{what} {path}") from None
 
 
 def lines_of(text: str) -> list[str]:
