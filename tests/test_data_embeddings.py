@@ -139,18 +139,28 @@ def test_not_two_dimensional(tmp_path: Path) -> None:
 def test_key_count_mismatch_names_both_counts(tmp_path: Path, x: torch.Tensor) -> None:
     np.save(tmp_path / "e.npy", x.numpy())
     (tmp_path / "k.txt").write_text("a\nb\nc\n")
-    with pytest.raises(SemidError, match=r"has 4 embeddings but .*k\.txt has 3 keys"):
+    with pytest.raises(SemidError, match=r"has 4 embeddings but .*k\.txt has 3 keys; they must"):
+        load_embeddings(tmp_path / "e.npy", tmp_path / "k.txt")
+    (tmp_path / "k.txt").write_text("key\na\nb\nc\nd\n")
+    with pytest.raises(
+        SemidError, match=r"has 5 keys \(is line 1, 'key', a header\? a keys file has none\)"
+    ):
+        load_embeddings(tmp_path / "e.npy", tmp_path / "k.txt")
+    (tmp_path / "k.txt").write_text('["a", "b", "c", "d"]')
+    with pytest.raises(SemidError, match=r"has 1 key \(it looks like JSON: write one key per line"):
         load_embeddings(tmp_path / "e.npy", tmp_path / "k.txt")
 
 
 def test_duplicate_and_blank_keys(tmp_path: Path, x: torch.Tensor) -> None:
     np.save(tmp_path / "e.npy", x.numpy())
     (tmp_path / "k.txt").write_text("a\nb\na\nb\n")
-    with pytest.raises(SemidError, match=r"2 duplicate key\(s\) \(first: 'a' at rows 0 and 2\)"):
+    with pytest.raises(SemidError, match=r"2 duplicate key\(s\) \(first: 'a', keys 1 and 3\)"):
         load_embeddings(tmp_path / "e.npy", tmp_path / "k.txt")
     (tmp_path / "k.txt").write_text("a\n\nc\nd\n")
     with pytest.raises(SemidError, match=r"1 blank line\(s\) \(first: line 2\)"):
         read_keys(tmp_path / "k.txt")
+    (tmp_path / "k.txt").write_text("a\nb\nc\nd\n\n\n")  # blank lines at the end are no keys
+    assert read_keys(tmp_path / "k.txt") == ["a", "b", "c", "d"]
 
 
 def test_ragged_and_null_parquet(tmp_path: Path) -> None:

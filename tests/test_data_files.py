@@ -546,6 +546,25 @@ def test_missing_text_can_be_dropped(tmp_path: Path) -> None:
     assert d.notes[1] == "dropped 1 user with fewer than 2 interactions (1 interaction)"
 
 
+def test_item_ids_written_one_way_in_the_log_and_another_in_the_items_file_are_named(
+    tmp_path: Path,
+) -> None:
+    """A spreadsheet re-saved the items file's 28 as 28.0: the fix was said to be
+    --missing-text drop, which then dropped every event."""
+    log = "user,item,timestamp\nu1,28,1\nu1,7,2\nu1,9,3\n"
+    paths = files(tmp_path, log, "item,text\n28.0,a\n7.0,b\n9.0,c\n")
+    words = (
+        "the items file writes '28.0' where the log writes '28': ids are compared as text, so write"
+    )
+    with pytest.raises(SemidError, match=words):
+        load_interaction_files(*paths)
+    paths = files(tmp_path, log, "item,text\n28.0,a\n7,b\n9,c\n")
+    d = load_interaction_files(*paths, missing_text="drop", min_interactions=1)
+    assert d.notes[0].endswith(
+        "(the items file writes '28.0' where the log writes '28': ids are compared as text)"
+    )
+
+
 # --- acceptance: ml-100k as plain files ------------------------------------------------------
 
 

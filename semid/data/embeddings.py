@@ -22,6 +22,7 @@ from semid.atomic import atomic_file
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.notes import note
+from semid.wording import counted
 
 FORMATS = (".npy", ".parquet", ".safetensors")
 TENSOR_NAME = "embeddings"  # the tensor read from and written to .safetensors files
@@ -105,9 +106,11 @@ def save_embeddings(
 
 def read_keys(path: str | Path) -> list[str]:
     """One key per line (a final newline is optional), without the spaces around it, as the
-    interaction and item tables read ids; blank lines are an error."""
+    interaction and item tables read ids; blank lines are an error, except at the end."""
     path = Path(path)
     keys = read_lines(path, "keys file")
+    while keys and not keys[-1].strip():
+        keys.pop()
     if not keys:
         raise SemidError(f"keys file {path} is empty; write one key per line")
     blank = [i for i, k in enumerate(keys) if not k.strip()]
@@ -242,9 +245,14 @@ def _as_matrix(x: np.ndarray, source: str) -> np.ndarray:
 def _check_keys(keys: Sequence[str], n: int, source: str, keys_source: str) -> None:
     """One unique key per row."""
     if len(keys) != n:
+        hint = ""
+        if keys and keys[0].lstrip().startswith("["):
+            hint = " (it looks like JSON: write one key per line, no brackets or quotes)"
+        elif len(keys) == n + 1:
+            hint = f" (is line 1, {keys[0]!r}, a header? a keys file has none)"
         raise SemidError(
-            f"{source} has {n} embeddings but {keys_source} has {len(keys)} keys; "
-            "they must match one to one"
+            f"{source} has {counted(n, 'embedding')} but {keys_source} has "
+            f"{counted(len(keys), 'key')}{hint}; they must match one to one"
         )
     if len(set(keys)) != len(keys):
         first: dict[str, int] = {}
@@ -252,7 +260,7 @@ def _check_keys(keys: Sequence[str], n: int, source: str, keys_source: str) -> N
             if k in first:
                 dups = len(keys) - len(set(keys))
                 raise SemidError(
-                    f"{keys_source} has {dups} duplicate key(s) (first: {k!r} at rows "
-                    f"{first[k]} and {i}); keys must be unique"
+                    f"{keys_source} has {dups} duplicate key(s) (first: {k!r}, keys "
+                    f"{first[k] + 1} and {i + 1}); keys must be unique"
                 )
             first[k] = i

@@ -225,14 +225,20 @@ def _without_textless_items(events: _Events, item_uniques: np.ndarray, catalog: 
         return events
     n, k = int(missing.sum()), len(pd.unique(events.item[missing]))
     first = item_uniques[events.item[missing][0]]
+    # (items file's key, log's key): one id written two ways, '28.0' beside '28', say
+    twins = look_alike_across(item_uniques[pd.unique(events.item[missing])], catalog.keys)
+    why = "" if twins is None else (f"the items file writes {twins[0]!r} where the log writes "
+                                    f"{twins[1]!r}: ids are compared as text")  # fmt: skip
+    textless = (f"{counted(n, 'interaction')} {'names' if n == 1 else 'name'} "
+                f"{counted(k, 'item')} without text in {catalog.path} (first: {first!r})")  # fmt: skip
+    if missing_text == "error" and twins is not None:
+        raise SemidError(f"{path}: {textless}; {why}, so write each id one way in both files")
     if missing_text == "error":
-        raise SemidError(
-            f"{path}: {counted(n, 'interaction')} {'names' if n == 1 else 'name'} {counted(k, 'item')} without text in {catalog.path} "
-            f"(first: {first!r}); add them to the items file or drop them "
-            f"(missing_text='drop', CLI --missing-text drop)"
-        )
+        raise SemidError(f"{path}: {textless}; add them to the items file or drop them "
+                         "(missing_text='drop', CLI --missing-text drop)")  # fmt: skip
     notes.append(
-        f"dropped {counted(n, 'interaction')} with {counted(k, 'item')} without text in {catalog.path}"
+        f"dropped {counted(n, 'interaction')} with {counted(k, 'item')} without text in "
+        f"{catalog.path}{f' ({why})' if why else ''}"
     )
     return events.kept(~missing)
 
