@@ -989,3 +989,14 @@ def test_timestamps_in_seconds_and_milliseconds_are_refused(tmp_path: Path) -> N
     assert (
         load_interaction_files(tmp_path / "b.csv").interactions.num_items == 3
     )  # sequence numbers
+
+
+def test_ids_in_two_unicode_forms_get_a_note(tmp_path: Path) -> None:
+    """'café' composed (Windows, Linux) and decomposed (macOS) are two items, now with a note."""
+    (tmp_path / "a.csv").write_text(
+        "user,item,timestamp\nu1,caf\u00e9,1\nu1,cafe\u0301,2\nu1,tea,3\n"
+    )
+    (note,) = load_interaction_files(tmp_path / "a.csv", min_interactions=1).notes
+    assert note.startswith(
+        "item ids 'caf\u00e9' and 'cafe\u0301' are one text in two Unicode forms"
+    )

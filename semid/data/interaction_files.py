@@ -168,6 +168,11 @@ def load_interaction_files(
             notes.append(f"{role} ids {twins[0]!r} and {twins[1]!r} differ only by leading zeros "
                          f"or a '.0', and are read as two {role}s (ids are compared as text); "
                          f"write one id one way if they are one {role}")  # fmt: skip
+        forms = _unicode_twins(uniques)
+        if forms is not None:
+            notes.append(f"{role} ids {forms[0]!r} and {forms[1]!r} are one text in two Unicode "
+                         f"forms (composed and decomposed accents, as Windows and macOS write "
+                         f"them), and are read as two {role}s; save the file in one form (NFC)")  # fmt: skip
 
     if missing_text == "keep":
         catalog = None  # every event stays; items are numbered from the log
@@ -480,6 +485,19 @@ def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
         return None
     same = np.flatnonzero((forms == forms[twins[0]]).to_numpy())
     return str(odd[int(same[0])]), str(odd[int(same[1])])
+
+
+def _unicode_twins(keys: np.ndarray) -> tuple[str, str] | None:
+    """Two distinct keys that are equal once Unicode-normalised (NFC): ``'café'`` composed and
+    decomposed; None when there are none. Only keys beyond ASCII can have such a twin."""
+    strings = pa.array(keys, pa.string())
+    wide = pc.filter(strings, pc.invert(pc.string_is_ascii(strings)))
+    forms = pd.Series(pc.utf8_normalize(wide, form="NFC").to_numpy(zero_copy_only=False))
+    twins = np.flatnonzero(forms.duplicated(keep=False).to_numpy())
+    if not twins.size:
+        return None
+    same = np.flatnonzero((forms == forms[twins[0]]).to_numpy())
+    return str(wide[int(same[0])]), str(wide[int(same[1])])
 
 
 def _odd_and_plain_forms(strings: pa.Array) -> tuple[pa.Array, pa.Array]:
