@@ -261,3 +261,6 @@ def _spread_over_twins(idx: Tensor, group: Tensor) -> Tensor:
     out = idx.clone()
     out[rows] = twins[first_twin[g] + occurrence % sizes[g]]
     return out
+
+
+__all__ = ["GraphRQVAE", "Interactions", "twin_groups"]

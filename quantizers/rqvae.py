@@ -327,3 +327,6 @@ class RQVAE(Quantizer):
         gen.set_state(payload["generator"])
         state.update(payload["state"])
         return True
+
+
+__all__ = ["RQVAE", "TrainConfig", "mlp"]

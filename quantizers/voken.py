@@ -292,3 +292,6 @@ class VokenQuantizer(RQVAE):
         reset_seeded_([*visual, *self.decoder], seed, nn.Linear)
         if self.align_head is not None:
             reset_seeded_([self.align_head], seed + 1)
+
+
+__all__ = ["TextProjection", "VokenQuantizer"]

@@ -289,3 +289,14 @@ def test_fit_arguments_reach_the_cpu_through_lists_tuples_and_dataclasses():
     assert isinstance(moved[1], tuple) and torch.equal(moved[1][0], torch.ones(2))
     Pair = namedtuple("Pair", "a b")
     assert _on_cpu(Pair(1, 2)) == Pair(1, 2)
+
+
+def test_the_family_classes_are_exported_and_a_quantizer_shows_its_spec():
+    import semid.quantizers as package
+
+    assert all(hasattr(package, name) for name in package.__all__)
+    assert isinstance(build_quantizer("rqkmeans:2x4"), package.ResidualKMeans)
+    fitted = build_quantizer("rqkmeans:2x4").fit(
+        torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    )
+    assert repr(fitted) == "ResidualKMeans(rqkmeans:2x4, dim=8, fitted=True)"
