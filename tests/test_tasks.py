@@ -503,6 +503,8 @@ def test_relative_data_paths_given_to_the_library_are_kept_absolute(tmp_path, mo
     assert load_run(tmp_path / "run").spec["dataset"] == str(tmp_path / "data" / "log.csv")
     monkeypatch.chdir(tmp_path / "data")
     assert "recall@10" in task.evaluate(load_run(tmp_path / "run"), EvalOptions(ks=(10,)))
+    by_folder, loaded = task.evaluate(tmp_path / "run"), task.evaluate(load_run(tmp_path / "run"))
+    assert by_folder["recall@10"] == loaded["recall@10"]  # a run's folder is loaded
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import numbers
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -262,8 +263,17 @@ class Task(ABC):
     def _train(self, spec: Any, out: Path, index: Path | None, resume: bool, device: str) -> dict:
         """Train the run (called under the write lock)."""
 
+    def evaluate(
+        self, run: Run | str | os.PathLike, options: EvalOptions | None = None
+    ) -> dict[str, float]:
+        """Metrics of a run (loaded, or its folder) on a split (``options``: the defaults of
+        `EvalOptions`, the test split)."""
+        if not isinstance(run, Run):
+            run = load_run(Path(run), self.name)
+        return self._evaluate(run, EvalOptions() if options is None else options)
+
     @abstractmethod
-    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+    def _evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Metrics of a loaded run on a split."""
 
     @abstractmethod

@@ -191,7 +191,7 @@ class RecommendTask(Task):
             model, dataset, spec.train, out / "train", validate, collate, resume, device, stamp
         )
 
-    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+    def _evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Full-ranking Recall/NDCG@k of a run on its valid or test split."""
         if options.max_queries is not None:
             raise SemidError(f"--queries is for retrieval and text-to-image runs; {run.path} is a "

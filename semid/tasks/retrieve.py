@@ -299,7 +299,7 @@ class RetrieveTask(Task):
             write_run(out, self.name, spec, state)
         return summary
 
-    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+    def _evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Recall/MRR/NDCG@k on every recorded test-query part (d0-test, and d1-test once added),
         ranked with the run's mixing weight of the document head or ``options.item_mix``; a query
         with several relevant documents counts the share of them found (recall), and NDCG's gains

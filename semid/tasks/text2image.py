@@ -447,7 +447,7 @@ class Text2ImageTask(Task):
         self.build_index(source, spec.quantizer, index, "extra-level", spec.seed, splits=splits)
         write_json(index.parent / INDEX_RECIPE, recipe)
 
-    def evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
+    def _evaluate(self, run: Run, options: EvalOptions) -> dict[str, float]:
         """Test queries (held-out wordings) against the indexed images."""
         if options.split != "test":
             raise SemidError(f"{run.path} is a text-to-image run: it is evaluated on its test split "
