@@ -130,6 +130,13 @@ class GraphRQVAE(RQVAE):
                 "graph_rqvae needs the training interactions: fit(x, interactions=leave_one_out(log).train), "
                 "or --dataset / --interactions on the command line"
             )
+        missing = [name for name in ("users", "items", "num_users", "num_items")
+                   if not hasattr(interactions, name)]  # fmt: skip
+        if missing:
+            raise SemidError(
+                f"interactions must be an interaction log (users, items, num_users, num_items), "
+                f"e.g. leave_one_out(log).train; got a {type(interactions).__name__} without {missing[0]}"
+            )
         return super().fit(x, interactions=interactions, **kwargs)
 
     def _fit_inputs(self, x: Tensor, interactions: Interactions | None = None) -> Tensor:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.layers import reset_seeded_
-from semid.quantization import QuantizerSpec, fits_on_the_cpu, register_quantizer
+from semid.quantization import QuantizerSpec, as_embeddings, fits_on_the_cpu, register_quantizer
 from semid.quantizers.rqvae import RQVAE, TrainConfig, mlp
 
 # Image collections range from 1k to 60k images: a few epochs of big batches on large ones, at
@@ -197,7 +197,7 @@ class VokenQuantizer(RQVAE):
         runs at least ``min_steps`` batches whatever ``epochs`` says (small collections get more
         epochs), and the text projection at least its own floor of steps."""
         if text_embeddings is not None:
-            t = torch.as_tensor(text_embeddings).float()
+            t = as_embeddings(text_embeddings).float()  # numbers, or one clear error
             if t.ndim != 2 or len(t) != len(x):
                 raise SemidError(
                     f"text_embeddings must be (N, T) with one row per image (N = {len(x)}), got {tuple(t.shape)}"

@@ -135,7 +135,10 @@ class SemanticIDs:
         return tuple(self.codes[self._row_of_key[key]].tolist())
 
     def key_of(self, code: Sequence[int] | Tensor) -> str | None:
-        """The item key of a code tuple, or None if no item has it."""
+        """The item key of one code tuple (L,), or None if no item has it."""
+        if isinstance(code, Tensor) and code.ndim != 1:
+            raise SemidError(f"key_of takes one ID (L,), got shape {tuple(code.shape)}; use "
+                             "rows_of_codes for several")  # fmt: skip
         row = self._row_of_code.get(tuple(int(c) for c in code))
         return None if row is None else self.keys[row]
 

@@ -44,6 +44,11 @@ def test_declares_that_it_needs_interactions():
     assert GraphRQVAE.needs_interactions is True
 
 
+def test_interactions_that_are_no_log_are_named():
+    with pytest.raises(SemidError, match="must be an interaction log .*; got a dict without users"):
+        build_quantizer("graph_rqvae:2x4").fit(content(), interactions={"user": [0]})
+
+
 def test_round_trip_shapes(fitted):
     codes = fitted.encode(content())
     assert codes.shape == (NUM_ITEMS, 2) and codes.dtype == torch.int64

@@ -280,3 +280,5 @@ def test_one_key_as_a_string_and_codes_of_another_length_are_named():
     with pytest.raises(SemidError, match=r"codes must have shape \(..., 2\), got \(1, 3\)"):
         ids.rows_of_codes(torch.tensor([[0, 0, 0]]))
     assert ids.rows_of_codes([[0, 1], [1, 1]]).tolist() == [1, -1]
+    with pytest.raises(SemidError, match=r"key_of takes one ID \(L,\), got shape \(2, 2\)"):
+        ids.key_of(ids.codes)

@@ -110,6 +110,10 @@ def test_bad_text_embeddings_and_options():
     x = crafted(64)[0]
     with pytest.raises(SemidError, match="one row per image"):
         build_quantizer("voken:2x4").fit(x, text_embeddings=torch.zeros(10, 8), epochs=1, **FAST)
+    with pytest.raises(SemidError, match="embeddings must be numbers of one shape"):
+        build_quantizer("voken:2x4").fit(
+            x, text_embeddings=["a caption"] * len(x), epochs=1, **FAST
+        )
     with pytest.raises(SemidError, match="align"):
         build_quantizer("voken:2x4,align=-1")
 
