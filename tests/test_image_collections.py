@@ -279,10 +279,9 @@ def test_the_training_folder_added_again_keeps_the_keys_its_indexed_images_have(
     add = ["index", "add", str(run), "--items", str(tmp_path / "photos")]
     assert main(add) == 2  # its indexed images are the same images, not new ones
     err = capsys.readouterr().err
-    assert (
-        f"{len(indexed)} of the 11 images of {tmp_path / 'photos'}, the folder the run was " in err
-    )
-    assert "trained on, are already indexed (e.g. " in err
+    photos = tmp_path / "photos"
+    assert f"{len(indexed)} of the 11 images of {photos} (the folder the run was trained on)" in err
+    assert "trained on) are already indexed (e.g. " in err
     assert (
         f"pass --skip-indexed to add only the {11 - len(indexed)} new ones, or add the new" in err
     )

@@ -574,7 +574,7 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
 
     if own:
         label, fix = (
-            f"{source}, the folder the run was trained on,",
+            f"{source} (the folder the run was trained on)",
             "add the new images from a folder of their own",
         )
     else:
