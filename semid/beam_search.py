@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from semid.errors import SemidError
-from semid.trie import PrefixTrie
+from semid.trie import PrefixTrie, holds_integers
 
 
 def rows_grouped_by_query(query: Tensor, groups: int) -> bool:
@@ -86,7 +86,7 @@ def _checked_exclude(exclude: Any, batch: int, trie: PrefixTrie, device: torch.d
     a state that is no leaf of ``trie`` (one of another trie would drop other IDs)."""
     if not isinstance(exclude, Tensor):
         exclude = torch.as_tensor(exclude)
-    if exclude.dtype.is_floating_point or exclude.dtype.is_complex or exclude.dtype == torch.bool:
+    if not holds_integers(exclude):
         raise SemidError(f"exclude must be an integer tensor of leaf states, got {exclude.dtype}")
     if exclude.ndim != 2 or exclude.shape[0] != batch:
         raise SemidError(f"exclude must have shape ({batch}, M), one row of leaf states per query "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semid.errors import SemidError
+from semid.trie import holds_integers
 
 
 def ranking_loss(pos: Tensor, neg: Tensor, invalid: Tensor | None = None) -> Tensor:
@@ -33,8 +34,12 @@ def check_pairs(pairs: Tensor | None, n: int) -> Tensor | None:
     if pairs is None:
         return None
     pairs = torch.as_tensor(pairs)
-    if pairs.dtype.is_floating_point or pairs.dtype.is_complex or pairs.dtype == torch.bool:
-        raise SemidError(f"pairs must be integer row indices, got {pairs.dtype}; cast with .long()")
+    if pairs.dtype.is_floating_point and not torch.equal(
+        pairs, pairs.round()
+    ):  # np.loadtxt: whole floats
+        raise SemidError("pairs must be whole row indices, got fractions; fix the pairs file")
+    if not pairs.dtype.is_floating_point and not holds_integers(pairs):
+        raise SemidError(f"pairs must be integer row indices, got {pairs.dtype}")
     pairs = pairs.long()
     if (
         pairs.ndim != 2

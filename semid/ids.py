@@ -62,10 +62,8 @@ class SemanticIDs:
         # caller's tensor change the IDs behind the index's lookups
         self.keys = _string_keys(self.keys)
         self.codebook_sizes = _codebook_sizes(self.codebook_sizes)
-        given = self.codes
-        self.codes = check_codes(given, self.codebook_sizes)
-        if self.codes is given:
-            self.codes = self.codes.clone()
+        # a given tensor, or an array's memory, is the caller's
+        self.codes = check_codes(self.codes, self.codebook_sizes).clone()
         if len(self.codes) != len(self.keys):
             raise SemidError(
                 f"codes must be (N, L) with N = {len(self.keys)} keys, got {tuple(self.codes.shape)}"

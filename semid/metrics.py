@@ -9,7 +9,7 @@ usual table of means.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -17,11 +17,35 @@ from torch import Tensor
 from semid.errors import SemidError
 
 
-def _sequence(values: Sequence, name: str, example: str) -> tuple:
-    """``values`` as a tuple; SemidError for one value or a string (``ks=10``, ``names="recall"``)."""
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise SemidError(f"{name} must be a sequence, got {values!r}; write e.g. {name}={example}")
-    return tuple(values)
+def _sequence(values: Iterable, name: str, example: str) -> tuple:
+    """``values`` (a list, tuple, array, ...) as a tuple; SemidError for one value or a string
+    (``ks=10``, ``names="recall"``)."""
+    try:
+        if isinstance(values, str | bytes):
+            raise TypeError
+        return tuple(values)
+    except TypeError:
+        raise SemidError(
+            f"{name} must be a sequence, got {values!r}; write e.g. {name}={example}"
+        ) from None
+
+
+def cutoffs(ks: Iterable[int]) -> tuple[int, ...]:
+    """The cut-offs ``ks`` as a non-empty tuple of ints >= 1; SemidError naming the first that
+    is not one (``ks=10``, ``ks=()``, ``2.5``)."""
+    ks = _sequence(ks, "ks", "(5, 10)")
+    if not ks:
+        raise SemidError("ks must hold at least one cut-off, e.g. ks=(5, 10)")
+    for k in ks:
+        _check_cutoff(k)
+    return tuple(int(k) for k in ks)
+
+
+def _check_cutoff(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise SemidError(f"k must be an integer, got {k!r}")
+    if k < 1:
+        raise SemidError(f"k must be >= 1, got {k}")
 
 
 def _checked_num_relevant(num_relevant: Tensor, listed: Tensor | None, batch: int) -> Tensor:
@@ -73,10 +97,7 @@ def without_repeats(ranked: Tensor) -> Tensor:
 
 
 def _check_k(rel: Tensor, k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise SemidError(f"k must be an integer, got {k!r}")
-    if k < 1:
-        raise SemidError(f"k must be >= 1, got {k}")
+    _check_cutoff(k)
     if rel.ndim != 2:
         raise SemidError(f"rel must be (B, K), got shape {tuple(rel.shape)}")
 
@@ -192,7 +213,7 @@ def compute_metrics(
     default 1 for targets (B,) and the non-negative entries of targets (B, T). With
     ``grades`` (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
     (`graded_ndcg_at_k`)."""
-    ks, names = _sequence(ks, "ks", "(5, 10)"), _sequence(names, "names", '("recall", "ndcg")')
+    ks, names = cutoffs(ks), _sequence(names, "names", '("recall", "ndcg")')
     unknown = set(names) - set(_BY_NAME)
     if unknown:
         raise SemidError(f"unknown metrics {sorted(unknown)}; known: {sorted(_BY_NAME)}")

@@ -52,12 +52,19 @@ def _lex_order(codes: Tensor, sizes: list[int]) -> Tensor:
     return order
 
 
+def holds_integers(tensor: Tensor) -> bool:
+    """Whether ``tensor`` holds integers (not floats, complex numbers or booleans): codes, leaf
+    states and row indices must, as reading a float as one would truncate it."""
+    dtype = tensor.dtype
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
 def check_codes(codes: Tensor, sizes: Sequence[int], what: str = "codes") -> Tensor:
     """Validate an (N, L) integer tensor of codes in range of their codebook ``sizes``; return it
     as int64. Float codes are refused, not truncated."""
     if not isinstance(codes, Tensor):
         codes = torch.as_tensor(codes)
-    if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+    if not holds_integers(codes):
         raise SemidError(f"{what} must be an integer tensor, got {codes.dtype}; cast with .long()")
     if codes.ndim != 2 or codes.shape[1] != len(sizes):
         raise SemidError(
@@ -255,7 +262,7 @@ class PrefixTrie:
             codes = torch.as_tensor(codes)
         if codes.ndim != 2 or codes.shape[1] != self.levels:
             raise SemidError(f"codes must have shape (N, {self.levels}), got {tuple(codes.shape)}")
-        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+        if not holds_integers(codes):
             raise SemidError(
                 f"codes must be an integer tensor, got {codes.dtype}; cast with .long()"
             )

@@ -149,6 +149,8 @@ def test_key_count_mismatch_names_both_counts(tmp_path: Path, x: torch.Tensor) -
     (tmp_path / "k.txt").write_text('["a", "b", "c", "d"]')
     with pytest.raises(SemidError, match=r"has 1 key \(it looks like JSON: write one key per line"):
         load_embeddings(tmp_path / "e.npy", tmp_path / "k.txt")
+    with pytest.raises(SemidError, match=r"the keys to save has 5 keys; they must match"):
+        save_embeddings(tmp_path / "s.npy", ["key", "a", "b", "c", "d"], x)  # no file: no line 1
 
 
 def test_duplicate_and_blank_keys(tmp_path: Path, x: torch.Tensor) -> None:

@@ -415,7 +415,9 @@ def test_documents_files_joined_end_to_end(tmp_path):
                                          bom + json.dumps({"id": "b", "text": "y"})])  # fmt: skip
     assert read_documents(path).ids == ["a", "b"]
     (tmp_path / "d.csv").write_text("id,text,text\nd0,first,second\n")
-    with pytest.raises(SemidError, match="has two columns named 'text'; rename or remove one"):
+    with pytest.raises(
+        SemidError, match="has two columns named 'text'; rename one in the header line"
+    ):
         read_documents(tmp_path / "d.csv")
     (tmp_path / "e.csv").write_text("id,text\nd0,first\nid,text\nd1,second\n")
     with pytest.raises(SemidError, match="line 3 repeats the header line"):

@@ -74,7 +74,10 @@ def test_is_pair_matches_a_brute_force_lookup():
 
 def test_pairs_must_be_integer_rows_in_range():
     assert check_pairs([[1, 0], [2, 1]], 3).dtype == torch.int64
-    for bad, words in (([[1.5, 0.0]], "integer row indices, got torch.float32"),
+    assert check_pairs(torch.tensor([[1.0, 0.0]]), 3).tolist() == [
+        [1, 0]
+    ]  # as np.loadtxt reads them
+    for bad, words in (([[1.5, 0.0]], "pairs must be whole row indices, got fractions"),
                        ([[3, 0]], "pairs must be"), ([1, 0], "pairs must be")):  # fmt: skip
         with pytest.raises(SemidError, match=words):
             check_pairs(torch.tensor(bad), 3)

@@ -151,11 +151,12 @@ def test_the_constructor_refuses_what_save_or_lookups_could_not_keep(keys, codes
 
 
 def test_the_index_keeps_its_own_keys_and_codes(tmp_path):
-    keys, codes = ["a", "b"], torch.tensor([[0, 0], [0, 1]])
-    ids = SemanticIDs(keys, codes, np.array([4, 4]))
+    keys, codes, array = ["a", "b"], torch.tensor([[0, 0], [0, 1]]), np.array([[0, 0], [0, 1]])
+    ids, from_array = SemanticIDs(keys, codes, np.array([4, 4])), SemanticIDs(keys, array, [4, 4])
+    codes[1, 1], array[1, 1] = 0, 0  # before any add, which would make new tensors anyway
+    assert ids.codes[1].tolist() == [0, 1] and from_array.codes[1].tolist() == [0, 1]
     ids.add(["c"], torch.tensor([[1, 1]]))
-    codes[1, 1] = 0
-    assert keys == ["a", "b"] and ids.key_of((0, 1)) == "b" and ids.codes[1].tolist() == [0, 1]
+    assert keys == ["a", "b"] and ids.key_of((0, 1)) == "b"
     ids.save(tmp_path / "index")  # numpy sizes are plain ints: JSON takes them
     assert SemanticIDs.load(tmp_path / "index").codebook_sizes == [4, 4]
 

@@ -167,3 +167,5 @@ def test_no_queries_and_lists_of_counts_and_grades():
                              grades=[[2.0, 1.0], [1.0, 0.0]])  # fmt: skip
     assert listed["recall@3"] == pytest.approx(0.5) and 0 < listed["ndcg@3"] < 1
     assert compute_metrics(R, T, ks=(np.int64(2),))["recall@2"] == 0.5  # numpy integers are ks
+    arrays = compute_metrics(R, T, ks=np.array([2]), names=np.array(["recall"]))
+    assert arrays == {"recall@2": 0.5, "invalid_id_rate": 0.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -496,8 +497,11 @@ def test_relative_data_paths_given_to_the_library_are_kept_absolute(tmp_path, mo
     (tmp_path / "data" / "log.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
     monkeypatch.chdir(tmp_path)
     task = get_task("recommend")
-    source = IndexSource(dataset="data/log.csv")
+    source = IndexSource(dataset=Path("data/log.csv"))  # a Path as well as a str
     task.build_index(source, "rqkmeans:2x4", tmp_path / "idx")
+    assert SemanticIDs.load(tmp_path / "idx").metadata["dataset"] == str(
+        tmp_path / "data" / "log.csv"
+    )
     spec = RecommendSpec(dataset="data/log.csv", model="pop", train=TrainConfig(max_epochs=1))
     task.train(spec, tmp_path / "run", tmp_path / "idx", device="cpu")
     assert load_run(tmp_path / "run").spec["dataset"] == str(tmp_path / "data" / "log.csv")
@@ -510,9 +514,10 @@ def test_relative_data_paths_given_to_the_library_are_kept_absolute(tmp_path, mo
 @pytest.mark.parametrize(
     "options, words",
     [
-        ({"ks": ()}, r"ks must be a non-empty sequence of cut-offs, e.g. \(5, 10\); got \(\)"),
-        ({"ks": 10}, "ks must be a non-empty sequence"),
-        ({"ks": (2.5,)}, "k must be an integer >= 1, got 2.5"),
+        ({"ks": ()}, r"ks must hold at least one cut-off, e.g. ks=\(5, 10\)"),
+        ({"ks": 10}, r"ks must be a sequence, got 10; write e.g. ks=\(5, 10\)"),
+        ({"ks": (2.5,)}, "k must be an integer, got 2.5"),
+        ({"ks": (0,)}, "k must be >= 1, got 0"),
         ({"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),
         ({"max_users": 0}, "max_users must be an integer >= 1, got 0"),
         ({"device": "tpu"}, "--device must be cpu, cuda, cuda:N or auto"),
@@ -524,3 +529,4 @@ def test_eval_options_given_by_the_library_are_checked(options, words):
     with pytest.raises(SemidError, match=words):
         EvalOptions(**options)
     assert EvalOptions(ks=[np.int64(3)], device="auto").ks == (3,)
+    assert EvalOptions(ks=np.array([5, 10])).ks == (5, 10)  # an array of cut-offs is a sequence

@@ -265,6 +265,13 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     fmt = table_format(path)
     if fmt in ("csv", "tsv", "parquet"):
         table = read_table(path, "documents file")
+        read = matching_columns(table.column_names, (*ID_FIELDS, "title", "text", *BODY_FIELDS,
+                                                     *QUERY_FIELDS, *TEST_QUERY_FIELDS, GRADE_FIELD))  # fmt: skip
+        twice = next((name for name in read if table.column_names.count(name) > 1), None)
+        if twice is not None:  # a row read as a dict would keep the last of them, unsaid
+            raise SemidError(
+                f"{path} has two columns named {twice!r}; rename one in the header line"
+            )
         if not matching_columns(table.column_names, ID_FIELDS):  # said of the header, not of row 1
             raise SemidError(f"{path} has no document id column (accepted names: {', '.join(ID_FIELDS)}; found: "
                              f"{', '.join(table.column_names)}){header_hint(table.column_names)}; rename it")  # fmt: skip

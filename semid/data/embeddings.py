@@ -57,7 +57,7 @@ def load_embeddings(
         hint = f"; give its keys file (--keys {sidecar})" if sidecar.is_file() else ""
         note(f"{path} holds no item keys and none were given: items are keyed by their row "
              f"numbers, 0 to {len(x) - 1}{hint}")  # fmt: skip
-    _check_keys(keys, len(x), str(path), keys_source)
+    _check_keys(keys, len(x), str(path), keys_source, keys_file=keys_path is not None)
     return keys, torch.from_numpy(x)
 
 
@@ -242,13 +242,15 @@ def _as_matrix(x: np.ndarray, source: str) -> np.ndarray:
     return x
 
 
-def _check_keys(keys: Sequence[str], n: int, source: str, keys_source: str) -> None:
-    """One unique key per row."""
+def _check_keys(keys: Sequence[str], n: int, source: str, keys_source: str,
+                keys_file: bool = False) -> None:  # fmt: skip
+    """One unique key per row; a count that does not match names a ``keys_file``'s likely slip
+    (a header line, a JSON list)."""
     if len(keys) != n:
         hint = ""
-        if keys and keys[0].lstrip().startswith("["):
+        if keys_file and keys and keys[0].lstrip().startswith("["):
             hint = " (it looks like JSON: write one key per line, no brackets or quotes)"
-        elif len(keys) == n + 1:
+        elif keys_file and len(keys) == n + 1:
             hint = f" (is line 1, {keys[0]!r}, a header? a keys file has none)"
         raise SemidError(
             f"{source} has {counted(n, 'embedding')} but {keys_source} has "

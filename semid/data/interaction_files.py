@@ -237,7 +237,8 @@ def _without_textless_items(events: _Events, item_uniques: np.ndarray, catalog: 
     textless = (f"{counted(n, 'interaction')} {'names' if n == 1 else 'name'} "
                 f"{counted(k, 'item')} without text in {catalog.path} (first: {first!r})")  # fmt: skip
     if missing_text == "error" and twins is not None:
-        raise SemidError(f"{path}: {textless}; {why}, so write each id one way in both files")
+        raise SemidError(f"{path}: {textless}; {why}, so write each id one way in both files (or "
+                         "drop items without text: --missing-text drop)")  # fmt: skip
     if missing_text == "error":
         raise SemidError(f"{path}: {textless}; add them to the items file or drop them "
                          "(missing_text='drop', CLI --missing-text drop)")  # fmt: skip
@@ -406,11 +407,12 @@ def _timestamps(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 
 
 def _check_one_unit(seconds: np.ndarray, path: Path) -> None:
-    """SemidError when numeric timestamps mix seconds and milliseconds since 1970 (two logs merged):
-    seconds of recent decades lie in [1e8, 1e11) and milliseconds past 1973 in [1e11, 1e14), so
-    a column with both would order the merged events by unit, not by time."""
-    in_seconds = np.flatnonzero((seconds >= 1e8) & (seconds < 1e11))
-    in_millis = np.flatnonzero((seconds >= 1e11) & (seconds < 1e14))
+    """SemidError when numeric timestamps mix seconds and milliseconds since 1970 (two logs merged),
+    which would order the merged events by unit, not by time: dates from 1990 to 2100 in seconds
+    (6.3e8 to 4.1e9) beside dates of those years in milliseconds (6.3e11 to 4.1e12). A count from
+    another start (milliseconds since a first event) reaches both ranges only over 20 years."""
+    in_seconds = np.flatnonzero((seconds >= 6.3e8) & (seconds < 4.1e9))
+    in_millis = np.flatnonzero((seconds >= 6.3e11) & (seconds < 4.1e12))
     if in_seconds.size and in_millis.size:
         raise SemidError(
             f"{path}: the timestamp column mixes seconds ({row_label(path, int(in_seconds[0]))}: "

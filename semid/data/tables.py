@@ -22,7 +22,6 @@ import os
 import re
 import sys
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -98,9 +97,9 @@ def read_table(path: str | os.PathLike, what: str) -> pa.Table:
             raise SemidError(f"{what} {path} has no rows, only a header line ({header}); if that "
                              "line is data, add a header line naming the columns above it")  # fmt: skip
         raise SemidError(f"{what} {path} has no rows{f' (columns: {header})' if names else ''}")
-    twice = next((n for n, count in Counter(table.column_names).items() if count > 1), None)
-    if twice is not None:  # a reader would take one of them, unsaid
-        raise SemidError(f"{what} {path} has two columns named {twice!r}; rename or remove one")
+    unnamed = [i for i, name in enumerate(table.column_names) if not name.strip()]
+    if unnamed and len(unnamed) < table.num_columns:  # trailing commas: columns no reader names
+        table = table.select([i for i in range(table.num_columns) if i not in unnamed])
     if fmt in ("csv", "tsv"):
         table = _without_joined_files_marks(table, path, what)
     return table
@@ -368,8 +367,15 @@ def find_column(
             raise SemidError(
                 f"{what} {path} has no column {explicit!r} (given for {role}); columns: {', '.join(headers)}"
             )
+    else:
+        found = matching_columns(headers, aliases)
+    if (
+        len(found) > 1 and len(set(found)) == 1
+    ):  # one name twice: neither --columns nor a reader tells them apart
+        raise SemidError(f"{what} {path} has two columns named {found[0]!r}; rename one in the "
+                         "header line")  # fmt: skip
+    if explicit is not None:
         return found[0]
-    found = matching_columns(headers, aliases)
     if len(found) > 1:
         raise SemidError(
             f"{what} {path}: columns {', '.join(found)} could all be the {role}; "

@@ -35,6 +35,7 @@ from semid.indexing import ADDED_TEXTS, add_lock, added_texts
 from semid.json_values import is_key
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES, run_containing
+from semid.metrics import cutoffs
 from semid.notes import tell
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import (
@@ -94,18 +95,13 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         """Library callers get the checks the command line makes (`semid eval`'s flags)."""
-        if isinstance(self.ks, str | bytes) or not isinstance(self.ks, Sequence) or not self.ks:
-            raise SemidError(
-                f"ks must be a non-empty sequence of cut-offs, e.g. (5, 10); got {self.ks!r}"
-            )
-        for name, value in (*(("k", k) for k in self.ks), ("batch_size", self.batch_size),
-                            ("num_beams", self.num_beams), ("max_users", self.max_users),
-                            ("max_queries", self.max_queries)):  # fmt: skip
+        self.ks = cutoffs(self.ks)
+        for name in ("batch_size", "num_beams", "max_users", "max_queries"):
+            value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
             ):
                 raise SemidError(f"{name} must be an integer >= 1, got {value!r}")
-        self.ks = tuple(int(k) for k in self.ks)
         self.device = resolve_device(str(self.device))
 
 
@@ -292,8 +288,8 @@ class Task(ABC):
 def with_absolute_data(spec: Any) -> Any:
     """A spec or `IndexSource` whose data paths (``dataset``, ``items``) are absolute, as the CLI
     gives them: a run or index made with a relative one would find its data from one folder only."""
-    paths = {name: resolve_dataset(getattr(spec, name)) for name in ("dataset", "items")
-             if isinstance(getattr(spec, name, None), str)}  # fmt: skip
+    paths = {name: resolve_dataset(str(getattr(spec, name))) for name in ("dataset", "items")
+             if isinstance(getattr(spec, name, None), str | os.PathLike)}  # fmt: skip
     return dataclasses.replace(spec, **paths) if paths else spec
 
 
