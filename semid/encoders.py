@@ -86,6 +86,15 @@ class TextEncoder:
             self._dim = _dim_from_config(self.model_path) or _model_dim(self._load())
         return self._dim
 
+    def _cut(self, texts: list[str]) -> list[str]:
+        """Each text cut to the characters its first ``max_seq_length`` tokens can span."""
+        longest = CHARS_PER_TOKEN * self.max_seq_length
+        return [t[:longest] for t in texts]
+
+    def is_cached(self, texts: Sequence[str]) -> bool:
+        """Whether `encode` would read the embeddings of ``texts`` from the cache."""
+        return (self.cache_dir / f"{self.cache_key(self._cut(list(texts)))}.npy").is_file()
+
     def encode(
         self, texts: Sequence[str], show_progress: bool = True, cache: bool = True
     ) -> Tensor:
@@ -100,8 +109,7 @@ class TextEncoder:
         # the whole text is tokenized (an 8.8 MB text: 24 s and 1.8 GB); a token spans far fewer
         # characters than this, so the cut changes no embedding (nor the cache key of any text
         # shorter than it)
-        longest = CHARS_PER_TOKEN * self.max_seq_length
-        texts = [t[:longest] for t in texts]
+        texts = self._cut(texts)
         if not cache:
             return torch.from_numpy(self._embed(texts, show_progress))
         path = self.cache_dir / f"{self.cache_key(texts)}.npy"

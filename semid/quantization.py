@@ -368,8 +368,13 @@ def register_quantizer(name: str) -> Callable[[type[Quantizer]], type[Quantizer]
 def quantizer_class(family: str) -> type[Quantizer]:
     """The registered class for `family`; loads the built-in families on first use."""
     if family not in _REGISTRY:
-        import semid.quantizers  # noqa: F401  (registers the built-in families)
+        from semid.quantizers import load_families
+
+        load_families(family)  # only that family's module (hrq's pulls in geoopt and scipy)
     if family not in _REGISTRY:
+        from semid.quantizers import load_families
+
+        load_families()  # every built-in family, to name them
         raise SemidError(
             f"unknown quantizer family {family!r}; known: {', '.join(sorted(_REGISTRY))}"
         )
@@ -378,8 +383,9 @@ def quantizer_class(family: str) -> type[Quantizer]:
 
 def available_quantizers() -> list[str]:
     """Names of every registered quantizer family."""
-    import semid.quantizers  # noqa: F401
+    from semid.quantizers import load_families
 
+    load_families()
     return sorted(_REGISTRY)
 
 

@@ -60,7 +60,9 @@ def test_second_call_reads_the_cache_without_the_model(
     model_dir: Path, tmp_path: Path, fake: FakeModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     texts = ["b", "a", "a longer text"]
+    assert not TextEncoder(model_dir, cache_dir=tmp_path / "cache").is_cached(texts)
     first = TextEncoder(model_dir, cache_dir=tmp_path / "cache").encode(texts, show_progress=False)
+    assert TextEncoder(model_dir, cache_dir=tmp_path / "cache").is_cached(texts)
     assert fake.calls == 1 and first.shape == (3, 8) and first.dtype == torch.float32
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     monkeypatch.setattr(encoders, "load_sentence_transformer", fail_to_load)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -300,3 +302,18 @@ def test_the_family_classes_are_exported_and_a_quantizer_shows_its_spec():
         torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
     )
     assert repr(fitted) == "ResidualKMeans(rqkmeans:2x4, dim=8, fitted=True)"
+
+
+def test_a_family_and_the_saved_versions_import_only_what_they_need():
+    """rqkmeans alone imported every family (hrq's geoopt and scipy), and saving a module's
+    versions imported transformers: about a second each on every `index build` and `add`."""
+    script = (
+        "import sys\n"
+        "from semid.quantization import build_quantizer\n"
+        "from semid.saving import versions\n"
+        "build_quantizer('rqkmeans:2x4')\n"
+        "assert versions()['transformers']\n"
+        "print(sorted(m for m in ('geoopt', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -111,8 +111,15 @@ def build_item_index(
             metadata = {"dataset": source.dataset, "item_vectors": INTERACTION_VECTORS}
         else:
             # said now, not with the notes after the build: embedding takes a while
-            tell(f"embedding {len(dataset.item_texts):,} item texts of {dataset.name}")
-            x = TextEncoder(model=source.encoder, device=source.device).encode(dataset.item_texts)
+            encoder = TextEncoder(model=source.encoder, device=source.device)
+            texts = f"{len(dataset.item_texts):,} item texts of {dataset.name}"
+            cached = encoder.is_cached(dataset.item_texts)
+            tell(
+                f"reading the embeddings of {texts} from the cache"
+                if cached
+                else f"embedding {texts}"
+            )
+            x = encoder.encode(dataset.item_texts)
             metadata = {"dataset": source.dataset, "items": source.items,
                         "encoder": source.encoder or DEFAULT_ENCODER}  # fmt: skip
     graph = getattr(probe, "needs_interactions", False)

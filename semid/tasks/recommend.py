@@ -296,7 +296,8 @@ def tune_item_mix(
             return parts[-1].top(0.0, k, ids)
 
     _, _, targets, _ = rank_split(Recorder(), data, "valid", 10, ids.codes, spec.max_history,
-                                  max_users=spec.eval_users, device=device)  # fmt: skip
+                                  max_users=spec.eval_users, device=device,
+                                  desc="choose the item mix on valid users")  # fmt: skip
     model.config.item_mix, ndcg = choose_mix(parts, targets, ids)
     rows = torch.cat([c.top(model.config.item_mix, 10, ids).rows for c in parts])
     return ndcg, compute_metrics(rows, targets, ks=(5, 10))
@@ -340,11 +341,13 @@ def rank_split(
     ranker: Ranker, data: RecData, which: str, k: int, codes: Tensor | None = None,
     max_len: int = 50, batch_size: int = 256, max_users: int | None = None,
     exclude_seen: bool = True, device: str = "cpu", targets_in: Tensor | None = None,
+    desc: str | None = None,
 ) -> tuple[Tensor, Ranking, Tensor, float]:  # fmt: skip
     """The ranking of every valid or test query: (users (Q,), Ranking, targets (Q,), seconds).
 
     ``max_users`` keeps a fixed, evenly spaced subset of users (cheap validation during training);
-    ``targets_in`` (num_items,) bool keeps only the queries whose target row is marked."""
+    ``targets_in`` (num_items,) bool keeps only the queries whose target row is marked; ``desc``
+    labels the progress bar (default: "rank valid users")."""
     if batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {batch_size}")
     positions = data.positions(which)
@@ -361,7 +364,7 @@ def rank_split(
     ranking: Ranking | None = None
     started = time.perf_counter()
     with torch.no_grad():
-        for lo in batch_starts(len(dataset), batch_size, f"rank {which} users"):
+        for lo in batch_starts(len(dataset), batch_size, desc or f"rank {which} users"):
             batch = collate(positions[lo : lo + batch_size].tolist())
             seen = batch.pop("seen", None)
             batch.pop("targets")
