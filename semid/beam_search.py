@@ -73,12 +73,13 @@ def _check_logits(logits: Any, rows: int | None, vocab: int, method: str) -> Non
                          f"{expected}; does the model's vocabulary match the trie?")  # fmt: skip
 
 
-def _unique_sorted(exclude: Tensor) -> Tensor:
-    """Each row of leaf states (B, M) sorted ascending with repeats replaced by the -1 padding."""
-    s = exclude.sort(dim=1).values
-    repeat = torch.zeros_like(s, dtype=torch.bool)
-    repeat[:, 1:] = s[:, 1:] == s[:, :-1]
-    return s.masked_fill(repeat, -1).sort(dim=1).values
+def _excluded_leaves(exclude: Tensor, num_ids: int) -> tuple[Tensor, Tensor]:
+    """The distinct (query, leaf state) pairs of ``exclude`` (B, M) padded with -1, as flat
+    arrays (F,) sorted by query, then leaf: a user's real count each, not the batch's longest."""
+    valid = exclude >= 0
+    queries = torch.arange(exclude.shape[0], device=exclude.device)[:, None].expand_as(exclude)
+    pairs = torch.unique(queries[valid] * num_ids + exclude[valid])  # sorted
+    return pairs // num_ids, pairs % num_ids
 
 
 def _checked_exclude(exclude: Any, batch: int, trie: PrefixTrie, device: torch.device) -> Tensor:
@@ -101,45 +102,41 @@ def _checked_exclude(exclude: Any, batch: int, trie: PrefixTrie, device: torch.d
     return exclude
 
 
-def _excluded_children(trie: PrefixTrie, exclude: Tensor, level: int) -> tuple[Tensor, Tensor]:
-    """The prefixes reached at ``level`` whose IDs are all excluded, per query, as the state they
-    branch from and the code that reaches them: (parents (B, M), codes (B, M)), -1 where none.
+def _excluded_children(
+    trie: PrefixTrie, queries: Tensor, leaves: Tensor, level: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The prefixes reached at ``level`` whose IDs are all excluded, as (query, the state they
+    branch from, the code that reaches them) arrays, one entry per excluded leaf under them.
 
-    ``exclude`` (B, M) is sorted and unique per row, so only ancestors of excluded leaves can
-    qualify, and the excluded leaves under one prefix are one run of equal ancestors in the row:
-    the prefix is fully excluded when that run is as long as its leaf range [lo, hi)."""
-    valid = exclude >= 0
-    nodes = trie.prefix_state(exclude, level)
-    lo, hi = (t.view(exclude.shape) for t in trie.leaf_range(nodes.view(-1), level))
-    # runs of one (query, prefix): a key that is sorted along the flattened (B, M) rows
-    queries = torch.arange(exclude.shape[0], device=exclude.device)[:, None]
-    key = torch.where(valid, queries * (trie.num_ids + 1) + nodes, -1 - queries)
-    _, inverse, counts = torch.unique_consecutive(
-        key.view(-1), return_inverse=True, return_counts=True
-    )
-    full = valid & (counts[inverse].view(exclude.shape) >= hi - lo)
-    if level == 0:
-        parents = torch.zeros_like(nodes)  # the root
-    else:
-        parents = trie.prefix_state(exclude, level - 1)
-    codes = trie.edge_codes[level][nodes.clamp(min=0)].long()
-    return parents.masked_fill(~full, -1), codes.masked_fill(~full, -1)
+    ``queries`` and ``leaves`` (F,) are sorted by query, then leaf (`_excluded_leaves`), so the
+    excluded leaves under one prefix of a query are one run of equal (query, prefix) keys: the
+    prefix is fully excluded when that run is as long as its leaf range [lo, hi)."""
+    nodes = trie.prefix_state(leaves, level)
+    lo, hi = trie.leaf_range(nodes, level)
+    key = queries * (trie.num_ids + 1) + nodes  # a level has at most num_ids states
+    _, inverse, counts = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+    full = counts[inverse] >= hi - lo
+    nodes, where = nodes[full], leaves[full]
+    parents = torch.zeros_like(nodes) if level == 0 else trie.prefix_state(where, level - 1)
+    return queries[full], parents, trie.edge_codes[level][nodes].long()
 
 
-def _mask_excluded(
-    log_probs: Tensor, states: Tensor, parents: Tensor, codes: Tensor, batch: int
-) -> Tensor:
+def _mask_excluded(log_probs: Tensor, states: Tensor, queries: Tensor, parents: Tensor,
+                   codes: Tensor, batch: int, num_ids: int) -> Tensor:  # fmt: skip
     """Set log-probs (B * W, V) of fully excluded children (from ``_excluded_children``) to -inf.
 
-    A query's beams hold distinct prefixes, hence distinct states, so a binary search among its
-    sorted beam states finds the one row (if any) that each excluded child branches from."""
+    A query's beams hold distinct prefixes, hence distinct states (fewer than ``num_ids`` at any
+    level), so a binary search among the sorted (query, state) keys of the beams finds the one
+    row (if any) that each excluded child branches from."""
     v = log_probs.shape[1]
     width = states.numel() // batch
-    beam_states, order = states.view(batch, width).sort(dim=1)
-    pos = torch.searchsorted(beam_states, parents).clamp(max=width - 1)  # (B, M)
-    hit = (beam_states.gather(1, pos) == parents) & (parents >= 0)
-    rows = order.gather(1, pos) + torch.arange(batch, device=states.device)[:, None] * width
-    flat = (rows * v + codes)[hit]
+    span = num_ids + 2  # states and -1 (a beam that found nothing), shifted by one
+    beam_queries = torch.arange(batch, device=states.device).repeat_interleave(width)
+    beam_keys, order = (beam_queries * span + states + 1).sort()
+    wanted = queries * span + parents + 1
+    pos = torch.searchsorted(beam_keys, wanted).clamp(max=beam_keys.numel() - 1)
+    hit = beam_keys[pos] == wanted
+    flat = (order[pos] * v + codes)[hit]
     return log_probs.reshape(-1).index_fill(0, flat, float("-inf")).view(-1, v)
 
 
@@ -171,10 +168,10 @@ def constrained_beam_search(
     if batch == 0:  # no queries: no answers, in the promised shape
         return BeamSearchOutput(codes=torch.full((0, top_k, trie.levels), -1, device=device),
                                 log_probs=torch.zeros(0, top_k, device=device))  # fmt: skip
-    excluded = []  # per level: (parent states, codes) of the prefixes to drop
+    excluded = []  # per level: (queries, parent states, codes) of the prefixes to drop
     if exclude is not None:
-        exclude = _unique_sorted(_checked_exclude(exclude, batch, trie, device))
-        excluded = [_excluded_children(trie, exclude, lvl) for lvl in range(trie.levels)]
+        leaves = _excluded_leaves(_checked_exclude(exclude, batch, trie, device), trie.num_ids)
+        excluded = [_excluded_children(trie, *leaves, lvl) for lvl in range(trie.levels)]
     trie_states = torch.zeros(batch, dtype=torch.int64, device=device)  # root, one row per query
     scores = torch.zeros(batch, 1, device=device)  # (B, W): W = 1 before the first expansion
     prefixes = torch.zeros(batch, 1, 0, dtype=torch.int64, device=device)  # (B, W, level)
@@ -187,7 +184,9 @@ def constrained_beam_search(
         v = trie.codebook_sizes[level]
         log_probs = _masked_log_probs(logits, trie, trie_states, level)  # (B * W, V)
         if excluded:
-            log_probs = _mask_excluded(log_probs, trie_states, *excluded[level], batch)
+            log_probs = _mask_excluded(
+                log_probs, trie_states, *excluded[level], batch, trie.num_ids
+            )
         width = scores.shape[1]
         total = (scores[:, :, None] + log_probs.view(batch, width, v)).view(batch, width * v)
         scores, flat = total.topk(min(num_beams, width * v), dim=1)  # (B, W'), sorted
