@@ -635,6 +635,9 @@ class RecordingEncoder:
         self.model = model
         RecordingEncoder.device = device
 
+    def is_cached(self, texts: list[str]) -> bool:
+        return False
+
     def encode(self, texts: list[str]):
         import torch
 
