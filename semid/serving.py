@@ -373,8 +373,10 @@ def parse_request(
     unknown = sorted(set(body) - {*_LIST_FIELDS, "inputs", "k", "num_beams", "texts"})
     singular = next((f for f in unknown if f in _PLURALS), None)
     if singular is not None:  # {"user": "196"}, as `semid predict --user 196` reads
+        value = body[singular]  # one input, or already a list of them (a history is one list)
+        inputs = value if isinstance(value, list) and singular != "history" else [value]
         example = json.dumps(
-            {_PLURALS[singular]: [body[singular]], **({"k": body["k"]} if "k" in body else {})}
+            {_PLURALS[singular]: inputs, **({"k": body["k"]} if "k" in body else {})}
         )
         raise SemidError(f"unknown field {singular!r}: /predict takes lists, as {example[:120]}")
     if unknown:

@@ -264,6 +264,9 @@ cases(
         ("usage-serve-port-text", "--port", lambda e: ["serve", NOWHERE, "--port", "http"]),
         ("usage-ret-model", "--model", ret_args("--model", "bert")),
         ("usage-unknown-command", "index", lambda e: ["index", "remove", NOWHERE]),
+        # a misspelt option is named by the command, with the nearest one it takes
+        ("usage-misspelt-option", "semid eval: error: unknown option --kk (did you mean --k?)", lambda e: ["eval", NOWHERE, "--kk", "5"]),
+        ("usage-misspelt-required", "unknown option --usr (did you mean --user?); one of the arguments", lambda e: ["predict", NOWHERE, "--usr", "1"]),
         # an empty argument ("$RUN" unset) would name the current folder: a dataset to scan, an --out to fill
         ("empty-dataset", "empty argument after --dataset", lambda e: ["index", "build", "--dataset", "", "--out", str(e.tmp / "o")]),
         ("empty-out", "empty argument after --out", lambda e: ["index", "build", "--dataset", "ml-100k", "--out", ""]),
@@ -479,6 +482,7 @@ cases(
         ("build-items-with-registered", "--items", lambda e: data_build(e, "ml-100k", "--items", items_csv(e))),
         ("csv-not-utf8", "log.csv", lambda e: data_build(e, str(e.write("log.csv", NOT_UTF8)), "--items", items_csv(e))),
         ("csv-no-item-column", "item", lambda e: data_build(e, interactions_csv(e, header="user,thing,timestamp"), "--items", items_csv(e))),
+        ("csv-items-missing", "--items nope.csv not found; give the items file", lambda e: data_build(e, interactions_csv(e), "--items", "nope.csv")),
         ("csv-empty", "log.csv", lambda e: data_build(e, str(e.write("log.csv", b"")), "--items", items_csv(e))),
         ("csv-header-only", "log.csv", lambda e: data_build(e, str(e.write("log.csv", "user,item\n")), "--items", items_csv(e))),
         (

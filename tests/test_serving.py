@@ -329,6 +329,7 @@ def test_batching_predictor_rejects_bad_settings_and_input():
         ({"user": "196", "k": 3}, '{"users": ["196"], "k": 3}'),
         ({"query": "red fox"}, '{"queries": ["red fox"]}'),  # no k given: none suggested
         ({"history": ["i1", "i2"], "k": 2}, '{"histories": [["i1", "i2"]], "k": 2}'),
+        ({"user": ["u1", "u2"]}, '{"users": ["u1", "u2"]}'),  # already a list: not wrapped again
     ],
 )
 def test_a_single_input_as_the_cli_takes_it_is_answered_with_the_list_to_send(body, fix):

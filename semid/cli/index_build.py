@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)
     dataset = resolve_dataset(args.dataset)
-    source = IndexSource(dataset=dataset, items=resolve_dataset(args.items), columns=args.columns or None,
+    source = IndexSource(dataset=dataset, items=resolve_dataset(args.items, "--items"), columns=args.columns or None,
                          missing_text=args.missing_text, min_interactions=args.min_interactions,
                          embeddings=args.embeddings, keys=args.keys, interactions=args.interactions,
                          encoder=args.encoder, device=device)  # fmt: skip

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import ClassVar, NoReturn
 
 from semid import __version__
 from semid.atomic import DISK_FULL_ERRNOS, made_folders_count, remove_empty_made_folders
@@ -109,13 +111,31 @@ def check_utf8_arguments(argv: Sequence[str]) -> None:
                              "to UTF-8, or set a UTF-8 locale")  # fmt: skip
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors in a command name a misspelt option and the nearest one it
+    takes (``--kk``: did you mean ``--k``?), before argparse's own words."""
+
+    argv: ClassVar[list[str]] = []  # the command line being parsed
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the usage and ``message``, led by the first option the command lacks."""
+        options = [name for action in self._actions for name in action.option_strings]
+        if self._subparsers is None and options:  # a command's own parser: its options are all here
+            for arg in self.argv:
+                name = arg.split("=", 1)[0]
+                if name.startswith("--") and not any(o.startswith(name) for o in options):
+                    close = difflib.get_close_matches(name, options, n=1)
+                    fix = f"did you mean {close[0]}?" if close else f"see {self.prog} --help"
+                    message = f"unknown option {name} ({fix}); {message}"
+                    break
+        super().error(message)
+
+
 def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:
     """The argument parser; only command ``load`` (a ``selected_command``) gets its arguments.
 
     Every other command is listed with its description alone, which is all ``--help`` shows of it."""
-    parser = argparse.ArgumentParser(
-        prog="semid", description="Generative retrieval with semantic IDs."
-    )
+    parser = CommandParser(prog="semid", description="Generative retrieval with semantic IDs.")
     parser.add_argument("--version", action="version", version=f"semid {__version__}")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     sub_by_group: dict[str, argparse._SubParsersAction] = {}
@@ -141,7 +161,8 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(run=module.run, default_of=p.get_default)  # default_of: tell flags given
+        # default_of: tell flags given; command_parser: its errors for what the top level leaves
+        p.set_defaults(run=module.run, default_of=p.get_default, command_parser=p)
     return parser
 
 
@@ -190,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_no_empty_argument(argv)
         check_utf8_arguments(argv)
         # argument types may raise SemidError (--columns)
-        args = build_parser(selected_command(argv)).parse_args(argv)
+        CommandParser.argv = argv
+        parser = build_parser(selected_command(argv))
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's parser, which knows its options, not by the top level
+            getattr(args, "command_parser", parser).error(
+                f"unrecognized arguments: {' '.join(extra)}"
+            )
         if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
             logging.getLogger("semid.notes").setLevel(logging.ERROR)  # notes: rank 0's

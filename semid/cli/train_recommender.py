@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     check_count("--patience", args.patience)
     note_ignored_flags(args)
     spec = RecommendSpec(
-        dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items), columns=args.columns or None,
+        dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items, "--items"), columns=args.columns or None,
         missing_text=args.missing_text, min_interactions=args.min_interactions, model=args.model,
         model_config=parse_json_object(args.model_config, "--model-config"),
         train=training_config(args, default_train(), early_stopping_patience=args.patience),

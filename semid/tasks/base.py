@@ -288,7 +288,7 @@ class Task(ABC):
 def with_absolute_data(spec: Any) -> Any:
     """A spec or `IndexSource` whose data paths (``dataset``, ``items``) are absolute, as the CLI
     gives them: a run or index made with a relative one would find its data from one folder only."""
-    paths = {name: resolve_dataset(str(getattr(spec, name))) for name in ("dataset", "items")
+    paths = {name: resolve_dataset(str(getattr(spec, name)), f"--{name}") for name in ("dataset", "items")
              if isinstance(getattr(spec, name, None), str | os.PathLike)}  # fmt: skip
     return dataclasses.replace(spec, **paths) if paths else spec
 

@@ -34,11 +34,14 @@ from semid.data.tables import (
 from semid.errors import SemidError
 
 
-def resolve_dataset(name: str | None) -> str | None:
-    """A registered name as it is; a path made absolute (so the run does not depend on the cwd)."""
+def resolve_dataset(name: str | None, flag: str = "--dataset") -> str | None:
+    """A registered name as it is; a path made absolute (so the run does not depend on the cwd).
+    ``flag`` names the option in the error for a path that is not there (``--items``: a file)."""
     if name is None or name in available_datasets():
         return name
     path = Path(name).expanduser()
+    if not path.exists() and flag == "--items":
+        raise SemidError(f"--items {name} not found; give the items file (item, text columns)")
     if not path.exists():
         raise SemidError(f"dataset {name!r} is neither a registered dataset ({', '.join(available_datasets())}) "
                          "nor an existing file or folder")  # fmt: skip
