@@ -257,3 +257,27 @@ def test_mix_tuner_ranks_again_only_for_other_weights_or_precision(monkeypatch):
         model.weight.add_(1.0)
     assert tuner(model) == {"ndcg@10": 3.0}
     assert ranked == ["off", "torch.bfloat16", "off"]
+
+
+def test_an_index_built_of_documents_says_which_it_left_out_and_why(tmp_path, capsys):
+    """It said "indexed D0 ... (D1 is held out for `semid index add`)", though it keeps no D1."""
+    from semid.cli.main import main
+
+    write_docs(tmp_path / "docs.jsonl", n=40)
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--dataset",
+                str(tmp_path / "docs.jsonl"),
+                "--out",
+                str(tmp_path / "idx"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        "indexed 36 of the 40 documents with rqkmeans:3x8 (the 4 others are left out as `semid "
+        "train retriever` holds them out" in capsys.readouterr().out
+    )

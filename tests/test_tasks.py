@@ -448,7 +448,9 @@ def test_mmgrec_distance_relation_reaches_the_run_history_length(recommend_run):
     assert model.config.max_distance == 4 and model.relation_emb["distance"].num_embeddings == 5
     # resuming that run with another distance would load weights of the wrong shape: refused
     with pytest.raises(
-        SemidError, match="model config changed since the checkpoint .*max_distance 4 -> 2"
+        SemidError,
+        match="model config changed since the checkpoint .*max_distance 4 -> 2; it follows "
+        "--model-config and options such as --max-history\\); restore them",
     ):
         recommend_run("mmgrec", max_distance=2)
 

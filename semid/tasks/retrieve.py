@@ -167,9 +167,13 @@ class RetrieveTask(Task):
         spec = RetrieveSpec(dataset=source.dataset, quantizer=quantizer, seed=seed)
         coll, split, _ = self._corpus(spec)
         ids, *_ = self._index_d0(spec, coll, split, out, source.device)
+        left_out = len(coll) - len(ids)
         return ids, [
-            f"indexed D0: {len(ids):,} documents with {ids.quantizer_spec} (D1 is held out for `semid index add`)"
-        ]
+            f"indexed {len(ids):,} of the {counted(len(coll), 'document')} with {ids.quantizer_spec}"
+            + (f" (the {left_out:,} others are left out as `semid train retriever` holds them out, "
+               "to show `semid index add` without retraining; training builds its own index)"
+               if left_out else "")
+        ]  # fmt: skip
 
     def _corpus(self, spec: RetrieveSpec) -> tuple[DocumentCollection, CorpusSplit, str | None]:
         """The spec's documents (a seeded subset with ``max_docs``), their seeded split and the

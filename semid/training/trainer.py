@@ -342,7 +342,8 @@ class Trainer:
                 more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
                 raise SemidError(
                     f"cannot resume {self.out_dir}: the model config changed since the checkpoint "
-                    f"({'; '.join(changed[:3])}{more}); restore it, or {START_OVER}"
+                    f"({'; '.join(changed[:3])}{more}; it follows --model-config and options such "
+                    f"as --max-history); restore them, or {START_OVER}"
                 )
 
     def _epoch_consumed(self, progress: TrainProgress) -> bool:
