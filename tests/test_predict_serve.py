@@ -184,6 +184,15 @@ def test_a_user_with_texts_reads_the_registered_dataset_once(run, predictor, tmp
     assert loads == ["ml-100k"]
 
 
+def test_texts_without_out_says_the_table_shows_them(run, predictor, capsys):
+    user = predictor.user_keys[0]
+    assert main(["predict", str(run), "--user", user, "--k", "2", "--texts"]) == 0
+    assert (
+        "--texts adds texts to --out's JSON lines; the table below shows them"
+        in capsys.readouterr().err
+    )
+
+
 def test_answers_may_go_in_the_run_folder_but_not_over_its_parts(run, capsys):
     preds = run / "preds.jsonl"
     assert main(["predict", str(run), "--history", "1,50", "--out", str(preds)]) == 0

@@ -399,6 +399,10 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(predictor, inputs, origins)  # reads users' histories (and so the data) first
     if args.texts:
         check_texts(predictor, "--texts")
+        if args.out is None:  # the table shows the texts already
+            notes.note(
+                "--texts adds texts to --out's JSON lines; the table below shows them anyway"
+            )
     answers = []
     for lo in progress_bar(range(0, len(inputs), args.batch_size), desc="predict",
                    disable=len(inputs) <= args.batch_size):  # fmt: skip
