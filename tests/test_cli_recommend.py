@@ -15,6 +15,7 @@ from semid.indexing import add_items
 from semid.models import build_model, save_model
 from semid.quantization import build_quantizer
 from semid.runs import copy_index, load_run, write_run
+from semid.tasks import get_task
 from semid.tasks.recommend import RecommendSpec
 from semid.trie import PrefixTrie
 
@@ -56,6 +57,15 @@ def test_index_add_makes_a_new_item_reachable_at_once(tmp_path):
     assert (got[0] == code).all(1).any()  # beam search over the whole index finds the new item
     with pytest.raises(SemidError, match="already indexed"):
         add_items(tmp_path / "index", ["new"], x_new, model)
+
+
+def test_an_add_with_nothing_new_gives_no_codes_in_the_shape_of_some(tmp_path):
+    ids, _ = tiny_run(tmp_path)
+    np.save(tmp_path / "old.npy", torch.randn(1, 8).numpy())
+    (tmp_path / "old.txt").write_text(ids.keys[0] + "\n")
+    summary = get_task("recommend").add(tmp_path, tmp_path / "old.npy", keys=tmp_path / "old.txt",
+                                        skip_indexed=True)  # fmt: skip
+    assert summary["added"] == 0 and summary["codes"].shape == (0, ids.levels)
 
 
 def test_new_items_already_indexed_are_refused_before_any_text_is_embedded(tmp_path, monkeypatch):

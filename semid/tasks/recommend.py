@@ -243,7 +243,12 @@ class RecommendTask(Task):
             skip_indexed,
         )  # fmt: skip
         if not new_keys:
-            return {"added": 0, "index_size": len(run.ids), "keys": [], "codes": None}
+            return {
+                "added": 0,
+                "index_size": len(run.ids),
+                "keys": [],
+                "codes": run.ids.codes[:0],
+            }  # (0, L), as an add of some
         ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
         if not is_generator(run.model):
             trained = run.state.get("trained_items", len(run.ids))

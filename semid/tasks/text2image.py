@@ -501,7 +501,12 @@ class Text2ImageTask(Task):
         images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
                               training_folder=self.spec_of(run).dataset)  # fmt: skip
         if not len(images):
-            return {"added": 0, "index_size": len(run.ids), "keys": [], "codes": None}
+            return {
+                "added": 0,
+                "index_size": len(run.ids),
+                "keys": [],
+                "codes": run.ids.codes[:0],
+            }  # (0, L), as an add of some
         features = cnn.encode(images.images, device=device)
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
