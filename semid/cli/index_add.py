@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from semid.ids import SemanticIDs
     from semid.indexing import add_items
     from semid.tasks import resolve_device, task_of_run
+    from semid.tasks.base import added_summary
     from semid.tasks.items import read_new_items
     from semid.tasks.text2image import IMAGE_ENCODER_DIR
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {"added": 0}
         if keys:
             ids, codes = add_items(args.target, keys, x, texts=texts)
-            summary = {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
+            summary = added_summary(ids, keys, codes)
     if summary["added"] == 0:
         source = args.items if args.items is not None else args.docs
         print(f"nothing to add: every {noun} of {source} is already indexed in {args.target}")

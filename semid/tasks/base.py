@@ -126,6 +126,13 @@ def subset_positions(total: int, most: int | None) -> Tensor:
     return torch.linspace(0, total - 1, most).long()
 
 
+def added_summary(ids: Any, keys: list[str], codes: Tensor | None = None) -> dict:
+    """What `index add` of items or images returns: how many ``keys`` it added, the index's size
+    (``ids``, the grown index) and the added keys with their ``codes`` (none: an empty (0, L))."""
+    codes = ids.codes[:0] if codes is None else codes
+    return {"added": len(keys), "index_size": len(ids), "keys": keys, "codes": codes}
+
+
 def rows_to_add(keys: Sequence[str], is_indexed: Callable[[str], bool], noun: str, source: str,
                 skip_indexed: bool, fix: str) -> list[int]:  # fmt: skip
     """Positions of the ``keys`` that `semid index add` adds from ``source``: with

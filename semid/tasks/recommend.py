@@ -49,7 +49,15 @@ from semid.runs import (
     training_index,
     write_run,
 )
-from semid.tasks.base import EvalOptions, IndexSource, Task, move, register_task, subset_positions
+from semid.tasks.base import (
+    EvalOptions,
+    IndexSource,
+    Task,
+    added_summary,
+    move,
+    register_task,
+    subset_positions,
+)
 from semid.tasks.data import (
     check_fingerprint,
     fingerprint,
@@ -243,12 +251,7 @@ class RecommendTask(Task):
             skip_indexed,
         )  # fmt: skip
         if not new_keys:
-            return {
-                "added": 0,
-                "index_size": len(run.ids),
-                "keys": [],
-                "codes": run.ids.codes[:0],
-            }  # (0, L), as an add of some
+            return added_summary(run.ids, [])
         ids, codes = add_items(run.index_path, new_keys, x, run.model, texts)
         if not is_generator(run.model):
             trained = run.state.get("trained_items", len(run.ids))
@@ -256,7 +259,7 @@ class RecommendTask(Task):
                  f"{counted(trained, 'item')} it was trained on: it neither recommends the added "
                  "items nor reads them in a history until a run is trained on its index "
                  f"(semid train recommender ... --index {run.index_path} --out NEW)")  # fmt: skip
-        return {"added": len(new_keys), "index_size": len(ids), "keys": new_keys, "codes": codes}
+        return added_summary(ids, new_keys, codes)
 
     def predictor(self, run: Run, device: str = "cpu") -> RecommendPredictor:
         """Top-k items for known users or for given histories."""

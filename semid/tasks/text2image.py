@@ -63,6 +63,7 @@ from semid.tasks.base import (
     IndexSource,
     QueryPredictor,
     Task,
+    added_summary,
     check_recommend_only_options,
     move,
     register_task,
@@ -501,12 +502,7 @@ class Text2ImageTask(Task):
         images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
                               training_folder=self.spec_of(run).dataset)  # fmt: skip
         if not len(images):
-            return {
-                "added": 0,
-                "index_size": len(run.ids),
-                "keys": [],
-                "codes": run.ids.codes[:0],
-            }  # (0, L), as an add of some
+            return added_summary(run.ids, [])
         features = cnn.encode(images.images, device=device)
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
@@ -527,12 +523,7 @@ class Text2ImageTask(Task):
                 write_rows(run.index_path / IMAGE_FEATURES, torch.cat([known, features.float()]))
             write_run(run_path, self.name, self.spec_of(run), state, added_from=source)
         _note_unknown_classes(classes, run.ids.metadata.get("classes"))
-        return {
-            "added": len(images.keys),
-            "index_size": len(ids),
-            "keys": images.keys,
-            "codes": codes,
-        }
+        return added_summary(ids, images.keys, codes)
 
     def predictor(self, run: Run, device: str = "cpu") -> Text2ImagePredictor:
         """Top-k images for query texts."""
