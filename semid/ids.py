@@ -9,7 +9,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,7 @@ class SemanticIDs:
         self.check_new_keys(keys)
         new_codes: list[list[int]] = []
         taken: dict[tuple[int, ...], int] = {}  # codes given in this call, not yet in the index
+        moved = 0  # as the build's report counts: a changed code or a non-zero extra token
         for i, raw in enumerate(raw_codes.tolist()):
             code = list(raw)
             if has_extra:
@@ -218,10 +219,12 @@ class SemanticIDs:
                 while tuple([*code, token]) in self._row_of_code or tuple([*code, token]) in taken:
                     token += 1
                 code.append(token)
+                moved += token > 0
             elif distances is not None and (
                 tuple(code) in self._row_of_code or tuple(code) in taken
             ):
                 code[-1] = self._nearest_free_last_code(code[:-1], distances[i], taken)
+                moved += 1
             if tuple(code) in self._row_of_code or tuple(code) in taken:
                 raise SemidError(
                     f"new item's ID {tuple(code)} is taken and this index has no extra level to disambiguate"
@@ -229,6 +232,8 @@ class SemanticIDs:
             taken[tuple(code)] = len(self.keys) + len(new_codes)
             new_codes.append(code)
         self._row_of_code.update(taken)  # only once every new item has an ID
+        if self.collision is not None:
+            self.collision = replace(self.collision, items_moved=self.collision.items_moved + moved)
         added = torch.tensor(new_codes, dtype=torch.long).reshape(len(keys), self.levels)
         if has_extra and len(added):
             self.codebook_sizes[-1] = max(self.codebook_sizes[-1], int(added[:, -1].max()) + 1)

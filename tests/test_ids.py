@@ -76,6 +76,7 @@ def test_add_new_items_gets_unique_ids():
     assert added.tolist() == [[0, 1, 2], [2, 1, 0]]
     assert ids.key_of((0, 1, 2)) == "e" and len(ids) == 6
     assert ids.codebook_sizes[-1] == 3
+    assert ids.stats()["items_moved"] == 2  # b at the build, e now (f keeps token 0)
     with pytest.raises(SemidError, match="already indexed"):
         ids.add(["a"], torch.tensor([[0, 0]]))
     # new items sharing a raw code in one add take the next free tokens, after the index's own
@@ -83,6 +84,15 @@ def test_add_new_items_gets_unique_ids():
     assert added.tolist() == [[0, 1, 3], [1, 0, 0], [0, 1, 4]]
     assert [ids.key_of(tuple(code)) for code in added.tolist()] == ["g", "h", "i"]
     assert ids.codebook_sizes[-1] == 5
+    assert ids.stats()["items_moved"] == 4
+
+
+def test_items_moved_by_an_add_are_counted_in_the_saved_stats(tmp_path):
+    ids = make_ids()
+    ids.add(["e"], torch.tensor([[2, 0]]))  # c's raw code: e takes token 1
+    ids.save(tmp_path / "idx")
+    assert SemanticIDs.load(tmp_path / "idx").stats()["items_moved"] == 2
+    assert json.loads((tmp_path / "idx" / "stats.json").read_text())["items_moved"] == 2
 
 
 def test_add_to_an_index_without_an_extra_level_moves_a_taken_id_to_the_nearest_free_code():
@@ -92,11 +102,12 @@ def test_add_to_an_index_without_an_extra_level_moves_a_taken_id_to_the_nearest_
     # e lands on a's ID (0, 0): its nearest free code is 2 (1 is b's); f's (1, 0) is free
     added = ids.add(["e", "f"], torch.tensor([[0, 0], [1, 0]]), distances)
     assert added.tolist() == [[0, 2], [1, 0]] and ids.key_of((0, 2)) == "e"
+    assert ids.stats()["items_moved"] == 1  # e
     with pytest.raises(
         SemidError, match=r"under the prefix \(0,\) is taken.*--collisions extra-level"
     ):
         ids.add(["g"], torch.tensor([[0, 1]]), torch.zeros(1, 3))
-    assert len(ids) == 4  # the refused item left the index as it was
+    assert len(ids) == 4 and ids.stats()["items_moved"] == 1  # the refusal left it as it was
     with pytest.raises(SemidError, match="is taken and this index has no extra level"):
         ids.add(["g"], torch.tensor([[0, 1]]))  # no distances: a taken ID is refused
     with pytest.raises(SemidError, match=r"distances have shape \(1, 2\), expected \(1, 3\)"):
