@@ -22,11 +22,10 @@ from semid.defaults import AUTO
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import can_write, write_lock
-from semid.quantization import Quantizer, build_quantizer
+from semid.quantization import MAX_LEVELS, Quantizer, build_quantizer
 from semid.runs import check_vocabulary
 
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
-MAX_LEVELS = 16
 MAX_CODEBOOK_BYTES = 4 * 2**30
 ADD_WAIT_SECONDS = 600  # a second `index add` waits for the first rather than failing
 ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in vain is told

@@ -25,6 +25,8 @@ from semid.saving import load_state, read_module, write_module
 from semid.trie import check_codes
 
 MAX_MAGNITUDE = 1e15  # larger embedding values overflow float32's squared distances
+MAX_LEVELS = 16  # IDs are decoded one level at a time: a longer ID is a slower, weaker target
+MAX_CODES_PER_LEVEL = 2**20  # far more than any catalogue needs at 2+ levels; bounds the codebooks
 RECONSTRUCTION_BATCH = 65_536  # rows decoded at a time by Quantizer.reconstruction_error
 _SPEC_RE = re.compile(
     r"^(?P<family>[a-z][a-z0-9_]*):(?P<levels>\d+)x(?P<size>\d+)(?P<opts>(,[^,=]+=[^,=]+)*)$"
@@ -53,7 +55,17 @@ class QuantizerSpec:
             raise SemidError(
                 f"bad quantizer spec {text!r}: need at least 1 level and 2 codes per level"
             )
-        opts = dict(kv.split("=", 1) for kv in m["opts"].split(",") if kv)
+        if levels > MAX_LEVELS or size > MAX_CODES_PER_LEVEL:
+            raise SemidError(f"bad quantizer spec {text!r}: use at most {MAX_LEVELS} levels (IDs "
+                             f"are decoded one level at a time) and {MAX_CODES_PER_LEVEL:,} codes "
+                             "per level")  # fmt: skip
+        pairs = [kv.split("=", 1) for kv in m["opts"].split(",") if kv]
+        opts = dict(pairs)
+        if len(opts) < len(pairs):
+            again = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+            raise SemidError(
+                f"bad quantizer spec {text!r}: option {again} is given twice; keep one"
+            )
         return cls(m["family"], levels, size, opts)
 
     def __str__(self) -> str:

@@ -114,6 +114,8 @@ def _bad_npy(tmp_path, name, array):
         ("bad_spec", "quantizer spec"),
         ("unknown_family", "unknown quantizer family"),
         ("missing_file", "not found"),
+        ("huge_spec", "at most 16 levels"),
+        ("repeated_option", "option beam is given twice"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, message, capsys):
@@ -143,12 +145,29 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, mess
         args[7] = "nosuch:3x256"
     elif case == "missing_file":
         args[3] = str(tmp_path / "nope.npy")
+    elif case == "huge_spec":  # it overflowed building the codebook sizes (a traceback)
+        args[7] = "rqkmeans:99999999999999999999999x4"
+    elif case == "repeated_option":
+        args[7] = "rqkmeans:2x8,beam=2,beam=3"
     # In-process: a traceback would surface here as an exception and fail the test.
     code = main(args)
     assert code != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert message.lower() in err.lower(), err
+
+
+def test_out_of_memory_in_an_index_build_names_what_index_build_can_lower(
+    tmp_path, embeddings, monkeypatch, capsys
+):
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("semid.indexing.build_quantizer", no_memory)
+    assert main(build_args(*embeddings, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "out of memory (MemoryError)" in err and "--quantizer with fewer levels" in err, err
+    assert "--max-history" not in err  # train's options, which index build does not take
 
 
 def test_bad_input_from_the_real_command_line(tmp_path):

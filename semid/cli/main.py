@@ -260,9 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if not out_of_memory(e):
             raise
-        print(f"semid: error: out of memory ({type(e).__name__}); ask for less (--batch-size, "
-              "--max-history, --extra-codes, --num-beams, the model's sizes in --model-config) or "
-              "use a machine with more memory", file=sys.stderr)  # fmt: skip
+        levers = _MEMORY_LEVERS.get(getattr(args, "group", None), _MEMORY_LEVERS["train"])
+        print(f"semid: error: out of memory ({type(e).__name__}); ask for less ({levers}) or use "
+              "a machine with more memory", file=sys.stderr)  # fmt: skip
         return 2
     except BrokenPipeError:  # `semid ... | head` closed the pipe: stop quietly, as Unix tools do
         _silence_stdout()  # Python flushes stdout at exit, which would raise again
@@ -280,6 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{e.filename or 'standard output'}; free space and rerun (what it wrote is "
               "incomplete)", file=sys.stderr)  # fmt: skip
         return 2
+
+
+# what each command group can ask for less of when it runs out of memory
+_MEMORY_LEVERS = {
+    "index": "a --quantizer with fewer levels or codes per level, fewer items at a time",
+    "train": "--batch-size, --max-history, --extra-codes, --num-beams, the model's sizes in "
+    "--model-config",
+    "eval": "--batch-size, --num-beams",
+    "predict": "--batch-size, --num-beams, fewer inputs at a time",
+    "serve": "--max-batch, --max-inputs, --workers",
+}
 
 
 def _silence_stdout() -> None:
