@@ -44,8 +44,10 @@ from semid.quantization import (
     Quantizer,
     QuantizerSpec,
     as_embeddings,
+    check_finite_loss,
     checked_rows,
     fits_on_the_cpu,
+    held_out_count,
     register_quantizer,
     with_train_overrides,
 )
@@ -57,6 +59,14 @@ from semid.quantizers.rqvae import mlp
 OPTIONS = {"c": 1.0, "learn_c": 0, "latent": 32, "hidden": "256", "beta": 0.25, "clip": 2.0,
            "decoder": 1, "net": "mlp"}
 # fmt: on
+
+
+def _switch(spec: QuantizerSpec, key: str) -> bool:
+    """An on/off option of ``spec`` (1 or 0); SemidError for any other value."""
+    value = spec.option(key, OPTIONS[key], int)
+    if value not in (0, 1):
+        raise SemidError(f"bad option {key}={value} in {spec}: use {key}=1 or {key}=0")
+    return bool(value)
 
 
 @dataclass
@@ -92,8 +102,8 @@ class HyperbolicRQ(Quantizer):
         self.latent_dim = spec.option("latent", OPTIONS["latent"], int)
         self.beta = spec.option("beta", OPTIONS["beta"], float)
         self.clip = spec.option("clip", OPTIONS["clip"], float)
-        self.has_decoder = bool(spec.option("decoder", OPTIONS["decoder"], int))
-        self.learn_c = bool(spec.option("learn_c", OPTIONS["learn_c"], int))
+        self.has_decoder = _switch(spec, "decoder")
+        self.learn_c = _switch(spec, "learn_c")
         self.net = spec.option("net", OPTIONS["net"])
         if self.net not in ("mlp", "hnn"):
             raise SemidError(f"bad option net={self.net!r} in {spec}: use net=mlp or net=hnn")
@@ -360,7 +370,9 @@ class HyperbolicRQ(Quantizer):
             all_pairs = val_pairs if pairs is None else torch.cat([pairs, val_pairs])
             val = {"pairs": val_pairs, "negs": negs, "keys": pair_keys(all_pairs, n)}
         # Items are held out only where they are the validation data (no validation pairs).
-        n_val = round(cfg.val_fraction * n) if cfg.patience is not None and val is None else 0
+        n_val = (
+            held_out_count(n, cfg.val_fraction) if cfg.patience is not None and val is None else 0
+        )
         val_items, train_items = order[:n_val], order[n_val:]
         self._init_codebooks(inputs[train_items[: cfg.init_batch]], cfg.seed)
         keys = None if pairs is None else pair_keys(pairs, n)
@@ -390,12 +402,15 @@ class HyperbolicRQ(Quantizer):
                 usage += code_usage(codes, self.spec.codebook_size)
                 total, steps = total + loss.item(), steps + 1
             train_curve.append(total / max(steps, 1))
+            check_finite_loss(train_curve[-1], self.spec, epoch, cfg.lr)
             revived = 0
             if epoch < cfg.reset_dead_until * cfg.epochs:
                 revived = self._reset_dead_codes(inputs[train_items], usage, gen)
             stop = False
             if cfg.patience is not None:
-                stop = stopper.update(self._val_loss(inputs, val_items, val), self)
+                # too few items to hold some out: the training items validate, as in rqvae
+                checked = val_items if len(val_items) else train_items
+                stop = stopper.update(self._val_loss(inputs, checked, val), self)
             bar.set_postfix(loss=f"{train_curve[-1]:.4f}", revived=revived, refresh=False)
             if stop:
                 break

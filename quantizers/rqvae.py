@@ -35,7 +35,9 @@ from semid.progress import progress_bar
 from semid.quantization import (
     Quantizer,
     QuantizerSpec,
+    check_finite_loss,
     fits_on_the_cpu,
+    held_out_count,
     register_quantizer,
     with_train_overrides,
 )
@@ -213,7 +215,7 @@ class RQVAE(Quantizer):
         gen = torch.Generator().manual_seed(cfg.seed)
         n = inputs.shape[0]
         perm = torch.randperm(n, generator=gen)
-        n_val = round(n * cfg.val_fraction) if n * cfg.val_fraction >= cfg.min_val_items else 0
+        n_val = held_out_count(n, cfg.val_fraction, cfg.min_val_items)
         # training rows are gathered a batch at a time (a copy of them all: 1x more memory)
         val, train_rows = inputs[perm[:n_val]], perm[n_val:]
         self._reset_weights(cfg.seed)
@@ -254,6 +256,7 @@ class RQVAE(Quantizer):
             ):
                 revived = self.codebooks.reset_dead_codes_(torch.cat(residuals), usage, gen)
             val_loss = self._eval_loss(val if n_val else inputs[train_rows])
+            check_finite_loss(val_loss, self.spec, epoch, cfg.lr)
             state["epoch"] = epoch + 1
             if val_loss < state["best"] - 1e-6:
                 state.update(
@@ -318,10 +321,12 @@ class RQVAE(Quantizer):
             raise SemidError(
                 f"checkpoint {path} is damaged ({e}); delete it to restart the fit from scratch"
             ) from None
-        if payload["fingerprint"] != self._fingerprint(inputs, cfg):
-            raise SemidError(
-                f"checkpoint {path} was written for other data or settings; remove it or use another checkpoint_dir"
-            )
+        if not isinstance(payload, dict) or payload.get("fingerprint") != self._fingerprint(
+            inputs, cfg
+        ):
+            raise SemidError(f"checkpoint {path} was written for other data or settings (or is "
+                             "not a semid fit checkpoint); remove it or use another "
+                             "checkpoint_dir")  # fmt: skip
         self.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         gen.set_state(payload["generator"])

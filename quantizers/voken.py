@@ -36,8 +36,15 @@ from torch import Tensor, nn
 
 from semid.errors import SemidError
 from semid.layers import reset_seeded_
-from semid.quantization import QuantizerSpec, as_embeddings, fits_on_the_cpu, register_quantizer
+from semid.quantization import (
+    QuantizerSpec,
+    as_embeddings,
+    checked_rows,
+    fits_on_the_cpu,
+    register_quantizer,
+)
 from semid.quantizers.rqvae import RQVAE, TrainConfig, mlp
+from semid.wording import counted
 
 # Image collections range from 1k to 60k images: a few epochs of big batches on large ones, at
 # least `min_steps` batches on small ones (early stopping waits for them).
@@ -195,7 +202,13 @@ class VokenQuantizer(RQVAE):
         """Train on image features x (N, D) aligned to text_embeddings (N, T), one text per image;
         other keywords override `TrainConfig` fields (default `DEFAULT_TRAIN_CONFIG`). Training
         runs at least ``min_steps`` batches whatever ``epochs`` says (small collections get more
-        epochs), and the text projection at least its own floor of steps."""
+        epochs), and the text projection at least its own floor of steps. Without
+        text_embeddings it fits a plain RQ-VAE, whatever an earlier fit aligned to."""
+        self.check_input(x)  # before any change: a refused fit leaves the quantizer as it was
+        if text_embeddings is None and self.text_dim is not None:  # an earlier fit's texts
+            self.text_dim, self._led = None, None
+            if self.dim is not None:
+                self.rebuild()
         if text_embeddings is not None:
             t = as_embeddings(text_embeddings).float()  # numbers, or one clear error
             if t.ndim != 2 or len(t) != len(x):
@@ -268,12 +281,15 @@ class VokenQuantizer(RQVAE):
         self.check_fitted()
         if self.align_head is None:
             raise SemidError(f"{self.spec} was fitted without text embeddings: it has no text head")
+        x = self.check_input(x)
+        text = checked_rows(as_embeddings(text_embeddings), self.text_dim, "text embeddings")
+        if len(text) != len(x):
+            raise SemidError(f"{counted(len(text), 'text embedding')} for "
+                             f"{counted(len(x), 'image')}; give one text per image")  # fmt: skip
         self.eval()
-        z = self._latents(self._model_inputs(self.check_input(x)))
+        z = self._latents(self._model_inputs(x))
         full = self.prefix_representations(z, self.codebooks.encode(z))[:, -1]
-        return 1 - F.cosine_similarity(
-            self.align_head(full), torch.as_tensor(text_embeddings).float(), dim=-1
-        )
+        return 1 - F.cosine_similarity(self.align_head(full), text, dim=-1)
 
     @torch.no_grad()
     def text_projection(self, x: Tensor) -> Tensor:

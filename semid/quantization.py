@@ -410,6 +410,21 @@ _FRACTIONS = ("val_fraction",)  # a share held out: some must be left to train o
 _SHARES = ("reset_dead_until",)  # a share of the epochs, all of them included
 
 
+def held_out_count(num_items: int, fraction: float, min_items: int = 1) -> int:
+    """How many of ``num_items`` a learned fit holds out to validate on: ``fraction`` of them, none
+    when that is under ``min_items``, and never all of them (at least one is left to train on)."""
+    count = round(num_items * fraction)
+    return min(count, num_items - 1) if count >= min_items else 0
+
+
+def check_finite_loss(loss: float, spec: QuantizerSpec, epoch: int, lr: float) -> None:
+    """SemidError when a learned fit's loss is no longer finite: its weights have diverged (NaN),
+    so every item would get one code and the saved quantizer could not be loaded."""
+    if not math.isfinite(loss):
+        raise SemidError(f"fitting {spec} diverged (its loss is {loss} after epoch {epoch + 1}); "
+                         f"lower its lr (now {lr:g}) or scale the embeddings down")  # fmt: skip
+
+
 def with_train_overrides(config: Any, overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
     """A copy of the training ``config`` (a dataclass) with ``overrides`` applied and checked
     (`check_train_config`); SemidError naming unknown options and the known ones (with ``extra``,

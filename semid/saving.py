@@ -59,9 +59,19 @@ def write_module(
     }
     check_replaceable(path, {CONFIG_FILE, WEIGHTS_FILE}, kind)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    broken = _nan_tensors(state)
+    if broken:  # `load_state` would refuse it: write nothing rather than an unloadable folder
+        raise SemidError(f"not writing the {kind} to {path}: its tensor {broken[0]} holds NaN "
+                         "values (its training diverged); train it again, e.g. with a lower lr")  # fmt: skip
     with atomic_dir(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         save_file(_untie(state), str(tmp / WEIGHTS_FILE))
+
+
+def _nan_tensors(state: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN (infinity is a legitimate
+    value: an hrq ball of curvature 0 stores softplus^-1(0))."""
+    return [k for k, v in state.items() if v.is_floating_point() and bool(v.isnan().any())]
 
 
 def read_module(path: str | os.PathLike, kind: str, fix: str) -> tuple[str, dict[str, Any]]:
@@ -111,8 +121,7 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
         raise SemidError(
             f"{path}: tensor {wrong[0]} has the wrong shape; it belongs to another model"
         )
-    # NaN only: infinity is a legitimate value (an hrq ball of curvature 0 stores softplus^-1(0))
-    broken = [k for k, v in state.items() if v.is_floating_point() and bool(v.isnan().any())]
+    broken = _nan_tensors(state)
     if broken:  # a file that reads well but holds no model: every input would get one answer
         raise SemidError(f"{path}: tensor {broken[0]} holds NaN values; retrain or restore it")
     missing, unexpected = module.load_state_dict(state, strict=False)

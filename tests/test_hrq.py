@@ -1,5 +1,6 @@
 """The ``hrq`` quantizer: spec, residual chain, boundary safety, hierarchy loss, save/load, determinism."""
 
+import math
 import os
 import subprocess
 import sys
@@ -25,7 +26,8 @@ def test_spec_round_trip_and_bad_options():
     q = build_quantizer("hrq:3x256,c=1.0")
     assert str(q.spec) == "hrq:3x256,c=1.0" and q.c == 1.0 and q.levels == 3
     assert build_quantizer("hrq:2x8,c=0.5,latent=4,decoder=0").has_decoder is False
-    for bad in ["hrq:3x8,c=-1", "hrq:3x8,curv=1", "hrq:3x8,latent=0", "hrq:3x8,c=abc"]:
+    bad_specs = ["c=-1", "curv=1", "latent=0", "c=abc", "decoder=2", "learn_c=-1"]
+    for bad in [f"hrq:3x8,{option}" for option in bad_specs]:
         with pytest.raises(SemidError):
             build_quantizer(bad)
 
@@ -243,3 +245,16 @@ def test_hyperbolic_embedding_network_fits_saves_and_loads(c, tmp_path):
     assert torch.equal(Quantizer.from_pretrained(tmp_path / "q").encode(x), codes)
     with pytest.raises(SemidError, match="net"):
         build_quantizer("hrq:2x8,net=gnn")
+
+
+def test_a_collection_too_small_to_hold_items_out_validates_on_its_training_items():
+    q = build_quantizer("hrq:2x2,latent=4,hidden=16").fit(
+        _clusters(4), patience=2, epochs=12, **_NO_EPOCHS
+    )
+    assert all(math.isfinite(v) for v in q.fit_summary["val_loss"])  # it was NaN: stopped at 2
+    assert q.fit_summary["epochs"] > 2
+
+
+def test_a_diverging_fit_is_refused():
+    with pytest.raises(SemidError, match="diverged"):
+        build_quantizer("hrq:2x8,latent=4,hidden=16").fit(_clusters(), lr=1e30, **FAST)

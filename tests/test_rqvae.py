@@ -14,6 +14,7 @@ from semid.quantizers.residual import (
     straight_through,
 )
 from semid.quantizers.rqvae import RQVAE
+from semid.saving import write_module
 
 N, D = 96, 8
 SPEC = "rqvae:2x8,hidden=16,latent=4"
@@ -192,3 +193,28 @@ def test_decode_rejects_out_of_range_codes(fitted):
         fitted.decode(torch.full((2, 2), 8))
     with pytest.raises(SemidError):
         fitted.decode(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_a_diverging_fit_is_refused_and_nothing_unloadable_is_written(tmp_path):
+    q = build_quantizer(SPEC)
+    with pytest.raises(SemidError, match=r"diverged .*lower its lr \(now 1e\+30\)"):
+        q.fit(data(), lr=1e30, **FAST)
+    with pytest.raises(SemidError, match="not fitted"):
+        q.save_pretrained(tmp_path / "q")
+    weights = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        weights.weight[0, 0] = float("nan")
+    with pytest.raises(SemidError, match="tensor weight holds NaN values .*train it again"):
+        write_module(tmp_path / "m", "model", "linear", {}, weights)  # load_state refuses it
+    assert not (tmp_path / "q").exists() and not (tmp_path / "m").exists()
+
+
+def test_a_held_out_share_that_takes_every_item_leaves_one_to_train_on():
+    q = build_quantizer(SPEC).fit(data(), val_fraction=0.999, min_val_items=1, **FAST)
+    assert q.encode(data()).shape == (N, 2)  # it gave an IndexError from k-means on no rows
+
+
+def test_a_foreign_file_in_the_checkpoint_folder_is_one_clear_error(tmp_path):
+    torch.save({"a": 1}, tmp_path / RQVAE.checkpoint_name)
+    with pytest.raises(SemidError, match="not a semid fit checkpoint"):
+        build_quantizer(SPEC).fit(data(), checkpoint_dir=tmp_path, **FAST)

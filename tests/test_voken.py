@@ -106,6 +106,31 @@ def test_without_texts_it_is_an_rqvae():
         q.text_distance(x, torch.zeros(64, 8))
 
 
+def test_a_fit_without_texts_after_one_with_texts_is_a_plain_rqvae():
+    x, _, text, _ = crafted(64)
+    plain = build_quantizer("rqvae:2x4,hidden=16,latent=4").fit(x, epochs=2, seed=0, **FAST)
+    q = build_quantizer("voken:2x4,hidden=16,latent=4")
+    broken = x.clone()
+    broken[3, 0] = float("nan")
+    with pytest.raises(SemidError, match="NaN"):  # refused before it changed the quantizer
+        q.fit(broken, text_embeddings=text, epochs=2, seed=0, **FAST)
+    assert q.text_dim is None
+    q.fit(x, text_embeddings=text, epochs=2, seed=0, **FAST)
+    q.fit(x, epochs=2, seed=0, **FAST)
+    assert q.text_dim is None and not q.text_led
+    assert torch.equal(q.encode(x), plain.encode(x))
+
+
+def test_text_distance_checks_its_texts(aligned):
+    x, _, text, _ = crafted(64)
+    with pytest.raises(SemidError, match="dimension 4 but the quantizer expects 8"):
+        aligned.text_distance(x, text[:, :4])
+    with pytest.raises(SemidError, match="3 text embeddings for 64 images"):
+        aligned.text_distance(x, text[:3])
+    with pytest.raises(SemidError, match="NaN"):
+        aligned.text_distance(x, torch.full_like(text, float("nan")))
+
+
 def test_bad_text_embeddings_and_options():
     x = crafted(64)[0]
     with pytest.raises(SemidError, match="one row per image"):
