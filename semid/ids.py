@@ -401,6 +401,17 @@ class SemanticIDs:
         return ids
 
 
+def quantizer_dim(index_path: str | os.PathLike) -> int | None:
+    """The width of the vectors the quantizer saved with an index reads (from its config, without
+    loading its weights); None when it cannot tell, which loading the quantizer then explains."""
+    try:
+        config = json.loads((Path(index_path) / QUANTIZER_DIR / "config.json").read_text())
+        dim = config["config"]["dim"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+
+
 def load_quantizer(index_path: str | os.PathLike) -> Quantizer:
     """The quantizer saved with an index folder."""
     path = Path(index_path) / QUANTIZER_DIR

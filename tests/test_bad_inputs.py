@@ -586,7 +586,7 @@ NEW_NAN[1, 1] = np.inf
 # `index add` to a bare index folder
 cases(
     [
-        ("add-dimension-mismatch", "dimension", add_to_index(npy_items(np.ones((3, 4)), ["a", "b", "c"]))),
+        ("add-dimension-mismatch", "new.npy holds 4-d vectors, but the index was built from 8-d", add_to_index(npy_items(np.ones((3, 4)), ["a", "b", "c"]))),
         ("add-infinite", "new.npy", add_to_index(npy_items(NEW_NAN, ["a", "b", "c"]))),
         ("add-keys-already-indexed", "i7", add_to_index(npy_items(NEW, ["a", "i7", "c"]))),
         ("add-keys-repeated", "a", add_to_index(npy_items(NEW, ["a", "b", "a"]))),

@@ -490,3 +490,52 @@ def test_an_added_key_that_is_an_indexed_one_written_another_way_gets_a_note(
     assert "differ only by leading zeros or a '.0', and are two items" in err
     assert look_alike_across(["7"], ["007", "8"]) == ("007", "7")
     assert look_alike_across(["9", "70"], ["7", "007x"]) is None
+
+
+def test_an_add_whose_vectors_cannot_fit_the_index_is_refused_before_embedding(
+    tmp_path, embeddings, monkeypatch, capsys
+):
+    x_path, keys_path = embeddings  # 16-d vectors
+    assert main(build_args(x_path, keys_path, tmp_path / "idx")) == 0
+    np.save(tmp_path / "new.npy", np.zeros((1, 7), np.float32))
+    (tmp_path / "new.txt").write_text("fresh\n")
+    add = ["index", "add", str(tmp_path / "idx"), "--items"]
+    assert main([*add, str(tmp_path / "new.npy"), "--keys", str(tmp_path / "new.txt")]) == 2
+    assert "new.npy holds 7-d vectors, but the index was built from 16-d ones" in (
+        capsys.readouterr().err
+    )
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("texts embedded before the check")
+
+    monkeypatch.setattr("semid.encoders.TextEncoder.encode", no_embedding)
+    (tmp_path / "new.tsv").write_text("fresh\tA Fresh Title\n")
+    assert main([*add, str(tmp_path / "new.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "would be 384-d vectors (all-MiniLM-L6-v2), but the index was built from 16-d" in err
+    assert "--encoder the text model that made the index's vectors" in err
+
+
+def test_texts_added_to_a_bare_index_are_embedded_by_the_index_s_own_encoder(
+    tmp_path, embeddings, monkeypatch
+):
+    x_path, keys_path = embeddings
+    assert main(build_args(x_path, keys_path, tmp_path / "idx")) == 0
+    config = json.loads((tmp_path / "idx" / "config.json").read_text())
+    config["metadata"]["encoder"] = "my-encoder"  # as an index built from texts by --encoder
+    (tmp_path / "idx" / "config.json").write_text(json.dumps(config))
+    used = []
+
+    class Encoder:
+        dim = 16
+
+        def __init__(self, model=None, device="cpu"):
+            used.append(model)
+
+        def encode(self, texts):
+            return torch.zeros(len(texts), 16)
+
+    monkeypatch.setattr("semid.tasks.items.TextEncoder", Encoder)
+    (tmp_path / "new.tsv").write_text("fresh\tA Fresh Title\n")
+    assert main(["index", "add", str(tmp_path / "idx"), "--items", str(tmp_path / "new.tsv")]) == 0
+    assert used == ["my-encoder"]  # it embedded them with the default encoder

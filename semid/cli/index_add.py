@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the items (or documents), add them, report their IDs."""
-    from semid.ids import SemanticIDs
+    from semid.ids import SemanticIDs, quantizer_dim
     from semid.indexing import add_items
     from semid.tasks import resolve_device, task_of_run
     from semid.tasks.base import added_summary
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         indexed = SemanticIDs.load(args.target)  # its keys are checked before any text is embedded
         keys, x, texts = read_new_items(
-            args.items, args.keys, args.encoder, indexed=indexed, device=device,
-            skip_indexed=args.skip_indexed,
+            args.items, args.keys, args.encoder, indexed.metadata.get("encoder"), indexed=indexed,
+            device=device, skip_indexed=args.skip_indexed, index_dim=quantizer_dim(args.target),
         )  # fmt: skip
         summary = {"added": 0}
         if keys:

@@ -203,6 +203,7 @@ def read_new_items(
     indexed: SemanticIDs | None = None,
     device: str = "cpu",
     skip_indexed: bool = False,
+    index_dim: int | None = None,
 ) -> tuple[list[str], Tensor, list[str] | None]:
     """Keys, vectors (M, D) and texts (None for embeddings) of new items, from texts embedded with
     the index's text encoder (unless ``encoder``) or from an embeddings file (``.npy`` + ``keys``,
@@ -210,12 +211,16 @@ def read_new_items(
     gzipped, or a ``.tsv`` whose header starts with an item column; ``columns``: the run's
     ``--columns``), or as a headerless ``.tsv`` of ``key<TAB>text`` lines. Keys already in
     ``indexed`` are refused before any text is embedded, or left out with ``skip_indexed`` (so
-    that none may be left); texts are embedded on ``device``."""
+    that none may be left); texts are embedded on ``device``. ``index_dim``: the width of the
+    index's vectors, which new ones must have (checked before any text is embedded)."""
     if Path(path).is_dir():
         raise SemidError(f"--items {path} is a folder; give a file of item texts (CSV, TSV, JSON "
                          "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
     if not holds_item_texts(path):
         new_keys, x = load_embeddings(path, keys)
+        if index_dim is not None and x.ndim == 2 and x.shape[1] != index_dim:
+            raise SemidError(f"{path} holds {x.shape[1]}-d vectors, but the index was built from "
+                             f"{index_dim}-d ones; give vectors made as the index's were")  # fmt: skip
         rows = _new_rows(new_keys, indexed, skip_indexed, path)
         return [new_keys[i] for i in rows], x[rows], None
     fmt = table_format(path)
@@ -233,7 +238,17 @@ def read_new_items(
         return [], torch.zeros(0, 0), []
     if index_encoder not in (None, DEFAULT_ENCODER) and encoder is None:
         encoder = index_encoder
-    return new_keys, TextEncoder(model=encoder, device=device).encode(texts), texts
+    text_encoder = TextEncoder(model=encoder, device=device)
+    if index_dim is not None and text_encoder.dim != index_dim:
+        raise SemidError(f"the texts of {path} would be {text_encoder.dim}-d vectors "
+                         f"({encoder or DEFAULT_ENCODER}), but the index was built from "
+                         f"{index_dim}-d ones; give --items as {index_dim}-d embeddings (.npy with "
+                         "--keys), or --encoder the text model that made the index's vectors")  # fmt: skip
+    if indexed is not None and "encoder" not in indexed.metadata and encoder is None:
+        note(f"the index was built from embeddings, not texts: the texts of {path} are embedded "
+             f"with {DEFAULT_ENCODER}; if another model made the index's vectors, name it with "
+             "--encoder")  # fmt: skip
+    return new_keys, text_encoder.encode(texts), texts
 
 
 def _new_rows(keys: list[str], indexed: SemanticIDs | None, skip_indexed: bool,

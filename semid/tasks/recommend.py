@@ -34,7 +34,7 @@ from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.generator import Generator
 from semid.hybrid import Candidates, HybridRanker, choose_mix
-from semid.ids import SemanticIDs, load_quantizer
+from semid.ids import SemanticIDs, load_quantizer, quantizer_dim
 from semid.indexing import add_items
 from semid.metrics import compute_metrics
 from semid.models import is_generator, save_model
@@ -248,7 +248,7 @@ class RecommendTask(Task):
             )
         new_keys, x, texts = read_new_items(
             source, keys, encoder, run.ids.metadata.get("encoder"), columns, run.ids, device,
-            skip_indexed,
+            skip_indexed, quantizer_dim(run.index_path),
         )  # fmt: skip
         if not new_keys:
             return added_summary(run.ids, [])
