@@ -105,12 +105,13 @@ def build_ids(
     quantizer = build_quantizer(spec) if isinstance(spec, str) else spec
     x = quantizer.check_input(x)  # a list or an array as fit takes it; (N, D) or refused
     check_fits(quantizer, len(x), x.shape[1])
+    items = x if encode_x is None else quantizer.check_input(encode_x)  # (M, D) or refused
+    if len(items) != len(keys):  # said before the fit, which may take a while
+        raise SemidError(f"{len(keys)} keys for {len(items)} item vectors; give one key per item")
     started = time.perf_counter()
     quantizer.fit(x, seed=seed, **fit_kwargs)
     fit_seconds = time.perf_counter() - started
-    items = x if encode_x is None else quantizer.check_input(encode_x)
-    if len(items) != len(keys):
-        raise SemidError(f"{len(keys)} keys for {len(items)} item vectors; give one key per item")
+    items = quantizer.check_input(items)  # now of the fitted width
     raw = quantizer.encode(items)
     lost = quantizer.reconstruction_error(items, raw)
     distances = quantizer.last_level_distances(items) if collisions == "reassign" else None

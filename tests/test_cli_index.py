@@ -500,10 +500,11 @@ def test_an_add_whose_vectors_cannot_fit_the_index_is_refused_before_embedding(
     np.save(tmp_path / "new.npy", np.zeros((1, 7), np.float32))
     (tmp_path / "new.txt").write_text("fresh\n")
     add = ["index", "add", str(tmp_path / "idx"), "--items"]
-    assert main([*add, str(tmp_path / "new.npy"), "--keys", str(tmp_path / "new.txt")]) == 2
-    assert "new.npy holds 7-d vectors, but the index was built from 16-d ones" in (
-        capsys.readouterr().err
-    )
+    new = [str(tmp_path / "new.npy"), "--keys", str(tmp_path / "new.txt")]
+    assert main([*add, *new, "--encoder", "some-model"]) == 2
+    err = capsys.readouterr().err
+    assert "new.npy holds 7-d vectors, but the index was built from 16-d ones" in err
+    assert "--encoder embeds item texts; " in err  # given with vectors, it is unused
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("texts embedded before the check")

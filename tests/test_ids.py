@@ -294,3 +294,17 @@ def test_one_key_as_a_string_and_codes_of_another_length_are_named():
     assert ids.rows_of_codes([[0, 1], [1, 1]]).tolist() == [1, -1]
     with pytest.raises(SemidError, match=r"key_of takes one ID \(L,\), got shape \(2, 2\)"):
         ids.key_of(ids.codes)
+
+
+def test_build_ids_refuses_a_key_count_before_it_fits(monkeypatch):
+    from semid.indexing import build_ids
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the keys were checked")
+
+    monkeypatch.setattr("semid.quantizers.rqvae.RQVAE.fit", no_fit)
+    x = torch.randn(30, 8)
+    with pytest.raises(SemidError, match="10 keys for 30 item vectors"):
+        build_ids([f"k{i}" for i in range(10)], x, "rqvae:2x4")
+    with pytest.raises(SemidError, match="30 keys for 5 item vectors"):
+        build_ids([f"k{i}" for i in range(30)], x, "rqvae:2x4", encode_x=torch.randn(5, 8))

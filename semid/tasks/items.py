@@ -218,6 +218,8 @@ def read_new_items(
                          "Lines) or of embeddings (.npy with --keys, .parquet, .safetensors)")  # fmt: skip
     if not holds_item_texts(path):
         new_keys, x = load_embeddings(path, keys)
+        if encoder is not None:
+            note(f"--encoder embeds item texts; {path} holds vectors, which are added as they are")
         if index_dim is not None and x.ndim == 2 and x.shape[1] != index_dim:
             raise SemidError(f"{path} holds {x.shape[1]}-d vectors, but the index was built from "
                              f"{index_dim}-d ones; give vectors made as the index's were")  # fmt: skip
