@@ -8,6 +8,7 @@ a model (if given) can still emit every ID.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from semid.defaults import AUTO
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import can_write, write_lock
-from semid.quantization import MAX_LEVELS, Quantizer, build_quantizer
+from semid.quantization import MAX_LEVELS, Quantizer, QuantizerSpec, build_quantizer
 from semid.runs import check_vocabulary
 
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
@@ -73,8 +74,10 @@ def check_fits(quantizer: Quantizer, num_items: int, dim: int) -> None:
             f"{spec} has {len(sizes)} levels; use at most {MAX_LEVELS} (IDs are decoded one level at a time)"
         )
     if max(sizes) > num_items:
-        raise SemidError(f"{spec} has {max(sizes):,} codes per level for {num_items:,} items; use at most "
-                         f"{num_items:,} (or --quantizer auto: {auto_spec(num_items)})")  # fmt: skip
+        sized = QuantizerSpec.parse(auto_spec(num_items, spec.levels, spec.family))
+        sized = dataclasses.replace(sized, options=spec.options)  # the family and options asked for
+        raise SemidError(f"{spec} has {max(sizes):,} codes per level for {num_items:,} items; use at "
+                         f"most {num_items:,}, e.g. {sized} (or --quantizer auto)")  # fmt: skip
     if sum(sizes) * dim * 4 > MAX_CODEBOOK_BYTES:
         raise SemidError(f"{spec}'s codebooks would take {sum(sizes) * dim * 4 / 2**30:.0f} GiB for {dim}-d "
                          "vectors; use fewer or smaller levels")  # fmt: skip

@@ -116,6 +116,7 @@ def _bad_npy(tmp_path, name, array):
         ("missing_file", "not found"),
         ("huge_spec", "at most 16 levels"),
         ("repeated_option", "option beam is given twice"),
+        ("too_many_codes", "use at most 300, e.g. voken:3x16,hidden=64 (or --quantizer auto)"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, message, capsys):
@@ -149,6 +150,8 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, embeddings, case, mess
         args[7] = "rqkmeans:99999999999999999999999x4"
     elif case == "repeated_option":
         args[7] = "rqkmeans:2x8,beam=2,beam=3"
+    elif case == "too_many_codes":  # sized as asked, family and options kept (it said rqkmeans)
+        args[7] = "voken:3x512,hidden=64"
     # In-process: a traceback would surface here as an exception and fail the test.
     code = main(args)
     assert code != 0
