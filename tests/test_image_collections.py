@@ -608,3 +608,21 @@ def test_queries_asked_of_a_run_are_not_cached(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "a bright one, new too", "--k", "2"]) == 0
     assert set(cache.glob("*.npy")) == before
+
+
+def test_a_run_on_a_users_folder_tells_that_its_training_images_wait_for_an_add(tmp_path, capsys):
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    out = capsys.readouterr().out
+    add = f"semid index add RUN --items {tmp_path / 'photos'} --skip-indexed"
+    assert f"a run trained on this index searches the training images too once `{add}`" in out
+    assert "search its 8 training images too (its index holds the 2 test images): " in out
+    assert main(["predict", str(run), "--query", "a dark photo", "--k", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"searches the test images of {tmp_path / 'photos'}, not its 8 training images" in err
+    assert (
+        main(["index", "add", str(run), "--items", str(tmp_path / "photos"), "--skip-indexed"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["predict", str(run), "--query", "a dark photo", "--k", "10"]) == 0
+    assert "training images" not in capsys.readouterr().err  # all 10 are searched now

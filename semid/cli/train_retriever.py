@@ -115,6 +115,7 @@ def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Load the documents (or images), train, save the run, print a summary."""
+    from semid.data.registry import available_datasets
     from semid.tasks import get_task, resolve_device
     from semid.tasks.data import resolve_dataset
 
@@ -140,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(["", "value"], metric_rows(summary)))
         ks = " ".join(map(str, fitting_ks(summary["indexed_images"], (10, 100))))
         print(f"\nsaved to {args.out}; next: semid eval {args.out} --k {ks}")
+        if spec.dataset not in available_datasets():  # a user's own images: search them all
+            print(f"search its {summary['train_images']:,} training images too (its index holds the "
+                  f"{summary['indexed_images']:,} test images): semid index add {args.out} --items "
+                  f"{args.dataset} --skip-indexed")  # fmt: skip
         return 0
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")

@@ -53,6 +53,7 @@ from semid.runs import (
     Run,
     copy_index,
     load_run,
+    moved_data,
     replacing_run,
     training_index,
     write_run,
@@ -358,8 +359,13 @@ class Text2ImageTask(Task):
                           "features": train_x.float().contiguous()}))  # fmt: skip
         write_rows(out / IMAGE_FEATURES, test_x)
         size = splits.train.images.shape[-1]
-        return ids, [f"quantizer {quantizer} for {len(splits.train):,} training images",
-                     f"images at {size}x{size} px (the working size of the image encoder)"]  # fmt: skip
+        lines = [f"quantizer {quantizer} for {len(splits.train):,} training images",
+                 f"images at {size}x{size} px (the working size of the image encoder)"]  # fmt: skip
+        if source.dataset not in available_datasets():  # a user's own images: say what is searched
+            lines.append(f"indexed the {counted(len(ids), 'test image')} (a seeded share); a run "
+                         "trained on this index searches the training images too once `semid index "
+                         f"add RUN --items {source.dataset} --skip-indexed` adds them")  # fmt: skip
+        return ids, lines
 
     def _train(self, spec: Text2ImageSpec, out: Path, index: Path | None = None,
               resume: bool = True, device: str = 'auto') -> dict:  # fmt: skip
@@ -428,6 +434,7 @@ class Text2ImageTask(Task):
                     "train_steps": result.steps,
                     "data_sha256": data_sha256,
                     "trained_items": len(ids),
+                    "train_images": len(splits.train),  # searched once an add indexes them
                 },
             )
         if built:  # the run holds its copy now; a rerun builds it again (the recipe goes first:
@@ -599,6 +606,21 @@ class Text2ImagePredictor(QueryPredictor):
         if features is not None and getattr(run.model, "image_head", None) is not None:
             run.model.set_items_(features)
         super().__init__(run, device)
+
+    def unsearched_note(self) -> str | None:
+        """The training images of a user's own collection (not a registered dataset, whose
+        protocol searches its test images) until `semid index add` of the collection adds them."""
+        dataset, trained = self.run.spec.get("dataset"), self.run.state.get("train_images")
+        if not isinstance(dataset, str) or not trained or dataset in available_datasets():
+            return None
+        folder = str(
+            Path(moved_data(self.run.config, self.run.path).get("dataset", dataset)).resolve()
+        )
+        if any(add.get("source") == folder for add in self.run.config.get("adds", [])):
+            return None
+        return (f"{self.run.path} searches the test images of {dataset}, not its "
+                f"{counted(trained, 'training image')}; `semid index add {self.run.path} --items "
+                f"{dataset} --skip-indexed` adds them")  # fmt: skip
 
     def data_texts(self) -> dict[str, str]:
         """The indexed images' captions or class names, kept in the index when it was built."""
