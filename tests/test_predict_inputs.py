@@ -206,3 +206,19 @@ def test_blank_lines_among_the_inputs_are_skipped_with_a_note(tmp_path, capsys):
     (tmp_path / "end.txt").write_text("kernel\nshell\n\n")  # blank lines at the end: nothing to say
     assert len(queries_of(tmp_path / "end.txt")[0]) == 2
     assert capsys.readouterr().err == ""
+
+
+def test_a_documents_file_given_as_queries_is_refused_not_answered_by_its_list_text(tmp_path):
+    (tmp_path / "docs.csv").write_text('id,text,queries\na,doc a,"[""q one"", ""q two""]"\n')
+    with pytest.raises(
+        SemidError, match=r'row 1: the "queries" cell holds a list .*one query a row'
+    ):
+        queries_of(tmp_path / "docs.csv")  # it searched '["q one", "q two"]' as one query
+    (tmp_path / "docs.jsonl").write_text('{"id": "a", "text": "doc a", "queries": ["q one"]}\n')
+    with pytest.raises(SemidError, match=r'line 1 has "queries" \(as a documents file has\)'):
+        queries_of(tmp_path / "docs.jsonl")  # it searched the document's text
+    (tmp_path / "q.tsv").write_text("query\n[draft] a release note\n[1, 2\n")  # no JSON list
+    assert [x["query"] for x in queries_of(tmp_path / "q.tsv")[0]] == [
+        "[draft] a release note",
+        "[1, 2",
+    ]

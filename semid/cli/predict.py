@@ -280,6 +280,7 @@ def _input_table(
     table = read_table(path, f"{flag} file")
     column = find_column(table, field, names, path, f"{flag} file", columns_option=False)
     values = key_strings(table[column], path, field)
+    _refuse_list_cells(values, column, path, flag, field)
     id_column = next(iter(matching_columns(table.column_names, id_names)), None)
     ids = key_strings(table[id_column], path, "id") if id_column else [None] * len(values)
     inputs: list[dict[str, Any]] = [{field: str(v)} for v in values]
@@ -292,6 +293,23 @@ def _input_table(
                 if cell is not None and str(cell).strip():
                     item[option] = str(cell).strip()
     return [(i, item, key) for i, (item, key) in enumerate(zip(inputs, ids, strict=True))]
+
+
+def _refuse_list_cells(values: list[str], column: str, path: Path, flag: str, field: str) -> None:
+    """SemidError for a cell that holds a JSON list (a documents file's ``"queries"``, written
+    as a table): it would be answered as one text, brackets and quotes included."""
+    for row, value in enumerate(values):
+        text = value.strip()
+        if not (text.startswith("[") and text.endswith("]")):
+            continue
+        try:
+            listed = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(listed, list):
+            raise SemidError(f'{flag} {path} row {row + 1}: the "{column}" cell holds a list '
+                             f"({text[:40]!r}); give one {field} a row, in a column named "
+                             f'"{field}"')  # fmt: skip
 
 
 def _note_misspelt_columns(
@@ -317,6 +335,9 @@ def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
     if not (json_lines or line.startswith("{")):
         return {"query": line}
     record = _json_object(line, "query", where)
+    if "query" not in record and "queries" in record:  # a documents file's line, not a query's
+        raise SemidError(f'{where} has "queries" (as a documents file has), not "query"; give one '
+                         '{"query": TEXT} a line')  # fmt: skip
     query = _field_of(record, "query", where, alias="text")
     # other fields (BEIR's "metadata", a "title") are not the run's to check: left out
     return _with_id({"query": query}, _line_id(record, QUERY_ID_FIELDS, where))
