@@ -47,12 +47,13 @@ class FakePredictor:
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
-        """Task, model name, catalogue size and the num_beams default."""
+        """Task, model name, catalogue size, the num_beams default and the list fields it takes."""
         return {
             "task": self.task,
             "model": "fake",
             "index_size": len(self.keys),
             "num_beams": DEFAULT_BEAMS,
+            "inputs": ["users", "histories", "queries", "inputs"],  # all three kinds, as said above
         }
 
     def max_k(self) -> int:

@@ -62,10 +62,15 @@ from semid.sockets import bind_socket, listen
 from semid.tasks.base import REQUEST_FIELDS, with_input_id
 from semid.wording import short_answers_note
 
-ROUTES = (
-    'the server answers POST /predict (a JSON body such as {"users": [...], "k": 10}), '
-    "GET /health and GET /info"
-)
+
+def routes(takes: Sequence[str] | None) -> str:
+    """What the server answers, its /predict example in the first list field the run ``takes``
+    ("users", "queries"; "inputs" when it does not say)."""
+    field = takes[0] if takes else "inputs"
+    return (f'the server answers POST /predict (a JSON body such as {{"{field}": [...], "k": 10}}), '
+            "GET /health and GET /info")  # fmt: skip
+
+
 MAX_BODY_BYTES = 16 * 2**20  # a /predict body larger than this is refused (413), not read
 logger = logging.getLogger("semid.serving")
 # body field -> the input dict each of its elements becomes
@@ -496,7 +501,7 @@ def create_app(
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code in (404, 405):  # a wrong path or method: name the ones served
             return _error(exc.status_code, f"{request.method} {request.url.path} is not served; "
-                          f"{ROUTES}")  # fmt: skip
+                          f"{routes(takes)}")  # fmt: skip
         return _error(exc.status_code, exc.detail)
 
     @app.exception_handler(RequestValidationError)
@@ -535,6 +540,11 @@ def create_app(
         if raw is None:
             return _error(413, f"the body is larger than {max_body_bytes:,} bytes; "
                                "send the inputs in several requests")  # fmt: skip
+        if not raw.strip():
+            field = takes[0] if takes else "inputs"
+            return _error(
+                400, f'the body is empty; send a JSON object such as {{"{field}": [...]}}'
+            )
         try:
             body = json.loads(raw, object_pairs_hook=_fields_once)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

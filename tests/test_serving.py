@@ -37,6 +37,7 @@ from semid.serving import (
     default_threads,
     default_workers,
     parse_request,
+    routes,
     serve,
 )
 
@@ -178,6 +179,15 @@ def test_unknown_route_and_method_answer_json(live):
     assert client.get("/predict").json()["error"] == f"GET /predict is not served; {routes}"
     assert client.post("/health").json()["error"] == f"POST /health is not served; {routes}"
     assert client.get("/").json()["error"] == f"GET / is not served; {routes}"
+
+
+def test_the_routes_example_names_a_field_the_run_takes(live):
+    assert '{"queries": [...], "k": 10}' in routes(["queries", "inputs"])  # it said "users" always
+    assert '{"inputs": [...], "k": 10}' in routes(None)
+    _, _, client = live
+    r = client.post("/predict", content=b" \n")
+    assert r.status_code == 400  # it said "not valid JSON: Expecting value: line 1 column 1"
+    assert r.json()["error"] == 'the body is empty; send a JSON object such as {"users": [...]}'
 
 
 def test_a_field_named_twice_is_refused(live):
