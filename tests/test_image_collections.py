@@ -626,3 +626,34 @@ def test_a_run_on_a_users_folder_tells_that_its_training_images_wait_for_an_add(
     capsys.readouterr()
     assert main(["predict", str(run), "--query", "a dark photo", "--k", "10"]) == 0
     assert "training images" not in capsys.readouterr().err  # all 10 are searched now
+
+
+def test_documents_and_images_given_to_each_other_s_model_name_the_right_one(tmp_path, capsys):
+    """A corpus trained as images, a folder of images as documents and a document index as an
+    image index each name the other model or build (they named a missing internal file, a
+    column to rename in a good corpus, or a missing corpus.jsonl)."""
+    from semid.data.beir import read_beir
+    from semid.data.image_files import load_image_collection
+
+    (tmp_path / "docs.jsonl").write_text('{"id": "a", "text": "a tool", "queries": ["q"]}\n')
+    with pytest.raises(SemidError, match=r"holds documents \(id, text, queries\), not a list of "
+                                         r"images .*train with --model promptdsi"):  # fmt: skip
+        load_image_collection(tmp_path / "docs.jsonl")
+    (tmp_path / "captions.csv").write_text("img,text\na.png,a dark square\n")  # images, misnamed
+    with pytest.raises(SemidError, match="lacks a path column"):
+        load_image_collection(tmp_path / "captions.csv")
+    write_classes(tmp_path / "photos", {"dark": 40, "bright": 220}, per_class=5)
+    with pytest.raises(SemidError, match="it holds images, which train with --model avg"):
+        read_beir(tmp_path / "photos")
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(
+            f'{{"id": "d{i}", "text": "tool number {i}", "queries": ["q{i}"]}}\n' for i in range(8)
+        )  # fmt: skip
+    )
+    index = tmp_path / "docidx"
+    assert main(["index", "build", "--dataset", str(tmp_path / "docs.jsonl"), "--quantizer",
+                 "rqkmeans:2x2", "--out", str(index)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", "retriever", "--dataset", str(tmp_path / "photos"), "--model", "avg",
+                 "--index", str(index), "--epochs", "1", "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert f"--index {index} is not an index of images" in capsys.readouterr().err

@@ -42,6 +42,18 @@ def is_beir_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and _file(Path(path), CORPUS) is not None
 
 
+def _holds_images(folder: Path, most: int = 1000) -> bool:
+    """Whether one of the first ``most`` files under ``folder`` is a picture."""
+    from semid.data.image_folders import PICTURE_SUFFIXES  # here: images load PIL
+
+    for seen, path in enumerate(folder.rglob("*")):
+        if seen >= most:
+            return False
+        if path.suffix.lower() in PICTURE_SUFFIXES:
+            return True
+    return False
+
+
 def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCollection:
     """The corpus of a BEIR folder, each document with the queries judged relevant to it; its
     ``sha256`` is the content hash of those files alone (`content_sha256`), so that a run written
@@ -50,8 +62,10 @@ def read_beir(folder: str | os.PathLike, name: str | None = None) -> DocumentCol
     folder = Path(folder)
     corpus = _file(folder, CORPUS)
     if corpus is None:
+        images = ("; it holds images, which train with --model avg (text to image)"
+                  if _holds_images(folder) else "")  # fmt: skip
         raise SemidError(f"{folder} is a folder without {CORPUS}; pass a documents file (JSON Lines, "
-                         f"CSV, TSV or Parquet of id, text[, queries]) or {LAYOUT}")  # fmt: skip
+                         f"CSV, TSV or Parquet of id, text[, queries]) or {LAYOUT}{images}")  # fmt: skip
     collection = read_documents(corpus)
     queries, qrels = _file(folder, QUERIES), _qrels_files(folder)
     if (queries is None) != (not qrels):

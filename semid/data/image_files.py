@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from semid.data.documents import BODY_FIELDS, ID_FIELDS, QUERY_FIELDS
 from semid.data.image_folders import TEST_PARTS, TRAIN_PARTS, load_image_folder
 from semid.data.image_io import read_images
 from semid.data.images import PATH_COLUMNS, ImageDataset, ImageSplits, class_key
@@ -36,6 +37,7 @@ from semid.data.tables import (
     file_stem,
     find_column,
     key_strings,
+    matching_columns,
     read_table,
     row_label,
     table_format,
@@ -143,10 +145,24 @@ def split_indices(
     return train_rows, test_rows
 
 
+def _looks_like_documents(columns: list[str]) -> bool:
+    """Whether a table without an image path column has a document's columns: a text and an id
+    or queries (a corpus given where images were expected)."""
+    return (
+        not matching_columns(columns, PATH_COLUMNS)
+        and bool(matching_columns(columns, ("text", *BODY_FIELDS)))
+        and bool(matching_columns(columns, (*ID_FIELDS, *QUERY_FIELDS)))
+    )
+
+
 def _load_image_table(path: Path, image_size: int | str, name: str | None) -> ImageDataset:
     """The images of a table; `given_test` marks the test images of its split column, if any."""
     what = "image list"
     table = read_table(path, what)
+    if _looks_like_documents(table.column_names):
+        raise SemidError(f"{path} holds documents ({', '.join(table.column_names[:4])}), not a "
+                         f"list of images (a path column: {', '.join(PATH_COLUMNS[:3])}, ...); "
+                         "documents train with --model promptdsi (the default)")  # fmt: skip
     # no command takes --columns for images
     path_col = find_column(table, "path", PATH_COLUMNS, path, what, columns_option=False)
     caption_col = find_column(table, "caption", CAPTION_COLUMNS, path, what, required=False,

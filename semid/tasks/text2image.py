@@ -386,9 +386,9 @@ class Text2ImageTask(Task):
                             device)  # decided and built once, by rank 0 of a launched job  # fmt: skip
         ids = SemanticIDs.load(index)
         if not (Path(index) / TRAIN_TARGETS).is_file():
-            raise SemidError(
-                f"{index} has no {TRAIN_TARGETS}; build it with `semid index build --dataset {spec.dataset}`"
-            )
+            raise SemidError(f"--index {index} is not an index of images (it has no {TRAIN_TARGETS}); "
+                             f"build one of the images: semid index build --dataset "
+                             f"{spec.dataset} --out INDEX")  # fmt: skip
         targets = load_file(str(Path(index) / TRAIN_TARGETS))
         check_index_of(index, ids.keys, targets, splits, spec)
         if not built:  # learnt from a copy: a rebuild of --index meanwhile changes neither the
