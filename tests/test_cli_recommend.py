@@ -365,6 +365,11 @@ def test_eval_users_scores_an_even_subset_and_saves_it_apart(tmp_path, capsys):
     assert metrics["test (users=100)"]["num_queries"] == 100
     assert metrics["test"]["num_queries"] == 943
     capsys.readouterr()
+    assert main(["eval", str(run), "--k", "10", "--users", "5000"]) == 0  # more than there are
+    assert (
+        "--users 5000 is over the 943 test users: every one was scored" in capsys.readouterr().err
+    )
+    assert "test (users=5000)" not in json.loads((run / "metrics.json").read_text())
     assert main(["eval", str(run), "--users", "0"]) == 2
     assert "--users must be >= 1" in capsys.readouterr().err
     assert main(["eval", str(run), "--queries", "10"]) == 2  # retrieval's, refused not ignored

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from semid import notes
 from semid.atomic import DiskFullError
@@ -14,6 +14,7 @@ from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
 from semid.manifest import read_manifest
+from semid.wording import counted
 
 if TYPE_CHECKING:
     from semid.tasks import EvalOptions
@@ -118,6 +119,21 @@ def metrics_key(args: argparse.Namespace) -> str:
     return f"{args.split} ({', '.join(changed)})" if changed else args.split
 
 
+def drop_subset_that_took_all(args: argparse.Namespace, metrics: dict[str, Any]) -> None:
+    """Forget ``--users N`` / ``--queries N`` when it asked for more than the split holds
+    (every part scored fewer than N), with a note: the figures are the split's own, saved as such
+    (not as a subset beside them)."""
+    flag, asked = ("--users", args.users) if args.users is not None else ("--queries", args.queries)
+    counts = [v for k, v in metrics.items() if k.split("/")[-1] == "num_queries"]
+    if asked is None or not counts or max(counts) >= asked:
+        return
+    args.users = args.queries = None
+    one, many = ("user", "users") if flag == "--users" else ("query", "queries")
+    scored = counted(max(counts), f"{args.split} {one}", f"{args.split} {many}")
+    notes.note(f"{flag} {asked} is over the {scored}: every one was scored, and the figures are "
+               "saved as the split's own")  # fmt: skip
+
+
 def fitting_cutoffs(ks: list[int], catalogue: int, run_dir: Path) -> list[int]:
     """The cut-offs of ``ks`` that fit the catalogue; those over it are left out with a note on
     stderr (the README's ``--k 10 100`` on a 60-image collection still gives R@10); SemidError
@@ -148,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     # the catalogue ranked over (a task may say it ranks fewer: a scorer, not the items added since
     # its training): after `semid index add` the same split is measured on a larger one
     metrics = {"num_items": len(loaded.ids)} | metrics
+    drop_subset_that_took_all(args, metrics)
     key = metrics_key(args)
     # a run on a read-only share is evaluated all the same; `unsaved` says why not saved
     saved_to, unsaved = args.run_dir / "metrics.json", None
