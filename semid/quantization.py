@@ -190,11 +190,13 @@ def checked_rows(x: Tensor, dim: int | None, what: str, *, empty_ok: bool = Fals
         if empty_ok:
             return x.float()
         raise SemidError(f"no {what} given (N = 0)")
-    x = x.float()
-    low, high = (float(v) for v in torch.aminmax(x))  # one pass, no copy; NaN and inf show here
+    # measured before float32 (finite float64 beyond its range would read as infinity)
+    wide = x if x.is_floating_point() and x.element_size() > 4 else x.float()
+    low, high = (float(v) for v in torch.aminmax(wide))  # one pass, no copy; NaN and inf show here
     if not (math.isfinite(low) and math.isfinite(high)):
-        bad = int((~torch.isfinite(x)).any(1).sum())
+        bad = int((~torch.isfinite(wide)).any(1).sum())
         raise SemidError(f"{bad} rows of {what} contain NaN or infinity; clean or drop them first")
+    x = wide.float()
     largest = max(-low, high)
     if largest > MAX_MAGNITUDE:  # squared distances would overflow float32
         raise SemidError(f"{what} reach values of {largest:.3g}, beyond {MAX_MAGNITUDE:.0e}; "

@@ -209,6 +209,13 @@ def test_fit_rejects_bad_input(family, bad):
         build_quantizer(spec_of(family)).fit(bad, **FAST_FIT_KWARGS.get(family, {}))
 
 
+def test_float64_values_beyond_float32_are_told_by_their_size_not_as_infinity():
+    with pytest.raises(SemidError, match=r"reach values of .*e\+300, beyond 1e\+15; scale them"):
+        build_quantizer("rqkmeans:2x4").fit(data().double() * 1e300)  # said "NaN or infinity"
+    with pytest.raises(SemidError, match="NaN or infinity"):
+        build_quantizer("rqkmeans:2x4").fit(data().double().fill_(float("inf")))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_an_unknown_fit_option_is_named_with_the_known_ones(family):
     kwargs = {**FAST_FIT_KWARGS.get(family, {}), "colour": 1}
