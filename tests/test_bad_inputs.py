@@ -266,6 +266,7 @@ cases(
         ("usage-unknown-command", "index", lambda e: ["index", "remove", NOWHERE]),
         # a misspelt option is named by the command, with the nearest one it takes
         ("usage-misspelt-option", "semid eval: error: unknown option --kk (did you mean --k?)", lambda e: ["eval", NOWHERE, "--kk", "5"]),
+        ("usage-abbreviated-option", "unknown option --user (did you mean --users?)", lambda e: ["eval", NOWHERE, "--user", "196"]),  # it ran as --users 196
         ("usage-misspelt-required", "unknown option --usr (did you mean --user?); one of the arguments", lambda e: ["predict", NOWHERE, "--usr", "1"]),
         # an empty argument ("$RUN" unset) would name the current folder: a dataset to scan, an --out to fill
         ("empty-dataset", "empty argument after --dataset", lambda e: ["index", "build", "--dataset", "", "--out", str(e.tmp / "o")]),

@@ -123,7 +123,7 @@ class CommandParser(argparse.ArgumentParser):
         if self._subparsers is None and options:  # a command's own parser: its options are all here
             for arg in self.argv:
                 name = arg.split("=", 1)[0]
-                if name.startswith("--") and not any(o.startswith(name) for o in options):
+                if name.startswith("--") and name not in options:
                     close = difflib.get_close_matches(name, options, n=1)
                     fix = f"did you mean {close[0]}?" if close else f"see {self.prog} --help"
                     message = f"unknown option {name} ({fix}); {message}"
@@ -159,6 +159,7 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
             description=description,
             epilog=f"example:\n  {module.EXAMPLE}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # `eval --user 196` read as --users 196 (a subset of users)
         )
         module.add_arguments(p)
         # default_of: tell flags given; command_parser: its errors for what the top level leaves
