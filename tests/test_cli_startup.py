@@ -44,6 +44,7 @@ def test_a_command_imports_its_own_module_only():
      ["index", "stats", "--help"], ["index", "build", "--help"], ["train", "recommender", "--help"],
      ["train", "retriever", "--help"],
      ["predict", "runs/x"], ["train", "recommender", "--dataset", "x"],  # usage errors
+     ["train", "recommender", "--dataset", "x", "--index", "i", "--model", "mmgrek", "--out", "o"],
      ["predict", "no/such/run", "--user", "1"], ["eval", "no/such/run"], ["serve", "no/such/run"]],
 )  # fmt: skip
 def test_commands_answer_help_usage_errors_and_a_wrong_run_without_torch(argv):

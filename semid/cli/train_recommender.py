@@ -115,14 +115,14 @@ def note_ignored_flags(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
+    if args.model not in available_models():  # a usage error, told before torch loads
+        raise SemidError(
+            f"unknown --model {args.model!r}; choose one of {', '.join(recommender_models())}"
+        )
     from semid.runs import update_metrics
     from semid.tasks import get_task, resolve_device
     from semid.tasks.data import resolve_dataset
 
-    if args.model not in available_models():
-        raise SemidError(
-            f"unknown --model {args.model!r}; choose one of {', '.join(recommender_models())}"
-        )
     check_count("--patience", args.patience)
     note_ignored_flags(args)
     spec = RecommendSpec(
