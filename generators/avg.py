@@ -94,6 +94,12 @@ class Avg(Generator):
         self.register_buffer("items", torch.zeros(0, max(config.image_dim, 1)), persistent=False)
         self._image_cache: tuple[tuple[Any, ...], Tensor] | None = None  # see _indexed_images
 
+    SIZED_FIELDS: ClassVar[dict[str, str]] = {
+        **Generator.SIZED_FIELDS,
+        "image_dim": "the index's image features",
+        "query_dim": "the text encoder",
+    }
+
     @classmethod
     def sized_for(cls, config: AvgConfig, ids: Any, extra_codes: int = 0, image_dim: int = 0,
                   query_dim: int | None = None, **context: Any) -> AvgConfig:  # fmt: skip

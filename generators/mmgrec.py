@@ -164,6 +164,12 @@ class MMGRec(Generator):
             BitDropout(c.dropout),
         )
 
+    SIZED_FIELDS: ClassVar[dict[str, str]] = {
+        **Generator.SIZED_FIELDS,
+        "num_items": "the index",
+        "cooccur_items": "the index",
+    }
+
     @classmethod
     def sized_for(
         cls, config: MMGRecConfig, ids: SemanticIDs, extra_codes: int = 0, **context: object

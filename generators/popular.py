@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,8 @@ class MostPopular(nn.Module):
         super().__init__()
         self.config = config
         self.register_buffer("popularity", torch.zeros(config.num_items, dtype=torch.float64))
+
+    SIZED_FIELDS: ClassVar[dict[str, str]] = {"num_items": "the index"}
 
     @classmethod
     def sized_for(

@@ -58,6 +58,8 @@ class SASRec(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
+    SIZED_FIELDS: ClassVar[dict[str, str]] = {"num_items": "the index", "max_len": "--max-history"}
+
     @classmethod
     def sized_for(
         cls, config: SASRecConfig, ids: SemanticIDs, max_history: int = 50, **context: object

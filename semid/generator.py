@@ -46,6 +46,8 @@ class Generator(nn.Module, ABC):
 
     name: ClassVar[str]  # set by @register_generator
     config_class: ClassVar[type]  # a dataclass with a ``codebook_sizes`` field
+    # config fields `sized_for` sets, with what sets them (a user's value would be replaced)
+    SIZED_FIELDS: ClassVar[dict[str, str]] = {"codebook_sizes": "the index"}
 
     def __init__(self, config: Any) -> None:
         super().__init__()

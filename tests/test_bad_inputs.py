@@ -311,6 +311,8 @@ cases(
         ("rec-model-config-string-for-int", "dim", rec_args("--model-config", '{"dim": "16"}')),
         ("rec-model-config-float-for-int", "layers", rec_args("--model-config", '{"layers": 1.5}')),
         ("rec-model-config-list-for-bool", "trie_softmax", rec_args("--model-config", '{"trie_softmax": [true]}')),
+        ("rec-model-config-sized-field", "field codebook_sizes of mmgrec is set from the index; leave it out", rec_args("--model-config", '{"codebook_sizes": [4, 4]}')),  # it was replaced unsaid
+        ("ret-model-config-sized-field", "field codebook_sizes of promptdsi is set from the index", ret_args("--model-config", '{"codebook_sizes": [4, 4]}')),
         ("rec-device-missing-gpu", "--device", rec_args("--device", "cuda:9")),
         ("rec-device-bogus", "--device", rec_args("--device", "gpu")),
         (

@@ -19,7 +19,12 @@ from semid.configs import parse_json_object
 from semid.distributed import is_main_process
 from semid.errors import SemidError
 from semid.models import available_models, model_class
-from semid.tasks.specs import RecommendSpec, default_train, recommender_models
+from semid.tasks.specs import (
+    RecommendSpec,
+    check_model_config_fields,
+    default_train,
+    recommender_models,
+)
 from semid.wording import counted
 
 EXAMPLE = (
@@ -125,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_count("--patience", args.patience)
     note_ignored_flags(args)
+    model_config = parse_json_object(args.model_config, "--model-config")
+    check_model_config_fields(args.model, model_config)
     spec = RecommendSpec(
         dataset=resolve_dataset(args.dataset), items=resolve_dataset(args.items, "--items"), columns=args.columns or None,
         missing_text=args.missing_text, min_interactions=args.min_interactions, model=args.model,
-        model_config=parse_json_object(args.model_config, "--model-config"),
+        model_config=model_config,
         train=training_config(args, default_train(), early_stopping_patience=args.patience),
         max_history=args.max_history, num_beams=args.num_beams, eval_users=args.eval_users,
         users=args.users, extra_codes=args.extra_codes,

@@ -26,6 +26,7 @@ from semid.errors import SemidError
 from semid.tasks.specs import (
     RetrieveSpec,
     Text2ImageSpec,
+    check_model_config_fields,
     document_add_train,
     document_train,
     image_train,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from semid.tasks.data import resolve_dataset
 
     model_config = parse_json_object(args.model_config, "--model-config")
+    check_model_config_fields(args.model, model_config)
     check_count("--num-beams", args.num_beams)  # None: the model's default (0 is not "unset")
     defaults = MODEL_TRAINING[args.model]()
     budget = _budget(args, defaults)

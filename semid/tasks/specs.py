@@ -71,6 +71,18 @@ def checked_model_config(model: str, fields: Any) -> Any:
     return model_config(model, fields or {}, "--model-config")
 
 
+def check_model_config_fields(model: str, fields: dict[str, Any] | None) -> None:
+    """SemidError for a ``--model-config`` field that training sets itself (the index's codebook
+    sizes, its item count): the user's value would be replaced without a word."""
+    from semid.models import model_class
+
+    sized = getattr(model_class(model), "SIZED_FIELDS", {})
+    given = [name for name in fields or {} if name in sized]
+    if given:
+        raise SemidError(f"--model-config field {given[0]} of {model} is set from "
+                         f"{sized[given[0]]}; leave it out")  # fmt: skip
+
+
 def check_at_least(spec: Any, names: tuple[str, ...], minimum: int) -> None:
     """SemidError naming the flag of the first field in ``names`` below ``minimum`` (None is unset)."""
     for name in names:
