@@ -741,6 +741,16 @@ def test_repeated_rows_are_dropped_with_a_note(tmp_path: Path) -> None:
     d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
     assert len(d.interactions) == 4
     assert d.notes == ["dropped 3 repeated rows (same user, item and time)"]
+    (tmp_path / "days.csv").write_text(
+        "user,item,timestamp\nA,m,2024-01-02\nA,m,2024-01-02\nA,z,2024-01-03\n"
+    )
+    notes = load_interaction_files(tmp_path / "days.csv", min_interactions=1).notes
+    assert (
+        "dropped 1 repeated row (same user, item and day: the times are dates, so events"
+        in (
+            notes[-1]  # it said "time", not why a day's repeats tie
+        )
+    )
 
 
 def test_datetimes_with_mixed_utc_offsets(tmp_path: Path) -> None:

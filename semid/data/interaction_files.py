@@ -157,7 +157,8 @@ def load_interaction_files(
     if items is None and "text" in columns:
         notes.append(f"--columns text={columns['text']} names columns of the items file; without "
                      "--items it has no effect")  # fmt: skip
-    if time_col is not None and _dates_only(times):
+    dates_only = time_col is not None and _dates_only(times)
+    if dates_only:
         notes.append(f"every timestamp in column {time_col!r} is at midnight (dates without a time "
                      "of day): a user's events of one day are ordered by item id as text, so which "
                      "is the last (the test target) is arbitrary; give times of day if the data "
@@ -179,7 +180,9 @@ def load_interaction_files(
     if catalog is not None:
         events = _without_textless_items(events, item_uniques, catalog, missing_text, path, notes)
     # in content order first: exact repeats then sit side by side, and the drops keep the order
-    events = _without_repeats(_in_content_order(events, user_uniques, item_uniques), notes)
+    events = _without_repeats(
+        _in_content_order(events, user_uniques, item_uniques), notes, dates_only
+    )
     events, few = _without_short_histories(events, user_uniques, min_interactions, notes)
     if time_col is not None and (note := _one_time_note(events, time_col)) is not None:
         notes.append(note)
@@ -249,17 +252,18 @@ def _without_textless_items(events: _Events, item_uniques: np.ndarray, catalog: 
     return events.kept(~missing)
 
 
-def _without_repeats(events: _Events, notes: list[str]) -> _Events:
-    """The events less exact repeats (same user, item and time: double-logged), with a note;
+def _without_repeats(events: _Events, notes: list[str], dates_only: bool = False) -> _Events:
+    """The events less exact repeats (same user, item and time: double-logged), with a note
+    (``dates_only``: the times are days, so the note says why repeats of a day tie);
     ``events`` in `_in_content_order`, where a repeat follows the event it repeats."""
     repeated = np.zeros(len(events.user), dtype=bool)
     repeated[1:] = ((events.times[1:] == events.times[:-1]) & (events.user[1:] == events.user[:-1])
                     & (events.item[1:] == events.item[:-1]))  # fmt: skip
     if not repeated.any():
         return events
-    notes.append(
-        f"dropped {counted(int(repeated.sum()), 'repeated row')} (same user, item and time)"
-    )
+    same = ("same user, item and day: the times are dates, so events of one item on one day "
+            "look alike; give times of day to keep them" if dates_only else "same user, item and time")  # fmt: skip
+    notes.append(f"dropped {counted(int(repeated.sum()), 'repeated row')} ({same})")
     return events.kept(~repeated)
 
 
