@@ -235,7 +235,7 @@ class RecommendPredictor(Predictor):
             left_out = ""
             if user in histories.left_out:
                 left_out = (f" (it has fewer than {self.spec.min_interactions} interactions: such "
-                            "users were left out at training)")  # fmt: skip
+                            "users were left out at training, so pass its events as a history)")  # fmt: skip
             example = None if left_out else example_key(user, histories.user_of_key)
             raise SemidError(f"unknown user {user!r}{left_out}; pass a user of the run's data"
                              f"{f', such as {example},' if example else ''} or a history")  # fmt: skip
