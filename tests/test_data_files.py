@@ -8,7 +8,9 @@ import hashlib
 import importlib.util
 import json
 import random
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -920,10 +922,23 @@ def test_a_comment_or_sep_line_before_the_header_is_named(tmp_path: Path, first:
         load_interaction_files(tmp_path / "a.csv")
 
 
-def test_a_movielens_file_given_alone_points_to_its_folder(tmp_path: Path) -> None:
-    (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n")
-    with pytest.raises(SemidError, match=f"or pass the MovieLens folder {tmp_path}$"):
+def test_a_movielens_file_given_alone_points_to_its_folder_and_to_a_csv(tmp_path: Path) -> None:
+    """A ratings.dat without movies.dat (a user's own log in MovieLens' format) is told how to
+    become an interactions file; the folder alone led to a second refusal."""
+    (tmp_path / "ratings.dat").write_text("".join(f"{u}::{i}::5::{u * 9 + i}\n" for u in range(3)
+                                                  for i in range(4)))  # fmt: skip
+    csv = f"sed 's/::/,/g' {tmp_path / 'ratings.dat'}) > ratings.csv, then pass ratings.csv"
+    with pytest.raises(
+        SemidError, match=f"or pass the MovieLens folder {tmp_path} .*{re.escape(csv)}"
+    ):
         load_dataset(str(tmp_path / "ratings.dat"))
+    with pytest.raises(SemidError, match=f"has no movies.dat beside it; .*{re.escape(csv)}"):
+        load_dataset(str(tmp_path))
+    command = csv.split(") >")[0]
+    done = subprocess.run(f"(echo user,item,rating,timestamp; {command}) > {tmp_path / 'r.csv'}",
+                          shell=True, check=True)  # fmt: skip
+    assert done.returncode == 0  # the command told works: a log of 3 users
+    assert len(load_dataset(str(tmp_path / "r.csv")).user_keys) == 3
 
 
 def test_a_bad_row_far_below_a_header_that_starts_with_a_hash_is_named(tmp_path: Path) -> None:

@@ -61,9 +61,9 @@ def load_movielens(path: str | Path) -> RecDataset:
     for ratings, movies, reader in _GROUPLENS:
         if (folder / ratings).exists():
             if not (folder / movies).exists():
-                raise SemidError(
-                    f"{folder / ratings} has no {movies} beside it; add the movie file"
-                )
+                raise SemidError(f"{folder / ratings} has no {movies} beside it; add the movie "
+                                 f"file, or make an interactions file of it: "
+                                 f"{as_csv_hint(folder / ratings)}")  # fmt: skip
             log, items = reader(folder / ratings, folder / movies)
             return _build(folder.name, log, items, source=folder / ratings)
     raise SemidError(
@@ -230,6 +230,16 @@ _GROUPLENS = [  # ratings file, movies file, reader
 ]
 # the files of a MovieLens folder (ratings.csv aside: it reads as an interactions file)
 MOVIELENS_FILES = frozenset({"ratings.dat", "movies.dat", "u.data", "u.item"})
+
+
+def as_csv_hint(ratings: Path) -> str:
+    """How to turn a GroupLens ratings file (``user::item::rating::time`` lines, or u.data's
+    tabs) into an interactions CSV, which takes any items file (--items) or none."""
+    sep = "\\t" if ratings.name == "u.data" else "::"
+    return (
+        f"(echo user,item,rating,timestamp; sed 's/{sep}/,/g' {ratings}) > ratings.csv, then "
+        "pass ratings.csv (with --items FILE for item texts)"
+    )
 
 
 def _timestamps(values: pd.Series, source: Path) -> np.ndarray:

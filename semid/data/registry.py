@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from semid.data.interaction_files import load_interaction_files
-from semid.data.movielens import MOVIELENS_FILES, load_movielens
+from semid.data.movielens import MOVIELENS_FILES, as_csv_hint, load_movielens
 from semid.data.tables import ACCEPTED, table_format
 from semid.errors import SemidError
 
@@ -101,8 +101,10 @@ def load_dataset(name: str) -> Any:
     if Path(name).is_file():
         folder = Path(name).parent  # MovieLens' ratings.dat or u.data: their folder is the dataset
         hint = (
-            f", or pass the MovieLens folder {folder}" if Path(name).name in MOVIELENS_FILES else ""
-        )
+            f", or pass the MovieLens folder {folder} (with its movie file), or make an "
+            f"interactions file of it: {as_csv_hint(Path(name))}"
+            if Path(name).name in MOVIELENS_FILES else ""
+        )  # fmt: skip
         raise SemidError(
             f"interactions file {name}: unknown extension; use one of {ACCEPTED}{hint}"
         )
