@@ -243,8 +243,10 @@ def _without_textless_items(events: _Events, item_uniques: np.ndarray, catalog: 
         raise SemidError(f"{path}: {textless}; {why}, so write each id one way in both files (or "
                          "drop items without text: --missing-text drop)")  # fmt: skip
     if missing_text == "error":
-        raise SemidError(f"{path}: {textless}; add them to the items file or drop them "
-                         "(missing_text='drop', CLI --missing-text drop)")  # fmt: skip
+        listed = bool(pd.Index(catalog.keys).isin([first]).any())  # there, with an empty text
+        fix = "give them a text in the items file" if listed else "add them to the items file"
+        raise SemidError(f"{path}: {textless}; {fix} or drop them (--missing-text drop; in "
+                         "Python missing_text='drop')")  # fmt: skip
     notes.append(
         f"dropped {counted(n, 'interaction')} with {counted(k, 'item')} without text in "
         f"{catalog.path}{f' ({why})' if why else ''}"
