@@ -362,7 +362,7 @@ class Text2ImageTask(Task):
         lines = [f"quantizer {quantizer} for {len(splits.train):,} training images",
                  f"images at {size}x{size} px (the working size of the image encoder)"]  # fmt: skip
         if source.dataset not in available_datasets():  # a user's own images: say what is searched
-            lines.append(f"indexed the {counted(len(ids), 'test image')} (a seeded share); a run "
+            lines.append(f"indexed the {counted(len(ids), 'test image')} of its split; a run "
                          "trained on this index searches the training images too once `semid index "
                          f"add RUN --items {source.dataset} --skip-indexed` adds them")  # fmt: skip
         return ids, lines
