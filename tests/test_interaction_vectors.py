@@ -73,13 +73,15 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
                  "--model-config", TINY_MMGREC, "--epochs", "1", "--out", "run"]) == 0  # fmt: skip
     assert "\nwrote run (1 step, 1 full epoch, " in capsys.readouterr().out
     # a run trained on item texts over this index is told that new items will need vectors
-    (tmp_path / "items.csv").write_text(
-        "item,text\n" + "".join(f"it{i},movie {i}\n" for i in range(30))
+    (tmp_path / "items.csv").write_text(  # with an item no interaction names
+        "item,text\n" + "".join(f"it{i},movie {i}\n" for i in range(30)) + "spare,a spare one\n"
     )
     capsys.readouterr()
     assert main(["train", "recommender", "--dataset", "log.csv", "--items", "items.csv", "--index", "idx",
                  "--model", "mmgrec", "--model-config", TINY_MMGREC, "--epochs", "1", "--out", "texts-run"]) == 0  # fmt: skip
-    assert "idx was built without item texts" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "idx was built without item texts" in out
+    assert "dropped 1 item of " in out and "semid index add RUN --items" not in out  # refused there
     (tmp_path / "new.csv").write_text("item,text\nfresh,a new item\n")
     assert main(["index", "add", "run", "--items", "new.csv"]) == 2
     width = load_quantizer(tmp_path / "run" / "index").dim

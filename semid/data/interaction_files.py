@@ -303,6 +303,16 @@ def _in_content_order(
     return events.kept(np.lexsort((pair_rank, times)))
 
 
+# the hint of the note on items no interaction names, which an index of vectors (no texts) leaves out
+ADD_BY_TEXT_HINT = " (add them to a trained run with "
+
+
+def without_add_by_text_hint(note: str) -> str:
+    """A data note without its hint to add items by text (`ADD_BY_TEXT_HINT`), for a run whose
+    index takes new items' vectors, not their texts."""
+    return note.split(ADD_BY_TEXT_HINT, 1)[0]
+
+
 def _numbered_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTexts | None,
                     notes: list[str]) -> tuple[np.ndarray, list[str], list[str] | None]:  # fmt: skip
     """Each event's item number, the item keys and their texts: in the items file's order (its
@@ -318,8 +328,7 @@ def _numbered_items(events: _Events, item_uniques: np.ndarray, catalog: _ItemTex
         once = f" once the {counted(textless, 'item')} without text {has} one" if textless else ""
         notes.append(
             f"dropped {counted(int((~used).sum()), 'item')} of {catalog.path} that no kept interaction "
-            f"names (add them to a trained run with `semid index add RUN --items {catalog.path} "
-            f"--skip-indexed`{once})"
+            f"names{ADD_BY_TEXT_HINT}`semid index add RUN --items {catalog.path} --skip-indexed`{once})"
         )
     item_keys = [str(k) for k in catalog.keys[used]]
     item_texts = [t for t, u in zip(catalog.texts, used, strict=True) if u]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from semid.atomic import check_output_folder
+from semid.data.interaction_files import without_add_by_text_hint
 from semid.data.logs import RecDataset
 from semid.data.sequences import (
     CodeCollator,
@@ -122,11 +123,10 @@ class RecommendTask(Task):
         ids_sha256 = ids.sha256()  # what the model learns: its copy of --index must be it (below)
         dataset, data = self.load_split(spec, ids)
         if is_main_process():
-            lines = [*dataset.notes, describe_data(dataset, data)]
-            if (
-                ids.metadata.get("item_vectors") == INTERACTION_VECTORS
-                and dataset.item_texts is not None
-            ):
+            by_vectors = ids.metadata.get("item_vectors") == INTERACTION_VECTORS
+            data_notes = [without_add_by_text_hint(n) if by_vectors else n for n in dataset.notes]
+            lines = [*data_notes, describe_data(dataset, data)]
+            if by_vectors and dataset.item_texts is not None:
                 lines.append(f"note: {index} was built without item texts (item vectors from the "
                              "interactions): `semid index add` will take new items' vectors, not "
                              "their texts; build the index with --items too to add items by text")  # fmt: skip
