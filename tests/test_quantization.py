@@ -16,6 +16,8 @@ from torch import Tensor
 import semid.quantization as quantization
 from semid.errors import SemidError
 from semid.quantization import (
+    MAX_CODES_PER_LEVEL,
+    MAX_LEVELS,
     Quantizer,
     QuantizerSpec,
     available_quantizers,
@@ -34,10 +36,20 @@ def test_spec_round_trips(text):
     assert str(QuantizerSpec.parse(text)) == text
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [(f"a:{MAX_LEVELS + 1}x2", "use at most 16 levels"), (f"a:2x{MAX_CODES_PER_LEVEL + 1}", "1,048,576 codes"),
+     ("a:2x4,b=1,b=2", "option b is given twice; keep one")],
+)  # fmt: skip
+def test_a_spec_beyond_the_bounds_or_with_an_option_twice_is_refused(text, words):
+    with pytest.raises(SemidError, match=words):
+        QuantizerSpec.parse(text)
+
+
 @given(
     family=st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True),
-    levels=st.integers(1, 64),
-    size=st.integers(2, 1 << 20),
+    levels=st.integers(1, MAX_LEVELS),
+    size=st.integers(2, MAX_CODES_PER_LEVEL),
     options=st.dictionaries(
         st.from_regex(r"[a-z][a-z_]{0,6}", fullmatch=True),
         st.from_regex(r"[a-z0-9.\-]{1,6}", fullmatch=True),
