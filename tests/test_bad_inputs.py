@@ -339,6 +339,8 @@ cases(
         ("ret-interactions-dataset", "pass debian-docs, manpages or a documents file",
          lambda e: ["train", "retriever", "--dataset", "ml-100k", "--out", str(e.tmp / "out")]),
         ("ret-max-docs-0", "--max-docs", ret_args("--max-docs", "0")),
+        ("ret-patience-0", "--patience must be >= 1", ret_args("--patience", "0")),
+        ("img-patience", "--patience is for documents", lambda e: ["train", "retriever", "--dataset", "fashion-mnist", "--model", "avg", "--patience", "3", "--out", str(e.tmp / "o")]),
         ("ret-max-docs-1", "--max-docs", ret_args("--max-docs", "1")),
         ("ret-num-beams-0", "--num-beams", ret_args("--num-beams", "0")),
         ("ret-extra-codes-negative", "--extra-codes", ret_args("--extra-codes", "-1")),

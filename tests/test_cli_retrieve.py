@@ -281,3 +281,21 @@ def test_an_index_built_of_documents_says_which_it_left_out_and_why(tmp_path, ca
         "indexed 36 of the 40 documents with rqkmeans:3x8 (the 4 others are left out as `semid "
         "train retriever` holds them out" in capsys.readouterr().out
     )
+
+
+@pytest.mark.parametrize(("flags", "patience"), [([], 2), (["--patience", "5"], 5)])
+def test_patience_reaches_the_document_training(tmp_path, monkeypatch, flags, patience):
+    """`train retriever --patience N` sets the early stopping of promptdsi (fixed at 2 before)."""
+    trained = []
+
+    def train(spec, out, *args, **kwargs):
+        trained.append(spec.train.early_stopping_patience)
+        raise SystemExit(0)  # the spec is all this test needs
+
+    monkeypatch.setattr(get_task("retrieve"), "train", train)
+    parser = argparse.ArgumentParser()
+    train_retriever.add_arguments(parser)
+    args = parser.parse_args(["--dataset", "debian-docs", "--out", str(tmp_path / "r"), *flags])
+    with pytest.raises(SystemExit):
+        train_retriever.run(args)
+    assert trained == [patience]

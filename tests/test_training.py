@@ -407,7 +407,7 @@ def test_max_steps_stops_mid_epoch_evaluates_and_refuses_changed_batch_size(tmp_
         ).fit()
 
 
-def test_early_stopping_keeps_best_weights(tmp_path):
+def test_early_stopping_keeps_best_weights(tmp_path, capsys):
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.1, 0.9])
     snapshots = []
 
@@ -419,6 +419,10 @@ def test_early_stopping_keeps_best_weights(tmp_path):
     result = Trainer(make_model(), make_dataset(60), config, tmp_path, evaluate=evaluate).fit()
     assert result.stopped_early and result.epochs == 4
     assert result.best_metrics == {"ndcg@10": 0.7} and result.best_step == 16
+    # said, as the epochs asked for were not all run
+    assert "stopped early: 2 evaluations without a better ndcg@10 (best at step 16;" in (
+        capsys.readouterr().err
+    )
     assert_same_weights(load_file(result.best_path), snapshots[1])
 
 

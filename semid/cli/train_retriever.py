@@ -69,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_device_argument(p)
     add_training_arguments(p, {model: defaults() for model, defaults in MODEL_TRAINING.items()})
+    p.add_argument(
+        "--patience",
+        type=int,
+        help="documents: early stopping, evaluations on held-out training queries without an "
+        f"NDCG@10 gain (default: {document_train().early_stopping_patience})",
+    )
     p.add_argument("--max-docs", type=int, help="documents: train on a seeded subset of this many")
     p.add_argument(
         "--hold-out",
@@ -126,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     defaults = MODEL_TRAINING[args.model]()
     budget = _budget(args, defaults)
     if args.model == "avg":
+        if args.patience is not None:
+            raise SemidError("--patience is for documents (promptdsi, which validates on held-out "
+                             "training queries); avg trains its --epochs; leave it out")  # fmt: skip
         spec = Text2ImageSpec(
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(budget, defaults),
@@ -151,10 +160,12 @@ def run(args: argparse.Namespace) -> int:
     if args.index is not None:
         raise SemidError("--index is for --model avg; promptdsi builds its document index itself")
     check_count("--add-epochs", args.add_epochs)
+    check_count("--patience", args.patience)
     check_rate("--prompt-lr", args.prompt_lr)
+    patience = defaults.early_stopping_patience if args.patience is None else args.patience
     spec = RetrieveSpec(
         dataset=resolve_dataset(args.dataset), model_config=model_config, seed=args.seed,
-        train=training_config(budget, defaults),
+        train=training_config(budget, defaults, early_stopping_patience=patience),
         add_train=dataclasses.replace(training_config(budget, document_add_train()), max_epochs=args.add_epochs, max_steps=None,
                                       lr=args.prompt_lr),
         quantizer=RetrieveSpec.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,

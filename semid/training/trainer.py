@@ -45,6 +45,7 @@ from semid.training.config import (
 )
 from semid.training.heap import HeapTrimmer
 from semid.training.schedule import lr_factor
+from semid.wording import counted
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -475,6 +476,10 @@ class Trainer:
             progress.stopped_early = (
                 patience is not None and progress.evals_without_improvement >= patience
             )
+            if progress.stopped_early and acc.is_main_process:  # said: the cap was not reached
+                tqdm.write(f"stopped early: {counted(patience, 'evaluation')} without a better "
+                           f"{cfg.metric} (best at step {progress.best_step}; --patience sets how "
+                           "many)", file=sys.stderr)  # fmt: skip
 
     def _checkpoint(self, progress: TrainProgress, started: float) -> None:
         """Save model, optimizer, schedule, RNG states and counters; keep the newest few."""
