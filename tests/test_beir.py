@@ -112,6 +112,20 @@ def test_skipped_judgements_are_counted_and_a_query_id_of_two_texts_refused(tmp_
         read_collection(folder)
 
 
+def test_a_test_file_that_judges_nothing_relevant_is_told(tmp_path, capsys):
+    """A qrels/test.tsv of scores 0 gives no test queries: the split falls back to a share of
+    the documents, which was not said."""
+    folder = beir_folder(tmp_path / "b")
+    test = folder / "qrels" / "test.tsv"
+    lines = test.read_text().splitlines()
+    test.write_text(
+        "\n".join([lines[0], *(line.rsplit("\t", 1)[0] + "\t0" for line in lines[1:])]) + "\n"
+    )
+    collection = read_collection(folder)
+    assert not any(d.test_queries for d in collection.documents)
+    assert f"{test} judges no query relevant (a score above 0)" in capsys.readouterr().err
+
+
 def test_a_lone_test_split_is_pooled_and_a_test_query_is_never_trained_on(tmp_path):
     folder = beir_folder(tmp_path / "b")
     (

@@ -130,6 +130,10 @@ def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[
     if not any(judged.values()):
         raise SemidError(f"{folder}: no query of {QUERIES} is judged relevant to a document of "
                          f"{CORPUS} in {counted(len(qrels), 'qrels file')}; check that their ids match")  # fmt: skip
+    if test_file is not None and not judged[test_file]:  # as if there were none: said
+        note(f"{test_file} judges no query relevant (a score above 0) to a document of {CORPUS}, "
+             "so it gives no test queries: a share of the documents is held out as the test "
+             "split instead; give its relevant judgements a score above 0 to keep BEIR's")  # fmt: skip
     test = _by_document(judged.pop(test_file) if test_file is not None else [])
     held_out = {q for queries in test.values() for q in queries}
     train = _by_document(
