@@ -1049,3 +1049,30 @@ def test_a_column_read_under_a_shared_name_is_refused_and_unread_ones_are_not(
     assert (
         load_interaction_files(tmp_path / "b.csv", min_interactions=1).interactions.num_items == 2
     )
+
+
+def test_a_header_that_is_data_is_told_to_be_added_and_nothing_else(tmp_path: Path) -> None:
+    """The hint is the fix: "rename it" after it named a column the file lacks."""
+    from semid.data.documents import read_documents
+    from semid.data.tables import find_column, read_table
+
+    (tmp_path / "log.csv").write_text("u1,100,97\nu2,101,98\n")
+    (tmp_path / "docs.tsv").write_text(
+        "0\tThe presence of communication\n1\tThe Manhattan Project\n"
+    )
+    (tmp_path / "qrels.tsv").write_text("q1\td1\t1\nq2\td2\t1\n")
+    attempts = [
+        lambda: load_interaction_files(tmp_path / "log.csv"),
+        lambda: read_documents(tmp_path / "docs.tsv"),
+        lambda: find_column(
+            read_table(tmp_path / "qrels.tsv", "qrels file"),
+            "query id",
+            ("query-id", "qid"),
+            tmp_path / "qrels.tsv",
+            "qrels file",
+        ),  # fmt: skip
+    ]
+    for attempt in attempts:
+        with pytest.raises(SemidError) as e:
+            attempt()
+        assert str(e.value).endswith("add a header line naming the columns)"), str(e.value)

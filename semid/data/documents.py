@@ -274,7 +274,8 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
             )
         if not matching_columns(table.column_names, ID_FIELDS):  # said of the header, not of row 1
             raise SemidError(f"{path} has no document id column (accepted names: {', '.join(ID_FIELDS)}; found: "
-                             f"{', '.join(table.column_names)}){header_hint(table.column_names)}; rename it")  # fmt: skip
+                             f"{', '.join(table.column_names)})"
+                             f"{header_hint(table.column_names) or '; rename it'}")  # fmt: skip
         rows = table.to_pylist()
         if fmt != "parquet":  # CSV and TSV cells are text; a list of queries is written in one
             rows = [_listed_queries(row) for row in rows]

@@ -352,7 +352,7 @@ def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> 
         raise SemidError(
             f"interactions file {path} lacks a user and an item column (accepted names: user, "
             f"user_id, ... and item, item_id, ...; found: {', '.join(table.column_names)})"
-            f"{header_hint(table.column_names)}; rename them or pass --columns user=NAME,item=NAME"
+            f"{header_hint(table.column_names) or '; rename them or pass --columns user=NAME,item=NAME'}"
         )
 
 

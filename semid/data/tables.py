@@ -384,10 +384,10 @@ def find_column(
     if not found:
         if not required:
             return None
+        rename = "; rename it" + (f" or pass --columns {role}=NAME" if columns_option else "")
         raise SemidError(
             f"{what} {path} lacks {'an' if role[0] in 'aeio' else 'a'} {role} column (accepted names: {', '.join(aliases)}; found: "
-            f"{', '.join(headers)}){header_hint(headers)}; rename it"
-            + (f" or pass --columns {role}=NAME" if columns_option else "")
+            f"{', '.join(headers)}){header_hint(headers) or rename}"
         )
     return found[0]
 
@@ -421,7 +421,8 @@ def data_files_hint(folder: Path) -> str:
 
 def header_hint(headers: Sequence[str]) -> str:
     """Why a header may lack the expected columns, for an error message ("" when nothing stands out):
-    one column holding separators (the file uses another separator), or a first line of data."""
+    one column holding separators (the file uses another separator), or a first line of data. The
+    hint is the fix: a message with one gives no other (renaming a column the file lacks)."""
     if len(headers) == 1 and any(c in headers[0] for c in ", ;\t|"):
         return " (the first line was read as one column: separate columns with commas in a .csv, tabs in a .tsv)"
     if any(_is_number(h) for h in headers):
