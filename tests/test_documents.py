@@ -365,6 +365,8 @@ def test_text_files_of_queries_skip_a_bom_and_refuse_a_folder(tmp_path):
         ("file_name,caption", "images"),  # COCO's
         ("image_name,caption", "images"),  # Flickr30k's
         ("reviewerID,asin,image,reviewText", "interactions"),  # Amazon's reviews: a log after all
+        ("id,title", "documents"),  # without a body: its reader names it (it read as a log)
+        ("id,queries", "documents"),
     ],
 )
 def test_a_table_is_recognised_by_the_names_its_reader_accepts(tmp_path, header, kind):

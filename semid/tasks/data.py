@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from semid.data.beir import is_beir_folder
-from semid.data.documents import BODY_FIELDS, ID_FIELDS
+from semid.data.documents import BODY_FIELDS, ID_FIELDS, QUERY_FIELDS
 from semid.data.image_files import PATH_COLUMNS
 from semid.data.image_folders import image_files, visible_entries
 from semid.data.image_io import IMAGE_SUFFIXES
@@ -159,6 +159,12 @@ def sniff_kind(path: str) -> str:
         return "interactions"  # (Amazon's reviews have an "image" field, its text a "reviewText")
     if matching_columns(headers, PATH_COLUMNS):  # as the image tables' reader finds it
         return "images"
+    if (
+        not users
+        and matching_columns(headers, ID_FIELDS)
+        and matching_columns(headers, ("title", *QUERY_FIELDS))
+    ):
+        return "documents"  # without a body: the documents' reader names what they lack
     if matching_columns(headers, ("text", *BODY_FIELDS)) and not users:
         if matching_columns(headers, ID_FIELDS):
             return "documents"
