@@ -126,6 +126,20 @@ def test_a_test_file_that_judges_nothing_relevant_is_told(tmp_path, capsys):
     assert f"{test} judges no query relevant (a score above 0)" in capsys.readouterr().err
 
 
+def test_test_queries_of_several_ids_with_one_text_are_told_to_be_one_query(tmp_path, capsys):
+    folder = beir_folder(tmp_path / "b", n=4)
+    with open(folder / "queries.jsonl", "a") as f:  # q9 has q3's text, and a test judgement
+        f.write(json.dumps({"_id": "q9", "text": "font q3"}) + "\n")
+    with open(folder / "qrels" / "test.tsv", "a") as f:
+        f.write("q9\td2\t1\n")
+    collection = read_collection(folder)
+    assert (
+        "test.tsv: 1 test query text of queries.jsonl belongs to several query ids (e.g. 'font q3')"
+        in (capsys.readouterr().err)
+    )
+    assert [d.id for d in collection.documents if "font q3" in d.test_queries] == ["d2", "d3"]
+
+
 def test_a_lone_test_split_is_pooled_and_a_test_query_is_never_trained_on(tmp_path):
     folder = beir_folder(tmp_path / "b")
     (

@@ -14,6 +14,7 @@ a documents file or such a folder.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def _with_queries(documents: list[Document], texts: dict[str, str], qrels: list[
         note(f"{test_file} judges no query relevant (a score above 0) to a document of {CORPUS}, "
              "so it gives no test queries: a share of the documents is held out as the test "
              "split instead; give its relevant judgements a score above 0 to keep BEIR's")  # fmt: skip
+    if test_file is not None:
+        _note_shared_test_texts(judged[test_file], texts, test_file)
     test = _by_document(judged.pop(test_file) if test_file is not None else [])
     held_out = {q for queries in test.values() for q in queries}
     train = _by_document(
@@ -197,6 +200,19 @@ def _judgements(path: Path, texts: dict[str, str], known: set[str]) -> list[tupl
                  f"{pairs[0][0]} -> {pairs[0][1]})")  # fmt: skip
     return [(doc, texts[query], score) for query, doc, score in relevant
             if texts.get(query) and doc in known]  # fmt: skip
+
+
+def _note_shared_test_texts(judgements: list[tuple[str, str, float]], texts: dict[str, str],
+                            test_file: Path) -> None:  # fmt: skip
+    """A note when test queries of several ids share one text: a query is its text here, so they
+    are one query, scored once against all their relevant documents (BEIR scores each id)."""
+    ids_of = Counter(texts.values())
+    shared = list(dict.fromkeys(text for _, text, _ in judgements if ids_of[text] > 1))
+    if shared:
+        note(f"{test_file}: {counted(len(shared), 'test query text')} of {QUERIES} "
+             f"{'belongs' if len(shared) == 1 else 'belong'} to several query ids (e.g. "
+             f"{shared[0][:40]!r}); a query is its text here, so theirs is one query, scored once "
+             "against all its relevant documents")  # fmt: skip
 
 
 def _by_document(judgements: Iterable[tuple[str, str, float]]) -> dict[str, list[str]]:
