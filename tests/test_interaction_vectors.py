@@ -4,6 +4,7 @@ and the CLI path that uses them (`semid index build --dataset log.csv` with no `
 from __future__ import annotations
 
 import csv
+import json
 import random
 import shutil
 from pathlib import Path
@@ -106,3 +107,31 @@ def test_an_interactions_only_log_is_indexed_trained_and_grown_by_vectors(
     assert main(["predict", "run", "--user", "u0", "--texts", "--out", "p.jsonl"]) == 2
     assert "this run has no item texts to send" in capsys.readouterr().err
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_user_left_out_for_few_events_is_answered_from_its_events(tmp_path, monkeypatch, capsys):
+    """A user of 1 event, left out of training (--min-interactions 3), is answered from that event
+    as a new user, whether or not the log changed since training (only a changed log's was)."""
+    monkeypatch.chdir(tmp_path)
+    write_log(tmp_path / "log.csv")
+    with open(tmp_path / "log.csv", "a") as f:
+        f.write("lonely,it3,99999\n")
+    assert main(["index", "build", "--dataset", "log.csv", "--out", "idx"]) == 0
+    assert main(["train", "recommender", "--dataset", "log.csv", "--index", "idx", "--model", "pop",
+                 "--out", "run"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["predict", "run", "--user", "lonely", "--k", "3", "--out", "a.jsonl"]) == 0
+    answer = json.loads((tmp_path / "a.jsonl").read_text())
+    assert len(answer["keys"]) == 3 and "it3" not in answer["keys"]  # its seen item left out
+    assert main(["predict", "run", "--history", "it3", "--k", "3", "--out", "h.jsonl"]) == 0
+    assert json.loads((tmp_path / "h.jsonl").read_text())["keys"] == answer["keys"]  # as a history
+    assert main(["predict", "run", "--users", "all", "--out", "all.jsonl"]) == 0
+    assert "lonely" not in (tmp_path / "all.jsonl").read_text()  # all: the users it trained on
+    assert main(["predict", "run", "--user", "lonely", "--k", "3", "--out", "s.jsonl"]) == 0
+    capsys.readouterr()
+    line = json.dumps({"user": "lonely", "split": "test"})
+    (tmp_path / "split.jsonl").write_text(line + "\n")
+    assert main(["predict", "run", "--users", "split.jsonl", "--out", "s.jsonl"]) == 2
+    assert 'fewer than 3 interactions, so no valid or test target: ask without "split"' in (
+        capsys.readouterr().err
+    )

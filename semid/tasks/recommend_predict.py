@@ -112,6 +112,8 @@ class RecommendPredictor(Predictor):
         self.spec: RecommendSpec = get_task("recommend").spec_of(run)
         self.codes = run.ids.codes if is_generator(run.model) else None
         self._loaded: tuple[Any, UserHistories] | None = None
+        # every user's events as the files are now, read for users left out at training
+        self._every_user: tuple[Any, UserHistories] | None = None
         # the texts of a registered dataset (or folder) as read with the histories, so that
         # answering a user and showing texts loads the dataset once
         self._read_texts: dict[str, str] | None = None
@@ -193,8 +195,34 @@ class RecommendPredictor(Predictor):
             raise SemidError(f'"split" must be valid or test, got {split!r}')
         histories = self.histories()
         user = known_key(str(item["user"]), histories.user_of_key)
+        if user in histories.left_out and user not in histories.user_of_key:
+            return {"user": user, "events": self._left_out_events(user, split)}
         self._check_user(user, split, histories)
         return {"user": user, "split": split} if split else {"user": user}
+
+    def _left_out_events(self, user: str, split: str | None) -> dict[str, Any]:
+        """The events of a user left out at training for too few interactions (a new user to the
+        model), from the files as they are now: answered as a history of them is, so that whether
+        the data changed since training does not decide it (a changed log's users are read so)."""
+        if split is not None:
+            raise SemidError(f'user {user!r} has fewer than {self.spec.min_interactions} '
+                             'interactions, so no valid or test target: ask without "split"')  # fmt: skip
+        stamp = data_stamp(self.spec.dataset, self.spec.items)
+        if self._every_user is None or self._every_user[0] != stamp:
+            with self._reading:
+                self._every_user = (stamp, current_histories(self.spec, self.run.ids)[0])
+        every = self._every_user[1]
+        if user not in every.user_of_key or every.events(user) == 0:
+            raise SemidError(f"user {user!r} has no events on items of the run's index; add the "
+                             "items with `semid index add`, or pass a history")  # fmt: skip
+        users = torch.tensor([every.user_of_key[user]])
+        positions = every.data.split.ptr[users + 1]
+        gathered = gather_history(every.data, positions, self.spec.max_history, users)
+        seen = every.data.seen_before(positions, users)[0]
+        real, keys = gathered["items"][0] != PAD, self.run.ids.keys
+        return {"items": [keys[r] for r in gathered["items"][0][real].tolist()],
+                "times": gathered["times"][0][real].tolist(),
+                "seen": [keys[r] for r in seen[seen != PAD].tolist()], "user": -1}  # fmt: skip
 
     def max_k(self) -> int:
         """The items the run ranks (`rankable_items`)."""
@@ -231,13 +259,9 @@ class RecommendPredictor(Predictor):
         return None if found is None else f"{keys[found]!r} ({texts[found][:60]!r})"
 
     def _check_user(self, user: str, split: str | None, histories: UserHistories) -> None:
-        if user not in histories.user_of_key:
-            left_out = ""
-            if user in histories.left_out:
-                left_out = (f" (it has fewer than {self.spec.min_interactions} interactions: such "
-                            "users were left out at training, so pass its events as a history)")  # fmt: skip
-            example = None if left_out else example_key(user, histories.user_of_key)
-            raise SemidError(f"unknown user {user!r}{left_out}; pass a user of the run's data"
+        if user not in histories.user_of_key:  # (a user left out at training is read apart)
+            example = example_key(user, histories.user_of_key)
+            raise SemidError(f"unknown user {user!r}; pass a user of the run's data"
                              f"{f', such as {example},' if example else ''} or a history")  # fmt: skip
         if histories.live and split is not None:
             raise SemidError(
