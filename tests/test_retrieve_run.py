@@ -551,3 +551,20 @@ def test_an_added_document_of_an_earlier_test_query_is_scored_with_that_query(
     kept = dict(parts["d0-test"])[query]
     assert list(kept) == [*([relevant] if isinstance(relevant, str) else relevant), "more0"]
     assert query not in dict(parts.get("d1-test", []))
+
+
+def test_train_seconds_count_the_processes_a_resume_follows(tmp_path, monkeypatch):
+    """A resumed training's seconds include its earlier processes' (the last one's alone, before)."""
+    import semid.training
+
+    train = semid.training.train_model
+
+    def resumed(*args, **kwargs):  # as a resume after 1000 s of earlier processes reports it
+        return replace(train(*args, **kwargs), resumed_after_s=1000.0)
+
+    monkeypatch.setattr(semid.training, "train_model", resumed)
+    write_docs(tmp_path / "docs.jsonl", n=30)
+    summary = get_task("retrieve").train(tiny_spec(tmp_path / "docs.jsonl"), tmp_path / "run")
+    assert 1000 <= summary["train_seconds"] < 1100
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["state"]["train_seconds"]
+    assert 1000 <= saved < 1100

@@ -271,7 +271,7 @@ class RetrieveTask(Task):
         result, kept = train_or_keep_untrained(model.to(where), evaluate, lambda: train_model(
             model, examples, spec.train, out / "train", evaluate=evaluate, collate_fn=examples.collate,
             resume=resume, device=device, trained_on=stamp))  # fmt: skip
-        seconds = time.perf_counter() - started
+        seconds = result.resumed_after_s + time.perf_counter() - started  # earlier processes too
         summary = {"documents": len(split.d0), "quantizer": ids.quantizer_spec, "train_examples": len(examples),
                    "steps": result.steps, "train_seconds": round(seconds, 2), "kept_untrained": kept,
                    "test_queries": len(test_pairs), "test_split": split_name(coll)}  # fmt: skip
