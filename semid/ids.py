@@ -30,6 +30,7 @@ from semid.collisions import (
 )
 from semid.errors import SemidError
 from semid.quantization import Quantizer
+from semid.saving import read_module
 from semid.trie import PrefixTrie, check_codes
 from semid.wording import counted
 
@@ -405,10 +406,10 @@ def quantizer_dim(index_path: str | os.PathLike) -> int | None:
     """The width of the vectors the quantizer saved with an index reads (from its config, without
     loading its weights); None when it cannot tell, which loading the quantizer then explains."""
     try:
-        config = json.loads((Path(index_path) / QUANTIZER_DIR / "config.json").read_text())
-        dim = config["config"]["dim"]
-    except (OSError, ValueError, TypeError, KeyError):
+        _, config = read_module(Path(index_path) / QUANTIZER_DIR, "quantizer", "")
+    except SemidError:
         return None
+    dim = config.get("dim")
     return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 

@@ -62,7 +62,8 @@ class QuantizerSpec:
         pairs = [kv.split("=", 1) for kv in m["opts"].split(",") if kv]
         opts = dict(pairs)
         if len(opts) < len(pairs):
-            again = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+            names = [k for k, _ in pairs]
+            again = next(k for k in names if names.count(k) > 1)
             raise SemidError(
                 f"bad quantizer spec {text!r}: option {again} is given twice; keep one"
             )
@@ -381,13 +382,11 @@ def register_quantizer(name: str) -> Callable[[type[Quantizer]], type[Quantizer]
 
 def quantizer_class(family: str) -> type[Quantizer]:
     """The registered class for `family`; loads the built-in families on first use."""
-    if family not in _REGISTRY:
-        from semid.quantizers import load_families
+    from semid.quantizers import load_families
 
+    if family not in _REGISTRY:
         load_families(family)  # only that family's module (hrq's pulls in geoopt and scipy)
     if family not in _REGISTRY:
-        from semid.quantizers import load_families
-
         load_families()  # every built-in family, to name them
         raise SemidError(
             f"unknown quantizer family {family!r}; known: {', '.join(sorted(_REGISTRY))}"

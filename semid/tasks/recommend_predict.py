@@ -219,10 +219,14 @@ class RecommendPredictor(Predictor):
         positions = every.data.split.ptr[users + 1]
         gathered = gather_history(every.data, positions, self.spec.max_history, users)
         seen = every.data.seen_before(positions, users)[0]
-        real, keys = gathered["items"][0] != PAD, self.run.ids.keys
-        return {"items": [keys[r] for r in gathered["items"][0][real].tolist()],
-                "times": gathered["times"][0][real].tolist(),
-                "seen": [keys[r] for r in seen[seen != PAD].tolist()], "user": -1}  # fmt: skip
+        return self._as_events(gathered["items"][0], gathered["times"][0], seen, -1)
+
+    def _as_events(self, items: Tensor, times: Tensor, seen: Tensor, user: int) -> dict[str, Any]:
+        """A user's left-padded history rows and times (T,) and seen rows (M,) as the item keys
+        of a resolved input's ``"events"`` (`_events_of` reads them back)."""
+        real, keys = items != PAD, self.run.ids.keys
+        return {"items": [keys[r] for r in items[real].tolist()], "times": times[real].tolist(),
+                "seen": [keys[r] for r in seen[seen != PAD].tolist()], "user": user}  # fmt: skip
 
     def max_k(self) -> int:
         """The items the run ranks (`rankable_items`)."""
@@ -278,17 +282,12 @@ class RecommendPredictor(Predictor):
         """Each user input with its events attached as item keys (``"events"``), so that a model
         process answers it without reading the data files; other inputs as they are."""
         batch, seen = self._batch(checked)
-        keys = self.run.ids.keys
         resolved = []
         for i, item in enumerate(checked):
             if "user" in item and "events" not in item:
-                real = batch["items"][i] != PAD
-                item = {**item, "events": {
-                    "items": [keys[r] for r in batch["items"][i][real].tolist()],
-                    "times": batch["times"][i][real].tolist(),
-                    "seen": [keys[r] for r in seen[i][seen[i] != PAD].tolist()],
-                    "user": int(batch["users"][i]),
-                }}  # fmt: skip
+                events = self._as_events(batch["items"][i], batch["times"][i], seen[i],
+                                         int(batch["users"][i]))  # fmt: skip
+                item = {**item, "events": events}
             resolved.append(item)
         return resolved
 
