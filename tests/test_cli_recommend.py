@@ -308,8 +308,11 @@ def test_cli_end_to_end_on_a_slice_of_ml100k(tmp_path, capsys):
     assert not (run / "sub").exists()
     # a cut-off over the catalogue (1,682 movies) is left out with a note; the others are scored
     capsys.readouterr()
-    assert main(["eval", str(run), "--k", "5", "10", "5000", "--split", "test"]) == 0
-    assert "--k 5000 left out: over the catalogue size (1682 items" in capsys.readouterr().err
+    assert main(["eval", str(run), "--k", "10", "5000", "5", "10", "--split", "test"]) == 0
+    out, err = capsys.readouterr()
+    assert "--k 5000 left out: over the catalogue size (1682 items" in err
+    assert out.index("recall@5") < out.index("recall@10")  # in increasing order, each once
+    assert out.count("recall@10") == 1
     assert (
         json.loads((run / "metrics.json").read_text())["test"]["recall@10"] == metrics["recall@10"]
     )

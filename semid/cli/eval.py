@@ -135,9 +135,10 @@ def drop_subset_that_took_all(args: argparse.Namespace, metrics: dict[str, Any])
 
 
 def fitting_cutoffs(ks: list[int], catalogue: int, run_dir: Path) -> list[int]:
-    """The cut-offs of ``ks`` that fit the catalogue; those over it are left out with a note on
-    stderr (the README's ``--k 10 100`` on a 60-image collection still gives R@10); SemidError
-    if none fits."""
+    """The cut-offs of ``ks`` that fit the catalogue, in increasing order, each once; those over it
+    are left out with a note on stderr (the README's ``--k 10 100`` on a 60-image collection still
+    gives R@10); SemidError if none fits."""
+    ks = sorted(set(ks))
     fitting = [k for k in ks if k <= catalogue]
     if not fitting:
         raise SemidError(f"--k {min(ks)} is over the catalogue size ({catalogue} items of {run_dir}); "
