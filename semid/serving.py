@@ -24,7 +24,8 @@ HTTP (FastAPI, served by uvicorn):
   GET  /info     -> predictor.info() (task, the body fields it answers, index size, ...), default_k
                  and max_k, semid/torch versions, batching settings (workers too) and counters
 Bad requests answer 400 with {"error": "one line"} (413 for a body over 16 MiB). SIGINT/SIGTERM (uvicorn) stop accepting
-connections, let in-flight requests finish, then the lifespan shutdown stops the worker.
+connections, let in-flight requests finish (for at most ``shutdown_timeout_s``, 10 s by default),
+then the lifespan shutdown stops the worker.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from starlette.requests import ClientDisconnect
 
 from semid import __version__
 from semid.answer_texts import check_texts, with_texts
-from semid.defaults import DEFAULT_K, MAX_INPUTS, usable_cores
+from semid.defaults import DEFAULT_K, MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
 from semid.errors import SemidError
 from semid.json_values import is_integer, is_key
 from semid.model_process import ProcessPredictor
@@ -534,6 +535,12 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         try:
+            return await answer(request)
+        except asyncio.CancelledError:  # still open when the shutdown timeout ran out
+            return _error(503, "the server is shutting down; send the request again once it runs")
+
+    async def answer(request: Request) -> Any:
+        try:
             raw = await read_body(request, max_body_bytes)
         except ClientDisconnect:  # hung up mid-body: an everyday event, not a server error
             return Response(status_code=GONE)
@@ -625,8 +632,11 @@ def serve(
     on_ready: Callable[[int], None] | None = None,
     max_inputs: int = MAX_INPUTS,
     sock: socket.socket | None = None,
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
 ) -> None:
-    """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish).
+    """Serve ``predictor`` over HTTP until SIGINT/SIGTERM (graceful: in-flight requests finish,
+    for at most ``shutdown_timeout_s`` seconds, after which open connections are closed: a client
+    that stalls mid-request cannot keep the server up).
 
     ``on_ready(port)`` is called once the socket listens and the model workers are up, so a client
     told the server is ready is never refused (connections queue until the first is accepted).
@@ -654,7 +664,10 @@ def serve(
                          max_inputs=max_inputs)  # fmt: skip
         if on_ready is not None:
             on_ready(sock.getsockname()[1])
-        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+        config = uvicorn.Config(
+            app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s
+        )
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         for model in models:
             model.close()

@@ -516,6 +516,50 @@ def test_sigterm_finishes_in_flight_request_then_exits(flags):
         client.get(url + "/health")
 
 
+def test_a_stalled_client_cannot_keep_the_server_up():
+    """A client that sent headers and half its body, then stalls, is answered 503 and closed after
+    --shutdown-timeout once SIGTERM comes; the server stops cleanly (without the timeout uvicorn
+    waited for that client for good)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), "0", "0", "--shutdown-timeout", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no banner within 60 s"
+        banner = proc.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+) ", banner).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+            stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                            b"\r\nContent-Length: 100\r\n\r\n{\"users\": ")  # fmt: skip
+            time.sleep(0.5)  # the server has read the headers
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+            reply = stalled.recv(4096)  # told why, not just cut off
+        assert reply.startswith(b"HTTP/1.1 503 ") and b"the server is shutting down" in reply
+        assert proc.returncode == 0, err
+        assert "semid serve: stopped" in out
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_shutdown_timeout_must_be_a_number_of_seconds(tmp_path):
+    """A negative or infinite --shutdown-timeout is refused before the run loads."""
+    (tmp_path / "manifest.json").write_text(
+        '{"format_version": 1, "task": "recommend", "parts": {}}'
+    )
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    for value in ("-1", "inf"):
+        with pytest.raises(SemidError, match="--shutdown-timeout must be a finite number"):
+            serve_cmd.run(parser.parse_args([str(tmp_path), "--shutdown-timeout", value]))
+
+
 def test_the_banner_comes_when_the_port_answers():
     """`semid serve --port 0` names the port it got, and a client that connects as soon as the
     banner appears is answered, not refused (the socket listens before the banner)."""

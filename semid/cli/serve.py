@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from semid import notes
-from semid.defaults import MAX_INPUTS, usable_cores
+from semid.defaults import MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
 from semid.errors import SemidError
 from semid.manifest import read_manifest
 
@@ -81,6 +81,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "that HTTP work and the model use different cores instead of taking turns at Python's lock",
     )
     p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=SHUTDOWN_TIMEOUT_S,
+        help="seconds that SIGINT/SIGTERM wait for open requests before closing them, so that a "
+        "stalled client cannot keep the server up (default: %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
         default="warning",
@@ -98,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
         raise SemidError(f"--max-inputs must be >= 1, got {args.max_inputs}")
     if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
         raise SemidError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
+    if not (math.isfinite(args.shutdown_timeout) and args.shutdown_timeout >= 0):
+        raise SemidError(
+            f"--shutdown-timeout must be a finite number of seconds >= 0, got {args.shutdown_timeout}"
+        )
     if args.threads is not None and args.threads < 1:
         raise SemidError(f"--threads must be >= 1, got {args.threads}")
     if args.workers is not None and args.workers < 1:
@@ -165,6 +176,7 @@ def _load_and_serve(args: argparse.Namespace, sock: socket.socket) -> None:
             workers=workers,
             on_ready=announce,
             sock=sock,
+            shutdown_timeout_s=args.shutdown_timeout,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while serving: a normal stop
         pass
