@@ -527,10 +527,7 @@ def test_a_stalled_client_cannot_keep_the_server_up():
         text=True,
     )
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "no banner within 60 s"
-        banner = proc.stdout.readline()
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+) ", banner).group(1))
+        port = _bannered_port(proc)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
             stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                             b"\r\nContent-Length: 100\r\n\r\n{\"users\": ")  # fmt: skip
@@ -570,16 +567,21 @@ def test_the_banner_comes_when_the_port_answers():
         text=True,
     )
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "no banner within 60 s"
-        banner = proc.stdout.readline()
-        assert banner.startswith("serving "), banner + proc.stderr.read()
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+) ", banner).group(1))
+        port = _bannered_port(proc)
         assert port != 0
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def _bannered_port(proc: subprocess.Popen) -> int:
+    """The port named by the "serving ..." banner of a `semid serve` subprocess."""
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "no banner within 60 s"
+    banner = proc.stdout.readline()
+    assert banner.startswith("serving "), banner + proc.stderr.read()
+    return int(re.search(r"http://127\.0\.0\.1:(\d+) ", banner).group(1))
 
 
 def test_a_taken_port_is_told_before_the_run_loads(tmp_path, monkeypatch):
