@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from semid.errors import SemidError
+from semid.json_values import is_integer
 from semid.trie import PrefixTrie, holds_integers
 
 
@@ -155,6 +156,9 @@ def constrained_beam_search(
     IDs are all excluded is masked out before the level's top-k, so ``num_beams`` beams survive
     whenever the trie still has that many allowed IDs."""
     top_k = num_beams if top_k is None else top_k
+    if not (is_integer(num_beams) and is_integer(top_k)):
+        raise SemidError(f"num_beams and top_k must be whole numbers, got num_beams={num_beams!r}, "
+                         f"top_k={top_k!r}")  # fmt: skip
     if num_beams < 1 or not 1 <= top_k <= num_beams:
         raise SemidError(f"need num_beams >= top_k >= 1, got num_beams={num_beams}, top_k={top_k}")
     logits, state = model.start(inputs)

@@ -120,7 +120,7 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if not is_integer(value):
             raise SemidError(f"{where} must be an integer, got {value!r}")
-        return value
+        return int(value)  # a numpy integer too, so the config saves as JSON
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SemidError(f"{where} must be a number, got {value!r}")

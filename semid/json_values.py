@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Container
 from typing import Any
 
 
 def is_integer(value: Any) -> bool:
-    """Whether `value` is an integer and not `true` or `false`."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether `value` is an integer (Python's, or numpy's from a caller's array) and not `true`
+    or `false`."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_key(value: Any) -> bool:

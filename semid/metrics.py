@@ -50,12 +50,18 @@ def _check_cutoff(k: int) -> None:
 
 def _checked_num_relevant(num_relevant: Tensor, listed: Tensor | None, batch: int) -> Tensor:
     """``num_relevant`` (B,) as given; SemidError for another shape, a count that is no whole
-    number, or one below the targets a query lists (its recall, NDCG and MAP would pass 1)."""
+    number or below 0, or one below the targets a query lists, ``listed`` (B,) of targets (B, T)
+    (its recall, NDCG and MAP would pass 1). A count of 0 is a query none of whose relevant items
+    the collection holds (it scores 0)."""
     if num_relevant.shape != (batch,):
         raise SemidError(f"num_relevant must be ({batch},), one count per query, got "
                          f"{tuple(num_relevant.shape)}")  # fmt: skip
     if num_relevant.dtype.is_floating_point and not torch.equal(num_relevant, num_relevant.round()):
         raise SemidError("num_relevant must hold whole numbers of relevant items")
+    if (num_relevant < 0).any():
+        row = int((num_relevant < 0).nonzero()[0])
+        raise SemidError(f"num_relevant must count relevant items (>= 0), got "
+                         f"{num_relevant[row].item():g} for query {row}")  # fmt: skip
     if listed is not None and (num_relevant < listed).any():
         row = int((num_relevant < listed).nonzero()[0])
         raise SemidError(f"query {row} lists {int(listed[row])} relevant targets but num_relevant "
@@ -223,6 +229,10 @@ def compute_metrics(
                          f"{tuple(ranked.shape)} and {tuple(targets.shape)}")  # fmt: skip
     if len(ranked) == 0:
         raise SemidError("no queries to score (B = 0): every mean would be NaN")
+    for name, ids in (("ranked", ranked), ("targets", targets)):
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise SemidError(f"{name} must hold integer ids (-1 for none), got {ids.dtype}; "
+                             "convert it with .long()")  # fmt: skip
     if not repeats:
         ranked = without_repeats(ranked)
     listed = (targets >= 0).sum(1) if targets.ndim == 2 else None

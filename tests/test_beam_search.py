@@ -125,7 +125,9 @@ def test_fewer_ids_than_k_are_padded():
     assert wide.codes.shape == (2, 12, 2) and isinstance(wide, BeamSearchOutput)
 
 
-@pytest.mark.parametrize(("beams", "k"), [(0, None), (3, 4), (3, 0)])
+@pytest.mark.parametrize(
+    ("beams", "k"), [(0, None), (3, 4), (3, 0), (5.0, None), (3, 2.0), (3, True)]
+)
 def test_bad_arguments(beams, k):
     trie = PrefixTrie.from_codes(torch.tensor([[0, 1]]), [2, 2])
     with pytest.raises(SemidError, match="num_beams"):

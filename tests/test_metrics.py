@@ -136,6 +136,15 @@ R, T, T2 = (
         ),
         ({"num_relevant": torch.tensor([2.5, 1.0])}, "num_relevant must hold whole numbers"),
         (
+            {"targets": T, "num_relevant": [1, -2]},
+            r"num_relevant must count relevant items \(>= 0\), got -2",
+        ),
+        (
+            {"targets": T.double()},
+            r"targets must hold integer ids \(-1 for none\), got torch.float64",
+        ),
+        ({"ranked": R == 1}, r"ranked must hold integer ids \(-1 for none\), got torch.bool"),
+        (
             {"num_relevant": [2, 2, 2]},
             r"num_relevant must be \(2,\), one count per query, got \(3,\)",
         ),
@@ -156,8 +165,9 @@ R, T, T2 = (
 def test_inputs_that_would_give_metrics_above_one_or_nan_are_refused(kwargs, words):
     """NDCG 1.63 and MAP 2.0 came back for a num_relevant below the listed targets; NaN or
     negative grades gave NDCG 0; one k or one name failed deep inside, or was read letter by letter."""
+    inputs = {"ranked": R, "targets": T2, "ks": (3,), "names": ("recall", "ndcg", "map"), **kwargs}
     with pytest.raises(SemidError, match=words):
-        compute_metrics(R, T2, **{"ks": (3,), "names": ("recall", "ndcg", "map"), **kwargs})
+        compute_metrics(**inputs)
 
 
 def test_no_queries_and_lists_of_counts_and_grades():

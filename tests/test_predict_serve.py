@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from _semid_cli import ENV, command, read_jsonl, semid
 from test_readme_own_data import write_interactions
@@ -307,6 +308,26 @@ def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
         with pytest.raises(SemidError, match='recommends items for users and histories, not for '
                                              'a query; send {"users": '):  # fmt: skip
             predictor.check_input(item)
+
+
+def test_inputs_come_as_a_list_or_any_iterable_of_inputs(predictor):
+    """A generator of inputs is answered as its list (it failed inside zip); a lone input is told
+    to be wrapped in a list."""
+    users = predictor.user_keys[:2]
+    listed = predictor.predict([{"user": u} for u in users], k=3)
+    assert predictor.predict(({"user": u} for u in users), k=3) == listed
+    with pytest.raises(SemidError, match=r"inputs must be a list of inputs, got dict; e\.g\. "):
+        predictor.predict({"user": users[0]}, k=3)
+
+
+@pytest.mark.parametrize(("k", "num_beams"), [("3", None), (3.0, None), (True, None), (3, 20.0)])
+def test_k_and_beams_that_are_not_whole_numbers_are_refused(predictor, k, num_beams):
+    """The Python API checks k and num_beams as serve's bodies are checked (a string or a float
+    k failed deep inside the ranking; k=True answered one item)."""
+    user = predictor.user_keys[0]
+    with pytest.raises(SemidError, match=r"(k|num_beams) must be a whole number, got "):
+        predictor.predict([{"user": user}], k=k, num_beams=num_beams)
+    assert len(predictor.predict([{"user": user}], k=np.int64(3))[0]["keys"]) == 3
 
 
 def test_a_split_goes_with_a_user_and_is_refused_on_a_history(predictor):

@@ -437,6 +437,28 @@ def test_a_retrain_interrupted_while_writing_the_run_leaves_the_earlier_run(
     load_run(out)
 
 
+def test_evaluate_and_add_name_the_argument_a_caller_got_wrong(recommend_run, tmp_path):
+    """evaluate's options as a dict, or add's source as an IndexSource, are told as such (they
+    failed with an AttributeError and a TypeError)."""
+    run, task = recommend_run("pop"), get_task("recommend")
+    with pytest.raises(SemidError, match="options must be an EvalOptions, got dict"):
+        task.evaluate(run, {"split": "valid"})
+    with pytest.raises(
+        SemidError, match="source must be the path of the items' file or folder, got IndexSource"
+    ):
+        task.add(run, IndexSource(dataset="tiny-tasks"))
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:99"])
+def test_train_refuses_a_device_it_would_not_train_on(tmp_path, device):
+    """Task.train checks its device as the CLI does: "gpu" (or a GPU this machine lacks) trained
+    on the CPU without a word."""
+    spec = RecommendSpec(dataset="ml-100k", model="pop")
+    with pytest.raises(SemidError, match=f"--device.*{device}"):
+        get_task("recommend").train(spec, tmp_path / "run", tmp_path / "idx", device=device)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_retrain_drops_the_metrics_of_the_model_it_replaces(recommend_run):
     """metrics.json holds figures of the run's model: a retrain replaces the model, so the test
     figures of the earlier one are not kept beside it."""

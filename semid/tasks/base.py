@@ -16,7 +16,7 @@ import numbers
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from semid.distributed import is_launched, is_main_process, on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
-from semid.json_values import is_key
+from semid.json_values import is_integer, is_key
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES, run_containing
 from semid.metrics import cutoffs
@@ -196,7 +196,8 @@ class Task(ABC):
               device: str = "auto") -> dict:  # fmt: skip
         """Train a run into ``out`` (resumable; one writer at a time); returns a summary (steps,
         seconds, valid metrics). A folder holding another task's or model's run is refused before
-        anything in it changes."""
+        anything in it changes; so is a ``device`` that `resolve_device` refuses."""
+        device = resolve_device(device)  # "gpu", or cuda without a GPU, never trains on the CPU
         out, spec = Path(out), with_absolute_data(spec)
         if index is not None:
             check_out_beside_index(out, Path(index))
@@ -215,6 +216,9 @@ class Task(ABC):
     def add(self, run_path: Path, source: Path, **options: Any) -> dict:
         """Add items (documents, images) to a run without retraining; a concurrent writer of the
         run is waited for (up to ``ADD_WAIT_SECONDS``)."""
+        if not isinstance(source, str | os.PathLike):
+            raise SemidError(f"source must be the path of the items' file or folder, got "
+                             f"{type(source).__name__}; e.g. add(run, 'new_items.jsonl')")  # fmt: skip
         with add_lock(Path(run_path), f"run {run_path}"):
             return self._add(Path(run_path), Path(source), **options)
 
@@ -271,6 +275,9 @@ class Task(ABC):
     ) -> dict[str, float]:
         """Metrics of a run (loaded, or its folder) on a split (``options``: the defaults of
         `EvalOptions`, the test split)."""
+        if options is not None and not isinstance(options, EvalOptions):
+            raise SemidError(f"options must be an EvalOptions, got {type(options).__name__}; write "
+                             "e.g. EvalOptions(split='valid', ks=(5, 10))")  # fmt: skip
         if not isinstance(run, Run):
             run = load_run(Path(run), self.name)
         return self._evaluate(run, EvalOptions() if options is None else options)
@@ -367,6 +374,10 @@ class Predictor(ABC):
         than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
         and a wider one would only allocate (and cache a ranker for) empty beams. ``k`` None:
         ``DEFAULT_K``, or the catalogue's size when it is smaller."""
+        if isinstance(inputs, dict | str) or not isinstance(inputs, Iterable):
+            raise SemidError(f"inputs must be a list of inputs, got {type(inputs).__name__}; e.g. "
+                             '[{"user": "196"}] or [{"query": "..."}]')  # fmt: skip
+        inputs = list(inputs)  # a generator too: read once, answered in order
         k = self._asked_k(k, num_beams)
         return self._answers(inputs, [self.check_input(item) for item in inputs], k, num_beams)
 
@@ -466,6 +477,9 @@ class Predictor(ABC):
     ) -> None:
         """SemidError unless 1 <= k <= catalogue size and num_beams (if given) >= k; ``names``:
         what the caller calls the two (a command's ``--k`` and ``--num-beams``)."""
+        for name, value in zip(names, (k, num_beams), strict=True):
+            if value is not None and not is_integer(value):
+                raise SemidError(f"{name} must be a whole number, got {value!r}")
         if not 1 <= k <= self.max_k():
             raise SemidError(
                 f"{names[0]} must be in [1, {self.max_k()}] (the items it can rank), got {k}"
