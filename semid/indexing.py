@@ -24,7 +24,7 @@ from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import can_write, write_lock
 from semid.quantization import MAX_LEVELS, Quantizer, QuantizerSpec, build_quantizer
-from semid.runs import check_vocabulary
+from semid.runs import first_level_over
 
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
 MAX_CODEBOOK_BYTES = 4 * 2**30
@@ -201,6 +201,13 @@ def grow_ids(
     )
     distances = quantizer.last_level_distances(x) if reassign else None
     codes = ids.add(keys, quantizer.encode(x), distances)
-    if model is not None:
-        check_vocabulary(model, ids, str(index_path.parent))
+    sizes = getattr(model, "codebook_sizes", None)  # a generator's: a scorer writes no codes
+    level = None if sizes is None else first_level_over(sizes, ids.codebook_sizes)
+    if level is not None:
+        raise SemidError(
+            f"adding these {len(keys):,} items needs {ids.codebook_sizes[level]} codes at level "
+            f"{level} but the model of {index_path.parent} knows {sizes[level]} "
+            "(nothing was added); add fewer items, or retrain with a larger --extra-codes (the "
+            "codes a run keeps spare for items added later)"
+        )
     return ids, codes, quantizer

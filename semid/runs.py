@@ -315,11 +315,8 @@ def check_vocabulary(model: nn.Module, ids: SemanticIDs, where: str = "the run")
                 f"the model of {where} writes {len(sizes)}-level IDs but its index has {ids.levels} levels; "
                 "train the model on this index"
             )
-        over = [
-            lv for lv, (m, i) in enumerate(zip(sizes, ids.codebook_sizes, strict=True)) if i > m
-        ]
-        if over:
-            lv = over[0]
+        lv = first_level_over(sizes, ids.codebook_sizes)
+        if lv is not None:
             raise SemidError(
                 f"the index of {where} uses {ids.codebook_sizes[lv]} codes at level {lv} but the model only knows "
                 f"{sizes[lv]}; retrain on this index (or train with a larger --extra-codes before adding items)"
@@ -329,6 +326,12 @@ def check_vocabulary(model: nn.Module, ids: SemanticIDs, where: str = "the run")
             f"the model of {where} scores {model.config.num_items} items but its index holds {len(ids)}; "
             "the index was replaced: retrain on it"
         )
+
+
+def first_level_over(model_sizes: Sequence[int], index_sizes: Sequence[int]) -> int | None:
+    """The first level at which an index uses more codes than a model knows, or None."""
+    return next((lv for lv, (m, i) in enumerate(zip(model_sizes, index_sizes, strict=True))
+                 if i > m), None)  # fmt: skip
 
 
 METRICS_WAIT_SECONDS = 60  # a metrics write waits this long for another writer of the run
