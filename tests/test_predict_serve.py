@@ -300,6 +300,13 @@ def test_a_copy_answers_resolved_users_without_reading_the_data(model, request, 
         copy.predict_resolved(resolved, k=5)
 
 
+def test_info_names_the_run_by_its_absolute_path(run, monkeypatch):
+    """/info's "run" is read by clients in other folders: a run loaded by a relative path is
+    named by its absolute one."""
+    monkeypatch.chdir(run.parent)
+    assert load_predictor(run.name).info()["run"] == str(run.absolute())
+
+
 def test_a_query_to_a_recommender_is_told_what_to_send(predictor):
     """serve's {"queries": [...]} to a recommendation run names the bodies that it answers, as
     /info does."""
