@@ -2,7 +2,8 @@
 
 A module folder holds ``config.json`` and ``model.safetensors``::
 
-    {"format_version": 2, "kind": "model", "name": "mmgrec", "config": {...}, "versions": {...}}
+    {"format_version": 2, "kind": "model", "name": "mmgrec", "config": {...}, "versions": {...},
+     "weights_sha256": "..."}
 
 ``kind`` says which registry ``name`` belongs to (``model`` or ``quantizer``, or a single class such
 as ``image_encoder``); ``config`` is what the family needs to rebuild the module before its weights
@@ -13,6 +14,7 @@ are loaded. :func:`write_module` and :func:`read_module` are the only writer and
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -64,8 +66,16 @@ def write_module(
         raise SemidError(f"not writing the {kind} to {path}: its tensor {broken[0]} holds NaN "
                          "values (its training diverged); train it again, e.g. with a lower lr")  # fmt: skip
     with atomic_dir(path) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         save_file(_untie(state), str(tmp / WEIGHTS_FILE))
+        # checked at load: bytes changed in place (a bad copy, bit rot) would load as a model
+        meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _nan_tensors(state: dict[str, Tensor]) -> list[str]:
@@ -109,6 +119,7 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Load a ``model.safetensors`` file (or the one in a module folder) into ``module``, strictly."""
     path = Path(path)
     if path.is_dir():
+        _check_recorded_sha256(path)
         path = path / WEIGHTS_FILE
     try:
         state = load_file(str(path))
@@ -132,6 +143,17 @@ def load_state(module: nn.Module, path: str | os.PathLike) -> None:
             f"{path} does not fit this {type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "it was trained with another config"
         )
+
+
+def _check_recorded_sha256(folder: Path) -> None:
+    """SemidError if the module folder's weights are not the bytes its config recorded (folders
+    written before the record was kept have none, and are not checked)."""
+    meta = read_json(folder / CONFIG_FILE, "retrain or restore it")
+    recorded = meta.get("weights_sha256") if isinstance(meta, dict) else None
+    weights = folder / WEIGHTS_FILE
+    if recorded is not None and file_sha256(weights) != recorded:
+        raise SemidError(f"{weights} is damaged: its bytes are not those written with its "
+                         f"{CONFIG_FILE} (changed since); retrain or restore it")  # fmt: skip
 
 
 def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -132,6 +132,14 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def overwrite_middle(path: Path) -> None:
+    """Bytes changed in place, the size kept (a bad copy, bit rot): the file still parses."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(255 - b for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
 def edit_json(path: Path, change: Callable[[object], object]) -> None:
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
 
@@ -673,6 +681,7 @@ cases(
         ("eval-spec-train-batch-size", "batch_size", on_rec(EVAL, lambda r: set_key(r / "config.json", ["spec", "train", "batch_size"], "64"))),
         ("eval-model-config-truncated", "config.json", on_rec(EVAL, lambda r: truncate(r / "model" / "config.json"))),
         ("eval-model-weights-truncated", "model.safetensors", on_rec(EVAL, lambda r: truncate(r / "model" / "model.safetensors"))),
+        ("eval-model-weights-overwritten", "changed since", on_rec(EVAL, lambda r: overwrite_middle(r / "model" / "model.safetensors"))),
         ("eval-model-format-newer", "newer", on_rec(EVAL, lambda r: set_key(r / "model" / "config.json", ["format_version"], 99))),
         ("eval-model-config-unknown-field", "colour", on_rec(EVAL, lambda r: set_key(r / "model" / "config.json", ["config", "colour"], 1))),
         ("eval-model-config-string-for-int", "dim", on_rec(EVAL, lambda r: set_key(r / "model" / "config.json", ["config", "dim"], "16"))),
