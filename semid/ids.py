@@ -343,11 +343,7 @@ class SemanticIDs:
         """Read an index folder written by save(); one SemidError line if it is not one or is damaged."""
         path = Path(path)
         recover(path)  # a writer killed mid-swap left the previous version aside: put it back
-        fix = "build one with `semid index build`"
-        # a run's own copy: a rebuilt index would not fit the run's model
-        if (path.parent / "manifest.json").is_file():
-            fix = (f"copy back the index run {path.parent} was trained with, or retrain the run "
-                   f"(`semid train ... --out {path.parent}`)")  # fmt: skip
+        fix = index_fix(path)
         needed = ["config.json", "keys.json", "codes.safetensors"]
         if not path.is_dir() or any(not (path / name).is_file() for name in needed):
             raise SemidError(
@@ -413,13 +409,21 @@ def quantizer_dim(index_path: str | os.PathLike) -> int | None:
     return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
+def index_fix(index_path: str | os.PathLike) -> str:
+    """How to mend a damaged index folder: build it again, or, for a run's own copy (which a
+    rebuilt index would not fit), copy back the index the run was trained with."""
+    run = Path(index_path).parent
+    if (run / "manifest.json").is_file():
+        return (f"copy back the index run {run} was trained with, or retrain the run "
+                f"(`semid train ... --out {run}`)")  # fmt: skip
+    return "build it again with `semid index build`"
+
+
 def load_quantizer(index_path: str | os.PathLike) -> Quantizer:
     """The quantizer saved with an index folder."""
     path = Path(index_path) / QUANTIZER_DIR
     if not path.is_dir():
-        raise SemidError(
-            f"{index_path} has no saved quantizer; rebuild it with `semid index build`"
-        )
+        raise SemidError(f"{index_path} has no saved quantizer; {index_fix(index_path)}")
     return Quantizer.from_pretrained(path)
 
 

@@ -15,6 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -344,7 +345,14 @@ class Quantizer(nn.Module, ABC):
     def from_pretrained(cls, path: str | os.PathLike) -> Quantizer:
         """Load a quantizer from a folder written by save_pretrained: of any registered family
         through ``Quantizer``, of this family (or a subclass) through a family's class."""
-        fix = "save it again with save_pretrained (or rebuild the index with `semid index build`)"
+        from semid.ids import index_fix  # semid.ids imports this module
+
+        index = Path(path).parent  # an index's quantizer is mended with its index
+        fix = (
+            index_fix(index)
+            if (index / "keys.json").is_file()
+            else "save it again with save_pretrained"
+        )
         _, config = read_module(path, "quantizer", fix)
         config = dict(config)
         try:  # a damaged spec or option is named with the file it is in

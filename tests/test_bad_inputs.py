@@ -628,10 +628,15 @@ cases(
         ),
         (
             "add-quantizer-config-truncated",
-            "config.json",
+            "quantizer/config.json is damaged",
             add_to_index(npy_items(NEW, ["a", "b", "c"]), lambda i: truncate(i / "quantizer" / "config.json")),
         ),
-        ("add-quantizer-missing", "quantizer", add_to_index(npy_items(NEW, ["a", "b", "c"]), lambda i: shutil.rmtree(i / "quantizer"))),
+        (
+            "add-quantizer-missing",
+            "has no saved quantizer; build it again with `semid index build`",
+            add_to_index(npy_items(NEW, ["a", "b", "c"]), lambda i: shutil.rmtree(i / "quantizer")),
+        ),
+        ("add-to-missing-folder", "nothere is not a folder; give a run folder", lambda e: ["index", "add", str(e.tmp / "nothere"), *npy_items(NEW, ["a", "b", "c"])(e)]),
     ]
 )
 

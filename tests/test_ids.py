@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR, SemanticIDs, level_perplexity, load_quantizer
 from semid.indexing import ADDED_TEXTS, add_items, added_texts
-from semid.quantization import build_quantizer
+from semid.quantization import Quantizer, build_quantizer
 
 
 def make_ids(strategy="extra-level"):
@@ -210,6 +211,28 @@ def test_an_add_past_the_models_spare_codes_is_told_as_the_add_and_changes_nothi
     assert SemanticIDs.load(tmp_path / "run" / "index").keys == ids.keys
 
 
+def test_a_runs_damaged_quantizer_is_mended_by_copying_back_its_index(tmp_path):
+    """Rebuilding a run's index would not fit its model: the fix names the index it was trained
+    with; a quantizer saved on its own is saved again."""
+    q = build_quantizer("rqkmeans:2x4").fit(torch.randn(40, 6), seed=0)
+    SemanticIDs.from_codes([f"k{i}" for i in range(40)], q.encode(torch.randn(40, 6)), [4, 4]).save(
+        tmp_path / "run" / "index", quantizer=q
+    )
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    (tmp_path / "run" / "index" / QUANTIZER_DIR / "config.json").write_text("{")
+    with pytest.raises(
+        SemidError, match=f"copy back the index run {tmp_path / 'run'} was trained with"
+    ):
+        load_quantizer(tmp_path / "run" / "index")
+    shutil.rmtree(tmp_path / "run" / "index" / QUANTIZER_DIR)
+    with pytest.raises(SemidError, match="has no saved quantizer; copy back the index run"):
+        load_quantizer(tmp_path / "run" / "index")
+    q.save_pretrained(tmp_path / "alone")
+    (tmp_path / "alone" / "config.json").write_text("{")
+    with pytest.raises(SemidError, match="is damaged .*; save it again with save_pretrained$"):
+        Quantizer.from_pretrained(tmp_path / "alone")
+
+
 def test_items_added_by_text_keep_their_texts_across_later_adds(tmp_path):
     q = build_quantizer("rqkmeans:2x4").fit(torch.randn(40, 6), seed=0)
     ids = SemanticIDs.from_codes([f"k{i}" for i in range(40)], q.encode(torch.randn(40, 6)), [4, 4])
@@ -232,7 +255,7 @@ def test_a_damaged_index_names_the_fix_for_where_it_is(tmp_path):
     for folder in (tmp_path / "idx", tmp_path / "run" / "index"):
         make_ids().save(folder)
         (folder / "keys.json").write_text("{")
-    with pytest.raises(SemidError, match="keys.json .*; build one with `semid index build`"):
+    with pytest.raises(SemidError, match="keys.json .*; build it again with `semid index build`"):
         SemanticIDs.load(tmp_path / "idx")
     (tmp_path / "run" / "manifest.json").write_text("{}")
     with pytest.raises(

@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
             "pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them"
         )
     check_count("--epochs", args.epochs)
+    if not args.target.is_dir():
+        raise SemidError(f"{args.target} is not a folder; give a run folder (from `semid train`) or "
+                         "an index folder (from `semid index build`)")  # fmt: skip
     device = resolve_device(args.device)
     noun = "item"
     if (args.target / MANIFEST).is_file():
