@@ -9,6 +9,11 @@ class SemidError(Exception):
     """A problem with the user's input or environment; the CLI prints it as one line and exits 2."""
 
 
+class RunDataError(SemidError):
+    """The run's own data files (a recommender's interactions log) cannot be read: a fault of
+    the files beside the run, not of the request that needed them (serve answers 503)."""
+
+
 def cannot_read(path: str | os.PathLike, what: str = "") -> SemidError:
     """The one-line error for a file or folder this user may not read (``what``: the option or
     kind it was given as)."""

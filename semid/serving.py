@@ -23,7 +23,8 @@ HTTP (FastAPI, served by uvicorn):
   GET  /health   -> {"status": "ok"}
   GET  /info     -> predictor.info() (task, the body fields it answers, index size, ...), default_k
                  and max_k, semid/torch versions, batching settings (workers too) and counters
-Bad requests answer 400 with {"error": "one line"} (413 for a body over 16 MiB). SIGINT/SIGTERM (uvicorn) stop accepting
+Bad requests answer 400 with {"error": "one line"} (413 for a body over 16 MiB); a user asked for
+while the run's data log cannot be read answers 503 (the server's files, not the request). SIGINT/SIGTERM (uvicorn) stop accepting
 connections, let in-flight requests finish (for at most ``shutdown_timeout_s``, 10 s by default),
 then the lifespan shutdown stops the worker.
 """
@@ -56,7 +57,7 @@ from starlette.requests import ClientDisconnect
 from semid import __version__
 from semid.answer_texts import check_texts, with_texts
 from semid.defaults import DEFAULT_K, MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
-from semid.errors import SemidError
+from semid.errors import RunDataError, SemidError
 from semid.json_values import is_integer, is_key
 from semid.model_process import ProcessPredictor
 from semid.sockets import bind_socket, listen
@@ -254,8 +255,8 @@ class BatchingPredictor:
         for i, item in enumerate(inputs):
             try:
                 checked.append(with_input_id(item, self.predictor.check_input(item)))
-            except SemidError as e:
-                raise SemidError(f"{field}[{i}]: {e}") from None
+            except SemidError as e:  # of its kind: a RunDataError stays one
+                raise type(e)(f"{field}[{i}]: {e}") from None
         return checked
 
     def submit(
@@ -570,6 +571,8 @@ def create_app(
             # checking the inputs may read a changed run or log again: not on the event loop,
             # which keeps answering /health and reading other requests meanwhile
             future = await asyncio.to_thread(batcher.submit, inputs, k, num_beams, name)
+        except RunDataError as e:  # the server's files, not the request: a client may retry
+            return _error(503, f"the server cannot read its run's data: {e}")
         except SemidError as e:
             return _error(400, str(e))
         except BatcherClosed as e:

@@ -25,7 +25,7 @@ from test_readme_own_data import write_interactions
 
 from semid.cli.main import main
 from semid.data.registry import load_dataset
-from semid.errors import SemidError
+from semid.errors import RunDataError, SemidError
 from semid.locking import write_lock
 from semid.model_process import ProcessPredictor
 from semid.models import is_generator
@@ -518,7 +518,7 @@ def test_a_served_recommender_reads_its_data_before_the_first_request(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("semid: note: ") and "users are refused; histories are answered" in err
     assert predictor.predict([{"history": ["m1"]}], k=3)[0]["keys"]
-    with pytest.raises(SemidError):
+    with pytest.raises(RunDataError):  # serve answers it 503: the run's files, not the request
         predictor.predict([{"user": "u1"}], k=3)
 
 

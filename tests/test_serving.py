@@ -26,7 +26,7 @@ import semid.tasks
 from semid import serving
 from semid.cli import serve as serve_cmd
 from semid.defaults import usable_cores
-from semid.errors import SemidError
+from semid.errors import RunDataError, SemidError
 from semid.fake_predictor import FakePredictor
 from semid.serving import (
     Answers,
@@ -371,6 +371,30 @@ def test_server_survives_a_predictor_bug_and_stops_cleanly():
     assert not batcher.running
     with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as client:
         client.get(server.url + "/health")
+
+
+class UnreadableLogPredictor(FakePredictor):
+    """A fake recommender whose data log cannot be read: users fail, histories are answered."""
+
+    def check_input(self, item):
+        if isinstance(item, dict) and "user" in item:
+            raise RunDataError("interactions.csv has no user column; name it with --columns")
+        return super().check_input(item)
+
+
+def test_a_run_whose_data_cannot_be_read_answers_503_not_400():
+    """The request is fine and the server's files are not: 503, so a client retries or alerts
+    instead of fixing a request that was right; histories are still answered."""
+    server = LiveServer(UnreadableLogPredictor(), max_wait_ms=1)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            users = client.post("/predict", json={"users": ["u1"]})
+            assert users.status_code == 503
+            assert users.json()["error"] == ("the server cannot read its run's data: users[0]: "
+                                             "interactions.csv has no user column; name it with --columns")  # fmt: skip
+            assert client.post("/predict", json={"histories": [["item001"]]}).status_code == 200
+    finally:
+        server.stop()
 
 
 class SeenMostPredictor(FakePredictor):

@@ -23,7 +23,7 @@ from semid.data.sequences import (
     prepare_data,
 )
 from semid.data.splits import PAD
-from semid.errors import SemidError
+from semid.errors import RunDataError, SemidError
 from semid.ids import SemanticIDs
 from semid.json_values import is_key, known_key
 from semid.models import is_generator
@@ -127,7 +127,16 @@ class RecommendPredictor(Predictor):
 
     def histories(self) -> UserHistories:
         """The users' histories, re-read when the data files changed since the last read (by one
-        thread: server threads that ask meanwhile wait for its read)."""
+        thread: server threads that ask meanwhile wait for its read). RunDataError when the data
+        cannot be read."""
+        try:
+            return self._current_histories()
+        except RunDataError:
+            raise
+        except SemidError as e:
+            raise RunDataError(str(e)) from None
+
+    def _current_histories(self) -> UserHistories:
         stamp = data_stamp(self.spec.dataset, self.spec.items)
         loaded = self._loaded  # one read: another thread may replace it meanwhile
         if loaded is None or loaded[0] != stamp:
