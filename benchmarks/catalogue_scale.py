@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for catalogue-scale.json and catalogue-scale.md (default: benchmarks/results)",
+    )
     args = p.parse_args(argv)
     if args.repeats < 1 or min(args.sizes) < 1:
         p.error(f"--repeats and --sizes must be >= 1, got {args.repeats} and {min(args.sizes)}")

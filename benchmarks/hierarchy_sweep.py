@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
-    parser.add_argument("--out", default=str(RESULTS / "hierarchy_sweep"))
+    parser.add_argument(
+        "--out",
+        default=str(RESULTS / "hierarchy_sweep"),
+        help="results stem: STEM.json and STEM.md",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--resume",

@@ -139,7 +139,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--chunk-floats", type=int, default=semid.item_softmax.LOGIT_CHUNK_FLOATS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for item-softmax.json and item-softmax.md (default: benchmarks/results)",
+    )
     p.add_argument("--case", nargs=3, metavar=("MODEL", "ITEMS", "MODE"), help=argparse.SUPPRESS)
     return p
 

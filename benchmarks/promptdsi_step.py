@@ -115,7 +115,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for promptdsi-step.json and promptdsi-step.md (default: benchmarks/results)",
+    )
     return p
 
 

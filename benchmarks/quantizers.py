@@ -258,7 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantizers", nargs="+", default=["rqkmeans:3x256"], metavar="SPEC")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="first N items only (smoke runs)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for quantizers.json and quantizers.md (default: benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     for spec in args.quantizers:
         q = build_quantizer(spec)  # fail early on a bad spec

@@ -134,7 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--histories", type=int, nargs="+", default=[50, 200])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for sequence-throughput.json and sequence-throughput.md (default: benchmarks/results)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]

@@ -216,7 +216,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--quality-batch-sizes", type=int, nargs=2, default=[128, 64], help="per-target, window"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for tiger-throughput.json and tiger-throughput.md (default: benchmarks/results)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]

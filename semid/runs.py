@@ -382,5 +382,8 @@ def read_metrics(run: str | os.PathLike) -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that started this process, for provenance."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command that started this process, for provenance (``python -m semid ...`` is recorded
+    as the ``semid ...`` it stands for, not as ``__main__.py ...``)."""
+    program = Path(sys.argv[0])
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    return " ".join([name, *sys.argv[1:]])

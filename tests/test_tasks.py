@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from semid.models import (
 )
 from semid.quantization import build_quantizer
 from semid.ranking import BeamRanker, ScoreRanker, ranker_for
-from semid.runs import load_run, read_metrics, update_metrics, write_run
+from semid.runs import command_line, load_run, read_metrics, update_metrics, write_run
 from semid.tasks import EvalOptions, IndexSource, get_task, load_predictor
 from semid.tasks import recommend as recommend_module
 from semid.tasks.recommend import RecommendSpec, rank_split
@@ -557,3 +558,17 @@ def test_eval_options_given_by_the_library_are_checked(options, words):
         EvalOptions(**options)
     assert EvalOptions(ks=[np.int64(3)], device="auto").ks == (3,)
     assert EvalOptions(ks=np.array([5, 10])).ks == (5, 10)  # an array of cut-offs is a sequence
+
+
+@pytest.mark.parametrize(
+    ("argv0", "recorded"),
+    [
+        ("/usr/bin/semid", "semid"),
+        ("/site-packages/semid/__main__.py", "semid"),
+        ("run.py", "run.py"),
+    ],
+)
+def test_the_recorded_command_names_the_program_as_typed(monkeypatch, argv0, recorded):
+    """`python -m semid train ...` is recorded as `semid train ...` (it was `__main__.py train ...`)."""
+    monkeypatch.setattr(sys, "argv", [argv0, "train", "recommender"])
+    assert command_line() == f"{recorded} train recommender"
