@@ -29,6 +29,7 @@ from semid.collisions import (
     resolve_collisions,
 )
 from semid.errors import SemidError
+from semid.json_values import is_integer
 from semid.quantization import Quantizer
 from semid.saving import read_module
 from semid.trie import PrefixTrie, check_codes
@@ -103,6 +104,11 @@ class SemanticIDs:
         """Resolve collisions in raw quantizer codes (N, L) with the named strategy and index them;
         codes, ``distances`` and ``popularity`` on any device (a GPU quantizer's), kept on the CPU."""
         keys = _string_keys(keys)
+        if isinstance(codebook_sizes, str) or not all(
+            is_integer(n) and n >= 1 for n in codebook_sizes
+        ):
+            raise SemidError(f"codebook_sizes must list each level's number of codes, e.g. "
+                             f"[256, 256, 256], got {codebook_sizes!r}")  # fmt: skip
         raw_codes = check_codes(torch.as_tensor(_on_cpu(raw_codes)), list(codebook_sizes))
         distances, popularity = _on_cpu(distances), _on_cpu(popularity)
         if len(raw_codes) == 0:
@@ -138,7 +144,11 @@ class SemanticIDs:
         if isinstance(code, Tensor) and code.ndim != 1:
             raise SemidError(f"key_of takes one ID (L,), got shape {tuple(code.shape)}; use "
                              "rows_of_codes for several")  # fmt: skip
-        row = self._row_of_code.get(tuple(int(c) for c in code))
+        code = tuple(int(c) for c in code)
+        if len(code) != self.levels:
+            raise SemidError(f"key_of takes an ID of {self.levels} codes (one per level), got "
+                             f"{len(code)}: {list(code)}")  # fmt: skip
+        row = self._row_of_code.get(code)
         return None if row is None else self.keys[row]
 
     def rows_of_codes(self, codes: Tensor) -> Tensor:

@@ -25,6 +25,14 @@ def test_two_way_lookup():
     for key in ids.keys:
         assert ids.key_of(ids.code_of(key)) == key
     assert ids.key_of((2, 2, 2)) is None
+    with pytest.raises(
+        SemidError, match=r"key_of takes an ID of 3 codes \(one per level\), got 2: \[0, 1\]"
+    ):
+        ids.key_of((0, 1))  # was None, as if no item had it
+    with pytest.raises(
+        SemidError, match=r"codebook_sizes must list each level's number of codes, .* got '3x2'"
+    ):
+        SemanticIDs.from_codes(["a"], torch.tensor([[0, 1]]), "3x2")
     rows = ids.rows_of_codes(torch.tensor([[[0, 1, 1], [9, 9, 9]]]))
     assert rows.tolist() == [[1, -1]]
     assert ids.rows_of_keys(["d", "a"]).tolist() == [3, 0]
