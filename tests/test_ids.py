@@ -1,7 +1,6 @@
 import json
 import math
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -200,23 +199,6 @@ def test_a_grown_index_keeps_the_files_beside_it_and_a_rebuilt_one_does_not(tmp_
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
         [*INDEX_FILES, QUANTIZER_DIR]
     )
-
-
-def test_an_add_past_the_models_spare_codes_is_told_as_the_add_and_changes_nothing(tmp_path):
-    """The refusal names the add (the codes it would need), not "the index of RUN uses ... codes"
-    as if the saved index were broken; the index is left as it was."""
-    x = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
-    q = build_quantizer("rqkmeans:2x4").fit(x, seed=0)
-    ids = SemanticIDs.from_codes(
-        [f"m{j}" for j in range(12)], q.encode(x), q.codebook_sizes, "extra-level"
-    )
-    ids.save(tmp_path / "run" / "index", quantizer=q)
-    model = SimpleNamespace(codebook_sizes=list(ids.codebook_sizes))  # no spare codes
-    with pytest.raises(SemidError, match=rf"adding these 6 items needs {ids.codebook_sizes[2] + 1} codes at level 2 "
-                       rf"but the model of {tmp_path / 'run'} knows {ids.codebook_sizes[2]} \(nothing was added\); "
-                       "add fewer items, or retrain with a larger --extra-codes"):  # fmt: skip
-        add_items(tmp_path / "run" / "index", [f"n{j}" for j in range(6)], x[:6], model)
-    assert SemanticIDs.load(tmp_path / "run" / "index").keys == ids.keys
 
 
 def test_a_runs_damaged_quantizer_is_mended_by_copying_back_its_index(tmp_path):
