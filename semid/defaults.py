@@ -9,9 +9,8 @@ AUTO = "auto"  # a quantizer spec: sized to the number of items (semid.indexing.
 DEFAULT_NUM_BEAMS = 20  # beams of a top-k search (at least k)
 DEFAULT_K = 10  # answers per input of predict and serve (at most the catalogue's size)
 MAX_INPUTS = 1024  # inputs of one serve request (--max-inputs): a worker is busy seconds, not hours
-SHUTDOWN_TIMEOUT_S = (
-    10.0  # serve: how long SIGINT/SIGTERM wait for open requests (--shutdown-timeout)
-)
+# serve: how long SIGINT/SIGTERM wait for open requests (--shutdown-timeout)
+SHUTDOWN_TIMEOUT_S = 10.0
 COLLISION_STRATEGIES = ("extra-level", "popularity", "reassign")  # semid.collisions implements each
 INTERACTION_VECTORS = "interactions-svd"  # index metadata: item vectors from the interactions
 
