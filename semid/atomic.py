@@ -579,16 +579,16 @@ def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     return [(int(m.group(1)), entry) for m, entry in found if int(m.group(1)) != os.getpid()]
 
 
-def roll_back(folder: str | os.PathLike) -> bool:
+def roll_back(folder: str | os.PathLike) -> list[str]:
     """Undo the change of every writer that died inside a `restore_on_error` block in ``folder``:
     its paths are put back as they were before it. Call it holding the folder's write lock (two
     roll-backs at once would race). A snapshot killed before it was complete changed nothing yet
-    and is just removed. Returns True when something was put back."""
-    restored = False
+    and is just removed. Returns the names put back (empty when nothing was)."""
+    restored: list[str] = []
     for snapshot in unfinished_changes(folder):
         if (snapshot / _SNAPSHOT_LIST).is_file():
+            restored += json.loads((snapshot / _SNAPSHOT_LIST).read_text())["names"]
             _put_back(snapshot)
-            restored = True
         _remove(snapshot)
     return restored
 

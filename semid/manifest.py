@@ -127,10 +127,13 @@ def undo_killed_writes(run: Path) -> None:
             undone = roll_back(run)
     except SemidError:
         return
-    if undone:
+    if set(undone) & set(READ_PARTS):
         note(f"{run} was left half changed by a semid command stopped inside its final write (a "
              "retrain or an `index add`); it is as it was before that command again: run the "
              "command again to make its change")  # fmt: skip
+    elif undone:  # only what a stopped add trained beside the run (a prompt session's folder)
+        note(f"removed {', '.join(sorted(undone))} that a semid command stopped before its end "
+             f"left in {run}; the run itself was not changed: run the command again")  # fmt: skip
 
 
 def wait_for_changes(run: Path) -> None:

@@ -203,11 +203,11 @@ def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path)
     assert done.returncode == 97
     assert (run / "index" / "codes").read_text() == "new codes"
     assert len(atomic.unfinished_changes(run)) == 1 and list(run.glob(".config.json.*.tmp"))
-    assert atomic.roll_back(run) is True
+    assert sorted(atomic.roll_back(run)) == ["config.json", "index", "new.json"]  # put back
     assert (run / "index" / "codes").read_text() == "old codes"
     assert (run / "config.json").read_text() == "old config"
     assert not (run / "new.json").exists()
-    assert not atomic.unfinished_changes(run) and atomic.roll_back(run) is False
+    assert not atomic.unfinished_changes(run) and atomic.roll_back(run) == []
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".index.")) == [
         "config.json",
         "index",
@@ -231,6 +231,33 @@ def test_a_reader_that_undoes_a_killed_change_says_so(tmp_path, capsys):
     )
     undo_killed_writes(run)  # nothing left to undo: no note
     assert "half changed" not in capsys.readouterr().err
+
+
+KILLED_IN_A_SESSION = """
+import os, sys
+from pathlib import Path
+from semid.atomic import restore_on_error
+run = Path(sys.argv[1])
+with restore_on_error([run / "train-session-1"]):
+    (run / "train-session-1").mkdir()
+    os._exit(97)  # SIGKILL while a prompt session trains beside the run
+"""
+
+
+def test_a_stopped_session_is_told_as_removed_not_as_a_half_changed_run(tmp_path, capsys):
+    """An `index add` killed while its prompt session trained changed nothing a reader reads: the
+    note says its folder was removed and the run not changed, not that the run was half changed."""
+    from semid.manifest import undo_killed_writes
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("config")
+    subprocess.run([sys.executable, "-c", KILLED_IN_A_SESSION, str(run)], check=False)
+    undo_killed_writes(run)
+    err = capsys.readouterr().err
+    assert "removed train-session-1 that a semid command stopped before its end left in" in err
+    assert "the run itself was not changed" in err and "half changed" not in err
+    assert not (run / "train-session-1").exists()
 
 
 SLOW_CHANGE = """
