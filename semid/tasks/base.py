@@ -36,6 +36,7 @@ from semid.json_values import is_integer, is_key
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES, run_containing
 from semid.metrics import cutoffs
+from semid.models import is_generator
 from semid.notes import tell
 from semid.ranking import Ranker, Ranking, ranker_for
 from semid.runs import (
@@ -501,7 +502,8 @@ class Predictor(ABC):
             "model": self.run.model.name,
             "index_size": len(self.run.ids),
             "levels": self.run.ids.levels,
-            "num_beams": self.run.spec.get("num_beams"),
+            # a scorer (pop, sasrec) ranks every item: it searches no beams, and ignores any asked for
+            "num_beams": self.run.spec.get("num_beams") if is_generator(self.run.model) else None,
             "device": str(self.device),
             "versions": self.run.config.get("versions", {}),
         }
