@@ -484,6 +484,11 @@ def pop_run(folder: Path) -> Path:
     return folder / "run"
 
 
+def test_a_scorers_info_shows_no_beams(tmp_path):
+    """A scorer ranks every item: /info shows no beams for it (it showed 20, which it ignores)."""
+    assert load_predictor(pop_run(tmp_path)).info()["num_beams"] is None
+
+
 def test_serves_model_processes_load_a_change_without_repeating_the_note(tmp_path, capsys):
     """The server's own copy says that the run changed and was loaded again, or did not load; each
     model process (``announce=False``) loads it too, silently, instead of a line per process."""
