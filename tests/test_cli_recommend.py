@@ -8,6 +8,7 @@ import torch
 from conftest import random_ml100k_index
 
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
+from semid.atomic import DiskFullError
 from semid.cli.main import main
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
@@ -255,6 +256,29 @@ def test_a_read_only_run_is_evaluated_without_saving_and_refuses_an_add(
     (tmp_path / "one.tsv").write_text("one\tA film\n")
     assert main(["index", "add", str(run), "--items", str(tmp_path / "one.tsv")]) == 2
     assert f"cannot write run {run}: " in capsys.readouterr().err
+
+
+def test_eval_on_a_full_disk_prints_its_figures_and_exits_2(tmp_path, capsys, monkeypatch):
+    """A save that should have worked and did not is an error (exit 2) after the table: with exit
+    0, a script reading metrics.json next read the earlier figures as these."""
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    import semid.runs
+
+    def full(*args, **kwargs):
+        raise DiskFullError(run / "metrics.json")
+
+    monkeypatch.setattr(semid.runs, "update_metrics", full)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 2
+    out = capsys.readouterr()
+    assert "recall@10" in out.out and "saved to" not in out.out
+    assert (
+        f"no space left on device for {run / 'metrics.json'}, so the figures above were not saved"
+        in out.err
+    )
 
 
 def test_a_run_whose_config_is_lost_is_replaced_by_a_retrain_without_resume(tmp_path, capsys):

@@ -167,8 +167,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = {"num_items": len(loaded.ids)} | metrics
     drop_subset_that_took_all(args, metrics)
     key = metrics_key(args)
-    # a run on a read-only share is evaluated all the same; `unsaved` says why not saved
-    saved_to, unsaved = args.run_dir / "metrics.json", None
+    # a run on a read-only share is evaluated all the same; `unsaved` says why not saved, and
+    # `failed` a save that should have worked (the exit code then says so: a script reading
+    # metrics.json after the command would read the earlier figures)
+    saved_to, unsaved, failed = args.run_dir / "metrics.json", None, None
     if not can_write(args.run_dir):
         unsaved = (
             f"{args.run_dir} is read-only here, so these figures were not saved to its metrics.json"
@@ -179,8 +181,11 @@ def run(args: argparse.Namespace) -> int:
         except PermissionError as e:  # metrics.json itself made immutable, or another user's
             unsaved = f"cannot replace {saved_to} ({e.strerror}), so these figures were not saved"
         except DiskFullError:
-            unsaved = f"no space left on device for {saved_to}, so these figures were not saved"
+            failed = (f"no space left on device for {saved_to}, so the figures above were not "
+                      "saved (it keeps the earlier ones); free space and evaluate again")  # fmt: skip
     print(format_table(["metric", key], metric_rows(metrics)))
+    if failed is not None:
+        raise SemidError(failed)
     if unsaved is None:
         print(f"\nsaved to {saved_to}")
     else:
