@@ -255,8 +255,9 @@ class BatchingPredictor:
         for i, item in enumerate(inputs):
             try:
                 checked.append(with_input_id(item, self.predictor.check_input(item)))
-            except SemidError as e:  # of its kind: a RunDataError stays one
-                raise type(e)(f"{field}[{i}]: {e}") from None
+            except SemidError as e:  # a RunDataError stays one (503, not 400)
+                kind = RunDataError if isinstance(e, RunDataError) else SemidError
+                raise kind(f"{field}[{i}]: {e}") from None
         return checked
 
     def submit(
