@@ -637,6 +637,11 @@ cases(
             add_to_index(npy_items(NEW, ["a", "b", "c"]), lambda i: shutil.rmtree(i / "quantizer")),
         ),
         ("add-to-missing-folder", "nothere is not a folder; give a run folder", lambda e: ["index", "add", str(e.tmp / "nothere"), *npy_items(NEW, ["a", "b", "c"])(e)]),
+        (
+            "add-to-unfinished-training",
+            "holds an unfinished training (checkpoints, no manifest.json); run the same `semid train` command again",
+            lambda e: ["index", "add", str(e.write("half/train/checkpoints/step-00000004/x", "").parents[3]), *npy_items(NEW, ["a", "b", "c"])(e)],
+        ),
     ]
 )
 

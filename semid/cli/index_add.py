@@ -15,7 +15,7 @@ from pathlib import Path
 
 from semid.cli.common import add_device_argument, check_count, fitting_ks
 from semid.errors import SemidError
-from semid.manifest import MANIFEST, run_containing
+from semid.manifest import MANIFEST, read_manifest, run_containing
 from semid.wording import counted
 
 EPOCHS_ONLY = "--epochs is for retrieval runs (it trains their new prompt session)"
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.target.is_dir():
         raise SemidError(f"{args.target} is not a folder; give a run folder (from `semid train`) or "
                          "an index folder (from `semid index build`)")  # fmt: skip
+    if (args.target / "train").is_dir() and not (args.target / MANIFEST).is_file():
+        read_manifest(args.target)  # a training not finished (or still running) is told as such
     device = resolve_device(args.device)
     noun = "item"
     if (args.target / MANIFEST).is_file():
