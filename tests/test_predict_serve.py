@@ -305,6 +305,9 @@ def test_info_names_the_run_by_its_absolute_path(run, monkeypatch):
     named by its absolute one."""
     monkeypatch.chdir(run.parent)
     assert load_predictor(run.name).info()["run"] == str(run.absolute())
+    (run.parent / "elsewhere").mkdir(exist_ok=True)
+    monkeypatch.chdir(run.parent / "elsewhere")  # ../run: named without the ".."
+    assert load_predictor(f"../{run.name}").info()["run"] == str(run.absolute())
 
 
 def test_a_query_to_a_recommender_is_told_what_to_send(predictor):

@@ -498,7 +498,7 @@ class Predictor(ABC):
             "task": self.task,
             # the /predict body fields this run answers ("inputs" takes objects of those kinds)
             "inputs": [*(REQUEST_FIELDS[kind] for kind in self.accepts), "inputs"],
-            "run": str(Path(self.run.path).absolute()),  # a client is elsewhere: not as typed
+            "run": os.path.abspath(self.run.path),  # a client is elsewhere: not as typed
             "model": self.run.model.name,
             "index_size": len(self.run.ids),
             "levels": self.run.ids.levels,
