@@ -53,14 +53,14 @@ class MostPopular(nn.Module):
         self.fit_counts_(items)
 
     def score_rows(self, batch: dict[str, Tensor]) -> Tensor:
-        """Scores (B, N): every query gets the same popularity ranking; stable ties favour lower
-        rows (a tiny decreasing offset keeps topk's order deterministic)."""
-        n = self.config.num_items
-        tie_break = (
-            torch.arange(n, dtype=torch.float64, device=self.popularity.device) / max(n, 1) * 1e-3
-        )
-        scores = self.popularity - tie_break
-        return scores.expand(_batch_size(batch), -1)
+        """Scores (B, N): each row's training interactions, the same for every query."""
+        return self.popularity.expand(_batch_size(batch), -1)
+
+    def ranking_keys(self, scores: Tensor) -> Tensor:
+        """What ranks ``scores`` (B, N): the scores, ties going to lower rows (a decreasing offset
+        below the gap between two counts keeps topk's order deterministic)."""
+        n = scores.shape[-1]
+        return scores - torch.arange(n, dtype=scores.dtype, device=scores.device) / max(n, 1) * 1e-3
 
 
 def _batch_size(batch: dict[str, Tensor]) -> int:

@@ -133,7 +133,11 @@ class ScoreRanker:
         scores = scores[:, :n]
         if seen is not None and seen.shape[1]:
             scores = scores.masked_fill(seen_mask(seen.to(scores.device), n), float("-inf"))
-        top, rows = scores.topk(min(k, n), dim=1)
+        # a model may rank by keys other than its scores (most-popular's tie-break), and still
+        # answer its scores as they are
+        keys = self.model.ranking_keys(scores) if hasattr(self.model, "ranking_keys") else scores
+        rows = keys.topk(min(k, n), dim=1).indices
+        top = scores.gather(1, rows)
         rows = torch.where(top > float("-inf"), rows, -1).cpu()
         rows, top = pad_to(rows, top.float().cpu(), k)  # scores float32 whatever ranked them
         return Ranking(rows, top, codes_of_rows(self.ids.codes, rows))

@@ -487,9 +487,17 @@ def pop_run(folder: Path) -> Path:
     return folder / "run"
 
 
-def test_a_scorers_info_shows_no_beams(tmp_path):
-    """A scorer ranks every item: /info shows no beams for it (it showed 20, which it ignores)."""
-    assert load_predictor(pop_run(tmp_path)).info()["num_beams"] is None
+def test_a_scorers_info_shows_no_beams_and_pop_answers_its_counts(tmp_path):
+    """A scorer ranks every item: /info shows no beams for it (it showed 20, which it ignores).
+    Most-popular's scores are its counts (147.999954 stood for 148: its tie-break showed), and
+    its ties still go to the lower row."""
+    predictor = load_predictor(pop_run(tmp_path))
+    assert predictor.info()["num_beams"] is None
+    (answer,) = predictor.predict([{"history": ["m1"]}], k=5)
+    assert answer["scores"] and all(float(s).is_integer() for s in answer["scores"])
+    rows = predictor.run.ids.rows_of_keys(answer["keys"]).tolist()
+    ranked = list(zip([-s for s in answer["scores"]], rows, strict=True))
+    assert ranked == sorted(ranked)  # by count, then by row
 
 
 def test_serves_model_processes_load_a_change_without_repeating_the_note(tmp_path, capsys):
