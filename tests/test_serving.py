@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -496,14 +498,8 @@ def test_sigterm_finishes_in_flight_request_then_exits(flags):
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), str(port), "1.0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
+    with fake_serve(str(port), "1.0", *flags) as proc:
         with httpx.Client(base_url=url, timeout=30) as client:
 
             def healthy() -> bool:
@@ -532,10 +528,6 @@ def test_sigterm_finishes_in_flight_request_then_exits(flags):
         assert announced == "predict 1 (torch threads 2)"  # --threads reached the model
         assert "child processes: []" in out
         assert "Traceback" not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as client:
         client.get(url + "/health")
 
@@ -544,13 +536,7 @@ def test_a_stalled_client_cannot_keep_the_server_up():
     """A client that sent headers and half its body, then stalls, is answered 503 and closed after
     --shutdown-timeout once SIGTERM comes; the server stops cleanly (without the timeout uvicorn
     waited for that client for good)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), "0", "0", "--shutdown-timeout", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with fake_serve("0", "0", "--shutdown-timeout", "1") as proc:
         port = _bannered_port(proc)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
             stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
@@ -563,10 +549,6 @@ def test_a_stalled_client_cannot_keep_the_server_up():
         assert proc.returncode == 0, err
         assert "semid serve: stopped" in out
         assert "Traceback" not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_shutdown_timeout_must_be_a_number_of_seconds(tmp_path):
@@ -584,19 +566,26 @@ def test_shutdown_timeout_must_be_a_number_of_seconds(tmp_path):
 def test_the_banner_comes_when_the_port_answers():
     """`semid serve --port 0` names the port it got, and a client that connects as soon as the
     banner appears is answered, not refused (the socket listens before the banner)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), "0", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with fake_serve("0", "0") as proc:
         port = _bannered_port(proc)
         assert port != 0
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
-    finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+@contextlib.contextmanager
+def fake_serve(*args: str) -> Iterator[subprocess.Popen]:
+    """`semid serve` on a fake task layer in a subprocess (tests/_serve_fake.py ``args``), killed
+    at the end if the test left it running."""
+    proc = subprocess.Popen([sys.executable, str(HELPER), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def _bannered_port(proc: subprocess.Popen) -> int:
