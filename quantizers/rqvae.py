@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from semid.atomic import atomic_file
+from semid.atomic import atomic_file, check_writable
 from semid.determinism import repeatable
 from semid.errors import SemidError
 from semid.layers import reset_seeded_
@@ -212,6 +212,8 @@ class RQVAE(Quantizer):
     def _train(
         self, inputs: Tensor, cfg: TrainConfig, ckpt_dir: Path | None, progress: bool
     ) -> None:
+        if ckpt_dir is not None:  # before the first epoch, in the caller's words
+            check_writable(ckpt_dir / self.checkpoint_name, "give a writable checkpoint_dir")
         gen = torch.Generator().manual_seed(cfg.seed)
         n = inputs.shape[0]
         perm = torch.randperm(n, generator=gen)

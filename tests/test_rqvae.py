@@ -175,6 +175,13 @@ def test_checkpoint_of_other_data_is_refused(tmp_path):
         build_quantizer(SPEC).fit(data(seed=1), checkpoint_dir=tmp_path, epochs=2, progress=False)
 
 
+def test_unwritable_checkpoint_dir_is_named_in_the_callers_words(tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    with pytest.raises(SemidError, match="a file has that name; give a writable checkpoint_dir"):
+        build_quantizer(SPEC).fit(data(), checkpoint_dir=taken, **FAST)
+
+
 @pytest.mark.parametrize(
     "option", ["estimator=nope", "hidden=a-b", "latent=0", "beta=-1", "colour=red"]
 )
