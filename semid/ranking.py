@@ -150,7 +150,7 @@ class BeamRanker:
     ``trained_items``) were never a training target, so the decoder rarely writes their last code.
     With ``cold_share`` > 0, up to ``floor(cold_share * k)`` of the k slots go to new items whose ID
     shares its first ``cold_prefix`` codes with a generated ID, each placed right after that ID
-    (with that ID's score); the lowest ranked generated IDs make room."""
+    (with that ID's score), each new item once; the lowest ranked generated IDs make room."""
 
     def __init__(
         self,
@@ -176,7 +176,7 @@ class BeamRanker:
         self.leaf_of_row = self.trie.leaf_states(ids.codes)  # (N,) -1 for rows outside the trie
         first_new = len(ids) if trained_items is None else trained_items
         cold_rows = torch.arange(first_new, len(ids))  # (C,) rows added after training
-        self.cold_keys, order = self._prefix_keys(ids.codes[cold_rows]).sort()
+        self.cold_keys, order = self._prefix_keys(ids.codes[cold_rows]).sort(stable=True)
         self.cold_rows = cold_rows[order]
 
     def to(self, device: torch.device | str) -> BeamRanker:
@@ -212,20 +212,30 @@ class BeamRanker:
     def _mix_cold(
         self, rows: Tensor, scores: Tensor, keys: Tensor, seen: Tensor | None, slots: int
     ) -> tuple[Tensor, Tensor]:
-        """Rows and scores (B, k) with up to ``slots`` new items sharing a generated ID's prefix moved in."""
+        """Rows and scores (B, k) with up to ``slots`` new items sharing a generated ID's prefix
+        moved in, each once: new items that are seen or generated are passed over for the next ones
+        under their prefix, and a prefix that several generated IDs share offers its new items after
+        the first of them only."""
         b, k = rows.shape
+        # how far past a prefix's first new item to look: `slots`, plus the new items a query can
+        # pass over (its generated and its seen new rows)
+        first_new = len(self.ids) - len(self.cold_rows)
+        seen_new = 0 if seen is None or not seen.numel() else int((seen >= first_new).sum(1).max())
+        width = slots + k + seen_new
         lo = torch.searchsorted(self.cold_keys, keys)  # (B, k) first new item under each prefix
-        take = lo[..., None] + torch.arange(slots)  # (B, k, slots): at most `slots` per prefix
+        take = lo[..., None] + torch.arange(width)  # (B, k, width)
         hit = take < len(self.cold_keys)
         take = take.clamp(max=len(self.cold_keys) - 1)
-        hit &= (self.cold_keys[take] == keys[..., None]) & (keys[..., None] >= 0)
-        cold = torch.where(hit, self.cold_rows[take], -1).view(b, k * slots)
-        duplicate = (cold[:, :, None] == rows[:, None, :]).any(-1)  # already generated
+        offered_before = (keys[:, :, None] == keys[:, None, :]).tril(-1).any(-1)  # (B, k)
+        hit &= (self.cold_keys[take] == keys[..., None]) & (keys >= 0)[..., None]
+        hit &= ~offered_before[..., None]
+        cold = torch.where(hit, self.cold_rows[take], -1).view(b, k * width)
+        passed_over = (cold[:, :, None] == rows[:, None, :]).any(-1)  # already generated
         if seen is not None:
-            duplicate |= seen_mask(seen.cpu(), len(self.ids)).gather(1, cold.clamp(min=0))
-        cold = cold.masked_fill(duplicate, -1)
-        cold_scores = scores.repeat_interleave(slots, dim=1)  # the score of the ID it follows
-        after = (torch.arange(k)[:, None] + 0.5).expand(k, slots).reshape(-1).expand(b, -1)
+            passed_over |= seen_mask(seen.cpu(), len(self.ids)).gather(1, cold.clamp(min=0))
+        cold = cold.masked_fill(passed_over, -1)
+        cold_scores = scores.repeat_interleave(width, dim=1)  # the score of the ID it follows
+        after = (torch.arange(k)[:, None] + 0.5).expand(k, width).reshape(-1).expand(b, -1)
         # the first `slots` valid candidates of each row, in beam order
         rank = torch.where(cold >= 0, (cold >= 0).cumsum(1), slots + 1)
         keep = rank <= slots

@@ -279,6 +279,24 @@ def test_cold_items_under_a_generated_prefix_take_the_reserved_slots():
         BeamRanker(model, ids, 3, 4, 0.5, cold_prefix=2)
 
 
+def test_cold_items_fill_each_slot_once_and_pass_over_seen_ones():
+    # rows 0-2 trained; rows 3, 4 and 5 added later: 3 and 5 under first code 0, 4 under code 1
+    codes = torch.tensor([[0, 0], [0, 1], [1, 0], [0, 2], [1, 1], [0, 3]])
+    ids = SemanticIDs([f"m{j}" for j in range(6)], codes, [3, 4])
+    model = FixedGenerator([[0, 0], [0, 1], [1, 0]])  # rows 0 and 1 share their first code
+    model.codebook_sizes = [3, 4]
+    batch = {"items": torch.full((2, 1), -1)}
+    seen = torch.tensor([[-1], [3]])  # user 1 saw row 3, the first new item under code 0
+
+    def top(share):
+        return BeamRanker(model, ids, 3, 3, share).rank(batch, 3, seen).rows.tolist()
+
+    # code 0's new items follow row 0, the first ID under it, and fill a slot each once; user 1's
+    # seen row 3 is passed over for row 5
+    assert top(0.67) == [[0, 3, 5], [0, 5, 4]]
+    assert top(0.34) == [[0, 3, 1], [0, 5, 1]]
+
+
 def test_answers_drop_missing_entries_and_keep_each_inputs_row():
     """answers_of: row i answers input i, best first; -1 rows (fewer answers than k) are left out."""
     ranking = Ranking(
