@@ -182,7 +182,8 @@ def choose_mix(parts: list[Candidates], targets: Tensor, ids: SemanticIDs,
 def choose_mixes(parts: list[Candidates], targets: Tensor, ids: SemanticIDs,
                  grid: tuple[float, ...] = MIX_GRID, lexical_grid: tuple[float, ...] = LEXICAL_GRID,
                  k: int = 10) -> tuple[tuple[float, float], dict[str, float]]:  # fmt: skip
-    """The (head, lexical) weights with the best NDCG@k (ties: the smallest), and NDCG@k of every
+    """The (head, lexical) weights with the best NDCG@k (ties: the smallest sum of the two, the
+    mix that moves least from plain beam search), and NDCG@k of every
     pair as ``"w,lexical"``; the lexical grid is (0,) when the candidates have no lexical scores."""
     if any(c.lexical is None for c in parts):
         lexical_grid = (0.0,)

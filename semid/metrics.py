@@ -216,8 +216,9 @@ def compute_metrics(
     ranked twice counts at its first place only, so no metric exceeds 1). ``repeats``: ranked
     holds labels of distinct results (a class per image), which repeat by design.
     ``num_relevant`` (B,): relevant items per query, of which recall and NDCG take a share; by
-    default 1 for targets (B,) and the non-negative entries of targets (B, T). With
-    ``grades`` (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
+    default 1 for targets (B,) and the distinct non-negative entries of targets (B, T) (a target
+    listed twice is one relevant item, with the grade of its first listing). With ``grades``
+    (B, T), the relevance grades of ``targets`` (B, T), NDCG takes them as gains
     (`graded_ndcg_at_k`)."""
     ks, names = cutoffs(ks), _sequence(names, "names", '("recall", "ndcg")')
     unknown = set(names) - set(_BY_NAME)
@@ -235,6 +236,8 @@ def compute_metrics(
                              "convert it with .long()")  # fmt: skip
     if not repeats:
         ranked = without_repeats(ranked)
+    if targets.ndim == 2:
+        targets = without_repeats(targets)
     listed = (targets >= 0).sum(1) if targets.ndim == 2 else None
     if num_relevant is not None:
         num_relevant = _checked_num_relevant(torch.as_tensor(num_relevant), listed, len(ranked))

@@ -66,6 +66,19 @@ def test_compute_metrics_counts_every_listed_target_as_relevant_by_default():
     assert kept["recall@3"] == 0.5
 
 
+def test_a_target_listed_twice_is_one_relevant_item():
+    """Targets [3, 3] (a qrels line given twice) with 3 ranked first gave recall 0.5: each listing
+    counted as a relevant item."""
+    got = compute_metrics(torch.tensor([[3, 5]]), torch.tensor([[3, 3]]), ks=(2,),
+                          names=("recall", "ndcg", "map"))  # fmt: skip
+    assert got == {"recall@2": 1.0, "ndcg@2": 1.0, "map@2": 1.0, "invalid_id_rate": 0.0}
+    graded = compute_metrics(torch.tensor([[5, 3]]), torch.tensor([[3, 5, 3]]), ks=(2,),
+                             names=("ndcg",), grades=torch.tensor([[2.0, 1.0, 2.0]]))  # fmt: skip
+    once = compute_metrics(torch.tensor([[5, 3]]), torch.tensor([[3, 5]]), ks=(2,),
+                           names=("ndcg",), grades=torch.tensor([[2.0, 1.0]]))  # fmt: skip
+    assert graded == once
+
+
 def test_padding_targets_never_match_padding_results():
     rel = relevance(torch.tensor([[-1, 2]]), torch.tensor([[-1, 2]]))
     assert rel.tolist() == [[False, True]]
