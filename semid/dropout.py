@@ -22,13 +22,16 @@ _SLICE_VALUES = 1 << 16
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device | None = None) -> Tensor:
     """bool tensor of ``shape``: True (keep) with probability ``1 - round(p * 65536) / 65536``."""
+    threshold = round(p * _SLICE_VALUES) - _SLICE_VALUES // 2
+    if threshold >= _SLICE_VALUES // 2:  # p rounds to 1: drop all (int16 holds no 32768)
+        return torch.zeros(shape, dtype=torch.bool, device=device)
     n = shape.numel()
     words = torch.randint(
         -(2**63), 2**63 - 1, ((n + _SLICES_PER_WORD - 1) // _SLICES_PER_WORD,), dtype=torch.int64,
         device=device,
     )  # fmt: skip
     slices = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    return slices >= round(p * _SLICE_VALUES) - _SLICE_VALUES // 2
+    return slices >= threshold
 
 
 def bit_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

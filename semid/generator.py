@@ -84,7 +84,8 @@ class Generator(nn.Module, ABC):
     def mask_to_trie(self, logits: list[Tensor], target: Tensor) -> list[Tensor]:
         """Teacher-forced per-level logits [(R, V_l)] with the codes the trie (``use_trie``) disallows
         after each target's prefix set to -inf, at ``trie_softmax_levels``; unchanged without a trie.
-        A target outside the trie keeps the full softmax (a finite loss, not NaN)."""
+        A target outside the trie keeps the full softmax from the level where it leaves the trie
+        on (a finite loss, not NaN or infinite)."""
         levels = self.trie_softmax_levels()
         if self.trie is None or not levels:
             return logits
@@ -95,6 +96,7 @@ class Generator(nn.Module, ABC):
         for level, lg in enumerate(logits):
             if level in levels:
                 allowed = self.trie.allowed_mask(states, level) | (states < 0)[:, None]
+                allowed |= ~allowed.gather(1, target[:, level, None])  # the target's code leaves it
                 lg = lg.masked_fill(~allowed, float("-inf"))
             masked.append(lg)
             states = self.trie.advance(states, level, target[:, level])

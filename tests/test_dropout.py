@@ -50,6 +50,10 @@ def test_edge_probabilities_and_bad_ones():
     x = torch.randn(5, 5)
     assert bit_dropout(x, 0.0) is x
     assert torch.count_nonzero(bit_dropout(x, 1.0)) == 0
+    # p that rounds to 65536/65536: its threshold, 32768, does not fit the 16-bit slices (it wrapped
+    # to -32768, which kept everything and scaled it by 1 / (1 - p))
+    assert torch.count_nonzero(bit_dropout(x, 0.999995)) == 0
+    assert not keep_mask(x.shape, 1 - 1e-7).any()
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         BitDropout(1.5)
 

@@ -125,6 +125,19 @@ def test_load_rejects_other_architecture(tmp_path):
         Generator.from_pretrained(tmp_path / "missing")
 
 
+def test_trie_softmax_loss_of_a_target_outside_the_trie_is_finite():
+    """A target whose code leaves the trie at some level got -inf logits there: an infinite loss."""
+    model, codes = make("mmgrec"), catalog()
+    model.use_trie(PrefixTrie.from_codes(codes[:6], SIZES))
+    every = torch.cartesian_prod(*(torch.arange(v) for v in SIZES))
+    outside = every[~(every[:, None] == codes[:6][None]).all(-1).any(-1)]  # 12 IDs not in the trie
+    logits = [torch.randn(len(outside), v) for v in SIZES]
+    masked = model.mask_to_trie(logits, outside)
+    assert torch.isfinite(model.level_loss(logits, outside))
+    for level, lg in enumerate(masked):  # the target's own code is never masked
+        assert torch.isfinite(lg.gather(1, outside[:, level, None])).all()
+
+
 def test_trie_softmax_loss_ignores_codes_outside_the_index():
     model, codes = make("mmgrec").eval(), catalog()  # eval: no dropout, so losses compare
     batch = batch_of(codes)
