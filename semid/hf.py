@@ -38,7 +38,9 @@ class TrieLogitsProcessor(LogitsProcessor):
     generated only ``eos_token_id`` is allowed (pass it when generating past L tokens).
     With ``level_normalize`` (default) the kept scores are re-normalized with a log-softmax over the
     level's own token block, so HF beam scores equal :func:`constrained_beam_search` log-probs;
-    with False they stay HF's log-probs over the whole vocabulary.
+    with False they stay HF's log-probs over the whole vocabulary. With ``trie_normalize`` the
+    log-softmax is over the codes the trie allows only, as the native search of a generator trained
+    with ``trie_softmax`` (:class:`semid.generator.TrieNormalizedSteps`) scores them.
     """
 
     def __init__(
@@ -48,13 +50,14 @@ class TrieLogitsProcessor(LogitsProcessor):
         prompt_length: int = 1,
         eos_token_id: int | None = None,
         level_normalize: bool = True,
+        trie_normalize: bool = False,
     ) -> None:
         _check_match(trie, vocab)
         if prompt_length < 0:
             raise ValueError(f"`prompt_length` must be >= 0, got {prompt_length}")
         self.trie, self.vocab = trie, vocab
         self.prompt_length, self.eos_token_id = prompt_length, eos_token_id
-        self.level_normalize = level_normalize
+        self.level_normalize, self.trie_normalize = level_normalize, trie_normalize
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         """Mask scores (R, V) given input_ids (R, prompt_length + level)."""
@@ -80,10 +83,13 @@ class TrieLogitsProcessor(LogitsProcessor):
                 states, lvl, generated[:, lvl] - self.vocab.level_slice(lvl).start
             )
         block = self.vocab.level_slice(level)
-        keep[:, block] = self.trie.allowed_mask(states, level)
-        if self.level_normalize:
-            scores = scores.clone()
-            scores[:, block] = torch.log_softmax(scores[:, block].float(), dim=-1).to(scores.dtype)
+        allowed = self.trie.allowed_mask(states, level)
+        keep[:, block] = allowed
+        if self.level_normalize or self.trie_normalize:
+            scores, part = scores.clone(), scores[:, block].float()
+            if self.trie_normalize:  # a row with no allowed code gets NaN here, masked below
+                part = part.masked_fill(~allowed, float("-inf"))
+            scores[:, block] = torch.log_softmax(part, dim=-1).to(scores.dtype)
         return scores.masked_fill(~keep, float("-inf"))
 
 

@@ -9,6 +9,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from semid.beam_search import constrained_beam_search
 from semid.errors import SemidError
+from semid.generator import TrieNormalizedSteps
 from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor, cache_field
 from semid.trie import PrefixTrie
 from semid.vocab import CodeVocabulary
@@ -35,12 +36,13 @@ def setup():
     return vocab, model, trie, inputs
 
 
-def hf_beam_search(model, inputs, trie, vocab, k):
+def hf_beam_search(model, inputs, trie, vocab, k, trie_normalize=False):
     """HF generate under the trie -> codes (B, k, L), scores (B, k); k = 1 is HF's greedy search."""
+    processor = TrieLogitsProcessor(trie, vocab, trie_normalize=trie_normalize)
     beam_args = {"num_beams": k, "num_return_sequences": k, "length_penalty": 0.0} if k > 1 else {}
     out = model.generate(
         **inputs, **beam_args, max_new_tokens=trie.levels, do_sample=False,
-        logits_processor=[TrieLogitsProcessor(trie, vocab)], return_dict_in_generate=True, output_scores=True,
+        logits_processor=[processor], return_dict_in_generate=True, output_scores=True,
     )  # fmt: skip
     batch = inputs["input_ids"].shape[0]
     codes = vocab.tokens_to_codes(out.sequences[:, 1:].reshape(batch, k, trie.levels))
@@ -51,11 +53,17 @@ def hf_beam_search(model, inputs, trie, vocab, k):
     return codes, steps.sum(1).view(batch, 1)
 
 
+@pytest.mark.parametrize("trie_normalize", [False, True])
 @pytest.mark.parametrize("k", [1, 5, 12])
-def test_native_search_matches_hf_generate(setup, k):
+def test_native_search_matches_hf_generate(setup, k, trie_normalize):
+    """Level-normalised, or (a generator trained with trie_softmax) normalised over the trie's
+    allowed codes, as TrieNormalizedSteps scores them."""
     vocab, model, trie, inputs = setup
-    hf_codes, hf_scores = hf_beam_search(model, inputs, trie, vocab, k)
-    ours = constrained_beam_search(Seq2SeqStepModel(model, vocab), inputs, trie, num_beams=k)
+    hf_codes, hf_scores = hf_beam_search(model, inputs, trie, vocab, k, trie_normalize)
+    steps = Seq2SeqStepModel(model, vocab)
+    if trie_normalize:
+        steps = TrieNormalizedSteps(steps, trie)
+    ours = constrained_beam_search(steps, inputs, trie, num_beams=k)
     assert torch.equal(ours.codes, hf_codes)
     torch.testing.assert_close(ours.log_probs, hf_scores, rtol=0, atol=1e-4)
     assert trie.contains(ours.codes.view(-1, 3)).all()
