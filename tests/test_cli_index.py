@@ -378,7 +378,7 @@ def test_auto_spec_fits_every_catalogue_size(items, spec):
 
 
 @pytest.mark.parametrize("items", [2, 3, 5])
-def test_auto_quantizer_indexes_a_tiny_catalogue(tmp_path, items):
+def test_auto_quantizer_indexes_a_tiny_catalogue(tmp_path, items, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(items, 8)).astype(np.float32))
     (tmp_path / "keys.txt").write_text("".join(f"k{i}\n" for i in range(items)))
     assert (
@@ -386,6 +386,8 @@ def test_auto_quantizer_indexes_a_tiny_catalogue(tmp_path, items):
     )
     ids = SemanticIDs.load(tmp_path / "idx")
     assert len(ids) == items and len(set(map(tuple, ids.codes.tolist()))) == items
+    # the fit, which may take a while and shows no bar, is told before it starts
+    assert f"fitting {ids.quantizer_spec} on {items:,} item vectors" in capsys.readouterr().out
 
 
 def test_one_item_is_refused_in_one_line(tmp_path, capsys):

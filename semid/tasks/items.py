@@ -29,7 +29,7 @@ from semid.encoders import TextEncoder
 from semid.errors import SemidError
 from semid.graph import unique_edges
 from semid.ids import SemanticIDs
-from semid.indexing import AUTO, build_ids
+from semid.indexing import AUTO, auto_spec, build_ids
 from semid.models import model_class
 from semid.notes import note, tell
 from semid.quantization import build_quantizer
@@ -146,6 +146,8 @@ def build_item_index(
     # the fits draw from their own seeded generators; this keeps what else draws from torch's
     # global one in this process as it was
     torch.manual_seed(seed)
+    # said now: a fit of tens of thousands of vectors takes a while, and only some show a bar
+    tell(f"fitting {auto_spec(len(keys)) if spec == AUTO else spec} on {len(keys):,} item vectors")
     ids, fitted = build_ids(
         keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
     )
