@@ -105,12 +105,14 @@ class HybridRanker:
             rows = torch.cat(
                 [rows, top.masked_fill((top[:, :, None] == rows[:, None, :]).any(-1), -1)], 1
             )
-        extra = rows[:, found.rows.shape[1] :]
-        trie = self.beam.trie
-        scored = self.model.score_codes(
-            batch, trie, self.ids.codes[extra.clamp(min=0)].to(trie.device)
-        )
-        gen = torch.cat([found.scores, scored.cpu().float()], 1)
+        extra = _packed(rows[:, found.rows.shape[1] :])  # rows the beams did not find, first
+        rows = torch.cat([found.rows, extra], 1)
+        scored = torch.empty(extra.shape)
+        if extra.shape[1]:
+            trie = self.beam.trie
+            codes = self.ids.codes[extra.clamp(min=0)].to(trie.device)
+            scored = self.model.score_codes(batch, trie, codes).cpu().float()
+        gen = torch.cat([found.scores, scored], 1)
         return Candidates(rows, gen.masked_fill(rows < 0, float("-inf")), _gather(head.cpu(), rows),
                           None if lexical is None else _gather(lexical.cpu(), rows))  # fmt: skip
 
@@ -164,6 +166,14 @@ def neighbour_weights(codes: Tensor, trained: int) -> Tensor:
     return torch.sparse_coo_tensor(
         index, values, (len(new), trained), check_invariants=True
     ).coalesce()
+
+
+def _packed(rows: Tensor) -> Tensor:
+    """Candidate rows (B, C), -1 where none, with each query's rows moved to the front (in their
+    order) and the columns no query fills dropped: teacher-forcing scores no empty slot."""
+    order = (rows < 0).to(torch.uint8).argsort(dim=1, stable=True)
+    width = int((rows >= 0).sum(1).max()) if rows.numel() else 0
+    return rows.gather(1, order)[:, :width]
 
 
 def _gather(head: Tensor, rows: Tensor) -> Tensor:

@@ -98,6 +98,34 @@ def test_an_item_the_head_strongly_prefers_is_ranked_first_and_seen_items_never(
     assert not (cands.top(0.0, 3, ids).rows == 0).any()  # also with weight 0 over the candidates
 
 
+def test_only_candidates_the_beams_missed_are_teacher_forced(monkeypatch):
+    """The head's top rows that the beams found too were scored again (as row 0), as were the
+    empty slots of queries with fewer new candidates."""
+    ids = make_ids()
+    model, batch = make(ids, item_mix=1.0), queries(ids)
+    scored = []
+    score_codes = model.score_codes
+    monkeypatch.setattr(
+        model, "score_codes", lambda b, t, c: scored.append(c) or score_codes(b, t, c)
+    )
+    cands = HybridRanker(model, ids, num_beams=4).candidates(batch, 3)
+    beams = BeamRanker(model, ids, num_beams=4).rank(batch, 4).rows
+    missed = [
+        set(row.tolist()) - set(found.tolist()) - {-1}
+        for row, found in zip(cands.rows, beams, strict=True)
+    ]
+    assert scored[0].shape[1] == max(map(len, missed))  # no column of empty slots only
+    for row, found, new in zip(cands.rows, beams, missed, strict=True):
+        assert set(row[4:].tolist()) - {-1} == new and (row[4 + len(new) :] == -1).all()
+        assert torch.equal(row[:4], found)
+    head = torch.full((3, len(ids)), float("-inf"))
+    head.scatter_(1, beams, 0.0)  # the head knows the beams' rows only
+    model.item_log_probs = lambda inputs: head
+    scored.clear()
+    HybridRanker(model, ids, num_beams=4).candidates(batch, 3)
+    assert not scored  # the head found nothing new: nothing is teacher-forced
+
+
 def test_mixed_ranking_encodes_each_history_once_with_the_same_answers(monkeypatch):
     ids = make_ids()
     model, batch = make(ids, item_mix=1.0), queries(ids)
