@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from benchmarks.retrieve_report import write_results
+from benchmarks.retrieve_report import RESULTS, write_results
 from benchmarks.text_baselines import BM25, dense_search
 from semid.data.corpus import query_examples, split_corpus, subset_rows
 from semid.data.documents import DocumentCollection
@@ -481,11 +481,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder for checkpoints (default: /tmp/semid-bench-retrieve/<out>)")  # fmt: skip
     p.add_argument("--out", default=None,
-                   help="results name under benchmarks/results, or a path without suffix (default: retrieve-<dataset>)")  # fmt: skip
+                   help="results stem: STEM.json and STEM.md (default: benchmarks/results/retrieve-<dataset>)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
-    args.out = args.out or f"retrieve-{Path(args.dataset).stem}"
-    args.work = args.work or Path("/tmp/semid-bench-retrieve") / args.out
+    args.out = Path(args.out) if args.out else RESULTS / f"retrieve-{Path(args.dataset).stem}"
+    args.work = args.work or Path("/tmp/semid-bench-retrieve") / args.out.name
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     bench = RetrievalBenchmark(args)

@@ -153,4 +153,4 @@ def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentColl
             f"{r['mrr@10']:.3f} | {train_cell} | {r.get('queries_per_s', 0):.0f} | {load_cell} |"
         )
     lines += ["", *target_lines(rows), "", NOTES]
-    write_result(RESULTS / args.out, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
+    write_result(args.out, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
