@@ -132,6 +132,8 @@ class MMGRec(Generator):
             )
         self._encodings: list[tuple[tuple, Tensor]] | None = None  # see encoding_once
         self.vocab = CodeVocabulary(c.codebook_sizes)
+        # each level's first token, moved with the model (not made per decoding step); not saved
+        self.register_buffer("level_offsets", torch.tensor(self.vocab.offsets), persistent=False)
         self.code_emb = nn.Embedding(self.vocab.size, c.dim)
         nn.init.normal_(self.code_emb.weight, std=0.02)
         self.item_emb = nn.Embedding(c.num_items, c.dim) if c.num_items > 0 else None
@@ -293,7 +295,7 @@ class MMGRec(Generator):
         levels = codes.shape[1]
         if levels == 0:
             return hidden[:, None]
-        tokens = codes + torch.tensor(self.vocab.offsets[:levels], device=codes.device)
+        tokens = codes + self.level_offsets[:levels]
         return torch.cat([hidden[:, None], self.code_emb(tokens)], dim=1)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -110,6 +110,15 @@ class RQVAE(Quantizer):
         if dim is not None:
             self.build(dim)
 
+    def check_input(self, x: Tensor | Any, *, empty_ok: bool = False) -> Tensor:
+        """x checked as the base class does, on the device of the quantizer's weights (encoding CPU
+        vectors with a quantizer on the GPU failed inside torch)."""
+        return super().check_input(x, empty_ok=empty_ok).to(self.initted.device)
+
+    def check_codes(self, codes: Any, device: torch.device | str | None = None) -> Tensor:
+        """Codes checked as the base class does, on the quantizer's device unless ``device``."""
+        return super().check_codes(codes, self.initted.device if device is None else device)
+
     # --- hooks that graph_rqvae overrides: what the autoencoder sees and gives back ---
 
     def _model_dim(self, dim: int) -> int:

@@ -129,6 +129,14 @@ class Generator(nn.Module, ABC):
                 "build the trie with PrefixTrie.from_codes(codes, model.codebook_sizes)"
             )
 
+    def check_trie_device(self, trie: PrefixTrie) -> None:
+        """Raise SemidError if the trie is on another device than the model's weights (searching
+        it would fail inside torch)."""
+        weight = next(self.parameters(), None)
+        if weight is not None and trie.device != weight.device:
+            raise SemidError(f"trie is on {trie.device} but the model is on {weight.device}; pass "
+                             f"trie.to({str(weight.device)!r})")  # fmt: skip
+
     @torch.no_grad()
     def generate(
         self,
@@ -142,6 +150,7 @@ class Generator(nn.Module, ABC):
 
         ``exclude`` (B, M): sorted leaf states of IDs not to return (see ``constrained_beam_search``)."""
         self.check_trie(trie)
+        self.check_trie_device(trie)
         with self.evaluating():  # dropout would make beam scores random
             out = constrained_beam_search(
                 self.search_steps(trie), inputs, trie, num_beams, top_k, exclude
@@ -178,6 +187,7 @@ class Generator(nn.Module, ABC):
         """Log-probabilities (B, C) of given IDs ``codes`` (B, C, L) (all in ``trie``) for each query,
         teacher-forced through the same step model and normalization as ``generate``."""
         self.check_trie(trie)
+        self.check_trie_device(trie)
         b, c, levels = codes.shape
         with self.evaluating():
             steps = self.search_steps(trie)

@@ -113,8 +113,8 @@ class HybridRanker:
             codes = self.ids.codes[extra.clamp(min=0)].to(trie.device)
             scored = self.model.score_codes(batch, trie, codes).cpu().float()
         gen = torch.cat([found.scores, scored], 1)
-        return Candidates(rows, gen.masked_fill(rows < 0, float("-inf")), _gather(head.cpu(), rows),
-                          None if lexical is None else _gather(lexical.cpu(), rows))  # fmt: skip
+        return Candidates(rows, gen.masked_fill(rows < 0, float("-inf")), _gather(head, rows),
+                          None if lexical is None else _gather(lexical, rows))  # fmt: skip
 
     def _head(self, batch: Any, seen: Tensor | None) -> Tensor:
         """Head log-probs (B, N index rows): unknown rows from their neighbours', seen rows -inf."""
@@ -176,9 +176,11 @@ def _packed(rows: Tensor) -> Tensor:
     return rows.gather(1, order)[:, :width]
 
 
-def _gather(head: Tensor, rows: Tensor) -> Tensor:
-    """Head log-probs (B, C) of candidate rows (B, C); -inf where the row is -1."""
-    return head.gather(1, rows.clamp(min=0)).masked_fill(rows < 0, float("-inf"))
+def _gather(scores: Tensor, rows: Tensor) -> Tensor:
+    """Scores (B, C) on the CPU of candidate rows (B, C, on the CPU) out of ``scores`` (B, N, on any
+    device: only the (B, C) picked leave it); -inf where the row is -1."""
+    picked = scores.gather(1, rows.clamp(min=0).to(scores.device)).cpu()
+    return picked.masked_fill(rows < 0, float("-inf"))
 
 
 def choose_mix(parts: list[Candidates], targets: Tensor, ids: SemanticIDs,

@@ -116,6 +116,21 @@ def test_trie_must_match_model():
         model.generate(batch_of(catalog()), trie, num_beams=2)
 
 
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_trie_on_another_device_is_named_with_the_fix(name, monkeypatch):
+    """With trie softmax the steps read the trie before the search checked its device: a CPU trie
+    and a CUDA model failed inside torch. Stood in for here by a trie that says it is on meta."""
+    model, codes = make(name), catalog()
+    trie = PrefixTrie.from_codes(codes, SIZES)
+    monkeypatch.setattr(PrefixTrie, "device", property(lambda self: torch.device("meta")))
+    with pytest.raises(
+        SemidError, match=r"trie is on meta but the model is on cpu; pass trie.to\('cpu'\)"
+    ):
+        model.generate(batch_of(codes), trie, num_beams=2)
+    with pytest.raises(SemidError, match="trie is on meta"):
+        model.score_codes(batch_of(codes), trie, codes[None, :2].expand(3, -1, -1))
+
+
 def test_load_rejects_other_architecture(tmp_path):
     make("mmgrec").save_pretrained(tmp_path / "m")
     other = build_generator("mmgrec", {**TINY["mmgrec"], "dim": 8, "codebook_sizes": SIZES})

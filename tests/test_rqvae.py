@@ -175,6 +175,13 @@ def test_checkpoint_of_other_data_is_refused(tmp_path):
         build_quantizer(SPEC).fit(data(seed=1), checkpoint_dir=tmp_path, epochs=2, progress=False)
 
 
+def test_inputs_move_to_the_quantizers_device():
+    """A quantizer fitted on GPU vectors stays there, and encoding CPU vectors with it failed inside
+    torch (rqkmeans and hrq moved them); the meta device stands in for the GPU."""
+    q = build_quantizer(SPEC).fit(data(), **FAST).to("meta")
+    assert q.check_input(data()).device.type == "meta"
+
+
 def test_unwritable_checkpoint_dir_is_named_in_the_callers_words(tmp_path):
     taken = tmp_path / "a-file"
     taken.write_text("")
