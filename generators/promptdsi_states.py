@@ -67,7 +67,7 @@ class TokenStates(Sequence[Tensor]):
         if isinstance(i, slice):
             return self.select(range(len(self))[i])
         hidden, lengths = self.select([i]).padded()
-        return hidden[0, : int(lengths[0])]
+        return hidden[0, : int(lengths[0])].cpu()
 
     def __add__(self, other: TokenStates) -> TokenStates:
         if not isinstance(other, TokenStates) or other.embeddings is not self.embeddings:
@@ -80,7 +80,8 @@ class TokenStates(Sequence[Tensor]):
 
     @torch.no_grad()
     def padded(self) -> tuple[Tensor, Tensor]:
-        """States (B, T, H) float16 on the CPU, zero past each text's end, and lengths (B,)."""
+        """States (B, T, H) float16 on the encoder's device (a batch stays on the GPU that embedded
+        it), zero past each text's end, and lengths (B,) on the CPU."""
         lengths = torch.tensor([len(t) for t in self.ids], dtype=torch.long)
         if not self.ids:
             return torch.zeros(0, 0, self.hidden_size, dtype=torch.float16), lengths
@@ -91,8 +92,8 @@ class TokenStates(Sequence[Tensor]):
                              f"({device}), which a DataLoader worker process cannot use; train "
                              "with num_workers=0")  # fmt: skip
         with torch.autocast(device.type, enabled=False):  # as cached: full precision, then float16
-            hidden = self.embeddings(input_ids=ids.to(device)).half().cpu()
-        past_end = torch.arange(ids.shape[1])[None, :] >= lengths[:, None]
+            hidden = self.embeddings(input_ids=ids.to(device)).half()
+        past_end = torch.arange(ids.shape[1], device=device)[None, :] >= lengths.to(device)[:, None]
         return hidden.masked_fill(past_end[..., None], 0), lengths
 
 
@@ -362,8 +363,9 @@ def evenly_spaced(n: int, k: int) -> Tensor:
 
 
 def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
-    """Right-pad per-text states (T_i, H) -> hidden (B, T, H) float32 and attention_mask (B, T);
-    SemidError for states that are not finite (a damaged cache entry, or encoder weights)."""
+    """Right-pad per-text states (T_i, H) -> hidden (B, T, H) float32 and attention_mask (B, T),
+    on the device the states are on; SemidError for states that are not finite (a damaged cache
+    entry, or encoder weights)."""
     if isinstance(states, TokenStates):  # embedded now: NaN would come from the encoder's weights
         half, lengths = states.padded()
         damaged = ("the encoder's input embeddings hold NaN or infinity: its weights are damaged; "
@@ -377,7 +379,8 @@ def pad_states(states: Sequence[Tensor]) -> dict[str, Tensor]:
     hidden = half.float()
     if not torch.isfinite(hidden).all():
         raise SemidError(damaged)
-    mask = (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    mask = (positions[None, :] < lengths.to(hidden.device)[:, None]).long()
     return {"hidden": hidden, "attention_mask": mask}
 
 
