@@ -189,6 +189,24 @@ def test_content_sha256(tmp_path: Path) -> None:
     assert content_sha256([data, tmp_path / "d" / "sub" / "x.bin"]) != content_sha256(data)
 
 
+def test_a_data_file_that_cannot_be_read_is_named_when_hashing(tmp_path: Path, monkeypatch) -> None:
+    """eval hashes a run's data to check it is unchanged: a file made unreadable since training
+    gave a PermissionError traceback (root reads any file, so opening it is made to fail)."""
+    data = tmp_path / "d" / "a.png"
+    data.parent.mkdir()
+    data.write_bytes(b"x")
+    real_open = open
+
+    def refusing(path, *args, **kwargs):
+        if Path(path) == data:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing)
+    with pytest.raises(SemidError, match=f"cannot read {data} to hash the data: Permission denied"):
+        content_sha256(tmp_path / "d")
+
+
 def test_what_semid_writes_inside_a_data_folder_is_not_its_data(tmp_path: Path) -> None:
     """`--dataset . --out runs/x`: the run, an index, a training folder, lock and temporary files
     (all hidden) and a loop of links change neither the hash nor the stamp of the data."""

@@ -232,6 +232,25 @@ def test_a_folder_without_class_subfolders_is_told_both_layouts(tmp_path, capsys
     assert "one subfolder per class" in err and "GroupLens" in err and "Traceback" not in err
 
 
+def test_a_class_folder_that_cannot_be_listed_is_one_line(tmp_path, capsys, monkeypatch):
+    """An unreadable subfolder (chmod 000, as another user) gave a PermissionError traceback. Root
+    lists any folder, so listing that one is made to fail as it would for another user."""
+    write_classes(tmp_path / "data", {"coat": 40, "dress": 200}, 3)
+    locked, iterdir = tmp_path / "data" / "dress", Path.iterdir
+
+    def listing(folder):
+        if folder == locked:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return iterdir(folder)
+
+    monkeypatch.setattr(Path, "iterdir", listing)
+    argv = ["index", "build", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "i")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot list {locked}: Permission denied; make it readable" in err
+    assert "Traceback" not in err
+
+
 def test_adding_images_to_a_bare_index_names_the_run_folder(tmp_path, capsys):
     (tmp_path / "run" / "index" / "image_encoder").mkdir(parents=True)
     (tmp_path / "run" / "manifest.json").write_text('{"task": "text2image"}')

@@ -257,7 +257,10 @@ def check_utf8_name(path: Path) -> None:
 
 def visible_entries(folder: Path) -> list[Path]:
     """Sorted entries of `folder` other than hidden or system ones (``.*``, ``@eaDir``, AppleDouble
-    ``._*`` files, ``__MACOSX``)."""
-    return sorted(
-        p for p in folder.iterdir() if not p.name.startswith((".", "@")) and p.name != "__MACOSX"
-    )
+    ``._*`` files, ``__MACOSX``); SemidError naming a folder that cannot be listed."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        raise SemidError(f"cannot list {folder}: {e.strerror}; make it readable (chmod +rx) or "
+                         "move it out of the collection") from None  # fmt: skip
+    return sorted(p for p in entries if not p.name.startswith((".", "@")) and p.name != "__MACOSX")

@@ -580,7 +580,11 @@ def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike],
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise SemidError(f"cannot read {path} to hash the data: {e.strerror}; make it readable "
+                         "or restore it") from None  # fmt: skip
     return h.hexdigest()
