@@ -54,6 +54,20 @@ def evaluate(run: Path, *ks: str) -> dict:
     return json.loads((run / "metrics.json").read_text())["test"]
 
 
+def spy_image_labels(monkeypatch, run: Path) -> dict:
+    """A dict that the next `semid eval` of ``run`` fills with each indexed image's class (-1:
+    relevant to no query), by key."""
+    labelled = {}
+    answerable = text2image_module.answerable_queries
+
+    def spied(texts, query_labels, image_labels):
+        labelled.update(zip(load_run(run).ids.keys, image_labels.tolist(), strict=True))
+        return answerable(texts, query_labels, image_labels)
+
+    monkeypatch.setattr(text2image_module, "answerable_queries", spied)
+    return labelled
+
+
 def test_a_captions_only_table_trains_evaluates_and_predicts(tmp_path, capsys):
     rows = ["path,caption"]
     for i in range(20):
@@ -192,14 +206,7 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(
     adds = json.loads((run / "config.json").read_text())["adds"]
     added = ["more", "again", "loose/add.csv"]
     assert [a["source"] for a in adds] == [str((tmp_path / p).resolve()) for p in added]
-    labelled = {}
-    answerable = text2image_module.answerable_queries
-
-    def spied(texts, query_labels, image_labels):
-        labelled.update(zip(load_run(run).ids.keys, image_labels.tolist(), strict=True))
-        return answerable(texts, query_labels, image_labels)
-
-    monkeypatch.setattr(text2image_module, "answerable_queries", spied)
+    labelled = spy_image_labels(monkeypatch, run)
     after = evaluate(run, "1", "4")
     assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
     # an added "Dark" image is relevant to the queries of the class "dark"; unseen or unlabelled
@@ -217,6 +224,22 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(
     assert shown.pop("more/mid/mid2.png") == "mid" and shown.pop("x.png") == "a dark square"
     built = {k: t for k, t in shown.items() if not k.startswith("more/")}
     assert len(built) == 5 and all(k.split("/")[-2] == t for k, t in built.items()), built
+
+
+def test_a_table_label_spelled_as_a_class_folder_is_that_class(tmp_path, capsys, monkeypatch):
+    """A folder `dark-grey/` is the class "dark grey"; a table labelling images `dark-grey` added
+    them as a class the run was not trained on, relevant to no query."""
+    write_classes(tmp_path / "photos", {"dark-grey": 40, "bright": 220}, per_class=4)
+    run = build_and_train(tmp_path / "photos", tmp_path)
+    write_image(tmp_path / "new" / "x.png", 40)
+    (tmp_path / "new" / "add.csv").write_text("path,label\nx.png,dark-grey\n")
+    capsys.readouterr()
+    assert main(["index", "add", str(run), "--items", str(tmp_path / "new" / "add.csv")]) == 0
+    assert "not trained on" not in capsys.readouterr().err
+    labelled = spy_image_labels(monkeypatch, run)
+    evaluate(run, "1")
+    dark = {v for k, v in labelled.items() if k.startswith("dark-grey/")}
+    assert len(dark) == 1 and labelled["x.png"] in dark
 
 
 @pytest.mark.parametrize("layout", ["empty", "flat"])

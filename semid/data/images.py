@@ -159,6 +159,13 @@ def class_key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
+def class_match_key(name: str) -> str:
+    """:func:`class_key` with ``_`` and ``-`` read as spaces, as class folders' names are: how a
+    table's label and a folder's class are matched (``t-shirt`` in a table is the class of a
+    ``t-shirt/`` folder, which reads "t shirt")."""
+    return class_key(name.replace("_", " ").replace("-", " "))
+
+
 def describe_class(name: str) -> str:
     """The class text used for alignment: ``a photo of a t-shirt/top``, ``a photo of an eight``."""
     name = class_key(name)

@@ -26,7 +26,7 @@ from semid.atomic import atomic_file, check_output_folder, read_json, restore_on
 from semid.collisions import group_ids, rank_within_groups
 from semid.data import load_dataset
 from semid.data.image_files import load_image_collection, load_images
-from semid.data.images import ImageDataset, ImageSplits, class_key, class_queries
+from semid.data.images import ImageDataset, ImageSplits, class_match_key, class_queries
 from semid.data.registry import available_datasets
 from semid.distributed import is_main_process, on_main_process
 from semid.encoders import TextEncoder
@@ -468,10 +468,10 @@ class Text2ImageTask(Task):
         splits = load_image_splits(spec.dataset, spec.seed)
         label_of = dict(zip(splits.test.keys, relevance_labels(splits.test).tolist(), strict=True))
         # images added later: their class if the test split has it (as class texts read it:
-        # class_key), else relevant to no query
-        class_index = {class_key(c): i for i, c in enumerate(splits.test.class_names or [])}
+        # class_match_key: case, spaces, "_" and "-" aside), else relevant to no query
+        class_index = {class_match_key(c): i for i, c in enumerate(splits.test.class_names or [])}
         label_of |= {
-            k: class_index.get(class_key(c), -1) if c is not None else -1
+            k: class_index.get(class_match_key(c), -1) if c is not None else -1
             for k, c in run.state.get("added_labels", {}).items()
         }
         unknown = [k for k in run.ids.keys if k not in label_of]
@@ -543,8 +543,8 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
     it recorded them)."""
     if not isinstance(trained, list):
         return
-    known = {class_key(str(c)) for c in trained}
-    unknown = Counter(c for c in added if c is not None and class_key(c) not in known)
+    known = {class_match_key(str(c)) for c in trained}
+    unknown = Counter(c for c in added if c is not None and class_match_key(c) not in known)
     if unknown:
         shown = ", ".join(f"{c!r} ({counted(n, 'image')})" for c, n in sorted(unknown.items()))
         note(f"added images of classes the run was not trained on: {shown}; they are indexed, but "
