@@ -310,6 +310,13 @@ def test_added_folders_get_keys_of_their_own_and_a_repeated_add_names_the_fix(tm
         main(["index", "add", str(run), "--items", str(tmp_path / "more"), "--skip-indexed"]) == 0
     )
     assert "nothing to add: every image of" in capsys.readouterr().out
+    # another folder named "more", of other pictures under the same names: they were left out as
+    # indexed ("nothing to add"), and never indexed
+    write_classes(tmp_path / "elsewhere" / "more", {"dark": 220}, per_class=3)
+    argv = ["index", "add", str(run), "--items", str(tmp_path / "elsewhere" / "more")]
+    assert main([*argv, "--skip-indexed"]) == 2
+    assert ("3 images of" in (err := capsys.readouterr().err) and "have the key of an indexed "
+            "image but other pixels (e.g. 'more/dark/dark0.png')" in err)  # fmt: skip
 
 
 def test_the_training_folder_added_again_keeps_the_keys_its_indexed_images_have(tmp_path, capsys):

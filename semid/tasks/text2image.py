@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor
 
@@ -87,6 +88,9 @@ VOKEN_OPTIONS = ",hidden=256-128,latent=32"  # the benchmark's voken network
 IMAGE_ENCODER_DIR = "image_encoder"
 TRAIN_TARGETS = "train_targets.safetensors"
 IMAGE_FEATURES = "image_features.safetensors"  # features of the indexed images, row i = index row i
+# an image whose CNN features are this close to an indexed image's is that image (the same file
+# encoded in another batch differs in the last bits; another picture differs by far more)
+SAME_IMAGE_COSINE = 0.999
 METRIC_NAMES = ("precision", "recall", "map")
 # Step floors, so that a collection of 1k images trains as well as one of 60k: an epoch of 60k
 # images is 235 batches of 256; one of 800 images would be 4 steps.
@@ -506,15 +510,18 @@ class Text2ImageTask(Task):
             raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
         cnn = ImageEncoder.from_pretrained(encoder_dir)
-        images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
-                              training_folder=self.spec_of(run).dataset)  # fmt: skip
-        if not len(images):
-            return added_summary(run.ids, [])
-        features = cnn.encode(images.images, device=device)
+        images, left_out = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
+                                        training_folder=self.spec_of(run).dataset)  # fmt: skip
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
             raise SemidError(f"{run.index_path / IMAGE_FEATURES} has {len(known)} rows for {len(run.ids)} "
                              "indexed images; rebuild the index")  # fmt: skip
+        if len(left_out) and known is not None:
+            left_features = cnn.encode(left_out.images, device=device)
+            check_left_out_are_indexed(left_out, left_features, run.ids, known, source)
+        if not len(images):
+            return added_summary(run.ids, [])
+        features = cnn.encode(images.images, device=device)
         state = dict(run.state)
         classes = (
             [images.class_names[int(c)] for c in images.labels]
@@ -559,12 +566,12 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
 
 
 def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed: bool = False,
-                 training_folder: str | None = None) -> ImageDataset:  # fmt: skip
-    """Images to add from a folder or a table; a folder's keys start with its name
-    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash, except the
-    run's own ``training_folder``, keyed as training keyed it (its indexed images keep their keys).
-    Images already indexed are refused, or left out with ``skip_indexed`` (so that none may be
-    left)."""
+                 training_folder: str | None = None) -> tuple[ImageDataset, ImageDataset]:  # fmt: skip
+    """Images to add from a folder or a table, and those left out as indexed already; a folder's
+    keys start with its name (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do
+    not clash, except the run's own ``training_folder``, keyed as training keyed it (its indexed
+    images keep their keys). Images already indexed are refused, or left out with
+    ``skip_indexed`` (so that none may be left)."""
     images = load_images(source, image_size=image_size)
     own = _same_folder(source, training_folder)
     if Path(source).is_dir() and not own:
@@ -585,7 +592,26 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
         fix = ("rename those files or the folder (an added folder's keys are its name and the paths "
                "below it; a table's keys are its paths)")  # fmt: skip
     rows = rows_to_add(images.keys, is_taken, "image", label, skip_indexed, fix)
-    return images if len(rows) == len(images.keys) else images.subset(rows)
+    left_out = sorted(set(range(len(images.keys))) - set(rows))
+    return images.subset(rows), images.subset(left_out)
+
+
+def check_left_out_are_indexed(left_out: ImageDataset, features: Tensor, ids: Any,
+                               known: Tensor, source: Path) -> None:  # fmt: skip
+    """SemidError when an image left out as indexed already is another picture than the one
+    indexed under its key (its CNN ``features`` (M, D) against the index's ``known`` rows): two
+    folders of one name, or two tables of the same relative paths, key different files alike."""
+    row_of = {os.path.normpath(k): i for i, k in enumerate(ids.keys)}
+    rows = torch.tensor([row_of[os.path.normpath(k)] for k in left_out.keys], dtype=torch.long)
+    similarity = F.cosine_similarity(features.float(), known[rows].float(), dim=1)
+    other = (similarity < SAME_IMAGE_COSINE).nonzero().flatten().tolist()
+    if other:
+        key = left_out.keys[other[0]]
+        raise SemidError(f"{counted(len(other), 'image')} of {source} {'has' if len(other) == 1 else 'have'} "
+                         f"the key of an indexed image but other pixels (e.g. {key!r}): a folder of "
+                         "the same name, or a table of the same paths, as one added before; add them "
+                         "from a folder of another name (an added folder's keys are its name and the "
+                         "paths below it)")  # fmt: skip
 
 
 def _same_folder(source: Path, training_folder: str | None) -> bool:
