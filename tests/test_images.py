@@ -125,6 +125,28 @@ def test_image_folder_rejects_mixed_sizes(tmp_path):
         load_image_folder(tmp_path)
 
 
+def test_a_class_folder_named_only_by_separators_is_refused(tmp_path):
+    """A folder `_/` became the class "" (its text "a photo of a ")."""
+    for cls in ("boot", "_"):
+        (tmp_path / cls).mkdir()
+        np.save(tmp_path / cls / "b.npy", np.full((2, 3), 7, np.uint8))
+    with pytest.raises(SemidError, match="class folder '_' in .* names no class"):
+        load_image_collection(tmp_path)
+
+
+def test_an_image_without_read_permission_is_told_to_be_made_readable(tmp_path, monkeypatch):
+    """Root reads any file, so opening one is made to fail as it would for another user."""
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(image_io.Image, "open", refused)
+    with pytest.raises(SemidError, match=r"Permission denied.*; make it readable \(chmod \+r\)"):
+        read_image(path)
+
+
 def test_dataset_validates_labels():
     with pytest.raises(SemidError, match="no class name"):
         ImageDataset(

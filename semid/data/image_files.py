@@ -111,6 +111,10 @@ def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> li
     """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide,
     case aside (a class's text is lower-cased: ``Bag/`` and ``bag/`` would share one)."""
     names = [" ".join(f.replace("_", " ").replace("-", " ").split()) for f in folders]
+    nameless = [f for f, n in zip(folders, names, strict=True) if not n]
+    if nameless:
+        raise SemidError(f"class folder {nameless[0]!r} in {where} names no class once '_' and '-' "
+                         "read as spaces; rename it to the class's name")  # fmt: skip
     refuse_clashing_classes(names, folders, f"class folders in {where}")
     return names
 

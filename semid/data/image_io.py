@@ -78,9 +78,7 @@ def _read_sized(path: Path, min_size: int | None) -> tuple[np.ndarray, int]:
     except OSError as e:
         empty = path.is_file() and path.stat().st_size == 0  # an interrupted copy, say
         why = "it is empty (0 bytes)" if empty else str(e)
-        raise SemidError(
-            f"cannot read image {path}: {why}; replace the file or move it out of the collection"
-        ) from None
+        raise SemidError(f"cannot read image {path}: {why}; {_unreadable_fix(e)}") from None
 
 
 def _pixels(img: Image.Image, path: Path) -> np.ndarray:
@@ -178,14 +176,19 @@ def _checked_size(size: int | str | None) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def _unreadable_fix(error: OSError) -> str:
+    """What to do about an image file that could not be read because of ``error``."""
+    if isinstance(error, PermissionError):
+        return "make it readable (chmod +r) or move it out of the collection"
+    return "replace the file or move it out of the collection"
+
+
 def read_pgm(path: Path) -> np.ndarray:
     """A binary (P5) 8-bit PGM image (H, W)."""
     try:
         raw = path.read_bytes()
     except OSError as e:  # as Pillow's formats: a broken link, no permission
-        raise SemidError(
-            f"cannot read image {path}: {e}; replace the file or move it out of the collection"
-        ) from None
+        raise SemidError(f"cannot read image {path}: {e}; {_unreadable_fix(e)}") from None
     fields, pos = [], 0
     while len(fields) < 4:  # magic, width, height, maxval; '#' starts a comment
         while pos < len(raw) and raw[pos : pos + 1].isspace():
