@@ -134,6 +134,19 @@ def test_a_class_folder_named_only_by_separators_is_refused(tmp_path):
         load_image_collection(tmp_path)
 
 
+def test_empty_class_folders_and_a_single_class_are_told(tmp_path, capsys):
+    """An empty class folder was dropped without a word, and a collection of one class gave a
+    perfect precision that says nothing."""
+    for cls in ("boot", "shirt", "coat"):
+        (tmp_path / cls).mkdir()
+    for i in range(5):
+        np.save(tmp_path / "boot" / f"{i}.npy", np.full((2, 3), i, np.uint8))
+    load_image_collection(tmp_path)
+    err = capsys.readouterr().err
+    assert "2 class folders of" in err and "without images left out: 'coat', 'shirt'" in err
+    assert "holds one class ('boot'): every image is relevant to every query" in err
+
+
 def test_an_image_without_read_permission_is_told_to_be_made_readable(tmp_path, monkeypatch):
     """Root reads any file, so opening one is made to fail as it would for another user."""
     path = tmp_path / "a.png"

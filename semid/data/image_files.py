@@ -43,6 +43,7 @@ from semid.data.tables import (
     table_format,
 )
 from semid.errors import SemidError
+from semid.notes import note
 
 CAPTION_COLUMNS = ("caption", "text", "captions")
 LABEL_COLUMNS = ("label", "class")
@@ -77,6 +78,11 @@ def load_image_collection(
         )
     else:
         raise SemidError(f"image collection {path} not found; pass a folder or a CSV of paths")
+    if data.labels is not None and data.class_names and len(data.labels.unique()) == 1:
+        note(
+            f"{path} holds one class ({data.class_names[int(data.labels[0])]!r}): every image is "
+            "relevant to every query, so `semid eval`'s figures say nothing; add other classes"
+        )
     if data.given_test is not None:  # the collection's own split: its test images are indexed
         given = data.given_test.numpy()
         test, train = np.flatnonzero(given), np.flatnonzero(~given)

@@ -72,6 +72,10 @@ def _read_image_folder(
         check_utf8_name(c)
     files = [(c.name, p) for c in class_folders for p in image_files(c)]
     classes = sorted({c for c, _ in files})  # subfolders without images are no classes
+    empty = sorted({c.name for c in class_folders} - set(classes))
+    if empty and files:
+        shown = ", ".join(repr(e) for e in empty[:3]) + (", ..." if len(empty) > 3 else "")
+        note(f"{counted(len(empty), 'class folder')} of {folder} without images left out: {shown}")
     if not files and image_files(folder):  # images, but none in a class subfolder
         raise SemidError(f"{folder} holds images but no class subfolders; put them in "
                          f"{folder}/<class>/, or caption them: a captions.tsv of image<TAB>caption "
