@@ -217,11 +217,17 @@ class BeamRanker:
         under their prefix, and a prefix that several generated IDs share offers its new items after
         the first of them only."""
         b, k = rows.shape
-        # how far past a prefix's first new item to look: `slots`, plus the new items a query can
-        # pass over (its generated and its seen new rows)
+        # rows a query cannot take: its seen ones and those beam search generated
+        if seen is not None and seen.numel():
+            excluded = seen_mask(seen.cpu(), len(self.ids))
+        else:
+            excluded = torch.zeros(b, len(self.ids), dtype=torch.bool)
+        generated = rows >= 0
+        excluded[torch.arange(b)[:, None].expand(b, k)[generated], rows[generated]] = True
+        # how far past a prefix's first new item to look: `slots`, plus the new items a query
+        # passes over
         first_new = len(self.ids) - len(self.cold_rows)
-        seen_new = 0 if seen is None or not seen.numel() else int((seen >= first_new).sum(1).max())
-        width = slots + k + seen_new
+        width = slots + int(excluded[:, first_new:].sum(1).max())
         lo = torch.searchsorted(self.cold_keys, keys)  # (B, k) first new item under each prefix
         take = lo[..., None] + torch.arange(width)  # (B, k, width)
         hit = take < len(self.cold_keys)
@@ -230,10 +236,7 @@ class BeamRanker:
         hit &= (self.cold_keys[take] == keys[..., None]) & (keys >= 0)[..., None]
         hit &= ~offered_before[..., None]
         cold = torch.where(hit, self.cold_rows[take], -1).view(b, k * width)
-        passed_over = (cold[:, :, None] == rows[:, None, :]).any(-1)  # already generated
-        if seen is not None:
-            passed_over |= seen_mask(seen.cpu(), len(self.ids)).gather(1, cold.clamp(min=0))
-        cold = cold.masked_fill(passed_over, -1)
+        cold = cold.masked_fill(excluded.gather(1, cold.clamp(min=0)), -1)
         cold_scores = scores.repeat_interleave(width, dim=1)  # the score of the ID it follows
         after = (torch.arange(k)[:, None] + 0.5).expand(k, width).reshape(-1).expand(b, -1)
         # the first `slots` valid candidates of each row, in beam order
