@@ -210,6 +210,7 @@ class GraphRQVAE(RQVAE):
         return self._twins[1]
 
     def _model_inputs(self, x: Tensor) -> Tensor:
+        x = x.to(self.mean.device)
         idx = self.item_index(x)
         graph = torch.where((idx >= 0)[:, None], self.graph_features[idx.clamp_min(0)], x)
         both = torch.cat([x, graph], 1)

@@ -110,15 +110,6 @@ class RQVAE(Quantizer):
         if dim is not None:
             self.build(dim)
 
-    def check_input(self, x: Tensor | Any, *, empty_ok: bool = False) -> Tensor:
-        """x checked as the base class does, on the device of the quantizer's weights (encoding CPU
-        vectors with a quantizer on the GPU failed inside torch)."""
-        return super().check_input(x, empty_ok=empty_ok).to(self.initted.device)
-
-    def check_codes(self, codes: Any, device: torch.device | str | None = None) -> Tensor:
-        """Codes checked as the base class does, on the quantizer's device unless ``device``."""
-        return super().check_codes(codes, self.initted.device if device is None else device)
-
     # --- hooks that graph_rqvae overrides: what the autoencoder sees and gives back ---
 
     def _model_dim(self, dim: int) -> int:
@@ -142,8 +133,9 @@ class RQVAE(Quantizer):
         return self._model_inputs(x)
 
     def _model_inputs(self, x: Tensor) -> Tensor:
-        """Model inputs (N, D_model) of checked inputs x (N, D)."""
-        inputs = torch.sub(x, self.mean)  # (x - mean) / scale, in place: one (N, D) tensor
+        """Model inputs (N, D_model), on the quantizer's device, of checked inputs x (N, D) on any
+        (encoding CPU vectors with a quantizer on the GPU failed inside torch)."""
+        inputs = torch.sub(x.to(self.mean.device), self.mean)  # (x - mean) / scale, in place
         return inputs.div_(self.scale)
 
     def _outputs(self, y: Tensor) -> Tensor:
@@ -191,7 +183,7 @@ class RQVAE(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstructions (N, D) of codes (N, L)."""
         self.check_fitted()
-        codes = self.check_codes(codes)
+        codes = self.check_codes(codes, self.mean.device)
         self.eval()
         return self._outputs(self.decoder(self.codebooks.decode(codes)))
 

@@ -283,7 +283,7 @@ class VokenQuantizer(RQVAE):
             raise SemidError(f"{self.spec} was fitted without text embeddings: it has no text head")
         x = self.check_input(x)
         text = checked_rows(as_embeddings(text_embeddings), self.text_dim, "text embeddings")
-        text = text.to(x.device)
+        text = text.to(self.mean.device)
         if len(text) != len(x):
             raise SemidError(f"{counted(len(text), 'text embedding')} for "
                              f"{counted(len(x), 'image')}; give one text per image")  # fmt: skip
