@@ -88,9 +88,9 @@ VOKEN_OPTIONS = ",hidden=256-128,latent=32"  # the benchmark's voken network
 IMAGE_ENCODER_DIR = "image_encoder"
 TRAIN_TARGETS = "train_targets.safetensors"
 IMAGE_FEATURES = "image_features.safetensors"  # features of the indexed images, row i = index row i
-# an image whose CNN features are this close to an indexed image's is that image (the same file
-# encoded in another batch differs in the last bits; another picture differs by far more)
-SAME_IMAGE_COSINE = 0.999
+# an image whose centred CNN features are this close to an indexed image's is that image (the same
+# file read and encoded again differs in the last bits; another picture differs by far more)
+SAME_IMAGE_COSINE = 0.99
 METRIC_NAMES = ("precision", "recall", "map")
 # Step floors, so that a collection of 1k images trains as well as one of 60k: an epoch of 60k
 # images is 235 batches of 256; one of 800 images would be 4 steps.
@@ -567,7 +567,8 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
 
 def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed: bool = False,
                  training_folder: str | None = None) -> tuple[ImageDataset, ImageDataset]:  # fmt: skip
-    """Images to add from a folder or a table, and those left out as indexed already; a folder's
+    """Images to add from a folder or a table, and those left out as indexed already (none from the
+    run's own ``training_folder``, whose keys are its indexed images' by construction); a folder's
     keys start with its name (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do
     not clash, except the run's own ``training_folder``, keyed as training keyed it (its indexed
     images keep their keys). Images already indexed are refused, or left out with
@@ -592,18 +593,23 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
         fix = ("rename those files or the folder (an added folder's keys are its name and the paths "
                "below it; a table's keys are its paths)")  # fmt: skip
     rows = rows_to_add(images.keys, is_taken, "image", label, skip_indexed, fix)
+    if len(rows) == len(images.keys):
+        return images, images.subset([])
     left_out = sorted(set(range(len(images.keys))) - set(rows))
-    return images.subset(rows), images.subset(left_out)
+    # the run's own folder holds the images indexed under its keys: nothing to compare
+    return images.subset(rows), images.subset([] if own else left_out)
 
 
 def check_left_out_are_indexed(left_out: ImageDataset, features: Tensor, ids: Any,
                                known: Tensor, source: Path) -> None:  # fmt: skip
     """SemidError when an image left out as indexed already is another picture than the one
-    indexed under its key (its CNN ``features`` (M, D) against the index's ``known`` rows): two
-    folders of one name, or two tables of the same relative paths, key different files alike."""
+    indexed under its key (its CNN ``features`` (M, D) against the index's ``known`` rows, both
+    centred on the indexed images' mean): two folders of one name, or two tables of the same
+    relative paths, key different files alike."""
     row_of = {os.path.normpath(k): i for i, k in enumerate(ids.keys)}
     rows = torch.tensor([row_of[os.path.normpath(k)] for k in left_out.keys], dtype=torch.long)
-    similarity = F.cosine_similarity(features.float(), known[rows].float(), dim=1)
+    centre = known.float().mean(0)
+    similarity = F.cosine_similarity(features.float() - centre, known[rows].float() - centre, dim=1)
     other = (similarity < SAME_IMAGE_COSINE).nonzero().flatten().tolist()
     if other:
         key = left_out.keys[other[0]]
