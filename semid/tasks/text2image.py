@@ -616,8 +616,8 @@ def check_left_out_are_indexed(left_out: ImageDataset, features: Tensor, ids: An
         raise SemidError(f"{counted(len(other), 'image')} of {source} {'has' if len(other) == 1 else 'have'} "
                          f"the key of an indexed image but other pixels (e.g. {key!r}): a folder of "
                          "the same name, or a table of the same paths, as one added before; add them "
-                         "from a folder of another name (an added folder's keys are its name and the "
-                         "paths below it)")  # fmt: skip
+                         "from a folder of another name, or a table of other paths (an added folder's "
+                         "keys are its name and the paths below it; a table's, its paths)")  # fmt: skip
 
 
 def _same_folder(source: Path, training_folder: str | None) -> bool:
