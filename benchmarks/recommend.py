@@ -95,17 +95,10 @@ def index_exists(path: Path) -> bool:
 
 
 def _train_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: summary.get(k)
-        for k in (
-            "train_seconds",
-            "epochs",
-            "steps",
-            "best_step",
-            "item_mix",
-            "item_mix_valid_ndcg@10",
-        )
-    }
+    keys = ("train_seconds", "epochs", "steps", "best_step", "item_mix", "item_mix_valid_ndcg@10")
+    # the best valid NDCG@10, which picks the best generator of a run (never a test figure)
+    valid = (summary.get("valid") or {}).get("ndcg@10")
+    return {**{k: summary.get(k) for k in keys}, "valid_ndcg@10": valid}
 
 
 def cold_start(job: dict[str, Any]) -> dict[str, Any]:

@@ -243,6 +243,18 @@ def test_a_dataset_given_by_path_gets_its_own_work_folder_and_no_recbole_ratio()
     assert "| /data/mine | mmgrec | 1.200 | no RecBole figure | met |" in markdown(result)
 
 
+def test_the_best_generator_of_a_run_is_chosen_on_valid_not_test():
+    from benchmarks.recommend_report import comparisons
+
+    rows = [
+        {"dataset": "ml-100k", "model": m, "recall@10": r, "valid_ndcg@10": v}
+        for m, r, v in (("sasrec", 0.20, 0.11), ("mmgrec", 0.21, 0.12), ("tiger", 0.23, 0.10))
+    ]
+    (c,) = comparisons(rows)  # tiger has the best test R@10, mmgrec the best valid NDCG@10
+    assert c["best_generator"] == "mmgrec"
+    assert c["vs_sasrec"] == pytest.approx(0.21 / 0.20)
+
+
 def test_a_recorded_command_pastes_back_into_a_shell():
     import shlex
 
