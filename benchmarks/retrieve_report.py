@@ -104,7 +104,7 @@ def target_lines(rows: list[dict]) -> list[str]:
 def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentCollection,
                   corpus: DocumentCollection, split: CorpusSplit, ids0: SemanticIDs,
                   ids_all: SemanticIDs) -> None:  # fmt: skip
-    """benchmarks/results/<out>.json and .md."""
+    """The results table: <out>.json and <out>.md (``args.out``, a stem)."""
     meta = {
         "command": command_line(args),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -149,8 +149,9 @@ class BeamRanker:
     Cold start (TIGER, Rajput et al. 2023, section 4.3): items added after training (rows >=
     ``trained_items``) were never a training target, so the decoder rarely writes their last code.
     With ``cold_share`` > 0, up to ``floor(cold_share * k)`` of the k slots go to new items whose ID
-    shares its first ``cold_prefix`` codes with a generated ID, each placed right after that ID
-    (with that ID's score), each new item once; the lowest ranked generated IDs make room."""
+    shares its first ``cold_prefix`` codes with a generated ID, placed right after the first
+    generated ID with that prefix (with its score), each new item once; the lowest ranked generated
+    IDs make room."""
 
     def __init__(
         self,
@@ -227,7 +228,7 @@ class BeamRanker:
         # how far past a prefix's first new item to look: `slots`, plus the new items a query
         # passes over
         first_new = len(self.ids) - len(self.cold_rows)
-        width = slots + int(excluded[:, first_new:].sum(1).max())
+        width = slots + (int(excluded[:, first_new:].sum(1).max()) if b else 0)
         lo = torch.searchsorted(self.cold_keys, keys)  # (B, k) first new item under each prefix
         take = lo[..., None] + torch.arange(width)  # (B, k, width)
         hit = take < len(self.cold_keys)

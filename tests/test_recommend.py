@@ -295,6 +295,8 @@ def test_cold_items_fill_each_slot_once_and_pass_over_seen_ones():
     # seen row 3 is passed over for row 5
     assert top(0.67) == [[0, 3, 5], [0, 5, 4]]
     assert top(0.34) == [[0, 3, 1], [0, 5, 1]]
+    no_queries = {"items": torch.full((0, 1), -1)}
+    assert BeamRanker(model, ids, 3, 3, 0.67).rank(no_queries, 3).rows.shape == (0, 3)
 
 
 def test_answers_drop_missing_entries_and_keep_each_inputs_row():

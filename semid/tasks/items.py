@@ -146,10 +146,11 @@ def build_item_index(
     # the fits draw from their own seeded generators; this keeps what else draws from torch's
     # global one in this process as it was
     torch.manual_seed(seed)
+    fitting = auto_spec(len(keys)) if spec == AUTO else spec
     # said now: a fit of tens of thousands of vectors takes a while, and only some show a bar
-    tell(f"fitting {auto_spec(len(keys)) if spec == AUTO else spec} on {len(keys):,} item vectors")
+    tell(f"fitting {fitting} on {len(keys):,} item vectors")
     ids, fitted = build_ids(
-        keys, x, spec, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
+        keys, x, fitting, collisions, seed, popularity=popularity, metadata=metadata, **fit_kwargs
     )
     ids.save(out, quantizer=fitted)
     if spec == AUTO:
