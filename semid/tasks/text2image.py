@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -510,15 +511,19 @@ class Text2ImageTask(Task):
             raise SemidError(f"{run_path} was indexed from precomputed features; add their features with "
                              "`semid index add INDEX --items new.npy --keys new.txt` instead")  # fmt: skip
         cnn = ImageEncoder.from_pretrained(encoder_dir)
-        images, left_out = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
-                                        training_folder=self.spec_of(run).dataset)  # fmt: skip
         known = read_rows(run.index_path / IMAGE_FEATURES)
         if known is not None and len(known) != len(run.ids):
             raise SemidError(f"{run.index_path / IMAGE_FEATURES} has {len(known)} rows for {len(run.ids)} "
                              "indexed images; rebuild the index")  # fmt: skip
-        if len(left_out) and known is not None:
-            left_features = cnn.encode(left_out.images, device=device)
-            check_left_out_are_indexed(left_out, left_features, run.ids, known, source)
+
+        def same_as_indexed(left_out: ImageDataset) -> None:
+            if known is not None:  # an index that keeps no features cannot tell
+                features = cnn.encode(left_out.images, device=device)
+                check_left_out_are_indexed(left_out, features, run.ids, known, source)
+
+        images = added_images(source, cnn.config.image_size, run.ids.keys, skip_indexed,
+                              training_folder=self.spec_of(run).dataset,
+                              check_left_out=same_as_indexed)  # fmt: skip
         if not len(images):
             return added_summary(run.ids, [])
         features = cnn.encode(images.images, device=device)
@@ -566,13 +571,14 @@ def _note_unknown_classes(added: list[str | None], trained: object) -> None:
 
 
 def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed: bool = False,
-                 training_folder: str | None = None) -> tuple[ImageDataset, ImageDataset]:  # fmt: skip
-    """Images to add from a folder or a table, and those left out as indexed already (none from the
-    run's own ``training_folder``, whose keys are its indexed images' by construction); a folder's
-    keys start with its name (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do
-    not clash, except the run's own ``training_folder``, keyed as training keyed it (its indexed
-    images keep their keys). Images already indexed are refused, or left out with
-    ``skip_indexed`` (so that none may be left)."""
+                 training_folder: str | None = None,
+                 check_left_out: Callable[[ImageDataset], None] | None = None) -> ImageDataset:  # fmt: skip
+    """Images to add from a folder or a table; a folder's keys start with its name
+    (``more/Sneaker/IMG_0000.png``), so two folders of the same layout do not clash, except the
+    run's own ``training_folder``, keyed as training keyed it (its indexed images keep their keys).
+    Images already indexed are refused, or left out with ``skip_indexed`` (so that none may be
+    left), after ``check_left_out`` of them (it raises for those that are not the indexed images;
+    the training folder's are, by construction)."""
     images = load_images(source, image_size=image_size)
     own = _same_folder(source, training_folder)
     if Path(source).is_dir() and not own:
@@ -592,12 +598,12 @@ def added_images(source: Path, image_size: int, indexed: list[str], skip_indexed
         label = str(source)
         fix = ("rename those files or the folder (an added folder's keys are its name and the paths "
                "below it; a table's keys are its paths)")  # fmt: skip
+    if skip_indexed and not own and check_left_out is not None:
+        left_out = [i for i, key in enumerate(images.keys) if is_taken(key)]
+        if left_out:
+            check_left_out(images.subset(left_out))
     rows = rows_to_add(images.keys, is_taken, "image", label, skip_indexed, fix)
-    if len(rows) == len(images.keys):
-        return images, images.subset([])
-    left_out = sorted(set(range(len(images.keys))) - set(rows))
-    # the run's own folder holds the images indexed under its keys: nothing to compare
-    return images.subset(rows), images.subset([] if own else left_out)
+    return images if len(rows) == len(images.keys) else images.subset(rows)
 
 
 def check_left_out_are_indexed(left_out: ImageDataset, features: Tensor, ids: Any,
