@@ -265,6 +265,6 @@ def visible_entries(folder: Path) -> list[Path]:
     try:
         entries = list(folder.iterdir())
     except OSError as e:
-        raise SemidError(f"cannot list {folder}: {e.strerror}; make it readable (chmod +rx) or "
+        raise SemidError(f"cannot list {folder}: {e.strerror or e}; make it readable (chmod +rx) or "
                          "move it out of the collection") from None  # fmt: skip
     return sorted(p for p in entries if not p.name.startswith((".", "@")) and p.name != "__MACOSX")

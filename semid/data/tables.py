@@ -585,6 +585,6 @@ def _file_sha256(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError as e:
-        raise SemidError(f"cannot read {path} to hash the data: {e.strerror}; make it readable "
+        raise SemidError(f"cannot read {path} to hash the data: {e.strerror or e}; make it readable "
                          "or restore it") from None  # fmt: skip
     return h.hexdigest()
