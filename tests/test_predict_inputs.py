@@ -222,3 +222,15 @@ def test_a_documents_file_given_as_queries_is_refused_not_answered_by_its_list_t
         "[draft] a release note",
         "[1, 2",
     ]
+
+
+def test_a_long_input_is_shortened_above_its_answers(capsys):
+    """A 49k-character query was printed whole above its table."""
+    from semid.fake_predictor import FakePredictor
+
+    fake = FakePredictor()
+    query = "editor " * 7000
+    predict.print_answers(fake.predict([{"query": query}], k=2), fake)
+    shown = capsys.readouterr().out.splitlines()[0]
+    assert shown.startswith('{"query": "editor editor') and shown.endswith(" ...")
+    assert len(shown) == predict.INPUT_WIDTH + len(" ...")

@@ -130,6 +130,7 @@ class Origin:
 
 
 TEXT_WIDTH = 60  # characters of an item's text in the answers table
+INPUT_WIDTH = 200  # characters of an input shown above its answers (a long query or history)
 HEADER_HINT = " (a header line? write user ids only, one a line)"
 COMMA_HINT = (
     " (a key with a comma? write the history as a JSON list: "
@@ -452,7 +453,8 @@ def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
     """Each input, then a table of its answers: rank, key, score, semantic ID, and the item's text
     (shortened) when the run's data has item texts."""
     for answer, texts in zip(answers, _item_texts(answers, predictor), strict=True):
-        print(json.dumps(answer["input"], ensure_ascii=False))
+        shown = json.dumps(answer["input"], ensure_ascii=False)  # in full in --out and serve
+        print(shown if len(shown) <= INPUT_WIDTH else shown[:INPUT_WIDTH] + " ...")
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
         headers = ["rank", "key", "score", "semantic ID"]
