@@ -230,6 +230,18 @@ def test_too_few_documents_left_to_index_name_the_hold_out(tmp_path, capsys, doc
     assert "give more documents (training: or a smaller --hold-out)" in err
 
 
+def test_one_document_without_a_hold_out_is_told_to_give_more(tmp_path, capsys):
+    """With --hold-out 0 the error still said a smaller --hold-out would help."""
+    from semid.cli.main import main
+
+    write_docs(tmp_path / "docs.jsonl", n=1)
+    argv = ["train", "retriever", "--dataset", str(tmp_path / "docs.jsonl"), "--out",
+            str(tmp_path / "run"), "--hold-out", "0"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "semantic IDs need at least 2; give more documents" in err and "hold" not in err
+
+
 def test_mix_tuner_ranks_again_only_for_other_weights_or_precision(monkeypatch):
     """The mixes chosen for a set of weights are reused for those weights at the same precision:
     ranked under a caller's bf16 autocast, they are chosen again in float32."""

@@ -187,10 +187,12 @@ class RetrieveTask(Task):
         if coll.has_test_split:
             split = own_test_split(split)
         if len(split.d0) < 2:  # said here, where the hold-out that emptied D0 can be named
+            held = (f" (a share of {spec.hold_out:g} is held out for `semid index add`)"
+                    if spec.hold_out else "")  # fmt: skip
+            smaller = " (training: or a smaller --hold-out)" if spec.hold_out else ""
             raise SemidError(
                 f"{spec.dataset}: {len(split.d0)} of its {counted(len(coll), 'document')} would be "
-                f"indexed now (a share of {spec.hold_out:g} is held out for `semid index add`) and "
-                "semantic IDs need at least 2; give more documents (training: or a smaller --hold-out)"
+                f"indexed now{held} and semantic IDs need at least 2; give more documents{smaller}"
             )
         return coll, split, collection.sha256
 
