@@ -433,3 +433,19 @@ def test_a_body_beside_the_text_is_named_as_left_unread(tmp_path, capsys):
     assert read_documents(path).texts == ["t", "t"]
     said = capsys.readouterr().err
     assert '2 documents give both "text" and "body" (first: line 1); "text" is the document' in said
+
+
+def test_document_ids_that_look_alike_are_noted(tmp_path, capsys):
+    """Logs noted ids that differ only by leading zeros or Unicode form; a corpus took them as
+    two documents without a word (a macOS export merged with a Linux one)."""
+    import unicodedata
+
+    ids = ["café", unicodedata.normalize("NFD", "café"), "42", "0042", "x"]
+    path = tmp_path / "docs.jsonl"
+    path.write_text(
+        "".join(json.dumps({"id": i, "text": f"text {n}"}) + "\n" for n, i in enumerate(ids))
+    )
+    assert len(read_documents(path)) == 5
+    err = capsys.readouterr().err
+    assert "document ids '42' and '0042' differ only by leading zeros" in err
+    assert "are one text in two Unicode forms" in err and "read as two documents" in err

@@ -342,6 +342,12 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
     for name, (label, count) in unread.items():
         note(f"{path}: {counted(count, 'document gives', 'documents give')} both \"text\" and \"{name}\" (first: "
              f'{label}); "text" is the document text and "{name}" is left unread')  # fmt: skip
+    import numpy as np  # noqa: PLC0415  (with pyarrow, loaded when a corpus is read)
+
+    from semid.data.interaction_files import twin_key_notes
+
+    for told in twin_key_notes(np.asarray(list(first), dtype=object), "document"):
+        note(f"{path}: {told}")
     return docs, grades
 
 

@@ -164,16 +164,7 @@ def load_interaction_files(
                      "is the last (the test target) is arbitrary; give times of day if the data "
                      "has them")  # fmt: skip
     for uniques, role in ((user_uniques, "user"), (item_uniques, "item")):
-        twins = _look_alike(uniques)
-        if twins is not None:
-            notes.append(f"{role} ids {twins[0]!r} and {twins[1]!r} differ only by leading zeros "
-                         f"or a '.0', and are read as two {role}s (ids are compared as text); "
-                         f"write one id one way if they are one {role}")  # fmt: skip
-        forms = _unicode_twins(uniques)
-        if forms is not None:
-            notes.append(f"{role} ids {forms[0]!r} and {forms[1]!r} are one text in two Unicode "
-                         f"forms (composed and decomposed accents, as Windows and macOS write "
-                         f"them), and are read as two {role}s; save the file in one form (NFC)")  # fmt: skip
+        notes += twin_key_notes(uniques, role)
 
     if missing_text == "keep":
         catalog = None  # every event stays; items are numbered from the log
@@ -502,6 +493,23 @@ def _look_alike(keys: np.ndarray) -> tuple[str, str] | None:
         return None
     same = np.flatnonzero((forms == forms[twins[0]]).to_numpy())
     return str(odd[int(same[0])]), str(odd[int(same[1])])
+
+
+def twin_key_notes(keys: np.ndarray, role: str) -> list[str]:
+    """Notes on distinct ``keys`` (ids of ``role``: user, item, document) that look like one id:
+    differing only by leading zeros or a ``.0``, or only by Unicode form; read as two."""
+    notes = []
+    twins = _look_alike(keys)
+    if twins is not None:
+        notes.append(f"{role} ids {twins[0]!r} and {twins[1]!r} differ only by leading zeros "
+                     f"or a '.0', and are read as two {role}s (ids are compared as text); "
+                     f"write one id one way if they are one {role}")  # fmt: skip
+    forms = _unicode_twins(keys)
+    if forms is not None:
+        notes.append(f"{role} ids {forms[0]!r} and {forms[1]!r} are one text in two Unicode "
+                     f"forms (composed and decomposed accents, as Windows and macOS write "
+                     f"them), and are read as two {role}s; save the file in one form (NFC)")  # fmt: skip
+    return notes
 
 
 def _unicode_twins(keys: np.ndarray) -> tuple[str, str] | None:
