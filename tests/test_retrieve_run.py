@@ -95,7 +95,11 @@ def snapshot(run):
 def test_documents_without_queries_are_indexed_only(run, tmp_path, capsys):
     assert main(["index", "add", str(run), "--docs", str(new_docs(tmp_path / "n.jsonl"))]) == 0
     out = capsys.readouterr().out
-    assert "added 5 documents" in out and "(1 new topic prompt," in out and "indexed only" in out
+    assert (
+        "added 5 documents" in out
+        and "(1 new topic prompt," in out
+        and "trained on their texts alone" in out
+    )
     assert not (run / "train-session-1").exists()  # its checkpoints: ~20 MB per add, never read
     loaded = load_run(run)
     assert len(loaded.ids) == 30 + 5 and loaded.ids.keys[-1] == "new4"

@@ -167,7 +167,8 @@ def _new_queries(summary: dict, run: Path) -> str:
         return f"{trained}; {summary['test_queries']:,} given test queries: `semid eval {run} --k {ks}`"
     if not summary["queries"]:
         they = "it has" if summary["documents"] == 1 else "they have"
-        return f"{they} no queries, so indexed only (nothing held out for testing)"
+        return (f"{they} no queries, so the new prompts trained on their texts alone (indexing "
+                "only; nothing held out for testing)")  # fmt: skip
     if not summary["test_queries"]:
         if summary["queries"] == 1:
             return "their one query fell outside the test share (it trains)"
