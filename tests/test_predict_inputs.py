@@ -234,19 +234,3 @@ def test_a_long_input_is_shortened_above_its_answers(capsys):
     shown = capsys.readouterr().out.splitlines()[0]
     assert shown.startswith('{"query": "editor editor') and shown.endswith(" ...")
     assert len(shown) == predict.INPUT_WIDTH + len(" ...")
-
-
-def test_a_queries_file_is_json_lines_or_text_as_a_whole(tmp_path):
-    """Each line that began with "{" was read as JSON: a plain query such as "{broken" refused the
-    whole file, and a JSON line among plain ones was read as an object."""
-    parser = argparse.ArgumentParser()
-    predict.add_arguments(parser)
-
-    def queries(name: str) -> list[str]:
-        args = parser.parse_args(["run", "--queries", str(tmp_path / name)])
-        return [item["query"] for item in predict.read_inputs(args, predictor=None)[0]]
-
-    (tmp_path / "q.txt").write_text('plain one\n{broken json\n{"query": "json line"}\n')
-    assert queries("q.txt") == ["plain one", "{broken json", '{"query": "json line"}']
-    (tmp_path / "o.txt").write_text('{"query": "first"}\n{"query": "second", "id": "q2"}\n')
-    assert queries("o.txt") == ["first", "second"]

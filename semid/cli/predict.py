@@ -183,8 +183,7 @@ def read_inputs(
                 Origin(RowPlace(path, row, f"{flag} {path} ")) for row, _, _ in rows
             ]
         lines = _numbered_lines(path, flag)
-        # one format per file: JSON Lines by name, or when its first line is an object
-        json_lines = table_format(path) == "jsonl" or bool(lines and lines[0][1].startswith("{"))
+        json_lines = table_format(path) == "jsonl"  # every line an object, not only those with "{"
         parsed = [(_query_line(line, f"{flag} {path} line {number}", json_lines), "")
                   for number, line in lines]  # fmt: skip
     origins = [Origin(f"{flag} {path} line {number}", hint)
@@ -332,10 +331,9 @@ def _note_misspelt_columns(
 
 
 def _query_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
-    """One ``--queries`` line as an input: a line of text, or in a file of ``json_lines`` a JSON
-    object with "query" (or "text", as BEIR's queries.jsonl names it) and perhaps an id
-    (`QUERY_ID_FIELDS`)."""
-    if not json_lines:
+    """One ``--queries`` line as an input: a line of text, or a JSON object with "query" (or
+    "text", as BEIR's queries.jsonl names it) and perhaps an id (`QUERY_ID_FIELDS`)."""
+    if not (json_lines or line.startswith("{")):
         return {"query": line}
     record = _json_object(line, "query", where)
     if "query" not in record and "queries" in record:  # a documents file's line, not a query's
