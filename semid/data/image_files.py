@@ -32,7 +32,13 @@ import torch
 from semid.data.documents import BODY_FIELDS, ID_FIELDS, QUERY_FIELDS
 from semid.data.image_folders import TEST_PARTS, TRAIN_PARTS, load_image_folder
 from semid.data.image_io import read_images
-from semid.data.images import PATH_COLUMNS, ImageDataset, ImageSplits, class_key
+from semid.data.images import (
+    PATH_COLUMNS,
+    ImageDataset,
+    ImageSplits,
+    class_key,
+    folder_class_name,
+)
 from semid.data.tables import (
     file_stem,
     find_column,
@@ -116,7 +122,7 @@ def load_images(
 def class_names_from_folders(folders: list[str], where: str | os.PathLike) -> list[str]:
     """Folder names as class names: ``_`` and ``-`` become spaces; two folders may not collide,
     case aside (a class's text is lower-cased: ``Bag/`` and ``bag/`` would share one)."""
-    names = [" ".join(f.replace("_", " ").replace("-", " ").split()) for f in folders]
+    names = [folder_class_name(f) for f in folders]
     nameless = [f for f, n in zip(folders, names, strict=True) if not n]
     if nameless:
         raise SemidError(f"class folder {nameless[0]!r} in {where} names no class once '_' and '-' "

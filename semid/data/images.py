@@ -159,11 +159,17 @@ def class_key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
+def folder_class_name(folder: str) -> str:
+    """The class a folder's name reads as: ``_`` and ``-`` as spaces, runs of them as one
+    (``t-shirt/`` is the class "t shirt")."""
+    return " ".join(folder.replace("_", " ").replace("-", " ").split())
+
+
 def class_match_key(name: str) -> str:
-    """:func:`class_key` with ``_`` and ``-`` read as spaces, as class folders' names are: how a
+    """:func:`class_key` of the name read as a class folder's (:func:`folder_class_name`): how a
     table's label and a folder's class are matched (``t-shirt`` in a table is the class of a
-    ``t-shirt/`` folder, which reads "t shirt")."""
-    return class_key(name.replace("_", " ").replace("-", " "))
+    ``t-shirt/`` folder)."""
+    return class_key(folder_class_name(name))
 
 
 def describe_class(name: str) -> str:
