@@ -14,7 +14,6 @@ are loaded. :func:`write_module` and :func:`read_module` are the only writer and
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -28,7 +27,14 @@ from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
 import semid
-from semid.atomic import atomic_dir, atomic_file, check_replaceable, read_json, recover
+from semid.atomic import (
+    atomic_dir,
+    atomic_file,
+    check_replaceable,
+    file_sha256,
+    read_json,
+    recover,
+)
 from semid.errors import SemidError
 
 MODULE_FORMAT = 2
@@ -70,12 +76,6 @@ def write_module(
         # checked at load: bytes changed in place (a bad copy, bit rot) would load as a model
         meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 (hex) of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _nan_tensors(state: dict[str, Tensor]) -> list[str]:

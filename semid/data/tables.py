@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from semid.atomic import file_sha256
 from semid.data.text_files import lines_of, not_utf8
 from semid.errors import SemidError
 from semid.wording import counted, json_kind
@@ -579,12 +580,8 @@ def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike],
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError as e:
         raise SemidError(f"cannot read {path} to hash the data: {e.strerror or e}; make it readable "
                          "or restore it") from None  # fmt: skip
-    return h.hexdigest()
