@@ -55,15 +55,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         rows = hidden.shape[0]
         # gradients only of the inputs that want one, and none in no_grad mode (an evaluation)
         hidden_grad, table_grad = (grad_mode and wanted for wanted in ctx.needs_input_grad[:2])
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = hidden.new_zeros(hidden.shape if hidden_grad else 0, dtype=torch.float32)
-        grad_table = table.new_zeros(table.shape if table_grad else 0, dtype=torch.float32)
+        # float32 at least (float64 inputs keep float64, as the one-piece loss does)
+        work = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros((), dtype=work, device=hidden.device)
+        grad_hidden = hidden.new_zeros(hidden.shape if hidden_grad else 0, dtype=work)
+        grad_table = table.new_zeros(table.shape if table_grad else 0, dtype=work)
         # float16 autocast would round the gradients (probabilities of 1e-5 and less, at large
         # catalogues) before the loss scale reaches them: they are made in float32 then
         exact = _float16_autocast(hidden.device.type)
         for start in range(0, rows, chunk_rows):
             part, wanted = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
-            logits = (part @ table.T).float()  # (C, N); matmul precision as autocast has it
+            logits = (part @ table.T).to(work)  # (C, N); matmul precision as autocast has it
             log_norm = torch.logsumexp(logits, dim=1)
             total += (log_norm - logits.gather(1, wanted[:, None])[:, 0]).sum()
             if not (hidden_grad or table_grad):
@@ -101,8 +103,8 @@ def _float16_autocast(device_type: str) -> bool:
 
 
 def _times(grad_logits: Tensor, inputs: Tensor, exact: bool) -> Tensor:
-    """``grad_logits @ inputs`` as float32: computed in float32 when ``exact``, else in the
-    inputs' dtype as autocast would (a no-op cast for float32 inputs)."""
+    """``grad_logits @ inputs`` in ``grad_logits``' dtype (float32 or float64): computed in it
+    when ``exact``, else in the inputs' dtype as autocast would (a no-op cast for float32 inputs)."""
     if exact:
-        return grad_logits @ inputs.float()
-    return (grad_logits.to(inputs.dtype) @ inputs).float()
+        return grad_logits @ inputs.to(grad_logits.dtype)
+    return (grad_logits.to(inputs.dtype) @ inputs).to(grad_logits.dtype)

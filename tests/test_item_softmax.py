@@ -39,6 +39,16 @@ def test_chunks_give_the_plain_loss_and_gradients(chunk_floats):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_chunks_keep_float64_as_the_plain_loss_does():
+    hidden, table, targets = problem()
+    hidden, table = (t.detach().double().requires_grad_() for t in (hidden, table))
+    want = loss_and_grads(hidden, table, targets, chunk_floats=10**9)
+    got = loss_and_grads(hidden, table, targets, chunk_floats=50 * 5)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
 def test_chunks_follow_the_plain_loss_for_a_frozen_table_and_without_gradients():
     hidden, table, targets = problem()
     table.requires_grad_(False)
