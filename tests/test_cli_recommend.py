@@ -661,6 +661,7 @@ def test_an_item_given_twice_is_refused_also_when_it_is_indexed_and_skipped(tmp_
             items.read_new_items(tmp_path / "new.tsv", None, None, indexed=ids, skip_indexed=skip)
     (tmp_path / "old.tsv").write_text("a\tfirst\nb\tsecond\n")
     with pytest.raises(
-        SemidError, match=r"every item of .*old.tsv is already indexed \(e.g. 'a'\)"
+        SemidError,
+        match=r"every item of .*old.tsv is already indexed \(e.g. 'a'\); .*, or pass --skip-indexed to ",
     ):
         items.read_new_items(tmp_path / "old.tsv", None, None, indexed=ids)

@@ -149,7 +149,10 @@ def rows_to_add(keys: Sequence[str], is_indexed: Callable[[str], bool], noun: st
     if not clash:
         return list(range(len(keys)))
     if len(clash) == len(keys):
-        raise SemidError(f"every {noun} of {source} is already indexed (e.g. {clash[0]!r}); {fix}")
+        raise SemidError(
+            f"every {noun} of {source} is already indexed (e.g. {clash[0]!r}); {fix}, or pass "
+            f"--skip-indexed to leave indexed {noun}s out without an error"
+        )
     new = len(keys) - len(clash)
     raise SemidError(
         f"{len(clash):,} of the {counted(len(keys), noun)} of {source} "
