@@ -416,6 +416,20 @@ def test_a_folder_with_its_own_train_and_test_parts_keeps_its_split(tmp_path):
     assert load_image_collection(tmp_path / "flat").train.class_names == ["test", "train"]
 
 
+def test_a_class_only_in_the_test_part_is_noted(tmp_path, capsys):
+    from semid.data.image_files import load_image_collection
+
+    write_classes(tmp_path / "photos" / "train", {"cat": 200}, per_class=3)
+    write_classes(tmp_path / "photos" / "test", {"cat": 200, "red_fox": 40}, per_class=2)
+    splits = load_image_collection(tmp_path / "photos")
+    assert splits.test.class_names == ["cat", "red fox"]
+    err = capsys.readouterr().err
+    assert "1 class of" in err and "('red fox') has images only in its test part" in err
+    write_classes(tmp_path / "photos" / "train", {"red_fox": 40}, per_class=3)
+    load_image_collection(tmp_path / "photos")
+    assert "only in its test part" not in capsys.readouterr().err
+
+
 def test_a_flat_captioned_folder_reads_every_caption_line_of_an_image(tmp_path, capsys):
     """Images directly in the folder with a captions.tsv were refused with advice that failed; an
     image on two lines lost its first caption. Now: a captioned collection, both captions kept."""

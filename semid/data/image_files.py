@@ -50,6 +50,7 @@ from semid.data.tables import (
 )
 from semid.errors import SemidError
 from semid.notes import note
+from semid.wording import counted
 
 CAPTION_COLUMNS = ("caption", "text", "captions")
 LABEL_COLUMNS = ("label", "class")
@@ -92,12 +93,33 @@ def load_image_collection(
     if data.given_test is not None:  # the collection's own split: its test images are indexed
         given = data.given_test.numpy()
         test, train = np.flatnonzero(given), np.flatnonzero(~given)
+        _note_untrained_classes(data, train, test, path)
     else:
         train, test = split_indices(data.labels, len(data), seed, test_fraction, str(path))
     label = data.name
     return ImageSplits(
         data.subset(train, f"{label}/train"), data.subset(test, f"{label}/test"), label
     )
+
+
+def _note_untrained_classes(
+    data: ImageDataset, train: np.ndarray, test: np.ndarray, path: Path
+) -> None:
+    """Note the classes of a collection's own test part that its train part lacks: their queries
+    ask for a class the model never trained on."""
+    if data.labels is None or not data.class_names:
+        return
+    labels = data.labels.numpy()
+    untrained = sorted(set(labels[test].tolist()) - set(labels[train].tolist()))
+    if untrained:
+        names = ", ".join(repr(data.class_names[c]) for c in untrained[:3])
+        more = f" and {len(untrained) - 3:,} more" if len(untrained) > 3 else ""
+        has, them = ("has", "it") if len(untrained) == 1 else ("have", "them")
+        note(
+            f"{counted(len(untrained), 'class', 'classes')} of {path} ({names}{more}) {has} "
+            f"images only in its test part: the model never trains on {them}; give {them} "
+            "training images"
+        )
 
 
 def load_images(
