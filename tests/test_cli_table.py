@@ -1,6 +1,6 @@
 """Plain-text tables of the CLI."""
 
-from semid.cli.table import format_table, metric_rows
+from semid.cli.table import display_width, format_table, metric_rows, shorten_to_width
 
 
 def test_metrics_and_scores_keep_four_decimals_and_speeds_fewer():
@@ -42,3 +42,24 @@ def test_counts_of_a_metrics_dict_are_whole_numbers():
         "800.0",
         "5,014",
     ]
+
+
+def test_wide_characters_count_two_columns_in_a_table():
+    """A column of Japanese titles was padded by characters, so the next column wandered."""
+    text = format_table(["title", "score"], [["日本の首都", 1.5], ["Paris", 2.25]])
+    lines = text.splitlines()
+    assert [display_width(line) for line in lines[2:]] == [display_width(lines[2])] * 2
+    assert lines[2].endswith("1.5000") and lines[3].endswith("2.2500")
+    assert display_width("日本") == 4 and display_width("e\u0301") == 1  # a combining accent
+
+
+def test_text_is_shortened_to_terminal_columns():
+    """CJK text (no spaces) was printed whole: 56 characters took 112 columns of a 60-column
+    cell. A long word came out as the placeholder alone."""
+    japanese = "東京は日本の首都であり、世界有数の大都市である。" * 3
+    cut = shorten_to_width(japanese, 60)
+    assert cut.endswith(" ...") and 56 <= display_width(cut) <= 60
+    assert japanese.startswith(cut[: -len(" ...")])
+    assert shorten_to_width("a" * 80, 20) == "a" * 16 + " ..."
+    assert shorten_to_width("one two three four five six", 20) == "one two three ..."
+    assert shorten_to_width("short", 20) == "short"

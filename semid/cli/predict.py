@@ -12,14 +12,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from textwrap import shorten
 from typing import Any
 
 from semid import notes
 from semid.answer_texts import check_texts, with_texts
 from semid.atomic import check_output_file, is_stream, output_file
 from semid.cli.common import add_device_argument
-from semid.cli.table import format_table
+from semid.cli.table import format_table, shorten_to_width
 from semid.data.documents import QUERY_FIELDS, QUERY_ID_FIELDS
 from semid.data.tables import (
     USER_COLUMNS,
@@ -129,8 +128,8 @@ class Origin:
     hint: str = ""
 
 
-TEXT_WIDTH = 60  # characters of an item's text in the answers table
-INPUT_WIDTH = 200  # characters of an input shown above its answers (a long query or history)
+TEXT_WIDTH = 60  # terminal columns of an item's text in the answers table
+INPUT_WIDTH = 200  # terminal columns of an input shown above its answers (a long query or history)
 HEADER_HINT = " (a header line? write user ids only, one a line)"
 COMMA_HINT = (
     " (a key with a comma? write the history as a JSON list: "
@@ -454,14 +453,14 @@ def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
     (shortened) when the run's data has item texts."""
     for answer, texts in zip(answers, _item_texts(answers, predictor), strict=True):
         shown = json.dumps(answer["input"], ensure_ascii=False)  # in full in --out and serve
-        print(shown if len(shown) <= INPUT_WIDTH else shown[:INPUT_WIDTH] + " ...")
+        print(shorten_to_width(shown, INPUT_WIDTH))
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
         headers = ["rank", "key", "score", "semantic ID"]
         if texts is not None:
             headers.append("text")
             for row, text in zip(rows, texts, strict=True):
-                row.append(shorten(" ".join(text.split()), TEXT_WIDTH, placeholder=" ..."))
+                row.append(shorten_to_width(" ".join(text.split()), TEXT_WIDTH))
         print(format_table(headers, rows))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,19 +33,44 @@ def _is_count(name: str) -> bool:
     return name.rpartition("/")[2].startswith("num_")
 
 
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: two for wide characters (CJK), none for combining marks."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def shorten_to_width(text: str, width: int, placeholder: str = " ...") -> str:
+    """``text`` cut to at most ``width`` terminal columns with ``placeholder`` after the cut: at the
+    last space that keeps over half of the room, else between characters (text without spaces,
+    such as Chinese or Japanese, or a long word)."""
+    if display_width(text) <= width:
+        return text
+    room, used, end = width - display_width(placeholder), 0, 0
+    while end < len(text) and used + display_width(text[end]) <= room:
+        used += display_width(text[end])
+        end += 1
+    space = text.rfind(" ", 0, end + 1)
+    if space > end // 2:
+        end = space
+    return text[:end].rstrip() + placeholder
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+    fill = " " * max(0, width - display_width(text))
+    return fill + text if right else text + fill
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned text, right-aligned numbers, a rule under the header."""
+    """Left-aligned text, right-aligned numbers, a rule under the header; columns as wide as
+    their cells' terminal columns (:func:`display_width`)."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
-    ]
+    widths = [max(map(display_width, [h, *(r[i] for r in cells)])) for i, h in enumerate(headers)]
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
+        parts = [_pad(v, w, num) for v, w, num in zip(values, widths, numeric, strict=True)]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in cells)])
