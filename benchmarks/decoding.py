@@ -32,7 +32,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
 from benchmarks.decoding_report import BEAMS, markdown, targets
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from semid.beam_search import _masked_log_probs, constrained_beam_search
 from semid.errors import SemidError
 from semid.hf import Seq2SeqStepModel, TrieLogitsProcessor
@@ -349,7 +349,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})",
+        "machine": cpu_description(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from semid.plots import plot_curves
 
 TEST = ["recall@1", "recall@10", "mrr@10"]
@@ -30,7 +30,7 @@ def run_meta(argv: list[str] | None, threads: int, start: float, settings: dict)
     return {
         "command": command_line(module, argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {threads} thread(s), {platform.platform()}",
+        "machine": f"{cpu_description()}, {threads} thread(s), {platform.platform()}",
         "torch": torch.__version__,
         "geoopt": geoopt.__version__,
         "wall_s": time.perf_counter() - start,

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from semid.atomic import atomic_file
 from semid.cli import console_script
 from semid.data import load_dataset
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": command_line("new_collection", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{os.cpu_count()} CPUs, 1 torch thread per run",
+        "machine": f"{cpu_description()}, 1 torch thread per run",
         "versions": versions(),
         "source": args.source,
         "collection": collection,

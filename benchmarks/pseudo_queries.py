@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from benchmarks.text_baselines import BM25
 from semid.atomic import atomic_file
 from semid.cli import console_script
@@ -106,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     started = {
         "command": command_line("pseudo_queries", argv),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average "
-        f"{os.getloadavg()[0]:.1f} at start)",
+        "machine": f"{cpu_description()} (shared; load average {os.getloadavg()[0]:.1f} at start)",
         "versions": versions(),
     }
     work = args.work.resolve() / f"{args.dataset}-{args.docs}-s{args.seed}"

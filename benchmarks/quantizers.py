@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import semid  # noqa: E402
-from benchmarks.results_files import command_line, write_result  # noqa: E402
+from benchmarks.results_files import command_line, cpu_description, write_result  # noqa: E402
 from semid.collisions import collision_rate  # noqa: E402
 from semid.ids import level_perplexity  # noqa: E402
 from semid.quantization import build_quantizer  # noqa: E402
@@ -240,7 +240,7 @@ def markdown(report: dict) -> str:
             *target_lines(report),
             f"Command: `{report['command']}`  ",
             f"Date: {report['date']}  ",
-            f"Machine: {env['machine']}, {env['cpus']} CPUs, torch threads {env['torch_threads']}, "
+            f"Machine: {env['machine']}, torch threads {env['torch_threads']}, "
             f"faiss threads {env['faiss_threads']}, OMP_WAIT_POLICY={env['omp_wait_policy']}, "
             f"load average at start {env['load_average']}  ",
             f"Versions: python {env['python']}, torch {env['torch']}, faiss {env['faiss']}, "
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "quantizers": args.quantizers,
         "environment": {
-            "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+            "machine": cpu_description(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "faiss_threads": faiss.omp_get_max_threads(),

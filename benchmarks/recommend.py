@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +43,7 @@ from benchmarks.recommend_setup import (
     newest_items,
     without_items,
 )
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from semid.atomic import atomic_file
 from semid.configs import parse_json_object
 from semid.data import load_dataset
@@ -180,7 +179,7 @@ def environment(threads: int, argv: list[str] | None = None) -> dict[str, Any]:
     process's arguments)."""
     return {
         **versions(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at start)",
+        "machine": f"{cpu_description()} (shared; load average {os.getloadavg()[0]:.1f} at start)",
         "torch_threads_per_job": threads,
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "command": command_line("recommend", argv),

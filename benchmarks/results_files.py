@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import sys
 import time
@@ -19,6 +20,19 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     return shlex.join(
         ["python", "-m", f"benchmarks.{module}", *(sys.argv[1:] if argv is None else argv)]
     )
+
+
+def cpu_description() -> str:
+    """The machine's CPU for a result's record: architecture, model (from /proc/cpuinfo where
+    there is one) and count, e.g. "x86_64, Intel(R) Xeon(R) Processor, 2 CPUs"."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                         model)  # fmt: skip
+    except OSError:  # not Linux: platform.processor() (often empty)
+        pass
+    return f"{platform.machine()}, {model or 'unknown CPU model'}, {os.cpu_count()} CPUs"
 
 
 def run_header(module: str, argv: Sequence[str] | None, load_start: float) -> dict[str, Any]:

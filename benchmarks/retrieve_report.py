@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from benchmarks.results_files import write_result
+from benchmarks.results_files import cpu_description, write_result
 from semid.data.corpus import CorpusSplit
 from semid.data.documents import DocumentCollection
 from semid.ids import SemanticIDs
@@ -108,7 +107,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentColl
     meta = {
         "command": command_line(args),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, shared 2-core CPU",
+        "machine": f"{cpu_description()}, {torch.get_num_threads()} torch threads (shared)",
         "versions": versions(),
         "corpus": {
             "name": corpus.name,

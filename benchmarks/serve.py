@@ -38,7 +38,7 @@ import aiohttp
 import numpy as np
 import torch
 
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from semid import __version__
 from semid.errors import SemidError
 from semid.fake_predictor import FakePredictor
@@ -217,7 +217,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "semid": __version__,
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})",
+        "machine": cpu_description(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "loadavg_start": list(os.getloadavg()),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from benchmarks.results_files import command_line, write_result
+from benchmarks.results_files import command_line, cpu_description, write_result
 from semid.data.image_files import split_indices
 from semid.data.images import ImageDataset, class_queries, describe_class
 from semid.generators.avg import Avg, AvgConfig
@@ -354,7 +354,7 @@ def markdown(result: dict, command: str) -> str:
         f"# Text-to-image retrieval on {result['dataset']}",
         "",
         f"Command: `{command}`  ",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_description()}, "
         f"{torch.get_num_threads()} torch threads, shared CPU; python {platform.python_version()}, torch {torch.__version__}",
         "",
         "Protocol: " + ", ".join(f"{k}: {v}" for k, v in result["protocol"].items()),

@@ -301,3 +301,19 @@ def test_new_collection_epochs_needs_its_own_work_and_out(capsys):
     with pytest.raises(SystemExit):
         new_collection.main(["--epochs", "1", "--seeds", "0"])
     assert "give it its own --work and --out" in capsys.readouterr().err
+
+
+def test_results_record_the_cpu_model(monkeypatch, tmp_path):
+    """Results named the architecture and CPU count only (platform.processor() is empty on
+    Linux), so timings from two machines could not be told apart."""
+    import builtins
+
+    from benchmarks import results_files
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\nflags\t: sse\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(
+        cpuinfo if p == "/proc/cpuinfo" else p, *a, **k))  # fmt: skip
+    monkeypatch.setattr(results_files.os, "cpu_count", lambda: 3)
+    assert results_files.cpu_description().endswith(", Example CPU @ 2.00GHz, 3 CPUs")
