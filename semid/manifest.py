@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import semid
-from semid.atomic import changes_in_progress, read_json, recover, roll_back, unfinished_changes
+from semid.atomic import (
+    changes_in_progress,
+    read_json,
+    recover,
+    remove_stale,
+    roll_back,
+    unfinished_changes,
+)
 from semid.errors import SemidError
 from semid.locking import can_write, current_writer, write_lock
 from semid.notes import note
@@ -134,6 +141,17 @@ def undo_killed_writes(run: Path) -> None:
     elif undone:  # only what a stopped add trained beside the run (a prompt session's folder)
         note(f"removed {', '.join(sorted(undone))} that a semid command stopped before its end "
              f"left in {run}; the run itself was not changed: run the command again")  # fmt: skip
+
+
+def clear_killed_writes(run: Path) -> None:
+    """Undo what writers killed inside a change of ``run`` left (`undo_killed_writes`), and delete
+    the temporaries of its entries that dead writers left: a first training killed inside its final
+    write leaves them in a folder that has no manifest yet, where they would read as someone
+    else's files."""
+    undo_killed_writes(run)
+    for name in (*RUN_ENTRIES, MANIFEST):
+        recover(run / name)
+        remove_stale(run / name)
 
 
 def wait_for_changes(run: Path) -> None:

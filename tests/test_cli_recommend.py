@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -665,3 +666,28 @@ def test_an_item_given_twice_is_refused_also_when_it_is_indexed_and_skipped(tmp_
         match=r"every item of .*old.tsv is already indexed \(e.g. 'a'\); .*, or pass --skip-indexed to ",
     ):
         items.read_new_items(tmp_path / "old.tsv", None, None, indexed=ids)
+
+
+@pytest.mark.parametrize("point, after", [("atomic_dir.written", 2), ("atomic_dir.swapped", 3)])
+def test_a_first_training_killed_in_its_final_write_resumes(tmp_path, point, after):
+    """A first training killed (SIGKILL, power cut) while writing its run left the writer's
+    temporaries and snapshot in a folder without a manifest; the same command then refused it as
+    "not empty and not a semid run", so the whole training had to start over in a new folder."""
+    from _semid_cli import ENV, command
+
+    from semid.runs import load_run
+
+    _, _, idx = random_ml100k_index(tmp_path)
+    out = tmp_path / "run"
+    argv = [*command(), "train", "recommender", "--dataset", "ml-100k", "--index", str(idx),
+            "--model", "sasrec", "--model-config", '{"dim": 8, "layers": 1}', "--max-steps", "2",
+            "--out", str(out)]  # fmt: skip
+    killed = subprocess.run(argv, env=ENV | {"SEMID_FAULT_POINT": point, "SEMID_FAULT_AFTER": str(after)},
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert killed.returncode == 97, killed.stderr
+    assert any(p.name.endswith(".tmp") for p in out.iterdir())  # what the killed writer left
+    again = subprocess.run(argv, env=ENV, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from step 2" in again.stdout + again.stderr
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    assert len(load_run(out).ids) == 1682

@@ -34,7 +34,7 @@ from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
 from semid.json_values import is_integer, is_key
 from semid.locking import write_lock
-from semid.manifest import RUN_ENTRIES, run_containing
+from semid.manifest import RUN_ENTRIES, clear_killed_writes, run_containing
 from semid.metrics import cutoffs
 from semid.models import is_generator
 from semid.notes import tell
@@ -230,6 +230,8 @@ class Task(ABC):
         """SemidError unless ``out`` is new, empty, or a run of this task and model that training
         may replace; a run whose config is lost is replaced only when not resuming (whatever its
         model), and not when it holds texts of items added to it."""
+        if out.is_dir():
+            clear_killed_writes(out)  # a first training's killed final write left temporaries
         if not (out / MANIFEST).is_file():
             strangers = (
                 sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
