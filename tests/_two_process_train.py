@@ -35,10 +35,13 @@ class TinyClassifier(nn.Module):
         )
         self.crash_at_call: int | None = None  # simulate an interruption at the n-th forward call
         self.calls = 0
+        self.first_seed: int | None = None  # the seed of this process's stream at its first call
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """batch["x"]: (B, dim) float, batch["y"]: (B,) int64 -> (scalar loss, (B, classes) logits)."""
         self.calls += 1
+        if self.calls == 1:
+            self.first_seed = torch.initial_seed()
         if self.crash_at_call is not None and self.calls == self.crash_at_call:
             raise SimulatedCrash(f"simulated interruption at forward call {self.calls}")
         logits = self.net(batch["x"])
@@ -100,6 +103,9 @@ def main() -> None:
         for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
     }
     save_file(weights, str(args.out / f"rank{rank}.safetensors"))
+    (args.out / f"seed{rank}.txt").write_text(
+        f"{trainer.accelerator.unwrap_model(trainer.model).first_seed}\n"
+    )
     print(f"rank {rank}: {result.steps} steps, {trainer.accelerator.num_processes} process(es)")
 
 

@@ -618,6 +618,9 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-5, atol=1e-6)
     assert not torch.equal(rank0["net.0.weight"], make_model().net[0].weight)
+    # each process draws its own random stream (dropout masks): the same seed gave both the same
+    seeds = [int((tmp_path / run / f"seed{rank}.txt").read_text()) for run, rank in (("one", 0), ("two", 0), ("two", 1))]  # fmt: skip
+    assert seeds[1] == seeds[0] and seeds[2] == seeds[0] + 1
     last = complete_checkpoints(tmp_path / "two" / "run" / "checkpoints")[-1]
     assert load_progress(last).num_processes == 2 and (last / "random_states_1.pkl").is_file()
 

@@ -227,7 +227,9 @@ class Trainer:
     def _start(self, resume: bool) -> TrainProgress:
         """Seed everything, then restore the last checkpoint (resume) or clear earlier outputs."""
         acc = self.accelerator
-        set_seed(self.config.seed)
+        # one stream per process: the same seed on every rank of a launched job drew the same
+        # dropout masks on each (one process alone keeps the seed as given)
+        set_seed(self.config.seed + acc.process_index)
         resume_from = self._loadable_checkpoint() if resume else None
         self._saved_at = None
         if resume_from is None:
