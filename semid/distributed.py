@@ -67,6 +67,16 @@ def trains_on_cpu(device: str) -> bool:
     return device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
+def leave_process_group() -> None:
+    """Leave the launched job's process group, if this process joined one: a process that exits
+    on an error while still in it could abort in the backend's threads ("terminate called without
+    an active exception"), which the launcher then reports as the job's root cause."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def join_process_group(device: str) -> None:
     """Join the launched job's process group (once), as the trainer's Accelerator would: on the
     CPU when it trains there (`trains_on_cpu`), else on each process's own GPU."""

@@ -748,6 +748,23 @@ def test_work_on_the_main_process_runs_there_only_and_its_refusal_reaches_every_
     assert on_main_process(lambda: pytest.fail("ran on a rank > 0")) is None
 
 
+def test_a_launched_process_leaves_its_process_group_when_refused(tmp_path, monkeypatch, request):
+    """A process that exits on a refusal while in the job's process group could abort in gloo's
+    threads ("terminate called without an active exception"); it leaves the group first."""
+    import semid.cli.main as cli
+
+    notes = logging.getLogger("semid.notes")
+    request.addfinalizer(partial(notes.setLevel, notes.level))  # main quiets a rank > 0's notes
+    left = []
+    monkeypatch.setattr(cli, "leave_process_group", lambda: left.append(True))
+    assert cli.main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert not left  # one process: no group
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert left == [True]
+
+
 def test_other_ranks_of_a_launched_job_leave_rank_0s_refusals_to_it(
     tmp_path, monkeypatch, capfd, request
 ):

@@ -14,7 +14,7 @@ from typing import ClassVar, NoReturn
 
 from semid import __version__
 from semid.atomic import DISK_FULL_ERRNOS, made_folders_count, remove_empty_made_folders
-from semid.distributed import MainProcessError, is_launched, is_main_process
+from semid.distributed import MainProcessError, is_launched, is_main_process, leave_process_group
 from semid.errors import SemidError
 from semid.notes import show_on_console
 
@@ -230,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not isinstance(e, MainProcessError):  # its own: the main process does not tell it
             print(f"semid: error (process {os.environ.get('RANK')}): {e}", file=sys.stderr)
         remove_empty_made_folders(since=folders_before)
+        if is_launched():
+            leave_process_group()
         return 2
     except KeyboardInterrupt as interrupt:
         _close_progress_bars()
