@@ -49,6 +49,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from semid.beam_search import rows_grouped_by_query
+from semid.encoders import check_tokenizer_vocabulary, model_load_errors
 from semid.errors import SemidError
 from semid.generator import Generator, mean_level_cross_entropy, register_generator
 from semid.generators.promptdsi_layers import (
@@ -222,7 +223,14 @@ class PromptDSI(Generator):
             from transformers import AutoTokenizer
 
             path = self.config.encoder_path or str(default_encoder_path())
-            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except model_load_errors() as e:
+                raise SemidError(f"cannot load the PromptDSI tokenizer from {path}: {e}; pass a "
+                                 "local model folder") from None  # fmt: skip
+            if self.config.encoder_config is None:  # a random test encoder has its own vocabulary
+                check_tokenizer_vocabulary(tokenizer, self.encoder.config.vocab_size, path)
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from semid.determinism import seeded_cpu_rng
-from semid.encoders import hide_weight_loading_bar
+from semid.encoders import hide_weight_loading_bar, model_load_errors
 from semid.errors import SemidError
 
 
@@ -87,7 +87,7 @@ def load_encoder(config: Any) -> nn.Module:
     hide_weight_loading_bar()
     try:
         return AutoModel.from_pretrained(path, local_files_only=True)
-    except OSError as e:
+    except model_load_errors() as e:
         raise SemidError(
             f"cannot load the PromptDSI encoder from {path}: {e}; pass a local model folder"
         ) from None

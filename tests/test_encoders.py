@@ -245,3 +245,40 @@ def test_a_missing_default_encoder_says_how_to_install_it_or_what_to_give_instea
                        r"sentence-transformers folder where the command takes one "
                        r"\(`semid index build --encoder`\)$"):  # fmt: skip
         encoders.default_model_path()
+
+
+def damaged_minilm(folder: Path, drop: tuple[str, ...] = (), cut_weights: bool = False) -> Path:
+    """A copy of the packaged MiniLM folder (large files linked) without ``drop``, its weights
+    file cut to 1 MB when ``cut_weights``."""
+    source = encoders.default_model_path()
+    folder.mkdir()
+    for entry in source.iterdir():
+        if entry.name in drop:
+            continue
+        if entry.name == "model.safetensors" and cut_weights:
+            (folder / entry.name).write_bytes(entry.read_bytes()[: 1 << 20])
+        else:
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+@needs_minilm
+@pytest.mark.parametrize("make", ["no vocabulary", "cut weights"])
+def test_a_damaged_encoder_folder_is_one_line(tmp_path: Path, make: str) -> None:
+    """Without vocab.txt and tokenizer.json, transformers built a tokenizer of 5 special tokens:
+    every word became [UNK] and the embeddings (and PromptDSI's answers) were nonsense, exit 0. A
+    weights file cut short raised safetensors' own error as a traceback."""
+    from semid.generators.promptdsi import PromptDSI, PromptDSIConfig
+
+    if make == "no vocabulary":
+        folder = damaged_minilm(tmp_path / "m", drop=("vocab.txt", "tokenizer.json"))
+        told = r"the tokenizer of .*m has 5 tokens but its encoder's vocabulary has 30,522: its "
+    else:
+        folder = damaged_minilm(tmp_path / "m", cut_weights=True)
+        told = r"cannot load the (text|PromptDSI) encoder from .*m: .*; pass a"
+    with pytest.raises(SemidError, match=told):
+        TextEncoder(folder, cache_dir=tmp_path / "cache").encode(["a text"], show_progress=False)
+    with pytest.raises(SemidError, match=told):
+        config = PromptDSIConfig(codebook_sizes=[4, 4], encoder_path=str(folder), d_model=16,
+                                 num_heads=2, num_layers=1, d_ff=32)  # fmt: skip
+        PromptDSI(config).tokenize(["a text"])
