@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
-from semid.atomic import atomic_dir, check_replaceable, read_json, recover
+from semid.atomic import atomic_dir, check_replaceable, file_sha256, read_json, recover
 from semid.collisions import (
     CollisionReport,
     check_last_level_distances,
@@ -28,7 +28,7 @@ from semid.collisions import (
     group_ids,
     resolve_collisions,
 )
-from semid.errors import SemidError
+from semid.errors import SemidError, cannot_read
 from semid.json_values import is_integer
 from semid.quantization import Quantizer
 from semid.saving import read_module
@@ -38,6 +38,7 @@ from semid.wording import counted
 FORMAT_VERSION = 1
 QUANTIZER_DIR = "quantizer"
 INDEX_FILES = ("config.json", "keys.json", "codes.safetensors", "stats.json")  # what save() writes
+CHECKED_FILES = ("keys.json", "codes.safetensors")  # their SHA-256 is recorded in config.json
 
 
 def level_perplexity(codes: Tensor, size: int) -> float:
@@ -343,9 +344,12 @@ class SemanticIDs:
                 quantizer.save_pretrained(tmp / QUANTIZER_DIR)
 
     def _write(self, folder: Path, config: dict, tensors: dict[str, Tensor]) -> None:
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (folder / "keys.json").write_text(json.dumps(self.keys, ensure_ascii=False) + "\n")
         save_file(tensors, str(folder / "codes.safetensors"))
+        # the bytes of the IDs' files, checked on load: a changed byte could rename a key or move
+        # a code and still parse (weights keep the same record: semid.saving)
+        config = {**config, "files_sha256": {n: file_sha256(folder / n) for n in CHECKED_FILES}}
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (folder / "stats.json").write_text(json.dumps(self.stats(), indent=2) + "\n")
 
     @classmethod
@@ -374,6 +378,7 @@ class SemanticIDs:
             )
         if not isinstance(metadata, dict):
             raise SemidError(f"{path}/config.json: metadata must be a JSON object; {fix}")
+        _check_recorded_files(path, config.get("files_sha256"), fix)
         keys = read_json(path / "keys.json", fix)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise SemidError(f"{path}/keys.json must be a JSON list of item keys (strings); {fix}")
@@ -406,6 +411,22 @@ class SemanticIDs:
                 f"{path}: keys.json, codes.safetensors and config.json do not agree ({e}); {fix}"
             ) from None
         return ids
+
+
+def _check_recorded_files(path: Path, recorded: Any, fix: str) -> None:
+    """SemidError naming the first of the index's ``CHECKED_FILES`` whose bytes are not those its
+    config.json recorded (indexes written before the record was kept have none, and are not
+    checked)."""
+    if not isinstance(recorded, dict):
+        return
+    for name in CHECKED_FILES:
+        try:
+            bytes_as_written = name not in recorded or file_sha256(path / name) == recorded[name]
+        except PermissionError:
+            raise cannot_read(path / name) from None
+        if not bytes_as_written:
+            raise SemidError(f"{path}/{name} is damaged: its bytes are not those written with the "
+                             f"index's config.json (changed since); {fix}")  # fmt: skip
 
 
 def quantizer_dim(index_path: str | os.PathLike) -> int | None:

@@ -339,3 +339,20 @@ def test_build_ids_refuses_a_key_count_before_it_fits(monkeypatch):
         build_ids([f"k{i}" for i in range(10)], x, "rqvae:2x4")
     with pytest.raises(SemidError, match="30 keys for 5 item vectors"):
         build_ids([f"k{i}" for i in range(30)], x, "rqvae:2x4", encode_x=torch.randn(5, 8))
+
+
+@pytest.mark.parametrize("name", ["keys.json", "codes.safetensors"])
+def test_a_changed_byte_in_an_index_file_is_told(tmp_path, name):
+    """One flipped byte renamed a key (keys.json) or moved a code (codes.safetensors) and the index
+    still loaded: predict answered with a key that does not exist, without a word."""
+    ids = SemanticIDs(["apple", "pear"], torch.tensor([[0, 1], [1, 0]]), [2, 2])
+    ids.save(tmp_path / "idx")
+    path = tmp_path / "idx" / name
+    data = bytearray(path.read_bytes())
+    at = data.index(b"pear") if name == "keys.json" else len(data) - 3
+    data[at] ^= 0x04  # "tear", or a code's byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        SemidError, match=rf"idx/{name} is damaged: its bytes are not those written"
+    ):
+        SemanticIDs.load(tmp_path / "idx")
