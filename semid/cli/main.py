@@ -14,6 +14,7 @@ from typing import ClassVar, NoReturn
 
 from semid import __version__
 from semid.atomic import DISK_FULL_ERRNOS, made_folders_count, remove_empty_made_folders
+from semid.cli.table import shorten_to_width
 from semid.distributed import MainProcessError, is_launched, is_main_process, leave_process_group
 from semid.errors import SemidError
 from semid.notes import show_on_console
@@ -258,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         if peer_stopped(e):
             print(f"semid: error: another process of this launched job stopped "
-                  f"({str(e).splitlines()[0][:160]}); run the same command again to resume from "
+                  f"({shorten_to_width(str(e).splitlines()[0], 160)}); run the same command again to resume from "
                   "the last checkpoint", file=sys.stderr)  # fmt: skip
             return 2
         if not out_of_memory(e):
