@@ -533,7 +533,18 @@ def restore_on_error(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
             _put_back(snapshot)
             raise
     finally:
-        _remove(snapshot)
+        _drop_snapshot(snapshot)
+
+
+def _drop_snapshot(snapshot: Path) -> None:
+    """Remove a snapshot once its change is made or undone: its listing first, flushed to disk,
+    so that a writer killed while the rest is removed leaves a snapshot `roll_back` only deletes.
+    Removed in one go, a listing that outlived its ``model/`` (the order the folder lists them)
+    made the roll-back keep the new model beside the old index."""
+    (snapshot / _SNAPSHOT_LIST).unlink(missing_ok=True)
+    _fsync_dir(snapshot)
+    fault_point("restore.listing_dropped")
+    _remove(snapshot)
 
 
 def _put_back(snapshot: Path) -> None:

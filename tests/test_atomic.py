@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,40 @@ def test_a_change_killed_inside_is_rolled_back_once_its_writer_is_gone(tmp_path)
         "config.json",
         "index",
     ]
+
+
+KILLED_WHILE_DROPPING_ITS_SNAPSHOT = """
+import os, sys
+from pathlib import Path
+from semid.atomic import atomic_dir, atomic_file, restore_on_error
+run = Path(sys.argv[1])
+with restore_on_error([run / "index", run / "config.json"]):
+    with atomic_dir(run / "index") as tmp:
+        (tmp / "codes").write_text("new codes")
+    with atomic_file(run / "config.json") as f:
+        f.write("new config")
+"""
+
+
+def test_a_change_made_whole_stays_when_its_writer_dies_removing_the_snapshot(tmp_path):
+    """The snapshot was removed in one rmtree, in the order the folder listed it: a writer killed
+    after its index/ entry went but before its listing kept a snapshot that the next command rolled
+    back half (the old config beside the new index). Its listing now goes first: what is left of
+    it changes nothing."""
+    run = tmp_path / "run"
+    (run / "index").mkdir(parents=True)
+    (run / "index" / "codes").write_text("old codes")
+    (run / "config.json").write_text("old config")
+    env = os.environ | {"SEMID_FAULT_POINT": "restore.listing_dropped"}
+    done = subprocess.run([sys.executable, "-c", KILLED_WHILE_DROPPING_ITS_SNAPSHOT, str(run)],
+                          env=env, check=False)  # fmt: skip
+    assert done.returncode == 97
+    (snapshot,) = atomic.unfinished_changes(run)  # left, with its saved entries
+    assert (snapshot / "index" / "codes").read_text() == "old codes"
+    shutil.rmtree(snapshot / "index")  # the kill came later still, inside the removal
+    assert atomic.roll_back(run) == [] and not atomic.unfinished_changes(run)
+    assert (run / "index" / "codes").read_text() == "new codes"
+    assert (run / "config.json").read_text() == "new config"
 
 
 def test_a_reader_that_undoes_a_killed_change_says_so(tmp_path, capsys):
