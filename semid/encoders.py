@@ -195,9 +195,10 @@ def load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
         raise SemidError(
             f"cannot load the text encoder from {path}: {e}; pass a complete model folder"
         ) from None
-    transformer = model[0].auto_model if len(model) else None
+    # a Transformer first module (not every sentence-transformers model has one) and its vocabulary
+    transformer = getattr(model[0], "auto_model", None) if len(model) else None
     vocab_size = getattr(getattr(transformer, "config", None), "vocab_size", None)
-    if vocab_size is not None:
+    if isinstance(vocab_size, int):
         check_tokenizer_vocabulary(model.tokenizer, vocab_size, path)
     return model
 
