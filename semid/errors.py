@@ -20,3 +20,10 @@ def cannot_read(path: str | os.PathLike, what: str = "") -> SemidError:
     named = f"{what} {path}" if what else str(path)
     return SemidError(f"cannot read {named}: permission denied; ask its owner for read access, "
                       "or use a copy you can read")  # fmt: skip
+
+
+def not_found(path: str | os.PathLike, fix: str) -> SemidError:
+    """The one-line error for a path that does not exist, saying which folder a relative path was
+    read from (a command run from another folder than the one it was written for)."""
+    where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+    return SemidError(f"{path} not found{where}; {fix}")

@@ -19,7 +19,7 @@ from semid.atomic import (
     roll_back,
     unfinished_changes,
 )
-from semid.errors import SemidError
+from semid.errors import SemidError, not_found
 from semid.locking import can_write, current_writer, write_lock
 from semid.notes import note
 
@@ -87,6 +87,8 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
             raise SemidError(
                 f"{run} is still being trained (semid process {writer}); wait for it to finish"
             )
+        if not os.path.lexists(run):
+            raise not_found(run, f"check the path, or {fix}")
         if not run.is_dir():
             raise SemidError(f"{run} is not a folder; {fix}")
         if (run / "codes.safetensors").is_file():  # what `semid index build` writes

@@ -636,7 +636,7 @@ cases(
             "has no saved quantizer; build it again with `semid index build`",
             add_to_index(npy_items(NEW, ["a", "b", "c"]), lambda i: shutil.rmtree(i / "quantizer")),
         ),
-        ("add-to-missing-folder", "nothere is not a folder; give a run folder", lambda e: ["index", "add", str(e.tmp / "nothere"), *npy_items(NEW, ["a", "b", "c"])(e)]),
+        ("add-to-missing-folder", "nothere not found; check the path of the run", lambda e: ["index", "add", str(e.tmp / "nothere"), *npy_items(NEW, ["a", "b", "c"])(e)]),
         (
             "add-to-unfinished-training",
             "holds an unfinished training (checkpoints, no manifest.json); run the same `semid train` command again",
@@ -1043,3 +1043,18 @@ def test_bad_input_is_one_clean_error(c: Case, tmp_path, capsys, monkeypatch, re
         assert snapshot(Path(path)) == files, f"{path} changed"
     if out is not None and not out_existed:
         assert not out.exists(), f"the failed command left {out} behind"
+
+
+def test_a_relative_run_path_that_is_not_there_names_the_folder_it_was_read_from(
+    tmp_path, monkeypatch, capsys
+):
+    """`semid eval runs/x` from another folder said "runs/x is not a folder; train a run", which
+    hid that the path was read from the wrong folder."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["eval", "runs/x"], ["index", "add", "runs/x", "--items", "new.tsv"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"semid: error: runs/x not found (relative to {tmp_path}); check the path"
+        )
+        assert err.count("\n") == 1

@@ -11,10 +11,11 @@ with the index's text encoder (MiniLM unless ``--encoder``): an items file like 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from semid.cli.common import add_device_argument, check_count, fitting_ks
-from semid.errors import SemidError
+from semid.errors import SemidError, not_found
 from semid.manifest import MANIFEST, read_manifest, run_containing
 from semid.wording import counted
 
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             "pass --items (items of a recommender) or --docs (documents of a retrieval run), one of them"
         )
     check_count("--epochs", args.epochs)
+    if not os.path.lexists(args.target):
+        raise not_found(args.target, "check the path of the run (from `semid train`) or index "
+                        "(from `semid index build`)")  # fmt: skip
     if not args.target.is_dir():
         raise SemidError(f"{args.target} is not a folder; give a run folder (from `semid train`) or "
                          "an index folder (from `semid index build`)")  # fmt: skip
