@@ -1037,6 +1037,8 @@ def test_bad_input_is_one_clean_error(c: Case, tmp_path, capsys, monkeypatch, re
     assert code == 2, f"accepted silently (exit {code}): {argv}\n{err}"
     lines = [line for line in err.splitlines() if ERROR_LINE.match(line)]
     assert len(lines) == 1, err
+    if c.id.startswith("usage-"):  # the error line alone: no usage block above it
+        assert err.count("\n") == 1, err
     names = c.names(env) if callable(c.names) else c.names
     assert names.lower() in lines[0].lower(), f"{lines[0]!r} does not name {names!r}"
     for path, files in before.items():

@@ -163,8 +163,11 @@ def test_run_mismatch_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SemidError, match="newer than this"):
         load_run(tmp_path)
-    with pytest.raises(SemidError, match="not a folder"):
+    with pytest.raises(SemidError, match="nothing not found; check the path"):
         load_run(tmp_path / "nothing")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SemidError, match="file is not a folder"):
+        load_run(tmp_path / "file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SemidError, match="not a run directory"):
         load_run(tmp_path / "empty")

@@ -639,7 +639,8 @@ def test_more_workers_than_cores_are_cut_to_the_cores_with_a_note(monkeypatch, c
     parser = argparse.ArgumentParser()
     serve_cmd.add_arguments(parser)
     args = parser.parse_args(["runs/x", "--workers", "1000"])
-    with pytest.raises(SemidError, match="is not a"):  # runs/x: no run; the flags pass first
+    # runs/x: no run; the flags pass first
+    with pytest.raises(SemidError, match="runs/x not found"):
         serve_cmd.run(args)
     assert (
         f"--workers 1000 is more than this machine's {cores} usable cores; using {cores}"

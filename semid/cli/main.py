@@ -119,7 +119,8 @@ class CommandParser(argparse.ArgumentParser):
     argv: ClassVar[list[str]] = []  # the command line being parsed
 
     def error(self, message: str) -> NoReturn:
-        """Exit 2 with the usage and ``message``, led by the first option the command lacks."""
+        """Exit 2 with one line: ``message``, led by the first option the command lacks, and where
+        to read the command's usage (argparse printed the whole usage above it: 14 lines)."""
         options = [name for action in self._actions for name in action.option_strings]
         if self._subparsers is None and options:  # a command's own parser: its options are all here
             for arg in self.argv:
@@ -129,7 +130,8 @@ class CommandParser(argparse.ArgumentParser):
                     fix = f"did you mean {close[0]}?" if close else f"see {self.prog} --help"
                     message = f"unknown option {name} ({fix}); {message}"
                     break
-        super().error(message)
+        usage = "" if f"{self.prog} --help" in message else f" (usage: {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {message}{usage}\n")
 
 
 def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:
