@@ -209,6 +209,8 @@ def test_eval_works_after_adding_unseen_classes_unlabelled_and_colour_images(
     labelled = spy_image_labels(monkeypatch, run)
     after = evaluate(run, "1", "4")
     assert after["invalid_id_rate"] == 0 and 0 <= after["precision@4"] <= 1
+    assert ("the index holds 5 images added with `semid index add` beside the 4 test images: the "
+            "figures rank them all") in capsys.readouterr().err  # fmt: skip
     # an added "Dark" image is relevant to the queries of the class "dark"; unseen or unlabelled
     # ones to none
     dark = {v for k, v in labelled.items() if k.startswith("dark/")}

@@ -485,6 +485,12 @@ class Text2ImageTask(Task):
                 f"indexed image {unknown[0]!r} is not in {run.spec['dataset']}'s test split"
             )
         image_labels = torch.tensor([label_of[k] for k in run.ids.keys])
+        added = len(run.state.get("added_labels", {}))
+        if added:
+            note(f"the index holds {counted(added, 'image')} added with `semid index add` beside "
+                 f"the {counted(len(splits.test), 'test image')}: the figures rank them all (more "
+                 "images of a class make its precision easier), so they are not comparable with "
+                 "those before the adds")  # fmt: skip
         texts, query_labels = answerable_queries(*image_queries(splits.test, "test"), image_labels)
         if splits.test.labels is None:  # caption queries: relevant is the image captioned
             note_shared_captions(texts, query_labels)
