@@ -449,3 +449,19 @@ def test_document_ids_that_look_alike_are_noted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "document ids '42' and '0042' differ only by leading zeros" in err
     assert "are one text in two Unicode forms" in err and "read as two documents" in err
+
+
+def test_fields_of_no_accepted_name_are_named_in_a_note(tmp_path, capsys):
+    """Queries under "synopsis" trained on sentences of the documents instead, without a word
+    (then `eval` found no test queries)."""
+    path = tmp_path / "docs.jsonl"
+    rows = [{"doc_id": f"d{i}", "description": f"text {i}", "synopsis": f"q {i}", "url": "u"}
+            for i in range(3)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(read_documents(path)) == 3
+    err = capsys.readouterr().err
+    assert '2 fields of no accepted name left unread: "synopsis", "url" (first: line 1)' in err
+    assert "rename a field to use it" in err
+    path.write_text(json.dumps({"_id": "d", "title": "t", "text": "x", "metadata": {}}) + "\n")
+    read_documents(path)  # BEIR's fields: all known
+    assert "left unread" not in capsys.readouterr().err

@@ -140,6 +140,16 @@ BODY_FIELDS = (
     "context",
     "description",
 )
+READ_FIELDS = (
+    *ID_FIELDS,
+    "title",
+    "text",
+    *BODY_FIELDS,
+    *QUERY_FIELDS,
+    *TEST_QUERY_FIELDS,
+    GRADE_FIELD,
+    "metadata",
+)  # fmt: skip  (BEIR's "metadata": known, and left unread)
 QUERY_FIELDS_HELP = '"queries" (a list of strings, or one string; "query", "questions" and "question" are also accepted)'
 EXAMPLE = '{"id": "d1", "text": "...", "queries": ["..."]}'
 
@@ -327,11 +337,14 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
     order (ids must be unique), and the grades they give that are not 1."""
     docs, first, grades = [], {}, {}
     unread: dict[str, tuple[str, int]] = {}  # a body field beside "text": (first label, count)
+    unknown: dict[str, str] = {}  # a field of no accepted name: the first label that has it
     for label, where, record in records:
         doc = _document(record, where)
         for name in _unread_bodies(record):
             first_label, count = unread.get(name, (label, 0))
             unread[name] = (first_label, count + 1)
+        for name in _unknown_fields(record):
+            unknown.setdefault(name, label)
         if doc.id in first:
             raise SemidError(
                 f"{path} {label} repeats id {doc.id!r} (first at {first[doc.id]}); ids must be unique"
@@ -342,6 +355,12 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
     for name, (label, count) in unread.items():
         note(f"{path}: {counted(count, 'document gives', 'documents give')} both \"text\" and \"{name}\" (first: "
              f'{label}); "text" is the document text and "{name}" is left unread')  # fmt: skip
+    if unknown:
+        names = ", ".join(f'"{name}"' for name in list(unknown)[:5])
+        note(f"{path}: {counted(len(unknown), 'field')} of no accepted name left unread: {names} "
+             f"(first: {next(iter(unknown.values()))}); queries are read from \"queries\" (or "
+             '"query", "questions", "question") and the text from "text" (or "body", '
+             '"description", ...): rename a field to use it')  # fmt: skip
     import numpy as np  # noqa: PLC0415  (with pyarrow, loaded when a corpus is read)
 
     from semid.data.interaction_files import twin_key_notes
@@ -349,6 +368,12 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
     for told in twin_key_notes(np.asarray(list(first), dtype=object), "document"):
         note(f"{path}: {told}")
     return docs, grades
+
+
+def _unknown_fields(record: dict) -> list[str]:
+    """The record's fields of no accepted name (`READ_FIELDS`, matched loosely)."""
+    keys = tuple(str(k) for k in record)
+    return [k for k in keys if k not in _loose_fields(keys, READ_FIELDS)]
 
 
 def _unread_bodies(record: dict) -> list[str]:
