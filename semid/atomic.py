@@ -514,6 +514,7 @@ def restore_on_error(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
     if any(p.parent != folder for p in paths):
         raise ValueError("restore_on_error needs paths in one folder")
     snapshot = Path(tempfile.mkdtemp(prefix=f".restore.{os.getpid()}.", suffix=".tmp", dir=folder))
+    put_back = True  # nothing to put back unless the block raises
     try:
         present = []
         for path in paths:
@@ -525,15 +526,21 @@ def restore_on_error(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
                 continue
             present.append(path.name)
         listing = {"names": [p.name for p in paths], "present": present}
-        (snapshot / _SNAPSHOT_LIST).write_text(json.dumps(listing) + "\n")
+        with open(snapshot / _SNAPSHOT_LIST, "w") as f:  # flushed: a power cut must not cut it
+            f.write(json.dumps(listing) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         _fsync_dir(snapshot)
         try:
             yield
         except BaseException:
+            put_back = False
             _put_back(snapshot)
+            put_back = True
             raise
     finally:
-        _drop_snapshot(snapshot)
+        if put_back:  # a put-back that failed half way stays for `roll_back` to finish
+            _drop_snapshot(snapshot)
 
 
 def _drop_snapshot(snapshot: Path) -> None:

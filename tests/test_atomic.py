@@ -249,6 +249,25 @@ def test_a_change_made_whole_stays_when_its_writer_dies_removing_the_snapshot(tm
     assert (run / "config.json").read_text() == "new config"
 
 
+def test_a_put_back_that_fails_leaves_its_snapshot_for_the_next_command(tmp_path, monkeypatch):
+    """A put-back that raised half way (a full disk, say) dropped the snapshot anyway, so the half
+    undone change stayed for good."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("old config")
+
+    def fails(snapshot):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(atomic, "_put_back", fails)
+    with pytest.raises(OSError, match="no space"), atomic.restore_on_error([run / "config.json"]):
+        with atomic.atomic_file(run / "config.json") as f:  # semid replaces files, never edits them
+            f.write("new config")
+        raise ValueError("the change failed")
+    (snapshot,) = run.glob(".restore.*.tmp")
+    assert (snapshot / "config.json").read_text() == "old config"
+
+
 def test_a_reader_that_undoes_a_killed_change_says_so(tmp_path, capsys):
     """The next command put the run back silently: its figures were the earlier model's, and
     nothing said that the stopped command's change was lost."""

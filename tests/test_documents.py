@@ -455,8 +455,10 @@ def test_fields_of_no_accepted_name_are_named_in_a_note(tmp_path, capsys):
     """Queries under "synopsis" trained on sentences of the documents instead, without a word
     (then `eval` found no test queries)."""
     path = tmp_path / "docs.jsonl"
-    rows = [{"doc_id": f"d{i}", "description": f"text {i}", "synopsis": f"q {i}", "url": "u"}
-            for i in range(3)]  # fmt: skip
+    rows = [
+        {"doc_id": f"d{i}", "Description": f"text {i}", "synopsis": f"q {i}", "url": "u"}
+        for i in range(3)
+    ]  # fmt: skip  ("Description": read, case aside)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert len(read_documents(path)) == 3
     err = capsys.readouterr().err

@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         if peer_stopped(e):
             print(f"semid: error: another process of this launched job stopped "
-                  f"({shorten_to_width(str(e).splitlines()[0], 160)}); run the same command again to resume from "
+                  f"({shorten_to_width((str(e).splitlines() or [type(e).__name__])[0], 160)}); run the same command again to resume from "
                   "the last checkpoint", file=sys.stderr)  # fmt: skip
             return 2
         if not out_of_memory(e):

@@ -372,8 +372,8 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
 
 def _unknown_fields(record: dict) -> list[str]:
     """The record's fields of no accepted name (`READ_FIELDS`, matched loosely)."""
-    keys = tuple(str(k) for k in record)
-    return [k for k in keys if k not in _loose_fields(keys, READ_FIELDS)]
+    # one key at a time: among several keys, matching keeps the exact names only ("id" hid "Text")
+    return [k for k in map(str, record) if not _loose_fields((k,), READ_FIELDS)]
 
 
 def _unread_bodies(record: dict) -> list[str]:
