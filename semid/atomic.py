@@ -369,6 +369,32 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# when this process began to use semid: what it writes is newer (the module loads before any write)
+_PROCESS_START = time.time()
+
+
+def _is_mine(pid: int, entry: Path) -> bool:
+    """Whether ``entry``, left by writer ``pid``, is this process's own: its pid, and made since it
+    started (a container's re-run often gets the pid of the one before it, pid 1 say)."""
+    return pid == os.getpid() and not _made_before_this_process(entry)
+
+
+def _writer_gone(pid: int, entry: Path) -> bool:
+    """Whether the writer ``pid`` that left ``entry`` has stopped: another process that no longer
+    runs, or an earlier process that had this process's pid."""
+    if pid == os.getpid():
+        return _made_before_this_process(entry)
+    return not pid_alive(pid)
+
+
+def _made_before_this_process(entry: Path) -> bool:
+    """Whether ``entry`` was last changed before this process started (gone: False)."""
+    try:
+        return entry.lstat().st_mtime < _PROCESS_START
+    except FileNotFoundError:
+        return False
+
+
 def _age_s(path: Path) -> float:
     try:
         return (
@@ -419,7 +445,7 @@ def recover(path: str | os.PathLike) -> bool:
     dead = [
         p
         for pid, p in _backups(path)
-        if pid != os.getpid() and (not pid_alive(pid) or _age_s(p) > BACKUP_GRACE_S)
+        if not _is_mine(pid, p) and (_writer_gone(pid, p) or _age_s(p) > BACKUP_GRACE_S)
     ]
     if not dead:
         return False
@@ -451,14 +477,14 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
         if pid is None:
             stale = _age_s(entry) > UNKNOWN_WRITER_STALE_S
         else:
-            stale = pid != os.getpid() and not pid_alive(pid) or _age_s(entry) > STALE_AFTER_S
+            stale = _writer_gone(pid, entry) or _age_s(entry) > STALE_AFTER_S
         if stale:
             with contextlib.suppress(PermissionError):  # another user's, in a shared folder
                 _remove(entry)
                 removed.append(entry)
     if os.path.lexists(path):  # otherwise a backup may still be needed by recover()
         for pid, entry in _backups(path):
-            if pid != os.getpid() and not pid_alive(pid) or _age_s(entry) > BACKUP_GRACE_S:
+            if _writer_gone(pid, entry) or _age_s(entry) > BACKUP_GRACE_S:
                 _remove(entry)
                 removed.append(entry)
     return removed
@@ -571,7 +597,7 @@ def _put_back(snapshot: Path) -> None:
 
 def unfinished_changes(folder: str | os.PathLike) -> list[Path]:
     """Snapshots in ``folder`` of `restore_on_error` blocks whose process died inside them."""
-    return [entry for pid, entry in _snapshots(folder) if not pid_alive(pid)]
+    return [entry for pid, entry in _snapshots(folder) if _writer_gone(pid, entry)]
 
 
 def changes_in_progress(folder: str | os.PathLike, names: Collection[str]) -> list[int]:
@@ -579,7 +605,7 @@ def changes_in_progress(folder: str | os.PathLike, names: Collection[str]) -> li
     ``folder`` that changes any of ``names``: between the parts of one change, which a reader of
     them would see half made (a snapshot still being made counts: what it covers is not known)."""
     return [pid for pid, snapshot in _snapshots(folder)
-            if pid_alive(pid) and _covers(snapshot, names)]  # fmt: skip
+            if not _writer_gone(pid, snapshot) and _covers(snapshot, names)]  # fmt: skip
 
 
 def _covers(snapshot: Path, names: Collection[str]) -> bool:
@@ -592,7 +618,7 @@ def _covers(snapshot: Path, names: Collection[str]) -> bool:
 
 
 def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(pid, snapshot) of every `restore_on_error` snapshot in ``folder`` of another process."""
+    """(pid, snapshot) of every `restore_on_error` snapshot in ``folder`` but this process's own."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -601,7 +627,8 @@ def _snapshots(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     except PermissionError:
         raise cannot_read(folder, "the folder") from None
     found = [(m, entry) for entry in entries if (m := _SNAPSHOT.match(entry.name))]
-    return [(int(m.group(1)), entry) for m, entry in found if int(m.group(1)) != os.getpid()]
+    return [(int(m.group(1)), entry) for m, entry in found
+            if not _is_mine(int(m.group(1)), entry)]  # fmt: skip
 
 
 def roll_back(folder: str | os.PathLike) -> list[str]:

@@ -268,6 +268,30 @@ def test_a_put_back_that_fails_leaves_its_snapshot_for_the_next_command(tmp_path
     assert (snapshot / "config.json").read_text() == "old config"
 
 
+def test_leftovers_of_an_earlier_process_with_this_pid_are_undone(tmp_path):
+    """A container's re-run often gets the pid of the run before it (pid 1 as its entry point):
+    the leftovers of a killed writer with this process's pid were taken for its own, so its
+    change was never undone and its temporaries never removed."""
+    run = tmp_path / "run"
+    (run / "index").mkdir(parents=True)
+    (run / "config.json").write_text("old config")
+    done = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_CHANGE, str(run)], check=False)
+    assert done.returncode == 97
+    (snapshot,) = atomic.unfinished_changes(run)
+    (temp,) = run.glob(".config.json.*.tmp")
+    pid = os.getpid()
+    mine = [snapshot.rename(snapshot.with_name(f".restore.{pid}.{'a' * 8}.tmp")),
+            temp.rename(temp.with_name(f".config.json.{pid}.{'b' * 8}.tmp"))]  # fmt: skip
+    for entry in mine:  # made before this process started
+        os.utime(entry, (atomic._PROCESS_START - 60, atomic._PROCESS_START - 60))
+    assert atomic.unfinished_changes(run) == [mine[0]]
+    assert "config.json" in atomic.roll_back(run)
+    assert (run / "config.json").read_text() == "old config" and not mine[1].exists()
+    fresh = run / f".config.json.{pid}.{'c' * 8}.tmp"  # this process's own, being written
+    fresh.write_text("x")
+    assert atomic.remove_stale(run / "config.json") == [] and fresh.exists()
+
+
 def test_a_reader_that_undoes_a_killed_change_says_so(tmp_path, capsys):
     """The next command put the run back silently: its figures were the earlier model's, and
     nothing said that the stopped command's change was lost."""
