@@ -34,6 +34,24 @@ ADD_BUSY_FIX = "run the add again once it is done"  # what an add that waited in
 ADD_UNWRITABLE_FIX = "copy it to a folder you can write to and add there"
 
 
+CROWDED_SHARE = 0.25  # above this share of items without an ID of their own, a note says so
+
+
+def crowding_note(stats: dict, from_interactions: bool = False) -> str | None:
+    """A note when many items shared their quantizer code (``collision_rate_before`` above
+    ``CROWDED_SHARE``): their IDs then tell them apart by an arbitrary last token, not by content.
+    ``from_interactions``: the item vectors came from the log alone, so item texts are the fix."""
+    share = stats["collision_rate_before"]
+    if share <= CROWDED_SHARE:
+        return None
+    fix = ("give the items texts (--items FILE), whose vectors tell them apart better than the "
+           "interactions do" if from_interactions
+           else "give vectors that tell the items apart, or a quantizer with more codes per level")  # fmt: skip
+    return (f"{share:.0%} of the items have no quantized ID of their own (up to "
+            f"{stats['max_items_per_id_before']:,} items share one), so their IDs say little about "
+            f"them; {fix}")  # fmt: skip
+
+
 def add_lock(folder: Path, what: str) -> AbstractContextManager[Path]:
     """The write lock an add holds on ``folder`` (``what`` names it): it waits for another writer
     up to ``ADD_WAIT_SECONDS``, and tells a read-only folder (or one beside it) what to do."""

@@ -468,7 +468,7 @@ def test_a_log_with_unknown_column_names_is_named_by_its_columns_option(tmp_path
 
 
 def test_the_crowding_note_names_item_texts_only_for_vectors_from_interactions():
-    from semid.cli.index_stats import crowding_note
+    from semid.indexing import crowding_note
 
     crowded = {"collision_rate_before": 0.84, "max_items_per_id_before": 3096}
     assert "(--items FILE)" in crowding_note(crowded, from_interactions=True)

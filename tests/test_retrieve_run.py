@@ -572,3 +572,13 @@ def test_train_seconds_count_the_processes_a_resume_follows(tmp_path, monkeypatc
     assert 1000 <= summary["train_seconds"] < 1100
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["state"]["train_seconds"]
     assert 1000 <= saved < 1100
+
+
+def test_training_on_crowded_ids_says_so(tmp_path, capsys, monkeypatch):
+    """`index build` of a corpus noted IDs that most documents shared; `train retriever`, which
+    builds the same index itself, said nothing."""
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl", n=30)
+    spec = replace(tiny_spec(tmp_path / "docs.jsonl", hold_out=0), quantizer="rqkmeans:1x2")
+    get_task("retrieve").train(spec, tmp_path / "run")
+    assert "of the items have no quantized ID of their own" in capsys.readouterr().err

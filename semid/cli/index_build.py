@@ -9,7 +9,7 @@ from pathlib import Path
 from semid import notes
 from semid.atomic import check_writable
 from semid.cli.common import add_device_argument, add_interaction_file_arguments, check_seed
-from semid.cli.index_stats import crowding_note, format_stats
+from semid.cli.index_stats import format_stats
 from semid.defaults import AUTO, COLLISION_STRATEGIES, INTERACTION_VECTORS
 from semid.errors import SemidError
 
@@ -86,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build, save and report the index with the task that owns the dataset's kind."""
+    from semid.indexing import crowding_note
     from semid.plots import check_plot_path, plot_code_usage
     from semid.tasks import IndexSource, get_task, resolve_device
     from semid.tasks.data import resolve_dataset

@@ -60,6 +60,7 @@ from semid.ids import SemanticIDs
 from semid.indexing import (
     add_lock,
     build_ids,
+    crowding_note,
     grow_ids,
     read_texts,
     texts_file,
@@ -237,6 +238,9 @@ class RetrieveTask(Task):
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         where = resolve_device(device)  # the frozen encoder runs there too: the GPU encodes fastest
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
+        crowded = crowding_note(ids.stats())  # `index build` says it with the stats it prints
+        if crowded is not None:
+            note(crowded)
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
         tested = {q for q, _ in test_pairs}  # a query of a test and a training document is tested
         untrained = tested | held_out_queries(coll, split)
