@@ -388,9 +388,10 @@ def _writer_gone(pid: int, entry: Path) -> bool:
 
 
 def _made_before_this_process(entry: Path) -> bool:
-    """Whether ``entry`` was last changed before this process started (gone: False)."""
+    """Whether ``entry`` was made, or last renamed, before this process started (gone: False);
+    ctime, as a rename refreshes it: this process's own backup of a file it swaps is new."""
     try:
-        return entry.lstat().st_mtime < _PROCESS_START
+        return entry.lstat().st_ctime < _PROCESS_START
     except FileNotFoundError:
         return False
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -268,7 +269,7 @@ def test_a_put_back_that_fails_leaves_its_snapshot_for_the_next_command(tmp_path
     assert (snapshot / "config.json").read_text() == "old config"
 
 
-def test_leftovers_of_an_earlier_process_with_this_pid_are_undone(tmp_path):
+def test_leftovers_of_an_earlier_process_with_this_pid_are_undone(tmp_path, monkeypatch):
     """A container's re-run often gets the pid of the run before it (pid 1 as its entry point):
     the leftovers of a killed writer with this process's pid were taken for its own, so its
     change was never undone and its temporaries never removed."""
@@ -282,14 +283,24 @@ def test_leftovers_of_an_earlier_process_with_this_pid_are_undone(tmp_path):
     pid = os.getpid()
     mine = [snapshot.rename(snapshot.with_name(f".restore.{pid}.{'a' * 8}.tmp")),
             temp.rename(temp.with_name(f".config.json.{pid}.{'b' * 8}.tmp"))]  # fmt: skip
-    for entry in mine:  # made before this process started
-        os.utime(entry, (atomic._PROCESS_START - 60, atomic._PROCESS_START - 60))
+    time.sleep(0.01)
+    monkeypatch.setattr(atomic, "_PROCESS_START", time.time())  # they predate "this process"
     assert atomic.unfinished_changes(run) == [mine[0]]
     assert "config.json" in atomic.roll_back(run)
     assert (run / "config.json").read_text() == "old config" and not mine[1].exists()
     fresh = run / f".config.json.{pid}.{'c' * 8}.tmp"  # this process's own, being written
     fresh.write_text("x")
     assert atomic.remove_stale(run / "config.json") == [] and fresh.exists()
+
+
+def test_this_processs_own_backup_of_an_old_file_is_left_to_its_swap(tmp_path):
+    """A swap renames the file it replaces aside: the backup keeps the file's old mtime, but it is
+    this process's, mid-swap, and must not be put back as a dead writer's."""
+    path = tmp_path / "config.json"
+    path.write_text("old")
+    os.utime(path, (1_000_000, 1_000_000))  # written long before this process
+    backup = path.rename(tmp_path / f".config.json.old-{os.getpid()}")
+    assert not atomic.recover(path) and backup.exists() and not path.exists()
 
 
 def test_a_reader_that_undoes_a_killed_change_says_so(tmp_path, capsys):
