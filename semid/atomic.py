@@ -62,13 +62,43 @@ _SNAPSHOT = re.compile(r"^\.restore\.(\d+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class DiskFullError(SemidError):
-    """The device ran out of space (or quota) while an artifact was written; nothing was replaced."""
+    """The device ran out of space (or quota), or a file passed a size limit (``too_large``), while
+    an artifact was written; nothing was replaced."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__(
-            f"no space left on device while writing {path}; free space and rerun (nothing "
-            "was replaced: an earlier version, if any, is intact)"
-        )
+    def __init__(self, path: str | os.PathLike, too_large: bool = False) -> None:
+        self.too_large = too_large
+        if too_large:
+            problem = (f"a file passed the size limit of the file system or of this process "
+                       f"(`ulimit -f`) while writing {path}; write to another file system or "
+                       "raise the limit, and rerun")  # fmt: skip
+        else:
+            problem = f"no space left on device while writing {path}; free space and rerun"
+        super().__init__(f"{problem} (nothing was replaced: an earlier version, if any, is intact)")
+
+
+def write_failure(exc: BaseException, path: str | os.PathLike) -> DiskFullError | None:
+    """The one-line error for a write of ``path`` that ``exc`` ended for lack of space or past a
+    file size limit (EFBIG), naming ``path``; None for any other failure."""
+    if isinstance(exc, DiskFullError):
+        return DiskFullError(path, exc.too_large)
+    if isinstance(exc, SemidError):
+        return None
+    if _is_file_too_large(exc):
+        return DiskFullError(path, too_large=True)
+    return DiskFullError(path) if is_disk_full(exc, Path(path).parent) else None
+
+
+def _is_file_too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is EFBIG: a file past the file system's or the process's
+    size limit (libraries that write through C code name it in words only)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EFBIG:
+            return True
+        if any(word in str(seen).lower() for word in ("file too large", "os error 27")):
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
 
 
 def fault_point(name: str) -> None:
@@ -520,10 +550,10 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         fault_point("atomic_file.replaced")
         _fsync_dir(path.parent)
     except BaseException as e:
-        full = not isinstance(e, SemidError) and is_disk_full(e, path.parent)
+        failure = write_failure(e, path)
         Path(tmp).unlink(missing_ok=True)
-        if full or isinstance(e, DiskFullError):
-            raise DiskFullError(path) from None
+        if failure is not None:
+            raise failure from None
         raise
 
 
@@ -745,9 +775,9 @@ def atomic_dir(path: str | os.PathLike, label: str = "atomic_dir") -> Iterator[P
         fault_point(f"{label}.written")
         swap_into_place(tmp, path, label)
     except BaseException as e:
-        full = not isinstance(e, SemidError) and is_disk_full(e, path.parent)
+        failure = write_failure(e, path)
         if os.path.lexists(tmp):
             _remove(tmp)
-        if full or isinstance(e, DiskFullError):
-            raise DiskFullError(path) from None
+        if failure is not None:
+            raise failure from None
         raise

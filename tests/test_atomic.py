@@ -426,6 +426,28 @@ def test_full_disk_in_atomic_file_is_one_line_and_keeps_old(tmp_path, monkeypatc
     assert hidden(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.EFBIG, os.strerror(errno.EFBIG)),
+     RuntimeError("Error while serializing: I/O error: File too large (os error 27)")],  # safetensors
+)  # fmt: skip
+def test_a_file_past_a_size_limit_is_one_line_and_keeps_old(tmp_path, failure):
+    """A file past `ulimit -f` or the file system's limit (EFBIG) was a traceback, exit 1."""
+    for target, writer in ((tmp_path / "codes.bin", atomic_file), (tmp_path / "index", atomic_dir)):
+        with writer(target) as made:
+            if writer is atomic_dir:
+                (made / "a.bin").write_bytes(b"old version")
+            else:
+                made.write("old")
+        with pytest.raises(DiskFullError) as caught, writer(target):
+            raise failure
+        message = str(caught.value)
+        assert "\n" not in message and "size limit of the file system or of this process" in message
+        assert f"while writing {target}; write to another file system or raise the limit" in message
+        assert "nothing was replaced" in message
+    assert (tmp_path / "codes.bin").read_text() == "old" and hidden(tmp_path) == []
+
+
 def test_full_disk_without_errno_is_recognised_by_free_space(tmp_path, monkeypatch):
     # torch.save reports a short write as RuntimeError("... unexpected pos ...") with no errno
     target = tmp_path / "model.pt"

@@ -30,10 +30,10 @@ from semid.atomic import (
     DiskFullError,
     fault_point,
     finish_tree,
-    is_disk_full,
     recover,
     remove_stale,
     swap_into_place,
+    write_failure,
     write_json,
 )
 from semid.errors import SemidError
@@ -171,11 +171,11 @@ def collective_atomic_dir(accelerator: Accelerator, final: Path) -> Iterator[Pat
             fault_point("checkpoint.written")
             swap_into_place(tmp, final, label="checkpoint")
     except BaseException as e:
-        full = main and not isinstance(e, SemidError) and is_disk_full(e, final.parent)
+        failure = write_failure(e, final) if main or isinstance(e, DiskFullError) else None
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-        if full or isinstance(e, DiskFullError):
-            raise DiskFullError(final) from None
+        if failure is not None:
+            raise failure from None
         raise
     accelerator.wait_for_everyone()
 

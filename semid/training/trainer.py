@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
-from semid.atomic import DiskFullError, atomic_file, is_disk_full, read_json, write_json
+from semid.atomic import atomic_file, read_json, write_failure, write_json
 from semid.determinism import repeatable
 from semid.distributed import is_launched, trains_on_cpu
 from semid.errors import SemidError
@@ -529,8 +529,9 @@ class Trainer:
                 with open(path, "a") as f:
                     f.write(json.dumps(line) + "\n")
             except OSError as e:
-                if is_disk_full(e, self.out_dir):  # the last checkpoint is intact: resume from it
-                    raise DiskFullError(path) from None
+                failure = write_failure(e, path)  # the last checkpoint is intact: resume from it
+                if failure is not None:
+                    raise failure from None
                 raise
 
     def _truncate_metrics(self, step: int, keep_evals_at_step: bool = True) -> None:
