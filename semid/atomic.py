@@ -61,7 +61,16 @@ _SNAPSHOT_LIST = ".snapshot.json"  # in a restore snapshot: the names it covers,
 _SNAPSHOT = re.compile(r"^\.restore\.(\d+)\.[a-z0-9_]{8}\.tmp$")
 
 
-class DiskFullError(SemidError):
+class WriteFailedError(SemidError):
+    """The device or the file system refused a write of an artifact (an input/output error, a
+    read-only file system, a permission); nothing was replaced. ``errno`` is the refusal's code."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        self.errno = code
+        super().__init__(f"{message} (nothing was replaced: an earlier version, if any, is intact)")
+
+
+class DiskFullError(WriteFailedError):
     """The device ran out of space (or quota), or a file passed a size limit (``too_large``), while
     an artifact was written; nothing was replaced."""
 
@@ -71,34 +80,61 @@ class DiskFullError(SemidError):
             problem = (f"a file passed the size limit of the file system or of this process "
                        f"(`ulimit -f`) while writing {path}; write to another file system or "
                        "raise the limit, and rerun")  # fmt: skip
+            super().__init__(problem, errno.EFBIG)
         else:
-            problem = f"no space left on device while writing {path}; free space and rerun"
-        super().__init__(f"{problem} (nothing was replaced: an earlier version, if any, is intact)")
+            super().__init__(f"no space left on device while writing {path}; free space and rerun",
+                             errno.ENOSPC)  # fmt: skip
 
 
-def write_failure(exc: BaseException, path: str | os.PathLike) -> DiskFullError | None:
-    """The one-line error for a write of ``path`` that ``exc`` ended for lack of space or past a
-    file size limit (EFBIG), naming ``path``; None for any other failure."""
+# what a write refused for another reason than space is said as, and its fix
+_REFUSED_WRITES = {
+    errno.EIO: ("an input/output error (the device failed)",
+                "check the device (`dmesg`) or write to another one, and rerun"),
+    errno.EROFS: ("a read-only file system", "write to a writable file system, and rerun"),
+    errno.EACCES: ("permission denied", "make it writable for this user or write elsewhere, and rerun"),
+    errno.EPERM: ("operation not permitted (an immutable or append-only file, or another user's)",
+                  "make it writable for this user or write elsewhere, and rerun"),
+}  # fmt: skip
+
+
+def write_failure(exc: BaseException, path: str | os.PathLike) -> WriteFailedError | None:
+    """The one-line error for a write of ``path`` that ``exc`` ended: for lack of space, past a
+    file size limit (EFBIG), or refused by the device or the file system (EIO, EROFS, EACCES,
+    EPERM), naming ``path`` and the file refused; None for any other failure (a bug, or the
+    user's own SemidError)."""
     if isinstance(exc, DiskFullError):
         return DiskFullError(path, exc.too_large)
     if isinstance(exc, SemidError):
         return None
     if _is_file_too_large(exc):
         return DiskFullError(path, too_large=True)
-    return DiskFullError(path) if is_disk_full(exc, Path(path).parent) else None
+    if is_disk_full(exc, Path(path).parent):
+        return DiskFullError(path)
+    refused = next((seen for seen in _causes(exc) if isinstance(seen, OSError)
+                    and seen.errno in _REFUSED_WRITES), None)  # fmt: skip
+    if refused is None:
+        return None
+    problem, fix = _REFUSED_WRITES[refused.errno]
+    where = f" on {refused.filename}" if refused.filename else ""
+    return WriteFailedError(f"{problem}{where} while writing {path}; {fix}", refused.errno)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions that caused it, outermost first (as a traceback shows them)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
 
 
 def _is_file_too_large(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is EFBIG: a file past the file system's or the process's
     size limit (libraries that write through C code name it in words only)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.EFBIG:
-            return True
-        if any(word in str(seen).lower() for word in ("file too large", "os error 27")):
-            return True
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return False
+    return any(
+        (isinstance(seen, OSError) and seen.errno == errno.EFBIG)
+        or any(word in str(seen).lower() for word in ("file too large", "os error 27"))
+        for seen in _causes(exc)
+    )
 
 
 def fault_point(name: str) -> None:
@@ -148,13 +184,12 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
     """Whether `exc` (or what caused it) means the device under `folder` is out of space or quota."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
-            return True
-        if any(word in str(seen).lower() for word in _DISK_FULL_WORDS):
-            return True
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    if any(
+        (isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS)
+        or any(word in str(seen).lower() for word in _DISK_FULL_WORDS)
+        for seen in _causes(exc)
+    ):
+        return True
     if not isinstance(exc, (OSError, RuntimeError)) or not hasattr(os, "statvfs"):
         return False
     try:  # torch.save and np.save report a short write without any errno: ask the filesystem

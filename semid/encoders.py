@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from semid.atomic import DiskFullError, atomic_file, check_writable
+from semid.atomic import DiskFullError, WriteFailedError, atomic_file, check_writable
 from semid.errors import SemidError
 from semid.notes import note
 
@@ -133,6 +133,8 @@ class TextEncoder:
         except DiskFullError:  # the embeddings are still good
             note(f"{path.parent} is full, so these embeddings were not cached (the next run "
                  "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
+        except WriteFailedError as e:
+            note(f"these embeddings were not cached (the next run encodes them again): {e}")
         return torch.from_numpy(x)
 
     def _embed(self, texts: list[str], show_progress: bool) -> np.ndarray:

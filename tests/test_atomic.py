@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -426,6 +427,17 @@ def test_full_disk_in_atomic_file_is_one_line_and_keeps_old(tmp_path, monkeypatc
     assert hidden(tmp_path) == []
 
 
+def written_file_and_folder(tmp_path: Path) -> list[tuple[Path, Any]]:
+    """A file written with `atomic_file` ("old") and a folder with `atomic_dir`, each with its
+    writer, for tests that then fail a second write of each."""
+    targets = [(tmp_path / "codes.bin", atomic_file), (tmp_path / "index", atomic_dir)]
+    with atomic_file(targets[0][0]) as f:
+        f.write("old")
+    with atomic_dir(targets[1][0]) as made:
+        (made / "a.bin").write_bytes(b"old version")
+    return targets
+
+
 @pytest.mark.parametrize(
     "failure",
     [OSError(errno.EFBIG, os.strerror(errno.EFBIG)),
@@ -433,12 +445,7 @@ def test_full_disk_in_atomic_file_is_one_line_and_keeps_old(tmp_path, monkeypatc
 )  # fmt: skip
 def test_a_file_past_a_size_limit_is_one_line_and_keeps_old(tmp_path, failure):
     """A file past `ulimit -f` or the file system's limit (EFBIG) was a traceback, exit 1."""
-    for target, writer in ((tmp_path / "codes.bin", atomic_file), (tmp_path / "index", atomic_dir)):
-        with writer(target) as made:
-            if writer is atomic_dir:
-                (made / "a.bin").write_bytes(b"old version")
-            else:
-                made.write("old")
+    for target, writer in written_file_and_folder(tmp_path):
         with pytest.raises(DiskFullError) as caught, writer(target):
             raise failure
         message = str(caught.value)
@@ -446,6 +453,36 @@ def test_a_file_past_a_size_limit_is_one_line_and_keeps_old(tmp_path, failure):
         assert f"while writing {target}; write to another file system or raise the limit" in message
         assert "nothing was replaced" in message
     assert (tmp_path / "codes.bin").read_text() == "old" and hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "said", "fix"),
+    [(errno.EIO, "an input/output error (the device failed)", "check the device (`dmesg`)"),
+     (errno.EROFS, "a read-only file system", "write to a writable file system"),
+     (errno.EPERM, "operation not permitted", "make it writable for this user or write elsewhere")],
+)  # fmt: skip
+def test_a_write_the_device_refuses_is_one_line_and_keeps_old(tmp_path, code, said, fix):
+    """A disk error (EIO) or a file system remounted read-only under a long run was a traceback
+    from deep inside the writer; it now names the file refused, the artifact and the fix."""
+    from semid.atomic import WriteFailedError
+
+    for target, writer in written_file_and_folder(tmp_path):
+        refused = tmp_path / ".part.tmp"
+        with pytest.raises(WriteFailedError) as caught, writer(target):
+            raise OSError(code, os.strerror(code), str(refused))
+        message = str(caught.value)
+        assert "\n" not in message and isinstance(caught.value, SemidError)
+        assert f"{said}" in message and f"on {refused} while writing {target}; {fix}" in message
+        assert "nothing was replaced" in message and caught.value.errno == code
+    assert (tmp_path / "codes.bin").read_text() == "old" and hidden(tmp_path) == []
+
+
+def test_an_os_error_of_no_write_kind_is_not_dressed_up(tmp_path):
+    """A missing file inside the block is a bug of its own (or the caller's input), not a write
+    failure: it is raised as it came."""
+    with pytest.raises(FileNotFoundError), atomic_file(tmp_path / "x") as f:
+        f.write("x")
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "missing.txt")
 
 
 def test_full_disk_without_errno_is_recognised_by_free_space(tmp_path, monkeypatch):

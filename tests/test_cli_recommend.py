@@ -539,6 +539,39 @@ def test_eval_prints_its_figures_when_metrics_json_may_not_be_replaced(
     assert not list(run.glob(".metrics.json.*"))  # no temporary file left
 
 
+def test_eval_whose_metrics_write_fails_on_the_device_says_so_and_exits_2(
+    tmp_path, monkeypatch, capsys
+):
+    """An input/output error while saving metrics.json was a traceback after the figures; the
+    figures are still printed, then one line names the file and the fix, exit 2."""
+    import errno
+
+    import semid.atomic
+
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    real_replace = os.replace
+
+    def failing_disk(src, dst):
+        if os.path.basename(dst) == "metrics.json":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        real_replace(src, dst)
+
+    assert main(["eval", str(run), "--k", "10", "--split", "test"]) == 0  # earlier figures
+    before = (run / "metrics.json").read_bytes()
+    monkeypatch.setattr(semid.atomic.os, "replace", failing_disk)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 2
+    out = capsys.readouterr()
+    assert "recall@10" in out.out
+    assert f"input/output error (the device failed) on {run}/.metrics.json." in out.err
+    assert f"while writing {run / 'metrics.json'}; check the device" in out.err
+    assert len(out.err.strip().splitlines()) == 1 and "Traceback" not in out.err
+    assert (run / "metrics.json").read_bytes() == before and not list(run.glob(".metrics.json.*"))
+
+
 def test_a_run_changed_while_it_is_read_is_read_again(tmp_path, monkeypatch):
     """A retrain's final write that begins after a reader began would pair the parts read before
     it with those read after: the reader reads them again."""

@@ -5,11 +5,13 @@ The run's manifest names its task; the task evaluates with its own protocol."""
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semid import notes
-from semid.atomic import DiskFullError
+from semid.atomic import DiskFullError, WriteFailedError
 from semid.cli.common import add_device_argument
 from semid.cli.table import format_table, metric_rows
 from semid.errors import SemidError
@@ -178,11 +180,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             update_metrics(args.run_dir, key, metrics, evaluated)
-        except PermissionError as e:  # metrics.json itself made immutable, or another user's
-            unsaved = f"cannot replace {saved_to} ({e.strerror}), so these figures were not saved"
         except DiskFullError:
             failed = (f"no space left on device for {saved_to}, so the figures above were not "
                       "saved (it keeps the earlier ones); free space and evaluate again")  # fmt: skip
+        except WriteFailedError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM):
+                failed = str(e)  # the device failed: said as an error, the exit code too
+            else:  # metrics.json itself made immutable, or another user's
+                unsaved = (f"cannot replace {saved_to} ({os.strerror(e.errno)}), so these figures "
+                           "were not saved")  # fmt: skip
     print(format_table(["metric", key], metric_rows(metrics)))
     if failed is not None:
         raise SemidError(failed)

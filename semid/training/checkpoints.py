@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from semid.atomic import (
-    DiskFullError,
+    WriteFailedError,
     fault_point,
     finish_tree,
     recover,
@@ -171,7 +171,7 @@ def collective_atomic_dir(accelerator: Accelerator, final: Path) -> Iterator[Pat
             fault_point("checkpoint.written")
             swap_into_place(tmp, final, label="checkpoint")
     except BaseException as e:
-        failure = write_failure(e, final) if main or isinstance(e, DiskFullError) else None
+        failure = write_failure(e, final) if main or isinstance(e, WriteFailedError) else None
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         if failure is not None:
