@@ -374,6 +374,50 @@ def test_a_log_without_timestamps_says_file_order_is_time_order(tmp_path: Path) 
     assert d.notes == [] and d.item_keys == ["a", "b", "c"]
 
 
+def test_a_column_of_iso_datetimes_under_another_name_is_the_time(tmp_path: Path) -> None:
+    """A shuffled export with its time under `when` was read in file order (a random split), with
+    only a note naming `when` among the unused columns; the one column of ISO datetimes with a
+    time of day is now the time, and a note says it was taken."""
+    (tmp_path / "a.csv").write_text(
+        "user,item,when,stars\nx,b,2000-09-06T16:05:21Z,5\nx,a,2000-09-06T09:00:00Z,4\n"
+        "x,c,2000-09-07 10:00,3\n"
+    )
+    d = load_interaction_files(tmp_path / "a.csv", min_interactions=1)
+    assert d.item_keys == ["a", "b", "c"]
+    (note,) = d.notes
+    assert note.startswith("column 'when' holds datetimes, so it is taken as the time")
+    assert "pass --columns timestamp=NAME for the time column, or remove it" in note
+    # two such columns: which is the time is not guessed (file order, and the usual note)
+    (tmp_path / "b.csv").write_text(
+        "user,item,sent,opened\nx,b,2000-09-06T16:05:21,2000-09-06T17:00:00\n"
+        "x,a,2000-09-06T09:00:00,2000-09-06T10:00:00\n"
+    )
+    d = load_interaction_files(tmp_path / "b.csv", min_interactions=1)
+    assert d.item_keys == ["b", "a"] and "file order is time order" in d.notes[0]
+    # day-level dates under another name tie within a day: not taken either
+    (tmp_path / "c.csv").write_text("user,item,when\nx,b,2000-09-06\nx,a,2000-09-06\n")
+    d = load_interaction_files(tmp_path / "c.csv", min_interactions=1)
+    assert d.item_keys == ["b", "a"] and "if column when is the time" in d.notes[0]
+
+
+def test_every_missing_key_column_of_both_files_is_named_in_one_error(tmp_path: Path) -> None:
+    """An own log and catalogue under other names took a run per missing column (the items file's
+    item, then the log's user); one error now names them all, and one --columns fixes them."""
+    log, items = files(tmp_path, "customer,product,when\nu1,P1,2000-09-06T16:05:21Z\n"
+                       "u1,P2,2000-09-06T17:05:21Z\n", "product,title\nP1,one\nP2,two\n")  # fmt: skip
+    with pytest.raises(SemidError) as caught:
+        load_interaction_files(log, items, min_interactions=1)
+    message = str(caught.value)
+    assert message.startswith(f"items file {items} lacks an item column (accepted names: item, ")
+    assert f"and interactions file {log} lacks a user and an item column" in message
+    assert "found: customer, product, when)" in message
+    assert message.endswith("; rename them or pass --columns item=NAME,user=NAME")
+    with pytest.raises(SemidError, match=r"^interactions file .* lacks a user column \(accepted"):
+        load_interaction_files(log, items, columns="item=product", min_interactions=1)
+    d = load_interaction_files(log, items, columns="user=customer,item=product", min_interactions=1)
+    assert d.item_keys == ["P1", "P2"] and d.item_texts == ["title: one", "title: two"]
+
+
 @pytest.mark.parametrize("name", ["datetime", "event_time", "created_at", "Timestamp", "TIME"])
 def test_common_time_column_names_are_found(tmp_path: Path, name: str) -> None:
     (tmp_path / "a.csv").write_text(

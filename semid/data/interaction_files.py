@@ -5,8 +5,9 @@ in USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS, or given with ``columns``). Ids are
 without the spaces around them.
 Timestamps may be integers, decimals, ISO 8601 datetimes or the named forms of
 NAMED_DATETIME_FORMATS, in seconds (int64 when every value is
-a whole second, else float64, so events within one second keep their order); without a timestamp
-column, file order is time order.
+a whole second, else float64, so events within one second keep their order). Without a column of
+a time name, a column ``date`` whose dates have a time of day, or else the one other column of ISO
+8601 datetimes with a time of day, is the time (with a note); without any, file order is time order.
 
 Items file (optional): the item column (same names, plus ``id``) and a ``text`` column. Without a
 ``text`` column every other column makes the text, in file order, as ``"column: value"`` pairs
@@ -33,6 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +67,7 @@ ITEM_COLUMNS = ("item", "item_id", "itemId", "itemid", "iid", "movieId", "movie_
 ITEM_KEY_COLUMNS = (*ITEM_COLUMNS, "id")  # an items file may also call it id
 # not "date": day-level dates tie within a day, and ties are broken by key, not file order; a
 # log with only a date column keeps file order and the note names the column (unless its dates
-# have a time of day, as Yelp's: `_dated_to_the_second`)
+# have a time of day, as Yelp's, or a column of ISO datetimes: `_datetime_column`)
 TIME_COLUMNS = (
     "timestamp",
     "ts",
@@ -129,20 +131,22 @@ def load_interaction_files(
     table = read_table(path, what)
     catalog = None
     log_columns = dict(columns)
+    items_table = None if items is None else read_table(Path(items), "items file")
+    _check_key_columns(table, columns, path, items_table, items)
     if items is not None:
-        keys, texts, items_key = _read_items(Path(items), columns)
+        keys, texts, items_key = _read_items(Path(items), columns, table=items_table)
         catalog = _ItemTexts(pd.Index(keys), texts, items)
         named = columns.get("item")
         if named == items_key and named not in map(column_name, table.column_names):
             del log_columns["item"]  # the mapping named the items file's column: --columns item=sku
-    _check_key_columns(table, log_columns, path)
     user_col = find_column(table, "user", USER_COLUMNS, path, what, log_columns.get("user"))
     item_col = find_column(table, "item", ITEM_COLUMNS, path, what, log_columns.get("item"))
     time_col = find_column(
         table, "timestamp", TIME_COLUMNS, path, what, columns.get("timestamp"), required=False
     )
+    found_note = None
     if time_col is None:
-        time_col = _dated_to_the_second(table)
+        time_col, found_note = _datetime_column(table, (user_col, item_col))
     # one hash pass per key column, in arrow; every step below works on the integer codes (E,)
     # and the distinct keys, not on millions of Python strings
     user_code, user_uniques = factorized_keys(table[user_col], path, "user id", trim=True)
@@ -154,6 +158,7 @@ def load_interaction_files(
         _check_one_unit(times, path)
     events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
+    notes += [found_note] if found_note else []
     if items is None and "text" in columns:
         notes.append(f"--columns text={columns['text']} names columns of the items file; without "
                      "--items it has no effect")  # fmt: skip
@@ -334,33 +339,85 @@ def _string_ranks(keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _check_key_columns(table: pa.Table, columns: dict[str, str], path: Path) -> None:
-    """One error naming both roles when neither the user nor the item column is found (so one
-    --columns flag fixes both; `find_column` names a single missing one)."""
-    missing = [role for role, aliases in (("user", USER_COLUMNS), ("item", ITEM_COLUMNS))
-               if role not in columns and not matching_columns(table.column_names, aliases)]  # fmt: skip
-    if len(missing) == 2:
-        raise SemidError(
-            f"interactions file {path} lacks a user and an item column (accepted names: user, "
-            f"user_id, ... and item, item_id, ...; found: {', '.join(table.column_names)})"
-            f"{header_hint(table.column_names) or '; rename them or pass --columns user=NAME,item=NAME'}"
-        )
+_A_ROLE = {"user": "a user", "item": "an item"}
+
+
+def _check_key_columns(
+    table: pa.Table,
+    columns: dict[str, str],
+    path: Path,
+    items_table: pa.Table | None = None,
+    items: str | os.PathLike | None = None,
+) -> None:
+    """One error naming every key column that the interactions file (user, item) and the items
+    file (item) lack, when more than one is missing, so that one --columns flag fixes them all
+    (`find_column` names a single missing one, and a header that explains it)."""
+    lacking = [("interactions file", path, table.column_names,
+                [role for role, aliases in (("user", USER_COLUMNS), ("item", ITEM_COLUMNS))
+                 if role not in columns and not matching_columns(table.column_names, aliases)])]  # fmt: skip
+    if items_table is not None:
+        headers = items_table.column_names
+        named = columns.get("item") in map(column_name, headers)
+        missing = [] if named or matching_columns(headers, ITEM_KEY_COLUMNS) else ["item"]
+        lacking.insert(0, ("items file", Path(items), headers, missing))
+    lacking = [entry for entry in lacking if entry[3]]
+    if sum(len(roles) for *_, roles in lacking) < 2 or any(
+        header_hint(h) for _, _, h, _ in lacking
+    ):
+        return
+    accepted = {"user": "user, user_id, ...", "item": "item, item_id, ..."}
+    said = [f"{what} {where} lacks {' and '.join(_A_ROLE[r] for r in roles)} column (accepted "
+            f"names: {' and '.join(accepted[r] for r in roles)}; found: {', '.join(headers)})"
+            for what, where, headers, roles in lacking]  # fmt: skip
+    roles = dict.fromkeys(r for *_, named_roles in lacking for r in named_roles)
+    flag = ",".join(f"{r}=NAME" for r in roles)
+    raise SemidError(f"{', and '.join(said)}; rename them or pass --columns {flag}")
 
 
 # a date with a time of day: 2016-03-07 17:58:53, 2016-03-07T17:58Z
 _TIME_OF_DAY = re.compile(r"\d[T ]\d{1,2}:\d{2}")
 
 
-def _dated_to_the_second(table: pa.Table) -> str | None:
-    """A column named ``date`` whose first value has a time of day (Yelp's reviews), else None:
-    a day-level date would tie every event of a day, so such a column is not the time unless
-    named with --columns."""
+# an ISO 8601 datetime with a time of day, as a whole value: 2016-03-07T17:58:53Z, 2016-03-07 17:58
+_ISO_DATETIME = re.compile(
+    r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?\s*$"
+)
+
+
+def _datetime_column(table: pa.Table, used: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """The time column of a log that has none of an accepted name, and a note when one was taken
+    by its values: a column named ``date`` whose first value has a time of day (Yelp's reviews),
+    else the one other column whose first values are ISO 8601 datetimes with a time of day
+    (``when``, ``purchased``). (None, None) when none or several are; a day-level date would tie
+    every event of a day, so such a column is not the time unless named with --columns."""
     found = matching_columns(table.column_names, ("date",))  # Date, DATE, date:token as well
-    if len(found) != 1:
-        return None
-    values = table[found[0]].drop_null()
-    first = str(values[0].as_py()) if len(values) else ""
-    return found[0] if _TIME_OF_DAY.search(first) else None
+    if len(found) == 1:
+        first = _first_values(table[found[0]], 1)
+        if first and _TIME_OF_DAY.search(str(first[0])):
+            return found[0], None
+    candidates = [name for name in table.column_names
+                  if name not in used and _holds_datetimes(table[name])]  # fmt: skip
+    if len(candidates) != 1:
+        return None, None
+    return candidates[0], (
+        f"column {candidates[0]!r} holds datetimes, so it is taken as the time of the events (no "
+        f"column has an accepted time name: {', '.join(TIME_COLUMNS)}); if it is not, pass "
+        "--columns timestamp=NAME for the time column, or remove it to keep file order"
+    )
+
+
+def _holds_datetimes(column: pa.ChunkedArray) -> bool:
+    """Whether ``column`` is of a datetime type, or its first values are ISO 8601 datetimes with a
+    time of day written as text."""
+    if pa.types.is_timestamp(column.type):
+        return True
+    values = _first_values(column, 20)
+    return bool(values) and all(isinstance(v, str) and _ISO_DATETIME.match(v) for v in values)
+
+
+def _first_values(column: pa.ChunkedArray, count: int) -> list[Any]:
+    """The first ``count`` values of ``column`` that are not null."""
+    return column.drop_null().slice(0, count).to_pylist()
 
 
 def _no_time_note(table: pa.Table, used: tuple[str, ...]) -> str:
@@ -581,13 +638,15 @@ def item_text_table(
     return {str(k): t for k, t in zip(keys, texts, strict=True) if t.strip()}
 
 
-def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True
-                ) -> tuple[np.ndarray, list[str], str]:  # fmt: skip
+def _read_items(path: Path, columns: dict[str, str], columns_option: bool = True,
+                table: pa.Table | None = None) -> tuple[np.ndarray, list[str], str]:  # fmt: skip
     """Item keys (object array, file order), one text per item and the key column's name;
     duplicate keys raise. An explicit item column the file lacks names the interactions file's.
-    ``columns_option``: whether the command takes ``--columns`` (see `find_column`)."""
+    ``columns_option``: whether the command takes ``--columns`` (see `find_column`); ``table``:
+    the file, when already read."""
     what = "items file"
-    table = read_table(path, what)
+    if table is None:
+        table = read_table(path, what)
     explicit = columns.get("item")
     if explicit is not None and explicit not in map(column_name, table.column_names):
         explicit = None  # the mapping named the interactions file's column
