@@ -21,6 +21,7 @@ from torch import Tensor
 
 from semid.defaults import COLLISION_STRATEGIES
 from semid.errors import SemidError
+from semid.wording import did_you_mean
 
 
 @dataclass
@@ -191,7 +192,8 @@ def resolve_collisions(
     distances (N, K_last) are needed by ``reassign``; popularity (N,) by ``popularity``."""
     if strategy not in _STRATEGIES:
         raise SemidError(
-            f"unknown collision strategy {strategy!r}; choose one of {', '.join(collision_strategies())}"
+            f"unknown collision strategy {strategy!r}{did_you_mean(strategy, collision_strategies())}; "
+            f"choose one of {', '.join(collision_strategies())}"
         )
     codes = torch.as_tensor(codes, dtype=torch.long)
     before = collision_rate(codes)

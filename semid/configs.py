@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from semid.errors import SemidError
 from semid.json_values import is_integer
+from semid.wording import did_you_mean
 
 T = TypeVar("T")
 
@@ -26,7 +27,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise SemidError(
-            f"{where}: unknown field {unknown[0]!r} for {cls.__name__}; known: {', '.join(sorted(fields))}"
+            f"{where}: unknown field {unknown[0]!r}{did_you_mean(unknown[0], fields)} for "
+            f"{cls.__name__}; known: {', '.join(sorted(fields))}"
         )
     values = {}
     for name, value in data.items():

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from semid.configs import config_from_dict
 from semid.errors import SemidError
+from semid.wording import did_you_mean
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,7 +65,10 @@ def model_class(name: str) -> type:
     if name not in _REGISTRY and name in BUILTIN_MODELS:
         importlib.import_module(BUILTIN_MODELS[name])  # registers it
     if name not in _REGISTRY:
-        raise SemidError(f"unknown model {name!r}; known: {', '.join(available_models())}")
+        known = available_models()
+        raise SemidError(
+            f"unknown model {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
+        )
     return _REGISTRY[name]
 
 

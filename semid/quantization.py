@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from semid.errors import SemidError
 from semid.saving import load_state, read_module, write_module
 from semid.trie import check_codes
+from semid.wording import did_you_mean
 
 MAX_MAGNITUDE = 1e15  # larger embedding values overflow float32's squared distances
 MAX_LEVELS = 16  # IDs are decoded one level at a time: a longer ID is a slower, weaker target
@@ -397,7 +398,8 @@ def quantizer_class(family: str) -> type[Quantizer]:
     if family not in _REGISTRY:
         load_families()  # every built-in family, to name them
         raise SemidError(
-            f"unknown quantizer family {family!r}; known: {', '.join(sorted(_REGISTRY))}"
+            f"unknown quantizer family {family!r}{did_you_mean(family, _REGISTRY)}; known: "
+            f"{', '.join(sorted(_REGISTRY))}"
         )
     return _REGISTRY[family]
 

@@ -1,8 +1,10 @@
 """Words in messages: ``counted(1, "row")`` is "1 row", ``counted(2000, "row")`` "2,000 rows";
-``json_kind([1])`` is "a list"; ``example_key("196", ["c1", "c196"])`` is "'c196'"."""
+``json_kind([1])`` is "a list"; ``example_key("196", ["c1", "c196"])`` is "'c196'";
+``did_you_mean("mmgrc", ["mmgrec", "pop"])`` is " (did you mean 'mmgrec'?)"."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +22,13 @@ _JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a numbe
 def json_kind(value: object) -> str:
     """What a parsed JSON value is, in JSON's words ("a list", "a string", "null")."""
     return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def did_you_mean(given: object, known: Iterable[object]) -> str:
+    """`` (did you mean 'X'?)`` for the one of ``known`` nearest a misspelt ``given`` (``mmgrc``:
+    ``mmgrec``), to follow the word it corrects; "" when none is near."""
+    close = difflib.get_close_matches(str(given), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def example_key(given: str, keys: Iterable[str]) -> str | None:

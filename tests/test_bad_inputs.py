@@ -276,6 +276,12 @@ cases(
         ("usage-misspelt-option", "semid eval: error: unknown option --kk (did you mean --k?)", lambda e: ["eval", NOWHERE, "--kk", "5"]),
         ("usage-abbreviated-option", "unknown option --user (did you mean --users?)", lambda e: ["eval", NOWHERE, "--user", "196"]),  # it ran as --users 196
         ("usage-misspelt-required", "unknown option --usr (did you mean --user?); one of the arguments", lambda e: ["predict", NOWHERE, "--usr", "1"]),
+        # a misspelt value is named with the nearest one too
+        ("usage-misspelt-split", "invalid choice: 'tset' (did you mean 'test'?) (choose from", lambda e: ["eval", NOWHERE, "--split", "tset"]),
+        ("usage-misspelt-retriever", "invalid choice: 'promptdis' (did you mean 'promptdsi'?)", ret_args("--model", "promptdis")),
+        ("misspelt-recommender", "unknown --model 'mmgrc' (did you mean 'mmgrec'?); choose one of", lambda e: [*REC[:-2], "--model", "mmgrc", "--out", str(e.tmp / "out")]),
+        ("misspelt-quantizer", "unknown quantizer family 'rqkmean' (did you mean 'rqkmeans'?); known:", build_args("--quantizer", "rqkmean:2x4")),
+        ("misspelt-model-config", "unknown field 'layer' (did you mean 'layers'?) for MMGRecConfig", rec_args("--model-config", '{"layer": 3}')),
         # an empty argument ("$RUN" unset) would name the current folder: a dataset to scan, an --out to fill
         ("empty-dataset", "empty argument after --dataset", lambda e: ["index", "build", "--dataset", "", "--out", str(e.tmp / "o")]),
         ("empty-out", "empty argument after --out", lambda e: ["index", "build", "--dataset", "ml-100k", "--out", ""]),

@@ -135,7 +135,10 @@ def test_a_users_json_line_keeps_its_split_and_id(run, predictor, tmp_path, caps
     (tmp_path / "typo.jsonl").write_text(f'{lines[0]}\n{{"user": "{users[1]}", "splt": "test"}}\n')
     capsys.readouterr()
     assert main(["predict", str(run), "--users", str(tmp_path / "typo.jsonl")]) == 2
-    assert "typo.jsonl line 2: unknown field 'splt' in an input" in capsys.readouterr().err
+    assert (
+        "typo.jsonl line 2: unknown field 'splt' (did you mean 'split'?) in an input"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_history_longer_than_the_model_reads_excludes_all_its_items(predictor):
@@ -670,7 +673,8 @@ def test_an_unknown_field_in_an_input_is_refused(predictor):
     """A typo in an input ("splt") is named, not ignored (the answer would silently be another)."""
     user = predictor.user_keys[0]
     with pytest.raises(
-        SemidError, match="unknown field 'splt' in an input; an input holds \"user\""
+        SemidError,
+        match=r"unknown field 'splt' \(did you mean 'split'\?\) in an input; an input holds \"user\"",
     ):
         predictor.check_input({"user": user, "splt": "test"})
     assert predictor.check_input({"user": user, "split": "test"}) == {"user": user, "split": "test"}

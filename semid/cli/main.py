@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from semid import __version__
 from semid.atomic import DISK_FULL_ERRNOS, made_folders_count, remove_empty_made_folders
@@ -18,6 +18,7 @@ from semid.cli.table import shorten_to_width
 from semid.distributed import MainProcessError, is_launched, is_main_process, leave_process_group
 from semid.errors import SemidError
 from semid.notes import show_on_console
+from semid.wording import did_you_mean
 
 # (group, name, module, description): each module has `add_arguments(parser)`, `run(args) -> int`
 # and EXAMPLE. A name of None makes the group itself the command (`semid eval RUN`). Only the module
@@ -132,6 +133,15 @@ class CommandParser(argparse.ArgumentParser):
                     break
         usage = "" if f"{self.prog} --help" in message else f" (usage: {self.prog} --help)"
         self.exit(2, f"{self.prog}: error: {message}{usage}\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """argparse's check of a value against ``action.choices``, naming the nearest choice of a
+        misspelt one (``--split tset``: did you mean 'test'?)."""
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}"
+                                         f"{did_you_mean(value, action.choices)} (choose from {choices})")  # fmt: skip
+        super()._check_value(action, value)
 
 
 def build_parser(load: tuple[str, str | None] | None = None) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from semid.tasks.specs import (
     default_train,
     recommender_models,
 )
-from semid.wording import counted
+from semid.wording import counted, did_you_mean
 
 EXAMPLE = (
     "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec --out runs/ml-100k/mmgrec\n"
@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     """Train, then print the validation metrics of the best epoch."""
     if args.model not in available_models():  # a usage error, told before torch loads
         raise SemidError(
-            f"unknown --model {args.model!r}; choose one of {', '.join(recommender_models())}"
+            f"unknown --model {args.model!r}{did_you_mean(args.model, recommender_models())}; "
+            f"choose one of {', '.join(recommender_models())}"
         )
     from semid.runs import update_metrics
     from semid.tasks import get_task, resolve_device

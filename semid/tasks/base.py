@@ -50,7 +50,7 @@ from semid.runs import (
     training_index_remover,
 )
 from semid.tasks.data import resolve_dataset
-from semid.wording import counted
+from semid.wording import counted, did_you_mean
 
 _TASKS: dict[str, Task] = {}
 # built-in tasks: name -> the module whose import registers it
@@ -435,8 +435,9 @@ class Predictor(ABC):
         if unknown:
             takes = " or ".join(f'"{f}"' for f in self.accepts)
             options = "".join(f', optionally with "{f}"' for f in (*self.input_options, INPUT_ID))
+            near = did_you_mean(unknown[0], (*self.accepts, *self.input_options, INPUT_ID))
             raise SemidError(
-                f"unknown field {unknown[0]!r} in an input; an input holds {takes}{options}"
+                f"unknown field {unknown[0]!r}{near} in an input; an input holds {takes}{options}"
             )
         key = item.get(INPUT_ID)
         if INPUT_ID in item and not is_key(key):
