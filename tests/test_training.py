@@ -22,7 +22,7 @@ from semid.training import TrainConfig, TrainConfigError, Trainer, TrainResult
 from semid.training.checkpoints import complete_checkpoints, load_progress
 from semid.training.config import TrainProgress
 from semid.training.schedule import lr_factor
-from semid.training.trainer import EpochShuffleSampler
+from semid.training.trainer import EpochShuffleSampler, process_seed
 
 HELPER = Path(__file__).with_name("_two_process_train.py")
 
@@ -603,6 +603,15 @@ def train_helper(out: Path, *flags: str, processes: int = 2, check: bool = True)
     ).returncode
 
 
+def test_no_process_of_a_run_draws_the_stream_of_a_process_of_another_seed():
+    """Processes were seeded seed + index, so process 1 of a run seeded 0 drew the dropout masks
+    of process 0 of a run seeded 1: two seeds of a 3-seed study shared a stream."""
+    assert [process_seed(s, 0) for s in range(5)] == list(range(5))  # one process: as seeded
+    streams = {process_seed(s, i) for s in range(100) for i in range(8)}
+    assert len(streams) == 800
+    assert process_seed(0, 1) == process_seed(0, 1)  # the same on every run
+
+
 @pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     train_helper(tmp_path / "two")
@@ -620,7 +629,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     assert not torch.equal(rank0["net.0.weight"], make_model().net[0].weight)
     # each process draws its own random stream (dropout masks): the same seed gave both the same
     seeds = [int((tmp_path / run / f"seed{rank}.txt").read_text()) for run, rank in (("one", 0), ("two", 0), ("two", 1))]  # fmt: skip
-    assert seeds[1] == seeds[0] and seeds[2] == seeds[0] + 1
+    assert seeds[1] == seeds[0] and seeds[2] == process_seed(seeds[0], 1) != seeds[0]
     last = complete_checkpoints(tmp_path / "two" / "run" / "checkpoints")[-1]
     assert load_progress(last).num_processes == 2 and (last / "random_states_1.pkl").is_file()
 

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
@@ -88,6 +89,16 @@ def _short(value: Any) -> str:
     """A stamp value for a message: a content hash shortened to 12 characters."""
     text = repr(value)
     return text[:13] + "...'" if isinstance(value, str) and len(value) == 64 else text
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of process ``process_index`` of a run seeded ``seed``: ``seed`` itself for the first
+    (so one process trains as seeded), a mix of both for the others, so that no process of one
+    run draws the stream of a process of a run with another seed (``seed + index`` gave process 1
+    of seed 0 the stream of process 0 of seed 1)."""
+    if process_index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
 
 
 class Trainer:
@@ -229,7 +240,7 @@ class Trainer:
         acc = self.accelerator
         # one stream per process: the same seed on every rank of a launched job drew the same
         # dropout masks on each (one process alone keeps the seed as given)
-        set_seed(self.config.seed + acc.process_index)
+        set_seed(process_seed(self.config.seed, acc.process_index))
         resume_from = self._loadable_checkpoint() if resume else None
         self._saved_at = None
         if resume_from is None:
