@@ -37,18 +37,19 @@ ADD_UNWRITABLE_FIX = "copy it to a folder you can write to and add there"
 CROWDED_SHARE = 0.25  # above this share of items without an ID of their own, a note says so
 
 
-def crowding_note(stats: dict, from_interactions: bool = False) -> str | None:
+def crowding_note(stats: dict, from_interactions: bool = False, noun: str = "items") -> str | None:
     """A note when many items shared their quantizer code (``collision_rate_before`` above
     ``CROWDED_SHARE``): their IDs then tell them apart by an arbitrary last token, not by content.
-    ``from_interactions``: the item vectors came from the log alone, so item texts are the fix."""
+    ``from_interactions``: the item vectors came from the log alone, so item texts are the fix;
+    ``noun``: what the index holds ("documents", "images")."""
     share = stats["collision_rate_before"]
     if share <= CROWDED_SHARE:
         return None
     fix = ("give the items texts (--items FILE), whose vectors tell them apart better than the "
            "interactions do" if from_interactions
-           else "give vectors that tell the items apart, or a quantizer with more codes per level")  # fmt: skip
-    return (f"{share:.0%} of the items have no quantized ID of their own (up to "
-            f"{stats['max_items_per_id_before']:,} items share one), so their IDs say little about "
+           else f"give vectors that tell the {noun} apart, or a quantizer with more codes per level")  # fmt: skip
+    return (f"{share:.0%} of the {noun} have no quantized ID of their own (up to "
+            f"{stats['max_items_per_id_before']:,} {noun} share one), so their IDs say little about "
             f"them; {fix}")  # fmt: skip
 
 

@@ -581,4 +581,6 @@ def test_training_on_crowded_ids_says_so(tmp_path, capsys, monkeypatch):
     write_docs(tmp_path / "docs.jsonl", n=30)
     spec = replace(tiny_spec(tmp_path / "docs.jsonl", hold_out=0), quantizer="rqkmeans:1x2")
     get_task("retrieve").train(spec, tmp_path / "run")
-    assert "of the items have no quantized ID of their own" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "of the documents have no quantized ID of their own" in err
+    assert "documents share one)" in err and "tell the documents apart" in err

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     stats = ids.stats()
     print(format_stats(stats))
     from_interactions = ids.metadata.get("item_vectors") == INTERACTION_VECTORS
-    crowded = crowding_note(stats, from_interactions)
+    crowded = crowding_note(stats, from_interactions, "items" if kind == "interactions" else kind)
     if crowded is not None:
         notes.note(crowded)
     if args.plot:

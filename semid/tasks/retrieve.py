@@ -238,7 +238,7 @@ class RetrieveTask(Task):
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         where = resolve_device(device)  # the frozen encoder runs there too: the GPU encodes fastest
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
-        crowded = crowding_note(ids.stats())  # `index build` says it with the stats it prints
+        crowded = crowding_note(ids.stats(), noun="documents")  # `index build` says it too
         if crowded is not None:
             note(crowded)
         test_pairs = evaluation_queries(coll, split.d0_test, split.d0)
