@@ -1,5 +1,7 @@
 """Plain-text tables of the CLI."""
 
+import pytest
+
 from semid.cli.table import display_width, format_table, metric_rows, shorten_to_width
 
 
@@ -63,3 +65,11 @@ def test_text_is_shortened_to_terminal_columns():
     assert shorten_to_width("a" * 80, 20) == "a" * 16 + " ..."
     assert shorten_to_width("one two three four five six", 20) == "one two three ..."
     assert shorten_to_width("short", 20) == "short"
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 4, 5])
+def test_a_width_smaller_than_the_placeholder_is_kept(width):
+    """The placeholder alone (4 columns) came out for any width under it, past the width asked."""
+    for text in ("abcdefghij", "東京は日本の首都"):
+        cut = shorten_to_width(text, width)
+        assert display_width(cut) <= width and text.startswith(cut.removesuffix(" ..."))

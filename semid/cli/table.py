@@ -44,17 +44,26 @@ def display_width(text: str) -> int:
 def shorten_to_width(text: str, width: int, placeholder: str = " ...") -> str:
     """``text`` cut to at most ``width`` terminal columns with ``placeholder`` after the cut: at the
     last space that keeps over half of the room, else between characters (text without spaces,
-    such as Chinese or Japanese, or a long word)."""
+    such as Chinese or Japanese, or a long word). A width too small for the placeholder gets the
+    text's first columns alone."""
     if display_width(text) <= width:
         return text
-    room, used, end = width - display_width(placeholder), 0, 0
-    while end < len(text) and used + display_width(text[end]) <= room:
-        used += display_width(text[end])
-        end += 1
+    if width <= display_width(placeholder):
+        return text[: _fitting_characters(text, width)]
+    end = _fitting_characters(text, width - display_width(placeholder))
     space = text.rfind(" ", 0, end + 1)
     if space > end // 2:
         end = space
     return text[:end].rstrip() + placeholder
+
+
+def _fitting_characters(text: str, room: int) -> int:
+    """How many of ``text``'s first characters fit in ``room`` terminal columns."""
+    used, end = 0, 0
+    while end < len(text) and used + display_width(text[end]) <= room:
+        used += display_width(text[end])
+        end += 1
+    return end
 
 
 def _pad(text: str, width: int, right: bool) -> str:
