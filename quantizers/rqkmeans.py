@@ -215,7 +215,7 @@ def _in_span(x: Tensor, cluster: Callable[[Tensor], Tensor]) -> Tensor:
     _, _, basis = torch.linalg.svd(x64 - center, full_matrices=False)  # (N, D), rows orthonormal
     basis = basis[: x.shape[0] - 1]
     coords = ((x64 - center) @ basis.T).float()
-    return (cluster(coords).double() @ basis + center).to(x.dtype)
+    return (cluster(coords).double() @ basis + center).float()  # float32, as faiss gives
 
 
 @contextmanager
