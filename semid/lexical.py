@@ -24,7 +24,7 @@ from torch import Tensor
 
 from semid.atomic import atomic_file
 from semid.errors import SemidError
-from semid.saving import damaged
+from semid.saving import check_tensors_sha256, damaged, tensors_sha256
 
 TOKEN = re.compile(r"\w+")
 
@@ -101,8 +101,8 @@ class LexicalIndex:
                   "indptr": c.indptr.astype(np.int64)}  # fmt: skip
         # one metadata entry: safetensors writes several in an order that varies between runs, and
         # the same documents must give the same bytes
-        meta = {"lexical": json.dumps({"vocab": self.vocab, "shape": list(c.shape),
-                                       "k1": self.k1, "b": self.b})}  # fmt: skip
+        meta = {"lexical": json.dumps({"vocab": self.vocab, "shape": list(c.shape), "k1": self.k1,
+                                       "b": self.b, "sha256": tensors_sha256(arrays)})}  # fmt: skip
         with atomic_file(path, "wb") as f:
             f.write(save(arrays, metadata=meta))
 
@@ -121,6 +121,7 @@ class LexicalIndex:
             else:  # written before the one entry: each value a JSON or number string of its own
                 meta = {"vocab": json.loads(meta["vocab"]), "shape": json.loads(meta["shape"]),
                         "k1": meta["k1"], "b": meta["b"]}  # fmt: skip
+            check_tensors_sha256(path, arrays, meta.get("sha256"))  # none in older files
             counts = sp.csr_matrix(
                 (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(meta["shape"])
             )

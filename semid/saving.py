@@ -14,6 +14,7 @@ are loaded. :func:`write_module` and :func:`read_module` are the only writer and
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -21,8 +22,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
@@ -176,9 +178,10 @@ def tied_names(module: nn.Module) -> set[str]:
 
 
 def write_rows(path: str | os.PathLike, rows: Tensor) -> None:
-    """Write per-row vectors (N, D) kept beside an index (row i = index row i), atomically."""
+    """Write per-row vectors (N, D) kept beside an index (row i = index row i), atomically, with
+    the SHA-256 of their values (checked by :func:`read_rows`)."""
     with atomic_file(Path(path), "wb") as f:
-        f.write(save({"embeddings": rows.float().contiguous()}))
+        f.write(checked_tensor_bytes({"embeddings": rows.float().contiguous()}))
 
 
 def read_rows(path: str | os.PathLike) -> Tensor | None:
@@ -187,7 +190,54 @@ def read_rows(path: str | os.PathLike) -> Tensor | None:
     path = Path(path)
     if not path.is_file():
         return None
+    tensors = load_checked_tensors(path)
+    if "embeddings" not in tensors:
+        raise damaged(path, KeyError("embeddings"))
+    return tensors["embeddings"]
+
+
+_CHECKED_ENTRY = "semid"  # a checked tensor file's one metadata entry: {"sha256": ...}
+
+
+def tensors_sha256(tensors: dict[str, Any]) -> str:
+    """The SHA-256 of tensors or arrays (torch or numpy): each one's name, dtype, shape and bytes,
+    in name order, so that the same values give the same digest whichever library read them."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name]
+        array = value.detach().cpu().contiguous().numpy() if isinstance(value, Tensor) else value
+        array = np.ascontiguousarray(array)
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def checked_tensor_bytes(tensors: dict[str, Tensor]) -> bytes:
+    """safetensors bytes of ``tensors`` that record the SHA-256 of their values (one metadata
+    entry: safetensors writes several in an order that varies, and the same tensors must give the
+    same bytes); :func:`load_checked_tensors` checks it."""
+    return save(tensors, metadata={_CHECKED_ENTRY: json.dumps({"sha256": tensors_sha256(tensors)})})
+
+
+def load_checked_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a file of :func:`checked_tensor_bytes`, after checking their SHA-256 (files
+    written before it was recorded are read unchecked); a file cut short, of other bytes or
+    unreadable is one SemidError line naming it."""
     try:
-        return load_file(str(path))["embeddings"]
-    except (SafetensorError, OSError, KeyError) as e:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+        recorded = json.loads(meta[_CHECKED_ENTRY])["sha256"] if _CHECKED_ENTRY in meta else None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise damaged(path, e) from None
+    check_tensors_sha256(path, tensors, recorded)
+    return tensors
+
+
+def check_tensors_sha256(path: str | os.PathLike, tensors: dict[str, Any], recorded: Any) -> None:
+    """SemidError naming ``path`` when the SHA-256 its writer ``recorded`` (None: none kept) is not
+    that of the ``tensors`` read from it: values changed since (a bad copy, bit rot) would parse
+    and give other scores."""
+    if recorded is not None and tensors_sha256(tensors) != recorded:
+        raise SemidError(f"{path} is damaged: its values are not those written (changed since); "
+                         "retrain or restore it")  # fmt: skip

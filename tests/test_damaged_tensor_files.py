@@ -38,3 +38,50 @@ def test_damaged_lexical_index_is_one_line_naming_it(tmp_path, how):
     damage(path, how)
     with pytest.raises(SemidError, match=f"{path} is damaged or unreadable"):
         LexicalIndex.load(path)
+
+
+def flip_last_byte(path) -> None:
+    """Change one bit of the file's last byte (the tensors' data comes after the header): the file
+    still parses, with one value changed."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_changed_value_in_a_rows_file_is_refused(tmp_path):
+    """A flipped bit in document embeddings or image features parsed and gave other scores, with
+    exit 0; the file now records the SHA-256 of its values."""
+    path = tmp_path / "document_embeddings.safetensors"
+    rows = torch.randn(4, 3)
+    write_rows(path, rows)
+    assert torch.equal(read_rows(path), rows)
+    flip_last_byte(path)
+    with pytest.raises(SemidError, match=f"{path} is damaged: its values are not those written"):
+        read_rows(path)
+
+
+def test_a_rows_file_written_before_the_record_is_read_unchecked(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "image_features.safetensors"
+    save_file({"embeddings": torch.ones(2, 3)}, str(path))  # as semid wrote it before
+    assert torch.equal(read_rows(path), torch.ones(2, 3))
+
+
+def test_a_changed_count_in_a_lexical_index_is_refused(tmp_path):
+    path = tmp_path / "lexical.safetensors"
+    LexicalIndex.from_texts(["a red fox", "a blue car"]).save(path)
+    LexicalIndex.load(path)
+    flip_last_byte(path)
+    with pytest.raises(SemidError, match=f"{path} is damaged: its values are not those written"):
+        LexicalIndex.load(path)
+
+
+def test_the_same_values_give_the_same_bytes(tmp_path):
+    """The digest sits in one metadata entry: files stay byte-identical run to run."""
+    LexicalIndex.from_texts(["a red fox", "a blue car"]).save(tmp_path / "a")
+    LexicalIndex.from_texts(["a red fox", "a blue car"]).save(tmp_path / "b")
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    write_rows(tmp_path / "c", torch.arange(6.0).reshape(2, 3))
+    write_rows(tmp_path / "d", torch.arange(6.0).reshape(2, 3))
+    assert (tmp_path / "c").read_bytes() == (tmp_path / "d").read_bytes()

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save
 from torch import Tensor
 
 from semid.atomic import atomic_file, check_output_folder, read_json, restore_on_error, write_json
@@ -60,7 +59,7 @@ from semid.runs import (
     training_index,
     write_run,
 )
-from semid.saving import read_rows, write_rows
+from semid.saving import checked_tensor_bytes, load_checked_tensors, read_rows, write_rows
 from semid.tasks.base import (
     EvalOptions,
     IndexSource,
@@ -360,8 +359,8 @@ class Text2ImageTask(Task):
         if cnn is not None:
             cnn.save_pretrained(out / IMAGE_ENCODER_DIR)
         with atomic_file(out / TRAIN_TARGETS, "wb") as f:
-            f.write(save({"codes": targets.contiguous(), "labels": relevance_labels(splits.train).contiguous(),
-                          "features": train_x.float().contiguous()}))  # fmt: skip
+            f.write(checked_tensor_bytes({"codes": targets.contiguous(), "features": train_x.float().contiguous(),
+                                          "labels": relevance_labels(splits.train).contiguous()}))  # fmt: skip
         write_rows(out / IMAGE_FEATURES, test_x)
         size = splits.train.images.shape[-1]
         lines = [f"quantizer {quantizer} for {len(splits.train):,} training images",
@@ -394,7 +393,7 @@ class Text2ImageTask(Task):
             raise SemidError(f"--index {index} is not an index of images (it has no {TRAIN_TARGETS}); "
                              f"build one of the images: semid index build --dataset "
                              f"{spec.dataset} --out INDEX")  # fmt: skip
-        targets = load_file(str(Path(index) / TRAIN_TARGETS))
+        targets = load_checked_tensors(Path(index) / TRAIN_TARGETS)
         check_index_of(index, ids.keys, targets, splits, spec)
         if not built:  # learnt from a copy: a rebuild of --index meanwhile changes neither the
             # model nor its run's index
