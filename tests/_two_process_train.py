@@ -10,6 +10,7 @@ evaluation fail, as a killed job would.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,14 +89,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, required=True, help="per process")
     parser.add_argument("--evaluate", action="store_true", help="held-out accuracy per epoch")
     parser.add_argument("--crash-at-evaluation", type=int, help="the evaluation that fails")
+    parser.add_argument("--ids-per-process", action="store_true",
+                        help="each process stamps other IDs, as machines that built other IDs would")  # fmt: skip
     args = parser.parse_args()
     config = TrainConfig(
         max_epochs=2, batch_size=args.batch_size, lr=0.05, checkpoint_every=3, mixed_precision="no",
         metric="acc", log_every=1,
     )  # fmt: skip
     evaluate = accuracy_of(make_dataset(30, seed=1), args.crash_at_evaluation)
+    ids = f"ids of process {os.environ.get('RANK', '0')}" if args.ids_per_process else "ids"
     trainer = Trainer(make_model(), make_dataset(64), config, args.out / "run",
-                      evaluate=evaluate if args.evaluate else None)  # fmt: skip
+                      evaluate=evaluate if args.evaluate else None,
+                      trained_on={"data": "tiny", "ids": ids})  # fmt: skip
     result = trainer.fit()
     rank = trainer.accelerator.process_index
     weights = {

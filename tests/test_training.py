@@ -635,6 +635,20 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_processes_that_prepared_other_training_data_are_refused(tmp_path):
+    """A retrieval run builds its document IDs in every process of a launched job; machines whose
+    floating-point paths differ can build other IDs, and the processes then trained one model on
+    disagreeing targets without a word."""
+    run = subprocess.run(
+        [*TWO_PROCESSES, str(HELPER), str(tmp_path / "out"), "--batch-size", "8", "--ids-per-process"],
+        env=os.environ | ONE_THREAD, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "process 1 prepared other training data than process 0 (ids differs;" in run.stderr
+    assert not (tmp_path / "out" / "rank0.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_two_processes_keep_an_epoch_whose_evaluation_failed(tmp_path):
     """Rank 0 fails in the second evaluation while rank 1 waits for its result (no handler can save
     then): the epoch was saved before the evaluation, and the resume ends as an uninterrupted run."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
@@ -235,12 +235,38 @@ class Trainer:
             resumed_after_s=resumed_after_s,
         )
 
+    def _check_same_data_on_every_process(self) -> None:
+        """SemidError on every process of a launched job whose processes prepared different
+        training data (``trained_on`` differs from process 0's): each process builds what it trains
+        on (a retrieval run its document IDs), and machines whose floating-point paths differ (other
+        CPUs or GPUs, thread counts) can build other IDs, which would train one model on
+        disagreeing targets."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or self.trained_on is None:
+            return
+        first = broadcast_object_list([self.trained_on])[0]
+        differing = sorted(
+            k for k in {*first, *self.trained_on} if first.get(k) != self.trained_on.get(k)
+        )
+        reports = gather_object([(acc.process_index, differing)])
+        disagree = [(index, keys) for index, keys in reports if keys]
+        if disagree:
+            index, keys = disagree[0]
+            raise SemidError(
+                f"process {index} prepared other training data than process 0 ({', '.join(keys)} "
+                f"differ{'s' if len(keys) == 1 else ''}; {len(disagree)} of {acc.num_processes - 1} "
+                "other processes disagree): semantic IDs built on machines whose floating-point "
+                "paths differ can differ; run every process on the same kind of device with the "
+                "same thread count (OMP_NUM_THREADS), or train in one process"
+            )
+
     def _start(self, resume: bool) -> TrainProgress:
         """Seed everything, then restore the last checkpoint (resume) or clear earlier outputs."""
         acc = self.accelerator
         # one stream per process: the same seed on every rank of a launched job drew the same
         # dropout masks on each (one process alone keeps the seed as given)
         set_seed(process_seed(self.config.seed, acc.process_index))
+        self._check_same_data_on_every_process()
         resume_from = self._loadable_checkpoint() if resume else None
         self._saved_at = None
         if resume_from is None:
