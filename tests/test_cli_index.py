@@ -545,3 +545,15 @@ def test_texts_added_to_a_bare_index_are_embedded_by_the_index_s_own_encoder(
     (tmp_path / "new.tsv").write_text("fresh\tA Fresh Title\n")
     assert main(["index", "add", str(tmp_path / "idx"), "--items", str(tmp_path / "new.tsv")]) == 0
     assert used == ["my-encoder"]  # it embedded them with the default encoder
+
+
+def test_a_logs_notes_come_before_the_long_work(tmp_path, capsys):
+    """A log's notes (file order taken as time order, say) came after embedding and fitting, late
+    in the output, though one may be worth stopping the command for."""
+    rows = [f"u{u},i{(u * 7 + k) % 40}" for u in range(30) for k in range(5)]
+    (tmp_path / "log.csv").write_text("user,item\n" + "\n".join(rows) + "\n")
+    assert main(["index", "build", "--dataset", str(tmp_path / "log.csv"), "--quantizer",
+                 "rqkmeans:2x4", "--out", str(tmp_path / "idx")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "file order is time order" in out
+    assert out.index("file order is time order") < out.index("fitting rqkmeans:2x4")

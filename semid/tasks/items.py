@@ -101,7 +101,8 @@ def build_item_index(
                 "--interactions goes with --embeddings; a --dataset brings its own interactions"
             )
         dataset = source_dataset(source)
-        notes += dataset.notes
+        if dataset.notes:  # said now: embedding and fitting take a while, and a note (file order
+            tell("\n".join(dataset.notes))  # taken as time order) may be worth stopping for
         keys = list(dataset.item_keys)
         if dataset.item_texts is None:
             train = leave_one_out(dataset.interactions).train  # held-out targets must not shape IDs
