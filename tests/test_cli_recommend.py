@@ -727,3 +727,18 @@ def test_a_first_training_killed_in_its_final_write_resumes(tmp_path, point, aft
     assert "resuming from step 2" in again.stdout + again.stderr
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     assert len(load_run(out).ids) == 1682
+
+
+def test_num_beams_for_a_model_that_scores_every_item_is_said_to_have_no_effect(tmp_path, capsys):
+    """`--num-beams` was taken and ignored for a scorer (SASRec, most popular): the figures did
+    not move, without a word."""
+    _, _, idx = random_ml100k_index(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(idx), "--model",
+                 "pop", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "10", "--split", "valid", "--num-beams", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "this run's model (pop) scores every item; --num-beams has no effect" in err
+    assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
+    assert "--num-beams" not in capsys.readouterr().err

@@ -225,6 +225,8 @@ class RecommendTask(Task):
             raise SemidError(
                 "--cold-share and --item-mix need a generator; this run's model scores items directly"
             )
+        elif options.num_beams is not None:  # said, not ignored: the figures would not move
+            note(f"this run's model ({spec.model}) scores every item; --num-beams has no effect")
         ranker = ranker_for(
             run.model, run.ids, options.num_beams or spec.num_beams, **generator_options
         )
