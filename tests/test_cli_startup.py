@@ -180,6 +180,24 @@ def test_a_full_standard_output_is_one_line(printed):
     )
 
 
+def test_an_input_output_error_on_a_stream_is_one_line(monkeypatch, capsys):
+    """A failing disk under a redirected output, or a terminal gone (a closed ssh session), gave
+    EIO as a traceback; it is one line, exit 2, as a full device is."""
+    import errno
+
+    import semid.cli.index_stats as stats
+
+    def fail(args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(stats, "run", fail)
+    assert main(["index", "stats", "any"]) == 2
+    assert capsys.readouterr().err == (
+        "semid: error: an input/output error on standard output; check the device (`dmesg`) or "
+        "the terminal, and rerun (what it wrote is incomplete)\n"
+    )
+
+
 def test_out_dash_on_a_closed_standard_output_names_it():
     """`--out -` with standard output closed (`>&-`) is refused naming standard output (not the
     /dev/fd/1 it is written through)."""

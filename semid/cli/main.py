@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib
 import logging
 import os
@@ -283,15 +284,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `semid ... | head` closed the pipe: stop quietly, as Unix tools do
         _silence_stdout()  # Python flushes stdout at exit, which would raise again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
-    except OSError as e:  # artifacts tell a full disk themselves (DiskFullError); this is a stream
-        if e.errno not in DISK_FULL_ERRNOS:
+    except OSError as e:  # artifacts tell a failed write themselves (WriteFailedError); a stream
+        if e.errno not in {*DISK_FULL_ERRNOS, errno.EIO}:
             raise
         _close_progress_bars()
         try:
             sys.stdout.flush()
-        except OSError:  # the output that filled up: what it still holds cannot go out at exit
+        except OSError:  # the output that failed: what it still holds cannot go out at exit
             _silence_stdout()
         # a write through print() or --out - (/dev/stdout) names no file
+        if e.errno == errno.EIO:  # a failing disk, or a terminal that went away (a closed ssh)
+            print(f"semid: error: an input/output error on {e.filename or 'standard output'}; "
+                  "check the device (`dmesg`) or the terminal, and rerun (what it wrote is "
+                  "incomplete)", file=sys.stderr)  # fmt: skip
+            return 2
         print(f"semid: error: no space left on device while writing "
               f"{e.filename or 'standard output'}; free space and rerun (what it wrote is "
               "incomplete)", file=sys.stderr)  # fmt: skip
