@@ -276,6 +276,7 @@ cases(
         ("usage-misspelt-option", "semid eval: error: unknown option --kk (did you mean --k?)", lambda e: ["eval", NOWHERE, "--kk", "5"]),
         ("usage-abbreviated-option", "unknown option --user (did you mean --users?)", lambda e: ["eval", NOWHERE, "--user", "196"]),  # it ran as --users 196
         ("usage-misspelt-required", "unknown option --usr (did you mean --user?); one of the arguments", lambda e: ["predict", NOWHERE, "--usr", "1"]),
+        ("usage-unknown-option-not-near", "semid predict: error: unknown option --bogus (see semid predict --help)", lambda e: ["predict", NOWHERE, "--user", "1", "--bogus"]),
         # a misspelt value is named with the nearest one too
         ("usage-misspelt-split", "invalid choice: 'tset' (did you mean 'test'?) (choose from", lambda e: ["eval", NOWHERE, "--split", "tset"]),
         ("usage-misspelt-retriever", "invalid choice: 'promptdis' (did you mean 'promptdsi'?)", ret_args("--model", "promptdis")),

@@ -128,8 +128,11 @@ class CommandParser(argparse.ArgumentParser):
             for arg in self.argv:
                 name = arg.split("=", 1)[0]
                 if name.startswith("--") and name not in options:
-                    close = difflib.get_close_matches(name, options, n=1)
-                    fix = f"did you mean {close[0]}?" if close else f"see {self.prog} --help"
+                    # compared without the dashes, which every option shares: --bogus is not
+                    # near --out
+                    bare = {option.lstrip("-"): option for option in options}
+                    close = difflib.get_close_matches(name.lstrip("-"), list(bare), n=1)
+                    fix = f"did you mean {bare[close[0]]}?" if close else f"see {self.prog} --help"
                     message = f"unknown option {name} ({fix}); {message}"
                     break
         usage = "" if f"{self.prog} --help" in message else f" (usage: {self.prog} --help)"
