@@ -223,3 +223,20 @@ def test_train_retriever_help_shows_each_models_budget(capsys):
         "--batch-size BATCH_SIZE examples per step of each process (default: 32 for "
         "promptdsi, 256 for avg)"
     ) in text
+
+
+def test_top_level_and_group_help_show_the_workflow_and_every_example_parses(capsys):
+    """`semid --help`, `semid index --help` and `semid train --help` showed no example, though the
+    README says every command's help has one."""
+    import shlex
+
+    from semid.cli.main import WORKFLOW, build_parser
+
+    for argv, shown in ((["--help"], WORKFLOW), (["train", "--help"], [WORKFLOW[1], WORKFLOW[6]])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "examples:" in out and all(f"  {line}\n" in out for line in shown)
+    for line in WORKFLOW:  # each example is a command line its parser takes
+        argv = shlex.split(line)[1:]
+        build_parser(selected_command(argv)).parse_args(argv)

@@ -114,6 +114,26 @@ def check_utf8_arguments(argv: Sequence[str]) -> None:
                              "to UTF-8, or set a UTF-8 locale")  # fmt: skip
 
 
+# the usual way through the commands, shown by `semid --help` (and each group's lines by
+# `semid index --help`, `semid train --help`); each command's --help has examples of its own
+WORKFLOW = (
+    "semid index build --dataset ml-100k --out runs/ml-100k/index",
+    "semid train recommender --dataset ml-100k --index runs/ml-100k/index --model mmgrec "
+    "--out runs/ml-100k/mmgrec",
+    "semid eval runs/ml-100k/mmgrec",
+    "semid predict runs/ml-100k/mmgrec --user 196 --k 10",
+    "semid index add runs/ml-100k/mmgrec --items new_items.csv",
+    "semid serve runs/ml-100k/mmgrec --port 8000",
+    "semid train retriever --dataset my_docs.jsonl --out runs/docs",
+    "semid index stats runs/ml-100k/index",
+)
+
+
+def workflow_epilog(prefix: str = "semid ") -> str:
+    """The WORKFLOW lines that start with ``prefix``, as an --help epilog."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in WORKFLOW if line.startswith(prefix))
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse's parser, whose errors in a command name a misspelt option and the nearest one it
     takes (``--kk``: did you mean ``--k``?), before argparse's own words."""
@@ -152,7 +172,8 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
     """The argument parser; only command ``load`` (a ``selected_command``) gets its arguments.
 
     Every other command is listed with its description alone, which is all ``--help`` shows of it."""
-    parser = CommandParser(prog="semid", description="Generative retrieval with semantic IDs.")
+    parser = CommandParser(prog="semid", description="Generative retrieval with semantic IDs.",
+                           epilog=workflow_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"semid {__version__}")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     sub_by_group: dict[str, argparse._SubParsersAction] = {}
@@ -161,7 +182,8 @@ def build_parser(load: tuple[str, str | None] | None = None) -> argparse.Argumen
             add_parser, command_name = groups.add_parser, group
         else:
             if group not in sub_by_group:
-                gp = groups.add_parser(group, help=f"{group} commands")
+                gp = groups.add_parser(group, help=f"{group} commands", epilog=workflow_epilog(f"semid {group} "),
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
                 sub_by_group[group] = gp.add_subparsers(
                     dest="command", metavar="SUBCOMMAND", required=True
                 )
