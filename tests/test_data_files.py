@@ -387,6 +387,12 @@ def test_a_column_of_iso_datetimes_under_another_name_is_the_time(tmp_path: Path
     (note,) = d.notes
     assert note.startswith("column 'when' holds datetimes, so it is taken as the time")
     assert "pass --columns timestamp=NAME for the time column, or remove it" in note
+    # a value further down that is no datetime: the error says why the column was read as time
+    rows = "".join(f"x,i{n},2000-09-06T16:{n:02d}:00Z,5\n" for n in range(20))  # the 20 looked at
+    (tmp_path / "late.csv").write_text(f"user,item,when,stars\n{rows}x,d,unknown,2\n")
+    with pytest.raises(SemidError, match=r"line 22: timestamp 'unknown' is not .* \(column 'when' "
+                       r"was taken as the time, as its first values are datetimes; if it is not"):  # fmt: skip
+        load_interaction_files(tmp_path / "late.csv", min_interactions=1)
     # two such columns: which is the time is not guessed (file order, and the usual note)
     (tmp_path / "b.csv").write_text(
         "user,item,sent,opened\nx,b,2000-09-06T16:05:21,2000-09-06T17:00:00\n"

@@ -154,7 +154,14 @@ def load_interaction_files(
     if time_col is None:
         times = np.arange(len(user_code), dtype=np.int64)
     else:
-        times = _timestamps(table[time_col], path)
+        try:
+            times = _timestamps(table[time_col], path)
+        except SemidError as e:
+            if found_note is None:
+                raise
+            raise SemidError(f"{e} (column {time_col!r} was taken as the time, as its first values "
+                             "are datetimes; if it is not the time, remove it or pass --columns "
+                             "timestamp=NAME)") from None  # fmt: skip
         _check_one_unit(times, path)
     events = _Events(user_code, item_code, times)
     notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
