@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -387,12 +388,32 @@ def test_a_column_of_iso_datetimes_under_another_name_is_the_time(tmp_path: Path
     (note,) = d.notes
     assert note.startswith("column 'when' holds datetimes, so it is taken as the time")
     assert "pass --columns timestamp=NAME for the time column, or remove it" in note
-    # a value further down that is no datetime: the error says why the column was read as time
-    rows = "".join(f"x,i{n},2000-09-06T16:{n:02d}:00Z,5\n" for n in range(20))  # the 20 looked at
-    (tmp_path / "late.csv").write_text(f"user,item,when,stars\n{rows}x,d,unknown,2\n")
-    with pytest.raises(SemidError, match=r"line 22: timestamp 'unknown' is not .* \(column 'when' "
-                       r"was taken as the time, as its first values are datetimes; if it is not"):  # fmt: skip
-        load_interaction_files(tmp_path / "late.csv", min_interactions=1)
+    # a column of optional datetimes (empty or other text on some rows, past the first values
+    # looked at) is no time of every event: file order, and a note on why it was not taken
+    rows = "".join(f"x,i{n},2000-09-06T16:{n:02d}:00Z,5\n" for n in range(20))
+    for late in ("unknown", ""):
+        (tmp_path / "late.csv").write_text(f"user,item,when,stars\n{rows}x,d,{late},2\n")
+        d = load_interaction_files(tmp_path / "late.csv", min_interactions=1)
+        assert d.item_keys[-1] == "d" and "file order is time order" in d.notes[0]
+        assert "column 'when' holds datetimes, but is not taken as the time of the events: some " \
+               "rows hold none" in d.notes[1]  # fmt: skip
+    # a date of the user (signup), one time for all their events: file order, not item-id order
+    (tmp_path / "signup.csv").write_text(
+        "user,item,signup\nx,c,2000-01-01T10:00:00\nx,a,2000-01-01T10:00:00\n"
+        "y,b,2001-05-05T12:00:00\ny,a,2001-05-05T12:00:00\n"
+    )
+    d = load_interaction_files(tmp_path / "signup.csv", min_interactions=1)
+    assert (
+        d.item_keys == ["c", "a", "b"] and "2 of 2 users have every event at one time" in d.notes[1]
+    )
+    # dates typed as timestamps (parquet) at midnight would tie a day's events: not taken
+    day = pa.array(
+        [datetime(2000, 9, 6), datetime(2000, 9, 6), datetime(2000, 9, 7)], pa.timestamp("s")
+    )
+    pq.write_table(pa.table({"user": ["x", "x", "x"], "item": ["b", "a", "c"], "day": day}),
+                   tmp_path / "days.parquet")  # fmt: skip
+    d = load_interaction_files(tmp_path / "days.parquet", min_interactions=1)
+    assert d.item_keys == ["b", "a", "c"] and "dates without a time of day" in d.notes[1]
     # two such columns: which is the time is not guessed (file order, and the usual note)
     (tmp_path / "b.csv").write_text(
         "user,item,sent,opened\nx,b,2000-09-06T16:05:21,2000-09-06T17:00:00\n"
@@ -417,11 +438,18 @@ def test_every_missing_key_column_of_both_files_is_named_in_one_error(tmp_path: 
     assert message.startswith(f"items file {items} lacks an item column (accepted names: item, ")
     assert f"and interactions file {log} lacks a user and an item column" in message
     assert "found: customer, product, when)" in message
-    assert message.endswith("; rename them or pass --columns item=NAME,user=NAME")
+    assert (
+        "; rename them or pass --columns user=NAME,item=NAME (item= names the item column of both"
+        in message
+    )
     with pytest.raises(SemidError, match=r"^interactions file .* lacks a user column \(accepted"):
         load_interaction_files(log, items, columns="item=product", min_interactions=1)
     d = load_interaction_files(log, items, columns="user=customer,item=product", min_interactions=1)
     assert d.item_keys == ["P1", "P2"] and d.item_texts == ["title: one", "title: two"]
+    # --columns item= naming the items file's column: the log's two missing columns, in one error
+    (tmp_path / "skus.csv").write_text("sku,title\nP1,one\nP2,two\n")
+    with pytest.raises(SemidError, match=r"^interactions file .* lacks a user and an item column"):
+        load_interaction_files(log, tmp_path / "skus.csv", columns="item=sku", min_interactions=1)
 
 
 @pytest.mark.parametrize("name", ["datetime", "event_time", "created_at", "Timestamp", "TIME"])

@@ -7,7 +7,8 @@ Timestamps may be integers, decimals, ISO 8601 datetimes or the named forms of
 NAMED_DATETIME_FORMATS, in seconds (int64 when every value is
 a whole second, else float64, so events within one second keep their order). Without a column of
 a time name, a column ``date`` whose dates have a time of day, or else the one other column of ISO
-8601 datetimes with a time of day, is the time (with a note); without any, file order is time order.
+8601 datetimes with a time of day, is the time (with a note; see `_guessed_times` for when the
+latter is not); without any, file order is time order.
 
 Items file (optional): the item column (same names, plus ``id``) and a ``text`` column. Without a
 ``text`` column every other column makes the text, in file order, as ``"column: value"`` pairs
@@ -130,42 +131,42 @@ def load_interaction_files(
     what = "interactions file"
     table = read_table(path, what)
     catalog = None
-    log_columns = dict(columns)
     items_table = None if items is None else read_table(Path(items), "items file")
-    _check_key_columns(table, columns, path, items_table, items)
+    log_columns = dict(columns)
+    named = columns.get("item")
+    if (items_table is not None and named in map(column_name, items_table.column_names)
+            and named not in map(column_name, table.column_names)):  # fmt: skip
+        del log_columns["item"]  # the mapping named the items file's column: --columns item=sku
+    _check_key_columns(table, log_columns, path, items_table, items, named)
     if items is not None:
-        keys, texts, items_key = _read_items(Path(items), columns, table=items_table)
+        keys, texts, _ = _read_items(Path(items), columns, table=items_table)
         catalog = _ItemTexts(pd.Index(keys), texts, items)
-        named = columns.get("item")
-        if named == items_key and named not in map(column_name, table.column_names):
-            del log_columns["item"]  # the mapping named the items file's column: --columns item=sku
     user_col = find_column(table, "user", USER_COLUMNS, path, what, log_columns.get("user"))
     item_col = find_column(table, "item", ITEM_COLUMNS, path, what, log_columns.get("item"))
     time_col = find_column(
         table, "timestamp", TIME_COLUMNS, path, what, columns.get("timestamp"), required=False
     )
-    found_note = None
+    guessed = False
     if time_col is None:
-        time_col, found_note = _datetime_column(table, (user_col, item_col))
+        time_col, guessed = _datetime_column(table, (user_col, item_col))
     # one hash pass per key column, in arrow; every step below works on the integer codes (E,)
     # and the distinct keys, not on millions of Python strings
     user_code, user_uniques = factorized_keys(table[user_col], path, "user id", trim=True)
     item_code, item_uniques = factorized_keys(table[item_col], path, "item id", trim=True)
-    if time_col is None:
-        times = np.arange(len(user_code), dtype=np.int64)
-    else:
-        try:
-            times = _timestamps(table[time_col], path)
-        except SemidError as e:
-            if found_note is None:
-                raise
-            raise SemidError(f"{e} (column {time_col!r} was taken as the time, as its first values "
-                             "are datetimes; if it is not the time, remove it or pass --columns "
-                             "timestamp=NAME)") from None  # fmt: skip
+    time_notes: list[str] = []
+    times = None
+    if guessed:  # taken only when it orders the events better than file order would
+        times, said = _guessed_times(table[time_col], time_col, user_code, path)
+        time_notes.append(said)
+        time_col = time_col if times is not None else None
+    elif time_col is not None:
+        times = _timestamps(table[time_col], path)
         _check_one_unit(times, path)
+    if times is None:
+        times = np.arange(len(user_code), dtype=np.int64)
+        time_notes.insert(0, _no_time_note(table, (user_col, item_col)))
     events = _Events(user_code, item_code, times)
-    notes: list[str] = [] if time_col is not None else [_no_time_note(table, (user_col, item_col))]
-    notes += [found_note] if found_note else []
+    notes = time_notes
     if items is None and "text" in columns:
         notes.append(f"--columns text={columns['text']} names columns of the items file; without "
                      "--items it has no effect")  # fmt: skip
@@ -355,16 +356,18 @@ def _check_key_columns(
     path: Path,
     items_table: pa.Table | None = None,
     items: str | os.PathLike | None = None,
+    item_named: str | None = None,
 ) -> None:
-    """One error naming every key column that the interactions file (user, item) and the items
-    file (item) lack, when more than one is missing, so that one --columns flag fixes them all
-    (`find_column` names a single missing one, and a header that explains it)."""
+    """One error naming every key column that the interactions file (user, item: ``columns``
+    names its own) and the items file (item: ``item_named``, --columns item=) lack, when more
+    than one is missing, so that one run tells them all (`find_column` names a single missing
+    one, and a header that explains it)."""
     lacking = [("interactions file", path, table.column_names,
                 [role for role, aliases in (("user", USER_COLUMNS), ("item", ITEM_COLUMNS))
                  if role not in columns and not matching_columns(table.column_names, aliases)])]  # fmt: skip
     if items_table is not None:
         headers = items_table.column_names
-        named = columns.get("item") in map(column_name, headers)
+        named = item_named in map(column_name, headers)
         missing = [] if named or matching_columns(headers, ITEM_KEY_COLUMNS) else ["item"]
         lacking.insert(0, ("items file", Path(items), headers, missing))
     lacking = [entry for entry in lacking if entry[3]]
@@ -376,9 +379,14 @@ def _check_key_columns(
     said = [f"{what} {where} lacks {' and '.join(_A_ROLE[r] for r in roles)} column (accepted "
             f"names: {' and '.join(accepted[r] for r in roles)}; found: {', '.join(headers)})"
             for what, where, headers, roles in lacking]  # fmt: skip
-    roles = dict.fromkeys(r for *_, named_roles in lacking for r in named_roles)
-    flag = ",".join(f"{r}=NAME" for r in roles)
-    raise SemidError(f"{', and '.join(said)}; rename them or pass --columns {flag}")
+    missing_roles = {r for *_, roles in lacking for r in roles}
+    flag = ",".join(f"{r}=NAME" for r in ("user", "item") if r in missing_roles)
+    both = sum("item" in roles for *_, roles in lacking) == 2
+    same_name = (
+        " (item= names the item column of both files: if they call it differently, rename one)"
+    )
+    raise SemidError(f"{', and '.join(said)}; rename them or pass --columns {flag}"
+                     f"{same_name if both else ''}")  # fmt: skip
 
 
 # a date with a time of day: 2016-03-07 17:58:53, 2016-03-07T17:58Z
@@ -391,26 +399,50 @@ _ISO_DATETIME = re.compile(
 )
 
 
-def _datetime_column(table: pa.Table, used: tuple[str, ...]) -> tuple[str | None, str | None]:
-    """The time column of a log that has none of an accepted name, and a note when one was taken
-    by its values: a column named ``date`` whose first value has a time of day (Yelp's reviews),
-    else the one other column whose first values are ISO 8601 datetimes with a time of day
-    (``when``, ``purchased``). (None, None) when none or several are; a day-level date would tie
-    every event of a day, so such a column is not the time unless named with --columns."""
+def _datetime_column(table: pa.Table, used: tuple[str, ...]) -> tuple[str | None, bool]:
+    """The time column of a log that has none of an accepted name, and whether it is a guess: a
+    column named ``date`` whose first value has a time of day (Yelp's reviews: not a guess), else
+    the one other column whose first values are datetimes (``when``, ``purchased``: a guess,
+    which `_guessed_times` may still turn down). (None, False) when none or several are; a
+    day-level date would tie every event of a day, so such a column is not the time unless named
+    with --columns."""
     found = matching_columns(table.column_names, ("date",))  # Date, DATE, date:token as well
     if len(found) == 1:
         first = _first_values(table[found[0]], 1)
         if first and _TIME_OF_DAY.search(str(first[0])):
-            return found[0], None
+            return found[0], False
     candidates = [name for name in table.column_names
                   if name not in used and _holds_datetimes(table[name])]  # fmt: skip
-    if len(candidates) != 1:
-        return None, None
-    return candidates[0], (
-        f"column {candidates[0]!r} holds datetimes, so it is taken as the time of the events (no "
-        f"column has an accepted time name: {', '.join(TIME_COLUMNS)}); if it is not, pass "
-        "--columns timestamp=NAME for the time column, or remove it to keep file order"
-    )
+    return (candidates[0], True) if len(candidates) == 1 else (None, False)
+
+
+def _guessed_times(
+    column: pa.ChunkedArray, name: str, users: np.ndarray, path: Path
+) -> tuple[np.ndarray | None, str]:
+    """Seconds from a column taken as the time by its values, and a note saying so; or None, and
+    why it is not the time, when it would order the events no better than file order: a value
+    on some row that is no datetime or is empty (an optional date, such as ``returned_at``), dates
+    without a time of day (a day's events would tie), or one time for most users' events (a date
+    of the user, such as ``signup``, not of the event)."""
+    not_taken = f"column {name!r} holds datetimes, but is not taken as the time of the events: "
+    try:
+        times = _timestamps(column, path)
+        _check_one_unit(times, path)
+    except SemidError:
+        return None, not_taken + ("some rows hold none (empty, or other text); pass --columns "
+                                  f"timestamp={name} once every row has one")  # fmt: skip
+    if _dates_only(times):
+        return (
+            None,
+            not_taken + "its values are dates without a time of day, which tie a day's events",
+        )
+    one_time, users_count = _one_time_users(users, times)
+    if one_time * 2 > users_count:
+        return None, not_taken + (f"{one_time:,} of {users_count:,} users have every event at one "
+                                  "time in it (a date of the user, not of each event?)")  # fmt: skip
+    return times, (f"column {name!r} holds datetimes, so it is taken as the time of the events (no "
+                   f"column has an accepted time name: {', '.join(TIME_COLUMNS)}); if it is not, "
+                   "pass --columns timestamp=NAME for the time column, or remove it to keep file order")  # fmt: skip
 
 
 def _holds_datetimes(column: pa.ChunkedArray) -> bool:
@@ -525,12 +557,16 @@ def _dates_only(seconds: np.ndarray) -> bool:
     return len(seconds) > 1 and bool((np.asarray(seconds) % 86400 == 0).all())
 
 
+def _one_time_users(users: np.ndarray, times: np.ndarray) -> tuple[int, int]:
+    """(users with several events, all at one time; users) of events by ``users`` at ``times``."""
+    grouped = pd.DataFrame({"user": users, "time": times}).groupby("user")["time"]
+    return int(((grouped.min() == grouped.max()) & (grouped.size() > 1)).sum()), grouped.ngroups
+
+
 def _one_time_note(events: _Events, time_col: str) -> str | None:
     """A note when most users have every event at one time (an export time, say), which then
     orders none of their events; None otherwise."""
-    times = pd.DataFrame({"user": events.user, "time": events.times}).groupby("user")["time"]
-    users = times.ngroups
-    one_time = int(((times.min() == times.max()) & (times.size() > 1)).sum())
+    one_time, users = _one_time_users(events.user, events.times)
     if one_time * 2 <= users:
         return None
     return (f"{one_time:,} of {users:,} users have every event at one time in column "
