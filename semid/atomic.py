@@ -108,15 +108,15 @@ def write_failure(exc: BaseException, path: str | os.PathLike) -> WriteFailedErr
         return None
     if _is_file_too_large(exc):
         return DiskFullError(path, too_large=True)
-    if is_disk_full(exc, Path(path).parent):
-        return DiskFullError(path)
     refused = next((seen for seen in _causes(exc) if isinstance(seen, OSError)
                     and seen.errno in _REFUSED_WRITES), None)  # fmt: skip
-    if refused is None:
-        return None
-    problem, fix = _REFUSED_WRITES[refused.errno]
-    where = f" on {refused.filename}" if refused.filename else ""
-    return WriteFailedError(f"{problem}{where} while writing {path}; {fix}", refused.errno)
+    # a refusal's own errno first: a read-only mount shows no free blocks, which the free-space
+    # guess of `is_disk_full` would take for a full disk
+    if refused is not None and not _names_a_full_disk(exc):
+        problem, fix = _REFUSED_WRITES[refused.errno]
+        where = f" on {refused.filename}" if refused.filename else ""
+        return WriteFailedError(f"{problem}{where} while writing {path}; {fix}", refused.errno)
+    return DiskFullError(path) if is_disk_full(exc, Path(path).parent) else None
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -182,16 +182,26 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), os.fspath(b))
 
 
-def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
-    """Whether `exc` (or what caused it) means the device under `folder` is out of space or quota."""
-    if any(
+def _names_a_full_disk(exc: BaseException) -> bool:
+    """Whether `exc` or what caused it says the device is out of space or quota, by its errno or
+    its words (libraries that write through C code often lose the errno)."""
+    return any(
         (isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS)
         or any(word in str(seen).lower() for word in _DISK_FULL_WORDS)
         for seen in _causes(exc)
-    ):
+    )
+
+
+def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether `exc` (or what caused it) means the device under `folder` is out of space or quota:
+    by its errno or words, else (an error without an errno, as torch's short writes) by the free
+    space left."""
+    if _names_a_full_disk(exc):
         return True
     if not isinstance(exc, (OSError, RuntimeError)) or not hasattr(os, "statvfs"):
         return False
+    if any(isinstance(seen, OSError) and seen.errno is not None for seen in _causes(exc)):
+        return False  # a cause of its own (EROFS, ENOENT, ...), whatever the space left
     try:  # torch.save and np.save report a short write without any errno: ask the filesystem
         stats = os.statvfs(folder)
     except OSError:

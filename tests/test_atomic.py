@@ -477,6 +477,26 @@ def test_a_write_the_device_refuses_is_one_line_and_keeps_old(tmp_path, code, sa
     assert (tmp_path / "codes.bin").read_text() == "old" and hidden(tmp_path) == []
 
 
+def test_a_refused_write_on_a_mount_without_free_blocks_is_not_called_a_full_disk(
+    tmp_path, monkeypatch
+):
+    """Read-only mounts (squashfs, ISO 9660) show no free blocks: the free-space guess, meant for
+    errors without an errno, called their EROFS "no space left on device; free space"."""
+    from semid.atomic import WriteFailedError
+
+    class NoFreeBlocks:
+        f_bfree = f_bavail = 0
+        f_frsize = 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: NoFreeBlocks())
+    for code in (errno.EROFS, errno.EACCES, errno.ENOENT):
+        with pytest.raises((OSError, SemidError)) as caught, atomic_file(tmp_path / "x") as f:
+            f.write("x")
+            raise OSError(code, os.strerror(code), str(tmp_path / ".x.tmp"))
+        assert not isinstance(caught.value, DiskFullError)
+        assert isinstance(caught.value, WriteFailedError) == (code != errno.ENOENT)
+
+
 def test_an_os_error_of_no_write_kind_is_not_dressed_up(tmp_path):
     """A missing file inside the block is a bug of its own (or the caller's input), not a write
     failure: it is raised as it came."""
