@@ -197,6 +197,26 @@ def test_an_input_output_error_on_a_stream_is_one_line(monkeypatch, capsys):
         "the terminal, and rerun (what it wrote is incomplete)\n"
     )
 
+    def fail_reading(args):  # a failing disk under an input file: named, not called output
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/data/log.csv")
+
+    monkeypatch.setattr(stats, "run", fail_reading)
+    assert main(["index", "stats", "any"]) == 2
+    assert capsys.readouterr().err == (
+        "semid: error: an input/output error on /data/log.csv; check the device (`dmesg`) and rerun\n"
+    )
+
+    class GoneTerminal:  # stderr is the terminal that went away: no second traceback
+        def write(self, text):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(stats, "run", fail)
+    monkeypatch.setattr(sys, "stderr", GoneTerminal())
+    assert main(["index", "stats", "any"]) == 2
+
 
 def test_out_dash_on_a_closed_standard_output_names_it():
     """`--out -` with standard output closed (`>&-`) is refused naming standard output (not the

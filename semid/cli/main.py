@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import importlib
@@ -318,14 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:  # the output that failed: what it still holds cannot go out at exit
             _silence_stdout()
         # a write through print() or --out - (/dev/stdout) names no file
-        if e.errno == errno.EIO:  # a failing disk, or a terminal that went away (a closed ssh)
-            print(f"semid: error: an input/output error on {e.filename or 'standard output'}; "
-                  "check the device (`dmesg`) or the terminal, and rerun (what it wrote is "
-                  "incomplete)", file=sys.stderr)  # fmt: skip
-            return 2
-        print(f"semid: error: no space left on device while writing "
-              f"{e.filename or 'standard output'}; free space and rerun (what it wrote is "
-              "incomplete)", file=sys.stderr)  # fmt: skip
+        if e.errno != errno.EIO:
+            message = (f"no space left on device while writing {e.filename or 'standard output'}; "
+                       "free space and rerun (what it wrote is incomplete)")  # fmt: skip
+        elif e.filename:  # a failing disk under a file read or written
+            message = f"an input/output error on {e.filename}; check the device (`dmesg`) and rerun"
+        else:  # a failing disk under redirected output, or a terminal gone (a closed ssh)
+            message = ("an input/output error on standard output; check the device (`dmesg`) or "
+                       "the terminal, and rerun (what it wrote is incomplete)")  # fmt: skip
+        with contextlib.suppress(OSError):  # stderr may be the terminal that is gone
+            print(f"semid: error: {message}", file=sys.stderr)
         return 2
 
 
