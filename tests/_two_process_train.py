@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from semid.distributed import MainProcessError
+from semid.errors import SemidError
 from semid.training import TrainConfig, Trainer
 
 
@@ -101,7 +104,12 @@ def main() -> None:
     trainer = Trainer(make_model(), make_dataset(64), config, args.out / "run",
                       evaluate=evaluate if args.evaluate else None,
                       trained_on={"data": "tiny", "ids": ids})  # fmt: skip
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except MainProcessError:  # told by the main process, as `semid` does
+        sys.exit(2)
+    except SemidError as e:
+        sys.exit(f"semid: error: {e}")
     rank = trainer.accelerator.process_index
     weights = {
         k: v.contiguous()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from semid.atomic import atomic_file, read_json, write_failure, write_json
 from semid.determinism import repeatable
-from semid.distributed import is_launched, trains_on_cpu
+from semid.distributed import MainProcessError, is_launched, trains_on_cpu
 from semid.errors import SemidError
 from semid.progress import progress_bar
 from semid.training.checkpoints import (
@@ -252,7 +252,9 @@ class Trainer:
         disagree = [(index, keys) for index, keys in reports if keys]
         if disagree:
             index, keys = disagree[0]
-            raise SemidError(
+            # every process stops; the main process alone tells it (the same line N times else)
+            refusal = SemidError if acc.is_main_process else MainProcessError
+            raise refusal(
                 f"process {index} prepared other training data than process 0 ({', '.join(keys)} "
                 f"differ{'s' if len(keys) == 1 else ''}; {len(disagree)} of {acc.num_processes - 1} "
                 "other processes disagree): semantic IDs built on machines whose floating-point "
