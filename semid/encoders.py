@@ -134,7 +134,9 @@ class TextEncoder:
             note(f"{path.parent} is full, so these embeddings were not cached (the next run "
                  "encodes them again); free space there or set SEMID_CACHE to another disk")  # fmt: skip
         except WriteFailedError as e:
-            note(f"these embeddings were not cached (the next run encodes them again): {e}")
+            why = os.strerror(e.errno) if e.errno else "the write failed"
+            note(f"{path} could not be written ({why}), so these embeddings were not cached (the "
+                 "next run encodes them again); set SEMID_CACHE to a writable folder to keep them")  # fmt: skip
         return torch.from_numpy(x)
 
     def _embed(self, texts: list[str], show_progress: bool) -> np.ndarray:

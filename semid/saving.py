@@ -201,14 +201,21 @@ _CHECKED_ENTRY = "semid"  # a checked tensor file's one metadata entry: {"sha256
 
 def tensors_sha256(tensors: dict[str, Any]) -> str:
     """The SHA-256 of tensors or arrays (torch or numpy): each one's name, dtype, shape and bytes,
-    in name order, so that the same values give the same digest whichever library read them."""
+    in name order, so that the same values give the same digest whichever library read them
+    (dtypes by their common name, ``float32``; torch's own, ``bfloat16``, by torch's)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         value = tensors[name]
-        array = value.detach().cpu().contiguous().numpy() if isinstance(value, Tensor) else value
-        array = np.ascontiguousarray(array)
-        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
-        digest.update(array.reshape(-1).view(np.uint8))
+        if isinstance(value, Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            kind, data = str(value.dtype).removeprefix("torch."), flat.view(torch.uint8).numpy()
+            shape = list(value.shape)
+        else:
+            array = np.asarray(value)
+            kind, data = array.dtype.name, np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+            shape = list(array.shape)
+        digest.update(json.dumps([name, kind, shape]).encode())
+        digest.update(data)
     return digest.hexdigest()
 
 

@@ -85,3 +85,28 @@ def test_the_same_values_give_the_same_bytes(tmp_path):
     write_rows(tmp_path / "c", torch.arange(6.0).reshape(2, 3))
     write_rows(tmp_path / "d", torch.arange(6.0).reshape(2, 3))
     assert (tmp_path / "c").read_bytes() == (tmp_path / "d").read_bytes()
+
+
+def test_the_digest_covers_every_dtype_and_tells_shapes_apart():
+    """bfloat16 has no numpy type: the digest raised TypeError (a traceback from a file's load);
+    a 0-d tensor had the digest of its 1-element vector."""
+    import numpy as np
+
+    from semid.saving import tensors_sha256
+
+    half = torch.ones(2, dtype=torch.bfloat16)
+    assert tensors_sha256({"a": half}) != tensors_sha256({"a": half.float()})
+    assert tensors_sha256({"a": torch.tensor(1.0)}) != tensors_sha256({"a": torch.tensor([1.0])})
+    rows = torch.arange(6.0).reshape(2, 3)
+    assert tensors_sha256({"a": rows.t()}) == tensors_sha256({"a": rows.t().contiguous().numpy()})
+    assert tensors_sha256({"a": torch.ones(3, dtype=torch.bool)}) == tensors_sha256(
+        {"a": np.ones(3, dtype=bool)}
+    )
+
+
+def test_a_checked_file_of_bfloat16_reads_back(tmp_path):
+    from semid.saving import checked_tensor_bytes, load_checked_tensors
+
+    path = tmp_path / "half.safetensors"
+    path.write_bytes(checked_tensor_bytes({"w": torch.ones(4, dtype=torch.bfloat16)}))
+    assert load_checked_tensors(path)["w"].dtype == torch.bfloat16

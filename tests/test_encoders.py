@@ -140,6 +140,14 @@ def test_a_full_cache_disk_still_gives_the_embeddings(
     assert x.shape == (2, 8) and fake.calls == 1 and not list(tmp_path.glob("*.npy"))
     (line,) = told
     assert line.startswith(f"{tmp_path} is full, so these embeddings were not cached")
+    told.clear()  # a disk that fails (EIO): a note too, naming the file and the cause
+    monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.EIO, os.strerror(errno.EIO))))  # fmt: skip
+    x = TextEncoder(model_dir, cache_dir=tmp_path).encode(["x", "z"], show_progress=False)
+    assert x.shape == (2, 8) and not list(tmp_path.glob("*.npy"))
+    (line,) = told
+    assert "could not be written (Input/output error), so these embeddings were not cached" in line
+    assert "nothing was replaced" not in line
 
 
 def test_a_cache_folder_that_cannot_be_written_still_gives_the_embeddings(
