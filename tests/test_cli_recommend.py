@@ -740,5 +740,6 @@ def test_num_beams_for_a_model_that_scores_every_item_is_said_to_have_no_effect(
     assert main(["eval", str(run), "--k", "10", "--split", "valid", "--num-beams", "30"]) == 0
     err = capsys.readouterr().err
     assert "this run's model (pop) scores every item; --num-beams has no effect" in err
+    assert list(json.loads((run / "metrics.json").read_text())) == ["valid"]  # the split's own
     assert main(["eval", str(run), "--k", "10", "--split", "valid"]) == 0
     assert "--num-beams" not in capsys.readouterr().err

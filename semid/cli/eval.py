@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate, print a table and merge the result into metrics.json."""
     read_manifest(args.run_dir)  # a wrong RUN is told before the task layer (torch) loads
     from semid.locking import can_write
+    from semid.models import is_generator
     from semid.runs import load_run, model_stamp, read_metrics, update_metrics
     from semid.tasks import get_task
 
@@ -168,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     # its training): after `semid index add` the same split is measured on a larger one
     metrics = {"num_items": len(loaded.ids)} | metrics
     drop_subset_that_took_all(args, metrics)
+    if not is_generator(loaded.model):  # no beams: the figures are the split's own (a note said so)
+        args.num_beams = None
     key = metrics_key(args)
     # a run on a read-only share is evaluated all the same; `unsaved` says why not saved, and
     # `failed` a save that should have worked (the exit code then says so: a script reading
