@@ -48,6 +48,18 @@ def on_main_process(work: Callable[[], T], device: str = "auto") -> T | None:
     return result
 
 
+def main_process_value(value: T, device: str = "auto") -> T:
+    """``value`` as the main process computed it, on every process of a launched job (each
+    computed its own, and machines whose floating-point paths differ, other CPUs or GPUs, can
+    compute other ones); ``value`` itself in a single process. ``device``: as `on_main_process`'s."""
+    if not is_launched():
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    join_process_group(device)
+    return broadcast_object_list([value])[0]
+
+
 class MainProcessError(SemidError):
     """A refusal of the main process that every process of a launched job raises (`on_main_process`):
     the main process tells it, the others stop quietly."""

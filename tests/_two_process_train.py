@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from semid.distributed import MainProcessError
+from semid.distributed import MainProcessError, main_process_value
 from semid.errors import SemidError
 from semid.training import TrainConfig, Trainer
 
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--crash-at-evaluation", type=int, help="the evaluation that fails")
     parser.add_argument("--ids-per-process", action="store_true",
                         help="each process stamps other IDs, as machines that built other IDs would")  # fmt: skip
+    parser.add_argument("--shared-ids", action="store_true",
+                        help="with --ids-per-process: every process takes the main process's IDs")  # fmt: skip
     args = parser.parse_args()
     config = TrainConfig(
         max_epochs=2, batch_size=args.batch_size, lr=0.05, checkpoint_every=3, mixed_precision="no",
@@ -101,6 +103,8 @@ def main() -> None:
     )  # fmt: skip
     evaluate = accuracy_of(make_dataset(30, seed=1), args.crash_at_evaluation)
     ids = f"ids of process {os.environ.get('RANK', '0')}" if args.ids_per_process else "ids"
+    if args.shared_ids:
+        ids = main_process_value(ids, "cpu")
     trainer = Trainer(make_model(), make_dataset(64), config, args.out / "run",
                       evaluate=evaluate if args.evaluate else None,
                       trained_on={"data": "tiny", "ids": ids})  # fmt: skip

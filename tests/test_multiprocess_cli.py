@@ -3,6 +3,7 @@ reported once, and loads and evaluates in a fresh process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,6 +13,15 @@ from _semid_cli import ENV, saved_metrics, semid
 pytestmark = pytest.mark.slow
 
 TINY_MMGREC = '{"dim": 16, "layers": 1, "decoder_layers": 1}'
+TINY_DSI = {
+    "encoder_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "intermediate_size": 64, "max_position_embeddings": 64},
+    "max_length": 24, "prompt_layer": 1, "prompt_length": 2, "pool_sizes": [4], "d_model": 32,
+    "num_heads": 2, "num_layers": 1, "d_ff": 64,
+}  # fmt: skip
+# the torchrun-based launcher with ACCELERATE_USE_CPU runs gloo (see tests/test_training.py)
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
 
 
 def test_two_process_training_writes_the_run_once(tmp_path):
@@ -26,13 +36,10 @@ def test_two_process_training_writes_the_run_once(tmp_path):
         "index",
         cwd=tmp_path,
     )
-    # the torchrun-based launcher with ACCELERATE_USE_CPU runs gloo (see tests/test_training.py)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
     train = ["-m", "semid.cli.main", "train", "recommender", "--dataset", "ml-100k", "--index", "index",
              "--model", "mmgrec", "--model-config", TINY_MMGREC, "--users", "20", "--epochs", "1",
              "--batch-size", "8", "--out", "run"]  # fmt: skip
-    done = subprocess.run([*launch, *train], cwd=tmp_path, env=ENV | {"ACCELERATE_USE_CPU": "1"},
+    done = subprocess.run([*LAUNCH, *train], cwd=tmp_path, env=ENV | {"ACCELERATE_USE_CPU": "1"},
                           capture_output=True, text=True, timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote run (") == 1, done.stdout  # the summary, from rank 0 only
@@ -43,3 +50,16 @@ def test_two_process_training_writes_the_run_once(tmp_path):
     semid("eval", "run", "--k", "5", "10", cwd=tmp_path)
     metrics = saved_metrics(tmp_path / "run")
     assert metrics["num_queries"] == 20 and metrics["invalid_id_rate"] == 0
+
+
+def test_two_process_retrieval_training_learns_the_main_process_ids(tmp_path):
+    """Each process builds the document IDs from its own encodings; every process then takes the
+    main process's (`main_process_value`), so machines whose floating-point paths differ train one
+    model on one set of targets, and the run is written once."""
+    train = ["-m", "semid.cli.main", "train", "retriever", "--dataset", "debian-docs", "--max-docs", "60",
+             "--model", "promptdsi", "--model-config", json.dumps(TINY_DSI), "--epochs", "1", "--out", "run"]  # fmt: skip
+    done = subprocess.run([*LAUNCH, *train], cwd=tmp_path, env=ENV | {"ACCELERATE_USE_CPU": "1"},
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved to run") == 1, done.stdout
+    semid("eval", "run", "--k", "1", "10", cwd=tmp_path)

@@ -648,6 +648,14 @@ def test_processes_that_prepared_other_training_data_are_refused(tmp_path):
         run.stderr.count("process 1 prepared other training data than process 0 (ids differs;") == 1
     )
     assert not (tmp_path / "out" / "rank0.safetensors").exists()
+    # the main process's IDs, shared (as a retrieval run shares its document IDs): it trains
+    shared = subprocess.run(
+        [*TWO_PROCESSES, str(HELPER), str(tmp_path / "shared"), "--batch-size", "8",
+         "--ids-per-process", "--shared-ids"],
+        env=os.environ | ONE_THREAD, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert shared.returncode == 0, shared.stderr[-2000:]
+    assert (tmp_path / "shared" / "rank1.safetensors").is_file()
 
 
 @pytest.mark.slow

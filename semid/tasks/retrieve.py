@@ -46,7 +46,7 @@ from semid.data.documents import (
 )
 from semid.data.pseudo_queries import given_documents, with_pseudo_queries
 from semid.data.tables import content_sha256
-from semid.distributed import is_main_process
+from semid.distributed import is_main_process, main_process_value
 from semid.errors import SemidError
 from semid.generators.promptdsi import PromptDSI
 from semid.generators.promptdsi_states import (
@@ -238,6 +238,9 @@ class RetrieveTask(Task):
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         where = resolve_device(device)  # the frozen encoder runs there too: the GPU encodes fastest
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
+        # every process of a launched job learns the main process's IDs: built on machines whose
+        # floating-point paths differ, the same documents can get other ones
+        ids, quantizer = main_process_value((ids, quantizer), device)
         crowded = crowding_note(ids.stats(), noun="documents")  # `index build` says it too
         if crowded is not None:
             note(crowded)
