@@ -12,6 +12,13 @@ from semid.cli import console_script
 
 # one thread per process: tiny models are fastest that way, and the test machine's cores are shared
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# a PromptDSI small enough to train in seconds (its frozen encoder built from this config, not MiniLM)
+TINY_DSI = {
+    "encoder_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "intermediate_size": 64, "max_position_embeddings": 64},
+    "max_length": 24, "prompt_layer": 1, "prompt_length": 2, "pool_sizes": [4], "d_model": 32,
+    "num_heads": 2, "num_layers": 1, "d_ff": 64,
+}  # fmt: skip
 
 
 def command(script: bool = False) -> list[str]:

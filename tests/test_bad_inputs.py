@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _semid_cli import TINY_DSI
 from safetensors.torch import load_file, save_file
 
 import semid.serving
@@ -30,12 +31,6 @@ from semid.quantization import build_quantizer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_MMGREC = {"dim": 16, "layers": 1, "decoder_layers": 1}
-TINY_DSI = {
-    "encoder_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "intermediate_size": 64, "max_position_embeddings": 64},
-    "max_length": 24, "prompt_layer": 1, "prompt_length": 2, "pool_sizes": [4], "d_model": 32,
-    "num_heads": 2, "num_layers": 1, "d_ff": 64,
-}  # fmt: skip
 NOT_UTF8 = b"user,item\n\xff\xfe,\xfa\xfb\n"
 ERROR_LINE = re.compile(r"^semid(?: [\w-]+)*: error: ")
 

@@ -8,17 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from _semid_cli import ENV, saved_metrics, semid
+from _semid_cli import ENV, TINY_DSI, saved_metrics, semid
 
 pytestmark = pytest.mark.slow
 
 TINY_MMGREC = '{"dim": 16, "layers": 1, "decoder_layers": 1}'
-TINY_DSI = {
-    "encoder_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "intermediate_size": 64, "max_position_embeddings": 64},
-    "max_length": 24, "prompt_layer": 1, "prompt_length": 2, "pool_sizes": [4], "d_model": 32,
-    "num_heads": 2, "num_layers": 1, "d_ff": 64,
-}  # fmt: skip
 # the torchrun-based launcher with ACCELERATE_USE_CPU runs gloo (see tests/test_training.py)
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
