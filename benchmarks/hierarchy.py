@@ -22,8 +22,11 @@ Datasets: ``mammals`` (the sweep's), ``animals`` (animal.n.01's subtree) and ``n
 noun synsets; needs their MiniLM vectors, about 80 min to compute on 2 CPU cores, then cached).
 Settings swept on mammals carry over except the codebook shape (each dataset keeps its own).
 
-    python -m benchmarks.hierarchy_sweep --dataset mammals --seeds 0 1 2
-    python -m benchmarks.hierarchy --datasets mammals --seeds 3 4 5 --best benchmarks/results/hierarchy_sweep.json
+    python -m benchmarks.hierarchy_sweep --dataset mammals --seeds 0 1 2 --out DIR/sweep
+    python -m benchmarks.hierarchy --datasets mammals --seeds 3 4 5 --best DIR/sweep.json --out DIR/mammals
+
+(Without ``--out`` they write the committed ``benchmarks/results/hierarchy_sweep`` and
+``benchmarks/results/hierarchy``, the merged mammals and animals table.)
 """
 
 from __future__ import annotations
@@ -176,7 +179,7 @@ def run_config(
         patience=cfg["q_patience"],
         lr=config["lr"],
         seed=seed,
-        progress=False,
+        progress=len(x) > 10_000,  # the nouns' fits take minutes; mammals' and animals' seconds
     )
     fit_s = time.perf_counter() - start
     codes = q.encode(x)
@@ -216,7 +219,10 @@ def run_config(
 def load_data(dataset: str, log: Callable[[str], None]) -> tuple[WordNet, Tensor]:
     """The dataset's synsets and their MiniLM vectors (cached on disk by TextEncoder)."""
     wn = load_wordnet(root=SETTINGS[dataset]["root"])
-    x = TextEncoder().encode(wn.texts(), show_progress=False)
+    encoder, texts = TextEncoder(), wn.texts()
+    if not encoder.is_cached(texts):  # nouns: about 80 min on 2 CPU cores, once
+        log(f"{dataset}: embedding {len(texts):,} synsets with MiniLM (cached for the next runs)")
+    x = encoder.encode(texts, show_progress=True)
     log(f"{dataset}: {len(wn)} synsets, {len(wn.edges)} edges, MiniLM {tuple(x.shape)}")
     return wn, x
 
@@ -274,7 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
     parser.add_argument("--best", help="sweep JSON whose best configs to run (default: BASE)")
-    parser.add_argument("--out", default=str(RESULTS / "hierarchy"), help="path without extension")
+    parser.add_argument("--out", default=str(RESULTS / "hierarchy"),
+                        help="results stem: STEM.json, STEM.md and STEM_curves.png (default: the "
+                             "committed benchmarks/results/hierarchy, which it replaces)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     add_max_epochs(parser)
     parser.add_argument(

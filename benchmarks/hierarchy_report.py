@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -34,6 +35,8 @@ def run_meta(argv: list[str] | None, threads: int, start: float, settings: dict)
         "torch": torch.__version__,
         "geoopt": geoopt.__version__,
         "wall_s": time.perf_counter() - start,
+        # 1, 5 and 15 minutes: the longer ones cover most of a run that took minutes
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "settings": settings,
     }
 
@@ -75,10 +78,16 @@ def header(metas: list[dict]) -> list[str]:
         lines += [
             f"Command: `{m['command']}`  ",
             f"Date: {m['date']}; machine: {m['machine']}; torch {m['torch']}, geoopt {m['geoopt']}; "
-            f"wall time {m['wall_s'] / 60:.1f} min; settings `{json.dumps(m['settings'])}`.",
+            f"wall time {m['wall_s'] / 60:.1f} min{_load_text(m)}; settings `{json.dumps(m['settings'])}`.",
             "",
         ]
     return lines
+
+
+def _load_text(meta: dict) -> str:
+    """`` (load average 1/5/15 min at the end: a, b, c)``, or "" for runs that did not record it."""
+    load = meta.get("load_average_end")
+    return f" (load average 1/5/15 min at the end: {', '.join(map(str, load))})" if load else ""
 
 
 def config_text(config: dict) -> str:

@@ -7,7 +7,7 @@ validation Recall@10 (ties: validation MRR@10), averaged over the sweep seeds, a
 factor is varied around it. Both the quantizer and the generator stop early on validation losses.
 Selection never sees the test edges; test numbers are listed but not used.
 
-    python -m benchmarks.hierarchy_sweep --dataset mammals --seeds 0
+    python -m benchmarks.hierarchy_sweep --dataset mammals --seeds 0 --out DIR/sweep
     python -m benchmarks.hierarchy_sweep --seeds 0 --tasks discovery --sides RQ --max-epochs 1 \
         --out /tmp/sweep   # a quick check
 """
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         default=str(RESULTS / "hierarchy_sweep"),
-        help="results stem: STEM.json and STEM.md",
+        help="results stem: STEM.json and STEM.md (default: the committed "
+        "benchmarks/results/hierarchy_sweep, which it replaces)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
