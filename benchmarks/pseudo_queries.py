@@ -73,12 +73,19 @@ def write_files(dataset: str, docs: int, seed: int, work: Path) -> list[tuple[st
 
 
 def run_cli(argv: list[str], work: Path, log: Path) -> None:
-    """One `semid` command in a fresh process from ``work``, its output appended to ``log``."""
+    """One `semid` command in a fresh process from ``work``, its output appended to ``log``; the
+    command and the log are named on the console, and a failure shows the log's last lines."""
+    line = f"semid {' '.join(argv)}"
+    print(f"$ {line}   (in {work}; output in {log})", flush=True)
+    started = len(log.read_text()) if log.is_file() else 0
     with open(log, "a") as out:
-        out.write(f"$ semid {' '.join(argv)}\n")
+        out.write(f"$ {line}\n")
         out.flush()
-        subprocess.run([console_script(), *argv], cwd=work, stdout=out, stderr=subprocess.STDOUT,
-                       check=True, env=os.environ)  # fmt: skip
+        done = subprocess.run([console_script(), *argv], cwd=work, stdout=out,
+                              stderr=subprocess.STDOUT, env=os.environ)  # fmt: skip
+    if done.returncode != 0:
+        tail = log.read_text()[started:].splitlines()[-15:]
+        sys.exit(f"`{line}` failed (exit {done.returncode}); the end of {log}:\n" + "\n".join(tail))
 
 
 def bm25_scores(work: Path, tests: list[tuple[str, str]]) -> dict[str, float]:
