@@ -11,9 +11,11 @@ For a run (or ``--fake``: the synthetic FakePredictor, whose predict sleeps --fa
       with the server, so it is kept light: one event loop, no threads.
 Reports requests/s, p50/p99 latency, the mean inputs per predict call (from GET /info) and
 ``os.getloadavg()`` before and after every timing (the machine may be shared).
-Run: python -m benchmarks.serve RUN [--device cuda] [--inputs FILE.jsonl]
+Run: python -m benchmarks.serve RUN [--device cuda] [--inputs FILE.jsonl]   (--inputs needed for
+     retrieval and text-to-image runs)
      python -m benchmarks.serve --fake --out /tmp/serve-bench     (smoke run, a few seconds)
-Inputs: --inputs (one JSON input per line, e.g. {"user": "42"}), else predictor.sample_inputs(n).
+Inputs: --inputs (one JSON input per line, e.g. {"user": "42"} or {"query": "mount a disk"}), else
+predictor.sample_inputs(n): users of a recommendation run's data, or the fake predictor's inputs.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def load_inputs(args: argparse.Namespace, predictor: Predictor) -> list[dict[str
         return [items[i % len(items)] for i in range(args.requests)]
     sample = getattr(predictor, "sample_inputs", None)
     if sample is None:
-        raise SemidError("this predictor has no sample_inputs; pass --inputs FILE.jsonl")
+        raise SemidError(f"a {predictor.task} run has no sample inputs; pass --inputs FILE.jsonl, "
+                         'one JSON input per line, e.g. {"query": "how to mount a disk"}')  # fmt: skip
     return sample(args.requests, seed=0)
 
 

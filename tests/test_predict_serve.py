@@ -687,3 +687,13 @@ def test_a_repeated_user_flag_asks_for_each_user(run, predictor, tmp_path):
     assert main(["predict", str(run), "--user", first, "--user", second, "--k", "3",
                  "--out", str(out)]) == 0  # fmt: skip
     assert [a["input"] for a in read_jsonl(out)] == [{"user": first}, {"user": second}]
+
+
+def test_a_recommend_predictor_samples_users_of_its_data(predictor):
+    """`benchmarks.serve RUN` without --inputs refused every real run (only the fake predictor
+    had sample inputs); a recommendation run now draws users of its data, the same for a seed."""
+    inputs = predictor.sample_inputs(30, seed=0)
+    users = set(predictor.histories().answerable())
+    assert len(inputs) == 30 and all(set(i) == {"user"} and i["user"] in users for i in inputs)
+    assert inputs == predictor.sample_inputs(30, seed=0) != predictor.sample_inputs(30, seed=1)
+    assert len(predictor.predict(inputs[:2], 5, None)) == 2

@@ -119,6 +119,15 @@ class RecommendPredictor(Predictor):
         self._read_texts: dict[str, str] | None = None
         self._told_untrained = False  # the note on history items a scorer does not read, given once
 
+    def sample_inputs(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """``n`` inputs naming users of the run's data (drawn with ``seed``, with repeats when
+        ``n`` is over the users with events), for benchmarks of serving."""
+        users = self.histories().answerable()
+        if not users:
+            raise SemidError(f"{self.run.path}: no user of its data has events on indexed items")
+        picks = torch.randint(len(users), (n,), generator=torch.Generator().manual_seed(seed))
+        return [{"user": users[i]} for i in picks.tolist()]
+
     def data_texts(self) -> dict[str, str]:
         """The texts of the run's items file, or of its registered dataset."""
         if self._read_texts is not None:
