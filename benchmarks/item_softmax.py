@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             row: dict[str, Any] = {"model": model_name, "items": items}
             for mode in MODES:
                 runs = [run_case(model_name, items, mode, argv) for _ in range(args.reps)]
+                print(f"[item_softmax] {model_name}, {items:,} items, {mode}: median step "
+                      f"{statistics.median(r['step_s'] for r in runs):.3f} s, peak "
+                      f"{statistics.median(r['peak_mib'] for r in runs):.0f} MiB over {len(runs)} "
+                      f"process(es) (load {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
                 row[mode] = {
                     "runs": runs,
                     **{

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -296,15 +297,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out = args.out or RESULTS / "recommend"
     if args.aggregate:
         results = [json.loads(f.read_text()) for f in args.aggregate]
-        text = aggregate(results, [f.name for f in args.aggregate])
+        seeds = [r["seed"] for r in results]
+        if len(set(seeds)) < len(seeds):  # medians "over seeds" of one seed twice
+            print(f"note: the results are of seeds {seeds}: a seed given twice counts twice in "
+                  "the medians", file=sys.stderr)  # fmt: skip
+        text = aggregate(results, [f.name for f in args.aggregate], command_line("recommend", argv))
         with atomic_file(args.out.with_suffix(".md")) as f:
             f.write(text)
         print(text)
+        print(f"wrote {args.out.with_suffix('.md')}")
         return {}
     if args.render is not None:
         result = json.loads(args.render.read_text())
         with atomic_file(args.render.with_suffix(".md")) as f:
             f.write(markdown(result))
+        print(f"wrote {args.render.with_suffix('.md')}")
         return result
     _set_budgets(args, p)
     env = environment(threads=args.threads, argv=argv)

@@ -88,14 +88,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def aggregate(results: list[dict[str, Any]], files: list[str] | None = None) -> str:
+def aggregate(results: list[dict[str, Any]], files: list[str] | None = None,
+              command: str | None = None) -> str:  # fmt: skip
     """Markdown: per-seed test metrics of each (dataset, model) over several result files, with
     medians; each run is listed with its command and, when given, its file's name (`files`, in
-    the order of `results`), so that the table can be rebuilt."""
+    the order of `results`), so that the table can be rebuilt; ``command``: the aggregation's."""
     names = [f" `{f}`" for f in files] if files is not None else [""] * len(results)
     lines = [
         "# Sequential recommendation: medians over seeds",
         "",
+        *([f"Command: `{command}`", ""] if command else []),
         "Per-seed values in brackets, in the order of these runs:",
         "",
         *(
