@@ -188,8 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append({"method": method, "num_items": n, "error": error})
             else:
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"[catalogue] {n:,} {method}: {rows[-1].get('queries_per_s', rows[-1].get('error'))} "
-                  f"(load {os.getloadavg()})", flush=True)  # fmt: skip
+            qps = rows[-1].get("queries_per_s")
+            said = f"{qps:,.1f} queries/s" if qps is not None else f"failed: {rows[-1]['error']}"
+            load = "/".join(f"{v:.2f}" for v in os.getloadavg())
+            print(
+                f"[catalogue] {n:,} {method}: {said} (load average 1/5/15 min {load})", flush=True
+            )
     result = {
         **run_header("catalogue_scale", argv, load_start), "repeats": args.repeats, "rows": rows,
         "crossover": crossover(rows),

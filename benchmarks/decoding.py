@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
         del root
         model = model.cpu()
     result["environment"]["load_average_1min_end"] = os.getloadavg()[0]
-    result["targets"] = targets(result)
+    result["targets"], result["quick"] = targets(result), args.quick
     out = args.out or (None if args.quick else RESULTS)  # a smoke run keeps the committed table
     table = markdown(result)
     if out is not None:
