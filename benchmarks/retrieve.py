@@ -22,6 +22,7 @@ import argparse
 import copy
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,11 +85,16 @@ def train_model(model: PromptDSI, examples: Any, out_dir: Path, config: TrainCon
     )  # fmt: skip
 
 
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    """(result, seconds) of fn()."""
-    started = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - started
+def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:
+    """(result, seconds) of fn(): the first call's result, the median seconds of ``repeats``
+    calls (a search's; building and encoding run once)."""
+    seconds, out = [], None
+    for i in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - started)
+        out = result if i == 0 else out
+    return out, statistics.median(seconds)
 
 
 @dataclass
@@ -185,7 +191,7 @@ class RetrievalBenchmark:
                 qrows = self.queries.of_docs(drows)
                 targets = torch.tensor([pos[self.queries.doc[int(q)]] for q in qrows])
                 ranked, s = timed(lambda qr=qrows, b=bm25: b.search([self.queries.text[int(q)] for q in qr],
-                                                                    max(self.ks)))  # fmt: skip
+                                                                    max(self.ks)), self.args.reps)  # fmt: skip
                 self.row(
                     "BM25",
                     corpus_name,
@@ -194,7 +200,7 @@ class RetrievalBenchmark:
                     index_s=bm25_s,
                 )
                 ranked, s = timed(lambda qr=qrows, cr=corpus_rows: dense_search(
-                    self.doc_enc.embeddings[cr], self.query_enc.embeddings[qr], max(self.ks)))  # fmt: skip
+                    self.doc_enc.embeddings[cr], self.query_enc.embeddings[qr], max(self.ks)), self.args.reps)  # fmt: skip
                 self.row("dense MiniLM", corpus_name, part, retrieval_metrics(ranked, targets, self.ks, s),
                          encode_s=self.encode_s)  # fmt: skip
 
@@ -225,7 +231,7 @@ class RetrievalBenchmark:
             for part, drows in self.test_parts(corpus_name):
                 qrows = q.of_docs(drows)
                 targets = torch.tensor([pos[q.doc[int(i)]] for i in qrows])
-                ranked, s = timed(lambda qr=qrows, w=best: fused(qr, w))
+                ranked, s = timed(lambda qr=qrows, w=best: fused(qr, w), self.args.reps)
                 self.row(f"dense + BM25 fusion, no generator (w {best})", corpus_name, part,
                          retrieval_metrics(ranked, targets, self.ks, s))  # fmt: skip
 
@@ -356,12 +362,9 @@ class RetrievalBenchmark:
             qrows = self.queries.of_docs(drows)
             texts = [self.queries.text[int(q)] for q in qrows]
             ranker = ranker_for(model, view.ids, self.args.beams, **mixes)
-            started = time.perf_counter()
-            ranked = Ranking.concat([ranker.rank(batch, max(self.ks)) for batch in query_batches(
-                self.query_enc.rows(qrows), texts, None if mixes else view.lexical)]).rows  # fmt: skip
-            metrics = retrieval_metrics(
-                ranked, self.query_targets(qrows), self.ks, time.perf_counter() - started
-            )
+            ranked, s = timed(lambda r=ranker, qr=qrows, t=texts: Ranking.concat([r.rank(batch, max(self.ks)) for batch in query_batches(
+                self.query_enc.rows(qr), t, None if mixes else view.lexical)]).rows, self.args.reps)  # fmt: skip
+            metrics = retrieval_metrics(ranked, self.query_targets(qrows), self.ks, s)
             self.row(method, view.name, part, metrics, **extra)
 
     def evaluate_both(self, model: PromptDSI, method: str, view: IndexView, **extra: Any) -> None:
@@ -483,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None,
                    help="results stem: STEM.json and STEM.md (default: benchmarks/results/retrieve-<dataset>)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--reps", type=int, default=3,
+                   help="passes of each search, its median time giving queries/s (default: %(default)s)")  # fmt: skip
     args = p.parse_args(argv)
     args.out = Path(args.out) if args.out else RESULTS / f"retrieve-{Path(args.dataset).stem}"
     args.work = args.work or Path("/tmp/semid-bench-retrieve") / args.out.name

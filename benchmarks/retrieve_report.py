@@ -136,8 +136,9 @@ def write_results(args: argparse.Namespace, rows: list[dict], coll: DocumentColl
         f"Corpus: pinned {corpus.name} (sha256 {(corpus.sha256 or '')[:12]}, {len(corpus):,} documents), seeded subset of "
         f"{len(coll):,} documents (seed {args.seed}); D0 {len(split.d0):,} docs ({len(split.d0_test):,} test documents), "
         f"D1 {len(split.d1):,} docs ({len(split.d1_test):,} test documents). Semantic IDs: {args.quantizer} fitted on D0, "
-        f"extra level for collisions, D1 IDs from the saved quantizer. Single training run per row; times are wall clock "
-        "on a shared CPU (±20%), with the 1-minute load average when the row's timings ended (load).",
+        f"extra level for collisions, D1 IDs from the saved quantizer. Single training run per row; queries/s from the "
+        f"median time of {getattr(args, 'reps', 1)} search pass(es); times are wall clock on a shared CPU (±20%), with "
+        "the 1-minute load average when the row's timings ended (load).",
         "",
         "| method | corpus | queries | R@1 | R@10 | MRR@10 | train (s) | queries/s | load |",
         "|---|---|---|---|---|---|---|---|---|",
