@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shutil
 import statistics
@@ -85,6 +86,21 @@ def train_model(model: PromptDSI, examples: Any, out_dir: Path, config: TrainCon
     )  # fmt: skip
 
 
+def note_other_corpus(name: str, sha256: str | None) -> None:
+    """Say so when the committed tables of collection ``name`` were measured on other bytes: a
+    corpus built from the machine's installed documentation (debian-docs) differs between
+    machines, and its figures then cannot be reproduced exactly (docs/datasets.md)."""
+    measured = set()
+    for table in RESULTS.glob(f"retrieve-{name}*.json"):
+        corpus = json.loads(table.read_text()).get("meta", {}).get("corpus", {})
+        if corpus.get("sha256") and corpus.get("name") == name:
+            measured.add(corpus["sha256"])
+    if sha256 and measured and sha256 not in measured:
+        print(f"note: {name} here (sha256 {sha256[:12]}) is not the corpus of the committed tables "
+              f"({', '.join(sorted(m[:12] for m in measured))}): it is built from this machine's "
+              "files, so the figures will differ from them (see docs/datasets.md)", flush=True)  # fmt: skip
+
+
 def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[T, float]:
     """(result, seconds) of fn(): the first call's result, the median seconds of ``repeats``
     calls (a search's; building and encoding run once)."""
@@ -145,6 +161,7 @@ class RetrievalBenchmark:
                   "pools them with the others and draws its split of documents, as for any collection "
                   "(`semid eval` of a run keeps the given split)", flush=True)  # fmt: skip
             self.corpus = self.corpus.pooled()
+        note_other_corpus(self.corpus.name, self.corpus.sha256)
         self.coll = self.corpus.subset(subset_rows(len(self.corpus), args.docs or None, args.seed),
                                        self.corpus.name)  # fmt: skip
         self.split = split_corpus(len(self.coll), args.seed)

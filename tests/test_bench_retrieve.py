@@ -36,3 +36,22 @@ def test_every_step_writes_its_rows(tmp_path, one_thread):
     table = out.with_suffix(".md").read_text()
     assert table.startswith("# Document retrieval")
     assert "| queries/s | load |" in table
+
+
+def test_a_corpus_other_than_the_committed_tables_is_noted(tmp_path, monkeypatch, capsys):
+    """debian-docs is built from the machine's installed documentation: on another machine the
+    published command gave other figures without a word."""
+    import json
+
+    import benchmarks.retrieve as bench
+
+    table = {"meta": {"corpus": {"name": "debian-docs", "sha256": "a" * 64}}}
+    (tmp_path / "retrieve-debian-docs.json").write_text(json.dumps(table))
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    bench.note_other_corpus("debian-docs", "a" * 64)
+    assert capsys.readouterr().out == ""
+    bench.note_other_corpus("debian-docs", "b" * 64)
+    assert "debian-docs here (sha256 bbbbbbbbbbbb) is not the corpus of the committed tables " \
+           "(aaaaaaaaaaaa)" in capsys.readouterr().out  # fmt: skip
+    bench.note_other_corpus("manpages", "b" * 64)  # no committed table: nothing to compare with
+    assert capsys.readouterr().out == ""
