@@ -3,9 +3,25 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Container
 from typing import Any
+
+
+def as_json(value: Any) -> str:
+    """``value`` as a client wrote it in JSON (null, true, ...), cut to 60 characters; repr for
+    what JSON cannot write."""
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return repr(value)[:60]
+
+
+def shown_key(key: str, limit: int = 60) -> str:
+    """``key`` quoted for a message, its first ``limit`` characters and "..." when longer: an
+    error echoing a client's 10 MB id would be 10 MB."""
+    return repr(key) if len(key) <= limit else f"{key[:limit]!r}..."
 
 
 def is_integer(value: Any) -> bool:

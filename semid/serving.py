@@ -58,7 +58,7 @@ from semid import __version__
 from semid.answer_texts import check_texts, with_texts
 from semid.defaults import DEFAULT_K, MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
 from semid.errors import RunDataError, SemidError
-from semid.json_values import is_integer, is_key
+from semid.json_values import as_json, is_integer, is_key
 from semid.model_process import ProcessPredictor
 from semid.sockets import bind_socket, listen
 from semid.tasks.base import REQUEST_FIELDS, with_input_id
@@ -161,15 +161,6 @@ class _Request:
 
 
 _STOP = object()
-
-
-def as_json(value: Any) -> str:
-    """``value`` as a client wrote it in JSON (null, true, ...), cut to 60 characters; repr for
-    what JSON cannot write."""
-    try:
-        return json.dumps(value)[:60]
-    except (TypeError, ValueError):
-        return repr(value)[:60]
 
 
 class BatchingPredictor:

@@ -242,8 +242,10 @@ def test_integer_item_keys_in_a_json_history_are_keys(predictor):
     (as_strings,) = predictor.predict([{"history": ["1", "50"]}], k=3)
     assert as_numbers["input"] == {"history": [1, 50]}  # echoed as sent
     assert {**as_numbers, "input": None} == {**as_strings, "input": None}
-    with pytest.raises(SemidError, match="list of item keys"):
+    with pytest.raises(SemidError, match=r'"history"\[0\] must be an item key .*, got true'):
         predictor.check_input({"history": [True]})
+    with pytest.raises(SemidError, match=r'"history"\[1\] must be an item key .*, got \{"a": 1\}'):
+        predictor.check_input({"history": ["50", {"a": 1}]})
 
 
 def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkeypatch):
@@ -697,3 +699,34 @@ def test_a_recommend_predictor_samples_users_of_its_data(predictor):
     assert len(inputs) == 30 and all(set(i) == {"user"} and i["user"] in users for i in inputs)
     assert inputs == predictor.sample_inputs(30, seed=0) != predictor.sample_inputs(30, seed=1)
     assert len(predictor.predict(inputs[:2], 5, None)) == 2
+
+
+@pytest.mark.parametrize("value", [None, True, 259.0, ["259"], {"a": 1}])
+def test_a_user_that_is_no_key_is_refused_not_read_as_text(predictor, value):
+    """Over HTTP an input's "user" of null or true was read as the text "None" or "True", which
+    answered a user of that name; a list became "['259']"."""
+    with pytest.raises(
+        SemidError, match=r'^"user" must be a user key \(a string or an integer\), got '
+    ):
+        predictor.check_input({"user": value})
+
+
+def test_an_unknown_key_is_echoed_cut_short(predictor):
+    """An unknown 10 MB user id came back whole in the error (a 10 MB body)."""
+    with pytest.raises(SemidError) as caught:
+        predictor.check_input({"user": "x" * 1_000_000})
+    assert len(str(caught.value)) < 400 and "'xxxxxxxxxx" in str(caught.value)
+    with pytest.raises(SemidError) as caught:
+        predictor.check_input({"history": ["y" * 1_000_000]})
+    assert len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize("value", [5, True, ["a"]])
+def test_a_query_that_is_no_text_is_named_as_such(value):
+    """`{"query": 5}` was told "each input needs a non-empty query text": it is not empty."""
+    from semid.tasks.base import query_input
+
+    with pytest.raises(SemidError, match=r'^"query" must be a text \(a JSON string\), got '):
+        query_input({"query": value})
+    with pytest.raises(SemidError, match='needs a non-empty "query" text'):
+        query_input({"query": "  "})

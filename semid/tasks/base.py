@@ -32,7 +32,7 @@ from semid.distributed import is_launched, is_main_process, on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
 from semid.indexing import ADDED_TEXTS, add_lock, added_texts
-from semid.json_values import is_integer, is_key
+from semid.json_values import as_json, is_integer, is_key
 from semid.locking import write_lock
 from semid.manifest import RUN_ENTRIES, clear_killed_writes, run_containing
 from semid.metrics import cutoffs
@@ -551,6 +551,8 @@ def query_input(item: Any) -> dict[str, Any]:
     """``{"query": TEXT}`` of an input with a non-empty query text that is Unicode text; SemidError
     (one line) otherwise."""
     query = item.get("query") if isinstance(item, dict) else None
+    if query is not None and not isinstance(query, str):
+        raise SemidError(f'"query" must be a text (a JSON string), got {as_json(query)}')
     if not isinstance(query, str) or not query.strip():
         raise SemidError('each input needs a non-empty "query" text')
     try:

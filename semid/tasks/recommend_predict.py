@@ -25,7 +25,7 @@ from semid.data.sequences import (
 from semid.data.splits import PAD
 from semid.errors import RunDataError, SemidError
 from semid.ids import SemanticIDs
-from semid.json_values import is_key, known_key
+from semid.json_values import as_json, is_key, known_key, shown_key
 from semid.models import is_generator
 from semid.ranking import Ranker, Ranking
 from semid.runs import Run
@@ -193,24 +193,34 @@ class RecommendPredictor(Predictor):
                 raise SemidError('"split" goes with a "user" (their events up to that split\'s '
                                  'target); a "history" input is answered as given: drop "split"')  # fmt: skip
             history = item["history"]
-            if not isinstance(history, list) or not history or not all(is_key(h) for h in history):
-                raise SemidError('"history" must be a non-empty list of item keys')
+            if not isinstance(history, list) or not history:
+                raise SemidError(
+                    f'"history" must be a non-empty list of item keys, got {as_json(history)}'
+                )
+            bad = next((i for i, h in enumerate(history) if not is_key(h)), None)
+            if bad is not None:
+                raise SemidError(f'"history"[{bad}] must be an item key (a string or an integer), '
+                                 f"got {as_json(history[bad])}")  # fmt: skip
             # integers name keys, as a user may be an integer
             history = [known_key(str(h), self.run.ids) for h in history]
             unknown = [h for h in history if h not in self.run.ids]
             if unknown:
                 titled = self._item_titled(unknown[0])
                 if titled is not None:
-                    raise SemidError(f"unknown item {unknown[0]!r} in the history: a history lists item "
+                    raise SemidError(f"unknown item {shown_key(unknown[0])} in the history: a history lists item "
                                      f"keys, and {unknown[0]!r} begins the text of item {titled}")  # fmt: skip
                 example = example_key(unknown[0], self.run.ids.keys)
-                raise SemidError(f"unknown item {unknown[0]!r} in the history; use keys of the "
+                raise SemidError(f"unknown item {shown_key(unknown[0])} in the history; use keys of the "
                                  f"run's index, such as {example}")  # fmt: skip
             self._check_trained_items(history)
             return {"history": history}
         split = item.get("split")
         if split is not None and split not in SPLITS:
             raise SemidError(f'"split" must be valid or test, got {split!r}')
+        if not is_key(item["user"]):  # null, true or a list would be read as "None", "True", ...
+            raise SemidError(
+                f'"user" must be a user key (a string or an integer), got {as_json(item["user"])}'
+            )
         histories = self.histories()
         user = known_key(str(item["user"]), histories.user_of_key)
         if user in histories.left_out and user not in histories.user_of_key:
@@ -283,7 +293,7 @@ class RecommendPredictor(Predictor):
     def _check_user(self, user: str, split: str | None, histories: UserHistories) -> None:
         if user not in histories.user_of_key:  # (a user left out at training is read apart)
             example = example_key(user, histories.user_of_key)
-            raise SemidError(f"unknown user {user!r}; pass a user of the run's data"
+            raise SemidError(f"unknown user {shown_key(user)}; pass a user of the run's data"
                              f"{f', such as {example},' if example else ''} or a history")  # fmt: skip
         if histories.live and split is not None:
             raise SemidError(
