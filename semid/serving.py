@@ -488,7 +488,9 @@ def create_app(
         # uvicorn calls this after in-flight requests are answered; close() joins the worker
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)
 
-    app = FastAPI(title="semid", version=__version__, lifespan=lifespan)
+    # no /docs, /redoc or /openapi.json: pages the docs do not name, whose assets come from a CDN
+    app = FastAPI(title="semid", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)  # fmt: skip
     app.state.batcher = batcher
 
     @app.exception_handler(HTTPException)
@@ -507,11 +509,11 @@ def create_app(
         # a bug outside /predict (e.g. in predictor.info): still one JSON line; uvicorn logs it
         return _error(500, f"internal error ({type(exc).__name__}: {exc}); see the server log")
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' health checks
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/info")
+    @app.api_route("/info", methods=["GET", "HEAD"])
     async def info() -> dict[str, Any]:
         batching = {
             "max_batch": batcher.max_batch,

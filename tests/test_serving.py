@@ -181,6 +181,11 @@ def test_unknown_route_and_method_answer_json(live):
     assert client.get("/predict").json()["error"] == f"GET /predict is not served; {routes}"
     assert client.post("/health").json()["error"] == f"POST /health is not served; {routes}"
     assert client.get("/").json()["error"] == f"GET / is not served; {routes}"
+    # pages the docs do not name are not served (FastAPI's defaults, with assets from a CDN)
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 404, path
+    # load balancers check health with HEAD
+    assert client.head("/health").status_code == 200 and client.head("/info").status_code == 200
 
 
 def test_the_routes_example_names_a_field_the_run_takes(live):
@@ -764,3 +769,11 @@ def test_a_slow_input_check_leaves_the_event_loop_free():
     finally:
         predictor.released.set()
         server.stop()
+
+
+def test_the_announced_url_of_an_ipv6_host_has_brackets():
+    """`semid serve RUN --host ::1` announced http://::1:8751, which no client can open."""
+    from semid.cli.serve import url_host
+
+    assert url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]"
+    assert url_host("127.0.0.1") == "127.0.0.1" and url_host("localhost") == "localhost"

@@ -95,6 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the run's predictor and serve it until Ctrl-C / SIGTERM."""
     if not 0 <= args.port <= 65535:
@@ -155,7 +160,7 @@ def _load_and_serve(args: argparse.Namespace, sock: socket.socket) -> None:
     def announce(port: int) -> None:
         print(
             f"serving {args.run_dir} ({predictor.task}, {workers} model worker(s) on {device}) on "
-            f"http://{args.host}:{port} (POST /predict, GET /health, GET /info; Ctrl-C to stop)",
+            f"http://{url_host(args.host)}:{port} (POST /predict, GET /health, GET /info; Ctrl-C to stop)",
             flush=True,
         )
 
