@@ -730,3 +730,16 @@ def test_a_query_that_is_no_text_is_named_as_such(value):
         query_input({"query": value})
     with pytest.raises(SemidError, match='needs a non-empty "query" text'):
         query_input({"query": "  "})
+
+
+def test_serve_stopped_while_it_loads_exits_0(run, monkeypatch, capsys):
+    """A supervisor's SIGTERM while the server still loaded its run ended in exit 143 and a line
+    about training's artifacts; a server stopped while serving exits 0."""
+    import semid.reloading
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(semid.reloading, "follow_run", interrupted)
+    assert main(["serve", str(run), "--port", "0"]) == 0
+    assert capsys.readouterr().err.strip().endswith("semid serve: stopped before it served")

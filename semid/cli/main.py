@@ -275,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         _close_progress_bars()
+        if getattr(args, "group", None) == "serve":  # stopped while loading: nothing to finish
+            print("semid serve: stopped before it served", file=sys.stderr)
+            return 0  # as a server stopped while serving: a supervisor's stop is no failure
         resume = ""
         if getattr(args, "no_resume", False):  # training's start clears the earlier checkpoints
             resume = ("; run it again without --no-resume to resume from the last checkpoint it "
