@@ -391,8 +391,13 @@ def output_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
             yield f
         return
     if is_stream(path):
-        with open(path, mode) as f:
-            yield f
+        try:
+            with open(path, mode) as f:
+                yield f
+        except OSError as e:  # a failed write (/dev/full) names no file: name the one written
+            if e.filename is None and e.errno is not None:
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            raise
         return
     with atomic_file(path, mode) as f:
         yield f

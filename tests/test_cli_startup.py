@@ -260,3 +260,14 @@ def test_top_level_and_group_help_show_the_workflow_and_every_example_parses(cap
     for line in WORKFLOW:  # each example is a command line its parser takes
         argv = shlex.split(line)[1:]
         build_parser(selected_command(argv)).parse_args(argv)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_device_named_with_out_is_named(tmp_path):
+    """`--out /dev/full` was told as "no space left ... while writing standard output"."""
+    from semid.atomic import output_file
+
+    with pytest.raises(OSError) as caught, output_file("/dev/full") as f:
+        f.write("x" * 100_000)
+        f.flush()
+    assert caught.value.filename == "/dev/full"
