@@ -222,6 +222,21 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def check_file_sha256(path: str | os.PathLike, recorded: Any, record: str, fix: str) -> None:
+    """SemidError naming ``path`` when its bytes are not those whose SHA-256 ``record`` (a file's
+    name for the message, e.g. "its config.json") holds as ``recorded``; None recorded (artifacts
+    written before the record was kept) is not checked."""
+    if recorded is None:
+        return
+    try:
+        actual = file_sha256(path)
+    except PermissionError:
+        raise cannot_read(path) from None
+    if actual != recorded:
+        raise SemidError(f"{path} is damaged: its bytes are not those written with {record} "
+                         f"(changed since); {fix}")  # fmt: skip
+
+
 def check_writable(path: str | os.PathLike, fix: str = "choose a writable --out") -> None:
     """Raise SemidError unless `path` can be created or replaced (creating its parent folders);
     ``fix`` says what to do instead."""

@@ -20,7 +20,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import semid
-from semid.atomic import atomic_dir, check_replaceable, file_sha256, read_json, recover
+from semid.atomic import (
+    atomic_dir,
+    check_file_sha256,
+    check_replaceable,
+    file_sha256,
+    read_json,
+    recover,
+)
 from semid.collisions import (
     CollisionReport,
     check_last_level_distances,
@@ -28,7 +35,7 @@ from semid.collisions import (
     group_ids,
     resolve_collisions,
 )
-from semid.errors import SemidError, cannot_read
+from semid.errors import SemidError
 from semid.json_values import is_integer
 from semid.quantization import Quantizer
 from semid.saving import read_module
@@ -420,13 +427,7 @@ def _check_recorded_files(path: Path, recorded: Any, fix: str) -> None:
     if not isinstance(recorded, dict):
         return
     for name in CHECKED_FILES:
-        try:
-            bytes_as_written = name not in recorded or file_sha256(path / name) == recorded[name]
-        except PermissionError:
-            raise cannot_read(path / name) from None
-        if not bytes_as_written:
-            raise SemidError(f"{path}/{name} is damaged: its bytes are not those written with the "
-                             f"index's config.json (changed since); {fix}")  # fmt: skip
+        check_file_sha256(path / name, recorded.get(name), "the index's config.json", fix)
 
 
 def quantizer_dim(index_path: str | os.PathLike) -> int | None:

@@ -32,6 +32,7 @@ import semid
 from semid.atomic import (
     atomic_dir,
     atomic_file,
+    check_file_sha256,
     check_replaceable,
     file_sha256,
     read_json,
@@ -152,10 +153,9 @@ def _check_recorded_sha256(folder: Path) -> None:
     written before the record was kept have none, and are not checked)."""
     meta = read_json(folder / CONFIG_FILE, "retrain or restore it")
     recorded = meta.get("weights_sha256") if isinstance(meta, dict) else None
-    weights = folder / WEIGHTS_FILE
-    if recorded is not None and file_sha256(weights) != recorded:
-        raise SemidError(f"{weights} is damaged: its bytes are not those written with its "
-                         f"{CONFIG_FILE} (changed since); retrain or restore it")  # fmt: skip
+    check_file_sha256(
+        folder / WEIGHTS_FILE, recorded, f"its {CONFIG_FILE}", "retrain or restore it"
+    )
 
 
 def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
