@@ -46,7 +46,7 @@ from semid.data.documents import (
 )
 from semid.data.pseudo_queries import given_documents, with_pseudo_queries
 from semid.data.tables import content_sha256
-from semid.distributed import is_main_process, main_process_value
+from semid.distributed import is_main_process, main_process_value, on_main_process
 from semid.errors import SemidError
 from semid.generators.promptdsi import PromptDSI
 from semid.generators.promptdsi_states import (
@@ -206,8 +206,13 @@ class RetrieveTask(Task):
         probe.to(device)
         d0_docs = coll.subset(split.d0)
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
-        ids, quantizer = build_ids(d0_docs.ids, docs.embeddings, spec.quantizer, seed=spec.seed,
-                                   metadata={"dataset": spec.dataset})  # fmt: skip
+        # fitted by the main process alone (a refusal stops every process); every process of a
+        # launched job learns its IDs: on machines whose floating-point paths differ, the same
+        # documents can get other ones
+        built = on_main_process(lambda: build_ids(d0_docs.ids, docs.embeddings, spec.quantizer,
+                                                  seed=spec.seed, metadata={"dataset": spec.dataset}),
+                                device)  # fmt: skip
+        ids, quantizer = main_process_value(built, device)
         if out is not None and is_main_process():
             ids.save(out, quantizer=quantizer)
         return ids, quantizer, probe, docs
@@ -238,9 +243,6 @@ class RetrieveTask(Task):
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         where = resolve_device(device)  # the frozen encoder runs there too: the GPU encodes fastest
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
-        # every process of a launched job learns the main process's IDs: built on machines whose
-        # floating-point paths differ, the same documents can get other ones
-        ids, quantizer = main_process_value((ids, quantizer), device)
         crowded = crowding_note(ids.stats(), noun="documents")  # `index build` says it too
         if crowded is not None:
             note(crowded)
