@@ -272,11 +272,7 @@ def test_exported_ml100k_gives_the_same_split_and_metrics(model, tmp_path, monke
 
 
 def test_changed_data_is_refused_and_a_moved_run_still_evaluates(tmp_path, monkeypatch, capsys):
-    write_interactions(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
-    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
-               "--model pop --out run") == 0  # fmt: skip
+    train_pop_run(tmp_path, monkeypatch)
     assert cli("semid eval run") == 0
     before = saved_metrics(tmp_path / "run")
     (tmp_path / "elsewhere").mkdir()
@@ -336,14 +332,19 @@ def test_a_project_folder_moved_whole_still_evaluates_and_answers(tmp_path, monk
     assert "project/interactions.csv, which is gone" in err
 
 
-def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch, capsys):
-    """A log that grew after training: the same predictor re-reads it, so a user's new events count
-    as seen, a new user is answered, and what cannot be answered is refused in one line."""
+def train_pop_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run``, a pop run on ``write_interactions``' files, trained in ``tmp_path`` (the cwd)."""
     write_interactions(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
     assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
                "--model pop --out run") == 0  # fmt: skip
+
+
+def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch, capsys):
+    """A log that grew after training: the same predictor re-reads it, so a user's new events count
+    as seen, a new user is answered, and what cannot be answered is refused in one line."""
+    train_pop_run(tmp_path, monkeypatch)
     predictor = load_predictor(tmp_path / "run")
     (before,) = predictor.predict([{"user": "u1"}], k=5)
     assert predictor.predict(
@@ -373,14 +374,32 @@ def test_a_grown_log_is_answered_from_its_current_content(tmp_path, monkeypatch,
     assert cli("semid eval run") == 2  # the metrics need the data trained on
 
 
+def test_a_log_line_still_being_written_is_read_once_it_ends(tmp_path, monkeypatch, capsys):
+    """An appender caught mid-line (``u1,m`` of ``u1,m3``): the predictor keeps answering from the
+    data as read before, with one note, instead of reading an event on another item (or refusing
+    every user over a malformed row); the finished line is read."""
+    train_pop_run(tmp_path, monkeypatch)
+    predictor = load_predictor(tmp_path / "run")
+    (before,) = predictor.predict([{"user": "u1"}], k=5)
+    top = before["keys"][0]
+    capsys.readouterr()
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write(f"u1,{top},3000000\nu1,")  # a whole line, then half of the next one
+    for _ in range(2):
+        assert predictor.predict([{"user": "u1"}], k=5) == [before]
+    err = capsys.readouterr().err
+    assert err.count("interactions.csv has no newline yet") == 1, err
+    assert len(err.strip().splitlines()) == 1
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write(f"{before['keys'][1]},3000001\n")
+    (after,) = predictor.predict([{"user": "u1"}], k=5)
+    assert after["keys"][:3] == before["keys"][2:5]  # both new events count as seen
+
+
 def test_a_grown_log_counts_events_on_items_the_items_file_lacks(tmp_path, monkeypatch, capsys):
     """A new item often reaches the log before the items file: its events are outside the index
     like any other's, so the note counts them (they are not dropped unseen for lack of a text)."""
-    write_interactions(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
-    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
-               "--model pop --out run") == 0  # fmt: skip
+    train_pop_run(tmp_path, monkeypatch)
     with open(tmp_path / "interactions.csv", "a") as f:
         f.write("u1,m-not-in-items,3000000\nu1,m-not-in-items,3000001\nu1,m3,3000002\n")
     capsys.readouterr()

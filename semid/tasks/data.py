@@ -71,6 +71,25 @@ def data_stamp(*names: str | None) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
 
 
+def unfinished_file(stamp: tuple[tuple[str, int, int], ...]) -> str | None:
+    """The first file of a `data_stamp` whose last line has no newline yet (a line-based table,
+    not gzipped: one that a writer may be appending to), or None."""
+    for name, size, _ in stamp:
+        if size == 0 or table_format(name) not in ("csv", "tsv", "jsonl"):
+            continue
+        if name.lower().endswith(".gz"):
+            continue
+        try:
+            with open(name, "rb") as f:
+                f.seek(size - 1)
+                last = f.read(1)
+        except OSError:  # gone or unreadable: the read itself says so
+            continue
+        if last not in (b"\n", b"\r", b""):  # b"": shrunk since the stamp, which changes again
+            return name
+    return None
+
+
 def fingerprint(*names: str | None, files_of: FilesOf = folder_data_files) -> str | None:
     """The content hash of the files among ``names`` (of a folder: the files ``files_of`` gives,
     those its reader reads), or None when all are registered datasets."""
