@@ -81,6 +81,7 @@ class ProcessPredictor:
         self._lock = threading.Lock()  # one predict call at a time on the pipe
         # one thread receives the child's "ready" (predict, a restart and /info may wait at once)
         self._ready_lock = threading.Lock()
+        self._closed = False  # closed by the server: a child that dies then is not replaced
         self._start()
 
     def _start(self) -> None:
@@ -95,7 +96,10 @@ class ProcessPredictor:
         self._info: dict[str, Any] | None = None
 
     def _restart(self) -> None:
-        """Replace a child that died (the out-of-memory killer, a crash) with a new one, loaded."""
+        """Replace a child that died (the out-of-memory killer, a crash) with a new one, loaded;
+        ModelProcessError once closed (the server stopping without waiting killed it)."""
+        if self._closed:
+            raise ModelProcessError("the model process was stopped: the server is stopping")
         code = self._process.exitcode
         self._conn.close()
         note(f"a model process stopped (exit code {code}); starting a new one", "serve")
@@ -193,7 +197,9 @@ class ProcessPredictor:
         return self._receive()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the child process (idempotent)."""
+        """Stop the child process (idempotent): asked to end, and killed if it has not ended
+        after ``timeout`` seconds (a batch in flight is given up)."""
+        self._closed = True
         if self._process.is_alive():
             try:
                 self._conn.send(None)

@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -54,7 +55,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from semid import __version__
+from semid import __version__, notes
 from semid.answer_texts import check_texts, with_texts
 from semid.defaults import DEFAULT_K, MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
 from semid.errors import RunDataError, SemidError
@@ -485,13 +486,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
-        # uvicorn calls this after in-flight requests are answered; close() joins the worker
-        await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+        # uvicorn calls this after in-flight requests are answered; close() joins the worker,
+        # except on a stop that does not wait (`_Server`): the batches in flight are given up
+        timeout = 0.0 if app.state.stop_now else None
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close, timeout)
 
     # no /docs, /redoc or /openapi.json: pages the docs do not name, whose assets come from a CDN
     app = FastAPI(title="semid", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)  # fmt: skip
     app.state.batcher = batcher
+    app.state.stop_now = False  # set by a second SIGINT/SIGTERM (see `_Server`)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -616,6 +620,30 @@ def default_workers(device: str) -> int:
     return max(1, min(usable_cores(), 4))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped gracefully by SIGINT or SIGTERM; a second one (Ctrl-C pressed
+    again) stops it at once, with one line: the requests in flight are given up, the app's
+    shutdown still stops its workers, and the signal is re-raised once, as after one."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first signal: uvicorn's graceful stop. A later one: stop without waiting. (uvicorn
+        alone forces a stop on SIGINT only, skips the app's shutdown then, and re-raises every
+        signal at the end: the second one as a KeyboardInterrupt inside the event loop, whose
+        teardown printed a traceback.)"""
+        if not self.should_exit:
+            super().handle_exit(sig, frame)
+        elif not self.force_exit:
+            self.force_exit = True
+            self.config.app.state.stop_now = True
+            notes.note("stopping now, without waiting for the requests in flight", "serve")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, and the app's (lifespan) shutdown also when the stop is forced."""
+        await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
+
+
 def serve(
     predictor: Predictor,
     host: str = "127.0.0.1",
@@ -651,6 +679,7 @@ def serve(
     threads = default_threads(workers) if threads is None else threads
     sock = bind_socket(host, port) if sock is None else sock
     models: list[ProcessPredictor] = []
+    server: _Server | None = None
     try:
         listen(sock, host)
         if load is None:
@@ -664,8 +693,10 @@ def serve(
         config = uvicorn.Config(
             app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        server = _Server(config)
+        server.run(sockets=[sock])
     finally:
+        stop_now = server is not None and server.force_exit  # the batches in flight given up
         for model in models:
-            model.close()
+            model.close(timeout=0.0 if stop_now else 30.0)
         sock.close()

@@ -556,6 +556,34 @@ def test_a_stalled_client_cannot_keep_the_server_up():
         assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_second_signal_stops_at_once_with_one_line(stop):
+    """Ctrl-C pressed again while a graceful stop waits for a 20 s request: the server stops at
+    once (the request is answered 503), says so in one line, stops its workers and exits 0.
+    Before, uvicorn's re-raised second signal broke into the event loop's teardown: a traceback,
+    and the batching thread was left running."""
+    with fake_serve("0", "20") as proc:
+        port = _bannered_port(proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(client.post, "/predict", json={"users": ["u1"], "k": 3})
+                ready, _, _ = select.select([proc.stdout], [], [], 30)
+                assert ready and proc.stdout.readline().startswith("predict 1 ")
+                started = time.monotonic()
+                proc.send_signal(stop)
+                time.sleep(0.3)
+                proc.send_signal(stop)
+                out, err = proc.communicate(timeout=30)
+                response = pending.result(timeout=30)
+        assert time.monotonic() - started < 15  # not after the 20 s request
+    assert response.status_code == 503
+    assert proc.returncode == 0, err
+    assert err.strip() == "stopping now, without waiting for the requests in flight"
+    assert "semid serve: stopped" in out
+    assert "run returned 0; batcher alive: False" in out
+    assert "child processes: []" in out
+
+
 def test_shutdown_timeout_must_be_a_number_of_seconds(tmp_path):
     """A negative or infinite --shutdown-timeout is refused before the run loads."""
     (tmp_path / "manifest.json").write_text(
