@@ -1,4 +1,4 @@
-"""One-factor-at-a-time sweep of HRQ and Euclidean RQ on a WordNet hierarchy (issue 17).
+r"""One-factor-at-a-time sweep of HRQ and Euclidean RQ on a WordNet hierarchy (issue 17).
 
 The same sweep for both sides, greedy in a fixed order: latent dimension, then learning rate,
 then codebook shape (levels x size, about the same number of IDs), then curvature (HRQ only:

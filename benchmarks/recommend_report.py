@@ -44,7 +44,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['recall@5']:.4f} | {r['recall@10']:.4f} | {r['ndcg@5']:.4f} | "
-            f"{r['ndcg@10']:.4f} | {r['invalid_id_rate']:.3f} | {r['train_seconds']:.0f} | {r['epochs']} ({r['steps']}) | "
+            f"{r['ndcg@10']:.4f} | {r['invalid_id_rate']:.3f} | {r['train_seconds']:.0f} | {_epochs(r)} ({r['steps']}) | "
             f"{r['queries_per_s']:.0f} |" + (f" {r['load_1min']:.1f} |" if loads else "")
         )
     lines += [
@@ -86,6 +86,11 @@ def markdown(result: dict[str, Any]) -> str:
     for e in result.get("errors", []):
         lines.append(f"\nFAILED: {e['dataset']} {e['model']}: {e['error']}")
     return "\n".join(lines) + "\n"
+
+
+def _epochs(row: dict[str, Any]) -> str:
+    """The epochs a model trained: "<1" for steps that ended inside the first (``--tiger-steps``)."""
+    return "<1" if row["epochs"] == 0 and row["steps"] > 0 else str(row["epochs"])
 
 
 def aggregate(results: list[dict[str, Any]], files: list[str] | None = None,

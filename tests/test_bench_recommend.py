@@ -317,3 +317,18 @@ def test_results_record_the_cpu_model(monkeypatch, tmp_path):
         cpuinfo if p == "/proc/cpuinfo" else p, *a, **k))  # fmt: skip
     monkeypatch.setattr(results_files.os, "cpu_count", lambda: 3)
     assert results_files.cpu_description().endswith(", Example CPU @ 2.00GHz, 3 CPUs")
+
+
+def test_steps_that_end_inside_the_first_epoch_are_shown_as_under_one_epoch():
+    """`--tiger-steps 20` stops TIGER inside its first epoch: its row read "0 (20)" epochs."""
+    from benchmarks.recommend_report import markdown
+
+    row = {"dataset": "ml-100k", "model": "tiger", "recall@5": 0.0, "recall@10": 0.0,
+           "ndcg@5": 0.0, "ndcg@10": 0.0, "invalid_id_rate": 0.0, "train_seconds": 3.0,
+           "steps": 20, "queries_per_s": 9.0}  # fmt: skip
+    env = {k: "x" for k in ("command", "date_utc", "machine", "semid", "torch", "transformers",
+                            "python")}  # fmt: skip
+    result = {"environment": {**env, "torch_threads_per_job": 1}, "jobs": 1, "seed": 0,
+              "comparisons": []}  # fmt: skip
+    assert "| <1 (20) |" in markdown({**result, "rows": [{**row, "epochs": 0}]})
+    assert "| 2 (20) |" in markdown({**result, "rows": [{**row, "epochs": 2}]})
