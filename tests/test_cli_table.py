@@ -73,3 +73,4 @@ def test_a_width_smaller_than_the_placeholder_is_kept(width):
     for text in ("abcdefghij", "東京は日本の首都"):
         cut = shorten_to_width(text, width)
         assert display_width(cut) <= width and text.startswith(cut.removesuffix(" ..."))
+        assert cut.removesuffix(" ...") or width < display_width(text[0])  # text, if any fits

@@ -44,13 +44,15 @@ def display_width(text: str) -> int:
 def shorten_to_width(text: str, width: int, placeholder: str = " ...") -> str:
     """``text`` cut to at most ``width`` terminal columns with ``placeholder`` after the cut: at the
     last space that keeps over half of the room, else between characters (text without spaces,
-    such as Chinese or Japanese, or a long word). A width too small for the placeholder gets the
-    text's first columns alone."""
+    such as Chinese or Japanese, or a long word). A width too small for the placeholder and a
+    character of the text gets the text's first columns alone."""
     if display_width(text) <= width:
         return text
     if width <= display_width(placeholder):
         return text[: _fitting_characters(text, width)]
     end = _fitting_characters(text, width - display_width(placeholder))
+    if end == 0:  # no character fits beside the placeholder (a wide one in one column)
+        return text[: _fitting_characters(text, width)]
     space = text.rfind(" ", 0, end + 1)
     if space > end // 2:
         end = space
