@@ -89,6 +89,10 @@ def test_document_ids_are_read_without_the_spaces_around_them(tmp_path):
             'the text holds an unpaired surrogate escape ("\\ud83d")',
         ),
         (json.dumps({"id": "x", "text": "t", "query": "\udfff"}), "the query holds an unpaired"),
+        (  # it broke `semid predict`'s table, one key a line
+            json.dumps({"id": "new\nline", "text": "t"}),
+            "the document id 'new\\nline' holds a control character ('\\n'); ids are listed one",
+        ),
     ],
 )
 def test_malformed_line_names_its_number(tmp_path, bad, words):
@@ -374,6 +378,17 @@ def test_a_table_is_recognised_by_the_names_its_reader_accepts(tmp_path, header,
 
     (tmp_path / "d.csv").write_text(f"{header}\n{','.join('x' for _ in header.split(','))}\n")
     assert sniff_kind(str(tmp_path / "d.csv")) == kind
+
+
+def test_a_captioned_table_without_a_path_column_is_told_as_images(tmp_path):
+    """`pth,caption,label` (a misspelt path column) was taken for a log and asked for user and
+    item columns."""
+    from semid.tasks.data import sniff_kind
+
+    (tmp_path / "d.csv").write_text("pth,caption,label\na.png,a cat,cat\n")
+    with pytest.raises(SemidError, match=r"caption column but no column of image paths .*found: "
+                       r"pth, caption, label\); name it one of those"):  # fmt: skip
+        sniff_kind(str(tmp_path / "d.csv"))
 
 
 def test_a_csv_queries_cell_may_hold_a_list(tmp_path):

@@ -192,4 +192,9 @@ def sniff_kind(path: str) -> str:
             f"{', '.join(ID_FIELDS)}) nor a user column (found: {', '.join(headers)}); for documents "
             "add an id column, for interactions name the columns with --columns user=NAME,item=NAME"
         )
+    if not users and matching_columns(headers, ("caption", "captions")):  # images, path misnamed
+        raise SemidError(
+            f"{p} has a caption column but no column of image paths (accepted names: "
+            f"{', '.join(PATH_COLUMNS)}; found: {', '.join(headers)}); name it one of those"
+        )
     return "interactions"
