@@ -618,6 +618,12 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
             "mixes numbers (line 2: '5') and datetimes (line 3: '2024-01-01')",
         ),
         ("user,item\n1,\n", None, {}, "line 2: empty item id"),
+        (  # inside the id (those around it are trimmed as spaces): a table one key a line breaks
+            'user,item\n1,2\n1,"a\tb"\n',
+            None,
+            {},
+            "line 3: the item id 'a\\tb' holds a control character ('\\t'; 1 row)",
+        ),
         (LOG, None, {"columns": "user=x"}, "no column 'x' (given for user)"),
         (LOG, None, {"columns": "usr=user"}, "unknown role(s) usr"),
         (LOG, None, {"missing_text": "skip"}, "missing_text must be"),
@@ -1172,3 +1178,19 @@ def test_a_header_that_is_data_is_told_to_be_added_and_nothing_else(tmp_path: Pa
         with pytest.raises(SemidError) as e:
             attempt()
         assert str(e.value).endswith("add a header line naming the columns)"), str(e.value)
+
+
+def test_texts_may_hold_line_breaks_and_tabs_where_keys_may_not(tmp_path: Path) -> None:
+    """Captions and queries are texts, whose line breaks and tabs are theirs to keep; ids are
+    listed one a line, so a control character in one is refused."""
+    import pyarrow as pa
+
+    from semid.data.tables import key_strings
+
+    cells = pa.chunked_array([["a dog\ton grass", "two\nlines"]])
+    assert list(key_strings(cells, tmp_path / "c.csv", "caption", texts=True)) == [
+        "a dog\ton grass",
+        "two\nlines",
+    ]
+    with pytest.raises(SemidError, match=r"the image path 'a dog\\ton grass' holds a control"):
+        key_strings(cells, tmp_path / "c.csv", "image path")

@@ -279,7 +279,7 @@ def _input_table(
             return None
     table = read_table(path, f"{flag} file")
     column = find_column(table, field, names, path, f"{flag} file", columns_option=False)
-    values = key_strings(table[column], path, field)
+    values = key_strings(table[column], path, field, texts=True)
     _refuse_list_cells(values, column, path, flag, field)
     id_column = next(iter(matching_columns(table.column_names, id_names)), None)
     ids = key_strings(table[id_column], path, "id") if id_column else [None] * len(values)

@@ -34,6 +34,7 @@ from semid.data.tables import (
     Place,
     RowPlace,
     content_sha256,
+    control_character,
     file_stem,
     header_hint,
     matching_columns,
@@ -190,6 +191,9 @@ def _document(record: dict, where: Place) -> Document:
         raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
                          "(string or integer)")  # fmt: skip
     doc_id = str(doc_id).strip()  # as tables' ids: `" d1"` is the document d1
+    if (control := control_character(doc_id)) is not None:
+        raise SemidError(f"{where}: the document id {doc_id[:60]!r} holds a control character "
+                         f"({control}); ids are listed one a line: remove it")  # fmt: skip
     doc = Document(doc_id, _text(record, where, doc_id), _queries(record, where),
                    _queries(record, where, TEST_QUERY_FIELDS))  # fmt: skip
     for name, value in (("id", doc.id), ("text", doc.text), *(("query", q) for q in doc.queries)):

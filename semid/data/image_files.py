@@ -278,7 +278,7 @@ def _row_captions(table: pa.Table, column: str, path: Path) -> list[list[str]]:
     ``"captions": ["a dog", "a brown dog"]``), its captions; a row without one raises."""
     cells = table[column]
     if not (pa.types.is_list(cells.type) or pa.types.is_large_list(cells.type)):
-        return [[caption] for caption in key_strings(cells, path, "caption")]
+        return [[caption] for caption in key_strings(cells, path, "caption", texts=True)]
     rows = []
     for row, cell in enumerate(cells.to_pylist()):
         texts = [str(c).strip() for c in cell or [] if c is not None and str(c).strip()]

@@ -56,6 +56,18 @@ USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID", "reviewe
                 "visitorid")  # fmt: skip
 
 
+# line breaks, tabs, NUL, ...: a key holding one breaks every table and file that lists keys one a
+# line (`semid predict`'s table, keys.json readers' own listings)
+CONTROL_CHARACTERS = "[\x00-\x1f\x7f]"
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of ``text`` (see `CONTROL_CHARACTERS`) as Python writes it
+    (``'\\n'``), or None."""
+    found = re.search(CONTROL_CHARACTERS, text)
+    return None if found is None else repr(found.group())
+
+
 def file_stem(path: str | os.PathLike) -> str:
     """The file name without its extension and a trailing .gz: my_log.csv.gz -> my_log."""
     name = Path(path).name
@@ -494,11 +506,15 @@ def _line_of_row(path: Path, row: int) -> int | None:
     return None
 
 
-def key_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool = False) -> np.ndarray:
+def key_strings(
+    column: pa.ChunkedArray, path: Path, role: str, trim: bool = False, texts: bool = False
+) -> np.ndarray:
     """(N,) object array of strings (ids, paths, labels); an empty or null cell raises, naming its
-    row. ``trim``: without the spaces around each (``1, 86, 883603013``, a comma-space export)."""
-    return np.asarray(_checked_strings(column, path, role, trim).to_numpy(zero_copy_only=False),
-                      dtype=object)  # fmt: skip
+    row, as does a control character (a line break, a tab) unless the cells are ``texts``
+    (captions, queries). ``trim``: without the spaces around each (``1, 86, 883603013``, a
+    comma-space export)."""
+    strings = _checked_strings(column, path, role, trim, texts)
+    return np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def factorized_keys(
@@ -514,9 +530,11 @@ def factorized_keys(
     return codes, np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _checked_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool) -> pa.ChunkedArray:
+def _checked_strings(
+    column: pa.ChunkedArray, path: Path, role: str, trim: bool, texts: bool = False
+) -> pa.ChunkedArray:
     """The column as strings (trimmed with ``trim``); SemidError for another type or an empty or
-    null cell, naming its row."""
+    null cell, or one with a control character unless they are ``texts``, naming its row."""
     try:
         strings = pc.cast(column, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -530,6 +548,15 @@ def _checked_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool)
     if bad.size:
         raise SemidError(f"{path} {row_label(path, int(bad[0]))}: empty {role} "
                          f"({counted(bad.size, 'row')}); give every row one")  # fmt: skip
+    if texts:
+        return strings
+    controlled = pc.fill_null(pc.match_substring_regex(strings, CONTROL_CHARACTERS), False)
+    bad = np.flatnonzero(controlled.to_numpy(zero_copy_only=False))
+    if bad.size:
+        value = strings[int(bad[0])].as_py()
+        raise SemidError(f"{path} {row_label(path, int(bad[0]))}: the {role} {value[:60]!r} holds a "
+                         f"control character ({control_character(value)}; {counted(bad.size, 'row')}); "
+                         "keys are listed one a line: remove it")  # fmt: skip
     return strings
 
 
