@@ -172,14 +172,52 @@ def test_an_updated_corpus_added_with_skip_indexed_adds_its_new_documents_only(r
     with open(tmp_path / "all.jsonl", "a") as f:  # the corpus as it is now: old documents too
         for key in indexed[:3]:
             f.write(json.dumps({"id": key, "text": "an old document, maybe edited"}) + "\n")
+    with open(tmp_path / "all.jsonl", "a") as f:  # unchanged: no note for it
+        f.write(json.dumps({"id": indexed[3], "text": _text_of(run, 3)}) + "\n")
     summary = get_task("retrieve").add(run, tmp_path / "all.jsonl", skip_indexed=True)
-    assert summary["documents"] == 2 and "left out 3 documents of" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert summary["documents"] == 2 and "left out 4 documents of" in out
+    # an edited text is not taken: said, since a user re-adding an updated corpus expects it
+    assert (f"3 documents of {tmp_path / 'all.jsonl'} left out as indexed have another text than "
+            f"the one indexed (e.g. '{indexed[0]}') and keep the indexed one") in err  # fmt: skip
     assert load_run(run).ids.keys == [*indexed, "new0", "new1"]
     before = snapshot(run)  # again, as a user runs it: nothing is new, nothing changes
     add = ["index", "add", str(run), "--docs", str(tmp_path / "all.jsonl"), "--skip-indexed"]
     assert main(add) == 0
     assert "nothing to add: every document of" in capsys.readouterr().out
     assert snapshot(run) == before
+
+
+def _text_of(run, row: int) -> str:
+    """The text of the run's indexed document ``row``, as its index keeps it."""
+    texts = json.loads((run / "index" / retrieve_module.DOCUMENT_TEXTS).read_text())
+    return texts[load_run(run).ids.keys[row]]
+
+
+def test_a_document_under_the_id_of_a_held_out_one_is_refused(tmp_path, monkeypatch):
+    """Training holds documents out for a later add (later.jsonl); an add of another document
+    under one of their ids was taken, after which the held-out one could never be added."""
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl", n=30)
+    get_task("retrieve").train(tiny_spec(tmp_path / "docs.jsonl", hold_out=0.2), tmp_path / "run")
+    later = tmp_path / "run" / "later.jsonl"
+    held_out = [json.loads(line)["id"] for line in later.read_text().splitlines()]
+    (tmp_path / "mine.jsonl").write_text(
+        json.dumps({"id": held_out[0], "text": "another document"}) + "\n"
+        + json.dumps({"id": "mine", "text": "a new document"}) + "\n"
+    )  # fmt: skip
+    before = snapshot(tmp_path / "run")
+    words = (rf"1 document of .*mine.jsonl takes the id of a document that training held out for "
+             rf"a later add \({later}\), with another text \(e.g. '{held_out[0]}'\); give it a "
+             rf"new id, or add {later} first")  # fmt: skip
+    with pytest.raises(SemidError, match=words):
+        get_task("retrieve").add(tmp_path / "run", tmp_path / "mine.jsonl")
+    assert snapshot(tmp_path / "run") == before
+    summary = get_task("retrieve").add(tmp_path / "run", later)  # the held-out ones pass
+    assert summary["documents"] == len(held_out)
+    summary = get_task("retrieve").add(tmp_path / "run", tmp_path / "mine.jsonl",
+                                       skip_indexed=True)  # fmt: skip
+    assert summary["documents"] == 1  # once they are indexed, as any indexed document
 
 
 def test_an_add_killed_while_writing_is_undone_and_can_be_retried(run, tmp_path):

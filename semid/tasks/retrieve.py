@@ -104,6 +104,7 @@ from semid.tasks.retrieval_ranking import (
     save_document_embeddings,
     train_or_keep_untrained,
 )
+from semid.tasks.retrieve_adds import check_held_out_ids, note_changed_texts
 from semid.tasks.specs import RetrieveSpec
 from semid.training.config import TrainConfig
 from semid.wording import counted
@@ -371,10 +372,16 @@ class RetrieveTask(Task):
         collection = read_collection(source)
         rows = rows_to_add(collection.ids, run.ids.__contains__, "document", str(source),
                            skip_indexed, "give new ids")  # fmt: skip
+        left_out = sorted(set(range(len(collection))) - set(rows))
+        if left_out:
+            note_changed_texts(run.index_path, DOCUMENT_TEXTS,
+                               [collection.ids[i] for i in left_out],
+                               [collection.texts[i] for i in left_out], str(source))  # fmt: skip
         if not rows:
             return {"added": 0, "documents": 0, "indexed": len(run.ids)}
         if len(rows) < len(collection):
             collection = collection.subset(rows, collection.name)
+        check_held_out_ids(run_path / LATER, collection, str(source))
         # query-less documents of a run trained on pseudo-queries get them too
         collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
         model, start = run.model, len(run.ids)
