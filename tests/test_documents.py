@@ -482,3 +482,14 @@ def test_fields_of_no_accepted_name_are_named_in_a_note(tmp_path, capsys):
     path.write_text(json.dumps({"_id": "d", "title": "t", "text": "x", "metadata": {}}) + "\n")
     read_documents(path)  # BEIR's fields: all known
     assert "left unread" not in capsys.readouterr().err
+
+
+def test_documents_with_the_same_text_are_noted(tmp_path, capsys):
+    """A corpus exported twice under two ids: a query of one counts the other as a miss."""
+    lines = [json.dumps({"id": i, "text": t}) for i, t in
+             (("a", "one text"), ("b", "another"), ("copy-of-a", "one text"), ("c", "third"))]  # fmt: skip
+    read_documents(_write(tmp_path / "d.jsonl", lines))
+    err = capsys.readouterr().err
+    assert "1 document has the text of an earlier one (e.g. 'copy-of-a', as 'a')" in err
+    read_documents(_write(tmp_path / "e.jsonl", lines[:2]))
+    assert "the text of an earlier" not in capsys.readouterr().err

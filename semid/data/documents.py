@@ -371,7 +371,27 @@ def _collect(records: Iterable[tuple[Place, Place, dict]],
 
     for told in twin_key_notes(np.asarray(list(first), dtype=object), "document"):
         note(f"{path}: {told}")
+    if (told := _same_text_note(docs)) is not None:
+        note(f"{path}: {told}")
     return docs, grades
+
+
+def _same_text_note(docs: Sequence[Document]) -> str | None:
+    """What to tell of documents whose text is another's, word for word (a corpus exported twice
+    under two ids): a query of one then has two equally good answers, and the one it does not list
+    counts as a miss. None when every text is its own."""
+    first: dict[str, str] = {}
+    copies = []
+    for doc in docs:
+        original = first.setdefault(doc.text, doc.id)
+        if original != doc.id:
+            copies.append((doc.id, original))
+    if not copies:
+        return None
+    copy, original = copies[0]
+    return (f"{counted(len(copies), 'document has', 'documents have')} the text of an earlier "
+            f"one (e.g. {copy[:60]!r}, as {original[:60]!r}); a query of one counts the other as "
+            "a miss: drop the copies, or give their queries to both")  # fmt: skip
 
 
 def _unknown_fields(record: dict) -> list[str]:
