@@ -214,13 +214,16 @@ def test_a_model_of_another_task_is_refused_before_any_work(tmp_path, capsys, mo
 @pytest.mark.parametrize(
     "extra, told",
     [
-        ([], "run the same command again to resume from the last checkpoint"),
+        (
+            [],
+            "run the same command again to resume (it wrote no checkpoint yet, so it starts over)",
+        ),
         (
             ["--no-resume"],
             "run it again without --no-resume to resume from the last checkpoint it wrote",
         ),
         # --resume spells out the default (it was refused as an unknown argument); the last wins
-        (["--no-resume", "--resume"], "run the same command again to resume from the last"),
+        (["--no-resume", "--resume"], "run the same command again to resume (it wrote no"),
     ],
 )
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, extra, told):
@@ -233,6 +236,26 @@ def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, ex
     assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path),
                  "--model", "pop", "--out", str(tmp_path / "run"), *extra]) == 130  # fmt: skip
     assert told in capsys.readouterr().err
+
+
+def test_ctrl_c_in_training_names_the_step_it_resumes_from(tmp_path, capsys, monkeypatch):
+    """The steps after the last checkpoint are trained again: the line says from which step."""
+    import semid.cli.train_recommender as command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "run", interrupted)
+    checkpoints = tmp_path / "run" / "train" / "checkpoints"
+    for step, whole in ((1000, True), (1166, True), (2000, False)):  # 2000: cut short, no state
+        (checkpoints / f"step-{step:08d}").mkdir(parents=True)
+        if whole:
+            (checkpoints / f"step-{step:08d}" / "trainer_state.json").write_text("{}")
+    assert main(["train", "recommender", "--dataset", "ml-100k", "--index", str(tmp_path),
+                 "--model", "pop", "--out", str(tmp_path / "run")]) == 130  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.endswith("run the same command again to resume from its last checkpoint, at step "
+                        "1,166\n")  # fmt: skip
 
 
 @pytest.mark.parametrize("read_only", ["both", "run"])  # the run and its folder, or the run alone

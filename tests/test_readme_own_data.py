@@ -8,6 +8,7 @@ import csv
 import gzip
 import json
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -434,10 +435,12 @@ def test_a_training_stopped_with_ctrl_c_resumes_when_its_command_is_run_again(tm
     rest = proc.stdout.read()
     assert proc.wait(timeout=60) == code, "".join(seen) + rest
     assert "Traceback" not in rest
-    assert "run the same command again to resume from the last checkpoint" in rest
+    told = re.search(r"run the same command again to resume from its last checkpoint, at step "
+                     r"([\d,]+)", rest)  # fmt: skip
+    assert told, rest
     again = finish(subprocess.Popen([*train, "--epochs", "4"], cwd=tmp_path, env=ENV,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
-    assert "resuming from step" in again.stdout + again.stderr
+    assert f"resuming from step {told.group(1).replace(',', '')}" in again.stdout + again.stderr
     assert (tmp_path / "run" / "config.json").is_file()
 
 

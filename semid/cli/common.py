@@ -31,7 +31,9 @@ def add_training_arguments(
     )
     p.add_argument(
         "--max-steps", type=int,
-        help="stop after this many optimizer steps (the last weights are evaluated; a later run with more steps resumes)",
+        help="stop after this many optimizer steps (the last weights are evaluated, and kept if they are the best; a later "
+        "run with more steps resumes, and keeps them if no later evaluation beats them: unlike a run never stopped, "
+        "which does not evaluate them)",
     )  # fmt: skip
     batch = default("batch_size")
     p.add_argument("--batch-size", type=int, default=batch["default"],

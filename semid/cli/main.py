@@ -9,6 +9,7 @@ import errno
 import importlib
 import logging
 import os
+import pathlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -240,6 +241,17 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _resumed_from(out: str) -> str:
+    """Where a training of ``out`` that stopped resumes: its last checkpoint's step (the steps
+    after it are trained again), or the start when it wrote none."""
+    from semid.training.checkpoint_names import last_checkpoint_step  # noqa: PLC0415
+
+    step = last_checkpoint_step(pathlib.Path(out) / "train" / "checkpoints")
+    if step is None:
+        return "(it wrote no checkpoint yet, so it starts over)"
+    return f"from its last checkpoint, at step {step:,}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input prints one line to stderr and returns a non-zero exit code."""
     args = None
@@ -283,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume = ("; run it again without --no-resume to resume from the last checkpoint it "
                       "wrote, if it got that far (the earlier model stays until a run finishes)")  # fmt: skip
         elif hasattr(args, "no_resume"):  # a training command: its checkpoints carry on
-            resume = "; run the same command again to resume from the last checkpoint"
+            resume = "; run the same command again to resume " + _resumed_from(args.out)
         elif (getattr(args, "group", None), getattr(args, "command", None)) == ("index", "add"):
             resume = (
                 "; an add stopped before its end leaves the run or index as it was: run the same "

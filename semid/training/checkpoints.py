@@ -38,10 +38,9 @@ from semid.atomic import (
 )
 from semid.errors import SemidError
 from semid.saving import tied_names
+from semid.training.checkpoint_names import PROGRESS_FILE, STEP_DIR
 from semid.training.config import TrainProgress
 
-PROGRESS_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 _STEP_BACKUP = re.compile(r"^\.(step-\d+)\.old-\d+$")
 _TORCH_SUFFIXES = {".bin", ".pkl", ".pt", ".pth"}
 # accelerate (prefixed "[RANK n] "): names it dropped from a state dict because they alias another
@@ -203,7 +202,7 @@ def complete_checkpoints(root: Path) -> list[Path]:
     found = [
         (int(m.group(1)), p)
         for p in root.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / PROGRESS_FILE).is_file()
+        if (m := STEP_DIR.match(p.name)) and (p / PROGRESS_FILE).is_file()
     ]
     return [p for _, p in sorted(found)]
 
