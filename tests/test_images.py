@@ -720,3 +720,23 @@ def test_an_empty_image_file_and_a_utf16_captions_file_say_what_they_are(tmp_pat
     (tmp_path / "captions.tsv").write_bytes("cat/a.png\ta cat\n".encode("utf-16"))
     with pytest.raises(SemidError, match=r"captions.tsv is UTF-16 text .*; save it as UTF-8"):
         load_image_folder(tmp_path)
+
+
+def test_every_unreadable_image_of_a_folder_is_named_in_one_go(tmp_path):
+    """A zero-byte file, a truncated PNG and a text file named .png: one run named one of them,
+    so a folder's bad files took a run each to find."""
+    (tmp_path / "cat").mkdir()
+    for name in ("a", "c", "e"):
+        write_png(tmp_path / "cat" / f"{name}.png", (4, 4), 1)
+    (tmp_path / "cat" / "b.png").write_bytes(b"")
+    (tmp_path / "cat" / "d.png").write_bytes((tmp_path / "cat" / "a.png").read_bytes()[:30])
+    (tmp_path / "cat" / "f.png").write_text("not an image")
+    with pytest.raises(SemidError) as e:
+        load_image_folder(tmp_path)
+    told = str(e.value)
+    assert "\n" not in told
+    assert told.startswith(f"cannot read image {tmp_path / 'cat' / 'b.png'}: it is empty")
+    assert told.endswith(f"(and 2 other images that cannot be read either: {tmp_path / 'cat' / 'd.png'}, "
+                         f"{tmp_path / 'cat' / 'f.png'})")  # fmt: skip
+    files = [tmp_path / "cat" / f"{name}.png" for name in "ace"]
+    assert read_images(files, "three", size=None).shape[0] == 3  # readable ones, at their size

@@ -126,16 +126,35 @@ def read_images(files: Sequence[Path], where: str, size: int | str | None = "aut
     `size`: an int resizes every image to size x size; "auto" picks `auto_size` of the files;
     None keeps the sizes (they must agree)."""
     files = with_progress(files, "read images", "image", quiet_up_to=READ_QUIETLY)
+    cap = None if size is None else _checked_size(size) or AUTO_MAX_SIZE
+    images, shorter = [], []  # the 'auto' size: of the images as stored, not as decoded
+    unreadable: list[tuple[Path, SemidError]] = []  # all told at once, not one run per file
     with _pillow_warnings_noted(where) as read:
-        if size is None:
-            return stack_images([read(f)[0] for f in files], where)
-        cap = _checked_size(size) or AUTO_MAX_SIZE
-        images, shorter = [], []  # the 'auto' size: of the images as stored, not as decoded
         for file in files:
-            image, stored = read(file, cap)
+            try:
+                image, stored = read(file, cap)
+            except SemidError as e:
+                unreadable.append((file, e))
+                continue
             shorter.append(stored)
-            images.append(resize_square(_channels_last(image, str(file)), min(stored, cap)))
+            images.append(image if cap is None else
+                          resize_square(_channels_last(image, str(file)), min(stored, cap)))  # fmt: skip
+    if unreadable:
+        raise _unreadable_error(unreadable)
+    if size is None:
+        return stack_images(images, where)
     return stack_images(images, where, size if isinstance(size, int) else auto_size(shorter))
+
+
+def _unreadable_error(unreadable: Sequence[tuple[Path, SemidError]]) -> SemidError:
+    """One line for the images that could not be read: the first one's error, and the others'
+    names (up to 5), so that a folder's bad files are fixed in one go."""
+    (_, first), others = unreadable[0], [str(file) for file, _ in unreadable[1:]]
+    if not others:
+        return first
+    named = ", ".join(others[:5]) + (f" and {len(others) - 5:,} more" if len(others) > 5 else "")
+    return SemidError(f"{first} (and {counted(len(others), 'other image')} that cannot be read "
+                      f"either: {named})")  # fmt: skip
 
 
 @contextmanager
