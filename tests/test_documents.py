@@ -493,3 +493,18 @@ def test_documents_with_the_same_text_are_noted(tmp_path, capsys):
     assert "1 document has the text of an earlier one (e.g. 'copy-of-a', as 'a')" in err
     read_documents(_write(tmp_path / "e.jsonl", lines[:2]))
     assert "the text of an earlier" not in capsys.readouterr().err
+
+
+def test_a_documents_file_pyarrow_cannot_read_is_still_told_by_line(tmp_path):
+    """`index build` guessed the kind of a file with pyarrow, whose error named "row 1" (from 0)
+    for line 2's unpaired surrogate, with no fix; the documents reader names line 2 and the fix."""
+    from semid.tasks.data import sniff_kind
+
+    lines = [json.dumps({"id": "a", "text": "ok"}), '{"id": "b", "text": "bad \\ud800 here"}']
+    path = _write(tmp_path / "d.jsonl", lines)
+    assert sniff_kind(str(path)) == "documents"
+    with pytest.raises(SemidError, match="line 2: the text holds an unpaired surrogate escape"):
+        read_documents(path)
+    _write(tmp_path / "e.jsonl", ['["not", "an object"]', lines[1]])
+    with pytest.raises(SemidError, match="is a JSON array; write JSON Lines"):
+        sniff_kind(str(tmp_path / "e.jsonl"))

@@ -310,6 +310,16 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
     )
 
 
+def first_record_fields(path: Path) -> list[str]:
+    """The fields of the first record of a JSON Lines file (SemidError, naming its line, if it is
+    no JSON object): what a file tells of its kind when pyarrow cannot read it whole."""
+    raw = path.read_bytes()
+    text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
+    for _, _, record in _json_records(text.removeprefix("\ufeff"), path):
+        return [str(name) for name in record]
+    raise SemidError(f"{path} holds no records; write one JSON object per line")
+
+
 def _json_records(text: str, path: Path) -> Iterator[tuple[str, str, dict]]:
     """("line N", "PATH line N", object) for every non-blank line of JSON Lines; a byte-order mark
     that starts a line (files joined end to end) is no content."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from semid.data.beir import is_beir_folder
-from semid.data.documents import BODY_FIELDS, ID_FIELDS, QUERY_FIELDS
+from semid.data.documents import BODY_FIELDS, ID_FIELDS, QUERY_FIELDS, first_record_fields
 from semid.data.image_files import PATH_COLUMNS
 from semid.data.image_folders import image_files, visible_entries
 from semid.data.image_io import IMAGE_SUFFIXES
@@ -172,7 +172,12 @@ def sniff_kind(path: str) -> str:
             raise SemidError(f"{p} is an image; pass the folder of the collection (one subfolder per "
                              "class) or a CSV of path,caption rows")  # fmt: skip
         return "interactions"
-    headers = read_table(p, "data file").column_names
+    try:
+        headers = read_table(p, "data file").column_names
+    except SemidError:  # pyarrow names a row (from 0) and no fix: the kind's reader says it better
+        if table_format(p) != "jsonl":
+            raise
+        headers = first_record_fields(p)
     users = matching_columns(headers, USER_COLUMNS)  # headers as the readers match them
     if users and matching_columns(headers, ITEM_COLUMNS):  # a log, whatever else it has
         return "interactions"  # (Amazon's reviews have an "image" field, its text a "reviewText")
