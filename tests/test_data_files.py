@@ -1194,3 +1194,37 @@ def test_texts_may_hold_line_breaks_and_tabs_where_keys_may_not(tmp_path: Path) 
     ]
     with pytest.raises(SemidError, match=r"the image path 'a dog\\ton grass' holds a control"):
         key_strings(cells, tmp_path / "c.csv", "image path")
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.tsv", "log.jsonl"])
+def test_a_grown_log_is_read_up_to_its_last_whole_line(tmp_path: Path, name: str) -> None:
+    """A log appended to while served: the bytes after its last line feed (a line a writer has
+    not finished, or the rest of a block it flushes later) are not read, also when they arrive
+    during the read; a file that did not grow, or a first read, is read whole."""
+    from semid.data.tables import read_table, read_up_to
+    from semid.tasks.data import appended_ends, data_stamp
+
+    if name.endswith(".jsonl"):
+        rows = [
+            json.dumps({"user": "u1", "item": i, "timestamp": t}) for i, t in (("a", 1), ("b", 2))
+        ]
+        whole, half = "\n".join(rows) + "\n", '{"user": "u1", "it'
+    else:
+        sep = "," if name.endswith(".csv") else "\t"
+        whole = "\n".join(sep.join(r) for r in (("user", "item", "timestamp"), ("u1", "a", "1")))
+        whole, half = whole + "\n" + sep.join(("u1", "b", "2")) + "\n", f"u1{sep}c"
+    log = tmp_path / name
+    log.write_text(whole[: len(whole) // 3])
+    first = data_stamp(str(log))
+    assert appended_ends(None, first) == {}  # a first read: whole
+    log.write_text(whole + half)
+    grown = data_stamp(str(log))
+    ends = appended_ends(first, grown)
+    assert ends == {str(log): len(whole.encode())}
+    with open(log, "a") as f:  # more written after the stamp, before the read
+        f.write("x\n")
+    with read_up_to(ends):
+        table = read_table(log, "interactions file")
+    assert table.column("item").to_pylist() == ["a", "b"]
+    assert appended_ends(grown, grown) == {}  # unchanged: whole (a file saved without a last \n)
+    assert appended_ends(grown, data_stamp(str(log))) == {}  # grown, ending with a line feed

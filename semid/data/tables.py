@@ -22,7 +22,9 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ TABLE_FORMATS = {
     ".json": "jsonl",  # Amazon's review files are JSON Lines named .json (a JSON array is refused)
 }
 ACCEPTED = ", ".join([*TABLE_FORMATS, "each optionally followed by .gz"])
+LINE_FORMATS = ("csv", "tsv", "jsonl")  # formats of one row a line
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 # accepted names of the user column, in logs and in `semid predict --users` tables
 # the names of public logs too: Amazon reviews (reviewerID), retail logs (customer_id, visitorid)
@@ -138,7 +141,7 @@ def _without_joined_files_marks(table: pa.Table, path: Path, what: str) -> pa.Ta
 
 def _read_json_lines(path: Path, what: str) -> pa.Table:
     try:
-        table = pajson.read_json(path)
+        table = pajson.read_json(_source(path))
     except pa.ArrowInvalid as e:
         literals = _python_dict_lines(path)
         if literals or "changed from" in str(e):
@@ -232,10 +235,11 @@ def _read_delimited(path: Path, fmt: str, use_threads: bool = True) -> pa.Table:
                                quote_char=False if fmt == "tsv" else '"', newlines_in_values=True)  # fmt: skip
     read = pacsv.ReadOptions(use_threads=use_threads)
     # The header names every column; a first streaming pass reads just it, to type all as text.
-    with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
+    with pacsv.open_csv(_source(path), read_options=read, parse_options=parse) as reader:
         names = reader.schema.names
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-    return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    return pacsv.read_csv(_source(path), read_options=read, parse_options=parse,
+                          convert_options=convert)  # fmt: skip
 
 
 def _read_parquet(path: Path) -> pa.Table:
@@ -322,7 +326,57 @@ def _first_line(path: Path) -> str:
 
 def _raw_text(path: Path) -> bytes:
     data = path.read_bytes()
-    return gzip.decompress(data) if path.name.lower().endswith(".gz") else data
+    if path.name.lower().endswith(".gz"):
+        return gzip.decompress(data)
+    end = _read_end(path)
+    return data if end is None else data[:end]
+
+
+# Files that `read_table` reads only up to a byte: logs that grew while served, up to the end of
+# their last whole line (see `read_up_to`). A context variable: each server thread reads its own.
+_READ_UP_TO: ContextVar[dict[str, int] | None] = ContextVar("read_up_to", default=None)
+
+
+@contextmanager
+def read_up_to(ends: dict[str, int]) -> Iterator[None]:
+    """Within the block, `read_table` reads each CSV, TSV or JSON Lines file (not gzipped) named
+    in ``ends`` only up to that byte: what a writer appended after it, such
+    as a line it has not finished, is not read."""
+    ends = {os.path.realpath(name): end for name, end in ends.items()}
+    token = _READ_UP_TO.set({**(_READ_UP_TO.get() or {}), **ends})
+    try:
+        yield
+    finally:
+        _READ_UP_TO.reset(token)
+
+
+def whole_lines_end(path: str | os.PathLike, size: int) -> int:
+    """Where the last whole line of the file's first ``size`` bytes ends: after its last line
+    feed (``size`` when the bytes end with one, or hold none: a file of one line)."""
+    with open(path, "rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            block = f.read(end - start)
+            if (found := block.rfind(b"\n")) >= 0:
+                return start + found + 1
+            end = start
+    return size
+
+
+def _read_end(path: Path) -> int | None:
+    """The byte `read_up_to` reads ``path`` up to, or None (the whole file)."""
+    ends = _READ_UP_TO.get()
+    return None if not ends else ends.get(os.path.realpath(path))
+
+
+def _source(path: Path) -> Path | pa.BufferReader:
+    """What pyarrow reads for ``path``: the file, or its first bytes (`read_up_to`), memory-mapped."""
+    end = _read_end(path)
+    if end is None or path.name.lower().endswith(".gz"):
+        return path
+    return pa.BufferReader(pa.memory_map(str(path)).read_buffer(end))
 
 
 # --- columns ----------------------------------------------------------------------------------

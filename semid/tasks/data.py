@@ -23,6 +23,7 @@ from semid.data.interaction_files import ITEM_COLUMNS
 from semid.data.movielens import FORMATS_HELP, is_movielens_folder
 from semid.data.registry import available_datasets
 from semid.data.tables import (
+    LINE_FORMATS,
     USER_COLUMNS,
     content_sha256,
     data_files_hint,
@@ -30,6 +31,7 @@ from semid.data.tables import (
     matching_columns,
     read_table,
     table_format,
+    whole_lines_end,
 )
 from semid.errors import SemidError
 
@@ -61,7 +63,10 @@ class DataChanged(SemidError):
     """A run's data files no longer hash to what training recorded."""
 
 
-def data_stamp(*names: str | None) -> tuple[tuple[str, int, int], ...]:
+DataStamp = tuple[tuple[str, int, int], ...]  # (path, size, modification time) of each file
+
+
+def data_stamp(*names: str | None) -> DataStamp:
     """Path, size and modification time of each file among ``names`` (folders: every file below):
     a cheap key that changes when a file is rewritten (the content hash says whether it changed)."""
     files: list[Path] = []
@@ -71,23 +76,26 @@ def data_stamp(*names: str | None) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
 
 
-def unfinished_file(stamp: tuple[tuple[str, int, int], ...]) -> str | None:
-    """The first file of a `data_stamp` whose last line has no newline yet (a line-based table,
-    not gzipped: one that a writer may be appending to), or None."""
-    for name, size, _ in stamp:
-        if size == 0 or table_format(name) not in ("csv", "tsv", "jsonl"):
-            continue
-        if name.lower().endswith(".gz"):
+def appended_ends(before: DataStamp | None, now: DataStamp) -> dict[str, int]:
+    """For each CSV, TSV or JSON Lines file (not gzipped) of ``now`` that grew since ``before``
+    (a log appended to while served), where its last whole line ends, when its last line has no
+    line feed yet (a writer mid-line, or one that flushes in blocks): read up to there
+    (`semid.data.tables.read_up_to`), a half-written ``u196,17`` (of ``u196,174``) is not read
+    as an event, or as a malformed row. Files that did not grow are read whole, as are all on the
+    first read (``before`` None): a file saved without a last line feed loses no line."""
+    sizes = {name: size for name, size, _ in before or ()}
+    ends = {}
+    for name, size, _ in now:
+        grew = name in sizes and size > sizes[name]
+        if not grew or table_format(name) not in LINE_FORMATS or name.lower().endswith(".gz"):
             continue
         try:
-            with open(name, "rb") as f:
-                f.seek(size - 1)
-                last = f.read(1)
+            end = whole_lines_end(name, size)
         except OSError:  # gone or unreadable: the read itself says so
             continue
-        if last not in (b"\n", b"\r", b""):  # b"": shrunk since the stamp, which changes again
-            return name
-    return None
+        if end < size:
+            ends[name] = end
+    return ends
 
 
 def fingerprint(*names: str | None, files_of: FilesOf = folder_data_files) -> str | None:

@@ -23,6 +23,7 @@ from semid.data.sequences import (
     prepare_data,
 )
 from semid.data.splits import PAD
+from semid.data.tables import read_up_to
 from semid.errors import RunDataError, SemidError
 from semid.ids import SemanticIDs
 from semid.json_values import as_json, is_key, known_key, shown_key
@@ -30,7 +31,7 @@ from semid.models import is_generator
 from semid.ranking import Ranker, Ranking
 from semid.runs import Run
 from semid.tasks.base import EvalOptions, Predictor, get_task, move
-from semid.tasks.data import DataChanged, data_stamp, unfinished_file
+from semid.tasks.data import DataChanged, appended_ends, data_stamp
 from semid.tasks.items import dataset_texts, item_texts_of, recommendation_dataset
 from semid.tasks.specs import RecommendSpec
 from semid.wording import counted, example_key
@@ -114,7 +115,6 @@ class RecommendPredictor(Predictor):
         self._loaded: tuple[Any, UserHistories] | None = None
         # every user's events as the files are now, read for users left out at training
         self._every_user: tuple[Any, UserHistories] | None = None
-        self._told_unfinished: Any = None  # the data stamp whose unfinished last line was noted
         # the texts of a registered dataset (or folder) as read with the histories, so that
         # answering a user and showing texts loads the dataset once
         self._read_texts: dict[str, str] | None = None
@@ -153,29 +153,11 @@ class RecommendPredictor(Predictor):
             with self._reading:
                 # read by another thread while this one waited? (the files may have changed again)
                 stamp, loaded = data_stamp(self.spec.dataset, self.spec.items), self._loaded
-                if self._needs_reading(loaded, stamp):
-                    loaded = (stamp, self._read_histories())
+                if loaded is None or loaded[0] != stamp:
+                    with read_up_to(appended_ends(loaded and loaded[0], stamp)):
+                        loaded = (stamp, self._read_histories())
                     self._loaded = loaded
         return loaded[1]
-
-    def _needs_reading(self, loaded: tuple[Any, UserHistories] | None, stamp: Any) -> bool:
-        """Whether data read at ``loaded``'s stamp must be read again for ``stamp``: when it
-        changed, unless a file's last line has no newline yet. A log that grows while serving is
-        then read once its writer ends the line: a half-written ``u196,17`` (of ``u196,174``) would
-        be read as an event on another item, or make the row malformed. The first read takes the
-        files as they are, as training and `semid predict` do."""
-        if loaded is None:
-            return True
-        if loaded[0] == stamp:
-            return False
-        unfinished = unfinished_file(stamp)
-        if unfinished is None:
-            return True
-        if self._told_unfinished != stamp:
-            self._told_unfinished = stamp
-            notes.note(f"{self.run.path}: the last line of {unfinished} has no newline yet; users "
-                       "are answered from the data as read before until the line ends with one")  # fmt: skip
-        return False
 
     def _read_histories(self) -> UserHistories:
         try:
@@ -255,10 +237,12 @@ class RecommendPredictor(Predictor):
         if split is not None:
             raise SemidError(f'user {user!r} has fewer than {self.spec.min_interactions} '
                              'interactions, so no valid or test target: ask without "split"')  # fmt: skip
-        stamp = data_stamp(self.spec.dataset, self.spec.items)
-        if self._needs_reading(self._every_user, stamp):
-            with self._reading:
-                self._every_user = (stamp, current_histories(self.spec, self.run.ids)[0])
+        with self._reading:
+            stamp, every_user = data_stamp(self.spec.dataset, self.spec.items), self._every_user
+            if every_user is None or every_user[0] != stamp:
+                before = (every_user or self._loaded or (None,))[0]  # the last read of the files
+                with read_up_to(appended_ends(before, stamp)):
+                    self._every_user = (stamp, current_histories(self.spec, self.run.ids)[0])
         every = self._every_user[1]
         if user not in every.user_of_key or every.events(user) == 0:
             raise SemidError(f"user {user!r} has no events on items of the run's index; add the "
