@@ -196,6 +196,13 @@ class ProcessPredictor:
             pass
         return self._receive()
 
+    def kill(self) -> None:
+        """Stop the child at once (a forced stop of the server): a batch in flight is given up,
+        and the child is not replaced."""
+        self._closed = True
+        if self._process.is_alive():
+            self._process.kill()
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop the child process (idempotent): asked to end, and killed if it has not ended
         after ``timeout`` seconds (a batch in flight is given up)."""

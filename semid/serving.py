@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import queue
+import signal
 import socket
 import threading
 import time
@@ -195,6 +196,7 @@ class BatchingPredictor:
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submit against close: nothing is queued after _STOP
+        self._abandoned = threading.Event()  # set by a forced stop: close() waits no more
         self._gathering = threading.Lock()  # held by the worker that is gathering a batch
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -269,7 +271,8 @@ class BatchingPredictor:
         return self.submit(inputs, k, num_beams).result()
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, answer the queued ones, stop the worker threads."""
+        """Refuse new requests, answer the queued ones, stop the worker threads: wait for them up
+        to ``timeout`` seconds (None: until they end), or until `abandon` is called."""
         with self._lock:
             if self._closed:
                 return
@@ -277,8 +280,18 @@ class BatchingPredictor:
             threads = list(self._threads)
             for _ in threads:  # one stop mark per worker, queued after every request
                 self._queue.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
+            while thread.is_alive() and not self._abandoned.is_set():
+                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                if left <= 0:
+                    return
+                thread.join(left)
+
+    def abandon(self) -> None:
+        """Stop waiting for the worker threads (a forced stop): `close`, also one under way,
+        returns at once, and the batches in flight are given up."""
+        self._abandoned.set()
 
     def _work(self, predictor: Predictor) -> None:
         while True:
@@ -458,13 +471,18 @@ async def answers_unless_gone(request: Request, future: Answers) -> list[dict[st
     """The answers of a submitted request, or None once its client hangs up first: its inputs are
     then dropped from the queue, or from the chunks not yet run of a batch running them."""
     waiting = asyncio.wrap_future(future)
-    while True:
-        done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return waiting.result()
-        if await request.is_disconnected():
-            future.abandon()
-            return None
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                future.abandon()
+                return None
+    except asyncio.CancelledError:  # a stop that does not wait: nobody reads the answers
+        future.abandon()
+        waiting.cancel()  # else a batch failing later logs "exception was never retrieved"
+        raise
 
 
 def create_app(
@@ -486,16 +504,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
-        # uvicorn calls this after in-flight requests are answered; close() joins the worker,
-        # except on a stop that does not wait (`_Server`): the batches in flight are given up
-        timeout = 0.0 if app.state.stop_now else None
-        await asyncio.get_running_loop().run_in_executor(None, batcher.close, timeout)
+        # uvicorn calls this after in-flight requests are answered; close() joins the workers,
+        # unless a forced stop (`_Server`) abandons them
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close)
 
     # no /docs, /redoc or /openapi.json: pages the docs do not name, whose assets come from a CDN
     app = FastAPI(title="semid", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)  # fmt: skip
     app.state.batcher = batcher
-    app.state.stop_now = False  # set by a second SIGINT/SIGTERM (see `_Server`)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -621,26 +637,50 @@ def default_workers(device: str) -> int:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, stopped gracefully by SIGINT or SIGTERM; a second one (Ctrl-C pressed
-    again) stops it at once, with one line: the requests in flight are given up, the app's
-    shutdown still stops its workers, and the signal is re-raised once, as after one."""
+    """uvicorn's server, stopped gracefully by SIGINT or SIGTERM. A second one (Ctrl-C pressed
+    again) stops it at once, with one line: ``stop_now`` gives up the batches in flight (their
+    model processes killed, no thread waited for), the requests still open are answered 503, and
+    the app's shutdown still runs. A third ends the process by the signal, should that hang."""
+
+    def __init__(self, config: uvicorn.Config, stop_now: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._stop_now = stop_now
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup, noting the event loop that a forced stop cancels requests on."""
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """The first signal: uvicorn's graceful stop. A later one: stop without waiting. (uvicorn
-        alone forces a stop on SIGINT only, skips the app's shutdown then, and re-raises every
-        signal at the end: the second one as a KeyboardInterrupt inside the event loop, whose
-        teardown printed a traceback.)"""
+        """The first signal: uvicorn's graceful stop. The second: stop without waiting. (uvicorn
+        alone forces a stop on SIGINT only, still waits for the open requests, skips the app's
+        shutdown, and re-raises every signal at the end: the second one as a KeyboardInterrupt
+        inside the event loop, whose teardown printed a traceback.)"""
         if not self.should_exit:
-            super().handle_exit(sig, frame)
+            super().handle_exit(sig, frame)  # re-raised once, when serving has stopped
         elif not self.force_exit:
             self.force_exit = True
-            self.config.app.state.stop_now = True
             notes.note("stopping now, without waiting for the requests in flight", "serve")
+            self._stop_now()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._cancel_requests)
+        else:  # the forced stop hangs: end as the signal ends a process
+            notes.note("stopped without finishing the shutdown", "serve")
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    def _cancel_requests(self) -> None:
+        """Cancel the requests still open: each is answered 503 (see ``predict``)."""
+        for task in list(self.server_state.tasks):
+            task.cancel()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's shutdown, and the app's (lifespan) shutdown also when the stop is forced."""
+        """uvicorn's shutdown, and the app's (lifespan) shutdown also when the stop is forced,
+        unless it ran already (forced while it ran)."""
         await super().shutdown(sockets)
-        if self.force_exit:
+        done = getattr(self.lifespan, "shutdown_event", None)
+        if self.force_exit and not (done is not None and done.is_set()):
             await self.lifespan.shutdown()
 
 
@@ -693,10 +733,16 @@ def serve(
         config = uvicorn.Config(
             app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s
         )
-        server = _Server(config)
+
+        def stop_now() -> None:  # a forced stop: nothing in flight is waited for
+            app.state.batcher.abandon()
+            for model in models:
+                model.kill()
+
+        server = _Server(config, stop_now)
         server.run(sockets=[sock])
     finally:
-        stop_now = server is not None and server.force_exit  # the batches in flight given up
+        forced = server is not None and server.force_exit  # the batches in flight given up
         for model in models:
-            model.close(timeout=0.0 if stop_now else 30.0)
+            model.close(timeout=0.0 if forced else 30.0)
         sock.close()
