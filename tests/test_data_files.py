@@ -622,7 +622,7 @@ def test_item_texts_joined_from_columns(tmp_path: Path) -> None:
             'user,item\n1,2\n1,"a\tb"\n',
             None,
             {},
-            "line 3: the item id 'a\\tb' holds a control character ('\\t'; 1 row)",
+            "line 3: the item id 'a\\tb' holds a control character ('\\t'); ids cannot hold",
         ),
         (LOG, None, {"columns": "user=x"}, "no column 'x' (given for user)"),
         (LOG, None, {"columns": "usr=user"}, "unknown role(s) usr"),
@@ -1228,3 +1228,23 @@ def test_a_grown_log_is_read_up_to_its_last_whole_line(tmp_path: Path, name: str
     assert table.column("item").to_pylist() == ["a", "b"]
     assert appended_ends(grown, grown) == {}  # unchanged: whole (a file saved without a last \n)
     assert appended_ends(grown, data_stamp(str(log))) == {}  # grown, ending with a line feed
+
+
+def test_a_keys_file_key_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    """`--keys` files are one key a line; a tab or NUL inside a key was taken."""
+    from semid.data.embeddings import read_keys
+
+    (tmp_path / "keys.txt").write_text("a\nb\tc\n")
+    with pytest.raises(SemidError, match=r"keys.txt line 2: the key 'b\\tc' holds a control"):
+        read_keys(tmp_path / "keys.txt")
+    (tmp_path / "keys.txt").write_text("a\nb c\n")
+    assert read_keys(tmp_path / "keys.txt") == ["a", "b c"]
+
+
+def test_a_control_character_in_a_log_id_is_found_among_millions_of_rows(tmp_path: Path) -> None:
+    """The check runs on the distinct ids, then names the first row that holds the bad one."""
+    from semid.data.tables import factorized_keys
+
+    ids = pa.chunked_array([["u1", "u2", "u1", "u\x85x", "u2", "u\x85x"]])
+    with pytest.raises(SemidError, match=r"row 4: the user id 'u\\x85x' holds a control character"):
+        factorized_keys(ids, tmp_path / "log.parquet", "user id")

@@ -89,9 +89,13 @@ def test_document_ids_are_read_without_the_spaces_around_them(tmp_path):
             'the text holds an unpaired surrogate escape ("\\ud83d")',
         ),
         (json.dumps({"id": "x", "text": "t", "query": "\udfff"}), "the query holds an unpaired"),
+        (  # a line break to str.splitlines and terminals
+            json.dumps({"id": "a\u2028b", "text": "t"}),
+            "the document id 'a\\u2028b' holds a control character ('\\u2028')",
+        ),
         (  # it broke `semid predict`'s table, one key a line
             json.dumps({"id": "new\nline", "text": "t"}),
-            "the document id 'new\\nline' holds a control character ('\\n'); ids are listed one",
+            "the document id 'new\\nline' holds a control character ('\\n'); ids cannot hold line",
         ),
     ],
 )
@@ -387,7 +391,7 @@ def test_a_captioned_table_without_a_path_column_is_told_as_images(tmp_path):
 
     (tmp_path / "d.csv").write_text("pth,caption,label\na.png,a cat,cat\n")
     with pytest.raises(SemidError, match=r"caption column but no column of image paths .*found: "
-                       r"pth, caption, label\); name it one of those"):  # fmt: skip
+                       r"pth, caption, label\); for images name it one of those, for interactions"):  # fmt: skip
         sniff_kind(str(tmp_path / "d.csv"))
 
 

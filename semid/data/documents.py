@@ -31,6 +31,7 @@ from pathlib import Path
 
 from semid.atomic import atomic_file
 from semid.data.tables import (
+    KEY_RULE,
     Place,
     RowPlace,
     content_sha256,
@@ -193,7 +194,7 @@ def _document(record: dict, where: Place) -> Document:
     doc_id = str(doc_id).strip()  # as tables' ids: `" d1"` is the document d1
     if (control := control_character(doc_id)) is not None:
         raise SemidError(f"{where}: the document id {doc_id[:60]!r} holds a control character "
-                         f"({control}); ids are listed one a line: remove it")  # fmt: skip
+                         f"({control}); {KEY_RULE}: remove it")  # fmt: skip
     doc = Document(doc_id, _text(record, where, doc_id), _queries(record, where),
                    _queries(record, where, TEST_QUERY_FIELDS))  # fmt: skip
     for name, value in (("id", doc.id), ("text", doc.text), *(("query", q) for q in doc.queries)):

@@ -59,9 +59,10 @@ USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid", "UserID", "reviewe
                 "visitorid")  # fmt: skip
 
 
-# line breaks, tabs, NUL, ...: a key holding one breaks every table and file that lists keys one a
-# line (`semid predict`'s table, keys.json readers' own listings)
-CONTROL_CHARACTERS = "[\x00-\x1f\x7f]"
+# line breaks (also U+0085, U+2028 and U+2029, which str.splitlines and terminals break at), tabs,
+# NUL, ...: a key holding one breaks every table and file that lists keys one a line
+CONTROL_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+KEY_RULE = "ids cannot hold line breaks, tabs or other control characters"
 
 
 def control_character(text: str) -> str | None:
@@ -567,7 +568,9 @@ def key_strings(
     row, as does a control character (a line break, a tab) unless the cells are ``texts``
     (captions, queries). ``trim``: without the spaces around each (``1, 86, 883603013``, a
     comma-space export)."""
-    strings = _checked_strings(column, path, role, trim, texts)
+    strings = _checked_strings(column, path, role, trim)
+    if not texts:
+        _refuse_control_characters(strings, path, role)
     return np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -580,15 +583,14 @@ def factorized_keys(
     strings = _checked_strings(column, path, role, trim)
     # one array for one numbering; 64-bit offsets, as a file's ids may pass 2 GiB of text
     encoded = pc.dictionary_encode(strings.cast(pa.large_string()).combine_chunks())
+    _refuse_control_characters(encoded.dictionary, path, role, strings)  # the K keys, not N rows
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _checked_strings(
-    column: pa.ChunkedArray, path: Path, role: str, trim: bool, texts: bool = False
-) -> pa.ChunkedArray:
+def _checked_strings(column: pa.ChunkedArray, path: Path, role: str, trim: bool) -> pa.ChunkedArray:
     """The column as strings (trimmed with ``trim``); SemidError for another type or an empty or
-    null cell, or one with a control character unless they are ``texts``, naming its row."""
+    null cell, naming its row."""
     try:
         strings = pc.cast(column, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -602,16 +604,21 @@ def _checked_strings(
     if bad.size:
         raise SemidError(f"{path} {row_label(path, int(bad[0]))}: empty {role} "
                          f"({counted(bad.size, 'row')}); give every row one")  # fmt: skip
-    if texts:
-        return strings
-    controlled = pc.fill_null(pc.match_substring_regex(strings, CONTROL_CHARACTERS), False)
-    bad = np.flatnonzero(controlled.to_numpy(zero_copy_only=False))
-    if bad.size:
-        value = strings[int(bad[0])].as_py()
-        raise SemidError(f"{path} {row_label(path, int(bad[0]))}: the {role} {value[:60]!r} holds a "
-                         f"control character ({control_character(value)}; {counted(bad.size, 'row')}); "
-                         "keys are listed one a line: remove it")  # fmt: skip
     return strings
+
+
+def _refuse_control_characters(
+    values: pa.Array | pa.ChunkedArray, path: Path, role: str, rows: pa.ChunkedArray | None = None
+) -> None:
+    """SemidError naming the first row whose id holds a control character (`KEY_RULE`): of
+    ``values``, or, when they are the distinct ids of ``rows``, of ``rows``."""
+    hit = pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTERS), False)
+    if not pc.any(hit).as_py():
+        return
+    value = values[int(np.flatnonzero(hit.to_numpy(zero_copy_only=False))[0])].as_py()
+    row = pc.index(values if rows is None else rows, value).as_py()
+    raise SemidError(f"{path} {row_label(path, row)}: the {role} {value[:60]!r} holds a control "
+                     f"character ({control_character(value)}); {KEY_RULE}: remove it")  # fmt: skip
 
 
 # files that mark a folder semid wrote: a run, an index, a training folder (before its run exists)

@@ -208,6 +208,7 @@ def sniff_kind(path: str) -> str:
     if not users and matching_columns(headers, ("caption", "captions")):  # images, path misnamed
         raise SemidError(
             f"{p} has a caption column but no column of image paths (accepted names: "
-            f"{', '.join(PATH_COLUMNS)}; found: {', '.join(headers)}); name it one of those"
+            f"{', '.join(PATH_COLUMNS)}; found: {', '.join(headers)}); for images name it one of "
+            "those, for interactions name the columns with --columns user=NAME,item=NAME"
         )
     return "interactions"
