@@ -188,6 +188,17 @@ def test_an_updated_corpus_added_with_skip_indexed_adds_its_new_documents_only(r
     assert snapshot(run) == before
 
 
+def test_a_damaged_texts_file_does_not_fail_an_add_that_leaves_documents_out(run, tmp_path):
+    """The note on changed texts reads the index's texts; a damaged file only loses the note."""
+    indexed = load_run(run).ids.keys
+    new_docs(tmp_path / "all.jsonl", n=1)
+    with open(tmp_path / "all.jsonl", "a") as f:
+        f.write(json.dumps({"id": indexed[0], "text": "edited"}) + "\n")
+    (run / "index" / retrieve_module.DOCUMENT_TEXTS).write_text("{not json")
+    summary = get_task("retrieve").add(run, tmp_path / "all.jsonl", skip_indexed=True)
+    assert summary["documents"] == 1
+
+
 def _text_of(run, row: int) -> str:
     """The text of the run's indexed document ``row``, as its index keeps it."""
     texts = json.loads((run / "index" / retrieve_module.DOCUMENT_TEXTS).read_text())

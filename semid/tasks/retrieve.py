@@ -106,6 +106,7 @@ from semid.tasks.retrieval_ranking import (
 )
 from semid.tasks.retrieve_adds import check_held_out_ids, note_changed_texts
 from semid.tasks.specs import RetrieveSpec
+from semid.training.checkpoint_names import run_checkpoints
 from semid.training.config import TrainConfig
 from semid.wording import counted
 
@@ -234,7 +235,7 @@ class RetrieveTask(Task):
         )
 
         if resume:  # the index is rebuilt below: refuse a checkpoint with pickled code before that
-            for folder in complete_checkpoints(out / "train" / "checkpoints"):
+            for folder in complete_checkpoints(run_checkpoints(out)):
                 try:
                     check_checkpoint(folder)
                 except DamagedCheckpointError:
@@ -372,6 +373,10 @@ class RetrieveTask(Task):
         collection = read_collection(source)
         rows = rows_to_add(collection.ids, run.ids.__contains__, "document", str(source),
                            skip_indexed, "give new ids")  # fmt: skip
+        added = (
+            collection.subset(rows, collection.name) if len(rows) < len(collection) else collection
+        )
+        check_held_out_ids(run_path / LATER, added, str(source))
         left_out = sorted(set(range(len(collection))) - set(rows))
         if left_out:
             note_changed_texts(run.index_path, DOCUMENT_TEXTS,
@@ -379,9 +384,7 @@ class RetrieveTask(Task):
                                [collection.texts[i] for i in left_out], str(source))  # fmt: skip
         if not rows:
             return {"added": 0, "documents": 0, "indexed": len(run.ids)}
-        if len(rows) < len(collection):
-            collection = collection.subset(rows, collection.name)
-        check_held_out_ids(run_path / LATER, collection, str(source))
+        collection = added
         # query-less documents of a run trained on pseudo-queries get them too
         collection = with_pseudo_queries(collection, trained_pseudo_queries(run), spec.seed)
         model, start = run.model, len(run.ids)

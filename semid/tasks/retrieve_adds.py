@@ -3,10 +3,12 @@ the ones training held out for a later add (``later.jsonl``) and the ones it ind
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from semid.data.documents import DocumentCollection, read_documents
+from semid.data.documents import DocumentCollection
+from semid.data.text_files import lines_of
 from semid.errors import SemidError
 from semid.indexing import KEPT_TEXT_CHARS, added_texts, read_texts
 from semid.notes import note
@@ -18,13 +20,7 @@ def check_held_out_ids(later: Path, collection: DocumentCollection, source: str)
     for a later add (``later``, not indexed yet) with another text: the held-out one could then
     never be added (`--skip-indexed` would leave it out for good). The held-out documents
     themselves, or a copy, pass."""
-    if not later.is_file():
-        return
-    try:
-        held_out = read_documents(later)
-    except SemidError:  # an edited later.jsonl: its own add says why
-        return
-    held = dict(zip(held_out.ids, held_out.texts, strict=True))
+    held = _held_out_texts(later)
     clash = [key for key, text in zip(collection.ids, collection.texts, strict=True)
              if key in held and held[key] != text]  # fmt: skip
     if clash:
@@ -36,6 +32,18 @@ def check_held_out_ids(later: Path, collection: DocumentCollection, source: str)
         )
 
 
+def _held_out_texts(later: Path) -> dict[str, str]:
+    """The texts of ``later``'s documents by id, read as semid writes the file (one object with
+    "id" and "text" a line; `write_documents`) and without the notes a user's corpus gets; {} when
+    there is none, or it does not read so (an edited file: its own add says why)."""
+    try:
+        records = [json.loads(line) for line in lines_of(later.read_text(encoding="utf-8"))
+                   if line.strip()]  # fmt: skip
+        return {str(record["id"]): record["text"] for record in records}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+
+
 def note_changed_texts(
     index_path: Path, kept_file: str, keys: Sequence[str], texts: Sequence[str], source: str
 ) -> None:
@@ -43,8 +51,11 @@ def note_changed_texts(
     and their ``texts`` in ``source``) whose text is not the one indexed, as far as the index
     keeps it (its first `KEPT_TEXT_CHARS` characters; training's in ``kept_file``, adds' beside
     it): they keep the indexed text, which a user re-adding an updated corpus should know."""
-    indexed = {**read_texts(index_path / kept_file, "the documents indexed at training"),
-               **added_texts(index_path)}  # fmt: skip
+    try:
+        indexed = {**read_texts(index_path / kept_file, "the documents indexed at training"),
+                   **added_texts(index_path)}  # fmt: skip
+    except SemidError:  # a damaged texts file: answers show no texts, and the add needs none
+        return
     changed = [key for key, text in zip(keys, texts, strict=True)
                if key in indexed and indexed[key][:KEPT_TEXT_CHARS] != text[:KEPT_TEXT_CHARS]]  # fmt: skip
     if changed:

@@ -3,11 +3,17 @@ training names the step it resumes from."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 PROGRESS_FILE = "trainer_state.json"  # in a checkpoint folder, written last: the folder is whole
 STEP_DIR = re.compile(r"^step-(\d+)$")  # a checkpoint folder's name
+
+
+def run_checkpoints(run: str | os.PathLike) -> Path:
+    """The folder of a run's training checkpoints (its trainer's ``out_dir`` is ``RUN/train``)."""
+    return Path(run) / "train" / "checkpoints"
 
 
 def last_checkpoint_step(root: Path) -> int | None:
