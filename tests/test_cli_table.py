@@ -70,7 +70,7 @@ def test_text_is_shortened_to_terminal_columns():
 @pytest.mark.parametrize("width", [0, 1, 2, 3, 4, 5])
 def test_a_width_smaller_than_the_placeholder_is_kept(width):
     """The placeholder alone (4 columns) came out for any width under it, past the width asked."""
-    for text in ("abcdefghij", "東京は日本の首都"):
+    for text in ("abcdefghij", "東京は日本の首都", " abcdefghij"):
         cut = shorten_to_width(text, width)
         assert display_width(cut) <= width and text.startswith(cut.removesuffix(" ..."))
         assert cut.removesuffix(" ...") or width < display_width(text[0])  # text, if any fits

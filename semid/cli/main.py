@@ -9,7 +9,6 @@ import errno
 import importlib
 import logging
 import os
-import pathlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -241,12 +240,12 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def _resumed_from(out: str) -> str:
+def _resumed_from(out: str | os.PathLike) -> str:
     """Where a training of ``out`` that stopped resumes: its last checkpoint's step (the steps
     after it are trained again), or the start when it wrote none."""
-    from semid.training.checkpoint_names import last_checkpoint_step  # noqa: PLC0415
+    from semid.training.checkpoint_names import last_checkpoint_step, run_checkpoints  # noqa: PLC0415
 
-    step = last_checkpoint_step(pathlib.Path(out) / "train" / "checkpoints")
+    step = last_checkpoint_step(run_checkpoints(out))
     if step is None:
         return "(it wrote no checkpoint yet, so it starts over)"
     return f"from its last checkpoint, at step {step:,}"

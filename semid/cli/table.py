@@ -56,6 +56,8 @@ def shorten_to_width(text: str, width: int, placeholder: str = " ...") -> str:
     space = text.rfind(" ", 0, end + 1)
     if space > end // 2:
         end = space
+    if not text[:end].strip():  # only spaces would be kept: the first columns, unmarked
+        return text[: _fitting_characters(text, width)]
     return text[:end].rstrip() + placeholder
 
 
