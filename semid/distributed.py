@@ -4,7 +4,10 @@ wait for its checks so that the job goes on or stops together."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -22,6 +25,27 @@ def is_main_process() -> bool:
 def is_launched() -> bool:
     """True in a job of several processes (``WORLD_SIZE`` > 1, as torchrun sets it)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies (Linux)
+
+
+def stop_with_launcher() -> None:
+    """Have this process of a launched job sent SIGTERM when its launcher dies (Linux's
+    ``PR_SET_PDEATHSIG``), so that it stops as one the launcher ends does. torchrun starts each
+    process in its own session: a launcher killed with SIGKILL (or its job's process group) left
+    them training, holding the run's lock, and writing the run after the job had ended. Elsewhere
+    nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no C library to ask
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:  # it died before the call: the signal is not coming
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def on_main_process(work: Callable[[], T], device: str = "auto") -> T | None:

@@ -17,7 +17,13 @@ from typing import Any, ClassVar, NoReturn
 from semid import __version__
 from semid.atomic import DISK_FULL_ERRNOS, made_folders_count, remove_empty_made_folders
 from semid.cli.table import shorten_to_width
-from semid.distributed import MainProcessError, is_launched, is_main_process, leave_process_group
+from semid.distributed import (
+    MainProcessError,
+    is_launched,
+    is_main_process,
+    leave_process_group,
+    stop_with_launcher,
+)
 from semid.errors import SemidError
 from semid.notes import show_on_console
 from semid.wording import did_you_mean
@@ -259,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv is None:  # the `semid` process itself (not a caller in Python): SIGTERM as Ctrl-C
             signal.signal(signal.SIGTERM, _terminate)
+            if is_launched():  # a process of a launched job ends with its launcher
+                stop_with_launcher()
         argv = sys.argv[1:] if argv is None else list(argv)
         check_no_empty_argument(argv)
         check_utf8_arguments(argv)
