@@ -238,6 +238,27 @@ def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, ex
     assert told in capsys.readouterr().err
 
 
+def test_a_finished_command_ignores_a_late_ctrl_c(tmp_path, monkeypatch):
+    """Ctrl-C in the last moment of an add that had finished (during the interpreter's exit) made
+    the exit code 130 after "added 800 items", and the same command then refused every item."""
+    import signal
+
+    import semid.cli.train_recommender as command
+
+    monkeypatch.setattr(command, "run", lambda args: 0)
+    monkeypatch.setattr("sys.argv", ["semid", "train", "recommender", "--dataset", "ml-100k",
+                                     "--index", str(tmp_path), "--model", "pop", "--out",
+                                     str(tmp_path / "run")])  # fmt: skip
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert main() == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)
+
+
 def test_ctrl_c_in_training_names_the_step_it_resumes_from(tmp_path, capsys, monkeypatch):
     """The steps after the last checkpoint are trained again: the line says from which step."""
     import semid.cli.train_recommender as command

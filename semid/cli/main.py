@@ -262,8 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     show_on_console()  # the library's notes and progress lines (semid.notes)
     folders_before = made_folders_count()  # a refused command removes the empty ones it made
+    from_shell = argv is None  # the `semid` process itself, not a caller in Python
     try:
-        if argv is None:  # the `semid` process itself (not a caller in Python): SIGTERM as Ctrl-C
+        if from_shell:  # SIGTERM as Ctrl-C
             signal.signal(signal.SIGTERM, _terminate)
             if is_launched():  # a process of a launched job ends with its launcher
                 stop_with_launcher()
@@ -281,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_main_process():  # ranks > 0 of `accelerate launch` stay quiet; rank 0 reports
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
             logging.getLogger("semid.notes").setLevel(logging.ERROR)  # notes: rank 0's
-        return args.run(args)
+        code = args.run(args)
+        if from_shell:  # done: a late Ctrl-C must not turn a finished command's exit code into 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     except SemidError as e:
         _close_progress_bars()
         if is_main_process():
