@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _semid_cli import ENV
 
 from semid.data import leave_one_out, load_dataset
 from semid.data.interaction_files import item_text_table, load_interaction_files
@@ -1228,6 +1230,10 @@ def test_a_grown_log_is_read_up_to_its_last_whole_line(tmp_path: Path, name: str
     assert table.column("item").to_pylist() == ["a", "b"]
     assert appended_ends(grown, grown) == {}  # unchanged: whole (a file saved without a last \n)
     assert appended_ends(grown, data_stamp(str(log))) == {}  # grown, ending with a line feed
+    before = data_stamp(str(log))
+    (tmp_path / "new").write_text(whole + whole[: len(whole) // 2].rstrip("\n"))
+    (tmp_path / "new").rename(log)  # a larger file saved over it, without a last line feed
+    assert appended_ends(before, data_stamp(str(log))) == {}  # another file: read whole
 
 
 def test_a_keys_file_key_with_a_control_character_is_refused(tmp_path: Path) -> None:
@@ -1248,3 +1254,37 @@ def test_a_control_character_in_a_log_id_is_found_among_millions_of_rows(tmp_pat
     ids = pa.chunked_array([["u1", "u2", "u1", "u\x85x", "u2", "u\x85x"]])
     with pytest.raises(SemidError, match=r"row 4: the user id 'u\\x85x' holds a control character"):
         factorized_keys(ids, tmp_path / "log.parquet", "user id")
+
+
+def test_a_log_truncated_while_it_is_read_up_to_a_line_is_no_crash(tmp_path: Path) -> None:
+    """logrotate's copytruncate (or `: > log.csv`) while a grown log was read: a memory-mapped
+    read of it ended the whole server with SIGBUS. In a fresh process, as it would kill pytest."""
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,timestamp\n" + "".join(f"u{i},i{i},{i}\n" for i in range(200_000)))
+    script = f"""
+import pyarrow as pa
+from semid.data.tables import read_table, read_up_to
+log = {str(log)!r}
+mapped = pa.memory_map
+def truncated_after_mapping(*args, **kwargs):
+    source = mapped(*args, **kwargs)
+    open(log, "w").close()  # copytruncate, landing during the read
+    return source
+pa.memory_map = truncated_after_mapping
+real = pa.OSFile
+class Truncating(real):
+    def read_buffer(self, n):
+        open(log, "w").close()
+        return super().read_buffer(n)
+pa.OSFile = Truncating
+try:
+    with read_up_to({{log: {log.stat().st_size}}}):
+        read_table(log, "interactions file")
+except Exception as e:  # any refusal is fine here: the process must live
+    print(type(e).__name__)
+print("alive")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=ENV)  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split()[-1] == "alive"

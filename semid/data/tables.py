@@ -326,11 +326,10 @@ def _first_line(path: Path) -> str:
 
 
 def _raw_text(path: Path) -> bytes:
-    data = path.read_bytes()
     if path.name.lower().endswith(".gz"):
-        return gzip.decompress(data)
-    end = _read_end(path)
-    return data if end is None else data[:end]
+        return gzip.decompress(path.read_bytes())
+    with open(path, "rb") as f:
+        return f.read() if (end := _read_end(path)) is None else f.read(end)
 
 
 # Files that `read_table` reads only up to a byte: logs that grew while served, up to the end of
@@ -373,11 +372,14 @@ def _read_end(path: Path) -> int | None:
 
 
 def _source(path: Path) -> Path | pa.BufferReader:
-    """What pyarrow reads for ``path``: the file, or its first bytes (`read_up_to`), memory-mapped."""
+    """What pyarrow reads for ``path``: the file, or its first bytes (`read_up_to`), read (not
+    memory-mapped: a log truncated while mapped, by logrotate's copytruncate, say, would end the
+    process with SIGBUS; read, it gives a short read, which the next read redoes)."""
     end = _read_end(path)
     if end is None or path.name.lower().endswith(".gz"):
         return path
-    return pa.BufferReader(pa.memory_map(str(path)).read_buffer(end))
+    with pa.OSFile(str(path)) as f:
+        return pa.BufferReader(f.read_buffer(end))
 
 
 # --- columns ----------------------------------------------------------------------------------
