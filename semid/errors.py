@@ -27,3 +27,9 @@ def not_found(path: str | os.PathLike, fix: str) -> SemidError:
     read from (a command run from another folder than the one it was written for)."""
     where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
     return SemidError(f"{path} not found{where}; {fix}")
+
+
+class StoppedMidBatch(KeyboardInterrupt):
+    """`semid serve` stopped without waiting (a second signal) while a batch still runs in a
+    thread of its own process (``--in-process``). An interpreter that exits under a thread inside
+    a torch op aborts (SIGABRT): the command ends the process with ``os._exit`` instead."""

@@ -59,7 +59,7 @@ from starlette.requests import ClientDisconnect
 from semid import __version__, notes
 from semid.answer_texts import check_texts, with_texts
 from semid.defaults import DEFAULT_K, MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
-from semid.errors import RunDataError, SemidError
+from semid.errors import RunDataError, SemidError, StoppedMidBatch
 from semid.json_values import as_json, is_integer, is_key
 from semid.model_process import ProcessPredictor
 from semid.sockets import bind_socket, listen
@@ -746,3 +746,5 @@ def serve(
         for model in models:
             model.close(timeout=0.0 if forced else 30.0)
         sock.close()
+        if forced and not models and app.state.batcher.running:  # a thread here still computes
+            raise StoppedMidBatch

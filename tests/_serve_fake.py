@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,22 @@ from semid.fake_predictor import FakePredictor
 
 
 class AnnouncingPredictor(FakePredictor):
-    """FakePredictor that says on stdout when each predict call starts, with its torch threads."""
+    """FakePredictor that says on stdout when each predict call starts, with its torch threads.
+    With ``SEMID_FAKE_BUSY=1`` it spends its delay computing in torch instead of sleeping, as a
+    real model does (a thread inside a torch op when the interpreter exits aborts it)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.busy_s = delay_s if os.environ.get("SEMID_FAKE_BUSY") == "1" else 0.0
+        super().__init__(delay_s=delay_s - self.busy_s)
 
     def predict(
         self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """FakePredictor.predict, announced first."""
         print(f"predict {len(inputs)} (torch threads {torch.get_num_threads()})", flush=True)
+        end, x = time.monotonic() + self.busy_s, torch.randn(256, 256)
+        while time.monotonic() < end:
+            x = torch.nn.functional.normalize(x @ x, dim=1)
         return super().predict(inputs, k, num_beams)
 
 

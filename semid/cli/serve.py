@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import socket
+import sys
 from functools import partial
 from pathlib import Path
 
 from semid import notes
 from semid.defaults import MAX_INPUTS, SHUTDOWN_TIMEOUT_S, usable_cores
-from semid.errors import SemidError
+from semid.errors import SemidError, StoppedMidBatch
 from semid.manifest import read_manifest
 
 EXAMPLE = (
@@ -132,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # a taken port is told before the run loads
     try:
         _load_and_serve(args, sock)
+    except StoppedMidBatch:  # a batch left computing in a thread: exit without finalizing
+        print("semid serve: stopped", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     finally:
         sock.close()
     print("semid serve: stopped", flush=True)
@@ -183,5 +189,7 @@ def _load_and_serve(args: argparse.Namespace, sock: socket.socket) -> None:
             sock=sock,
             shutdown_timeout_s=args.shutdown_timeout,
         )
+    except StoppedMidBatch:
+        raise
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while serving: a normal stop
         pass
