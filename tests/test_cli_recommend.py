@@ -2,10 +2,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from _semid_cli import ENV
 from conftest import random_ml100k_index
 
 import semid.quantizers  # noqa: F401  (registers rqkmeans)
@@ -238,25 +240,27 @@ def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, ex
     assert told in capsys.readouterr().err
 
 
-def test_a_finished_command_ignores_a_late_ctrl_c(tmp_path, monkeypatch):
+def test_a_finished_command_ends_with_its_own_code_on_a_late_ctrl_c(tmp_path):
     """Ctrl-C in the last moment of an add that had finished (during the interpreter's exit) made
-    the exit code 130 after "added 800 items", and the same command then refused every item."""
-    import signal
-
-    import semid.cli.train_recommender as command
-
-    monkeypatch.setattr(command, "run", lambda args: 0)
-    monkeypatch.setattr("sys.argv", ["semid", "train", "recommender", "--dataset", "ml-100k",
-                                     "--index", str(tmp_path), "--model", "pop", "--out",
-                                     str(tmp_path / "run")])  # fmt: skip
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        assert main() == 0
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-    finally:
-        for stop, handler in handlers.items():
-            signal.signal(stop, handler)
+    the exit code 130 after "added 800 items", and the same command then refused every item. A
+    late signal now ends the process at once with the command's code (a hang can still be
+    stopped). In a fresh process: a command returns, then its exit is held up and signalled."""
+    script = """
+import os, signal, sys, threading, time
+import semid.cli.train_recommender as command
+from semid.cli.main import main
+command.run = lambda args: 3  # a finished command, with its exit code
+sys.argv = ["semid", "train", "recommender", "--dataset", "ml-100k", "--index", ".", "--model",
+            "pop", "--out", "run"]
+code = main()
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+time.sleep(30)  # the interpreter's exit, held up
+print("not ended by the signal")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 3, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert "not ended" not in done.stdout
 
 
 def test_ctrl_c_in_training_names_the_step_it_resumes_from(tmp_path, capsys, monkeypatch):
@@ -753,7 +757,7 @@ def test_a_first_training_killed_in_its_final_write_resumes(tmp_path, point, aft
     """A first training killed (SIGKILL, power cut) while writing its run left the writer's
     temporaries and snapshot in a folder without a manifest; the same command then refused it as
     "not empty and not a semid run", so the whole training had to start over in a new folder."""
-    from _semid_cli import ENV, command
+    from _semid_cli import command
 
     from semid.runs import load_run
 

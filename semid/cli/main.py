@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, ClassVar, NoReturn
 
 from semid import __version__
@@ -246,6 +247,16 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _exit_now(code: int, signum: int, frame: object) -> None:
+    """End the process at once with ``code``, the exit code of a command that has finished: a
+    Ctrl-C during the interpreter's exit (130) made a finished `index add` look interrupted, and
+    the same command then refused its items; and a hang in the exit can still be stopped."""
+    with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing to flush
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 def _resumed_from(out: str | os.PathLike) -> str:
     """Where a training of ``out`` that stopped resumes: its last checkpoint's step (the steps
     after it are trained again), or the start when it wrote none."""
@@ -283,9 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
             logging.getLogger("semid.notes").setLevel(logging.ERROR)  # notes: rank 0's
         code = args.run(args)
-        if from_shell:  # done: a late Ctrl-C must not turn a finished command's exit code into 130
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if from_shell:  # done: a late Ctrl-C ends the process with the command's own exit code
+            for stop in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(stop, partial(_exit_now, code))
         return code
     except SemidError as e:
         _close_progress_bars()
