@@ -63,30 +63,32 @@ class DataChanged(SemidError):
     """A run's data files no longer hash to what training recorded."""
 
 
-DataStamp = tuple[tuple[str, int, int], ...]  # (path, size, modification time) of each file
+DataStamp = tuple[tuple[str, int, int, int], ...]  # (path, size, modification time, inode)
 
 
 def data_stamp(*names: str | None) -> DataStamp:
-    """Path, size and modification time of each file among ``names`` (folders: every file below):
-    a cheap key that changes when a file is rewritten (the content hash says whether it changed)."""
+    """Path, size, modification time and inode of each file among ``names`` (folders: every file
+    below): a cheap key that changes when a file is rewritten (the content hash says whether it
+    changed)."""
     files: list[Path] = []
     for path in map(Path, data_paths(*names)):
         files += folder_data_files(path) if path.is_dir() else [path]
     stats = [(f, f.stat()) for f in files if f.exists()]
-    return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
+    return tuple((str(f), st.st_size, st.st_mtime_ns, st.st_ino) for f, st in stats)
 
 
 def appended_ends(before: DataStamp | None, now: DataStamp) -> dict[str, int]:
     """For each CSV, TSV or JSON Lines file (not gzipped) of ``now`` that grew since ``before``
-    (a log appended to while served), where its last whole line ends, when its last line has no
+    (a log appended to while served; not a file renamed over it), where its last whole line ends, when its last line has no
     line feed yet (a writer mid-line, or one that flushes in blocks): read up to there
     (`semid.data.tables.read_up_to`), a half-written ``u196,17`` (of ``u196,174``) is not read
     as an event, or as a malformed row. Files that did not grow are read whole, as are all on the
     first read (``before`` None): a file saved without a last line feed loses no line."""
-    sizes = {name: size for name, size, _ in before or ()}
+    files = {name: (size, inode) for name, size, _, inode in before or ()}
     ends = {}
-    for name, size, _ in now:
-        grew = name in sizes and size > sizes[name]
+    for name, size, _, inode in now:
+        # appended to: the same file (not one renamed over it), larger
+        grew = name in files and files[name][1] == inode and size > files[name][0]
         if not grew or table_format(name) not in LINE_FORMATS or name.lower().endswith(".gz"):
             continue
         try:

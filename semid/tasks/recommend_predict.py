@@ -31,7 +31,7 @@ from semid.models import is_generator
 from semid.ranking import Ranker, Ranking
 from semid.runs import Run
 from semid.tasks.base import EvalOptions, Predictor, get_task, move
-from semid.tasks.data import DataChanged, appended_ends, data_stamp
+from semid.tasks.data import DataChanged, DataStamp, appended_ends, data_stamp
 from semid.tasks.items import dataset_texts, item_texts_of, recommendation_dataset
 from semid.tasks.specs import RecommendSpec
 from semid.wording import counted, example_key
@@ -113,6 +113,7 @@ class RecommendPredictor(Predictor):
         self.spec: RecommendSpec = get_task("recommend").spec_of(run)
         self.codes = run.ids.codes if is_generator(run.model) else None
         self._loaded: tuple[Any, UserHistories] | None = None
+        self._told_cut: set[str] = set()  # files whose unfinished last line was noted
         # every user's events as the files are now, read for users left out at training
         self._every_user: tuple[Any, UserHistories] | None = None
         # the texts of a registered dataset (or folder) as read with the histories, so that
@@ -154,10 +155,30 @@ class RecommendPredictor(Predictor):
                 # read by another thread while this one waited? (the files may have changed again)
                 stamp, loaded = data_stamp(self.spec.dataset, self.spec.items), self._loaded
                 if loaded is None or loaded[0] != stamp:
-                    with read_up_to(appended_ends(loaded and loaded[0], stamp)):
-                        loaded = (stamp, self._read_histories())
+                    loaded = (stamp, self._read_grown(loaded, stamp))
                     self._loaded = loaded
         return loaded[1]
+
+    def _read_grown(
+        self, loaded: tuple[DataStamp, UserHistories] | None, stamp: DataStamp
+    ) -> UserHistories:
+        """The histories as the files are at ``stamp`` (`_read_histories`), each file that grew since
+        ``loaded``'s read taken up to its last line feed (`appended_ends`): a line its writer has
+        not finished is read once it ends, with a note the first time a file is cut. A cut read
+        that does not parse (a quoted cell's line break, cut mid-row) answers from ``loaded``
+        until the next change."""
+        ends = appended_ends(loaded and loaded[0], stamp)
+        for name in set(ends) - self._told_cut:
+            self._told_cut.add(name)
+            notes.note(f"{self.run.path}: the last line of {name} has no line feed yet; it is read "
+                       "once it has one (a log being written; a file saved without one: add it)")  # fmt: skip
+        with read_up_to(ends):
+            try:
+                return self._read_histories()
+            except SemidError:
+                if not ends or loaded is None:
+                    raise
+                return loaded[1]
 
     def _read_histories(self) -> UserHistories:
         try:
