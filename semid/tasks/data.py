@@ -78,12 +78,12 @@ def data_stamp(*names: str | None) -> DataStamp:
 
 
 def appended_ends(before: DataStamp | None, now: DataStamp) -> dict[str, int]:
-    """For each CSV, TSV or JSON Lines file (not gzipped) of ``now`` that grew since ``before``
-    (a log appended to while served; not a file renamed over it), where its last whole line ends, when its last line has no
-    line feed yet (a writer mid-line, or one that flushes in blocks): read up to there
-    (`semid.data.tables.read_up_to`), a half-written ``u196,17`` (of ``u196,174``) is not read
-    as an event, or as a malformed row. Files that did not grow are read whole, as are all on the
-    first read (``before`` None): a file saved without a last line feed loses no line."""
+    """For each CSV, TSV or JSON Lines file (not gzipped) of ``now`` appended to since ``before``
+    (a log written while served; not a file renamed over it), where its last whole line ends,
+    when its last line has no line feed yet (a writer mid-line, or one that flushes in blocks):
+    read up to there (`semid.data.tables.read_up_to`), a half-written ``u196,17`` (of
+    ``u196,174``) is not read as an event, or as a malformed row. Other files are read whole, as
+    are all on the first read (``before`` None)."""
     files = {name: (size, inode) for name, size, _, inode in before or ()}
     ends = {}
     for name, size, _, inode in now:

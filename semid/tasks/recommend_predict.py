@@ -162,11 +162,11 @@ class RecommendPredictor(Predictor):
     def _read_grown(
         self, loaded: tuple[DataStamp, UserHistories] | None, stamp: DataStamp
     ) -> UserHistories:
-        """The histories as the files are at ``stamp`` (`_read_histories`), each file that grew since
-        ``loaded``'s read taken up to its last line feed (`appended_ends`): a line its writer has
-        not finished is read once it ends, with a note the first time a file is cut. A cut read
-        that does not parse (a quoted cell's line break, cut mid-row) answers from ``loaded``
-        until the next change."""
+        """The histories as the files are at ``stamp`` (`_read_histories`), each file appended to
+        since ``loaded``'s read taken up to its last line feed (`appended_ends`): a line its
+        writer has not finished is read once it ends, with a note the first time a file is cut. A
+        cut read that does not parse (a quoted cell's line break, cut mid-row) answers from
+        ``loaded`` until the next change."""
         ends = appended_ends(loaded and loaded[0], stamp)
         for name in set(ends) - self._told_cut:
             self._told_cut.add(name)
