@@ -31,11 +31,10 @@ from pathlib import Path
 
 from semid.atomic import atomic_file
 from semid.data.tables import (
-    KEY_RULE,
     Place,
     RowPlace,
+    check_key_characters,
     content_sha256,
-    control_character,
     file_stem,
     header_hint,
     matching_columns,
@@ -192,9 +191,7 @@ def _document(record: dict, where: Place) -> Document:
         raise SemidError(f'{where}: empty document id; give every document a non-empty "{name}" '
                          "(string or integer)")  # fmt: skip
     doc_id = str(doc_id).strip()  # as tables' ids: `" d1"` is the document d1
-    if (control := control_character(doc_id)) is not None:
-        raise SemidError(f"{where}: the document id {doc_id[:60]!r} holds a control character "
-                         f"({control}); {KEY_RULE}: remove it")  # fmt: skip
+    check_key_characters(doc_id, str(where), "document id")
     doc = Document(doc_id, _text(record, where, doc_id), _queries(record, where),
                    _queries(record, where, TEST_QUERY_FIELDS))  # fmt: skip
     for name, value in (("id", doc.id), ("text", doc.text), *(("query", q) for q in doc.queries)):
@@ -300,9 +297,8 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
         return DocumentCollection(
             name or file_stem(path), docs, content_sha256(path), grades=grades
         )
-    raw = path.read_bytes()
-    text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
-    records = _json_records(text.removeprefix("\ufeff"), path)  # a BOM is no content
+    raw, text = _json_lines_text(path)
+    records = _json_records(text, path)
     docs, grades = _collect(records, path)
     if not docs:
         raise SemidError(f"{path} holds no documents; write one JSON object per line")
@@ -314,11 +310,17 @@ def read_documents(path: str | os.PathLike, name: str | None = None) -> Document
 def first_record_fields(path: Path) -> list[str]:
     """The fields of the first record of a JSON Lines file (SemidError, naming its line, if it is
     no JSON object): what a file tells of its kind when pyarrow cannot read it whole."""
-    raw = path.read_bytes()
-    text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
-    for _, _, record in _json_records(text.removeprefix("\ufeff"), path):
+    for _, _, record in _json_records(_json_lines_text(path)[1], path):
         return [str(name) for name in record]
     raise SemidError(f"{path} holds no records; write one JSON object per line")
+
+
+def _json_lines_text(path: Path) -> tuple[bytes, str]:
+    """A JSON Lines file's bytes as stored (for its hash) and its text (gunzipped, decoded, without
+    a byte-order mark, which is no content)."""
+    raw = path.read_bytes()
+    text = _decode(_gunzip(raw, path) if path.name.lower().endswith(".gz") else raw, path)
+    return raw, text.removeprefix("\ufeff")
 
 
 def _json_records(text: str, path: Path) -> Iterator[tuple[str, str, dict]]:

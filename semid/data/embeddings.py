@@ -19,7 +19,7 @@ from safetensors.numpy import save as save_safetensors_bytes
 from torch import Tensor
 
 from semid.atomic import atomic_file
-from semid.data.tables import KEY_RULE, control_character
+from semid.data.tables import check_key_characters
 from semid.data.text_files import read_lines
 from semid.errors import SemidError
 from semid.notes import note
@@ -120,10 +120,8 @@ def read_keys(path: str | Path) -> list[str]:
             f"keys file {path} has {len(blank)} blank line(s) (first: line {blank[0] + 1}); remove them"
         )
     keys = [k.strip() for k in keys]
-    bad = next((i for i, k in enumerate(keys) if control_character(k)), None)
-    if bad is not None:
-        raise SemidError(f"keys file {path} line {bad + 1}: the key {keys[bad][:60]!r} holds a control "
-                         f"character ({control_character(keys[bad])}); {KEY_RULE}: remove it")  # fmt: skip
+    for number, key in enumerate(keys, start=1):
+        check_key_characters(key, f"keys file {path} line {number}", "key")
     return keys
 
 

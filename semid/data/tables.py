@@ -65,11 +65,13 @@ CONTROL_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 KEY_RULE = "ids cannot hold line breaks, tabs or other control characters"
 
 
-def control_character(text: str) -> str | None:
-    """The first control character of ``text`` (see `CONTROL_CHARACTERS`) as Python writes it
-    (``'\\n'``), or None."""
-    found = re.search(CONTROL_CHARACTERS, text)
-    return None if found is None else repr(found.group())
+def check_key_characters(key: str, where: str, role: str) -> None:
+    """SemidError, naming ``where`` (a file and its line or row) and the ``role`` of ``key`` ("item
+    id"), when the key holds a control character (see `CONTROL_CHARACTERS`)."""
+    found = re.search(CONTROL_CHARACTERS, key)
+    if found is not None:
+        raise SemidError(f"{where}: the {role} {key[:60]!r} holds a control character "
+                         f"({found.group()!r}); {KEY_RULE}: remove it")  # fmt: skip
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -619,8 +621,7 @@ def _refuse_control_characters(
         return
     value = values[int(np.flatnonzero(hit.to_numpy(zero_copy_only=False))[0])].as_py()
     row = pc.index(values if rows is None else rows, value).as_py()
-    raise SemidError(f"{path} {row_label(path, row)}: the {role} {value[:60]!r} holds a control "
-                     f"character ({control_character(value)}); {KEY_RULE}: remove it")  # fmt: skip
+    check_key_characters(value, f"{path} {row_label(path, row)}", role)
 
 
 # files that mark a folder semid wrote: a run, an index, a training folder (before its run exists)
