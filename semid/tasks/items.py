@@ -21,7 +21,7 @@ from semid.data.interactions import keyed_by_rows
 from semid.data.logs import InteractionLog, RecDataset
 from semid.data.registry import load_dataset
 from semid.data.splits import leave_one_out
-from semid.data.tables import matching_columns, table_format
+from semid.data.tables import LINE_FORMATS, matching_columns, table_format
 from semid.data.text_files import read_lines
 from semid.defaults import INTERACTION_VECTORS
 from semid.determinism import seeded_cpu_rng
@@ -195,7 +195,7 @@ def training_interactions(log: InteractionLog | None, spec: str) -> InteractionL
 
 def holds_item_texts(path: Path) -> bool:
     """Whether ``--items path`` is a table of item texts (CSV, TSV, JSON Lines), not embeddings."""
-    return table_format(path) in ("csv", "tsv", "jsonl")
+    return table_format(path) in LINE_FORMATS
 
 
 def read_new_items(
