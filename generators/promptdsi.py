@@ -233,16 +233,17 @@ class PromptDSI(Generator):
             self._tokenizer = tokenizer
         return self._tokenizer
 
+    def token_limit(self) -> int:
+        """The tokens a text is read up to (special tokens included): ``max_length``, or the
+        encoder's positions when it has fewer."""
+        positions = getattr(self.encoder.config, "max_position_embeddings", None)
+        return min(self.config.max_length, positions or self.config.max_length)
+
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         """input_ids and attention_mask (B, T), truncated to max_length, and to the encoder's
         positions when it has fewer (a text longer than those would crash it)."""
-        positions = getattr(self.encoder.config, "max_position_embeddings", None)
         enc = self.tokenizer()(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=min(self.config.max_length, positions or self.config.max_length),
-            return_tensors="pt",
+            texts, padding=True, truncation=True, max_length=self.token_limit(), return_tensors="pt"
         )
         device = self.head.weight.device
         return {

@@ -117,6 +117,14 @@ class EncodedTexts:
         return EncodedTexts(select_states(self.states, rows), self.embeddings[rows])
 
 
+def token_counts(texts: EncodedTexts) -> list[int]:
+    """The tokens each text was read as (special tokens included): a text that reaches the
+    model's `token_limit` was cut there."""
+    states = texts.states
+    per_text = states.ids if isinstance(states, TokenStates) else states
+    return [len(s) for s in per_text]
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("SEMID_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "semid") / "promptdsi"

@@ -43,7 +43,8 @@ def stop_with_launcher() -> None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # no C library to ask
         return
-    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:  # refused (a seccomp filter)
+        return
     if os.getppid() != launcher:  # it died before the call: the signal is not coming
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -18,8 +18,10 @@ HTTP (FastAPI, served by uvicorn):
                  | {"inputs": [{...}, ...]} (an input may carry its caller's "id", echoed in its
                  answer's "input"), plus optional "k" (default 10), "num_beams" and
                  "texts" (true: each answer also has its items' or documents' "texts")
-                 -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order,
-                 and a "note" when some inputs got fewer than k answers (why, in one line)
+                 -> {"results": [{"input", "keys", "scores", "ids"}, ...]}, one per input, in order
+                 (an answer also has a one-line "note" when its input was not read as given: a
+                 sasrec run leaves out history items added after training), and a "note" when
+                 some inputs got fewer than k answers (why, in one line)
   GET  /health   -> {"status": "ok"}
   GET  /info     -> predictor.info() (task, the body fields it answers, index size, ...), default_k
                  and max_k, semid/torch versions, batching settings (workers too) and counters
@@ -104,7 +106,8 @@ class Predictor(Protocol):
         self, inputs: list[dict[str, Any]], k: int, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """One answer per input, best first: {"input", "keys": [...], "scores": [...],
-        "ids": [[...], ...]}. Raises SemidError if k > max_k() or num_beams < k."""
+        "ids": [[...], ...]} and, when the input was not read as given, a one-line "note".
+        Raises SemidError if k > max_k() or num_beams < k."""
         ...
 
     def max_k(self) -> int:

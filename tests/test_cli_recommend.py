@@ -488,18 +488,26 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
     saved = json.loads((run / "metrics.json").read_text())
     assert [m["num_items"] for k, m in saved.items() if k.startswith("test")] == [1682]
 
-    def answer(history: str) -> list:
+    def answered(history: str) -> dict:
         out = tmp_path / "answers.jsonl"
         assert main(["predict", str(run), "--history", history, "--k", "5", "--out", str(out)]) == 0
-        return json.loads(out.read_text())["keys"]
+        return json.loads(out.read_text())
 
-    # the added item has no embedding: it is left out of the history (with a note), never
-    # recommended
+    def answer(history: str) -> list:
+        return answered(history)["keys"]
+
+    # the added item has no embedding: it is left out of the history (with a note on stderr and
+    # in the answer, which a client of `semid serve` gets), never recommended
     capsys.readouterr()
     assert answer('["1", "new", "2"]') == answer('["1", "2"]')
     assert "the history items added to its index since (such as 'new') are left out" in (
         capsys.readouterr().err
     )
+    assert answered('["1", "new", "2"]')["note"] == (
+        "history item 'new' was added to the index after training and left out: a sasrec run "
+        "reads only the items it was trained on"
+    )
+    assert "note" not in answered('["1", "2"]')
     assert "new" not in answer('["new", "1"]')
     # a history of added items alone would be answered as no history: refused, with the fix
     capsys.readouterr()

@@ -1236,6 +1236,21 @@ def test_a_grown_log_is_read_up_to_its_last_whole_line(tmp_path: Path, name: str
     assert appended_ends(before, data_stamp(str(log))) == {}  # another file: read whole
 
 
+def test_a_grown_log_hashes_as_it_is_read(tmp_path: Path) -> None:
+    """Its fingerprint, taken within the cut read, is of the whole lines: a line its writer has not
+    finished does not tell a run that its data changed since training."""
+    import hashlib
+
+    from semid.data.tables import content_sha256, read_up_to
+
+    whole = b"user,item,timestamp\n" + b"".join(b"u%d,i%d,%d\n" % (i, i, i) for i in range(9))
+    log = tmp_path / "log.csv"
+    log.write_bytes(whole + b"u1,i")
+    with read_up_to({str(log): len(whole)}):
+        assert content_sha256(log) == hashlib.sha256(whole).hexdigest()
+    assert content_sha256(log) == hashlib.sha256(whole + b"u1,i").hexdigest()
+
+
 def test_a_keys_file_key_with_a_control_character_is_refused(tmp_path: Path) -> None:
     """`--keys` files are one key a line; a tab or NUL inside a key was taken."""
     from semid.data.embeddings import read_keys

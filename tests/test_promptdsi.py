@@ -760,3 +760,51 @@ def test_search_and_scoring_keep_one_copy_of_the_keys_per_query(monkeypatch):
     want = steps.select(direct, torch.tensor([0, 2, 1, 0]))
     for (k, v), (wk, wv) in zip(mixed.kvs, want.kvs, strict=True):
         assert torch.equal(k, wk) and torch.equal(v, wv)
+
+
+@pytest.mark.parametrize("prompt_layer", [0, 1])
+def test_documents_read_up_to_the_token_limit_are_counted_and_noted(
+    tmp_path, monkeypatch, capsys, prompt_layer
+):
+    """A document longer than max_length is cut there without a word from the tokenizer: the
+    note counts them and says what reads more (a larger max_length, or nothing once the encoder's
+    positions are the limit); texts that fit are not counted."""
+    from semid.generators.promptdsi_states import token_counts
+    from semid.notes import show_on_console
+    from semid.tasks.retrieval_data import note_long_documents
+
+    def tiny_words(max_length: int) -> PromptDSI:  # the packaged tokenizer's vocabulary
+        torch.manual_seed(0)
+        encoder = {**TINY_BERT, "vocab_size": 30522}
+        return PromptDSI(PromptDSIConfig(codebook_sizes=[4, 4], encoder_config=encoder,
+                                         prompt_layer=prompt_layer, max_length=max_length,
+                                         d_model=16, num_heads=2, num_layers=1, d_ff=32))  # fmt: skip
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path))
+    show_on_console()
+    texts = ["kernel " * 40, "audio font", "printer " * 5, "mail " * 400]
+    for cache in (False, True, True):  # encoded, written to the cache, read back from it
+        model = tiny_words(12)
+        docs = encode_texts(model, texts, cache=cache)
+        assert token_counts(docs) == [12, 4, 7, 12]
+        note_long_documents(model, docs, training=True)
+        assert capsys.readouterr().err == (
+            "semid: note: 2 of the 4 documents are longer than 12 tokens, so they are read up to "
+            "their first 12; --model-config '{\"max_length\": 24}' reads more of each, for more "
+            "time per text\n"
+        )
+    positions = TINY_BERT["max_position_embeddings"]
+    model = tiny_words(positions + 100)
+    note_long_documents(model, encode_texts(model, texts, cache=False), training=True)
+    assert capsys.readouterr().err == (
+        f"semid: note: 2 of the 4 documents are longer than {positions} tokens, so they are read "
+        f"up to their first {positions}; the encoder has no more positions\n"
+    )
+    note_long_documents(model, encode_texts(model, texts[:2], cache=False), training=False)
+    assert capsys.readouterr().err == (
+        f"semid: note: 1 of the 2 documents is longer than {positions} tokens, so it is read up "
+        f"to its first {positions}; the run reads every text so (its max_length is set at "
+        "training)\n"
+    )
+    note_long_documents(model, encode_texts(model, texts[1:3], cache=False), training=False)
+    assert capsys.readouterr().err == ""

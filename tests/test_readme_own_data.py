@@ -398,6 +398,20 @@ def test_a_log_line_still_being_written_is_read_once_it_ends(tmp_path, monkeypat
     assert after["keys"][:3] == before["keys"][2:5]  # both new events count as seen
 
 
+def test_a_half_written_line_does_not_tell_the_data_changed(tmp_path, monkeypatch, capsys):
+    """The log is hashed as far as it is read: a line its writer has not finished leaves the data
+    the run was trained on, so a split's target is still answered and no change is noted."""
+    train_pop_run(tmp_path, monkeypatch)
+    predictor = load_predictor(tmp_path / "run")
+    (before,) = predictor.predict([{"user": "u1", "split": "test"}], k=5)
+    capsys.readouterr()
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,m")
+    (cut,) = predictor.predict([{"user": "u1", "split": "test"}], k=5)
+    assert cut["keys"] == before["keys"]
+    assert "changed since training" not in capsys.readouterr().err
+
+
 def test_a_grown_log_counts_events_on_items_the_items_file_lacks(tmp_path, monkeypatch, capsys):
     """A new item often reaches the log before the items file: its events are outside the index
     like any other's, so the note counts them (they are not dropped unseen for lack of a text)."""

@@ -671,8 +671,18 @@ def content_sha256(paths: str | os.PathLike | Iterable[str | os.PathLike],
 
 
 def _file_sha256(path: Path) -> str:
+    """The file's SHA-256, of its bytes up to `read_up_to`'s end within that block: a line its
+    writer has not finished is not read, so it does not change the hash either."""
+    end = _read_end(path)
     try:
-        return file_sha256(path)
+        if end is None:
+            return file_sha256(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while end > 0 and (block := f.read(min(end, 1 << 20))):
+                digest.update(block)
+                end -= len(block)
+        return digest.hexdigest()
     except OSError as e:
         raise SemidError(f"cannot read {path} to hash the data: {e.strerror or e}; make it readable "
                          "or restore it") from None  # fmt: skip

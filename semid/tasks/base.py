@@ -376,7 +376,8 @@ class Predictor(ABC):
     def predict(
         self, inputs: list[dict[str, Any]], k: int | None = None, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
-        """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``. A beam wider
+        """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``, and a one-line
+        ``"note"`` when the input was not answered as given (`answer_note`). A beam wider
         than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
         and a wider one would only allocate (and cache a ranker for) empty beams. ``k`` None:
         ``DEFAULT_K``, or the catalogue's size when it is smaller."""
@@ -412,7 +413,17 @@ class Predictor(ABC):
         if not checked:
             return []
         ranking = self.rank(checked, k, num_beams)
-        return answers_of(inputs, self.run.ids.keys, ranking)
+        answers = answers_of(inputs, self.run.ids.keys, ranking)
+        for answer, item in zip(answers, checked, strict=True):
+            note = self.answer_note(item)
+            if note is not None:
+                answer["note"] = note
+        return answers
+
+    def answer_note(self, checked: dict[str, Any]) -> str | None:
+        """A one-line note on how this checked input was answered, put in its answer as
+        ``"note"`` (for example, history items the model cannot read); None: no note."""
+        return None
 
     def refuse_other_inputs(self, item: Any) -> None:
         """SemidError if ``item`` is an input of a kind the run does not take (``"query"`` for a

@@ -288,23 +288,43 @@ class RecommendPredictor(Predictor):
     def _check_trained_items(self, history: list[str]) -> None:
         """A scorer (sasrec) reads only the items it was trained on: a history of items all added
         to the index since would be answered as no history at all, so it is refused; one with some
-        of them is answered from the others, with a note (once per predictor)."""
-        if self.codes is not None or not getattr(self.run.model, "reads_histories", True):
-            return
-        trained = self.run.state.get("trained_items", len(self.run.ids))
-        untrained = self.run.ids.rows_of_keys(history) >= trained
-        if bool(untrained.all()):
+        of them is answered from the others, with a note on stderr (once per predictor) and in
+        the answer (`answer_note`)."""
+        untrained = self._untrained_items(history)
+        if untrained and len(untrained) == len(history):
             raise SemidError(
                 f"every item of the history was added to the index after {self.run.path} was "
                 f"trained, and a {self.run.spec['model']} run reads only the items it was trained "
                 "on; retrain it with the added items' events, or include trained items"
             )
-        if bool(untrained.any()) and not self._told_untrained:
+        if untrained and not self._told_untrained:
             self._told_untrained = True
             notes.note(f"{self.run.path}: a {self.run.spec['model']} run reads only the items it "
-                       "was trained on, so the history items added to its index since (such as "
-                       f"{history[int(untrained.nonzero()[0, 0])]!r}) are left out of its histories; a run "
-                       f"trained on its index (--index {self.run.index_path}) reads them")  # fmt: skip
+                       f"was trained on, so the history items added to its index since (such as "
+                       f"{untrained[0]!r}) are left out of its histories; a run trained on its "
+                       f"index (--index {self.run.index_path}) reads them")  # fmt: skip
+
+    def _untrained_items(self, history: list[str]) -> list[str]:
+        """The items of a history of known keys that the run's scorer (sasrec) was not trained on
+        and so does not read; none for a generator, which reads every item of its index."""
+        if self.codes is not None or not getattr(self.run.model, "reads_histories", True):
+            return []
+        trained = self.run.state.get("trained_items", len(self.run.ids))
+        untrained = (self.run.ids.rows_of_keys(history) >= trained).tolist()
+        return [key for key, left_out in zip(history, untrained, strict=True) if left_out]
+
+    def answer_note(self, checked: dict[str, Any]) -> str | None:
+        """For a history with items the scorer does not read: which were left out, and why."""
+        untrained = self._untrained_items(checked["history"]) if "history" in checked else []
+        if not untrained:
+            return None
+        shown = ", ".join(repr(key) for key in untrained[:3])
+        more = f" and {len(untrained) - 3:,} more" if len(untrained) > 3 else ""
+        items = "item" if len(untrained) == 1 else "items"
+        was = "was" if len(untrained) == 1 else "were"
+        return (f"history {items} {shown}{more} {was} added to the index after training and "
+                f"left out: a {self.run.spec['model']} run reads only the items it was trained "
+                "on")  # fmt: skip
 
     def _item_titled(self, given: str) -> str | None:
         """``'1' ('Toy Story (1995). Genres: ...')``: the key and text of the first item whose text

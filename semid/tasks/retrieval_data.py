@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -21,9 +22,13 @@ from semid.data.corpus import CorpusSplit
 from semid.data.documents import QUERY_FIELDS_HELP, DocumentCollection
 from semid.data.registry import load_dataset
 from semid.errors import SemidError
-from semid.generators.promptdsi_states import EncodedTexts, pad_states, select_states
+from semid.generators.promptdsi_states import EncodedTexts, pad_states, select_states, token_counts
 from semid.ids import SemanticIDs
+from semid.notes import note
 from semid.wording import counted
+
+if TYPE_CHECKING:
+    from semid.generators.promptdsi import PromptDSI
 
 # training documents whose queries choose the ranking mix instead
 VALID_SHARE, MAX_VALID = 0.1, 1000
@@ -160,3 +165,27 @@ def relevant_rows(ids: SemanticIDs,
             [float(given[d]) for d in row] if isinstance(given, dict) else [1.0] * len(row)
         )
     return rows, grades
+
+
+def note_long_documents(model: PromptDSI, docs: EncodedTexts, training: bool) -> None:
+    """Say how many documents reach the model's `token_limit`, so were read up to it (their later
+    words neither train nor index them), and what reads more: at ``training``, a larger
+    ``max_length`` while the encoder has the positions; an added document is read as the run
+    reads every text."""
+    limit = model.token_limit()
+    cut = sum(n >= limit for n in token_counts(docs))
+    if not cut:
+        return
+    if not training:
+        fix = "the run reads every text so (its max_length is set at training)"
+    elif limit < model.config.max_length:
+        fix = "the encoder has no more positions"
+    else:
+        fix = (f"--model-config '{{\"max_length\": {2 * limit}}}' reads more of each, for more "
+               "time per text")  # fmt: skip
+    one = cut == 1
+    note(
+        f"{cut:,} of the {counted(len(docs.embeddings), 'document')} {'is' if one else 'are'} "
+        f"longer than {limit} tokens, so {'it is' if one else 'they are'} read up to "
+        f"{'its' if one else 'their'} first {limit}; {fix}"
+    )

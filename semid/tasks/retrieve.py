@@ -90,6 +90,7 @@ from semid.tasks.retrieval_data import (
     describe_split,
     dsi_examples,
     load_collection,
+    note_long_documents,
     relevant_rows,
     valid_split,
 )
@@ -208,6 +209,7 @@ class RetrieveTask(Task):
         probe.to(device)
         d0_docs = coll.subset(split.d0)
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
+        note_long_documents(probe, docs, training=True)
         # fitted by the main process alone (a refusal stops every process); every process of a
         # launched job learns its IDs: on machines whose floating-point paths differ, the same
         # documents can get other ones
@@ -393,6 +395,7 @@ class RetrieveTask(Task):
         # the frozen encoder encodes there; then back on the CPU for the rest, as loaded
         model.to(device)
         docs = encode_texts(model, collection.texts, desc="encode new documents")
+        note_long_documents(model, docs, training=False)
         g = torch.Generator().manual_seed(spec.seed + len(model.prompts))  # seeded like the split
         perm = torch.randperm(len(collection), generator=g)
         n_test = round(len(collection) * spec.test_fraction)
