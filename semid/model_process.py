@@ -216,4 +216,10 @@ class ProcessPredictor:
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join()
-        self._conn.close()
+        # a thread still reading the dead child's reply gets end-of-file at once and lets go of
+        # the pipe; closed under it, its read could reach a file given the freed descriptor
+        if self._lock.acquire(timeout=5):
+            try:
+                self._conn.close()
+            finally:
+                self._lock.release()

@@ -135,3 +135,29 @@ def test_threads_waiting_together_for_a_loading_process_each_get_its_info():
     finally:
         predictor.close()  # ends a receive that would wait forever
         pool.shutdown()
+
+
+def test_the_pipe_is_closed_only_once_no_call_reads_it():
+    """A forced stop kills the child under a call in flight; the call then gets end-of-file and
+    lets go of the pipe. `close` waits for that before closing the pipe: closed under the reading
+    thread, its descriptor could be given to another file, which the thread would then read."""
+    import threading
+
+    (predictor,) = ProcessPredictor.launch(FakePredictor(), partial(FakePredictor), threads=1)
+    held, release = threading.Event(), threading.Event()
+
+    def in_flight() -> None:  # a call's hold of the pipe, as `predict` takes it
+        with predictor._lock:
+            held.set()
+            release.wait(10)
+
+    reader = threading.Thread(target=in_flight)
+    reader.start()
+    held.wait(10)
+    predictor.kill()
+    threading.Timer(0.5, release.set).start()
+    closed_at = time.monotonic()
+    predictor.close()
+    assert time.monotonic() - closed_at >= 0.4  # waited for the call to let go
+    assert predictor._conn.closed
+    reader.join(10)
