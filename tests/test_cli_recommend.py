@@ -508,6 +508,14 @@ def test_a_sasrec_run_reads_past_items_added_after_training(tmp_path, capsys):
         "reads only the items it was trained on"
     )
     assert "note" not in answered('["1", "2"]')
+    # a model process answers the server's resolved inputs: the note is in the answer, and stderr
+    # has the server's alone
+    from semid.tasks.base import load_predictor
+
+    capsys.readouterr()
+    (resolved,) = load_predictor(run).predict_resolved([{"history": ["1", "new", "2"]}], k=5)
+    assert resolved["note"].startswith("history item 'new' was added")
+    assert capsys.readouterr().err == ""
     assert "new" not in answer('["new", "1"]')
     # a history of added items alone would be answered as no history: refused, with the fix
     capsys.readouterr()

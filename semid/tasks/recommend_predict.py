@@ -366,8 +366,10 @@ class RecommendPredictor(Predictor):
 
     def check_resolved(self, item: dict[str, Any]) -> dict[str, Any]:
         """A user input resolved by another copy of the run, whose items must be in this copy's
-        index; any other input as `check_input` checks it."""
+        index; any other input as `check_input` checks it, without the stderr note the copy that
+        resolved it gave (a model process would repeat the server's)."""
         if "events" not in item:
+            self._told_untrained = True
             return self.check_input(item)
         events = item["events"]
         unknown = next((k for k in [*events["items"], *events["seen"]]
