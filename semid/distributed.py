@@ -43,8 +43,9 @@ def stop_with_launcher() -> None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # no C library to ask
         return
-    if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:  # refused (a seccomp filter)
-        return
+    # refused (a seccomp filter, say), the launcher's death is not followed; one that died
+    # already is
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != launcher:  # it died before the call: the signal is not coming
         os.kill(os.getpid(), signal.SIGTERM)
 

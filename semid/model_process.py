@@ -205,7 +205,8 @@ class ProcessPredictor:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the child process (idempotent): asked to end, and killed if it has not ended
-        after ``timeout`` seconds (a batch in flight is given up)."""
+        after ``timeout`` seconds (a batch in flight is given up). The pipe is then closed once
+        no call reads it (up to 5 s more; a call still holding it keeps it open, to the exit)."""
         self._closed = True
         if self._process.is_alive():
             try:

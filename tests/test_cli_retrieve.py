@@ -311,3 +311,27 @@ def test_patience_reaches_the_document_training(tmp_path, monkeypatch, flags, pa
     with pytest.raises(SystemExit):
         train_retriever.run(args)
     assert trained == [patience]
+
+
+def test_training_and_adds_count_the_documents_cut_at_max_length(tmp_path, monkeypatch, capsys):
+    """The model reads a document up to max_length tokens (24 here): `train retriever` and
+    `index add --docs` say how many documents were cut, and what reads more."""
+    from semid.cli.main import main
+
+    monkeypatch.setenv("SEMID_CACHE", str(tmp_path / "cache"))
+    write_docs(tmp_path / "docs.jsonl", n=8)
+    long = " ".join(["kernel audio python font"] * 10)  # 40 words: over 24 tokens
+    with open(tmp_path / "docs.jsonl", "a") as f:
+        for i in range(2):
+            f.write(json.dumps({"id": f"long{i}", "text": long, "queries": ["kernel"]}) + "\n")
+    (tmp_path / "new.jsonl").write_text(json.dumps({"id": "long9", "text": long}) + "\n")
+    run = tmp_path / "run"
+    argv = ["--dataset", str(tmp_path / "docs.jsonl"), "--out", str(run), "--epochs", "1",
+            "--hold-out", "0", "--model-config", json.dumps(TINY)]  # fmt: skip
+    assert train_retriever.run(parse(argv)) == 0
+    assert "semid: note: 2 of the 10 documents reach the limit of 24 tokens, so they are read up " \
+        "to their first 24 tokens; add \"max_length\": 48 to --model-config" in capsys.readouterr().err  # fmt: skip
+    assert main(["index", "add", str(run), "--docs", str(tmp_path / "new.jsonl")]) == 0
+    assert "semid: note: 1 of the 1 document reaches the limit of 24 tokens" in (
+        capsys.readouterr().err
+    )

@@ -789,22 +789,25 @@ def test_documents_read_up_to_the_token_limit_are_counted_and_noted(
         assert token_counts(docs) == [12, 4, 7, 12]
         note_long_documents(model, docs, training=True)
         assert capsys.readouterr().err == (
-            "semid: note: 2 of the 4 documents are longer than 12 tokens, so they are read up to "
-            "their first 12; --model-config '{\"max_length\": 24}' reads more of each, for more "
-            "time per text\n"
+            "semid: note: 2 of the 4 documents reach the limit of 12 tokens, so they are read up "
+            'to their first 12 tokens; add "max_length": 24 to --model-config to read more of '
+            "each, for more time per text\n"
         )
     positions = TINY_BERT["max_position_embeddings"]
+    model = tiny_words(positions - 2)  # a larger max_length is offered up to the positions
+    note_long_documents(model, encode_texts(model, texts, cache=False), training=True)
+    assert f'add "max_length": {positions} to --model-config' in capsys.readouterr().err
     model = tiny_words(positions + 100)
     note_long_documents(model, encode_texts(model, texts, cache=False), training=True)
     assert capsys.readouterr().err == (
-        f"semid: note: 2 of the 4 documents are longer than {positions} tokens, so they are read "
-        f"up to their first {positions}; the encoder has no more positions\n"
+        f"semid: note: 2 of the 4 documents reach the limit of {positions} tokens, so they are "
+        f"read up to their first {positions} tokens; the encoder has no more positions\n"
     )
     note_long_documents(model, encode_texts(model, texts[:2], cache=False), training=False)
     assert capsys.readouterr().err == (
-        f"semid: note: 1 of the 2 documents is longer than {positions} tokens, so it is read up "
-        f"to its first {positions}; the run reads every text so (its max_length is set at "
-        "training)\n"
+        f"semid: note: 1 of the 2 documents reaches the limit of {positions} tokens, so it is "
+        f"read up to its first {positions} tokens; its max_length is fixed at training: a run "
+        "trained with a larger one reads more\n"
     )
     note_long_documents(model, encode_texts(model, texts[1:3], cache=False), training=False)
     assert capsys.readouterr().err == ""

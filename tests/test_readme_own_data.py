@@ -412,6 +412,43 @@ def test_a_half_written_line_does_not_tell_the_data_changed(tmp_path, monkeypatc
     assert "changed since training" not in capsys.readouterr().err
 
 
+def test_a_sasrec_answer_names_the_added_items_it_left_out(tmp_path, monkeypatch, capsys):
+    """Items added to a sasrec run's index after training have no vector: a user whose recent
+    events hold some, or a history of them, is answered from the others, and the answer (the
+    table, --out's line, a model process's) names them once each; older events the model does not
+    read (past --max-history) are not named, and a history it would read none of is refused."""
+    write_interactions(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli("semid index build --dataset interactions.csv --items items.csv --out index") == 0
+    assert cli("semid train recommender --dataset interactions.csv --items items.csv --index index "
+               "--model sasrec --max-history 3 --epochs 1 --out run") == 0  # fmt: skip
+    (tmp_path / "new.csv").write_text(
+        "item,title,genres\n" + "".join(f"n{i},New movie {i},Drama|Comedy\n" for i in range(5))
+    )
+    assert cli("semid index add run --items new.csv") == 0
+    with open(tmp_path / "interactions.csv", "a") as f:
+        f.write("u1,n0,3000000\nu1,n1,3000001\nu1,m5,3000002\nu1,n0,3000003\n")
+    predictor = load_predictor(tmp_path / "run")
+    capsys.readouterr()
+    user, history, old, many = predictor.predict(
+        [{"user": "u1"}, {"history": ["n2", "m3", "n2"]}, {"history": ["n3", "m1", "m2", "m3"]},
+         {"history": ["n0", "n1", "n2", "n3", "n4", "m1"][-3:]}], k=3)  # fmt: skip
+    said = "added to the index after training and left out: a sasrec run reads only the items it"
+    assert user["note"] == f"history items 'n1', 'n0' were {said} was trained on"
+    assert history["note"] == f"history item 'n2' was {said} was trained on"
+    assert "note" not in old  # n3 is past the 3 items the model reads
+    assert many["note"] == f"history items 'n3', 'n4' were {said} was trained on"
+    with pytest.raises(SemidError, match="every item of the history was added to the index after"):
+        predictor.predict([{"history": ["m1", "n0", "n1", "n2"]}], k=3)
+    (resolved,) = load_predictor(tmp_path / "run").predict_resolved(
+        predictor.resolve([{"user": "u1"}]), k=3
+    )
+    assert resolved["note"] == user["note"]
+    capsys.readouterr()
+    assert cli("semid predict run --history m1 n2 m3 --k 2") == 0
+    assert f"note: history item 'n2' was {said} was trained on" in capsys.readouterr().out
+
+
 def test_a_grown_log_counts_events_on_items_the_items_file_lacks(tmp_path, monkeypatch, capsys):
     """A new item often reaches the log before the items file: its events are outside the index
     like any other's, so the note counts them (they are not dropped unseen for lack of a text)."""

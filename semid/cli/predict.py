@@ -449,11 +449,13 @@ def note_short_answers(answers: list[dict[str, Any]], k: int, catalogue: int, ta
 
 
 def print_answers(answers: list[dict[str, Any]], predictor: Any) -> None:
-    """Each input, then a table of its answers: rank, key, score, semantic ID, and the item's text
-    (shortened) when the run's data has item texts."""
+    """Each input (and its answer's note), then a table of its answers: rank, key, score, semantic
+    ID, and the item's text (shortened) when the run's data has item texts."""
     for answer, texts in zip(answers, _item_texts(answers, predictor), strict=True):
         shown = json.dumps(answer["input"], ensure_ascii=False)  # in full in --out and serve
         print(shorten_to_width(shown, INPUT_WIDTH))
+        if "note" in answer:  # how the input was read (history items a sasrec run leaves out)
+            print(f"note: {answer['note']}")
         rows = [[i + 1, key, score, "-".join(map(str, code))]
                 for i, (key, score, code) in enumerate(zip(answer["keys"], answer["scores"], answer["ids"], strict=True))]  # fmt: skip
         headers = ["rank", "key", "score", "semantic ID"]

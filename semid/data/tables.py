@@ -675,7 +675,7 @@ def _file_sha256(path: Path) -> str:
     writer has not finished is not read, so it does not change the hash either."""
     end = _read_end(path)
     try:
-        if end is None:
+        if end is None or path.name.lower().endswith(".gz"):  # a gzipped file is read whole
             return file_sha256(path)
         digest = hashlib.sha256()
         with open(path, "rb") as f:

@@ -286,12 +286,17 @@ class RecommendPredictor(Predictor):
         return rankable_items(self.run)
 
     def _check_trained_items(self, history: list[str]) -> None:
-        """A scorer (sasrec) reads only the items it was trained on: a history of items all added
-        to the index since would be answered as no history at all, so it is refused; one with some
-        of them is answered from the others, with a note on stderr (once per predictor) and in
-        the answer (`answer_note`)."""
-        untrained = self._untrained_items(history)
-        if untrained and len(untrained) == len(history):
+        """A scorer (sasrec) reads only the items it was trained on: a history whose items it reads
+        (the last max_history) were all added to the index since would be answered as no history
+        at all, so it is refused; one with some of them is answered from the others, with a note
+        on stderr (once per predictor) and in the answer (`answer_notes`)."""
+        first_added = self._first_added_row()
+        if first_added is None:
+            return
+        read = history[-self.spec.max_history :]
+        rows = self.run.ids.rows_of_keys(read).tolist()
+        untrained = [key for key, row in zip(read, rows, strict=True) if row >= first_added]
+        if len(untrained) == len(read):
             raise SemidError(
                 f"every item of the history was added to the index after {self.run.path} was "
                 f"trained, and a {self.run.spec['model']} run reads only the items it was trained "
@@ -304,27 +309,35 @@ class RecommendPredictor(Predictor):
                        f"{untrained[0]!r}) are left out of its histories; a run trained on its "
                        f"index (--index {self.run.index_path}) reads them")  # fmt: skip
 
-    def _untrained_items(self, history: list[str]) -> list[str]:
-        """The items of a history of known keys that the run's scorer (sasrec) was not trained on
-        and so does not read; none for a generator, which reads every item of its index."""
+    def _first_added_row(self) -> int | None:
+        """The first index row added after a scorer (sasrec) was trained: it reads no item from
+        there on. None for a generator, which reads every item of its index, or when no item was
+        added."""
         if self.codes is not None or not getattr(self.run.model, "reads_histories", True):
-            return []
-        trained = self.run.state.get("trained_items", len(self.run.ids))
-        untrained = (self.run.ids.rows_of_keys(history) >= trained).tolist()
-        return [key for key, left_out in zip(history, untrained, strict=True) if left_out]
-
-    def answer_note(self, checked: dict[str, Any]) -> str | None:
-        """For a history with items the scorer does not read: which were left out, and why."""
-        untrained = self._untrained_items(checked["history"]) if "history" in checked else []
-        if not untrained:
             return None
-        shown = ", ".join(repr(key) for key in untrained[:3])
-        more = f" and {len(untrained) - 3:,} more" if len(untrained) > 3 else ""
-        items = "item" if len(untrained) == 1 else "items"
-        was = "was" if len(untrained) == 1 else "were"
-        return (f"history {items} {shown}{more} {was} added to the index after training and "
-                f"left out: a {self.run.spec['model']} run reads only the items it was trained "
-                "on")  # fmt: skip
+        trained = self.run.state.get("trained_items", len(self.run.ids))
+        return trained if trained < len(self.run.ids) else None
+
+    def answer_notes(self, checked: list[dict[str, Any]]) -> list[str | None]:
+        """For a user or history whose items the scorer reads include some added since training:
+        which were left out, and why."""
+        first_added = self._first_added_row()
+        if first_added is None:
+            return super().answer_notes(checked)
+        keys = self.run.ids.keys
+        said = []
+        for rows in self._batch(checked)[0]["items"].tolist():  # PAD (-1) is never added
+            added = list(dict.fromkeys(keys[row] for row in rows if row >= first_added))
+            said.append(self._left_out_note(added) if added else None)
+        return said
+
+    def _left_out_note(self, added: list[str]) -> str:
+        shown = ", ".join(repr(key) for key in added[:3])
+        more = f" and {len(added) - 3:,} more" if len(added) > 3 else ""
+        one = len(added) == 1
+        return (f"history {'item' if one else 'items'} {shown}{more} {'was' if one else 'were'} "
+                f"added to the index after training and left out: a {self.run.spec['model']} run "
+                "reads only the items it was trained on")  # fmt: skip
 
     def _item_titled(self, given: str) -> str | None:
         """``'1' ('Toy Story (1995). Genres: ...')``: the key and text of the first item whose text

@@ -168,24 +168,25 @@ def relevant_rows(ids: SemanticIDs,
 
 
 def note_long_documents(model: PromptDSI, docs: EncodedTexts, training: bool) -> None:
-    """Say how many documents reach the model's `token_limit`, so were read up to it (their later
+    """Say how many documents reach the model's `token_limit`, so are read up to it (their later
     words neither train nor index them), and what reads more: at ``training``, a larger
-    ``max_length`` while the encoder has the positions; an added document is read as the run
-    reads every text."""
+    ``max_length`` while the encoder has more positions; an added document is read as the run
+    reads every text, up to the limit it was trained with."""
     limit = model.token_limit()
     cut = sum(n >= limit for n in token_counts(docs))
     if not cut:
         return
+    positions = getattr(model.encoder.config, "max_position_embeddings", None) or 2 * limit
     if not training:
-        fix = "the run reads every text so (its max_length is set at training)"
-    elif limit < model.config.max_length:
+        fix = "its max_length is fixed at training: a run trained with a larger one reads more"
+    elif limit >= positions:
         fix = "the encoder has no more positions"
     else:
-        fix = (f"--model-config '{{\"max_length\": {2 * limit}}}' reads more of each, for more "
-               "time per text")  # fmt: skip
+        fix = (f'add "max_length": {min(2 * limit, positions)} to --model-config to read more of '
+               "each, for more time per text")  # fmt: skip
     one = cut == 1
     note(
-        f"{cut:,} of the {counted(len(docs.embeddings), 'document')} {'is' if one else 'are'} "
-        f"longer than {limit} tokens, so {'it is' if one else 'they are'} read up to "
-        f"{'its' if one else 'their'} first {limit}; {fix}"
+        f"{cut:,} of the {counted(len(docs.embeddings), 'document')} {'reaches' if one else 'reach'} "
+        f"the limit of {limit} tokens, so {'it is' if one else 'they are'} read up to "
+        f"{'its' if one else 'their'} first {limit} tokens; {fix}"
     )

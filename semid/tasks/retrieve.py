@@ -209,7 +209,6 @@ class RetrieveTask(Task):
         probe.to(device)
         d0_docs = coll.subset(split.d0)
         docs = encode_texts(probe, d0_docs.texts, desc="encode documents")
-        note_long_documents(probe, docs, training=True)
         # fitted by the main process alone (a refusal stops every process); every process of a
         # launched job learns its IDs: on machines whose floating-point paths differ, the same
         # documents can get other ones
@@ -247,6 +246,7 @@ class RetrieveTask(Task):
         # the index goes into the run with the model, at the end: until then the earlier run stays whole
         where = resolve_device(device)  # the frozen encoder runs there too: the GPU encodes fastest
         ids, quantizer, probe, docs = self._index_d0(spec, coll, split, None, where)
+        note_long_documents(probe, docs, training=True)
         crowded = crowding_note(ids.stats(), noun="documents")  # `index build` says it too
         if crowded is not None:
             note(crowded)
