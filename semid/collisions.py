@@ -89,18 +89,38 @@ def _extra_level(
     return new, sizes, int((rank > 0).sum())
 
 
-def _popularity(
-    codes: Tensor, codebook_sizes: list[int], *, popularity: Tensor | None = None, **_: object
-) -> tuple[Tensor, list[int], int]:
+def checked_popularity(popularity: Tensor | None, items: int) -> Tensor:
+    """``popularity`` (N,), each item's interaction count, as a tensor; SemidError when it is
+    missing, of another length than the ``items``, or holds anything but counts (>= 0, finite)."""
     if popularity is None:
         raise SemidError(
             "collision strategy 'popularity' needs item interaction counts; use extra-level otherwise"
         )
-    if len(popularity) != len(codes):
-        raise SemidError(f"popularity has {len(popularity)} entries for {len(codes)} items")
+    if len(popularity) != items:
+        raise SemidError(f"popularity has {len(popularity)} entries for {items} items")
     popularity = torch.as_tensor(popularity)
-    if popularity.is_complex() or not bool(torch.isfinite(popularity.double()).all()):
-        raise SemidError("popularity must hold finite numbers (each item's interaction count)")
+    if (
+        popularity.is_complex()
+        or not bool(torch.isfinite(popularity.double()).all())
+        or bool((popularity < 0).any())
+    ):
+        raise SemidError("popularity must hold counts (finite, >= 0): each item's interactions")
+    return popularity
+
+
+def check_collision_strategy(strategy: str) -> None:
+    """SemidError naming the strategies when ``strategy`` is none of them."""
+    if strategy not in _STRATEGIES:
+        raise SemidError(
+            f"unknown collision strategy {strategy!r}{did_you_mean(strategy, collision_strategies())}; "
+            f"choose one of {', '.join(collision_strategies())}"
+        )
+
+
+def _popularity(
+    codes: Tensor, codebook_sizes: list[int], *, popularity: Tensor | None = None, **_: object
+) -> tuple[Tensor, list[int], int]:
+    popularity = checked_popularity(popularity, len(codes))
     group, _counts = group_ids(codes)
     rank = rank_within_groups(group, priority=popularity)
     new, sizes = _append_rank(codes, rank, codebook_sizes)
@@ -190,11 +210,7 @@ def resolve_collisions(
     """Unique codes (N, L or L+1), their per-level codebook sizes, and a report.
 
     distances (N, K_last) are needed by ``reassign``; popularity (N,) by ``popularity``."""
-    if strategy not in _STRATEGIES:
-        raise SemidError(
-            f"unknown collision strategy {strategy!r}{did_you_mean(strategy, collision_strategies())}; "
-            f"choose one of {', '.join(collision_strategies())}"
-        )
+    check_collision_strategy(strategy)
     codes = torch.as_tensor(codes, dtype=torch.long)
     before = collision_rate(codes)
     _, counts = group_ids(codes)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from semid.atomic import DiskFullError, WriteFailedError, atomic_file, check_writable
 from semid.errors import SemidError
+from semid.json_values import is_integer
 from semid.notes import note
 
 if TYPE_CHECKING:  # imported where it is used: it loads transformers
@@ -62,10 +63,11 @@ class TextEncoder:
         cache_dir: str | Path | None = None,
         max_seq_length: int = 256,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_seq_length < 1:
-            raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
+        for name, value in (("batch_size", batch_size), ("max_seq_length", max_seq_length)):
+            if not is_integer(value) or value < 1:
+                raise SemidError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] == "cuda"):
+            raise SemidError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         self.model_path = (Path(model) if model is not None else default_model_path()).resolve()
         if not self.model_path.is_dir():
             raise SemidError(
@@ -100,6 +102,10 @@ class TextEncoder:
     ) -> Tensor:
         """(N, dim) float32, L2-normalised; batched by length inside, input order kept; cached on
         disk unless ``cache`` is False (texts that seldom come again, such as served queries)."""
+        if isinstance(texts, str):  # list("hello") would embed one text per character
+            raise SemidError(
+                "TextEncoder.encode takes a list of strings; for one text, pass [text]"
+            )
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise SemidError("TextEncoder.encode takes a list of strings; convert the items first")
@@ -167,6 +173,10 @@ class TextEncoder:
 
     def _load(self):
         if self._model is None:
+            if self.device != "cpu" and not torch.cuda.is_available():
+                raise SemidError(
+                    f"device {self.device!r}: no CUDA GPU is available here; use 'cpu'"
+                )
             self._model = load_sentence_transformer(self.model_path, self.device)
             self._model.max_seq_length = self.max_seq_length
         return self._model

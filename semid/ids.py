@@ -117,7 +117,7 @@ class SemanticIDs:
         ):
             raise SemidError(f"codebook_sizes must list each level's number of codes, e.g. "
                              f"[256, 256, 256], got {codebook_sizes!r}")  # fmt: skip
-        raw_codes = check_codes(torch.as_tensor(_on_cpu(raw_codes)), list(codebook_sizes))
+        raw_codes = check_codes(_on_cpu(raw_codes), list(codebook_sizes))
         distances, popularity = _on_cpu(distances), _on_cpu(popularity)
         if len(raw_codes) == 0:
             raise SemidError("no codes given (N = 0); index at least one item")
@@ -218,7 +218,7 @@ class SemanticIDs:
         has_extra = self.collision is not None and self.collision.extra_level
         raw_levels = self.levels - has_extra
         raw_codes = check_codes(
-            torch.as_tensor(_on_cpu(raw_codes)),
+            _on_cpu(raw_codes),
             self.codebook_sizes[:raw_levels],
             "new items' codes",
         )

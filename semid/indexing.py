@@ -19,12 +19,14 @@ from typing import Any
 from torch import Tensor
 
 from semid.atomic import read_json
+from semid.collisions import check_collision_strategy, checked_popularity
 from semid.defaults import AUTO
 from semid.errors import SemidError
 from semid.ids import SemanticIDs, load_quantizer
 from semid.locking import can_write, write_lock
 from semid.quantization import MAX_LEVELS, Quantizer, QuantizerSpec, build_quantizer
 from semid.runs import first_level_over
+from semid.wording import counted
 
 MIN_ITEMS_PER_CODE = 40  # faiss k-means wants about 39 points per centroid
 MAX_CODEBOOK_BYTES = 4 * 2**30
@@ -122,14 +124,23 @@ def build_ids(
     alone decides the codes: fits draw from their own seeded generators, not torch's global one.
     Returns the index and the fitted quantizer; ``metadata`` gets ``seed``, ``fit_seconds`` and
     ``reconstruction_error`` (:meth:`Quantizer.reconstruction_error` of the indexed vectors)."""
+    # what can be told from the arguments is told before the fit, which may take a while
+    check_collision_strategy(collisions)
     if spec == AUTO:
+        given = len(x) if encode_x is None else len(encode_x)
+        if given != len(keys):  # auto sizes to the keys: "1 item" would mislead
+            raise SemidError(f"{counted(len(keys), 'key')} for {counted(given, 'item vector')}; "
+                             "give one key per item")  # fmt: skip
         spec = auto_spec(len(keys))
     quantizer = build_quantizer(spec) if isinstance(spec, str) else spec
     x = quantizer.check_input(x)  # a list or an array as fit takes it; (N, D) or refused
     check_fits(quantizer, len(x), x.shape[1])
     items = x if encode_x is None else quantizer.check_input(encode_x)  # (M, D) or refused
-    if len(items) != len(keys):  # said before the fit, which may take a while
-        raise SemidError(f"{len(keys)} keys for {len(items)} item vectors; give one key per item")
+    if len(items) != len(keys):
+        raise SemidError(f"{counted(len(keys), 'key')} for {counted(len(items), 'item vector')}; "
+                         "give one key per item")  # fmt: skip
+    if collisions == "popularity":
+        checked_popularity(popularity, len(keys))
     started = time.perf_counter()
     quantizer.fit(x, seed=seed, **fit_kwargs)
     fit_seconds = time.perf_counter() - started

@@ -56,7 +56,9 @@ def _checked_num_relevant(num_relevant: Tensor, listed: Tensor | None, batch: in
     if num_relevant.shape != (batch,):
         raise SemidError(f"num_relevant must be ({batch},), one count per query, got "
                          f"{tuple(num_relevant.shape)}")  # fmt: skip
-    if num_relevant.dtype.is_floating_point and not torch.equal(num_relevant, num_relevant.round()):
+    if num_relevant.dtype.is_floating_point and not (
+        torch.isfinite(num_relevant).all() and torch.equal(num_relevant, num_relevant.round())
+    ):
         raise SemidError("num_relevant must hold whole numbers of relevant items")
     if (num_relevant < 0).any():
         row = int((num_relevant < 0).nonzero()[0])
@@ -67,6 +69,18 @@ def _checked_num_relevant(num_relevant: Tensor, listed: Tensor | None, batch: in
         raise SemidError(f"query {row} lists {int(listed[row])} relevant targets but num_relevant "
                          f"says {num_relevant[row].item():g}; count every target it lists")  # fmt: skip
     return num_relevant
+
+
+def _check_repeated_hits(rel: Tensor, num_relevant: Tensor) -> None:
+    """SemidError when a query ranks more relevant labels than ``num_relevant`` counts for it:
+    with repeated labels, its recall, NDCG and MAP would pass 1."""
+    hits = rel.sum(1)
+    over = hits > num_relevant
+    if over.any():
+        row = int(over.nonzero()[0])
+        raise SemidError(f"query {row} ranks {int(hits[row])} relevant results but num_relevant "
+                         f"says {num_relevant[row].item():g}; with repeats=True it must count "
+                         "every relevant result")  # fmt: skip
 
 
 def _checked_grades(grades: Tensor, targets: Tensor) -> Tensor:
@@ -236,6 +250,10 @@ def compute_metrics(
                              "convert it with .long()")  # fmt: skip
     if not repeats:
         ranked = without_repeats(ranked)
+    elif num_relevant is None:
+        raise SemidError("repeats=True ranks labels that repeat by design (a class per image), so "
+                         "how many results are relevant cannot be told from targets: pass "
+                         "num_relevant (B,), such as the images of each query's class")  # fmt: skip
     if targets.ndim == 2:
         targets = without_repeats(targets)
     listed = (targets >= 0).sum(1) if targets.ndim == 2 else None
@@ -246,6 +264,8 @@ def compute_metrics(
     if grades is not None:
         grades = _checked_grades(torch.as_tensor(grades), targets)
     rel = relevance(ranked, targets)
+    if repeats:
+        _check_repeated_hits(rel, num_relevant)
     out: dict[str, float] = {}
     for name in names:
         for k in ks:

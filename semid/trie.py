@@ -63,7 +63,12 @@ def check_codes(codes: Tensor, sizes: Sequence[int], what: str = "codes") -> Ten
     """Validate an (N, L) integer tensor of codes in range of their codebook ``sizes``; return it
     as int64. Float codes are refused, not truncated."""
     if not isinstance(codes, Tensor):
-        codes = torch.as_tensor(codes)
+        try:
+            codes = torch.as_tensor(codes)
+        except (ValueError, TypeError, RuntimeError) as e:  # ragged rows, or not numbers at all
+            raise SemidError(f"{what} must be an (N, {len(sizes)}) table of integer codes, its "
+                             f"rows of one length; this {type(codes).__name__} is not one ({e})"
+                             ) from None  # fmt: skip
     if not holds_integers(codes):
         raise SemidError(f"{what} must be an integer tensor, got {codes.dtype}; cast with .long()")
     if codes.ndim != 2 or codes.shape[1] != len(sizes):

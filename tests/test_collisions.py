@@ -91,7 +91,12 @@ def test_rank_within_groups_respects_priority():
         # were an AttributeError, scipy's ValueError, or (popularity) an item-order ranking
         ("reassign", {"distances": torch.full((2, 2), float("nan"))}, "must be finite numbers"),
         ("reassign", {"distances": torch.ones(2, 2, dtype=torch.long)}, "must be finite numbers"),
-        ("popularity", {"popularity": torch.full((2,), float("nan"))}, "must hold finite numbers"),
+        (
+            "popularity",
+            {"popularity": torch.full((2,), float("nan"))},
+            r"must hold counts \(finite",
+        ),
+        ("popularity", {"popularity": torch.tensor([3, -1])}, r"must hold counts \(finite, >= 0\)"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(strategy, kwargs, message):

@@ -206,7 +206,7 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_bad_arguments(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(SemidError, match="not a local folder; semid never downloads"):
         TextEncoder("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(SemidError, match="batch_size must be an integer >= 1, got 0"):
         TextEncoder(model_dir, batch_size=0)
     with pytest.raises(SemidError, match="list of strings"):
         TextEncoder(model_dir, cache_dir=tmp_path).encode([1, 2])

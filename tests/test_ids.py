@@ -356,3 +356,54 @@ def test_a_changed_byte_in_an_index_file_is_told(tmp_path, name):
         SemidError, match=rf"idx/{name} is damaged: its bytes are not those written"
     ):
         SemanticIDs.load(tmp_path / "idx")
+
+
+def test_ragged_codes_and_late_collision_checks_are_told_before_any_work(monkeypatch):
+    """Rows of codes of different lengths raised torch's ValueError; an unknown strategy, missing
+    or negative counts for `popularity`, and keys that do not match `auto`'s vectors ("1 item to
+    index") were told only after the quantizer's fit, or wrongly."""
+    from semid.indexing import build_ids
+    from semid.quantization import Quantizer
+    from semid.trie import PrefixTrie
+
+    with pytest.raises(SemidError, match=r"codes must be an \(N, 2\) table of integer codes"):
+        PrefixTrie.from_codes([[0, 1], [1]], [2, 2])
+    with pytest.raises(SemidError, match=r"codes must be an \(N, 2\) table of integer codes"):
+        SemanticIDs.from_codes(["a", "b"], [[0, 1], [1]], [2, 2])
+    ids = SemanticIDs.from_codes(["a", "b"], [[0, 1], [1, 0]], [2, 2])
+    with pytest.raises(SemidError, match=r"new items' codes must be an \(N, 2\) table"):
+        ids.add(["c", "d"], [[1, 1], [0]])
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the arguments were checked")
+
+    monkeypatch.setattr(Quantizer, "fit", no_fit)
+    keys, x = ["a", "b", "c"], torch.randn(3, 4)
+    cases = [
+        ({"collisions": "popular"}, "unknown collision strategy 'popular' .did you mean 'popularity'"),
+        ({"collisions": "popularity"}, "needs item interaction counts"),
+        ({"collisions": "popularity", "popularity": torch.tensor([1, -2, 3])}, r"counts \(finite, >= 0\)"),
+        ({"collisions": "popularity", "popularity": torch.tensor([1, 2])}, "2 entries for 3 items"),
+    ]  # fmt: skip
+    for kwargs, words in cases:
+        with pytest.raises(SemidError, match=words):
+            build_ids(keys, x, "rqkmeans:1x2", **kwargs)
+    with pytest.raises(SemidError, match="^1 key for 3 item vectors; give one key per item$"):
+        build_ids(["a"], x, "auto")
+
+
+def test_a_text_encoder_refuses_one_string_and_bad_settings_in_one_line(tmp_path):
+    """encode("hello") embedded one text per character; a batch size of 0 raised ValueError, and
+    a GPU asked for on a machine without one failed deep inside torch."""
+    from semid.encoders import TextEncoder
+
+    encoder = TextEncoder()
+    with pytest.raises(SemidError, match=r"takes a list of strings; for one text, pass \[text\]"):
+        encoder.encode("hello")
+    with pytest.raises(SemidError, match="batch_size must be an integer >= 1, got 0"):
+        TextEncoder(batch_size=0)
+    with pytest.raises(SemidError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        TextEncoder(device="gpu")
+    if not torch.cuda.is_available():  # told when the model loads (a cache hit needs none)
+        with pytest.raises(SemidError, match="no CUDA GPU is available here; use 'cpu'"):
+            TextEncoder(device="cuda", cache_dir=tmp_path).encode(["a text"], cache=False)

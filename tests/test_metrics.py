@@ -173,6 +173,7 @@ R, T, T2 = (
         ({"ks": 3}, r"ks must be a sequence, got 3; write e.g. ks=\(5, 10\)"),
         ({"ks": (2.5,)}, "k must be an integer, got 2.5"),
         ({"names": "recall"}, "names must be a sequence, got 'recall'"),
+        ({"num_relevant": torch.tensor([float("inf"), 2.0])}, "must hold whole numbers"),
     ],
 )
 def test_inputs_that_would_give_metrics_above_one_or_nan_are_refused(kwargs, words):
@@ -192,3 +193,23 @@ def test_no_queries_and_lists_of_counts_and_grades():
     assert compute_metrics(R, T, ks=(np.int64(2),))["recall@2"] == 0.5  # numpy integers are ks
     arrays = compute_metrics(R, T, ks=np.array([2]), names=np.array(["recall"]))
     assert arrays == {"recall@2": 0.5, "invalid_id_rate": 0.0}
+
+
+def test_repeated_labels_need_every_relevant_result_counted():
+    """``repeats=True`` ranks labels (a class per image): without num_relevant, or with a count
+    below the labels ranked, NDCG came back as 2.13 and MAP as 3.0; with the class sizes the
+    figures are a share."""
+    ranked, targets = torch.tensor([[1, 1, 1], [2, 0, 2]]), torch.tensor([1, 2])
+    with pytest.raises(SemidError, match="repeats=True ranks labels .* pass num_relevant"):
+        compute_metrics(ranked, targets, ks=(3,), names=("ndcg", "map"), repeats=True)
+    with pytest.raises(
+        SemidError, match="query 0 ranks 3 relevant results but num_relevant says 1"
+    ):
+        compute_metrics(
+            ranked, targets, ks=(3,), names=("ndcg",), num_relevant=[1, 5], repeats=True
+        )
+    got = compute_metrics(ranked, targets, ks=(3,), names=("recall", "ndcg", "map"),
+                          num_relevant=[3, 4], repeats=True)  # fmt: skip
+    assert got["recall@3"] == pytest.approx((1 + 2 / 4) / 2)
+    assert got["ndcg@3"] == pytest.approx((1 + (1 + 1 / 2) / (1 + 1 / 1.5849625 + 1 / 2)) / 2)
+    assert got["map@3"] == pytest.approx((1 + (1 + 2 / 3) / 3) / 2)
