@@ -179,8 +179,9 @@ class SemanticIDs:
         return torch.tensor([self._row_of_key[k] for k in keys], dtype=torch.long)
 
     def sha256(self) -> str:
-        """A content hash of the keys, their IDs and the codebook sizes: two indexes that map every
-        key to the same ID hash alike (a model trained on one fits the other)."""
+        """A content hash of the keys, their IDs and the codebook sizes, in row order: two indexes
+        that map every key to the same ID in the same order hash alike (a model trained on one fits
+        the other; rows are a model's item ids, so another order is another index to it)."""
         h = hashlib.sha256(json.dumps([self.keys, list(self.codebook_sizes)]).encode("utf-8"))
         h.update(self.codes.to(torch.int64).contiguous().numpy().tobytes())
         return h.hexdigest()

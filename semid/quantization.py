@@ -48,6 +48,10 @@ class QuantizerSpec:
     def parse(cls, text: str) -> QuantizerSpec:
         """Parse ``family:LxK[,key=value...]``; raise SemidError naming the expected form."""
         m = _SPEC_RE.match(text.strip())
+        if m is None and text.strip().lower() == "auto":
+            raise SemidError("the quantizer spec 'auto' is sized to a collection: build_ids and "
+                             "`semid index build` take it; here, give a spec such as "
+                             "semid.indexing.auto_spec(number_of_items)")  # fmt: skip
         if m is None:
             raise SemidError(
                 f"bad quantizer spec {text!r}; expected FAMILY:LEVELSxCODES[,key=value], e.g. rqkmeans:3x256"
