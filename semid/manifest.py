@@ -23,7 +23,11 @@ from semid.errors import SemidError, not_found
 from semid.locking import can_write, current_writer, write_lock
 from semid.notes import note
 
-RUN_FORMAT = 1
+# A run's format, raised when a run's files change in a way an older semid would misread (it then
+# says "written by a newer semid; upgrade"); every earlier format is still read. 2: retrieval runs'
+# BM25 index (lexical.safetensors) as written since 2026-12-05, which format-1 readers took for
+# damaged.
+RUN_FORMAT = 2
 MANIFEST = "manifest.json"
 RUN_CONFIG = "config.json"
 METRICS = "metrics.json"

@@ -2,7 +2,7 @@
 
 A run folder::
 
-    manifest.json   {"format_version": 1, "task": "recommend", "parts": {"index": "index", "model": "model"}}
+    manifest.json   {"format_version": 2, "task": "recommend", "parts": {"index": "index", "model": "model"}}
     config.json     {"spec": {...the task's typed spec...}, "state": {...}, "versions": {...}, "threads": N, "command": ...,
                      "adds": [{"command": ..., "source": ..., "threads": N}, ...] after `semid index add`}
     index/          the SemanticIDs and the quantizer that made them

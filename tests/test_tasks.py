@@ -226,6 +226,24 @@ def test_load_run_with_a_damaged_manifest(tmp_path):
     assert "is not a semid run manifest" in one_line(error)
 
 
+def test_runs_of_every_earlier_format_load_and_a_newer_one_is_refused(tmp_path):
+    """A run is written in the current format; one of format 1 (before 2026-12-05) still loads, and
+    one a newer semid wrote is refused with the fix, not misread."""
+    from semid.manifest import RUN_FORMAT, read_manifest
+
+    tiny_run(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["format_version"] == RUN_FORMAT == 2
+    for version in range(1, RUN_FORMAT + 1):
+        (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": version}))
+        assert read_manifest(tmp_path)["task"] == manifest["task"]
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(
+        SemidError, match=r"written by a newer semid \(run format 3\); upgrade semid"
+    ):
+        load_run(tmp_path)
+
+
 def test_load_run_of_another_task(tmp_path):
     tiny_run(tmp_path)
     assert load_run(tmp_path, "recommend").task == "recommend"

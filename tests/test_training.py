@@ -347,6 +347,13 @@ def test_resume_refuses_checkpoints_trained_on_other_data(tmp_path):
         SemidError, match="trained on other data .data 'aaaaaaaaaaaa...' -> 'cccccccccccc...'"
     ):
         changed.fit()
+    # the same data with other IDs: an index built again (or by another semid version), which
+    # "restore the data" would not mend
+    reindexed = Trainer(make_model(), make_dataset(60), tiny_config(max_steps=7), tmp_path,
+                        trained_on={**stamp, "ids": "d" * 64})  # fmt: skip
+    with pytest.raises(SemidError, match=r"other semantic IDs of the same data \(ids 'bbbbbbbbbbbb"
+                                         r"\.\.\.' -> 'dddddddddddd\.\.\.'\): the index changed since"):  # fmt: skip
+        reindexed.fit()
     assert changed.fit(resume=False).steps == 7  # and the new stamp is kept
     assert Trainer(make_model(), make_dataset(60), tiny_config(max_steps=8), tmp_path,
                    trained_on=other).fit().steps == 8  # fmt: skip

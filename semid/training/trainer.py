@@ -349,6 +349,12 @@ class Trainer:
             before = read_json(data_file, UNCHECKED_RESUME)
             changed = [f"{k} {_short(before.get(k))} -> {_short(v)}"
                        for k, v in self.trained_on.items() if before.get(k) != v]  # fmt: skip
+            if changed and all(c.startswith("ids ") for c in changed):  # the data as it was
+                raise SemidError(
+                    f"cannot resume {self.out_dir}: its checkpoints were trained on other semantic "
+                    f"IDs of the same data ({'; '.join(changed)}): the index changed since (built "
+                    f"again, or by another semid version); restore it, or {START_OVER}"
+                )
             if changed:
                 raise SemidError(
                     f"cannot resume {self.out_dir}: its checkpoints were trained on other data "
