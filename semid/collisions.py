@@ -96,9 +96,10 @@ def checked_popularity(popularity: Tensor | None, items: int) -> Tensor:
         raise SemidError(
             "collision strategy 'popularity' needs item interaction counts; use extra-level otherwise"
         )
-    if len(popularity) != items:
-        raise SemidError(f"popularity has {len(popularity)} entries for {items} items")
     popularity = torch.as_tensor(popularity)
+    if popularity.ndim != 1 or len(popularity) != items:
+        raise SemidError(f"popularity must hold one count per item, {items} in all; got shape "
+                         f"{tuple(popularity.shape)}")  # fmt: skip
     if (
         popularity.is_complex()
         or not bool(torch.isfinite(popularity.double()).all())

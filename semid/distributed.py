@@ -40,11 +40,11 @@ def stop_with_launcher() -> None:
         return
     launcher = os.getppid()
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl = ctypes.CDLL(None).prctl
     except (OSError, AttributeError):  # no C library to ask
         return
-    # refused (a seccomp filter, say), the launcher's death is not followed; one that died
-    # already is
+    # should prctl be refused (a seccomp filter, say), a later death goes unnoticed; one before
+    # the call is caught below either way
     prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != launcher:  # it died before the call: the signal is not coming
         os.kill(os.getpid(), signal.SIGTERM)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,8 +67,9 @@ class TextEncoder:
         for name, value in (("batch_size", batch_size), ("max_seq_length", max_seq_length)):
             if not is_integer(value) or value < 1:
                 raise SemidError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] == "cuda"):
-            raise SemidError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        device = str(device)  # a torch.device too
+        if re.fullmatch(r"cpu|mps|cuda(:\d+)?", device) is None:
+            raise SemidError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
         self.model_path = (Path(model) if model is not None else default_model_path()).resolve()
         if not self.model_path.is_dir():
             raise SemidError(
@@ -173,13 +175,22 @@ class TextEncoder:
 
     def _load(self):
         if self._model is None:
-            if self.device != "cpu" and not torch.cuda.is_available():
-                raise SemidError(
-                    f"device {self.device!r}: no CUDA GPU is available here; use 'cpu'"
-                )
+            check_cuda_device(self.device)
             self._model = load_sentence_transformer(self.model_path, self.device)
             self._model.max_seq_length = self.max_seq_length
         return self._model
+
+
+def check_cuda_device(device: str) -> None:
+    """SemidError when ``device`` ('cuda' or 'cuda:N') names a GPU this machine does not have."""
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise SemidError(f"device {device!r}: no CUDA GPU is available here; use 'cpu'")
+    index, count = int(device[5:] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise SemidError(f"device {device!r}: this machine has {count} GPU(s); use cuda:0 to "
+                         f"cuda:{count - 1}")  # fmt: skip
 
 
 def hide_weight_loading_bar() -> None:

@@ -64,7 +64,8 @@ def check_codes(codes: Tensor, sizes: Sequence[int], what: str = "codes") -> Ten
     as int64. Float codes are refused, not truncated."""
     if not isinstance(codes, Tensor):
         try:
-            codes = torch.as_tensor(codes)
+            rows = isinstance(codes, list | tuple) and codes and isinstance(codes[0], Tensor)
+            codes = torch.stack(list(codes)) if rows else torch.as_tensor(codes)
         except (ValueError, TypeError, RuntimeError) as e:  # ragged rows, or not numbers at all
             raise SemidError(f"{what} must be an (N, {len(sizes)}) table of integer codes, its "
                              f"rows of one length; this {type(codes).__name__} is not one ({e})"

@@ -290,3 +290,21 @@ def test_a_damaged_encoder_folder_is_one_line(tmp_path: Path, make: str) -> None
         config = PromptDSIConfig(codebook_sizes=[4, 4], encoder_path=str(folder), d_model=16,
                                  num_heads=2, num_layers=1, d_ff=32)  # fmt: skip
         PromptDSI(config).tokenize(["a text"])
+
+
+def test_a_text_encoder_refuses_one_string_and_bad_settings_in_one_line(tmp_path):
+    """encode("hello") embedded one text per character; a batch size of 0 raised ValueError, and
+    a GPU asked for on a machine without one failed deep inside torch."""
+    encoder = TextEncoder()
+    with pytest.raises(SemidError, match=r"takes a list of strings; for one text, pass \[text\]"):
+        encoder.encode("hello")
+    with pytest.raises(SemidError, match="batch_size must be an integer >= 1, got 0"):
+        TextEncoder(batch_size=0)
+    with pytest.raises(
+        SemidError, match="device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'gpu'"
+    ):
+        TextEncoder(device="gpu")
+    assert TextEncoder(device=torch.device("cpu")).device == "cpu"
+    if not torch.cuda.is_available():  # told when the model loads (a cache hit needs none)
+        with pytest.raises(SemidError, match="no CUDA GPU is available here; use 'cpu'"):
+            TextEncoder(device="cuda", cache_dir=tmp_path).encode(["a text"], cache=False)

@@ -363,13 +363,20 @@ def test_ragged_codes_and_late_collision_checks_are_told_before_any_work(monkeyp
     or negative counts for `popularity`, and keys that do not match `auto`'s vectors ("1 item to
     index") were told only after the quantizer's fit, or wrongly."""
     from semid.indexing import build_ids
-    from semid.quantization import Quantizer
+    from semid.quantization import build_quantizer
     from semid.trie import PrefixTrie
 
     with pytest.raises(SemidError, match=r"codes must be an \(N, 2\) table of integer codes"):
         PrefixTrie.from_codes([[0, 1], [1]], [2, 2])
     with pytest.raises(SemidError, match=r"codes must be an \(N, 2\) table of integer codes"):
         SemanticIDs.from_codes(["a", "b"], [[0, 1], [1]], [2, 2])
+    rows = [torch.tensor([0, 1]), torch.tensor([1, 0])]  # a list of rows as tensors is a table
+    assert SemanticIDs.from_codes(["a", "b"], rows, [2, 2]).codes[:, :2].tolist() == [
+        [0, 1],
+        [1, 0],
+    ]
+    with pytest.raises(SemidError, match="its rows of one length"):
+        SemanticIDs.from_codes(["a", "b"], [torch.tensor([0, 1]), torch.tensor([1])], [2, 2])
     ids = SemanticIDs.from_codes(["a", "b"], [[0, 1], [1, 0]], [2, 2])
     with pytest.raises(SemidError, match=r"new items' codes must be an \(N, 2\) table"):
         ids.add(["c", "d"], [[1, 1], [0]])
@@ -377,33 +384,18 @@ def test_ragged_codes_and_late_collision_checks_are_told_before_any_work(monkeyp
     def no_fit(*args, **kwargs):
         raise AssertionError("fitted before the arguments were checked")
 
-    monkeypatch.setattr(Quantizer, "fit", no_fit)
+    monkeypatch.setattr(type(build_quantizer("rqkmeans:1x2")), "fit", no_fit)
     keys, x = ["a", "b", "c"], torch.randn(3, 4)
     cases = [
         ({"collisions": "popular"}, "unknown collision strategy 'popular' .did you mean 'popularity'"),
         ({"collisions": "popularity"}, "needs item interaction counts"),
         ({"collisions": "popularity", "popularity": torch.tensor([1, -2, 3])}, r"counts \(finite, >= 0\)"),
-        ({"collisions": "popularity", "popularity": torch.tensor([1, 2])}, "2 entries for 3 items"),
+        ({"collisions": "popularity", "popularity": torch.tensor([1, 2])}, r"one count per item, 3 in all; got shape \(2,\)"),
+        ({"collisions": "popularity", "popularity": torch.ones(3, 1)}, r"got shape \(3, 1\)"),
+        ({"collisions": "popularity", "popularity": torch.tensor(3)}, r"got shape \(\)"),
     ]  # fmt: skip
     for kwargs, words in cases:
         with pytest.raises(SemidError, match=words):
             build_ids(keys, x, "rqkmeans:1x2", **kwargs)
     with pytest.raises(SemidError, match="^1 key for 3 item vectors; give one key per item$"):
         build_ids(["a"], x, "auto")
-
-
-def test_a_text_encoder_refuses_one_string_and_bad_settings_in_one_line(tmp_path):
-    """encode("hello") embedded one text per character; a batch size of 0 raised ValueError, and
-    a GPU asked for on a machine without one failed deep inside torch."""
-    from semid.encoders import TextEncoder
-
-    encoder = TextEncoder()
-    with pytest.raises(SemidError, match=r"takes a list of strings; for one text, pass \[text\]"):
-        encoder.encode("hello")
-    with pytest.raises(SemidError, match="batch_size must be an integer >= 1, got 0"):
-        TextEncoder(batch_size=0)
-    with pytest.raises(SemidError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
-        TextEncoder(device="gpu")
-    if not torch.cuda.is_available():  # told when the model loads (a cache hit needs none)
-        with pytest.raises(SemidError, match="no CUDA GPU is available here; use 'cpu'"):
-            TextEncoder(device="cuda", cache_dir=tmp_path).encode(["a text"], cache=False)

@@ -427,7 +427,8 @@ def test_a_sasrec_answer_names_the_added_items_it_left_out(tmp_path, monkeypatch
     )
     assert cli("semid index add run --items new.csv") == 0
     with open(tmp_path / "interactions.csv", "a") as f:
-        f.write("u1,n0,3000000\nu1,n1,3000001\nu1,m5,3000002\nu1,n0,3000003\n")
+        f.write("u1,n0,3000000\nu1,n1,3000001\nu1,m5,3000002\nu1,n0,3000003\n"
+                "u2,n0,3000004\nu2,n1,3000005\nu2,n2,3000006\n")  # fmt: skip
     predictor = load_predictor(tmp_path / "run")
     capsys.readouterr()
     user, history, old, many = predictor.predict(
@@ -438,7 +439,13 @@ def test_a_sasrec_answer_names_the_added_items_it_left_out(tmp_path, monkeypatch
     assert history["note"] == f"history item 'n2' was {said} was trained on"
     assert "note" not in old  # n3 is past the 3 items the model reads
     assert many["note"] == f"history items 'n3', 'n4' were {said} was trained on"
-    with pytest.raises(SemidError, match="every item of the history was added to the index after"):
+    (nothing_read,) = predictor.predict([{"user": "u2"}], k=3)  # its last 3 events: added items
+    assert nothing_read["note"] == (
+        "history items 'n0', 'n1', 'n2' were added to the index after training and left out, so "
+        "it was answered as no history: a sasrec run reads only the items it was trained on"
+    )
+    with pytest.raises(SemidError, match="the last 3 items of the history, which the model reads, "
+                                         "were added to the index after"):  # fmt: skip
         predictor.predict([{"history": ["m1", "n0", "n1", "n2"]}], k=3)
     (resolved,) = load_predictor(tmp_path / "run").predict_resolved(
         predictor.resolve([{"user": "u1"}]), k=3

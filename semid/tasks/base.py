@@ -377,7 +377,7 @@ class Predictor(ABC):
         self, inputs: list[dict[str, Any]], k: int | None = None, num_beams: int | None = None
     ) -> list[dict[str, Any]]:
         """One answer per input, best first: ``{"input", "keys", "scores", "ids"}``, and a one-line
-        ``"note"`` when the input was not answered as given (`answer_notes`). A beam wider
+        ``"note"`` when the input was not answered as given (`rank_with_notes`). A beam wider
         than the catalogue is searched as the catalogue size: a beam per ID already keeps every ID,
         and a wider one would only allocate (and cache a ranker for) empty beams. ``k`` None:
         ``DEFAULT_K``, or the catalogue's size when it is smaller."""
@@ -412,17 +412,19 @@ class Predictor(ABC):
             num_beams = min(num_beams, self.max_k())
         if not checked:
             return []
-        ranking = self.rank(checked, k, num_beams)
+        ranking, said = self.rank_with_notes(checked, k, num_beams)
         answers = answers_of(inputs, self.run.ids.keys, ranking)
-        for answer, note in zip(answers, self.answer_notes(checked), strict=True):
+        for answer, note in zip(answers, said, strict=True):
             if note is not None:
                 answer["note"] = note
         return answers
 
-    def answer_notes(self, checked: list[dict[str, Any]]) -> list[str | None]:
-        """Per checked input, a one-line note on how it was answered, put in its answer as
+    def rank_with_notes(
+        self, inputs: list[dict[str, Any]], k: int, num_beams: int | None
+    ) -> tuple[Ranking, list[str | None]]:
+        """`rank`, and per input a one-line note on how it was read, put in its answer as
         ``"note"`` (for example, history items the model cannot read); None: no note."""
-        return [None] * len(checked)
+        return self.rank(inputs, k, num_beams), [None] * len(inputs)
 
     def refuse_other_inputs(self, item: Any) -> None:
         """SemidError if ``item`` is an input of a kind the run does not take (``"query"`` for a

@@ -289,7 +289,7 @@ class RecommendPredictor(Predictor):
         """A scorer (sasrec) reads only the items it was trained on: a history whose items it reads
         (the last max_history) were all added to the index since would be answered as no history
         at all, so it is refused; one with some of them is answered from the others, with a note
-        on stderr (once per predictor) and in the answer (`answer_notes`)."""
+        on stderr (once per predictor) and in the answer (`rank_with_notes`)."""
         first_added = self._first_added_row()
         if first_added is None:
             return
@@ -297,10 +297,12 @@ class RecommendPredictor(Predictor):
         rows = self.run.ids.rows_of_keys(read).tolist()
         untrained = [key for key, row in zip(read, rows, strict=True) if row >= first_added]
         if len(untrained) == len(read):
+            which = (f"the last {len(read)} items of the history, which the model reads, were"
+                     if len(read) < len(history) else "every item of the history was")  # fmt: skip
             raise SemidError(
-                f"every item of the history was added to the index after {self.run.path} was "
-                f"trained, and a {self.run.spec['model']} run reads only the items it was trained "
-                "on; retrain it with the added items' events, or include trained items"
+                f"{which} added to the index after {self.run.path} was trained, and a "
+                f"{self.run.spec['model']} run reads only the items it was trained on; retrain it "
+                "with the added items' events, or end the history with items it was trained on"
             )
         if untrained and not self._told_untrained:
             self._told_untrained = True
@@ -318,26 +320,30 @@ class RecommendPredictor(Predictor):
         trained = self.run.state.get("trained_items", len(self.run.ids))
         return trained if trained < len(self.run.ids) else None
 
-    def answer_notes(self, checked: list[dict[str, Any]]) -> list[str | None]:
-        """For a user or history whose items the scorer reads include some added since training:
-        which were left out, and why."""
+    def _left_out_notes(self, items: Tensor) -> list[str | None]:
+        """Per row of a batch's history items (B, T), the items added since a scorer (sasrec) was
+        trained that it left out, and why (None: none left out, or a generator)."""
         first_added = self._first_added_row()
         if first_added is None:
-            return super().answer_notes(checked)
+            return [None] * len(items)
         keys = self.run.ids.keys
-        said = []
-        for rows in self._batch(checked)[0]["items"].tolist():  # PAD (-1) is never added
+        said: list[str | None] = []
+        for rows in items.tolist():  # PAD (-1) is never an added row
             added = list(dict.fromkeys(keys[row] for row in rows if row >= first_added))
-            said.append(self._left_out_note(added) if added else None)
+            read = [row for row in rows if row != PAD]
+            said.append(
+                self._left_out_note(added, every=len(added) == len(set(read))) if added else None
+            )
         return said
 
-    def _left_out_note(self, added: list[str]) -> str:
+    def _left_out_note(self, added: list[str], every: bool) -> str:
         shown = ", ".join(repr(key) for key in added[:3])
         more = f" and {len(added) - 3:,} more" if len(added) > 3 else ""
         one = len(added) == 1
+        nothing = ", so it was answered as no history" if every else ""
         return (f"history {'item' if one else 'items'} {shown}{more} {'was' if one else 'were'} "
-                f"added to the index after training and left out: a {self.run.spec['model']} run "
-                "reads only the items it was trained on")  # fmt: skip
+                f"added to the index after training and left out{nothing}: a "
+                f"{self.run.spec['model']} run reads only the items it was trained on")  # fmt: skip
 
     def _item_titled(self, given: str) -> str | None:
         """``'1' ('Toy Story (1995). Genres: ...')``: the key and text of the first item whose text
@@ -394,10 +400,18 @@ class RecommendPredictor(Predictor):
 
     def rank(self, inputs: list[dict[str, Any]], k: int, num_beams: int | None) -> Ranking:
         """One beam search (or scoring pass) over the batch of inputs."""
+        return self.rank_with_notes(inputs, k, num_beams)[0]
+
+    def rank_with_notes(
+        self, inputs: list[dict[str, Any]], k: int, num_beams: int | None
+    ) -> tuple[Ranking, list[str | None]]:
+        """`rank`, and per input the items added since a scorer was trained that the histories
+        it ranked held and it left out (`_left_out_notes`)."""
         batch, seen = self._batch(inputs)
+        said = self._left_out_notes(batch["items"])
         if self.codes is not None:
             batch = CodeCollator(lambda b: b, self.codes)(batch)
-        return self.ranker(num_beams).rank(move(batch, self.device), k, seen)
+        return self.ranker(num_beams).rank(move(batch, self.device), k, seen), said
 
     def make_ranker(self, num_beams: int | None) -> Ranker:
         """Beam search (generators) or full scoring over the run's index."""

@@ -353,7 +353,7 @@ class Trainer:
                 raise SemidError(
                     f"cannot resume {self.out_dir}: its checkpoints were trained on other semantic "
                     f"IDs of the same data ({'; '.join(changed)}): the index changed since (built "
-                    f"again, or by another semid version); restore it, or {START_OVER}"
+                    f"again, or by another semid version); {START_OVER}"
                 )
             if changed:
                 raise SemidError(
