@@ -590,3 +590,11 @@ def test_the_recorded_command_names_the_program_as_typed(monkeypatch, argv0, rec
     """`python -m semid train ...` is recorded as `semid train ...` (it was `__main__.py train ...`)."""
     monkeypatch.setattr(sys, "argv", [argv0, "train", "recommender"])
     assert command_line() == f"{recorded} train recommender"
+
+
+def test_eval_options_take_the_splits_semid_eval_takes():
+    """``split="train"`` evaluated the training targets without a word; neither the command line
+    nor the docs offer it."""
+    assert EvalOptions(split="valid").split == "valid"
+    with pytest.raises(SemidError, match="split must be 'valid' or 'test', got 'train'"):
+        EvalOptions(split="train")

@@ -96,6 +96,8 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         """Library callers get the checks the command line makes (`semid eval`'s flags)."""
+        if self.split not in ("valid", "test"):  # as `semid eval --split`
+            raise SemidError(f"split must be 'valid' or 'test', got {self.split!r}")
         self.ks = cutoffs(self.ks)
         for name in ("batch_size", "num_beams", "max_users", "max_queries"):
             value = getattr(self, name)
