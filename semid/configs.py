@@ -73,9 +73,10 @@ def parse_json_object(text: str, flag: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SemidError(
-            f"{flag} is not valid JSON ({e.msg}); pass e.g. '{{\"dim\": 64}}'"
-        ) from None
+        looks_like_a_file = text.strip().lower().endswith(".json")
+        fix = (f"it takes the JSON itself, not a file: {flag} \"$(cat {text.strip()})\""
+               if looks_like_a_file else "pass e.g. '{\"dim\": 64}'")  # fmt: skip
+        raise SemidError(f"{flag} is not valid JSON ({e.msg}); {fix}") from None
     if not isinstance(value, dict):
         raise SemidError(f"{flag} must be a JSON object, e.g. '{{\"dim\": 64}}'")
     return value

@@ -209,10 +209,11 @@ def load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     hide_weight_loading_bar()
-    if not (Path(path) / "config.json").is_file():  # transformers would raise a bare ValueError
+    if not _names_a_model(Path(path) / "config.json"):  # transformers: a bare ValueError
         raise SemidError(
-            f"--encoder {path} is not a model folder (no config.json); pass the path of a "
-            "sentence-transformers or Hugging Face model folder"
+            f"--encoder {path} is not a model folder (no config.json naming a model_type, as a "
+            "semid run or index has); pass the path of a sentence-transformers or Hugging Face "
+            "model folder"
         )
     try:
         model = SentenceTransformer(str(path), device=device, local_files_only=True)
@@ -226,6 +227,15 @@ def load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
     if isinstance(vocab_size, int):
         check_tokenizer_vocabulary(model.tokenizer, vocab_size, path)
     return model
+
+
+def _names_a_model(config: Path) -> bool:
+    """Whether ``config`` is a Hugging Face model's config.json (it names its ``model_type``)."""
+    try:
+        loaded = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(loaded, dict) and isinstance(loaded.get("model_type"), str)
 
 
 def model_load_errors() -> tuple[type[Exception], ...]:

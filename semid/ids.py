@@ -367,6 +367,11 @@ class SemanticIDs:
         recover(path)  # a writer killed mid-swap left the previous version aside: put it back
         fix = index_fix(path)
         needed = ["config.json", "keys.json", "codes.safetensors"]
+        if (path / "manifest.json").is_file() and (path / "index").is_dir():
+            raise SemidError(f"{path} is a run, not an index; its index is {path / 'index'}")
+        if path.exists() and not path.is_dir():
+            raise SemidError(f"{path} is a file, not an index folder; pass the folder `semid "
+                             "index build` wrote (a run's own is RUN/index)")  # fmt: skip
         if not path.is_dir() or any(not (path / name).is_file() for name in needed):
             raise SemidError(
                 f"{path} is not a semantic-ID index (needs {', '.join(needed)}); {fix}"

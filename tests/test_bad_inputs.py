@@ -244,6 +244,13 @@ def ret_args(*more: str) -> Callable[[Env], list[str]]:
     return lambda e: [*RET, "--out", str(e.tmp / "out"), *more]
 
 
+def a_run_folder(e: Env) -> str:
+    """A folder laid out as a run (a manifest beside its index folder)."""
+    e.write("run/manifest.json", "{}")
+    e.write("run/index/keys.json", "[]")
+    return str(e.tmp / "run")
+
+
 def build_args(*more: str) -> Callable[[Env], list[str]]:
     def argv(e: Env) -> list[str]:
         emb, keys = e.npy("e.npy", np.random.default_rng(0).standard_normal((300, 8)))
@@ -286,6 +293,16 @@ cases(
         # a folder named in Latin-1 (bytes that are not UTF-8: surrogates in Python)
         ("not-utf8-out", "is not UTF-8 text (a file name in another encoding, or a terminal not set to UTF-8?); rename",
          lambda e: ["index", "build", "--dataset", "ml-100k", "--out", str(e.tmp / "caf\udce9")]),
+        ("usage-resume-and-no-resume", "argument --no-resume: not allowed with argument --resume", rec_args("--resume", "--no-resume")),
+        ("avg-max-docs", "--max-docs is for documents (promptdsi); avg trains on", lambda e: ["train", "retriever", "--dataset", "digits", "--model", "avg", "--out", str(e.tmp / "out"), "--max-docs", "50"]),
+        ("avg-hold-out", "--hold-out is for documents", lambda e: ["train", "retriever", "--dataset", "digits", "--model", "avg", "--out", str(e.tmp / "out"), "--hold-out", "0.5"]),
+        ("model-config-file", 'it takes the JSON itself, not a file: --model-config "$(cat model.json)"', rec_args("--model-config", "model.json")),
+        ("missing-text-registered", "--items, --columns and --missing-text go with an interactions file, not ml-100k",
+         lambda e: ["index", "build", "--dataset", "ml-100k", "--missing-text", "drop", "--out", str(e.tmp / "o")]),
+        ("index-is-a-run", "is a run, not an index; its index is", lambda e: [*REC[:5], a_run_folder(e), *REC[6:], "--out", str(e.tmp / "out")]),
+        ("index-is-a-file", "is a file, not an index folder; pass the folder", lambda e: ["index", "stats", str(e.write("later.jsonl", "{}\n"))]),
+        ("encoder-not-a-model", "is not a model folder (no config.json naming a model_type",
+         lambda e: ["index", "build", "--dataset", "ml-100k", "--encoder", str(e.write("idx/config.json", '{"codebook_sizes": [4]}').parent), "--out", str(e.tmp / "o")]),
         ("columns-no-equals", "--columns", rec_args("--columns", "user")),
         ("columns-twice", "--columns", rec_args("--columns", "user=a,user=b")),
     ]
@@ -1011,6 +1028,19 @@ cases(
 
 
 # fmt: on
+# an option that only works with another, given alone (read once the run has loaded)
+cases(
+    [
+        (
+            "cold-prefix-alone",
+            "give --cold-share too",
+            lambda e: ["eval", str(e.rec()), "--cold-prefix", "2"],
+        )
+    ],
+    slow=True,
+)
+
+
 # --- the test ---------------------------------------------------------------------------------------
 
 

@@ -40,9 +40,10 @@ def add_training_arguments(
                    help=f"examples per step of each process ({batch['help']})")  # fmt: skip
     p.add_argument("--lr", type=float, **default("lr"))
     p.add_argument("--seed", type=int, default=first.seed, help="default: %(default)s")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip
-    p.add_argument("--resume", dest="no_resume", action="store_false",
-                   help="resume from the last checkpoint in --out (the default)")  # fmt: skip
+    resume = p.add_mutually_exclusive_group()  # both: which one was meant cannot be told
+    resume.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")  # fmt: skip
+    resume.add_argument("--resume", dest="no_resume", action="store_false",
+                        help="resume from the last checkpoint in --out (the default)")  # fmt: skip
 
 
 def training_config(args: argparse.Namespace, defaults: TrainConfig, **more: object) -> TrainConfig:

@@ -111,6 +111,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  f"for documents, {Text2ImageSpec.num_beams} for images; always >= k)")  # fmt: skip
 
 
+def _documents_only_flags(args: argparse.Namespace) -> list[str]:
+    """The documents-only options (promptdsi's) given other values than their defaults."""
+    defaults = {"max_docs": None, "hold_out": RetrieveSpec.hold_out,
+                "pseudo_queries": RetrieveSpec.pseudo_queries, "extra_codes": RetrieveSpec.extra_codes,
+                "add_epochs": document_add_train().max_epochs, "prompt_lr": document_add_train().lr}  # fmt: skip
+    return [f"--{name.replace('_', '-')}" for name, default in defaults.items()
+            if getattr(args, name) != default]  # fmt: skip
+
+
 def _budget(args: argparse.Namespace, defaults) -> argparse.Namespace:
     """The command line's budget with the model's own defaults where a flag was not given."""
     filled = argparse.Namespace(**vars(args))
@@ -135,6 +144,11 @@ def run(args: argparse.Namespace) -> int:
         if args.patience is not None:
             raise SemidError("--patience is for documents (promptdsi, which validates on held-out "
                              "training queries); avg trains its --epochs; leave it out")  # fmt: skip
+        given = _documents_only_flags(args)
+        if given:
+            raise SemidError(f"{given[0]} is for documents (promptdsi); avg trains on the "
+                             "collection's training images and indexes its test images: leave "
+                             "it out")  # fmt: skip
         spec = Text2ImageSpec(
             dataset=resolve_dataset(args.dataset), model="avg", model_config=model_config, seed=args.seed,
             train=training_config(budget, defaults),
