@@ -256,8 +256,10 @@ def test_beams_past_the_catalogue_search_as_the_catalogue_size(predictor, monkey
     size = len(predictor.run.ids)
     whole = predictor.predict(inputs, k=5, num_beams=size)
     widths = []
-    rank = predictor.rank
-    monkeypatch.setattr(predictor, "rank", lambda x, k, b: widths.append(b) or rank(x, k, b))
+    rank = predictor.rank_with_notes
+    monkeypatch.setattr(
+        predictor, "rank_with_notes", lambda x, k, b: widths.append(b) or rank(x, k, b)
+    )
     assert predictor.predict(inputs, k=5, num_beams=10**30) == whole
     assert predictor.predict(inputs, k=5, num_beams=size + 1) == whole
     assert widths == [size, size]
