@@ -598,3 +598,16 @@ def test_eval_options_take_the_splits_semid_eval_takes():
     assert EvalOptions(split="valid").split == "valid"
     with pytest.raises(SemidError, match="split must be 'valid' or 'test', got 'train'"):
         EvalOptions(split="train")
+
+
+@pytest.mark.parametrize(
+    "options, flag", [({"item_mix": 1.0}, "--item-mix"), ({"cold_share": 0.2}, "--cold-share")]
+)
+def test_a_generator_only_option_on_a_scorer_names_the_option_given(tmp_path, options, flag):
+    """Both options were named whichever was given, with no fix."""
+    tiny_run(tmp_path, model="sasrec")
+    run = load_run(tmp_path)
+    task = get_task("recommend")
+    with pytest.raises(SemidError, match=f"^{flag} needs a generator .mmgrec, tiger.; this sasrec "
+                                         f"run scores items directly: leave out {flag}$"):  # fmt: skip
+        task.ranker(run, task.spec_of(run), EvalOptions(**options))

@@ -222,8 +222,10 @@ class RecommendTask(Task):
             generator_options = {"trained_items": run.state.get("trained_items"), "item_mix": options.item_mix,
                     "cold_share": options.cold_share, "cold_prefix": options.cold_prefix}  # fmt: skip
         elif options.cold_share or options.item_mix is not None:
+            given = "--cold-share" if options.cold_share else "--item-mix"
             raise SemidError(
-                "--cold-share and --item-mix need a generator; this run's model scores items directly"
+                f"{given} needs a generator (mmgrec, tiger); this {spec.model} run scores "
+                f"items directly: leave out {given}"
             )
         elif options.num_beams is not None:  # said, not ignored: the figures would not move
             note(f"this run's model ({spec.model}) scores every item; --num-beams has no effect")
