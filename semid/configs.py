@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import types
 import typing
 from typing import Any, TypeVar
@@ -74,7 +75,7 @@ def parse_json_object(text: str, flag: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         looks_like_a_file = text.strip().lower().endswith(".json")
-        fix = (f"it takes the JSON itself, not a file: {flag} \"$(cat {text.strip()})\""
+        fix = (f"it takes the JSON itself, not a file: {flag} \"$(cat {shlex.quote(text.strip())})\""
                if looks_like_a_file else "pass e.g. '{\"dim\": 64}'")  # fmt: skip
         raise SemidError(f"{flag} is not valid JSON ({e.msg}); {fix}") from None
     if not isinstance(value, dict):

@@ -209,11 +209,15 @@ def load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     hide_weight_loading_bar()
-    if not _names_a_model(Path(path) / "config.json"):  # transformers: a bare ValueError
+    # a sentence-transformers folder (modules.json) names its modules; a bare Hugging Face one
+    # needs a config.json with its model_type (transformers: a bare ValueError without)
+    if not (Path(path) / "modules.json").is_file() and not _names_a_model(
+        Path(path) / "config.json"
+    ):
         raise SemidError(
-            f"--encoder {path} is not a model folder (no config.json naming a model_type, as a "
-            "semid run or index has); pass the path of a sentence-transformers or Hugging Face "
-            "model folder"
+            f"--encoder {path} is not a model folder: it has no modules.json, and no config.json "
+            "naming a model_type (a semid run or index has neither); pass the path of a "
+            "sentence-transformers or Hugging Face model folder"
         )
     try:
         model = SentenceTransformer(str(path), device=device, local_files_only=True)

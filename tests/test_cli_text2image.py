@@ -228,3 +228,18 @@ def test_a_run_keeps_the_ids_it_learned_when_its_index_is_rebuilt_meanwhile(
                  "--epochs", "1", "--batch-size", "32", "--out", str(run)]) == 0  # fmt: skip
     assert load_run(run).ids.sha256() == learned
     assert not (run / "train" / "index").exists()  # the run holds its copy
+
+
+@pytest.mark.parametrize("given, kept", [([], 8), (["--extra-codes", "3"], 3)])
+def test_avg_keeps_the_extra_codes_it_is_given(tmp_path, monkeypatch, given, kept):
+    """`--extra-codes` was read for documents only: an image run kept 8 whatever was given, while
+    an image add that ran out of codes said to retrain with a larger one."""
+    from semid.tasks import get_task
+
+    seen = []  # the spec the command made; then the command stops (1 / 0) before any training
+    monkeypatch.setattr(type(get_task("text2image")), "train",
+                        lambda self, spec, *a, **k: seen.append(spec) or 1 / 0)  # fmt: skip
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "retriever", "--dataset", "digits", "--model", "avg", "--out",
+              str(tmp_path / "run"), *given])  # fmt: skip
+    assert seen[0].extra_codes == kept

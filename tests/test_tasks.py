@@ -608,6 +608,6 @@ def test_a_generator_only_option_on_a_scorer_names_the_option_given(tmp_path, op
     tiny_run(tmp_path, model="sasrec")
     run = load_run(tmp_path)
     task = get_task("recommend")
-    with pytest.raises(SemidError, match=f"^{flag} needs a generator .mmgrec, tiger.; this sasrec "
-                                         f"run scores items directly: leave out {flag}$"):  # fmt: skip
+    with pytest.raises(SemidError, match=f"^{flag} needs a generator run .one that generates semantic IDs.; "
+                                         f"this sasrec run scores items directly: leave out {flag}$"):  # fmt: skip
         task.ranker(run, task.spec_of(run), EvalOptions(**options))

@@ -93,7 +93,7 @@ def options_from(args: argparse.Namespace) -> EvalOptions:
         )
     if args.batch_size < 1:
         raise SemidError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.cold_prefix != 1 and not args.cold_share:
+    if args.cold_prefix > 1 and not args.cold_share:  # (below 1: its range error, later)
         raise SemidError("--cold-prefix sets how many codes --cold-share's new items must share "
                          "with a generated ID; give --cold-share too, or leave it out")  # fmt: skip
     if args.users is not None and args.users < 1:

@@ -92,8 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--extra-codes",
         type=int,
-        default=RetrieveSpec.extra_codes,
-        help="documents: spare last-level tokens for added documents (default: %(default)s)",
+        help="spare last-level tokens for documents or images added later (default: "
+        f"{RetrieveSpec.extra_codes} for documents, {Text2ImageSpec.extra_codes} for images)",
     )
     p.add_argument(
         "--add-epochs",
@@ -114,8 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _documents_only_flags(args: argparse.Namespace) -> list[str]:
     """The documents-only options (promptdsi's) given other values than their defaults."""
     defaults = {"max_docs": None, "hold_out": RetrieveSpec.hold_out,
-                "pseudo_queries": RetrieveSpec.pseudo_queries, "extra_codes": RetrieveSpec.extra_codes,
-                "add_epochs": document_add_train().max_epochs, "prompt_lr": document_add_train().lr}  # fmt: skip
+                "pseudo_queries": RetrieveSpec.pseudo_queries, "add_epochs": document_add_train().max_epochs, "prompt_lr": document_add_train().lr}  # fmt: skip
     return [f"--{name.replace('_', '-')}" for name, default in defaults.items()
             if getattr(args, name) != default]  # fmt: skip
 
@@ -155,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             quantizer=Text2ImageSpec.quantizer if args.quantizer is None else args.quantizer, num_beams=Text2ImageSpec.num_beams if args.num_beams is None else args.num_beams,
             # an explicit --epochs is kept as given
             min_steps=Text2ImageSpec.min_steps if args.epochs is None else 0,
+            extra_codes=Text2ImageSpec.extra_codes if args.extra_codes is None else args.extra_codes,
         )  # fmt: skip
         summary = get_task("text2image").train(
             spec,
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         train=training_config(budget, defaults, early_stopping_patience=patience),
         add_train=dataclasses.replace(training_config(budget, document_add_train()), max_epochs=args.add_epochs, max_steps=None,
                                       lr=args.prompt_lr),
-        quantizer=RetrieveSpec.quantizer if args.quantizer is None else args.quantizer, extra_codes=args.extra_codes, max_docs=args.max_docs,
+        quantizer=RetrieveSpec.quantizer if args.quantizer is None else args.quantizer, extra_codes=RetrieveSpec.extra_codes if args.extra_codes is None else args.extra_codes, max_docs=args.max_docs,
         hold_out=args.hold_out, num_beams=RetrieveSpec.num_beams if args.num_beams is None else args.num_beams,
         pseudo_queries=args.pseudo_queries,
     )  # fmt: skip

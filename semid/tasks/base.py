@@ -113,6 +113,7 @@ def check_recommend_only_options(run: Run, options: EvalOptions, kind: str) -> N
     another task (a ``kind`` run), which would ignore it and save its metrics under its name."""
     flags = [flag for flag, on in (("--cold-share", options.cold_share > 0),
                                    ("--keep-seen", options.keep_seen),
+                                   ("--cold-prefix", options.cold_prefix != 1),
                                    ("--users", options.max_users is not None)) if on]  # fmt: skip
     if flags:
         raise SemidError(f"{flags[0]} is for recommendation runs; {run.path} is a {kind} run")

@@ -48,9 +48,8 @@ def recommendation_dataset(
     (CSV, TSV, Parquet, JSON Lines; optionally gzipped) with an optional items file of texts."""
     if table_format(name) is not None and not Path(name).is_dir():
         return load_interaction_files(name, items, columns, missing_text, min_interactions)
-    if items is not None or columns or missing_text == "drop":  # ("keep" is read internally)
-        raise SemidError(f"--items, --columns and --missing-text go with an interactions file, "
-                         f"not {name}")  # fmt: skip
+    if items is not None or columns:
+        raise SemidError(f"--items and --columns go with an interactions file, not {name}")
     dataset = load_dataset(name)
     if not isinstance(dataset, RecDataset):
         raise SemidError(

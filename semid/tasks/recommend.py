@@ -224,8 +224,8 @@ class RecommendTask(Task):
         elif options.cold_share or options.item_mix is not None:
             given = "--cold-share" if options.cold_share else "--item-mix"
             raise SemidError(
-                f"{given} needs a generator (mmgrec, tiger); this {spec.model} run scores "
-                f"items directly: leave out {given}"
+                f"{given} needs a generator run (one that generates semantic IDs); this "
+                f"{spec.model} run scores items directly: leave out {given}"
             )
         elif options.num_beams is not None:  # said, not ignored: the figures would not move
             note(f"this run's model ({spec.model}) scores every item; --num-beams has no effect")

@@ -173,5 +173,6 @@ class Text2ImageSpec:
     def __post_init__(self) -> None:
         self.model_config = checked_model_config(self.model, self.model_config)
         check_at_least(self, ("num_beams",), 1)
+        check_at_least(self, ("extra_codes",), 0)
         if self.min_steps < 0:
             raise SemidError(f"min_steps must be >= 0, got {self.min_steps}")
