@@ -224,8 +224,9 @@ def test_a_model_of_another_task_is_refused_before_any_work(tmp_path, capsys, mo
             ["--no-resume"],
             "run it again without --no-resume to resume from the last checkpoint it wrote",
         ),
-        # --resume spells out the default (it was refused as an unknown argument); the last wins
-        (["--no-resume", "--resume"], "run the same command again to resume (it wrote no"),
+        # --resume spells out the default (it was refused as an unknown argument); with
+        # --no-resume it is refused (test_bad_inputs), as which was meant cannot be told
+        (["--resume"], "run the same command again to resume (it wrote no"),
     ],
 )
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch, extra, told):
