@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from semid.atomic import DiskFullError, WriteFailedError, atomic_file, check_writable
+from semid.devices import check_cuda_device
 from semid.errors import SemidError
 from semid.json_values import is_integer
 from semid.notes import note
@@ -175,22 +176,10 @@ class TextEncoder:
 
     def _load(self):
         if self._model is None:
-            check_cuda_device(self.device)
+            check_cuda_device(self.device, f"device {self.device!r}", "'cpu'")
             self._model = load_sentence_transformer(self.model_path, self.device)
             self._model.max_seq_length = self.max_seq_length
         return self._model
-
-
-def check_cuda_device(device: str) -> None:
-    """SemidError when ``device`` ('cuda' or 'cuda:N') names a GPU this machine does not have."""
-    if not device.startswith("cuda"):
-        return
-    if not torch.cuda.is_available():
-        raise SemidError(f"device {device!r}: no CUDA GPU is available here; use 'cpu'")
-    index, count = int(device[5:] or 0), torch.cuda.device_count()
-    if index >= count:
-        raise SemidError(f"device {device!r}: this machine has {count} GPU(s); use cuda:0 to "
-                         f"cuda:{count - 1}")  # fmt: skip
 
 
 def hide_weight_loading_bar() -> None:

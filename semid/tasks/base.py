@@ -28,6 +28,7 @@ from torch import Tensor
 from semid.atomic import check_replaceable
 from semid.configs import config_from_dict
 from semid.defaults import DEFAULT_K
+from semid.devices import check_cuda_device
 from semid.distributed import is_launched, is_main_process, on_main_process
 from semid.errors import SemidError
 from semid.ids import INDEX_FILES, QUANTIZER_DIR
@@ -634,13 +635,7 @@ def resolve_device(device: str) -> str:
     if device == "cpu":
         return device
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise SemidError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-        index = int(device[5:]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise SemidError(
-                f"--device {device}: only {torch.cuda.device_count()} GPU(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}"
-            )
+        check_cuda_device(device, f"--device {device}", "--device cpu")
         # a launched job's processes each use their own GPU (the launcher's LOCAL_RANK)
         return "cuda" if is_launched() else device
     raise SemidError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
