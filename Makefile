@@ -27,7 +27,7 @@ demo-index: $(STAMP)
 	$(SEMID) index build --dataset ml-1m --quantizer rqkmeans:3x256 --out runs/ml-1m/index --plot runs/ml-1m/usage.png
 	$(SEMID) index stats runs/ml-1m/index
 
-## The whole test suite (about 10-18 minutes on 2 cores, by load; 2219 tests, 9 of them skipped without a CUDA GPU).
+## The whole test suite (about 10-18 minutes on 2 cores, by load; 2220 tests, 9 of them skipped without a CUDA GPU).
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
 
